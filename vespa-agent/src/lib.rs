@@ -1,0 +1,25 @@
+//! The VESPA agent: host sensors and the standalone counters exporter.
+//!
+//! The [`Sensors`] handle is the library API the node runtime calls: per-interface byte and
+//! packet counters (the 2014 bandwidth agent's `recv_bytes`/`trans_bytes`/`get_mac`),
+//! established TCP connections per remote address (the 2014 connections agent), SYN counts
+//! per source, the sensor's own health, and a stream of [`SensorEvent`]s (connection
+//! open/close, threshold crossings, interfaces coming and going).
+//!
+//! Two back ends sit behind it: kernel programs loaded with aya ([`ebpf`]), and the 2014
+//! method of reading `/proc/net` ([`procfs`]) for machines where eBPF cannot be loaded.
+
+pub mod ebpf;
+pub mod export;
+pub mod iface;
+pub mod netns;
+pub mod preflight;
+pub mod procfs;
+mod procfs_backend;
+pub mod sensor;
+pub mod top;
+
+pub use sensor::{
+    Health, InterfaceCounters, Mode, RemoteConnections, SensorConfig, SensorError, SensorEvent,
+    Sensors, Snapshot, SynSource,
+};

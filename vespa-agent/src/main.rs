@@ -1,0 +1,213 @@
+//! `vespa-agent`: VESPA's host sensor.
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vespa_agent::{export, netns, top, Mode, SensorConfig, Sensors};
+
+/// VESPA agent: eBPF sensors for per-interface traffic and TCP connections on a Linux host.
+///
+/// Kernel programs count bytes and packets on every interface (tc/TCX), SYN packets per
+/// source address, and established TCP connections per remote address (tracepoint
+/// sock:inet_sock_set_state). Threshold crossings are reported the moment they happen.
+/// Without root or eBPF support the agent falls back to reading /proc, as VESPA 2014 did.
+#[derive(Parser)]
+#[command(name = "vespa-agent", version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    sensor: SensorArgs,
+
+    /// Log format on stderr; the level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the counters as Prometheus/OpenMetrics text at /metrics.
+    Export {
+        /// Address to listen on. Created before entering --netns, so the exporter of a
+        /// namespace can still be reached from the host.
+        #[arg(long, default_value = "127.0.0.1:9105")]
+        listen: SocketAddr,
+    },
+    /// Print one snapshot of every counter and exit.
+    Counters {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Wait this long after attaching before reading (eBPF counters start at zero).
+        #[arg(long, value_parser = humantime_secs, default_value = "0")]
+        after: Duration,
+    },
+    /// Live table of interface rates and the busiest remote addresses (Ctrl-C to quit).
+    Top {
+        /// Refresh interval in seconds.
+        #[arg(long, value_parser = humantime_secs, default_value = "1")]
+        interval: Duration,
+        /// Stop after this many screens.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Rows per table.
+        #[arg(long, default_value_t = 15)]
+        rows: usize,
+    },
+}
+
+#[derive(Args)]
+struct SensorArgs {
+    /// Sensor back end: eBPF, /proc polling, or eBPF with /proc as fallback.
+    #[arg(long, global = true, value_enum, default_value = "auto", env = "VESPA_SENSOR_MODE")]
+    mode: Mode,
+    /// Monitor only these interfaces (comma separated). Default: every interface, including
+    /// those created later (a VM's tap device).
+    #[arg(long, short = 'i', global = true, value_delimiter = ',')]
+    interfaces: Vec<String>,
+    /// Never monitor these interfaces (comma separated).
+    #[arg(long, global = true, value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// Run inside this network namespace (/run/netns/NAME).
+    #[arg(long, global = true)]
+    netns: Option<String>,
+    /// Established connections from one remote address that raise an event (0: off).
+    #[arg(long, global = true, default_value_t = 100)]
+    conn_threshold: u64,
+    /// SYN packets per second from one source that raise an event (0: off).
+    #[arg(long, global = true, default_value_t = 200)]
+    syn_threshold: u64,
+    /// Remote addresses tracked for connections (LRU, oldest forgotten first).
+    #[arg(long, global = true, default_value_t = 65_536)]
+    max_remotes: u32,
+    /// Open sockets tracked between open and close.
+    #[arg(long, global = true, default_value_t = 131_072)]
+    max_sockets: u32,
+    /// Series per address-labelled metric before the rest is summed into "other".
+    #[arg(long, global = true, default_value_t = 20)]
+    top_n: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let s = s.trim_end_matches('s');
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds"))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vespa-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // The exporter's socket is bound in the caller's namespace, before entering --netns.
+    let listener = match &cli.command {
+        Command::Export { listen } => Some(std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?),
+        _ => None,
+    };
+    if let Some(ns) = &cli.sensor.netns {
+        netns::enter(ns)?;
+    }
+    let a = &cli.sensor;
+    let cfg = SensorConfig {
+        mode: a.mode,
+        interfaces: a.interfaces.clone(),
+        exclude: a.exclude.clone(),
+        max_remotes: a.max_remotes,
+        max_sockets: a.max_sockets,
+        conn_threshold: a.conn_threshold,
+        syn_per_sec_threshold: a.syn_threshold,
+        ..SensorConfig::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let sensors = Sensors::start(cfg)?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Export { .. } => {
+                let listener = listener.expect("bound above");
+                listener.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let addr = listener.local_addr()?;
+                tracing::info!(%addr, mode = ?sensors.mode(), "serving metrics at http://{addr}/metrics");
+                let events = log_events(sensors.clone());
+                export::serve(listener, export::registry(sensors, a_top_n(&cli.sensor)), shutdown_signal()).await?;
+                events.abort();
+                Ok(())
+            }
+            Command::Counters { json, after } => {
+                tokio::time::sleep(after).await;
+                let snap = sensors.snapshot()?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&snap)?);
+                } else {
+                    print!("{}", top::render(None, &snap, Duration::from_secs(1), usize::MAX));
+                }
+                Ok(())
+            }
+            Command::Top { interval, count, rows } => top::run(sensors, interval, count, rows).await,
+        }
+    })
+}
+
+fn a_top_n(a: &SensorArgs) -> usize {
+    a.top_n
+}
+
+/// Logs threshold events as they arrive (the exporter has no other consumer for them).
+fn log_events(sensors: Sensors) -> tokio::task::JoinHandle<()> {
+    let mut rx = sensors.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(vespa_agent::SensorEvent::InterfaceAttached { name, ifindex }) => tracing::info!(iface = %name, ifindex, "monitoring interface"),
+                Ok(vespa_agent::SensorEvent::InterfaceDetached { name, ifindex }) => tracing::info!(iface = %name, ifindex, "interface gone"),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "event log fell behind"),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,45 @@
+//! Checks made before loading the kernel programs, so that a missing capability is reported
+//! as what it is (and what to do), rather than as an errno from deep inside a loader.
+
+use std::path::Path;
+
+use crate::sensor::SensorError;
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+const TRACEPOINT: &str = "events/sock/inet_sock_set_state";
+
+/// Everything the eBPF back end needs; the first thing missing is returned.
+pub fn check_ebpf() -> Result<(), SensorError> {
+    if cfg!(vespa_no_ebpf) {
+        return Err(SensorError::Unavailable(
+            "this binary was built without the kernel programs (bpf-linker or nightly rust-src \
+             missing at build time; run `cargo xtask setup` and rebuild)"
+                .into(),
+        ));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(SensorError::Unavailable(
+            "not running as root: loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN and \
+             CAP_PERFMON)"
+                .into(),
+        ));
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(SensorError::Unavailable("the kernel has no BTF (/sys/kernel/btf/vmlinux); Linux 5.8+ with CONFIG_DEBUG_INFO_BTF is required".into()));
+    }
+    check_tracefs()
+}
+
+pub fn check_tracefs() -> Result<(), SensorError> {
+    let tp = Path::new(TRACEFS).join(TRACEPOINT);
+    if !Path::new(TRACEFS).join("events").is_dir() {
+        return Err(SensorError::Unavailable(format!(
+            "tracefs is not mounted at {TRACEFS}: run `mount -t tracefs tracefs {TRACEFS}` \
+             (or `cargo xtask setup`)"
+        )));
+    }
+    if !tp.is_dir() {
+        return Err(SensorError::Unavailable(format!("the kernel has no tracepoint sock:inet_sock_set_state ({})", tp.display())));
+    }
+    Ok(())
+}

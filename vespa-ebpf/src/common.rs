@@ -1,0 +1,79 @@
+//! Maps shared by every program: configuration, health counters and the event ring buffer.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+use vespa_common::{EventHeader, SensorConfig, STAT_EVENTS_LOST, STAT_SLOTS};
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
+
+/// Size is set by user space at load time (`--ring-buffer-bytes`); this is the default.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[inline(always)]
+pub fn bump(slot: u32) {
+    if let Some(p) = STATS.get_ptr_mut(slot) {
+        // SAFETY: the pointer comes from a successful lookup in a per-CPU array, so it is
+        // valid for this CPU and nothing else writes it concurrently.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn config() -> SensorConfig {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => SensorConfig::default(),
+    }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn header(kind: u32, size: usize, timestamp_ns: u64) -> EventHeader {
+    EventHeader { kind, size: size as u32, timestamp_ns }
+}
+
+/// Writes `event` to the ring buffer; counts it as lost when the buffer is full.
+#[inline(always)]
+pub fn emit<T: 'static>(event: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(event);
+            entry.submit(0);
+        }
+        None => bump(STAT_EVENTS_LOST),
+    }
+}
+
+/// Atomic fetch-and-add on a map value shared by all CPUs (BPF_ATOMIC | BPF_FETCH).
+///
+/// # Safety
+/// `dst` must point to a live, 8-byte aligned map value.
+#[inline(always)]
+pub unsafe fn atomic_add(dst: *mut u64, v: u64) -> u64 {
+    // SAFETY: forwarded to the caller; core's atomic types have no RMW methods on BPF, the
+    // intrinsic lowers to the BPF atomic instruction.
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v) }
+}
+
+/// Atomic fetch-and-subtract; see [`atomic_add`].
+///
+/// # Safety
+/// `dst` must point to a live, 8-byte aligned map value.
+#[inline(always)]
+pub unsafe fn atomic_sub(dst: *mut u64, v: u64) -> u64 {
+    // SAFETY: as in `atomic_add`.
+    unsafe { core::intrinsics::atomic_xsub::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v) }
+}

@@ -1,0 +1,216 @@
+//! TCP connection tracker on the `sock:inet_sock_set_state` tracepoint.
+//!
+//! A connection counts as open from its transition into ESTABLISHED to its transition out of
+//! it. The tracker keys each socket by its kernel address so that a close is only counted for
+//! an open it saw: connections older than the tracker never make a count negative.
+//! Half-open connections (SYN floods) never reach this tracepoint; see `traffic::count_syn`.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+    EbpfContext,
+};
+use vespa_common::{
+    Addr, ConnEvent, RemoteConns, ThresholdEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
+    EVENT_CONN_THRESHOLD, STAT_MAP_UPDATE_FAILED, STAT_TRACEPOINT_RUNS, STAT_UNTRACKED_CLOSES,
+};
+
+use crate::common::{atomic_add, atomic_sub, bump, config, emit, header, now_ns};
+
+/// Per remote address: established now, opened and closed in total. Size set at load time
+/// (default 65,536 addresses).
+#[map(name = "CONN_BY_REMOTE")]
+static CONN_BY_REMOTE: LruHashMap<Addr, RemoteConns> = LruHashMap::with_max_entries(65536, 0);
+
+/// Open sockets the tracker saw become ESTABLISHED: kernel socket address -> open time (ns).
+#[map(name = "OPEN_SOCKETS")]
+static OPEN_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(131072, 0);
+
+const TCP_ESTABLISHED: i32 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+
+// Field offsets in /sys/kernel/tracing/events/sock/inet_sock_set_state/format; stable since
+// the tracepoint gained `protocol` (Linux 4.16).
+const OFF_SKADDR: usize = 8;
+const OFF_OLDSTATE: usize = 16;
+const OFF_NEWSTATE: usize = 20;
+const OFF_SPORT: usize = 24;
+const OFF_DPORT: usize = 26;
+const OFF_FAMILY: usize = 28;
+const OFF_PROTOCOL: usize = 30;
+const OFF_SADDR: usize = 32;
+const OFF_DADDR: usize = 36;
+const OFF_SADDR_V6: usize = 40;
+const OFF_DADDR_V6: usize = 56;
+
+#[tracepoint]
+pub fn vespa_sock_state(ctx: TracePointContext) -> u32 {
+    bump(STAT_TRACEPOINT_RUNS);
+    // SAFETY: this program is attached to sock:inet_sock_set_state only, whose record holds
+    // every field read at the offsets above (see the format file).
+    let rec = unsafe { Record::read(&ctx) };
+    if rec.protocol != IPPROTO_TCP || (rec.family != AF_INET && rec.family != AF_INET6) {
+        return 0;
+    }
+    if rec.newstate == TCP_ESTABLISHED && rec.oldstate != TCP_ESTABLISHED {
+        opened(&rec);
+    } else if rec.oldstate == TCP_ESTABLISHED && rec.newstate != TCP_ESTABLISHED {
+        closed(&rec);
+    }
+    0
+}
+
+struct Record {
+    skaddr: u64,
+    oldstate: i32,
+    newstate: i32,
+    sport: u16,
+    dport: u16,
+    family: u16,
+    protocol: u16,
+    local: Addr,
+    remote: Addr,
+}
+
+impl Record {
+    /// # Safety
+    /// `ctx` must be an `inet_sock_set_state` tracepoint context.
+    #[inline(always)]
+    unsafe fn read(ctx: &TracePointContext) -> Record {
+        let base = ctx.as_ptr() as *const u8;
+        // SAFETY: caller guarantees the layout. Every read is a single naturally aligned load
+        // at a constant offset from the context pointer, the only form of context access the
+        // verifier accepts (no pointer arithmetic on ctx, no byte-wise copies).
+        unsafe {
+            let u16_at = |off: usize| core::ptr::read_volatile(base.add(off) as *const u16);
+            let u32_at = |off: usize| core::ptr::read_volatile(base.add(off) as *const u32);
+            let u64_at = |off: usize| core::ptr::read_volatile(base.add(off) as *const u64);
+            let v6_at = |off: usize| {
+                let (hi, lo) = (u64_at(off), u64_at(off + 8));
+                let mut bytes = [0u8; 16];
+                bytes[..8].copy_from_slice(&hi.to_ne_bytes());
+                bytes[8..].copy_from_slice(&lo.to_ne_bytes());
+                Addr { bytes }
+            };
+            let family = u16_at(OFF_FAMILY);
+            let (local, remote) = if family == AF_INET {
+                (Addr::from_v4(u32_at(OFF_SADDR).to_ne_bytes()), Addr::from_v4(u32_at(OFF_DADDR).to_ne_bytes()))
+            } else {
+                (v6_at(OFF_SADDR_V6), v6_at(OFF_DADDR_V6))
+            };
+            Record {
+                skaddr: u64_at(OFF_SKADDR),
+                oldstate: u32_at(OFF_OLDSTATE) as i32,
+                newstate: u32_at(OFF_NEWSTATE) as i32,
+                sport: u16_at(OFF_SPORT),
+                dport: u16_at(OFF_DPORT),
+                family,
+                protocol: u16_at(OFF_PROTOCOL),
+                local,
+                remote,
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn remote_entry(addr: &Addr) -> Option<*mut RemoteConns> {
+    if let Some(e) = CONN_BY_REMOTE.get_ptr_mut(addr) {
+        return Some(e);
+    }
+    // Losing the insert race to another CPU is fine: the lookup below finds its entry.
+    let _ = CONN_BY_REMOTE.insert(addr, &RemoteConns::default(), BPF_NOEXIST as u64);
+    let e = CONN_BY_REMOTE.get_ptr_mut(addr);
+    if e.is_none() {
+        bump(STAT_MAP_UPDATE_FAILED);
+    }
+    e
+}
+
+#[inline(always)]
+fn opened(rec: &Record) {
+    let now = now_ns();
+    // Only the first transition into ESTABLISHED of a socket counts.
+    if OPEN_SOCKETS.insert(&rec.skaddr, &now, BPF_NOEXIST as u64).is_err() {
+        return;
+    }
+    let Some(e) = remote_entry(&rec.remote) else { return };
+    let cfg = config();
+    // SAFETY: `e` points to a live LRU-hash value; all concurrent updates of the counters are
+    // atomic; `over_threshold` is a flag where a lost race only repeats or skips one event.
+    let established = unsafe {
+        atomic_add(&raw mut (*e).opened, 1);
+        atomic_add(&raw mut (*e).established, 1) + 1
+    };
+    if cfg.conn_events != 0 {
+        emit(conn_event(rec, EVENT_CONN_OPEN, now, now, 0));
+    }
+    if cfg.conn_threshold != 0 && established > cfg.conn_threshold {
+        // SAFETY: as above.
+        let fire = unsafe {
+            let flag = &raw mut (*e).over_threshold;
+            if *flag == 0 {
+                *flag = 1;
+                true
+            } else {
+                false
+            }
+        };
+        if fire {
+            emit(ThresholdEvent {
+                header: header(EVENT_CONN_THRESHOLD, core::mem::size_of::<ThresholdEvent>(), now),
+                addr: rec.remote,
+                value: established,
+                threshold: cfg.conn_threshold,
+                ifindex: 0,
+                _pad: 0,
+            });
+        }
+    }
+}
+
+#[inline(always)]
+fn closed(rec: &Record) {
+    let now = now_ns();
+    // SAFETY: a value from a successful lookup, copied out at once.
+    let Some(opened_ns) = (unsafe { OPEN_SOCKETS.get(&rec.skaddr) }).copied() else {
+        bump(STAT_UNTRACKED_CLOSES);
+        return;
+    };
+    let _ = OPEN_SOCKETS.remove(&rec.skaddr);
+    let Some(e) = remote_entry(&rec.remote) else { return };
+    let cfg = config();
+    // SAFETY: as in `opened`.
+    let established = unsafe {
+        atomic_add(&raw mut (*e).closed, 1);
+        atomic_sub(&raw mut (*e).established, 1) - 1
+    };
+    if established <= cfg.conn_threshold {
+        // SAFETY: as in `opened`.
+        unsafe { (*e).over_threshold = 0 };
+    }
+    if cfg.conn_events != 0 {
+        emit(conn_event(rec, EVENT_CONN_CLOSE, now, opened_ns, now.saturating_sub(opened_ns)));
+    }
+}
+
+#[inline(always)]
+fn conn_event(rec: &Record, kind: u32, now: u64, opened_ns: u64, duration_ns: u64) -> ConnEvent {
+    ConnEvent {
+        header: header(kind, core::mem::size_of::<ConnEvent>(), now),
+        local: rec.local,
+        remote: rec.remote,
+        local_port: rec.sport,
+        remote_port: rec.dport,
+        family: rec.family,
+        _pad: 0,
+        old_state: rec.oldstate as u32,
+        new_state: rec.newstate as u32,
+        opened_ns,
+        duration_ns,
+    }
+}

@@ -1,0 +1,29 @@
+//! VESPA kernel programs.
+//!
+//! * `traffic`: tc classifiers (ingress, egress) counting bytes and packets per interface and
+//!   direction, and SYN-without-ACK packets per source address on ingress.
+//! * `conntrack`: the `sock:inet_sock_set_state` tracepoint tracking established TCP
+//!   connections per remote address, with open/close events.
+//!
+//! Both report threshold crossings through the `EVENTS` ring buffer as they happen, so user
+//! space never has to poll to detect an attack. The programs only observe: every classifier
+//! returns `TC_ACT_UNSPEC`, which lets the next program on the hook (or the qdisc) decide.
+#![no_std]
+#![no_main]
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod common;
+mod conntrack;
+mod traffic;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never executed.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
