@@ -1,1 +1,85 @@
+//! Test kit for VESPA's end-to-end tests: network namespaces with veth links, running code
+//! inside a namespace, traffic generators, and the root/eBPF requirement policy.
+//!
+//! Every namespace and link a test makes is removed when its guard drops, and traffic only
+//! ever goes to addresses of those namespaces.
 
+pub mod net;
+pub mod traffic;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Whether the privileged parts of a test can run. On CI (`VESPA_REQUIRE_EBPF=1`) a missing
+/// capability is a failure; elsewhere the test prints why it is skipped and passes.
+pub fn privileged(test: &str) -> bool {
+    let missing = if !nix::unistd::geteuid().is_root() {
+        Some("not running as root")
+    } else if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Some("kernel without BTF")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if std::env::var("VESPA_REQUIRE_EBPF").is_ok_and(|v| v == "1") => {
+            panic!("{test}: VESPA_REQUIRE_EBPF=1 but {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why} (set VESPA_REQUIRE_EBPF=1 to make this a failure)");
+            false
+        }
+    }
+}
+
+/// A short name unique within this machine for the lifetime of the process
+/// (interface names are limited to 15 bytes).
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A distinct /24 (third octet) and /64 per call, so concurrent tests never share addresses:
+/// the connection tracker sees every namespace's sockets.
+pub fn subnet() -> u8 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    (10 + (std::process::id() % 20) * 10 + N.fetch_add(1, Ordering::Relaxed) % 10) as u8
+}
+
+/// Path of a workspace binary built next to the test executable.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built (run the tests through `cargo xtask test` or build the workspace first)", p.display());
+    p
+}
+
+/// Receives sensor events until `done` returns true for one of them; returns every event
+/// received, in order. Panics after `timeout` (a failure bound, not a synchronisation).
+pub fn events_until(
+    rx: &mut tokio::sync::broadcast::Receiver<vespa_agent::SensorEvent>,
+    timeout: std::time::Duration,
+    mut done: impl FnMut(&vespa_agent::SensorEvent) -> bool,
+) -> Vec<vespa_agent::SensorEvent> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let mut seen = Vec::new();
+    let res = rt.block_on(async { tokio::time::timeout(timeout, async {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let stop = done(&ev);
+                    seen.push(ev);
+                    if stop {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => panic!("test fell behind by {n} events"),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => panic!("sensor event channel closed"),
+            }
+        }
+    }).await });
+    if res.is_err() {
+        panic!("timed out after {timeout:?} waiting for an event; received: {seen:#?}");
+    }
+    seen
+}

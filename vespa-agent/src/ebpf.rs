@@ -31,6 +31,7 @@ use vespa_common::{
 
 use crate::{
     iface,
+    nsworker::NsWorker,
     sensor::{addr_of, ip_of, wanted, Health, InterfaceCounters, RemoteConnections, SensorConfig, SensorError, SensorEvent, SynSource},
 };
 
@@ -83,6 +84,7 @@ struct Shared {
 pub(crate) struct EbpfSensor {
     shared: Arc<Shared>,
     threads: Vec<thread::JoinHandle<()>>,
+    ns: NsWorker,
 }
 
 fn load_err(e: impl std::fmt::Display) -> SensorError {
@@ -105,10 +107,7 @@ fn kernel_config(cfg: &SensorConfig) -> vespa_common::SensorConfig {
 
 impl EbpfSensor {
     pub(crate) fn start(cfg: &SensorConfig, events: broadcast::Sender<SensorEvent>) -> Result<EbpfSensor, SensorError> {
-        Self::start_with(cfg, TcMode::Auto, events)
-    }
-
-    pub(crate) fn start_with(cfg: &SensorConfig, tc_mode: TcMode, events: broadcast::Sender<SensorEvent>) -> Result<EbpfSensor, SensorError> {
+        let tc_mode = cfg.tc_mode;
         if OBJECT.is_empty() {
             return Err(SensorError::Unavailable("this binary was built without the kernel programs".into()));
         }
@@ -152,7 +151,7 @@ impl EbpfSensor {
         // Explicitly configured interfaces must attach now; the rest is best effort.
         shared.reconcile(true)?;
 
-        let mut sensor = EbpfSensor { shared: shared.clone(), threads: Vec::new() };
+        let mut sensor = EbpfSensor { shared: shared.clone(), threads: Vec::new(), ns: NsWorker::spawn("vespa-netns", Duration::from_secs(3600), || {}) };
         let s = shared.clone();
         sensor.threads.push(spawn("vespa-ringbuf", move || s.read_events(ring)));
         let s = shared.clone();
@@ -162,6 +161,10 @@ impl EbpfSensor {
             "eBPF sensors attached"
         );
         Ok(sensor)
+    }
+
+    pub(crate) fn worker(&self) -> &NsWorker {
+        &self.ns
     }
 
     pub(crate) fn interfaces(&self) -> Result<Vec<InterfaceCounters>, SensorError> {
@@ -297,7 +300,7 @@ impl Shared {
     /// Attaches to every wanted interface not yet attached and forgets vanished ones.
     /// With `strict`, failing to attach an explicitly configured interface is an error.
     fn reconcile(&self, strict: bool) -> Result<(), SensorError> {
-        let present = iface::list().map_err(|source| SensorError::Read { what: "/sys/class/net", source })?;
+        let present = iface::list().map_err(|source| SensorError::Read { what: "the interface list (RTM_GETLINK)", source })?;
         let mut inner = self.lock();
         let gone: Vec<u32> = inner
             .attached

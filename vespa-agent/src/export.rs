@@ -14,7 +14,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{iface, Sensors};
+use crate::Sensors;
 
 /// Label value of the series that aggregates every address beyond the top N.
 pub const OTHER: &str = "other";
@@ -86,6 +86,7 @@ impl Collector for SensorCollector {
         gauges(&mut enc, "vespa_sensor_up", "1 when the sensors could be read.", [(vec![], 1)])?;
         let dev = |i: &crate::InterfaceCounters| vec![("device", i.name.clone())];
         let ifs = &snap.interfaces;
+        let macs = self.sensors.interface_info().unwrap_or_default();
         counters(&mut enc, "vespa_network_receive_bytes", "Bytes received per interface.", ifs.iter().map(|i| (dev(i), i.rx_bytes)))?;
         counters(&mut enc, "vespa_network_receive_packets", "Packets received per interface.", ifs.iter().map(|i| (dev(i), i.rx_packets)))?;
         counters(&mut enc, "vespa_network_transmit_bytes", "Bytes sent per interface.", ifs.iter().map(|i| (dev(i), i.tx_bytes)))?;
@@ -95,7 +96,7 @@ impl Collector for SensorCollector {
             "vespa_network_info",
             "Interface metadata (always 1).",
             ifs.iter().map(|i| {
-                let mac = iface::mac(&i.name).unwrap_or_default();
+                let mac = macs.iter().find(|m| m.ifindex == i.ifindex).map(|m| m.mac.clone()).unwrap_or_default();
                 (vec![("device", i.name.clone()), ("address", mac), ("ifindex", i.ifindex.to_string())], 1)
             }),
         )?;

@@ -1,11 +1,17 @@
-//! Network interfaces of the current network namespace, read from sysfs.
+//! Network interfaces of the calling thread's network namespace, from an RTM_GETLINK dump.
+//!
+//! Netlink rather than /sys/class/net: sysfs shows the namespace of whoever mounted it, while
+//! a netlink socket belongs to the namespace of the thread that opens it. That keeps the
+//! agent right under `--netns` and in tests that move a thread into a namespace.
 
-use std::{fs, io, path::Path};
+use std::io;
 
-const SYS_NET: &str = "/sys/class/net";
-/// ARPHRD_* values of devices whose frames start with an Ethernet header.
-const ARPHRD_ETHER: u32 = 1;
-const ARPHRD_LOOPBACK: u32 = 772;
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_route::{
+    link::{LinkAttribute, LinkLayerType, LinkMessage},
+    RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
@@ -14,53 +20,10 @@ pub struct Interface {
     /// Frames carry an Ethernet header (veth, tap, bridge, NICs, lo); false for raw-IP
     /// devices (tun, wireguard), whose packets start at the IP header.
     pub ethernet: bool,
-}
-
-/// All interfaces visible in this network namespace, sorted by ifindex.
-pub fn list() -> io::Result<Vec<Interface>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(SYS_NET)? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        // A device may vanish between read_dir and the reads below; skip it then.
-        if let Ok(i) = get(&name) {
-            out.push(i);
-        }
-    }
-    out.sort_by_key(|i| i.ifindex);
-    Ok(out)
-}
-
-/// One interface by name; `NotFound` if it does not exist.
-pub fn get(name: &str) -> io::Result<Interface> {
-    validate_name(name)?;
-    let dir = Path::new(SYS_NET).join(name);
-    let ifindex = read_u32(&dir.join("ifindex"))?;
-    let kind = read_u32(&dir.join("type"))?;
-    Ok(Interface { name: name.to_string(), ifindex, ethernet: kind == ARPHRD_ETHER || kind == ARPHRD_LOOPBACK })
-}
-
-/// The interface's hardware address, colon separated (`get_mac` of the 2014 bandwidth agent).
-pub fn mac(name: &str) -> io::Result<String> {
-    validate_name(name)?;
-    Ok(fs::read_to_string(Path::new(SYS_NET).join(name).join("address"))?.trim().to_string())
-}
-
-/// Interface name for an ifindex in this namespace, if it still exists.
-pub fn name_of(ifindex: u32) -> Option<String> {
-    nix::net::if_::if_indextoname(ifindex).ok().map(|c| c.to_string_lossy().into_owned())
-}
-
-/// Kernel statistics of one interface (`/sys/class/net/<name>/statistics`).
-pub fn kernel_stats(name: &str) -> io::Result<KernelStats> {
-    validate_name(name)?;
-    let dir = Path::new(SYS_NET).join(name).join("statistics");
-    let get = |f: &str| read_u64(&dir.join(f));
-    Ok(KernelStats {
-        rx_bytes: get("rx_bytes")?,
-        rx_packets: get("rx_packets")?,
-        tx_bytes: get("tx_bytes")?,
-        tx_packets: get("tx_packets")?,
-    })
+    /// Hardware address, colon separated ("" when the device has none).
+    pub mac: String,
+    /// The kernel's own counters for the device.
+    pub stats: KernelStats,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,34 +34,90 @@ pub struct KernelStats {
     pub tx_packets: u64,
 }
 
-/// Interface names are at most 15 bytes and never contain '/' or whitespace; rejecting
-/// others keeps a configured name from escaping the sysfs directory.
+/// All interfaces of this thread's network namespace, sorted by ifindex.
+pub fn list() -> io::Result<Vec<Interface>> {
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())));
+    req.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    sock.send(&buf, 0)?;
+
+    let mut out = Vec::new();
+    let mut rx = vec![0u8; 64 * 1024];
+    loop {
+        let n = sock.recv(&mut &mut rx[..], 0)?;
+        let mut off = 0;
+        while off < n {
+            let msg: NetlinkMessage<RouteNetlinkMessage> =
+                NetlinkMessage::deserialize(&rx[off..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::Done(_) => {
+                    out.sort_by_key(|i: &Interface| i.ifindex);
+                    return Ok(out);
+                }
+                NetlinkPayload::Error(e) => return Err(io::Error::other(format!("netlink: {e:?}"))),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => out.extend(interface(link)),
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            off += len;
+        }
+    }
+}
+
+fn interface(link: LinkMessage) -> Option<Interface> {
+    let mut name = None;
+    let mut mac = String::new();
+    let mut stats = KernelStats::default();
+    for attr in link.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => name = Some(n),
+            LinkAttribute::Address(a) => mac = a.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            LinkAttribute::Stats64(s) => {
+                stats = KernelStats { rx_bytes: s.rx_bytes, rx_packets: s.rx_packets, tx_bytes: s.tx_bytes, tx_packets: s.tx_packets }
+            }
+            _ => {}
+        }
+    }
+    let ethernet = matches!(link.header.link_layer_type, LinkLayerType::Ether | LinkLayerType::Loopback);
+    Some(Interface { name: name?, ifindex: link.header.index, ethernet, mac, stats })
+}
+
+/// One interface by name; `NotFound` if it does not exist in this namespace.
+pub fn get(name: &str) -> io::Result<Interface> {
+    validate_name(name)?;
+    list()?
+        .into_iter()
+        .find(|i| i.name == name)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no interface named {name:?} in this network namespace")))
+}
+
+/// The interface's hardware address, colon separated (`get_mac` of the 2014 bandwidth agent).
+pub fn mac(name: &str) -> io::Result<String> {
+    Ok(get(name)?.mac)
+}
+
+/// Kernel statistics of one interface.
+pub fn kernel_stats(name: &str) -> io::Result<KernelStats> {
+    Ok(get(name)?.stats)
+}
+
+/// Interface names are 1 to 15 bytes without '/', ':' or whitespace.
 fn validate_name(name: &str) -> io::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() < 16
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', ' ', '\t', '\n', '\0', ':']);
+    let ok = !name.is_empty() && name.len() < 16 && name != "." && name != ".." && !name.contains(['/', ' ', '\t', '\n', '\0', ':']);
     if ok {
         Ok(())
     } else {
         Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid interface name {name:?}")))
     }
-}
-
-fn read_u32(p: &Path) -> io::Result<u32> {
-    parse(p)
-}
-
-fn read_u64(p: &Path) -> io::Result<u64> {
-    parse(p)
-}
-
-fn parse<T: std::str::FromStr>(p: &Path) -> io::Result<T> {
-    fs::read_to_string(p)?
-        .trim()
-        .parse()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("unexpected content in {}", p.display())))
 }
 
 #[cfg(test)]
@@ -110,8 +129,8 @@ mod tests {
         let lo = get("lo").expect("lo exists in every namespace");
         assert_eq!(lo.ifindex, 1);
         assert!(lo.ethernet);
+        assert_eq!(lo.mac, "00:00:00:00:00:00");
         assert!(list().unwrap().iter().any(|i| i.name == "lo"));
-        assert_eq!(mac("lo").unwrap(), "00:00:00:00:00:00");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod iface;
 pub mod netns;
 pub mod preflight;
 pub mod procfs;
+mod nsworker;
 mod procfs_backend;
 pub mod sensor;
 pub mod top;

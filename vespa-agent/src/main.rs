@@ -85,6 +85,10 @@ struct SensorArgs {
     /// Open sockets tracked between open and close.
     #[arg(long, global = true, default_value_t = 131_072)]
     max_sockets: u32,
+    /// How to attach the tc classifiers: TCX links where the kernel has them (6.6+), or a
+    /// clsact qdisc with filters.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    tc_attach: vespa_agent::ebpf::TcMode,
     /// Series per address-labelled metric before the rest is summed into "other".
     #[arg(long, global = true, default_value_t = 20)]
     top_n: usize,
@@ -144,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         max_sockets: a.max_sockets,
         conn_threshold: a.conn_threshold,
         syn_per_sec_threshold: a.syn_threshold,
+        tc_mode: a.tc_attach,
         ..SensorConfig::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -157,7 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let addr = listener.local_addr()?;
                 tracing::info!(%addr, mode = ?sensors.mode(), "serving metrics at http://{addr}/metrics");
                 let events = log_events(sensors.clone());
-                export::serve(listener, export::registry(sensors, a_top_n(&cli.sensor)), shutdown_signal()).await?;
+                export::serve(listener, export::registry(sensors, cli.sensor.top_n), shutdown_signal()).await?;
                 events.abort();
                 Ok(())
             }
@@ -174,10 +179,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Top { interval, count, rows } => top::run(sensors, interval, count, rows).await,
         }
     })
-}
-
-fn a_top_n(a: &SensorArgs) -> usize {
-    a.top_n
 }
 
 /// Logs threshold events as they arrive (the exporter has no other consumer for them).

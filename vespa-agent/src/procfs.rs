@@ -1,5 +1,6 @@
 //! The 2014 method, kept as the fallback back end: `/proc/net/dev` for interface counters and
-//! `/proc/net/tcp{,6}` for connections. Parsers are pure functions over the file text so they
+//! `/proc/net/tcp{,6}` for connections, read through `/proc/thread-self` so that the calling
+//! thread's network namespace is the one read. Parsers are pure functions over the file text so they
 //! are tested on fixed inputs; the readers only add the file access.
 
 use std::{
@@ -45,7 +46,7 @@ pub fn parse_net_dev(text: &str) -> Result<Vec<DevLine>, String> {
 }
 
 pub fn read_net_dev() -> io::Result<Vec<DevLine>> {
-    let text = fs::read_to_string("/proc/net/dev")?;
+    let text = fs::read_to_string("/proc/thread-self/net/dev")?;
     parse_net_dev(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -89,7 +90,7 @@ pub fn parse_net_tcp(text: &str, acc: &mut BTreeMap<IpAddr, TcpCounts>) -> Resul
 /// Reads both tables of the current network namespace.
 pub fn read_net_tcp() -> io::Result<BTreeMap<IpAddr, TcpCounts>> {
     let mut acc = BTreeMap::new();
-    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+    for path in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
         match fs::read_to_string(path) {
             Ok(text) => parse_net_tcp(&text, &mut acc).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
             // tcp6 is absent when IPv6 is disabled.

@@ -66,6 +66,8 @@ pub struct SensorConfig {
     pub ring_buffer_bytes: u32,
     /// How often the interface list is reconciled even without a netlink notification.
     pub rescan_interval: Duration,
+    /// How tc classifiers are attached (TCX links where available, or clsact + filters).
+    pub tc_mode: crate::ebpf::TcMode,
 }
 
 impl Default for SensorConfig {
@@ -82,6 +84,7 @@ impl Default for SensorConfig {
             conn_events: true,
             ring_buffer_bytes: 1 << 20,
             rescan_interval: Duration::from_secs(5),
+            tc_mode: crate::ebpf::TcMode::Auto,
         }
     }
 }
@@ -288,7 +291,21 @@ impl Sensors {
 
     /// Hardware address of an interface (the 2014 `get_mac`).
     pub fn get_mac(&self, name: &str) -> Result<String, SensorError> {
-        iface::mac(name).map_err(|_| SensorError::UnknownInterface(name.to_string()))
+        self.interface_info()?
+            .into_iter()
+            .find(|i| i.name == name)
+            .map(|i| i.mac)
+            .ok_or_else(|| SensorError::UnknownInterface(name.to_string()))
+    }
+
+    /// Every interface of the sensors' namespace (name, index, MAC, kernel statistics),
+    /// monitored or not.
+    pub fn interface_info(&self) -> Result<Vec<iface::Interface>, SensorError> {
+        let worker = match &*self.inner {
+            Backend::Ebpf(s) => s.worker(),
+            Backend::Proc(s) => s.worker(),
+        };
+        worker.run(iface::list).map_err(|source| SensorError::Read { what: "the interface list (RTM_GETLINK)", source })
     }
 
     /// Waits until an interface is being monitored (attached under eBPF; present under /proc).

@@ -63,9 +63,11 @@ pub fn emit<T: 'static>(event: T) {
 /// `dst` must point to a live, 8-byte aligned map value.
 #[inline(always)]
 pub unsafe fn atomic_add(dst: *mut u64, v: u64) -> u64 {
-    // SAFETY: forwarded to the caller; core's atomic types have no RMW methods on BPF, the
-    // intrinsic lowers to the BPF atomic instruction.
-    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v) }
+    // SAFETY: forwarded to the caller. core's atomic types have no RMW methods on BPF, so the
+    // intrinsic is used directly. SeqCst, not Relaxed: LLVM 22's BPF back end lowers a relaxed
+    // fetch-add to the non-fetching `lock +=` even when the result is used (garbage result);
+    // SeqCst yields BPF_ATOMIC|BPF_FETCH, which the connection tests depend on.
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(dst, v) }
 }
 
 /// Atomic fetch-and-subtract; see [`atomic_add`].
@@ -75,5 +77,5 @@ pub unsafe fn atomic_add(dst: *mut u64, v: u64) -> u64 {
 #[inline(always)]
 pub unsafe fn atomic_sub(dst: *mut u64, v: u64) -> u64 {
     // SAFETY: as in `atomic_add`.
-    unsafe { core::intrinsics::atomic_xsub::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v) }
+    unsafe { core::intrinsics::atomic_xsub::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(dst, v) }
 }

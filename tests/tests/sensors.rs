@@ -1,0 +1,278 @@
+//! The eBPF sensors against the real kernel: two network namespaces joined by a veth link.
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener},
+    sync::mpsc,
+    time::Duration,
+};
+
+use vespa_agent::{iface, InterfaceCounters, Mode, SensorConfig, SensorEvent, Sensors};
+use vespa_tests::{events_until, net::{Link, Netns}, privileged, traffic};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn cfg(mode: Mode, ifaces: &[&str]) -> SensorConfig {
+    SensorConfig { mode, interfaces: ifaces.iter().map(|s| s.to_string()).collect(), ..SensorConfig::default() }
+}
+
+fn start(ns: &Netns, cfg: SensorConfig) -> Sensors {
+    ns.run(move || Sensors::start(cfg)).expect("sensors start")
+}
+
+fn counters(s: &Sensors, ifname: &str) -> InterfaceCounters {
+    s.interfaces().expect("read counters").into_iter().find(|i| i.name == ifname).unwrap_or_else(|| panic!("{ifname} not monitored"))
+}
+
+/// Sensor counters and kernel statistics read while nothing is in flight: the kernel's
+/// numbers are read before and after ours and must not have moved in between, twice in a row.
+fn settled(ns: &Netns, s: &Sensors, ifname: &str) -> (InterfaceCounters, iface::KernelStats) {
+    let name = ifname.to_string();
+    let kstats = |ns: &Netns| {
+        let n = name.clone();
+        ns.run(move || iface::kernel_stats(&n).expect("kernel stats"))
+    };
+    let mut last = None;
+    for _ in 0..500 {
+        let k1 = kstats(ns);
+        let ours = counters(s, ifname);
+        let k2 = kstats(ns);
+        if k1 == k2 {
+            if last.as_ref() == Some(&(ours.clone(), k1)) {
+                return (ours, k1);
+            }
+            last = Some((ours, k1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{ifname}: counters never settled");
+}
+
+fn delta(a: &InterfaceCounters, b: &InterfaceCounters) -> [u64; 4] {
+    [b.rx_bytes - a.rx_bytes, b.rx_packets - a.rx_packets, b.tx_bytes - a.tx_bytes, b.tx_packets - a.tx_packets]
+}
+
+fn kdelta(a: &iface::KernelStats, b: &iface::KernelStats) -> [u64; 4] {
+    [b.rx_bytes - a.rx_bytes, b.rx_packets - a.rx_packets, b.tx_bytes - a.tx_bytes, b.tx_packets - a.tx_packets]
+}
+
+#[test]
+fn byte_and_packet_counters_equal_the_kernel_statistics() {
+    if !privileged("byte_and_packet_counters_equal_the_kernel_statistics") {
+        return;
+    }
+    let l = Link::new();
+    let sa = start(&l.a_ns, cfg(Mode::Ebpf, &[&l.a.ifname]));
+    let sb = start(&l.b_ns, cfg(Mode::Ebpf, &[&l.b.ifname]));
+    let (a0, ka0) = settled(&l.a_ns, &sa, &l.a.ifname);
+    let (b0, kb0) = settled(&l.b_ns, &sb, &l.b.ifname);
+
+    // 1,000 UDP datagrams of assorted sizes a -> b, then 4 MiB over TCP b -> a.
+    const N: usize = 1000;
+    let to = SocketAddr::new(IpAddr::V4(l.b.v4), 9000);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let sink = l.b_ns.spawn(move || traffic::udp_sink(to, N, ready_tx));
+    ready_rx.recv().expect("sink ready");
+    l.a_ns.run(move || traffic::udp_send(to, N, &[18, 64, 512, 1400]));
+    assert_eq!(sink.join().expect("sink"), N, "every datagram arrived");
+
+    let srv = SocketAddr::new(IpAddr::V4(l.a.v4), 9001);
+    let listener = l.a_ns.run(move || TcpListener::bind(srv).expect("bind"));
+    let server = std::thread::spawn(move || traffic::tcp_drain_server(listener, 1));
+    l.b_ns.run(move || traffic::tcp_send(srv, 4 << 20));
+    assert_eq!(server.join().expect("server"), 4 << 20);
+
+    let (a1, ka1) = settled(&l.a_ns, &sa, &l.a.ifname);
+    let (b1, kb1) = settled(&l.b_ns, &sb, &l.b.ifname);
+    let (da, db) = (delta(&a0, &a1), delta(&b0, &b1));
+    assert_eq!(da, kdelta(&ka0, &ka1), "a end: eBPF [rx_bytes, rx_packets, tx_bytes, tx_packets] vs kernel");
+    assert_eq!(db, kdelta(&kb0, &kb1), "b end: eBPF vs kernel");
+    assert!(da[3] >= N as u64 && db[1] >= N as u64, "the datagrams were counted: {da:?} {db:?}");
+    assert!(da[0] >= 4 << 20 && db[2] >= 4 << 20, "the TCP transfer was counted: {da:?} {db:?}");
+}
+
+fn connections_counted(v6: bool) {
+    let l = Link::new();
+    let (a_ip, b_ip) = if v6 { (IpAddr::V6(l.a.v6), IpAddr::V6(l.b.v6)) } else { (IpAddr::V4(l.a.v4), IpAddr::V4(l.b.v4)) };
+    let sa = start(&l.a_ns, cfg(Mode::Ebpf, &[&l.a.ifname]));
+    let mut rx = sa.subscribe();
+    const K: usize = 25;
+    let srv = SocketAddr::new(b_ip, 9100);
+    let listener = l.b_ns.run(move || TcpListener::bind(srv).expect("bind"));
+    let clients = l.a_ns.run(move || traffic::tcp_connect_n(srv, K));
+    let servers = traffic::tcp_accept_n(&listener, K);
+
+    // The tracker sees both ends (it is one kernel): K client sockets whose remote is b and
+    // K server sockets whose remote is a.
+    let mut opened = 0;
+    events_until(&mut rx, WAIT, |e| {
+        if matches!(e, SensorEvent::ConnOpened { .. }) {
+            opened += 1;
+        }
+        opened == 2 * K
+    });
+    let c = sa.connections_of(b_ip).expect("lookup");
+    assert_eq!((c.established, c.opened, c.closed), (K as u64, Some(K as u64), Some(0)), "while open, remote {b_ip}");
+    assert_eq!(sa.connections_of(a_ip).expect("lookup").established, K as u64, "server side, remote {a_ip}");
+    assert!(sa.connections().expect("list").iter().any(|c| c.addr == b_ip && c.established == K as u64));
+
+    drop(clients);
+    drop(servers);
+    let mut closed = 0;
+    let events = events_until(&mut rx, WAIT, |e| {
+        if matches!(e, SensorEvent::ConnClosed { .. }) {
+            closed += 1;
+        }
+        closed == 2 * K
+    });
+    let c = sa.connections_of(b_ip).expect("lookup");
+    assert_eq!((c.established, c.opened, c.closed), (0, Some(K as u64), Some(K as u64)), "after close, remote {b_ip}");
+    let close = events.iter().find_map(|e| match e {
+        SensorEvent::ConnClosed { remote, duration_ns, .. } if remote.ip() == b_ip => Some((*remote, *duration_ns)),
+        _ => None,
+    });
+    let (remote, duration) = close.expect("a close event for a client socket");
+    assert_eq!(remote.port(), 9100, "the 5-tuple carries the remote port");
+    assert!(duration > 0, "close events carry the connection's lifetime");
+}
+
+#[test]
+fn established_connections_per_remote_ipv4() {
+    if privileged("established_connections_per_remote_ipv4") {
+        connections_counted(false);
+    }
+}
+
+#[test]
+fn established_connections_per_remote_ipv6() {
+    if privileged("established_connections_per_remote_ipv6") {
+        connections_counted(true);
+    }
+}
+
+#[test]
+fn syn_burst_is_counted_and_raises_the_threshold_event_but_normal_traffic_does_not() {
+    if !privileged("syn_burst_is_counted_and_raises_the_threshold_event_but_normal_traffic_does_not") {
+        return;
+    }
+    let l = Link::new();
+    let mut c = cfg(Mode::Ebpf, &[&l.b.ifname]);
+    c.syn_per_sec_threshold = 50;
+    let sb = start(&l.b_ns, c);
+    let mut rx = sb.subscribe();
+
+    // Normal traffic first, from a's IPv6 address: ten complete handshakes.
+    let srv6 = SocketAddr::new(IpAddr::V6(l.b.v6), 9200);
+    let listener = l.b_ns.run(move || TcpListener::bind(srv6).expect("bind"));
+    let normal = l.a_ns.run(move || traffic::tcp_connect_n(srv6, 10));
+    let _accepted = traffic::tcp_accept_n(&listener, 10);
+    // Then the flood, from a's IPv4 address: 300 SYNs, no handshake.
+    let (from, to) = (IpAddr::V4(l.a.v4), SocketAddr::new(IpAddr::V4(l.b.v4), 9201));
+    l.a_ns.run(move || traffic::syn_burst(from, to, 300));
+
+    let events = events_until(&mut rx, WAIT, |e| matches!(e, SensorEvent::SynThreshold { .. }));
+    let Some(SensorEvent::SynThreshold { addr, syns_in_second, threshold, ifindex, .. }) = events.last() else { unreachable!() };
+    assert_eq!(*addr, from, "the flooding source is named");
+    assert_eq!((*syns_in_second, *threshold), (51, 50), "the event fires on the crossing itself");
+    assert_eq!(*ifindex, l.b_ns.run({ let n = l.b.ifname.clone(); move || iface::get(&n).expect("iface").ifindex }));
+    // The ring buffer is ordered: no event for the normal source came before the flood's.
+    assert!(!events.iter().any(|e| matches!(e, SensorEvent::SynThreshold { addr, .. } if *addr == IpAddr::V6(l.a.v6))));
+
+    let syns = |ip: IpAddr| sb.syn_sources().expect("syn table").into_iter().find(|s| s.addr == ip).map(|s| s.syns);
+    assert_eq!(syns(IpAddr::V6(l.a.v6)), Some(10), "one SYN per normal connection");
+    // The burst may still be in flight past the crossing; wait for all of it to be counted.
+    let mut flood = 0;
+    for _ in 0..500 {
+        flood = syns(from).unwrap_or(0);
+        if flood == 300 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(flood, 300, "every SYN of the burst counted for {from}");
+    drop(normal);
+}
+
+#[test]
+fn connection_threshold_event_arrives_with_the_crossing_connection() {
+    if !privileged("connection_threshold_event_arrives_with_the_crossing_connection") {
+        return;
+    }
+    let l = Link::new();
+    let mut c = cfg(Mode::Ebpf, &[&l.a.ifname]);
+    c.conn_threshold = 5;
+    let sa = start(&l.a_ns, c);
+    let mut rx = sa.subscribe();
+    let b_ip = IpAddr::V4(l.b.v4);
+    let srv = SocketAddr::new(b_ip, 9300);
+    let listener = l.b_ns.run(move || TcpListener::bind(srv).expect("bind"));
+    let _clients = l.a_ns.run(move || traffic::tcp_connect_n(srv, 8));
+    let _servers = traffic::tcp_accept_n(&listener, 8);
+
+    let events = events_until(&mut rx, WAIT, |e| matches!(e, SensorEvent::ConnThreshold { addr, .. } if *addr == b_ip));
+    let received_ns = vespa_agent::ebpf::monotonic_ns();
+    let to_b: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            SensorEvent::ConnOpened { timestamp_ns, remote, .. } if remote.ip() == b_ip => Some(*timestamp_ns),
+            _ => None,
+        })
+        .collect();
+    let Some(SensorEvent::ConnThreshold { timestamp_ns, established, threshold, .. }) = events.last() else { unreachable!() };
+    assert_eq!((*established, *threshold), (6, 5));
+    assert_eq!(to_b.len(), 6, "the event follows the sixth connection to b directly, not a polling interval later");
+    assert_eq!(*timestamp_ns, to_b[5], "raised in the same kernel invocation as the crossing connection");
+    let latency_ms = (received_ns - timestamp_ns) as f64 / 1e6;
+    assert!(latency_ms < 250.0, "delivered to user space {latency_ms:.2} ms after the crossing");
+    eprintln!("threshold event delivered {latency_ms:.3} ms after the kernel saw the crossing");
+}
+
+#[test]
+fn proc_fallback_gives_the_same_answers() {
+    if !privileged("proc_fallback_gives_the_same_answers") {
+        return;
+    }
+    let l = Link::new();
+    let ebpf = start(&l.a_ns, cfg(Mode::Ebpf, &[&l.a.ifname]));
+    let procs = start(&l.a_ns, cfg(Mode::Proc, &[&l.a.ifname]));
+    assert_eq!((ebpf.mode(), procs.mode()), (Mode::Ebpf, Mode::Proc));
+    let (e0, p0) = (counters(&ebpf, &l.a.ifname), counters(&procs, &l.a.ifname));
+
+    let b_ip = IpAddr::V4(l.b.v4);
+    let srv = SocketAddr::new(b_ip, 9400);
+    let listener = l.b_ns.run(move || TcpListener::bind(srv).expect("bind"));
+    let mut rx = ebpf.subscribe();
+    let clients = l.a_ns.run(move || traffic::tcp_connect_n(srv, 12));
+    let servers = traffic::tcp_accept_n(&listener, 12);
+    let mut n = 0;
+    events_until(&mut rx, WAIT, |e| {
+        n += matches!(e, SensorEvent::ConnOpened { remote, .. } if remote.ip() == b_ip) as usize;
+        n == 12
+    });
+    let via_proc = l.a_ns.run({
+        let p = procs.clone();
+        move || p.connections_of(b_ip).expect("proc")
+    });
+    assert_eq!(via_proc.established, 12);
+    assert_eq!(ebpf.connections_of(b_ip).expect("ebpf").established, via_proc.established);
+    drop((clients, servers));
+
+    let to = SocketAddr::new(b_ip, 9401);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let sink = l.b_ns.spawn(move || traffic::udp_sink(to, 200, ready_tx));
+    ready_rx.recv().expect("ready");
+    l.a_ns.run(move || traffic::udp_send(to, 200, &[100, 900]));
+    assert_eq!(sink.join().expect("sink"), 200);
+    // Both back ends must agree on the traffic; read until they settle on the same deltas.
+    let mut last = None;
+    for _ in 0..500 {
+        let (e1, p1) = (counters(&ebpf, &l.a.ifname), l.a_ns.run({ let p = procs.clone(); let n = l.a.ifname.clone(); move || counters(&p, &n) }));
+        let d = (delta(&e0, &e1), delta(&p0, &p1));
+        if d.0 == d.1 {
+            last = Some(d.0);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let d = last.expect("eBPF and /proc deltas agree");
+    assert!(d[3] >= 200, "the datagrams are in both: {d:?}");
+}
