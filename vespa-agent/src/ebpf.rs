@@ -16,7 +16,7 @@ use std::{
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        tc::{SchedClassifierLink, TcAttachOptions},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType, TracePoint,
     },
     Ebpf, EbpfLoader,
@@ -262,11 +262,15 @@ impl Drop for EbpfSensor {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let mut inner = self.shared.lock();
-        let ifindexes: Vec<u32> = inner.attached.keys().copied().collect();
-        for ifindex in ifindexes {
-            self.shared.detach(&mut inner, ifindex, false);
-        }
+        // On the namespace worker: the legacy clsact cleanup runs `tc` in our namespace.
+        let shared = self.shared.clone();
+        self.ns.run(move || {
+            let mut inner = shared.lock();
+            let ifindexes: Vec<u32> = inner.attached.keys().copied().collect();
+            for ifindex in ifindexes {
+                shared.detach(&mut inner, ifindex, false);
+            }
+        });
         tracing::info!("eBPF sensors detached");
     }
 }
@@ -342,12 +346,20 @@ impl Shared {
         let mut links = Vec::new();
         for (prog, dir) in [(ingress, TcAttachType::Ingress), (PROG_EGRESS, TcAttachType::Egress)] {
             let p = classifier(&mut inner.ebpf, prog)?;
-            let opts = match self.tc_mode {
-                TcMode::Netlink => TcAttachOptions::Netlink(Default::default()),
-                TcMode::Auto if has_tcx() => TcAttachOptions::TcxOrder(LinkOrder::default()),
-                TcMode::Auto => TcAttachOptions::Netlink(Default::default()),
-            };
-            let res = p.attach_with_options(&i.name, dir, opts).and_then(|id| p.take_link(id));
+            let res = match self.tc_mode {
+                // First in the TCX chain, so a program before us that ends the chain (pass or
+                // drop) cannot hide packets from the counters.
+                TcMode::Auto if has_tcx() => p
+                    .attach_with_options(&i.name, dir, TcAttachOptions::TcxOrder(tcx_first(&i.name, dir)))
+                    .or_else(|_| p.attach_with_options(&i.name, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))),
+                // Legacy tc stops at the first classifier that matches, so we go first (our
+                // programs return TC_ACT_UNSPEC: "continue") and see every packet while the
+                // filters behind us still decide. If priority 1 is taken, the kernel picks.
+                _ => p
+                    .attach_with_options(&i.name, dir, TcAttachOptions::Netlink(NlOptions { priority: 1, ..Default::default() }))
+                    .or_else(|_| p.attach_with_options(&i.name, dir, TcAttachOptions::Netlink(NlOptions::default()))),
+            }
+            .and_then(|id| p.take_link(id));
             match res {
                 Ok(link) => links.push(link),
                 Err(e) => {
@@ -447,6 +459,20 @@ fn remove_clsact(name: &str) {
     };
     if !has("ingress") && !has("egress") {
         let _ = std::process::Command::new("tc").args(["qdisc", "del", "dev", name, "clsact"]).status();
+    }
+}
+
+/// Position before whatever runs first on the hook now (or anywhere on an empty hook).
+fn tcx_first(ifname: &str, dir: TcAttachType) -> LinkOrder {
+    match SchedClassifier::query_tcx(ifname, dir) {
+        Ok((_, progs)) => match progs.first() {
+            // SAFETY: the id was just returned by the kernel for a program attached to this
+            // hook. Should that program detach before we attach, the kernel rejects the
+            // anchor (ENOENT) and the caller retries at the end of the chain.
+            Some(p) => LinkOrder::before_program_id(unsafe { aya::programs::ProgramId::new(p.id()) }),
+            None => LinkOrder::default(),
+        },
+        Err(_) => LinkOrder::default(),
     }
 }
 
