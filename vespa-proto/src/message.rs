@@ -1,0 +1,310 @@
+//! The typed messages of the node tree.
+//!
+//! The 2014 nodes exchanged `method|arg#arg` strings, dispatched them to whatever method of the
+//! node had that name, and parsed replies with `eval()`, so any peer could run code on any node.
+//! Here every verb is a variant of a closed enum: a node can only be asked to do what the enum
+//! names, and decoding is plain data (postcard), which cannot execute anything.
+//!
+//! **Wire stability:** postcard encodes enum variants by index, so variants and fields are only
+//! ever *appended*, never reordered or removed, within one protocol version.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ProtoError, Result};
+
+/// What a node is in the tree (the 2014 config's `[VO]`, `[HO_VM]`, `[HO_HY]`, `[HO_PH]`,
+/// `[Agent_*]` sections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeKind {
+    /// A sensor/actuator agent (leaf).
+    Agent,
+    /// Horizontal orchestrator of the virtual-machine layer.
+    HoVm,
+    /// Horizontal orchestrator of the hypervisor layer.
+    HoHy,
+    /// Horizontal orchestrator of the physical layer.
+    HoPh,
+    /// The vertical orchestrator (root).
+    Vo,
+}
+
+/// Every message a node sends to its parent or children.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// A child announces itself to its master (first message on a connection).
+    Register {
+        /// The child's node name.
+        name: String,
+        /// What the child is.
+        kind: NodeKind,
+        /// Where the child accepts connections of its own children, if it does.
+        #[serde(with = "full_socket_addr")]
+        listen_addr: Option<SocketAddr>,
+    },
+    /// An alert climbing the tree toward the VO.
+    Alert(Alert),
+    /// The receiver took responsibility for alert `seq` from `origin`.
+    Ack {
+        /// The node that raised the alert.
+        origin: String,
+        /// Its sequence number at that node.
+        seq: u64,
+    },
+    /// A request to a node (e.g. an actuator command from the VO). The verb is data matched by
+    /// the receiver against a fixed table, never used to look up code by name.
+    Call {
+        /// Correlates the [`Message::Reply`].
+        id: u64,
+        /// The requested action.
+        verb: String,
+        /// Its arguments.
+        args: Vec<String>,
+    },
+    /// The answer to the [`Message::Call`] with the same id: `Ok` payload (often JSON text) or
+    /// an error description.
+    Reply {
+        /// The call's id.
+        id: u64,
+        /// Outcome.
+        result: std::result::Result<String, String>,
+    },
+    /// Liveness probe; connections idle for too long are dropped by the caller.
+    Heartbeat,
+    /// Ask a node for its direct children.
+    ListSlaves,
+    /// Ask a node where `name` is in its subtree.
+    FindNode {
+        /// The node looked for.
+        name: String,
+    },
+    /// Tear the subtree down (the 2014 `destroy|`); only ever honoured from the parent.
+    Destroy,
+}
+
+/// An alert: raised at `origin`, `path` records every node it went through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// The node that raised it.
+    pub origin: String,
+    /// Per-origin sequence number, for acks and de-duplication.
+    pub seq: u64,
+    /// Names of the nodes it climbed through, origin first.
+    pub path: Vec<String>,
+    /// When it was raised (nanoseconds since the Unix epoch).
+    pub timestamp_ns: u64,
+    /// What happened.
+    pub body: AlertBody,
+}
+
+/// What an alert reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AlertBody {
+    /// A remote address holds more established TCP connections than allowed.
+    ConnThreshold {
+        /// The remote address.
+        addr: IpAddr,
+        /// Established connections from it.
+        established: u64,
+        /// The configured limit.
+        threshold: u64,
+    },
+    /// A remote address sent more SYNs in one second than allowed.
+    SynThreshold {
+        /// The remote address.
+        addr: IpAddr,
+        /// SYNs seen in the last second.
+        syns_in_second: u64,
+        /// The configured limit.
+        threshold: u64,
+    },
+    /// Byte counters of one interface.
+    Bandwidth {
+        /// Interface name.
+        iface: String,
+        /// Total received bytes.
+        rx_bytes: u64,
+        /// Total transmitted bytes.
+        tx_bytes: u64,
+    },
+    /// Established connections per remote address.
+    Connections {
+        /// (remote address, connection count).
+        per_remote: Vec<(IpAddr, u64)>,
+    },
+    /// The antivirus found an infected file in a VM.
+    Infected {
+        /// The VM.
+        vm: String,
+        /// The file.
+        file: String,
+        /// The matched signature.
+        signature: String,
+    },
+    /// An actuator (SDN controller, libvirt, ...) failed to carry out an action.
+    ActuatorFailed {
+        /// Which actuator.
+        actuator: String,
+        /// What it was asked to do.
+        action: String,
+        /// Why it failed.
+        error: String,
+    },
+    /// Free text (for operators; never parsed).
+    Text(String),
+}
+
+/// Serde for `Option<SocketAddr>` that keeps an IPv6 address's scope id and flow info.
+///
+/// serde's own `SocketAddrV6` encoding drops the scope id, which would turn a link-local
+/// listen address (`[fe80::1%2]:4100`) into one that cannot be dialled; the 2014 code already
+/// mangled IPv6 addresses, so this one is kept whole.
+mod full_socket_addr {
+    use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// (ip, port, IPv6 flow info, IPv6 scope id); the last two are 0 for IPv4.
+    type Wire = (IpAddr, u16, u32, u32);
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        let wire: Option<Wire> = addr.map(|a| match a {
+            SocketAddr::V4(v4) => (IpAddr::V4(*v4.ip()), v4.port(), 0, 0),
+            SocketAddr::V6(v6) => (
+                IpAddr::V6(*v6.ip()),
+                v6.port(),
+                v6.flowinfo(),
+                v6.scope_id(),
+            ),
+        });
+        wire.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let wire = Option::<Wire>::deserialize(d)?;
+        Ok(wire.map(|(ip, port, flowinfo, scope_id)| match ip {
+            IpAddr::V4(ip) => SocketAddr::new(IpAddr::V4(ip), port),
+            IpAddr::V6(ip) => SocketAddr::V6(SocketAddrV6::new(ip, port, flowinfo, scope_id)),
+        }))
+    }
+}
+
+/// Serialises `msg` compactly (postcard).
+pub fn encode<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>> {
+    postcard::to_allocvec(msg).map_err(ProtoError::Encode)
+}
+
+/// Appends the encoding of `msg` to `buf` (used by the send path to avoid a copy).
+pub(crate) fn encode_into<T: Serialize + ?Sized>(msg: &T, buf: &mut bytes::BytesMut) -> Result<()> {
+    postcard::to_extend(msg, ExtendBytes(buf))
+        .map(|_| ())
+        .map_err(ProtoError::Encode)
+}
+
+/// `Extend<u8>` over a borrowed `BytesMut`, so postcard can write into our frame buffer.
+struct ExtendBytes<'a>(&'a mut bytes::BytesMut);
+
+impl Extend<u8> for ExtendBytes<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
+}
+
+impl<'a> Extend<&'a u8> for ExtendBytes<'_> {
+    fn extend<I: IntoIterator<Item = &'a u8>>(&mut self, iter: I) {
+        self.0.extend(iter.into_iter().copied());
+    }
+}
+
+/// Decodes one `T` from exactly `bytes`.
+///
+/// Safe on untrusted input: postcard reads from the slice and checks every length against the
+/// bytes that remain, so a lying length fails instead of allocating; trailing bytes are an
+/// error so every message has exactly one accepted encoding.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(ProtoError::Decode)?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        Err(ProtoError::Decode(postcard::Error::DeserializeBadEncoding))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_encoding_is_compact() {
+        let msg = Message::Alert(Alert {
+            origin: "agent-1".into(),
+            seq: 1000,
+            path: vec!["agent-1".into()],
+            timestamp_ns: 1_700_000_000_000_000_000,
+            body: AlertBody::ConnThreshold {
+                addr: "10.0.0.1".parse().expect("ip"),
+                established: 150,
+                threshold: 100,
+            },
+        });
+        let bytes = encode(&msg).expect("encode");
+        assert!(bytes.len() < 48, "alert took {} bytes", bytes.len());
+        assert_eq!(decode::<Message>(&bytes).expect("decode"), msg);
+    }
+
+    #[test]
+    fn ipv6_listen_address_keeps_its_scope() {
+        let addr: SocketAddr = "[fe80::1%7]:4100".parse().expect("addr");
+        let msg = Message::Register {
+            name: "HO_VM".into(),
+            kind: NodeKind::HoVm,
+            listen_addr: Some(addr),
+        };
+        let back: Message = decode(&encode(&msg).expect("encode")).expect("decode");
+        let Message::Register {
+            listen_addr: Some(SocketAddr::V6(v6)),
+            ..
+        } = back
+        else {
+            panic!("{back:?}")
+        };
+        assert_eq!(v6.scope_id(), 7, "scope id must survive");
+    }
+
+    #[test]
+    fn trailing_bytes_and_unknown_variants_are_rejected() {
+        let mut bytes = encode(&Message::Heartbeat).expect("encode");
+        bytes.push(0);
+        assert!(matches!(
+            decode::<Message>(&bytes),
+            Err(ProtoError::Decode(_))
+        ));
+        assert!(
+            matches!(decode::<Message>(&[200]), Err(ProtoError::Decode(_))),
+            "unknown variant"
+        );
+        assert!(
+            matches!(decode::<Message>(&[]), Err(ProtoError::Decode(_))),
+            "empty input"
+        );
+    }
+
+    #[test]
+    fn lying_length_does_not_allocate_or_panic() {
+        // Call { id: 0, verb: <length 2^63 varint> } : the string length exceeds the input.
+        let mut bytes = vec![3u8, 0];
+        bytes.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
+        assert!(matches!(
+            decode::<Message>(&bytes),
+            Err(ProtoError::Decode(_))
+        ));
+        // Call { id: 0, verb: "", args: <2^32 elements> } with no elements present.
+        let bytes = [3u8, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F];
+        assert!(matches!(
+            decode::<Message>(&bytes),
+            Err(ProtoError::Decode(_))
+        ));
+    }
+}
