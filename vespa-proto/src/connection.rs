@@ -27,7 +27,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::error::{HandshakeError, ProtoError, Result};
 use crate::frame::{FrameCodec, DEFAULT_MAX_FRAME};
-use crate::handshake::{self, Role, HELLO_MAX, REC_CLOSE, REC_DATA};
+use crate::handshake::{self, record, Role, HELLO_MAX};
 use crate::key::Psk;
 use crate::message;
 use crate::seal::{Opener, Sealer, TAG_LEN};
@@ -211,8 +211,8 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
             Err(e) => return Err(self.fail(e)),
         };
         match plain.split_first() {
-            Some((&REC_DATA, body)) => message::decode(body).map(Some),
-            Some((&REC_CLOSE, [])) => {
+            Some((&record::DATA, body)) => message::decode(body).map(Some),
+            Some((&record::CLOSE, [])) => {
                 self.state = State::Closed;
                 Ok(None)
             }
@@ -262,7 +262,7 @@ impl<W: AsyncWrite + Unpin> SecureWriter<W> {
     pub async fn feed<T: Serialize + ?Sized>(&mut self, msg: &T) -> Result<()> {
         self.check_open()?;
         self.buf.clear();
-        self.buf.put_u8(REC_DATA);
+        self.buf.put_u8(record::DATA);
         message::encode_into(msg, &mut self.buf)?;
         let sealed_len = self.buf.len() + TAG_LEN;
         if sealed_len > self.max_frame {
@@ -291,7 +291,7 @@ impl<W: AsyncWrite + Unpin> SecureWriter<W> {
         }
         self.check_open()?;
         self.buf.clear();
-        self.buf.put_u8(REC_CLOSE);
+        self.buf.put_u8(record::CLOSE);
         self.seal_and_queue().await?;
         self.state = State::Failed;
         SinkExt::<&[u8]>::close(&mut self.frames).await?;

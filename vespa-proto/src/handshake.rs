@@ -47,10 +47,16 @@ const HELLO_FIXED: usize = MAGIC.len() + 2 + 1 + NONCE_LEN + 1;
 const ROLE_CLIENT: u8 = 1;
 const ROLE_SERVER: u8 = 2;
 
-/// Record types: the first plaintext byte of every sealed frame.
-pub(crate) const REC_DATA: u8 = 0;
-pub(crate) const REC_CLOSE: u8 = 1;
-pub(crate) const REC_CONFIRM: u8 = 2;
+/// Record types: the first plaintext byte of every sealed frame. Being inside the sealed
+/// plaintext, the type is authenticated: an attacker cannot turn data into a close.
+pub mod record {
+    /// A message follows (postcard encoding).
+    pub const DATA: u8 = 0;
+    /// Orderly end of this direction; nothing follows.
+    pub const CLOSE: u8 = 1;
+    /// Handshake key confirmation; the transcript hash follows (counter 0 only).
+    pub const CONFIRM: u8 = 2;
+}
 
 /// Which end of the connection we are.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -230,7 +236,7 @@ where
 
     // Send our proof first (see the module docs), then check the peer's.
     let mut confirm = BytesMut::with_capacity(1 + 32 + crate::seal::TAG_LEN);
-    confirm.put_u8(REC_CONFIRM);
+    confirm.put_u8(record::CONFIRM);
     confirm.put_slice(&transcript);
     sealer.seal(&mut confirm)?;
     wr.send(&confirm[..]).await?;
@@ -240,8 +246,8 @@ where
     // different PSK nothing the peer seals can open here.
     let plain = opener.open(&mut theirs).map_err(|_| ProtoError::WrongKey)?;
     match plain.split_first() {
-        Some((&REC_CONFIRM, hash)) if hash == transcript => {}
-        Some((&REC_CONFIRM, _)) => return Err(HandshakeError::TranscriptMismatch.into()),
+        Some((&record::CONFIRM, hash)) if hash == transcript => {}
+        Some((&record::CONFIRM, _)) => return Err(HandshakeError::TranscriptMismatch.into()),
         _ => {
             return Err(ProtoError::Protocol(
                 "first sealed frame is not a key confirmation",
