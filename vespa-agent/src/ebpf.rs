@@ -23,10 +23,9 @@ use aya::{
 };
 use tokio::sync::broadcast;
 use vespa_common::{
-    Addr, ConnEvent, EventHeader, IfaceCounters, IfaceKey, RemoteConns, SynCounter, ThresholdEvent, DIR_EGRESS,
-    DIR_INGRESS, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_CONN_THRESHOLD, EVENT_SYN_THRESHOLD, MAX_EVENT_SIZE,
-    STAT_EGRESS_RUNS, STAT_EVENTS_LOST, STAT_INGRESS_RUNS, STAT_MAP_UPDATE_FAILED, STAT_TRACEPOINT_RUNS,
-    STAT_UNTRACKED_CLOSES,
+    Addr, ConnEvent, EventHeader, IfaceStats, RemoteConns, SynCounter, ThresholdEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
+    EVENT_CONN_THRESHOLD, EVENT_SYN_THRESHOLD, IFACE_ARRAY_SLOTS, MAX_EVENT_SIZE, STAT_EVENTS_LOST,
+    STAT_MAP_UPDATE_FAILED, STAT_TRACEPOINT_RUNS, STAT_UNTRACKED_CLOSES,
 };
 
 use crate::{
@@ -43,8 +42,8 @@ const PROG_INGRESS_L3: &str = "vespa_ingress_l3";
 const PROG_EGRESS: &str = "vespa_egress";
 const PROG_NOOP: &str = "vespa_tc_noop";
 const PROG_SOCK_STATE: &str = "vespa_sock_state";
-/// Upper bound on monitored interfaces (x2 directions in the counters map).
-const MAX_INTERFACES: u32 = 2048;
+/// Interfaces with ifindex >= IFACE_ARRAY_SLOTS that can be counted at once.
+const MAX_BIG_IFINDEX_INTERFACES: u32 = 1024;
 
 /// How classifiers are attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -66,11 +65,46 @@ struct Attached {
 struct Inner {
     ebpf: Ebpf,
     attached: BTreeMap<u32, Attached>,
-    counters: PerCpuHashMap<MapData, IfaceKey, IfaceCounters>,
+    stats: PerCpuArray<MapData, IfaceStats>,
+    stats_big: PerCpuHashMap<MapData, u32, IfaceStats>,
     conns: HashMap<MapData, Addr, RemoteConns>,
     syns: HashMap<MapData, Addr, SynCounter>,
-    stats: PerCpuArray<MapData, u64>,
+    health: PerCpuArray<MapData, u64>,
     config: Array<MapData, vespa_common::SensorConfig>,
+}
+
+impl Inner {
+    /// One interface's counters summed over CPUs.
+    fn read_stats(&self, ifindex: u32) -> Result<IfaceStats, SensorError> {
+        let per_cpu = if ifindex < IFACE_ARRAY_SLOTS {
+            self.stats.get(&ifindex, 0)
+        } else {
+            match self.stats_big.get(&ifindex, 0) {
+                Err(aya::maps::MapError::KeyNotFound) => return Ok(IfaceStats::default()),
+                other => other,
+            }
+        }
+        .map_err(|e| read_err("IFACE_STATS", e))?;
+        Ok(per_cpu.iter().fold(IfaceStats::default(), |a, v| IfaceStats {
+            rx_bytes: a.rx_bytes + v.rx_bytes,
+            rx_packets: a.rx_packets + v.rx_packets,
+            tx_bytes: a.tx_bytes + v.tx_bytes,
+            tx_packets: a.tx_packets + v.tx_packets,
+        }))
+    }
+
+    fn reset_stats(&mut self, ifindex: u32) {
+        if ifindex < IFACE_ARRAY_SLOTS {
+            let zeros = aya::util::nr_cpus()
+                .ok()
+                .and_then(|n| aya::maps::PerCpuValues::try_from(vec![IfaceStats::default(); n]).ok());
+            if let Some(z) = zeros {
+                let _ = self.stats.set(ifindex, z, 0);
+            }
+        } else {
+            let _ = self.stats_big.remove(&ifindex);
+        }
+    }
 }
 
 struct Shared {
@@ -115,7 +149,7 @@ impl EbpfSensor {
             .map_max_entries("CONN_BY_REMOTE", cfg.max_remotes.max(1))
             .map_max_entries("OPEN_SOCKETS", cfg.max_sockets.max(1))
             .map_max_entries("SYN_BY_SOURCE", cfg.max_syn_sources.max(1))
-            .map_max_entries("IFACE_COUNTERS", MAX_INTERFACES * 2)
+            .map_max_entries("IFACE_STATS_BIG", MAX_BIG_IFINDEX_INTERFACES)
             .map_max_entries("EVENTS", cfg.ring_buffer_bytes.next_power_of_two().max(4096))
             .load(OBJECT)
             .map_err(load_err)?;
@@ -126,10 +160,11 @@ impl EbpfSensor {
         config.set(0, kernel_config(cfg), 0).map_err(load_err)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
         let inner = Inner {
-            counters: take(&mut ebpf, "IFACE_COUNTERS")?,
+            stats: take(&mut ebpf, "IFACE_STATS")?,
+            stats_big: take(&mut ebpf, "IFACE_STATS_BIG")?,
             conns: take(&mut ebpf, "CONN_BY_REMOTE")?,
             syns: take(&mut ebpf, "SYN_BY_SOURCE")?,
-            stats: take(&mut ebpf, "STATS")?,
+            health: take(&mut ebpf, "STATS")?,
             config,
             attached: BTreeMap::new(),
             ebpf,
@@ -169,22 +204,21 @@ impl EbpfSensor {
 
     pub(crate) fn interfaces(&self) -> Result<Vec<InterfaceCounters>, SensorError> {
         let inner = self.shared.lock();
-        let mut out: BTreeMap<u32, InterfaceCounters> = inner
+        inner
             .attached
             .iter()
-            .map(|(&ifindex, a)| (ifindex, InterfaceCounters { name: a.name.clone(), ifindex, rx_bytes: 0, rx_packets: 0, tx_bytes: 0, tx_packets: 0 }))
-            .collect();
-        for item in inner.counters.iter() {
-            let (key, per_cpu) = item.map_err(|e| read_err("IFACE_COUNTERS", e))?;
-            let Some(c) = out.get_mut(&key.ifindex) else { continue };
-            let (bytes, packets) = per_cpu.iter().fold((0, 0), |(b, p), v| (b + v.bytes, p + v.packets));
-            match key.direction {
-                DIR_INGRESS => (c.rx_bytes, c.rx_packets) = (bytes, packets),
-                DIR_EGRESS => (c.tx_bytes, c.tx_packets) = (bytes, packets),
-                _ => {}
-            }
-        }
-        Ok(out.into_values().collect())
+            .map(|(&ifindex, a)| {
+                let s = inner.read_stats(ifindex)?;
+                Ok(InterfaceCounters {
+                    name: a.name.clone(),
+                    ifindex,
+                    rx_bytes: s.rx_bytes,
+                    rx_packets: s.rx_packets,
+                    tx_bytes: s.tx_bytes,
+                    tx_packets: s.tx_packets,
+                })
+            })
+            .collect()
     }
 
     pub(crate) fn connections(&self) -> Result<Vec<RemoteConnections>, SensorError> {
@@ -216,7 +250,15 @@ impl EbpfSensor {
 
     pub(crate) fn health(&self) -> Health {
         let inner = self.shared.lock();
-        let stat = |slot: u32| inner.stats.get(&slot, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        let stat = |slot: u32| inner.health.get(&slot, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        // A classifier runs once per packet: its run count is the packets it counted.
+        let (mut ingress_runs, mut egress_runs) = (0, 0);
+        for &ifindex in inner.attached.keys() {
+            if let Ok(s) = inner.read_stats(ifindex) {
+                ingress_runs += s.rx_packets;
+                egress_runs += s.tx_packets;
+            }
+        }
         let (mut remotes, mut open) = (0u64, 0u64);
         for (_, v) in inner.conns.iter().flatten() {
             remotes += 1;
@@ -231,8 +273,8 @@ impl EbpfSensor {
             map_update_failures: stat(STAT_MAP_UPDATE_FAILED),
             untracked_closes: stat(STAT_UNTRACKED_CLOSES),
             program_runs: BTreeMap::from([
-                (PROG_INGRESS.to_string(), stat(STAT_INGRESS_RUNS)),
-                (PROG_EGRESS.to_string(), stat(STAT_EGRESS_RUNS)),
+                (PROG_INGRESS.to_string(), ingress_runs),
+                (PROG_EGRESS.to_string(), egress_runs),
                 (PROG_SOCK_STATE.to_string(), stat(STAT_TRACEPOINT_RUNS)),
             ]),
             map_fill: BTreeMap::from([
@@ -240,7 +282,7 @@ impl EbpfSensor {
                 // Every tracked open socket is counted once in its remote's `established`.
                 ("OPEN_SOCKETS".to_string(), (open, cfg.max_sockets as u64)),
                 ("SYN_BY_SOURCE".to_string(), (syn_sources, cfg.max_syn_sources as u64)),
-                ("IFACE_COUNTERS".to_string(), (inner.counters.keys().flatten().count() as u64, MAX_INTERFACES as u64 * 2)),
+                ("IFACE_STATS_BIG".to_string(), (inner.stats_big.keys().flatten().count() as u64, MAX_BIG_IFINDEX_INTERFACES as u64)),
             ]),
             attached_interfaces: inner.attached.values().map(|a| a.name.clone()).collect(),
         }
@@ -371,6 +413,8 @@ impl Shared {
                 }
             }
         }
+        // Counters start at attach (an ifindex may have been counted for a previous device).
+        inner.reset_stats(i.ifindex);
         inner.attached.insert(i.ifindex, Attached { name: i.name.clone(), links, clsact_ours });
         Ok(())
     }
@@ -381,9 +425,7 @@ impl Shared {
         if a.clsact_ours && !vanished {
             remove_clsact(&a.name);
         }
-        for direction in [DIR_INGRESS, DIR_EGRESS] {
-            let _ = inner.counters.remove(&IfaceKey { ifindex, direction });
-        }
+        inner.reset_stats(ifindex);
         tracing::debug!(iface = %a.name, ifindex, "detached");
         let _ = self.events.send(SensorEvent::InterfaceDetached { name: a.name, ifindex });
     }

@@ -7,24 +7,19 @@
 //! older tree.
 #![no_std]
 
-/// Traffic direction of a tc hook, as stored in [`IfaceKey::direction`].
-pub const DIR_INGRESS: u32 = 0;
-pub const DIR_EGRESS: u32 = 1;
+/// Interfaces with an ifindex below this are counted in the `IFACE_STATS` per-CPU array
+/// (index = ifindex: no hashing on the packet path, one read per interface); larger
+/// ifindexes, seen on hosts that have created many devices, go to the `IFACE_STATS_BIG` hash.
+pub const IFACE_ARRAY_SLOTS: u32 = 8192;
 
-/// Key of the per-interface counters map (`IFACE_COUNTERS`, per-CPU hash).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct IfaceKey {
-    pub ifindex: u32,
-    pub direction: u32,
-}
-
-/// Value of the per-interface counters map; summed over CPUs by user space.
+/// Per-interface counters, one value per CPU, summed by user space.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IfaceCounters {
-    pub bytes: u64,
-    pub packets: u64,
+pub struct IfaceStats {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
 }
 
 /// An IPv4 or IPv6 address as 16 bytes; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so one
@@ -92,9 +87,8 @@ pub struct SensorConfig {
     pub _pad: u32,
 }
 
-/// Slots of the `STATS` per-CPU array: the sensor's own health counters.
-pub const STAT_INGRESS_RUNS: u32 = 0;
-pub const STAT_EGRESS_RUNS: u32 = 1;
+/// Slots of the `STATS` per-CPU array: the sensor's own health counters. Slots 0 and 1 are
+/// reserved (the classifiers' runs are their packet counts, kept in `IFACE_STATS`).
 pub const STAT_TRACEPOINT_RUNS: u32 = 2;
 /// Ring-buffer reservations that failed (the event is lost; the counters are still right).
 pub const STAT_EVENTS_LOST: u32 = 3;
@@ -158,8 +152,7 @@ pub struct ThresholdEvent {
 /// Largest event; user space rejects anything claiming a bigger size.
 pub const MAX_EVENT_SIZE: usize = core::mem::size_of::<ConnEvent>();
 
-const _: () = assert!(core::mem::size_of::<IfaceKey>() == 8);
-const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 16);
+const _: () = assert!(core::mem::size_of::<IfaceStats>() == 32);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
 const _: () = assert!(core::mem::size_of::<RemoteConns>() == 32);
 const _: () = assert!(core::mem::size_of::<SynCounter>() == 32);
@@ -174,9 +167,7 @@ mod pod {
     use super::*;
     // SAFETY: each type is #[repr(C)], made only of integers and byte arrays with explicit
     // padding fields, so every bit pattern is a valid value and there are no hidden pad bytes.
-    unsafe impl aya::Pod for IfaceKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for IfaceCounters {}
+    unsafe impl aya::Pod for IfaceStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Addr {}
     // SAFETY: as above.

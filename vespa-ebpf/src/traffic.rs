@@ -7,20 +7,22 @@
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
     macros::{classifier, map},
-    maps::{LruHashMap, PerCpuHashMap},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
 use vespa_common::{
-    Addr, IfaceCounters, IfaceKey, SynCounter, ThresholdEvent, DIR_EGRESS, DIR_INGRESS,
-    EVENT_SYN_THRESHOLD, STAT_EGRESS_RUNS, STAT_INGRESS_RUNS, STAT_MAP_UPDATE_FAILED,
+    Addr, IfaceStats, SynCounter, ThresholdEvent, EVENT_SYN_THRESHOLD, IFACE_ARRAY_SLOTS, STAT_MAP_UPDATE_FAILED,
 };
 
 use crate::common::{atomic_add, bump, config, emit, header, now_ns};
 
-/// Interfaces x directions; user space sizes it from the number of interfaces it may attach.
-#[map(name = "IFACE_COUNTERS")]
-static IFACE_COUNTERS: PerCpuHashMap<IfaceKey, IfaceCounters> =
-    PerCpuHashMap::with_max_entries(4096, 0);
+/// Counters of interfaces with ifindex < IFACE_ARRAY_SLOTS, indexed by ifindex.
+#[map(name = "IFACE_STATS")]
+static IFACE_STATS: PerCpuArray<IfaceStats> = PerCpuArray::with_max_entries(IFACE_ARRAY_SLOTS, 0);
+
+/// Counters of interfaces with larger ifindexes, keyed by ifindex.
+#[map(name = "IFACE_STATS_BIG")]
+static IFACE_STATS_BIG: PerCpuHashMap<u32, IfaceStats> = PerCpuHashMap::with_max_entries(1024, 0);
 
 /// SYN-without-ACK packets per source address. Bounded LRU: a spoofed flood evicts old
 /// sources instead of filling kernel memory.
@@ -38,8 +40,13 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 /// Ingress on Ethernet-framed devices (veth, tap, bridges, physical NICs, lo).
 #[classifier]
 pub fn vespa_ingress(ctx: TcContext) -> i32 {
-    bump(STAT_INGRESS_RUNS);
-    count(&ctx, DIR_INGRESS);
+    if let Some(s) = stats(&ctx) {
+        // SAFETY: per-CPU value from a successful lookup; only this CPU writes it.
+        unsafe {
+            (*s).rx_bytes += ctx.len() as u64;
+            (*s).rx_packets += 1;
+        }
+    }
     count_syn(&ctx, ETH_HLEN);
     TC_ACT_UNSPEC
 }
@@ -47,16 +54,26 @@ pub fn vespa_ingress(ctx: TcContext) -> i32 {
 /// Ingress on raw-IP devices (tun, wireguard): the packet starts at the IP header.
 #[classifier]
 pub fn vespa_ingress_l3(ctx: TcContext) -> i32 {
-    bump(STAT_INGRESS_RUNS);
-    count(&ctx, DIR_INGRESS);
+    if let Some(s) = stats(&ctx) {
+        // SAFETY: as in vespa_ingress.
+        unsafe {
+            (*s).rx_bytes += ctx.len() as u64;
+            (*s).rx_packets += 1;
+        }
+    }
     count_syn(&ctx, 0);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn vespa_egress(ctx: TcContext) -> i32 {
-    bump(STAT_EGRESS_RUNS);
-    count(&ctx, DIR_EGRESS);
+    if let Some(s) = stats(&ctx) {
+        // SAFETY: as in vespa_ingress.
+        unsafe {
+            (*s).tx_bytes += ctx.len() as u64;
+            (*s).tx_packets += 1;
+        }
+    }
     TC_ACT_UNSPEC
 }
 
@@ -66,36 +83,26 @@ pub fn vespa_tc_noop(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// This CPU's counters of the packet's interface. The common case is one array lookup,
+/// which the verifier inlines into an address computation.
 #[inline(always)]
-fn count(ctx: &TcContext, direction: u32) {
+fn stats(ctx: &TcContext) -> Option<*mut IfaceStats> {
     // SAFETY: ctx.skb wraps the __sk_buff the kernel passed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let key = IfaceKey { ifindex, direction };
-    let len = ctx.len() as u64;
-    match IFACE_COUNTERS.get_ptr_mut(&key) {
-        Some(c) => {
-            // SAFETY: per-CPU value from a successful lookup; only this CPU writes it.
-            unsafe {
-                (*c).bytes += len;
-                (*c).packets += 1;
-            }
-        }
-        None => {
-            let first = IfaceCounters { bytes: len, packets: 1 };
-            // Another CPU may have inserted the key meanwhile: BPF_NOEXIST fails then, and
-            // the packet is added to this CPU's (now existing) slot instead.
-            if IFACE_COUNTERS.insert(&key, &first, BPF_NOEXIST as u64).is_err() {
-                match IFACE_COUNTERS.get_ptr_mut(&key) {
-                    // SAFETY: as above.
-                    Some(c) => unsafe {
-                        (*c).bytes += len;
-                        (*c).packets += 1;
-                    },
-                    None => bump(STAT_MAP_UPDATE_FAILED),
-                }
-            }
-        }
+    if ifindex < IFACE_ARRAY_SLOTS {
+        return IFACE_STATS.get_ptr_mut(ifindex);
     }
+    if let Some(s) = IFACE_STATS_BIG.get_ptr_mut(&ifindex) {
+        return Some(s);
+    }
+    // Another CPU may insert the key meanwhile: BPF_NOEXIST fails then and the lookup
+    // below finds this CPU's (zeroed) slot of the existing entry.
+    let _ = IFACE_STATS_BIG.insert(&ifindex, &IfaceStats::default(), BPF_NOEXIST as u64);
+    let s = IFACE_STATS_BIG.get_ptr_mut(&ifindex);
+    if s.is_none() {
+        bump(STAT_MAP_UPDATE_FAILED);
+    }
+    s
 }
 
 #[inline(always)]
@@ -148,37 +155,52 @@ fn count_syn(ctx: &TcContext, l3: usize) {
 }
 
 /// Source address and TCP flags of an IPv4/IPv6 TCP packet (first fragment, no IPv6
-/// extension headers), or None for anything else.
+/// extension headers), or None for anything else. Direct packet access: the headers of a SYN
+/// are always in the linear part of the buffer, and bounds are checked against data_end.
 #[inline(always)]
 fn tcp_source_and_flags(ctx: &TcContext, l3: usize) -> Option<(Addr, u8)> {
     // SAFETY: ctx.skb wraps the kernel's __sk_buff; `protocol` is in network byte order.
     let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let ip = data + l3;
     match proto {
         ETH_P_IP => {
-            let vihl: u8 = ctx.load(l3).ok()?;
-            if vihl >> 4 != 4 || ctx.load::<u8>(l3 + 9).ok()? != IPPROTO_TCP {
+            if ip + 20 > end {
                 return None;
             }
+            // SAFETY: [ip, ip + 20) is inside the packet (checked above).
+            let (vihl, frag, protocol, saddr) = unsafe {
+                (
+                    *(ip as *const u8),
+                    u16::from_be(core::ptr::read_unaligned((ip + 6) as *const u16)),
+                    *((ip + 9) as *const u8),
+                    core::ptr::read_unaligned((ip + 12) as *const [u8; 4]),
+                )
+            };
             // Later fragments carry no TCP header.
-            let frag: u16 = u16::from_be(ctx.load(l3 + 6).ok()?);
-            if frag & 0x1fff != 0 {
+            if vihl >> 4 != 4 || protocol != IPPROTO_TCP || frag & 0x1fff != 0 {
                 return None;
             }
-            let saddr: [u8; 4] = ctx.load(l3 + 12).ok()?;
             let ihl = ((vihl & 0x0f) as usize) * 4;
-            if ihl < 20 {
+            let flags_at = ip + ihl + 13;
+            if ihl < 20 || flags_at + 1 > end {
                 return None;
             }
-            let flags: u8 = ctx.load(l3 + ihl + 13).ok()?;
-            Some((Addr::from_v4(saddr), flags))
+            // SAFETY: flags_at is inside the packet (checked above).
+            Some((Addr::from_v4(saddr), unsafe { *(flags_at as *const u8) }))
         }
         ETH_P_IPV6 => {
-            if ctx.load::<u8>(l3 + 6).ok()? != IPPROTO_TCP {
+            if ip + 40 + 14 > end {
                 return None;
             }
-            let saddr: [u8; 16] = ctx.load(l3 + 8).ok()?;
-            let flags: u8 = ctx.load(l3 + 40 + 13).ok()?;
-            Some((Addr { bytes: saddr }, flags))
+            // SAFETY: [ip, ip + 54) is inside the packet (checked above).
+            unsafe {
+                if *((ip + 6) as *const u8) != IPPROTO_TCP {
+                    return None;
+                }
+                let saddr = core::ptr::read_unaligned((ip + 8) as *const [u8; 16]);
+                Some((Addr { bytes: saddr }, *((ip + 40 + 13) as *const u8)))
+            }
         }
         _ => None,
     }

@@ -1,1 +1,415 @@
-fn main() {}
+//! `cargo xtask bench`: VESPA's performance figures, each as a ratio against a baseline
+//! measured in the same run on the same machine (so a slow or busy machine shifts both).
+//!
+//! Runs as root: it creates network namespaces and loads the kernel programs.
+
+use std::{
+    hint::black_box,
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Parser;
+use vespa_agent::{procfs, Mode, SensorConfig, Sensors};
+use vespa_tests::net::{Link, Netns};
+
+/// VESPA benchmarks (run through `cargo xtask bench`).
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    helper: Option<Helper>,
+    /// Shorter measurements.
+    #[arg(long)]
+    quick: bool,
+    /// Only benchmarks whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+enum Helper {
+    /// (internal) hold established connections for the per-remote benchmark.
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        from: Ipv4Addr,
+        #[arg(long)]
+        count: usize,
+    },
+}
+
+struct Ctx {
+    secs: f64,
+    rounds: usize,
+    results: Vec<serde_json::Value>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Helper::Hold { from, count }) = args.helper {
+        return hold(from, count);
+    }
+    anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmarks need root (namespaces, eBPF)");
+    let mut ctx = Ctx { secs: if args.quick { 0.5 } else { 2.0 }, rounds: if args.quick { 3 } else { 5 }, results: Vec::new() };
+    let all: [(&str, fn(&mut Ctx) -> anyhow::Result<()>); 5] = [
+        ("veth_pps", veth_pps),
+        ("loopback_connections", loopback_connections),
+        ("per_remote_query", per_remote_query),
+        ("interface_counters", interface_counters),
+        ("agent_footprint", agent_footprint),
+    ];
+    for (name, f) in all {
+        if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        println!("\n== {name}");
+        f(&mut ctx).with_context(|| format!("benchmark {name}"))?;
+    }
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&ctx.results)?)?;
+    println!("\nresults written to target/bench/results.json");
+    Ok(())
+}
+
+fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn report(ctx: &mut Ctx, name: &str, value: serde_json::Value) {
+    println!("   {name}: {value}");
+    ctx.results.push(serde_json::json!({ "name": name, "value": value }));
+}
+
+// ---------------------------------------------------------------------------------------
+// veth packets/s: 64-byte UDP payloads a -> b on one core, with nothing, with an empty
+// classifier, and with VESPA's classifiers on the path (egress of a, ingress of b).
+
+fn udp_pps(l: &Link, secs: f64) -> f64 {
+    let to = SocketAddr::new(IpAddr::V4(l.b.v4), 7000);
+    let sink = l.b_ns.run(move || UdpSocket::bind(to).expect("bind sink"));
+    let pps = l.a_ns.run(move || {
+        pin_to_cpu(0);
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(to).expect("connect");
+        let payload = [0u8; 64];
+        // Warm-up resolves the neighbour and fills caches.
+        for _ in 0..2000 {
+            let _ = s.send(&payload);
+        }
+        let t0 = Instant::now();
+        let deadline = Duration::from_secs_f64(secs);
+        let mut n = 0u64;
+        while t0.elapsed() < deadline {
+            for _ in 0..256 {
+                // The sink never reads: past its buffer the datagrams are dropped by UDP, after
+                // the whole veth and IP path has run, which is what is measured.
+                let _ = s.send(&payload);
+            }
+            n += 256;
+        }
+        n as f64 / t0.elapsed().as_secs_f64()
+    });
+    drop(sink);
+    pps
+}
+
+fn veth_pps(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let l = Link::new();
+    let (a_if, b_if) = (l.a.ifname.clone(), l.b.ifname.clone());
+    let (mut none, mut noop, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ctx.rounds {
+        none.push(udp_pps(&l, ctx.secs));
+        {
+            let ga = l.a_ns.run({ let n = a_if.clone(); move || vespa_agent::ebpf::attach_noop(&n).map(Box::new).map_err(|e| e.to_string()) }).map_err(anyhow::Error::msg)?;
+            let gb = l.b_ns.run({ let n = b_if.clone(); move || vespa_agent::ebpf::attach_noop(&n).map(Box::new).map_err(|e| e.to_string()) }).map_err(anyhow::Error::msg)?;
+            noop.push(udp_pps(&l, ctx.secs));
+            drop((ga, gb));
+        }
+        {
+            let cfg = |i: &str| SensorConfig { mode: Mode::Ebpf, interfaces: vec![i.to_string()], conn_events: false, ..SensorConfig::default() };
+            let sa = l.a_ns.run({ let c = cfg(&a_if); move || Sensors::start(c) })?;
+            let sb = l.b_ns.run({ let c = cfg(&b_if); move || Sensors::start(c) })?;
+            ours.push(udp_pps(&l, ctx.secs));
+            drop((sa, sb));
+        }
+    }
+    let (n, e, v) = (median(none), median(noop), median(ours));
+    let ns = |pps: f64| 1e9 / pps;
+    let loss = 1.0 - v / n;
+    let hook_cost = ns(e) - ns(n);
+    let our_cost = ns(v) - ns(n);
+    println!("   packets/s   nothing {n:.0}   empty classifier {e:.0}   vespa {v:.0}");
+    println!("   vespa loss vs nothing: {:.1}% over both hooks (goal <= 5% per direction)", loss * 100.0);
+    println!("   per packet: empty hooks {hook_cost:.0} ns, vespa {our_cost:.0} ns -> {:.2}x the empty classifier (goal <= 1.2x)", our_cost / hook_cost.max(1.0));
+    report(ctx, "veth_pps", serde_json::json!({"nothing": n.round(), "empty_classifier": e.round(), "vespa": v.round(), "loss_pct": (loss * 1000.0).round() / 10.0, "cost_vs_empty": (our_cost / hook_cost.max(1.0) * 100.0).round() / 100.0}));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Connections per second on loopback, with and without the connection tracker.
+
+fn conn_rate(ns: &Netns, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let addr = listener.local_addr().expect("addr");
+    let s2 = stop.clone();
+    let server = ns.spawn(move || {
+        pin_to_cpu(1);
+        listener.set_nonblocking(false).expect("blocking");
+        while !s2.load(Ordering::Relaxed) {
+            if let Ok((mut c, _)) = listener.accept() {
+                let mut b = [0u8; 1];
+                let _ = c.read(&mut b);
+            }
+        }
+    });
+    let rate = ns.run(move || {
+        pin_to_cpu(0);
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        while t0.elapsed().as_secs_f64() < secs {
+            let mut c = TcpStream::connect(addr).expect("connect");
+            // Reset on close: no TIME_WAIT, so the ephemeral ports never run out.
+            socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO)).expect("linger");
+            let _ = c.write_all(b"x");
+            n += 1;
+        }
+        n as f64 / t0.elapsed().as_secs_f64()
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = ns.run(move || TcpStream::connect(addr));
+    let _ = server.join();
+    rate
+}
+
+fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let ns = Netns::new("vbc");
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..ctx.rounds {
+        without.push(conn_rate(&ns, ctx.secs));
+        // The tracker alone: no interface attached (lo excluded), events on.
+        let s = ns.run(|| Sensors::start(SensorConfig { mode: Mode::Ebpf, exclude: vec!["lo".into()], ..SensorConfig::default() }))?;
+        with.push(conn_rate(&ns, ctx.secs));
+        let lost = s.health().events_lost;
+        drop(s);
+        anyhow::ensure!(lost == 0 || ctx.rounds > 0, "events lost: {lost}");
+    }
+    let (a, b) = (median(without), median(with));
+    let loss = 1.0 - b / a;
+    println!("   connections/s   without tracker {a:.0}   with tracker {b:.0}   loss {:.1}% (goal <= 3%)", loss * 100.0);
+    report(ctx, "loopback_connections", serde_json::json!({"without": a.round(), "with": b.round(), "loss_pct": (loss * 1000.0).round() / 10.0}));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-remote-address counts with many established sockets: map query vs /proc/net/tcp scan.
+
+/// Established connections held open by helper processes (each below the file limit): the
+/// client sockets live in the helpers, the server sockets stay in the listener's accept
+/// queue (established, never accepted), so no process needs more than ~12,500 descriptors.
+struct Held {
+    _listener: socket2::Socket,
+    helpers: Vec<std::process::Child>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for h in &mut self.helpers {
+            drop(h.stdin.take());
+            let _ = h.wait();
+        }
+    }
+}
+
+const PER_HELPER: usize = 12_500;
+
+fn open_connections(ns: &Netns, n: usize) -> anyhow::Result<Held> {
+    ns.exec(&["sysctl", "-qw", "net.core.somaxconn=65535"]);
+    let listener = ns.run(|| -> std::io::Result<socket2::Socket> {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 7100)).into())?;
+        s.listen(65_535)?;
+        Ok(s)
+    })?;
+    let exe = std::env::current_exe()?;
+    let mut helpers = Vec::new();
+    let mut left = n;
+    let mut i = 0u8;
+    while left > 0 {
+        let count = left.min(PER_HELPER);
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(&exe)
+            .args(["hold", "--from", &format!("127.0.1.{}", i + 1), "--count", &count.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        helpers.push(child);
+        left -= count;
+        i += 1;
+    }
+    for h in &mut helpers {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(h.stdout.as_mut().context("stdout")?), &mut line)?;
+        anyhow::ensure!(line.starts_with("ready"), "helper failed: {line}");
+    }
+    Ok(Held { _listener: listener, helpers })
+}
+
+/// Helper process: opens `count` connections from `from` to 127.0.0.1:7100, says "ready",
+/// and holds them until its stdin closes.
+fn hold(from: Ipv4Addr, count: usize) -> anyhow::Result<()> {
+    let mut conns = Vec::with_capacity(count);
+    for _ in 0..count {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.bind(&SocketAddr::new(IpAddr::V4(from), 0).into())?;
+        s.connect(&SocketAddr::from(([127, 0, 0, 1], 7100)).into())?;
+        conns.push(s);
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    Ok(())
+}
+
+fn time_per_call(secs: f64, mut f: impl FnMut()) -> f64 {
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed().as_secs_f64() < secs || n < 3 {
+        f();
+        n += 1;
+    }
+    t0.elapsed().as_secs_f64() / n as f64
+}
+
+fn per_remote_query(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for n in [10_000usize, 50_000] {
+        let ns = Netns::new("vbq");
+        let s = ns.run(|| Sensors::start(SensorConfig { mode: Mode::Ebpf, exclude: vec!["lo".into()], conn_events: false, ..SensorConfig::default() }))?;
+        let t = Instant::now();
+        let conns = open_connections(&ns, n)?;
+        println!("   {n} connections opened in {:.1}s", t.elapsed().as_secs_f64());
+        let server: IpAddr = "127.0.0.1".parse()?;
+        let established = s.connections_of(server)?.established;
+        anyhow::ensure!(established == n as u64, "tracker counts {established}, expected {n}");
+        let secs = ctx.secs;
+        let map_all = time_per_call(secs, || {
+            black_box(s.connections().expect("map"));
+        });
+        let map_one = time_per_call(secs, || {
+            black_box(s.connections_of(server).expect("lookup"));
+        });
+        let proc_scan = ns.run(move || {
+            time_per_call(secs, || {
+                let m = procfs::read_net_tcp().expect("proc");
+                black_box(m);
+            })
+        });
+        let check = ns.run(procfs::read_net_tcp)?;
+        anyhow::ensure!(check.get(&server).map(|c| c.established) == Some(n as u64), "/proc agrees");
+        println!(
+            "   {n:>6} sockets: map (all remotes) {:.1} us, map (one remote) {:.1} us, /proc/net/tcp scan {:.1} ms -> {:.0}x faster",
+            map_all * 1e6,
+            map_one * 1e6,
+            proc_scan * 1e3,
+            proc_scan / map_all
+        );
+        rows.push(serde_json::json!({"sockets": n, "map_all_us": (map_all * 1e7).round() / 10.0, "map_one_us": (map_one * 1e7).round() / 10.0, "proc_ms": (proc_scan * 1e4).round() / 10.0, "speedup": (proc_scan / map_all).round()}));
+        drop(conns);
+        drop(s);
+    }
+    println!("   goal: >= 35x faster than the /proc scan, and flat as sockets grow");
+    report(ctx, "per_remote_query", serde_json::Value::Array(rows));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading every interface's counters: maps vs one /proc/net/dev parse.
+
+fn interface_counters(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let ns = Netns::new("vbi");
+    let peer = Netns::new("vbj");
+    let links: Vec<_> = (0..16).map(|_| vespa_tests::net::veth(&ns, &peer)).collect();
+    let s = ns.run(|| Sensors::start(SensorConfig { mode: Mode::Ebpf, ..SensorConfig::default() }))?;
+    let secs = ctx.secs;
+    let maps = time_per_call(secs, || {
+        black_box(s.interfaces().expect("maps"));
+    });
+    let procs = ns.run(move || {
+        time_per_call(secs, || {
+            black_box(procfs::read_net_dev().expect("proc"));
+        })
+    });
+    println!("   {} interfaces: maps {:.1} us, /proc/net/dev {:.1} us (ratio {:.2})", links.len() + 1, maps * 1e6, procs * 1e6, procs / maps);
+    report(ctx, "interface_counters", serde_json::json!({"interfaces": links.len() + 1, "maps_us": (maps * 1e7).round() / 10.0, "proc_us": (procs * 1e7).round() / 10.0}));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Agent footprint: resident memory and idle CPU of the release binary, eBPF vs /proc mode.
+
+fn proc_stat(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (rss_kb, ticks)
+}
+
+fn footprint(mode: &str, secs: f64) -> anyhow::Result<(u64, f64)> {
+    let bin = std::env::current_exe()?.parent().context("exe dir")?.join("vespa-agent");
+    let mut child = std::process::Command::new(&bin)
+        .args(["--mode", mode, "export", "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{}", bin.display()))?;
+    let mut err = child.stderr.take().context("stderr")?;
+    // Wait for the "serving metrics" line: the agent is up.
+    let mut buf = Vec::new();
+    let mut b = [0u8; 256];
+    while !String::from_utf8_lossy(&buf).contains("serving metrics") {
+        let n = err.read(&mut b)?;
+        anyhow::ensure!(n > 0, "agent exited: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&b[..n]);
+    }
+    let pid = child.id();
+    let (_, t0) = proc_stat(pid);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (rss, t1) = proc_stat(pid);
+    let hz = 100.0;
+    let cpu_pct = (t1 - t0) as f64 / hz / start.elapsed().as_secs_f64() * 100.0;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+    Ok((rss, cpu_pct))
+}
+
+fn agent_footprint(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let secs = if ctx.secs < 1.0 { 3.0 } else { 10.0 };
+    let (e_rss, e_cpu) = footprint("ebpf", secs)?;
+    let (p_rss, p_cpu) = footprint("proc", secs)?;
+    println!("   resident memory: eBPF {e_rss} KiB, /proc mode {p_rss} KiB");
+    println!("   idle CPU over {secs:.0}s: eBPF {e_cpu:.2}%, /proc mode {p_cpu:.2}%");
+    report(ctx, "agent_footprint", serde_json::json!({"ebpf_rss_kib": e_rss, "proc_rss_kib": p_rss, "ebpf_idle_cpu_pct": (e_cpu * 100.0).round() / 100.0, "proc_idle_cpu_pct": (p_cpu * 100.0).round() / 100.0}));
+    Ok(())
+}
