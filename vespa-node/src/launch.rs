@@ -1,0 +1,102 @@
+//! Running the nodes of one process from a topology (shared by `vespa-agent run` and
+//! `vespa-orchestrator run`).
+//!
+//! One process may host several nodes (all HOs and the VO of one machine, say); each still
+//! has its own listener and talks to its master over TCP like any other node, so a process
+//! boundary never changes behaviour.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, NodeDef, Topology};
+use crate::error::NodeError;
+use crate::node::{Exit, Hooks, Node, NodeSpec};
+use crate::transport::Security;
+
+/// The topology in `path`, or the embedded default.
+pub fn load_topology(path: Option<&Path>) -> Result<Topology, ConfigError> {
+    match path {
+        Some(p) => Topology::load(p),
+        None => Ok(Topology::embedded_default()),
+    }
+}
+
+/// Binds a listener with `SO_REUSEADDR`, so a node restarted right after being killed can
+/// take its port back while old connections linger in TIME_WAIT.
+pub fn bind(node: &str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    let err = |source| NodeError::Bind { node: node.to_string(), addr, source };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(1024).map_err(err)
+}
+
+/// Which nodes of `topo` this process runs: the ones named, else those on `machine`, else
+/// every node `wanted` accepts. An unknown name, or a named node `wanted` refuses, is an error.
+pub fn select<'a>(topo: &'a Topology, names: &[String], machine: Option<&str>, wanted: impl Fn(&NodeDef) -> bool) -> Result<Vec<&'a NodeDef>, String> {
+    if !names.is_empty() {
+        return names
+            .iter()
+            .map(|n| match topo.node(n) {
+                Some(d) if wanted(d) => Ok(d),
+                Some(d) => Err(format!("node {n:?} is a {} node, which this program does not run", d.role)),
+                None => Err(format!("{}: no node named {n:?}", topo.source)),
+            })
+            .collect();
+    }
+    if let Some(m) = machine {
+        if topo.machine(m).is_none() {
+            return Err(format!("{}: no machine named {m:?}", topo.source));
+        }
+    }
+    let chosen: Vec<&NodeDef> = topo.nodes.iter().filter(|n| wanted(n) && machine.is_none_or(|m| n.location == m)).collect();
+    if chosen.is_empty() {
+        return Err(format!("{}: no node for this program to run{}", topo.source, machine.map(|m| format!(" on machine {m:?}")).unwrap_or_default()));
+    }
+    Ok(chosen)
+}
+
+/// Runs `nodes` until `shutdown` completes (then every node stops in order) or every node
+/// was destroyed. Listeners are bound first, so a port conflict fails before anything runs.
+pub async fn run_nodes(
+    topo: &Topology,
+    nodes: &[&NodeDef],
+    security: Security,
+    mut hooks: impl FnMut(&NodeDef) -> Hooks,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Vec<(String, Exit)>, NodeError> {
+    let mut ready = Vec::new();
+    for def in nodes {
+        let listener = bind(&def.name, topo.listen_addr(def))?;
+        let spec = NodeSpec::from_topology(topo, &def.name, security.clone()).expect("selected nodes come from the topology");
+        ready.push((def.name.clone(), Node::new(spec, hooks(def))?, listener));
+    }
+    let stop = CancellationToken::new();
+    let mut running = tokio::task::JoinSet::new();
+    for (name, node, listener) in ready {
+        let stop = stop.clone();
+        running.spawn(async move { (name, node.run(Some(listener), stop.cancelled_owned()).await) });
+    }
+    tokio::pin!(shutdown);
+    let mut exits = Vec::new();
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown, if !stopping => {
+                stopping = true;
+                stop.cancel();
+            }
+            done = running.join_next() => match done {
+                None => break,
+                Some(Ok((name, Ok(exit)))) => exits.push((name, exit)),
+                Some(Ok((_, Err(e)))) => return Err(e),
+                Some(Err(join)) => return Err(NodeError::Protocol(format!("node task failed: {join}"))),
+            },
+        }
+    }
+    Ok(exits)
+}

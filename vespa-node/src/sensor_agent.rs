@@ -1,0 +1,208 @@
+//! The 2014 sensor agents (bandwidth, connections) on top of the host sensors.
+//!
+//! The sensors live in `vespa-agent` (eBPF with a /proc fallback); this crate reaches them
+//! through [`SensorSource`], so the orchestrator binary never links the eBPF loader
+//! (`vespa-agent` implements the trait over its `Sensors` handle).
+//!
+//! Verbs: `interfaces`, `recv_bytes [iface]`, `trans_bytes [iface]`, `get_mac [iface]`,
+//! `connections`, `connections_of <ip>`. Pushed alerts, as the 2014 `launch()` loops did,
+//! every `sample_interval`: bandwidth agents send one `Bandwidth` alert per interface,
+//! connections agents one `Connections` alert; connections agents also forward the sensors'
+//! threshold events (`ConnThreshold`, `SynThreshold`) the moment they happen.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use vespa_proto::AlertBody;
+
+use crate::config::AgentKind;
+use crate::node::NodeHandle;
+use crate::verbs::{AgentVerbs, VerbResult, VerbTable};
+
+/// Byte counters of one interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IfaceBytes {
+    /// Interface name.
+    pub name: String,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// Established TCP connections with one remote address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteCount {
+    /// The remote address.
+    pub addr: IpAddr,
+    /// Established connections.
+    pub established: u64,
+}
+
+/// What the sensor agents need from the host sensors. Methods may read the kernel (maps,
+/// netlink, /proc) and are called from `spawn_blocking`.
+pub trait SensorSource: Send + Sync + 'static {
+    /// Counters of every monitored interface.
+    fn interfaces(&self) -> Result<Vec<IfaceBytes>, String>;
+    /// The hardware address of `iface`.
+    fn mac(&self, iface: &str) -> Result<String, String>;
+    /// Established connections per remote address, busiest first.
+    fn connections(&self) -> Result<Vec<RemoteCount>, String>;
+    /// Established connections with `addr`.
+    fn connections_of(&self, addr: IpAddr) -> Result<RemoteCount, String>;
+    /// Threshold crossings from now on, already as alert bodies. Called once per agent.
+    fn threshold_alerts(&self) -> mpsc::Receiver<AlertBody>;
+}
+
+/// A bandwidth or connections agent.
+pub struct SensorAgent {
+    kind: AgentKind,
+    source: Arc<dyn SensorSource>,
+    /// Interfaces sampled and the default of `recv_bytes`/`get_mac` (empty: every one).
+    interfaces: Vec<String>,
+    sample_interval: Duration,
+}
+
+impl SensorAgent {
+    /// `kind` must be [`AgentKind::Bandwidth`] or [`AgentKind::Connections`].
+    pub fn new(kind: AgentKind, source: Arc<dyn SensorSource>, interfaces: Vec<String>, sample_interval: Duration) -> SensorAgent {
+        SensorAgent { kind, source, interfaces, sample_interval }
+    }
+
+    fn selected(&self, all: Vec<IfaceBytes>) -> Vec<IfaceBytes> {
+        if self.interfaces.is_empty() {
+            all
+        } else {
+            all.into_iter().filter(|i| self.interfaces.contains(&i.name)).collect()
+        }
+    }
+}
+
+/// Runs blocking sensor work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| format!("sensor task failed: {e}"))?
+}
+
+fn json<T: Serialize>(v: &T) -> VerbResult {
+    serde_json::to_string(v).map_err(|e| e.to_string())
+}
+
+/// `recv_bytes`/`trans_bytes`: one interface's number, or every selected interface as JSON.
+fn byte_verb(src: Arc<dyn SensorSource>, ifaces: Vec<String>, rx: bool) -> impl Fn(Vec<String>) -> crate::verbs::VerbFuture + Send + Sync {
+    move |args| {
+        let src = src.clone();
+        let ifaces = ifaces.clone();
+        Box::pin(async move {
+            let all = blocking(move || src.interfaces()).await?;
+            let pick = |i: &IfaceBytes| if rx { i.rx_bytes } else { i.tx_bytes };
+            match args.as_slice() {
+                [name] => all.iter().find(|i| &i.name == name).map(|i| pick(i).to_string()).ok_or_else(|| format!("unknown interface {name:?}")),
+                [] => {
+                    let map: std::collections::BTreeMap<&str, u64> =
+                        all.iter().filter(|i| ifaces.is_empty() || ifaces.contains(&i.name)).map(|i| (i.name.as_str(), pick(i))).collect();
+                    json(&map)
+                }
+                _ => Err("usage: [iface]".into()),
+            }
+        })
+    }
+}
+
+impl AgentVerbs for SensorAgent {
+    fn verbs(&self) -> VerbTable {
+        let mut t = VerbTable::new();
+        let src = self.source.clone();
+        t.add("interfaces", "", "byte counters of every monitored interface (JSON)", move |_| {
+            let src = src.clone();
+            async move { json(&blocking(move || src.interfaces()).await?) }
+        });
+        let (src, ifs) = (self.source.clone(), self.interfaces.clone());
+        t.add("recv_bytes", "[iface]", "bytes received (2014 recv_bytes)", byte_verb(src, ifs, true));
+        let (src, ifs) = (self.source.clone(), self.interfaces.clone());
+        t.add("trans_bytes", "[iface]", "bytes sent (2014 trans_bytes)", byte_verb(src, ifs, false));
+        let (src, default) = (self.source.clone(), self.interfaces.first().cloned());
+        t.add("get_mac", "[iface]", "hardware address of an interface (default: the first configured)", move |args: Vec<String>| {
+            let src = src.clone();
+            let name = args.first().cloned().or_else(|| default.clone());
+            async move {
+                let name = name.ok_or("usage: get_mac <iface> (no default interface configured)")?;
+                blocking(move || src.mac(&name)).await
+            }
+        });
+        let src = self.source.clone();
+        t.add("connections", "", "established TCP connections per remote address (JSON)", move |_| {
+            let src = src.clone();
+            async move { json(&blocking(move || src.connections()).await?) }
+        });
+        let src = self.source.clone();
+        t.add("connections_of", "<ip>", "established TCP connections with one address (JSON)", move |args: Vec<String>| {
+            let src = src.clone();
+            async move {
+                let [ip] = args.as_slice() else { return Err("usage: connections_of <ip>".into()) };
+                let addr: IpAddr = ip.parse().map_err(|_| format!("{ip:?} is not an IP address"))?;
+                json(&blocking(move || src.connections_of(addr)).await?)
+            }
+        });
+        t
+    }
+
+    fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if !self.sample_interval.is_zero() {
+            let (kind, src, node2, every) = (self.kind, self.source.clone(), node.clone(), self.sample_interval);
+            let ifaces = self.interfaces.clone();
+            let me = SensorAgent { kind, source: src.clone(), interfaces: ifaces, sample_interval: every };
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = node2.stopping() => return,
+                    }
+                    me.sample(&node2).await;
+                }
+            }));
+        }
+        if self.kind == AgentKind::Connections {
+            let mut rx = self.source.threshold_alerts();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        ev = rx.recv() => match ev {
+                            Some(body) => { let _ = node.raise(body); }
+                            None => return,
+                        },
+                        _ = node.stopping() => return,
+                    }
+                }
+            }));
+        }
+        tasks
+    }
+}
+
+impl SensorAgent {
+    async fn sample(&self, node: &NodeHandle) {
+        let src = self.source.clone();
+        match self.kind {
+            AgentKind::Connections => match blocking(move || src.connections()).await {
+                Ok(c) => {
+                    let _ = node.raise(AlertBody::Connections { per_remote: c.into_iter().map(|r| (r.addr, r.established)).collect() });
+                }
+                Err(e) => tracing::warn!(node = %node.name(), error = %e, "reading connections failed"),
+            },
+            _ => match blocking(move || src.interfaces()).await {
+                Ok(all) => {
+                    for i in self.selected(all) {
+                        let _ = node.raise(AlertBody::Bandwidth { iface: i.name, rx_bytes: i.rx_bytes, tx_bytes: i.tx_bytes });
+                    }
+                }
+                Err(e) => tracing::warn!(node = %node.name(), error = %e, "reading interface counters failed"),
+            },
+        }
+    }
+}
