@@ -1,1 +1,104 @@
+//! Config loading: the 2014 file, the TOML twin, the default, and one fixture per error class
+//! (fixtures live in tests/fixtures/config so the CLI tests share them).
 
+use std::path::PathBuf;
+
+use super::*;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/config").join(name)
+}
+
+fn load_err(name: &str) -> String {
+    match Topology::load(&fixture(name)) {
+        Ok(_) => panic!("{name} must be rejected"),
+        Err(e) => {
+            let s = e.to_string();
+            // Errors name the file as given; strip the directory for the comparison.
+            s.split_once("config/").map_or(s.clone(), |(_, rest)| rest.to_string())
+        }
+    }
+}
+
+#[test]
+fn the_2014_config_ini_maps_onto_the_same_model_as_its_toml_twin() {
+    let ini = Topology::load(&fixture("vespa-2014-config.ini")).expect("2014 config.ini loads");
+    let toml = Topology::load(&fixture("vespa-2014-config.toml")).expect("TOML twin loads");
+    assert_eq!(ini.format, Format::Ini);
+    let strip = |t: &Topology| {
+        let nodes: Vec<_> = t.nodes.iter().map(|n| (n.name.clone(), n.role, n.location.clone(), n.master.clone(), n.port)).collect();
+        let machines: Vec<_> = t.machines.iter().map(|m| (m.name.clone(), m.address)).collect();
+        (nodes, machines)
+    };
+    assert_eq!(strip(&ini), strip(&toml));
+    assert_eq!(ini.machines.len(), 2);
+    assert_eq!(ini.nodes.len(), 7);
+    assert_eq!(ini.vo().name, "VO");
+    let fl = ini.node("Agent_Controller_Floodlight").expect("floodlight agent");
+    assert_eq!(fl.role, Role::Agent(AgentKind::ControllerFloodlight));
+    assert_eq!(ini.listen_addr(fl), "192.0.2.1:4155".parse().expect("addr"));
+    let kids: Vec<&str> = ini.children_of("HO_VM").map(|n| n.name.as_str()).collect();
+    assert_eq!(kids, ["Agent_Bandwidth", "Agent_Connections"]);
+    let tree = ini.render_tree();
+    assert!(tree.contains("|-- HO_VM (ho_vm) on firewall at 192.0.2.1:4151"), "{tree}");
+    assert!(tree.contains("|   |-- Agent_Bandwidth (agent_bandwidth) on web at 192.0.2.10:4152"), "{tree}");
+}
+
+#[test]
+fn the_embedded_default_is_the_2014_tree_on_loopback() {
+    let t = Topology::embedded_default();
+    assert_eq!(t.vo().port, 4150);
+    assert!(t.machines.iter().all(|m| m.address.is_loopback()));
+    assert_eq!(t.nodes.iter().filter(|n| n.role.is_ho()).count(), 3);
+    assert_eq!(t.nodes.iter().filter(|n| n.role.is_agent()).count(), 2);
+}
+
+#[test]
+fn every_error_names_file_line_table_and_field() {
+    let cases = [
+        ("broken-unknown-key.toml", "broken-unknown-key.toml:22: unknown field `mastr`"),
+        ("broken-missing-master.toml", "broken-missing-master.toml:22: [[node]] \"agent\": field `master`: no node named \"vo2\""),
+        ("broken-two-vos.toml", "broken-two-vos.toml:18: [[node]] \"VO2\": field `kind`: a second VO"),
+        ("broken-duplicate-port.toml", "broken-duplicate-port.toml:23: [[node]] \"agent\": field `port`: port 4151 on machine \"host\" is already used by node \"HO_VM\""),
+        ("broken-duplicate-name.toml", "broken-duplicate-name.toml:18: [[node]] \"HO_VM\": field `name`: a node of this name is already defined"),
+        ("broken-unknown-kind.toml", "broken-unknown-kind.toml:20: [[node]] \"agent\": field `kind`: unknown kind \"agent_teleport\""),
+        ("broken-unknown-machine.toml", "broken-unknown-machine.toml:21: [[node]] \"agent\": field `location`: no machine named \"mars\""),
+        ("broken-agent-under-agent.toml", "broken-agent-under-agent.toml:29: [[node]] \"a2\": field `master`: a agent_connections node's master must be an HO or the VO"),
+        ("broken-cycle.toml", "broken-cycle.toml:22: [[node]] \"HO_A\": field `master`: a ho_hy node's master must be the VO"),
+        ("broken-port-range.toml", "broken-port-range.toml:23: invalid value"),
+        ("broken-syntax.toml", "broken-syntax.toml:18: "),
+        ("broken-bad-address.toml", "broken-bad-address.toml:3: [[machine]] \"host\": field `address`: \"localhost.example\" is not an IP address"),
+        ("broken-no-vo.toml", "broken-no-vo.toml: no VO"),
+        ("broken-settings.toml", "broken-settings.toml:19: [settings]: field `queue_capacity`: must be at least 1"),
+        ("broken-2014-unknown-key.ini", "broken-2014-unknown-key.ini:60: [Agent_Connections]: field `prot`: unknown key"),
+        ("broken-2014-missing-master.ini", "broken-2014-missing-master.ini:54: [Agent_Controller_Floodlight]: field `master`: no node named \"HO_XX\""),
+        ("broken-2014-bad-port.ini", "broken-2014-bad-port.ini:50: [Agent_Bandwidth]: field `port`: \"web\" is not a port number"),
+    ];
+    let mut wrong = Vec::new();
+    for (file, want) in cases {
+        let got = load_err(file);
+        if !got.starts_with(want) {
+            wrong.push(format!("{file}:\n   want prefix: {want}\n   got:         {got}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let e = Topology::load(std::path::Path::new("/nonexistent/vespa.toml")).expect_err("missing file");
+    assert!(e.to_string().starts_with("/nonexistent/vespa.toml: cannot read:"), "{e}");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let dir = std::env::temp_dir().join(format!("vespa-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("t.toml");
+    let text = format!("[settings]\nkey_file = \"psk\"\n{}", DEFAULT_TOPOLOGY.split_once("[[machine]]").map(|(_, r)| format!("[[machine]]{r}")).expect("default has machines"));
+    std::fs::write(&path, text.replace("port = 4150", "port = 4150\njournal = \"vo.jsonl\"")).expect("write");
+    let t = Topology::load(&path).expect("loads");
+    assert_eq!(t.settings.key_file, dir.join("psk"));
+    assert_eq!(t.vo().journal.as_deref(), Some(dir.join("vo.jsonl").as_path()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
