@@ -293,7 +293,19 @@ impl Node {
         if let Some(j) = &inner.journal {
             lock(j).flush();
         }
-        tracing::info!(node = %inner.name, "node stopped");
+        let st = inner.stats();
+        let own = st.origins.get(&inner.name).cloned().unwrap_or_default();
+        tracing::info!(
+            node = %inner.name,
+            alerts_raised = st.alerts_raised,
+            first_seq = own.first,
+            last_seq = own.highest,
+            unacknowledged = st.queue_len,
+            queue_overflow = st.queue_overflow,
+            alerts_processed = st.alerts_processed,
+            duplicates_dropped = st.duplicates_dropped,
+            "node stopped"
+        );
         Ok(exit)
     }
 }

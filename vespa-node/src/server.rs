@@ -92,7 +92,8 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, permit: O
     let name = child.as_ref().map_or(session.peer_name.as_str(), |c| c.name.as_str());
     match result {
         LinkEnd::Local => {}
-        LinkEnd::ClosedByPeer => tracing::info!(peer = %peer, node = %name, child = child.is_some(), "connection closed by peer"),
+        LinkEnd::ClosedByPeer if child.is_some() => tracing::info!(peer = %peer, node = %name, "child closed its connection"),
+        LinkEnd::ClosedByPeer => tracing::debug!(peer = %peer, node = %name, "caller closed its connection"),
         e => {
             inc(&inner.counters.connection_errors);
             tracing::warn!(peer = %peer, node = %name, reason = %e, "connection closed");

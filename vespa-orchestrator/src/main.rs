@@ -1,15 +1,209 @@
-//! VESPA orchestrators. The node runtime (agent -> HO -> VO over the authenticated protocol)
-//! lands here; until then the binary only describes itself.
+//! `vespa-orchestrator`: runs the HO and VO nodes of a VESPA tree, makes its pre-shared key,
+//! and calls verbs on a running tree.
 
-use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vespa_node::{launch, Client, Hooks, Security, Topology};
 
 /// Horizontal (HO_VM, HO_HY, HO_PH) and vertical (VO) orchestrators of VESPA.
+///
+/// The tree (agent -> HO -> VO) is described by a topology file: TOML, or the 2014
+/// config.ini. Without --config the embedded default puts the whole tree on 127.0.0.1.
+/// Every link is authenticated and encrypted with a pre-shared key (see `keygen`).
 #[derive(Parser)]
-#[command(version, about)]
-struct Cli {}
+#[command(name = "vespa-orchestrator", version, about, long_about, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr; the level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
 
-fn main() -> anyhow::Result<()> {
-    let _ = Cli::parse();
-    eprintln!("vespa-orchestrator: the node runtime is not built yet; see README.md");
-    Ok(())
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HO and VO nodes of the topology (all of them, those of --machine, or --node).
+    Run(RunArgs),
+    /// Write a fresh random pre-shared key (32 bytes, mode 0600) for every node of a tree.
+    Keygen {
+        /// Where to write it.
+        path: PathBuf,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Call a verb on any node of a running tree (through the VO, or --via another node).
+    Call(CallArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Topology file (.toml, or the 2014 .ini). Default: the embedded loopback topology.
+    #[arg(long, short = 'c', env = "VESPA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Pre-shared key file. Default: `key_file` of the topology's [settings].
+    #[arg(long, env = "VESPA_KEY")]
+    key: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    cfg: ConfigArgs,
+    /// Validate the topology, print the resolved tree and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Run only these nodes (repeatable).
+    #[arg(long = "node", short = 'n')]
+    nodes: Vec<String>,
+    /// Run the HO/VO nodes located on this machine.
+    #[arg(long, conflicts_with = "nodes")]
+    machine: Option<String>,
+}
+
+#[derive(Args)]
+struct CallArgs {
+    #[command(flatten)]
+    cfg: ConfigArgs,
+    /// The node to connect to (default: the VO); the call is routed down from there.
+    #[arg(long)]
+    via: Option<String>,
+    /// Seconds to wait for the reply.
+    #[arg(long, default_value_t = 15)]
+    timeout: u64,
+    /// The node that runs the verb.
+    target: String,
+    /// The verb (`help` lists a node's verbs).
+    verb: String,
+    /// Its arguments.
+    args: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vespa-orchestrator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Keygen { path, force } => {
+            vespa_proto::key::generate(&path, force)?;
+            println!("wrote a new pre-shared key to {} (mode 0600); copy it to every node of the tree", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run_nodes(args),
+        Command::Call(args) => call(args),
+    }
+}
+
+fn load(cfg: &ConfigArgs) -> anyhow::Result<Topology> {
+    Ok(launch::load_topology(cfg.config.as_deref())?)
+}
+
+fn security(topo: &Topology, key: Option<&Path>) -> anyhow::Result<Security> {
+    let path = key.unwrap_or(&topo.settings.key_file);
+    let psk = vespa_proto::key::load(path).context("loading the pre-shared key (make one with `vespa-orchestrator keygen PATH`)")?;
+    Ok(Security::Psk(psk))
+}
+
+fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let topo = load(&args.cfg)?;
+    let nodes = launch::select(&topo, &args.nodes, args.machine.as_deref(), |n| !n.role.is_agent()).map_err(anyhow::Error::msg)?;
+    if args.check_config {
+        print!("{}", topo.render_tree());
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        println!("this process would run: {}", names.join(", "));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let security = security(&topo, args.cfg.key.as_deref())?;
+    let rt = runtime()?;
+    let exits = rt.block_on(launch::run_nodes(&topo, &nodes, security, |_| Hooks::default(), shutdown_signal()))?;
+    for (name, exit) in exits {
+        tracing::info!(node = %name, ?exit, "node exited");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
+    let topo = load(&args.cfg)?;
+    let via = match &args.via {
+        Some(v) => topo.node(v).with_context(|| format!("{}: no node named {v:?}", topo.source))?,
+        None => topo.vo(),
+    };
+    let addr = topo.listen_addr(via);
+    let security = security(&topo, args.cfg.key.as_deref())?;
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let timeout = Duration::from_secs(args.timeout);
+        let mut client = Client::connect(addr, &security, "vespa-orchestrator-call", Some(&via.name), timeout).await?;
+        let reply = if args.target == via.name {
+            let a: Vec<&str> = args.args.iter().map(String::as_str).collect();
+            client.call(&args.verb, &a).await?
+        } else {
+            let mut a: Vec<&str> = vec![&args.target, &args.verb];
+            a.extend(args.args.iter().map(String::as_str));
+            client.call("call", &a).await?
+        };
+        client.close().await;
+        anyhow::Ok(reply)
+    })?;
+    match result {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("vespa-orchestrator: {}: {e}", args.target);
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// SIGINT or SIGTERM: stop every node in order (flush queues, close links).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("signal received: shutting down");
 }
