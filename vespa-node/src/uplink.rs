@@ -33,6 +33,9 @@ pub(crate) async fn uplink_loop(inner: Arc<Inner>, master: MasterAddr, listen_ad
     let s = &inner.spec.settings;
     let mut backoff = Backoff::new(s.backoff_min, s.backoff_max);
     let mut first = true;
+    // While the master stays unreachable, only a change of reason is logged at warn level,
+    // so an outage is one line (plus one when it ends), not one per retry.
+    let mut last_reason: Option<String> = None;
     loop {
         if inner.closing.is_cancelled() {
             return;
@@ -42,14 +45,22 @@ pub(crate) async fn uplink_loop(inner: Arc<Inner>, master: MasterAddr, listen_ad
         }
         first = false;
         let started = Instant::now();
-        match connect_once(&inner, &master, listen_addr).await {
-            Ok(()) | Err(UplinkError::Link(LinkEnd::Local)) => {}
+        match connect_once(&inner, &master, listen_addr, last_reason.is_some()).await {
+            Ok(()) | Err(UplinkError::Link(LinkEnd::Local)) => last_reason = None,
             Err(UplinkError::Link(LinkEnd::ClosedByPeer)) => {
+                last_reason = None;
                 tracing::info!(peer = %master.addr, node = %master.name, "master closed the connection");
             }
             Err(e) => {
                 inc(&inner.counters.connection_errors);
-                tracing::warn!(peer = %master.addr, node = %master.name, reason = %e, "uplink to master failed");
+                let reason = e.to_string();
+                let repeated = e.before_link() && last_reason.as_deref() == Some(reason.as_str());
+                if repeated {
+                    tracing::debug!(peer = %master.addr, node = %master.name, reason = %reason, "uplink to master failed again");
+                } else {
+                    tracing::warn!(peer = %master.addr, node = %master.name, reason = %reason, "uplink to master failed");
+                }
+                last_reason = Some(reason);
             }
         }
         if inner.closing.is_cancelled() {
@@ -66,7 +77,15 @@ pub(crate) async fn uplink_loop(inner: Arc<Inner>, master: MasterAddr, listen_ad
     }
 }
 
-async fn connect_once(inner: &Arc<Inner>, master: &MasterAddr, listen_addr: Option<SocketAddr>) -> Result<(), UplinkError> {
+impl UplinkError {
+    /// True when the failure happened before a session existed (connect or handshake), the
+    /// kind that repeats on every retry during an outage.
+    fn before_link(&self) -> bool {
+        !matches!(self, UplinkError::Link(_))
+    }
+}
+
+async fn connect_once(inner: &Arc<Inner>, master: &MasterAddr, listen_addr: Option<SocketAddr>, after_failure: bool) -> Result<(), UplinkError> {
     let s = &inner.spec.settings;
     let connect_timeout = s.handshake_timeout;
     let stream = tokio::select! {
@@ -93,7 +112,12 @@ async fn connect_once(inner: &Arc<Inner>, master: &MasterAddr, listen_addr: Opti
         o.rewind();
     }
     *lock(&inner.uplink) = Some(session.clone());
-    tracing::info!(node = %inner.name, master = %master.name, addr = %master.addr, queued = outbox.as_ref().map_or(0, |o| o.len()), "connected to master");
+    let queued = outbox.as_ref().map_or(0, |o| o.len());
+    if after_failure {
+        tracing::info!(node = %inner.name, master = %master.name, addr = %master.addr, queued, "reconnected to master; re-sending unacknowledged alerts");
+    } else {
+        tracing::info!(node = %inner.name, master = %master.name, addr = %master.addr, queued, "connected to master");
+    }
 
     let w_inner = inner.clone();
     let s_inner = inner.clone();
