@@ -1,0 +1,230 @@
+//! Hostile peers against a real HO (in a `vespa-orchestrator` process hosting the VO and the
+//! HO) while a well-behaved agent streams alerts through it: random bytes, a 4 GiB length
+//! prefix, a valid frame with one bit flipped, a replayed frame, the wrong key, slow-loris
+//! peers before and after the handshake. Each is rejected with one log line naming the peer
+//! and the reason; the HO's memory stays bounded; the agent never notices.
+
+mod tree_kit;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use nix::sys::signal::Signal;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tree_kit::*;
+use vespa_proto::{Message, NodeKind, Psk};
+
+/// Warning and error lines of `p` whose `peer` field is `peer` (a replayed connection also
+/// has the ordinary "child registered" line from before the replay).
+fn lines_for(p: &Proc, peer: SocketAddr) -> Vec<serde_json::Value> {
+    let want = peer.to_string();
+    p.log_lines()
+        .into_iter()
+        .filter(|l| l["fields"]["peer"].as_str() == Some(want.as_str()) && (l["level"] == "WARN" || l["level"] == "ERROR"))
+        .collect()
+}
+
+/// Waits for the one log line about `peer`, checks its reason, and that no second one comes.
+fn one_line(p: &Proc, peer: SocketAddr, reason: &[&str], case: &str) {
+    let lines = wait_for(&format!("{case}: a log line for {peer}"), || Some(lines_for(p, peer)).filter(|l| !l.is_empty()));
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = if lines.len() == 1 { lines_for(p, peer) } else { lines };
+    assert_eq!(lines.len(), 1, "{case}: exactly one line for {peer}: {lines:#?}");
+    let text = lines[0]["fields"]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.iter().any(|r| text.contains(r)), "{case}: reason {text:?} should mention one of {reason:?}");
+    assert_eq!(lines[0]["level"], "WARN", "{case}");
+    eprintln!("{case}: {} peer={peer} reason={text}", lines[0]["fields"]["message"]);
+}
+
+/// Connects to `addr`; returns the stream and the address the node sees for it.
+async fn connect(addr: SocketAddr) -> (TcpStream, SocketAddr) {
+    let s = TcpStream::connect(addr).await.expect("connect");
+    let me = s.local_addr().expect("local addr");
+    (s, me)
+}
+
+/// Runs a real client handshake through an in-test relay that lets `edit` rewrite the
+/// client->server frames (index 0 is the hello, 1 the key confirmation, 2.. data); then sends
+/// `Register` and a heartbeat. Returns the address the node sees.
+async fn tampering_client(addr: SocketAddr, psk: &Psk, edit: impl FnMut(usize, Vec<u8>, &mut Vec<Vec<u8>>) + Send + 'static) -> SocketAddr {
+    let (up, me) = connect(addr).await;
+    let (client_side, relay_side) = tokio::io::duplex(1 << 16);
+    let (mut up_r, mut up_w) = up.into_split();
+    let (mut rel_r, mut rel_w) = tokio::io::split(relay_side);
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut up_r, &mut rel_w).await;
+    });
+    tokio::spawn(async move {
+        let mut edit = edit;
+        let mut buf = BytesMut::new();
+        let mut index = 0;
+        loop {
+            while buf.len() >= 4 {
+                let len = (&buf[..4]).get_u32() as usize;
+                if buf.len() < 4 + len {
+                    break;
+                }
+                let frame = buf.split_to(4 + len).to_vec();
+                let mut out = Vec::new();
+                edit(index, frame, &mut out);
+                index += 1;
+                for f in out {
+                    if up_w.write_all(&f).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match rel_r.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    let cfg = vespa_proto::Config { handshake_timeout: Duration::from_secs(5), ..Default::default() };
+    let (mut conn, _) = vespa_proto::client_handshake(client_side, psk, "intruder", &cfg).await.expect("the relay passes the handshake through");
+    let _ = conn.send(&Message::Register { name: "intruder".into(), kind: NodeKind::Agent, listen_addr: None }).await;
+    let _ = conn.send(&Message::Heartbeat).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::mem::forget(conn);
+    me
+}
+
+#[test]
+fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
+    let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+    let nodes = [
+        N { name: "VO", kind: "vo", machine: "host", master: None, port: free_port(), extra: String::new() },
+        N { name: "HO_VM", kind: "ho_vm", machine: "host", master: Some("VO"), port: free_port(), extra: String::new() },
+        N { name: "bw", kind: "agent_bandwidth", machine: "host", master: Some("HO_VM"), port: free_port(), extra: "interfaces = [\"lo\"]\n".into() },
+    ];
+    let settings = "heartbeat_ms = 300\nhandshake_timeout_ms = 1000\nsample_interval_ms = 5\nkeep_alerts = 1000000";
+    let tree = Tree::new("hostile", settings, &[("host", lo)], &nodes);
+    // One process hosts the VO and the HO, as on a single orchestrator machine.
+    let mut orch = tree.spawn("orchestrator", "vespa-orchestrator", None, &[], &["VO", "HO_VM"]);
+    let mut agent = tree.spawn("agent", "vespa-agent", None, &["--mode", "proc"], &["bw"]);
+    let ho = tree.addrs["HO_VM"];
+    let count = || stats(&tree, "VO", "VO").and_then(|s| s.origins.get("bw").map(|o| o.count)).unwrap_or(0);
+    wait_for("the agent's alerts at the VO", || (count() >= 100).then_some(()));
+    let rss_before = orch.rss_kib();
+    let count_before = count();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let psk = tree.psk.clone();
+
+    // Random bytes.
+    let peer = rt.block_on(async {
+        let (mut s, me) = connect(ho).await;
+        let mut junk = vec![0u8; 4096];
+        rand::rngs::StdRng::seed_from_u64(7).fill(&mut junk[..]);
+        let _ = s.write_all(&junk).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        me
+    });
+    one_line(&orch, peer, &["not speaking the VESPA protocol", "frame too large"], "random bytes");
+
+    // A 4 GiB length prefix: refused from the prefix alone.
+    let peer = rt.block_on(async {
+        let (mut s, me) = connect(ho).await;
+        let _ = s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF, b'V', b'S']).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        me
+    });
+    one_line(&orch, peer, &["frame too large: 4294967295 bytes announced"], "4 GiB length prefix");
+
+    // A valid frame (the Register) with one bit flipped.
+    let peer = rt.block_on(tampering_client(ho, &psk, |i, mut f, out| {
+        if i == 2 {
+            let last = f.len() - 1;
+            f[last / 2 + 2] ^= 0x10;
+        }
+        out.push(f);
+    }));
+    one_line(&orch, peer, &["failed authentication: tampered"], "one bit flipped");
+
+    // A captured frame replayed in place of the next one.
+    let peer = rt.block_on(tampering_client(ho, &psk, {
+        let mut captured = None;
+        move |i, f, out| {
+            if i == 2 {
+                captured = Some(f.clone());
+            }
+            if i == 3 {
+                out.push(captured.clone().expect("frame 2 seen"));
+            } else {
+                out.push(f);
+            }
+        }
+    }));
+    one_line(&orch, peer, &["replayed frame"], "replayed frame");
+
+    // The wrong key.
+    let peer = rt.block_on(async {
+        let (s, me) = connect(ho).await;
+        let cfg = vespa_proto::Config { handshake_timeout: Duration::from_secs(5), ..Default::default() };
+        let r = vespa_proto::client_handshake(s, &Psk::random(), "impostor", &cfg).await;
+        assert!(r.is_err(), "a wrong key must not get a connection");
+        me
+    });
+    one_line(&orch, peer, &["different pre-shared key"], "wrong key");
+
+    // Slow-loris before the handshake: half a length prefix, then nothing.
+    let peer = rt.block_on(async {
+        let (mut s, me) = connect(ho).await;
+        let _ = s.write_all(&[0, 0]).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        drop(s);
+        me
+    });
+    one_line(&orch, peer, &["did not complete the handshake within 1s"], "slow-loris (handshake)");
+
+    // Slow-loris after the handshake: a frame started and never finished.
+    let peer = rt.block_on(async {
+        let (s, me) = connect(ho).await;
+        let cfg = vespa_proto::Config { handshake_timeout: Duration::from_secs(5), ..Default::default() };
+        let (conn, _) = vespa_proto::client_handshake(s, &psk, "sloth", &cfg).await.expect("right key");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        drop(conn);
+        me
+    });
+    one_line(&orch, peer, &["idle timeout"], "slow-loris (after the handshake)");
+
+    // Many at once: 200 slow-loris peers and 50 announcing 4 GiB; memory stays bounded.
+    let rejected = || orch.log_lines().iter().filter(|l| l["fields"]["message"] == "connection rejected").count();
+    let rejected_before = rejected();
+    let held = rt.block_on(async {
+        let mut held = Vec::new();
+        for i in 0..250 {
+            let (mut s, _) = connect(ho).await;
+            let bytes: &[u8] = if i % 5 == 0 { &[0xFF, 0xFF, 0xFF, 0xFF] } else { &[0, 0, 1] };
+            let _ = s.write_all(bytes).await;
+            held.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        held
+    });
+    let rss_during = orch.rss_kib();
+    wait_for("each of the 250 flood connections to be rejected (one line each)", || (rejected() >= rejected_before + 250).then_some(()));
+    assert_eq!(rejected(), rejected_before + 250);
+    drop(held);
+    let rss_after = orch.rss_kib();
+    eprintln!("orchestrator RSS: {rss_before} KiB before, {rss_during} KiB during 250 hostile connections, {rss_after} KiB after");
+    assert!(rss_during < rss_before + 32 * 1024, "memory grew by {} KiB under attack", rss_during - rss_before);
+
+    // The well-behaved agent never noticed.
+    wait_for("the agent's alerts to keep flowing", || (count() >= count_before + 200).then_some(()));
+    let agent_stats = stats(&tree, "VO", "bw").expect("agent stats through the tree");
+    assert_eq!(agent_stats.reconnects, 0, "the agent's link was never disturbed");
+    assert_eq!(agent_stats.connection_errors, 0);
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit().success());
+    let (first, last) = final_seqs(&agent, "bw");
+    wait_for("the VO to hold the agent's last alert", || stats(&tree, "VO", "VO").filter(|s| s.origins.get("bw").is_some_and(|o| o.highest == last)));
+    let alerts = vo_alerts(&tree, &|v, a| tree.call("VO", v, a));
+    assert_exactly_once(&seqs_of(&alerts, "bw"), first, last, "the agent's alerts during the attacks");
+    orch.signal(Signal::SIGTERM);
+    assert!(orch.wait_exit().success());
+}
