@@ -56,7 +56,7 @@ fn check_config_prints_the_2014_tree_from_ini_and_toml_alike() {
     assert!(text(&d).contains("this process would run: Agent_Bandwidth, Agent_Connections"), "{}", text(&d));
     let e = run("vespa-orchestrator", &["run", "--check-config", "--config", ini.to_str().expect("utf-8"), "--node", "Agent_Bandwidth"]);
     assert_eq!(e.status.code(), Some(1));
-    assert!(text(&e).contains("node \"Agent_Bandwidth\" is a agent_bandwidth node, which this program does not run"), "{}", text(&e));
+    assert!(text(&e).contains("node \"Agent_Bandwidth\" is of kind agent_bandwidth, which this program does not run"), "{}", text(&e));
 }
 
 #[test]

@@ -7,11 +7,12 @@
 //! - one origin's alerts reach a hop over one child link, and each link carries them in
 //!   increasing order (queues are FIFO; sealed frames cannot be reordered or dropped unnoticed);
 //! - a connection starts with the oldest alert its sender still holds, and everything older
-//!   was acknowledged, i.e. already taken here or beyond;
-//! so when a hop has taken `seq`, it has taken every earlier one that will ever come, and
+//!   was acknowledged, i.e. already taken here or beyond.
+//!
+//! So when a hop has taken `seq`, it has taken every earlier one that will ever come, and
 //! anything at or below the watermark is a duplicate. Two connections of the same child can
-//! overlap for a moment (the old one not yet noticed dead); both carry increasing runs of
-//! the same queue, so the argument holds for their union.
+//! overlap for a moment (the old one not yet noticed dead); both carry increasing runs of the
+//! same queue, so the argument holds for their union.
 //!
 //! Origins number their alerts from the wall clock at start-up (nanoseconds), so a restarted
 //! origin continues above its previous numbers; this assumes its clock does not step back

@@ -43,7 +43,7 @@ pub fn select<'a>(topo: &'a Topology, names: &[String], machine: Option<&str>, w
             .iter()
             .map(|n| match topo.node(n) {
                 Some(d) if wanted(d) => Ok(d),
-                Some(d) => Err(format!("node {n:?} is a {} node, which this program does not run", d.role)),
+                Some(d) => Err(format!("node {n:?} is of kind {}, which this program does not run", d.role)),
                 None => Err(format!("{}: no node named {n:?}", topo.source)),
             })
             .collect();

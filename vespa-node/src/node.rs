@@ -340,7 +340,7 @@ impl Inner {
         let Some(slot) = outbox.try_reserve() else {
             let n = self.counters.queue_overflow.fetch_add(1, Ordering::Relaxed) + 1;
             self.overflow_unreported.fetch_add(1, Ordering::Relaxed);
-            if n == 1 || n % 1000 == 0 {
+            if n == 1 || n.is_multiple_of(1000) {
                 tracing::warn!(node = %self.name, dropped_total = n, capacity = outbox.capacity(), "outgoing alert queue full: alert dropped (counted in queue_overflow, reported upstream when there is room)");
             }
             return Err(QueueFull);

@@ -153,8 +153,11 @@ pub fn stats(tree: &Tree, via: &str, target: &str) -> Option<vespa_node::Stats> 
     tree.call_via(via, target, "stats", &[]).ok().and_then(|s| serde_json::from_str(&s).ok())
 }
 
+/// Calls a verb on the VO (directly, or from inside its network namespace).
+pub type VoCall<'a> = &'a dyn Fn(&str, &[&str]) -> Result<String, String>;
+
 /// Every alert the VO keeps (following `next` until the end), as JSON values.
-pub fn vo_alerts(tree: &Tree, via_vo: &dyn Fn(&str, &[&str]) -> Result<String, String>) -> Vec<serde_json::Value> {
+pub fn vo_alerts(tree: &Tree, via_vo: VoCall<'_>) -> Vec<serde_json::Value> {
     let _ = tree;
     let mut out = Vec::new();
     let mut from = 0u64;

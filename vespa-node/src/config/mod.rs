@@ -416,7 +416,7 @@ impl Topology {
                     let ok = if role.is_agent() { master.role.is_ho() || master.role == Role::Vo } else { master.role == Role::Vo };
                     if !ok {
                         let want = if role.is_agent() { "an HO or the VO" } else { "the VO" };
-                        return Err(self.err(at, ctx, Some("master"), format!("a {role} node's master must be {want}, but {m:?} is a {}", master.role)));
+                        return Err(self.err(at, ctx, Some("master"), format!("the master of a node of kind {role} must be {want}, but {m:?} is of kind {}", master.role)));
                     }
                 }
             }
