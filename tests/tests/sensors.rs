@@ -264,6 +264,7 @@ fn proc_fallback_gives_the_same_answers() {
     assert_eq!(sink.join().expect("sink"), 200);
     // Both back ends must agree on the traffic; read until they settle on the same deltas.
     let mut last = None;
+    let mut seen = None;
     for _ in 0..500 {
         let (e1, p1) = (counters(&ebpf, &l.a.ifname), l.a_ns.run({ let p = procs.clone(); let n = l.a.ifname.clone(); move || counters(&p, &n) }));
         let d = (delta(&e0, &e1), delta(&p0, &p1));
@@ -271,8 +272,9 @@ fn proc_fallback_gives_the_same_answers() {
             last = Some(d.0);
             break;
         }
+        seen = Some(d);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let d = last.expect("eBPF and /proc deltas agree");
+    let d = last.unwrap_or_else(|| panic!("eBPF and /proc deltas never agreed: last (eBPF, /proc) = {seen:?}"));
     assert!(d[3] >= 200, "the datagrams are in both: {d:?}");
 }

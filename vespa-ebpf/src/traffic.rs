@@ -149,7 +149,7 @@ fn count_syn(ctx: &TcContext, l3: usize) {
                 threshold,
                 ifindex,
                 _pad: 0,
-            });
+            }, true);
         }
     }
 }
