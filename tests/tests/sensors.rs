@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use vespa_agent::{iface, InterfaceCounters, Mode, SensorConfig, SensorEvent, Sensors};
+use vespa_agent::{iface, InterfaceCounters, Mode, SensorConfig, SensorEvent, Sensors, TcpState};
 use vespa_tests::{events_until, net::{Link, Netns}, privileged, traffic};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -104,12 +104,19 @@ fn connections_counted(v6: bool) {
     // The tracker sees both ends (it is one kernel): K client sockets whose remote is b and
     // K server sockets whose remote is a.
     let mut opened = 0;
-    events_until(&mut rx, WAIT, |e| {
+    let events = events_until(&mut rx, WAIT, |e| {
         if matches!(e, SensorEvent::ConnOpened { .. }) {
             opened += 1;
         }
         opened == 2 * K
     });
+    // Client sockets open from SYN_SENT, server sockets from SYN_RECV.
+    for e in &events {
+        if let SensorEvent::ConnOpened { remote, old_state, .. } = e {
+            let expected = if remote.ip() == b_ip { TcpState::SynSent } else { TcpState::SynRecv };
+            assert_eq!(*old_state, expected, "{e:?}");
+        }
+    }
     let c = sa.connections_of(b_ip).expect("lookup");
     assert_eq!((c.established, c.opened, c.closed), (K as u64, Some(K as u64), Some(0)), "while open, remote {b_ip}");
     assert_eq!(sa.connections_of(a_ip).expect("lookup").established, K as u64, "server side, remote {a_ip}");
@@ -127,7 +134,11 @@ fn connections_counted(v6: bool) {
     let c = sa.connections_of(b_ip).expect("lookup");
     assert_eq!((c.established, c.opened, c.closed), (0, Some(K as u64), Some(K as u64)), "after close, remote {b_ip}");
     let close = events.iter().find_map(|e| match e {
-        SensorEvent::ConnClosed { remote, duration_ns, .. } if remote.ip() == b_ip => Some((*remote, *duration_ns)),
+        SensorEvent::ConnClosed { remote, duration_ns, new_state, .. } if remote.ip() == b_ip => {
+            // The client closes first: ESTABLISHED -> FIN_WAIT1.
+            assert_eq!(*new_state, TcpState::FinWait1, "{e:?}");
+            Some((*remote, *duration_ns))
+        }
         _ => None,
     });
     let (remote, duration) = close.expect("a close event for a client socket");
