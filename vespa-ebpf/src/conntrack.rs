@@ -8,7 +8,7 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::{HashMap, LruHashMap},
     programs::TracePointContext,
     EbpfContext,
 };
@@ -25,10 +25,14 @@ use crate::common::{atomic_add, atomic_sub, bump, config, emit, header, now_ns};
 static CONN_BY_REMOTE: LruHashMap<Addr, RemoteConns> = LruHashMap::with_max_entries(65536, 0);
 
 /// Open sockets the tracker saw become ESTABLISHED: kernel socket address -> open time (ns).
+/// A plain (preallocated) hash, not an LRU: evicting an open socket would leave its remote's
+/// count one too high forever, while refusing a new one when full (counted as a map update
+/// failure) only leaves that connection uncounted, in both directions.
 #[map(name = "OPEN_SOCKETS")]
-static OPEN_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(131072, 0);
+static OPEN_SOCKETS: HashMap<u64, u64> = HashMap::with_max_entries(131072, 0);
 
 const TCP_ESTABLISHED: i32 = 1;
+const EEXIST: i32 = 17;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
@@ -134,8 +138,12 @@ fn remote_entry(addr: &Addr) -> Option<*mut RemoteConns> {
 #[inline(always)]
 fn opened(rec: &Record) {
     let now = now_ns();
-    // Only the first transition into ESTABLISHED of a socket counts.
-    if OPEN_SOCKETS.insert(&rec.skaddr, &now, BPF_NOEXIST as u64).is_err() {
+    // Only the first transition into ESTABLISHED of a socket counts. EEXIST means seen;
+    // anything else is a full table.
+    if let Err(e) = OPEN_SOCKETS.insert(&rec.skaddr, &now, BPF_NOEXIST as u64) {
+        if e != -EEXIST {
+            bump(STAT_MAP_UPDATE_FAILED);
+        }
         return;
     }
     let Some(e) = remote_entry(&rec.remote) else { return };
@@ -187,7 +195,15 @@ fn closed(rec: &Record) {
     // SAFETY: as in `opened`.
     let established = unsafe {
         atomic_add(&raw mut (*e).closed, 1);
-        atomic_sub(&raw mut (*e).established, 1) - 1
+        let before = atomic_sub(&raw mut (*e).established, 1);
+        if before == 0 {
+            // The remote's entry was evicted (LRU) and recreated since the open: undo rather
+            // than wrap around.
+            atomic_add(&raw mut (*e).established, 1);
+            0
+        } else {
+            before - 1
+        }
     };
     if established <= cfg.conn_threshold {
         // SAFETY: as in `opened`.
