@@ -54,15 +54,30 @@ const OFF_DADDR_V6: usize = 56;
 #[tracepoint]
 pub fn vespa_sock_state(ctx: TracePointContext) -> u32 {
     bump(STAT_TRACEPOINT_RUNS);
-    // SAFETY: this program is attached to sock:inet_sock_set_state only, whose record holds
-    // every field read at the offsets above (see the format file).
+    let base = ctx.as_ptr() as *const u8;
+    // SAFETY: this program is attached to sock:inet_sock_set_state only, whose record has
+    // these int fields at these offsets (see the format file); aligned single loads.
+    let (old, new) = unsafe {
+        (
+            core::ptr::read_volatile(base.add(OFF_OLDSTATE) as *const i32),
+            core::ptr::read_volatile(base.add(OFF_NEWSTATE) as *const i32),
+        )
+    };
+    // Most transitions (SYN_SENT, FIN_WAIT*, TIME_WAIT...) are not ours: leave before
+    // reading the rest of the record.
+    let opening = new == TCP_ESTABLISHED && old != TCP_ESTABLISHED;
+    let closing = old == TCP_ESTABLISHED && new != TCP_ESTABLISHED;
+    if !opening && !closing {
+        return 0;
+    }
+    // SAFETY: as above, for every field Record::read loads.
     let rec = unsafe { Record::read(&ctx) };
     if rec.protocol != IPPROTO_TCP || (rec.family != AF_INET && rec.family != AF_INET6) {
         return 0;
     }
-    if rec.newstate == TCP_ESTABLISHED && rec.oldstate != TCP_ESTABLISHED {
+    if opening {
         opened(&rec);
-    } else if rec.oldstate == TCP_ESTABLISHED && rec.newstate != TCP_ESTABLISHED {
+    } else {
         closed(&rec);
     }
     0
