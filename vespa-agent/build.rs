@@ -48,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     ]
     .join("\x1f");
     let status = Command::new("rustup")
+        .env("PATH", path_with_cargo_bin())
         .args(["run", "nightly", "cargo", "build", "--release", "--target", "bpfel-unknown-none"])
         .args(["-Z", "build-std=core", "--bin", "vespa", "--target-dir"])
         .arg(&target_dir)
@@ -78,8 +79,17 @@ fn missing_toolchain() -> Option<String> {
     }
 }
 
+/// PATH with cargo's own bin directory (where `cargo install` put bpf-linker) appended, for
+/// environments whose PATH lacks it.
+fn path_with_cargo_bin() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
+    let cargo_home = env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(h) = cargo_home {
+        dirs.push(h.join("bin"));
+    }
+    env::join_paths(dirs).unwrap_or_default()
+}
+
 fn on_path(bin: &str) -> bool {
-    env::var_os("PATH")
-        .map(|p| env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        .unwrap_or(false)
+    env::split_paths(&path_with_cargo_bin()).any(|d| d.join(bin).is_file())
 }

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use vespa_agent::{iface, InterfaceCounters, Mode, SensorConfig, SensorEvent, Sensors};
+use vespa_agent::{iface, InterfaceCounters, Mode, SensorConfig, SensorEvent, Sensors, TcpState};
 use vespa_tests::{events_until, net::{Link, Netns}, privileged, traffic};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -103,13 +103,25 @@ fn connections_counted(v6: bool) {
 
     // The tracker sees both ends (it is one kernel): K client sockets whose remote is b and
     // K server sockets whose remote is a.
+    // The tracker sees the whole host, other tests included: count only this link's sockets.
+    let ours = |ip: IpAddr| ip == a_ip || ip == b_ip;
     let mut opened = 0;
-    events_until(&mut rx, WAIT, |e| {
-        if matches!(e, SensorEvent::ConnOpened { .. }) {
+    let events = events_until(&mut rx, WAIT, |e| {
+        if matches!(e, SensorEvent::ConnOpened { remote, .. } if ours(remote.ip())) {
             opened += 1;
         }
         opened == 2 * K
     });
+    // Client sockets open from SYN_SENT, server sockets from SYN_RECV.
+    for e in &events {
+        if let SensorEvent::ConnOpened { remote, old_state, .. } = e {
+            if !ours(remote.ip()) {
+                continue;
+            }
+            let expected = if remote.ip() == b_ip { TcpState::SynSent } else { TcpState::SynRecv };
+            assert_eq!(*old_state, expected, "{e:?}");
+        }
+    }
     let c = sa.connections_of(b_ip).expect("lookup");
     assert_eq!((c.established, c.opened, c.closed), (K as u64, Some(K as u64), Some(0)), "while open, remote {b_ip}");
     assert_eq!(sa.connections_of(a_ip).expect("lookup").established, K as u64, "server side, remote {a_ip}");
@@ -119,7 +131,7 @@ fn connections_counted(v6: bool) {
     drop(servers);
     let mut closed = 0;
     let events = events_until(&mut rx, WAIT, |e| {
-        if matches!(e, SensorEvent::ConnClosed { .. }) {
+        if matches!(e, SensorEvent::ConnClosed { remote, .. } if ours(remote.ip())) {
             closed += 1;
         }
         closed == 2 * K
@@ -127,7 +139,11 @@ fn connections_counted(v6: bool) {
     let c = sa.connections_of(b_ip).expect("lookup");
     assert_eq!((c.established, c.opened, c.closed), (0, Some(K as u64), Some(K as u64)), "after close, remote {b_ip}");
     let close = events.iter().find_map(|e| match e {
-        SensorEvent::ConnClosed { remote, duration_ns, .. } if remote.ip() == b_ip => Some((*remote, *duration_ns)),
+        SensorEvent::ConnClosed { remote, duration_ns, new_state, .. } if remote.ip() == b_ip => {
+            // The client closes first: ESTABLISHED -> FIN_WAIT1.
+            assert_eq!(*new_state, TcpState::FinWait1, "{e:?}");
+            Some((*remote, *duration_ns))
+        }
         _ => None,
     });
     let (remote, duration) = close.expect("a close event for a client socket");
@@ -264,6 +280,7 @@ fn proc_fallback_gives_the_same_answers() {
     assert_eq!(sink.join().expect("sink"), 200);
     // Both back ends must agree on the traffic; read until they settle on the same deltas.
     let mut last = None;
+    let mut seen = None;
     for _ in 0..500 {
         let (e1, p1) = (counters(&ebpf, &l.a.ifname), l.a_ns.run({ let p = procs.clone(); let n = l.a.ifname.clone(); move || counters(&p, &n) }));
         let d = (delta(&e0, &e1), delta(&p0, &p1));
@@ -271,8 +288,9 @@ fn proc_fallback_gives_the_same_answers() {
             last = Some(d.0);
             break;
         }
+        seen = Some(d);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let d = last.expect("eBPF and /proc deltas agree");
+    let d = last.unwrap_or_else(|| panic!("eBPF and /proc deltas never agreed: last (eBPF, /proc) = {seen:?}"));
     assert!(d[3] >= 200, "the datagrams are in both: {d:?}");
 }

@@ -31,7 +31,7 @@ use vespa_common::{
 use crate::{
     iface,
     nsworker::NsWorker,
-    sensor::{addr_of, ip_of, wanted, Health, InterfaceCounters, RemoteConnections, SensorConfig, SensorError, SensorEvent, SynSource},
+    sensor::{addr_of, ip_of, wanted, Health, MapFill, InterfaceCounters, RemoteConnections, SensorConfig, SensorError, SensorEvent, SynSource},
 };
 
 /// The kernel object, built by build.rs from `vespa-ebpf`.
@@ -278,11 +278,11 @@ impl EbpfSensor {
                 (PROG_SOCK_STATE.to_string(), stat(STAT_TRACEPOINT_RUNS)),
             ]),
             map_fill: BTreeMap::from([
-                ("CONN_BY_REMOTE".to_string(), (remotes, cfg.max_remotes as u64)),
+                ("CONN_BY_REMOTE".to_string(), MapFill { used: remotes, capacity: cfg.max_remotes as u64 }),
                 // Every tracked open socket is counted once in its remote's `established`.
-                ("OPEN_SOCKETS".to_string(), (open, cfg.max_sockets as u64)),
-                ("SYN_BY_SOURCE".to_string(), (syn_sources, cfg.max_syn_sources as u64)),
-                ("IFACE_STATS_BIG".to_string(), (inner.stats_big.keys().flatten().count() as u64, MAX_BIG_IFINDEX_INTERFACES as u64)),
+                ("OPEN_SOCKETS".to_string(), MapFill { used: open, capacity: cfg.max_sockets as u64 }),
+                ("SYN_BY_SOURCE".to_string(), MapFill { used: syn_sources, capacity: cfg.max_syn_sources as u64 }),
+                ("IFACE_STATS_BIG".to_string(), MapFill { used: inner.stats_big.keys().flatten().count() as u64, capacity: MAX_BIG_IFINDEX_INTERFACES as u64 }),
             ]),
             attached_interfaces: inner.attached.values().map(|a| a.name.clone()).collect(),
         }
@@ -470,9 +470,10 @@ impl Shared {
 
     fn read_events(&self, mut ring: RingBuf<MapData>) {
         while !self.stop.load(Ordering::Relaxed) {
-            if !wait_readable(ring.as_fd(), Duration::from_millis(200)) {
-                continue;
-            }
+            // Threshold events wake us at once; per-connection events are produced without a
+            // wake-up and collected here at least every POLL (see `emit` in vespa-ebpf).
+            const POLL: Duration = Duration::from_millis(50);
+            wait_readable(ring.as_fd(), POLL);
             while let Some(item) = ring.next() {
                 match decode_event(&item) {
                     Some(ev) => {
@@ -561,9 +562,9 @@ pub(crate) fn decode_event(b: &[u8]) -> Option<SensorEvent> {
             // The tracepoint converts both ports to host byte order (ntohs).
             let (local, remote) = (sock(&e.local, e.local_port), sock(&e.remote, e.remote_port));
             Some(if h.kind == EVENT_CONN_OPEN {
-                SensorEvent::ConnOpened { timestamp_ns: h.timestamp_ns, local, remote }
+                SensorEvent::ConnOpened { timestamp_ns: h.timestamp_ns, local, remote, old_state: e.old_state.into() }
             } else {
-                SensorEvent::ConnClosed { timestamp_ns: h.timestamp_ns, local, remote, duration_ns: e.duration_ns }
+                SensorEvent::ConnClosed { timestamp_ns: h.timestamp_ns, local, remote, new_state: e.new_state.into(), duration_ns: e.duration_ns }
             })
         }
         EVENT_CONN_THRESHOLD => {
@@ -598,6 +599,18 @@ pub fn attach_noop(iface_name: &str) -> Result<impl Drop, SensorError> {
         }
     }
     Ok(NoopGuard { _links: links, _ebpf: ebpf })
+}
+
+/// Loads the no-op tracepoint program on `sock:inet_sock_set_state`: the benchmarks'
+/// baseline for the cost of the tracepoint itself. Dropping the value detaches it.
+pub fn attach_tracepoint_noop() -> Result<impl Drop, SensorError> {
+    let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(load_err)?;
+    {
+        let tp: &mut TracePoint = ebpf.program_mut("vespa_tp_noop").ok_or_else(|| load_err("vespa_tp_noop missing"))?.try_into().map_err(load_err)?;
+        tp.load().map_err(load_err)?;
+        tp.attach("sock", "inet_sock_set_state").map_err(load_err)?;
+    }
+    Ok(NoopGuard { _links: Vec::new(), _ebpf: ebpf })
 }
 
 struct NoopGuard {

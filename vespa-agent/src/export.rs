@@ -124,8 +124,8 @@ impl Collector for SensorCollector {
         counters(&mut enc, "vespa_ebpf_map_update_failures", "Kernel map updates that failed.", [(vec![], h.map_update_failures)])?;
         counters(&mut enc, "vespa_ebpf_untracked_closes", "Connections closed whose opening predates the tracker.", [(vec![], h.untracked_closes)])?;
         counters(&mut enc, "vespa_ebpf_program_runs", "Runs of each kernel program.", h.program_runs.iter().map(|(p, v)| (vec![("program", p.clone())], *v)))?;
-        gauges(&mut enc, "vespa_ebpf_map_entries", "Entries in use per kernel map.", h.map_fill.iter().map(|(m, (used, _))| (vec![("map", m.clone())], *used as i64)))?;
-        gauges(&mut enc, "vespa_ebpf_map_capacity", "Capacity of each kernel map.", h.map_fill.iter().map(|(m, (_, cap))| (vec![("map", m.clone())], *cap as i64)))?;
+        gauges(&mut enc, "vespa_ebpf_map_entries", "Entries in use per kernel map.", h.map_fill.iter().map(|(m, f)| (vec![("map", m.clone())], f.used as i64)))?;
+        gauges(&mut enc, "vespa_ebpf_map_capacity", "Capacity of each kernel map.", h.map_fill.iter().map(|(m, f)| (vec![("map", m.clone())], f.capacity as i64)))?;
         Ok(())
     }
 }

@@ -21,6 +21,6 @@ pub mod sensor;
 pub mod top;
 
 pub use sensor::{
-    Health, InterfaceCounters, Mode, RemoteConnections, SensorConfig, SensorError, SensorEvent,
-    Sensors, Snapshot, SynSource,
+    Health, InterfaceCounters, MapFill, Mode, RemoteConnections, SensorConfig, SensorError, SensorEvent,
+    Sensors, Snapshot, SynSource, TcpState,
 };

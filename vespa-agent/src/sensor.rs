@@ -129,8 +129,8 @@ pub struct Health {
     pub map_update_failures: u64,
     pub untracked_closes: u64,
     pub program_runs: BTreeMap<String, u64>,
-    /// Map name -> (entries in use, capacity).
-    pub map_fill: BTreeMap<String, (u64, u64)>,
+    /// Map name -> entries in use and capacity.
+    pub map_fill: BTreeMap<String, MapFill>,
     pub attached_interfaces: Vec<String>,
 }
 
@@ -143,12 +143,61 @@ pub struct Snapshot {
     pub health: Health,
 }
 
+/// TCP states as the kernel numbers them (include/net/tcp_states.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    Unknown,
+}
+
+impl From<u32> for TcpState {
+    fn from(v: u32) -> Self {
+        use TcpState::*;
+        match v {
+            1 => Established,
+            2 => SynSent,
+            3 => SynRecv,
+            4 => FinWait1,
+            5 => FinWait2,
+            6 => TimeWait,
+            7 => Close,
+            8 => CloseWait,
+            9 => LastAck,
+            10 => Listen,
+            11 => Closing,
+            12 => NewSynRecv,
+            _ => Unknown,
+        }
+    }
+}
+
+/// Entries in use and capacity of one kernel map.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MapFill {
+    pub used: u64,
+    pub capacity: u64,
+}
+
 /// Something the sensors noticed, as it happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum SensorEvent {
-    ConnOpened { timestamp_ns: u64, local: std::net::SocketAddr, remote: std::net::SocketAddr },
-    ConnClosed { timestamp_ns: u64, local: std::net::SocketAddr, remote: std::net::SocketAddr, duration_ns: u64 },
+    /// A TCP connection entered ESTABLISHED (`old_state` is SYN_SENT or SYN_RECV).
+    ConnOpened { timestamp_ns: u64, local: std::net::SocketAddr, remote: std::net::SocketAddr, old_state: TcpState },
+    /// A TCP connection left ESTABLISHED for `new_state`, after `duration_ns`.
+    ConnClosed { timestamp_ns: u64, local: std::net::SocketAddr, remote: std::net::SocketAddr, new_state: TcpState, duration_ns: u64 },
     /// A remote address has more established connections than the threshold.
     ConnThreshold { timestamp_ns: u64, addr: IpAddr, established: u64, threshold: u64 },
     /// A source sent more SYNs within one second than the threshold.

@@ -40,13 +40,7 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 /// Ingress on Ethernet-framed devices (veth, tap, bridges, physical NICs, lo).
 #[classifier]
 pub fn vespa_ingress(ctx: TcContext) -> i32 {
-    if let Some(s) = stats(&ctx) {
-        // SAFETY: per-CPU value from a successful lookup; only this CPU writes it.
-        unsafe {
-            (*s).rx_bytes += ctx.len() as u64;
-            (*s).rx_packets += 1;
-        }
-    }
+    count(&ctx, true);
     count_syn(&ctx, ETH_HLEN);
     TC_ACT_UNSPEC
 }
@@ -54,27 +48,31 @@ pub fn vespa_ingress(ctx: TcContext) -> i32 {
 /// Ingress on raw-IP devices (tun, wireguard): the packet starts at the IP header.
 #[classifier]
 pub fn vespa_ingress_l3(ctx: TcContext) -> i32 {
-    if let Some(s) = stats(&ctx) {
-        // SAFETY: as in vespa_ingress.
-        unsafe {
-            (*s).rx_bytes += ctx.len() as u64;
-            (*s).rx_packets += 1;
-        }
-    }
+    count(&ctx, true);
     count_syn(&ctx, 0);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn vespa_egress(ctx: TcContext) -> i32 {
-    if let Some(s) = stats(&ctx) {
-        // SAFETY: as in vespa_ingress.
-        unsafe {
-            (*s).tx_bytes += ctx.len() as u64;
+    count(&ctx, false);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn count(ctx: &TcContext, ingress: bool) {
+    let Some(s) = stats(ctx) else { return };
+    let len = ctx.len() as u64;
+    // SAFETY: per-CPU value from a successful lookup; only this CPU writes it.
+    unsafe {
+        if ingress {
+            (*s).rx_bytes += len;
+            (*s).rx_packets += 1;
+        } else {
+            (*s).tx_bytes += len;
             (*s).tx_packets += 1;
         }
     }
-    TC_ACT_UNSPEC
 }
 
 /// Does nothing: the baseline the benchmarks compare our classifiers with.
@@ -149,7 +147,7 @@ fn count_syn(ctx: &TcContext, l3: usize) {
                 threshold,
                 ifindex,
                 _pad: 0,
-            });
+            }, true);
         }
     }
 }

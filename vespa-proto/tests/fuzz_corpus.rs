@@ -1,8 +1,8 @@
-//! Seed inputs for the cargo-fuzz targets in /work/main/fuzz.
+//! Seed inputs for the cargo-fuzz targets in fuzz/.
 //!
 //! `seeds_are_valid` checks that the seeds exercise the success paths (they open and decode);
-//! `write_fuzz_seed_corpus` (ignored) writes them:
-//! `cargo test -p vespa-proto --test fuzz_corpus -- --ignored`.
+//! `committed_fuzz_seeds_are_current` checks the committed corpus matches them
+//! (`VESPA_WRITE_FUZZ_SEEDS=1` rewrites it).
 
 use std::net::IpAddr;
 
@@ -144,13 +144,20 @@ fn seeds_are_valid() {
     }
 }
 
+/// The seeds committed under fuzz/corpus are exactly what `seeds()` produces, so a wire
+/// format change cannot leave the fuzzers starting from stale inputs. Run with
+/// `VESPA_WRITE_FUZZ_SEEDS=1` to rewrite them after an intended change.
 #[test]
-#[ignore = "writes fuzz/corpus/<target>/seed-*; run on purpose"]
-fn write_fuzz_seed_corpus() {
+fn committed_fuzz_seeds_are_current() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let write = std::env::var("VESPA_WRITE_FUZZ_SEEDS").is_ok_and(|v| v == "1");
     for (target, name, bytes) in seeds() {
-        let dir = root.join(target);
-        std::fs::create_dir_all(&dir).expect("create corpus dir");
-        std::fs::write(dir.join(name), bytes).expect("write seed");
+        let path = root.join(target).join(&name);
+        if write {
+            std::fs::create_dir_all(path.parent().expect("dir")).expect("create corpus dir");
+            std::fs::write(&path, &bytes).expect("write seed");
+        }
+        let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (VESPA_WRITE_FUZZ_SEEDS=1 writes it)", path.display()));
+        assert_eq!(committed, bytes, "{} is stale: rerun with VESPA_WRITE_FUZZ_SEEDS=1", path.display());
     }
 }

@@ -103,6 +103,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "running the test suite{}",
                 if require { " (VESPA_REQUIRE_EBPF=1: tests needing root/eBPF fail instead of skipping)" } else { " (not root: privileged tests skip)" }
             ));
+            // The end-to-end tests run the workspace's binaries, which `cargo test` only
+            // builds for their own package's tests.
+            cargo(&root, &["build", "--workspace", "--bins"])?;
             let mut cmd = Command::new(cargo_bin());
             cmd.current_dir(&root).args(["test", "--workspace", "--no-fail-fast"]).args(&args);
             if require {

@@ -144,7 +144,15 @@ fn install_rust_src() -> anyhow::Result<()> {
 }
 
 fn bpf_linker_present() -> Result<bool, String> {
-    let o = Command::new("bpf-linker").arg("--version").output().map_err(|e| e.to_string())?;
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|h| h.join("bin/bpf-linker"));
+    let bin = match cargo_bin {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from("bpf-linker"),
+    };
+    let o = Command::new(bin).arg("--version").output().map_err(|e| e.to_string())?;
     Ok(String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
 }
 

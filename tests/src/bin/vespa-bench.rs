@@ -56,6 +56,9 @@ fn main() -> anyhow::Result<()> {
         return hold(from, count);
     }
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmarks need root (namespaces, eBPF)");
+    // The kernel times every program run while this fd is open: per-run costs that do not
+    // depend on how busy the machine is.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
     let mut ctx = Ctx { secs: if args.quick { 0.5 } else { 2.0 }, rounds: if args.quick { 3 } else { 5 }, results: Vec::new() };
     let all: [(&str, fn(&mut Ctx) -> anyhow::Result<()>); 5] = [
         ("veth_pps", veth_pps),
@@ -76,6 +79,26 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&ctx.results)?)?;
     println!("\nresults written to target/bench/results.json");
     Ok(())
+}
+
+/// Run count and total run time of every loaded program whose name starts with `vespa_`.
+fn prog_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in aya::programs::loaded_programs().flatten() {
+        if let Some(name) = p.name_as_str().filter(|n| n.starts_with("vespa_")) {
+            let e = out.entry(name.to_string()).or_insert((0, 0));
+            e.0 += p.run_count();
+            e.1 += p.run_time().as_nanos() as u64;
+        }
+    }
+    out
+}
+
+/// Mean nanoseconds per run of `name` among the programs loaded now.
+fn ns_per_run(name: &str) -> f64 {
+    // The kernel keeps 15 characters of a program's name.
+    let name = &name[..name.len().min(15)];
+    prog_stats().get(name).map(|&(n, t)| t as f64 / n.max(1) as f64).unwrap_or(f64::NAN)
 }
 
 fn pin_to_cpu(cpu: usize) {
@@ -132,12 +155,14 @@ fn veth_pps(ctx: &mut Ctx) -> anyhow::Result<()> {
     let l = Link::new();
     let (a_if, b_if) = (l.a.ifname.clone(), l.b.ifname.clone());
     let (mut none, mut noop, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut noop_ns, mut ingress_ns, mut egress_ns) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ctx.rounds {
         none.push(udp_pps(&l, ctx.secs));
         {
             let ga = l.a_ns.run({ let n = a_if.clone(); move || vespa_agent::ebpf::attach_noop(&n).map(Box::new).map_err(|e| e.to_string()) }).map_err(anyhow::Error::msg)?;
             let gb = l.b_ns.run({ let n = b_if.clone(); move || vespa_agent::ebpf::attach_noop(&n).map(Box::new).map_err(|e| e.to_string()) }).map_err(anyhow::Error::msg)?;
             noop.push(udp_pps(&l, ctx.secs));
+            noop_ns.push(ns_per_run("vespa_tc_noop"));
             drop((ga, gb));
         }
         {
@@ -145,6 +170,8 @@ fn veth_pps(ctx: &mut Ctx) -> anyhow::Result<()> {
             let sa = l.a_ns.run({ let c = cfg(&a_if); move || Sensors::start(c) })?;
             let sb = l.b_ns.run({ let c = cfg(&b_if); move || Sensors::start(c) })?;
             ours.push(udp_pps(&l, ctx.secs));
+            ingress_ns.push(ns_per_run("vespa_ingress"));
+            egress_ns.push(ns_per_run("vespa_egress"));
             drop((sa, sb));
         }
     }
@@ -156,7 +183,9 @@ fn veth_pps(ctx: &mut Ctx) -> anyhow::Result<()> {
     println!("   packets/s   nothing {n:.0}   empty classifier {e:.0}   vespa {v:.0}");
     println!("   vespa loss vs nothing: {:.1}% over both hooks (goal <= 5% per direction)", loss * 100.0);
     println!("   per packet: empty hooks {hook_cost:.0} ns, vespa {our_cost:.0} ns -> {:.2}x the empty classifier (goal <= 1.2x)", our_cost / hook_cost.max(1.0));
-    report(ctx, "veth_pps", serde_json::json!({"nothing": n.round(), "empty_classifier": e.round(), "vespa": v.round(), "loss_pct": (loss * 1000.0).round() / 10.0, "cost_vs_empty": (our_cost / hook_cost.max(1.0) * 100.0).round() / 100.0}));
+    let (pn, pi, pe) = (median(noop_ns), median(ingress_ns), median(egress_ns));
+    println!("   kernel time per run (bpf_stats): empty classifier {pn:.0} ns, vespa_ingress {pi:.0} ns, vespa_egress {pe:.0} ns");
+    report(ctx, "veth_pps", serde_json::json!({"nothing": n.round(), "empty_classifier": e.round(), "vespa": v.round(), "loss_pct": (loss * 1000.0).round() / 10.0, "cost_vs_empty": (our_cost / hook_cost.max(1.0) * 100.0).round() / 100.0, "ns_per_run": {"noop": pn.round(), "ingress": pi.round(), "egress": pe.round()}}));
     Ok(())
 }
 
@@ -165,16 +194,23 @@ fn veth_pps(ctx: &mut Ctx) -> anyhow::Result<()> {
 
 fn conn_rate(ns: &Netns, secs: f64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
-    let listener = ns.run(|| TcpListener::bind("127.0.0.1:0").expect("bind"));
+    // A deep accept queue: a full one would drop SYNs and turn the benchmark into a
+    // measurement of SYN retransmission timers.
+    let listener: TcpListener = ns
+        .run(|| -> std::io::Result<socket2::Socket> {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+            s.listen(4096)?;
+            Ok(s)
+        })
+        .expect("listener")
+        .into();
     let addr = listener.local_addr().expect("addr");
     let s2 = stop.clone();
     let server = ns.spawn(move || {
-        pin_to_cpu(1);
-        listener.set_nonblocking(false).expect("blocking");
         while !s2.load(Ordering::Relaxed) {
-            if let Ok((mut c, _)) = listener.accept() {
-                let mut b = [0u8; 1];
-                let _ = c.read(&mut b);
+            if let Ok((c, _)) = listener.accept() {
+                drop(c);
             }
         }
     });
@@ -183,10 +219,9 @@ fn conn_rate(ns: &Netns, secs: f64) -> f64 {
         let t0 = Instant::now();
         let mut n = 0u64;
         while t0.elapsed().as_secs_f64() < secs {
-            let mut c = TcpStream::connect(addr).expect("connect");
+            let c = TcpStream::connect(addr).expect("connect");
             // Reset on close: no TIME_WAIT, so the ephemeral ports never run out.
             socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO)).expect("linger");
-            let _ = c.write_all(b"x");
             n += 1;
         }
         n as f64 / t0.elapsed().as_secs_f64()
@@ -199,20 +234,48 @@ fn conn_rate(ns: &Netns, secs: f64) -> f64 {
 
 fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
     let ns = Netns::new("vbc");
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    for _ in 0..ctx.rounds {
-        without.push(conn_rate(&ns, ctx.secs));
-        // The tracker alone: no interface attached (lo excluded), events on.
-        let s = ns.run(|| Sensors::start(SensorConfig { mode: Mode::Ebpf, exclude: vec!["lo".into()], ..SensorConfig::default() }))?;
-        with.push(conn_rate(&ns, ctx.secs));
-        let lost = s.health().events_lost;
-        drop(s);
-        anyhow::ensure!(lost == 0 || ctx.rounds > 0, "events lost: {lost}");
+    let tracker = |events: bool| {
+        // The tracker alone: no interface attached (lo excluded).
+        let cfg = SensorConfig { mode: Mode::Ebpf, exclude: vec!["lo".into()], conn_events: events, ..SensorConfig::default() };
+        ns.run(move || Sensors::start(cfg))
+    };
+    let (mut without, mut empty, mut counts_only, mut with_events) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut tp_noop_ns, mut tp_ns, mut tp_events_ns) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ctx.rounds {
+        // Rotate the order so that a drift during the run favours no configuration.
+        for k in 0..4 {
+            match (round + k) % 4 {
+                0 => without.push(conn_rate(&ns, ctx.secs)),
+                3 => {
+                    let g = vespa_agent::ebpf::attach_tracepoint_noop()?;
+                    empty.push(conn_rate(&ns, ctx.secs));
+                    tp_noop_ns.push(ns_per_run("vespa_tp_noop"));
+                    drop(g);
+                }
+                1 => {
+                    let s = tracker(false)?;
+                    counts_only.push(conn_rate(&ns, ctx.secs));
+                    tp_ns.push(ns_per_run("vespa_sock_state"));
+                    drop(s);
+                }
+                _ => {
+                    let s = tracker(true)?;
+                    with_events.push(conn_rate(&ns, ctx.secs));
+                    tp_events_ns.push(ns_per_run("vespa_sock_state"));
+                    anyhow::ensure!(s.health().events_lost == 0, "events lost");
+                    drop(s);
+                }
+            }
+        }
     }
-    let (a, b) = (median(without), median(with));
-    let loss = 1.0 - b / a;
-    println!("   connections/s   without tracker {a:.0}   with tracker {b:.0}   loss {:.1}% (goal <= 3%)", loss * 100.0);
-    report(ctx, "loopback_connections", serde_json::json!({"without": a.round(), "with": b.round(), "loss_pct": (loss * 1000.0).round() / 10.0}));
+    let (a, e, b, c) = (median(without), median(empty), median(counts_only), median(with_events));
+    let (lb, lc) = (1.0 - b / a, 1.0 - c / a);
+    println!("   connections/s   without tracker {a:.0}   empty tracepoint program {e:.0} ({:.1}% loss)   tracker (counts) {b:.0}   tracker (counts + open/close events) {c:.0}", (1.0 - e / a) * 100.0);
+    println!("   loss: counts {:.1}%, with per-connection events {:.1}% (goal <= 3%)", lb * 100.0, lc * 100.0);
+    let (q0, q1, q2) = (median(tp_noop_ns), median(tp_ns), median(tp_events_ns));
+    println!("   kernel time per run (bpf_stats): empty tracepoint program {q0:.0} ns, tracker {q1:.0} ns, tracker with events {q2:.0} ns");
+    report(ctx, "loopback_connections_ns_per_run", serde_json::json!({"empty": q0.round(), "tracker": q1.round(), "tracker_events": q2.round()}));
+    report(ctx, "loopback_connections", serde_json::json!({"without": a.round(), "empty_tracepoint": e.round(), "tracker_counts": b.round(), "tracker_events": c.round(), "loss_counts_pct": (lb * 1000.0).round() / 10.0, "loss_events_pct": (lc * 1000.0).round() / 10.0}));
     Ok(())
 }
 
