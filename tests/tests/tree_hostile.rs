@@ -1,8 +1,9 @@
 //! Hostile peers against a real HO (in a `vespa-orchestrator` process hosting the VO and the
 //! HO) while a well-behaved agent streams alerts through it: random bytes, a 4 GiB length
-//! prefix, a valid frame with one bit flipped, a replayed frame, the wrong key, slow-loris
-//! peers before and after the handshake. Each is rejected with one log line naming the peer
-//! and the reason; the HO's memory stays bounded; the agent never notices.
+//! prefix, a valid frame with one bit flipped, a replayed, reordered or truncated frame, the
+//! wrong key, slow-loris peers before and after the handshake, a flood of 250 at once. Each
+//! is rejected with one log line naming the peer and the reason; the HO's memory stays
+//! bounded; the agent never notices.
 
 mod tree_kit;
 
@@ -48,8 +49,9 @@ async fn connect(addr: SocketAddr) -> (TcpStream, SocketAddr) {
 
 /// Runs a real client handshake through an in-test relay that lets `edit` rewrite the
 /// client->server frames (index 0 is the hello, 1 the key confirmation, 2.. data); then sends
-/// `Register` and a heartbeat. Returns the address the node sees.
-async fn tampering_client(addr: SocketAddr, psk: &Psk, edit: impl FnMut(usize, Vec<u8>, &mut Vec<Vec<u8>>) + Send + 'static) -> SocketAddr {
+/// `Register` and a heartbeat. With `hang_up`, the client then closes the socket (the relay
+/// passes the end on). Returns the address the node sees.
+async fn tampering_client(addr: SocketAddr, psk: &Psk, hang_up: bool, edit: impl FnMut(usize, Vec<u8>, &mut Vec<Vec<u8>>) + Send + 'static) -> SocketAddr {
     let (up, me) = connect(addr).await;
     let (client_side, relay_side) = tokio::io::duplex(1 << 16);
     let (mut up_r, mut up_w) = up.into_split();
@@ -89,7 +91,11 @@ async fn tampering_client(addr: SocketAddr, psk: &Psk, edit: impl FnMut(usize, V
     let _ = conn.send(&Message::Register { name: "intruder".into(), kind: NodeKind::Agent, listen_addr: None }).await;
     let _ = conn.send(&Message::Heartbeat).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    std::mem::forget(conn);
+    if hang_up {
+        drop(conn);
+    } else {
+        std::mem::forget(conn);
+    }
     me
 }
 
@@ -136,7 +142,7 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
     one_line(&orch, peer, &["frame too large: 4294967295 bytes announced"], "4 GiB length prefix");
 
     // A valid frame (the Register) with one bit flipped.
-    let peer = rt.block_on(tampering_client(ho, &psk, |i, mut f, out| {
+    let peer = rt.block_on(tampering_client(ho, &psk, false, |i, mut f, out| {
         if i == 2 {
             let last = f.len() - 1;
             f[last / 2 + 2] ^= 0x10;
@@ -146,7 +152,7 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
     one_line(&orch, peer, &["failed authentication: tampered"], "one bit flipped");
 
     // A captured frame replayed in place of the next one.
-    let peer = rt.block_on(tampering_client(ho, &psk, {
+    let peer = rt.block_on(tampering_client(ho, &psk, false, {
         let mut captured = None;
         move |i, f, out| {
             if i == 2 {
@@ -160,6 +166,28 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
         }
     }));
     one_line(&orch, peer, &["replayed frame"], "replayed frame");
+
+    // Two frames swapped.
+    let peer = rt.block_on(tampering_client(ho, &psk, false, {
+        let mut held = None;
+        move |i, f, out| match i {
+            2 => held = Some(f),
+            3 => {
+                out.push(f);
+                out.push(held.take().expect("frame 2 held"));
+            }
+            _ => out.push(f),
+        }
+    }));
+    one_line(&orch, peer, &["frame out of order"], "reordered frames");
+
+    // A frame cut in half, then the connection ends.
+    let peer = rt.block_on(tampering_client(ho, &psk, true, |i, f, out| match i {
+        2 => out.push(f[..f.len() / 2].to_vec()),
+        3.. => {}
+        _ => out.push(f),
+    }));
+    one_line(&orch, peer, &["stream truncated"], "truncated frame");
 
     // The wrong key.
     let peer = rt.block_on(async {
