@@ -24,12 +24,12 @@ fn alerts_calls_and_destroy_across_three_processes() {
     let tree = loopback_tree("loop");
     let mut vo = tree.spawn("vo", "vespa-orchestrator", None, &[], &["VO"]);
     let mut ho = tree.spawn("ho", "vespa-orchestrator", None, &[], &["HO_VM"]);
-    // /proc mode: this test is about the tree, and must not need eBPF.
-    let mut agent = tree.spawn("agent", "vespa-agent", None, &["--mode", "proc"], &["bw"]);
+    // The sensors' default mode: eBPF on lo where it can load (root), /proc otherwise.
+    let mut agent = tree.spawn("agent", "vespa-agent", None, &["--mode", "auto", "-i", "lo"], &["bw"]);
 
     // Alerts: at least 50 samples from bw, in order, each with the full path.
     let alerts = wait_for("50 alerts from bw at the VO", || {
-        let a = vo_alerts(&tree, &|v, a| tree.call("VO", v, a));
+        let a = try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?;
         (seqs_of(&a, "bw").len() >= 50).then_some(a)
     });
     let bw: Vec<&serde_json::Value> = alerts.iter().filter(|a| a["origin"] == "bw").collect();

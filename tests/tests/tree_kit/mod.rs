@@ -158,15 +158,20 @@ pub type VoCall<'a> = &'a dyn Fn(&str, &[&str]) -> Result<String, String>;
 
 /// Every alert the VO keeps (following `next` until the end), as JSON values.
 pub fn vo_alerts(tree: &Tree, via_vo: VoCall<'_>) -> Vec<serde_json::Value> {
+    try_vo_alerts(tree, via_vo).expect("get_alerts from the VO")
+}
+
+/// [`vo_alerts`], or `None` while the VO does not answer (still starting).
+pub fn try_vo_alerts(tree: &Tree, via_vo: VoCall<'_>) -> Option<Vec<serde_json::Value>> {
     let _ = tree;
     let mut out = Vec::new();
     let mut from = 0u64;
     loop {
         let from_s = from.to_string();
-        let page: serde_json::Value = serde_json::from_str(&via_vo("get_alerts", &[&from_s]).expect("get_alerts")).expect("json");
+        let page: serde_json::Value = serde_json::from_str(&via_vo("get_alerts", &[&from_s]).ok()?).expect("get_alerts answers JSON");
         let alerts = page["alerts"].as_array().expect("alerts").clone();
         if alerts.is_empty() {
-            return out;
+            return Some(out);
         }
         out.extend(alerts);
         from = page["next"].as_u64().expect("next");
