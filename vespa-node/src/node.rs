@@ -9,7 +9,9 @@
 //! - a cut link, a dead HO or a dead VO loses nothing: the origin (and any live hop) re-sends
 //!   after reconnecting, and every hop de-duplicates ([`crate::dedup`]);
 //! - the VO processes each alert once: it journals it (if configured) before acknowledging,
-//!   and rebuilds its de-duplication table from the journal after a restart;
+//!   and rebuilds its de-duplication table from the journal after a restart (without a
+//!   journal, a restarted VO may process again the few alerts the old one processed but whose
+//!   ack died with it);
 //! - an HO keeps no state that matters for delivery: killed and restarted, it starts empty
 //!   and the children's re-sends refill it.
 //!

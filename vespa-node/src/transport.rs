@@ -1,7 +1,7 @@
 //! The byte-level link between two nodes: vespa-proto's sealed stream, or (benchmark only)
 //! the same framing unsealed.
 //!
-//! The runtime talks to [`LinkReader`]/[`LinkWriter`] only, so the plaintext variant runs
+//! The runtime talks to `LinkReader`/`LinkWriter` only, so the plaintext variant runs
 //! exactly the same node logic and the benchmark's encrypted/unencrypted ratio isolates what
 //! sealing costs. The plaintext variant exists only with the `insecure-plaintext` feature and
 //! cannot be chosen from a config file or command line.

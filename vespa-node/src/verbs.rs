@@ -4,6 +4,10 @@
 //! node answers only the built-in verbs of [`BUILTIN`] and the entries of its agent's
 //! [`VerbTable`]; any other name is an error reply, never a lookup of code by name.
 //!
+//! The typed `ListSlaves` and `FindNode` messages of vespa-proto carry no call id; a node
+//! answers them like `Call`s of `list_slaves`/`find_node` with a `Reply` of id 0. Callers that
+//! need to match replies use `Call` (ids are per connection).
+//!
 //! Agents plug in through [`AgentVerbs`]: a table of named handlers (each takes the call's
 //! arguments and answers text, JSON text for structured replies, or an error message), plus
 //! optional background work that raises alerts. The sensor agents implement it in
