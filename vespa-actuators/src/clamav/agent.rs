@@ -1,0 +1,314 @@
+//! The antivirus agent (2014 `Agent_AV`): scans with clamd on demand and from a watched
+//! directory, keeps the list of analysed files, and raises an `Infected` alert naming its VM
+//! for every infected file.
+//!
+//! As in 2014, `isolate_warning <hypervisor agent>` tells it its VM has been isolated: what
+//! it would send to the VM then goes through the hypervisor agent instead (`clean_image`
+//! becomes that agent's `send_key <vm>` with the 2014 keys), until `connect_warning`.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::{Clamd, ClamdAddr, Verdict};
+use crate::error::{chain, AvError};
+use crate::retry::{retry, RetryPolicy, RetryStats};
+use crate::verbs::{arity, find, json, ActuatorAlert, ActuatorVerbs, AlertSink, VerbFuture, VerbSpec};
+
+#[derive(Debug, Clone)]
+pub struct AvConfig {
+    /// The VM this agent protects (named in alerts).
+    pub vm: String,
+    pub clamd: ClamdAddr,
+    /// Bound on one clamd command or scan.
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    /// A directory whose new and changed files are scanned.
+    pub watch_dir: Option<PathBuf>,
+    /// How often the watched directory is listed.
+    pub watch_interval: Duration,
+    /// How many scan results `dump_analyzed_file_list` keeps.
+    pub history: usize,
+}
+
+impl AvConfig {
+    pub fn new(vm: &str, clamd: ClamdAddr) -> AvConfig {
+        AvConfig {
+            vm: vm.to_string(),
+            clamd,
+            timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            watch_dir: None,
+            watch_interval: Duration::from_millis(500),
+            history: 10_000,
+        }
+    }
+}
+
+/// How the agent reaches its VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "route", rename_all = "snake_case")]
+pub enum Route {
+    /// Directly (the VM is connected).
+    Direct,
+    /// Through the hypervisor agent named here (the VM is isolated).
+    ViaHypervisor { agent: String },
+}
+
+/// Calls a verb on another node of the tree (provided by the node runtime).
+pub trait VmRelay: Send + Sync {
+    fn call<'a>(&'a self, node: &'a str, verb: &'a str, args: Vec<String>) -> VerbFuture<'a>;
+}
+
+/// One analysed file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScanRecord {
+    pub file: String,
+    /// `OK`, `<signature> FOUND`, or `ERROR: <why>` (the clamd reply style of 2014).
+    pub status: String,
+    pub at_unix_ms: u64,
+}
+
+pub(super) struct Inner {
+    pub(super) cfg: AvConfig,
+    pub(super) clamd: Clamd,
+    analyzed: Mutex<VecDeque<ScanRecord>>,
+    route: Mutex<Route>,
+    relay: Mutex<Option<Arc<dyn VmRelay>>>,
+    alerts: AlertSink,
+    stats: RetryStats,
+}
+
+/// The verbs of the antivirus agent.
+pub const AV_VERBS: &[VerbSpec] = &[
+    VerbSpec { name: "ping", usage: "", help: "clamd health: PING -> PONG" },
+    VerbSpec { name: "version", usage: "", help: "clamd's version" },
+    VerbSpec { name: "scan", usage: "<path>", help: "scan a file, or every file under a directory, now (JSON results)" },
+    VerbSpec { name: "dump_analyzed_file_list", usage: "", help: "the files analysed so far with their status, oldest first (JSON)" },
+    VerbSpec { name: "isolate_warning", usage: "<hypervisor_agent>", help: "the VM is isolated: reach it through that hypervisor agent" },
+    VerbSpec { name: "connect_warning", usage: "", help: "the VM is connected again: reach it directly" },
+    VerbSpec { name: "clean_image", usage: "", help: "ask the VM to clean itself (while isolated: the 2014 sysrq keys via the hypervisor agent)" },
+    VerbSpec { name: "status", usage: "", help: "VM, clamd address, route, watched directory, counters (JSON)" },
+];
+
+/// The antivirus agent. Dropping it stops its directory watcher.
+pub struct AvAgent {
+    inner: Arc<Inner>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Inner {
+    fn record(&self, file: &str, status: String) {
+        let mut a = self.analyzed.lock().unwrap_or_else(|p| p.into_inner());
+        a.push_back(ScanRecord { file: file.to_string(), status, at_unix_ms: now_ms() });
+        while a.len() > self.cfg.history.max(1) {
+            a.pop_front();
+        }
+    }
+
+    /// Scans one file (with retries), records the result, alerts on infection.
+    pub(super) async fn scan_file(&self, path: &Path) -> Result<Verdict, AvError> {
+        let what = format!("scan {}", path.display());
+        let file = path.display().to_string();
+        let res = retry(&self.cfg.retry, &self.stats, &what, |_| self.clamd.scan_file(path)).await;
+        match &res {
+            Ok(Verdict::Clean) => self.record(&file, "OK".into()),
+            Ok(Verdict::Infected { signature }) => {
+                self.record(&file, format!("{signature} FOUND"));
+                tracing::warn!(vm = %self.cfg.vm, file = %file, %signature, "infected file");
+                self.alerts.send(ActuatorAlert::Infected { vm: self.cfg.vm.clone(), file: file.clone(), signature: signature.clone() });
+            }
+            Err(e) => {
+                self.record(&file, format!("ERROR: {}", chain(e)));
+                if matches!(e, AvError::Unreachable { .. } | AvError::Timeout { .. } | AvError::BadReply { .. }) {
+                    self.alerts.failed("clamav", &what, e);
+                }
+            }
+        }
+        res
+    }
+}
+
+impl AvAgent {
+    /// Starts the agent (and its directory watcher if configured: needs a tokio runtime).
+    pub fn new(cfg: AvConfig, alerts: AlertSink) -> AvAgent {
+        let clamd = Clamd::new(cfg.clamd.clone(), cfg.timeout);
+        let inner = Arc::new(Inner {
+            cfg,
+            clamd,
+            analyzed: Mutex::default(),
+            route: Mutex::new(Route::Direct),
+            relay: Mutex::default(),
+            alerts,
+            stats: RetryStats::default(),
+        });
+        let watcher = inner.cfg.watch_dir.clone().map(|dir| super::watch::spawn(inner.clone(), dir));
+        AvAgent { inner, watcher }
+    }
+
+    /// Lets the agent call other nodes (the node runtime provides this).
+    pub fn set_relay(&self, relay: Arc<dyn VmRelay>) {
+        *self.inner.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
+    }
+
+    pub fn clamd(&self) -> &Clamd {
+        &self.inner.clamd
+    }
+
+    pub fn retry_stats(&self) -> &RetryStats {
+        &self.inner.stats
+    }
+
+    pub async fn ping(&self) -> Result<(), AvError> {
+        let i = &self.inner;
+        retry(&i.cfg.retry, &i.stats, "clamd PING", |_| i.clamd.ping()).await
+    }
+
+    pub async fn version(&self) -> Result<String, AvError> {
+        let i = &self.inner;
+        retry(&i.cfg.retry, &i.stats, "clamd VERSION", |_| i.clamd.version()).await
+    }
+
+    /// Scans a file, or every regular file under a directory (results in path order).
+    pub async fn scan(&self, path: &Path) -> Result<Vec<(PathBuf, Result<Verdict, AvError>)>, AvError> {
+        let meta = tokio::fs::metadata(path).await.map_err(|source| AvError::Read { path: path.display().to_string(), source })?;
+        let files = if meta.is_dir() { super::watch::list_files(path).await } else { vec![path.to_path_buf()] };
+        let mut out = Vec::new();
+        for f in files {
+            let r = self.inner.scan_file(&f).await;
+            out.push((f, r));
+        }
+        Ok(out)
+    }
+
+    /// Scans one file.
+    pub async fn scan_file(&self, path: &Path) -> Result<Verdict, AvError> {
+        self.inner.scan_file(path).await
+    }
+
+    /// The analysed files, oldest first.
+    pub fn analyzed(&self) -> Vec<ScanRecord> {
+        self.inner.analyzed.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    pub fn route(&self) -> Route {
+        self.inner.route.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The VM is isolated: reach it through `hypervisor_agent`.
+    pub fn isolate(&self, hypervisor_agent: &str) {
+        tracing::info!(vm = %self.inner.cfg.vm, via = hypervisor_agent, "VM isolated; reaching it through the hypervisor agent");
+        *self.inner.route.lock().unwrap_or_else(|p| p.into_inner()) = Route::ViaHypervisor { agent: hypervisor_agent.to_string() };
+    }
+
+    /// The VM is connected again.
+    pub fn connect(&self) {
+        tracing::info!(vm = %self.inner.cfg.vm, "VM connected; reaching it directly");
+        *self.inner.route.lock().unwrap_or_else(|p| p.into_inner()) = Route::Direct;
+    }
+
+    /// 2014's `clean_image`: while isolated, the hypervisor agent sends the VM the sysrq keys
+    /// (`send_key <vm>` with its defaults: win32 codes 0x12 0x42, 10 ms).
+    pub async fn clean_image(&self) -> Result<String, AvError> {
+        match self.route() {
+            Route::Direct => Err(AvError::NoRoute(format!(
+                "clean_image: VM {} is connected and no in-VM driver is configured; it is only sent through the hypervisor agent while the VM is isolated",
+                self.inner.cfg.vm
+            ))),
+            Route::ViaHypervisor { agent } => {
+                let relay = self.inner.relay.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let relay = relay.ok_or_else(|| AvError::NoRoute(format!("clean_image: no relay to reach hypervisor agent {agent}")))?;
+                relay
+                    .call(&agent, "send_key", vec![self.inner.cfg.vm.clone()])
+                    .await
+                    .map_err(|e| AvError::NoRoute(format!("clean_image through {agent}: {e}")))
+            }
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "vm": self.inner.cfg.vm,
+            "clamd": self.inner.cfg.clamd.to_string(),
+            "route": self.route(),
+            "watch_dir": self.inner.cfg.watch_dir,
+            "analyzed": self.inner.analyzed.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            "retries": self.inner.stats.retries(),
+            "failures": self.inner.stats.failures(),
+        })
+    }
+}
+
+impl Drop for AvAgent {
+    fn drop(&mut self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+    }
+}
+
+impl ActuatorVerbs for AvAgent {
+    fn verbs(&self) -> Vec<VerbSpec> {
+        AV_VERBS.to_vec()
+    }
+
+    fn call<'a>(&'a self, verb: &'a str, args: Vec<String>) -> VerbFuture<'a> {
+        Box::pin(async move {
+            let spec = find(AV_VERBS, verb)?;
+            let err = |e: AvError| chain(&e);
+            match verb {
+                "ping" => {
+                    arity(&spec, &args, 0, 0)?;
+                    self.ping().await.map_err(err)?;
+                    Ok("PONG".into())
+                }
+                "version" => {
+                    arity(&spec, &args, 0, 0)?;
+                    self.version().await.map_err(err)
+                }
+                "scan" => {
+                    arity(&spec, &args, 1, 1)?;
+                    let results = self.scan(Path::new(&args[0])).await.map_err(err)?;
+                    let v: Vec<serde_json::Value> = results
+                        .into_iter()
+                        .map(|(p, r)| match r {
+                            Ok(v) => serde_json::json!({ "file": p, "result": v }),
+                            Err(e) => serde_json::json!({ "file": p, "error": chain(&e) }),
+                        })
+                        .collect();
+                    json(&v)
+                }
+                "dump_analyzed_file_list" => {
+                    arity(&spec, &args, 0, 0)?;
+                    json(&self.analyzed())
+                }
+                "isolate_warning" => {
+                    arity(&spec, &args, 1, 1)?;
+                    self.isolate(&args[0]);
+                    json(&self.route())
+                }
+                "connect_warning" => {
+                    arity(&spec, &args, 0, 0)?;
+                    self.connect();
+                    json(&self.route())
+                }
+                "clean_image" => {
+                    arity(&spec, &args, 0, 0)?;
+                    self.clean_image().await.map_err(err)
+                }
+                "status" => {
+                    arity(&spec, &args, 0, 0)?;
+                    json(&self.status())
+                }
+                _ => Err(format!("verb {verb} not implemented")),
+            }
+        })
+    }
+}

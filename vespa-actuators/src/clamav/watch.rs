@@ -1,0 +1,65 @@
+//! The watched directory: listed every `watch_interval`; a file is scanned when it appears
+//! or when its size or modification time changes (so a file still being written is scanned
+//! again once it is complete). Sub-directories are followed, symbolic links are not.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::agent::Inner;
+use crate::retry::Transient;
+
+/// How deep sub-directories are followed.
+const MAX_DEPTH: usize = 8;
+
+/// Every regular file under `dir`, sorted (symbolic links are not followed).
+pub(super) async fn list_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((d, depth)) = stack.pop() {
+        let Ok(mut rd) = tokio::fs::read_dir(&d).await else {
+            tracing::debug!(dir = %d.display(), "cannot list directory");
+            continue;
+        };
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let Ok(ft) = e.file_type().await else { continue };
+            if ft.is_file() {
+                out.push(e.path());
+            } else if ft.is_dir() && depth < MAX_DEPTH {
+                stack.push((e.path(), depth + 1));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub(super) fn spawn(inner: Arc<Inner>, dir: PathBuf) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tracing::info!(vm = %inner.cfg.vm, dir = %dir.display(), "watching directory");
+        let mut seen: HashMap<PathBuf, (u64, Option<SystemTime>)> = HashMap::new();
+        let mut tick = tokio::time::interval(inner.cfg.watch_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let files = list_files(&dir).await;
+            seen.retain(|p, _| files.binary_search(p).is_ok());
+            for f in files {
+                let Ok(meta) = tokio::fs::metadata(&f).await else { continue };
+                let key = (meta.len(), meta.modified().ok());
+                if seen.get(&f) == Some(&key) {
+                    continue;
+                }
+                // Results and errors are recorded (and alerted) by scan_file. A file that could
+                // not be scanned because clamd was unavailable is tried again next time.
+                match inner.scan_file(&f).await {
+                    Err(e) if e.is_transient() => {}
+                    _ => {
+                        seen.insert(f, key);
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,189 @@
+//! os-ken's `ofctl_rest` (os-ken 1.4.1; the Ryu REST API) driving OpenFlow 1.3 switches.
+//!
+//! A block is a pair of drop flows per switch (source and destination), table 0, high
+//! priority, marked with the block's cookie; releasing deletes by cookie (exact cookie mask),
+//! so nothing else on the switch is touched. Requests:
+//! `POST /stats/flowentry/add {"dpid":1,"table_id":0,"priority":40000,"cookie":C,
+//! "match":{"eth_src":"52:54:00:12:34:56"},"actions":[]}` and
+//! `POST /stats/flowentry/delete {"dpid":1,"table_id":0,"cookie":C,"cookie_mask":2^64-1,"match":{}}`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::http::Http;
+use super::{ActiveBlock, BlockSpec, BlockTarget, SdnController, SdnState, COOKIE_TAG, COOKIE_TAG_MASK};
+use crate::error::SdnError;
+use crate::retry::RetryPolicy;
+
+const NAME: &str = "os-ken";
+
+/// Where os-ken is and how to write flows.
+#[derive(Debug, Clone)]
+pub struct OsKenConfig {
+    /// Base URL of the REST API, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    /// Priority of the drop flows (above any forwarding flow).
+    pub priority: u16,
+    pub table_id: u8,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for OsKenConfig {
+    fn default() -> Self {
+        OsKenConfig {
+            url: "http://127.0.0.1:8080".into(),
+            priority: 40000,
+            table_id: 0,
+            timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// An os-ken controller.
+#[derive(Debug)]
+pub struct OsKen {
+    http: Http,
+    cfg: OsKenConfig,
+    state: SdnState,
+}
+
+impl OsKen {
+    pub fn new(cfg: OsKenConfig) -> OsKen {
+        OsKen { http: Http::new(NAME, &cfg.url, cfg.timeout), state: SdnState::new(cfg.retry.clone()), cfg }
+    }
+
+    /// The datapath ids of the connected switches.
+    pub async fn switches(&self) -> Result<Vec<u64>, SdnError> {
+        let v = self.http.get_json("/stats/switches").await?;
+        let arr = v.as_array().ok_or_else(|| self.http.bad("/stats/switches", format!("expected a list of dpids, got {v}")))?;
+        arr.iter()
+            .map(|d| d.as_u64().ok_or_else(|| self.http.bad("/stats/switches", format!("dpid {d} is not an integer"))))
+            .collect()
+    }
+
+    async fn switches_or_fail(&self) -> Result<Vec<u64>, SdnError> {
+        let s = self.switches().await?;
+        if s.is_empty() {
+            return Err(SdnError::NoSwitch { controller: NAME });
+        }
+        Ok(s)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<(), SdnError> {
+        self.http.send(Method::POST, path, Some(&body)).await.map(drop)
+    }
+
+    async fn delete_cookie(&self, dpid: u64, cookie: u64, mask: u64) -> Result<(), SdnError> {
+        self.post(
+            "/stats/flowentry/delete",
+            json!({ "dpid": dpid, "table_id": self.cfg.table_id, "cookie": cookie, "cookie_mask": mask, "match": {} }),
+        )
+        .await
+    }
+
+    /// Per switch, for each dpid: GET `path/<dpid>` and keep the dpid's entry.
+    async fn per_switch(&self, path: &str) -> Result<Value, SdnError> {
+        let mut out = serde_json::Map::new();
+        for dpid in self.switches().await? {
+            let p = format!("{path}/{dpid}");
+            let v = self.http.get_json(&p).await?;
+            let entry = v.get(dpid.to_string()).cloned().ok_or_else(|| self.http.bad(&p, format!("no entry for dpid {dpid}")))?;
+            out.insert(dpid.to_string(), entry);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// The OpenFlow 1.3 matches dropping all traffic from and to `t`.
+pub fn drop_matches(t: &BlockTarget) -> Vec<Value> {
+    match t {
+        BlockTarget::Mac(m) => vec![json!({ "eth_src": m.to_string() }), json!({ "eth_dst": m.to_string() })],
+        BlockTarget::Ip(IpAddr::V4(ip)) => vec![
+            json!({ "eth_type": 0x0800, "ipv4_src": ip.to_string() }),
+            json!({ "eth_type": 0x0800, "ipv4_dst": ip.to_string() }),
+        ],
+        BlockTarget::Ip(IpAddr::V6(ip)) => vec![
+            json!({ "eth_type": 0x86dd, "ipv6_src": ip.to_string() }),
+            json!({ "eth_type": 0x86dd, "ipv6_dst": ip.to_string() }),
+        ],
+    }
+}
+
+impl SdnController for OsKen {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn state(&self) -> &SdnState {
+        &self.state
+    }
+
+    async fn install(&self, spec: &BlockSpec) -> Result<Vec<String>, SdnError> {
+        let dpids = self.switches_or_fail().await?;
+        let cookie = spec.id.cookie();
+        for &dpid in &dpids {
+            for m in drop_matches(&spec.target) {
+                let body = json!({
+                    "dpid": dpid, "table_id": self.cfg.table_id, "priority": self.cfg.priority,
+                    "cookie": cookie, "match": m, "actions": [],
+                });
+                if let Err(e) = self.post("/stats/flowentry/add", body).await {
+                    // Leave no half-installed block behind.
+                    for &d in &dpids {
+                        let _ = self.delete_cookie(d, cookie, u64::MAX).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    async fn uninstall(&self, block: &ActiveBlock) -> Result<(), SdnError> {
+        for dpid in self.switches().await? {
+            self.delete_cookie(dpid, block.cookie, u64::MAX).await?;
+        }
+        Ok(())
+    }
+
+    async fn purge(&self) -> Result<(), SdnError> {
+        for dpid in self.switches().await? {
+            self.delete_cookie(dpid, COOKIE_TAG, COOKIE_TAG_MASK).await?;
+        }
+        Ok(())
+    }
+
+    /// `{"switches":[{"dpid":1,"ports":[{"port_no":1,"name":"..","hw_addr":"..","state":4},..]}],
+    /// "links":[]}` (ofctl_rest knows no inter-switch links).
+    async fn fetch_topology(&self) -> Result<Value, SdnError> {
+        let descs = self.per_switch("/stats/portdesc").await?;
+        let mut switches = Vec::new();
+        for (dpid, ports) in descs.as_object().into_iter().flatten() {
+            let ports: Vec<Value> = ports
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| json!({ "port_no": p["port_no"], "name": p["name"], "hw_addr": p["hw_addr"], "state": p["state"] }))
+                .collect();
+            let dpid: u64 = dpid.parse().unwrap_or_default();
+            switches.push(json!({ "dpid": dpid, "ports": ports }));
+        }
+        Ok(json!({ "switches": switches, "links": [] }))
+    }
+
+    /// Port counters per switch (`GET /stats/port/<dpid>`), keyed by dpid.
+    async fn fetch_link_stats(&self) -> Result<Value, SdnError> {
+        self.per_switch("/stats/port").await
+    }
+
+    /// Flow tables per switch (`GET /stats/flow/<dpid>`), keyed by dpid.
+    async fn fetch_flow_stats(&self) -> Result<Value, SdnError> {
+        self.per_switch("/stats/flow").await
+    }
+}

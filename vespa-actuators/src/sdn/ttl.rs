@@ -1,0 +1,178 @@
+//! The book of active blocks and the one TTL reaper every controller shares.
+//!
+//! The reaper sleeps until the earliest expiry (or until the book changes), then releases that
+//! block through the controller, exactly as a caller's `release_hackers <id>` would. A release
+//! that fails is reported as an `ActuatorFailed` alert and tried again a little later: a block
+//! never silently outlives its time-to-live.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{BlockId, BlockSpec, BlockTarget, Release, SdnController};
+use crate::verbs::AlertSink;
+
+/// How long the reaper waits before trying again to release an expired block it could not.
+pub const RETRY_EXPIRED_AFTER: Duration = Duration::from_secs(5);
+
+/// One block in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActiveBlock {
+    pub id: BlockId,
+    pub target: BlockTarget,
+    /// The OpenFlow cookie of its flows.
+    #[serde(serialize_with = "hex")]
+    pub cookie: u64,
+    /// Controller-side names (Floodlight flow names, firewall rule ids).
+    pub handles: Vec<String>,
+    pub created_unix_ms: u64,
+    /// The time-to-live it was given (None: until released).
+    pub ttl_s: Option<f64>,
+    /// Time left before the reaper releases it (filled in by [`BlockBook::list`]).
+    pub expires_in_ms: Option<u64>,
+    #[serde(skip)]
+    expires_at: Option<Instant>,
+}
+
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#018x}"))
+}
+
+/// The active blocks of one controller.
+#[derive(Debug)]
+pub struct BlockBook {
+    blocks: Mutex<BTreeMap<BlockId, ActiveBlock>>,
+    next: AtomicU64,
+    changed: Notify,
+}
+
+impl Default for BlockBook {
+    fn default() -> Self {
+        BlockBook { blocks: Mutex::default(), next: AtomicU64::new(1), changed: Notify::new() }
+    }
+}
+
+impl BlockBook {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<BlockId, ActiveBlock>> {
+        // A panic while holding this lock cannot leave the map half-updated (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.blocks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn next_id(&self) -> BlockId {
+        BlockId(self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Records (or refreshes) a block and wakes the reaper.
+    pub(crate) fn insert(&self, spec: &BlockSpec, handles: Vec<String>) {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let b = ActiveBlock {
+            id: spec.id,
+            target: spec.target,
+            cookie: spec.id.cookie(),
+            handles,
+            created_unix_ms: now_ms,
+            ttl_s: spec.ttl.map(|t| t.as_secs_f64()),
+            expires_in_ms: None,
+            expires_at: spec.ttl.map(|t| Instant::now() + t),
+        };
+        self.lock().insert(spec.id, b);
+        self.changed.notify_one();
+    }
+
+    /// Restarts a block's time-to-live.
+    pub(crate) fn refresh(&self, id: BlockId, ttl: Option<Duration>) {
+        if let Some(b) = self.lock().get_mut(&id) {
+            b.ttl_s = ttl.map(|t| t.as_secs_f64());
+            b.expires_at = ttl.map(|t| Instant::now() + t);
+        }
+        self.changed.notify_one();
+    }
+
+    pub(crate) fn remove(&self, id: BlockId) {
+        self.lock().remove(&id);
+        self.changed.notify_one();
+    }
+
+    pub fn by_target(&self, t: &BlockTarget) -> Option<ActiveBlock> {
+        self.lock().values().find(|b| b.target == *t).cloned()
+    }
+
+    pub(crate) fn matching(&self, sel: Release) -> Vec<ActiveBlock> {
+        self.lock()
+            .values()
+            .filter(|b| match sel {
+                Release::Id(id) => b.id == id,
+                Release::Target(t) => b.target == t,
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The blocks, oldest first, with `expires_in_ms` filled in.
+    pub fn list(&self) -> Vec<ActiveBlock> {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .map(|b| {
+                let mut b = b.clone();
+                b.expires_in_ms = b.expires_at.map(|at| at.saturating_duration_since(now).as_millis() as u64);
+                b
+            })
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn next_expiry(&self) -> Option<(BlockId, Instant)> {
+        self.lock().values().filter_map(|b| b.expires_at.map(|at| (b.id, at))).min_by_key(|(_, at)| *at)
+    }
+
+    fn postpone(&self, id: BlockId, by: Duration) {
+        if let Some(b) = self.lock().get_mut(&id) {
+            b.expires_at = Some(Instant::now() + by);
+        }
+    }
+}
+
+/// Starts the reaper of `ctrl`'s blocks. It runs until aborted (the agent aborts it on drop).
+pub fn spawn_reaper<C: SdnController>(ctrl: Arc<C>, alerts: AlertSink) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let book = &ctrl.state().blocks;
+            // Registered before reading the book, so a change in between is not missed.
+            let changed = book.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match book.next_expiry() {
+                None => changed.await,
+                Some((id, at)) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = &mut changed => continue,
+                    }
+                    // Still due? (It may have been released or refreshed meanwhile.)
+                    if book.next_expiry().is_none_or(|(i, a)| i != id || a > Instant::now()) {
+                        continue;
+                    }
+                    match ctrl.release(Release::Id(id)).await {
+                        Ok(_) => tracing::info!(controller = ctrl.name(), block = id.0, "block expired and released"),
+                        Err(crate::error::SdnError::NoSuchBlock(_)) => {}
+                        Err(e) => {
+                            tracing::warn!(controller = ctrl.name(), block = id.0, error = %crate::error::chain(&e), "expired block could not be released; will retry");
+                            alerts.failed(ctrl.name(), &format!("release expired block {id}"), &e);
+                            book.postpone(id, RETRY_EXPIRED_AFTER);
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
