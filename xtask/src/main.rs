@@ -111,14 +111,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench { quick, only } => {
             setup::ensure()?;
             cargo(&root, &["build", "--release", "-p", "vespa-agent", "-p", "vespa-tests"])?;
-            let mut cmd = Command::new(root.join("target/release/vespa-bench"));
-            if quick {
-                cmd.arg("--quick");
+            // One binary per area; each prints its ratios and writes target/bench/<area>.json.
+            for (area, bin) in [("sensors", "vespa-bench"), ("tree", "vespa-bench-tree"), ("actuators", "vespa-bench-actuators")] {
+                if only.as_deref().is_some_and(|o| !area.contains(o) && bin != "vespa-bench") {
+                    continue;
+                }
+                let path = root.join("target/release").join(bin);
+                if !path.exists() {
+                    continue;
+                }
+                step(&format!("benchmarks: {area}"));
+                let mut cmd = Command::new(path);
+                if quick {
+                    cmd.arg("--quick");
+                }
+                if let (Some(o), "vespa-bench") = (&only, bin) {
+                    cmd.args(["--only", o]);
+                }
+                check(cmd.status()?, bin)?;
             }
-            if let Some(o) = only {
-                cmd.args(["--only", &o]);
-            }
-            check(cmd.status()?, "vespa-bench")
+            Ok(())
         }
     }
 }
