@@ -64,8 +64,10 @@ impl BlockBook {
         self.blocks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The id the next block will get. Only taken by [`insert`](Self::insert), so a failed
+    /// block does not use one up (callers hold the controller's operation lock).
     pub(crate) fn next_id(&self) -> BlockId {
-        BlockId(self.next.fetch_add(1, Ordering::Relaxed))
+        BlockId(self.next.load(Ordering::Relaxed))
     }
 
     /// Records (or refreshes) a block and wakes the reaper.
@@ -82,6 +84,7 @@ impl BlockBook {
             expires_at: spec.ttl.map(|t| Instant::now() + t),
         };
         self.lock().insert(spec.id, b);
+        self.next.fetch_max(spec.id.0 + 1, Ordering::Relaxed);
         self.changed.notify_one();
     }
 

@@ -1,0 +1,214 @@
+//! libvirtd for tests, and throw-away KVM domains.
+//!
+//! libvirtd is a system daemon with fixed paths (`/var/run/libvirt`), so one instance serves
+//! the whole test process: started on first use (unless one already answers, which is then
+//! reused and never stopped), from a keeper thread that lives as long as the process, with
+//! a parent-death signal — so the daemons end with the test process even though a static is
+//! never dropped. Without systemd the machine lacks what the Debian packages' hooks would have
+//! made: the `libvirt-qemu` user, the `kvm` and `libvirt-qemu` groups, libvirt's run/log
+//! directories, and `/dev/kvm` owned by group `kvm` mode 0660 (udev's rule). Without the last
+//! one libvirt re-probes QEMU on every call and each domain start takes ~40 s.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
+
+use super::{have, run, wait_for};
+
+pub const URI: &str = "qemu:///system";
+const LOG: &str = "/var/log/libvirt/vespa-tests-libvirtd.log";
+
+/// The test process's libvirtd.
+#[derive(Debug)]
+pub struct Libvirtd {
+    /// False when a libvirtd was already running (it is left alone).
+    pub started_here: bool,
+}
+
+static LIBVIRTD: OnceLock<Result<Libvirtd, String>> = OnceLock::new();
+
+/// libvirtd answering on `qemu:///system`, started if needed.
+pub fn libvirtd() -> Result<&'static Libvirtd, String> {
+    LIBVIRTD.get_or_init(start).as_ref().map_err(Clone::clone)
+}
+
+fn answers() -> bool {
+    run(&["virsh", "-c", URI, "version"]).is_ok()
+}
+
+fn prepare_host() -> Result<(), String> {
+    for d in ["/var/log/libvirt", "/var/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt"] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{d}: {e}"))?;
+    }
+    for g in ["kvm", "libvirt-qemu"] {
+        if run(&["getent", "group", g]).is_err() {
+            run(&["groupadd", "-r", g])?;
+        }
+    }
+    if run(&["getent", "passwd", "libvirt-qemu"]).is_err() {
+        run(&["useradd", "-r", "-g", "kvm", "-G", "libvirt-qemu", "-d", "/var/lib/libvirt", "-s", "/usr/sbin/nologin", "libvirt-qemu"])?;
+    }
+    // What udev's 50-udev-default rule does on a normal Debian system.
+    run(&["chgrp", "kvm", "/dev/kvm"])?;
+    run(&["chmod", "0660", "/dev/kvm"])?;
+    Ok(())
+}
+
+/// Spawns a daemon that gets SIGTERM when the calling thread (the keeper) dies.
+fn spawn_tied(args: &[&str]) -> Result<u32, String> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(LOG).map_err(|e| format!("{LOG}: {e}"))?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]).stdin(Stdio::null()).stdout(log).stderr(log2);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map(|c| c.id()).map_err(|e| format!("cannot start {}: {e}", args[0]))
+}
+
+fn start() -> Result<Libvirtd, String> {
+    for p in ["libvirtd", "virtlogd", "virsh", "qemu-system-x86_64"] {
+        if !have(p) && !have(&format!("/usr/sbin/{p}")) {
+            return Err(format!("{p} not installed (cargo xtask setup)"));
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err("not root".into());
+    }
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return Err("no /dev/kvm".into());
+    }
+    prepare_host()?;
+    if answers() {
+        return Ok(Libvirtd { started_here: false });
+    }
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("libvirtd-keeper".into())
+        .spawn(move || {
+            let r = (|| {
+                if !std::path::Path::new("/var/run/libvirt/virtlogd-sock").exists() {
+                    spawn_tied(&["/usr/sbin/virtlogd"])?;
+                }
+                spawn_tied(&["/usr/sbin/libvirtd"])
+            })();
+            let _ = tx.send(r);
+            // The daemons live as long as this thread, i.e. the process.
+            loop {
+                std::thread::park();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let pid = rx.recv().map_err(|e| e.to_string())??;
+    wait_for("libvirtd to answer on qemu:///system", Duration::from_secs(60), || answers().then_some(()))
+        .map_err(|e| format!("{e} (libvirtd pid {pid}, log {LOG})"))?;
+    Ok(Libvirtd { started_here: true })
+}
+
+/// A persistent KVM domain with one `<interface type='ethernet'>` (a host tap device) and no
+/// disk: QEMU runs the BIOS and idles, which is all the link/lifecycle tests need. Destroyed
+/// and undefined on drop.
+pub struct KvmDomain {
+    pub name: String,
+    pub mac: String,
+    pub uuid: String,
+}
+
+/// A locally administered MAC unique to this process and call.
+pub fn unique_mac() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(1);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", (pid >> 8) & 0xff, pid & 0xff, (n >> 8) & 0xff, n & 0xff)
+}
+
+impl KvmDomain {
+    pub fn xml(name: &str, mac: &str) -> String {
+        format!(
+            "<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <devices>
+    <interface type='ethernet'>
+      <mac address='{mac}'/>
+      <model type='virtio'/>
+    </interface>
+  </devices>
+</domain>
+"
+        )
+    }
+
+    /// Defines the domain (not started).
+    pub fn define(prefix: &str) -> Result<KvmDomain, String> {
+        libvirtd()?;
+        let name = crate::unique(prefix);
+        let mac = unique_mac();
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("domain.xml");
+        std::fs::write(&path, KvmDomain::xml(&name, &mac)).map_err(|e| e.to_string())?;
+        run(&["virsh", "-c", URI, "define", path.to_str().unwrap_or_default()])?;
+        let uuid = run(&["virsh", "-c", URI, "domuuid", &name]).map(|s| s.trim().to_string()).unwrap_or_default();
+        Ok(KvmDomain { name, mac, uuid })
+    }
+
+    /// Defines and starts the domain.
+    pub fn start(prefix: &str) -> Result<KvmDomain, String> {
+        let d = KvmDomain::define(prefix)?;
+        d.virsh(&["start", &d.name])?;
+        Ok(d)
+    }
+
+    pub fn virsh(&self, args: &[&str]) -> Result<String, String> {
+        let mut v = vec!["virsh", "-c", URI];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    /// `virsh domstate`: running, paused, shut off...
+    pub fn state(&self) -> String {
+        self.virsh(&["domstate", &self.name]).map(|s| s.trim().to_string()).unwrap_or_else(|e| e)
+    }
+
+    /// `virsh domif-getlink`: up or down.
+    pub fn link(&self) -> String {
+        self.virsh(&["domif-getlink", &self.name, &self.mac]).map(|s| s.split_whitespace().last().unwrap_or("").to_string()).unwrap_or_else(|e| e)
+    }
+
+    /// `virsh domiflist` as (host device, MAC) pairs.
+    pub fn iflist(&self) -> Vec<(String, String)> {
+        let out = self.virsh(&["domiflist", &self.name]).unwrap_or_default();
+        out.lines()
+            .skip(2)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 5).then(|| (f[0].to_string(), f[4].to_string()))
+            })
+            .collect()
+    }
+
+    /// The QEMU process id (changes when the domain is restarted).
+    pub fn qemu_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(format!("/var/run/libvirt/qemu/{}.pid", self.name)).ok().and_then(|s| s.trim().parse().ok())
+    }
+}
+
+impl Drop for KvmDomain {
+    fn drop(&mut self) {
+        let _ = self.virsh(&["destroy", &self.name]);
+        let _ = self.virsh(&["undefine", &self.name]);
+    }
+}
