@@ -51,8 +51,16 @@ impl Series {
     fn report(&mut self) -> serde_json::Value {
         self.samples.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let (p50, p99, max) = (percentile(&self.samples, 50.0), percentile(&self.samples, 99.0), self.samples.last().copied().unwrap_or_default());
-        println!("  {:<44} n={:<4} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms", self.name, self.samples.len(), ms(p50), ms(p99), ms(max));
+        let (p50, p99, max) =
+            (percentile(&self.samples, 50.0), percentile(&self.samples, 99.0), self.samples.last().copied().unwrap_or_default());
+        println!(
+            "  {:<44} n={:<4} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms",
+            self.name,
+            self.samples.len(),
+            ms(p50),
+            ms(p99),
+            ms(max)
+        );
         serde_json::json!({ "name": self.name, "n": self.samples.len(), "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max) })
     }
 }
@@ -66,7 +74,11 @@ fn bench_sdn(args: &Args) -> anyhow::Result<Vec<serde_json::Value>> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         rt.block_on(async move {
             let lab = l;
-            let agent = SdnAgent::new(OsKen::new(OsKenConfig { url: lab.url(), ..OsKenConfig::default() }), SdnAgentConfig { default_ttl: None }, AlertSink::none());
+            let agent = SdnAgent::new(
+                OsKen::new(OsKenConfig { url: lab.url(), ..OsKenConfig::default() }),
+                SdnAgentConfig { default_ttl: None },
+                AlertSink::none(),
+            );
             let ctrl = agent.controller().clone();
             let monitor = FlowMonitor::start(&lab.ovs, &lab.bridge).map_err(anyhow::Error::msg)?;
             let stream = UdpStream::start(&lab.h1, &lab.h2, gap);
@@ -78,7 +90,10 @@ fn bench_sdn(args: &Args) -> anyhow::Result<Vec<serde_json::Value>> {
             let mut release = Series::new("release -> drop flows removed");
             let wait = Duration::from_secs(10);
             for i in 0..n {
-                stream.wait_flowing(20, Duration::from_secs(20)).map_err(anyhow::Error::msg).with_context(|| format!("iteration {i}: traffic before the block"))?;
+                stream
+                    .wait_flowing(20, Duration::from_secs(20))
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("iteration {i}: traffic before the block"))?;
                 let t0 = Instant::now();
                 let id = ctrl.block(target, None).await?;
                 call.samples.push(t0.elapsed());

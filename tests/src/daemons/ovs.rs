@@ -52,7 +52,17 @@ impl Ovs {
         let log = dir.path().join("daemons.log");
         let mut ovsdb = Proc::spawn(
             "ovsdb-server",
-            &["ip", "netns", "exec", &ns.name, "ovsdb-server", &format!("{d}/conf.db"), &format!("--remote=punix:{d}/db.sock"), &format!("--unixctl={d}/ovsdb.ctl"), &format!("--log-file={d}/ovsdb.log")],
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &ns.name,
+                "ovsdb-server",
+                &format!("{d}/conf.db"),
+                &format!("--remote=punix:{d}/db.sock"),
+                &format!("--unixctl={d}/ovsdb.ctl"),
+                &format!("--log-file={d}/ovsdb.log"),
+            ],
             &log,
             &env,
         )?;
@@ -63,7 +73,16 @@ impl Ovs {
         })?;
         let mut vswitchd = Proc::spawn(
             "ovs-vswitchd",
-            &["ip", "netns", "exec", &ns.name, "ovs-vswitchd", &format!("unix:{d}/db.sock"), &format!("--unixctl={d}/vswitchd.ctl"), &format!("--log-file={d}/vswitchd.log")],
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &ns.name,
+                "ovs-vswitchd",
+                &format!("unix:{d}/db.sock"),
+                &format!("--unixctl={d}/vswitchd.ctl"),
+                &format!("--log-file={d}/vswitchd.log"),
+            ],
             &log,
             &env,
         )?;
@@ -92,7 +111,20 @@ impl Ovs {
     pub fn add_bridge(&self, name: &str, dpid: u64, controller: &str) -> Result<(), String> {
         let dpid = format!("other-config:datapath-id={dpid:016x}");
         self.vsctl(&[
-            "add-br", name, "--", "set", "bridge", name, "datapath_type=netdev", "protocols=OpenFlow13", &dpid, "fail_mode=secure", "--", "set-controller", name, controller,
+            "add-br",
+            name,
+            "--",
+            "set",
+            "bridge",
+            name,
+            "datapath_type=netdev",
+            "protocols=OpenFlow13",
+            &dpid,
+            "fail_mode=secure",
+            "--",
+            "set-controller",
+            name,
+            controller,
         ])
         .map(drop)
     }
@@ -164,7 +196,21 @@ impl Host {
     /// A permanent neighbour entry, so traffic does not depend on ARP (which a MAC block
     /// also drops).
     pub fn add_neighbour(&self, other: &Host) -> Result<(), String> {
-        run(&["ip", "-n", &self.ns.name, "neigh", "replace", &other.ip.to_string(), "lladdr", &other.mac, "dev", &self.ifname, "nud", "permanent"]).map(drop)
+        run(&[
+            "ip",
+            "-n",
+            &self.ns.name,
+            "neigh",
+            "replace",
+            &other.ip.to_string(),
+            "lladdr",
+            &other.mac,
+            "dev",
+            &self.ifname,
+            "nud",
+            "permanent",
+        ])
+        .map(drop)
     }
 }
 

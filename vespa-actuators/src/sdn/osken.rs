@@ -62,9 +62,7 @@ impl OsKen {
     pub async fn switches(&self) -> Result<Vec<u64>, SdnError> {
         let v = self.http.get_json("/stats/switches").await?;
         let arr = v.as_array().ok_or_else(|| self.http.bad("/stats/switches", format!("expected a list of dpids, got {v}")))?;
-        arr.iter()
-            .map(|d| d.as_u64().ok_or_else(|| self.http.bad("/stats/switches", format!("dpid {d} is not an integer"))))
-            .collect()
+        arr.iter().map(|d| d.as_u64().ok_or_else(|| self.http.bad("/stats/switches", format!("dpid {d} is not an integer")))).collect()
     }
 
     async fn switches_or_fail(&self) -> Result<Vec<u64>, SdnError> {
@@ -104,14 +102,12 @@ impl OsKen {
 pub fn drop_matches(t: &BlockTarget) -> Vec<Value> {
     match t {
         BlockTarget::Mac(m) => vec![json!({ "eth_src": m.to_string() }), json!({ "eth_dst": m.to_string() })],
-        BlockTarget::Ip(IpAddr::V4(ip)) => vec![
-            json!({ "eth_type": 0x0800, "ipv4_src": ip.to_string() }),
-            json!({ "eth_type": 0x0800, "ipv4_dst": ip.to_string() }),
-        ],
-        BlockTarget::Ip(IpAddr::V6(ip)) => vec![
-            json!({ "eth_type": 0x86dd, "ipv6_src": ip.to_string() }),
-            json!({ "eth_type": 0x86dd, "ipv6_dst": ip.to_string() }),
-        ],
+        BlockTarget::Ip(IpAddr::V4(ip)) => {
+            vec![json!({ "eth_type": 0x0800, "ipv4_src": ip.to_string() }), json!({ "eth_type": 0x0800, "ipv4_dst": ip.to_string() })]
+        }
+        BlockTarget::Ip(IpAddr::V6(ip)) => {
+            vec![json!({ "eth_type": 0x86dd, "ipv6_src": ip.to_string() }), json!({ "eth_type": 0x86dd, "ipv6_dst": ip.to_string() })]
+        }
     }
 }
 
