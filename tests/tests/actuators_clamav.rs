@@ -68,7 +68,12 @@ async fn health_eicar_detected_with_alert_clean_file_passes() {
     assert!(matches!(alerts.try_recv(), Ok(ActuatorAlert::Infected { .. })));
 
     let list = json(&call(&a, "dump_analyzed_file_list", &[]).await.expect("list"));
-    let rows: Vec<(String, String)> = list.as_array().expect("list").iter().map(|r| (r["file"].as_str().unwrap_or("").to_string(), r["status"].as_str().unwrap_or("").to_string())).collect();
+    let rows: Vec<(String, String)> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| (r["file"].as_str().unwrap_or("").to_string(), r["status"].as_str().unwrap_or("").to_string()))
+        .collect();
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert_eq!(rows[0], (bad.display().to_string(), format!("{EICAR_SIGNATURE} FOUND")));
     assert_eq!(rows[1], (good.display().to_string(), "OK".to_string()));
@@ -94,7 +99,8 @@ async fn watched_directory_new_and_changed_files_are_scanned() {
     let bad = sub.join("game.exe");
     std::fs::rename(write(staging.path(), "b", &eicar()), &bad).expect("rename");
 
-    let alert = tokio::time::timeout(Duration::from_secs(15), alerts.recv()).await.expect("an alert within 15 s").expect("alert channel open");
+    let alert =
+        tokio::time::timeout(Duration::from_secs(15), alerts.recv()).await.expect("an alert within 15 s").expect("alert channel open");
     assert_eq!(alert, ActuatorAlert::Infected { vm: VM.into(), file: bad.display().to_string(), signature: EICAR_SIGNATURE.into() });
     let seen = tokio::time::timeout(Duration::from_secs(15), async {
         loop {

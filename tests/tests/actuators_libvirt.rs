@@ -122,7 +122,10 @@ async fn tap_map_matches_domiflist_and_follows_domains_started_later() {
     .await
     .expect("a Started event for the domain");
     let entry = taps.get(&tap).unwrap_or_else(|| panic!("{tap} missing from the map: {:?}", taps.snapshot()));
-    assert_eq!((entry.vm.as_str(), entry.mac.as_str(), entry.uuid.as_str(), entry.kind.as_str()), (d.name.as_str(), d.mac.as_str(), d.uuid.as_str(), "ethernet"));
+    assert_eq!(
+        (entry.vm.as_str(), entry.mac.as_str(), entry.uuid.as_str(), entry.kind.as_str()),
+        (d.name.as_str(), d.mac.as_str(), d.uuid.as_str(), "ethernet")
+    );
     assert!(std::path::Path::new(&format!("/sys/class/net/{tap}")).exists(), "{tap} is a host device");
 
     // The verb agrees with virsh domiflist for every running domain the map holds.
@@ -136,10 +139,12 @@ async fn tap_map_matches_domiflist_and_follows_domains_started_later() {
     d.virsh(&["destroy", &d.name]).expect("virsh destroy");
     let t = taps.clone();
     let gone = tap.clone();
-    tokio::task::spawn_blocking(move || wait_for("the tap to leave the map", Duration::from_secs(20), || t.get(&gone).is_none().then_some(())))
-        .await
-        .expect("join")
-        .expect("device removed");
+    tokio::task::spawn_blocking(move || {
+        wait_for("the tap to leave the map", Duration::from_secs(20), || t.get(&gone).is_none().then_some(()))
+    })
+    .await
+    .expect("join")
+    .expect("device removed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,16 +165,23 @@ async fn bad_input_and_failures_are_typed_and_the_agent_keeps_serving() {
     assert!(e.starts_with("unknown VM \"no-such-vm-anywhere\" on qemu:///system"), "{e}");
     assert_eq!(call(&a, "contains_vm", &["no-such-vm-anywhere"]).await, Ok("false".into()));
     assert!(call(&a, "cut_link", &[&d.name, "52:54:00:zz:00:01"]).await.expect_err("bad MAC").contains("malformed MAC"));
-    assert!(call(&a, "cut_link", &[&d.name, "52:54:00:00:00:01"]).await.expect_err("other MAC").contains("has no network interface 52:54:00:00:00:01"));
+    assert!(call(&a, "cut_link", &[&d.name, "52:54:00:00:00:01"])
+        .await
+        .expect_err("other MAC")
+        .contains("has no network interface 52:54:00:00:00:01"));
     assert!(call(&a, "send_key", &[&d.name, "0xZZ"]).await.expect_err("bad key").contains("bad key code"));
     assert!(alerts.try_recv().is_err(), "caller mistakes raise no actuator alert");
 
     // Migration to a quarantine hypervisor that cannot be reached: typed, retried, alerted.
-    let e = call(&a, "migrate", &[&d.name, "qemu+unix:///system?socket=/nonexistent/quarantine-sock"]).await.expect_err("unreachable destination");
+    let e = call(&a, "migrate", &[&d.name, "qemu+unix:///system?socket=/nonexistent/quarantine-sock"])
+        .await
+        .expect_err("unreachable destination");
     assert!(e.contains("libvirt daemon at qemu+unix:///system?socket=/nonexistent/quarantine-sock is unreachable"), "{e}");
     assert_eq!(a.retry_stats().retries(), 1);
     match alerts.try_recv() {
-        Ok(ActuatorAlert::ActuatorFailed { actuator, action, .. }) => assert_eq!((actuator.as_str(), action), ("libvirt", format!("migrate {}", d.name))),
+        Ok(ActuatorAlert::ActuatorFailed { actuator, action, .. }) => {
+            assert_eq!((actuator.as_str(), action), ("libvirt", format!("migrate {}", d.name)))
+        }
         other => panic!("expected an ActuatorFailed alert, got {other:?}"),
     }
     assert_eq!(d.state(), "running", "a failed migration leaves the VM where it was");

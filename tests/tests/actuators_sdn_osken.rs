@@ -62,7 +62,12 @@ fn osken_block_mac_and_ip_stop_traffic_and_release_restores_it() {
         lab.ovs.wait_flow(&lab.bridge, &format!("dl_src={}", lab.h1.mac), true, Duration::from_secs(5)).expect("drop flow installed");
         let flows = lab.ovs.flows_matching(&lab.bridge, "cookie=0x5645535000000001");
         assert_eq!(flows.len(), 2, "source and destination drop flows: {flows:?}");
-        assert!(flows.iter().any(|f| f.contains(&format!("dl_src={}", lab.h1.mac)) && f.contains("priority=40000") && f.ends_with("actions=drop")), "{flows:?}");
+        assert!(
+            flows
+                .iter()
+                .any(|f| f.contains(&format!("dl_src={}", lab.h1.mac)) && f.contains("priority=40000") && f.ends_with("actions=drop")),
+            "{flows:?}"
+        );
         assert!(flows.iter().any(|f| f.contains(&format!("dl_dst={}", lab.h1.mac)) && f.ends_with("actions=drop")), "{flows:?}");
         let last = stream.wait_stopped(t_block, QUIET, Duration::from_secs(10)).expect("traffic stops");
         let before = stream.received_since(Instant::now() - QUIET);
@@ -119,7 +124,10 @@ fn osken_topology_port_and_flow_stats() {
         let t = call(&a, "get_topology", &[]).await;
         assert_eq!(t["switches"][0]["dpid"], lab.dpid);
         let names: Vec<&str> = t["switches"][0]["ports"].as_array().expect("ports").iter().filter_map(|p| p["name"].as_str()).collect();
-        assert!(names.contains(&lab.h1.port.as_str()) && names.contains(&lab.h2.port.as_str()) && names.contains(&lab.bridge.as_str()), "{names:?}");
+        assert!(
+            names.contains(&lab.h1.port.as_str()) && names.contains(&lab.h2.port.as_str()) && names.contains(&lab.bridge.as_str()),
+            "{names:?}"
+        );
         let stream = UdpStream::start(&lab.h1, &lab.h2, Duration::from_millis(1));
         stream.wait_flowing(20, FLOWING).expect("traffic passes");
         let l = call(&a, "get_link_stats", &[]).await;

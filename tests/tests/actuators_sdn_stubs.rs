@@ -37,7 +37,14 @@ fn req(method: &str, path: &str, body: Option<Value>) -> Request {
 
 fn floodlight(stub: &FloodlightStub, api: FloodlightApi, mode: FloodlightMode) -> (SdnAgent<Floodlight>, mpsc::Receiver<ActuatorAlert>) {
     let (tx, rx) = mpsc::channel(64);
-    let cfg = FloodlightConfig { url: stub.url(), api, mode, retry: quick_retry(), timeout: Duration::from_secs(5), ..FloodlightConfig::default() };
+    let cfg = FloodlightConfig {
+        url: stub.url(),
+        api,
+        mode,
+        retry: quick_retry(),
+        timeout: Duration::from_secs(5),
+        ..FloodlightConfig::default()
+    };
     (SdnAgent::new(Floodlight::new(cfg), no_ttl(), AlertSink::new(tx)), rx)
 }
 
@@ -52,9 +59,7 @@ async fn floodlight_v1_static_flows_block_and_release_with_exact_requests() {
     let r = json_of(&call(&a, "block_hackers", &[MAC]).await.expect("block"));
     assert_eq!(r, json!({ "block": 1, "target": { "mac": MAC }, "ttl_s": null }));
 
-    let entry = |sw: &str, i: u32, dir: &str, field: &str| {
-        json!({ "switch": sw, "name": format!("vespa-1-{i}-{dir}"), "active": "true", "priority": "32767", "cookie": cookie(1), field: MAC })
-    };
+    let entry = |sw: &str, i: u32, dir: &str, field: &str| json!({ "switch": sw, "name": format!("vespa-1-{i}-{dir}"), "active": "true", "priority": "32767", "cookie": cookie(1), field: MAC });
     let pusher = "/wm/staticflowpusher/json";
     assert_eq!(
         stub.take_requests(),
@@ -90,7 +95,12 @@ async fn floodlight_v1_static_flows_block_and_release_with_exact_requests() {
     let r = json_of(&call(&a, "alert_ip", &["10.1.2.3"]).await.expect("alert_ip without a MAC blocks the IP"));
     assert_eq!(r["target"], json!({ "ip": "10.1.2.3" }));
     let reqs = stub.take_requests();
-    assert_eq!(reqs[1].body, Some(json!({ "switch": DPID1, "name": "vespa-2-0-src", "active": "true", "priority": "32767", "cookie": cookie(2), "eth_type": "0x0800", "ipv4_src": "10.1.2.3" })));
+    assert_eq!(
+        reqs[1].body,
+        Some(
+            json!({ "switch": DPID1, "name": "vespa-2-0-src", "active": "true", "priority": "32767", "cookie": cookie(2), "eth_type": "0x0800", "ipv4_src": "10.1.2.3" })
+        )
+    );
     assert_eq!(reqs[2].body.as_ref().map(|b| b["ipv4_dst"].clone()), Some(json!("10.1.2.3")));
     assert_eq!(json_of(&call(&a, "release_hackers", &["2"]).await.expect("release by id"))["released"], json!([2]));
     // alert_ip with a MAC blocks the MAC (2014 semantics).
@@ -118,7 +128,9 @@ async fn floodlight_v090_field_names_and_paths() {
         req(
             "POST",
             "/wm/staticflowentrypusher/json",
-            Some(json!({ "switch": DPID1, "name": "vespa-1-0-src", "active": "true", "priority": "32767", "cookie": cookie(1), "ether-type": "0x0800", "src-ip": "10.0.0.9", "actions": "" }))
+            Some(
+                json!({ "switch": DPID1, "name": "vespa-1-0-src", "active": "true", "priority": "32767", "cookie": cookie(1), "ether-type": "0x0800", "src-ip": "10.0.0.9", "actions": "" })
+            )
         )
     );
     assert_eq!(reqs[2].body.as_ref().map(|b| b["dst-ip"].clone()), Some(json!("10.0.0.9")));
@@ -155,7 +167,10 @@ async fn floodlight_firewall_rules_block_and_release() {
     let st = json_of(&call(&a, "status_hackers", &[]).await.expect("status"));
     assert_eq!(st[0]["handles"], json!(["1", "2"]));
     call(&a, "release_hackers", &[MAC]).await.expect("release");
-    assert_eq!(stub.take_requests(), vec![req("DELETE", rules, Some(json!({ "ruleid": "1" }))), req("DELETE", rules, Some(json!({ "ruleid": "2" })))]);
+    assert_eq!(
+        stub.take_requests(),
+        vec![req("DELETE", rules, Some(json!({ "ruleid": "1" }))), req("DELETE", rules, Some(json!({ "ruleid": "2" })))]
+    );
     assert_eq!(stub.rules().keys().copied().collect::<Vec<_>>(), vec![3, 4]);
     // Floodlight refuses a similar rule with 200 + an error status text: a typed rejection,
     // nothing recorded as blocked.
@@ -175,7 +190,10 @@ async fn floodlight_topology_link_and_flow_stats() {
     assert_eq!(t["switches"].as_array().map(Vec::len), Some(2));
     assert_eq!(t["switches"][0]["dpid"], DPID1);
     assert_eq!(t["switches"][0]["openflow_version"], "OF_13");
-    assert_eq!(t["links"], json!([{ "src": DPID1, "src_port": 3, "dst": DPID2, "dst_port": 3, "type": "internal", "direction": "bidirectional", "latency": 2 }]));
+    assert_eq!(
+        t["links"],
+        json!([{ "src": DPID1, "src_port": 3, "dst": DPID2, "dst_port": 3, "type": "internal", "direction": "bidirectional", "latency": 2 }])
+    );
     let l = json_of(&call(&a, "get_link_stats", &[]).await.expect("links"));
     assert_eq!(l["links"][0]["src-switch"], DPID1);
     assert!(l["ports"][DPID1].is_object(), "{l}");
@@ -183,7 +201,15 @@ async fn floodlight_topology_link_and_flow_stats() {
     let f = json_of(&call(&a, "get_flow_stats", &[]).await.expect("flows"));
     assert_eq!(f[DPID1]["flows"].as_array().map(Vec::len), Some(4), "{f}");
     let paths: Vec<String> = stub.requests().into_iter().map(|r| format!("{} {}", r.method, r.path)).collect();
-    assert_eq!(&paths[..4], &["GET /wm/core/controller/switches/json", "GET /wm/topology/links/json", "GET /wm/topology/links/json", "GET /wm/core/switch/all/port/json"]);
+    assert_eq!(
+        &paths[..4],
+        &[
+            "GET /wm/core/controller/switches/json",
+            "GET /wm/topology/links/json",
+            "GET /wm/topology/links/json",
+            "GET /wm/core/switch/all/port/json"
+        ]
+    );
     assert_eq!(paths.last().map(String::as_str), Some("GET /wm/core/switch/all/flow/json"));
 }
 
@@ -236,7 +262,11 @@ async fn controller_errors_are_typed_retried_when_transient_and_the_agent_keeps_
     assert_eq!(json_of(&call(&a, "block_hackers", &[MAC]).await.expect("block"))["block"], json!(1));
     // os-ken's client against a controller answering 404 / garbage: typed too.
     let (tx, _rx) = mpsc::channel(8);
-    let o = SdnAgent::new(OsKen::new(OsKenConfig { url: stub.url(), retry: quick_retry(), ..OsKenConfig::default() }), no_ttl(), AlertSink::new(tx));
+    let o = SdnAgent::new(
+        OsKen::new(OsKenConfig { url: stub.url(), retry: quick_retry(), ..OsKenConfig::default() }),
+        no_ttl(),
+        AlertSink::new(tx),
+    );
     let e = call(&o, "get_flow_stats", &[]).await.expect_err("os-ken path on a Floodlight server");
     assert!(e.contains("os-ken answered HTTP 404 to GET"), "{e}");
     stub.set_fault(Fault::Garbage);
@@ -266,7 +296,8 @@ async fn ttl_expiry_releases_by_itself() {
 
 fn pox(stub: &PoxStub, ttl: Option<Duration>) -> (SdnAgent<Pox>, mpsc::Receiver<ActuatorAlert>) {
     let (tx, rx) = mpsc::channel(64);
-    let cfg = PoxConfig { addr: stub.addr.to_string(), timeout: Duration::from_millis(500), retry: RetryPolicy::none(), ..PoxConfig::default() };
+    let cfg =
+        PoxConfig { addr: stub.addr.to_string(), timeout: Duration::from_millis(500), retry: RetryPolicy::none(), ..PoxConfig::default() };
     (SdnAgent::new(Pox::new(cfg), SdnAgentConfig { default_ttl: ttl }, AlertSink::new(tx)), rx)
 }
 
@@ -277,7 +308,10 @@ async fn pox_messenger_join_channel_and_the_2014_commands() {
     let join = json!({ "CHANNEL": "", "cmd": "join_channel", "channel": "mac_redir", "json": true });
 
     call(&a, "block_hackers", &[MAC]).await.expect("block");
-    assert_eq!(stub.take_received(), vec![join.clone(), json!({ "CHANNEL": "mac_redir", "cmd": "block_hackers", "xid": 1, "mac": MAC, "block": 1 })]);
+    assert_eq!(
+        stub.take_received(),
+        vec![join.clone(), json!({ "CHANNEL": "mac_redir", "cmd": "block_hackers", "xid": 1, "mac": MAC, "block": 1 })]
+    );
     assert!(stub.blocked().contains(MAC));
     call(&a, "block_hackers", &["10.4.4.4", "30"]).await.expect("block ip");
     let got = stub.take_received();

@@ -158,7 +158,9 @@ fn classify(e: virt::error::Error, op: &'static str, vm: &str, uri: &str) -> Lib
         sys::VIR_ERR_NO_SUPPORT | sys::VIR_ERR_OPERATION_UNSUPPORTED | sys::VIR_ERR_ARGUMENT_UNSUPPORTED => {
             LibvirtError::Unsupported { op, uri: uri.to_string(), source: e }
         }
-        sys::VIR_ERR_NO_CONNECT | sys::VIR_ERR_INVALID_CONN | sys::VIR_ERR_RPC => LibvirtError::DaemonDown { uri: uri.to_string(), source: e },
+        sys::VIR_ERR_NO_CONNECT | sys::VIR_ERR_INVALID_CONN | sys::VIR_ERR_RPC => {
+            LibvirtError::DaemonDown { uri: uri.to_string(), source: e }
+        }
         sys::VIR_ERR_SYSTEM_ERROR if from == sys::VIR_FROM_RPC || from == sys::VIR_FROM_REMOTE => {
             LibvirtError::DaemonDown { uri: uri.to_string(), source: e }
         }
@@ -383,7 +385,11 @@ impl LibvirtAgent {
                 .map(|i| LinkState { mac: i.mac, tap: i.tap, up: i.link_up })
                 .collect();
             if let Some(bad) = states.iter().find(|s| s.up != up) {
-                return Err(LibvirtError::InvalidArgument(format!("libvirt accepted the update but interface {} is still {}", bad.mac, if up { "down" } else { "up" })));
+                return Err(LibvirtError::InvalidArgument(format!(
+                    "libvirt accepted the update but interface {} is still {}",
+                    bad.mac,
+                    if up { "down" } else { "up" }
+                )));
             }
             Ok(states)
         })
@@ -476,7 +482,10 @@ impl LibvirtAgent {
                 });
             }
             if out.is_empty() {
-                return Err(LibvirtError::NoInterface { vm: vm_name.clone(), which: which.clone().unwrap_or_else(|| "with a host device".into()) });
+                return Err(LibvirtError::NoInterface {
+                    vm: vm_name.clone(),
+                    which: which.clone().unwrap_or_else(|| "with a host device".into()),
+                });
             }
             Ok(out)
         })
@@ -498,7 +507,11 @@ pub const LIBVIRT_VERBS: &[VerbSpec] = &[
     VerbSpec { name: "cut_link", usage: "<vm> [mac]", help: "set the VM's interface (or all of them) link down, confirmed from libvirt" },
     VerbSpec { name: "connect_link", usage: "<vm> [mac]", help: "set the VM's interface (or all of them) link up, confirmed from libvirt" },
     VerbSpec { name: "link_state", usage: "<vm>", help: "the link state of each interface of the VM (JSON)" },
-    VerbSpec { name: "migrate", usage: "<vm> <quarantine_host|uri> [user]", help: "live-migrate the VM to the quarantine hypervisor (qemu+ssh://user@host/system unless a URI is given)" },
+    VerbSpec {
+        name: "migrate",
+        usage: "<vm> <quarantine_host|uri> [user]",
+        help: "live-migrate the VM to the quarantine hypervisor (qemu+ssh://user@host/system unless a URI is given)",
+    },
     VerbSpec { name: "restart", usage: "<vm>", help: "reboot the VM (start it if it is off)" },
     VerbSpec { name: "restart_hard", usage: "<vm>", help: "destroy then start the VM" },
     VerbSpec { name: "send_key", usage: "<vm> [codeset] [keycode...]", help: "send key codes (default: the 2014 win32 0x12 0x42)" },

@@ -152,7 +152,14 @@ mod tests {
         .await;
         assert!(r.is_err());
         assert_eq!(calls.load(Ordering::Relaxed), 1);
-        let r: Result<u32, Boom> = retry(&RetryPolicy::default(), &stats, "t", |n| async move { if n < 3 { Err(Boom(true)) } else { Ok(n) } }).await;
+        let r: Result<u32, Boom> = retry(&RetryPolicy::default(), &stats, "t", |n| async move {
+            if n < 3 {
+                Err(Boom(true))
+            } else {
+                Ok(n)
+            }
+        })
+        .await;
         assert_eq!(r.expect("third attempt succeeds"), 3);
     }
 }

@@ -14,7 +14,21 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "unshare, setpriv, mount: privilege and tracefs tests"),
     ("procps", "sysctl: quiet test links"),
     ("pkg-config", "building -sys crates"),
+    ("libvirt-dev", "the virt crate links libvirt (vespa-actuators)"),
+    ("libvirt-daemon", "libvirtd: the libvirt agent's tests and benchmark run against a real daemon"),
+    ("libvirt-daemon-driver-qemu", "libvirt's QEMU/KVM driver (qemu:///system)"),
+    ("libvirt-clients", "virsh and virt-admin: the tests check the agent's work with virsh"),
+    ("qemu-system-x86", "KVM domains for the libvirt tests (a tap device, no guest OS)"),
+    ("openvswitch-switch", "Open vSwitch (userspace datapath) for the os-ken SDN tests and benchmark"),
+    ("ethtool", "checksum offload off on veths attached to the OVS userspace datapath (it does not fill partial checksums)"),
+    ("clamav-daemon", "clamd for the antivirus agent's tests (a one-line EICAR database, no download)"),
+    ("python3-venv", "the os-ken venv (os-ken's REST app is not packaged by Debian)"),
 ];
+
+/// The os-ken venv: the last os-ken release that ships `ofctl_rest` and the eventlet and
+/// dnspython versions it runs with on Python 3.11 (see external-interfaces.md).
+const OSKEN_VENV: &str = "/var/lib/vespa/osken-venv";
+const OSKEN_PINS: &[&str] = &["os-ken==1.4.1", "eventlet==0.33.3", "dnspython>=2.3,<2.7"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -41,6 +55,7 @@ fn steps() -> Vec<Step> {
         Step { name: "bpf-linker 0.13.0 (against nightly's LLVM)", present: bpf_linker_present, install: install_bpf_linker, needs_root: false },
         Step { name: "tracefs at /sys/kernel/tracing", present: tracefs_present, install: mount_tracefs, needs_root: true },
         Step { name: "cargo-fuzz 0.13 (decoder fuzzing in the test run)", present: cargo_fuzz_present, install: install_cargo_fuzz, needs_root: false },
+        Step { name: "os-ken 1.4.1 venv at /var/lib/vespa/osken-venv", present: osken_venv_present, install: install_osken_venv, needs_root: true },
     ]
 }
 
@@ -193,6 +208,29 @@ fn tracefs_present() -> Result<bool, String> {
 
 fn mount_tracefs() -> anyhow::Result<()> {
     sh(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))
+}
+
+/// Fast: looks for the venv's python and os-ken's install record, without starting Python.
+fn osken_venv_present() -> Result<bool, String> {
+    let venv = Path::new(OSKEN_VENV);
+    if !venv.join("bin/python").exists() {
+        return Ok(false);
+    }
+    let lib = venv.join("lib");
+    let found = std::fs::read_dir(&lib)
+        .map_err(|e| format!("{}: {e}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .any(|py| py.path().join("site-packages/os_ken-1.4.1.dist-info").is_dir() && py.path().join("site-packages/eventlet-0.33.3.dist-info").is_dir());
+    Ok(found)
+}
+
+/// `python3 -m venv` (Debian's python, not a user's pyenv) then pip with the pins; both are
+/// idempotent, so a half-made venv is completed.
+fn install_osken_venv() -> anyhow::Result<()> {
+    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    std::fs::create_dir_all(Path::new(OSKEN_VENV).parent().unwrap_or(Path::new("/")))?;
+    sh(Command::new(python).args(["-m", "venv", OSKEN_VENV]))?;
+    sh(Command::new(format!("{OSKEN_VENV}/bin/pip")).args(["install", "-q", "--disable-pip-version-check"]).args(OSKEN_PINS))
 }
 
 fn sh(cmd: &mut Command) -> anyhow::Result<()> {

@@ -56,16 +56,23 @@ pub struct FloodlightStub {
 impl FloodlightStub {
     /// Serves on 127.0.0.1 (a free port) from the current tokio runtime.
     pub async fn start() -> FloodlightStub {
-        let inner = Arc::new(Mutex::new(Inner { requests: Vec::new(), flows: BTreeMap::new(), rules: BTreeMap::new(), next_rule: 1, fault: Fault::None }));
+        let inner = Arc::new(Mutex::new(Inner {
+            requests: Vec::new(),
+            flows: BTreeMap::new(),
+            rules: BTreeMap::new(),
+            next_rule: 1,
+            fault: Fault::None,
+        }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the Floodlight stub");
         let addr = listener.local_addr().expect("stub address");
         let app = axum::Router::new().fallback(handle).with_state(inner.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
         });
         FloodlightStub { addr, inner, shutdown: Some(tx) }
     }
@@ -127,7 +134,8 @@ const PUSHERS: [&str; 2] = ["/wm/staticflowpusher/json", "/wm/staticflowentrypus
 
 async fn handle(State(st): State<Arc<Mutex<Inner>>>, method: Method, uri: Uri, body: Bytes) -> Response {
     let path = uri.path().to_string();
-    let parsed = (!body.is_empty()).then(|| serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())));
+    let parsed = (!body.is_empty())
+        .then(|| serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())));
     let mut s = st.lock().expect("stub state");
     s.requests.push(Request { method: method.to_string(), path: path.clone(), body: parsed.clone() });
     match s.fault {
@@ -197,12 +205,16 @@ async fn handle(State(st): State<Arc<Mutex<Inner>>>, method: Method, uri: Uri, b
             ok(json!({ "status": "Rule added", "rule-id": id.to_string() }))
         }
         ("DELETE", "/wm/firewall/rules/json") => {
-            let id = obj.as_ref().and_then(|o| o.get("ruleid")).and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_u64().map(|n| n.to_string())));
+            let id = obj
+                .as_ref()
+                .and_then(|o| o.get("ruleid"))
+                .and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_u64().map(|n| n.to_string())));
             match id.and_then(|i| i.parse::<u32>().ok()) {
                 Some(id) if s.rules.remove(&id).is_some() => status("Rule deleted"),
                 _ => status("Error! Can't delete, a rule with this ID doesn't exist."),
             }
         }
-        _ => (StatusCode::NOT_FOUND, [("content-type", "text/html")], "The server has not found anything matching the request URI").into_response(),
+        _ => (StatusCode::NOT_FOUND, [("content-type", "text/html")], "The server has not found anything matching the request URI")
+            .into_response(),
     }
 }

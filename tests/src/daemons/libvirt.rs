@@ -185,7 +185,9 @@ impl KvmDomain {
 
     /// `virsh domif-getlink`: up or down.
     pub fn link(&self) -> String {
-        self.virsh(&["domif-getlink", &self.name, &self.mac]).map(|s| s.split_whitespace().last().unwrap_or("").to_string()).unwrap_or_else(|e| e)
+        self.virsh(&["domif-getlink", &self.name, &self.mac])
+            .map(|s| s.split_whitespace().last().unwrap_or("").to_string())
+            .unwrap_or_else(|e| e)
     }
 
     /// `virsh domiflist` as (host device, MAC) pairs.

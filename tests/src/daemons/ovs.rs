@@ -52,7 +52,17 @@ impl Ovs {
         let log = dir.path().join("daemons.log");
         let mut ovsdb = Proc::spawn(
             "ovsdb-server",
-            &["ip", "netns", "exec", &ns.name, "ovsdb-server", &format!("{d}/conf.db"), &format!("--remote=punix:{d}/db.sock"), &format!("--unixctl={d}/ovsdb.ctl"), &format!("--log-file={d}/ovsdb.log")],
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &ns.name,
+                "ovsdb-server",
+                &format!("{d}/conf.db"),
+                &format!("--remote=punix:{d}/db.sock"),
+                &format!("--unixctl={d}/ovsdb.ctl"),
+                &format!("--log-file={d}/ovsdb.log"),
+            ],
             &log,
             &env,
         )?;
@@ -63,7 +73,16 @@ impl Ovs {
         })?;
         let mut vswitchd = Proc::spawn(
             "ovs-vswitchd",
-            &["ip", "netns", "exec", &ns.name, "ovs-vswitchd", &format!("unix:{d}/db.sock"), &format!("--unixctl={d}/vswitchd.ctl"), &format!("--log-file={d}/vswitchd.log")],
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &ns.name,
+                "ovs-vswitchd",
+                &format!("unix:{d}/db.sock"),
+                &format!("--unixctl={d}/vswitchd.ctl"),
+                &format!("--log-file={d}/vswitchd.log"),
+            ],
             &log,
             &env,
         )?;
@@ -92,7 +111,20 @@ impl Ovs {
     pub fn add_bridge(&self, name: &str, dpid: u64, controller: &str) -> Result<(), String> {
         let dpid = format!("other-config:datapath-id={dpid:016x}");
         self.vsctl(&[
-            "add-br", name, "--", "set", "bridge", name, "datapath_type=netdev", "protocols=OpenFlow13", &dpid, "fail_mode=secure", "--", "set-controller", name, controller,
+            "add-br",
+            name,
+            "--",
+            "set",
+            "bridge",
+            name,
+            "datapath_type=netdev",
+            "protocols=OpenFlow13",
+            &dpid,
+            "fail_mode=secure",
+            "--",
+            "set-controller",
+            name,
+            controller,
         ])
         .map(drop)
     }
@@ -164,7 +196,21 @@ impl Host {
     /// A permanent neighbour entry, so traffic does not depend on ARP (which a MAC block
     /// also drops).
     pub fn add_neighbour(&self, other: &Host) -> Result<(), String> {
-        run(&["ip", "-n", &self.ns.name, "neigh", "replace", &other.ip.to_string(), "lladdr", &other.mac, "dev", &self.ifname, "nud", "permanent"]).map(drop)
+        run(&[
+            "ip",
+            "-n",
+            &self.ns.name,
+            "neigh",
+            "replace",
+            &other.ip.to_string(),
+            "lladdr",
+            &other.mac,
+            "dev",
+            &self.ifname,
+            "nud",
+            "permanent",
+        ])
+        .map(drop)
     }
 }
 
@@ -294,38 +340,41 @@ impl Drop for UdpStream {
 pub struct FlowMonitor {
     child: std::process::Child,
     events: Arc<Mutex<Vec<(Instant, String)>>>,
-    reader: Option<JoinHandle<()>>,
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl FlowMonitor {
     pub fn start(ovs: &Ovs, bridge: &str) -> Result<FlowMonitor, String> {
         use std::io::BufRead;
-        let mut child = std::process::Command::new("ovs-ofctl")
-            .args(["-O", "OpenFlow13", "monitor", &ovs.mgmt(bridge), "watch:"])
+        // The initial reply goes to stdout (block-buffered on a pipe, hence stdbuf), the
+        // updates as they happen to stderr: both are read.
+        let mut child = std::process::Command::new("stdbuf")
+            .args(["-oL", "ovs-ofctl", "-O", "OpenFlow13", "monitor", &ovs.mgmt(bridge), "watch:"])
             // Its own control socket goes to the private directory.
             .env("OVS_RUNDIR", ovs.dir())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| format!("ovs-ofctl monitor: {e}"))?;
-        let out = child.stdout.take().ok_or("no stdout")?;
         let events = Arc::new(Mutex::new(Vec::new()));
-        let ev = events.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut first = Some(ready_tx);
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(());
+        let mut readers = Vec::new();
+        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().ok_or("no stdout")?);
+        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().ok_or("no stderr")?);
+        for pipe in [out, err] {
+            let (ev, ready) = (events.clone(), ready_tx.clone());
+            readers.push(std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = ready.send(());
+                    ev.lock().expect("events").push((Instant::now(), line));
                 }
-                ev.lock().expect("events").push((Instant::now(), line));
-            }
-        });
+            }));
+        }
         // The monitor first prints the current flows ("watch:" implies "initial"): once a line
         // arrived it is subscribed.
-        let _ = ready_rx.recv_timeout(Duration::from_secs(5));
-        Ok(FlowMonitor { child, events, reader: Some(reader) })
+        ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| "ovs-ofctl monitor printed nothing".to_string())?;
+        Ok(FlowMonitor { child, events, readers })
     }
 
     /// Waits for an `event=ADDED` (or DELETED) line containing `needle`, reported at or after
@@ -335,6 +384,11 @@ impl FlowMonitor {
         wait_for(&format!("{tag} with {needle}"), timeout, || {
             self.events.lock().expect("events").iter().find(|(t, l)| *t >= since && l.contains(&tag) && l.contains(needle)).map(|(t, _)| *t)
         })
+        .map_err(|e| {
+            let ev = self.events.lock().expect("events");
+            let tail: Vec<&str> = ev.iter().rev().take(8).map(|(_, l)| l.as_str()).collect();
+            format!("{e}; last monitor lines (newest first): {tail:?}")
+        })
     }
 }
 
@@ -342,7 +396,7 @@ impl Drop for FlowMonitor {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
+        for r in self.readers.drain(..) {
             let _ = r.join();
         }
     }

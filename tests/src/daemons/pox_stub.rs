@@ -187,7 +187,9 @@ fn answer(st: &Arc<Mutex<Inner>>, ch: &str, msg: &Value) -> Value {
             base(json!({ "status": "released" }))
         }
         "status_hackers" => base(json!({ "blocked": s.blocked.iter().collect::<Vec<_>>() })),
-        "get_topology" => base(json!({ "switches": ["00-00-00-00-00-01", "00-00-00-00-00-02"], "links": [{ "dpid1": "00-00-00-00-00-01", "port1": 3, "dpid2": "00-00-00-00-00-02", "port2": 3 }] })),
+        "get_topology" => base(
+            json!({ "switches": ["00-00-00-00-00-01", "00-00-00-00-00-02"], "links": [{ "dpid1": "00-00-00-00-00-01", "port1": 3, "dpid2": "00-00-00-00-00-02", "port2": 3 }] }),
+        ),
         "get_link_stats" => base(json!({ "links": [{ "dpid": "00-00-00-00-00-01", "port": 3, "rx_packets": 10, "tx_packets": 12 }] })),
         "get_flow_stats" => base(json!({ "flows": [] })),
         other => base(json!({ "error": format!("unknown command {other}") })),

@@ -90,7 +90,11 @@ pub const AV_VERBS: &[VerbSpec] = &[
     VerbSpec { name: "dump_analyzed_file_list", usage: "", help: "the files analysed so far with their status, oldest first (JSON)" },
     VerbSpec { name: "isolate_warning", usage: "<hypervisor_agent>", help: "the VM is isolated: reach it through that hypervisor agent" },
     VerbSpec { name: "connect_warning", usage: "", help: "the VM is connected again: reach it directly" },
-    VerbSpec { name: "clean_image", usage: "", help: "ask the VM to clean itself (while isolated: the 2014 sysrq keys via the hypervisor agent)" },
+    VerbSpec {
+        name: "clean_image",
+        usage: "",
+        help: "ask the VM to clean itself (while isolated: the 2014 sysrq keys via the hypervisor agent)",
+    },
     VerbSpec { name: "status", usage: "", help: "VM, clamd address, route, watched directory, counters (JSON)" },
 ];
 

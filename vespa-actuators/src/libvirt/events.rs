@@ -182,7 +182,13 @@ unsafe fn ident(dom: sys::virDomainPtr) -> (String, String) {
 
 /// # Safety
 /// Called by libvirt with the `opaque` given at registration: a `Box<mpsc::Sender<Raw>>`.
-unsafe extern "C" fn on_lifecycle(_c: sys::virConnectPtr, dom: sys::virDomainPtr, event: c_int, _detail: c_int, opaque: *mut c_void) -> c_int {
+unsafe extern "C" fn on_lifecycle(
+    _c: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    event: c_int,
+    _detail: c_int,
+    opaque: *mut c_void,
+) -> c_int {
     // SAFETY: see the function's contract; the sender outlives the registration.
     let tx = unsafe { &*(opaque as *const mpsc::Sender<Raw>) };
     // SAFETY: libvirt passes a valid domain for the callback's duration.
@@ -259,7 +265,9 @@ impl<'a> Registrations<'a> {
             let opaque = boxed(tx);
             // SAFETY: valid connection; `opaque` is a boxed sender freed by `free_sender`
             // (by libvirt on deregistration, or here if registration fails).
-            let r = unsafe { sys::virConnectDomainEventRegisterAny(conn.as_ptr(), std::ptr::null_mut(), id as c_int, Some(cb), opaque, Some(free_sender)) };
+            let r = unsafe {
+                sys::virConnectDomainEventRegisterAny(conn.as_ptr(), std::ptr::null_mut(), id as c_int, Some(cb), opaque, Some(free_sender))
+            };
             if r < 0 {
                 // SAFETY: libvirt did not take ownership of `opaque` on failure.
                 unsafe { free_sender(opaque) };
@@ -311,7 +319,9 @@ pub(crate) fn domain_ifaces(dom: &virt::domain::Domain) -> Result<Vec<VmIface>, 
     });
     Ok(ifaces
         .into_iter()
-        .filter_map(|i| i.tap.map(|tap| VmIface { vm: name.clone(), uuid: uuid.clone(), mac: i.mac, tap, kind: i.kind, link_up: i.link_up }))
+        .filter_map(|i| {
+            i.tap.map(|tap| VmIface { vm: name.clone(), uuid: uuid.clone(), mac: i.mac, tap, kind: i.kind, link_up: i.link_up })
+        })
         .collect())
 }
 

@@ -63,6 +63,9 @@ impl Default for FloodlightConfig {
     }
 }
 
+/// A static flow entry's direction (`src`/`dst`) and match fields.
+pub type FlowMatch = (&'static str, Map<String, Value>);
+
 /// A Floodlight controller.
 #[derive(Debug)]
 pub struct Floodlight {
@@ -107,10 +110,12 @@ impl Floodlight {
     }
 
     /// The static flow entries (without `switch` and `name`) dropping traffic from and to `t`.
-    pub fn flow_matches(&self, t: &BlockTarget) -> Result<Vec<(&'static str, Map<String, Value>)>, SdnError> {
+    pub fn flow_matches(&self, t: &BlockTarget) -> Result<Vec<FlowMatch>, SdnError> {
         let unsupported = |why| SdnError::UnsupportedTarget { controller: NAME, target: t.to_string(), why };
         let pairs: Vec<(&'static str, Vec<(&str, String)>)> = match (self.cfg.api, t) {
-            (FloodlightApi::V1, BlockTarget::Mac(m)) => vec![("src", vec![("eth_src", m.to_string())]), ("dst", vec![("eth_dst", m.to_string())])],
+            (FloodlightApi::V1, BlockTarget::Mac(m)) => {
+                vec![("src", vec![("eth_src", m.to_string())]), ("dst", vec![("eth_dst", m.to_string())])]
+            }
             (FloodlightApi::V1, BlockTarget::Ip(IpAddr::V4(ip))) => vec![
                 ("src", vec![("eth_type", "0x0800".into()), ("ipv4_src", ip.to_string())]),
                 ("dst", vec![("eth_type", "0x0800".into()), ("ipv4_dst", ip.to_string())]),
@@ -119,12 +124,16 @@ impl Floodlight {
                 ("src", vec![("eth_type", "0x86dd".into()), ("ipv6_src", ip.to_string())]),
                 ("dst", vec![("eth_type", "0x86dd".into()), ("ipv6_dst", ip.to_string())]),
             ],
-            (FloodlightApi::V090, BlockTarget::Mac(m)) => vec![("src", vec![("src-mac", m.to_string())]), ("dst", vec![("dst-mac", m.to_string())])],
+            (FloodlightApi::V090, BlockTarget::Mac(m)) => {
+                vec![("src", vec![("src-mac", m.to_string())]), ("dst", vec![("dst-mac", m.to_string())])]
+            }
             (FloodlightApi::V090, BlockTarget::Ip(IpAddr::V4(ip))) => vec![
                 ("src", vec![("ether-type", "0x0800".into()), ("src-ip", ip.to_string())]),
                 ("dst", vec![("ether-type", "0x0800".into()), ("dst-ip", ip.to_string())]),
             ],
-            (FloodlightApi::V090, BlockTarget::Ip(IpAddr::V6(_))) => return Err(unsupported("the v0.90 static flow pusher has no IPv6 fields")),
+            (FloodlightApi::V090, BlockTarget::Ip(IpAddr::V6(_))) => {
+                return Err(unsupported("the v0.90 static flow pusher has no IPv6 fields"))
+            }
         };
         Ok(pairs.into_iter().map(|(dir, kv)| (dir, kv.into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect())).collect())
     }
@@ -142,7 +151,11 @@ impl Floodlight {
                 json!({ "dl-type": "IPv4", "dst-ip": format!("{ip}/32"), "action": "deny", "priority": p }),
             ],
             BlockTarget::Ip(IpAddr::V6(_)) => {
-                return Err(SdnError::UnsupportedTarget { controller: NAME, target: t.to_string(), why: "the firewall module matches IPv4 only" })
+                return Err(SdnError::UnsupportedTarget {
+                    controller: NAME,
+                    target: t.to_string(),
+                    why: "the firewall module matches IPv4 only",
+                })
             }
         })
     }

@@ -307,8 +307,16 @@ impl Default for SdnAgentConfig {
 /// The verbs of an SDN agent.
 pub const SDN_VERBS: &[VerbSpec] = &[
     VerbSpec { name: "alert_ip", usage: "<ip> [mac] [ttl_s]", help: "block the MAC address if given (as in 2014), else the IP address" },
-    VerbSpec { name: "block_hackers", usage: "<mac|ip> [ttl_s|none]", help: "drop all traffic from and to a MAC or IP address on every switch; returns the block id" },
-    VerbSpec { name: "release_hackers", usage: "[block_id|mac|ip]", help: "remove one block (by id or address), or every block and stray VESPA flow when no argument is given" },
+    VerbSpec {
+        name: "block_hackers",
+        usage: "<mac|ip> [ttl_s|none]",
+        help: "drop all traffic from and to a MAC or IP address on every switch; returns the block id",
+    },
+    VerbSpec {
+        name: "release_hackers",
+        usage: "[block_id|mac|ip]",
+        help: "remove one block (by id or address), or every block and stray VESPA flow when no argument is given",
+    },
     VerbSpec { name: "status_hackers", usage: "", help: "the active blocks with their remaining time-to-live (JSON)" },
     VerbSpec { name: "get_topology", usage: "", help: "switches, ports and links known to the controller (JSON)" },
     VerbSpec { name: "get_link_stats", usage: "", help: "per-port / per-link counters (JSON)" },

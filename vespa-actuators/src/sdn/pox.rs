@@ -132,7 +132,13 @@ impl Pox {
         let stream = match timeout_at(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(SdnError::Messenger { addr: addr.into(), what: "cannot connect".into(), source: Some(e) }),
-            Err(_) => return Err(SdnError::Messenger { addr: addr.into(), what: "connect timed out".into(), source: Some(std::io::ErrorKind::TimedOut.into()) }),
+            Err(_) => {
+                return Err(SdnError::Messenger {
+                    addr: addr.into(),
+                    what: "connect timed out".into(),
+                    source: Some(std::io::ErrorKind::TimedOut.into()),
+                })
+            }
         };
         let _ = stream.set_nodelay(true);
         let mut s = Session { stream, buf: Vec::new(), addr, deadline };
