@@ -223,4 +223,5 @@ async fn shutdown_signal() {
 
 /// `vespa-agent run`: the agent nodes of the topology, on the node runtime of `vespa-node`.
 /// The sensors start once per process and serve every agent node it hosts.
+mod actuator_agents;
 mod node_agents;

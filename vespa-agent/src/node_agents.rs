@@ -57,16 +57,23 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
             (Some(_), None) => anyhow::bail!("--metrics needs a bandwidth or connections agent among the nodes run here"),
             _ => None,
         };
+        // Acting agents are built first, so a bad parameter or an unreachable libvirt stops
+        // the start with a clear error instead of leaving a node without its verbs.
+        let mut actuators = std::collections::BTreeMap::new();
+        for def in &nodes {
+            if let Role::Agent(kind) = def.role {
+                if let Some(a) = crate::actuator_agents::build(def, kind)? {
+                    actuators.insert(def.name.clone(), a);
+                }
+            }
+        }
         let hooks = |def: &vespa_node::config::NodeDef| -> Hooks {
             let agent: Option<Arc<dyn vespa_node::AgentVerbs>> = match (def.role, &sensors) {
                 (Role::Agent(kind @ (AgentKind::Bandwidth | AgentKind::Connections)), Some(s)) => {
                     let source: Arc<dyn SensorSource> = Arc::new(Source(s.clone()));
                     Some(Arc::new(SensorAgent::new(kind, source, def.interfaces.clone(), every)))
                 }
-                (role, _) => {
-                    tracing::warn!(node = %def.name, kind = %role, "no implementation of this agent kind in vespa-agent yet: only the built-in verbs are served");
-                    None
-                }
+                _ => actuators.get(&def.name).cloned(),
             };
             Hooks { agent, alert_handlers: Vec::new() }
         };
