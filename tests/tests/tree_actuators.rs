@@ -89,3 +89,54 @@ fn actuator_verbs_are_callable_through_the_tree() {
         assert!(st.success(), "{} exited with {st}; log:\n{}", p.label, p.log_text());
     }
 }
+
+/// With a libvirt agent and a bandwidth agent in one `vespa-agent run`, the exporter labels a
+/// KVM domain's tap device with the domain, so every per-device counter can be read per VM.
+#[test]
+fn the_exporter_names_the_vm_of_each_tap_device() {
+    use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
+    use vespa_tests::daemons::require_daemon;
+    let test = "the_exporter_names_the_vm_of_each_tap_device";
+    if !vespa_tests::privileged(test) || require_daemon(test, "libvirtd with KVM", libvirtd().map(drop)).is_none() {
+        return;
+    }
+    let Some(dom) = require_daemon(test, "a KVM domain", KvmDomain::start("vmlbl")) else { return };
+    let tap = dom.iflist().first().map(|(t, _)| t.clone()).expect("the domain has a tap device");
+    let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+    let nodes = [
+        N { name: "VO", kind: "vo", machine: "host", master: None, port: free_port(), extra: String::new() },
+        N { name: "HO_HY", kind: "ho_hy", machine: "host", master: Some("VO"), port: free_port(), extra: String::new() },
+        N { name: "bw", kind: "agent_bandwidth", machine: "host", master: Some("HO_HY"), port: free_port(), extra: String::new() },
+        N { name: "lv", kind: "agent_libvirt", machine: "host", master: Some("HO_HY"), port: free_port(), extra: format!("[node.params]\nuri = \"{URI}\"\n") },
+    ];
+    let tree = Tree::new("vml", "heartbeat_ms = 300\nsample_interval_ms = 0", &[("host", lo)], &nodes);
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut orch = tree.spawn("orch", "vespa-orchestrator", None, &[], &["VO", "HO_HY"]);
+    let mut agents = tree.spawn_with("agents", "vespa-agent", None, &["--mode", "ebpf", "-i", &tap], &["bw", "lv"], &["--metrics", &metrics.to_string()]);
+    let line = wait_for("the tap device's info series with its VM", || {
+        let body = http_get(metrics, "/metrics")?;
+        body.lines().find(|l| l.starts_with("vespa_network_info{") && l.contains(&format!("device=\"{tap}\"")) && l.contains("vm=")).map(str::to_string)
+    });
+    assert!(line.contains(&format!("vm=\"{}\"", dom.name)), "{line}");
+    assert!(line.contains(&format!("vm_uuid=\"{}\"", dom.uuid)), "{line}");
+    assert!(line.contains(&format!("address=\"{}\"", dom_tap_mac(&dom.mac))), "{line}");
+    assert_eq!(tree.call("VO", "destroy", &[]), Ok("destroying VO and its subtree".into()));
+    for p in [&mut agents, &mut orch] {
+        let st = p.wait_exit();
+        assert!(st.success(), "{} exited with {st}; log:\n{}", p.label, p.log_text());
+    }
+}
+
+/// libvirt gives the host side of a tap device the guest MAC with the first byte set to 0xfe.
+fn dom_tap_mac(guest: &str) -> String {
+    format!("fe{}", &guest[2..])
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}

@@ -33,11 +33,18 @@ use vespa_proto::AlertBody;
 /// Alerts an agent may have in flight before it waits for the node to take them.
 const ALERT_BACKLOG: usize = 1024;
 
+/// An acting agent, and the libvirt agent's tap map when it is one.
+pub struct Built {
+    pub agent: Arc<dyn AgentVerbs>,
+    pub taps: Option<vespa_actuators::libvirt::TapMap>,
+}
+
 /// Builds the agent of an acting node, or None for the kinds served elsewhere (sensors).
-pub fn build(def: &NodeDef, kind: AgentKind) -> anyhow::Result<Option<Arc<dyn AgentVerbs>>> {
+pub fn build(def: &NodeDef, kind: AgentKind) -> anyhow::Result<Option<Built>> {
     let p = Params { node: &def.name, map: &def.params };
     let (tx, rx) = mpsc::channel(ALERT_BACKLOG);
     let sink = AlertSink::new(tx);
+    let mut taps = None;
     let agent: Arc<dyn ActuatorVerbs> = match kind {
         AgentKind::Bandwidth | AgentKind::Connections => return Ok(None),
         AgentKind::Libvirt => {
@@ -45,7 +52,9 @@ pub fn build(def: &NodeDef, kind: AgentKind) -> anyhow::Result<Option<Arc<dyn Ag
             if let Some(u) = p.get("quarantine_user") {
                 cfg.quarantine_user = u;
             }
-            Arc::new(LibvirtAgent::new(cfg, sink).with_context(|| format!("{}: connecting to libvirt", def.name))?)
+            let a = LibvirtAgent::new(cfg, sink).with_context(|| format!("{}: connecting to libvirt", def.name))?;
+            taps = Some(a.taps());
+            Arc::new(a)
         }
         AgentKind::ControllerOsken => {
             let mut cfg = OsKenConfig::default();
@@ -98,7 +107,7 @@ pub fn build(def: &NodeDef, kind: AgentKind) -> anyhow::Result<Option<Arc<dyn Ag
             Arc::new(AvAgent::new(cfg, sink))
         }
     };
-    Ok(Some(Arc::new(Adapter { agent, alerts: Mutex::new(Some(rx)) })))
+    Ok(Some(Built { agent: Arc::new(Adapter { agent, alerts: Mutex::new(Some(rx)) }), taps }))
 }
 
 struct Params<'a> {

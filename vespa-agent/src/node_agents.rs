@@ -47,26 +47,32 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
     let sensors = if needs_sensors { Some(Sensors::start(cfg)?) } else { None };
     let every = topo.settings.sample_interval;
     rt.block_on(async {
+        // Acting agents are built first, so a bad parameter or an unreachable libvirt stops
+        // the start with a clear error instead of leaving a node without its verbs.
+        let mut actuators = std::collections::BTreeMap::new();
+        let mut taps = None;
+        for def in &nodes {
+            if let Role::Agent(kind) = def.role {
+                if let Some(b) = crate::actuator_agents::build(def, kind)? {
+                    taps = taps.or(b.taps);
+                    actuators.insert(def.name.clone(), b.agent);
+                }
+            }
+        }
+        // With a libvirt agent in this process, the exporter names the VM of each tap device.
+        let vm_of: Option<vespa_agent::export::VmLookup> = taps.map(|t| -> vespa_agent::export::VmLookup {
+            Arc::new(move |dev: &str| t.get(dev).map(|v| vespa_agent::export::VmLabel { name: v.vm, uuid: v.uuid }))
+        });
         let exporter = match (&args.metrics, &sensors) {
             (Some(addr), Some(s)) => {
                 let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
                 tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
-                let registry = vespa_agent::export::registry(s.clone(), 20);
+                let registry = vespa_agent::export::registry_with_vms(s.clone(), 20, vm_of.clone());
                 Some(tokio::spawn(vespa_agent::export::serve(listener, registry, std::future::pending())))
             }
             (Some(_), None) => anyhow::bail!("--metrics needs a bandwidth or connections agent among the nodes run here"),
             _ => None,
         };
-        // Acting agents are built first, so a bad parameter or an unreachable libvirt stops
-        // the start with a clear error instead of leaving a node without its verbs.
-        let mut actuators = std::collections::BTreeMap::new();
-        for def in &nodes {
-            if let Role::Agent(kind) = def.role {
-                if let Some(a) = crate::actuator_agents::build(def, kind)? {
-                    actuators.insert(def.name.clone(), a);
-                }
-            }
-        }
         let hooks = |def: &vespa_node::config::NodeDef| -> Hooks {
             let agent: Option<Arc<dyn vespa_node::AgentVerbs>> = match (def.role, &sensors) {
                 (Role::Agent(kind @ (AgentKind::Bandwidth | AgentKind::Connections)), Some(s)) => {
