@@ -23,8 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the build and tests need: Debian packages, rust-src for nightly,
-    /// bpf-linker 0.13.0 built against nightly's LLVM, and mount tracefs. Idempotent.
+    /// Install what the build and tests need: Debian packages (libvirt, QEMU, Open vSwitch,
+    /// ClamAV, iproute2...), rust-src for nightly, bpf-linker 0.13.0 built against nightly's
+    /// LLVM, cargo-fuzz, the os-ken virtualenv, and mount tracefs. Idempotent.
     Setup {
         /// Only report what is missing; change nothing.
         #[arg(long)]
