@@ -114,12 +114,7 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().init(),
-    }
+    vespa_node::launch::init_logging(matches!(format, LogFormat::Json));
 }
 
 fn main() -> ExitCode {
@@ -169,7 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let addr = listener.local_addr()?;
                 tracing::info!(%addr, mode = ?sensors.mode(), "serving metrics at http://{addr}/metrics");
                 let events = log_events(sensors.clone());
-                export::serve(listener, export::registry(sensors, cli.sensor.top_n), shutdown_signal()).await?;
+                export::serve(listener, export::registry(sensors, cli.sensor.top_n), vespa_node::launch::shutdown_signal()).await?;
                 events.abort();
                 Ok(())
             }
@@ -205,21 +200,6 @@ fn log_events(sensors: Sensors) -> tokio::task::JoinHandle<()> {
     })
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    tracing::info!("shutting down");
-}
 
 /// `vespa-agent run`: the agent nodes of the topology, on the node runtime of `vespa-node`.
 /// The sensors start once per process and serve every agent node it hosts.

@@ -88,7 +88,7 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
             };
             Hooks { agent, alert_handlers: Vec::new() }
         };
-        let exits = vespa_node::launch::run_nodes(&topo, &nodes, Security::Psk(psk), hooks, super::shutdown_signal()).await?;
+        let exits = vespa_node::launch::run_nodes(&topo, &nodes, Security::Psk(psk), hooks, vespa_node::launch::shutdown_signal()).await?;
         for (name, exit) in exits {
             tracing::info!(node = %name, ?exit, "node exited");
         }

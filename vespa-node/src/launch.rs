@@ -100,3 +100,34 @@ pub async fn run_nodes(
     }
     Ok(exits)
 }
+
+/// Completes on SIGINT or SIGTERM: the binaries stop their nodes in order then (stop
+/// producing, flush queues, close links) and detach what they attached.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("signal received: shutting down");
+}
+
+/// Logging of both binaries on stderr: level from RUST_LOG (default info), text (coloured on
+/// a terminal only) or one JSON object per line.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}

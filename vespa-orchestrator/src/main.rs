@@ -91,13 +91,7 @@ enum LogFormat {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().init(),
-    }
+    vespa_node::launch::init_logging(matches!(format, LogFormat::Json));
 }
 
 fn main() -> ExitCode {
@@ -149,7 +143,7 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let security = security(&topo, args.cfg.key.as_deref())?;
     let rt = runtime()?;
-    let exits = rt.block_on(launch::run_nodes(&topo, &nodes, security, |_| Hooks::default(), shutdown_signal()))?;
+    let exits = rt.block_on(launch::run_nodes(&topo, &nodes, security, |_| Hooks::default(), vespa_node::launch::shutdown_signal()))?;
     for (name, exit) in exits {
         tracing::info!(node = %name, ?exit, "node exited");
     }
@@ -191,19 +185,3 @@ fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// SIGINT or SIGTERM: stop every node in order (flush queues, close links).
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    tracing::info!("signal received: shutting down");
-}
