@@ -237,6 +237,10 @@ fn connection_threshold_event_arrives_with_the_crossing_connection() {
     assert_eq!((*established, *threshold), (6, 5));
     assert_eq!(to_b.len(), 6, "the event follows the sixth connection to b directly, not a polling interval later");
     assert_eq!(*timestamp_ns, to_b[5], "raised in the same kernel invocation as the crossing connection");
+    // The attacker's MAC, as the policy needs it for an SDN block: from a's neighbour table.
+    let b_mac = l.b_ns.run({ let n = l.b.ifname.clone(); move || iface::get(&n).expect("iface").mac });
+    assert_eq!(sa.mac_of(b_ip).expect("neighbour table"), Some(b_mac));
+    assert_eq!(sa.mac_of("192.0.2.1".parse().expect("ip")).expect("neighbour table"), None);
     let latency_ms = (received_ns - timestamp_ns) as f64 / 1e6;
     assert!(latency_ms < 250.0, "delivered to user space {latency_ms:.2} ms after the crossing");
     eprintln!("threshold event delivered {latency_ms:.3} ms after the kernel saw the crossing");

@@ -4,11 +4,12 @@
 //! a netlink socket belongs to the namespace of the thread that opens it. That keeps the
 //! agent right under `--netns` and in tests that move a thread into a namespace.
 
-use std::io;
+use std::{io, net::IpAddr};
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkLayerType, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
     RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -36,10 +37,51 @@ pub struct KernelStats {
 
 /// All interfaces of this thread's network namespace, sorted by ifindex.
 pub fn list() -> io::Result<Vec<Interface>> {
+    let mut out: Vec<Interface> = dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(link) => interface(link),
+            _ => None,
+        })
+        .collect();
+    out.sort_by_key(|i| i.ifindex);
+    Ok(out)
+}
+
+/// The hardware address the kernel's neighbour table (ARP, NDP) holds for `ip` in this
+/// thread's namespace: how the policy learns an attacker's MAC from its address.
+pub fn neighbour_mac(ip: IpAddr) -> io::Result<Option<String>> {
+    let ip = ip.to_canonical();
+    for m in dump(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()))? {
+        let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+        let mut dst = None;
+        let mut lladdr = None;
+        for a in n.attributes {
+            match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => dst = Some(IpAddr::V4(v4)),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => dst = Some(IpAddr::V6(v6)),
+                NeighbourAttribute::LinkLayerAddress(b) if !b.is_empty() => lladdr = Some(hex_mac(&b)),
+                _ => {}
+            }
+        }
+        if dst == Some(ip) && lladdr.is_some() {
+            return Ok(lladdr);
+        }
+    }
+    Ok(None)
+}
+
+fn hex_mac(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// One NLM_F_DUMP request on a fresh NETLINK_ROUTE socket (bound to this thread's
+/// namespace), and every message of the answer.
+fn dump(request: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
     let mut sock = Socket::new(NETLINK_ROUTE)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
-    let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())));
+    let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(request));
     req.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
     req.header.sequence_number = 1;
     req.finalize();
@@ -57,12 +99,9 @@ pub fn list() -> io::Result<Vec<Interface>> {
                 NetlinkMessage::deserialize(&rx[off..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")))?;
             let len = msg.header.length as usize;
             match msg.payload {
-                NetlinkPayload::Done(_) => {
-                    out.sort_by_key(|i: &Interface| i.ifindex);
-                    return Ok(out);
-                }
+                NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) => return Err(io::Error::other(format!("netlink: {e:?}"))),
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => out.extend(interface(link)),
+                NetlinkPayload::InnerMessage(m) => out.push(m),
                 _ => {}
             }
             if len == 0 {
@@ -80,7 +119,7 @@ fn interface(link: LinkMessage) -> Option<Interface> {
     for attr in link.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = Some(n),
-            LinkAttribute::Address(a) => mac = a.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            LinkAttribute::Address(a) => mac = hex_mac(&a),
             LinkAttribute::Stats64(s) => {
                 stats = KernelStats { rx_bytes: s.rx_bytes, rx_packets: s.rx_packets, tx_bytes: s.tx_bytes, tx_packets: s.tx_packets }
             }
@@ -131,6 +170,12 @@ mod tests {
         assert!(lo.ethernet);
         assert_eq!(lo.mac, "00:00:00:00:00:00");
         assert!(list().unwrap().iter().any(|i| i.name == "lo"));
+    }
+
+    #[test]
+    fn unknown_neighbours_have_no_mac() {
+        // TEST-NET-1 is never a neighbour here.
+        assert_eq!(neighbour_mac("192.0.2.123".parse().unwrap()).unwrap(), None);
     }
 
     #[test]

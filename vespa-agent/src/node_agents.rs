@@ -146,4 +146,8 @@ impl SensorSource for Source {
         });
         rx
     }
+
+    fn mac_of(&self, ip: IpAddr) -> Result<Option<String>, String> {
+        self.0.mac_of(ip).map_err(text)
+    }
 }

@@ -347,14 +347,22 @@ impl Sensors {
             .ok_or_else(|| SensorError::UnknownInterface(name.to_string()))
     }
 
+    /// The MAC address the sensors' namespace has learnt for `ip` (neighbour table), if any.
+    pub fn mac_of(&self, ip: IpAddr) -> Result<Option<String>, SensorError> {
+        self.worker().run(move || iface::neighbour_mac(ip)).map_err(|source| SensorError::Read { what: "the neighbour table (RTM_GETNEIGH)", source })
+    }
+
+    fn worker(&self) -> &crate::nsworker::NsWorker {
+        match &*self.inner {
+            Backend::Ebpf(s) => s.worker(),
+            Backend::Proc(s) => s.worker(),
+        }
+    }
+
     /// Every interface of the sensors' namespace (name, index, MAC, kernel statistics),
     /// monitored or not.
     pub fn interface_info(&self) -> Result<Vec<iface::Interface>, SensorError> {
-        let worker = match &*self.inner {
-            Backend::Ebpf(s) => s.worker(),
-            Backend::Proc(s) => s.worker(),
-        };
-        worker.run(iface::list).map_err(|source| SensorError::Read { what: "the interface list (RTM_GETLINK)", source })
+        self.worker().run(iface::list).map_err(|source| SensorError::Read { what: "the interface list (RTM_GETLINK)", source })
     }
 
     /// Waits until an interface is being monitored (attached under eBPF; present under /proc).

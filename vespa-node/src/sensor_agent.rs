@@ -55,6 +55,12 @@ pub trait SensorSource: Send + Sync + 'static {
     fn connections_of(&self, addr: IpAddr) -> Result<RemoteCount, String>;
     /// Threshold crossings from now on, already as alert bodies. Called once per agent.
     fn threshold_alerts(&self) -> mpsc::Receiver<AlertBody>;
+    /// The MAC address of a neighbour (ARP/NDP table), e.g. of a remote that crossed a
+    /// threshold: the address an SDN block needs. Default: unknown.
+    fn mac_of(&self, ip: IpAddr) -> Result<Option<String>, String> {
+        let _ = ip;
+        Ok(None)
+    }
 }
 
 /// A bandwidth or connections agent.
@@ -136,6 +142,15 @@ impl AgentVerbs for SensorAgent {
         t.add("connections", "", "established TCP connections per remote address (JSON)", move |_| {
             let src = src.clone();
             async move { json(&blocking(move || src.connections()).await?) }
+        });
+        let src = self.source.clone();
+        t.add("mac_of", "<ip>", "MAC address of a neighbour from the ARP/NDP table (\"\" when unknown)", move |args: Vec<String>| {
+            let src = src.clone();
+            async move {
+                let [ip] = args.as_slice() else { return Err("usage: mac_of <ip>".into()) };
+                let addr: IpAddr = ip.parse().map_err(|_| format!("{ip:?} is not an IP address"))?;
+                Ok(blocking(move || src.mac_of(addr)).await?.unwrap_or_default())
+            }
         });
         let src = self.source.clone();
         t.add("connections_of", "<ip>", "established TCP connections with one address (JSON)", move |args: Vec<String>| {
