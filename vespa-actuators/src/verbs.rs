@@ -4,7 +4,7 @@
 //!
 //! Kept independent of the runtime crate: the runtime adapts it to its own verb table, e.g.
 //!
-//! ```ignore
+//! ```text
 //! for v in agent.verbs() {
 //!     let a = agent.clone(); // Arc<dyn ActuatorVerbs>
 //!     table.add(v.name, v.usage, v.help, move |args| {

@@ -19,10 +19,26 @@ use crate::Sensors;
 /// Label value of the series that aggregates every address beyond the top N.
 pub const OTHER: &str = "other";
 
-#[derive(Debug)]
+/// The VM a host device belongs to (from the libvirt agent's tap map), if any.
+pub type VmLookup = std::sync::Arc<dyn Fn(&str) -> Option<VmLabel> + Send + Sync>;
+
+/// A VM's name and UUID, as labels of its tap device's series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmLabel {
+    pub name: String,
+    pub uuid: String,
+}
+
 struct SensorCollector {
     sensors: Sensors,
     top_n: usize,
+    vm_of: Option<VmLookup>,
+}
+
+impl std::fmt::Debug for SensorCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SensorCollector").field("sensors", &self.sensors).field("top_n", &self.top_n).finish()
+    }
 }
 
 impl std::fmt::Debug for Sensors {
@@ -94,10 +110,16 @@ impl Collector for SensorCollector {
         gauges(
             &mut enc,
             "vespa_network_info",
-            "Interface metadata (always 1).",
+            "Interface metadata (always 1); a VM's tap device also carries vm and vm_uuid.",
             ifs.iter().map(|i| {
                 let mac = macs.iter().find(|m| m.ifindex == i.ifindex).map(|m| m.mac.clone()).unwrap_or_default();
-                (vec![("device", i.name.clone()), ("address", mac), ("ifindex", i.ifindex.to_string())], 1)
+                let mut labels = vec![("device", i.name.clone()), ("address", mac), ("ifindex", i.ifindex.to_string())];
+                // A VM's tap device: join on `device` to get any counter per VM.
+                if let Some(vm) = self.vm_of.as_ref().and_then(|f| f(&i.name)) {
+                    labels.push(("vm", vm.name));
+                    labels.push(("vm_uuid", vm.uuid));
+                }
+                (labels, 1)
             }),
         )?;
 
@@ -132,8 +154,13 @@ impl Collector for SensorCollector {
 
 /// A registry that reads `sensors` on every scrape.
 pub fn registry(sensors: Sensors, top_n: usize) -> Registry {
+    registry_with_vms(sensors, top_n, None)
+}
+
+/// As [`registry`], labelling VM tap devices with their VM through `vm_of`.
+pub fn registry_with_vms(sensors: Sensors, top_n: usize, vm_of: Option<VmLookup>) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(SensorCollector { sensors, top_n }));
+    r.register_collector(Box::new(SensorCollector { sensors, top_n, vm_of }));
     r
 }
 

@@ -196,7 +196,7 @@ fn log_events(sensors: Sensors) -> tokio::task::JoinHandle<()> {
         loop {
             match rx.recv().await {
                 Ok(vespa_agent::SensorEvent::InterfaceAttached { name, ifindex }) => tracing::info!(iface = %name, ifindex, "monitoring interface"),
-                Ok(vespa_agent::SensorEvent::InterfaceDetached { name, ifindex }) => tracing::info!(iface = %name, ifindex, "interface gone"),
+                Ok(vespa_agent::SensorEvent::InterfaceDetached { name, ifindex }) => tracing::info!(iface = %name, ifindex, "no longer monitoring interface"),
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "event log fell behind"),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
@@ -223,119 +223,5 @@ async fn shutdown_signal() {
 
 /// `vespa-agent run`: the agent nodes of the topology, on the node runtime of `vespa-node`.
 /// The sensors start once per process and serve every agent node it hosts.
-mod node_agents {
-    use std::{net::IpAddr, path::PathBuf, sync::Arc};
-
-    use anyhow::Context as _;
-    use vespa_agent::{SensorConfig, SensorEvent, Sensors};
-    use vespa_node::{
-        sensor_agent::{IfaceBytes, RemoteCount, SensorAgent, SensorSource},
-        AgentKind, Hooks, Role, Security,
-    };
-    use vespa_proto::AlertBody;
-
-    #[derive(clap::Args)]
-    pub struct RunArgs {
-        /// Topology file (.toml, or the 2014 .ini). Default: the embedded loopback topology.
-        #[arg(long, short = 'c', env = "VESPA_CONFIG")]
-        config: Option<PathBuf>,
-        /// Pre-shared key file. Default: `key_file` of the topology's [settings].
-        #[arg(long, env = "VESPA_KEY")]
-        key: Option<PathBuf>,
-        /// Validate the topology, print the resolved tree and exit.
-        #[arg(long)]
-        check_config: bool,
-        /// Run only these agent nodes (repeatable).
-        #[arg(long = "node", short = 'n')]
-        nodes: Vec<String>,
-        /// Run the agent nodes located on this machine.
-        #[arg(long, conflicts_with = "nodes")]
-        machine: Option<String>,
-    }
-
-    pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
-        let topo = vespa_node::launch::load_topology(args.config.as_deref())?;
-        let nodes = vespa_node::launch::select(&topo, &args.nodes, args.machine.as_deref(), |n| n.role.is_agent()).map_err(anyhow::Error::msg)?;
-        if args.check_config {
-            print!("{}", topo.render_tree());
-            let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-            println!("this process would run: {}", names.join(", "));
-            return Ok(());
-        }
-        let key = args.key.as_deref().unwrap_or(&topo.settings.key_file);
-        let psk = vespa_proto::key::load(key).context("loading the pre-shared key (make one with `vespa-orchestrator keygen PATH`)")?;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let needs_sensors = nodes.iter().any(|n| matches!(n.role, Role::Agent(AgentKind::Bandwidth | AgentKind::Connections)));
-        let sensors = if needs_sensors { Some(Sensors::start(cfg)?) } else { None };
-        let every = topo.settings.sample_interval;
-        rt.block_on(async {
-            let hooks = |def: &vespa_node::config::NodeDef| -> Hooks {
-                let agent: Option<Arc<dyn vespa_node::AgentVerbs>> = match (def.role, &sensors) {
-                    (Role::Agent(kind @ (AgentKind::Bandwidth | AgentKind::Connections)), Some(s)) => {
-                        let source: Arc<dyn SensorSource> = Arc::new(Source(s.clone()));
-                        Some(Arc::new(SensorAgent::new(kind, source, def.interfaces.clone(), every)))
-                    }
-                    (role, _) => {
-                        tracing::warn!(node = %def.name, kind = %role, "no implementation of this agent kind in vespa-agent yet: only the built-in verbs are served");
-                        None
-                    }
-                };
-                Hooks { agent, alert_handlers: Vec::new() }
-            };
-            let exits = vespa_node::launch::run_nodes(&topo, &nodes, Security::Psk(psk), hooks, super::shutdown_signal()).await?;
-            for (name, exit) in exits {
-                tracing::info!(node = %name, ?exit, "node exited");
-            }
-            anyhow::Ok(())
-        })?;
-        // Dropping the last Sensors handle detaches the kernel programs.
-        drop(sensors);
-        Ok(())
-    }
-
-    /// The host sensors as the node runtime sees them.
-    struct Source(Sensors);
-
-    fn text(e: impl std::fmt::Display) -> String {
-        e.to_string()
-    }
-
-    impl SensorSource for Source {
-        fn interfaces(&self) -> Result<Vec<IfaceBytes>, String> {
-            Ok(self.0.interfaces().map_err(text)?.into_iter().map(|i| IfaceBytes { name: i.name, rx_bytes: i.rx_bytes, tx_bytes: i.tx_bytes }).collect())
-        }
-
-        fn mac(&self, iface: &str) -> Result<String, String> {
-            self.0.get_mac(iface).map_err(text)
-        }
-
-        fn connections(&self) -> Result<Vec<RemoteCount>, String> {
-            Ok(self.0.connections().map_err(text)?.into_iter().map(|c| RemoteCount { addr: c.addr, established: c.established }).collect())
-        }
-
-        fn connections_of(&self, addr: IpAddr) -> Result<RemoteCount, String> {
-            let c = self.0.connections_of(addr).map_err(text)?;
-            Ok(RemoteCount { addr: c.addr, established: c.established })
-        }
-
-        fn threshold_alerts(&self) -> tokio::sync::mpsc::Receiver<AlertBody> {
-            let (tx, rx) = tokio::sync::mpsc::channel(4096);
-            let mut events = self.0.subscribe();
-            tokio::spawn(async move {
-                loop {
-                    let body = match events.recv().await {
-                        Ok(SensorEvent::ConnThreshold { addr, established, threshold, .. }) => AlertBody::ConnThreshold { addr, established, threshold },
-                        Ok(SensorEvent::SynThreshold { addr, syns_in_second, threshold, .. }) => AlertBody::SynThreshold { addr, syns_in_second, threshold },
-                        Ok(_) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => AlertBody::Text(format!("{n} sensor events missed (the agent fell behind)")),
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    };
-                    if tx.send(body).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            rx
-        }
-    }
-}
+mod actuator_agents;
+mod node_agents;

@@ -10,7 +10,7 @@ use std::{
     process::{Command, ExitCode},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 
 /// Build, run, test and benchmark VESPA.
@@ -23,8 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the build and tests need: Debian packages, rust-src for nightly,
-    /// bpf-linker 0.13.0 built against nightly's LLVM, and mount tracefs. Idempotent.
+    /// Install what the build and tests need: Debian packages (libvirt, QEMU, Open vSwitch,
+    /// ClamAV, iproute2...), rust-src for nightly, bpf-linker 0.13.0 built against nightly's
+    /// LLVM, cargo-fuzz, the os-ken virtualenv, and mount tracefs. Idempotent.
     Setup {
         /// Only report what is missing; change nothing.
         #[arg(long)]
@@ -32,18 +33,23 @@ enum Cmd {
     },
     /// Build every binary in release mode (kernel programs included).
     Build,
-    /// Start VESPA on this host from the embedded default configuration.
+    /// Start VESPA on this host from the embedded default topology: the VO and the three HOs
+    /// (vespa-orchestrator) and the sensor agents (vespa-agent, eBPF on every interface), all on
+    /// loopback with a key made for the purpose. Ctrl-C stops everything.
     Run {
-        /// Address of the Prometheus exporter.
+        /// Address of the agents' Prometheus exporter.
         #[arg(long, default_value = "127.0.0.1:9105")]
         listen: String,
-        /// Extra arguments for vespa-agent (before the subcommand), e.g. `-- --exclude eth0`.
+        /// Extra arguments for vespa-agent (before `run`), e.g. `-- --exclude eth0`.
         #[arg(last = true)]
         agent_args: Vec<String>,
     },
     /// Run the whole test suite against the real kernel (and, as root, fail rather than skip
     /// any test that needs eBPF).
     Test {
+        /// Seconds each fuzz target (frame and message decoders) runs after the tests; 0 skips.
+        #[arg(long, default_value_t = 60)]
+        fuzz_seconds: u64,
         /// Extra arguments for `cargo test`, e.g. `-- --test sensors`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -79,24 +85,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Run { listen, agent_args } => {
             setup::ensure()?;
-            cargo(&root, &["build", "--release", "-p", "vespa-agent"])?;
-            let agent = root.join("target/release/vespa-agent");
-            step(&format!("starting the agent: eBPF sensors on every interface, metrics at http://{listen}/metrics"));
-            println!("       live view:   {} top", agent.display());
-            println!("       one reading: {} counters --json", agent.display());
-            println!("       stop with Ctrl-C (the kernel programs are detached on exit)");
-            let status = Command::new(&agent)
-                .args(&agent_args)
-                .args(["export", "--listen", &listen])
-                .status()
-                .with_context(|| format!("starting {}", agent.display()))?;
-            // Ctrl-C reaches the agent too; it detaches and exits 0.
-            if !status.success() && status.code().is_some() {
-                bail!("vespa-agent exited with {status}");
-            }
-            Ok(())
+            cargo(&root, &["build", "--release", "-p", "vespa-agent", "-p", "vespa-orchestrator"])?;
+            run_tree(&root, &listen, &agent_args)
         }
-        Cmd::Test { args } => {
+        Cmd::Test { fuzz_seconds, args } => {
             setup::ensure()?;
             let require = setup::is_root() || std::env::var_os("CI").is_some();
             step(&format!(
@@ -111,21 +103,99 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if require {
                 cmd.env("VESPA_REQUIRE_EBPF", "1");
             }
-            check(cmd.status()?, "cargo test")
+            let tests = cmd.status()?;
+            // Fuzz even when a test failed: both results are worth having from one CI run.
+            let fuzz = if fuzz_seconds > 0 { fuzz(&root, fuzz_seconds) } else { Ok(()) };
+            check(tests, "cargo test")?;
+            fuzz
         }
         Cmd::Bench { quick, only } => {
             setup::ensure()?;
             cargo(&root, &["build", "--release", "-p", "vespa-agent", "-p", "vespa-tests"])?;
-            let mut cmd = Command::new(root.join("target/release/vespa-bench"));
-            if quick {
-                cmd.arg("--quick");
+            // One binary per area; each prints its ratios and writes target/bench/<area>.json.
+            for (area, bin) in [("sensors", "vespa-bench"), ("tree", "vespa-bench-tree"), ("actuators", "vespa-bench-actuators")] {
+                if only.as_deref().is_some_and(|o| !area.contains(o) && bin != "vespa-bench") {
+                    continue;
+                }
+                let path = root.join("target/release").join(bin);
+                if !path.exists() {
+                    continue;
+                }
+                step(&format!("benchmarks: {area}"));
+                let mut cmd = Command::new(path);
+                if quick {
+                    cmd.arg("--quick");
+                }
+                if let (Some(o), "vespa-bench") = (&only, bin) {
+                    cmd.args(["--only", o]);
+                }
+                check(cmd.status()?, bin)?;
             }
-            if let Some(o) = only {
-                cmd.args(["--only", &o]);
-            }
-            check(cmd.status()?, "vespa-bench")
+            Ok(())
         }
     }
+}
+
+/// Starts the orchestrators and the agents and waits for Ctrl-C (or for one to fail).
+fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<()> {
+    let bin = root.join("target/release");
+    let key = root.join("target/vespa/psk");
+    if !key.exists() {
+        std::fs::create_dir_all(key.parent().expect("has a parent"))?;
+        step(&format!("making a pre-shared key at {}", key.display()));
+        check(Command::new(bin.join("vespa-orchestrator")).arg("keygen").arg(&key).status()?, "vespa-orchestrator keygen")?;
+    }
+    step("the tree (embedded default topology):");
+    check(Command::new(bin.join("vespa-orchestrator")).args(["run", "--check-config"]).status()?, "vespa-orchestrator --check-config")?;
+    step("starting the VO and the HOs (vespa-orchestrator run)");
+    let mut orch = Command::new(bin.join("vespa-orchestrator")).arg("run").arg("--key").arg(&key).spawn()?;
+    step(&format!("starting the agents (vespa-agent run): eBPF sensors on every interface, metrics at http://{listen}/metrics"));
+    let mut agent = Command::new(bin.join("vespa-agent")).args(agent_args).arg("run").arg("--key").arg(&key).args(["--metrics", listen]).spawn()?;
+    println!("       ask a node:  {} call --key {} Agent_Bandwidth interfaces", bin.join("vespa-orchestrator").display(), key.display());
+    println!("       live view:   {} top", bin.join("vespa-agent").display());
+    println!("       stop with Ctrl-C (kernel programs are detached on exit)");
+    // Ctrl-C reaches both children (same process group); wait for both, and if one stops on
+    // its own, stop the other too.
+    loop {
+        let a = agent.try_wait()?;
+        let o = orch.try_wait()?;
+        match (a, o) {
+            (Some(a), Some(o)) => {
+                if a.success() && o.success() || a.code().is_none() || o.code().is_none() {
+                    return Ok(());
+                }
+                bail!("vespa-agent exited with {a}, vespa-orchestrator with {o}");
+            }
+            (Some(_), None) => interrupt(&orch),
+            (None, Some(_)) => interrupt(&agent),
+            (None, None) => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn interrupt(child: &std::process::Child) {
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+}
+
+/// Runs every cargo-fuzz target for `secs` seconds from the committed seed corpus. New
+/// inputs go to a scratch directory so the repository's corpus stays as committed.
+fn fuzz(root: &Path, secs: u64) -> anyhow::Result<()> {
+    for target in ["frame_decoder", "message_decoder"] {
+        step(&format!("fuzzing {target} for {secs}s"));
+        let scratch = root.join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&scratch)?;
+        let status = Command::new("rustup")
+            .current_dir(root.join("fuzz"))
+            .args(["run", "nightly", "cargo", "fuzz", "run", target])
+            .arg(&scratch)
+            .arg(root.join("fuzz/corpus").join(target))
+            .args(["--", &format!("-max_total_time={secs}"), "-print_final_stats=1"])
+            .env("CARGO_TARGET_DIR", root.join("target/fuzz"))
+            .status()?;
+        check(status, &format!("fuzz target {target}"))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn step(msg: &str) {

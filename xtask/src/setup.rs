@@ -54,6 +54,7 @@ fn steps() -> Vec<Step> {
         Step { name: "rust-src for the nightly toolchain", present: rust_src_present, install: install_rust_src, needs_root: false },
         Step { name: "bpf-linker 0.13.0 (against nightly's LLVM)", present: bpf_linker_present, install: install_bpf_linker, needs_root: false },
         Step { name: "tracefs at /sys/kernel/tracing", present: tracefs_present, install: mount_tracefs, needs_root: true },
+        Step { name: "cargo-fuzz 0.13 (decoder fuzzing in the test run)", present: cargo_fuzz_present, install: install_cargo_fuzz, needs_root: false },
         Step { name: "os-ken 1.4.1 venv at /var/lib/vespa/osken-venv", present: osken_venv_present, install: install_osken_venv, needs_root: true },
     ]
 }
@@ -188,6 +189,17 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         .args(["run", "nightly", "cargo", "install", "bpf-linker", "--version", BPF_LINKER_VERSION])
         .args(["--no-default-features", "--features", &format!("llvm-{major},no-llvm-linking")])
         .env("RUSTFLAGS", rustflags))
+}
+
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz_present() -> Result<bool, String> {
+    let o = Command::new("cargo").args(["fuzz", "--version"]).output().map_err(|e| e.to_string())?;
+    Ok(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("cargo-fuzz 0.13"))
+}
+
+fn install_cargo_fuzz() -> anyhow::Result<()> {
+    sh(Command::new("cargo").args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION]))
 }
 
 fn tracefs_present() -> Result<bool, String> {

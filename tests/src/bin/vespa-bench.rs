@@ -44,6 +44,9 @@ enum Helper {
     },
 }
 
+/// One benchmark: measures, prints and records its figures.
+type Bench = fn(&mut Ctx) -> anyhow::Result<()>;
+
 struct Ctx {
     secs: f64,
     rounds: usize,
@@ -60,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     // depend on how busy the machine is.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
     let mut ctx = Ctx { secs: if args.quick { 0.5 } else { 2.0 }, rounds: if args.quick { 3 } else { 5 }, results: Vec::new() };
-    let all: [(&str, fn(&mut Ctx) -> anyhow::Result<()>); 5] = [
+    let all: [(&str, Bench); 5] = [
         ("veth_pps", veth_pps),
         ("loopback_connections", loopback_connections),
         ("per_remote_query", per_remote_query),

@@ -90,6 +90,11 @@ impl Tree {
     /// Starts `program` (`vespa-orchestrator` or `vespa-agent`) with `run` on this config,
     /// optionally inside a network namespace. `pre` are arguments before `run` (agent flags).
     pub fn spawn(&self, label: &str, program: &str, netns: Option<&str>, pre: &[&str], nodes: &[&str]) -> Proc {
+        self.spawn_with(label, program, netns, pre, nodes, &[])
+    }
+
+    /// As [`Tree::spawn`], with `post` appended after `run`'s own arguments.
+    pub fn spawn_with(&self, label: &str, program: &str, netns: Option<&str>, pre: &[&str], nodes: &[&str], post: &[&str]) -> Proc {
         let log = self.scratch.dir.join(format!("{label}.log"));
         let mut cmd = match netns {
             Some(ns) => {
@@ -103,6 +108,7 @@ impl Tree {
         for n in nodes {
             cmd.args(["--node", n]);
         }
+        cmd.args(post);
         cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
         let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {program}: {e}"));
         Proc { label: label.to_string(), child: Some(child), log }

@@ -1,0 +1,142 @@
+//! The acting agents through the tree: a VO calls libvirt and SDN-controller verbs on agents
+//! two hops down, in separate processes, and the agents really act (libvirt's in-process test
+//! driver; a Floodlight stand-in that records every request).
+
+mod tree_kit;
+
+use std::net::IpAddr;
+
+use tree_kit::*;
+use vespa_tests::daemons::floodlight_stub::{Fault, FloodlightStub};
+
+#[test]
+fn actuator_verbs_are_callable_through_the_tree() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let stub = rt.block_on(FloodlightStub::start());
+    let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+    let nodes = [
+        N { name: "VO", kind: "vo", machine: "host", master: None, port: free_port(), extra: String::new() },
+        N { name: "HO_HY", kind: "ho_hy", machine: "host", master: Some("VO"), port: free_port(), extra: String::new() },
+        N { name: "HO_PH", kind: "ho_ph", machine: "host", master: Some("VO"), port: free_port(), extra: String::new() },
+        N {
+            name: "lv",
+            kind: "agent_libvirt",
+            machine: "host",
+            master: Some("HO_HY"),
+            port: free_port(),
+            extra: "[node.params]\nuri = \"test:///default\"\n".into(),
+        },
+        N {
+            name: "fl",
+            kind: "agent_controller_floodlight",
+            machine: "host",
+            master: Some("HO_PH"),
+            port: free_port(),
+            extra: format!("[node.params]\nurl = \"{}\"\ndefault_ttl_s = \"none\"\n", stub.url()),
+        },
+    ];
+    let tree = Tree::new("act", "heartbeat_ms = 300\nsample_interval_ms = 0", &[("host", lo)], &nodes);
+    let mut orch = tree.spawn("orch", "vespa-orchestrator", None, &[], &["VO", "HO_HY", "HO_PH"]);
+    let mut agents = tree.spawn("agents", "vespa-agent", None, &[], &["lv", "fl"]);
+
+    // libvirt: the test driver's domain "test", reached VO -> HO_HY -> lv.
+    let vms = wait_for("lv answers list_vms", || tree.call("lv", "list_vms", &[]).ok());
+    assert!(vms.contains("\"test\""), "{vms}");
+    assert_eq!(tree.call("lv", "contains_vm", &["test"]), Ok("true".into()));
+    tree.call("lv", "suspend", &["test"]).expect("suspend");
+    assert!(tree.call("lv", "list_vms", &[]).expect("list").contains("paused"), "the domain is paused after suspend");
+    tree.call("lv", "resume", &["test"]).expect("resume");
+    let err = tree.call("lv", "cut_link", &["test"]).expect_err("the test driver has no link state");
+    assert!(err.to_lowercase().contains("support"), "a typed 'unsupported' error, not a crash: {err}");
+    let err = tree.call("lv", "suspend", &["no-such-vm"]).expect_err("unknown VM");
+    assert!(err.contains("no-such-vm"), "{err}");
+
+    // SDN: VO -> HO_PH -> fl -> Floodlight's static flow pusher.
+    let help = tree.call("fl", "help", &[]).expect("help");
+    for verb in ["block_hackers", "release_hackers", "status_hackers", "get_topology", "get_link_stats", "alert_ip"] {
+        assert!(help.contains(verb), "fl lists {verb}: {help}");
+    }
+    stub.take_requests();
+    tree.call("fl", "block_hackers", &["52:54:00:12:34:56"]).expect("block");
+    let pushed = stub.take_requests();
+    assert!(
+        pushed.iter().any(|r| r.method == "POST"
+            && r.path == "/wm/staticflowpusher/json"
+            && r.body.as_ref().is_some_and(|b| b["eth_src"] == "52:54:00:12:34:56")),
+        "the block reached the controller as a static drop flow: {pushed:?}"
+    );
+    assert!(tree.call("fl", "status_hackers", &[]).expect("status").contains("52:54:00:12:34:56"));
+    tree.call("fl", "release_hackers", &[]).expect("release");
+    let released = stub.take_requests();
+    assert!(released.iter().any(|r| r.method == "DELETE"), "release deletes the flows (2014 re-sent the block): {released:?}");
+    assert!(!tree.call("fl", "status_hackers", &[]).expect("status").contains("52:54:00:12:34:56"));
+    assert!(tree.call("fl", "block_hackers", &["not-a-mac"]).is_err(), "malformed input is a typed error");
+
+    // A controller failing for good: the call fails and an ActuatorFailed alert climbs to the VO.
+    stub.set_fault(Fault::Status(500));
+    let err = tree.call("fl", "block_hackers", &["52:54:00:00:00:99"]).expect_err("controller down");
+    assert!(err.contains("500"), "{err}");
+    let alert = wait_for("an ActuatorFailed alert from fl at the VO", || {
+        try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?.into_iter().find(|a| a["origin"] == "fl" && a["body"].get("ActuatorFailed").is_some())
+    });
+    assert_eq!(alert["path"], serde_json::json!(["fl", "HO_PH", "VO"]), "{alert}");
+    stub.set_fault(Fault::None);
+    assert_eq!(tree.call("fl", "get_link_stats", &[]).map(|_| ()), Ok(()), "the agent keeps serving after the failure");
+
+    assert_eq!(tree.call("VO", "destroy", &[]), Ok("destroying VO and its subtree".into()));
+    for p in [&mut agents, &mut orch] {
+        let st = p.wait_exit();
+        assert!(st.success(), "{} exited with {st}; log:\n{}", p.label, p.log_text());
+    }
+}
+
+/// With a libvirt agent and a bandwidth agent in one `vespa-agent run`, the exporter labels a
+/// KVM domain's tap device with the domain, so every per-device counter can be read per VM.
+#[test]
+fn the_exporter_names_the_vm_of_each_tap_device() {
+    use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
+    use vespa_tests::daemons::require_daemon;
+    let test = "the_exporter_names_the_vm_of_each_tap_device";
+    if !vespa_tests::privileged(test) || require_daemon(test, "libvirtd with KVM", libvirtd().map(drop)).is_none() {
+        return;
+    }
+    let Some(dom) = require_daemon(test, "a KVM domain", KvmDomain::start("vmlbl")) else { return };
+    let tap = dom.iflist().first().map(|(t, _)| t.clone()).expect("the domain has a tap device");
+    let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+    let nodes = [
+        N { name: "VO", kind: "vo", machine: "host", master: None, port: free_port(), extra: String::new() },
+        N { name: "HO_HY", kind: "ho_hy", machine: "host", master: Some("VO"), port: free_port(), extra: String::new() },
+        N { name: "bw", kind: "agent_bandwidth", machine: "host", master: Some("HO_HY"), port: free_port(), extra: String::new() },
+        N { name: "lv", kind: "agent_libvirt", machine: "host", master: Some("HO_HY"), port: free_port(), extra: format!("[node.params]\nuri = \"{URI}\"\n") },
+    ];
+    let tree = Tree::new("vml", "heartbeat_ms = 300\nsample_interval_ms = 0", &[("host", lo)], &nodes);
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut orch = tree.spawn("orch", "vespa-orchestrator", None, &[], &["VO", "HO_HY"]);
+    let mut agents = tree.spawn_with("agents", "vespa-agent", None, &["--mode", "ebpf", "-i", &tap], &["bw", "lv"], &["--metrics", &metrics.to_string()]);
+    let line = wait_for("the tap device's info series with its VM", || {
+        let body = http_get(metrics, "/metrics")?;
+        body.lines().find(|l| l.starts_with("vespa_network_info{") && l.contains(&format!("device=\"{tap}\"")) && l.contains("vm=")).map(str::to_string)
+    });
+    assert!(line.contains(&format!("vm=\"{}\"", dom.name)), "{line}");
+    assert!(line.contains(&format!("vm_uuid=\"{}\"", dom.uuid)), "{line}");
+    assert!(line.contains(&format!("address=\"{}\"", dom_tap_mac(&dom.mac))), "{line}");
+    assert_eq!(tree.call("VO", "destroy", &[]), Ok("destroying VO and its subtree".into()));
+    for p in [&mut agents, &mut orch] {
+        let st = p.wait_exit();
+        assert!(st.success(), "{} exited with {st}; log:\n{}", p.label, p.log_text());
+    }
+}
+
+/// libvirt gives the host side of a tap device the guest MAC with the first byte set to 0xfe.
+fn dom_tap_mac(guest: &str) -> String {
+    format!("fe{}", &guest[2..])
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}

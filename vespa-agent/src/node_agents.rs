@@ -1,0 +1,144 @@
+//! `vespa-agent run`: the agent nodes of a VESPA tree, fed by the host sensors.
+use std::{net::IpAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use vespa_agent::{SensorConfig, SensorEvent, Sensors};
+use vespa_node::{
+    sensor_agent::{IfaceBytes, RemoteCount, SensorAgent, SensorSource},
+    AgentKind, Hooks, Role, Security,
+};
+use vespa_proto::AlertBody;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Topology file (.toml, or the 2014 .ini). Default: the embedded loopback topology.
+    #[arg(long, short = 'c', env = "VESPA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Pre-shared key file. Default: `key_file` of the topology's [settings].
+    #[arg(long, env = "VESPA_KEY")]
+    key: Option<PathBuf>,
+    /// Validate the topology, print the resolved tree and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Run only these agent nodes (repeatable).
+    #[arg(long = "node", short = 'n')]
+    nodes: Vec<String>,
+    /// Run the agent nodes located on this machine.
+    #[arg(long, conflicts_with = "nodes")]
+    machine: Option<String>,
+    /// Also serve the sensors' counters as Prometheus text at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+}
+
+pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
+    let topo = vespa_node::launch::load_topology(args.config.as_deref())?;
+    let nodes = vespa_node::launch::select(&topo, &args.nodes, args.machine.as_deref(), |n| n.role.is_agent()).map_err(anyhow::Error::msg)?;
+    if args.check_config {
+        print!("{}", topo.render_tree());
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        println!("this process would run: {}", names.join(", "));
+        return Ok(());
+    }
+    let key = args.key.as_deref().unwrap_or(&topo.settings.key_file);
+    let psk = vespa_proto::key::load(key).context("loading the pre-shared key (make one with `vespa-orchestrator keygen PATH`)")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let needs_sensors = nodes.iter().any(|n| matches!(n.role, Role::Agent(AgentKind::Bandwidth | AgentKind::Connections)));
+    let sensors = if needs_sensors { Some(Sensors::start(cfg)?) } else { None };
+    let every = topo.settings.sample_interval;
+    rt.block_on(async {
+        // Acting agents are built first, so a bad parameter or an unreachable libvirt stops
+        // the start with a clear error instead of leaving a node without its verbs.
+        let mut actuators = std::collections::BTreeMap::new();
+        let mut taps = None;
+        for def in &nodes {
+            if let Role::Agent(kind) = def.role {
+                if let Some(b) = crate::actuator_agents::build(def, kind)? {
+                    taps = taps.or(b.taps);
+                    actuators.insert(def.name.clone(), b.agent);
+                }
+            }
+        }
+        // With a libvirt agent in this process, the exporter names the VM of each tap device.
+        let vm_of: Option<vespa_agent::export::VmLookup> = taps.map(|t| -> vespa_agent::export::VmLookup {
+            Arc::new(move |dev: &str| t.get(dev).map(|v| vespa_agent::export::VmLabel { name: v.vm, uuid: v.uuid }))
+        });
+        let exporter = match (&args.metrics, &sensors) {
+            (Some(addr), Some(s)) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+                tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
+                let registry = vespa_agent::export::registry_with_vms(s.clone(), 20, vm_of.clone());
+                Some(tokio::spawn(vespa_agent::export::serve(listener, registry, std::future::pending())))
+            }
+            (Some(_), None) => anyhow::bail!("--metrics needs a bandwidth or connections agent among the nodes run here"),
+            _ => None,
+        };
+        let hooks = |def: &vespa_node::config::NodeDef| -> Hooks {
+            let agent: Option<Arc<dyn vespa_node::AgentVerbs>> = match (def.role, &sensors) {
+                (Role::Agent(kind @ (AgentKind::Bandwidth | AgentKind::Connections)), Some(s)) => {
+                    let source: Arc<dyn SensorSource> = Arc::new(Source(s.clone()));
+                    Some(Arc::new(SensorAgent::new(kind, source, def.interfaces.clone(), every)))
+                }
+                _ => actuators.get(&def.name).cloned(),
+            };
+            Hooks { agent, alert_handlers: Vec::new() }
+        };
+        let exits = vespa_node::launch::run_nodes(&topo, &nodes, Security::Psk(psk), hooks, super::shutdown_signal()).await?;
+        for (name, exit) in exits {
+            tracing::info!(node = %name, ?exit, "node exited");
+        }
+        if let Some(e) = exporter {
+            e.abort();
+        }
+        anyhow::Ok(())
+    })?;
+    // Dropping the last Sensors handle detaches the kernel programs.
+    drop(sensors);
+    Ok(())
+}
+
+/// The host sensors as the node runtime sees them.
+struct Source(Sensors);
+
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl SensorSource for Source {
+    fn interfaces(&self) -> Result<Vec<IfaceBytes>, String> {
+        Ok(self.0.interfaces().map_err(text)?.into_iter().map(|i| IfaceBytes { name: i.name, rx_bytes: i.rx_bytes, tx_bytes: i.tx_bytes }).collect())
+    }
+
+    fn mac(&self, iface: &str) -> Result<String, String> {
+        self.0.get_mac(iface).map_err(text)
+    }
+
+    fn connections(&self) -> Result<Vec<RemoteCount>, String> {
+        Ok(self.0.connections().map_err(text)?.into_iter().map(|c| RemoteCount { addr: c.addr, established: c.established }).collect())
+    }
+
+    fn connections_of(&self, addr: IpAddr) -> Result<RemoteCount, String> {
+        let c = self.0.connections_of(addr).map_err(text)?;
+        Ok(RemoteCount { addr: c.addr, established: c.established })
+    }
+
+    fn threshold_alerts(&self) -> tokio::sync::mpsc::Receiver<AlertBody> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let mut events = self.0.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let body = match events.recv().await {
+                    Ok(SensorEvent::ConnThreshold { addr, established, threshold, .. }) => AlertBody::ConnThreshold { addr, established, threshold },
+                    Ok(SensorEvent::SynThreshold { addr, syns_in_second, threshold, .. }) => AlertBody::SynThreshold { addr, syns_in_second, threshold },
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => AlertBody::Text(format!("{n} sensor events missed (the agent fell behind)")),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(body).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+}
