@@ -34,10 +34,18 @@ fn actuator_verbs_are_callable_through_the_tree() {
             port: free_port(),
             extra: format!("[node.params]\nurl = \"{}\"\ndefault_ttl_s = \"none\"\n", stub.url()),
         },
+        N {
+            name: "av",
+            kind: "agent_av",
+            machine: "host",
+            master: Some("HO_HY"),
+            port: free_port(),
+            extra: "[node.params]\nvm = \"test\"\nclamd = \"127.0.0.1:9\"\n".into(),
+        },
     ];
     let tree = Tree::new("act", "heartbeat_ms = 300\nsample_interval_ms = 0", &[("host", lo)], &nodes);
     let mut orch = tree.spawn("orch", "vespa-orchestrator", None, &[], &["VO", "HO_HY", "HO_PH"]);
-    let mut agents = tree.spawn("agents", "vespa-agent", None, &[], &["lv", "fl"]);
+    let mut agents = tree.spawn("agents", "vespa-agent", None, &[], &["lv", "fl", "av"]);
 
     // libvirt: the test driver's domain "test", reached VO -> HO_HY -> lv.
     let vms = wait_for("lv answers list_vms", || tree.call("lv", "list_vms", &[]).ok());
@@ -50,6 +58,14 @@ fn actuator_verbs_are_callable_through_the_tree() {
     assert!(err.to_lowercase().contains("support"), "a typed 'unsupported' error, not a crash: {err}");
     let err = tree.call("lv", "suspend", &["no-such-vm"]).expect_err("unknown VM");
     assert!(err.contains("no-such-vm"), "{err}");
+
+    // Antivirus, 2014 style: while its VM is isolated, the AV agent reaches it through the
+    // hypervisor agent (here lv's send_key on the test driver), connecting to it directly.
+    let err = tree.call("av", "clean_image", &[]).expect_err("connected VM without an in-VM driver");
+    assert!(err.contains("isolated"), "{err}");
+    assert!(tree.call("av", "isolate_warning", &["lv"]).expect("isolate").contains("via_hypervisor"));
+    tree.call("av", "clean_image", &[]).expect("relayed to lv's send_key");
+    assert!(tree.call("av", "connect_warning", &[]).expect("connect").contains("direct"));
 
     // SDN: VO -> HO_PH -> fl -> Floodlight's static flow pusher.
     let help = tree.call("fl", "help", &[]).expect("help");

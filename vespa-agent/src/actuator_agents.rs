@@ -25,7 +25,8 @@ use vespa_actuators::{
         pox::{Pox, PoxConfig},
         SdnAgent, SdnAgentConfig,
     },
-    ActuatorAlert, ActuatorVerbs, AlertSink,
+    clamav::VmRelay,
+    ActuatorAlert, ActuatorVerbs, AlertSink, VerbFuture,
 };
 use vespa_node::{config::NodeDef, AgentKind, AgentVerbs, NodeHandle, VerbTable};
 use vespa_proto::AlertBody;
@@ -40,7 +41,8 @@ pub struct Built {
 }
 
 /// Builds the agent of an acting node, or None for the kinds served elsewhere (sensors).
-pub fn build(def: &NodeDef, kind: AgentKind) -> anyhow::Result<Option<Built>> {
+/// `relay` reaches other nodes directly (the antivirus agent's path to the hypervisor agent).
+pub fn build(def: &NodeDef, kind: AgentKind, relay: &Arc<TreeRelay>) -> anyhow::Result<Option<Built>> {
     let p = Params { node: &def.name, map: &def.params };
     let (tx, rx) = mpsc::channel(ALERT_BACKLOG);
     let sink = AlertSink::new(tx);
@@ -104,10 +106,38 @@ pub fn build(def: &NodeDef, kind: AgentKind) -> anyhow::Result<Option<Built>> {
             };
             let mut cfg = AvConfig::new(&vm, clamd);
             cfg.watch_dir = p.get("watch_dir").map(PathBuf::from);
-            Arc::new(AvAgent::new(cfg, sink))
+            let av = AvAgent::new(cfg, sink);
+            av.set_relay(relay.clone());
+            Arc::new(av)
         }
     };
     Ok(Some(Built { agent: Arc::new(Adapter { agent, alerts: Mutex::new(Some(rx)) }), taps }))
+}
+
+/// Calls a verb on another node by connecting to it directly, at its topology address, with
+/// the tree's key: how the 2014 antivirus agent reached the hypervisor agent while its VM was
+/// isolated (siblings are not reachable by routing down the tree).
+pub struct TreeRelay {
+    pub topology: Arc<vespa_node::Topology>,
+    pub security: vespa_node::Security,
+    /// The name this process presents in the handshake.
+    pub me: String,
+}
+
+impl VmRelay for TreeRelay {
+    fn call<'a>(&'a self, node: &'a str, verb: &'a str, args: Vec<String>) -> VerbFuture<'a> {
+        Box::pin(async move {
+            let def = self.topology.node(node).ok_or_else(|| format!("no node named {node:?} in the topology"))?;
+            let addr = self.topology.listen_addr(def);
+            let mut client = vespa_node::Client::connect(addr, &self.security, &self.me, Some(node), Duration::from_secs(5))
+                .await
+                .map_err(|e| format!("reaching {node} at {addr}: {e}"))?;
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let reply = client.call(verb, &args).await.map_err(|e| format!("{node} {verb}: {e}"))?;
+            client.close().await;
+            reply
+        })
+    }
 }
 
 struct Params<'a> {

@@ -51,9 +51,14 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
         // the start with a clear error instead of leaving a node without its verbs.
         let mut actuators = std::collections::BTreeMap::new();
         let mut taps = None;
+        let relay = Arc::new(crate::actuator_agents::TreeRelay {
+            topology: Arc::new(topo.clone()),
+            security: Security::Psk(psk.clone()),
+            me: nodes.first().map(|n| n.name.clone()).unwrap_or_default(),
+        });
         for def in &nodes {
             if let Role::Agent(kind) = def.role {
-                if let Some(b) = crate::actuator_agents::build(def, kind)? {
+                if let Some(b) = crate::actuator_agents::build(def, kind, &relay)? {
                     taps = taps.or(b.taps);
                     actuators.insert(def.name.clone(), b.agent);
                 }
