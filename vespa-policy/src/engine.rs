@@ -247,7 +247,15 @@ fn sample(state: &mut State, key: &Key, metric: Metric, value: u64, source: Opti
             continue;
         }
         let window = rule.window_ns;
-        let mut ks = state.keys[i].remove(key).unwrap_or_default();
+        let mut ks = match state.keys[i].remove(key) {
+            Some(ks) => ks,
+            None if state.keys[i].len() >= rule.max_keys => {
+                let text = format!("rule {}: {} keys tracked, new keys such as {key} are ignored", rule.name, rule.max_keys);
+                rate_limited_blind_spot(state, format!("policy rule {}", state.rules.rules[i].name), text, now, out);
+                continue;
+            }
+            None => KeyState::default(),
+        };
         ks.window.push(now, value, window);
         if let Some(src) = source {
             if ks.source.as_deref() != Some(src) {
@@ -532,6 +540,20 @@ fn manual_release(state: &mut State, key: &Key, now: Nanos, out: &mut Vec<Action
         ks.last_action_at = Some(now);
         state.keys[i].insert(key.clone(), ks);
     }
+    // The operator names what they see blocked: release it whoever holds it.
+    let target = match key {
+        Key::Remote(ip) => Some(Target::Ip(*ip)),
+        Key::Mac(mac) => Some(Target::Mac(*mac)),
+        Key::Vm(_) | Key::Iface(_) => None,
+    };
+    if let Some(es) = target.and_then(|t| state.effects.get(&Effect::Blocked(t))) {
+        let holders: Vec<Key> = es.owners.iter().filter_map(|o| if let Owner::Rule(_, k) = o { Some(k.clone()) } else { None }).collect();
+        for holder in holders {
+            if holder != *key {
+                manual_release(state, &holder, now, out);
+            }
+        }
+    }
     if let Key::Vm(vm) = key {
         let mut owned: Vec<Effect> = state
             .effects
@@ -573,15 +595,25 @@ fn reload(state: &mut State, rules: Rules, out: &mut Vec<Action>) {
 }
 
 fn health(state: &mut State, origin: String, events_lost: u64, map_full: u64, now: Nanos, out: &mut Vec<Action>) {
-    let cooldown = state.rules.blind_spot_cooldown_ns;
     let h = state.health.entry(origin.clone()).or_default();
     // Totals that went down mean the agent restarted: everything it reports is new.
     let lost = if events_lost >= h.events_lost { events_lost - h.events_lost } else { events_lost };
     let full = if map_full >= h.map_full { map_full - h.map_full } else { map_full };
     h.events_lost = events_lost;
     h.map_full = map_full;
-    if (lost > 0 || full > 0) && h.last_alert.is_none_or(|t| now.saturating_sub(t) >= cooldown) {
+    if lost > 0 || full > 0 {
+        let text = format!("blind spot: sensor {origin} lost {lost} events and hit {full} full-map updates; attacks may go unseen");
+        rate_limited_blind_spot(state, origin, text, now, out);
+    }
+}
+
+/// One blind-spot alert per source per cool-down: a sensor losing events every second must
+/// not bury the operator (the totals keep counting meanwhile).
+fn rate_limited_blind_spot(state: &mut State, source: String, text: String, now: Nanos, out: &mut Vec<Action>) {
+    let cooldown = state.rules.blind_spot_cooldown_ns;
+    let h = state.health.entry(source).or_default();
+    if h.last_alert.is_none_or(|t| now.saturating_sub(t) >= cooldown) {
         h.last_alert = Some(now);
-        State::alert(out, AlertKind::BlindSpot, format!("blind spot: sensor {origin} lost {lost} events and hit {full} full-map updates; attacks may go unseen"));
+        State::alert(out, AlertKind::BlindSpot, text);
     }
 }

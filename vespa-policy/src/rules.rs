@@ -47,6 +47,7 @@ calm_s = 120
 cooldown_s = 30
 verify_s = 30
 forget_s = 3600
+max_keys = 100000
 ladder = [
   { action = "block", ttl_s = 600 },
   { action = "block", ttl_s = 3600 },
@@ -109,6 +110,9 @@ pub struct Rule {
     /// Calm this long after release and the key starts again at the ladder's bottom.
     pub forget_ns: Nanos,
     pub ladder: Vec<Step>,
+    /// Keys tracked at most; beyond, new keys are ignored and a blind-spot alert says so
+    /// (spoofed sources must not grow the VO's memory without bound).
+    pub max_keys: usize,
 }
 
 /// Agent names the actions are sent through.
@@ -224,6 +228,12 @@ struct RawRule {
     #[serde(default = "default_forget")]
     forget_s: u64,
     ladder: Vec<Spanned<RawStep>>,
+    #[serde(default = "default_max_keys")]
+    max_keys: usize,
+}
+
+fn default_max_keys() -> usize {
+    100_000
 }
 
 fn default_aggregate() -> Aggregate {
@@ -290,6 +300,9 @@ impl Rules {
             if r.window_s == 0 {
                 return Err(err(at, &field("window_s"), "must be at least 1".into()));
             }
+            if r.max_keys == 0 {
+                return Err(err(at, &field("max_keys"), "must be at least 1".into()));
+            }
             if r.ladder.is_empty() {
                 return Err(err(at, &field("ladder"), "needs at least one step".into()));
             }
@@ -325,6 +338,7 @@ impl Rules {
                 verify_ns: secs(at, &field("verify_s"), r.verify_s)?,
                 forget_ns: secs(at, &field("forget_s"), r.forget_s)?,
                 ladder,
+                max_keys: r.max_keys,
             });
         }
         Ok(Rules {

@@ -156,6 +156,28 @@ fn manual_release_undoes_and_resets() {
 }
 
 #[test]
+fn manual_release_by_blocked_mac_frees_the_address_that_caused_it() {
+    let m = mac("52:54:00:00:00:42");
+    let mut h = H::new(Rules::default_rules());
+    h.at(0, Input::Neighbour { ip: ip("10.0.0.5"), mac: m, vm: None });
+    h.conn(1, "10.0.0.5", 150);
+    let out = h.at(2, Input::ManualRelease { key: Key::Mac(m) });
+    assert!(matches!(out.as_slice(), [Action::Release { target: Target::Mac(t), .. }] if *t == m), "{out:?}");
+    assert!(h.st.active_blocks().is_empty());
+}
+
+#[test]
+fn key_count_is_bounded() {
+    let mut h = H::new(rules_with(&[("max_keys = 100000", "max_keys = 2")]));
+    h.conn(0, "10.0.0.1", 1);
+    h.conn(0, "10.0.0.2", 1);
+    let out = h.conn(0, "10.0.0.3", 150);
+    assert!(matches!(out.as_slice(), [Action::Alert { kind: AlertKind::BlindSpot, .. }]), "{out:?}");
+    assert_eq!(h.st.tracked_keys(), 2);
+    assert!(h.conn(1, "10.0.0.4", 150).is_empty(), "rate-limited");
+}
+
+#[test]
 fn identical_actions_are_deduplicated() {
     let shared = mac("52:54:00:00:00:42");
     let mut h = H::new(Rules::default_rules());
