@@ -246,23 +246,31 @@ fn sample(state: &mut State, key: &Key, metric: Metric, value: u64, source: Opti
         if rule.metric != metric || !key_matches(rule.key, key) {
             continue;
         }
-        let window = rule.window_ns;
-        let mut ks = match state.keys[i].remove(key) {
-            Some(ks) => ks,
-            None if state.keys[i].len() >= rule.max_keys => {
+        let (window, cooldown) = (rule.window_ns, rule.cooldown_ns);
+        if !state.keys[i].contains_key(key) {
+            if state.keys[i].len() >= rule.max_keys {
                 let text = format!("rule {}: {} keys tracked, new keys such as {key} are ignored", rule.name, rule.max_keys);
                 rate_limited_blind_spot(state, format!("policy rule {}", state.rules.rules[i].name), text, now, out);
                 continue;
             }
-            None => KeyState::default(),
-        };
-        ks.window.push(now, value, window);
-        if let Some(src) = source {
-            if ks.source.as_deref() != Some(src) {
-                ks.source = Some(src.to_string());
+            state.keys[i].insert(key.clone(), KeyState::default());
+        }
+        // The rule's map is taken out while evaluating (nothing evaluate calls touches keys),
+        // so the key's state is updated in place rather than removed and re-inserted.
+        let mut map = std::mem::take(&mut state.keys[i]);
+        if let Some(ks) = map.get_mut(key) {
+            ks.window.push(now, value, window);
+            if let Some(src) = source {
+                if ks.source.as_deref() != Some(src) {
+                    ks.source = Some(src.to_string());
+                }
+            }
+            evaluate(state, i, key, ks, now, out);
+            if ks.idle(now, cooldown) {
+                map.remove(key);
             }
         }
-        evaluate(state, i, key, ks, now, out);
+        state.keys[i] = map;
     }
 }
 
@@ -289,20 +297,22 @@ fn tick(state: &mut State, now: Nanos, out: &mut Vec<Action>) {
         }
     }
     for i in 0..state.keys.len() {
-        let keys: Vec<Key> = state.keys[i].keys().cloned().collect();
-        for key in keys {
-            if let Some(ks) = state.keys[i].remove(&key) {
-                evaluate(state, i, &key, ks, now, out);
-            }
-        }
+        let cooldown = state.rules.rules[i].cooldown_ns;
+        let mut map = std::mem::take(&mut state.keys[i]);
+        map.retain(|key, ks| {
+            evaluate(state, i, key, ks, now, out);
+            !ks.idle(now, cooldown)
+        });
+        state.keys[i] = map;
     }
 }
 
-/// Applies rule `i` to one key whose state was taken out of the map; puts it back unless idle.
-fn evaluate(state: &mut State, i: usize, key: &Key, mut ks: KeyState, now: Nanos, out: &mut Vec<Action>) {
+/// Applies rule `i` to one key. `state.keys[i]` is out of `state` meanwhile (see `sample`):
+/// nothing here may look keys up.
+fn evaluate(state: &mut State, i: usize, key: &Key, ks: &mut KeyState, now: Nanos, out: &mut Vec<Action>) {
     let rule = &state.rules.rules[i];
     let (above, below, window, how) = (rule.above, rule.below, rule.window_ns, rule.aggregate);
-    let (calm_ns, cooldown, forget, name) = (rule.calm_ns, rule.cooldown_ns, rule.forget_ns, rule.name.clone());
+    let (calm_ns, cooldown, forget) = (rule.calm_ns, rule.cooldown_ns, rule.forget_ns);
     // Verification looks at the samples since the action, read before the window drops them.
     let verified_value = ks.verify.filter(|v| now >= v.deadline).map(|v| ks.window.current_since(how, v.since, now));
     ks.window.prune(now, window);
@@ -318,7 +328,8 @@ fn evaluate(state: &mut State, i: usize, key: &Key, mut ks: KeyState, now: Nanos
         if ks.active || !ks.owned.is_empty() {
             let since = *ks.calm_since.get_or_insert(now);
             if now - since >= calm_ns {
-                release_owned(state, &Owner::Rule(name.clone(), key.clone()), &mut ks.owned, out);
+                let owner = Owner::Rule(state.rules.rules[i].name.clone(), key.clone());
+                release_owned(state, &owner, &mut ks.owned, out);
                 if let Some(id) = ks.verify.take().and_then(|v| v.id) {
                     state.pending.remove(&id);
                 }
@@ -340,6 +351,7 @@ fn evaluate(state: &mut State, i: usize, key: &Key, mut ks: KeyState, now: Nanos
         }
         let current = verified_value.unwrap_or(0);
         if ks.active && current > above {
+            let name = &state.rules.rules[i].name;
             State::alert(out, AlertKind::DidNotTake, format!("rule {name}: action on {key} did not take: {current} > {above} after the deadline"));
             ks.acted = false;
             force = true;
@@ -348,14 +360,11 @@ fn evaluate(state: &mut State, i: usize, key: &Key, mut ks: KeyState, now: Nanos
 
     let cooled = ks.last_action_at.is_none_or(|t| now.saturating_sub(t) >= cooldown);
     if ks.active && !ks.acted && (force || cooled) {
-        act(state, i, key, &mut ks, now, out);
+        act(state, i, key, ks, now, out);
     }
 
     if !ks.active && ks.owned.is_empty() && ks.level > 0 && now.saturating_sub(ks.last_offence_at) >= forget {
         ks.level = 0;
-    }
-    if !ks.idle(now, cooldown) {
-        state.keys[i].insert(key.clone(), ks);
     }
 }
 
