@@ -312,7 +312,7 @@ fn tick(state: &mut State, now: Nanos, out: &mut Vec<Action>) {
 fn evaluate(state: &mut State, i: usize, key: &Key, ks: &mut KeyState, now: Nanos, out: &mut Vec<Action>) {
     let rule = &state.rules.rules[i];
     let (above, below, window, how) = (rule.above, rule.below, rule.window_ns, rule.aggregate);
-    let (calm_ns, cooldown, forget) = (rule.calm_ns, rule.cooldown_ns, rule.forget_ns);
+    let (calm_ns, cooldown, forget, verify_max) = (rule.calm_ns, rule.cooldown_ns, rule.forget_ns, rule.verify_max);
     // Verification looks at the samples since the action, read before the window drops them.
     let verified_value = ks.verify.filter(|v| now >= v.deadline).map(|v| ks.window.current_since(how, v.since, now));
     ks.window.prune(now, window);
@@ -350,9 +350,9 @@ fn evaluate(state: &mut State, i: usize, key: &Key, ks: &mut KeyState, now: Nano
             state.pending.remove(&id);
         }
         let current = verified_value.unwrap_or(0);
-        if ks.active && current > above {
+        if ks.active && current > verify_max {
             let name = &state.rules.rules[i].name;
-            State::alert(out, AlertKind::DidNotTake, format!("rule {name}: action on {key} did not take: {current} > {above} after the deadline"));
+            State::alert(out, AlertKind::DidNotTake, format!("rule {name}: action on {key} did not take: {current} > {verify_max} after the deadline"));
             ks.acted = false;
             force = true;
         }

@@ -1,5 +1,39 @@
 //! Declarative rules, read from TOML.
 //!
+//! ```toml
+//! dry_run = false                 # record actions as Action::DryRun instead
+//! own_macs = ["52:54:00:00:00:01"] # never blocked (2014 blocked its own MAC)
+//!
+//! [actuators]                     # agent names actions are sent through
+//! sdn = "Agent_Controller"        # block / release
+//! libvirt = "Agent_Libvirt"       # cut_link / connect_link / migrate
+//! quarantine = "quarantine"       # migration destination
+//! av = "Agent_AV"
+//! hypervisor = "Agent_HY"         # the AV agent's path to an isolated VM
+//!
+//! [blind_spot]
+//! cooldown_s = 60                 # at most one blind-spot alert per source per minute
+//!
+//! [infection]
+//! isolate = true                  # infected VM: cut its link, AV through the hypervisor
+//!
+//! [[rule]]
+//! name = "conn-flood"             # state survives a reload under the same name
+//! metric = "established"          # established | syn_rate | rx_bytes | tx_bytes
+//! key = "remote"                  # remote | vm | iface | mac
+//! aggregate = "max"               # max | mean | rate (per second), over window_s
+//! window_s = 1
+//! above = 100                     # offending when the aggregate is > above
+//! below = 20                      # calm when < below (hysteresis between the two)
+//! calm_s = 120                    # calm this long -> release
+//! cooldown_s = 30                 # minimum time between two actions on a key
+//! verify_s = 30                   # deadline for the action to show (0: no verification)
+//! verify_max = 100                # "it took" = current value <= this (default: above)
+//! forget_s = 3600                 # calm this long -> back to the ladder's first rung
+//! max_keys = 100000               # keys tracked at most (blind-spot alert beyond)
+//! ladder = [{ action = "block", ttl_s = 600 }, { action = "cut_link" }, { action = "migrate" }]
+//! ```
+//!
 //! Unknown keys are errors (`deny_unknown_fields`): a misspelt `belw = 20` silently ignored
 //! would leave a block that is never released. Every error names the line and the field.
 
@@ -92,10 +126,15 @@ pub enum Step {
 /// One threshold rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
+    /// Unique; a reload keeps the state of the rule with the same name, metric and key kind.
     pub name: String,
+    /// The counter this rule watches.
     pub metric: Metric,
+    /// What the counter is tracked by (one window and one ladder position per key).
     pub key: KeyKind,
+    /// How the window becomes one value.
     pub aggregate: Aggregate,
+    /// Length of the sliding window.
     pub window_ns: Nanos,
     /// Offending when the aggregate is strictly above this.
     pub above: u64,
@@ -109,7 +148,10 @@ pub struct Rule {
     pub verify_ns: Nanos,
     /// Calm this long after release and the key starts again at the ladder's bottom.
     pub forget_ns: Nanos,
+    /// What successive offences do, bottom first; the top rung repeats no further.
     pub ladder: Vec<Step>,
+    /// After `verify_ns`, the current value must be at most this for the action to count.
+    pub verify_max: u64,
     /// Keys tracked at most; beyond, new keys are ignored and a blind-spot alert says so
     /// (spoofed sources must not grow the VO's memory without bound).
     pub max_keys: usize,
@@ -129,10 +171,14 @@ pub struct Actuators {
 /// The whole policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rules {
+    /// Start in dry-run (`Input::SetDryRun` overrides it).
     pub dry_run: bool,
+    /// The VO side's own MACs, never a block target.
     pub own_macs: Vec<Mac>,
     pub actuators: Actuators,
+    /// Minimum time between two blind-spot alerts from one source.
     pub blind_spot_cooldown_ns: Nanos,
+    /// Isolate a VM with an infected file (cut link, AV through the hypervisor).
     pub isolate_infected: bool,
     pub rules: Vec<Rule>,
 }
@@ -228,6 +274,7 @@ struct RawRule {
     #[serde(default = "default_forget")]
     forget_s: u64,
     ladder: Vec<Spanned<RawStep>>,
+    verify_max: Option<u64>,
     #[serde(default = "default_max_keys")]
     max_keys: usize,
 }
@@ -339,6 +386,7 @@ impl Rules {
                 forget_ns: secs(at, &field("forget_s"), r.forget_s)?,
                 ladder,
                 max_keys: r.max_keys,
+                verify_max: r.verify_max.unwrap_or(r.above),
             });
         }
         Ok(Rules {

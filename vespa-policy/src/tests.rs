@@ -233,11 +233,14 @@ fn verification_failure_escalates_and_alerts() {
         assert_eq!(count(&out, is_alert(AlertKind::DidNotTake)), 1, "by_ack={by_ack}: {out:?}");
         assert!(out.iter().any(|a| matches!(a, Action::Block { ttl_ns, .. } if *ttl_ns == 3600 * SECOND)), "by_ack={by_ack}: {out:?}");
     }
-    // A block that took: no alert.
-    let mut h = H::new(Rules::default_rules());
-    h.conn(0, "198.51.100.7", 150);
-    h.conn(20, "198.51.100.7", 30);
-    assert!(h.tick(31).is_empty());
+    // (verify_max, connections after the block, alerts)
+    for (verify_max, after, alerts) in [(100, 30, 0), (100, 100, 0), (10, 30, 1), (100, 101, 1)] {
+        let mut h = H::new(rules_with(&[("verify_s = 30", &format!("verify_s = 30\nverify_max = {verify_max}"))]));
+        h.conn(0, "198.51.100.7", 150);
+        h.conn(20, "198.51.100.7", after);
+        let out = h.tick(31);
+        assert_eq!(count(&out, is_alert(AlertKind::DidNotTake)), alerts, "verify_max={verify_max} after={after}: {out:?}");
+    }
 }
 
 #[test]
