@@ -275,8 +275,8 @@ fn sample(state: &mut State, key: &Key, metric: Metric, value: u64, source: Opti
 }
 
 fn tick(state: &mut State, now: Nanos, out: &mut Vec<Action>) {
-    // Blocks whose TTL ran out were removed by the controller's reaper: forget them, and a
-    // key still offending counts as a repeated offence (next rung).
+    // Blocks whose TTL ran out were removed by the controller's reaper: forget them. A key
+    // above the threshold again with nothing in place is a repeated offence (see `evaluate`).
     let expired: Vec<Effect> = state
         .effects
         .iter()
@@ -289,9 +289,6 @@ fn tick(state: &mut State, now: Nanos, out: &mut Vec<Action>) {
             if let Owner::Rule(name, key) = owner {
                 if let Some(ks) = state.rule_index(&name).and_then(|i| state.keys[i].get_mut(&key)) {
                     ks.owned.retain(|e| *e != effect);
-                    if ks.active {
-                        ks.acted = false;
-                    }
                 }
             }
         }
@@ -320,7 +317,8 @@ fn evaluate(state: &mut State, i: usize, key: &Key, ks: &mut KeyState, now: Nano
     if value > above {
         ks.calm_since = None;
         ks.last_offence_at = now;
-        if !ks.active {
+        // A crossing, or still above with nothing in place any more (a block expired).
+        if !ks.active || ks.owned.is_empty() {
             ks.active = true;
             ks.acted = false;
         }
@@ -359,7 +357,8 @@ fn evaluate(state: &mut State, i: usize, key: &Key, ks: &mut KeyState, now: Nano
     }
 
     let cooled = ks.last_action_at.is_none_or(|t| now.saturating_sub(t) >= cooldown);
-    if ks.active && !ks.acted && (force || cooled) {
+    // Never act while calming down: a cool-down that ends after the traffic dropped is no offence.
+    if ks.active && !ks.acted && (force || (cooled && ks.calm_since.is_none())) {
         act(state, i, key, ks, now, out);
     }
 

@@ -74,7 +74,8 @@ name = "conn-flood"
 metric = "established"
 key = "remote"
 aggregate = "max"
-window_s = 1
+# Max over 5 s: one missed or late 1 Hz sample neither starts nor interrupts "calm".
+window_s = 5
 above = 100
 below = 20
 calm_s = 120

@@ -71,7 +71,8 @@ fn threshold_crossing_hysteresis_and_calm_release() {
         ("calm for 120 s releases", &[(0, 150), (5, 10)], &[125], 1, 1),
         ("119 s of calm is not enough", &[(0, 150), (5, 10)], &[124], 1, 0),
         ("the band interrupts calm", &[(0, 150), (5, 10), (60, 50), (61, 10)], &[130, 180], 1, 0),
-        ("no data counts as calm", &[(0, 150)], &[1, 122], 1, 1),
+        ("no data counts as calm", &[(0, 150)], &[1, 10, 130], 1, 1),
+        ("a 5 s window bridges a missing sample", &[(0, 150), (5, 10), (6, 150), (7, 10)], &[130], 1, 0),
     ];
     for (name, samples, ticks, blocks, releases) in cases {
         let mut h = H::new(Rules::default_rules());
@@ -88,12 +89,12 @@ fn threshold_crossing_hysteresis_and_calm_release() {
 
 #[test]
 fn cool_down_defers_the_next_action() {
-    let mut h = H::new(rules_with(&[("calm_s = 120", "calm_s = 5")]));
+    let mut h = H::new(rules_with(&[("window_s = 5", "window_s = 1"), ("calm_s = 120", "calm_s = 5")]));
     assert_eq!(count(&h.conn(0, "198.51.100.7", 150), is_block), 1);
     h.conn(1, "198.51.100.7", 0);
     assert_eq!(count(&h.tick(7), is_release), 1, "released after 5 s calm");
     // (second, event, blocks expected from it)
-    let steps: &[(u64, Option<u64>, usize)] = &[(10, Some(150), 0), (29, None, 0), (30, None, 1), (31, Some(150), 0)];
+    let steps: &[(u64, Option<u64>, usize)] = &[(10, Some(150), 0), (29, Some(150), 0), (30, Some(150), 1), (31, Some(150), 0)];
     for (t, sample, blocks) in steps {
         let out = match sample {
             Some(n) => h.conn(*t, "198.51.100.7", *n),
@@ -105,7 +106,7 @@ fn cool_down_defers_the_next_action() {
 
 #[test]
 fn escalation_ladder_climbs_on_repeated_offences() {
-    let mut h = H::new(rules_with(&[("calm_s = 120", "calm_s = 5"), ("cooldown_s = 30", "cooldown_s = 0"), ("verify_s = 30", "verify_s = 0")]));
+    let mut h = H::new(rules_with(&[("window_s = 5", "window_s = 1"), ("calm_s = 120", "calm_s = 5"), ("cooldown_s = 30", "cooldown_s = 0"), ("verify_s = 30", "verify_s = 0")]));
     h.at(0, Input::Neighbour { ip: ip("10.0.0.9"), mac: mac("52:54:00:aa:bb:cc"), vm: Some("web".into()) });
     let target = Target::Mac(mac("52:54:00:aa:bb:cc"));
     // (expected action of the offence, expected undo when calm)
@@ -195,9 +196,10 @@ fn identical_actions_are_deduplicated() {
     assert_eq!(count(&h.all, is_block), 1, "one MAC, one block: {:?}", h.all);
     // One address calms down: the MAC stays blocked for the other.
     h.conn(3, "10.0.0.5", 0);
+    h.tick(10);
     h.conn(130, "10.0.0.6", 150);
+    h.tick(140);
     assert_eq!(count(&h.all, is_release), 0, "still held by 10.0.0.6: {:?}", h.all);
-    h.conn(131, "10.0.0.6", 0);
     h.tick(260);
     assert_eq!(count(&h.all, is_release), 1, "{:?}", h.all);
 }
@@ -209,6 +211,7 @@ fn dry_run_records_instead_of_acting() {
     h.conn(1, "198.51.100.7", 150);
     h.conn(40, "198.51.100.7", 150);
     h.conn(41, "198.51.100.7", 0);
+    h.tick(50);
     h.tick(200);
     assert!(h.all.iter().all(|a| !a.is_actuator()), "{:?}", h.all);
     let recorded: Vec<&Action> = h.all.iter().filter_map(|a| if let Action::DryRun(b) = a { Some(&**b) } else { None }).collect();
@@ -264,7 +267,8 @@ fn reload_keeps_state_of_remaining_rules() {
     assert_eq!(h.st.active_blocks().len(), 1);
     assert_eq!(h.st.level("conn-flood", &Key::Remote(ip("198.51.100.7"))), 1);
     h.conn(2, "198.51.100.7", 0);
-    assert_eq!(count(&h.tick(125), is_release), 1, "the kept state is released when calm");
+    h.tick(10);
+    assert_eq!(count(&h.tick(131), is_release), 1, "the kept state is released when calm");
     // A rule that disappears releases what it held.
     h.conn(200, "198.51.100.7", 250);
     let out = h.at(201, Input::Reload(Box::new(rules_with(&[("name = \"conn-flood\"", "name = \"other\"")]))));
@@ -313,11 +317,27 @@ fn connections_list_zeroes_remotes_it_no_longer_lists() {
         body: AlertBody::Connections { per_remote },
     };
     h.at(0, list(vec![(ip("198.51.100.7"), 150), (ip("192.0.2.1"), 3)]));
-    for t in 1..=122 {
+    for t in 1..=125 {
         h.at(t, list(vec![(ip("192.0.2.1"), 3)]));
     }
     assert_eq!(count(&h.all, is_block), 1);
     assert_eq!(count(&h.all, is_release), 1, "{:?}", h.all);
+}
+
+#[test]
+fn no_repeat_action_while_calming_after_a_block_expires() {
+    let mut h = H::new(rules_with(&[("verify_s = 30", "verify_s = 0")]));
+    h.conn(0, "198.51.100.7", 150);
+    h.conn(590, "198.51.100.7", 150);
+    h.conn(591, "198.51.100.7", 0);
+    // (second, blocks expected): the block expires at 600 while calming; a new crossing acts.
+    for (t, sample, blocks) in [(600, None, 0), (650, None, 0), (660, Some(150), 1)] {
+        let out = match sample {
+            Some(n) => h.conn(t, "198.51.100.7", n),
+            None => h.tick(t),
+        };
+        assert_eq!(count(&out, is_block), blocks, "t={t}: {out:?}");
+    }
 }
 
 #[test]
