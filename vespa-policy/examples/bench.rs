@@ -6,5 +6,8 @@ fn main() {
     let keys = args.next().and_then(Result::ok).unwrap_or(10_000);
     let inputs = args.next().and_then(Result::ok).unwrap_or(2_000_000);
     let rate = vespa_policy::bench_step(keys, inputs);
-    println!("{keys} keys, {inputs} inputs: {rate:.0} inputs/s ({:.0} ns/input)", 1e9 / rate);
+    println!(
+        "{keys} keys, {inputs} inputs: {rate:.0} inputs/s ({:.0} ns/input)",
+        1e9 / rate
+    );
 }

@@ -18,7 +18,15 @@ pub fn bench_step(keys: usize, inputs: usize) -> f64 {
     let mut now = 0;
     // Populate the tracked keys first, so the measurement runs against `keys` entries.
     for k in 0..keys {
-        step(&mut state, Input::Sample { key: Key::Remote(addr(k)), metric: Metric::Established, value: 5 }, now);
+        step(
+            &mut state,
+            Input::Sample {
+                key: Key::Remote(addr(k)),
+                metric: Metric::Established,
+                value: 5,
+            },
+            now,
+        );
     }
     let start = Instant::now();
     let mut produced = 0usize;
@@ -29,7 +37,16 @@ pub fn bench_step(keys: usize, inputs: usize) -> f64 {
             produced += step(&mut state, Input::Tick, now).len();
         }
         let value = if n % 97 == 0 { 150 } else { (n % 19) as u64 };
-        produced += step(&mut state, Input::Sample { key: Key::Remote(addr(k)), metric: Metric::Established, value }, now).len();
+        produced += step(
+            &mut state,
+            Input::Sample {
+                key: Key::Remote(addr(k)),
+                metric: Metric::Established,
+                value,
+            },
+            now,
+        )
+        .len();
     }
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     std::hint::black_box(produced);

@@ -8,8 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::rules::{KeyKind, Rules, Step};
-use crate::types::{Action, ActionId, AlertBody, AlertKind, Input, Key, Mac, Metric, Nanos, Target};
+use crate::types::{
+    Action, ActionId, AlertBody, AlertKind, Input, Key, Mac, Metric, Nanos, Target,
+};
 use crate::window::Window;
+
+mod control;
+use control::{health, infected, manual_release, on_result, rate_limited_blind_spot, reload};
 
 /// Something the policy has put in place and must be able to undo.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,7 +80,9 @@ impl KeyState {
             && self.level == 0
             && self.verify.is_none()
             && self.window.is_empty()
-            && self.last_action_at.is_none_or(|t| now.saturating_sub(t) >= cooldown)
+            && self
+                .last_action_at
+                .is_none_or(|t| now.saturating_sub(t) >= cooldown)
     }
 }
 
@@ -132,7 +139,16 @@ impl State {
 
     /// Targets currently blocked (including dry-run records).
     pub fn active_blocks(&self) -> Vec<Target> {
-        self.effects.keys().filter_map(|e| if let Effect::Blocked(t) = e { Some(*t) } else { None }).collect()
+        self.effects
+            .keys()
+            .filter_map(|e| {
+                if let Effect::Blocked(t) = e {
+                    Some(*t)
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Keys tracked across all rules.
@@ -142,7 +158,9 @@ impl State {
 
     /// The next ladder step of `key` under rule `rule` (0 when unknown).
     pub fn level(&self, rule: &str, key: &Key) -> usize {
-        self.rule_index(rule).and_then(|i| self.keys[i].get(key)).map_or(0, |k| k.level)
+        self.rule_index(rule)
+            .and_then(|i| self.keys[i].get(key))
+            .map_or(0, |k| k.level)
     }
 
     fn rule_index(&self, name: &str) -> Option<usize> {
@@ -178,7 +196,9 @@ pub fn step(state: &mut State, input: Input, now: Nanos) -> Vec<Action> {
     let mut out = Vec::new();
     match input {
         Input::Alert { origin, body, .. } => on_alert(state, origin, body, now, &mut out),
-        Input::Sample { key, metric, value } => sample(state, &key, metric, value, None, now, &mut out),
+        Input::Sample { key, metric, value } => {
+            sample(state, &key, metric, value, None, now, &mut out)
+        }
         Input::Tick => tick(state, now, &mut out),
         Input::ActionResult { id, ok, error } => on_result(state, id, ok, error, now, &mut out),
         Input::ManualRelease { key } => manual_release(state, &key, now, &mut out),
@@ -187,28 +207,78 @@ pub fn step(state: &mut State, input: Input, now: Nanos) -> Vec<Action> {
         Input::Neighbour { ip, mac, vm } => {
             state.neighbours.insert(ip, (mac, vm));
         }
-        Input::Health { origin, events_lost, map_full } => health(state, origin, events_lost, map_full, now, &mut out),
+        Input::Health {
+            origin,
+            events_lost,
+            map_full,
+        } => health(state, origin, events_lost, map_full, now, &mut out),
     }
     out
 }
 
 fn on_alert(state: &mut State, origin: String, body: AlertBody, now: Nanos, out: &mut Vec<Action>) {
     match body {
-        AlertBody::ConnThreshold { addr, established, .. } => {
-            sample(state, &Key::Remote(addr), Metric::Established, established, Some(&origin), now, out)
-        }
-        AlertBody::SynThreshold { addr, syns_in_second, .. } => {
-            sample(state, &Key::Remote(addr), Metric::SynRate, syns_in_second, Some(&origin), now, out)
-        }
-        AlertBody::Bandwidth { iface, rx_bytes, tx_bytes } => {
+        AlertBody::ConnThreshold {
+            addr, established, ..
+        } => sample(
+            state,
+            &Key::Remote(addr),
+            Metric::Established,
+            established,
+            Some(&origin),
+            now,
+            out,
+        ),
+        AlertBody::SynThreshold {
+            addr,
+            syns_in_second,
+            ..
+        } => sample(
+            state,
+            &Key::Remote(addr),
+            Metric::SynRate,
+            syns_in_second,
+            Some(&origin),
+            now,
+            out,
+        ),
+        AlertBody::Bandwidth {
+            iface,
+            rx_bytes,
+            tx_bytes,
+        } => {
             let key = Key::Iface(format!("{origin}:{iface}"));
-            sample(state, &key, Metric::RxBytes, rx_bytes, Some(&origin), now, out);
-            sample(state, &key, Metric::TxBytes, tx_bytes, Some(&origin), now, out);
+            sample(
+                state,
+                &key,
+                Metric::RxBytes,
+                rx_bytes,
+                Some(&origin),
+                now,
+                out,
+            );
+            sample(
+                state,
+                &key,
+                Metric::TxBytes,
+                tx_bytes,
+                Some(&origin),
+                now,
+                out,
+            );
         }
         AlertBody::Connections { per_remote } => {
             let seen: BTreeSet<IpAddr> = per_remote.iter().map(|(ip, _)| *ip).collect();
             for (ip, n) in per_remote {
-                sample(state, &Key::Remote(ip), Metric::Established, n, Some(&origin), now, out);
+                sample(
+                    state,
+                    &Key::Remote(ip),
+                    Metric::Established,
+                    n,
+                    Some(&origin),
+                    now,
+                    out,
+                );
             }
             // The list holds every remote the agent sees: one it no longer lists has none.
             let mut gone = Vec::new();
@@ -227,7 +297,11 @@ fn on_alert(state: &mut State, origin: String, body: AlertBody, now: Nanos, out:
                 sample(state, &key, Metric::Established, 0, Some(&origin), now, out);
             }
         }
-        AlertBody::Infected { vm, file, signature } => infected(state, &origin, vm, &file, &signature, out),
+        AlertBody::Infected {
+            vm,
+            file,
+            signature,
+        } => infected(state, &origin, vm, &file, &signature, out),
         // Already shown to operators by the VO; the policy learns failures from ActionResult.
         AlertBody::ActuatorFailed { .. } | AlertBody::Text(_) => {}
     }
@@ -236,11 +310,22 @@ fn on_alert(state: &mut State, origin: String, body: AlertBody, now: Nanos, out:
 fn key_matches(kind: KeyKind, key: &Key) -> bool {
     matches!(
         (kind, key),
-        (KeyKind::Remote, Key::Remote(_)) | (KeyKind::Vm, Key::Vm(_)) | (KeyKind::Iface, Key::Iface(_)) | (KeyKind::Mac, Key::Mac(_))
+        (KeyKind::Remote, Key::Remote(_))
+            | (KeyKind::Vm, Key::Vm(_))
+            | (KeyKind::Iface, Key::Iface(_))
+            | (KeyKind::Mac, Key::Mac(_))
     )
 }
 
-fn sample(state: &mut State, key: &Key, metric: Metric, value: u64, source: Option<&str>, now: Nanos, out: &mut Vec<Action>) {
+fn sample(
+    state: &mut State,
+    key: &Key,
+    metric: Metric,
+    value: u64,
+    source: Option<&str>,
+    now: Nanos,
+    out: &mut Vec<Action>,
+) {
     for i in 0..state.rules.rules.len() {
         let rule = &state.rules.rules[i];
         if rule.metric != metric || !key_matches(rule.key, key) {
@@ -249,8 +334,17 @@ fn sample(state: &mut State, key: &Key, metric: Metric, value: u64, source: Opti
         let (window, cooldown) = (rule.window_ns, rule.cooldown_ns);
         if !state.keys[i].contains_key(key) {
             if state.keys[i].len() >= rule.max_keys {
-                let text = format!("rule {}: {} keys tracked, new keys such as {key} are ignored", rule.name, rule.max_keys);
-                rate_limited_blind_spot(state, format!("policy rule {}", state.rules.rules[i].name), text, now, out);
+                let text = format!(
+                    "rule {}: {} keys tracked, new keys such as {key} are ignored",
+                    rule.name, rule.max_keys
+                );
+                rate_limited_blind_spot(
+                    state,
+                    format!("policy rule {}", state.rules.rules[i].name),
+                    text,
+                    now,
+                    out,
+                );
                 continue;
             }
             state.keys[i].insert(key.clone(), KeyState::default());
@@ -284,10 +378,15 @@ fn tick(state: &mut State, now: Nanos, out: &mut Vec<Action>) {
         .map(|(e, _)| e.clone())
         .collect();
     for effect in expired {
-        let Some(es) = state.effects.remove(&effect) else { continue };
+        let Some(es) = state.effects.remove(&effect) else {
+            continue;
+        };
         for owner in es.owners {
             if let Owner::Rule(name, key) = owner {
-                if let Some(ks) = state.rule_index(&name).and_then(|i| state.keys[i].get_mut(&key)) {
+                if let Some(ks) = state
+                    .rule_index(&name)
+                    .and_then(|i| state.keys[i].get_mut(&key))
+                {
                     ks.owned.retain(|e| *e != effect);
                 }
             }
@@ -306,12 +405,27 @@ fn tick(state: &mut State, now: Nanos, out: &mut Vec<Action>) {
 
 /// Applies rule `i` to one key. `state.keys[i]` is out of `state` meanwhile (see `sample`):
 /// nothing here may look keys up.
-fn evaluate(state: &mut State, i: usize, key: &Key, ks: &mut KeyState, now: Nanos, out: &mut Vec<Action>) {
+fn evaluate(
+    state: &mut State,
+    i: usize,
+    key: &Key,
+    ks: &mut KeyState,
+    now: Nanos,
+    out: &mut Vec<Action>,
+) {
     let rule = &state.rules.rules[i];
     let (above, below, window, how) = (rule.above, rule.below, rule.window_ns, rule.aggregate);
-    let (calm_ns, cooldown, forget, verify_max) = (rule.calm_ns, rule.cooldown_ns, rule.forget_ns, rule.verify_max);
+    let (calm_ns, cooldown, forget, verify_max) = (
+        rule.calm_ns,
+        rule.cooldown_ns,
+        rule.forget_ns,
+        rule.verify_max,
+    );
     // Verification looks at the samples since the action, read before the window drops them.
-    let verified_value = ks.verify.filter(|v| now >= v.deadline).map(|v| ks.window.current_since(how, v.since, now));
+    let verified_value = ks
+        .verify
+        .filter(|v| now >= v.deadline)
+        .map(|v| ks.window.current_since(how, v.since, now));
     ks.window.prune(now, window);
     let value = ks.window.aggregate(how, now, window);
     if value > above {
@@ -356,19 +470,32 @@ fn evaluate(state: &mut State, i: usize, key: &Key, ks: &mut KeyState, now: Nano
         }
     }
 
-    let cooled = ks.last_action_at.is_none_or(|t| now.saturating_sub(t) >= cooldown);
+    let cooled = ks
+        .last_action_at
+        .is_none_or(|t| now.saturating_sub(t) >= cooldown);
     // Never act while calming down: a cool-down that ends after the traffic dropped is no offence.
     if ks.active && !ks.acted && (force || (cooled && ks.calm_since.is_none())) {
         act(state, i, key, ks, now, out);
     }
 
-    if !ks.active && ks.owned.is_empty() && ks.level > 0 && now.saturating_sub(ks.last_offence_at) >= forget {
+    if !ks.active
+        && ks.owned.is_empty()
+        && ks.level > 0
+        && now.saturating_sub(ks.last_offence_at) >= forget
+    {
         ks.level = 0;
     }
 }
 
 /// Takes the next applicable rung of rule `i`'s ladder for `key`.
-fn act(state: &mut State, i: usize, key: &Key, ks: &mut KeyState, now: Nanos, out: &mut Vec<Action>) {
+fn act(
+    state: &mut State,
+    i: usize,
+    key: &Key,
+    ks: &mut KeyState,
+    now: Nanos,
+    out: &mut Vec<Action>,
+) {
     let name = state.rules.rules[i].name.clone();
     let verify_ns = state.rules.rules[i].verify_ns;
     ks.acted = true;
@@ -376,7 +503,13 @@ fn act(state: &mut State, i: usize, key: &Key, ks: &mut KeyState, now: Nanos, ou
         let Some(rung) = state.rules.rules[i].ladder.get(ks.level).cloned() else {
             if !ks.exhausted_alerted {
                 ks.exhausted_alerted = true;
-                State::alert(out, AlertKind::LadderExhausted, format!("rule {name}: {key} still offending and the ladder has no further step"));
+                State::alert(
+                    out,
+                    AlertKind::LadderExhausted,
+                    format!(
+                        "rule {name}: {key} still offending and the ladder has no further step"
+                    ),
+                );
             }
             return;
         };
@@ -384,22 +517,61 @@ fn act(state: &mut State, i: usize, key: &Key, ks: &mut KeyState, now: Nanos, ou
         let a = state.rules.actuators.clone();
         let (effect, expires, action) = match rung {
             Step::Block { ttl_ns } => {
-                let Some(target) = block_target(state, key) else { continue };
+                let Some(target) = block_target(state, key) else {
+                    continue;
+                };
                 let id = state.id();
-                (Effect::Blocked(target), Some(now.saturating_add(ttl_ns)), Action::Block { id, target, ttl_ns, via: a.sdn })
+                (
+                    Effect::Blocked(target),
+                    Some(now.saturating_add(ttl_ns)),
+                    Action::Block {
+                        id,
+                        target,
+                        ttl_ns,
+                        via: a.sdn,
+                    },
+                )
             }
             Step::CutLink => {
-                let Some(vm) = vm_of(state, key) else { continue };
+                let Some(vm) = vm_of(state, key) else {
+                    continue;
+                };
                 let id = state.id();
-                (Effect::LinkCut(vm.clone()), None, Action::CutLink { id, vm, via: a.libvirt })
+                (
+                    Effect::LinkCut(vm.clone()),
+                    None,
+                    Action::CutLink {
+                        id,
+                        vm,
+                        via: a.libvirt,
+                    },
+                )
             }
             Step::Migrate => {
-                let Some(vm) = vm_of(state, key) else { continue };
+                let Some(vm) = vm_of(state, key) else {
+                    continue;
+                };
                 let id = state.id();
-                (Effect::Quarantined(vm.clone()), None, Action::Migrate { id, vm, to: a.quarantine, via: a.libvirt })
+                (
+                    Effect::Quarantined(vm.clone()),
+                    None,
+                    Action::Migrate {
+                        id,
+                        vm,
+                        to: a.quarantine,
+                        via: a.libvirt,
+                    },
+                )
             }
         };
-        let emitted = apply_effect(state, effect.clone(), Owner::Rule(name.clone(), key.clone()), expires, action, out);
+        let emitted = apply_effect(
+            state,
+            effect.clone(),
+            Owner::Rule(name.clone(), key.clone()),
+            expires,
+            action,
+            out,
+        );
         if !ks.owned.contains(&effect) {
             ks.owned.push(effect);
         }
@@ -408,7 +580,11 @@ fn act(state: &mut State, i: usize, key: &Key, ks: &mut KeyState, now: Nanos, ou
             if let Some(id) = emitted {
                 state.pending.insert(id, (name.clone(), key.clone()));
             }
-            ks.verify = Some(Verify { deadline: now.saturating_add(verify_ns), since: now, id: emitted });
+            ks.verify = Some(Verify {
+                deadline: now.saturating_add(verify_ns),
+                since: now,
+                id: emitted,
+            });
         }
         return;
     }
@@ -416,9 +592,20 @@ fn act(state: &mut State, i: usize, key: &Key, ks: &mut KeyState, now: Nanos, ou
 
 /// Records `effect` for `owner` and emits `action` unless an identical effect is already in
 /// place (deduplication). A longer block on an already blocked target is not identical.
-fn apply_effect(state: &mut State, effect: Effect, owner: Owner, expires: Option<Nanos>, action: Action, out: &mut Vec<Action>) -> Option<ActionId> {
+fn apply_effect(
+    state: &mut State,
+    effect: Effect,
+    owner: Owner,
+    expires: Option<Nanos>,
+    action: Action,
+    out: &mut Vec<Action>,
+) -> Option<ActionId> {
     let dry = state.is_dry_run();
-    let ttl_ns = if let Action::Block { ttl_ns, .. } = &action { Some(*ttl_ns) } else { None };
+    let ttl_ns = if let Action::Block { ttl_ns, .. } = &action {
+        Some(*ttl_ns)
+    } else {
+        None
+    };
     if let Some(es) = state.effects.get_mut(&effect) {
         es.owners.insert(owner);
         let longer = matches!((es.ttl_ns, ttl_ns), (Some(old), Some(new)) if new > old);
@@ -430,7 +617,15 @@ fn apply_effect(state: &mut State, effect: Effect, owner: Owner, expires: Option
         es.ttl_ns = ttl_ns.max(es.ttl_ns);
         es.dry &= dry;
     } else {
-        state.effects.insert(effect, EffectState { owners: BTreeSet::from([owner]), expires_at: expires, ttl_ns, dry });
+        state.effects.insert(
+            effect,
+            EffectState {
+                owners: BTreeSet::from([owner]),
+                expires_at: expires,
+                ttl_ns,
+                dry,
+            },
+        );
     }
     let id = action.id();
     state.emit(out, action);
@@ -440,7 +635,9 @@ fn apply_effect(state: &mut State, effect: Effect, owner: Owner, expires: Option
 /// Lets `owner` go of `owned`; effects without owners left are undone.
 fn release_owned(state: &mut State, owner: &Owner, owned: &mut Vec<Effect>, out: &mut Vec<Action>) {
     for effect in owned.drain(..) {
-        let Some(es) = state.effects.get_mut(&effect) else { continue };
+        let Some(es) = state.effects.get_mut(&effect) else {
+            continue;
+        };
         es.owners.remove(owner);
         if !es.owners.is_empty() {
             continue;
@@ -449,11 +646,30 @@ fn release_owned(state: &mut State, owner: &Owner, owned: &mut Vec<Effect>, out:
         state.effects.remove(&effect);
         let a = state.rules.actuators.clone();
         let action = match &effect {
-            Effect::Blocked(target) => Action::Release { id: state.id(), target: *target, via: a.sdn },
-            Effect::LinkCut(vm) => Action::ConnectLink { id: state.id(), vm: vm.clone(), via: a.libvirt },
-            Effect::AvIsolated(vm, av) => Action::AvConnect { id: state.id(), vm: vm.clone(), av_agent: av.clone() },
+            Effect::Blocked(target) => Action::Release {
+                id: state.id(),
+                target: *target,
+                via: a.sdn,
+            },
+            Effect::LinkCut(vm) => Action::ConnectLink {
+                id: state.id(),
+                vm: vm.clone(),
+                via: a.libvirt,
+            },
+            Effect::AvIsolated(vm, av) => Action::AvConnect {
+                id: state.id(),
+                vm: vm.clone(),
+                av_agent: av.clone(),
+            },
             Effect::Quarantined(vm) => {
-                State::alert(out, AlertKind::Notice, format!("vm {vm} stays on quarantine host {}: migrate it back by hand", a.quarantine));
+                State::alert(
+                    out,
+                    AlertKind::Notice,
+                    format!(
+                        "vm {vm} stays on quarantine host {}: migrate it back by hand",
+                        a.quarantine
+                    ),
+                );
                 continue;
             }
         };
@@ -461,7 +677,11 @@ fn release_owned(state: &mut State, owner: &Owner, owned: &mut Vec<Effect>, out:
             out.push(Action::DryRun(Box::new(action)));
         } else {
             if state.is_dry_run() {
-                State::alert(out, AlertKind::Notice, format!("dry-run: {effect:?} was really done and is left in place"));
+                State::alert(
+                    out,
+                    AlertKind::Notice,
+                    format!("dry-run: {effect:?} was really done and is left in place"),
+                );
             }
             state.emit(out, action);
         }
@@ -488,140 +708,11 @@ fn vm_of(state: &State, key: &Key) -> Option<String> {
     match key {
         Key::Vm(vm) => Some(vm.clone()),
         Key::Remote(ip) => state.neighbours.get(ip).and_then(|(_, vm)| vm.clone()),
-        Key::Mac(mac) => state.neighbours.values().find(|(m, vm)| m == mac && vm.is_some()).and_then(|(_, vm)| vm.clone()),
+        Key::Mac(mac) => state
+            .neighbours
+            .values()
+            .find(|(m, vm)| m == mac && vm.is_some())
+            .and_then(|(_, vm)| vm.clone()),
         Key::Iface(_) => None,
-    }
-}
-
-fn infected(state: &mut State, origin: &str, vm: String, file: &str, signature: &str, out: &mut Vec<Action>) {
-    State::alert(out, AlertKind::Notice, format!("infected file {file:?} ({signature}) in vm {vm}"));
-    if !state.rules.isolate_infected {
-        return;
-    }
-    let a = state.rules.actuators.clone();
-    let id = state.id();
-    let cut = Action::CutLink { id, vm: vm.clone(), via: a.libvirt };
-    apply_effect(state, Effect::LinkCut(vm.clone()), Owner::Infection, None, cut, out);
-    // The alert's origin is the AV agent watching this VM; it must now go through the hypervisor.
-    let id = state.id();
-    let av = Action::AvIsolate { id, vm: vm.clone(), av_agent: origin.to_string(), hypervisor_agent: a.hypervisor };
-    apply_effect(state, Effect::AvIsolated(vm, origin.to_string()), Owner::Infection, None, av, out);
-}
-
-fn on_result(state: &mut State, id: ActionId, ok: bool, error: Option<String>, now: Nanos, out: &mut Vec<Action>) {
-    let pending = state.pending.remove(&id);
-    if ok {
-        return;
-    }
-    let why = error.unwrap_or_else(|| "no reason given".into());
-    let Some((name, key)) = pending else {
-        if id >= state.next_id {
-            return; // Not an id this policy issued.
-        }
-        State::alert(out, AlertKind::DidNotTake, format!("action {id} failed: {why}"));
-        return;
-    };
-    State::alert(out, AlertKind::DidNotTake, format!("rule {name}: action {id} on {key} did not take: {why}"));
-    let Some(i) = state.rule_index(&name) else { return };
-    let Some(mut ks) = state.keys[i].remove(&key) else { return };
-    if ks.verify.is_some_and(|v| v.id == Some(id)) && ks.active {
-        ks.verify = None;
-        act(state, i, &key, &mut ks, now, out);
-    }
-    state.keys[i].insert(key, ks);
-}
-
-fn manual_release(state: &mut State, key: &Key, now: Nanos, out: &mut Vec<Action>) {
-    for i in 0..state.keys.len() {
-        let Some(mut ks) = state.keys[i].remove(key) else { continue };
-        let name = state.rules.rules[i].name.clone();
-        release_owned(state, &Owner::Rule(name, key.clone()), &mut ks.owned, out);
-        if let Some(id) = ks.verify.take().and_then(|v| v.id) {
-            state.pending.remove(&id);
-        }
-        // The operator's word: start over, and give them a cool-down before acting again.
-        ks.active = false;
-        ks.acted = false;
-        ks.level = 0;
-        ks.calm_since = None;
-        ks.exhausted_alerted = false;
-        ks.last_action_at = Some(now);
-        state.keys[i].insert(key.clone(), ks);
-    }
-    // The operator names what they see blocked: release it whoever holds it.
-    let target = match key {
-        Key::Remote(ip) => Some(Target::Ip(*ip)),
-        Key::Mac(mac) => Some(Target::Mac(*mac)),
-        Key::Vm(_) | Key::Iface(_) => None,
-    };
-    if let Some(es) = target.and_then(|t| state.effects.get(&Effect::Blocked(t))) {
-        let holders: Vec<Key> = es.owners.iter().filter_map(|o| if let Owner::Rule(_, k) = o { Some(k.clone()) } else { None }).collect();
-        for holder in holders {
-            if holder != *key {
-                manual_release(state, &holder, now, out);
-            }
-        }
-    }
-    if let Key::Vm(vm) = key {
-        let mut owned: Vec<Effect> = state
-            .effects
-            .iter()
-            .filter(|(e, s)| s.owners.contains(&Owner::Infection) && matches!(e, Effect::LinkCut(v) | Effect::AvIsolated(v, _) if v == vm))
-            .map(|(e, _)| e.clone())
-            .collect();
-        release_owned(state, &Owner::Infection, &mut owned, out);
-    }
-}
-
-fn reload(state: &mut State, rules: Rules, out: &mut Vec<Action>) {
-    let old_rules = std::mem::replace(&mut state.rules, rules);
-    let mut old_keys = std::mem::take(&mut state.keys);
-    let mut keys = Vec::with_capacity(state.rules.rules.len());
-    for new in &state.rules.rules {
-        let carried = old_rules
-            .rules
-            .iter()
-            .position(|o| o.name == new.name && o.metric == new.metric && o.key == new.key)
-            .map(|j| std::mem::take(&mut old_keys[j]));
-        let mut map = carried.unwrap_or_default();
-        for ks in map.values_mut() {
-            ks.level = ks.level.min(new.ladder.len());
-        }
-        keys.push(map);
-    }
-    state.keys = keys;
-    // Keys of rules that are gone: nobody will ever release what they hold, so release now.
-    for (j, map) in old_keys.into_iter().enumerate() {
-        let name = old_rules.rules[j].name.clone();
-        for (key, mut ks) in map {
-            release_owned(state, &Owner::Rule(name.clone(), key.clone()), &mut ks.owned, out);
-            if let Some(id) = ks.verify.and_then(|v| v.id) {
-                state.pending.remove(&id);
-            }
-        }
-    }
-}
-
-fn health(state: &mut State, origin: String, events_lost: u64, map_full: u64, now: Nanos, out: &mut Vec<Action>) {
-    let h = state.health.entry(origin.clone()).or_default();
-    // Totals that went down mean the agent restarted: everything it reports is new.
-    let lost = if events_lost >= h.events_lost { events_lost - h.events_lost } else { events_lost };
-    let full = if map_full >= h.map_full { map_full - h.map_full } else { map_full };
-    h.events_lost = events_lost;
-    h.map_full = map_full;
-    if lost > 0 || full > 0 {
-        let text = format!("blind spot: sensor {origin} lost {lost} events and hit {full} full-map updates; attacks may go unseen");
-        rate_limited_blind_spot(state, origin, text, now, out);
-    }
-}
-
-/// One blind-spot alert per source per cool-down: a sensor losing events every second must
-/// not bury the operator (the totals keep counting meanwhile).
-fn rate_limited_blind_spot(state: &mut State, source: String, text: String, now: Nanos, out: &mut Vec<Action>) {
-    let cooldown = state.rules.blind_spot_cooldown_ns;
-    let h = state.health.entry(source).or_default();
-    if h.last_alert.is_none_or(|t| now.saturating_sub(t) >= cooldown) {
-        h.last_alert = Some(now);
-        State::alert(out, AlertKind::BlindSpot, text);
     }
 }

@@ -27,4 +27,6 @@ mod tests;
 pub use bench::bench_step;
 pub use engine::{step, Effect, State};
 pub use rules::{Actuators, Aggregate, KeyKind, Rule, Rules, RulesError, Step, DEFAULT_RULES};
-pub use types::{Action, ActionId, AlertBody, AlertKind, Input, Key, Mac, Metric, Nanos, Target, SECOND};
+pub use types::{
+    Action, ActionId, AlertBody, AlertKind, Input, Key, Mac, Metric, Nanos, Target, SECOND,
+};

@@ -12,22 +12,41 @@ fn addr(i: u8) -> IpAddr {
 
 /// One input and the seconds elapsed before it. `max_conn` bounds the samples.
 fn input(max_conn: u64, disruptive: bool) -> impl Strategy<Value = (u64, Input)> {
-    let sample = (0u8..4, 0..=max_conn).prop_map(|(i, n)| Input::Sample { key: Key::Remote(addr(i)), metric: Metric::Established, value: n });
-    let neighbour = (0u8..4, 0u8..3, proptest::option::of(0u8..2)).prop_map(|(i, m, vm)| Input::Neighbour {
-        ip: addr(i),
-        mac: Mac([0x52, 0x54, 0, 0, 0, m]),
-        vm: vm.map(|v| format!("vm{v}")),
+    let sample = (0u8..4, 0..=max_conn).prop_map(|(i, n)| Input::Sample {
+        key: Key::Remote(addr(i)),
+        metric: Metric::Established,
+        value: n,
     });
-    let result = (1u64..30, any::<bool>()).prop_map(|(id, ok)| Input::ActionResult { id, ok, error: None });
-    let release = (0u8..4).prop_map(|i| Input::ManualRelease { key: Key::Remote(addr(i)) });
+    let neighbour =
+        (0u8..4, 0u8..3, proptest::option::of(0u8..2)).prop_map(|(i, m, vm)| Input::Neighbour {
+            ip: addr(i),
+            mac: Mac([0x52, 0x54, 0, 0, 0, m]),
+            vm: vm.map(|v| format!("vm{v}")),
+        });
+    let result = (1u64..30, any::<bool>()).prop_map(|(id, ok)| Input::ActionResult {
+        id,
+        ok,
+        error: None,
+    });
+    let release = (0u8..4).prop_map(|i| Input::ManualRelease {
+        key: Key::Remote(addr(i)),
+    });
     let infected = (0u8..2).prop_map(|v| Input::Alert {
         origin: "Agent_AV".into(),
         path: vec![],
         timestamp_ns: 0,
-        body: AlertBody::Infected { vm: format!("vm{v}"), file: "f".into(), signature: "s".into() },
+        body: AlertBody::Infected {
+            vm: format!("vm{v}"),
+            file: "f".into(),
+            signature: "s".into(),
+        },
     });
     let calm = prop_oneof![sample, neighbour, result, Just(Input::Tick)];
-    let any_input = if disruptive { prop_oneof![4 => calm, 1 => release, 1 => infected].boxed() } else { calm.boxed() };
+    let any_input = if disruptive {
+        prop_oneof![4 => calm, 1 => release, 1 => infected].boxed()
+    } else {
+        calm.boxed()
+    };
     (0u64..40, any_input)
 }
 

@@ -304,7 +304,8 @@ struct RawStep {
 const MAX_SECONDS: u64 = 7 * 24 * 3600;
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(1, |head| head.matches('\n').count() + 1)
+    text.get(..offset)
+        .map_or(1, |head| head.matches('\n').count() + 1)
 }
 
 impl Rules {
@@ -322,11 +323,19 @@ impl Rules {
         };
         let mut own_macs = Vec::new();
         for m in &raw.own_macs {
-            own_macs.push(m.get_ref().parse::<Mac>().map_err(|e| err(m.span().start, "own_macs", e))?);
+            own_macs.push(
+                m.get_ref()
+                    .parse::<Mac>()
+                    .map_err(|e| err(m.span().start, "own_macs", e))?,
+            );
         }
         let secs = |offset: usize, field: &str, s: u64| {
             if s > MAX_SECONDS {
-                Err(err(offset, field, format!("{s} s is more than the {MAX_SECONDS} s allowed")))
+                Err(err(
+                    offset,
+                    field,
+                    format!("{s} s is more than the {MAX_SECONDS} s allowed"),
+                ))
             } else {
                 Ok(s * SECOND)
             }
@@ -340,10 +349,21 @@ impl Rules {
                 return Err(err(at, "rule: name", "must not be empty".into()));
             }
             if rules.iter().any(|other| other.name == r.name) {
-                return Err(err(at, &field("name"), "a rule of this name is already defined".into()));
+                return Err(err(
+                    at,
+                    &field("name"),
+                    "a rule of this name is already defined".into(),
+                ));
             }
             if r.below > r.above {
-                return Err(err(at, &field("below"), format!("{} is above `above` ({}): no hysteresis band", r.below, r.above)));
+                return Err(err(
+                    at,
+                    &field("below"),
+                    format!(
+                        "{} is above `above` ({}): no hysteresis band",
+                        r.below, r.above
+                    ),
+                ));
             }
             if r.window_s == 0 {
                 return Err(err(at, &field("window_s"), "must be at least 1".into()));
@@ -358,14 +378,35 @@ impl Rules {
             for step in &r.ladder {
                 let s_at = step.span().start;
                 let s = step.get_ref();
-                let parsed = match (s.action.as_str(), s.ttl_s) {
-                    ("block", Some(ttl)) if ttl > 0 => Step::Block { ttl_ns: secs(s_at, &field("ladder.ttl_s"), ttl)? },
-                    ("block", _) => return Err(err(s_at, &field("ladder.ttl_s"), "a block needs ttl_s > 0 (blocks always expire)".into())),
-                    ("cut_link", None) => Step::CutLink,
-                    ("migrate", None) => Step::Migrate,
-                    ("cut_link" | "migrate", Some(_)) => return Err(err(s_at, &field("ladder.ttl_s"), format!("only block takes a ttl_s, not {}", s.action))),
-                    (other, _) => return Err(err(s_at, &field("ladder.action"), format!("unknown action {other:?} (expected block, cut_link or migrate)"))),
-                };
+                let parsed =
+                    match (s.action.as_str(), s.ttl_s) {
+                        ("block", Some(ttl)) if ttl > 0 => Step::Block {
+                            ttl_ns: secs(s_at, &field("ladder.ttl_s"), ttl)?,
+                        },
+                        ("block", _) => {
+                            return Err(err(
+                                s_at,
+                                &field("ladder.ttl_s"),
+                                "a block needs ttl_s > 0 (blocks always expire)".into(),
+                            ))
+                        }
+                        ("cut_link", None) => Step::CutLink,
+                        ("migrate", None) => Step::Migrate,
+                        ("cut_link" | "migrate", Some(_)) => {
+                            return Err(err(
+                                s_at,
+                                &field("ladder.ttl_s"),
+                                format!("only block takes a ttl_s, not {}", s.action),
+                            ))
+                        }
+                        (other, _) => return Err(err(
+                            s_at,
+                            &field("ladder.action"),
+                            format!(
+                                "unknown action {other:?} (expected block, cut_link or migrate)"
+                            ),
+                        )),
+                    };
                 ladder.push(parsed);
             }
             rules.push(Rule {
@@ -416,19 +457,32 @@ mod tests {
         let r = Rules::from_toml(DEFAULT_RULES).expect("default rules must parse");
         assert_eq!(r.rules.len(), 1);
         let conn = &r.rules[0];
-        assert_eq!((conn.above, conn.below, conn.calm_ns), (100, 20, 120 * SECOND));
-        assert_eq!(conn.ladder.len(), 4, "block, longer block, cut link, migrate");
+        assert_eq!(
+            (conn.above, conn.below, conn.calm_ns),
+            (100, 20, 120 * SECOND)
+        );
+        assert_eq!(
+            conn.ladder.len(),
+            4,
+            "block, longer block, cut link, migrate"
+        );
         assert!(r.isolate_infected);
     }
 
     #[test]
     fn errors_name_line_and_field() {
         // (body, line within the body or 0 for "somewhere in it", text the error must show)
-        let top: &[(&str, usize, &str)] = &[("belw = 20", 1, "belw"), ("own_macs = [\"zz\"]", 1, "own_macs")];
+        let top: &[(&str, usize, &str)] = &[
+            ("belw = 20", 1, "belw"),
+            ("own_macs = [\"zz\"]", 1, "own_macs"),
+        ];
         for (body, line, needle) in top {
             let text = format!("{body}\n[actuators]\nsdn = \"s\"\nlibvirt = \"l\"\nquarantine = \"q\"\nav = \"a\"\nhypervisor = \"h\"\n");
             let e = Rules::from_toml(&text).expect_err(&format!("{body:?} must be refused"));
-            assert!(e.to_string().contains(needle), "{body:?}: {e} should mention {needle:?}");
+            assert!(
+                e.to_string().contains(needle),
+                "{body:?}: {e} should mention {needle:?}"
+            );
             assert_eq!(e.line, Some(*line), "{body:?}: {e}");
         }
         let cases: &[(&str, usize, &str)] = &[
@@ -442,7 +496,10 @@ mod tests {
             let text = format!("{head}{body}");
             let e = Rules::from_toml(&text).expect_err(&format!("{body:?} must be refused"));
             let shown = e.to_string();
-            assert!(shown.contains(needle), "{body:?}: {shown:?} should mention {needle:?}");
+            assert!(
+                shown.contains(needle),
+                "{body:?}: {shown:?} should mention {needle:?}"
+            );
             if *line > 0 {
                 assert_eq!(e.line, Some(head_lines + line), "{body:?}: {shown}");
             } else {

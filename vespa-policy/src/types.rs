@@ -21,7 +21,11 @@ pub struct Mac(pub [u8; 6]);
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -33,11 +37,16 @@ impl FromStr for Mac {
         let mut out = [0u8; 6];
         let mut parts = s.split([':', '-']);
         for byte in &mut out {
-            let part = parts.next().ok_or_else(|| format!("{s:?} is not a MAC address (too short)"))?;
+            let part = parts
+                .next()
+                .ok_or_else(|| format!("{s:?} is not a MAC address (too short)"))?;
             if part.len() != 2 {
-                return Err(format!("{s:?} is not a MAC address (expected two hex digits per byte)"));
+                return Err(format!(
+                    "{s:?} is not a MAC address (expected two hex digits per byte)"
+                ));
             }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| format!("{s:?} is not a MAC address (bad hex {part:?})"))?;
+            *byte = u8::from_str_radix(part, 16)
+                .map_err(|_| format!("{s:?} is not a MAC address (bad hex {part:?})"))?;
         }
         if parts.next().is_some() {
             return Err(format!("{s:?} is not a MAC address (too long)"));
@@ -105,17 +114,37 @@ impl fmt::Display for Target {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlertBody {
     /// A remote address holds more established connections than the agent's limit.
-    ConnThreshold { addr: IpAddr, established: u64, threshold: u64 },
+    ConnThreshold {
+        addr: IpAddr,
+        established: u64,
+        threshold: u64,
+    },
     /// A remote address sent more SYNs in one second than the agent's limit.
-    SynThreshold { addr: IpAddr, syns_in_second: u64, threshold: u64 },
+    SynThreshold {
+        addr: IpAddr,
+        syns_in_second: u64,
+        threshold: u64,
+    },
     /// Byte totals of one interface.
-    Bandwidth { iface: String, rx_bytes: u64, tx_bytes: u64 },
+    Bandwidth {
+        iface: String,
+        rx_bytes: u64,
+        tx_bytes: u64,
+    },
     /// Established connections per remote address (every remote the agent sees).
     Connections { per_remote: Vec<(IpAddr, u64)> },
     /// The antivirus found an infected file in a VM.
-    Infected { vm: String, file: String, signature: String },
+    Infected {
+        vm: String,
+        file: String,
+        signature: String,
+    },
     /// An actuator reported a failure on its own (not tied to an action id).
-    ActuatorFailed { actuator: String, action: String, error: String },
+    ActuatorFailed {
+        actuator: String,
+        action: String,
+        error: String,
+    },
     /// Free text; never parsed.
     Text(String),
 }
@@ -129,13 +158,26 @@ pub type ActionId = u64;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// An alert that climbed the tree. `origin` is the agent that raised it.
-    Alert { origin: String, path: Vec<String>, timestamp_ns: u64, body: AlertBody },
+    Alert {
+        origin: String,
+        path: Vec<String>,
+        timestamp_ns: u64,
+        body: AlertBody,
+    },
     /// A counter sample from any source (e.g. per-VM bytes read by the VO itself).
-    Sample { key: Key, metric: Metric, value: u64 },
+    Sample {
+        key: Key,
+        metric: Metric,
+        value: u64,
+    },
     /// Time passes: releases, verification deadlines, TTLs, cool-downs.
     Tick,
     /// An actuator's acknowledgement of an action.
-    ActionResult { id: ActionId, ok: bool, error: Option<String> },
+    ActionResult {
+        id: ActionId,
+        ok: bool,
+        error: Option<String>,
+    },
     /// The operator releases everything held against a key.
     ManualRelease { key: Key },
     /// Turns dry-run on or off (overrides the rules' `dry_run`).
@@ -143,9 +185,17 @@ pub enum Input {
     /// New rules; state is kept for rules (by name) that still exist.
     Reload(Box<crate::Rules>),
     /// ARP/neighbour view: `ip` is at `mac`, and belongs to our VM `vm` when known.
-    Neighbour { ip: IpAddr, mac: Mac, vm: Option<String> },
+    Neighbour {
+        ip: IpAddr,
+        mac: Mac,
+        vm: Option<String>,
+    },
     /// A sensor's health totals; any increase is a blind spot.
-    Health { origin: String, events_lost: u64, map_full: u64 },
+    Health {
+        origin: String,
+        events_lost: u64,
+        map_full: u64,
+    },
 }
 
 /// Why the policy raises an alert of its own.
@@ -165,19 +215,50 @@ pub enum AlertKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Block a target on the SDN controller for `ttl_ns` (the controller's reaper enforces it).
-    Block { id: ActionId, target: Target, ttl_ns: Nanos, via: String },
+    Block {
+        id: ActionId,
+        target: Target,
+        ttl_ns: Nanos,
+        via: String,
+    },
     /// Remove a block.
-    Release { id: ActionId, target: Target, via: String },
+    Release {
+        id: ActionId,
+        target: Target,
+        via: String,
+    },
     /// Remove the VM's tap from its bridge.
-    CutLink { id: ActionId, vm: String, via: String },
+    CutLink {
+        id: ActionId,
+        vm: String,
+        via: String,
+    },
     /// Put the VM's tap back.
-    ConnectLink { id: ActionId, vm: String, via: String },
+    ConnectLink {
+        id: ActionId,
+        vm: String,
+        via: String,
+    },
     /// Live-migrate the VM to the quarantine host.
-    Migrate { id: ActionId, vm: String, to: String, via: String },
+    Migrate {
+        id: ActionId,
+        vm: String,
+        to: String,
+        via: String,
+    },
     /// Tell the AV agent to reach `vm` through the hypervisor agent (its link is cut).
-    AvIsolate { id: ActionId, vm: String, av_agent: String, hypervisor_agent: String },
+    AvIsolate {
+        id: ActionId,
+        vm: String,
+        av_agent: String,
+        hypervisor_agent: String,
+    },
     /// Tell the AV agent to talk to `vm` directly again.
-    AvConnect { id: ActionId, vm: String, av_agent: String },
+    AvConnect {
+        id: ActionId,
+        vm: String,
+        av_agent: String,
+    },
     /// An alert of the policy's own, for operators.
     Alert { kind: AlertKind, text: String },
     /// What would have been done in dry-run mode. The caller must never execute it.

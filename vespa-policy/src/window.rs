@@ -27,7 +27,9 @@ impl Window {
     /// Drops samples older than the window, keeping the newest of those for rates.
     pub(crate) fn prune(&mut self, now: Nanos, window: Nanos) {
         // Early in time (now < window) everything is inside.
-        let Some(start) = now.checked_sub(window) else { return };
+        let Some(start) = now.checked_sub(window) else {
+            return;
+        };
         while self.samples.len() >= 2 && self.samples[1].0 <= start {
             self.samples.pop_front();
         }
@@ -53,9 +55,12 @@ impl Window {
     /// not "was it high at some point in the window?".
     pub(crate) fn current_since(&self, how: Aggregate, since: Nanos, now: Nanos) -> u64 {
         match how {
-            Aggregate::Max | Aggregate::Mean => {
-                self.samples.iter().rev().find(|(t, _)| *t > since && *t <= now).map_or(0, |(_, v)| *v)
-            }
+            Aggregate::Max | Aggregate::Mean => self
+                .samples
+                .iter()
+                .rev()
+                .find(|(t, _)| *t > since && *t <= now)
+                .map_or(0, |(_, v)| *v),
             Aggregate::Rate => self.aggregate_since(how, Some(since), now),
         }
     }
@@ -65,16 +70,27 @@ impl Window {
     /// `since: None` means from the beginning of time.
     pub(crate) fn aggregate_since(&self, how: Aggregate, since: Option<Nanos>, now: Nanos) -> u64 {
         let after = |t: Nanos| since.is_none_or(|s| t > s);
-        let inside = || self.samples.iter().filter(move |(t, _)| after(*t) && *t <= now);
+        let inside = || {
+            self.samples
+                .iter()
+                .filter(move |(t, _)| after(*t) && *t <= now)
+        };
         match how {
             Aggregate::Max => inside().map(|(_, v)| *v).max().unwrap_or(0),
             Aggregate::Mean => {
-                let (n, sum) = inside().fold((0u128, 0u128), |(n, s), (_, v)| (n + 1, s + u128::from(*v)));
-                sum.checked_div(n).map_or(0, |mean| u64::try_from(mean).unwrap_or(u64::MAX))
+                let (n, sum) =
+                    inside().fold((0u128, 0u128), |(n, s), (_, v)| (n + 1, s + u128::from(*v)));
+                sum.checked_div(n)
+                    .map_or(0, |mean| u64::try_from(mean).unwrap_or(u64::MAX))
             }
             Aggregate::Rate => {
                 // From the last sample at or before `since` (or the first inside) to the newest.
-                let first = self.samples.iter().rev().find(|(t, _)| !after(*t)).or_else(|| inside().next());
+                let first = self
+                    .samples
+                    .iter()
+                    .rev()
+                    .find(|(t, _)| !after(*t))
+                    .or_else(|| inside().next());
                 let last = inside().next_back();
                 match (first, last) {
                     (Some(&(t0, v0)), Some(&(t1, v1))) if t1 > t0 => {
@@ -103,11 +119,18 @@ mod tests {
         let now = 3 * SECOND;
         assert_eq!(w.aggregate(Aggregate::Max, now, 10 * SECOND), 30);
         assert_eq!(w.aggregate(Aggregate::Mean, now, 10 * SECOND), 20);
-        assert_eq!(w.aggregate(Aggregate::Max, 20 * SECOND, 10 * SECOND), 0, "old samples fall out");
+        assert_eq!(
+            w.aggregate(Aggregate::Max, 20 * SECOND, 10 * SECOND),
+            0,
+            "old samples fall out"
+        );
         let mut bytes = Window::default();
         for t in 0..=4 {
             bytes.push(t * SECOND, t * 1000, 2 * SECOND);
         }
-        assert_eq!(bytes.aggregate(Aggregate::Rate, 4 * SECOND, 2 * SECOND), 1000);
+        assert_eq!(
+            bytes.aggregate(Aggregate::Rate, 4 * SECOND, 2 * SECOND),
+            1000
+        );
     }
 }
