@@ -92,4 +92,22 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn replay_is_deterministic_and_ids_increase(inputs in proptest::collection::vec(input(300, true), 0..200)) {
+        let run = || {
+            let mut st = State::new(Rules::default_rules());
+            let mut now = 0;
+            let mut all = Vec::new();
+            for (dt, i) in inputs.clone() {
+                now += dt * SECOND;
+                all.extend(step(&mut st, i, now));
+            }
+            all
+        };
+        let first = run();
+        prop_assert_eq!(&first, &run(), "same inputs, same actions");
+        let ids: Vec<ActionId> = first.iter().filter_map(Action::id).collect();
+        prop_assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not increasing: {:?}", ids);
+    }
 }

@@ -378,35 +378,36 @@ impl Rules {
             for step in &r.ladder {
                 let s_at = step.span().start;
                 let s = step.get_ref();
-                let parsed =
-                    match (s.action.as_str(), s.ttl_s) {
-                        ("block", Some(ttl)) if ttl > 0 => Step::Block {
-                            ttl_ns: secs(s_at, &field("ladder.ttl_s"), ttl)?,
-                        },
-                        ("block", _) => {
-                            return Err(err(
-                                s_at,
-                                &field("ladder.ttl_s"),
-                                "a block needs ttl_s > 0 (blocks always expire)".into(),
-                            ))
-                        }
-                        ("cut_link", None) => Step::CutLink,
-                        ("migrate", None) => Step::Migrate,
-                        ("cut_link" | "migrate", Some(_)) => {
-                            return Err(err(
-                                s_at,
-                                &field("ladder.ttl_s"),
-                                format!("only block takes a ttl_s, not {}", s.action),
-                            ))
-                        }
-                        (other, _) => return Err(err(
+                let parsed = match (s.action.as_str(), s.ttl_s) {
+                    ("block", Some(ttl)) if ttl > 0 => Step::Block {
+                        ttl_ns: secs(s_at, &field("ladder.ttl_s"), ttl)?,
+                    },
+                    ("block", _) => {
+                        return Err(err(
+                            s_at,
+                            &field("ladder.ttl_s"),
+                            "a block needs ttl_s > 0 (blocks always expire)".into(),
+                        ))
+                    }
+                    ("cut_link", None) => Step::CutLink,
+                    ("migrate", None) => Step::Migrate,
+                    ("cut_link" | "migrate", Some(_)) => {
+                        return Err(err(
+                            s_at,
+                            &field("ladder.ttl_s"),
+                            format!("only block takes a ttl_s, not {}", s.action),
+                        ))
+                    }
+                    (other, _) => {
+                        return Err(err(
                             s_at,
                             &field("ladder.action"),
                             format!(
                                 "unknown action {other:?} (expected block, cut_link or migrate)"
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 ladder.push(parsed);
             }
             rules.push(Rule {
