@@ -296,6 +296,63 @@ fn manual_release_by_blocked_mac_frees_the_address_that_caused_it() {
 }
 
 #[test]
+fn manual_release_of_a_vm_undoes_the_ladder_cut_and_the_infection() {
+    let mut h = H::new(rules_with(&[
+        ("verify_s = 30", "verify_s = 0"),
+        ("ladder = [", "ladder = [\n  { action = \"cut_link\" },"),
+    ]));
+    h.at(
+        0,
+        Input::Neighbour {
+            ip: ip("10.0.0.9"),
+            mac: mac("52:54:00:aa:bb:cc"),
+            vm: Some("web".into()),
+        },
+    );
+    let out = h.conn(1, "10.0.0.9", 150);
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::CutLink { vm, .. } if vm == "web")),
+        "{out:?}"
+    );
+    h.at(
+        2,
+        Input::Alert {
+            origin: "Agent_AV".into(),
+            path: vec![],
+            timestamp_ns: 0,
+            body: AlertBody::Infected {
+                vm: "web".into(),
+                file: "f".into(),
+                signature: "s".into(),
+            },
+        },
+    );
+    let out = h.at(
+        3,
+        Input::ManualRelease {
+            key: Key::Vm("web".into()),
+        },
+    );
+    assert_eq!(
+        count(&out, |a| matches!(a, Action::ConnectLink { .. })),
+        1,
+        "{out:?}"
+    );
+    assert_eq!(
+        count(&out, |a| matches!(a, Action::AvConnect { .. })),
+        1,
+        "{out:?}"
+    );
+    assert_eq!(
+        h.st.effects().count(),
+        0,
+        "{:?}",
+        h.st.effects().collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn key_count_is_bounded() {
     let mut h = H::new(rules_with(&[("max_keys = 100000", "max_keys = 2")]));
     h.conn(0, "10.0.0.1", 1);

@@ -115,41 +115,49 @@ pub(super) fn manual_release(state: &mut State, key: &Key, now: Nanos, out: &mut
         ks.last_action_at = Some(now);
         state.keys[i].insert(key.clone(), ks);
     }
-    // The operator names what they see blocked: release it whoever holds it.
-    let target = match key {
-        Key::Remote(ip) => Some(Target::Ip(*ip)),
-        Key::Mac(mac) => Some(Target::Mac(*mac)),
-        Key::Vm(_) | Key::Iface(_) => None,
-    };
-    if let Some(es) = target.and_then(|t| state.effects.get(&Effect::Blocked(t))) {
-        let holders: Vec<Key> = es
-            .owners
-            .iter()
-            .filter_map(|o| {
-                if let Owner::Rule(_, k) = o {
-                    Some(k.clone())
-                } else {
-                    None
-                }
-            })
-            .collect();
+    // The operator names what they see (a blocked address or MAC, a cut or quarantined VM):
+    // release it whoever holds it. Each holder released owns nothing afterwards, so this ends.
+    let concerned: Vec<Effect> = state
+        .effects
+        .keys()
+        .filter(|e| concerns(e, key))
+        .cloned()
+        .collect();
+    for effect in &concerned {
+        let holders: Vec<Key> = state.effects.get(effect).map_or_else(Vec::new, |es| {
+            es.owners
+                .iter()
+                .filter_map(|o| match o {
+                    Owner::Rule(_, k) if k != key => Some(k.clone()),
+                    _ => None,
+                })
+                .collect()
+        });
         for holder in holders {
-            if holder != *key {
-                manual_release(state, &holder, now, out);
-            }
+            manual_release(state, &holder, now, out);
         }
     }
-    if let Key::Vm(vm) = key {
-        let mut owned: Vec<Effect> = state
-            .effects
-            .iter()
-            .filter(|(e, s)| {
-                s.owners.contains(&Owner::Infection)
-                    && matches!(e, Effect::LinkCut(v) | Effect::AvIsolated(v, _) if v == vm)
-            })
-            .map(|(e, _)| e.clone())
-            .collect();
-        release_owned(state, &Owner::Infection, &mut owned, out);
+    let mut infection: Vec<Effect> = concerned
+        .into_iter()
+        .filter(|e| {
+            state
+                .effects
+                .get(e)
+                .is_some_and(|es| es.owners.contains(&Owner::Infection))
+        })
+        .collect();
+    release_owned(state, &Owner::Infection, &mut infection, out);
+}
+
+/// Whether releasing `key` by hand should undo `effect`.
+fn concerns(effect: &Effect, key: &Key) -> bool {
+    match (effect, key) {
+        (Effect::Blocked(Target::Ip(a)), Key::Remote(b)) => a == b,
+        (Effect::Blocked(Target::Mac(a)), Key::Mac(b)) => a == b,
+        (Effect::LinkCut(v) | Effect::Quarantined(v) | Effect::AvIsolated(v, _), Key::Vm(w)) => {
+            v == w
+        }
+        _ => false,
     }
 }
 
