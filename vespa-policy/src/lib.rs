@@ -10,6 +10,21 @@
 //! behaviour — thresholds with hysteresis, cool-downs, escalation ladders, verification,
 //! release when calm — testable and replayable without tokio or actuators.
 //!
+//! ```
+//! use vespa_policy::{step, Action, Input, Key, Metric, Rules, State, Target, SECOND};
+//!
+//! let mut state = State::new(Rules::default_rules());
+//! let attacker = Key::Remote("198.51.100.7".parse().expect("address"));
+//! let sample = |value| Input::Sample { key: attacker.clone(), metric: Metric::Established, value };
+//! let out = step(&mut state, sample(150), 0);
+//! assert!(matches!(out.as_slice(), [Action::Block { target: Target::Ip(_), .. }]));
+//! // Calm (< 20) for 120 s: released.
+//! step(&mut state, sample(3), SECOND);
+//! step(&mut state, Input::Tick, 10 * SECOND);
+//! let out = step(&mut state, Input::Tick, 130 * SECOND);
+//! assert!(matches!(out.as_slice(), [Action::Release { .. }]));
+//! ```
+//!
 //! Rules are declarative TOML ([`Rules::from_toml`], [`DEFAULT_RULES`]); [`Input::Reload`]
 //! swaps them while keeping the state of rules that still exist.
 

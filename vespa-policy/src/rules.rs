@@ -313,7 +313,8 @@ impl Rules {
     pub fn from_toml(text: &str) -> Result<Rules, RulesError> {
         let raw: RawFile = toml::from_str(text).map_err(|e| RulesError {
             line: e.span().map(|s| line_of(text, s.start)),
-            field: None,
+            // serde names the key in backticks ("unknown field `belw`, expected ...").
+            field: e.message().split('`').nth(1).map(str::to_string),
             message: e.message().trim().to_string(),
         })?;
         let err = |offset: usize, field: &str, message: String| RulesError {
@@ -442,10 +443,16 @@ impl Rules {
         })
     }
 
-    /// The shipped policy ([`DEFAULT_RULES`]).
+    /// The shipped policy ([`DEFAULT_RULES`]); also `Rules::default()`.
     pub fn default_rules() -> Rules {
         // A constant checked by `default_rules_parse`; no input reaches this expect.
         Rules::from_toml(DEFAULT_RULES).expect("DEFAULT_RULES is valid (unit-tested)")
+    }
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules::default_rules()
     }
 }
 
@@ -480,6 +487,7 @@ mod tests {
         for (body, line, needle) in top {
             let text = format!("{body}\n[actuators]\nsdn = \"s\"\nlibvirt = \"l\"\nquarantine = \"q\"\nav = \"a\"\nhypervisor = \"h\"\n");
             let e = Rules::from_toml(&text).expect_err(&format!("{body:?} must be refused"));
+            assert_eq!(e.field.as_deref(), Some(*needle), "{body:?}: {e}");
             assert!(
                 e.to_string().contains(needle),
                 "{body:?}: {e} should mention {needle:?}"
