@@ -49,6 +49,9 @@ pub enum LibvirtError {
         #[source]
         source: virt::error::Error,
     },
+    /// libvirt accepted a change but reading the domain back shows it did not take effect.
+    #[error("{op} on VM {vm:?} was accepted but not applied: {detail}")]
+    NotApplied { op: &'static str, vm: String, detail: String },
     /// The domain XML could not be understood.
     #[error("cannot parse the XML description of VM {vm:?}: {detail}")]
     Xml { vm: String, detail: String },

@@ -385,11 +385,11 @@ impl LibvirtAgent {
                 .map(|i| LinkState { mac: i.mac, tap: i.tap, up: i.link_up })
                 .collect();
             if let Some(bad) = states.iter().find(|s| s.up != up) {
-                return Err(LibvirtError::InvalidArgument(format!(
-                    "libvirt accepted the update but interface {} is still {}",
-                    bad.mac,
-                    if up { "down" } else { "up" }
-                )));
+                return Err(LibvirtError::NotApplied {
+                    op: if up { "connect_link" } else { "cut_link" },
+                    vm: vm_name.clone(),
+                    detail: format!("interface {} is still {}", bad.mac, if up { "down" } else { "up" }),
+                });
             }
             Ok(states)
         })

@@ -10,8 +10,8 @@
 //! one libvirt re-probes QEMU on every call and each domain start takes ~40 s.
 
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Duration;
 
 use super::{have, run, wait_for};
@@ -24,6 +24,14 @@ const LOG: &str = "/var/log/libvirt/vespa-tests-libvirtd.log";
 pub struct Libvirtd {
     /// False when a libvirtd was already running (it is left alone).
     pub started_here: bool,
+    keeper: Mutex<Option<mpsc::Sender<Cmd>>>,
+}
+
+/// Requests to the keeper thread (which owns the daemon processes).
+#[derive(Debug)]
+enum Cmd {
+    Stop(mpsc::Sender<Result<(), String>>),
+    Start(mpsc::Sender<Result<(), String>>),
 }
 
 static LIBVIRTD: OnceLock<Result<Libvirtd, String>> = OnceLock::new();
@@ -31,6 +39,29 @@ static LIBVIRTD: OnceLock<Result<Libvirtd, String>> = OnceLock::new();
 /// libvirtd answering on `qemu:///system`, started if needed.
 pub fn libvirtd() -> Result<&'static Libvirtd, String> {
     LIBVIRTD.get_or_init(start).as_ref().map_err(Clone::clone)
+}
+
+impl Libvirtd {
+    fn ask(&self, cmd: impl FnOnce(mpsc::Sender<Result<(), String>>) -> Cmd) -> Result<(), String> {
+        let keeper = self.keeper.lock().map_err(|e| e.to_string())?;
+        let Some(k) = keeper.as_ref().filter(|_| self.started_here) else {
+            return Err("this libvirtd was not started by the tests: it is left alone".into());
+        };
+        let (tx, rx) = mpsc::channel();
+        k.send(cmd(tx)).map_err(|e| e.to_string())?;
+        rx.recv().map_err(|e| e.to_string())?
+    }
+
+    /// Stops the daemon (SIGTERM, waits for it to exit). Running domains keep running.
+    pub fn stop(&self) -> Result<(), String> {
+        self.ask(Cmd::Stop)
+    }
+
+    /// Starts it again and waits until it answers.
+    pub fn start_again(&self) -> Result<(), String> {
+        self.ask(Cmd::Start)?;
+        wait_for("libvirtd to answer again", Duration::from_secs(60), || answers().then_some(()))
+    }
 }
 
 fn answers() -> bool {
@@ -56,7 +87,7 @@ fn prepare_host() -> Result<(), String> {
 }
 
 /// Spawns a daemon that gets SIGTERM when the calling thread (the keeper) dies.
-fn spawn_tied(args: &[&str]) -> Result<u32, String> {
+fn spawn_tied(args: &[&str]) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(LOG).map_err(|e| format!("{LOG}: {e}"))?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(args[0]);
@@ -70,7 +101,48 @@ fn spawn_tied(args: &[&str]) -> Result<u32, String> {
             Ok(())
         });
     }
-    cmd.spawn().map(|c| c.id()).map_err(|e| format!("cannot start {}: {e}", args[0]))
+    cmd.spawn().map_err(|e| format!("cannot start {}: {e}", args[0]))
+}
+
+/// The keeper thread: starts the daemons, then serves stop/start requests; it never ends, so
+/// the daemons live exactly as long as the test process.
+fn keeper(ready: mpsc::Sender<Result<u32, String>>, cmds: mpsc::Receiver<Cmd>) {
+    let mut _virtlogd: Option<Child> = None;
+    let mut libvirtd: Option<Child> = None;
+    let r = (|| {
+        if !std::path::Path::new("/var/run/libvirt/virtlogd-sock").exists() {
+            _virtlogd = Some(spawn_tied(&["/usr/sbin/virtlogd"])?);
+        }
+        let c = spawn_tied(&["/usr/sbin/libvirtd"])?;
+        let pid = c.id();
+        libvirtd = Some(c);
+        Ok(pid)
+    })();
+    let _ = ready.send(r);
+    while let Ok(cmd) = cmds.recv() {
+        match cmd {
+            Cmd::Stop(reply) => {
+                if let Some(mut c) = libvirtd.take() {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+                    let _ = c.wait();
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::Start(reply) => {
+                let r = if libvirtd.is_some() {
+                    Ok(())
+                } else {
+                    spawn_tied(&["/usr/sbin/libvirtd"]).map(|c| {
+                        libvirtd = Some(c);
+                    })
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+    loop {
+        std::thread::park();
+    }
 }
 
 fn start() -> Result<Libvirtd, String> {
@@ -87,29 +159,15 @@ fn start() -> Result<Libvirtd, String> {
     }
     prepare_host()?;
     if answers() {
-        return Ok(Libvirtd { started_here: false });
+        return Ok(Libvirtd { started_here: false, keeper: Mutex::new(None) });
     }
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("libvirtd-keeper".into())
-        .spawn(move || {
-            let r = (|| {
-                if !std::path::Path::new("/var/run/libvirt/virtlogd-sock").exists() {
-                    spawn_tied(&["/usr/sbin/virtlogd"])?;
-                }
-                spawn_tied(&["/usr/sbin/libvirtd"])
-            })();
-            let _ = tx.send(r);
-            // The daemons live as long as this thread, i.e. the process.
-            loop {
-                std::thread::park();
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    let pid = rx.recv().map_err(|e| e.to_string())??;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (cmd_tx, cmd_rx) = mpsc::channel();
+    std::thread::Builder::new().name("libvirtd-keeper".into()).spawn(move || keeper(ready_tx, cmd_rx)).map_err(|e| e.to_string())?;
+    let pid = ready_rx.recv().map_err(|e| e.to_string())??;
     wait_for("libvirtd to answer on qemu:///system", Duration::from_secs(60), || answers().then_some(()))
         .map_err(|e| format!("{e} (libvirtd pid {pid}, log {LOG})"))?;
-    Ok(Libvirtd { started_here: true })
+    Ok(Libvirtd { started_here: true, keeper: Mutex::new(Some(cmd_tx)) })
 }
 
 /// A persistent KVM domain with one `<interface type='ethernet'>` (a host tap device) and no

@@ -1,0 +1,718 @@
+//! The state machine: `step(state, input, now) -> actions`.
+//!
+//! **No I/O and no clock.** Everything that happens comes in as an [`Input`], time is the
+//! caller's `now`, and every map is ordered, so a recorded input stream replays to the same
+//! actions (same ids, same order).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::rules::{KeyKind, Rules, Step};
+use crate::types::{
+    Action, ActionId, AlertBody, AlertKind, Input, Key, Mac, Metric, Nanos, Target,
+};
+use crate::window::Window;
+
+mod control;
+use control::{health, infected, manual_release, on_result, rate_limited_blind_spot, reload};
+
+/// Something the policy has put in place and must be able to undo.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Effect {
+    Blocked(Target),
+    LinkCut(String),
+    Quarantined(String),
+    /// VM, and the AV agent told to go through the hypervisor.
+    AvIsolated(String, String),
+}
+
+/// Who holds an effect. An effect is undone only when its last owner lets go: two remote
+/// addresses behind one MAC share one block, an infection and a ladder share one cut link.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Owner {
+    Rule(String, Key),
+    Infection,
+}
+
+#[derive(Debug, Clone)]
+struct EffectState {
+    owners: BTreeSet<Owner>,
+    /// When the actuator's own reaper removes it (blocks only).
+    expires_at: Option<Nanos>,
+    /// The TTL last sent (blocks only): a block is identical when its TTL is not longer.
+    ttl_ns: Option<Nanos>,
+    /// Recorded in dry-run: nothing was actually done.
+    dry: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Verify {
+    deadline: Nanos,
+    since: Nanos,
+    id: Option<ActionId>,
+}
+
+/// One key under one rule.
+#[derive(Debug, Clone, Default)]
+struct KeyState {
+    window: Window,
+    /// The agent that last reported this key (a `Connections` list zeroes only its own keys).
+    source: Option<String>,
+    /// Above `above` and not yet calm again (hysteresis).
+    active: bool,
+    /// This offence has had its action.
+    acted: bool,
+    /// The next ladder step.
+    level: usize,
+    calm_since: Option<Nanos>,
+    last_action_at: Option<Nanos>,
+    last_offence_at: Nanos,
+    verify: Option<Verify>,
+    exhausted_alerted: bool,
+    owned: Vec<Effect>,
+}
+
+impl KeyState {
+    /// Nothing worth remembering: dropped so that memory follows the keys in trouble.
+    fn idle(&self, now: Nanos, cooldown: Nanos) -> bool {
+        !self.active
+            && self.owned.is_empty()
+            && self.level == 0
+            && self.verify.is_none()
+            && self.window.is_empty()
+            && self
+                .last_action_at
+                .is_none_or(|t| now.saturating_sub(t) >= cooldown)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct HealthSeen {
+    events_lost: u64,
+    map_full: u64,
+    last_alert: Option<Nanos>,
+}
+
+/// The policy's whole memory.
+#[derive(Debug, Clone)]
+pub struct State {
+    rules: Rules,
+    dry_run_override: Option<bool>,
+    now: Nanos,
+    next_id: ActionId,
+    /// Per rule (same index as `rules.rules`).
+    keys: Vec<BTreeMap<Key, KeyState>>,
+    effects: BTreeMap<Effect, EffectState>,
+    /// Actions awaiting verification, for matching an `ActionResult`.
+    pending: BTreeMap<ActionId, (String, Key)>,
+    neighbours: BTreeMap<IpAddr, (Mac, Option<String>)>,
+    health: BTreeMap<String, HealthSeen>,
+}
+
+impl State {
+    pub fn new(rules: Rules) -> State {
+        State {
+            keys: vec![BTreeMap::new(); rules.rules.len()],
+            rules,
+            dry_run_override: None,
+            now: 0,
+            next_id: 1,
+            effects: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
+            health: BTreeMap::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run_override.unwrap_or(self.rules.dry_run)
+    }
+
+    /// Everything in place (or recorded, in dry-run), with its expiry.
+    pub fn effects(&self) -> impl Iterator<Item = (&Effect, Option<Nanos>)> {
+        self.effects.iter().map(|(e, s)| (e, s.expires_at))
+    }
+
+    /// Targets currently blocked (including dry-run records).
+    pub fn active_blocks(&self) -> Vec<Target> {
+        self.effects
+            .keys()
+            .filter_map(|e| {
+                if let Effect::Blocked(t) = e {
+                    Some(*t)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Keys tracked across all rules.
+    pub fn tracked_keys(&self) -> usize {
+        self.keys.iter().map(BTreeMap::len).sum()
+    }
+
+    /// The next ladder step of `key` under rule `rule` (0 when unknown).
+    pub fn level(&self, rule: &str, key: &Key) -> usize {
+        self.rule_index(rule)
+            .and_then(|i| self.keys[i].get(key))
+            .map_or(0, |k| k.level)
+    }
+
+    fn rule_index(&self, name: &str) -> Option<usize> {
+        self.rules.rules.iter().position(|r| r.name == name)
+    }
+
+    fn emit(&mut self, out: &mut Vec<Action>, action: Action) {
+        if self.is_dry_run() && action.is_actuator() {
+            out.push(Action::DryRun(Box::new(action)));
+        } else {
+            out.push(action);
+        }
+    }
+
+    fn alert(out: &mut Vec<Action>, kind: AlertKind, text: String) {
+        out.push(Action::Alert { kind, text });
+    }
+
+    fn id(&mut self) -> ActionId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+}
+
+/// Feeds one input to the policy and returns what to do, in order.
+///
+/// `now` is the caller's monotonic time; a `now` older than one already seen is treated as
+/// that one (time never goes backwards inside the policy).
+pub fn step(state: &mut State, input: Input, now: Nanos) -> Vec<Action> {
+    let now = now.max(state.now);
+    state.now = now;
+    let mut out = Vec::new();
+    match input {
+        Input::Alert { origin, body, .. } => on_alert(state, origin, body, now, &mut out),
+        Input::Sample { key, metric, value } => {
+            sample(state, &key, metric, value, None, now, &mut out)
+        }
+        Input::Tick => tick(state, now, &mut out),
+        Input::ActionResult { id, ok, error } => on_result(state, id, ok, error, now, &mut out),
+        Input::ManualRelease { key } => manual_release(state, &key, now, &mut out),
+        Input::SetDryRun(on) => state.dry_run_override = Some(on),
+        Input::Reload(rules) => reload(state, *rules, &mut out),
+        Input::Neighbour { ip, mac, vm } => {
+            state.neighbours.insert(ip, (mac, vm));
+        }
+        Input::Health {
+            origin,
+            events_lost,
+            map_full,
+        } => health(state, origin, events_lost, map_full, now, &mut out),
+    }
+    out
+}
+
+fn on_alert(state: &mut State, origin: String, body: AlertBody, now: Nanos, out: &mut Vec<Action>) {
+    match body {
+        AlertBody::ConnThreshold {
+            addr, established, ..
+        } => sample(
+            state,
+            &Key::Remote(addr),
+            Metric::Established,
+            established,
+            Some(&origin),
+            now,
+            out,
+        ),
+        AlertBody::SynThreshold {
+            addr,
+            syns_in_second,
+            ..
+        } => sample(
+            state,
+            &Key::Remote(addr),
+            Metric::SynRate,
+            syns_in_second,
+            Some(&origin),
+            now,
+            out,
+        ),
+        AlertBody::Bandwidth {
+            iface,
+            rx_bytes,
+            tx_bytes,
+        } => {
+            let key = Key::Iface(format!("{origin}:{iface}"));
+            sample(
+                state,
+                &key,
+                Metric::RxBytes,
+                rx_bytes,
+                Some(&origin),
+                now,
+                out,
+            );
+            sample(
+                state,
+                &key,
+                Metric::TxBytes,
+                tx_bytes,
+                Some(&origin),
+                now,
+                out,
+            );
+        }
+        AlertBody::Connections { per_remote } => {
+            let seen: BTreeSet<IpAddr> = per_remote.iter().map(|(ip, _)| *ip).collect();
+            for (ip, n) in per_remote {
+                sample(
+                    state,
+                    &Key::Remote(ip),
+                    Metric::Established,
+                    n,
+                    Some(&origin),
+                    now,
+                    out,
+                );
+            }
+            // The list holds every remote the agent sees: one it no longer lists has none.
+            let mut gone = Vec::new();
+            for (i, rule) in state.rules.rules.iter().enumerate() {
+                if rule.metric == Metric::Established && rule.key == KeyKind::Remote {
+                    for (key, ks) in &state.keys[i] {
+                        if let Key::Remote(ip) = key {
+                            if !seen.contains(ip) && ks.source.as_deref() == Some(origin.as_str()) {
+                                gone.push(key.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            for key in gone {
+                sample(state, &key, Metric::Established, 0, Some(&origin), now, out);
+            }
+        }
+        AlertBody::Infected {
+            vm,
+            file,
+            signature,
+        } => infected(state, &origin, vm, &file, &signature, out),
+        // Already shown to operators by the VO; the policy learns failures from ActionResult.
+        AlertBody::ActuatorFailed { .. } | AlertBody::Text(_) => {}
+    }
+}
+
+fn key_matches(kind: KeyKind, key: &Key) -> bool {
+    matches!(
+        (kind, key),
+        (KeyKind::Remote, Key::Remote(_))
+            | (KeyKind::Vm, Key::Vm(_))
+            | (KeyKind::Iface, Key::Iface(_))
+            | (KeyKind::Mac, Key::Mac(_))
+    )
+}
+
+fn sample(
+    state: &mut State,
+    key: &Key,
+    metric: Metric,
+    value: u64,
+    source: Option<&str>,
+    now: Nanos,
+    out: &mut Vec<Action>,
+) {
+    for i in 0..state.rules.rules.len() {
+        let rule = &state.rules.rules[i];
+        if rule.metric != metric || !key_matches(rule.key, key) {
+            continue;
+        }
+        let (window, cooldown) = (rule.window_ns, rule.cooldown_ns);
+        if !state.keys[i].contains_key(key) {
+            if state.keys[i].len() >= rule.max_keys {
+                let text = format!(
+                    "rule {}: {} keys tracked, new keys such as {key} are ignored",
+                    rule.name, rule.max_keys
+                );
+                rate_limited_blind_spot(
+                    state,
+                    format!("policy rule {}", state.rules.rules[i].name),
+                    text,
+                    now,
+                    out,
+                );
+                continue;
+            }
+            state.keys[i].insert(key.clone(), KeyState::default());
+        }
+        // The rule's map is taken out while evaluating (nothing evaluate calls touches keys),
+        // so the key's state is updated in place rather than removed and re-inserted.
+        let mut map = std::mem::take(&mut state.keys[i]);
+        if let Some(ks) = map.get_mut(key) {
+            ks.window.push(now, value, window);
+            if let Some(src) = source {
+                if ks.source.as_deref() != Some(src) {
+                    ks.source = Some(src.to_string());
+                }
+            }
+            evaluate(state, i, key, ks, now, out);
+            if ks.idle(now, cooldown) {
+                map.remove(key);
+            }
+        }
+        state.keys[i] = map;
+    }
+}
+
+fn tick(state: &mut State, now: Nanos, out: &mut Vec<Action>) {
+    // Blocks whose TTL ran out were removed by the controller's reaper: forget them. A key
+    // above the threshold again with nothing in place is a repeated offence (see `evaluate`).
+    let expired: Vec<Effect> = state
+        .effects
+        .iter()
+        .filter(|(_, s)| s.expires_at.is_some_and(|t| t <= now))
+        .map(|(e, _)| e.clone())
+        .collect();
+    for effect in expired {
+        let Some(es) = state.effects.remove(&effect) else {
+            continue;
+        };
+        for owner in es.owners {
+            if let Owner::Rule(name, key) = owner {
+                if let Some(ks) = state
+                    .rule_index(&name)
+                    .and_then(|i| state.keys[i].get_mut(&key))
+                {
+                    ks.owned.retain(|e| *e != effect);
+                }
+            }
+        }
+    }
+    for i in 0..state.keys.len() {
+        let cooldown = state.rules.rules[i].cooldown_ns;
+        let mut map = std::mem::take(&mut state.keys[i]);
+        map.retain(|key, ks| {
+            evaluate(state, i, key, ks, now, out);
+            !ks.idle(now, cooldown)
+        });
+        state.keys[i] = map;
+    }
+}
+
+/// Applies rule `i` to one key. `state.keys[i]` is out of `state` meanwhile (see `sample`):
+/// nothing here may look keys up.
+fn evaluate(
+    state: &mut State,
+    i: usize,
+    key: &Key,
+    ks: &mut KeyState,
+    now: Nanos,
+    out: &mut Vec<Action>,
+) {
+    let rule = &state.rules.rules[i];
+    let (above, below, window, how) = (rule.above, rule.below, rule.window_ns, rule.aggregate);
+    let (calm_ns, cooldown, forget, verify_max) = (
+        rule.calm_ns,
+        rule.cooldown_ns,
+        rule.forget_ns,
+        rule.verify_max,
+    );
+    // Verification looks at the samples since the action, read before the window drops them.
+    let verified_value = ks
+        .verify
+        .filter(|v| now >= v.deadline)
+        .map(|v| ks.window.current_since(how, v.since, now));
+    ks.window.prune(now, window);
+    let value = ks.window.aggregate(how, now, window);
+    if value > above {
+        ks.calm_since = None;
+        ks.last_offence_at = now;
+        // A crossing, or still above with nothing in place any more (a block expired).
+        if !ks.active || ks.owned.is_empty() {
+            ks.active = true;
+            ks.acted = false;
+        }
+    } else if value < below {
+        if ks.active || !ks.owned.is_empty() {
+            let since = *ks.calm_since.get_or_insert(now);
+            if now - since >= calm_ns {
+                let owner = Owner::Rule(state.rules.rules[i].name.clone(), key.clone());
+                release_owned(state, &owner, &mut ks.owned, out);
+                if let Some(id) = ks.verify.take().and_then(|v| v.id) {
+                    state.pending.remove(&id);
+                }
+                ks.active = false;
+                ks.acted = false;
+                ks.calm_since = None;
+                ks.exhausted_alerted = false;
+            }
+        }
+    } else {
+        ks.calm_since = None;
+    }
+
+    let mut force = false;
+    if let Some(v) = ks.verify.filter(|v| now >= v.deadline) {
+        ks.verify = None;
+        if let Some(id) = v.id {
+            state.pending.remove(&id);
+        }
+        let current = verified_value.unwrap_or(0);
+        if ks.active && current > verify_max {
+            let name = &state.rules.rules[i].name;
+            State::alert(out, AlertKind::DidNotTake, format!("rule {name}: action on {key} did not take: {current} > {verify_max} after the deadline"));
+            ks.acted = false;
+            force = true;
+        }
+    }
+
+    let cooled = ks
+        .last_action_at
+        .is_none_or(|t| now.saturating_sub(t) >= cooldown);
+    // Never act while calming down: a cool-down that ends after the traffic dropped is no offence.
+    if ks.active && !ks.acted && (force || (cooled && ks.calm_since.is_none())) {
+        act(state, i, key, ks, now, out);
+    }
+
+    if !ks.active
+        && ks.owned.is_empty()
+        && ks.level > 0
+        && now.saturating_sub(ks.last_offence_at) >= forget
+    {
+        ks.level = 0;
+    }
+}
+
+/// Takes the next applicable rung of rule `i`'s ladder for `key`.
+fn act(
+    state: &mut State,
+    i: usize,
+    key: &Key,
+    ks: &mut KeyState,
+    now: Nanos,
+    out: &mut Vec<Action>,
+) {
+    let name = state.rules.rules[i].name.clone();
+    let verify_ns = state.rules.rules[i].verify_ns;
+    ks.acted = true;
+    loop {
+        let Some(rung) = state.rules.rules[i].ladder.get(ks.level).cloned() else {
+            if !ks.exhausted_alerted {
+                ks.exhausted_alerted = true;
+                State::alert(
+                    out,
+                    AlertKind::LadderExhausted,
+                    format!(
+                        "rule {name}: {key} still offending and the ladder has no further step"
+                    ),
+                );
+            }
+            return;
+        };
+        ks.level += 1;
+        let a = state.rules.actuators.clone();
+        let (effect, expires, action) = match rung {
+            Step::Block { ttl_ns } => {
+                let Some(target) = block_target(state, key) else {
+                    continue;
+                };
+                let id = state.id();
+                (
+                    Effect::Blocked(target),
+                    Some(now.saturating_add(ttl_ns)),
+                    Action::Block {
+                        id,
+                        target,
+                        ttl_ns,
+                        via: a.sdn,
+                    },
+                )
+            }
+            Step::CutLink => {
+                let Some(vm) = vm_of(state, key) else {
+                    continue;
+                };
+                let id = state.id();
+                (
+                    Effect::LinkCut(vm.clone()),
+                    None,
+                    Action::CutLink {
+                        id,
+                        vm,
+                        via: a.libvirt,
+                    },
+                )
+            }
+            Step::Migrate => {
+                let Some(vm) = vm_of(state, key) else {
+                    continue;
+                };
+                let id = state.id();
+                (
+                    Effect::Quarantined(vm.clone()),
+                    None,
+                    Action::Migrate {
+                        id,
+                        vm,
+                        to: a.quarantine,
+                        via: a.libvirt,
+                    },
+                )
+            }
+        };
+        let emitted = apply_effect(
+            state,
+            effect.clone(),
+            Owner::Rule(name.clone(), key.clone()),
+            expires,
+            action,
+            out,
+        );
+        if !ks.owned.contains(&effect) {
+            ks.owned.push(effect);
+        }
+        ks.last_action_at = Some(now);
+        if verify_ns > 0 && !state.is_dry_run() {
+            if let Some(id) = emitted {
+                state.pending.insert(id, (name.clone(), key.clone()));
+            }
+            ks.verify = Some(Verify {
+                deadline: now.saturating_add(verify_ns),
+                since: now,
+                id: emitted,
+            });
+        }
+        return;
+    }
+}
+
+/// Records `effect` for `owner` and emits `action` unless an identical effect is already in
+/// place (deduplication). A longer block on an already blocked target is not identical.
+fn apply_effect(
+    state: &mut State,
+    effect: Effect,
+    owner: Owner,
+    expires: Option<Nanos>,
+    action: Action,
+    out: &mut Vec<Action>,
+) -> Option<ActionId> {
+    let dry = state.is_dry_run();
+    let ttl_ns = if let Action::Block { ttl_ns, .. } = &action {
+        Some(*ttl_ns)
+    } else {
+        None
+    };
+    if let Some(es) = state.effects.get_mut(&effect) {
+        es.owners.insert(owner);
+        let longer = matches!((es.ttl_ns, ttl_ns), (Some(old), Some(new)) if new > old);
+        // Identical: same effect, no longer TTL, and not a dry record about to become real.
+        if !longer && (es.dry == dry || !es.dry) {
+            return None;
+        }
+        es.expires_at = expires.max(es.expires_at);
+        es.ttl_ns = ttl_ns.max(es.ttl_ns);
+        es.dry &= dry;
+    } else {
+        state.effects.insert(
+            effect,
+            EffectState {
+                owners: BTreeSet::from([owner]),
+                expires_at: expires,
+                ttl_ns,
+                dry,
+            },
+        );
+    }
+    let id = action.id();
+    state.emit(out, action);
+    id
+}
+
+/// Lets `owner` go of `owned`; effects without owners left are undone.
+fn release_owned(state: &mut State, owner: &Owner, owned: &mut Vec<Effect>, out: &mut Vec<Action>) {
+    for effect in owned.drain(..) {
+        let Some(es) = state.effects.get_mut(&effect) else {
+            continue;
+        };
+        es.owners.remove(owner);
+        if !es.owners.is_empty() {
+            continue;
+        }
+        let dry = es.dry;
+        state.effects.remove(&effect);
+        let a = state.rules.actuators.clone();
+        let action = match &effect {
+            Effect::Blocked(target) => Action::Release {
+                id: state.id(),
+                target: *target,
+                via: a.sdn,
+            },
+            Effect::LinkCut(vm) => Action::ConnectLink {
+                id: state.id(),
+                vm: vm.clone(),
+                via: a.libvirt,
+            },
+            Effect::AvIsolated(vm, av) => Action::AvConnect {
+                id: state.id(),
+                vm: vm.clone(),
+                av_agent: av.clone(),
+            },
+            Effect::Quarantined(vm) => {
+                State::alert(
+                    out,
+                    AlertKind::Notice,
+                    format!(
+                        "vm {vm} stays on quarantine host {}: migrate it back by hand",
+                        a.quarantine
+                    ),
+                );
+                continue;
+            }
+        };
+        if dry {
+            out.push(Action::DryRun(Box::new(action)));
+        } else {
+            if state.is_dry_run() {
+                State::alert(
+                    out,
+                    AlertKind::Notice,
+                    format!("dry-run: {effect:?} was really done and is left in place"),
+                );
+            }
+            state.emit(out, action);
+        }
+    }
+}
+
+/// The attacker, never us: its MAC when the neighbour view knows one that is not ours, else
+/// its address. (2014 blocked the monitored host's own MAC.) The neighbour view only holds
+/// on-link addresses, so a remote behind a router is blocked by IP, not by the router's MAC.
+fn block_target(state: &State, key: &Key) -> Option<Target> {
+    let own = |m: &Mac| state.rules.own_macs.contains(m);
+    match key {
+        Key::Remote(ip) => match state.neighbours.get(ip) {
+            Some((mac, _)) if !own(mac) => Some(Target::Mac(*mac)),
+            _ => Some(Target::Ip(*ip)),
+        },
+        Key::Mac(mac) if !own(mac) => Some(Target::Mac(*mac)),
+        Key::Mac(_) | Key::Vm(_) | Key::Iface(_) => None,
+    }
+}
+
+/// The VM behind a key, when it is one of ours.
+fn vm_of(state: &State, key: &Key) -> Option<String> {
+    match key {
+        Key::Vm(vm) => Some(vm.clone()),
+        Key::Remote(ip) => state.neighbours.get(ip).and_then(|(_, vm)| vm.clone()),
+        Key::Mac(mac) => state
+            .neighbours
+            .values()
+            .find(|(m, vm)| m == mac && vm.is_some())
+            .and_then(|(_, vm)| vm.clone()),
+        Key::Iface(_) => None,
+    }
+}

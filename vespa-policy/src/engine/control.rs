@@ -1,0 +1,243 @@
+//! Inputs that do not come from counters: infections, actuator acknowledgements, the
+//! operator (manual release), rule reloads and sensor health.
+
+use super::{act, apply_effect, release_owned, Effect, Owner, State};
+use crate::rules::Rules;
+use crate::types::{Action, ActionId, AlertKind, Key, Nanos, Target};
+
+pub(super) fn infected(
+    state: &mut State,
+    origin: &str,
+    vm: String,
+    file: &str,
+    signature: &str,
+    out: &mut Vec<Action>,
+) {
+    State::alert(
+        out,
+        AlertKind::Notice,
+        format!("infected file {file:?} ({signature}) in vm {vm}"),
+    );
+    if !state.rules.isolate_infected {
+        return;
+    }
+    let a = state.rules.actuators.clone();
+    let id = state.id();
+    let cut = Action::CutLink {
+        id,
+        vm: vm.clone(),
+        via: a.libvirt,
+    };
+    apply_effect(
+        state,
+        Effect::LinkCut(vm.clone()),
+        Owner::Infection,
+        None,
+        cut,
+        out,
+    );
+    // The alert's origin is the AV agent watching this VM; it must now go through the hypervisor.
+    let id = state.id();
+    let av = Action::AvIsolate {
+        id,
+        vm: vm.clone(),
+        av_agent: origin.to_string(),
+        hypervisor_agent: a.hypervisor,
+    };
+    apply_effect(
+        state,
+        Effect::AvIsolated(vm, origin.to_string()),
+        Owner::Infection,
+        None,
+        av,
+        out,
+    );
+}
+
+pub(super) fn on_result(
+    state: &mut State,
+    id: ActionId,
+    ok: bool,
+    error: Option<String>,
+    now: Nanos,
+    out: &mut Vec<Action>,
+) {
+    let pending = state.pending.remove(&id);
+    if ok {
+        return;
+    }
+    let why = error.unwrap_or_else(|| "no reason given".into());
+    let Some((name, key)) = pending else {
+        if id >= state.next_id {
+            return; // Not an id this policy issued.
+        }
+        State::alert(
+            out,
+            AlertKind::DidNotTake,
+            format!("action {id} failed: {why}"),
+        );
+        return;
+    };
+    State::alert(
+        out,
+        AlertKind::DidNotTake,
+        format!("rule {name}: action {id} on {key} did not take: {why}"),
+    );
+    let Some(i) = state.rule_index(&name) else {
+        return;
+    };
+    let Some(mut ks) = state.keys[i].remove(&key) else {
+        return;
+    };
+    if ks.verify.is_some_and(|v| v.id == Some(id)) && ks.active {
+        ks.verify = None;
+        act(state, i, &key, &mut ks, now, out);
+    }
+    state.keys[i].insert(key, ks);
+}
+
+pub(super) fn manual_release(state: &mut State, key: &Key, now: Nanos, out: &mut Vec<Action>) {
+    for i in 0..state.keys.len() {
+        let Some(mut ks) = state.keys[i].remove(key) else {
+            continue;
+        };
+        let name = state.rules.rules[i].name.clone();
+        release_owned(state, &Owner::Rule(name, key.clone()), &mut ks.owned, out);
+        if let Some(id) = ks.verify.take().and_then(|v| v.id) {
+            state.pending.remove(&id);
+        }
+        // The operator's word: start over, and give them a cool-down before acting again.
+        ks.active = false;
+        ks.acted = false;
+        ks.level = 0;
+        ks.calm_since = None;
+        ks.exhausted_alerted = false;
+        ks.last_action_at = Some(now);
+        state.keys[i].insert(key.clone(), ks);
+    }
+    // The operator names what they see (a blocked address or MAC, a cut or quarantined VM):
+    // release it whoever holds it. Each holder released owns nothing afterwards, so this ends.
+    let concerned: Vec<Effect> = state
+        .effects
+        .keys()
+        .filter(|e| concerns(e, key))
+        .cloned()
+        .collect();
+    for effect in &concerned {
+        let holders: Vec<Key> = state.effects.get(effect).map_or_else(Vec::new, |es| {
+            es.owners
+                .iter()
+                .filter_map(|o| match o {
+                    Owner::Rule(_, k) if k != key => Some(k.clone()),
+                    _ => None,
+                })
+                .collect()
+        });
+        for holder in holders {
+            manual_release(state, &holder, now, out);
+        }
+    }
+    let mut infection: Vec<Effect> = concerned
+        .into_iter()
+        .filter(|e| {
+            state
+                .effects
+                .get(e)
+                .is_some_and(|es| es.owners.contains(&Owner::Infection))
+        })
+        .collect();
+    release_owned(state, &Owner::Infection, &mut infection, out);
+}
+
+/// Whether releasing `key` by hand should undo `effect`.
+fn concerns(effect: &Effect, key: &Key) -> bool {
+    match (effect, key) {
+        (Effect::Blocked(Target::Ip(a)), Key::Remote(b)) => a == b,
+        (Effect::Blocked(Target::Mac(a)), Key::Mac(b)) => a == b,
+        (Effect::LinkCut(v) | Effect::Quarantined(v) | Effect::AvIsolated(v, _), Key::Vm(w)) => {
+            v == w
+        }
+        _ => false,
+    }
+}
+
+pub(super) fn reload(state: &mut State, rules: Rules, out: &mut Vec<Action>) {
+    let old_rules = std::mem::replace(&mut state.rules, rules);
+    let mut old_keys = std::mem::take(&mut state.keys);
+    let mut keys = Vec::with_capacity(state.rules.rules.len());
+    for new in &state.rules.rules {
+        let carried = old_rules
+            .rules
+            .iter()
+            .position(|o| o.name == new.name && o.metric == new.metric && o.key == new.key)
+            .map(|j| std::mem::take(&mut old_keys[j]));
+        let mut map = carried.unwrap_or_default();
+        for ks in map.values_mut() {
+            ks.level = ks.level.min(new.ladder.len());
+        }
+        keys.push(map);
+    }
+    state.keys = keys;
+    // Keys of rules that are gone: nobody will ever release what they hold, so release now.
+    for (j, map) in old_keys.into_iter().enumerate() {
+        let name = old_rules.rules[j].name.clone();
+        for (key, mut ks) in map {
+            release_owned(
+                state,
+                &Owner::Rule(name.clone(), key.clone()),
+                &mut ks.owned,
+                out,
+            );
+            if let Some(id) = ks.verify.and_then(|v| v.id) {
+                state.pending.remove(&id);
+            }
+        }
+    }
+}
+
+pub(super) fn health(
+    state: &mut State,
+    origin: String,
+    events_lost: u64,
+    map_full: u64,
+    now: Nanos,
+    out: &mut Vec<Action>,
+) {
+    let h = state.health.entry(origin.clone()).or_default();
+    // Totals that went down mean the agent restarted: everything it reports is new.
+    let lost = if events_lost >= h.events_lost {
+        events_lost - h.events_lost
+    } else {
+        events_lost
+    };
+    let full = if map_full >= h.map_full {
+        map_full - h.map_full
+    } else {
+        map_full
+    };
+    h.events_lost = events_lost;
+    h.map_full = map_full;
+    if lost > 0 || full > 0 {
+        let text = format!("blind spot: sensor {origin} lost {lost} events and hit {full} full-map updates; attacks may go unseen");
+        rate_limited_blind_spot(state, origin, text, now, out);
+    }
+}
+
+/// One blind-spot alert per source per cool-down: a sensor losing events every second must
+/// not bury the operator (the totals keep counting meanwhile).
+pub(super) fn rate_limited_blind_spot(
+    state: &mut State,
+    source: String,
+    text: String,
+    now: Nanos,
+    out: &mut Vec<Action>,
+) {
+    let cooldown = state.rules.blind_spot_cooldown_ns;
+    let h = state.health.entry(source).or_default();
+    if h.last_alert
+        .is_none_or(|t| now.saturating_sub(t) >= cooldown)
+    {
+        h.last_alert = Some(now);
+        State::alert(out, AlertKind::BlindSpot, text);
+    }
+}

@@ -1,0 +1,47 @@
+//! The vertical orchestrator's policy engine, as a pure state machine.
+//!
+//! ```text
+//! Input (alerts, samples, ticks, acks, operator) ──► step(&mut State, input, now) ──► Vec<Action>
+//! ```
+//!
+//! **Architecture invariant: the policy does no I/O and reads no clock.** The VO feeds it
+//! alerts, counter samples, periodic ticks and actuator acknowledgements, and carries out the
+//! actions it returns (except [`Action::DryRun`] records, which it only logs). That keeps every
+//! behaviour — thresholds with hysteresis, cool-downs, escalation ladders, verification,
+//! release when calm — testable and replayable without tokio or actuators.
+//!
+//! ```
+//! use vespa_policy::{step, Action, Input, Key, Metric, Rules, State, Target, SECOND};
+//!
+//! let mut state = State::new(Rules::default_rules());
+//! let attacker = Key::Remote("198.51.100.7".parse().expect("address"));
+//! let sample = |value| Input::Sample { key: attacker.clone(), metric: Metric::Established, value };
+//! let out = step(&mut state, sample(150), 0);
+//! assert!(matches!(out.as_slice(), [Action::Block { target: Target::Ip(_), .. }]));
+//! // Calm (< 20) for 120 s: released.
+//! step(&mut state, sample(3), SECOND);
+//! step(&mut state, Input::Tick, 10 * SECOND);
+//! let out = step(&mut state, Input::Tick, 130 * SECOND);
+//! assert!(matches!(out.as_slice(), [Action::Release { .. }]));
+//! ```
+//!
+//! Rules are declarative TOML ([`Rules::from_toml`], [`DEFAULT_RULES`]); [`Input::Reload`]
+//! swaps them while keeping the state of rules that still exist.
+
+mod bench;
+mod engine;
+mod rules;
+mod types;
+mod window;
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;
+
+pub use bench::bench_step;
+pub use engine::{step, Effect, State};
+pub use rules::{Actuators, Aggregate, KeyKind, Rule, Rules, RulesError, Step, DEFAULT_RULES};
+pub use types::{
+    Action, ActionId, AlertBody, AlertKind, Input, Key, Mac, Metric, Nanos, Target, SECOND,
+};
