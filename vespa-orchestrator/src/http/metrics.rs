@@ -78,7 +78,7 @@ impl Metrics {
         r.register("vespa_vo_alerts", "Alerts processed at the VO, by body kind.", self.alerts_by_kind.clone());
         r.register(
             "vespa_closed_loop_seconds",
-            "Closed-loop latency per stage: kernel_to_vo (alert timestamp to VO processing), vo_to_actuator_ack (decision to actuator acknowledgement).",
+            "Closed-loop latency per stage: kernel_to_vo (alert timestamp to VO processing), vo_to_actuator_ack (decision to actuator acknowledgement)",
             self.closed_loop.clone(),
         );
         // Both stages exist from the start, so a dashboard sees a zero series, not a gap.
