@@ -107,8 +107,8 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
     let tree = full_tree("http");
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let (api_s, token) = (api.to_string(), token_file(&tree));
-    let vo = tree.spawn_with("vo", "vespa-orchestrator", None, &[], &["VO"], &["--http", &api_s, "--api-token-file", &token]);
-    let _ho = tree.spawn("ho", "vespa-orchestrator", None, &[], &["HO_VM"]);
+    // HO_VM before the VO in one process: the API still comes up on the VO's handle.
+    let vo = tree.spawn_with("vo", "vespa-orchestrator", None, &[], &["HO_VM", "VO"], &["--http", &api_s, "--api-token-file", &token]);
     let _agents = tree.spawn("agents", "vespa-agent", None, &["--mode", "auto", "-i", "lo"], &["bw", "conns"]);
     wait_api(api, &vo);
 

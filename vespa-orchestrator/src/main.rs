@@ -195,24 +195,21 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
         // Bound before the nodes start, so a port conflict fails the start rather than
         // leaving a tree without its API.
         let mut listener = Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the HTTP API to {addr} (--http)"))?);
-        let metrics = Arc::new(http::Metrics::default());
-        let view = http::VoView::new(topo.settings.keep_alerts, metrics.clone());
-        let topo_arc = Arc::new(topo.clone());
+        let parts = http::ApiParts::new(&topo, token);
         let mut server = None;
-        let hooks = |def: &vespa_node::config::NodeDef| match def.role {
-            Role::Vo => Hooks { agent: None, alert_handlers: vec![view.handler()] },
-            _ => Hooks::default(),
+        let hooks = |def: &vespa_node::config::NodeDef| {
+            let mut h = Hooks::default();
+            if def.role == Role::Vo {
+                parts.add_vo_handler(&mut h);
+            }
+            h
         };
         let on_ready = |def: &vespa_node::config::NodeDef, handle: vespa_node::NodeHandle| {
-            let Some(l) = listener.take().filter(|_| def.role == Role::Vo) else { return };
-            let state = http::ApiState {
-                registry: metrics.registry(handle.clone()),
-                vo: handle,
-                topology: topo_arc.clone(),
-                view: view.clone(),
-                policy: Arc::new(http::NoPolicy),
-                token: token.clone(),
-            };
+            if def.role != Role::Vo {
+                return;
+            }
+            let Some(l) = listener.take() else { return };
+            let state = parts.state(handle);
             let mut stop = stop_rx.clone();
             tracing::info!(%addr, mutations = state.token.is_some(), "HTTP API listening");
             server = Some(tokio::spawn(http::serve(l, Arc::new(state), async move {

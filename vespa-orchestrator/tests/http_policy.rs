@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vespa_node::{Hooks, Node, NodeSpec, Role, Security, Topology};
-use vespa_orchestrator::http::{self, ActiveAction, ApiState, ApiToken, Metrics, PolicyControl, PolicyError, VoView};
+use vespa_orchestrator::http::{self, ActiveAction, ApiParts, ApiToken, Metrics, PolicyControl, PolicyError, VoView};
 use vespa_proto::{Alert, AlertBody};
 
 const TOKEN: &str = "in-process-token-0123456789";
@@ -66,13 +66,13 @@ impl PolicyControl for Recorder {
     }
 }
 
-async fn start(policy: Arc<Recorder>, metrics: Arc<Metrics>) -> SocketAddr {
-    let view = VoView::new(100, metrics.clone());
-    let vo = Node::new(NodeSpec::new("VO", Role::Vo, None, Security::Psk(vespa_proto::Psk::random())), Hooks { agent: None, alert_handlers: vec![view.handler()] }).expect("VO");
-    let handle = vo.handle();
-    let registry = metrics.registry(handle.clone());
+async fn start(policy: Arc<Recorder>) -> SocketAddr {
+    let parts = ApiParts::new(&Topology::embedded_default(), Some(ApiToken::new(TOKEN).expect("token"))).with_policy(policy);
+    let mut hooks = Hooks::default();
+    parts.add_vo_handler(&mut hooks);
+    let vo = Node::new(NodeSpec::new("VO", Role::Vo, None, Security::Psk(vespa_proto::Psk::random())), hooks).expect("VO");
+    let state = parts.state(vo.handle());
     tokio::spawn(vo.run(None, std::future::pending()));
-    let state = ApiState { vo: handle, topology: Arc::new(Topology::embedded_default()), view, registry, policy, token: Some(ApiToken::new(TOKEN).expect("token")) };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(http::serve(listener, Arc::new(state), std::future::pending()));
@@ -98,7 +98,7 @@ async fn req_bytes(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (
 #[tokio::test]
 async fn mutations_reach_the_policy_and_its_errors_map_to_statuses() {
     let policy = Arc::new(Recorder::default());
-    let addr = start(policy.clone(), Arc::new(Metrics::default())).await;
+    let addr = start(policy.clone()).await;
 
     assert_eq!(req(addr, "POST", "/api/v1/block", r#"{"target": "10.0.0.9", "ttl_s": 60}"#).await, (200, r#"{"blocked":"10.0.0.9","key":"block:10.0.0.9","ttl_s":60}"#.into()));
     assert_eq!(req(addr, "POST", "/api/v1/release", r#"{"target": "block:10.0.0.9"}"#).await, (200, r#"{"released":"block:10.0.0.9","result":"flows removed"}"#.into()));

@@ -18,6 +18,7 @@
 
 pub mod legacy;
 pub mod metrics;
+mod parts;
 pub mod policy;
 mod token;
 pub mod v1;
@@ -37,6 +38,7 @@ use prometheus_client::registry::Registry;
 use vespa_node::{NodeHandle, Role, Topology};
 
 pub use metrics::Metrics;
+pub use parts::ApiParts;
 pub use policy::{ActiveAction, NoPolicy, PolicyControl, PolicyError};
 pub use token::{ApiToken, TokenError};
 pub use view::VoView;
