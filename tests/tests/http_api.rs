@@ -190,6 +190,7 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
     assert!(post(api, "/api/v1/block", Some(TOKEN), r#"{"target": "10.0.0.9", "ttl_s": 0}"#).error(400).contains("ttl_s"));
     let huge = format!("{{\"target\": \"{}\"}}", "x".repeat(100_000));
     assert!(post(api, "/api/v1/release", Some(TOKEN), &huge).error(413).contains("larger than"));
+    assert!(post(api, "/api/v1/release", None, &huge).error(401).contains("Bearer"), "the token is checked before the body is read");
 
     // Unknown routes and wrong methods: JSON too.
     assert!(get(api, "/api/v2/alerts").error(404).contains("no such endpoint"));

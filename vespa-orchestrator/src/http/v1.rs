@@ -15,10 +15,10 @@
 //! - `POST /dry-run {"enabled"}` -> `{"dry_run"}`
 //! - `POST /policy/reload` with the rules as TOML text -> `{"reloaded": true}`
 //!
-//! Bodies are parsed strictly (unknown fields are refused) and a parse error is a 400 that
+//! Bodies are read only once the token checks out (at most 64 KiB), parsed strictly (unknown fields are refused) and a parse error is a 400 that
 //! quotes serde's message, which names the field, line and column.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::legacy::{config_json, query_params};
-use super::{authorize, json, tree, ApiError, Shared};
+use super::{authorize, json, tree, ApiError, Shared, BODY_LIMIT};
 
 /// Alerts per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -53,6 +53,20 @@ pub fn routes() -> Router<Shared> {
 
 fn bad_request(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// Reads a request body, at most [`BODY_LIMIT`] bytes. Called after [`authorize`], so a
+/// caller without the token cannot make the server buffer anything.
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
+        // The only error a complete, in-limit body can give is the limit itself.
+        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {BODY_LIMIT} bytes"))
+        } else {
+            bad_request(format!("reading the request body: {e}"))
+        }
+    })
 }
 
 /// Parses a JSON body strictly, naming the problem on failure.
@@ -97,8 +111,9 @@ struct Release {
     target: String,
 }
 
-async fn release(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn release(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    let body = read_body(body).await?;
     let r: Release = parse(&body)?;
     let result = state.policy.release(&r.target)?;
     tracing::info!(target = %r.target, %result, "API: release");
@@ -112,8 +127,9 @@ struct Block {
     ttl_s: u64,
 }
 
-async fn block(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn block(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    let body = read_body(body).await?;
     let b: Block = parse(&body)?;
     if b.ttl_s == 0 || b.ttl_s > MAX_TTL_S {
         return Err(bad_request(format!("ttl_s must be between 1 and {MAX_TTL_S} seconds (found {})", b.ttl_s)));
@@ -129,16 +145,18 @@ struct DryRun {
     enabled: bool,
 }
 
-async fn dry_run(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn dry_run(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    let body = read_body(body).await?;
     let d: DryRun = parse(&body)?;
     state.policy.set_dry_run(d.enabled)?;
     tracing::info!(enabled = d.enabled, "API: dry-run mode set");
     Ok(json(serde_json::json!({ "dry_run": d.enabled })))
 }
 
-async fn reload(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn reload(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    let body = read_body(body).await?;
     let text = std::str::from_utf8(&body).map_err(|e| bad_request(format!("the policy must be UTF-8 TOML text: {e}")))?;
     state.policy.reload(text)?;
     tracing::info!(bytes = text.len(), "API: policy reloaded");
