@@ -243,3 +243,40 @@ fn without_a_token_mutations_are_disabled_and_http_off_serves_nothing() {
     assert!(listening(&vo), "{}", vo.log_text());
     assert!(!listening(&vo2), "{}", vo2.log_text());
 }
+
+#[test]
+fn sdn_topology_and_link_stats_come_from_the_controller_agent() {
+    use vespa_tests::daemons::floodlight_stub::{Fault, FloodlightStub, DPID1};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let stub = rt.block_on(FloodlightStub::start());
+    let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+    let fl_params = format!("[node.params]\nurl = \"{}\"\ndefault_ttl_s = \"none\"\n", stub.url());
+    let nodes = [
+        N { name: "VO", kind: "vo", machine: "host", master: None, port: free_port(), extra: String::new() },
+        N { name: "HO_PH", kind: "ho_ph", machine: "host", master: Some("VO"), port: free_port(), extra: String::new() },
+        N { name: "fl", kind: "agent_controller_floodlight", machine: "host", master: Some("HO_PH"), port: free_port(), extra: fl_params },
+    ];
+    let tree = Tree::new("http-sdn", "heartbeat_ms = 300\nsample_interval_ms = 0", &[("host", lo)], &nodes);
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let api_s = api.to_string();
+    let vo = tree.spawn_with("vo", "vespa-orchestrator", None, &[], &["VO", "HO_PH"], &["--http", &api_s]);
+    let _agent = tree.spawn("agent", "vespa-agent", None, &[], &["fl"]);
+    wait_api(api, &vo);
+
+    // Polls until fl has registered (until then the call fails: 502).
+    let topo = wait_for("fl's topology at /get_topology", || {
+        let r = get(api, "/get_topology");
+        (r.status == 200).then_some(r)
+    });
+    assert_eq!(topo.header("access-control-allow-origin").as_deref(), Some("*"));
+    assert!(topo.body.contains(DPID1), "the controller's switches: {}", topo.body);
+    let stats = get(api, "/get_link_stats");
+    assert_eq!(stats.status, 200, "{}", stats.body);
+    let _ = stats.json();
+    assert!(stub.take_requests().iter().any(|r| r.path == "/wm/topology/links/json"), "asked the controller itself");
+
+    // The controller failing: a 502 naming the agent and the controller's status.
+    stub.set_fault(Fault::Status(500));
+    let e = get(api, "/get_topology").error(502);
+    assert!(e.starts_with("fl: ") && e.contains("500"), "{e}");
+}
