@@ -17,6 +17,9 @@ use super::metrics::Metrics;
 
 /// Deltas kept per interface (the 2014 `/recv_bytes` showed the last 40).
 pub const SAMPLES: usize = 40;
+/// Interfaces followed at once. VM tap devices come and go, so without a bound the table
+/// would grow with every VM ever started; the one silent longest is forgotten first.
+pub const MAX_INTERFACES: usize = 256;
 
 /// The short name of an alert's kind, as used in metrics labels and JSON.
 pub fn kind_of(body: &AlertBody) -> &'static str {
@@ -34,6 +37,8 @@ pub fn kind_of(body: &AlertBody) -> &'static str {
 /// Byte-counter deltas of one interface of one agent, oldest first.
 #[derive(Default)]
 struct Samples {
+    /// The view's alert index when this interface last reported (for eviction).
+    touched: u64,
     last: Option<(u64, u64)>,
     rx: VecDeque<u64>,
     tx: VecDeque<u64>,
@@ -128,10 +133,19 @@ impl VoView {
         match &alert.body {
             AlertBody::Bandwidth { iface, rx_bytes, tx_bytes } => {
                 let key = (alert.origin.clone(), iface.clone());
+                let now = s.next_index;
                 match s.samples.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, samples)) => samples.push(*rx_bytes, *tx_bytes),
+                    Some((_, samples)) => {
+                        samples.touched = now;
+                        samples.push(*rx_bytes, *tx_bytes);
+                    }
                     None => {
-                        let mut samples = Samples::default();
+                        if s.samples.len() >= MAX_INTERFACES {
+                            if let Some(oldest) = s.samples.iter().enumerate().min_by_key(|(_, (_, v))| v.touched).map(|(i, _)| i) {
+                                s.samples.remove(oldest);
+                            }
+                        }
+                        let mut samples = Samples { touched: now, ..Samples::default() };
                         samples.push(*rx_bytes, *tx_bytes);
                         s.samples.push((key, samples));
                     }
@@ -225,6 +239,21 @@ mod tests {
         v.on_alert(&bw(51, 15, 6));
         assert_eq!(v.deltas(Some("bw"), Some("lo"), Direction::Tx).expect("tx").last(), Some(&1), "reset: the delta restarts from the new value");
         assert!(v.deltas(None, Some("eth9"), Direction::Rx).is_none());
+    }
+
+    #[test]
+    fn interfaces_are_bounded_forgetting_the_longest_silent() {
+        let v = VoView::new(10, Arc::default());
+        let tap = |seq: u64, n: usize| Alert { body: AlertBody::Bandwidth { iface: format!("vnet{n}"), rx_bytes: 1, tx_bytes: 1 }, ..bw(seq, 0, 0) };
+        v.on_alert(&bw(0, 1, 1));
+        for n in 0..MAX_INTERFACES + 5 {
+            v.on_alert(&tap(n as u64 + 1, n));
+            v.on_alert(&bw(n as u64 + 1000, 1, 1));
+        }
+        let ifs = v.interfaces();
+        assert_eq!(ifs.len(), MAX_INTERFACES);
+        assert!(ifs.contains(&("bw".into(), "lo".into())), "lo keeps reporting: kept");
+        assert!(!ifs.contains(&("bw".into(), "vnet0".into())), "the first tap went silent: forgotten");
     }
 
     #[test]
