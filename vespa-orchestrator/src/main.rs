@@ -180,7 +180,11 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let token = match (&args.api_token_file, http) {
         (Some(path), Some(_)) => Some(http::ApiToken::load(path)?),
-        _ => None,
+        (Some(path), None) => {
+            tracing::warn!(path = %path.display(), "--api-token-file ignored: this process serves no HTTP API (it runs no VO, or --http off)");
+            None
+        }
+        (None, _) => None,
     };
     let rt = runtime()?;
     let exits = rt.block_on(async {
@@ -212,9 +216,14 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             let state = parts.state(handle);
             let mut stop = stop_rx.clone();
             tracing::info!(%addr, mutations = state.token.is_some(), "HTTP API listening");
-            server = Some(tokio::spawn(http::serve(l, Arc::new(state), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })));
+            server = Some(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(error) = http::serve(l, Arc::new(state), stopped).await {
+                    tracing::error!(%error, %addr, "HTTP API stopped");
+                }
+            }));
         };
         let exits = launch::run_nodes_with_handles(&topo, &nodes, security, hooks, on_ready, signal).await;
         if let Some(s) = server {
