@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, NodeDef, Topology};
 use crate::error::NodeError;
-use crate::node::{Exit, Hooks, Node, NodeSpec};
+use crate::node::{Exit, Hooks, Node, NodeHandle, NodeSpec};
 use crate::transport::Security;
 
 /// The topology in `path`, or the embedded default.
@@ -66,7 +66,21 @@ pub async fn run_nodes(
     topo: &Topology,
     nodes: &[&NodeDef],
     security: Security,
+    hooks: impl FnMut(&NodeDef) -> Hooks,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Vec<(String, Exit)>, NodeError> {
+    run_nodes_with_handles(topo, nodes, security, hooks, |_, _| {}, shutdown).await
+}
+
+/// As [`run_nodes`], giving `on_ready` each node's [`NodeHandle`] once every node is built
+/// and before any runs, so the embedding program can serve from them (the orchestrator's
+/// HTTP API reads the VO through its handle).
+pub async fn run_nodes_with_handles(
+    topo: &Topology,
+    nodes: &[&NodeDef],
+    security: Security,
     mut hooks: impl FnMut(&NodeDef) -> Hooks,
+    mut on_ready: impl FnMut(&NodeDef, NodeHandle),
     shutdown: impl Future<Output = ()>,
 ) -> Result<Vec<(String, Exit)>, NodeError> {
     let mut ready = Vec::new();
@@ -74,6 +88,9 @@ pub async fn run_nodes(
         let listener = bind(&def.name, topo.listen_addr(def))?;
         let spec = NodeSpec::from_topology(topo, &def.name, security.clone()).expect("selected nodes come from the topology");
         ready.push((def.name.clone(), Node::new(spec, hooks(def))?, listener));
+    }
+    for ((_, node, _), def) in ready.iter().zip(nodes) {
+        on_ready(def, node.handle());
     }
     let stop = CancellationToken::new();
     let mut running = tokio::task::JoinSet::new();

@@ -1,13 +1,16 @@
 //! `vespa-orchestrator`: runs the HO and VO nodes of a VESPA tree, makes its pre-shared key,
 //! and calls verbs on a running tree.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use vespa_node::{launch, Client, Hooks, Security, Topology};
+use vespa_node::{launch, Client, Hooks, Role, Security, Topology};
+use vespa_orchestrator::http;
 
 /// Horizontal (HO_VM, HO_HY, HO_PH) and vertical (VO) orchestrators of VESPA.
 ///
@@ -64,6 +67,28 @@ struct RunArgs {
     /// Run the HO/VO nodes located on this machine.
     #[arg(long, conflicts_with = "nodes")]
     machine: Option<String>,
+    /// Where the HTTP API and /metrics listen (only in the process that runs the VO), or
+    /// `off`. Loopback by default: put a TLS proxy in front to reach it from elsewhere.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:8080", value_parser = parse_http)]
+    http: HttpListen,
+    /// File holding the bearer token the API's mutations require (mode 0600, at least 16
+    /// characters). Without it, mutations answer 503.
+    #[arg(long, value_name = "PATH", env = "VESPA_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+}
+
+/// `--http`: an address, or off.
+#[derive(Clone, Copy, Debug)]
+enum HttpListen {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_http(s: &str) -> Result<HttpListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(HttpListen::Off);
+    }
+    s.parse().map(HttpListen::On).map_err(|e| format!("{s:?}: {e} (expected IP:PORT, e.g. 127.0.0.1:8080, or `off`)"))
 }
 
 #[derive(Args)]
@@ -142,8 +167,65 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let security = security(&topo, args.cfg.key.as_deref())?;
+    let hosts_vo = nodes.iter().any(|n| n.role == Role::Vo);
+    let http = match args.http {
+        HttpListen::On(addr) if hosts_vo => Some(addr),
+        _ => None,
+    };
+    let token = match (&args.api_token_file, http) {
+        (Some(path), Some(_)) => Some(http::ApiToken::load(path)?),
+        (Some(path), None) => {
+            tracing::warn!(path = %path.display(), "--api-token-file ignored: this process serves no HTTP API (it runs no VO, or --http off)");
+            None
+        }
+        (None, _) => None,
+    };
     let rt = runtime()?;
-    let exits = rt.block_on(launch::run_nodes(&topo, &nodes, security, |_| Hooks::default(), vespa_node::launch::shutdown_signal()))?;
+    let exits = rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            vespa_node::launch::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        };
+        let Some(addr) = http else {
+            return Ok(launch::run_nodes(&topo, &nodes, security, |_| Hooks::default(), signal).await?);
+        };
+        // Bound before the nodes start, so a port conflict fails the start rather than
+        // leaving a tree without its API.
+        let mut listener = Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the HTTP API to {addr} (--http)"))?);
+        let parts = http::ApiParts::new(&topo, token);
+        let mut server = None;
+        let hooks = |def: &vespa_node::config::NodeDef| {
+            let mut h = Hooks::default();
+            if def.role == Role::Vo {
+                parts.add_vo_handler(&mut h);
+            }
+            h
+        };
+        let on_ready = |def: &vespa_node::config::NodeDef, handle: vespa_node::NodeHandle| {
+            if def.role != Role::Vo {
+                return;
+            }
+            let Some(l) = listener.take() else { return };
+            let state = parts.state(handle);
+            let mut stop = stop_rx.clone();
+            tracing::info!(%addr, mutations = state.token.is_some(), "HTTP API listening");
+            server = Some(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(error) = http::serve(l, Arc::new(state), stopped).await {
+                    tracing::error!(%error, %addr, "HTTP API stopped");
+                }
+            }));
+        };
+        let exits = launch::run_nodes_with_handles(&topo, &nodes, security, hooks, on_ready, signal).await;
+        if let Some(s) = server {
+            // The nodes are gone (signal or destroy): the API has nothing left to serve.
+            s.abort();
+        }
+        anyhow::Ok(exits?)
+    })?;
     for (name, exit) in exits {
         tracing::info!(node = %name, ?exit, "node exited");
     }

@@ -109,6 +109,11 @@ impl Tree {
             cmd.args(["--node", n]);
         }
         cmd.args(post);
+        // The orchestrator serves its HTTP API on 127.0.0.1:8080 by default; parallel tests
+        // would fight over that port, so it is off unless a test asks for it.
+        if program == "vespa-orchestrator" && !post.contains(&"--http") {
+            cmd.args(["--http", "off"]);
+        }
         cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
         let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {program}: {e}"));
         Proc { label: label.to_string(), child: Some(child), log }

@@ -1,0 +1,219 @@
+//! The orchestrator's HTTP API: the 2014 dashboard endpoints, a versioned API, `/metrics`.
+//!
+//! It runs in the process that hosts the VO and reads only what the VO has: the alerts it
+//! processes (through [`VoView`], an alert handler), its node handle (the tree, calls to
+//! agents), the topology, and the policy behind [`PolicyControl`].
+//!
+//! - [`legacy`]: the GET-only JSON endpoints of 2014 (`/archi`, `/recv_bytes`, ...), with
+//!   CORS `*` as then, so an old dashboard page still works.
+//! - [`v1`]: `/api/v1/...`: reads (topology, alerts with paging, counters, actions, policy)
+//!   and mutations (release, block, dry-run, policy reload) that need a bearer token.
+//! - [`metrics`]: `/metrics` in OpenMetrics text.
+//!
+//! Every error is JSON, `{"error": "..."}`, with the status saying whose fault it is: 400 bad
+//! request body or query, 401 no or wrong token, 404 unknown route or thing, 405 wrong
+//! method, 413 body over [`BODY_LIMIT`], 502 an agent failed, 503 not available (no token
+//! configured, no policy, no SDN agent). The 2014 server answered anything it did not know
+//! with a Python traceback; a client here can always parse the answer.
+
+pub mod legacy;
+pub mod metrics;
+mod parts;
+pub mod policy;
+mod token;
+pub mod v1;
+pub mod view;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{middleware, Router};
+use prometheus_client::registry::Registry;
+use vespa_node::{NodeHandle, Role, Topology};
+
+pub use metrics::Metrics;
+pub use parts::ApiParts;
+pub use policy::{ActiveAction, NoPolicy, PolicyControl, PolicyError};
+pub use token::{ApiToken, TokenError};
+pub use view::VoView;
+
+/// Largest request body (JSON commands, policy text).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// How long a read of the tree or an agent may take before the API answers without it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything the handlers read.
+pub struct ApiState {
+    /// The VO, for calls down the tree and its counters.
+    pub vo: NodeHandle,
+    /// The topology the process runs (kinds of nodes, the SDN agent).
+    pub topology: Arc<Topology>,
+    /// Alerts as processed by the VO.
+    pub view: Arc<VoView>,
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// The policy (or [`NoPolicy`]).
+    pub policy: Arc<dyn PolicyControl>,
+    /// The token mutations need; `None` disables mutations (503).
+    pub token: Option<ApiToken>,
+}
+
+type Shared = Arc<ApiState>;
+
+/// An error answer: a status and a sentence, sent as `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+}
+
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> Self {
+        let status = match e {
+            PolicyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            PolicyError::Invalid(_) => StatusCode::BAD_REQUEST,
+            PolicyError::NotFound(_) => StatusCode::NOT_FOUND,
+            PolicyError::ActuatorFailed(_) => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message }).to_string();
+        let mut res = (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"vespa\""));
+        }
+        res
+    }
+}
+
+/// A JSON 200 answer.
+pub(crate) fn json(v: impl serde::Serialize) -> Response {
+    match serde_json::to_string(&v) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the answer: {e}")).into_response(),
+    }
+}
+
+/// Checks the bearer token of a mutation: 503 when the server has none, 401 when the request
+/// has none or another one.
+pub(crate) fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mutations are disabled: no API token configured (start the orchestrator with --api-token-file)"));
+    };
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "this endpoint needs an `Authorization: Bearer <token>` header")),
+        Some(p) if token.matches(p.trim()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong API token")),
+    }
+}
+
+/// Calls `verb` on node `target` (the VO itself or any node below it), bounded in time.
+pub(crate) async fn call_node(state: &ApiState, target: &str, verb: &str) -> Result<String, String> {
+    let fut = if target == state.vo.name() { state.vo.call(verb, Vec::new()) } else { state.vo.call("call", vec![target.to_string(), verb.to_string()]) };
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("{target} did not answer {verb} within {CALL_TIMEOUT:?}")),
+    }
+}
+
+/// The tree as the VO sees it now: each node's name, kind (as in the topology when it is
+/// there, else the kind it registered with), listen address and children. A node that does
+/// not answer is listed with an `error` instead of children.
+pub(crate) async fn tree(state: &ApiState) -> serde_json::Value {
+    let vo = state.vo.name().to_string();
+    let children = children_of(state, &vo).await;
+    let mut kids = Vec::new();
+    for child in children.unwrap_or_default() {
+        let name = child["name"].as_str().unwrap_or_default().to_string();
+        let mut entry = node_entry(state, &child);
+        if child["kind"] != "Agent" {
+            match children_of(state, &name).await {
+                Ok(grand) => entry["children"] = grand.iter().map(|g| node_entry(state, g)).collect(),
+                Err(e) => entry["error"] = e.into(),
+            }
+        }
+        kids.push(entry);
+    }
+    serde_json::json!({ "name": vo, "kind": Role::Vo.as_str(), "children": kids })
+}
+
+async fn children_of(state: &ApiState, node: &str) -> Result<Vec<serde_json::Value>, String> {
+    let text = call_node(state, node, "list_slaves").await?;
+    serde_json::from_str(&text).map_err(|e| format!("{node} answered list_slaves with something else than a list: {e}"))
+}
+
+fn node_entry(state: &ApiState, child: &serde_json::Value) -> serde_json::Value {
+    let name = child["name"].as_str().unwrap_or_default();
+    let kind = state.topology.node(name).map_or_else(|| child["kind"].as_str().unwrap_or("?").to_lowercase(), |d| d.role.as_str().to_string());
+    serde_json::json!({ "name": name, "kind": kind, "listen": child["listen_addr"], "children": [] })
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint (the API is under /api/v1/; the 2014 endpoints are /archi, /recv_bytes, ...)")
+}
+
+/// Gives the errors axum answers by itself (405, 413, extractor rejections) the same JSON
+/// shape as ours; JSON answers pass through untouched.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this endpoint".to_string(),
+        StatusCode::PAYLOAD_TOO_LARGE => format!("request body larger than {BODY_LIMIT} bytes"),
+        _ if !text.is_empty() => text,
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
+}
+
+async fn metrics_endpoint(State(state): State<Shared>) -> Response {
+    let body = metrics::render(&state.registry);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], Body::from(body)).into_response()
+}
+
+/// The whole API.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .merge(legacy::routes())
+        .nest("/api/v1", v1::routes())
+        .route("/metrics", get(metrics_endpoint))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::map_response(json_errors))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

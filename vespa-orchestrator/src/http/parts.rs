@@ -1,0 +1,55 @@
+//! Wiring the API into the process that runs the VO.
+//!
+//! The API needs two things from the node runtime at two different moments: an alert handler
+//! in the VO's [`Hooks`] before the VO is built, and the VO's [`NodeHandle`] once it is.
+//! [`ApiParts`] holds what is shared between the two (metrics, view, policy, token), so the
+//! binary, the policy and tests wire it the same way.
+
+use std::sync::Arc;
+
+use vespa_node::{Hooks, NodeHandle, Topology};
+
+use super::{ApiState, ApiToken, Metrics, NoPolicy, PolicyControl, VoView};
+
+/// The API's shared pieces, before the VO exists.
+pub struct ApiParts {
+    /// Updated by the VO's alert handler and by the policy (actuator acknowledgements).
+    pub metrics: Arc<Metrics>,
+    /// The alerts as the VO processed them.
+    pub view: Arc<VoView>,
+    topology: Arc<Topology>,
+    token: Option<ApiToken>,
+    policy: Arc<dyn PolicyControl>,
+}
+
+impl ApiParts {
+    /// Parts for `topology`, with [`NoPolicy`] until [`ApiParts::with_policy`].
+    pub fn new(topology: &Topology, token: Option<ApiToken>) -> ApiParts {
+        let metrics = Arc::new(Metrics::default());
+        let view = VoView::new(topology.settings.keep_alerts, metrics.clone());
+        ApiParts { metrics, view, topology: Arc::new(topology.clone()), token, policy: Arc::new(NoPolicy) }
+    }
+
+    /// Serves `policy` behind `/api/v1/{actions,policy,release,block,dry-run,policy/reload}`.
+    pub fn with_policy(mut self, policy: Arc<dyn PolicyControl>) -> ApiParts {
+        self.policy = policy;
+        self
+    }
+
+    /// Adds the API's alert handler to the VO's hooks (run it on the VO's only).
+    pub fn add_vo_handler(&self, hooks: &mut Hooks) {
+        hooks.alert_handlers.push(self.view.handler());
+    }
+
+    /// The handlers' state, once the VO is built.
+    pub fn state(&self, vo: NodeHandle) -> ApiState {
+        ApiState {
+            registry: self.metrics.registry(vo.clone()),
+            vo,
+            topology: self.topology.clone(),
+            view: self.view.clone(),
+            policy: self.policy.clone(),
+            token: self.token.clone(),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! What the API asks of the VO's policy, as a trait: the policy and its actions live in
+//! their own module (issue 5), and the API must neither wait for them nor know their types.
+//!
+//! Until a policy is plugged in, [`NoPolicy`] answers every read with "nothing" and every
+//! mutation with [`PolicyError::Unavailable`] (HTTP 503), so an operator learns at once that
+//! nothing would happen rather than getting a silent success.
+
+use serde::Serialize;
+
+/// One reaction currently in force (a blocked address, a cut VM link, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActiveAction {
+    /// The key `release` takes to undo it.
+    pub key: String,
+    /// What was done (`block`, `cut_link`, `migrate`, ...).
+    pub action: String,
+    /// What it was done to (an address, a VM).
+    pub target: String,
+    /// The actuator agent that carries it out.
+    pub actuator: String,
+    /// When it started (seconds since the Unix epoch).
+    pub since_unix_s: u64,
+    /// When it ends by itself, if it has a TTL.
+    pub expires_unix_s: Option<u64>,
+    /// True when the policy only logged it (dry-run mode): nothing was asked of an actuator.
+    pub dry_run: bool,
+}
+
+/// Why a policy operation was refused; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// No policy is loaded, or it cannot act now (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request is well-formed JSON but makes no sense to the policy: bad rules text,
+    /// an unparsable target, a TTL out of range (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// `release` of a key with no active action (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The actuator was asked and failed (502).
+    #[error("{0}")]
+    ActuatorFailed(String),
+}
+
+/// The VO's policy as the API sees it. Implementations must not block: the API calls these
+/// on its request tasks (anything slow goes through the tree asynchronously and is reported
+/// by `active_actions` later).
+pub trait PolicyControl: Send + Sync + 'static {
+    /// The reactions in force, oldest first.
+    fn active_actions(&self) -> Vec<ActiveAction>;
+    /// The rules as loaded (TOML text); `None` when no policy is loaded.
+    fn rules_text(&self) -> Option<String>;
+    /// Whether reactions are only logged.
+    fn dry_run(&self) -> bool;
+    /// Turns dry-run mode on or off.
+    fn set_dry_run(&self, enabled: bool) -> Result<(), PolicyError>;
+    /// Replaces the rules with `text` (validated first: bad rules leave the old ones).
+    fn reload(&self, text: &str) -> Result<(), PolicyError>;
+    /// Undoes the active action `key` (e.g. unblocks an address); returns what was done.
+    fn release(&self, key: &str) -> Result<String, PolicyError>;
+    /// Blocks `target` by hand for `ttl_s` seconds; returns the new action's key.
+    fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError>;
+}
+
+/// The stand-in until a policy is wired in: reads are empty, mutations answer 503.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoPolicy;
+
+const NO_POLICY: &str = "no policy is loaded in this orchestrator: nothing can be blocked, released or reloaded";
+
+impl PolicyControl for NoPolicy {
+    fn active_actions(&self) -> Vec<ActiveAction> {
+        Vec::new()
+    }
+    fn rules_text(&self) -> Option<String> {
+        None
+    }
+    fn dry_run(&self) -> bool {
+        false
+    }
+    fn set_dry_run(&self, _: bool) -> Result<(), PolicyError> {
+        Err(PolicyError::Unavailable(NO_POLICY.into()))
+    }
+    fn reload(&self, _: &str) -> Result<(), PolicyError> {
+        Err(PolicyError::Unavailable(NO_POLICY.into()))
+    }
+    fn release(&self, _: &str) -> Result<String, PolicyError> {
+        Err(PolicyError::Unavailable(NO_POLICY.into()))
+    }
+    fn block(&self, _: &str, _: u64) -> Result<String, PolicyError> {
+        Err(PolicyError::Unavailable(NO_POLICY.into()))
+    }
+}

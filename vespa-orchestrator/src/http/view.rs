@@ -1,0 +1,273 @@
+//! What the API knows of the alerts: a bounded view fed by an alert handler on the VO.
+//!
+//! The handler runs on the VO's connection tasks for every alert it processes, so it only
+//! copies into memory under one short lock; the HTTP handlers read snapshots. Everything is
+//! bounded: the last `keep` alerts, the last [`SAMPLES`] deltas per interface, the latest
+//! connection table per origin.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::Serialize;
+use vespa_node::AlertHandler;
+use vespa_proto::{Alert, AlertBody};
+
+use super::metrics::Metrics;
+
+/// Deltas kept per interface (the 2014 `/recv_bytes` showed the last 40).
+pub const SAMPLES: usize = 40;
+/// Interfaces followed at once. VM tap devices come and go, so without a bound the table
+/// would grow with every VM ever started; the one silent longest is forgotten first.
+pub const MAX_INTERFACES: usize = 256;
+
+/// The short name of an alert's kind, as used in metrics labels and JSON.
+pub fn kind_of(body: &AlertBody) -> &'static str {
+    match body {
+        AlertBody::ConnThreshold { .. } => "conn_threshold",
+        AlertBody::SynThreshold { .. } => "syn_threshold",
+        AlertBody::Bandwidth { .. } => "bandwidth",
+        AlertBody::Connections { .. } => "connections",
+        AlertBody::Infected { .. } => "infected",
+        AlertBody::ActuatorFailed { .. } => "actuator_failed",
+        AlertBody::Text(_) => "text",
+    }
+}
+
+/// Byte-counter deltas of one interface of one agent, oldest first.
+#[derive(Default)]
+struct Samples {
+    /// The view's alert index when this interface last reported (for eviction).
+    touched: u64,
+    last: Option<(u64, u64)>,
+    rx: VecDeque<u64>,
+    tx: VecDeque<u64>,
+}
+
+impl Samples {
+    fn push(&mut self, rx: u64, tx: u64) {
+        // A counter that went backwards was reset (agent or interface restarted): start again
+        // from the new value rather than record a huge bogus delta.
+        if let Some((lrx, ltx)) = self.last {
+            if rx >= lrx && tx >= ltx {
+                for (q, d) in [(&mut self.rx, rx - lrx), (&mut self.tx, tx - ltx)] {
+                    if q.len() == SAMPLES {
+                        q.pop_front();
+                    }
+                    q.push_back(d);
+                }
+            }
+        }
+        self.last = Some((rx, tx));
+    }
+}
+
+/// Which direction of traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Received bytes.
+    Rx,
+    /// Transmitted bytes.
+    Tx,
+}
+
+/// One kept alert with its index in the VO's stream (for paging).
+#[derive(Debug, Clone, Serialize)]
+pub struct Indexed {
+    /// Position in the stream of alerts the API has seen (0 = the first since start).
+    pub index: u64,
+    /// The body's kind (`bandwidth`, `conn_threshold`, ...).
+    pub kind: &'static str,
+    /// The alert as the VO processed it.
+    pub alert: Alert,
+}
+
+/// A page of alerts: `next` is the `from` of the following page.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    /// Index of the oldest alert still kept.
+    pub first: u64,
+    /// Where the next page starts.
+    pub next: u64,
+    /// The alerts, oldest first.
+    pub alerts: Vec<Indexed>,
+}
+
+struct State {
+    keep: usize,
+    next_index: u64,
+    alerts: VecDeque<Indexed>,
+    /// (origin, interface) -> samples, in the order first seen.
+    samples: Vec<((String, String), Samples)>,
+    /// origin -> its latest connections table.
+    connections: BTreeMap<String, Vec<(IpAddr, u64)>>,
+}
+
+/// The API's view of the alerts reaching the VO.
+pub struct VoView {
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+}
+
+impl VoView {
+    /// A view keeping the last `keep` alerts, counting them in `metrics`.
+    pub fn new(keep: usize, metrics: Arc<Metrics>) -> Arc<VoView> {
+        let state = State { keep: keep.max(1), next_index: 0, alerts: VecDeque::new(), samples: Vec::new(), connections: BTreeMap::new() };
+        Arc::new(VoView { state: Mutex::new(state), metrics })
+    }
+
+    /// The alert handler to put in the VO's [`vespa_node::Hooks`].
+    pub fn handler(self: &Arc<Self>) -> AlertHandler {
+        let me = self.clone();
+        Arc::new(move |a: &Alert| me.on_alert(a))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes one alert processed at the VO.
+    pub fn on_alert(&self, alert: &Alert) {
+        self.metrics.on_alert(alert);
+        let mut s = self.lock();
+        match &alert.body {
+            AlertBody::Bandwidth { iface, rx_bytes, tx_bytes } => {
+                let key = (alert.origin.clone(), iface.clone());
+                let now = s.next_index;
+                match s.samples.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, samples)) => {
+                        samples.touched = now;
+                        samples.push(*rx_bytes, *tx_bytes);
+                    }
+                    None => {
+                        if s.samples.len() >= MAX_INTERFACES {
+                            if let Some(oldest) = s.samples.iter().enumerate().min_by_key(|(_, (_, v))| v.touched).map(|(i, _)| i) {
+                                s.samples.remove(oldest);
+                            }
+                        }
+                        let mut samples = Samples { touched: now, ..Samples::default() };
+                        samples.push(*rx_bytes, *tx_bytes);
+                        s.samples.push((key, samples));
+                    }
+                }
+            }
+            AlertBody::Connections { per_remote } => {
+                s.connections.insert(alert.origin.clone(), per_remote.clone());
+            }
+            _ => {}
+        }
+        if s.alerts.len() == s.keep {
+            s.alerts.pop_front();
+        }
+        let index = s.next_index;
+        s.next_index += 1;
+        s.alerts.push_back(Indexed { index, kind: kind_of(&alert.body), alert: alert.clone() });
+    }
+
+    /// Alerts from index `from` on, at most `limit`.
+    pub fn page(&self, from: u64, limit: usize) -> Page {
+        let s = self.lock();
+        let first = s.next_index - s.alerts.len() as u64;
+        let skip = from.saturating_sub(first) as usize;
+        let alerts: Vec<Indexed> = s.alerts.iter().skip(skip).take(limit).cloned().collect();
+        let next = alerts.last().map_or(from.clamp(first, s.next_index), |a| a.index + 1);
+        Page { first, next, alerts }
+    }
+
+    /// The last `n` alerts, oldest first.
+    pub fn recent(&self, n: usize) -> Vec<Alert> {
+        let s = self.lock();
+        s.alerts.iter().skip(s.alerts.len().saturating_sub(n)).map(|i| i.alert.clone()).collect()
+    }
+
+    /// The deltas of one interface, oldest first: the first one seen, or the one named by
+    /// `iface` (and `origin`, when several agents report an interface of that name).
+    /// `None` when no such interface has reported.
+    pub fn deltas(&self, origin: Option<&str>, iface: Option<&str>, dir: Direction) -> Option<Vec<u64>> {
+        let s = self.lock();
+        let (_, samples) = s.samples.iter().find(|((o, i), _)| origin.is_none_or(|w| w == o) && iface.is_none_or(|w| w == i))?;
+        Some(match dir {
+            Direction::Rx => samples.rx.iter().copied().collect(),
+            Direction::Tx => samples.tx.iter().copied().collect(),
+        })
+    }
+
+    /// The interfaces reporting, as (origin, interface).
+    pub fn interfaces(&self) -> Vec<(String, String)> {
+        self.lock().samples.iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Connections per remote address, summed over the latest table of every agent,
+    /// busiest first.
+    pub fn connections(&self) -> Vec<(IpAddr, u64)> {
+        let s = self.lock();
+        let mut sum: BTreeMap<IpAddr, u64> = BTreeMap::new();
+        for table in s.connections.values() {
+            for (ip, n) in table {
+                *sum.entry(*ip).or_default() += n;
+            }
+        }
+        let mut out: Vec<(IpAddr, u64)> = sum.into_iter().collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    /// Alerts seen since start.
+    pub fn seen(&self) -> u64 {
+        self.lock().next_index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bw(seq: u64, rx: u64, tx: u64) -> Alert {
+        Alert { origin: "bw".into(), seq, path: vec!["bw".into()], timestamp_ns: 1, body: AlertBody::Bandwidth { iface: "lo".into(), rx_bytes: rx, tx_bytes: tx } }
+    }
+
+    #[test]
+    fn deltas_are_bounded_and_survive_a_counter_reset() {
+        let v = VoView::new(10, Arc::default());
+        for i in 0..50u64 {
+            v.on_alert(&bw(i, i * 100, i * 10));
+        }
+        let rx = v.deltas(None, None, Direction::Rx).expect("lo reported");
+        assert_eq!(rx.len(), SAMPLES);
+        assert!(rx.iter().all(|d| *d == 100), "{rx:?}");
+        v.on_alert(&bw(50, 5, 5));
+        v.on_alert(&bw(51, 15, 6));
+        assert_eq!(v.deltas(Some("bw"), Some("lo"), Direction::Tx).expect("tx").last(), Some(&1), "reset: the delta restarts from the new value");
+        assert!(v.deltas(None, Some("eth9"), Direction::Rx).is_none());
+    }
+
+    #[test]
+    fn interfaces_are_bounded_forgetting_the_longest_silent() {
+        let v = VoView::new(10, Arc::default());
+        let tap = |seq: u64, n: usize| Alert { body: AlertBody::Bandwidth { iface: format!("vnet{n}"), rx_bytes: 1, tx_bytes: 1 }, ..bw(seq, 0, 0) };
+        v.on_alert(&bw(0, 1, 1));
+        for n in 0..MAX_INTERFACES + 5 {
+            v.on_alert(&tap(n as u64 + 1, n));
+            v.on_alert(&bw(n as u64 + 1000, 1, 1));
+        }
+        let ifs = v.interfaces();
+        assert_eq!(ifs.len(), MAX_INTERFACES);
+        assert!(ifs.contains(&("bw".into(), "lo".into())), "lo keeps reporting: kept");
+        assert!(!ifs.contains(&("bw".into(), "vnet0".into())), "the first tap went silent: forgotten");
+    }
+
+    #[test]
+    fn pages_follow_next_and_skip_what_was_dropped() {
+        let v = VoView::new(10, Arc::default());
+        for i in 0..25u64 {
+            v.on_alert(&bw(i, i, i));
+        }
+        let p = v.page(0, 4);
+        assert_eq!((p.first, p.next, p.alerts.len()), (15, 19, 4), "only the last 10 are kept");
+        let p2 = v.page(p.next, 100);
+        assert_eq!((p2.next, p2.alerts.len()), (25, 6));
+        assert!(v.page(p2.next, 100).alerts.is_empty());
+        assert_eq!(v.page(p2.next, 100).next, 25, "an empty page keeps its place");
+        assert_eq!(v.recent(3).iter().map(|a| a.seq).collect::<Vec<_>>(), [22, 23, 24]);
+    }
+}

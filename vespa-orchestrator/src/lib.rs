@@ -1,0 +1,10 @@
+//! `vespa-orchestrator` as a library: what the binary serves besides the nodes themselves,
+//! so the policy (issue 5) and tests can plug into it.
+//!
+//! - [`http`]: the HTTP API (2014 endpoints, `/api/v1`, `/metrics`) of the process that runs
+//!   the VO, and [`http::PolicyControl`], the policy's side of it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod http;
