@@ -136,6 +136,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Where `cargo xtask run` serves the VO's HTTP API and dashboard.
+const HTTP: &str = "127.0.0.1:8080";
+
 /// Starts the orchestrators and the agents and waits for Ctrl-C (or for one to fail).
 fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<()> {
     let bin = root.join("target/release");
@@ -145,12 +148,33 @@ fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<
         step(&format!("making a pre-shared key at {}", key.display()));
         check(Command::new(bin.join("vespa-orchestrator")).arg("keygen").arg(&key).status()?, "vespa-orchestrator keygen")?;
     }
+    // The API's token for mutations (release, block, dry-run, reload): 32 random bytes as hex,
+    // mode 0600 like the key.
+    let token = root.join("target/vespa/api-token");
+    if !token.exists() {
+        use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+        let mut raw = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&token)?;
+        std::io::Write::write_all(&mut f, hex.as_bytes())?;
+        step(&format!("made an API token at {}", token.display()));
+    }
     step("the tree (embedded default topology):");
     check(Command::new(bin.join("vespa-orchestrator")).args(["run", "--check-config"]).status()?, "vespa-orchestrator --check-config")?;
     step("starting the VO and the HOs (vespa-orchestrator run)");
-    let mut orch = Command::new(bin.join("vespa-orchestrator")).arg("run").arg("--key").arg(&key).spawn()?;
+    let mut orch = Command::new(bin.join("vespa-orchestrator"))
+        .arg("run")
+        .arg("--key")
+        .arg(&key)
+        .args(["--http", HTTP])
+        .arg("--api-token-file")
+        .arg(&token)
+        .spawn()?;
     step(&format!("starting the agents (vespa-agent run): eBPF sensors on every interface, metrics at http://{listen}/metrics"));
     let mut agent = Command::new(bin.join("vespa-agent")).args(agent_args).arg("run").arg("--key").arg(&key).args(["--metrics", listen]).spawn()?;
+    println!("       dashboard:   http://{HTTP}/   (API token for mutations: {})", token.display());
+    println!("       API:         http://{HTTP}/api/v1/topology, /api/v1/alerts, /metrics");
     println!("       ask a node:  {} call --key {} Agent_Bandwidth interfaces", bin.join("vespa-orchestrator").display(), key.display());
     println!("       live view:   {} top", bin.join("vespa-agent").display());
     println!("       stop with Ctrl-C (kernel programs are detached on exit)");
