@@ -135,6 +135,7 @@ fn dashboard_renders_a_real_tree_in_headless_chromium() {
     assert!(has("<span class=\"kind kind-ho_vm\">ho_vm</span>"), "kinds shown {ctx}");
     assert!(has("data-iface=\"lo\" data-origin=\"bw\"") && has("<span class=\"name\">bw / lo</span>"), "a rate chart for lo {ctx}");
     assert!(has("<polyline points=") && has("class=\"rx\""), "the chart has an rx line {ctx}");
+    assert!(has("sample every ") && has("/s</span>"), "per-second rates once the sample interval is known {ctx}");
     assert!(has("<span class=\"kind kind-bandwidth\">bandwidth</span>"), "a bandwidth alert in the log {ctx}");
     assert!(dom.contains(">bw</span><span class=\"text\">lo: rx "), "an alert from bw about lo {ctx}");
     assert!(has("<td class=\"mono\">127.0.0.1</td>"), "the top remote addresses {ctx}");

@@ -97,8 +97,14 @@ async function pollTree() {
 
 // --- rate charts --------------------------------------------------------------------------
 
-function chart(origin, iface, rx, tx) {
+function chart(origin, iface, rxDeltas, txDeltas) {
   const W = 320, H = 110, P = 4;
+  const gap = sampleGap[origin + '/' + iface];
+  // Per second once the sample interval is known, else per sample.
+  const per = gap ? (d) => d.map((v) => v / gap) : (d) => d;
+  const unit = gap ? '/s' : ' per sample';
+  const rx = per(rxDeltas), tx = per(txDeltas);
+  const fmt = (v) => (v === null ? '–' : bytes(Math.round(v)) + unit);
   const max = Math.max(1, ...rx, ...tx);
   const n = Math.max(rx.length, tx.length, 2);
   const pts = (s) => s.map((v, i) => {
@@ -110,7 +116,7 @@ function chart(origin, iface, rx, tx) {
   const vm = VM_IFACE.test(iface);
   const title = origin + ' / ' + iface;
   const s = svg('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', role: 'img', class: 'chart',
-    'aria-label': `${title}: rx ${bytes(last(rx))}, tx ${bytes(last(tx))} per sample (peak ${bytes(max)})` });
+    'aria-label': `${title}: rx ${fmt(last(rx))}, tx ${fmt(last(tx))} (peak ${fmt(max)})` });
   for (const f of [0.25, 0.5, 0.75]) {
     const y = (P + f * (H - 2 * P)).toFixed(1);
     s.append(svg('line', { x1: P, x2: W - P, y1: y, y2: y, class: 'grid' }));
@@ -121,11 +127,12 @@ function chart(origin, iface, rx, tx) {
     h('figcaption', {},
       h('span', { class: 'name' }, title),
       vm ? h('span', { class: 'badge vm', title: 'a VM network device' }, 'VM') : null,
-      h('span', { class: 'peak muted' }, 'peak ' + bytes(max))),
+      h('span', { class: 'peak muted' }, 'peak ' + fmt(max))),
     s,
     h('div', { class: 'now' },
-      h('span', { class: 'key rx' }, 'rx ' + bytes(last(rx))),
-      h('span', { class: 'key tx' }, 'tx ' + bytes(last(tx)))));
+      h('span', { class: 'key rx' }, 'rx ' + fmt(last(rx))),
+      h('span', { class: 'key tx' }, 'tx ' + fmt(last(tx))),
+      gap ? h('span', { class: 'muted' }, `sample every ${gap < 1 ? Math.round(gap * 1000) + ' ms' : gap.toFixed(1) + ' s'}`) : null));
 }
 
 async function pollRates() {
@@ -167,6 +174,22 @@ async function pollRemotes() {
 // --- alert log ----------------------------------------------------------------------------
 
 const alertState = { next: null, kept: [], seen: 0, byKind: {} };
+// Seconds between two samples of each "origin/iface", estimated from the timestamps of its
+// bandwidth alerts (one alert per sample): turns deltas into per-second rates.
+const sampleGap = {};
+const lastSampleNs = {};
+
+function noteSample(a) {
+  const v = a.body && a.body.Bandwidth;
+  if (!v) return;
+  const key = a.origin + '/' + v.iface;
+  const prev = lastSampleNs[key];
+  lastSampleNs[key] = a.timestamp_ns;
+  if (prev === undefined || a.timestamp_ns <= prev) return;
+  const dt = (a.timestamp_ns - prev) / 1e9;
+  if (dt > 60) return; // a gap (agent restarted), not the interval
+  sampleGap[key] = sampleGap[key] === undefined ? dt : 0.8 * sampleGap[key] + 0.2 * dt;
+}
 
 function describe(a) {
   const b = a.body || {};
@@ -174,7 +197,10 @@ function describe(a) {
   const v = b[kind];
   switch (kind) {
     case 'Bandwidth': return `${v.iface}: rx ${bytes(v.rx_bytes)} tx ${bytes(v.tx_bytes)} (totals)`;
-    case 'Connections': return `${v.per_remote.length} remote addresses, ${v.per_remote.reduce((s, p) => s + p[1], 0)} connections`;
+    case 'Connections': {
+      const n = v.per_remote.length, c = v.per_remote.reduce((s, p) => s + p[1], 0);
+      return `${n} remote address${n === 1 ? '' : 'es'}, ${c} connection${c === 1 ? '' : 's'}`;
+    }
     case 'ConnThreshold': return `${v.addr}: ${v.established} established connections (limit ${v.threshold})`;
     case 'SynThreshold': return `${v.addr}: ${v.syns_in_second} SYN/s (limit ${v.threshold})`;
     case 'Infected': return `VM ${v.vm}: ${v.file} infected (${v.signature})`;
@@ -197,6 +223,7 @@ async function pollAlerts() {
     for (const x of p.alerts) {
       alertState.kept.push(x);
       alertState.byKind[x.kind] = (alertState.byKind[x.kind] || 0) + 1;
+      noteSample(x.alert);
       alertState.seen++;
     }
     alertState.next = p.next;
