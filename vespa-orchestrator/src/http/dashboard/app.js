@@ -288,8 +288,8 @@ function span(d) {
   return d < 120 ? `${d} s` : d < 7200 ? `${Math.floor(d / 60)} min` : `${Math.floor(d / 3600)} h`;
 }
 
-function renderActions(extra) {
-  const rows = ((lastActions && lastActions.actions) || []).concat(extra || []);
+function renderActions() {
+  const rows = ((lastActions && lastActions.actions) || []).concat(stubActions);
   const policy = lastPolicy || {};
   const badge = $('policy-state');
   badge.textContent = !lastPolicy ? '' : !policy.loaded ? 'no policy' : policy.dry_run ? 'dry-run' : 'enforcing';
@@ -315,23 +315,27 @@ function renderActions(extra) {
 
 async function pollActions() {
   [lastActions, lastPolicy] = await Promise.all([getJson('/api/v1/actions'), getJson('/api/v1/policy')]);
-  if (!selftestRunning) renderActions();
+  renderActions();
 }
 
-// --- self-test (the browser test): click the release button of a stub action -------------
+// --- self-test (the browser tests) -------------------------------------------------------
+// `?selftest=stub` adds a stub action (key `selftest-stub`) to the table, for a WebDriver
+// test to release by hand; `?selftest=release&token=T` also keeps T and clicks the stub's
+// release button itself, writing the answer into #selftest-result.
 
-let selftestRunning = false;
+let stubActions = [];
 
 async function selftest() {
   const q = new URLSearchParams(location.search);
-  if (q.get('selftest') !== 'release') return;
-  selftestRunning = true;
+  const mode = q.get('selftest');
+  if (mode !== 'release' && mode !== 'stub') return;
   if (q.get('token')) sessionStorage.setItem(TOKEN_KEY, q.get('token'));
-  history.replaceState(null, '', location.pathname); // the token does not stay in the address bar
+  history.replaceState(null, '', location.pathname + (mode === 'stub' ? '?selftest=stub' : '')); // no token in the address bar
   showTokenState();
   const now = Math.floor(Date.now() / 1000);
-  const stub = { key: 'selftest-stub', action: 'block', target: '192.0.2.1', actuator: 'selftest', since_unix_s: now, expires_unix_s: null, dry_run: false };
-  renderActions([stub]);
+  stubActions = [{ key: 'selftest-stub', action: 'block', target: '192.0.2.1', actuator: 'selftest', since_unix_s: now, expires_unix_s: null, dry_run: false }];
+  renderActions();
+  if (mode !== 'release') return;
   const button = document.querySelector('tr[data-key="selftest-stub"] button.release');
   const out = $('selftest-result');
   if (!button) { out.textContent = 'selftest release: no button'; return; }
@@ -342,7 +346,6 @@ async function selftest() {
   button.click();
   await done;
   out.textContent = 'selftest ' + $('release-result').textContent;
-  selftestRunning = false;
 }
 
 // --- polling ------------------------------------------------------------------------------
