@@ -159,7 +159,8 @@ async function pollRates() {
 // --- top remote addresses -----------------------------------------------------------------
 
 async function pollRemotes() {
-  const rows = (await getJson('/get_ip_connections')).slice(0, 10);
+  // Addresses whose connections all closed are still listed (with 0) until the next report.
+  const rows = (await getJson('/get_ip_connections')).filter((r) => r.value > 0).slice(0, 10);
   if (!rows.length) { show('remotes', empty('no connections reported yet')); return; }
   const max = Math.max(1, ...rows.map((r) => r.value));
   show('remotes', h('table', { class: 'remotes' },
@@ -198,7 +199,8 @@ function describe(a) {
   switch (kind) {
     case 'Bandwidth': return `${v.iface}: rx ${bytes(v.rx_bytes)} tx ${bytes(v.tx_bytes)} (totals)`;
     case 'Connections': {
-      const n = v.per_remote.length, c = v.per_remote.reduce((s, p) => s + p[1], 0);
+      const live = v.per_remote.filter((p) => p[1] > 0);
+      const n = live.length, c = live.reduce((s, p) => s + p[1], 0);
       return `${n} remote address${n === 1 ? '' : 'es'}, ${c} connection${c === 1 ? '' : 's'}`;
     }
     case 'ConnThreshold': return `${v.addr}: ${v.established} established connections (limit ${v.threshold})`;
