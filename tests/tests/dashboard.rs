@@ -19,6 +19,7 @@ mod tree_kit;
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,6 +60,7 @@ fn chromium(scratch: &Path, run: &str, url: &str, extra: &[&str]) -> String {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {CHROMIUM}: {e}"));
     let deadline = Instant::now() + BROWSER_TIMEOUT;
@@ -67,8 +69,7 @@ fn chromium(scratch: &Path, run: &str, url: &str, extra: &[&str]) -> String {
             break s;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
             panic!("chromium ({run}) did not finish within {BROWSER_TIMEOUT:?}; stderr: {}", std::fs::read_to_string(&err_path).unwrap_or_default());
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -206,9 +207,20 @@ struct Driver(std::process::Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        kill_group(&mut self.0);
     }
+}
+
+/// Kills a child started with `process_group(0)` and everything it started (Chromium's
+/// renderer and GPU processes, the browser chromedriver launched).
+fn kill_group(child: &mut std::process::Child) {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -239,7 +251,7 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
     let wd_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let log = std::fs::File::create(tree.scratch.dir.join("chromedriver.log")).expect("log");
     let _driver = Driver(
-        Command::new(CHROMEDRIVER).arg(format!("--port={}", wd_addr.port())).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start chromedriver"),
+        Command::new(CHROMEDRIVER).arg(format!("--port={}", wd_addr.port())).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).process_group(0).spawn().expect("start chromedriver"),
     );
     wait_for("chromedriver", || TcpStream::connect(wd_addr).ok().map(|_| ()));
     let profile = tree.scratch.dir.join("chromium-profile-wd");
