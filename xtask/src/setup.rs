@@ -23,6 +23,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "checksum offload off on veths attached to the OVS userspace datapath (it does not fill partial checksums)"),
     ("clamav-daemon", "clamd for the antivirus agent's tests (a one-line EICAR database, no download)"),
     ("python3-venv", "the os-ken venv (os-ken's REST app is not packaged by Debian)"),
+    ("chromium", "headless Chromium: the dashboard test renders the page, dumps its DOM and takes screenshots"),
+    ("chromium-driver", "chromedriver: WebDriver for driving the dashboard in browser tests"),
 ];
 
 /// The os-ken venv: the last os-ken release that ships `ofctl_rest` and the eventlet and

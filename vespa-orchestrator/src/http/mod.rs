@@ -16,6 +16,7 @@
 //! configured, no policy, no SDN agent). The 2014 server answered anything it did not know
 //! with a Python traceback; a client here can always parse the answer.
 
+mod dashboard;
 pub mod legacy;
 pub mod metrics;
 mod parts;
@@ -205,6 +206,7 @@ async fn metrics_endpoint(State(state): State<Shared>) -> Response {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .merge(legacy::routes())
+        .merge(dashboard::routes())
         .nest("/api/v1", v1::routes())
         .route("/metrics", get(metrics_endpoint))
         .fallback(not_found)
