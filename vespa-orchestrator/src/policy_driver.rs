@@ -454,16 +454,17 @@ impl PolicyDriver {
                 if let Some(m) = &me.inner.metrics {
                     m.observe_actuator_ack(start.elapsed().as_secs_f64());
                 }
+                let acked_ns = unix_ns();
                 if timing {
                     let mut ts = lock(&me.inner.timings);
                     if let Some(t) = ts.iter_mut().rev().find(|t| t.id == id) {
-                        t.acked_ns = unix_ns();
+                        t.acked_ns = acked_ns;
                         t.ok = reply.is_ok();
                     }
                 }
                 match &reply {
-                    Ok(text) => tracing::info!(id, %node, verb, reply = %text.trim(), "policy action done"),
-                    Err(e) => tracing::warn!(id, %node, verb, error = %e, "policy action failed"),
+                    Ok(text) => tracing::info!(id, %node, verb, sent_ns, acked_ns, reply = %text.trim(), "policy action done"),
+                    Err(e) => tracing::warn!(id, %node, verb, sent_ns, acked_ns, error = %e, "policy action failed"),
                 }
                 if id < MANUAL_ID_BASE {
                     let (ok, error) = match reply {
