@@ -43,6 +43,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const MAC_TIMEOUT: Duration = Duration::from_millis(500);
 /// Remotes whose MAC was asked about, remembered at most (then forgotten all at once).
 const MAX_ASKED: usize = 65_536;
+/// New remotes of one connections table asked about at most (the rest at the next table).
+const MAX_ASK_PER_TABLE: usize = 16;
 /// Block timings kept for [`PolicyDriver::block_timings`].
 const MAX_TIMINGS: usize = 4096;
 /// Ids of manual actions (API `block`) live above this, apart from the policy's.
@@ -339,7 +341,13 @@ impl PolicyDriver {
     async fn learn_neighbours(&self, vo: &NodeHandle, alert: &Alert, asked: &mut HashSet<(String, IpAddr)>) {
         let remotes: Vec<IpAddr> = match &alert.body {
             AlertBody::ConnThreshold { addr, .. } => vec![*addr],
-            AlertBody::Connections { per_remote } => per_remote.iter().map(|(ip, _)| *ip).collect(),
+            AlertBody::Connections { per_remote } => {
+                // The busiest new remotes first, a few per table: a host's first table can
+                // list thousands, and each question delays the alerts behind it.
+                let mut fresh: Vec<&(IpAddr, u64)> = per_remote.iter().filter(|(ip, _)| !asked.contains(&(alert.origin.clone(), *ip))).collect();
+                fresh.sort_by(|a, b| b.1.cmp(&a.1));
+                fresh.into_iter().take(MAX_ASK_PER_TABLE).map(|(ip, _)| *ip).collect()
+            }
             _ => return,
         };
         for ip in remotes {
