@@ -96,6 +96,10 @@ async fn a_crossing_sends_a_block_and_calm_releases_it() {
     assert_eq!((active[0].action.as_str(), active[0].key.as_str(), active[0].actuator.as_str()), ("block", "10.0.0.66", "SDN"));
     until("the failed reply", || d.block_timings()[0].acked_ns != 0).await;
     assert!(!d.block_timings()[0].ok, "there is no SDN agent");
+    // A reload (as SIGHUP or the API does it) keeps the state of a rule that keeps its name.
+    d.reload(&RULES.replace("above = 50", "above = 60")).unwrap();
+    assert!(d.rules_text().unwrap().contains("above = 60"));
+    assert_eq!(d.active_actions().len(), 1, "the block survives the reload");
     // Calm: the remote's connections are gone; released after calm_s = 3.
     until("the release", || {
         let _ = h.raise(AlertBody::ConnThreshold { addr: attacker, established: 0, threshold: 50 });
