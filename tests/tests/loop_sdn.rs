@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use tree_kit::*;
-use vespa_tests::daemons::ovs::{SdnLab, UdpStream};
+use vespa_tests::daemons::ovs::{FlowMonitor, SdnLab, UdpStream};
 use vespa_tests::daemons::{http_get, in_netns, require_daemon};
 use vespa_tests::net::veth;
 
@@ -117,6 +117,7 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
     let server_addr = SocketAddr::from((victim.ip, 7070));
     let listener = victim.ns.run(move || TcpListener::bind(server_addr).expect("victim listens"));
     let accept = std::thread::spawn(move || vespa_tests::traffic::tcp_accept_n(&listener, 150));
+    let monitor = FlowMonitor::start(&lab.ovs, &lab.bridge).expect("flow monitor");
     let t_attack = Instant::now();
     let held = attacker.ns.run(move || vespa_tests::traffic::tcp_connect_n(server_addr, 150));
     let accepted = accept.join().expect("accept thread");
@@ -138,6 +139,7 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
     let t_flow = Instant::now();
     assert!(!flows.iter().any(|f| f.contains(&format!("nw_src={}", victim.ip)) || f.contains(&format!("dl_src={}", victim.mac))), "the victim is never blocked: {flows:?}");
     stream.wait_stopped(t_flow, QUIET, Duration::from_secs(10)).expect("UDP from the attacker stops");
+    let last = stream.last_arrival();
     let sent_before = stream.sent.load(std::sync::atomic::Ordering::Relaxed);
     let t_quiet = Instant::now();
     wait_for("500 more datagrams sent into the block", || (stream.sent.load(std::sync::atomic::Ordering::Relaxed) >= sent_before + 500).then_some(()));
@@ -156,6 +158,24 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
     assert_eq!(sent["fields"]["target"], attacker.mac.as_str());
     let done = wait_for("the SDN agent's answer", || vo.log_lines().into_iter().find(|l| l["fields"]["message"] == "policy action done"));
     assert_eq!(done["fields"]["verb"], "block_hackers", "{done}");
+
+    // Timeline of this crossing on one clock. VESPA's flow is ` dl_src=` right after its
+    // cookie; the learning switch's have `in_port=..,dl_src=`. (Unix ns; the monitor's and the stream's
+    // instants converted at one moment).
+    let added = monitor.wait("ADDED", &format!(" dl_src={}", attacker.mac), t_attack, WAIT).expect("the drop flow's ADDED event");
+    let (now_i, now_u) = (Instant::now(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64);
+    let unix = |t: Instant| now_u - now_i.duration_since(t).as_nanos() as u64;
+    let f = &sent["fields"];
+    let (raised, at_vo, sent_ns) = (f["alert_raised_ns"].as_u64().expect("raised"), f["alert_at_vo_ns"].as_u64().expect("at vo"), f["sent_ns"].as_u64().expect("sent"));
+    let ms = |a: u64, b: u64| (b as f64 - a as f64) / 1e6;
+    eprintln!(
+        "agent raise -> VO {:.2} ms -> block request sent {:.2} ms -> drop flow in the switch {:.2} ms; last datagram through {:?}",
+        ms(raised, at_vo),
+        ms(at_vo, sent_ns),
+        ms(sent_ns, unix(added)),
+        last.map(|l| format!("{:.2} ms after the request", ms(sent_ns, unix(l)))),
+    );
+    assert!(unix(added) >= sent_ns, "the flow follows the request");
 
     // Calm: both sides close; after calm_s the policy releases, the flows go, traffic returns.
     let t_calm = Instant::now();
