@@ -38,6 +38,9 @@ struct Args {
     /// Connections opened per crossing (the agent's threshold is half of it).
     #[arg(long, default_value_t = 40)]
     conns: usize,
+    /// 20 crossings (for CI smoke tests).
+    #[arg(long)]
+    quick: bool,
 }
 
 struct Proc {
@@ -128,7 +131,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.quick {
+        args.crossings = args.crossings.min(20);
+    }
     assert!(nix::unistd::geteuid().is_root(), "vespa-bench-loop needs root (the eBPF connections agent)");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let stub = rt.block_on(FloodlightStub::start());
