@@ -9,14 +9,19 @@
 //! alert, and when the request left (all Unix ns, one host, one clock).
 //!
 //! Measured, per crossing:
+//! - `crossing_connect_to_sent`: connect() number threshold+1 returning (on loopback the
+//!   server side's ESTABLISHED transition, hence the kernel's ConnThreshold event, happens
+//!   inside that call, microseconds before it returns) -> the block request leaving the VO:
+//!   the closest this bench gets to "kernel event -> block request" on one clock. Goal: p99
+//!   <= 5 ms.
 //! - `raise_to_sent`: the agent raising the threshold alert -> the block request leaving the
 //!   VO (through HO_VM, the policy step, and the `mac_of` question the driver asks the agent
-//!   about a new remote before deciding). Goal: p99 <= 5 ms.
+//!   about a new remote before deciding).
 //! - `vo_to_sent`: the VO seeing the alert -> the request leaving (driver + policy only).
 //! - `sent_to_ack`: the request leaving -> the SDN agent's reply (controller round trip).
 //!
-//! Not measured here: kernel event -> agent raise (the agent's ring-buffer path; `vespa-bench`
-//! measures the sensor side), and block -> traffic stopped on a real switch (see
+//! Not measured here: the kernel event's own timestamp (CLOCK_MONOTONIC, not carried in the
+//! alert), and block -> traffic stopped on a real switch (see
 //! `tests/tests/loop_sdn.rs`, which prints attack -> drop flow present). Needs root and BTF.
 
 use std::io::Write as _;
@@ -104,15 +109,26 @@ fn acks(log: &Path) -> std::collections::BTreeMap<u64, (u64, u64)> {
         .collect()
 }
 
-fn connect_from(src: Ipv4Addr, to: SocketAddr, n: usize) -> Vec<TcpStream> {
-    (0..n)
-        .map(|_| {
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64
+}
+
+/// Opens `n` connections from `src`; returns them and when connect() number `mark` (1-based)
+/// returned (Unix ns).
+fn connect_from(src: Ipv4Addr, to: SocketAddr, n: usize, mark: usize) -> (Vec<TcpStream>, u64) {
+    let mut at = 0;
+    let v = (1..=n)
+        .map(|i| {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
             s.bind(&SocketAddr::from((src, 0)).into()).expect("bind source");
             s.connect(&to.into()).expect("connect");
+            if i == mark {
+                at = unix_ns();
+            }
             s.into()
         })
-        .collect()
+        .collect();
+    (v, at)
 }
 
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -199,13 +215,14 @@ fn main() {
         }
     });
     drop(accepting); // detached: ends with the process
-    let (mut raise_to_sent, mut vo_to_sent) = (Vec::new(), Vec::new());
+    let (mut raise_to_sent, mut vo_to_sent, mut cross_to_sent) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.crossings {
         let src = Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
-        let conns = connect_from(src, to, args.conns);
+        let (conns, crossed) = connect_from(src, to, args.conns, threshold + 1);
         let target = IpAddr::V4(src).to_string();
         let (_, raised, at_vo, sent) = wait_for(&format!("the block of {target}"), Duration::from_secs(10), || blocks_sent(&vo.log).into_iter().find(|b| b.0 == target));
         if raised > 0 {
+            cross_to_sent.push(Duration::from_nanos(sent.saturating_sub(crossed)));
             raise_to_sent.push(Duration::from_nanos(sent.saturating_sub(raised)));
             vo_to_sent.push(Duration::from_nanos(sent.saturating_sub(at_vo)));
         }
@@ -213,6 +230,7 @@ fn main() {
     }
     raise_to_sent.sort();
     vo_to_sent.sort();
+    cross_to_sent.sort();
     let report = |name: &str, v: &[Duration]| {
         if v.is_empty() {
             println!("{name}: no sample");
@@ -222,6 +240,7 @@ fn main() {
         println!("{name}: n={} p50={:.3} ms p99={:.3} ms max={:.3} ms", v.len(), ms(p50), ms(p99), ms(max));
         serde_json::json!({ "n": v.len(), "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max) })
     };
+    let r0 = report("threshold-crossing connect() returned (~ the kernel event) -> block request leaves the VO", &cross_to_sent);
     let r1 = report("agent raise -> block request leaves the VO", &raise_to_sent);
     let r2 = report("VO sees the alert -> block request leaves the VO", &vo_to_sent);
     let mut to_ack: Vec<Duration> = wait_for("every block's reply", Duration::from_secs(30), || {
@@ -233,9 +252,9 @@ fn main() {
     .collect();
     to_ack.sort();
     let r3 = report("block request sent -> SDN agent's reply at the VO", &to_ack);
-    let goal = raise_to_sent.last().is_some() && percentile(&raise_to_sent, 99.0) <= Duration::from_millis(5);
-    println!("goal p99 <= 5 ms (raise -> request sent): {}", if goal { "met" } else { "NOT met" });
-    let out = serde_json::json!({ "crossings": args.crossings, "conns_per_crossing": args.conns, "raise_to_sent": r1, "vo_to_sent": r2, "sent_to_ack": r3, "goal_p99_5ms": goal });
+    let goal = cross_to_sent.last().is_some() && percentile(&cross_to_sent, 99.0) <= Duration::from_millis(5);
+    println!("goal p99 <= 5 ms (threshold crossing -> request sent): {}", if goal { "met" } else { "NOT met" });
+    let out = serde_json::json!({ "crossings": args.crossings, "conns_per_crossing": args.conns, "crossing_connect_to_sent": r0, "raise_to_sent": r1, "vo_to_sent": r2, "sent_to_ack": r3, "goal_p99_5ms": goal });
     let path = bin("vespa-bench-loop").parent().and_then(Path::parent).map(|t| t.join("bench")).unwrap_or_else(|| PathBuf::from("."));
     let _ = std::fs::create_dir_all(&path);
     let _ = std::fs::write(path.join("loop.json"), serde_json::to_string_pretty(&out).expect("json"));
