@@ -40,7 +40,7 @@ const QUEUE: usize = 8192;
 /// How long an actuator call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a `mac_of` question may take (it delays the alert that asked).
-const MAC_TIMEOUT: Duration = Duration::from_millis(500);
+const MAC_TIMEOUT: Duration = Duration::from_millis(250);
 /// Remotes whose MAC was asked about, remembered at most (then forgotten all at once).
 const MAX_ASKED: usize = 65_536;
 /// New remotes of one connections table asked about at most (the rest at the next table).
@@ -345,7 +345,7 @@ impl PolicyDriver {
                 // The busiest new remotes first, a few per table: a host's first table can
                 // list thousands, and each question delays the alerts behind it.
                 let mut fresh: Vec<&(IpAddr, u64)> = per_remote.iter().filter(|(ip, _)| !asked.contains(&(alert.origin.clone(), *ip))).collect();
-                fresh.sort_by(|a, b| b.1.cmp(&a.1));
+                fresh.sort_by_key(|r| std::cmp::Reverse(r.1));
                 fresh.into_iter().take(MAX_ASK_PER_TABLE).map(|(ip, _)| *ip).collect()
             }
             _ => return,
@@ -367,8 +367,16 @@ impl PolicyDriver {
                     }
                     Err(_) => tracing::debug!(%ip, origin = %alert.origin, "neighbour MAC unknown: blocks go by address"),
                 },
-                Ok(Err(e)) => tracing::debug!(%ip, origin = %alert.origin, error = %e, "mac_of failed: blocks go by address"),
-                Err(_) => tracing::debug!(%ip, origin = %alert.origin, "mac_of timed out: blocks go by address"),
+                // A failing or slow agent is not asked again for this alert: each question
+                // delays the policy, ticks included.
+                Ok(Err(e)) => {
+                    tracing::debug!(%ip, origin = %alert.origin, error = %e, "mac_of failed: blocks go by address");
+                    break;
+                }
+                Err(_) => {
+                    tracing::debug!(%ip, origin = %alert.origin, "mac_of timed out: blocks go by address");
+                    break;
+                }
             }
         }
     }
