@@ -96,6 +96,16 @@ async fn a_crossing_sends_a_block_and_calm_releases_it() {
     assert_eq!((active[0].action.as_str(), active[0].key.as_str(), active[0].actuator.as_str()), ("block", "10.0.0.66", "SDN"));
     until("the failed reply", || d.block_timings()[0].acked_ns != 0).await;
     assert!(!d.block_timings()[0].ok, "there is no SDN agent");
+    // The failure came back as an ActionResult; the policy's alert is a VO Text alert.
+    let mut shown = String::new();
+    for _ in 0..500 {
+        shown = h.call("get_alerts", vec![]).await.unwrap();
+        if shown.contains("policy DidNotTake") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(shown.contains("policy DidNotTake") && shown.contains("10.0.0.66"), "{shown}");
     // A reload (as SIGHUP or the API does it) keeps the state of a rule that keeps its name.
     d.reload(&RULES.replace("above = 50", "above = 60")).unwrap();
     assert!(d.rules_text().unwrap().contains("above = 60"));
