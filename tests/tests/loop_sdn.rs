@@ -177,6 +177,15 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
     );
     assert!(unix(added) >= sent_ns, "the flow follows the request");
 
+    // SIGHUP re-reads the policy file; the block (state of a rule that keeps its name) stays.
+    std::fs::write(&policy, POLICY.replace("cooldown_s = 1", "cooldown_s = 2")).expect("policy file");
+    vo.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the SIGHUP reload", || vo.log_lines().into_iter().find(|l| l["fields"]["message"] == "SIGHUP: policy reloaded"));
+    let after = api_get("/api/v1/actions").expect("actions");
+    assert!(after["actions"].as_array().is_some_and(|a| a.iter().any(|x| x["key"] == attacker.mac.as_str())), "the block survives the reload: {after}");
+    assert!(api_get("/api/v1/policy").and_then(|p| p["rules"].as_str().map(|r| r.contains("cooldown_s = 2"))).unwrap_or(false));
+    assert!(!lab.ovs.flows_matching(&lab.bridge, "cookie=0x56455350").is_empty(), "still blocked in the switch");
+
     // Calm: both sides close; after calm_s the policy releases, the flows go, traffic returns.
     let t_calm = Instant::now();
     drop(held);
