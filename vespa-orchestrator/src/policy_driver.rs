@@ -519,9 +519,11 @@ impl PolicyDriver {
 
 impl PolicyControl for PolicyDriver {
     fn active_actions(&self) -> Vec<ActiveAction> {
-        let core = self.core();
+        let mut core = self.core();
         let now_mono = self.now();
         let now_unix_s = unix_ns() / 1_000_000_000;
+        // Manual blocks end at their TTL (the SDN agent's reaper removes the flows).
+        core.manual.retain(|_, m| m.expires_unix_s > now_unix_s);
         let a = &core.state.rules().actuators;
         let mut out: Vec<ActiveAction> = core
             .state
@@ -545,9 +547,7 @@ impl PolicyControl for PolicyDriver {
             })
             .collect();
         for (t, m) in &core.manual {
-            if m.expires_unix_s > now_unix_s {
-                out.push(ActiveAction { key: target_arg(t), action: "block".into(), target: target_arg(t), actuator: m.via.clone(), since_unix_s: m.since_unix_s, expires_unix_s: Some(m.expires_unix_s), dry_run: m.dry_run });
-            }
+            out.push(ActiveAction { key: target_arg(t), action: "block".into(), target: target_arg(t), actuator: m.via.clone(), since_unix_s: m.since_unix_s, expires_unix_s: Some(m.expires_unix_s), dry_run: m.dry_run });
         }
         out.sort_by_key(|x| x.since_unix_s);
         out
@@ -633,7 +633,9 @@ impl PolicyControl for PolicyDriver {
         } else {
             self.run_later(vec![action])?;
         }
-        self.core().manual.insert(t, Manual { via, since_unix_s: now_s, expires_unix_s: now_s + ttl_s, dry_run: dry });
+        let mut core = self.core();
+        core.manual.retain(|_, m| m.expires_unix_s > now_s);
+        core.manual.insert(t, Manual { via, since_unix_s: now_s, expires_unix_s: now_s + ttl_s, dry_run: dry });
         Ok(target_arg(&t))
     }
 }
