@@ -170,18 +170,33 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
     assert_eq!(topo["tree"]["name"], "VO");
     assert!(topo["config"]["machines"].is_array(), "{topo}");
     assert_eq!(get(api, "/api/v1/actions").json()["actions"], serde_json::json!([]));
-    assert_eq!(get(api, "/api/v1/policy").json()["loaded"], false);
+    let policy = get(api, "/api/v1/policy").json();
+    assert_eq!((policy["loaded"].as_bool(), policy["dry_run"].as_bool()), (Some(true), Some(false)), "the embedded default rules: {policy}");
+    assert!(policy["rules"].as_str().is_some_and(|r| r.contains("conn-flood")), "{policy}");
 
-    // Mutations: token first, then the body, then the policy (none here: 503).
+    // Mutations: token first, then the body, then the policy (live: the embedded rules).
     let block = r#"{"target": "10.0.0.9", "ttl_s": 60}"#;
     assert!(post(api, "/api/v1/block", None, block).error(401).contains("Authorization: Bearer"));
     let wrong = post(api, "/api/v1/block", Some("not-the-token-at-all"), block);
     assert_eq!(wrong.header("www-authenticate").as_deref(), Some("Bearer realm=\"vespa\""));
     assert!(wrong.error(401).contains("wrong API token"));
-    assert!(post(api, "/api/v1/block", Some(TOKEN), block).error(503).contains("no policy is loaded"));
-    assert!(post(api, "/api/v1/release", Some(TOKEN), r#"{"target": "10.0.0.9"}"#).error(503).contains("no policy"));
-    assert!(post(api, "/api/v1/dry-run", Some(TOKEN), r#"{"enabled": true}"#).error(503).contains("no policy"));
-    assert!(post(api, "/api/v1/policy/reload", Some(TOKEN), "[rules]\n").error(503).contains("no policy"));
+    // This tree has no SDN agent: the block is accepted and listed, its request fails later.
+    let r = post(api, "/api/v1/block", Some(TOKEN), block);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["key"], "10.0.0.9");
+    let actions = get(api, "/api/v1/actions").json();
+    assert!(actions["actions"].as_array().is_some_and(|a| a.iter().any(|x| x["key"] == "10.0.0.9" && x["action"] == "block")), "{actions}");
+    let r = post(api, "/api/v1/release", Some(TOKEN), r#"{"target": "10.0.0.9"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json()["result"].as_str().is_some_and(|t| t.contains("release_hackers 10.0.0.9")), "{}", r.body);
+    assert!(post(api, "/api/v1/release", Some(TOKEN), r#"{"target": "10.0.0.9"}"#).error(404).contains("nothing is held"));
+    assert_eq!(post(api, "/api/v1/dry-run", Some(TOKEN), r#"{"enabled": true}"#).json()["dry_run"], true);
+    assert_eq!(get(api, "/api/v1/actions").json()["dry_run"], true);
+    assert_eq!(post(api, "/api/v1/dry-run", Some(TOKEN), r#"{"enabled": false}"#).json()["dry_run"], false);
+    assert!(post(api, "/api/v1/policy/reload", Some(TOKEN), "[rules]\n").error(400).contains("rules"), "bad rules are refused");
+    let rules = policy["rules"].as_str().expect("rules").to_string();
+    assert_eq!(post(api, "/api/v1/policy/reload", Some(TOKEN), &rules.replace("above = 100", "above = 120")).json()["reloaded"], true);
+    assert!(get(api, "/api/v1/policy").json()["rules"].as_str().is_some_and(|r| r.contains("above = 120")));
     let bad = post(api, "/api/v1/block", Some(TOKEN), r#"{"target": "10.0.0.9", "ttl_s": "soon"}"#).error(400);
     assert!(bad.contains("invalid JSON body") && bad.contains("invalid type: string \"soon\""), "{bad}");
     assert!(post(api, "/api/v1/block", Some(TOKEN), r#"{"target": "10.0.0.9"}"#).error(400).contains("missing field `ttl_s`"));
@@ -218,7 +233,7 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
         })
     };
     assert!(observed("kernel_to_vo").is_some_and(|n| n > 0.0), "kernel_to_vo observed: {}", m.body);
-    assert_eq!(observed("vo_to_actuator_ack"), Some(0.0), "the actuator stage exists, unobserved without a policy");
+    assert!(observed("vo_to_actuator_ack").is_some(), "the actuator stage exists (the manual block's failed request may or may not be in yet)");
 }
 
 #[test]

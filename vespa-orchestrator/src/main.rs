@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vespa_node::{launch, Client, Hooks, Role, Security, Topology};
 use vespa_orchestrator::http;
+use vespa_orchestrator::policy_driver::PolicyDriver;
 
 /// Horizontal (HO_VM, HO_HY, HO_PH) and vertical (VO) orchestrators of VESPA.
 ///
@@ -75,6 +76,13 @@ struct RunArgs {
     /// characters). Without it, mutations answer 503.
     #[arg(long, value_name = "PATH", env = "VESPA_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
+    /// The VO's policy rules (TOML; see README "Policy"). Default: the embedded rules.
+    /// Re-read on SIGHUP; state is kept for rules that keep their name.
+    #[arg(long, value_name = "FILE", env = "VESPA_POLICY")]
+    policy: Option<PathBuf>,
+    /// Start the policy in dry-run: actions are logged, never sent to an actuator.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// `--http`: an address, or off.
@@ -180,6 +188,24 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         (None, _) => None,
     };
+    // The policy runs where the VO runs; its rules are checked before anything starts.
+    let parts = http::ApiParts::new(&topo, token);
+    let driver = if hosts_vo {
+        let text = PolicyDriver::load_rules_text(args.policy.as_deref())?;
+        let d = PolicyDriver::new(&text, args.dry_run, Some(&topo), Some(parts.metrics.clone()), args.policy.clone())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.policy.as_deref().map_or_else(|| "embedded policy".to_string(), |p| p.display().to_string())))?;
+        tracing::info!(policy = %args.policy.as_deref().map_or_else(|| "embedded default".to_string(), |p| p.display().to_string()), dry_run = http::PolicyControl::dry_run(&d), "policy loaded");
+        Some(d)
+    } else {
+        if args.policy.is_some() || args.dry_run {
+            tracing::warn!("--policy/--dry-run ignored: this process runs no VO");
+        }
+        None
+    };
+    let parts = match &driver {
+        Some(d) => parts.with_policy(Arc::new(d.clone())),
+        None => parts,
+    };
     let rt = runtime()?;
     let exits = rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -187,18 +213,23 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             vespa_node::launch::shutdown_signal().await;
             let _ = stop_tx.send(true);
         };
-        let Some(addr) = http else {
-            return Ok(launch::run_nodes(&topo, &nodes, security, |_| Hooks::default(), signal).await?);
-        };
         // Bound before the nodes start, so a port conflict fails the start rather than
         // leaving a tree without its API.
-        let mut listener = Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the HTTP API to {addr} (--http)"))?);
-        let parts = http::ApiParts::new(&topo, token);
+        let mut listener = match http {
+            Some(addr) => Some((tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the HTTP API to {addr} (--http)"))?, addr)),
+            None => None,
+        };
+        let serve_api = listener.is_some();
         let mut server = None;
         let hooks = |def: &vespa_node::config::NodeDef| {
             let mut h = Hooks::default();
             if def.role == Role::Vo {
-                parts.add_vo_handler(&mut h);
+                if serve_api {
+                    parts.add_vo_handler(&mut h);
+                }
+                if let Some(d) = &driver {
+                    h.alert_handlers.push(d.handler());
+                }
             }
             h
         };
@@ -206,7 +237,10 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             if def.role != Role::Vo {
                 return;
             }
-            let Some(l) = listener.take() else { return };
+            if let Some(d) = &driver {
+                d.start(handle.clone());
+            }
+            let Some((l, addr)) = listener.take() else { return };
             let state = parts.state(handle);
             let mut stop = stop_rx.clone();
             tracing::info!(%addr, mutations = state.token.is_some(), "HTTP API listening");

@@ -111,9 +111,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench { quick, only } => {
             setup::ensure()?;
-            cargo(&root, &["build", "--release", "-p", "vespa-agent", "-p", "vespa-tests"])?;
+            cargo(&root, &["build", "--release", "-p", "vespa-agent", "-p", "vespa-orchestrator", "-p", "vespa-tests"])?;
             // One binary per area; each prints its ratios and writes target/bench/<area>.json.
-            for (area, bin) in [("sensors", "vespa-bench"), ("tree", "vespa-bench-tree"), ("actuators", "vespa-bench-actuators")] {
+            for (area, bin) in [("sensors", "vespa-bench"), ("tree", "vespa-bench-tree"), ("actuators", "vespa-bench-actuators"), ("loop", "vespa-bench-loop")] {
                 if only.as_deref().is_some_and(|o| !area.contains(o) && bin != "vespa-bench") {
                     continue;
                 }

@@ -1,0 +1,644 @@
+//! The VO's policy driver: everything around [`vespa_policy::step`] that touches the world.
+//!
+//! ```text
+//! VO alert handler ──► channel ──► driver task ──► step(&mut State, input, now) ──► actions
+//!        (sync, never waits)          │  ▲ Tick every 250 ms                         │
+//!                                     │  └──── ActionResult ◄── actuator replies ◄───┤
+//!                                     └── `call <agent> <verb> args` down the tree ◄─┘
+//! ```
+//!
+//! **Invariant: the policy does no I/O; the driver does.** `step` stays a pure function of
+//! its state, its input and the `now` it is given (nanoseconds on the driver's monotonic
+//! clock). The driver owns the [`State`] behind a mutex, converts VO alerts into
+//! [`Input`]s, asks agents for neighbour MACs (`mac_of`), sends ticks, executes actuator
+//! actions through the VO's [`NodeHandle`] (routed down the tree), feeds the replies back
+//! as [`Input::ActionResult`], logs [`Action::DryRun`] records and raises the policy's own
+//! [`Action::Alert`]s as VO alerts of kind `Text` (so they show in `/get_alerts`).
+//!
+//! It also serves the HTTP API's [`PolicyControl`]: reads take the mutex briefly, mutations
+//! step the policy under it and hand the resulting actions to the driver task; nothing in
+//! the API path waits for an actuator.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use vespa_node::{AgentKind, AlertHandler, NodeHandle, Role, Topology};
+use vespa_policy::{step, Action, Effect, Input, Key, Mac, Rules, State, Target, DEFAULT_RULES};
+use vespa_proto::{Alert, AlertBody};
+
+use crate::http::{ActiveAction, Metrics, PolicyControl, PolicyError};
+
+/// How often time is fed to the policy (releases, verification deadlines, TTLs).
+pub const TICK: Duration = Duration::from_millis(250);
+/// Alerts waiting for the driver task at most; beyond, they are dropped and counted.
+const QUEUE: usize = 8192;
+/// How long an actuator call may take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a `mac_of` question may take (it delays the alert that asked).
+const MAC_TIMEOUT: Duration = Duration::from_millis(250);
+/// Remotes whose MAC was asked about, remembered at most (then forgotten all at once).
+const MAX_ASKED: usize = 65_536;
+/// New remotes of one connections table asked about at most (the rest at the next table).
+const MAX_ASK_PER_TABLE: usize = 16;
+/// Block timings kept for [`PolicyDriver::block_timings`].
+const MAX_TIMINGS: usize = 4096;
+/// Ids of manual actions (API `block`) live above this, apart from the policy's.
+const MANUAL_ID_BASE: u64 = 1 << 63;
+
+/// Wall-clock nanoseconds since the Unix epoch.
+fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The timeline of one block request, for the closed-loop benchmark. All times are Unix
+/// nanoseconds (wall clock).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BlockTiming {
+    /// The action id.
+    pub id: u64,
+    /// The blocked address or MAC.
+    pub target: String,
+    /// When the agent raised the alert that caused it (0 for ticks and manual blocks).
+    pub alert_raised_ns: u64,
+    /// When the VO's handler saw that alert.
+    pub alert_at_vo_ns: u64,
+    /// When the block request left the VO (`call <sdn> block_hackers ...` sent).
+    pub sent_ns: u64,
+    /// When the SDN agent's reply arrived (0 until then).
+    pub acked_ns: u64,
+    /// Whether the SDN agent reported success.
+    pub ok: bool,
+}
+
+/// Converts a VO alert body into the policy's mirror type.
+pub fn to_policy_body(body: &AlertBody) -> vespa_policy::AlertBody {
+    use vespa_policy::AlertBody as P;
+    match body.clone() {
+        AlertBody::ConnThreshold { addr, established, threshold } => P::ConnThreshold { addr, established, threshold },
+        AlertBody::SynThreshold { addr, syns_in_second, threshold } => P::SynThreshold { addr, syns_in_second, threshold },
+        AlertBody::Bandwidth { iface, rx_bytes, tx_bytes } => P::Bandwidth { iface, rx_bytes, tx_bytes },
+        AlertBody::Connections { per_remote } => P::Connections { per_remote },
+        AlertBody::Infected { vm, file, signature } => P::Infected { vm, file, signature },
+        AlertBody::ActuatorFailed { actuator, action, error } => P::ActuatorFailed { actuator, action, error },
+        AlertBody::Text(t) => P::Text(t),
+    }
+}
+
+fn target_arg(t: &Target) -> String {
+    match t {
+        Target::Ip(ip) => ip.to_string(),
+        Target::Mac(m) => m.to_string(),
+    }
+}
+
+/// The call an actuator action becomes: `(node, verb, args)`. `None` for alerts and dry-run
+/// records, which are never sent anywhere.
+pub fn to_call(action: &Action) -> Option<(String, &'static str, Vec<String>)> {
+    Some(match action {
+        Action::Block { target, ttl_ns, via, .. } => {
+            let ttl = if *ttl_ns == 0 { "none".to_string() } else { ttl_ns.div_ceil(vespa_policy::SECOND).to_string() };
+            (via.clone(), "block_hackers", vec![target_arg(target), ttl])
+        }
+        Action::Release { target, via, .. } => (via.clone(), "release_hackers", vec![target_arg(target)]),
+        Action::CutLink { vm, via, .. } => (via.clone(), "cut_link", vec![vm.clone()]),
+        Action::ConnectLink { vm, via, .. } => (via.clone(), "connect_link", vec![vm.clone()]),
+        Action::Migrate { vm, to, via, .. } => (via.clone(), "migrate", vec![vm.clone(), to.clone()]),
+        Action::AvIsolate { av_agent, hypervisor_agent, .. } => (av_agent.clone(), "isolate_warning", vec![hypervisor_agent.clone()]),
+        Action::AvConnect { av_agent, .. } => (av_agent.clone(), "connect_warning", Vec::new()),
+        Action::Alert { .. } | Action::DryRun(_) => return None,
+    })
+}
+
+/// The actuator names of `rules` as this topology can reach them: a name the topology does
+/// not know is replaced by the topology's only agent of the matching kind, if there is
+/// exactly one (so the embedded rules work with any tree that has one SDN controller).
+fn resolve_actuators(rules: &mut Rules, topo: Option<&Topology>) {
+    let Some(topo) = topo else { return };
+    let unique = |want: &dyn Fn(AgentKind) -> bool| {
+        let found: Vec<&str> = topo.nodes.iter().filter(|n| matches!(n.role, Role::Agent(k) if want(k))).map(|n| n.name.as_str()).collect();
+        (found.len() == 1).then(|| found[0].to_string())
+    };
+    let a = &mut rules.actuators;
+    let sdn = |k| matches!(k, AgentKind::ControllerFloodlight | AgentKind::ControllerPox | AgentKind::ControllerOsken);
+    for (slot, want) in [(&mut a.sdn, &sdn as &dyn Fn(AgentKind) -> bool), (&mut a.libvirt, &|k| k == AgentKind::Libvirt), (&mut a.av, &|k| k == AgentKind::Av)] {
+        if topo.node(slot).is_none() {
+            if let Some(name) = unique(want) {
+                tracing::info!(configured = %slot, using = %name, "policy actuator not in the topology: using its only agent of that kind");
+                *slot = name;
+            }
+        }
+    }
+}
+
+/// Parses the operator's key: an address, a MAC, else a VM name.
+fn parse_key(s: &str) -> Key {
+    let s = s.trim();
+    let s = s.strip_prefix("ip ").or_else(|| s.strip_prefix("remote ")).unwrap_or(s).trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Key::Remote(ip);
+    }
+    let m = s.strip_prefix("mac ").unwrap_or(s).trim();
+    if let Ok(mac) = m.parse::<Mac>() {
+        return Key::Mac(mac);
+    }
+    Key::Vm(s.strip_prefix("vm ").unwrap_or(s).trim().to_string())
+}
+
+fn parse_target(s: &str) -> Option<Target> {
+    let s = s.trim();
+    s.parse::<IpAddr>().map(Target::Ip).ok().or_else(|| s.parse::<Mac>().map(Target::Mac).ok())
+}
+
+/// What the driver task is asked to do.
+enum Event {
+    /// An alert processed at the VO, with when the handler saw it.
+    Alert(Box<Alert>, Instant, u64),
+    /// Actions to execute (from an API mutation), with when they were decided.
+    Run(Vec<Action>),
+    /// An actuator's reply to a policy action.
+    Result { id: u64, ok: bool, error: Option<String> },
+}
+
+/// A manual block (API `block`), outside the policy's state.
+#[derive(Debug, Clone)]
+struct Manual {
+    via: String,
+    since_unix_s: u64,
+    expires_unix_s: u64,
+    dry_run: bool,
+}
+
+/// What the mutex guards.
+struct Core {
+    state: State,
+    rules_text: String,
+    /// When each effect was first seen in place (Unix seconds).
+    since: BTreeMap<Effect, u64>,
+    /// Effects recorded in dry-run.
+    dry: BTreeSet<Effect>,
+    manual: BTreeMap<Target, Manual>,
+}
+
+struct Inner {
+    core: Mutex<Core>,
+    started: Instant,
+    tx: mpsc::Sender<Event>,
+    rx: Mutex<Option<mpsc::Receiver<Event>>>,
+    vo: OnceLock<NodeHandle>,
+    metrics: Option<Arc<Metrics>>,
+    topology: Option<Arc<Topology>>,
+    timings: Mutex<std::collections::VecDeque<BlockTiming>>,
+    dropped: AtomicU64,
+    next_manual: AtomicU64,
+    policy_file: Option<PathBuf>,
+}
+
+/// The VO's policy driver (cheap to clone).
+#[derive(Clone)]
+pub struct PolicyDriver {
+    inner: Arc<Inner>,
+}
+
+impl PolicyDriver {
+    /// A driver with `rules_text` (TOML), started in dry-run when `dry_run`. `topology` lets
+    /// actuator names missing from it fall back to its only agent of the matching kind;
+    /// `metrics` receives the actuator acknowledgement times; `policy_file` is what SIGHUP
+    /// re-reads.
+    pub fn new(rules_text: &str, dry_run: bool, topology: Option<&Topology>, metrics: Option<Arc<Metrics>>, policy_file: Option<PathBuf>) -> Result<PolicyDriver, PolicyError> {
+        let topology = topology.map(|t| Arc::new(t.clone()));
+        let mut rules = Rules::from_toml(rules_text).map_err(|e| PolicyError::Invalid(e.to_string()))?;
+        resolve_actuators(&mut rules, topology.as_deref());
+        let mut state = State::new(rules);
+        if dry_run {
+            step(&mut state, Input::SetDryRun(true), 0);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let core = Core { state, rules_text: rules_text.to_string(), since: BTreeMap::new(), dry: BTreeSet::new(), manual: BTreeMap::new() };
+        Ok(PolicyDriver {
+            inner: Arc::new(Inner {
+                core: Mutex::new(core),
+                started: Instant::now(),
+                tx,
+                rx: Mutex::new(Some(rx)),
+                vo: OnceLock::new(),
+                metrics,
+                topology,
+                timings: Mutex::new(Default::default()),
+                dropped: AtomicU64::new(0),
+                next_manual: AtomicU64::new(MANUAL_ID_BASE),
+                policy_file,
+            }),
+        })
+    }
+
+    /// Reads the rules from `path`, or the embedded defaults when `None`.
+    pub fn load_rules_text(path: Option<&Path>) -> anyhow::Result<String> {
+        match path {
+            None => Ok(DEFAULT_RULES.to_string()),
+            Some(p) => std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading the policy {}: {e}", p.display())),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.inner.started.elapsed().as_nanos() as u64
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        lock(&self.inner.core)
+    }
+
+    /// The alert handler to put in the VO's hooks. It only copies the alert into a bounded
+    /// queue (the VO's connection tasks must never wait for the policy).
+    pub fn handler(&self) -> AlertHandler {
+        let me = self.clone();
+        Arc::new(move |a: &Alert| {
+            // The policy's own alerts come back through the VO's handlers: not for it.
+            if matches!(a.body, AlertBody::Text(_)) {
+                return;
+            }
+            let ev = Event::Alert(Box::new(a.clone()), Instant::now(), unix_ns());
+            if me.inner.tx.try_send(ev).is_err() {
+                let n = me.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.is_multiple_of(1000) {
+                    tracing::warn!(dropped_total = n, "policy driver queue full: alert not seen by the policy");
+                }
+            }
+        })
+    }
+
+    /// Starts the driver task on the VO (once; later calls do nothing). Call it from inside
+    /// a tokio runtime.
+    pub fn start(&self, vo: NodeHandle) {
+        if self.inner.vo.set(vo.clone()).is_err() {
+            return;
+        }
+        let Some(rx) = lock(&self.inner.rx).take() else { return };
+        let me = self.clone();
+        tokio::spawn(async move { me.run(rx, vo).await });
+        if let Some(path) = self.inner.policy_file.clone() {
+            let me = self.clone();
+            tokio::spawn(async move { me.reload_on_sighup(path).await });
+        }
+    }
+
+    async fn reload_on_sighup(self, path: PathBuf) {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the policy reloads through the API only");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => match self.reload(&text) {
+                    Ok(()) => tracing::info!(path = %path.display(), "SIGHUP: policy reloaded"),
+                    Err(e) => tracing::error!(path = %path.display(), error = %e, "SIGHUP: policy not reloaded, the old rules stay"),
+                },
+                Err(e) => tracing::error!(path = %path.display(), error = %e, "SIGHUP: cannot read the policy, the old rules stay"),
+            }
+        }
+    }
+
+    async fn run(self, mut rx: mpsc::Receiver<Event>, vo: NodeHandle) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut asked: HashSet<(String, IpAddr)> = HashSet::new();
+        loop {
+            tokio::select! {
+                _ = vo.stopping() => break,
+                _ = tick.tick() => {
+                    let actions = self.step(Input::Tick);
+                    self.execute(&vo, actions, None);
+                }
+                ev = rx.recv() => match ev {
+                    None => break,
+                    Some(Event::Alert(alert, seen, seen_unix)) => {
+                        self.learn_neighbours(&vo, &alert, &mut asked).await;
+                        let input = Input::Alert { origin: alert.origin.clone(), path: alert.path.clone(), timestamp_ns: alert.timestamp_ns, body: to_policy_body(&alert.body) };
+                        let actions = self.step(input);
+                        self.execute(&vo, actions, Some((seen, alert.timestamp_ns, seen_unix)));
+                    }
+                    Some(Event::Run(actions)) => self.execute(&vo, actions, None),
+                    Some(Event::Result { id, ok, error }) => {
+                        let actions = self.step(Input::ActionResult { id, ok, error });
+                        self.execute(&vo, actions, None);
+                    }
+                },
+            }
+        }
+        tracing::debug!("policy driver stopped");
+    }
+
+    /// For connection alerts, asks the origin agent once per new remote for its MAC, so the
+    /// policy blocks the MAC (it survives an address change) rather than the address.
+    async fn learn_neighbours(&self, vo: &NodeHandle, alert: &Alert, asked: &mut HashSet<(String, IpAddr)>) {
+        let remotes: Vec<IpAddr> = match &alert.body {
+            AlertBody::ConnThreshold { addr, .. } => vec![*addr],
+            AlertBody::Connections { per_remote } => {
+                // The busiest new remotes first, a few per table: a host's first table can
+                // list thousands, and each question delays the alerts behind it.
+                let mut fresh: Vec<&(IpAddr, u64)> = per_remote.iter().filter(|(ip, _)| !asked.contains(&(alert.origin.clone(), *ip))).collect();
+                fresh.sort_by_key(|r| std::cmp::Reverse(r.1));
+                fresh.into_iter().take(MAX_ASK_PER_TABLE).map(|(ip, _)| *ip).collect()
+            }
+            _ => return,
+        };
+        for ip in remotes {
+            if asked.len() >= MAX_ASKED {
+                asked.clear();
+            }
+            if !asked.insert((alert.origin.clone(), ip)) {
+                continue;
+            }
+            let args = vec![alert.origin.clone(), "mac_of".to_string(), ip.to_string()];
+            let reply = tokio::time::timeout(MAC_TIMEOUT, vo.call("call", args)).await;
+            match reply {
+                Ok(Ok(text)) => match text.trim().parse::<Mac>() {
+                    Ok(mac) => {
+                        tracing::debug!(%ip, %mac, origin = %alert.origin, "neighbour learnt");
+                        self.step(Input::Neighbour { ip, mac, vm: None });
+                    }
+                    Err(_) => tracing::debug!(%ip, origin = %alert.origin, "neighbour MAC unknown: blocks go by address"),
+                },
+                // A failing or slow agent is not asked again for this alert: each question
+                // delays the policy, ticks included.
+                Ok(Err(e)) => {
+                    tracing::debug!(%ip, origin = %alert.origin, error = %e, "mac_of failed: blocks go by address");
+                    break;
+                }
+                Err(_) => {
+                    tracing::debug!(%ip, origin = %alert.origin, "mac_of timed out: blocks go by address");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Steps the policy (under the mutex) and keeps the effects' bookkeeping in line.
+    fn step(&self, input: Input) -> Vec<Action> {
+        let now = self.now();
+        let mut core = self.core();
+        let actions = step(&mut core.state, input, now);
+        Self::book(&mut core, &actions);
+        actions
+    }
+
+    fn book(core: &mut Core, actions: &[Action]) {
+        let now_s = unix_ns() / 1_000_000_000;
+        let effects: BTreeSet<Effect> = core.state.effects().map(|(e, _)| e.clone()).collect();
+        core.since.retain(|e, _| effects.contains(e));
+        core.dry.retain(|e| effects.contains(e));
+        for e in &effects {
+            core.since.entry(e.clone()).or_insert(now_s);
+        }
+        for a in actions {
+            if let Action::DryRun(inner) = a {
+                let e = match inner.as_ref() {
+                    Action::Block { target, .. } => Some(Effect::Blocked(*target)),
+                    Action::CutLink { vm, .. } => Some(Effect::LinkCut(vm.clone())),
+                    Action::Migrate { vm, .. } => Some(Effect::Quarantined(vm.clone())),
+                    Action::AvIsolate { vm, av_agent, .. } => Some(Effect::AvIsolated(vm.clone(), av_agent.clone())),
+                    _ => None,
+                };
+                if let Some(e) = e.filter(|e| effects.contains(e)) {
+                    core.dry.insert(e);
+                }
+            }
+        }
+    }
+
+    /// Carries out `actions` in order: actuator calls are sent at once (each on its own task,
+    /// its reply fed back as an `ActionResult`), alerts are raised at the VO, dry-run records
+    /// are logged. `cause` is (when the VO saw the alert, its raise time, the same in Unix ns).
+    fn execute(&self, vo: &NodeHandle, actions: Vec<Action>, cause: Option<(Instant, u64, u64)>) {
+        let decided = Instant::now();
+        for action in actions {
+            match &action {
+                Action::Alert { kind, text } => {
+                    tracing::warn!(?kind, %text, "policy alert");
+                    let _ = vo.raise(AlertBody::Text(format!("policy {kind:?}: {text}")));
+                    continue;
+                }
+                Action::DryRun(inner) => {
+                    tracing::info!(action = ?inner, "policy (dry-run): would do");
+                    continue;
+                }
+                _ => {}
+            }
+            let Some(id) = action.id() else { continue };
+            let Some((node, verb, args)) = to_call(&action) else { continue };
+            let sent_ns = unix_ns();
+            let timing = match &action {
+                Action::Block { target, .. } => {
+                    let (raised, at_vo) = cause.map_or((0, 0), |(_, r, u)| (r, u));
+                    tracing::info!(id, target = %target_arg(target), via = %node, alert_raised_ns = raised, alert_at_vo_ns = at_vo, sent_ns, "policy block sent");
+                    let t = BlockTiming { id, target: target_arg(target), alert_raised_ns: raised, alert_at_vo_ns: at_vo, sent_ns, acked_ns: 0, ok: false };
+                    let mut ts = lock(&self.inner.timings);
+                    if ts.len() == MAX_TIMINGS {
+                        ts.pop_front();
+                    }
+                    ts.push_back(t);
+                    true
+                }
+                _ => {
+                    tracing::info!(id, %node, verb, ?args, "policy action sent");
+                    false
+                }
+            };
+            let start = cause.map_or(decided, |(seen, _, _)| seen);
+            let me = self.clone();
+            let vo = vo.clone();
+            tokio::spawn(async move {
+                let fut = if node == vo.name() {
+                    vo.call(verb, args)
+                } else {
+                    let mut a = vec![node.clone(), verb.to_string()];
+                    a.extend(args);
+                    vo.call("call", a)
+                };
+                let reply = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("{node} did not answer {verb} within {CALL_TIMEOUT:?}")),
+                };
+                if let Some(m) = &me.inner.metrics {
+                    m.observe_actuator_ack(start.elapsed().as_secs_f64());
+                }
+                let acked_ns = unix_ns();
+                if timing {
+                    let mut ts = lock(&me.inner.timings);
+                    if let Some(t) = ts.iter_mut().rev().find(|t| t.id == id) {
+                        t.acked_ns = acked_ns;
+                        t.ok = reply.is_ok();
+                    }
+                }
+                match &reply {
+                    Ok(text) => tracing::info!(id, %node, verb, sent_ns, acked_ns, reply = %text.trim(), "policy action done"),
+                    Err(e) => tracing::warn!(id, %node, verb, sent_ns, acked_ns, error = %e, "policy action failed"),
+                }
+                if id < MANUAL_ID_BASE {
+                    let (ok, error) = match reply {
+                        Ok(_) => (true, None),
+                        Err(e) => (false, Some(e)),
+                    };
+                    if me.inner.tx.send(Event::Result { id, ok, error }).await.is_err() {
+                        tracing::debug!(id, "policy driver gone: result dropped");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Hands actions decided outside the driver task (API mutations) to it.
+    fn run_later(&self, actions: Vec<Action>) -> Result<(), PolicyError> {
+        if actions.is_empty() {
+            return Ok(());
+        }
+        if self.inner.vo.get().is_none() {
+            return Err(PolicyError::Unavailable("the VO is not running yet".into()));
+        }
+        self.inner.tx.try_send(Event::Run(actions)).map_err(|_| PolicyError::Unavailable("the policy driver is busy or stopped; try again".into()))
+    }
+
+    /// The timelines of the last block requests (oldest first).
+    pub fn block_timings(&self) -> Vec<BlockTiming> {
+        lock(&self.inner.timings).iter().cloned().collect()
+    }
+
+    /// Alerts the policy never saw because its queue was full.
+    pub fn alerts_dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl PolicyControl for PolicyDriver {
+    fn active_actions(&self) -> Vec<ActiveAction> {
+        let mut core = self.core();
+        let now_mono = self.now();
+        let now_unix_s = unix_ns() / 1_000_000_000;
+        // Manual blocks end at their TTL (the SDN agent's reaper removes the flows).
+        core.manual.retain(|_, m| m.expires_unix_s > now_unix_s);
+        let a = &core.state.rules().actuators;
+        let mut out: Vec<ActiveAction> = core
+            .state
+            .effects()
+            .map(|(e, expires)| {
+                let (key, action, target, actuator) = match e {
+                    Effect::Blocked(t) => (target_arg(t), "block", target_arg(t), a.sdn.clone()),
+                    Effect::LinkCut(vm) => (vm.clone(), "cut_link", vm.clone(), a.libvirt.clone()),
+                    Effect::Quarantined(vm) => (vm.clone(), "migrate", vm.clone(), a.libvirt.clone()),
+                    Effect::AvIsolated(vm, av) => (vm.clone(), "av_isolate", vm.clone(), av.clone()),
+                };
+                ActiveAction {
+                    key,
+                    action: action.to_string(),
+                    target,
+                    actuator,
+                    since_unix_s: core.since.get(e).copied().unwrap_or(now_unix_s),
+                    expires_unix_s: expires.map(|x| now_unix_s + x.saturating_sub(now_mono).div_ceil(1_000_000_000)),
+                    dry_run: core.dry.contains(e),
+                }
+            })
+            .collect();
+        for (t, m) in &core.manual {
+            out.push(ActiveAction { key: target_arg(t), action: "block".into(), target: target_arg(t), actuator: m.via.clone(), since_unix_s: m.since_unix_s, expires_unix_s: Some(m.expires_unix_s), dry_run: m.dry_run });
+        }
+        out.sort_by_key(|x| x.since_unix_s);
+        out
+    }
+
+    fn rules_text(&self) -> Option<String> {
+        Some(self.core().rules_text.clone())
+    }
+
+    fn dry_run(&self) -> bool {
+        self.core().state.is_dry_run()
+    }
+
+    fn set_dry_run(&self, enabled: bool) -> Result<(), PolicyError> {
+        self.step(Input::SetDryRun(enabled));
+        tracing::info!(enabled, "policy dry-run set");
+        Ok(())
+    }
+
+    fn reload(&self, text: &str) -> Result<(), PolicyError> {
+        let mut rules = Rules::from_toml(text).map_err(|e| PolicyError::Invalid(e.to_string()))?;
+        resolve_actuators(&mut rules, self.inner.topology.as_deref());
+        let actions = self.step(Input::Reload(Box::new(rules)));
+        self.core().rules_text = text.to_string();
+        self.run_later(actions).or_else(|e| match e {
+            // Reloaded all the same; the actions are the policy's to retry on its next tick.
+            PolicyError::Unavailable(m) => {
+                tracing::warn!(error = %m, "policy reloaded; its immediate actions could not be queued");
+                Ok(())
+            }
+            e => Err(e),
+        })
+    }
+
+    fn release(&self, key: &str) -> Result<String, PolicyError> {
+        let k = parse_key(key);
+        let manual = match parse_target(key) {
+            Some(t) => self.core().manual.remove(&t).map(|m| (t, m)),
+            None => None,
+        };
+        let mut actions = self.step(Input::ManualRelease { key: k.clone() });
+        let mut done: Vec<String> = actions.iter().filter_map(|a| to_call(a).map(|(n, v, args)| format!("{n} {v} {}", args.join(" ")))).collect();
+        if let Some((t, m)) = manual {
+            if !m.dry_run {
+                let id = self.inner.next_manual.fetch_add(1, Ordering::Relaxed);
+                let r = Action::Release { id, target: t, via: m.via.clone() };
+                done.push(format!("{} release_hackers {}", m.via, target_arg(&t)));
+                actions.push(r);
+            } else {
+                done.push(format!("dry-run block of {} forgotten", target_arg(&t)));
+            }
+        }
+        if done.is_empty() && !actions.iter().any(|a| matches!(a, Action::DryRun(_))) {
+            return Err(PolicyError::NotFound(format!("nothing is held against {k}")));
+        }
+        let n = actions.len();
+        self.run_later(actions)?;
+        Ok(if done.is_empty() { format!("{n} dry-run record(s) released for {k}") } else { done.join("; ") })
+    }
+
+    fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
+        let t = parse_target(target).ok_or_else(|| PolicyError::Invalid(format!("{target:?} is neither an IP nor a MAC address")))?;
+        if ttl_s == 0 || ttl_s > 30 * 86_400 {
+            return Err(PolicyError::Invalid(format!("ttl_s {ttl_s} out of range (1 s to 30 days)")));
+        }
+        if let Target::Mac(m) = t {
+            if self.core().state.rules().own_macs.contains(&m) {
+                return Err(PolicyError::Invalid(format!("{m} is one of the VO side's own MACs (own_macs): never blocked")));
+            }
+        }
+        let (via, dry) = {
+            let c = self.core();
+            (c.state.rules().actuators.sdn.clone(), c.state.is_dry_run())
+        };
+        if self.inner.vo.get().is_none() {
+            return Err(PolicyError::Unavailable("the VO is not running yet".into()));
+        }
+        let id = self.inner.next_manual.fetch_add(1, Ordering::Relaxed);
+        let now_s = unix_ns() / 1_000_000_000;
+        let action = Action::Block { id, target: t, ttl_ns: ttl_s * vespa_policy::SECOND, via: via.clone() };
+        if dry {
+            tracing::info!(action = ?action, "policy (dry-run): manual block recorded, not sent");
+        } else {
+            self.run_later(vec![action])?;
+        }
+        let mut core = self.core();
+        core.manual.retain(|_, m| m.expires_unix_s > now_s);
+        core.manual.insert(t, Manual { via, since_unix_s: now_s, expires_unix_s: now_s + ttl_s, dry_run: dry });
+        Ok(target_arg(&t))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+use std::time::{Duration, Instant};
+
+use vespa_node::{Hooks, Node, NodeSpec, Role, Security};
+use vespa_policy::{Action, Target};
+use vespa_proto::AlertBody;
+
+use super::*;
+
+const RULES: &str = r#"
+[actuators]
+sdn = "SDN"
+libvirt = "LV"
+quarantine = "q"
+av = "AV"
+hypervisor = "HY"
+
+[[rule]]
+name = "conn-flood"
+metric = "established"
+key = "remote"
+aggregate = "max"
+window_s = 1
+above = 50
+below = 5
+calm_s = 3
+cooldown_s = 1
+verify_s = 0
+ladder = [{ action = "block", ttl_s = 600 }]
+"#;
+
+#[test]
+fn actions_become_the_actuators_verbs() {
+    let ip: IpAddr = "10.0.0.9".parse().unwrap();
+    let mac: Mac = "02:00:00:00:00:09".parse().unwrap();
+    let b = Action::Block { id: 1, target: Target::Mac(mac), ttl_ns: 600 * vespa_policy::SECOND, via: "SDN".into() };
+    assert_eq!(to_call(&b), Some(("SDN".into(), "block_hackers", vec!["02:00:00:00:00:09".into(), "600".into()])));
+    let r = Action::Release { id: 2, target: Target::Ip(ip), via: "SDN".into() };
+    assert_eq!(to_call(&r), Some(("SDN".into(), "release_hackers", vec!["10.0.0.9".into()])));
+    let c = Action::CutLink { id: 3, vm: "web".into(), via: "LV".into() };
+    assert_eq!(to_call(&c), Some(("LV".into(), "cut_link", vec!["web".into()])));
+    let m = Action::Migrate { id: 4, vm: "web".into(), to: "q".into(), via: "LV".into() };
+    assert_eq!(to_call(&m), Some(("LV".into(), "migrate", vec!["web".into(), "q".into()])));
+    let i = Action::AvIsolate { id: 5, vm: "web".into(), av_agent: "AV".into(), hypervisor_agent: "HY".into() };
+    assert_eq!(to_call(&i), Some(("AV".into(), "isolate_warning", vec!["HY".into()])));
+    let a = Action::AvConnect { id: 6, vm: "web".into(), av_agent: "AV".into() };
+    assert_eq!(to_call(&a), Some(("AV".into(), "connect_warning", vec![])));
+    assert_eq!(to_call(&Action::DryRun(Box::new(b))), None);
+}
+
+#[test]
+fn keys_and_bodies_convert() {
+    assert_eq!(parse_key("10.0.0.9"), Key::Remote("10.0.0.9".parse().unwrap()));
+    assert_eq!(parse_key("02:00:00:00:00:09"), Key::Mac("02:00:00:00:00:09".parse().unwrap()));
+    assert_eq!(parse_key("web"), Key::Vm("web".into()));
+    let body = AlertBody::ConnThreshold { addr: "10.0.0.9".parse().unwrap(), established: 7, threshold: 5 };
+    assert_eq!(to_policy_body(&body), vespa_policy::AlertBody::ConnThreshold { addr: "10.0.0.9".parse().unwrap(), established: 7, threshold: 5 });
+}
+
+#[test]
+fn bad_rules_are_refused_and_the_old_ones_stay() {
+    let d = PolicyDriver::new(RULES, false, None, None, None).unwrap();
+    assert!(matches!(d.reload("belw = 3"), Err(PolicyError::Invalid(_))));
+    assert_eq!(d.rules_text().as_deref(), Some(RULES));
+    d.set_dry_run(true).unwrap();
+    assert!(d.dry_run());
+    assert!(matches!(d.block("not-an-address", 10), Err(PolicyError::Invalid(_))));
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A VO alone: the crossing alert makes a block request that leaves at once, the missing SDN
+/// agent makes it fail, and the failure comes back as an `ActionResult` (the policy's
+/// "did not take" alert shows in the VO's alerts); calm releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crossing_sends_a_block_and_calm_releases_it() {
+    let d = PolicyDriver::new(RULES, false, None, None, None).unwrap();
+    let mut hooks = Hooks::default();
+    hooks.alert_handlers.push(d.handler());
+    let vo = Node::new(NodeSpec::new("VO", Role::Vo, None, Security::Psk(vespa_proto::Psk::random())), hooks).unwrap();
+    let h = vo.handle();
+    d.start(h.clone());
+    let attacker: IpAddr = "10.0.0.66".parse().unwrap();
+    h.raise(AlertBody::ConnThreshold { addr: attacker, established: 150, threshold: 50 }).unwrap();
+    until("the block request", || !d.block_timings().is_empty()).await;
+    let t = &d.block_timings()[0];
+    assert_eq!(t.target, "10.0.0.66");
+    assert!(t.sent_ns >= t.alert_at_vo_ns && t.alert_at_vo_ns >= t.alert_raised_ns);
+    let active = d.active_actions();
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!((active[0].action.as_str(), active[0].key.as_str(), active[0].actuator.as_str()), ("block", "10.0.0.66", "SDN"));
+    until("the failed reply", || d.block_timings()[0].acked_ns != 0).await;
+    assert!(!d.block_timings()[0].ok, "there is no SDN agent");
+    // The failure came back as an ActionResult; the policy's alert is a VO Text alert.
+    let mut shown = String::new();
+    for _ in 0..500 {
+        shown = h.call("get_alerts", vec![]).await.unwrap();
+        if shown.contains("policy DidNotTake") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(shown.contains("policy DidNotTake") && shown.contains("10.0.0.66"), "{shown}");
+    // A reload (as SIGHUP or the API does it) keeps the state of a rule that keeps its name.
+    d.reload(&RULES.replace("above = 50", "above = 60")).unwrap();
+    assert!(d.rules_text().unwrap().contains("above = 60"));
+    assert_eq!(d.active_actions().len(), 1, "the block survives the reload");
+    // Calm: the remote's connections are gone; released after calm_s = 3.
+    until("the release", || {
+        let _ = h.raise(AlertBody::ConnThreshold { addr: attacker, established: 0, threshold: 50 });
+        d.active_actions().is_empty()
+    })
+    .await;
+    assert!(matches!(d.release("10.0.0.66"), Err(PolicyError::NotFound(_))));
+    h.destroy();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_block_and_release() {
+    let d = PolicyDriver::new(RULES, false, None, None, None).unwrap();
+    assert!(matches!(d.block("10.0.0.7", 60), Err(PolicyError::Unavailable(_))), "no VO yet");
+    let vo = Node::new(NodeSpec::new("VO", Role::Vo, None, Security::Psk(vespa_proto::Psk::random())), Hooks::default()).unwrap();
+    d.start(vo.handle());
+    assert_eq!(d.block("10.0.0.7", 60).unwrap(), "10.0.0.7");
+    let a = d.active_actions();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].expires_unix_s.unwrap() - a[0].since_unix_s, 60);
+    let done = d.release("10.0.0.7").unwrap();
+    assert!(done.contains("release_hackers 10.0.0.7"), "{done}");
+    assert!(d.active_actions().is_empty());
+}
