@@ -150,4 +150,10 @@ impl SensorSource for Source {
     fn mac_of(&self, ip: IpAddr) -> Result<Option<String>, String> {
         self.0.mac_of(ip).map_err(text)
     }
+
+    fn health(&self) -> Option<(u64, u64, u64)> {
+        let h = self.0.health();
+        let full = h.map_fill.values().filter(|f| f.capacity > 0 && f.used >= f.capacity).count() as u64;
+        Some((h.events_lost, h.map_update_failures, full))
+    }
 }

@@ -61,6 +61,11 @@ pub trait SensorSource: Send + Sync + 'static {
         let _ = ip;
         Ok(None)
     }
+    /// The sensors' own health: (events lost, map update failures, maps at capacity).
+    /// Default: not known.
+    fn health(&self) -> Option<(u64, u64, u64)> {
+        None
+    }
 }
 
 /// A bandwidth or connections agent.
@@ -173,12 +178,16 @@ impl AgentVerbs for SensorAgent {
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let mut last_health = (0, 0, 0);
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
                         _ = node2.stopping() => return,
                     }
                     me.sample(&node2).await;
+                    if kind == AgentKind::Connections {
+                        me.report_health(&node2, &mut last_health).await;
+                    }
                 }
             }));
         }
@@ -201,6 +210,18 @@ impl AgentVerbs for SensorAgent {
 }
 
 impl SensorAgent {
+    /// Raises a SensorHealth alert when the sensors' loss counters moved since the last one
+    /// (the policy turns any increase into a blind-spot alert).
+    async fn report_health(&self, node: &NodeHandle, last: &mut (u64, u64, u64)) {
+        let src = self.source.clone();
+        let Ok(Some(h)) = blocking(move || Ok(src.health())).await else { return };
+        if h != *last {
+            *last = h;
+            let (events_lost, map_update_failures, maps_full) = h;
+            let _ = node.raise(AlertBody::SensorHealth { events_lost, map_update_failures, maps_full });
+        }
+    }
+
     async fn sample(&self, node: &NodeHandle) {
         let src = self.source.clone();
         match self.kind {

@@ -90,6 +90,20 @@ pub fn to_policy_body(body: &AlertBody) -> vespa_policy::AlertBody {
         AlertBody::Infected { vm, file, signature } => P::Infected { vm, file, signature },
         AlertBody::ActuatorFailed { actuator, action, error } => P::ActuatorFailed { actuator, action, error },
         AlertBody::Text(t) => P::Text(t),
+        // Fed as Input::Health by the driver; as an alert it is only information.
+        AlertBody::SensorHealth { events_lost, map_update_failures, maps_full } => {
+            P::Text(format!("sensor health: {events_lost} events lost, {map_update_failures} map update failures, {maps_full} maps full"))
+        }
+    }
+}
+
+/// The policy input a sensor-health alert stands for.
+pub fn health_input(origin: &str, body: &AlertBody) -> Option<Input> {
+    match body {
+        AlertBody::SensorHealth { events_lost, map_update_failures, maps_full } => {
+            Some(Input::Health { origin: origin.to_string(), events_lost: *events_lost, map_full: map_update_failures + maps_full })
+        }
+        _ => None,
     }
 }
 
@@ -321,7 +335,12 @@ impl PolicyDriver {
                     None => break,
                     Some(Event::Alert(alert, seen, seen_unix)) => {
                         self.learn_neighbours(&vo, &alert, &mut asked).await;
-                        let input = Input::Alert { origin: alert.origin.clone(), path: alert.path.clone(), timestamp_ns: alert.timestamp_ns, body: to_policy_body(&alert.body) };
+                        let input = health_input(&alert.origin, &alert.body).unwrap_or_else(|| Input::Alert {
+                            origin: alert.origin.clone(),
+                            path: alert.path.clone(),
+                            timestamp_ns: alert.timestamp_ns,
+                            body: to_policy_body(&alert.body),
+                        });
                         let actions = self.step(input);
                         self.execute(&vo, actions, Some((seen, alert.timestamp_ns, seen_unix)));
                     }

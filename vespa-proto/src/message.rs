@@ -154,6 +154,17 @@ pub enum AlertBody {
     },
     /// Free text (for operators; never parsed).
     Text(String),
+    /// A sensor's own health totals (since it started): ring-buffer events lost, kernel map
+    /// updates that failed, kernel maps at capacity. Any increase means the sensors may not
+    /// see everything: the VO's policy raises a blind-spot alert.
+    SensorHealth {
+        /// Events the kernel could not hand to the agent.
+        events_lost: u64,
+        /// Kernel map updates that failed (full tables).
+        map_update_failures: u64,
+        /// Kernel maps currently at capacity.
+        maps_full: u64,
+    },
 }
 
 /// Serde for `Option<SocketAddr>` that keeps an IPv6 address's scope id and flow info.

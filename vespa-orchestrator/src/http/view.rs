@@ -31,6 +31,7 @@ pub fn kind_of(body: &AlertBody) -> &'static str {
         AlertBody::Infected { .. } => "infected",
         AlertBody::ActuatorFailed { .. } => "actuator_failed",
         AlertBody::Text(_) => "text",
+        AlertBody::SensorHealth { .. } => "sensor_health",
     }
 }
 

@@ -134,3 +134,30 @@ async fn manual_block_and_release() {
     assert!(done.contains("release_hackers 10.0.0.7"), "{done}");
     assert!(d.active_actions().is_empty());
 }
+
+/// Sensors that lose events report it; the policy answers with a blind-spot alert at the VO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_sensor_events_raise_a_blind_spot_alert() {
+    assert!(matches!(
+        health_input("conns", &AlertBody::SensorHealth { events_lost: 5, map_update_failures: 1, maps_full: 1 }),
+        Some(Input::Health { ref origin, events_lost: 5, map_full: 2 }) if origin == "conns"
+    ));
+    assert!(health_input("conns", &AlertBody::Text("x".into())).is_none());
+    let d = PolicyDriver::new(RULES, false, None, None, None).unwrap();
+    let mut hooks = Hooks::default();
+    hooks.alert_handlers.push(d.handler());
+    let vo = Node::new(NodeSpec::new("VO", Role::Vo, None, Security::Psk(vespa_proto::Psk::random())), hooks).unwrap();
+    let h = vo.handle();
+    d.start(h.clone());
+    h.raise(AlertBody::SensorHealth { events_lost: 12, map_update_failures: 0, maps_full: 0 }).unwrap();
+    let mut shown = String::new();
+    for _ in 0..500 {
+        shown = h.call("get_alerts", vec![]).await.unwrap();
+        if shown.contains("policy BlindSpot") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(shown.contains("policy BlindSpot"), "{shown}");
+    h.destroy();
+}
