@@ -93,6 +93,38 @@ pub fn tcp_connect_n(to: SocketAddr, n: usize) -> Vec<TcpStream> {
     (0..n).map(|_| TcpStream::connect(to).expect("connect")).collect()
 }
 
+/// A TCP listener with room for `backlog` connections the kernel completes before anyone
+/// accepts them (they count as ESTABLISHED all the same).
+pub fn tcp_listen(addr: SocketAddr, backlog: i32) -> TcpListener {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+    s.set_reuse_address(true).expect("SO_REUSEADDR");
+    s.bind(&addr.into()).expect("bind");
+    s.listen(backlog).expect("listen");
+    s.into()
+}
+
+/// Opens up to `n` connections to `to` and keeps them open, stopping at the first one that
+/// does not connect within `timeout` (e.g. once a block drops the rest).
+pub fn tcp_connect_up_to(to: SocketAddr, n: usize, timeout: Duration) -> Vec<TcpStream> {
+    (0..n)
+        .map_while(|_| TcpStream::connect_timeout(&to, timeout).ok())
+        .collect()
+}
+
+/// Opens `n` connections to `to` from the source address `src` (e.g. one of 127.0.0.0/8, to
+/// look like a new remote on loopback) and keeps them open.
+pub fn tcp_connect_from(src: IpAddr, to: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let s = Socket::new(Domain::for_address(to), Type::STREAM, None).expect("socket");
+            s.bind(&SocketAddr::new(src, 0).into())
+                .expect("bind the source address");
+            s.connect(&to.into()).expect("connect");
+            s.into()
+        })
+        .collect()
+}
+
 /// Sends `count` bare TCP SYN packets (no handshake follows) from a raw socket: a SYN flood
 /// in miniature. Source ports vary so each looks like a new connection attempt.
 pub fn syn_burst(from: IpAddr, to: SocketAddr, count: u16) {

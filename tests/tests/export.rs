@@ -43,17 +43,16 @@ fn metrics_parse_and_carry_the_sensor_values() {
     let c4 = l.a_ns.run(move || traffic::tcp_connect_n(s4, 7));
     let c6 = l.a_ns.run(move || traffic::tcp_connect_n(s6, 3));
     let (_a4, _a6) = (traffic::tcp_accept_n(&l4, 7), traffic::tcp_accept_n(&l6, 3));
-    // Only this test's sockets: the tracker sees every connection on the host.
-    let ours = [b4, b6, IpAddr::V4(l.a.v4), IpAddr::V6(l.a.v6)];
+    // The tracker watches a's namespace: a's 10 client sockets, not b's server sockets.
     let mut n = 0;
     events_until(&mut rx, Duration::from_secs(20), |e| {
-        n += matches!(e, SensorEvent::ConnOpened { remote, .. } if ours.contains(&remote.ip())) as usize;
-        n == 20
+        n += matches!(e, SensorEvent::ConnOpened { .. }) as usize;
+        n == 10
     });
 
-    // top_n = 2: the two IPv4 ends have 7 each (b's as seen by a's client sockets, a's as
-    // seen by b's server sockets, one kernel); both IPv6 ends (3 each) fold into "other".
-    let registry = export::registry(sensors.clone(), 2);
+    // top_n = 1: b's IPv4 address (7 connections) has its own series; the IPv6 one (3) folds
+    // into "other".
+    let registry = export::registry(sensors.clone(), 1);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind exporter");
     let addr = listener.local_addr().expect("addr");
@@ -79,19 +78,19 @@ fn metrics_parse_and_carry_the_sensor_values() {
 
     let est = |who: &str| value(&scrape, "vespa_tcp_connections_established", ("remote", who));
     assert_eq!(est(&b4.to_string()), Some(7.0));
-    assert_eq!(est(&l.a.v4.to_string()), Some(7.0));
+    assert_eq!(est(&l.a.v4.to_string()), None, "b's server sockets are another namespace's");
     assert_eq!(est(&b6.to_string()), None, "beyond the top N");
-    // The tracker sees the whole host: the scrape's own loopback connection is in "other" too.
-    let other = est("other").expect("an other series");
-    assert!(other >= 6.0, "the IPv6 addresses of both ends are folded into other: {other}");
-    assert_eq!(scrape.samples.iter().filter(|s| s.metric == "vespa_tcp_connections_established").count(), 3, "cardinality is capped at top N + other");
+    assert_eq!(est("other"), Some(3.0), "the IPv6 remote is folded into other");
+    assert_eq!(scrape.samples.iter().filter(|s| s.metric == "vespa_tcp_connections_established").count(), 2, "cardinality is capped at top N + other");
     assert_eq!(value(&scrape, "vespa_tcp_connections_opened_total", ("remote", &b4.to_string())), Some(7.0));
     assert_eq!(value(&scrape, "vespa_sensor_info", ("mode", "ebpf")), Some(1.0));
+    let a_inode = l.a_ns.run(vespa_agent::netns::current_inode).expect("a's namespace inode").to_string();
+    assert_eq!(value(&scrape, "vespa_sensor_info", ("netns", &a_inode)), Some(1.0), "the info names the watched namespace");
     assert!(scrape.samples.iter().any(|s| s.metric == "vespa_ebpf_events_lost_total"));
     let runs = value(&scrape, "vespa_ebpf_program_runs_total", ("program", "vespa_sock_state")).expect("tracepoint runs");
     assert!(runs >= 20.0, "every state change ran the tracepoint: {runs}");
     let fill = value(&scrape, "vespa_ebpf_map_entries", ("map", "CONN_BY_REMOTE")).expect("map fill");
-    assert!(fill >= 4.0, "four remote addresses tracked: {fill}");
+    assert_eq!(fill, 2.0, "two remote addresses tracked");
 
     let (head, _) = get(addr, "/nope");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");

@@ -93,55 +93,68 @@ fn byte_and_packet_counters_equal_the_kernel_statistics() {
 fn connections_counted(v6: bool) {
     let l = Link::new();
     let (a_ip, b_ip) = if v6 { (IpAddr::V6(l.a.v6), IpAddr::V6(l.b.v6)) } else { (IpAddr::V4(l.a.v4), IpAddr::V4(l.b.v4)) };
+    // Two trackers in a's namespace: the default (a's sockets only) and --all-netns.
     let sa = start(&l.a_ns, cfg(Mode::Ebpf, &[&l.a.ifname]));
-    let mut rx = sa.subscribe();
+    let all = start(&l.a_ns, SensorConfig { all_netns: true, ..cfg(Mode::Ebpf, &[&l.a.ifname]) });
+    let a_inode = l.a_ns.run(vespa_agent::netns::current_inode).expect("a's namespace inode");
+    assert_eq!((sa.health().tracked_netns, all.health().tracked_netns), (Some(a_inode), None));
+    let (mut rx, mut rx_all) = (sa.subscribe(), all.subscribe());
     const K: usize = 25;
     let srv = SocketAddr::new(b_ip, 9100);
     let listener = l.b_ns.run(move || TcpListener::bind(srv).expect("bind"));
     let clients = l.a_ns.run(move || traffic::tcp_connect_n(srv, K));
     let servers = traffic::tcp_accept_n(&listener, K);
 
-    // The tracker sees both ends (it is one kernel): K client sockets whose remote is b and
-    // K server sockets whose remote is a.
-    // The tracker sees the whole host, other tests included: count only this link's sockets.
-    let ours = |ip: IpAddr| ip == a_ip || ip == b_ip;
+    // In its own namespace the tracker sees a's K client sockets (remote b, opened from
+    // SYN_SENT) and none of b's server sockets, though they live in the same kernel.
     let mut opened = 0;
     let events = events_until(&mut rx, WAIT, |e| {
-        if matches!(e, SensorEvent::ConnOpened { remote, .. } if ours(remote.ip())) {
-            opened += 1;
-        }
-        opened == 2 * K
+        opened += matches!(e, SensorEvent::ConnOpened { .. }) as usize;
+        opened == K
     });
-    // Client sockets open from SYN_SENT, server sockets from SYN_RECV.
     for e in &events {
         if let SensorEvent::ConnOpened { remote, old_state, .. } = e {
-            if !ours(remote.ip()) {
-                continue;
-            }
-            let expected = if remote.ip() == b_ip { TcpState::SynSent } else { TcpState::SynRecv };
-            assert_eq!(*old_state, expected, "{e:?}");
+            assert_eq!((remote.ip(), *old_state), (b_ip, TcpState::SynSent), "only a's client sockets: {e:?}");
         }
     }
     let c = sa.connections_of(b_ip).expect("lookup");
     assert_eq!((c.established, c.opened, c.closed), (K as u64, Some(K as u64), Some(0)), "while open, remote {b_ip}");
-    assert_eq!(sa.connections_of(a_ip).expect("lookup").established, K as u64, "server side, remote {a_ip}");
+    assert_eq!(sa.connections_of(a_ip).expect("lookup").established, 0, "b's server sockets are another namespace's");
     assert!(sa.connections().expect("list").iter().any(|c| c.addr == b_ip && c.established == K as u64));
+
+    // With every namespace, both ends: K client sockets whose remote is b and K server
+    // sockets whose remote is a (other tests' sockets too: count only this link's).
+    let ours = |ip: IpAddr| ip == a_ip || ip == b_ip;
+    let mut opened = 0;
+    let events = events_until(&mut rx_all, WAIT, |e| {
+        opened += matches!(e, SensorEvent::ConnOpened { remote, .. } if ours(remote.ip())) as usize;
+        opened == 2 * K
+    });
+    for e in &events {
+        if let SensorEvent::ConnOpened { remote, old_state, .. } = e {
+            if ours(remote.ip()) {
+                let expected = if remote.ip() == b_ip { TcpState::SynSent } else { TcpState::SynRecv };
+                assert_eq!(*old_state, expected, "{e:?}");
+            }
+        }
+    }
+    assert_eq!(all.connections_of(a_ip).expect("lookup").established, K as u64, "server side, remote {a_ip}");
+    assert_eq!(all.connections_of(b_ip).expect("lookup").established, K as u64, "client side, remote {b_ip}");
 
     drop(clients);
     drop(servers);
     let mut closed = 0;
     let events = events_until(&mut rx, WAIT, |e| {
-        if matches!(e, SensorEvent::ConnClosed { remote, .. } if ours(remote.ip())) {
-            closed += 1;
-        }
-        closed == 2 * K
+        closed += matches!(e, SensorEvent::ConnClosed { .. }) as usize;
+        closed == K
     });
     let c = sa.connections_of(b_ip).expect("lookup");
     assert_eq!((c.established, c.opened, c.closed), (0, Some(K as u64), Some(K as u64)), "after close, remote {b_ip}");
+    assert_eq!(sa.health().untracked_closes, 0, "b's closes are not a's untracked closes");
     let close = events.iter().find_map(|e| match e {
-        SensorEvent::ConnClosed { remote, duration_ns, new_state, .. } if remote.ip() == b_ip => {
+        SensorEvent::ConnClosed { remote, duration_ns, new_state, .. } => {
             // The client closes first: ESTABLISHED -> FIN_WAIT1.
-            assert_eq!(*new_state, TcpState::FinWait1, "{e:?}");
+            assert_eq!((remote.ip(), *new_state), (b_ip, TcpState::FinWait1), "{e:?}");
             Some((*remote, *duration_ns))
         }
         _ => None,
@@ -149,6 +162,14 @@ fn connections_counted(v6: bool) {
     let (remote, duration) = close.expect("a close event for a client socket");
     assert_eq!(remote.port(), 9100, "the 5-tuple carries the remote port");
     assert!(duration > 0, "close events carry the connection's lifetime");
+    let mut closed = 0;
+    events_until(&mut rx_all, WAIT, |e| {
+        closed += matches!(e, SensorEvent::ConnClosed { remote, .. } if ours(remote.ip())) as usize;
+        closed == 2 * K
+    });
+    for ip in [a_ip, b_ip] {
+        assert_eq!(all.connections_of(ip).expect("lookup").established, 0, "every namespace: {ip} closed");
+    }
 }
 
 #[test]

@@ -109,6 +109,8 @@ impl Inner {
 
 struct Shared {
     cfg: SensorConfig,
+    /// The namespace the tracker watches (0: every one).
+    netns_inum: u32,
     tc_mode: TcMode,
     inner: Mutex<Inner>,
     stop: AtomicBool,
@@ -130,13 +132,24 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf
     T::try_from(map).map_err(|e| load_err(format!("map {name}: {e}")))
 }
 
+/// The kernel programs' configuration. Unless every namespace is wanted, the tracker is told
+/// the calling thread's network namespace and where to find a socket's namespace (offsets
+/// from the kernel's BTF); without BTF it tracks every namespace and says so.
 fn kernel_config(cfg: &SensorConfig) -> vespa_common::SensorConfig {
-    vespa_common::SensorConfig {
+    let mut k = vespa_common::SensorConfig {
         conn_threshold: cfg.conn_threshold,
         syn_per_sec_threshold: cfg.syn_per_sec_threshold,
         conn_events: cfg.conn_events as u32,
-        _pad: 0,
+        ..Default::default()
+    };
+    if !cfg.all_netns {
+        match (crate::netns::current_inode(), crate::btf::NetnsOffsets::from_kernel()) {
+            (Ok(inum), Ok(off)) => (k.netns_inum, k.sk_net_offset, k.net_inum_offset) = (inum, off.sk_net, off.net_inum),
+            (Err(e), _) => tracing::warn!(error = %e, "cannot tell this network namespace: tracking connections of every namespace"),
+            (_, Err(e)) => tracing::warn!(error = %e, "no socket layout from BTF: tracking connections of every namespace"),
+        }
     }
+    k
 }
 
 impl EbpfSensor {
@@ -157,7 +170,8 @@ impl EbpfSensor {
             classifier(&mut ebpf, name)?.load().map_err(|e| load_err(format!("{name}: {e}")))?;
         }
         let mut config: Array<MapData, vespa_common::SensorConfig> = take(&mut ebpf, "CONFIG")?;
-        config.set(0, kernel_config(cfg), 0).map_err(load_err)?;
+        let kcfg = kernel_config(cfg);
+        config.set(0, kcfg, 0).map_err(load_err)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
         let inner = Inner {
             stats: take(&mut ebpf, "IFACE_STATS")?,
@@ -169,7 +183,7 @@ impl EbpfSensor {
             attached: BTreeMap::new(),
             ebpf,
         };
-        let shared = Arc::new(Shared { cfg: cfg.clone(), tc_mode, inner: Mutex::new(inner), stop: AtomicBool::new(false), events });
+        let shared = Arc::new(Shared { cfg: cfg.clone(), netns_inum: kcfg.netns_inum, tc_mode, inner: Mutex::new(inner), stop: AtomicBool::new(false), events });
 
         // Tracepoint first: connections are tracked from here on.
         {
@@ -272,6 +286,7 @@ impl EbpfSensor {
             events_lost: stat(STAT_EVENTS_LOST),
             map_update_failures: stat(STAT_MAP_UPDATE_FAILED),
             untracked_closes: stat(STAT_UNTRACKED_CLOSES),
+            tracked_netns: (self.shared.netns_inum != 0).then_some(self.shared.netns_inum),
             program_runs: BTreeMap::from([
                 (PROG_INGRESS.to_string(), ingress_runs),
                 (PROG_EGRESS.to_string(), egress_runs),
@@ -536,6 +551,14 @@ fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
 pub fn monotonic_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// A CLOCK_MONOTONIC time (an event's timestamp) on the Unix-epoch clock, through the
+/// current offset between the two (exact up to the microseconds between the two reads, and
+/// to any clock step since the event).
+pub fn monotonic_to_unix_ns(t: u64) -> u64 {
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    unix.saturating_sub(monotonic_ns().saturating_sub(t))
 }
 
 /// Reads a `T` from the front of a record whose length was checked by the caller.

@@ -141,7 +141,8 @@ impl Collector for SensorCollector {
         gauges(&mut enc, "vespa_tcp_remote_addresses", "Remote addresses currently tracked.", [(vec![], conns.len() as i64)])?;
 
         let h = &snap.health;
-        gauges(&mut enc, "vespa_sensor_info", "Sensor back end in use (ebpf or proc).", [(vec![("mode", h.mode.clone())], 1)])?;
+        let netns = h.tracked_netns.map_or_else(|| "all".to_string(), |n| n.to_string());
+        gauges(&mut enc, "vespa_sensor_info", "Sensor back end in use (ebpf or proc) and the network namespace whose connections are counted (inode number, or all).", [(vec![("mode", h.mode.clone()), ("netns", netns)], 1)])?;
         counters(&mut enc, "vespa_ebpf_events_lost", "Ring-buffer events lost because the buffer was full.", [(vec![], h.events_lost)])?;
         counters(&mut enc, "vespa_ebpf_map_update_failures", "Kernel map updates that failed.", [(vec![], h.map_update_failures)])?;
         counters(&mut enc, "vespa_ebpf_untracked_closes", "Connections closed whose opening predates the tracker.", [(vec![], h.untracked_closes)])?;

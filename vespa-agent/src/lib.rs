@@ -9,6 +9,7 @@
 //! Two back ends sit behind it: kernel programs loaded with aya ([`ebpf`]), and the 2014
 //! method of reading `/proc/net` ([`procfs`]) for machines where eBPF cannot be loaded.
 
+pub mod btf;
 pub mod ebpf;
 pub mod export;
 pub mod iface;

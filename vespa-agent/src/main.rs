@@ -89,6 +89,11 @@ struct SensorArgs {
     /// Open sockets tracked between open and close.
     #[arg(long, global = true, default_value_t = 131_072)]
     max_sockets: u32,
+    /// Count the TCP connections of every network namespace of the host (containers, test
+    /// namespaces), not only those of the agent's own namespace (the one --netns names).
+    /// eBPF only: /proc always shows one namespace.
+    #[arg(long, global = true)]
+    all_netns: bool,
     /// How to attach the tc classifiers: TCX links where the kernel has them (6.6+), or a
     /// clsact qdisc with filters.
     #[arg(long, global = true, value_enum, default_value = "auto")]
@@ -146,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         max_remotes: a.max_remotes,
         max_sockets: a.max_sockets,
         conn_threshold: a.conn_threshold,
+        all_netns: a.all_netns,
         syn_per_sec_threshold: a.syn_threshold,
         tc_mode: a.tc_attach,
         ..SensorConfig::default()

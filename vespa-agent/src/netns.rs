@@ -21,3 +21,12 @@ pub fn enter(name: &str) -> io::Result<()> {
     let f = File::open(&p).map_err(|e| io::Error::new(e.kind(), format!("network namespace {name} ({}): {e}", p.display())))?;
     setns(&f, CloneFlags::CLONE_NEWNET).map_err(|e| io::Error::other(format!("setns({name}): {e}")))
 }
+
+/// The inode number of the calling thread's network namespace (what `stat -L
+/// /proc/self/ns/net` and `lsns` show, and what the kernel keeps in `net->ns.inum`).
+pub fn current_inode() -> io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+    u32::try_from(ino)
+        .map_err(|_| io::Error::other(format!("namespace inode {ino} does not fit 32 bits")))
+}

@@ -4,7 +4,7 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc};
 use anyhow::Context as _;
 use vespa_agent::{SensorConfig, SensorEvent, Sensors};
 use vespa_node::{
-    sensor_agent::{IfaceBytes, RemoteCount, SensorAgent, SensorSource},
+    sensor_agent::{IfaceBytes, RemoteCount, SensorAgent, SensorSource, ThresholdAlert},
     AgentKind, Hooks, Role, Security,
 };
 use vespa_proto::AlertBody;
@@ -127,19 +127,28 @@ impl SensorSource for Source {
         Ok(RemoteCount { addr: c.addr, established: c.established })
     }
 
-    fn threshold_alerts(&self) -> tokio::sync::mpsc::Receiver<AlertBody> {
+    fn threshold_alerts(&self) -> tokio::sync::mpsc::Receiver<ThresholdAlert> {
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         let mut events = self.0.subscribe();
+        // Threshold events carry the kernel's time of the crossing (CLOCK_MONOTONIC): the
+        // alert is stamped with it, so the loop's latency starts at the kernel event.
+        let at = |t: u64| Some(vespa_agent::ebpf::monotonic_to_unix_ns(t));
         tokio::spawn(async move {
             loop {
-                let body = match events.recv().await {
-                    Ok(SensorEvent::ConnThreshold { addr, established, threshold, .. }) => AlertBody::ConnThreshold { addr, established, threshold },
-                    Ok(SensorEvent::SynThreshold { addr, syns_in_second, threshold, .. }) => AlertBody::SynThreshold { addr, syns_in_second, threshold },
+                let alert = match events.recv().await {
+                    Ok(SensorEvent::ConnThreshold { timestamp_ns, addr, established, threshold }) => {
+                        ThresholdAlert { body: AlertBody::ConnThreshold { addr, established, threshold }, at_unix_ns: at(timestamp_ns) }
+                    }
+                    Ok(SensorEvent::SynThreshold { timestamp_ns, addr, syns_in_second, threshold, .. }) => {
+                        ThresholdAlert { body: AlertBody::SynThreshold { addr, syns_in_second, threshold }, at_unix_ns: at(timestamp_ns) }
+                    }
                     Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => AlertBody::Text(format!("{n} sensor events missed (the agent fell behind)")),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        ThresholdAlert { body: AlertBody::Text(format!("{n} sensor events missed (the agent fell behind)")), at_unix_ns: None }
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
-                if tx.send(body).await.is_err() {
+                if tx.send(alert).await.is_err() {
                     return;
                 }
             }

@@ -25,6 +25,8 @@ use crate::{
 pub(crate) struct ProcSensor {
     cfg: SensorConfig,
     reason: Option<String>,
+    /// /proc/net/tcp is per namespace: the one this sensor started in.
+    netns: Option<u32>,
     conn_threshold: Arc<AtomicU64>,
     /// Lives in the sensors' namespace: reads /proc/thread-self/net and polls for events.
     worker: NsWorker,
@@ -37,7 +39,7 @@ impl ProcSensor {
         let conn_threshold = Arc::new(AtomicU64::new(cfg.conn_threshold));
         let mut poller = Poller { cfg: cfg.clone(), threshold: conn_threshold.clone(), events, known: BTreeMap::new(), over: BTreeSet::new() };
         let worker = NsWorker::spawn("vespa-proc-poll", POLL, move || poller.poll());
-        ProcSensor { cfg: cfg.clone(), reason, conn_threshold, worker }
+        ProcSensor { cfg: cfg.clone(), reason, netns: crate::netns::current_inode().ok(), conn_threshold, worker }
     }
 
     pub(crate) fn set_conn_threshold(&self, v: u64) {
@@ -84,6 +86,7 @@ impl ProcSensor {
         Health {
             mode: "proc".into(),
             fallback_reason: self.reason.clone(),
+            tracked_netns: self.netns,
             attached_interfaces: self.interfaces().map(|v| v.into_iter().map(|i| i.name).collect()).unwrap_or_default(),
             ..Health::default()
         }

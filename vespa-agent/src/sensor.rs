@@ -63,6 +63,10 @@ pub struct SensorConfig {
     pub syn_per_sec_threshold: u64,
     /// Send an event for every connection open and close (not only threshold crossings).
     pub conn_events: bool,
+    /// Track the TCP connections of every network namespace of the host (containers',
+    /// other agents' test namespaces...), not only the agent's own. The /proc back end always
+    /// sees its own namespace only.
+    pub all_netns: bool,
     pub ring_buffer_bytes: u32,
     /// How often the interface list is reconciled even without a netlink notification.
     pub rescan_interval: Duration,
@@ -82,6 +86,7 @@ impl Default for SensorConfig {
             conn_threshold: 100,
             syn_per_sec_threshold: 200,
             conn_events: true,
+            all_netns: false,
             ring_buffer_bytes: 1 << 20,
             rescan_interval: Duration::from_secs(5),
             tc_mode: crate::ebpf::TcMode::Auto,
@@ -128,6 +133,9 @@ pub struct Health {
     pub events_lost: u64,
     pub map_update_failures: u64,
     pub untracked_closes: u64,
+    /// The network namespace whose connections are tracked (its inode number); None: every
+    /// namespace of the host.
+    pub tracked_netns: Option<u32>,
     pub program_runs: BTreeMap<String, u64>,
     /// Map name -> entries in use and capacity.
     pub map_fill: BTreeMap<String, MapFill>,

@@ -84,7 +84,13 @@ pub struct SensorConfig {
     pub syn_per_sec_threshold: u64,
     /// 1: send an event for every connection open and close; 0: only thresholds.
     pub conn_events: u32,
-    pub _pad: u32,
+    /// Track only sockets of this network namespace (its inode number, as `stat
+    /// /proc/self/ns/net` shows); 0 tracks every namespace of the host.
+    pub netns_inum: u32,
+    /// Offset of the `struct net *` in `struct sock` (`sock_common.skc_net`), from BTF.
+    pub sk_net_offset: u32,
+    /// Offset of the inode number in `struct net` (`ns.inum`), from BTF.
+    pub net_inum_offset: u32,
 }
 
 /// Slots of the `STATS` per-CPU array: the sensor's own health counters. Slots 0 and 1 are
@@ -156,7 +162,7 @@ const _: () = assert!(core::mem::size_of::<IfaceStats>() == 32);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
 const _: () = assert!(core::mem::size_of::<RemoteConns>() == 32);
 const _: () = assert!(core::mem::size_of::<SynCounter>() == 32);
-const _: () = assert!(core::mem::size_of::<SensorConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<SensorConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<ThresholdEvent>() == 56);

@@ -7,13 +7,14 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
+    helpers::bpf_probe_read_kernel,
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap},
     programs::TracePointContext,
     EbpfContext,
 };
 use vespa_common::{
-    Addr, ConnEvent, RemoteConns, ThresholdEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
+    Addr, ConnEvent, RemoteConns, SensorConfig, ThresholdEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
     EVENT_CONN_THRESHOLD, STAT_MAP_UPDATE_FAILED, STAT_TRACEPOINT_RUNS, STAT_UNTRACKED_CLOSES,
 };
 
@@ -75,12 +76,32 @@ pub fn vespa_sock_state(ctx: TracePointContext) -> u32 {
     if rec.protocol != IPPROTO_TCP || (rec.family != AF_INET && rec.family != AF_INET6) {
         return 0;
     }
+    let cfg = config();
     if opening {
-        opened(&rec);
+        if ours(rec.skaddr, &cfg) {
+            opened(&rec, &cfg);
+        }
     } else {
-        closed(&rec);
+        closed(&rec, &cfg);
     }
     0
+}
+
+/// Whether the socket at `sk` belongs to the network namespace the tracker watches (always,
+/// when it watches every namespace). A socket whose namespace cannot be read is not ours.
+#[inline(always)]
+fn ours(sk: u64, cfg: &SensorConfig) -> bool {
+    if cfg.netns_inum == 0 {
+        return true;
+    }
+    // SAFETY: bpf_probe_read_kernel validates the source address and returns an error
+    // instead of faulting; the offsets come from the running kernel's BTF (sock_common.skc_net,
+    // net.ns.inum) and `sk` is the tracepoint's live socket.
+    let inum = unsafe {
+        bpf_probe_read_kernel((sk + cfg.sk_net_offset as u64) as *const u64)
+            .and_then(|net| bpf_probe_read_kernel((net + cfg.net_inum_offset as u64) as *const u32))
+    };
+    inum == Ok(cfg.netns_inum)
 }
 
 struct Record {
@@ -151,7 +172,7 @@ fn remote_entry(addr: &Addr) -> Option<*mut RemoteConns> {
 }
 
 #[inline(always)]
-fn opened(rec: &Record) {
+fn opened(rec: &Record, cfg: &SensorConfig) {
     let now = now_ns();
     // Only the first transition into ESTABLISHED of a socket counts. EEXIST means seen;
     // anything else is a full table.
@@ -162,7 +183,6 @@ fn opened(rec: &Record) {
         return;
     }
     let Some(e) = remote_entry(&rec.remote) else { return };
-    let cfg = config();
     // SAFETY: `e` points to a live LRU-hash value; all concurrent updates of the counters are
     // atomic; `over_threshold` is a flag where a lost race only repeats or skips one event.
     let established = unsafe {
@@ -197,16 +217,19 @@ fn opened(rec: &Record) {
 }
 
 #[inline(always)]
-fn closed(rec: &Record) {
+fn closed(rec: &Record, cfg: &SensorConfig) {
     let now = now_ns();
     // SAFETY: a value from a successful lookup, copied out at once.
     let Some(opened_ns) = (unsafe { OPEN_SOCKETS.get(&rec.skaddr) }).copied() else {
-        bump(STAT_UNTRACKED_CLOSES);
+        // Only sockets that were opened in the watched namespace are in the table: the
+        // namespace is read (two probe reads) only for the rare close it does not know.
+        if ours(rec.skaddr, cfg) {
+            bump(STAT_UNTRACKED_CLOSES);
+        }
         return;
     };
     let _ = OPEN_SOCKETS.remove(&rec.skaddr);
     let Some(e) = remote_entry(&rec.remote) else { return };
-    let cfg = config();
     // SAFETY: as in `opened`.
     let established = unsafe {
         atomic_add(&raw mut (*e).closed, 1);

@@ -325,16 +325,16 @@ fn push_recent(r: &mut Recent, a: &Alert) {
 }
 
 impl Inner {
-    fn new_alert(&self, seq: u64, body: AlertBody) -> Alert {
-        Alert { origin: self.name.clone(), seq, path: vec![self.name.clone()], timestamp_ns: now_ns(), body }
+    fn new_alert(&self, seq: u64, body: AlertBody, timestamp_ns: u64) -> Alert {
+        Alert { origin: self.name.clone(), seq, path: vec![self.name.clone()], timestamp_ns, body }
     }
 
-    /// Raises an alert at this node (see [`NodeHandle::raise`]).
-    pub fn raise(&self, body: AlertBody) -> Result<u64, QueueFull> {
+    /// Raises an alert at this node (see [`NodeHandle::raise_at`]).
+    pub fn raise(&self, body: AlertBody, timestamp_ns: u64) -> Result<u64, QueueFull> {
         let mut seq = lock(&self.own_seq);
         let Some(outbox) = &self.outbox else {
             *seq += 1;
-            let alert = self.new_alert(*seq, body);
+            let alert = self.new_alert(*seq, body, timestamp_ns);
             inc(&self.counters.alerts_raised);
             self.process_at_root(alert, None);
             return Ok(*seq);
@@ -353,11 +353,11 @@ impl Inner {
                 self.overflow_unreported.fetch_sub(unreported, Ordering::Relaxed);
                 *seq += 1;
                 let text = format!("{unreported} alert(s) dropped at {}: outgoing queue full (capacity {})", self.name, outbox.capacity());
-                self.queue_own(outbox, report_slot, self.new_alert(*seq, AlertBody::Text(text)));
+                self.queue_own(outbox, report_slot, self.new_alert(*seq, AlertBody::Text(text), now_ns()));
             }
         }
         *seq += 1;
-        let alert = self.new_alert(*seq, body);
+        let alert = self.new_alert(*seq, body, timestamp_ns);
         self.queue_own(outbox, slot, alert);
         Ok(*seq)
     }
@@ -548,7 +548,14 @@ impl NodeHandle {
     /// Raises an alert originating here; returns its sequence number. Never waits: when the
     /// queue is full the alert is dropped, counted and later reported ([`QueueFull`]).
     pub fn raise(&self, body: AlertBody) -> Result<u64, QueueFull> {
-        self.inner.raise(body)
+        self.inner.raise(body, now_ns())
+    }
+
+    /// As [`raise`](Self::raise), for something that happened at `timestamp_ns` (Unix
+    /// nanoseconds), e.g. a kernel event: the alert carries that time rather than now, so
+    /// latency measured from the alert's timestamp starts at the event itself.
+    pub fn raise_at(&self, body: AlertBody, timestamp_ns: u64) -> Result<u64, QueueFull> {
+        self.inner.raise(body, timestamp_ns)
     }
 
     /// The node's counters.

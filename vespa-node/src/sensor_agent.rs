@@ -42,6 +42,16 @@ pub struct RemoteCount {
     pub established: u64,
 }
 
+/// A threshold crossing, as the sensors saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThresholdAlert {
+    /// What crossed.
+    pub body: AlertBody,
+    /// When the sensors saw it (Unix nanoseconds; for the eBPF sensors, the kernel event's
+    /// own time), or `None`: the alert is stamped when raised.
+    pub at_unix_ns: Option<u64>,
+}
+
 /// What the sensor agents need from the host sensors. Methods may read the kernel (maps,
 /// netlink, /proc) and are called from `spawn_blocking`.
 pub trait SensorSource: Send + Sync + 'static {
@@ -54,7 +64,7 @@ pub trait SensorSource: Send + Sync + 'static {
     /// Established connections with `addr`.
     fn connections_of(&self, addr: IpAddr) -> Result<RemoteCount, String>;
     /// Threshold crossings from now on, already as alert bodies. Called once per agent.
-    fn threshold_alerts(&self) -> mpsc::Receiver<AlertBody>;
+    fn threshold_alerts(&self) -> mpsc::Receiver<ThresholdAlert>;
     /// The MAC address of a neighbour (ARP/NDP table), e.g. of a remote that crossed a
     /// threshold: the address an SDN block needs. Default: unknown.
     fn mac_of(&self, ip: IpAddr) -> Result<Option<String>, String> {
@@ -197,7 +207,8 @@ impl AgentVerbs for SensorAgent {
                 loop {
                     tokio::select! {
                         ev = rx.recv() => match ev {
-                            Some(body) => { let _ = node.raise(body); }
+                            Some(ThresholdAlert { body, at_unix_ns: Some(at) }) => { let _ = node.raise_at(body, at); }
+                            Some(ThresholdAlert { body, at_unix_ns: None }) => { let _ = node.raise(body); }
                             None => return,
                         },
                         _ = node.stopping() => return,

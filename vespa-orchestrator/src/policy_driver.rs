@@ -67,7 +67,8 @@ pub struct BlockTiming {
     pub id: u64,
     /// The blocked address or MAC.
     pub target: String,
-    /// When the agent raised the alert that caused it (0 for ticks and manual blocks).
+    /// The timestamp of the alert that caused it: for a threshold alert the kernel event's
+    /// time, otherwise when the agent raised it (0 for ticks and manual blocks).
     pub alert_raised_ns: u64,
     /// When the VO's handler saw that alert.
     pub alert_at_vo_ns: u64,

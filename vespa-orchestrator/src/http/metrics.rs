@@ -5,11 +5,13 @@
 //! Alerts by kind and the latency histogram are updated as the VO processes alerts.
 //!
 //! `vespa_closed_loop_seconds{stage}` measures the loop from an event to its reaction:
-//! - `kernel_to_vo`: from the alert's timestamp to the VO processing it. The agent stamps
-//!   an alert when it raises it (the moment a threshold event leaves the ring buffer, or a
-//!   sample is taken) with the Unix-epoch clock; the VO subtracts it from its own clock, so
-//!   the figure is exact on one host (the default topology) and includes clock offset across
-//!   hosts. Alerts stamped in the future (clock step) are not observed.
+//! - `kernel_to_vo`: from the alert's timestamp to the VO processing it. A threshold alert
+//!   carries the kernel event's own time (`bpf_ktime_get_ns` at the crossing connection's
+//!   state change, moved by the agent from CLOCK_MONOTONIC to the Unix clock); other alerts
+//!   are stamped when raised (a sample taken, a scan's result). The VO subtracts the stamp
+//!   from its own clock, so the figure is exact on one host (the default topology) and
+//!   includes clock offset across hosts. Alerts stamped in the future (clock step) are not
+//!   observed.
 //! - `vo_to_actuator_ack`: from the VO deciding to act to the actuator's acknowledgement,
 //!   observed by the policy through [`Metrics::observe_actuator_ack`].
 

@@ -1,0 +1,417 @@
+//! Kernel struct layouts from BTF (`/sys/kernel/btf/vmlinux`), for the few kernel fields the
+//! tracker reads through a pointer.
+//!
+//! The kernel programs are built without CO-RE relocations (the Rust BPF target cannot emit
+//! them), so a field of `struct sock` whose offset depends on the kernel's configuration is
+//! found here, at load time, and handed to the programs in their configuration map. Only what
+//! a member-offset lookup needs is parsed: the type section's records (to skip them) and the
+//! members of structs and unions. aya keeps its own BTF reader's accessors private.
+//!
+//! Format: <https://docs.kernel.org/bpf/btf.html>.
+
+use std::collections::HashMap;
+
+/// Where the running kernel publishes its own BTF.
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xeb9f;
+
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// Why a layout could not be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BtfError {
+    #[error("reading {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("malformed BTF: {0}")]
+    Malformed(String),
+    #[error("no struct {0} in the kernel's BTF")]
+    NoStruct(String),
+    #[error("struct {ty} has no member {member}")]
+    NoMember { ty: String, member: String },
+    #[error("{0} is a bitfield")]
+    Bitfield(String),
+}
+
+struct Member {
+    name: u32,
+    ty: u32,
+    /// Bit offset, or (with the struct's kind flag) bitfield size << 24 | bit offset.
+    offset: u32,
+}
+
+struct Type {
+    kind: u32,
+    name: u32,
+    /// The referenced type of typedefs, modifiers and pointers.
+    target: u32,
+    kind_flag: bool,
+    members: Vec<Member>,
+}
+
+/// The struct and union layouts of one BTF blob.
+pub struct Btf {
+    /// Indexed by type id; id 0 is `void`.
+    types: Vec<Type>,
+    strings: Vec<u8>,
+    structs_by_name: HashMap<String, u32>,
+}
+
+fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
+    b.get(off..off + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or_else(|| BtfError::Malformed(format!("truncated at byte {off}")))
+}
+
+impl Btf {
+    /// The running kernel's BTF.
+    pub fn from_kernel() -> Result<Btf, BtfError> {
+        let data = std::fs::read(VMLINUX).map_err(|e| BtfError::Read {
+            path: VMLINUX.into(),
+            reason: e.to_string(),
+        })?;
+        Btf::parse(&data)
+    }
+
+    /// Parses a little-endian BTF blob (header, type section, string section).
+    pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
+        let magic = data.get(0..2).map(|m| u16::from_le_bytes([m[0], m[1]]));
+        if magic != Some(MAGIC) {
+            return Err(BtfError::Malformed(
+                "bad magic (not little-endian BTF)".into(),
+            ));
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
+        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+        let section = |off: usize, len: usize| {
+            data.get(hdr_len + off..hdr_len + off + len)
+                .ok_or_else(|| BtfError::Malformed("section beyond the end".into()))
+        };
+        let (tsec, strings) = (
+            section(type_off, type_len)?,
+            section(str_off, str_len)?.to_vec(),
+        );
+        let mut types = vec![Type {
+            kind: 0,
+            name: 0,
+            target: 0,
+            kind_flag: false,
+            members: Vec::new(),
+        }];
+        let mut pos = 0;
+        while pos < tsec.len() {
+            let (name, info, size_or_type) = (
+                u32_at(tsec, pos)?,
+                u32_at(tsec, pos + 4)?,
+                u32_at(tsec, pos + 8)?,
+            );
+            pos += 12;
+            let (kind, vlen, kind_flag) = (
+                (info >> 24) & 0x1f,
+                (info & 0xffff) as usize,
+                info >> 31 == 1,
+            );
+            let mut members = Vec::new();
+            let extra = match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION => {
+                    for i in 0..vlen {
+                        let m = pos + i * 12;
+                        members.push(Member {
+                            name: u32_at(tsec, m)?,
+                            ty: u32_at(tsec, m + 4)?,
+                            offset: u32_at(tsec, m + 8)?,
+                        });
+                    }
+                    vlen * 12
+                }
+                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                other => {
+                    return Err(BtfError::Malformed(format!(
+                        "unknown kind {other} at type {}",
+                        types.len()
+                    )))
+                }
+            };
+            pos += extra;
+            types.push(Type {
+                kind,
+                name,
+                target: size_or_type,
+                kind_flag,
+                members,
+            });
+        }
+        let mut btf = Btf {
+            types,
+            strings,
+            structs_by_name: HashMap::new(),
+        };
+        for (id, t) in btf.types.iter().enumerate() {
+            if t.kind == KIND_STRUCT && t.name != 0 {
+                // The first definition wins (names are unique for kernel structs).
+                btf.structs_by_name
+                    .entry(btf.name(t.name).to_string())
+                    .or_insert(id as u32);
+            }
+        }
+        Ok(btf)
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    /// Follows typedefs and const/volatile/restrict/type tags to the underlying type.
+    fn resolve(&self, mut id: u32) -> Option<&Type> {
+        for _ in 0..32 {
+            let t = self.types.get(id as usize)?;
+            match t.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.target
+                }
+                _ => return Some(t),
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `member` in `ty` (a struct or union), looking through anonymous
+    /// struct and union members; with the member's type id.
+    fn member(&self, ty: &Type, member: &str) -> Option<Result<(u32, u32), BtfError>> {
+        for m in &ty.members {
+            let bits = if ty.kind_flag {
+                m.offset & 0x00ff_ffff
+            } else {
+                m.offset
+            };
+            let bitfield = ty.kind_flag && m.offset >> 24 != 0;
+            if m.name == 0 {
+                let inner = self
+                    .resolve(m.ty)
+                    .filter(|t| t.kind == KIND_STRUCT || t.kind == KIND_UNION)?;
+                if let Some(found) = self.member(inner, member) {
+                    return Some(found.map(|(off, id)| (bits / 8 + off, id)));
+                }
+            } else if self.name(m.name) == member {
+                if bitfield || bits % 8 != 0 {
+                    return Some(Err(BtfError::Bitfield(member.to_string())));
+                }
+                return Some(Ok((bits / 8, m.ty)));
+            }
+        }
+        None
+    }
+
+    /// Byte offset of a (nested) member path, e.g. `offset_of("net", &["ns", "inum"])`.
+    /// Every step but the last must be an embedded struct or union, not a pointer.
+    pub fn offset_of(&self, struct_name: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let &id = self
+            .structs_by_name
+            .get(struct_name)
+            .ok_or_else(|| BtfError::NoStruct(struct_name.to_string()))?;
+        let (mut ty, mut ty_name, mut total) =
+            (&self.types[id as usize], struct_name.to_string(), 0);
+        for (i, &step) in path.iter().enumerate() {
+            let (off, member_ty) = self.member(ty, step).ok_or_else(|| BtfError::NoMember {
+                ty: ty_name.clone(),
+                member: step.to_string(),
+            })??;
+            total += off;
+            if i + 1 < path.len() {
+                ty = self
+                    .resolve(member_ty)
+                    .filter(|t| t.kind == KIND_STRUCT || t.kind == KIND_UNION)
+                    .ok_or_else(|| BtfError::NoMember {
+                        ty: format!("{ty_name}.{step}"),
+                        member: path[i + 1].to_string(),
+                    })?;
+                ty_name = format!("{ty_name}.{step}");
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Where the tracker finds a socket's network namespace: `sk + sk_net` holds the `struct net *`
+/// (`sock_common.skc_net.net`), and `net + net_inum` the namespace's inode number (the one
+/// `stat /proc/PID/ns/net` shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetnsOffsets {
+    pub sk_net: u32,
+    pub net_inum: u32,
+}
+
+impl NetnsOffsets {
+    /// From the running kernel's BTF.
+    pub fn from_kernel() -> Result<NetnsOffsets, BtfError> {
+        NetnsOffsets::from_btf(&Btf::from_kernel()?)
+    }
+
+    pub fn from_btf(btf: &Btf) -> Result<NetnsOffsets, BtfError> {
+        Ok(NetnsOffsets {
+            sk_net: btf.offset_of("sock_common", &["skc_net", "net"])?,
+            net_inum: btf.offset_of("net", &["ns", "inum"])?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-made blob: `struct ns_common { int pad; unsigned inum; }`,
+    /// `struct net { long a; struct ns_common ns; }`, `typedef struct { struct net *net; }
+    /// possible_net_t`, `struct sock_common { union { long x; int y; }; int z; possible_net_t
+    /// skc_net; }`.
+    fn blob() -> Vec<u8> {
+        let mut strings = b"\0int\0long\0ns_common\0pad\0inum\0net\0a\0ns\0possible_net_t\0sock_common\0x\0y\0z\0skc_net\0".to_vec();
+        strings.push(0);
+        let s = |name: &str| {
+            let needle = format!("\0{name}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .expect("string") as u32
+                + 1
+        };
+        let mut t = Vec::new();
+        let mut ty = |name: u32, kind: u32, vlen: u32, size: u32, extra: &[u32]| {
+            for v in [name, kind << 24 | vlen, size].iter().chain(extra) {
+                t.extend_from_slice(&v.to_le_bytes());
+            }
+        };
+        ty(s("int"), KIND_INT, 0, 4, &[32]); // 1
+        ty(s("long"), KIND_INT, 0, 8, &[64]); // 2
+        ty(
+            s("ns_common"),
+            KIND_STRUCT,
+            2,
+            8,
+            &[s("pad"), 1, 0, s("inum"), 1, 32],
+        ); // 3
+        ty(
+            s("net"),
+            KIND_STRUCT,
+            2,
+            16,
+            &[s("a"), 2, 0, s("ns"), 3, 64],
+        ); // 4
+        ty(0, KIND_PTR, 0, 4, &[]); // 5: struct net *
+        ty(0, KIND_STRUCT, 1, 8, &[s("net"), 5, 0]); // 6: anonymous struct
+        ty(s("possible_net_t"), KIND_TYPEDEF, 0, 6, &[]); // 7
+        ty(0, KIND_UNION, 2, 8, &[s("x"), 2, 0, s("y"), 1, 0]); // 8
+        ty(
+            s("sock_common"),
+            KIND_STRUCT,
+            3,
+            24,
+            &[0, 8, 0, s("z"), 1, 64, s("skc_net"), 7, 128],
+        ); // 9
+        let mut out = Vec::new();
+        for v in [
+            MAGIC as u32 | 1 << 16,
+            24,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&t);
+        out.extend_from_slice(&strings);
+        out
+    }
+
+    #[test]
+    fn nested_offsets_through_typedefs_and_anonymous_members() {
+        let btf = Btf::parse(&blob()).expect("parse");
+        assert_eq!(
+            NetnsOffsets::from_btf(&btf),
+            Ok(NetnsOffsets {
+                sk_net: 16,
+                net_inum: 12
+            })
+        );
+        assert_eq!(
+            btf.offset_of("sock_common", &["y"]),
+            Ok(0),
+            "member of an anonymous union"
+        );
+        assert_eq!(btf.offset_of("sock_common", &["z"]), Ok(8));
+    }
+
+    #[test]
+    fn missing_names_and_bad_blobs_are_errors() {
+        let btf = Btf::parse(&blob()).expect("parse");
+        assert_eq!(
+            btf.offset_of("sock", &["x"]),
+            Err(BtfError::NoStruct("sock".into()))
+        );
+        assert_eq!(
+            btf.offset_of("net", &["ns", "nope"]),
+            Err(BtfError::NoMember {
+                ty: "net.ns".into(),
+                member: "nope".into()
+            })
+        );
+        // `a` is a long, not a struct: nothing to look inside.
+        assert!(matches!(
+            btf.offset_of("net", &["a", "b"]),
+            Err(BtfError::NoMember { .. })
+        ));
+        let mut bad = blob();
+        bad[0] = 0;
+        assert!(matches!(Btf::parse(&bad), Err(BtfError::Malformed(_))));
+        let truncated = blob()[..40].to_vec();
+        assert!(matches!(
+            Btf::parse(&truncated),
+            Err(BtfError::Malformed(_))
+        ));
+    }
+
+    /// The running kernel's layout, where there is one (every machine this project targets).
+    #[test]
+    fn the_running_kernels_socket_namespace_offsets() {
+        if !std::path::Path::new(VMLINUX).exists() {
+            assert_ne!(
+                std::env::var("VESPA_REQUIRE_EBPF").as_deref(),
+                Ok("1"),
+                "VESPA_REQUIRE_EBPF=1 but there is no {VMLINUX}"
+            );
+            eprintln!("SKIPPED: no {VMLINUX} (set VESPA_REQUIRE_EBPF=1 to make this a failure)");
+            return;
+        }
+        let off = NetnsOffsets::from_kernel().expect("offsets from the kernel's BTF");
+        eprintln!("{off:?}");
+        // skc_net sits in sock_common's first cache line; ns_common is not at the start of net.
+        assert!(off.sk_net > 0 && off.sk_net < 64, "{off:?}");
+        assert!(off.net_inum > 0 && off.net_inum < 4096, "{off:?}");
+    }
+}
