@@ -4,6 +4,7 @@
 //! Every namespace and link a test makes is removed when its guard drops, and traffic only
 //! ever goes to addresses of those namespaces.
 
+pub mod browser;
 pub mod daemons;
 pub mod net;
 pub mod traffic;

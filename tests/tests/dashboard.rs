@@ -22,62 +22,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use tree_kit::*;
+use vespa_tests::browser::{chromium, chromium_present, kill_group, BROWSER_TIMEOUT, CHROMIUM};
 
 const TOKEN: &str = "dashboard-token-0123456789abcdef";
-const CHROMIUM: &str = "/usr/bin/chromium";
-/// Longest a Chromium run may take before it is killed and the test fails.
-const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Whether Chromium is there; on CI its absence is a failure.
-fn chromium_present(test: &str) -> bool {
-    if Path::new(CHROMIUM).exists() {
-        return true;
-    }
-    let why = format!("{CHROMIUM} not found (Debian package chromium; `cargo xtask setup` installs it)");
-    if std::env::var("VESPA_REQUIRE_EBPF").is_ok_and(|v| v == "1") {
-        panic!("{test}: VESPA_REQUIRE_EBPF=1 but {why}");
-    }
-    eprintln!("SKIPPED {test}: {why} (set VESPA_REQUIRE_EBPF=1 to make this a failure)");
-    false
-}
-
-/// Runs headless Chromium on `url` with `extra` flags and a fresh profile, bounded in time;
-/// returns its stdout.
-fn chromium(scratch: &Path, run: &str, url: &str, extra: &[&str]) -> String {
-    let profile = scratch.join(format!("chromium-profile-{run}"));
-    std::fs::create_dir_all(&profile).expect("profile dir");
-    let (out_path, err_path) = (scratch.join(format!("chromium-{run}.out")), scratch.join(format!("chromium-{run}.err")));
-    let mut child = Command::new(CHROMIUM)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--virtual-time-budget=5000", "--run-all-compositor-stages-before-draw"])
-        .args(extra)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {CHROMIUM}: {e}"));
-    let deadline = Instant::now() + BROWSER_TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for chromium") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            kill_group(&mut child);
-            panic!("chromium ({run}) did not finish within {BROWSER_TIMEOUT:?}; stderr: {}", std::fs::read_to_string(&err_path).unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "chromium ({run}) failed: {status}; stderr: {}", std::fs::read_to_string(&err_path).unwrap_or_default());
-    std::fs::read_to_string(&out_path).expect("chromium output")
-}
-
 fn get_json(addr: SocketAddr, path: &str) -> Option<Json> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(addr).ok()?;
@@ -209,18 +159,6 @@ impl Drop for Driver {
     fn drop(&mut self) {
         kill_group(&mut self.0);
     }
-}
-
-/// Kills a child started with `process_group(0)` and everything it started (Chromium's
-/// renderer and GPU processes, the browser chromedriver launched).
-fn kill_group(child: &mut std::process::Child) {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";

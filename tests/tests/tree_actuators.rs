@@ -107,12 +107,14 @@ fn actuator_verbs_are_callable_through_the_tree() {
 }
 
 /// With a libvirt agent and a bandwidth agent in one `vespa-agent run`, the exporter labels a
-/// KVM domain's tap device with the domain, so every per-device counter can be read per VM.
+/// KVM domain's tap device with the domain, so every per-device counter can be read per VM;
+/// the bandwidth agent names the VM in its samples, so the VO's API and dashboard chart the
+/// VM's traffic.
 #[test]
-fn the_exporter_names_the_vm_of_each_tap_device() {
+fn the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts() {
     use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
     use vespa_tests::daemons::require_daemon;
-    let test = "the_exporter_names_the_vm_of_each_tap_device";
+    let test = "the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts";
     if !vespa_tests::privileged(test) || require_daemon(test, "libvirtd with KVM", libvirtd().map(drop)).is_none() {
         return;
     }
@@ -125,9 +127,10 @@ fn the_exporter_names_the_vm_of_each_tap_device() {
         N { name: "bw", kind: "agent_bandwidth", machine: "host", master: Some("HO_HY"), port: free_port(), extra: String::new() },
         N { name: "lv", kind: "agent_libvirt", machine: "host", master: Some("HO_HY"), port: free_port(), extra: format!("[node.params]\nuri = \"{URI}\"\n") },
     ];
-    let tree = Tree::new("vml", "heartbeat_ms = 300\nsample_interval_ms = 0", &[("host", lo)], &nodes);
+    let tree = Tree::new("vml", "heartbeat_ms = 300\nsample_interval_ms = 100", &[("host", lo)], &nodes);
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut orch = tree.spawn("orch", "vespa-orchestrator", None, &[], &["VO", "HO_HY"]);
+    let api = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut orch = tree.spawn_with("orch", "vespa-orchestrator", None, &[], &["VO", "HO_HY"], &["--http", &api.to_string()]);
     let mut agents = tree.spawn_with("agents", "vespa-agent", None, &["--mode", "ebpf", "-i", &tap], &["bw", "lv"], &["--metrics", &metrics.to_string()]);
     let line = wait_for("the tap device's info series with its VM", || {
         let body = http_get(metrics, "/metrics")?;
@@ -136,6 +139,29 @@ fn the_exporter_names_the_vm_of_each_tap_device() {
     assert!(line.contains(&format!("vm=\"{}\"", dom.name)), "{line}");
     assert!(line.contains(&format!("vm_uuid=\"{}\"", dom.uuid)), "{line}");
     assert!(line.contains(&format!("address=\"{}\"", dom_tap_mac(&dom.mac))), "{line}");
+
+    // The samples name the VM (once the libvirt agent has mapped the tap): the VO's API sums
+    // its traffic per VM.
+    let sample = wait_for("a bandwidth sample of the tap naming its VM at the VO", || {
+        try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?.into_iter().find(|a| a["body"]["Bandwidth"]["iface"] == tap.as_str() && !a["body"]["Bandwidth"]["vm"].is_null())
+    });
+    assert_eq!(sample["body"]["Bandwidth"]["vm"], dom.name.as_str(), "{sample}");
+    let vms = wait_for("the VM's traffic in /api/v1/vms", || {
+        let v: serde_json::Value = serde_json::from_str(&http_get(api, "/api/v1/vms")?).ok()?;
+        v["vms"].as_array()?.iter().find(|t| t["vm"] == dom.name.as_str() && t["rx"].as_array().is_some_and(|d| d.len() >= 2)).cloned()
+    });
+    assert_eq!(vms["interfaces"], serde_json::json!([format!("bw/{tap}")]), "{vms}");
+    let counters: serde_json::Value = serde_json::from_str(&http_get(api, "/api/v1/counters").expect("counters")).expect("json");
+    assert_eq!(counters["vms"][format!("bw/{tap}")], dom.name.as_str(), "{counters}");
+    // The dashboard draws the VM's chart first, and badges its device with the VM's name.
+    if vespa_tests::browser::chromium_present(test) {
+        let dom_html = vespa_tests::browser::chromium(&tree.scratch.dir, "vm", &format!("http://{api}/"), &["--dump-dom"]);
+        let vm_chart = dom_html.find(&format!("data-vm=\"{}\"", dom.name)).unwrap_or_else(|| panic!("no VM chart: {dom_html}"));
+        assert!(dom_html[vm_chart..].starts_with(&format!("data-vm=\"{}\"><figcaption><span class=\"name\">VM {}</span>", dom.name, dom.name)), "{}", &dom_html[vm_chart..]);
+        let tap_chart = dom_html.find(&format!("data-iface=\"{tap}\" data-origin=\"bw\" data-vm=\"{}\"", dom.name)).expect("the tap's chart names its VM");
+        assert!(vm_chart < tap_chart, "the VM's chart comes first");
+        assert!(dom_html.contains(&format!(">VM {}</span>", dom.name)), "the tap's badge names the VM");
+    }
     assert_eq!(tree.call("VO", "destroy", &[]), Ok("destroying VO and its subtree".into()));
     for p in [&mut agents, &mut orch] {
         let st = p.wait_exit();

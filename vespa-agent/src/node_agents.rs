@@ -81,7 +81,7 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
         let hooks = |def: &vespa_node::config::NodeDef| -> Hooks {
             let agent: Option<Arc<dyn vespa_node::AgentVerbs>> = match (def.role, &sensors) {
                 (Role::Agent(kind @ (AgentKind::Bandwidth | AgentKind::Connections)), Some(s)) => {
-                    let source: Arc<dyn SensorSource> = Arc::new(Source(s.clone()));
+                    let source: Arc<dyn SensorSource> = Arc::new(Source(s.clone(), vm_of.clone()));
                     Some(Arc::new(SensorAgent::new(kind, source, def.interfaces.clone(), every)))
                 }
                 _ => actuators.get(&def.name).cloned(),
@@ -102,8 +102,9 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The host sensors as the node runtime sees them.
-struct Source(Sensors);
+/// The host sensors as the node runtime sees them; with a libvirt agent in this process, the
+/// VM of each tap device.
+struct Source(Sensors, Option<vespa_agent::export::VmLookup>);
 
 fn text(e: impl std::fmt::Display) -> String {
     e.to_string()
@@ -154,6 +155,10 @@ impl SensorSource for Source {
             }
         });
         rx
+    }
+
+    fn vm_of(&self, iface: &str) -> Option<String> {
+        self.1.as_ref().and_then(|f| f(iface)).map(|v| v.name)
     }
 
     fn mac_of(&self, ip: IpAddr) -> Result<Option<String>, String> {

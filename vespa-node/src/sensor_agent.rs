@@ -71,6 +71,12 @@ pub trait SensorSource: Send + Sync + 'static {
         let _ = ip;
         Ok(None)
     }
+    /// The VM an interface belongs to (a VM's tap device), when known: the bandwidth agent
+    /// names it in its samples, so the VO can chart traffic per VM. Default: not known.
+    fn vm_of(&self, iface: &str) -> Option<String> {
+        let _ = iface;
+        None
+    }
     /// The sensors' own health: (events lost, map update failures, maps at capacity).
     /// Default: not known.
     fn health(&self) -> Option<(u64, u64, u64)> {
@@ -245,7 +251,8 @@ impl SensorAgent {
             _ => match blocking(move || src.interfaces()).await {
                 Ok(all) => {
                     for i in self.selected(all) {
-                        let _ = node.raise(AlertBody::Bandwidth { iface: i.name, rx_bytes: i.rx_bytes, tx_bytes: i.tx_bytes });
+                        let vm = self.source.vm_of(&i.name);
+                        let _ = node.raise(AlertBody::Bandwidth { iface: i.name, rx_bytes: i.rx_bytes, tx_bytes: i.tx_bytes, vm });
                     }
                 }
                 Err(e) => tracing::warn!(node = %node.name(), error = %e, "reading interface counters failed"),

@@ -86,7 +86,7 @@ pub fn to_policy_body(body: &AlertBody) -> vespa_policy::AlertBody {
     match body.clone() {
         AlertBody::ConnThreshold { addr, established, threshold } => P::ConnThreshold { addr, established, threshold },
         AlertBody::SynThreshold { addr, syns_in_second, threshold } => P::SynThreshold { addr, syns_in_second, threshold },
-        AlertBody::Bandwidth { iface, rx_bytes, tx_bytes } => P::Bandwidth { iface, rx_bytes, tx_bytes },
+        AlertBody::Bandwidth { iface, rx_bytes, tx_bytes, .. } => P::Bandwidth { iface, rx_bytes, tx_bytes },
         AlertBody::Connections { per_remote } => P::Connections { per_remote },
         AlertBody::Infected { vm, file, signature } => P::Infected { vm, file, signature },
         AlertBody::ActuatorFailed { actuator, action, error } => P::ActuatorFailed { actuator, action, error },

@@ -129,7 +129,7 @@ async fn alerts_feed_the_view_and_the_actuator_stage_is_observable() {
     let view = VoView::new(10, metrics.clone());
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64;
     for seq in 0..3u64 {
-        view.on_alert(&Alert { origin: "bw".into(), seq, path: vec!["bw".into(), "VO".into()], timestamp_ns: now, body: AlertBody::Bandwidth { iface: "eth0".into(), rx_bytes: seq * 10, tx_bytes: seq } });
+        view.on_alert(&Alert { origin: "bw".into(), seq, path: vec!["bw".into(), "VO".into()], timestamp_ns: now, body: AlertBody::Bandwidth { iface: "eth0".into(), rx_bytes: seq * 10, tx_bytes: seq, vm: None } });
     }
     metrics.observe_actuator_ack(0.25);
     let vo = Node::new(NodeSpec::new("VO", Role::Vo, None, Security::Psk(vespa_proto::Psk::random())), Hooks::default()).expect("VO");

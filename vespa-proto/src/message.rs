@@ -128,6 +128,8 @@ pub enum AlertBody {
         rx_bytes: u64,
         /// Total transmitted bytes.
         tx_bytes: u64,
+        /// The VM the interface belongs to (a tap device), when the agent knows it.
+        vm: Option<String>,
     },
     /// Established connections per remote address.
     Connections {

@@ -41,11 +41,12 @@ fn alert_body() -> impl Strategy<Value = AlertBody> {
                 threshold
             }
         ),
-        (text(), any::<u64>(), any::<u64>()).prop_map(|(iface, rx_bytes, tx_bytes)| {
+        (text(), any::<u64>(), any::<u64>(), proptest::option::of(text())).prop_map(|(iface, rx_bytes, tx_bytes, vm)| {
             AlertBody::Bandwidth {
                 iface,
                 rx_bytes,
                 tx_bytes,
+                vm,
             }
         }),
         prop::collection::vec((any::<IpAddr>(), any::<u64>()), 0..8)

@@ -5,7 +5,10 @@
 //! - `GET /alerts?from=&limit=`: `{"first", "next", "alerts": [{"index", "kind", "alert"}]}`;
 //!   `limit` defaults to [`DEFAULT_LIMIT`] and is capped at [`MAX_LIMIT`]; pass `next` as the
 //!   following `from`. Alerts older than `first` were dropped (the view is bounded).
-//! - `GET /counters`: `{"vo": <the VO's stats>, "alerts_seen", "interfaces": ["origin/iface"]}`.
+//! - `GET /counters`: `{"vo": <the VO's stats>, "alerts_seen", "interfaces": ["origin/iface"],
+//!   "vms": {"origin/iface": "vm"}}` (the interfaces that belong to a VM).
+//! - `GET /vms`: `{"vms": [{"vm", "interfaces": ["origin/iface"], "rx": [..], "tx": [..]}]}`:
+//!   byte deltas per sample interval of each VM, its interfaces summed, oldest first.
 //! - `GET /actions`: `{"dry_run", "actions": [ActiveAction]}`.
 //! - `GET /policy`: `{"loaded", "dry_run", "rules": <TOML text or null>}`.
 //!
@@ -43,6 +46,7 @@ pub fn routes() -> Router<Shared> {
         .route("/topology", get(topology))
         .route("/alerts", get(alerts))
         .route("/counters", get(counters))
+        .route("/vms", get(vms))
         .route("/actions", get(actions))
         .route("/policy", get(policy))
         .route("/release", post(release))
@@ -93,7 +97,11 @@ async fn alerts(State(state): State<Shared>, RawQuery(q): RawQuery) -> Result<Re
 
 async fn counters(State(state): State<Shared>) -> Response {
     let interfaces: Vec<String> = state.view.interfaces().into_iter().map(|(o, i)| format!("{o}/{i}")).collect();
-    json(serde_json::json!({ "vo": state.vo.stats(), "alerts_seen": state.view.seen(), "interfaces": interfaces }))
+    json(serde_json::json!({ "vo": state.vo.stats(), "alerts_seen": state.view.seen(), "interfaces": interfaces, "vms": state.view.interface_vms() }))
+}
+
+async fn vms(State(state): State<Shared>) -> Response {
+    json(serde_json::json!({ "vms": state.view.vms() }))
 }
 
 async fn actions(State(state): State<Shared>) -> Response {

@@ -43,6 +43,8 @@ struct Samples {
     last: Option<(u64, u64)>,
     rx: VecDeque<u64>,
     tx: VecDeque<u64>,
+    /// The VM the interface belongs to, as its agent last said.
+    vm: Option<String>,
 }
 
 impl Samples {
@@ -70,6 +72,31 @@ pub enum Direction {
     Rx,
     /// Transmitted bytes.
     Tx,
+}
+
+/// The traffic of one VM: the deltas of its interfaces summed, aligned on the latest sample.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmTraffic {
+    /// The VM's name.
+    pub vm: String,
+    /// Its interfaces, as "origin/iface".
+    pub interfaces: Vec<String>,
+    /// Received bytes per sample interval, oldest first.
+    pub rx: Vec<u64>,
+    /// Transmitted bytes per sample interval, oldest first.
+    pub tx: Vec<u64>,
+}
+
+/// Adds `q` into `sum`, both aligned on their last element.
+fn add_aligned(sum: &mut Vec<u64>, q: &VecDeque<u64>) {
+    if sum.len() < q.len() {
+        let pad = q.len() - sum.len();
+        sum.splice(0..0, std::iter::repeat_n(0, pad));
+    }
+    let off = sum.len() - q.len();
+    for (s, v) in sum[off..].iter_mut().zip(q) {
+        *s += v;
+    }
 }
 
 /// One kept alert with its index in the VO's stream (for paging).
@@ -132,12 +159,13 @@ impl VoView {
         self.metrics.on_alert(alert);
         let mut s = self.lock();
         match &alert.body {
-            AlertBody::Bandwidth { iface, rx_bytes, tx_bytes } => {
+            AlertBody::Bandwidth { iface, rx_bytes, tx_bytes, vm } => {
                 let key = (alert.origin.clone(), iface.clone());
                 let now = s.next_index;
                 match s.samples.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, samples)) => {
                         samples.touched = now;
+                        samples.vm.clone_from(vm);
                         samples.push(*rx_bytes, *tx_bytes);
                     }
                     None => {
@@ -146,7 +174,7 @@ impl VoView {
                                 s.samples.remove(oldest);
                             }
                         }
-                        let mut samples = Samples { touched: now, ..Samples::default() };
+                        let mut samples = Samples { touched: now, vm: vm.clone(), ..Samples::default() };
                         samples.push(*rx_bytes, *tx_bytes);
                         s.samples.push((key, samples));
                     }
@@ -198,6 +226,25 @@ impl VoView {
         self.lock().samples.iter().map(|(k, _)| k.clone()).collect()
     }
 
+    /// The VM of each interface that belongs to one, keyed "origin/iface".
+    pub fn interface_vms(&self) -> BTreeMap<String, String> {
+        self.lock().samples.iter().filter_map(|((o, i), s)| Some((format!("{o}/{i}"), s.vm.clone()?))).collect()
+    }
+
+    /// Traffic per VM (every interface its agents named it on), by VM name.
+    pub fn vms(&self) -> Vec<VmTraffic> {
+        let s = self.lock();
+        let mut by_vm: BTreeMap<&str, VmTraffic> = BTreeMap::new();
+        for ((o, i), samples) in &s.samples {
+            let Some(vm) = samples.vm.as_deref() else { continue };
+            let t = by_vm.entry(vm).or_insert_with(|| VmTraffic { vm: vm.to_string(), interfaces: Vec::new(), rx: Vec::new(), tx: Vec::new() });
+            t.interfaces.push(format!("{o}/{i}"));
+            add_aligned(&mut t.rx, &samples.rx);
+            add_aligned(&mut t.tx, &samples.tx);
+        }
+        by_vm.into_values().collect()
+    }
+
     /// Connections per remote address, summed over the latest table of every agent,
     /// busiest first.
     pub fn connections(&self) -> Vec<(IpAddr, u64)> {
@@ -224,7 +271,7 @@ mod tests {
     use super::*;
 
     fn bw(seq: u64, rx: u64, tx: u64) -> Alert {
-        Alert { origin: "bw".into(), seq, path: vec!["bw".into()], timestamp_ns: 1, body: AlertBody::Bandwidth { iface: "lo".into(), rx_bytes: rx, tx_bytes: tx } }
+        Alert { origin: "bw".into(), seq, path: vec!["bw".into()], timestamp_ns: 1, body: AlertBody::Bandwidth { iface: "lo".into(), rx_bytes: rx, tx_bytes: tx, vm: None } }
     }
 
     #[test]
@@ -245,7 +292,7 @@ mod tests {
     #[test]
     fn interfaces_are_bounded_forgetting_the_longest_silent() {
         let v = VoView::new(10, Arc::default());
-        let tap = |seq: u64, n: usize| Alert { body: AlertBody::Bandwidth { iface: format!("vnet{n}"), rx_bytes: 1, tx_bytes: 1 }, ..bw(seq, 0, 0) };
+        let tap = |seq: u64, n: usize| Alert { body: AlertBody::Bandwidth { iface: format!("vnet{n}"), rx_bytes: 1, tx_bytes: 1, vm: None }, ..bw(seq, 0, 0) };
         v.on_alert(&bw(0, 1, 1));
         for n in 0..MAX_INTERFACES + 5 {
             v.on_alert(&tap(n as u64 + 1, n));
@@ -255,6 +302,33 @@ mod tests {
         assert_eq!(ifs.len(), MAX_INTERFACES);
         assert!(ifs.contains(&("bw".into(), "lo".into())), "lo keeps reporting: kept");
         assert!(!ifs.contains(&("bw".into(), "vnet0".into())), "the first tap went silent: forgotten");
+    }
+
+    #[test]
+    fn vm_traffic_sums_its_interfaces_aligned_on_the_latest_sample() {
+        let v = VoView::new(100, Arc::default());
+        let dev = |seq: u64, origin: &str, iface: &str, vm: Option<&str>, total: u64| Alert {
+            origin: origin.into(),
+            body: AlertBody::Bandwidth { iface: iface.into(), rx_bytes: total, tx_bytes: 2 * total, vm: vm.map(str::to_string) },
+            ..bw(seq, 0, 0)
+        };
+        // web's vnet0 reports 4 times (+10 each), its vnet1 twice (+100); db's vnet2 once.
+        for (i, t) in [0u64, 10, 20, 30].into_iter().enumerate() {
+            v.on_alert(&dev(i as u64, "bw", "vnet0", Some("web"), t));
+        }
+        v.on_alert(&dev(10, "bw", "vnet1", Some("web"), 500));
+        v.on_alert(&dev(11, "bw", "vnet1", Some("web"), 600));
+        v.on_alert(&dev(12, "bw2", "vnet2", Some("db"), 7));
+        v.on_alert(&dev(13, "bw", "eth0", None, 7));
+        let vms = v.vms();
+        assert_eq!(vms.iter().map(|t| t.vm.as_str()).collect::<Vec<_>>(), ["db", "web"]);
+        let web = &vms[1];
+        assert_eq!(web.interfaces, ["bw/vnet0", "bw/vnet1"]);
+        assert_eq!(web.rx, [10, 10, 110], "vnet1's one delta adds to vnet0's latest");
+        assert_eq!(web.tx, [20, 20, 220]);
+        assert!(vms[0].rx.is_empty(), "one sample is no delta yet");
+        assert_eq!(v.interface_vms().get("bw/vnet1").map(String::as_str), Some("web"));
+        assert!(!v.interface_vms().contains_key("bw/eth0"), "a host interface has no VM");
     }
 
     #[test]

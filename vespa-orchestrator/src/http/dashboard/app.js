@@ -97,9 +97,11 @@ async function pollTree() {
 
 // --- rate charts --------------------------------------------------------------------------
 
-function chart(origin, iface, rxDeltas, txDeltas) {
+// One rate chart. `title` names it, `gapKey` ("origin/iface") tells its sample interval,
+// `badge` (or null) marks a VM, `data` becomes data-* attributes (the tests find charts by them).
+function chart(title, gapKey, badge, data, rxDeltas, txDeltas) {
   const W = 320, H = 110, P = 4;
-  const gap = sampleGap[origin + '/' + iface];
+  const gap = sampleGap[gapKey];
   // Per second once the sample interval is known, else per sample.
   const per = gap ? (d) => d.map((v) => v / gap) : (d) => d;
   const unit = gap ? '/s' : ' per sample';
@@ -113,8 +115,6 @@ function chart(origin, iface, rxDeltas, txDeltas) {
     return x.toFixed(1) + ',' + y.toFixed(1);
   }).join(' ');
   const last = (s) => (s.length ? s[s.length - 1] : null);
-  const vm = VM_IFACE.test(iface);
-  const title = origin + ' / ' + iface;
   const s = svg('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', role: 'img', class: 'chart',
     'aria-label': `${title}: rx ${fmt(last(rx))}, tx ${fmt(last(tx))} (peak ${fmt(max)})` });
   for (const f of [0.25, 0.5, 0.75]) {
@@ -123,10 +123,12 @@ function chart(origin, iface, rxDeltas, txDeltas) {
   }
   if (rx.length) s.append(svg('polyline', { points: pts(rx), class: 'rx' }));
   if (tx.length) s.append(svg('polyline', { points: pts(tx), class: 'tx' }));
-  return h('figure', { class: 'chart-box', 'data-iface': iface, 'data-origin': origin },
+  const attrs = { class: 'chart-box' + (data.vm && !data.iface ? ' vm-total' : '') };
+  for (const [k, v] of Object.entries(data)) attrs['data-' + k] = v;
+  return h('figure', attrs,
     h('figcaption', {},
       h('span', { class: 'name' }, title),
-      vm ? h('span', { class: 'badge vm', title: 'a VM network device' }, 'VM') : null,
+      badge ? h('span', { class: 'badge vm', title: badge.title }, badge.text) : null,
       h('span', { class: 'peak muted' }, 'peak ' + fmt(max))),
     s,
     h('div', { class: 'now' },
@@ -136,24 +138,33 @@ function chart(origin, iface, rxDeltas, txDeltas) {
 }
 
 async function pollRates() {
-  const c = await getJson('/api/v1/counters');
-  const ifaces = (c.interfaces || []).slice(0, MAX_CHARTS);
+  const [c, v] = await Promise.all([getJson('/api/v1/counters'), getJson('/api/v1/vms')]);
+  const vmOf = c.vms || {};
+  // One chart per VM (its interfaces summed), then one per interface; VMs first: they are
+  // what the operator protects.
+  const vms = (v.vms || []).slice(0, MAX_CHARTS);
+  const vmBoxes = vms.map((t) => chart('VM ' + t.vm, t.interfaces[0], { text: t.interfaces.length + ' if', title: 'sum of ' + t.interfaces.join(', ') },
+    { vm: t.vm }, t.rx || [], t.tx || []));
+  const ifaces = (c.interfaces || []).slice(0, Math.max(0, MAX_CHARTS - vmBoxes.length));
   if (!ifaces.length) { show('charts', empty('no bandwidth samples yet (no bandwidth agent reporting)')); return; }
   const boxes = await Promise.all(ifaces.map(async (oi) => {
     const i = oi.indexOf('/');
     const origin = oi.slice(0, i), iface = oi.slice(i + 1);
     const q = '?iface=' + encodeURIComponent(iface) + '&origin=' + encodeURIComponent(origin);
+    const vm = vmOf[oi];
+    const badge = vm ? { text: 'VM ' + vm, title: 'network device of VM ' + vm }
+      : VM_IFACE.test(iface) ? { text: 'VM', title: 'a VM network device' } : null;
     try {
       const [rx, tx] = await Promise.all([getJson('/recv_bytes' + q), getJson('/trans_bytes' + q)]);
-      return chart(origin, iface, rx || [], tx || []);
+      return chart(origin + ' / ' + iface, oi, badge, vm ? { iface, origin, vm } : { iface, origin }, rx || [], tx || []);
     } catch (e) {
       return h('figure', { class: 'chart-box' }, h('figcaption', {}, oi), h('p', { class: 'error' }, String(e.message)));
     }
   }));
-  // VM devices first: they are what the operator protects.
-  boxes.sort((a, b) => Number(VM_IFACE.test(b.dataset.iface || '')) - Number(VM_IFACE.test(a.dataset.iface || '')));
+  const isVm = (b) => Number(Boolean(b.dataset.vm) || VM_IFACE.test(b.dataset.iface || ''));
+  boxes.sort((a, b) => isVm(b) - isVm(a));
   const more = (c.interfaces || []).length - ifaces.length;
-  show('charts', boxes, more > 0 ? h('p', { class: 'muted' }, `${more} more interfaces not shown`) : []);
+  show('charts', vmBoxes, boxes, more > 0 ? h('p', { class: 'muted' }, `${more} more interfaces not shown`) : []);
 }
 
 // --- top remote addresses -----------------------------------------------------------------
@@ -197,7 +208,7 @@ function describe(a) {
   const [kind] = typeof b === 'string' ? ['?'] : Object.keys(b);
   const v = b[kind];
   switch (kind) {
-    case 'Bandwidth': return `${v.iface}: rx ${bytes(v.rx_bytes)} tx ${bytes(v.tx_bytes)} (totals)`;
+    case 'Bandwidth': return `${v.vm ? 'VM ' + v.vm + ', ' : ''}${v.iface}: rx ${bytes(v.rx_bytes)} tx ${bytes(v.tx_bytes)} (totals)`;
     case 'Connections': {
       const live = v.per_remote.filter((p) => p[1] > 0);
       const n = live.length, c = live.reduce((s, p) => s + p[1], 0);
