@@ -1,5 +1,7 @@
 //! Test kit for VESPA's end-to-end tests: network namespaces with veth links, running code
-//! inside a namespace, traffic generators, and the root/eBPF requirement policy.
+//! inside a namespace, traffic generators, the daemons the tests start themselves, a tree of
+//! the real binaries ([`tree`]), the closed loop over Open vSwitch + os-ken as one rig
+//! ([`sdn_loop`], also what `vespa-demo` runs), and the root/eBPF requirement policy.
 //!
 //! Every namespace and link a test makes is removed when its guard drops, and traffic only
 //! ever goes to addresses of those namespaces.
@@ -7,7 +9,9 @@
 pub mod browser;
 pub mod daemons;
 pub mod net;
+pub mod sdn_loop;
 pub mod traffic;
+pub mod tree;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -47,13 +51,25 @@ pub fn subnet() -> u8 {
     (10 + (std::process::id() % 20) * 10 + N.fetch_add(1, Ordering::Relaxed) % 10) as u8
 }
 
-/// Path of a workspace binary built next to the test executable.
-pub fn workspace_bin(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+/// Path of a workspace binary built next to the running executable: a test executable
+/// (`target/<profile>/deps/`) or one of this crate's binaries (`target/<profile>/`).
+pub fn try_workspace_bin(name: &str) -> Result<std::path::PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("the running executable's path: {e}"))?;
+    let mut dir = exe.parent().ok_or("the running executable has no directory")?;
+    if dir.file_name().is_some_and(|d| d == "deps") {
+        dir = dir.parent().ok_or("target/<profile>/deps has no parent")?;
+    }
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built (run the tests through `cargo xtask test` or build the workspace first)", p.display());
-    p
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!("{} not built (run through `cargo xtask`, or build the workspace's binaries first)", p.display()))
+    }
+}
+
+/// [`try_workspace_bin`], panicking when the binary is missing (tests).
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    try_workspace_bin(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Receives sensor events until `done` returns true for one of them; returns every event

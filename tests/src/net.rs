@@ -1,10 +1,14 @@
-//! Network namespaces and veth links for tests.
+//! Network namespaces and veth links for tests, and a TCP port forward into a namespace.
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, Ipv6Addr},
+    io,
+    net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
     process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    sync::Arc,
     thread,
+    time::Duration,
 };
 
 use nix::sched::{setns, CloneFlags};
@@ -51,13 +55,26 @@ impl Netns {
     }
 
     pub fn spawn<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> thread::JoinHandle<R> {
-        let path = format!("/run/netns/{}", self.name);
+        let name = self.name.clone();
         thread::spawn(move || {
-            let fd = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            setns(&fd, CloneFlags::CLONE_NEWNET).expect("setns");
+            enter(&name).unwrap_or_else(|e| panic!("{e}"));
             f()
         })
     }
+}
+
+/// Moves the calling thread into the network namespace `name` (`/run/netns/<name>`).
+fn enter(name: &str) -> io::Result<()> {
+    let path = format!("/run/netns/{name}");
+    let fd = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| io::Error::other(format!("setns {path}: {e}")))
+}
+
+/// Runs `f` on a new thread inside the network namespace `name`, which this code need not
+/// own; Err when the namespace cannot be entered (or `f` panicked).
+pub fn try_in_netns<R: Send + 'static>(name: &str, f: impl FnOnce() -> R + Send + 'static) -> io::Result<R> {
+    let name = name.to_string();
+    thread::spawn(move || enter(&name).map(|()| f())).join().map_err(|_| io::Error::other("thread inside the namespace panicked"))?
 }
 
 impl Drop for Netns {
@@ -100,20 +117,93 @@ impl Default for Link {
 
 /// Creates a veth link between two namespaces and configures both ends.
 pub fn veth(a_ns: &Netns, b_ns: &Netns) -> (End, End) {
+    try_veth(a_ns, b_ns).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`veth`], with the failing command's output as the error.
+pub fn try_veth(a_ns: &Netns, b_ns: &Netns) -> Result<(End, End), String> {
+    use crate::daemons::run;
     let net = crate::subnet();
     let a_if = crate::unique("va");
     let b_if = crate::unique("vb");
-    sh(&["ip", "link", "add", &a_if, "netns", &a_ns.name, "type", "veth", "peer", "name", &b_if, "netns", &b_ns.name]);
-    let mk = |ns: &Netns, ifname: &str, host: u8| {
+    run(&["ip", "link", "add", &a_if, "netns", &a_ns.name, "type", "veth", "peer", "name", &b_if, "netns", &b_ns.name])?;
+    let mk = |ns: &Netns, ifname: &str, host: u8| -> Result<End, String> {
         for (k, v) in [("accept_ra", "0"), ("router_solicitations", "0"), ("dad_transmits", "0")] {
-            ns.exec(&["sysctl", "-qw", &format!("net.ipv6.conf.{ifname}.{k}={v}")]);
+            run(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", &format!("net.ipv6.conf.{ifname}.{k}={v}")])?;
         }
         let v4 = Ipv4Addr::new(10, 77, net, host);
-        let v6: Ipv6Addr = format!("fd77:{net}::{host}").parse().expect("valid v6");
-        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", ifname]);
-        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
-        ns.ip(&["link", "set", ifname, "up"]);
-        End { ifname: ifname.to_string(), v4, v6 }
+        let v6: Ipv6Addr = format!("fd77:{net}::{host}").parse().map_err(|e| format!("fd77:{net}::{host}: {e}"))?;
+        run(&["ip", "-n", &ns.name, "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
+        run(&["ip", "-n", &ns.name, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;
+        run(&["ip", "-n", &ns.name, "link", "set", ifname, "up"])?;
+        Ok(End { ifname: ifname.to_string(), v4, v6 })
     };
-    (mk(a_ns, &a_if, 1), mk(b_ns, &b_if, 2))
+    Ok((mk(a_ns, &a_if, 1)?, mk(b_ns, &b_if, 2)?))
+}
+
+/// A TCP port forward: connections accepted on a listener of the caller's namespace are
+/// relayed to `target` inside another network namespace. It makes a service that listens on
+/// a namespace's own loopback (the VO's dashboard in `vespa-demo`) reachable from the host's
+/// loopback without giving the namespace a route to the host. Stops accepting on drop;
+/// relayed connections end when either side closes.
+pub struct Forward {
+    local: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<thread::JoinHandle<()>>,
+}
+
+impl Forward {
+    /// Relays every connection accepted on `listener` to `target` inside namespace `ns`.
+    pub fn start(listener: TcpListener, ns: &str, target: SocketAddr) -> io::Result<Forward> {
+        let local = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, ns) = (stop.clone(), ns.to_string());
+        let accept = thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let ns = ns.clone();
+                thread::spawn(move || {
+                    // The socket keeps the namespace it was made in, whichever thread uses it.
+                    let upstream = try_in_netns(&ns, move || TcpStream::connect_timeout(&target, Duration::from_secs(5)));
+                    if let Ok(Ok(upstream)) = upstream {
+                        splice(client, upstream);
+                    }
+                });
+            }
+        });
+        Ok(Forward { local, stop, accept: Some(accept) })
+    }
+
+    /// The address the forward accepts on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.local, Duration::from_secs(1));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Copies both directions between two connections until both are done, passing each
+/// half-close on.
+fn splice(a: TcpStream, b: TcpStream) {
+    let (Ok(mut a2), Ok(mut b2)) = (a.try_clone(), b.try_clone()) else { return };
+    let (mut a, mut b) = (a, b);
+    let up = thread::spawn(move || {
+        let _ = io::copy(&mut a, &mut b2);
+        let _ = b2.shutdown(Shutdown::Write);
+    });
+    let _ = io::copy(&mut b, &mut a2);
+    let _ = a2.shutdown(Shutdown::Write);
+    let _ = up.join();
 }

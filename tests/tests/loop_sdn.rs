@@ -4,51 +4,18 @@
 //! MAC through the os-ken SDN agent (drop flows in the switch, UDP from the attacker stops),
 //! and once the connections are gone and calm lasts, releases it (flows gone, traffic back).
 //!
-//! Layout (every piece removed at the end by the kit's guards):
-//!
-//! ```text
-//!  switch namespace (ovs + os-ken REST on its loopback)      victim namespace (h2)
-//!    VO, HO_VM, HO_PH  (vespa-orchestrator --policy)  <-mgmt veth->  Agent_Connections
-//!    Agent_Controller_OsKen (vespa-agent, url = os-ken)              (vespa-agent, eBPF)
-//!    bridge ── h1 (attacker) ── h2 (victim)
-//! ```
-//!
-//! The connections agent runs the eBPF tracker in the victim's namespace. It counts that
-//! namespace's sockets only: the attacker's client sockets (same kernel, remote = the victim)
-//! are another namespace's, so the victim is never mistaken for an attacker.
+//! The rig (lab, topology, processes) is `vespa_tests::sdn_loop`, shared with `vespa-demo`;
+//! every piece is removed at the end by its guards.
 
 mod tree_kit;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tree_kit::*;
 use vespa_tests::daemons::ovs::{FlowMonitor, SdnLab, UdpStream};
-use vespa_tests::daemons::{http_get, in_netns, require_daemon};
-use vespa_tests::net::veth;
-
-const POLICY: &str = r#"
-[actuators]
-sdn = "Agent_Controller_OsKen"
-libvirt = "Agent_Libvirt"
-quarantine = "quarantine"
-av = "Agent_AV"
-hypervisor = "Agent_HY"
-
-[[rule]]
-name = "conn-flood"
-metric = "established"
-key = "remote"
-aggregate = "max"
-window_s = 1
-above = 50
-below = 5
-calm_s = 3
-cooldown_s = 1
-# Blocked connections stay ESTABLISHED on the victim until it drops them: no verification.
-verify_s = 0
-ladder = [{ action = "block", ttl_s = 3600 }]
-"#;
+use vespa_tests::daemons::require_daemon;
+use vespa_tests::sdn_loop::{conn_flood_policy, is_vespa_drop, Options, SdnLoop, SDN_AGENT, VESPA_COOKIE};
 
 const QUIET: Duration = Duration::from_millis(300);
 const FLOWING: Duration = Duration::from_secs(15);
@@ -60,81 +27,36 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
         return;
     }
     let Some(lab) = require_daemon(test, "Open vSwitch + os-ken", SdnLab::start()) else { return };
+    let policy = conn_flood_policy(50, 5, 3);
+    let opts = Options { tag: "loop-sdn", policy: &policy, conn_threshold: 100, api_token: None, keep_files: false, bandwidth_agent: false };
+    let rig = SdnLoop::start(lab, &opts).unwrap_or_else(|e| panic!("{e:#}"));
+    let (lab, vo) = (&rig.lab, &rig.vo);
     let (attacker, victim) = (&lab.h1, &lab.h2);
-    let sw_ns = lab.ovs.ns.name.clone();
-    // The management link between the switch namespace (VO side) and the victim.
-    let (sw_end, victim_end) = veth(&lab.ovs.ns, &victim.ns);
-
-    let machines: [(&str, IpAddr); 2] = [("sw", sw_end.v4.into()), ("victim", victim_end.v4.into())];
-    let nodes = [
-        N { name: "VO", kind: "vo", machine: "sw", master: None, port: 4150, extra: String::new() },
-        N { name: "HO_VM", kind: "ho_vm", machine: "sw", master: Some("VO"), port: 4151, extra: String::new() },
-        N { name: "HO_PH", kind: "ho_ph", machine: "sw", master: Some("VO"), port: 4154, extra: String::new() },
-        N { name: "Agent_Connections", kind: "agent_connections", machine: "victim", master: Some("HO_VM"), port: 4156, extra: String::new() },
-        N {
-            name: "Agent_Controller_OsKen",
-            kind: "agent_controller_osken",
-            machine: "sw",
-            master: Some("HO_PH"),
-            port: 4157,
-            extra: format!("[node.params]\nurl = \"{}\"\n", lab.url()),
-        },
-    ];
-    let settings = "heartbeat_ms = 500\nsample_interval_ms = 200\nbackoff_min_ms = 20\nbackoff_max_ms = 300";
-    let tree = std::sync::Arc::new(Tree::new("loop-sdn", settings, &machines, &nodes));
-    let policy = tree.scratch.dir.join("policy.toml");
-    std::fs::write(&policy, POLICY).expect("policy file");
-    let api = "127.0.0.1:18080"; // os-ken holds 8080 in the switch namespace
-    let policy_s = policy.to_string_lossy().into_owned();
-    let vo = tree.spawn_with("vo", "vespa-orchestrator", Some(&sw_ns), &[], &["VO", "HO_VM", "HO_PH"], &["--policy", &policy_s, "--http", api]);
-    let sdn = tree.spawn("sdn", "vespa-agent", Some(&sw_ns), &[], &["Agent_Controller_OsKen"]);
-    // `--netns` rather than `ip netns exec`: the agent keeps the host's mounts (tracefs).
-    let conns = tree.spawn("conns", "vespa-agent", None, &["--netns", &victim.ns.name, "--mode", "ebpf", "--conn-threshold", "100"], &["Agent_Connections"]);
-    let logs = || format!("VO:\n{}\nSDN:\n{}\nconns:\n{}", vo.log_text(), sdn.log_text(), conns.log_text());
-
-    let vo_call = |verb: &str, args: &[&str]| -> Result<String, String> {
-        let (t, verb) = (tree.clone(), verb.to_string());
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        in_netns(&sw_ns, move || {
-            let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            t.call("VO", &verb, &a)
-        })
-    };
-    let api_get = |path: &str| -> Option<serde_json::Value> {
-        let (ns, path) = (sw_ns.clone(), path.to_string());
-        let (status, body) = in_netns(&ns, move || http_get(api, &path)).ok()?;
-        (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
-    };
-    let deadline = Instant::now() + WAIT;
-    while !["Agent_Connections", "Agent_Controller_OsKen"].iter().all(|a| vo_call("call", &[a, "help"]).is_ok()) {
-        assert!(Instant::now() < deadline, "both agents under the VO\n{}", logs());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let logs = || rig.logs();
+    let api_get = |path: &str| rig.api_get(path);
+    wait_for("both agents under the VO", || rig.agents_ready().then_some(()));
 
     // Traffic passes before anything happens.
     let stream = UdpStream::start(attacker, victim, Duration::from_millis(1));
     stream.wait_flowing(50, FLOWING).expect("UDP from the attacker reaches the victim");
 
-    // The victim serves; the attacker opens 150 connections and holds them.
+    // The victim serves (its kernel completes the handshakes: ESTABLISHED, waiting in the
+    // backlog); the attacker opens up to 150 connections and holds them. The 101st is the
+    // kernel's threshold event: the block may land before the attacker gets to 150, and the
+    // rest then time out.
     let server_addr = SocketAddr::from((victim.ip, 7070));
-    // The victim's kernel completes the handshakes (ESTABLISHED, waiting in the backlog).
     let listener = victim.ns.run(move || vespa_tests::traffic::tcp_listen(server_addr, 1024));
     let monitor = FlowMonitor::start(&lab.ovs, &lab.bridge).expect("flow monitor");
     let t_attack = Instant::now();
-    // The 101st connection is the kernel's threshold event: the block may land before the
-    // attacker gets to 150, and the rest then time out.
     let held = attacker.ns.run(move || vespa_tests::traffic::tcp_connect_up_to(server_addr, 150, Duration::from_secs(1)));
     assert!(held.len() > 100, "the attacker crossed the threshold: {} connections", held.len());
     eprintln!("attacker connected {} of 150 before the block", held.len());
 
     // The VO blocks the attacker's MAC: drop flows in the switch, traffic stops.
-    let mac_flow = format!("dl_src={}", attacker.mac);
-    // (The learning switch has dl_src flows of its own: only VESPA's cookie counts.)
-    let vespa_drop = |f: &String| f.contains(&mac_flow) && f.ends_with("actions=drop");
     let deadline = Instant::now() + WAIT;
     let flows = loop {
-        let flows = lab.ovs.flows_matching(&lab.bridge, "cookie=0x56455350");
-        if flows.iter().any(vespa_drop) {
+        let flows = rig.vespa_flows();
+        if flows.iter().any(|f| is_vespa_drop(f, &attacker.mac)) {
             break flows;
         }
         assert!(Instant::now() < deadline, "no VESPA drop flow for the attacker's MAC: {flows:?}\n{}", logs());
@@ -156,7 +78,7 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
         a["actions"].as_array()?.iter().find(|x| x["action"] == "block").cloned()
     });
     assert_eq!(actions["key"], attacker.mac.as_str(), "{actions}");
-    assert_eq!(actions["actuator"], "Agent_Controller_OsKen");
+    assert_eq!(actions["actuator"], SDN_AGENT);
     assert_eq!(actions["dry_run"], false);
     let sent = vo.log_lines().into_iter().find(|l| l["fields"]["message"] == "policy block sent").unwrap_or_else(|| panic!("no 'policy block sent' line\n{}", logs()));
     assert_eq!(sent["fields"]["target"], attacker.mac.as_str());
@@ -182,19 +104,19 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
     assert!(unix(added) >= sent_ns, "the flow follows the request");
 
     // SIGHUP re-reads the policy file; the block (state of a rule that keeps its name) stays.
-    std::fs::write(&policy, POLICY.replace("cooldown_s = 1", "cooldown_s = 2")).expect("policy file");
+    std::fs::write(&rig.policy, policy.replace("cooldown_s = 1", "cooldown_s = 2")).expect("policy file");
     vo.signal(nix::sys::signal::Signal::SIGHUP);
     wait_for("the SIGHUP reload", || vo.log_lines().into_iter().find(|l| l["fields"]["message"] == "SIGHUP: policy reloaded"));
     let after = api_get("/api/v1/actions").expect("actions");
     assert!(after["actions"].as_array().is_some_and(|a| a.iter().any(|x| x["key"] == attacker.mac.as_str())), "the block survives the reload: {after}");
     assert!(api_get("/api/v1/policy").and_then(|p| p["rules"].as_str().map(|r| r.contains("cooldown_s = 2"))).unwrap_or(false));
-    assert!(!lab.ovs.flows_matching(&lab.bridge, "cookie=0x56455350").is_empty(), "still blocked in the switch");
+    assert!(!rig.vespa_flows().is_empty(), "still blocked in the switch");
 
     // Calm: both sides close; after calm_s the policy releases, the flows go, traffic returns.
     let t_calm = Instant::now();
     drop(held);
     drop(listener); // resets the victim's side of every connection
-    lab.ovs.wait_flow(&lab.bridge, "cookie=0x56455350", false, WAIT).unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    lab.ovs.wait_flow(&lab.bridge, VESPA_COOKIE, false, WAIT).unwrap_or_else(|e| panic!("{e}\n{}", logs()));
     let released_after = t_calm.elapsed();
     assert!(released_after >= Duration::from_secs(3), "released before calm_s: {released_after:?}");
     stream.wait_flowing(50, FLOWING).expect("UDP passes again after the release");

@@ -1,4 +1,4 @@
-//! `cargo xtask`: VESPA's build, run, test and benchmark entry points.
+//! `cargo xtask`: VESPA's build, run, demo, test and benchmark entry points.
 //!
 //! Every command first makes sure the machine has what it needs (`setup`), installing only
 //! what is missing, so a fresh Debian host goes from clone to running system in one command.
@@ -13,7 +13,7 @@ use std::{
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 
-/// Build, run, test and benchmark VESPA.
+/// Build, run, demo, test and benchmark VESPA.
 #[derive(Parser)]
 #[command(name = "cargo xtask", about, long_about = None)]
 struct Cli {
@@ -51,6 +51,14 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         fuzz_seconds: u64,
         /// Extra arguments for `cargo test`, e.g. `-- --test sensors`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The scripted attack with a live view: in network namespaces behind an Open vSwitch
+    /// bridge controlled by os-ken, an attacker floods a victim with TCP connections, VESPA
+    /// blocks the attacker's MAC on the switch, then releases it once calm. Needs root.
+    Demo {
+        /// Arguments for vespa-demo, e.g. `-- --connections 200 --keep` (`-- --help` lists them).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -109,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             check(tests, "cargo test")?;
             fuzz
         }
+        Cmd::Demo { args } => demo(&root, &args),
         Cmd::Bench { quick, only } => {
             setup::ensure()?;
             cargo(&root, &["build", "--release", "-p", "vespa-agent", "-p", "vespa-orchestrator", "-p", "vespa-tests"])?;
@@ -117,7 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if only.as_deref().is_some_and(|o| !area.contains(o) && bin != "vespa-bench") {
                     continue;
                 }
-                let path = root.join("target/release").join(bin);
+                let path = target_dir(&root).join("release").join(bin);
                 if !path.exists() {
                     continue;
                 }
@@ -141,7 +150,7 @@ const HTTP: &str = "127.0.0.1:8080";
 
 /// Starts the orchestrators and the agents and waits for Ctrl-C (or for one to fail).
 fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<()> {
-    let bin = root.join("target/release");
+    let bin = target_dir(root).join("release");
     let key = root.join("target/vespa/psk");
     if !key.exists() {
         std::fs::create_dir_all(key.parent().expect("has a parent"))?;
@@ -198,6 +207,22 @@ fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<
     }
 }
 
+/// `cargo xtask demo`: set-up, the release binaries the demo runs, then `vespa-demo` in this
+/// process's place (so Ctrl-C reaches it alone, and it removes everything it made).
+fn demo(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let help = args.iter().any(|a| ["--help", "-h", "--version", "-V"].contains(&a.as_str()));
+    if !help && !setup::is_root() {
+        bail!("`cargo xtask demo` needs root: it creates network namespaces, an Open vSwitch bridge and processes inside them (run it as root, e.g. `sudo -E cargo xtask demo`)");
+    }
+    setup::ensure()?;
+    cargo(root, &["build", "--release", "-p", "vespa-agent", "-p", "vespa-orchestrator", "-p", "vespa-tests", "--bin", "vespa-agent", "--bin", "vespa-orchestrator", "--bin", "vespa-demo"])?;
+    let bin = target_dir(root).join("release/vespa-demo");
+    step(&format!("running {} {}(Ctrl-C stops it and removes the lab)", bin.display(), args.iter().map(|a| format!("{a} ")).collect::<String>()));
+    let err = Command::new(&bin).args(args).exec();
+    Err(anyhow::Error::new(err).context(format!("starting {}", bin.display())))
+}
+
 fn interrupt(child: &std::process::Child) {
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
 }
@@ -224,6 +249,12 @@ fn fuzz(root: &Path, secs: u64) -> anyhow::Result<()> {
 
 pub(crate) fn step(msg: &str) {
     println!("==> {msg}");
+}
+
+/// Where cargo writes its build output: `$CARGO_TARGET_DIR` (relative to the workspace
+/// root if relative), else `target/`.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()).map_or_else(|| root.join("target"), |d| root.join(d))
 }
 
 fn workspace_root() -> PathBuf {

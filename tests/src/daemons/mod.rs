@@ -85,14 +85,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 /// Runs `f` on a new thread inside the network namespace `name` (like
 /// [`crate::net::Netns::run`], for a namespace this code does not own).
 pub fn in_netns<R: Send + 'static>(name: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let path = format!("/run/netns/{name}");
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("thread inside the namespace panicked")
+    crate::net::try_in_netns(name, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A free TCP port on 127.0.0.1 (of the calling thread's namespace).

@@ -16,6 +16,16 @@ pub fn python() -> PathBuf {
     PathBuf::from(venv).join("bin/python")
 }
 
+/// Err when the venv's python is missing.
+pub fn prerequisites() -> Result<(), String> {
+    let py = python();
+    if py.exists() {
+        Ok(())
+    } else {
+        Err(format!("{} missing (cargo xtask setup builds the os-ken venv)", py.display()))
+    }
+}
+
 pub fn launcher() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("support/osken_launcher.py")
 }
@@ -34,10 +44,8 @@ impl OsKen {
     /// Starts os-ken inside `ns` (fixed ports 6653/8080: the namespace is private) or on the
     /// host (free ports), and waits until its REST API answers.
     pub fn start(ns: Option<&Netns>) -> Result<OsKen, String> {
+        prerequisites()?;
         let py = python();
-        if !py.exists() {
-            return Err(format!("{} missing (cargo xtask setup builds the os-ken venv)", py.display()));
-        }
         let (ofp_port, api_port) = match ns {
             Some(_) => (6653, 8080),
             None => (super::free_port(), super::free_port()),

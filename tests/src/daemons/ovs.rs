@@ -35,7 +35,8 @@ pub struct Ovs {
 }
 
 impl Ovs {
-    pub fn start() -> Result<Ovs, String> {
+    /// What [`Ovs::start`] needs of the machine: Err names the first thing missing.
+    pub fn prerequisites() -> Result<(), String> {
         for p in ["ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "ethtool"] {
             if !have(p) {
                 return Err(format!("{p} not installed (cargo xtask setup)"));
@@ -44,6 +45,11 @@ impl Ovs {
         if !Path::new(SCHEMA).exists() || !Path::new("/dev/net/tun").exists() {
             return Err(format!("{SCHEMA} or /dev/net/tun missing"));
         }
+        Ok(())
+    }
+
+    pub fn start() -> Result<Ovs, String> {
+        Ovs::prerequisites()?;
         let dir = tempfile::Builder::new().prefix("vespa-ovs").tempdir().map_err(|e| e.to_string())?;
         let d = dir.path().to_str().ok_or("non-UTF-8 temp dir")?.to_string();
         let env = [("OVS_RUNDIR", d.as_str()), ("OVS_LOGDIR", d.as_str()), ("OVS_DBDIR", d.as_str())];
@@ -226,6 +232,13 @@ pub struct SdnLab {
 }
 
 impl SdnLab {
+    /// What [`SdnLab::start`] needs of the machine (Open vSwitch, the os-ken venv), checked
+    /// without starting anything: Err names the first thing missing.
+    pub fn prerequisites() -> Result<(), String> {
+        Ovs::prerequisites()?;
+        super::osken::prerequisites()
+    }
+
     pub fn start() -> Result<SdnLab, String> {
         let ovs = Ovs::start()?;
         let osken = OsKen::start(Some(&ovs.ns))?;
@@ -300,6 +313,12 @@ impl UdpStream {
     pub fn received_since(&self, t: Instant) -> usize {
         let a = self.arrivals.lock().expect("arrivals");
         a.len() - a.partition_point(|x| *x < t)
+    }
+
+    /// The first arrival at or after `t`.
+    pub fn first_arrival_since(&self, t: Instant) -> Option<Instant> {
+        let a = self.arrivals.lock().expect("arrivals");
+        a.get(a.partition_point(|x| *x < t)).copied()
     }
 
     /// The last arrival time.
