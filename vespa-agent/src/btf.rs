@@ -49,6 +49,8 @@ pub enum BtfError {
     NoMember { ty: String, member: String },
     #[error("{0} is a bitfield")]
     Bitfield(String),
+    #[error("{member} is {actual} bytes, {expected} expected")]
+    Size { member: String, actual: u32, expected: u32 },
 }
 
 struct Member {
@@ -228,33 +230,49 @@ impl Btf {
         None
     }
 
+    /// Size in bytes of a type (through typedefs and modifiers; pointers are 8 bytes).
+    fn size_of(&self, id: u32) -> Option<u32> {
+        let t = self.resolve(id)?;
+        match t.kind {
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => Some(t.target),
+            KIND_PTR => Some(8),
+            _ => None,
+        }
+    }
+
     /// Byte offset of a (nested) member path, e.g. `offset_of("net", &["ns", "inum"])`.
     /// Every step but the last must be an embedded struct or union, not a pointer.
     pub fn offset_of(&self, struct_name: &str, path: &[&str]) -> Result<u32, BtfError> {
-        let &id = self
-            .structs_by_name
-            .get(struct_name)
-            .ok_or_else(|| BtfError::NoStruct(struct_name.to_string()))?;
-        let (mut ty, mut ty_name, mut total) =
-            (&self.types[id as usize], struct_name.to_string(), 0);
+        self.locate(struct_name, path).map(|(off, _)| off)
+    }
+
+    /// [`offset_of`](Self::offset_of), checking that the member is `size` bytes (the
+    /// programs read it with a load of that size).
+    pub fn offset_of_sized(&self, struct_name: &str, path: &[&str], size: u32) -> Result<u32, BtfError> {
+        let (off, ty) = self.locate(struct_name, path)?;
+        match self.size_of(ty) {
+            Some(s) if s == size => Ok(off),
+            actual => Err(BtfError::Size { member: format!("{struct_name}.{}", path.join(".")), actual: actual.unwrap_or(0), expected: size }),
+        }
+    }
+
+    /// Byte offset and type id of a (nested) member path.
+    fn locate(&self, struct_name: &str, path: &[&str]) -> Result<(u32, u32), BtfError> {
+        let &id = self.structs_by_name.get(struct_name).ok_or_else(|| BtfError::NoStruct(struct_name.to_string()))?;
+        let (mut ty, mut ty_name, mut total, mut last) = (&self.types[id as usize], struct_name.to_string(), 0, id);
         for (i, &step) in path.iter().enumerate() {
-            let (off, member_ty) = self.member(ty, step).ok_or_else(|| BtfError::NoMember {
-                ty: ty_name.clone(),
-                member: step.to_string(),
-            })??;
+            let (off, member_ty) = self.member(ty, step).ok_or_else(|| BtfError::NoMember { ty: ty_name.clone(), member: step.to_string() })??;
             total += off;
+            last = member_ty;
             if i + 1 < path.len() {
                 ty = self
                     .resolve(member_ty)
                     .filter(|t| t.kind == KIND_STRUCT || t.kind == KIND_UNION)
-                    .ok_or_else(|| BtfError::NoMember {
-                        ty: format!("{ty_name}.{step}"),
-                        member: path[i + 1].to_string(),
-                    })?;
+                    .ok_or_else(|| BtfError::NoMember { ty: format!("{ty_name}.{step}"), member: path[i + 1].to_string() })?;
                 ty_name = format!("{ty_name}.{step}");
             }
         }
-        Ok(total)
+        Ok((total, last))
     }
 }
 
@@ -274,10 +292,7 @@ impl NetnsOffsets {
     }
 
     pub fn from_btf(btf: &Btf) -> Result<NetnsOffsets, BtfError> {
-        Ok(NetnsOffsets {
-            sk_net: btf.offset_of("sock_common", &["skc_net", "net"])?,
-            net_inum: btf.offset_of("net", &["ns", "inum"])?,
-        })
+        Ok(NetnsOffsets { sk_net: btf.offset_of_sized("sock_common", &["skc_net", "net"], 8)?, net_inum: btf.offset_of_sized("net", &["ns", "inum"], 4)? })
     }
 }
 
@@ -408,10 +423,11 @@ mod tests {
             eprintln!("SKIPPED: no {VMLINUX} (set VESPA_REQUIRE_EBPF=1 to make this a failure)");
             return;
         }
-        let off = NetnsOffsets::from_kernel().expect("offsets from the kernel's BTF");
-        eprintln!("{off:?}");
+        let btf = Btf::from_kernel().expect("the kernel's BTF");
+        let off = NetnsOffsets::from_btf(&btf).expect("namespace offsets");
         // skc_net sits in sock_common's first cache line; ns_common is not at the start of net.
         assert!(off.sk_net > 0 && off.sk_net < 64, "{off:?}");
         assert!(off.net_inum > 0 && off.net_inum < 4096, "{off:?}");
+        assert!(matches!(btf.offset_of_sized("sock", &["sk_protocol"], 4), Err(BtfError::Size { actual: 2, .. })), "sizes are checked");
     }
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_probe_read_kernel,
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::TracePointContext,
     EbpfContext,
 };
@@ -31,6 +31,12 @@ static CONN_BY_REMOTE: LruHashMap<Addr, RemoteConns> = LruHashMap::with_max_entr
 /// failure) only leaves that connection uncounted, in both directions.
 #[map(name = "OPEN_SOCKETS")]
 static OPEN_SOCKETS: HashMap<u64, u64> = HashMap::with_max_entries(131072, 0);
+
+/// The watched namespace's `struct net`, learned from the first socket whose namespace inode
+/// matched: later sockets are recognised by one pointer comparison instead of a second read.
+/// (The namespace cannot go away while the agent lives in it, so the pointer stays its own.)
+#[map(name = "WATCHED_NET")]
+static WATCHED_NET: Array<u64> = Array::with_max_entries(1, 0);
 
 const TCP_ESTABLISHED: i32 = 1;
 const EEXIST: i32 = 17;
@@ -97,11 +103,18 @@ fn ours(sk: u64, cfg: &SensorConfig) -> bool {
     // SAFETY: bpf_probe_read_kernel validates the source address and returns an error
     // instead of faulting; the offsets come from the running kernel's BTF (sock_common.skc_net,
     // net.ns.inum) and `sk` is the tracepoint's live socket.
-    let inum = unsafe {
-        bpf_probe_read_kernel((sk + cfg.sk_net_offset as u64) as *const u64)
-            .and_then(|net| bpf_probe_read_kernel((net + cfg.net_inum_offset as u64) as *const u32))
-    };
-    inum == Ok(cfg.netns_inum)
+    let Ok(net) = (unsafe { bpf_probe_read_kernel((sk + cfg.sk_net_offset as u64) as *const u64) }) else { return false };
+    if net == WATCHED_NET.get(0).copied().unwrap_or(0) {
+        return true;
+    }
+    // SAFETY: as above.
+    let ours = unsafe { bpf_probe_read_kernel((net + cfg.net_inum_offset as u64) as *const u32) } == Ok(cfg.netns_inum);
+    if let Some(p) = WATCHED_NET.get_ptr_mut(0).filter(|_| ours) {
+        // SAFETY: a pointer from a successful array lookup; an aligned 8-byte store is
+        // atomic, and every CPU stores the same value.
+        unsafe { *p = net };
+    }
+    ours
 }
 
 struct Record {
@@ -219,16 +232,26 @@ fn opened(rec: &Record, cfg: &SensorConfig) {
 #[inline(always)]
 fn closed(rec: &Record, cfg: &SensorConfig) {
     let now = now_ns();
-    // SAFETY: a value from a successful lookup, copied out at once.
-    let Some(opened_ns) = (unsafe { OPEN_SOCKETS.get(&rec.skaddr) }).copied() else {
+    // The open time is only needed for the close event's duration: without events, the
+    // removal alone tells whether the socket was counted (one hash operation, not two).
+    let opened_ns = if cfg.conn_events != 0 {
+        // SAFETY: a value from a successful lookup, copied out at once.
+        let found = (unsafe { OPEN_SOCKETS.get(&rec.skaddr) }).copied();
+        if found.is_some() {
+            let _ = OPEN_SOCKETS.remove(&rec.skaddr);
+        }
+        found
+    } else {
+        OPEN_SOCKETS.remove(&rec.skaddr).ok().map(|_| 0)
+    };
+    let Some(opened_ns) = opened_ns else {
         // Only sockets that were opened in the watched namespace are in the table: the
-        // namespace is read (two probe reads) only for the rare close it does not know.
+        // namespace is read only for the rare close it does not know.
         if ours(rec.skaddr, cfg) {
             bump(STAT_UNTRACKED_CLOSES);
         }
         return;
     };
-    let _ = OPEN_SOCKETS.remove(&rec.skaddr);
     let Some(e) = remote_entry(&rec.remote) else { return };
     // SAFETY: as in `opened`.
     let established = unsafe {
