@@ -91,7 +91,7 @@ fn blocks_sent(log: &Path) -> Vec<(String, u64, u64, u64)> {
         .map(|l| {
             let f = &l["fields"];
             let n = |k: &str| f[k].as_u64().unwrap_or(0);
-            (f["target"].as_str().unwrap_or_default().to_string(), n("alert_raised_ns"), n("alert_at_vo_ns"), n("sent_ns"))
+            (f["target"].as_str().unwrap_or_default().to_string(), n("alert_raised_ns"), n("alert_seen_ns"), n("sent_ns"))
         })
         .collect()
 }
@@ -117,17 +117,11 @@ fn unix_ns() -> u64 {
 /// returned (Unix ns).
 fn connect_from(src: Ipv4Addr, to: SocketAddr, n: usize, mark: usize) -> (Vec<TcpStream>, u64) {
     let mut at = 0;
-    let v = (1..=n)
-        .map(|i| {
-            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-            s.bind(&SocketAddr::from((src, 0)).into()).expect("bind source");
-            s.connect(&to.into()).expect("connect");
-            if i == mark {
-                at = unix_ns();
-            }
-            s.into()
-        })
-        .collect();
+    let v = vespa_tests::traffic::tcp_connect_from(IpAddr::V4(src), to, n, |i| {
+        if i == mark {
+            at = unix_ns();
+        }
+    });
     (v, at)
 }
 
