@@ -111,15 +111,16 @@ pub fn tcp_connect_up_to(to: SocketAddr, n: usize, timeout: Duration) -> Vec<Tcp
         .collect()
 }
 
-/// Opens `n` connections to `to` from the source address `src` (e.g. one of 127.0.0.0/8, to
-/// look like a new remote on loopback) and keeps them open.
-pub fn tcp_connect_from(src: IpAddr, to: SocketAddr, n: usize) -> Vec<TcpStream> {
-    (0..n)
-        .map(|_| {
+/// Opens `n` connections to `to` from the local address `src` (any 127.0.0.0/8 address on
+/// loopback: a fresh remote for the connection tracker) and keeps them open. `after(i)` runs
+/// right after connect() number `i` (1-based) returns.
+pub fn tcp_connect_from(src: IpAddr, to: SocketAddr, n: usize, mut after: impl FnMut(usize)) -> Vec<TcpStream> {
+    (1..=n)
+        .map(|i| {
             let s = Socket::new(Domain::for_address(to), Type::STREAM, None).expect("socket");
-            s.bind(&SocketAddr::new(src, 0).into())
-                .expect("bind the source address");
+            s.bind(&SocketAddr::new(src, 0).into()).expect("bind the source address");
             s.connect(&to.into()).expect("connect");
+            after(i);
             s.into()
         })
         .collect()

@@ -92,7 +92,7 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
     let (now_i, now_u) = (Instant::now(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64);
     let unix = |t: Instant| now_u - now_i.duration_since(t).as_nanos() as u64;
     let f = &sent["fields"];
-    let (raised, at_vo, sent_ns) = (f["alert_raised_ns"].as_u64().expect("raised"), f["alert_at_vo_ns"].as_u64().expect("at vo"), f["sent_ns"].as_u64().expect("sent"));
+    let (raised, at_vo, sent_ns) = (f["alert_raised_ns"].as_u64().expect("raised"), f["alert_seen_ns"].as_u64().expect("seen at the VO"), f["sent_ns"].as_u64().expect("sent"));
     let ms = |a: u64, b: u64| (b as f64 - a as f64) / 1e6;
     eprintln!(
         "kernel event -> VO {:.2} ms -> block request sent {:.2} ms -> drop flow in the switch {:.2} ms; last datagram through {:?}",

@@ -69,7 +69,7 @@ fn a_threshold_alert_is_stamped_with_the_kernel_events_time() {
     let remote: IpAddr = "127.0.3.7".parse().expect("ip");
     agent.signal(Signal::SIGSTOP);
     let before = unix_ns();
-    let held = vespa_tests::traffic::tcp_connect_from(remote, to, 8);
+    let held = vespa_tests::traffic::tcp_connect_from(remote, to, 8, |_| {});
     let accepted = vespa_tests::traffic::tcp_accept_n(&listener, 8);
     let after = unix_ns();
     agent.signal(Signal::SIGCONT);

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vespa_node::{launch, Client, Hooks, Role, Security, Topology};
 use vespa_orchestrator::http;
-use vespa_orchestrator::policy_driver::PolicyDriver;
+use vespa_orchestrator::policy_driver::{load_rules, PolicyDriver, PolicySet};
 
 /// Horizontal (HO_VM, HO_HY, HO_PH) and vertical (VO) orchestrators of VESPA.
 ///
@@ -76,7 +76,8 @@ struct RunArgs {
     /// characters). Without it, mutations answer 503.
     #[arg(long, value_name = "PATH", env = "VESPA_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
-    /// The VO's policy rules (TOML; see README "Policy"). Default: the embedded rules.
+    /// The policy rules (TOML; see README "Policy"). Default: the embedded rules. The VO
+    /// runs the rules without `at`, each HO this process runs the rules placed `at` it.
     /// Re-read on SIGHUP; state is kept for rules that keep their name.
     #[arg(long, value_name = "FILE", env = "VESPA_POLICY")]
     policy: Option<PathBuf>,
@@ -165,6 +166,50 @@ fn security(topo: &Topology, key: Option<&Path>) -> anyhow::Result<Security> {
     Ok(Security::Psk(psk))
 }
 
+/// The policy file (or the embedded rules): its name for messages, its text, and the rules
+/// checked against the topology (errors name the file).
+fn load_policy(path: Option<&Path>, topo: &Topology) -> anyhow::Result<(String, String, vespa_policy::Rules)> {
+    let source = path.map_or_else(|| "embedded policy".to_string(), |p| p.display().to_string());
+    let text = PolicyDriver::load_rules_text(path)?;
+    let rules = load_rules(&text, Some(topo)).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    Ok((source, text, rules))
+}
+
+/// The policy drivers of this process: the VO's (if it runs the VO) and one per HO it runs,
+/// each with its share of the one policy file, checked against the topology first. Without
+/// the VO and without `--policy`, none.
+struct Drivers {
+    vo: Option<PolicyDriver>,
+    hos: Vec<PolicyDriver>,
+}
+
+fn policy_drivers(args: &RunArgs, topo: &Topology, nodes: &[&vespa_node::config::NodeDef], metrics: Arc<http::Metrics>) -> anyhow::Result<Drivers> {
+    let hosts_vo = nodes.iter().any(|n| n.role == Role::Vo);
+    if !hosts_vo && args.policy.is_none() {
+        if args.dry_run {
+            tracing::warn!("--dry-run ignored: this process runs no VO and no --policy was given");
+        }
+        return Ok(Drivers { vo: None, hos: Vec::new() });
+    }
+    let (source, text, rules) = load_policy(args.policy.as_deref(), topo)?;
+    let invalid = |e: http::PolicyError| anyhow::anyhow!("{source}: {e}");
+    for at in rules.placements() {
+        if !nodes.iter().any(|n| n.name == at) {
+            tracing::info!(policy = %source, at, "rules placed at a node this process does not run: its own process must be given the same --policy");
+        }
+    }
+    let file = args.policy.clone();
+    let vo = hosts_vo.then(|| PolicyDriver::new(&text, args.dry_run, Some(topo), Some(metrics), file.clone())).transpose().map_err(invalid)?;
+    // Every HO here gets a driver, idle while no rule is placed at it, so that a reload can
+    // place one there.
+    let hos = nodes.iter().filter(|n| n.role.is_ho()).map(|n| PolicyDriver::new_at(&n.name, &text, args.dry_run, topo, file.clone())).collect::<Result<Vec<_>, _>>().map_err(invalid)?;
+    for d in vo.iter().chain(&hos) {
+        let at = d.at().unwrap_or("VO");
+        tracing::info!(policy = %source, node = at, rules = ?d.rule_names(), dry_run = http::PolicyControl::dry_run(d), "policy loaded");
+    }
+    Ok(Drivers { vo, hos })
+}
+
 fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
     let topo = load(&args.cfg)?;
     let nodes = launch::select(&topo, &args.nodes, args.machine.as_deref(), |n| !n.role.is_agent()).map_err(anyhow::Error::msg)?;
@@ -172,6 +217,12 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
         print!("{}", topo.render_tree());
         let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
         println!("this process would run: {}", names.join(", "));
+        if args.policy.is_some() {
+            let (source, _, rules) = load_policy(args.policy.as_deref(), &topo)?;
+            let mut places = vec![format!("VO: {}", rules.placed_at(None).rules.len())];
+            places.extend(rules.placements().into_iter().map(|at| format!("{at}: {}", rules.placed_at(Some(at)).rules.len())));
+            println!("policy {source}: rules per node: {}", places.join(", "));
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let security = security(&topo, args.cfg.key.as_deref())?;
@@ -188,24 +239,15 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         (None, _) => None,
     };
-    // The policy runs where the VO runs; its rules are checked before anything starts.
+    // The policy runs at the VO and, for rules placed there, at the HOs; the rules are
+    // checked against the topology before anything starts.
     let parts = http::ApiParts::new(&topo, token);
-    let driver = if hosts_vo {
-        let text = PolicyDriver::load_rules_text(args.policy.as_deref())?;
-        let d = PolicyDriver::new(&text, args.dry_run, Some(&topo), Some(parts.metrics.clone()), args.policy.clone())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", args.policy.as_deref().map_or_else(|| "embedded policy".to_string(), |p| p.display().to_string())))?;
-        tracing::info!(policy = %args.policy.as_deref().map_or_else(|| "embedded default".to_string(), |p| p.display().to_string()), dry_run = http::PolicyControl::dry_run(&d), "policy loaded");
-        Some(d)
-    } else {
-        if args.policy.is_some() || args.dry_run {
-            tracing::warn!("--policy/--dry-run ignored: this process runs no VO");
-        }
-        None
-    };
-    let parts = match &driver {
-        Some(d) => parts.with_policy(Arc::new(d.clone())),
+    let drivers = policy_drivers(&args, &topo, &nodes, parts.metrics.clone())?;
+    let parts = match &drivers.vo {
+        Some(d) => parts.with_policy(Arc::new(PolicySet::new(d.clone(), drivers.hos.clone()))),
         None => parts,
     };
+    let driver_of = |name: &str| drivers.vo.iter().filter(|_| name == topo.vo().name).chain(drivers.hos.iter().filter(|d| d.at() == Some(name))).next();
     let rt = runtime()?;
     let exits = rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -223,22 +265,20 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
         let mut server = None;
         let hooks = |def: &vespa_node::config::NodeDef| {
             let mut h = Hooks::default();
-            if def.role == Role::Vo {
-                if serve_api {
-                    parts.add_vo_handler(&mut h);
-                }
-                if let Some(d) = &driver {
-                    h.alert_handlers.push(d.handler());
-                }
+            if def.role == Role::Vo && serve_api {
+                parts.add_vo_handler(&mut h);
+            }
+            if let Some(d) = driver_of(&def.name) {
+                h.alert_handlers.push(d.handler());
             }
             h
         };
         let on_ready = |def: &vespa_node::config::NodeDef, handle: vespa_node::NodeHandle| {
+            if let Some(d) = driver_of(&def.name) {
+                d.start(handle.clone());
+            }
             if def.role != Role::Vo {
                 return;
-            }
-            if let Some(d) = &driver {
-                d.start(handle.clone());
             }
             let Some((l, addr)) = listener.take() else { return };
             let state = parts.state(handle);

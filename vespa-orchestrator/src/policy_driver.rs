@@ -1,37 +1,51 @@
-//! The VO's policy driver: everything around [`vespa_policy::step`] that touches the world.
+//! The policy driver: everything around [`vespa_policy::step`] that touches the world.
 //!
 //! ```text
-//! VO alert handler ──► channel ──► driver task ──► step(&mut State, input, now) ──► actions
-//!        (sync, never waits)          │  ▲ Tick every 250 ms                         │
-//!                                     │  └──── ActionResult ◄── actuator replies ◄───┤
-//!                                     └── `call <agent> <verb> args` down the tree ◄─┘
+//! node's alert handler ──► channel ──► driver task ──► step(&mut State, input, now) ──► actions
+//!        (sync, never waits)            │  ▲ Tick every 250 ms                          │
+//!                                       │  └──── ActionResult ◄── actuator replies ◄────┤
+//!                                       └── `call <agent> <verb> args` down the tree ◄──┘
 //! ```
 //!
 //! **Invariant: the policy does no I/O; the driver does.** `step` stays a pure function of
 //! its state, its input and the `now` it is given (nanoseconds on the driver's monotonic
-//! clock). The driver owns the [`State`] behind a mutex, converts VO alerts into
-//! [`Input`]s, asks agents for neighbour MACs (`mac_of`), sends ticks, executes actuator
-//! actions through the VO's [`NodeHandle`] (routed down the tree), feeds the replies back
-//! as [`Input::ActionResult`], logs [`Action::DryRun`] records and raises the policy's own
-//! [`Action::Alert`]s as VO alerts of kind `Text` (so they show in `/get_alerts`).
+//! clock). The driver owns the [`State`] behind a mutex, converts alerts into [`Input`]s,
+//! asks agents for neighbour MACs (`mac_of`), sends ticks, executes actuator actions
+//! through its node's [`NodeHandle`] (routed down the tree), feeds the replies back as
+//! [`Input::ActionResult`], logs [`Action::DryRun`] records and raises the policy's own
+//! [`Action::Alert`]s as alerts of kind `Text` (so they show in the VO's `/get_alerts`).
+//!
+//! **Where it runs.** The VO's driver ([`PolicyDriver::new`]) runs the rules without `at`.
+//! A horizontal orchestrator's driver ([`PolicyDriver::new_at`]) runs the rules whose `at`
+//! names it (the fast path, [`placement`]): it sees only its own subtree's alerts, its calls
+//! go down its own subtree, and every action it sends is also raised as a `Text` alert
+//! (`fast path at HO_PH: ...`) that climbs to the VO with the alerts that caused it.
+//! Infections and sensor health stay the VO's: an HO's driver feeds its rules only the
+//! counters (threshold crossings, connection tables, interface bytes).
 //!
 //! It also serves the HTTP API's [`PolicyControl`]: reads take the mutex briefly, mutations
 //! step the policy under it and hand the resulting actions to the driver task; nothing in
-//! the API path waits for an actuator.
+//! the API path waits for an actuator. [`PolicySet`] puts the VO's driver and those of the
+//! HOs in the same process behind the one API.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use vespa_node::{AgentKind, AlertHandler, NodeHandle, Role, Topology};
-use vespa_policy::{step, Action, Effect, Input, Key, Mac, Rules, State, Target, DEFAULT_RULES};
+use vespa_policy::{step, Action, Effect, Input, Key, KeyKind, Mac, Rules, State, Target, DEFAULT_RULES};
 use vespa_proto::{Alert, AlertBody};
 
 use crate::http::{ActiveAction, Metrics, PolicyControl, PolicyError};
+
+pub mod placement;
+mod set;
+
+pub use set::PolicySet;
 
 /// How often time is fed to the policy (releases, verification deadlines, TTLs).
 pub const TICK: Duration = Duration::from_millis(250);
@@ -70,9 +84,9 @@ pub struct BlockTiming {
     /// The timestamp of the alert that caused it: for a threshold alert the kernel event's
     /// time, otherwise when the agent raised it (0 for ticks and manual blocks).
     pub alert_raised_ns: u64,
-    /// When the VO's handler saw that alert.
-    pub alert_at_vo_ns: u64,
-    /// When the block request left the VO (`call <sdn> block_hackers ...` sent).
+    /// When the deciding node's handler (the VO's, or a fast-path HO's) saw that alert.
+    pub alert_seen_ns: u64,
+    /// When the block request left that node (`call <sdn> block_hackers ...` sent).
     pub sent_ns: u64,
     /// When the SDN agent's reply arrived (0 until then).
     pub acked_ns: u64,
@@ -154,6 +168,35 @@ fn resolve_actuators(rules: &mut Rules, topo: Option<&Topology>) {
     }
 }
 
+/// Parses `text` and checks it against `topology`: actuator names the topology does not know
+/// fall back to its only agent of the kind, and every rule's `at` must name an HO whose
+/// subtree holds the rule's sensors and actuators ([`placement::check`]). This is the whole
+/// policy; each driver keeps its share ([`Rules::placed_at`]).
+pub fn load_rules(text: &str, topology: Option<&Topology>) -> Result<Rules, PolicyError> {
+    let mut rules = Rules::from_toml(text).map_err(|e| PolicyError::Invalid(e.to_string()))?;
+    resolve_actuators(&mut rules, topology);
+    if let Some(topo) = topology {
+        placement::check(&rules, topo).map_err(PolicyError::Invalid)?;
+    }
+    Ok(rules)
+}
+
+/// The effect an actuator action puts in place or undoes.
+fn effect_of(action: &Action) -> Option<Effect> {
+    Some(match action {
+        Action::Block { target, .. } | Action::Release { target, .. } => Effect::Blocked(*target),
+        Action::CutLink { vm, .. } | Action::ConnectLink { vm, .. } => Effect::LinkCut(vm.clone()),
+        Action::Migrate { vm, .. } => Effect::Quarantined(vm.clone()),
+        Action::AvIsolate { vm, av_agent, .. } | Action::AvConnect { vm, av_agent, .. } => Effect::AvIsolated(vm.clone(), av_agent.clone()),
+        Action::Alert { .. } | Action::DryRun(_) => return None,
+    })
+}
+
+/// The alerts an HO's rules can use: counters. Infections and sensor health are the VO's.
+fn is_counter(body: &AlertBody) -> bool {
+    matches!(body, AlertBody::ConnThreshold { .. } | AlertBody::SynThreshold { .. } | AlertBody::Bandwidth { .. } | AlertBody::Connections { .. })
+}
+
 /// Parses the operator's key: an address, a MAC, else a VM name.
 fn parse_key(s: &str) -> Key {
     let s = s.trim();
@@ -175,7 +218,7 @@ fn parse_target(s: &str) -> Option<Target> {
 
 /// What the driver task is asked to do.
 enum Event {
-    /// An alert processed at the VO, with when the handler saw it.
+    /// An alert processed at the driver's node, with when the handler saw it.
     Alert(Box<Alert>, Instant, u64),
     /// Actions to execute (from an API mutation), with when they were decided.
     Run(Vec<Action>),
@@ -201,6 +244,10 @@ struct Core {
     /// Effects recorded in dry-run.
     dry: BTreeSet<Effect>,
     manual: BTreeMap<Target, Manual>,
+    /// The rules holding each effect in place, as first seen (for fast-path alerts).
+    held_by: BTreeMap<Effect, String>,
+    /// The same for the effects the last step undid (their release is being sent).
+    released: BTreeMap<Effect, String>,
 }
 
 struct Inner {
@@ -208,7 +255,14 @@ struct Inner {
     started: Instant,
     tx: mpsc::Sender<Event>,
     rx: Mutex<Option<mpsc::Receiver<Event>>>,
-    vo: OnceLock<NodeHandle>,
+    /// The node the driver runs at, once started.
+    node: OnceLock<NodeHandle>,
+    /// The HO this driver runs the fast-path rules of; `None` for the VO's driver.
+    at: Option<String>,
+    /// Whether any rule is loaded (an HO's handler ignores alerts while none is).
+    has_rules: AtomicBool,
+    /// Whether a rule keyed by remote address may need a neighbour's MAC (`mac_of`).
+    wants_macs: AtomicBool,
     metrics: Option<Arc<Metrics>>,
     topology: Option<Arc<Topology>>,
     timings: Mutex<std::collections::VecDeque<BlockTiming>>,
@@ -217,34 +271,55 @@ struct Inner {
     policy_file: Option<PathBuf>,
 }
 
-/// The VO's policy driver (cheap to clone).
+/// A policy driver, the VO's or an HO's (cheap to clone).
 #[derive(Clone)]
 pub struct PolicyDriver {
     inner: Arc<Inner>,
 }
 
 impl PolicyDriver {
-    /// A driver with `rules_text` (TOML), started in dry-run when `dry_run`. `topology` lets
-    /// actuator names missing from it fall back to its only agent of the matching kind;
-    /// `metrics` receives the actuator acknowledgement times; `policy_file` is what SIGHUP
-    /// re-reads.
+    /// The VO's driver: the rules of `rules_text` (TOML) without `at`, started in dry-run
+    /// when `dry_run`. `topology` lets actuator names missing from it fall back to its only
+    /// agent of the matching kind, and checks every rule's `at` against it; `metrics`
+    /// receives the actuator acknowledgement times; `policy_file` is what SIGHUP re-reads.
     pub fn new(rules_text: &str, dry_run: bool, topology: Option<&Topology>, metrics: Option<Arc<Metrics>>, policy_file: Option<PathBuf>) -> Result<PolicyDriver, PolicyError> {
+        Self::build(None, rules_text, dry_run, topology, metrics, policy_file)
+    }
+
+    /// The driver of horizontal orchestrator `at` (the fast path): the rules of `rules_text`
+    /// placed there. Start it on that HO's node; it serves no API of its own ([`PolicySet`]
+    /// puts it behind the VO's when one process hosts both).
+    pub fn new_at(at: &str, rules_text: &str, dry_run: bool, topology: &Topology, policy_file: Option<PathBuf>) -> Result<PolicyDriver, PolicyError> {
+        Self::build(Some(at.to_string()), rules_text, dry_run, Some(topology), None, policy_file)
+    }
+
+    fn build(at: Option<String>, rules_text: &str, dry_run: bool, topology: Option<&Topology>, metrics: Option<Arc<Metrics>>, policy_file: Option<PathBuf>) -> Result<PolicyDriver, PolicyError> {
         let topology = topology.map(|t| Arc::new(t.clone()));
-        let mut rules = Rules::from_toml(rules_text).map_err(|e| PolicyError::Invalid(e.to_string()))?;
-        resolve_actuators(&mut rules, topology.as_deref());
+        let rules = load_rules(rules_text, topology.as_deref())?.placed_at(at.as_deref());
         let mut state = State::new(rules);
         if dry_run {
             step(&mut state, Input::SetDryRun(true), 0);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        let core = Core { state, rules_text: rules_text.to_string(), since: BTreeMap::new(), dry: BTreeSet::new(), manual: BTreeMap::new() };
-        Ok(PolicyDriver {
+        let core = Core {
+            state,
+            rules_text: rules_text.to_string(),
+            since: BTreeMap::new(),
+            dry: BTreeSet::new(),
+            manual: BTreeMap::new(),
+            held_by: BTreeMap::new(),
+            released: BTreeMap::new(),
+        };
+        let d = PolicyDriver {
             inner: Arc::new(Inner {
                 core: Mutex::new(core),
                 started: Instant::now(),
                 tx,
                 rx: Mutex::new(Some(rx)),
-                vo: OnceLock::new(),
+                node: OnceLock::new(),
+                at,
+                has_rules: AtomicBool::new(false),
+                wants_macs: AtomicBool::new(false),
                 metrics,
                 topology,
                 timings: Mutex::new(Default::default()),
@@ -252,7 +327,24 @@ impl PolicyDriver {
                 next_manual: AtomicU64::new(MANUAL_ID_BASE),
                 policy_file,
             }),
-        })
+        };
+        d.rules_changed(d.core().state.rules());
+        Ok(d)
+    }
+
+    fn rules_changed(&self, rules: &Rules) {
+        self.inner.has_rules.store(!rules.rules.is_empty(), Ordering::Relaxed);
+        self.inner.wants_macs.store(rules.rules.iter().any(|r| r.key == KeyKind::Remote), Ordering::Relaxed);
+    }
+
+    /// The HO whose fast-path rules this driver runs (`None`: the VO's driver).
+    pub fn at(&self) -> Option<&str> {
+        self.inner.at.as_deref()
+    }
+
+    /// The names of the rules this driver runs.
+    pub fn rule_names(&self) -> Vec<String> {
+        self.core().state.rules().rules.iter().map(|r| r.name.clone()).collect()
     }
 
     /// Reads the rules from `path`, or the embedded defaults when `None`.
@@ -271,34 +363,48 @@ impl PolicyDriver {
         lock(&self.inner.core)
     }
 
-    /// The alert handler to put in the VO's hooks. It only copies the alert into a bounded
-    /// queue (the VO's connection tasks must never wait for the policy).
+    /// The alert handler to put in the hooks of the driver's node (the VO, or the HO of
+    /// [`PolicyDriver::new_at`]). It only copies the alert into a bounded queue (the node's
+    /// connection tasks must never wait for the policy).
     pub fn handler(&self) -> AlertHandler {
         let me = self.clone();
         Arc::new(move |a: &Alert| {
-            // The policy's own alerts come back through the VO's handlers: not for it.
-            if matches!(a.body, AlertBody::Text(_)) {
+            // The policy's own alerts come back through the node's handlers: not for it. An
+            // HO's driver takes only counters, and nothing while it has no rule.
+            let wanted = match me.inner.at {
+                None => !matches!(a.body, AlertBody::Text(_)),
+                Some(_) => is_counter(&a.body) && me.inner.has_rules.load(Ordering::Relaxed),
+            };
+            if !wanted {
                 return;
             }
             let ev = Event::Alert(Box::new(a.clone()), Instant::now(), unix_ns());
             if me.inner.tx.try_send(ev).is_err() {
                 let n = me.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n == 1 || n.is_multiple_of(1000) {
-                    tracing::warn!(dropped_total = n, "policy driver queue full: alert not seen by the policy");
+                    tracing::warn!(node = %me.node_name(), dropped_total = n, "policy driver queue full: alert not seen by the policy");
                 }
             }
         })
     }
 
-    /// Starts the driver task on the VO (once; later calls do nothing). Call it from inside
-    /// a tokio runtime.
-    pub fn start(&self, vo: NodeHandle) {
-        if self.inner.vo.set(vo.clone()).is_err() {
+    /// The driver's node: the HO it runs at, else the VO once started (`VO` before).
+    fn node_name(&self) -> &str {
+        self.inner.at.as_deref().or_else(|| self.inner.node.get().map(NodeHandle::name)).unwrap_or("VO")
+    }
+
+    /// Starts the driver task on its node, the VO or the HO it runs at (once; later calls do
+    /// nothing). Call it from inside a tokio runtime.
+    pub fn start(&self, node: NodeHandle) {
+        if let Some(at) = &self.inner.at {
+            debug_assert_eq!(at, node.name(), "an HO's driver runs at that HO");
+        }
+        if self.inner.node.set(node.clone()).is_err() {
             return;
         }
         let Some(rx) = lock(&self.inner.rx).take() else { return };
         let me = self.clone();
-        tokio::spawn(async move { me.run(rx, vo).await });
+        tokio::spawn(async move { me.run(rx, node).await });
         if let Some(path) = self.inner.policy_file.clone() {
             let me = self.clone();
             tokio::spawn(async move { me.reload_on_sighup(path).await });
@@ -313,29 +419,29 @@ impl PolicyDriver {
         while hup.recv().await.is_some() {
             match std::fs::read_to_string(&path) {
                 Ok(text) => match self.reload(&text) {
-                    Ok(()) => tracing::info!(path = %path.display(), "SIGHUP: policy reloaded"),
-                    Err(e) => tracing::error!(path = %path.display(), error = %e, "SIGHUP: policy not reloaded, the old rules stay"),
+                    Ok(()) => tracing::info!(node = %self.node_name(), path = %path.display(), "SIGHUP: policy reloaded"),
+                    Err(e) => tracing::error!(node = %self.node_name(), path = %path.display(), error = %e, "SIGHUP: policy not reloaded, the old rules stay"),
                 },
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "SIGHUP: cannot read the policy, the old rules stay"),
+                Err(e) => tracing::error!(node = %self.node_name(), path = %path.display(), error = %e, "SIGHUP: cannot read the policy, the old rules stay"),
             }
         }
     }
 
-    async fn run(self, mut rx: mpsc::Receiver<Event>, vo: NodeHandle) {
+    async fn run(self, mut rx: mpsc::Receiver<Event>, node: NodeHandle) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut asked: HashSet<(String, IpAddr)> = HashSet::new();
         loop {
             tokio::select! {
-                _ = vo.stopping() => break,
+                _ = node.stopping() => break,
                 _ = tick.tick() => {
                     let actions = self.step(Input::Tick);
-                    self.execute(&vo, actions, None);
+                    self.execute(&node, actions, None);
                 }
                 ev = rx.recv() => match ev {
                     None => break,
                     Some(Event::Alert(alert, seen, seen_unix)) => {
-                        self.learn_neighbours(&vo, &alert, &mut asked).await;
+                        self.learn_neighbours(&node, &alert, &mut asked).await;
                         let input = health_input(&alert.origin, &alert.body).unwrap_or_else(|| Input::Alert {
                             origin: alert.origin.clone(),
                             path: alert.path.clone(),
@@ -343,22 +449,25 @@ impl PolicyDriver {
                             body: to_policy_body(&alert.body),
                         });
                         let actions = self.step(input);
-                        self.execute(&vo, actions, Some((seen, alert.timestamp_ns, seen_unix)));
+                        self.execute(&node, actions, Some((seen, alert.timestamp_ns, seen_unix)));
                     }
-                    Some(Event::Run(actions)) => self.execute(&vo, actions, None),
+                    Some(Event::Run(actions)) => self.execute(&node, actions, None),
                     Some(Event::Result { id, ok, error }) => {
                         let actions = self.step(Input::ActionResult { id, ok, error });
-                        self.execute(&vo, actions, None);
+                        self.execute(&node, actions, None);
                     }
                 },
             }
         }
-        tracing::debug!("policy driver stopped");
+        tracing::debug!(node = %node.name(), "policy driver stopped");
     }
 
     /// For connection alerts, asks the origin agent once per new remote for its MAC, so the
     /// policy blocks the MAC (it survives an address change) rather than the address.
-    async fn learn_neighbours(&self, vo: &NodeHandle, alert: &Alert, asked: &mut HashSet<(String, IpAddr)>) {
+    async fn learn_neighbours(&self, node: &NodeHandle, alert: &Alert, asked: &mut HashSet<(String, IpAddr)>) {
+        if !self.inner.wants_macs.load(Ordering::Relaxed) {
+            return; // no rule would use it (all of them run elsewhere, say): nobody asked
+        }
         let remotes: Vec<IpAddr> = match &alert.body {
             AlertBody::ConnThreshold { addr, .. } => vec![*addr],
             AlertBody::Connections { per_remote } => {
@@ -378,7 +487,7 @@ impl PolicyDriver {
                 continue;
             }
             let args = vec![alert.origin.clone(), "mac_of".to_string(), ip.to_string()];
-            let reply = tokio::time::timeout(MAC_TIMEOUT, vo.call("call", args)).await;
+            let reply = tokio::time::timeout(MAC_TIMEOUT, node.call("call", args)).await;
             match reply {
                 Ok(Ok(text)) => match text.trim().parse::<Mac>() {
                     Ok(mac) => {
@@ -406,11 +515,13 @@ impl PolicyDriver {
         let now = self.now();
         let mut core = self.core();
         let actions = step(&mut core.state, input, now);
-        Self::book(&mut core, &actions);
+        Self::book(&mut core, &actions, self.inner.at.is_some());
         actions
     }
 
-    fn book(core: &mut Core, actions: &[Action]) {
+    /// Keeps the effects' bookkeeping in line with the state after a step; `rules_behind`
+    /// also records which rules hold each effect (an HO's fast-path alerts name them).
+    fn book(core: &mut Core, actions: &[Action], rules_behind: bool) {
         let now_s = unix_ns() / 1_000_000_000;
         let effects: BTreeSet<Effect> = core.state.effects().map(|(e, _)| e.clone()).collect();
         core.since.retain(|e, _| effects.contains(e));
@@ -418,48 +529,69 @@ impl PolicyDriver {
         for e in &effects {
             core.since.entry(e.clone()).or_insert(now_s);
         }
+        if rules_behind {
+            let (held, gone) = std::mem::take(&mut core.held_by).into_iter().partition(|(e, _)| effects.contains(e));
+            (core.held_by, core.released) = (held, gone);
+            for e in &effects {
+                if !core.held_by.contains_key(e) {
+                    core.held_by.insert(e.clone(), core.state.holders(e).join(", "));
+                }
+            }
+        }
         for a in actions {
             if let Action::DryRun(inner) = a {
-                let e = match inner.as_ref() {
-                    Action::Block { target, .. } => Some(Effect::Blocked(*target)),
-                    Action::CutLink { vm, .. } => Some(Effect::LinkCut(vm.clone())),
-                    Action::Migrate { vm, .. } => Some(Effect::Quarantined(vm.clone())),
-                    Action::AvIsolate { vm, av_agent, .. } => Some(Effect::AvIsolated(vm.clone(), av_agent.clone())),
-                    _ => None,
-                };
-                if let Some(e) = e.filter(|e| effects.contains(e)) {
+                // A recorded undo names an effect no longer in place: filtered out.
+                if let Some(e) = effect_of(inner).filter(|e| effects.contains(e)) {
                     core.dry.insert(e);
                 }
             }
         }
     }
 
+    /// What an HO raises when its fast path acts: the call, and the rules behind it.
+    fn fast_path_note(&self, at: &str, action: &Action) -> Option<String> {
+        let (agent, verb, args) = to_call(action)?;
+        let rules = effect_of(action).and_then(|e| {
+            let core = self.core();
+            core.held_by.get(&e).or_else(|| core.released.get(&e)).filter(|r| !r.is_empty()).cloned()
+        });
+        let why = rules.map(|r| format!(" (rule {r})")).unwrap_or_default();
+        Some(format!("fast path at {at}: {verb} {} on {agent}{why}", args.join(" ")))
+    }
+
     /// Carries out `actions` in order: actuator calls are sent at once (each on its own task,
-    /// its reply fed back as an `ActionResult`), alerts are raised at the VO, dry-run records
-    /// are logged. `cause` is (when the VO saw the alert, its raise time, the same in Unix ns).
-    fn execute(&self, vo: &NodeHandle, actions: Vec<Action>, cause: Option<(Instant, u64, u64)>) {
+    /// its reply fed back as an `ActionResult`), alerts are raised at the driver's node (and
+    /// climb to the VO), dry-run records are logged. At an HO every call sent is also raised
+    /// as a fast-path alert. `cause` is (when the node saw the alert, its raise time, the
+    /// same in Unix ns).
+    fn execute(&self, node: &NodeHandle, actions: Vec<Action>, cause: Option<(Instant, u64, u64)>) {
         let decided = Instant::now();
+        let here = node.name();
         for action in actions {
             match &action {
                 Action::Alert { kind, text } => {
-                    tracing::warn!(?kind, %text, "policy alert");
-                    let _ = vo.raise(AlertBody::Text(format!("policy {kind:?}: {text}")));
+                    tracing::warn!(node = here, ?kind, %text, "policy alert");
+                    let shown = match &self.inner.at {
+                        None => format!("policy {kind:?}: {text}"),
+                        Some(at) => format!("policy {kind:?} at {at}: {text}"),
+                    };
+                    let _ = node.raise(AlertBody::Text(shown));
                     continue;
                 }
                 Action::DryRun(inner) => {
-                    tracing::info!(action = ?inner, "policy (dry-run): would do");
+                    tracing::info!(node = here, action = ?inner, "policy (dry-run): would do");
                     continue;
                 }
                 _ => {}
             }
             let Some(id) = action.id() else { continue };
-            let Some((node, verb, args)) = to_call(&action) else { continue };
+            let Some((via, verb, args)) = to_call(&action) else { continue };
             let sent_ns = unix_ns();
             let timing = match &action {
                 Action::Block { target, .. } => {
-                    let (raised, at_vo) = cause.map_or((0, 0), |(_, r, u)| (r, u));
-                    tracing::info!(id, target = %target_arg(target), via = %node, alert_raised_ns = raised, alert_at_vo_ns = at_vo, sent_ns, "policy block sent");
-                    let t = BlockTiming { id, target: target_arg(target), alert_raised_ns: raised, alert_at_vo_ns: at_vo, sent_ns, acked_ns: 0, ok: false };
+                    let (raised, seen) = cause.map_or((0, 0), |(_, r, u)| (r, u));
+                    tracing::info!(node = here, id, target = %target_arg(target), %via, alert_raised_ns = raised, alert_seen_ns = seen, sent_ns, "policy block sent");
+                    let t = BlockTiming { id, target: target_arg(target), alert_raised_ns: raised, alert_seen_ns: seen, sent_ns, acked_ns: 0, ok: false };
                     let mut ts = lock(&self.inner.timings);
                     if ts.len() == MAX_TIMINGS {
                         ts.pop_front();
@@ -468,24 +600,26 @@ impl PolicyDriver {
                     true
                 }
                 _ => {
-                    tracing::info!(id, %node, verb, ?args, "policy action sent");
+                    tracing::info!(node = here, id, %via, verb, ?args, "policy action sent");
                     false
                 }
             };
+            let note = self.inner.at.as_deref().and_then(|at| self.fast_path_note(at, &action));
             let start = cause.map_or(decided, |(seen, _, _)| seen);
             let me = self.clone();
-            let vo = vo.clone();
+            let handle = node.clone();
             tokio::spawn(async move {
-                let fut = if node == vo.name() {
-                    vo.call(verb, args)
+                let here = handle.name();
+                let fut = if via == here {
+                    handle.call(verb, args)
                 } else {
-                    let mut a = vec![node.clone(), verb.to_string()];
+                    let mut a = vec![via.clone(), verb.to_string()];
                     a.extend(args);
-                    vo.call("call", a)
+                    handle.call("call", a)
                 };
                 let reply = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
                     Ok(r) => r,
-                    Err(_) => Err(format!("{node} did not answer {verb} within {CALL_TIMEOUT:?}")),
+                    Err(_) => Err(format!("{via} did not answer {verb} within {CALL_TIMEOUT:?}")),
                 };
                 if let Some(m) = &me.inner.metrics {
                     m.observe_actuator_ack(start.elapsed().as_secs_f64());
@@ -499,8 +633,8 @@ impl PolicyDriver {
                     }
                 }
                 match &reply {
-                    Ok(text) => tracing::info!(id, %node, verb, sent_ns, acked_ns, reply = %text.trim(), "policy action done"),
-                    Err(e) => tracing::warn!(id, %node, verb, sent_ns, acked_ns, error = %e, "policy action failed"),
+                    Ok(text) => tracing::info!(node = here, id, %via, verb, sent_ns, acked_ns, reply = %text.trim(), "policy action done"),
+                    Err(e) => tracing::warn!(node = here, id, %via, verb, sent_ns, acked_ns, error = %e, "policy action failed"),
                 }
                 if id < MANUAL_ID_BASE {
                     let (ok, error) = match reply {
@@ -512,6 +646,10 @@ impl PolicyDriver {
                     }
                 }
             });
+            // After the call left: the fast path's reaction does not wait for the report.
+            if let Some(note) = note {
+                let _ = node.raise(AlertBody::Text(note));
+            }
         }
     }
 
@@ -520,8 +658,8 @@ impl PolicyDriver {
         if actions.is_empty() {
             return Ok(());
         }
-        if self.inner.vo.get().is_none() {
-            return Err(PolicyError::Unavailable("the VO is not running yet".into()));
+        if self.inner.node.get().is_none() {
+            return Err(PolicyError::Unavailable(format!("{} is not running yet", self.node_name())));
         }
         self.inner.tx.try_send(Event::Run(actions)).map_err(|_| PolicyError::Unavailable("the policy driver is busy or stopped; try again".into()))
     }
@@ -563,11 +701,12 @@ impl PolicyControl for PolicyDriver {
                     since_unix_s: core.since.get(e).copied().unwrap_or(now_unix_s),
                     expires_unix_s: expires.map(|x| now_unix_s + x.saturating_sub(now_mono).div_ceil(1_000_000_000)),
                     dry_run: core.dry.contains(e),
+                    at: self.inner.at.clone(),
                 }
             })
             .collect();
         for (t, m) in &core.manual {
-            out.push(ActiveAction { key: target_arg(t), action: "block".into(), target: target_arg(t), actuator: m.via.clone(), since_unix_s: m.since_unix_s, expires_unix_s: Some(m.expires_unix_s), dry_run: m.dry_run });
+            out.push(ActiveAction { key: target_arg(t), action: "block".into(), target: target_arg(t), actuator: m.via.clone(), since_unix_s: m.since_unix_s, expires_unix_s: Some(m.expires_unix_s), dry_run: m.dry_run, at: None });
         }
         out.sort_by_key(|x| x.since_unix_s);
         out
@@ -588,14 +727,14 @@ impl PolicyControl for PolicyDriver {
     }
 
     fn reload(&self, text: &str) -> Result<(), PolicyError> {
-        let mut rules = Rules::from_toml(text).map_err(|e| PolicyError::Invalid(e.to_string()))?;
-        resolve_actuators(&mut rules, self.inner.topology.as_deref());
+        let rules = load_rules(text, self.inner.topology.as_deref())?.placed_at(self.at());
+        self.rules_changed(&rules);
         let actions = self.step(Input::Reload(Box::new(rules)));
         self.core().rules_text = text.to_string();
         self.run_later(actions).or_else(|e| match e {
             // Reloaded all the same; the actions are the policy's to retry on its next tick.
             PolicyError::Unavailable(m) => {
-                tracing::warn!(error = %m, "policy reloaded; its immediate actions could not be queued");
+                tracing::warn!(node = %self.node_name(), error = %m, "policy reloaded; its immediate actions could not be queued");
                 Ok(())
             }
             e => Err(e),
@@ -642,8 +781,8 @@ impl PolicyControl for PolicyDriver {
             let c = self.core();
             (c.state.rules().actuators.sdn.clone(), c.state.is_dry_run())
         };
-        if self.inner.vo.get().is_none() {
-            return Err(PolicyError::Unavailable("the VO is not running yet".into()));
+        if self.inner.node.get().is_none() {
+            return Err(PolicyError::Unavailable(format!("{} is not running yet", self.node_name())));
         }
         let id = self.inner.next_manual.fetch_add(1, Ordering::Relaxed);
         let now_s = unix_ns() / 1_000_000_000;

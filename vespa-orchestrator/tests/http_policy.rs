@@ -27,7 +27,7 @@ impl Recorder {
 
 impl PolicyControl for Recorder {
     fn active_actions(&self) -> Vec<ActiveAction> {
-        vec![ActiveAction { key: "block:10.0.0.9".into(), action: "block".into(), target: "10.0.0.9".into(), actuator: "sdn".into(), since_unix_s: 1, expires_unix_s: Some(61), dry_run: false }]
+        vec![ActiveAction { key: "block:10.0.0.9".into(), action: "block".into(), target: "10.0.0.9".into(), actuator: "sdn".into(), since_unix_s: 1, expires_unix_s: Some(61), dry_run: false, at: None }]
     }
     fn rules_text(&self) -> Option<String> {
         Some("[[rule]]\nname = \"ddos\"\n".into())

@@ -137,6 +137,22 @@ impl State {
         self.effects.iter().map(|(e, s)| (e, s.expires_at))
     }
 
+    /// Who holds `effect`, each once: rule names, and `infection` for an infected VM's
+    /// isolation. Empty when the effect is not in place.
+    pub fn holders(&self, effect: &Effect) -> Vec<&str> {
+        let mut names: Vec<&str> = self.effects.get(effect).map_or_else(Vec::new, |es| {
+            es.owners
+                .iter()
+                .map(|o| match o {
+                    Owner::Rule(name, _) => name.as_str(),
+                    Owner::Infection => "infection",
+                })
+                .collect()
+        });
+        names.dedup();
+        names
+    }
+
     /// Targets currently blocked (including dry-run records).
     pub fn active_blocks(&self) -> Vec<Target> {
         self.effects

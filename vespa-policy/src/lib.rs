@@ -26,7 +26,10 @@
 //! ```
 //!
 //! Rules are declarative TOML ([`Rules::from_toml`], [`DEFAULT_RULES`]); [`Input::Reload`]
-//! swaps them while keeping the state of rules that still exist.
+//! swaps them while keeping the state of rules that still exist. A rule may name the
+//! horizontal orchestrator that runs it (`at`, the fast path): the engine does not care where
+//! it runs; each node's driver gives its [`State`] the rules placed there
+//! ([`Rules::placed_at`]).
 
 mod bench;
 mod engine;

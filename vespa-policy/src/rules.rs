@@ -19,6 +19,8 @@
 //!
 //! [[rule]]
 //! name = "conn-flood"             # state survives a reload under the same name
+//! at = "HO_PH"                    # where it runs: an HO whose subtree holds the rule's
+//!                                 # sensors and actuators (fast path); default: the VO
 //! metric = "established"          # established | syn_rate | rx_bytes | tx_bytes
 //! key = "remote"                  # remote | vm | iface | mac
 //! aggregate = "max"               # max | mean | rate (per second), over window_s
@@ -156,6 +158,10 @@ pub struct Rule {
     /// Keys tracked at most; beyond, new keys are ignored and a blind-spot alert says so
     /// (spoofed sources must not grow the VO's memory without bound).
     pub max_keys: usize,
+    /// The horizontal orchestrator that runs this rule (a fast path within its layer), or
+    /// `None` for the VO. The engine does not read it: whoever drives a [`crate::State`]
+    /// gives it the rules placed at its node ([`Rules::placed_at`]).
+    pub at: Option<String>,
 }
 
 /// Agent names the actions are sent through.
@@ -278,6 +284,7 @@ struct RawRule {
     verify_max: Option<u64>,
     #[serde(default = "default_max_keys")]
     max_keys: usize,
+    at: Option<Spanned<String>>,
 }
 
 fn default_max_keys() -> usize {
@@ -375,6 +382,16 @@ impl Rules {
             if r.ladder.is_empty() {
                 return Err(err(at, &field("ladder"), "needs at least one step".into()));
             }
+            if let Some(place) = &r.at {
+                if place.get_ref().trim().is_empty() {
+                    return Err(err(
+                        place.span().start,
+                        &field("at"),
+                        "must name a horizontal orchestrator (leave `at` out to run the rule at the VO)"
+                            .into(),
+                    ));
+                }
+            }
             let mut ladder = Vec::new();
             for step in &r.ladder {
                 let s_at = step.span().start;
@@ -431,6 +448,7 @@ impl Rules {
                 ladder,
                 max_keys: r.max_keys,
                 verify_max: r.verify_max.unwrap_or(r.above),
+                at: r.at.as_ref().map(|p| p.get_ref().clone()),
             });
         }
         Ok(Rules {
@@ -441,6 +459,27 @@ impl Rules {
             isolate_infected: raw.infection.isolate,
             rules,
         })
+    }
+
+    /// The same policy with only the rules that run at `at` (`None`: the VO's, those without
+    /// `at`). Everything else (actuators, own MACs, dry-run, blind-spot cool-down) is shared.
+    pub fn placed_at(&self, at: Option<&str>) -> Rules {
+        Rules {
+            rules: self
+                .rules
+                .iter()
+                .filter(|r| r.at.as_deref() == at)
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
+    /// The nodes other than the VO that rules are placed at, each once, in name order.
+    pub fn placements(&self) -> Vec<&str> {
+        let set: std::collections::BTreeSet<&str> =
+            self.rules.iter().filter_map(|r| r.at.as_deref()).collect();
+        set.into_iter().collect()
     }
 
     /// The shipped policy ([`DEFAULT_RULES`]); also `Rules::default()`.
@@ -515,5 +554,53 @@ mod tests {
                 assert!(e.line.is_some_and(|l| l > head_lines), "{body:?}: {shown}");
             }
         }
+    }
+
+    const HEAD: &str = "[actuators]\nsdn = \"s\"\nlibvirt = \"l\"\nquarantine = \"q\"\nav = \"a\"\nhypervisor = \"h\"\n";
+
+    fn rule(name: &str, at: &str) -> String {
+        format!("\n[[rule]]\nname = \"{name}\"\n{at}metric = \"established\"\nkey = \"remote\"\nwindow_s = 1\nabove = 10\nbelow = 5\ncalm_s = 1\nladder = [{{ action = \"block\", ttl_s = 1 }}]\n")
+    }
+
+    #[test]
+    fn rules_are_placed_at_the_vo_unless_they_name_a_node() {
+        let text = format!(
+            "{HEAD}{}{}{}",
+            rule("vo-rule", ""),
+            rule("ph-rule", "at = \"HO_PH\"\n"),
+            rule("vm-rule", "at = \"HO_VM\"\n")
+        );
+        let r = Rules::from_toml(&text).expect("rules with `at` parse");
+        let at: Vec<Option<&str>> = r.rules.iter().map(|x| x.at.as_deref()).collect();
+        assert_eq!(at, [None, Some("HO_PH"), Some("HO_VM")]);
+        assert_eq!(r.placements(), ["HO_PH", "HO_VM"]);
+        let names = |r: &Rules| -> Vec<String> { r.rules.iter().map(|x| x.name.clone()).collect() };
+        assert_eq!(names(&r.placed_at(None)), ["vo-rule"]);
+        assert_eq!(names(&r.placed_at(Some("HO_PH"))), ["ph-rule"]);
+        assert!(r.placed_at(Some("HO_HY")).rules.is_empty());
+        let share = r.placed_at(Some("HO_VM"));
+        assert_eq!(
+            (share.actuators, share.dry_run),
+            (r.actuators.clone(), r.dry_run),
+            "the rest is shared"
+        );
+        assert!(
+            Rules::default_rules().placements().is_empty(),
+            "the shipped rules run at the VO"
+        );
+    }
+
+    #[test]
+    fn an_empty_or_misspelt_at_is_refused_with_its_line() {
+        let text = format!("{HEAD}{}", rule("x", "at = \" \"\n"));
+        let e = Rules::from_toml(&text).expect_err("an empty `at` names nothing");
+        assert_eq!(e.field.as_deref(), Some("rule \"x\": at"), "{e}");
+        assert_eq!(e.line, Some(HEAD.matches('\n').count() + 4), "{e}");
+        let text = format!("{HEAD}{}", rule("x", "at = 3\n"));
+        let e = Rules::from_toml(&text).expect_err("`at` is a node name");
+        assert!(e.to_string().contains("string"), "{e}");
+        let text = format!("{HEAD}{}", rule("x", "where = \"HO_PH\"\n"));
+        let e = Rules::from_toml(&text).expect_err("unknown key");
+        assert_eq!(e.field.as_deref(), Some("where"), "{e}");
     }
 }

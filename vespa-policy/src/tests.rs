@@ -411,6 +411,12 @@ fn identical_actions_are_deduplicated() {
         "one MAC, one block: {:?}",
         h.all
     );
+    let blocked = Effect::Blocked(Target::Mac(shared));
+    assert_eq!(
+        h.st.holders(&blocked),
+        ["conn-flood"],
+        "two keys of one rule hold it"
+    );
     // One address calms down: the MAC stays blocked for the other.
     h.conn(3, "10.0.0.5", 0);
     h.tick(10);

@@ -17,13 +17,23 @@
 //! - `crossing_connect_to_sent`: connect() number threshold+1 returning -> the request
 //!   leaving, a cross-check of the above from user space (on loopback the server side's
 //!   ESTABLISHED transition happens inside that call, microseconds before it returns).
-//! - `vo_to_sent`: the VO seeing the alert -> the request leaving (driver + policy only).
+//! - `seen_to_sent`: the deciding node seeing the alert -> the request leaving (driver + policy
+//!   only).
 //! - `sent_to_ack`: the request leaving -> the SDN agent's reply (controller round trip).
+//! - `crossing_connect_to_controller`: as `crossing_connect_to_sent`, up to the controller stand-in receiving
+//!   the first drop-flow request for that address: the whole reaction, the way back down
+//!   the tree included.
+//!
+//! With `--fast-path` the connections agent sits under HO_PH with the SDN agent, and the same
+//! rule runs alternately at the VO and placed `at = "HO_PH"` (rounds of 25 crossings,
+//! switched by rewriting the policy file and sending SIGHUP), so both placements are measured
+//! in one run on one machine state; the report gives each and the HO_PH/VO ratio. At the VO
+//! the reaction climbs agent -> HO_PH -> VO and the request comes back down VO -> HO_PH ->
+//! SDN agent; at HO_PH it goes agent -> HO_PH -> SDN agent.
 //!
 //! Not measured here: block -> traffic stopped on a real switch (see
 //! `tests/tests/loop_sdn.rs`, which prints attack -> drop flow present). Needs root and BTF.
 
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,6 +55,10 @@ struct Args {
     /// 20 crossings (for CI smoke tests).
     #[arg(long)]
     quick: bool,
+    /// Compare the rule at the VO with the same rule placed at HO_PH (the fast path):
+    /// `--crossings` for each placement, in alternating rounds.
+    #[arg(long)]
+    fast_path: bool,
 }
 
 struct Proc {
@@ -81,31 +95,79 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-/// The VO's `policy block sent` lines: (target, raised, at_vo, sent).
-fn blocks_sent(log: &Path) -> Vec<(String, u64, u64, u64)> {
+/// The orchestrator's log lines with this message, as their fields.
+fn log_fields(log: &Path, message: &str) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["fields"]["message"] == "policy block sent")
-        .map(|l| {
-            let f = &l["fields"];
+    text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|l| l["fields"]["message"] == message).map(|l| l["fields"].clone()).collect()
+}
+
+/// The `policy block sent` lines: (deciding node, target, raised, seen there, sent).
+fn blocks_sent(log: &Path) -> Vec<(String, String, u64, u64, u64)> {
+    let s = |f: &serde_json::Value, k: &str| f[k].as_str().unwrap_or_default().to_string();
+    log_fields(log, "policy block sent")
+        .iter()
+        .map(|f| {
             let n = |k: &str| f[k].as_u64().unwrap_or(0);
-            (f["target"].as_str().unwrap_or_default().to_string(), n("alert_raised_ns"), n("alert_at_vo_ns"), n("sent_ns"))
+            (s(f, "node"), s(f, "target"), n("alert_raised_ns"), n("alert_seen_ns"), n("sent_ns"))
         })
         .collect()
 }
 
-/// Block replies: id -> (sent, acked), Unix ns.
-fn acks(log: &Path) -> std::collections::BTreeMap<u64, (u64, u64)> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| matches!(l["fields"]["message"].as_str(), Some("policy action done" | "policy action failed")) && l["fields"]["verb"] == "block_hackers")
-        .filter_map(|l| {
-            let f = &l["fields"];
-            Some((f["id"].as_u64()?, (f["sent_ns"].as_u64()?, f["acked_ns"].as_u64()?)))
-        })
+/// Block replies: (deciding node, id) -> (sent, acked), Unix ns.
+fn acks(log: &Path) -> std::collections::BTreeMap<(String, u64), (u64, u64)> {
+    ["policy action done", "policy action failed"]
+        .iter()
+        .flat_map(|m| log_fields(log, m))
+        .filter(|f| f["verb"] == "block_hackers")
+        .filter_map(|f| Some(((f["node"].as_str()?.to_string(), f["id"].as_u64()?), (f["sent_ns"].as_u64()?, f["acked_ns"].as_u64()?))))
         .collect()
+}
+
+/// The policy: one rule blocking a remote above `above` connections, run `at` that node
+/// (`None`: the VO).
+fn policy_text(at: Option<&str>, above: usize) -> String {
+    let at = at.map(|n| format!("at = \"{n}\"\n")).unwrap_or_default();
+    format!(
+        "[actuators]\nsdn = \"sdn\"\nlibvirt = \"lv\"\nquarantine = \"q\"\nav = \"av\"\nhypervisor = \"hy\"\n\n[[rule]]\nname = \"conn-flood\"\n{at}metric = \"established\"\nkey = \"remote\"\naggregate = \"max\"\nwindow_s = 1\nabove = {above}\nbelow = 1\ncalm_s = 3600\ncooldown_s = 1\nverify_s = 0\nladder = [{{ action = \"block\", ttl_s = 3600 }}]\n"
+    )
+}
+
+/// The reaction times of one placement of the rule.
+#[derive(Default)]
+struct Series {
+    /// Deciding node (`VO` or `HO_PH`).
+    node: String,
+    cross_to_sent: Vec<Duration>,
+    cross_to_controller: Vec<Duration>,
+    kernel_to_sent: Vec<Duration>,
+    seen_to_sent: Vec<Duration>,
+    sent_to_ack: Vec<Duration>,
+}
+
+fn report(name: &str, v: &mut [Duration]) -> serde_json::Value {
+    v.sort();
+    if v.is_empty() {
+        println!("{name}: no sample");
+        return serde_json::json!(null);
+    }
+    let (p50, p99, max) = (percentile(v, 50.0), percentile(v, 99.0), *v.last().expect("max"));
+    println!("{name}: n={} p50={:.3} ms p99={:.3} ms max={:.3} ms", v.len(), ms(p50), ms(p99), ms(max));
+    serde_json::json!({ "n": v.len(), "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max) })
+}
+
+impl Series {
+    fn report(&mut self) -> serde_json::Value {
+        let at = &self.node;
+        println!("-- the rule at {at}");
+        serde_json::json!({
+            "at": at,
+            "crossing_connect_to_sent": report(&format!("threshold-crossing connect() returned (~ the kernel event) -> block request leaves {at}"), &mut self.cross_to_sent),
+            "crossing_connect_to_controller": report("threshold-crossing connect() returned -> the controller receives the block", &mut self.cross_to_controller),
+            "kernel_to_sent": report(&format!("kernel event -> block request leaves {at}"), &mut self.kernel_to_sent),
+            "seen_to_sent": report(&format!("{at} sees the alert -> block request leaves {at}"), &mut self.seen_to_sent),
+            "sent_to_ack": report(&format!("block request sent -> SDN agent's reply at {at}"), &mut self.sent_to_ack),
+        })
+    }
 }
 
 fn unix_ns() -> u64 {
@@ -115,9 +177,12 @@ fn unix_ns() -> u64 {
 /// Opens `n` connections from `src`; returns them and when connect() number `mark` (1-based)
 /// returned (Unix ns).
 fn connect_from(src: Ipv4Addr, to: SocketAddr, n: usize, mark: usize) -> (Vec<TcpStream>, u64) {
-    let mut v = vespa_tests::traffic::tcp_connect_from(src.into(), to, mark);
-    let at = unix_ns();
-    v.extend(vespa_tests::traffic::tcp_connect_from(src.into(), to, n.saturating_sub(mark)));
+    let mut at = 0;
+    let v = vespa_tests::traffic::tcp_connect_from(IpAddr::V4(src), to, n, |i| {
+        if i == mark {
+            at = unix_ns();
+        }
+    });
     (v, at)
 }
 
@@ -154,11 +219,12 @@ fn main() {
          [[node]]\nname = \"VO\"\nkind = \"vo\"\nlocation = \"lo\"\nport = {}\n\n\
          [[node]]\nname = \"HO_VM\"\nkind = \"ho_vm\"\nlocation = \"lo\"\nmaster = \"VO\"\nport = {}\n\n\
          [[node]]\nname = \"HO_PH\"\nkind = \"ho_ph\"\nlocation = \"lo\"\nmaster = \"VO\"\nport = {}\n\n\
-         [[node]]\nname = \"conns\"\nkind = \"agent_connections\"\nlocation = \"lo\"\nmaster = \"HO_VM\"\nport = {}\n\n\
+         [[node]]\nname = \"conns\"\nkind = \"agent_connections\"\nlocation = \"lo\"\nmaster = \"{}\"\nport = {}\n\n\
          [[node]]\nname = \"sdn\"\nkind = \"agent_controller_floodlight\"\nlocation = \"lo\"\nmaster = \"HO_PH\"\nport = {}\n[node.params]\nurl = \"{}\"\ndefault_ttl_s = \"none\"\n",
         ports[0],
         ports[1],
         ports[2],
+        if args.fast_path { "HO_PH" } else { "HO_VM" },
         ports[3],
         ports[4],
         stub.url()
@@ -166,14 +232,7 @@ fn main() {
     let config = dir.path().join("topology.toml");
     std::fs::write(&config, topo).expect("topology");
     let policy = dir.path().join("policy.toml");
-    let mut f = std::fs::File::create(&policy).expect("policy");
-    write!(
-        f,
-        "[actuators]\nsdn = \"sdn\"\nlibvirt = \"lv\"\nquarantine = \"q\"\nav = \"av\"\nhypervisor = \"hy\"\n\n[[rule]]\nname = \"conn-flood\"\nmetric = \"established\"\nkey = \"remote\"\naggregate = \"max\"\nwindow_s = 1\nabove = {}\nbelow = 1\ncalm_s = 3600\ncooldown_s = 1\nverify_s = 0\nladder = [{{ action = \"block\", ttl_s = 3600 }}]\n",
-        threshold - 1
-    )
-    .expect("policy");
-    drop(f);
+    std::fs::write(&policy, policy_text(None, threshold - 1)).expect("policy");
     let p = policy.to_string_lossy().into_owned();
     let vo = spawn(dir.path(), "vo", "vespa-orchestrator", &[], &config, &["VO", "HO_VM", "HO_PH"], &["--policy", &p, "--http", "off"]);
     let thr = threshold.to_string();
@@ -205,48 +264,86 @@ fn main() {
         }
     });
     drop(accepting); // detached: ends with the process
-    let (mut kernel_to_sent, mut vo_to_sent, mut cross_to_sent) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..args.crossings {
-        let src = Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
-        let (conns, crossed) = connect_from(src, to, args.conns, threshold + 1);
-        let target = IpAddr::V4(src).to_string();
-        let (_, raised, at_vo, sent) = wait_for(&format!("the block of {target}"), Duration::from_secs(10), || blocks_sent(&vo.log).into_iter().find(|b| b.0 == target));
-        if raised > 0 {
-            cross_to_sent.push(Duration::from_nanos(sent.saturating_sub(crossed)));
-            kernel_to_sent.push(Duration::from_nanos(sent.saturating_sub(raised)));
-            vo_to_sent.push(Duration::from_nanos(sent.saturating_sub(at_vo)));
-        }
-        drop(conns);
-    }
-    kernel_to_sent.sort();
-    vo_to_sent.sort();
-    cross_to_sent.sort();
-    let report = |name: &str, v: &[Duration]| {
-        if v.is_empty() {
-            println!("{name}: no sample");
-            return serde_json::json!(null);
-        }
-        let (p50, p99, max) = (percentile(v, 50.0), percentile(v, 99.0), *v.last().expect("max"));
-        println!("{name}: n={} p50={:.3} ms p99={:.3} ms max={:.3} ms", v.len(), ms(p50), ms(p99), ms(max));
-        serde_json::json!({ "n": v.len(), "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max) })
+    // Rounds: the VO's placement only, or VO / HO_PH alternating in rounds of ROUND
+    // crossings, so that a change in the machine's load falls on both.
+    const ROUND: u32 = 25;
+    let rounds: Vec<(&str, u32)> = if args.fast_path {
+        let sizes = (0..args.crossings.div_ceil(ROUND)).map(|i| ROUND.min(args.crossings - i * ROUND));
+        sizes.flat_map(|n| [("VO", n), ("HO_PH", n)]).collect()
+    } else {
+        vec![("VO", args.crossings)]
     };
-    let r0 = report("threshold-crossing connect() returned (~ the kernel event) -> block request leaves the VO", &cross_to_sent);
-    let r1 = report("kernel event (the crossing's own timestamp) -> block request leaves the VO", &kernel_to_sent);
-    let r2 = report("VO sees the alert -> block request leaves the VO", &vo_to_sent);
-    let mut to_ack: Vec<Duration> = wait_for("every block's reply", Duration::from_secs(30), || {
+    let mut series: Vec<Series> = ["VO", "HO_PH"].iter().map(|n| Series { node: n.to_string(), ..Series::default() }).collect();
+    let mut sources = (0u32..).map(|i| Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8));
+    let mut placed_at = "VO";
+    for (at, n) in rounds {
+        if at != placed_at {
+            let reloads = |log: &Path| log_fields(log, "SIGHUP: policy reloaded").iter().filter(|f| f["node"] == at).count();
+            let before = reloads(&vo.log);
+            std::fs::write(&policy, policy_text((at != "VO").then_some(at), threshold - 1)).expect("policy");
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(vo.child.id() as i32), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+            wait_for("the policy reload", Duration::from_secs(10), || (reloads(&vo.log) > before).then_some(()));
+            // The previous placement lets go of its blocks (its rule is gone): let that pass.
+            std::thread::sleep(Duration::from_millis(500));
+            placed_at = at;
+        }
+        let s = series.iter_mut().find(|s| s.node == at).expect("series");
+        for _ in 0..n {
+            let src = sources.next().expect("addresses");
+            let (conns, crossed) = connect_from(src, to, args.conns, threshold + 1);
+            let target = IpAddr::V4(src).to_string();
+            let (_, _, raised, seen, sent) = wait_for(&format!("the block of {target}"), Duration::from_secs(10), || blocks_sent(&vo.log).into_iter().find(|b| b.1 == target && b.0 == at));
+            let at_controller = wait_for(&format!("the controller's block of {target}"), Duration::from_secs(10), || {
+                stub.requests_timed().into_iter().find(|(_, r)| r.method == "POST" && r.body.as_ref().is_some_and(|b| b["ipv4_src"] == target.as_str() || b["ipv4_dst"] == target.as_str())).map(|(t, _)| t)
+            });
+            s.cross_to_controller.push(Duration::from_nanos(at_controller.saturating_sub(crossed)));
+            if raised > 0 {
+                s.cross_to_sent.push(Duration::from_nanos(sent.saturating_sub(crossed)));
+                s.kernel_to_sent.push(Duration::from_nanos(sent.saturating_sub(raised)));
+                s.seen_to_sent.push(Duration::from_nanos(sent.saturating_sub(seen)));
+            }
+            drop(conns);
+        }
+    }
+    let want: usize = series.iter().map(|s| s.kernel_to_sent.len()).sum();
+    let acked = wait_for("every block's reply", Duration::from_secs(30), || {
         let a = acks(&vo.log);
-        (a.len() >= kernel_to_sent.len()).then_some(a)
-    })
-    .values()
-    .map(|(s, a)| Duration::from_nanos(a.saturating_sub(*s)))
-    .collect();
-    to_ack.sort();
-    let r3 = report("block request sent -> SDN agent's reply at the VO", &to_ack);
-    let goal = kernel_to_sent.last().is_some() && percentile(&kernel_to_sent, 99.0) <= Duration::from_millis(5);
-    println!("goal p99 <= 5 ms (kernel event -> request sent): {}", if goal { "met" } else { "NOT met" });
-    let out = serde_json::json!({ "crossings": args.crossings, "conns_per_crossing": args.conns, "crossing_connect_to_sent": r0, "kernel_to_sent": r1, "vo_to_sent": r2, "sent_to_ack": r3, "goal_p99_5ms": goal });
+        (a.len() >= want).then_some(a)
+    });
+    for ((node, _), (sent, ack)) in acked {
+        if let Some(s) = series.iter_mut().find(|s| s.node == node) {
+            s.sent_to_ack.push(Duration::from_nanos(ack.saturating_sub(sent)));
+        }
+    }
+    let vo_series = series[0].report();
+    let goal = !series[0].kernel_to_sent.is_empty() && percentile(&series[0].kernel_to_sent, 99.0) <= Duration::from_millis(5);
+    println!("goal p99 <= 5 ms (kernel event -> request sent, rule at the VO): {}", if goal { "met" } else { "NOT met" });
+    let mut out = serde_json::json!({ "crossings": args.crossings, "conns_per_crossing": args.conns, "goal_p99_5ms": goal });
+    if args.fast_path {
+        let ho_series = series[1].report();
+        let ratio = |k: &str, p: &str| {
+            let (h, v) = (ho_series[k][p].as_f64(), vo_series[k][p].as_f64());
+            h.zip(v).filter(|(_, v)| *v > 0.0).map(|(h, v)| h / v)
+        };
+        let mut ratios = serde_json::Map::new();
+        for k in ["crossing_connect_to_sent", "crossing_connect_to_controller", "kernel_to_sent", "sent_to_ack"] {
+            for p in ["p50_ms", "p99_ms"] {
+                let r = ratio(k, p);
+                println!("HO_PH / VO, {k} {p}: {}", r.map_or("n/a".into(), |r| format!("{r:.2}x")));
+                ratios.insert(format!("{k}_{p}"), serde_json::json!(r));
+            }
+        }
+        out["vo"] = vo_series;
+        out["ho_ph"] = ho_series;
+        out["ratio_ho_ph_over_vo"] = ratios.into();
+    } else {
+        for k in ["crossing_connect_to_sent", "crossing_connect_to_controller", "kernel_to_sent", "seen_to_sent", "sent_to_ack"] {
+            out[k] = vo_series[k].clone();
+        }
+    }
     let path = bin("vespa-bench-loop").parent().and_then(Path::parent).map(|t| t.join("bench")).unwrap_or_else(|| PathBuf::from("."));
     let _ = std::fs::create_dir_all(&path);
-    let _ = std::fs::write(path.join("loop.json"), serde_json::to_string_pretty(&out).expect("json"));
-    println!("written to {}", path.join("loop.json").display());
+    let file = path.join(if args.fast_path { "loop_fastpath.json" } else { "loop.json" });
+    let _ = std::fs::write(&file, serde_json::to_string_pretty(&out).expect("json"));
+    println!("written to {}", file.display());
 }

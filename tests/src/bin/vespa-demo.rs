@@ -281,7 +281,7 @@ fn react(live: &mut Live, monitor: &FlowMonitor, attack: &Attack) -> anyhow::Res
     })?;
     let sent = live.until("the VO's 'policy block sent' log line", STEP, |l| l.vo_log("policy block sent", |f| f["target"] == mac.as_str()))?;
     let ns = |k: &str| sent[k].as_u64().ok_or_else(|| anyhow!("'policy block sent' without {k}: {sent}"));
-    let (raised, at_vo, sent) = (ns("alert_raised_ns")?, ns("alert_at_vo_ns")?, ns("sent_ns")?);
+    let (raised, at_vo, sent) = (ns("alert_raised_ns")?, ns("alert_seen_ns")?, ns("sent_ns")?);
     // The alert the policy acted on is in the API's view by now; the feed tells it first.
     let trigger = live.until("the alert the VO acted on in /api/v1/alerts", STEP, |l| l.feed.kind_of(raised))?;
     let actuator = action["actuator"].as_str().unwrap_or(SDN_AGENT);

@@ -40,6 +40,8 @@ pub const DPID2: &str = "00:00:00:00:00:00:00:02";
 #[derive(Debug)]
 struct Inner {
     requests: Vec<Request>,
+    /// When each request arrived (Unix ns), in step with `requests`.
+    received_ns: Vec<u64>,
     flows: BTreeMap<String, Value>,
     rules: BTreeMap<u32, Value>,
     next_rule: u32,
@@ -58,6 +60,7 @@ impl FloodlightStub {
     pub async fn start() -> FloodlightStub {
         let inner = Arc::new(Mutex::new(Inner {
             requests: Vec::new(),
+            received_ns: Vec::new(),
             flows: BTreeMap::new(),
             rules: BTreeMap::new(),
             next_rule: 1,
@@ -92,7 +95,15 @@ impl FloodlightStub {
 
     /// The requests so far, forgetting them.
     pub fn take_requests(&self) -> Vec<Request> {
-        std::mem::take(&mut self.lock().requests)
+        let mut s = self.lock();
+        s.received_ns.clear();
+        std::mem::take(&mut s.requests)
+    }
+
+    /// Every request so far with when it arrived (Unix ns), in order.
+    pub fn requests_timed(&self) -> Vec<(u64, Request)> {
+        let s = self.lock();
+        s.received_ns.iter().copied().zip(s.requests.iter().cloned()).collect()
     }
 
     pub fn set_fault(&self, f: Fault) {
@@ -138,6 +149,7 @@ async fn handle(State(st): State<Arc<Mutex<Inner>>>, method: Method, uri: Uri, b
         .then(|| serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())));
     let mut s = st.lock().expect("stub state");
     s.requests.push(Request { method: method.to_string(), path: path.clone(), body: parsed.clone() });
+    s.received_ns.push(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
     match s.fault {
         Fault::None => {}
         Fault::Status(code) => {

@@ -24,6 +24,9 @@ pub struct ActiveAction {
     pub expires_unix_s: Option<u64>,
     /// True when the policy only logged it (dry-run mode): nothing was asked of an actuator.
     pub dry_run: bool,
+    /// The HO whose fast-path rule holds it; `null` when the VO's policy (or a manual block)
+    /// does.
+    pub at: Option<String>,
 }
 
 /// Why a policy operation was refused; each maps to one HTTP status.
@@ -44,7 +47,8 @@ pub enum PolicyError {
     ActuatorFailed(String),
 }
 
-/// The VO's policy as the API sees it. Implementations must not block: the API calls these
+/// The VO's policy as the API sees it (with the fast-path rules of the HOs the same process
+/// runs, see `PolicySet`). Implementations must not block: the API calls these
 /// on its request tasks (anything slow goes through the tree asynchronously and is reported
 /// by `active_actions` later).
 pub trait PolicyControl: Send + Sync + 'static {

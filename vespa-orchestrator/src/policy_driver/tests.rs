@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use vespa_node::{Hooks, Node, NodeSpec, Role, Security};
+use vespa_node::{AgentKind, AgentVerbs, Hooks, MasterAddr, Node, NodeHandle, NodeSpec, Role, Security, VerbTable};
 use vespa_policy::{Action, Target};
 use vespa_proto::AlertBody;
 
@@ -90,7 +90,7 @@ async fn a_crossing_sends_a_block_and_calm_releases_it() {
     until("the block request", || !d.block_timings().is_empty()).await;
     let t = &d.block_timings()[0];
     assert_eq!(t.target, "10.0.0.66");
-    assert!(t.sent_ns >= t.alert_at_vo_ns && t.alert_at_vo_ns >= t.alert_raised_ns);
+    assert!(t.sent_ns >= t.alert_seen_ns && t.alert_seen_ns >= t.alert_raised_ns);
     let active = d.active_actions();
     assert_eq!(active.len(), 1, "{active:?}");
     assert_eq!((active[0].action.as_str(), active[0].key.as_str(), active[0].actuator.as_str()), ("block", "10.0.0.66", "SDN"));
@@ -160,4 +160,96 @@ async fn lost_sensor_events_raise_a_blind_spot_alert() {
     }
     assert!(shown.contains("policy BlindSpot"), "{shown}");
     h.destroy();
+}
+
+/// An SDN agent that records the verbs it is called with.
+#[derive(Default, Clone)]
+struct Sdn(Arc<Mutex<Vec<String>>>);
+
+impl AgentVerbs for Sdn {
+    fn verbs(&self) -> VerbTable {
+        let mut t = VerbTable::new();
+        for verb in ["block_hackers", "release_hackers"] {
+            let calls = self.0.clone();
+            t.add_sync(verb, "<target> [ttl]", "recorded", move |args| {
+                lock(&calls).push(format!("{verb} {}", args.join(" ")));
+                Ok("done".into())
+            });
+        }
+        t
+    }
+}
+
+/// Runs a node on 127.0.0.1:0 under `master`; returns its handle and address.
+async fn node(name: &str, role: Role, master: Option<(&NodeHandle, std::net::SocketAddr)>, psk: &vespa_proto::Psk, hooks: Hooks) -> (NodeHandle, std::net::SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let master = master.map(|(h, a)| MasterAddr { name: h.name().to_string(), addr: a });
+    let mut spec = NodeSpec::new(name, role, master, Security::Psk(psk.clone()));
+    spec.settings.backoff_min = Duration::from_millis(20);
+    spec.settings.backoff_max = Duration::from_millis(200);
+    let n = Node::new(spec, hooks).unwrap();
+    let h = n.handle();
+    tokio::spawn(n.run(Some(listener), std::future::pending()));
+    (h, addr)
+}
+
+/// The fast path in one process: a rule placed at HO_PH is run by HO_PH's driver, which
+/// blocks through the SDN agent below it and tells the VO with a `Text` alert; the VO's
+/// driver, with the same file, does nothing. Through the [`PolicySet`] the VO's API lists the
+/// HO's block and releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_placed_at_an_ho_acts_there_and_the_vo_is_told() {
+    let topo = Topology::from_toml("tree.toml", super::placement::tests::TOPOLOGY).unwrap();
+    let text = RULES.replace("sdn = \"SDN\"", "sdn = \"Agent_Controller_OsKen\"").replace("name = \"conn-flood\"\n", "name = \"conn-flood\"\nat = \"HO_PH\"\n");
+    let vo_d = PolicyDriver::new(&text, false, Some(&topo), None, None).unwrap();
+    let ho_d = PolicyDriver::new_at("HO_PH", &text, false, &topo, None).unwrap();
+    assert!(vo_d.rule_names().is_empty() && ho_d.rule_names() == ["conn-flood"], "each driver has its share");
+    let psk = vespa_proto::Psk::random();
+    let hooks = |d: &PolicyDriver| Hooks { agent: None, alert_handlers: vec![d.handler()] };
+    let (vo, vo_addr) = node("VO", Role::Vo, None, &psk, hooks(&vo_d)).await;
+    let (ho, ho_addr) = node("HO_PH", Role::HoPh, Some((&vo, vo_addr)), &psk, hooks(&ho_d)).await;
+    let sdn = Sdn::default();
+    let sdn_hooks = Hooks { agent: Some(Arc::new(sdn.clone())), alert_handlers: vec![] };
+    let (_sdn, _) = node("Agent_Controller_OsKen", Role::Agent(AgentKind::ControllerOsken), Some((&ho, ho_addr)), &psk, sdn_hooks).await;
+    let (conns, _) = node("ph_conns", Role::Agent(AgentKind::Connections), Some((&ho, ho_addr)), &psk, Hooks::default()).await;
+    vo_d.start(vo.clone());
+    ho_d.start(ho.clone());
+    until("both agents under HO_PH and HO_PH under the VO", || ho.stats().children.len() == 2 && vo.stats().children.len() == 1).await;
+
+    let attacker: IpAddr = "10.0.0.66".parse().unwrap();
+    conns.raise(AlertBody::ConnThreshold { addr: attacker, established: 150, threshold: 50 }).unwrap();
+    until("the block at the SDN agent", || !lock(&sdn.0).is_empty()).await;
+    assert_eq!(*lock(&sdn.0), ["block_hackers 10.0.0.66 600"]);
+    assert_eq!(ho_d.block_timings().len(), 1);
+    let mut alerts = Vec::new();
+    for _ in 0..500 {
+        let page: serde_json::Value = serde_json::from_str(&vo.call("get_alerts", vec![]).await.unwrap()).unwrap();
+        alerts = page["alerts"].as_array().unwrap().clone();
+        if alerts.iter().any(|a| a["origin"] == "HO_PH") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let crossing = alerts.iter().find(|a| a["body"].get("ConnThreshold").is_some()).expect("the crossing climbed on");
+    assert_eq!(crossing["path"], serde_json::json!(["ph_conns", "HO_PH", "VO"]));
+    let note = alerts.iter().find(|a| a["origin"] == "HO_PH").unwrap();
+    assert_eq!(note["body"]["Text"], "fast path at HO_PH: block_hackers 10.0.0.66 600 on Agent_Controller_OsKen (rule conn-flood)");
+    assert_eq!(note["path"], serde_json::json!(["HO_PH", "VO"]));
+    assert!(vo_d.block_timings().is_empty() && vo_d.active_actions().is_empty(), "the VO's driver did nothing");
+
+    // The VO's API sees the HO's block and releases it through the HO's driver.
+    let set = PolicySet::new(vo_d.clone(), vec![ho_d.clone()]);
+    let active = set.active_actions();
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!((active[0].at.as_deref(), active[0].actuator.as_str()), (Some("HO_PH"), "Agent_Controller_OsKen"));
+    assert_eq!(set.release("10.0.0.66").unwrap(), "Agent_Controller_OsKen release_hackers 10.0.0.66");
+    until("the release at the SDN agent", || lock(&sdn.0).len() == 2).await;
+    assert_eq!(lock(&sdn.0)[1], "release_hackers 10.0.0.66");
+    assert!(matches!(set.release("10.0.0.66"), Err(PolicyError::NotFound(_))));
+    // One file for all: a reload reaches the HO's driver, a bad one none.
+    assert!(matches!(set.reload(&text.replace("HO_PH\"\n", "VO\"\n")), Err(PolicyError::Invalid(_))));
+    set.reload(&text.replace("above = 50", "above = 70")).unwrap();
+    assert!(ho_d.rules_text().unwrap().contains("above = 70"));
+    vo.destroy();
 }

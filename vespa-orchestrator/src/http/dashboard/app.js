@@ -318,7 +318,7 @@ function renderActions() {
     h('tbody', {}, rows.map((a) => h('tr', { 'data-key': a.key },
       h('td', {}, a.action, a.dry_run ? h('span', { class: 'badge warn' }, 'dry-run') : null),
       h('td', { class: 'mono' }, a.target),
-      h('td', {}, a.actuator),
+      h('td', {}, a.actuator, a.at ? h('span', { class: 'badge', title: `placed by the fast-path rule of ${a.at}` }, `at ${a.at}`) : null),
       h('td', {}, span(Date.now() / 1000 - a.since_unix_s) + ' ago'),
       h('td', {}, a.expires_unix_s ? 'in ' + span(a.expires_unix_s - Date.now() / 1000) : 'never'),
       h('td', {}, h('button', { type: 'button', class: 'release', 'aria-label': `release ${a.action} of ${a.target}`,

@@ -1,0 +1,383 @@
+//! The fast path with the real binaries: a rule placed `at = "HO_PH"` runs in HO_PH's own
+//! policy driver. The eBPF connections agent and a Floodlight SDN agent (in front of the
+//! in-process Floodlight stand-in) both sit under HO_PH; a connection flood from a fresh
+//! loopback address crosses the threshold, and HO_PH blocks it through the SDN agent without
+//! the VO: one block request, logged by HO_PH, none by the VO. The crossing still climbs to the
+//! VO unchanged, followed by HO_PH's `fast path at HO_PH: ...` alert; calm releases the block
+//! the same way. A rule whose actuator is outside its HO's layer is refused at start-up.
+
+mod tree_kit;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+use tree_kit::*;
+use vespa_tests::daemons::floodlight_stub::FloodlightStub;
+use vespa_tests::workspace_bin;
+
+/// The agent reports a remote with more than 20 established connections at once.
+const THRESHOLD: usize = 20;
+
+fn policy(at: &str) -> String {
+    format!(
+        r#"
+[actuators]
+sdn = "fl"
+libvirt = "lv"
+quarantine = "quarantine"
+av = "av"
+hypervisor = "hy"
+
+[[rule]]
+name = "conn-flood"
+at = "{at}"
+metric = "established"
+key = "remote"
+aggregate = "max"
+window_s = 1
+above = {above}
+below = 5
+calm_s = 2
+cooldown_s = 1
+verify_s = 0
+ladder = [{{ action = "block", ttl_s = 600 }}]
+"#,
+        above = THRESHOLD - 1
+    )
+}
+
+/// VO, HO_VM and HO_PH; the Floodlight agent under HO_PH, the connections agent under
+/// `conns_under`.
+fn tree(stub_url: &str, conns_under: &'static str) -> Tree {
+    let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+    // Five different ports (a port released by one probe can be handed out by the next).
+    let mut ports = Vec::new();
+    while ports.len() < 5 {
+        let p = free_port();
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    let mut ports = ports.into_iter();
+    let mut port = || ports.next().expect("five ports");
+    let nodes = [
+        N {
+            name: "VO",
+            kind: "vo",
+            machine: "host",
+            master: None,
+            port: port(),
+            extra: String::new(),
+        },
+        N {
+            name: "HO_VM",
+            kind: "ho_vm",
+            machine: "host",
+            master: Some("VO"),
+            port: port(),
+            extra: String::new(),
+        },
+        N {
+            name: "HO_PH",
+            kind: "ho_ph",
+            machine: "host",
+            master: Some("VO"),
+            port: port(),
+            extra: String::new(),
+        },
+        N {
+            name: "conns",
+            kind: "agent_connections",
+            machine: "host",
+            master: Some(conns_under),
+            port: port(),
+            extra: String::new(),
+        },
+        N {
+            name: "fl",
+            kind: "agent_controller_floodlight",
+            machine: "host",
+            master: Some("HO_PH"),
+            port: port(),
+            extra: format!("[node.params]\nurl = \"{stub_url}\"\n"),
+        },
+    ];
+    let settings =
+        "heartbeat_ms = 300\nsample_interval_ms = 200\nbackoff_min_ms = 20\nbackoff_max_ms = 300";
+    Tree::new("fastpath", settings, &[("host", lo)], &nodes)
+}
+
+/// Loopback addresses of this test run only (the connection tracker sees the whole host).
+fn addresses() -> (IpAddr, SocketAddr) {
+    let octet = 100 + (std::process::id() % 100) as u8;
+    (
+        IpAddr::V4(Ipv4Addr::new(127, octet, 9, 1)),
+        SocketAddr::from((Ipv4Addr::new(127, octet, 9, 2), 0)),
+    )
+}
+
+/// The ids of the Floodlight blocks pushed for `ip` (`vespa-<id>-<switch>-<dir>` entries).
+fn blocks_of(stub: &FloodlightStub, ip: &str) -> Vec<String> {
+    let mut ids: Vec<String> = stub
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "POST"
+                && r.body
+                    .as_ref()
+                    .is_some_and(|b| b["ipv4_src"] == ip || b["ipv4_dst"] == ip)
+        })
+        .filter_map(|r| {
+            r.body?["name"]
+                .as_str()?
+                .split('-')
+                .nth(1)
+                .map(str::to_string)
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+#[test]
+fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
+    let test = "a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told";
+    if !vespa_tests::privileged(test) {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stub = rt.block_on(FloodlightStub::start());
+    let tree = tree(&stub.url(), "HO_PH");
+    let policy_file = tree.scratch.dir.join("policy.toml");
+    std::fs::write(&policy_file, policy("HO_PH")).expect("policy file");
+    let p = policy_file.to_string_lossy().into_owned();
+    let orch = tree.spawn_with(
+        "orch",
+        "vespa-orchestrator",
+        None,
+        &[],
+        &["VO", "HO_VM", "HO_PH"],
+        &["--policy", &p],
+    );
+    let thr = THRESHOLD.to_string();
+    let agents = tree.spawn(
+        "agents",
+        "vespa-agent",
+        None,
+        &["--mode", "ebpf", "-i", "lo", "--conn-threshold", &thr],
+        &["conns", "fl"],
+    );
+    let logs = || {
+        format!(
+            "orchestrator:\n{}\nagents:\n{}",
+            orch.log_text(),
+            agents.log_text()
+        )
+    };
+    wait_for("both agents under HO_PH", || {
+        ["conns", "fl"]
+            .iter()
+            .all(|a| tree.call(a, "help", &[]).is_ok())
+            .then_some(())
+    });
+    let loaded = orch
+        .log_lines()
+        .into_iter()
+        .filter(|l| l["fields"]["message"] == "policy loaded")
+        .map(|l| l["fields"].clone())
+        .collect::<Vec<_>>();
+    let rules_at = |node: &str| {
+        loaded
+            .iter()
+            .find(|f| f["node"] == node)
+            .map(|f| f["rules"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(
+        rules_at("HO_PH").as_deref(),
+        Some("[\"conn-flood\"]"),
+        "{loaded:?}"
+    );
+    assert_eq!(
+        rules_at("VO").as_deref(),
+        Some("[]"),
+        "the VO keeps no fast-path rule: {loaded:?}"
+    );
+
+    // The flood: 40 connections from a fresh source to a local server, held open.
+    let (attacker, server_addr) = addresses();
+    let server = TcpListener::bind(server_addr).expect("server");
+    let to = server.local_addr().expect("server address");
+    let accept =
+        std::thread::spawn(move || vespa_tests::traffic::tcp_accept_n(&server, 2 * THRESHOLD));
+    let held = vespa_tests::traffic::tcp_connect_from(attacker, to, 2 * THRESHOLD, |_| {});
+    let accepted = accept.join().expect("accept thread");
+    let target = attacker.to_string();
+
+    let first = wait_for(
+        "the block of the attacker at the Floodlight stand-in",
+        || blocks_of(&stub, &target).first().cloned(),
+    );
+    // Samples keep reporting 40 connections meanwhile: no second block.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        blocks_of(&stub, &target),
+        [first],
+        "exactly one block request\n{}",
+        logs()
+    );
+    let sent: Vec<serde_json::Value> = orch
+        .log_lines()
+        .into_iter()
+        .filter(|l| l["fields"]["message"] == "policy block sent")
+        .map(|l| l["fields"].clone())
+        .collect();
+    let ours: Vec<&serde_json::Value> = sent
+        .iter()
+        .filter(|f| f["target"] == target.as_str())
+        .collect();
+    assert_eq!(ours.len(), 1, "{sent:?}");
+    assert_eq!(
+        (&ours[0]["node"], &ours[0]["via"]),
+        (&serde_json::json!("HO_PH"), &serde_json::json!("fl")),
+        "sent by HO_PH's driver"
+    );
+    assert!(
+        sent.iter().all(|f| f["node"] == "HO_PH"),
+        "the VO's driver sends nothing: {sent:?}"
+    );
+
+    // At the VO: the crossing, unchanged, through HO_PH; then HO_PH's fast-path alert.
+    let note = format!("fast path at HO_PH: block_hackers {target} 600 on fl (rule conn-flood)");
+    let alerts = wait_for("the fast-path alert at the VO", || {
+        let all = try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?;
+        all.iter()
+            .any(|a| a["body"]["Text"] == note.as_str())
+            .then_some(all)
+    });
+    let crossing = alerts
+        .iter()
+        .find(|a| a["body"]["ConnThreshold"]["addr"] == target.as_str())
+        .unwrap_or_else(|| panic!("the ConnThreshold alert reached the VO: {alerts:?}"));
+    assert_eq!(
+        crossing["path"],
+        serde_json::json!(["conns", "HO_PH", "VO"]),
+        "{crossing}"
+    );
+    let told = alerts
+        .iter()
+        .find(|a| a["body"]["Text"] == note.as_str())
+        .expect("found above");
+    assert_eq!(
+        (&told["origin"], &told["path"]),
+        (
+            &serde_json::json!("HO_PH"),
+            &serde_json::json!(["HO_PH", "VO"])
+        )
+    );
+
+    // Calm: the connections close; after calm_s HO_PH releases the block the same way.
+    drop(held);
+    drop(accepted);
+    wait_for("the attacker's flows removed from the stand-in", || {
+        let gone = !stub
+            .flows()
+            .values()
+            .any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str());
+        let deleted = stub.requests().iter().any(|r| r.method == "DELETE");
+        (gone && deleted).then_some(())
+    });
+    let released = format!("fast path at HO_PH: release_hackers {target} on fl (rule conn-flood)");
+    wait_for("the release's fast-path alert at the VO", || {
+        try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
+            .iter()
+            .any(|a| a["body"]["Text"] == released.as_str())
+            .then_some(())
+    });
+    let done = orch.log_lines().into_iter().any(|l| {
+        let f = &l["fields"];
+        f["message"] == "policy action done"
+            && f["verb"] == "release_hackers"
+            && f["node"] == "HO_PH"
+    });
+    assert!(done, "HO_PH's driver released through fl\n{}", logs());
+
+    assert_eq!(
+        tree.call("VO", "destroy", &[]),
+        Ok("destroying VO and its subtree".into())
+    );
+    for mut p in [agents, orch] {
+        let st = p.wait_exit();
+        assert!(
+            st.success(),
+            "{} exited with {st}; log:\n{}",
+            p.label,
+            p.log_text()
+        );
+    }
+}
+
+/// A rule placed at an HO whose layer does not hold its actuator is refused before anything
+/// starts, by `--check-config` and by `run`, naming the file and the rule.
+#[test]
+fn a_fast_path_rule_acting_outside_its_layer_is_refused() {
+    let refused = |tree: &Tree, want: &str| {
+        let policy_file = tree.scratch.dir.join("policy.toml");
+        std::fs::write(&policy_file, policy("HO_VM")).expect("policy file");
+        let (config, p) = (
+            tree.config.to_string_lossy().into_owned(),
+            policy_file.to_string_lossy().into_owned(),
+        );
+        let want = format!("{p}: rule \"conn-flood\": at = \"HO_VM\" but {want}");
+        for extra in [&["--check-config"][..], &["--http", "off"][..]] {
+            let out = Command::new(workspace_bin("vespa-orchestrator"))
+                .args(["run", "-c", &config, "--policy", &p])
+                .args(extra)
+                .output()
+                .expect("run");
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{extra:?}: {text}");
+            assert!(
+                text.contains(&want),
+                "{extra:?}:\n{text}\nshould contain\n{want}"
+            );
+        }
+    };
+    // The sensor is in HO_VM's layer, the SDN agent in HO_PH's.
+    refused(
+        &tree("http://127.0.0.1:9", "HO_VM"),
+        "its sdn actuator fl is under HO_PH: the action must stay within HO_VM's layer",
+    );
+    // Nothing under HO_VM would ever report the rule's counter.
+    refused(
+        &tree("http://127.0.0.1:9", "HO_PH"),
+        "no agent_connections is under HO_VM",
+    );
+    // Placed where both are, the same file passes the check.
+    let ok = tree("http://127.0.0.1:9", "HO_PH");
+    let policy_file = ok.scratch.dir.join("policy.toml");
+    std::fs::write(&policy_file, policy("HO_PH")).expect("policy file");
+    let out = Command::new(workspace_bin("vespa-orchestrator"))
+        .args([
+            "run",
+            "--check-config",
+            "-c",
+            &ok.config.to_string_lossy(),
+            "--policy",
+            &policy_file.to_string_lossy(),
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("rules per node: VO: 0, HO_PH: 1"), "{shown}");
+}

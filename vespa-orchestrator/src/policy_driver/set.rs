@@ -1,0 +1,75 @@
+//! The VO's driver and the fast-path drivers of the HOs one process runs, behind one API.
+//!
+//! The policy file is one: a reload or a dry-run switch through the API reaches every driver
+//! of the process, `actions` lists what each holds (an HO's with its `at`), and `release`
+//! undoes a block whichever of them placed it. Manual blocks stay the VO's.
+
+use super::{load_rules, PolicyDriver};
+use crate::http::{ActiveAction, PolicyControl, PolicyError};
+
+/// The VO's [`PolicyDriver`] and those of the HOs in the same process.
+pub struct PolicySet {
+    vo: PolicyDriver,
+    hos: Vec<PolicyDriver>,
+}
+
+impl PolicySet {
+    /// `vo` is the VO's driver, `hos` the HOs' ([`PolicyDriver::new_at`]).
+    pub fn new(vo: PolicyDriver, hos: Vec<PolicyDriver>) -> PolicySet {
+        PolicySet { vo, hos }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &PolicyDriver> {
+        std::iter::once(&self.vo).chain(&self.hos)
+    }
+}
+
+impl PolicyControl for PolicySet {
+    fn active_actions(&self) -> Vec<ActiveAction> {
+        let mut out: Vec<ActiveAction> =
+            self.all().flat_map(PolicyControl::active_actions).collect();
+        out.sort_by_key(|x| x.since_unix_s);
+        out
+    }
+
+    fn rules_text(&self) -> Option<String> {
+        self.vo.rules_text()
+    }
+
+    fn dry_run(&self) -> bool {
+        self.vo.dry_run()
+    }
+
+    fn set_dry_run(&self, enabled: bool) -> Result<(), PolicyError> {
+        self.all().try_for_each(|d| d.set_dry_run(enabled))
+    }
+
+    fn reload(&self, text: &str) -> Result<(), PolicyError> {
+        // Checked once for all: every driver takes the new rules or none does.
+        load_rules(text, self.vo.inner.topology.as_deref())?;
+        self.all().try_for_each(|d| d.reload(text))
+    }
+
+    fn release(&self, key: &str) -> Result<String, PolicyError> {
+        let (mut done, mut failed, mut not_found) = (Vec::new(), None, None);
+        for d in self.all() {
+            match d.release(key) {
+                Ok(what) => done.push(what),
+                Err(e @ PolicyError::NotFound(_)) => {
+                    not_found.get_or_insert(e);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed.or(not_found) {
+            Some(e) if done.is_empty() => Err(e),
+            _ => Ok(done.join("; ")),
+        }
+    }
+
+    fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
+        self.vo.block(target, ttl_s)
+    }
+}
