@@ -51,16 +51,8 @@ ladder = [{{ action = "block", ttl_s = 600 }}]
 /// `conns_under`.
 fn tree(stub_url: &str, conns_under: &'static str) -> Tree {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-    // Five different ports (a port released by one probe can be handed out by the next).
-    let mut ports = Vec::new();
-    while ports.len() < 5 {
-        let p = free_port();
-        if !ports.contains(&p) {
-            ports.push(p);
-        }
-    }
-    let mut ports = ports.into_iter();
-    let mut port = || ports.next().expect("five ports");
+    // free_port never hands out a port twice in one process.
+    let port = free_port;
     let nodes = [
         N {
             name: "VO",

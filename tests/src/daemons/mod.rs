@@ -89,8 +89,19 @@ pub fn in_netns<R: Send + 'static>(name: &str, f: impl FnOnce() -> R + Send + 's
 }
 
 /// A free TCP port on 127.0.0.1 (of the calling thread's namespace).
+///
+/// Never the same port twice in one process: tests of one binary run in parallel threads,
+/// and two nodes of one tree must not draw the same port the kernel just handed back.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A daemon process, stopped (SIGTERM, then SIGKILL after 5 s) and reaped on drop.
