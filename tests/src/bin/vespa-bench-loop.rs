@@ -292,10 +292,12 @@ fn main() {
             let src = sources.next().expect("addresses");
             let (conns, crossed) = connect_from(src, to, args.conns, threshold + 1);
             let target = IpAddr::V4(src).to_string();
-            let (_, _, raised, seen, sent) = wait_for(&format!("the block of {target}"), Duration::from_secs(10), || blocks_sent(&vo.log).into_iter().find(|b| b.1 == target && b.0 == at));
+            // Waiting must not load the machine it measures: the in-process stand-in is
+            // watched first (cheap); the log, parsed whole, only once the block has arrived.
             let at_controller = wait_for(&format!("the controller's block of {target}"), Duration::from_secs(10), || {
                 stub.requests_timed().into_iter().find(|(_, r)| r.method == "POST" && r.body.as_ref().is_some_and(|b| b["ipv4_src"] == target.as_str() || b["ipv4_dst"] == target.as_str())).map(|(t, _)| t)
             });
+            let (_, _, raised, seen, sent) = wait_for(&format!("the block of {target}"), Duration::from_secs(10), || blocks_sent(&vo.log).into_iter().find(|b| b.1 == target && b.0 == at));
             s.cross_to_controller.push(Duration::from_nanos(at_controller.saturating_sub(crossed)));
             if raised > 0 {
                 s.cross_to_sent.push(Duration::from_nanos(sent.saturating_sub(crossed)));
