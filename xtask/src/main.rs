@@ -122,7 +122,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::ensure()?;
             cargo(&root, &["build", "--release", "-p", "vespa-agent", "-p", "vespa-orchestrator", "-p", "vespa-tests"])?;
             // One binary per area; each prints its ratios and writes target/bench/<area>.json.
-            for (area, bin) in [("sensors", "vespa-bench"), ("tree", "vespa-bench-tree"), ("actuators", "vespa-bench-actuators"), ("loop", "vespa-bench-loop")] {
+            let areas: [(&str, &str, &[&str]); 5] = [
+                ("sensors", "vespa-bench", &[]),
+                ("tree", "vespa-bench-tree", &[]),
+                ("actuators", "vespa-bench-actuators", &[]),
+                ("loop", "vespa-bench-loop", &[]),
+                // The same rule at the VO and at HO_PH, alternating in one run.
+                ("loop-fastpath", "vespa-bench-loop", &["--fast-path"]),
+            ];
+            for (area, bin, extra) in areas {
                 if only.as_deref().is_some_and(|o| !area.contains(o) && bin != "vespa-bench") {
                     continue;
                 }
@@ -132,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 step(&format!("benchmarks: {area}"));
                 let mut cmd = Command::new(path);
+                cmd.args(extra);
                 if quick {
                     cmd.arg("--quick");
                 }
