@@ -57,6 +57,13 @@ pub fn chromium(scratch: &Path, run: &str, url: &str, extra: &[&str]) -> String 
     std::fs::read_to_string(&out_path).expect("chromium output")
 }
 
+/// `tests/artifacts/` (git-ignored): screenshots and DOM dumps kept after a run.
+pub fn artifacts() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts");
+    std::fs::create_dir_all(&dir).expect("tests/artifacts");
+    dir
+}
+
 /// Kills a child started with `process_group(0)` and everything it started (Chromium's
 /// renderer and GPU processes, the browser chromedriver launched).
 pub fn kill_group(child: &mut std::process::Child) {

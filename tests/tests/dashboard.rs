@@ -20,12 +20,12 @@ mod tree_kit;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value as Json;
 use tree_kit::*;
-use vespa_tests::browser::{chromium, chromium_present, kill_group, BROWSER_TIMEOUT, CHROMIUM};
+use vespa_tests::browser::{artifacts, chromium, chromium_present, kill_group, BROWSER_TIMEOUT, CHROMIUM};
 
 const TOKEN: &str = "dashboard-token-0123456789abcdef";
 fn get_json(addr: SocketAddr, path: &str) -> Option<Json> {
@@ -36,12 +36,6 @@ fn get_json(addr: SocketAddr, path: &str) -> Option<Json> {
     s.read_to_string(&mut raw).ok()?;
     let (_, body) = raw.split_once("\r\n\r\n")?;
     serde_json::from_str(body).ok()
-}
-
-fn artifacts() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts");
-    std::fs::create_dir_all(&dir).expect("tests/artifacts");
-    dir
 }
 
 #[test]

@@ -161,6 +161,9 @@ fn the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts() {
         let tap_chart = dom_html.find(&format!("data-iface=\"{tap}\" data-origin=\"bw\" data-vm=\"{}\"", dom.name)).expect("the tap's chart names its VM");
         assert!(vm_chart < tap_chart, "the VM's chart comes first");
         assert!(dom_html.contains(&format!(">VM {}</span>", dom.name)), "the tap's badge names the VM");
+        let png = vespa_tests::browser::artifacts().join("dashboard-vm.png");
+        vespa_tests::browser::chromium(&tree.scratch.dir, "vm-shot", &format!("http://{api}/"), &[&format!("--screenshot={}", png.display()), "--window-size=1280,900", "--hide-scrollbars"]);
+        assert!(std::fs::read(&png).is_ok_and(|b| b.starts_with(b"\x89PNG")), "a screenshot at {}", png.display());
     }
     assert_eq!(tree.call("VO", "destroy", &[]), Ok("destroying VO and its subtree".into()));
     for p in [&mut agents, &mut orch] {
