@@ -96,6 +96,7 @@ fn a_missing_tracefs_is_a_clear_error() {
     no_panic(&o);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("tracefs is not mounted at /sys/kernel/tracing"), "{}", text(&o));
+    assert!(text(&o).contains("use `vespa-agent --netns NAME` instead"), "the remedy for ip netns exec: {}", text(&o));
     assert!(std::path::Path::new("/sys/kernel/tracing/events").exists(), "the host's tracefs is still mounted");
 }
 

@@ -35,7 +35,8 @@ pub fn check_tracefs() -> Result<(), SensorError> {
     if !Path::new(TRACEFS).join("events").is_dir() {
         return Err(SensorError::Unavailable(format!(
             "tracefs is not mounted at {TRACEFS}: run `mount -t tracefs tracefs {TRACEFS}` \
-             (or `cargo xtask setup`)"
+             (or `cargo xtask setup`); under `ip netns exec`, which remounts /sys without it, \
+             use `vespa-agent --netns NAME` instead"
         )));
     }
     if !tp.is_dir() {
@@ -43,3 +44,4 @@ pub fn check_tracefs() -> Result<(), SensorError> {
     }
     Ok(())
 }
+
