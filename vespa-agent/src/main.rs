@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use vespa_agent::{export, netns, top, Mode, SensorConfig, Sensors};
 
 /// VESPA agent: eBPF sensors for per-interface traffic and TCP connections on a Linux host.
@@ -20,7 +20,7 @@ struct Cli {
 
     /// Log format on stderr; the level comes from RUST_LOG (default: info).
     #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    log_format: vespa_node::launch::LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -44,11 +44,11 @@ enum Command {
         #[arg(long, value_parser = humantime_secs, default_value = "0")]
         after: Duration,
     },
-    /// Live table of interface rates and the busiest remote addresses (Ctrl-C to quit).
     /// Run the agent nodes of a VESPA tree (bandwidth, connections, ...) from the topology:
     /// each registers with its HO, pushes samples and threshold events up as alerts, and
     /// answers calls (recv_bytes, trans_bytes, get_mac, connections, ...).
     Run(node_agents::RunArgs),
+    /// Live table of interface rates and the busiest remote addresses (Ctrl-C to quit).
     Top {
         /// Refresh interval in seconds.
         #[arg(long, value_parser = humantime_secs, default_value = "1")]
@@ -103,12 +103,6 @@ struct SensorArgs {
     top_n: usize,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn humantime_secs(s: &str) -> Result<Duration, String> {
     let s = s.trim_end_matches('s');
     s.parse::<f64>()
@@ -118,13 +112,9 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is not a number of seconds"))
 }
 
-fn init_logging(format: LogFormat) {
-    vespa_node::launch::init_logging(matches!(format, LogFormat::Json));
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    vespa_node::launch::init_logging(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,5 +1,5 @@
 //! `vespa-agent run`: the agent nodes of a VESPA tree, fed by the host sensors.
-use std::{net::IpAddr, path::PathBuf, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use anyhow::Context as _;
 use vespa_agent::{SensorConfig, SensorEvent, Sensors};
@@ -11,37 +11,20 @@ use vespa_proto::AlertBody;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Topology file (.toml, or the 2014 .ini). Default: the embedded loopback topology.
-    #[arg(long, short = 'c', env = "VESPA_CONFIG")]
-    config: Option<PathBuf>,
-    /// Pre-shared key file. Default: `key_file` of the topology's [settings].
-    #[arg(long, env = "VESPA_KEY")]
-    key: Option<PathBuf>,
-    /// Validate the topology, print the resolved tree and exit.
-    #[arg(long)]
-    check_config: bool,
-    /// Run only these agent nodes (repeatable).
-    #[arg(long = "node", short = 'n')]
-    nodes: Vec<String>,
-    /// Run the agent nodes located on this machine.
-    #[arg(long, conflicts_with = "nodes")]
-    machine: Option<String>,
+    #[command(flatten)]
+    nodes: vespa_node::launch::RunNodesArgs,
     /// Also serve the sensors' counters as Prometheus text at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
-    let topo = vespa_node::launch::load_topology(args.config.as_deref())?;
-    let nodes = vespa_node::launch::select(&topo, &args.nodes, args.machine.as_deref(), |n| n.role.is_agent()).map_err(anyhow::Error::msg)?;
-    if args.check_config {
-        print!("{}", topo.render_tree());
-        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        println!("this process would run: {}", names.join(", "));
+    let topo = args.nodes.topology.load()?;
+    let nodes = args.nodes.select(&topo, |n| n.role.is_agent()).map_err(anyhow::Error::msg)?;
+    if args.nodes.check_config {
         return Ok(());
     }
-    let key = args.key.as_deref().unwrap_or(&topo.settings.key_file);
-    let psk = vespa_proto::key::load(key).context("loading the pre-shared key (make one with `vespa-orchestrator keygen PATH`)")?;
+    let psk = args.nodes.topology.psk(&topo).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let needs_sensors = nodes.iter().any(|n| matches!(n.role, Role::Agent(AgentKind::Bandwidth | AgentKind::Connections)));
     let sensors = if needs_sensors { Some(Sensors::start(cfg)?) } else { None };

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,63 @@ use crate::config::{ConfigError, NodeDef, Topology};
 use crate::error::NodeError;
 use crate::node::{Exit, Hooks, Node, NodeHandle, NodeSpec};
 use crate::transport::Security;
+
+/// The topology and key a command uses (`--config`, `--key`), shared by every binary.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TopologyArgs {
+    /// Topology file (.toml, or the 2014 .ini). Default: the embedded loopback topology.
+    #[arg(long, short = 'c', env = "VESPA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Pre-shared key file. Default: `key_file` of the topology's [settings].
+    #[arg(long, env = "VESPA_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+impl TopologyArgs {
+    /// The topology file, or the embedded default.
+    pub fn load(&self) -> Result<Topology, ConfigError> {
+        load_topology(self.config.as_deref())
+    }
+
+    /// The pre-shared key: `--key`, else the topology's `key_file`. The error names the file
+    /// and how to make one.
+    pub fn psk(&self, topo: &Topology) -> Result<vespa_proto::Psk, String> {
+        let path = self.key.as_deref().unwrap_or(&topo.settings.key_file);
+        vespa_proto::key::load(path).map_err(|e| format!("loading the pre-shared key (make one with `vespa-orchestrator keygen PATH`): {e}"))
+    }
+}
+
+/// The nodes a `run` command starts: which topology, which of its nodes, or only a check.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunNodesArgs {
+    /// The topology and key.
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    /// Validate the topology, print the resolved tree and the nodes this process would run,
+    /// and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Run only these nodes (repeatable).
+    #[arg(long = "node", short = 'n')]
+    pub nodes: Vec<String>,
+    /// Run the nodes located on this machine (of the `[[machine]]` names).
+    #[arg(long, conflicts_with = "nodes")]
+    pub machine: Option<String>,
+}
+
+impl RunNodesArgs {
+    /// The nodes of `topo` this process runs (see [`select`]); with `--check-config`, also
+    /// prints the tree and that list.
+    pub fn select<'a>(&self, topo: &'a Topology, wanted: impl Fn(&NodeDef) -> bool) -> Result<Vec<&'a NodeDef>, String> {
+        let nodes = select(topo, &self.nodes, self.machine.as_deref(), wanted)?;
+        if self.check_config {
+            print!("{}", topo.render_tree());
+            let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+            println!("this process would run: {}", names.join(", "));
+        }
+        Ok(nodes)
+    }
+}
 
 /// The topology in `path`, or the embedded default.
 pub fn load_topology(path: Option<&Path>) -> Result<Topology, ConfigError> {
@@ -136,9 +193,19 @@ pub async fn shutdown_signal() {
     tracing::info!("signal received: shutting down");
 }
 
-/// Logging of both binaries on stderr: level from RUST_LOG (default info), text (coloured on
-/// a terminal only) or one JSON object per line.
-pub fn init_logging(json: bool) {
+/// How the binaries log on stderr (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal only).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging of both binaries on stderr: level from RUST_LOG (default info), in `format`.
+pub fn init_logging(format: LogFormat) {
+    let json = format == LogFormat::Json;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);

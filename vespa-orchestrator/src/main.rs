@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use vespa_node::{launch, Client, Hooks, Role, Security, Topology};
 use vespa_orchestrator::http;
 use vespa_orchestrator::policy_driver::{load_rules, PolicyDriver, PolicySet};
@@ -23,7 +23,7 @@ use vespa_orchestrator::policy_driver::{load_rules, PolicyDriver, PolicySet};
 struct Cli {
     /// Log format on stderr; the level comes from RUST_LOG (default: info).
     #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    log_format: vespa_node::launch::LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -46,28 +46,9 @@ enum Command {
 }
 
 #[derive(Args)]
-struct ConfigArgs {
-    /// Topology file (.toml, or the 2014 .ini). Default: the embedded loopback topology.
-    #[arg(long, short = 'c', env = "VESPA_CONFIG")]
-    config: Option<PathBuf>,
-    /// Pre-shared key file. Default: `key_file` of the topology's [settings].
-    #[arg(long, env = "VESPA_KEY")]
-    key: Option<PathBuf>,
-}
-
-#[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
-    cfg: ConfigArgs,
-    /// Validate the topology, print the resolved tree and exit.
-    #[arg(long)]
-    check_config: bool,
-    /// Run only these nodes (repeatable).
-    #[arg(long = "node", short = 'n')]
-    nodes: Vec<String>,
-    /// Run the HO/VO nodes located on this machine.
-    #[arg(long, conflicts_with = "nodes")]
-    machine: Option<String>,
+    nodes: launch::RunNodesArgs,
     /// Where the HTTP API and /metrics listen (only in the process that runs the VO), or
     /// `off`. Loopback by default: put a TLS proxy in front to reach it from elsewhere.
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:8080", value_parser = parse_http)]
@@ -103,7 +84,7 @@ fn parse_http(s: &str) -> Result<HttpListen, String> {
 #[derive(Args)]
 struct CallArgs {
     #[command(flatten)]
-    cfg: ConfigArgs,
+    cfg: launch::TopologyArgs,
     /// The node to connect to (default: the VO); the call is routed down from there.
     #[arg(long)]
     via: Option<String>,
@@ -118,19 +99,9 @@ struct CallArgs {
     args: Vec<String>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    vespa_node::launch::init_logging(matches!(format, LogFormat::Json));
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    vespa_node::launch::init_logging(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -156,14 +127,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn load(cfg: &ConfigArgs) -> anyhow::Result<Topology> {
-    Ok(launch::load_topology(cfg.config.as_deref())?)
-}
-
-fn security(topo: &Topology, key: Option<&Path>) -> anyhow::Result<Security> {
-    let path = key.unwrap_or(&topo.settings.key_file);
-    let psk = vespa_proto::key::load(path).context("loading the pre-shared key (make one with `vespa-orchestrator keygen PATH`)")?;
-    Ok(Security::Psk(psk))
+fn security(topo: &Topology, args: &launch::TopologyArgs) -> anyhow::Result<Security> {
+    Ok(Security::Psk(args.psk(topo).map_err(anyhow::Error::msg)?))
 }
 
 /// The policy file (or the embedded rules): its name for messages, its text, and the rules
@@ -211,12 +176,9 @@ fn policy_drivers(args: &RunArgs, topo: &Topology, nodes: &[&vespa_node::config:
 }
 
 fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let topo = load(&args.cfg)?;
-    let nodes = launch::select(&topo, &args.nodes, args.machine.as_deref(), |n| !n.role.is_agent()).map_err(anyhow::Error::msg)?;
-    if args.check_config {
-        print!("{}", topo.render_tree());
-        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        println!("this process would run: {}", names.join(", "));
+    let topo = args.nodes.topology.load()?;
+    let nodes = args.nodes.select(&topo, |n| !n.role.is_agent()).map_err(anyhow::Error::msg)?;
+    if args.nodes.check_config {
         if args.policy.is_some() {
             let (source, _, rules) = load_policy(args.policy.as_deref(), &topo)?;
             let mut places = vec![format!("VO: {}", rules.placed_at(None).rules.len())];
@@ -225,7 +187,7 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let security = security(&topo, args.cfg.key.as_deref())?;
+    let security = security(&topo, &args.nodes.topology)?;
     let hosts_vo = nodes.iter().any(|n| n.role == Role::Vo);
     let http = match args.http {
         HttpListen::On(addr) if hosts_vo => Some(addr),
@@ -307,13 +269,13 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
-    let topo = load(&args.cfg)?;
+    let topo = args.cfg.load()?;
     let via = match &args.via {
         Some(v) => topo.node(v).with_context(|| format!("{}: no node named {v:?}", topo.source))?,
         None => topo.vo(),
     };
     let addr = topo.listen_addr(via);
-    let security = security(&topo, args.cfg.key.as_deref())?;
+    let security = security(&topo, &args.cfg)?;
     let rt = runtime()?;
     let result = rt.block_on(async {
         let timeout = Duration::from_secs(args.timeout);
