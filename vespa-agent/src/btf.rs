@@ -9,7 +9,6 @@
 //!
 //! Format: <https://docs.kernel.org/bpf/btf.html>.
 
-use std::collections::HashMap;
 
 /// Where the running kernel publishes its own BTF.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -53,28 +52,30 @@ pub enum BtfError {
     Size { member: String, actual: u32, expected: u32 },
 }
 
-struct Member {
-    name: u32,
-    ty: u32,
-    /// Bit offset, or (with the struct's kind flag) bitfield size << 24 | bit offset.
-    offset: u32,
-}
-
+/// One type record: its header fields, and where its members (structs, unions) start in the
+/// blob. Small and `Copy`: the whole table is one allocation, and members are read from the
+/// blob only for the few structs looked at (a kernel has some 150,000 types; the agent only
+/// ever asks about two structs, at start-up, and keeps nothing of them).
+#[derive(Clone, Copy)]
 struct Type {
     kind: u32,
     name: u32,
-    /// The referenced type of typedefs, modifiers and pointers.
+    /// The referenced type of typedefs, modifiers and pointers; the size of ints, structs,
+    /// unions and enums.
     target: u32,
     kind_flag: bool,
-    members: Vec<Member>,
+    vlen: u32,
+    /// Byte position of the first member in the blob.
+    members_at: u32,
 }
 
 /// The struct and union layouts of one BTF blob.
 pub struct Btf {
+    data: Vec<u8>,
     /// Indexed by type id; id 0 is `void`.
     types: Vec<Type>,
-    strings: Vec<u8>,
-    structs_by_name: HashMap<String, u32>,
+    strings_at: usize,
+    strings_len: usize,
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
@@ -86,117 +87,64 @@ fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
 impl Btf {
     /// The running kernel's BTF.
     pub fn from_kernel() -> Result<Btf, BtfError> {
-        let data = std::fs::read(VMLINUX).map_err(|e| BtfError::Read {
-            path: VMLINUX.into(),
-            reason: e.to_string(),
-        })?;
-        Btf::parse(&data)
+        let data = std::fs::read(VMLINUX).map_err(|e| BtfError::Read { path: VMLINUX.into(), reason: e.to_string() })?;
+        Btf::parse(data)
     }
 
-    /// Parses a little-endian BTF blob (header, type section, string section).
-    pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
+    /// Indexes a little-endian BTF blob (header, type section, string section).
+    pub fn parse(data: Vec<u8>) -> Result<Btf, BtfError> {
         let magic = data.get(0..2).map(|m| u16::from_le_bytes([m[0], m[1]]));
         if magic != Some(MAGIC) {
-            return Err(BtfError::Malformed(
-                "bad magic (not little-endian BTF)".into(),
-            ));
+            return Err(BtfError::Malformed("bad magic (not little-endian BTF)".into()));
         }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
-        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
-        let section = |off: usize, len: usize| {
-            data.get(hdr_len + off..hdr_len + off + len)
-                .ok_or_else(|| BtfError::Malformed("section beyond the end".into()))
-        };
-        let (tsec, strings) = (
-            section(type_off, type_len)?,
-            section(str_off, str_len)?.to_vec(),
-        );
-        let mut types = vec![Type {
-            kind: 0,
-            name: 0,
-            target: 0,
-            kind_flag: false,
-            members: Vec::new(),
-        }];
-        let mut pos = 0;
-        while pos < tsec.len() {
-            let (name, info, size_or_type) = (
-                u32_at(tsec, pos)?,
-                u32_at(tsec, pos + 4)?,
-                u32_at(tsec, pos + 8)?,
-            );
+        let hdr_len = u32_at(&data, 4)? as usize;
+        let (type_off, type_len) = (u32_at(&data, 8)? as usize, u32_at(&data, 12)? as usize);
+        let (str_off, str_len) = (u32_at(&data, 16)? as usize, u32_at(&data, 20)? as usize);
+        let (types_at, strings_at) = (hdr_len + type_off, hdr_len + str_off);
+        if data.len() < types_at + type_len || data.len() < strings_at + str_len {
+            return Err(BtfError::Malformed("section beyond the end".into()));
+        }
+        let mut types = vec![Type { kind: 0, name: 0, target: 0, kind_flag: false, vlen: 0, members_at: 0 }];
+        let (mut pos, end) = (types_at, types_at + type_len);
+        while pos < end {
+            let (name, info, target) = (u32_at(&data, pos)?, u32_at(&data, pos + 4)?, u32_at(&data, pos + 8)?);
             pos += 12;
-            let (kind, vlen, kind_flag) = (
-                (info >> 24) & 0x1f,
-                (info & 0xffff) as usize,
-                info >> 31 == 1,
-            );
-            let mut members = Vec::new();
+            let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, info & 0xffff, info >> 31 == 1);
             let extra = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = pos + i * 12;
-                        members.push(Member {
-                            name: u32_at(tsec, m)?,
-                            ty: u32_at(tsec, m + 4)?,
-                            offset: u32_at(tsec, m + 8)?,
-                        });
-                    }
-                    vlen * 12
-                }
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
-                other => {
-                    return Err(BtfError::Malformed(format!(
-                        "unknown kind {other} at type {}",
-                        types.len()
-                    )))
-                }
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                other => return Err(BtfError::Malformed(format!("unknown kind {other} at type {}", types.len()))),
             };
-            pos += extra;
-            types.push(Type {
-                kind,
-                name,
-                target: size_or_type,
-                kind_flag,
-                members,
-            });
-        }
-        let mut btf = Btf {
-            types,
-            strings,
-            structs_by_name: HashMap::new(),
-        };
-        for (id, t) in btf.types.iter().enumerate() {
-            if t.kind == KIND_STRUCT && t.name != 0 {
-                // The first definition wins (names are unique for kernel structs).
-                btf.structs_by_name
-                    .entry(btf.name(t.name).to_string())
-                    .or_insert(id as u32);
+            if pos + extra as usize > end {
+                return Err(BtfError::Malformed(format!("type {} runs past its section", types.len())));
             }
+            types.push(Type { kind, name, target, kind_flag, vlen, members_at: pos as u32 });
+            pos += extra as usize;
         }
-        Ok(btf)
+        Ok(Btf { data, types, strings_at, strings_len: str_len })
     }
 
     fn name(&self, off: u32) -> &str {
-        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let strings = &self.data[self.strings_at..self.strings_at + self.strings_len];
+        let rest = strings.get(off as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
 
+    /// The first struct of that name (kernel struct names are unique).
+    fn struct_named(&self, name: &str) -> Option<Type> {
+        self.types.iter().find(|t| t.kind == KIND_STRUCT && t.name != 0 && self.name(t.name) == name).copied()
+    }
+
     /// Follows typedefs and const/volatile/restrict/type tags to the underlying type.
-    fn resolve(&self, mut id: u32) -> Option<&Type> {
+    fn resolve(&self, mut id: u32) -> Option<Type> {
         for _ in 0..32 {
-            let t = self.types.get(id as usize)?;
+            let t = *self.types.get(id as usize)?;
             match t.kind {
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = t.target
-                }
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => id = t.target,
                 _ => return Some(t),
             }
         }
@@ -205,26 +153,24 @@ impl Btf {
 
     /// Byte offset of `member` in `ty` (a struct or union), looking through anonymous
     /// struct and union members; with the member's type id.
-    fn member(&self, ty: &Type, member: &str) -> Option<Result<(u32, u32), BtfError>> {
-        for m in &ty.members {
-            let bits = if ty.kind_flag {
-                m.offset & 0x00ff_ffff
-            } else {
-                m.offset
-            };
-            let bitfield = ty.kind_flag && m.offset >> 24 != 0;
-            if m.name == 0 {
-                let inner = self
-                    .resolve(m.ty)
-                    .filter(|t| t.kind == KIND_STRUCT || t.kind == KIND_UNION)?;
+    fn member(&self, ty: Type, member: &str) -> Option<Result<(u32, u32), BtfError>> {
+        for i in 0..ty.vlen as usize {
+            let at = ty.members_at as usize + i * 12;
+            // In range: parse checked every record against its section.
+            let field = |k: usize| u32_at(&self.data, at + 4 * k).unwrap_or(0);
+            let (name, mty, offset) = (field(0), field(1), field(2));
+            let bits = if ty.kind_flag { offset & 0x00ff_ffff } else { offset };
+            let bitfield = ty.kind_flag && offset >> 24 != 0;
+            if name == 0 {
+                let inner = self.resolve(mty).filter(|t| t.kind == KIND_STRUCT || t.kind == KIND_UNION)?;
                 if let Some(found) = self.member(inner, member) {
                     return Some(found.map(|(off, id)| (bits / 8 + off, id)));
                 }
-            } else if self.name(m.name) == member {
+            } else if self.name(name) == member {
                 if bitfield || bits % 8 != 0 {
                     return Some(Err(BtfError::Bitfield(member.to_string())));
                 }
-                return Some(Ok((bits / 8, m.ty)));
+                return Some(Ok((bits / 8, mty)));
             }
         }
         None
@@ -256,10 +202,10 @@ impl Btf {
         }
     }
 
-    /// Byte offset and type id of a (nested) member path.
+    /// Byte offset and type id of a (nested, non-empty) member path.
     fn locate(&self, struct_name: &str, path: &[&str]) -> Result<(u32, u32), BtfError> {
-        let &id = self.structs_by_name.get(struct_name).ok_or_else(|| BtfError::NoStruct(struct_name.to_string()))?;
-        let (mut ty, mut ty_name, mut total, mut last) = (&self.types[id as usize], struct_name.to_string(), 0, id);
+        let mut ty = self.struct_named(struct_name).ok_or_else(|| BtfError::NoStruct(struct_name.to_string()))?;
+        let (mut ty_name, mut total, mut last) = (struct_name.to_string(), 0, 0);
         for (i, &step) in path.iter().enumerate() {
             let (off, member_ty) = self.member(ty, step).ok_or_else(|| BtfError::NoMember { ty: ty_name.clone(), member: step.to_string() })??;
             total += off;
@@ -366,7 +312,7 @@ mod tests {
 
     #[test]
     fn nested_offsets_through_typedefs_and_anonymous_members() {
-        let btf = Btf::parse(&blob()).expect("parse");
+        let btf = Btf::parse(blob()).expect("parse");
         assert_eq!(
             NetnsOffsets::from_btf(&btf),
             Ok(NetnsOffsets {
@@ -384,7 +330,7 @@ mod tests {
 
     #[test]
     fn missing_names_and_bad_blobs_are_errors() {
-        let btf = Btf::parse(&blob()).expect("parse");
+        let btf = Btf::parse(blob()).expect("parse");
         assert_eq!(
             btf.offset_of("sock", &["x"]),
             Err(BtfError::NoStruct("sock".into()))
@@ -403,10 +349,10 @@ mod tests {
         ));
         let mut bad = blob();
         bad[0] = 0;
-        assert!(matches!(Btf::parse(&bad), Err(BtfError::Malformed(_))));
+        assert!(matches!(Btf::parse(bad), Err(BtfError::Malformed(_))));
         let truncated = blob()[..40].to_vec();
         assert!(matches!(
-            Btf::parse(&truncated),
+            Btf::parse(truncated),
             Err(BtfError::Malformed(_))
         ));
     }

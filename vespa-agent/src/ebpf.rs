@@ -199,6 +199,13 @@ impl EbpfSensor {
         }
         // Explicitly configured interfaces must attach now; the rest is best effort.
         shared.reconcile(true)?;
+        // Loading read the kernel's BTF twice (aya's relocations, the tracker's offsets): some
+        // 10 MB of buffers, freed by now but kept by glibc's heap. Give them back once.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim has no preconditions; it only releases free heap memory.
+        unsafe {
+            libc::malloc_trim(0);
+        }
 
         let mut sensor = EbpfSensor { shared: shared.clone(), threads: Vec::new(), ns: NsWorker::spawn("vespa-netns", Duration::from_secs(3600), || {}) };
         let s = shared.clone();
