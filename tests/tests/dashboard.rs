@@ -28,14 +28,10 @@ use tree_kit::*;
 use vespa_tests::browser::{artifacts, chromium, chromium_present, kill_group, BROWSER_TIMEOUT, CHROMIUM};
 
 const TOKEN: &str = "dashboard-token-0123456789abcdef";
+
 fn get_json(addr: SocketAddr, path: &str) -> Option<Json> {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (_, body) = raw.split_once("\r\n\r\n")?;
-    serde_json::from_str(body).ok()
+    let (_, body) = vespa_tests::daemons::http_get(&addr.to_string(), path).ok()?;
+    serde_json::from_str(&body).ok()
 }
 
 #[test]

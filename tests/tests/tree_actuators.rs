@@ -177,11 +177,7 @@ fn dom_tap_mac(guest: &str) -> String {
     format!("fe{}", &guest[2..])
 }
 
+/// The body of a 200 answer to `GET path`.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    vespa_tests::daemons::http_get(&addr.to_string(), path).ok().filter(|(status, _)| *status == 200).map(|(_, body)| body)
 }
