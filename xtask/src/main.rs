@@ -4,6 +4,7 @@
 //! what is missing, so a fresh Debian host goes from clone to running system in one command.
 
 mod setup;
+mod testlog;
 
 use std::{
     path::{Path, PathBuf},
@@ -111,9 +112,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if require {
                 cmd.env("VESPA_REQUIRE_EBPF", "1");
             }
-            let tests = cmd.status()?;
+            let (tests, digest) = run_tests(cmd)?;
             // Fuzz even when a test failed: both results are worth having from one CI run.
             let fuzz = if fuzz_seconds > 0 { fuzz(&root, fuzz_seconds) } else { Ok(()) };
+            // Last, so the end of a long log says which tests failed and why.
+            if let Some(digest) = digest.render() {
+                eprint!("{digest}");
+            }
             check(tests, "cargo test")?;
             fuzz
         }
@@ -262,6 +267,22 @@ pub(crate) fn step(msg: &str) {
 
 /// Where cargo writes its build output: `$CARGO_TARGET_DIR` (relative to the workspace
 /// root if relative), else `target/`.
+/// Runs `cargo test`, passing its output through unchanged while keeping a digest of failures.
+fn run_tests(mut cmd: Command) -> anyhow::Result<(std::process::ExitStatus, testlog::Digest)> {
+    use std::io::{BufRead, Write};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let mut digest = testlog::Digest::default();
+    let mut out = std::io::stdout().lock();
+    for line in std::io::BufReader::new(child.stdout.take().expect("piped stdout")).split(b'\n') {
+        let line = line?;
+        out.write_all(&line)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        digest.line(&String::from_utf8_lossy(&line));
+    }
+    Ok((child.wait()?, digest))
+}
+
 fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()).map_or_else(|| root.join("target"), |d| root.join(d))
 }
