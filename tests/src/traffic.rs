@@ -93,6 +93,16 @@ pub fn tcp_connect_n(to: SocketAddr, n: usize) -> Vec<TcpStream> {
     (0..n).map(|_| TcpStream::connect(to).expect("connect")).collect()
 }
 
+/// Closes `streams` now, each with a FIN from this end. `shutdown` acts on the socket where
+/// dropping only closes a descriptor: a process another test forks at that moment holds the
+/// descriptors until it execs, and the connection would stay open until then.
+pub fn tcp_close_all(streams: Vec<TcpStream>) {
+    for s in &streams {
+        // ENOTCONN: the peer reset it already; closed all the same.
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 /// A TCP listener with room for `backlog` connections the kernel completes before anyone
 /// accepts them (they count as ESTABLISHED all the same).
 pub fn tcp_listen(addr: SocketAddr, backlog: i32) -> TcpListener {
