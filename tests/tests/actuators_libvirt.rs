@@ -106,6 +106,7 @@ async fn tap_map_matches_domiflist_and_follows_domains_started_later() {
     let (a, _alerts) = agent(true);
     let mut events = a.subscribe();
     let taps = a.taps();
+    a.events_watched().await;
     d.virsh(&["start", &d.name]).expect("virsh start");
     let iflist = d.iflist();
     assert_eq!(iflist.len(), 1, "{iflist:?}");

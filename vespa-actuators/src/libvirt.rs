@@ -277,6 +277,16 @@ impl LibvirtAgent {
         self.inner.events.subscribe()
     }
 
+    /// Waits until the event watcher has its callbacks registered with libvirt, so a domain
+    /// started from then on is published as an event (one started earlier is only in the tap
+    /// map); returns at once when events are not watched. The watcher connects in the
+    /// background, reconnecting after a daemon restart: this waits for that too.
+    pub async fn events_watched(&self) {
+        if let Some(w) = &self._watcher {
+            w.watching().await;
+        }
+    }
+
     pub fn retry_stats(&self) -> &RetryStats {
         &self.inner.stats
     }

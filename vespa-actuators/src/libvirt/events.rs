@@ -355,6 +355,8 @@ fn refresh(conn: &Connect, taps: &TapMap, uuid: &str) {
 pub(crate) struct Watcher {
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
+    /// True while a session has its callbacks registered: events from then on are published.
+    watching: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How often the watcher checks whether it must stop.
@@ -365,11 +367,19 @@ impl Watcher {
         ensure_event_loop()?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        let (watching_tx, watching) = tokio::sync::watch::channel(false);
         let thread = thread::Builder::new()
             .name("libvirt-watch".into())
-            .spawn(move || run(&uri, &taps, &events, &s))
+            .spawn(move || run(&uri, &taps, &events, &watching_tx, &s))
             .map_err(|e| format!("cannot start the libvirt watcher: {e}"))?;
-        Ok(Watcher { stop, thread: Some(thread) })
+        Ok(Watcher { stop, thread: Some(thread), watching })
+    }
+
+    /// Waits until events are watched (at once if they are).
+    pub(crate) async fn watching(&self) {
+        let mut rx = self.watching.clone();
+        // Err only once the thread is gone, i.e. the agent is being dropped.
+        let _ = rx.wait_for(|w| *w).await;
     }
 }
 
@@ -382,10 +392,12 @@ impl Drop for Watcher {
     }
 }
 
-fn run(uri: &str, taps: &TapMap, events: &tokio::sync::broadcast::Sender<VmEvent>, stop: &AtomicBool) {
+fn run(uri: &str, taps: &TapMap, events: &tokio::sync::broadcast::Sender<VmEvent>, watching: &tokio::sync::watch::Sender<bool>, stop: &AtomicBool) {
     let mut backoff = Duration::from_millis(200);
     while !stop.load(Ordering::Relaxed) {
-        match session(uri, taps, events, stop) {
+        let result = session(uri, taps, events, watching, stop);
+        watching.send_replace(false);
+        match result {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => {
                 tracing::warn!(%uri, error = %e, retry_in_ms = backoff.as_millis() as u64, "libvirt event session failed");
@@ -401,7 +413,7 @@ fn run(uri: &str, taps: &TapMap, events: &tokio::sync::broadcast::Sender<VmEvent
 }
 
 /// One connection's worth of events; returns Ok when the connection closed.
-fn session(uri: &str, taps: &TapMap, events: &tokio::sync::broadcast::Sender<VmEvent>, stop: &AtomicBool) -> Result<(), String> {
+fn session(uri: &str, taps: &TapMap, events: &tokio::sync::broadcast::Sender<VmEvent>, watching: &tokio::sync::watch::Sender<bool>, stop: &AtomicBool) -> Result<(), String> {
     let conn = Connect::open(Some(uri)).map_err(|e| format!("cannot connect: {e}"))?;
     let (tx, rx) = mpsc::channel();
     let regs = Registrations::register(&conn, &tx)?;
@@ -409,6 +421,7 @@ fn session(uri: &str, taps: &TapMap, events: &tokio::sync::broadcast::Sender<VmE
     // After registering, so a domain started in between is seen one way or the other.
     taps.replace_all(scan_all(&conn).map_err(|e| format!("cannot list domains: {e}"))?);
     tracing::info!(%uri, taps = taps.snapshot().len(), "watching libvirt domain events");
+    watching.send_replace(true);
     let result = loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(());
