@@ -12,15 +12,14 @@
 
 mod tree_kit;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
 use tree_kit::*;
 use vespa_tests::daemons::clamd::{eicar, Clamd, EICAR_SIGNATURE};
 use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
-use vespa_tests::daemons::require_daemon;
+use vespa_tests::daemons::{http_request, require_daemon};
 
 const TOKEN: &str = "loop-av-token-0123456789abcdef";
 
@@ -39,25 +38,8 @@ isolate = true
 "#;
 
 /// One HTTP/1.1 request; `(status, body)`.
-fn request(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>, body: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
-    if let Some(t) = auth {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
-
 fn get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
-    let (status, body) = request(addr, "GET", path, None, "")?;
+    let (status, body) = http_request(addr, "GET", path, None, "")?;
     (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
 }
 
@@ -147,11 +129,11 @@ fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it()
 
     // Manual release through the API: without the token it is refused; with it the link returns.
     let body = format!("{{\"target\":\"{}\"}}", dom.name);
-    let (status, _) = request(api, "POST", "/api/v1/release", None, &body).expect("release without token");
+    let (status, _) = http_request(api, "POST", "/api/v1/release", None, &body).expect("release without token");
     assert_eq!(status, 401);
     assert_eq!(dom.link(), "down", "a refused release changes nothing");
     let t_rel = Instant::now();
-    let (status, text) = request(api, "POST", "/api/v1/release", Some(TOKEN), &body).expect("release");
+    let (status, text) = http_request(api, "POST", "/api/v1/release", Some(TOKEN), &body).expect("release");
     assert_eq!(status, 200, "{text}\n{}", logs());
     let deadline = Instant::now() + WAIT;
     while dom.link() != "up" {

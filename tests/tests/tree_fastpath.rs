@@ -14,12 +14,18 @@ use std::time::Duration;
 
 use tree_kit::*;
 use vespa_tests::daemons::floodlight_stub::FloodlightStub;
+use vespa_tests::daemons::http_request;
 use vespa_tests::workspace_bin;
 
 /// The agent reports a remote with more than 20 established connections at once.
 const THRESHOLD: usize = 20;
 
 fn policy(at: &str) -> String {
+    policy_timed(at, 2, 1)
+}
+
+/// The fast-path rule with its calm and cool-down periods in seconds.
+fn policy_timed(at: &str, calm_s: u64, cooldown_s: u64) -> String {
     format!(
         r#"
 [actuators]
@@ -38,8 +44,8 @@ aggregate = "max"
 window_s = 1
 above = {above}
 below = 5
-calm_s = 2
-cooldown_s = 1
+calm_s = {calm_s}
+cooldown_s = {cooldown_s}
 verify_s = 0
 ladder = [{{ action = "block", ttl_s = 600 }}]
 "#,
@@ -100,12 +106,13 @@ fn tree(stub_url: &str, conns_under: &'static str) -> Tree {
     Tree::new("fastpath", settings, &[("host", lo)], &nodes)
 }
 
-/// Loopback addresses of this test run only (the connection tracker sees the whole host).
-fn addresses() -> (IpAddr, SocketAddr) {
+/// Loopback addresses of this test run and test `k` only (the connection tracker sees the
+/// whole host, so each test's agent sees the others' floods too).
+fn addresses(k: u8) -> (IpAddr, SocketAddr) {
     let octet = 100 + (std::process::id() % 100) as u8;
     (
-        IpAddr::V4(Ipv4Addr::new(127, octet, 9, 1)),
-        SocketAddr::from((Ipv4Addr::new(127, octet, 9, 2), 0)),
+        IpAddr::V4(Ipv4Addr::new(127, octet, 9 + k, 1)),
+        SocketAddr::from((Ipv4Addr::new(127, octet, 9 + k, 2), 0)),
     )
 }
 
@@ -202,7 +209,7 @@ fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
     );
 
     // The flood: 40 connections from a fresh source to a local server, held open.
-    let (attacker, server_addr) = addresses();
+    let (attacker, server_addr) = addresses(0);
     let server = TcpListener::bind(server_addr).expect("server");
     let to = server.local_addr().expect("server address");
     let accept =
@@ -311,6 +318,92 @@ fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
             p.label,
             p.log_text()
         );
+    }
+}
+
+/// HO_PH in a process of its own, the VO in another: the VO's API lists the block HO_PH's
+/// fast-path rule holds (asked down the tree) and releases it there, token required.
+#[test]
+fn an_ho_in_another_process_is_listed_and_released_through_the_vo_api() {
+    let test = "an_ho_in_another_process_is_listed_and_released_through_the_vo_api";
+    if !vespa_tests::privileged(test) {
+        return;
+    }
+    const TOKEN: &str = "fastpath-remote-token-0123456789";
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let stub = rt.block_on(FloodlightStub::start());
+    let tree = tree(&stub.url(), "HO_PH");
+    // Neither calm nor the cool-down ends within the test: only the API releases.
+    let policy_file = tree.scratch.dir.join("policy.toml");
+    std::fs::write(&policy_file, policy_timed("HO_PH", 600, 600)).expect("policy file");
+    let token = tree.scratch.dir.join("api-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let api = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let (p, t, a) = (policy_file.to_string_lossy().into_owned(), token.to_string_lossy().into_owned(), api.to_string());
+    let vo = tree.spawn_with("vo", "vespa-orchestrator", None, &[], &["VO", "HO_VM"], &["--policy", &p, "--http", &a, "--api-token-file", &t]);
+    let ho = tree.spawn_with("ho_ph", "vespa-orchestrator", None, &[], &["HO_PH"], &["--policy", &p]);
+    let thr = THRESHOLD.to_string();
+    let agents = tree.spawn("agents", "vespa-agent", None, &["--mode", "ebpf", "-i", "lo", "--conn-threshold", &thr], &["conns", "fl"]);
+    let logs = || format!("vo:\n{}\nho_ph:\n{}\nagents:\n{}", vo.log_text(), ho.log_text(), agents.log_text());
+    wait_for("both agents under HO_PH", || ["conns", "fl"].iter().all(|a| tree.call(a, "help", &[]).is_ok()).then_some(()));
+    let actions = || -> Option<serde_json::Value> {
+        let (status, body) = http_request(api, "GET", "/api/v1/actions", None, "")?;
+        (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    };
+    let (attacker, server_addr) = addresses(1);
+    let target = attacker.to_string();
+    let holds = |a: &serde_json::Value| a["actions"].as_array().is_some_and(|l| l.iter().any(|x| x["target"] == target.as_str()));
+    let before = actions().expect("the VO's API answers");
+    assert!(!holds(&before), "nothing held before the flood: {before}");
+
+    let server = TcpListener::bind(server_addr).expect("server");
+    let to = server.local_addr().expect("server address");
+    let accept = std::thread::spawn(move || vespa_tests::traffic::tcp_accept_n(&server, 2 * THRESHOLD));
+    let held = vespa_tests::traffic::tcp_connect_from(attacker, to, 2 * THRESHOLD, |_| {});
+    let accepted = accept.join().expect("accept thread");
+    let id = wait_for("the block of the attacker at the Floodlight stand-in", || blocks_of(&stub, &target).first().cloned());
+
+    // Listed by the VO's API, held at HO_PH, which another process runs.
+    let listed = wait_for("HO_PH's block in the VO's /api/v1/actions", || {
+        let a = actions()?;
+        a["actions"].as_array()?.iter().find(|x| x["target"] == target.as_str()).cloned().map(|x| (x, a["unreachable"].clone()))
+    });
+    let (action, unreachable) = listed;
+    assert_eq!(
+        (&action["action"], &action["actuator"], &action["at"], &action["key"]),
+        (&serde_json::json!("block"), &serde_json::json!("fl"), &serde_json::json!("HO_PH"), &serde_json::json!(target)),
+        "{action}"
+    );
+    assert_eq!(unreachable, serde_json::json!([]));
+    // The same from a shell: HO_PH answers its policy verbs.
+    let direct = tree.call("HO_PH", "policy_actions", &[]).expect("policy_actions");
+    assert!(direct.contains(&format!("\"target\":\"{target}\"")), "{direct}");
+
+    vespa_tests::traffic::tcp_close_all(held);
+    drop(accepted);
+    let body = serde_json::json!({ "target": target }).to_string();
+    let (status, _) = http_request(api, "POST", "/api/v1/release", None, &body).expect("release without token");
+    assert_eq!(status, 401, "a release needs the token");
+    assert_eq!(blocks_of(&stub, &target), [id.clone()], "a refused release changes nothing");
+    let (status, text) = http_request(api, "POST", "/api/v1/release", Some(TOKEN), &body).expect("release");
+    assert_eq!(status, 200, "{text}\n{}", logs());
+    assert!(text.contains(&format!("fl release_hackers {target}")), "HO_PH's driver released it: {text}");
+    wait_for("the attacker's flows removed from the stand-in", || {
+        let gone = !stub.flows().values().any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str());
+        let deleted = stub.requests().iter().any(|r| r.method == "DELETE" && r.body.as_ref().and_then(|b| b["name"].as_str()).is_some_and(|n| n.starts_with(&format!("vespa-{id}-"))));
+        (gone && deleted).then_some(())
+    });
+    let after = actions().expect("actions");
+    assert!(!holds(&after), "released: {after}");
+    let (status, text) = http_request(api, "POST", "/api/v1/release", Some(TOKEN), &body).expect("second release");
+    assert_eq!(status, 404, "nothing left to release: {text}");
+    assert_eq!(blocks_of(&stub, &target), [id], "exactly one block request\n{}", logs());
+
+    assert_eq!(tree.call("VO", "destroy", &[]), Ok("destroying VO and its subtree".into()));
+    for mut p in [agents, ho, vo] {
+        let st = p.wait_exit();
+        assert!(st.success(), "{} exited with {st}; log:\n{}", p.label, p.log_text());
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use vespa_node::{launch, Client, Hooks, Role, Security, Topology};
 use vespa_orchestrator::http;
-use vespa_orchestrator::policy_driver::{load_rules, PolicyDriver, PolicySet};
+use vespa_orchestrator::policy_driver::{load_rules, HoPolicyVerbs, PolicyDriver, PolicySet, RemoteDrivers};
 
 /// Horizontal (HO_VM, HO_HY, HO_PH) and vertical (VO) orchestrators of VESPA.
 ///
@@ -146,6 +146,8 @@ fn load_policy(path: Option<&Path>, topo: &Topology) -> anyhow::Result<(String, 
 struct Drivers {
     vo: Option<PolicyDriver>,
     hos: Vec<PolicyDriver>,
+    /// HOs with rules of this policy that another process runs (the VO's API asks them).
+    remote: Vec<String>,
 }
 
 fn policy_drivers(args: &RunArgs, topo: &Topology, nodes: &[&vespa_node::config::NodeDef], metrics: Arc<http::Metrics>) -> anyhow::Result<Drivers> {
@@ -154,14 +156,13 @@ fn policy_drivers(args: &RunArgs, topo: &Topology, nodes: &[&vespa_node::config:
         if args.dry_run {
             tracing::warn!("--dry-run ignored: this process runs no VO and no --policy was given");
         }
-        return Ok(Drivers { vo: None, hos: Vec::new() });
+        return Ok(Drivers { vo: None, hos: Vec::new(), remote: Vec::new() });
     }
     let (source, text, rules) = load_policy(args.policy.as_deref(), topo)?;
     let invalid = |e: http::PolicyError| anyhow::anyhow!("{source}: {e}");
-    for at in rules.placements() {
-        if !nodes.iter().any(|n| n.name == at) {
-            tracing::info!(policy = %source, at, "rules placed at a node this process does not run: its own process must be given the same --policy");
-        }
+    let remote: Vec<String> = rules.placements().into_iter().filter(|at| !nodes.iter().any(|n| n.name == *at)).map(str::to_string).collect();
+    for at in &remote {
+        tracing::info!(policy = %source, at, "rules placed at a node this process does not run: its own process must be given the same --policy");
     }
     let file = args.policy.clone();
     let vo = hosts_vo.then(|| PolicyDriver::new(&text, args.dry_run, Some(topo), Some(metrics), file.clone())).transpose().map_err(invalid)?;
@@ -172,7 +173,7 @@ fn policy_drivers(args: &RunArgs, topo: &Topology, nodes: &[&vespa_node::config:
         let at = d.at().unwrap_or("VO");
         tracing::info!(policy = %source, node = at, rules = ?d.rule_names(), dry_run = http::PolicyControl::dry_run(d), "policy loaded");
     }
-    Ok(Drivers { vo, hos })
+    Ok(Drivers { vo, hos, remote: if hosts_vo { remote } else { Vec::new() } })
 }
 
 fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -206,7 +207,7 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
     let parts = http::ApiParts::new(&topo, token);
     let drivers = policy_drivers(&args, &topo, &nodes, parts.metrics.clone())?;
     let parts = match &drivers.vo {
-        Some(d) => parts.with_policy(Arc::new(PolicySet::new(d.clone(), drivers.hos.clone()))),
+        Some(d) => parts.with_policy(Arc::new(PolicySet::new(d.clone(), drivers.hos.clone()))).with_remote(RemoteDrivers::new(drivers.remote.clone())),
         None => parts,
     };
     let driver_of = |name: &str| drivers.vo.iter().filter(|_| name == topo.vo().name).chain(drivers.hos.iter().filter(|d| d.at() == Some(name))).next();
@@ -232,6 +233,11 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             if let Some(d) = driver_of(&def.name) {
                 h.alert_handlers.push(d.handler());
+                if def.role.is_ho() {
+                    // The VO's API reaches an HO's driver through these when they are in
+                    // different processes; `call` reaches them from a shell either way.
+                    h.agent = Some(Arc::new(HoPolicyVerbs(d.clone())));
+                }
             }
             h
         };

@@ -43,9 +43,12 @@ use vespa_proto::{Alert, AlertBody};
 use crate::http::{ActiveAction, Metrics, PolicyControl, PolicyError};
 
 pub mod placement;
+mod remote;
 mod set;
 
+pub use remote::{HoPolicyVerbs, RemoteDrivers};
 pub use set::PolicySet;
+pub(crate) use set::merge_releases;
 
 /// How often time is fed to the policy (releases, verification deadlines, TTLs).
 pub const TICK: Duration = Duration::from_millis(250);

@@ -62,6 +62,8 @@ pub struct ApiState {
     pub registry: Registry,
     /// The policy (or [`NoPolicy`]).
     pub policy: Arc<dyn PolicyControl>,
+    /// The HOs running fast-path rules in other processes, asked through the VO.
+    pub remote: crate::policy_driver::RemoteDrivers,
     /// The token mutations need; `None` disables mutations (503).
     pub token: Option<ApiToken>,
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use vespa_node::{Hooks, NodeHandle, Topology};
 
 use super::{ApiState, ApiToken, Metrics, NoPolicy, PolicyControl, VoView};
+use crate::policy_driver::RemoteDrivers;
 
 /// The API's shared pieces, before the VO exists.
 pub struct ApiParts {
@@ -20,6 +21,7 @@ pub struct ApiParts {
     topology: Arc<Topology>,
     token: Option<ApiToken>,
     policy: Arc<dyn PolicyControl>,
+    remote: RemoteDrivers,
 }
 
 impl ApiParts {
@@ -27,12 +29,19 @@ impl ApiParts {
     pub fn new(topology: &Topology, token: Option<ApiToken>) -> ApiParts {
         let metrics = Arc::new(Metrics::default());
         let view = VoView::new(topology.settings.keep_alerts, metrics.clone());
-        ApiParts { metrics, view, topology: Arc::new(topology.clone()), token, policy: Arc::new(NoPolicy) }
+        ApiParts { metrics, view, topology: Arc::new(topology.clone()), token, policy: Arc::new(NoPolicy), remote: RemoteDrivers::default() }
     }
 
     /// Serves `policy` behind `/api/v1/{actions,policy,release,block,dry-run,policy/reload}`.
     pub fn with_policy(mut self, policy: Arc<dyn PolicyControl>) -> ApiParts {
         self.policy = policy;
+        self
+    }
+
+    /// Lists and releases, through the VO, what the fast-path rules of HOs in other
+    /// processes hold.
+    pub fn with_remote(mut self, remote: RemoteDrivers) -> ApiParts {
+        self.remote = remote;
         self
     }
 
@@ -49,6 +58,7 @@ impl ApiParts {
             topology: self.topology.clone(),
             view: self.view.clone(),
             policy: self.policy.clone(),
+            remote: self.remote.clone(),
             token: self.token.clone(),
         }
     }

@@ -5,10 +5,10 @@
 //! mutation with [`PolicyError::Unavailable`] (HTTP 503), so an operator learns at once that
 //! nothing would happen rather than getting a silent success.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One reaction currently in force (a blocked address, a cut VM link, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActiveAction {
     /// The key `release` takes to undo it.
     pub key: String,
@@ -30,7 +30,7 @@ pub struct ActiveAction {
 }
 
 /// Why a policy operation was refused; each maps to one HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum PolicyError {
     /// No policy is loaded, or it cannot act now (503).
     #[error("{0}")]

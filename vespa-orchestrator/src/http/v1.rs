@@ -9,14 +9,17 @@
 //!   "vms": {"origin/iface": "vm"}}` (the interfaces that belong to a VM).
 //! - `GET /vms`: `{"vms": [{"vm", "interfaces": ["origin/iface"], "rx": [..], "tx": [..]}]}`:
 //!   byte deltas per sample interval of each VM, its interfaces summed, oldest first.
-//! - `GET /actions`: `{"dry_run", "actions": [ActiveAction]}`.
+//! - `GET /actions`: `{"dry_run", "actions": [ActiveAction], "unreachable": ["HO: why"]}`: the
+//!   actions of this process's drivers and of the HOs that run fast-path rules in other
+//!   processes (asked through the tree; one that does not answer is listed in `unreachable`).
 //! - `GET /policy`: `{"loaded", "dry_run", "rules": <TOML text or null>}`.
 //!
 //! Mutations (`Authorization: Bearer <token>`; checked before the body is read):
-//! - `POST /release {"target"}` -> `{"released", "result"}`
+//! - `POST /release {"target"}` -> `{"released", "result"}` (every driver, remote HOs too)
 //! - `POST /block {"target", "ttl_s"}` -> `{"blocked", "key", "ttl_s"}`
-//! - `POST /dry-run {"enabled"}` -> `{"dry_run"}`
-//! - `POST /policy/reload` with the rules as TOML text -> `{"reloaded": true}`
+//! - `POST /dry-run {"enabled"}` -> `{"dry_run"}` (every driver, remote HOs too)
+//! - `POST /policy/reload` with the rules as TOML text -> `{"reloaded": true}` (this process's
+//!   drivers; an HO in another process re-reads its `--policy` on SIGHUP)
 //!
 //! Bodies are read only once the token checks out (at most 64 KiB), parsed strictly (unknown fields are refused) and a parse error is a 400 that
 //! quotes serde's message, which names the field, line and column.
@@ -105,7 +108,11 @@ async fn vms(State(state): State<Shared>) -> Response {
 }
 
 async fn actions(State(state): State<Shared>) -> Response {
-    json(serde_json::json!({ "dry_run": state.policy.dry_run(), "actions": state.policy.active_actions() }))
+    let mut actions = state.policy.active_actions();
+    let (remote, unreachable) = state.remote.actions(&state.vo).await;
+    actions.extend(remote);
+    actions.sort_by_key(|a| a.since_unix_s);
+    json(serde_json::json!({ "dry_run": state.policy.dry_run(), "actions": actions, "unreachable": unreachable }))
 }
 
 async fn policy(State(state): State<Shared>) -> Response {
@@ -123,7 +130,9 @@ async fn release(State(state): State<Shared>, headers: HeaderMap, body: Body) ->
     authorize(&state, &headers)?;
     let body = read_body(body).await?;
     let r: Release = parse(&body)?;
-    let result = state.policy.release(&r.target)?;
+    let mut results = vec![state.policy.release(&r.target)];
+    results.extend(state.remote.release(&state.vo, &r.target).await);
+    let result = crate::policy_driver::merge_releases(results)?;
     tracing::info!(target = %r.target, %result, "API: release");
     Ok(json(serde_json::json!({ "released": r.target, "result": result })))
 }
@@ -158,6 +167,7 @@ async fn dry_run(State(state): State<Shared>, headers: HeaderMap, body: Body) ->
     let body = read_body(body).await?;
     let d: DryRun = parse(&body)?;
     state.policy.set_dry_run(d.enabled)?;
+    state.remote.set_dry_run(&state.vo, d.enabled).await?;
     tracing::info!(enabled = d.enabled, "API: dry-run mode set");
     Ok(json(serde_json::json!({ "dry_run": d.enabled })))
 }

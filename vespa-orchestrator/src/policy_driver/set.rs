@@ -51,25 +51,31 @@ impl PolicyControl for PolicySet {
     }
 
     fn release(&self, key: &str) -> Result<String, PolicyError> {
-        let (mut done, mut failed, mut not_found) = (Vec::new(), None, None);
-        for d in self.all() {
-            match d.release(key) {
-                Ok(what) => done.push(what),
-                Err(e @ PolicyError::NotFound(_)) => {
-                    not_found.get_or_insert(e);
-                }
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
-            }
-        }
-        match failed.or(not_found) {
-            Some(e) if done.is_empty() => Err(e),
-            _ => Ok(done.join("; ")),
-        }
+        merge_releases(self.all().map(|d| d.release(key)))
     }
 
     fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
         self.vo.block(target, ttl_s)
+    }
+}
+
+/// One answer from the releases of several drivers: what each did, joined, when any did
+/// something; otherwise the first failure, or else "not found".
+pub(crate) fn merge_releases(results: impl IntoIterator<Item = Result<String, PolicyError>>) -> Result<String, PolicyError> {
+    let (mut done, mut failed, mut not_found) = (Vec::new(), None, None);
+    for r in results {
+        match r {
+            Ok(what) => done.push(what),
+            Err(e @ PolicyError::NotFound(_)) => {
+                not_found.get_or_insert(e);
+            }
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    match failed.or(not_found) {
+        Some(e) if done.is_empty() => Err(e),
+        _ => Ok(done.join("; ")),
     }
 }
