@@ -307,13 +307,18 @@ function renderActions() {
   const badge = $('policy-state');
   badge.textContent = !lastPolicy ? '' : !policy.loaded ? 'no policy' : policy.dry_run ? 'dry-run' : 'enforcing';
   badge.className = 'badge ' + (!policy.loaded ? 'off' : policy.dry_run ? 'warn' : 'on');
+  // HOs of other processes that did not answer: what they hold is missing from the table.
+  const unreachable = (lastActions && lastActions.unreachable) || [];
+  const missing = unreachable.length
+    ? [h('p', { class: 'result error', id: 'actions-unreachable' }, 'not answering, their actions are not listed: ' + unreachable.join('; '))]
+    : [];
   if (!rows.length) {
-    show('actions', empty(lastPolicy && !policy.loaded
+    show('actions', missing, empty(lastPolicy && !policy.loaded
       ? 'no policy loaded: nothing will be blocked or isolated (load rules with POST /api/v1/policy/reload)'
       : 'no active blocks or isolations'));
     return;
   }
-  show('actions', h('table', { class: 'actions' },
+  show('actions', missing, h('table', { class: 'actions' },
     h('thead', {}, h('tr', {}, ['action', 'target', 'actuator', 'since', 'expires', ''].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', {}, rows.map((a) => h('tr', { 'data-key': a.key },
       h('td', {}, a.action, a.dry_run ? h('span', { class: 'badge warn' }, 'dry-run') : null),
