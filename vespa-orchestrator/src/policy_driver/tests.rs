@@ -74,6 +74,20 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The VO's `get_alerts` reply once `done` holds for it, or the last one after 10 s (the
+/// caller's assertions then say what was missing).
+async fn alerts_when(vo: &NodeHandle, done: impl Fn(&str) -> bool) -> String {
+    let mut shown = String::new();
+    for _ in 0..500 {
+        shown = vo.call("get_alerts", vec![]).await.unwrap();
+        if done(&shown) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shown
+}
+
 /// A VO alone: the crossing alert makes a block request that leaves at once, the missing SDN
 /// agent makes it fail, and the failure comes back as an `ActionResult` (the policy's
 /// "did not take" alert shows in the VO's alerts); calm releases it.
@@ -97,14 +111,7 @@ async fn a_crossing_sends_a_block_and_calm_releases_it() {
     until("the failed reply", || d.block_timings()[0].acked_ns != 0).await;
     assert!(!d.block_timings()[0].ok, "there is no SDN agent");
     // The failure came back as an ActionResult; the policy's alert is a VO Text alert.
-    let mut shown = String::new();
-    for _ in 0..500 {
-        shown = h.call("get_alerts", vec![]).await.unwrap();
-        if shown.contains("policy DidNotTake") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let shown = alerts_when(&h, |s| s.contains("policy DidNotTake")).await;
     assert!(shown.contains("policy DidNotTake") && shown.contains("10.0.0.66"), "{shown}");
     // A reload (as SIGHUP or the API does it) keeps the state of a rule that keeps its name.
     d.reload(&RULES.replace("above = 50", "above = 60")).unwrap();
@@ -150,14 +157,7 @@ async fn lost_sensor_events_raise_a_blind_spot_alert() {
     let h = vo.handle();
     d.start(h.clone());
     h.raise(AlertBody::SensorHealth { events_lost: 12, map_update_failures: 0, maps_full: 0 }).unwrap();
-    let mut shown = String::new();
-    for _ in 0..500 {
-        shown = h.call("get_alerts", vec![]).await.unwrap();
-        if shown.contains("policy BlindSpot") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let shown = alerts_when(&h, |s| s.contains("policy BlindSpot")).await;
     assert!(shown.contains("policy BlindSpot"), "{shown}");
     h.destroy();
 }
@@ -222,15 +222,8 @@ async fn a_rule_placed_at_an_ho_acts_there_and_the_vo_is_told() {
     until("the block at the SDN agent", || !lock(&sdn.0).is_empty()).await;
     assert_eq!(*lock(&sdn.0), ["block_hackers 10.0.0.66 600"]);
     assert_eq!(ho_d.block_timings().len(), 1);
-    let mut alerts = Vec::new();
-    for _ in 0..500 {
-        let page: serde_json::Value = serde_json::from_str(&vo.call("get_alerts", vec![]).await.unwrap()).unwrap();
-        alerts = page["alerts"].as_array().unwrap().clone();
-        if alerts.iter().any(|a| a["origin"] == "HO_PH") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let alerts_of = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap()["alerts"].as_array().unwrap().clone();
+    let alerts = alerts_of(&alerts_when(&vo, |s| alerts_of(s).iter().any(|a| a["origin"] == "HO_PH")).await);
     let crossing = alerts.iter().find(|a| a["body"].get("ConnThreshold").is_some()).expect("the crossing climbed on");
     assert_eq!(crossing["path"], serde_json::json!(["ph_conns", "HO_PH", "VO"]));
     let note = alerts.iter().find(|a| a["origin"] == "HO_PH").unwrap();
