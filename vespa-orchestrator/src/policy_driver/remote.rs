@@ -64,11 +64,6 @@ impl RemoteDrivers {
         RemoteDrivers { hos: Arc::new(hos) }
     }
 
-    /// Their names.
-    pub fn hos(&self) -> &[String] {
-        &self.hos
-    }
-
     /// What each HO holds, and a sentence per HO that did not answer.
     pub async fn actions(&self, vo: &NodeHandle) -> (Vec<ActiveAction>, Vec<String>) {
         let (mut actions, mut unreachable) = (Vec::new(), Vec::new());
