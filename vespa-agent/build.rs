@@ -24,14 +24,21 @@ fn main() -> anyhow::Result<()> {
     for dir in [ebpf_dir.join("src"), common_dir.join("src")] {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
-    println!("cargo:rerun-if-changed={}", ebpf_dir.join("Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        ebpf_dir.join("Cargo.toml").display()
+    );
 
     if let Ok(prebuilt) = env::var("VESPA_EBPF_OBJECT") {
         fs::copy(&prebuilt, &dest)?;
         return Ok(());
     }
     let skip = env::var("VESPA_SKIP_EBPF_BUILD").is_ok_and(|v| v == "1");
-    let why_not = if skip { Some("VESPA_SKIP_EBPF_BUILD=1".to_string()) } else { missing_toolchain() };
+    let why_not = if skip {
+        Some("VESPA_SKIP_EBPF_BUILD=1".to_string())
+    } else {
+        missing_toolchain()
+    };
     if let Some(reason) = why_not {
         println!("cargo:warning=eBPF programs not built ({reason}); the agent will use /proc. Run `cargo xtask setup`.");
         println!("cargo:rustc-cfg=vespa_no_ebpf");
@@ -49,7 +56,15 @@ fn main() -> anyhow::Result<()> {
     .join("\x1f");
     let status = Command::new("rustup")
         .env("PATH", path_with_cargo_bin())
-        .args(["run", "nightly", "cargo", "build", "--release", "--target", "bpfel-unknown-none"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
         .args(["-Z", "build-std=core", "--bin", "vespa", "--target-dir"])
         .arg(&target_dir)
         .current_dir(&ebpf_dir)
@@ -68,7 +83,9 @@ fn missing_toolchain() -> Option<String> {
     if !on_path("bpf-linker") {
         return Some("bpf-linker not found on PATH".into());
     }
-    let nightly = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output();
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output();
     match nightly {
         Ok(out) if out.status.success() => {
             let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -82,8 +99,12 @@ fn missing_toolchain() -> Option<String> {
 /// PATH with cargo's own bin directory (where `cargo install` put bpf-linker) appended, for
 /// environments whose PATH lacks it.
 fn path_with_cargo_bin() -> std::ffi::OsString {
-    let mut dirs: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
-    let cargo_home = env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
     if let Some(h) = cargo_home {
         dirs.push(h.join("bin"));
     }

@@ -16,7 +16,8 @@ pub fn chromium_present(test: &str) -> bool {
     if Path::new(CHROMIUM).exists() {
         return true;
     }
-    let why = format!("{CHROMIUM} not found (Debian package chromium; `cargo xtask setup` installs it)");
+    let why =
+        format!("{CHROMIUM} not found (Debian package chromium; `cargo xtask setup` installs it)");
     if crate::daemons::required() {
         panic!("{test}: VESPA_REQUIRE_EBPF=1 but {why}");
     }
@@ -29,11 +30,26 @@ pub fn chromium_present(test: &str) -> bool {
 pub fn chromium(scratch: &Path, run: &str, url: &str, extra: &[&str]) -> String {
     let profile = scratch.join(format!("chromium-profile-{run}"));
     std::fs::create_dir_all(&profile).expect("profile dir");
-    let (out_path, err_path) = (scratch.join(format!("chromium-{run}.out")), scratch.join(format!("chromium-{run}.err")));
+    let (out_path, err_path) = (
+        scratch.join(format!("chromium-{run}.out")),
+        scratch.join(format!("chromium-{run}.err")),
+    );
     let mut child = Command::new(CHROMIUM)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
         .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--virtual-time-budget=5000", "--run-all-compositor-stages-before-draw"])
+        .args([
+            "--virtual-time-budget=5000",
+            "--run-all-compositor-stages-before-draw",
+        ])
         .args(extra)
         .arg(url)
         .stdin(Stdio::null())
@@ -49,11 +65,18 @@ pub fn chromium(scratch: &Path, run: &str, url: &str, extra: &[&str]) -> String 
         }
         if Instant::now() > deadline {
             kill_group(&mut child);
-            panic!("chromium ({run}) did not finish within {BROWSER_TIMEOUT:?}; stderr: {}", std::fs::read_to_string(&err_path).unwrap_or_default());
+            panic!(
+                "chromium ({run}) did not finish within {BROWSER_TIMEOUT:?}; stderr: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(status.success(), "chromium ({run}) failed: {status}; stderr: {}", std::fs::read_to_string(&err_path).unwrap_or_default());
+    assert!(
+        status.success(),
+        "chromium ({run}) failed: {status}; stderr: {}",
+        std::fs::read_to_string(&err_path).unwrap_or_default()
+    );
     std::fs::read_to_string(&out_path).expect("chromium output")
 }
 

@@ -41,7 +41,11 @@ pub fn privileged(test: &str) -> bool {
 /// (interface names are limited to 15 bytes).
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}x{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A distinct /24 (third octet) and /64 per call, so concurrent tests never share addresses:
@@ -55,7 +59,9 @@ pub fn subnet() -> u8 {
 /// (`target/<profile>/deps/`) or one of this crate's binaries (`target/<profile>/`).
 pub fn try_workspace_bin(name: &str) -> Result<std::path::PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("the running executable's path: {e}"))?;
-    let mut dir = exe.parent().ok_or("the running executable has no directory")?;
+    let mut dir = exe
+        .parent()
+        .ok_or("the running executable has no directory")?;
     if dir.file_name().is_some_and(|d| d == "deps") {
         dir = dir.parent().ok_or("target/<profile>/deps has no parent")?;
     }
@@ -63,7 +69,10 @@ pub fn try_workspace_bin(name: &str) -> Result<std::path::PathBuf, String> {
     if p.exists() {
         Ok(p)
     } else {
-        Err(format!("{} not built (run through `cargo xtask`, or build the workspace's binaries first)", p.display()))
+        Err(format!(
+            "{} not built (run through `cargo xtask`, or build the workspace's binaries first)",
+            p.display()
+        ))
     }
 }
 
@@ -79,23 +88,33 @@ pub fn events_until(
     timeout: std::time::Duration,
     mut done: impl FnMut(&vespa_agent::SensorEvent) -> bool,
 ) -> Vec<vespa_agent::SensorEvent> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
     let mut seen = Vec::new();
-    let res = rt.block_on(async { tokio::time::timeout(timeout, async {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    let stop = done(&ev);
-                    seen.push(ev);
-                    if stop {
-                        return;
+    let res = rt.block_on(async {
+        tokio::time::timeout(timeout, async {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        let stop = done(&ev);
+                        seen.push(ev);
+                        if stop {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        panic!("test fell behind by {n} events")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        panic!("sensor event channel closed")
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => panic!("test fell behind by {n} events"),
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => panic!("sensor event channel closed"),
             }
-        }
-    }).await });
+        })
+        .await
+    });
     if res.is_err() {
         panic!("timed out after {timeout:?} waiting for an event; received: {seen:#?}");
     }

@@ -15,8 +15,16 @@ use nix::sched::{setns, CloneFlags};
 
 /// Runs a command, panicking with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -51,10 +59,15 @@ impl Netns {
     /// Runs `f` on a new thread inside this namespace. Sockets and threads created by `f`
     /// belong to the namespace; the caller's thread is untouched.
     pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
-        self.spawn(f).join().expect("thread inside the namespace panicked")
+        self.spawn(f)
+            .join()
+            .expect("thread inside the namespace panicked")
     }
 
-    pub fn spawn<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> thread::JoinHandle<R> {
+    pub fn spawn<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> thread::JoinHandle<R> {
         let name = self.name.clone();
         thread::spawn(move || {
             enter(&name).unwrap_or_else(|e| panic!("{e}"));
@@ -72,14 +85,21 @@ fn enter(name: &str) -> io::Result<()> {
 
 /// Runs `f` on a new thread inside the network namespace `name`, which this code need not
 /// own; Err when the namespace cannot be entered (or `f` panicked).
-pub fn try_in_netns<R: Send + 'static>(name: &str, f: impl FnOnce() -> R + Send + 'static) -> io::Result<R> {
+pub fn try_in_netns<R: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> io::Result<R> {
     let name = name.to_string();
-    thread::spawn(move || enter(&name).map(|()| f())).join().map_err(|_| io::Error::other("thread inside the namespace panicked"))?
+    thread::spawn(move || enter(&name).map(|()| f()))
+        .join()
+        .map_err(|_| io::Error::other("thread inside the namespace panicked"))?
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -126,17 +146,57 @@ pub fn try_veth(a_ns: &Netns, b_ns: &Netns) -> Result<(End, End), String> {
     let net = crate::subnet();
     let a_if = crate::unique("va");
     let b_if = crate::unique("vb");
-    run(&["ip", "link", "add", &a_if, "netns", &a_ns.name, "type", "veth", "peer", "name", &b_if, "netns", &b_ns.name])?;
+    run(&[
+        "ip", "link", "add", &a_if, "netns", &a_ns.name, "type", "veth", "peer", "name", &b_if,
+        "netns", &b_ns.name,
+    ])?;
     let mk = |ns: &Netns, ifname: &str, host: u8| -> Result<End, String> {
-        for (k, v) in [("accept_ra", "0"), ("router_solicitations", "0"), ("dad_transmits", "0")] {
-            run(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", &format!("net.ipv6.conf.{ifname}.{k}={v}")])?;
+        for (k, v) in [
+            ("accept_ra", "0"),
+            ("router_solicitations", "0"),
+            ("dad_transmits", "0"),
+        ] {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns.name,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{ifname}.{k}={v}"),
+            ])?;
         }
         let v4 = Ipv4Addr::new(10, 77, net, host);
-        let v6: Ipv6Addr = format!("fd77:{net}::{host}").parse().map_err(|e| format!("fd77:{net}::{host}: {e}"))?;
-        run(&["ip", "-n", &ns.name, "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
-        run(&["ip", "-n", &ns.name, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;
+        let v6: Ipv6Addr = format!("fd77:{net}::{host}")
+            .parse()
+            .map_err(|e| format!("fd77:{net}::{host}: {e}"))?;
+        run(&[
+            "ip",
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{v4}/24"),
+            "dev",
+            ifname,
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            ifname,
+            "nodad",
+        ])?;
         run(&["ip", "-n", &ns.name, "link", "set", ifname, "up"])?;
-        Ok(End { ifname: ifname.to_string(), v4, v6 })
+        Ok(End {
+            ifname: ifname.to_string(),
+            v4,
+            v6,
+        })
     };
     Ok((mk(a_ns, &a_if, 1)?, mk(b_ns, &b_if, 2)?))
 }
@@ -167,14 +227,20 @@ impl Forward {
                 let ns = ns.clone();
                 thread::spawn(move || {
                     // The socket keeps the namespace it was made in, whichever thread uses it.
-                    let upstream = try_in_netns(&ns, move || TcpStream::connect_timeout(&target, Duration::from_secs(5)));
+                    let upstream = try_in_netns(&ns, move || {
+                        TcpStream::connect_timeout(&target, Duration::from_secs(5))
+                    });
                     if let Ok(Ok(upstream)) = upstream {
                         splice(client, upstream);
                     }
                 });
             }
         });
-        Ok(Forward { local, stop, accept: Some(accept) })
+        Ok(Forward {
+            local,
+            stop,
+            accept: Some(accept),
+        })
     }
 
     /// The address the forward accepts on.
@@ -197,7 +263,9 @@ impl Drop for Forward {
 /// Copies both directions between two connections until both are done, passing each
 /// half-close on.
 fn splice(a: TcpStream, b: TcpStream) {
-    let (Ok(mut a2), Ok(mut b2)) = (a.try_clone(), b.try_clone()) else { return };
+    let (Ok(mut a2), Ok(mut b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
     let (mut a, mut b) = (a, b);
     let up = thread::spawn(move || {
         let _ = io::copy(&mut a, &mut b2);

@@ -111,18 +111,63 @@ impl SdnLoop {
     /// are started; [`SdnLoop::agents_ready`] tells when the agents are under the VO.
     pub fn start(lab: SdnLab, opts: &Options<'_>) -> anyhow::Result<SdnLoop> {
         let sw_ns = lab.ovs.ns.name.clone();
-        let (sw_end, victim_end) = crate::net::try_veth(&lab.ovs.ns, &lab.h2.ns).map_err(anyhow::Error::msg).context("the management link")?;
-        let machines: [(&str, IpAddr); 2] = [("sw", sw_end.v4.into()), ("victim", victim_end.v4.into())];
+        let (sw_end, victim_end) = crate::net::try_veth(&lab.ovs.ns, &lab.h2.ns)
+            .map_err(anyhow::Error::msg)
+            .context("the management link")?;
+        let machines: [(&str, IpAddr); 2] =
+            [("sw", sw_end.v4.into()), ("victim", victim_end.v4.into())];
         let mut nodes = vec![
-            N { name: "VO", kind: "vo", machine: "sw", master: None, port: 4150, extra: String::new() },
-            N { name: "HO_VM", kind: "ho_vm", machine: "sw", master: Some("VO"), port: 4151, extra: String::new() },
-            N { name: "HO_PH", kind: "ho_ph", machine: "sw", master: Some("VO"), port: 4154, extra: String::new() },
-            N { name: CONNECTIONS_AGENT, kind: "agent_connections", machine: "victim", master: Some("HO_VM"), port: 4156, extra: String::new() },
-            N { name: SDN_AGENT, kind: "agent_controller_osken", machine: "sw", master: Some("HO_PH"), port: 4157, extra: format!("[node.params]\nurl = \"{}\"\n", lab.url()) },
+            N {
+                name: "VO",
+                kind: "vo",
+                machine: "sw",
+                master: None,
+                port: 4150,
+                extra: String::new(),
+            },
+            N {
+                name: "HO_VM",
+                kind: "ho_vm",
+                machine: "sw",
+                master: Some("VO"),
+                port: 4151,
+                extra: String::new(),
+            },
+            N {
+                name: "HO_PH",
+                kind: "ho_ph",
+                machine: "sw",
+                master: Some("VO"),
+                port: 4154,
+                extra: String::new(),
+            },
+            N {
+                name: CONNECTIONS_AGENT,
+                kind: "agent_connections",
+                machine: "victim",
+                master: Some("HO_VM"),
+                port: 4156,
+                extra: String::new(),
+            },
+            N {
+                name: SDN_AGENT,
+                kind: "agent_controller_osken",
+                machine: "sw",
+                master: Some("HO_PH"),
+                port: 4157,
+                extra: format!("[node.params]\nurl = \"{}\"\n", lab.url()),
+            },
         ];
         let mut victim_nodes = vec![CONNECTIONS_AGENT];
         if opts.bandwidth_agent {
-            nodes.push(N { name: BANDWIDTH_AGENT, kind: "agent_bandwidth", machine: "victim", master: Some("HO_VM"), port: 4155, extra: String::new() });
+            nodes.push(N {
+                name: BANDWIDTH_AGENT,
+                kind: "agent_bandwidth",
+                machine: "victim",
+                master: Some("HO_VM"),
+                port: 4155,
+                extra: String::new(),
+            });
             victim_nodes.push(BANDWIDTH_AGENT);
         }
         let settings = "heartbeat_ms = 500\nsample_interval_ms = 200\nbackoff_min_ms = 20\nbackoff_max_ms = 300";
@@ -131,25 +176,68 @@ impl SdnLoop {
             tree.scratch.keep();
         }
         let policy = tree.scratch.dir.join("policy.toml");
-        std::fs::write(&policy, opts.policy).with_context(|| format!("writing {}", policy.display()))?;
+        std::fs::write(&policy, opts.policy)
+            .with_context(|| format!("writing {}", policy.display()))?;
         let policy_s = policy.to_string_lossy().into_owned();
-        let mut vo_args = vec!["--policy".to_string(), policy_s, "--http".into(), API.into()];
+        let mut vo_args = vec![
+            "--policy".to_string(),
+            policy_s,
+            "--http".into(),
+            API.into(),
+        ];
         if let Some(token) = opts.api_token {
             use std::os::unix::fs::OpenOptionsExt as _;
             let path = tree.scratch.dir.join("api-token");
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).with_context(|| format!("creating {}", path.display()))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
             std::io::Write::write_all(&mut f, token.as_bytes())?;
-            vo_args.extend(["--api-token-file".into(), path.to_string_lossy().into_owned()]);
+            vo_args.extend([
+                "--api-token-file".into(),
+                path.to_string_lossy().into_owned(),
+            ]);
         }
         let vo_args: Vec<&str> = vo_args.iter().map(String::as_str).collect();
         let threshold = opts.conn_threshold.to_string();
-        let vo = tree.start("vo", "vespa-orchestrator", Some(&sw_ns), &[], &["VO", "HO_VM", "HO_PH"], &vo_args)?;
+        let vo = tree.start(
+            "vo",
+            "vespa-orchestrator",
+            Some(&sw_ns),
+            &[],
+            &["VO", "HO_VM", "HO_PH"],
+            &vo_args,
+        )?;
         let sdn = tree.start("sdn", "vespa-agent", Some(&sw_ns), &[], &[SDN_AGENT], &[])?;
         // `--netns` rather than `ip netns exec`: the agent keeps the host's mounts (tracefs).
-        let conns = tree.start("conns", "vespa-agent", None, &["--netns", &lab.h2.ns.name, "--mode", CONNECTIONS_MODE, "--conn-threshold", &threshold], &victim_nodes, &[])?;
+        let conns = tree.start(
+            "conns",
+            "vespa-agent",
+            None,
+            &[
+                "--netns",
+                &lab.h2.ns.name,
+                "--mode",
+                CONNECTIONS_MODE,
+                "--conn-threshold",
+                &threshold,
+            ],
+            &victim_nodes,
+            &[],
+        )?;
         let mut agents = victim_nodes;
         agents.push(SDN_AGENT);
-        Ok(SdnLoop { vo, sdn, conns, tree: Arc::new(tree), agents, policy, lab })
+        Ok(SdnLoop {
+            vo,
+            sdn,
+            conns,
+            tree: Arc::new(tree),
+            agents,
+            policy,
+            lab,
+        })
     }
 
     /// The switch namespace, where the VO, its API and os-ken run.
@@ -170,14 +258,18 @@ impl SdnLoop {
 
     /// True once every agent answers through the VO.
     pub fn agents_ready(&self) -> bool {
-        self.agents.iter().all(|a| self.vo_call("call", &[a, "help"]).is_ok())
+        self.agents
+            .iter()
+            .all(|a| self.vo_call("call", &[a, "help"]).is_ok())
     }
 
     /// GET on the VO's API; `Some` for a 200 with a JSON body.
     pub fn api_get(&self, path: &str) -> Option<serde_json::Value> {
         let path = path.to_string();
         let (status, body) = in_netns(self.switch_ns(), move || http_get(API, &path)).ok()?;
-        (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+        (status == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
     }
 
     /// The switch's flows that carry VESPA's cookie.
@@ -190,8 +282,19 @@ impl SdnLoop {
         for p in [&mut self.vo, &mut self.sdn, &mut self.conns] {
             if let Some(st) = p.exited() {
                 let log = p.log_text();
-                let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-                return Err(format!("{} exited ({st}); last log lines:\n{}", p.label, tail.join("\n")));
+                let tail: Vec<&str> = log
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                return Err(format!(
+                    "{} exited ({st}); last log lines:\n{}",
+                    p.label,
+                    tail.join("\n")
+                ));
             }
         }
         Ok(())
@@ -199,12 +302,19 @@ impl SdnLoop {
 
     /// Every VESPA process's log, for failure messages.
     pub fn logs(&self) -> String {
-        format!("VO:\n{}\nSDN:\n{}\nconns:\n{}", self.vo.log_text(), self.sdn.log_text(), self.conns.log_text())
+        format!(
+            "VO:\n{}\nSDN:\n{}\nconns:\n{}",
+            self.vo.log_text(),
+            self.sdn.log_text(),
+            self.conns.log_text()
+        )
     }
 }
 
 /// Whether `flow` (a line of `ovs-ofctl dump-flows`) is VESPA's drop flow for `mac`. The
 /// learning switch has `dl_src` flows of its own: only VESPA's cookie counts.
 pub fn is_vespa_drop(flow: &str, mac: &str) -> bool {
-    flow.contains(VESPA_COOKIE) && flow.contains(&format!("dl_src={mac}")) && flow.ends_with("actions=drop")
+    flow.contains(VESPA_COOKIE)
+        && flow.contains(&format!("dl_src={mac}"))
+        && flow.ends_with("actions=drop")
 }

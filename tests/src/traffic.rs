@@ -12,13 +12,15 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Receives until `count` datagrams arrived (or 10 s passed); returns how many arrived.
 pub fn udp_sink(bind: SocketAddr, count: usize, ready: mpsc::Sender<()>) -> usize {
-    let sock = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP)).expect("UDP socket");
+    let sock = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))
+        .expect("UDP socket");
     // Large enough for a whole test burst: a datagram dropped at the socket would still be
     // counted by the interface, but the test wants every one delivered.
     sock.set_recv_buffer_size(16 << 20).expect("SO_RCVBUF");
     sock.bind(&bind.into()).expect("bind UDP sink");
     let sock: UdpSocket = sock.into();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     ready.send(()).expect("signal ready");
     let mut buf = [0u8; 65536];
     let mut got = 0;
@@ -33,7 +35,11 @@ pub fn udp_sink(bind: SocketAddr, count: usize, ready: mpsc::Sender<()>) -> usiz
 
 /// Sends `count` datagrams with payload sizes cycling through `sizes`.
 pub fn udp_send(to: SocketAddr, count: usize, sizes: &[usize]) {
-    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
+    let bind: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().expect("addr")
+    } else {
+        "[::]:0".parse().expect("addr")
+    };
     let sock = UdpSocket::bind(bind).expect("bind UDP sender");
     // Resolve the neighbour first: datagrams queued behind an unresolved ARP/ND entry are
     // dropped beyond a few, which would make the burst's delivery depend on timing.
@@ -85,12 +91,16 @@ pub fn tcp_send(to: SocketAddr, bytes: usize) {
 
 /// Accepts `n` connections and hands them back (kept open by the caller).
 pub fn tcp_accept_n(listener: &TcpListener, n: usize) -> Vec<TcpStream> {
-    (0..n).map(|_| listener.accept().expect("accept").0).collect()
+    (0..n)
+        .map(|_| listener.accept().expect("accept").0)
+        .collect()
 }
 
 /// Opens `n` connections to `to` and keeps them open.
 pub fn tcp_connect_n(to: SocketAddr, n: usize) -> Vec<TcpStream> {
-    (0..n).map(|_| TcpStream::connect(to).expect("connect")).collect()
+    (0..n)
+        .map(|_| TcpStream::connect(to).expect("connect"))
+        .collect()
 }
 
 /// Closes `streams` now, each with a FIN from this end. `shutdown` acts on the socket where
@@ -124,11 +134,17 @@ pub fn tcp_connect_up_to(to: SocketAddr, n: usize, timeout: Duration) -> Vec<Tcp
 /// Opens `n` connections to `to` from the local address `src` (any 127.0.0.0/8 address on
 /// loopback: a fresh remote for the connection tracker) and keeps them open. `after(i)` runs
 /// right after connect() number `i` (1-based) returns.
-pub fn tcp_connect_from(src: IpAddr, to: SocketAddr, n: usize, mut after: impl FnMut(usize)) -> Vec<TcpStream> {
+pub fn tcp_connect_from(
+    src: IpAddr,
+    to: SocketAddr,
+    n: usize,
+    mut after: impl FnMut(usize),
+) -> Vec<TcpStream> {
     (1..=n)
         .map(|i| {
             let s = Socket::new(Domain::for_address(to), Type::STREAM, None).expect("socket");
-            s.bind(&SocketAddr::new(src, 0).into()).expect("bind the source address");
+            s.bind(&SocketAddr::new(src, 0).into())
+                .expect("bind the source address");
             s.connect(&to.into()).expect("connect");
             after(i);
             s.into()

@@ -81,27 +81,50 @@ pub struct Tree {
 impl Tree {
     /// Writes `settings` (TOML lines), the machines and the nodes, and a fresh key, in a new
     /// scratch directory.
-    pub fn create(tag: &str, settings: &str, machines: &[(&str, IpAddr)], nodes: &[N]) -> anyhow::Result<Tree> {
+    pub fn create(
+        tag: &str,
+        settings: &str,
+        machines: &[(&str, IpAddr)],
+        nodes: &[N],
+    ) -> anyhow::Result<Tree> {
         let scratch = Scratch::create(tag)?;
         let key = scratch.dir.join("psk");
-        let psk = vespa_proto::key::generate(&key, false).map_err(|e| anyhow!("making the key {}: {e}", key.display()))?;
+        let psk = vespa_proto::key::generate(&key, false)
+            .map_err(|e| anyhow!("making the key {}: {e}", key.display()))?;
         let mut text = format!("[settings]\nkey_file = \"psk\"\n{settings}\n");
         for (name, addr) in machines {
-            let _ = write!(text, "\n[[machine]]\nname = \"{name}\"\naddress = \"{addr}\"\n");
+            let _ = write!(
+                text,
+                "\n[[machine]]\nname = \"{name}\"\naddress = \"{addr}\"\n"
+            );
         }
         let mut addrs = BTreeMap::new();
         for n in nodes {
-            let _ = write!(text, "\n[[node]]\nname = \"{}\"\nkind = \"{}\"\nlocation = \"{}\"\nport = {}\n", n.name, n.kind, n.machine, n.port);
+            let _ = write!(
+                text,
+                "\n[[node]]\nname = \"{}\"\nkind = \"{}\"\nlocation = \"{}\"\nport = {}\n",
+                n.name, n.kind, n.machine, n.port
+            );
             if let Some(m) = n.master {
                 let _ = writeln!(text, "master = \"{m}\"");
             }
             text.push_str(&n.extra);
-            let ip = machines.iter().find(|(m, _)| *m == n.machine).ok_or_else(|| anyhow!("node {}: no machine named {:?}", n.name, n.machine))?.1;
+            let ip = machines
+                .iter()
+                .find(|(m, _)| *m == n.machine)
+                .ok_or_else(|| anyhow!("node {}: no machine named {:?}", n.name, n.machine))?
+                .1;
             addrs.insert(n.name, SocketAddr::new(ip, n.port));
         }
         let config = scratch.dir.join("topology.toml");
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
-        Ok(Tree { scratch, config, key, psk, addrs })
+        Ok(Tree {
+            scratch,
+            config,
+            key,
+            psk,
+            addrs,
+        })
     }
 
     /// [`Tree::create`], panicking on failure (tests).
@@ -113,7 +136,15 @@ impl Tree {
     /// directory) with `run` on this config, optionally inside a network namespace. `pre` are
     /// arguments before `run` (agent flags), `post` after `run`'s own. Its stderr goes to
     /// `<label>.log` in the scratch directory.
-    pub fn start(&self, label: &str, program: &str, netns: Option<&str>, pre: &[&str], nodes: &[&str], post: &[&str]) -> anyhow::Result<Proc> {
+    pub fn start(
+        &self,
+        label: &str,
+        program: &str,
+        netns: Option<&str>,
+        pre: &[&str],
+        nodes: &[&str],
+        post: &[&str],
+    ) -> anyhow::Result<Proc> {
         let bin = crate::try_workspace_bin(program).map_err(anyhow::Error::msg)?;
         let log = self.scratch.dir.join(format!("{label}.log"));
         let mut cmd = match netns {
@@ -124,7 +155,12 @@ impl Tree {
             }
             None => Command::new(bin),
         };
-        cmd.arg("--log-format").arg("json").args(pre).arg("run").arg("--config").arg(&self.config);
+        cmd.arg("--log-format")
+            .arg("json")
+            .args(pre)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config);
         for n in nodes {
             cmd.args(["--node", n]);
         }
@@ -134,25 +170,58 @@ impl Tree {
         if program == "vespa-orchestrator" && !post.contains(&"--http") {
             cmd.args(["--http", "off"]);
         }
-        let stderr = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        let stderr =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
         let child = cmd.spawn().with_context(|| format!("starting {program}"))?;
-        Ok(Proc { label: label.to_string(), child: Some(child), log })
+        Ok(Proc {
+            label: label.to_string(),
+            child: Some(child),
+            log,
+        })
     }
 
     /// [`Tree::start`] without `post` arguments, panicking on failure (tests).
-    pub fn spawn(&self, label: &str, program: &str, netns: Option<&str>, pre: &[&str], nodes: &[&str]) -> Proc {
+    pub fn spawn(
+        &self,
+        label: &str,
+        program: &str,
+        netns: Option<&str>,
+        pre: &[&str],
+        nodes: &[&str],
+    ) -> Proc {
         self.spawn_with(label, program, netns, pre, nodes, &[])
     }
 
     /// [`Tree::start`], panicking on failure (tests).
-    pub fn spawn_with(&self, label: &str, program: &str, netns: Option<&str>, pre: &[&str], nodes: &[&str], post: &[&str]) -> Proc {
-        self.start(label, program, netns, pre, nodes, post).unwrap_or_else(|e| panic!("{e:#}"))
+    pub fn spawn_with(
+        &self,
+        label: &str,
+        program: &str,
+        netns: Option<&str>,
+        pre: &[&str],
+        nodes: &[&str],
+        post: &[&str],
+    ) -> Proc {
+        self.start(label, program, netns, pre, nodes, post)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Calls `verb` on `target` through `via` (connecting to `via`'s address).
-    pub fn call_via(&self, via: &str, target: &str, verb: &str, args: &[&str]) -> Result<String, String> {
-        let addr = *self.addrs.get(via).ok_or_else(|| format!("no node named {via:?} in the topology"))?;
+    pub fn call_via(
+        &self,
+        via: &str,
+        target: &str,
+        verb: &str,
+        args: &[&str],
+    ) -> Result<String, String> {
+        let addr = *self
+            .addrs
+            .get(via)
+            .ok_or_else(|| format!("no node named {via:?} in the topology"))?;
         call_at(addr, &self.psk, via, target, verb, args)
     }
 
@@ -163,10 +232,28 @@ impl Tree {
 }
 
 /// One call over a fresh connection. Transport failures become `Err` text too.
-pub fn call_at(addr: SocketAddr, psk: &Psk, via: &str, target: &str, verb: &str, args: &[&str]) -> Result<String, String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("runtime: {e}"))?;
+pub fn call_at(
+    addr: SocketAddr,
+    psk: &Psk,
+    via: &str,
+    target: &str,
+    verb: &str,
+    args: &[&str],
+) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
     rt.block_on(async {
-        let mut c = Client::connect(addr, &Security::Psk(psk.clone()), "tree-test", Some(via), Duration::from_secs(10)).await.map_err(|e| format!("connect: {e}"))?;
+        let mut c = Client::connect(
+            addr,
+            &Security::Psk(psk.clone()),
+            "tree-test",
+            Some(via),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
         let r = if target == via {
             c.call(verb, args).await
         } else {
@@ -221,7 +308,12 @@ impl Proc {
             if let Some(st) = self.exited() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "{} did not exit within {WAIT:?}; log:\n{}", self.label, self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {WAIT:?}; log:\n{}",
+                self.label,
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -232,18 +324,29 @@ impl Proc {
 
     /// The JSON log lines (non-JSON lines are skipped).
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
-        self.log_text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// The fields of the first log line whose message is `message` and whose `node` is `node`.
     pub fn log_event(&self, message: &str, node: &str) -> Option<serde_json::Value> {
-        self.log_lines().into_iter().find(|l| l["fields"]["message"] == message && l["fields"]["node"] == node).map(|l| l["fields"].clone())
+        self.log_lines()
+            .into_iter()
+            .find(|l| l["fields"]["message"] == message && l["fields"]["node"] == node)
+            .map(|l| l["fields"].clone())
     }
 
     /// The VmRSS of the process in KiB (via the real pid, also through `ip netns exec`).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).expect("VmRSS")
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
     }
 }
 

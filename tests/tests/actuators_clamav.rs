@@ -16,7 +16,11 @@ fn clamd(test: &str, limit: &str) -> Option<Clamd> {
     require_daemon(test, "clamd", Clamd::start(limit))
 }
 
-fn agent(addr: ClamdAddr, watch: Option<PathBuf>, retry: RetryPolicy) -> (AvAgent, mpsc::Receiver<ActuatorAlert>) {
+fn agent(
+    addr: ClamdAddr,
+    watch: Option<PathBuf>,
+    retry: RetryPolicy,
+) -> (AvAgent, mpsc::Receiver<ActuatorAlert>) {
     let (tx, rx) = mpsc::channel(64);
     let mut cfg = AvConfig::new(VM, addr);
     cfg.watch_dir = watch;
@@ -31,7 +35,8 @@ fn json(s: &str) -> serde_json::Value {
 }
 
 async fn call(a: &AvAgent, verb: &str, args: &[&str]) -> Result<String, String> {
-    a.call(verb, args.iter().map(|s| s.to_string()).collect()).await
+    a.call(verb, args.iter().map(|s| s.to_string()).collect())
+        .await
 }
 
 fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
@@ -42,8 +47,14 @@ fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
 
 #[tokio::test]
 async fn health_eicar_detected_with_alert_clean_file_passes() {
-    let Some(c) = clamd("health_eicar_detected_with_alert_clean_file_passes", "1M") else { return };
-    let (a, mut alerts) = agent(ClamdAddr::Unix(c.socket.clone()), None, RetryPolicy::default());
+    let Some(c) = clamd("health_eicar_detected_with_alert_clean_file_passes", "1M") else {
+        return;
+    };
+    let (a, mut alerts) = agent(
+        ClamdAddr::Unix(c.socket.clone()),
+        None,
+        RetryPolicy::default(),
+    );
     assert_eq!(call(&a, "ping", &[]).await, Ok("PONG".into()));
     let v = call(&a, "version", &[]).await.expect("VERSION");
     assert!(v.starts_with("ClamAV "), "{v}");
@@ -52,44 +63,98 @@ async fn health_eicar_detected_with_alert_clean_file_passes() {
     let bad = write(files.path(), "invoice.pdf.exe", &eicar());
     let good = write(files.path(), "notes.txt", b"nothing to see here\n");
 
-    let r = json(&call(&a, "scan", &[bad.to_str().expect("utf-8")]).await.expect("scan EICAR"));
+    let r = json(
+        &call(&a, "scan", &[bad.to_str().expect("utf-8")])
+            .await
+            .expect("scan EICAR"),
+    );
     assert_eq!(r[0]["result"]["verdict"], "infected", "{r}");
     assert_eq!(r[0]["result"]["signature"], EICAR_SIGNATURE, "{r}");
     let alert = alerts.try_recv().expect("an alert for the infected file");
-    assert_eq!(alert, ActuatorAlert::Infected { vm: VM.into(), file: bad.display().to_string(), signature: EICAR_SIGNATURE.into() });
+    assert_eq!(
+        alert,
+        ActuatorAlert::Infected {
+            vm: VM.into(),
+            file: bad.display().to_string(),
+            signature: EICAR_SIGNATURE.into()
+        }
+    );
 
-    let r = json(&call(&a, "scan", &[good.to_str().expect("utf-8")]).await.expect("scan clean file"));
+    let r = json(
+        &call(&a, "scan", &[good.to_str().expect("utf-8")])
+            .await
+            .expect("scan clean file"),
+    );
     assert_eq!(r[0]["result"]["verdict"], "clean", "{r}");
     assert!(alerts.try_recv().is_err(), "no alert for a clean file");
 
     // Scanning the directory scans both files (sorted), and alerts again for the bad one.
-    let r = json(&call(&a, "scan", &[files.path().to_str().expect("utf-8")]).await.expect("scan dir"));
+    let r = json(
+        &call(&a, "scan", &[files.path().to_str().expect("utf-8")])
+            .await
+            .expect("scan dir"),
+    );
     assert_eq!(r.as_array().map(Vec::len), Some(2), "{r}");
-    assert!(matches!(alerts.try_recv(), Ok(ActuatorAlert::Infected { .. })));
+    assert!(matches!(
+        alerts.try_recv(),
+        Ok(ActuatorAlert::Infected { .. })
+    ));
 
-    let list = json(&call(&a, "dump_analyzed_file_list", &[]).await.expect("list"));
+    let list = json(
+        &call(&a, "dump_analyzed_file_list", &[])
+            .await
+            .expect("list"),
+    );
     let rows: Vec<(String, String)> = list
         .as_array()
         .expect("list")
         .iter()
-        .map(|r| (r["file"].as_str().unwrap_or("").to_string(), r["status"].as_str().unwrap_or("").to_string()))
+        .map(|r| {
+            (
+                r["file"].as_str().unwrap_or("").to_string(),
+                r["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect();
     assert_eq!(rows.len(), 4, "{rows:?}");
-    assert_eq!(rows[0], (bad.display().to_string(), format!("{EICAR_SIGNATURE} FOUND")));
+    assert_eq!(
+        rows[0],
+        (
+            bad.display().to_string(),
+            format!("{EICAR_SIGNATURE} FOUND")
+        )
+    );
     assert_eq!(rows[1], (good.display().to_string(), "OK".to_string()));
 
     // The same over clamd's TCP socket.
     let (t, _alerts) = agent(ClamdAddr::Tcp(c.tcp.clone()), None, RetryPolicy::default());
-    assert_eq!(t.scan_file(&bad).await.expect("scan over TCP"), Verdict::Infected { signature: EICAR_SIGNATURE.into() });
-    assert_eq!(t.clamd().scan_bytes("inline", b"hello").await.expect("scan bytes"), Verdict::Clean);
+    assert_eq!(
+        t.scan_file(&bad).await.expect("scan over TCP"),
+        Verdict::Infected {
+            signature: EICAR_SIGNATURE.into()
+        }
+    );
+    assert_eq!(
+        t.clamd()
+            .scan_bytes("inline", b"hello")
+            .await
+            .expect("scan bytes"),
+        Verdict::Clean
+    );
 }
 
 #[tokio::test]
 async fn watched_directory_new_and_changed_files_are_scanned() {
-    let Some(c) = clamd("watched_directory_new_and_changed_files_are_scanned", "1M") else { return };
+    let Some(c) = clamd("watched_directory_new_and_changed_files_are_scanned", "1M") else {
+        return;
+    };
     let watched = tempfile::tempdir().expect("tempdir");
     let staging = tempfile::tempdir().expect("tempdir");
-    let (a, mut alerts) = agent(ClamdAddr::Unix(c.socket.clone()), Some(watched.path().to_path_buf()), RetryPolicy::default());
+    let (a, mut alerts) = agent(
+        ClamdAddr::Unix(c.socket.clone()),
+        Some(watched.path().to_path_buf()),
+        RetryPolicy::default(),
+    );
 
     // Files appear atomically (written elsewhere, renamed in), as a guest's upload would.
     let clean = watched.path().join("report.txt");
@@ -99,12 +164,25 @@ async fn watched_directory_new_and_changed_files_are_scanned() {
     let bad = sub.join("game.exe");
     std::fs::rename(write(staging.path(), "b", &eicar()), &bad).expect("rename");
 
-    let alert =
-        tokio::time::timeout(Duration::from_secs(15), alerts.recv()).await.expect("an alert within 15 s").expect("alert channel open");
-    assert_eq!(alert, ActuatorAlert::Infected { vm: VM.into(), file: bad.display().to_string(), signature: EICAR_SIGNATURE.into() });
+    let alert = tokio::time::timeout(Duration::from_secs(15), alerts.recv())
+        .await
+        .expect("an alert within 15 s")
+        .expect("alert channel open");
+    assert_eq!(
+        alert,
+        ActuatorAlert::Infected {
+            vm: VM.into(),
+            file: bad.display().to_string(),
+            signature: EICAR_SIGNATURE.into()
+        }
+    );
     let seen = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
-            if let Some(r) = a.analyzed().into_iter().find(|r| r.file == clean.display().to_string()) {
+            if let Some(r) = a
+                .analyzed()
+                .into_iter()
+                .find(|r| r.file == clean.display().to_string())
+            {
                 return r;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -117,17 +195,43 @@ async fn watched_directory_new_and_changed_files_are_scanned() {
     // A changed file is scanned again: the clean report becomes infected.
     let replaced = write(staging.path(), "c", &eicar());
     std::fs::rename(replaced, &clean).expect("rename");
-    let alert = tokio::time::timeout(Duration::from_secs(15), alerts.recv()).await.expect("a second alert").expect("open");
-    assert_eq!(alert, ActuatorAlert::Infected { vm: VM.into(), file: clean.display().to_string(), signature: EICAR_SIGNATURE.into() });
+    let alert = tokio::time::timeout(Duration::from_secs(15), alerts.recv())
+        .await
+        .expect("a second alert")
+        .expect("open");
+    assert_eq!(
+        alert,
+        ActuatorAlert::Infected {
+            vm: VM.into(),
+            file: clean.display().to_string(),
+            signature: EICAR_SIGNATURE.into()
+        }
+    );
     // Unchanged files are not rescanned: exactly one record per (file, version).
     let records = a.analyzed();
-    assert_eq!(records.iter().filter(|r| r.file == bad.display().to_string()).count(), 1, "{records:?}");
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.file == bad.display().to_string())
+            .count(),
+        1,
+        "{records:?}"
+    );
 }
 
 #[tokio::test]
 async fn file_over_stream_limit_is_a_clear_error_and_agent_keeps_serving() {
-    let Some(c) = clamd("file_over_stream_limit_is_a_clear_error_and_agent_keeps_serving", "1M") else { return };
-    let (a, mut alerts) = agent(ClamdAddr::Unix(c.socket.clone()), None, RetryPolicy::default());
+    let Some(c) = clamd(
+        "file_over_stream_limit_is_a_clear_error_and_agent_keeps_serving",
+        "1M",
+    ) else {
+        return;
+    };
+    let (a, mut alerts) = agent(
+        ClamdAddr::Unix(c.socket.clone()),
+        None,
+        RetryPolicy::default(),
+    );
     let files = tempfile::tempdir().expect("tempdir");
     let big = write(files.path(), "disk.img", &vec![0x5a; 3 * 1024 * 1024]);
     match a.scan_file(&big).await {
@@ -137,30 +241,54 @@ async fn file_over_stream_limit_is_a_clear_error_and_agent_keeps_serving() {
         }
         other => panic!("expected a SizeLimit error, got {other:?}"),
     }
-    let r = json(&call(&a, "scan", &[big.to_str().expect("utf-8")]).await.expect("scan reports per-file errors"));
+    let r = json(
+        &call(&a, "scan", &[big.to_str().expect("utf-8")])
+            .await
+            .expect("scan reports per-file errors"),
+    );
     let msg = r[0]["error"].as_str().expect("an error entry");
     assert!(msg.contains("StreamMaxLength"), "{msg}");
-    assert!(alerts.try_recv().is_err(), "a too-large file is not an infection nor an actuator failure");
+    assert!(
+        alerts.try_recv().is_err(),
+        "a too-large file is not an infection nor an actuator failure"
+    );
     // Just under the limit still scans.
     let ok = write(files.path(), "small.img", &vec![0x5a; 512 * 1024]);
-    assert_eq!(a.scan_file(&ok).await.expect("scan under the limit"), Verdict::Clean);
+    assert_eq!(
+        a.scan_file(&ok).await.expect("scan under the limit"),
+        Verdict::Clean
+    );
     assert_eq!(call(&a, "ping", &[]).await, Ok("PONG".into()));
 }
 
 #[tokio::test]
 async fn clamd_down_is_a_clear_error_and_is_retried() {
-    let Some(mut c) = clamd("clamd_down_is_a_clear_error_and_is_retried", "1M") else { return };
+    let Some(mut c) = clamd("clamd_down_is_a_clear_error_and_is_retried", "1M") else {
+        return;
+    };
     c.stop();
-    let quick = RetryPolicy { attempts: 3, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(20) };
+    let quick = RetryPolicy {
+        attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(20),
+    };
     let (a, mut alerts) = agent(ClamdAddr::Unix(c.socket.clone()), None, quick);
     let err = call(&a, "ping", &[]).await.expect_err("clamd is down");
-    assert!(err.contains("clamd at unix:") && err.contains("unreachable"), "{err}");
+    assert!(
+        err.contains("clamd at unix:") && err.contains("unreachable"),
+        "{err}"
+    );
     assert_eq!(a.retry_stats().retries(), 2, "3 attempts = 2 retries");
     let files = tempfile::tempdir().expect("tempdir");
     let f = write(files.path(), "x.bin", b"data");
-    assert!(matches!(a.scan_file(&f).await, Err(AvError::Unreachable { .. })));
+    assert!(matches!(
+        a.scan_file(&f).await,
+        Err(AvError::Unreachable { .. })
+    ));
     match alerts.try_recv() {
-        Ok(ActuatorAlert::ActuatorFailed { actuator, error, .. }) => {
+        Ok(ActuatorAlert::ActuatorFailed {
+            actuator, error, ..
+        }) => {
             assert_eq!(actuator, "clamav");
             assert!(error.contains("unreachable"), "{error}");
         }
@@ -169,7 +297,11 @@ async fn clamd_down_is_a_clear_error_and_is_retried() {
 
     // A patient agent rides out the outage: clamd is restarted only once the agent has
     // observably failed and retried.
-    let patient = RetryPolicy { attempts: 60, base_delay: Duration::from_millis(50), max_delay: Duration::from_millis(200) };
+    let patient = RetryPolicy {
+        attempts: 60,
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(200),
+    };
     let (p, _alerts) = agent(ClamdAddr::Unix(c.socket.clone()), None, patient);
     let p = Arc::new(p);
     let task = {
@@ -187,7 +319,10 @@ async fn clamd_down_is_a_clear_error_and_is_retried() {
     })
     .await
     .expect("restart");
-    let verdict = task.await.expect("scan task").expect("the scan succeeds once clamd is back");
+    let verdict = task
+        .await
+        .expect("scan task")
+        .expect("the scan succeeds once clamd is back");
     assert_eq!(verdict, Verdict::Clean);
     assert!(p.retry_stats().retries() >= 1);
 }
@@ -196,7 +331,10 @@ struct Relay(Mutex<Vec<(String, String, Vec<String>)>>);
 
 impl VmRelay for Relay {
     fn call<'a>(&'a self, node: &'a str, verb: &'a str, args: Vec<String>) -> VerbFuture<'a> {
-        self.0.lock().expect("relay").push((node.into(), verb.into(), args));
+        self.0
+            .lock()
+            .expect("relay")
+            .push((node.into(), verb.into(), args));
         Box::pin(async { Ok("keys sent".to_string()) })
     }
 }
@@ -205,25 +343,57 @@ impl VmRelay for Relay {
 async fn isolate_and_connect_warnings_switch_the_route_and_bad_input_is_an_error() {
     // No daemon needed: these never reach clamd.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a, _alerts) = agent(ClamdAddr::Unix(dir.path().join("none.sock")), None, RetryPolicy::none());
+    let (a, _alerts) = agent(
+        ClamdAddr::Unix(dir.path().join("none.sock")),
+        None,
+        RetryPolicy::none(),
+    );
     let relay = Arc::new(Relay(Mutex::new(Vec::new())));
     a.set_relay(relay.clone());
 
     assert_eq!(a.route(), Route::Direct);
-    let e = call(&a, "clean_image", &[]).await.expect_err("no route while connected");
+    let e = call(&a, "clean_image", &[])
+        .await
+        .expect_err("no route while connected");
     assert!(e.contains("only sent through the hypervisor agent"), "{e}");
-    let r = json(&call(&a, "isolate_warning", &["hy-agent-1"]).await.expect("isolate"));
-    assert_eq!(r, serde_json::json!({ "route": "via_hypervisor", "agent": "hy-agent-1" }));
+    let r = json(
+        &call(&a, "isolate_warning", &["hy-agent-1"])
+            .await
+            .expect("isolate"),
+    );
+    assert_eq!(
+        r,
+        serde_json::json!({ "route": "via_hypervisor", "agent": "hy-agent-1" })
+    );
     assert_eq!(call(&a, "clean_image", &[]).await, Ok("keys sent".into()));
-    assert_eq!(relay.0.lock().expect("relay").clone(), vec![("hy-agent-1".to_string(), "send_key".to_string(), vec![VM.to_string()])]);
+    assert_eq!(
+        relay.0.lock().expect("relay").clone(),
+        vec![(
+            "hy-agent-1".to_string(),
+            "send_key".to_string(),
+            vec![VM.to_string()]
+        )]
+    );
     let r = json(&call(&a, "connect_warning", &[]).await.expect("connect"));
     assert_eq!(r["route"], "direct");
     assert!(call(&a, "clean_image", &[]).await.is_err());
-    assert_eq!(relay.0.lock().expect("relay").len(), 1, "nothing relayed once connected");
+    assert_eq!(
+        relay.0.lock().expect("relay").len(),
+        1,
+        "nothing relayed once connected"
+    );
 
-    assert!(call(&a, "rm_rf", &["/"]).await.expect_err("unknown verb").contains("unknown verb"));
-    assert_eq!(call(&a, "scan", &[]).await, Err("usage: scan <path>".into()));
-    let e = call(&a, "scan", &["/nonexistent/vespa/file"]).await.expect_err("missing file");
+    assert!(call(&a, "rm_rf", &["/"])
+        .await
+        .expect_err("unknown verb")
+        .contains("unknown verb"));
+    assert_eq!(
+        call(&a, "scan", &[]).await,
+        Err("usage: scan <path>".into())
+    );
+    let e = call(&a, "scan", &["/nonexistent/vespa/file"])
+        .await
+        .expect_err("missing file");
     assert!(e.contains("cannot read /nonexistent/vespa/file"), "{e}");
     let st = json(&call(&a, "status", &[]).await.expect("status"));
     assert_eq!(st["vm"], VM);

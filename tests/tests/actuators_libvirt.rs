@@ -10,22 +10,34 @@ use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
 use vespa_tests::daemons::{require_daemon, wait_for};
 
 fn ready(test: &str) -> bool {
-    vespa_tests::privileged(test) && require_daemon(test, "libvirtd with KVM", libvirtd().map(drop)).is_some()
+    vespa_tests::privileged(test)
+        && require_daemon(test, "libvirtd with KVM", libvirtd().map(drop)).is_some()
 }
 
 fn domain(test: &str, define_only: bool) -> Option<KvmDomain> {
-    let r = if define_only { KvmDomain::define("vdom") } else { KvmDomain::start("vdom") };
+    let r = if define_only {
+        KvmDomain::define("vdom")
+    } else {
+        KvmDomain::start("vdom")
+    };
     require_daemon(test, "a KVM domain", r)
 }
 
 fn agent(watch: bool) -> (LibvirtAgent, tokio::sync::mpsc::Receiver<ActuatorAlert>) {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let cfg = LibvirtConfig { watch_events: watch, ..LibvirtConfig::new(URI) };
-    (LibvirtAgent::new(cfg, AlertSink::new(tx)).expect("agent"), rx)
+    let cfg = LibvirtConfig {
+        watch_events: watch,
+        ..LibvirtConfig::new(URI)
+    };
+    (
+        LibvirtAgent::new(cfg, AlertSink::new(tx)).expect("agent"),
+        rx,
+    )
 }
 
 async fn call(a: &LibvirtAgent, verb: &str, args: &[&str]) -> Result<String, String> {
-    a.call(verb, args.iter().map(|s| s.to_string()).collect()).await
+    a.call(verb, args.iter().map(|s| s.to_string()).collect())
+        .await
 }
 
 fn json(s: &str) -> Value {
@@ -47,15 +59,25 @@ async fn kvm_cut_and_connect_link_confirmed_by_libvirt() {
     assert_eq!(r[0]["mac"], d.mac);
     assert_eq!(r[0]["up"], false);
     assert_eq!(d.link(), "down", "virsh domif-getlink sees the link down");
-    let st = json(&call(&a, "link_state", &[&d.name]).await.expect("link_state"));
+    let st = json(
+        &call(&a, "link_state", &[&d.name])
+            .await
+            .expect("link_state"),
+    );
     assert_eq!(st[0]["up"], false);
 
-    let r = json(&call(&a, "connect_link", &[&d.name, &d.mac.to_uppercase()]).await.expect("connect_link by MAC"));
+    let r = json(
+        &call(&a, "connect_link", &[&d.name, &d.mac.to_uppercase()])
+            .await
+            .expect("connect_link by MAC"),
+    );
     assert_eq!(r[0]["up"], true);
     assert_eq!(d.link(), "up");
     // Cutting twice is harmless (idempotent), and so is connecting twice.
     call(&a, "cut_link", &[&d.name, &d.mac]).await.expect("cut");
-    call(&a, "cut_link", &[&d.name, &d.mac]).await.expect("cut again");
+    call(&a, "cut_link", &[&d.name, &d.mac])
+        .await
+        .expect("cut again");
     assert_eq!(d.link(), "down");
     call(&a, "connect_link", &[&d.name]).await.expect("connect");
     assert_eq!(d.link(), "up");
@@ -76,13 +98,19 @@ async fn kvm_suspend_resume_restart_and_restart_hard() {
     assert_eq!(d.state(), "running");
 
     let pid = d.qemu_pid().expect("QEMU pid file");
-    call(&a, "restart_hard", &[&d.name]).await.expect("restart_hard");
+    call(&a, "restart_hard", &[&d.name])
+        .await
+        .expect("restart_hard");
     assert_eq!(d.state(), "running");
     let new_pid = d.qemu_pid().expect("QEMU pid file after restart");
     assert_ne!(pid, new_pid, "destroy + create runs a new QEMU process");
-    call(&a, "restart", &[&d.name]).await.expect("restart (ACPI reboot request)");
+    call(&a, "restart", &[&d.name])
+        .await
+        .expect("restart (ACPI reboot request)");
     assert_eq!(d.state(), "running");
-    call(&a, "send_key", &[&d.name]).await.expect("the 2014 keys");
+    call(&a, "send_key", &[&d.name])
+        .await
+        .expect("the 2014 keys");
 
     // restart of a stopped domain starts it (as 2014's create() did); restart_hard too.
     d.virsh(&["destroy", &d.name]).expect("virsh destroy");
@@ -91,7 +119,9 @@ async fn kvm_suspend_resume_restart_and_restart_hard() {
         Err(LibvirtError::InvalidState { op: "suspend", .. }) => {}
         other => panic!("suspending a stopped domain: expected InvalidState, got {other:?}"),
     }
-    call(&a, "restart", &[&d.name]).await.expect("restart a stopped domain");
+    call(&a, "restart", &[&d.name])
+        .await
+        .expect("restart a stopped domain");
     assert_eq!(d.state(), "running");
 }
 
@@ -122,26 +152,45 @@ async fn tap_map_matches_domiflist_and_follows_domains_started_later() {
     })
     .await
     .expect("a Started event for the domain");
-    let entry = taps.get(&tap).unwrap_or_else(|| panic!("{tap} missing from the map: {:?}", taps.snapshot()));
+    let entry = taps
+        .get(&tap)
+        .unwrap_or_else(|| panic!("{tap} missing from the map: {:?}", taps.snapshot()));
     assert_eq!(
-        (entry.vm.as_str(), entry.mac.as_str(), entry.uuid.as_str(), entry.kind.as_str()),
+        (
+            entry.vm.as_str(),
+            entry.mac.as_str(),
+            entry.uuid.as_str(),
+            entry.kind.as_str()
+        ),
         (d.name.as_str(), d.mac.as_str(), d.uuid.as_str(), "ethernet")
     );
-    assert!(std::path::Path::new(&format!("/sys/class/net/{tap}")).exists(), "{tap} is a host device");
+    assert!(
+        std::path::Path::new(&format!("/sys/class/net/{tap}")).exists(),
+        "{tap} is a host device"
+    );
 
     // The verb agrees with virsh domiflist for every running domain the map holds.
     let m = json(&call(&a, "tap_map", &[]).await.expect("tap_map"));
     assert_eq!(m[&tap]["vm"], d.name);
-    let stats = json(&call(&a, "iface_stats", &[&d.name, &tap]).await.expect("iface_stats"));
+    let stats = json(
+        &call(&a, "iface_stats", &[&d.name, &tap])
+            .await
+            .expect("iface_stats"),
+    );
     assert_eq!(stats[0]["tap"], tap);
-    assert!(stats[0]["rx_bytes"].as_i64().is_some_and(|b| b >= 0), "{stats}");
+    assert!(
+        stats[0]["rx_bytes"].as_i64().is_some_and(|b| b >= 0),
+        "{stats}"
+    );
 
     // Stopping the domain removes its device from the map.
     d.virsh(&["destroy", &d.name]).expect("virsh destroy");
     let t = taps.clone();
     let gone = tap.clone();
     tokio::task::spawn_blocking(move || {
-        wait_for("the tap to leave the map", Duration::from_secs(20), || t.get(&gone).is_none().then_some(()))
+        wait_for("the tap to leave the map", Duration::from_secs(20), || {
+            t.get(&gone).is_none().then_some(())
+        })
     })
     .await
     .expect("join")
@@ -158,35 +207,78 @@ async fn bad_input_and_failures_are_typed_and_the_agent_keeps_serving() {
     let (tx, mut alerts) = tokio::sync::mpsc::channel(64);
     let cfg = LibvirtConfig {
         watch_events: false,
-        retry: RetryPolicy { attempts: 2, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(10) },
+        retry: RetryPolicy {
+            attempts: 2,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(10),
+        },
         ..LibvirtConfig::new(URI)
     };
     let a = LibvirtAgent::new(cfg, AlertSink::new(tx)).expect("agent");
-    let e = call(&a, "cut_link", &["no-such-vm-anywhere"]).await.expect_err("unknown VM");
-    assert!(e.starts_with("unknown VM \"no-such-vm-anywhere\" on qemu:///system"), "{e}");
-    assert_eq!(call(&a, "contains_vm", &["no-such-vm-anywhere"]).await, Ok("false".into()));
-    assert!(call(&a, "cut_link", &[&d.name, "52:54:00:zz:00:01"]).await.expect_err("bad MAC").contains("malformed MAC"));
+    let e = call(&a, "cut_link", &["no-such-vm-anywhere"])
+        .await
+        .expect_err("unknown VM");
+    assert!(
+        e.starts_with("unknown VM \"no-such-vm-anywhere\" on qemu:///system"),
+        "{e}"
+    );
+    assert_eq!(
+        call(&a, "contains_vm", &["no-such-vm-anywhere"]).await,
+        Ok("false".into())
+    );
+    assert!(call(&a, "cut_link", &[&d.name, "52:54:00:zz:00:01"])
+        .await
+        .expect_err("bad MAC")
+        .contains("malformed MAC"));
     assert!(call(&a, "cut_link", &[&d.name, "52:54:00:00:00:01"])
         .await
         .expect_err("other MAC")
         .contains("has no network interface 52:54:00:00:00:01"));
-    assert!(call(&a, "send_key", &[&d.name, "0xZZ"]).await.expect_err("bad key").contains("bad key code"));
-    assert!(alerts.try_recv().is_err(), "caller mistakes raise no actuator alert");
+    assert!(call(&a, "send_key", &[&d.name, "0xZZ"])
+        .await
+        .expect_err("bad key")
+        .contains("bad key code"));
+    assert!(
+        alerts.try_recv().is_err(),
+        "caller mistakes raise no actuator alert"
+    );
 
     // Migration to a quarantine hypervisor that cannot be reached: typed, retried, alerted.
-    let e = call(&a, "migrate", &[&d.name, "qemu+unix:///system?socket=/nonexistent/quarantine-sock"])
-        .await
-        .expect_err("unreachable destination");
+    let e = call(
+        &a,
+        "migrate",
+        &[
+            &d.name,
+            "qemu+unix:///system?socket=/nonexistent/quarantine-sock",
+        ],
+    )
+    .await
+    .expect_err("unreachable destination");
     assert!(e.contains("libvirt daemon at qemu+unix:///system?socket=/nonexistent/quarantine-sock is unreachable"), "{e}");
     assert_eq!(a.retry_stats().retries(), 1);
     match alerts.try_recv() {
-        Ok(ActuatorAlert::ActuatorFailed { actuator, action, .. }) => {
-            assert_eq!((actuator.as_str(), action), ("libvirt", format!("migrate {}", d.name)))
+        Ok(ActuatorAlert::ActuatorFailed {
+            actuator, action, ..
+        }) => {
+            assert_eq!(
+                (actuator.as_str(), action),
+                ("libvirt", format!("migrate {}", d.name))
+            )
         }
         other => panic!("expected an ActuatorFailed alert, got {other:?}"),
     }
-    assert_eq!(d.state(), "running", "a failed migration leaves the VM where it was");
+    assert_eq!(
+        d.state(),
+        "running",
+        "a failed migration leaves the VM where it was"
+    );
     // Still serving.
     let vms = json(&call(&a, "list_vms", &[]).await.expect("list_vms"));
-    assert!(vms.as_array().expect("list").iter().any(|v| v["name"] == d.name.as_str() && v["state"] == "running"), "{vms}");
+    assert!(
+        vms.as_array()
+            .expect("list")
+            .iter()
+            .any(|v| v["name"] == d.name.as_str() && v["state"] == "running"),
+        "{vms}"
+    );
 }

@@ -15,29 +15,68 @@ async fn daemon_down_is_typed_then_calls_and_the_tap_map_recover_after_restart()
     if !vespa_tests::privileged(test) {
         return;
     }
-    let Some(daemon) = require_daemon(test, "libvirtd with KVM", libvirtd()) else { return };
+    let Some(daemon) = require_daemon(test, "libvirtd with KVM", libvirtd()) else {
+        return;
+    };
     if !daemon.started_here {
         eprintln!("SKIPPED {test}: libvirtd was already running and is not ours to restart");
         return;
     }
-    let Some(d) = require_daemon(test, "a KVM domain", KvmDomain::start("vrst")) else { return };
-    let (tap, _) = d.iflist().first().cloned().expect("the domain's tap device");
-    let patient = RetryPolicy { attempts: 100, base_delay: Duration::from_millis(50), max_delay: Duration::from_millis(200) };
-    let a = Arc::new(LibvirtAgent::new(LibvirtConfig { retry: patient, ..LibvirtConfig::new(URI) }, AlertSink::none()).expect("agent"));
+    let Some(d) = require_daemon(test, "a KVM domain", KvmDomain::start("vrst")) else {
+        return;
+    };
+    let (tap, _) = d
+        .iflist()
+        .first()
+        .cloned()
+        .expect("the domain's tap device");
+    let patient = RetryPolicy {
+        attempts: 100,
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(200),
+    };
+    let a = Arc::new(
+        LibvirtAgent::new(
+            LibvirtConfig {
+                retry: patient,
+                ..LibvirtConfig::new(URI)
+            },
+            AlertSink::none(),
+        )
+        .expect("agent"),
+    );
     let taps = a.taps();
     let t = taps.clone();
     let tp = tap.clone();
-    tokio::task::spawn_blocking(move || wait_for("the watcher's first scan", Duration::from_secs(20), || t.get(&tp).map(drop)))
-        .await
-        .expect("join")
-        .expect("the running domain is in the map");
+    tokio::task::spawn_blocking(move || {
+        wait_for("the watcher's first scan", Duration::from_secs(20), || {
+            t.get(&tp).map(drop)
+        })
+    })
+    .await
+    .expect("join")
+    .expect("the running domain is in the map");
     assert_eq!(a.vm_state(&d.name).await.expect("state"), "running");
 
-    tokio::task::spawn_blocking(|| daemon.stop()).await.expect("join").expect("stop libvirtd");
+    tokio::task::spawn_blocking(|| daemon.stop())
+        .await
+        .expect("join")
+        .expect("stop libvirtd");
     // With the daemon down: a typed error after the retries (a quick agent).
-    let quick = RetryPolicy { attempts: 2, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(5) };
-    let q = LibvirtAgent::new(LibvirtConfig { retry: quick, watch_events: false, ..LibvirtConfig::new(URI) }, AlertSink::none())
-        .expect("agent");
+    let quick = RetryPolicy {
+        attempts: 2,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(5),
+    };
+    let q = LibvirtAgent::new(
+        LibvirtConfig {
+            retry: quick,
+            watch_events: false,
+            ..LibvirtConfig::new(URI)
+        },
+        AlertSink::none(),
+    )
+    .expect("agent");
     match q.contains_vm(&d.name).await {
         Err(LibvirtError::DaemonDown { .. }) => {}
         other => panic!("expected DaemonDown while libvirtd is stopped, got {other:?}"),
@@ -53,18 +92,45 @@ async fn daemon_down_is_typed_then_calls_and_the_tap_map_recover_after_restart()
         assert!(t0.elapsed() < Duration::from_secs(10), "no retry observed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::task::spawn_blocking(|| daemon.start_again()).await.expect("join").expect("start libvirtd again");
-    assert_eq!(call.await.expect("task").expect("the call rides out the restart"), "running", "QEMU kept running");
+    tokio::task::spawn_blocking(|| daemon.start_again())
+        .await
+        .expect("join")
+        .expect("start libvirtd again");
+    assert_eq!(
+        call.await
+            .expect("task")
+            .expect("the call rides out the restart"),
+        "running",
+        "QEMU kept running"
+    );
 
     // The watcher reconnected and registered its callbacks again: a domain started now
     // appears in the map.
-    let Some(d2) = require_daemon(test, "a second KVM domain", KvmDomain::start("vrst")) else { return };
-    let (tap2, mac2) = d2.iflist().first().cloned().expect("tap of the second domain");
+    let Some(d2) = require_daemon(test, "a second KVM domain", KvmDomain::start("vrst")) else {
+        return;
+    };
+    let (tap2, mac2) = d2
+        .iflist()
+        .first()
+        .cloned()
+        .expect("tap of the second domain");
     let t = taps.clone();
-    let entry = tokio::task::spawn_blocking(move || wait_for("the second domain in the map", Duration::from_secs(30), || t.get(&tap2)))
-        .await
-        .expect("join")
-        .expect("domain started after the restart is mapped");
-    assert_eq!((entry.vm.as_str(), entry.mac.as_str()), (d2.name.as_str(), mac2.as_str()));
-    assert!(taps.get(&tap).is_some(), "the first domain is still mapped after the rescan");
+    let entry = tokio::task::spawn_blocking(move || {
+        wait_for(
+            "the second domain in the map",
+            Duration::from_secs(30),
+            || t.get(&tap2),
+        )
+    })
+    .await
+    .expect("join")
+    .expect("domain started after the restart is mapped");
+    assert_eq!(
+        (entry.vm.as_str(), entry.mac.as_str()),
+        (d2.name.as_str(), mac2.as_str())
+    );
+    assert!(
+        taps.get(&tap).is_some(),
+        "the first domain is still mapped after the rescan"
+    );
 }

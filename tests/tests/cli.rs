@@ -6,11 +6,18 @@ use std::process::{Command, Output};
 use vespa_tests::{privileged, workspace_bin};
 
 fn agent(args: &[&str]) -> Output {
-    Command::new(workspace_bin("vespa-agent")).args(args).output().expect("run vespa-agent")
+    Command::new(workspace_bin("vespa-agent"))
+        .args(args)
+        .output()
+        .expect("run vespa-agent")
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn no_panic(o: &Output) {
@@ -24,11 +31,23 @@ fn help_describes_every_command() {
     let o = agent(&["--help"]);
     assert!(o.status.success());
     let t = text(&o);
-    for word in ["export", "counters", "top", "--mode", "--interfaces", "--netns", "--conn-threshold", "/proc"] {
+    for word in [
+        "export",
+        "counters",
+        "top",
+        "--mode",
+        "--interfaces",
+        "--netns",
+        "--conn-threshold",
+        "/proc",
+    ] {
         assert!(t.contains(word), "--help mentions {word}:\n{t}");
     }
     let o = agent(&["export", "--help"]);
-    assert!(text(&o).contains("127.0.0.1:9105"), "the default listen address is shown");
+    assert!(
+        text(&o).contains("127.0.0.1:9105"),
+        "the default listen address is shown"
+    );
 }
 
 #[test]
@@ -40,7 +59,11 @@ fn an_unknown_interface_is_a_clear_error() {
         let o = agent(&["--mode", mode, "-i", "nosuchif0", "counters"]);
         no_panic(&o);
         assert_eq!(o.status.code(), Some(1));
-        assert!(text(&o).contains("unknown interface \"nosuchif0\""), "{mode}: {}", text(&o));
+        assert!(
+            text(&o).contains("unknown interface \"nosuchif0\""),
+            "{mode}: {}",
+            text(&o)
+        );
     }
     let o = agent(&["-i", "../../etc", "counters"]);
     no_panic(&o);
@@ -52,7 +75,11 @@ fn a_missing_namespace_is_a_clear_error() {
     let o = agent(&["--netns", "vespa-no-such-ns", "counters"]);
     no_panic(&o);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("network namespace vespa-no-such-ns"), "{}", text(&o));
+    assert!(
+        text(&o).contains("network namespace vespa-no-such-ns"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -63,7 +90,12 @@ fn without_root_ebpf_mode_fails_clearly_and_auto_falls_back_to_proc() {
     let bin = workspace_bin("vespa-agent");
     let as_nobody = |args: &[&str]| {
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
             .arg(&bin)
             .args(args)
             .output()
@@ -79,8 +111,14 @@ fn without_root_ebpf_mode_fails_clearly_and_auto_falls_back_to_proc() {
     assert!(o.status.success(), "{}", text(&o));
     let snap: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON snapshot");
     assert_eq!(snap["health"]["mode"], "proc");
-    assert!(snap["health"]["fallback_reason"].as_str().unwrap_or("").contains("not running as root"));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("falling back to /proc"), "the fallback is announced with its reason");
+    assert!(snap["health"]["fallback_reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("not running as root"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("falling back to /proc"),
+        "the fallback is announced with its reason"
+    );
     assert_eq!(snap["interfaces"][0]["name"], "lo");
 }
 
@@ -92,12 +130,26 @@ fn a_missing_tracefs_is_a_clear_error() {
     // A private mount namespace without tracefs; the host's mounts are untouched.
     let bin = workspace_bin("vespa-agent");
     let script = format!("umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; exec {} --mode ebpf counters", bin.display());
-    let o = Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().expect("unshare");
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
     no_panic(&o);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("tracefs is not mounted at /sys/kernel/tracing"), "{}", text(&o));
-    assert!(text(&o).contains("use `vespa-agent --netns NAME` instead"), "the remedy for ip netns exec: {}", text(&o));
-    assert!(std::path::Path::new("/sys/kernel/tracing/events").exists(), "the host's tracefs is still mounted");
+    assert!(
+        text(&o).contains("tracefs is not mounted at /sys/kernel/tracing"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("use `vespa-agent --netns NAME` instead"),
+        "the remedy for ip netns exec: {}",
+        text(&o)
+    );
+    assert!(
+        std::path::Path::new("/sys/kernel/tracing/events").exists(),
+        "the host's tracefs is still mounted"
+    );
 }
 
 #[test]
@@ -112,9 +164,22 @@ fn counters_json_and_top_show_live_values() {
     assert_eq!(snap["interfaces"][0]["name"], "lo");
     assert!(snap["health"]["program_runs"]["vespa_sock_state"].is_u64());
 
-    let o = agent(&["--mode", "ebpf", "-i", "lo", "top", "--interval", "0.2", "--count", "2"]);
+    let o = agent(&[
+        "--mode",
+        "ebpf",
+        "-i",
+        "lo",
+        "top",
+        "--interval",
+        "0.2",
+        "--count",
+        "2",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let t = String::from_utf8_lossy(&o.stdout);
-    assert!(t.contains("INTERFACE") && t.contains("REMOTE ADDRESS") && t.contains("lo "), "{t}");
+    assert!(
+        t.contains("INTERFACE") && t.contains("REMOTE ADDRESS") && t.contains("lo "),
+        "{t}"
+    );
     assert!(t.contains("sensors: ebpf"), "{t}");
 }

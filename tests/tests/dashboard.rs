@@ -25,7 +25,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value as Json;
 use tree_kit::*;
-use vespa_tests::browser::{artifacts, chromium, chromium_present, kill_group, BROWSER_TIMEOUT, CHROMIUM};
+use vespa_tests::browser::{
+    artifacts, chromium, chromium_present, kill_group, BROWSER_TIMEOUT, CHROMIUM,
+};
 
 const TOKEN: &str = "dashboard-token-0123456789abcdef";
 
@@ -41,28 +43,96 @@ fn dashboard_renders_a_real_tree_in_headless_chromium() {
     }
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
     let nodes = [
-        N { name: "VO", kind: "vo", machine: "host", master: None, port: free_port(), extra: String::new() },
-        N { name: "HO_VM", kind: "ho_vm", machine: "host", master: Some("VO"), port: free_port(), extra: String::new() },
-        N { name: "bw", kind: "agent_bandwidth", machine: "host", master: Some("HO_VM"), port: free_port(), extra: "interfaces = [\"lo\"]\n".into() },
-        N { name: "conns", kind: "agent_connections", machine: "host", master: Some("HO_VM"), port: free_port(), extra: String::new() },
+        N {
+            name: "VO",
+            kind: "vo",
+            machine: "host",
+            master: None,
+            port: free_port(),
+            extra: String::new(),
+        },
+        N {
+            name: "HO_VM",
+            kind: "ho_vm",
+            machine: "host",
+            master: Some("VO"),
+            port: free_port(),
+            extra: String::new(),
+        },
+        N {
+            name: "bw",
+            kind: "agent_bandwidth",
+            machine: "host",
+            master: Some("HO_VM"),
+            port: free_port(),
+            extra: "interfaces = [\"lo\"]\n".into(),
+        },
+        N {
+            name: "conns",
+            kind: "agent_connections",
+            machine: "host",
+            master: Some("HO_VM"),
+            port: free_port(),
+            extra: String::new(),
+        },
     ];
-    let tree = Tree::new("dashboard", "heartbeat_ms = 300\nsample_interval_ms = 100", &[("host", lo)], &nodes);
+    let tree = Tree::new(
+        "dashboard",
+        "heartbeat_ms = 300\nsample_interval_ms = 100",
+        &[("host", lo)],
+        &nodes,
+    );
     let token = tree.scratch.dir.join("api-token");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let api_s = api.to_string();
-    let vo = tree.spawn_with("vo", "vespa-orchestrator", None, &[], &["HO_VM", "VO"], &["--http", &api_s, "--api-token-file", token.to_str().expect("utf-8")]);
-    let _agents = tree.spawn("agents", "vespa-agent", None, &["--mode", "auto", "-i", "lo"], &["bw", "conns"]);
-    wait_for(&format!("the API on {api} (log: {})", vo.log.display()), || TcpStream::connect(api).ok().map(|_| ()));
+    let vo = tree.spawn_with(
+        "vo",
+        "vespa-orchestrator",
+        None,
+        &[],
+        &["HO_VM", "VO"],
+        &[
+            "--http",
+            &api_s,
+            "--api-token-file",
+            token.to_str().expect("utf-8"),
+        ],
+    );
+    let _agents = tree.spawn(
+        "agents",
+        "vespa-agent",
+        None,
+        &["--mode", "auto", "-i", "lo"],
+        &["bw", "conns"],
+    );
+    wait_for(
+        &format!("the API on {api} (log: {})", vo.log.display()),
+        || TcpStream::connect(api).ok().map(|_| ()),
+    );
     // Wait for what the page shows, so one render has it all.
     wait_for("both agents under HO_VM", || {
         let a = get_json(api, "/archi")?;
-        let ho = a["children"].as_array()?.iter().find(|c| c["name"] == "HO_VM")?.clone();
+        let ho = a["children"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == "HO_VM")?
+            .clone();
         (ho["children"].as_array()?.len() == 2).then_some(())
     });
-    wait_for("10 rx deltas of lo", || get_json(api, "/recv_bytes?iface=lo&origin=bw")?.as_array().is_some_and(|a| a.len() >= 10).then_some(()));
-    wait_for("remote addresses", || get_json(api, "/get_ip_connections")?.as_array().is_some_and(|a| !a.is_empty()).then_some(()));
+    wait_for("10 rx deltas of lo", || {
+        get_json(api, "/recv_bytes?iface=lo&origin=bw")?
+            .as_array()
+            .is_some_and(|a| a.len() >= 10)
+            .then_some(())
+    });
+    wait_for("remote addresses", || {
+        get_json(api, "/get_ip_connections")?
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+            .then_some(())
+    });
 
     let base = format!("http://{api}");
     let scratch = tree.scratch.dir.clone();
@@ -73,39 +143,111 @@ fn dashboard_renders_a_real_tree_in_headless_chromium() {
     std::fs::write(&dump, &dom).expect("keep the DOM");
     let has = |s: &str| dom.contains(s);
     let ctx = format!("(DOM kept at {})", dump.display());
-    assert!(has("<title>VESPA dashboard</title>"), "the page itself {ctx}");
+    assert!(
+        has("<title>VESPA dashboard</title>"),
+        "the page itself {ctx}"
+    );
     assert!(has("live, updated"), "every poll succeeded {ctx}");
     for node in ["VO", "HO_VM", "bw", "conns"] {
-        assert!(has(&format!("<span class=\"name\">{node}</span>")), "{node} in the node tree {ctx}");
+        assert!(
+            has(&format!("<span class=\"name\">{node}</span>")),
+            "{node} in the node tree {ctx}"
+        );
     }
-    assert!(has("<span class=\"kind kind-ho_vm\">ho_vm</span>"), "kinds shown {ctx}");
-    assert!(has("data-iface=\"lo\" data-origin=\"bw\"") && has("<span class=\"name\">bw / lo</span>"), "a rate chart for lo {ctx}");
-    assert!(has("<polyline points=") && has("class=\"rx\""), "the chart has an rx line {ctx}");
-    assert!(has("sample every ") && has("/s</span>"), "per-second rates once the sample interval is known {ctx}");
-    assert!(has("<span class=\"kind kind-bandwidth\">bandwidth</span>"), "a bandwidth alert in the log {ctx}");
-    assert!(dom.contains(">bw</span><span class=\"text\">lo: rx "), "an alert from bw about lo {ctx}");
-    assert!(has("<td class=\"mono\">127.0.0.1</td>"), "the top remote addresses {ctx}");
-    assert!(has("no policy loaded") || has("no active blocks or isolations"), "the empty state of the actions {ctx}");
+    assert!(
+        has("<span class=\"kind kind-ho_vm\">ho_vm</span>"),
+        "kinds shown {ctx}"
+    );
+    assert!(
+        has("data-iface=\"lo\" data-origin=\"bw\"") && has("<span class=\"name\">bw / lo</span>"),
+        "a rate chart for lo {ctx}"
+    );
+    assert!(
+        has("<polyline points=") && has("class=\"rx\""),
+        "the chart has an rx line {ctx}"
+    );
+    assert!(
+        has("sample every ") && has("/s</span>"),
+        "per-second rates once the sample interval is known {ctx}"
+    );
+    assert!(
+        has("<span class=\"kind kind-bandwidth\">bandwidth</span>"),
+        "a bandwidth alert in the log {ctx}"
+    );
+    assert!(
+        dom.contains(">bw</span><span class=\"text\">lo: rx "),
+        "an alert from bw about lo {ctx}"
+    );
+    assert!(
+        has("<td class=\"mono\">127.0.0.1</td>"),
+        "the top remote addresses {ctx}"
+    );
+    assert!(
+        has("no policy loaded") || has("no active blocks or isolations"),
+        "the empty state of the actions {ctx}"
+    );
     assert!(!has("API trouble"), "no failed poll {ctx}");
 
     // A screenshot, kept as an artifact.
     let png = artifacts().join("dashboard.png");
     let _ = std::fs::remove_file(&png);
-    chromium(&scratch, "shot", &format!("{base}/"), &[&format!("--screenshot={}", png.display()), "--window-size=1280,900", "--hide-scrollbars"]);
-    let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", png.display()));
+    chromium(
+        &scratch,
+        "shot",
+        &format!("{base}/"),
+        &[
+            &format!("--screenshot={}", png.display()),
+            "--window-size=1280,900",
+            "--hide-scrollbars",
+        ],
+    );
+    let bytes =
+        std::fs::read(&png).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", png.display()));
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
-    assert!(bytes.len() > 20_000, "a screenshot of a rendered page, not a blank one: {} bytes", bytes.len());
+    assert!(
+        bytes.len() > 20_000,
+        "a screenshot of a rendered page, not a blank one: {} bytes",
+        bytes.len()
+    );
 
     // The release button: the right token reaches the policy (none here: 503), a wrong one
     // is refused (401).
-    let ok = chromium(&scratch, "release", &format!("{base}/?selftest=release&token={TOKEN}"), &["--dump-dom"]);
+    let ok = chromium(
+        &scratch,
+        "release",
+        &format!("{base}/?selftest=release&token={TOKEN}"),
+        &["--dump-dom"],
+    );
     // No policy: 503; a policy that does not know the stub key: 404. Never 401.
-    let accepted = ["503 no policy is loaded", "404 "].iter().any(|s| ok.contains(&format!("selftest release selftest-stub: {s}")));
-    assert!(accepted, "release with the token reaches the policy: {}", excerpt(&ok, "selftest-result"));
-    assert!(!ok.contains(TOKEN), "the token is not written into the page");
-    let bad = chromium(&scratch, "release-bad", &format!("{base}/?selftest=release&token=not-the-token-at-all"), &["--dump-dom"]);
-    assert!(bad.contains("selftest release selftest-stub: 401 wrong API token"), "release with a wrong token: {}", excerpt(&bad, "selftest-result"));
-    eprintln!("dashboard screenshot: {} ({} bytes); DOM: {}", png.display(), bytes.len(), dump.display());
+    let accepted = ["503 no policy is loaded", "404 "]
+        .iter()
+        .any(|s| ok.contains(&format!("selftest release selftest-stub: {s}")));
+    assert!(
+        accepted,
+        "release with the token reaches the policy: {}",
+        excerpt(&ok, "selftest-result")
+    );
+    assert!(
+        !ok.contains(TOKEN),
+        "the token is not written into the page"
+    );
+    let bad = chromium(
+        &scratch,
+        "release-bad",
+        &format!("{base}/?selftest=release&token=not-the-token-at-all"),
+        &["--dump-dom"],
+    );
+    assert!(
+        bad.contains("selftest release selftest-stub: 401 wrong API token"),
+        "release with a wrong token: {}",
+        excerpt(&bad, "selftest-result")
+    );
+    eprintln!(
+        "dashboard screenshot: {} ({} bytes); DOM: {}",
+        png.display(),
+        bytes.len(),
+        dump.display()
+    );
 }
 
 fn excerpt<'a>(dom: &'a str, near: &str) -> &'a str {
@@ -130,15 +272,23 @@ fn wd(addr: SocketAddr, method: &str, path: &str, body: Option<Json>) -> Json {
         raw.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&raw).to_string();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse::<usize>().ok()));
+            let len = head.lines().find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            });
             if len.is_some_and(|len| body.len() >= len) || n == 0 {
                 break (head.to_string(), body.to_string());
             }
         }
         assert!(n > 0, "chromedriver closed the connection: {text:?}");
     };
-    let v: Json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {head} {body}"));
-    assert!(head.starts_with("HTTP/1.1 200"), "{method} {path}: {head}\n{v}");
+    let v: Json = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {head} {body}"));
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "{method} {path}: {head}\n{v}"
+    );
     v["value"].clone()
 }
 
@@ -162,26 +312,65 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
     }
     if !Path::new(CHROMEDRIVER).exists() {
         let why = format!("{CHROMEDRIVER} not found (Debian package chromium-driver)");
-        assert!(!std::env::var("VESPA_REQUIRE_EBPF").is_ok_and(|v| v == "1"), "{test}: VESPA_REQUIRE_EBPF=1 but {why}");
+        assert!(
+            !std::env::var("VESPA_REQUIRE_EBPF").is_ok_and(|v| v == "1"),
+            "{test}: VESPA_REQUIRE_EBPF=1 but {why}"
+        );
         eprintln!("SKIPPED {test}: {why}");
         return;
     }
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-    let tree = Tree::new("dashboard-wd", "", &[("host", lo)], &[N { name: "VO", kind: "vo", machine: "host", master: None, port: free_port(), extra: String::new() }]);
+    let tree = Tree::new(
+        "dashboard-wd",
+        "",
+        &[("host", lo)],
+        &[N {
+            name: "VO",
+            kind: "vo",
+            machine: "host",
+            master: None,
+            port: free_port(),
+            extra: String::new(),
+        }],
+    );
     let token = tree.scratch.dir.join("api-token");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let api_s = api.to_string();
-    let vo = tree.spawn_with("vo", "vespa-orchestrator", None, &[], &["VO"], &["--http", &api_s, "--api-token-file", token.to_str().expect("utf-8")]);
-    wait_for(&format!("the API on {api} (log: {})", vo.log.display()), || TcpStream::connect(api).ok().map(|_| ()));
+    let vo = tree.spawn_with(
+        "vo",
+        "vespa-orchestrator",
+        None,
+        &[],
+        &["VO"],
+        &[
+            "--http",
+            &api_s,
+            "--api-token-file",
+            token.to_str().expect("utf-8"),
+        ],
+    );
+    wait_for(
+        &format!("the API on {api} (log: {})", vo.log.display()),
+        || TcpStream::connect(api).ok().map(|_| ()),
+    );
 
     let wd_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let log = std::fs::File::create(tree.scratch.dir.join("chromedriver.log")).expect("log");
     let _driver = Driver(
-        Command::new(CHROMEDRIVER).arg(format!("--port={}", wd_addr.port())).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).process_group(0).spawn().expect("start chromedriver"),
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={}", wd_addr.port()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start chromedriver"),
     );
-    wait_for("chromedriver", || TcpStream::connect(wd_addr).ok().map(|_| ()));
+    wait_for("chromedriver", || {
+        TcpStream::connect(wd_addr).ok().map(|_| ())
+    });
     let profile = tree.scratch.dir.join("chromium-profile-wd");
     std::fs::create_dir_all(&profile).expect("profile");
     let args = [
@@ -201,43 +390,107 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
     .collect::<Vec<_>>();
     let caps = serde_json::json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome", "goog:chromeOptions": { "binary": CHROMIUM, "args": args } } } });
     let session = wd(wd_addr, "POST", "/session", Some(caps));
-    let sid = session["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {session}")).to_string();
+    let sid = session["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session: {session}"))
+        .to_string();
     let s = |p: &str| format!("/session/{sid}{p}");
     let find = |css: &str| -> Option<String> {
         // A missing element is a 404 from chromedriver: look through execute instead.
-        let v = wd(wd_addr, "POST", &s("/execute/sync"), Some(serde_json::json!({ "script": "return document.querySelector(arguments[0]);", "args": [css] })));
+        let v = wd(
+            wd_addr,
+            "POST",
+            &s("/execute/sync"),
+            Some(
+                serde_json::json!({ "script": "return document.querySelector(arguments[0]);", "args": [css] }),
+            ),
+        );
         v[ELEMENT].as_str().map(str::to_string)
     };
     let text_of = |css: &str| -> String {
         wd(wd_addr, "POST", &s("/execute/sync"), Some(serde_json::json!({ "script": "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';", "args": [css] }))).as_str().unwrap_or_default().to_string()
     };
 
-    wd(wd_addr, "POST", &s("/url"), Some(serde_json::json!({ "url": format!("http://{api}/?selftest=stub") })));
-    let button = wait_for("the stub action's release button", || find("tr[data-key=\"selftest-stub\"] button.release"));
-    let disabled = wd(wd_addr, "GET", &s(&format!("/element/{button}/enabled")), None);
-    assert_eq!(disabled, Json::Bool(false), "without a token the release button is disabled");
+    wd(
+        wd_addr,
+        "POST",
+        &s("/url"),
+        Some(serde_json::json!({ "url": format!("http://{api}/?selftest=stub") })),
+    );
+    let button = wait_for("the stub action's release button", || {
+        find("tr[data-key=\"selftest-stub\"] button.release")
+    });
+    let disabled = wd(
+        wd_addr,
+        "GET",
+        &s(&format!("/element/{button}/enabled")),
+        None,
+    );
+    assert_eq!(
+        disabled,
+        Json::Bool(false),
+        "without a token the release button is disabled"
+    );
     // Paste the token, keep it, then release.
     let input = find("#token").expect("the token field");
-    wd(wd_addr, "POST", &s(&format!("/element/{input}/value")), Some(serde_json::json!({ "text": TOKEN })));
+    wd(
+        wd_addr,
+        "POST",
+        &s(&format!("/element/{input}/value")),
+        Some(serde_json::json!({ "text": TOKEN })),
+    );
     let keep = find("#token-form button[type=submit]").expect("Keep");
-    wd(wd_addr, "POST", &s(&format!("/element/{keep}/click")), Some(serde_json::json!({})));
-    assert!(text_of("#token-state").contains("token kept"), "{}", text_of("#token-state"));
-    let kept = wd(wd_addr, "POST", &s("/execute/sync"), Some(serde_json::json!({ "script": "return sessionStorage.getItem('vespa.api.token');", "args": [] })));
-    assert_eq!(kept, Json::String(TOKEN.into()), "the token is kept in sessionStorage");
+    wd(
+        wd_addr,
+        "POST",
+        &s(&format!("/element/{keep}/click")),
+        Some(serde_json::json!({})),
+    );
+    assert!(
+        text_of("#token-state").contains("token kept"),
+        "{}",
+        text_of("#token-state")
+    );
+    let kept = wd(
+        wd_addr,
+        "POST",
+        &s("/execute/sync"),
+        Some(
+            serde_json::json!({ "script": "return sessionStorage.getItem('vespa.api.token');", "args": [] }),
+        ),
+    );
+    assert_eq!(
+        kept,
+        Json::String(TOKEN.into()),
+        "the token is kept in sessionStorage"
+    );
     let button = wait_for("an enabled release button", || {
         let b = find("tr[data-key=\"selftest-stub\"] button.release")?;
-        (wd(wd_addr, "GET", &s(&format!("/element/{b}/enabled")), None) == Json::Bool(true)).then_some(b)
+        (wd(wd_addr, "GET", &s(&format!("/element/{b}/enabled")), None) == Json::Bool(true))
+            .then_some(b)
     });
-    wd(wd_addr, "POST", &s(&format!("/element/{button}/click")), Some(serde_json::json!({})));
+    wd(
+        wd_addr,
+        "POST",
+        &s(&format!("/element/{button}/click")),
+        Some(serde_json::json!({})),
+    );
     let answer = wait_for("the release answer in the page", || {
         let t = text_of("#release-result");
         t.starts_with("release selftest-stub: ").then_some(t)
     });
     // No policy: 503; a policy without the stub key: 404. Never 401: the token went along.
-    assert!(answer.contains(": 503 no policy is loaded") || answer.contains(": 404 "), "{answer}");
+    assert!(
+        answer.contains(": 503 no policy is loaded") || answer.contains(": 404 "),
+        "{answer}"
+    );
     let shot = wd(wd_addr, "GET", &s("/screenshot"), None);
     let png = base64_decode(shot.as_str().expect("a base64 screenshot"));
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "a screenshot after the release ({} bytes)", png.len());
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "a screenshot after the release ({} bytes)",
+        png.len()
+    );
     std::fs::write(artifacts().join("dashboard-release.png"), &png).expect("keep the screenshot");
     wd(wd_addr, "DELETE", &s(""), None);
 }
@@ -253,7 +506,10 @@ fn base64_decode(text: &str) -> Vec<u8> {
         _ => panic!("not base64: {c:?}"),
     };
     let (mut out, mut acc, mut bits) = (Vec::with_capacity(text.len() * 3 / 4), 0u32, 0u32);
-    for c in text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
         acc = (acc << 6) | u32::from(val(c));
         bits += 6;
         if bits >= 8 {

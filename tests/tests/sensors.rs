@@ -7,12 +7,20 @@ use std::{
 };
 
 use vespa_agent::{iface, InterfaceCounters, Mode, SensorConfig, SensorEvent, Sensors, TcpState};
-use vespa_tests::{events_until, net::{Link, Netns}, privileged, traffic};
+use vespa_tests::{
+    events_until,
+    net::{Link, Netns},
+    privileged, traffic,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn cfg(mode: Mode, ifaces: &[&str]) -> SensorConfig {
-    SensorConfig { mode, interfaces: ifaces.iter().map(|s| s.to_string()).collect(), ..SensorConfig::default() }
+    SensorConfig {
+        mode,
+        interfaces: ifaces.iter().map(|s| s.to_string()).collect(),
+        ..SensorConfig::default()
+    }
 }
 
 fn start(ns: &Netns, cfg: SensorConfig) -> Sensors {
@@ -20,7 +28,11 @@ fn start(ns: &Netns, cfg: SensorConfig) -> Sensors {
 }
 
 fn counters(s: &Sensors, ifname: &str) -> InterfaceCounters {
-    s.interfaces().expect("read counters").into_iter().find(|i| i.name == ifname).unwrap_or_else(|| panic!("{ifname} not monitored"))
+    s.interfaces()
+        .expect("read counters")
+        .into_iter()
+        .find(|i| i.name == ifname)
+        .unwrap_or_else(|| panic!("{ifname} not monitored"))
 }
 
 /// Sensor counters and kernel statistics read while nothing is in flight: the kernel's
@@ -40,7 +52,11 @@ fn settled(ns: &Netns, s: &Sensors, ifname: &str) -> (InterfaceCounters, iface::
 /// Reads `ours` between two reads of `kernel` until neither moves across two rounds: a
 /// baseline taken while the link still sends its own packets (IPv6 DAD, MLD reports) would
 /// count a packet in one and not the other for good.
-fn quiet<K: PartialEq, T: PartialEq>(ifname: &str, kernel: impl Fn() -> K, ours: impl Fn() -> T) -> (T, K) {
+fn quiet<K: PartialEq, T: PartialEq>(
+    ifname: &str,
+    kernel: impl Fn() -> K,
+    ours: impl Fn() -> T,
+) -> (T, K) {
     let mut last = None;
     for _ in 0..500 {
         let k1 = kernel();
@@ -62,18 +78,38 @@ fn tx_dropped(ns: &Netns, ifname: &str) -> u64 {
     let name = format!("{ifname}:");
     ns.run(move || {
         let text = std::fs::read_to_string("/proc/thread-self/net/dev").expect("/proc/net/dev");
-        let line = text.lines().find(|l| l.trim_start().starts_with(&name)).expect("the interface's line").to_string();
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&name))
+            .expect("the interface's line")
+            .to_string();
         // rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes packets errs drop
-        line.split_once(':').expect("name:").1.split_whitespace().nth(11).and_then(|f| f.parse().ok()).expect("tx drop column")
+        line.split_once(':')
+            .expect("name:")
+            .1
+            .split_whitespace()
+            .nth(11)
+            .and_then(|f| f.parse().ok())
+            .expect("tx drop column")
     })
 }
 
 fn delta(a: &InterfaceCounters, b: &InterfaceCounters) -> [u64; 4] {
-    [b.rx_bytes - a.rx_bytes, b.rx_packets - a.rx_packets, b.tx_bytes - a.tx_bytes, b.tx_packets - a.tx_packets]
+    [
+        b.rx_bytes - a.rx_bytes,
+        b.rx_packets - a.rx_packets,
+        b.tx_bytes - a.tx_bytes,
+        b.tx_packets - a.tx_packets,
+    ]
 }
 
 fn kdelta(a: &iface::KernelStats, b: &iface::KernelStats) -> [u64; 4] {
-    [b.rx_bytes - a.rx_bytes, b.rx_packets - a.rx_packets, b.tx_bytes - a.tx_bytes, b.tx_packets - a.tx_packets]
+    [
+        b.rx_bytes - a.rx_bytes,
+        b.rx_packets - a.rx_packets,
+        b.tx_bytes - a.tx_bytes,
+        b.tx_packets - a.tx_packets,
+    ]
 }
 
 #[test]
@@ -93,7 +129,8 @@ fn byte_and_packet_counters_equal_the_kernel_statistics() {
     let (ready_tx, ready_rx) = mpsc::channel();
     let sink = l.b_ns.spawn(move || traffic::udp_sink(to, N, ready_tx));
     ready_rx.recv().expect("sink ready");
-    l.a_ns.run(move || traffic::udp_send(to, N, &[18, 64, 512, 1400]));
+    l.a_ns
+        .run(move || traffic::udp_send(to, N, &[18, 64, 512, 1400]));
     assert_eq!(sink.join().expect("sink"), N, "every datagram arrived");
 
     let srv = SocketAddr::new(IpAddr::V4(l.a.v4), 9001);
@@ -105,20 +142,46 @@ fn byte_and_packet_counters_equal_the_kernel_statistics() {
     let (a1, ka1) = settled(&l.a_ns, &sa, &l.a.ifname);
     let (b1, kb1) = settled(&l.b_ns, &sb, &l.b.ifname);
     let (da, db) = (delta(&a0, &a1), delta(&b0, &b1));
-    assert_eq!(da, kdelta(&ka0, &ka1), "a end: eBPF [rx_bytes, rx_packets, tx_bytes, tx_packets] vs kernel");
+    assert_eq!(
+        da,
+        kdelta(&ka0, &ka1),
+        "a end: eBPF [rx_bytes, rx_packets, tx_bytes, tx_packets] vs kernel"
+    );
     assert_eq!(db, kdelta(&kb0, &kb1), "b end: eBPF vs kernel");
-    assert!(da[3] >= N as u64 && db[1] >= N as u64, "the datagrams were counted: {da:?} {db:?}");
-    assert!(da[0] >= 4 << 20 && db[2] >= 4 << 20, "the TCP transfer was counted: {da:?} {db:?}");
+    assert!(
+        da[3] >= N as u64 && db[1] >= N as u64,
+        "the datagrams were counted: {da:?} {db:?}"
+    );
+    assert!(
+        da[0] >= 4 << 20 && db[2] >= 4 << 20,
+        "the TCP transfer was counted: {da:?} {db:?}"
+    );
 }
 
 fn connections_counted(v6: bool) {
     let l = Link::new();
-    let (a_ip, b_ip) = if v6 { (IpAddr::V6(l.a.v6), IpAddr::V6(l.b.v6)) } else { (IpAddr::V4(l.a.v4), IpAddr::V4(l.b.v4)) };
+    let (a_ip, b_ip) = if v6 {
+        (IpAddr::V6(l.a.v6), IpAddr::V6(l.b.v6))
+    } else {
+        (IpAddr::V4(l.a.v4), IpAddr::V4(l.b.v4))
+    };
     // Two trackers in a's namespace: the default (a's sockets only) and --all-netns.
     let sa = start(&l.a_ns, cfg(Mode::Ebpf, &[&l.a.ifname]));
-    let all = start(&l.a_ns, SensorConfig { all_netns: true, ..cfg(Mode::Ebpf, &[&l.a.ifname]) });
-    let a_inode = l.a_ns.run(vespa_agent::netns::current_inode).expect("a's namespace inode");
-    assert_eq!((sa.health().tracked_netns, all.health().tracked_netns), (Some(a_inode), None));
+    let all = start(
+        &l.a_ns,
+        SensorConfig {
+            all_netns: true,
+            ..cfg(Mode::Ebpf, &[&l.a.ifname])
+        },
+    );
+    let a_inode = l
+        .a_ns
+        .run(vespa_agent::netns::current_inode)
+        .expect("a's namespace inode");
+    assert_eq!(
+        (sa.health().tracked_netns, all.health().tracked_netns),
+        (Some(a_inode), None)
+    );
     let (mut rx, mut rx_all) = (sa.subscribe(), all.subscribe());
     const K: usize = 25;
     let srv = SocketAddr::new(b_ip, 9100);
@@ -134,14 +197,33 @@ fn connections_counted(v6: bool) {
         opened == K
     });
     for e in &events {
-        if let SensorEvent::ConnOpened { remote, old_state, .. } = e {
-            assert_eq!((remote.ip(), *old_state), (b_ip, TcpState::SynSent), "only a's client sockets: {e:?}");
+        if let SensorEvent::ConnOpened {
+            remote, old_state, ..
+        } = e
+        {
+            assert_eq!(
+                (remote.ip(), *old_state),
+                (b_ip, TcpState::SynSent),
+                "only a's client sockets: {e:?}"
+            );
         }
     }
     let c = sa.connections_of(b_ip).expect("lookup");
-    assert_eq!((c.established, c.opened, c.closed), (K as u64, Some(K as u64), Some(0)), "while open, remote {b_ip}");
-    assert_eq!(sa.connections_of(a_ip).expect("lookup").established, 0, "b's server sockets are another namespace's");
-    assert!(sa.connections().expect("list").iter().any(|c| c.addr == b_ip && c.established == K as u64));
+    assert_eq!(
+        (c.established, c.opened, c.closed),
+        (K as u64, Some(K as u64), Some(0)),
+        "while open, remote {b_ip}"
+    );
+    assert_eq!(
+        sa.connections_of(a_ip).expect("lookup").established,
+        0,
+        "b's server sockets are another namespace's"
+    );
+    assert!(sa
+        .connections()
+        .expect("list")
+        .iter()
+        .any(|c| c.addr == b_ip && c.established == K as u64));
 
     // With every namespace, both ends: K client sockets whose remote is b and K server
     // sockets whose remote is a (other tests' sockets too: count only this link's).
@@ -152,15 +234,30 @@ fn connections_counted(v6: bool) {
         opened == 2 * K
     });
     for e in &events {
-        if let SensorEvent::ConnOpened { remote, old_state, .. } = e {
+        if let SensorEvent::ConnOpened {
+            remote, old_state, ..
+        } = e
+        {
             if ours(remote.ip()) {
-                let expected = if remote.ip() == b_ip { TcpState::SynSent } else { TcpState::SynRecv };
+                let expected = if remote.ip() == b_ip {
+                    TcpState::SynSent
+                } else {
+                    TcpState::SynRecv
+                };
                 assert_eq!(*old_state, expected, "{e:?}");
             }
         }
     }
-    assert_eq!(all.connections_of(a_ip).expect("lookup").established, K as u64, "server side, remote {a_ip}");
-    assert_eq!(all.connections_of(b_ip).expect("lookup").established, K as u64, "client side, remote {b_ip}");
+    assert_eq!(
+        all.connections_of(a_ip).expect("lookup").established,
+        K as u64,
+        "server side, remote {a_ip}"
+    );
+    assert_eq!(
+        all.connections_of(b_ip).expect("lookup").established,
+        K as u64,
+        "client side, remote {b_ip}"
+    );
 
     traffic::tcp_close_all(clients);
     drop(servers);
@@ -170,12 +267,29 @@ fn connections_counted(v6: bool) {
         closed == K
     });
     let c = sa.connections_of(b_ip).expect("lookup");
-    assert_eq!((c.established, c.opened, c.closed), (0, Some(K as u64), Some(K as u64)), "after close, remote {b_ip}");
-    assert_eq!(sa.health().untracked_closes, 0, "b's closes are not a's untracked closes");
+    assert_eq!(
+        (c.established, c.opened, c.closed),
+        (0, Some(K as u64), Some(K as u64)),
+        "after close, remote {b_ip}"
+    );
+    assert_eq!(
+        sa.health().untracked_closes,
+        0,
+        "b's closes are not a's untracked closes"
+    );
     let close = events.iter().find_map(|e| match e {
-        SensorEvent::ConnClosed { remote, duration_ns, new_state, .. } => {
+        SensorEvent::ConnClosed {
+            remote,
+            duration_ns,
+            new_state,
+            ..
+        } => {
             // The client closes first: ESTABLISHED -> FIN_WAIT1.
-            assert_eq!((remote.ip(), *new_state), (b_ip, TcpState::FinWait1), "{e:?}");
+            assert_eq!(
+                (remote.ip(), *new_state),
+                (b_ip, TcpState::FinWait1),
+                "{e:?}"
+            );
             Some((*remote, *duration_ns))
         }
         _ => None,
@@ -189,7 +303,11 @@ fn connections_counted(v6: bool) {
         closed == 2 * K
     });
     for ip in [a_ip, b_ip] {
-        assert_eq!(all.connections_of(ip).expect("lookup").established, 0, "every namespace: {ip} closed");
+        assert_eq!(
+            all.connections_of(ip).expect("lookup").established,
+            0,
+            "every namespace: {ip} closed"
+        );
     }
 }
 
@@ -209,7 +327,9 @@ fn established_connections_per_remote_ipv6() {
 
 #[test]
 fn syn_burst_is_counted_and_raises_the_threshold_event_but_normal_traffic_does_not() {
-    if !privileged("syn_burst_is_counted_and_raises_the_threshold_event_but_normal_traffic_does_not") {
+    if !privileged(
+        "syn_burst_is_counted_and_raises_the_threshold_event_but_normal_traffic_does_not",
+    ) {
         return;
     }
     let l = Link::new();
@@ -224,19 +344,55 @@ fn syn_burst_is_counted_and_raises_the_threshold_event_but_normal_traffic_does_n
     let normal = l.a_ns.run(move || traffic::tcp_connect_n(srv6, 10));
     let _accepted = traffic::tcp_accept_n(&listener, 10);
     // Then the flood, from a's IPv4 address: 300 SYNs, no handshake.
-    let (from, to) = (IpAddr::V4(l.a.v4), SocketAddr::new(IpAddr::V4(l.b.v4), 9201));
+    let (from, to) = (
+        IpAddr::V4(l.a.v4),
+        SocketAddr::new(IpAddr::V4(l.b.v4), 9201),
+    );
     l.a_ns.run(move || traffic::syn_burst(from, to, 300));
 
-    let events = events_until(&mut rx, WAIT, |e| matches!(e, SensorEvent::SynThreshold { .. }));
-    let Some(SensorEvent::SynThreshold { addr, syns_in_second, threshold, ifindex, .. }) = events.last() else { unreachable!() };
+    let events = events_until(&mut rx, WAIT, |e| {
+        matches!(e, SensorEvent::SynThreshold { .. })
+    });
+    let Some(SensorEvent::SynThreshold {
+        addr,
+        syns_in_second,
+        threshold,
+        ifindex,
+        ..
+    }) = events.last()
+    else {
+        unreachable!()
+    };
     assert_eq!(*addr, from, "the flooding source is named");
-    assert_eq!((*syns_in_second, *threshold), (51, 50), "the event fires on the crossing itself");
-    assert_eq!(*ifindex, l.b_ns.run({ let n = l.b.ifname.clone(); move || iface::get(&n).expect("iface").ifindex }));
+    assert_eq!(
+        (*syns_in_second, *threshold),
+        (51, 50),
+        "the event fires on the crossing itself"
+    );
+    assert_eq!(
+        *ifindex,
+        l.b_ns.run({
+            let n = l.b.ifname.clone();
+            move || iface::get(&n).expect("iface").ifindex
+        })
+    );
     // The ring buffer is ordered: no event for the normal source came before the flood's.
-    assert!(!events.iter().any(|e| matches!(e, SensorEvent::SynThreshold { addr, .. } if *addr == IpAddr::V6(l.a.v6))));
+    assert!(!events.iter().any(
+        |e| matches!(e, SensorEvent::SynThreshold { addr, .. } if *addr == IpAddr::V6(l.a.v6))
+    ));
 
-    let syns = |ip: IpAddr| sb.syn_sources().expect("syn table").into_iter().find(|s| s.addr == ip).map(|s| s.syns);
-    assert_eq!(syns(IpAddr::V6(l.a.v6)), Some(10), "one SYN per normal connection");
+    let syns = |ip: IpAddr| {
+        sb.syn_sources()
+            .expect("syn table")
+            .into_iter()
+            .find(|s| s.addr == ip)
+            .map(|s| s.syns)
+    };
+    assert_eq!(
+        syns(IpAddr::V6(l.a.v6)),
+        Some(10),
+        "one SYN per normal connection"
+    );
     // The burst may still be in flight past the crossing; wait for all of it to be counted.
     let mut flood = 0;
     for _ in 0..500 {
@@ -266,25 +422,58 @@ fn connection_threshold_event_arrives_with_the_crossing_connection() {
     let _clients = l.a_ns.run(move || traffic::tcp_connect_n(srv, 8));
     let _servers = traffic::tcp_accept_n(&listener, 8);
 
-    let events = events_until(&mut rx, WAIT, |e| matches!(e, SensorEvent::ConnThreshold { addr, .. } if *addr == b_ip));
+    let events = events_until(
+        &mut rx,
+        WAIT,
+        |e| matches!(e, SensorEvent::ConnThreshold { addr, .. } if *addr == b_ip),
+    );
     let received_ns = vespa_agent::ebpf::monotonic_ns();
     let to_b: Vec<u64> = events
         .iter()
         .filter_map(|e| match e {
-            SensorEvent::ConnOpened { timestamp_ns, remote, .. } if remote.ip() == b_ip => Some(*timestamp_ns),
+            SensorEvent::ConnOpened {
+                timestamp_ns,
+                remote,
+                ..
+            } if remote.ip() == b_ip => Some(*timestamp_ns),
             _ => None,
         })
         .collect();
-    let Some(SensorEvent::ConnThreshold { timestamp_ns, established, threshold, .. }) = events.last() else { unreachable!() };
+    let Some(SensorEvent::ConnThreshold {
+        timestamp_ns,
+        established,
+        threshold,
+        ..
+    }) = events.last()
+    else {
+        unreachable!()
+    };
     assert_eq!((*established, *threshold), (6, 5));
-    assert_eq!(to_b.len(), 6, "the event follows the sixth connection to b directly, not a polling interval later");
-    assert_eq!(*timestamp_ns, to_b[5], "raised in the same kernel invocation as the crossing connection");
+    assert_eq!(
+        to_b.len(),
+        6,
+        "the event follows the sixth connection to b directly, not a polling interval later"
+    );
+    assert_eq!(
+        *timestamp_ns, to_b[5],
+        "raised in the same kernel invocation as the crossing connection"
+    );
     // The attacker's MAC, as the policy needs it for an SDN block: from a's neighbour table.
-    let b_mac = l.b_ns.run({ let n = l.b.ifname.clone(); move || iface::get(&n).expect("iface").mac });
+    let b_mac = l.b_ns.run({
+        let n = l.b.ifname.clone();
+        move || iface::get(&n).expect("iface").mac
+    });
     assert_eq!(sa.mac_of(b_ip).expect("neighbour table"), Some(b_mac));
-    assert_eq!(sa.mac_of("192.0.2.1".parse().expect("ip")).expect("neighbour table"), None);
+    assert_eq!(
+        sa.mac_of("192.0.2.1".parse().expect("ip"))
+            .expect("neighbour table"),
+        None
+    );
     let latency_ms = (received_ns - timestamp_ns) as f64 / 1e6;
-    assert!(latency_ms < 250.0, "delivered to user space {latency_ms:.2} ms after the crossing");
+    assert!(
+        latency_ms < 250.0,
+        "delivered to user space {latency_ms:.2} ms after the crossing"
+    );
     eprintln!("threshold event delivered {latency_ms:.3} ms after the kernel saw the crossing");
 }
 
@@ -300,7 +489,16 @@ fn proc_fallback_gives_the_same_answers() {
     let ((e0, p0), drops0) = quiet(
         &l.a.ifname,
         || tx_dropped(&l.a_ns, &l.a.ifname),
-        || (counters(&ebpf, &l.a.ifname), l.a_ns.run({ let p = procs.clone(); let n = l.a.ifname.clone(); move || counters(&p, &n) })),
+        || {
+            (
+                counters(&ebpf, &l.a.ifname),
+                l.a_ns.run({
+                    let p = procs.clone();
+                    let n = l.a.ifname.clone();
+                    move || counters(&p, &n)
+                }),
+            )
+        },
     );
 
     let b_ip = IpAddr::V4(l.b.v4);
@@ -319,7 +517,10 @@ fn proc_fallback_gives_the_same_answers() {
         move || p.connections_of(b_ip).expect("proc")
     });
     assert_eq!(via_proc.established, 12);
-    assert_eq!(ebpf.connections_of(b_ip).expect("ebpf").established, via_proc.established);
+    assert_eq!(
+        ebpf.connections_of(b_ip).expect("ebpf").established,
+        via_proc.established
+    );
     drop((clients, servers));
 
     let to = SocketAddr::new(b_ip, 9401);
@@ -335,10 +536,21 @@ fn proc_fallback_gives_the_same_answers() {
     let mut last = None;
     let mut seen = None;
     for _ in 0..500 {
-        let (e1, p1) = (counters(&ebpf, &l.a.ifname), l.a_ns.run({ let p = procs.clone(); let n = l.a.ifname.clone(); move || counters(&p, &n) }));
-        let (d, dropped) = ((delta(&e0, &e1), delta(&p0, &p1)), tx_dropped(&l.a_ns, &l.a.ifname) - drops0);
+        let (e1, p1) = (
+            counters(&ebpf, &l.a.ifname),
+            l.a_ns.run({
+                let p = procs.clone();
+                let n = l.a.ifname.clone();
+                move || counters(&p, &n)
+            }),
+        );
+        let (d, dropped) = (
+            (delta(&e0, &e1), delta(&p0, &p1)),
+            tx_dropped(&l.a_ns, &l.a.ifname) - drops0,
+        );
         let same_rx = d.0[..2] == d.1[..2];
-        let tx_accounted = d.0[3] == d.1[3] + dropped && (d.0[2] == d.1[2]) == (dropped == 0) && d.0[2] >= d.1[2];
+        let tx_accounted =
+            d.0[3] == d.1[3] + dropped && (d.0[2] == d.1[2]) == (dropped == 0) && d.0[2] >= d.1[2];
         if same_rx && tx_accounted {
             last = Some(d.0);
             break;
@@ -346,6 +558,8 @@ fn proc_fallback_gives_the_same_answers() {
         seen = Some((d, dropped));
         std::thread::sleep(Duration::from_millis(20));
     }
-    let d = last.unwrap_or_else(|| panic!("eBPF and /proc deltas never agreed: last ((eBPF, /proc), tx dropped) = {seen:?}"));
+    let d = last.unwrap_or_else(|| {
+        panic!("eBPF and /proc deltas never agreed: last ((eBPF, /proc), tx dropped) = {seen:?}")
+    });
     assert!(d[3] >= 200, "the datagrams are in both: {d:?}");
 }

@@ -11,27 +11,50 @@ use std::process::{Command, Output};
 use vespa_tests::workspace_bin;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/config").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/config")
+        .join(name)
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(workspace_bin(program)).args(args).env("RUST_LOG", "warn").output().expect("run")
+    Command::new(workspace_bin(program))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run")
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn no_panic(o: &Output) {
     assert!(!text(o).contains("panicked"), "{}", text(o));
-    assert_ne!(o.status.code(), Some(101), "exit 101 is a panic: {}", text(o));
+    assert_ne!(
+        o.status.code(),
+        Some(101),
+        "exit 101 is a panic: {}",
+        text(o)
+    );
 }
 
 #[test]
 fn check_config_prints_the_2014_tree_from_ini_and_toml_alike() {
     let ini = fixture("vespa-2014-config.ini");
     let toml = fixture("vespa-2014-config.toml");
-    let a = run("vespa-orchestrator", &["run", "--check-config", "--config", ini.to_str().expect("utf-8")]);
+    let a = run(
+        "vespa-orchestrator",
+        &[
+            "run",
+            "--check-config",
+            "--config",
+            ini.to_str().expect("utf-8"),
+        ],
+    );
     assert!(a.status.success(), "{}", text(&a));
     let out = String::from_utf8_lossy(&a.stdout).to_string();
     for line in [
@@ -45,18 +68,74 @@ fn check_config_prints_the_2014_tree_from_ini_and_toml_alike() {
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
-    let b = run("vespa-orchestrator", &["run", "--check-config", "--config", toml.to_str().expect("utf-8")]);
-    let tree = |s: &str| s.lines().skip(1).filter(|l| !l.starts_with("key file")).map(str::to_string).collect::<Vec<_>>();
-    assert_eq!(tree(&out), tree(&String::from_utf8_lossy(&b.stdout)), "INI and TOML give the same tree");
+    let b = run(
+        "vespa-orchestrator",
+        &[
+            "run",
+            "--check-config",
+            "--config",
+            toml.to_str().expect("utf-8"),
+        ],
+    );
+    let tree = |s: &str| {
+        s.lines()
+            .skip(1)
+            .filter(|l| !l.starts_with("key file"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        tree(&out),
+        tree(&String::from_utf8_lossy(&b.stdout)),
+        "INI and TOML give the same tree"
+    );
 
-    let c = run("vespa-agent", &["run", "--check-config", "--config", ini.to_str().expect("utf-8")]);
+    let c = run(
+        "vespa-agent",
+        &[
+            "run",
+            "--check-config",
+            "--config",
+            ini.to_str().expect("utf-8"),
+        ],
+    );
     assert!(c.status.success(), "{}", text(&c));
     assert!(text(&c).contains("this process would run: Agent_Bandwidth, Agent_Controller_Floodlight, Agent_Connections"), "{}", text(&c));
-    let d = run("vespa-agent", &["run", "--check-config", "--config", ini.to_str().expect("utf-8"), "--machine", "web"]);
-    assert!(text(&d).contains("this process would run: Agent_Bandwidth, Agent_Connections"), "{}", text(&d));
-    let e = run("vespa-orchestrator", &["run", "--check-config", "--config", ini.to_str().expect("utf-8"), "--node", "Agent_Bandwidth"]);
+    let d = run(
+        "vespa-agent",
+        &[
+            "run",
+            "--check-config",
+            "--config",
+            ini.to_str().expect("utf-8"),
+            "--machine",
+            "web",
+        ],
+    );
+    assert!(
+        text(&d).contains("this process would run: Agent_Bandwidth, Agent_Connections"),
+        "{}",
+        text(&d)
+    );
+    let e = run(
+        "vespa-orchestrator",
+        &[
+            "run",
+            "--check-config",
+            "--config",
+            ini.to_str().expect("utf-8"),
+            "--node",
+            "Agent_Bandwidth",
+        ],
+    );
     assert_eq!(e.status.code(), Some(1));
-    assert!(text(&e).contains("node \"Agent_Bandwidth\" is of kind agent_bandwidth, which this program does not run"), "{}", text(&e));
+    assert!(
+        text(&e).contains(
+            "node \"Agent_Bandwidth\" is of kind agent_bandwidth, which this program does not run"
+        ),
+        "{}",
+        text(&e)
+    );
 }
 
 #[test]
@@ -64,29 +143,72 @@ fn without_config_the_embedded_loopback_default_is_used() {
     let o = run("vespa-orchestrator", &["run", "--check-config"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
-    assert!(out.contains("<embedded default>") && out.contains("VO (vo) on localhost at 127.0.0.1:4150"), "{out}");
+    assert!(
+        out.contains("<embedded default>")
+            && out.contains("VO (vo) on localhost at 127.0.0.1:4150"),
+        "{out}"
+    );
 }
 
 #[test]
 fn every_broken_fixture_is_one_clear_error() {
     let cases = [
         ("broken-unknown-key.toml", ":22: unknown field `mastr`"),
-        ("broken-missing-master.toml", ":22: [[node]] \"agent\": field `master`: no node named \"vo2\""),
-        ("broken-two-vos.toml", ":18: [[node]] \"VO2\": field `kind`: a second VO"),
-        ("broken-duplicate-port.toml", ":23: [[node]] \"agent\": field `port`: port 4151"),
-        ("broken-duplicate-name.toml", ":18: [[node]] \"HO_VM\": field `name`"),
-        ("broken-unknown-kind.toml", ":20: [[node]] \"agent\": field `kind`: unknown kind \"agent_teleport\""),
-        ("broken-unknown-machine.toml", ":21: [[node]] \"agent\": field `location`: no machine named \"mars\""),
-        ("broken-agent-under-agent.toml", ":29: [[node]] \"a2\": field `master`"),
-        ("broken-cycle.toml", ":22: [[node]] \"HO_A\": field `master`"),
+        (
+            "broken-missing-master.toml",
+            ":22: [[node]] \"agent\": field `master`: no node named \"vo2\"",
+        ),
+        (
+            "broken-two-vos.toml",
+            ":18: [[node]] \"VO2\": field `kind`: a second VO",
+        ),
+        (
+            "broken-duplicate-port.toml",
+            ":23: [[node]] \"agent\": field `port`: port 4151",
+        ),
+        (
+            "broken-duplicate-name.toml",
+            ":18: [[node]] \"HO_VM\": field `name`",
+        ),
+        (
+            "broken-unknown-kind.toml",
+            ":20: [[node]] \"agent\": field `kind`: unknown kind \"agent_teleport\"",
+        ),
+        (
+            "broken-unknown-machine.toml",
+            ":21: [[node]] \"agent\": field `location`: no machine named \"mars\"",
+        ),
+        (
+            "broken-agent-under-agent.toml",
+            ":29: [[node]] \"a2\": field `master`",
+        ),
+        (
+            "broken-cycle.toml",
+            ":22: [[node]] \"HO_A\": field `master`",
+        ),
         ("broken-port-range.toml", ":23: "),
         ("broken-syntax.toml", ":18: "),
-        ("broken-bad-address.toml", ":3: [[machine]] \"host\": field `address`"),
+        (
+            "broken-bad-address.toml",
+            ":3: [[machine]] \"host\": field `address`",
+        ),
         ("broken-no-vo.toml", ": no VO"),
-        ("broken-settings.toml", ":19: [settings]: field `queue_capacity`"),
-        ("broken-2014-unknown-key.ini", ":60: [Agent_Connections]: field `prot`: unknown key"),
-        ("broken-2014-missing-master.ini", ":54: [Agent_Controller_Floodlight]: field `master`: no node named \"HO_XX\""),
-        ("broken-2014-bad-port.ini", ":50: [Agent_Bandwidth]: field `port`"),
+        (
+            "broken-settings.toml",
+            ":19: [settings]: field `queue_capacity`",
+        ),
+        (
+            "broken-2014-unknown-key.ini",
+            ":60: [Agent_Connections]: field `prot`: unknown key",
+        ),
+        (
+            "broken-2014-missing-master.ini",
+            ":54: [Agent_Controller_Floodlight]: field `master`: no node named \"HO_XX\"",
+        ),
+        (
+            "broken-2014-bad-port.ini",
+            ":50: [Agent_Bandwidth]: field `port`",
+        ),
     ];
     for (file, want) in cases {
         let path = fixture(file);
@@ -96,8 +218,15 @@ fn every_broken_fixture_is_one_clear_error() {
             no_panic(&o);
             assert_eq!(o.status.code(), Some(1), "{program} {file}: {}", text(&o));
             let err = String::from_utf8_lossy(&o.stderr);
-            assert!(err.contains(&format!("{p}{want}")), "{program} {file}: want `{p}{want}` in:\n{err}");
-            assert_eq!(err.trim().lines().count(), 1, "{program} {file}: one line:\n{err}");
+            assert!(
+                err.contains(&format!("{p}{want}")),
+                "{program} {file}: want `{p}{want}` in:\n{err}"
+            );
+            assert_eq!(
+                err.trim().lines().count(),
+                1,
+                "{program} {file}: one line:\n{err}"
+            );
         }
     }
 }
@@ -115,17 +244,35 @@ fn keygen_writes_an_owner_only_key_and_run_refuses_a_loose_one() {
     let again = run("vespa-orchestrator", &["keygen", k]);
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again).contains("already exists"), "{}", text(&again));
-    assert!(run("vespa-orchestrator", &["keygen", "--force", k]).status.success());
+    assert!(run("vespa-orchestrator", &["keygen", "--force", k])
+        .status
+        .success());
 
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let ini = fixture("vespa-2014-config.toml");
-    let o = run("vespa-orchestrator", &["run", "--config", ini.to_str().expect("utf-8"), "--key", k]);
+    let o = run(
+        "vespa-orchestrator",
+        &["run", "--config", ini.to_str().expect("utf-8"), "--key", k],
+    );
     no_panic(&o);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("chmod 600"), "{}", text(&o));
-    let o = run("vespa-orchestrator", &["run", "--config", ini.to_str().expect("utf-8"), "--key", "/nonexistent/psk"]);
+    let o = run(
+        "vespa-orchestrator",
+        &[
+            "run",
+            "--config",
+            ini.to_str().expect("utf-8"),
+            "--key",
+            "/nonexistent/psk",
+        ],
+    );
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("/nonexistent/psk") && text(&o).contains("keygen"), "{}", text(&o));
+    assert!(
+        text(&o).contains("/nonexistent/psk") && text(&o).contains("keygen"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -136,10 +283,24 @@ fn help_describes_the_commands_and_flags() {
     }
     let o = run("vespa-orchestrator", &["run", "--help"]);
     for w in ["--config", "--check-config", "--key", "--node", "--machine"] {
-        assert!(text(&o).contains(w), "run --help mentions {w}:\n{}", text(&o));
+        assert!(
+            text(&o).contains(w),
+            "run --help mentions {w}:\n{}",
+            text(&o)
+        );
     }
     let o = run("vespa-agent", &["run", "--help"]);
-    for w in ["--config", "--check-config", "--key", "--node", "--log-format"] {
-        assert!(text(&o).contains(w), "vespa-agent run --help mentions {w}:\n{}", text(&o));
+    for w in [
+        "--config",
+        "--check-config",
+        "--key",
+        "--node",
+        "--log-format",
+    ] {
+        assert!(
+            text(&o).contains(w),
+            "vespa-agent run --help mentions {w}:\n{}",
+            text(&o)
+        );
     }
 }

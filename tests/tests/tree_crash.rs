@@ -12,9 +12,30 @@ use tree_kit::*;
 fn streaming_tree(tag: &str, vo_extra: &str) -> Tree {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
     let nodes = [
-        N { name: "VO", kind: "vo", machine: "host", master: None, port: free_port(), extra: vo_extra.into() },
-        N { name: "HO_VM", kind: "ho_vm", machine: "host", master: Some("VO"), port: free_port(), extra: String::new() },
-        N { name: "bw", kind: "agent_bandwidth", machine: "host", master: Some("HO_VM"), port: free_port(), extra: "interfaces = [\"lo\"]\n".into() },
+        N {
+            name: "VO",
+            kind: "vo",
+            machine: "host",
+            master: None,
+            port: free_port(),
+            extra: vo_extra.into(),
+        },
+        N {
+            name: "HO_VM",
+            kind: "ho_vm",
+            machine: "host",
+            master: Some("VO"),
+            port: free_port(),
+            extra: String::new(),
+        },
+        N {
+            name: "bw",
+            kind: "agent_bandwidth",
+            machine: "host",
+            master: Some("HO_VM"),
+            port: free_port(),
+            extra: "interfaces = [\"lo\"]\n".into(),
+        },
     ];
     // One sample every 2 ms: about 500 alerts per second stream through the tree.
     let settings = "heartbeat_ms = 300\nsample_interval_ms = 2\nkeep_alerts = 1000000\nbackoff_min_ms = 20\nbackoff_max_ms = 300";
@@ -22,7 +43,9 @@ fn streaming_tree(tag: &str, vo_extra: &str) -> Tree {
 }
 
 fn vo_count(tree: &Tree) -> u64 {
-    stats(tree, "VO", "VO").and_then(|s| s.origins.get("bw").map(|o| o.count)).unwrap_or(0)
+    stats(tree, "VO", "VO")
+        .and_then(|s| s.origins.get("bw").map(|o| o.count))
+        .unwrap_or(0)
 }
 
 /// Stops the agent with SIGTERM (it flushes), then waits until the VO holds its last alert.
@@ -31,7 +54,9 @@ fn stop_agent_and_drain(tree: &Tree, agent: &mut Proc) -> (u64, u64) {
     let st = agent.wait_exit();
     assert!(st.success(), "agent exit {st}; log:\n{}", agent.log_text());
     let (first, last) = final_seqs(agent, "bw");
-    wait_for("the VO to hold the agent's last alert", || stats(tree, "VO", "VO").filter(|s| s.origins.get("bw").is_some_and(|o| o.highest == last)));
+    wait_for("the VO to hold the agent's last alert", || {
+        stats(tree, "VO", "VO").filter(|s| s.origins.get("bw").is_some_and(|o| o.highest == last))
+    });
     (first, last)
 }
 
@@ -42,18 +67,30 @@ fn sigkill_of_the_ho_while_the_agent_streams_loses_and_duplicates_nothing() {
     let mut ho = tree.spawn("ho", "vespa-orchestrator", None, &[], &["HO_VM"]);
     let mut agent = tree.spawn("agent", "vespa-agent", None, &["--mode", "proc"], &["bw"]);
 
-    wait_for("300 alerts at the VO", || (vo_count(&tree) >= 300).then_some(()));
+    wait_for("300 alerts at the VO", || {
+        (vo_count(&tree) >= 300).then_some(())
+    });
     ho.kill9();
     let at_kill = vo_count(&tree);
     std::thread::sleep(Duration::from_millis(800));
     let mut ho2 = tree.spawn("ho2", "vespa-orchestrator", None, &[], &["HO_VM"]);
-    wait_for("alerts to flow again through the new HO", || (vo_count(&tree) >= at_kill + 1000).then_some(()));
+    wait_for("alerts to flow again through the new HO", || {
+        (vo_count(&tree) >= at_kill + 1000).then_some(())
+    });
 
     let (first, last) = stop_agent_and_drain(&tree, &mut agent);
     let alerts = vo_alerts(&tree, &|v, a| tree.call("VO", v, a));
-    assert_exactly_once(&seqs_of(&alerts, "bw"), first, last, "alerts at the VO across an HO SIGKILL");
+    assert_exactly_once(
+        &seqs_of(&alerts, "bw"),
+        first,
+        last,
+        "alerts at the VO across an HO SIGKILL",
+    );
     let vs = stats(&tree, "VO", "VO").expect("VO stats");
-    eprintln!("VO: {} alerts from bw, {} duplicates dropped (re-sends after the HO crash)", vs.origins["bw"].count, vs.duplicates_dropped);
+    eprintln!(
+        "VO: {} alerts from bw, {} duplicates dropped (re-sends after the HO crash)",
+        vs.origins["bw"].count, vs.duplicates_dropped
+    );
     assert_eq!(vs.origins["bw"].count, last - first + 1);
 
     for p in [&mut ho2, &mut vo] {
@@ -71,20 +108,43 @@ fn sigkill_of_the_vo_with_a_journal_loses_and_duplicates_nothing() {
     let mut ho = tree.spawn("ho", "vespa-orchestrator", None, &[], &["HO_VM"]);
     let mut agent = tree.spawn("agent", "vespa-agent", None, &["--mode", "proc"], &["bw"]);
 
-    wait_for("300 alerts at the VO", || (vo_count(&tree) >= 300).then_some(()));
+    wait_for("300 alerts at the VO", || {
+        (vo_count(&tree) >= 300).then_some(())
+    });
     vo.kill9();
     std::thread::sleep(Duration::from_millis(800));
     let mut vo2 = tree.spawn("vo2", "vespa-orchestrator", None, &[], &["VO"]);
-    let restarted_with = wait_for("the new VO to answer", || stats(&tree, "VO", "VO")).origins.get("bw").map_or(0, |o| o.count);
-    assert!(restarted_with >= 300, "the new VO reloaded the journal ({restarted_with} alerts from bw)");
-    wait_for("alerts to flow again into the new VO", || (vo_count(&tree) >= restarted_with + 1000).then_some(()));
+    let restarted_with = wait_for("the new VO to answer", || stats(&tree, "VO", "VO"))
+        .origins
+        .get("bw")
+        .map_or(0, |o| o.count);
+    assert!(
+        restarted_with >= 300,
+        "the new VO reloaded the journal ({restarted_with} alerts from bw)"
+    );
+    wait_for("alerts to flow again into the new VO", || {
+        (vo_count(&tree) >= restarted_with + 1000).then_some(())
+    });
 
     let (first, last) = stop_agent_and_drain(&tree, &mut agent);
     let text = std::fs::read_to_string(&journal).expect("journal");
-    let journaled: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("journal line")).collect();
-    assert_exactly_once(&seqs_of(&journaled, "bw"), first, last, "journal across a VO SIGKILL");
+    let journaled: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("journal line"))
+        .collect();
+    assert_exactly_once(
+        &seqs_of(&journaled, "bw"),
+        first,
+        last,
+        "journal across a VO SIGKILL",
+    );
     let alerts = vo_alerts(&tree, &|v, a| tree.call("VO", v, a));
-    assert_exactly_once(&seqs_of(&alerts, "bw"), first, last, "get_alerts of the restarted VO");
+    assert_exactly_once(
+        &seqs_of(&alerts, "bw"),
+        first,
+        last,
+        "get_alerts of the restarted VO",
+    );
 
     for p in [&mut ho, &mut vo2] {
         p.signal(Signal::SIGTERM);

@@ -330,7 +330,11 @@ fn an_ho_in_another_process_is_listed_and_released_through_the_vo_api() {
         return;
     }
     const TOKEN: &str = "fastpath-remote-token-0123456789";
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let stub = rt.block_on(FloodlightStub::start());
     let tree = tree(&stub.url(), "HO_PH");
     // Neither calm nor the cool-down ends within the test: only the API releases.
@@ -338,72 +342,171 @@ fn an_ho_in_another_process_is_listed_and_released_through_the_vo_api() {
     std::fs::write(&policy_file, policy_timed("HO_PH", 600, 600)).expect("policy file");
     let token = tree.scratch.dir.join("api-token");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
     let api = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let (p, t, a) = (policy_file.to_string_lossy().into_owned(), token.to_string_lossy().into_owned(), api.to_string());
-    let vo = tree.spawn_with("vo", "vespa-orchestrator", None, &[], &["VO", "HO_VM"], &["--policy", &p, "--http", &a, "--api-token-file", &t]);
-    let ho = tree.spawn_with("ho_ph", "vespa-orchestrator", None, &[], &["HO_PH"], &["--policy", &p]);
+    let (p, t, a) = (
+        policy_file.to_string_lossy().into_owned(),
+        token.to_string_lossy().into_owned(),
+        api.to_string(),
+    );
+    let vo = tree.spawn_with(
+        "vo",
+        "vespa-orchestrator",
+        None,
+        &[],
+        &["VO", "HO_VM"],
+        &["--policy", &p, "--http", &a, "--api-token-file", &t],
+    );
+    let ho = tree.spawn_with(
+        "ho_ph",
+        "vespa-orchestrator",
+        None,
+        &[],
+        &["HO_PH"],
+        &["--policy", &p],
+    );
     let thr = THRESHOLD.to_string();
-    let agents = tree.spawn("agents", "vespa-agent", None, &["--mode", "ebpf", "-i", "lo", "--conn-threshold", &thr], &["conns", "fl"]);
-    let logs = || format!("vo:\n{}\nho_ph:\n{}\nagents:\n{}", vo.log_text(), ho.log_text(), agents.log_text());
-    wait_for("both agents under HO_PH", || ["conns", "fl"].iter().all(|a| tree.call(a, "help", &[]).is_ok()).then_some(()));
+    let agents = tree.spawn(
+        "agents",
+        "vespa-agent",
+        None,
+        &["--mode", "ebpf", "-i", "lo", "--conn-threshold", &thr],
+        &["conns", "fl"],
+    );
+    let logs = || {
+        format!(
+            "vo:\n{}\nho_ph:\n{}\nagents:\n{}",
+            vo.log_text(),
+            ho.log_text(),
+            agents.log_text()
+        )
+    };
+    wait_for("both agents under HO_PH", || {
+        ["conns", "fl"]
+            .iter()
+            .all(|a| tree.call(a, "help", &[]).is_ok())
+            .then_some(())
+    });
     let actions = || -> Option<serde_json::Value> {
         let (status, body) = http_request(api, "GET", "/api/v1/actions", None, "")?;
-        (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+        (status == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
     };
     let (attacker, server_addr) = addresses(1);
     let target = attacker.to_string();
-    let holds = |a: &serde_json::Value| a["actions"].as_array().is_some_and(|l| l.iter().any(|x| x["target"] == target.as_str()));
+    let holds = |a: &serde_json::Value| {
+        a["actions"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["target"] == target.as_str()))
+    };
     let before = actions().expect("the VO's API answers");
     assert!(!holds(&before), "nothing held before the flood: {before}");
 
     let server = TcpListener::bind(server_addr).expect("server");
     let to = server.local_addr().expect("server address");
-    let accept = std::thread::spawn(move || vespa_tests::traffic::tcp_accept_n(&server, 2 * THRESHOLD));
+    let accept =
+        std::thread::spawn(move || vespa_tests::traffic::tcp_accept_n(&server, 2 * THRESHOLD));
     let held = vespa_tests::traffic::tcp_connect_from(attacker, to, 2 * THRESHOLD, |_| {});
     let accepted = accept.join().expect("accept thread");
-    let id = wait_for("the block of the attacker at the Floodlight stand-in", || blocks_of(&stub, &target).first().cloned());
+    let id = wait_for(
+        "the block of the attacker at the Floodlight stand-in",
+        || blocks_of(&stub, &target).first().cloned(),
+    );
 
     // Listed by the VO's API, held at HO_PH, which another process runs.
     let listed = wait_for("HO_PH's block in the VO's /api/v1/actions", || {
         let a = actions()?;
-        a["actions"].as_array()?.iter().find(|x| x["target"] == target.as_str()).cloned().map(|x| (x, a["unreachable"].clone()))
+        a["actions"]
+            .as_array()?
+            .iter()
+            .find(|x| x["target"] == target.as_str())
+            .cloned()
+            .map(|x| (x, a["unreachable"].clone()))
     });
     let (action, unreachable) = listed;
     assert_eq!(
-        (&action["action"], &action["actuator"], &action["at"], &action["key"]),
-        (&serde_json::json!("block"), &serde_json::json!("fl"), &serde_json::json!("HO_PH"), &serde_json::json!(target)),
+        (
+            &action["action"],
+            &action["actuator"],
+            &action["at"],
+            &action["key"]
+        ),
+        (
+            &serde_json::json!("block"),
+            &serde_json::json!("fl"),
+            &serde_json::json!("HO_PH"),
+            &serde_json::json!(target)
+        ),
         "{action}"
     );
     assert_eq!(unreachable, serde_json::json!([]));
     // The same from a shell: HO_PH answers its policy verbs.
-    let direct = tree.call("HO_PH", "policy_actions", &[]).expect("policy_actions");
-    assert!(direct.contains(&format!("\"target\":\"{target}\"")), "{direct}");
+    let direct = tree
+        .call("HO_PH", "policy_actions", &[])
+        .expect("policy_actions");
+    assert!(
+        direct.contains(&format!("\"target\":\"{target}\"")),
+        "{direct}"
+    );
 
     vespa_tests::traffic::tcp_close_all(held);
     drop(accepted);
     let body = serde_json::json!({ "target": target }).to_string();
-    let (status, _) = http_request(api, "POST", "/api/v1/release", None, &body).expect("release without token");
+    let (status, _) =
+        http_request(api, "POST", "/api/v1/release", None, &body).expect("release without token");
     assert_eq!(status, 401, "a release needs the token");
-    assert_eq!(blocks_of(&stub, &target), [id.clone()], "a refused release changes nothing");
-    let (status, text) = http_request(api, "POST", "/api/v1/release", Some(TOKEN), &body).expect("release");
+    assert_eq!(
+        blocks_of(&stub, &target),
+        [id.clone()],
+        "a refused release changes nothing"
+    );
+    let (status, text) =
+        http_request(api, "POST", "/api/v1/release", Some(TOKEN), &body).expect("release");
     assert_eq!(status, 200, "{text}\n{}", logs());
-    assert!(text.contains(&format!("fl release_hackers {target}")), "HO_PH's driver released it: {text}");
+    assert!(
+        text.contains(&format!("fl release_hackers {target}")),
+        "HO_PH's driver released it: {text}"
+    );
     wait_for("the attacker's flows removed from the stand-in", || {
-        let gone = !stub.flows().values().any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str());
-        let deleted = stub.requests().iter().any(|r| r.method == "DELETE" && r.body.as_ref().and_then(|b| b["name"].as_str()).is_some_and(|n| n.starts_with(&format!("vespa-{id}-"))));
+        let gone = !stub
+            .flows()
+            .values()
+            .any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str());
+        let deleted = stub.requests().iter().any(|r| {
+            r.method == "DELETE"
+                && r.body
+                    .as_ref()
+                    .and_then(|b| b["name"].as_str())
+                    .is_some_and(|n| n.starts_with(&format!("vespa-{id}-")))
+        });
         (gone && deleted).then_some(())
     });
     let after = actions().expect("actions");
     assert!(!holds(&after), "released: {after}");
-    let (status, text) = http_request(api, "POST", "/api/v1/release", Some(TOKEN), &body).expect("second release");
+    let (status, text) =
+        http_request(api, "POST", "/api/v1/release", Some(TOKEN), &body).expect("second release");
     assert_eq!(status, 404, "nothing left to release: {text}");
-    assert_eq!(blocks_of(&stub, &target), [id], "exactly one block request\n{}", logs());
+    assert_eq!(
+        blocks_of(&stub, &target),
+        [id],
+        "exactly one block request\n{}",
+        logs()
+    );
 
-    assert_eq!(tree.call("VO", "destroy", &[]), Ok("destroying VO and its subtree".into()));
+    assert_eq!(
+        tree.call("VO", "destroy", &[]),
+        Ok("destroying VO and its subtree".into())
+    );
     for mut p in [agents, ho, vo] {
         let st = p.wait_exit();
-        assert!(st.success(), "{} exited with {st}; log:\n{}", p.label, p.log_text());
+        assert!(
+            st.success(),
+            "{} exited with {st}; log:\n{}",
+            p.label,
+            p.log_text()
+        );
     }
 }
 

@@ -24,20 +24,42 @@ fn lines_for(p: &Proc, peer: SocketAddr) -> Vec<serde_json::Value> {
     let want = peer.to_string();
     p.log_lines()
         .into_iter()
-        .filter(|l| l["fields"]["peer"].as_str() == Some(want.as_str()) && (l["level"] == "WARN" || l["level"] == "ERROR"))
+        .filter(|l| {
+            l["fields"]["peer"].as_str() == Some(want.as_str())
+                && (l["level"] == "WARN" || l["level"] == "ERROR")
+        })
         .collect()
 }
 
 /// Waits for the one log line about `peer`, checks its reason, and that no second one comes.
 fn one_line(p: &Proc, peer: SocketAddr, reason: &[&str], case: &str) {
-    let lines = wait_for(&format!("{case}: a log line for {peer}"), || Some(lines_for(p, peer)).filter(|l| !l.is_empty()));
+    let lines = wait_for(&format!("{case}: a log line for {peer}"), || {
+        Some(lines_for(p, peer)).filter(|l| !l.is_empty())
+    });
     std::thread::sleep(Duration::from_millis(300));
-    let lines = if lines.len() == 1 { lines_for(p, peer) } else { lines };
-    assert_eq!(lines.len(), 1, "{case}: exactly one line for {peer}: {lines:#?}");
-    let text = lines[0]["fields"]["reason"].as_str().unwrap_or_default().to_string();
-    assert!(reason.iter().any(|r| text.contains(r)), "{case}: reason {text:?} should mention one of {reason:?}");
+    let lines = if lines.len() == 1 {
+        lines_for(p, peer)
+    } else {
+        lines
+    };
+    assert_eq!(
+        lines.len(),
+        1,
+        "{case}: exactly one line for {peer}: {lines:#?}"
+    );
+    let text = lines[0]["fields"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.iter().any(|r| text.contains(r)),
+        "{case}: reason {text:?} should mention one of {reason:?}"
+    );
     assert_eq!(lines[0]["level"], "WARN", "{case}");
-    eprintln!("{case}: {} peer={peer} reason={text}", lines[0]["fields"]["message"]);
+    eprintln!(
+        "{case}: {} peer={peer} reason={text}",
+        lines[0]["fields"]["message"]
+    );
 }
 
 /// Connects to `addr`; returns the stream and the address the node sees for it.
@@ -51,7 +73,12 @@ async fn connect(addr: SocketAddr) -> (TcpStream, SocketAddr) {
 /// client->server frames (index 0 is the hello, 1 the key confirmation, 2.. data); then sends
 /// `Register` and a heartbeat. With `hang_up`, the client then closes the socket (the relay
 /// passes the end on). Returns the address the node sees.
-async fn tampering_client(addr: SocketAddr, psk: &Psk, hang_up: bool, edit: impl FnMut(usize, Vec<u8>, &mut Vec<Vec<u8>>) + Send + 'static) -> SocketAddr {
+async fn tampering_client(
+    addr: SocketAddr,
+    psk: &Psk,
+    hang_up: bool,
+    edit: impl FnMut(usize, Vec<u8>, &mut Vec<Vec<u8>>) + Send + 'static,
+) -> SocketAddr {
     let (up, me) = connect(addr).await;
     let (client_side, relay_side) = tokio::io::duplex(1 << 16);
     let (mut up_r, mut up_w) = up.into_split();
@@ -86,9 +113,20 @@ async fn tampering_client(addr: SocketAddr, psk: &Psk, hang_up: bool, edit: impl
             }
         }
     });
-    let cfg = vespa_proto::Config { handshake_timeout: Duration::from_secs(5), ..Default::default() };
-    let (mut conn, _) = vespa_proto::client_handshake(client_side, psk, "intruder", &cfg).await.expect("the relay passes the handshake through");
-    let _ = conn.send(&Message::Register { name: "intruder".into(), kind: NodeKind::Agent, listen_addr: None }).await;
+    let cfg = vespa_proto::Config {
+        handshake_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let (mut conn, _) = vespa_proto::client_handshake(client_side, psk, "intruder", &cfg)
+        .await
+        .expect("the relay passes the handshake through");
+    let _ = conn
+        .send(&Message::Register {
+            name: "intruder".into(),
+            kind: NodeKind::Agent,
+            listen_addr: None,
+        })
+        .await;
     let _ = conn.send(&Message::Heartbeat).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     if hang_up {
@@ -103,22 +141,59 @@ async fn tampering_client(addr: SocketAddr, psk: &Psk, hang_up: bool, edit: impl
 fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
     let nodes = [
-        N { name: "VO", kind: "vo", machine: "host", master: None, port: free_port(), extra: String::new() },
-        N { name: "HO_VM", kind: "ho_vm", machine: "host", master: Some("VO"), port: free_port(), extra: String::new() },
-        N { name: "bw", kind: "agent_bandwidth", machine: "host", master: Some("HO_VM"), port: free_port(), extra: "interfaces = [\"lo\"]\n".into() },
+        N {
+            name: "VO",
+            kind: "vo",
+            machine: "host",
+            master: None,
+            port: free_port(),
+            extra: String::new(),
+        },
+        N {
+            name: "HO_VM",
+            kind: "ho_vm",
+            machine: "host",
+            master: Some("VO"),
+            port: free_port(),
+            extra: String::new(),
+        },
+        N {
+            name: "bw",
+            kind: "agent_bandwidth",
+            machine: "host",
+            master: Some("HO_VM"),
+            port: free_port(),
+            extra: "interfaces = [\"lo\"]\n".into(),
+        },
     ];
     let settings = "heartbeat_ms = 300\nhandshake_timeout_ms = 1000\nsample_interval_ms = 5\nkeep_alerts = 1000000";
     let tree = Tree::new("hostile", settings, &[("host", lo)], &nodes);
     // One process hosts the VO and the HO, as on a single orchestrator machine.
-    let mut orch = tree.spawn("orchestrator", "vespa-orchestrator", None, &[], &["VO", "HO_VM"]);
+    let mut orch = tree.spawn(
+        "orchestrator",
+        "vespa-orchestrator",
+        None,
+        &[],
+        &["VO", "HO_VM"],
+    );
     let mut agent = tree.spawn("agent", "vespa-agent", None, &["--mode", "proc"], &["bw"]);
     let ho = tree.addrs["HO_VM"];
-    let count = || stats(&tree, "VO", "VO").and_then(|s| s.origins.get("bw").map(|o| o.count)).unwrap_or(0);
-    wait_for("the agent's alerts at the VO", || (count() >= 100).then_some(()));
+    let count = || {
+        stats(&tree, "VO", "VO")
+            .and_then(|s| s.origins.get("bw").map(|o| o.count))
+            .unwrap_or(0)
+    };
+    wait_for("the agent's alerts at the VO", || {
+        (count() >= 100).then_some(())
+    });
     let rss_before = orch.rss_kib();
     let count_before = count();
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
     let psk = tree.psk.clone();
 
     // Random bytes.
@@ -130,7 +205,12 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         me
     });
-    one_line(&orch, peer, &["not speaking the VESPA protocol", "frame too large"], "random bytes");
+    one_line(
+        &orch,
+        peer,
+        &["not speaking the VESPA protocol", "frame too large"],
+        "random bytes",
+    );
 
     // A 4 GiB length prefix: refused from the prefix alone.
     let peer = rt.block_on(async {
@@ -139,7 +219,12 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         me
     });
-    one_line(&orch, peer, &["frame too large: 4294967295 bytes announced"], "4 GiB length prefix");
+    one_line(
+        &orch,
+        peer,
+        &["frame too large: 4294967295 bytes announced"],
+        "4 GiB length prefix",
+    );
 
     // A valid frame (the Register) with one bit flipped.
     let peer = rt.block_on(tampering_client(ho, &psk, false, |i, mut f, out| {
@@ -149,7 +234,12 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
         }
         out.push(f);
     }));
-    one_line(&orch, peer, &["failed authentication: tampered"], "one bit flipped");
+    one_line(
+        &orch,
+        peer,
+        &["failed authentication: tampered"],
+        "one bit flipped",
+    );
 
     // A captured frame replayed in place of the next one.
     let peer = rt.block_on(tampering_client(ho, &psk, false, {
@@ -192,7 +282,10 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
     // The wrong key.
     let peer = rt.block_on(async {
         let (s, me) = connect(ho).await;
-        let cfg = vespa_proto::Config { handshake_timeout: Duration::from_secs(5), ..Default::default() };
+        let cfg = vespa_proto::Config {
+            handshake_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
         let r = vespa_proto::client_handshake(s, &Psk::random(), "impostor", &cfg).await;
         assert!(r.is_err(), "a wrong key must not get a connection");
         me
@@ -207,27 +300,51 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
         drop(s);
         me
     });
-    one_line(&orch, peer, &["did not complete the handshake within 1s"], "slow-loris (handshake)");
+    one_line(
+        &orch,
+        peer,
+        &["did not complete the handshake within 1s"],
+        "slow-loris (handshake)",
+    );
 
     // Slow-loris after the handshake: a frame started and never finished.
     let peer = rt.block_on(async {
         let (s, me) = connect(ho).await;
-        let cfg = vespa_proto::Config { handshake_timeout: Duration::from_secs(5), ..Default::default() };
-        let (conn, _) = vespa_proto::client_handshake(s, &psk, "sloth", &cfg).await.expect("right key");
+        let cfg = vespa_proto::Config {
+            handshake_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let (conn, _) = vespa_proto::client_handshake(s, &psk, "sloth", &cfg)
+            .await
+            .expect("right key");
         tokio::time::sleep(Duration::from_millis(1500)).await;
         drop(conn);
         me
     });
-    one_line(&orch, peer, &["idle timeout"], "slow-loris (after the handshake)");
+    one_line(
+        &orch,
+        peer,
+        &["idle timeout"],
+        "slow-loris (after the handshake)",
+    );
 
     // Many at once: 200 slow-loris peers and 50 announcing 4 GiB; memory stays bounded.
-    let rejected = || orch.log_lines().iter().filter(|l| l["fields"]["message"] == "connection rejected").count();
+    let rejected = || {
+        orch.log_lines()
+            .iter()
+            .filter(|l| l["fields"]["message"] == "connection rejected")
+            .count()
+    };
     let rejected_before = rejected();
     let held = rt.block_on(async {
         let mut held = Vec::new();
         for i in 0..250 {
             let (mut s, _) = connect(ho).await;
-            let bytes: &[u8] = if i % 5 == 0 { &[0xFF, 0xFF, 0xFF, 0xFF] } else { &[0, 0, 1] };
+            let bytes: &[u8] = if i % 5 == 0 {
+                &[0xFF, 0xFF, 0xFF, 0xFF]
+            } else {
+                &[0, 0, 1]
+            };
             let _ = s.write_all(bytes).await;
             held.push(s);
         }
@@ -235,24 +352,43 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
         held
     });
     let rss_during = orch.rss_kib();
-    wait_for("each of the 250 flood connections to be rejected (one line each)", || (rejected() >= rejected_before + 250).then_some(()));
+    wait_for(
+        "each of the 250 flood connections to be rejected (one line each)",
+        || (rejected() >= rejected_before + 250).then_some(()),
+    );
     assert_eq!(rejected(), rejected_before + 250);
     drop(held);
     let rss_after = orch.rss_kib();
     eprintln!("orchestrator RSS: {rss_before} KiB before, {rss_during} KiB during 250 hostile connections, {rss_after} KiB after");
-    assert!(rss_during < rss_before + 32 * 1024, "memory grew by {} KiB under attack", rss_during - rss_before);
+    assert!(
+        rss_during < rss_before + 32 * 1024,
+        "memory grew by {} KiB under attack",
+        rss_during - rss_before
+    );
 
     // The well-behaved agent never noticed.
-    wait_for("the agent's alerts to keep flowing", || (count() >= count_before + 200).then_some(()));
+    wait_for("the agent's alerts to keep flowing", || {
+        (count() >= count_before + 200).then_some(())
+    });
     let agent_stats = stats(&tree, "VO", "bw").expect("agent stats through the tree");
-    assert_eq!(agent_stats.reconnects, 0, "the agent's link was never disturbed");
+    assert_eq!(
+        agent_stats.reconnects, 0,
+        "the agent's link was never disturbed"
+    );
     assert_eq!(agent_stats.connection_errors, 0);
     agent.signal(Signal::SIGTERM);
     assert!(agent.wait_exit().success());
     let (first, last) = final_seqs(&agent, "bw");
-    wait_for("the VO to hold the agent's last alert", || stats(&tree, "VO", "VO").filter(|s| s.origins.get("bw").is_some_and(|o| o.highest == last)));
+    wait_for("the VO to hold the agent's last alert", || {
+        stats(&tree, "VO", "VO").filter(|s| s.origins.get("bw").is_some_and(|o| o.highest == last))
+    });
     let alerts = vo_alerts(&tree, &|v, a| tree.call("VO", v, a));
-    assert_exactly_once(&seqs_of(&alerts, "bw"), first, last, "the agent's alerts during the attacks");
+    assert_exactly_once(
+        &seqs_of(&alerts, "bw"),
+        first,
+        last,
+        "the agent's alerts during the attacks",
+    );
     orch.signal(Signal::SIGTERM);
     assert!(orch.wait_exit().success());
 }

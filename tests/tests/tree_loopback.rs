@@ -12,11 +12,37 @@ use tree_kit::*;
 fn loopback_tree(tag: &str) -> Tree {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
     let nodes = [
-        N { name: "VO", kind: "vo", machine: "host", master: None, port: free_port(), extra: String::new() },
-        N { name: "HO_VM", kind: "ho_vm", machine: "host", master: Some("VO"), port: free_port(), extra: String::new() },
-        N { name: "bw", kind: "agent_bandwidth", machine: "host", master: Some("HO_VM"), port: free_port(), extra: "interfaces = [\"lo\"]\n".into() },
+        N {
+            name: "VO",
+            kind: "vo",
+            machine: "host",
+            master: None,
+            port: free_port(),
+            extra: String::new(),
+        },
+        N {
+            name: "HO_VM",
+            kind: "ho_vm",
+            machine: "host",
+            master: Some("VO"),
+            port: free_port(),
+            extra: String::new(),
+        },
+        N {
+            name: "bw",
+            kind: "agent_bandwidth",
+            machine: "host",
+            master: Some("HO_VM"),
+            port: free_port(),
+            extra: "interfaces = [\"lo\"]\n".into(),
+        },
     ];
-    Tree::new(tag, "heartbeat_ms = 300\nsample_interval_ms = 20\nkeep_alerts = 100000", &[("host", lo)], &nodes)
+    Tree::new(
+        tag,
+        "heartbeat_ms = 300\nsample_interval_ms = 20\nkeep_alerts = 100000",
+        &[("host", lo)],
+        &nodes,
+    )
 }
 
 #[test]
@@ -25,7 +51,13 @@ fn alerts_calls_and_destroy_across_three_processes() {
     let mut vo = tree.spawn("vo", "vespa-orchestrator", None, &[], &["VO"]);
     let mut ho = tree.spawn("ho", "vespa-orchestrator", None, &[], &["HO_VM"]);
     // The sensors' default mode: eBPF on lo where it can load (root), /proc otherwise.
-    let mut agent = tree.spawn("agent", "vespa-agent", None, &["--mode", "auto", "-i", "lo"], &["bw"]);
+    let mut agent = tree.spawn(
+        "agent",
+        "vespa-agent",
+        None,
+        &["--mode", "auto", "-i", "lo"],
+        &["bw"],
+    );
 
     // Alerts: at least 50 samples from bw, in order, each with the full path.
     let alerts = wait_for("50 alerts from bw at the VO", || {
@@ -38,30 +70,80 @@ fn alerts_calls_and_destroy_across_three_processes() {
         assert_eq!(a["body"]["Bandwidth"]["iface"], "lo", "{a}");
     }
     let seqs = seqs_of(&alerts, "bw");
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "bw's alerts arrive in order, none missing or repeated: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "bw's alerts arrive in order, none missing or repeated: {seqs:?}"
+    );
 
     // Calls routed down from the VO.
-    let rx: u64 = tree.call("bw", "recv_bytes", &["lo"]).expect("recv_bytes").parse().expect("a number");
+    let rx: u64 = tree
+        .call("bw", "recv_bytes", &["lo"])
+        .expect("recv_bytes")
+        .parse()
+        .expect("a number");
     assert!(rx > 0, "loopback carried our own traffic");
-    assert!(tree.call("bw", "trans_bytes", &["lo"]).expect("trans_bytes").parse::<u64>().is_ok());
-    assert_eq!(tree.call("bw", "get_mac", &["lo"]), Ok("00:00:00:00:00:00".into()));
-    let conns: serde_json::Value = serde_json::from_str(&tree.call("bw", "connections", &[]).expect("connections")).expect("json");
-    assert!(conns.as_array().is_some_and(|c| c.iter().any(|r| r["addr"] == "127.0.0.1")), "our own loopback connections are seen: {conns}");
-    assert!(tree.call("bw", "connections_of", &["127.0.0.1"]).expect("connections_of").contains("\"established\""));
-    assert!(tree.call("bw", "recv_bytes", &["nosuchif0"]).expect_err("unknown iface").contains("unknown interface"));
-    assert!(tree.call("bw", "format_disk", &[]).expect_err("not a verb").contains("has no verb"));
+    assert!(tree
+        .call("bw", "trans_bytes", &["lo"])
+        .expect("trans_bytes")
+        .parse::<u64>()
+        .is_ok());
+    assert_eq!(
+        tree.call("bw", "get_mac", &["lo"]),
+        Ok("00:00:00:00:00:00".into())
+    );
+    let conns: serde_json::Value =
+        serde_json::from_str(&tree.call("bw", "connections", &[]).expect("connections"))
+            .expect("json");
+    assert!(
+        conns
+            .as_array()
+            .is_some_and(|c| c.iter().any(|r| r["addr"] == "127.0.0.1")),
+        "our own loopback connections are seen: {conns}"
+    );
+    assert!(tree
+        .call("bw", "connections_of", &["127.0.0.1"])
+        .expect("connections_of")
+        .contains("\"established\""));
+    assert!(tree
+        .call("bw", "recv_bytes", &["nosuchif0"])
+        .expect_err("unknown iface")
+        .contains("unknown interface"));
+    assert!(tree
+        .call("bw", "format_disk", &[])
+        .expect_err("not a verb")
+        .contains("has no verb"));
     let help = tree.call("bw", "help", &[]).expect("help");
-    for verb in ["recv_bytes", "trans_bytes", "get_mac", "connections", "connections_of", "interfaces", "list_slaves", "find_node"] {
+    for verb in [
+        "recv_bytes",
+        "trans_bytes",
+        "get_mac",
+        "connections",
+        "connections_of",
+        "interfaces",
+        "list_slaves",
+        "find_node",
+    ] {
         assert!(help.contains(verb), "help lists {verb}: {help}");
     }
-    let slaves: serde_json::Value = serde_json::from_str(&tree.call("HO_VM", "list_slaves", &[]).expect("list_slaves")).expect("json");
+    let slaves: serde_json::Value =
+        serde_json::from_str(&tree.call("HO_VM", "list_slaves", &[]).expect("list_slaves"))
+            .expect("json");
     assert_eq!(slaves[0]["name"], "bw");
     assert_eq!(slaves[0]["kind"], "Agent");
     let vo_slaves = tree.call("VO", "list_slaves", &[]).expect("VO list_slaves");
     assert!(vo_slaves.contains("\"HO_VM\""), "{vo_slaves}");
-    assert_eq!(tree.call("VO", "find_node", &["bw"]), Ok("[\"VO\",\"HO_VM\",\"bw\"]".into()));
-    assert_eq!(tree.call_via("HO_VM", "HO_VM", "find_node", &["bw"]), Ok("[\"HO_VM\",\"bw\"]".into()));
-    assert!(tree.call("VO", "find_node", &["ghost"]).expect_err("absent").contains("no node named \"ghost\""));
+    assert_eq!(
+        tree.call("VO", "find_node", &["bw"]),
+        Ok("[\"VO\",\"HO_VM\",\"bw\"]".into())
+    );
+    assert_eq!(
+        tree.call_via("HO_VM", "HO_VM", "find_node", &["bw"]),
+        Ok("[\"HO_VM\",\"bw\"]".into())
+    );
+    assert!(tree
+        .call("VO", "find_node", &["ghost"])
+        .expect_err("absent")
+        .contains("no node named \"ghost\""));
 
     // The CLI's call command does the same from the shell.
     let out = Command::new(vespa_tests::workspace_bin("vespa-orchestrator"))
@@ -70,20 +152,46 @@ fn alerts_calls_and_destroy_across_three_processes() {
         .args(["bw", "get_mac", "lo"])
         .output()
         .expect("call");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "00:00:00:00:00:00");
-    let out = Command::new(vespa_tests::workspace_bin("vespa-orchestrator")).args(["call", "--config"]).arg(&tree.config).args(["bw", "nope"]).output().expect("call");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "00:00:00:00:00:00"
+    );
+    let out = Command::new(vespa_tests::workspace_bin("vespa-orchestrator"))
+        .args(["call", "--config"])
+        .arg(&tree.config)
+        .args(["bw", "nope"])
+        .output()
+        .expect("call");
     assert_eq!(out.status.code(), Some(2), "a verb error exits 2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no verb \"nope\""));
 
     // Destroy from the top: every process flushes and exits 0.
-    assert_eq!(tree.call("VO", "destroy", &[]), Ok("destroying VO and its subtree".into()));
+    assert_eq!(
+        tree.call("VO", "destroy", &[]),
+        Ok("destroying VO and its subtree".into())
+    );
     for p in [&mut agent, &mut ho, &mut vo] {
         let st = p.wait_exit();
-        assert!(st.success(), "{} exited with {st}; log:\n{}", p.label, p.log_text());
+        assert!(
+            st.success(),
+            "{} exited with {st}; log:\n{}",
+            p.label,
+            p.log_text()
+        );
     }
     let (first, last) = final_seqs(&agent, "bw");
     assert!(last >= first);
-    assert!(agent.log_event("destroy received from master", "bw").is_some(), "{}", agent.log_text());
+    assert!(
+        agent
+            .log_event("destroy received from master", "bw")
+            .is_some(),
+        "{}",
+        agent.log_text()
+    );
     assert!(ho.log_event("node stopped", "HO_VM").is_some());
 }

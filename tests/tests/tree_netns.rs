@@ -23,19 +23,56 @@ fn cut_links_for_seconds_lose_and_duplicate_no_alert() {
     let (a_side, h_side_a) = veth(&agent_ns, &ho_ns);
     let (h_side_v, v_side) = veth(&ho_ns, &vo_ns);
 
-    let machines: [(&str, IpAddr); 3] = [("agenthost", a_side.v4.into()), ("hohost", h_side_a.v4.into()), ("vohost", v_side.v4.into())];
+    let machines: [(&str, IpAddr); 3] = [
+        ("agenthost", a_side.v4.into()),
+        ("hohost", h_side_a.v4.into()),
+        ("vohost", v_side.v4.into()),
+    ];
     let nodes = [
-        N { name: "VO", kind: "vo", machine: "vohost", master: None, port: 4150, extra: String::new() },
-        N { name: "HO_VM", kind: "ho_vm", machine: "hohost", master: Some("VO"), port: 4151, extra: String::new() },
-        N { name: "bw", kind: "agent_bandwidth", machine: "agenthost", master: Some("HO_VM"), port: 4152, extra: "interfaces = [\"lo\"]\n".into() },
+        N {
+            name: "VO",
+            kind: "vo",
+            machine: "vohost",
+            master: None,
+            port: 4150,
+            extra: String::new(),
+        },
+        N {
+            name: "HO_VM",
+            kind: "ho_vm",
+            machine: "hohost",
+            master: Some("VO"),
+            port: 4151,
+            extra: String::new(),
+        },
+        N {
+            name: "bw",
+            kind: "agent_bandwidth",
+            machine: "agenthost",
+            master: Some("HO_VM"),
+            port: 4152,
+            extra: "interfaces = [\"lo\"]\n".into(),
+        },
     ];
     // Heartbeats every 300 ms: a cut link is noticed after 0.9 s, well inside the 3 s cut.
     let settings = "heartbeat_ms = 300\nhandshake_timeout_ms = 1000\nsample_interval_ms = 5\nkeep_alerts = 1000000\nbackoff_min_ms = 20\nbackoff_max_ms = 300";
     let tree = Arc::new(Tree::new("netns", settings, &machines, &nodes));
 
     let mut vo = tree.spawn("vo", "vespa-orchestrator", Some(&vo_ns.name), &[], &["VO"]);
-    let mut ho = tree.spawn("ho", "vespa-orchestrator", Some(&ho_ns.name), &[], &["HO_VM"]);
-    let mut agent = tree.spawn("agent", "vespa-agent", Some(&agent_ns.name), &["--mode", "proc"], &["bw"]);
+    let mut ho = tree.spawn(
+        "ho",
+        "vespa-orchestrator",
+        Some(&ho_ns.name),
+        &[],
+        &["HO_VM"],
+    );
+    let mut agent = tree.spawn(
+        "agent",
+        "vespa-agent",
+        Some(&agent_ns.name),
+        &["--mode", "proc"],
+        &["bw"],
+    );
 
     // The VO is only reachable inside its namespace: calls run on a thread there.
     let vo_call = |verb: &str, args: &[&str]| -> Result<String, String> {
@@ -46,36 +83,78 @@ fn cut_links_for_seconds_lose_and_duplicate_no_alert() {
             t.call("VO", &verb, &a)
         })
     };
-    let vo_stats = || vo_call("stats", &[]).ok().and_then(|s| serde_json::from_str::<vespa_node::Stats>(&s).ok());
-    let count = || vo_stats().and_then(|s| s.origins.get("bw").map(|o| o.count)).unwrap_or(0);
+    let vo_stats = || {
+        vo_call("stats", &[])
+            .ok()
+            .and_then(|s| serde_json::from_str::<vespa_node::Stats>(&s).ok())
+    };
+    let count = || {
+        vo_stats()
+            .and_then(|s| s.origins.get("bw").map(|o| o.count))
+            .unwrap_or(0)
+    };
 
-    wait_for("200 alerts at the VO before the first cut", || (count() >= 200).then_some(()));
-    for (label, ns, ifname) in [("agent-HO", &ho_ns, &h_side_a.ifname), ("HO-VO", &ho_ns, &h_side_v.ifname)] {
+    wait_for("200 alerts at the VO before the first cut", || {
+        (count() >= 200).then_some(())
+    });
+    for (label, ns, ifname) in [
+        ("agent-HO", &ho_ns, &h_side_a.ifname),
+        ("HO-VO", &ho_ns, &h_side_v.ifname),
+    ] {
         ns.ip(&["link", "set", ifname, "down"]);
         std::thread::sleep(Duration::from_secs(3));
         ns.ip(&["link", "set", ifname, "up"]);
         let before = count();
-        wait_for(&format!("alerts to flow again after the {label} cut"), || (count() >= before + 200).then_some(()));
+        wait_for(
+            &format!("alerts to flow again after the {label} cut"),
+            || (count() >= before + 200).then_some(()),
+        );
     }
 
     agent.signal(Signal::SIGTERM);
-    assert!(agent.wait_exit().success(), "agent log:\n{}", agent.log_text());
+    assert!(
+        agent.wait_exit().success(),
+        "agent log:\n{}",
+        agent.log_text()
+    );
     let (first, last) = final_seqs(&agent, "bw");
-    wait_for("the VO to hold the agent's last alert", || vo_stats().filter(|s| s.origins.get("bw").is_some_and(|o| o.highest == last)));
+    wait_for("the VO to hold the agent's last alert", || {
+        vo_stats().filter(|s| s.origins.get("bw").is_some_and(|o| o.highest == last))
+    });
     let alerts = vo_alerts(&tree, &vo_call);
-    assert_exactly_once(&seqs_of(&alerts, "bw"), first, last, "alerts at the VO across two cut links");
+    assert_exactly_once(
+        &seqs_of(&alerts, "bw"),
+        first,
+        last,
+        "alerts at the VO across two cut links",
+    );
 
     // Both cuts were noticed (and logged once per failed link) rather than ridden out.
     let failures = |p: &Proc| -> usize {
-        let lines: Vec<serde_json::Value> = p.log_lines().into_iter().filter(|l| l["fields"]["message"] == "uplink to master failed").collect();
+        let lines: Vec<serde_json::Value> = p
+            .log_lines()
+            .into_iter()
+            .filter(|l| l["fields"]["message"] == "uplink to master failed")
+            .collect();
         for l in &lines {
-            eprintln!("{}: peer={} reason={}", p.label, l["fields"]["peer"], l["fields"]["reason"]);
+            eprintln!(
+                "{}: peer={} reason={}",
+                p.label, l["fields"]["peer"], l["fields"]["reason"]
+            );
         }
         lines.len()
     };
     let (agent_failures, ho_failures) = (failures(&agent), failures(&ho));
-    assert!(agent_failures >= 1, "the agent noticed its cut link:\n{}", agent.log_text());
-    assert!(ho_failures >= 1, "the HO noticed its cut uplink:\n{}", ho.log_text());
+    assert!(
+        agent_failures >= 1,
+        "the agent noticed its cut link:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        ho_failures >= 1,
+        "the HO noticed its cut uplink:\n{}",
+        ho.log_text()
+    );
 
     for p in [&mut ho, &mut vo] {
         p.signal(Signal::SIGTERM);

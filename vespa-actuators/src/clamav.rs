@@ -44,8 +44,12 @@ impl FromStr for ClamdAddr {
         }
         let t = s.strip_prefix("tcp:").unwrap_or(s);
         match t.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(ClamdAddr::Tcp(t.to_string())),
-            _ => Err(format!("invalid clamd address {s:?}: expected unix:/path or host:port")),
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {
+                Ok(ClamdAddr::Tcp(t.to_string()))
+            }
+            _ => Err(format!(
+                "invalid clamd address {s:?}: expected unix:/path or host:port"
+            )),
         }
     }
 }
@@ -93,11 +97,18 @@ impl Clamd {
     }
 
     fn timeout_err(&self, what: &str) -> AvError {
-        AvError::Timeout { addr: self.addr.to_string(), what: what.to_string(), secs: self.timeout.as_secs() }
+        AvError::Timeout {
+            addr: self.addr.to_string(),
+            what: what.to_string(),
+            secs: self.timeout.as_secs(),
+        }
     }
 
     async fn connect(&self, deadline: Instant, what: &str) -> Result<Pin<Box<dyn Io>>, AvError> {
-        let unreachable = |source| AvError::Unreachable { addr: self.addr.to_string(), source };
+        let unreachable = |source| AvError::Unreachable {
+            addr: self.addr.to_string(),
+            source,
+        };
         let fut = async {
             Ok::<Pin<Box<dyn Io>>, std::io::Error>(match &self.addr {
                 ClamdAddr::Unix(p) => Box::pin(tokio::net::UnixStream::connect(p).await?),
@@ -111,13 +122,23 @@ impl Clamd {
     }
 
     /// Reads a NUL-terminated reply (or up to EOF).
-    async fn read_reply(&self, io: &mut Pin<Box<dyn Io>>, deadline: Instant, what: &str) -> Result<String, AvError> {
+    async fn read_reply(
+        &self,
+        io: &mut Pin<Box<dyn Io>>,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<String, AvError> {
         let mut out = Vec::new();
         let mut buf = [0u8; 1024];
         loop {
             let n = match timeout_at(deadline, io.read(&mut buf)).await {
                 Ok(Ok(n)) => n,
-                Ok(Err(e)) if out.is_empty() => return Err(AvError::Unreachable { addr: self.addr.to_string(), source: e }),
+                Ok(Err(e)) if out.is_empty() => {
+                    return Err(AvError::Unreachable {
+                        addr: self.addr.to_string(),
+                        source: e,
+                    })
+                }
                 Ok(Err(_)) => 0,
                 Err(_) => return Err(self.timeout_err(what)),
             };
@@ -132,7 +153,10 @@ impl Clamd {
         let end = out.iter().position(|&b| b == 0).unwrap_or(out.len());
         let text = String::from_utf8_lossy(&out[..end]).trim().to_string();
         if text.is_empty() {
-            return Err(AvError::BadReply { what: what.to_string(), reply: String::new() });
+            return Err(AvError::BadReply {
+                what: what.to_string(),
+                reply: String::new(),
+            });
         }
         Ok(text)
     }
@@ -144,7 +168,12 @@ impl Clamd {
         let req = format!("z{cmd}\0");
         match timeout_at(deadline, io.write_all(req.as_bytes())).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(AvError::Unreachable { addr: self.addr.to_string(), source: e }),
+            Ok(Err(e)) => {
+                return Err(AvError::Unreachable {
+                    addr: self.addr.to_string(),
+                    source: e,
+                })
+            }
             Err(_) => return Err(self.timeout_err(cmd)),
         }
         self.read_reply(&mut io, deadline, cmd).await
@@ -156,7 +185,10 @@ impl Clamd {
         if r == "PONG" {
             Ok(())
         } else {
-            Err(AvError::BadReply { what: "PING".into(), reply: r })
+            Err(AvError::BadReply {
+                what: "PING".into(),
+                reply: r,
+            })
         }
     }
 
@@ -166,7 +198,10 @@ impl Clamd {
         if r.starts_with("ClamAV") {
             Ok(r)
         } else {
-            Err(AvError::BadReply { what: "VERSION".into(), reply: r })
+            Err(AvError::BadReply {
+                what: "VERSION".into(),
+                reply: r,
+            })
         }
     }
 
@@ -178,14 +213,26 @@ impl Clamd {
     /// Scans a file by streaming it (the file need not be readable by clamd itself).
     pub async fn scan_file(&self, path: &Path) -> Result<Verdict, AvError> {
         let what = path.display().to_string();
-        let f = tokio::fs::File::open(path).await.map_err(|source| AvError::Read { path: what.clone(), source })?;
+        let f = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| AvError::Read {
+                path: what.clone(),
+                source,
+            })?;
         self.instream(&what, f).await
     }
 
-    async fn instream<R: AsyncRead + Unpin>(&self, what: &str, mut src: R) -> Result<Verdict, AvError> {
+    async fn instream<R: AsyncRead + Unpin>(
+        &self,
+        what: &str,
+        mut src: R,
+    ) -> Result<Verdict, AvError> {
         let deadline = Instant::now() + self.timeout;
         let mut io = self.connect(deadline, "INSTREAM").await?;
-        let io_err = |source| AvError::Unreachable { addr: self.addr.to_string(), source };
+        let io_err = |source| AvError::Unreachable {
+            addr: self.addr.to_string(),
+            source,
+        };
         match timeout_at(deadline, io.write_all(b"zINSTREAM\0")).await {
             Ok(r) => r.map_err(io_err)?,
             Err(_) => return Err(self.timeout_err("INSTREAM")),
@@ -195,7 +242,10 @@ impl Clamd {
         // clamd closes the connection as soon as the stream exceeds StreamMaxLength; a failed
         // write then means "read the reply", not "clamd is gone".
         loop {
-            let n = src.read(&mut buf).await.map_err(|source| AvError::Read { path: what.to_string(), source })?;
+            let n = src.read(&mut buf).await.map_err(|source| AvError::Read {
+                path: what.to_string(),
+                source,
+            })?;
             let mut frame = Vec::with_capacity(4 + n);
             frame.extend_from_slice(&(n as u32).to_be_bytes());
             frame.extend_from_slice(&buf[..n]);
@@ -217,19 +267,33 @@ impl Clamd {
 /// Interprets an INSTREAM reply.
 pub fn parse_scan_reply(what: &str, reply: &str, sent: u64) -> Result<Verdict, AvError> {
     if reply.contains("size limit exceeded") {
-        return Err(AvError::SizeLimit { what: what.to_string(), sent });
+        return Err(AvError::SizeLimit {
+            what: what.to_string(),
+            sent,
+        });
     }
-    let body = reply.strip_prefix("stream:").map(str::trim).unwrap_or(reply);
+    let body = reply
+        .strip_prefix("stream:")
+        .map(str::trim)
+        .unwrap_or(reply);
     if body == "OK" {
         return Ok(Verdict::Clean);
     }
     if let Some(sig) = body.strip_suffix(" FOUND") {
-        return Ok(Verdict::Infected { signature: sig.trim().to_string() });
+        return Ok(Verdict::Infected {
+            signature: sig.trim().to_string(),
+        });
     }
     if body.ends_with("ERROR") {
-        return Err(AvError::Clamd { what: what.to_string(), reply: body.trim_end_matches("ERROR").trim().to_string() });
+        return Err(AvError::Clamd {
+            what: what.to_string(),
+            reply: body.trim_end_matches("ERROR").trim().to_string(),
+        });
     }
-    Err(AvError::BadReply { what: what.to_string(), reply: reply.to_string() })
+    Err(AvError::BadReply {
+        what: what.to_string(),
+        reply: reply.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -238,22 +302,49 @@ mod tests {
 
     #[test]
     fn replies() {
-        assert_eq!(parse_scan_reply("f", "stream: OK", 1).expect("clean"), Verdict::Clean);
         assert_eq!(
-            parse_scan_reply("f", "stream: Eicar-Test-Signature.UNOFFICIAL FOUND", 68).expect("found"),
-            Verdict::Infected { signature: "Eicar-Test-Signature.UNOFFICIAL".into() }
+            parse_scan_reply("f", "stream: OK", 1).expect("clean"),
+            Verdict::Clean
         );
-        assert!(matches!(parse_scan_reply("f", "INSTREAM size limit exceeded. ERROR", 9), Err(AvError::SizeLimit { sent: 9, .. })));
-        assert!(matches!(parse_scan_reply("f", "stream: Can't allocate memory ERROR", 9), Err(AvError::Clamd { .. })));
-        assert!(matches!(parse_scan_reply("f", "UNKNOWN COMMAND", 9), Err(AvError::BadReply { .. })));
+        assert_eq!(
+            parse_scan_reply("f", "stream: Eicar-Test-Signature.UNOFFICIAL FOUND", 68)
+                .expect("found"),
+            Verdict::Infected {
+                signature: "Eicar-Test-Signature.UNOFFICIAL".into()
+            }
+        );
+        assert!(matches!(
+            parse_scan_reply("f", "INSTREAM size limit exceeded. ERROR", 9),
+            Err(AvError::SizeLimit { sent: 9, .. })
+        ));
+        assert!(matches!(
+            parse_scan_reply("f", "stream: Can't allocate memory ERROR", 9),
+            Err(AvError::Clamd { .. })
+        ));
+        assert!(matches!(
+            parse_scan_reply("f", "UNKNOWN COMMAND", 9),
+            Err(AvError::BadReply { .. })
+        ));
     }
 
     #[test]
     fn addresses() {
-        assert_eq!("/run/c.sock".parse::<ClamdAddr>(), Ok(ClamdAddr::Unix("/run/c.sock".into())));
-        assert_eq!("unix:/run/c.sock".parse::<ClamdAddr>(), Ok(ClamdAddr::Unix("/run/c.sock".into())));
-        assert_eq!("127.0.0.1:3310".parse::<ClamdAddr>(), Ok(ClamdAddr::Tcp("127.0.0.1:3310".into())));
-        assert_eq!("tcp:[::1]:3310".parse::<ClamdAddr>(), Ok(ClamdAddr::Tcp("[::1]:3310".into())));
+        assert_eq!(
+            "/run/c.sock".parse::<ClamdAddr>(),
+            Ok(ClamdAddr::Unix("/run/c.sock".into()))
+        );
+        assert_eq!(
+            "unix:/run/c.sock".parse::<ClamdAddr>(),
+            Ok(ClamdAddr::Unix("/run/c.sock".into()))
+        );
+        assert_eq!(
+            "127.0.0.1:3310".parse::<ClamdAddr>(),
+            Ok(ClamdAddr::Tcp("127.0.0.1:3310".into()))
+        );
+        assert_eq!(
+            "tcp:[::1]:3310".parse::<ClamdAddr>(),
+            Ok(ClamdAddr::Tcp("[::1]:3310".into()))
+        );
         assert!("nonsense".parse::<ClamdAddr>().is_err());
         assert!("host:99999".parse::<ClamdAddr>().is_err());
     }

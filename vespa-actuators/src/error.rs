@@ -51,7 +51,11 @@ pub enum LibvirtError {
     },
     /// libvirt accepted a change but reading the domain back shows it did not take effect.
     #[error("{op} on VM {vm:?} was accepted but not applied: {detail}")]
-    NotApplied { op: &'static str, vm: String, detail: String },
+    NotApplied {
+        op: &'static str,
+        vm: String,
+        detail: String,
+    },
     /// The domain XML could not be understood.
     #[error("cannot parse the XML description of VM {vm:?}: {detail}")]
     Xml { vm: String, detail: String },
@@ -62,7 +66,10 @@ pub enum LibvirtError {
 
 impl Transient for LibvirtError {
     fn is_transient(&self) -> bool {
-        matches!(self, LibvirtError::DaemonDown { .. } | LibvirtError::Worker(_))
+        matches!(
+            self,
+            LibvirtError::DaemonDown { .. } | LibvirtError::Worker(_)
+        )
     }
 }
 
@@ -74,7 +81,11 @@ pub enum SdnError {
     InvalidTarget(String),
     /// The controller cannot express this block (e.g. IPv6 with Floodlight v0.90 names).
     #[error("{controller} cannot block {target}: {why}")]
-    UnsupportedTarget { controller: &'static str, target: String, why: &'static str },
+    UnsupportedTarget {
+        controller: &'static str,
+        target: String,
+        why: &'static str,
+    },
     /// No active block matches the release request.
     #[error("no active block matches {0:?}")]
     NoSuchBlock(String),
@@ -88,14 +99,28 @@ pub enum SdnError {
     },
     /// The controller answered with an HTTP error status.
     #[error("{controller} answered HTTP {status} to {method} {url}: {body}")]
-    Http { controller: &'static str, method: &'static str, url: String, status: u16, body: String },
+    Http {
+        controller: &'static str,
+        method: &'static str,
+        url: String,
+        status: u16,
+        body: String,
+    },
     /// The controller answered something that is not the documented reply.
     #[error("{controller} sent an unexpected reply to {what}: {detail}")]
-    BadReply { controller: &'static str, what: String, detail: String },
+    BadReply {
+        controller: &'static str,
+        what: String,
+        detail: String,
+    },
     /// The controller refused the request in its reply body (Floodlight answers 200 with an
     /// error status text).
     #[error("{controller} rejected {what}: {detail}")]
-    Rejected { controller: &'static str, what: String, detail: String },
+    Rejected {
+        controller: &'static str,
+        what: String,
+        detail: String,
+    },
     /// No switch is connected to the controller, so nothing can be blocked.
     #[error("{controller} has no switch connected")]
     NoSwitch { controller: &'static str },
@@ -132,9 +157,15 @@ pub enum AvError {
     },
     /// clamd did not answer in time.
     #[error("clamd at {addr} did not answer {what} within {secs} s")]
-    Timeout { addr: String, what: String, secs: u64 },
+    Timeout {
+        addr: String,
+        what: String,
+        secs: u64,
+    },
     /// The stream was larger than clamd's `StreamMaxLength`.
-    #[error("{what} is larger than clamd's StreamMaxLength ({sent} bytes sent before clamd refused it)")]
+    #[error(
+        "{what} is larger than clamd's StreamMaxLength ({sent} bytes sent before clamd refused it)"
+    )]
     SizeLimit { what: String, sent: u64 },
     /// clamd reported an error for this request.
     #[error("clamd failed to scan {what}: {reply}")]
@@ -183,16 +214,31 @@ mod tests {
     #[test]
     fn chain_prints_every_source_once() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let e = AvError::Unreachable { addr: "/run/clamd.sock".into(), source: io };
-        assert_eq!(chain(&e), "clamd at /run/clamd.sock is unreachable: refused");
+        let e = AvError::Unreachable {
+            addr: "/run/clamd.sock".into(),
+            source: io,
+        };
+        assert_eq!(
+            chain(&e),
+            "clamd at /run/clamd.sock is unreachable: refused"
+        );
         assert!(e.is_transient());
-        let e = AvError::SizeLimit { what: "big.bin".into(), sent: 10 };
+        let e = AvError::SizeLimit {
+            what: "big.bin".into(),
+            sent: 10,
+        };
         assert!(!e.is_transient());
     }
 
     #[test]
     fn http_5xx_is_transient_4xx_is_not() {
-        let e = |status| SdnError::Http { controller: "os-ken", method: "GET", url: "u".into(), status, body: String::new() };
+        let e = |status| SdnError::Http {
+            controller: "os-ken",
+            method: "GET",
+            url: "u".into(),
+            status,
+            body: String::new(),
+        };
         assert!(e(500).is_transient());
         assert!(e(503).is_transient());
         assert!(!e(404).is_transient());

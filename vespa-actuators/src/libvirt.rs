@@ -42,13 +42,21 @@ pub struct LibvirtConfig {
 
 impl Default for LibvirtConfig {
     fn default() -> Self {
-        LibvirtConfig { uri: "qemu:///system".into(), retry: RetryPolicy::default(), watch_events: true, quarantine_user: "root".into() }
+        LibvirtConfig {
+            uri: "qemu:///system".into(),
+            retry: RetryPolicy::default(),
+            watch_events: true,
+            quarantine_user: "root".into(),
+        }
     }
 }
 
 impl LibvirtConfig {
     pub fn new(uri: &str) -> LibvirtConfig {
-        LibvirtConfig { uri: uri.to_string(), ..LibvirtConfig::default() }
+        LibvirtConfig {
+            uri: uri.to_string(),
+            ..LibvirtConfig::default()
+        }
     }
 }
 
@@ -96,7 +104,11 @@ pub struct KeyPress {
 impl Default for KeyPress {
     /// What 2014 sent: win32 codes 0x12 0x42 (Alt+B), held 10 ms.
     fn default() -> Self {
-        KeyPress { codeset: sys::VIR_KEYCODE_SET_WIN32, holdtime_ms: 10, keycodes: vec![0x12, 0x42] }
+        KeyPress {
+            codeset: sys::VIR_KEYCODE_SET_WIN32,
+            holdtime_ms: 10,
+            keycodes: vec![0x12, 0x42],
+        }
     }
 }
 
@@ -135,9 +147,15 @@ impl KeyPress {
             })
             .collect::<Result<Vec<u32>, _>>()?;
         if keycodes.is_empty() || keycodes.len() > 16 {
-            return Err(LibvirtError::InvalidArgument("send_key takes 1 to 16 key codes".into()));
+            return Err(LibvirtError::InvalidArgument(
+                "send_key takes 1 to 16 key codes".into(),
+            ));
         }
-        Ok(KeyPress { codeset, holdtime_ms: 10, keycodes })
+        Ok(KeyPress {
+            codeset,
+            holdtime_ms: 10,
+            keycodes,
+        })
     }
 }
 
@@ -154,18 +172,39 @@ fn classify(e: virt::error::Error, op: &'static str, vm: &str, uri: &str) -> Lib
     let code = e.code().to_raw();
     let from = e.domain().to_raw();
     match code {
-        sys::VIR_ERR_NO_DOMAIN => LibvirtError::UnknownVm { vm: vm.to_string(), uri: uri.to_string() },
-        sys::VIR_ERR_NO_SUPPORT | sys::VIR_ERR_OPERATION_UNSUPPORTED | sys::VIR_ERR_ARGUMENT_UNSUPPORTED => {
-            LibvirtError::Unsupported { op, uri: uri.to_string(), source: e }
-        }
+        sys::VIR_ERR_NO_DOMAIN => LibvirtError::UnknownVm {
+            vm: vm.to_string(),
+            uri: uri.to_string(),
+        },
+        sys::VIR_ERR_NO_SUPPORT
+        | sys::VIR_ERR_OPERATION_UNSUPPORTED
+        | sys::VIR_ERR_ARGUMENT_UNSUPPORTED => LibvirtError::Unsupported {
+            op,
+            uri: uri.to_string(),
+            source: e,
+        },
         sys::VIR_ERR_NO_CONNECT | sys::VIR_ERR_INVALID_CONN | sys::VIR_ERR_RPC => {
-            LibvirtError::DaemonDown { uri: uri.to_string(), source: e }
+            LibvirtError::DaemonDown {
+                uri: uri.to_string(),
+                source: e,
+            }
         }
         sys::VIR_ERR_SYSTEM_ERROR if from == sys::VIR_FROM_RPC || from == sys::VIR_FROM_REMOTE => {
-            LibvirtError::DaemonDown { uri: uri.to_string(), source: e }
+            LibvirtError::DaemonDown {
+                uri: uri.to_string(),
+                source: e,
+            }
         }
-        sys::VIR_ERR_OPERATION_INVALID => LibvirtError::InvalidState { op, vm: vm.to_string(), source: e },
-        _ => LibvirtError::Failed { op, vm: vm.to_string(), source: e },
+        sys::VIR_ERR_OPERATION_INVALID => LibvirtError::InvalidState {
+            op,
+            vm: vm.to_string(),
+            source: e,
+        },
+        _ => LibvirtError::Failed {
+            op,
+            vm: vm.to_string(),
+            source: e,
+        },
     }
 }
 
@@ -202,16 +241,20 @@ impl Ctx<'_> {
     pub fn domain(&self) -> Result<Domain, LibvirtError> {
         match self.conn.lookup_domain_by_name(self.vm) {
             Ok(d) => Ok(d),
-            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN && self.vm.len() == 36 => {
-                self.conn.lookup_domain_by_uuid_string(self.vm).map_err(|e| self.err(e))
-            }
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN && self.vm.len() == 36 => self
+                .conn
+                .lookup_domain_by_uuid_string(self.vm)
+                .map_err(|e| self.err(e)),
             Err(e) => Err(self.err(e)),
         }
     }
 
     fn interfaces(&self, dom: &Domain) -> Result<(String, Vec<xml::Iface>), LibvirtError> {
         let desc = dom.xml_desc(0).map_err(|e| self.err(e))?;
-        let ifs = xml::interfaces(&desc).map_err(|detail| LibvirtError::Xml { vm: self.vm.to_string(), detail })?;
+        let ifs = xml::interfaces(&desc).map_err(|detail| LibvirtError::Xml {
+            vm: self.vm.to_string(),
+            detail,
+        })?;
         Ok((desc, ifs))
     }
 }
@@ -226,7 +269,10 @@ impl Inner {
             }
             *g = None;
         }
-        let c = Connect::open(Some(&self.cfg.uri)).map_err(|source| LibvirtError::DaemonDown { uri: self.cfg.uri.clone(), source })?;
+        let c = Connect::open(Some(&self.cfg.uri)).map_err(|source| LibvirtError::DaemonDown {
+            uri: self.cfg.uri.clone(),
+            source,
+        })?;
         *g = Some(c.clone());
         Ok(c)
     }
@@ -255,12 +301,25 @@ impl LibvirtAgent {
         let (events_tx, _) = tokio::sync::broadcast::channel(256);
         let taps = TapMap::default();
         let watcher = if cfg.watch_events {
-            Some(events::Watcher::start(cfg.uri.clone(), taps.clone(), events_tx.clone()).map_err(LibvirtError::Worker)?)
+            Some(
+                events::Watcher::start(cfg.uri.clone(), taps.clone(), events_tx.clone())
+                    .map_err(LibvirtError::Worker)?,
+            )
         } else {
             None
         };
-        let inner = Arc::new(Inner { cfg, conn: Mutex::new(None), stats: RetryStats::default(), taps, events: events_tx });
-        Ok(LibvirtAgent { inner, alerts, _watcher: watcher })
+        let inner = Arc::new(Inner {
+            cfg,
+            conn: Mutex::new(None),
+            stats: RetryStats::default(),
+            taps,
+            events: events_tx,
+        });
+        Ok(LibvirtAgent {
+            inner,
+            alerts,
+            _watcher: watcher,
+        })
     }
 
     pub fn uri(&self) -> &str {
@@ -307,7 +366,12 @@ impl LibvirtAgent {
             async move {
                 let joined = tokio::task::spawn_blocking(move || {
                     let conn = inner.connection()?;
-                    let ctx = Ctx { conn: &conn, uri: &inner.cfg.uri, op, vm: &vm };
+                    let ctx = Ctx {
+                        conn: &conn,
+                        uri: &inner.cfg.uri,
+                        op,
+                        vm: &vm,
+                    };
                     let r = f(&ctx);
                     if matches!(r, Err(LibvirtError::DaemonDown { .. })) {
                         inner.forget_connection();
@@ -320,7 +384,12 @@ impl LibvirtAgent {
         })
         .await;
         if let Err(e) = &res {
-            if !matches!(e, LibvirtError::UnknownVm { .. } | LibvirtError::InvalidArgument(_) | LibvirtError::NoInterface { .. }) {
+            if !matches!(
+                e,
+                LibvirtError::UnknownVm { .. }
+                    | LibvirtError::InvalidArgument(_)
+                    | LibvirtError::NoInterface { .. }
+            ) {
                 self.alerts.failed("libvirt", &format!("{op} {vm}"), e);
             }
         }
@@ -343,10 +412,21 @@ impl LibvirtAgent {
             for d in doms {
                 let name = d.name().map_err(|e| c.err(e))?;
                 let uuid = d.uuid_string().map_err(|e| c.err(e))?;
-                let state = d.state().map(|(s, _)| state_name(s)).map_err(|e| c.err(e))?;
+                let state = d
+                    .state()
+                    .map(|(s, _)| state_name(s))
+                    .map_err(|e| c.err(e))?;
                 let desc = d.xml_desc(0).map_err(|e| c.err(e))?;
-                let interfaces = xml::interfaces(&desc).map_err(|detail| LibvirtError::Xml { vm: name.clone(), detail })?;
-                out.push(VmInfo { name, uuid, state, interfaces });
+                let interfaces = xml::interfaces(&desc).map_err(|detail| LibvirtError::Xml {
+                    vm: name.clone(),
+                    detail,
+                })?;
+                out.push(VmInfo {
+                    name,
+                    uuid,
+                    state,
+                    interfaces,
+                });
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
@@ -356,49 +436,84 @@ impl LibvirtAgent {
 
     /// `running`, `paused`, `shutoff`, ...
     pub async fn vm_state(&self, vm: &str) -> Result<String, LibvirtError> {
-        self.run("vm_state", vm, |c| c.domain()?.state().map(|(s, _)| state_name(s)).map_err(|e| c.err(e))).await
+        self.run("vm_state", vm, |c| {
+            c.domain()?
+                .state()
+                .map(|(s, _)| state_name(s))
+                .map_err(|e| c.err(e))
+        })
+        .await
     }
 
     /// The link state of each interface, read back from libvirt.
     pub async fn link_state(&self, vm: &str) -> Result<Vec<LinkState>, LibvirtError> {
         self.run("link_state", vm, |c| {
             let (_, ifs) = c.interfaces(&c.domain()?)?;
-            Ok(ifs.into_iter().map(|i| LinkState { mac: i.mac, tap: i.tap, up: i.link_up }).collect())
+            Ok(ifs
+                .into_iter()
+                .map(|i| LinkState {
+                    mac: i.mac,
+                    tap: i.tap,
+                    up: i.link_up,
+                })
+                .collect())
         })
         .await
     }
 
     /// Sets the link state of one interface (by MAC) or of all of them, then reads the state
     /// back from libvirt and fails unless every one changed.
-    pub async fn set_link(&self, vm: &str, mac: Option<&str>, up: bool) -> Result<Vec<LinkState>, LibvirtError> {
+    pub async fn set_link(
+        &self,
+        vm: &str,
+        mac: Option<&str>,
+        up: bool,
+    ) -> Result<Vec<LinkState>, LibvirtError> {
         let mac = match mac {
             None => None,
-            Some(m) => Some(xml::normalize_mac(m).ok_or_else(|| LibvirtError::InvalidArgument(format!("malformed MAC address {m:?}")))?),
+            Some(m) => Some(xml::normalize_mac(m).ok_or_else(|| {
+                LibvirtError::InvalidArgument(format!("malformed MAC address {m:?}"))
+            })?),
         };
         let op = if up { "connect_link" } else { "cut_link" };
         let vm_name = vm.to_string();
         self.run(op, vm, move |c| {
             let dom = c.domain()?;
             let (desc, ifs) = c.interfaces(&dom)?;
-            let chosen: Vec<&xml::Iface> = ifs.iter().filter(|i| mac.as_ref().is_none_or(|m| &i.mac == m)).collect();
+            let chosen: Vec<&xml::Iface> = ifs
+                .iter()
+                .filter(|i| mac.as_ref().is_none_or(|m| &i.mac == m))
+                .collect();
             if chosen.is_empty() {
-                return Err(LibvirtError::NoInterface { vm: vm_name.clone(), which: mac.clone().unwrap_or_else(|| "at all".into()) });
+                return Err(LibvirtError::NoInterface {
+                    vm: vm_name.clone(),
+                    which: mac.clone().unwrap_or_else(|| "at all".into()),
+                });
             }
             for i in &chosen {
                 let dev = xml::with_link_state(&desc, i, up);
-                dom.update_device_flags(&dev, sys::VIR_DOMAIN_AFFECT_LIVE).map_err(|e| c.err(e))?;
+                dom.update_device_flags(&dev, sys::VIR_DOMAIN_AFFECT_LIVE)
+                    .map_err(|e| c.err(e))?;
             }
             let (_, after) = c.interfaces(&dom)?;
             let states: Vec<LinkState> = after
                 .into_iter()
                 .filter(|i| chosen.iter().any(|c| c.mac == i.mac))
-                .map(|i| LinkState { mac: i.mac, tap: i.tap, up: i.link_up })
+                .map(|i| LinkState {
+                    mac: i.mac,
+                    tap: i.tap,
+                    up: i.link_up,
+                })
                 .collect();
             if let Some(bad) = states.iter().find(|s| s.up != up) {
                 return Err(LibvirtError::NotApplied {
                     op: if up { "connect_link" } else { "cut_link" },
                     vm: vm_name.clone(),
-                    detail: format!("interface {} is still {}", bad.mac, if up { "down" } else { "up" }),
+                    detail: format!(
+                        "interface {} is still {}",
+                        bad.mac,
+                        if up { "down" } else { "up" }
+                    ),
                 });
             }
             Ok(states)
@@ -407,11 +522,15 @@ impl LibvirtAgent {
     }
 
     pub async fn suspend(&self, vm: &str) -> Result<(), LibvirtError> {
-        self.run("suspend", vm, |c| c.domain()?.suspend().map_err(|e| c.err(e))).await
+        self.run("suspend", vm, |c| {
+            c.domain()?.suspend().map_err(|e| c.err(e))
+        })
+        .await
     }
 
     pub async fn resume(&self, vm: &str) -> Result<(), LibvirtError> {
-        self.run("resume", vm, |c| c.domain()?.resume().map_err(|e| c.err(e))).await
+        self.run("resume", vm, |c| c.domain()?.resume().map_err(|e| c.err(e)))
+            .await
     }
 
     /// Reboots a running VM (2014's `restart` on a stopped one started it: so does this).
@@ -419,7 +538,8 @@ impl LibvirtAgent {
         self.run("restart", vm, |c| {
             let d = c.domain()?;
             if d.is_active().map_err(|e| c.err(e))? {
-                d.reboot(sys::VIR_DOMAIN_REBOOT_DEFAULT).map_err(|e| c.err(e))
+                d.reboot(sys::VIR_DOMAIN_REBOOT_DEFAULT)
+                    .map_err(|e| c.err(e))
             } else {
                 d.create().map(drop).map_err(|e| c.err(e))
             }
@@ -449,8 +569,13 @@ impl LibvirtAgent {
         let dest = dest_uri.to_string();
         self.run("migrate", vm, move |c| {
             let d = c.domain()?;
-            let dconn = Connect::open(Some(&dest)).map_err(|source| LibvirtError::DaemonDown { uri: dest.clone(), source })?;
-            d.migrate(&dconn, sys::VIR_MIGRATE_LIVE, None, None, 0).map(drop).map_err(|e| c.err(e))
+            let dconn = Connect::open(Some(&dest)).map_err(|source| LibvirtError::DaemonDown {
+                uri: dest.clone(),
+                source,
+            })?;
+            d.migrate(&dconn, sys::VIR_MIGRATE_LIVE, None, None, 0)
+                .map(drop)
+                .map_err(|e| c.err(e))
         })
         .await
     }
@@ -458,13 +583,25 @@ impl LibvirtAgent {
     pub async fn send_key(&self, vm: &str, keys: KeyPress) -> Result<(), LibvirtError> {
         self.run("send_key", vm, move |c| {
             let mut codes = keys.keycodes.clone();
-            c.domain()?.send_key(keys.codeset, keys.holdtime_ms, codes.as_mut_ptr(), codes.len() as i32, 0).map_err(|e| c.err(e))
+            c.domain()?
+                .send_key(
+                    keys.codeset,
+                    keys.holdtime_ms,
+                    codes.as_mut_ptr(),
+                    codes.len() as i32,
+                    0,
+                )
+                .map_err(|e| c.err(e))
         })
         .await
     }
 
     /// Counters of one VM's interfaces (all, or the one whose MAC or host device is `which`).
-    pub async fn iface_stats(&self, vm: &str, which: Option<&str>) -> Result<Vec<IfaceStats>, LibvirtError> {
+    pub async fn iface_stats(
+        &self,
+        vm: &str,
+        which: Option<&str>,
+    ) -> Result<Vec<IfaceStats>, LibvirtError> {
         let which = which.map(|w| xml::normalize_mac(w).unwrap_or_else(|| w.to_string()));
         let vm_name = vm.to_string();
         self.run("iface_stats", vm, move |c| {
@@ -505,7 +642,11 @@ impl LibvirtAgent {
     /// Rescans every running domain into the tap map now.
     pub async fn refresh_taps(&self) -> Result<(), LibvirtError> {
         let taps = self.inner.taps.clone();
-        let all = self.run("tap_map", "*", |c| events::scan_all(c.conn).map_err(|e| c.err(e))).await?;
+        let all = self
+            .run("tap_map", "*", |c| {
+                events::scan_all(c.conn).map_err(|e| c.err(e))
+            })
+            .await?;
         taps.replace_all(all);
         Ok(())
     }
@@ -550,7 +691,16 @@ impl ActuatorVerbs for LibvirtAgent {
                 }
                 "cut_link" | "connect_link" => {
                     arity(&spec, &args, 1, 2)?;
-                    json(&self.set_link(&args[0], args.get(1).map(String::as_str), verb == "connect_link").await.map_err(e)?)
+                    json(
+                        &self
+                            .set_link(
+                                &args[0],
+                                args.get(1).map(String::as_str),
+                                verb == "connect_link",
+                            )
+                            .await
+                            .map_err(e)?,
+                    )
                 }
                 "link_state" => {
                     arity(&spec, &args, 1, 1)?;
@@ -603,7 +753,12 @@ impl ActuatorVerbs for LibvirtAgent {
                 }
                 "iface_stats" => {
                     arity(&spec, &args, 1, 2)?;
-                    json(&self.iface_stats(&args[0], args.get(1).map(String::as_str)).await.map_err(e)?)
+                    json(
+                        &self
+                            .iface_stats(&args[0], args.get(1).map(String::as_str))
+                            .await
+                            .map_err(e)?,
+                    )
                 }
                 "tap_map" => {
                     arity(&spec, &args, 0, 0)?;

@@ -28,21 +28,31 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// 4 attempts, 100 ms then 200 ms then 400 ms (each jittered): about 1 s of patience.
     fn default() -> Self {
-        RetryPolicy { attempts: 4, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(2) }
+        RetryPolicy {
+            attempts: 4,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+        }
     }
 }
 
 impl RetryPolicy {
     /// A single attempt.
     pub fn none() -> RetryPolicy {
-        RetryPolicy { attempts: 1, base_delay: Duration::ZERO, max_delay: Duration::ZERO }
+        RetryPolicy {
+            attempts: 1,
+            base_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+        }
     }
 
     /// The delay before retry number `retry` (1-based): "equal jitter", i.e. uniformly in
     /// [d/2, d] where d = base * 2^(retry-1) capped at `max_delay`, so concurrent callers that
     /// failed together do not retry in lock step.
     pub fn delay(&self, retry: u32) -> Duration {
-        let exp = self.base_delay.saturating_mul(1u32 << retry.saturating_sub(1).min(20));
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20));
         let d = exp.min(self.max_delay);
         if d.is_zero() {
             return d;
@@ -72,7 +82,12 @@ impl RetryStats {
 
 /// Runs `op` until it succeeds, fails with a permanent error, or `policy.attempts` are spent.
 /// `op` receives the attempt number (1-based).
-pub async fn retry<T, E, F, Fut>(policy: &RetryPolicy, stats: &RetryStats, what: &str, mut op: F) -> Result<T, E>
+pub async fn retry<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    stats: &RetryStats,
+    what: &str,
+    mut op: F,
+) -> Result<T, E>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -115,14 +130,27 @@ mod tests {
 
     #[test]
     fn delays_grow_and_stay_within_jitter_bounds() {
-        let p = RetryPolicy { attempts: 10, base_delay: Duration::from_millis(100), max_delay: Duration::from_millis(800) };
+        let p = RetryPolicy {
+            attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(800),
+        };
         for _ in 0..100 {
             let d1 = p.delay(1);
-            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+            assert!(
+                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+                "{d1:?}"
+            );
             let d3 = p.delay(3);
-            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400), "{d3:?}");
+            assert!(
+                d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
+                "{d3:?}"
+            );
             let d9 = p.delay(9);
-            assert!(d9 >= Duration::from_millis(400) && d9 <= Duration::from_millis(800), "capped: {d9:?}");
+            assert!(
+                d9 >= Duration::from_millis(400) && d9 <= Duration::from_millis(800),
+                "capped: {d9:?}"
+            );
         }
         assert_eq!(RetryPolicy::none().delay(1), Duration::ZERO);
     }

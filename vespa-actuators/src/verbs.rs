@@ -50,17 +50,33 @@ pub trait ActuatorVerbs: Send + Sync {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ActuatorAlert {
     /// The antivirus found a signature in a file belonging to `vm`.
-    Infected { vm: String, file: String, signature: String },
+    Infected {
+        vm: String,
+        file: String,
+        signature: String,
+    },
     /// An actuator action failed for good (after its retries).
-    ActuatorFailed { actuator: String, action: String, error: String },
+    ActuatorFailed {
+        actuator: String,
+        action: String,
+        error: String,
+    },
 }
 
 impl ActuatorAlert {
     /// The alert as the 2014 `function#arg#...` text the VO's policy parses.
     pub fn to_text(&self) -> String {
         match self {
-            ActuatorAlert::Infected { vm, file, signature } => format!("infected#{vm}#{file}#{signature}"),
-            ActuatorAlert::ActuatorFailed { actuator, action, error } => format!("actuator_failed#{actuator}#{action}#{error}"),
+            ActuatorAlert::Infected {
+                vm,
+                file,
+                signature,
+            } => format!("infected#{vm}#{file}#{signature}"),
+            ActuatorAlert::ActuatorFailed {
+                actuator,
+                action,
+                error,
+            } => format!("actuator_failed#{actuator}#{action}#{error}"),
         }
     }
 }
@@ -87,13 +103,27 @@ impl AlertSink {
         }
     }
 
-    pub(crate) fn failed(&self, actuator: &str, action: &str, error: &(dyn std::error::Error + 'static)) {
-        self.send(ActuatorAlert::ActuatorFailed { actuator: actuator.into(), action: action.into(), error: crate::error::chain(error) });
+    pub(crate) fn failed(
+        &self,
+        actuator: &str,
+        action: &str,
+        error: &(dyn std::error::Error + 'static),
+    ) {
+        self.send(ActuatorAlert::ActuatorFailed {
+            actuator: actuator.into(),
+            action: action.into(),
+            error: crate::error::chain(error),
+        });
     }
 }
 
 /// `Err("usage: <verb> <usage>")` unless `args` has between `min` and `max` entries.
-pub(crate) fn arity(spec: &VerbSpec, args: &[String], min: usize, max: usize) -> Result<(), String> {
+pub(crate) fn arity(
+    spec: &VerbSpec,
+    args: &[String],
+    min: usize,
+    max: usize,
+) -> Result<(), String> {
     if args.len() < min || args.len() > max {
         return Err(format!("usage: {} {}", spec.name, spec.usage));
     }
@@ -102,10 +132,14 @@ pub(crate) fn arity(spec: &VerbSpec, args: &[String], min: usize, max: usize) ->
 
 /// Looks `verb` up in `table`.
 pub(crate) fn find(table: &[VerbSpec], verb: &str) -> Result<VerbSpec, String> {
-    table.iter().copied().find(|v| v.name == verb).ok_or_else(|| {
-        let names: Vec<&str> = table.iter().map(|v| v.name).collect();
-        format!("unknown verb {verb:?} (verbs: {})", names.join(", "))
-    })
+    table
+        .iter()
+        .copied()
+        .find(|v| v.name == verb)
+        .ok_or_else(|| {
+            let names: Vec<&str> = table.iter().map(|v| v.name).collect();
+            format!("unknown verb {verb:?} (verbs: {})", names.join(", "))
+        })
 }
 
 /// JSON text of a serialisable value (cannot fail for the types used here; reported if it does).
@@ -119,7 +153,11 @@ mod tests {
 
     #[test]
     fn alert_text_and_json() {
-        let a = ActuatorAlert::Infected { vm: "web1".into(), file: "/srv/x".into(), signature: "Eicar".into() };
+        let a = ActuatorAlert::Infected {
+            vm: "web1".into(),
+            file: "/srv/x".into(),
+            signature: "Eicar".into(),
+        };
         assert_eq!(a.to_text(), "infected#web1#/srv/x#Eicar");
         let j = serde_json::to_value(&a).expect("json");
         assert_eq!(j["kind"], "infected");
@@ -128,7 +166,11 @@ mod tests {
 
     #[test]
     fn arity_and_lookup() {
-        const T: &[VerbSpec] = &[VerbSpec { name: "a", usage: "<x>", help: "h" }];
+        const T: &[VerbSpec] = &[VerbSpec {
+            name: "a",
+            usage: "<x>",
+            help: "h",
+        }];
         assert!(arity(&T[0], &["1".into()], 1, 1).is_ok());
         assert_eq!(arity(&T[0], &[], 1, 1), Err("usage: a <x>".into()));
         assert!(find(T, "a").is_ok());

@@ -17,6 +17,7 @@ use std::{collections::BTreeMap, path::PathBuf, str::FromStr, sync::Arc, time::D
 use anyhow::{bail, Context as _};
 use tokio::sync::{mpsc, Mutex};
 use vespa_actuators::{
+    clamav::VmRelay,
     clamav::{AvAgent, AvConfig, ClamdAddr},
     libvirt::{LibvirtAgent, LibvirtConfig},
     sdn::{
@@ -25,7 +26,6 @@ use vespa_actuators::{
         pox::{Pox, PoxConfig},
         SdnAgent, SdnAgentConfig,
     },
-    clamav::VmRelay,
     ActuatorAlert, ActuatorVerbs, AlertSink, VerbFuture,
 };
 use vespa_node::{config::NodeDef, AgentKind, AgentVerbs, NodeHandle, VerbTable};
@@ -42,19 +42,28 @@ pub struct Built {
 
 /// Builds the agent of an acting node, or None for the kinds served elsewhere (sensors).
 /// `relay` reaches other nodes directly (the antivirus agent's path to the hypervisor agent).
-pub fn build(def: &NodeDef, kind: AgentKind, relay: &Arc<TreeRelay>) -> anyhow::Result<Option<Built>> {
-    let p = Params { node: &def.name, map: &def.params };
+pub fn build(
+    def: &NodeDef,
+    kind: AgentKind,
+    relay: &Arc<TreeRelay>,
+) -> anyhow::Result<Option<Built>> {
+    let p = Params {
+        node: &def.name,
+        map: &def.params,
+    };
     let (tx, rx) = mpsc::channel(ALERT_BACKLOG);
     let sink = AlertSink::new(tx);
     let mut taps = None;
     let agent: Arc<dyn ActuatorVerbs> = match kind {
         AgentKind::Bandwidth | AgentKind::Connections => return Ok(None),
         AgentKind::Libvirt => {
-            let mut cfg = LibvirtConfig::new(&p.get("uri").unwrap_or_else(|| "qemu:///system".into()));
+            let mut cfg =
+                LibvirtConfig::new(&p.get("uri").unwrap_or_else(|| "qemu:///system".into()));
             if let Some(u) = p.get("quarantine_user") {
                 cfg.quarantine_user = u;
             }
-            let a = LibvirtAgent::new(cfg, sink).with_context(|| format!("{}: connecting to libvirt", def.name))?;
+            let a = LibvirtAgent::new(cfg, sink)
+                .with_context(|| format!("{}: connecting to libvirt", def.name))?;
             taps = Some(a.taps());
             Arc::new(a)
         }
@@ -81,7 +90,10 @@ pub fn build(def: &NodeDef, kind: AgentKind, relay: &Arc<TreeRelay>) -> anyhow::
             cfg.mode = match p.get("mode").as_deref() {
                 None | Some("static_flow") => FloodlightMode::StaticFlow,
                 Some("firewall") => FloodlightMode::Firewall,
-                Some(other) => bail!("{}: params.mode: {other:?} is not static_flow or firewall", def.name),
+                Some(other) => bail!(
+                    "{}: params.mode: {other:?} is not static_flow or firewall",
+                    def.name
+                ),
             };
             Arc::new(SdnAgent::new(Floodlight::new(cfg), p.sdn()?, sink))
         }
@@ -96,7 +108,12 @@ pub fn build(def: &NodeDef, kind: AgentKind, relay: &Arc<TreeRelay>) -> anyhow::
             Arc::new(SdnAgent::new(Pox::new(cfg), p.sdn()?, sink))
         }
         AgentKind::Av => {
-            let vm = p.get("vm").with_context(|| format!("{}: params.vm (the VM this antivirus agent protects) is required", def.name))?;
+            let vm = p.get("vm").with_context(|| {
+                format!(
+                    "{}: params.vm (the VM this antivirus agent protects) is required",
+                    def.name
+                )
+            })?;
             let clamd = match p.get("clamd") {
                 None => ClamdAddr::Unix(PathBuf::from("/run/clamav/clamd.ctl")),
                 Some(s) => match s.strip_prefix("unix:") {
@@ -111,7 +128,13 @@ pub fn build(def: &NodeDef, kind: AgentKind, relay: &Arc<TreeRelay>) -> anyhow::
             Arc::new(av)
         }
     };
-    Ok(Some(Built { agent: Arc::new(Adapter { agent, alerts: Mutex::new(Some(rx)) }), taps }))
+    Ok(Some(Built {
+        agent: Arc::new(Adapter {
+            agent,
+            alerts: Mutex::new(Some(rx)),
+        }),
+        taps,
+    }))
 }
 
 /// Calls a verb on another node by connecting to it directly, at its topology address, with
@@ -127,13 +150,25 @@ pub struct TreeRelay {
 impl VmRelay for TreeRelay {
     fn call<'a>(&'a self, node: &'a str, verb: &'a str, args: Vec<String>) -> VerbFuture<'a> {
         Box::pin(async move {
-            let def = self.topology.node(node).ok_or_else(|| format!("no node named {node:?} in the topology"))?;
+            let def = self
+                .topology
+                .node(node)
+                .ok_or_else(|| format!("no node named {node:?} in the topology"))?;
             let addr = self.topology.listen_addr(def);
-            let mut client = vespa_node::Client::connect(addr, &self.security, &self.me, Some(node), Duration::from_secs(5))
-                .await
-                .map_err(|e| format!("reaching {node} at {addr}: {e}"))?;
+            let mut client = vespa_node::Client::connect(
+                addr,
+                &self.security,
+                &self.me,
+                Some(node),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| format!("reaching {node} at {addr}: {e}"))?;
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let reply = client.call(verb, &args).await.map_err(|e| format!("{node} {verb}: {e}"))?;
+            let reply = client
+                .call(verb, &args)
+                .await
+                .map_err(|e| format!("{node} {verb}: {e}"))?;
             client.close().await;
             reply
         })
@@ -154,7 +189,13 @@ impl Params<'_> {
     where
         T::Err: std::fmt::Display,
     {
-        self.map.get(key).map(|v| v.parse::<T>().map_err(|e| anyhow::anyhow!("{}: params.{key}: {v:?}: {e}", self.node))).transpose()
+        self.map
+            .get(key)
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|e| anyhow::anyhow!("{}: params.{key}: {v:?}: {e}", self.node))
+            })
+            .transpose()
     }
 
     fn sdn(&self) -> anyhow::Result<SdnAgentConfig> {
@@ -162,7 +203,9 @@ impl Params<'_> {
         match self.map.get("default_ttl_s").map(String::as_str) {
             None => {}
             Some("none") => cfg.default_ttl = None,
-            Some(_) => cfg.default_ttl = self.parse::<u64>("default_ttl_s")?.map(Duration::from_secs),
+            Some(_) => {
+                cfg.default_ttl = self.parse::<u64>("default_ttl_s")?.map(Duration::from_secs)
+            }
         }
         Ok(cfg)
     }
@@ -188,7 +231,9 @@ impl AgentVerbs for Adapter {
     }
 
     fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>> {
-        let Some(mut rx) = self.alerts.try_lock().ok().and_then(|mut g| g.take()) else { return Vec::new() };
+        let Some(mut rx) = self.alerts.try_lock().ok().and_then(|mut g| g.take()) else {
+            return Vec::new();
+        };
         vec![tokio::spawn(async move {
             loop {
                 tokio::select! {

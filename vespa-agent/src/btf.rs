@@ -9,7 +9,6 @@
 //!
 //! Format: <https://docs.kernel.org/bpf/btf.html>.
 
-
 /// Where the running kernel publishes its own BTF.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -49,7 +48,11 @@ pub enum BtfError {
     #[error("{0} is a bitfield")]
     Bitfield(String),
     #[error("{member} is {actual} bytes, {expected} expected")]
-    Size { member: String, actual: u32, expected: u32 },
+    Size {
+        member: String,
+        actual: u32,
+        expected: u32,
+    },
 }
 
 /// One type record: its header fields, and where its members (structs, unions) start in the
@@ -87,7 +90,10 @@ fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
 impl Btf {
     /// The running kernel's BTF.
     pub fn from_kernel() -> Result<Btf, BtfError> {
-        let data = std::fs::read(VMLINUX).map_err(|e| BtfError::Read { path: VMLINUX.into(), reason: e.to_string() })?;
+        let data = std::fs::read(VMLINUX).map_err(|e| BtfError::Read {
+            path: VMLINUX.into(),
+            reason: e.to_string(),
+        })?;
         Btf::parse(data)
     }
 
@@ -95,7 +101,9 @@ impl Btf {
     pub fn parse(data: Vec<u8>) -> Result<Btf, BtfError> {
         let magic = data.get(0..2).map(|m| u16::from_le_bytes([m[0], m[1]]));
         if magic != Some(MAGIC) {
-            return Err(BtfError::Malformed("bad magic (not little-endian BTF)".into()));
+            return Err(BtfError::Malformed(
+                "bad magic (not little-endian BTF)".into(),
+            ));
         }
         let hdr_len = u32_at(&data, 4)? as usize;
         let (type_off, type_len) = (u32_at(&data, 8)? as usize, u32_at(&data, 12)? as usize);
@@ -104,10 +112,21 @@ impl Btf {
         if data.len() < types_at + type_len || data.len() < strings_at + str_len {
             return Err(BtfError::Malformed("section beyond the end".into()));
         }
-        let mut types = vec![Type { kind: 0, name: 0, target: 0, kind_flag: false, vlen: 0, members_at: 0 }];
+        let mut types = vec![Type {
+            kind: 0,
+            name: 0,
+            target: 0,
+            kind_flag: false,
+            vlen: 0,
+            members_at: 0,
+        }];
         let (mut pos, end) = (types_at, types_at + type_len);
         while pos < end {
-            let (name, info, target) = (u32_at(&data, pos)?, u32_at(&data, pos + 4)?, u32_at(&data, pos + 8)?);
+            let (name, info, target) = (
+                u32_at(&data, pos)?,
+                u32_at(&data, pos + 4)?,
+                u32_at(&data, pos + 8)?,
+            );
             pos += 12;
             let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, info & 0xffff, info >> 31 == 1);
             let extra = match kind {
@@ -115,16 +134,37 @@ impl Btf {
                 KIND_ARRAY => 12,
                 KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
-                other => return Err(BtfError::Malformed(format!("unknown kind {other} at type {}", types.len()))),
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                other => {
+                    return Err(BtfError::Malformed(format!(
+                        "unknown kind {other} at type {}",
+                        types.len()
+                    )))
+                }
             };
             if pos + extra as usize > end {
-                return Err(BtfError::Malformed(format!("type {} runs past its section", types.len())));
+                return Err(BtfError::Malformed(format!(
+                    "type {} runs past its section",
+                    types.len()
+                )));
             }
-            types.push(Type { kind, name, target, kind_flag, vlen, members_at: pos as u32 });
+            types.push(Type {
+                kind,
+                name,
+                target,
+                kind_flag,
+                vlen,
+                members_at: pos as u32,
+            });
             pos += extra as usize;
         }
-        Ok(Btf { data, types, strings_at, strings_len: str_len })
+        Ok(Btf {
+            data,
+            types,
+            strings_at,
+            strings_len: str_len,
+        })
     }
 
     fn name(&self, off: u32) -> &str {
@@ -136,7 +176,10 @@ impl Btf {
 
     /// The first struct of that name (kernel struct names are unique).
     fn struct_named(&self, name: &str) -> Option<Type> {
-        self.types.iter().find(|t| t.kind == KIND_STRUCT && t.name != 0 && self.name(t.name) == name).copied()
+        self.types
+            .iter()
+            .find(|t| t.kind == KIND_STRUCT && t.name != 0 && self.name(t.name) == name)
+            .copied()
     }
 
     /// Follows typedefs and const/volatile/restrict/type tags to the underlying type.
@@ -144,7 +187,9 @@ impl Btf {
         for _ in 0..32 {
             let t = *self.types.get(id as usize)?;
             match t.kind {
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => id = t.target,
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.target
+                }
                 _ => return Some(t),
             }
         }
@@ -159,10 +204,16 @@ impl Btf {
             // In range: parse checked every record against its section.
             let field = |k: usize| u32_at(&self.data, at + 4 * k).unwrap_or(0);
             let (name, mty, offset) = (field(0), field(1), field(2));
-            let bits = if ty.kind_flag { offset & 0x00ff_ffff } else { offset };
+            let bits = if ty.kind_flag {
+                offset & 0x00ff_ffff
+            } else {
+                offset
+            };
             let bitfield = ty.kind_flag && offset >> 24 != 0;
             if name == 0 {
-                let inner = self.resolve(mty).filter(|t| t.kind == KIND_STRUCT || t.kind == KIND_UNION)?;
+                let inner = self
+                    .resolve(mty)
+                    .filter(|t| t.kind == KIND_STRUCT || t.kind == KIND_UNION)?;
                 if let Some(found) = self.member(inner, member) {
                     return Some(found.map(|(off, id)| (bits / 8 + off, id)));
                 }
@@ -180,7 +231,9 @@ impl Btf {
     fn size_of(&self, id: u32) -> Option<u32> {
         let t = self.resolve(id)?;
         match t.kind {
-            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => Some(t.target),
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => {
+                Some(t.target)
+            }
             KIND_PTR => Some(8),
             _ => None,
         }
@@ -194,27 +247,44 @@ impl Btf {
 
     /// [`offset_of`](Self::offset_of), checking that the member is `size` bytes (the
     /// programs read it with a load of that size).
-    pub fn offset_of_sized(&self, struct_name: &str, path: &[&str], size: u32) -> Result<u32, BtfError> {
+    pub fn offset_of_sized(
+        &self,
+        struct_name: &str,
+        path: &[&str],
+        size: u32,
+    ) -> Result<u32, BtfError> {
         let (off, ty) = self.locate(struct_name, path)?;
         match self.size_of(ty) {
             Some(s) if s == size => Ok(off),
-            actual => Err(BtfError::Size { member: format!("{struct_name}.{}", path.join(".")), actual: actual.unwrap_or(0), expected: size }),
+            actual => Err(BtfError::Size {
+                member: format!("{struct_name}.{}", path.join(".")),
+                actual: actual.unwrap_or(0),
+                expected: size,
+            }),
         }
     }
 
     /// Byte offset and type id of a (nested, non-empty) member path.
     fn locate(&self, struct_name: &str, path: &[&str]) -> Result<(u32, u32), BtfError> {
-        let mut ty = self.struct_named(struct_name).ok_or_else(|| BtfError::NoStruct(struct_name.to_string()))?;
+        let mut ty = self
+            .struct_named(struct_name)
+            .ok_or_else(|| BtfError::NoStruct(struct_name.to_string()))?;
         let (mut ty_name, mut total, mut last) = (struct_name.to_string(), 0, 0);
         for (i, &step) in path.iter().enumerate() {
-            let (off, member_ty) = self.member(ty, step).ok_or_else(|| BtfError::NoMember { ty: ty_name.clone(), member: step.to_string() })??;
+            let (off, member_ty) = self.member(ty, step).ok_or_else(|| BtfError::NoMember {
+                ty: ty_name.clone(),
+                member: step.to_string(),
+            })??;
             total += off;
             last = member_ty;
             if i + 1 < path.len() {
                 ty = self
                     .resolve(member_ty)
                     .filter(|t| t.kind == KIND_STRUCT || t.kind == KIND_UNION)
-                    .ok_or_else(|| BtfError::NoMember { ty: format!("{ty_name}.{step}"), member: path[i + 1].to_string() })?;
+                    .ok_or_else(|| BtfError::NoMember {
+                        ty: format!("{ty_name}.{step}"),
+                        member: path[i + 1].to_string(),
+                    })?;
                 ty_name = format!("{ty_name}.{step}");
             }
         }
@@ -238,7 +308,10 @@ impl NetnsOffsets {
     }
 
     pub fn from_btf(btf: &Btf) -> Result<NetnsOffsets, BtfError> {
-        Ok(NetnsOffsets { sk_net: btf.offset_of_sized("sock_common", &["skc_net", "net"], 8)?, net_inum: btf.offset_of_sized("net", &["ns", "inum"], 4)? })
+        Ok(NetnsOffsets {
+            sk_net: btf.offset_of_sized("sock_common", &["skc_net", "net"], 8)?,
+            net_inum: btf.offset_of_sized("net", &["ns", "inum"], 4)?,
+        })
     }
 }
 
@@ -351,10 +424,7 @@ mod tests {
         bad[0] = 0;
         assert!(matches!(Btf::parse(bad), Err(BtfError::Malformed(_))));
         let truncated = blob()[..40].to_vec();
-        assert!(matches!(
-            Btf::parse(truncated),
-            Err(BtfError::Malformed(_))
-        ));
+        assert!(matches!(Btf::parse(truncated), Err(BtfError::Malformed(_))));
     }
 
     /// The running kernel's layout, where there is one (every machine this project targets).
@@ -374,6 +444,12 @@ mod tests {
         // skc_net sits in sock_common's first cache line; ns_common is not at the start of net.
         assert!(off.sk_net > 0 && off.sk_net < 64, "{off:?}");
         assert!(off.net_inum > 0 && off.net_inum < 4096, "{off:?}");
-        assert!(matches!(btf.offset_of_sized("sock", &["sk_protocol"], 4), Err(BtfError::Size { actual: 2, .. })), "sizes are checked");
+        assert!(
+            matches!(
+                btf.offset_of_sized("sock", &["sk_protocol"], 4),
+                Err(BtfError::Size { actual: 2, .. })
+            ),
+            "sizes are checked"
+        );
     }
 }

@@ -23,15 +23,19 @@ use aya::{
 };
 use tokio::sync::broadcast;
 use vespa_common::{
-    Addr, ConnEvent, EventHeader, IfaceStats, RemoteConns, SynCounter, ThresholdEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
-    EVENT_CONN_THRESHOLD, EVENT_SYN_THRESHOLD, IFACE_ARRAY_SLOTS, MAX_EVENT_SIZE, STAT_EVENTS_LOST,
-    STAT_MAP_UPDATE_FAILED, STAT_TRACEPOINT_RUNS, STAT_UNTRACKED_CLOSES,
+    Addr, ConnEvent, EventHeader, IfaceStats, RemoteConns, SynCounter, ThresholdEvent,
+    EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_CONN_THRESHOLD, EVENT_SYN_THRESHOLD,
+    IFACE_ARRAY_SLOTS, MAX_EVENT_SIZE, STAT_EVENTS_LOST, STAT_MAP_UPDATE_FAILED,
+    STAT_TRACEPOINT_RUNS, STAT_UNTRACKED_CLOSES,
 };
 
 use crate::{
     iface,
     nsworker::NsWorker,
-    sensor::{addr_of, ip_of, wanted, Health, MapFill, InterfaceCounters, RemoteConnections, SensorConfig, SensorError, SensorEvent, SynSource},
+    sensor::{
+        addr_of, ip_of, wanted, Health, InterfaceCounters, MapFill, RemoteConnections,
+        SensorConfig, SensorError, SensorEvent, SynSource,
+    },
 };
 
 /// The kernel object, built by build.rs from `vespa-ebpf`.
@@ -85,19 +89,21 @@ impl Inner {
             }
         }
         .map_err(|e| read_err("IFACE_STATS", e))?;
-        Ok(per_cpu.iter().fold(IfaceStats::default(), |a, v| IfaceStats {
-            rx_bytes: a.rx_bytes + v.rx_bytes,
-            rx_packets: a.rx_packets + v.rx_packets,
-            tx_bytes: a.tx_bytes + v.tx_bytes,
-            tx_packets: a.tx_packets + v.tx_packets,
-        }))
+        Ok(per_cpu
+            .iter()
+            .fold(IfaceStats::default(), |a, v| IfaceStats {
+                rx_bytes: a.rx_bytes + v.rx_bytes,
+                rx_packets: a.rx_packets + v.rx_packets,
+                tx_bytes: a.tx_bytes + v.tx_bytes,
+                tx_packets: a.tx_packets + v.tx_packets,
+            }))
     }
 
     fn reset_stats(&mut self, ifindex: u32) {
         if ifindex < IFACE_ARRAY_SLOTS {
-            let zeros = aya::util::nr_cpus()
-                .ok()
-                .and_then(|n| aya::maps::PerCpuValues::try_from(vec![IfaceStats::default(); n]).ok());
+            let zeros = aya::util::nr_cpus().ok().and_then(|n| {
+                aya::maps::PerCpuValues::try_from(vec![IfaceStats::default(); n]).ok()
+            });
             if let Some(z) = zeros {
                 let _ = self.stats.set(ifindex, z, 0);
             }
@@ -127,8 +133,13 @@ fn load_err(e: impl std::fmt::Display) -> SensorError {
     SensorError::Load(e.to_string())
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T, SensorError> {
-    let map = ebpf.take_map(name).ok_or_else(|| load_err(format!("map {name} missing from the object")))?;
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T, SensorError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| load_err(format!("map {name} missing from the object")))?;
     T::try_from(map).map_err(|e| load_err(format!("map {name}: {e}")))
 }
 
@@ -143,31 +154,51 @@ fn kernel_config(cfg: &SensorConfig) -> vespa_common::SensorConfig {
         ..Default::default()
     };
     if !cfg.all_netns {
-        match (crate::netns::current_inode(), crate::btf::NetnsOffsets::from_kernel()) {
-            (Ok(inum), Ok(off)) => (k.netns_inum, k.sk_net_offset, k.net_inum_offset) = (inum, off.sk_net, off.net_inum),
-            (Err(e), _) => tracing::warn!(error = %e, "cannot tell this network namespace: tracking connections of every namespace"),
-            (_, Err(e)) => tracing::warn!(error = %e, "no socket layout from BTF: tracking connections of every namespace"),
+        match (
+            crate::netns::current_inode(),
+            crate::btf::NetnsOffsets::from_kernel(),
+        ) {
+            (Ok(inum), Ok(off)) => {
+                (k.netns_inum, k.sk_net_offset, k.net_inum_offset) =
+                    (inum, off.sk_net, off.net_inum)
+            }
+            (Err(e), _) => {
+                tracing::warn!(error = %e, "cannot tell this network namespace: tracking connections of every namespace")
+            }
+            (_, Err(e)) => {
+                tracing::warn!(error = %e, "no socket layout from BTF: tracking connections of every namespace")
+            }
         }
     }
     k
 }
 
 impl EbpfSensor {
-    pub(crate) fn start(cfg: &SensorConfig, events: broadcast::Sender<SensorEvent>) -> Result<EbpfSensor, SensorError> {
+    pub(crate) fn start(
+        cfg: &SensorConfig,
+        events: broadcast::Sender<SensorEvent>,
+    ) -> Result<EbpfSensor, SensorError> {
         let tc_mode = cfg.tc_mode;
         if OBJECT.is_empty() {
-            return Err(SensorError::Unavailable("this binary was built without the kernel programs".into()));
+            return Err(SensorError::Unavailable(
+                "this binary was built without the kernel programs".into(),
+            ));
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("CONN_BY_REMOTE", cfg.max_remotes.max(1))
             .map_max_entries("OPEN_SOCKETS", cfg.max_sockets.max(1))
             .map_max_entries("SYN_BY_SOURCE", cfg.max_syn_sources.max(1))
             .map_max_entries("IFACE_STATS_BIG", MAX_BIG_IFINDEX_INTERFACES)
-            .map_max_entries("EVENTS", cfg.ring_buffer_bytes.next_power_of_two().max(4096))
+            .map_max_entries(
+                "EVENTS",
+                cfg.ring_buffer_bytes.next_power_of_two().max(4096),
+            )
             .load(OBJECT)
             .map_err(load_err)?;
         for name in [PROG_INGRESS, PROG_INGRESS_L3, PROG_EGRESS] {
-            classifier(&mut ebpf, name)?.load().map_err(|e| load_err(format!("{name}: {e}")))?;
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|e| load_err(format!("{name}: {e}")))?;
         }
         let mut config: Array<MapData, vespa_common::SensorConfig> = take(&mut ebpf, "CONFIG")?;
         let kcfg = kernel_config(cfg);
@@ -183,7 +214,14 @@ impl EbpfSensor {
             attached: BTreeMap::new(),
             ebpf,
         };
-        let shared = Arc::new(Shared { cfg: cfg.clone(), netns_inum: kcfg.netns_inum, tc_mode, inner: Mutex::new(inner), stop: AtomicBool::new(false), events });
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            netns_inum: kcfg.netns_inum,
+            tc_mode,
+            inner: Mutex::new(inner),
+            stop: AtomicBool::new(false),
+            events,
+        });
 
         // Tracepoint first: connections are tracked from here on.
         {
@@ -194,8 +232,10 @@ impl EbpfSensor {
                 .ok_or_else(|| load_err("tracepoint program missing"))?
                 .try_into()
                 .map_err(load_err)?;
-            tp.load().map_err(|e| load_err(format!("{PROG_SOCK_STATE}: {e}")))?;
-            tp.attach("sock", "inet_sock_set_state").map_err(|e| load_err(format!("attaching sock:inet_sock_set_state: {e}")))?;
+            tp.load()
+                .map_err(|e| load_err(format!("{PROG_SOCK_STATE}: {e}")))?;
+            tp.attach("sock", "inet_sock_set_state")
+                .map_err(|e| load_err(format!("attaching sock:inet_sock_set_state: {e}")))?;
         }
         // Explicitly configured interfaces must attach now; the rest is best effort.
         shared.reconcile(true)?;
@@ -207,11 +247,19 @@ impl EbpfSensor {
             libc::malloc_trim(0);
         }
 
-        let mut sensor = EbpfSensor { shared: shared.clone(), threads: Vec::new(), ns: NsWorker::spawn("vespa-netns", Duration::from_secs(3600), || {}) };
+        let mut sensor = EbpfSensor {
+            shared: shared.clone(),
+            threads: Vec::new(),
+            ns: NsWorker::spawn("vespa-netns", Duration::from_secs(3600), || {}),
+        };
         let s = shared.clone();
-        sensor.threads.push(spawn("vespa-ringbuf", move || s.read_events(ring)));
+        sensor
+            .threads
+            .push(spawn("vespa-ringbuf", move || s.read_events(ring)));
         let s = shared.clone();
-        sensor.threads.push(spawn("vespa-netlink", move || s.watch_links()));
+        sensor
+            .threads
+            .push(spawn("vespa-netlink", move || s.watch_links()));
         tracing::info!(
             interfaces = ?sensor.shared.lock().attached.values().map(|a| a.name.clone()).collect::<Vec<_>>(),
             "eBPF sensors attached"
@@ -247,7 +295,10 @@ impl EbpfSensor {
         inner
             .conns
             .iter()
-            .map(|item| item.map(|(k, v)| remote(ip_of(&k), &v)).map_err(|e| read_err("CONN_BY_REMOTE", e)))
+            .map(|item| {
+                item.map(|(k, v)| remote(ip_of(&k), &v))
+                    .map_err(|e| read_err("CONN_BY_REMOTE", e))
+            })
             .collect()
     }
 
@@ -255,7 +306,12 @@ impl EbpfSensor {
         let inner = self.shared.lock();
         match inner.conns.get(&addr_of(addr), 0) {
             Ok(v) => Ok(remote(addr, &v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(RemoteConnections { addr, established: 0, opened: Some(0), closed: Some(0) }),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(RemoteConnections {
+                addr,
+                established: 0,
+                opened: Some(0),
+                closed: Some(0),
+            }),
             Err(e) => Err(read_err("CONN_BY_REMOTE", e)),
         }
     }
@@ -265,13 +321,25 @@ impl EbpfSensor {
         inner
             .syns
             .iter()
-            .map(|item| item.map(|(k, v)| SynSource { addr: ip_of(&k), syns: v.total }).map_err(|e| read_err("SYN_BY_SOURCE", e)))
+            .map(|item| {
+                item.map(|(k, v)| SynSource {
+                    addr: ip_of(&k),
+                    syns: v.total,
+                })
+                .map_err(|e| read_err("SYN_BY_SOURCE", e))
+            })
             .collect()
     }
 
     pub(crate) fn health(&self) -> Health {
         let inner = self.shared.lock();
-        let stat = |slot: u32| inner.health.get(&slot, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        let stat = |slot: u32| {
+            inner
+                .health
+                .get(&slot, 0)
+                .map(|v| v.iter().sum::<u64>())
+                .unwrap_or(0)
+        };
         // A classifier runs once per packet: its run count is the packets it counted.
         let (mut ingress_runs, mut egress_runs) = (0, 0);
         for &ifindex in inner.attached.keys() {
@@ -300,11 +368,35 @@ impl EbpfSensor {
                 (PROG_SOCK_STATE.to_string(), stat(STAT_TRACEPOINT_RUNS)),
             ]),
             map_fill: BTreeMap::from([
-                ("CONN_BY_REMOTE".to_string(), MapFill { used: remotes, capacity: cfg.max_remotes as u64 }),
+                (
+                    "CONN_BY_REMOTE".to_string(),
+                    MapFill {
+                        used: remotes,
+                        capacity: cfg.max_remotes as u64,
+                    },
+                ),
                 // Every tracked open socket is counted once in its remote's `established`.
-                ("OPEN_SOCKETS".to_string(), MapFill { used: open, capacity: cfg.max_sockets as u64 }),
-                ("SYN_BY_SOURCE".to_string(), MapFill { used: syn_sources, capacity: cfg.max_syn_sources as u64 }),
-                ("IFACE_STATS_BIG".to_string(), MapFill { used: inner.stats_big.keys().flatten().count() as u64, capacity: MAX_BIG_IFINDEX_INTERFACES as u64 }),
+                (
+                    "OPEN_SOCKETS".to_string(),
+                    MapFill {
+                        used: open,
+                        capacity: cfg.max_sockets as u64,
+                    },
+                ),
+                (
+                    "SYN_BY_SOURCE".to_string(),
+                    MapFill {
+                        used: syn_sources,
+                        capacity: cfg.max_syn_sources as u64,
+                    },
+                ),
+                (
+                    "IFACE_STATS_BIG".to_string(),
+                    MapFill {
+                        used: inner.stats_big.keys().flatten().count() as u64,
+                        capacity: MAX_BIG_IFINDEX_INTERFACES as u64,
+                    },
+                ),
             ]),
             attached_interfaces: inner.attached.values().map(|a| a.name.clone()).collect(),
         }
@@ -340,11 +432,19 @@ impl Drop for EbpfSensor {
 }
 
 fn remote(addr: IpAddr, v: &RemoteConns) -> RemoteConnections {
-    RemoteConnections { addr, established: v.established, opened: Some(v.opened), closed: Some(v.closed) }
+    RemoteConnections {
+        addr,
+        established: v.established,
+        opened: Some(v.opened),
+        closed: Some(v.closed),
+    }
 }
 
 fn read_err(what: &'static str, e: aya::maps::MapError) -> SensorError {
-    SensorError::Read { what, source: std::io::Error::other(e.to_string()) }
+    SensorError::Read {
+        what,
+        source: std::io::Error::other(e.to_string()),
+    }
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, SensorError> {
@@ -355,7 +455,10 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> thread::JoinHandle<()> {
-    thread::Builder::new().name(name.into()).spawn(f).expect("spawning a sensor thread")
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawning a sensor thread")
 }
 
 impl Shared {
@@ -368,12 +471,19 @@ impl Shared {
     /// Attaches to every wanted interface not yet attached and forgets vanished ones.
     /// With `strict`, failing to attach an explicitly configured interface is an error.
     fn reconcile(&self, strict: bool) -> Result<(), SensorError> {
-        let present = iface::list().map_err(|source| SensorError::Read { what: "the interface list (RTM_GETLINK)", source })?;
+        let present = iface::list().map_err(|source| SensorError::Read {
+            what: "the interface list (RTM_GETLINK)",
+            source,
+        })?;
         let mut inner = self.lock();
         let gone: Vec<u32> = inner
             .attached
             .iter()
-            .filter(|(ifindex, a)| !present.iter().any(|i| i.ifindex == **ifindex && i.name == a.name))
+            .filter(|(ifindex, a)| {
+                !present
+                    .iter()
+                    .any(|i| i.ifindex == **ifindex && i.name == a.name)
+            })
             .map(|(i, _)| *i)
             .collect();
         for ifindex in gone {
@@ -386,42 +496,81 @@ impl Shared {
             match self.attach(&mut inner, i) {
                 Ok(()) => {
                     tracing::debug!(iface = %i.name, ifindex = i.ifindex, "attached");
-                    let _ = self.events.send(SensorEvent::InterfaceAttached { name: i.name.clone(), ifindex: i.ifindex });
+                    let _ = self.events.send(SensorEvent::InterfaceAttached {
+                        name: i.name.clone(),
+                        ifindex: i.ifindex,
+                    });
                 }
                 Err(e) if strict && !self.cfg.interfaces.is_empty() => return Err(e),
                 // Interfaces can vanish between listing and attaching; the next pass retries.
-                Err(e) => tracing::warn!(iface = %i.name, error = %e, "could not attach; will retry"),
+                Err(e) => {
+                    tracing::warn!(iface = %i.name, error = %e, "could not attach; will retry")
+                }
             }
         }
         Ok(())
     }
 
     fn attach(&self, inner: &mut Inner, i: &iface::Interface) -> Result<(), SensorError> {
-        let attach_err = |reason: String| SensorError::Attach { iface: i.name.clone(), reason };
+        let attach_err = |reason: String| SensorError::Attach {
+            iface: i.name.clone(),
+            reason,
+        };
         let mut clsact_ours = false;
         if self.tc_mode == TcMode::Netlink {
             match aya::programs::tc::qdisc_add_clsact(&i.name) {
                 Ok(()) => clsact_ours = true,
-                Err(aya::programs::tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(aya::programs::tc::TcError::NetlinkError(e))
+                    if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(attach_err(format!("adding clsact qdisc: {e}"))),
             }
         }
-        let ingress = if i.ethernet { PROG_INGRESS } else { PROG_INGRESS_L3 };
+        let ingress = if i.ethernet {
+            PROG_INGRESS
+        } else {
+            PROG_INGRESS_L3
+        };
         let mut links = Vec::new();
-        for (prog, dir) in [(ingress, TcAttachType::Ingress), (PROG_EGRESS, TcAttachType::Egress)] {
+        for (prog, dir) in [
+            (ingress, TcAttachType::Ingress),
+            (PROG_EGRESS, TcAttachType::Egress),
+        ] {
             let p = classifier(&mut inner.ebpf, prog)?;
             let res = match self.tc_mode {
                 // First in the TCX chain, so a program before us that ends the chain (pass or
                 // drop) cannot hide packets from the counters.
                 TcMode::Auto if has_tcx() => p
-                    .attach_with_options(&i.name, dir, TcAttachOptions::TcxOrder(tcx_first(&i.name, dir)))
-                    .or_else(|_| p.attach_with_options(&i.name, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))),
+                    .attach_with_options(
+                        &i.name,
+                        dir,
+                        TcAttachOptions::TcxOrder(tcx_first(&i.name, dir)),
+                    )
+                    .or_else(|_| {
+                        p.attach_with_options(
+                            &i.name,
+                            dir,
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )
+                    }),
                 // Legacy tc stops at the first classifier that matches, so we go first (our
                 // programs return TC_ACT_UNSPEC: "continue") and see every packet while the
                 // filters behind us still decide. If priority 1 is taken, the kernel picks.
                 _ => p
-                    .attach_with_options(&i.name, dir, TcAttachOptions::Netlink(NlOptions { priority: 1, ..Default::default() }))
-                    .or_else(|_| p.attach_with_options(&i.name, dir, TcAttachOptions::Netlink(NlOptions::default()))),
+                    .attach_with_options(
+                        &i.name,
+                        dir,
+                        TcAttachOptions::Netlink(NlOptions {
+                            priority: 1,
+                            ..Default::default()
+                        }),
+                    )
+                    .or_else(|_| {
+                        p.attach_with_options(
+                            &i.name,
+                            dir,
+                            TcAttachOptions::Netlink(NlOptions::default()),
+                        )
+                    }),
             }
             .and_then(|id| p.take_link(id));
             match res {
@@ -437,19 +586,31 @@ impl Shared {
         }
         // Counters start at attach (an ifindex may have been counted for a previous device).
         inner.reset_stats(i.ifindex);
-        inner.attached.insert(i.ifindex, Attached { name: i.name.clone(), links, clsact_ours });
+        inner.attached.insert(
+            i.ifindex,
+            Attached {
+                name: i.name.clone(),
+                links,
+                clsact_ours,
+            },
+        );
         Ok(())
     }
 
     fn detach(&self, inner: &mut Inner, ifindex: u32, vanished: bool) {
-        let Some(a) = inner.attached.remove(&ifindex) else { return };
+        let Some(a) = inner.attached.remove(&ifindex) else {
+            return;
+        };
         drop(a.links);
         if a.clsact_ours && !vanished {
             remove_clsact(&a.name);
         }
         inner.reset_stats(ifindex);
         tracing::debug!(iface = %a.name, ifindex, "detached");
-        let _ = self.events.send(SensorEvent::InterfaceDetached { name: a.name, ifindex });
+        let _ = self.events.send(SensorEvent::InterfaceDetached {
+            name: a.name,
+            ifindex,
+        });
     }
 
     /// Reconciles on every RTM_NEWLINK/RTM_DELLINK, and every `rescan_interval` anyway.
@@ -471,7 +632,10 @@ impl Shared {
         let mut last_scan = monotonic_ns();
         while !self.stop.load(Ordering::Relaxed) {
             let woke = match &sock {
-                Some(s) => wait_readable(s.as_fd(), self.cfg.rescan_interval.min(Duration::from_millis(250))),
+                Some(s) => wait_readable(
+                    s.as_fd(),
+                    self.cfg.rescan_interval.min(Duration::from_millis(250)),
+                ),
                 None => {
                     thread::sleep(Duration::from_millis(250));
                     false
@@ -499,14 +663,28 @@ impl Shared {
             while let Some(item) = ring.next() {
                 match decode_event(&item) {
                     Some(ev) => {
-                        if let SensorEvent::ConnThreshold { addr, established, threshold, .. } = &ev {
+                        if let SensorEvent::ConnThreshold {
+                            addr,
+                            established,
+                            threshold,
+                            ..
+                        } = &ev
+                        {
                             tracing::warn!(%addr, established, threshold, "connection threshold crossed");
-                        } else if let SensorEvent::SynThreshold { addr, syns_in_second, threshold, .. } = &ev {
+                        } else if let SensorEvent::SynThreshold {
+                            addr,
+                            syns_in_second,
+                            threshold,
+                            ..
+                        } = &ev
+                        {
                             tracing::warn!(%addr, syns_in_second, threshold, "SYN rate threshold crossed");
                         }
                         let _ = self.events.send(ev);
                     }
-                    None => tracing::warn!(len = item.len(), "malformed ring-buffer record dropped"),
+                    None => {
+                        tracing::warn!(len = item.len(), "malformed ring-buffer record dropped")
+                    }
                 }
             }
         }
@@ -523,7 +701,9 @@ fn remove_clsact(name: &str) {
             .unwrap_or(true)
     };
     if !has("ingress") && !has("egress") {
-        let _ = std::process::Command::new("tc").args(["qdisc", "del", "dev", name, "clsact"]).status();
+        let _ = std::process::Command::new("tc")
+            .args(["qdisc", "del", "dev", name, "clsact"])
+            .status();
     }
 }
 
@@ -534,7 +714,9 @@ fn tcx_first(ifname: &str, dir: TcAttachType) -> LinkOrder {
             // SAFETY: the id was just returned by the kernel for a program attached to this
             // hook. Should that program detach before we attach, the kernel rejects the
             // anchor (ENOENT) and the caller retries at the end of the chain.
-            Some(p) => LinkOrder::before_program_id(unsafe { aya::programs::ProgramId::new(p.id()) }),
+            Some(p) => {
+                LinkOrder::before_program_id(unsafe { aya::programs::ProgramId::new(p.id()) })
+            }
             None => LinkOrder::default(),
         },
         Err(_) => LinkOrder::default(),
@@ -548,7 +730,11 @@ fn has_tcx() -> bool {
 }
 
 fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
     let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
     n > 0 && pfd.revents & libc::POLLIN != 0
@@ -556,7 +742,8 @@ fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns` and of event timestamps.
 pub fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
@@ -564,7 +751,9 @@ pub fn monotonic_ns() -> u64 {
 /// current offset between the two (exact up to the microseconds between the two reads, and
 /// to any clock step since the event).
 pub fn monotonic_to_unix_ns(t: u64) -> u64 {
-    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     unix.saturating_sub(monotonic_ns().saturating_sub(t))
 }
 
@@ -592,14 +781,30 @@ pub(crate) fn decode_event(b: &[u8]) -> Option<SensorEvent> {
             // The tracepoint converts both ports to host byte order (ntohs).
             let (local, remote) = (sock(&e.local, e.local_port), sock(&e.remote, e.remote_port));
             Some(if h.kind == EVENT_CONN_OPEN {
-                SensorEvent::ConnOpened { timestamp_ns: h.timestamp_ns, local, remote, old_state: e.old_state.into() }
+                SensorEvent::ConnOpened {
+                    timestamp_ns: h.timestamp_ns,
+                    local,
+                    remote,
+                    old_state: e.old_state.into(),
+                }
             } else {
-                SensorEvent::ConnClosed { timestamp_ns: h.timestamp_ns, local, remote, new_state: e.new_state.into(), duration_ns: e.duration_ns }
+                SensorEvent::ConnClosed {
+                    timestamp_ns: h.timestamp_ns,
+                    local,
+                    remote,
+                    new_state: e.new_state.into(),
+                    duration_ns: e.duration_ns,
+                }
             })
         }
         EVENT_CONN_THRESHOLD => {
             let e: ThresholdEvent = read_record(b)?;
-            Some(SensorEvent::ConnThreshold { timestamp_ns: h.timestamp_ns, addr: ip_of(&e.addr), established: e.value, threshold: e.threshold })
+            Some(SensorEvent::ConnThreshold {
+                timestamp_ns: h.timestamp_ns,
+                addr: ip_of(&e.addr),
+                established: e.value,
+                threshold: e.threshold,
+            })
         }
         EVENT_SYN_THRESHOLD => {
             let e: ThresholdEvent = read_record(b)?;
@@ -624,11 +829,17 @@ pub fn attach_noop(iface_name: &str) -> Result<impl Drop, SensorError> {
         let p = classifier(&mut ebpf, PROG_NOOP)?;
         p.load().map_err(load_err)?;
         for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
-            let id = p.attach(iface_name, dir).map_err(|e| SensorError::Attach { iface: iface_name.into(), reason: e.to_string() })?;
+            let id = p.attach(iface_name, dir).map_err(|e| SensorError::Attach {
+                iface: iface_name.into(),
+                reason: e.to_string(),
+            })?;
             links.push(p.take_link(id).map_err(load_err)?);
         }
     }
-    Ok(NoopGuard { _links: links, _ebpf: ebpf })
+    Ok(NoopGuard {
+        _links: links,
+        _ebpf: ebpf,
+    })
 }
 
 /// Loads the no-op tracepoint program on `sock:inet_sock_set_state`: the benchmarks'
@@ -636,11 +847,18 @@ pub fn attach_noop(iface_name: &str) -> Result<impl Drop, SensorError> {
 pub fn attach_tracepoint_noop() -> Result<impl Drop, SensorError> {
     let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(load_err)?;
     {
-        let tp: &mut TracePoint = ebpf.program_mut("vespa_tp_noop").ok_or_else(|| load_err("vespa_tp_noop missing"))?.try_into().map_err(load_err)?;
+        let tp: &mut TracePoint = ebpf
+            .program_mut("vespa_tp_noop")
+            .ok_or_else(|| load_err("vespa_tp_noop missing"))?
+            .try_into()
+            .map_err(load_err)?;
         tp.load().map_err(load_err)?;
         tp.attach("sock", "inet_sock_set_state").map_err(load_err)?;
     }
-    Ok(NoopGuard { _links: Vec::new(), _ebpf: ebpf })
+    Ok(NoopGuard {
+        _links: Vec::new(),
+        _ebpf: ebpf,
+    })
 }
 
 struct NoopGuard {
@@ -659,7 +877,11 @@ mod tests {
     #[test]
     fn records_are_decoded_and_garbage_rejected() {
         let ev = ThresholdEvent {
-            header: EventHeader { kind: EVENT_CONN_THRESHOLD, size: 56, timestamp_ns: 42 },
+            header: EventHeader {
+                kind: EVENT_CONN_THRESHOLD,
+                size: 56,
+                timestamp_ns: 42,
+            },
             addr: Addr::from_v4([10, 0, 0, 9]),
             value: 101,
             threshold: 100,
@@ -670,7 +892,12 @@ mod tests {
         let bytes = unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), 56) };
         assert_eq!(
             decode_event(bytes),
-            Some(SensorEvent::ConnThreshold { timestamp_ns: 42, addr: "10.0.0.9".parse().unwrap(), established: 101, threshold: 100 })
+            Some(SensorEvent::ConnThreshold {
+                timestamp_ns: 42,
+                addr: "10.0.0.9".parse().unwrap(),
+                established: 101,
+                threshold: 100
+            })
         );
         assert_eq!(decode_event(&bytes[..20]), None, "truncated");
         let mut unknown = bytes.to_vec();

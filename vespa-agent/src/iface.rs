@@ -6,7 +6,9 @@
 
 use std::{io, net::IpAddr};
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkLayerType, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
@@ -52,15 +54,25 @@ pub fn list() -> io::Result<Vec<Interface>> {
 /// thread's namespace: how the policy learns an attacker's MAC from its address.
 pub fn neighbour_mac(ip: IpAddr) -> io::Result<Option<String>> {
     let ip = ip.to_canonical();
-    for m in dump(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()))? {
-        let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+    for m in dump(RouteNetlinkMessage::GetNeighbour(
+        NeighbourMessage::default(),
+    ))? {
+        let RouteNetlinkMessage::NewNeighbour(n) = m else {
+            continue;
+        };
         let mut dst = None;
         let mut lladdr = None;
         for a in n.attributes {
             match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => dst = Some(IpAddr::V4(v4)),
-                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => dst = Some(IpAddr::V6(v6)),
-                NeighbourAttribute::LinkLayerAddress(b) if !b.is_empty() => lladdr = Some(hex_mac(&b)),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                    dst = Some(IpAddr::V4(v4))
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                    dst = Some(IpAddr::V6(v6))
+                }
+                NeighbourAttribute::LinkLayerAddress(b) if !b.is_empty() => {
+                    lladdr = Some(hex_mac(&b))
+                }
                 _ => {}
             }
         }
@@ -72,7 +84,10 @@ pub fn neighbour_mac(ip: IpAddr) -> io::Result<Option<String>> {
 }
 
 fn hex_mac(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    b.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// One NLM_F_DUMP request on a fresh NETLINK_ROUTE socket (bound to this thread's
@@ -95,12 +110,14 @@ fn dump(request: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
         let n = sock.recv(&mut &mut rx[..], 0)?;
         let mut off = 0;
         while off < n {
-            let msg: NetlinkMessage<RouteNetlinkMessage> =
-                NetlinkMessage::deserialize(&rx[off..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")))?;
+            let msg: NetlinkMessage<RouteNetlinkMessage> = NetlinkMessage::deserialize(&rx[off..n])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")))?;
             let len = msg.header.length as usize;
             match msg.payload {
                 NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => return Err(io::Error::other(format!("netlink: {e:?}"))),
+                NetlinkPayload::Error(e) => {
+                    return Err(io::Error::other(format!("netlink: {e:?}")))
+                }
                 NetlinkPayload::InnerMessage(m) => out.push(m),
                 _ => {}
             }
@@ -121,22 +138,38 @@ fn interface(link: LinkMessage) -> Option<Interface> {
             LinkAttribute::IfName(n) => name = Some(n),
             LinkAttribute::Address(a) => mac = hex_mac(&a),
             LinkAttribute::Stats64(s) => {
-                stats = KernelStats { rx_bytes: s.rx_bytes, rx_packets: s.rx_packets, tx_bytes: s.tx_bytes, tx_packets: s.tx_packets }
+                stats = KernelStats {
+                    rx_bytes: s.rx_bytes,
+                    rx_packets: s.rx_packets,
+                    tx_bytes: s.tx_bytes,
+                    tx_packets: s.tx_packets,
+                }
             }
             _ => {}
         }
     }
-    let ethernet = matches!(link.header.link_layer_type, LinkLayerType::Ether | LinkLayerType::Loopback);
-    Some(Interface { name: name?, ifindex: link.header.index, ethernet, mac, stats })
+    let ethernet = matches!(
+        link.header.link_layer_type,
+        LinkLayerType::Ether | LinkLayerType::Loopback
+    );
+    Some(Interface {
+        name: name?,
+        ifindex: link.header.index,
+        ethernet,
+        mac,
+        stats,
+    })
 }
 
 /// One interface by name; `NotFound` if it does not exist in this namespace.
 pub fn get(name: &str) -> io::Result<Interface> {
     validate_name(name)?;
-    list()?
-        .into_iter()
-        .find(|i| i.name == name)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no interface named {name:?} in this network namespace")))
+    list()?.into_iter().find(|i| i.name == name).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface named {name:?} in this network namespace"),
+        )
+    })
 }
 
 /// The interface's hardware address, colon separated (`get_mac` of the 2014 bandwidth agent).
@@ -151,11 +184,18 @@ pub fn kernel_stats(name: &str) -> io::Result<KernelStats> {
 
 /// Interface names are 1 to 15 bytes without '/', ':' or whitespace.
 fn validate_name(name: &str) -> io::Result<()> {
-    let ok = !name.is_empty() && name.len() < 16 && name != "." && name != ".." && !name.contains(['/', ' ', '\t', '\n', '\0', ':']);
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', ' ', '\t', '\n', '\0', ':']);
     if ok {
         Ok(())
     } else {
-        Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid interface name {name:?}")))
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid interface name {name:?}"),
+        ))
     }
 }
 
@@ -181,8 +221,15 @@ mod tests {
     #[test]
     fn hostile_names_are_rejected() {
         for bad in ["", "../etc", "a/b", "0123456789abcdef", "..", "eth0:1"] {
-            assert_eq!(get(bad).unwrap_err().kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+            assert_eq!(
+                get(bad).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput,
+                "{bad:?}"
+            );
         }
-        assert_eq!(get("nosuchif0").unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            get("nosuchif0").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
     }
 }

@@ -14,14 +14,14 @@ pub mod ebpf;
 pub mod export;
 pub mod iface;
 pub mod netns;
+mod nsworker;
 pub mod preflight;
 pub mod procfs;
-mod nsworker;
 mod procfs_backend;
 pub mod sensor;
 pub mod top;
 
 pub use sensor::{
-    Health, InterfaceCounters, MapFill, Mode, RemoteConnections, SensorConfig, SensorError, SensorEvent,
-    Sensors, Snapshot, SynSource, TcpState,
+    Health, InterfaceCounters, MapFill, Mode, RemoteConnections, SensorConfig, SensorError,
+    SensorEvent, Sensors, Snapshot, SynSource, TcpState,
 };

@@ -13,7 +13,13 @@ use vespa_agent::{export, netns, top, Mode, SensorConfig, Sensors};
 /// sock:inet_sock_set_state). Threshold crossings are reported the moment they happen.
 /// Without root or eBPF support the agent falls back to reading /proc, as VESPA 2014 did.
 #[derive(Parser)]
-#[command(name = "vespa-agent", version, about, long_about, propagate_version = true)]
+#[command(
+    name = "vespa-agent",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
 struct Cli {
     #[command(flatten)]
     sensor: SensorArgs,
@@ -65,7 +71,13 @@ enum Command {
 #[derive(Args)]
 struct SensorArgs {
     /// Sensor back end: eBPF, /proc polling, or eBPF with /proc as fallback.
-    #[arg(long, global = true, value_enum, default_value = "auto", env = "VESPA_SENSOR_MODE")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "VESPA_SENSOR_MODE"
+    )]
     mode: Mode,
     /// Monitor only these interfaces (comma separated). Default: every interface, including
     /// those created later (a VM's tap device).
@@ -127,7 +139,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     // The exporter's socket is bound in the caller's namespace, before entering --netns.
     let listener = match &cli.command {
-        Command::Export { listen } => Some(std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?),
+        Command::Export { listen } => Some(
+            std::net::TcpListener::bind(listen)
+                .with_context(|| format!("listening on {listen}"))?,
+        ),
         _ => None,
     };
     if let Some(ns) = &cli.sensor.netns {
@@ -149,7 +164,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Run(args) = cli.command {
         return node_agents::run(args, cfg);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let sensors = Sensors::start(cfg)?;
     rt.block_on(async move {
         match cli.command {
@@ -186,16 +204,21 @@ fn log_events(sensors: Sensors) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(vespa_agent::SensorEvent::InterfaceAttached { name, ifindex }) => tracing::info!(iface = %name, ifindex, "monitoring interface"),
-                Ok(vespa_agent::SensorEvent::InterfaceDetached { name, ifindex }) => tracing::info!(iface = %name, ifindex, "no longer monitoring interface"),
+                Ok(vespa_agent::SensorEvent::InterfaceAttached { name, ifindex }) => {
+                    tracing::info!(iface = %name, ifindex, "monitoring interface")
+                }
+                Ok(vespa_agent::SensorEvent::InterfaceDetached { name, ifindex }) => {
+                    tracing::info!(iface = %name, ifindex, "no longer monitoring interface")
+                }
                 Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "event log fell behind"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "event log fell behind")
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             }
         }
     })
 }
-
 
 /// `vespa-agent run`: the agent nodes of the topology, on the node runtime of `vespa-node`.
 /// The sensors start once per process and serve every agent node it hosts.

@@ -10,7 +10,10 @@ use nix::sched::{setns, CloneFlags};
 
 pub fn path(name: &str) -> io::Result<PathBuf> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid namespace name {name:?}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid namespace name {name:?}"),
+        ));
     }
     Ok(PathBuf::from("/run/netns").join(name))
 }
@@ -18,7 +21,12 @@ pub fn path(name: &str) -> io::Result<PathBuf> {
 /// Moves the calling thread into the named network namespace.
 pub fn enter(name: &str) -> io::Result<()> {
     let p = path(name)?;
-    let f = File::open(&p).map_err(|e| io::Error::new(e.kind(), format!("network namespace {name} ({}): {e}", p.display())))?;
+    let f = File::open(&p).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("network namespace {name} ({}): {e}", p.display()),
+        )
+    })?;
     setns(&f, CloneFlags::CLONE_NEWNET).map_err(|e| io::Error::other(format!("setns({name}): {e}")))
 }
 

@@ -20,14 +20,29 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
     let topo = args.nodes.topology.load()?;
-    let nodes = args.nodes.select(&topo, |n| n.role.is_agent()).map_err(anyhow::Error::msg)?;
+    let nodes = args
+        .nodes
+        .select(&topo, |n| n.role.is_agent())
+        .map_err(anyhow::Error::msg)?;
     if args.nodes.check_config {
         return Ok(());
     }
     let psk = args.nodes.topology.psk(&topo).map_err(anyhow::Error::msg)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let needs_sensors = nodes.iter().any(|n| matches!(n.role, Role::Agent(AgentKind::Bandwidth | AgentKind::Connections)));
-    let sensors = if needs_sensors { Some(Sensors::start(cfg)?) } else { None };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let needs_sensors = nodes.iter().any(|n| {
+        matches!(
+            n.role,
+            Role::Agent(AgentKind::Bandwidth | AgentKind::Connections)
+        )
+    });
+    let sensors = if needs_sensors {
+        Some(Sensors::start(cfg)?)
+    } else {
+        None
+    };
     let every = topo.settings.sample_interval;
     rt.block_on(async {
         // Acting agents are built first, so a bad parameter or an unreachable libvirt stops
@@ -48,30 +63,59 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
             }
         }
         // With a libvirt agent in this process, the exporter names the VM of each tap device.
-        let vm_of: Option<vespa_agent::export::VmLookup> = taps.map(|t| -> vespa_agent::export::VmLookup {
-            Arc::new(move |dev: &str| t.get(dev).map(|v| vespa_agent::export::VmLabel { name: v.vm, uuid: v.uuid }))
-        });
+        let vm_of: Option<vespa_agent::export::VmLookup> =
+            taps.map(|t| -> vespa_agent::export::VmLookup {
+                Arc::new(move |dev: &str| {
+                    t.get(dev).map(|v| vespa_agent::export::VmLabel {
+                        name: v.vm,
+                        uuid: v.uuid,
+                    })
+                })
+            });
         let exporter = match (&args.metrics, &sensors) {
             (Some(addr), Some(s)) => {
-                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on {addr}"))?;
                 tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
                 let registry = vespa_agent::export::registry_with_vms(s.clone(), 20, vm_of.clone());
-                Some(tokio::spawn(vespa_agent::export::serve(listener, registry, std::future::pending())))
+                Some(tokio::spawn(vespa_agent::export::serve(
+                    listener,
+                    registry,
+                    std::future::pending(),
+                )))
             }
-            (Some(_), None) => anyhow::bail!("--metrics needs a bandwidth or connections agent among the nodes run here"),
+            (Some(_), None) => anyhow::bail!(
+                "--metrics needs a bandwidth or connections agent among the nodes run here"
+            ),
             _ => None,
         };
         let hooks = |def: &vespa_node::config::NodeDef| -> Hooks {
             let agent: Option<Arc<dyn vespa_node::AgentVerbs>> = match (def.role, &sensors) {
                 (Role::Agent(kind @ (AgentKind::Bandwidth | AgentKind::Connections)), Some(s)) => {
                     let source: Arc<dyn SensorSource> = Arc::new(Source(s.clone(), vm_of.clone()));
-                    Some(Arc::new(SensorAgent::new(kind, source, def.interfaces.clone(), every)))
+                    Some(Arc::new(SensorAgent::new(
+                        kind,
+                        source,
+                        def.interfaces.clone(),
+                        every,
+                    )))
                 }
                 _ => actuators.get(&def.name).cloned(),
             };
-            Hooks { agent, alert_handlers: Vec::new() }
+            Hooks {
+                agent,
+                alert_handlers: Vec::new(),
+            }
         };
-        let exits = vespa_node::launch::run_nodes(&topo, &nodes, Security::Psk(psk), hooks, vespa_node::launch::shutdown_signal()).await?;
+        let exits = vespa_node::launch::run_nodes(
+            &topo,
+            &nodes,
+            Security::Psk(psk),
+            hooks,
+            vespa_node::launch::shutdown_signal(),
+        )
+        .await?;
         for (name, exit) in exits {
             tracing::info!(node = %name, ?exit, "node exited");
         }
@@ -95,7 +139,17 @@ fn text(e: impl std::fmt::Display) -> String {
 
 impl SensorSource for Source {
     fn interfaces(&self) -> Result<Vec<IfaceBytes>, String> {
-        Ok(self.0.interfaces().map_err(text)?.into_iter().map(|i| IfaceBytes { name: i.name, rx_bytes: i.rx_bytes, tx_bytes: i.tx_bytes }).collect())
+        Ok(self
+            .0
+            .interfaces()
+            .map_err(text)?
+            .into_iter()
+            .map(|i| IfaceBytes {
+                name: i.name,
+                rx_bytes: i.rx_bytes,
+                tx_bytes: i.tx_bytes,
+            })
+            .collect())
     }
 
     fn mac(&self, iface: &str) -> Result<String, String> {
@@ -103,12 +157,24 @@ impl SensorSource for Source {
     }
 
     fn connections(&self) -> Result<Vec<RemoteCount>, String> {
-        Ok(self.0.connections().map_err(text)?.into_iter().map(|c| RemoteCount { addr: c.addr, established: c.established }).collect())
+        Ok(self
+            .0
+            .connections()
+            .map_err(text)?
+            .into_iter()
+            .map(|c| RemoteCount {
+                addr: c.addr,
+                established: c.established,
+            })
+            .collect())
     }
 
     fn connections_of(&self, addr: IpAddr) -> Result<RemoteCount, String> {
         let c = self.0.connections_of(addr).map_err(text)?;
-        Ok(RemoteCount { addr: c.addr, established: c.established })
+        Ok(RemoteCount {
+            addr: c.addr,
+            established: c.established,
+        })
     }
 
     fn threshold_alerts(&self) -> tokio::sync::mpsc::Receiver<ThresholdAlert> {
@@ -120,16 +186,40 @@ impl SensorSource for Source {
         tokio::spawn(async move {
             loop {
                 let alert = match events.recv().await {
-                    Ok(SensorEvent::ConnThreshold { timestamp_ns, addr, established, threshold }) => {
-                        ThresholdAlert { body: AlertBody::ConnThreshold { addr, established, threshold }, at_unix_ns: at(timestamp_ns) }
-                    }
-                    Ok(SensorEvent::SynThreshold { timestamp_ns, addr, syns_in_second, threshold, .. }) => {
-                        ThresholdAlert { body: AlertBody::SynThreshold { addr, syns_in_second, threshold }, at_unix_ns: at(timestamp_ns) }
-                    }
+                    Ok(SensorEvent::ConnThreshold {
+                        timestamp_ns,
+                        addr,
+                        established,
+                        threshold,
+                    }) => ThresholdAlert {
+                        body: AlertBody::ConnThreshold {
+                            addr,
+                            established,
+                            threshold,
+                        },
+                        at_unix_ns: at(timestamp_ns),
+                    },
+                    Ok(SensorEvent::SynThreshold {
+                        timestamp_ns,
+                        addr,
+                        syns_in_second,
+                        threshold,
+                        ..
+                    }) => ThresholdAlert {
+                        body: AlertBody::SynThreshold {
+                            addr,
+                            syns_in_second,
+                            threshold,
+                        },
+                        at_unix_ns: at(timestamp_ns),
+                    },
                     Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        ThresholdAlert { body: AlertBody::Text(format!("{n} sensor events missed (the agent fell behind)")), at_unix_ns: None }
-                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => ThresholdAlert {
+                        body: AlertBody::Text(format!(
+                            "{n} sensor events missed (the agent fell behind)"
+                        )),
+                        at_unix_ns: None,
+                    },
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
                 if tx.send(alert).await.is_err() {
@@ -150,7 +240,11 @@ impl SensorSource for Source {
 
     fn health(&self) -> Option<(u64, u64, u64)> {
         let h = self.0.health();
-        let full = h.map_fill.values().filter(|f| f.capacity > 0 && f.used >= f.capacity).count() as u64;
+        let full = h
+            .map_fill
+            .values()
+            .filter(|f| f.capacity > 0 && f.used >= f.capacity)
+            .count() as u64;
         Some((h.events_lost, h.map_update_failures, full))
     }
 }

@@ -19,7 +19,11 @@ pub(crate) struct NsWorker {
 
 impl NsWorker {
     /// Spawns the worker in the caller's namespace. `tick` runs every `period` between jobs.
-    pub(crate) fn spawn(name: &str, period: Duration, mut tick: impl FnMut() + Send + 'static) -> NsWorker {
+    pub(crate) fn spawn(
+        name: &str,
+        period: Duration,
+        mut tick: impl FnMut() + Send + 'static,
+    ) -> NsWorker {
         let (tx, rx) = mpsc::channel::<Job>();
         let handle = thread::Builder::new()
             .name(name.into())
@@ -31,7 +35,8 @@ impl NsWorker {
                         tick();
                         next = now + period;
                     }
-                    match rx.recv_timeout(next.saturating_duration_since(std::time::Instant::now())) {
+                    match rx.recv_timeout(next.saturating_duration_since(std::time::Instant::now()))
+                    {
                         Ok(job) => job(),
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -39,7 +44,10 @@ impl NsWorker {
                 }
             })
             .expect("spawning the namespace worker");
-        NsWorker { tx: Mutex::new(Some(tx)), handle: Some(handle) }
+        NsWorker {
+            tx: Mutex::new(Some(tx)),
+            handle: Some(handle),
+        }
     }
 
     /// Runs `f` on the worker and returns its result.
@@ -48,7 +56,12 @@ impl NsWorker {
         let job: Job = Box::new(move || {
             let _ = rtx.send(f());
         });
-        let sent = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|tx| tx.send(job).is_ok());
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|tx| tx.send(job).is_ok());
         assert_eq!(sent, Some(true), "namespace worker is gone");
         rrx.recv().expect("namespace worker dropped a job")
     }

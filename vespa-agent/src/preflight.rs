@@ -40,8 +40,10 @@ pub fn check_tracefs() -> Result<(), SensorError> {
         )));
     }
     if !tp.is_dir() {
-        return Err(SensorError::Unavailable(format!("the kernel has no tracepoint sock:inet_sock_set_state ({})", tp.display())));
+        return Err(SensorError::Unavailable(format!(
+            "the kernel has no tracepoint sock:inet_sock_set_state ({})",
+            tp.display()
+        )));
     }
     Ok(())
 }
-

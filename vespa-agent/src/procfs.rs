@@ -24,7 +24,10 @@ pub fn parse_net_dev(text: &str) -> Result<Vec<DevLine>, String> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate().skip(2) {
         let Some((name, rest)) = line.split_once(':') else {
-            return Err(format!("/proc/net/dev line {}: no ':' after the interface name", n + 1));
+            return Err(format!(
+                "/proc/net/dev line {}: no ':' after the interface name",
+                n + 1
+            ));
         };
         let fields: Vec<u64> = rest
             .split_whitespace()
@@ -32,7 +35,11 @@ pub fn parse_net_dev(text: &str) -> Result<Vec<DevLine>, String> {
             .collect::<Result<_, _>>()
             .map_err(|e| format!("/proc/net/dev line {}: {e}", n + 1))?;
         if fields.len() < 16 {
-            return Err(format!("/proc/net/dev line {}: {} fields, expected 16", n + 1, fields.len()));
+            return Err(format!(
+                "/proc/net/dev line {}: {} fields, expected 16",
+                n + 1,
+                fields.len()
+            ));
         }
         out.push(DevLine {
             name: name.trim().to_string(),
@@ -69,7 +76,8 @@ pub fn parse_net_tcp(text: &str, acc: &mut BTreeMap<IpAddr, TcpCounts>) -> Resul
         let (Some(remote), Some(state)) = (remote, state) else {
             return Err(format!("/proc/net/tcp line {}: too few fields", n + 1));
         };
-        let state = u8::from_str_radix(state, 16).map_err(|e| format!("/proc/net/tcp line {}: state: {e}", n + 1))?;
+        let state = u8::from_str_radix(state, 16)
+            .map_err(|e| format!("/proc/net/tcp line {}: state: {e}", n + 1))?;
         if state != TCP_ESTABLISHED && state != TCP_SYN_RECV {
             continue;
         }
@@ -92,7 +100,8 @@ pub fn read_net_tcp() -> io::Result<BTreeMap<IpAddr, TcpCounts>> {
     let mut acc = BTreeMap::new();
     for path in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
         match fs::read_to_string(path) {
-            Ok(text) => parse_net_tcp(&text, &mut acc).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+            Ok(text) => parse_net_tcp(&text, &mut acc)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
             // tcp6 is absent when IPv6 is disabled.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -131,14 +140,25 @@ mod tests {
     fn net_dev_is_parsed() {
         let lines = parse_net_dev(DEV).unwrap();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[1], DevLine { name: "eth0".into(), rx_bytes: 9876543210, rx_packets: 1234567, tx_bytes: 42, tx_packets: 7 });
+        assert_eq!(
+            lines[1],
+            DevLine {
+                name: "eth0".into(),
+                rx_bytes: 9876543210,
+                rx_packets: 1234567,
+                tx_bytes: 42,
+                tx_packets: 7
+            }
+        );
     }
 
     #[test]
     fn net_dev_garbage_is_an_error_naming_the_line() {
         let err = parse_net_dev("h1\nh2\n eth0: 1 2 x\n").unwrap_err();
         assert!(err.contains("line 3"), "{err}");
-        assert!(parse_net_dev("h1\nh2\nnocolon\n").unwrap_err().contains("':'"));
+        assert!(parse_net_dev("h1\nh2\nnocolon\n")
+            .unwrap_err()
+            .contains("':'"));
     }
 
     #[test]
@@ -151,7 +171,8 @@ mod tests {
    4: 0100007F:1F90 0300007F:D434 06 00000000:00000000 00:00000000 00000000     0        0 0 1 0 20 4 30 10 -1
 ";
         // ::1 and 2001:db8::5 as printed by the kernel on little-endian machines.
-        let v6 = "  sl  local_address                         remote_address                        st
+        let v6 =
+            "  sl  local_address                         remote_address                        st
    0: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:A000 01
    1: 00000000000000000000000001000000:1F90 B80D0120000000000000000005000000:A001 01
 ";
@@ -159,11 +180,38 @@ mod tests {
         parse_net_tcp(v4, &mut acc).unwrap();
         parse_net_tcp(v6, &mut acc).unwrap();
         let get = |s: &str| acc[&s.parse::<IpAddr>().unwrap()];
-        assert_eq!(get("127.0.0.2"), TcpCounts { established: 2, syn_recv: 0 });
-        assert_eq!(get("127.0.0.3"), TcpCounts { established: 0, syn_recv: 1 });
-        assert_eq!(get("::1"), TcpCounts { established: 1, syn_recv: 0 });
-        assert_eq!(get("2001:db8::5"), TcpCounts { established: 1, syn_recv: 0 });
-        assert!(!acc.contains_key(&"0.0.0.0".parse::<IpAddr>().unwrap()), "LISTEN and TIME_WAIT are not counted");
+        assert_eq!(
+            get("127.0.0.2"),
+            TcpCounts {
+                established: 2,
+                syn_recv: 0
+            }
+        );
+        assert_eq!(
+            get("127.0.0.3"),
+            TcpCounts {
+                established: 0,
+                syn_recv: 1
+            }
+        );
+        assert_eq!(
+            get("::1"),
+            TcpCounts {
+                established: 1,
+                syn_recv: 0
+            }
+        );
+        assert_eq!(
+            get("2001:db8::5"),
+            TcpCounts {
+                established: 1,
+                syn_recv: 0
+            }
+        );
+        assert!(
+            !acc.contains_key(&"0.0.0.0".parse::<IpAddr>().unwrap()),
+            "LISTEN and TIME_WAIT are not counted"
+        );
     }
 
     #[test]

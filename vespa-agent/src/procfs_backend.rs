@@ -19,7 +19,10 @@ use crate::{
     iface,
     nsworker::NsWorker,
     procfs,
-    sensor::{merge_proc_tcp, wanted, Health, InterfaceCounters, RemoteConnections, SensorConfig, SensorError, SensorEvent, SynSource},
+    sensor::{
+        merge_proc_tcp, wanted, Health, InterfaceCounters, RemoteConnections, SensorConfig,
+        SensorError, SensorEvent, SynSource,
+    },
 };
 
 pub(crate) struct ProcSensor {
@@ -35,11 +38,27 @@ pub(crate) struct ProcSensor {
 const POLL: Duration = Duration::from_secs(1);
 
 impl ProcSensor {
-    pub(crate) fn start(cfg: &SensorConfig, reason: Option<String>, events: broadcast::Sender<SensorEvent>) -> ProcSensor {
+    pub(crate) fn start(
+        cfg: &SensorConfig,
+        reason: Option<String>,
+        events: broadcast::Sender<SensorEvent>,
+    ) -> ProcSensor {
         let conn_threshold = Arc::new(AtomicU64::new(cfg.conn_threshold));
-        let mut poller = Poller { cfg: cfg.clone(), threshold: conn_threshold.clone(), events, known: BTreeMap::new(), over: BTreeSet::new() };
+        let mut poller = Poller {
+            cfg: cfg.clone(),
+            threshold: conn_threshold.clone(),
+            events,
+            known: BTreeMap::new(),
+            over: BTreeSet::new(),
+        };
         let worker = NsWorker::spawn("vespa-proc-poll", POLL, move || poller.poll());
-        ProcSensor { cfg: cfg.clone(), reason, netns: crate::netns::current_inode().ok(), conn_threshold, worker }
+        ProcSensor {
+            cfg: cfg.clone(),
+            reason,
+            netns: crate::netns::current_inode().ok(),
+            conn_threshold,
+            worker,
+        }
     }
 
     pub(crate) fn set_conn_threshold(&self, v: u64) {
@@ -49,9 +68,15 @@ impl ProcSensor {
     pub(crate) fn interfaces(&self) -> Result<Vec<InterfaceCounters>, SensorError> {
         let cfg = self.cfg.clone();
         self.worker.run(move || {
-            let lines = procfs::read_net_dev().map_err(|source| SensorError::Read { what: "/proc/net/dev", source })?;
-            let index: std::collections::HashMap<String, u32> =
-                iface::list().unwrap_or_default().into_iter().map(|i| (i.name, i.ifindex)).collect();
+            let lines = procfs::read_net_dev().map_err(|source| SensorError::Read {
+                what: "/proc/net/dev",
+                source,
+            })?;
+            let index: std::collections::HashMap<String, u32> = iface::list()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| (i.name, i.ifindex))
+                .collect();
             Ok(lines
                 .into_iter()
                 .filter(|l| wanted(&cfg, &l.name))
@@ -87,14 +112,20 @@ impl ProcSensor {
             mode: "proc".into(),
             fallback_reason: self.reason.clone(),
             tracked_netns: self.netns,
-            attached_interfaces: self.interfaces().map(|v| v.into_iter().map(|i| i.name).collect()).unwrap_or_default(),
+            attached_interfaces: self
+                .interfaces()
+                .map(|v| v.into_iter().map(|i| i.name).collect())
+                .unwrap_or_default(),
             ..Health::default()
         }
     }
 }
 
 fn read_tcp() -> Result<BTreeMap<IpAddr, procfs::TcpCounts>, SensorError> {
-    procfs::read_net_tcp().map_err(|source| SensorError::Read { what: "/proc/net/tcp", source })
+    procfs::read_net_tcp().map_err(|source| SensorError::Read {
+        what: "/proc/net/tcp",
+        source,
+    })
 }
 
 /// Emits interface and threshold events from successive polls.
@@ -116,12 +147,18 @@ impl Poller {
             .collect();
         for (name, &ifindex) in &now {
             if !self.known.contains_key(name) {
-                let _ = self.events.send(SensorEvent::InterfaceAttached { name: name.clone(), ifindex });
+                let _ = self.events.send(SensorEvent::InterfaceAttached {
+                    name: name.clone(),
+                    ifindex,
+                });
             }
         }
         for (name, &ifindex) in &self.known {
             if !now.contains_key(name) {
-                let _ = self.events.send(SensorEvent::InterfaceDetached { name: name.clone(), ifindex });
+                let _ = self.events.send(SensorEvent::InterfaceDetached {
+                    name: name.clone(),
+                    ifindex,
+                });
             }
         }
         self.known = now;
@@ -133,10 +170,16 @@ impl Poller {
             let ts = crate::ebpf::monotonic_ns();
             for (addr, c) in &map {
                 if c.established > thr && self.over.insert(*addr) {
-                    let _ = self.events.send(SensorEvent::ConnThreshold { timestamp_ns: ts, addr: *addr, established: c.established, threshold: thr });
+                    let _ = self.events.send(SensorEvent::ConnThreshold {
+                        timestamp_ns: ts,
+                        addr: *addr,
+                        established: c.established,
+                        threshold: thr,
+                    });
                 }
             }
-            self.over.retain(|a| map.get(a).is_some_and(|c| c.established > thr));
+            self.over
+                .retain(|a| map.get(a).is_some_and(|c| c.established > thr));
         }
     }
 }

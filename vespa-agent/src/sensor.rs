@@ -1,11 +1,6 @@
 //! The sensor API: one handle over either back end.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -203,15 +198,43 @@ pub struct MapFill {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum SensorEvent {
     /// A TCP connection entered ESTABLISHED (`old_state` is SYN_SENT or SYN_RECV).
-    ConnOpened { timestamp_ns: u64, local: std::net::SocketAddr, remote: std::net::SocketAddr, old_state: TcpState },
+    ConnOpened {
+        timestamp_ns: u64,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        old_state: TcpState,
+    },
     /// A TCP connection left ESTABLISHED for `new_state`, after `duration_ns`.
-    ConnClosed { timestamp_ns: u64, local: std::net::SocketAddr, remote: std::net::SocketAddr, new_state: TcpState, duration_ns: u64 },
+    ConnClosed {
+        timestamp_ns: u64,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        new_state: TcpState,
+        duration_ns: u64,
+    },
     /// A remote address has more established connections than the threshold.
-    ConnThreshold { timestamp_ns: u64, addr: IpAddr, established: u64, threshold: u64 },
+    ConnThreshold {
+        timestamp_ns: u64,
+        addr: IpAddr,
+        established: u64,
+        threshold: u64,
+    },
     /// A source sent more SYNs within one second than the threshold.
-    SynThreshold { timestamp_ns: u64, addr: IpAddr, syns_in_second: u64, threshold: u64, ifindex: u32 },
-    InterfaceAttached { name: String, ifindex: u32 },
-    InterfaceDetached { name: String, ifindex: u32 },
+    SynThreshold {
+        timestamp_ns: u64,
+        addr: IpAddr,
+        syns_in_second: u64,
+        threshold: u64,
+        ifindex: u32,
+    },
+    InterfaceAttached {
+        name: String,
+        ifindex: u32,
+    },
+    InterfaceDetached {
+        name: String,
+        ifindex: u32,
+    },
 }
 
 pub(crate) enum Backend {
@@ -235,20 +258,33 @@ impl Sensors {
         }
         let (events, _) = broadcast::channel(65_536);
         let backend = match cfg.mode {
-            Mode::Proc => Backend::Proc(crate::procfs_backend::ProcSensor::start(&cfg, None, events.clone())),
+            Mode::Proc => Backend::Proc(crate::procfs_backend::ProcSensor::start(
+                &cfg,
+                None,
+                events.clone(),
+            )),
             Mode::Ebpf => {
                 preflight::check_ebpf()?;
                 Backend::Ebpf(EbpfSensor::start(&cfg, events.clone())?)
             }
-            Mode::Auto => match preflight::check_ebpf().and_then(|()| EbpfSensor::start(&cfg, events.clone())) {
+            Mode::Auto => match preflight::check_ebpf()
+                .and_then(|()| EbpfSensor::start(&cfg, events.clone()))
+            {
                 Ok(s) => Backend::Ebpf(s),
                 Err(e) => {
                     tracing::warn!(reason = %e, "eBPF sensors unavailable, falling back to /proc polling (2014 method)");
-                    Backend::Proc(crate::procfs_backend::ProcSensor::start(&cfg, Some(e.to_string()), events.clone()))
+                    Backend::Proc(crate::procfs_backend::ProcSensor::start(
+                        &cfg,
+                        Some(e.to_string()),
+                        events.clone(),
+                    ))
                 }
             },
         };
-        Ok(Sensors { inner: Arc::new(backend), events })
+        Ok(Sensors {
+            inner: Arc::new(backend),
+            events,
+        })
     }
 
     pub fn mode(&self) -> Mode {
@@ -289,7 +325,12 @@ impl Sensors {
                 .connections()?
                 .into_iter()
                 .find(|c| c.addr == addr)
-                .unwrap_or(RemoteConnections { addr, established: 0, opened: None, closed: None })),
+                .unwrap_or(RemoteConnections {
+                    addr,
+                    established: 0,
+                    opened: None,
+                    closed: None,
+                })),
         }
     }
 
@@ -357,7 +398,12 @@ impl Sensors {
 
     /// The MAC address the sensors' namespace has learnt for `ip` (neighbour table), if any.
     pub fn mac_of(&self, ip: IpAddr) -> Result<Option<String>, SensorError> {
-        self.worker().run(move || iface::neighbour_mac(ip)).map_err(|source| SensorError::Read { what: "the neighbour table (RTM_GETNEIGH)", source })
+        self.worker()
+            .run(move || iface::neighbour_mac(ip))
+            .map_err(|source| SensorError::Read {
+                what: "the neighbour table (RTM_GETNEIGH)",
+                source,
+            })
     }
 
     fn worker(&self) -> &crate::nsworker::NsWorker {
@@ -370,7 +416,12 @@ impl Sensors {
     /// Every interface of the sensors' namespace (name, index, MAC, kernel statistics),
     /// monitored or not.
     pub fn interface_info(&self) -> Result<Vec<iface::Interface>, SensorError> {
-        self.worker().run(iface::list).map_err(|source| SensorError::Read { what: "the interface list (RTM_GETLINK)", source })
+        self.worker()
+            .run(iface::list)
+            .map_err(|source| SensorError::Read {
+                what: "the interface list (RTM_GETLINK)",
+                source,
+            })
     }
 
     /// Waits until an interface is being monitored (attached under eBPF; present under /proc).
@@ -413,13 +464,27 @@ pub(crate) fn wanted(cfg: &SensorConfig, name: &str) -> bool {
     }
 }
 
-pub(crate) fn merge_proc_tcp(map: BTreeMap<IpAddr, procfs::TcpCounts>) -> (Vec<RemoteConnections>, Vec<SynSource>) {
+pub(crate) fn merge_proc_tcp(
+    map: BTreeMap<IpAddr, procfs::TcpCounts>,
+) -> (Vec<RemoteConnections>, Vec<SynSource>) {
     let conns = map
         .iter()
         .filter(|(_, c)| c.established > 0)
-        .map(|(a, c)| RemoteConnections { addr: *a, established: c.established, opened: None, closed: None })
+        .map(|(a, c)| RemoteConnections {
+            addr: *a,
+            established: c.established,
+            opened: None,
+            closed: None,
+        })
         .collect();
-    let syns = map.iter().filter(|(_, c)| c.syn_recv > 0).map(|(a, c)| SynSource { addr: *a, syns: c.syn_recv }).collect();
+    let syns = map
+        .iter()
+        .filter(|(_, c)| c.syn_recv > 0)
+        .map(|(a, c)| SynSource {
+            addr: *a,
+            syns: c.syn_recv,
+        })
+        .collect();
     (conns, syns)
 }
 

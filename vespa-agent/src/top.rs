@@ -19,18 +19,27 @@ pub fn human_rate(bytes_per_sec: f64) -> String {
 /// Renders one screen: rates between `prev` and `cur` over `dt`.
 pub fn render(prev: Option<&Snapshot>, cur: &Snapshot, dt: Duration, rows: usize) -> String {
     let secs = dt.as_secs_f64().max(1e-9);
-    let before: HashMap<&str, &crate::InterfaceCounters> = prev.map(|p| p.interfaces.iter().map(|i| (i.name.as_str(), i)).collect()).unwrap_or_default();
+    let before: HashMap<&str, &crate::InterfaceCounters> = prev
+        .map(|p| p.interfaces.iter().map(|i| (i.name.as_str(), i)).collect())
+        .unwrap_or_default();
     let mut s = String::new();
     let h = &cur.health;
     let _ = writeln!(
         s,
         "VESPA agent — sensors: {}{}   events lost: {}   interfaces: {}",
         h.mode,
-        h.fallback_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        h.fallback_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
         h.events_lost,
         cur.interfaces.len()
     );
-    let _ = writeln!(s, "\n{:<16} {:>14} {:>12} {:>14} {:>12}", "INTERFACE", "RX", "RX pkt/s", "TX", "TX pkt/s");
+    let _ = writeln!(
+        s,
+        "\n{:<16} {:>14} {:>12} {:>14} {:>12}",
+        "INTERFACE", "RX", "RX pkt/s", "TX", "TX pkt/s"
+    );
     for i in &cur.interfaces {
         let (rb, rp, tb, tp) = match before.get(i.name.as_str()) {
             Some(p) => (
@@ -51,10 +60,26 @@ pub fn render(prev: Option<&Snapshot>, cur: &Snapshot, dt: Duration, rows: usize
             tp as f64 / secs
         );
     }
-    let _ = writeln!(s, "\n{:<40} {:>12} {:>10} {:>10}", "REMOTE ADDRESS", "ESTABLISHED", "OPENED", "CLOSED");
-    for c in cur.connections.iter().filter(|c| c.established > 0 || c.opened.unwrap_or(0) > 0).take(rows) {
+    let _ = writeln!(
+        s,
+        "\n{:<40} {:>12} {:>10} {:>10}",
+        "REMOTE ADDRESS", "ESTABLISHED", "OPENED", "CLOSED"
+    );
+    for c in cur
+        .connections
+        .iter()
+        .filter(|c| c.established > 0 || c.opened.unwrap_or(0) > 0)
+        .take(rows)
+    {
         let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-        let _ = writeln!(s, "{:<40} {:>12} {:>10} {:>10}", c.addr.to_string(), c.established, opt(c.opened), opt(c.closed));
+        let _ = writeln!(
+            s,
+            "{:<40} {:>12} {:>10} {:>10}",
+            c.addr.to_string(),
+            c.established,
+            opt(c.opened),
+            opt(c.closed)
+        );
     }
     if !cur.syn_sources.is_empty() {
         let _ = writeln!(s, "\n{:<40} {:>12}", "SYN SOURCE", "SYNS");
@@ -66,7 +91,12 @@ pub fn render(prev: Option<&Snapshot>, cur: &Snapshot, dt: Duration, rows: usize
 }
 
 /// Redraws every `interval` until Ctrl-C, or `count` screens when given.
-pub async fn run(sensors: Sensors, interval: Duration, count: Option<u64>, rows: usize) -> anyhow::Result<()> {
+pub async fn run(
+    sensors: Sensors,
+    interval: Duration,
+    count: Option<u64>,
+    rows: usize,
+) -> anyhow::Result<()> {
     let mut prev: Option<Snapshot> = None;
     let mut last = std::time::Instant::now();
     let mut tick = tokio::time::interval(interval);
@@ -79,7 +109,10 @@ pub async fn run(sensors: Sensors, interval: Duration, count: Option<u64>, rows:
         let cur = sensors.snapshot()?;
         let now = std::time::Instant::now();
         // Clear the screen and home the cursor, then draw.
-        print!("\x1b[2J\x1b[H{}", render(prev.as_ref(), &cur, now - last, rows));
+        print!(
+            "\x1b[2J\x1b[H{}",
+            render(prev.as_ref(), &cur, now - last, rows)
+        );
         prev = Some(cur);
         last = now;
         shown += 1;

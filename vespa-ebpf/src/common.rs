@@ -42,7 +42,11 @@ pub fn now_ns() -> u64 {
 
 #[inline(always)]
 pub fn header(kind: u32, size: usize, timestamp_ns: u64) -> EventHeader {
-    EventHeader { kind, size: size as u32, timestamp_ns }
+    EventHeader {
+        kind,
+        size: size as u32,
+        timestamp_ns,
+    }
 }
 
 /// Writes `event` to the ring buffer; counts it as lost when the buffer is full.
@@ -80,7 +84,11 @@ pub unsafe fn atomic_add(dst: *mut u64, v: u64) -> u64 {
     // intrinsic is used directly. SeqCst, not Relaxed: LLVM 22's BPF back end lowers a relaxed
     // fetch-add to the non-fetching `lock +=` even when the result is used (garbage result);
     // SeqCst yields BPF_ATOMIC|BPF_FETCH, which the connection tests depend on.
-    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(dst, v) }
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
+            dst, v,
+        )
+    }
 }
 
 /// Atomic fetch-and-subtract; see [`atomic_add`].
@@ -90,5 +98,9 @@ pub unsafe fn atomic_add(dst: *mut u64, v: u64) -> u64 {
 #[inline(always)]
 pub unsafe fn atomic_sub(dst: *mut u64, v: u64) -> u64 {
     // SAFETY: as in `atomic_add`.
-    unsafe { core::intrinsics::atomic_xsub::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(dst, v) }
+    unsafe {
+        core::intrinsics::atomic_xsub::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
+            dst, v,
+        )
+    }
 }

@@ -103,12 +103,16 @@ fn ours(sk: u64, cfg: &SensorConfig) -> bool {
     // SAFETY: bpf_probe_read_kernel validates the source address and returns an error
     // instead of faulting; the offsets come from the running kernel's BTF (sock_common.skc_net,
     // net.ns.inum) and `sk` is the tracepoint's live socket.
-    let Ok(net) = (unsafe { bpf_probe_read_kernel((sk + cfg.sk_net_offset as u64) as *const u64) }) else { return false };
+    let Ok(net) = (unsafe { bpf_probe_read_kernel((sk + cfg.sk_net_offset as u64) as *const u64) })
+    else {
+        return false;
+    };
     if net == WATCHED_NET.get(0).copied().unwrap_or(0) {
         return true;
     }
     // SAFETY: as above.
-    let ours = unsafe { bpf_probe_read_kernel((net + cfg.net_inum_offset as u64) as *const u32) } == Ok(cfg.netns_inum);
+    let ours = unsafe { bpf_probe_read_kernel((net + cfg.net_inum_offset as u64) as *const u32) }
+        == Ok(cfg.netns_inum);
     if let Some(p) = WATCHED_NET.get_ptr_mut(0).filter(|_| ours) {
         // SAFETY: a pointer from a successful array lookup; an aligned 8-byte store is
         // atomic, and every CPU stores the same value.
@@ -151,7 +155,10 @@ impl Record {
             };
             let family = u16_at(OFF_FAMILY);
             let (local, remote) = if family == AF_INET {
-                (Addr::from_v4(u32_at(OFF_SADDR).to_ne_bytes()), Addr::from_v4(u32_at(OFF_DADDR).to_ne_bytes()))
+                (
+                    Addr::from_v4(u32_at(OFF_SADDR).to_ne_bytes()),
+                    Addr::from_v4(u32_at(OFF_DADDR).to_ne_bytes()),
+                )
             } else {
                 (v6_at(OFF_SADDR_V6), v6_at(OFF_DADDR_V6))
             };
@@ -195,7 +202,9 @@ fn opened(rec: &Record, cfg: &SensorConfig) {
         }
         return;
     }
-    let Some(e) = remote_entry(&rec.remote) else { return };
+    let Some(e) = remote_entry(&rec.remote) else {
+        return;
+    };
     // SAFETY: `e` points to a live LRU-hash value; all concurrent updates of the counters are
     // atomic; `over_threshold` is a flag where a lost race only repeats or skips one event.
     let established = unsafe {
@@ -217,14 +226,21 @@ fn opened(rec: &Record, cfg: &SensorConfig) {
             }
         };
         if fire {
-            emit(ThresholdEvent {
-                header: header(EVENT_CONN_THRESHOLD, core::mem::size_of::<ThresholdEvent>(), now),
-                addr: rec.remote,
-                value: established,
-                threshold: cfg.conn_threshold,
-                ifindex: 0,
-                _pad: 0,
-            }, true);
+            emit(
+                ThresholdEvent {
+                    header: header(
+                        EVENT_CONN_THRESHOLD,
+                        core::mem::size_of::<ThresholdEvent>(),
+                        now,
+                    ),
+                    addr: rec.remote,
+                    value: established,
+                    threshold: cfg.conn_threshold,
+                    ifindex: 0,
+                    _pad: 0,
+                },
+                true,
+            );
         }
     }
 }
@@ -252,7 +268,9 @@ fn closed(rec: &Record, cfg: &SensorConfig) {
         }
         return;
     };
-    let Some(e) = remote_entry(&rec.remote) else { return };
+    let Some(e) = remote_entry(&rec.remote) else {
+        return;
+    };
     // SAFETY: as in `opened`.
     let established = unsafe {
         atomic_add(&raw mut (*e).closed, 1);
@@ -271,7 +289,16 @@ fn closed(rec: &Record, cfg: &SensorConfig) {
         unsafe { (*e).over_threshold = 0 };
     }
     if cfg.conn_events != 0 {
-        emit(conn_event(rec, EVENT_CONN_CLOSE, now, opened_ns, now.saturating_sub(opened_ns)), false);
+        emit(
+            conn_event(
+                rec,
+                EVENT_CONN_CLOSE,
+                now,
+                opened_ns,
+                now.saturating_sub(opened_ns),
+            ),
+            false,
+        );
     }
 }
 

@@ -11,7 +11,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use vespa_common::{
-    Addr, IfaceStats, SynCounter, ThresholdEvent, EVENT_SYN_THRESHOLD, IFACE_ARRAY_SLOTS, STAT_MAP_UPDATE_FAILED,
+    Addr, IfaceStats, SynCounter, ThresholdEvent, EVENT_SYN_THRESHOLD, IFACE_ARRAY_SLOTS,
+    STAT_MAP_UPDATE_FAILED,
 };
 
 use crate::common::{atomic_add, bump, config, emit, header, now_ns};
@@ -105,7 +106,9 @@ fn stats(ctx: &TcContext) -> Option<*mut IfaceStats> {
 
 #[inline(always)]
 fn count_syn(ctx: &TcContext, l3: usize) {
-    let Some((src, flags)) = tcp_source_and_flags(ctx, l3) else { return };
+    let Some((src, flags)) = tcp_source_and_flags(ctx, l3) else {
+        return;
+    };
     if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
         return;
     }
@@ -113,7 +116,12 @@ fn count_syn(ctx: &TcContext, l3: usize) {
     let entry = match SYN_BY_SOURCE.get_ptr_mut(&src) {
         Some(e) => e,
         None => {
-            let fresh = SynCounter { total: 0, window_start_ns: now, window_count: 0, alerted_window_ns: 0 };
+            let fresh = SynCounter {
+                total: 0,
+                window_start_ns: now,
+                window_count: 0,
+                alerted_window_ns: 0,
+            };
             let _ = SYN_BY_SOURCE.insert(&src, &fresh, BPF_NOEXIST as u64);
             match SYN_BY_SOURCE.get_ptr_mut(&src) {
                 Some(e) => e,
@@ -140,14 +148,21 @@ fn count_syn(ctx: &TcContext, l3: usize) {
             (*entry).alerted_window_ns = window;
             // SAFETY (read): ctx.skb wraps the kernel's __sk_buff.
             let ifindex = (*ctx.skb.skb).ifindex;
-            emit(ThresholdEvent {
-                header: header(EVENT_SYN_THRESHOLD, core::mem::size_of::<ThresholdEvent>(), now),
-                addr: src,
-                value: in_window,
-                threshold,
-                ifindex,
-                _pad: 0,
-            }, true);
+            emit(
+                ThresholdEvent {
+                    header: header(
+                        EVENT_SYN_THRESHOLD,
+                        core::mem::size_of::<ThresholdEvent>(),
+                        now,
+                    ),
+                    addr: src,
+                    value: in_window,
+                    threshold,
+                    ifindex,
+                    _pad: 0,
+                },
+                true,
+            );
         }
     }
 }

@@ -20,7 +20,11 @@ impl Backoff {
     /// Starts at `min`, doubling up to `max`.
     pub fn new(min: Duration, max: Duration) -> Backoff {
         let min = min.max(Duration::from_millis(1));
-        Backoff { min, max: max.max(min), current: min }
+        Backoff {
+            min,
+            max: max.max(min),
+            current: min,
+        }
     }
 
     /// The next delay: uniformly in [nominal/2, nominal], then the nominal delay doubles.
@@ -47,7 +51,11 @@ mod tests {
         let nominal = [100u64, 200, 400, 800, 800, 800];
         for n in nominal {
             let d = b.next_delay();
-            assert!(d >= Duration::from_millis(n / 2) && d <= Duration::from_millis(n), "{d:?} outside [{}, {n}] ms", n / 2);
+            assert!(
+                d >= Duration::from_millis(n / 2) && d <= Duration::from_millis(n),
+                "{d:?} outside [{}, {n}] ms",
+                n / 2
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
@@ -55,8 +63,12 @@ mod tests {
 
     #[test]
     fn jitter_spreads_retries() {
-        let delays: std::collections::HashSet<Duration> =
-            (0..20).map(|_| Backoff::new(Duration::from_millis(1000), Duration::from_secs(1)).next_delay()).collect();
-        assert!(delays.len() > 1, "twenty children must not all retry at the same instant");
+        let delays: std::collections::HashSet<Duration> = (0..20)
+            .map(|_| Backoff::new(Duration::from_millis(1000), Duration::from_secs(1)).next_delay())
+            .collect();
+        assert!(
+            delays.len() > 1,
+            "twenty children must not all retry at the same instant"
+        );
     }
 }

@@ -23,19 +23,44 @@ pub struct Client {
 
 impl Client {
     /// Connects to `addr` as `my_name`; if `expect` is given, the node must prove that name.
-    pub async fn connect(addr: SocketAddr, security: &Security, my_name: &str, expect: Option<&str>, timeout: Duration) -> Result<Client, NodeError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        security: &Security,
+        my_name: &str,
+        expect: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Client, NodeError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| NodeError::Timeout(format!("connecting to {addr}")))?
-            .map_err(|source| NodeError::Io { what: format!("connecting to {addr}"), source })?;
-        let cfg = vespa_proto::Config { handshake_timeout: timeout, ..Default::default() };
-        let link = establish(stream, Side::Client, security, my_name, &cfg).await.map_err(|source| NodeError::Connection { peer: addr.to_string(), source })?;
+            .map_err(|source| NodeError::Io {
+                what: format!("connecting to {addr}"),
+                source,
+            })?;
+        let cfg = vespa_proto::Config {
+            handshake_timeout: timeout,
+            ..Default::default()
+        };
+        let link = establish(stream, Side::Client, security, my_name, &cfg)
+            .await
+            .map_err(|source| NodeError::Connection {
+                peer: addr.to_string(),
+                source,
+            })?;
         if let Some(want) = expect {
             if link.peer_name != want {
-                return Err(NodeError::Protocol(format!("{addr} is node {:?}, not {want:?}", link.peer_name)));
+                return Err(NodeError::Protocol(format!(
+                    "{addr} is node {:?}, not {want:?}",
+                    link.peer_name
+                )));
             }
         }
-        Ok(Client { link, peer: addr, next_id: 1, timeout })
+        Ok(Client {
+            link,
+            peer: addr,
+            next_id: 1,
+            timeout,
+        })
     }
 
     /// The node's name, as proved in the handshake.
@@ -49,18 +74,36 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let peer = self.peer.to_string();
-        let conn = |source| NodeError::Connection { peer: peer.clone(), source };
-        let msg = Message::Call { id, verb: verb.to_string(), args: args.iter().map(|s| s.to_string()).collect() };
+        let conn = |source| NodeError::Connection {
+            peer: peer.clone(),
+            source,
+        };
+        let msg = Message::Call {
+            id,
+            verb: verb.to_string(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
         self.link.writer.feed(&msg).await.map_err(conn)?;
         self.link.writer.flush().await.map_err(conn)?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            let next = tokio::time::timeout_at(deadline, self.link.reader.recv()).await.map_err(|_| NodeError::Timeout(format!("{verb} on {}", self.link.peer_name)))?;
+            let next = tokio::time::timeout_at(deadline, self.link.reader.recv())
+                .await
+                .map_err(|_| NodeError::Timeout(format!("{verb} on {}", self.link.peer_name)))?;
             match next.map_err(conn)? {
                 Some(Message::Reply { id: rid, result }) if rid == id => return Ok(result),
                 Some(Message::Heartbeat | Message::Reply { .. }) => {}
-                Some(other) => return Err(NodeError::Protocol(format!("unexpected {other:?} while waiting for a reply"))),
-                None => return Err(NodeError::Protocol(format!("{} closed the connection", self.link.peer_name))),
+                Some(other) => {
+                    return Err(NodeError::Protocol(format!(
+                        "unexpected {other:?} while waiting for a reply"
+                    )))
+                }
+                None => {
+                    return Err(NodeError::Protocol(format!(
+                        "{} closed the connection",
+                        self.link.peer_name
+                    )))
+                }
             }
         }
     }

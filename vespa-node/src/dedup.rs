@@ -69,14 +69,30 @@ impl Dedup {
     pub fn accept(&mut self, origin: &str, seq: u64) -> (Verdict, Arc<str>) {
         if let Some((key, st)) = self.origins.get_mut(origin) {
             if seq <= st.highest {
-                return (Verdict::Duplicate { acked: seq <= st.acked }, key.clone());
+                return (
+                    Verdict::Duplicate {
+                        acked: seq <= st.acked,
+                    },
+                    key.clone(),
+                );
             }
             st.highest = seq;
             st.count += 1;
             return (Verdict::New, key.clone());
         }
         let key: Arc<str> = Arc::from(origin);
-        self.origins.insert(key.clone(), (key.clone(), OriginState { highest: seq, acked: 0, count: 1, first: seq }));
+        self.origins.insert(
+            key.clone(),
+            (
+                key.clone(),
+                OriginState {
+                    highest: seq,
+                    acked: 0,
+                    count: 1,
+                    first: seq,
+                },
+            ),
+        );
         (Verdict::New, key)
     }
 
@@ -89,7 +105,10 @@ impl Dedup {
 
     /// Every origin's state, by name.
     pub fn snapshot(&self) -> BTreeMap<String, OriginState> {
-        self.origins.iter().map(|(k, (_, v))| (k.to_string(), v.clone())).collect()
+        self.origins
+            .iter()
+            .map(|(k, (_, v))| (k.to_string(), v.clone()))
+            .collect()
     }
 }
 
@@ -108,13 +127,25 @@ mod tests {
         assert_eq!(d.accept("a", 11).0, Verdict::Duplicate { acked: false });
         assert_eq!(d.accept("b", 1).0, Verdict::New, "origins are independent");
         let snap = d.snapshot();
-        assert_eq!(snap["a"], OriginState { highest: 11, acked: 10, count: 2, first: 10 });
+        assert_eq!(
+            snap["a"],
+            OriginState {
+                highest: 11,
+                acked: 10,
+                count: 2,
+                first: 10
+            }
+        );
     }
 
     #[test]
     fn a_restarted_origin_continues_above_its_old_numbers() {
         let mut d = Dedup::new();
         d.accept("a", 1_000);
-        assert_eq!(d.accept("a", 5_000).0, Verdict::New, "gaps (dropped at the origin, or a restart) are fine");
+        assert_eq!(
+            d.accept("a", 5_000).0,
+            Verdict::New,
+            "gaps (dropped at the origin, or a restart) are fine"
+        );
     }
 }

@@ -28,8 +28,16 @@ impl Journal {
     /// Opens (creating) the journal and returns every alert already in it, oldest first.
     /// A last line cut short (the VO died inside a write) is dropped and truncated away.
     pub fn open(path: &Path) -> Result<(Journal, Vec<Alert>), NodeError> {
-        let err = |source| NodeError::Journal { path: path.display().to_string(), source };
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(err)?;
+        let err = |source| NodeError::Journal {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(err)?;
         let mut alerts = Vec::new();
         let mut good_len = 0u64;
         let mut reader = BufReader::new(&mut file);
@@ -56,12 +64,20 @@ impl Journal {
             file.set_len(good_len).map_err(err)?;
         }
         file.seek(std::io::SeekFrom::End(0)).map_err(err)?;
-        Ok((Journal { path: path.to_path_buf(), out: BufWriter::with_capacity(64 * 1024, file) }, alerts))
+        Ok((
+            Journal {
+                path: path.to_path_buf(),
+                out: BufWriter::with_capacity(64 * 1024, file),
+            },
+            alerts,
+        ))
     }
 
     /// Buffers one alert.
     pub fn append(&mut self, alert: &Alert) {
-        let res = serde_json::to_writer(&mut self.out, alert).map_err(std::io::Error::from).and_then(|()| self.out.write_all(b"\n"));
+        let res = serde_json::to_writer(&mut self.out, alert)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"));
         if let Err(e) = res {
             tracing::error!(journal = %self.path.display(), error = %e, "cannot write the alert journal");
         }
@@ -82,7 +98,13 @@ mod tests {
     use super::*;
 
     fn alert(seq: u64) -> Alert {
-        Alert { origin: "a".into(), seq, path: vec!["a".into(), "VO".into()], timestamp_ns: 1, body: AlertBody::Text(format!("#{seq}")) }
+        Alert {
+            origin: "a".into(),
+            seq,
+            path: vec!["a".into(), "VO".into()],
+            timestamp_ns: 1,
+            body: AlertBody::Text(format!("#{seq}")),
+        }
     }
 
     #[test]
@@ -106,7 +128,11 @@ mod tests {
         j.append(&alert(3));
         j.flush();
         let (_, old) = Journal::open(&path).expect("third open");
-        assert_eq!(old.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 2, 3], "the torn tail was cut, not glued to the next line");
+        assert_eq!(
+            old.iter().map(|a| a.seq).collect::<Vec<_>>(),
+            [1, 2, 3],
+            "the torn tail was cut, not glued to the next line"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -38,7 +38,11 @@ impl TopologyArgs {
     /// and how to make one.
     pub fn psk(&self, topo: &Topology) -> Result<vespa_proto::Psk, String> {
         let path = self.key.as_deref().unwrap_or(&topo.settings.key_file);
-        vespa_proto::key::load(path).map_err(|e| format!("loading the pre-shared key (make one with `vespa-orchestrator keygen PATH`): {e}"))
+        vespa_proto::key::load(path).map_err(|e| {
+            format!(
+                "loading the pre-shared key (make one with `vespa-orchestrator keygen PATH`): {e}"
+            )
+        })
     }
 }
 
@@ -63,7 +67,11 @@ pub struct RunNodesArgs {
 impl RunNodesArgs {
     /// The nodes of `topo` this process runs (see [`select`]); with `--check-config`, also
     /// prints the tree and that list.
-    pub fn select<'a>(&self, topo: &'a Topology, wanted: impl Fn(&NodeDef) -> bool) -> Result<Vec<&'a NodeDef>, String> {
+    pub fn select<'a>(
+        &self,
+        topo: &'a Topology,
+        wanted: impl Fn(&NodeDef) -> bool,
+    ) -> Result<Vec<&'a NodeDef>, String> {
         let nodes = select(topo, &self.nodes, self.machine.as_deref(), wanted)?;
         if self.check_config {
             print!("{}", topo.render_tree());
@@ -85,8 +93,17 @@ pub fn load_topology(path: Option<&Path>) -> Result<Topology, ConfigError> {
 /// Binds a listener with `SO_REUSEADDR`, so a node restarted right after being killed can
 /// take its port back while old connections linger in TIME_WAIT.
 pub fn bind(node: &str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
-    let err = |source| NodeError::Bind { node: node.to_string(), addr, source };
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    let err = |source| NodeError::Bind {
+        node: node.to_string(),
+        addr,
+        source,
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
     socket.bind(addr).map_err(err)?;
     socket.listen(1024).map_err(err)
@@ -94,13 +111,21 @@ pub fn bind(node: &str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
 
 /// Which nodes of `topo` this process runs: the ones named, else those on `machine`, else
 /// every node `wanted` accepts. An unknown name, or a named node `wanted` refuses, is an error.
-pub fn select<'a>(topo: &'a Topology, names: &[String], machine: Option<&str>, wanted: impl Fn(&NodeDef) -> bool) -> Result<Vec<&'a NodeDef>, String> {
+pub fn select<'a>(
+    topo: &'a Topology,
+    names: &[String],
+    machine: Option<&str>,
+    wanted: impl Fn(&NodeDef) -> bool,
+) -> Result<Vec<&'a NodeDef>, String> {
     if !names.is_empty() {
         return names
             .iter()
             .map(|n| match topo.node(n) {
                 Some(d) if wanted(d) => Ok(d),
-                Some(d) => Err(format!("node {n:?} is of kind {}, which this program does not run", d.role)),
+                Some(d) => Err(format!(
+                    "node {n:?} is of kind {}, which this program does not run",
+                    d.role
+                )),
                 None => Err(format!("{}: no node named {n:?}", topo.source)),
             })
             .collect();
@@ -110,9 +135,19 @@ pub fn select<'a>(topo: &'a Topology, names: &[String], machine: Option<&str>, w
             return Err(format!("{}: no machine named {m:?}", topo.source));
         }
     }
-    let chosen: Vec<&NodeDef> = topo.nodes.iter().filter(|n| wanted(n) && machine.is_none_or(|m| n.location == m)).collect();
+    let chosen: Vec<&NodeDef> = topo
+        .nodes
+        .iter()
+        .filter(|n| wanted(n) && machine.is_none_or(|m| n.location == m))
+        .collect();
     if chosen.is_empty() {
-        return Err(format!("{}: no node for this program to run{}", topo.source, machine.map(|m| format!(" on machine {m:?}")).unwrap_or_default()));
+        return Err(format!(
+            "{}: no node for this program to run{}",
+            topo.source,
+            machine
+                .map(|m| format!(" on machine {m:?}"))
+                .unwrap_or_default()
+        ));
     }
     Ok(chosen)
 }
@@ -143,7 +178,8 @@ pub async fn run_nodes_with_handles(
     let mut ready = Vec::new();
     for def in nodes {
         let listener = bind(&def.name, topo.listen_addr(def))?;
-        let spec = NodeSpec::from_topology(topo, &def.name, security.clone()).expect("selected nodes come from the topology");
+        let spec = NodeSpec::from_topology(topo, &def.name, security.clone())
+            .expect("selected nodes come from the topology");
         ready.push((def.name.clone(), Node::new(spec, hooks(def))?, listener));
     }
     for ((_, node, _), def) in ready.iter().zip(nodes) {
@@ -153,7 +189,8 @@ pub async fn run_nodes_with_handles(
     let mut running = tokio::task::JoinSet::new();
     for (name, node, listener) in ready {
         let stop = stop.clone();
-        running.spawn(async move { (name, node.run(Some(listener), stop.cancelled_owned()).await) });
+        running
+            .spawn(async move { (name, node.run(Some(listener), stop.cancelled_owned()).await) });
     }
     tokio::pin!(shutdown);
     let mut exits = Vec::new();
@@ -206,9 +243,13 @@ pub enum LogFormat {
 /// Logging of both binaries on stderr: level from RUST_LOG (default info), in `format`.
 pub fn init_logging(format: LogFormat) {
     let json = format == LogFormat::Json;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if json {
         b.json().init();
     } else {

@@ -73,13 +73,28 @@ pub struct NodeSpec {
 impl NodeSpec {
     /// A spec with default settings.
     pub fn new(name: &str, role: Role, master: Option<MasterAddr>, security: Security) -> NodeSpec {
-        NodeSpec { name: name.into(), role, master, settings: Settings::default(), journal: None, security, flush_timeout: Duration::from_secs(5) }
+        NodeSpec {
+            name: name.into(),
+            role,
+            master,
+            settings: Settings::default(),
+            journal: None,
+            security,
+            flush_timeout: Duration::from_secs(5),
+        }
     }
 
     /// The spec of node `name` of a validated topology.
     pub fn from_topology(topo: &Topology, name: &str, security: Security) -> Option<NodeSpec> {
         let def = topo.node(name)?;
-        let master = def.master.as_deref().and_then(|m| topo.node(m)).map(|m| MasterAddr { name: m.name.clone(), addr: topo.listen_addr(m) });
+        let master = def
+            .master
+            .as_deref()
+            .and_then(|m| topo.node(m))
+            .map(|m| MasterAddr {
+                name: m.name.clone(),
+                addr: topo.listen_addr(m),
+            });
         let mut spec = NodeSpec::new(name, def.role, master, security);
         spec.settings = topo.settings.clone();
         spec.journal = def.journal.clone();
@@ -177,7 +192,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 pub(crate) fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A node, ready to [`run`](Node::run).
@@ -196,7 +213,11 @@ impl Node {
     /// Builds a node (opens the VO's journal, if any). Nothing runs until [`Node::run`].
     pub fn new(spec: NodeSpec, hooks: Hooks) -> Result<Node, NodeError> {
         let mut hop = Hop::default();
-        let mut recent = Recent { next_index: 0, alerts: VecDeque::new(), cap: spec.settings.keep_alerts };
+        let mut recent = Recent {
+            next_index: 0,
+            alerts: VecDeque::new(),
+            cap: spec.settings.keep_alerts,
+        };
         let journal = match (&spec.journal, spec.master.is_none()) {
             (Some(path), true) => {
                 let (j, old) = Journal::open(path)?;
@@ -209,7 +230,10 @@ impl Node {
             }
             _ => None,
         };
-        let outbox = spec.master.as_ref().map(|_| Arc::new(Outbox::new(spec.settings.queue_capacity)));
+        let outbox = spec
+            .master
+            .as_ref()
+            .map(|_| Arc::new(Outbox::new(spec.settings.queue_capacity)));
         let verbs = hooks.agent.as_ref().map(|a| a.verbs()).unwrap_or_default();
         let closing = CancellationToken::new();
         // Numbering from the wall clock keeps a restarted origin above its old numbers.
@@ -237,12 +261,17 @@ impl Node {
             route_cache: Mutex::new(HashMap::new()),
             spec,
         };
-        Ok(Node { inner: Arc::new(inner), agent: hooks.agent })
+        Ok(Node {
+            inner: Arc::new(inner),
+            agent: hooks.agent,
+        })
     }
 
     /// A handle for raising alerts and reading counters while the node runs.
     pub fn handle(&self) -> NodeHandle {
-        NodeHandle { inner: self.inner.clone() }
+        NodeHandle {
+            inner: self.inner.clone(),
+        }
     }
 
     /// Runs the node until `shutdown` completes or a `destroy` arrives, then stops in order:
@@ -252,7 +281,11 @@ impl Node {
     ///
     /// `listener` accepts children and operators' calls (bind it with
     /// [`crate::launch::bind`], or any `127.0.0.1:0` socket in tests).
-    pub async fn run(self, listener: Option<tokio::net::TcpListener>, shutdown: impl std::future::Future<Output = ()>) -> Result<Exit, NodeError> {
+    pub async fn run(
+        self,
+        listener: Option<tokio::net::TcpListener>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<Exit, NodeError> {
         let inner = self.inner;
         let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut tasks = Vec::new();
@@ -260,10 +293,16 @@ impl Node {
             tasks.push(tokio::spawn(crate::server::accept_loop(inner.clone(), l)));
         }
         if let Some(master) = inner.spec.master.clone() {
-            tasks.push(tokio::spawn(crate::uplink::uplink_loop(inner.clone(), master, listen_addr)));
+            tasks.push(tokio::spawn(crate::uplink::uplink_loop(
+                inner.clone(),
+                master,
+                listen_addr,
+            )));
         }
         let producers = match &self.agent {
-            Some(agent) => agent.start(NodeHandle { inner: inner.clone() }),
+            Some(agent) => agent.start(NodeHandle {
+                inner: inner.clone(),
+            }),
             None => Vec::new(),
         };
         tracing::info!(node = %inner.name, role = %inner.spec.role, listen = ?listen_addr, master = ?inner.spec.master.as_ref().map(|m| &m.name), "node running");
@@ -283,7 +322,10 @@ impl Node {
         }
         inner.accept_stop.cancel();
         if let Some(outbox) = &inner.outbox {
-            if tokio::time::timeout(inner.spec.flush_timeout, outbox.wait_empty()).await.is_err() {
+            if tokio::time::timeout(inner.spec.flush_timeout, outbox.wait_empty())
+                .await
+                .is_err()
+            {
                 tracing::warn!(node = %inner.name, unacknowledged = outbox.len(), "stopping with alerts the master has not acknowledged");
             }
         }
@@ -326,7 +368,13 @@ fn push_recent(r: &mut Recent, a: &Alert) {
 
 impl Inner {
     fn new_alert(&self, seq: u64, body: AlertBody, timestamp_ns: u64) -> Alert {
-        Alert { origin: self.name.clone(), seq, path: vec![self.name.clone()], timestamp_ns, body }
+        Alert {
+            origin: self.name.clone(),
+            seq,
+            path: vec![self.name.clone()],
+            timestamp_ns,
+            body,
+        }
     }
 
     /// Raises an alert at this node (see [`NodeHandle::raise_at`]).
@@ -350,10 +398,19 @@ impl Inner {
         let unreported = self.overflow_unreported.load(Ordering::Relaxed);
         if unreported > 0 {
             if let Some(report_slot) = outbox.try_reserve() {
-                self.overflow_unreported.fetch_sub(unreported, Ordering::Relaxed);
+                self.overflow_unreported
+                    .fetch_sub(unreported, Ordering::Relaxed);
                 *seq += 1;
-                let text = format!("{unreported} alert(s) dropped at {}: outgoing queue full (capacity {})", self.name, outbox.capacity());
-                self.queue_own(outbox, report_slot, self.new_alert(*seq, AlertBody::Text(text), now_ns()));
+                let text = format!(
+                    "{unreported} alert(s) dropped at {}: outgoing queue full (capacity {})",
+                    self.name,
+                    outbox.capacity()
+                );
+                self.queue_own(
+                    outbox,
+                    report_slot,
+                    self.new_alert(*seq, AlertBody::Text(text), now_ns()),
+                );
             }
         }
         *seq += 1;
@@ -458,7 +515,10 @@ impl Inner {
         }
         let mut hop = lock(&self.hop);
         hop.dedup.mark_acked(origin, seq);
-        let route = hop.routes.get_key_value(origin).and_then(|(k, w)| w.upgrade().map(|s| (k.clone(), s)));
+        let route = hop
+            .routes
+            .get_key_value(origin)
+            .and_then(|(k, w)| w.upgrade().map(|s| (k.clone(), s)));
         drop(hop);
         if let Some((key, session)) = route {
             session.acks.put(key, seq);
@@ -474,7 +534,10 @@ impl Inner {
 
     /// Registered children and their connections.
     pub fn children(&self) -> Vec<(crate::session::ChildInfo, Arc<Session>)> {
-        lock(&self.sessions).values().filter_map(|s| s.child_info().map(|c| (c, s.clone()))).collect()
+        lock(&self.sessions)
+            .values()
+            .filter_map(|s| s.child_info().map(|c| (c, s.clone())))
+            .collect()
     }
 
     pub fn request_destroy(&self) {
@@ -521,11 +584,22 @@ impl Inner {
     }
 
     pub fn stats(&self) -> Stats {
-        let (len, cap) = self.outbox.as_ref().map_or((0, 0), |o| (o.len(), o.capacity()));
+        let (len, cap) = self
+            .outbox
+            .as_ref()
+            .map_or((0, 0), |o| (o.len(), o.capacity()));
         let children = self.children().into_iter().map(|(c, _)| c.name).collect();
         let origins = lock(&self.hop).dedup.snapshot();
         let up = lock(&self.uplink).is_some();
-        self.counters.snapshot(&self.name, self.spec.role.as_str(), len, cap, up, children, origins)
+        self.counters.snapshot(
+            &self.name,
+            self.spec.role.as_str(),
+            len,
+            cap,
+            up,
+            children,
+            origins,
+        )
     }
 
     /// `get_alerts [from_index]`: JSON `{"first", "next", "alerts"}`, at most 2,000 alerts.

@@ -75,7 +75,12 @@ impl Outbox {
 
     /// Waits for a free slot (backpressure).
     pub async fn reserve(&self) -> Slot {
-        let permit = self.space.clone().acquire_owned().await.expect("the outbox semaphore is never closed");
+        let permit = self
+            .space
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the outbox semaphore is never closed");
         Slot(permit)
     }
 
@@ -87,7 +92,11 @@ impl Outbox {
     /// Queues an alert in a reserved slot and wakes the sender.
     pub fn push(&self, slot: Slot, origin: Arc<str>, seq: u64, msg: Message) {
         slot.0.forget();
-        self.lock().entries.push_back(Entry { origin, seq, msg: Arc::new(msg) });
+        self.lock().entries.push_back(Entry {
+            origin,
+            seq,
+            msg: Arc::new(msg),
+        });
         self.ready.notify_one();
     }
 
@@ -170,7 +179,13 @@ mod tests {
     use super::*;
 
     fn alert(origin: &str, seq: u64) -> Message {
-        Message::Alert(Alert { origin: origin.into(), seq, path: vec![origin.into()], timestamp_ns: 0, body: AlertBody::Text(String::new()) })
+        Message::Alert(Alert {
+            origin: origin.into(),
+            seq,
+            path: vec![origin.into()],
+            timestamp_ns: 0,
+            body: AlertBody::Text(String::new()),
+        })
     }
 
     fn push(q: &Outbox, origin: &str, seq: u64) {
@@ -179,7 +194,15 @@ mod tests {
     }
 
     fn seqs(v: &[Arc<Message>]) -> Vec<u64> {
-        v.iter().map(|m| if let Message::Alert(a) = &**m { a.seq } else { panic!() }).collect()
+        v.iter()
+            .map(|m| {
+                if let Message::Alert(a) = &**m {
+                    a.seq
+                } else {
+                    panic!()
+                }
+            })
+            .collect()
     }
 
     #[test]
@@ -207,7 +230,11 @@ mod tests {
         q.rewind();
         out.clear();
         q.take_unsent(10, &mut out);
-        assert_eq!(seqs(&out), [3, 4, 5], "after a reconnect, from the oldest unacked");
+        assert_eq!(
+            seqs(&out),
+            [3, 4, 5],
+            "after a reconnect, from the oldest unacked"
+        );
         out.clear();
         q.take_unsent(10, &mut out);
         assert!(out.is_empty());

@@ -16,7 +16,13 @@ use crate::verbs::{help_text, VerbFuture, VerbResult};
 
 /// Answers `Call { id, .. }` from `session` on a task of its own (a slow verb, or one routed
 /// down the tree, must not stop the connection's reader).
-pub(crate) fn spawn_call(inner: Arc<Inner>, session: Arc<Session>, id: u64, verb: String, args: Vec<String>) {
+pub(crate) fn spawn_call(
+    inner: Arc<Inner>,
+    session: Arc<Session>,
+    id: u64,
+    verb: String,
+    args: Vec<String>,
+) {
     inc(&inner.counters.calls_served);
     tokio::spawn(async move {
         let destroy = verb == "destroy";
@@ -42,28 +48,39 @@ pub(crate) fn dispatch(inner: Arc<Inner>, verb: String, args: Vec<String>) -> Ve
                 let [target] = args.as_slice() else {
                     return Err("usage: find_node <name>".into());
                 };
-                find_node(&inner, target).await.and_then(|p| serde_json::to_string(&p).map_err(|e| e.to_string()))
+                find_node(&inner, target)
+                    .await
+                    .and_then(|p| serde_json::to_string(&p).map_err(|e| e.to_string()))
             }
             "call" => call(inner, args).await,
             "stats" => serde_json::to_string(&inner.stats()).map_err(|e| e.to_string()),
             "get_alerts" => {
                 let from = match args.first() {
                     None => 0,
-                    Some(a) => a.parse::<u64>().map_err(|_| format!("{a:?} is not an index"))?,
+                    Some(a) => a
+                        .parse::<u64>()
+                        .map_err(|_| format!("{a:?} is not an index"))?,
                 };
                 Ok(inner.get_alerts(from))
             }
             "destroy" => Ok(format!("destroying {} and its subtree", inner.name)),
             other => match inner.verbs.call(other, args) {
                 Some(fut) => fut.await,
-                None => Err(format!("{} has no verb {other:?} (`help` lists them)", inner.name)),
+                None => Err(format!(
+                    "{} has no verb {other:?} (`help` lists them)",
+                    inner.name
+                )),
             },
         }
     })
 }
 
 fn child_session(inner: &Inner, name: &str) -> Option<Arc<Session>> {
-    inner.children().into_iter().find(|(c, _)| c.name == name).map(|(_, s)| s)
+    inner
+        .children()
+        .into_iter()
+        .find(|(c, _)| c.name == name)
+        .map(|(_, s)| s)
 }
 
 /// The path from this node down to `target`, this node first.
@@ -76,13 +93,17 @@ pub(crate) async fn find_node(inner: &Arc<Inner>, target: &str) -> Result<Vec<St
         return Ok(vec![inner.name.clone(), target.to_string()]);
     }
     let timeout = inner.spec.settings.call_timeout;
-    let asks = kids.iter().filter(|(c, _)| c.kind != NodeKind::Agent).map(|(c, s)| async move {
-        let reply = s.call("find_node", vec![target.to_string()], timeout).await;
-        (c.name.clone(), reply)
-    });
+    let asks = kids
+        .iter()
+        .filter(|(c, _)| c.kind != NodeKind::Agent)
+        .map(|(c, s)| async move {
+            let reply = s.call("find_node", vec![target.to_string()], timeout).await;
+            (c.name.clone(), reply)
+        });
     for (child, reply) in futures_util::future::join_all(asks).await {
         if let Ok(json) = reply {
-            let below: Vec<String> = serde_json::from_str(&json).map_err(|e| format!("bad find_node reply from {child}: {e}"))?;
+            let below: Vec<String> = serde_json::from_str(&json)
+                .map_err(|e| format!("bad find_node reply from {child}: {e}"))?;
             lock(&inner.route_cache).insert(target.to_string(), child);
             let mut path = vec![inner.name.clone()];
             path.extend(below);

@@ -95,22 +95,38 @@ pub struct SensorAgent {
 
 impl SensorAgent {
     /// `kind` must be [`AgentKind::Bandwidth`] or [`AgentKind::Connections`].
-    pub fn new(kind: AgentKind, source: Arc<dyn SensorSource>, interfaces: Vec<String>, sample_interval: Duration) -> SensorAgent {
-        SensorAgent { kind, source, interfaces, sample_interval }
+    pub fn new(
+        kind: AgentKind,
+        source: Arc<dyn SensorSource>,
+        interfaces: Vec<String>,
+        sample_interval: Duration,
+    ) -> SensorAgent {
+        SensorAgent {
+            kind,
+            source,
+            interfaces,
+            sample_interval,
+        }
     }
 
     fn selected(&self, all: Vec<IfaceBytes>) -> Vec<IfaceBytes> {
         if self.interfaces.is_empty() {
             all
         } else {
-            all.into_iter().filter(|i| self.interfaces.contains(&i.name)).collect()
+            all.into_iter()
+                .filter(|i| self.interfaces.contains(&i.name))
+                .collect()
         }
     }
 }
 
 /// Runs blocking sensor work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| format!("sensor task failed: {e}"))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("sensor task failed: {e}"))?
 }
 
 fn json<T: Serialize>(v: &T) -> VerbResult {
@@ -118,7 +134,11 @@ fn json<T: Serialize>(v: &T) -> VerbResult {
 }
 
 /// `recv_bytes`/`trans_bytes`: one interface's number, or every selected interface as JSON.
-fn byte_verb(src: Arc<dyn SensorSource>, ifaces: Vec<String>, rx: bool) -> impl Fn(Vec<String>) -> crate::verbs::VerbFuture + Send + Sync {
+fn byte_verb(
+    src: Arc<dyn SensorSource>,
+    ifaces: Vec<String>,
+    rx: bool,
+) -> impl Fn(Vec<String>) -> crate::verbs::VerbFuture + Send + Sync {
     move |args| {
         let src = src.clone();
         let ifaces = ifaces.clone();
@@ -126,10 +146,17 @@ fn byte_verb(src: Arc<dyn SensorSource>, ifaces: Vec<String>, rx: bool) -> impl 
             let all = blocking(move || src.interfaces()).await?;
             let pick = |i: &IfaceBytes| if rx { i.rx_bytes } else { i.tx_bytes };
             match args.as_slice() {
-                [name] => all.iter().find(|i| &i.name == name).map(|i| pick(i).to_string()).ok_or_else(|| format!("unknown interface {name:?}")),
+                [name] => all
+                    .iter()
+                    .find(|i| &i.name == name)
+                    .map(|i| pick(i).to_string())
+                    .ok_or_else(|| format!("unknown interface {name:?}")),
                 [] => {
-                    let map: std::collections::BTreeMap<&str, u64> =
-                        all.iter().filter(|i| ifaces.is_empty() || ifaces.contains(&i.name)).map(|i| (i.name.as_str(), pick(i))).collect();
+                    let map: std::collections::BTreeMap<&str, u64> = all
+                        .iter()
+                        .filter(|i| ifaces.is_empty() || ifaces.contains(&i.name))
+                        .map(|i| (i.name.as_str(), pick(i)))
+                        .collect();
                     json(&map)
                 }
                 _ => Err("usage: [iface]".into()),
@@ -142,55 +169,111 @@ impl AgentVerbs for SensorAgent {
     fn verbs(&self) -> VerbTable {
         let mut t = VerbTable::new();
         let src = self.source.clone();
-        t.add("interfaces", "", "byte counters of every monitored interface (JSON)", move |_| {
-            let src = src.clone();
-            async move { json(&blocking(move || src.interfaces()).await?) }
-        });
+        t.add(
+            "interfaces",
+            "",
+            "byte counters of every monitored interface (JSON)",
+            move |_| {
+                let src = src.clone();
+                async move { json(&blocking(move || src.interfaces()).await?) }
+            },
+        );
         let (src, ifs) = (self.source.clone(), self.interfaces.clone());
-        t.add("recv_bytes", "[iface]", "bytes received (2014 recv_bytes)", byte_verb(src, ifs, true));
+        t.add(
+            "recv_bytes",
+            "[iface]",
+            "bytes received (2014 recv_bytes)",
+            byte_verb(src, ifs, true),
+        );
         let (src, ifs) = (self.source.clone(), self.interfaces.clone());
-        t.add("trans_bytes", "[iface]", "bytes sent (2014 trans_bytes)", byte_verb(src, ifs, false));
+        t.add(
+            "trans_bytes",
+            "[iface]",
+            "bytes sent (2014 trans_bytes)",
+            byte_verb(src, ifs, false),
+        );
         let (src, default) = (self.source.clone(), self.interfaces.first().cloned());
-        t.add("get_mac", "[iface]", "hardware address of an interface (default: the first configured)", move |args: Vec<String>| {
-            let src = src.clone();
-            let name = args.first().cloned().or_else(|| default.clone());
-            async move {
-                let name = name.ok_or("usage: get_mac <iface> (no default interface configured)")?;
-                blocking(move || src.mac(&name)).await
-            }
-        });
+        t.add(
+            "get_mac",
+            "[iface]",
+            "hardware address of an interface (default: the first configured)",
+            move |args: Vec<String>| {
+                let src = src.clone();
+                let name = args.first().cloned().or_else(|| default.clone());
+                async move {
+                    let name =
+                        name.ok_or("usage: get_mac <iface> (no default interface configured)")?;
+                    blocking(move || src.mac(&name)).await
+                }
+            },
+        );
         let src = self.source.clone();
-        t.add("connections", "", "established TCP connections per remote address (JSON)", move |_| {
-            let src = src.clone();
-            async move { json(&blocking(move || src.connections()).await?) }
-        });
+        t.add(
+            "connections",
+            "",
+            "established TCP connections per remote address (JSON)",
+            move |_| {
+                let src = src.clone();
+                async move { json(&blocking(move || src.connections()).await?) }
+            },
+        );
         let src = self.source.clone();
-        t.add("mac_of", "<ip>", "MAC address of a neighbour from the ARP/NDP table (\"\" when unknown)", move |args: Vec<String>| {
-            let src = src.clone();
-            async move {
-                let [ip] = args.as_slice() else { return Err("usage: mac_of <ip>".into()) };
-                let addr: IpAddr = ip.parse().map_err(|_| format!("{ip:?} is not an IP address"))?;
-                Ok(blocking(move || src.mac_of(addr)).await?.unwrap_or_default())
-            }
-        });
+        t.add(
+            "mac_of",
+            "<ip>",
+            "MAC address of a neighbour from the ARP/NDP table (\"\" when unknown)",
+            move |args: Vec<String>| {
+                let src = src.clone();
+                async move {
+                    let [ip] = args.as_slice() else {
+                        return Err("usage: mac_of <ip>".into());
+                    };
+                    let addr: IpAddr = ip
+                        .parse()
+                        .map_err(|_| format!("{ip:?} is not an IP address"))?;
+                    Ok(blocking(move || src.mac_of(addr))
+                        .await?
+                        .unwrap_or_default())
+                }
+            },
+        );
         let src = self.source.clone();
-        t.add("connections_of", "<ip>", "established TCP connections with one address (JSON)", move |args: Vec<String>| {
-            let src = src.clone();
-            async move {
-                let [ip] = args.as_slice() else { return Err("usage: connections_of <ip>".into()) };
-                let addr: IpAddr = ip.parse().map_err(|_| format!("{ip:?} is not an IP address"))?;
-                json(&blocking(move || src.connections_of(addr)).await?)
-            }
-        });
+        t.add(
+            "connections_of",
+            "<ip>",
+            "established TCP connections with one address (JSON)",
+            move |args: Vec<String>| {
+                let src = src.clone();
+                async move {
+                    let [ip] = args.as_slice() else {
+                        return Err("usage: connections_of <ip>".into());
+                    };
+                    let addr: IpAddr = ip
+                        .parse()
+                        .map_err(|_| format!("{ip:?} is not an IP address"))?;
+                    json(&blocking(move || src.connections_of(addr)).await?)
+                }
+            },
+        );
         t
     }
 
     fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         if !self.sample_interval.is_zero() {
-            let (kind, src, node2, every) = (self.kind, self.source.clone(), node.clone(), self.sample_interval);
+            let (kind, src, node2, every) = (
+                self.kind,
+                self.source.clone(),
+                node.clone(),
+                self.sample_interval,
+            );
             let ifaces = self.interfaces.clone();
-            let me = SensorAgent { kind, source: src.clone(), interfaces: ifaces, sample_interval: every };
+            let me = SensorAgent {
+                kind,
+                source: src.clone(),
+                interfaces: ifaces,
+                sample_interval: every,
+            };
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -231,11 +314,17 @@ impl SensorAgent {
     /// (the policy turns any increase into a blind-spot alert).
     async fn report_health(&self, node: &NodeHandle, last: &mut (u64, u64, u64)) {
         let src = self.source.clone();
-        let Ok(Some(h)) = blocking(move || Ok(src.health())).await else { return };
+        let Ok(Some(h)) = blocking(move || Ok(src.health())).await else {
+            return;
+        };
         if h != *last {
             *last = h;
             let (events_lost, map_update_failures, maps_full) = h;
-            let _ = node.raise(AlertBody::SensorHealth { events_lost, map_update_failures, maps_full });
+            let _ = node.raise(AlertBody::SensorHealth {
+                events_lost,
+                map_update_failures,
+                maps_full,
+            });
         }
     }
 
@@ -244,18 +333,29 @@ impl SensorAgent {
         match self.kind {
             AgentKind::Connections => match blocking(move || src.connections()).await {
                 Ok(c) => {
-                    let _ = node.raise(AlertBody::Connections { per_remote: c.into_iter().map(|r| (r.addr, r.established)).collect() });
+                    let _ = node.raise(AlertBody::Connections {
+                        per_remote: c.into_iter().map(|r| (r.addr, r.established)).collect(),
+                    });
                 }
-                Err(e) => tracing::warn!(node = %node.name(), error = %e, "reading connections failed"),
+                Err(e) => {
+                    tracing::warn!(node = %node.name(), error = %e, "reading connections failed")
+                }
             },
             _ => match blocking(move || src.interfaces()).await {
                 Ok(all) => {
                     for i in self.selected(all) {
                         let vm = self.source.vm_of(&i.name);
-                        let _ = node.raise(AlertBody::Bandwidth { iface: i.name, rx_bytes: i.rx_bytes, tx_bytes: i.tx_bytes, vm });
+                        let _ = node.raise(AlertBody::Bandwidth {
+                            iface: i.name,
+                            rx_bytes: i.rx_bytes,
+                            tx_bytes: i.tx_bytes,
+                            vm,
+                        });
                     }
                 }
-                Err(e) => tracing::warn!(node = %node.name(), error = %e, "reading interface counters failed"),
+                Err(e) => {
+                    tracing::warn!(node = %node.name(), error = %e, "reading interface counters failed")
+                }
             },
         }
     }

@@ -51,9 +51,17 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
-async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+async fn serve(
+    inner: Arc<Inner>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
     let s = &inner.spec.settings;
-    let cfg = vespa_proto::Config { max_frame: s.max_frame, handshake_timeout: s.handshake_timeout };
+    let cfg = vespa_proto::Config {
+        max_frame: s.max_frame,
+        handshake_timeout: s.handshake_timeout,
+    };
     let link = tokio::select! {
         r = establish(stream, Side::Server, &inner.spec.security, &inner.name, &cfg) => r,
         _ = inner.closing.cancelled() => return,
@@ -68,10 +76,23 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, permit: O
         }
     };
     let id = inner.next_session.fetch_add(1, Ordering::Relaxed);
-    let (session, ctl_rx) = Session::new(id, peer, link.peer_name.clone(), inner.closing.child_token());
+    let (session, ctl_rx) = Session::new(
+        id,
+        peer,
+        link.peer_name.clone(),
+        inner.closing.child_token(),
+    );
     lock(&inner.sessions).insert(id, session.clone());
     let w_inner = inner.clone();
-    let writer = tokio::spawn(write_loop(link.writer, session.clone(), ctl_rx, None, s.heartbeat, move || w_inner.before_acks(), |_| {}));
+    let writer = tokio::spawn(write_loop(
+        link.writer,
+        session.clone(),
+        ctl_rx,
+        None,
+        s.heartbeat,
+        move || w_inner.before_acks(),
+        |_| {},
+    ));
 
     let idle = s.heartbeat * 3;
     let result = loop {
@@ -89,11 +110,17 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, permit: O
     lock(&inner.sessions).remove(&id);
     inner.sessions_changed.notify_waiters();
     let child = session.child_info();
-    let name = child.as_ref().map_or(session.peer_name.as_str(), |c| c.name.as_str());
+    let name = child
+        .as_ref()
+        .map_or(session.peer_name.as_str(), |c| c.name.as_str());
     match result {
         LinkEnd::Local => {}
-        LinkEnd::ClosedByPeer if child.is_some() => tracing::info!(peer = %peer, node = %name, "child closed its connection"),
-        LinkEnd::ClosedByPeer => tracing::debug!(peer = %peer, node = %name, "caller closed its connection"),
+        LinkEnd::ClosedByPeer if child.is_some() => {
+            tracing::info!(peer = %peer, node = %name, "child closed its connection")
+        }
+        LinkEnd::ClosedByPeer => {
+            tracing::debug!(peer = %peer, node = %name, "caller closed its connection")
+        }
         e => {
             inc(&inner.counters.connection_errors);
             tracing::warn!(peer = %peer, node = %name, reason = %e, "connection closed");
@@ -108,13 +135,23 @@ async fn handle(inner: &Arc<Inner>, session: &Arc<Session>, msg: Message) -> Res
                 return Err(LinkEnd::Violation("alert before Register".into()));
             };
             if alert.path.last() != Some(&child.name) || alert.path.len() > MAX_PATH {
-                return Err(LinkEnd::Violation(format!("alert path {:?} does not end with the sender {:?} (or is too long)", alert.path, child.name)));
+                return Err(LinkEnd::Violation(format!(
+                    "alert path {:?} does not end with the sender {:?} (or is too long)",
+                    alert.path, child.name
+                )));
             }
             inner.on_alert(alert, session).await;
         }
-        Message::Register { name, kind, listen_addr } => {
+        Message::Register {
+            name,
+            kind,
+            listen_addr,
+        } => {
             if name != session.peer_name {
-                return Err(LinkEnd::Violation(format!("registered as {name:?} but authenticated as {:?}", session.peer_name)));
+                return Err(LinkEnd::Violation(format!(
+                    "registered as {name:?} but authenticated as {:?}",
+                    session.peer_name
+                )));
             }
             // A child that reconnects before its old connection was noticed dead replaces it.
             let stale: Vec<Arc<Session>> = lock(&inner.sessions)
@@ -127,18 +164,41 @@ async fn handle(inner: &Arc<Inner>, session: &Arc<Session>, msg: Message) -> Res
                 s.cancel.cancel();
             }
             tracing::info!(node = %inner.name, child = %name, ?kind, peer = %session.peer_addr, "child registered");
-            *lock(&session.child) = Some(ChildInfo { name, kind, listen_addr, peer: session.peer_addr });
+            *lock(&session.child) = Some(ChildInfo {
+                name,
+                kind,
+                listen_addr,
+                peer: session.peer_addr,
+            });
             inner.sessions_changed.notify_waiters();
         }
         Message::Reply { id, result } => session.complete(id, result),
-        Message::Call { id, verb, args } => crate::routing::spawn_call(inner.clone(), session.clone(), id, verb, args),
-        Message::ListSlaves => crate::routing::spawn_call(inner.clone(), session.clone(), 0, "list_slaves".into(), vec![]),
-        Message::FindNode { name } => crate::routing::spawn_call(inner.clone(), session.clone(), 0, "find_node".into(), vec![name]),
+        Message::Call { id, verb, args } => {
+            crate::routing::spawn_call(inner.clone(), session.clone(), id, verb, args)
+        }
+        Message::ListSlaves => crate::routing::spawn_call(
+            inner.clone(),
+            session.clone(),
+            0,
+            "list_slaves".into(),
+            vec![],
+        ),
+        Message::FindNode { name } => crate::routing::spawn_call(
+            inner.clone(),
+            session.clone(),
+            0,
+            "find_node".into(),
+            vec![name],
+        ),
         Message::Heartbeat => {}
         Message::Destroy => {
             tracing::warn!(node = %inner.name, peer = %session.peer_addr, from = %session.peer_name, "Destroy from a child ignored (only the master may send it; call the `destroy` verb instead)");
         }
-        Message::Ack { .. } => return Err(LinkEnd::Violation("a child sent an Ack (only masters acknowledge)".into())),
+        Message::Ack { .. } => {
+            return Err(LinkEnd::Violation(
+                "a child sent an Ack (only masters acknowledge)".into(),
+            ))
+        }
     }
     Ok(())
 }

@@ -75,7 +75,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub fn new(id: u64, peer_addr: SocketAddr, peer_name: String, cancel: CancellationToken) -> (Arc<Session>, mpsc::Receiver<Message>) {
+    pub fn new(
+        id: u64,
+        peer_addr: SocketAddr,
+        peer_name: String,
+        cancel: CancellationToken,
+    ) -> (Arc<Session>, mpsc::Receiver<Message>) {
         let (ctl, rx) = mpsc::channel(1024);
         let s = Session {
             id,
@@ -93,39 +98,69 @@ impl Session {
 
     /// The registered child's info, if the peer is a child.
     pub fn child_info(&self) -> Option<ChildInfo> {
-        self.child.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.child
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Sends `Call { verb, args }` to the peer and waits for its reply.
     pub async fn call(&self, verb: &str, args: Vec<String>, timeout: Duration) -> VerbResult {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
-        let msg = Message::Call { id, verb: verb.to_string(), args };
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
+        let msg = Message::Call {
+            id,
+            verb: verb.to_string(),
+            args,
+        };
         if self.ctl.send(msg).await.is_err() {
-            self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
             return Err(format!("connection to {} closed", self.peer_name));
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(format!("connection to {} lost before it replied", self.peer_name)),
+            Ok(Err(_)) => Err(format!(
+                "connection to {} lost before it replied",
+                self.peer_name
+            )),
             Err(_) => {
-                self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
-                Err(format!("{} did not reply within {timeout:?}", self.peer_name))
+                self.pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id);
+                Err(format!(
+                    "{} did not reply within {timeout:?}",
+                    self.peer_name
+                ))
             }
         }
     }
 
     /// Hands a `Reply` to the caller waiting for it (replies nobody waits for are dropped).
     pub fn complete(&self, id: u64, result: VerbResult) {
-        if let Some(tx) = self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id) {
+        if let Some(tx) = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
+        {
             let _ = tx.send(result);
         }
     }
 
     /// Fails every call still waiting (the connection is gone).
     pub fn fail_pending(&self) {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }
 
@@ -156,7 +191,16 @@ pub(crate) async fn write_loop(
     before_acks: impl Fn() + Send,
     sent: impl Fn(u64) + Send,
 ) {
-    let result = write_inner(&mut w, &session, &mut ctl, outbox.as_deref(), heartbeat, &before_acks, &sent).await;
+    let result = write_inner(
+        &mut w,
+        &session,
+        &mut ctl,
+        outbox.as_deref(),
+        heartbeat,
+        &before_acks,
+        &sent,
+    )
+    .await;
     match result {
         Ok(()) => {
             let _ = tokio::time::timeout(Duration::from_secs(1), w.close()).await;
@@ -200,7 +244,11 @@ async fn write_inner(
         if !acks.is_empty() {
             before_acks();
             for (origin, seq) in acks {
-                w.feed(&Message::Ack { origin: origin.to_string(), seq }).await?;
+                w.feed(&Message::Ack {
+                    origin: origin.to_string(),
+                    seq,
+                })
+                .await?;
             }
         }
         if let Some(o) = outbox {
@@ -229,7 +277,11 @@ async fn write_inner(
 }
 
 /// Receives the next message, or says why the connection ended (idle timeout included).
-pub(crate) async fn next_message(r: &mut LinkReader, session: &Session, idle: Duration) -> Result<Message, LinkEnd> {
+pub(crate) async fn next_message(
+    r: &mut LinkReader,
+    session: &Session,
+    idle: Duration,
+) -> Result<Message, LinkEnd> {
     tokio::select! {
         _ = session.cancel.cancelled() => Err(LinkEnd::Local),
         res = tokio::time::timeout(idle, r.recv()) => match res {

@@ -8,7 +8,9 @@
 
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use vespa_proto::{client_handshake, server_handshake, Message, ProtoError, Psk, SecureReader, SecureWriter};
+use vespa_proto::{
+    client_handshake, server_handshake, Message, ProtoError, Psk, SecureReader, SecureWriter,
+};
 
 /// How links are protected.
 #[derive(Clone, Debug)]
@@ -38,7 +40,13 @@ pub(crate) struct Link {
 }
 
 /// Runs the handshake on `stream` (under `cfg.handshake_timeout`).
-pub(crate) async fn establish(stream: TcpStream, side: Side, security: &Security, my_name: &str, cfg: &vespa_proto::Config) -> Result<Link, ProtoError> {
+pub(crate) async fn establish(
+    stream: TcpStream,
+    side: Side,
+    security: &Security,
+    my_name: &str,
+    cfg: &vespa_proto::Config,
+) -> Result<Link, ProtoError> {
     let _ = stream.set_nodelay(true);
     match security {
         Security::Psk(psk) => secure(stream, side, psk, my_name, cfg).await,
@@ -47,13 +55,23 @@ pub(crate) async fn establish(stream: TcpStream, side: Side, security: &Security
     }
 }
 
-async fn secure(stream: TcpStream, side: Side, psk: &Psk, my_name: &str, cfg: &vespa_proto::Config) -> Result<Link, ProtoError> {
+async fn secure(
+    stream: TcpStream,
+    side: Side,
+    psk: &Psk,
+    my_name: &str,
+    cfg: &vespa_proto::Config,
+) -> Result<Link, ProtoError> {
     let (s, peer_name) = match side {
         Side::Client => client_handshake(stream, psk, my_name, cfg).await?,
         Side::Server => server_handshake(stream, psk, my_name, cfg).await?,
     };
     let (r, w) = s.split();
-    Ok(Link { reader: LinkReader::Secure(r), writer: LinkWriter::Secure(w), peer_name })
+    Ok(Link {
+        reader: LinkReader::Secure(r),
+        writer: LinkWriter::Secure(w),
+        peer_name,
+    })
 }
 
 /// Receiving half. (The sealed variant is the large one and the one always used; boxing it to
@@ -131,7 +149,11 @@ mod plain {
     pub struct Reader(FramedRead<OwnedReadHalf, FrameCodec>);
     pub struct Writer(FramedWrite<OwnedWriteHalf, FrameCodec>);
 
-    pub async fn establish(stream: TcpStream, my_name: &str, cfg: &vespa_proto::Config) -> Result<Link, ProtoError> {
+    pub async fn establish(
+        stream: TcpStream,
+        my_name: &str,
+        cfg: &vespa_proto::Config,
+    ) -> Result<Link, ProtoError> {
         let (r, w) = stream.into_split();
         let mut rd = FramedRead::new(r, FrameCodec::new(cfg.max_frame));
         let mut wr = FramedWrite::new(w, FrameCodec::new(cfg.max_frame));
@@ -140,8 +162,13 @@ mod plain {
             .await
             .map_err(|_| HandshakeError::Timeout(cfg.handshake_timeout))?
             .ok_or(HandshakeError::ClosedByPeer)??;
-        let peer_name = String::from_utf8(hello.to_vec()).map_err(|_| HandshakeError::Malformed("name is not UTF-8"))?;
-        Ok(Link { reader: LinkReader::Plain(Reader(rd)), writer: LinkWriter::Plain(Writer(wr)), peer_name })
+        let peer_name = String::from_utf8(hello.to_vec())
+            .map_err(|_| HandshakeError::Malformed("name is not UTF-8"))?;
+        Ok(Link {
+            reader: LinkReader::Plain(Reader(rd)),
+            writer: LinkWriter::Plain(Writer(wr)),
+            peer_name,
+        })
     }
 
     impl Reader {

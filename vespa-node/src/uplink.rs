@@ -23,13 +23,19 @@ enum UplinkError {
     ConnectTimeout(Duration),
     #[error("handshake: {0}")]
     Handshake(vespa_proto::ProtoError),
-    #[error("peer proved the name {got:?}, but the master is {want:?} (wrong address in the config?)")]
+    #[error(
+        "peer proved the name {got:?}, but the master is {want:?} (wrong address in the config?)"
+    )]
     WrongPeer { want: String, got: String },
     #[error("{0}")]
     Link(#[from] LinkEnd),
 }
 
-pub(crate) async fn uplink_loop(inner: Arc<Inner>, master: MasterAddr, listen_addr: Option<SocketAddr>) {
+pub(crate) async fn uplink_loop(
+    inner: Arc<Inner>,
+    master: MasterAddr,
+    listen_addr: Option<SocketAddr>,
+) {
     let s = &inner.spec.settings;
     let mut backoff = Backoff::new(s.backoff_min, s.backoff_max);
     let mut first = true;
@@ -85,7 +91,12 @@ impl UplinkError {
     }
 }
 
-async fn connect_once(inner: &Arc<Inner>, master: &MasterAddr, listen_addr: Option<SocketAddr>, after_failure: bool) -> Result<(), UplinkError> {
+async fn connect_once(
+    inner: &Arc<Inner>,
+    master: &MasterAddr,
+    listen_addr: Option<SocketAddr>,
+    after_failure: bool,
+) -> Result<(), UplinkError> {
     let s = &inner.spec.settings;
     let connect_timeout = s.handshake_timeout;
     let stream = tokio::select! {
@@ -96,17 +107,42 @@ async fn connect_once(inner: &Arc<Inner>, master: &MasterAddr, listen_addr: Opti
         },
         _ = inner.closing.cancelled() => return Ok(()),
     };
-    let cfg = vespa_proto::Config { max_frame: s.max_frame, handshake_timeout: s.handshake_timeout };
-    let mut link = establish(stream, Side::Client, &inner.spec.security, &inner.name, &cfg).await.map_err(UplinkError::Handshake)?;
+    let cfg = vespa_proto::Config {
+        max_frame: s.max_frame,
+        handshake_timeout: s.handshake_timeout,
+    };
+    let mut link = establish(
+        stream,
+        Side::Client,
+        &inner.spec.security,
+        &inner.name,
+        &cfg,
+    )
+    .await
+    .map_err(UplinkError::Handshake)?;
     if link.peer_name != master.name {
-        return Err(UplinkError::WrongPeer { want: master.name.clone(), got: link.peer_name });
+        return Err(UplinkError::WrongPeer {
+            want: master.name.clone(),
+            got: link.peer_name,
+        });
     }
-    let register = Message::Register { name: inner.name.clone(), kind: inner.spec.role.node_kind(), listen_addr };
+    let register = Message::Register {
+        name: inner.name.clone(),
+        kind: inner.spec.role.node_kind(),
+        listen_addr,
+    };
     link.writer.feed(&register).await.map_err(LinkEnd::from)?;
     link.writer.flush().await.map_err(LinkEnd::from)?;
 
-    let id = inner.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (session, ctl_rx) = Session::new(id, master.addr, master.name.clone(), inner.closing.child_token());
+    let id = inner
+        .next_session
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (session, ctl_rx) = Session::new(
+        id,
+        master.addr,
+        master.name.clone(),
+        inner.closing.child_token(),
+    );
     let outbox = inner.outbox.clone();
     if let Some(o) = &outbox {
         o.rewind();
@@ -129,7 +165,10 @@ async fn connect_once(inner: &Arc<Inner>, master: &MasterAddr, listen_addr: Opti
         s.heartbeat,
         move || w_inner.before_acks(),
         move |n| {
-            s_inner.counters.alerts_sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            s_inner
+                .counters
+                .alerts_sent
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         },
     ));
     let idle = s.heartbeat * 3;
@@ -141,15 +180,33 @@ async fn connect_once(inner: &Arc<Inner>, master: &MasterAddr, listen_addr: Opti
         match msg {
             Message::Ack { origin, seq } => inner.on_ack(&origin, seq),
             Message::Heartbeat => {}
-            Message::Call { id, verb, args } => crate::routing::spawn_call(inner.clone(), session.clone(), id, verb, args),
-            Message::ListSlaves => crate::routing::spawn_call(inner.clone(), session.clone(), 0, "list_slaves".into(), vec![]),
-            Message::FindNode { name } => crate::routing::spawn_call(inner.clone(), session.clone(), 0, "find_node".into(), vec![name]),
+            Message::Call { id, verb, args } => {
+                crate::routing::spawn_call(inner.clone(), session.clone(), id, verb, args)
+            }
+            Message::ListSlaves => crate::routing::spawn_call(
+                inner.clone(),
+                session.clone(),
+                0,
+                "list_slaves".into(),
+                vec![],
+            ),
+            Message::FindNode { name } => crate::routing::spawn_call(
+                inner.clone(),
+                session.clone(),
+                0,
+                "find_node".into(),
+                vec![name],
+            ),
             Message::Reply { id, result } => session.complete(id, result),
             Message::Destroy => {
                 tracing::info!(node = %inner.name, master = %master.name, "destroy received from master");
                 inner.request_destroy();
             }
-            Message::Register { .. } | Message::Alert(_) => break Err(LinkEnd::Violation("the master sent a message only children send".into())),
+            Message::Register { .. } | Message::Alert(_) => {
+                break Err(LinkEnd::Violation(
+                    "the master sent a message only children send".into(),
+                ))
+            }
         }
     };
     session.cancel.cancel();

@@ -46,11 +46,31 @@ pub struct VerbInfo {
 pub const BUILTIN: [(&str, &str, &str); 7] = [
     ("help", "", "list this node's verbs"),
     ("list_slaves", "", "this node's registered children (JSON)"),
-    ("find_node", "<name>", "the path from this node down to <name> (JSON list of names)"),
-    ("call", "<node> <verb> [args...]", "run <verb> on <node> in this node's subtree, routed down the tree"),
-    ("stats", "", "delivery counters, queue state and per-origin sequence numbers (JSON)"),
-    ("get_alerts", "[from_index]", "alerts processed here, oldest first (JSON; the VO keeps them)"),
-    ("destroy", "", "orderly shutdown of this node and its whole subtree"),
+    (
+        "find_node",
+        "<name>",
+        "the path from this node down to <name> (JSON list of names)",
+    ),
+    (
+        "call",
+        "<node> <verb> [args...]",
+        "run <verb> on <node> in this node's subtree, routed down the tree",
+    ),
+    (
+        "stats",
+        "",
+        "delivery counters, queue state and per-origin sequence numbers (JSON)",
+    ),
+    (
+        "get_alerts",
+        "[from_index]",
+        "alerts processed here, oldest first (JSON; the VO keeps them)",
+    ),
+    (
+        "destroy",
+        "",
+        "orderly shutdown of this node and its whole subtree",
+    ),
 ];
 
 /// A fixed table of named handlers.
@@ -72,10 +92,17 @@ impl VerbTable {
         Fut: Future<Output = VerbResult> + Send + 'static,
     {
         if BUILTIN.iter().any(|(b, _, _)| *b == name) {
-            tracing::warn!(verb = name, "an agent verb cannot replace a built-in verb; ignored");
+            tracing::warn!(
+                verb = name,
+                "an agent verb cannot replace a built-in verb; ignored"
+            );
             return self;
         }
-        let info = VerbInfo { name: name.into(), usage: usage.into(), help: help.into() };
+        let info = VerbInfo {
+            name: name.into(),
+            usage: usage.into(),
+            help: help.into(),
+        };
         let handler: Handler = Arc::new(move |args| Box::pin(f(args)));
         self.verbs.insert(name.to_string(), (info, handler));
         self
@@ -127,10 +154,18 @@ pub trait AgentVerbs: Send + Sync + 'static {
 /// The `help` reply: one verb per line, built-ins first.
 pub(crate) fn help_text(node: &str, table: &VerbTable) -> String {
     let mut out = format!("verbs of {node}:\n");
-    let builtin = BUILTIN.iter().map(|(n, u, h)| (n.to_string(), u.to_string(), h.to_string()));
-    let agent = table.infos().map(|i| (i.name.clone(), i.usage.clone(), i.help.clone()));
+    let builtin = BUILTIN
+        .iter()
+        .map(|(n, u, h)| (n.to_string(), u.to_string(), h.to_string()));
+    let agent = table
+        .infos()
+        .map(|i| (i.name.clone(), i.usage.clone(), i.help.clone()));
     for (name, usage, help) in builtin.chain(agent) {
-        let head = if usage.is_empty() { name } else { format!("{name} {usage}") };
+        let head = if usage.is_empty() {
+            name
+        } else {
+            format!("{name} {usage}")
+        };
         out.push_str(&format!("  {head:<34} {help}\n"));
     }
     out
@@ -145,10 +180,21 @@ mod tests {
         let mut t = VerbTable::new();
         t.add_sync("echo", "<text>", "says it back", |args| Ok(args.join(" ")));
         t.add_sync("help", "", "impostor", |_| Ok("pwned".into()));
-        assert_eq!(t.call("echo", vec!["a".into(), "b".into()]).expect("known").await, Ok("a b".into()));
+        assert_eq!(
+            t.call("echo", vec!["a".into(), "b".into()])
+                .expect("known")
+                .await,
+            Ok("a b".into())
+        );
         assert!(t.call("rm_rf", vec![]).is_none());
-        assert!(t.call("help", vec![]).is_none(), "built-in names cannot be taken over");
+        assert!(
+            t.call("help", vec![]).is_none(),
+            "built-in names cannot be taken over"
+        );
         let help = help_text("n", &t);
-        assert!(help.contains("echo <text>") && help.contains("find_node <name>"), "{help}");
+        assert!(
+            help.contains("echo <text>") && help.contains("find_node <name>"),
+            "{help}"
+        );
     }
 }

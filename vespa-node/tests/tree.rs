@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use vespa_node::{AgentKind, AgentVerbs, Exit, Hooks, MasterAddr, Node, NodeHandle, NodeSpec, Role, Security, VerbTable};
+use vespa_node::{
+    AgentKind, AgentVerbs, Exit, Hooks, MasterAddr, Node, NodeHandle, NodeSpec, Role, Security,
+    VerbTable,
+};
 use vespa_proto::{Alert, AlertBody, Psk};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -23,8 +26,12 @@ struct Echo;
 impl AgentVerbs for Echo {
     fn verbs(&self) -> VerbTable {
         let mut t = VerbTable::new();
-        t.add_sync("echo", "<words>", "says the words back", |args| Ok(args.join(" ")));
-        t.add_sync("fail", "", "always fails", |_| Err("failed on purpose".into()));
+        t.add_sync("echo", "<words>", "says the words back", |args| {
+            Ok(args.join(" "))
+        });
+        t.add_sync("fail", "", "always fails", |_| {
+            Err("failed on purpose".into())
+        });
         t
     }
 }
@@ -54,29 +61,63 @@ mod tokio_util_stop {
     }
 }
 
-async fn start(name: &str, role: Role, master: Option<&Running>, psk: &Psk, hooks: Hooks, listen: Option<std::net::SocketAddr>) -> Running {
-    let listener = TcpListener::bind(listen.unwrap_or("127.0.0.1:0".parse().expect("addr"))).await.expect("bind");
+async fn start(
+    name: &str,
+    role: Role,
+    master: Option<&Running>,
+    psk: &Psk,
+    hooks: Hooks,
+    listen: Option<std::net::SocketAddr>,
+) -> Running {
+    let listener = TcpListener::bind(listen.unwrap_or("127.0.0.1:0".parse().expect("addr")))
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let master = master.map(|m| MasterAddr { name: m.handle.name().to_string(), addr: m.addr });
-    let node = Node::new(fast(NodeSpec::new(name, role, master, Security::Psk(psk.clone()))), hooks).expect("node");
+    let master = master.map(|m| MasterAddr {
+        name: m.handle.name().to_string(),
+        addr: m.addr,
+    });
+    let node = Node::new(
+        fast(NodeSpec::new(
+            name,
+            role,
+            master,
+            Security::Psk(psk.clone()),
+        )),
+        hooks,
+    )
+    .expect("node");
     let handle = node.handle();
     let stop = tokio_util_stop::Stop::default();
     let s = stop.clone();
     let exit = tokio::spawn(async move { node.run(Some(listener), s.wait()).await.expect("run") });
-    Running { addr, handle, exit, stop }
+    Running {
+        addr,
+        handle,
+        exit,
+        stop,
+    }
 }
 
 fn collector() -> (Hooks, mpsc::UnboundedReceiver<Alert>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let tx = Mutex::new(tx);
-    let hooks = Hooks { agent: None, alert_handlers: vec![Arc::new(move |a: &Alert| { let _ = tx.lock().expect("lock").send(a.clone()); })] };
+    let hooks = Hooks {
+        agent: None,
+        alert_handlers: vec![Arc::new(move |a: &Alert| {
+            let _ = tx.lock().expect("lock").send(a.clone());
+        })],
+    };
     (hooks, rx)
 }
 
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -84,7 +125,10 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 async fn registered(parent: &Running, child: &str) {
     let h = parent.handle.clone();
     let c = child.to_string();
-    wait_until(&format!("{c} to register"), move || h.stats().children.contains(&c)).await;
+    wait_until(&format!("{c} to register"), move || {
+        h.stats().children.contains(&c)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,47 +137,100 @@ async fn alerts_climb_in_order_with_their_path_and_calls_route_down() {
     let (vo_hooks, mut at_vo) = collector();
     let vo = start("VO", Role::Vo, None, &psk, vo_hooks, None).await;
     let ho = start("HO_VM", Role::HoVm, Some(&vo), &psk, Hooks::default(), None).await;
-    let agent_hooks = Hooks { agent: Some(Arc::new(Echo)), alert_handlers: vec![] };
-    let agent = start("agent1", Role::Agent(AgentKind::Bandwidth), Some(&ho), &psk, agent_hooks, None).await;
+    let agent_hooks = Hooks {
+        agent: Some(Arc::new(Echo)),
+        alert_handlers: vec![],
+    };
+    let agent = start(
+        "agent1",
+        Role::Agent(AgentKind::Bandwidth),
+        Some(&ho),
+        &psk,
+        agent_hooks,
+        None,
+    )
+    .await;
     registered(&ho, "agent1").await;
 
     let mut seqs = Vec::new();
     for i in 0..2000u64 {
-        seqs.push(agent.handle.raise(AlertBody::Text(format!("alert {i}"))).expect("queued"));
+        seqs.push(
+            agent
+                .handle
+                .raise(AlertBody::Text(format!("alert {i}")))
+                .expect("queued"),
+        );
     }
     for (i, want) in seqs.iter().enumerate() {
-        let a = tokio::time::timeout(WAIT, at_vo.recv()).await.expect("alert reaches the VO").expect("channel");
+        let a = tokio::time::timeout(WAIT, at_vo.recv())
+            .await
+            .expect("alert reaches the VO")
+            .expect("channel");
         assert_eq!(a.seq, *want, "alert {i} out of order");
         assert_eq!(a.path, ["agent1", "HO_VM", "VO"]);
         assert_eq!(a.body, AlertBody::Text(format!("alert {i}")));
     }
     let h = agent.handle.clone();
-    wait_until("the agent's queue to drain (acks chained back)", move || h.stats().queue_len == 0).await;
+    wait_until(
+        "the agent's queue to drain (acks chained back)",
+        move || h.stats().queue_len == 0,
+    )
+    .await;
     let vs = vo.handle.stats();
     assert_eq!(vs.alerts_processed, 2000);
     assert_eq!(vs.origins["agent1"].count, 2000);
     assert_eq!(vs.duplicates_dropped, 0);
 
     // Calls: from the VO, down two hops, and back.
-    let call = |args: &[&str]| vo.handle.call("call", args.iter().map(|s| s.to_string()).collect());
-    assert_eq!(call(&["agent1", "echo", "hello", "tree"]).await, Ok("hello tree".into()));
-    assert_eq!(call(&["agent1", "fail"]).await, Err("failed on purpose".into()));
-    assert!(call(&["agent1", "rm"]).await.expect_err("unknown verb").contains("has no verb \"rm\""));
-    assert!(call(&["nobody", "help"]).await.expect_err("unknown node").contains("no node named \"nobody\""));
+    let call = |args: &[&str]| {
+        vo.handle
+            .call("call", args.iter().map(|s| s.to_string()).collect())
+    };
+    assert_eq!(
+        call(&["agent1", "echo", "hello", "tree"]).await,
+        Ok("hello tree".into())
+    );
+    assert_eq!(
+        call(&["agent1", "fail"]).await,
+        Err("failed on purpose".into())
+    );
+    assert!(call(&["agent1", "rm"])
+        .await
+        .expect_err("unknown verb")
+        .contains("has no verb \"rm\""));
+    assert!(call(&["nobody", "help"])
+        .await
+        .expect_err("unknown node")
+        .contains("no node named \"nobody\""));
     let help = call(&["agent1", "help"]).await.expect("help");
-    assert!(help.contains("echo <words>") && help.contains("list_slaves"), "{help}");
-    let path: Vec<String> = serde_json::from_str(&vo.handle.call("find_node", vec!["agent1".into()]).await.expect("found")).expect("json");
+    assert!(
+        help.contains("echo <words>") && help.contains("list_slaves"),
+        "{help}"
+    );
+    let path: Vec<String> = serde_json::from_str(
+        &vo.handle
+            .call("find_node", vec!["agent1".into()])
+            .await
+            .expect("found"),
+    )
+    .expect("json");
     assert_eq!(path, ["VO", "HO_VM", "agent1"]);
-    let slaves: serde_json::Value = serde_json::from_str(&call(&["HO_VM", "list_slaves"]).await.expect("slaves")).expect("json");
+    let slaves: serde_json::Value =
+        serde_json::from_str(&call(&["HO_VM", "list_slaves"]).await.expect("slaves"))
+            .expect("json");
     assert_eq!(slaves[0]["name"], "agent1");
-    let ho_stats: vespa_node::Stats = serde_json::from_str(&call(&["HO_VM", "stats"]).await.expect("stats")).expect("json");
+    let ho_stats: vespa_node::Stats =
+        serde_json::from_str(&call(&["HO_VM", "stats"]).await.expect("stats")).expect("json");
     assert_eq!(ho_stats.alerts_forwarded, 2000);
 
     // Destroy from the top stops the whole tree.
     assert!(vo.handle.call("destroy", vec![]).await.is_ok());
     vo.handle.destroy();
     for (name, r) in [("VO", vo.exit), ("HO", ho.exit), ("agent", agent.exit)] {
-        let exit = tokio::time::timeout(WAIT, r).await.unwrap_or_else(|_| panic!("{name} did not stop")).expect("join");
+        let exit = tokio::time::timeout(WAIT, r)
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not stop"))
+            .expect("join");
         assert_eq!(exit, Exit::Destroyed, "{name}");
     }
 }
@@ -150,23 +247,51 @@ async fn a_crashed_ho_loses_nothing_and_the_vo_sees_each_alert_once() {
         let psk = psk.clone();
         let vo_addr = vo.addr;
         let (tx, rx) = std::sync::mpsc::channel();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("rt");
         rt.spawn(async move {
-            let vo_stub = MasterAddr { name: "VO".into(), addr: vo_addr };
+            let vo_stub = MasterAddr {
+                name: "VO".into(),
+                addr: vo_addr,
+            };
             let listener = match listen {
                 Some(a) => vespa_node::launch::bind("HO_VM", a).expect("rebind"),
                 None => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
             };
             tx.send(listener.local_addr().expect("addr")).expect("send");
-            let node = Node::new(fast(NodeSpec::new("HO_VM", Role::HoVm, Some(vo_stub), Security::Psk(psk))), Hooks::default()).expect("node");
+            let node = Node::new(
+                fast(NodeSpec::new(
+                    "HO_VM",
+                    Role::HoVm,
+                    Some(vo_stub),
+                    Security::Psk(psk),
+                )),
+                Hooks::default(),
+            )
+            .expect("node");
             let _ = node.run(Some(listener), std::future::pending()).await;
         });
         (rt, rx.recv().expect("ho addr"))
     };
     let (ho_rt, ho_addr) = spawn_ho(None);
     let mut ho_rt = Some(ho_rt);
-    let master = MasterAddr { name: "HO_VM".into(), addr: ho_addr };
-    let agent_node = Node::new(fast(NodeSpec::new("agent1", Role::Agent(AgentKind::Connections), Some(master), Security::Psk(psk.clone()))), Hooks::default()).expect("agent");
+    let master = MasterAddr {
+        name: "HO_VM".into(),
+        addr: ho_addr,
+    };
+    let agent_node = Node::new(
+        fast(NodeSpec::new(
+            "agent1",
+            Role::Agent(AgentKind::Connections),
+            Some(master),
+            Security::Psk(psk.clone()),
+        )),
+        Hooks::default(),
+    )
+    .expect("agent");
     let agent = agent_node.handle();
     tokio::spawn(agent_node.run(None, std::future::pending()));
 
@@ -189,13 +314,19 @@ async fn a_crashed_ho_loses_nothing_and_the_vo_sees_each_alert_once() {
     let (ho_rt2, _) = spawn_ho(Some(ho_addr));
     let mut got = Vec::new();
     while got.len() < total as usize {
-        let a = tokio::time::timeout(WAIT, at_vo.recv()).await.unwrap_or_else(|_| panic!("only {} of {total} alerts reached the VO", got.len())).expect("ch");
+        let a = tokio::time::timeout(WAIT, at_vo.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {total} alerts reached the VO", got.len()))
+            .expect("ch");
         got.push(a.seq);
     }
     let want: Vec<u64> = (first..first + total).collect();
     assert_eq!(got, want, "every alert exactly once, in order");
     let a2 = agent.clone();
-    wait_until("acks to reach the agent through the new HO", move || a2.stats().queue_len == 0).await;
+    wait_until("acks to reach the agent through the new HO", move || {
+        a2.stats().queue_len == 0
+    })
+    .await;
     assert!(vo.handle.stats().duplicates_dropped > 0 || agent.stats().reconnects > 0);
     assert_eq!(vo.handle.stats().origins["agent1"].count, total);
     ho_rt2.shutdown_background();
@@ -209,12 +340,22 @@ async fn a_full_queue_drops_counts_and_reports() {
     let spare = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let vo_addr = spare.local_addr().expect("addr");
     drop(spare);
-    let mut spec = fast(NodeSpec::new("agent1", Role::Agent(AgentKind::Bandwidth), Some(MasterAddr { name: "VO".into(), addr: vo_addr }), Security::Psk(psk.clone())));
+    let mut spec = fast(NodeSpec::new(
+        "agent1",
+        Role::Agent(AgentKind::Bandwidth),
+        Some(MasterAddr {
+            name: "VO".into(),
+            addr: vo_addr,
+        }),
+        Security::Psk(psk.clone()),
+    ));
     spec.settings.queue_capacity = 10;
     let node = Node::new(spec, Hooks::default()).expect("node");
     let agent = node.handle();
     tokio::spawn(node.run(None, std::future::pending()));
-    let results: Vec<bool> = (0..25).map(|i| agent.raise(AlertBody::Text(i.to_string())).is_ok()).collect();
+    let results: Vec<bool> = (0..25)
+        .map(|i| agent.raise(AlertBody::Text(i.to_string())).is_ok())
+        .collect();
     assert_eq!(results.iter().filter(|ok| **ok).count(), 10);
     assert_eq!(agent.stats().queue_overflow, 15);
 
@@ -222,7 +363,10 @@ async fn a_full_queue_drops_counts_and_reports() {
     let vo = start("VO", Role::Vo, None, &psk, vo_hooks, Some(vo_addr)).await;
     let mut texts = Vec::new();
     while texts.len() < 10 {
-        let a = tokio::time::timeout(WAIT, at_vo.recv()).await.expect("alert").expect("ch");
+        let a = tokio::time::timeout(WAIT, at_vo.recv())
+            .await
+            .expect("alert")
+            .expect("ch");
         if let AlertBody::Text(t) = a.body {
             texts.push(t);
         }
@@ -231,9 +375,18 @@ async fn a_full_queue_drops_counts_and_reports() {
     let a2 = agent.clone();
     wait_until("the queue to drain", move || a2.stats().queue_len == 0).await;
     agent.raise(AlertBody::Text("after".into())).expect("room");
-    let report = tokio::time::timeout(WAIT, at_vo.recv()).await.expect("report").expect("ch");
-    assert_eq!(report.body, AlertBody::Text("15 alert(s) dropped at agent1: outgoing queue full (capacity 10)".into()));
-    let after = tokio::time::timeout(WAIT, at_vo.recv()).await.expect("after").expect("ch");
+    let report = tokio::time::timeout(WAIT, at_vo.recv())
+        .await
+        .expect("report")
+        .expect("ch");
+    assert_eq!(
+        report.body,
+        AlertBody::Text("15 alert(s) dropped at agent1: outgoing queue full (capacity 10)".into())
+    );
+    let after = tokio::time::timeout(WAIT, at_vo.recv())
+        .await
+        .expect("after")
+        .expect("ch");
     assert_eq!(after.body, AlertBody::Text("after".into()));
     vo.stop.fire();
 }
@@ -243,17 +396,44 @@ async fn sigterm_style_shutdown_flushes_the_queue_first() {
     let psk = Psk::random();
     let (vo_hooks, mut at_vo) = collector();
     let vo = start("VO", Role::Vo, None, &psk, vo_hooks, None).await;
-    let agent = start("agent1", Role::Agent(AgentKind::Bandwidth), Some(&vo), &psk, Hooks::default(), None).await;
+    let agent = start(
+        "agent1",
+        Role::Agent(AgentKind::Bandwidth),
+        Some(&vo),
+        &psk,
+        Hooks::default(),
+        None,
+    )
+    .await;
     registered(&vo, "agent1").await;
     for i in 0..500 {
-        agent.handle.raise(AlertBody::Text(i.to_string())).expect("queued");
+        agent
+            .handle
+            .raise(AlertBody::Text(i.to_string()))
+            .expect("queued");
     }
     agent.stop.fire();
-    assert_eq!(tokio::time::timeout(WAIT, agent.exit).await.expect("stops").expect("join"), Exit::Shutdown);
-    assert_eq!(agent.handle.stats().queue_len, 0, "everything acknowledged before exit");
+    assert_eq!(
+        tokio::time::timeout(WAIT, agent.exit)
+            .await
+            .expect("stops")
+            .expect("join"),
+        Exit::Shutdown
+    );
+    assert_eq!(
+        agent.handle.stats().queue_len,
+        0,
+        "everything acknowledged before exit"
+    );
     for _ in 0..500 {
         at_vo.recv().await.expect("alert");
     }
     vo.stop.fire();
-    assert_eq!(tokio::time::timeout(WAIT, vo.exit).await.expect("stops").expect("join"), Exit::Shutdown);
+    assert_eq!(
+        tokio::time::timeout(WAIT, vo.exit)
+            .await
+            .expect("stops")
+            .expect("join"),
+        Exit::Shutdown
+    );
 }

@@ -11,7 +11,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use vespa_node::{launch, Client, Hooks, Role, Security, Topology};
 use vespa_orchestrator::http;
-use vespa_orchestrator::policy_driver::{load_rules, HoPolicyVerbs, PolicyDriver, PolicySet, RemoteDrivers};
+use vespa_orchestrator::policy_driver::{
+    load_rules, HoPolicyVerbs, PolicyDriver, PolicySet, RemoteDrivers,
+};
 
 /// Horizontal (HO_VM, HO_HY, HO_PH) and vertical (VO) orchestrators of VESPA.
 ///
@@ -19,7 +21,13 @@ use vespa_orchestrator::policy_driver::{load_rules, HoPolicyVerbs, PolicyDriver,
 /// config.ini. Without --config the embedded default puts the whole tree on 127.0.0.1.
 /// Every link is authenticated and encrypted with a pre-shared key (see `keygen`).
 #[derive(Parser)]
-#[command(name = "vespa-orchestrator", version, about, long_about, propagate_version = true)]
+#[command(
+    name = "vespa-orchestrator",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
 struct Cli {
     /// Log format on stderr; the level comes from RUST_LOG (default: info).
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -78,7 +86,9 @@ fn parse_http(s: &str) -> Result<HttpListen, String> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(HttpListen::Off);
     }
-    s.parse().map(HttpListen::On).map_err(|e| format!("{s:?}: {e} (expected IP:PORT, e.g. 127.0.0.1:8080, or `off`)"))
+    s.parse()
+        .map(HttpListen::On)
+        .map_err(|e| format!("{s:?}: {e} (expected IP:PORT, e.g. 127.0.0.1:8080, or `off`)"))
 }
 
 #[derive(Args)]
@@ -112,14 +122,20 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Keygen { path, force } => {
             vespa_proto::key::generate(&path, force)?;
-            println!("wrote a new pre-shared key to {} (mode 0600); copy it to every node of the tree", path.display());
+            println!(
+                "wrote a new pre-shared key to {} (mode 0600); copy it to every node of the tree",
+                path.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_nodes(args),
@@ -133,8 +149,14 @@ fn security(topo: &Topology, args: &launch::TopologyArgs) -> anyhow::Result<Secu
 
 /// The policy file (or the embedded rules): its name for messages, its text, and the rules
 /// checked against the topology (errors name the file).
-fn load_policy(path: Option<&Path>, topo: &Topology) -> anyhow::Result<(String, String, vespa_policy::Rules)> {
-    let source = path.map_or_else(|| "embedded policy".to_string(), |p| p.display().to_string());
+fn load_policy(
+    path: Option<&Path>,
+    topo: &Topology,
+) -> anyhow::Result<(String, String, vespa_policy::Rules)> {
+    let source = path.map_or_else(
+        || "embedded policy".to_string(),
+        |p| p.display().to_string(),
+    );
     let text = PolicyDriver::load_rules_text(path)?;
     let rules = load_rules(&text, Some(topo)).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
     Ok((source, text, rules))
@@ -150,40 +172,74 @@ struct Drivers {
     remote: Vec<String>,
 }
 
-fn policy_drivers(args: &RunArgs, topo: &Topology, nodes: &[&vespa_node::config::NodeDef], metrics: Arc<http::Metrics>) -> anyhow::Result<Drivers> {
+fn policy_drivers(
+    args: &RunArgs,
+    topo: &Topology,
+    nodes: &[&vespa_node::config::NodeDef],
+    metrics: Arc<http::Metrics>,
+) -> anyhow::Result<Drivers> {
     let hosts_vo = nodes.iter().any(|n| n.role == Role::Vo);
     if !hosts_vo && args.policy.is_none() {
         if args.dry_run {
             tracing::warn!("--dry-run ignored: this process runs no VO and no --policy was given");
         }
-        return Ok(Drivers { vo: None, hos: Vec::new(), remote: Vec::new() });
+        return Ok(Drivers {
+            vo: None,
+            hos: Vec::new(),
+            remote: Vec::new(),
+        });
     }
     let (source, text, rules) = load_policy(args.policy.as_deref(), topo)?;
     let invalid = |e: http::PolicyError| anyhow::anyhow!("{source}: {e}");
-    let remote: Vec<String> = rules.placements().into_iter().filter(|at| !nodes.iter().any(|n| n.name == *at)).map(str::to_string).collect();
+    let remote: Vec<String> = rules
+        .placements()
+        .into_iter()
+        .filter(|at| !nodes.iter().any(|n| n.name == *at))
+        .map(str::to_string)
+        .collect();
     for at in &remote {
         tracing::info!(policy = %source, at, "rules placed at a node this process does not run: its own process must be given the same --policy");
     }
     let file = args.policy.clone();
-    let vo = hosts_vo.then(|| PolicyDriver::new(&text, args.dry_run, Some(topo), Some(metrics), file.clone())).transpose().map_err(invalid)?;
+    let vo = hosts_vo
+        .then(|| PolicyDriver::new(&text, args.dry_run, Some(topo), Some(metrics), file.clone()))
+        .transpose()
+        .map_err(invalid)?;
     // Every HO here gets a driver, idle while no rule is placed at it, so that a reload can
     // place one there.
-    let hos = nodes.iter().filter(|n| n.role.is_ho()).map(|n| PolicyDriver::new_at(&n.name, &text, args.dry_run, topo, file.clone())).collect::<Result<Vec<_>, _>>().map_err(invalid)?;
+    let hos = nodes
+        .iter()
+        .filter(|n| n.role.is_ho())
+        .map(|n| PolicyDriver::new_at(&n.name, &text, args.dry_run, topo, file.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
     for d in vo.iter().chain(&hos) {
         let at = d.at().unwrap_or("VO");
         tracing::info!(policy = %source, node = at, rules = ?d.rule_names(), dry_run = http::PolicyControl::dry_run(d), "policy loaded");
     }
-    Ok(Drivers { vo, hos, remote: if hosts_vo { remote } else { Vec::new() } })
+    Ok(Drivers {
+        vo,
+        hos,
+        remote: if hosts_vo { remote } else { Vec::new() },
+    })
 }
 
 fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
     let topo = args.nodes.topology.load()?;
-    let nodes = args.nodes.select(&topo, |n| !n.role.is_agent()).map_err(anyhow::Error::msg)?;
+    let nodes = args
+        .nodes
+        .select(&topo, |n| !n.role.is_agent())
+        .map_err(anyhow::Error::msg)?;
     if args.nodes.check_config {
         if args.policy.is_some() {
             let (source, _, rules) = load_policy(args.policy.as_deref(), &topo)?;
             let mut places = vec![format!("VO: {}", rules.placed_at(None).rules.len())];
-            places.extend(rules.placements().into_iter().map(|at| format!("{at}: {}", rules.placed_at(Some(at)).rules.len())));
+            places.extend(
+                rules
+                    .placements()
+                    .into_iter()
+                    .map(|at| format!("{at}: {}", rules.placed_at(Some(at)).rules.len())),
+            );
             println!("policy {source}: rules per node: {}", places.join(", "));
         }
         return Ok(ExitCode::SUCCESS);
@@ -207,10 +263,19 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
     let parts = http::ApiParts::new(&topo, token);
     let drivers = policy_drivers(&args, &topo, &nodes, parts.metrics.clone())?;
     let parts = match &drivers.vo {
-        Some(d) => parts.with_policy(Arc::new(PolicySet::new(d.clone(), drivers.hos.clone()))).with_remote(RemoteDrivers::new(drivers.remote.clone())),
+        Some(d) => parts
+            .with_policy(Arc::new(PolicySet::new(d.clone(), drivers.hos.clone())))
+            .with_remote(RemoteDrivers::new(drivers.remote.clone())),
         None => parts,
     };
-    let driver_of = |name: &str| drivers.vo.iter().filter(|_| name == topo.vo().name).chain(drivers.hos.iter().filter(|d| d.at() == Some(name))).next();
+    let driver_of = |name: &str| {
+        drivers
+            .vo
+            .iter()
+            .filter(|_| name == topo.vo().name)
+            .chain(drivers.hos.iter().filter(|d| d.at() == Some(name)))
+            .next()
+    };
     let rt = runtime()?;
     let exits = rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -221,7 +286,12 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
         // Bound before the nodes start, so a port conflict fails the start rather than
         // leaving a tree without its API.
         let mut listener = match http {
-            Some(addr) => Some((tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the HTTP API to {addr} (--http)"))?, addr)),
+            Some(addr) => Some((
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the HTTP API to {addr} (--http)"))?,
+                addr,
+            )),
             None => None,
         };
         let serve_api = listener.is_some();
@@ -248,7 +318,9 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             if def.role != Role::Vo {
                 return;
             }
-            let Some((l, addr)) = listener.take() else { return };
+            let Some((l, addr)) = listener.take() else {
+                return;
+            };
             let state = parts.state(handle);
             let mut stop = stop_rx.clone();
             tracing::info!(%addr, mutations = state.token.is_some(), "HTTP API listening");
@@ -261,7 +333,8 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             }));
         };
-        let exits = launch::run_nodes_with_handles(&topo, &nodes, security, hooks, on_ready, signal).await;
+        let exits =
+            launch::run_nodes_with_handles(&topo, &nodes, security, hooks, on_ready, signal).await;
         if let Some(s) = server {
             // The nodes are gone (signal or destroy): the API has nothing left to serve.
             s.abort();
@@ -277,7 +350,9 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let topo = args.cfg.load()?;
     let via = match &args.via {
-        Some(v) => topo.node(v).with_context(|| format!("{}: no node named {v:?}", topo.source))?,
+        Some(v) => topo
+            .node(v)
+            .with_context(|| format!("{}: no node named {v:?}", topo.source))?,
         None => topo.vo(),
     };
     let addr = topo.listen_addr(via);
@@ -285,7 +360,14 @@ fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let result = rt.block_on(async {
         let timeout = Duration::from_secs(args.timeout);
-        let mut client = Client::connect(addr, &security, "vespa-orchestrator-call", Some(&via.name), timeout).await?;
+        let mut client = Client::connect(
+            addr,
+            &security,
+            "vespa-orchestrator-call",
+            Some(&via.name),
+            timeout,
+        )
+        .await?;
         let reply = if args.target == via.name {
             let a: Vec<&str> = args.args.iter().map(String::as_str).collect();
             client.call(&args.verb, &a).await?
@@ -308,4 +390,3 @@ fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
         }
     }
 }
-

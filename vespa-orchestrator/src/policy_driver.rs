@@ -37,7 +37,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use vespa_node::{AgentKind, AlertHandler, NodeHandle, Role, Topology};
-use vespa_policy::{step, Action, Effect, Input, Key, KeyKind, Mac, Rules, State, Target, DEFAULT_RULES};
+use vespa_policy::{
+    step, Action, Effect, Input, Key, KeyKind, Mac, Rules, State, Target, DEFAULT_RULES,
+};
 use vespa_proto::{Alert, AlertBody};
 
 use crate::http::{ActiveAction, Metrics, PolicyControl, PolicyError};
@@ -47,8 +49,8 @@ mod remote;
 mod set;
 
 pub use remote::{HoPolicyVerbs, RemoteDrivers};
-pub use set::PolicySet;
 pub(crate) use set::merge_releases;
+pub use set::PolicySet;
 
 /// How often time is fed to the policy (releases, verification deadlines, TTLs).
 pub const TICK: Duration = Duration::from_millis(250);
@@ -69,7 +71,9 @@ const MANUAL_ID_BASE: u64 = 1 << 63;
 
 /// Wall-clock nanoseconds since the Unix epoch.
 fn unix_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,9 +122,15 @@ pub fn to_policy_body(body: &AlertBody) -> vespa_policy::AlertBody {
 /// The policy input a sensor-health alert stands for.
 pub fn health_input(origin: &str, body: &AlertBody) -> Option<Input> {
     match body {
-        AlertBody::SensorHealth { events_lost, map_update_failures, maps_full } => {
-            Some(Input::Health { origin: origin.to_string(), events_lost: *events_lost, map_full: map_update_failures + maps_full })
-        }
+        AlertBody::SensorHealth {
+            events_lost,
+            map_update_failures,
+            maps_full,
+        } => Some(Input::Health {
+            origin: origin.to_string(),
+            events_lost: *events_lost,
+            map_full: map_update_failures + maps_full,
+        }),
         _ => None,
     }
 }
@@ -136,15 +146,36 @@ fn target_arg(t: &Target) -> String {
 /// records, which are never sent anywhere.
 pub fn to_call(action: &Action) -> Option<(String, &'static str, Vec<String>)> {
     Some(match action {
-        Action::Block { target, ttl_ns, via, .. } => {
-            let ttl = if *ttl_ns == 0 { "none".to_string() } else { ttl_ns.div_ceil(vespa_policy::SECOND).to_string() };
+        Action::Block {
+            target,
+            ttl_ns,
+            via,
+            ..
+        } => {
+            let ttl = if *ttl_ns == 0 {
+                "none".to_string()
+            } else {
+                ttl_ns.div_ceil(vespa_policy::SECOND).to_string()
+            };
             (via.clone(), "block_hackers", vec![target_arg(target), ttl])
         }
-        Action::Release { target, via, .. } => (via.clone(), "release_hackers", vec![target_arg(target)]),
+        Action::Release { target, via, .. } => {
+            (via.clone(), "release_hackers", vec![target_arg(target)])
+        }
         Action::CutLink { vm, via, .. } => (via.clone(), "cut_link", vec![vm.clone()]),
         Action::ConnectLink { vm, via, .. } => (via.clone(), "connect_link", vec![vm.clone()]),
-        Action::Migrate { vm, to, via, .. } => (via.clone(), "migrate", vec![vm.clone(), to.clone()]),
-        Action::AvIsolate { av_agent, hypervisor_agent, .. } => (av_agent.clone(), "isolate_warning", vec![hypervisor_agent.clone()]),
+        Action::Migrate { vm, to, via, .. } => {
+            (via.clone(), "migrate", vec![vm.clone(), to.clone()])
+        }
+        Action::AvIsolate {
+            av_agent,
+            hypervisor_agent,
+            ..
+        } => (
+            av_agent.clone(),
+            "isolate_warning",
+            vec![hypervisor_agent.clone()],
+        ),
         Action::AvConnect { av_agent, .. } => (av_agent.clone(), "connect_warning", Vec::new()),
         Action::Alert { .. } | Action::DryRun(_) => return None,
     })
@@ -156,12 +187,26 @@ pub fn to_call(action: &Action) -> Option<(String, &'static str, Vec<String>)> {
 fn resolve_actuators(rules: &mut Rules, topo: Option<&Topology>) {
     let Some(topo) = topo else { return };
     let unique = |want: &dyn Fn(AgentKind) -> bool| {
-        let found: Vec<&str> = topo.nodes.iter().filter(|n| matches!(n.role, Role::Agent(k) if want(k))).map(|n| n.name.as_str()).collect();
+        let found: Vec<&str> = topo
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.role, Role::Agent(k) if want(k)))
+            .map(|n| n.name.as_str())
+            .collect();
         (found.len() == 1).then(|| found[0].to_string())
     };
     let a = &mut rules.actuators;
-    let sdn = |k| matches!(k, AgentKind::ControllerFloodlight | AgentKind::ControllerPox | AgentKind::ControllerOsken);
-    for (slot, want) in [(&mut a.sdn, &sdn as &dyn Fn(AgentKind) -> bool), (&mut a.libvirt, &|k| k == AgentKind::Libvirt), (&mut a.av, &|k| k == AgentKind::Av)] {
+    let sdn = |k| {
+        matches!(
+            k,
+            AgentKind::ControllerFloodlight | AgentKind::ControllerPox | AgentKind::ControllerOsken
+        )
+    };
+    for (slot, want) in [
+        (&mut a.sdn, &sdn as &dyn Fn(AgentKind) -> bool),
+        (&mut a.libvirt, &|k| k == AgentKind::Libvirt),
+        (&mut a.av, &|k| k == AgentKind::Av),
+    ] {
         if topo.node(slot).is_none() {
             if let Some(name) = unique(want) {
                 tracing::info!(configured = %slot, using = %name, "policy actuator not in the topology: using its only agent of that kind");
@@ -190,20 +235,32 @@ fn effect_of(action: &Action) -> Option<Effect> {
         Action::Block { target, .. } | Action::Release { target, .. } => Effect::Blocked(*target),
         Action::CutLink { vm, .. } | Action::ConnectLink { vm, .. } => Effect::LinkCut(vm.clone()),
         Action::Migrate { vm, .. } => Effect::Quarantined(vm.clone()),
-        Action::AvIsolate { vm, av_agent, .. } | Action::AvConnect { vm, av_agent, .. } => Effect::AvIsolated(vm.clone(), av_agent.clone()),
+        Action::AvIsolate { vm, av_agent, .. } | Action::AvConnect { vm, av_agent, .. } => {
+            Effect::AvIsolated(vm.clone(), av_agent.clone())
+        }
         Action::Alert { .. } | Action::DryRun(_) => return None,
     })
 }
 
 /// The alerts an HO's rules can use: counters. Infections and sensor health are the VO's.
 fn is_counter(body: &AlertBody) -> bool {
-    matches!(body, AlertBody::ConnThreshold { .. } | AlertBody::SynThreshold { .. } | AlertBody::Bandwidth { .. } | AlertBody::Connections { .. })
+    matches!(
+        body,
+        AlertBody::ConnThreshold { .. }
+            | AlertBody::SynThreshold { .. }
+            | AlertBody::Bandwidth { .. }
+            | AlertBody::Connections { .. }
+    )
 }
 
 /// Parses the operator's key: an address, a MAC, else a VM name.
 fn parse_key(s: &str) -> Key {
     let s = s.trim();
-    let s = s.strip_prefix("ip ").or_else(|| s.strip_prefix("remote ")).unwrap_or(s).trim();
+    let s = s
+        .strip_prefix("ip ")
+        .or_else(|| s.strip_prefix("remote "))
+        .unwrap_or(s)
+        .trim();
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Key::Remote(ip);
     }
@@ -216,7 +273,10 @@ fn parse_key(s: &str) -> Key {
 
 fn parse_target(s: &str) -> Option<Target> {
     let s = s.trim();
-    s.parse::<IpAddr>().map(Target::Ip).ok().or_else(|| s.parse::<Mac>().map(Target::Mac).ok())
+    s.parse::<IpAddr>()
+        .map(Target::Ip)
+        .ok()
+        .or_else(|| s.parse::<Mac>().map(Target::Mac).ok())
 }
 
 /// What the driver task is asked to do.
@@ -226,7 +286,11 @@ enum Event {
     /// Actions to execute (from an API mutation), with when they were decided.
     Run(Vec<Action>),
     /// An actuator's reply to a policy action.
-    Result { id: u64, ok: bool, error: Option<String> },
+    Result {
+        id: u64,
+        ok: bool,
+        error: Option<String>,
+    },
 }
 
 /// A manual block (API `block`), outside the policy's state.
@@ -285,18 +349,44 @@ impl PolicyDriver {
     /// when `dry_run`. `topology` lets actuator names missing from it fall back to its only
     /// agent of the matching kind, and checks every rule's `at` against it; `metrics`
     /// receives the actuator acknowledgement times; `policy_file` is what SIGHUP re-reads.
-    pub fn new(rules_text: &str, dry_run: bool, topology: Option<&Topology>, metrics: Option<Arc<Metrics>>, policy_file: Option<PathBuf>) -> Result<PolicyDriver, PolicyError> {
+    pub fn new(
+        rules_text: &str,
+        dry_run: bool,
+        topology: Option<&Topology>,
+        metrics: Option<Arc<Metrics>>,
+        policy_file: Option<PathBuf>,
+    ) -> Result<PolicyDriver, PolicyError> {
         Self::build(None, rules_text, dry_run, topology, metrics, policy_file)
     }
 
     /// The driver of horizontal orchestrator `at` (the fast path): the rules of `rules_text`
     /// placed there. Start it on that HO's node; it serves no API of its own ([`PolicySet`]
     /// puts it behind the VO's when one process hosts both).
-    pub fn new_at(at: &str, rules_text: &str, dry_run: bool, topology: &Topology, policy_file: Option<PathBuf>) -> Result<PolicyDriver, PolicyError> {
-        Self::build(Some(at.to_string()), rules_text, dry_run, Some(topology), None, policy_file)
+    pub fn new_at(
+        at: &str,
+        rules_text: &str,
+        dry_run: bool,
+        topology: &Topology,
+        policy_file: Option<PathBuf>,
+    ) -> Result<PolicyDriver, PolicyError> {
+        Self::build(
+            Some(at.to_string()),
+            rules_text,
+            dry_run,
+            Some(topology),
+            None,
+            policy_file,
+        )
     }
 
-    fn build(at: Option<String>, rules_text: &str, dry_run: bool, topology: Option<&Topology>, metrics: Option<Arc<Metrics>>, policy_file: Option<PathBuf>) -> Result<PolicyDriver, PolicyError> {
+    fn build(
+        at: Option<String>,
+        rules_text: &str,
+        dry_run: bool,
+        topology: Option<&Topology>,
+        metrics: Option<Arc<Metrics>>,
+        policy_file: Option<PathBuf>,
+    ) -> Result<PolicyDriver, PolicyError> {
         let topology = topology.map(|t| Arc::new(t.clone()));
         let rules = load_rules(rules_text, topology.as_deref())?.placed_at(at.as_deref());
         let mut state = State::new(rules);
@@ -336,8 +426,13 @@ impl PolicyDriver {
     }
 
     fn rules_changed(&self, rules: &Rules) {
-        self.inner.has_rules.store(!rules.rules.is_empty(), Ordering::Relaxed);
-        self.inner.wants_macs.store(rules.rules.iter().any(|r| r.key == KeyKind::Remote), Ordering::Relaxed);
+        self.inner
+            .has_rules
+            .store(!rules.rules.is_empty(), Ordering::Relaxed);
+        self.inner.wants_macs.store(
+            rules.rules.iter().any(|r| r.key == KeyKind::Remote),
+            Ordering::Relaxed,
+        );
     }
 
     /// The HO whose fast-path rules this driver runs (`None`: the VO's driver).
@@ -347,14 +442,21 @@ impl PolicyDriver {
 
     /// The names of the rules this driver runs.
     pub fn rule_names(&self) -> Vec<String> {
-        self.core().state.rules().rules.iter().map(|r| r.name.clone()).collect()
+        self.core()
+            .state
+            .rules()
+            .rules
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
     }
 
     /// Reads the rules from `path`, or the embedded defaults when `None`.
     pub fn load_rules_text(path: Option<&Path>) -> anyhow::Result<String> {
         match path {
             None => Ok(DEFAULT_RULES.to_string()),
-            Some(p) => std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading the policy {}: {e}", p.display())),
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("reading the policy {}: {e}", p.display())),
         }
     }
 
@@ -393,7 +495,11 @@ impl PolicyDriver {
 
     /// The driver's node: the HO it runs at, else the VO once started (`VO` before).
     fn node_name(&self) -> &str {
-        self.inner.at.as_deref().or_else(|| self.inner.node.get().map(NodeHandle::name)).unwrap_or("VO")
+        self.inner
+            .at
+            .as_deref()
+            .or_else(|| self.inner.node.get().map(NodeHandle::name))
+            .unwrap_or("VO")
     }
 
     /// Starts the driver task on its node, the VO or the HO it runs at (once; later calls do
@@ -405,7 +511,9 @@ impl PolicyDriver {
         if self.inner.node.set(node.clone()).is_err() {
             return;
         }
-        let Some(rx) = lock(&self.inner.rx).take() else { return };
+        let Some(rx) = lock(&self.inner.rx).take() else {
+            return;
+        };
         let me = self.clone();
         tokio::spawn(async move { me.run(rx, node).await });
         if let Some(path) = self.inner.policy_file.clone() {
@@ -415,17 +523,24 @@ impl PolicyDriver {
     }
 
     async fn reload_on_sighup(self, path: PathBuf) {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
             tracing::warn!("cannot listen for SIGHUP: the policy reloads through the API only");
             return;
         };
         while hup.recv().await.is_some() {
             match std::fs::read_to_string(&path) {
                 Ok(text) => match self.reload(&text) {
-                    Ok(()) => tracing::info!(node = %self.node_name(), path = %path.display(), "SIGHUP: policy reloaded"),
-                    Err(e) => tracing::error!(node = %self.node_name(), path = %path.display(), error = %e, "SIGHUP: policy not reloaded, the old rules stay"),
+                    Ok(()) => {
+                        tracing::info!(node = %self.node_name(), path = %path.display(), "SIGHUP: policy reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(node = %self.node_name(), path = %path.display(), error = %e, "SIGHUP: policy not reloaded, the old rules stay")
+                    }
                 },
-                Err(e) => tracing::error!(node = %self.node_name(), path = %path.display(), error = %e, "SIGHUP: cannot read the policy, the old rules stay"),
+                Err(e) => {
+                    tracing::error!(node = %self.node_name(), path = %path.display(), error = %e, "SIGHUP: cannot read the policy, the old rules stay")
+                }
             }
         }
     }
@@ -467,7 +582,12 @@ impl PolicyDriver {
 
     /// For connection alerts, asks the origin agent once per new remote for its MAC, so the
     /// policy blocks the MAC (it survives an address change) rather than the address.
-    async fn learn_neighbours(&self, node: &NodeHandle, alert: &Alert, asked: &mut HashSet<(String, IpAddr)>) {
+    async fn learn_neighbours(
+        &self,
+        node: &NodeHandle,
+        alert: &Alert,
+        asked: &mut HashSet<(String, IpAddr)>,
+    ) {
         if !self.inner.wants_macs.load(Ordering::Relaxed) {
             return; // no rule would use it (all of them run elsewhere, say): nobody asked
         }
@@ -476,9 +596,16 @@ impl PolicyDriver {
             AlertBody::Connections { per_remote } => {
                 // The busiest new remotes first, a few per table: a host's first table can
                 // list thousands, and each question delays the alerts behind it.
-                let mut fresh: Vec<&(IpAddr, u64)> = per_remote.iter().filter(|(ip, _)| !asked.contains(&(alert.origin.clone(), *ip))).collect();
+                let mut fresh: Vec<&(IpAddr, u64)> = per_remote
+                    .iter()
+                    .filter(|(ip, _)| !asked.contains(&(alert.origin.clone(), *ip)))
+                    .collect();
                 fresh.sort_by_key(|r| std::cmp::Reverse(r.1));
-                fresh.into_iter().take(MAX_ASK_PER_TABLE).map(|(ip, _)| *ip).collect()
+                fresh
+                    .into_iter()
+                    .take(MAX_ASK_PER_TABLE)
+                    .map(|(ip, _)| *ip)
+                    .collect()
             }
             _ => return,
         };
@@ -497,7 +624,9 @@ impl PolicyDriver {
                         tracing::debug!(%ip, %mac, origin = %alert.origin, "neighbour learnt");
                         self.step(Input::Neighbour { ip, mac, vm: None });
                     }
-                    Err(_) => tracing::debug!(%ip, origin = %alert.origin, "neighbour MAC unknown: blocks go by address"),
+                    Err(_) => {
+                        tracing::debug!(%ip, origin = %alert.origin, "neighbour MAC unknown: blocks go by address")
+                    }
                 },
                 // A failing or slow agent is not asked again for this alert: each question
                 // delays the policy, ticks included.
@@ -533,11 +662,14 @@ impl PolicyDriver {
             core.since.entry(e.clone()).or_insert(now_s);
         }
         if rules_behind {
-            let (held, gone) = std::mem::take(&mut core.held_by).into_iter().partition(|(e, _)| effects.contains(e));
+            let (held, gone) = std::mem::take(&mut core.held_by)
+                .into_iter()
+                .partition(|(e, _)| effects.contains(e));
             (core.held_by, core.released) = (held, gone);
             for e in &effects {
                 if !core.held_by.contains_key(e) {
-                    core.held_by.insert(e.clone(), core.state.holders(e).join(", "));
+                    core.held_by
+                        .insert(e.clone(), core.state.holders(e).join(", "));
                 }
             }
         }
@@ -556,10 +688,17 @@ impl PolicyDriver {
         let (agent, verb, args) = to_call(action)?;
         let rules = effect_of(action).and_then(|e| {
             let core = self.core();
-            core.held_by.get(&e).or_else(|| core.released.get(&e)).filter(|r| !r.is_empty()).cloned()
+            core.held_by
+                .get(&e)
+                .or_else(|| core.released.get(&e))
+                .filter(|r| !r.is_empty())
+                .cloned()
         });
         let why = rules.map(|r| format!(" (rule {r})")).unwrap_or_default();
-        Some(format!("fast path at {at}: {verb} {} on {agent}{why}", args.join(" ")))
+        Some(format!(
+            "fast path at {at}: {verb} {} on {agent}{why}",
+            args.join(" ")
+        ))
     }
 
     /// Carries out `actions` in order: actuator calls are sent at once (each on its own task,
@@ -588,13 +727,23 @@ impl PolicyDriver {
                 _ => {}
             }
             let Some(id) = action.id() else { continue };
-            let Some((via, verb, args)) = to_call(&action) else { continue };
+            let Some((via, verb, args)) = to_call(&action) else {
+                continue;
+            };
             let sent_ns = unix_ns();
             let timing = match &action {
                 Action::Block { target, .. } => {
                     let (raised, seen) = cause.map_or((0, 0), |(_, r, u)| (r, u));
                     tracing::info!(node = here, id, target = %target_arg(target), %via, alert_raised_ns = raised, alert_seen_ns = seen, sent_ns, "policy block sent");
-                    let t = BlockTiming { id, target: target_arg(target), alert_raised_ns: raised, alert_seen_ns: seen, sent_ns, acked_ns: 0, ok: false };
+                    let t = BlockTiming {
+                        id,
+                        target: target_arg(target),
+                        alert_raised_ns: raised,
+                        alert_seen_ns: seen,
+                        sent_ns,
+                        acked_ns: 0,
+                        ok: false,
+                    };
                     let mut ts = lock(&self.inner.timings);
                     if ts.len() == MAX_TIMINGS {
                         ts.pop_front();
@@ -607,7 +756,11 @@ impl PolicyDriver {
                     false
                 }
             };
-            let note = self.inner.at.as_deref().and_then(|at| self.fast_path_note(at, &action));
+            let note = self
+                .inner
+                .at
+                .as_deref()
+                .and_then(|at| self.fast_path_note(at, &action));
             let start = cause.map_or(decided, |(seen, _, _)| seen);
             let me = self.clone();
             let handle = node.clone();
@@ -622,7 +775,9 @@ impl PolicyDriver {
                 };
                 let reply = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
                     Ok(r) => r,
-                    Err(_) => Err(format!("{via} did not answer {verb} within {CALL_TIMEOUT:?}")),
+                    Err(_) => Err(format!(
+                        "{via} did not answer {verb} within {CALL_TIMEOUT:?}"
+                    )),
                 };
                 if let Some(m) = &me.inner.metrics {
                     m.observe_actuator_ack(start.elapsed().as_secs_f64());
@@ -636,15 +791,25 @@ impl PolicyDriver {
                     }
                 }
                 match &reply {
-                    Ok(text) => tracing::info!(node = here, id, %via, verb, sent_ns, acked_ns, reply = %text.trim(), "policy action done"),
-                    Err(e) => tracing::warn!(node = here, id, %via, verb, sent_ns, acked_ns, error = %e, "policy action failed"),
+                    Ok(text) => {
+                        tracing::info!(node = here, id, %via, verb, sent_ns, acked_ns, reply = %text.trim(), "policy action done")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = here, id, %via, verb, sent_ns, acked_ns, error = %e, "policy action failed")
+                    }
                 }
                 if id < MANUAL_ID_BASE {
                     let (ok, error) = match reply {
                         Ok(_) => (true, None),
                         Err(e) => (false, Some(e)),
                     };
-                    if me.inner.tx.send(Event::Result { id, ok, error }).await.is_err() {
+                    if me
+                        .inner
+                        .tx
+                        .send(Event::Result { id, ok, error })
+                        .await
+                        .is_err()
+                    {
                         tracing::debug!(id, "policy driver gone: result dropped");
                     }
                 }
@@ -662,9 +827,14 @@ impl PolicyDriver {
             return Ok(());
         }
         if self.inner.node.get().is_none() {
-            return Err(PolicyError::Unavailable(format!("{} is not running yet", self.node_name())));
+            return Err(PolicyError::Unavailable(format!(
+                "{} is not running yet",
+                self.node_name()
+            )));
         }
-        self.inner.tx.try_send(Event::Run(actions)).map_err(|_| PolicyError::Unavailable("the policy driver is busy or stopped; try again".into()))
+        self.inner.tx.try_send(Event::Run(actions)).map_err(|_| {
+            PolicyError::Unavailable("the policy driver is busy or stopped; try again".into())
+        })
     }
 
     /// The timelines of the last block requests (oldest first).
@@ -693,8 +863,12 @@ impl PolicyControl for PolicyDriver {
                 let (key, action, target, actuator) = match e {
                     Effect::Blocked(t) => (target_arg(t), "block", target_arg(t), a.sdn.clone()),
                     Effect::LinkCut(vm) => (vm.clone(), "cut_link", vm.clone(), a.libvirt.clone()),
-                    Effect::Quarantined(vm) => (vm.clone(), "migrate", vm.clone(), a.libvirt.clone()),
-                    Effect::AvIsolated(vm, av) => (vm.clone(), "av_isolate", vm.clone(), av.clone()),
+                    Effect::Quarantined(vm) => {
+                        (vm.clone(), "migrate", vm.clone(), a.libvirt.clone())
+                    }
+                    Effect::AvIsolated(vm, av) => {
+                        (vm.clone(), "av_isolate", vm.clone(), av.clone())
+                    }
                 };
                 ActiveAction {
                     key,
@@ -702,14 +876,24 @@ impl PolicyControl for PolicyDriver {
                     target,
                     actuator,
                     since_unix_s: core.since.get(e).copied().unwrap_or(now_unix_s),
-                    expires_unix_s: expires.map(|x| now_unix_s + x.saturating_sub(now_mono).div_ceil(1_000_000_000)),
+                    expires_unix_s: expires
+                        .map(|x| now_unix_s + x.saturating_sub(now_mono).div_ceil(1_000_000_000)),
                     dry_run: core.dry.contains(e),
                     at: self.inner.at.clone(),
                 }
             })
             .collect();
         for (t, m) in &core.manual {
-            out.push(ActiveAction { key: target_arg(t), action: "block".into(), target: target_arg(t), actuator: m.via.clone(), since_unix_s: m.since_unix_s, expires_unix_s: Some(m.expires_unix_s), dry_run: m.dry_run, at: None });
+            out.push(ActiveAction {
+                key: target_arg(t),
+                action: "block".into(),
+                target: target_arg(t),
+                actuator: m.via.clone(),
+                since_unix_s: m.since_unix_s,
+                expires_unix_s: Some(m.expires_unix_s),
+                dry_run: m.dry_run,
+                at: None,
+            });
         }
         out.sort_by_key(|x| x.since_unix_s);
         out
@@ -751,11 +935,18 @@ impl PolicyControl for PolicyDriver {
             None => None,
         };
         let mut actions = self.step(Input::ManualRelease { key: k.clone() });
-        let mut done: Vec<String> = actions.iter().filter_map(|a| to_call(a).map(|(n, v, args)| format!("{n} {v} {}", args.join(" ")))).collect();
+        let mut done: Vec<String> = actions
+            .iter()
+            .filter_map(|a| to_call(a).map(|(n, v, args)| format!("{n} {v} {}", args.join(" "))))
+            .collect();
         if let Some((t, m)) = manual {
             if !m.dry_run {
                 let id = self.inner.next_manual.fetch_add(1, Ordering::Relaxed);
-                let r = Action::Release { id, target: t, via: m.via.clone() };
+                let r = Action::Release {
+                    id,
+                    target: t,
+                    via: m.via.clone(),
+                };
                 done.push(format!("{} release_hackers {}", m.via, target_arg(&t)));
                 actions.push(r);
             } else {
@@ -763,21 +954,33 @@ impl PolicyControl for PolicyDriver {
             }
         }
         if done.is_empty() && !actions.iter().any(|a| matches!(a, Action::DryRun(_))) {
-            return Err(PolicyError::NotFound(format!("nothing is held against {k}")));
+            return Err(PolicyError::NotFound(format!(
+                "nothing is held against {k}"
+            )));
         }
         let n = actions.len();
         self.run_later(actions)?;
-        Ok(if done.is_empty() { format!("{n} dry-run record(s) released for {k}") } else { done.join("; ") })
+        Ok(if done.is_empty() {
+            format!("{n} dry-run record(s) released for {k}")
+        } else {
+            done.join("; ")
+        })
     }
 
     fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
-        let t = parse_target(target).ok_or_else(|| PolicyError::Invalid(format!("{target:?} is neither an IP nor a MAC address")))?;
+        let t = parse_target(target).ok_or_else(|| {
+            PolicyError::Invalid(format!("{target:?} is neither an IP nor a MAC address"))
+        })?;
         if ttl_s == 0 || ttl_s > 30 * 86_400 {
-            return Err(PolicyError::Invalid(format!("ttl_s {ttl_s} out of range (1 s to 30 days)")));
+            return Err(PolicyError::Invalid(format!(
+                "ttl_s {ttl_s} out of range (1 s to 30 days)"
+            )));
         }
         if let Target::Mac(m) = t {
             if self.core().state.rules().own_macs.contains(&m) {
-                return Err(PolicyError::Invalid(format!("{m} is one of the VO side's own MACs (own_macs): never blocked")));
+                return Err(PolicyError::Invalid(format!(
+                    "{m} is one of the VO side's own MACs (own_macs): never blocked"
+                )));
             }
         }
         let (via, dry) = {
@@ -785,11 +988,19 @@ impl PolicyControl for PolicyDriver {
             (c.state.rules().actuators.sdn.clone(), c.state.is_dry_run())
         };
         if self.inner.node.get().is_none() {
-            return Err(PolicyError::Unavailable(format!("{} is not running yet", self.node_name())));
+            return Err(PolicyError::Unavailable(format!(
+                "{} is not running yet",
+                self.node_name()
+            )));
         }
         let id = self.inner.next_manual.fetch_add(1, Ordering::Relaxed);
         let now_s = unix_ns() / 1_000_000_000;
-        let action = Action::Block { id, target: t, ttl_ns: ttl_s * vespa_policy::SECOND, via: via.clone() };
+        let action = Action::Block {
+            id,
+            target: t,
+            ttl_ns: ttl_s * vespa_policy::SECOND,
+            via: via.clone(),
+        };
         if dry {
             tracing::info!(action = ?action, "policy (dry-run): manual block recorded, not sent");
         } else {
@@ -797,7 +1008,15 @@ impl PolicyControl for PolicyDriver {
         }
         let mut core = self.core();
         core.manual.retain(|_, m| m.expires_unix_s > now_s);
-        core.manual.insert(t, Manual { via, since_unix_s: now_s, expires_unix_s: now_s + ttl_s, dry_run: dry });
+        core.manual.insert(
+            t,
+            Manual {
+                via,
+                since_unix_s: now_s,
+                expires_unix_s: now_s + ttl_s,
+                dry_run: dry,
+            },
+        );
         Ok(target_arg(&t))
     }
 }

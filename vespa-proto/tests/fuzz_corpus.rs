@@ -157,7 +157,17 @@ fn committed_fuzz_seeds_are_current() {
             std::fs::create_dir_all(path.parent().expect("dir")).expect("create corpus dir");
             std::fs::write(&path, &bytes).expect("write seed");
         }
-        let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (VESPA_WRITE_FUZZ_SEEDS=1 writes it)", path.display()));
-        assert_eq!(committed, bytes, "{} is stale: rerun with VESPA_WRITE_FUZZ_SEEDS=1", path.display());
+        let committed = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (VESPA_WRITE_FUZZ_SEEDS=1 writes it)",
+                path.display()
+            )
+        });
+        assert_eq!(
+            committed,
+            bytes,
+            "{} is stale: rerun with VESPA_WRITE_FUZZ_SEEDS=1",
+            path.display()
+        );
     }
 }

@@ -41,14 +41,20 @@ fn alert_body() -> impl Strategy<Value = AlertBody> {
                 threshold
             }
         ),
-        (text(), any::<u64>(), any::<u64>(), proptest::option::of(text())).prop_map(|(iface, rx_bytes, tx_bytes, vm)| {
-            AlertBody::Bandwidth {
-                iface,
-                rx_bytes,
-                tx_bytes,
-                vm,
-            }
-        }),
+        (
+            text(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(text())
+        )
+            .prop_map(|(iface, rx_bytes, tx_bytes, vm)| {
+                AlertBody::Bandwidth {
+                    iface,
+                    rx_bytes,
+                    tx_bytes,
+                    vm,
+                }
+            }),
         prop::collection::vec((any::<IpAddr>(), any::<u64>()), 0..8)
             .prop_map(|per_remote| AlertBody::Connections { per_remote }),
         (text(), text(), text()).prop_map(|(vm, file, signature)| AlertBody::Infected {

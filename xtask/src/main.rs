@@ -94,7 +94,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Run { listen, agent_args } => {
             setup::ensure()?;
-            cargo(&root, &["build", "--release", "-p", "vespa-agent", "-p", "vespa-orchestrator"])?;
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "vespa-agent",
+                    "-p",
+                    "vespa-orchestrator",
+                ],
+            )?;
             run_tree(&root, &listen, &agent_args)
         }
         Cmd::Test { fuzz_seconds, args } => {
@@ -102,19 +112,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let require = setup::is_root() || std::env::var_os("CI").is_some();
             step(&format!(
                 "running the test suite{}",
-                if require { " (VESPA_REQUIRE_EBPF=1: tests needing root/eBPF fail instead of skipping)" } else { " (not root: privileged tests skip)" }
+                if require {
+                    " (VESPA_REQUIRE_EBPF=1: tests needing root/eBPF fail instead of skipping)"
+                } else {
+                    " (not root: privileged tests skip)"
+                }
             ));
             // The end-to-end tests run the workspace's binaries, which `cargo test` only
             // builds for their own package's tests.
             cargo(&root, &["build", "--workspace", "--bins"])?;
             let mut cmd = Command::new(cargo_bin());
-            cmd.current_dir(&root).args(["test", "--workspace", "--no-fail-fast"]).args(&args);
+            cmd.current_dir(&root)
+                .args(["test", "--workspace", "--no-fail-fast"])
+                .args(&args);
             if require {
                 cmd.env("VESPA_REQUIRE_EBPF", "1");
             }
             let (tests, digest) = run_tests(cmd)?;
             // Fuzz even when a test failed: both results are worth having from one CI run.
-            let fuzz = if fuzz_seconds > 0 { fuzz(&root, fuzz_seconds) } else { Ok(()) };
+            let fuzz = if fuzz_seconds > 0 {
+                fuzz(&root, fuzz_seconds)
+            } else {
+                Ok(())
+            };
             // Last, so the end of a long log says which tests failed and why.
             if let Some(digest) = digest.render() {
                 eprint!("{digest}");
@@ -125,7 +145,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Demo { args } => demo(&root, &args),
         Cmd::Bench { quick, only } => {
             setup::ensure()?;
-            cargo(&root, &["build", "--release", "-p", "vespa-agent", "-p", "vespa-orchestrator", "-p", "vespa-tests"])?;
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "vespa-agent",
+                    "-p",
+                    "vespa-orchestrator",
+                    "-p",
+                    "vespa-tests",
+                ],
+            )?;
             // One binary per area; each prints its ratios and writes target/bench/<area>.json.
             let areas: [(&str, &str, &[&str]); 5] = [
                 ("sensors", "vespa-bench", &[]),
@@ -136,7 +168,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ("loop-fastpath", "vespa-bench-loop", &["--fast-path"]),
             ];
             for (area, bin, extra) in areas {
-                if only.as_deref().is_some_and(|o| !area.contains(o) && bin != "vespa-bench") {
+                if only
+                    .as_deref()
+                    .is_some_and(|o| !area.contains(o) && bin != "vespa-bench")
+                {
                     continue;
                 }
                 let path = target_dir(&root).join("release").join(bin);
@@ -169,7 +204,13 @@ fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<
     if !key.exists() {
         std::fs::create_dir_all(key.parent().expect("has a parent"))?;
         step(&format!("making a pre-shared key at {}", key.display()));
-        check(Command::new(bin.join("vespa-orchestrator")).arg("keygen").arg(&key).status()?, "vespa-orchestrator keygen")?;
+        check(
+            Command::new(bin.join("vespa-orchestrator"))
+                .arg("keygen")
+                .arg(&key)
+                .status()?,
+            "vespa-orchestrator keygen",
+        )?;
     }
     // The API's token for mutations (release, block, dry-run, reload): 32 random bytes as hex,
     // mode 0600 like the key.
@@ -179,12 +220,21 @@ fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<
         let mut raw = [0u8; 32];
         std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
         let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&token)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token)?;
         std::io::Write::write_all(&mut f, hex.as_bytes())?;
         step(&format!("made an API token at {}", token.display()));
     }
     step("the tree (embedded default topology):");
-    check(Command::new(bin.join("vespa-orchestrator")).args(["run", "--check-config"]).status()?, "vespa-orchestrator --check-config")?;
+    check(
+        Command::new(bin.join("vespa-orchestrator"))
+            .args(["run", "--check-config"])
+            .status()?,
+        "vespa-orchestrator --check-config",
+    )?;
     step("starting the VO and the HOs (vespa-orchestrator run)");
     let mut orch = Command::new(bin.join("vespa-orchestrator"))
         .arg("run")
@@ -195,11 +245,27 @@ fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<
         .arg(&token)
         .spawn()?;
     step(&format!("starting the agents (vespa-agent run): eBPF sensors on every interface, metrics at http://{listen}/metrics"));
-    let mut agent = Command::new(bin.join("vespa-agent")).args(agent_args).arg("run").arg("--key").arg(&key).args(["--metrics", listen]).spawn()?;
-    println!("       dashboard:   http://{HTTP}/   (API token for mutations: {})", token.display());
+    let mut agent = Command::new(bin.join("vespa-agent"))
+        .args(agent_args)
+        .arg("run")
+        .arg("--key")
+        .arg(&key)
+        .args(["--metrics", listen])
+        .spawn()?;
+    println!(
+        "       dashboard:   http://{HTTP}/   (API token for mutations: {})",
+        token.display()
+    );
     println!("       API:         http://{HTTP}/api/v1/topology, /api/v1/alerts, /metrics");
-    println!("       ask a node:  {} call --key {} Agent_Bandwidth interfaces", bin.join("vespa-orchestrator").display(), key.display());
-    println!("       live view:   {} top", bin.join("vespa-agent").display());
+    println!(
+        "       ask a node:  {} call --key {} Agent_Bandwidth interfaces",
+        bin.join("vespa-orchestrator").display(),
+        key.display()
+    );
+    println!(
+        "       live view:   {} top",
+        bin.join("vespa-agent").display()
+    );
     println!("       stop with Ctrl-C (kernel programs are detached on exit)");
     // Ctrl-C reaches both children (same process group); wait for both, and if one stops on
     // its own, stop the other too.
@@ -225,20 +291,46 @@ fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<
 /// process's place (so Ctrl-C reaches it alone, and it removes everything it made).
 fn demo(root: &Path, args: &[String]) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt as _;
-    let help = args.iter().any(|a| ["--help", "-h", "--version", "-V"].contains(&a.as_str()));
+    let help = args
+        .iter()
+        .any(|a| ["--help", "-h", "--version", "-V"].contains(&a.as_str()));
     if !help && !setup::is_root() {
         bail!("`cargo xtask demo` needs root: it creates network namespaces, an Open vSwitch bridge and processes inside them (run it as root, e.g. `sudo -E cargo xtask demo`)");
     }
     setup::ensure()?;
-    cargo(root, &["build", "--release", "-p", "vespa-agent", "-p", "vespa-orchestrator", "-p", "vespa-tests", "--bin", "vespa-agent", "--bin", "vespa-orchestrator", "--bin", "vespa-demo"])?;
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "vespa-agent",
+            "-p",
+            "vespa-orchestrator",
+            "-p",
+            "vespa-tests",
+            "--bin",
+            "vespa-agent",
+            "--bin",
+            "vespa-orchestrator",
+            "--bin",
+            "vespa-demo",
+        ],
+    )?;
     let bin = target_dir(root).join("release/vespa-demo");
-    step(&format!("running {} {}(Ctrl-C stops it and removes the lab)", bin.display(), args.iter().map(|a| format!("{a} ")).collect::<String>()));
+    step(&format!(
+        "running {} {}(Ctrl-C stops it and removes the lab)",
+        bin.display(),
+        args.iter().map(|a| format!("{a} ")).collect::<String>()
+    ));
     let err = Command::new(&bin).args(args).exec();
     Err(anyhow::Error::new(err).context(format!("starting {}", bin.display())))
 }
 
 fn interrupt(child: &std::process::Child) {
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
 }
 
 /// Runs every cargo-fuzz target for `secs` seconds from the committed seed corpus. New
@@ -253,7 +345,11 @@ fn fuzz(root: &Path, secs: u64) -> anyhow::Result<()> {
             .args(["run", "nightly", "cargo", "fuzz", "run", target])
             .arg(&scratch)
             .arg(root.join("fuzz/corpus").join(target))
-            .args(["--", &format!("-max_total_time={secs}"), "-print_final_stats=1"])
+            .args([
+                "--",
+                &format!("-max_total_time={secs}"),
+                "-print_final_stats=1",
+            ])
             .env("CARGO_TARGET_DIR", root.join("target/fuzz"))
             .status()?;
         check(status, &format!("fuzz target {target}"))?;
@@ -284,11 +380,16 @@ fn run_tests(mut cmd: Command) -> anyhow::Result<(std::process::ExitStatus, test
 }
 
 fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()).map_or_else(|| root.join("target"), |d| root.join(d))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| root.join("target"), |d| root.join(d))
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo_bin() -> String {
@@ -297,7 +398,13 @@ fn cargo_bin() -> String {
 
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     step(&format!("cargo {}", args.join(" ")));
-    check(Command::new(cargo_bin()).current_dir(root).args(args).status()?, "cargo")
+    check(
+        Command::new(cargo_bin())
+            .current_dir(root)
+            .args(args)
+            .status()?,
+        "cargo",
+    )
 }
 
 fn check(status: std::process::ExitStatus, what: &str) -> anyhow::Result<()> {

@@ -39,7 +39,11 @@ pub fn is_root() -> bool {
     // The effective uid (third field of Uid:), read without libc.
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -52,12 +56,42 @@ struct Step {
 
 fn steps() -> Vec<Step> {
     vec![
-        Step { name: "Debian packages", present: packages_present, install: install_packages, needs_root: true },
-        Step { name: "rust-src for the nightly toolchain", present: rust_src_present, install: install_rust_src, needs_root: false },
-        Step { name: "bpf-linker 0.13.0 (against nightly's LLVM)", present: bpf_linker_present, install: install_bpf_linker, needs_root: false },
-        Step { name: "tracefs at /sys/kernel/tracing", present: tracefs_present, install: mount_tracefs, needs_root: true },
-        Step { name: "cargo-fuzz 0.13 (decoder fuzzing in the test run)", present: cargo_fuzz_present, install: install_cargo_fuzz, needs_root: false },
-        Step { name: "os-ken 1.4.1 venv at /var/lib/vespa/osken-venv", present: osken_venv_present, install: install_osken_venv, needs_root: true },
+        Step {
+            name: "Debian packages",
+            present: packages_present,
+            install: install_packages,
+            needs_root: true,
+        },
+        Step {
+            name: "rust-src for the nightly toolchain",
+            present: rust_src_present,
+            install: install_rust_src,
+            needs_root: false,
+        },
+        Step {
+            name: "bpf-linker 0.13.0 (against nightly's LLVM)",
+            present: bpf_linker_present,
+            install: install_bpf_linker,
+            needs_root: false,
+        },
+        Step {
+            name: "tracefs at /sys/kernel/tracing",
+            present: tracefs_present,
+            install: mount_tracefs,
+            needs_root: true,
+        },
+        Step {
+            name: "cargo-fuzz 0.13 (decoder fuzzing in the test run)",
+            present: cargo_fuzz_present,
+            install: install_cargo_fuzz,
+            needs_root: false,
+        },
+        Step {
+            name: "os-ken 1.4.1 venv at /var/lib/vespa/osken-venv",
+            present: osken_venv_present,
+            install: install_osken_venv,
+            needs_root: true,
+        },
     ]
 }
 
@@ -76,7 +110,10 @@ pub fn run(check_only: bool) -> anyhow::Result<()> {
                 missing.push(s.name);
             }
             Ok(false) | Err(_) if s.needs_root && !root => {
-                println!("{n} {}: missing, and installing it needs root (run `sudo cargo xtask setup`)", s.name);
+                println!(
+                    "{n} {}: missing, and installing it needs root (run `sudo cargo xtask setup`)",
+                    s.name
+                );
                 missing.push(s.name);
             }
             Ok(false) | Err(_) => {
@@ -84,7 +121,11 @@ pub fn run(check_only: bool) -> anyhow::Result<()> {
                 let t = Instant::now();
                 (s.install)().with_context(|| format!("installing {}", s.name))?;
                 match (s.present)() {
-                    Ok(true) => println!("{n} {}: installed in {:.1}s", s.name, t.elapsed().as_secs_f64()),
+                    Ok(true) => println!(
+                        "{n} {}: installed in {:.1}s",
+                        s.name,
+                        t.elapsed().as_secs_f64()
+                    ),
                     Ok(false) => bail!("{} still missing after installing it", s.name),
                     Err(e) => bail!("{} still missing after installing it: {e}", s.name),
                 }
@@ -93,12 +134,18 @@ pub fn run(check_only: bool) -> anyhow::Result<()> {
     }
     kernel_report();
     if missing.is_empty() {
-        println!("setup complete in {:.1}s: everything is present", t0.elapsed().as_secs_f64());
+        println!(
+            "setup complete in {:.1}s: everything is present",
+            t0.elapsed().as_secs_f64()
+        );
         Ok(())
     } else if check_only {
         bail!("missing: {}", missing.join(", "))
     } else {
-        println!("setup incomplete (missing: {}); eBPF features will fall back or be skipped", missing.join(", "));
+        println!(
+            "setup incomplete (missing: {}); eBPF features will fall back or be skipped",
+            missing.join(", ")
+        );
         Ok(())
     }
 }
@@ -115,9 +162,19 @@ pub fn ensure() -> anyhow::Result<()> {
 fn kernel_report() {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
-    println!("kernel {}: BTF {}", release.trim(), if btf { "present" } else { "MISSING (eBPF sensors unavailable; the agent falls back to /proc)" });
+    println!(
+        "kernel {}: BTF {}",
+        release.trim(),
+        if btf {
+            "present"
+        } else {
+            "MISSING (eBPF sensors unavailable; the agent falls back to /proc)"
+        }
+    );
     if !is_root() {
-        println!("note: not root. Loading eBPF programs needs root; tests that need it will be skipped.");
+        println!(
+            "note: not root. Loading eBPF programs needs root; tests that need it will be skipped."
+        );
     }
 }
 
@@ -134,11 +191,17 @@ fn packages_present() -> Result<bool, String> {
 }
 
 fn install_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().filter(|(p, _)| !dpkg_installed(p)).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(p, _)| !dpkg_installed(p))
+        .map(|(p, _)| *p)
+        .collect();
     for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
         println!("      {p}: {why}");
     }
-    sh(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    sh(Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
     sh(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
@@ -146,7 +209,10 @@ fn install_packages() -> anyhow::Result<()> {
 }
 
 fn nightly_sysroot() -> Result<PathBuf, String> {
-    let o = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output().map_err(|e| e.to_string())?;
+    let o = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .map_err(|e| e.to_string())?;
     if !o.status.success() {
         return Err("no nightly toolchain (rustup toolchain install nightly)".into());
     }
@@ -154,7 +220,9 @@ fn nightly_sysroot() -> Result<PathBuf, String> {
 }
 
 fn rust_src_present() -> Result<bool, String> {
-    Ok(nightly_sysroot()?.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists())
+    Ok(nightly_sysroot()?
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .exists())
 }
 
 fn install_rust_src() -> anyhow::Result<()> {
@@ -170,7 +238,10 @@ fn bpf_linker_present() -> Result<bool, String> {
         Some(p) if p.exists() => p,
         _ => PathBuf::from("bpf-linker"),
     };
-    let o = Command::new(bin).arg("--version").output().map_err(|e| e.to_string())?;
+    let o = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map_err(|e| e.to_string())?;
     Ok(String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
 }
 
@@ -183,20 +254,46 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .find(|n| n.starts_with("libLLVM-") && n.contains("-rust-") && n.ends_with(".so"))
         .with_context(|| format!("no libLLVM-*-rust-*.so in {}", lib.display()))?;
-    let llvm = so.trim_start_matches("lib").trim_end_matches(".so").to_string();
-    let major = llvm.trim_start_matches("LLVM-").split('-').next().unwrap_or("22").to_string();
-    let rustflags = format!("-L {0} -l dylib={llvm} -C link-arg=-Wl,-rpath,{0}", lib.display());
+    let llvm = so
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_string();
+    let major = llvm
+        .trim_start_matches("LLVM-")
+        .split('-')
+        .next()
+        .unwrap_or("22")
+        .to_string();
+    let rustflags = format!(
+        "-L {0} -l dylib={llvm} -C link-arg=-Wl,-rpath,{0}",
+        lib.display()
+    );
     println!("      building bpf-linker {BPF_LINKER_VERSION} against {so} (about a minute)");
     sh(Command::new("rustup")
-        .args(["run", "nightly", "cargo", "install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", &format!("llvm-{major},no-llvm-linking")])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major},no-llvm-linking"),
+        ])
         .env("RUSTFLAGS", rustflags))
 }
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn cargo_fuzz_present() -> Result<bool, String> {
-    let o = Command::new("cargo").args(["fuzz", "--version"]).output().map_err(|e| e.to_string())?;
+    let o = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map_err(|e| e.to_string())?;
     Ok(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("cargo-fuzz 0.13"))
 }
 
@@ -222,17 +319,31 @@ fn osken_venv_present() -> Result<bool, String> {
     let found = std::fs::read_dir(&lib)
         .map_err(|e| format!("{}: {e}", lib.display()))?
         .filter_map(|e| e.ok())
-        .any(|py| py.path().join("site-packages/os_ken-1.4.1.dist-info").is_dir() && py.path().join("site-packages/eventlet-0.33.3.dist-info").is_dir());
+        .any(|py| {
+            py.path()
+                .join("site-packages/os_ken-1.4.1.dist-info")
+                .is_dir()
+                && py
+                    .path()
+                    .join("site-packages/eventlet-0.33.3.dist-info")
+                    .is_dir()
+        });
     Ok(found)
 }
 
 /// `python3 -m venv` (Debian's python, not a user's pyenv) then pip with the pins; both are
 /// idempotent, so a half-made venv is completed.
 fn install_osken_venv() -> anyhow::Result<()> {
-    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
     std::fs::create_dir_all(Path::new(OSKEN_VENV).parent().unwrap_or(Path::new("/")))?;
     sh(Command::new(python).args(["-m", "venv", OSKEN_VENV]))?;
-    sh(Command::new(format!("{OSKEN_VENV}/bin/pip")).args(["install", "-q", "--disable-pip-version-check"]).args(OSKEN_PINS))
+    sh(Command::new(format!("{OSKEN_VENV}/bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(OSKEN_PINS))
 }
 
 fn sh(cmd: &mut Command) -> anyhow::Result<()> {

@@ -14,7 +14,10 @@ pub struct Digest {
 impl Digest {
     /// Feeds one line of the test harness's stdout.
     pub fn line(&mut self, line: &str) {
-        if let Some(name) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|l| l.strip_suffix(" stdout ----"))
+        {
             self.blocks.push((name.to_string(), Vec::new()));
             self.in_block = true;
             return;
@@ -27,7 +30,10 @@ impl Digest {
             if let Some((_, lines)) = self.blocks.last_mut() {
                 lines.push(line.to_string());
             }
-        } else if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")) {
+        } else if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" ... FAILED"))
+        {
             self.failed.push(name.to_string());
         }
     }
@@ -37,7 +43,11 @@ impl Digest {
         if self.failed.is_empty() && self.blocks.is_empty() {
             return None;
         }
-        let mut out = format!("xtask: {} test(s) failed: {}\n", self.failed.len(), self.failed.join(", "));
+        let mut out = format!(
+            "xtask: {} test(s) failed: {}\n",
+            self.failed.len(),
+            self.failed.join(", ")
+        );
         for (name, lines) in &self.blocks {
             out.push_str(&format!("---- {name} ----\n"));
             let start = lines.len().saturating_sub(LINES_PER_FAILURE);
@@ -76,14 +86,21 @@ mod tests {
         log.lines().for_each(|l| d.line(l));
         let r = d.render().unwrap();
         assert!(r.starts_with("xtask: 1 test(s) failed: a::bad\n"), "{r}");
-        assert!(r.contains("---- a::bad ----\nthread 'a::bad' panicked at tests/a.rs:3:5:\nassertion failed\n"), "{r}");
+        assert!(
+            r.contains(
+                "---- a::bad ----\nthread 'a::bad' panicked at tests/a.rs:3:5:\nassertion failed\n"
+            ),
+            "{r}"
+        );
         assert!(!r.contains("test result"), "{r}");
     }
 
     #[test]
     fn nothing_failed_nothing_printed() {
         let mut d = Digest::default();
-        "test a ... ok\ntest result: ok. 1 passed".lines().for_each(|l| d.line(l));
+        "test a ... ok\ntest result: ok. 1 passed"
+            .lines()
+            .for_each(|l| d.line(l));
         assert!(d.render().is_none());
     }
 }

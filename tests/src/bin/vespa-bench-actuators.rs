@@ -45,14 +45,20 @@ struct Series {
 
 impl Series {
     fn new(name: &'static str) -> Series {
-        Series { name, samples: Vec::new() }
+        Series {
+            name,
+            samples: Vec::new(),
+        }
     }
 
     fn report(&mut self) -> serde_json::Value {
         self.samples.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let (p50, p99, max) =
-            (percentile(&self.samples, 50.0), percentile(&self.samples, 99.0), self.samples.last().copied().unwrap_or_default());
+        let (p50, p99, max) = (
+            percentile(&self.samples, 50.0),
+            percentile(&self.samples, 99.0),
+            self.samples.last().copied().unwrap_or_default(),
+        );
         println!(
             "  {:<44} n={:<4} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms",
             self.name,
@@ -66,12 +72,19 @@ impl Series {
 }
 
 fn bench_sdn(args: &Args) -> anyhow::Result<Vec<serde_json::Value>> {
-    let lab = Arc::new(SdnLab::start().map_err(anyhow::Error::msg).context("starting Open vSwitch + os-ken")?);
+    let lab = Arc::new(
+        SdnLab::start()
+            .map_err(anyhow::Error::msg)
+            .context("starting Open vSwitch + os-ken")?,
+    );
     let ns = lab.ovs.ns.name.clone();
     let (n, gap) = (args.iterations, Duration::from_micros(args.gap_us));
     let l = lab.clone();
     vespa_tests::daemons::in_netns(&ns, move || -> anyhow::Result<Vec<serde_json::Value>> {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         rt.block_on(async move {
             let lab = l;
             let agent = SdnAgent::new(
@@ -115,11 +128,24 @@ fn bench_sdn(args: &Args) -> anyhow::Result<Vec<serde_json::Value>> {
 }
 
 fn bench_libvirt(args: &Args) -> anyhow::Result<Vec<serde_json::Value>> {
-    libvirtd().map_err(anyhow::Error::msg).context("starting libvirtd")?;
-    let d = KvmDomain::start("vbench").map_err(anyhow::Error::msg).context("starting a KVM domain")?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    libvirtd()
+        .map_err(anyhow::Error::msg)
+        .context("starting libvirtd")?;
+    let d = KvmDomain::start("vbench")
+        .map_err(anyhow::Error::msg)
+        .context("starting a KVM domain")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
-        let a = LibvirtAgent::new(LibvirtConfig { watch_events: false, ..LibvirtConfig::new(URI) }, AlertSink::none())?;
+        let a = LibvirtAgent::new(
+            LibvirtConfig {
+                watch_events: false,
+                ..LibvirtConfig::new(URI)
+            },
+            AlertSink::none(),
+        )?;
         // Warm the connection and libvirt's caches.
         a.set_link(&d.name, None, true).await?;
         let mut cut = Series::new("cut_link -> link down confirmed");
@@ -155,6 +181,9 @@ fn main() -> anyhow::Result<()> {
     if !args.skip_libvirt {
         out.extend(bench_libvirt(&args)?);
     }
-    println!("{}", serde_json::json!({ "bench": "actuators", "iterations": args.iterations, "results": out }));
+    println!(
+        "{}",
+        serde_json::json!({ "bench": "actuators", "iterations": args.iterations, "results": out })
+    );
     Ok(())
 }

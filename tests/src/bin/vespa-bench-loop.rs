@@ -76,29 +76,60 @@ impl Drop for Proc {
 fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let p = exe.parent().expect("target/<profile>").join(name);
-    assert!(p.exists(), "{} not built (cargo build -p {name})", p.display());
+    assert!(
+        p.exists(),
+        "{} not built (cargo build -p {name})",
+        p.display()
+    );
     p
 }
 
-fn spawn(dir: &Path, label: &str, program: &str, pre: &[&str], config: &Path, nodes: &[&str], post: &[&str]) -> Proc {
+fn spawn(
+    dir: &Path,
+    label: &str,
+    program: &str,
+    pre: &[&str],
+    config: &Path,
+    nodes: &[&str],
+    post: &[&str],
+) -> Proc {
     let log = dir.join(format!("{label}.log"));
     let mut cmd = Command::new(bin(program));
-    cmd.args(["--log-format", "json"]).args(pre).arg("run").arg("--config").arg(config);
+    cmd.args(["--log-format", "json"])
+        .args(pre)
+        .arg("run")
+        .arg("--config")
+        .arg(config);
     for n in nodes {
         cmd.args(["--node", n]);
     }
-    cmd.args(post).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log"));
-    Proc { child: cmd.spawn().unwrap_or_else(|e| panic!("{program}: {e}")), log }
+    cmd.args(post)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"));
+    Proc {
+        child: cmd.spawn().unwrap_or_else(|e| panic!("{program}: {e}")),
+        log,
+    }
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// The orchestrator's log lines with this message, as their fields.
 fn log_fields(log: &Path, message: &str) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|l| l["fields"]["message"] == message).map(|l| l["fields"].clone()).collect()
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == message)
+        .map(|l| l["fields"].clone())
+        .collect()
 }
 
 /// The `policy block sent` lines: (deciding node, target, raised, seen there, sent).
@@ -108,7 +139,13 @@ fn blocks_sent(log: &Path) -> Vec<(String, String, u64, u64, u64)> {
         .iter()
         .map(|f| {
             let n = |k: &str| f[k].as_u64().unwrap_or(0);
-            (s(f, "node"), s(f, "target"), n("alert_raised_ns"), n("alert_seen_ns"), n("sent_ns"))
+            (
+                s(f, "node"),
+                s(f, "target"),
+                n("alert_raised_ns"),
+                n("alert_seen_ns"),
+                n("sent_ns"),
+            )
         })
         .collect()
 }
@@ -119,7 +156,12 @@ fn acks(log: &Path) -> std::collections::BTreeMap<(String, u64), (u64, u64)> {
         .iter()
         .flat_map(|m| log_fields(log, m))
         .filter(|f| f["verb"] == "block_hackers")
-        .filter_map(|f| Some(((f["node"].as_str()?.to_string(), f["id"].as_u64()?), (f["sent_ns"].as_u64()?, f["acked_ns"].as_u64()?))))
+        .filter_map(|f| {
+            Some((
+                (f["node"].as_str()?.to_string(), f["id"].as_u64()?),
+                (f["sent_ns"].as_u64()?, f["acked_ns"].as_u64()?),
+            ))
+        })
         .collect()
 }
 
@@ -150,8 +192,18 @@ fn report(name: &str, v: &mut [Duration]) -> serde_json::Value {
         println!("{name}: no sample");
         return serde_json::json!(null);
     }
-    let (p50, p99, max) = (percentile(v, 50.0), percentile(v, 99.0), *v.last().expect("max"));
-    println!("{name}: n={} p50={:.3} ms p99={:.3} ms max={:.3} ms", v.len(), ms(p50), ms(p99), ms(max));
+    let (p50, p99, max) = (
+        percentile(v, 50.0),
+        percentile(v, 99.0),
+        *v.last().expect("max"),
+    );
+    println!(
+        "{name}: n={} p50={:.3} ms p99={:.3} ms max={:.3} ms",
+        v.len(),
+        ms(p50),
+        ms(p99),
+        ms(max)
+    );
     serde_json::json!({ "n": v.len(), "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max) })
 }
 
@@ -171,7 +223,10 @@ impl Series {
 }
 
 fn unix_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64
 }
 
 /// Opens `n` connections from `src`; returns them and when connect() number `mark` (1-based)
@@ -206,10 +261,20 @@ fn main() {
     if args.quick {
         args.crossings = args.crossings.min(20);
     }
-    assert!(nix::unistd::geteuid().is_root(), "vespa-bench-loop needs root (the eBPF connections agent)");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "vespa-bench-loop needs root (the eBPF connections agent)"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let stub = rt.block_on(FloodlightStub::start());
-    let dir = tempfile::Builder::new().prefix("vespa-bench-loop").tempdir().expect("dir");
+    let dir = tempfile::Builder::new()
+        .prefix("vespa-bench-loop")
+        .tempdir()
+        .expect("dir");
     let key = dir.path().join("psk");
     let psk = vespa_proto::key::generate(&key, false).expect("keygen");
     let threshold = args.conns / 2;
@@ -234,14 +299,38 @@ fn main() {
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, policy_text(None, threshold - 1)).expect("policy");
     let p = policy.to_string_lossy().into_owned();
-    let vo = spawn(dir.path(), "vo", "vespa-orchestrator", &[], &config, &["VO", "HO_VM", "HO_PH"], &["--policy", &p, "--http", "off"]);
+    let vo = spawn(
+        dir.path(),
+        "vo",
+        "vespa-orchestrator",
+        &[],
+        &config,
+        &["VO", "HO_VM", "HO_PH"],
+        &["--policy", &p, "--http", "off"],
+    );
     let thr = threshold.to_string();
-    let _agents = spawn(dir.path(), "agents", "vespa-agent", &["--mode", "ebpf", "--conn-threshold", &thr], &config, &["conns", "sdn"], &[]);
+    let _agents = spawn(
+        dir.path(),
+        "agents",
+        "vespa-agent",
+        &["--mode", "ebpf", "--conn-threshold", &thr],
+        &config,
+        &["conns", "sdn"],
+        &[],
+    );
     // Ready when the VO can reach both agents.
     let vo_addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().expect("addr");
     wait_for("the tree", Duration::from_secs(60), || {
         rt.block_on(async {
-            let mut c = vespa_node::Client::connect(vo_addr, &vespa_node::Security::Psk(psk.clone()), "bench", Some("VO"), Duration::from_secs(2)).await.ok()?;
+            let mut c = vespa_node::Client::connect(
+                vo_addr,
+                &vespa_node::Security::Psk(psk.clone()),
+                "bench",
+                Some("VO"),
+                Duration::from_secs(2),
+            )
+            .await
+            .ok()?;
             let a = c.call("call", &["conns", "help"]).await.ok()?.ok()?;
             let b = c.call("call", &["sdn", "help"]).await.ok()?.ok()?;
             c.close().await;
@@ -264,25 +353,48 @@ fn main() {
         }
     });
     drop(accepting); // detached: ends with the process
-    // Rounds: the VO's placement only, or VO / HO_PH alternating in rounds of ROUND
-    // crossings, so that a change in the machine's load falls on both.
+                     // Rounds: the VO's placement only, or VO / HO_PH alternating in rounds of ROUND
+                     // crossings, so that a change in the machine's load falls on both.
     const ROUND: u32 = 25;
     let rounds: Vec<(&str, u32)> = if args.fast_path {
-        let sizes = (0..args.crossings.div_ceil(ROUND)).map(|i| ROUND.min(args.crossings - i * ROUND));
+        let sizes =
+            (0..args.crossings.div_ceil(ROUND)).map(|i| ROUND.min(args.crossings - i * ROUND));
         sizes.flat_map(|n| [("VO", n), ("HO_PH", n)]).collect()
     } else {
         vec![("VO", args.crossings)]
     };
-    let mut series: Vec<Series> = ["VO", "HO_PH"].iter().map(|n| Series { node: n.to_string(), ..Series::default() }).collect();
-    let mut sources = (0u32..).map(|i| Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8));
+    let mut series: Vec<Series> = ["VO", "HO_PH"]
+        .iter()
+        .map(|n| Series {
+            node: n.to_string(),
+            ..Series::default()
+        })
+        .collect();
+    let mut sources =
+        (0u32..).map(|i| Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8));
     let mut placed_at = "VO";
     for (at, n) in rounds {
         if at != placed_at {
-            let reloads = |log: &Path| log_fields(log, "SIGHUP: policy reloaded").iter().filter(|f| f["node"] == at).count();
+            let reloads = |log: &Path| {
+                log_fields(log, "SIGHUP: policy reloaded")
+                    .iter()
+                    .filter(|f| f["node"] == at)
+                    .count()
+            };
             let before = reloads(&vo.log);
-            std::fs::write(&policy, policy_text((at != "VO").then_some(at), threshold - 1)).expect("policy");
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(vo.child.id() as i32), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
-            wait_for("the policy reload", Duration::from_secs(10), || (reloads(&vo.log) > before).then_some(()));
+            std::fs::write(
+                &policy,
+                policy_text((at != "VO").then_some(at), threshold - 1),
+            )
+            .expect("policy");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(vo.child.id() as i32),
+                nix::sys::signal::Signal::SIGHUP,
+            )
+            .expect("SIGHUP");
+            wait_for("the policy reload", Duration::from_secs(10), || {
+                (reloads(&vo.log) > before).then_some(())
+            });
             // The previous placement lets go of its blocks (its rule is gone): let that pass.
             std::thread::sleep(Duration::from_millis(500));
             placed_at = at;
@@ -294,15 +406,40 @@ fn main() {
             let target = IpAddr::V4(src).to_string();
             // Waiting must not load the machine it measures: the in-process stand-in is
             // watched first (cheap); the log, parsed whole, only once the block has arrived.
-            let at_controller = wait_for(&format!("the controller's block of {target}"), Duration::from_secs(10), || {
-                stub.requests_timed().into_iter().find(|(_, r)| r.method == "POST" && r.body.as_ref().is_some_and(|b| b["ipv4_src"] == target.as_str() || b["ipv4_dst"] == target.as_str())).map(|(t, _)| t)
-            });
-            let (_, _, raised, seen, sent) = wait_for(&format!("the block of {target}"), Duration::from_secs(10), || blocks_sent(&vo.log).into_iter().find(|b| b.1 == target && b.0 == at));
-            s.cross_to_controller.push(Duration::from_nanos(at_controller.saturating_sub(crossed)));
+            let at_controller = wait_for(
+                &format!("the controller's block of {target}"),
+                Duration::from_secs(10),
+                || {
+                    stub.requests_timed()
+                        .into_iter()
+                        .find(|(_, r)| {
+                            r.method == "POST"
+                                && r.body.as_ref().is_some_and(|b| {
+                                    b["ipv4_src"] == target.as_str()
+                                        || b["ipv4_dst"] == target.as_str()
+                                })
+                        })
+                        .map(|(t, _)| t)
+                },
+            );
+            let (_, _, raised, seen, sent) = wait_for(
+                &format!("the block of {target}"),
+                Duration::from_secs(10),
+                || {
+                    blocks_sent(&vo.log)
+                        .into_iter()
+                        .find(|b| b.1 == target && b.0 == at)
+                },
+            );
+            s.cross_to_controller
+                .push(Duration::from_nanos(at_controller.saturating_sub(crossed)));
             if raised > 0 {
-                s.cross_to_sent.push(Duration::from_nanos(sent.saturating_sub(crossed)));
-                s.kernel_to_sent.push(Duration::from_nanos(sent.saturating_sub(raised)));
-                s.seen_to_sent.push(Duration::from_nanos(sent.saturating_sub(seen)));
+                s.cross_to_sent
+                    .push(Duration::from_nanos(sent.saturating_sub(crossed)));
+                s.kernel_to_sent
+                    .push(Duration::from_nanos(sent.saturating_sub(raised)));
+                s.seen_to_sent
+                    .push(Duration::from_nanos(sent.saturating_sub(seen)));
             }
             drop(conns);
         }
@@ -314,12 +451,17 @@ fn main() {
     });
     for ((node, _), (sent, ack)) in acked {
         if let Some(s) = series.iter_mut().find(|s| s.node == node) {
-            s.sent_to_ack.push(Duration::from_nanos(ack.saturating_sub(sent)));
+            s.sent_to_ack
+                .push(Duration::from_nanos(ack.saturating_sub(sent)));
         }
     }
     let vo_series = series[0].report();
-    let goal = !series[0].kernel_to_sent.is_empty() && percentile(&series[0].kernel_to_sent, 99.0) <= Duration::from_millis(5);
-    println!("goal p99 <= 5 ms (kernel event -> request sent, rule at the VO): {}", if goal { "met" } else { "NOT met" });
+    let goal = !series[0].kernel_to_sent.is_empty()
+        && percentile(&series[0].kernel_to_sent, 99.0) <= Duration::from_millis(5);
+    println!(
+        "goal p99 <= 5 ms (kernel event -> request sent, rule at the VO): {}",
+        if goal { "met" } else { "NOT met" }
+    );
     let mut out = serde_json::json!({ "crossings": args.crossings, "conns_per_crossing": args.conns, "goal_p99_5ms": goal });
     if args.fast_path {
         let ho_series = series[1].report();
@@ -328,10 +470,18 @@ fn main() {
             h.zip(v).filter(|(_, v)| *v > 0.0).map(|(h, v)| h / v)
         };
         let mut ratios = serde_json::Map::new();
-        for k in ["crossing_connect_to_sent", "crossing_connect_to_controller", "kernel_to_sent", "sent_to_ack"] {
+        for k in [
+            "crossing_connect_to_sent",
+            "crossing_connect_to_controller",
+            "kernel_to_sent",
+            "sent_to_ack",
+        ] {
             for p in ["p50_ms", "p99_ms"] {
                 let r = ratio(k, p);
-                println!("HO_PH / VO, {k} {p}: {}", r.map_or("n/a".into(), |r| format!("{r:.2}x")));
+                println!(
+                    "HO_PH / VO, {k} {p}: {}",
+                    r.map_or("n/a".into(), |r| format!("{r:.2}x"))
+                );
                 ratios.insert(format!("{k}_{p}"), serde_json::json!(r));
             }
         }
@@ -339,13 +489,27 @@ fn main() {
         out["ho_ph"] = ho_series;
         out["ratio_ho_ph_over_vo"] = ratios.into();
     } else {
-        for k in ["crossing_connect_to_sent", "crossing_connect_to_controller", "kernel_to_sent", "seen_to_sent", "sent_to_ack"] {
+        for k in [
+            "crossing_connect_to_sent",
+            "crossing_connect_to_controller",
+            "kernel_to_sent",
+            "seen_to_sent",
+            "sent_to_ack",
+        ] {
             out[k] = vo_series[k].clone();
         }
     }
-    let path = bin("vespa-bench-loop").parent().and_then(Path::parent).map(|t| t.join("bench")).unwrap_or_else(|| PathBuf::from("."));
+    let path = bin("vespa-bench-loop")
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("bench"))
+        .unwrap_or_else(|| PathBuf::from("."));
     let _ = std::fs::create_dir_all(&path);
-    let file = path.join(if args.fast_path { "loop_fastpath.json" } else { "loop.json" });
+    let file = path.join(if args.fast_path {
+        "loop_fastpath.json"
+    } else {
+        "loop.json"
+    });
     let _ = std::fs::write(&file, serde_json::to_string_pretty(&out).expect("json"));
     println!("written to {}", file.display());
 }

@@ -64,10 +64,45 @@ async fn chain(security: Security, queue: usize, at_ho: Handler, at_vo: Handler)
     };
     let vo_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let ho_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let (vo_addr, ho_addr) = (vo_l.local_addr().expect("addr"), ho_l.local_addr().expect("addr"));
-    let vo = Node::new(spec("VO", Role::Vo, None), Hooks { agent: None, alert_handlers: vec![at_vo] }).expect("VO");
-    let ho = Node::new(spec("HO_VM", Role::HoVm, Some(MasterAddr { name: "VO".into(), addr: vo_addr })), Hooks { agent: None, alert_handlers: vec![at_ho] }).expect("HO");
-    let agent = Node::new(spec("agent", Role::Agent(AgentKind::Connections), Some(MasterAddr { name: "HO_VM".into(), addr: ho_addr })), Hooks::default()).expect("agent");
+    let (vo_addr, ho_addr) = (
+        vo_l.local_addr().expect("addr"),
+        ho_l.local_addr().expect("addr"),
+    );
+    let vo = Node::new(
+        spec("VO", Role::Vo, None),
+        Hooks {
+            agent: None,
+            alert_handlers: vec![at_vo],
+        },
+    )
+    .expect("VO");
+    let ho = Node::new(
+        spec(
+            "HO_VM",
+            Role::HoVm,
+            Some(MasterAddr {
+                name: "VO".into(),
+                addr: vo_addr,
+            }),
+        ),
+        Hooks {
+            agent: None,
+            alert_handlers: vec![at_ho],
+        },
+    )
+    .expect("HO");
+    let agent = Node::new(
+        spec(
+            "agent",
+            Role::Agent(AgentKind::Connections),
+            Some(MasterAddr {
+                name: "HO_VM".into(),
+                addr: ho_addr,
+            }),
+        ),
+        Hooks::default(),
+    )
+    .expect("agent");
     let handle = agent.handle();
     tokio::spawn(vo.run(Some(vo_l), stopped()));
     tokio::spawn(ho.run(Some(ho_l), stopped()));
@@ -77,11 +112,18 @@ async fn chain(security: Security, queue: usize, at_ho: Handler, at_vo: Handler)
         assert!(Instant::now() < deadline, "the chain did not connect");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Chain { agent: handle, _stop: stop_tx }
+    Chain {
+        agent: handle,
+        _stop: stop_tx,
+    }
 }
 
 fn sample_body(i: u64) -> AlertBody {
-    AlertBody::ConnThreshold { addr: std::net::IpAddr::from([203, 0, 113, (i % 250) as u8]), established: 150 + i % 7, threshold: 100 }
+    AlertBody::ConnThreshold {
+        addr: std::net::IpAddr::from([203, 0, 113, (i % 250) as u8]),
+        established: 150 + i % 7,
+        threshold: 100,
+    }
 }
 
 /// Raises `n` alerts as fast as the queue admits them; returns alerts/s at the VO.
@@ -92,7 +134,9 @@ async fn throughput(security: Security, n: u64) -> f64 {
     // Only the benchmark's own alerts count: when the queue was full, the agent also sends a
     // report of the refused attempts (an `AlertBody::Text`).
     let vo_handler: Handler = Arc::new(move |a: &Alert| {
-        if matches!(a.body, AlertBody::ConnThreshold { .. }) && c.fetch_add(1, Ordering::Relaxed) + 1 == n {
+        if matches!(a.body, AlertBody::ConnThreshold { .. })
+            && c.fetch_add(1, Ordering::Relaxed) + 1 == n
+        {
             d.notify_one();
         }
     });
@@ -109,9 +153,15 @@ async fn throughput(security: Security, n: u64) -> f64 {
             tokio::task::yield_now().await;
         }
     }
-    tokio::time::timeout(Duration::from_secs(120), done.notified()).await.expect("every alert reaches the VO");
+    tokio::time::timeout(Duration::from_secs(120), done.notified())
+        .await
+        .expect("every alert reaches the VO");
     let secs = start.elapsed().as_secs_f64();
-    assert_eq!(at_vo.load(Ordering::Relaxed), n, "exactly n alerts processed");
+    assert_eq!(
+        at_vo.load(Ordering::Relaxed),
+        n,
+        "exactly n alerts processed"
+    );
     n as f64 / secs
 }
 
@@ -146,7 +196,10 @@ async fn latency(rate: u64, secs: f64) -> (Vec<f64>, Vec<f64>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     for i in 0..total {
         tick.tick().await;
-        chain.agent.raise(sample_body(i)).expect("light load never fills the queue");
+        chain
+            .agent
+            .raise(sample_body(i))
+            .expect("light load never fills the queue");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let p = pairs.lock().expect("lock").clone();
@@ -158,7 +211,9 @@ async fn latency(rate: u64, secs: f64) -> (Vec<f64>, Vec<f64>) {
 }
 
 fn vespa_now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -168,29 +223,71 @@ fn main() -> anyhow::Result<()> {
         args.rounds = 1;
         args.secs = args.secs.min(1.0);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     println!("vespa-bench-tree: agent -> HO_VM -> VO on 127.0.0.1, one process, 2 worker threads");
 
-    let best = |security: fn() -> Security| -> f64 { (0..args.rounds).map(|_| rt.block_on(throughput(security(), args.alerts))).fold(0.0, f64::max) };
+    let best = |security: fn() -> Security| -> f64 {
+        (0..args.rounds)
+            .map(|_| rt.block_on(throughput(security(), args.alerts)))
+            .fold(0.0, f64::max)
+    };
     let sealed = best(|| Security::Psk(Psk::random()));
     let plain = best(|| Security::Plaintext);
     let frames = (args.alerts as usize).max(100_000);
     let seal_open = vespa_proto::bench::seal_open_throughput(frames);
     let round_trip = vespa_proto::bench::alert_round_trip_throughput(frames);
 
-    println!("\nthroughput ({} alerts per run, best of {}):", args.alerts, args.rounds);
-    println!("  sealed chain (AES-256-GCM)      {:>12.0} alerts/s   goal >= 200,000: {}", sealed, if sealed >= 200_000.0 { "met" } else { "NOT MET" });
-    println!("  unsealed chain (same runtime)   {:>12.0} alerts/s   sealed/unsealed = {:.2}", plain, sealed / plain);
-    println!("  AES-GCM seal+open, 64 B frames  {:>12.0} frames/s   sealed chain / raw sealing = {:.3}", seal_open, sealed / seal_open);
-    println!("  encode+seal+open+decode alert   {:>12.0} alerts/s   (single hop, no sockets)", round_trip);
+    println!(
+        "\nthroughput ({} alerts per run, best of {}):",
+        args.alerts, args.rounds
+    );
+    println!(
+        "  sealed chain (AES-256-GCM)      {:>12.0} alerts/s   goal >= 200,000: {}",
+        sealed,
+        if sealed >= 200_000.0 {
+            "met"
+        } else {
+            "NOT MET"
+        }
+    );
+    println!(
+        "  unsealed chain (same runtime)   {:>12.0} alerts/s   sealed/unsealed = {:.2}",
+        plain,
+        sealed / plain
+    );
+    println!(
+        "  AES-GCM seal+open, 64 B frames  {:>12.0} frames/s   sealed chain / raw sealing = {:.3}",
+        seal_open,
+        sealed / seal_open
+    );
+    println!(
+        "  encode+seal+open+decode alert   {:>12.0} alerts/s   (single hop, no sockets)",
+        round_trip
+    );
 
     let (h1, h2) = rt.block_on(latency(args.rate, args.secs));
-    let (p50_1, p99_1, p50_2, p99_2) = (percentile(&h1, 0.5), percentile(&h1, 0.99), percentile(&h2, 0.5), percentile(&h2, 0.99));
+    let (p50_1, p99_1, p50_2, p99_2) = (
+        percentile(&h1, 0.5),
+        percentile(&h1, 0.99),
+        percentile(&h2, 0.5),
+        percentile(&h2, 0.99),
+    );
     let worst_p99 = p99_1.max(p99_2);
-    println!("\nper-hop latency at {} alerts/s for {} s ({} samples):", args.rate, args.secs, h1.len());
+    println!(
+        "\nper-hop latency at {} alerts/s for {} s ({} samples):",
+        args.rate,
+        args.secs,
+        h1.len()
+    );
     println!("  agent -> HO    p50 {:.3} ms   p99 {:.3} ms", p50_1, p99_1);
     println!("  HO -> VO       p50 {:.3} ms   p99 {:.3} ms", p50_2, p99_2);
-    println!("  goal p99 <= 0.5 ms per hop: {}", if worst_p99 <= 0.5 { "met" } else { "NOT MET" });
+    println!(
+        "  goal p99 <= 0.5 ms per hop: {}",
+        if worst_p99 <= 0.5 { "met" } else { "NOT MET" }
+    );
 
     let json = serde_json::json!({
         "throughput_alerts_per_s": { "sealed": sealed, "unsealed": plain, "ratio_sealed_to_unsealed": sealed / plain },

@@ -58,11 +58,19 @@ fn main() -> anyhow::Result<()> {
     if let Some(Helper::Hold { from, count }) = args.helper {
         return hold(from, count);
     }
-    anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmarks need root (namespaces, eBPF)");
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "the benchmarks need root (namespaces, eBPF)"
+    );
     // The kernel times every program run while this fd is open: per-run costs that do not
     // depend on how busy the machine is.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
-    let mut ctx = Ctx { secs: if args.quick { 0.5 } else { 2.0 }, rounds: if args.quick { 3 } else { 5 }, results: Vec::new() };
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics")?;
+    let mut ctx = Ctx {
+        secs: if args.quick { 0.5 } else { 2.0 },
+        rounds: if args.quick { 3 } else { 5 },
+        results: Vec::new(),
+    };
     let all: [(&str, Bench); 5] = [
         ("veth_pps", veth_pps),
         ("loopback_connections", loopback_connections),
@@ -79,7 +87,10 @@ fn main() -> anyhow::Result<()> {
     }
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&ctx.results)?)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&ctx.results)?,
+    )?;
     println!("\nresults written to target/bench/results.json");
     Ok(())
 }
@@ -101,7 +112,10 @@ fn prog_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
 fn ns_per_run(name: &str) -> f64 {
     // The kernel keeps 15 characters of a program's name.
     let name = &name[..name.len().min(15)];
-    prog_stats().get(name).map(|&(n, t)| t as f64 / n.max(1) as f64).unwrap_or(f64::NAN)
+    prog_stats()
+        .get(name)
+        .map(|&(n, t)| t as f64 / n.max(1) as f64)
+        .unwrap_or(f64::NAN)
 }
 
 fn pin_to_cpu(cpu: usize) {
@@ -118,7 +132,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn report(ctx: &mut Ctx, name: &str, value: serde_json::Value) {
     println!("   {name}: {value}");
-    ctx.results.push(serde_json::json!({ "name": name, "value": value }));
+    ctx.results
+        .push(serde_json::json!({ "name": name, "value": value }));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -162,16 +177,47 @@ fn veth_pps(ctx: &mut Ctx) -> anyhow::Result<()> {
     for _ in 0..ctx.rounds {
         none.push(udp_pps(&l, ctx.secs));
         {
-            let ga = l.a_ns.run({ let n = a_if.clone(); move || vespa_agent::ebpf::attach_noop(&n).map(Box::new).map_err(|e| e.to_string()) }).map_err(anyhow::Error::msg)?;
-            let gb = l.b_ns.run({ let n = b_if.clone(); move || vespa_agent::ebpf::attach_noop(&n).map(Box::new).map_err(|e| e.to_string()) }).map_err(anyhow::Error::msg)?;
+            let ga = l
+                .a_ns
+                .run({
+                    let n = a_if.clone();
+                    move || {
+                        vespa_agent::ebpf::attach_noop(&n)
+                            .map(Box::new)
+                            .map_err(|e| e.to_string())
+                    }
+                })
+                .map_err(anyhow::Error::msg)?;
+            let gb = l
+                .b_ns
+                .run({
+                    let n = b_if.clone();
+                    move || {
+                        vespa_agent::ebpf::attach_noop(&n)
+                            .map(Box::new)
+                            .map_err(|e| e.to_string())
+                    }
+                })
+                .map_err(anyhow::Error::msg)?;
             noop.push(udp_pps(&l, ctx.secs));
             noop_ns.push(ns_per_run("vespa_tc_noop"));
             drop((ga, gb));
         }
         {
-            let cfg = |i: &str| SensorConfig { mode: Mode::Ebpf, interfaces: vec![i.to_string()], conn_events: false, ..SensorConfig::default() };
-            let sa = l.a_ns.run({ let c = cfg(&a_if); move || Sensors::start(c) })?;
-            let sb = l.b_ns.run({ let c = cfg(&b_if); move || Sensors::start(c) })?;
+            let cfg = |i: &str| SensorConfig {
+                mode: Mode::Ebpf,
+                interfaces: vec![i.to_string()],
+                conn_events: false,
+                ..SensorConfig::default()
+            };
+            let sa = l.a_ns.run({
+                let c = cfg(&a_if);
+                move || Sensors::start(c)
+            })?;
+            let sb = l.b_ns.run({
+                let c = cfg(&b_if);
+                move || Sensors::start(c)
+            })?;
             ours.push(udp_pps(&l, ctx.secs));
             ingress_ns.push(ns_per_run("vespa_ingress"));
             egress_ns.push(ns_per_run("vespa_egress"));
@@ -184,11 +230,18 @@ fn veth_pps(ctx: &mut Ctx) -> anyhow::Result<()> {
     let hook_cost = ns(e) - ns(n);
     let our_cost = ns(v) - ns(n);
     println!("   packets/s   nothing {n:.0}   empty classifier {e:.0}   vespa {v:.0}");
-    println!("   vespa loss vs nothing: {:.1}% over both hooks (goal <= 5% per direction)", loss * 100.0);
+    println!(
+        "   vespa loss vs nothing: {:.1}% over both hooks (goal <= 5% per direction)",
+        loss * 100.0
+    );
     println!("   per packet: empty hooks {hook_cost:.0} ns, vespa {our_cost:.0} ns -> {:.2}x the empty classifier (goal <= 1.2x)", our_cost / hook_cost.max(1.0));
     let (pn, pi, pe) = (median(noop_ns), median(ingress_ns), median(egress_ns));
     println!("   kernel time per run (bpf_stats): empty classifier {pn:.0} ns, vespa_ingress {pi:.0} ns, vespa_egress {pe:.0} ns");
-    report(ctx, "veth_pps", serde_json::json!({"nothing": n.round(), "empty_classifier": e.round(), "vespa": v.round(), "loss_pct": (loss * 1000.0).round() / 10.0, "cost_vs_empty": (our_cost / hook_cost.max(1.0) * 100.0).round() / 100.0, "ns_per_run": {"noop": pn.round(), "ingress": pi.round(), "egress": pe.round()}}));
+    report(
+        ctx,
+        "veth_pps",
+        serde_json::json!({"nothing": n.round(), "empty_classifier": e.round(), "vespa": v.round(), "loss_pct": (loss * 1000.0).round() / 10.0, "cost_vs_empty": (our_cost / hook_cost.max(1.0) * 100.0).round() / 100.0, "ns_per_run": {"noop": pn.round(), "ingress": pi.round(), "egress": pe.round()}}),
+    );
     Ok(())
 }
 
@@ -224,7 +277,9 @@ fn conn_rate(ns: &Netns, secs: f64) -> f64 {
         while t0.elapsed().as_secs_f64() < secs {
             let c = TcpStream::connect(addr).expect("connect");
             // Reset on close: no TIME_WAIT, so the ephemeral ports never run out.
-            socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO)).expect("linger");
+            socket2::SockRef::from(&c)
+                .set_linger(Some(Duration::ZERO))
+                .expect("linger");
             n += 1;
         }
         n as f64 / t0.elapsed().as_secs_f64()
@@ -239,10 +294,16 @@ fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
     let ns = Netns::new("vbc");
     let tracker = |events: bool| {
         // The tracker alone: no interface attached (lo excluded).
-        let cfg = SensorConfig { mode: Mode::Ebpf, exclude: vec!["lo".into()], conn_events: events, ..SensorConfig::default() };
+        let cfg = SensorConfig {
+            mode: Mode::Ebpf,
+            exclude: vec!["lo".into()],
+            conn_events: events,
+            ..SensorConfig::default()
+        };
         ns.run(move || Sensors::start(cfg))
     };
-    let (mut without, mut empty, mut counts_only, mut with_events) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut without, mut empty, mut counts_only, mut with_events) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut tp_noop_ns, mut tp_ns, mut tp_events_ns) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ctx.rounds {
         // Rotate the order so that a drift during the run favours no configuration.
@@ -271,14 +332,31 @@ fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
             }
         }
     }
-    let (a, e, b, c) = (median(without), median(empty), median(counts_only), median(with_events));
+    let (a, e, b, c) = (
+        median(without),
+        median(empty),
+        median(counts_only),
+        median(with_events),
+    );
     let (lb, lc) = (1.0 - b / a, 1.0 - c / a);
     println!("   connections/s   without tracker {a:.0}   empty tracepoint program {e:.0} ({:.1}% loss)   tracker (counts) {b:.0}   tracker (counts + open/close events) {c:.0}", (1.0 - e / a) * 100.0);
-    println!("   loss: counts {:.1}%, with per-connection events {:.1}% (goal <= 3%)", lb * 100.0, lc * 100.0);
+    println!(
+        "   loss: counts {:.1}%, with per-connection events {:.1}% (goal <= 3%)",
+        lb * 100.0,
+        lc * 100.0
+    );
     let (q0, q1, q2) = (median(tp_noop_ns), median(tp_ns), median(tp_events_ns));
     println!("   kernel time per run (bpf_stats): empty tracepoint program {q0:.0} ns, tracker {q1:.0} ns, tracker with events {q2:.0} ns");
-    report(ctx, "loopback_connections_ns_per_run", serde_json::json!({"empty": q0.round(), "tracker": q1.round(), "tracker_events": q2.round()}));
-    report(ctx, "loopback_connections", serde_json::json!({"without": a.round(), "empty_tracepoint": e.round(), "tracker_counts": b.round(), "tracker_events": c.round(), "loss_counts_pct": (lb * 1000.0).round() / 10.0, "loss_events_pct": (lc * 1000.0).round() / 10.0}));
+    report(
+        ctx,
+        "loopback_connections_ns_per_run",
+        serde_json::json!({"empty": q0.round(), "tracker": q1.round(), "tracker_events": q2.round()}),
+    );
+    report(
+        ctx,
+        "loopback_connections",
+        serde_json::json!({"without": a.round(), "empty_tracepoint": e.round(), "tracker_counts": b.round(), "tracker_events": c.round(), "loss_counts_pct": (lb * 1000.0).round() / 10.0, "loss_events_pct": (lc * 1000.0).round() / 10.0}),
+    );
     Ok(())
 }
 
@@ -322,7 +400,13 @@ fn open_connections(ns: &Netns, n: usize) -> anyhow::Result<Held> {
         let child = std::process::Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(&exe)
-            .args(["hold", "--from", &format!("127.0.1.{}", i + 1), "--count", &count.to_string()])
+            .args([
+                "hold",
+                "--from",
+                &format!("127.0.1.{}", i + 1),
+                "--count",
+                &count.to_string(),
+            ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()?;
@@ -332,10 +416,16 @@ fn open_connections(ns: &Netns, n: usize) -> anyhow::Result<Held> {
     }
     for h in &mut helpers {
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(h.stdout.as_mut().context("stdout")?), &mut line)?;
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(h.stdout.as_mut().context("stdout")?),
+            &mut line,
+        )?;
         anyhow::ensure!(line.starts_with("ready"), "helper failed: {line}");
     }
-    Ok(Held { _listener: listener, helpers })
+    Ok(Held {
+        _listener: listener,
+        helpers,
+    })
 }
 
 /// Helper process: opens `count` connections from `from` to 127.0.0.1:7100, says "ready",
@@ -369,13 +459,26 @@ fn per_remote_query(ctx: &mut Ctx) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for n in [10_000usize, 50_000] {
         let ns = Netns::new("vbq");
-        let s = ns.run(|| Sensors::start(SensorConfig { mode: Mode::Ebpf, exclude: vec!["lo".into()], conn_events: false, ..SensorConfig::default() }))?;
+        let s = ns.run(|| {
+            Sensors::start(SensorConfig {
+                mode: Mode::Ebpf,
+                exclude: vec!["lo".into()],
+                conn_events: false,
+                ..SensorConfig::default()
+            })
+        })?;
         let t = Instant::now();
         let conns = open_connections(&ns, n)?;
-        println!("   {n} connections opened in {:.1}s", t.elapsed().as_secs_f64());
+        println!(
+            "   {n} connections opened in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
         let server: IpAddr = "127.0.0.1".parse()?;
         let established = s.connections_of(server)?.established;
-        anyhow::ensure!(established == n as u64, "tracker counts {established}, expected {n}");
+        anyhow::ensure!(
+            established == n as u64,
+            "tracker counts {established}, expected {n}"
+        );
         let secs = ctx.secs;
         let map_all = time_per_call(secs, || {
             black_box(s.connections().expect("map"));
@@ -390,7 +493,10 @@ fn per_remote_query(ctx: &mut Ctx) -> anyhow::Result<()> {
             })
         });
         let check = ns.run(procfs::read_net_tcp)?;
-        anyhow::ensure!(check.get(&server).map(|c| c.established) == Some(n as u64), "/proc agrees");
+        anyhow::ensure!(
+            check.get(&server).map(|c| c.established) == Some(n as u64),
+            "/proc agrees"
+        );
         println!(
             "   {n:>6} sockets: map (all remotes) {:.1} us, map (one remote) {:.1} us, /proc/net/tcp scan {:.1} ms -> {:.0}x faster",
             map_all * 1e6,
@@ -413,8 +519,15 @@ fn per_remote_query(ctx: &mut Ctx) -> anyhow::Result<()> {
 fn interface_counters(ctx: &mut Ctx) -> anyhow::Result<()> {
     let ns = Netns::new("vbi");
     let peer = Netns::new("vbj");
-    let links: Vec<_> = (0..16).map(|_| vespa_tests::net::veth(&ns, &peer)).collect();
-    let s = ns.run(|| Sensors::start(SensorConfig { mode: Mode::Ebpf, ..SensorConfig::default() }))?;
+    let links: Vec<_> = (0..16)
+        .map(|_| vespa_tests::net::veth(&ns, &peer))
+        .collect();
+    let s = ns.run(|| {
+        Sensors::start(SensorConfig {
+            mode: Mode::Ebpf,
+            ..SensorConfig::default()
+        })
+    })?;
     let secs = ctx.secs;
     let maps = time_per_call(secs, || {
         black_box(s.interfaces().expect("maps"));
@@ -424,8 +537,18 @@ fn interface_counters(ctx: &mut Ctx) -> anyhow::Result<()> {
             black_box(procfs::read_net_dev().expect("proc"));
         })
     });
-    println!("   {} interfaces: maps {:.1} us, /proc/net/dev {:.1} us (ratio {:.2})", links.len() + 1, maps * 1e6, procs * 1e6, procs / maps);
-    report(ctx, "interface_counters", serde_json::json!({"interfaces": links.len() + 1, "maps_us": (maps * 1e7).round() / 10.0, "proc_us": (procs * 1e7).round() / 10.0}));
+    println!(
+        "   {} interfaces: maps {:.1} us, /proc/net/dev {:.1} us (ratio {:.2})",
+        links.len() + 1,
+        maps * 1e6,
+        procs * 1e6,
+        procs / maps
+    );
+    report(
+        ctx,
+        "interface_counters",
+        serde_json::json!({"interfaces": links.len() + 1, "maps_us": (maps * 1e7).round() / 10.0, "proc_us": (procs * 1e7).round() / 10.0}),
+    );
     Ok(())
 }
 
@@ -434,16 +557,24 @@ fn interface_counters(ctx: &mut Ctx) -> anyhow::Result<()> {
 
 fn proc_stat(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
+    let rss_kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     (rss_kb, ticks)
 }
 
 fn footprint(mode: &str, secs: f64) -> anyhow::Result<(u64, f64)> {
-    let bin = std::env::current_exe()?.parent().context("exe dir")?.join("vespa-agent");
+    let bin = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .join("vespa-agent");
     let mut child = std::process::Command::new(&bin)
         .args(["--mode", mode, "export", "--listen", "127.0.0.1:0"])
         .stderr(std::process::Stdio::piped())
@@ -465,7 +596,10 @@ fn footprint(mode: &str, secs: f64) -> anyhow::Result<(u64, f64)> {
     let (rss, t1) = proc_stat(pid);
     let hz = 100.0;
     let cpu_pct = (t1 - t0) as f64 / hz / start.elapsed().as_secs_f64() * 100.0;
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = child.wait();
     Ok((rss, cpu_pct))
 }
@@ -476,6 +610,10 @@ fn agent_footprint(ctx: &mut Ctx) -> anyhow::Result<()> {
     let (p_rss, p_cpu) = footprint("proc", secs)?;
     println!("   resident memory: eBPF {e_rss} KiB, /proc mode {p_rss} KiB");
     println!("   idle CPU over {secs:.0}s: eBPF {e_cpu:.2}%, /proc mode {p_cpu:.2}%");
-    report(ctx, "agent_footprint", serde_json::json!({"ebpf_rss_kib": e_rss, "proc_rss_kib": p_rss, "ebpf_idle_cpu_pct": (e_cpu * 100.0).round() / 100.0, "proc_idle_cpu_pct": (p_cpu * 100.0).round() / 100.0}));
+    report(
+        ctx,
+        "agent_footprint",
+        serde_json::json!({"ebpf_rss_kib": e_rss, "proc_rss_kib": p_rss, "ebpf_idle_cpu_pct": (e_cpu * 100.0).round() / 100.0, "proc_idle_cpu_pct": (p_cpu * 100.0).round() / 100.0}),
+    );
     Ok(())
 }

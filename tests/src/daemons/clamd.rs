@@ -12,7 +12,11 @@ use super::{have, wait_for, Proc};
 
 /// The EICAR test file, assembled at run time so that no scanner flags the sources.
 pub fn eicar() -> Vec<u8> {
-    let parts: [&[u8]; 3] = [b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$", b"EICAR-STANDARD-ANTIVIRUS", b"-TEST-FILE!$H+H*"];
+    let parts: [&[u8]; 3] = [
+        b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$",
+        b"EICAR-STANDARD-ANTIVIRUS",
+        b"-TEST-FILE!$H+H*",
+    ];
     parts.concat()
 }
 
@@ -36,7 +40,10 @@ impl Clamd {
         if !have("clamd") && !have("/usr/sbin/clamd") {
             return Err("clamd not installed (cargo xtask setup)".into());
         }
-        let dir = tempfile::Builder::new().prefix("vespa-clamd").tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new()
+            .prefix("vespa-clamd")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
         let db = dir.path().join("db");
         std::fs::create_dir(&db).map_err(|e| e.to_string())?;
         std::fs::write(db.join("eicar.hdb"), EICAR_HDB).map_err(|e| e.to_string())?;
@@ -50,7 +57,13 @@ impl Clamd {
             dir.path().join("clamd.log").display()
         );
         std::fs::write(&conf, text).map_err(|e| e.to_string())?;
-        let mut c = Clamd { proc: None, socket, tcp: format!("127.0.0.1:{port}"), conf, dir };
+        let mut c = Clamd {
+            proc: None,
+            socket,
+            tcp: format!("127.0.0.1:{port}"),
+            conf,
+            dir,
+        };
         c.restart()?;
         Ok(c)
     }
@@ -59,9 +72,18 @@ impl Clamd {
     pub fn restart(&mut self) -> Result<(), String> {
         self.stop();
         let _ = std::fs::remove_file(&self.socket);
-        let clamd = if have("clamd") { "clamd" } else { "/usr/sbin/clamd" };
+        let clamd = if have("clamd") {
+            "clamd"
+        } else {
+            "/usr/sbin/clamd"
+        };
         let conf = self.conf.to_string_lossy().into_owned();
-        let mut p = Proc::spawn("clamd", &[clamd, "-c", &conf], &self.dir.path().join("stdout.log"), &[])?;
+        let mut p = Proc::spawn(
+            "clamd",
+            &[clamd, "-c", &conf],
+            &self.dir.path().join("stdout.log"),
+            &[],
+        )?;
         let sock = self.socket.clone();
         wait_for("clamd to answer PING", Duration::from_secs(30), || {
             if let Err(e) = p.alive() {
@@ -88,11 +110,14 @@ impl Clamd {
 /// `zPING` over the unix socket.
 pub fn ping(sock: &Path) -> Result<String, String> {
     let mut s = UnixStream::connect(sock).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
     s.write_all(b"zPING\0").map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(&buf).trim_end_matches('\0').to_string())
+    Ok(String::from_utf8_lossy(&buf)
+        .trim_end_matches('\0')
+        .to_string())
 }
 
 impl Drop for Clamd {

@@ -66,9 +66,13 @@ impl FloodlightStub {
             next_rule: 1,
             fault: Fault::None,
         }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the Floodlight stub");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the Floodlight stub");
         let addr = listener.local_addr().expect("stub address");
-        let app = axum::Router::new().fallback(handle).with_state(inner.clone());
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(inner.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -77,7 +81,11 @@ impl FloodlightStub {
                 })
                 .await;
         });
-        FloodlightStub { addr, inner, shutdown: Some(tx) }
+        FloodlightStub {
+            addr,
+            inner,
+            shutdown: Some(tx),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -103,7 +111,11 @@ impl FloodlightStub {
     /// Every request so far with when it arrived (Unix ns), in order.
     pub fn requests_timed(&self) -> Vec<(u64, Request)> {
         let s = self.lock();
-        s.received_ns.iter().copied().zip(s.requests.iter().cloned()).collect()
+        s.received_ns
+            .iter()
+            .copied()
+            .zip(s.requests.iter().cloned())
+            .collect()
     }
 
     pub fn set_fault(&self, f: Fault) {
@@ -130,7 +142,12 @@ impl Drop for FloodlightStub {
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
-    (status, [("content-type", "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn ok(body: Value) -> Response {
@@ -141,22 +158,52 @@ fn status(text: &str) -> Response {
     ok(json!({ "status": text }))
 }
 
-const PUSHERS: [&str; 2] = ["/wm/staticflowpusher/json", "/wm/staticflowentrypusher/json"];
+const PUSHERS: [&str; 2] = [
+    "/wm/staticflowpusher/json",
+    "/wm/staticflowentrypusher/json",
+];
 
-async fn handle(State(st): State<Arc<Mutex<Inner>>>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn handle(
+    State(st): State<Arc<Mutex<Inner>>>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_string();
-    let parsed = (!body.is_empty())
-        .then(|| serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())));
+    let parsed = (!body.is_empty()).then(|| {
+        serde_json::from_slice::<Value>(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+    });
     let mut s = st.lock().expect("stub state");
-    s.requests.push(Request { method: method.to_string(), path: path.clone(), body: parsed.clone() });
-    s.received_ns.push(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    s.requests.push(Request {
+        method: method.to_string(),
+        path: path.clone(),
+        body: parsed.clone(),
+    });
+    s.received_ns.push(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
     match s.fault {
         Fault::None => {}
         Fault::Status(code) => {
             let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return (code, [("content-type", "text/html")], format!("<html><body>{code}</body></html>")).into_response();
+            return (
+                code,
+                [("content-type", "text/html")],
+                format!("<html><body>{code}</body></html>"),
+            )
+                .into_response();
         }
-        Fault::Garbage => return (StatusCode::OK, [("content-type", "application/json")], "<html>this is not JSON").into_response(),
+        Fault::Garbage => {
+            return (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                "<html>this is not JSON",
+            )
+                .into_response()
+        }
     }
     let obj = parsed.as_ref().and_then(Value::as_object).cloned();
     match (method.as_str(), path.as_str()) {
@@ -176,7 +223,9 @@ async fn handle(State(st): State<Arc<Mutex<Inner>>>, method: Method, uri: Uri, b
             DPID2: { "port_reply": [{ "port": [{ "port_number": "3", "receive_packets": "12", "transmit_packets": "10" }] }] },
         })),
         ("POST", p) if PUSHERS.contains(&p) => {
-            let Some(o) = obj else { return status("Error! Could not parse flow mod, see log for details.") };
+            let Some(o) = obj else {
+                return status("Error! Could not parse flow mod, see log for details.");
+            };
             if !o.contains_key("switch") {
                 return status("Must specify switch DPID in flow");
             }
@@ -187,26 +236,45 @@ async fn handle(State(st): State<Arc<Mutex<Inner>>>, method: Method, uri: Uri, b
             status("Entry pushed")
         }
         ("DELETE", p) if PUSHERS.contains(&p) => {
-            let Some(name) = obj.as_ref().and_then(|o| o.get("name")).and_then(Value::as_str).map(str::to_string) else {
+            let Some(name) = obj
+                .as_ref()
+                .and_then(|o| o.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            else {
                 return status("Error! Could not parse flow mod, see log for details.");
             };
             s.flows.remove(&name);
             status(&format!("Entry {name} deleted"))
         }
-        ("GET", "/wm/staticflowpusher/list/all/json") | ("GET", "/wm/staticflowentrypusher/list/all/json") => {
+        ("GET", "/wm/staticflowpusher/list/all/json")
+        | ("GET", "/wm/staticflowentrypusher/list/all/json") => {
             let mut by_switch: BTreeMap<String, Vec<Value>> = BTreeMap::new();
             for (name, f) in &s.flows {
-                let sw = f.get("switch").and_then(Value::as_str).unwrap_or("").to_string();
-                by_switch.entry(sw).or_default().push(json!({ name.clone(): f }));
+                let sw = f
+                    .get("switch")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                by_switch
+                    .entry(sw)
+                    .or_default()
+                    .push(json!({ name.clone(): f }));
             }
             ok(json!(by_switch))
         }
         ("GET", "/wm/firewall/rules/json") => {
-            let rules: Vec<Value> = s.rules.iter().map(|(id, r)| json!({ "ruleid": id, "rule": r })).collect();
+            let rules: Vec<Value> = s
+                .rules
+                .iter()
+                .map(|(id, r)| json!({ "ruleid": id, "rule": r }))
+                .collect();
             ok(json!(rules))
         }
         ("POST", "/wm/firewall/rules/json") => {
-            let Some(o) = obj else { return status("Error! Could not parse firewall rule, see log for details.") };
+            let Some(o) = obj else {
+                return status("Error! Could not parse firewall rule, see log for details.");
+            };
             let rule = Value::Object(o);
             if s.rules.values().any(|r| *r == rule) {
                 return status("Error! A similar firewall rule already exists.");
@@ -217,16 +285,21 @@ async fn handle(State(st): State<Arc<Mutex<Inner>>>, method: Method, uri: Uri, b
             ok(json!({ "status": "Rule added", "rule-id": id.to_string() }))
         }
         ("DELETE", "/wm/firewall/rules/json") => {
-            let id = obj
-                .as_ref()
-                .and_then(|o| o.get("ruleid"))
-                .and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_u64().map(|n| n.to_string())));
+            let id = obj.as_ref().and_then(|o| o.get("ruleid")).and_then(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .or_else(|| v.as_u64().map(|n| n.to_string()))
+            });
             match id.and_then(|i| i.parse::<u32>().ok()) {
                 Some(id) if s.rules.remove(&id).is_some() => status("Rule deleted"),
                 _ => status("Error! Can't delete, a rule with this ID doesn't exist."),
             }
         }
-        _ => (StatusCode::NOT_FOUND, [("content-type", "text/html")], "The server has not found anything matching the request URI")
+        _ => (
+            StatusCode::NOT_FOUND,
+            [("content-type", "text/html")],
+            "The server has not found anything matching the request URI",
+        )
             .into_response(),
     }
 }

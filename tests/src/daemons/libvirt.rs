@@ -60,7 +60,9 @@ impl Libvirtd {
     /// Starts it again and waits until it answers.
     pub fn start_again(&self) -> Result<(), String> {
         self.ask(Cmd::Start)?;
-        wait_for("libvirtd to answer again", Duration::from_secs(60), || answers().then_some(()))
+        wait_for("libvirtd to answer again", Duration::from_secs(60), || {
+            answers().then_some(())
+        })
     }
 }
 
@@ -69,7 +71,12 @@ fn answers() -> bool {
 }
 
 fn prepare_host() -> Result<(), String> {
-    for d in ["/var/log/libvirt", "/var/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt"] {
+    for d in [
+        "/var/log/libvirt",
+        "/var/run/libvirt",
+        "/var/lib/libvirt",
+        "/var/cache/libvirt",
+    ] {
         std::fs::create_dir_all(d).map_err(|e| format!("{d}: {e}"))?;
     }
     for g in ["kvm", "libvirt-qemu"] {
@@ -78,7 +85,19 @@ fn prepare_host() -> Result<(), String> {
         }
     }
     if run(&["getent", "passwd", "libvirt-qemu"]).is_err() {
-        run(&["useradd", "-r", "-g", "kvm", "-G", "libvirt-qemu", "-d", "/var/lib/libvirt", "-s", "/usr/sbin/nologin", "libvirt-qemu"])?;
+        run(&[
+            "useradd",
+            "-r",
+            "-g",
+            "kvm",
+            "-G",
+            "libvirt-qemu",
+            "-d",
+            "/var/lib/libvirt",
+            "-s",
+            "/usr/sbin/nologin",
+            "libvirt-qemu",
+        ])?;
     }
     // What udev's 50-udev-default rule does on a normal Debian system.
     run(&["chgrp", "kvm", "/dev/kvm"])?;
@@ -88,10 +107,17 @@ fn prepare_host() -> Result<(), String> {
 
 /// Spawns a daemon that gets SIGTERM when the calling thread (the keeper) dies.
 fn spawn_tied(args: &[&str]) -> Result<Child, String> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(LOG).map_err(|e| format!("{LOG}: {e}"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(LOG)
+        .map_err(|e| format!("{LOG}: {e}"))?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(args[0]);
-    cmd.args(&args[1..]).stdin(Stdio::null()).stdout(log).stderr(log2);
+    cmd.args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
@@ -101,7 +127,8 @@ fn spawn_tied(args: &[&str]) -> Result<Child, String> {
             Ok(())
         });
     }
-    cmd.spawn().map_err(|e| format!("cannot start {}: {e}", args[0]))
+    cmd.spawn()
+        .map_err(|e| format!("cannot start {}: {e}", args[0]))
 }
 
 /// The keeper thread: starts the daemons, then serves stop/start requests; it never ends, so
@@ -123,7 +150,10 @@ fn keeper(ready: mpsc::Sender<Result<u32, String>>, cmds: mpsc::Receiver<Cmd>) {
         match cmd {
             Cmd::Stop(reply) => {
                 if let Some(mut c) = libvirtd.take() {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(c.id() as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
                     let _ = c.wait();
                 }
                 let _ = reply.send(Ok(()));
@@ -159,15 +189,28 @@ fn start() -> Result<Libvirtd, String> {
     }
     prepare_host()?;
     if answers() {
-        return Ok(Libvirtd { started_here: false, keeper: Mutex::new(None) });
+        return Ok(Libvirtd {
+            started_here: false,
+            keeper: Mutex::new(None),
+        });
     }
     let (ready_tx, ready_rx) = mpsc::channel();
     let (cmd_tx, cmd_rx) = mpsc::channel();
-    std::thread::Builder::new().name("libvirtd-keeper".into()).spawn(move || keeper(ready_tx, cmd_rx)).map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("libvirtd-keeper".into())
+        .spawn(move || keeper(ready_tx, cmd_rx))
+        .map_err(|e| e.to_string())?;
     let pid = ready_rx.recv().map_err(|e| e.to_string())??;
-    wait_for("libvirtd to answer on qemu:///system", Duration::from_secs(60), || answers().then_some(()))
-        .map_err(|e| format!("{e} (libvirtd pid {pid}, log {LOG})"))?;
-    Ok(Libvirtd { started_here: true, keeper: Mutex::new(Some(cmd_tx)) })
+    wait_for(
+        "libvirtd to answer on qemu:///system",
+        Duration::from_secs(60),
+        || answers().then_some(()),
+    )
+    .map_err(|e| format!("{e} (libvirtd pid {pid}, log {LOG})"))?;
+    Ok(Libvirtd {
+        started_here: true,
+        keeper: Mutex::new(Some(cmd_tx)),
+    })
 }
 
 /// A persistent KVM domain with one `<interface type='ethernet'>` (a host tap device) and no
@@ -185,7 +228,13 @@ pub fn unique_mac() -> String {
     static N: AtomicU32 = AtomicU32::new(1);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
-    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", (pid >> 8) & 0xff, pid & 0xff, (n >> 8) & 0xff, n & 0xff)
+    format!(
+        "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
+        (pid >> 8) & 0xff,
+        pid & 0xff,
+        (n >> 8) & 0xff,
+        n & 0xff
+    )
 }
 
 impl KvmDomain {
@@ -218,8 +267,16 @@ impl KvmDomain {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let path = dir.path().join("domain.xml");
         std::fs::write(&path, KvmDomain::xml(&name, &mac)).map_err(|e| e.to_string())?;
-        run(&["virsh", "-c", URI, "define", path.to_str().unwrap_or_default()])?;
-        let uuid = run(&["virsh", "-c", URI, "domuuid", &name]).map(|s| s.trim().to_string()).unwrap_or_default();
+        run(&[
+            "virsh",
+            "-c",
+            URI,
+            "define",
+            path.to_str().unwrap_or_default(),
+        ])?;
+        let uuid = run(&["virsh", "-c", URI, "domuuid", &name])
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
         Ok(KvmDomain { name, mac, uuid })
     }
 
@@ -238,7 +295,9 @@ impl KvmDomain {
 
     /// `virsh domstate`: running, paused, shut off...
     pub fn state(&self) -> String {
-        self.virsh(&["domstate", &self.name]).map(|s| s.trim().to_string()).unwrap_or_else(|e| e)
+        self.virsh(&["domstate", &self.name])
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| e)
     }
 
     /// `virsh domif-getlink`: up or down.
@@ -262,7 +321,9 @@ impl KvmDomain {
 
     /// The QEMU process id (changes when the domain is restarted).
     pub fn qemu_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(format!("/var/run/libvirt/qemu/{}.pid", self.name)).ok().and_then(|s| s.trim().parse().ok())
+        std::fs::read_to_string(format!("/var/run/libvirt/qemu/{}.pid", self.name))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
     }
 }
 

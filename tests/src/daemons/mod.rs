@@ -34,7 +34,9 @@ pub fn required() -> bool {
 pub fn require_daemon<T>(test: &str, what: &str, r: Result<T, String>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
-        Err(why) if required() => panic!("{test}: VESPA_REQUIRE_EBPF=1 but {what} cannot run: {why}"),
+        Err(why) if required() => {
+            panic!("{test}: VESPA_REQUIRE_EBPF=1 but {what} cannot run: {why}")
+        }
         Err(why) => {
             eprintln!("SKIPPED {test}: {what} cannot run: {why} (set VESPA_REQUIRE_EBPF=1 to make this a failure)");
             None
@@ -44,7 +46,11 @@ pub fn require_daemon<T>(test: &str, what: &str, r: Result<T, String>) -> Option
 
 /// Runs a command to completion; Err carries its output.
 pub fn run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0]).args(&args[1..]).stdin(Stdio::null()).output().map_err(|e| format!("{}: {e}", args[0]))?;
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", args[0]))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -62,12 +68,17 @@ pub fn have(prog: &str) -> bool {
     if prog.starts_with('/') {
         return std::path::Path::new(prog).exists();
     }
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
 }
 
 /// Polls `f` until it returns Some, or fails after `timeout` (a failure bound, not a delay:
 /// it returns as soon as the condition holds).
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(2);
     loop {
@@ -94,9 +105,14 @@ pub fn in_netns<R: Send + 'static>(name: &str, f: impl FnOnce() -> R + Send + 's
 /// and two nodes of one tree must not draw the same port the kernel just handed back.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
         if !given.contains(&port) {
             given.push(port);
             return port;
@@ -112,16 +128,33 @@ pub struct Proc {
 
 impl Proc {
     /// Spawns `args`, stdout and stderr appended to `log`.
-    pub fn spawn(name: &str, args: &[&str], log: &std::path::Path, env: &[(&str, &str)]) -> Result<Proc, String> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    pub fn spawn(
+        name: &str,
+        args: &[&str],
+        log: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Result<Proc, String> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(args[0]);
-        cmd.args(&args[1..]).stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().map_err(|e| format!("cannot start {name} ({}): {e}", args[0]))?;
-        Ok(Proc { name: name.to_string(), child: Some(child) })
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({}): {e}", args[0]))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child: Some(child),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -140,7 +173,9 @@ impl Proc {
 
     /// Stops the process (SIGTERM, SIGKILL after 5 s) and reaps it.
     pub fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else { return };
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
         if let Ok(Some(_)) = c.try_wait() {
             return;
         }
@@ -167,18 +202,32 @@ impl Drop for Proc {
 /// A minimal HTTP/1.0 GET for readiness probes (status, body).
 pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
-    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("not HTTP: {buf:?}"))?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not HTTP: {buf:?}"))?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 /// One HTTP/1.1 request with a JSON body and an optional bearer token (status, body); `None`
 /// when the server cannot be reached or does not answer HTTP.
-pub fn http_request(addr: std::net::SocketAddr, method: &str, path: &str, auth: Option<&str>, body: &str) -> Option<(u16, String)> {
+pub fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());

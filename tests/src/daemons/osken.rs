@@ -22,7 +22,10 @@ pub fn prerequisites() -> Result<(), String> {
     if py.exists() {
         Ok(())
     } else {
-        Err(format!("{} missing (cargo xtask setup builds the os-ken venv)", py.display()))
+        Err(format!(
+            "{} missing (cargo xtask setup builds the os-ken venv)",
+            py.display()
+        ))
     }
 }
 
@@ -50,7 +53,10 @@ impl OsKen {
             Some(_) => (6653, 8080),
             None => (super::free_port(), super::free_port()),
         };
-        let dir = tempfile::Builder::new().prefix("vespa-osken").tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new()
+            .prefix("vespa-osken")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
         let (ofp, api) = (ofp_port.to_string(), api_port.to_string());
         let py = py.to_string_lossy().into_owned();
         let launcher = launcher().to_string_lossy().into_owned();
@@ -74,12 +80,21 @@ impl OsKen {
         ]);
         let log = dir.path().join("osken.log");
         let proc = Proc::spawn("os-ken", &args, &log, &[])?;
-        let mut me = OsKen { proc, api: format!("127.0.0.1:{api_port}"), ofp_port, ns: ns.map(|n| n.name.clone()), dir };
+        let mut me = OsKen {
+            proc,
+            api: format!("127.0.0.1:{api_port}"),
+            ofp_port,
+            ns: ns.map(|n| n.name.clone()),
+            dir,
+        };
         wait_for("os-ken's REST API", Duration::from_secs(30), || {
             if let Err(e) = me.proc.alive() {
                 return Some(Err(format!("{e}; log: {}", me.log_tail())));
             }
-            me.get("/stats/switches").ok().filter(|(s, _)| *s == 200).map(|_| Ok(()))
+            me.get("/stats/switches")
+                .ok()
+                .filter(|(s, _)| *s == 200)
+                .map(|_| Ok(()))
         })??;
         Ok(me)
     }
@@ -95,11 +110,18 @@ impl OsKen {
 
     /// Waits until the switch `dpid` is connected.
     pub fn wait_switch(&self, dpid: u64, timeout: Duration) -> Result<(), String> {
-        wait_for(&format!("switch {dpid} to connect to os-ken"), timeout, || {
-            let (_, body) = self.get("/stats/switches").ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-            v.as_array()?.iter().any(|d| d.as_u64() == Some(dpid)).then_some(())
-        })
+        wait_for(
+            &format!("switch {dpid} to connect to os-ken"),
+            timeout,
+            || {
+                let (_, body) = self.get("/stats/switches").ok()?;
+                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+                v.as_array()?
+                    .iter()
+                    .any(|d| d.as_u64() == Some(dpid))
+                    .then_some(())
+            },
+        )
     }
 
     pub fn log_tail(&self) -> String {

@@ -37,7 +37,14 @@ pub struct Ovs {
 impl Ovs {
     /// What [`Ovs::start`] needs of the machine: Err names the first thing missing.
     pub fn prerequisites() -> Result<(), String> {
-        for p in ["ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "ethtool"] {
+        for p in [
+            "ovsdb-tool",
+            "ovsdb-server",
+            "ovs-vswitchd",
+            "ovs-vsctl",
+            "ovs-ofctl",
+            "ethtool",
+        ] {
             if !have(p) {
                 return Err(format!("{p} not installed (cargo xtask setup)"));
             }
@@ -50,9 +57,16 @@ impl Ovs {
 
     pub fn start() -> Result<Ovs, String> {
         Ovs::prerequisites()?;
-        let dir = tempfile::Builder::new().prefix("vespa-ovs").tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new()
+            .prefix("vespa-ovs")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
         let d = dir.path().to_str().ok_or("non-UTF-8 temp dir")?.to_string();
-        let env = [("OVS_RUNDIR", d.as_str()), ("OVS_LOGDIR", d.as_str()), ("OVS_DBDIR", d.as_str())];
+        let env = [
+            ("OVS_RUNDIR", d.as_str()),
+            ("OVS_LOGDIR", d.as_str()),
+            ("OVS_DBDIR", d.as_str()),
+        ];
         let ns = Netns::new("ovs");
         run(&["ovsdb-tool", "create", &format!("{d}/conf.db"), SCHEMA])?;
         let log = dir.path().join("daemons.log");
@@ -97,7 +111,12 @@ impl Ovs {
             vswitchd.alive().ok()?;
             run(&["ovs-appctl", "-t", &ctl, "version"]).ok()
         })?;
-        Ok(Ovs { vswitchd, ovsdb, ns, dir })
+        Ok(Ovs {
+            vswitchd,
+            ovsdb,
+            ns,
+            dir,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -142,18 +161,40 @@ impl Ovs {
 
     /// `ovs-ofctl -O OpenFlow13 dump-flows` of the bridge.
     pub fn dump_flows(&self, bridge: &str) -> Result<String, String> {
-        run(&["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", &self.mgmt(bridge)])
+        run(&[
+            "ovs-ofctl",
+            "-O",
+            "OpenFlow13",
+            "dump-flows",
+            &self.mgmt(bridge),
+        ])
     }
 
     /// Flow lines containing `needle`.
     pub fn flows_matching(&self, bridge: &str, needle: &str) -> Vec<String> {
-        self.dump_flows(bridge).unwrap_or_default().lines().filter(|l| l.contains(needle)).map(|l| l.trim().to_string()).collect()
+        self.dump_flows(bridge)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(|l| l.trim().to_string())
+            .collect()
     }
 
     /// Waits until some flow line contains `needle` (or, `present == false`, none does).
-    pub fn wait_flow(&self, bridge: &str, needle: &str, present: bool, timeout: Duration) -> Result<(), String> {
-        let what = format!("a flow with {needle:?} to be {}", if present { "present" } else { "gone" });
-        wait_for(&what, timeout, || (self.flows_matching(bridge, needle).is_empty() != present).then_some(()))
+    pub fn wait_flow(
+        &self,
+        bridge: &str,
+        needle: &str,
+        present: bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let what = format!(
+            "a flow with {needle:?} to be {}",
+            if present { "present" } else { "gone" }
+        );
+        wait_for(&what, timeout, || {
+            (self.flows_matching(bridge, needle).is_empty() != present).then_some(())
+        })
     }
 
     /// Attaches a host namespace to `bridge` through a veth pair; the host gets
@@ -162,18 +203,57 @@ impl Ovs {
         let ns = Netns::new("oh");
         let port = crate::unique("op");
         let inner = crate::unique("oi");
-        run(&["ip", "link", "add", &port, "netns", &self.ns.name, "type", "veth", "peer", "name", &inner, "netns", &ns.name])?;
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &port,
+            "netns",
+            &self.ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner,
+            "netns",
+            &ns.name,
+        ])?;
         let mac = unique_mac();
         let ip = Ipv4Addr::new(10, 88, net, host);
         let nsn = ns.name.as_str();
         run(&["ip", "-n", nsn, "link", "set", &inner, "address", &mac])?;
-        run(&["ip", "netns", "exec", nsn, "sysctl", "-qw", &format!("net.ipv6.conf.{inner}.disable_ipv6=1")])?;
-        run(&["ip", "-n", nsn, "addr", "add", &format!("{ip}/24"), "dev", &inner])?;
-        run(&["ip", "netns", "exec", nsn, "ethtool", "-K", &inner, "tx", "off"])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            nsn,
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{inner}.disable_ipv6=1"),
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            nsn,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            &inner,
+        ])?;
+        run(&[
+            "ip", "netns", "exec", nsn, "ethtool", "-K", &inner, "tx", "off",
+        ])?;
         run(&["ip", "-n", nsn, "link", "set", &inner, "up"])?;
         run(&["ip", "-n", &self.ns.name, "link", "set", &port, "up"])?;
         self.vsctl(&["add-port", bridge, &port])?;
-        Ok(Host { ns, ifname: inner, port, mac, ip })
+        Ok(Host {
+            ns,
+            ifname: inner,
+            port,
+            mac,
+            ip,
+        })
     }
 }
 
@@ -251,7 +331,14 @@ impl SdnLab {
         h1.add_neighbour(&h2)?;
         h2.add_neighbour(&h1)?;
         osken.wait_switch(dpid, Duration::from_secs(20))?;
-        Ok(SdnLab { h1, h2, osken, ovs, bridge, dpid })
+        Ok(SdnLab {
+            h1,
+            h2,
+            osken,
+            ovs,
+            bridge,
+            dpid,
+        })
     }
 
     /// os-ken's REST base URL (valid inside the switch namespace).
@@ -279,7 +366,8 @@ impl UdpStream {
         let (a, s) = (arrivals.clone(), stop.clone());
         let rx = to.ns.spawn(move || {
             let sock = UdpSocket::bind(dst).expect("bind the UDP receiver");
-            sock.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+            sock.set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("timeout");
             let _ = ready_tx.send(());
             let mut buf = [0u8; 64];
             while !s.load(Ordering::Relaxed) {
@@ -306,7 +394,12 @@ impl UdpStream {
                 }
             }
         });
-        UdpStream { arrivals, stop, threads: vec![rx, tx], sent }
+        UdpStream {
+            arrivals,
+            stop,
+            threads: vec![rx, tx],
+            sent,
+        }
     }
 
     /// Datagrams received at or after `t`.
@@ -329,12 +422,19 @@ impl UdpStream {
     /// Waits until `n` datagrams arrived after now.
     pub fn wait_flowing(&self, n: usize, timeout: Duration) -> Result<(), String> {
         let t = Instant::now();
-        wait_for(&format!("{n} datagrams to arrive"), timeout, || (self.received_since(t) >= n).then_some(()))
+        wait_for(&format!("{n} datagrams to arrive"), timeout, || {
+            (self.received_since(t) >= n).then_some(())
+        })
     }
 
     /// Waits until nothing has arrived for `quiet`; returns the last arrival (None if
     /// nothing arrived since `since`).
-    pub fn wait_stopped(&self, since: Instant, quiet: Duration, timeout: Duration) -> Result<Option<Instant>, String> {
+    pub fn wait_stopped(
+        &self,
+        since: Instant,
+        quiet: Duration,
+        timeout: Duration,
+    ) -> Result<Option<Instant>, String> {
         wait_for("the stream to stop", timeout, || {
             let last = self.last_arrival();
             let quiet_since = last.map_or(since, |l| l.max(since));
@@ -392,16 +492,33 @@ impl FlowMonitor {
         }
         // The monitor first prints the current flows ("watch:" implies "initial"): once a line
         // arrived it is subscribed.
-        ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| "ovs-ofctl monitor printed nothing".to_string())?;
-        Ok(FlowMonitor { child, events, readers })
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| "ovs-ofctl monitor printed nothing".to_string())?;
+        Ok(FlowMonitor {
+            child,
+            events,
+            readers,
+        })
     }
 
     /// Waits for an `event=ADDED` (or DELETED) line containing `needle`, reported at or after
     /// `since`; returns when it was reported.
-    pub fn wait(&self, event: &str, needle: &str, since: Instant, timeout: Duration) -> Result<Instant, String> {
+    pub fn wait(
+        &self,
+        event: &str,
+        needle: &str,
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<Instant, String> {
         let tag = format!("event={event}");
         wait_for(&format!("{tag} with {needle}"), timeout, || {
-            self.events.lock().expect("events").iter().find(|(t, l)| *t >= since && l.contains(&tag) && l.contains(needle)).map(|(t, _)| *t)
+            self.events
+                .lock()
+                .expect("events")
+                .iter()
+                .find(|(t, l)| *t >= since && l.contains(&tag) && l.contains(needle))
+                .map(|(t, _)| *t)
         })
         .map_err(|e| {
             let ev = self.events.lock().expect("events");

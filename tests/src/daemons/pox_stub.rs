@@ -41,8 +41,15 @@ pub struct PoxStub {
 
 impl PoxStub {
     pub async fn start() -> PoxStub {
-        let inner = Arc::new(Mutex::new(Inner { received: Vec::new(), blocked: BTreeSet::new(), mode: PoxMode::Normal, sessions: 0 }));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the POX stub");
+        let inner = Arc::new(Mutex::new(Inner {
+            received: Vec::new(),
+            blocked: BTreeSet::new(),
+            mode: PoxMode::Normal,
+            sessions: 0,
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the POX stub");
         let addr = listener.local_addr().expect("stub address");
         let st = inner.clone();
         let task = tokio::spawn(async move {
@@ -96,7 +103,13 @@ async fn session(mut sock: TcpStream, st: Arc<Mutex<Inner>>) {
         s.sessions += 1;
         s.sessions
     };
-    if send(&mut sock, &json!({ "CHANNEL": "", "cmd": "welcome", "session_id": format!("vespa-stub-{id}") })).await.is_err() {
+    if send(
+        &mut sock,
+        &json!({ "CHANNEL": "", "cmd": "welcome", "session_id": format!("vespa-stub-{id}") }),
+    )
+    .await
+    .is_err()
+    {
         return;
     }
     let mut joined: Option<String> = None;
@@ -105,7 +118,10 @@ async fn session(mut sock: TcpStream, st: Arc<Mutex<Inner>>) {
     loop {
         // Decode every complete JSON value in the buffer.
         loop {
-            let start = buf.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(buf.len());
+            let start = buf
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(buf.len());
             buf.drain(..start);
             if buf.is_empty() {
                 break;
@@ -129,19 +145,29 @@ async fn session(mut sock: TcpStream, st: Arc<Mutex<Inner>>) {
                 joined = msg["channel"].as_str().map(str::to_string);
                 continue;
             }
-            let Some(ch) = joined.clone().filter(|c| msg["CHANNEL"] == c.as_str()) else { continue };
+            let Some(ch) = joined.clone().filter(|c| msg["CHANNEL"] == c.as_str()) else {
+                continue;
+            };
             let reply = match mode {
                 PoxMode::Silent => continue,
                 PoxMode::Garbage => {
-                    let _ = sock.write_all(b"{\"CHANNEL\": \"mac_redir\", this is not json").await;
+                    let _ = sock
+                        .write_all(b"{\"CHANNEL\": \"mac_redir\", this is not json")
+                        .await;
                     continue;
                 }
-                PoxMode::Refuse => json!({ "CHANNEL": ch, "cmd": msg["cmd"], "xid": msg["xid"], "error": "component refused" }),
+                PoxMode::Refuse => {
+                    json!({ "CHANNEL": ch, "cmd": msg["cmd"], "xid": msg["xid"], "error": "component refused" })
+                }
                 PoxMode::Normal => answer(&st, &ch, &msg),
             };
             // Noise the client must skip: another channel, then another xid.
             let _ = send(&mut sock, &json!({ "CHANNEL": "other", "cmd": "chatter" })).await;
-            let _ = send(&mut sock, &json!({ "CHANNEL": ch, "cmd": "status", "xid": 999_999_999u64 })).await;
+            let _ = send(
+                &mut sock,
+                &json!({ "CHANNEL": ch, "cmd": "status", "xid": 999_999_999u64 }),
+            )
+            .await;
             let text = reply.to_string().into_bytes();
             let (a, b) = text.split_at(text.len() / 2);
             if sock.write_all(a).await.is_err() {
@@ -161,7 +187,11 @@ async fn session(mut sock: TcpStream, st: Arc<Mutex<Inner>>) {
 
 fn answer(st: &Arc<Mutex<Inner>>, ch: &str, msg: &Value) -> Value {
     let mut s = st.lock().expect("stub state");
-    let target = msg.get("mac").or_else(|| msg.get("ip")).and_then(Value::as_str).map(str::to_string);
+    let target = msg
+        .get("mac")
+        .or_else(|| msg.get("ip"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let base = |extra: Value| {
         let mut v = json!({ "CHANNEL": ch, "cmd": msg["cmd"], "xid": msg["xid"] });
         if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
@@ -190,7 +220,9 @@ fn answer(st: &Arc<Mutex<Inner>>, ch: &str, msg: &Value) -> Value {
         "get_topology" => base(
             json!({ "switches": ["00-00-00-00-00-01", "00-00-00-00-00-02"], "links": [{ "dpid1": "00-00-00-00-00-01", "port1": 3, "dpid2": "00-00-00-00-00-02", "port2": 3 }] }),
         ),
-        "get_link_stats" => base(json!({ "links": [{ "dpid": "00-00-00-00-00-01", "port": 3, "rx_packets": 10, "tx_packets": 12 }] })),
+        "get_link_stats" => base(
+            json!({ "links": [{ "dpid": "00-00-00-00-00-01", "port": 3, "rx_packets": 10, "tx_packets": 12 }] }),
+        ),
         "get_flow_stats" => base(json!({ "flows": [] })),
         other => base(json!({ "error": format!("unknown command {other}") })),
     }

@@ -17,14 +17,19 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// A node's `stats`, parsed.
 pub fn stats(tree: &Tree, via: &str, target: &str) -> Option<vespa_node::Stats> {
-    tree.call_via(via, target, "stats", &[]).ok().and_then(|s| serde_json::from_str(&s).ok())
+    tree.call_via(via, target, "stats", &[])
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
 }
 
 /// Calls a verb on the VO (directly, or from inside its network namespace).
@@ -42,7 +47,8 @@ pub fn try_vo_alerts(tree: &Tree, via_vo: VoCall<'_>) -> Option<Vec<serde_json::
     let mut from = 0u64;
     loop {
         let from_s = from.to_string();
-        let page: serde_json::Value = serde_json::from_str(&via_vo("get_alerts", &[&from_s]).ok()?).expect("get_alerts answers JSON");
+        let page: serde_json::Value = serde_json::from_str(&via_vo("get_alerts", &[&from_s]).ok()?)
+            .expect("get_alerts answers JSON");
         let alerts = page["alerts"].as_array().expect("alerts").clone();
         if alerts.is_empty() {
             return Some(out);
@@ -54,7 +60,11 @@ pub fn try_vo_alerts(tree: &Tree, via_vo: VoCall<'_>) -> Option<Vec<serde_json::
 
 /// Sequence numbers of `origin`'s alerts, in the order given.
 pub fn seqs_of(alerts: &[serde_json::Value], origin: &str) -> Vec<u64> {
-    alerts.iter().filter(|a| a["origin"] == origin).map(|a| a["seq"].as_u64().expect("seq")).collect()
+    alerts
+        .iter()
+        .filter(|a| a["origin"] == origin)
+        .map(|a| a["seq"].as_u64().expect("seq"))
+        .collect()
 }
 
 /// Asserts `seqs` is exactly `first..=last`: nothing lost, nothing twice, in order.
@@ -70,17 +80,45 @@ pub fn assert_exactly_once(seqs: &[u64], first: u64, last: u64, what: &str) {
         }
     }
     assert_eq!(dups, 0, "{what}: {dups} alert(s) repeated or out of order");
-    assert!(gaps.is_empty(), "{what}: alerts lost between {:?}", &gaps[..gaps.len().min(5)]);
-    assert_eq!(seqs[0], first, "{what}: the first alert ({first}) is missing (VO starts at {})", seqs[0]);
-    assert_eq!(*seqs.last().expect("non-empty"), last, "{what}: alerts after {} are missing (the origin raised up to {last})", seqs.last().expect("last"));
+    assert!(
+        gaps.is_empty(),
+        "{what}: alerts lost between {:?}",
+        &gaps[..gaps.len().min(5)]
+    );
+    assert_eq!(
+        seqs[0], first,
+        "{what}: the first alert ({first}) is missing (VO starts at {})",
+        seqs[0]
+    );
+    assert_eq!(
+        *seqs.last().expect("non-empty"),
+        last,
+        "{what}: alerts after {} are missing (the origin raised up to {last})",
+        seqs.last().expect("last")
+    );
 }
 
 /// Reads the agent's final numbering from its "node stopped" log line.
 pub fn final_seqs(p: &Proc, node: &str) -> (u64, u64) {
-    let f = p.log_event("node stopped", node).unwrap_or_else(|| panic!("{} has no 'node stopped' line for {node}:\n{}", p.label, p.log_text()));
-    assert_eq!(f["unacknowledged"], 0, "{node} exited with unacknowledged alerts: {f}");
-    assert_eq!(f["queue_overflow"], 0, "{node} dropped alerts (queue full): {f}");
-    (f["first_seq"].as_u64().expect("first_seq"), f["last_seq"].as_u64().expect("last_seq"))
+    let f = p.log_event("node stopped", node).unwrap_or_else(|| {
+        panic!(
+            "{} has no 'node stopped' line for {node}:\n{}",
+            p.label,
+            p.log_text()
+        )
+    });
+    assert_eq!(
+        f["unacknowledged"], 0,
+        "{node} exited with unacknowledged alerts: {f}"
+    );
+    assert_eq!(
+        f["queue_overflow"], 0,
+        "{node} dropped alerts (queue full): {f}"
+    );
+    (
+        f["first_seq"].as_u64().expect("first_seq"),
+        f["last_seq"].as_u64().expect("last_seq"),
+    )
 }
 
 /// True when a file exists (small helper for journal checks).

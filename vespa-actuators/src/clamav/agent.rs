@@ -16,7 +16,9 @@ use serde::Serialize;
 use super::{Clamd, ClamdAddr, Verdict};
 use crate::error::{chain, AvError};
 use crate::retry::{retry, RetryPolicy, RetryStats};
-use crate::verbs::{arity, find, json, ActuatorAlert, ActuatorVerbs, AlertSink, VerbFuture, VerbSpec};
+use crate::verbs::{
+    arity, find, json, ActuatorAlert, ActuatorVerbs, AlertSink, VerbFuture, VerbSpec,
+};
 
 #[derive(Debug, Clone)]
 pub struct AvConfig {
@@ -105,13 +107,20 @@ pub struct AvAgent {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Inner {
     fn record(&self, file: &str, status: String) {
         let mut a = self.analyzed.lock().unwrap_or_else(|p| p.into_inner());
-        a.push_back(ScanRecord { file: file.to_string(), status, at_unix_ms: now_ms() });
+        a.push_back(ScanRecord {
+            file: file.to_string(),
+            status,
+            at_unix_ms: now_ms(),
+        });
         while a.len() > self.cfg.history.max(1) {
             a.pop_front();
         }
@@ -121,17 +130,29 @@ impl Inner {
     pub(super) async fn scan_file(&self, path: &Path) -> Result<Verdict, AvError> {
         let what = format!("scan {}", path.display());
         let file = path.display().to_string();
-        let res = retry(&self.cfg.retry, &self.stats, &what, |_| self.clamd.scan_file(path)).await;
+        let res = retry(&self.cfg.retry, &self.stats, &what, |_| {
+            self.clamd.scan_file(path)
+        })
+        .await;
         match &res {
             Ok(Verdict::Clean) => self.record(&file, "OK".into()),
             Ok(Verdict::Infected { signature }) => {
                 self.record(&file, format!("{signature} FOUND"));
                 tracing::warn!(vm = %self.cfg.vm, file = %file, %signature, "infected file");
-                self.alerts.send(ActuatorAlert::Infected { vm: self.cfg.vm.clone(), file: file.clone(), signature: signature.clone() });
+                self.alerts.send(ActuatorAlert::Infected {
+                    vm: self.cfg.vm.clone(),
+                    file: file.clone(),
+                    signature: signature.clone(),
+                });
             }
             Err(e) => {
                 self.record(&file, format!("ERROR: {}", chain(e)));
-                if matches!(e, AvError::Unreachable { .. } | AvError::Timeout { .. } | AvError::BadReply { .. }) {
+                if matches!(
+                    e,
+                    AvError::Unreachable { .. }
+                        | AvError::Timeout { .. }
+                        | AvError::BadReply { .. }
+                ) {
                     self.alerts.failed("clamav", &what, e);
                 }
             }
@@ -153,7 +174,11 @@ impl AvAgent {
             alerts,
             stats: RetryStats::default(),
         });
-        let watcher = inner.cfg.watch_dir.clone().map(|dir| super::watch::spawn(inner.clone(), dir));
+        let watcher = inner
+            .cfg
+            .watch_dir
+            .clone()
+            .map(|dir| super::watch::spawn(inner.clone(), dir));
         AvAgent { inner, watcher }
     }
 
@@ -177,13 +202,28 @@ impl AvAgent {
 
     pub async fn version(&self) -> Result<String, AvError> {
         let i = &self.inner;
-        retry(&i.cfg.retry, &i.stats, "clamd VERSION", |_| i.clamd.version()).await
+        retry(&i.cfg.retry, &i.stats, "clamd VERSION", |_| {
+            i.clamd.version()
+        })
+        .await
     }
 
     /// Scans a file, or every regular file under a directory (results in path order).
-    pub async fn scan(&self, path: &Path) -> Result<Vec<(PathBuf, Result<Verdict, AvError>)>, AvError> {
-        let meta = tokio::fs::metadata(path).await.map_err(|source| AvError::Read { path: path.display().to_string(), source })?;
-        let files = if meta.is_dir() { super::watch::list_files(path).await } else { vec![path.to_path_buf()] };
+    pub async fn scan(
+        &self,
+        path: &Path,
+    ) -> Result<Vec<(PathBuf, Result<Verdict, AvError>)>, AvError> {
+        let meta = tokio::fs::metadata(path)
+            .await
+            .map_err(|source| AvError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let files = if meta.is_dir() {
+            super::watch::list_files(path).await
+        } else {
+            vec![path.to_path_buf()]
+        };
         let mut out = Vec::new();
         for f in files {
             let r = self.inner.scan_file(&f).await;
@@ -199,17 +239,29 @@ impl AvAgent {
 
     /// The analysed files, oldest first.
     pub fn analyzed(&self) -> Vec<ScanRecord> {
-        self.inner.analyzed.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+        self.inner
+            .analyzed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn route(&self) -> Route {
-        self.inner.route.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .route
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The VM is isolated: reach it through `hypervisor_agent`.
     pub fn isolate(&self, hypervisor_agent: &str) {
         tracing::info!(vm = %self.inner.cfg.vm, via = hypervisor_agent, "VM isolated; reaching it through the hypervisor agent");
-        *self.inner.route.lock().unwrap_or_else(|p| p.into_inner()) = Route::ViaHypervisor { agent: hypervisor_agent.to_string() };
+        *self.inner.route.lock().unwrap_or_else(|p| p.into_inner()) = Route::ViaHypervisor {
+            agent: hypervisor_agent.to_string(),
+        };
     }
 
     /// The VM is connected again.

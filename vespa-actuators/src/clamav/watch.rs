@@ -23,7 +23,9 @@ pub(super) async fn list_files(dir: &Path) -> Vec<PathBuf> {
             continue;
         };
         while let Ok(Some(e)) = rd.next_entry().await {
-            let Ok(ft) = e.file_type().await else { continue };
+            let Ok(ft) = e.file_type().await else {
+                continue;
+            };
             if ft.is_file() {
                 out.push(e.path());
             } else if ft.is_dir() && depth < MAX_DEPTH {
@@ -46,7 +48,9 @@ pub(super) fn spawn(inner: Arc<Inner>, dir: PathBuf) -> tokio::task::JoinHandle<
             let files = list_files(&dir).await;
             seen.retain(|p, _| files.binary_search(p).is_ok());
             for f in files {
-                let Ok(meta) = tokio::fs::metadata(&f).await else { continue };
+                let Ok(meta) = tokio::fs::metadata(&f).await else {
+                    continue;
+                };
                 let key = (meta.len(), meta.modified().ok());
                 if seen.get(&f) == Some(&key) {
                     continue;

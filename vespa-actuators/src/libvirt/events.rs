@@ -58,12 +58,20 @@ impl TapMap {
 
     /// The whole map, sorted by device.
     pub fn snapshot(&self) -> BTreeMap<String, VmIface> {
-        self.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The host devices of one VM (by name or UUID).
     pub fn taps_of(&self, vm: &str) -> Vec<VmIface> {
-        let mut v: Vec<VmIface> = self.read().values().filter(|i| i.vm == vm || i.uuid == vm).cloned().collect();
+        let mut v: Vec<VmIface> = self
+            .read()
+            .values()
+            .filter(|i| i.vm == vm || i.uuid == vm)
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.tap.cmp(&b.tap));
         v
     }
@@ -124,7 +132,11 @@ fn kind_of(event: c_int) -> VmEventKind {
 
 /// What the C callbacks hand to the watcher thread.
 enum Raw {
-    Domain { vm: String, uuid: String, kind: VmEventKind },
+    Domain {
+        vm: String,
+        uuid: String,
+        kind: VmEventKind,
+    },
     Closed(c_int),
 }
 
@@ -137,7 +149,10 @@ pub fn ensure_event_loop() -> Result<(), String> {
         .get_or_init(|| {
             // SAFETY: plain libvirt call without arguments; guarded to run once per process.
             if unsafe { sys::virEventRegisterDefaultImpl() } < 0 {
-                return Err(format!("virEventRegisterDefaultImpl failed: {}", virt::error::Error::last_error()));
+                return Err(format!(
+                    "virEventRegisterDefaultImpl failed: {}",
+                    virt::error::Error::last_error()
+                ));
             }
             thread::Builder::new()
                 .name("libvirt-events".into())
@@ -193,7 +208,11 @@ unsafe extern "C" fn on_lifecycle(
     let tx = unsafe { &*(opaque as *const mpsc::Sender<Raw>) };
     // SAFETY: libvirt passes a valid domain for the callback's duration.
     let (vm, uuid) = unsafe { ident(dom) };
-    let _ = tx.send(Raw::Domain { vm, uuid, kind: kind_of(event) });
+    let _ = tx.send(Raw::Domain {
+        vm,
+        uuid,
+        kind: kind_of(event),
+    });
     0
 }
 
@@ -209,14 +228,24 @@ unsafe fn on_device(kind: VmEventKind, dom: sys::virDomainPtr, opaque: *mut c_vo
 
 /// # Safety
 /// As [`on_lifecycle`].
-unsafe extern "C" fn on_device_added(_c: sys::virConnectPtr, dom: sys::virDomainPtr, _alias: *const c_char, opaque: *mut c_void) {
+unsafe extern "C" fn on_device_added(
+    _c: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _alias: *const c_char,
+    opaque: *mut c_void,
+) {
     // SAFETY: forwarded contract.
     unsafe { on_device(VmEventKind::DeviceAdded, dom, opaque) }
 }
 
 /// # Safety
 /// As [`on_lifecycle`].
-unsafe extern "C" fn on_device_removed(_c: sys::virConnectPtr, dom: sys::virDomainPtr, _alias: *const c_char, opaque: *mut c_void) {
+unsafe extern "C" fn on_device_removed(
+    _c: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _alias: *const c_char,
+    opaque: *mut c_void,
+) {
     // SAFETY: forwarded contract.
     unsafe { on_device(VmEventKind::DeviceRemoved, dom, opaque) }
 }
@@ -249,16 +278,29 @@ struct Registrations<'a> {
 
 impl<'a> Registrations<'a> {
     fn register(conn: &'a Connect, tx: &mpsc::Sender<Raw>) -> Result<Registrations<'a>, String> {
-        let mut regs = Registrations { conn, ids: Vec::new(), close: false };
+        let mut regs = Registrations {
+            conn,
+            ids: Vec::new(),
+            close: false,
+        };
         type Generic = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
         // SAFETY: libvirt calls each callback with the signature of its event id; the generic
         // type is only the registration's calling convention (as in libvirt's own
         // VIR_DOMAIN_EVENT_CALLBACK macro). Function pointers have the same size.
         let cbs: [(u32, Generic); 3] = unsafe {
             [
-                (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, std::mem::transmute::<*const (), Generic>(on_lifecycle as *const ())),
-                (sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, std::mem::transmute::<*const (), Generic>(on_device_added as *const ())),
-                (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, std::mem::transmute::<*const (), Generic>(on_device_removed as *const ())),
+                (
+                    sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                    std::mem::transmute::<*const (), Generic>(on_lifecycle as *const ()),
+                ),
+                (
+                    sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
+                    std::mem::transmute::<*const (), Generic>(on_device_added as *const ()),
+                ),
+                (
+                    sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+                    std::mem::transmute::<*const (), Generic>(on_device_removed as *const ()),
+                ),
             ]
         };
         for (id, cb) in cbs {
@@ -266,22 +308,42 @@ impl<'a> Registrations<'a> {
             // SAFETY: valid connection; `opaque` is a boxed sender freed by `free_sender`
             // (by libvirt on deregistration, or here if registration fails).
             let r = unsafe {
-                sys::virConnectDomainEventRegisterAny(conn.as_ptr(), std::ptr::null_mut(), id as c_int, Some(cb), opaque, Some(free_sender))
+                sys::virConnectDomainEventRegisterAny(
+                    conn.as_ptr(),
+                    std::ptr::null_mut(),
+                    id as c_int,
+                    Some(cb),
+                    opaque,
+                    Some(free_sender),
+                )
             };
             if r < 0 {
                 // SAFETY: libvirt did not take ownership of `opaque` on failure.
                 unsafe { free_sender(opaque) };
-                return Err(format!("cannot register domain event {id}: {}", virt::error::Error::last_error()));
+                return Err(format!(
+                    "cannot register domain event {id}: {}",
+                    virt::error::Error::last_error()
+                ));
             }
             regs.ids.push(r);
         }
         let opaque = boxed(tx);
         // SAFETY: as above, for the connection's close callback.
-        let r = unsafe { sys::virConnectRegisterCloseCallback(conn.as_ptr(), Some(on_close), opaque, Some(free_sender)) };
+        let r = unsafe {
+            sys::virConnectRegisterCloseCallback(
+                conn.as_ptr(),
+                Some(on_close),
+                opaque,
+                Some(free_sender),
+            )
+        };
         if r < 0 {
             // SAFETY: not taken by libvirt.
             unsafe { free_sender(opaque) };
-            return Err(format!("cannot register the close callback: {}", virt::error::Error::last_error()));
+            return Err(format!(
+                "cannot register the close callback: {}",
+                virt::error::Error::last_error()
+            ));
         }
         regs.close = true;
         // Detect a hung (not just dead) daemon: 5 s interval, 3 missed answers.
@@ -306,7 +368,9 @@ impl Drop for Registrations<'_> {
 }
 
 /// The tap devices of one domain, read from its live description (empty if not running).
-pub(crate) fn domain_ifaces(dom: &virt::domain::Domain) -> Result<Vec<VmIface>, virt::error::Error> {
+pub(crate) fn domain_ifaces(
+    dom: &virt::domain::Domain,
+) -> Result<Vec<VmIface>, virt::error::Error> {
     if !dom.is_active()? {
         return Ok(Vec::new());
     }
@@ -320,7 +384,14 @@ pub(crate) fn domain_ifaces(dom: &virt::domain::Domain) -> Result<Vec<VmIface>, 
     Ok(ifaces
         .into_iter()
         .filter_map(|i| {
-            i.tap.map(|tap| VmIface { vm: name.clone(), uuid: uuid.clone(), mac: i.mac, tap, kind: i.kind, link_up: i.link_up })
+            i.tap.map(|tap| VmIface {
+                vm: name.clone(),
+                uuid: uuid.clone(),
+                mac: i.mac,
+                tap,
+                kind: i.kind,
+                link_up: i.link_up,
+            })
         })
         .collect())
 }
@@ -363,7 +434,11 @@ pub(crate) struct Watcher {
 const POLL: Duration = Duration::from_millis(100);
 
 impl Watcher {
-    pub(crate) fn start(uri: String, taps: TapMap, events: tokio::sync::broadcast::Sender<VmEvent>) -> Result<Watcher, String> {
+    pub(crate) fn start(
+        uri: String,
+        taps: TapMap,
+        events: tokio::sync::broadcast::Sender<VmEvent>,
+    ) -> Result<Watcher, String> {
         ensure_event_loop()?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
@@ -372,7 +447,11 @@ impl Watcher {
             .name("libvirt-watch".into())
             .spawn(move || run(&uri, &taps, &events, &watching_tx, &s))
             .map_err(|e| format!("cannot start the libvirt watcher: {e}"))?;
-        Ok(Watcher { stop, thread: Some(thread), watching })
+        Ok(Watcher {
+            stop,
+            thread: Some(thread),
+            watching,
+        })
     }
 
     /// Waits until events are watched (at once if they are).
@@ -392,7 +471,13 @@ impl Drop for Watcher {
     }
 }
 
-fn run(uri: &str, taps: &TapMap, events: &tokio::sync::broadcast::Sender<VmEvent>, watching: &tokio::sync::watch::Sender<bool>, stop: &AtomicBool) {
+fn run(
+    uri: &str,
+    taps: &TapMap,
+    events: &tokio::sync::broadcast::Sender<VmEvent>,
+    watching: &tokio::sync::watch::Sender<bool>,
+    stop: &AtomicBool,
+) {
     let mut backoff = Duration::from_millis(200);
     while !stop.load(Ordering::Relaxed) {
         let result = session(uri, taps, events, watching, stop);
@@ -413,7 +498,13 @@ fn run(uri: &str, taps: &TapMap, events: &tokio::sync::broadcast::Sender<VmEvent
 }
 
 /// One connection's worth of events; returns Ok when the connection closed.
-fn session(uri: &str, taps: &TapMap, events: &tokio::sync::broadcast::Sender<VmEvent>, watching: &tokio::sync::watch::Sender<bool>, stop: &AtomicBool) -> Result<(), String> {
+fn session(
+    uri: &str,
+    taps: &TapMap,
+    events: &tokio::sync::broadcast::Sender<VmEvent>,
+    watching: &tokio::sync::watch::Sender<bool>,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     let conn = Connect::open(Some(uri)).map_err(|e| format!("cannot connect: {e}"))?;
     let (tx, rx) = mpsc::channel();
     let regs = Registrations::register(&conn, &tx)?;
@@ -437,7 +528,9 @@ fn session(uri: &str, taps: &TapMap, events: &tokio::sync::broadcast::Sender<VmE
                 break Ok(());
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break Err("event channel closed".to_string()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break Err("event channel closed".to_string())
+            }
         }
     };
     drop(regs);

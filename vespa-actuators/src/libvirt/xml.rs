@@ -32,15 +32,23 @@ pub struct Iface {
 pub fn interfaces(xml: &str) -> Result<Vec<Iface>, String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    for node in doc.descendants().filter(|n| n.has_tag_name("interface") && n.parent().is_some_and(|p| p.has_tag_name("devices"))) {
+    for node in doc.descendants().filter(|n| {
+        n.has_tag_name("interface") && n.parent().is_some_and(|p| p.has_tag_name("devices"))
+    }) {
         let child = |tag: &str| node.children().find(|c| c.has_tag_name(tag));
-        let Some(mac) = child("mac").and_then(|m| m.attribute("address")) else { continue };
+        let Some(mac) = child("mac").and_then(|m| m.attribute("address")) else {
+            continue;
+        };
         let link = child("link");
         out.push(Iface {
             mac: mac.to_ascii_lowercase(),
-            tap: child("target").and_then(|t| t.attribute("dev")).map(str::to_string),
+            tap: child("target")
+                .and_then(|t| t.attribute("dev"))
+                .map(str::to_string),
             kind: node.attribute("type").unwrap_or("").to_string(),
-            model: child("model").and_then(|m| m.attribute("type")).map(str::to_string),
+            model: child("model")
+                .and_then(|m| m.attribute("type"))
+                .map(str::to_string),
             link_up: link.and_then(|l| l.attribute("state")) != Some("down"),
             range: node.range(),
             link: link.map(|l| l.range()),
@@ -70,7 +78,11 @@ pub fn with_link_state(xml: &str, iface: &Iface, up: bool) -> String {
 /// Normalises a MAC address argument (`AA-BB-..` -> `aa:bb:..`), or None if malformed.
 pub fn normalize_mac(s: &str) -> Option<String> {
     let parts: Vec<&str> = s.trim().split([':', '-']).collect();
-    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || u8::from_str_radix(p, 16).is_err()) {
+    if parts.len() != 6
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || u8::from_str_radix(p, 16).is_err())
+    {
         return None;
     }
     Some(parts.join(":").to_ascii_lowercase())
@@ -117,17 +129,30 @@ mod tests {
     fn link_state_is_inserted_or_replaced() {
         let ifs = interfaces(XML).expect("parse");
         let down = with_link_state(XML, &ifs[0], false);
-        assert!(down.starts_with("<interface type='ethernet'>") && down.ends_with("</interface>"), "{down}");
-        assert!(down.contains("<link state='down'/>") && down.contains("<target dev='vnet1'/>"), "{down}");
-        let reparsed = interfaces(&format!("<domain><devices>{down}</devices></domain>")).expect("well-formed");
+        assert!(
+            down.starts_with("<interface type='ethernet'>") && down.ends_with("</interface>"),
+            "{down}"
+        );
+        assert!(
+            down.contains("<link state='down'/>") && down.contains("<target dev='vnet1'/>"),
+            "{down}"
+        );
+        let reparsed = interfaces(&format!("<domain><devices>{down}</devices></domain>"))
+            .expect("well-formed");
         assert!(!reparsed[0].link_up);
         let up = with_link_state(XML, &ifs[1], true);
-        assert!(up.contains("<link state='up'/>") && !up.contains("down"), "{up}");
+        assert!(
+            up.contains("<link state='up'/>") && !up.contains("down"),
+            "{up}"
+        );
     }
 
     #[test]
     fn macs() {
-        assert_eq!(normalize_mac("52-54-00-AA-bb-01").as_deref(), Some("52:54:00:aa:bb:01"));
+        assert_eq!(
+            normalize_mac("52-54-00-AA-bb-01").as_deref(),
+            Some("52:54:00:aa:bb:01")
+        );
         assert_eq!(normalize_mac("52:54:00:aa:bb"), None);
         assert_eq!(normalize_mac("52:54:00:aa:bb:zz"), None);
     }

@@ -83,7 +83,11 @@ pub const ALL_PORTS: &str = "/wm/core/switch/all/port/json";
 
 impl Floodlight {
     pub fn new(cfg: FloodlightConfig) -> Floodlight {
-        Floodlight { http: Http::new(NAME, &cfg.url, cfg.timeout), state: SdnState::new(cfg.retry.clone()), cfg }
+        Floodlight {
+            http: Http::new(NAME, &cfg.url, cfg.timeout),
+            state: SdnState::new(cfg.retry.clone()),
+            cfg,
+        }
     }
 
     /// The static flow pusher path of the configured API.
@@ -97,45 +101,91 @@ impl Floodlight {
     /// The DPIDs of the connected switches (`switchDPID` from v1.0, `dpid` in v0.90).
     pub async fn switches(&self) -> Result<Vec<String>, SdnError> {
         let v = self.http.get_json(SWITCHES).await?;
-        let arr = v.as_array().ok_or_else(|| self.http.bad(SWITCHES, format!("expected a list of switches, got {v}")))?;
+        let arr = v.as_array().ok_or_else(|| {
+            self.http
+                .bad(SWITCHES, format!("expected a list of switches, got {v}"))
+        })?;
         arr.iter()
             .map(|s| {
                 s.get("switchDPID")
                     .or_else(|| s.get("dpid"))
                     .and_then(Value::as_str)
                     .map(str::to_string)
-                    .ok_or_else(|| self.http.bad(SWITCHES, format!("switch without switchDPID: {s}")))
+                    .ok_or_else(|| {
+                        self.http
+                            .bad(SWITCHES, format!("switch without switchDPID: {s}"))
+                    })
             })
             .collect()
     }
 
     /// The static flow entries (without `switch` and `name`) dropping traffic from and to `t`.
     pub fn flow_matches(&self, t: &BlockTarget) -> Result<Vec<FlowMatch>, SdnError> {
-        let unsupported = |why| SdnError::UnsupportedTarget { controller: NAME, target: t.to_string(), why };
+        let unsupported = |why| SdnError::UnsupportedTarget {
+            controller: NAME,
+            target: t.to_string(),
+            why,
+        };
         let pairs: Vec<(&'static str, Vec<(&str, String)>)> = match (self.cfg.api, t) {
             (FloodlightApi::V1, BlockTarget::Mac(m)) => {
-                vec![("src", vec![("eth_src", m.to_string())]), ("dst", vec![("eth_dst", m.to_string())])]
+                vec![
+                    ("src", vec![("eth_src", m.to_string())]),
+                    ("dst", vec![("eth_dst", m.to_string())]),
+                ]
             }
             (FloodlightApi::V1, BlockTarget::Ip(IpAddr::V4(ip))) => vec![
-                ("src", vec![("eth_type", "0x0800".into()), ("ipv4_src", ip.to_string())]),
-                ("dst", vec![("eth_type", "0x0800".into()), ("ipv4_dst", ip.to_string())]),
+                (
+                    "src",
+                    vec![("eth_type", "0x0800".into()), ("ipv4_src", ip.to_string())],
+                ),
+                (
+                    "dst",
+                    vec![("eth_type", "0x0800".into()), ("ipv4_dst", ip.to_string())],
+                ),
             ],
             (FloodlightApi::V1, BlockTarget::Ip(IpAddr::V6(ip))) => vec![
-                ("src", vec![("eth_type", "0x86dd".into()), ("ipv6_src", ip.to_string())]),
-                ("dst", vec![("eth_type", "0x86dd".into()), ("ipv6_dst", ip.to_string())]),
+                (
+                    "src",
+                    vec![("eth_type", "0x86dd".into()), ("ipv6_src", ip.to_string())],
+                ),
+                (
+                    "dst",
+                    vec![("eth_type", "0x86dd".into()), ("ipv6_dst", ip.to_string())],
+                ),
             ],
             (FloodlightApi::V090, BlockTarget::Mac(m)) => {
-                vec![("src", vec![("src-mac", m.to_string())]), ("dst", vec![("dst-mac", m.to_string())])]
+                vec![
+                    ("src", vec![("src-mac", m.to_string())]),
+                    ("dst", vec![("dst-mac", m.to_string())]),
+                ]
             }
             (FloodlightApi::V090, BlockTarget::Ip(IpAddr::V4(ip))) => vec![
-                ("src", vec![("ether-type", "0x0800".into()), ("src-ip", ip.to_string())]),
-                ("dst", vec![("ether-type", "0x0800".into()), ("dst-ip", ip.to_string())]),
+                (
+                    "src",
+                    vec![("ether-type", "0x0800".into()), ("src-ip", ip.to_string())],
+                ),
+                (
+                    "dst",
+                    vec![("ether-type", "0x0800".into()), ("dst-ip", ip.to_string())],
+                ),
             ],
             (FloodlightApi::V090, BlockTarget::Ip(IpAddr::V6(_))) => {
-                return Err(unsupported("the v0.90 static flow pusher has no IPv6 fields"))
+                return Err(unsupported(
+                    "the v0.90 static flow pusher has no IPv6 fields",
+                ))
             }
         };
-        Ok(pairs.into_iter().map(|(dir, kv)| (dir, kv.into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect())).collect())
+        Ok(pairs
+            .into_iter()
+            .map(|(dir, kv)| {
+                (
+                    dir,
+                    kv.into_iter()
+                        .map(|(k, v)| (k.to_string(), Value::String(v)))
+                        .collect(),
+                )
+            })
+            .collect())
     }
 
     /// The firewall rules denying traffic from and to `t`.
@@ -162,21 +212,34 @@ impl Floodlight {
 
     /// Checks the `status` text of a reply.
     fn expect_status(&self, what: &str, reply: &Value, wanted: &str) -> Result<(), SdnError> {
-        let status = reply.get("status").and_then(Value::as_str).ok_or_else(|| self.http.bad(what, format!("no status in {reply}")))?;
+        let status = reply
+            .get("status")
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.http.bad(what, format!("no status in {reply}")))?;
         if status.contains(wanted) {
             Ok(())
         } else {
-            Err(SdnError::Rejected { controller: NAME, what: what.to_string(), detail: status.to_string() })
+            Err(SdnError::Rejected {
+                controller: NAME,
+                what: what.to_string(),
+                detail: status.to_string(),
+            })
         }
     }
 
     async fn push_flow(&self, entry: &Value) -> Result<(), SdnError> {
-        let reply = self.http.json(Method::POST, self.pusher_path(), entry).await?;
+        let reply = self
+            .http
+            .json(Method::POST, self.pusher_path(), entry)
+            .await?;
         self.expect_status(self.pusher_path(), &reply, "Entry pushed")
     }
 
     async fn delete_flow(&self, name: &str) -> Result<(), SdnError> {
-        let reply = self.http.json(Method::DELETE, self.pusher_path(), &json!({ "name": name })).await?;
+        let reply = self
+            .http
+            .json(Method::DELETE, self.pusher_path(), &json!({ "name": name }))
+            .await?;
         self.expect_status(self.pusher_path(), &reply, "deleted")
     }
 
@@ -186,12 +249,17 @@ impl Floodlight {
         match reply.get("rule-id") {
             Some(Value::String(s)) => Ok(s.clone()),
             Some(Value::Number(n)) => Ok(n.to_string()),
-            _ => Err(self.http.bad(FIREWALL_RULES, format!("no rule-id in {reply}"))),
+            _ => Err(self
+                .http
+                .bad(FIREWALL_RULES, format!("no rule-id in {reply}"))),
         }
     }
 
     async fn delete_rule(&self, id: &str) -> Result<(), SdnError> {
-        let reply = self.http.json(Method::DELETE, FIREWALL_RULES, &json!({ "ruleid": id })).await?;
+        let reply = self
+            .http
+            .json(Method::DELETE, FIREWALL_RULES, &json!({ "ruleid": id }))
+            .await?;
         self.expect_status(FIREWALL_RULES, &reply, "deleted")
     }
 
@@ -294,7 +362,13 @@ impl SdnController for Floodlight {
                 _ => vec![],
             };
             for o in objs {
-                names.extend(o.as_object().into_iter().flat_map(|m| m.keys()).filter(|n| n.starts_with("vespa-")).cloned());
+                names.extend(
+                    o.as_object()
+                        .into_iter()
+                        .flat_map(|m| m.keys())
+                        .filter(|n| n.starts_with("vespa-"))
+                        .cloned(),
+                );
             }
         }
         for n in names {
@@ -309,8 +383,12 @@ impl SdnController for Floodlight {
     async fn fetch_topology(&self) -> Result<Value, SdnError> {
         let sw = self.http.get_json(SWITCHES).await?;
         let links = self.http.get_json(LINKS).await?;
-        let sw_arr = sw.as_array().ok_or_else(|| self.http.bad(SWITCHES, "expected a list"))?;
-        let links_arr = links.as_array().ok_or_else(|| self.http.bad(LINKS, "expected a list"))?;
+        let sw_arr = sw
+            .as_array()
+            .ok_or_else(|| self.http.bad(SWITCHES, "expected a list"))?;
+        let links_arr = links
+            .as_array()
+            .ok_or_else(|| self.http.bad(LINKS, "expected a list"))?;
         let switches: Vec<Value> = sw_arr
             .iter()
             .map(|s| {

@@ -26,7 +26,11 @@ impl Http {
             .build()
             // Only fails when the TLS backend cannot initialise; none is compiled in.
             .unwrap_or_default();
-        Http { client, base: base.trim_end_matches('/').to_string(), controller }
+        Http {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+            controller,
+        }
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -34,7 +38,12 @@ impl Http {
     }
 
     /// Sends a request; returns the body of a 2xx reply.
-    pub(crate) async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<String, SdnError> {
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<String, SdnError> {
         let url = self.url(path);
         let mname: &'static str = match method {
             Method::GET => "GET",
@@ -47,17 +56,33 @@ impl Http {
         if let Some(b) = body {
             // Serialised by hand: os-ken parses bodies with Python's ast.literal_eval, which
             // takes JSON objects, strings and numbers (the only things sent here) as they are.
-            req = req.header("content-type", "application/json").body(b.to_string());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
-        let resp = req.send().await.map_err(|source| SdnError::Unreachable { controller: self.controller, url: url.clone(), source })?;
+        let resp = req.send().await.map_err(|source| SdnError::Unreachable {
+            controller: self.controller,
+            url: url.clone(),
+            source,
+        })?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|source| SdnError::Unreachable { controller: self.controller, url: url.clone(), source })?;
+        let text = resp.text().await.map_err(|source| SdnError::Unreachable {
+            controller: self.controller,
+            url: url.clone(),
+            source,
+        })?;
         if !status.is_success() {
             let mut body: String = text.chars().take(BODY_QUOTE).collect();
             if body.len() < text.len() {
                 body.push('…');
             }
-            return Err(SdnError::Http { controller: self.controller, method: mname, url, status: status.as_u16(), body });
+            return Err(SdnError::Http {
+                controller: self.controller,
+                method: mname,
+                url,
+                status: status.as_u16(),
+                body,
+            });
         }
         Ok(text)
     }
@@ -69,7 +94,12 @@ impl Http {
     }
 
     /// Sends a JSON body and parses a JSON reply.
-    pub(crate) async fn json(&self, method: Method, path: &str, body: &Value) -> Result<Value, SdnError> {
+    pub(crate) async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, SdnError> {
         let text = self.send(method, path, Some(body)).await?;
         self.parse(path, &text)
     }
@@ -78,11 +108,18 @@ impl Http {
         serde_json::from_str(text).map_err(|e| SdnError::BadReply {
             controller: self.controller,
             what: path.to_string(),
-            detail: format!("not JSON ({e}): {:?}", text.chars().take(BODY_QUOTE).collect::<String>()),
+            detail: format!(
+                "not JSON ({e}): {:?}",
+                text.chars().take(BODY_QUOTE).collect::<String>()
+            ),
         })
     }
 
     pub(crate) fn bad(&self, what: &str, detail: impl Into<String>) -> SdnError {
-        SdnError::BadReply { controller: self.controller, what: what.to_string(), detail: detail.into() }
+        SdnError::BadReply {
+            controller: self.controller,
+            what: what.to_string(),
+            detail: detail.into(),
+        }
     }
 }

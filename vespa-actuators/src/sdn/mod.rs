@@ -67,7 +67,11 @@ impl FromStr for MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -85,7 +89,9 @@ impl FromStr for BlockTarget {
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(BlockTarget::Ip(ip));
         }
-        s.parse::<MacAddr>().map(BlockTarget::Mac).map_err(|_| SdnError::InvalidTarget(s.to_string()))
+        s.parse::<MacAddr>()
+            .map(BlockTarget::Mac)
+            .map_err(|_| SdnError::InvalidTarget(s.to_string()))
     }
 }
 
@@ -159,7 +165,10 @@ impl FromStr for Release {
     fn from_str(s: &str) -> Result<Release, SdnError> {
         let t = s.trim().trim_start_matches('#');
         if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-            return t.parse().map(|n| Release::Id(BlockId(n))).map_err(|_| SdnError::InvalidTarget(s.into()));
+            return t
+                .parse()
+                .map(|n| Release::Id(BlockId(n)))
+                .map_err(|_| SdnError::InvalidTarget(s.into()));
         }
         s.parse().map(Release::Target)
     }
@@ -178,7 +187,10 @@ pub struct SdnState {
 
 impl SdnState {
     pub fn new(retry: RetryPolicy) -> SdnState {
-        SdnState { retry, ..SdnState::default() }
+        SdnState {
+            retry,
+            ..SdnState::default()
+        }
     }
 }
 
@@ -194,7 +206,10 @@ pub trait SdnController: Send + Sync + 'static {
 
     /// Installs a block on every switch; returns controller-side handles (flow names, rule
     /// ids) needed to remove it. Cleans up after itself if it fails half way.
-    fn install(&self, spec: &BlockSpec) -> impl Future<Output = Result<Vec<String>, SdnError>> + Send;
+    fn install(
+        &self,
+        spec: &BlockSpec,
+    ) -> impl Future<Output = Result<Vec<String>, SdnError>> + Send;
     /// Removes a block's flows or rules.
     fn uninstall(&self, block: &ActiveBlock) -> impl Future<Output = Result<(), SdnError>> + Send;
     /// Best-effort removal of every VESPA block the controller still holds, including ones a
@@ -206,7 +221,11 @@ pub trait SdnController: Send + Sync + 'static {
 
     /// Blocks `target` for `ttl` (None: until released). Blocking a target that is already
     /// blocked restarts its time-to-live and returns the same id.
-    fn block(&self, target: BlockTarget, ttl: Option<Duration>) -> impl Future<Output = Result<BlockId, SdnError>> + Send {
+    fn block(
+        &self,
+        target: BlockTarget,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<BlockId, SdnError>> + Send {
         async move {
             let st = self.state();
             let _op = st.ops.lock().await;
@@ -279,14 +298,20 @@ pub trait SdnController: Send + Sync + 'static {
     fn link_stats(&self) -> impl Future<Output = Result<Value, SdnError>> + Send {
         async move {
             let st = self.state();
-            retry(&st.retry, &st.stats, "link stats", |_| self.fetch_link_stats()).await
+            retry(&st.retry, &st.stats, "link stats", |_| {
+                self.fetch_link_stats()
+            })
+            .await
         }
     }
 
     fn flow_stats(&self) -> impl Future<Output = Result<Value, SdnError>> + Send {
         async move {
             let st = self.state();
-            retry(&st.retry, &st.stats, "flow stats", |_| self.fetch_flow_stats()).await
+            retry(&st.retry, &st.stats, "flow stats", |_| {
+                self.fetch_flow_stats()
+            })
+            .await
         }
     }
 }
@@ -300,7 +325,9 @@ pub struct SdnAgentConfig {
 
 impl Default for SdnAgentConfig {
     fn default() -> Self {
-        SdnAgentConfig { default_ttl: Some(Duration::from_secs(300)) }
+        SdnAgentConfig {
+            default_ttl: Some(Duration::from_secs(300)),
+        }
     }
 }
 
@@ -336,7 +363,12 @@ impl<C: SdnController> SdnAgent<C> {
     pub fn new(ctrl: C, cfg: SdnAgentConfig, alerts: AlertSink) -> SdnAgent<C> {
         let ctrl = Arc::new(ctrl);
         let reaper = ttl::spawn_reaper(ctrl.clone(), alerts.clone());
-        SdnAgent { ctrl, cfg, alerts, reaper }
+        SdnAgent {
+            ctrl,
+            cfg,
+            alerts,
+            reaper,
+        }
     }
 
     pub fn controller(&self) -> &Arc<C> {
@@ -348,8 +380,12 @@ impl<C: SdnController> SdnAgent<C> {
             None => Ok(self.cfg.default_ttl),
             Some("none") | Some("0") => Ok(None),
             Some(s) => match s.parse::<f64>() {
-                Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(Some(Duration::from_secs_f64(v))),
-                _ => Err(format!("invalid time-to-live {s:?}: expected seconds > 0, or `none`")),
+                Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => {
+                    Ok(Some(Duration::from_secs_f64(v)))
+                }
+                _ => Err(format!(
+                    "invalid time-to-live {s:?}: expected seconds > 0, or `none`"
+                )),
             },
         }
     }
@@ -357,13 +393,24 @@ impl<C: SdnController> SdnAgent<C> {
     async fn block_verb(&self, target: &str, ttl: Option<&String>) -> VerbReply {
         let ttl = self.ttl_arg(ttl)?;
         let target: BlockTarget = target.parse().map_err(|e: SdnError| e.to_string())?;
-        let id = self.ctrl.block(target, ttl).await.map_err(|e| self.fail("block", e))?;
-        json(&serde_json::json!({ "block": id, "target": target, "ttl_s": ttl.map(|t| t.as_secs_f64()) }))
+        let id = self
+            .ctrl
+            .block(target, ttl)
+            .await
+            .map_err(|e| self.fail("block", e))?;
+        json(
+            &serde_json::json!({ "block": id, "target": target, "ttl_s": ttl.map(|t| t.as_secs_f64()) }),
+        )
     }
 
     fn fail(&self, action: &str, e: SdnError) -> String {
         // Bad input is the caller's business; a failing controller is everybody's.
-        if !matches!(e, SdnError::InvalidTarget(_) | SdnError::NoSuchBlock(_) | SdnError::UnsupportedTarget { .. }) {
+        if !matches!(
+            e,
+            SdnError::InvalidTarget(_)
+                | SdnError::NoSuchBlock(_)
+                | SdnError::UnsupportedTarget { .. }
+        ) {
             self.alerts.failed(self.ctrl.name(), action, &e);
         }
         crate::error::chain(&e)
@@ -387,7 +434,9 @@ impl<C: SdnController> ActuatorVerbs for SdnAgent<C> {
             match verb {
                 "alert_ip" => {
                     arity(&spec, &args, 1, 3)?;
-                    let mac = args.get(1).filter(|m| !m.trim().is_empty() && m.as_str() != "-");
+                    let mac = args
+                        .get(1)
+                        .filter(|m| !m.trim().is_empty() && m.as_str() != "-");
                     self.block_verb(mac.unwrap_or(&args[0]), args.get(2)).await
                 }
                 "block_hackers" => {
@@ -397,10 +446,17 @@ impl<C: SdnController> ActuatorVerbs for SdnAgent<C> {
                 "release_hackers" => {
                     arity(&spec, &args, 0, 1)?;
                     let ids = match args.first() {
-                        None => self.ctrl.release_all().await.map_err(|e| self.fail("release_all", e))?,
+                        None => self
+                            .ctrl
+                            .release_all()
+                            .await
+                            .map_err(|e| self.fail("release_all", e))?,
                         Some(a) => {
                             let sel: Release = a.parse().map_err(|e: SdnError| e.to_string())?;
-                            self.ctrl.release(sel).await.map_err(|e| self.fail("release", e))?
+                            self.ctrl
+                                .release(sel)
+                                .await
+                                .map_err(|e| self.fail("release", e))?
                         }
                     };
                     json(&serde_json::json!({ "released": ids }))
@@ -410,8 +466,12 @@ impl<C: SdnController> ActuatorVerbs for SdnAgent<C> {
                     json(&self.ctrl.status())
                 }
                 "get_topology" => stats(self, &spec, &args, "topology", self.ctrl.topology()).await,
-                "get_link_stats" => stats(self, &spec, &args, "link_stats", self.ctrl.link_stats()).await,
-                "get_flow_stats" => stats(self, &spec, &args, "flow_stats", self.ctrl.flow_stats()).await,
+                "get_link_stats" => {
+                    stats(self, &spec, &args, "link_stats", self.ctrl.link_stats()).await
+                }
+                "get_flow_stats" => {
+                    stats(self, &spec, &args, "flow_stats", self.ctrl.flow_stats()).await
+                }
                 _ => Err(format!("verb {verb} not implemented")),
             }
         })
@@ -436,20 +496,55 @@ mod tests {
 
     #[test]
     fn targets_parse_and_reject_garbage() {
-        assert_eq!("52:54:00:AB:cd:01".parse::<BlockTarget>().expect("mac").addr(), "52:54:00:ab:cd:01");
-        assert_eq!("52-54-00-ab-cd-01".parse::<BlockTarget>().expect("mac").addr(), "52:54:00:ab:cd:01");
-        assert!(matches!("10.0.0.7".parse::<BlockTarget>(), Ok(BlockTarget::Ip(_))));
-        assert!(matches!("fd00::7".parse::<BlockTarget>(), Ok(BlockTarget::Ip(_))));
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:zz", "52:54:00:ab:cd:001", "10.0.0.256", "hello", "52:54:00:ab:cd:01:02"] {
-            assert!(matches!(bad.parse::<BlockTarget>(), Err(SdnError::InvalidTarget(_))), "{bad:?} accepted");
+        assert_eq!(
+            "52:54:00:AB:cd:01"
+                .parse::<BlockTarget>()
+                .expect("mac")
+                .addr(),
+            "52:54:00:ab:cd:01"
+        );
+        assert_eq!(
+            "52-54-00-ab-cd-01"
+                .parse::<BlockTarget>()
+                .expect("mac")
+                .addr(),
+            "52:54:00:ab:cd:01"
+        );
+        assert!(matches!(
+            "10.0.0.7".parse::<BlockTarget>(),
+            Ok(BlockTarget::Ip(_))
+        ));
+        assert!(matches!(
+            "fd00::7".parse::<BlockTarget>(),
+            Ok(BlockTarget::Ip(_))
+        ));
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:zz",
+            "52:54:00:ab:cd:001",
+            "10.0.0.256",
+            "hello",
+            "52:54:00:ab:cd:01:02",
+        ] {
+            assert!(
+                matches!(bad.parse::<BlockTarget>(), Err(SdnError::InvalidTarget(_))),
+                "{bad:?} accepted"
+            );
         }
     }
 
     #[test]
     fn release_selectors() {
         assert_eq!("7".parse::<Release>().expect("id"), Release::Id(BlockId(7)));
-        assert_eq!("#7".parse::<Release>().expect("id"), Release::Id(BlockId(7)));
-        assert!(matches!("10.1.2.3".parse::<Release>(), Ok(Release::Target(BlockTarget::Ip(_)))));
+        assert_eq!(
+            "#7".parse::<Release>().expect("id"),
+            Release::Id(BlockId(7))
+        );
+        assert!(matches!(
+            "10.1.2.3".parse::<Release>(),
+            Ok(Release::Target(BlockTarget::Ip(_)))
+        ));
         assert!("x7".parse::<Release>().is_err());
     }
 
@@ -462,6 +557,9 @@ mod tests {
     #[test]
     fn targets_serialise_as_tagged_addresses() {
         let t: BlockTarget = "10.0.0.1".parse().expect("ip");
-        assert_eq!(serde_json::to_string(&t).expect("json"), r#"{"ip":"10.0.0.1"}"#);
+        assert_eq!(
+            serde_json::to_string(&t).expect("json"),
+            r#"{"ip":"10.0.0.1"}"#
+        );
     }
 }

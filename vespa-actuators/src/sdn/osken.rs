@@ -14,7 +14,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::http::Http;
-use super::{ActiveBlock, BlockSpec, BlockTarget, SdnController, SdnState, COOKIE_TAG, COOKIE_TAG_MASK};
+use super::{
+    ActiveBlock, BlockSpec, BlockTarget, SdnController, SdnState, COOKIE_TAG, COOKIE_TAG_MASK,
+};
 use crate::error::SdnError;
 use crate::retry::RetryPolicy;
 
@@ -55,14 +57,30 @@ pub struct OsKen {
 
 impl OsKen {
     pub fn new(cfg: OsKenConfig) -> OsKen {
-        OsKen { http: Http::new(NAME, &cfg.url, cfg.timeout), state: SdnState::new(cfg.retry.clone()), cfg }
+        OsKen {
+            http: Http::new(NAME, &cfg.url, cfg.timeout),
+            state: SdnState::new(cfg.retry.clone()),
+            cfg,
+        }
     }
 
     /// The datapath ids of the connected switches.
     pub async fn switches(&self) -> Result<Vec<u64>, SdnError> {
         let v = self.http.get_json("/stats/switches").await?;
-        let arr = v.as_array().ok_or_else(|| self.http.bad("/stats/switches", format!("expected a list of dpids, got {v}")))?;
-        arr.iter().map(|d| d.as_u64().ok_or_else(|| self.http.bad("/stats/switches", format!("dpid {d} is not an integer")))).collect()
+        let arr = v.as_array().ok_or_else(|| {
+            self.http.bad(
+                "/stats/switches",
+                format!("expected a list of dpids, got {v}"),
+            )
+        })?;
+        arr.iter()
+            .map(|d| {
+                d.as_u64().ok_or_else(|| {
+                    self.http
+                        .bad("/stats/switches", format!("dpid {d} is not an integer"))
+                })
+            })
+            .collect()
     }
 
     async fn switches_or_fail(&self) -> Result<Vec<u64>, SdnError> {
@@ -74,7 +92,10 @@ impl OsKen {
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<(), SdnError> {
-        self.http.send(Method::POST, path, Some(&body)).await.map(drop)
+        self.http
+            .send(Method::POST, path, Some(&body))
+            .await
+            .map(drop)
     }
 
     async fn delete_cookie(&self, dpid: u64, cookie: u64, mask: u64) -> Result<(), SdnError> {
@@ -91,7 +112,10 @@ impl OsKen {
         for dpid in self.switches().await? {
             let p = format!("{path}/{dpid}");
             let v = self.http.get_json(&p).await?;
-            let entry = v.get(dpid.to_string()).cloned().ok_or_else(|| self.http.bad(&p, format!("no entry for dpid {dpid}")))?;
+            let entry = v
+                .get(dpid.to_string())
+                .cloned()
+                .ok_or_else(|| self.http.bad(&p, format!("no entry for dpid {dpid}")))?;
             out.insert(dpid.to_string(), entry);
         }
         Ok(Value::Object(out))
@@ -101,12 +125,21 @@ impl OsKen {
 /// The OpenFlow 1.3 matches dropping all traffic from and to `t`.
 pub fn drop_matches(t: &BlockTarget) -> Vec<Value> {
     match t {
-        BlockTarget::Mac(m) => vec![json!({ "eth_src": m.to_string() }), json!({ "eth_dst": m.to_string() })],
+        BlockTarget::Mac(m) => vec![
+            json!({ "eth_src": m.to_string() }),
+            json!({ "eth_dst": m.to_string() }),
+        ],
         BlockTarget::Ip(IpAddr::V4(ip)) => {
-            vec![json!({ "eth_type": 0x0800, "ipv4_src": ip.to_string() }), json!({ "eth_type": 0x0800, "ipv4_dst": ip.to_string() })]
+            vec![
+                json!({ "eth_type": 0x0800, "ipv4_src": ip.to_string() }),
+                json!({ "eth_type": 0x0800, "ipv4_dst": ip.to_string() }),
+            ]
         }
         BlockTarget::Ip(IpAddr::V6(ip)) => {
-            vec![json!({ "eth_type": 0x86dd, "ipv6_src": ip.to_string() }), json!({ "eth_type": 0x86dd, "ipv6_dst": ip.to_string() })]
+            vec![
+                json!({ "eth_type": 0x86dd, "ipv6_src": ip.to_string() }),
+                json!({ "eth_type": 0x86dd, "ipv6_dst": ip.to_string() }),
+            ]
         }
     }
 }
@@ -133,7 +166,10 @@ impl SdnController for OsKen {
                 })
             })
         });
-        let results = futures_util::future::join_all(adds.map(|body| self.post("/stats/flowentry/add", body))).await;
+        let results = futures_util::future::join_all(
+            adds.map(|body| self.post("/stats/flowentry/add", body)),
+        )
+        .await;
         if let Some(e) = results.into_iter().find_map(Result::err) {
             // Leave no half-installed block behind.
             for &d in &dpids {
@@ -153,7 +189,8 @@ impl SdnController for OsKen {
 
     async fn purge(&self) -> Result<(), SdnError> {
         for dpid in self.switches().await? {
-            self.delete_cookie(dpid, COOKIE_TAG, COOKIE_TAG_MASK).await?;
+            self.delete_cookie(dpid, COOKIE_TAG, COOKIE_TAG_MASK)
+                .await?;
         }
         Ok(())
     }

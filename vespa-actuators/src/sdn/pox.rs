@@ -68,7 +68,11 @@ struct Session<'a> {
 
 impl Session<'_> {
     fn err(&self, what: impl Into<String>, source: Option<std::io::Error>) -> SdnError {
-        SdnError::Messenger { addr: self.addr.to_string(), what: what.into(), source }
+        SdnError::Messenger {
+            addr: self.addr.to_string(),
+            what: what.into(),
+            source,
+        }
     }
 
     async fn send(&mut self, v: &Value) -> Result<(), SdnError> {
@@ -76,14 +80,21 @@ impl Session<'_> {
         match timeout_at(self.deadline, self.stream.write_all(&bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.err("send failed", Some(e))),
-            Err(_) => Err(self.err("timed out sending", Some(std::io::ErrorKind::TimedOut.into()))),
+            Err(_) => Err(self.err(
+                "timed out sending",
+                Some(std::io::ErrorKind::TimedOut.into()),
+            )),
         }
     }
 
     /// The next JSON object of the stream.
     async fn recv(&mut self) -> Result<Value, SdnError> {
         loop {
-            let start = self.buf.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(self.buf.len());
+            let start = self
+                .buf
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(self.buf.len());
             self.buf.drain(..start);
             if !self.buf.is_empty() {
                 let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
@@ -98,18 +109,33 @@ impl Session<'_> {
                     }
                     Some(Err(e)) if e.is_eof() => {}
                     Some(Err(e)) => {
-                        let head: String = String::from_utf8_lossy(&self.buf).chars().take(120).collect();
-                        return Err(self.err(format!("garbage on the stream ({e}): {head:?}"), None));
+                        let head: String = String::from_utf8_lossy(&self.buf)
+                            .chars()
+                            .take(120)
+                            .collect();
+                        return Err(
+                            self.err(format!("garbage on the stream ({e}): {head:?}"), None)
+                        );
                     }
                     None => {}
                 }
             }
             let mut chunk = [0u8; 4096];
             match timeout_at(self.deadline, self.stream.read(&mut chunk)).await {
-                Ok(Ok(0)) => return Err(self.err("connection closed before a reply", Some(std::io::ErrorKind::UnexpectedEof.into()))),
+                Ok(Ok(0)) => {
+                    return Err(self.err(
+                        "connection closed before a reply",
+                        Some(std::io::ErrorKind::UnexpectedEof.into()),
+                    ))
+                }
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
                 Ok(Err(e)) => return Err(self.err("receive failed", Some(e))),
-                Err(_) => return Err(self.err("timed out waiting for a reply", Some(std::io::ErrorKind::TimedOut.into()))),
+                Err(_) => {
+                    return Err(self.err(
+                        "timed out waiting for a reply",
+                        Some(std::io::ErrorKind::TimedOut.into()),
+                    ))
+                }
             }
         }
     }
@@ -121,17 +147,32 @@ fn is_welcome(v: &Value) -> bool {
 
 impl Pox {
     pub fn new(cfg: PoxConfig) -> Pox {
-        Pox { state: SdnState::new(cfg.retry.clone()), cfg, xid: AtomicU64::new(1) }
+        Pox {
+            state: SdnState::new(cfg.retry.clone()),
+            cfg,
+            xid: AtomicU64::new(1),
+        }
     }
 
     /// Sends `cmd` with `extra` members on the channel; returns the component's reply (None
     /// when `want_reply` is false).
-    pub async fn command(&self, cmd: &str, extra: Map<String, Value>, want_reply: bool) -> Result<Option<Value>, SdnError> {
+    pub async fn command(
+        &self,
+        cmd: &str,
+        extra: Map<String, Value>,
+        want_reply: bool,
+    ) -> Result<Option<Value>, SdnError> {
         let deadline = Instant::now() + self.cfg.timeout;
         let addr = self.cfg.addr.as_str();
         let stream = match timeout_at(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(SdnError::Messenger { addr: addr.into(), what: "cannot connect".into(), source: Some(e) }),
+            Ok(Err(e)) => {
+                return Err(SdnError::Messenger {
+                    addr: addr.into(),
+                    what: "cannot connect".into(),
+                    source: Some(e),
+                })
+            }
             Err(_) => {
                 return Err(SdnError::Messenger {
                     addr: addr.into(),
@@ -141,13 +182,19 @@ impl Pox {
             }
         };
         let _ = stream.set_nodelay(true);
-        let mut s = Session { stream, buf: Vec::new(), addr, deadline };
+        let mut s = Session {
+            stream,
+            buf: Vec::new(),
+            addr,
+            deadline,
+        };
         let hello = s.recv().await?;
         if !is_welcome(&hello) {
             return Err(s.err(format!("expected the welcome message, got {hello}"), None));
         }
         let ch = self.cfg.channel.as_str();
-        s.send(&json!({ "CHANNEL": "", "cmd": "join_channel", "channel": ch, "json": true })).await?;
+        s.send(&json!({ "CHANNEL": "", "cmd": "join_channel", "channel": ch, "json": true }))
+            .await?;
         let xid = self.xid.fetch_add(1, Ordering::Relaxed);
         let mut msg = Map::new();
         msg.insert("CHANNEL".into(), json!(ch));
@@ -166,15 +213,25 @@ impl Pox {
                 continue;
             }
             if let Some(err) = v.get("error") {
-                let detail = err.as_str().map(str::to_string).unwrap_or_else(|| err.to_string());
-                return Err(SdnError::Rejected { controller: NAME, what: cmd.to_string(), detail });
+                let detail = err
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| err.to_string());
+                return Err(SdnError::Rejected {
+                    controller: NAME,
+                    what: cmd.to_string(),
+                    detail,
+                });
             }
             return Ok(Some(v));
         }
     }
 
     async fn query(&self, cmd: &str) -> Result<Value, SdnError> {
-        let mut v = self.command(cmd, Map::new(), true).await?.unwrap_or(Value::Null);
+        let mut v = self
+            .command(cmd, Map::new(), true)
+            .await?
+            .unwrap_or(Value::Null);
         if let Some(o) = v.as_object_mut() {
             o.remove("CHANNEL");
             o.remove("xid");
@@ -207,20 +264,23 @@ impl SdnController for Pox {
         if let Some(ttl) = spec.ttl {
             m.insert("ttl".into(), json!(ttl.as_secs_f64()));
         }
-        self.command("block_hackers", m, self.cfg.await_replies).await?;
+        self.command("block_hackers", m, self.cfg.await_replies)
+            .await?;
         Ok(Vec::new())
     }
 
     async fn uninstall(&self, block: &ActiveBlock) -> Result<(), SdnError> {
         let mut m = target_fields(&block.target);
         m.insert("block".into(), json!(block.id.0));
-        self.command("release_hackers", m, self.cfg.await_replies).await?;
+        self.command("release_hackers", m, self.cfg.await_replies)
+            .await?;
         Ok(())
     }
 
     /// `release_hackers` without a target: the 2014 "release everything".
     async fn purge(&self) -> Result<(), SdnError> {
-        self.command("release_hackers", Map::new(), self.cfg.await_replies).await?;
+        self.command("release_hackers", Map::new(), self.cfg.await_replies)
+            .await?;
         Ok(())
     }
 

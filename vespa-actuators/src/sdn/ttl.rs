@@ -53,7 +53,11 @@ pub struct BlockBook {
 
 impl Default for BlockBook {
     fn default() -> Self {
-        BlockBook { blocks: Mutex::default(), next: AtomicU64::new(1), changed: Notify::new() }
+        BlockBook {
+            blocks: Mutex::default(),
+            next: AtomicU64::new(1),
+            changed: Notify::new(),
+        }
     }
 }
 
@@ -72,7 +76,10 @@ impl BlockBook {
 
     /// Records (or refreshes) a block and wakes the reaper.
     pub(crate) fn insert(&self, spec: &BlockSpec, handles: Vec<String>) {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let b = ActiveBlock {
             id: spec.id,
             target: spec.target,
@@ -124,7 +131,9 @@ impl BlockBook {
             .values()
             .map(|b| {
                 let mut b = b.clone();
-                b.expires_in_ms = b.expires_at.map(|at| at.saturating_duration_since(now).as_millis() as u64);
+                b.expires_in_ms = b
+                    .expires_at
+                    .map(|at| at.saturating_duration_since(now).as_millis() as u64);
                 b
             })
             .collect()
@@ -135,7 +144,10 @@ impl BlockBook {
     }
 
     fn next_expiry(&self) -> Option<(BlockId, Instant)> {
-        self.lock().values().filter_map(|b| b.expires_at.map(|at| (b.id, at))).min_by_key(|(_, at)| *at)
+        self.lock()
+            .values()
+            .filter_map(|b| b.expires_at.map(|at| (b.id, at)))
+            .min_by_key(|(_, at)| *at)
     }
 
     fn postpone(&self, id: BlockId, by: Duration) {
@@ -146,7 +158,10 @@ impl BlockBook {
 }
 
 /// Starts the reaper of `ctrl`'s blocks. It runs until aborted (the agent aborts it on drop).
-pub fn spawn_reaper<C: SdnController>(ctrl: Arc<C>, alerts: AlertSink) -> tokio::task::JoinHandle<()> {
+pub fn spawn_reaper<C: SdnController>(
+    ctrl: Arc<C>,
+    alerts: AlertSink,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let book = &ctrl.state().blocks;
@@ -162,11 +177,18 @@ pub fn spawn_reaper<C: SdnController>(ctrl: Arc<C>, alerts: AlertSink) -> tokio:
                         _ = &mut changed => continue,
                     }
                     // Still due? (It may have been released or refreshed meanwhile.)
-                    if book.next_expiry().is_none_or(|(i, a)| i != id || a > Instant::now()) {
+                    if book
+                        .next_expiry()
+                        .is_none_or(|(i, a)| i != id || a > Instant::now())
+                    {
                         continue;
                     }
                     match ctrl.release(Release::Id(id)).await {
-                        Ok(_) => tracing::info!(controller = ctrl.name(), block = id.0, "block expired and released"),
+                        Ok(_) => tracing::info!(
+                            controller = ctrl.name(),
+                            block = id.0,
+                            "block expired and released"
+                        ),
                         Err(crate::error::SdnError::NoSuchBlock(_)) => {}
                         Err(e) => {
                             tracing::warn!(controller = ctrl.name(), block = id.0, error = %crate::error::chain(&e), "expired block could not be released; will retry");

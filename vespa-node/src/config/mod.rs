@@ -104,12 +104,36 @@ impl Role {
         (Role::HoVm, "ho_vm", "HO_VM"),
         (Role::HoHy, "ho_hy", "HO_HY"),
         (Role::HoPh, "ho_ph", "HO_PH"),
-        (Role::Agent(AgentKind::Bandwidth), "agent_bandwidth", "Agent_Bandwidth"),
-        (Role::Agent(AgentKind::Connections), "agent_connections", "Agent_Connections"),
-        (Role::Agent(AgentKind::Libvirt), "agent_libvirt", "Agent_Libvirt"),
-        (Role::Agent(AgentKind::ControllerFloodlight), "agent_controller_floodlight", "Agent_Controller_Floodlight"),
-        (Role::Agent(AgentKind::ControllerPox), "agent_controller_pox", "Agent_Controller_Pox"),
-        (Role::Agent(AgentKind::ControllerOsken), "agent_controller_osken", "Agent_Controller_OsKen"),
+        (
+            Role::Agent(AgentKind::Bandwidth),
+            "agent_bandwidth",
+            "Agent_Bandwidth",
+        ),
+        (
+            Role::Agent(AgentKind::Connections),
+            "agent_connections",
+            "Agent_Connections",
+        ),
+        (
+            Role::Agent(AgentKind::Libvirt),
+            "agent_libvirt",
+            "Agent_Libvirt",
+        ),
+        (
+            Role::Agent(AgentKind::ControllerFloodlight),
+            "agent_controller_floodlight",
+            "Agent_Controller_Floodlight",
+        ),
+        (
+            Role::Agent(AgentKind::ControllerPox),
+            "agent_controller_pox",
+            "Agent_Controller_Pox",
+        ),
+        (
+            Role::Agent(AgentKind::ControllerOsken),
+            "agent_controller_osken",
+            "Agent_Controller_OsKen",
+        ),
         (Role::Agent(AgentKind::Av), "agent_av", "Agent_AV"),
     ];
 
@@ -123,7 +147,10 @@ impl Role {
 
     /// The TOML spelling.
     pub fn as_str(self) -> &'static str {
-        Role::ALL.iter().find(|(r, _, _)| *r == self).map_or("?", |(_, a, _)| a)
+        Role::ALL
+            .iter()
+            .find(|(r, _, _)| *r == self)
+            .map_or("?", |(_, a, _)| a)
     }
 
     /// The wire kind sent in `Register`.
@@ -267,8 +294,14 @@ impl Topology {
             field: None,
             message: format!("cannot read: {e}"),
         })?;
-        let is_ini = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("ini"));
-        let mut topo = if is_ini { Topology::from_ini(&file, &text)? } else { Topology::from_toml(&file, &text)? };
+        let is_ini = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("ini"));
+        let mut topo = if is_ini {
+            Topology::from_ini(&file, &text)?
+        } else {
+            Topology::from_toml(&file, &text)?
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         topo.resolve_paths(base);
         Ok(topo)
@@ -290,7 +323,8 @@ impl Topology {
 
     /// The embedded default: VO, three HOs and the two sensor agents on 127.0.0.1.
     pub fn embedded_default() -> Topology {
-        Topology::from_toml("<embedded default>", DEFAULT_TOPOLOGY).expect("the embedded default topology is valid (unit-tested)")
+        Topology::from_toml("<embedded default>", DEFAULT_TOPOLOGY)
+            .expect("the embedded default topology is valid (unit-tested)")
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -318,18 +352,25 @@ impl Topology {
 
     /// Where `node` listens (its machine's address and its port).
     pub fn listen_addr(&self, node: &NodeDef) -> SocketAddr {
-        let ip = self.machine(&node.location).map_or(IpAddr::from([127, 0, 0, 1]), |m| m.address);
+        let ip = self
+            .machine(&node.location)
+            .map_or(IpAddr::from([127, 0, 0, 1]), |m| m.address);
         SocketAddr::new(ip, node.port)
     }
 
     /// The VO (validation guarantees exactly one).
     pub fn vo(&self) -> &NodeDef {
-        self.nodes.iter().find(|n| n.role == Role::Vo).expect("validated topology has a VO")
+        self.nodes
+            .iter()
+            .find(|n| n.role == Role::Vo)
+            .expect("validated topology has a VO")
     }
 
     /// Direct children of `name`, in file order.
     pub fn children_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a NodeDef> + 'a {
-        self.nodes.iter().filter(move |n| n.master.as_deref() == Some(name))
+        self.nodes
+            .iter()
+            .filter(move |n| n.master.as_deref() == Some(name))
     }
 
     /// The resolved tree, one node per line, as `--check-config` prints it.
@@ -352,8 +393,20 @@ impl Topology {
         }
     }
 
-    fn err(&self, line: usize, context: String, field: Option<&str>, message: String) -> ConfigError {
-        ConfigError { file: self.source.clone(), line: Some(line), context: Some(context), field: field.map(str::to_string), message }
+    fn err(
+        &self,
+        line: usize,
+        context: String,
+        field: Option<&str>,
+        message: String,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.source.clone(),
+            line: Some(line),
+            context: Some(context),
+            field: field.map(str::to_string),
+            message,
+        }
     }
 
     /// Checks the rules a parsed file must follow. `text` is the file, used to find the line of
@@ -363,10 +416,20 @@ impl Topology {
         let mut machines = HashSet::new();
         for m in &self.machines {
             if let Err(why) = vespa_proto::handshake::validate_name(&m.name) {
-                return Err(self.err(m.line, self.machine_ctx(&m.name), Some("name"), why.to_string()));
+                return Err(self.err(
+                    m.line,
+                    self.machine_ctx(&m.name),
+                    Some("name"),
+                    why.to_string(),
+                ));
             }
             if !machines.insert(m.name.as_str()) {
-                return Err(self.err(m.line, self.machine_ctx(&m.name), Some("name"), "a machine of this name is already defined".into()));
+                return Err(self.err(
+                    m.line,
+                    self.machine_ctx(&m.name),
+                    Some("name"),
+                    "a machine of this name is already defined".into(),
+                ));
             }
         }
         let mut names: HashMap<&str, &NodeDef> = HashMap::new();
@@ -377,45 +440,114 @@ impl Topology {
                 return Err(self.err(n.line, ctx, Some("name"), why.to_string()));
             }
             if names.insert(&n.name, n).is_some() {
-                return Err(self.err(n.line, ctx, Some("name"), "a node of this name is already defined".into()));
+                return Err(self.err(
+                    n.line,
+                    ctx,
+                    Some("name"),
+                    "a node of this name is already defined".into(),
+                ));
             }
             if !machines.contains(n.location.as_str()) {
-                return Err(self.err(line_of(n.line, "location"), ctx, Some("location"), format!("no machine named {:?}", n.location)));
+                return Err(self.err(
+                    line_of(n.line, "location"),
+                    ctx,
+                    Some("location"),
+                    format!("no machine named {:?}", n.location),
+                ));
             }
             if n.port == 0 {
-                return Err(self.err(line_of(n.line, "port"), ctx, Some("port"), "must be a fixed port (1-65535)".into()));
+                return Err(self.err(
+                    line_of(n.line, "port"),
+                    ctx,
+                    Some("port"),
+                    "must be a fixed port (1-65535)".into(),
+                ));
             }
             if let Some(other) = ports.insert((&n.location, n.port), &n.name) {
-                return Err(self.err(line_of(n.line, "port"), ctx, Some("port"), format!("port {} on machine {:?} is already used by node {other:?}", n.port, n.location)));
+                return Err(self.err(
+                    line_of(n.line, "port"),
+                    ctx,
+                    Some("port"),
+                    format!(
+                        "port {} on machine {:?} is already used by node {other:?}",
+                        n.port, n.location
+                    ),
+                ));
             }
             if n.journal.is_some() && n.role != Role::Vo {
-                return Err(self.err(line_of(n.line, "journal"), ctx, Some("journal"), "only the VO keeps an alert journal".into()));
+                return Err(self.err(
+                    line_of(n.line, "journal"),
+                    ctx,
+                    Some("journal"),
+                    "only the VO keeps an alert journal".into(),
+                ));
             }
         }
         let vos: Vec<&NodeDef> = self.nodes.iter().filter(|n| n.role == Role::Vo).collect();
         match vos.as_slice() {
             [] => {
-                return Err(ConfigError { file: self.source.clone(), line: None, context: None, field: None, message: "no VO: exactly one node must be of kind \"vo\"".into() })
+                return Err(ConfigError {
+                    file: self.source.clone(),
+                    line: None,
+                    context: None,
+                    field: None,
+                    message: "no VO: exactly one node must be of kind \"vo\"".into(),
+                })
             }
             [_] => {}
             [first, second, ..] => {
-                return Err(self.err(second.line, self.node_ctx(&second.name), Some("kind"), format!("a second VO (the first is {:?} at line {}); exactly one is allowed", first.name, first.line)))
+                return Err(self.err(
+                    second.line,
+                    self.node_ctx(&second.name),
+                    Some("kind"),
+                    format!(
+                        "a second VO (the first is {:?} at line {}); exactly one is allowed",
+                        first.name, first.line
+                    ),
+                ))
             }
         }
         for n in &self.nodes {
             let ctx = self.node_ctx(&n.name);
             let at = line_of(n.line, "master");
             match (&n.role, &n.master) {
-                (Role::Vo, Some(m)) => return Err(self.err(at, ctx, Some("master"), format!("the VO is the root and has no master (found {m:?})"))),
+                (Role::Vo, Some(m)) => {
+                    return Err(self.err(
+                        at,
+                        ctx,
+                        Some("master"),
+                        format!("the VO is the root and has no master (found {m:?})"),
+                    ))
+                }
                 (Role::Vo, None) => {}
-                (_, None) => return Err(self.err(n.line, ctx, Some("master"), "missing: every node but the VO has a master".into())),
+                (_, None) => {
+                    return Err(self.err(
+                        n.line,
+                        ctx,
+                        Some("master"),
+                        "missing: every node but the VO has a master".into(),
+                    ))
+                }
                 (role, Some(m)) => {
                     let Some(master) = names.get(m.as_str()) else {
-                        return Err(self.err(at, ctx, Some("master"), format!("no node named {m:?}")));
+                        return Err(self.err(
+                            at,
+                            ctx,
+                            Some("master"),
+                            format!("no node named {m:?}"),
+                        ));
                     };
-                    let ok = if role.is_agent() { master.role.is_ho() || master.role == Role::Vo } else { master.role == Role::Vo };
+                    let ok = if role.is_agent() {
+                        master.role.is_ho() || master.role == Role::Vo
+                    } else {
+                        master.role == Role::Vo
+                    };
                     if !ok {
-                        let want = if role.is_agent() { "an HO or the VO" } else { "the VO" };
+                        let want = if role.is_agent() {
+                            "an HO or the VO"
+                        } else {
+                            "the VO"
+                        };
                         return Err(self.err(at, ctx, Some("master"), format!("the master of a node of kind {role} must be {want}, but {m:?} is of kind {}", master.role)));
                     }
                 }
@@ -432,7 +564,12 @@ impl Topology {
                 }
             }
             if at.master.is_some() {
-                return Err(self.err(line_of(n.line, "master"), self.node_ctx(&n.name), Some("master"), "masters form a cycle".into()));
+                return Err(self.err(
+                    line_of(n.line, "master"),
+                    self.node_ctx(&n.name),
+                    Some("master"),
+                    "masters form a cycle".into(),
+                ));
             }
         }
         Ok(())
@@ -448,7 +585,9 @@ fn field_line(text: &str, def_line: usize, field: &str) -> usize {
             break;
         }
         if let Some(rest) = t.get(..field.len()) {
-            if rest.eq_ignore_ascii_case(field) && t[field.len()..].trim_start().starts_with(['=', ':']) {
+            if rest.eq_ignore_ascii_case(field)
+                && t[field.len()..].trim_start().starts_with(['=', ':'])
+            {
                 return i + 1;
             }
         }

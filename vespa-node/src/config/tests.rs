@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use super::*;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/config").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/config")
+        .join(name)
 }
 
 fn load_err(name: &str) -> String {
@@ -15,7 +17,8 @@ fn load_err(name: &str) -> String {
         Err(e) => {
             let s = e.to_string();
             // Errors name the file as given; strip the directory for the comparison.
-            s.split_once("config/").map_or(s.clone(), |(_, rest)| rest.to_string())
+            s.split_once("config/")
+                .map_or(s.clone(), |(_, rest)| rest.to_string())
         }
     }
 }
@@ -26,22 +29,46 @@ fn the_2014_config_ini_maps_onto_the_same_model_as_its_toml_twin() {
     let toml = Topology::load(&fixture("vespa-2014-config.toml")).expect("TOML twin loads");
     assert_eq!(ini.format, Format::Ini);
     let strip = |t: &Topology| {
-        let nodes: Vec<_> = t.nodes.iter().map(|n| (n.name.clone(), n.role, n.location.clone(), n.master.clone(), n.port)).collect();
-        let machines: Vec<_> = t.machines.iter().map(|m| (m.name.clone(), m.address)).collect();
+        let nodes: Vec<_> = t
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    n.role,
+                    n.location.clone(),
+                    n.master.clone(),
+                    n.port,
+                )
+            })
+            .collect();
+        let machines: Vec<_> = t
+            .machines
+            .iter()
+            .map(|m| (m.name.clone(), m.address))
+            .collect();
         (nodes, machines)
     };
     assert_eq!(strip(&ini), strip(&toml));
     assert_eq!(ini.machines.len(), 2);
     assert_eq!(ini.nodes.len(), 7);
     assert_eq!(ini.vo().name, "VO");
-    let fl = ini.node("Agent_Controller_Floodlight").expect("floodlight agent");
+    let fl = ini
+        .node("Agent_Controller_Floodlight")
+        .expect("floodlight agent");
     assert_eq!(fl.role, Role::Agent(AgentKind::ControllerFloodlight));
     assert_eq!(ini.listen_addr(fl), "192.0.2.1:4155".parse().expect("addr"));
     let kids: Vec<&str> = ini.children_of("HO_VM").map(|n| n.name.as_str()).collect();
     assert_eq!(kids, ["Agent_Bandwidth", "Agent_Connections"]);
     let tree = ini.render_tree();
-    assert!(tree.contains("|-- HO_VM (ho_vm) on firewall at 192.0.2.1:4151"), "{tree}");
-    assert!(tree.contains("|   |-- Agent_Bandwidth (agent_bandwidth) on web at 192.0.2.10:4152"), "{tree}");
+    assert!(
+        tree.contains("|-- HO_VM (ho_vm) on firewall at 192.0.2.1:4151"),
+        "{tree}"
+    );
+    assert!(
+        tree.contains("|   |-- Agent_Bandwidth (agent_bandwidth) on web at 192.0.2.10:4152"),
+        "{tree}"
+    );
 }
 
 #[test]
@@ -78,7 +105,9 @@ fn every_error_names_file_line_table_and_field() {
     for (file, want) in cases {
         let got = load_err(file);
         if !got.starts_with(want) {
-            wrong.push(format!("{file}:\n   want prefix: {want}\n   got:         {got}"));
+            wrong.push(format!(
+                "{file}:\n   want prefix: {want}\n   got:         {got}"
+            ));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -86,8 +115,13 @@ fn every_error_names_file_line_table_and_field() {
 
 #[test]
 fn a_missing_file_is_named() {
-    let e = Topology::load(std::path::Path::new("/nonexistent/vespa.toml")).expect_err("missing file");
-    assert!(e.to_string().starts_with("/nonexistent/vespa.toml: cannot read:"), "{e}");
+    let e =
+        Topology::load(std::path::Path::new("/nonexistent/vespa.toml")).expect_err("missing file");
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/vespa.toml: cannot read:"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -95,10 +129,23 @@ fn relative_paths_resolve_against_the_config_directory() {
     let dir = std::env::temp_dir().join(format!("vespa-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("t.toml");
-    let text = format!("[settings]\nkey_file = \"psk\"\n{}", DEFAULT_TOPOLOGY.split_once("[[machine]]").map(|(_, r)| format!("[[machine]]{r}")).expect("default has machines"));
-    std::fs::write(&path, text.replace("port = 4150", "port = 4150\njournal = \"vo.jsonl\"")).expect("write");
+    let text = format!(
+        "[settings]\nkey_file = \"psk\"\n{}",
+        DEFAULT_TOPOLOGY
+            .split_once("[[machine]]")
+            .map(|(_, r)| format!("[[machine]]{r}"))
+            .expect("default has machines")
+    );
+    std::fs::write(
+        &path,
+        text.replace("port = 4150", "port = 4150\njournal = \"vo.jsonl\""),
+    )
+    .expect("write");
     let t = Topology::load(&path).expect("loads");
     assert_eq!(t.settings.key_file, dir.join("psk"));
-    assert_eq!(t.vo().journal.as_deref(), Some(dir.join("vo.jsonl").as_path()));
+    assert_eq!(
+        t.vo().journal.as_deref(),
+        Some(dir.join("vo.jsonl").as_path())
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -87,7 +87,10 @@ fn line_at(text: &str, at: usize) -> usize {
 fn header_line(text: &str, at: usize) -> usize {
     let line = line_at(text, at);
     let lines: Vec<&str> = text.lines().collect();
-    (1..=line.min(lines.len())).rev().find(|&l| lines[l - 1].trim_start().starts_with('[')).unwrap_or(line)
+    (1..=line.min(lines.len()))
+        .rev()
+        .find(|&l| lines[l - 1].trim_start().starts_with('['))
+        .unwrap_or(line)
 }
 
 pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
@@ -118,19 +121,34 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
         }
         if let Some(q) = s.queue_capacity {
             if q == 0 {
-                return Err(err(at("queue_capacity"), ctx(), "queue_capacity", "must be at least 1".into()));
+                return Err(err(
+                    at("queue_capacity"),
+                    ctx(),
+                    "queue_capacity",
+                    "must be at least 1".into(),
+                ));
             }
             settings.queue_capacity = q;
         }
         if let Some(h) = s.heartbeat_ms {
             if h < 10 {
-                return Err(err(at("heartbeat_ms"), ctx(), "heartbeat_ms", "must be at least 10".into()));
+                return Err(err(
+                    at("heartbeat_ms"),
+                    ctx(),
+                    "heartbeat_ms",
+                    "must be at least 10".into(),
+                ));
             }
             settings.heartbeat = ms(h);
         }
         if let Some(h) = s.handshake_timeout_ms {
             if h == 0 {
-                return Err(err(at("handshake_timeout_ms"), ctx(), "handshake_timeout_ms", "must be at least 1".into()));
+                return Err(err(
+                    at("handshake_timeout_ms"),
+                    ctx(),
+                    "handshake_timeout_ms",
+                    "must be at least 1".into(),
+                ));
             }
             settings.handshake_timeout = ms(h);
         }
@@ -141,7 +159,15 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
             settings.backoff_max = ms(b);
         }
         if settings.backoff_max < settings.backoff_min {
-            return Err(err(at("backoff_max_ms"), ctx(), "backoff_max_ms", format!("must be at least backoff_min_ms ({})", settings.backoff_min.as_millis())));
+            return Err(err(
+                at("backoff_max_ms"),
+                ctx(),
+                "backoff_max_ms",
+                format!(
+                    "must be at least backoff_min_ms ({})",
+                    settings.backoff_min.as_millis()
+                ),
+            ));
         }
         if let Some(i) = s.sample_interval_ms {
             settings.sample_interval = ms(i);
@@ -154,7 +180,12 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
         }
         if let Some(f) = s.max_frame {
             if !(1024..=16 << 20).contains(&f) {
-                return Err(err(at("max_frame"), ctx(), "max_frame", "must be between 1024 and 16777216 bytes".into()));
+                return Err(err(
+                    at("max_frame"),
+                    ctx(),
+                    "max_frame",
+                    "must be between 1024 and 16777216 bytes".into(),
+                ));
             }
             settings.max_frame = f;
         }
@@ -165,9 +196,18 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
         let line = header_line(text, m.span().start);
         let m = m.into_inner();
         let address: IpAddr = m.address.parse().map_err(|_| {
-            err(field_line(text, line, "address"), format!("[[machine]] {:?}", m.name), "address", format!("{:?} is not an IP address", m.address))
+            err(
+                field_line(text, line, "address"),
+                format!("[[machine]] {:?}", m.name),
+                "address",
+                format!("{:?} is not an IP address", m.address),
+            )
         })?;
-        machines.push(Machine { name: m.name, address, line });
+        machines.push(Machine {
+            name: m.name,
+            address,
+            line,
+        });
     }
 
     let mut nodes = Vec::new();
@@ -176,7 +216,16 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
         let n = n.into_inner();
         let role = Role::parse(&n.kind).ok_or_else(|| {
             let kinds: Vec<&str> = Role::ALL.iter().map(|(_, k, _)| *k).collect();
-            err(field_line(text, line, "kind"), format!("[[node]] {:?}", n.name), "kind", format!("unknown kind {:?} (expected one of {})", n.kind, kinds.join(", ")))
+            err(
+                field_line(text, line, "kind"),
+                format!("[[node]] {:?}", n.name),
+                "kind",
+                format!(
+                    "unknown kind {:?} (expected one of {})",
+                    n.kind,
+                    kinds.join(", ")
+                ),
+            )
         })?;
         nodes.push(NodeDef {
             name: n.name,
@@ -190,5 +239,11 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
             line,
         });
     }
-    Ok(Topology { source: file.to_string(), settings, machines, nodes, format: Format::Toml })
+    Ok(Topology {
+        source: file.to_string(),
+        settings,
+        machines,
+        nodes,
+        format: Format::Toml,
+    })
 }

@@ -6,7 +6,13 @@ use super::Topology;
 
 pub(super) fn render(topo: &Topology) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}: {} machine(s), {} node(s)", topo.source, topo.machines.len(), topo.nodes.len());
+    let _ = writeln!(
+        out,
+        "{}: {} machine(s), {} node(s)",
+        topo.source,
+        topo.machines.len(),
+        topo.nodes.len()
+    );
     for m in &topo.machines {
         let _ = writeln!(out, "machine {} {}", m.name, m.address);
     }
@@ -28,5 +34,12 @@ fn children(topo: &Topology, out: &mut String, name: &str, prefix: &str) {
 }
 
 fn line(topo: &Topology, out: &mut String, n: &super::NodeDef, prefix: &str, branch: &str) {
-    let _ = writeln!(out, "{prefix}{branch}{} ({}) on {} at {}", n.name, n.role, n.location, topo.listen_addr(n));
+    let _ = writeln!(
+        out,
+        "{prefix}{branch}{} ({}) on {} at {}",
+        n.name,
+        n.role,
+        n.location,
+        topo.listen_addr(n)
+    );
 }

@@ -28,18 +28,36 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 /// `/`, `/dashboard/app.js`, `/dashboard/style.css`.
 pub fn routes() -> Router<Shared> {
     Router::new()
-        .route("/", get(|| async { file("text/html; charset=utf-8", INDEX_HTML) }))
-        .route("/dashboard/app.js", get(|| async { file("text/javascript; charset=utf-8", APP_JS) }))
-        .route("/dashboard/style.css", get(|| async { file("text/css; charset=utf-8", STYLE_CSS) }))
+        .route(
+            "/",
+            get(|| async { file("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/dashboard/app.js",
+            get(|| async { file("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/dashboard/style.css",
+            get(|| async { file("text/css; charset=utf-8", STYLE_CSS) }),
+        )
 }
 
 fn file(content_type: &'static str, body: &'static str) -> Response {
     let mut res = ([(header::CONTENT_TYPE, content_type)], body).into_response();
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     res
 }
 
@@ -49,12 +67,20 @@ mod tests {
 
     #[test]
     fn the_page_references_only_its_own_files() {
-        assert!(INDEX_HTML.contains("/dashboard/app.js") && INDEX_HTML.contains("/dashboard/style.css"));
+        assert!(
+            INDEX_HTML.contains("/dashboard/app.js") && INDEX_HTML.contains("/dashboard/style.css")
+        );
         for text in [INDEX_HTML, APP_JS, STYLE_CSS] {
             // The SVG namespace is a name, not a fetched address.
             let text = text.replace("http://www.w3.org/2000/svg", "");
-            assert!(!text.contains("http://") && !text.contains("https://"), "no external resource (no internet on a hypervisor)");
+            assert!(
+                !text.contains("http://") && !text.contains("https://"),
+                "no external resource (no internet on a hypervisor)"
+            );
         }
-        assert!(!INDEX_HTML.contains("<script>"), "no inline script (the CSP forbids it)");
+        assert!(
+            !INDEX_HTML.contains("<script>"),
+            "no inline script (the CSP forbids it)"
+        );
     }
 }

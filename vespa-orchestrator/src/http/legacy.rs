@@ -30,10 +30,22 @@ const RECENT_ALERTS: usize = 100;
 pub fn routes() -> Router<Shared> {
     Router::new()
         .route("/archi", get(archi))
-        .route("/recv_bytes", get(|s, q| deltas(s, q, Direction::Rx, false)))
-        .route("/trans_bytes", get(|s, q| deltas(s, q, Direction::Tx, false)))
-        .route("/next_recv_bytes", get(|s, q| deltas(s, q, Direction::Rx, true)))
-        .route("/next_trans_bytes", get(|s, q| deltas(s, q, Direction::Tx, true)))
+        .route(
+            "/recv_bytes",
+            get(|s, q| deltas(s, q, Direction::Rx, false)),
+        )
+        .route(
+            "/trans_bytes",
+            get(|s, q| deltas(s, q, Direction::Tx, false)),
+        )
+        .route(
+            "/next_recv_bytes",
+            get(|s, q| deltas(s, q, Direction::Rx, true)),
+        )
+        .route(
+            "/next_trans_bytes",
+            get(|s, q| deltas(s, q, Direction::Tx, true)),
+        )
         .route("/get_alerts", get(get_alerts))
         .route("/get_ip_connections", get(get_ip_connections))
         .route("/get_topology", get(|s| sdn(s, "get_topology")))
@@ -43,19 +55,36 @@ pub fn routes() -> Router<Shared> {
 }
 
 async fn cors(mut res: Response) -> Response {
-    res.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    res.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     res
 }
 
 /// `key=value` pairs of a query string; only the names in `known` are accepted, so a typo
 /// (`?ifcae=eth0`) is a 400 rather than silently ignored. Values here are interface and node
 /// names and numbers, which never need percent-decoding.
-pub(crate) fn query_params<'q>(query: &'q Option<String>, known: &[&str]) -> Result<Vec<(&'q str, &'q str)>, ApiError> {
+pub(crate) fn query_params<'q>(
+    query: &'q Option<String>,
+    known: &[&str],
+) -> Result<Vec<(&'q str, &'q str)>, ApiError> {
     let mut out = Vec::new();
-    for pair in query.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+    for pair in query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if !known.contains(&k) {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("unknown query parameter {k:?} (known: {})", known.join(", "))));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown query parameter {k:?} (known: {})",
+                    known.join(", ")
+                ),
+            ));
         }
         out.push((k, v));
     }
@@ -70,7 +99,12 @@ async fn archi(State(state): State<Shared>) -> Response {
     json(tree(&state).await)
 }
 
-async fn deltas(State(state): State<Shared>, RawQuery(q): RawQuery, dir: Direction, latest: bool) -> Result<Response, ApiError> {
+async fn deltas(
+    State(state): State<Shared>,
+    RawQuery(q): RawQuery,
+    dir: Direction,
+    latest: bool,
+) -> Result<Response, ApiError> {
     let params = query_params(&q, &["iface", "origin"])?;
     let (iface, origin) = (param(&params, "iface"), param(&params, "origin"));
     let found = state.view.deltas(origin, iface, dir);
@@ -78,8 +112,19 @@ async fn deltas(State(state): State<Shared>, RawQuery(q): RawQuery, dir: Directi
         (Some(d), _) => d,
         (None, None) => Vec::new(),
         (None, Some(_)) => {
-            let known: Vec<String> = state.view.interfaces().into_iter().map(|(o, i)| format!("{o}/{i}")).collect();
-            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no bandwidth samples for that interface (reporting: {})", known.join(", "))));
+            let known: Vec<String> = state
+                .view
+                .interfaces()
+                .into_iter()
+                .map(|(o, i)| format!("{o}/{i}"))
+                .collect();
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no bandwidth samples for that interface (reporting: {})",
+                    known.join(", ")
+                ),
+            ));
         }
     };
     Ok(if latest { json(d.last()) } else { json(d) })
@@ -90,29 +135,56 @@ async fn get_alerts(State(state): State<Shared>) -> Response {
 }
 
 async fn get_ip_connections(State(state): State<Shared>) -> Response {
-    let rows: Vec<serde_json::Value> = state.view.connections().into_iter().map(|(ip, n)| serde_json::json!({ "ip": ip, "value": n })).collect();
+    let rows: Vec<serde_json::Value> = state
+        .view
+        .connections()
+        .into_iter()
+        .map(|(ip, n)| serde_json::json!({ "ip": ip, "value": n }))
+        .collect();
     json(rows)
 }
 
 /// The first SDN controller agent of the topology.
 pub(crate) fn sdn_agent(state: &ApiState) -> Option<&str> {
-    let is_sdn = |r: Role| matches!(r, Role::Agent(AgentKind::ControllerFloodlight | AgentKind::ControllerPox | AgentKind::ControllerOsken));
-    state.topology.nodes.iter().find(|n| is_sdn(n.role)).map(|n| n.name.as_str())
+    let is_sdn = |r: Role| {
+        matches!(
+            r,
+            Role::Agent(
+                AgentKind::ControllerFloodlight
+                    | AgentKind::ControllerPox
+                    | AgentKind::ControllerOsken
+            )
+        )
+    };
+    state
+        .topology
+        .nodes
+        .iter()
+        .find(|n| is_sdn(n.role))
+        .map(|n| n.name.as_str())
 }
 
 async fn sdn(State(state): State<Shared>, verb: &'static str) -> Result<Response, ApiError> {
     let Some(agent) = sdn_agent(&state) else {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no SDN controller agent in the topology (kind agent_controller_osken, _floodlight or _pox)"));
     };
-    let text = call_node(&state, agent, verb).await.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{agent}: {e}")))?;
+    let text = call_node(&state, agent, verb)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{agent}: {e}")))?;
     // Agents answer JSON text; anything else is passed on as a string rather than dropped.
-    Ok(json(serde_json::from_str::<serde_json::Value>(&text).unwrap_or(serde_json::Value::String(text))))
+    Ok(json(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap_or(serde_json::Value::String(text)),
+    ))
 }
 
 /// The topology without secrets (see the module comment).
 pub(crate) fn config_json(state: &ApiState) -> serde_json::Value {
     let t = &state.topology;
-    let machines: Vec<serde_json::Value> = t.machines.iter().map(|m| serde_json::json!({ "name": m.name, "address": m.address })).collect();
+    let machines: Vec<serde_json::Value> = t
+        .machines
+        .iter()
+        .map(|m| serde_json::json!({ "name": m.name, "address": m.address }))
+        .collect();
     let nodes: Vec<serde_json::Value> = t
         .nodes
         .iter()

@@ -50,15 +50,25 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics { alerts_by_kind: Family::default(), closed_loop: Family::new_with_constructor(latency_histogram) }
+        Metrics {
+            alerts_by_kind: Family::default(),
+            closed_loop: Family::new_with_constructor(latency_histogram),
+        }
     }
 }
 
 impl Metrics {
     /// Counts an alert processed at the VO and observes its `kernel_to_vo` latency.
     pub fn on_alert(&self, alert: &Alert) {
-        self.alerts_by_kind.get_or_create(&vec![("kind", super::view::kind_of(&alert.body).to_string())]).inc();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        self.alerts_by_kind
+            .get_or_create(&vec![(
+                "kind",
+                super::view::kind_of(&alert.body).to_string(),
+            )])
+            .inc();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         if let Some(ns) = now.checked_sub(alert.timestamp_ns) {
             self.observe(STAGE_KERNEL_TO_VO, ns as f64 / 1e9);
         }
@@ -71,13 +81,19 @@ impl Metrics {
     }
 
     fn observe(&self, stage: &str, seconds: f64) {
-        self.closed_loop.get_or_create(&vec![("stage", stage.to_string())]).observe(seconds);
+        self.closed_loop
+            .get_or_create(&vec![("stage", stage.to_string())])
+            .observe(seconds);
     }
 
     /// A registry with these metrics and the counters of the node behind `vo`.
     pub fn registry(&self, vo: NodeHandle) -> Registry {
         let mut r = Registry::default();
-        r.register("vespa_vo_alerts", "Alerts processed at the VO, by body kind.", self.alerts_by_kind.clone());
+        r.register(
+            "vespa_vo_alerts",
+            "Alerts processed at the VO, by body kind.",
+            self.alerts_by_kind.clone(),
+        );
         r.register(
             "vespa_closed_loop_seconds",
             "Closed-loop latency per stage: kernel_to_vo (alert timestamp to VO processing), vo_to_actuator_ack (decision to actuator acknowledgement)",
@@ -85,7 +101,9 @@ impl Metrics {
         );
         // Both stages exist from the start, so a dashboard sees a zero series, not a gap.
         for stage in [STAGE_KERNEL_TO_VO, STAGE_VO_TO_ACTUATOR_ACK] {
-            let _ = self.closed_loop.get_or_create(&vec![("stage", stage.to_string())]);
+            let _ = self
+                .closed_loop
+                .get_or_create(&vec![("stage", stage.to_string())]);
         }
         r.register_collector(Box::new(NodeCollector(vo)));
         r
@@ -107,11 +125,20 @@ struct NodeCollector(NodeHandle);
 
 impl std::fmt::Debug for NodeCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("NodeCollector").field(&self.0.name()).finish()
+        f.debug_tuple("NodeCollector")
+            .field(&self.0.name())
+            .finish()
     }
 }
 
-fn family<M: EncodeMetric>(enc: &mut DescriptorEncoder, name: &str, help: &str, ty: MetricType, labels: &Labels, metric: M) -> Result<(), std::fmt::Error> {
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    labels: &Labels,
+    metric: M,
+) -> Result<(), std::fmt::Error> {
     let mut desc = enc.encode_descriptor(name, help, None, ty)?;
     metric.encode(desc.encode_family(labels)?)
 }
@@ -121,20 +148,73 @@ impl Collector for NodeCollector {
         let s = self.0.stats();
         let l: Labels = vec![("node", s.node.clone())];
         let counters: [(&str, &str, u64); 9] = [
-            ("vespa_node_alerts_processed", "New alerts processed at the root (the VO).", s.alerts_processed),
-            ("vespa_node_alerts_received", "Alerts received from children, duplicates included.", s.alerts_received),
-            ("vespa_node_alerts_raised", "Alerts this node raised itself.", s.alerts_raised),
-            ("vespa_node_duplicates_dropped", "Alerts received again and dropped (at-least-once delivery).", s.duplicates_dropped),
-            ("vespa_node_acks_received", "Acks received from the master.", s.acks_received),
-            ("vespa_node_queue_overflow", "Alerts lost because the outgoing queue was full.", s.queue_overflow),
-            ("vespa_node_reconnects", "Connections to the master re-established.", s.reconnects),
-            ("vespa_node_connection_errors", "Connections that ended with an error.", s.connection_errors),
+            (
+                "vespa_node_alerts_processed",
+                "New alerts processed at the root (the VO).",
+                s.alerts_processed,
+            ),
+            (
+                "vespa_node_alerts_received",
+                "Alerts received from children, duplicates included.",
+                s.alerts_received,
+            ),
+            (
+                "vespa_node_alerts_raised",
+                "Alerts this node raised itself.",
+                s.alerts_raised,
+            ),
+            (
+                "vespa_node_duplicates_dropped",
+                "Alerts received again and dropped (at-least-once delivery).",
+                s.duplicates_dropped,
+            ),
+            (
+                "vespa_node_acks_received",
+                "Acks received from the master.",
+                s.acks_received,
+            ),
+            (
+                "vespa_node_queue_overflow",
+                "Alerts lost because the outgoing queue was full.",
+                s.queue_overflow,
+            ),
+            (
+                "vespa_node_reconnects",
+                "Connections to the master re-established.",
+                s.reconnects,
+            ),
+            (
+                "vespa_node_connection_errors",
+                "Connections that ended with an error.",
+                s.connection_errors,
+            ),
             ("vespa_node_calls_served", "Calls answered.", s.calls_served),
         ];
         for (name, help, v) in counters {
-            family(&mut enc, name, help, MetricType::Counter, &l, ConstCounter::new(v))?;
+            family(
+                &mut enc,
+                name,
+                help,
+                MetricType::Counter,
+                &l,
+                ConstCounter::new(v),
+            )?;
         }
-        family(&mut enc, "vespa_node_children", "Registered children.", MetricType::Gauge, &l, ConstGauge::new(s.children.len() as i64))?;
-        family(&mut enc, "vespa_node_queue_length", "Alerts waiting for the master's ack.", MetricType::Gauge, &l, ConstGauge::new(s.queue_len as i64))
+        family(
+            &mut enc,
+            "vespa_node_children",
+            "Registered children.",
+            MetricType::Gauge,
+            &l,
+            ConstGauge::new(s.children.len() as i64),
+        )?;
+        family(
+            &mut enc,
+            "vespa_node_queue_length",
+            "Alerts waiting for the master's ack.",
+            MetricType::Gauge,
+            &l,
+            ConstGauge::new(s.queue_len as i64),
+        )
     }
 }

@@ -82,7 +82,10 @@ pub struct ApiError {
 impl ApiError {
     /// An error with `status` and `message`.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
 }
 
@@ -101,9 +104,17 @@ impl From<PolicyError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message }).to_string();
-        let mut res = (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        let mut res = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"vespa\""));
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"vespa\""),
+            );
         }
         res
     }
@@ -113,7 +124,11 @@ impl IntoResponse for ApiError {
 pub(crate) fn json(v: impl serde::Serialize) -> Response {
     match serde_json::to_string(&v) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the answer: {e}")).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer: {e}"),
+        )
+        .into_response(),
     }
 }
 
@@ -123,20 +138,38 @@ pub(crate) fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), Api
     let Some(token) = &state.token else {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mutations are disabled: no API token configured (start the orchestrator with --api-token-file)"));
     };
-    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "this endpoint needs an `Authorization: Bearer <token>` header")),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs an `Authorization: Bearer <token>` header",
+        )),
         Some(p) if token.matches(p.trim()) => Ok(()),
         Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong API token")),
     }
 }
 
 /// Calls `verb` on node `target` (the VO itself or any node below it), bounded in time.
-pub(crate) async fn call_node(state: &ApiState, target: &str, verb: &str) -> Result<String, String> {
-    let fut = if target == state.vo.name() { state.vo.call(verb, Vec::new()) } else { state.vo.call("call", vec![target.to_string(), verb.to_string()]) };
+pub(crate) async fn call_node(
+    state: &ApiState,
+    target: &str,
+    verb: &str,
+) -> Result<String, String> {
+    let fut = if target == state.vo.name() {
+        state.vo.call(verb, Vec::new())
+    } else {
+        state
+            .vo
+            .call("call", vec![target.to_string(), verb.to_string()])
+    };
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!("{target} did not answer {verb} within {CALL_TIMEOUT:?}")),
+        Err(_) => Err(format!(
+            "{target} did not answer {verb} within {CALL_TIMEOUT:?}"
+        )),
     }
 }
 
@@ -152,7 +185,9 @@ pub(crate) async fn tree(state: &ApiState) -> serde_json::Value {
         let mut entry = node_entry(state, &child);
         if child["kind"] != "Agent" {
             match children_of(state, &name).await {
-                Ok(grand) => entry["children"] = grand.iter().map(|g| node_entry(state, g)).collect(),
+                Ok(grand) => {
+                    entry["children"] = grand.iter().map(|g| node_entry(state, g)).collect()
+                }
                 Err(e) => entry["error"] = e.into(),
             }
         }
@@ -163,12 +198,16 @@ pub(crate) async fn tree(state: &ApiState) -> serde_json::Value {
 
 async fn children_of(state: &ApiState, node: &str) -> Result<Vec<serde_json::Value>, String> {
     let text = call_node(state, node, "list_slaves").await?;
-    serde_json::from_str(&text).map_err(|e| format!("{node} answered list_slaves with something else than a list: {e}"))
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{node} answered list_slaves with something else than a list: {e}"))
 }
 
 fn node_entry(state: &ApiState, child: &serde_json::Value) -> serde_json::Value {
     let name = child["name"].as_str().unwrap_or_default();
-    let kind = state.topology.node(name).map_or_else(|| child["kind"].as_str().unwrap_or("?").to_lowercase(), |d| d.role.as_str().to_string());
+    let kind = state.topology.node(name).map_or_else(
+        || child["kind"].as_str().unwrap_or("?").to_lowercase(),
+        |d| d.role.as_str().to_string(),
+    );
     serde_json::json!({ "name": name, "kind": kind, "listen": child["listen_addr"], "children": [] })
 }
 
@@ -180,12 +219,18 @@ async fn not_found() -> ApiError {
 /// shape as ours; JSON answers pass through untouched.
 async fn json_errors(res: Response) -> Response {
     let status = res.status();
-    let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return res;
     }
     let (parts, body) = res.into_parts();
-    let text = axum::body::to_bytes(body, 4096).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
     let message = match status {
         StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this endpoint".to_string(),
         StatusCode::PAYLOAD_TOO_LARGE => format!("request body larger than {BODY_LIMIT} bytes"),
@@ -201,7 +246,14 @@ async fn json_errors(res: Response) -> Response {
 
 async fn metrics_endpoint(State(state): State<Shared>) -> Response {
     let body = metrics::render(&state.registry);
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], Body::from(body)).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        Body::from(body),
+    )
+        .into_response()
 }
 
 /// The whole API.
@@ -218,6 +270,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

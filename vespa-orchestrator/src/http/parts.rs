@@ -29,7 +29,14 @@ impl ApiParts {
     pub fn new(topology: &Topology, token: Option<ApiToken>) -> ApiParts {
         let metrics = Arc::new(Metrics::default());
         let view = VoView::new(topology.settings.keep_alerts, metrics.clone());
-        ApiParts { metrics, view, topology: Arc::new(topology.clone()), token, policy: Arc::new(NoPolicy), remote: RemoteDrivers::default() }
+        ApiParts {
+            metrics,
+            view,
+            topology: Arc::new(topology.clone()),
+            token,
+            policy: Arc::new(NoPolicy),
+            remote: RemoteDrivers::default(),
+        }
     }
 
     /// Serves `policy` behind `/api/v1/{actions,policy,release,block,dry-run,policy/reload}`.

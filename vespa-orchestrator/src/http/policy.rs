@@ -72,7 +72,8 @@ pub trait PolicyControl: Send + Sync + 'static {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoPolicy;
 
-const NO_POLICY: &str = "no policy is loaded in this orchestrator: nothing can be blocked, released or reloaded";
+const NO_POLICY: &str =
+    "no policy is loaded in this orchestrator: nothing can be blocked, released or reloaded";
 
 impl PolicyControl for NoPolicy {
     fn active_actions(&self) -> Vec<ActiveAction> {

@@ -38,10 +38,16 @@ impl ApiToken {
     pub fn new(text: &str) -> Result<ApiToken, String> {
         let t = text.trim();
         if t.len() < MIN_LEN {
-            return Err(format!("the token must be at least {MIN_LEN} characters long (found {})", t.len()));
+            return Err(format!(
+                "the token must be at least {MIN_LEN} characters long (found {})",
+                t.len()
+            ));
         }
         if !t.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the token must be printable ASCII without spaces (it travels in an HTTP header)".into());
+            return Err(
+                "the token must be printable ASCII without spaces (it travels in an HTTP header)"
+                    .into(),
+            );
         }
         Ok(ApiToken(t.to_string()))
     }
@@ -49,7 +55,10 @@ impl ApiToken {
     /// Reads the token from `path`, refusing a file group or others can access. The checks
     /// use the opened file's metadata, so the file checked is the file read.
     pub fn load(path: &Path) -> Result<ApiToken, TokenError> {
-        let err = |problem: String| TokenError { path: path.to_path_buf(), problem };
+        let err = |problem: String| TokenError {
+            path: path.to_path_buf(),
+            problem,
+        };
         let file = File::open(path).map_err(|e| err(e.to_string()))?;
         let meta = file.metadata().map_err(|e| err(e.to_string()))?;
         if !meta.is_file() {
@@ -57,10 +66,14 @@ impl ApiToken {
         }
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(err(format!("mode {mode:04o} lets group/others read the token; run `chmod 600` on it")));
+            return Err(err(format!(
+                "mode {mode:04o} lets group/others read the token; run `chmod 600` on it"
+            )));
         }
         let mut text = String::new();
-        file.take(MAX_FILE).read_to_string(&mut text).map_err(|e| err(format!("not readable as text: {e}")))?;
+        file.take(MAX_FILE)
+            .read_to_string(&mut text)
+            .map_err(|e| err(format!("not readable as text: {e}")))?;
         ApiToken::new(&text).map_err(err)
     }
 
@@ -78,26 +91,44 @@ mod tests {
     use std::os::unix::fs::OpenOptionsExt;
 
     fn write(path: &Path, text: &str, mode: u32) {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).expect("create");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .expect("create");
         std::io::Write::write_all(&mut f, text.as_bytes()).expect("write");
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
 
     #[test]
     fn loads_owner_only_files_and_refuses_the_rest() {
-        let dir = std::env::temp_dir().join(format!("vespa-token-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let dir = std::env::temp_dir().join(format!(
+            "vespa-token-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(&dir).expect("dir");
         let good = dir.join("good");
         write(&good, "0123456789abcdef0123\n", 0o600);
         let t = ApiToken::load(&good).expect("0600 token loads");
-        assert!(t.matches("0123456789abcdef0123") && !t.matches("0123456789abcdef0124") && !t.matches("0123"));
+        assert!(
+            t.matches("0123456789abcdef0123")
+                && !t.matches("0123456789abcdef0124")
+                && !t.matches("0123")
+        );
         let loose = dir.join("loose");
         write(&loose, "0123456789abcdef0123", 0o644);
-        let e = ApiToken::load(&loose).expect_err("0644 refused").to_string();
+        let e = ApiToken::load(&loose)
+            .expect_err("0644 refused")
+            .to_string();
         assert!(e.contains("chmod 600"), "{e}");
         let short = dir.join("short");
         write(&short, "abc", 0o600);
-        assert!(ApiToken::load(&short).expect_err("short").to_string().contains("at least"));
+        assert!(ApiToken::load(&short)
+            .expect_err("short")
+            .to_string()
+            .contains("at least"));
         assert!(format!("{t:?}").contains("redacted"));
         std::fs::remove_dir_all(dir).ok();
     }

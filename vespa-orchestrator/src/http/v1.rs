@@ -67,9 +67,13 @@ fn bad_request(message: String) -> ApiError {
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
         // The only error a complete, in-limit body can give is the limit itself.
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {BODY_LIMIT} bytes"))
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {BODY_LIMIT} bytes"),
+            )
         } else {
             bad_request(format!("reading the request body: {e}"))
         }
@@ -89,7 +93,11 @@ async fn alerts(State(state): State<Shared>, RawQuery(q): RawQuery) -> Result<Re
     let mut from = 0u64;
     let mut limit = DEFAULT_LIMIT;
     for (k, v) in query_params(&q, &["from", "limit"])? {
-        let n: u64 = v.parse().map_err(|_| bad_request(format!("query parameter {k}: {v:?} is not a non-negative integer")))?;
+        let n: u64 = v.parse().map_err(|_| {
+            bad_request(format!(
+                "query parameter {k}: {v:?} is not a non-negative integer"
+            ))
+        })?;
         match k {
             "from" => from = n,
             _ => limit = usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT),
@@ -99,8 +107,15 @@ async fn alerts(State(state): State<Shared>, RawQuery(q): RawQuery) -> Result<Re
 }
 
 async fn counters(State(state): State<Shared>) -> Response {
-    let interfaces: Vec<String> = state.view.interfaces().into_iter().map(|(o, i)| format!("{o}/{i}")).collect();
-    json(serde_json::json!({ "vo": state.vo.stats(), "alerts_seen": state.view.seen(), "interfaces": interfaces, "vms": state.view.interface_vms() }))
+    let interfaces: Vec<String> = state
+        .view
+        .interfaces()
+        .into_iter()
+        .map(|(o, i)| format!("{o}/{i}"))
+        .collect();
+    json(
+        serde_json::json!({ "vo": state.vo.stats(), "alerts_seen": state.view.seen(), "interfaces": interfaces, "vms": state.view.interface_vms() }),
+    )
 }
 
 async fn vms(State(state): State<Shared>) -> Response {
@@ -112,12 +127,16 @@ async fn actions(State(state): State<Shared>) -> Response {
     let (remote, unreachable) = state.remote.actions(&state.vo).await;
     actions.extend(remote);
     actions.sort_by_key(|a| a.since_unix_s);
-    json(serde_json::json!({ "dry_run": state.policy.dry_run(), "actions": actions, "unreachable": unreachable }))
+    json(
+        serde_json::json!({ "dry_run": state.policy.dry_run(), "actions": actions, "unreachable": unreachable }),
+    )
 }
 
 async fn policy(State(state): State<Shared>) -> Response {
     let rules = state.policy.rules_text();
-    json(serde_json::json!({ "loaded": rules.is_some(), "dry_run": state.policy.dry_run(), "rules": rules }))
+    json(
+        serde_json::json!({ "loaded": rules.is_some(), "dry_run": state.policy.dry_run(), "rules": rules }),
+    )
 }
 
 #[derive(Deserialize)]
@@ -126,7 +145,11 @@ struct Release {
     target: String,
 }
 
-async fn release(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn release(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let body = read_body(body).await?;
     let r: Release = parse(&body)?;
@@ -134,7 +157,9 @@ async fn release(State(state): State<Shared>, headers: HeaderMap, body: Body) ->
     results.extend(state.remote.release(&state.vo, &r.target).await);
     let result = crate::policy_driver::merge_releases(results)?;
     tracing::info!(target = %r.target, %result, "API: release");
-    Ok(json(serde_json::json!({ "released": r.target, "result": result })))
+    Ok(json(
+        serde_json::json!({ "released": r.target, "result": result }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -144,16 +169,25 @@ struct Block {
     ttl_s: u64,
 }
 
-async fn block(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn block(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let body = read_body(body).await?;
     let b: Block = parse(&body)?;
     if b.ttl_s == 0 || b.ttl_s > MAX_TTL_S {
-        return Err(bad_request(format!("ttl_s must be between 1 and {MAX_TTL_S} seconds (found {})", b.ttl_s)));
+        return Err(bad_request(format!(
+            "ttl_s must be between 1 and {MAX_TTL_S} seconds (found {})",
+            b.ttl_s
+        )));
     }
     let key = state.policy.block(&b.target, b.ttl_s)?;
     tracing::info!(target = %b.target, ttl_s = b.ttl_s, %key, "API: block");
-    Ok(json(serde_json::json!({ "blocked": b.target, "key": key, "ttl_s": b.ttl_s })))
+    Ok(json(
+        serde_json::json!({ "blocked": b.target, "key": key, "ttl_s": b.ttl_s }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -162,7 +196,11 @@ struct DryRun {
     enabled: bool,
 }
 
-async fn dry_run(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn dry_run(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let body = read_body(body).await?;
     let d: DryRun = parse(&body)?;
@@ -172,10 +210,15 @@ async fn dry_run(State(state): State<Shared>, headers: HeaderMap, body: Body) ->
     Ok(json(serde_json::json!({ "dry_run": d.enabled })))
 }
 
-async fn reload(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn reload(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let body = read_body(body).await?;
-    let text = std::str::from_utf8(&body).map_err(|e| bad_request(format!("the policy must be UTF-8 TOML text: {e}")))?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|e| bad_request(format!("the policy must be UTF-8 TOML text: {e}")))?;
     state.policy.reload(text)?;
     tracing::info!(bytes = text.len(), "API: policy reloaded");
     Ok(json(serde_json::json!({ "reloaded": true })))

@@ -140,8 +140,17 @@ pub struct VoView {
 impl VoView {
     /// A view keeping the last `keep` alerts, counting them in `metrics`.
     pub fn new(keep: usize, metrics: Arc<Metrics>) -> Arc<VoView> {
-        let state = State { keep: keep.max(1), next_index: 0, alerts: VecDeque::new(), samples: Vec::new(), connections: BTreeMap::new() };
-        Arc::new(VoView { state: Mutex::new(state), metrics })
+        let state = State {
+            keep: keep.max(1),
+            next_index: 0,
+            alerts: VecDeque::new(),
+            samples: Vec::new(),
+            connections: BTreeMap::new(),
+        };
+        Arc::new(VoView {
+            state: Mutex::new(state),
+            metrics,
+        })
     }
 
     /// The alert handler to put in the VO's [`vespa_node::Hooks`].
@@ -159,7 +168,12 @@ impl VoView {
         self.metrics.on_alert(alert);
         let mut s = self.lock();
         match &alert.body {
-            AlertBody::Bandwidth { iface, rx_bytes, tx_bytes, vm } => {
+            AlertBody::Bandwidth {
+                iface,
+                rx_bytes,
+                tx_bytes,
+                vm,
+            } => {
                 let key = (alert.origin.clone(), iface.clone());
                 let now = s.next_index;
                 match s.samples.iter_mut().find(|(k, _)| *k == key) {
@@ -170,18 +184,29 @@ impl VoView {
                     }
                     None => {
                         if s.samples.len() >= MAX_INTERFACES {
-                            if let Some(oldest) = s.samples.iter().enumerate().min_by_key(|(_, (_, v))| v.touched).map(|(i, _)| i) {
+                            if let Some(oldest) = s
+                                .samples
+                                .iter()
+                                .enumerate()
+                                .min_by_key(|(_, (_, v))| v.touched)
+                                .map(|(i, _)| i)
+                            {
                                 s.samples.remove(oldest);
                             }
                         }
-                        let mut samples = Samples { touched: now, vm: vm.clone(), ..Samples::default() };
+                        let mut samples = Samples {
+                            touched: now,
+                            vm: vm.clone(),
+                            ..Samples::default()
+                        };
                         samples.push(*rx_bytes, *tx_bytes);
                         s.samples.push((key, samples));
                     }
                 }
             }
             AlertBody::Connections { per_remote } => {
-                s.connections.insert(alert.origin.clone(), per_remote.clone());
+                s.connections
+                    .insert(alert.origin.clone(), per_remote.clone());
             }
             _ => {}
         }
@@ -190,7 +215,11 @@ impl VoView {
         }
         let index = s.next_index;
         s.next_index += 1;
-        s.alerts.push_back(Indexed { index, kind: kind_of(&alert.body), alert: alert.clone() });
+        s.alerts.push_back(Indexed {
+            index,
+            kind: kind_of(&alert.body),
+            alert: alert.clone(),
+        });
     }
 
     /// Alerts from index `from` on, at most `limit`.
@@ -199,22 +228,40 @@ impl VoView {
         let first = s.next_index - s.alerts.len() as u64;
         let skip = from.saturating_sub(first) as usize;
         let alerts: Vec<Indexed> = s.alerts.iter().skip(skip).take(limit).cloned().collect();
-        let next = alerts.last().map_or(from.clamp(first, s.next_index), |a| a.index + 1);
-        Page { first, next, alerts }
+        let next = alerts
+            .last()
+            .map_or(from.clamp(first, s.next_index), |a| a.index + 1);
+        Page {
+            first,
+            next,
+            alerts,
+        }
     }
 
     /// The last `n` alerts, oldest first.
     pub fn recent(&self, n: usize) -> Vec<Alert> {
         let s = self.lock();
-        s.alerts.iter().skip(s.alerts.len().saturating_sub(n)).map(|i| i.alert.clone()).collect()
+        s.alerts
+            .iter()
+            .skip(s.alerts.len().saturating_sub(n))
+            .map(|i| i.alert.clone())
+            .collect()
     }
 
     /// The deltas of one interface, oldest first: the first one seen, or the one named by
     /// `iface` (and `origin`, when several agents report an interface of that name).
     /// `None` when no such interface has reported.
-    pub fn deltas(&self, origin: Option<&str>, iface: Option<&str>, dir: Direction) -> Option<Vec<u64>> {
+    pub fn deltas(
+        &self,
+        origin: Option<&str>,
+        iface: Option<&str>,
+        dir: Direction,
+    ) -> Option<Vec<u64>> {
         let s = self.lock();
-        let (_, samples) = s.samples.iter().find(|((o, i), _)| origin.is_none_or(|w| w == o) && iface.is_none_or(|w| w == i))?;
+        let (_, samples) = s
+            .samples
+            .iter()
+            .find(|((o, i), _)| origin.is_none_or(|w| w == o) && iface.is_none_or(|w| w == i))?;
         Some(match dir {
             Direction::Rx => samples.rx.iter().copied().collect(),
             Direction::Tx => samples.tx.iter().copied().collect(),
@@ -228,7 +275,11 @@ impl VoView {
 
     /// The VM of each interface that belongs to one, keyed "origin/iface".
     pub fn interface_vms(&self) -> BTreeMap<String, String> {
-        self.lock().samples.iter().filter_map(|((o, i), s)| Some((format!("{o}/{i}"), s.vm.clone()?))).collect()
+        self.lock()
+            .samples
+            .iter()
+            .filter_map(|((o, i), s)| Some((format!("{o}/{i}"), s.vm.clone()?)))
+            .collect()
     }
 
     /// Traffic per VM (every interface its agents named it on), by VM name.
@@ -236,8 +287,15 @@ impl VoView {
         let s = self.lock();
         let mut by_vm: BTreeMap<&str, VmTraffic> = BTreeMap::new();
         for ((o, i), samples) in &s.samples {
-            let Some(vm) = samples.vm.as_deref() else { continue };
-            let t = by_vm.entry(vm).or_insert_with(|| VmTraffic { vm: vm.to_string(), interfaces: Vec::new(), rx: Vec::new(), tx: Vec::new() });
+            let Some(vm) = samples.vm.as_deref() else {
+                continue;
+            };
+            let t = by_vm.entry(vm).or_insert_with(|| VmTraffic {
+                vm: vm.to_string(),
+                interfaces: Vec::new(),
+                rx: Vec::new(),
+                tx: Vec::new(),
+            });
             t.interfaces.push(format!("{o}/{i}"));
             add_aligned(&mut t.rx, &samples.rx);
             add_aligned(&mut t.tx, &samples.tx);
@@ -271,7 +329,18 @@ mod tests {
     use super::*;
 
     fn bw(seq: u64, rx: u64, tx: u64) -> Alert {
-        Alert { origin: "bw".into(), seq, path: vec!["bw".into()], timestamp_ns: 1, body: AlertBody::Bandwidth { iface: "lo".into(), rx_bytes: rx, tx_bytes: tx, vm: None } }
+        Alert {
+            origin: "bw".into(),
+            seq,
+            path: vec!["bw".into()],
+            timestamp_ns: 1,
+            body: AlertBody::Bandwidth {
+                iface: "lo".into(),
+                rx_bytes: rx,
+                tx_bytes: tx,
+                vm: None,
+            },
+        }
     }
 
     #[test]
@@ -285,14 +354,28 @@ mod tests {
         assert!(rx.iter().all(|d| *d == 100), "{rx:?}");
         v.on_alert(&bw(50, 5, 5));
         v.on_alert(&bw(51, 15, 6));
-        assert_eq!(v.deltas(Some("bw"), Some("lo"), Direction::Tx).expect("tx").last(), Some(&1), "reset: the delta restarts from the new value");
+        assert_eq!(
+            v.deltas(Some("bw"), Some("lo"), Direction::Tx)
+                .expect("tx")
+                .last(),
+            Some(&1),
+            "reset: the delta restarts from the new value"
+        );
         assert!(v.deltas(None, Some("eth9"), Direction::Rx).is_none());
     }
 
     #[test]
     fn interfaces_are_bounded_forgetting_the_longest_silent() {
         let v = VoView::new(10, Arc::default());
-        let tap = |seq: u64, n: usize| Alert { body: AlertBody::Bandwidth { iface: format!("vnet{n}"), rx_bytes: 1, tx_bytes: 1, vm: None }, ..bw(seq, 0, 0) };
+        let tap = |seq: u64, n: usize| Alert {
+            body: AlertBody::Bandwidth {
+                iface: format!("vnet{n}"),
+                rx_bytes: 1,
+                tx_bytes: 1,
+                vm: None,
+            },
+            ..bw(seq, 0, 0)
+        };
         v.on_alert(&bw(0, 1, 1));
         for n in 0..MAX_INTERFACES + 5 {
             v.on_alert(&tap(n as u64 + 1, n));
@@ -300,8 +383,14 @@ mod tests {
         }
         let ifs = v.interfaces();
         assert_eq!(ifs.len(), MAX_INTERFACES);
-        assert!(ifs.contains(&("bw".into(), "lo".into())), "lo keeps reporting: kept");
-        assert!(!ifs.contains(&("bw".into(), "vnet0".into())), "the first tap went silent: forgotten");
+        assert!(
+            ifs.contains(&("bw".into(), "lo".into())),
+            "lo keeps reporting: kept"
+        );
+        assert!(
+            !ifs.contains(&("bw".into(), "vnet0".into())),
+            "the first tap went silent: forgotten"
+        );
     }
 
     #[test]
@@ -309,7 +398,12 @@ mod tests {
         let v = VoView::new(100, Arc::default());
         let dev = |seq: u64, origin: &str, iface: &str, vm: Option<&str>, total: u64| Alert {
             origin: origin.into(),
-            body: AlertBody::Bandwidth { iface: iface.into(), rx_bytes: total, tx_bytes: 2 * total, vm: vm.map(str::to_string) },
+            body: AlertBody::Bandwidth {
+                iface: iface.into(),
+                rx_bytes: total,
+                tx_bytes: 2 * total,
+                vm: vm.map(str::to_string),
+            },
             ..bw(seq, 0, 0)
         };
         // web's vnet0 reports 4 times (+10 each), its vnet1 twice (+100); db's vnet2 once.
@@ -321,14 +415,27 @@ mod tests {
         v.on_alert(&dev(12, "bw2", "vnet2", Some("db"), 7));
         v.on_alert(&dev(13, "bw", "eth0", None, 7));
         let vms = v.vms();
-        assert_eq!(vms.iter().map(|t| t.vm.as_str()).collect::<Vec<_>>(), ["db", "web"]);
+        assert_eq!(
+            vms.iter().map(|t| t.vm.as_str()).collect::<Vec<_>>(),
+            ["db", "web"]
+        );
         let web = &vms[1];
         assert_eq!(web.interfaces, ["bw/vnet0", "bw/vnet1"]);
-        assert_eq!(web.rx, [10, 10, 110], "vnet1's one delta adds to vnet0's latest");
+        assert_eq!(
+            web.rx,
+            [10, 10, 110],
+            "vnet1's one delta adds to vnet0's latest"
+        );
         assert_eq!(web.tx, [20, 20, 220]);
         assert!(vms[0].rx.is_empty(), "one sample is no delta yet");
-        assert_eq!(v.interface_vms().get("bw/vnet1").map(String::as_str), Some("web"));
-        assert!(!v.interface_vms().contains_key("bw/eth0"), "a host interface has no VM");
+        assert_eq!(
+            v.interface_vms().get("bw/vnet1").map(String::as_str),
+            Some("web")
+        );
+        assert!(
+            !v.interface_vms().contains_key("bw/eth0"),
+            "a host interface has no VM"
+        );
     }
 
     #[test]
@@ -338,11 +445,22 @@ mod tests {
             v.on_alert(&bw(i, i, i));
         }
         let p = v.page(0, 4);
-        assert_eq!((p.first, p.next, p.alerts.len()), (15, 19, 4), "only the last 10 are kept");
+        assert_eq!(
+            (p.first, p.next, p.alerts.len()),
+            (15, 19, 4),
+            "only the last 10 are kept"
+        );
         let p2 = v.page(p.next, 100);
         assert_eq!((p2.next, p2.alerts.len()), (25, 6));
         assert!(v.page(p2.next, 100).alerts.is_empty());
-        assert_eq!(v.page(p2.next, 100).next, 25, "an empty page keeps its place");
-        assert_eq!(v.recent(3).iter().map(|a| a.seq).collect::<Vec<_>>(), [22, 23, 24]);
+        assert_eq!(
+            v.page(p2.next, 100).next,
+            25,
+            "an empty page keeps its place"
+        );
+        assert_eq!(
+            v.recent(3).iter().map(|a| a.seq).collect::<Vec<_>>(),
+            [22, 23, 24]
+        );
     }
 }

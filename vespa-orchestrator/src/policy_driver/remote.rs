@@ -24,30 +24,47 @@ impl AgentVerbs for HoPolicyVerbs {
     fn verbs(&self) -> VerbTable {
         let mut t = VerbTable::new();
         let d = self.0.clone();
-        t.add("policy_actions", "", "the reactions this HO's fast-path rules hold (JSON list)", move |_| {
-            let d = d.clone();
-            async move { serde_json::to_string(&d.active_actions()).map_err(|e| e.to_string()) }
-        });
+        t.add(
+            "policy_actions",
+            "",
+            "the reactions this HO's fast-path rules hold (JSON list)",
+            move |_| {
+                let d = d.clone();
+                async move { serde_json::to_string(&d.active_actions()).map_err(|e| e.to_string()) }
+            },
+        );
         let d = self.0.clone();
-        t.add("policy_release", "<key>", "undo what this HO's rules hold against <key> (JSON Ok/Err)", move |args| {
-            let d = d.clone();
-            async move {
-                let [key] = args.as_slice() else { return Err("usage: policy_release <key>".into()) };
-                serde_json::to_string(&d.release(key)).map_err(|e| e.to_string())
-            }
-        });
+        t.add(
+            "policy_release",
+            "<key>",
+            "undo what this HO's rules hold against <key> (JSON Ok/Err)",
+            move |args| {
+                let d = d.clone();
+                async move {
+                    let [key] = args.as_slice() else {
+                        return Err("usage: policy_release <key>".into());
+                    };
+                    serde_json::to_string(&d.release(key)).map_err(|e| e.to_string())
+                }
+            },
+        );
         let d = self.0.clone();
-        t.add("policy_dry_run", "<on|off>", "switch this HO's rules to dry-run or back (JSON Ok/Err)", move |args| {
-            let d = d.clone();
-            async move {
-                let enabled = match args.as_slice() {
-                    [a] if a == "on" => true,
-                    [a] if a == "off" => false,
-                    _ => return Err("usage: policy_dry_run <on|off>".into()),
-                };
-                serde_json::to_string(&d.set_dry_run(enabled)).map_err(|e| e.to_string())
-            }
-        });
+        t.add(
+            "policy_dry_run",
+            "<on|off>",
+            "switch this HO's rules to dry-run or back (JSON Ok/Err)",
+            move |args| {
+                let d = d.clone();
+                async move {
+                    let enabled = match args.as_slice() {
+                        [a] if a == "on" => true,
+                        [a] if a == "off" => false,
+                        _ => return Err("usage: policy_dry_run <on|off>".into()),
+                    };
+                    serde_json::to_string(&d.set_dry_run(enabled)).map_err(|e| e.to_string())
+                }
+            },
+        );
         t
     }
 }
@@ -68,7 +85,9 @@ impl RemoteDrivers {
     pub async fn actions(&self, vo: &NodeHandle) -> (Vec<ActiveAction>, Vec<String>) {
         let (mut actions, mut unreachable) = (Vec::new(), Vec::new());
         for (ho, reply) in self.ask(vo, "policy_actions", &[]).await {
-            match reply.and_then(|r| serde_json::from_str::<Vec<ActiveAction>>(&r).map_err(|e| format!("bad reply: {e}"))) {
+            match reply.and_then(|r| {
+                serde_json::from_str::<Vec<ActiveAction>>(&r).map_err(|e| format!("bad reply: {e}"))
+            }) {
                 Ok(a) => actions.extend(a),
                 Err(e) => unreachable.push(format!("{ho}: {e}")),
             }
@@ -78,17 +97,29 @@ impl RemoteDrivers {
 
     /// Each HO's release of `key`; an HO that does not answer is `Unavailable`.
     pub async fn release(&self, vo: &NodeHandle, key: &str) -> Vec<Result<String, PolicyError>> {
-        self.ask(vo, "policy_release", &[key]).await.into_iter().map(|(ho, r)| decode(&ho, r)).collect()
+        self.ask(vo, "policy_release", &[key])
+            .await
+            .into_iter()
+            .map(|(ho, r)| decode(&ho, r))
+            .collect()
     }
 
     /// Switches every HO's dry-run mode; the first refusal, naming its HO.
     pub async fn set_dry_run(&self, vo: &NodeHandle, enabled: bool) -> Result<(), PolicyError> {
         let arg = if enabled { "on" } else { "off" };
-        self.ask(vo, "policy_dry_run", &[arg]).await.into_iter().try_for_each(|(ho, r)| decode(&ho, r))
+        self.ask(vo, "policy_dry_run", &[arg])
+            .await
+            .into_iter()
+            .try_for_each(|(ho, r)| decode(&ho, r))
     }
 
     /// Calls `verb` on every HO at once, through the VO.
-    async fn ask(&self, vo: &NodeHandle, verb: &str, args: &[&str]) -> Vec<(String, Result<String, String>)> {
+    async fn ask(
+        &self,
+        vo: &NodeHandle,
+        verb: &str,
+        args: &[&str],
+    ) -> Vec<(String, Result<String, String>)> {
         let calls = self.hos.iter().map(|ho| {
             let mut a = vec![ho.clone(), verb.to_string()];
             a.extend(args.iter().map(|s| s.to_string()));
@@ -106,10 +137,16 @@ impl RemoteDrivers {
 }
 
 /// A remote driver's JSON `Result`, or `Unavailable` naming the HO when there is none.
-fn decode<T: serde::de::DeserializeOwned>(ho: &str, reply: Result<String, String>) -> Result<T, PolicyError> {
-    let unavailable = |e: String| PolicyError::Unavailable(format!("{ho} (fast-path rules in another process): {e}"));
+fn decode<T: serde::de::DeserializeOwned>(
+    ho: &str,
+    reply: Result<String, String>,
+) -> Result<T, PolicyError> {
+    let unavailable = |e: String| {
+        PolicyError::Unavailable(format!("{ho} (fast-path rules in another process): {e}"))
+    };
     let text = reply.map_err(unavailable)?;
-    serde_json::from_str::<Result<T, PolicyError>>(&text).map_err(|e| unavailable(format!("bad reply: {e}")))?
+    serde_json::from_str::<Result<T, PolicyError>>(&text)
+        .map_err(|e| unavailable(format!("bad reply: {e}")))?
 }
 
 #[cfg(test)]
@@ -118,22 +155,48 @@ mod tests {
 
     #[test]
     fn a_remote_answer_keeps_its_kind_and_a_missing_one_names_the_ho() {
-        let ok = serde_json::to_string(&Ok::<String, PolicyError>("fl release_hackers 10.0.0.9".into())).unwrap();
-        assert_eq!(decode::<String>("HO_PH", Ok(ok)), Ok("fl release_hackers 10.0.0.9".into()));
-        let nf = serde_json::to_string(&Err::<String, PolicyError>(PolicyError::NotFound("nothing held".into()))).unwrap();
-        assert_eq!(decode::<String>("HO_PH", Ok(nf)), Err(PolicyError::NotFound("nothing held".into())));
+        let ok = serde_json::to_string(&Ok::<String, PolicyError>(
+            "fl release_hackers 10.0.0.9".into(),
+        ))
+        .unwrap();
+        assert_eq!(
+            decode::<String>("HO_PH", Ok(ok)),
+            Ok("fl release_hackers 10.0.0.9".into())
+        );
+        let nf = serde_json::to_string(&Err::<String, PolicyError>(PolicyError::NotFound(
+            "nothing held".into(),
+        )))
+        .unwrap();
+        assert_eq!(
+            decode::<String>("HO_PH", Ok(nf)),
+            Err(PolicyError::NotFound("nothing held".into()))
+        );
         match decode::<String>("HO_PH", Err("no answer within 5s".into())) {
-            Err(PolicyError::Unavailable(m)) => assert!(m.starts_with("HO_PH (fast-path rules in another process): no answer"), "{m}"),
+            Err(PolicyError::Unavailable(m)) => assert!(
+                m.starts_with("HO_PH (fast-path rules in another process): no answer"),
+                "{m}"
+            ),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(decode::<String>("HO_PH", Ok("<html>".into())), Err(PolicyError::Unavailable(m)) if m.contains("bad reply")));
+        assert!(
+            matches!(decode::<String>("HO_PH", Ok("<html>".into())), Err(PolicyError::Unavailable(m)) if m.contains("bad reply"))
+        );
     }
 
     #[test]
     fn releases_merge_what_was_done_before_refusals() {
         let nf = || Err(PolicyError::NotFound("no".into()));
-        assert_eq!(crate::policy_driver::merge_releases([nf(), Ok("a".into()), Ok("b".into())]), Ok("a; b".into()));
-        assert_eq!(crate::policy_driver::merge_releases([nf(), Err(PolicyError::Unavailable("down".into()))]), Err(PolicyError::Unavailable("down".into())));
+        assert_eq!(
+            crate::policy_driver::merge_releases([nf(), Ok("a".into()), Ok("b".into())]),
+            Ok("a; b".into())
+        );
+        assert_eq!(
+            crate::policy_driver::merge_releases([
+                nf(),
+                Err(PolicyError::Unavailable("down".into()))
+            ]),
+            Err(PolicyError::Unavailable("down".into()))
+        );
         assert_eq!(crate::policy_driver::merge_releases([nf(), nf()]), nf());
     }
 }

@@ -61,7 +61,9 @@ impl PolicyControl for PolicySet {
 
 /// One answer from the releases of several drivers: what each did, joined, when any did
 /// something; otherwise the first failure, or else "not found".
-pub(crate) fn merge_releases(results: impl IntoIterator<Item = Result<String, PolicyError>>) -> Result<String, PolicyError> {
+pub(crate) fn merge_releases(
+    results: impl IntoIterator<Item = Result<String, PolicyError>>,
+) -> Result<String, PolicyError> {
     let (mut done, mut failed, mut not_found) = (Vec::new(), None, None);
     for r in results {
         match r {
