@@ -459,7 +459,7 @@ fn an_ho_in_another_process_is_listed_and_released_through_the_vo_api() {
     assert_eq!(status, 401, "a release needs the token");
     assert_eq!(
         blocks_of(&stub, &target),
-        [id.clone()],
+        std::slice::from_ref(&id),
         "a refused release changes nothing"
     );
     let (status, text) =

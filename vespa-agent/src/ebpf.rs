@@ -711,11 +711,12 @@ fn remove_clsact(name: &str) {
 fn tcx_first(ifname: &str, dir: TcAttachType) -> LinkOrder {
     match SchedClassifier::query_tcx(ifname, dir) {
         Ok((_, progs)) => match progs.first() {
-            // SAFETY: the id was just returned by the kernel for a program attached to this
-            // hook. Should that program detach before we attach, the kernel rejects the
-            // anchor (ENOENT) and the caller retries at the end of the chain.
             Some(p) => {
-                LinkOrder::before_program_id(unsafe { aya::programs::ProgramId::new(p.id()) })
+                // SAFETY: the id was just returned by the kernel for a program attached to
+                // this hook. Should that program detach before we attach, the kernel rejects
+                // the anchor (ENOENT) and the caller retries at the end of the chain.
+                let id = unsafe { aya::programs::ProgramId::new(p.id()) };
+                LinkOrder::before_program_id(id)
             }
             None => LinkOrder::default(),
         },

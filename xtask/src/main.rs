@@ -3,6 +3,8 @@
 //! Every command first makes sure the machine has what it needs (`setup`), installing only
 //! what is missing, so a fresh Debian host goes from clone to running system in one command.
 
+mod lint;
+mod modgraph;
 mod setup;
 mod testlog;
 
@@ -45,9 +47,15 @@ enum Cmd {
         #[arg(last = true)]
         agent_args: Vec<String>,
     },
-    /// Run the whole test suite against the real kernel (and, as root, fail rather than skip
-    /// any test that needs eBPF).
+    /// Check the style every change keeps: rustfmt, clippy with warnings denied (workspace,
+    /// sensor-only agent, kernel programs) and no module circles within a crate.
+    Lint,
+    /// Run the lint step, then the whole test suite against the real kernel (and, as root,
+    /// fail rather than skip any test that needs eBPF), then fuzz the decoders.
     Test {
+        /// Skip the lint step (a quick local re-run; CI always lints).
+        #[arg(long)]
+        no_lint: bool,
         /// Seconds each fuzz target (frame and message decoders) runs after the tests; 0 skips.
         #[arg(long, default_value_t = 60)]
         fuzz_seconds: u64,
@@ -107,8 +115,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             run_tree(&root, &listen, &agent_args)
         }
-        Cmd::Test { fuzz_seconds, args } => {
+        Cmd::Lint => {
             setup::ensure()?;
+            lint::run(&root)
+        }
+        Cmd::Test {
+            no_lint,
+            fuzz_seconds,
+            args,
+        } => {
+            setup::ensure()?;
+            if !no_lint {
+                lint::run(&root)?;
+            }
             let require = setup::is_root() || std::env::var_os("CI").is_some();
             step(&format!(
                 "running the test suite{}",

@@ -118,15 +118,16 @@ fn spawn_tied(args: &[&str]) -> Result<Child, String> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let die_with_parent = || {
+        // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls prctl, which is async-signal-safe and touches no memory of
+    // the parent.
+    unsafe { cmd.pre_exec(die_with_parent) };
     cmd.spawn()
         .map_err(|e| format!("cannot start {}: {e}", args[0]))
 }

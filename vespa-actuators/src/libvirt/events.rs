@@ -174,23 +174,24 @@ pub fn ensure_event_loop() -> Result<(), String> {
 /// # Safety
 /// `dom` must be a valid domain pointer for the duration of the call.
 unsafe fn ident(dom: sys::virDomainPtr) -> (String, String) {
-    // SAFETY: `dom` is valid (caller); the returned name is owned by the domain object.
-    let name = unsafe {
-        let p = sys::virDomainGetName(dom);
-        if p.is_null() {
-            String::new()
-        } else {
-            CStr::from_ptr(p).to_string_lossy().into_owned()
-        }
+    // SAFETY: `dom` is valid (caller).
+    let p = unsafe { sys::virDomainGetName(dom) };
+    let name = if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a non-null name is a NUL-terminated string owned by the domain object,
+        // valid while `dom` is.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
     };
     let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
     // SAFETY: `buf` has the VIR_UUID_STRING_BUFLEN bytes libvirt writes (NUL included).
-    let uuid = unsafe {
-        if sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) == 0 {
-            CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
-        } else {
-            String::new()
-        }
+    let uuid = if unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) } == 0 {
+        // SAFETY: on success libvirt wrote a NUL-terminated string into `buf`.
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        String::new()
     };
     (name, uuid)
 }
@@ -284,32 +285,36 @@ impl<'a> Registrations<'a> {
             close: false,
         };
         type Generic = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
-        // SAFETY: libvirt calls each callback with the signature of its event id; the generic
-        // type is only the registration's calling convention (as in libvirt's own
-        // VIR_DOMAIN_EVENT_CALLBACK macro). Function pointers have the same size.
-        let cbs: [(u32, Generic); 3] = unsafe {
-            [
-                (
-                    sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                    std::mem::transmute::<*const (), Generic>(on_lifecycle as *const ()),
-                ),
-                (
-                    sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
-                    std::mem::transmute::<*const (), Generic>(on_device_added as *const ()),
-                ),
-                (
-                    sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
-                    std::mem::transmute::<*const (), Generic>(on_device_removed as *const ()),
-                ),
-            ]
+        let generic = |cb: *const ()| {
+            // SAFETY: libvirt calls each callback with the signature of its event id; the
+            // generic type is only the registration's calling convention (as in libvirt's
+            // own VIR_DOMAIN_EVENT_CALLBACK macro). Function pointers have the same size.
+            unsafe { std::mem::transmute::<*const (), Generic>(cb) }
         };
+        // SAFETY: the raw connection is used only while `conn`, borrowed for the life of the
+        // registrations, keeps it open.
+        let raw = unsafe { conn.as_ptr() };
+        let cbs: [(u32, Generic); 3] = [
+            (
+                sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                generic(on_lifecycle as *const ()),
+            ),
+            (
+                sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
+                generic(on_device_added as *const ()),
+            ),
+            (
+                sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+                generic(on_device_removed as *const ()),
+            ),
+        ];
         for (id, cb) in cbs {
             let opaque = boxed(tx);
             // SAFETY: valid connection; `opaque` is a boxed sender freed by `free_sender`
             // (by libvirt on deregistration, or here if registration fails).
             let r = unsafe {
                 sys::virConnectDomainEventRegisterAny(
-                    conn.as_ptr(),
+                    raw,
                     std::ptr::null_mut(),
                     id as c_int,
                     Some(cb),
@@ -330,12 +335,7 @@ impl<'a> Registrations<'a> {
         let opaque = boxed(tx);
         // SAFETY: as above, for the connection's close callback.
         let r = unsafe {
-            sys::virConnectRegisterCloseCallback(
-                conn.as_ptr(),
-                Some(on_close),
-                opaque,
-                Some(free_sender),
-            )
+            sys::virConnectRegisterCloseCallback(raw, Some(on_close), opaque, Some(free_sender))
         };
         if r < 0 {
             // SAFETY: not taken by libvirt.
@@ -348,21 +348,23 @@ impl<'a> Registrations<'a> {
         regs.close = true;
         // Detect a hung (not just dead) daemon: 5 s interval, 3 missed answers.
         // SAFETY: valid connection; needs the event loop, which is running.
-        unsafe { sys::virConnectSetKeepAlive(conn.as_ptr(), 5, 3) };
+        unsafe { sys::virConnectSetKeepAlive(raw, 5, 3) };
         Ok(regs)
     }
 }
 
 impl Drop for Registrations<'_> {
     fn drop(&mut self) {
+        // SAFETY: `self.conn` outlives the registrations (borrowed for 'a).
+        let raw = unsafe { self.conn.as_ptr() };
         for id in &self.ids {
             // SAFETY: valid connection and an id it returned; failure (connection already
             // closed) is harmless.
-            unsafe { sys::virConnectDomainEventDeregisterAny(self.conn.as_ptr(), *id) };
+            unsafe { sys::virConnectDomainEventDeregisterAny(raw, *id) };
         }
         if self.close {
             // SAFETY: as above.
-            unsafe { sys::virConnectUnregisterCloseCallback(self.conn.as_ptr(), Some(on_close)) };
+            unsafe { sys::virConnectUnregisterCloseCallback(raw, Some(on_close)) };
         }
     }
 }
