@@ -46,6 +46,7 @@ pub mod handshake;
 pub mod key;
 pub mod message;
 pub mod seal;
+pub mod verbs;
 
 pub use connection::{
     client_handshake, server_handshake, Config, SecureReader, SecureStream, SecureWriter,
