@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
-pub use agent::{AvAgent, AvConfig, Route, ScanRecord, VmRelay, AV_VERBS};
+pub use agent::{AvAgent, AvConfig, Route, ScanRecord, VmRelay};
 
 use crate::error::AvError;
 

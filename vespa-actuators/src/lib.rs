@@ -28,4 +28,4 @@ pub mod verbs;
 
 pub use error::{AvError, LibvirtError, SdnError};
 pub use retry::{RetryPolicy, RetryStats};
-pub use verbs::{ActuatorAlert, ActuatorVerbs, AlertSink, VerbFuture, VerbReply, VerbSpec};
+pub use verbs::{ActuatorAlert, ActuatorVerbs, AlertSink, VerbFuture, VerbReply};

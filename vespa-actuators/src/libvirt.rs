@@ -26,7 +26,8 @@ pub use events::{ensure_event_loop, TapMap, VmEvent, VmEventKind, VmIface};
 
 use crate::error::{chain, LibvirtError};
 use crate::retry::{retry, RetryPolicy, RetryStats};
-use crate::verbs::{arity, find, json, ActuatorVerbs, AlertSink, VerbFuture, VerbSpec};
+use crate::verbs::{json, ActuatorVerbs, AlertSink, VerbFuture, VerbReply};
+use vespa_proto::verbs::{Codeset, Keys, LibvirtVerb};
 
 #[derive(Debug, Clone)]
 pub struct LibvirtConfig {
@@ -112,50 +113,29 @@ impl Default for KeyPress {
     }
 }
 
-impl KeyPress {
-    /// `[codeset] <keycode>...` with codeset one of linux, xt, atset1/2/3, osx, xt_kbd, usb,
-    /// win32, qnum (default win32); key codes in decimal or 0x-hex. No arguments: the default.
-    pub fn parse(args: &[String]) -> Result<KeyPress, LibvirtError> {
-        if args.is_empty() {
-            return Ok(KeyPress::default());
+impl From<Keys> for KeyPress {
+    /// The keys of a `send_key` call: none at all means the 2014 default.
+    fn from(keys: Keys) -> KeyPress {
+        if keys.keycodes.is_empty() {
+            return KeyPress::default();
         }
-        let sets = [
-            ("linux", sys::VIR_KEYCODE_SET_LINUX),
-            ("xt", sys::VIR_KEYCODE_SET_XT),
-            ("atset1", sys::VIR_KEYCODE_SET_ATSET1),
-            ("atset2", sys::VIR_KEYCODE_SET_ATSET2),
-            ("atset3", sys::VIR_KEYCODE_SET_ATSET3),
-            ("osx", sys::VIR_KEYCODE_SET_OSX),
-            ("xt_kbd", sys::VIR_KEYCODE_SET_XT_KBD),
-            ("usb", sys::VIR_KEYCODE_SET_USB),
-            ("win32", sys::VIR_KEYCODE_SET_WIN32),
-            ("qnum", sys::VIR_KEYCODE_SET_QNUM),
-        ];
-        let (codeset, rest) = match sets.iter().find(|(n, _)| *n == args[0]) {
-            Some((_, c)) => (*c, &args[1..]),
-            None => (sys::VIR_KEYCODE_SET_WIN32, args),
+        let codeset = match keys.codeset.unwrap_or(Codeset::Win32) {
+            Codeset::Linux => sys::VIR_KEYCODE_SET_LINUX,
+            Codeset::Xt => sys::VIR_KEYCODE_SET_XT,
+            Codeset::Atset1 => sys::VIR_KEYCODE_SET_ATSET1,
+            Codeset::Atset2 => sys::VIR_KEYCODE_SET_ATSET2,
+            Codeset::Atset3 => sys::VIR_KEYCODE_SET_ATSET3,
+            Codeset::Osx => sys::VIR_KEYCODE_SET_OSX,
+            Codeset::XtKbd => sys::VIR_KEYCODE_SET_XT_KBD,
+            Codeset::Usb => sys::VIR_KEYCODE_SET_USB,
+            Codeset::Win32 => sys::VIR_KEYCODE_SET_WIN32,
+            Codeset::Qnum => sys::VIR_KEYCODE_SET_QNUM,
         };
-        let keycodes = rest
-            .iter()
-            .map(|k| {
-                let k = k.trim();
-                let r = match k.strip_prefix("0x") {
-                    Some(h) => u32::from_str_radix(h, 16),
-                    None => k.parse(),
-                };
-                r.map_err(|_| LibvirtError::InvalidArgument(format!("bad key code {k:?}")))
-            })
-            .collect::<Result<Vec<u32>, _>>()?;
-        if keycodes.is_empty() || keycodes.len() > 16 {
-            return Err(LibvirtError::InvalidArgument(
-                "send_key takes 1 to 16 key codes".into(),
-            ));
-        }
-        Ok(KeyPress {
+        KeyPress {
             codeset,
             holdtime_ms: 10,
-            keycodes,
-        })
+            keycodes: keys.keycodes,
+        }
     }
 }
 
@@ -652,123 +632,75 @@ impl LibvirtAgent {
     }
 }
 
-/// The verbs of the libvirt agent.
-pub const LIBVIRT_VERBS: &[VerbSpec] = &[
-    VerbSpec { name: "contains_vm", usage: "<vm>", help: "whether the hypervisor has this VM (true/false)" },
-    VerbSpec { name: "cut_link", usage: "<vm> [mac]", help: "set the VM's interface (or all of them) link down, confirmed from libvirt" },
-    VerbSpec { name: "connect_link", usage: "<vm> [mac]", help: "set the VM's interface (or all of them) link up, confirmed from libvirt" },
-    VerbSpec { name: "link_state", usage: "<vm>", help: "the link state of each interface of the VM (JSON)" },
-    VerbSpec {
-        name: "migrate",
-        usage: "<vm> <quarantine_host|uri> [user]",
-        help: "live-migrate the VM to the quarantine hypervisor (qemu+ssh://user@host/system unless a URI is given)",
-    },
-    VerbSpec { name: "restart", usage: "<vm>", help: "reboot the VM (start it if it is off)" },
-    VerbSpec { name: "restart_hard", usage: "<vm>", help: "destroy then start the VM" },
-    VerbSpec { name: "send_key", usage: "<vm> [codeset] [keycode...]", help: "send key codes (default: the 2014 win32 0x12 0x42)" },
-    VerbSpec { name: "suspend", usage: "<vm>", help: "pause the VM's vCPUs" },
-    VerbSpec { name: "resume", usage: "<vm>", help: "resume a paused VM" },
-    VerbSpec { name: "vm_state", usage: "<vm>", help: "running, paused, shutoff, ..." },
-    VerbSpec { name: "list_vms", usage: "", help: "every VM with its state and interfaces (JSON)" },
-    VerbSpec { name: "iface_stats", usage: "<vm> [mac|tap]", help: "per-interface counters of the VM (JSON)" },
-    VerbSpec { name: "tap_map", usage: "", help: "host tap device -> VM name, UUID, MAC (JSON)" },
-];
+impl LibvirtAgent {
+    /// Answers one verb.
+    pub async fn call(&self, verb: LibvirtVerb) -> VerbReply {
+        let e = |e: LibvirtError| chain(&e);
+        let ok = |what: &str, vm: &str| json(&serde_json::json!({ "ok": what, "vm": vm }));
+        match verb {
+            LibvirtVerb::ContainsVm { vm } => json(&self.contains_vm(&vm).await.map_err(e)?),
+            LibvirtVerb::CutLink { vm, mac } => {
+                let mac = mac.map(|m| m.to_string());
+                json(&self.set_link(&vm, mac.as_deref(), false).await.map_err(e)?)
+            }
+            LibvirtVerb::ConnectLink { vm, mac } => {
+                let mac = mac.map(|m| m.to_string());
+                json(&self.set_link(&vm, mac.as_deref(), true).await.map_err(e)?)
+            }
+            LibvirtVerb::LinkState { vm } => json(&self.link_state(&vm).await.map_err(e)?),
+            LibvirtVerb::Migrate {
+                vm,
+                quarantine_host,
+                user,
+            } => {
+                let dest = if quarantine_host.contains("://") {
+                    quarantine_host
+                } else {
+                    let user = user.as_ref().unwrap_or(&self.inner.cfg.quarantine_user);
+                    format!("qemu+ssh://{user}@{quarantine_host}/system")
+                };
+                self.migrate(&vm, &dest).await.map_err(e)?;
+                json(&serde_json::json!({ "ok": "migrated", "vm": vm, "to": dest }))
+            }
+            LibvirtVerb::Restart { vm } => {
+                self.restart(&vm).await.map_err(e)?;
+                ok("restarted", &vm)
+            }
+            LibvirtVerb::RestartHard { vm } => {
+                self.restart_hard(&vm).await.map_err(e)?;
+                ok("restarted (hard)", &vm)
+            }
+            LibvirtVerb::SendKey { vm, keys } => {
+                self.send_key(&vm, keys.into()).await.map_err(e)?;
+                ok("keys sent", &vm)
+            }
+            LibvirtVerb::Suspend { vm } => {
+                self.suspend(&vm).await.map_err(e)?;
+                ok("suspended", &vm)
+            }
+            LibvirtVerb::Resume { vm } => {
+                self.resume(&vm).await.map_err(e)?;
+                ok("resumed", &vm)
+            }
+            LibvirtVerb::VmState { vm } => self.vm_state(&vm).await.map_err(e),
+            LibvirtVerb::ListVms {} => json(&self.list_vms().await.map_err(e)?),
+            LibvirtVerb::IfaceStats { vm, iface } => {
+                json(&self.iface_stats(&vm, iface.as_deref()).await.map_err(e)?)
+            }
+            LibvirtVerb::TapMap {} => {
+                if self._watcher.is_none() {
+                    self.refresh_taps().await.map_err(e)?;
+                }
+                json(&self.inner.taps.snapshot())
+            }
+        }
+    }
+}
 
 impl ActuatorVerbs for LibvirtAgent {
-    fn verbs(&self) -> Vec<VerbSpec> {
-        LIBVIRT_VERBS.to_vec()
-    }
+    type Verb = LibvirtVerb;
 
-    fn call<'a>(&'a self, verb: &'a str, args: Vec<String>) -> VerbFuture<'a> {
-        Box::pin(async move {
-            let spec = find(LIBVIRT_VERBS, verb)?;
-            let e = |e: LibvirtError| chain(&e);
-            let ok = |what: &str, vm: &str| json(&serde_json::json!({ "ok": what, "vm": vm }));
-            match verb {
-                "contains_vm" => {
-                    arity(&spec, &args, 1, 1)?;
-                    json(&self.contains_vm(&args[0]).await.map_err(e)?)
-                }
-                "cut_link" | "connect_link" => {
-                    arity(&spec, &args, 1, 2)?;
-                    json(
-                        &self
-                            .set_link(
-                                &args[0],
-                                args.get(1).map(String::as_str),
-                                verb == "connect_link",
-                            )
-                            .await
-                            .map_err(e)?,
-                    )
-                }
-                "link_state" => {
-                    arity(&spec, &args, 1, 1)?;
-                    json(&self.link_state(&args[0]).await.map_err(e)?)
-                }
-                "migrate" => {
-                    arity(&spec, &args, 2, 3)?;
-                    let dest = if args[1].contains("://") {
-                        args[1].clone()
-                    } else {
-                        let user = args.get(2).unwrap_or(&self.inner.cfg.quarantine_user);
-                        format!("qemu+ssh://{user}@{}/system", args[1])
-                    };
-                    self.migrate(&args[0], &dest).await.map_err(e)?;
-                    json(&serde_json::json!({ "ok": "migrated", "vm": args[0], "to": dest }))
-                }
-                "restart" => {
-                    arity(&spec, &args, 1, 1)?;
-                    self.restart(&args[0]).await.map_err(e)?;
-                    ok("restarted", &args[0])
-                }
-                "restart_hard" => {
-                    arity(&spec, &args, 1, 1)?;
-                    self.restart_hard(&args[0]).await.map_err(e)?;
-                    ok("restarted (hard)", &args[0])
-                }
-                "send_key" => {
-                    arity(&spec, &args, 1, 18)?;
-                    let keys = KeyPress::parse(&args[1..]).map_err(e)?;
-                    self.send_key(&args[0], keys).await.map_err(e)?;
-                    ok("keys sent", &args[0])
-                }
-                "suspend" => {
-                    arity(&spec, &args, 1, 1)?;
-                    self.suspend(&args[0]).await.map_err(e)?;
-                    ok("suspended", &args[0])
-                }
-                "resume" => {
-                    arity(&spec, &args, 1, 1)?;
-                    self.resume(&args[0]).await.map_err(e)?;
-                    ok("resumed", &args[0])
-                }
-                "vm_state" => {
-                    arity(&spec, &args, 1, 1)?;
-                    self.vm_state(&args[0]).await.map_err(e)
-                }
-                "list_vms" => {
-                    arity(&spec, &args, 0, 0)?;
-                    json(&self.list_vms().await.map_err(e)?)
-                }
-                "iface_stats" => {
-                    arity(&spec, &args, 1, 2)?;
-                    json(
-                        &self
-                            .iface_stats(&args[0], args.get(1).map(String::as_str))
-                            .await
-                            .map_err(e)?,
-                    )
-                }
-                "tap_map" => {
-                    arity(&spec, &args, 0, 0)?;
-                    if self._watcher.is_none() {
-                        self.refresh_taps().await.map_err(e)?;
-                    }
-                    json(&self.inner.taps.snapshot())
-                }
-                _ => Err(format!("verb {verb} not implemented")),
-            }
-        })
+    fn call(&self, verb: LibvirtVerb) -> VerbFuture<'_> {
+        Box::pin(LibvirtAgent::call(self, verb))
     }
 }

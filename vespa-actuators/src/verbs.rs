@@ -1,34 +1,16 @@
-//! The uniform face every actuator agent shows the node runtime: a fixed table of verbs
-//! ([`VerbSpec`]) and one entry point to call them ([`ActuatorVerbs::call`]), plus the alerts
-//! agents raise on their own ([`ActuatorAlert`]).
+//! The uniform face every actuator agent shows the node runtime: its typed verbs
+//! ([`ActuatorVerbs::call`] with the agent kind's enum from `vespa_proto::verbs`), plus the
+//! alerts agents raise on their own ([`ActuatorAlert`]).
 //!
-//! Kept independent of the runtime crate: the runtime adapts it to its own verb table, e.g.
-//!
-//! ```text
-//! for v in agent.verbs() {
-//!     let a = agent.clone(); // Arc<dyn ActuatorVerbs>
-//!     table.add(v.name, v.usage, v.help, move |args| {
-//!         let a = a.clone();
-//!         async move { a.call(v.name, args).await }
-//!     });
-//! }
-//! ```
+//! Words become a verb in one place, the enum's parser ([`vespa_proto::verbs::Verb::parse`]);
+//! [`ActuatorVerbs::call_words`] is that parse followed by the typed call.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
-
-/// One verb of an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct VerbSpec {
-    pub name: &'static str,
-    /// Arguments, e.g. `<vm> [mac]`.
-    pub usage: &'static str,
-    /// One sentence.
-    pub help: &'static str,
-}
+use vespa_proto::verbs::Verb;
 
 /// The reply of a verb: text (JSON text for anything structured) or an error message.
 pub type VerbReply = Result<String, String>;
@@ -36,13 +18,23 @@ pub type VerbReply = Result<String, String>;
 /// A verb call in progress.
 pub type VerbFuture<'a> = Pin<Box<dyn Future<Output = VerbReply> + Send + 'a>>;
 
-/// An agent callable by verb name. Unknown verbs and bad arguments are error replies; a verb
-/// never panics and the agent keeps serving after any error.
+/// An agent answering the verbs of its kind. Bad arguments never reach it (the parser refuses
+/// them); a verb never panics and the agent keeps serving after any error.
 pub trait ActuatorVerbs: Send + Sync {
-    /// The agent's verbs (fixed for its lifetime).
-    fn verbs(&self) -> Vec<VerbSpec>;
+    /// The verbs of this kind of agent.
+    type Verb: Verb;
+
     /// Runs one verb.
-    fn call<'a>(&'a self, verb: &'a str, args: Vec<String>) -> VerbFuture<'a>;
+    fn call(&self, verb: Self::Verb) -> VerbFuture<'_>;
+
+    /// Parses `verb` and its words, then runs it; a call that does not parse is answered
+    /// with the parser's error (`usage: ...`, `unknown verb ...`).
+    fn call_words(&self, verb: &str, args: Vec<String>) -> VerbFuture<'_> {
+        match Self::Verb::parse(verb, &args) {
+            Ok(v) => self.call(v),
+            Err(e) => Box::pin(std::future::ready(Err(e.to_string()))),
+        }
+    }
 }
 
 /// Something an agent reports without being asked.
@@ -117,31 +109,6 @@ impl AlertSink {
     }
 }
 
-/// `Err("usage: <verb> <usage>")` unless `args` has between `min` and `max` entries.
-pub(crate) fn arity(
-    spec: &VerbSpec,
-    args: &[String],
-    min: usize,
-    max: usize,
-) -> Result<(), String> {
-    if args.len() < min || args.len() > max {
-        return Err(format!("usage: {} {}", spec.name, spec.usage));
-    }
-    Ok(())
-}
-
-/// Looks `verb` up in `table`.
-pub(crate) fn find(table: &[VerbSpec], verb: &str) -> Result<VerbSpec, String> {
-    table
-        .iter()
-        .copied()
-        .find(|v| v.name == verb)
-        .ok_or_else(|| {
-            let names: Vec<&str> = table.iter().map(|v| v.name).collect();
-            format!("unknown verb {verb:?} (verbs: {})", names.join(", "))
-        })
-}
-
 /// JSON text of a serialisable value (cannot fail for the types used here; reported if it does).
 pub(crate) fn json<T: Serialize>(v: &T) -> VerbReply {
     serde_json::to_string(v).map_err(|e| format!("cannot encode the reply: {e}"))
@@ -162,18 +129,5 @@ mod tests {
         let j = serde_json::to_value(&a).expect("json");
         assert_eq!(j["kind"], "infected");
         assert_eq!(j["vm"], "web1");
-    }
-
-    #[test]
-    fn arity_and_lookup() {
-        const T: &[VerbSpec] = &[VerbSpec {
-            name: "a",
-            usage: "<x>",
-            help: "h",
-        }];
-        assert!(arity(&T[0], &["1".into()], 1, 1).is_ok());
-        assert_eq!(arity(&T[0], &[], 1, 1), Err("usage: a <x>".into()));
-        assert!(find(T, "a").is_ok());
-        assert!(find(T, "rm").unwrap_err().contains("unknown verb"));
     }
 }

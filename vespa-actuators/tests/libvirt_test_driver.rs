@@ -22,7 +22,7 @@ fn agent(watch: bool) -> LibvirtAgent {
 }
 
 async fn call(a: &LibvirtAgent, verb: &str, args: &[&str]) -> Result<String, String> {
-    a.call(verb, args.iter().map(|s| s.to_string()).collect())
+    a.call_words(verb, args.iter().map(|s| s.to_string()).collect())
         .await
 }
 

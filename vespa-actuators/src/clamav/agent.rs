@@ -16,9 +16,8 @@ use serde::Serialize;
 use super::{Clamd, ClamdAddr, Verdict};
 use crate::error::{chain, AvError};
 use crate::retry::{retry, RetryPolicy, RetryStats};
-use crate::verbs::{
-    arity, find, json, ActuatorAlert, ActuatorVerbs, AlertSink, VerbFuture, VerbSpec,
-};
+use crate::verbs::{json, ActuatorAlert, ActuatorVerbs, AlertSink, VerbFuture, VerbReply};
+use vespa_proto::verbs::{AvVerb, Keys, LibvirtVerb};
 
 #[derive(Debug, Clone)]
 pub struct AvConfig {
@@ -60,9 +59,10 @@ pub enum Route {
     ViaHypervisor { agent: String },
 }
 
-/// Calls a verb on another node of the tree (provided by the node runtime).
+/// Calls a verb of the hypervisor agent, another node of the tree (provided by the node
+/// runtime).
 pub trait VmRelay: Send + Sync {
-    fn call<'a>(&'a self, node: &'a str, verb: &'a str, args: Vec<String>) -> VerbFuture<'a>;
+    fn call<'a>(&'a self, node: &'a str, verb: LibvirtVerb) -> VerbFuture<'a>;
 }
 
 /// One analysed file.
@@ -83,22 +83,6 @@ pub(super) struct Inner {
     alerts: AlertSink,
     stats: RetryStats,
 }
-
-/// The verbs of the antivirus agent.
-pub const AV_VERBS: &[VerbSpec] = &[
-    VerbSpec { name: "ping", usage: "", help: "clamd health: PING -> PONG" },
-    VerbSpec { name: "version", usage: "", help: "clamd's version" },
-    VerbSpec { name: "scan", usage: "<path>", help: "scan a file, or every file under a directory, now (JSON results)" },
-    VerbSpec { name: "dump_analyzed_file_list", usage: "", help: "the files analysed so far with their status, oldest first (JSON)" },
-    VerbSpec { name: "isolate_warning", usage: "<hypervisor_agent>", help: "the VM is isolated: reach it through that hypervisor agent" },
-    VerbSpec { name: "connect_warning", usage: "", help: "the VM is connected again: reach it directly" },
-    VerbSpec {
-        name: "clean_image",
-        usage: "",
-        help: "ask the VM to clean itself (while isolated: the 2014 sysrq keys via the hypervisor agent)",
-    },
-    VerbSpec { name: "status", usage: "", help: "VM, clamd address, route, watched directory, counters (JSON)" },
-];
 
 /// The antivirus agent. Dropping it stops its directory watcher.
 pub struct AvAgent {
@@ -282,7 +266,13 @@ impl AvAgent {
                 let relay = self.inner.relay.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 let relay = relay.ok_or_else(|| AvError::NoRoute(format!("clean_image: no relay to reach hypervisor agent {agent}")))?;
                 relay
-                    .call(&agent, "send_key", vec![self.inner.cfg.vm.clone()])
+                    .call(
+                        &agent,
+                        LibvirtVerb::SendKey {
+                            vm: self.inner.cfg.vm.clone(),
+                            keys: Keys::default(),
+                        },
+                    )
                     .await
                     .map_err(|e| AvError::NoRoute(format!("clean_image through {agent}: {e}")))
             }
@@ -310,61 +300,46 @@ impl Drop for AvAgent {
     }
 }
 
-impl ActuatorVerbs for AvAgent {
-    fn verbs(&self) -> Vec<VerbSpec> {
-        AV_VERBS.to_vec()
-    }
-
-    fn call<'a>(&'a self, verb: &'a str, args: Vec<String>) -> VerbFuture<'a> {
-        Box::pin(async move {
-            let spec = find(AV_VERBS, verb)?;
-            let err = |e: AvError| chain(&e);
-            match verb {
-                "ping" => {
-                    arity(&spec, &args, 0, 0)?;
-                    self.ping().await.map_err(err)?;
-                    Ok("PONG".into())
-                }
-                "version" => {
-                    arity(&spec, &args, 0, 0)?;
-                    self.version().await.map_err(err)
-                }
-                "scan" => {
-                    arity(&spec, &args, 1, 1)?;
-                    let results = self.scan(Path::new(&args[0])).await.map_err(err)?;
-                    let v: Vec<serde_json::Value> = results
-                        .into_iter()
-                        .map(|(p, r)| match r {
-                            Ok(v) => serde_json::json!({ "file": p, "result": v }),
-                            Err(e) => serde_json::json!({ "file": p, "error": chain(&e) }),
-                        })
-                        .collect();
-                    json(&v)
-                }
-                "dump_analyzed_file_list" => {
-                    arity(&spec, &args, 0, 0)?;
-                    json(&self.analyzed())
-                }
-                "isolate_warning" => {
-                    arity(&spec, &args, 1, 1)?;
-                    self.isolate(&args[0]);
-                    json(&self.route())
-                }
-                "connect_warning" => {
-                    arity(&spec, &args, 0, 0)?;
-                    self.connect();
-                    json(&self.route())
-                }
-                "clean_image" => {
-                    arity(&spec, &args, 0, 0)?;
-                    self.clean_image().await.map_err(err)
-                }
-                "status" => {
-                    arity(&spec, &args, 0, 0)?;
-                    json(&self.status())
-                }
-                _ => Err(format!("verb {verb} not implemented")),
+impl AvAgent {
+    /// Answers one verb.
+    pub async fn call(&self, verb: AvVerb) -> VerbReply {
+        let err = |e: AvError| chain(&e);
+        match verb {
+            AvVerb::Ping {} => {
+                self.ping().await.map_err(err)?;
+                Ok("PONG".into())
             }
-        })
+            AvVerb::Version {} => self.version().await.map_err(err),
+            AvVerb::Scan { path } => {
+                let results = self.scan(Path::new(&path)).await.map_err(err)?;
+                let v: Vec<serde_json::Value> = results
+                    .into_iter()
+                    .map(|(p, r)| match r {
+                        Ok(v) => serde_json::json!({ "file": p, "result": v }),
+                        Err(e) => serde_json::json!({ "file": p, "error": chain(&e) }),
+                    })
+                    .collect();
+                json(&v)
+            }
+            AvVerb::DumpAnalyzedFileList {} => json(&self.analyzed()),
+            AvVerb::IsolateWarning { hypervisor_agent } => {
+                self.isolate(&hypervisor_agent);
+                json(&self.route())
+            }
+            AvVerb::ConnectWarning {} => {
+                self.connect();
+                json(&self.route())
+            }
+            AvVerb::CleanImage {} => self.clean_image().await.map_err(err),
+            AvVerb::Status {} => json(&self.status()),
+        }
+    }
+}
+
+impl ActuatorVerbs for AvAgent {
+    type Verb = AvVerb;
+
+    fn call(&self, verb: AvVerb) -> VerbFuture<'_> {
+        Box::pin(AvAgent::call(self, verb))
     }
 }

@@ -32,48 +32,17 @@ use serde_json::Value;
 
 use crate::error::SdnError;
 use crate::retry::{retry, RetryPolicy, RetryStats};
-use crate::verbs::{arity, find, json, ActuatorVerbs, AlertSink, VerbFuture, VerbReply, VerbSpec};
+use crate::verbs::{json, ActuatorVerbs, AlertSink, VerbFuture, VerbReply};
 pub use ttl::{ActiveBlock, BlockBook};
+use vespa_proto::verbs::{BlockSelector, SdnVerb, Target, Ttl, Word};
 
 /// High 32 bits of every flow cookie VESPA installs ("VESP").
 pub const COOKIE_TAG: u64 = 0x5645_5350 << 32;
 /// Mask selecting [`COOKIE_TAG`].
 pub const COOKIE_TAG_MASK: u64 = 0xffff_ffff << 32;
 
-/// An Ethernet address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl FromStr for MacAddr {
-    type Err = SdnError;
-    /// `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff`, any case.
-    fn from_str(s: &str) -> Result<MacAddr, SdnError> {
-        let bad = || SdnError::InvalidTarget(s.to_string());
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 {
-            return Err(bad());
-        }
-        let mut out = [0u8; 6];
-        for (o, p) in out.iter_mut().zip(parts) {
-            if p.len() != 2 {
-                return Err(bad());
-            }
-            *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
+/// An Ethernet address (the protocol's: verbs carry it typed).
+pub use vespa_proto::verbs::MacAddr;
 
 /// What a block applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,14 +53,20 @@ pub enum BlockTarget {
 
 impl FromStr for BlockTarget {
     type Err = SdnError;
+    /// A MAC or IP address, as a verb's word.
     fn from_str(s: &str) -> Result<BlockTarget, SdnError> {
-        let s = s.trim();
-        if let Ok(ip) = s.parse::<IpAddr>() {
-            return Ok(BlockTarget::Ip(ip));
+        Target::parse_word(s)
+            .map(BlockTarget::from)
+            .map_err(|_| SdnError::InvalidTarget(s.trim().to_string()))
+    }
+}
+
+impl From<Target> for BlockTarget {
+    fn from(t: Target) -> BlockTarget {
+        match t {
+            Target::Ip(ip) => BlockTarget::Ip(ip),
+            Target::Mac(m) => BlockTarget::Mac(m),
         }
-        s.parse::<MacAddr>()
-            .map(BlockTarget::Mac)
-            .map_err(|_| SdnError::InvalidTarget(s.to_string()))
     }
 }
 
@@ -161,16 +136,20 @@ pub enum Release {
 
 impl FromStr for Release {
     type Err = SdnError;
-    /// A decimal block id (`7`, `#7`), or a target (MAC or IP).
+    /// A decimal block id (`7`, `#7`), or a target (MAC or IP), as a verb's word.
     fn from_str(s: &str) -> Result<Release, SdnError> {
-        let t = s.trim().trim_start_matches('#');
-        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-            return t
-                .parse()
-                .map(|n| Release::Id(BlockId(n)))
-                .map_err(|_| SdnError::InvalidTarget(s.into()));
+        BlockSelector::parse_word(s)
+            .map(Release::from)
+            .map_err(|_| SdnError::InvalidTarget(s.into()))
+    }
+}
+
+impl From<BlockSelector> for Release {
+    fn from(sel: BlockSelector) -> Release {
+        match sel {
+            BlockSelector::Id(id) => Release::Id(BlockId(id)),
+            BlockSelector::Target(t) => Release::Target(t.into()),
         }
-        s.parse().map(Release::Target)
     }
 }
 
@@ -331,25 +310,6 @@ impl Default for SdnAgentConfig {
     }
 }
 
-/// The verbs of an SDN agent.
-pub const SDN_VERBS: &[VerbSpec] = &[
-    VerbSpec { name: "alert_ip", usage: "<ip> [mac] [ttl_s]", help: "block the MAC address if given (as in 2014), else the IP address" },
-    VerbSpec {
-        name: "block_hackers",
-        usage: "<mac|ip> [ttl_s|none]",
-        help: "drop all traffic from and to a MAC or IP address on every switch; returns the block id",
-    },
-    VerbSpec {
-        name: "release_hackers",
-        usage: "[block_id|mac|ip]",
-        help: "remove one block (by id or address), or every block and stray VESPA flow when no argument is given",
-    },
-    VerbSpec { name: "status_hackers", usage: "", help: "the active blocks with their remaining time-to-live (JSON)" },
-    VerbSpec { name: "get_topology", usage: "", help: "switches, ports and links known to the controller (JSON)" },
-    VerbSpec { name: "get_link_stats", usage: "", help: "per-port / per-link counters (JSON)" },
-    VerbSpec { name: "get_flow_stats", usage: "", help: "the switches' flow tables with counters (JSON)" },
-];
-
 /// Any [`SdnController`] behind the 2014 verbs, with its TTL reaper running.
 pub struct SdnAgent<C: SdnController> {
     ctrl: Arc<C>,
@@ -375,24 +335,40 @@ impl<C: SdnController> SdnAgent<C> {
         &self.ctrl
     }
 
-    fn ttl_arg(&self, arg: Option<&String>) -> Result<Option<Duration>, String> {
-        match arg.map(|s| s.trim()) {
-            None => Ok(self.cfg.default_ttl),
-            Some("none") | Some("0") => Ok(None),
-            Some(s) => match s.parse::<f64>() {
-                Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => {
-                    Ok(Some(Duration::from_secs_f64(v)))
-                }
-                _ => Err(format!(
-                    "invalid time-to-live {s:?}: expected seconds > 0, or `none`"
-                )),
-            },
+    /// Answers one verb.
+    pub async fn call(&self, verb: SdnVerb) -> VerbReply {
+        match verb {
+            SdnVerb::AlertIp { ip, mac, ttl } => {
+                let target = mac.and_then(|m| m.0).unwrap_or(Target::Ip(ip));
+                self.block_verb(target, ttl).await
+            }
+            SdnVerb::BlockHackers { target, ttl } => self.block_verb(target, ttl).await,
+            SdnVerb::ReleaseHackers { which } => {
+                let ids = match which {
+                    None => self
+                        .ctrl
+                        .release_all()
+                        .await
+                        .map_err(|e| self.fail("release_all", e))?,
+                    Some(sel) => self
+                        .ctrl
+                        .release(sel.into())
+                        .await
+                        .map_err(|e| self.fail("release", e))?,
+                };
+                json(&serde_json::json!({ "released": ids }))
+            }
+            SdnVerb::StatusHackers {} => json(&self.ctrl.status()),
+            SdnVerb::GetTopology {} => self.stats("topology", self.ctrl.topology()).await,
+            SdnVerb::GetLinkStats {} => self.stats("link_stats", self.ctrl.link_stats()).await,
+            SdnVerb::GetFlowStats {} => self.stats("flow_stats", self.ctrl.flow_stats()).await,
         }
     }
 
-    async fn block_verb(&self, target: &str, ttl: Option<&String>) -> VerbReply {
-        let ttl = self.ttl_arg(ttl)?;
-        let target: BlockTarget = target.parse().map_err(|e: SdnError| e.to_string())?;
+    /// A block for `ttl`, or the agent's default time-to-live when the caller gave none.
+    async fn block_verb(&self, target: Target, ttl: Option<Ttl>) -> VerbReply {
+        let ttl = ttl.map_or(self.cfg.default_ttl, Ttl::duration);
+        let target = BlockTarget::from(target);
         let id = self
             .ctrl
             .block(target, ttl)
@@ -401,6 +377,15 @@ impl<C: SdnController> SdnAgent<C> {
         json(
             &serde_json::json!({ "block": id, "target": target, "ttl_s": ttl.map(|t| t.as_secs_f64()) }),
         )
+    }
+
+    async fn stats(
+        &self,
+        action: &str,
+        fut: impl Future<Output = Result<Value, SdnError>>,
+    ) -> VerbReply {
+        let v = fut.await.map_err(|e| self.fail(action, e))?;
+        json(&v)
     }
 
     fn fail(&self, action: &str, e: SdnError) -> String {
@@ -424,70 +409,11 @@ impl<C: SdnController> Drop for SdnAgent<C> {
 }
 
 impl<C: SdnController> ActuatorVerbs for SdnAgent<C> {
-    fn verbs(&self) -> Vec<VerbSpec> {
-        SDN_VERBS.to_vec()
-    }
+    type Verb = SdnVerb;
 
-    fn call<'a>(&'a self, verb: &'a str, args: Vec<String>) -> VerbFuture<'a> {
-        Box::pin(async move {
-            let spec = find(SDN_VERBS, verb)?;
-            match verb {
-                "alert_ip" => {
-                    arity(&spec, &args, 1, 3)?;
-                    let mac = args
-                        .get(1)
-                        .filter(|m| !m.trim().is_empty() && m.as_str() != "-");
-                    self.block_verb(mac.unwrap_or(&args[0]), args.get(2)).await
-                }
-                "block_hackers" => {
-                    arity(&spec, &args, 1, 2)?;
-                    self.block_verb(&args[0], args.get(1)).await
-                }
-                "release_hackers" => {
-                    arity(&spec, &args, 0, 1)?;
-                    let ids = match args.first() {
-                        None => self
-                            .ctrl
-                            .release_all()
-                            .await
-                            .map_err(|e| self.fail("release_all", e))?,
-                        Some(a) => {
-                            let sel: Release = a.parse().map_err(|e: SdnError| e.to_string())?;
-                            self.ctrl
-                                .release(sel)
-                                .await
-                                .map_err(|e| self.fail("release", e))?
-                        }
-                    };
-                    json(&serde_json::json!({ "released": ids }))
-                }
-                "status_hackers" => {
-                    arity(&spec, &args, 0, 0)?;
-                    json(&self.ctrl.status())
-                }
-                "get_topology" => stats(self, &spec, &args, "topology", self.ctrl.topology()).await,
-                "get_link_stats" => {
-                    stats(self, &spec, &args, "link_stats", self.ctrl.link_stats()).await
-                }
-                "get_flow_stats" => {
-                    stats(self, &spec, &args, "flow_stats", self.ctrl.flow_stats()).await
-                }
-                _ => Err(format!("verb {verb} not implemented")),
-            }
-        })
+    fn call(&self, verb: SdnVerb) -> VerbFuture<'_> {
+        Box::pin(SdnAgent::call(self, verb))
     }
-}
-
-async fn stats<C: SdnController>(
-    agent: &SdnAgent<C>,
-    spec: &VerbSpec,
-    args: &[String],
-    action: &str,
-    fut: impl Future<Output = Result<Value, SdnError>>,
-) -> VerbReply {
-    arity(spec, args, 0, 0)?;
-    let v = fut.await.map_err(|e| agent.fail(action, e))?;
-    json(&v)
 }
 
 #[cfg(test)]
