@@ -23,12 +23,18 @@
 //! Infections and sensor health stay the VO's: an HO's driver feeds its rules only the
 //! counters (threshold crossings, connection tables, interface bytes).
 //!
+//! **What is in place is the policy's.** Every block, cut link or isolation, with when it was
+//! placed, when it expires, whether it was only recorded in dry-run and who holds it (rules,
+//! an infection, the operator's manual block), is read from the policy's [`State`]; the
+//! driver only turns the policy's clock into Unix seconds for the API. A manual block is an
+//! [`Input::ManualBlock`] like any other input, so a recorded input stream replays it too.
+//!
 //! It also serves the HTTP API's [`PolicyControl`]: reads take the mutex briefly, mutations
 //! step the policy under it and hand the resulting actions to the driver task; nothing in
 //! the API path waits for an actuator. [`PolicySet`] puts the VO's driver and those of the
 //! HOs in the same process behind the one API.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,8 +72,6 @@ const MAX_ASKED: usize = 65_536;
 const MAX_ASK_PER_TABLE: usize = 16;
 /// Block timings kept for [`PolicyDriver::block_timings`].
 const MAX_TIMINGS: usize = 4096;
-/// Ids of manual actions (API `block`) live above this, apart from the policy's.
-const MANUAL_ID_BASE: u64 = 1 << 63;
 
 /// Wall-clock nanoseconds since the Unix epoch.
 fn unix_ns() -> u64 {
@@ -229,19 +233,6 @@ pub fn load_rules(text: &str, topology: Option<&Topology>) -> Result<Rules, Poli
     Ok(rules)
 }
 
-/// The effect an actuator action puts in place or undoes.
-fn effect_of(action: &Action) -> Option<Effect> {
-    Some(match action {
-        Action::Block { target, .. } | Action::Release { target, .. } => Effect::Blocked(*target),
-        Action::CutLink { vm, .. } | Action::ConnectLink { vm, .. } => Effect::LinkCut(vm.clone()),
-        Action::Migrate { vm, .. } => Effect::Quarantined(vm.clone()),
-        Action::AvIsolate { vm, av_agent, .. } | Action::AvConnect { vm, av_agent, .. } => {
-            Effect::AvIsolated(vm.clone(), av_agent.clone())
-        }
-        Action::Alert { .. } | Action::DryRun(_) => return None,
-    })
-}
-
 /// The alerts an HO's rules can use: counters. Infections and sensor health are the VO's.
 fn is_counter(body: &AlertBody) -> bool {
     matches!(
@@ -293,33 +284,19 @@ enum Event {
     },
 }
 
-/// A manual block (API `block`), outside the policy's state.
-#[derive(Debug, Clone)]
-struct Manual {
-    via: String,
-    since_unix_s: u64,
-    expires_unix_s: u64,
-    dry_run: bool,
-}
-
-/// What the mutex guards.
+/// What the mutex guards. The policy's state is the whole record of what is in place (manual
+/// blocks included); the driver keeps no copy of it.
 struct Core {
     state: State,
     rules_text: String,
-    /// When each effect was first seen in place (Unix seconds).
-    since: BTreeMap<Effect, u64>,
-    /// Effects recorded in dry-run.
-    dry: BTreeSet<Effect>,
-    manual: BTreeMap<Target, Manual>,
-    /// The rules holding each effect in place, as first seen (for fast-path alerts).
-    held_by: BTreeMap<Effect, String>,
-    /// The same for the effects the last step undid (their release is being sent).
-    released: BTreeMap<Effect, String>,
 }
 
 struct Inner {
     core: Mutex<Core>,
+    /// The policy's clock: nanoseconds since then are its `now`.
     started: Instant,
+    /// The same moment on the Unix clock, to show the policy's times to the API.
+    started_unix_ns: u64,
     tx: mpsc::Sender<Event>,
     rx: Mutex<Option<mpsc::Receiver<Event>>>,
     /// The node the driver runs at, once started.
@@ -334,7 +311,6 @@ struct Inner {
     topology: Option<Arc<Topology>>,
     timings: Mutex<std::collections::VecDeque<BlockTiming>>,
     dropped: AtomicU64,
-    next_manual: AtomicU64,
     policy_file: Option<PathBuf>,
 }
 
@@ -397,16 +373,12 @@ impl PolicyDriver {
         let core = Core {
             state,
             rules_text: rules_text.to_string(),
-            since: BTreeMap::new(),
-            dry: BTreeSet::new(),
-            manual: BTreeMap::new(),
-            held_by: BTreeMap::new(),
-            released: BTreeMap::new(),
         };
         let d = PolicyDriver {
             inner: Arc::new(Inner {
                 core: Mutex::new(core),
                 started: Instant::now(),
+                started_unix_ns: unix_ns(),
                 tx,
                 rx: Mutex::new(Some(rx)),
                 node: OnceLock::new(),
@@ -417,7 +389,6 @@ impl PolicyDriver {
                 topology,
                 timings: Mutex::new(Default::default()),
                 dropped: AtomicU64::new(0),
-                next_manual: AtomicU64::new(MANUAL_ID_BASE),
                 policy_file,
             }),
         };
@@ -462,6 +433,11 @@ impl PolicyDriver {
 
     fn now(&self) -> u64 {
         self.inner.started.elapsed().as_nanos() as u64
+    }
+
+    /// A time of the policy's (its `now`) as Unix seconds, for the API.
+    fn unix_s(&self, policy_ns: u64) -> u64 {
+        self.inner.started_unix_ns.saturating_add(policy_ns) / vespa_policy::SECOND
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
@@ -642,59 +618,23 @@ impl PolicyDriver {
         }
     }
 
-    /// Steps the policy (under the mutex) and keeps the effects' bookkeeping in line.
+    /// Steps the policy under the mutex, on the driver's clock.
     fn step(&self, input: Input) -> Vec<Action> {
         let now = self.now();
-        let mut core = self.core();
-        let actions = step(&mut core.state, input, now);
-        Self::book(&mut core, &actions, self.inner.at.is_some());
-        actions
+        step(&mut self.core().state, input, now)
     }
 
-    /// Keeps the effects' bookkeeping in line with the state after a step; `rules_behind`
-    /// also records which rules hold each effect (an HO's fast-path alerts name them).
-    fn book(core: &mut Core, actions: &[Action], rules_behind: bool) {
-        let now_s = unix_ns() / 1_000_000_000;
-        let effects: BTreeSet<Effect> = core.state.effects().map(|(e, _)| e.clone()).collect();
-        core.since.retain(|e, _| effects.contains(e));
-        core.dry.retain(|e| effects.contains(e));
-        for e in &effects {
-            core.since.entry(e.clone()).or_insert(now_s);
-        }
-        if rules_behind {
-            let (held, gone) = std::mem::take(&mut core.held_by)
-                .into_iter()
-                .partition(|(e, _)| effects.contains(e));
-            (core.held_by, core.released) = (held, gone);
-            for e in &effects {
-                if !core.held_by.contains_key(e) {
-                    core.held_by
-                        .insert(e.clone(), core.state.holders(e).join(", "));
-                }
-            }
-        }
-        for a in actions {
-            if let Action::DryRun(inner) = a {
-                // A recorded undo names an effect no longer in place: filtered out.
-                if let Some(e) = effect_of(inner).filter(|e| effects.contains(e)) {
-                    core.dry.insert(e);
-                }
-            }
-        }
-    }
-
-    /// What an HO raises when its fast path acts: the call, and the rules behind it.
+    /// What an HO raises when its fast path acts: the call, and the rules behind it (those
+    /// that held the effect, also when the action undoes it).
     fn fast_path_note(&self, at: &str, action: &Action) -> Option<String> {
         let (agent, verb, args) = to_call(action)?;
-        let rules = effect_of(action).and_then(|e| {
-            let core = self.core();
-            core.held_by
-                .get(&e)
-                .or_else(|| core.released.get(&e))
-                .filter(|r| !r.is_empty())
-                .cloned()
-        });
-        let why = rules.map(|r| format!(" (rule {r})")).unwrap_or_default();
+        let rules = action
+            .effect()
+            .map(|e| self.core().state.rules_behind(&e).join(", "));
+        let why = rules
+            .filter(|r| !r.is_empty())
+            .map(|r| format!(" (rule {r})"))
+            .unwrap_or_default();
         Some(format!(
             "fast path at {at}: {verb} {} on {agent}{why}",
             args.join(" ")
@@ -798,20 +738,18 @@ impl PolicyDriver {
                         tracing::warn!(node = here, id, %via, verb, sent_ns, acked_ns, error = %e, "policy action failed")
                     }
                 }
-                if id < MANUAL_ID_BASE {
-                    let (ok, error) = match reply {
-                        Ok(_) => (true, None),
-                        Err(e) => (false, Some(e)),
-                    };
-                    if me
-                        .inner
-                        .tx
-                        .send(Event::Result { id, ok, error })
-                        .await
-                        .is_err()
-                    {
-                        tracing::debug!(id, "policy driver gone: result dropped");
-                    }
+                let (ok, error) = match reply {
+                    Ok(_) => (true, None),
+                    Err(e) => (false, Some(e)),
+                };
+                if me
+                    .inner
+                    .tx
+                    .send(Event::Result { id, ok, error })
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(id, "policy driver gone: result dropped");
                 }
             });
             // After the call left: the fast path's reaction does not wait for the report.
@@ -850,17 +788,13 @@ impl PolicyDriver {
 
 impl PolicyControl for PolicyDriver {
     fn active_actions(&self) -> Vec<ActiveAction> {
-        let mut core = self.core();
-        let now_mono = self.now();
-        let now_unix_s = unix_ns() / 1_000_000_000;
-        // Manual blocks end at their TTL (the SDN agent's reaper removes the flows).
-        core.manual.retain(|_, m| m.expires_unix_s > now_unix_s);
+        let core = self.core();
         let a = &core.state.rules().actuators;
         let mut out: Vec<ActiveAction> = core
             .state
             .effects()
-            .map(|(e, expires)| {
-                let (key, action, target, actuator) = match e {
+            .map(|p| {
+                let (key, action, target, actuator) = match p.effect {
                     Effect::Blocked(t) => (target_arg(t), "block", target_arg(t), a.sdn.clone()),
                     Effect::LinkCut(vm) => (vm.clone(), "cut_link", vm.clone(), a.libvirt.clone()),
                     Effect::Quarantined(vm) => {
@@ -875,26 +809,13 @@ impl PolicyControl for PolicyDriver {
                     action: action.to_string(),
                     target,
                     actuator,
-                    since_unix_s: core.since.get(e).copied().unwrap_or(now_unix_s),
-                    expires_unix_s: expires
-                        .map(|x| now_unix_s + x.saturating_sub(now_mono).div_ceil(1_000_000_000)),
-                    dry_run: core.dry.contains(e),
+                    since_unix_s: self.unix_s(p.since),
+                    expires_unix_s: p.expires_at.map(|x| self.unix_s(x)),
+                    dry_run: p.dry,
                     at: self.inner.at.clone(),
                 }
             })
             .collect();
-        for (t, m) in &core.manual {
-            out.push(ActiveAction {
-                key: target_arg(t),
-                action: "block".into(),
-                target: target_arg(t),
-                actuator: m.via.clone(),
-                since_unix_s: m.since_unix_s,
-                expires_unix_s: Some(m.expires_unix_s),
-                dry_run: m.dry_run,
-                at: None,
-            });
-        }
         out.sort_by_key(|x| x.since_unix_s);
         out
     }
@@ -930,29 +851,11 @@ impl PolicyControl for PolicyDriver {
 
     fn release(&self, key: &str) -> Result<String, PolicyError> {
         let k = parse_key(key);
-        let manual = match parse_target(key) {
-            Some(t) => self.core().manual.remove(&t).map(|m| (t, m)),
-            None => None,
-        };
-        let mut actions = self.step(Input::ManualRelease { key: k.clone() });
-        let mut done: Vec<String> = actions
+        let actions = self.step(Input::ManualRelease { key: k.clone() });
+        let done: Vec<String> = actions
             .iter()
             .filter_map(|a| to_call(a).map(|(n, v, args)| format!("{n} {v} {}", args.join(" "))))
             .collect();
-        if let Some((t, m)) = manual {
-            if !m.dry_run {
-                let id = self.inner.next_manual.fetch_add(1, Ordering::Relaxed);
-                let r = Action::Release {
-                    id,
-                    target: t,
-                    via: m.via.clone(),
-                };
-                done.push(format!("{} release_hackers {}", m.via, target_arg(&t)));
-                actions.push(r);
-            } else {
-                done.push(format!("dry-run block of {} forgotten", target_arg(&t)));
-            }
-        }
         if done.is_empty() && !actions.iter().any(|a| matches!(a, Action::DryRun(_))) {
             return Err(PolicyError::NotFound(format!(
                 "nothing is held against {k}"
@@ -983,40 +886,21 @@ impl PolicyControl for PolicyDriver {
                 )));
             }
         }
-        let (via, dry) = {
-            let c = self.core();
-            (c.state.rules().actuators.sdn.clone(), c.state.is_dry_run())
-        };
         if self.inner.node.get().is_none() {
             return Err(PolicyError::Unavailable(format!(
                 "{} is not running yet",
                 self.node_name()
             )));
         }
-        let id = self.inner.next_manual.fetch_add(1, Ordering::Relaxed);
-        let now_s = unix_ns() / 1_000_000_000;
-        let action = Action::Block {
-            id,
+        // The slot first: once the policy holds the block, its call must reach the driver task.
+        let slot = self.inner.tx.try_reserve().map_err(|_| {
+            PolicyError::Unavailable("the policy driver is busy or stopped; try again".into())
+        })?;
+        let actions = self.step(Input::ManualBlock {
             target: t,
             ttl_ns: ttl_s * vespa_policy::SECOND,
-            via: via.clone(),
-        };
-        if dry {
-            tracing::info!(action = ?action, "policy (dry-run): manual block recorded, not sent");
-        } else {
-            self.run_later(vec![action])?;
-        }
-        let mut core = self.core();
-        core.manual.retain(|_, m| m.expires_unix_s > now_s);
-        core.manual.insert(
-            t,
-            Manual {
-                via,
-                since_unix_s: now_s,
-                expires_unix_s: now_s + ttl_s,
-                dry_run: dry,
-            },
-        );
+        });
+        slot.send(Event::Run(actions));
         Ok(target_arg(&t))
     }
 }
