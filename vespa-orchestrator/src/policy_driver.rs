@@ -43,17 +43,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use vespa_node::{AgentKind, AlertHandler, NodeHandle, Role, Topology};
-use vespa_policy::{
-    step, Action, Effect, Input, Key, KeyKind, Mac, Rules, State, Target, DEFAULT_RULES,
-};
+use vespa_policy::{step, Action, Input, KeyKind, Mac, Rules, State, DEFAULT_RULES};
 use vespa_proto::{Alert, AlertBody};
 
-use crate::http::{ActiveAction, Metrics, PolicyControl, PolicyError};
+use crate::control::{PolicyControl, PolicyError};
+use crate::metrics::Metrics;
 
+mod api;
+mod convert;
 pub mod placement;
 mod remote;
 mod set;
 
+pub use convert::{health_input, to_call, to_policy_body};
+use convert::{is_counter, target_arg};
 pub use remote::{HoPolicyVerbs, RemoteDrivers};
 pub(crate) use set::merge_releases;
 pub use set::PolicySet;
@@ -105,86 +108,6 @@ pub struct BlockTiming {
     pub ok: bool,
 }
 
-/// Converts a VO alert body into the policy's mirror type.
-pub fn to_policy_body(body: &AlertBody) -> vespa_policy::AlertBody {
-    use vespa_policy::AlertBody as P;
-    match body.clone() {
-        AlertBody::ConnThreshold { addr, established, threshold } => P::ConnThreshold { addr, established, threshold },
-        AlertBody::SynThreshold { addr, syns_in_second, threshold } => P::SynThreshold { addr, syns_in_second, threshold },
-        AlertBody::Bandwidth { iface, rx_bytes, tx_bytes, .. } => P::Bandwidth { iface, rx_bytes, tx_bytes },
-        AlertBody::Connections { per_remote } => P::Connections { per_remote },
-        AlertBody::Infected { vm, file, signature } => P::Infected { vm, file, signature },
-        AlertBody::ActuatorFailed { actuator, action, error } => P::ActuatorFailed { actuator, action, error },
-        AlertBody::Text(t) => P::Text(t),
-        // Fed as Input::Health by the driver; as an alert it is only information.
-        AlertBody::SensorHealth { events_lost, map_update_failures, maps_full } => {
-            P::Text(format!("sensor health: {events_lost} events lost, {map_update_failures} map update failures, {maps_full} maps full"))
-        }
-    }
-}
-
-/// The policy input a sensor-health alert stands for.
-pub fn health_input(origin: &str, body: &AlertBody) -> Option<Input> {
-    match body {
-        AlertBody::SensorHealth {
-            events_lost,
-            map_update_failures,
-            maps_full,
-        } => Some(Input::Health {
-            origin: origin.to_string(),
-            events_lost: *events_lost,
-            map_full: map_update_failures + maps_full,
-        }),
-        _ => None,
-    }
-}
-
-fn target_arg(t: &Target) -> String {
-    match t {
-        Target::Ip(ip) => ip.to_string(),
-        Target::Mac(m) => m.to_string(),
-    }
-}
-
-/// The call an actuator action becomes: `(node, verb, args)`. `None` for alerts and dry-run
-/// records, which are never sent anywhere.
-pub fn to_call(action: &Action) -> Option<(String, &'static str, Vec<String>)> {
-    Some(match action {
-        Action::Block {
-            target,
-            ttl_ns,
-            via,
-            ..
-        } => {
-            let ttl = if *ttl_ns == 0 {
-                "none".to_string()
-            } else {
-                ttl_ns.div_ceil(vespa_policy::SECOND).to_string()
-            };
-            (via.clone(), "block_hackers", vec![target_arg(target), ttl])
-        }
-        Action::Release { target, via, .. } => {
-            (via.clone(), "release_hackers", vec![target_arg(target)])
-        }
-        Action::CutLink { vm, via, .. } => (via.clone(), "cut_link", vec![vm.clone()]),
-        Action::ConnectLink { vm, via, .. } => (via.clone(), "connect_link", vec![vm.clone()]),
-        Action::Migrate { vm, to, via, .. } => {
-            (via.clone(), "migrate", vec![vm.clone(), to.clone()])
-        }
-        Action::AvIsolate {
-            av_agent,
-            hypervisor_agent,
-            ..
-        } => (
-            av_agent.clone(),
-            "isolate_warning",
-            vec![hypervisor_agent.clone()],
-        ),
-        Action::AvConnect { av_agent, .. } => (av_agent.clone(), "connect_warning", Vec::new()),
-        Action::Alert { .. } | Action::DryRun(_) => return None,
-    })
-}
-
 /// The actuator names of `rules` as this topology can reach them: a name the topology does
 /// not know is replaced by the topology's only agent of the matching kind, if there is
 /// exactly one (so the embedded rules work with any tree that has one SDN controller).
@@ -231,43 +154,6 @@ pub fn load_rules(text: &str, topology: Option<&Topology>) -> Result<Rules, Poli
         placement::check(&rules, topo).map_err(PolicyError::Invalid)?;
     }
     Ok(rules)
-}
-
-/// The alerts an HO's rules can use: counters. Infections and sensor health are the VO's.
-fn is_counter(body: &AlertBody) -> bool {
-    matches!(
-        body,
-        AlertBody::ConnThreshold { .. }
-            | AlertBody::SynThreshold { .. }
-            | AlertBody::Bandwidth { .. }
-            | AlertBody::Connections { .. }
-    )
-}
-
-/// Parses the operator's key: an address, a MAC, else a VM name.
-fn parse_key(s: &str) -> Key {
-    let s = s.trim();
-    let s = s
-        .strip_prefix("ip ")
-        .or_else(|| s.strip_prefix("remote "))
-        .unwrap_or(s)
-        .trim();
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Key::Remote(ip);
-    }
-    let m = s.strip_prefix("mac ").unwrap_or(s).trim();
-    if let Ok(mac) = m.parse::<Mac>() {
-        return Key::Mac(mac);
-    }
-    Key::Vm(s.strip_prefix("vm ").unwrap_or(s).trim().to_string())
-}
-
-fn parse_target(s: &str) -> Option<Target> {
-    let s = s.trim();
-    s.parse::<IpAddr>()
-        .map(Target::Ip)
-        .ok()
-        .or_else(|| s.parse::<Mac>().map(Target::Mac).ok())
 }
 
 /// What the driver task is asked to do.
@@ -783,125 +669,6 @@ impl PolicyDriver {
     /// Alerts the policy never saw because its queue was full.
     pub fn alerts_dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
-    }
-}
-
-impl PolicyControl for PolicyDriver {
-    fn active_actions(&self) -> Vec<ActiveAction> {
-        let core = self.core();
-        let a = &core.state.rules().actuators;
-        let mut out: Vec<ActiveAction> = core
-            .state
-            .effects()
-            .map(|p| {
-                let (key, action, target, actuator) = match p.effect {
-                    Effect::Blocked(t) => (target_arg(t), "block", target_arg(t), a.sdn.clone()),
-                    Effect::LinkCut(vm) => (vm.clone(), "cut_link", vm.clone(), a.libvirt.clone()),
-                    Effect::Quarantined(vm) => {
-                        (vm.clone(), "migrate", vm.clone(), a.libvirt.clone())
-                    }
-                    Effect::AvIsolated(vm, av) => {
-                        (vm.clone(), "av_isolate", vm.clone(), av.clone())
-                    }
-                };
-                ActiveAction {
-                    key,
-                    action: action.to_string(),
-                    target,
-                    actuator,
-                    since_unix_s: self.unix_s(p.since),
-                    expires_unix_s: p.expires_at.map(|x| self.unix_s(x)),
-                    dry_run: p.dry,
-                    at: self.inner.at.clone(),
-                }
-            })
-            .collect();
-        out.sort_by_key(|x| x.since_unix_s);
-        out
-    }
-
-    fn rules_text(&self) -> Option<String> {
-        Some(self.core().rules_text.clone())
-    }
-
-    fn dry_run(&self) -> bool {
-        self.core().state.is_dry_run()
-    }
-
-    fn set_dry_run(&self, enabled: bool) -> Result<(), PolicyError> {
-        self.step(Input::SetDryRun(enabled));
-        tracing::info!(enabled, "policy dry-run set");
-        Ok(())
-    }
-
-    fn reload(&self, text: &str) -> Result<(), PolicyError> {
-        let rules = load_rules(text, self.inner.topology.as_deref())?.placed_at(self.at());
-        self.rules_changed(&rules);
-        let actions = self.step(Input::Reload(Box::new(rules)));
-        self.core().rules_text = text.to_string();
-        self.run_later(actions).or_else(|e| match e {
-            // Reloaded all the same; the actions are the policy's to retry on its next tick.
-            PolicyError::Unavailable(m) => {
-                tracing::warn!(node = %self.node_name(), error = %m, "policy reloaded; its immediate actions could not be queued");
-                Ok(())
-            }
-            e => Err(e),
-        })
-    }
-
-    fn release(&self, key: &str) -> Result<String, PolicyError> {
-        let k = parse_key(key);
-        let actions = self.step(Input::ManualRelease { key: k.clone() });
-        let done: Vec<String> = actions
-            .iter()
-            .filter_map(|a| to_call(a).map(|(n, v, args)| format!("{n} {v} {}", args.join(" "))))
-            .collect();
-        if done.is_empty() && !actions.iter().any(|a| matches!(a, Action::DryRun(_))) {
-            return Err(PolicyError::NotFound(format!(
-                "nothing is held against {k}"
-            )));
-        }
-        let n = actions.len();
-        self.run_later(actions)?;
-        Ok(if done.is_empty() {
-            format!("{n} dry-run record(s) released for {k}")
-        } else {
-            done.join("; ")
-        })
-    }
-
-    fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
-        let t = parse_target(target).ok_or_else(|| {
-            PolicyError::Invalid(format!("{target:?} is neither an IP nor a MAC address"))
-        })?;
-        if ttl_s == 0 || ttl_s > 30 * 86_400 {
-            return Err(PolicyError::Invalid(format!(
-                "ttl_s {ttl_s} out of range (1 s to 30 days)"
-            )));
-        }
-        if let Target::Mac(m) = t {
-            if self.core().state.rules().own_macs.contains(&m) {
-                return Err(PolicyError::Invalid(format!(
-                    "{m} is one of the VO side's own MACs (own_macs): never blocked"
-                )));
-            }
-        }
-        if self.inner.node.get().is_none() {
-            return Err(PolicyError::Unavailable(format!(
-                "{} is not running yet",
-                self.node_name()
-            )));
-        }
-        // The slot first: once the policy holds the block, its call must reach the driver task.
-        let slot = self.inner.tx.try_reserve().map_err(|_| {
-            PolicyError::Unavailable("the policy driver is busy or stopped; try again".into())
-        })?;
-        let actions = self.step(Input::ManualBlock {
-            target: t,
-            ttl_ns: ttl_s * vespa_policy::SECOND,
-        });
-        slot.send(Event::Run(actions));
-        Ok(target_arg(&t))
     }
 }
 
