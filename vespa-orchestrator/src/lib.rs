@@ -1,13 +1,23 @@
 //! `vespa-orchestrator` as a library: what the binary serves besides the nodes themselves,
-//! so the policy (issue 5) and tests can plug into it.
+//! so that tests can plug into it.
 //!
 //! - [`http`]: the HTTP API (2014 endpoints, `/api/v1`, `/metrics`) of the process that runs
-//!   the VO, and [`http::PolicyControl`], the policy's side of it.
-//! - [`policy_driver`]: the VO's policy driver (alerts in, actuator calls out). The policy
-//!   itself ([`vespa_policy::step`]) does no I/O; the driver does.
+//!   the VO.
+//! - [`control`]: [`control::PolicyControl`], what the API asks of the policy, with the
+//!   answers' types ([`control::ActiveAction`], [`control::PolicyError`]).
+//! - [`metrics`]: the VO's counters and the closed-loop histogram, fed by the API's alert
+//!   view and by the policy driver.
+//! - [`policy_driver`]: the policy driver of the VO and of each HO's fast path (alerts in,
+//!   actuator calls out). The policy itself ([`vespa_policy::step`]) does no I/O; the driver
+//!   does.
+//!
+//! The API and the driver meet only in [`control`] and [`metrics`]: `http → control ←
+//! policy_driver`, and the driver never names the API.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod http;
+pub mod metrics;
 pub mod policy_driver;

@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use vespa_node::{launch, Client, Hooks, Role, Security, Topology};
+use vespa_orchestrator::control::{PolicyControl, PolicyError};
 use vespa_orchestrator::http;
+use vespa_orchestrator::metrics::Metrics;
 use vespa_orchestrator::policy_driver::{
     load_rules, HoPolicyVerbs, PolicyDriver, PolicySet, RemoteDrivers,
 };
@@ -176,7 +178,7 @@ fn policy_drivers(
     args: &RunArgs,
     topo: &Topology,
     nodes: &[&vespa_node::config::NodeDef],
-    metrics: Arc<http::Metrics>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<Drivers> {
     let hosts_vo = nodes.iter().any(|n| n.role == Role::Vo);
     if !hosts_vo && args.policy.is_none() {
@@ -190,7 +192,7 @@ fn policy_drivers(
         });
     }
     let (source, text, rules) = load_policy(args.policy.as_deref(), topo)?;
-    let invalid = |e: http::PolicyError| anyhow::anyhow!("{source}: {e}");
+    let invalid = |e: PolicyError| anyhow::anyhow!("{source}: {e}");
     let remote: Vec<String> = rules
         .placements()
         .into_iter()
@@ -215,7 +217,7 @@ fn policy_drivers(
         .map_err(invalid)?;
     for d in vo.iter().chain(&hos) {
         let at = d.at().unwrap_or("VO");
-        tracing::info!(policy = %source, node = at, rules = ?d.rule_names(), dry_run = http::PolicyControl::dry_run(d), "policy loaded");
+        tracing::info!(policy = %source, node = at, rules = ?d.rule_names(), dry_run = PolicyControl::dry_run(d), "policy loaded");
     }
     Ok(Drivers {
         vo,

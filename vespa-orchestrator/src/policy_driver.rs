@@ -23,12 +23,18 @@
 //! Infections and sensor health stay the VO's: an HO's driver feeds its rules only the
 //! counters (threshold crossings, connection tables, interface bytes).
 //!
+//! **What is in place is the policy's.** Every block, cut link or isolation, with when it was
+//! placed, when it expires, whether it was only recorded in dry-run and who holds it (rules,
+//! an infection, the operator's manual block), is read from the policy's [`State`]; the
+//! driver only turns the policy's clock into Unix seconds for the API. A manual block is an
+//! [`Input::ManualBlock`] like any other input, so a recorded input stream replays it too.
+//!
 //! It also serves the HTTP API's [`PolicyControl`]: reads take the mutex briefly, mutations
 //! step the policy under it and hand the resulting actions to the driver task; nothing in
 //! the API path waits for an actuator. [`PolicySet`] puts the VO's driver and those of the
 //! HOs in the same process behind the one API.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,17 +43,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use vespa_node::{AgentKind, AlertHandler, NodeHandle, Role, Topology};
-use vespa_policy::{
-    step, Action, Effect, Input, Key, KeyKind, Mac, Rules, State, Target, DEFAULT_RULES,
-};
+use vespa_policy::{step, Action, Input, KeyKind, Mac, Rules, State, DEFAULT_RULES};
 use vespa_proto::{Alert, AlertBody};
 
-use crate::http::{ActiveAction, Metrics, PolicyControl, PolicyError};
+use crate::control::{PolicyControl, PolicyError};
+use crate::metrics::Metrics;
 
+mod api;
+mod convert;
 pub mod placement;
 mod remote;
 mod set;
 
+pub use convert::{health_input, to_call, to_policy_body};
+use convert::{is_counter, target_arg};
 pub use remote::{HoPolicyVerbs, RemoteDrivers};
 pub(crate) use set::merge_releases;
 pub use set::PolicySet;
@@ -66,8 +75,6 @@ const MAX_ASKED: usize = 65_536;
 const MAX_ASK_PER_TABLE: usize = 16;
 /// Block timings kept for [`PolicyDriver::block_timings`].
 const MAX_TIMINGS: usize = 4096;
-/// Ids of manual actions (API `block`) live above this, apart from the policy's.
-const MANUAL_ID_BASE: u64 = 1 << 63;
 
 /// Wall-clock nanoseconds since the Unix epoch.
 fn unix_ns() -> u64 {
@@ -99,86 +106,6 @@ pub struct BlockTiming {
     pub acked_ns: u64,
     /// Whether the SDN agent reported success.
     pub ok: bool,
-}
-
-/// Converts a VO alert body into the policy's mirror type.
-pub fn to_policy_body(body: &AlertBody) -> vespa_policy::AlertBody {
-    use vespa_policy::AlertBody as P;
-    match body.clone() {
-        AlertBody::ConnThreshold { addr, established, threshold } => P::ConnThreshold { addr, established, threshold },
-        AlertBody::SynThreshold { addr, syns_in_second, threshold } => P::SynThreshold { addr, syns_in_second, threshold },
-        AlertBody::Bandwidth { iface, rx_bytes, tx_bytes, .. } => P::Bandwidth { iface, rx_bytes, tx_bytes },
-        AlertBody::Connections { per_remote } => P::Connections { per_remote },
-        AlertBody::Infected { vm, file, signature } => P::Infected { vm, file, signature },
-        AlertBody::ActuatorFailed { actuator, action, error } => P::ActuatorFailed { actuator, action, error },
-        AlertBody::Text(t) => P::Text(t),
-        // Fed as Input::Health by the driver; as an alert it is only information.
-        AlertBody::SensorHealth { events_lost, map_update_failures, maps_full } => {
-            P::Text(format!("sensor health: {events_lost} events lost, {map_update_failures} map update failures, {maps_full} maps full"))
-        }
-    }
-}
-
-/// The policy input a sensor-health alert stands for.
-pub fn health_input(origin: &str, body: &AlertBody) -> Option<Input> {
-    match body {
-        AlertBody::SensorHealth {
-            events_lost,
-            map_update_failures,
-            maps_full,
-        } => Some(Input::Health {
-            origin: origin.to_string(),
-            events_lost: *events_lost,
-            map_full: map_update_failures + maps_full,
-        }),
-        _ => None,
-    }
-}
-
-fn target_arg(t: &Target) -> String {
-    match t {
-        Target::Ip(ip) => ip.to_string(),
-        Target::Mac(m) => m.to_string(),
-    }
-}
-
-/// The call an actuator action becomes: `(node, verb, args)`. `None` for alerts and dry-run
-/// records, which are never sent anywhere.
-pub fn to_call(action: &Action) -> Option<(String, &'static str, Vec<String>)> {
-    Some(match action {
-        Action::Block {
-            target,
-            ttl_ns,
-            via,
-            ..
-        } => {
-            let ttl = if *ttl_ns == 0 {
-                "none".to_string()
-            } else {
-                ttl_ns.div_ceil(vespa_policy::SECOND).to_string()
-            };
-            (via.clone(), "block_hackers", vec![target_arg(target), ttl])
-        }
-        Action::Release { target, via, .. } => {
-            (via.clone(), "release_hackers", vec![target_arg(target)])
-        }
-        Action::CutLink { vm, via, .. } => (via.clone(), "cut_link", vec![vm.clone()]),
-        Action::ConnectLink { vm, via, .. } => (via.clone(), "connect_link", vec![vm.clone()]),
-        Action::Migrate { vm, to, via, .. } => {
-            (via.clone(), "migrate", vec![vm.clone(), to.clone()])
-        }
-        Action::AvIsolate {
-            av_agent,
-            hypervisor_agent,
-            ..
-        } => (
-            av_agent.clone(),
-            "isolate_warning",
-            vec![hypervisor_agent.clone()],
-        ),
-        Action::AvConnect { av_agent, .. } => (av_agent.clone(), "connect_warning", Vec::new()),
-        Action::Alert { .. } | Action::DryRun(_) => return None,
-    })
 }
 
 /// The actuator names of `rules` as this topology can reach them: a name the topology does
@@ -229,56 +156,6 @@ pub fn load_rules(text: &str, topology: Option<&Topology>) -> Result<Rules, Poli
     Ok(rules)
 }
 
-/// The effect an actuator action puts in place or undoes.
-fn effect_of(action: &Action) -> Option<Effect> {
-    Some(match action {
-        Action::Block { target, .. } | Action::Release { target, .. } => Effect::Blocked(*target),
-        Action::CutLink { vm, .. } | Action::ConnectLink { vm, .. } => Effect::LinkCut(vm.clone()),
-        Action::Migrate { vm, .. } => Effect::Quarantined(vm.clone()),
-        Action::AvIsolate { vm, av_agent, .. } | Action::AvConnect { vm, av_agent, .. } => {
-            Effect::AvIsolated(vm.clone(), av_agent.clone())
-        }
-        Action::Alert { .. } | Action::DryRun(_) => return None,
-    })
-}
-
-/// The alerts an HO's rules can use: counters. Infections and sensor health are the VO's.
-fn is_counter(body: &AlertBody) -> bool {
-    matches!(
-        body,
-        AlertBody::ConnThreshold { .. }
-            | AlertBody::SynThreshold { .. }
-            | AlertBody::Bandwidth { .. }
-            | AlertBody::Connections { .. }
-    )
-}
-
-/// Parses the operator's key: an address, a MAC, else a VM name.
-fn parse_key(s: &str) -> Key {
-    let s = s.trim();
-    let s = s
-        .strip_prefix("ip ")
-        .or_else(|| s.strip_prefix("remote "))
-        .unwrap_or(s)
-        .trim();
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Key::Remote(ip);
-    }
-    let m = s.strip_prefix("mac ").unwrap_or(s).trim();
-    if let Ok(mac) = m.parse::<Mac>() {
-        return Key::Mac(mac);
-    }
-    Key::Vm(s.strip_prefix("vm ").unwrap_or(s).trim().to_string())
-}
-
-fn parse_target(s: &str) -> Option<Target> {
-    let s = s.trim();
-    s.parse::<IpAddr>()
-        .map(Target::Ip)
-        .ok()
-        .or_else(|| s.parse::<Mac>().map(Target::Mac).ok())
-}
-
 /// What the driver task is asked to do.
 enum Event {
     /// An alert processed at the driver's node, with when the handler saw it.
@@ -293,33 +170,19 @@ enum Event {
     },
 }
 
-/// A manual block (API `block`), outside the policy's state.
-#[derive(Debug, Clone)]
-struct Manual {
-    via: String,
-    since_unix_s: u64,
-    expires_unix_s: u64,
-    dry_run: bool,
-}
-
-/// What the mutex guards.
+/// What the mutex guards. The policy's state is the whole record of what is in place (manual
+/// blocks included); the driver keeps no copy of it.
 struct Core {
     state: State,
     rules_text: String,
-    /// When each effect was first seen in place (Unix seconds).
-    since: BTreeMap<Effect, u64>,
-    /// Effects recorded in dry-run.
-    dry: BTreeSet<Effect>,
-    manual: BTreeMap<Target, Manual>,
-    /// The rules holding each effect in place, as first seen (for fast-path alerts).
-    held_by: BTreeMap<Effect, String>,
-    /// The same for the effects the last step undid (their release is being sent).
-    released: BTreeMap<Effect, String>,
 }
 
 struct Inner {
     core: Mutex<Core>,
+    /// The policy's clock: nanoseconds since then are its `now`.
     started: Instant,
+    /// The same moment on the Unix clock, to show the policy's times to the API.
+    started_unix_ns: u64,
     tx: mpsc::Sender<Event>,
     rx: Mutex<Option<mpsc::Receiver<Event>>>,
     /// The node the driver runs at, once started.
@@ -334,7 +197,6 @@ struct Inner {
     topology: Option<Arc<Topology>>,
     timings: Mutex<std::collections::VecDeque<BlockTiming>>,
     dropped: AtomicU64,
-    next_manual: AtomicU64,
     policy_file: Option<PathBuf>,
 }
 
@@ -397,16 +259,12 @@ impl PolicyDriver {
         let core = Core {
             state,
             rules_text: rules_text.to_string(),
-            since: BTreeMap::new(),
-            dry: BTreeSet::new(),
-            manual: BTreeMap::new(),
-            held_by: BTreeMap::new(),
-            released: BTreeMap::new(),
         };
         let d = PolicyDriver {
             inner: Arc::new(Inner {
                 core: Mutex::new(core),
                 started: Instant::now(),
+                started_unix_ns: unix_ns(),
                 tx,
                 rx: Mutex::new(Some(rx)),
                 node: OnceLock::new(),
@@ -417,7 +275,6 @@ impl PolicyDriver {
                 topology,
                 timings: Mutex::new(Default::default()),
                 dropped: AtomicU64::new(0),
-                next_manual: AtomicU64::new(MANUAL_ID_BASE),
                 policy_file,
             }),
         };
@@ -462,6 +319,11 @@ impl PolicyDriver {
 
     fn now(&self) -> u64 {
         self.inner.started.elapsed().as_nanos() as u64
+    }
+
+    /// A time of the policy's (its `now`) as Unix seconds, for the API.
+    fn unix_s(&self, policy_ns: u64) -> u64 {
+        self.inner.started_unix_ns.saturating_add(policy_ns) / vespa_policy::SECOND
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
@@ -642,59 +504,23 @@ impl PolicyDriver {
         }
     }
 
-    /// Steps the policy (under the mutex) and keeps the effects' bookkeeping in line.
+    /// Steps the policy under the mutex, on the driver's clock.
     fn step(&self, input: Input) -> Vec<Action> {
         let now = self.now();
-        let mut core = self.core();
-        let actions = step(&mut core.state, input, now);
-        Self::book(&mut core, &actions, self.inner.at.is_some());
-        actions
+        step(&mut self.core().state, input, now)
     }
 
-    /// Keeps the effects' bookkeeping in line with the state after a step; `rules_behind`
-    /// also records which rules hold each effect (an HO's fast-path alerts name them).
-    fn book(core: &mut Core, actions: &[Action], rules_behind: bool) {
-        let now_s = unix_ns() / 1_000_000_000;
-        let effects: BTreeSet<Effect> = core.state.effects().map(|(e, _)| e.clone()).collect();
-        core.since.retain(|e, _| effects.contains(e));
-        core.dry.retain(|e| effects.contains(e));
-        for e in &effects {
-            core.since.entry(e.clone()).or_insert(now_s);
-        }
-        if rules_behind {
-            let (held, gone) = std::mem::take(&mut core.held_by)
-                .into_iter()
-                .partition(|(e, _)| effects.contains(e));
-            (core.held_by, core.released) = (held, gone);
-            for e in &effects {
-                if !core.held_by.contains_key(e) {
-                    core.held_by
-                        .insert(e.clone(), core.state.holders(e).join(", "));
-                }
-            }
-        }
-        for a in actions {
-            if let Action::DryRun(inner) = a {
-                // A recorded undo names an effect no longer in place: filtered out.
-                if let Some(e) = effect_of(inner).filter(|e| effects.contains(e)) {
-                    core.dry.insert(e);
-                }
-            }
-        }
-    }
-
-    /// What an HO raises when its fast path acts: the call, and the rules behind it.
+    /// What an HO raises when its fast path acts: the call, and the rules behind it (those
+    /// that held the effect, also when the action undoes it).
     fn fast_path_note(&self, at: &str, action: &Action) -> Option<String> {
         let (agent, verb, args) = to_call(action)?;
-        let rules = effect_of(action).and_then(|e| {
-            let core = self.core();
-            core.held_by
-                .get(&e)
-                .or_else(|| core.released.get(&e))
-                .filter(|r| !r.is_empty())
-                .cloned()
-        });
-        let why = rules.map(|r| format!(" (rule {r})")).unwrap_or_default();
+        let rules = action
+            .effect()
+            .map(|e| self.core().state.rules_behind(&e).join(", "));
+        let why = rules
+            .filter(|r| !r.is_empty())
+            .map(|r| format!(" (rule {r})"))
+            .unwrap_or_default();
         Some(format!(
             "fast path at {at}: {verb} {} on {agent}{why}",
             args.join(" ")
@@ -798,20 +624,18 @@ impl PolicyDriver {
                         tracing::warn!(node = here, id, %via, verb, sent_ns, acked_ns, error = %e, "policy action failed")
                     }
                 }
-                if id < MANUAL_ID_BASE {
-                    let (ok, error) = match reply {
-                        Ok(_) => (true, None),
-                        Err(e) => (false, Some(e)),
-                    };
-                    if me
-                        .inner
-                        .tx
-                        .send(Event::Result { id, ok, error })
-                        .await
-                        .is_err()
-                    {
-                        tracing::debug!(id, "policy driver gone: result dropped");
-                    }
+                let (ok, error) = match reply {
+                    Ok(_) => (true, None),
+                    Err(e) => (false, Some(e)),
+                };
+                if me
+                    .inner
+                    .tx
+                    .send(Event::Result { id, ok, error })
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(id, "policy driver gone: result dropped");
                 }
             });
             // After the call left: the fast path's reaction does not wait for the report.
@@ -845,179 +669,6 @@ impl PolicyDriver {
     /// Alerts the policy never saw because its queue was full.
     pub fn alerts_dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
-    }
-}
-
-impl PolicyControl for PolicyDriver {
-    fn active_actions(&self) -> Vec<ActiveAction> {
-        let mut core = self.core();
-        let now_mono = self.now();
-        let now_unix_s = unix_ns() / 1_000_000_000;
-        // Manual blocks end at their TTL (the SDN agent's reaper removes the flows).
-        core.manual.retain(|_, m| m.expires_unix_s > now_unix_s);
-        let a = &core.state.rules().actuators;
-        let mut out: Vec<ActiveAction> = core
-            .state
-            .effects()
-            .map(|(e, expires)| {
-                let (key, action, target, actuator) = match e {
-                    Effect::Blocked(t) => (target_arg(t), "block", target_arg(t), a.sdn.clone()),
-                    Effect::LinkCut(vm) => (vm.clone(), "cut_link", vm.clone(), a.libvirt.clone()),
-                    Effect::Quarantined(vm) => {
-                        (vm.clone(), "migrate", vm.clone(), a.libvirt.clone())
-                    }
-                    Effect::AvIsolated(vm, av) => {
-                        (vm.clone(), "av_isolate", vm.clone(), av.clone())
-                    }
-                };
-                ActiveAction {
-                    key,
-                    action: action.to_string(),
-                    target,
-                    actuator,
-                    since_unix_s: core.since.get(e).copied().unwrap_or(now_unix_s),
-                    expires_unix_s: expires
-                        .map(|x| now_unix_s + x.saturating_sub(now_mono).div_ceil(1_000_000_000)),
-                    dry_run: core.dry.contains(e),
-                    at: self.inner.at.clone(),
-                }
-            })
-            .collect();
-        for (t, m) in &core.manual {
-            out.push(ActiveAction {
-                key: target_arg(t),
-                action: "block".into(),
-                target: target_arg(t),
-                actuator: m.via.clone(),
-                since_unix_s: m.since_unix_s,
-                expires_unix_s: Some(m.expires_unix_s),
-                dry_run: m.dry_run,
-                at: None,
-            });
-        }
-        out.sort_by_key(|x| x.since_unix_s);
-        out
-    }
-
-    fn rules_text(&self) -> Option<String> {
-        Some(self.core().rules_text.clone())
-    }
-
-    fn dry_run(&self) -> bool {
-        self.core().state.is_dry_run()
-    }
-
-    fn set_dry_run(&self, enabled: bool) -> Result<(), PolicyError> {
-        self.step(Input::SetDryRun(enabled));
-        tracing::info!(enabled, "policy dry-run set");
-        Ok(())
-    }
-
-    fn reload(&self, text: &str) -> Result<(), PolicyError> {
-        let rules = load_rules(text, self.inner.topology.as_deref())?.placed_at(self.at());
-        self.rules_changed(&rules);
-        let actions = self.step(Input::Reload(Box::new(rules)));
-        self.core().rules_text = text.to_string();
-        self.run_later(actions).or_else(|e| match e {
-            // Reloaded all the same; the actions are the policy's to retry on its next tick.
-            PolicyError::Unavailable(m) => {
-                tracing::warn!(node = %self.node_name(), error = %m, "policy reloaded; its immediate actions could not be queued");
-                Ok(())
-            }
-            e => Err(e),
-        })
-    }
-
-    fn release(&self, key: &str) -> Result<String, PolicyError> {
-        let k = parse_key(key);
-        let manual = match parse_target(key) {
-            Some(t) => self.core().manual.remove(&t).map(|m| (t, m)),
-            None => None,
-        };
-        let mut actions = self.step(Input::ManualRelease { key: k.clone() });
-        let mut done: Vec<String> = actions
-            .iter()
-            .filter_map(|a| to_call(a).map(|(n, v, args)| format!("{n} {v} {}", args.join(" "))))
-            .collect();
-        if let Some((t, m)) = manual {
-            if !m.dry_run {
-                let id = self.inner.next_manual.fetch_add(1, Ordering::Relaxed);
-                let r = Action::Release {
-                    id,
-                    target: t,
-                    via: m.via.clone(),
-                };
-                done.push(format!("{} release_hackers {}", m.via, target_arg(&t)));
-                actions.push(r);
-            } else {
-                done.push(format!("dry-run block of {} forgotten", target_arg(&t)));
-            }
-        }
-        if done.is_empty() && !actions.iter().any(|a| matches!(a, Action::DryRun(_))) {
-            return Err(PolicyError::NotFound(format!(
-                "nothing is held against {k}"
-            )));
-        }
-        let n = actions.len();
-        self.run_later(actions)?;
-        Ok(if done.is_empty() {
-            format!("{n} dry-run record(s) released for {k}")
-        } else {
-            done.join("; ")
-        })
-    }
-
-    fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
-        let t = parse_target(target).ok_or_else(|| {
-            PolicyError::Invalid(format!("{target:?} is neither an IP nor a MAC address"))
-        })?;
-        if ttl_s == 0 || ttl_s > 30 * 86_400 {
-            return Err(PolicyError::Invalid(format!(
-                "ttl_s {ttl_s} out of range (1 s to 30 days)"
-            )));
-        }
-        if let Target::Mac(m) = t {
-            if self.core().state.rules().own_macs.contains(&m) {
-                return Err(PolicyError::Invalid(format!(
-                    "{m} is one of the VO side's own MACs (own_macs): never blocked"
-                )));
-            }
-        }
-        let (via, dry) = {
-            let c = self.core();
-            (c.state.rules().actuators.sdn.clone(), c.state.is_dry_run())
-        };
-        if self.inner.node.get().is_none() {
-            return Err(PolicyError::Unavailable(format!(
-                "{} is not running yet",
-                self.node_name()
-            )));
-        }
-        let id = self.inner.next_manual.fetch_add(1, Ordering::Relaxed);
-        let now_s = unix_ns() / 1_000_000_000;
-        let action = Action::Block {
-            id,
-            target: t,
-            ttl_ns: ttl_s * vespa_policy::SECOND,
-            via: via.clone(),
-        };
-        if dry {
-            tracing::info!(action = ?action, "policy (dry-run): manual block recorded, not sent");
-        } else {
-            self.run_later(vec![action])?;
-        }
-        let mut core = self.core();
-        core.manual.retain(|_, m| m.expires_unix_s > now_s);
-        core.manual.insert(
-            t,
-            Manual {
-                via,
-                since_unix_s: now_s,
-                expires_unix_s: now_s + ttl_s,
-                dry_run: dry,
-            },
-        );
-        Ok(target_arg(&t))
     }
 }
 

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vespa_node::{Hooks, Node, NodeSpec, Role, Security, Topology};
-use vespa_orchestrator::http::{
-    self, ActiveAction, ApiParts, ApiToken, Metrics, PolicyControl, PolicyError, VoView,
-};
+use vespa_orchestrator::control::{ActiveAction, PolicyControl, PolicyError};
+use vespa_orchestrator::http::{self, ApiParts, ApiToken, VoView};
+use vespa_orchestrator::metrics::Metrics;
 use vespa_proto::{Alert, AlertBody};
 
 const TOKEN: &str = "in-process-token-0123456789";
@@ -269,7 +269,7 @@ async fn alerts_feed_the_view_and_the_actuator_stage_is_observable() {
         Hooks::default(),
     )
     .expect("VO");
-    let text = http::metrics::render(&metrics.registry(vo.handle()));
+    let text = vespa_orchestrator::metrics::render(&metrics.registry(vo.handle()));
     assert!(
         text.contains("vespa_closed_loop_seconds_count{stage=\"kernel_to_vo\"} 3"),
         "{text}"

@@ -3,47 +3,27 @@
 //! **No I/O and no clock.** Everything that happens comes in as an [`Input`], time is the
 //! caller's `now`, and every map is ordered, so a recorded input stream replays to the same
 //! actions (same ids, same order).
+//!
+//! The counters' side is here (windows, hysteresis, ladders, verification); what is in place
+//! and who holds it is `effects`; the other inputs (infections, acknowledgements, the
+//! operator, reloads, sensor health) are `control`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::rules::{KeyKind, Rules, Step};
 use crate::types::{
-    Action, ActionId, AlertBody, AlertKind, Input, Key, Mac, Metric, Nanos, Target,
+    Action, ActionId, AlertBody, AlertKind, Effect, Input, Key, Mac, Metric, Nanos, Target,
 };
 use crate::window::Window;
 
 mod control;
-use control::{health, infected, manual_release, on_result, rate_limited_blind_spot, reload};
-
-/// Something the policy has put in place and must be able to undo.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Effect {
-    Blocked(Target),
-    LinkCut(String),
-    Quarantined(String),
-    /// VM, and the AV agent told to go through the hypervisor.
-    AvIsolated(String, String),
-}
-
-/// Who holds an effect. An effect is undone only when its last owner lets go: two remote
-/// addresses behind one MAC share one block, an infection and a ladder share one cut link.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Owner {
-    Rule(String, Key),
-    Infection,
-}
-
-#[derive(Debug, Clone)]
-struct EffectState {
-    owners: BTreeSet<Owner>,
-    /// When the actuator's own reaper removes it (blocks only).
-    expires_at: Option<Nanos>,
-    /// The TTL last sent (blocks only): a block is identical when its TTL is not longer.
-    ttl_ns: Option<Nanos>,
-    /// Recorded in dry-run: nothing was actually done.
-    dry: bool,
-}
+mod effects;
+use control::{
+    health, infected, manual_block, manual_release, on_result, rate_limited_blind_spot, reload,
+};
+pub use effects::InPlace;
+use effects::{apply_effect, end_manual_holds, forget_expired, release_owned, EffectState, Owner};
 
 #[derive(Debug, Clone, Copy)]
 struct Verify {
@@ -93,7 +73,8 @@ struct HealthSeen {
     last_alert: Option<Nanos>,
 }
 
-/// The policy's whole memory.
+/// The policy's whole memory, and the one record of what it has in place: callers list
+/// [`State::effects`] (with when each started and who holds it) instead of keeping a copy.
 #[derive(Debug, Clone)]
 pub struct State {
     rules: Rules,
@@ -102,7 +83,10 @@ pub struct State {
     next_id: ActionId,
     /// Per rule (same index as `rules.rules`).
     keys: Vec<BTreeMap<Key, KeyState>>,
+    /// What is in place, with its holders (the operator's manual blocks included).
     effects: BTreeMap<Effect, EffectState>,
+    /// The effects the current step undid, with the rules that held them (one step only).
+    undone: BTreeMap<Effect, BTreeSet<String>>,
     /// Actions awaiting verification, for matching an `ActionResult`.
     pending: BTreeMap<ActionId, (String, Key)>,
     neighbours: BTreeMap<IpAddr, (Mac, Option<String>)>,
@@ -118,6 +102,7 @@ impl State {
             now: 0,
             next_id: 1,
             effects: BTreeMap::new(),
+            undone: BTreeMap::new(),
             pending: BTreeMap::new(),
             neighbours: BTreeMap::new(),
             health: BTreeMap::new(),
@@ -130,41 +115,6 @@ impl State {
 
     pub fn is_dry_run(&self) -> bool {
         self.dry_run_override.unwrap_or(self.rules.dry_run)
-    }
-
-    /// Everything in place (or recorded, in dry-run), with its expiry.
-    pub fn effects(&self) -> impl Iterator<Item = (&Effect, Option<Nanos>)> {
-        self.effects.iter().map(|(e, s)| (e, s.expires_at))
-    }
-
-    /// Who holds `effect`, each once: rule names, and `infection` for an infected VM's
-    /// isolation. Empty when the effect is not in place.
-    pub fn holders(&self, effect: &Effect) -> Vec<&str> {
-        let mut names: Vec<&str> = self.effects.get(effect).map_or_else(Vec::new, |es| {
-            es.owners
-                .iter()
-                .map(|o| match o {
-                    Owner::Rule(name, _) => name.as_str(),
-                    Owner::Infection => "infection",
-                })
-                .collect()
-        });
-        names.dedup();
-        names
-    }
-
-    /// Targets currently blocked (including dry-run records).
-    pub fn active_blocks(&self) -> Vec<Target> {
-        self.effects
-            .keys()
-            .filter_map(|e| {
-                if let Effect::Blocked(t) = e {
-                    Some(*t)
-                } else {
-                    None
-                }
-            })
-            .collect()
     }
 
     /// Keys tracked across all rules.
@@ -209,6 +159,7 @@ impl State {
 pub fn step(state: &mut State, input: Input, now: Nanos) -> Vec<Action> {
     let now = now.max(state.now);
     state.now = now;
+    state.undone.clear();
     let mut out = Vec::new();
     match input {
         Input::Alert { origin, body, .. } => on_alert(state, origin, body, now, &mut out),
@@ -217,6 +168,7 @@ pub fn step(state: &mut State, input: Input, now: Nanos) -> Vec<Action> {
         }
         Input::Tick => tick(state, now, &mut out),
         Input::ActionResult { id, ok, error } => on_result(state, id, ok, error, now, &mut out),
+        Input::ManualBlock { target, ttl_ns } => manual_block(state, target, ttl_ns, &mut out),
         Input::ManualRelease { key } => manual_release(state, &key, now, &mut out),
         Input::SetDryRun(on) => state.dry_run_override = Some(on),
         Input::Reload(rules) => reload(state, *rules, &mut out),
@@ -385,29 +337,8 @@ fn sample(
 }
 
 fn tick(state: &mut State, now: Nanos, out: &mut Vec<Action>) {
-    // Blocks whose TTL ran out were removed by the controller's reaper: forget them. A key
-    // above the threshold again with nothing in place is a repeated offence (see `evaluate`).
-    let expired: Vec<Effect> = state
-        .effects
-        .iter()
-        .filter(|(_, s)| s.expires_at.is_some_and(|t| t <= now))
-        .map(|(e, _)| e.clone())
-        .collect();
-    for effect in expired {
-        let Some(es) = state.effects.remove(&effect) else {
-            continue;
-        };
-        for owner in es.owners {
-            if let Owner::Rule(name, key) = owner {
-                if let Some(ks) = state
-                    .rule_index(&name)
-                    .and_then(|i| state.keys[i].get_mut(&key))
-                {
-                    ks.owned.retain(|e| *e != effect);
-                }
-            }
-        }
-    }
+    forget_expired(state, now);
+    end_manual_holds(state, now, out);
     for i in 0..state.keys.len() {
         let cooldown = state.rules.rules[i].cooldown_ns;
         let mut map = std::mem::take(&mut state.keys[i]);
@@ -603,104 +534,6 @@ fn act(
             });
         }
         return;
-    }
-}
-
-/// Records `effect` for `owner` and emits `action` unless an identical effect is already in
-/// place (deduplication). A longer block on an already blocked target is not identical.
-fn apply_effect(
-    state: &mut State,
-    effect: Effect,
-    owner: Owner,
-    expires: Option<Nanos>,
-    action: Action,
-    out: &mut Vec<Action>,
-) -> Option<ActionId> {
-    let dry = state.is_dry_run();
-    let ttl_ns = if let Action::Block { ttl_ns, .. } = &action {
-        Some(*ttl_ns)
-    } else {
-        None
-    };
-    if let Some(es) = state.effects.get_mut(&effect) {
-        es.owners.insert(owner);
-        let longer = matches!((es.ttl_ns, ttl_ns), (Some(old), Some(new)) if new > old);
-        // Identical: same effect, no longer TTL, and not a dry record about to become real.
-        if !longer && (es.dry == dry || !es.dry) {
-            return None;
-        }
-        es.expires_at = expires.max(es.expires_at);
-        es.ttl_ns = ttl_ns.max(es.ttl_ns);
-        es.dry &= dry;
-    } else {
-        state.effects.insert(
-            effect,
-            EffectState {
-                owners: BTreeSet::from([owner]),
-                expires_at: expires,
-                ttl_ns,
-                dry,
-            },
-        );
-    }
-    let id = action.id();
-    state.emit(out, action);
-    id
-}
-
-/// Lets `owner` go of `owned`; effects without owners left are undone.
-fn release_owned(state: &mut State, owner: &Owner, owned: &mut Vec<Effect>, out: &mut Vec<Action>) {
-    for effect in owned.drain(..) {
-        let Some(es) = state.effects.get_mut(&effect) else {
-            continue;
-        };
-        es.owners.remove(owner);
-        if !es.owners.is_empty() {
-            continue;
-        }
-        let dry = es.dry;
-        state.effects.remove(&effect);
-        let a = state.rules.actuators.clone();
-        let action = match &effect {
-            Effect::Blocked(target) => Action::Release {
-                id: state.id(),
-                target: *target,
-                via: a.sdn,
-            },
-            Effect::LinkCut(vm) => Action::ConnectLink {
-                id: state.id(),
-                vm: vm.clone(),
-                via: a.libvirt,
-            },
-            Effect::AvIsolated(vm, av) => Action::AvConnect {
-                id: state.id(),
-                vm: vm.clone(),
-                av_agent: av.clone(),
-            },
-            Effect::Quarantined(vm) => {
-                State::alert(
-                    out,
-                    AlertKind::Notice,
-                    format!(
-                        "vm {vm} stays on quarantine host {}: migrate it back by hand",
-                        a.quarantine
-                    ),
-                );
-                continue;
-            }
-        };
-        if dry {
-            out.push(Action::DryRun(Box::new(action)));
-        } else {
-            if state.is_dry_run() {
-                State::alert(
-                    out,
-                    AlertKind::Notice,
-                    format!("dry-run: {effect:?} was really done and is left in place"),
-                );
-            }
-            state.emit(out, action);
-        }
     }
 }
 

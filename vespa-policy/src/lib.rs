@@ -25,6 +25,11 @@
 //! assert!(matches!(out.as_slice(), [Action::Release { .. }]));
 //! ```
 //!
+//! The [`State`] is also the record of what is in place: [`State::effects`] lists each effect
+//! with when it was placed and when it expires (on the caller's clock), whether it was only
+//! recorded in dry-run, and who holds it (rules, an infection, the operator's
+//! [`Input::ManualBlock`]); the caller converts the times and shows it, it keeps no copy.
+//!
 //! Rules are declarative TOML ([`Rules::from_toml`], [`DEFAULT_RULES`]); [`Input::Reload`]
 //! swaps them while keeping the state of rules that still exist. A rule may name the
 //! horizontal orchestrator that runs it (`at`, the fast path): the engine does not care where
@@ -43,8 +48,8 @@ mod props;
 mod tests;
 
 pub use bench::bench_step;
-pub use engine::{step, Effect, State};
+pub use engine::{step, InPlace, State};
 pub use rules::{Actuators, Aggregate, KeyKind, Rule, Rules, RulesError, Step, DEFAULT_RULES};
 pub use types::{
-    Action, ActionId, AlertBody, AlertKind, Input, Key, Mac, Metric, Nanos, Target, SECOND,
+    Action, ActionId, AlertBody, AlertKind, Effect, Input, Key, Mac, Metric, Nanos, Target, SECOND,
 };

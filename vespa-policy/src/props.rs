@@ -50,6 +50,25 @@ fn input(max_conn: u64, disruptive: bool) -> impl Strategy<Value = (u64, Input)>
     (0u64..40, any_input)
 }
 
+/// [`input`]'s disruptive inputs and the operator's blocks (up to an hour) of the same
+/// addresses and MACs.
+fn with_operator() -> impl Strategy<Value = (u64, Input)> {
+    let target = prop_oneof![
+        (0u8..4).prop_map(|i| Target::Ip(addr(i))),
+        (0u8..3).prop_map(|m| Target::Mac(Mac([0x52, 0x54, 0, 0, 0, m]))),
+    ];
+    let block = (0u64..40, target, 1u64..=3600).prop_map(|(dt, target, ttl)| {
+        (
+            dt,
+            Input::ManualBlock {
+                target,
+                ttl_ns: ttl * SECOND,
+            },
+        )
+    });
+    prop_oneof![4 => input(300, true), 1 => block]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -109,5 +128,43 @@ proptest! {
         prop_assert_eq!(&first, &run(), "same inputs, same actions");
         let ids: Vec<ActionId> = first.iter().filter_map(Action::id).collect();
         prop_assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not increasing: {:?}", ids);
+    }
+
+    #[test]
+    fn every_block_ends_the_operators_at_their_ttl(inputs in proptest::collection::vec(with_operator(), 0..200)) {
+        let mut st = State::new(Rules::default_rules());
+        let mut now = 0;
+        for (dt, i) in inputs {
+            now += dt * SECOND;
+            step(&mut st, i, now);
+        }
+        for _ in 0..720 {
+            now += 10 * SECOND;
+            step(&mut st, Input::Tick, now);
+        }
+        prop_assert!(st.active_blocks().is_empty(), "still blocked: {:?}", st.active_blocks());
+    }
+
+    #[test]
+    fn what_is_in_place_has_a_holder_and_a_past(inputs in proptest::collection::vec(with_operator(), 0..200)) {
+        let mut st = State::new(Rules::default_rules());
+        let mut now = 0;
+        let mut all = Vec::new();
+        for (dt, i) in inputs.clone() {
+            now += dt * SECOND;
+            all.extend(step(&mut st, i, now));
+            for p in st.effects() {
+                prop_assert!(!p.holders.is_empty(), "nobody holds {:?}", p);
+                prop_assert!(p.since <= now && p.expires_at.is_none_or(|x| x > p.since), "{:?} at {}", p, now);
+            }
+        }
+        let mut again = State::new(Rules::default_rules());
+        let mut now = 0;
+        let mut replayed = Vec::new();
+        for (dt, i) in inputs {
+            now += dt * SECOND;
+            replayed.extend(step(&mut again, i, now));
+        }
+        prop_assert_eq!(all, replayed, "same inputs, same actions");
     }
 }

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use crate::*;
 
+mod operator;
+
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
 }

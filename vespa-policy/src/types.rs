@@ -110,6 +110,16 @@ impl fmt::Display for Target {
     }
 }
 
+/// Something the policy has put in place and must be able to undo.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Effect {
+    Blocked(Target),
+    LinkCut(String),
+    Quarantined(String),
+    /// VM, and the AV agent told to go through the hypervisor.
+    AvIsolated(String, String),
+}
+
 /// The alerts the VO receives, mirroring `vespa_proto::AlertBody`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlertBody {
@@ -178,7 +188,12 @@ pub enum Input {
         ok: bool,
         error: Option<String>,
     },
-    /// The operator releases everything held against a key.
+    /// The operator blocks `target` for `ttl_ns` (more than 0: blocks always expire), outside
+    /// the rules: calm does not release it, its TTL (at a tick) or a [`Input::ManualRelease`]
+    /// of its address or MAC does. A target a rule also blocks is one block with both holders.
+    ManualBlock { target: Target, ttl_ns: Nanos },
+    /// The operator releases everything held against a key: what the rules hold, an
+    /// infection's isolation of a VM, a manual block.
     ManualRelease { key: Key },
     /// Turns dry-run on or off (overrides the rules' `dry_run`).
     SetDryRun(bool),
@@ -279,6 +294,24 @@ impl Action {
             Action::Alert { .. } => None,
             Action::DryRun(inner) => inner.id(),
         }
+    }
+
+    /// The effect an actuator action puts in place or undoes (`None` for alerts and dry-run
+    /// records).
+    pub fn effect(&self) -> Option<Effect> {
+        Some(match self {
+            Action::Block { target, .. } | Action::Release { target, .. } => {
+                Effect::Blocked(*target)
+            }
+            Action::CutLink { vm, .. } | Action::ConnectLink { vm, .. } => {
+                Effect::LinkCut(vm.clone())
+            }
+            Action::Migrate { vm, .. } => Effect::Quarantined(vm.clone()),
+            Action::AvIsolate { vm, av_agent, .. } | Action::AvConnect { vm, av_agent, .. } => {
+                Effect::AvIsolated(vm.clone(), av_agent.clone())
+            }
+            Action::Alert { .. } | Action::DryRun(_) => return None,
+        })
     }
 
     /// Whether executing this would change something outside the VO.

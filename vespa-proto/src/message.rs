@@ -169,6 +169,23 @@ pub enum AlertBody {
     },
 }
 
+impl AlertBody {
+    /// The short name of the body's kind (`conn_threshold`, `bandwidth`, ...), as metrics
+    /// labels and the VO's JSON name it. Fixed names: dashboards and alerting rules use them.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AlertBody::ConnThreshold { .. } => "conn_threshold",
+            AlertBody::SynThreshold { .. } => "syn_threshold",
+            AlertBody::Bandwidth { .. } => "bandwidth",
+            AlertBody::Connections { .. } => "connections",
+            AlertBody::Infected { .. } => "infected",
+            AlertBody::ActuatorFailed { .. } => "actuator_failed",
+            AlertBody::Text(_) => "text",
+            AlertBody::SensorHealth { .. } => "sensor_health",
+        }
+    }
+}
+
 /// Serde for `Option<SocketAddr>` that keeps an IPv6 address's scope id and flow info.
 ///
 /// serde's own `SocketAddrV6` encoding drops the scope id, which would turn a link-local
@@ -265,6 +282,61 @@ mod tests {
         let bytes = encode(&msg).expect("encode");
         assert!(bytes.len() < 48, "alert took {} bytes", bytes.len());
         assert_eq!(decode::<Message>(&bytes).expect("decode"), msg);
+    }
+
+    #[test]
+    fn every_alert_kind_has_its_own_fixed_name() {
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        let s = String::new;
+        let bodies = [
+            AlertBody::ConnThreshold {
+                addr: ip,
+                established: 1,
+                threshold: 1,
+            },
+            AlertBody::SynThreshold {
+                addr: ip,
+                syns_in_second: 1,
+                threshold: 1,
+            },
+            AlertBody::Bandwidth {
+                iface: s(),
+                rx_bytes: 0,
+                tx_bytes: 0,
+                vm: None,
+            },
+            AlertBody::Connections { per_remote: vec![] },
+            AlertBody::Infected {
+                vm: s(),
+                file: s(),
+                signature: s(),
+            },
+            AlertBody::ActuatorFailed {
+                actuator: s(),
+                action: s(),
+                error: s(),
+            },
+            AlertBody::Text(s()),
+            AlertBody::SensorHealth {
+                events_lost: 0,
+                map_update_failures: 0,
+                maps_full: 0,
+            },
+        ];
+        let kinds: Vec<&str> = bodies.iter().map(AlertBody::kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "conn_threshold",
+                "syn_threshold",
+                "bandwidth",
+                "connections",
+                "infected",
+                "actuator_failed",
+                "text",
+                "sensor_health"
+            ]
+        );
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //!
 //! It runs in the process that hosts the VO and reads only what the VO has: the alerts it
 //! processes (through [`VoView`], an alert handler), its node handle (the tree, calls to
-//! agents), the topology, and the policy behind [`PolicyControl`].
+//! agents), the topology, the policy behind [`PolicyControl`] ([`crate::control`]) and the
+//! metrics ([`crate::metrics`]).
 //!
 //! - [`legacy`]: the GET-only JSON endpoints of 2014 (`/archi`, `/recv_bytes`, ...), with
 //!   CORS `*` as then, so an old dashboard page still works.
 //! - [`v1`]: `/api/v1/...`: reads (topology, alerts with paging, counters, actions, policy)
 //!   and mutations (release, block, dry-run, policy reload) that need a bearer token.
-//! - [`metrics`]: `/metrics` in OpenMetrics text.
+//! - `/metrics`: the registry of [`crate::metrics`] in OpenMetrics text.
 //!
 //! Every error is JSON, `{"error": "..."}`, with the status saying whose fault it is: 400 bad
 //! request body or query, 401 no or wrong token, 404 unknown route or thing, 405 wrong
@@ -18,9 +19,7 @@
 
 mod dashboard;
 pub mod legacy;
-pub mod metrics;
 mod parts;
-pub mod policy;
 mod token;
 pub mod v1;
 pub mod view;
@@ -38,9 +37,9 @@ use axum::{middleware, Router};
 use prometheus_client::registry::Registry;
 use vespa_node::{NodeHandle, Role, Topology};
 
-pub use metrics::Metrics;
+use crate::control::{PolicyControl, PolicyError};
+
 pub use parts::ApiParts;
-pub use policy::{ActiveAction, NoPolicy, PolicyControl, PolicyError};
 pub use token::{ApiToken, TokenError};
 pub use view::VoView;
 
@@ -60,7 +59,7 @@ pub struct ApiState {
     pub view: Arc<VoView>,
     /// The registry `/metrics` renders.
     pub registry: Registry,
-    /// The policy (or [`NoPolicy`]).
+    /// The policy (or [`NoPolicy`](crate::control::NoPolicy)).
     pub policy: Arc<dyn PolicyControl>,
     /// The HOs running fast-path rules in other processes, asked through the VO.
     pub remote: crate::policy_driver::RemoteDrivers,
@@ -245,7 +244,7 @@ async fn json_errors(res: Response) -> Response {
 }
 
 async fn metrics_endpoint(State(state): State<Shared>) -> Response {
-    let body = metrics::render(&state.registry);
+    let body = crate::metrics::render(&state.registry);
     (
         [(
             header::CONTENT_TYPE,

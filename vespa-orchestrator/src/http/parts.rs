@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use vespa_node::{Hooks, NodeHandle, Topology};
 
-use super::{ApiState, ApiToken, Metrics, NoPolicy, PolicyControl, VoView};
+use super::{ApiState, ApiToken, VoView};
+use crate::control::{NoPolicy, PolicyControl};
+use crate::metrics::Metrics;
 use crate::policy_driver::RemoteDrivers;
 
 /// The API's shared pieces, before the VO exists.

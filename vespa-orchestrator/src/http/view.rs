@@ -13,27 +13,13 @@ use serde::Serialize;
 use vespa_node::AlertHandler;
 use vespa_proto::{Alert, AlertBody};
 
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Deltas kept per interface (the 2014 `/recv_bytes` showed the last 40).
 pub const SAMPLES: usize = 40;
 /// Interfaces followed at once. VM tap devices come and go, so without a bound the table
 /// would grow with every VM ever started; the one silent longest is forgotten first.
 pub const MAX_INTERFACES: usize = 256;
-
-/// The short name of an alert's kind, as used in metrics labels and JSON.
-pub fn kind_of(body: &AlertBody) -> &'static str {
-    match body {
-        AlertBody::ConnThreshold { .. } => "conn_threshold",
-        AlertBody::SynThreshold { .. } => "syn_threshold",
-        AlertBody::Bandwidth { .. } => "bandwidth",
-        AlertBody::Connections { .. } => "connections",
-        AlertBody::Infected { .. } => "infected",
-        AlertBody::ActuatorFailed { .. } => "actuator_failed",
-        AlertBody::Text(_) => "text",
-        AlertBody::SensorHealth { .. } => "sensor_health",
-    }
-}
 
 /// Byte-counter deltas of one interface of one agent, oldest first.
 #[derive(Default)]
@@ -217,7 +203,7 @@ impl VoView {
         s.next_index += 1;
         s.alerts.push_back(Indexed {
             index,
-            kind: kind_of(&alert.body),
+            kind: alert.body.kind(),
             alert: alert.clone(),
         });
     }

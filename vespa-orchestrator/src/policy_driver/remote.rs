@@ -12,7 +12,7 @@ use std::time::Duration;
 use vespa_node::{AgentVerbs, NodeHandle, VerbTable};
 
 use super::PolicyDriver;
-use crate::http::{ActiveAction, PolicyControl, PolicyError};
+use crate::control::{ActiveAction, PolicyControl, PolicyError};
 
 /// How long the VO waits for a remote HO's answer.
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);

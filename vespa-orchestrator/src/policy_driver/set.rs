@@ -5,7 +5,7 @@
 //! undoes a block whichever of them placed it. Manual blocks stay the VO's.
 
 use super::{load_rules, PolicyDriver};
-use crate::http::{ActiveAction, PolicyControl, PolicyError};
+use crate::control::{ActiveAction, PolicyControl, PolicyError};
 
 /// The VO's [`PolicyDriver`] and those of the HOs in the same process.
 pub struct PolicySet {

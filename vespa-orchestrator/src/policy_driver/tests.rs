@@ -3,9 +3,10 @@ use std::time::{Duration, Instant};
 use vespa_node::{
     AgentKind, AgentVerbs, Hooks, MasterAddr, Node, NodeHandle, NodeSpec, Role, Security, VerbTable,
 };
-use vespa_policy::{Action, Target};
+use vespa_policy::{Action, Key, Target};
 use vespa_proto::AlertBody;
 
+use super::convert::parse_key;
 use super::*;
 
 const RULES: &str = r#"

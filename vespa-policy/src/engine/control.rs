@@ -1,9 +1,10 @@
 //! Inputs that do not come from counters: infections, actuator acknowledgements, the
-//! operator (manual release), rule reloads and sensor health.
+//! operator (manual block and release), rule reloads and sensor health.
 
-use super::{act, apply_effect, release_owned, Effect, Owner, State};
+use super::effects::{apply_effect, release_owned, Owner};
+use super::{act, State};
 use crate::rules::Rules;
-use crate::types::{Action, ActionId, AlertKind, Key, Nanos, Target};
+use crate::types::{Action, ActionId, AlertKind, Effect, Key, Nanos, Target};
 
 pub(super) fn infected(
     state: &mut State,
@@ -96,6 +97,49 @@ pub(super) fn on_result(
     state.keys[i].insert(key, ks);
 }
 
+/// The operator's block: held by [`Owner::Operator`] beside whatever rule holds the target,
+/// sent unless an identical or longer block is in place, let go at its TTL (a tick) or by a
+/// manual release of the target.
+pub(super) fn manual_block(
+    state: &mut State,
+    target: Target,
+    ttl_ns: Nanos,
+    out: &mut Vec<Action>,
+) {
+    if ttl_ns == 0 {
+        let text = format!("manual block of {target} ignored: blocks always expire (ttl 0)");
+        State::alert(out, AlertKind::Notice, text);
+        return;
+    }
+    if let Target::Mac(m) = target {
+        if state.rules.own_macs.contains(&m) {
+            let text = format!("manual block of {target} ignored: one of our own MACs");
+            State::alert(out, AlertKind::Notice, text);
+            return;
+        }
+    }
+    let until = state.now.saturating_add(ttl_ns);
+    let id = state.id();
+    let block = Action::Block {
+        id,
+        target,
+        ttl_ns,
+        via: state.rules.actuators.sdn.clone(),
+    };
+    let effect = Effect::Blocked(target);
+    apply_effect(
+        state,
+        effect.clone(),
+        Owner::Operator,
+        Some(until),
+        block,
+        out,
+    );
+    if let Some(es) = state.effects.get_mut(&effect) {
+        es.manual_until = es.manual_until.max(until);
+    }
+}
+
 pub(super) fn manual_release(state: &mut State, key: &Key, now: Nanos, out: &mut Vec<Action>) {
     for i in 0..state.keys.len() {
         let Some(mut ks) = state.keys[i].remove(key) else {
@@ -137,16 +181,20 @@ pub(super) fn manual_release(state: &mut State, key: &Key, now: Nanos, out: &mut
             manual_release(state, &holder, now, out);
         }
     }
-    let mut infection: Vec<Effect> = concerned
-        .into_iter()
-        .filter(|e| {
-            state
-                .effects
-                .get(e)
-                .is_some_and(|es| es.owners.contains(&Owner::Infection))
-        })
-        .collect();
-    release_owned(state, &Owner::Infection, &mut infection, out);
+    // What no rule holds: the operator's own blocks, an infected VM's isolation.
+    for owner in [Owner::Operator, Owner::Infection] {
+        let mut held: Vec<Effect> = concerned
+            .iter()
+            .filter(|e| {
+                state
+                    .effects
+                    .get(e)
+                    .is_some_and(|es| es.owners.contains(&owner))
+            })
+            .cloned()
+            .collect();
+        release_owned(state, &owner, &mut held, out);
+    }
 }
 
 /// Whether releasing `key` by hand should undo `effect`.

@@ -1,4 +1,6 @@
-//! `/metrics`: the VO's delivery counters, alerts by kind, and the closed-loop latency.
+//! The VO's metrics: its delivery counters, alerts by kind, and the closed-loop latency,
+//! served as `/metrics` by the HTTP API ([`crate::http`]) and fed by the API's alert view
+//! and the policy driver, neither of which needs the other.
 //!
 //! The node counters are read from the VO's [`Stats`](vespa_node::Stats) on every scrape (a
 //! collector, like the agent's exporter), so they can never drift from what `stats` answers.
@@ -61,10 +63,7 @@ impl Metrics {
     /// Counts an alert processed at the VO and observes its `kernel_to_vo` latency.
     pub fn on_alert(&self, alert: &Alert) {
         self.alerts_by_kind
-            .get_or_create(&vec![(
-                "kind",
-                super::view::kind_of(&alert.body).to_string(),
-            )])
+            .get_or_create(&vec![("kind", alert.body.kind().to_string())])
             .inc();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

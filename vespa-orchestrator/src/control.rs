@@ -1,5 +1,6 @@
-//! What the API asks of the VO's policy, as a trait: the policy and its actions live in
-//! their own module (issue 5), and the API must neither wait for them nor know their types.
+//! What the API asks of the VO's policy, as a trait: the API ([`crate::http`]) calls it and
+//! the policy driver ([`crate::policy_driver`]) implements it, so the driver never depends on
+//! the API. The API must not wait for the policy, nor know how its actions are carried out.
 //!
 //! Until a policy is plugged in, [`NoPolicy`] answers every read with "nothing" and every
 //! mutation with [`PolicyError::Unavailable`] (HTTP 503), so an operator learns at once that

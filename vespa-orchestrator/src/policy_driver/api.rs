@@ -1,0 +1,129 @@
+//! The driver as the HTTP API sees it ([`PolicyControl`]): what is in place, read from the
+//! policy's state with its times turned into Unix seconds, and the operator's mutations, each
+//! one step of the policy whose actions go to the driver task. Nothing here waits for an
+//! actuator.
+
+use vespa_policy::{Action, Effect, Input, Target};
+
+use super::convert::{parse_key, parse_target, target_arg, to_call};
+use super::{load_rules, Event, PolicyDriver};
+use crate::control::{ActiveAction, PolicyControl, PolicyError};
+
+impl PolicyControl for PolicyDriver {
+    fn active_actions(&self) -> Vec<ActiveAction> {
+        let core = self.core();
+        let a = &core.state.rules().actuators;
+        let mut out: Vec<ActiveAction> = core
+            .state
+            .effects()
+            .map(|p| {
+                let (key, action, target, actuator) = match p.effect {
+                    Effect::Blocked(t) => (target_arg(t), "block", target_arg(t), a.sdn.clone()),
+                    Effect::LinkCut(vm) => (vm.clone(), "cut_link", vm.clone(), a.libvirt.clone()),
+                    Effect::Quarantined(vm) => {
+                        (vm.clone(), "migrate", vm.clone(), a.libvirt.clone())
+                    }
+                    Effect::AvIsolated(vm, av) => {
+                        (vm.clone(), "av_isolate", vm.clone(), av.clone())
+                    }
+                };
+                ActiveAction {
+                    key,
+                    action: action.to_string(),
+                    target,
+                    actuator,
+                    since_unix_s: self.unix_s(p.since),
+                    expires_unix_s: p.expires_at.map(|x| self.unix_s(x)),
+                    dry_run: p.dry,
+                    at: self.inner.at.clone(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|x| x.since_unix_s);
+        out
+    }
+
+    fn rules_text(&self) -> Option<String> {
+        Some(self.core().rules_text.clone())
+    }
+
+    fn dry_run(&self) -> bool {
+        self.core().state.is_dry_run()
+    }
+
+    fn set_dry_run(&self, enabled: bool) -> Result<(), PolicyError> {
+        self.step(Input::SetDryRun(enabled));
+        tracing::info!(enabled, "policy dry-run set");
+        Ok(())
+    }
+
+    fn reload(&self, text: &str) -> Result<(), PolicyError> {
+        let rules = load_rules(text, self.inner.topology.as_deref())?.placed_at(self.at());
+        self.rules_changed(&rules);
+        let actions = self.step(Input::Reload(Box::new(rules)));
+        self.core().rules_text = text.to_string();
+        self.run_later(actions).or_else(|e| match e {
+            // Reloaded all the same; the actions are the policy's to retry on its next tick.
+            PolicyError::Unavailable(m) => {
+                tracing::warn!(node = %self.node_name(), error = %m, "policy reloaded; its immediate actions could not be queued");
+                Ok(())
+            }
+            e => Err(e),
+        })
+    }
+
+    fn release(&self, key: &str) -> Result<String, PolicyError> {
+        let k = parse_key(key);
+        let actions = self.step(Input::ManualRelease { key: k.clone() });
+        let done: Vec<String> = actions
+            .iter()
+            .filter_map(|a| to_call(a).map(|(n, v, args)| format!("{n} {v} {}", args.join(" "))))
+            .collect();
+        if done.is_empty() && !actions.iter().any(|a| matches!(a, Action::DryRun(_))) {
+            return Err(PolicyError::NotFound(format!(
+                "nothing is held against {k}"
+            )));
+        }
+        let n = actions.len();
+        self.run_later(actions)?;
+        Ok(if done.is_empty() {
+            format!("{n} dry-run record(s) released for {k}")
+        } else {
+            done.join("; ")
+        })
+    }
+
+    fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
+        let t = parse_target(target).ok_or_else(|| {
+            PolicyError::Invalid(format!("{target:?} is neither an IP nor a MAC address"))
+        })?;
+        if ttl_s == 0 || ttl_s > 30 * 86_400 {
+            return Err(PolicyError::Invalid(format!(
+                "ttl_s {ttl_s} out of range (1 s to 30 days)"
+            )));
+        }
+        if let Target::Mac(m) = t {
+            if self.core().state.rules().own_macs.contains(&m) {
+                return Err(PolicyError::Invalid(format!(
+                    "{m} is one of the VO side's own MACs (own_macs): never blocked"
+                )));
+            }
+        }
+        if self.inner.node.get().is_none() {
+            return Err(PolicyError::Unavailable(format!(
+                "{} is not running yet",
+                self.node_name()
+            )));
+        }
+        // The slot first: once the policy holds the block, its call must reach the driver task.
+        let slot = self.inner.tx.try_reserve().map_err(|_| {
+            PolicyError::Unavailable("the policy driver is busy or stopped; try again".into())
+        })?;
+        let actions = self.step(Input::ManualBlock {
+            target: t,
+            ttl_ns: ttl_s * vespa_policy::SECOND,
+        });
+        slot.send(Event::Run(actions));
+        Ok(target_arg(&t))
+    }
+}

@@ -1,0 +1,279 @@
+//! What the policy has put in place, and the whole record of it: who holds each effect, since
+//! when, until when, whether it was only recorded (dry-run). Callers list this record rather
+//! than keep their own copy, so what the API shows is what the policy will undo.
+//!
+//! An effect is undone only when its last holder lets go: two remote addresses behind one MAC
+//! share one block, an infection and a ladder share one cut link, a rule's block and the
+//! operator's block of the same address are one block.
+
+use std::collections::BTreeSet;
+
+use super::State;
+use crate::types::{Action, ActionId, AlertKind, Effect, Key, Nanos, Target};
+
+/// Who holds an effect.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Owner {
+    /// A rule, for one of its keys.
+    Rule(String, Key),
+    /// An infected VM's isolation.
+    Infection,
+    /// A manual block, until [`EffectState::manual_until`].
+    Operator,
+}
+
+impl Owner {
+    /// The holder's name as callers see it: the rule's, `infection` or `operator`.
+    fn name(&self) -> &str {
+        match self {
+            Owner::Rule(name, _) => name,
+            Owner::Infection => "infection",
+            Owner::Operator => "operator",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct EffectState {
+    pub(super) owners: BTreeSet<Owner>,
+    /// Every rule that held it since it was placed: its undo names them too (an HO's
+    /// fast-path alert says which rule a release comes from after the rule let go).
+    rules: BTreeSet<String>,
+    /// When it was placed (recorded, in dry-run), on the caller's clock.
+    since: Nanos,
+    /// When the actuator's own reaper removes it (blocks only).
+    expires_at: Option<Nanos>,
+    /// The TTL last sent (blocks only): a block is identical when its TTL is not longer.
+    ttl_ns: Option<Nanos>,
+    /// Recorded in dry-run: nothing was actually done.
+    dry: bool,
+    /// When the operator's hold ends (the longest manual block's TTL); meaningful while
+    /// [`Owner::Operator`] holds it.
+    pub(super) manual_until: Nanos,
+}
+
+/// One effect in place (or recorded, in dry-run), as callers list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InPlace<'a> {
+    pub effect: &'a Effect,
+    /// When it was placed, on the caller's clock (`step`'s `now`).
+    pub since: Nanos,
+    /// When the actuator's own reaper removes it (blocks only).
+    pub expires_at: Option<Nanos>,
+    /// Only recorded in dry-run: no actuator was asked.
+    pub dry: bool,
+    /// Who holds it, each once: rule names, `infection`, `operator`.
+    pub holders: Vec<&'a str>,
+}
+
+impl EffectState {
+    fn holders(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.owners.iter().map(Owner::name).collect();
+        names.dedup();
+        names
+    }
+}
+
+impl State {
+    /// Everything in place (or recorded, in dry-run), in the effects' order.
+    pub fn effects(&self) -> impl Iterator<Item = InPlace<'_>> {
+        self.effects.iter().map(|(effect, es)| InPlace {
+            effect,
+            since: es.since,
+            expires_at: es.expires_at,
+            dry: es.dry,
+            holders: es.holders(),
+        })
+    }
+
+    /// Who holds `effect`, each once: rule names, `infection` for an infected VM's isolation,
+    /// `operator` for a manual block. Empty when the effect is not in place.
+    pub fn holders(&self, effect: &Effect) -> Vec<&str> {
+        self.effects
+            .get(effect)
+            .map_or_else(Vec::new, EffectState::holders)
+    }
+
+    /// The rules behind `effect`: those that held it since it was placed, while it is in
+    /// place or when the last step undid it (the action to undo it names them too). Empty for
+    /// what only the operator or an infection held.
+    pub fn rules_behind(&self, effect: &Effect) -> Vec<&str> {
+        let rules = match self.effects.get(effect) {
+            Some(es) => Some(&es.rules),
+            None => self.undone.get(effect),
+        };
+        rules.map_or_else(Vec::new, |r| r.iter().map(String::as_str).collect())
+    }
+
+    /// Targets currently blocked (including dry-run records).
+    pub fn active_blocks(&self) -> Vec<Target> {
+        self.effects
+            .keys()
+            .filter_map(|e| {
+                if let Effect::Blocked(t) = e {
+                    Some(*t)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+/// Records `effect` for `owner` and emits `action` unless an identical effect is already in
+/// place (deduplication). A longer block on an already blocked target is not identical, nor is
+/// the operator's block that would end later.
+pub(super) fn apply_effect(
+    state: &mut State,
+    effect: Effect,
+    owner: Owner,
+    expires: Option<Nanos>,
+    action: Action,
+    out: &mut Vec<Action>,
+) -> Option<ActionId> {
+    let dry = state.is_dry_run();
+    let ttl_ns = if let Action::Block { ttl_ns, .. } = &action {
+        Some(*ttl_ns)
+    } else {
+        None
+    };
+    let rule = match &owner {
+        Owner::Rule(name, _) => Some(name.clone()),
+        Owner::Infection | Owner::Operator => None,
+    };
+    if let Some(es) = state.effects.get_mut(&effect) {
+        // The operator's TTL counts from when they ask: asking again extends the block. A
+        // rule's ladder is compared by TTL (two keys behind one MAC send one block).
+        let longer = if owner == Owner::Operator {
+            expires > es.expires_at
+        } else {
+            matches!((es.ttl_ns, ttl_ns), (Some(old), Some(new)) if new > old)
+        };
+        es.owners.insert(owner);
+        es.rules.extend(rule);
+        // Identical: same effect, no longer TTL, and not a dry record about to become real.
+        if !longer && (es.dry == dry || !es.dry) {
+            return None;
+        }
+        es.expires_at = expires.max(es.expires_at);
+        es.ttl_ns = ttl_ns.max(es.ttl_ns);
+        es.dry &= dry;
+    } else {
+        state.effects.insert(
+            effect,
+            EffectState {
+                owners: BTreeSet::from([owner]),
+                rules: rule.into_iter().collect(),
+                since: state.now,
+                expires_at: expires,
+                ttl_ns,
+                dry,
+                manual_until: 0,
+            },
+        );
+    }
+    let id = action.id();
+    state.emit(out, action);
+    id
+}
+
+/// Lets `owner` go of `owned`; effects without owners left are undone.
+pub(super) fn release_owned(
+    state: &mut State,
+    owner: &Owner,
+    owned: &mut Vec<Effect>,
+    out: &mut Vec<Action>,
+) {
+    for effect in owned.drain(..) {
+        let Some(es) = state.effects.get_mut(&effect) else {
+            continue;
+        };
+        es.owners.remove(owner);
+        if !es.owners.is_empty() {
+            continue;
+        }
+        let dry = es.dry;
+        if let Some(es) = state.effects.remove(&effect) {
+            state.undone.insert(effect.clone(), es.rules);
+        }
+        let a = state.rules.actuators.clone();
+        let action = match &effect {
+            Effect::Blocked(target) => Action::Release {
+                id: state.id(),
+                target: *target,
+                via: a.sdn,
+            },
+            Effect::LinkCut(vm) => Action::ConnectLink {
+                id: state.id(),
+                vm: vm.clone(),
+                via: a.libvirt,
+            },
+            Effect::AvIsolated(vm, av) => Action::AvConnect {
+                id: state.id(),
+                vm: vm.clone(),
+                av_agent: av.clone(),
+            },
+            Effect::Quarantined(vm) => {
+                State::alert(
+                    out,
+                    AlertKind::Notice,
+                    format!(
+                        "vm {vm} stays on quarantine host {}: migrate it back by hand",
+                        a.quarantine
+                    ),
+                );
+                continue;
+            }
+        };
+        if dry {
+            out.push(Action::DryRun(Box::new(action)));
+        } else {
+            if state.is_dry_run() {
+                State::alert(
+                    out,
+                    AlertKind::Notice,
+                    format!("dry-run: {effect:?} was really done and is left in place"),
+                );
+            }
+            state.emit(out, action);
+        }
+    }
+}
+
+/// Blocks whose TTL ran out were removed by the controller's reaper: forget them, for every
+/// holder. A key above the threshold again with nothing in place is a repeated offence.
+pub(super) fn forget_expired(state: &mut State, now: Nanos) {
+    let expired: Vec<Effect> = state
+        .effects
+        .iter()
+        .filter(|(_, s)| s.expires_at.is_some_and(|t| t <= now))
+        .map(|(e, _)| e.clone())
+        .collect();
+    for effect in expired {
+        let Some(es) = state.effects.remove(&effect) else {
+            continue;
+        };
+        for owner in es.owners {
+            if let Owner::Rule(name, key) = owner {
+                if let Some(ks) = state
+                    .rule_index(&name)
+                    .and_then(|i| state.keys[i].get_mut(&key))
+                {
+                    ks.owned.retain(|e| *e != effect);
+                }
+            }
+        }
+    }
+}
+
+/// The operator lets go of manual blocks whose TTL ran out. One that outlives them (a rule
+/// sent a longer block since) stays while a rule holds it and is released when none does.
+pub(super) fn end_manual_holds(state: &mut State, now: Nanos, out: &mut Vec<Action>) {
+    let mut ended: Vec<Effect> = state
+        .effects
+        .iter()
+        .filter(|(_, s)| s.owners.contains(&Owner::Operator) && s.manual_until <= now)
+        .map(|(e, _)| e.clone())
+        .collect();
+    release_owned(state, &Owner::Operator, &mut ended, out);
+}
