@@ -1,11 +1,11 @@
 //! Calls: answering a verb at this node, and routing a call down the tree to the node it
 //! names.
 //!
-//! Every call a node answers, from a connection or from its own handle, comes through
-//! [`Router::dispatch`], which is the one seam between the runtime's verbs and an agent's: a
-//! name of [`crate::verbs::BUILTIN`] is answered by the runtime ([`Router::builtin`]), any
-//! other name goes to the agent's [`VerbTable`] ([`Router::agent_verb`]), and a name in
-//! neither is an error reply.
+//! Every call a node answers, from a connection ([`Router::answer`]) or from its own handle,
+//! comes through [`Router::dispatch`], which is the one seam between the runtime's verbs and
+//! an agent's: a name of [`crate::verbs::BUILTIN`] is answered by the runtime
+//! ([`Router::builtin`]), any other name goes to the agent's [`VerbTable`]
+//! ([`Router::agent_verb`]), and a name in neither is an error reply.
 //!
 //! A node knows only its direct children (they registered). To reach a node further down,
 //! `find_node` asks the children that can have children, concurrently, and the answer (which
@@ -68,9 +68,22 @@ impl Router {
         }
     }
 
+    /// Answers a call that came over `session`: `Call`, or the typed `ListSlaves` and
+    /// `FindNode`, which carry no id and are answered like `Call`s of `list_slaves` and
+    /// `find_node` with a `Reply` of id 0. Other messages are not calls and are left alone.
+    pub fn answer(self: &Arc<Self>, session: &Arc<Session>, msg: Message) {
+        let (id, verb, args) = match msg {
+            Message::Call { id, verb, args } => (id, verb, args),
+            Message::ListSlaves => (0, "list_slaves".to_string(), vec![]),
+            Message::FindNode { name } => (0, "find_node".to_string(), vec![name]),
+            _ => return,
+        };
+        self.spawn_call(session.clone(), id, verb, args);
+    }
+
     /// Answers `Call { id, .. }` from `session` on a task of its own (a slow verb, or one
     /// routed down the tree, must not stop the connection's reader).
-    pub fn spawn_call(
+    fn spawn_call(
         self: &Arc<Self>,
         session: Arc<Session>,
         id: u64,

@@ -195,16 +195,8 @@ impl Server {
                 self.peers.register(session, info);
             }
             Message::Reply { id, result } => session.complete(id, result),
-            Message::Call { id, verb, args } => {
-                self.router.spawn_call(session.clone(), id, verb, args)
-            }
-            Message::ListSlaves => {
-                self.router
-                    .spawn_call(session.clone(), 0, "list_slaves".into(), vec![])
-            }
-            Message::FindNode { name } => {
-                self.router
-                    .spawn_call(session.clone(), 0, "find_node".into(), vec![name])
+            call @ (Message::Call { .. } | Message::ListSlaves | Message::FindNode { .. }) => {
+                self.router.answer(session, call)
             }
             Message::Heartbeat => {}
             Message::Destroy => {

@@ -236,16 +236,8 @@ impl Uplink {
             match msg {
                 Message::Ack { origin, seq } => self.delivery.on_ack(&origin, seq),
                 Message::Heartbeat => {}
-                Message::Call { id, verb, args } => {
-                    self.router.spawn_call(session.clone(), id, verb, args)
-                }
-                Message::ListSlaves => {
-                    self.router
-                        .spawn_call(session.clone(), 0, "list_slaves".into(), vec![])
-                }
-                Message::FindNode { name } => {
-                    self.router
-                        .spawn_call(session.clone(), 0, "find_node".into(), vec![name])
+                call @ (Message::Call { .. } | Message::ListSlaves | Message::FindNode { .. }) => {
+                    self.router.answer(&session, call)
                 }
                 Message::Reply { id, result } => session.complete(id, result),
                 Message::Destroy => {
