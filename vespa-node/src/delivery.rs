@@ -25,8 +25,8 @@
 //! All of that state is here, behind one owner: the queue, the per-hop de-duplication table
 //! and the route of each origin's acks, the node's own sequence numbers, the overflow count,
 //! the VO's journal, the alerts kept for `get_alerts`, the alert handlers and the counters
-//! they move. Connections only hand alerts and acks in ([`Delivery::on_alert`],
-//! [`Delivery::on_ack`]) and take the queue out.
+//! they move. Connections only hand alerts and acks in (`on_alert`, `on_ack`) and take the
+//! queue out.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

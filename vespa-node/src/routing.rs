@@ -142,6 +142,8 @@ impl Router {
                 Ok(self.delivery.get_alerts(from))
             }
             "destroy" => Ok(format!("destroying {} and its subtree", self.name)),
+            // A built-in name without an arm above: no agent can have taken it (`VerbTable`
+            // refuses built-in names), so this is the reply for an unknown verb.
             other => self.agent_verb(other, args).await,
         }
     }
