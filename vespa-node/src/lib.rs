@@ -5,7 +5,7 @@
 //!   naming file, line and field; an embedded default topology.
 //! - [`Node`]: one node. It listens for its children (and operators' calls), keeps an uplink
 //!   to its master, and moves alerts up the tree with at-least-once delivery and per-hop
-//!   de-duplication (see [`node`] for the exact guarantee).
+//!   de-duplication (see [`delivery`] for the exact guarantee).
 //! - [`verbs`]: the 2014 verbs as a closed set (`help`, `list_slaves`, `find_node`, `call`,
 //!   `destroy`, plus `stats`, `get_alerts`) and [`AgentVerbs`], the plug-in point of agents.
 //! - [`sensor_agent`]: the bandwidth and connections agents over a [`sensor_agent::SensorSource`].
@@ -35,24 +35,32 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod agent;
 pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod dedup;
+pub mod delivery;
 pub mod error;
+mod handle;
 mod journal;
 pub mod launch;
+mod lifecycle;
 pub mod node;
 pub mod outbox;
+mod peers;
 mod routing;
 pub mod sensor_agent;
 mod server;
 mod session;
+mod spec;
 pub mod stats;
 pub mod transport;
 mod uplink;
+mod util;
 pub mod verbs;
 
+pub use agent::AgentVerbs;
 pub use client::Client;
 pub use config::{AgentKind, ConfigError, Role, Settings, Topology};
 pub use error::NodeError;
@@ -60,4 +68,4 @@ pub use node::{AlertHandler, Exit, Hooks, MasterAddr, Node, NodeHandle, NodeSpec
 pub use session::ChildInfo;
 pub use stats::Stats;
 pub use transport::Security;
-pub use verbs::{AgentVerbs, VerbInfo, VerbResult, VerbTable};
+pub use verbs::{VerbInfo, VerbResult, VerbTable};

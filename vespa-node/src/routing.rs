@@ -1,59 +1,137 @@
-//! Calls: the built-in verbs, and routing a call down the tree to the node it names.
+//! Calls: answering a verb at this node, and routing a call down the tree to the node it
+//! names.
+//!
+//! Every call a node answers, from a connection ([`Router::answer`]) or from its own handle,
+//! comes through [`Router::dispatch`], which is the one seam between the runtime's verbs and
+//! an agent's: a name of [`crate::verbs::BUILTIN`] is answered by the runtime
+//! ([`Router::builtin`]), any other name goes to the agent's [`VerbTable`]
+//! ([`Router::agent_verb`]), and a name in neither is an error reply.
 //!
 //! A node knows only its direct children (they registered). To reach a node further down,
 //! `find_node` asks the children that can have children, concurrently, and the answer (which
 //! child leads there) is cached; `call <node> <verb> ...` then goes to that child as the same
 //! `call`, hop by hop, and the reply comes back up the same way.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use vespa_proto::{Message, NodeKind};
 
-use crate::node::{lock, Inner};
+use crate::config::Role;
+use crate::delivery::Delivery;
+use crate::lifecycle::Life;
+use crate::peers::Peers;
 use crate::session::Session;
-use crate::stats::inc;
-use crate::verbs::{help_text, VerbFuture, VerbResult};
+use crate::spec::NodeSpec;
+use crate::stats::{get, inc, Stats};
+use crate::util::lock;
+use crate::verbs::{help_text, is_builtin, VerbFuture, VerbResult, VerbTable};
 
-/// Answers `Call { id, .. }` from `session` on a task of its own (a slow verb, or one routed
-/// down the tree, must not stop the connection's reader).
-pub(crate) fn spawn_call(
-    inner: Arc<Inner>,
-    session: Arc<Session>,
-    id: u64,
-    verb: String,
-    args: Vec<String>,
-) {
-    inc(&inner.counters.calls_served);
-    tokio::spawn(async move {
-        let destroy = verb == "destroy";
-        let result = dispatch(inner.clone(), verb, args).await;
-        let _ = session.ctl.send(Message::Reply { id, result }).await;
-        if destroy {
-            inner.request_destroy();
-        }
-    });
+/// Answers and routes the calls of one node.
+pub(crate) struct Router {
+    name: String,
+    role: Role,
+    call_timeout: Duration,
+    /// The agent's verbs (empty for HOs and the VO).
+    verbs: VerbTable,
+    /// Where `call` found nodes below this one: target -> child name.
+    route_cache: Mutex<HashMap<String, String>>,
+    /// Calls answered.
+    calls_served: AtomicU64,
+    delivery: Arc<Delivery>,
+    peers: Arc<Peers>,
+    life: Arc<Life>,
 }
 
-/// Runs one verb at this node. `destroy` only answers here; the caller starts it after the
-/// reply is on its way.
-pub(crate) fn dispatch(inner: Arc<Inner>, verb: String, args: Vec<String>) -> VerbFuture {
-    Box::pin(async move {
-        match verb.as_str() {
-            "help" => Ok(help_text(&inner.name, &inner.verbs)),
+impl Router {
+    /// The router of the node `spec` describes, answering the built-ins from the node's state
+    /// and any other verb from `verbs`.
+    pub fn new(
+        spec: &NodeSpec,
+        verbs: VerbTable,
+        delivery: Arc<Delivery>,
+        peers: Arc<Peers>,
+        life: Arc<Life>,
+    ) -> Router {
+        Router {
+            name: spec.name.clone(),
+            role: spec.role,
+            call_timeout: spec.settings.call_timeout,
+            verbs,
+            route_cache: Mutex::new(HashMap::new()),
+            calls_served: AtomicU64::new(0),
+            delivery,
+            peers,
+            life,
+        }
+    }
+
+    /// Answers a call that came over `session`: `Call`, or the typed `ListSlaves` and
+    /// `FindNode`, which carry no id and are answered like `Call`s of `list_slaves` and
+    /// `find_node` with a `Reply` of id 0. Other messages are not calls and are left alone.
+    pub fn answer(self: &Arc<Self>, session: &Arc<Session>, msg: Message) {
+        let (id, verb, args) = match msg {
+            Message::Call { id, verb, args } => (id, verb, args),
+            Message::ListSlaves => (0, "list_slaves".to_string(), vec![]),
+            Message::FindNode { name } => (0, "find_node".to_string(), vec![name]),
+            _ => return,
+        };
+        self.spawn_call(session.clone(), id, verb, args);
+    }
+
+    /// Answers `Call { id, .. }` from `session` on a task of its own (a slow verb, or one
+    /// routed down the tree, must not stop the connection's reader).
+    fn spawn_call(
+        self: &Arc<Self>,
+        session: Arc<Session>,
+        id: u64,
+        verb: String,
+        args: Vec<String>,
+    ) {
+        inc(&self.calls_served);
+        let router = self.clone();
+        tokio::spawn(async move {
+            let destroy = verb == "destroy";
+            let result = router.clone().dispatch(verb, args).await;
+            let _ = session.ctl.send(Message::Reply { id, result }).await;
+            if destroy {
+                router.life.request_destroy();
+            }
+        });
+    }
+
+    /// Runs one verb at this node. `destroy` only answers here; the caller starts it after
+    /// the reply is on its way.
+    pub fn dispatch(self: Arc<Self>, verb: String, args: Vec<String>) -> VerbFuture {
+        Box::pin(async move {
+            if is_builtin(&verb) {
+                self.builtin(&verb, args).await
+            } else {
+                self.agent_verb(&verb, args).await
+            }
+        })
+    }
+
+    /// The runtime's own verbs ([`crate::verbs::BUILTIN`]).
+    async fn builtin(self: Arc<Self>, verb: &str, args: Vec<String>) -> VerbResult {
+        match verb {
+            "help" => Ok(help_text(&self.name, &self.verbs)),
             "list_slaves" => {
-                let kids: Vec<_> = inner.children().into_iter().map(|(c, _)| c).collect();
+                let kids: Vec<_> = self.peers.children().into_iter().map(|(c, _)| c).collect();
                 serde_json::to_string(&kids).map_err(|e| e.to_string())
             }
             "find_node" => {
                 let [target] = args.as_slice() else {
                     return Err("usage: find_node <name>".into());
                 };
-                find_node(&inner, target)
+                self.find_node(target)
                     .await
                     .and_then(|p| serde_json::to_string(&p).map_err(|e| e.to_string()))
             }
-            "call" => call(inner, args).await,
-            "stats" => serde_json::to_string(&inner.stats()).map_err(|e| e.to_string()),
+            "call" => self.call(args).await,
+            "stats" => serde_json::to_string(&self.stats()).map_err(|e| e.to_string()),
             "get_alerts" => {
                 let from = match args.first() {
                     None => 0,
@@ -61,82 +139,92 @@ pub(crate) fn dispatch(inner: Arc<Inner>, verb: String, args: Vec<String>) -> Ve
                         .parse::<u64>()
                         .map_err(|_| format!("{a:?} is not an index"))?,
                 };
-                Ok(inner.get_alerts(from))
+                Ok(self.delivery.get_alerts(from))
             }
-            "destroy" => Ok(format!("destroying {} and its subtree", inner.name)),
-            other => match inner.verbs.call(other, args) {
-                Some(fut) => fut.await,
-                None => Err(format!(
-                    "{} has no verb {other:?} (`help` lists them)",
-                    inner.name
-                )),
-            },
-        }
-    })
-}
-
-fn child_session(inner: &Inner, name: &str) -> Option<Arc<Session>> {
-    inner
-        .children()
-        .into_iter()
-        .find(|(c, _)| c.name == name)
-        .map(|(_, s)| s)
-}
-
-/// The path from this node down to `target`, this node first.
-pub(crate) async fn find_node(inner: &Arc<Inner>, target: &str) -> Result<Vec<String>, String> {
-    if target == inner.name {
-        return Ok(vec![inner.name.clone()]);
-    }
-    let kids = inner.children();
-    if kids.iter().any(|(c, _)| c.name == target) {
-        return Ok(vec![inner.name.clone(), target.to_string()]);
-    }
-    let timeout = inner.spec.settings.call_timeout;
-    let asks = kids
-        .iter()
-        .filter(|(c, _)| c.kind != NodeKind::Agent)
-        .map(|(c, s)| async move {
-            let reply = s.call("find_node", vec![target.to_string()], timeout).await;
-            (c.name.clone(), reply)
-        });
-    for (child, reply) in futures_util::future::join_all(asks).await {
-        if let Ok(json) = reply {
-            let below: Vec<String> = serde_json::from_str(&json)
-                .map_err(|e| format!("bad find_node reply from {child}: {e}"))?;
-            lock(&inner.route_cache).insert(target.to_string(), child);
-            let mut path = vec![inner.name.clone()];
-            path.extend(below);
-            return Ok(path);
+            "destroy" => Ok(format!("destroying {} and its subtree", self.name)),
+            // A built-in name without an arm above: no agent can have taken it (`VerbTable`
+            // refuses built-in names), so this is the reply for an unknown verb.
+            other => self.agent_verb(other, args).await,
         }
     }
-    Err(format!("no node named {target:?} below {}", inner.name))
-}
 
-/// `call <node> <verb> [args...]`.
-async fn call(inner: Arc<Inner>, args: Vec<String>) -> VerbResult {
-    let mut it = args.into_iter();
-    let (Some(target), Some(verb)) = (it.next(), it.next()) else {
-        return Err("usage: call <node> <verb> [args...]".into());
-    };
-    let rest: Vec<String> = it.collect();
-    if target == inner.name {
-        return dispatch(inner, verb, rest).await;
-    }
-    let timeout = inner.spec.settings.call_timeout;
-    if let Some(s) = child_session(&inner, &target) {
-        return s.call(&verb, rest, timeout).await;
-    }
-    let cached = lock(&inner.route_cache).get(&target).cloned();
-    let via = match cached.and_then(|c| child_session(&inner, &c)) {
-        Some(s) => s,
-        None => {
-            let path = find_node(&inner, &target).await?;
-            let next = path.get(1).ok_or_else(|| format!("no route to {target}"))?;
-            child_session(&inner, next).ok_or_else(|| format!("{next} disconnected"))?
+    /// A verb of the agent's table, or an error naming the verb.
+    async fn agent_verb(&self, verb: &str, args: Vec<String>) -> VerbResult {
+        match self.verbs.call(verb, args) {
+            Some(fut) => fut.await,
+            None => Err(format!(
+                "{} has no verb {verb:?} (`help` lists them)",
+                self.name
+            )),
         }
-    };
-    let mut fwd = vec![target, verb];
-    fwd.extend(rest);
-    via.call("call", fwd, timeout).await
+    }
+
+    /// The node's counters, as the `stats` verb reports them.
+    pub fn stats(&self) -> Stats {
+        let mut st = Stats::new(&self.name, self.role.as_str());
+        self.delivery.report(&mut st);
+        self.peers.report(&mut st);
+        st.calls_served = get(&self.calls_served);
+        st
+    }
+
+    /// The path from this node down to `target`, this node first.
+    async fn find_node(&self, target: &str) -> Result<Vec<String>, String> {
+        if target == self.name {
+            return Ok(vec![self.name.clone()]);
+        }
+        let kids = self.peers.children();
+        if kids.iter().any(|(c, _)| c.name == target) {
+            return Ok(vec![self.name.clone(), target.to_string()]);
+        }
+        let timeout = self.call_timeout;
+        let asks =
+            kids.iter()
+                .filter(|(c, _)| c.kind != NodeKind::Agent)
+                .map(|(c, s)| async move {
+                    let reply = s.call("find_node", vec![target.to_string()], timeout).await;
+                    (c.name.clone(), reply)
+                });
+        for (child, reply) in futures_util::future::join_all(asks).await {
+            if let Ok(json) = reply {
+                let below: Vec<String> = serde_json::from_str(&json)
+                    .map_err(|e| format!("bad find_node reply from {child}: {e}"))?;
+                lock(&self.route_cache).insert(target.to_string(), child);
+                let mut path = vec![self.name.clone()];
+                path.extend(below);
+                return Ok(path);
+            }
+        }
+        Err(format!("no node named {target:?} below {}", self.name))
+    }
+
+    /// `call <node> <verb> [args...]`.
+    async fn call(self: Arc<Self>, args: Vec<String>) -> VerbResult {
+        let mut it = args.into_iter();
+        let (Some(target), Some(verb)) = (it.next(), it.next()) else {
+            return Err("usage: call <node> <verb> [args...]".into());
+        };
+        let rest: Vec<String> = it.collect();
+        if target == self.name {
+            return self.dispatch(verb, rest).await;
+        }
+        let timeout = self.call_timeout;
+        if let Some(s) = self.peers.child(&target) {
+            return s.call(&verb, rest, timeout).await;
+        }
+        let cached = lock(&self.route_cache).get(&target).cloned();
+        let via = match cached.and_then(|c| self.peers.child(&c)) {
+            Some(s) => s,
+            None => {
+                let path = self.find_node(&target).await?;
+                let next = path.get(1).ok_or_else(|| format!("no route to {target}"))?;
+                self.peers
+                    .child(next)
+                    .ok_or_else(|| format!("{next} disconnected"))?
+            }
+        };
+        let mut fwd = vec![target, verb];
+        fwd.extend(rest);
+        via.call("call", fwd, timeout).await
+    }
 }

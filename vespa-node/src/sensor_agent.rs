@@ -18,9 +18,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use vespa_proto::AlertBody;
 
+use crate::agent::AgentVerbs;
 use crate::config::AgentKind;
-use crate::node::NodeHandle;
-use crate::verbs::{AgentVerbs, VerbResult, VerbTable};
+use crate::handle::NodeHandle;
+use crate::verbs::{VerbResult, VerbTable};
 
 /// Byte counters of one interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

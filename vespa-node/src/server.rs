@@ -9,7 +9,6 @@
 //! number of handshakes in progress by a semaphore.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +16,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vespa_proto::Message;
 
-use crate::node::{lock, Inner};
+use crate::delivery::Delivery;
+use crate::lifecycle::Life;
+use crate::peers::Peers;
+use crate::routing::Router;
 use crate::session::{next_message, write_loop, ChildInfo, LinkEnd, Session};
-use crate::stats::inc;
+use crate::spec::NodeSpec;
 use crate::transport::{establish, Side};
 
 /// Handshakes allowed in progress at once; more connections are refused until some finish.
@@ -27,178 +29,185 @@ const MAX_HANDSHAKES: usize = 256;
 /// Longest alert path accepted (a deeper one means a routing loop).
 const MAX_PATH: usize = 32;
 
-pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: wait instead of spinning.
-                    tracing::warn!(node = %inner.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = inner.accept_stop.cancelled() => return,
-        };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            inc(&inner.counters.connection_errors);
-            tracing::warn!(peer = %peer, node = "-", reason = "too many handshakes in progress", "connection refused");
-            continue;
-        };
-        tokio::spawn(serve(inner.clone(), stream, peer, permit));
-    }
+/// The listening side of one node, over the owners of its state.
+pub(crate) struct Server {
+    spec: Arc<NodeSpec>,
+    delivery: Arc<Delivery>,
+    peers: Arc<Peers>,
+    router: Arc<Router>,
+    life: Arc<Life>,
 }
 
-async fn serve(
-    inner: Arc<Inner>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
-    let s = &inner.spec.settings;
-    let cfg = vespa_proto::Config {
-        max_frame: s.max_frame,
-        handshake_timeout: s.handshake_timeout,
-    };
-    let link = tokio::select! {
-        r = establish(stream, Side::Server, &inner.spec.security, &inner.name, &cfg) => r,
-        _ = inner.closing.cancelled() => return,
-    };
-    drop(permit);
-    let mut link = match link {
-        Ok(l) => l,
-        Err(e) => {
-            inc(&inner.counters.connection_errors);
-            tracing::warn!(peer = %peer, node = "-", reason = %e, "connection rejected");
-            return;
-        }
-    };
-    let id = inner.next_session.fetch_add(1, Ordering::Relaxed);
-    let (session, ctl_rx) = Session::new(
-        id,
-        peer,
-        link.peer_name.clone(),
-        inner.closing.child_token(),
-    );
-    lock(&inner.sessions).insert(id, session.clone());
-    let w_inner = inner.clone();
-    let writer = tokio::spawn(write_loop(
-        link.writer,
-        session.clone(),
-        ctl_rx,
-        None,
-        s.heartbeat,
-        move || w_inner.before_acks(),
-        |_| {},
-    ));
-
-    let idle = s.heartbeat * 3;
-    let result = loop {
-        let msg = match next_message(&mut link.reader, &session, idle).await {
-            Ok(m) => m,
-            Err(e) => break e,
-        };
-        if let Err(e) = handle(&inner, &session, msg).await {
-            break e;
-        }
-    };
-    session.cancel.cancel();
-    let _ = writer.await;
-    session.fail_pending();
-    lock(&inner.sessions).remove(&id);
-    inner.sessions_changed.notify_waiters();
-    let child = session.child_info();
-    let name = child
-        .as_ref()
-        .map_or(session.peer_name.as_str(), |c| c.name.as_str());
-    match result {
-        LinkEnd::Local => {}
-        LinkEnd::ClosedByPeer if child.is_some() => {
-            tracing::info!(peer = %peer, node = %name, "child closed its connection")
-        }
-        LinkEnd::ClosedByPeer => {
-            tracing::debug!(peer = %peer, node = %name, "caller closed its connection")
-        }
-        e => {
-            inc(&inner.counters.connection_errors);
-            tracing::warn!(peer = %peer, node = %name, reason = %e, "connection closed");
+impl Server {
+    /// The listening side of the node `spec` describes.
+    pub fn new(
+        spec: Arc<NodeSpec>,
+        delivery: Arc<Delivery>,
+        peers: Arc<Peers>,
+        router: Arc<Router>,
+        life: Arc<Life>,
+    ) -> Server {
+        Server {
+            spec,
+            delivery,
+            peers,
+            router,
+            life,
         }
     }
-}
 
-async fn handle(inner: &Arc<Inner>, session: &Arc<Session>, msg: Message) -> Result<(), LinkEnd> {
-    match msg {
-        Message::Alert(alert) => {
-            let Some(child) = session.child_info() else {
-                return Err(LinkEnd::Violation("alert before Register".into()));
+    /// Accepts connections until the node stops accepting, each served on a task of its own.
+    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: wait instead of spinning.
+                        tracing::warn!(node = %self.spec.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = self.life.accepting_stopped() => return,
             };
-            if alert.path.last() != Some(&child.name) || alert.path.len() > MAX_PATH {
-                return Err(LinkEnd::Violation(format!(
-                    "alert path {:?} does not end with the sender {:?} (or is too long)",
-                    alert.path, child.name
-                )));
-            }
-            inner.on_alert(alert, session).await;
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                self.peers.connection_error();
+                tracing::warn!(peer = %peer, node = "-", reason = "too many handshakes in progress", "connection refused");
+                continue;
+            };
+            tokio::spawn(self.clone().serve(stream, peer, permit));
         }
-        Message::Register {
-            name,
-            kind,
-            listen_addr,
-        } => {
-            if name != session.peer_name {
-                return Err(LinkEnd::Violation(format!(
-                    "registered as {name:?} but authenticated as {:?}",
-                    session.peer_name
-                )));
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let s = &self.spec.settings;
+        let cfg = vespa_proto::Config {
+            max_frame: s.max_frame,
+            handshake_timeout: s.handshake_timeout,
+        };
+        let link = tokio::select! {
+            r = establish(stream, Side::Server, &self.spec.security, &self.spec.name, &cfg) => r,
+            _ = self.life.closed() => return,
+        };
+        drop(permit);
+        let mut link = match link {
+            Ok(l) => l,
+            Err(e) => {
+                self.peers.connection_error();
+                tracing::warn!(peer = %peer, node = "-", reason = %e, "connection rejected");
+                return;
             }
-            // A child that reconnects before its old connection was noticed dead replaces it.
-            let stale: Vec<Arc<Session>> = lock(&inner.sessions)
-                .values()
-                .filter(|s| s.id != session.id && s.child_info().is_some_and(|c| c.name == name))
-                .cloned()
-                .collect();
-            for s in stale {
-                tracing::info!(node = %inner.name, child = %name, old_peer = %s.peer_addr, "child reconnected; dropping its old connection");
-                s.cancel.cancel();
+        };
+        let (session, ctl_rx) =
+            self.peers
+                .session(peer, link.peer_name.clone(), self.life.session_token());
+        self.peers.add(&session);
+        let delivery = self.delivery.clone();
+        let writer = tokio::spawn(write_loop(
+            link.writer,
+            session.clone(),
+            ctl_rx,
+            None,
+            s.heartbeat,
+            move || delivery.flush_journal(),
+            |_| {},
+        ));
+
+        let idle = s.heartbeat * 3;
+        let result = loop {
+            let msg = match next_message(&mut link.reader, &session, idle).await {
+                Ok(m) => m,
+                Err(e) => break e,
+            };
+            if let Err(e) = self.handle(&session, msg).await {
+                break e;
             }
-            tracing::info!(node = %inner.name, child = %name, ?kind, peer = %session.peer_addr, "child registered");
-            *lock(&session.child) = Some(ChildInfo {
+        };
+        session.cancel.cancel();
+        let _ = writer.await;
+        session.fail_pending();
+        self.peers.remove(&session);
+        let child = session.child_info();
+        let name = child
+            .as_ref()
+            .map_or(session.peer_name.as_str(), |c| c.name.as_str());
+        match result {
+            LinkEnd::Local => {}
+            LinkEnd::ClosedByPeer if child.is_some() => {
+                tracing::info!(peer = %peer, node = %name, "child closed its connection")
+            }
+            LinkEnd::ClosedByPeer => {
+                tracing::debug!(peer = %peer, node = %name, "caller closed its connection")
+            }
+            e => {
+                self.peers.connection_error();
+                tracing::warn!(peer = %peer, node = %name, reason = %e, "connection closed");
+            }
+        }
+    }
+
+    async fn handle(&self, session: &Arc<Session>, msg: Message) -> Result<(), LinkEnd> {
+        let node = &self.spec.name;
+        match msg {
+            Message::Alert(alert) => {
+                let Some(child) = session.child_info() else {
+                    return Err(LinkEnd::Violation("alert before Register".into()));
+                };
+                if alert.path.last() != Some(&child.name) || alert.path.len() > MAX_PATH {
+                    return Err(LinkEnd::Violation(format!(
+                        "alert path {:?} does not end with the sender {:?} (or is too long)",
+                        alert.path, child.name
+                    )));
+                }
+                self.delivery.on_alert(alert, session).await;
+            }
+            Message::Register {
                 name,
                 kind,
                 listen_addr,
-                peer: session.peer_addr,
-            });
-            inner.sessions_changed.notify_waiters();
+            } => {
+                if name != session.peer_name {
+                    return Err(LinkEnd::Violation(format!(
+                        "registered as {name:?} but authenticated as {:?}",
+                        session.peer_name
+                    )));
+                }
+                // A child that reconnects before its old connection was noticed dead replaces
+                // it.
+                for s in self.peers.others_of(session, &name) {
+                    tracing::info!(node = %node, child = %name, old_peer = %s.peer_addr, "child reconnected; dropping its old connection");
+                    s.cancel.cancel();
+                }
+                tracing::info!(node = %node, child = %name, ?kind, peer = %session.peer_addr, "child registered");
+                let info = ChildInfo {
+                    name,
+                    kind,
+                    listen_addr,
+                    peer: session.peer_addr,
+                };
+                self.peers.register(session, info);
+            }
+            Message::Reply { id, result } => session.complete(id, result),
+            call @ (Message::Call { .. } | Message::ListSlaves | Message::FindNode { .. }) => {
+                self.router.answer(session, call)
+            }
+            Message::Heartbeat => {}
+            Message::Destroy => {
+                tracing::warn!(node = %node, peer = %session.peer_addr, from = %session.peer_name, "Destroy from a child ignored (only the master may send it; call the `destroy` verb instead)");
+            }
+            Message::Ack { .. } => {
+                return Err(LinkEnd::Violation(
+                    "a child sent an Ack (only masters acknowledge)".into(),
+                ))
+            }
         }
-        Message::Reply { id, result } => session.complete(id, result),
-        Message::Call { id, verb, args } => {
-            crate::routing::spawn_call(inner.clone(), session.clone(), id, verb, args)
-        }
-        Message::ListSlaves => crate::routing::spawn_call(
-            inner.clone(),
-            session.clone(),
-            0,
-            "list_slaves".into(),
-            vec![],
-        ),
-        Message::FindNode { name } => crate::routing::spawn_call(
-            inner.clone(),
-            session.clone(),
-            0,
-            "find_node".into(),
-            vec![name],
-        ),
-        Message::Heartbeat => {}
-        Message::Destroy => {
-            tracing::warn!(node = %inner.name, peer = %session.peer_addr, from = %session.peer_name, "Destroy from a child ignored (only the master may send it; call the `destroy` verb instead)");
-        }
-        Message::Ack { .. } => {
-            return Err(LinkEnd::Violation(
-                "a child sent an Ack (only masters acknowledge)".into(),
-            ))
-        }
+        Ok(())
     }
-    Ok(())
 }

@@ -69,7 +69,7 @@ pub(crate) struct Session {
     /// Ends both tasks; the writer then closes the stream in order.
     pub cancel: CancellationToken,
     /// Set when the peer registered as a child.
-    pub child: Mutex<Option<ChildInfo>>,
+    child: Mutex<Option<ChildInfo>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<VerbResult>>>,
     next_call: AtomicU64,
 }
@@ -102,6 +102,11 @@ impl Session {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Records what the peer said about itself when it registered as a child.
+    pub fn set_child(&self, info: ChildInfo) {
+        *self.child.lock().unwrap_or_else(PoisonError::into_inner) = Some(info);
     }
 
     /// Sends `Call { verb, args }` to the peer and waits for its reply.

@@ -1,6 +1,7 @@
 //! Delivery counters. Every internal event that matters to an operator both logs and bumps a
-//! counter here; the `stats` verb returns them as JSON (a Prometheus exporter can read the
-//! same struct).
+//! counter; the `stats` verb returns them as JSON (a Prometheus exporter can read the same
+//! struct). Each counter lives with the state it counts (delivery, links, calls), and each of
+//! those owners fills its part of one [`Stats`] snapshot.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,28 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::dedup::OriginState;
 
-/// The live counters of one node.
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub alerts_raised: AtomicU64,
-    pub alerts_received: AtomicU64,
-    pub alerts_forwarded: AtomicU64,
-    pub alerts_processed: AtomicU64,
-    pub alerts_sent: AtomicU64,
-    pub duplicates_dropped: AtomicU64,
-    pub acks_received: AtomicU64,
-    pub queue_overflow: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub connection_errors: AtomicU64,
-    pub calls_served: AtomicU64,
-}
-
 /// Adds one.
 pub(crate) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-fn get(c: &AtomicU64) -> u64 {
+/// Reads a counter.
+pub(crate) fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
@@ -75,38 +61,29 @@ pub struct Stats {
     pub origins: BTreeMap<String, OriginState>,
 }
 
-impl Counters {
-    /// Fills the counter fields of a snapshot (the caller adds the rest).
-    #[allow(clippy::too_many_arguments)]
-    pub fn snapshot(
-        &self,
-        node: &str,
-        role: &str,
-        queue_len: usize,
-        queue_capacity: usize,
-        uplink_connected: bool,
-        children: Vec<String>,
-        origins: BTreeMap<String, OriginState>,
-    ) -> Stats {
+impl Stats {
+    /// A snapshot of `node` with every counter at zero; each owner of a part of the node's
+    /// state then fills in its own fields.
+    pub(crate) fn new(node: &str, role: &str) -> Stats {
         Stats {
             node: node.to_string(),
             role: role.to_string(),
-            alerts_raised: get(&self.alerts_raised),
-            alerts_received: get(&self.alerts_received),
-            alerts_forwarded: get(&self.alerts_forwarded),
-            alerts_processed: get(&self.alerts_processed),
-            alerts_sent: get(&self.alerts_sent),
-            duplicates_dropped: get(&self.duplicates_dropped),
-            acks_received: get(&self.acks_received),
-            queue_len,
-            queue_capacity,
-            queue_overflow: get(&self.queue_overflow),
-            reconnects: get(&self.reconnects),
-            connection_errors: get(&self.connection_errors),
-            calls_served: get(&self.calls_served),
-            uplink_connected,
-            children,
-            origins,
+            alerts_raised: 0,
+            alerts_received: 0,
+            alerts_forwarded: 0,
+            alerts_processed: 0,
+            alerts_sent: 0,
+            duplicates_dropped: 0,
+            acks_received: 0,
+            queue_len: 0,
+            queue_capacity: 0,
+            queue_overflow: 0,
+            reconnects: 0,
+            connection_errors: 0,
+            calls_served: 0,
+            uplink_connected: false,
+            children: Vec::new(),
+            origins: BTreeMap::new(),
         }
     }
 }

@@ -6,10 +6,11 @@
 //! sealing costs. The plaintext variant exists only with the `insecure-plaintext` feature and
 //! cannot be chosen from a config file or command line.
 
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use vespa_proto::{
-    client_handshake, server_handshake, Message, ProtoError, Psk, SecureReader, SecureWriter,
+    client_handshake, server_handshake, Message, ProtoError, Psk, SecureReader, SecureStream,
+    SecureWriter,
 };
 
 /// How links are protected.
@@ -62,10 +63,7 @@ async fn secure(
     my_name: &str,
     cfg: &vespa_proto::Config,
 ) -> Result<Link, ProtoError> {
-    let (s, peer_name) = match side {
-        Side::Client => client_handshake(stream, psk, my_name, cfg).await?,
-        Side::Server => server_handshake(stream, psk, my_name, cfg).await?,
-    };
+    let (s, peer_name) = handshake(stream, side, psk, my_name, cfg).await?;
     let (r, w) = s.split();
     Ok(Link {
         reader: LinkReader::Secure(r),
@@ -74,11 +72,54 @@ async fn secure(
     })
 }
 
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    side: Side,
+    psk: &Psk,
+    my_name: &str,
+    cfg: &vespa_proto::Config,
+) -> Result<(SecureStream<S>, String), ProtoError> {
+    match side {
+        Side::Client => client_handshake(stream, psk, my_name, cfg).await,
+        Side::Server => server_handshake(stream, psk, my_name, cfg).await,
+    }
+}
+
+/// As [`establish`], over an in-memory stream: the crate's tests drive links with paused time,
+/// which real sockets would race (the clock jumps to the next timer whenever the runtime
+/// waits on the kernel).
+#[cfg(test)]
+pub(crate) async fn establish_in_memory(
+    stream: tokio::io::DuplexStream,
+    side: Side,
+    security: &Security,
+    my_name: &str,
+    cfg: &vespa_proto::Config,
+) -> Result<Link, ProtoError> {
+    match security {
+        Security::Psk(psk) => {
+            let (s, peer_name) = handshake(stream, side, psk, my_name, cfg).await?;
+            let (r, w) = s.split();
+            Ok(Link {
+                reader: LinkReader::Memory(r),
+                writer: LinkWriter::Memory(w),
+                peer_name,
+            })
+        }
+        #[cfg(feature = "insecure-plaintext")]
+        Security::Plaintext => Err(ProtoError::Handshake(
+            vespa_proto::HandshakeError::Malformed("in-memory links are sealed only"),
+        )),
+    }
+}
+
 /// Receiving half. (The sealed variant is the large one and the one always used; boxing it to
 /// please the size lint would add an indirection per frame for the benchmark's sake.)
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum LinkReader {
     Secure(SecureReader<ReadHalf<TcpStream>>),
+    #[cfg(test)]
+    Memory(SecureReader<ReadHalf<tokio::io::DuplexStream>>),
     #[cfg(feature = "insecure-plaintext")]
     Plain(plain::Reader),
 }
@@ -88,6 +129,8 @@ impl LinkReader {
     pub async fn recv(&mut self) -> Result<Option<Message>, ProtoError> {
         match self {
             LinkReader::Secure(r) => r.recv().await,
+            #[cfg(test)]
+            LinkReader::Memory(r) => r.recv().await,
             #[cfg(feature = "insecure-plaintext")]
             LinkReader::Plain(r) => r.recv().await,
         }
@@ -98,6 +141,8 @@ impl LinkReader {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum LinkWriter {
     Secure(SecureWriter<WriteHalf<TcpStream>>),
+    #[cfg(test)]
+    Memory(SecureWriter<WriteHalf<tokio::io::DuplexStream>>),
     #[cfg(feature = "insecure-plaintext")]
     Plain(plain::Writer),
 }
@@ -107,6 +152,8 @@ impl LinkWriter {
     pub async fn feed(&mut self, msg: &Message) -> Result<(), ProtoError> {
         match self {
             LinkWriter::Secure(w) => w.feed(msg).await,
+            #[cfg(test)]
+            LinkWriter::Memory(w) => w.feed(msg).await,
             #[cfg(feature = "insecure-plaintext")]
             LinkWriter::Plain(w) => w.feed(msg).await,
         }
@@ -116,6 +163,8 @@ impl LinkWriter {
     pub async fn flush(&mut self) -> Result<(), ProtoError> {
         match self {
             LinkWriter::Secure(w) => w.flush().await,
+            #[cfg(test)]
+            LinkWriter::Memory(w) => w.flush().await,
             #[cfg(feature = "insecure-plaintext")]
             LinkWriter::Plain(w) => w.flush().await,
         }
@@ -125,6 +174,8 @@ impl LinkWriter {
     pub async fn close(&mut self) -> Result<(), ProtoError> {
         match self {
             LinkWriter::Secure(w) => w.close().await,
+            #[cfg(test)]
+            LinkWriter::Memory(w) => w.close().await,
             #[cfg(feature = "insecure-plaintext")]
             LinkWriter::Plain(w) => w.close().await,
         }

@@ -8,11 +8,10 @@
 //! answers them like `Call`s of `list_slaves`/`find_node` with a `Reply` of id 0. Callers that
 //! need to match replies use `Call` (ids are per connection).
 //!
-//! Agents plug in through [`AgentVerbs`]: a table of named handlers (each takes the call's
-//! arguments and answers text, JSON text for structured replies, or an error message), plus
-//! optional background work that raises alerts. The sensor agents implement it in
-//! [`crate::sensor_agent`]; the actuator agents (libvirt, SDN controllers, ClamAV) implement it
-//! in their own crates.
+//! Agents plug in through [`crate::AgentVerbs`], whose [`VerbTable`] is a table of named
+//! handlers (each takes the call's arguments and answers text, JSON text for structured
+//! replies, or an error message). This module names the verbs and holds the tables; the
+//! runtime's call routing answers them (the built-ins itself, the rest from the agent's table).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,8 +19,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Serialize;
-
-use crate::node::NodeHandle;
 
 /// A verb's outcome: the reply text (often JSON), or an error description.
 pub type VerbResult = Result<String, String>;
@@ -73,6 +70,11 @@ pub const BUILTIN: [(&str, &str, &str); 7] = [
     ),
 ];
 
+/// True when `name` is one of the runtime's own verbs ([`BUILTIN`]).
+pub fn is_builtin(name: &str) -> bool {
+    BUILTIN.iter().any(|(b, _, _)| *b == name)
+}
+
 /// A fixed table of named handlers.
 #[derive(Clone, Default)]
 pub struct VerbTable {
@@ -91,7 +93,7 @@ impl VerbTable {
         F: Fn(Vec<String>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = VerbResult> + Send + 'static,
     {
-        if BUILTIN.iter().any(|(b, _, _)| *b == name) {
+        if is_builtin(name) {
             tracing::warn!(
                 verb = name,
                 "an agent verb cannot replace a built-in verb; ignored"
@@ -134,20 +136,6 @@ impl VerbTable {
     /// True when the table has no verb.
     pub fn is_empty(&self) -> bool {
         self.verbs.is_empty()
-    }
-}
-
-/// What an agent brings to its node: its verbs, and background work that raises alerts.
-pub trait AgentVerbs: Send + Sync + 'static {
-    /// The agent's verbs (called once, when the node starts).
-    fn verbs(&self) -> VerbTable;
-
-    /// Starts background work (periodic samples, event forwarding). It raises alerts through
-    /// `node` and must end when [`NodeHandle::stopping`] completes; the runtime waits for the
-    /// returned tasks before it flushes the node's queue. Default: none.
-    fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>> {
-        let _ = node;
-        Vec::new()
     }
 }
 

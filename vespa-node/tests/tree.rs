@@ -122,6 +122,19 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Binds `addr` again once it is free: a runtime dropped with `shutdown_background` closes its
+/// sockets on its own worker thread, a moment after the call returns.
+async fn rebind(node: &str, addr: std::net::SocketAddr) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match vespa_node::launch::bind(node, addr) {
+            Ok(l) => return l,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "rebind: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn registered(parent: &Running, child: &str) {
     let h = parent.handle.clone();
     let c = child.to_string();
@@ -258,7 +271,7 @@ async fn a_crashed_ho_loses_nothing_and_the_vo_sees_each_alert_once() {
                 addr: vo_addr,
             };
             let listener = match listen {
-                Some(a) => vespa_node::launch::bind("HO_VM", a).expect("rebind"),
+                Some(a) => rebind("HO_VM", a).await,
                 None => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
             };
             tx.send(listener.local_addr().expect("addr")).expect("send");
