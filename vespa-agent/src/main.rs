@@ -222,5 +222,4 @@ fn log_events(sensors: Sensors) -> tokio::task::JoinHandle<()> {
 
 /// `vespa-agent run`: the agent nodes of the topology, on the node runtime of `vespa-node`.
 /// The sensors start once per process and serve every agent node it hosts.
-mod actuator_agents;
 mod node_agents;

@@ -1,12 +1,12 @@
-//! `vespa-agent run`: the agent nodes of a VESPA tree, fed by the host sensors.
+//! `vespa-agent run`: the agent nodes of a VESPA tree — the sensing agents over this host's
+//! sensors, the acting agents this build has (`vespa_agents`), each on its node.
 use std::{net::IpAddr, sync::Arc};
 
 use anyhow::Context as _;
 use vespa_agent::{SensorConfig, SensorEvent, Sensors};
-use vespa_node::{
-    sensor_agent::{IfaceBytes, RemoteCount, SensorAgent, SensorSource, ThresholdAlert},
-    AgentKind, Hooks, Role, Security,
-};
+use vespa_agents::sensing::{IfaceBytes, RemoteCount, SensorAgent, SensorSource, ThresholdAlert};
+use vespa_agents::topology::{self, Context};
+use vespa_node::{AgentKind, AgentRef, Hooks, Role, Security};
 use vespa_proto::AlertBody;
 
 #[derive(clap::Args)]
@@ -48,21 +48,29 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
         // Acting agents are built first, so a bad parameter or an unreachable libvirt stops
         // the start with a clear error instead of leaving a node without its verbs.
         let mut actuators = std::collections::BTreeMap::new();
+        let ctx = Context {
+            #[cfg(feature = "av")]
+            relay: Arc::new(vespa_agents::relay::TreeRelay {
+                topology: Arc::new(topo.clone()),
+                security: Security::Psk(psk.clone()),
+                me: nodes.first().map(|n| n.name.clone()).unwrap_or_default(),
+            }),
+        };
+        #[cfg(feature = "libvirt")]
         let mut taps = None;
-        let relay = Arc::new(crate::actuator_agents::TreeRelay {
-            topology: Arc::new(topo.clone()),
-            security: Security::Psk(psk.clone()),
-            me: nodes.first().map(|n| n.name.clone()).unwrap_or_default(),
-        });
         for def in &nodes {
             if let Role::Agent(kind) = def.role {
-                if let Some(b) = crate::actuator_agents::build(def, kind, &relay)? {
-                    taps = taps.or(b.taps);
+                if let Some(b) = topology::build(def, kind, &ctx)? {
+                    #[cfg(feature = "libvirt")]
+                    {
+                        taps = taps.or(b.taps);
+                    }
                     actuators.insert(def.name.clone(), b.agent);
                 }
             }
         }
         // With a libvirt agent in this process, the exporter names the VM of each tap device.
+        #[cfg(feature = "libvirt")]
         let vm_of: Option<vespa_agent::export::VmLookup> =
             taps.map(|t| -> vespa_agent::export::VmLookup {
                 Arc::new(move |dev: &str| {
@@ -72,6 +80,8 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
                     })
                 })
             });
+        #[cfg(not(feature = "libvirt"))]
+        let vm_of: Option<vespa_agent::export::VmLookup> = None;
         let exporter = match (&args.metrics, &sensors) {
             (Some(addr), Some(s)) => {
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -91,10 +101,10 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
             _ => None,
         };
         let hooks = |def: &vespa_node::config::NodeDef| -> Hooks {
-            let agent: Option<Arc<dyn vespa_node::AgentVerbs>> = match (def.role, &sensors) {
+            let agent: Option<AgentRef> = match (def.role, &sensors) {
                 (Role::Agent(kind @ (AgentKind::Bandwidth | AgentKind::Connections)), Some(s)) => {
                     let source: Arc<dyn SensorSource> = Arc::new(Source(s.clone(), vm_of.clone()));
-                    Some(Arc::new(SensorAgent::new(
+                    Some(AgentRef::new(SensorAgent::new(
                         kind,
                         source,
                         def.interfaces.clone(),

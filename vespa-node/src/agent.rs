@@ -1,17 +1,27 @@
 //! The plug-in point of agents: what an agent brings to its node.
 //!
-//! An agent (the sensor agents of [`crate::sensor_agent`]; the libvirt, SDN and ClamAV agents
-//! in their own crates) gives its node a [`VerbTable`] and, optionally, background work that
-//! raises alerts through a [`NodeHandle`]. The node calls [`AgentVerbs::verbs`] once when it is
-//! built and [`AgentVerbs::start`] once when it runs.
+//! An agent (the sensing and acting agents of the `vespa-agents` crate; an HO's fast-path
+//! policy in the orchestrator) answers the verbs of its kind, one typed enum
+//! ([`Agent::Verb`]), and may run background work that raises alerts through a
+//! [`NodeHandle`]. The node holds it as an [`AgentRef`], its kind erased: the words of a call
+//! are parsed by that kind's parser, once, and only a parsed verb reaches the agent.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use vespa_proto::verbs::{Verb, VerbDoc, VerbError};
 
 use crate::handle::NodeHandle;
-use crate::verbs::VerbTable;
+use crate::verbs::{VerbFuture, VerbResult};
 
-/// What an agent brings to its node: its verbs, and background work that raises alerts.
-pub trait AgentVerbs: Send + Sync + 'static {
-    /// The agent's verbs (called once, when the node starts).
-    fn verbs(&self) -> VerbTable;
+/// What an agent brings to its node: the verbs of its kind, and background work.
+pub trait Agent: Send + Sync + 'static {
+    /// The verbs of this kind of agent.
+    type Verb: Verb;
+
+    /// Answers one verb: text (JSON text for anything structured) or an error message. A
+    /// verb never panics; the agent keeps serving after any error.
+    fn call(&self, verb: Self::Verb) -> impl Future<Output = VerbResult> + Send + '_;
 
     /// Starts background work (periodic samples, event forwarding). It raises alerts through
     /// `node` and must end when [`NodeHandle::stopping`] completes; the runtime waits for the
@@ -19,5 +29,77 @@ pub trait AgentVerbs: Send + Sync + 'static {
     fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>> {
         let _ = node;
         Vec::new()
+    }
+
+    /// Parses `verb` and its words as one of this agent's verbs, then answers it; words that
+    /// do not parse are answered with the parser's error (`usage: ...`, `unknown verb ...`).
+    fn call_words(
+        &self,
+        verb: &str,
+        args: Vec<String>,
+    ) -> impl Future<Output = VerbResult> + Send + '_ {
+        let parsed = Self::Verb::parse(verb, &args);
+        async move {
+            match parsed {
+                Ok(v) => self.call(v).await,
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// An agent as its node holds it, whatever its kind (cheap to clone).
+#[derive(Clone)]
+pub struct AgentRef(Arc<dyn Erased>);
+
+impl AgentRef {
+    /// Wraps `agent` for a node's [`Hooks`](crate::Hooks).
+    pub fn new<A: Agent>(agent: A) -> AgentRef {
+        AgentRef::from_arc(Arc::new(agent))
+    }
+
+    /// As [`new`](Self::new), for an agent the caller keeps a handle on.
+    pub fn from_arc<A: Agent>(agent: Arc<A>) -> AgentRef {
+        AgentRef(Arc::new(Held(agent)))
+    }
+
+    /// The agent's verbs, as `help` lists them.
+    pub fn docs(&self) -> Vec<VerbDoc> {
+        self.0.docs()
+    }
+
+    /// Parses `verb` and its words as one of the agent's verbs and starts it.
+    pub fn call(&self, verb: &str, args: &[String]) -> Result<VerbFuture, VerbError> {
+        self.0.call(verb, args)
+    }
+
+    /// Starts the agent's background work (see [`Agent::start`]).
+    pub fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>> {
+        self.0.start(node)
+    }
+}
+
+/// [`Agent`] with its kind erased.
+trait Erased: Send + Sync {
+    fn docs(&self) -> Vec<VerbDoc>;
+    fn call(&self, verb: &str, args: &[String]) -> Result<VerbFuture, VerbError>;
+    fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>>;
+}
+
+struct Held<A>(Arc<A>);
+
+impl<A: Agent> Erased for Held<A> {
+    fn docs(&self) -> Vec<VerbDoc> {
+        A::Verb::docs()
+    }
+
+    fn call(&self, verb: &str, args: &[String]) -> Result<VerbFuture, VerbError> {
+        let verb = A::Verb::parse(verb, args)?;
+        let agent = self.0.clone();
+        Ok(Box::pin(async move { agent.call(verb).await }))
+    }
+
+    fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>> {
+        self.0.start(node)
     }
 }

@@ -10,10 +10,11 @@ use vespa_proto::AlertBody;
 
 use crate::delivery::{Delivery, QueueFull};
 use crate::lifecycle::Life;
+use crate::routing::words;
 use crate::routing::Router;
 use crate::stats::Stats;
 use crate::util::now_ns;
-use crate::verbs::VerbResult;
+use crate::verbs::{NodeVerb, Verb, VerbResult};
 
 /// A cheap handle on a running node: raise alerts, read counters, call verbs.
 #[derive(Clone)]
@@ -56,9 +57,26 @@ impl NodeHandle {
         self.router.stats()
     }
 
-    /// Runs a verb here as if called over the network (`call <node> ...` routes down).
-    pub async fn call(&self, verb: &str, args: Vec<String>) -> VerbResult {
-        self.router.clone().dispatch(verb.to_string(), args).await
+    /// Calls `verb` at `node`: this node, or any node below it (as `call <node> <verb> ...`,
+    /// routed down the tree). The reply comes back as it would over the network.
+    pub async fn call(&self, node: &str, verb: impl Verb) -> VerbResult {
+        let (verb, args) = if node == self.name() {
+            words(verb)
+        } else {
+            let (name, args) = words(verb);
+            words(NodeVerb::Call {
+                node: node.to_string(),
+                verb: name,
+                args,
+            })
+        };
+        self.call_words(verb, args).await
+    }
+
+    /// Runs a call's words at this node as if they came over the network: the way for words
+    /// typed by an operator, which the node parses like any other call.
+    pub async fn call_words(&self, verb: String, args: Vec<String>) -> VerbResult {
+        self.router.clone().dispatch(verb, args).await
     }
 
     /// Completes when the node starts stopping; background producers end then.

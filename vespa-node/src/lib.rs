@@ -6,9 +6,10 @@
 //! - [`Node`]: one node. It listens for its children (and operators' calls), keeps an uplink
 //!   to its master, and moves alerts up the tree with at-least-once delivery and per-hop
 //!   de-duplication (see [`delivery`] for the exact guarantee).
-//! - [`verbs`]: the 2014 verbs as a closed set (`help`, `list_slaves`, `find_node`, `call`,
-//!   `destroy`, plus `stats`, `get_alerts`) and [`AgentVerbs`], the plug-in point of agents.
-//! - [`sensor_agent`]: the bandwidth and connections agents over a [`sensor_agent::SensorSource`].
+//! - [`verbs`]: the runtime's own verbs (`help`, `list_slaves`, `find_node`, `call`, `stats`,
+//!   `get_alerts`, `destroy`), typed and parsed once; [`Agent`], the plug-in point of agents,
+//!   each answering the typed verbs of its kind (the agents themselves live in
+//!   `vespa-agents`).
 //! - [`Client`]: calls verbs on a node from outside the tree.
 //! - [`launch`]: running the nodes of one process from a topology (used by both binaries).
 //!
@@ -29,8 +30,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! **Architecture invariant:** this crate never links the eBPF loader; agents reach the host
-//! sensors through [`sensor_agent::SensorSource`], implemented in `vespa-agent`.
+//! **Architecture invariant:** this crate is the tree runtime only: it never links the eBPF
+//! loader, libvirt or an HTTP client, and holds no agent; agents plug in through [`Agent`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -50,7 +51,6 @@ pub mod node;
 pub mod outbox;
 mod peers;
 mod routing;
-pub mod sensor_agent;
 mod server;
 mod session;
 mod spec;
@@ -60,7 +60,7 @@ mod uplink;
 mod util;
 pub mod verbs;
 
-pub use agent::AgentVerbs;
+pub use agent::{Agent, AgentRef};
 pub use client::Client;
 pub use config::{AgentKind, ConfigError, Role, Settings, Topology};
 pub use error::NodeError;
@@ -68,4 +68,4 @@ pub use node::{AlertHandler, Exit, Hooks, MasterAddr, Node, NodeHandle, NodeSpec
 pub use session::ChildInfo;
 pub use stats::Stats;
 pub use transport::Security;
-pub use verbs::{VerbInfo, VerbResult, VerbTable};
+pub use verbs::{VerbFuture, VerbResult};

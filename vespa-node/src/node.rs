@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::AgentVerbs;
+use crate::agent::AgentRef;
 use crate::delivery::Delivery;
 use crate::error::NodeError;
 use crate::lifecycle::Life;
@@ -32,8 +32,8 @@ pub use crate::spec::{MasterAddr, NodeSpec};
 /// What the embedding program adds to a node.
 #[derive(Default, Clone)]
 pub struct Hooks {
-    /// The agent behind an agent node.
-    pub agent: Option<Arc<dyn AgentVerbs>>,
+    /// The agent behind an agent node (or the verbs an HO adds for its fast path).
+    pub agent: Option<AgentRef>,
     /// Alert handlers (the VO's policy, tests, ...).
     pub alert_handlers: Vec<AlertHandler>,
 }
@@ -54,7 +54,7 @@ pub struct Node {
     peers: Arc<Peers>,
     router: Arc<Router>,
     life: Arc<Life>,
-    agent: Option<Arc<dyn AgentVerbs>>,
+    agent: Option<AgentRef>,
 }
 
 impl Node {
@@ -63,10 +63,9 @@ impl Node {
         let delivery = Arc::new(Delivery::new(&spec, hooks.alert_handlers)?);
         let peers = Arc::new(Peers::new());
         let life = Arc::new(Life::new());
-        let verbs = hooks.agent.as_ref().map(|a| a.verbs()).unwrap_or_default();
         let router = Arc::new(Router::new(
             &spec,
-            verbs,
+            hooks.agent.clone(),
             delivery.clone(),
             peers.clone(),
             life.clone(),

@@ -1,11 +1,11 @@
 //! Calls: answering a verb at this node, and routing a call down the tree to the node it
 //! names.
 //!
-//! Every call a node answers, from a connection ([`Router::answer`]) or from its own handle,
-//! comes through [`Router::dispatch`], which is the one seam between the runtime's verbs and
-//! an agent's: a name of [`crate::verbs::BUILTIN`] is answered by the runtime
-//! ([`Router::builtin`]), any other name goes to the agent's [`VerbTable`]
-//! ([`Router::agent_verb`]), and a name in neither is an error reply.
+//! Every call a node answers, from a connection or from its own handle, comes through
+//! [`Router::dispatch`], which is the one seam between the runtime's verbs and an agent's: the
+//! words are parsed as a [`NodeVerb`] first and answered by the runtime ([`Router::builtin`]);
+//! a name that is not one is parsed as a verb of the node's agent ([`Router::agent_verb`]);
+//! a name in neither is an error reply.
 //!
 //! A node knows only its direct children (they registered). To reach a node further down,
 //! `find_node` asks the children that can have children, concurrently, and the answer (which
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use vespa_proto::{Message, NodeKind};
 
+use crate::agent::AgentRef;
 use crate::config::Role;
 use crate::delivery::Delivery;
 use crate::lifecycle::Life;
@@ -27,15 +28,15 @@ use crate::session::Session;
 use crate::spec::NodeSpec;
 use crate::stats::{get, inc, Stats};
 use crate::util::lock;
-use crate::verbs::{help_text, is_builtin, VerbFuture, VerbResult, VerbTable};
+use crate::verbs::{help_text, NodeVerb, Verb, VerbError, VerbFuture, VerbResult};
 
 /// Answers and routes the calls of one node.
 pub(crate) struct Router {
     name: String,
     role: Role,
     call_timeout: Duration,
-    /// The agent's verbs (empty for HOs and the VO).
-    verbs: VerbTable,
+    /// The node's agent (none for most HOs and the VO).
+    agent: Option<AgentRef>,
     /// Where `call` found nodes below this one: target -> child name.
     route_cache: Mutex<HashMap<String, String>>,
     /// Calls answered.
@@ -50,7 +51,7 @@ impl Router {
     /// and any other verb from `verbs`.
     pub fn new(
         spec: &NodeSpec,
-        verbs: VerbTable,
+        agent: Option<AgentRef>,
         delivery: Arc<Delivery>,
         peers: Arc<Peers>,
         life: Arc<Life>,
@@ -59,7 +60,7 @@ impl Router {
             name: spec.name.clone(),
             role: spec.role,
             call_timeout: spec.settings.call_timeout,
-            verbs,
+            agent,
             route_cache: Mutex::new(HashMap::new()),
             calls_served: AtomicU64::new(0),
             delivery,
@@ -72,10 +73,10 @@ impl Router {
     /// `FindNode`, which carry no id and are answered like `Call`s of `list_slaves` and
     /// `find_node` with a `Reply` of id 0. Other messages are not calls and are left alone.
     pub fn answer(self: &Arc<Self>, session: &Arc<Session>, msg: Message) {
-        let (id, verb, args) = match msg {
-            Message::Call { id, verb, args } => (id, verb, args),
-            Message::ListSlaves => (0, "list_slaves".to_string(), vec![]),
-            Message::FindNode { name } => (0, "find_node".to_string(), vec![name]),
+        let (id, (verb, args)) = match msg {
+            Message::Call { id, verb, args } => (id, (verb, args)),
+            Message::ListSlaves => (0, words(NodeVerb::ListSlaves {})),
+            Message::FindNode { name } => (0, words(NodeVerb::FindNode { name })),
             _ => return,
         };
         self.spawn_call(session.clone(), id, verb, args);
@@ -93,8 +94,9 @@ impl Router {
         inc(&self.calls_served);
         let router = self.clone();
         tokio::spawn(async move {
-            let destroy = verb == "destroy";
-            let result = router.clone().dispatch(verb, args).await;
+            let parsed = NodeVerb::parse(&verb, &args);
+            let destroy = matches!(parsed, Ok(NodeVerb::Destroy {}));
+            let result = router.clone().answer_parsed(parsed, verb, args).await;
             let _ = session.ctl.send(Message::Reply { id, result }).await;
             if destroy {
                 router.life.request_destroy();
@@ -105,57 +107,58 @@ impl Router {
     /// Runs one verb at this node. `destroy` only answers here; the caller starts it after
     /// the reply is on its way.
     pub fn dispatch(self: Arc<Self>, verb: String, args: Vec<String>) -> VerbFuture {
-        Box::pin(async move {
-            if is_builtin(&verb) {
-                self.builtin(&verb, args).await
-            } else {
-                self.agent_verb(&verb, args).await
-            }
-        })
+        let parsed = NodeVerb::parse(&verb, &args);
+        Box::pin(self.answer_parsed(parsed, verb, args))
     }
 
-    /// The runtime's own verbs ([`crate::verbs::BUILTIN`]).
-    async fn builtin(self: Arc<Self>, verb: &str, args: Vec<String>) -> VerbResult {
-        match verb {
-            "help" => Ok(help_text(&self.name, &self.verbs)),
-            "list_slaves" => {
-                let kids: Vec<_> = self.peers.children().into_iter().map(|(c, _)| c).collect();
-                serde_json::to_string(&kids).map_err(|e| e.to_string())
-            }
-            "find_node" => {
-                let [target] = args.as_slice() else {
-                    return Err("usage: find_node <name>".into());
-                };
-                self.find_node(target)
-                    .await
-                    .and_then(|p| serde_json::to_string(&p).map_err(|e| e.to_string()))
-            }
-            "call" => self.call(args).await,
-            "stats" => serde_json::to_string(&self.stats()).map_err(|e| e.to_string()),
-            "get_alerts" => {
-                let from = match args.first() {
-                    None => 0,
-                    Some(a) => a
-                        .parse::<u64>()
-                        .map_err(|_| format!("{a:?} is not an index"))?,
-                };
-                Ok(self.delivery.get_alerts(from))
-            }
-            "destroy" => Ok(format!("destroying {} and its subtree", self.name)),
-            // A built-in name without an arm above: no agent can have taken it (`VerbTable`
-            // refuses built-in names), so this is the reply for an unknown verb.
-            other => self.agent_verb(other, args).await,
+    /// Answers words already tried as a built-in verb: the built-in, else the agent's verb.
+    async fn answer_parsed(
+        self: Arc<Self>,
+        parsed: Result<NodeVerb, VerbError>,
+        verb: String,
+        args: Vec<String>,
+    ) -> VerbResult {
+        match parsed {
+            Ok(v) => self.builtin(v).await,
+            Err(e) if e.is_unknown() => self.agent_verb(&verb, &args).await,
+            Err(e) => Err(e.to_string()),
         }
     }
 
-    /// A verb of the agent's table, or an error naming the verb.
-    async fn agent_verb(&self, verb: &str, args: Vec<String>) -> VerbResult {
-        match self.verbs.call(verb, args) {
-            Some(fut) => fut.await,
-            None => Err(format!(
-                "{} has no verb {verb:?} (`help` lists them)",
-                self.name
-            )),
+    /// The runtime's own verbs.
+    async fn builtin(self: Arc<Self>, verb: NodeVerb) -> VerbResult {
+        match verb {
+            NodeVerb::Help {} => {
+                let agent = self.agent.as_ref().map(AgentRef::docs).unwrap_or_default();
+                Ok(help_text(&self.name, &agent))
+            }
+            NodeVerb::ListSlaves {} => {
+                let kids: Vec<_> = self.peers.children().into_iter().map(|(c, _)| c).collect();
+                serde_json::to_string(&kids).map_err(|e| e.to_string())
+            }
+            NodeVerb::FindNode { name } => self
+                .find_node(&name)
+                .await
+                .and_then(|p| serde_json::to_string(&p).map_err(|e| e.to_string())),
+            NodeVerb::Call { node, verb, args } => self.call(node, verb, args).await,
+            NodeVerb::Stats {} => serde_json::to_string(&self.stats()).map_err(|e| e.to_string()),
+            NodeVerb::GetAlerts { from_index } => {
+                Ok(self.delivery.get_alerts(from_index.unwrap_or(0)))
+            }
+            NodeVerb::Destroy {} => Ok(format!("destroying {} and its subtree", self.name)),
+        }
+    }
+
+    /// A verb of the node's agent, or an error naming the verb.
+    async fn agent_verb(&self, verb: &str, args: &[String]) -> VerbResult {
+        let no_verb = || format!("{} has no verb {verb:?} (`help` lists them)", self.name);
+        let Some(agent) = &self.agent else {
+            return Err(no_verb());
+        };
+        match agent.call(verb, args) {
+            Ok(fut) => fut.await,
+            Err(e) if e.is_unknown() => Err(no_verb()),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -182,7 +185,10 @@ impl Router {
             kids.iter()
                 .filter(|(c, _)| c.kind != NodeKind::Agent)
                 .map(|(c, s)| async move {
-                    let reply = s.call("find_node", vec![target.to_string()], timeout).await;
+                    let (verb, args) = words(NodeVerb::FindNode {
+                        name: target.to_string(),
+                    });
+                    let reply = s.call(&verb, args, timeout).await;
                     (c.name.clone(), reply)
                 });
         for (child, reply) in futures_util::future::join_all(asks).await {
@@ -199,12 +205,7 @@ impl Router {
     }
 
     /// `call <node> <verb> [args...]`.
-    async fn call(self: Arc<Self>, args: Vec<String>) -> VerbResult {
-        let mut it = args.into_iter();
-        let (Some(target), Some(verb)) = (it.next(), it.next()) else {
-            return Err("usage: call <node> <verb> [args...]".into());
-        };
-        let rest: Vec<String> = it.collect();
+    async fn call(self: Arc<Self>, target: String, verb: String, rest: Vec<String>) -> VerbResult {
         if target == self.name {
             return self.dispatch(verb, rest).await;
         }
@@ -223,8 +224,16 @@ impl Router {
                     .ok_or_else(|| format!("{next} disconnected"))?
             }
         };
-        let mut fwd = vec![target, verb];
-        fwd.extend(rest);
-        via.call("call", fwd, timeout).await
+        let (verb, args) = words(NodeVerb::Call {
+            node: target,
+            verb,
+            args: rest,
+        });
+        via.call(&verb, args, timeout).await
     }
+}
+
+/// A verb as the words a `Call` carries.
+pub(crate) fn words(verb: impl Verb) -> (String, Vec<String>) {
+    (verb.name().to_string(), verb.args())
 }

@@ -276,7 +276,6 @@ mod tests {
     use super::*;
     use crate::config::{AgentKind, Role, Settings};
     use crate::transport::Security;
-    use crate::verbs::VerbTable;
 
     const HEARTBEAT: Duration = Duration::from_secs(1);
     const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -355,7 +354,7 @@ mod tests {
             let life = Arc::new(Life::new());
             let router = Arc::new(Router::new(
                 &spec,
-                VerbTable::new(),
+                None,
                 delivery.clone(),
                 peers.clone(),
                 life.clone(),

@@ -6,9 +6,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use vespa_node::{
-    AgentKind, AgentVerbs, Exit, Hooks, MasterAddr, Node, NodeHandle, NodeSpec, Role, Security,
-    VerbTable,
+    Agent, AgentKind, AgentRef, Exit, Hooks, MasterAddr, Node, NodeHandle, NodeSpec, Role,
+    Security, VerbResult,
 };
+use vespa_proto::verbs::{Arg, VerbError, Words};
 use vespa_proto::{Alert, AlertBody, Psk};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -21,18 +22,42 @@ fn fast(mut spec: NodeSpec) -> NodeSpec {
     spec
 }
 
+vespa_proto::verbs! {
+    /// The test agent's verbs.
+    enum EchoVerb {
+        /// says the words back
+        Echo "echo" { words: Said },
+        /// always fails
+        Fail "fail" {},
+    }
+}
+
+/// Every word left, shown as one argument.
+#[derive(Debug, Clone, PartialEq)]
+struct Said(Vec<String>);
+
+impl Arg for Said {
+    fn usage(field: &str) -> String {
+        format!("<{field}>")
+    }
+    fn take(words: &mut Words<'_>, _: &'static str) -> Result<Self, VerbError> {
+        Ok(Said(words.rest().into_iter().map(String::from).collect()))
+    }
+    fn put(&self, out: &mut Vec<String>) {
+        out.extend(self.0.iter().cloned());
+    }
+}
+
 struct Echo;
 
-impl AgentVerbs for Echo {
-    fn verbs(&self) -> VerbTable {
-        let mut t = VerbTable::new();
-        t.add_sync("echo", "<words>", "says the words back", |args| {
-            Ok(args.join(" "))
-        });
-        t.add_sync("fail", "", "always fails", |_| {
-            Err("failed on purpose".into())
-        });
-        t
+impl Agent for Echo {
+    type Verb = EchoVerb;
+
+    async fn call(&self, verb: EchoVerb) -> VerbResult {
+        match verb {
+            EchoVerb::Echo { words } => Ok(words.0.join(" ")),
+            EchoVerb::Fail {} => Err("failed on purpose".into()),
+        }
     }
 }
 
@@ -151,7 +176,7 @@ async fn alerts_climb_in_order_with_their_path_and_calls_route_down() {
     let vo = start("VO", Role::Vo, None, &psk, vo_hooks, None).await;
     let ho = start("HO_VM", Role::HoVm, Some(&vo), &psk, Hooks::default(), None).await;
     let agent_hooks = Hooks {
-        agent: Some(Arc::new(Echo)),
+        agent: Some(AgentRef::new(Echo)),
         alert_handlers: vec![],
     };
     let agent = start(
@@ -197,7 +222,7 @@ async fn alerts_climb_in_order_with_their_path_and_calls_route_down() {
     // Calls: from the VO, down two hops, and back.
     let call = |args: &[&str]| {
         vo.handle
-            .call("call", args.iter().map(|s| s.to_string()).collect())
+            .call_words("call".into(), args.iter().map(|s| s.to_string()).collect())
     };
     assert_eq!(
         call(&["agent1", "echo", "hello", "tree"]).await,
@@ -222,7 +247,7 @@ async fn alerts_climb_in_order_with_their_path_and_calls_route_down() {
     );
     let path: Vec<String> = serde_json::from_str(
         &vo.handle
-            .call("find_node", vec!["agent1".into()])
+            .call_words("find_node".into(), vec!["agent1".into()])
             .await
             .expect("found"),
     )
@@ -237,7 +262,7 @@ async fn alerts_climb_in_order_with_their_path_and_calls_route_down() {
     assert_eq!(ho_stats.alerts_forwarded, 2000);
 
     // Destroy from the top stops the whole tree.
-    assert!(vo.handle.call("destroy", vec![]).await.is_ok());
+    assert!(vo.handle.call_words("destroy".into(), vec![]).await.is_ok());
     vo.handle.destroy();
     for (name, r) in [("VO", vo.exit), ("HO", ho.exit), ("agent", agent.exit)] {
         let exit = tokio::time::timeout(WAIT, r)

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use vespa_node::{launch, Client, Hooks, Role, Security, Topology};
+use vespa_node::{launch, AgentRef, Client, Hooks, Role, Security, Topology};
 use vespa_orchestrator::control::{PolicyControl, PolicyError};
 use vespa_orchestrator::http;
 use vespa_orchestrator::metrics::Metrics;
 use vespa_orchestrator::policy_driver::{
     load_rules, HoPolicyVerbs, PolicyDriver, PolicySet, RemoteDrivers,
 };
+use vespa_proto::verbs::{NodeVerb, Verb};
 
 /// Horizontal (HO_VM, HO_HY, HO_PH) and vertical (VO) orchestrators of VESPA.
 ///
@@ -308,7 +309,7 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
                 if def.role.is_ho() {
                     // The VO's API reaches an HO's driver through these when they are in
                     // different processes; `call` reaches them from a shell either way.
-                    h.agent = Some(Arc::new(HoPolicyVerbs(d.clone())));
+                    h.agent = Some(AgentRef::new(HoPolicyVerbs(d.clone())));
                 }
             }
             h
@@ -370,14 +371,19 @@ fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
             timeout,
         )
         .await?;
-        let reply = if args.target == via.name {
-            let a: Vec<&str> = args.args.iter().map(String::as_str).collect();
-            client.call(&args.verb, &a).await?
+        // The operator's words go as they are: the node they reach parses them.
+        let (verb, words) = if args.target == via.name {
+            (args.verb.clone(), args.args.clone())
         } else {
-            let mut a: Vec<&str> = vec![&args.target, &args.verb];
-            a.extend(args.args.iter().map(String::as_str));
-            client.call("call", &a).await?
+            let routed = NodeVerb::Call {
+                node: args.target.clone(),
+                verb: args.verb.clone(),
+                args: args.args.clone(),
+            };
+            (routed.name().to_string(), routed.args())
         };
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let reply = client.call(&verb, &words).await?;
         client.close().await;
         anyhow::Ok(reply)
     })?;

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use vespa_node::{AgentKind, AlertHandler, NodeHandle, Role, Topology};
 use vespa_policy::{step, Action, Input, KeyKind, Mac, Rules, State, DEFAULT_RULES};
+use vespa_proto::verbs::SensorVerb;
 use vespa_proto::{Alert, AlertBody};
 
 use crate::control::{PolicyControl, PolicyError};
@@ -55,7 +56,7 @@ pub mod placement;
 mod remote;
 mod set;
 
-pub use convert::{health_input, to_call, to_policy_body};
+pub use convert::{call_of, health_input, to_policy_body, ActuatorCall};
 use convert::{is_counter, target_arg};
 pub use remote::{HoPolicyVerbs, RemoteDrivers};
 pub(crate) use set::merge_releases;
@@ -478,8 +479,8 @@ impl PolicyDriver {
             if !asked.insert((alert.origin.clone(), ip)) {
                 continue;
             }
-            let args = vec![alert.origin.clone(), "mac_of".to_string(), ip.to_string()];
-            let reply = tokio::time::timeout(MAC_TIMEOUT, node.call("call", args)).await;
+            let ask = node.call(&alert.origin, SensorVerb::MacOf { ip });
+            let reply = tokio::time::timeout(MAC_TIMEOUT, ask).await;
             match reply {
                 Ok(Ok(text)) => match text.trim().parse::<Mac>() {
                     Ok(mac) => {
@@ -513,7 +514,7 @@ impl PolicyDriver {
     /// What an HO raises when its fast path acts: the call, and the rules behind it (those
     /// that held the effect, also when the action undoes it).
     fn fast_path_note(&self, at: &str, action: &Action) -> Option<String> {
-        let (agent, verb, args) = to_call(action)?;
+        let (agent, call) = call_of(action)?;
         let rules = action
             .effect()
             .map(|e| self.core().state.rules_behind(&e).join(", "));
@@ -521,10 +522,7 @@ impl PolicyDriver {
             .filter(|r| !r.is_empty())
             .map(|r| format!(" (rule {r})"))
             .unwrap_or_default();
-        Some(format!(
-            "fast path at {at}: {verb} {} on {agent}{why}",
-            args.join(" ")
-        ))
+        Some(format!("fast path at {at}: {call} on {agent}{why}"))
     }
 
     /// Carries out `actions` in order: actuator calls are sent at once (each on its own task,
@@ -553,9 +551,10 @@ impl PolicyDriver {
                 _ => {}
             }
             let Some(id) = action.id() else { continue };
-            let Some((via, verb, args)) = to_call(&action) else {
+            let Some((via, call)) = call_of(&action) else {
                 continue;
             };
+            let verb = call.name();
             let sent_ns = unix_ns();
             let timing = match &action {
                 Action::Block { target, .. } => {
@@ -578,7 +577,7 @@ impl PolicyDriver {
                     true
                 }
                 _ => {
-                    tracing::info!(node = here, id, %via, verb, ?args, "policy action sent");
+                    tracing::info!(node = here, id, %via, %call, "policy action sent");
                     false
                 }
             };
@@ -592,14 +591,8 @@ impl PolicyDriver {
             let handle = node.clone();
             tokio::spawn(async move {
                 let here = handle.name();
-                let fut = if via == here {
-                    handle.call(verb, args)
-                } else {
-                    let mut a = vec![via.clone(), verb.to_string()];
-                    a.extend(args);
-                    handle.call("call", a)
-                };
-                let reply = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+                let reply = match tokio::time::timeout(CALL_TIMEOUT, call.send(&handle, &via)).await
+                {
                     Ok(r) => r,
                     Err(_) => Err(format!(
                         "{via} did not answer {verb} within {CALL_TIMEOUT:?}"

@@ -23,7 +23,7 @@ const CRATE_ROOTS: &[&str] = &[
     "vespa-ebpf/src/main.rs",
     "vespa-proto/src/lib.rs",
     "vespa-node/src/lib.rs",
-    "vespa-actuators/src/lib.rs",
+    "vespa-agents/src/lib.rs",
     "vespa-agent/src/lib.rs",
     "vespa-agent/src/main.rs",
     "vespa-policy/src/lib.rs",
@@ -44,6 +44,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     };
     check("rustfmt", fmt(root));
     check("clippy (workspace)", clippy_workspace(root));
+    check("clippy (sensor-only agent)", clippy_sensor_only(root));
     check("clippy (vespa-ebpf)", clippy_ebpf(root));
     check("module circles", module_circles(root));
     if failed.is_empty() {
@@ -95,6 +96,24 @@ fn clippy_workspace(root: &Path) -> anyhow::Result<()> {
             "warnings",
         ]),
         "clippy (workspace)",
+    )
+}
+
+/// The agent without its acting agents (`--no-default-features`): what the exporter runs.
+fn clippy_sensor_only(root: &Path) -> anyhow::Result<()> {
+    step("lint: cargo clippy -p vespa-agent --no-default-features -- -D warnings");
+    run_cmd(
+        Command::new(cargo_bin()).current_dir(root).args([
+            "clippy",
+            "-p",
+            "vespa-agent",
+            "--no-default-features",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        "clippy (sensor-only agent)",
     )
 }
 

@@ -19,6 +19,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{middleware, Router};
 use vespa_node::{AgentKind, Role};
+use vespa_proto::verbs::SdnVerb;
 
 use super::view::Direction;
 use super::{call_node, json, tree, ApiError, ApiState, Shared};
@@ -48,8 +49,8 @@ pub fn routes() -> Router<Shared> {
         )
         .route("/get_alerts", get(get_alerts))
         .route("/get_ip_connections", get(get_ip_connections))
-        .route("/get_topology", get(|s| sdn(s, "get_topology")))
-        .route("/get_link_stats", get(|s| sdn(s, "get_link_stats")))
+        .route("/get_topology", get(|s| sdn(s, SdnVerb::GetTopology {})))
+        .route("/get_link_stats", get(|s| sdn(s, SdnVerb::GetLinkStats {})))
         .route("/get_configini", get(get_configini))
         .layer(middleware::map_response(cors))
 }
@@ -164,7 +165,7 @@ pub(crate) fn sdn_agent(state: &ApiState) -> Option<&str> {
         .map(|n| n.name.as_str())
 }
 
-async fn sdn(State(state): State<Shared>, verb: &'static str) -> Result<Response, ApiError> {
+async fn sdn(State(state): State<Shared>, verb: SdnVerb) -> Result<Response, ApiError> {
     let Some(agent) = sdn_agent(&state) else {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no SDN controller agent in the topology (kind agent_controller_osken, _floodlight or _pox)"));
     };

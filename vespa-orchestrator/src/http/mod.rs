@@ -36,6 +36,7 @@ use axum::routing::get;
 use axum::{middleware, Router};
 use prometheus_client::registry::Registry;
 use vespa_node::{NodeHandle, Role, Topology};
+use vespa_proto::verbs::{NodeVerb, Verb};
 
 use crate::control::{PolicyControl, PolicyError};
 
@@ -155,19 +156,13 @@ pub(crate) fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), Api
 pub(crate) async fn call_node(
     state: &ApiState,
     target: &str,
-    verb: &str,
+    verb: impl Verb,
 ) -> Result<String, String> {
-    let fut = if target == state.vo.name() {
-        state.vo.call(verb, Vec::new())
-    } else {
-        state
-            .vo
-            .call("call", vec![target.to_string(), verb.to_string()])
-    };
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+    let name = verb.name();
+    match tokio::time::timeout(CALL_TIMEOUT, state.vo.call(target, verb)).await {
         Ok(r) => r,
         Err(_) => Err(format!(
-            "{target} did not answer {verb} within {CALL_TIMEOUT:?}"
+            "{target} did not answer {name} within {CALL_TIMEOUT:?}"
         )),
     }
 }
@@ -196,7 +191,7 @@ pub(crate) async fn tree(state: &ApiState) -> serde_json::Value {
 }
 
 async fn children_of(state: &ApiState, node: &str) -> Result<Vec<serde_json::Value>, String> {
-    let text = call_node(state, node, "list_slaves").await?;
+    let text = call_node(state, node, NodeVerb::ListSlaves {}).await?;
     serde_json::from_str(&text)
         .map_err(|e| format!("{node} answered list_slaves with something else than a list: {e}"))
 }

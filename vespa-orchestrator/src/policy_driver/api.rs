@@ -5,7 +5,7 @@
 
 use vespa_policy::{Action, Effect, Input, Target};
 
-use super::convert::{parse_key, parse_target, target_arg, to_call};
+use super::convert::{call_of, parse_key, parse_target, target_arg};
 use super::{load_rules, Event, PolicyDriver};
 use crate::control::{ActiveAction, PolicyControl, PolicyError};
 
@@ -77,7 +77,7 @@ impl PolicyControl for PolicyDriver {
         let actions = self.step(Input::ManualRelease { key: k.clone() });
         let done: Vec<String> = actions
             .iter()
-            .filter_map(|a| to_call(a).map(|(n, v, args)| format!("{n} {v} {}", args.join(" "))))
+            .filter_map(|a| call_of(a).map(|(node, call)| format!("{node} {call}")))
             .collect();
         if done.is_empty() && !actions.iter().any(|a| matches!(a, Action::DryRun(_))) {
             return Err(PolicyError::NotFound(format!(

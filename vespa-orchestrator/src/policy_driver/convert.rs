@@ -1,10 +1,13 @@
 //! What crosses between the tree and the policy: alert bodies into the policy's inputs, the
-//! operator's text into keys and targets, and actions into calls. [`to_call`] is the one
-//! place where an action becomes a call.
+//! operator's text into keys and targets, and actions into typed calls. [`call_of`] is the
+//! one place where an action becomes a call.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
+use vespa_node::{NodeHandle, VerbResult};
 use vespa_policy::{Action, Input, Key, Mac, Target};
+use vespa_proto::verbs::{self, AvVerb, BlockSelector, LibvirtVerb, SdnVerb, Ttl, Verb};
 use vespa_proto::AlertBody;
 
 /// Converts a VO alert body into the policy's mirror type.
@@ -49,9 +52,70 @@ pub(super) fn target_arg(t: &Target) -> String {
     }
 }
 
-/// The call an actuator action becomes: `(node, verb, args)`. `None` for alerts and dry-run
-/// records, which are never sent anywhere.
-pub fn to_call(action: &Action) -> Option<(String, &'static str, Vec<String>)> {
+/// A call an actuator action becomes: a verb of the agent kind that carries it out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActuatorCall {
+    /// To an SDN controller agent.
+    Sdn(SdnVerb),
+    /// To the libvirt agent.
+    Libvirt(LibvirtVerb),
+    /// To an antivirus agent.
+    Av(AvVerb),
+}
+
+impl ActuatorCall {
+    /// The verb's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ActuatorCall::Sdn(v) => v.name(),
+            ActuatorCall::Libvirt(v) => v.name(),
+            ActuatorCall::Av(v) => v.name(),
+        }
+    }
+
+    /// The verb's words.
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            ActuatorCall::Sdn(v) => v.args(),
+            ActuatorCall::Libvirt(v) => v.args(),
+            ActuatorCall::Av(v) => v.args(),
+        }
+    }
+
+    /// Sends it to `agent` from `node` (down the tree) and waits for the reply.
+    pub async fn send(self, node: &NodeHandle, agent: &str) -> VerbResult {
+        match self {
+            ActuatorCall::Sdn(v) => node.call(agent, v).await,
+            ActuatorCall::Libvirt(v) => node.call(agent, v).await,
+            ActuatorCall::Av(v) => node.call(agent, v).await,
+        }
+    }
+}
+
+impl std::fmt::Display for ActuatorCall {
+    /// `verb arg arg...`, as on the wire.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActuatorCall::Sdn(v) => v.fmt(f),
+            ActuatorCall::Libvirt(v) => v.fmt(f),
+            ActuatorCall::Av(v) => v.fmt(f),
+        }
+    }
+}
+
+/// A policy target as the verbs carry it.
+fn wire_target(t: &Target) -> verbs::Target {
+    match t {
+        Target::Ip(ip) => verbs::Target::Ip(*ip),
+        Target::Mac(m) => verbs::Target::Mac(verbs::MacAddr(m.0)),
+    }
+}
+
+/// The call an actuator action becomes: the agent it goes to and the verb. `None` for alerts
+/// and dry-run records, which are never sent anywhere. The one place where an action becomes
+/// a call.
+pub fn call_of(action: &Action) -> Option<(String, ActuatorCall)> {
+    use ActuatorCall::{Av, Libvirt, Sdn};
     Some(match action {
         Action::Block {
             target,
@@ -60,30 +124,54 @@ pub fn to_call(action: &Action) -> Option<(String, &'static str, Vec<String>)> {
             ..
         } => {
             let ttl = if *ttl_ns == 0 {
-                "none".to_string()
+                Ttl::Forever
             } else {
-                ttl_ns.div_ceil(vespa_policy::SECOND).to_string()
+                Ttl::After(Duration::from_secs(ttl_ns.div_ceil(vespa_policy::SECOND)))
             };
-            (via.clone(), "block_hackers", vec![target_arg(target), ttl])
+            let target = wire_target(target);
+            let verb = SdnVerb::BlockHackers {
+                target,
+                ttl: Some(ttl),
+            };
+            (via.clone(), Sdn(verb))
         }
         Action::Release { target, via, .. } => {
-            (via.clone(), "release_hackers", vec![target_arg(target)])
+            let which = Some(BlockSelector::Target(wire_target(target)));
+            (via.clone(), Sdn(SdnVerb::ReleaseHackers { which }))
         }
-        Action::CutLink { vm, via, .. } => (via.clone(), "cut_link", vec![vm.clone()]),
-        Action::ConnectLink { vm, via, .. } => (via.clone(), "connect_link", vec![vm.clone()]),
+        Action::CutLink { vm, via, .. } => {
+            let verb = LibvirtVerb::CutLink {
+                vm: vm.clone(),
+                mac: None,
+            };
+            (via.clone(), Libvirt(verb))
+        }
+        Action::ConnectLink { vm, via, .. } => {
+            let verb = LibvirtVerb::ConnectLink {
+                vm: vm.clone(),
+                mac: None,
+            };
+            (via.clone(), Libvirt(verb))
+        }
         Action::Migrate { vm, to, via, .. } => {
-            (via.clone(), "migrate", vec![vm.clone(), to.clone()])
+            let verb = LibvirtVerb::Migrate {
+                vm: vm.clone(),
+                quarantine_host: to.clone(),
+                user: None,
+            };
+            (via.clone(), Libvirt(verb))
         }
         Action::AvIsolate {
             av_agent,
             hypervisor_agent,
             ..
-        } => (
-            av_agent.clone(),
-            "isolate_warning",
-            vec![hypervisor_agent.clone()],
-        ),
-        Action::AvConnect { av_agent, .. } => (av_agent.clone(), "connect_warning", Vec::new()),
+        } => {
+            let verb = AvVerb::IsolateWarning {
+                hypervisor_agent: hypervisor_agent.clone(),
+            };
+            (av_agent.clone(), Av(verb))
+        }
+        Action::AvConnect { av_agent, .. } => (av_agent.clone(), Av(AvVerb::ConnectWarning {})),
         Action::Alert { .. } | Action::DryRun(_) => return None,
     })
 }

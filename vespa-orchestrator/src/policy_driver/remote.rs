@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use vespa_node::{AgentVerbs, NodeHandle, VerbTable};
+use vespa_node::{Agent, NodeHandle, VerbResult};
+use vespa_proto::verbs::{HoVerb, OnOff};
 
 use super::PolicyDriver;
 use crate::control::{ActiveAction, PolicyControl, PolicyError};
@@ -20,52 +21,18 @@ const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An HO's driver, as verbs of the HO's node.
 pub struct HoPolicyVerbs(pub PolicyDriver);
 
-impl AgentVerbs for HoPolicyVerbs {
-    fn verbs(&self) -> VerbTable {
-        let mut t = VerbTable::new();
-        let d = self.0.clone();
-        t.add(
-            "policy_actions",
-            "",
-            "the reactions this HO's fast-path rules hold (JSON list)",
-            move |_| {
-                let d = d.clone();
-                async move { serde_json::to_string(&d.active_actions()).map_err(|e| e.to_string()) }
-            },
-        );
-        let d = self.0.clone();
-        t.add(
-            "policy_release",
-            "<key>",
-            "undo what this HO's rules hold against <key> (JSON Ok/Err)",
-            move |args| {
-                let d = d.clone();
-                async move {
-                    let [key] = args.as_slice() else {
-                        return Err("usage: policy_release <key>".into());
-                    };
-                    serde_json::to_string(&d.release(key)).map_err(|e| e.to_string())
-                }
-            },
-        );
-        let d = self.0.clone();
-        t.add(
-            "policy_dry_run",
-            "<on|off>",
-            "switch this HO's rules to dry-run or back (JSON Ok/Err)",
-            move |args| {
-                let d = d.clone();
-                async move {
-                    let enabled = match args.as_slice() {
-                        [a] if a == "on" => true,
-                        [a] if a == "off" => false,
-                        _ => return Err("usage: policy_dry_run <on|off>".into()),
-                    };
-                    serde_json::to_string(&d.set_dry_run(enabled)).map_err(|e| e.to_string())
-                }
-            },
-        );
-        t
+impl Agent for HoPolicyVerbs {
+    type Verb = HoVerb;
+
+    async fn call(&self, verb: HoVerb) -> VerbResult {
+        let json = match verb {
+            HoVerb::PolicyActions {} => serde_json::to_string(&self.0.active_actions()),
+            HoVerb::PolicyRelease { key } => serde_json::to_string(&self.0.release(&key)),
+            HoVerb::PolicyDryRun { enabled } => {
+                serde_json::to_string(&self.0.set_dry_run(enabled.0))
+            }
+        };
+        json.map_err(|e| e.to_string())
     }
 }
 
@@ -84,7 +51,7 @@ impl RemoteDrivers {
     /// What each HO holds, and a sentence per HO that did not answer.
     pub async fn actions(&self, vo: &NodeHandle) -> (Vec<ActiveAction>, Vec<String>) {
         let (mut actions, mut unreachable) = (Vec::new(), Vec::new());
-        for (ho, reply) in self.ask(vo, "policy_actions", &[]).await {
+        for (ho, reply) in self.ask(vo, HoVerb::PolicyActions {}).await {
             match reply.and_then(|r| {
                 serde_json::from_str::<Vec<ActiveAction>>(&r).map_err(|e| format!("bad reply: {e}"))
             }) {
@@ -97,7 +64,8 @@ impl RemoteDrivers {
 
     /// Each HO's release of `key`; an HO that does not answer is `Unavailable`.
     pub async fn release(&self, vo: &NodeHandle, key: &str) -> Vec<Result<String, PolicyError>> {
-        self.ask(vo, "policy_release", &[key])
+        let key = key.to_string();
+        self.ask(vo, HoVerb::PolicyRelease { key })
             .await
             .into_iter()
             .map(|(ho, r)| decode(&ho, r))
@@ -106,26 +74,19 @@ impl RemoteDrivers {
 
     /// Switches every HO's dry-run mode; the first refusal, naming its HO.
     pub async fn set_dry_run(&self, vo: &NodeHandle, enabled: bool) -> Result<(), PolicyError> {
-        let arg = if enabled { "on" } else { "off" };
-        self.ask(vo, "policy_dry_run", &[arg])
+        let enabled = OnOff(enabled);
+        self.ask(vo, HoVerb::PolicyDryRun { enabled })
             .await
             .into_iter()
             .try_for_each(|(ho, r)| decode(&ho, r))
     }
 
     /// Calls `verb` on every HO at once, through the VO.
-    async fn ask(
-        &self,
-        vo: &NodeHandle,
-        verb: &str,
-        args: &[&str],
-    ) -> Vec<(String, Result<String, String>)> {
+    async fn ask(&self, vo: &NodeHandle, verb: HoVerb) -> Vec<(String, Result<String, String>)> {
         let calls = self.hos.iter().map(|ho| {
-            let mut a = vec![ho.clone(), verb.to_string()];
-            a.extend(args.iter().map(|s| s.to_string()));
-            let (vo, ho) = (vo.clone(), ho.clone());
+            let (vo, ho, verb) = (vo.clone(), ho.clone(), verb.clone());
             async move {
-                let r = match tokio::time::timeout(REMOTE_TIMEOUT, vo.call("call", a)).await {
+                let r = match tokio::time::timeout(REMOTE_TIMEOUT, vo.call(&ho, verb)).await {
                     Ok(r) => r,
                     Err(_) => Err(format!("no answer within {REMOTE_TIMEOUT:?}")),
                 };

@@ -1,13 +1,20 @@
 use std::time::{Duration, Instant};
 
 use vespa_node::{
-    AgentKind, AgentVerbs, Hooks, MasterAddr, Node, NodeHandle, NodeSpec, Role, Security, VerbTable,
+    Agent, AgentKind, AgentRef, Hooks, MasterAddr, Node, NodeHandle, NodeSpec, Role, Security,
+    VerbResult,
 };
 use vespa_policy::{Action, Key, Target};
+use vespa_proto::verbs::{SdnVerb, Verb};
 use vespa_proto::AlertBody;
 
 use super::convert::parse_key;
 use super::*;
+
+/// An action's call as its wire words: `(agent, verb, args)`.
+fn to_call(action: &Action) -> Option<(String, &'static str, Vec<String>)> {
+    call_of(action).map(|(agent, call)| (agent, call.name(), call.args()))
+}
 
 const RULES: &str = r#"
 [actuators]
@@ -148,7 +155,7 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 async fn alerts_when(vo: &NodeHandle, done: impl Fn(&str) -> bool) -> String {
     let mut shown = String::new();
     for _ in 0..500 {
-        shown = vo.call("get_alerts", vec![]).await.unwrap();
+        shown = vo.call_words("get_alerts".into(), vec![]).await.unwrap();
         if done(&shown) {
             break;
         }
@@ -293,17 +300,17 @@ async fn lost_sensor_events_raise_a_blind_spot_alert() {
 #[derive(Default, Clone)]
 struct Sdn(Arc<Mutex<Vec<String>>>);
 
-impl AgentVerbs for Sdn {
-    fn verbs(&self) -> VerbTable {
-        let mut t = VerbTable::new();
-        for verb in ["block_hackers", "release_hackers"] {
-            let calls = self.0.clone();
-            t.add_sync(verb, "<target> [ttl]", "recorded", move |args| {
-                lock(&calls).push(format!("{verb} {}", args.join(" ")));
+impl Agent for Sdn {
+    type Verb = SdnVerb;
+
+    async fn call(&self, verb: SdnVerb) -> VerbResult {
+        match verb {
+            SdnVerb::BlockHackers { .. } | SdnVerb::ReleaseHackers { .. } => {
+                lock(&self.0).push(verb.line());
                 Ok("done".into())
-            });
+            }
+            other => Err(format!("{} not recorded", other.name())),
         }
-        t
     }
 }
 
@@ -365,7 +372,7 @@ async fn a_rule_placed_at_an_ho_acts_there_and_the_vo_is_told() {
     .await;
     let sdn = Sdn::default();
     let sdn_hooks = Hooks {
-        agent: Some(Arc::new(sdn.clone())),
+        agent: Some(AgentRef::new(sdn.clone())),
         alert_handlers: vec![],
     };
     let (_sdn, _) = node(

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{BlockId, BlockSpec, BlockTarget, Release, SdnController};
-use crate::verbs::AlertSink;
+use crate::alerts::AlertSink;
 
 /// How long the reaper waits before trying again to release an expired block it could not.
 pub const RETRY_EXPIRED_AFTER: Duration = Duration::from_secs(5);

@@ -30,10 +30,11 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
+use crate::alerts::{json, AlertSink};
 use crate::error::SdnError;
 use crate::retry::{retry, RetryPolicy, RetryStats};
-use crate::verbs::{json, ActuatorVerbs, AlertSink, VerbFuture, VerbReply};
 pub use ttl::{ActiveBlock, BlockBook};
+use vespa_node::{Agent, VerbResult};
 use vespa_proto::verbs::{BlockSelector, SdnVerb, Target, Ttl, Word};
 
 /// High 32 bits of every flow cookie VESPA installs ("VESP").
@@ -335,8 +336,53 @@ impl<C: SdnController> SdnAgent<C> {
         &self.ctrl
     }
 
-    /// Answers one verb.
-    pub async fn call(&self, verb: SdnVerb) -> VerbReply {
+    /// A block for `ttl`, or the agent's default time-to-live when the caller gave none.
+    async fn block_verb(&self, target: Target, ttl: Option<Ttl>) -> VerbResult {
+        let ttl = ttl.map_or(self.cfg.default_ttl, Ttl::duration);
+        let target = BlockTarget::from(target);
+        let id = self
+            .ctrl
+            .block(target, ttl)
+            .await
+            .map_err(|e| self.fail("block", e))?;
+        json(
+            &serde_json::json!({ "block": id, "target": target, "ttl_s": ttl.map(|t| t.as_secs_f64()) }),
+        )
+    }
+
+    async fn stats(
+        &self,
+        action: &str,
+        fut: impl Future<Output = Result<Value, SdnError>>,
+    ) -> VerbResult {
+        let v = fut.await.map_err(|e| self.fail(action, e))?;
+        json(&v)
+    }
+
+    fn fail(&self, action: &str, e: SdnError) -> String {
+        // Bad input is the caller's business; a failing controller is everybody's.
+        if !matches!(
+            e,
+            SdnError::InvalidTarget(_)
+                | SdnError::NoSuchBlock(_)
+                | SdnError::UnsupportedTarget { .. }
+        ) {
+            self.alerts.failed(self.ctrl.name(), action, &e);
+        }
+        crate::error::chain(&e)
+    }
+}
+
+impl<C: SdnController> Drop for SdnAgent<C> {
+    fn drop(&mut self) {
+        self.reaper.abort();
+    }
+}
+
+impl<C: SdnController> Agent for SdnAgent<C> {
+    type Verb = SdnVerb;
+
+    async fn call(&self, verb: SdnVerb) -> VerbResult {
         match verb {
             SdnVerb::AlertIp { ip, mac, ttl } => {
                 let target = mac.and_then(|m| m.0).unwrap_or(Target::Ip(ip));
@@ -363,56 +409,6 @@ impl<C: SdnController> SdnAgent<C> {
             SdnVerb::GetLinkStats {} => self.stats("link_stats", self.ctrl.link_stats()).await,
             SdnVerb::GetFlowStats {} => self.stats("flow_stats", self.ctrl.flow_stats()).await,
         }
-    }
-
-    /// A block for `ttl`, or the agent's default time-to-live when the caller gave none.
-    async fn block_verb(&self, target: Target, ttl: Option<Ttl>) -> VerbReply {
-        let ttl = ttl.map_or(self.cfg.default_ttl, Ttl::duration);
-        let target = BlockTarget::from(target);
-        let id = self
-            .ctrl
-            .block(target, ttl)
-            .await
-            .map_err(|e| self.fail("block", e))?;
-        json(
-            &serde_json::json!({ "block": id, "target": target, "ttl_s": ttl.map(|t| t.as_secs_f64()) }),
-        )
-    }
-
-    async fn stats(
-        &self,
-        action: &str,
-        fut: impl Future<Output = Result<Value, SdnError>>,
-    ) -> VerbReply {
-        let v = fut.await.map_err(|e| self.fail(action, e))?;
-        json(&v)
-    }
-
-    fn fail(&self, action: &str, e: SdnError) -> String {
-        // Bad input is the caller's business; a failing controller is everybody's.
-        if !matches!(
-            e,
-            SdnError::InvalidTarget(_)
-                | SdnError::NoSuchBlock(_)
-                | SdnError::UnsupportedTarget { .. }
-        ) {
-            self.alerts.failed(self.ctrl.name(), action, &e);
-        }
-        crate::error::chain(&e)
-    }
-}
-
-impl<C: SdnController> Drop for SdnAgent<C> {
-    fn drop(&mut self) {
-        self.reaper.abort();
-    }
-}
-
-impl<C: SdnController> ActuatorVerbs for SdnAgent<C> {
-    type Verb = SdnVerb;
-
-    fn call(&self, verb: SdnVerb) -> VerbFuture<'_> {
-        Box::pin(SdnAgent::call(self, verb))
     }
 }
 

@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
-use vespa_actuators::libvirt::{KeyPress, LibvirtAgent, LibvirtConfig, VmEventKind};
-use vespa_actuators::{ActuatorVerbs, AlertSink, LibvirtError, RetryPolicy};
+use vespa_agents::libvirt::{KeyPress, LibvirtAgent, LibvirtConfig, VmEventKind};
+use vespa_agents::{AlertSink, LibvirtError, RetryPolicy};
+use vespa_node::Agent as _;
 
 const URI: &str = "test:///default";
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::agent::Inner;
-use crate::retry::Transient;
+use crate::error::Transient;
 
 /// How deep sub-directories are followed.
 const MAX_DEPTH: usize = 8;

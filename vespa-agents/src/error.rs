@@ -4,9 +4,13 @@
 
 use std::error::Error as StdError;
 
-use crate::retry::Transient;
+/// Whether retrying the failed operation can help (see [`crate::retry`]).
+pub trait Transient {
+    fn is_transient(&self) -> bool;
+}
 
 /// Errors of the libvirt agent.
+#[cfg(feature = "libvirt")]
 #[derive(Debug, thiserror::Error)]
 pub enum LibvirtError {
     /// No domain with that name (or UUID) is known to the hypervisor.
@@ -64,6 +68,7 @@ pub enum LibvirtError {
     Worker(String),
 }
 
+#[cfg(feature = "libvirt")]
 impl Transient for LibvirtError {
     fn is_transient(&self) -> bool {
         matches!(
@@ -74,6 +79,7 @@ impl Transient for LibvirtError {
 }
 
 /// Errors of the SDN agents (os-ken, Floodlight, POX).
+#[cfg(feature = "sdn")]
 #[derive(Debug, thiserror::Error)]
 pub enum SdnError {
     /// The target is neither a MAC address nor an IP address.
@@ -134,6 +140,7 @@ pub enum SdnError {
     },
 }
 
+#[cfg(feature = "sdn")]
 impl Transient for SdnError {
     fn is_transient(&self) -> bool {
         match self {
@@ -146,6 +153,7 @@ impl Transient for SdnError {
 }
 
 /// Errors of the antivirus agent.
+#[cfg(feature = "av")]
 #[derive(Debug, thiserror::Error)]
 pub enum AvError {
     /// clamd could not be reached.
@@ -185,6 +193,7 @@ pub enum AvError {
     NoRoute(String),
 }
 
+#[cfg(feature = "av")]
 impl Transient for AvError {
     fn is_transient(&self) -> bool {
         matches!(self, AvError::Unreachable { .. } | AvError::Timeout { .. })
@@ -211,6 +220,7 @@ pub fn chain(e: &(dyn StdError + 'static)) -> String {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "av")]
     #[test]
     fn chain_prints_every_source_once() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
@@ -230,6 +240,7 @@ mod tests {
         assert!(!e.is_transient());
     }
 
+    #[cfg(feature = "sdn")]
     #[test]
     fn http_5xx_is_transient_4xx_is_not() {
         let e = |status| SdnError::Http {

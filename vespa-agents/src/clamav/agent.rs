@@ -14,9 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::{Clamd, ClamdAddr, Verdict};
+use crate::alerts::{json, ActuatorAlert, AlertSink};
 use crate::error::{chain, AvError};
 use crate::retry::{retry, RetryPolicy, RetryStats};
-use crate::verbs::{json, ActuatorAlert, ActuatorVerbs, AlertSink, VerbFuture, VerbReply};
+use vespa_node::{Agent, VerbResult};
 use vespa_proto::verbs::{AvVerb, Keys, LibvirtVerb};
 
 #[derive(Debug, Clone)]
@@ -62,8 +63,12 @@ pub enum Route {
 /// Calls a verb of the hypervisor agent, another node of the tree (provided by the node
 /// runtime).
 pub trait VmRelay: Send + Sync {
-    fn call<'a>(&'a self, node: &'a str, verb: LibvirtVerb) -> VerbFuture<'a>;
+    fn call<'a>(&'a self, node: &'a str, verb: LibvirtVerb) -> RelayFuture<'a>;
 }
+
+/// A relayed call in progress.
+pub type RelayFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = VerbResult> + Send + 'a>>;
 
 /// One analysed file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -300,9 +305,10 @@ impl Drop for AvAgent {
     }
 }
 
-impl AvAgent {
-    /// Answers one verb.
-    pub async fn call(&self, verb: AvVerb) -> VerbReply {
+impl Agent for AvAgent {
+    type Verb = AvVerb;
+
+    async fn call(&self, verb: AvVerb) -> VerbResult {
         let err = |e: AvError| chain(&e);
         match verb {
             AvVerb::Ping {} => {
@@ -333,13 +339,5 @@ impl AvAgent {
             AvVerb::CleanImage {} => self.clean_image().await.map_err(err),
             AvVerb::Status {} => json(&self.status()),
         }
-    }
-}
-
-impl ActuatorVerbs for AvAgent {
-    type Verb = AvVerb;
-
-    fn call(&self, verb: AvVerb) -> VerbFuture<'_> {
-        Box::pin(AvAgent::call(self, verb))
     }
 }

@@ -24,9 +24,10 @@ use virt::sys;
 
 pub use events::{ensure_event_loop, TapMap, VmEvent, VmEventKind, VmIface};
 
+use crate::alerts::{json, AlertSink};
 use crate::error::{chain, LibvirtError};
 use crate::retry::{retry, RetryPolicy, RetryStats};
-use crate::verbs::{json, ActuatorVerbs, AlertSink, VerbFuture, VerbReply};
+use vespa_node::{Agent, VerbResult};
 use vespa_proto::verbs::{Codeset, Keys, LibvirtVerb};
 
 #[derive(Debug, Clone)]
@@ -632,9 +633,10 @@ impl LibvirtAgent {
     }
 }
 
-impl LibvirtAgent {
-    /// Answers one verb.
-    pub async fn call(&self, verb: LibvirtVerb) -> VerbReply {
+impl Agent for LibvirtAgent {
+    type Verb = LibvirtVerb;
+
+    async fn call(&self, verb: LibvirtVerb) -> VerbResult {
         let e = |e: LibvirtError| chain(&e);
         let ok = |what: &str, vm: &str| json(&serde_json::json!({ "ok": what, "vm": vm }));
         match verb {
@@ -694,13 +696,5 @@ impl LibvirtAgent {
                 json(&self.inner.taps.snapshot())
             }
         }
-    }
-}
-
-impl ActuatorVerbs for LibvirtAgent {
-    type Verb = LibvirtVerb;
-
-    fn call(&self, verb: LibvirtVerb) -> VerbFuture<'_> {
-        Box::pin(LibvirtAgent::call(self, verb))
     }
 }

@@ -10,10 +10,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// Whether retrying the failed operation can help.
-pub trait Transient {
-    fn is_transient(&self) -> bool;
-}
+use crate::error::Transient;
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, PartialEq, Eq)]

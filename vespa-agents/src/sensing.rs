@@ -1,11 +1,11 @@
 //! The 2014 sensor agents (bandwidth, connections) on top of the host sensors.
 //!
-//! The sensors live in `vespa-agent` (eBPF with a /proc fallback); this crate reaches them
-//! through [`SensorSource`], so the orchestrator binary never links the eBPF loader
-//! (`vespa-agent` implements the trait over its `Sensors` handle).
+//! The sensors live in `vespa-agent` (eBPF with a /proc fallback); these agents reach them
+//! through [`SensorSource`], which `vespa-agent` implements over its `Sensors` handle, so
+//! this crate never links the eBPF loader.
 //!
-//! Verbs: `interfaces`, `recv_bytes [iface]`, `trans_bytes [iface]`, `get_mac [iface]`,
-//! `connections`, `connections_of <ip>`. Pushed alerts, as the 2014 `launch()` loops did,
+//! Verbs: [`SensorVerb`] (`interfaces`, `recv_bytes [iface]`, `trans_bytes [iface]`,
+//! `get_mac [iface]`, `connections`, `mac_of <ip>`, `connections_of <ip>`). Pushed alerts, as the 2014 `launch()` loops did,
 //! every `sample_interval`: bandwidth agents send one `Bandwidth` alert per interface,
 //! connections agents one `Connections` alert; connections agents also forward the sensors'
 //! threshold events (`ConnThreshold`, `SynThreshold`) the moment they happen.
@@ -18,10 +18,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use vespa_proto::AlertBody;
 
-use crate::agent::AgentVerbs;
-use crate::config::AgentKind;
-use crate::handle::NodeHandle;
-use crate::verbs::{VerbResult, VerbTable};
+use vespa_node::{Agent, AgentKind, NodeHandle, VerbResult};
+use vespa_proto::verbs::SensorVerb;
 
 /// Byte counters of one interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -134,129 +132,54 @@ fn json<T: Serialize>(v: &T) -> VerbResult {
     serde_json::to_string(v).map_err(|e| e.to_string())
 }
 
-/// `recv_bytes`/`trans_bytes`: one interface's number, or every selected interface as JSON.
-fn byte_verb(
-    src: Arc<dyn SensorSource>,
-    ifaces: Vec<String>,
-    rx: bool,
-) -> impl Fn(Vec<String>) -> crate::verbs::VerbFuture + Send + Sync {
-    move |args| {
-        let src = src.clone();
-        let ifaces = ifaces.clone();
-        Box::pin(async move {
-            let all = blocking(move || src.interfaces()).await?;
-            let pick = |i: &IfaceBytes| if rx { i.rx_bytes } else { i.tx_bytes };
-            match args.as_slice() {
-                [name] => all
+impl SensorAgent {
+    /// `recv_bytes`/`trans_bytes`: one interface's number, or every selected interface as
+    /// JSON.
+    async fn bytes(&self, iface: Option<String>, rx: bool) -> VerbResult {
+        let src = self.source.clone();
+        let all = blocking(move || src.interfaces()).await?;
+        let pick = |i: &IfaceBytes| if rx { i.rx_bytes } else { i.tx_bytes };
+        match iface {
+            Some(name) => all
+                .iter()
+                .find(|i| i.name == name)
+                .map(|i| pick(i).to_string())
+                .ok_or_else(|| format!("unknown interface {name:?}")),
+            None => {
+                let map: std::collections::BTreeMap<&str, u64> = all
                     .iter()
-                    .find(|i| &i.name == name)
-                    .map(|i| pick(i).to_string())
-                    .ok_or_else(|| format!("unknown interface {name:?}")),
-                [] => {
-                    let map: std::collections::BTreeMap<&str, u64> = all
-                        .iter()
-                        .filter(|i| ifaces.is_empty() || ifaces.contains(&i.name))
-                        .map(|i| (i.name.as_str(), pick(i)))
-                        .collect();
-                    json(&map)
-                }
-                _ => Err("usage: [iface]".into()),
+                    .filter(|i| self.interfaces.is_empty() || self.interfaces.contains(&i.name))
+                    .map(|i| (i.name.as_str(), pick(i)))
+                    .collect();
+                json(&map)
             }
-        })
+        }
     }
 }
 
-impl AgentVerbs for SensorAgent {
-    fn verbs(&self) -> VerbTable {
-        let mut t = VerbTable::new();
+impl Agent for SensorAgent {
+    type Verb = SensorVerb;
+
+    async fn call(&self, verb: SensorVerb) -> VerbResult {
         let src = self.source.clone();
-        t.add(
-            "interfaces",
-            "",
-            "byte counters of every monitored interface (JSON)",
-            move |_| {
-                let src = src.clone();
-                async move { json(&blocking(move || src.interfaces()).await?) }
-            },
-        );
-        let (src, ifs) = (self.source.clone(), self.interfaces.clone());
-        t.add(
-            "recv_bytes",
-            "[iface]",
-            "bytes received (2014 recv_bytes)",
-            byte_verb(src, ifs, true),
-        );
-        let (src, ifs) = (self.source.clone(), self.interfaces.clone());
-        t.add(
-            "trans_bytes",
-            "[iface]",
-            "bytes sent (2014 trans_bytes)",
-            byte_verb(src, ifs, false),
-        );
-        let (src, default) = (self.source.clone(), self.interfaces.first().cloned());
-        t.add(
-            "get_mac",
-            "[iface]",
-            "hardware address of an interface (default: the first configured)",
-            move |args: Vec<String>| {
-                let src = src.clone();
-                let name = args.first().cloned().or_else(|| default.clone());
-                async move {
-                    let name =
-                        name.ok_or("usage: get_mac <iface> (no default interface configured)")?;
-                    blocking(move || src.mac(&name)).await
-                }
-            },
-        );
-        let src = self.source.clone();
-        t.add(
-            "connections",
-            "",
-            "established TCP connections per remote address (JSON)",
-            move |_| {
-                let src = src.clone();
-                async move { json(&blocking(move || src.connections()).await?) }
-            },
-        );
-        let src = self.source.clone();
-        t.add(
-            "mac_of",
-            "<ip>",
-            "MAC address of a neighbour from the ARP/NDP table (\"\" when unknown)",
-            move |args: Vec<String>| {
-                let src = src.clone();
-                async move {
-                    let [ip] = args.as_slice() else {
-                        return Err("usage: mac_of <ip>".into());
-                    };
-                    let addr: IpAddr = ip
-                        .parse()
-                        .map_err(|_| format!("{ip:?} is not an IP address"))?;
-                    Ok(blocking(move || src.mac_of(addr))
-                        .await?
-                        .unwrap_or_default())
-                }
-            },
-        );
-        let src = self.source.clone();
-        t.add(
-            "connections_of",
-            "<ip>",
-            "established TCP connections with one address (JSON)",
-            move |args: Vec<String>| {
-                let src = src.clone();
-                async move {
-                    let [ip] = args.as_slice() else {
-                        return Err("usage: connections_of <ip>".into());
-                    };
-                    let addr: IpAddr = ip
-                        .parse()
-                        .map_err(|_| format!("{ip:?} is not an IP address"))?;
-                    json(&blocking(move || src.connections_of(addr)).await?)
-                }
-            },
-        );
-        t
+        match verb {
+            SensorVerb::Interfaces {} => json(&blocking(move || src.interfaces()).await?),
+            SensorVerb::RecvBytes { iface } => self.bytes(iface, true).await,
+            SensorVerb::TransBytes { iface } => self.bytes(iface, false).await,
+            SensorVerb::GetMac { iface } => {
+                let name = iface
+                    .or_else(|| self.interfaces.first().cloned())
+                    .ok_or("usage: get_mac <iface> (no default interface configured)")?;
+                blocking(move || src.mac(&name)).await
+            }
+            SensorVerb::Connections {} => json(&blocking(move || src.connections()).await?),
+            SensorVerb::MacOf { ip } => {
+                Ok(blocking(move || src.mac_of(ip)).await?.unwrap_or_default())
+            }
+            SensorVerb::ConnectionsOf { ip } => {
+                json(&blocking(move || src.connections_of(ip)).await?)
+            }
+        }
     }
 
     fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>> {

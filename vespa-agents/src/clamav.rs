@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
-pub use agent::{AvAgent, AvConfig, Route, ScanRecord, VmRelay};
+pub use agent::{AvAgent, AvConfig, RelayFuture, Route, ScanRecord, VmRelay};
 
 use crate::error::AvError;
 
