@@ -10,13 +10,11 @@
 //!      └─ HO_HY ── lv (agent_libvirt: qemu:///system)
 //! ```
 
-mod tree_kit;
-
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
-use tree_kit::*;
+use crate::kit::*;
 use vespa_tests::daemons::clamd::{eicar, Clamd, EICAR_SIGNATURE};
 use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
 use vespa_tests::daemons::{http_request, require_daemon};

@@ -6,13 +6,11 @@
 //! VO unchanged, followed by HO_PH's `fast path at HO_PH: ...` alert; calm releases the block
 //! the same way. A rule whose actuator is outside its HO's layer is refused at start-up.
 
-mod tree_kit;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
-use tree_kit::*;
+use crate::kit::*;
 use vespa_tests::daemons::floodlight_stub::FloodlightStub;
 use vespa_tests::daemons::http_request;
 use vespa_tests::workspace_bin;

@@ -4,15 +4,13 @@
 //! errors are JSON with the right status; /metrics parses and carries the closed-loop
 //! histogram.
 
-mod tree_kit;
-
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 
+use crate::kit::*;
 use prometheus_parse::{Scrape, Value};
 use serde_json::Value as Json;
-use tree_kit::*;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 

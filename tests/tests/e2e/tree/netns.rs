@@ -2,14 +2,12 @@
 //! link is cut (`ip link set down`) for three seconds while the agent streams alerts, then
 //! restored: every alert reaches the VO, none twice.
 
-mod tree_kit;
-
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::kit::*;
 use nix::sys::signal::Signal;
-use tree_kit::*;
 use vespa_tests::net::{veth, Netns};
 
 #[test]

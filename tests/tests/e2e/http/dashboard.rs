@@ -15,16 +15,14 @@
 //! Needs Debian's `chromium` (`cargo xtask setup` installs it). Without it the test is
 //! skipped with a printed reason, unless `VESPA_REQUIRE_EBPF=1` (CI), where it fails.
 
-mod tree_kit;
-
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::kit::*;
 use serde_json::Value as Json;
-use tree_kit::*;
 use vespa_tests::browser::{
     artifacts, chromium, chromium_present, kill_group, BROWSER_TIMEOUT, CHROMIUM,
 };

@@ -1,11 +1,9 @@
-//! Kit shared by the `tree_*` and `loop_*` tests: the tree of real processes from
-//! `vespa_tests::tree` (a temporary directory with a key and a generated topology, the real
-//! binaries as child processes killed on drop, logs in JSON lines, a client that calls verbs
-//! on the running tree), plus the assertions the tests make about alert delivery.
+//! Kit shared by the tests that run trees of the real binaries (`tree`, `http`, `loops`): the
+//! tree of real processes from `vespa_tests::tree` (a temporary directory with a key and a
+//! generated topology, the real binaries as child processes killed on drop, logs in JSON
+//! lines, a client that calls verbs on the running tree), plus the assertions the tests make
+//! about alert delivery.
 
-#![allow(dead_code)]
-
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use vespa_tests::tree::*;
@@ -119,9 +117,4 @@ pub fn final_seqs(p: &Proc, node: &str) -> (u64, u64) {
         f["first_seq"].as_u64().expect("first_seq"),
         f["last_seq"].as_u64().expect("last_seq"),
     )
-}
-
-/// True when a file exists (small helper for journal checks).
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

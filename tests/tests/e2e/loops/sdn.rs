@@ -7,12 +7,10 @@
 //! The rig (lab, topology, processes) is `vespa_tests::sdn_loop`, shared with `vespa-demo`;
 //! every piece is removed at the end by its guards.
 
-mod tree_kit;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tree_kit::*;
+use crate::kit::*;
 use vespa_tests::daemons::ovs::{FlowMonitor, SdnLab, UdpStream};
 use vespa_tests::daemons::require_daemon;
 use vespa_tests::sdn_loop::{

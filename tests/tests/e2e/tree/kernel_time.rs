@@ -6,13 +6,11 @@
 //! over. An alert stamped by the agent would carry a time after the resume; the kernel's
 //! stamp falls inside the crossing.
 
-mod tree_kit;
-
 use std::net::{IpAddr, TcpListener};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::kit::*;
 use nix::sys::signal::Signal;
-use tree_kit::*;
 
 fn unix_ns() -> u64 {
     SystemTime::now()

@@ -1,13 +1,11 @@
 //! SIGKILL an HO, or the VO, while the agent streams alerts, and restart it: the VO ends with
 //! every alert the agent raised, each exactly once, in order.
 
-mod tree_kit;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::kit::*;
 use nix::sys::signal::Signal;
-use tree_kit::*;
 
 fn streaming_tree(tag: &str, vo_extra: &str) -> Tree {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");

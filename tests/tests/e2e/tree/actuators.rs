@@ -2,11 +2,9 @@
 //! two hops down, in separate processes, and the agents really act (libvirt's in-process test
 //! driver; a Floodlight stand-in that records every request).
 
-mod tree_kit;
-
 use std::net::IpAddr;
 
-use tree_kit::*;
+use crate::kit::*;
 use vespa_tests::daemons::floodlight_stub::{Fault, FloodlightStub};
 
 #[test]

@@ -2,12 +2,10 @@
 //! Alerts arrive in order with their full path; calls, help, list_slaves and find_node work
 //! across the tree; destroy stops every process with exit status 0.
 
-mod tree_kit;
-
 use std::net::IpAddr;
 use std::process::Command;
 
-use tree_kit::*;
+use crate::kit::*;
 
 fn loopback_tree(tag: &str) -> Tree {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");

@@ -5,17 +5,15 @@
 //! is rejected with one log line naming the peer and the reason; the HO's memory stays
 //! bounded; the agent never notices.
 
-mod tree_kit;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::kit::*;
 use bytes::{Buf, BytesMut};
 use nix::sys::signal::Signal;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tree_kit::*;
 use vespa_proto::{Message, NodeKind, Psk};
 
 /// Warning and error lines of `p` whose `peer` field is `peer` (a replayed connection also
