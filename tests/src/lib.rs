@@ -1,12 +1,14 @@
-//! Test kit for VESPA's end-to-end tests: network namespaces with veth links, running code
-//! inside a namespace, traffic generators, the daemons the tests start themselves, a tree of
-//! the real binaries ([`tree`]), the closed loop over Open vSwitch + os-ken as one rig
-//! ([`sdn_loop`], also what `vespa-demo` runs), and the root/eBPF requirement policy.
+//! Test kit for VESPA's end-to-end tests: the system's tools ([`cmd`]), network namespaces
+//! with veth links and running code inside a namespace ([`net`]), traffic generators, the
+//! daemons the tests start themselves, a tree of the real binaries ([`tree`]), the closed
+//! loop over Open vSwitch + os-ken as one rig ([`sdn_loop`], also what `vespa-demo` runs),
+//! and the root/eBPF requirement policy.
 //!
 //! Every namespace and link a test makes is removed when its guard drops, and traffic only
 //! ever goes to addresses of those namespaces.
 
 pub mod browser;
+pub mod cmd;
 pub mod daemons;
 pub mod net;
 pub mod sdn_loop;

@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::daemons::http_get;
 use crate::daemons::ovs::SdnLab;
-use crate::daemons::{http_get, in_netns};
+use crate::net::in_netns;
 use crate::tree::{Proc, Tree, N};
 
 /// How the victim's agents sense (`vespa-agent --mode`). The eBPF tracker counts the sockets

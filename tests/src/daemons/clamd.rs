@@ -8,7 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{have, wait_for, Proc};
+use super::{wait_for, Proc};
+use crate::cmd::have;
 
 /// The EICAR test file, assembled at run time so that no scanner flags the sources.
 pub fn eicar() -> Vec<u8> {

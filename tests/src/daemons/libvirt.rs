@@ -14,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Duration;
 
-use super::{have, run, wait_for};
+use super::wait_for;
+use crate::cmd::{have, run};
 
 pub const URI: &str = "qemu:///system";
 const LOG: &str = "/var/log/libvirt/vespa-tests-libvirtd.log";

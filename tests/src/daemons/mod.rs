@@ -44,34 +44,6 @@ pub fn require_daemon<T>(test: &str, what: &str, r: Result<T, String>) -> Option
     }
 }
 
-/// Runs a command to completion; Err carries its output.
-pub fn run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{}: {e}", args[0]))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Whether a program is on PATH (or an absolute path exists).
-pub fn have(prog: &str) -> bool {
-    if prog.starts_with('/') {
-        return std::path::Path::new(prog).exists();
-    }
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-}
-
 /// Polls `f` until it returns Some, or fails after `timeout` (a failure bound, not a delay:
 /// it returns as soon as the condition holds).
 pub fn wait_for<T>(
@@ -91,12 +63,6 @@ pub fn wait_for<T>(
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
-}
-
-/// Runs `f` on a new thread inside the network namespace `name` (like
-/// [`crate::net::Netns::run`], for a namespace this code does not own).
-pub fn in_netns<R: Send + 'static>(name: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-    crate::net::try_in_netns(name, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A free TCP port on 127.0.0.1 (of the calling thread's namespace).

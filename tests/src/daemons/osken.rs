@@ -104,7 +104,7 @@ impl OsKen {
         let (api, path) = (self.api.clone(), path.to_string());
         match &self.ns {
             None => http_get(&api, &path),
-            Some(ns) => super::in_netns(ns, move || http_get(&api, &path)),
+            Some(ns) => crate::net::in_netns(ns, move || http_get(&api, &path)),
         }
     }
 

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use super::libvirt::unique_mac;
 use super::osken::OsKen;
-use super::{have, run, wait_for, Proc};
+use super::{wait_for, Proc};
+use crate::cmd::{have, run};
 use crate::net::Netns;
 
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
