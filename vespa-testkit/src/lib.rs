@@ -72,6 +72,19 @@ impl<T, E: fmt::Debug> Probe for Result<T, E> {
     }
 }
 
+/// A probe's look at a count that grows towards `goal`: `Ok(value)` once it got there,
+/// otherwise the value and the goal, for the failure message.
+///
+/// `wait_until("300 alerts", timeout, || at_least(count(), 300))` fails with "... the last
+/// saw: 120 of at least 300".
+pub fn at_least<T: PartialOrd + fmt::Debug>(value: T, goal: T) -> Result<T, String> {
+    if value >= goal {
+        Ok(value)
+    } else {
+        Err(format!("{value:?} of at least {goal:?}"))
+    }
+}
+
 /// A wait that ended at its deadline without the condition holding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimedOut {
@@ -251,6 +264,19 @@ mod tests {
                 e.looks,
                 n.get()
             )
+        );
+    }
+
+    #[test]
+    fn at_least_reports_the_count_and_its_goal() {
+        assert_eq!(at_least(3, 3), Ok(3));
+        assert_eq!(at_least(2, 3), Err("2 of at least 3".into()));
+        let e = try_wait_until("5 things", Duration::from_millis(5), || at_least(4u64, 5))
+            .expect_err("4 never grows");
+        assert!(
+            e.to_string()
+                .ends_with("the last saw: \"4 of at least 5\")"),
+            "{e}"
         );
     }
 

@@ -107,11 +107,13 @@ async fn chain(security: Security, queue: usize, at_ho: Handler, at_vo: Handler)
     tokio::spawn(vo.run(Some(vo_l), stopped()));
     tokio::spawn(ho.run(Some(ho_l), stopped()));
     tokio::spawn(agent.run(None, stopped()));
-    let (ho_h, deadline) = (handle.clone(), Instant::now() + Duration::from_secs(10));
-    while !ho_h.stats().uplink_connected {
-        assert!(Instant::now() < deadline, "the chain did not connect");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let h = &handle;
+    vespa_testkit::wait_until_async(
+        "the chain to connect (the agent's uplink)",
+        Duration::from_secs(10),
+        move || async move { h.stats().uplink_connected },
+    )
+    .await;
     Chain {
         agent: handle,
         _stop: stop_tx,

@@ -22,7 +22,9 @@ pub mod pox_stub;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use vespa_testkit::try_wait_until;
 
 /// Whether daemons are required (`VESPA_REQUIRE_EBPF=1`, as on CI).
 pub fn required() -> bool {
@@ -41,27 +43,6 @@ pub fn require_daemon<T>(test: &str, what: &str, r: Result<T, String>) -> Option
             eprintln!("SKIPPED {test}: {what} cannot run: {why} (set VESPA_REQUIRE_EBPF=1 to make this a failure)");
             None
         }
-    }
-}
-
-/// Polls `f` until it returns Some, or fails after `timeout` (a failure bound, not a delay:
-/// it returns as soon as the condition holds).
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> Result<T, String> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(2);
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}"));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
@@ -147,15 +128,15 @@ impl Proc {
         }
         let pid = nix::unistd::Pid::from_raw(c.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let exited = try_wait_until(
+            &format!("{} to exit after SIGTERM", self.name),
+            Duration::from_secs(5),
+            || c.try_wait().ok().flatten().ok_or("running"),
+        );
+        if exited.is_err() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
-        let _ = c.kill();
-        let _ = c.wait();
     }
 }
 

@@ -4,24 +4,7 @@
 //! lines, a client that calls verbs on the running tree), plus the assertions the tests make
 //! about alert delivery.
 
-use std::time::{Duration, Instant};
-
 pub use vespa_tests::tree::*;
-
-/// Polls `f` until it returns `Some`, failing after `WAIT`.
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A node's `stats`, parsed.
 pub fn stats(tree: &Tree, via: &str, target: &str) -> Option<vespa_node::Stats> {

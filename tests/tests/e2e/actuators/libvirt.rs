@@ -6,8 +6,9 @@ use std::time::Duration;
 use serde_json::Value;
 use vespa_actuators::libvirt::{LibvirtAgent, LibvirtConfig, VmEventKind};
 use vespa_actuators::{ActuatorAlert, ActuatorVerbs, AlertSink, LibvirtError, RetryPolicy};
+use vespa_testkit::wait_until_async;
 use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
-use vespa_tests::daemons::{require_daemon, wait_for};
+use vespa_tests::daemons::require_daemon;
 
 fn ready(test: &str) -> bool {
     vespa_tests::privileged(test)
@@ -185,16 +186,13 @@ async fn tap_map_matches_domiflist_and_follows_domains_started_later() {
 
     // Stopping the domain removes its device from the map.
     d.virsh(&["destroy", &d.name]).expect("virsh destroy");
-    let t = taps.clone();
-    let gone = tap.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_for("the tap to leave the map", Duration::from_secs(20), || {
-            t.get(&gone).is_none().then_some(())
-        })
-    })
-    .await
-    .expect("join")
-    .expect("device removed");
+    let (taps, tap) = (&taps, &tap);
+    wait_until_async(
+        "the device to leave the map",
+        Duration::from_secs(20),
+        move || async move { taps.get(tap).map_or(Ok(()), Err) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,7 @@ use std::process::{Command, Stdio};
 
 use crate::kit::*;
 use serde_json::Value as Json;
+use vespa_testkit::wait_until;
 use vespa_tests::browser::{
     artifacts, chromium, chromium_present, kill_group, BROWSER_TIMEOUT, CHROMIUM,
 };
@@ -105,12 +106,13 @@ fn dashboard_renders_a_real_tree_in_headless_chromium() {
         &["--mode", "auto", "-i", "lo"],
         &["bw", "conns"],
     );
-    wait_for(
+    wait_until(
         &format!("the API on {api} (log: {})", vo.log.display()),
-        || TcpStream::connect(api).ok().map(|_| ()),
+        WAIT,
+        || TcpStream::connect(api).map(drop),
     );
     // Wait for what the page shows, so one render has it all.
-    wait_for("both agents under HO_VM", || {
+    wait_until("both agents under HO_VM", WAIT, || {
         let a = get_json(api, "/archi")?;
         let ho = a["children"]
             .as_array()?
@@ -119,13 +121,13 @@ fn dashboard_renders_a_real_tree_in_headless_chromium() {
             .clone();
         (ho["children"].as_array()?.len() == 2).then_some(())
     });
-    wait_for("10 rx deltas of lo", || {
+    wait_until("10 rx deltas of lo", WAIT, || {
         get_json(api, "/recv_bytes?iface=lo&origin=bw")?
             .as_array()
             .is_some_and(|a| a.len() >= 10)
             .then_some(())
     });
-    wait_for("remote addresses", || {
+    wait_until("remote addresses", WAIT, || {
         get_json(api, "/get_ip_connections")?
             .as_array()
             .is_some_and(|a| !a.is_empty())
@@ -349,9 +351,10 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
             token.to_str().expect("utf-8"),
         ],
     );
-    wait_for(
+    wait_until(
         &format!("the API on {api} (log: {})", vo.log.display()),
-        || TcpStream::connect(api).ok().map(|_| ()),
+        WAIT,
+        || TcpStream::connect(api).map(drop),
     );
 
     let wd_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -366,8 +369,8 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
             .spawn()
             .expect("start chromedriver"),
     );
-    wait_for("chromedriver", || {
-        TcpStream::connect(wd_addr).ok().map(|_| ())
+    wait_until("chromedriver", WAIT, || {
+        TcpStream::connect(wd_addr).map(drop)
     });
     let profile = tree.scratch.dir.join("chromium-profile-wd");
     std::fs::create_dir_all(&profile).expect("profile");
@@ -415,7 +418,7 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
         &s("/url"),
         Some(serde_json::json!({ "url": format!("http://{api}/?selftest=stub") })),
     );
-    let button = wait_for("the stub action's release button", || {
+    let button = wait_until("the stub action's release button", WAIT, || {
         find("tr[data-key=\"selftest-stub\"] button.release")
     });
     let disabled = wd(
@@ -462,7 +465,7 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
         Json::String(TOKEN.into()),
         "the token is kept in sessionStorage"
     );
-    let button = wait_for("an enabled release button", || {
+    let button = wait_until("an enabled release button", WAIT, || {
         let b = find("tr[data-key=\"selftest-stub\"] button.release")?;
         (wd(wd_addr, "GET", &s(&format!("/element/{b}/enabled")), None) == Json::Bool(true))
             .then_some(b)
@@ -473,7 +476,7 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
         &s(&format!("/element/{button}/click")),
         Some(serde_json::json!({})),
     );
-    let answer = wait_for("the release answer in the page", || {
+    let answer = wait_until("the release answer in the page", WAIT, || {
         let t = text_of("#release-result");
         t.starts_with("release selftest-stub: ").then_some(t)
     });

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use crate::kit::*;
+use vespa_testkit::wait_until;
 use vespa_tests::daemons::floodlight_stub::{Fault, FloodlightStub};
 
 #[test]
@@ -85,7 +86,7 @@ fn actuator_verbs_are_callable_through_the_tree() {
     let mut agents = tree.spawn("agents", "vespa-agent", None, &[], &["lv", "fl", "av"]);
 
     // libvirt: the test driver's domain "test", reached VO -> HO_HY -> lv.
-    let vms = wait_for("lv answers list_vms", || {
+    let vms = wait_until("lv answers list_vms", WAIT, || {
         tree.call("lv", "list_vms", &[]).ok()
     });
     assert!(vms.contains("\"test\""), "{vms}");
@@ -176,7 +177,7 @@ fn actuator_verbs_are_callable_through_the_tree() {
         .call("fl", "block_hackers", &["52:54:00:00:00:99"])
         .expect_err("controller down");
     assert!(err.contains("500"), "{err}");
-    let alert = wait_for("an ActuatorFailed alert from fl at the VO", || {
+    let alert = wait_until("an ActuatorFailed alert from fl at the VO", WAIT, || {
         try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
             .into_iter()
             .find(|a| a["origin"] == "fl" && a["body"].get("ActuatorFailed").is_some())
@@ -289,7 +290,7 @@ fn the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts() {
         &["bw", "lv"],
         &["--metrics", &metrics.to_string()],
     );
-    let line = wait_for("the tap device's info series with its VM", || {
+    let line = wait_until("the tap device's info series with its VM", WAIT, || {
         let body = http_get(metrics, "/metrics")?;
         body.lines()
             .find(|l| {
@@ -311,8 +312,9 @@ fn the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts() {
 
     // The samples name the VM (once the libvirt agent has mapped the tap): the VO's API sums
     // its traffic per VM.
-    let sample = wait_for(
+    let sample = wait_until(
         "a bandwidth sample of the tap naming its VM at the VO",
+        WAIT,
         || {
             try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
                 .into_iter()
@@ -327,7 +329,7 @@ fn the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts() {
         dom.name.as_str(),
         "{sample}"
     );
-    let vms = wait_for("the VM's traffic in /api/v1/vms", || {
+    let vms = wait_until("the VM's traffic in /api/v1/vms", WAIT, || {
         let v: serde_json::Value = serde_json::from_str(&http_get(api, "/api/v1/vms")?).ok()?;
         v["vms"]
             .as_array()?

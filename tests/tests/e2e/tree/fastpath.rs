@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::kit::*;
+use vespa_testkit::wait_until;
 use vespa_tests::daemons::floodlight_stub::FloodlightStub;
 use vespa_tests::daemons::http_request;
 use vespa_tests::workspace_bin;
@@ -177,11 +178,10 @@ fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
             agents.log_text()
         )
     };
-    wait_for("both agents under HO_PH", || {
+    wait_until("both agents under HO_PH", WAIT, || {
         ["conns", "fl"]
             .iter()
             .all(|a| tree.call(a, "help", &[]).is_ok())
-            .then_some(())
     });
     let loaded = orch
         .log_lines()
@@ -216,8 +216,9 @@ fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
     let accepted = accept.join().expect("accept thread");
     let target = attacker.to_string();
 
-    let first = wait_for(
+    let first = wait_until(
         "the block of the attacker at the Floodlight stand-in",
+        WAIT,
         || blocks_of(&stub, &target).first().cloned(),
     );
     // Samples keep reporting 40 connections meanwhile: no second block.
@@ -251,7 +252,7 @@ fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
 
     // At the VO: the crossing, unchanged, through HO_PH; then HO_PH's fast-path alert.
     let note = format!("fast path at HO_PH: block_hackers {target} 600 on fl (rule conn-flood)");
-    let alerts = wait_for("the fast-path alert at the VO", || {
+    let alerts = wait_until("the fast-path alert at the VO", WAIT, || {
         let all = try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?;
         all.iter()
             .any(|a| a["body"]["Text"] == note.as_str())
@@ -281,16 +282,20 @@ fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
     // Calm: the connections close; after calm_s HO_PH releases the block the same way.
     drop(held);
     drop(accepted);
-    wait_for("the attacker's flows removed from the stand-in", || {
-        let gone = !stub
-            .flows()
-            .values()
-            .any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str());
-        let deleted = stub.requests().iter().any(|r| r.method == "DELETE");
-        (gone && deleted).then_some(())
-    });
+    wait_until(
+        "the attacker's flows removed from the stand-in",
+        WAIT,
+        || {
+            let gone = !stub
+                .flows()
+                .values()
+                .any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str());
+            let deleted = stub.requests().iter().any(|r| r.method == "DELETE");
+            gone && deleted
+        },
+    );
     let released = format!("fast path at HO_PH: release_hackers {target} on fl (rule conn-flood)");
-    wait_for("the release's fast-path alert at the VO", || {
+    wait_until("the release's fast-path alert at the VO", WAIT, || {
         try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
             .iter()
             .any(|a| a["body"]["Text"] == released.as_str())
@@ -380,11 +385,10 @@ fn an_ho_in_another_process_is_listed_and_released_through_the_vo_api() {
             agents.log_text()
         )
     };
-    wait_for("both agents under HO_PH", || {
+    wait_until("both agents under HO_PH", WAIT, || {
         ["conns", "fl"]
             .iter()
             .all(|a| tree.call(a, "help", &[]).is_ok())
-            .then_some(())
     });
     let actions = || -> Option<serde_json::Value> {
         let (status, body) = http_request(api, "GET", "/api/v1/actions", None, "")?;
@@ -408,13 +412,14 @@ fn an_ho_in_another_process_is_listed_and_released_through_the_vo_api() {
         std::thread::spawn(move || vespa_tests::traffic::tcp_accept_n(&server, 2 * THRESHOLD));
     let held = vespa_tests::traffic::tcp_connect_from(attacker, to, 2 * THRESHOLD, |_| {});
     let accepted = accept.join().expect("accept thread");
-    let id = wait_for(
+    let id = wait_until(
         "the block of the attacker at the Floodlight stand-in",
+        WAIT,
         || blocks_of(&stub, &target).first().cloned(),
     );
 
     // Listed by the VO's API, held at HO_PH, which another process runs.
-    let listed = wait_for("HO_PH's block in the VO's /api/v1/actions", || {
+    let listed = wait_until("HO_PH's block in the VO's /api/v1/actions", WAIT, || {
         let a = actions()?;
         a["actions"]
             .as_array()?
@@ -467,20 +472,24 @@ fn an_ho_in_another_process_is_listed_and_released_through_the_vo_api() {
         text.contains(&format!("fl release_hackers {target}")),
         "HO_PH's driver released it: {text}"
     );
-    wait_for("the attacker's flows removed from the stand-in", || {
-        let gone = !stub
-            .flows()
-            .values()
-            .any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str());
-        let deleted = stub.requests().iter().any(|r| {
-            r.method == "DELETE"
-                && r.body
-                    .as_ref()
-                    .and_then(|b| b["name"].as_str())
-                    .is_some_and(|n| n.starts_with(&format!("vespa-{id}-")))
-        });
-        (gone && deleted).then_some(())
-    });
+    wait_until(
+        "the attacker's flows removed from the stand-in",
+        WAIT,
+        || {
+            let gone = !stub
+                .flows()
+                .values()
+                .any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str());
+            let deleted = stub.requests().iter().any(|r| {
+                r.method == "DELETE"
+                    && r.body
+                        .as_ref()
+                        .and_then(|b| b["name"].as_str())
+                        .is_some_and(|n| n.starts_with(&format!("vespa-{id}-")))
+            });
+            gone && deleted
+        },
+    );
     let after = actions().expect("actions");
     assert!(!holds(&after), "released: {after}");
     let (status, text) =

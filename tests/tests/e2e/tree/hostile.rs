@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vespa_proto::{Message, NodeKind, Psk};
+use vespa_testkit::{at_least, wait_until};
 
 /// Warning and error lines of `p` whose `peer` field is `peer` (a replayed connection also
 /// has the ordinary "child registered" line from before the replay).
@@ -31,7 +32,7 @@ fn lines_for(p: &Proc, peer: SocketAddr) -> Vec<serde_json::Value> {
 
 /// Waits for the one log line about `peer`, checks its reason, and that no second one comes.
 fn one_line(p: &Proc, peer: SocketAddr, reason: &[&str], case: &str) {
-    let lines = wait_for(&format!("{case}: a log line for {peer}"), || {
+    let lines = wait_until(&format!("{case}: a log line for {peer}"), WAIT, || {
         Some(lines_for(p, peer)).filter(|l| !l.is_empty())
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -181,8 +182,8 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
             .and_then(|s| s.origins.get("bw").map(|o| o.count))
             .unwrap_or(0)
     };
-    wait_for("the agent's alerts at the VO", || {
-        (count() >= 100).then_some(())
+    wait_until("the agent's alerts at the VO", WAIT, || {
+        at_least(count(), 100)
     });
     let rss_before = orch.rss_kib();
     let count_before = count();
@@ -350,9 +351,10 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
         held
     });
     let rss_during = orch.rss_kib();
-    wait_for(
+    wait_until(
         "each of the 250 flood connections to be rejected (one line each)",
-        || (rejected() >= rejected_before + 250).then_some(()),
+        WAIT,
+        || at_least(rejected(), rejected_before + 250),
     );
     assert_eq!(rejected(), rejected_before + 250);
     drop(held);
@@ -365,8 +367,8 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
     );
 
     // The well-behaved agent never noticed.
-    wait_for("the agent's alerts to keep flowing", || {
-        (count() >= count_before + 200).then_some(())
+    wait_until("the agent's alerts to keep flowing", WAIT, || {
+        at_least(count(), count_before + 200)
     });
     let agent_stats = stats(&tree, "VO", "bw").expect("agent stats through the tree");
     assert_eq!(
@@ -377,7 +379,7 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
     agent.signal(Signal::SIGTERM);
     assert!(agent.wait_exit().success());
     let (first, last) = final_seqs(&agent, "bw");
-    wait_for("the VO to hold the agent's last alert", || {
+    wait_until("the VO to hold the agent's last alert", WAIT, || {
         stats(&tree, "VO", "VO").filter(|s| s.origins.get("bw").is_some_and(|o| o.highest == last))
     });
     let alerts = vo_alerts(&tree, &|v, a| tree.call("VO", v, a));

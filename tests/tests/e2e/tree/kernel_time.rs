@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::kit::*;
 use nix::sys::signal::Signal;
+use vespa_testkit::wait_until;
 
 fn unix_ns() -> u64 {
     SystemTime::now()
@@ -58,7 +59,7 @@ fn a_threshold_alert_is_stamped_with_the_kernel_events_time() {
         &["--mode", "ebpf", "-i", "lo", "--conn-threshold", "5"],
         &["conns"],
     );
-    wait_for("the agent under the VO", || {
+    wait_until("the agent under the VO", WAIT, || {
         tree.call("VO", "call", &["conns", "help"]).ok()
     });
 
@@ -73,11 +74,15 @@ fn a_threshold_alert_is_stamped_with_the_kernel_events_time() {
     agent.signal(Signal::SIGCONT);
     let resumed = unix_ns();
 
-    let alert = wait_for("the ConnThreshold alert for 127.0.3.7 at the VO", || {
-        try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
-            .into_iter()
-            .find(|a| a["body"]["ConnThreshold"]["addr"] == "127.0.3.7")
-    });
+    let alert = wait_until(
+        "the ConnThreshold alert for 127.0.3.7 at the VO",
+        WAIT,
+        || {
+            try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
+                .into_iter()
+                .find(|a| a["body"]["ConnThreshold"]["addr"] == "127.0.3.7")
+        },
+    );
     assert_eq!(
         alert["body"]["ConnThreshold"]["established"], 6,
         "the sixth connection crossed: {alert}"

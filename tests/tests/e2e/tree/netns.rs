@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::kit::*;
 use nix::sys::signal::Signal;
+use vespa_testkit::{at_least, wait_until};
 use vespa_tests::net::{veth, Netns};
 
 #[test]
@@ -92,8 +93,8 @@ fn cut_links_for_seconds_lose_and_duplicate_no_alert() {
             .unwrap_or(0)
     };
 
-    wait_for("200 alerts at the VO before the first cut", || {
-        (count() >= 200).then_some(())
+    wait_until("200 alerts at the VO before the first cut", WAIT, || {
+        at_least(count(), 200)
     });
     for (label, ns, ifname) in [
         ("agent-HO", &ho_ns, &h_side_a.ifname),
@@ -103,9 +104,10 @@ fn cut_links_for_seconds_lose_and_duplicate_no_alert() {
         std::thread::sleep(Duration::from_secs(3));
         ns.ip(&["link", "set", ifname, "up"]);
         let before = count();
-        wait_for(
+        wait_until(
             &format!("alerts to flow again after the {label} cut"),
-            || (count() >= before + 200).then_some(()),
+            WAIT,
+            || at_least(count(), before + 200),
         );
     }
 
@@ -116,7 +118,7 @@ fn cut_links_for_seconds_lose_and_duplicate_no_alert() {
         agent.log_text()
     );
     let (first, last) = final_seqs(&agent, "bw");
-    wait_for("the VO to hold the agent's last alert", || {
+    wait_until("the VO to hold the agent's last alert", WAIT, || {
         vo_stats().filter(|s| s.origins.get("bw").is_some_and(|o| o.highest == last))
     });
     let alerts = vo_alerts(&tree, &vo_call);
