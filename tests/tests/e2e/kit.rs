@@ -79,6 +79,19 @@ pub fn assert_exactly_once(seqs: &[u64], first: u64, last: u64, what: &str) {
     );
 }
 
+/// The log lines with which a node notes the link to its master is gone: the master closed
+/// it (a master killed: the kernel ends its connections), or it failed (reset, idle timeout
+/// on a cut link).
+pub const UPLINK_LOST: [&str; 2] = ["master closed the connection", "uplink to master failed"];
+
+/// How many times `p`'s log notes a lost link to a master ([`UPLINK_LOST`]).
+pub fn uplinks_lost(p: &Proc) -> usize {
+    p.log_lines()
+        .iter()
+        .filter(|l| UPLINK_LOST.iter().any(|m| l["fields"]["message"] == *m))
+        .count()
+}
+
 /// Reads the agent's final numbering from its "node stopped" log line.
 pub fn final_seqs(p: &Proc, node: &str) -> (u64, u64) {
     let f = p.log_event("node stopped", node).unwrap_or_else(|| {

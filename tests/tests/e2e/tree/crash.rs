@@ -2,7 +2,6 @@
 //! every alert the agent raised, each exactly once, in order.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use crate::kit::*;
 use nix::sys::signal::Signal;
@@ -69,9 +68,13 @@ fn sigkill_of_the_ho_while_the_agent_streams_loses_and_duplicates_nothing() {
     wait_until("300 alerts at the VO", WAIT, || {
         at_least(vo_count(&tree), 300)
     });
+    let lost = uplinks_lost(&agent);
     ho.kill9();
     let at_kill = vo_count(&tree);
-    std::thread::sleep(Duration::from_millis(800));
+    // The new HO starts once the agent has seen the old one go, its alerts queueing.
+    wait_until("the agent to notice the HO is gone", WAIT, || {
+        at_least(uplinks_lost(&agent), lost + 1)
+    });
     let mut ho2 = tree.spawn("ho2", "vespa-orchestrator", None, &[], &["HO_VM"]);
     wait_until("alerts to flow again through the new HO", WAIT, || {
         at_least(vo_count(&tree), at_kill + 1000)
@@ -110,8 +113,12 @@ fn sigkill_of_the_vo_with_a_journal_loses_and_duplicates_nothing() {
     wait_until("300 alerts at the VO", WAIT, || {
         at_least(vo_count(&tree), 300)
     });
+    let lost = uplinks_lost(&ho);
     vo.kill9();
-    std::thread::sleep(Duration::from_millis(800));
+    // The new VO starts once the HO has seen the old one go, the alerts queueing.
+    wait_until("the HO to notice the VO is gone", WAIT, || {
+        at_least(uplinks_lost(&ho), lost + 1)
+    });
     let mut vo2 = tree.spawn("vo2", "vespa-orchestrator", None, &[], &["VO"]);
     let restarted_with = wait_until("the new VO to answer", WAIT, || stats(&tree, "VO", "VO"))
         .origins

@@ -8,7 +8,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Command;
-use std::time::Duration;
 
 use crate::kit::*;
 use vespa_testkit::wait_until;
@@ -139,6 +138,30 @@ fn blocks_of(stub: &FloodlightStub, ip: &str) -> Vec<String> {
     ids
 }
 
+/// When the first block request for `ip` reached the stand-in (Unix ns).
+fn block_received_ns(stub: &FloodlightStub, ip: &str) -> u64 {
+    stub.requests_timed()
+        .into_iter()
+        .find(|(_, r)| {
+            r.method == "POST"
+                && r.body
+                    .as_ref()
+                    .is_some_and(|b| b["ipv4_src"] == ip || b["ipv4_dst"] == ip)
+        })
+        .map(|(t, _)| t)
+        .unwrap_or_else(|| panic!("no block request for {ip} at the stand-in"))
+}
+
+/// Whether `alert` is a connections sample counting at least the threshold from `ip`.
+fn reports_flood(alert: &serde_json::Value, ip: &str) -> bool {
+    alert["body"]["Connections"]["per_remote"]
+        .as_array()
+        .is_some_and(|l| {
+            l.iter()
+                .any(|e| e[0] == ip && e[1].as_u64().is_some_and(|n| n >= THRESHOLD as u64))
+        })
+}
+
 #[test]
 fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
     let test = "a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told";
@@ -221,8 +244,23 @@ fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
         WAIT,
         || blocks_of(&stub, &target).first().cloned(),
     );
-    // Samples keep reporting 40 connections meanwhile: no second block.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Samples keep reporting 40 connections meanwhile: no second block, though the rule's
+    // cool-down (1 s) is over by the time HO_PH has passed on a sample taken 1.5 s after the
+    // block reached the stand-in.
+    let after_ns = block_received_ns(&stub, &target) + 1_500_000_000;
+    wait_until(
+        "a sample still reporting the flood, taken 1.5 s after the block, at the VO",
+        WAIT,
+        || {
+            try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
+                .into_iter()
+                .find(|a| {
+                    a["origin"] == "conns"
+                        && a["timestamp_ns"].as_u64().is_some_and(|t| t >= after_ns)
+                        && reports_flood(a, &target)
+                })
+        },
+    );
     assert_eq!(
         blocks_of(&stub, &target),
         [first],
