@@ -1,7 +1,8 @@
 //! libvirtd for tests, and throw-away KVM domains.
 //!
 //! libvirtd is a system daemon with fixed paths (`/var/run/libvirt`), so one instance serves
-//! the whole test process: started on first use (unless one already answers, which is then
+//! the whole test process (its tests hold a share of [`crate::shared::LIBVIRTD`]; stopping
+//! it takes it alone): started on first use (unless one already answers, which is then
 //! reused and never stopped), from a keeper thread that lives as long as the process, with
 //! a parent-death signal — so the daemons end with the test process even though a static is
 //! never dropped. Without systemd the machine lacks what the Debian packages' hooks would have

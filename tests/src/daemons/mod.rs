@@ -48,8 +48,9 @@ pub fn require_daemon<T>(test: &str, what: &str, r: Result<T, String>) -> Option
 
 /// A free TCP port on 127.0.0.1 (of the calling thread's namespace).
 ///
-/// Never the same port twice in one process: tests of one binary run in parallel threads,
-/// and two nodes of one tree must not draw the same port the kernel just handed back.
+/// Never the same port twice in one process: the end-to-end tests run in parallel threads of
+/// one process, and two nodes of one tree must not draw the same port the kernel just handed
+/// back.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN

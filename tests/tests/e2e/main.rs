@@ -5,7 +5,8 @@
 //!
 //! The tests of every area run concurrently in this one process, so whatever they share is
 //! made unique per test (namespace and interface names, subnets, ports, scratch directories)
-//! or taken under a lock where one daemon or interface serves them all.
+//! or taken under a lock where one daemon or interface serves them all
+//! (`vespa_tests::shared`: libvirtd, the host's loopback connection counts).
 
 /// The tree of real processes and the assertions about alert delivery, for every area.
 mod kit;

@@ -9,6 +9,7 @@ use vespa_actuators::{ActuatorAlert, ActuatorVerbs, AlertSink, LibvirtError, Ret
 use vespa_testkit::wait_until_async;
 use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
 use vespa_tests::daemons::require_daemon;
+use vespa_tests::shared::LIBVIRTD;
 
 fn ready(test: &str) -> bool {
     vespa_tests::privileged(test)
@@ -47,6 +48,8 @@ fn json(s: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvm_cut_and_connect_link_confirmed_by_libvirt() {
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
     let test = "kvm_cut_and_connect_link_confirmed_by_libvirt";
     if !ready(test) {
         return;
@@ -86,6 +89,8 @@ async fn kvm_cut_and_connect_link_confirmed_by_libvirt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvm_suspend_resume_restart_and_restart_hard() {
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
     let test = "kvm_suspend_resume_restart_and_restart_hard";
     if !ready(test) {
         return;
@@ -128,6 +133,8 @@ async fn kvm_suspend_resume_restart_and_restart_hard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tap_map_matches_domiflist_and_follows_domains_started_later() {
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
     let test = "tap_map_matches_domiflist_and_follows_domains_started_later";
     if !ready(test) {
         return;
@@ -197,6 +204,8 @@ async fn tap_map_matches_domiflist_and_follows_domains_started_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_and_failures_are_typed_and_the_agent_keeps_serving() {
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
     let test = "bad_input_and_failures_are_typed_and_the_agent_keeps_serving";
     if !ready(test) {
         return;

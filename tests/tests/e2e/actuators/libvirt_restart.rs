@@ -1,5 +1,5 @@
-//! The libvirt agent across a libvirtd restart (its own test binary, so no other test shares
-//! the daemon while it is down; skipped if the tests did not start that libvirtd themselves).
+//! The libvirt agent across a libvirtd restart (with the daemon taken alone, so no other test
+//! uses it while it is down; skipped if the tests did not start that libvirtd themselves).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +9,12 @@ use vespa_actuators::{AlertSink, LibvirtError, RetryPolicy};
 use vespa_testkit::wait_until_async;
 use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
 use vespa_tests::daemons::require_daemon;
+use vespa_tests::shared::LIBVIRTD;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_down_is_typed_then_calls_and_the_tap_map_recover_after_restart() {
+    // The daemon goes down here: no other test may use it meanwhile. Dropped last.
+    let _libvirtd = LIBVIRTD.take();
     let test = "daemon_down_is_typed_then_calls_and_the_tap_map_recover_after_restart";
     if !vespa_tests::privileged(test) {
         return;

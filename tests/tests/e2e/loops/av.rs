@@ -19,6 +19,7 @@ use vespa_testkit::{try_wait_until, wait_until};
 use vespa_tests::daemons::clamd::{eicar, Clamd, EICAR_SIGNATURE};
 use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
 use vespa_tests::daemons::{http_request, require_daemon};
+use vespa_tests::shared::LIBVIRTD;
 
 const TOKEN: &str = "loop-av-token-0123456789abcdef";
 
@@ -47,6 +48,8 @@ fn get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
 #[test]
 fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it() {
     let test = "eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it";
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
     if !vespa_tests::privileged(test)
         || require_daemon(test, "libvirtd with KVM", libvirtd().map(drop)).is_none()
     {

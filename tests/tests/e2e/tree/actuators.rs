@@ -217,7 +217,10 @@ fn actuator_verbs_are_callable_through_the_tree() {
 fn the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts() {
     use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
     use vespa_tests::daemons::require_daemon;
+    use vespa_tests::shared::LIBVIRTD;
     let test = "the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts";
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
     if !vespa_tests::privileged(test)
         || require_daemon(test, "libvirtd with KVM", libvirtd().map(drop)).is_none()
     {
