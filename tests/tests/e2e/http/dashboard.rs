@@ -262,6 +262,11 @@ fn excerpt<'a>(dom: &'a str, near: &str) -> &'a str {
 
 /// One WebDriver request to chromedriver at `addr`; returns the answer's `value`.
 fn wd(addr: SocketAddr, method: &str, path: &str, body: Option<Json>) -> Json {
+    wd_try(addr, method, path, body).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`wd`], with an error answer (a stale element, say) as `Err`.
+fn wd_try(addr: SocketAddr, method: &str, path: &str, body: Option<Json>) -> Result<Json, String> {
     use std::io::{Read, Write};
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut s = TcpStream::connect(addr).expect("connect to chromedriver");
@@ -289,11 +294,11 @@ fn wd(addr: SocketAddr, method: &str, path: &str, body: Option<Json>) -> Json {
     };
     let v: Json = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {head} {body}"));
-    assert!(
-        head.starts_with("HTTP/1.1 200"),
-        "{method} {path}: {head}\n{v}"
-    );
-    v["value"].clone()
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(v["value"].clone())
+    } else {
+        Err(format!("{method} {path}: {head}\n{v}"))
+    }
 }
 
 /// Kills chromedriver (and, with it, the browser it started) on drop.
@@ -422,15 +427,16 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
         &s("/url"),
         Some(serde_json::json!({ "url": format!("http://{api}/?selftest=stub") })),
     );
-    let button = wait_until("the stub action's release button", WAIT, || {
+    // The page redraws its table as it polls: a button found may be replaced before the next
+    // request names it (a stale element), so finding and using it are tried together.
+    let release_button = || {
         find("tr[data-key=\"selftest-stub\"] button.release")
+            .ok_or_else(|| "no release button".to_string())
+    };
+    let disabled = wait_until("the stub action's release button", WAIT, || {
+        let b = release_button()?;
+        wd_try(wd_addr, "GET", &s(&format!("/element/{b}/enabled")), None)
     });
-    let disabled = wd(
-        wd_addr,
-        "GET",
-        &s(&format!("/element/{button}/enabled")),
-        None,
-    );
     assert_eq!(
         disabled,
         Json::Bool(false),
@@ -469,17 +475,15 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
         Json::String(TOKEN.into()),
         "the token is kept in sessionStorage"
     );
-    let button = wait_until("an enabled release button", WAIT, || {
-        let b = find("tr[data-key=\"selftest-stub\"] button.release")?;
-        (wd(wd_addr, "GET", &s(&format!("/element/{b}/enabled")), None) == Json::Bool(true))
-            .then_some(b)
+    wait_until("a click on the enabled release button", WAIT, || {
+        let b = release_button()?;
+        let enabled = wd_try(wd_addr, "GET", &s(&format!("/element/{b}/enabled")), None)?;
+        if enabled != Json::Bool(true) {
+            return Err(format!("the button is not enabled: {enabled}"));
+        }
+        let click = Some(serde_json::json!({}));
+        wd_try(wd_addr, "POST", &s(&format!("/element/{b}/click")), click).map(drop)
     });
-    wd(
-        wd_addr,
-        "POST",
-        &s(&format!("/element/{button}/click")),
-        Some(serde_json::json!({})),
-    );
     let answer = wait_until("the release answer in the page", WAIT, || {
         let t = text_of("#release-result");
         t.starts_with("release selftest-stub: ").then_some(t)
