@@ -1,4 +1,4 @@
-//! The first closed loop as one rig, shared by `tests/loop_sdn.rs` and `vespa-demo`: an
+//! The first closed loop as one rig, shared by the `loops::sdn` test and `vespa-demo`: an
 //! [`SdnLab`] (Open vSwitch userspace bridge controlled by os-ken, an attacker host `h1` and a
 //! victim host `h2`) with a VESPA tree around it, so that a connection flood from the attacker
 //! is seen by the victim's connections agent, the VO's policy blocks the attacker's MAC

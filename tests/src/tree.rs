@@ -3,7 +3,7 @@
 //! (optionally inside a network namespace, logs in JSON lines), and a client that calls verbs
 //! on the running tree.
 //!
-//! Shared by the end-to-end tests (through `tests/tree_kit`) and `vespa-demo`. Each operation
+//! Shared by the end-to-end tests (through their `kit` module) and `vespa-demo`. Each operation
 //! comes in two flavours: a fallible one ([`Tree::create`], [`Tree::start`]) for programs,
 //! and a panicking one ([`Tree::new`], [`Tree::spawn`]) that keeps the tests short.
 

@@ -203,7 +203,14 @@ async fn latency(rate: u64, secs: f64) -> (Vec<f64>, Vec<f64>) {
             .raise(sample_body(i))
             .expect("light load never fills the queue");
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every alert has a pair once it reached the VO through the HO.
+    let ps = &pairs;
+    vespa_testkit::wait_until_async(
+        &format!("all {total} alerts at the VO"),
+        Duration::from_secs(10),
+        move || async move { vespa_testkit::at_least(ps.lock().expect("lock").len() as u64, total) },
+    )
+    .await;
     let p = pairs.lock().expect("lock").clone();
     let mut h1: Vec<f64> = p.iter().map(|x| x.0).collect();
     let mut h2: Vec<f64> = p.iter().map(|x| x.1).collect();
