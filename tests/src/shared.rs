@@ -85,6 +85,12 @@ impl Resource {
     }
 }
 
+impl Default for Resource {
+    fn default() -> Resource {
+        Resource::new()
+    }
+}
+
 /// A share of a [`Resource`], released on drop.
 #[must_use = "the resource is shared only while the guard lives"]
 pub struct Shared(&'static Resource);
