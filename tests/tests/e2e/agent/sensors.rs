@@ -8,7 +8,7 @@ use std::{
 };
 
 use vespa_agent::{iface, InterfaceCounters, Mode, SensorConfig, SensorEvent, Sensors, TcpState};
-use vespa_testkit::wait_until;
+use vespa_testkit::{try_wait_until, wait_until};
 use vespa_tests::{
     events_until,
     net::{Link, Netns},
@@ -400,15 +400,15 @@ fn syn_burst_is_counted_and_raises_the_threshold_event_but_normal_traffic_does_n
         Some(10),
         "one SYN per normal connection"
     );
-    // The burst may still be in flight past the crossing; wait for all of it to be counted.
-    wait_until(
-        &format!("every SYN of the burst counted for {from}"),
-        WAIT,
-        || match syns(from).unwrap_or(0) {
-            300 => Ok(()),
-            n => Err(format!("{n} SYNs")),
-        },
-    );
+    // The burst may still be in flight past the crossing; wait for all of it to be counted
+    // (a count short of it after the wait is the failure below).
+    let counted = || syns(from).unwrap_or(0);
+    let flood = try_wait_until("the whole burst counted", WAIT, || match counted() {
+        300 => Ok(300),
+        n => Err(n),
+    })
+    .unwrap_or_else(|_| counted());
+    assert_eq!(flood, 300, "every SYN of the burst counted for {from}");
     drop(normal);
 }
 
