@@ -4,7 +4,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where Debian installs the browser.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
@@ -58,20 +58,23 @@ pub fn chromium(scratch: &Path, run: &str, url: &str, extra: &[&str]) -> String 
         .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {CHROMIUM}: {e}"));
-    let deadline = Instant::now() + BROWSER_TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for chromium") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            kill_group(&mut child);
-            panic!(
-                "chromium ({run}) did not finish within {BROWSER_TIMEOUT:?}; stderr: {}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let finished = vespa_testkit::try_wait_until(
+        &format!("chromium ({run}) to finish"),
+        BROWSER_TIMEOUT,
+        || {
+            child
+                .try_wait()
+                .expect("wait for chromium")
+                .ok_or("running")
+        },
+    );
+    let status = finished.unwrap_or_else(|e| {
+        kill_group(&mut child);
+        panic!(
+            "{e}; stderr: {}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        )
+    });
     assert!(
         status.success(),
         "chromium ({run}) failed: {status}; stderr: {}",

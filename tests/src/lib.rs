@@ -1,15 +1,19 @@
-//! Test kit for VESPA's end-to-end tests: network namespaces with veth links, running code
-//! inside a namespace, traffic generators, the daemons the tests start themselves, a tree of
-//! the real binaries ([`tree`]), the closed loop over Open vSwitch + os-ken as one rig
-//! ([`sdn_loop`], also what `vespa-demo` runs), and the root/eBPF requirement policy.
+//! Test kit for VESPA's end-to-end tests: the system's tools ([`cmd`]), network namespaces
+//! with veth links and running code inside a namespace ([`net`]), traffic generators, the
+//! daemons the tests start themselves, a tree of the real binaries ([`tree`]), the closed
+//! loop over Open vSwitch + os-ken as one rig ([`sdn_loop`], also what `vespa-demo` runs),
+//! names, subnets and ports unique within the process, the locks for what concurrent tests
+//! must share ([`shared`]), and the root/eBPF requirement policy.
 //!
 //! Every namespace and link a test makes is removed when its guard drops, and traffic only
 //! ever goes to addresses of those namespaces.
 
 pub mod browser;
+pub mod cmd;
 pub mod daemons;
 pub mod net;
 pub mod sdn_loop;
+pub mod shared;
 pub mod traffic;
 pub mod tree;
 
@@ -48,11 +52,14 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A distinct /24 (third octet) and /64 per call, so concurrent tests never share addresses:
-/// the connection tracker sees every namespace's sockets.
+/// A /24 (third octet) and /64 that no other call of this process returns (for its first
+/// 254 calls), so concurrent tests never share addresses: a tracker watching every namespace
+/// (`--all-netns`) sees all of them. Processes start ten apart, by pid, so that concurrent
+/// test processes seldom meet either.
 pub fn subnet() -> u8 {
     static N: AtomicU32 = AtomicU32::new(0);
-    (10 + (std::process::id() % 20) * 10 + N.fetch_add(1, Ordering::Relaxed) % 10) as u8
+    let start = (std::process::id() % 25) * 10;
+    (1 + (start + N.fetch_add(1, Ordering::Relaxed)) % 254) as u8
 }
 
 /// Path of a workspace binary built next to the running executable: a test executable

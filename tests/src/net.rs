@@ -1,4 +1,5 @@
-//! Network namespaces and veth links for tests, and a TCP port forward into a namespace.
+//! Network namespaces and veth links for tests, running code inside a namespace, and a TCP
+//! port forward into one.
 
 use std::{
     fs::File,
@@ -13,20 +14,7 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 
-/// Runs a command, panicking with its output if it fails.
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::cmd::{run, sh};
 
 /// A network namespace (`ip netns add`), deleted on drop.
 pub struct Netns {
@@ -81,6 +69,12 @@ fn enter(name: &str) -> io::Result<()> {
     let path = format!("/run/netns/{name}");
     let fd = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
     setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| io::Error::other(format!("setns {path}: {e}")))
+}
+
+/// Runs `f` on a new thread inside the network namespace `name` (like [`Netns::run`], for a
+/// namespace this code does not own), panicking when it cannot be entered.
+pub fn in_netns<R: Send + 'static>(name: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    try_in_netns(name, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs `f` on a new thread inside the network namespace `name`, which this code need not
@@ -142,7 +136,6 @@ pub fn veth(a_ns: &Netns, b_ns: &Netns) -> (End, End) {
 
 /// [`veth`], with the failing command's output as the error.
 pub fn try_veth(a_ns: &Netns, b_ns: &Netns) -> Result<(End, End), String> {
-    use crate::daemons::run;
     let net = crate::subnet();
     let a_if = crate::unique("va");
     let b_if = crate::unique("vb");

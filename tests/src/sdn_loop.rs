@@ -1,4 +1,4 @@
-//! The first closed loop as one rig, shared by `tests/loop_sdn.rs` and `vespa-demo`: an
+//! The first closed loop as one rig, shared by the `loops::sdn` test and `vespa-demo`: an
 //! [`SdnLab`] (Open vSwitch userspace bridge controlled by os-ken, an attacker host `h1` and a
 //! victim host `h2`) with a VESPA tree around it, so that a connection flood from the attacker
 //! is seen by the victim's connections agent, the VO's policy blocks the attacker's MAC
@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::daemons::http_get;
 use crate::daemons::ovs::SdnLab;
-use crate::daemons::{http_get, in_netns};
+use crate::net::in_netns;
 use crate::tree::{Proc, Tree, N};
 
 /// How the victim's agents sense (`vespa-agent --mode`). The eBPF tracker counts the sockets

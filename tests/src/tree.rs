@@ -3,7 +3,7 @@
 //! (optionally inside a network namespace, logs in JSON lines), and a client that calls verbs
 //! on the running tree.
 //!
-//! Shared by the end-to-end tests (through `tests/tree_kit`) and `vespa-demo`. Each operation
+//! Shared by the end-to-end tests (through their `kit` module) and `vespa-demo`. Each operation
 //! comes in two flavours: a fallible one ([`Tree::create`], [`Tree::start`]) for programs,
 //! and a panicking one ([`Tree::new`], [`Tree::spawn`]) that keeps the tests short.
 
@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use vespa_node::{Client, Security};
@@ -301,21 +301,13 @@ impl Proc {
         Some(st)
     }
 
-    /// Waits for the process to exit (failing after [`WAIT`]).
+    /// Waits for the process to exit (failing after [`WAIT`], with its log).
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(st) = self.exited() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {WAIT:?}; log:\n{}",
-                self.label,
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let label = self.label.clone();
+        vespa_testkit::try_wait_until(&format!("{label} to exit"), WAIT, || {
+            self.exited().ok_or("running")
+        })
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log_text()))
     }
 
     pub fn log_text(&self) -> String {

@@ -1,6 +1,7 @@
 //! The API in-process, in front of a recording [`PolicyControl`]: authorised mutations reach
 //! the policy with what the request said, and each [`PolicyError`] maps to its status.
-//! (The binaries' test, `tests/tests/http_api.rs`, covers the tree and the no-policy case.)
+//! (The binaries' test, `http::api` in `tests/tests/e2e`, covers the tree and the no-policy
+//! case.)
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

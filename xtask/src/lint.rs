@@ -30,6 +30,7 @@ const CRATE_ROOTS: &[&str] = &[
     "vespa-orchestrator/src/lib.rs",
     "vespa-orchestrator/src/main.rs",
     "tests/src/lib.rs",
+    "tests/tests/e2e/main.rs",
     "xtask/src/main.rs",
 ];
 

@@ -59,7 +59,8 @@ enum Cmd {
         /// Seconds each fuzz target (frame and message decoders) runs after the tests; 0 skips.
         #[arg(long, default_value_t = 60)]
         fuzz_seconds: u64,
-        /// Extra arguments for `cargo test`, e.g. `-- --test sensors`.
+        /// Extra arguments for `cargo test`, e.g. `-- --test e2e agent::sensors` (one area of
+        /// the end-to-end tests: agent, tree, http, actuators, loops).
         #[arg(last = true)]
         args: Vec<String>,
     },

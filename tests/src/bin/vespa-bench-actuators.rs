@@ -80,7 +80,7 @@ fn bench_sdn(args: &Args) -> anyhow::Result<Vec<serde_json::Value>> {
     let ns = lab.ovs.ns.name.clone();
     let (n, gap) = (args.iterations, Duration::from_micros(args.gap_us));
     let l = lab.clone();
-    vespa_tests::daemons::in_netns(&ns, move || -> anyhow::Result<Vec<serde_json::Value>> {
+    vespa_tests::net::in_netns(&ns, move || -> anyhow::Result<Vec<serde_json::Value>> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -32,14 +32,15 @@
 //! SDN agent; at HO_PH it goes agent -> HO_PH -> SDN agent.
 //!
 //! Not measured here: block -> traffic stopped on a real switch (see
-//! `tests/tests/loop_sdn.rs`, which prints attack -> drop flow present). Needs root and BTF.
+//! `tests/tests/e2e/loops/sdn.rs`, which prints attack -> drop flow present). Needs root and BTF.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
+use vespa_testkit::wait_until;
 use vespa_tests::daemons::floodlight_stub::FloodlightStub;
 use vespa_tests::daemons::percentile;
 
@@ -241,17 +242,6 @@ fn connect_from(src: Ipv4Addr, to: SocketAddr, n: usize, mark: usize) -> (Vec<Tc
     (v, at)
 }
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -320,7 +310,7 @@ fn main() {
     );
     // Ready when the VO can reach both agents.
     let vo_addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().expect("addr");
-    wait_for("the tree", Duration::from_secs(60), || {
+    wait_until("the tree", Duration::from_secs(60), || {
         rt.block_on(async {
             let mut c = vespa_node::Client::connect(
                 vo_addr,
@@ -392,7 +382,7 @@ fn main() {
                 nix::sys::signal::Signal::SIGHUP,
             )
             .expect("SIGHUP");
-            wait_for("the policy reload", Duration::from_secs(10), || {
+            wait_until("the policy reload", Duration::from_secs(10), || {
                 (reloads(&vo.log) > before).then_some(())
             });
             // The previous placement lets go of its blocks (its rule is gone): let that pass.
@@ -406,7 +396,7 @@ fn main() {
             let target = IpAddr::V4(src).to_string();
             // Waiting must not load the machine it measures: the in-process stand-in is
             // watched first (cheap); the log, parsed whole, only once the block has arrived.
-            let at_controller = wait_for(
+            let at_controller = wait_until(
                 &format!("the controller's block of {target}"),
                 Duration::from_secs(10),
                 || {
@@ -422,7 +412,7 @@ fn main() {
                         .map(|(t, _)| t)
                 },
             );
-            let (_, _, raised, seen, sent) = wait_for(
+            let (_, _, raised, seen, sent) = wait_until(
                 &format!("the block of {target}"),
                 Duration::from_secs(10),
                 || {
@@ -445,7 +435,7 @@ fn main() {
         }
     }
     let want: usize = series.iter().map(|s| s.kernel_to_sent.len()).sum();
-    let acked = wait_for("every block's reply", Duration::from_secs(30), || {
+    let acked = wait_until("every block's reply", Duration::from_secs(30), || {
         let a = acks(&vo.log);
         (a.len() >= want).then_some(a)
     });

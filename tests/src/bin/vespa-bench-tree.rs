@@ -107,11 +107,13 @@ async fn chain(security: Security, queue: usize, at_ho: Handler, at_vo: Handler)
     tokio::spawn(vo.run(Some(vo_l), stopped()));
     tokio::spawn(ho.run(Some(ho_l), stopped()));
     tokio::spawn(agent.run(None, stopped()));
-    let (ho_h, deadline) = (handle.clone(), Instant::now() + Duration::from_secs(10));
-    while !ho_h.stats().uplink_connected {
-        assert!(Instant::now() < deadline, "the chain did not connect");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let h = &handle;
+    vespa_testkit::wait_until_async(
+        "the chain to connect (the agent's uplink)",
+        Duration::from_secs(10),
+        move || async move { h.stats().uplink_connected },
+    )
+    .await;
     Chain {
         agent: handle,
         _stop: stop_tx,
@@ -201,7 +203,14 @@ async fn latency(rate: u64, secs: f64) -> (Vec<f64>, Vec<f64>) {
             .raise(sample_body(i))
             .expect("light load never fills the queue");
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every alert has a pair once it reached the VO through the HO.
+    let ps = &pairs;
+    vespa_testkit::wait_until_async(
+        &format!("all {total} alerts at the VO"),
+        Duration::from_secs(10),
+        move || async move { vespa_testkit::at_least(ps.lock().expect("lock").len() as u64, total) },
+    )
+    .await;
     let p = pairs.lock().expect("lock").clone();
     let mut h1: Vec<f64> = p.iter().map(|x| x.0).collect();
     let mut h2: Vec<f64> = p.iter().map(|x| x.1).collect();

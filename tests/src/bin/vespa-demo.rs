@@ -12,8 +12,8 @@
 //! the VO's own timings from its log (`policy block sent`). Each step has a deadline; a step
 //! that does not happen ends the demo with a non-zero exit and the reason.
 //!
-//! The rig (lab, topology, processes) is `vespa_tests::sdn_loop`, the one `tests/loop_sdn.rs`
-//! uses. The VO runs in the switch namespace; its dashboard is forwarded to the host's
+//! The rig (lab, topology, processes) is `vespa_tests::sdn_loop`, the one the `loops::sdn`
+//! test uses. The VO runs in the switch namespace; its dashboard is forwarded to the host's
 //! loopback (`--http`, 127.0.0.1:8080 by default). Traffic only ever goes to the lab's own
 //! namespaces and to loopback. Everything is removed on exit, Ctrl-C included; VESPA's logs,
 //! topology and policy stay in a `vespa-demo-*` directory under `$TMPDIR`.

@@ -8,7 +8,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{have, wait_for, Proc};
+use vespa_testkit::try_wait_until;
+
+use super::Proc;
+use crate::cmd::have;
 
 /// The EICAR test file, assembled at run time so that no scanner flags the sources.
 pub fn eicar() -> Vec<u8> {
@@ -85,12 +88,17 @@ impl Clamd {
             &[],
         )?;
         let sock = self.socket.clone();
-        wait_for("clamd to answer PING", Duration::from_secs(30), || {
+        // A daemon that exited ends the wait with its error; otherwise the answer is awaited.
+        try_wait_until("clamd to answer PING", Duration::from_secs(30), || {
             if let Err(e) = p.alive() {
-                return Some(Err(e));
+                return Ok(Err(e));
             }
-            (ping(&sock).as_deref() == Ok("PONG")).then_some(Ok(()))
-        })??;
+            match ping(&sock) {
+                Ok(pong) if pong == "PONG" => Ok(Ok(())),
+                other => Err(other),
+            }
+        })
+        .map_err(|e| e.to_string())??;
         self.proc = Some(p);
         Ok(())
     }

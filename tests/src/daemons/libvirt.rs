@@ -1,7 +1,8 @@
 //! libvirtd for tests, and throw-away KVM domains.
 //!
 //! libvirtd is a system daemon with fixed paths (`/var/run/libvirt`), so one instance serves
-//! the whole test process: started on first use (unless one already answers, which is then
+//! the whole test process (its tests hold a share of [`crate::shared::LIBVIRTD`]; stopping
+//! it takes it alone): started on first use (unless one already answers, which is then
 //! reused and never stopped), from a keeper thread that lives as long as the process, with
 //! a parent-death signal — so the daemons end with the test process even though a static is
 //! never dropped. Without systemd the machine lacks what the Debian packages' hooks would have
@@ -14,7 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Duration;
 
-use super::{have, run, wait_for};
+use vespa_testkit::try_wait_until;
+
+use crate::cmd::{have, run};
 
 pub const URI: &str = "qemu:///system";
 const LOG: &str = "/var/log/libvirt/vespa-tests-libvirtd.log";
@@ -60,14 +63,14 @@ impl Libvirtd {
     /// Starts it again and waits until it answers.
     pub fn start_again(&self) -> Result<(), String> {
         self.ask(Cmd::Start)?;
-        wait_for("libvirtd to answer again", Duration::from_secs(60), || {
-            answers().then_some(())
-        })
+        try_wait_until("libvirtd to answer again", Duration::from_secs(60), answers)
+            .map_err(|e| e.to_string())
     }
 }
 
-fn answers() -> bool {
-    run(&["virsh", "-c", URI, "version"]).is_ok()
+/// Ok once the daemon answers `virsh version`; the error otherwise.
+fn answers() -> Result<(), String> {
+    run(&["virsh", "-c", URI, "version"]).map(drop)
 }
 
 fn prepare_host() -> Result<(), String> {
@@ -189,7 +192,7 @@ fn start() -> Result<Libvirtd, String> {
         return Err("no /dev/kvm".into());
     }
     prepare_host()?;
-    if answers() {
+    if answers().is_ok() {
         return Ok(Libvirtd {
             started_here: false,
             keeper: Mutex::new(None),
@@ -202,10 +205,10 @@ fn start() -> Result<Libvirtd, String> {
         .spawn(move || keeper(ready_tx, cmd_rx))
         .map_err(|e| e.to_string())?;
     let pid = ready_rx.recv().map_err(|e| e.to_string())??;
-    wait_for(
+    try_wait_until(
         "libvirtd to answer on qemu:///system",
         Duration::from_secs(60),
-        || answers().then_some(()),
+        answers,
     )
     .map_err(|e| format!("{e} (libvirtd pid {pid}, log {LOG})"))?;
     Ok(Libvirtd {

@@ -22,7 +22,9 @@ pub mod pox_stub;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use vespa_testkit::try_wait_until;
 
 /// Whether daemons are required (`VESPA_REQUIRE_EBPF=1`, as on CI).
 pub fn required() -> bool {
@@ -44,65 +46,11 @@ pub fn require_daemon<T>(test: &str, what: &str, r: Result<T, String>) -> Option
     }
 }
 
-/// Runs a command to completion; Err carries its output.
-pub fn run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{}: {e}", args[0]))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Whether a program is on PATH (or an absolute path exists).
-pub fn have(prog: &str) -> bool {
-    if prog.starts_with('/') {
-        return std::path::Path::new(prog).exists();
-    }
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-}
-
-/// Polls `f` until it returns Some, or fails after `timeout` (a failure bound, not a delay:
-/// it returns as soon as the condition holds).
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> Result<T, String> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(2);
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}"));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-}
-
-/// Runs `f` on a new thread inside the network namespace `name` (like
-/// [`crate::net::Netns::run`], for a namespace this code does not own).
-pub fn in_netns<R: Send + 'static>(name: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-    crate::net::try_in_netns(name, f).unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// A free TCP port on 127.0.0.1 (of the calling thread's namespace).
 ///
-/// Never the same port twice in one process: tests of one binary run in parallel threads,
-/// and two nodes of one tree must not draw the same port the kernel just handed back.
+/// Never the same port twice in one process: the end-to-end tests run in parallel threads of
+/// one process, and two nodes of one tree must not draw the same port the kernel just handed
+/// back.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN
@@ -181,15 +129,15 @@ impl Proc {
         }
         let pid = nix::unistd::Pid::from_raw(c.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let exited = try_wait_until(
+            &format!("{} to exit after SIGTERM", self.name),
+            Duration::from_secs(5),
+            || c.try_wait().ok().flatten().ok_or("running"),
+        );
+        if exited.is_err() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
-        let _ = c.kill();
-        let _ = c.wait();
     }
 }
 

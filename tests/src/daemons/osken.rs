@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{http_get, wait_for, Proc};
+use vespa_testkit::try_wait_until;
+
+use super::{http_get, Proc};
 use crate::net::Netns;
 
 pub const DEFAULT_VENV: &str = "/var/lib/vespa/osken-venv";
@@ -87,15 +89,17 @@ impl OsKen {
             ns: ns.map(|n| n.name.clone()),
             dir,
         };
-        wait_for("os-ken's REST API", Duration::from_secs(30), || {
+        // A launcher that exited ends the wait with its error and log.
+        try_wait_until("os-ken's REST API", Duration::from_secs(30), || {
             if let Err(e) = me.proc.alive() {
-                return Some(Err(format!("{e}; log: {}", me.log_tail())));
+                return Ok(Err(format!("{e}; log: {}", me.log_tail())));
             }
-            me.get("/stats/switches")
-                .ok()
-                .filter(|(s, _)| *s == 200)
-                .map(|_| Ok(()))
-        })??;
+            match me.get("/stats/switches") {
+                Ok((200, _)) => Ok(Ok(())),
+                other => Err(other),
+            }
+        })
+        .map_err(|e| e.to_string())??;
         Ok(me)
     }
 
@@ -104,24 +108,26 @@ impl OsKen {
         let (api, path) = (self.api.clone(), path.to_string());
         match &self.ns {
             None => http_get(&api, &path),
-            Some(ns) => super::in_netns(ns, move || http_get(&api, &path)),
+            Some(ns) => crate::net::in_netns(ns, move || http_get(&api, &path)),
         }
     }
 
     /// Waits until the switch `dpid` is connected.
     pub fn wait_switch(&self, dpid: u64, timeout: Duration) -> Result<(), String> {
-        wait_for(
+        try_wait_until(
             &format!("switch {dpid} to connect to os-ken"),
             timeout,
             || {
-                let (_, body) = self.get("/stats/switches").ok()?;
-                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-                v.as_array()?
-                    .iter()
-                    .any(|d| d.as_u64() == Some(dpid))
-                    .then_some(())
+                let (_, body) = self.get("/stats/switches")?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                match v.as_array() {
+                    Some(ids) if ids.iter().any(|d| d.as_u64() == Some(dpid)) => Ok(()),
+                    _ => Err(format!("switches: {body}")),
+                }
             },
         )
+        .map_err(|e| e.to_string())
     }
 
     pub fn log_tail(&self) -> String {

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use super::libvirt::unique_mac;
 use super::osken::OsKen;
-use super::{have, run, wait_for, Proc};
+use vespa_testkit::try_wait_until;
+
+use super::Proc;
+use crate::cmd::{have, run};
 use crate::net::Netns;
 
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
@@ -87,10 +90,11 @@ impl Ovs {
             &env,
         )?;
         let db = format!("--db=unix:{d}/db.sock");
-        wait_for("ovsdb-server's socket", Duration::from_secs(10), || {
-            ovsdb.alive().ok()?;
-            run(&["ovs-vsctl", &db, "--no-wait", "init"]).ok()
-        })?;
+        try_wait_until("ovsdb-server's socket", Duration::from_secs(10), || {
+            ovsdb.alive()?;
+            run(&["ovs-vsctl", &db, "--no-wait", "init"])
+        })
+        .map_err(|e| e.to_string())?;
         let mut vswitchd = Proc::spawn(
             "ovs-vswitchd",
             &[
@@ -107,10 +111,11 @@ impl Ovs {
             &env,
         )?;
         let ctl = format!("{d}/vswitchd.ctl");
-        wait_for("ovs-vswitchd", Duration::from_secs(10), || {
-            vswitchd.alive().ok()?;
-            run(&["ovs-appctl", "-t", &ctl, "version"]).ok()
-        })?;
+        try_wait_until("ovs-vswitchd", Duration::from_secs(10), || {
+            vswitchd.alive()?;
+            run(&["ovs-appctl", "-t", &ctl, "version"])
+        })
+        .map_err(|e| e.to_string())?;
         Ok(Ovs {
             vswitchd,
             ovsdb,
@@ -192,9 +197,16 @@ impl Ovs {
             "a flow with {needle:?} to be {}",
             if present { "present" } else { "gone" }
         );
-        wait_for(&what, timeout, || {
-            (self.flows_matching(bridge, needle).is_empty() != present).then_some(())
+        try_wait_until(&what, timeout, || {
+            let flows = self.flows_matching(bridge, needle);
+            if flows.is_empty() != present {
+                Ok(())
+            } else {
+                Err(flows)
+            }
         })
+        .map(drop)
+        .map_err(|e| e.to_string())
     }
 
     /// Attaches a host namespace to `bridge` through a veth pair; the host gets
@@ -422,9 +434,15 @@ impl UdpStream {
     /// Waits until `n` datagrams arrived after now.
     pub fn wait_flowing(&self, n: usize, timeout: Duration) -> Result<(), String> {
         let t = Instant::now();
-        wait_for(&format!("{n} datagrams to arrive"), timeout, || {
-            (self.received_since(t) >= n).then_some(())
+        try_wait_until(&format!("{n} datagrams to arrive"), timeout, || {
+            let got = self.received_since(t);
+            if got >= n {
+                Ok(())
+            } else {
+                Err(format!("{got} arrived"))
+            }
         })
+        .map_err(|e| e.to_string())
     }
 
     /// Waits until nothing has arrived for `quiet`; returns the last arrival (None if
@@ -435,11 +453,17 @@ impl UdpStream {
         quiet: Duration,
         timeout: Duration,
     ) -> Result<Option<Instant>, String> {
-        wait_for("the stream to stop", timeout, || {
+        try_wait_until("the stream to stop", timeout, || {
             let last = self.last_arrival();
             let quiet_since = last.map_or(since, |l| l.max(since));
-            (Instant::now().duration_since(quiet_since) >= quiet).then_some(())
-        })?;
+            let quiet_for = Instant::now().duration_since(quiet_since);
+            if quiet_for >= quiet {
+                Ok(())
+            } else {
+                Err(format!("quiet for {quiet_for:?} only"))
+            }
+        })
+        .map_err(|e| e.to_string())?;
         Ok(self.last_arrival().filter(|l| *l >= since))
     }
 }
@@ -512,7 +536,7 @@ impl FlowMonitor {
         timeout: Duration,
     ) -> Result<Instant, String> {
         let tag = format!("event={event}");
-        wait_for(&format!("{tag} with {needle}"), timeout, || {
+        try_wait_until(&format!("{tag} with {needle}"), timeout, || {
             self.events
                 .lock()
                 .expect("events")

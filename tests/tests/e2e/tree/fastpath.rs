@@ -6,15 +6,14 @@
 //! VO unchanged, followed by HO_PH's `fast path at HO_PH: ...` alert; calm releases the block
 //! the same way. A rule whose actuator is outside its HO's layer is refused at start-up.
 
-mod tree_kit;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Command;
-use std::time::Duration;
 
-use tree_kit::*;
+use crate::kit::*;
+use vespa_testkit::wait_until;
 use vespa_tests::daemons::floodlight_stub::FloodlightStub;
 use vespa_tests::daemons::http_request;
+use vespa_tests::shared::LOOPBACK;
 use vespa_tests::workspace_bin;
 
 /// The agent reports a remote with more than 20 established connections at once.
@@ -140,12 +139,38 @@ fn blocks_of(stub: &FloodlightStub, ip: &str) -> Vec<String> {
     ids
 }
 
+/// When the first block request for `ip` reached the stand-in (Unix ns).
+fn block_received_ns(stub: &FloodlightStub, ip: &str) -> u64 {
+    stub.requests_timed()
+        .into_iter()
+        .find(|(_, r)| {
+            r.method == "POST"
+                && r.body
+                    .as_ref()
+                    .is_some_and(|b| b["ipv4_src"] == ip || b["ipv4_dst"] == ip)
+        })
+        .map(|(t, _)| t)
+        .unwrap_or_else(|| panic!("no block request for {ip} at the stand-in"))
+}
+
+/// Whether `alert` is a connections sample counting at least the threshold from `ip`.
+fn reports_flood(alert: &serde_json::Value, ip: &str) -> bool {
+    alert["body"]["Connections"]["per_remote"]
+        .as_array()
+        .is_some_and(|l| {
+            l.iter()
+                .any(|e| e[0] == ip && e[1].as_u64().is_some_and(|n| n >= THRESHOLD as u64))
+        })
+}
+
 #[test]
 fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
     let test = "a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told";
     if !vespa_tests::privileged(test) {
         return;
     }
+    // Its connections agent on lo counts every socket of the host: no flood meanwhile.
+    let _loopback = LOOPBACK.share();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -179,11 +204,10 @@ fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
             agents.log_text()
         )
     };
-    wait_for("both agents under HO_PH", || {
+    wait_until("both agents under HO_PH", WAIT, || {
         ["conns", "fl"]
             .iter()
             .all(|a| tree.call(a, "help", &[]).is_ok())
-            .then_some(())
     });
     let loaded = orch
         .log_lines()
@@ -218,12 +242,28 @@ fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
     let accepted = accept.join().expect("accept thread");
     let target = attacker.to_string();
 
-    let first = wait_for(
+    let first = wait_until(
         "the block of the attacker at the Floodlight stand-in",
+        WAIT,
         || blocks_of(&stub, &target).first().cloned(),
     );
-    // Samples keep reporting 40 connections meanwhile: no second block.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Samples keep reporting 40 connections meanwhile: no second block, though the rule's
+    // cool-down (1 s) is over by the time HO_PH has passed on a sample taken 1.5 s after the
+    // block reached the stand-in.
+    let after_ns = block_received_ns(&stub, &target) + 1_500_000_000;
+    wait_until(
+        "a sample still reporting the flood, taken 1.5 s after the block, at the VO",
+        WAIT,
+        || {
+            try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
+                .into_iter()
+                .find(|a| {
+                    a["origin"] == "conns"
+                        && a["timestamp_ns"].as_u64().is_some_and(|t| t >= after_ns)
+                        && reports_flood(a, &target)
+                })
+        },
+    );
     assert_eq!(
         blocks_of(&stub, &target),
         [first],
@@ -253,7 +293,7 @@ fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
 
     // At the VO: the crossing, unchanged, through HO_PH; then HO_PH's fast-path alert.
     let note = format!("fast path at HO_PH: block_hackers {target} 600 on fl (rule conn-flood)");
-    let alerts = wait_for("the fast-path alert at the VO", || {
+    let alerts = wait_until("the fast-path alert at the VO", WAIT, || {
         let all = try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?;
         all.iter()
             .any(|a| a["body"]["Text"] == note.as_str())
@@ -283,16 +323,20 @@ fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
     // Calm: the connections close; after calm_s HO_PH releases the block the same way.
     drop(held);
     drop(accepted);
-    wait_for("the attacker's flows removed from the stand-in", || {
-        let gone = !stub
-            .flows()
-            .values()
-            .any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str());
-        let deleted = stub.requests().iter().any(|r| r.method == "DELETE");
-        (gone && deleted).then_some(())
-    });
+    wait_until(
+        "the attacker's flows removed from the stand-in",
+        WAIT,
+        || {
+            let gone = !stub
+                .flows()
+                .values()
+                .any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str());
+            let deleted = stub.requests().iter().any(|r| r.method == "DELETE");
+            gone && deleted
+        },
+    );
     let released = format!("fast path at HO_PH: release_hackers {target} on fl (rule conn-flood)");
-    wait_for("the release's fast-path alert at the VO", || {
+    wait_until("the release's fast-path alert at the VO", WAIT, || {
         try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
             .iter()
             .any(|a| a["body"]["Text"] == released.as_str())
@@ -329,6 +373,8 @@ fn an_ho_in_another_process_is_listed_and_released_through_the_vo_api() {
     if !vespa_tests::privileged(test) {
         return;
     }
+    // Its connections agent on lo counts every socket of the host: no flood meanwhile.
+    let _loopback = LOOPBACK.share();
     const TOKEN: &str = "fastpath-remote-token-0123456789";
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -382,11 +428,10 @@ fn an_ho_in_another_process_is_listed_and_released_through_the_vo_api() {
             agents.log_text()
         )
     };
-    wait_for("both agents under HO_PH", || {
+    wait_until("both agents under HO_PH", WAIT, || {
         ["conns", "fl"]
             .iter()
             .all(|a| tree.call(a, "help", &[]).is_ok())
-            .then_some(())
     });
     let actions = || -> Option<serde_json::Value> {
         let (status, body) = http_request(api, "GET", "/api/v1/actions", None, "")?;
@@ -410,13 +455,14 @@ fn an_ho_in_another_process_is_listed_and_released_through_the_vo_api() {
         std::thread::spawn(move || vespa_tests::traffic::tcp_accept_n(&server, 2 * THRESHOLD));
     let held = vespa_tests::traffic::tcp_connect_from(attacker, to, 2 * THRESHOLD, |_| {});
     let accepted = accept.join().expect("accept thread");
-    let id = wait_for(
+    let id = wait_until(
         "the block of the attacker at the Floodlight stand-in",
+        WAIT,
         || blocks_of(&stub, &target).first().cloned(),
     );
 
     // Listed by the VO's API, held at HO_PH, which another process runs.
-    let listed = wait_for("HO_PH's block in the VO's /api/v1/actions", || {
+    let listed = wait_until("HO_PH's block in the VO's /api/v1/actions", WAIT, || {
         let a = actions()?;
         a["actions"]
             .as_array()?
@@ -469,20 +515,24 @@ fn an_ho_in_another_process_is_listed_and_released_through_the_vo_api() {
         text.contains(&format!("fl release_hackers {target}")),
         "HO_PH's driver released it: {text}"
     );
-    wait_for("the attacker's flows removed from the stand-in", || {
-        let gone = !stub
-            .flows()
-            .values()
-            .any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str());
-        let deleted = stub.requests().iter().any(|r| {
-            r.method == "DELETE"
-                && r.body
-                    .as_ref()
-                    .and_then(|b| b["name"].as_str())
-                    .is_some_and(|n| n.starts_with(&format!("vespa-{id}-")))
-        });
-        (gone && deleted).then_some(())
-    });
+    wait_until(
+        "the attacker's flows removed from the stand-in",
+        WAIT,
+        || {
+            let gone = !stub
+                .flows()
+                .values()
+                .any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str());
+            let deleted = stub.requests().iter().any(|r| {
+                r.method == "DELETE"
+                    && r.body
+                        .as_ref()
+                        .and_then(|b| b["name"].as_str())
+                        .is_some_and(|n| n.starts_with(&format!("vespa-{id}-")))
+            });
+            gone && deleted
+        },
+    );
     let after = actions().expect("actions");
     assert!(!holds(&after), "released: {after}");
     let (status, text) =

@@ -15,19 +15,19 @@
 //! Needs Debian's `chromium` (`cargo xtask setup` installs it). Without it the test is
 //! skipped with a printed reason, unless `VESPA_REQUIRE_EBPF=1` (CI), where it fails.
 
-mod tree_kit;
-
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::kit::*;
 use serde_json::Value as Json;
-use tree_kit::*;
+use vespa_testkit::wait_until;
 use vespa_tests::browser::{
     artifacts, chromium, chromium_present, kill_group, BROWSER_TIMEOUT, CHROMIUM,
 };
+use vespa_tests::shared::LOOPBACK;
 
 const TOKEN: &str = "dashboard-token-0123456789abcdef";
 
@@ -41,6 +41,9 @@ fn dashboard_renders_a_real_tree_in_headless_chromium() {
     if !chromium_present("dashboard_renders_a_real_tree_in_headless_chromium") {
         return;
     }
+    // Its connections agent on lo counts every socket of the host, and the VO's default
+    // policy acts on the counts (the page must show no action): no flood meanwhile.
+    let _loopback = LOOPBACK.share();
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
     let nodes = [
         N {
@@ -107,12 +110,13 @@ fn dashboard_renders_a_real_tree_in_headless_chromium() {
         &["--mode", "auto", "-i", "lo"],
         &["bw", "conns"],
     );
-    wait_for(
+    wait_until(
         &format!("the API on {api} (log: {})", vo.log.display()),
-        || TcpStream::connect(api).ok().map(|_| ()),
+        WAIT,
+        || TcpStream::connect(api).map(drop),
     );
     // Wait for what the page shows, so one render has it all.
-    wait_for("both agents under HO_VM", || {
+    wait_until("both agents under HO_VM", WAIT, || {
         let a = get_json(api, "/archi")?;
         let ho = a["children"]
             .as_array()?
@@ -121,13 +125,13 @@ fn dashboard_renders_a_real_tree_in_headless_chromium() {
             .clone();
         (ho["children"].as_array()?.len() == 2).then_some(())
     });
-    wait_for("10 rx deltas of lo", || {
+    wait_until("10 rx deltas of lo", WAIT, || {
         get_json(api, "/recv_bytes?iface=lo&origin=bw")?
             .as_array()
             .is_some_and(|a| a.len() >= 10)
             .then_some(())
     });
-    wait_for("remote addresses", || {
+    wait_until("remote addresses", WAIT, || {
         get_json(api, "/get_ip_connections")?
             .as_array()
             .is_some_and(|a| !a.is_empty())
@@ -258,6 +262,11 @@ fn excerpt<'a>(dom: &'a str, near: &str) -> &'a str {
 
 /// One WebDriver request to chromedriver at `addr`; returns the answer's `value`.
 fn wd(addr: SocketAddr, method: &str, path: &str, body: Option<Json>) -> Json {
+    wd_try(addr, method, path, body).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`wd`], with an error answer (a stale element, say) as `Err`.
+fn wd_try(addr: SocketAddr, method: &str, path: &str, body: Option<Json>) -> Result<Json, String> {
     use std::io::{Read, Write};
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut s = TcpStream::connect(addr).expect("connect to chromedriver");
@@ -285,11 +294,11 @@ fn wd(addr: SocketAddr, method: &str, path: &str, body: Option<Json>) -> Json {
     };
     let v: Json = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {head} {body}"));
-    assert!(
-        head.starts_with("HTTP/1.1 200"),
-        "{method} {path}: {head}\n{v}"
-    );
-    v["value"].clone()
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(v["value"].clone())
+    } else {
+        Err(format!("{method} {path}: {head}\n{v}"))
+    }
 }
 
 /// Kills chromedriver (and, with it, the browser it started) on drop.
@@ -351,9 +360,10 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
             token.to_str().expect("utf-8"),
         ],
     );
-    wait_for(
+    wait_until(
         &format!("the API on {api} (log: {})", vo.log.display()),
-        || TcpStream::connect(api).ok().map(|_| ()),
+        WAIT,
+        || TcpStream::connect(api).map(drop),
     );
 
     let wd_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -368,8 +378,8 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
             .spawn()
             .expect("start chromedriver"),
     );
-    wait_for("chromedriver", || {
-        TcpStream::connect(wd_addr).ok().map(|_| ())
+    wait_until("chromedriver", WAIT, || {
+        TcpStream::connect(wd_addr).map(drop)
     });
     let profile = tree.scratch.dir.join("chromium-profile-wd");
     std::fs::create_dir_all(&profile).expect("profile");
@@ -417,15 +427,16 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
         &s("/url"),
         Some(serde_json::json!({ "url": format!("http://{api}/?selftest=stub") })),
     );
-    let button = wait_for("the stub action's release button", || {
+    // The page redraws its table as it polls: a button found may be replaced before the next
+    // request names it (a stale element), so finding and using it are tried together.
+    let release_button = || {
         find("tr[data-key=\"selftest-stub\"] button.release")
+            .ok_or_else(|| "no release button".to_string())
+    };
+    let disabled = wait_until("the stub action's release button", WAIT, || {
+        let b = release_button()?;
+        wd_try(wd_addr, "GET", &s(&format!("/element/{b}/enabled")), None)
     });
-    let disabled = wd(
-        wd_addr,
-        "GET",
-        &s(&format!("/element/{button}/enabled")),
-        None,
-    );
     assert_eq!(
         disabled,
         Json::Bool(false),
@@ -464,18 +475,16 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
         Json::String(TOKEN.into()),
         "the token is kept in sessionStorage"
     );
-    let button = wait_for("an enabled release button", || {
-        let b = find("tr[data-key=\"selftest-stub\"] button.release")?;
-        (wd(wd_addr, "GET", &s(&format!("/element/{b}/enabled")), None) == Json::Bool(true))
-            .then_some(b)
+    wait_until("a click on the enabled release button", WAIT, || {
+        let b = release_button()?;
+        let enabled = wd_try(wd_addr, "GET", &s(&format!("/element/{b}/enabled")), None)?;
+        if enabled != Json::Bool(true) {
+            return Err(format!("the button is not enabled: {enabled}"));
+        }
+        let click = Some(serde_json::json!({}));
+        wd_try(wd_addr, "POST", &s(&format!("/element/{b}/click")), click).map(drop)
     });
-    wd(
-        wd_addr,
-        "POST",
-        &s(&format!("/element/{button}/click")),
-        Some(serde_json::json!({})),
-    );
-    let answer = wait_for("the release answer in the page", || {
+    let answer = wait_until("the release answer in the page", WAIT, || {
         let t = text_of("#release-result");
         t.starts_with("release selftest-stub: ").then_some(t)
     });

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use vespa_actuators::clamav::{AvAgent, AvConfig, ClamdAddr, Route, Verdict, VmRelay};
 use vespa_actuators::{ActuatorAlert, ActuatorVerbs, AlertSink, AvError, RetryPolicy, VerbFuture};
+use vespa_testkit::wait_until_async;
 use vespa_tests::daemons::clamd::{eicar, Clamd, EICAR_SIGNATURE};
 use vespa_tests::daemons::require_daemon;
 
@@ -176,20 +177,14 @@ async fn watched_directory_new_and_changed_files_are_scanned() {
             signature: EICAR_SIGNATURE.into()
         }
     );
-    let seen = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            if let Some(r) = a
-                .analyzed()
-                .into_iter()
-                .find(|r| r.file == clean.display().to_string())
-            {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("clean file scanned within 15 s");
+    let (agent, clean_file) = (&a, clean.display().to_string());
+    let clean_file = &clean_file;
+    let seen = wait_until_async(
+        "the clean file's scan record",
+        Duration::from_secs(15),
+        move || async move { agent.analyzed().into_iter().find(|r| r.file == *clean_file) },
+    )
+    .await;
     assert_eq!(seen.status, "OK");
 
     // A changed file is scanned again: the clean report becomes infected.
@@ -308,11 +303,13 @@ async fn clamd_down_is_a_clear_error_and_is_retried() {
         let (p, f) = (p.clone(), f.clone());
         tokio::spawn(async move { p.scan_file(&f).await })
     };
-    let t0 = std::time::Instant::now();
-    while p.retry_stats().retries() == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "no retry observed");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let patient = &p;
+    wait_until_async(
+        "the patient agent's first retry",
+        Duration::from_secs(10),
+        move || async move { patient.retry_stats().retries() > 0 },
+    )
+    .await;
     let _clamd = tokio::task::spawn_blocking(move || {
         c.restart().expect("clamd restarts");
         c

@@ -12,6 +12,7 @@ use vespa_actuators::sdn::osken::{OsKen, OsKenConfig};
 use vespa_actuators::sdn::pox::{Pox, PoxConfig};
 use vespa_actuators::sdn::{BlockId, SdnAgent, SdnAgentConfig, SdnController};
 use vespa_actuators::{ActuatorAlert, ActuatorVerbs, AlertSink, RetryPolicy};
+use vespa_testkit::wait_until_async;
 use vespa_tests::daemons::floodlight_stub::{Fault, FloodlightStub, Request, DPID1, DPID2};
 use vespa_tests::daemons::pox_stub::{PoxMode, PoxStub};
 
@@ -483,13 +484,20 @@ async fn ttl_expiry_releases_by_itself() {
         .expect("block without TTL");
     assert_eq!(stub.flows().len(), 8);
     let t0 = std::time::Instant::now();
-    while a.controller().status().len() != 1 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the expired block was not released"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let agent = &a;
+    wait_until_async(
+        "the expired block's release (one block left)",
+        Duration::from_secs(10),
+        move || async move {
+            let held = agent.controller().status().len();
+            if held == 1 {
+                Ok(())
+            } else {
+                Err(format!("{held} blocks held"))
+            }
+        },
+    )
+    .await;
     assert!(
         t0.elapsed() >= Duration::from_millis(250),
         "released before its TTL: {:?}",
@@ -640,13 +648,22 @@ async fn pox_failures_are_typed_and_ttl_expiry_releases() {
     assert!(stub.blocked().contains(MAC));
     let t0 = std::time::Instant::now();
     // The component forgets the block before it replies; the agent's book follows the reply.
-    while !stub.blocked().is_empty() || !a.controller().status().is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the TTL did not release the block"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (agent, component) = (&a, &stub);
+    wait_until_async(
+        "the TTL to release the block at the component and in the agent's book",
+        Duration::from_secs(10),
+        move || async move {
+            let (at_component, in_book) = (component.blocked(), agent.controller().status().len());
+            if at_component.is_empty() && in_book == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "component blocks {at_component:?}, the agent holds {in_book}"
+                ))
+            }
+        },
+    )
+    .await;
     assert!(
         t0.elapsed() >= Duration::from_millis(150),
         "released before its TTL"

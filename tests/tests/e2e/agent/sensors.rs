@@ -1,12 +1,14 @@
 //! The eBPF sensors against the real kernel: two network namespaces joined by a veth link.
 
 use std::{
+    fmt::Debug,
     net::{IpAddr, SocketAddr, TcpListener},
     sync::mpsc,
     time::Duration,
 };
 
 use vespa_agent::{iface, InterfaceCounters, Mode, SensorConfig, SensorEvent, Sensors, TcpState};
+use vespa_testkit::{try_wait_until, wait_until};
 use vespa_tests::{
     events_until,
     net::{Link, Netns},
@@ -52,25 +54,30 @@ fn settled(ns: &Netns, s: &Sensors, ifname: &str) -> (InterfaceCounters, iface::
 /// Reads `ours` between two reads of `kernel` until neither moves across two rounds: a
 /// baseline taken while the link still sends its own packets (IPv6 DAD, MLD reports) would
 /// count a packet in one and not the other for good.
-fn quiet<K: PartialEq, T: PartialEq>(
+fn quiet<K: PartialEq + Debug, T: PartialEq + Debug>(
     ifname: &str,
     kernel: impl Fn() -> K,
     ours: impl Fn() -> T,
 ) -> (T, K) {
     let mut last = None;
-    for _ in 0..500 {
+    wait_until(&format!("{ifname}: the counters to settle"), WAIT, || {
         let k1 = kernel();
         let o = ours();
         let k2 = kernel();
-        if k1 == k2 {
-            if matches!(&last, Some((lo, lk)) if *lo == o && *lk == k1) {
-                return (o, k1);
-            }
-            last = Some((o, k1));
+        if k1 != k2 {
+            return Err(format!(
+                "the kernel's moved during the read: {k1:?} -> {k2:?}"
+            ));
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{ifname}: counters never settled");
+        match last.take() {
+            Some((lo, lk)) if lo == o && lk == k1 => Ok((o, k1)),
+            previous => {
+                let seen = format!("ours {o:?} and the kernel's {k1:?}, before {previous:?}");
+                last = Some((o, k1));
+                Err(seen)
+            }
+        }
+    })
 }
 
 /// The kernel's count of packets `ifname` dropped on transmit (`/proc/net/dev`, tx "drop").
@@ -393,15 +400,14 @@ fn syn_burst_is_counted_and_raises_the_threshold_event_but_normal_traffic_does_n
         Some(10),
         "one SYN per normal connection"
     );
-    // The burst may still be in flight past the crossing; wait for all of it to be counted.
-    let mut flood = 0;
-    for _ in 0..500 {
-        flood = syns(from).unwrap_or(0);
-        if flood == 300 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // The burst may still be in flight past the crossing; wait for all of it to be counted
+    // (a count short of it after the wait is the failure below).
+    let counted = || syns(from).unwrap_or(0);
+    let flood = try_wait_until("the whole burst counted", WAIT, || match counted() {
+        300 => Ok(300),
+        n => Err(n),
+    })
+    .unwrap_or_else(|_| counted());
     assert_eq!(flood, 300, "every SYN of the burst counted for {from}");
     drop(normal);
 }
@@ -533,9 +539,7 @@ fn proc_fallback_gives_the_same_answers() {
     // The egress hook sees a packet before the device does: one the device then drops (a
     // full backlog on the peer) is in eBPF's count and in the kernel's tx_dropped, not in its
     // tx_packets. Nothing else may differ.
-    let mut last = None;
-    let mut seen = None;
-    for _ in 0..500 {
+    let d = wait_until("the eBPF and /proc deltas to agree", WAIT, || {
         let (e1, p1) = (
             counters(&ebpf, &l.a.ifname),
             l.a_ns.run({
@@ -552,14 +556,10 @@ fn proc_fallback_gives_the_same_answers() {
         let tx_accounted =
             d.0[3] == d.1[3] + dropped && (d.0[2] == d.1[2]) == (dropped == 0) && d.0[2] >= d.1[2];
         if same_rx && tx_accounted {
-            last = Some(d.0);
-            break;
+            Ok(d.0)
+        } else {
+            Err(format!("((eBPF, /proc), tx dropped) = {:?}", (d, dropped)))
         }
-        seen = Some((d, dropped));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let d = last.unwrap_or_else(|| {
-        panic!("eBPF and /proc deltas never agreed: last ((eBPF, /proc), tx dropped) = {seen:?}")
     });
     assert!(d[3] >= 200, "the datagrams are in both: {d:?}");
 }

@@ -1,16 +1,20 @@
-//! The libvirt agent across a libvirtd restart (its own test binary, so no other test shares
-//! the daemon while it is down; skipped if the tests did not start that libvirtd themselves).
+//! The libvirt agent across a libvirtd restart (with the daemon taken alone, so no other test
+//! uses it while it is down; skipped if the tests did not start that libvirtd themselves).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vespa_actuators::libvirt::{LibvirtAgent, LibvirtConfig};
 use vespa_actuators::{AlertSink, LibvirtError, RetryPolicy};
+use vespa_testkit::wait_until_async;
 use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
-use vespa_tests::daemons::{require_daemon, wait_for};
+use vespa_tests::daemons::require_daemon;
+use vespa_tests::shared::LIBVIRTD;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_down_is_typed_then_calls_and_the_tap_map_recover_after_restart() {
+    // The daemon goes down here: no other test may use it meanwhile. Dropped last.
+    let _libvirtd = LIBVIRTD.take();
     let test = "daemon_down_is_typed_then_calls_and_the_tap_map_recover_after_restart";
     if !vespa_tests::privileged(test) {
         return;
@@ -46,16 +50,13 @@ async fn daemon_down_is_typed_then_calls_and_the_tap_map_recover_after_restart()
         .expect("agent"),
     );
     let taps = a.taps();
-    let t = taps.clone();
-    let tp = tap.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_for("the watcher's first scan", Duration::from_secs(20), || {
-            t.get(&tp).map(drop)
-        })
-    })
-    .await
-    .expect("join")
-    .expect("the running domain is in the map");
+    let (t, tp) = (&taps, &tap);
+    wait_until_async(
+        "the watcher's first scan to map the running domain",
+        Duration::from_secs(20),
+        move || async move { t.get(tp) },
+    )
+    .await;
     assert_eq!(a.vm_state(&d.name).await.expect("state"), "running");
 
     tokio::task::spawn_blocking(|| daemon.stop())
@@ -87,11 +88,13 @@ async fn daemon_down_is_typed_then_calls_and_the_tap_map_recover_after_restart()
         let (a, name) = (a.clone(), d.name.clone());
         tokio::spawn(async move { a.vm_state(&name).await })
     };
-    let t0 = Instant::now();
-    while a.retry_stats().retries() == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "no retry observed");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let patient = &a;
+    wait_until_async(
+        "the patient agent's first retry",
+        Duration::from_secs(10),
+        move || async move { patient.retry_stats().retries() > 0 },
+    )
+    .await;
     tokio::task::spawn_blocking(|| daemon.start_again())
         .await
         .expect("join")
@@ -114,17 +117,13 @@ async fn daemon_down_is_typed_then_calls_and_the_tap_map_recover_after_restart()
         .first()
         .cloned()
         .expect("tap of the second domain");
-    let t = taps.clone();
-    let entry = tokio::task::spawn_blocking(move || {
-        wait_for(
-            "the second domain in the map",
-            Duration::from_secs(30),
-            || t.get(&tap2),
-        )
-    })
-    .await
-    .expect("join")
-    .expect("domain started after the restart is mapped");
+    let (t, tap2) = (&taps, &tap2);
+    let entry = wait_until_async(
+        "the domain started after the restart in the map",
+        Duration::from_secs(30),
+        move || async move { t.get(tap2) },
+    )
+    .await;
     assert_eq!(
         (entry.vm.as_str(), entry.mac.as_str()),
         (d2.name.as_str(), mac2.as_str())

@@ -5,18 +5,18 @@
 //! is rejected with one log line naming the peer and the reason; the HO's memory stays
 //! bounded; the agent never notices.
 
-mod tree_kit;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::kit::*;
 use bytes::{Buf, BytesMut};
 use nix::sys::signal::Signal;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tree_kit::*;
 use vespa_proto::{Message, NodeKind, Psk};
+use vespa_testkit::{at_least, wait_until};
+use vespa_tests::shared::LOOPBACK;
 
 /// Warning and error lines of `p` whose `peer` field is `peer` (a replayed connection also
 /// has the ordinary "child registered" line from before the replay).
@@ -31,17 +31,37 @@ fn lines_for(p: &Proc, peer: SocketAddr) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Waits for the one log line about `peer`, checks its reason, and that no second one comes.
+/// The messages that end a connection at the node. Each is the last thing the node does with
+/// it: its reader and writer have stopped when the line is written.
+const CONNECTION_ENDS: [&str; 3] = [
+    "connection rejected",
+    "connection closed",
+    "connection refused",
+];
+
+/// Whether `lines` (of one peer) hold the end of its connection.
+fn ended(lines: &[serde_json::Value]) -> bool {
+    lines
+        .iter()
+        .any(|l| CONNECTION_ENDS.iter().any(|m| l["fields"]["message"] == *m))
+}
+
+/// Waits for the end of `peer`'s connection in the log, then checks that it is the one line
+/// about `peer` and gives the reason. Nothing about a connection is logged after its end, so
+/// once that line is there, any second line would be there too.
 fn one_line(p: &Proc, peer: SocketAddr, reason: &[&str], case: &str) {
-    let lines = wait_for(&format!("{case}: a log line for {peer}"), || {
-        Some(lines_for(p, peer)).filter(|l| !l.is_empty())
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let lines = if lines.len() == 1 {
-        lines_for(p, peer)
-    } else {
-        lines
-    };
+    let lines = wait_until(
+        &format!("{case}: the end of {peer}'s connection in the log"),
+        WAIT,
+        || {
+            let lines = lines_for(p, peer);
+            if ended(&lines) {
+                Ok(lines)
+            } else {
+                Err(lines)
+            }
+        },
+    );
     assert_eq!(
         lines.len(),
         1,
@@ -69,10 +89,28 @@ async fn connect(addr: SocketAddr) -> (TcpStream, SocketAddr) {
     (s, me)
 }
 
+/// Reads from `s`, discarding what arrives, until the node ends the connection (end of
+/// stream, or a reset when it left bytes unread): the peer stays as long as the node lets it,
+/// and the test goes on once the node has judged it.
+async fn until_hung_up(mut s: impl AsyncRead + Unpin, case: &str) {
+    let mut buf = [0u8; 4096];
+    let hung_up = async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, hung_up)
+        .await
+        .unwrap_or_else(|_| panic!("{case}: the node did not hang up within {WAIT:?}"));
+}
+
 /// Runs a real client handshake through an in-test relay that lets `edit` rewrite the
 /// client->server frames (index 0 is the hello, 1 the key confirmation, 2.. data); then sends
 /// `Register` and a heartbeat. With `hang_up`, the client then closes the socket (the relay
-/// passes the end on). Returns the address the node sees.
+/// passes the end on); without, it stays. Returns, with the address the node sees, once the
+/// node has hung up.
 async fn tampering_client(
     addr: SocketAddr,
     psk: &Psk,
@@ -83,8 +121,16 @@ async fn tampering_client(
     let (client_side, relay_side) = tokio::io::duplex(1 << 16);
     let (mut up_r, mut up_w) = up.into_split();
     let (mut rel_r, mut rel_w) = tokio::io::split(relay_side);
-    tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut up_r, &mut rel_w).await;
+    // Node -> client. It ends when the node hangs up; what the node sends after the client
+    // went away (`hang_up`) is dropped.
+    let node_side = tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = up_r.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let _ = rel_w.write_all(&buf[..n]).await;
+        }
     });
     tokio::spawn(async move {
         let mut edit = edit;
@@ -128,17 +174,25 @@ async fn tampering_client(
         })
         .await;
     let _ = conn.send(&Message::Heartbeat).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    if hang_up {
+    let stays = if hang_up {
         drop(conn);
+        None
     } else {
-        std::mem::forget(conn);
-    }
+        Some(conn)
+    };
+    tokio::time::timeout(WAIT, node_side)
+        .await
+        .unwrap_or_else(|_| panic!("the node did not hang up on {me} within {WAIT:?}"))
+        .expect("the relay's node side");
+    drop(stays);
     me
 }
 
 #[test]
 fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
+    // The flood below is 250 connections on the host's loopback: other tests' connections
+    // agents there (and their policies) must not count it.
+    let _loopback = LOOPBACK.take();
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
     let nodes = [
         N {
@@ -183,8 +237,8 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
             .and_then(|s| s.origins.get("bw").map(|o| o.count))
             .unwrap_or(0)
     };
-    wait_for("the agent's alerts at the VO", || {
-        (count() >= 100).then_some(())
+    wait_until("the agent's alerts at the VO", WAIT, || {
+        at_least(count(), 100)
     });
     let rss_before = orch.rss_kib();
     let count_before = count();
@@ -202,7 +256,7 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
         let mut junk = vec![0u8; 4096];
         rand::rngs::StdRng::seed_from_u64(7).fill(&mut junk[..]);
         let _ = s.write_all(&junk).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_hung_up(s, "random bytes").await;
         me
     });
     one_line(
@@ -216,7 +270,7 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
     let peer = rt.block_on(async {
         let (mut s, me) = connect(ho).await;
         let _ = s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF, b'V', b'S']).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_hung_up(s, "4 GiB length prefix").await;
         me
     });
     one_line(
@@ -292,12 +346,12 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
     });
     one_line(&orch, peer, &["different pre-shared key"], "wrong key");
 
-    // Slow-loris before the handshake: half a length prefix, then nothing.
+    // Slow-loris before the handshake: half a length prefix, then nothing, until the node's
+    // handshake deadline ends it.
     let peer = rt.block_on(async {
         let (mut s, me) = connect(ho).await;
         let _ = s.write_all(&[0, 0]).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        drop(s);
+        until_hung_up(s, "slow-loris (handshake)").await;
         me
     });
     one_line(
@@ -307,18 +361,21 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
         "slow-loris (handshake)",
     );
 
-    // Slow-loris after the handshake: a frame started and never finished.
+    // Slow-loris after the handshake: silent (the node's heartbeats read and dropped) until
+    // the node's idle timeout ends it.
     let peer = rt.block_on(async {
         let (s, me) = connect(ho).await;
         let cfg = vespa_proto::Config {
             handshake_timeout: Duration::from_secs(5),
             ..Default::default()
         };
-        let (conn, _) = vespa_proto::client_handshake(s, &psk, "sloth", &cfg)
+        let (mut conn, _) = vespa_proto::client_handshake(s, &psk, "sloth", &cfg)
             .await
             .expect("right key");
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        drop(conn);
+        let hung_up = async { while let Ok(Some(_)) = conn.recv::<Message>().await {} };
+        tokio::time::timeout(WAIT, hung_up)
+            .await
+            .expect("the node ends a silent connection");
         me
     });
     one_line(
@@ -336,25 +393,35 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
             .count()
     };
     let rejected_before = rejected();
-    let held = rt.block_on(async {
+    // Every fifth announces 4 GiB, the last one too: the node accepts connections in order, so
+    // once the last one is rejected, all 250 are in and the slow-loris ones mid-handshake
+    // (their deadline a second away) when the memory is read.
+    let (held, last) = rt.block_on(async {
         let mut held = Vec::new();
+        let mut last = None;
         for i in 0..250 {
-            let (mut s, _) = connect(ho).await;
-            let bytes: &[u8] = if i % 5 == 0 {
+            let (mut s, me) = connect(ho).await;
+            let bytes: &[u8] = if i % 5 == 4 {
                 &[0xFF, 0xFF, 0xFF, 0xFF]
             } else {
                 &[0, 0, 1]
             };
             let _ = s.write_all(bytes).await;
             held.push(s);
+            last = Some(me);
         }
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        held
+        (held, last.expect("250 connections"))
     });
+    wait_until(
+        &format!("the last of the flood ({last}) rejected: all 250 accepted"),
+        WAIT,
+        || ended(&lines_for(&orch, last)),
+    );
     let rss_during = orch.rss_kib();
-    wait_for(
+    wait_until(
         "each of the 250 flood connections to be rejected (one line each)",
-        || (rejected() >= rejected_before + 250).then_some(()),
+        WAIT,
+        || at_least(rejected(), rejected_before + 250),
     );
     assert_eq!(rejected(), rejected_before + 250);
     drop(held);
@@ -367,8 +434,8 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
     );
 
     // The well-behaved agent never noticed.
-    wait_for("the agent's alerts to keep flowing", || {
-        (count() >= count_before + 200).then_some(())
+    wait_until("the agent's alerts to keep flowing", WAIT, || {
+        at_least(count(), count_before + 200)
     });
     let agent_stats = stats(&tree, "VO", "bw").expect("agent stats through the tree");
     assert_eq!(
@@ -379,7 +446,7 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
     agent.signal(Signal::SIGTERM);
     assert!(agent.wait_exit().success());
     let (first, last) = final_seqs(&agent, "bw");
-    wait_for("the VO to hold the agent's last alert", || {
+    wait_until("the VO to hold the agent's last alert", WAIT, || {
         stats(&tree, "VO", "VO").filter(|s| s.origins.get("bw").is_some_and(|o| o.highest == last))
     });
     let alerts = vo_alerts(&tree, &|v, a| tree.call("VO", v, a));

@@ -10,16 +10,16 @@
 //!      └─ HO_HY ── lv (agent_libvirt: qemu:///system)
 //! ```
 
-mod tree_kit;
-
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
-use tree_kit::*;
+use crate::kit::*;
+use vespa_testkit::{try_wait_until, wait_until};
 use vespa_tests::daemons::clamd::{eicar, Clamd, EICAR_SIGNATURE};
 use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
 use vespa_tests::daemons::{http_request, require_daemon};
+use vespa_tests::shared::LIBVIRTD;
 
 const TOKEN: &str = "loop-av-token-0123456789abcdef";
 
@@ -48,6 +48,8 @@ fn get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
 #[test]
 fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it() {
     let test = "eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it";
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
     if !vespa_tests::privileged(test)
         || require_daemon(test, "libvirtd with KVM", libvirtd().map(drop)).is_none()
     {
@@ -153,7 +155,7 @@ fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it()
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
     };
 
-    wait_for("both agents answer through the VO", || {
+    wait_until("both agents answer through the VO", WAIT, || {
         let lv = tree
             .call("lv", "contains_vm", &[&dom.name])
             .ok()
@@ -161,7 +163,7 @@ fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it()
         lv.and(av_status())
     });
     assert_eq!(av_status().expect("av status")["route"]["route"], "direct");
-    wait_for("the API", || get_json(api, "/api/v1/actions"));
+    wait_until("the API", WAIT, || get_json(api, "/api/v1/actions"));
 
     // The infection: EICAR lands in the watched directory.
     let t0 = Instant::now();
@@ -169,20 +171,19 @@ fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it()
     std::fs::write(&bad, eicar()).expect("write EICAR");
 
     // libvirt reports the domain's link down.
-    let deadline = Instant::now() + WAIT;
-    while dom.link() != "down" {
-        assert!(
-            Instant::now() < deadline,
-            "libvirt still reports the link {}\n{}",
-            dom.link(),
-            logs()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let dom = &dom;
+    let link_is = |want: &'static str| {
+        move || match dom.link() {
+            l if l == want => Ok(()),
+            l => Err(format!("libvirt reports the link {l}")),
+        }
+    };
+    try_wait_until("libvirt to report the link down", WAIT, link_is("down"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
     let t_cut = t0.elapsed();
 
     // The Infected alert reached the VO along av -> HO_VM -> VO.
-    let alert = wait_for("the Infected alert at the VO", || {
+    let alert = wait_until("the Infected alert at the VO", WAIT, || {
         try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
             .into_iter()
             .find(|a| a["origin"] == "av" && a["body"].get("Infected").is_some())
@@ -198,7 +199,7 @@ fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it()
     );
 
     // The API lists the isolation: the cut link (through lv) and the AV agent's switch.
-    let actions = wait_for("the isolation in /api/v1/actions", || {
+    let actions = wait_until("the isolation in /api/v1/actions", WAIT, || {
         let a = get_json(api, "/api/v1/actions")?;
         let list = a["actions"].as_array()?.clone();
         let has = |kind: &str| {
@@ -218,7 +219,7 @@ fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it()
         .find(|x| x["action"] == "av_isolate")
         .expect("av_isolate");
     assert_eq!(iso["actuator"], "av", "{iso}");
-    let route = wait_for("the AV agent's route through the hypervisor", || {
+    let route = wait_until("the AV agent's route through the hypervisor", WAIT, || {
         av_status().filter(|s| s["route"]["route"] == "via_hypervisor")
     });
     assert_eq!(route["route"]["agent"], "lv", "{route}");
@@ -233,21 +234,17 @@ fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it()
     let (status, text) =
         http_request(api, "POST", "/api/v1/release", Some(TOKEN), &body).expect("release");
     assert_eq!(status, 200, "{text}\n{}", logs());
-    let deadline = Instant::now() + WAIT;
-    while dom.link() != "up" {
-        assert!(
-            Instant::now() < deadline,
-            "libvirt still reports the link {} after the release\n{}",
-            dom.link(),
-            logs()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    try_wait_until(
+        "libvirt to report the link up after the release",
+        WAIT,
+        link_is("up"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
     let t_up = t_rel.elapsed();
-    wait_for("the AV agent back on its direct route", || {
+    wait_until("the AV agent back on its direct route", WAIT, || {
         av_status().filter(|s| s["route"]["route"] == "direct")
     });
-    wait_for("no isolation left in /api/v1/actions", || {
+    wait_until("no isolation left in /api/v1/actions", WAIT, || {
         let a = get_json(api, "/api/v1/actions")?;
         (!a["actions"]
             .as_array()?

@@ -1,29 +1,10 @@
-//! Kit shared by the `tree_*` and `loop_*` tests: the tree of real processes from
-//! `vespa_tests::tree` (a temporary directory with a key and a generated topology, the real
-//! binaries as child processes killed on drop, logs in JSON lines, a client that calls verbs
-//! on the running tree), plus the assertions the tests make about alert delivery.
-
-#![allow(dead_code)]
-
-use std::path::Path;
-use std::time::{Duration, Instant};
+//! Kit shared by the tests that run trees of the real binaries (`tree`, `http`, `loops`): the
+//! tree of real processes from `vespa_tests::tree` (a temporary directory with a key and a
+//! generated topology, the real binaries as child processes killed on drop, logs in JSON
+//! lines, a client that calls verbs on the running tree), plus the assertions the tests make
+//! about alert delivery.
 
 pub use vespa_tests::tree::*;
-
-/// Polls `f` until it returns `Some`, failing after `WAIT`.
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A node's `stats`, parsed.
 pub fn stats(tree: &Tree, via: &str, target: &str) -> Option<vespa_node::Stats> {
@@ -98,6 +79,19 @@ pub fn assert_exactly_once(seqs: &[u64], first: u64, last: u64, what: &str) {
     );
 }
 
+/// The log lines with which a node notes the link to its master is gone: the master closed
+/// it (a master killed: the kernel ends its connections), or it failed (reset, idle timeout
+/// on a cut link).
+pub const UPLINK_LOST: [&str; 2] = ["master closed the connection", "uplink to master failed"];
+
+/// How many times `p`'s log notes a lost link to a master ([`UPLINK_LOST`]).
+pub fn uplinks_lost(p: &Proc) -> usize {
+    p.log_lines()
+        .iter()
+        .filter(|l| UPLINK_LOST.iter().any(|m| l["fields"]["message"] == *m))
+        .count()
+}
+
 /// Reads the agent's final numbering from its "node stopped" log line.
 pub fn final_seqs(p: &Proc, node: &str) -> (u64, u64) {
     let f = p.log_event("node stopped", node).unwrap_or_else(|| {
@@ -119,9 +113,4 @@ pub fn final_seqs(p: &Proc, node: &str) -> (u64, u64) {
         f["first_seq"].as_u64().expect("first_seq"),
         f["last_seq"].as_u64().expect("last_seq"),
     )
-}
-
-/// True when a file exists (small helper for journal checks).
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

@@ -2,11 +2,10 @@
 //! two hops down, in separate processes, and the agents really act (libvirt's in-process test
 //! driver; a Floodlight stand-in that records every request).
 
-mod tree_kit;
-
 use std::net::IpAddr;
 
-use tree_kit::*;
+use crate::kit::*;
+use vespa_testkit::wait_until;
 use vespa_tests::daemons::floodlight_stub::{Fault, FloodlightStub};
 
 #[test]
@@ -87,7 +86,7 @@ fn actuator_verbs_are_callable_through_the_tree() {
     let mut agents = tree.spawn("agents", "vespa-agent", None, &[], &["lv", "fl", "av"]);
 
     // libvirt: the test driver's domain "test", reached VO -> HO_HY -> lv.
-    let vms = wait_for("lv answers list_vms", || {
+    let vms = wait_until("lv answers list_vms", WAIT, || {
         tree.call("lv", "list_vms", &[]).ok()
     });
     assert!(vms.contains("\"test\""), "{vms}");
@@ -178,7 +177,7 @@ fn actuator_verbs_are_callable_through_the_tree() {
         .call("fl", "block_hackers", &["52:54:00:00:00:99"])
         .expect_err("controller down");
     assert!(err.contains("500"), "{err}");
-    let alert = wait_for("an ActuatorFailed alert from fl at the VO", || {
+    let alert = wait_until("an ActuatorFailed alert from fl at the VO", WAIT, || {
         try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
             .into_iter()
             .find(|a| a["origin"] == "fl" && a["body"].get("ActuatorFailed").is_some())
@@ -218,7 +217,10 @@ fn actuator_verbs_are_callable_through_the_tree() {
 fn the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts() {
     use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
     use vespa_tests::daemons::require_daemon;
+    use vespa_tests::shared::LIBVIRTD;
     let test = "the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts";
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
     if !vespa_tests::privileged(test)
         || require_daemon(test, "libvirtd with KVM", libvirtd().map(drop)).is_none()
     {
@@ -291,7 +293,7 @@ fn the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts() {
         &["bw", "lv"],
         &["--metrics", &metrics.to_string()],
     );
-    let line = wait_for("the tap device's info series with its VM", || {
+    let line = wait_until("the tap device's info series with its VM", WAIT, || {
         let body = http_get(metrics, "/metrics")?;
         body.lines()
             .find(|l| {
@@ -313,8 +315,9 @@ fn the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts() {
 
     // The samples name the VM (once the libvirt agent has mapped the tap): the VO's API sums
     // its traffic per VM.
-    let sample = wait_for(
+    let sample = wait_until(
         "a bandwidth sample of the tap naming its VM at the VO",
+        WAIT,
         || {
             try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
                 .into_iter()
@@ -329,7 +332,7 @@ fn the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts() {
         dom.name.as_str(),
         "{sample}"
     );
-    let vms = wait_for("the VM's traffic in /api/v1/vms", || {
+    let vms = wait_until("the VM's traffic in /api/v1/vms", WAIT, || {
         let v: serde_json::Value = serde_json::from_str(&http_get(api, "/api/v1/vms")?).ok()?;
         v["vms"]
             .as_array()?

@@ -6,8 +6,10 @@ use std::time::Duration;
 use serde_json::Value;
 use vespa_actuators::libvirt::{LibvirtAgent, LibvirtConfig, VmEventKind};
 use vespa_actuators::{ActuatorAlert, ActuatorVerbs, AlertSink, LibvirtError, RetryPolicy};
+use vespa_testkit::wait_until_async;
 use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
-use vespa_tests::daemons::{require_daemon, wait_for};
+use vespa_tests::daemons::require_daemon;
+use vespa_tests::shared::LIBVIRTD;
 
 fn ready(test: &str) -> bool {
     vespa_tests::privileged(test)
@@ -46,6 +48,8 @@ fn json(s: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvm_cut_and_connect_link_confirmed_by_libvirt() {
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
     let test = "kvm_cut_and_connect_link_confirmed_by_libvirt";
     if !ready(test) {
         return;
@@ -85,6 +89,8 @@ async fn kvm_cut_and_connect_link_confirmed_by_libvirt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvm_suspend_resume_restart_and_restart_hard() {
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
     let test = "kvm_suspend_resume_restart_and_restart_hard";
     if !ready(test) {
         return;
@@ -127,6 +133,8 @@ async fn kvm_suspend_resume_restart_and_restart_hard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tap_map_matches_domiflist_and_follows_domains_started_later() {
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
     let test = "tap_map_matches_domiflist_and_follows_domains_started_later";
     if !ready(test) {
         return;
@@ -185,20 +193,19 @@ async fn tap_map_matches_domiflist_and_follows_domains_started_later() {
 
     // Stopping the domain removes its device from the map.
     d.virsh(&["destroy", &d.name]).expect("virsh destroy");
-    let t = taps.clone();
-    let gone = tap.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_for("the tap to leave the map", Duration::from_secs(20), || {
-            t.get(&gone).is_none().then_some(())
-        })
-    })
-    .await
-    .expect("join")
-    .expect("device removed");
+    let (taps, tap) = (&taps, &tap);
+    wait_until_async(
+        "the device to leave the map",
+        Duration::from_secs(20),
+        move || async move { taps.get(tap).map_or(Ok(()), Err) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_and_failures_are_typed_and_the_agent_keeps_serving() {
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
     let test = "bad_input_and_failures_are_typed_and_the_agent_keeps_serving";
     if !ready(test) {
         return;

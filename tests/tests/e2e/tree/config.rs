@@ -2,8 +2,6 @@
 //! and the embedded default; one broken fixture per error class, each reported as
 //! `file:line: table: field: problem` with exit status 1 and no panic; the key file.
 
-mod tree_kit;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -233,7 +231,7 @@ fn every_broken_fixture_is_one_clear_error() {
 
 #[test]
 fn keygen_writes_an_owner_only_key_and_run_refuses_a_loose_one() {
-    let s = tree_kit::Scratch::new("keygen");
+    let s = crate::kit::Scratch::new("keygen");
     let key = s.dir.join("psk");
     let k = key.to_str().expect("utf-8");
     let o = run("vespa-orchestrator", &["keygen", k]);

@@ -7,12 +7,11 @@
 //! The rig (lab, topology, processes) is `vespa_tests::sdn_loop`, shared with `vespa-demo`;
 //! every piece is removed at the end by its guards.
 
-mod tree_kit;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tree_kit::*;
+use crate::kit::*;
+use vespa_testkit::{at_least, try_wait_until, wait_until};
 use vespa_tests::daemons::ovs::{FlowMonitor, SdnLab, UdpStream};
 use vespa_tests::daemons::require_daemon;
 use vespa_tests::sdn_loop::{
@@ -45,9 +44,7 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
     let (attacker, victim) = (&lab.h1, &lab.h2);
     let logs = || rig.logs();
     let api_get = |path: &str| rig.api_get(path);
-    wait_for("both agents under the VO", || {
-        rig.agents_ready().then_some(())
-    });
+    wait_until("both agents under the VO", WAIT, || rig.agents_ready());
 
     // Traffic passes before anything happens.
     let stream = UdpStream::start(attacker, victim, Duration::from_millis(1));
@@ -76,19 +73,15 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
     eprintln!("attacker connected {} of 150 before the block", held.len());
 
     // The VO blocks the attacker's MAC: drop flows in the switch, traffic stops.
-    let deadline = Instant::now() + WAIT;
-    let flows = loop {
+    let flows = try_wait_until("a VESPA drop flow for the attacker's MAC", WAIT, || {
         let flows = rig.vespa_flows();
         if flows.iter().any(|f| is_vespa_drop(f, &attacker.mac)) {
-            break flows;
+            Ok(flows)
+        } else {
+            Err(flows)
         }
-        assert!(
-            Instant::now() < deadline,
-            "no VESPA drop flow for the attacker's MAC: {flows:?}\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
     let t_flow = Instant::now();
     assert!(
         !flows
@@ -103,8 +96,11 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
     let last = stream.last_arrival();
     let sent_before = stream.sent.load(std::sync::atomic::Ordering::Relaxed);
     let t_quiet = Instant::now();
-    wait_for("500 more datagrams sent into the block", || {
-        (stream.sent.load(std::sync::atomic::Ordering::Relaxed) >= sent_before + 500).then_some(())
+    wait_until("500 more datagrams sent into the block", WAIT, || {
+        at_least(
+            stream.sent.load(std::sync::atomic::Ordering::Relaxed),
+            sent_before + 500,
+        )
     });
     assert_eq!(
         stream.received_since(t_quiet),
@@ -117,7 +113,7 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
     );
 
     // The API lists the block (by MAC, through the os-ken agent); the VO's log shows the request.
-    let actions = wait_for("the block in /api/v1/actions", || {
+    let actions = wait_until("the block in /api/v1/actions", WAIT, || {
         let a = api_get("/api/v1/actions")?;
         a["actions"]
             .as_array()?
@@ -134,7 +130,7 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
         .find(|l| l["fields"]["message"] == "policy block sent")
         .unwrap_or_else(|| panic!("no 'policy block sent' line\n{}", logs()));
     assert_eq!(sent["fields"]["target"], attacker.mac.as_str());
-    let done = wait_for("the SDN agent's answer", || {
+    let done = wait_until("the SDN agent's answer", WAIT, || {
         vo.log_lines()
             .into_iter()
             .find(|l| l["fields"]["message"] == "policy action done")
@@ -183,7 +179,7 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
     )
     .expect("policy file");
     vo.signal(nix::sys::signal::Signal::SIGHUP);
-    wait_for("the SIGHUP reload", || {
+    wait_until("the SIGHUP reload", WAIT, || {
         vo.log_lines()
             .into_iter()
             .find(|l| l["fields"]["message"] == "SIGHUP: policy reloaded")
@@ -215,7 +211,7 @@ fn connection_flood_blocks_the_attackers_mac_and_calm_releases_it() {
     stream
         .wait_flowing(50, FLOWING)
         .expect("UDP passes again after the release");
-    wait_for("no active action left", || {
+    wait_until("no active action left", WAIT, || {
         api_get("/api/v1/actions").filter(|a| a["actions"] == serde_json::json!([]))
     });
     let released = vo.log_lines().into_iter().any(|l| {

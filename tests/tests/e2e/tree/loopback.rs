@@ -2,12 +2,11 @@
 //! Alerts arrive in order with their full path; calls, help, list_slaves and find_node work
 //! across the tree; destroy stops every process with exit status 0.
 
-mod tree_kit;
-
 use std::net::IpAddr;
 use std::process::Command;
 
-use tree_kit::*;
+use crate::kit::*;
+use vespa_testkit::wait_until;
 
 fn loopback_tree(tag: &str) -> Tree {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
@@ -60,7 +59,7 @@ fn alerts_calls_and_destroy_across_three_processes() {
     );
 
     // Alerts: at least 50 samples from bw, in order, each with the full path.
-    let alerts = wait_for("50 alerts from bw at the VO", || {
+    let alerts = wait_until("50 alerts from bw at the VO", WAIT, || {
         let a = try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?;
         (seqs_of(&a, "bw").len() >= 50).then_some(a)
     });

@@ -1,13 +1,11 @@
 //! SIGKILL an HO, or the VO, while the agent streams alerts, and restart it: the VO ends with
 //! every alert the agent raised, each exactly once, in order.
 
-mod tree_kit;
-
 use std::net::IpAddr;
-use std::time::Duration;
 
+use crate::kit::*;
 use nix::sys::signal::Signal;
-use tree_kit::*;
+use vespa_testkit::{at_least, wait_until};
 
 fn streaming_tree(tag: &str, vo_extra: &str) -> Tree {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
@@ -54,7 +52,7 @@ fn stop_agent_and_drain(tree: &Tree, agent: &mut Proc) -> (u64, u64) {
     let st = agent.wait_exit();
     assert!(st.success(), "agent exit {st}; log:\n{}", agent.log_text());
     let (first, last) = final_seqs(agent, "bw");
-    wait_for("the VO to hold the agent's last alert", || {
+    wait_until("the VO to hold the agent's last alert", WAIT, || {
         stats(tree, "VO", "VO").filter(|s| s.origins.get("bw").is_some_and(|o| o.highest == last))
     });
     (first, last)
@@ -67,15 +65,19 @@ fn sigkill_of_the_ho_while_the_agent_streams_loses_and_duplicates_nothing() {
     let mut ho = tree.spawn("ho", "vespa-orchestrator", None, &[], &["HO_VM"]);
     let mut agent = tree.spawn("agent", "vespa-agent", None, &["--mode", "proc"], &["bw"]);
 
-    wait_for("300 alerts at the VO", || {
-        (vo_count(&tree) >= 300).then_some(())
+    wait_until("300 alerts at the VO", WAIT, || {
+        at_least(vo_count(&tree), 300)
     });
+    let lost = uplinks_lost(&agent);
     ho.kill9();
     let at_kill = vo_count(&tree);
-    std::thread::sleep(Duration::from_millis(800));
+    // The new HO starts once the agent has seen the old one go, its alerts queueing.
+    wait_until("the agent to notice the HO is gone", WAIT, || {
+        at_least(uplinks_lost(&agent), lost + 1)
+    });
     let mut ho2 = tree.spawn("ho2", "vespa-orchestrator", None, &[], &["HO_VM"]);
-    wait_for("alerts to flow again through the new HO", || {
-        (vo_count(&tree) >= at_kill + 1000).then_some(())
+    wait_until("alerts to flow again through the new HO", WAIT, || {
+        at_least(vo_count(&tree), at_kill + 1000)
     });
 
     let (first, last) = stop_agent_and_drain(&tree, &mut agent);
@@ -108,13 +110,17 @@ fn sigkill_of_the_vo_with_a_journal_loses_and_duplicates_nothing() {
     let mut ho = tree.spawn("ho", "vespa-orchestrator", None, &[], &["HO_VM"]);
     let mut agent = tree.spawn("agent", "vespa-agent", None, &["--mode", "proc"], &["bw"]);
 
-    wait_for("300 alerts at the VO", || {
-        (vo_count(&tree) >= 300).then_some(())
+    wait_until("300 alerts at the VO", WAIT, || {
+        at_least(vo_count(&tree), 300)
     });
+    let lost = uplinks_lost(&ho);
     vo.kill9();
-    std::thread::sleep(Duration::from_millis(800));
+    // The new VO starts once the HO has seen the old one go, the alerts queueing.
+    wait_until("the HO to notice the VO is gone", WAIT, || {
+        at_least(uplinks_lost(&ho), lost + 1)
+    });
     let mut vo2 = tree.spawn("vo2", "vespa-orchestrator", None, &[], &["VO"]);
-    let restarted_with = wait_for("the new VO to answer", || stats(&tree, "VO", "VO"))
+    let restarted_with = wait_until("the new VO to answer", WAIT, || stats(&tree, "VO", "VO"))
         .origins
         .get("bw")
         .map_or(0, |o| o.count);
@@ -122,8 +128,8 @@ fn sigkill_of_the_vo_with_a_journal_loses_and_duplicates_nothing() {
         restarted_with >= 300,
         "the new VO reloaded the journal ({restarted_with} alerts from bw)"
     );
-    wait_for("alerts to flow again into the new VO", || {
-        (vo_count(&tree) >= restarted_with + 1000).then_some(())
+    wait_until("alerts to flow again into the new VO", WAIT, || {
+        at_least(vo_count(&tree), restarted_with + 1000)
     });
 
     let (first, last) = stop_agent_and_drain(&tree, &mut agent);

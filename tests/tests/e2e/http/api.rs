@@ -4,15 +4,15 @@
 //! errors are JSON with the right status; /metrics parses and carries the closed-loop
 //! histogram.
 
-mod tree_kit;
-
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 
+use crate::kit::*;
 use prometheus_parse::{Scrape, Value};
 use serde_json::Value as Json;
-use tree_kit::*;
+use vespa_testkit::wait_until;
+use vespa_tests::shared::LOOPBACK;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -173,14 +173,18 @@ fn full_tree(tag: &str) -> Tree {
 
 /// Polls until the API answers at all (the VO process is starting).
 fn wait_api(addr: SocketAddr, vo: &Proc) {
-    wait_for(
+    wait_until(
         &format!("the API on {addr} (log: {})", vo.log.display()),
-        || TcpStream::connect(addr).ok().map(|_| ()),
+        WAIT,
+        || TcpStream::connect(addr).map(drop),
     );
 }
 
 #[test]
 fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
+    // Its connections agent on lo counts every socket of the host, and the VO's default
+    // policy acts on the counts (no action is expected here): no flood meanwhile.
+    let _loopback = LOOPBACK.share();
     let tree = full_tree("http");
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let (api_s, token) = (api.to_string(), token_file(&tree));
@@ -203,7 +207,7 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
     wait_api(api, &vo);
 
     // Data flows: deltas of lo, the tree's own loopback connections.
-    let recv = wait_for("10 rx deltas of lo at /recv_bytes", || {
+    let recv = wait_until("10 rx deltas of lo at /recv_bytes", WAIT, || {
         let v = get(api, "/recv_bytes").json();
         (v.as_array().is_some_and(|a| a.len() >= 10)).then_some(v)
     });
@@ -211,7 +215,7 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
         recv.as_array().expect("array").iter().all(Json::is_u64),
         "/recv_bytes is an array of numbers: {recv}"
     );
-    let conns = wait_for("connections at /get_ip_connections", || {
+    let conns = wait_until("connections at /get_ip_connections", WAIT, || {
         let v = get(api, "/get_ip_connections").json();
         v.as_array().is_some_and(|a| !a.is_empty()).then_some(v)
     });
@@ -264,7 +268,7 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
     assert!(get(api, "/recv_bytes?ifcae=lo")
         .error(400)
         .contains("ifcae"));
-    let archi = wait_for("bw and conns under HO_VM in /archi", || {
+    let archi = wait_until("bw and conns under HO_VM in /archi", WAIT, || {
         let a = get(api, "/archi").json();
         let ho = a["children"]
             .as_array()?
@@ -610,7 +614,7 @@ fn without_a_token_mutations_are_disabled_and_http_off_serves_nothing() {
         }],
     );
     let vo2 = tree2.spawn("vo", "vespa-orchestrator", None, &[], &["VO"]);
-    wait_for("the second VO", || tree2.call("VO", "help", &[]).ok());
+    wait_until("the second VO", WAIT, || tree2.call("VO", "help", &[]).ok());
     let listening = |p: &Proc| {
         p.log_lines()
             .iter()
@@ -680,7 +684,7 @@ fn sdn_topology_and_link_stats_come_from_the_controller_agent() {
     wait_api(api, &vo);
 
     // Polls until fl has registered (until then the call fails: 502).
-    let topo = wait_for("fl's topology at /get_topology", || {
+    let topo = wait_until("fl's topology at /get_topology", WAIT, || {
         let r = get(api, "/get_topology");
         (r.status == 200).then_some(r)
     });

@@ -28,7 +28,7 @@ where
     let lab = Arc::new(lab);
     let l = lab.clone();
     let ns = lab.ovs.ns.name.clone();
-    vespa_tests::daemons::in_netns(&ns, move || {
+    vespa_tests::net::in_netns(&ns, move || {
         // Worker threads are created by this thread, so they are inside the namespace too; the
         // TTL reaper runs on them while the test body blocks in its polling helpers.
         let rt = tokio::runtime::Builder::new_multi_thread()

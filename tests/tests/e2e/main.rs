@@ -1,0 +1,58 @@
+//! VESPA's end-to-end tests, one binary: the real kernel, network namespaces, the daemons the
+//! tests start themselves and the workspace's own binaries. One module per area, following
+//! the data path (sensor -> agent -> HO -> VO -> actuators); `cargo test -p vespa-tests
+//! --test e2e <area>::` runs one of them.
+//!
+//! The tests of every area run concurrently in this one process, so whatever they share is
+//! made unique per test (namespace and interface names, subnets, ports, scratch directories)
+//! or taken under a lock where one daemon or interface serves them all
+//! (`vespa_tests::shared`: libvirtd, the host's loopback connection counts).
+
+/// The tree of real processes and the assertions about alert delivery, for every area.
+mod kit;
+
+/// The sensors and the `vespa-agent` binary: kernel counters, the connection tracker,
+/// attaching to interfaces, the Prometheus exporter, the command line.
+mod agent {
+    mod attach;
+    mod cli;
+    mod export;
+    mod sensors;
+}
+
+/// Trees of the real binaries: configuration, alerts and calls across processes, crashes,
+/// cut links, hostile peers, kernel time stamps, the fast path at an HO, acting agents.
+mod tree {
+    mod actuators;
+    mod config;
+    mod crash;
+    mod fastpath;
+    mod hostile;
+    mod kernel_time;
+    mod loopback;
+    mod netns;
+}
+
+/// The orchestrator's HTTP API and the dashboard over a running tree.
+mod http {
+    mod api;
+    mod dashboard;
+}
+
+/// The acting agents against the real daemons (libvirtd, Open vSwitch + os-ken, clamd) and
+/// the SDN controllers' stand-ins.
+mod actuators {
+    mod clamav;
+    mod libvirt;
+    mod libvirt_restart;
+    mod sdn_osken;
+    mod sdn_stubs;
+}
+
+/// Closed loops end to end: an infection isolating a VM, a connection flood blocked on the
+/// switch, and `vespa-demo` telling the latter.
+mod loops {
+    mod av;
+    mod demo;
+    mod sdn;
+}
