@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use vespa_actuators::libvirt::{LibvirtAgent, LibvirtConfig};
-use vespa_actuators::sdn::osken::{OsKen, OsKenConfig};
-use vespa_actuators::sdn::{BlockTarget, Release, SdnAgent, SdnAgentConfig, SdnController};
-use vespa_actuators::AlertSink;
+use vespa_agents::libvirt::{LibvirtAgent, LibvirtConfig};
+use vespa_agents::sdn::osken::{OsKen, OsKenConfig};
+use vespa_agents::sdn::{BlockTarget, Release, SdnAgent, SdnAgentConfig, SdnController};
+use vespa_agents::AlertSink;
 use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
 use vespa_tests::daemons::ovs::{FlowMonitor, SdnLab, UdpStream};
 use vespa_tests::daemons::percentile;

@@ -5,8 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use vespa_actuators::clamav::{AvAgent, AvConfig, ClamdAddr, Route, Verdict, VmRelay};
-use vespa_actuators::{ActuatorAlert, ActuatorVerbs, AlertSink, AvError, RetryPolicy, VerbFuture};
+use vespa_agents::clamav::{AvAgent, AvConfig, ClamdAddr, RelayFuture, Route, Verdict, VmRelay};
+use vespa_agents::{ActuatorAlert, AlertSink, AvError, RetryPolicy};
+use vespa_node::Agent as _;
+use vespa_proto::verbs::{LibvirtVerb, Verb};
 use vespa_testkit::wait_until_async;
 use vespa_tests::daemons::clamd::{eicar, Clamd, EICAR_SIGNATURE};
 use vespa_tests::daemons::require_daemon;
@@ -36,7 +38,7 @@ fn json(s: &str) -> serde_json::Value {
 }
 
 async fn call(a: &AvAgent, verb: &str, args: &[&str]) -> Result<String, String> {
-    a.call(verb, args.iter().map(|s| s.to_string()).collect())
+    a.call_words(verb, args.iter().map(|s| s.to_string()).collect())
         .await
 }
 
@@ -327,11 +329,11 @@ async fn clamd_down_is_a_clear_error_and_is_retried() {
 struct Relay(Mutex<Vec<(String, String, Vec<String>)>>);
 
 impl VmRelay for Relay {
-    fn call<'a>(&'a self, node: &'a str, verb: &'a str, args: Vec<String>) -> VerbFuture<'a> {
+    fn call<'a>(&'a self, node: &'a str, verb: LibvirtVerb) -> RelayFuture<'a> {
         self.0
             .lock()
             .expect("relay")
-            .push((node.into(), verb.into(), args));
+            .push((node.into(), verb.name().into(), verb.args()));
         Box::pin(async { Ok("keys sent".to_string()) })
     }
 }

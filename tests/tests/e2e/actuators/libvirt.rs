@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use vespa_actuators::libvirt::{LibvirtAgent, LibvirtConfig, VmEventKind};
-use vespa_actuators::{ActuatorAlert, ActuatorVerbs, AlertSink, LibvirtError, RetryPolicy};
+use vespa_agents::libvirt::{LibvirtAgent, LibvirtConfig, VmEventKind};
+use vespa_agents::{ActuatorAlert, AlertSink, LibvirtError, RetryPolicy};
+use vespa_node::Agent as _;
 use vespa_testkit::wait_until_async;
 use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
 use vespa_tests::daemons::require_daemon;
@@ -38,7 +39,7 @@ fn agent(watch: bool) -> (LibvirtAgent, tokio::sync::mpsc::Receiver<ActuatorAler
 }
 
 async fn call(a: &LibvirtAgent, verb: &str, args: &[&str]) -> Result<String, String> {
-    a.call(verb, args.iter().map(|s| s.to_string()).collect())
+    a.call_words(verb, args.iter().map(|s| s.to_string()).collect())
         .await
 }
 

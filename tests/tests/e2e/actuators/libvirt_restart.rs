@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use vespa_actuators::libvirt::{LibvirtAgent, LibvirtConfig};
-use vespa_actuators::{AlertSink, LibvirtError, RetryPolicy};
+use vespa_agents::libvirt::{LibvirtAgent, LibvirtConfig};
+use vespa_agents::{AlertSink, LibvirtError, RetryPolicy};
 use vespa_testkit::wait_until_async;
 use vespa_tests::daemons::libvirt::{libvirtd, KvmDomain, URI};
 use vespa_tests::daemons::require_daemon;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vespa_actuators::sdn::osken::{OsKen, OsKenConfig};
-use vespa_actuators::sdn::{SdnAgent, SdnAgentConfig};
-use vespa_actuators::{ActuatorVerbs, AlertSink};
+use vespa_agents::sdn::osken::{OsKen, OsKenConfig};
+use vespa_agents::sdn::{SdnAgent, SdnAgentConfig};
+use vespa_agents::AlertSink;
+use vespa_node::Agent as _;
 use vespa_tests::daemons::ovs::{SdnLab, UdpStream};
 use vespa_tests::daemons::require_daemon;
 
@@ -54,7 +55,7 @@ fn agent(lab: &SdnLab, ttl: Option<Duration>) -> SdnAgent<OsKen> {
 
 async fn call(a: &SdnAgent<OsKen>, verb: &str, args: &[&str]) -> Value {
     let r = a
-        .call(verb, args.iter().map(|s| s.to_string()).collect())
+        .call_words(verb, args.iter().map(|s| s.to_string()).collect())
         .await
         .unwrap_or_else(|e| panic!("{verb} {args:?}: {e}"));
     serde_json::from_str(&r).unwrap_or_else(|e| panic!("{verb}: not JSON ({e}): {r}"))

@@ -5,13 +5,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use vespa_actuators::sdn::floodlight::{
-    Floodlight, FloodlightApi, FloodlightConfig, FloodlightMode,
-};
-use vespa_actuators::sdn::osken::{OsKen, OsKenConfig};
-use vespa_actuators::sdn::pox::{Pox, PoxConfig};
-use vespa_actuators::sdn::{BlockId, SdnAgent, SdnAgentConfig, SdnController};
-use vespa_actuators::{ActuatorAlert, ActuatorVerbs, AlertSink, RetryPolicy};
+use vespa_agents::sdn::floodlight::{Floodlight, FloodlightApi, FloodlightConfig, FloodlightMode};
+use vespa_agents::sdn::osken::{OsKen, OsKenConfig};
+use vespa_agents::sdn::pox::{Pox, PoxConfig};
+use vespa_agents::sdn::{BlockId, SdnAgent, SdnAgentConfig, SdnController};
+use vespa_agents::{ActuatorAlert, AlertSink, RetryPolicy};
+use vespa_node::Agent as _;
 use vespa_testkit::wait_until_async;
 use vespa_tests::daemons::floodlight_stub::{Fault, FloodlightStub, Request, DPID1, DPID2};
 use vespa_tests::daemons::pox_stub::{PoxMode, PoxStub};
@@ -35,7 +34,7 @@ async fn call<C: SdnController>(
     verb: &str,
     args: &[&str],
 ) -> Result<String, String> {
-    a.call(verb, args.iter().map(|s| s.to_string()).collect())
+    a.call_words(verb, args.iter().map(|s| s.to_string()).collect())
         .await
 }
 
