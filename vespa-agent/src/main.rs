@@ -109,7 +109,7 @@ struct SensorArgs {
     /// How to attach the tc classifiers: TCX links where the kernel has them (6.6+), or a
     /// clsact qdisc with filters.
     #[arg(long, global = true, value_enum, default_value = "auto")]
-    tc_attach: vespa_agent::ebpf::TcMode,
+    tc_attach: vespa_agent::TcMode,
     /// Series per address-labelled metric before the rest is summed into "other".
     #[arg(long, global = true, default_value_t = 20)]
     top_n: usize,
