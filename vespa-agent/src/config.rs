@@ -56,6 +56,10 @@ pub struct SensorConfig {
     pub rescan_interval: Duration,
     /// How tc classifiers are attached (TCX links where available, or clsact + filters).
     pub tc_mode: TcMode,
+    /// Have the kernel programs log what they decide (aya-log) into this process's `log`
+    /// logger, at the levels it lets through when the sensors start (`log::max_level()`).
+    /// Off, the verifier removes the programs' logging code at load time.
+    pub ebpf_log: bool,
 }
 
 impl Default for SensorConfig {
@@ -74,6 +78,7 @@ impl Default for SensorConfig {
             ring_buffer_bytes: 1 << 20,
             rescan_interval: Duration::from_secs(5),
             tc_mode: TcMode::Auto,
+            ebpf_log: false,
         }
     }
 }

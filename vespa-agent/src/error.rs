@@ -29,6 +29,12 @@ pub enum SensorError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// The kernel programs' log buffer could not be taken over (`ebpf_log`).
+    #[error("loading the kernel programs failed: the kernel log: {source}")]
+    Log {
+        #[source]
+        source: Box<aya_log::Error>,
+    },
     /// A map of the object could not be taken over or given its first value.
     #[error("loading the kernel programs failed: map {map}: {source}")]
     Map {

@@ -6,7 +6,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use super::maps::{self, Maps};
+use super::{
+    kernel_log::{self, KernelLogger},
+    maps::{self, Maps},
+};
 use crate::{config::SensorConfig, error::SensorError};
 
 /// The kernel object, built by build.rs from `vespa-ebpf`.
@@ -33,6 +36,8 @@ pub(super) struct Loaded {
     pub(super) ring: aya::maps::RingBuf<aya::maps::MapData>,
     /// The configuration the programs were given.
     pub(super) kernel_config: vespa_common::SensorConfig,
+    /// The programs' log, when they log.
+    pub(super) logger: Option<KernelLogger>,
 }
 
 /// Loads the object sized for `cfg`, loads the classifiers (attached later, per interface),
@@ -43,7 +48,9 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
             "this binary was built without the kernel programs".into(),
         ));
     }
+    let log_level = kernel_log::level(cfg);
     let mut ebpf = EbpfLoader::new()
+        .override_global(aya_log::LEVEL, &log_level, true)
         .map_max_entries("CONN_BY_REMOTE", cfg.max_remotes.max(1))
         .map_max_entries("OPEN_SOCKETS", cfg.max_sockets.max(1))
         .map_max_entries("SYN_BY_SOURCE", cfg.max_syn_sources.max(1))
@@ -54,6 +61,7 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
         )
         .load(OBJECT)
         .map_err(|e| SensorError::Load(e.into()))?;
+    let logger = kernel_log::take(&mut ebpf, cfg)?;
     for name in [PROG_INGRESS, PROG_INGRESS_L3, PROG_EGRESS] {
         classifier(&mut ebpf, name)?
             .load()
@@ -72,6 +80,7 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
         maps,
         ring,
         kernel_config,
+        logger,
     })
 }
 

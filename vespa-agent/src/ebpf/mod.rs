@@ -1,15 +1,16 @@
 //! eBPF back end: loads the kernel programs, attaches them to interfaces as they come and
 //! go, reads the maps on demand and turns ring-buffer records into [`SensorEvent`]s.
 //!
-//! One job per module: [`load`] (the object, the programs' configuration, the tracepoint),
+//! One job per module: `load` (the object, the programs' configuration, the tracepoint),
 //! `attach` (the classifiers on one interface), `hotplug` (following the interfaces),
 //! `maps` (reading the counters and tables), `records` (the ring buffer and its records),
-//! `addr` (the kernel's address form). This module holds the running state they share and
-//! answers the [`crate::Sensors`] verbs.
+//! `kernel_log` (the programs' own log, when asked), `addr` (the kernel's address form).
+//! This module holds the running state they share and answers the [`crate::Sensors`] verbs.
 
 mod addr;
 mod attach;
 mod hotplug;
+mod kernel_log;
 mod load;
 mod maps;
 mod records;
@@ -121,6 +122,12 @@ impl EbpfSensor {
         sensor
             .threads
             .push(spawn("vespa-netlink", move || s.watch_links()));
+        if let Some(logger) = loaded.logger {
+            let s = shared.clone();
+            sensor.threads.push(spawn("vespa-ebpf-log", move || {
+                kernel_log::forward(logger, &s.stop)
+            }));
+        }
         tracing::info!(
             interfaces = ?sensor.shared.lock().attached.values().map(|a| a.name.clone()).collect::<Vec<_>>(),
             "eBPF sensors attached"
