@@ -49,7 +49,8 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
         ));
     }
     let log_level = kernel_log::level(cfg);
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(aya_log::LEVEL, &log_level, true)
         .map_max_entries("CONN_BY_REMOTE", cfg.max_remotes.max(1))
         .map_max_entries("OPEN_SOCKETS", cfg.max_sockets.max(1))
@@ -58,7 +59,13 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
         .map_max_entries(
             "EVENTS",
             cfg.ring_buffer_bytes.next_power_of_two().max(4096),
-        )
+        );
+    if log_level == 0 {
+        // Nothing is written to the log buffer: one page instead of aya-log's 128 KiB of
+        // locked kernel memory.
+        loader.map_max_entries("AYA_LOGS", 4096);
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| SensorError::Load(e.into()))?;
     let logger = kernel_log::take(&mut ebpf, cfg)?;
