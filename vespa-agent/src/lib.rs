@@ -7,10 +7,17 @@
 //! open/close, threshold crossings, interfaces coming and going).
 //!
 //! Two back ends sit behind it: kernel programs loaded with aya ([`ebpf`]), and the 2014
-//! method of reading `/proc/net` ([`procfs`]) for machines where eBPF cannot be loaded.
+//! method of reading `/proc/net` ([`procfs`]) for machines where eBPF cannot be loaded. Both
+//! take a [`SensorConfig`] and produce the same readings and events (`config`, `readings`,
+//! `event`, `error`, [`clock`]); [`sensor`] chooses between them. Nothing shared imports a
+//! back end, and neither back end imports the other or the handle.
 
 pub mod btf;
+pub mod clock;
+mod config;
 pub mod ebpf;
+mod error;
+mod event;
 pub mod export;
 pub mod iface;
 pub mod netns;
@@ -18,10 +25,12 @@ mod nsworker;
 pub mod preflight;
 pub mod procfs;
 mod procfs_backend;
+mod readings;
 pub mod sensor;
 pub mod top;
 
-pub use sensor::{
-    Health, InterfaceCounters, MapFill, Mode, RemoteConnections, SensorConfig, SensorError,
-    SensorEvent, Sensors, Snapshot, SynSource, TcpState,
-};
+pub use config::{Mode, SensorConfig, TcMode};
+pub use error::SensorError;
+pub use event::{SensorEvent, TcpState};
+pub use readings::{Health, InterfaceCounters, MapFill, RemoteConnections, Snapshot, SynSource};
+pub use sensor::Sensors;

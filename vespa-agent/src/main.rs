@@ -109,7 +109,15 @@ struct SensorArgs {
     /// How to attach the tc classifiers: TCX links where the kernel has them (6.6+), or a
     /// clsact qdisc with filters.
     #[arg(long, global = true, value_enum, default_value = "auto")]
-    tc_attach: vespa_agent::ebpf::TcMode,
+    tc_attach: vespa_agent::TcMode,
+    /// Have the kernel programs log what they decide: the connection tracker's namespace
+    /// filter, map updates that fail, events lost, thresholds crossed with their values.
+    /// Their lines join this log, filtered by the same RUST_LOG, with targets vespa::traffic
+    /// and vespa::conntrack (the tracker's per-socket decisions are at debug:
+    /// RUST_LOG=info,vespa::conntrack=debug). Without it the programs' logging code is
+    /// removed when they are loaded, and costs nothing.
+    #[arg(long, global = true)]
+    ebpf_log: bool,
     /// Series per address-labelled metric before the rest is summed into "other".
     #[arg(long, global = true, default_value_t = 20)]
     top_n: usize,
@@ -159,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         all_netns: a.all_netns,
         syn_per_sec_threshold: a.syn_threshold,
         tc_mode: a.tc_attach,
+        ebpf_log: a.ebpf_log,
         ..SensorConfig::default()
     };
     if let Command::Run(args) = cli.command {

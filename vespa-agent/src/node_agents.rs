@@ -192,7 +192,7 @@ impl SensorSource for Source {
         let mut events = self.0.subscribe();
         // Threshold events carry the kernel's time of the crossing (CLOCK_MONOTONIC): the
         // alert is stamped with it, so the loop's latency starts at the kernel event.
-        let at = |t: u64| Some(vespa_agent::ebpf::monotonic_to_unix_ns(t));
+        let at = |t: u64| Some(vespa_agent::clock::monotonic_to_unix_ns(t));
         tokio::spawn(async move {
             loop {
                 let alert = match events.recv().await {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::sensor::SensorError;
+use crate::error::SensorError;
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACEPOINT: &str = "events/sock/inet_sock_set_state";

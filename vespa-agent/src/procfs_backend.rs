@@ -16,13 +16,14 @@ use std::{
 use tokio::sync::broadcast;
 
 use crate::{
+    clock::monotonic_ns,
+    config::SensorConfig,
+    error::SensorError,
+    event::SensorEvent,
     iface,
     nsworker::NsWorker,
     procfs,
-    sensor::{
-        merge_proc_tcp, wanted, Health, InterfaceCounters, RemoteConnections, SensorConfig,
-        SensorError, SensorEvent, SynSource,
-    },
+    readings::{Health, InterfaceCounters, RemoteConnections, SynSource},
 };
 
 pub(crate) struct ProcSensor {
@@ -79,7 +80,7 @@ impl ProcSensor {
                 .collect();
             Ok(lines
                 .into_iter()
-                .filter(|l| wanted(&cfg, &l.name))
+                .filter(|l| cfg.wants(&l.name))
                 .filter_map(|l| {
                     let ifindex = *index.get(&l.name)?;
                     Some(InterfaceCounters {
@@ -128,6 +129,32 @@ fn read_tcp() -> Result<BTreeMap<IpAddr, procfs::TcpCounts>, SensorError> {
     })
 }
 
+/// /proc's sockets per remote address as the API's two tables: remotes with established
+/// connections, and sources with half-open (SYN_RECV) sockets.
+fn merge_proc_tcp(
+    map: BTreeMap<IpAddr, procfs::TcpCounts>,
+) -> (Vec<RemoteConnections>, Vec<SynSource>) {
+    let conns = map
+        .iter()
+        .filter(|(_, c)| c.established > 0)
+        .map(|(a, c)| RemoteConnections {
+            addr: *a,
+            established: c.established,
+            opened: None,
+            closed: None,
+        })
+        .collect();
+    let syns = map
+        .iter()
+        .filter(|(_, c)| c.syn_recv > 0)
+        .map(|(a, c)| SynSource {
+            addr: *a,
+            syns: c.syn_recv,
+        })
+        .collect();
+    (conns, syns)
+}
+
 /// Emits interface and threshold events from successive polls.
 struct Poller {
     cfg: SensorConfig,
@@ -142,7 +169,7 @@ impl Poller {
         let now: BTreeMap<String, u32> = iface::list()
             .unwrap_or_default()
             .into_iter()
-            .filter(|i| wanted(&self.cfg, &i.name))
+            .filter(|i| self.cfg.wants(&i.name))
             .map(|i| (i.name, i.ifindex))
             .collect();
         for (name, &ifindex) in &now {
@@ -167,7 +194,7 @@ impl Poller {
             return;
         }
         if let Ok(map) = read_tcp() {
-            let ts = crate::ebpf::monotonic_ns();
+            let ts = monotonic_ns();
             for (addr, c) in &map {
                 if c.established > thr && self.over.insert(*addr) {
                     let _ = self.events.send(SensorEvent::ConnThreshold {

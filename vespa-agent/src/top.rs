@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, fmt::Write as _, time::Duration};
 
-use crate::{sensor::Snapshot, Sensors};
+use crate::{Sensors, Snapshot};
 
 /// Formats a rate in bytes/s with binary prefixes.
 pub fn human_rate(bytes_per_sec: f64) -> String {

@@ -1,11 +1,21 @@
 //! Maps shared by every program: configuration, health counters and the event ring buffer.
+//!
+//! The programs log through aya-log (`AYA_LOGS`, read by `vespa-agent --ebpf-log`) where they
+//! have something to say: a map update that fails, an event lost, a threshold crossed, the
+//! tracker's namespace decisions. The agent sets aya-log's `AYA_LOG_LEVEL` at load time (0
+//! unless asked): the verifier then sees a constant and removes every log statement's code,
+//! so logging off costs the programs nothing, on the packet path or elsewhere.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
+    EbpfContext,
 };
-use vespa_common::{EventHeader, SensorConfig, STAT_EVENTS_LOST, STAT_SLOTS};
+use aya_log_ebpf::warn;
+use vespa_common::{
+    EventHeader, SensorConfig, STAT_EVENTS_LOST, STAT_MAP_UPDATE_FAILED, STAT_SLOTS,
+};
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
@@ -24,6 +34,17 @@ pub fn bump(slot: u32) {
         // valid for this CPU and nothing else writes it concurrently.
         unsafe { *p += 1 };
     }
+}
+
+/// A map update failed (`map` full, or out of memory): counted in the health counters, and
+/// logged with the helper's error code.
+#[inline(always)]
+pub fn update_failed<C: EbpfContext>(ctx: &C, map: &str, error: i32) {
+    bump(STAT_MAP_UPDATE_FAILED);
+    warn!(
+        ctx,
+        "{}: update failed (error {}), entry not counted", map, error
+    );
 }
 
 #[inline(always)]
@@ -49,13 +70,13 @@ pub fn header(kind: u32, size: usize, timestamp_ns: u64) -> EventHeader {
     }
 }
 
-/// Writes `event` to the ring buffer; counts it as lost when the buffer is full.
+/// Writes `event` to the ring buffer; counts (and logs) it as lost when the buffer is full.
 ///
 /// `urgent` events (threshold crossings) wake the reader at once. The others (per-connection
 /// open/close) do not: the reader drains them on its next wake-up or poll, which batches
 /// thousands of records per wake-up under load, unless the buffer is a quarter full.
 #[inline(always)]
-pub fn emit<T: 'static>(event: T, urgent: bool) {
+pub fn emit<C: EbpfContext, T: 'static>(ctx: &C, event: T, urgent: bool) {
     const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_FORCE_WAKEUP: u64 = 2;
     const BPF_RB_AVAIL_DATA: u64 = 0;
@@ -70,7 +91,14 @@ pub fn emit<T: 'static>(event: T, urgent: bool) {
             entry.write(event);
             entry.submit(flags);
         }
-        None => bump(STAT_EVENTS_LOST),
+        None => {
+            bump(STAT_EVENTS_LOST);
+            warn!(
+                ctx,
+                "EVENTS full: a {}-byte event lost",
+                core::mem::size_of::<T>()
+            );
+        }
     }
 }
 

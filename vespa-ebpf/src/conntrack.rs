@@ -5,6 +5,8 @@
 //! an open it saw: connections older than the tracker never make a count negative.
 //! Half-open connections (SYN floods) never reach this tracepoint; see `traffic::count_syn`.
 
+use core::net::Ipv6Addr;
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_probe_read_kernel,
@@ -13,12 +15,13 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext,
 };
+use aya_log_ebpf::{debug, info};
 use vespa_common::{
     Addr, ConnEvent, RemoteConns, SensorConfig, ThresholdEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
-    EVENT_CONN_THRESHOLD, STAT_MAP_UPDATE_FAILED, STAT_TRACEPOINT_RUNS, STAT_UNTRACKED_CLOSES,
+    EVENT_CONN_THRESHOLD, STAT_TRACEPOINT_RUNS, STAT_UNTRACKED_CLOSES,
 };
 
-use crate::common::{atomic_add, atomic_sub, bump, config, emit, header, now_ns};
+use crate::common::{atomic_add, atomic_sub, bump, config, emit, header, now_ns, update_failed};
 
 /// Per remote address: established now, opened and closed in total. Size set at load time
 /// (default 65,536 addresses).
@@ -84,11 +87,11 @@ pub fn vespa_sock_state(ctx: TracePointContext) -> u32 {
     }
     let cfg = config();
     if opening {
-        if ours(rec.skaddr, &cfg) {
-            opened(&rec, &cfg);
+        if ours(&ctx, rec.skaddr, &cfg) {
+            opened(&ctx, &rec, &cfg);
         }
     } else {
-        closed(&rec, &cfg);
+        closed(&ctx, &rec, &cfg);
     }
     0
 }
@@ -96,7 +99,7 @@ pub fn vespa_sock_state(ctx: TracePointContext) -> u32 {
 /// Whether the socket at `sk` belongs to the network namespace the tracker watches (always,
 /// when it watches every namespace). A socket whose namespace cannot be read is not ours.
 #[inline(always)]
-fn ours(sk: u64, cfg: &SensorConfig) -> bool {
+fn ours(ctx: &TracePointContext, sk: u64, cfg: &SensorConfig) -> bool {
     if cfg.netns_inum == 0 {
         return true;
     }
@@ -105,18 +108,33 @@ fn ours(sk: u64, cfg: &SensorConfig) -> bool {
     // net.ns.inum) and `sk` is the tracepoint's live socket.
     let Ok(net) = (unsafe { bpf_probe_read_kernel((sk + cfg.sk_net_offset as u64) as *const u64) })
     else {
+        debug!(ctx, "socket {:x}: namespace unreadable, not tracked", sk);
         return false;
     };
     if net == WATCHED_NET.get(0).copied().unwrap_or(0) {
         return true;
     }
     // SAFETY: as above.
-    let ours = unsafe { bpf_probe_read_kernel((net + cfg.net_inum_offset as u64) as *const u32) }
-        == Ok(cfg.netns_inum);
+    let inum = unsafe { bpf_probe_read_kernel((net + cfg.net_inum_offset as u64) as *const u32) };
+    let ours = inum == Ok(cfg.netns_inum);
     if let Some(p) = WATCHED_NET.get_ptr_mut(0).filter(|_| ours) {
         // SAFETY: a pointer from a successful array lookup; an aligned 8-byte store is
         // atomic, and every CPU stores the same value.
         unsafe { *p = net };
+        info!(
+            ctx,
+            "namespace {} is struct net {:x}: recognised by address from now on",
+            cfg.netns_inum,
+            net
+        );
+    } else if !ours {
+        debug!(
+            ctx,
+            "socket {:x}: namespace {} is not the watched {}, not tracked",
+            sk,
+            inum.unwrap_or(0),
+            cfg.netns_inum
+        );
     }
     ours
 }
@@ -178,31 +196,31 @@ impl Record {
 }
 
 #[inline(always)]
-fn remote_entry(addr: &Addr) -> Option<*mut RemoteConns> {
+fn remote_entry(ctx: &TracePointContext, addr: &Addr) -> Option<*mut RemoteConns> {
     if let Some(e) = CONN_BY_REMOTE.get_ptr_mut(addr) {
         return Some(e);
     }
     // Losing the insert race to another CPU is fine: the lookup below finds its entry.
-    let _ = CONN_BY_REMOTE.insert(addr, &RemoteConns::default(), BPF_NOEXIST as u64);
+    let inserted = CONN_BY_REMOTE.insert(addr, &RemoteConns::default(), BPF_NOEXIST as u64);
     let e = CONN_BY_REMOTE.get_ptr_mut(addr);
     if e.is_none() {
-        bump(STAT_MAP_UPDATE_FAILED);
+        update_failed(ctx, "CONN_BY_REMOTE", inserted.err().unwrap_or(0));
     }
     e
 }
 
 #[inline(always)]
-fn opened(rec: &Record, cfg: &SensorConfig) {
+fn opened(ctx: &TracePointContext, rec: &Record, cfg: &SensorConfig) {
     let now = now_ns();
     // Only the first transition into ESTABLISHED of a socket counts. EEXIST means seen;
     // anything else is a full table.
     if let Err(e) = OPEN_SOCKETS.insert(&rec.skaddr, &now, BPF_NOEXIST as u64) {
         if e != -EEXIST {
-            bump(STAT_MAP_UPDATE_FAILED);
+            update_failed(ctx, "OPEN_SOCKETS", e);
         }
         return;
     }
-    let Some(e) = remote_entry(&rec.remote) else {
+    let Some(e) = remote_entry(ctx, &rec.remote) else {
         return;
     };
     // SAFETY: `e` points to a live LRU-hash value; all concurrent updates of the counters are
@@ -212,7 +230,7 @@ fn opened(rec: &Record, cfg: &SensorConfig) {
         atomic_add(&raw mut (*e).established, 1) + 1
     };
     if cfg.conn_events != 0 {
-        emit(conn_event(rec, EVENT_CONN_OPEN, now, now, 0), false);
+        emit(ctx, conn_event(rec, EVENT_CONN_OPEN, now, now, 0), false);
     }
     if cfg.conn_threshold != 0 && established > cfg.conn_threshold {
         // SAFETY: as above.
@@ -226,7 +244,15 @@ fn opened(rec: &Record, cfg: &SensorConfig) {
             }
         };
         if fire {
+            info!(
+                ctx,
+                "remote {:i}: {} established connections, over the threshold of {}",
+                Ipv6Addr::from(rec.remote.bytes).to_canonical(),
+                established,
+                cfg.conn_threshold
+            );
             emit(
+                ctx,
                 ThresholdEvent {
                     header: header(
                         EVENT_CONN_THRESHOLD,
@@ -246,7 +272,7 @@ fn opened(rec: &Record, cfg: &SensorConfig) {
 }
 
 #[inline(always)]
-fn closed(rec: &Record, cfg: &SensorConfig) {
+fn closed(ctx: &TracePointContext, rec: &Record, cfg: &SensorConfig) {
     let now = now_ns();
     // The open time is only needed for the close event's duration: without events, the
     // removal alone tells whether the socket was counted (one hash operation, not two).
@@ -263,12 +289,16 @@ fn closed(rec: &Record, cfg: &SensorConfig) {
     let Some(opened_ns) = opened_ns else {
         // Only sockets that were opened in the watched namespace are in the table: the
         // namespace is read only for the rare close it does not know.
-        if ours(rec.skaddr, cfg) {
+        if ours(ctx, rec.skaddr, cfg) {
             bump(STAT_UNTRACKED_CLOSES);
+            debug!(
+                ctx,
+                "socket {:x}: closed, opened before the tracker, not counted", rec.skaddr
+            );
         }
         return;
     };
-    let Some(e) = remote_entry(&rec.remote) else {
+    let Some(e) = remote_entry(ctx, &rec.remote) else {
         return;
     };
     // SAFETY: as in `opened`.
@@ -290,6 +320,7 @@ fn closed(rec: &Record, cfg: &SensorConfig) {
     }
     if cfg.conn_events != 0 {
         emit(
+            ctx,
             conn_event(
                 rec,
                 EVENT_CONN_CLOSE,

@@ -4,18 +4,20 @@
 //! monitored interface. They never drop or modify a packet: the return value is always
 //! `TC_ACT_UNSPEC` ("no opinion"), so other programs on the same hook keep working.
 
+use core::net::Ipv6Addr;
+
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
     macros::{classifier, map},
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
+use aya_log_ebpf::info;
 use vespa_common::{
     Addr, IfaceStats, SynCounter, ThresholdEvent, EVENT_SYN_THRESHOLD, IFACE_ARRAY_SLOTS,
-    STAT_MAP_UPDATE_FAILED,
 };
 
-use crate::common::{atomic_add, bump, config, emit, header, now_ns};
+use crate::common::{atomic_add, config, emit, header, now_ns, update_failed};
 
 /// Counters of interfaces with ifindex < IFACE_ARRAY_SLOTS, indexed by ifindex.
 #[map(name = "IFACE_STATS")]
@@ -96,10 +98,10 @@ fn stats(ctx: &TcContext) -> Option<*mut IfaceStats> {
     }
     // Another CPU may insert the key meanwhile: BPF_NOEXIST fails then and the lookup
     // below finds this CPU's (zeroed) slot of the existing entry.
-    let _ = IFACE_STATS_BIG.insert(&ifindex, &IfaceStats::default(), BPF_NOEXIST as u64);
+    let inserted = IFACE_STATS_BIG.insert(&ifindex, &IfaceStats::default(), BPF_NOEXIST as u64);
     let s = IFACE_STATS_BIG.get_ptr_mut(&ifindex);
     if s.is_none() {
-        bump(STAT_MAP_UPDATE_FAILED);
+        update_failed(ctx, "IFACE_STATS_BIG", inserted.err().unwrap_or(0));
     }
     s
 }
@@ -122,11 +124,11 @@ fn count_syn(ctx: &TcContext, l3: usize) {
                 window_count: 0,
                 alerted_window_ns: 0,
             };
-            let _ = SYN_BY_SOURCE.insert(&src, &fresh, BPF_NOEXIST as u64);
+            let inserted = SYN_BY_SOURCE.insert(&src, &fresh, BPF_NOEXIST as u64);
             match SYN_BY_SOURCE.get_ptr_mut(&src) {
                 Some(e) => e,
                 None => {
-                    bump(STAT_MAP_UPDATE_FAILED);
+                    update_failed(ctx, "SYN_BY_SOURCE", inserted.err().unwrap_or(0));
                     return;
                 }
             }
@@ -148,7 +150,16 @@ fn count_syn(ctx: &TcContext, l3: usize) {
             (*entry).alerted_window_ns = window;
             // SAFETY (read): ctx.skb wraps the kernel's __sk_buff.
             let ifindex = (*ctx.skb.skb).ifindex;
+            info!(
+                ctx,
+                "source {:i}: {} SYNs this second on ifindex {}, over the threshold of {}",
+                Ipv6Addr::from(src.bytes).to_canonical(),
+                in_window,
+                ifindex,
+                threshold
+            );
             emit(
+                ctx,
                 ThresholdEvent {
                     header: header(
                         EVENT_SYN_THRESHOLD,

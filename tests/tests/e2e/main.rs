@@ -16,6 +16,7 @@ mod kit;
 mod agent {
     mod attach;
     mod cli;
+    mod ebpf_log;
     mod export;
     mod sensors;
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use vespa_agent::{ebpf::TcMode, Mode, SensorConfig, SensorEvent, Sensors};
+use vespa_agent::{Mode, SensorConfig, SensorEvent, Sensors, TcMode};
 use vespa_tests::{
     events_until,
     net::{veth, Link, Netns},

@@ -433,7 +433,7 @@ fn connection_threshold_event_arrives_with_the_crossing_connection() {
         WAIT,
         |e| matches!(e, SensorEvent::ConnThreshold { addr, .. } if *addr == b_ip),
     );
-    let received_ns = vespa_agent::ebpf::monotonic_ns();
+    let received_ns = vespa_agent::clock::monotonic_ns();
     let to_b: Vec<u64> = events
         .iter()
         .filter_map(|e| match e {

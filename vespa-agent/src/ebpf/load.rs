@@ -1,0 +1,217 @@
+//! The kernel object and how it is loaded: map sizes from the configuration, the verifier's
+//! verdict on each program, the programs' configuration map, the tracepoint.
+
+use aya::{
+    programs::{ProgramError, SchedClassifier, TracePoint},
+    Ebpf, EbpfLoader,
+};
+
+use super::{
+    kernel_log::{self, KernelLogger},
+    maps::{self, Maps},
+};
+use crate::{config::SensorConfig, error::SensorError};
+
+/// The kernel object, built by build.rs from `vespa-ebpf`.
+pub(super) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vespa.bpf.o"));
+
+pub(super) const PROG_INGRESS: &str = "vespa_ingress";
+pub(super) const PROG_INGRESS_L3: &str = "vespa_ingress_l3";
+pub(super) const PROG_EGRESS: &str = "vespa_egress";
+pub(super) const PROG_NOOP: &str = "vespa_tc_noop";
+pub(super) const PROG_SOCK_STATE: &str = "vespa_sock_state";
+pub(super) const PROG_TP_NOOP: &str = "vespa_tp_noop";
+/// Interfaces with ifindex >= IFACE_ARRAY_SLOTS that can be counted at once.
+pub(super) const MAX_BIG_IFINDEX_INTERFACES: u32 = 1024;
+
+/// The tracepoint the connection tracker (and its no-op baseline) runs on.
+const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
+
+/// A loaded object: the programs (classifiers loaded, tracepoint attached), the maps user
+/// space reads, and the event ring buffer.
+pub(super) struct Loaded {
+    pub(super) ebpf: Ebpf,
+    pub(super) maps: Maps,
+    pub(super) ring: aya::maps::RingBuf<aya::maps::MapData>,
+    /// The configuration the programs were given.
+    pub(super) kernel_config: vespa_common::SensorConfig,
+    /// The programs' log, when they log.
+    pub(super) logger: Option<KernelLogger>,
+}
+
+/// Loads the object sized for `cfg`, loads the classifiers (attached later, per interface),
+/// configures the programs and attaches the tracker: connections are tracked from here on.
+pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
+    if OBJECT.is_empty() {
+        return Err(SensorError::Unavailable(
+            "this binary was built without the kernel programs".into(),
+        ));
+    }
+    let log_level = kernel_log::level(cfg);
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global(aya_log::LEVEL, &log_level, true)
+        .map_max_entries("CONN_BY_REMOTE", cfg.max_remotes.max(1))
+        .map_max_entries("OPEN_SOCKETS", cfg.max_sockets.max(1))
+        .map_max_entries("SYN_BY_SOURCE", cfg.max_syn_sources.max(1))
+        .map_max_entries("IFACE_STATS_BIG", MAX_BIG_IFINDEX_INTERFACES)
+        .map_max_entries(
+            "EVENTS",
+            cfg.ring_buffer_bytes.next_power_of_two().max(4096),
+        );
+    if log_level == 0 {
+        // Nothing is written to the log buffer: one page instead of aya-log's 128 KiB of
+        // locked kernel memory.
+        loader.map_max_entries("AYA_LOGS", 4096);
+    }
+    let mut ebpf = loader
+        .load(OBJECT)
+        .map_err(|e| SensorError::Load(e.into()))?;
+    let logger = kernel_log::take(&mut ebpf, cfg)?;
+    for name in [PROG_INGRESS, PROG_INGRESS_L3, PROG_EGRESS] {
+        classifier(&mut ebpf, name)?
+            .load()
+            .map_err(|source| SensorError::Program {
+                what: name.into(),
+                source: source.into(),
+            })?;
+    }
+    let mut maps = Maps::take(&mut ebpf)?;
+    let kernel_config = kernel_config(cfg);
+    maps.configure(kernel_config)?;
+    let ring = maps::take(&mut ebpf, "EVENTS")?;
+    attach_tracepoint(&mut ebpf, PROG_SOCK_STATE)?;
+    Ok(Loaded {
+        ebpf,
+        maps,
+        ring,
+        kernel_config,
+        logger,
+    })
+}
+
+/// The kernel programs' configuration. Unless every namespace is wanted, the tracker is told
+/// the calling thread's network namespace and where to find a socket's namespace (offsets
+/// from the kernel's BTF); without BTF it tracks every namespace and says so.
+fn kernel_config(cfg: &SensorConfig) -> vespa_common::SensorConfig {
+    let mut k = vespa_common::SensorConfig {
+        conn_threshold: cfg.conn_threshold,
+        syn_per_sec_threshold: cfg.syn_per_sec_threshold,
+        conn_events: cfg.conn_events as u32,
+        ..Default::default()
+    };
+    if !cfg.all_netns {
+        match (
+            crate::netns::current_inode(),
+            crate::btf::NetnsOffsets::from_kernel(),
+        ) {
+            (Ok(inum), Ok(off)) => {
+                (k.netns_inum, k.sk_net_offset, k.net_inum_offset) =
+                    (inum, off.sk_net, off.net_inum)
+            }
+            (Err(e), _) => {
+                tracing::warn!(error = %e, "cannot tell this network namespace: tracking connections of every namespace")
+            }
+            (_, Err(e)) => {
+                tracing::warn!(error = %e, "no socket layout from BTF: tracking connections of every namespace")
+            }
+        }
+    }
+    k
+}
+
+/// The classifier `name` of the object.
+pub(super) fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, SensorError> {
+    ebpf.program_mut(name)
+        .ok_or(SensorError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source: ProgramError| SensorError::Program {
+            what: name.into(),
+            source: source.into(),
+        })
+}
+
+/// Loads the tracepoint program `name` and attaches it to `sock:inet_sock_set_state`.
+fn attach_tracepoint(ebpf: &mut Ebpf, name: &'static str) -> Result<(), SensorError> {
+    let program = |source: ProgramError| SensorError::Program {
+        what: name.into(),
+        source: source.into(),
+    };
+    let tp: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(SensorError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(program)?;
+    tp.load().map_err(program)?;
+    let (category, event) = TRACEPOINT;
+    tp.attach(category, event)
+        .map_err(|source| SensorError::Program {
+            what: format!("attaching {category}:{event}"),
+            source: source.into(),
+        })?;
+    Ok(())
+}
+
+/// Loads the no-op classifier on its own and attaches it to `iface`: the benchmarks' baseline
+/// for the cost of the tc hook itself. Dropping the returned value detaches it.
+pub fn attach_noop(iface_name: &str) -> Result<impl Drop, SensorError> {
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .map_err(|e| SensorError::Load(e.into()))?;
+    let mut links = Vec::new();
+    {
+        let p = classifier(&mut ebpf, PROG_NOOP)?;
+        p.load().map_err(|source| SensorError::Program {
+            what: PROG_NOOP.into(),
+            source: source.into(),
+        })?;
+        for dir in [
+            aya::programs::TcAttachType::Ingress,
+            aya::programs::TcAttachType::Egress,
+        ] {
+            let attach = |source: ProgramError| SensorError::Attach {
+                iface: iface_name.into(),
+                what: format!("{PROG_NOOP} ({dir:?})"),
+                source: source.into(),
+            };
+            let id = p.attach(iface_name, dir).map_err(attach)?;
+            links.push(p.take_link(id).map_err(attach)?);
+        }
+    }
+    Ok(NoopGuard {
+        _links: links,
+        _ebpf: ebpf,
+    })
+}
+
+/// Loads the no-op tracepoint program on `sock:inet_sock_set_state`: the benchmarks'
+/// baseline for the cost of the tracepoint itself. Dropping the value detaches it.
+pub fn attach_tracepoint_noop() -> Result<impl Drop, SensorError> {
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .map_err(|e| SensorError::Load(e.into()))?;
+    attach_tracepoint(&mut ebpf, PROG_TP_NOOP)?;
+    Ok(NoopGuard {
+        _links: Vec::new(),
+        _ebpf: ebpf,
+    })
+}
+
+struct NoopGuard {
+    _links: Vec<aya::programs::tc::SchedClassifierLink>,
+    _ebpf: Ebpf,
+}
+
+impl Drop for NoopGuard {
+    fn drop(&mut self) {}
+}
