@@ -12,7 +12,7 @@ use std::sync::Arc;
 use vespa_proto::verbs::{Verb, VerbDoc, VerbError};
 
 use crate::handle::NodeHandle;
-use crate::verbs::{VerbFuture, VerbResult};
+use crate::verbs::{AgentVerbs, VerbFuture, VerbResult};
 
 /// What an agent brings to its node: the verbs of its kind, and background work.
 pub trait Agent: Send + Sync + 'static {
@@ -76,6 +76,21 @@ impl AgentRef {
     /// Starts the agent's background work (see [`Agent::start`]).
     pub fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>> {
         self.0.start(node)
+    }
+
+    /// The agent's verbs alone, for call routing.
+    pub(crate) fn verbs(&self) -> Arc<dyn AgentVerbs> {
+        Arc::new(self.clone())
+    }
+}
+
+impl AgentVerbs for AgentRef {
+    fn docs(&self) -> Vec<VerbDoc> {
+        AgentRef::docs(self)
+    }
+
+    fn call(&self, verb: &str, args: &[String]) -> Result<VerbFuture, VerbError> {
+        AgentRef::call(self, verb, args)
     }
 }
 

@@ -65,7 +65,7 @@ impl Node {
         let life = Arc::new(Life::new());
         let router = Arc::new(Router::new(
             &spec,
-            hooks.agent.clone(),
+            hooks.agent.as_ref().map(AgentRef::verbs),
             delivery.clone(),
             peers.clone(),
             life.clone(),

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use vespa_proto::{Message, NodeKind};
 
-use crate::agent::AgentRef;
 use crate::config::Role;
 use crate::delivery::Delivery;
 use crate::lifecycle::Life;
@@ -28,15 +27,15 @@ use crate::session::Session;
 use crate::spec::NodeSpec;
 use crate::stats::{get, inc, Stats};
 use crate::util::lock;
-use crate::verbs::{help_text, NodeVerb, Verb, VerbError, VerbFuture, VerbResult};
+use crate::verbs::{help_text, AgentVerbs, NodeVerb, Verb, VerbError, VerbFuture, VerbResult};
 
 /// Answers and routes the calls of one node.
 pub(crate) struct Router {
     name: String,
     role: Role,
     call_timeout: Duration,
-    /// The node's agent (none for most HOs and the VO).
-    agent: Option<AgentRef>,
+    /// The verbs of the node's agent (none for most HOs and the VO).
+    agent: Option<Arc<dyn AgentVerbs>>,
     /// Where `call` found nodes below this one: target -> child name.
     route_cache: Mutex<HashMap<String, String>>,
     /// Calls answered.
@@ -51,7 +50,7 @@ impl Router {
     /// and any other verb from `verbs`.
     pub fn new(
         spec: &NodeSpec,
-        agent: Option<AgentRef>,
+        agent: Option<Arc<dyn AgentVerbs>>,
         delivery: Arc<Delivery>,
         peers: Arc<Peers>,
         life: Arc<Life>,
@@ -129,7 +128,7 @@ impl Router {
     async fn builtin(self: Arc<Self>, verb: NodeVerb) -> VerbResult {
         match verb {
             NodeVerb::Help {} => {
-                let agent = self.agent.as_ref().map(AgentRef::docs).unwrap_or_default();
+                let agent = self.agent.as_ref().map(|a| a.docs()).unwrap_or_default();
                 Ok(help_text(&self.name, &agent))
             }
             NodeVerb::ListSlaves {} => {

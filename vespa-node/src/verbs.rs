@@ -22,6 +22,16 @@ pub type VerbResult = Result<String, String>;
 /// A boxed verb future.
 pub type VerbFuture = Pin<Box<dyn Future<Output = VerbResult> + Send + 'static>>;
 
+/// An agent's verbs with its kind erased: what call routing asks of the node's agent. Made
+/// from an [`crate::Agent`] by [`crate::AgentRef`]; the words are parsed by the agent kind's
+/// own parser.
+pub(crate) trait AgentVerbs: Send + Sync {
+    /// The agent's verbs, as `help` lists them.
+    fn docs(&self) -> Vec<VerbDoc>;
+    /// Parses `verb` and its words as one of the agent's verbs and starts it.
+    fn call(&self, verb: &str, args: &[String]) -> Result<VerbFuture, VerbError>;
+}
+
 /// The `help` reply: one verb per line, the runtime's first, then the agent's.
 pub(crate) fn help_text(node: &str, agent: &[VerbDoc]) -> String {
     let mut docs = NodeVerb::docs();

@@ -163,11 +163,18 @@ impl AvAgent {
             alerts,
             stats: RetryStats::default(),
         });
-        let watcher = inner
-            .cfg
-            .watch_dir
-            .clone()
-            .map(|dir| super::watch::spawn(inner.clone(), dir));
+        let watcher = inner.cfg.watch_dir.clone().map(|dir| {
+            let scanner = inner.clone();
+            super::watch::spawn(
+                inner.cfg.vm.clone(),
+                inner.cfg.watch_interval,
+                dir,
+                move |file| {
+                    let scanner = scanner.clone();
+                    async move { scanner.scan_file(&file).await }
+                },
+            )
+        });
         AvAgent { inner, watcher }
     }
 

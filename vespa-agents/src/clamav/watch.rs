@@ -3,12 +3,12 @@
 //! again once it is complete). Sub-directories are followed, symbolic links are not.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use super::agent::Inner;
-use crate::error::Transient;
+use super::Verdict;
+use crate::error::{AvError, Transient};
 
 /// How deep sub-directories are followed.
 const MAX_DEPTH: usize = 8;
@@ -37,11 +37,22 @@ pub(super) async fn list_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-pub(super) fn spawn(inner: Arc<Inner>, dir: PathBuf) -> tokio::task::JoinHandle<()> {
+/// Watches `dir` for `vm` every `every`, handing each new or changed file to `scan` (which
+/// records and reports the result).
+pub(super) fn spawn<F, Fut>(
+    vm: String,
+    every: Duration,
+    dir: PathBuf,
+    scan: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(PathBuf) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Verdict, AvError>> + Send,
+{
     tokio::spawn(async move {
-        tracing::info!(vm = %inner.cfg.vm, dir = %dir.display(), "watching directory");
+        tracing::info!(vm = %vm, dir = %dir.display(), "watching directory");
         let mut seen: HashMap<PathBuf, (u64, Option<SystemTime>)> = HashMap::new();
-        let mut tick = tokio::time::interval(inner.cfg.watch_interval);
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -57,7 +68,7 @@ pub(super) fn spawn(inner: Arc<Inner>, dir: PathBuf) -> tokio::task::JoinHandle<
                 }
                 // Results and errors are recorded (and alerted) by scan_file. A file that could
                 // not be scanned because clamd was unavailable is tried again next time.
-                match inner.scan_file(&f).await {
+                match scan(f.clone()).await {
                     Err(e) if e.is_transient() => {}
                     _ => {
                         seen.insert(f, key);
