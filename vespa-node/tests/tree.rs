@@ -137,27 +137,17 @@ fn collector() -> (Hooks, mpsc::UnboundedReceiver<Alert>) {
 }
 
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    vespa_testkit::wait_until_async(what, WAIT, || std::future::ready(f())).await
 }
 
 /// Binds `addr` again once it is free: a runtime dropped with `shutdown_background` closes its
 /// sockets on its own worker thread, a moment after the call returns.
 async fn rebind(node: &str, addr: std::net::SocketAddr) -> TcpListener {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match vespa_node::launch::bind(node, addr) {
-            Ok(l) => return l,
-            Err(e) => assert!(tokio::time::Instant::now() < deadline, "rebind: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{addr} to be free for {node}");
+    vespa_testkit::wait_until_async(&what, WAIT, || {
+        std::future::ready(vespa_node::launch::bind(node, addr).map_err(|e| e.to_string()))
+    })
+    .await
 }
 
 async fn registered(parent: &Running, child: &str) {
@@ -343,7 +333,11 @@ async fn a_crashed_ho_loses_nothing_and_the_vo_sees_each_alert_once() {
         if i == total / 2 {
             // Crash the HO mid-stream, then bring a fresh one up on the same port.
             ho_rt.take().expect("first HO").shutdown_background();
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            let a = agent.clone();
+            wait_until("the agent to see its uplink gone", move || {
+                !a.stats().uplink_connected
+            })
+            .await;
         }
         if i % 100 == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;

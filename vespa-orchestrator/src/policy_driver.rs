@@ -39,9 +39,12 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
+// The policy's clock is tokio's monotonic one (std's outside tests), so tests in paused
+// time drive ticks, TTLs and calm periods without waiting for them.
+use tokio::time::Instant;
 use vespa_node::{AgentKind, AlertHandler, NodeHandle, Role, Topology};
 use vespa_policy::{step, Action, Input, KeyKind, Mac, Rules, State, DEFAULT_RULES};
 use vespa_proto::verbs::SensorVerb;

@@ -201,3 +201,146 @@ pub fn spawn_reaper<C: SdnController>(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The reaper in paused time: the clock jumps to each timer, so "released at 300 s, not
+    //! before" is exact and instant. The controller is an in-memory double: only the
+    //! reaper's logic is under test (the real controllers have their own tests).
+
+    use std::sync::atomic::AtomicBool;
+
+    use serde_json::Value;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::alerts::ActuatorAlert;
+    use crate::error::SdnError;
+    use crate::retry::RetryPolicy;
+    use crate::sdn::SdnState;
+
+    /// Records each uninstall; fails them while `failing` is set.
+    struct Fake {
+        state: SdnState,
+        failing: AtomicBool,
+        uninstalled: Mutex<Vec<BlockId>>,
+        released: Notify,
+    }
+
+    impl Fake {
+        fn new() -> Arc<Fake> {
+            Arc::new(Fake {
+                state: SdnState::new(RetryPolicy::none()),
+                failing: AtomicBool::new(false),
+                uninstalled: Mutex::default(),
+                released: Notify::new(),
+            })
+        }
+
+        fn uninstalled(&self) -> Vec<BlockId> {
+            self.uninstalled.lock().expect("log").clone()
+        }
+    }
+
+    impl SdnController for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn state(&self) -> &SdnState {
+            &self.state
+        }
+        async fn install(&self, _: &BlockSpec) -> Result<Vec<String>, SdnError> {
+            Ok(vec!["flow".into()])
+        }
+        async fn uninstall(&self, block: &ActiveBlock) -> Result<(), SdnError> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(SdnError::NoSwitch { controller: "fake" });
+            }
+            self.uninstalled.lock().expect("log").push(block.id);
+            self.released.notify_one();
+            Ok(())
+        }
+        async fn purge(&self) -> Result<(), SdnError> {
+            Ok(())
+        }
+        async fn fetch_topology(&self) -> Result<Value, SdnError> {
+            Ok(Value::Null)
+        }
+        async fn fetch_link_stats(&self) -> Result<Value, SdnError> {
+            Ok(Value::Null)
+        }
+        async fn fetch_flow_stats(&self) -> Result<Value, SdnError> {
+            Ok(Value::Null)
+        }
+    }
+
+    fn target(last: u8) -> BlockTarget {
+        BlockTarget::Ip(std::net::IpAddr::from([10, 0, 0, last]))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_block_is_released_at_its_ttl_not_before_and_a_refresh_moves_it() {
+        let ctrl = Fake::new();
+        let (tx, _rx) = mpsc::channel(8);
+        let reaper = spawn_reaper(ctrl.clone(), AlertSink::new(tx));
+        let t0 = Instant::now();
+        let a = ctrl
+            .block(target(1), Some(Duration::from_secs(300)))
+            .await
+            .expect("a");
+        let b = ctrl.block(target(2), None).await.expect("b");
+        // 200 s in, the same target again: its time-to-live starts over.
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        assert_eq!(
+            ctrl.block(target(1), Some(Duration::from_secs(300)))
+                .await
+                .expect("a again"),
+            a
+        );
+        tokio::time::sleep(Duration::from_secs(299)).await;
+        assert!(
+            ctrl.uninstalled().is_empty(),
+            "nothing released before its time"
+        );
+        ctrl.released.notified().await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(500),
+            "released at the refreshed expiry"
+        );
+        assert_eq!(ctrl.uninstalled(), [a]);
+        let left: Vec<BlockId> = ctrl.status().into_iter().map(|b| b.id).collect();
+        assert_eq!(left, [b], "a block without a time-to-live stays");
+        reaper.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_that_fails_is_reported_and_tried_again() {
+        let ctrl = Fake::new();
+        let (tx, mut rx) = mpsc::channel(8);
+        let reaper = spawn_reaper(ctrl.clone(), AlertSink::new(tx));
+        ctrl.failing.store(true, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let id = ctrl
+            .block(target(3), Some(Duration::from_secs(10)))
+            .await
+            .expect("block");
+        let alert = rx.recv().await.expect("an alert for the failed release");
+        assert_eq!(t0.elapsed(), Duration::from_secs(10));
+        match alert {
+            ActuatorAlert::ActuatorFailed {
+                actuator, action, ..
+            } => {
+                assert_eq!(actuator, "fake");
+                assert_eq!(action, format!("release expired block {id}"));
+            }
+            other => panic!("expected ActuatorFailed, got {other:?}"),
+        }
+        ctrl.failing.store(false, Ordering::Relaxed);
+        ctrl.released.notified().await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(10) + RETRY_EXPIRED_AFTER);
+        assert_eq!(ctrl.uninstalled(), [id]);
+        assert!(ctrl.status().is_empty());
+        reaper.abort();
+    }
+}

@@ -1,4 +1,6 @@
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use vespa_testkit::{try_wait_until_async, wait_until_async};
 
 use vespa_node::{
     Agent, AgentKind, AgentRef, Hooks, MasterAddr, Node, NodeHandle, NodeSpec, Role, Security,
@@ -142,26 +144,25 @@ fn bad_rules_are_refused_and_the_old_ones_stay() {
     ));
 }
 
+const WAIT: Duration = Duration::from_secs(10);
+
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_async(what, WAIT, || std::future::ready(f())).await
 }
 
 /// The VO's `get_alerts` reply once `done` holds for it, or the last one after 10 s (the
 /// caller's assertions then say what was missing).
 async fn alerts_when(vo: &NodeHandle, done: impl Fn(&str) -> bool) -> String {
-    let mut shown = String::new();
-    for _ in 0..500 {
-        shown = vo.call_words("get_alerts".into(), vec![]).await.unwrap();
+    let looked = try_wait_until_async("the VO's alerts", WAIT, || async {
+        let shown = vo.call_words("get_alerts".into(), vec![]).await.unwrap();
         if done(&shown) {
-            break;
+            Ok(shown)
+        } else {
+            Err(shown)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    shown
+    })
+    .await;
+    looked.unwrap_or_else(|e| e.last)
 }
 
 /// A VO alone: the crossing alert makes a block request that leaves at once, the missing SDN
@@ -460,4 +461,72 @@ async fn a_rule_placed_at_an_ho_acts_there_and_the_vo_is_told() {
         .unwrap();
     assert!(ho_d.rules_text().unwrap().contains("above = 70"));
     vo.destroy();
+}
+
+/// An SDN agent that records when each verb reached it, on tokio's clock.
+struct Timed {
+    start: tokio::time::Instant,
+    calls: Mutex<Vec<(Duration, String)>>,
+    called: tokio::sync::Notify,
+}
+
+impl Agent for Timed {
+    type Verb = SdnVerb;
+
+    async fn call(&self, verb: SdnVerb) -> VerbResult {
+        lock(&self.calls).push((self.start.elapsed(), verb.line()));
+        self.called.notify_one();
+        Ok("done".into())
+    }
+}
+
+/// The driver's tick in paused time: the clock jumps from timer to timer, so the release is
+/// seen exactly where calm ends, and never before. Calm begins once the offending sample has
+/// left the rule's 1 s window (no sample is needed for that: ticks re-evaluate the window);
+/// it must last `calm_s = 3`; both are judged at 250 ms ticks.
+#[tokio::test(start_paused = true)]
+async fn ticks_release_a_block_once_calm_has_lasted() {
+    let rules = RULES.replace("sdn = \"SDN\"", "sdn = \"VO\"");
+    let d = PolicyDriver::new(&rules, false, None, None, None).unwrap();
+    let sdn = Arc::new(Timed {
+        start: tokio::time::Instant::now(),
+        calls: Mutex::default(),
+        called: tokio::sync::Notify::new(),
+    });
+    let hooks = Hooks {
+        agent: Some(AgentRef::from_arc(sdn.clone())),
+        alert_handlers: vec![d.handler()],
+    };
+    let psk = vespa_proto::Psk::random();
+    let vo = Node::new(
+        NodeSpec::new("VO", Role::Vo, None, Security::Psk(psk)),
+        hooks,
+    )
+    .unwrap();
+    let h = vo.handle();
+    d.start(h.clone());
+    h.raise(AlertBody::ConnThreshold {
+        addr: "10.0.0.66".parse().unwrap(),
+        established: 150,
+        threshold: 50,
+    })
+    .unwrap();
+    sdn.called.notified().await;
+    sdn.called.notified().await;
+    let calls = lock(&sdn.calls).clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0].1, "block_hackers 10.0.0.66 600");
+    assert!(
+        calls[0].0 < TICK,
+        "the block leaves with the alert: {calls:?}"
+    );
+    assert_eq!(calls[1].1, "release_hackers 10.0.0.66");
+    let (window, calm) = (Duration::from_secs(1), Duration::from_secs(3));
+    let released = calls[1].0;
+    assert!(
+        released >= window + calm && released <= window + calm + 2 * TICK,
+        "released at {released:?}: the window (1 s) and calm (3 s), judged at {TICK:?} ticks"
+    );
+    assert!(d.active_actions().is_empty());
+    h.destroy();
 }
