@@ -178,6 +178,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "vespa-tests",
                 ],
             )?;
+            // The agent without its acting agents, as a sensors-only host runs the exporter:
+            // its own target directory, so the full binary above stays as it is.
+            let sensor_only = target_dir(&root).join("sensor-only");
+            let sensor_only_dir = sensor_only.to_string_lossy().into_owned();
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "vespa-agent",
+                    "--no-default-features",
+                    "--target-dir",
+                    &sensor_only_dir,
+                ],
+            )?;
+            let sensor_only_agent = sensor_only.join("release").join("vespa-agent");
             // One binary per area; each prints its ratios and writes target/bench/<area>.json.
             let areas: [(&str, &str, &[&str]); 5] = [
                 ("sensors", "vespa-bench", &[]),
@@ -206,6 +223,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if let (Some(o), "vespa-bench") = (&only, bin) {
                     cmd.args(["--only", o]);
+                }
+                if bin == "vespa-bench" {
+                    cmd.arg("--sensor-only-agent").arg(&sensor_only_agent);
                 }
                 check(cmd.status()?, bin)?;
             }

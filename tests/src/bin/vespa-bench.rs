@@ -30,6 +30,10 @@ struct Args {
     /// Only benchmarks whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// A sensor-only agent binary (`vespa-agent` built with `--no-default-features`), whose
+    /// footprint is measured beside the full one.
+    #[arg(long, value_name = "PATH")]
+    sensor_only_agent: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -49,6 +53,7 @@ type Bench = fn(&mut Ctx) -> anyhow::Result<()>;
 
 struct Ctx {
     secs: f64,
+    sensor_only_agent: Option<std::path::PathBuf>,
     rounds: usize,
     results: Vec<serde_json::Value>,
 }
@@ -68,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         .context("enabling BPF run-time statistics")?;
     let mut ctx = Ctx {
         secs: if args.quick { 0.5 } else { 2.0 },
+        sensor_only_agent: args.sensor_only_agent.clone(),
         rounds: if args.quick { 3 } else { 5 },
         results: Vec::new(),
     };
@@ -570,12 +576,8 @@ fn proc_stat(pid: u32) -> (u64, u64) {
     (rss_kb, ticks)
 }
 
-fn footprint(mode: &str, secs: f64) -> anyhow::Result<(u64, f64)> {
-    let bin = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .join("vespa-agent");
-    let mut child = std::process::Command::new(&bin)
+fn footprint(bin: &std::path::Path, mode: &str, secs: f64) -> anyhow::Result<(u64, f64)> {
+    let mut child = std::process::Command::new(bin)
         .args(["--mode", mode, "export", "--listen", "127.0.0.1:0"])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -606,14 +608,26 @@ fn footprint(mode: &str, secs: f64) -> anyhow::Result<(u64, f64)> {
 
 fn agent_footprint(ctx: &mut Ctx) -> anyhow::Result<()> {
     let secs = if ctx.secs < 1.0 { 3.0 } else { 10.0 };
-    let (e_rss, e_cpu) = footprint("ebpf", secs)?;
-    let (p_rss, p_cpu) = footprint("proc", secs)?;
-    println!("   resident memory: eBPF {e_rss} KiB, /proc mode {p_rss} KiB");
-    println!("   idle CPU over {secs:.0}s: eBPF {e_cpu:.2}%, /proc mode {p_cpu:.2}%");
-    report(
-        ctx,
-        "agent_footprint",
-        serde_json::json!({"ebpf_rss_kib": e_rss, "proc_rss_kib": p_rss, "ebpf_idle_cpu_pct": (e_cpu * 100.0).round() / 100.0, "proc_idle_cpu_pct": (p_cpu * 100.0).round() / 100.0}),
-    );
+    let full = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .join("vespa-agent");
+    let mut builds = vec![("full", full)];
+    if let Some(p) = &ctx.sensor_only_agent {
+        builds.push(("sensor_only", p.clone()));
+    }
+    for (build, bin) in builds {
+        let (e_rss, e_cpu) = footprint(&bin, "ebpf", secs)?;
+        let (p_rss, p_cpu) = footprint(&bin, "proc", secs)?;
+        println!("   {build} build, resident memory: eBPF {e_rss} KiB, /proc mode {p_rss} KiB");
+        println!(
+            "   {build} build, idle CPU over {secs:.0}s: eBPF {e_cpu:.2}%, /proc mode {p_cpu:.2}%"
+        );
+        report(
+            ctx,
+            &format!("agent_footprint_{build}"),
+            serde_json::json!({"ebpf_rss_kib": e_rss, "proc_rss_kib": p_rss, "ebpf_idle_cpu_pct": (e_cpu * 100.0).round() / 100.0, "proc_idle_cpu_pct": (p_cpu * 100.0).round() / 100.0}),
+        );
+    }
     Ok(())
 }

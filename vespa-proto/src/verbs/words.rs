@@ -266,9 +266,12 @@ impl Word for Target {
         if let Ok(ip) = w.parse::<IpAddr>() {
             return Ok(Target::Ip(ip));
         }
-        w.parse::<MacAddr>()
-            .map(Target::Mac)
-            .map_err(|_| format!("invalid target {w:?}: expected a MAC or IP address"))
+        w.parse::<MacAddr>().map(Target::Mac).map_err(|_| {
+            format!(
+                "invalid block target {w:?}: expected a MAC address (aa:bb:cc:dd:ee:ff) or an \
+                     IPv4/IPv6 address"
+            )
+        })
     }
     fn to_word(&self) -> String {
         self.to_string()
