@@ -404,21 +404,10 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::config::{AgentKind, Role};
-    use crate::spec::MasterAddr;
     use crate::transport::Security;
 
     fn agent(queue_capacity: usize) -> Delivery {
-        let master = MasterAddr {
-            name: "HO".into(),
-            addr: "127.0.0.1:9".parse().expect("addr"),
-        };
-        let mut spec = NodeSpec::new(
-            "a1",
-            Role::Agent(AgentKind::Bandwidth),
-            Some(master),
-            Security::Psk(vespa_proto::Psk::random()),
-        );
+        let mut spec = NodeSpec::test_agent(Security::Psk(vespa_proto::Psk::random()));
         spec.settings.queue_capacity = queue_capacity;
         Delivery::new(&spec, Vec::new()).expect("delivery")
     }

@@ -65,4 +65,20 @@ impl NodeSpec {
         spec.journal = def.journal.clone();
         Some(spec)
     }
+
+    /// Tests: bandwidth agent `a1` whose master, `HO`, is never dialled for real.
+    #[cfg(test)]
+    pub(crate) fn test_agent(security: Security) -> NodeSpec {
+        use crate::config::AgentKind;
+        let master = MasterAddr {
+            name: "HO".into(),
+            addr: "127.0.0.1:9".parse().expect("addr"),
+        };
+        NodeSpec::new(
+            "a1",
+            Role::Agent(AgentKind::Bandwidth),
+            Some(master),
+            security,
+        )
+    }
 }

@@ -274,7 +274,7 @@ mod tests {
     use vespa_proto::{AlertBody, Psk, SecureStream};
 
     use super::*;
-    use crate::config::{AgentKind, Role, Settings};
+    use crate::config::Settings;
     use crate::transport::Security;
 
     const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -337,16 +337,7 @@ mod tests {
             psk: &Psk,
             dial: Box<dyn Fn() -> std::io::Result<DuplexStream> + Send + Sync>,
         ) -> Agent {
-            let master = MasterAddr {
-                name: "HO".into(),
-                addr: "127.0.0.1:9".parse().expect("addr"),
-            };
-            let mut spec = NodeSpec::new(
-                "a1",
-                Role::Agent(AgentKind::Bandwidth),
-                Some(master),
-                Security::Psk(psk.clone()),
-            );
+            let mut spec = NodeSpec::test_agent(Security::Psk(psk.clone()));
             spec.settings = settings();
             let spec = Arc::new(spec);
             let delivery = Arc::new(Delivery::new(&spec, Vec::new()).expect("delivery"));
