@@ -68,7 +68,7 @@ struct RunArgs {
     /// characters). Without it, mutations answer 503.
     #[arg(long, value_name = "PATH", env = "VESPA_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
-    /// The policy rules (TOML; see README "Policy"). Default: the embedded rules. The VO
+    /// The policy rules (TOML; see docs/policy.md). Default: the embedded rules. The VO
     /// runs the rules without `at`, each HO this process runs the rules placed `at` it.
     /// Re-read on SIGHUP; state is kept for rules that keep their name.
     #[arg(long, value_name = "FILE", env = "VESPA_POLICY")]
