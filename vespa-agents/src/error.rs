@@ -216,7 +216,7 @@ pub fn chain(e: &(dyn StdError + 'static)) -> String {
     out
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "sdn", feature = "av")))]
 mod tests {
     use super::*;
 

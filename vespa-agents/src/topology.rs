@@ -282,3 +282,96 @@ impl Params<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(name: &str, kind: AgentKind, params: &[(&str, &str)]) -> NodeDef {
+        NodeDef {
+            name: name.into(),
+            role: vespa_node::Role::Agent(kind),
+            location: "host".into(),
+            master: Some("HO_PH".into()),
+            port: 4160,
+            interfaces: Vec::new(),
+            journal: None,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            line: 1,
+        }
+    }
+
+    fn ctx() -> Context {
+        Context {
+            #[cfg(feature = "av")]
+            relay: Arc::new(crate::relay::TreeRelay {
+                topology: Arc::new(vespa_node::Topology::embedded_default()),
+                security: vespa_node::Security::Psk(vespa_proto::Psk::random()),
+                me: "test".into(),
+            }),
+        }
+    }
+
+    fn error(d: &NodeDef, kind: AgentKind) -> String {
+        match build(d, kind, &ctx()) {
+            Err(e) => e.to_string(),
+            Ok(b) => panic!("{} was built: {}", d.name, b.is_some()),
+        }
+    }
+
+    #[test]
+    fn sensing_kinds_are_left_to_the_caller() {
+        let d = def("bw", AgentKind::Bandwidth, &[]);
+        assert!(build(&d, AgentKind::Bandwidth, &ctx())
+            .expect("no error")
+            .is_none());
+    }
+
+    #[cfg(feature = "sdn")]
+    #[test]
+    fn a_bad_parameter_names_the_node_the_key_and_the_value() {
+        let d = def("fl", AgentKind::ControllerFloodlight, &[("api", "v2")]);
+        assert_eq!(
+            error(&d, AgentKind::ControllerFloodlight),
+            "fl: params.api: \"v2\" is not v1 or v0.90"
+        );
+        let d = def("ok", AgentKind::ControllerOsken, &[("priority", "high")]);
+        let e = error(&d, AgentKind::ControllerOsken);
+        assert!(
+            e.starts_with("ok: params.priority: \"high\" cannot be read: "),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "av")]
+    #[test]
+    fn the_antivirus_agent_needs_its_vm() {
+        let d = def("av", AgentKind::Av, &[]);
+        assert_eq!(
+            error(&d, AgentKind::Av),
+            "av: params.vm (the VM this antivirus agent protects) is required"
+        );
+    }
+
+    /// A build without the acting agents (`--no-default-features`) refuses them by name.
+    #[cfg(not(any(feature = "libvirt", feature = "sdn", feature = "av")))]
+    #[test]
+    fn a_kind_left_out_of_the_build_is_refused_naming_its_feature() {
+        for (kind, feature) in [
+            (AgentKind::Libvirt, "libvirt"),
+            (AgentKind::ControllerPox, "sdn"),
+            (AgentKind::Av, "av"),
+        ] {
+            let d = def("x", kind, &[]);
+            let e = error(&d, kind);
+            assert!(
+                e.starts_with("x: this vespa-agent was built without the `")
+                    && e.contains(&format!("`{feature}` feature")),
+                "{e}"
+            );
+        }
+    }
+}

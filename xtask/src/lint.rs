@@ -102,12 +102,14 @@ fn clippy_workspace(root: &Path) -> anyhow::Result<()> {
 
 /// The agent without its acting agents (`--no-default-features`): what the exporter runs.
 fn clippy_sensor_only(root: &Path) -> anyhow::Result<()> {
-    step("lint: cargo clippy -p vespa-agent --no-default-features -- -D warnings");
+    step("lint: cargo clippy -p vespa-agent -p vespa-agents --no-default-features -- -D warnings");
     run_cmd(
         Command::new(cargo_bin()).current_dir(root).args([
             "clippy",
             "-p",
             "vespa-agent",
+            "-p",
+            "vespa-agents",
             "--no-default-features",
             "--all-targets",
             "--",

@@ -148,7 +148,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if require {
                 cmd.env("VESPA_REQUIRE_EBPF", "1");
             }
-            let (tests, digest) = run_tests(cmd)?;
+            let (mut tests, mut digest) = run_tests(cmd)?;
+            // The agents without their acting half, as the sensor-only agent links them: a
+            // kind left out must be refused by name.
+            if tests.success() && args.is_empty() {
+                let mut cmd = Command::new(cargo_bin());
+                cmd.current_dir(&root).args([
+                    "test",
+                    "-p",
+                    "vespa-agents",
+                    "--no-default-features",
+                    "--lib",
+                ]);
+                (tests, digest) = run_tests(cmd)?;
+            }
             // Fuzz even when a test failed: both results are worth having from one CI run.
             let fuzz = if fuzz_seconds > 0 {
                 fuzz(&root, fuzz_seconds)
