@@ -36,6 +36,48 @@ pub struct N {
     pub extra: String,
 }
 
+impl N {
+    /// A node under `master` (`None`: a root) on machine `host` at `port`, with no extra TOML.
+    pub fn new(
+        name: &'static str,
+        kind: &'static str,
+        master: Option<&'static str>,
+        port: u16,
+    ) -> N {
+        N {
+            name,
+            kind,
+            machine: "host",
+            master,
+            port,
+            extra: String::new(),
+        }
+    }
+
+    /// A root node (no master) on machine `host` at a [`free_port`], with no extra TOML.
+    pub fn root(name: &'static str, kind: &'static str) -> N {
+        N::new(name, kind, None, free_port())
+    }
+
+    /// A node under `master` on machine `host` at a [`free_port`], with no extra TOML.
+    pub fn child(name: &'static str, kind: &'static str, master: &'static str) -> N {
+        N::new(name, kind, Some(master), free_port())
+    }
+
+    /// This node on `machine` instead of `host`.
+    pub fn on(self, machine: &'static str) -> N {
+        N { machine, ..self }
+    }
+
+    /// This node with `toml` as the lines appended to its table.
+    pub fn extra(self, toml: impl Into<String>) -> N {
+        N {
+            extra: toml.into(),
+            ..self
+        }
+    }
+}
+
 /// A scratch directory, removed on drop unless [`Scratch::keep`] was called.
 pub struct Scratch {
     pub dir: PathBuf,

@@ -114,3 +114,20 @@ pub fn final_seqs(p: &Proc, node: &str) -> (u64, u64) {
         f["last_seq"].as_u64().expect("last_seq"),
     )
 }
+
+/// VO, HO_VM under it and a bandwidth agent on lo (`bw`) under HO_VM, all on machine `host`
+/// at free ports.
+pub fn lo_bandwidth_nodes() -> Vec<N> {
+    vec![
+        N::root("VO", "vo"),
+        N::child("HO_VM", "ho_vm", "VO"),
+        N::child("bw", "agent_bandwidth", "HO_VM").extra("interfaces = [\"lo\"]\n"),
+    ]
+}
+
+/// [`lo_bandwidth_nodes`] plus a connections agent (`conns`) under HO_VM.
+pub fn lo_bandwidth_and_connections_nodes() -> Vec<N> {
+    let mut nodes = lo_bandwidth_nodes();
+    nodes.push(N::child("conns", "agent_connections", "HO_VM"));
+    nodes
+}

@@ -129,40 +129,7 @@ fn token_file(tree: &Tree) -> String {
 
 fn full_tree(tag: &str) -> Tree {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-    let nodes = [
-        N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "HO_VM",
-            kind: "ho_vm",
-            machine: "host",
-            master: Some("VO"),
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "bw",
-            kind: "agent_bandwidth",
-            machine: "host",
-            master: Some("HO_VM"),
-            port: free_port(),
-            extra: "interfaces = [\"lo\"]\n".into(),
-        },
-        N {
-            name: "conns",
-            kind: "agent_connections",
-            machine: "host",
-            master: Some("HO_VM"),
-            port: free_port(),
-            extra: String::new(),
-        },
-    ];
+    let nodes = lo_bandwidth_and_connections_nodes();
     Tree::new(
         tag,
         "heartbeat_ms = 300\nsample_interval_ms = 20",
@@ -562,19 +529,7 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
 #[test]
 fn without_a_token_mutations_are_disabled_and_http_off_serves_nothing() {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-    let tree = Tree::new(
-        "http-notoken",
-        "",
-        &[("host", lo)],
-        &[N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: String::new(),
-        }],
-    );
+    let tree = Tree::new("http-notoken", "", &[("host", lo)], &[N::root("VO", "vo")]);
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let api_s = api.to_string();
     let vo = tree.spawn_with(
@@ -600,19 +555,7 @@ fn without_a_token_mutations_are_disabled_and_http_off_serves_nothing() {
     assert_eq!(get(api, "/archi").json()["children"], serde_json::json!([]));
 
     // --http off (the kit's default for the other tests): the VO runs and serves no API.
-    let tree2 = Tree::new(
-        "http-off",
-        "",
-        &[("host", lo)],
-        &[N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: String::new(),
-        }],
-    );
+    let tree2 = Tree::new("http-off", "", &[("host", lo)], &[N::root("VO", "vo")]);
     let vo2 = tree2.spawn("vo", "vespa-orchestrator", None, &[], &["VO"]);
     wait_until("the second VO", WAIT, || tree2.call("VO", "help", &[]).ok());
     let listening = |p: &Proc| {
@@ -639,30 +582,9 @@ fn sdn_topology_and_link_stats_come_from_the_controller_agent() {
         stub.url()
     );
     let nodes = [
-        N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "HO_PH",
-            kind: "ho_ph",
-            machine: "host",
-            master: Some("VO"),
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "fl",
-            kind: "agent_controller_floodlight",
-            machine: "host",
-            master: Some("HO_PH"),
-            port: free_port(),
-            extra: fl_params,
-        },
+        N::root("VO", "vo"),
+        N::child("HO_PH", "ho_ph", "VO"),
+        N::child("fl", "agent_controller_floodlight", "HO_PH").extra(fl_params),
     ];
     let tree = Tree::new(
         "http-sdn",

@@ -45,40 +45,7 @@ fn dashboard_renders_a_real_tree_in_headless_chromium() {
     // policy acts on the counts (the page must show no action): no flood meanwhile.
     let _loopback = LOOPBACK.share();
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-    let nodes = [
-        N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "HO_VM",
-            kind: "ho_vm",
-            machine: "host",
-            master: Some("VO"),
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "bw",
-            kind: "agent_bandwidth",
-            machine: "host",
-            master: Some("HO_VM"),
-            port: free_port(),
-            extra: "interfaces = [\"lo\"]\n".into(),
-        },
-        N {
-            name: "conns",
-            kind: "agent_connections",
-            machine: "host",
-            master: Some("HO_VM"),
-            port: free_port(),
-            extra: String::new(),
-        },
-    ];
+    let nodes = lo_bandwidth_and_connections_nodes();
     let tree = Tree::new(
         "dashboard",
         "heartbeat_ms = 300\nsample_interval_ms = 100",
@@ -329,19 +296,7 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
         return;
     }
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-    let tree = Tree::new(
-        "dashboard-wd",
-        "",
-        &[("host", lo)],
-        &[N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: String::new(),
-        }],
-    );
+    let tree = Tree::new("dashboard-wd", "", &[("host", lo)], &[N::root("VO", "vo")]);
     let token = tree.scratch.dir.join("api-token");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");

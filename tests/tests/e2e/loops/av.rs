@@ -69,51 +69,16 @@ fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it()
 
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
     let nodes = [
-        N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "HO_VM",
-            kind: "ho_vm",
-            machine: "host",
-            master: Some("VO"),
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "HO_HY",
-            kind: "ho_hy",
-            machine: "host",
-            master: Some("VO"),
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "av",
-            kind: "agent_av",
-            machine: "host",
-            master: Some("HO_VM"),
-            port: free_port(),
-            extra: format!(
-                "[node.params]\nvm = \"{}\"\nclamd = \"{}\"\nwatch_dir = \"{}\"\n",
-                dom.name,
-                clamd.tcp,
-                watch.path().display()
-            ),
-        },
-        N {
-            name: "lv",
-            kind: "agent_libvirt",
-            machine: "host",
-            master: Some("HO_HY"),
-            port: free_port(),
-            extra: format!("[node.params]\nuri = \"{URI}\"\n"),
-        },
+        N::root("VO", "vo"),
+        N::child("HO_VM", "ho_vm", "VO"),
+        N::child("HO_HY", "ho_hy", "VO"),
+        N::child("av", "agent_av", "HO_VM").extra(format!(
+            "[node.params]\nvm = \"{}\"\nclamd = \"{}\"\nwatch_dir = \"{}\"\n",
+            dom.name,
+            clamd.tcp,
+            watch.path().display()
+        )),
+        N::child("lv", "agent_libvirt", "HO_HY").extra(format!("[node.params]\nuri = \"{URI}\"\n")),
     ];
     let tree = Tree::new(
         "loop-av",

@@ -18,57 +18,17 @@ fn actuator_verbs_are_callable_through_the_tree() {
     let stub = rt.block_on(FloodlightStub::start());
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
     let nodes = [
-        N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "HO_HY",
-            kind: "ho_hy",
-            machine: "host",
-            master: Some("VO"),
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "HO_PH",
-            kind: "ho_ph",
-            machine: "host",
-            master: Some("VO"),
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "lv",
-            kind: "agent_libvirt",
-            machine: "host",
-            master: Some("HO_HY"),
-            port: free_port(),
-            extra: "[node.params]\nuri = \"test:///default\"\n".into(),
-        },
-        N {
-            name: "fl",
-            kind: "agent_controller_floodlight",
-            machine: "host",
-            master: Some("HO_PH"),
-            port: free_port(),
-            extra: format!(
-                "[node.params]\nurl = \"{}\"\ndefault_ttl_s = \"none\"\n",
-                stub.url()
-            ),
-        },
-        N {
-            name: "av",
-            kind: "agent_av",
-            machine: "host",
-            master: Some("HO_HY"),
-            port: free_port(),
-            extra: "[node.params]\nvm = \"test\"\nclamd = \"127.0.0.1:9\"\n".into(),
-        },
+        N::root("VO", "vo"),
+        N::child("HO_HY", "ho_hy", "VO"),
+        N::child("HO_PH", "ho_ph", "VO"),
+        N::child("lv", "agent_libvirt", "HO_HY")
+            .extra("[node.params]\nuri = \"test:///default\"\n"),
+        N::child("fl", "agent_controller_floodlight", "HO_PH").extra(format!(
+            "[node.params]\nurl = \"{}\"\ndefault_ttl_s = \"none\"\n",
+            stub.url()
+        )),
+        N::child("av", "agent_av", "HO_HY")
+            .extra("[node.params]\nvm = \"test\"\nclamd = \"127.0.0.1:9\"\n"),
     ];
     let tree = Tree::new(
         "act",
@@ -236,38 +196,10 @@ fn the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts() {
         .expect("the domain has a tap device");
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
     let nodes = [
-        N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "HO_HY",
-            kind: "ho_hy",
-            machine: "host",
-            master: Some("VO"),
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "bw",
-            kind: "agent_bandwidth",
-            machine: "host",
-            master: Some("HO_HY"),
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "lv",
-            kind: "agent_libvirt",
-            machine: "host",
-            master: Some("HO_HY"),
-            port: free_port(),
-            extra: format!("[node.params]\nuri = \"{URI}\"\n"),
-        },
+        N::root("VO", "vo"),
+        N::child("HO_HY", "ho_hy", "VO"),
+        N::child("bw", "agent_bandwidth", "HO_HY"),
+        N::child("lv", "agent_libvirt", "HO_HY").extra(format!("[node.params]\nuri = \"{URI}\"\n")),
     ];
     let tree = Tree::new(
         "vml",

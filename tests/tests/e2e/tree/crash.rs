@@ -10,30 +10,9 @@ use vespa_testkit::{at_least, wait_until};
 fn streaming_tree(tag: &str, vo_extra: &str) -> Tree {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
     let nodes = [
-        N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: vo_extra.into(),
-        },
-        N {
-            name: "HO_VM",
-            kind: "ho_vm",
-            machine: "host",
-            master: Some("VO"),
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "bw",
-            kind: "agent_bandwidth",
-            machine: "host",
-            master: Some("HO_VM"),
-            port: free_port(),
-            extra: "interfaces = [\"lo\"]\n".into(),
-        },
+        N::root("VO", "vo").extra(vo_extra),
+        N::child("HO_VM", "ho_vm", "VO"),
+        N::child("bw", "agent_bandwidth", "HO_VM").extra("interfaces = [\"lo\"]\n"),
     ];
     // One sample every 2 ms: about 500 alerts per second stream through the tree.
     let settings = "heartbeat_ms = 300\nsample_interval_ms = 2\nkeep_alerts = 1000000\nbackoff_min_ms = 20\nbackoff_max_ms = 300";

@@ -56,49 +56,13 @@ ladder = [{{ action = "block", ttl_s = 600 }}]
 /// `conns_under`.
 fn tree(stub_url: &str, conns_under: &'static str) -> Tree {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-    // free_port never hands out a port twice in one process.
-    let port = free_port;
     let nodes = [
-        N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: port(),
-            extra: String::new(),
-        },
-        N {
-            name: "HO_VM",
-            kind: "ho_vm",
-            machine: "host",
-            master: Some("VO"),
-            port: port(),
-            extra: String::new(),
-        },
-        N {
-            name: "HO_PH",
-            kind: "ho_ph",
-            machine: "host",
-            master: Some("VO"),
-            port: port(),
-            extra: String::new(),
-        },
-        N {
-            name: "conns",
-            kind: "agent_connections",
-            machine: "host",
-            master: Some(conns_under),
-            port: port(),
-            extra: String::new(),
-        },
-        N {
-            name: "fl",
-            kind: "agent_controller_floodlight",
-            machine: "host",
-            master: Some("HO_PH"),
-            port: port(),
-            extra: format!("[node.params]\nurl = \"{stub_url}\"\n"),
-        },
+        N::root("VO", "vo"),
+        N::child("HO_VM", "ho_vm", "VO"),
+        N::child("HO_PH", "ho_ph", "VO"),
+        N::child("conns", "agent_connections", conns_under),
+        N::child("fl", "agent_controller_floodlight", "HO_PH")
+            .extra(format!("[node.params]\nurl = \"{stub_url}\"\n")),
     ];
     let settings =
         "heartbeat_ms = 300\nsample_interval_ms = 200\nbackoff_min_ms = 20\nbackoff_max_ms = 300";

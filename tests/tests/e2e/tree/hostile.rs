@@ -194,32 +194,7 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
     // agents there (and their policies) must not count it.
     let _loopback = LOOPBACK.take();
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-    let nodes = [
-        N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "HO_VM",
-            kind: "ho_vm",
-            machine: "host",
-            master: Some("VO"),
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "bw",
-            kind: "agent_bandwidth",
-            machine: "host",
-            master: Some("HO_VM"),
-            port: free_port(),
-            extra: "interfaces = [\"lo\"]\n".into(),
-        },
-    ];
+    let nodes = lo_bandwidth_nodes();
     let settings = "heartbeat_ms = 300\nhandshake_timeout_ms = 1000\nsample_interval_ms = 5\nkeep_alerts = 1000000";
     let tree = Tree::new("hostile", settings, &[("host", lo)], &nodes);
     // One process hosts the VO and the HO, as on a single orchestrator machine.

@@ -31,22 +31,8 @@ fn a_threshold_alert_is_stamped_with_the_kernel_events_time() {
     let _loopback = LOOPBACK.share();
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
     let nodes = [
-        N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "conns",
-            kind: "agent_connections",
-            machine: "host",
-            master: Some("VO"),
-            port: free_port(),
-            extra: String::new(),
-        },
+        N::root("VO", "vo"),
+        N::child("conns", "agent_connections", "VO"),
     ];
     let tree = Tree::new(
         "ktime",

@@ -10,32 +10,7 @@ use vespa_testkit::wait_until;
 
 fn loopback_tree(tag: &str) -> Tree {
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-    let nodes = [
-        N {
-            name: "VO",
-            kind: "vo",
-            machine: "host",
-            master: None,
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "HO_VM",
-            kind: "ho_vm",
-            machine: "host",
-            master: Some("VO"),
-            port: free_port(),
-            extra: String::new(),
-        },
-        N {
-            name: "bw",
-            kind: "agent_bandwidth",
-            machine: "host",
-            master: Some("HO_VM"),
-            port: free_port(),
-            extra: "interfaces = [\"lo\"]\n".into(),
-        },
-    ];
+    let nodes = lo_bandwidth_nodes();
     Tree::new(
         tag,
         "heartbeat_ms = 300\nsample_interval_ms = 20\nkeep_alerts = 100000",

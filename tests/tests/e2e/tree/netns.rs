@@ -28,30 +28,11 @@ fn cut_links_for_seconds_lose_and_duplicate_no_alert() {
         ("vohost", v_side.v4.into()),
     ];
     let nodes = [
-        N {
-            name: "VO",
-            kind: "vo",
-            machine: "vohost",
-            master: None,
-            port: 4150,
-            extra: String::new(),
-        },
-        N {
-            name: "HO_VM",
-            kind: "ho_vm",
-            machine: "hohost",
-            master: Some("VO"),
-            port: 4151,
-            extra: String::new(),
-        },
-        N {
-            name: "bw",
-            kind: "agent_bandwidth",
-            machine: "agenthost",
-            master: Some("HO_VM"),
-            port: 4152,
-            extra: "interfaces = [\"lo\"]\n".into(),
-        },
+        N::new("VO", "vo", None, 4150).on("vohost"),
+        N::new("HO_VM", "ho_vm", Some("VO"), 4151).on("hohost"),
+        N::new("bw", "agent_bandwidth", Some("HO_VM"), 4152)
+            .on("agenthost")
+            .extra("interfaces = [\"lo\"]\n"),
     ];
     // Heartbeats every 300 ms: a cut link is noticed after 0.9 s.
     let settings = "heartbeat_ms = 300\nhandshake_timeout_ms = 1000\nsample_interval_ms = 5\nkeep_alerts = 1000000\nbackoff_min_ms = 20\nbackoff_max_ms = 300";
