@@ -9,6 +9,13 @@
 //! every `sample_interval`: bandwidth agents send one `Bandwidth` alert per interface,
 //! connections agents one `Connections` alert; connections agents also forward the sensors'
 //! threshold events (`ConnThreshold`, `SynThreshold`) the moment they happen.
+//!
+//! Everything here is derived from watched traffic, so it is bounded: a `Connections` sample
+//! names the [`SAMPLE_TOP`] busiest remotes and sums up the rest, and remotes that hold no
+//! connection any more (the kernel table remembers them until it evicts them) are left out
+//! of the sample and of the `connections` verb's answer. However many addresses an attacker
+//! rotates through, the sample stays a few kilobytes and the threshold events, one small
+//! alert per remote, keep flowing behind it.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -81,6 +88,28 @@ pub trait SensorSource: Send + Sync + 'static {
     fn health(&self) -> Option<(u64, u64, u64)> {
         None
     }
+}
+
+/// Remotes a `Connections` sample names; the rest are summed up (about 5 KiB of sample).
+pub const SAMPLE_TOP: usize = 256;
+
+/// A `Connections` sample of `remotes`: the `top` busiest with at least one established
+/// connection, busiest first (ties by address, so a sample is deterministic), and totals for
+/// the other remotes that hold connections.
+pub fn connections_sample(remotes: Vec<RemoteCount>, top: usize) -> AlertBody {
+    let mut live = held(remotes);
+    live.sort_unstable_by(|a, b| b.established.cmp(&a.established).then(a.addr.cmp(&b.addr)));
+    let rest = live.split_off(top.min(live.len()));
+    AlertBody::Connections {
+        per_remote: live.into_iter().map(|r| (r.addr, r.established)).collect(),
+        rest_remotes: rest.len() as u64,
+        rest_established: rest.iter().map(|r| r.established).sum(),
+    }
+}
+
+/// The remotes that hold at least one connection.
+fn held(remotes: Vec<RemoteCount>) -> Vec<RemoteCount> {
+    remotes.into_iter().filter(|r| r.established > 0).collect()
 }
 
 /// A bandwidth or connections agent.
@@ -172,7 +201,7 @@ impl Agent for SensorAgent {
                     .ok_or("usage: get_mac <iface> (no default interface configured)")?;
                 blocking(move || src.mac(&name)).await
             }
-            SensorVerb::Connections {} => json(&blocking(move || src.connections()).await?),
+            SensorVerb::Connections {} => json(&held(blocking(move || src.connections()).await?)),
             SensorVerb::MacOf { ip } => {
                 Ok(blocking(move || src.mac_of(ip)).await?.unwrap_or_default())
             }
@@ -257,9 +286,7 @@ impl SensorAgent {
         match self.kind {
             AgentKind::Connections => match blocking(move || src.connections()).await {
                 Ok(c) => {
-                    let _ = node.raise(AlertBody::Connections {
-                        per_remote: c.into_iter().map(|r| (r.addr, r.established)).collect(),
-                    });
+                    let _ = node.raise(connections_sample(c, SAMPLE_TOP));
                 }
                 Err(e) => {
                     tracing::warn!(node = %node.name(), error = %e, "reading connections failed")
@@ -282,5 +309,66 @@ impl SensorAgent {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(i: u32, established: u64) -> RemoteCount {
+        let [a, b, c, d] = i.to_be_bytes();
+        let addr = IpAddr::from([
+            0x2001,
+            0xdb8,
+            0,
+            0,
+            u16::from(a),
+            u16::from(b),
+            u16::from(c),
+            u16::from(d),
+        ]);
+        RemoteCount { addr, established }
+    }
+
+    #[test]
+    fn a_sample_names_the_busiest_remotes_and_sums_up_the_rest() {
+        // 64,000 remotes of one /64 that each connected once and left, three that hold
+        // connections, and one flooding.
+        let mut all: Vec<RemoteCount> = (0..64_000).map(|i| remote(i, 0)).collect();
+        all.extend([
+            remote(70_001, 2),
+            remote(70_002, 1),
+            remote(70_003, 1),
+            remote(70_000, 120),
+        ]);
+        let body = connections_sample(all, 2);
+        assert_eq!(
+            body,
+            AlertBody::Connections {
+                per_remote: vec![(remote(70_000, 0).addr, 120), (remote(70_001, 0).addr, 2)],
+                rest_remotes: 2,
+                rest_established: 2,
+            }
+        );
+    }
+
+    #[test]
+    fn a_sample_of_any_number_of_remotes_fits_well_inside_a_frame() {
+        let all: Vec<RemoteCount> = (0..100_000)
+            .map(|i| remote(i, u64::from(i % 7) + 1))
+            .collect();
+        let alert = vespa_proto::Alert {
+            origin: "Agent_Connections".into(),
+            seq: u64::MAX,
+            path: vec!["Agent_Connections".into()],
+            timestamp_ns: u64::MAX,
+            body: connections_sample(all, SAMPLE_TOP),
+        };
+        assert!(
+            alert.sealed_len() < 8 * 1024,
+            "{} bytes",
+            alert.sealed_len()
+        );
     }
 }

@@ -104,6 +104,7 @@ struct Counters {
     duplicates_dropped: AtomicU64,
     acks_received: AtomicU64,
     queue_overflow: AtomicU64,
+    oversized: AtomicU64,
 }
 
 /// See the module documentation.
@@ -120,6 +121,8 @@ pub(crate) struct Delivery {
     journal: Option<Mutex<Journal>>,
     handlers: Vec<AlertHandler>,
     counters: Counters,
+    /// The frame limit of the link to the master: every queued alert fits it.
+    max_frame: usize,
 }
 
 impl Delivery {
@@ -159,6 +162,7 @@ impl Delivery {
             journal,
             handlers,
             counters: Counters::default(),
+            max_frame: spec.settings.max_frame,
         })
     }
 
@@ -168,12 +172,31 @@ impl Delivery {
     }
 
     fn new_alert(&self, seq: u64, body: AlertBody, timestamp_ns: u64) -> Alert {
-        Alert {
+        let mut alert = Alert {
             origin: self.name.clone(),
             seq,
             path: vec![self.name.clone()],
             timestamp_ns,
             body,
+        };
+        if self.outbox.is_some() {
+            // Room for the names the hops above add, so it fits every frame up to the VO.
+            let room = vespa_proto::PATH_ROOM.min(self.max_frame / 4);
+            self.fit(&mut alert, room);
+        }
+        alert
+    }
+
+    /// Makes `alert` fit the frame to the master (with `room` to spare), replacing a body
+    /// too large by an [`AlertBody::Oversized`] note: counted, logged, and sent in its place
+    /// so that the alert is acknowledged and the queue and the link move on.
+    fn fit(&self, alert: &mut Alert, room: usize) {
+        let kind = alert.body.kind();
+        if let Some(size) = alert.fit(&self.name, self.max_frame, room) {
+            let n = self.counters.oversized.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() || n.is_multiple_of(1000) {
+                tracing::warn!(node = %self.name, origin = ?alert.origin, seq = alert.seq, kind, size, max_frame = self.max_frame, oversized_total = n, "alert too large for the frame to the master: its body is replaced by an Oversized note");
+            }
         }
     }
 
@@ -288,6 +311,7 @@ impl Delivery {
         match verdict {
             Verdict::New => {
                 alert.path.push(self.name.clone());
+                self.fit(&mut alert, 0);
                 if !self.handlers.is_empty() {
                     self.run_handlers(&alert);
                 }
@@ -396,6 +420,7 @@ impl Delivery {
         st.duplicates_dropped = get(&c.duplicates_dropped);
         st.acks_received = get(&c.acks_received);
         st.queue_overflow = get(&c.queue_overflow);
+        st.oversized = get(&c.oversized);
     }
 }
 
@@ -444,6 +469,37 @@ mod tests {
         assert!(waiter.await.expect("waiter"), "the queue drained");
         assert_eq!(t1.elapsed(), Duration::ZERO);
         assert_eq!(stats(&d).queue_len, 0);
+    }
+
+    #[test]
+    fn an_alert_raised_too_large_goes_out_as_a_note_in_its_place() {
+        let d = agent(8);
+        let seq = d
+            .raise(AlertBody::Text("x".repeat(2 << 20)), 0)
+            .expect("queued");
+        let mut sent = Vec::new();
+        d.outbox().expect("queue").take_unsent(10, &mut sent);
+        let Message::Alert(a) = &*sent[0] else {
+            panic!("{sent:?}")
+        };
+        assert_eq!((a.origin.as_str(), a.seq), ("a1", seq));
+        let AlertBody::Oversized {
+            at,
+            kind,
+            size,
+            limit,
+        } = &a.body
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!((at.as_str(), kind.as_str()), ("a1", "text"));
+        assert!(*size > 2 << 20);
+        // Room kept for the path: a frame-sized alert at the origin would not fit one hop up.
+        assert_eq!(
+            *limit as usize,
+            vespa_proto::frame::DEFAULT_MAX_FRAME - vespa_proto::PATH_ROOM
+        );
+        assert_eq!(stats(&d).oversized, 1);
     }
 
     #[test]

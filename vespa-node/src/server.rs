@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use vespa_proto::Message;
+use vespa_proto::{Message, MAX_PATH};
 
 use crate::delivery::Delivery;
 use crate::lifecycle::Life;
@@ -26,8 +26,6 @@ use crate::transport::{establish, Side};
 
 /// Handshakes allowed in progress at once; more connections are refused until some finish.
 const MAX_HANDSHAKES: usize = 256;
-/// Longest alert path accepted (a deeper one means a routing loop).
-const MAX_PATH: usize = 32;
 
 /// The listening side of one node, over the owners of its state.
 pub(crate) struct Server {

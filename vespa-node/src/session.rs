@@ -235,7 +235,7 @@ async fn write_inner(
             biased;
             _ = session.cancel.cancelled() => return Ok(()),
             m = ctl.recv() => match m {
-                Some(m) => w.feed(&m).await?,
+                Some(m) => feed_ctl(w, session, m).await?,
                 None => return Ok(()),
             },
             _ = session.acks.notify.notified() => {}
@@ -243,7 +243,7 @@ async fn write_inner(
             _ = tick.tick() => heartbeat_due = true,
         }
         while let Ok(m) = ctl.try_recv() {
-            w.feed(&m).await?;
+            feed_ctl(w, session, m).await?;
         }
         let acks = session.acks.take();
         if !acks.is_empty() {
@@ -278,6 +278,35 @@ async fn write_inner(
             w.feed(&Message::Heartbeat).await?;
         }
         w.flush().await?;
+    }
+}
+
+/// Queues a control message. One too large for a frame never ends the link: a reply becomes
+/// an error reply that says so (the caller asks for less), a call of this node's fails back
+/// to its caller, anything else is logged and dropped.
+async fn feed_ctl(w: &mut LinkWriter, session: &Session, m: Message) -> Result<(), ProtoError> {
+    let Err(ProtoError::FrameTooLarge { len, max }) = w.feed(&m).await else {
+        return Ok(());
+    };
+    let size = len.map_or_else(|| "more than the limit".into(), |n| format!("{n} bytes"));
+    let why = format!("too large to send: {size}, the frame limit is {max} bytes; ask for less");
+    match m {
+        Message::Reply { id, .. } => {
+            tracing::warn!(peer = %session.peer_addr, node = %session.peer_name, id, %why, "reply replaced by an error");
+            w.feed(&Message::Reply {
+                id,
+                result: Err(format!("reply {why}")),
+            })
+            .await
+        }
+        Message::Call { id, .. } => {
+            session.complete(id, Err(format!("call {why}")));
+            Ok(())
+        }
+        other => {
+            tracing::warn!(peer = %session.peer_addr, node = %session.peer_name, message = ?std::mem::discriminant(&other), %why, "message dropped");
+            Ok(())
+        }
     }
 }
 

@@ -47,6 +47,10 @@ pub struct Stats {
     pub queue_capacity: usize,
     /// Alerts this node could not queue because the queue was full (lost, and reported).
     pub queue_overflow: u64,
+    /// Alerts whose body this node replaced by an `Oversized` note: too large for the frame
+    /// to its master (the alert itself went on, so its link did not stall).
+    #[serde(default)]
+    pub oversized: u64,
     /// Connections to the master re-established.
     pub reconnects: u64,
     /// Connections that ended with an error (each also logged once).
@@ -78,6 +82,7 @@ impl Stats {
             queue_len: 0,
             queue_capacity: 0,
             queue_overflow: 0,
+            oversized: 0,
             reconnects: 0,
             connection_errors: 0,
             calls_served: 0,

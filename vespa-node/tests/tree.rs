@@ -10,7 +10,7 @@ use vespa_node::{
     Security, VerbResult,
 };
 use vespa_proto::verbs::{Arg, VerbError, Words};
-use vespa_proto::{Alert, AlertBody, Psk};
+use vespa_proto::{Alert, AlertBody, Message, Psk};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -29,6 +29,8 @@ vespa_proto::verbs! {
         Echo "echo" { words: Said },
         /// always fails
         Fail "fail" {},
+        /// answers that many bytes
+        Big "big" { bytes: u64 },
     }
 }
 
@@ -57,6 +59,7 @@ impl Agent for Echo {
         match verb {
             EchoVerb::Echo { words } => Ok(words.0.join(" ")),
             EchoVerb::Fail {} => Err("failed on purpose".into()),
+            EchoVerb::Big { bytes } => Ok("x".repeat(usize::try_from(bytes).unwrap_or(0))),
         }
     }
 }
@@ -94,6 +97,19 @@ async fn start(
     hooks: Hooks,
     listen: Option<std::net::SocketAddr>,
 ) -> Running {
+    start_with(name, role, master, psk, hooks, listen, |_| {}).await
+}
+
+/// [`start`] with the spec adjusted by `tweak` after [`fast`].
+async fn start_with(
+    name: &str,
+    role: Role,
+    master: Option<&Running>,
+    psk: &Psk,
+    hooks: Hooks,
+    listen: Option<std::net::SocketAddr>,
+    tweak: impl FnOnce(&mut NodeSpec),
+) -> Running {
     let listener = TcpListener::bind(listen.unwrap_or("127.0.0.1:0".parse().expect("addr")))
         .await
         .expect("bind");
@@ -102,16 +118,14 @@ async fn start(
         name: m.handle.name().to_string(),
         addr: m.addr,
     });
-    let node = Node::new(
-        fast(NodeSpec::new(
-            name,
-            role,
-            master,
-            Security::Psk(psk.clone()),
-        )),
-        hooks,
-    )
-    .expect("node");
+    let mut spec = fast(NodeSpec::new(
+        name,
+        role,
+        master,
+        Security::Psk(psk.clone()),
+    ));
+    tweak(&mut spec);
+    let node = Node::new(spec, hooks).expect("node");
     let handle = node.handle();
     let stop = tokio_util_stop::Stop::default();
     let s = stop.clone();
@@ -468,4 +482,189 @@ async fn sigterm_style_shutdown_flushes_the_queue_first() {
             .expect("join"),
         Exit::Shutdown
     );
+}
+
+/// Links that carry megabyte frames in a debug build on a busy machine: the default idle
+/// timeout (3 s) rather than the fast one.
+fn frame_sized(spec: &mut NodeSpec) {
+    spec.settings.heartbeat = Duration::from_secs(1);
+}
+
+/// A frame-sized alert from a child: it fits the child's link, not the HO's (the HO adds its
+/// name to the path). The HO sends a note in its place, the VO processes that note once, the
+/// child's alert is acknowledged, and the link carries the next alert as if nothing happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_that_outgrows_the_frame_one_hop_up_does_not_stall_the_link() {
+    let psk = Psk::random();
+    let (vo_hooks, mut at_vo) = collector();
+    let vo = start_with("VO", Role::Vo, None, &psk, vo_hooks, None, frame_sized).await;
+    let ho = start_with(
+        "HO_VM",
+        Role::HoVm,
+        Some(&vo),
+        &psk,
+        Hooks::default(),
+        None,
+        frame_sized,
+    )
+    .await;
+    let max_frame = vespa_proto::frame::DEFAULT_MAX_FRAME;
+
+    let tcp = tokio::net::TcpStream::connect(ho.addr)
+        .await
+        .expect("connect");
+    let cfg = vespa_proto::Config::default();
+    let (stream, _) = vespa_proto::client_handshake(tcp, &psk, "agent1", &cfg)
+        .await
+        .expect("handshake");
+    let (mut rx, mut tx) = stream.split();
+    // The raw child keeps its link alive as a node would (sealing a frame-sized alert in a
+    // debug build can take longer than the HO's idle timeout).
+    let (to_ho, mut outgoing) = mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        let mut beat = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            let msg = tokio::select! {
+                m = outgoing.recv() => match m { Some(m) => m, None => return },
+                _ = beat.tick() => Message::Heartbeat,
+            };
+            tx.send(&msg)
+                .await
+                .expect("the HO keeps the child's link open");
+        }
+    });
+    let send = |m: Message| to_ho.send(m).expect("writer task");
+    send(Message::Register {
+        name: "agent1".into(),
+        kind: vespa_proto::NodeKind::Agent,
+        listen_addr: None,
+    });
+    let alert = |seq: u64, text: String| Alert {
+        origin: "agent1".into(),
+        seq,
+        path: vec!["agent1".into()],
+        timestamp_ns: 1,
+        body: AlertBody::Text(text),
+    };
+    // Exactly the frame limit at the child.
+    let mut big = alert(1, String::new());
+    let pad = max_frame - big.sealed_len() - 2; // the text's length prefix grows by 2 bytes
+    big.body = AlertBody::Text("x".repeat(pad));
+    assert_eq!(big.sealed_len(), max_frame);
+    send(Message::Alert(big));
+    send(Message::Alert(alert(2, "after".into())));
+
+    let first = tokio::time::timeout(WAIT, at_vo.recv())
+        .await
+        .expect("first at the VO")
+        .expect("channel");
+    assert_eq!((first.origin.as_str(), first.seq), ("agent1", 1));
+    assert_eq!(first.path, ["agent1", "HO_VM", "VO"]);
+    let AlertBody::Oversized {
+        at,
+        kind,
+        size,
+        limit,
+    } = &first.body
+    else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        (at.as_str(), kind.as_str(), *limit),
+        ("HO_VM", "text", max_frame as u64)
+    );
+    assert!(*size > max_frame as u64, "{size}");
+    let second = tokio::time::timeout(WAIT, at_vo.recv())
+        .await
+        .expect("second at the VO")
+        .expect("channel");
+    assert_eq!(
+        (second.seq, &second.body),
+        (2, &AlertBody::Text("after".into()))
+    );
+
+    // Both acknowledged to the child (the queue moved), over the same connection.
+    let mut acked = 0;
+    while acked < 2 {
+        match tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("ack")
+            .expect("link up")
+        {
+            Some(Message::Ack { origin, seq }) if origin == "agent1" => acked = acked.max(seq),
+            Some(_) => {}
+            None => panic!("the HO closed the child's link"),
+        }
+    }
+    let hs = ho.handle.stats();
+    assert_eq!(
+        (hs.oversized, hs.reconnects, hs.queue_len),
+        (1, 0, 0),
+        "{hs:?}"
+    );
+    assert_eq!(vo.handle.stats().alerts_processed, 2);
+}
+
+/// An answer larger than a frame comes back as an error that says so, and the link stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_too_large_for_a_frame_becomes_an_error_and_the_link_stays_up() {
+    let psk = Psk::random();
+    let vo = start_with(
+        "VO",
+        Role::Vo,
+        None,
+        &psk,
+        Hooks::default(),
+        None,
+        frame_sized,
+    )
+    .await;
+    let agent_hooks = Hooks {
+        agent: Some(AgentRef::new(Echo)),
+        alert_handlers: vec![],
+    };
+    let agent = start_with(
+        "agent1",
+        Role::Agent(AgentKind::Bandwidth),
+        Some(&vo),
+        &psk,
+        agent_hooks,
+        None,
+        frame_sized,
+    )
+    .await;
+    registered(&vo, "agent1").await;
+    let max_frame = vespa_proto::frame::DEFAULT_MAX_FRAME as u64;
+
+    let fits = vo
+        .handle
+        .call(
+            "agent1",
+            EchoVerb::Big {
+                bytes: max_frame / 2,
+            },
+        )
+        .await;
+    assert_eq!(fits.map(|s| s.len() as u64), Ok(max_frame / 2));
+    let err = vo
+        .handle
+        .call("agent1", EchoVerb::Big { bytes: max_frame })
+        .await
+        .expect_err("too large");
+    assert!(
+        err.contains("too large to send") && err.contains("ask for less"),
+        "{err}"
+    );
+    let after = vo
+        .handle
+        .call(
+            "agent1",
+            EchoVerb::Echo {
+                words: Said(vec!["still".into(), "here".into()]),
+            },
+        )
+        .await;
+    assert_eq!(after, Ok("still here".into()));
+    let st = agent.handle.stats();
+    assert_eq!((st.reconnects, st.connection_errors), (0, 0), "{st:?}");
 }

@@ -146,7 +146,7 @@ impl Collector for NodeCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.0.stats();
         let l: Labels = vec![("node", s.node.clone())];
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 10] = [
             (
                 "vespa_node_alerts_processed",
                 "New alerts processed at the root (the VO).",
@@ -176,6 +176,11 @@ impl Collector for NodeCollector {
                 "vespa_node_queue_overflow",
                 "Alerts lost because the outgoing queue was full.",
                 s.queue_overflow,
+            ),
+            (
+                "vespa_node_oversized",
+                "Alerts whose body this node replaced by an Oversized note (too large to send).",
+                s.oversized,
             ),
             (
                 "vespa_node_reconnects",

@@ -459,7 +459,7 @@ impl PolicyDriver {
         }
         let remotes: Vec<IpAddr> = match &alert.body {
             AlertBody::ConnThreshold { addr, .. } => vec![*addr],
-            AlertBody::Connections { per_remote } => {
+            AlertBody::Connections { per_remote, .. } => {
                 // The busiest new remotes first, a few per table: a host's first table can
                 // list thousands, and each question delays the alerts behind it.
                 let mut fresh: Vec<&(IpAddr, u64)> = per_remote

@@ -235,7 +235,10 @@ fn on_alert(state: &mut State, origin: String, body: AlertBody, now: Nanos, out:
                 out,
             );
         }
-        AlertBody::Connections { per_remote } => {
+        AlertBody::Connections {
+            per_remote,
+            truncated,
+        } => {
             let seen: BTreeSet<IpAddr> = per_remote.iter().map(|(ip, _)| *ip).collect();
             for (ip, n) in per_remote {
                 sample(
@@ -248,7 +251,11 @@ fn on_alert(state: &mut State, origin: String, body: AlertBody, now: Nanos, out:
                     out,
                 );
             }
-            // The list holds every remote the agent sees: one it no longer lists has none.
+            // A complete list holds every remote the agent sees: one it no longer lists has
+            // none. A truncated one says nothing of the remotes it leaves out.
+            if truncated {
+                return;
+            }
             let mut gone = Vec::new();
             for (i, rule) in state.rules.rules.iter().enumerate() {
                 if rule.metric == Metric::Established && rule.key == KeyKind::Remote {

@@ -681,7 +681,10 @@ fn connections_list_zeroes_remotes_it_no_longer_lists() {
         origin: "Agent_Connections".into(),
         path: vec![],
         timestamp_ns: 0,
-        body: AlertBody::Connections { per_remote },
+        body: AlertBody::Connections {
+            per_remote,
+            truncated: false,
+        },
     };
     h.at(
         0,

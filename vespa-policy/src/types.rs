@@ -141,8 +141,12 @@ pub enum AlertBody {
         rx_bytes: u64,
         tx_bytes: u64,
     },
-    /// Established connections per remote address (every remote the agent sees).
-    Connections { per_remote: Vec<(IpAddr, u64)> },
+    /// Established connections per remote address: every remote the agent sees with at
+    /// least one connection, unless `truncated` (the agent listed only its busiest remotes).
+    Connections {
+        per_remote: Vec<(IpAddr, u64)>,
+        truncated: bool,
+    },
     /// The antivirus found an infected file in a VM.
     Infected {
         vm: String,

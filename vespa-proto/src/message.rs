@@ -131,10 +131,16 @@ pub enum AlertBody {
         /// The VM the interface belongs to (a tap device), when the agent knows it.
         vm: Option<String>,
     },
-    /// Established connections per remote address.
+    /// Established connections per remote address: the busiest remotes by name, the rest
+    /// as totals, so the sample stays small however many addresses the watched traffic uses.
     Connections {
-        /// (remote address, connection count).
+        /// (remote address, established connections), busiest first; only remotes that hold
+        /// at least one connection.
         per_remote: Vec<(IpAddr, u64)>,
+        /// Remotes with established connections that `per_remote` leaves out.
+        rest_remotes: u64,
+        /// Established connections of those remotes, together.
+        rest_established: u64,
     },
     /// The antivirus found an infected file in a VM.
     Infected {
@@ -167,6 +173,20 @@ pub enum AlertBody {
         /// Kernel maps currently at capacity.
         maps_full: u64,
     },
+    /// An alert whose body was too large to travel up the tree: a node on its path (`at`)
+    /// replaced the body with this note. The alert keeps its origin, sequence number and
+    /// path, so it is acknowledged and de-duplicated like any other and its link moves on.
+    Oversized {
+        /// The node that replaced the body (the origin itself, or the hop whose frame to its
+        /// master it would not fit).
+        at: String,
+        /// The kind of the body that was dropped ([`AlertBody::kind`]).
+        kind: String,
+        /// The size the alert would have had in a sealed frame, in bytes.
+        size: u64,
+        /// The frame limit it had to fit, in bytes (less the room kept for the path).
+        limit: u64,
+    },
 }
 
 impl AlertBody {
@@ -182,7 +202,47 @@ impl AlertBody {
             AlertBody::ActuatorFailed { .. } => "actuator_failed",
             AlertBody::Text(_) => "text",
             AlertBody::SensorHealth { .. } => "sensor_health",
+            AlertBody::Oversized { .. } => "oversized",
         }
+    }
+}
+
+/// Longest alert path a node accepts (a deeper one means a routing loop).
+pub const MAX_PATH: usize = 32;
+
+/// Room an origin keeps in every alert for the names the hops above it add to its path: the
+/// longest path of the longest names (each name with its length prefix).
+pub const PATH_ROOM: usize = MAX_PATH * (crate::handshake::MAX_NAME_LEN + 2);
+
+impl Alert {
+    /// Bytes this alert takes in a sealed frame as `Message::Alert`: record type, variant,
+    /// encoding, authentication tag.
+    pub fn sealed_len(&self) -> usize {
+        // An alert always encodes (plain data, no maps with non-string keys); a failure here
+        // would be a bug, and counting it as too large is the safe answer.
+        2 + postcard::experimental::serialized_size(self).unwrap_or(usize::MAX - 64)
+            + crate::seal::TAG_LEN
+    }
+
+    /// Makes the alert fit a sealed frame of `max_frame` bytes with `room` bytes to spare:
+    /// a body too large is replaced, at node `at`, by [`AlertBody::Oversized`] naming its kind
+    /// and size. Returns the size the alert had when it replaced the body.
+    ///
+    /// The note is small; only a path already near [`MAX_PATH`] names of the longest length
+    /// could still leave it too large for a tiny `max_frame`, which nodes refuse at start.
+    pub fn fit(&mut self, at: &str, max_frame: usize, room: usize) -> Option<usize> {
+        let limit = max_frame.saturating_sub(room);
+        let size = self.sealed_len();
+        if size <= limit {
+            return None;
+        }
+        self.body = AlertBody::Oversized {
+            at: at.to_string(),
+            kind: self.body.kind().to_string(),
+            size: size as u64,
+            limit: limit as u64,
+        };
+        Some(size)
     }
 }
 
@@ -305,7 +365,11 @@ mod tests {
                 tx_bytes: 0,
                 vm: None,
             },
-            AlertBody::Connections { per_remote: vec![] },
+            AlertBody::Connections {
+                per_remote: vec![],
+                rest_remotes: 0,
+                rest_established: 0,
+            },
             AlertBody::Infected {
                 vm: s(),
                 file: s(),
@@ -322,6 +386,12 @@ mod tests {
                 map_update_failures: 0,
                 maps_full: 0,
             },
+            AlertBody::Oversized {
+                at: s(),
+                kind: s(),
+                size: 0,
+                limit: 0,
+            },
         ];
         let kinds: Vec<&str> = bodies.iter().map(AlertBody::kind).collect();
         assert_eq!(
@@ -334,9 +404,84 @@ mod tests {
                 "infected",
                 "actuator_failed",
                 "text",
-                "sensor_health"
+                "sensor_health",
+                "oversized"
             ]
         );
+    }
+
+    fn big_alert(remotes: usize) -> Alert {
+        Alert {
+            origin: "conns".into(),
+            seq: 7,
+            path: vec!["conns".into(), "HO_VM".into()],
+            timestamp_ns: 1,
+            body: AlertBody::Connections {
+                per_remote: (0..remotes)
+                    .map(|i| (IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16]), 1))
+                    .collect(),
+                rest_remotes: 0,
+                rest_established: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn sealed_len_is_what_the_writer_seals() {
+        for n in [0, 1, 100, 5000] {
+            let a = big_alert(n);
+            let encoded = encode(&Message::Alert(a.clone())).expect("encode");
+            assert_eq!(
+                a.sealed_len(),
+                1 + encoded.len() + crate::seal::TAG_LEN,
+                "{n} remotes"
+            );
+        }
+    }
+
+    #[test]
+    fn an_alert_too_large_keeps_its_identity_and_names_what_was_dropped() {
+        let mut small = big_alert(10);
+        assert_eq!(small.fit("conns", 4096, 0), None);
+        assert!(
+            matches!(small.body, AlertBody::Connections { .. }),
+            "fits: unchanged"
+        );
+
+        let mut a = big_alert(1000);
+        let size = a.sealed_len();
+        assert!(size > 4096);
+        assert_eq!(a.fit("HO_VM", 4096 + 100, 100), Some(size));
+        assert_eq!((a.origin.as_str(), a.seq, a.path.len()), ("conns", 7, 2));
+        assert_eq!(
+            a.body,
+            AlertBody::Oversized {
+                at: "HO_VM".into(),
+                kind: "connections".into(),
+                size: size as u64,
+                limit: 4096,
+            }
+        );
+        assert!(
+            a.sealed_len() < 200,
+            "the note is small: {}",
+            a.sealed_len()
+        );
+        assert_eq!(
+            a.fit("HO_VM", 4096, 0),
+            None,
+            "fitting twice changes nothing"
+        );
+    }
+
+    #[test]
+    fn the_path_room_covers_the_longest_path_of_the_longest_names() {
+        let name = "n".repeat(crate::handshake::MAX_NAME_LEN);
+        let mut a = big_alert(0);
+        a.path = vec![name.clone()];
+        let base = a.sealed_len();
+        a.path = vec![name; MAX_PATH];
+        assert!(a.sealed_len() - base <= PATH_ROOM);
     }
 
     #[test]

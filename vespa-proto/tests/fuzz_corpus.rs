@@ -33,6 +33,20 @@ fn messages() -> Vec<Message> {
             timestamp_ns: 3,
             body: AlertBody::Connections {
                 per_remote: vec![(ip6, 120), ([10, 0, 0, 9].into(), 4)],
+                rest_remotes: 3,
+                rest_established: 5,
+            },
+        }),
+        Message::Alert(Alert {
+            origin: "conns".into(),
+            seq: 6,
+            path: vec!["conns".into(), "HO_VM".into()],
+            timestamp_ns: 7,
+            body: AlertBody::Oversized {
+                at: "conns".into(),
+                kind: "connections".into(),
+                size: 2 << 20,
+                limit: 1 << 20,
             },
         }),
         Message::Alert(Alert {

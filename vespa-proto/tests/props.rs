@@ -55,8 +55,26 @@ fn alert_body() -> impl Strategy<Value = AlertBody> {
                     vm,
                 }
             }),
-        prop::collection::vec((any::<IpAddr>(), any::<u64>()), 0..8)
-            .prop_map(|per_remote| AlertBody::Connections { per_remote }),
+        (
+            prop::collection::vec((any::<IpAddr>(), any::<u64>()), 0..8),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(per_remote, rest_remotes, rest_established)| {
+                AlertBody::Connections {
+                    per_remote,
+                    rest_remotes,
+                    rest_established,
+                }
+            }),
+        (text(), text(), any::<u64>(), any::<u64>()).prop_map(|(at, kind, size, limit)| {
+            AlertBody::Oversized {
+                at,
+                kind,
+                size,
+                limit,
+            }
+        }),
         (text(), text(), text()).prop_map(|(vm, file, signature)| AlertBody::Infected {
             vm,
             file,

@@ -190,7 +190,7 @@ impl VoView {
                     }
                 }
             }
-            AlertBody::Connections { per_remote } => {
+            AlertBody::Connections { per_remote, .. } => {
                 s.connections
                     .insert(alert.origin.clone(), per_remote.clone());
             }

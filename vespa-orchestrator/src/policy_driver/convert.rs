@@ -17,13 +17,16 @@ pub fn to_policy_body(body: &AlertBody) -> vespa_policy::AlertBody {
         AlertBody::ConnThreshold { addr, established, threshold } => P::ConnThreshold { addr, established, threshold },
         AlertBody::SynThreshold { addr, syns_in_second, threshold } => P::SynThreshold { addr, syns_in_second, threshold },
         AlertBody::Bandwidth { iface, rx_bytes, tx_bytes, .. } => P::Bandwidth { iface, rx_bytes, tx_bytes },
-        AlertBody::Connections { per_remote } => P::Connections { per_remote },
+        AlertBody::Connections { per_remote, rest_remotes, .. } => P::Connections { per_remote, truncated: rest_remotes > 0 },
         AlertBody::Infected { vm, file, signature } => P::Infected { vm, file, signature },
         AlertBody::ActuatorFailed { actuator, action, error } => P::ActuatorFailed { actuator, action, error },
         AlertBody::Text(t) => P::Text(t),
         // Fed as Input::Health by the driver; as an alert it is only information.
         AlertBody::SensorHealth { events_lost, map_update_failures, maps_full } => {
             P::Text(format!("sensor health: {events_lost} events lost, {map_update_failures} map update failures, {maps_full} maps full"))
+        }
+        AlertBody::Oversized { at, kind, size, limit } => {
+            P::Text(format!("a {kind} alert of {size} bytes did not fit the {limit} bytes allowed at {at}: its body was dropped"))
         }
     }
 }
