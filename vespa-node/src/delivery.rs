@@ -392,12 +392,25 @@ impl Delivery {
         true
     }
 
-    /// `get_alerts [from_index]`: JSON `{"first", "next", "alerts"}`, at most 2,000 alerts.
+    /// `get_alerts [from_index]`: JSON `{"first", "next", "alerts"}`, at most 2,000 alerts and
+    /// a page that fits a frame (half of `max_frame` of alerts): `next` is where the next
+    /// page starts.
     pub fn get_alerts(&self, from: u64) -> String {
         let r = lock(&self.recent);
         let first = r.next_index - r.alerts.len() as u64;
         let skip = from.saturating_sub(first) as usize;
-        let alerts: Vec<&Alert> = r.alerts.iter().skip(skip).take(2000).collect();
+        let budget = self.max_frame / 2;
+        let mut used = 0;
+        let mut alerts: Vec<serde_json::Value> = Vec::new();
+        for a in r.alerts.iter().skip(skip).take(2000) {
+            let v = serde_json::to_value(a).unwrap_or_default();
+            used += v.to_string().len() + 1;
+            // One alert always goes, so a reader never stalls on a page of nothing.
+            if used > budget && !alerts.is_empty() {
+                break;
+            }
+            alerts.push(v);
+        }
         let next = first + (skip + alerts.len()) as u64;
         serde_json::json!({ "first": first, "next": next.max(from.min(r.next_index)), "alerts": alerts }).to_string()
     }
@@ -500,6 +513,37 @@ mod tests {
             vespa_proto::frame::DEFAULT_MAX_FRAME - vespa_proto::PATH_ROOM
         );
         assert_eq!(stats(&d).oversized, 1);
+    }
+
+    #[test]
+    fn get_alerts_pages_what_would_not_fit_a_frame() {
+        let mut spec = NodeSpec::test_agent(Security::Psk(vespa_proto::Psk::random()));
+        spec.master = None;
+        spec.settings.max_frame = 64 * 1024;
+        let d = Delivery::new(&spec, Vec::new()).expect("delivery");
+        for i in 0..10 {
+            d.raise(AlertBody::Text(format!("{i}{}", "x".repeat(10_000))), 0)
+                .expect("raised");
+        }
+        let mut from = 0;
+        let mut seen = Vec::new();
+        while seen.len() < 10 {
+            let page: serde_json::Value = serde_json::from_str(&d.get_alerts(from)).expect("json");
+            let texts = page["alerts"].as_array().expect("alerts").clone();
+            assert!(
+                !texts.is_empty() && texts.len() < 10,
+                "paged: {} alerts",
+                texts.len()
+            );
+            assert!(page.to_string().len() < 64 * 1024);
+            seen.extend(
+                texts
+                    .iter()
+                    .map(|a| a["body"]["Text"].as_str().expect("text")[..1].to_string()),
+            );
+            from = page["next"].as_u64().expect("next");
+        }
+        assert_eq!(seen, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
     }
 
     #[test]
