@@ -28,6 +28,7 @@ mod tree {
     mod config;
     mod crash;
     mod fastpath;
+    mod flood;
     mod hostile;
     mod kernel_time;
     mod loopback;
