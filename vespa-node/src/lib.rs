@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admission;
 mod agent;
 pub mod backoff;
 pub mod client;
@@ -66,6 +67,7 @@ pub use config::{AgentKind, ConfigError, Role, Settings, Topology};
 pub use error::NodeError;
 pub use node::{AlertHandler, Exit, Hooks, MasterAddr, Node, NodeHandle, NodeSpec, QueueFull};
 pub use session::ChildInfo;
+pub use spec::ChildSpec;
 pub use stats::Stats;
 pub use transport::Security;
 pub use verbs::{VerbFuture, VerbResult};

@@ -7,12 +7,14 @@
 //! a name that is not one is parsed as a verb of the node's agent ([`Router::agent_verb`]);
 //! a name in neither is an error reply.
 //!
-//! A node knows only its direct children (they registered). To reach a node further down,
-//! `find_node` asks the children that can have children, concurrently, and the answer (which
-//! child leads there) is cached; `call <node> <verb> ...` then goes to that child as the same
-//! `call`, hop by hop, and the reply comes back up the same way.
+//! A node started from a topology routes by it: `call <node> <verb> ...` goes to the child
+//! whose subtree (in the topology) holds the target, as the same `call`, hop by hop, and the
+//! reply comes back up the same way; what a child says about itself never changes where a
+//! call goes. A node built without a topology knows only its direct children (they
+//! registered); to reach a node further down, `find_node` asks the children that can have
+//! children, concurrently, and the answer (which child leads there) is cached.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +26,7 @@ use crate::delivery::Delivery;
 use crate::lifecycle::Life;
 use crate::peers::Peers;
 use crate::session::Session;
-use crate::spec::NodeSpec;
+use crate::spec::{ChildSpec, NodeSpec};
 use crate::stats::{get, inc, Stats};
 use crate::util::lock;
 use crate::verbs::{help_text, AgentVerbs, NodeVerb, Verb, VerbError, VerbFuture, VerbResult};
@@ -36,6 +38,8 @@ pub(crate) struct Router {
     call_timeout: Duration,
     /// The verbs of the node's agent (none for most HOs and the VO).
     agent: Option<Arc<dyn AgentVerbs>>,
+    /// The topology's children of this node, if it has a topology.
+    children: Option<BTreeMap<String, ChildSpec>>,
     /// Where `call` found nodes below this one: target -> child name.
     route_cache: Mutex<HashMap<String, String>>,
     /// Calls answered.
@@ -60,6 +64,7 @@ impl Router {
             role: spec.role,
             call_timeout: spec.settings.call_timeout,
             agent,
+            children: spec.children.clone(),
             route_cache: Mutex::new(HashMap::new()),
             calls_served: AtomicU64::new(0),
             delivery,
@@ -179,22 +184,31 @@ impl Router {
         if kids.iter().any(|(c, _)| c.name == target) {
             return Ok(vec![self.name.clone(), target.to_string()]);
         }
+        let below = match &self.children {
+            Some(_) => Some(self.next_hop(target)?),
+            None => None,
+        };
         let timeout = self.call_timeout;
-        let asks =
-            kids.iter()
-                .filter(|(c, _)| c.kind != NodeKind::Agent)
-                .map(|(c, s)| async move {
-                    let (verb, args) = words(NodeVerb::FindNode {
-                        name: target.to_string(),
-                    });
-                    let reply = s.call(&verb, args, timeout).await;
-                    (c.name.clone(), reply)
+        let asks = kids
+            .iter()
+            .filter(|(c, _)| match below {
+                Some(next) => c.name == next,
+                None => c.kind != NodeKind::Agent,
+            })
+            .map(|(c, s)| async move {
+                let (verb, args) = words(NodeVerb::FindNode {
+                    name: target.to_string(),
                 });
+                let reply = s.call(&verb, args, timeout).await;
+                (c.name.clone(), reply)
+            });
         for (child, reply) in futures_util::future::join_all(asks).await {
             if let Ok(json) = reply {
                 let below: Vec<String> = serde_json::from_str(&json)
                     .map_err(|e| format!("bad find_node reply from {child}: {e}"))?;
-                lock(&self.route_cache).insert(target.to_string(), child);
+                if self.children.is_none() {
+                    lock(&self.route_cache).insert(target.to_string(), child);
+                }
                 let mut path = vec![self.name.clone()];
                 path.extend(below);
                 return Ok(path);
@@ -209,6 +223,24 @@ impl Router {
             return self.dispatch(verb, rest).await;
         }
         let timeout = self.call_timeout;
+        if self.children.is_some() {
+            let next = self.next_hop(&target)?;
+            let via = self.peers.child(next).ok_or_else(|| {
+                format!(
+                    "{next} (on the way from {} to {target}) is not connected",
+                    self.name
+                )
+            })?;
+            if next == target {
+                return via.call(&verb, rest, timeout).await;
+            }
+            let (verb, args) = words(NodeVerb::Call {
+                node: target,
+                verb,
+                args: rest,
+            });
+            return via.call(&verb, args, timeout).await;
+        }
         if let Some(s) = self.peers.child(&target) {
             return s.call(&verb, rest, timeout).await;
         }
@@ -229,6 +261,18 @@ impl Router {
             args: rest,
         });
         via.call(&verb, args, timeout).await
+    }
+}
+
+impl Router {
+    /// The child of this node whose subtree in the topology holds `target`.
+    fn next_hop(&self, target: &str) -> Result<&str, String> {
+        self.children
+            .iter()
+            .flatten()
+            .find(|(_, c)| c.subtree.contains(target))
+            .map(|(name, _)| name.as_str())
+            .ok_or_else(|| format!("no node named {target:?} below {}", self.name))
     }
 }
 

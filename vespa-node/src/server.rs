@@ -6,26 +6,40 @@
 //! connection with one log line naming the peer and the reason, and the node goes on serving
 //! every other one. Memory per connection is bounded by the frame limit (hello-sized until
 //! the peer proves the key), time by the handshake deadline and the idle timeout, and the
-//! number of handshakes in progress by a semaphore.
+//! handshakes in progress by [`Admission`]: a share of the slots per source address, and a
+//! reserve for the topology's children. A connection that says nothing within
+//! [`FIRST_BYTES`] is closed. Refusals of unauthenticated connections are counted and logged
+//! in summary (the first, then every hundredth), so a flood cannot flood the log.
+//!
+//! A node with a topology accepts as children only the nodes the topology puts under it,
+//! each with its kind, and from each child only alerts whose origin and path lie in that
+//! child's subtree.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vespa_proto::{Message, MAX_PATH};
 
+use crate::admission::{Admission, Ticket};
 use crate::delivery::Delivery;
 use crate::lifecycle::Life;
 use crate::peers::Peers;
 use crate::routing::Router;
 use crate::session::{next_message, write_loop, ChildInfo, LinkEnd, Session};
-use crate::spec::NodeSpec;
+use crate::spec::{ChildSpec, NodeSpec};
 use crate::transport::{establish, Side};
 
-/// Handshakes allowed in progress at once; more connections are refused until some finish.
-const MAX_HANDSHAKES: usize = 256;
+/// Handshake slots shared by every source address.
+const OPEN_HANDSHAKES: usize = 192;
+/// More slots, used only by the addresses of the topology's children once the others are full.
+const RESERVED_HANDSHAKES: usize = 64;
+/// Shared slots one source address may hold at once.
+const PER_SOURCE_HANDSHAKES: usize = 8;
+/// A new connection must send its first bytes (the hello) within this.
+pub(crate) const FIRST_BYTES: Duration = Duration::from_secs(1);
 
 /// The listening side of one node, over the owners of its state.
 pub(crate) struct Server {
@@ -56,7 +70,14 @@ impl Server {
 
     /// Accepts connections until the node stops accepting, each served on a task of its own.
     pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
-        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let children = self.spec.children.iter().flatten();
+        let handshakes = Admission::new(
+            OPEN_HANDSHAKES,
+            RESERVED_HANDSHAKES,
+            PER_SOURCE_HANDSHAKES,
+            children.filter_map(|(_, c)| c.addr).collect(),
+        );
+        let refused = AtomicU64::new(0);
         loop {
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
@@ -70,31 +91,41 @@ impl Server {
                 },
                 _ = self.life.accepting_stopped() => return,
             };
-            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                self.peers.connection_error();
-                tracing::warn!(peer = %peer, node = "-", reason = "too many handshakes in progress", "connection refused");
-                continue;
+            let ticket = match handshakes.admit(peer.ip()) {
+                Ok(t) => t,
+                Err(why) => {
+                    self.peers.connection_error();
+                    let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n == 1 || n.is_multiple_of(100) {
+                        tracing::warn!(peer = %peer, node = "-", reason = %why, refused_total = n, "connection refused");
+                    }
+                    continue;
+                }
             };
-            tokio::spawn(self.clone().serve(stream, peer, permit));
+            tokio::spawn(self.clone().serve(stream, peer, ticket));
         }
     }
 
-    async fn serve(
-        self: Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        permit: OwnedSemaphorePermit,
-    ) {
+    async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, ticket: Ticket) {
         let s = &self.spec.settings;
         let cfg = vespa_proto::Config {
             max_frame: s.max_frame,
             handshake_timeout: s.handshake_timeout,
         };
+        let first = tokio::select! {
+            r = tokio::time::timeout(FIRST_BYTES, stream.readable()) => r,
+            _ = self.life.closed() => return,
+        };
+        if first.is_err() {
+            self.peers.connection_error();
+            tracing::debug!(peer = %peer, node = "-", "connection closed: nothing sent within {FIRST_BYTES:?}");
+            return;
+        }
         let link = tokio::select! {
             r = establish(stream, Side::Server, &self.spec.security, &self.spec.name, &cfg) => r,
             _ = self.life.closed() => return,
         };
-        drop(permit);
+        drop(ticket);
         let mut link = match link {
             Ok(l) => l,
             Err(e) => {
@@ -151,6 +182,11 @@ impl Server {
         }
     }
 
+    /// What the topology says of the child `name` (`None`: this node accepts any child).
+    fn child_spec(&self, name: &str) -> Option<&ChildSpec> {
+        self.spec.children.as_ref()?.get(name)
+    }
+
     async fn handle(&self, session: &Arc<Session>, msg: Message) -> Result<(), LinkEnd> {
         let node = &self.spec.name;
         match msg {
@@ -164,6 +200,23 @@ impl Server {
                         alert.path, child.name
                     )));
                 }
+                if let Some(spec) = self.child_spec(&child.name) {
+                    let outside = std::iter::once(&alert.origin)
+                        .chain(&alert.path)
+                        .find(|n| !spec.subtree.contains(*n));
+                    if let Some(n) = outside {
+                        return Err(LinkEnd::Violation(format!(
+                            "alert from {:?} names {n:?} (origin {:?}), which is not in its subtree",
+                            child.name, alert.origin
+                        )));
+                    }
+                    if alert.path.first() != Some(&alert.origin) {
+                        return Err(LinkEnd::Violation(format!(
+                            "alert path {:?} does not start at its origin {:?}",
+                            alert.path, alert.origin
+                        )));
+                    }
+                }
                 self.delivery.on_alert(alert, session).await;
             }
             Message::Register {
@@ -176,6 +229,19 @@ impl Server {
                         "registered as {name:?} but authenticated as {:?}",
                         session.peer_name
                     )));
+                }
+                if let Some(children) = &self.spec.children {
+                    let Some(spec) = children.get(&name) else {
+                        return Err(LinkEnd::Violation(format!(
+                            "{name:?} is not a child of {node} in the topology"
+                        )));
+                    };
+                    if spec.kind != kind {
+                        return Err(LinkEnd::Violation(format!(
+                            "{name:?} registered as {kind:?} but the topology makes it {:?}",
+                            spec.kind
+                        )));
+                    }
                 }
                 // A child that reconnects before its old connection was noticed dead replaces
                 // it.

@@ -1,11 +1,49 @@
 //! What a node is told before it runs: its name, role, master, tunables and link protection.
 
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{Role, Settings, Topology};
 use crate::transport::Security;
+use vespa_proto::NodeKind;
+
+/// A child the topology puts under a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildSpec {
+    /// The kind it must register with.
+    pub kind: NodeKind,
+    /// Its subtree, itself included: the only origins and path entries its alerts may carry,
+    /// and the only nodes calls are routed to through it.
+    pub subtree: BTreeSet<String>,
+    /// The address of its machine, which it usually connects from (handshake slots are
+    /// reserved for these addresses).
+    pub addr: Option<IpAddr>,
+}
+
+impl ChildSpec {
+    /// The children the topology `topo` puts under `name`.
+    pub fn of(topo: &Topology, name: &str) -> BTreeMap<String, ChildSpec> {
+        topo.children_of(name)
+            .map(|c| {
+                let mut subtree = BTreeSet::new();
+                let mut todo = vec![c.name.as_str()];
+                while let Some(n) = todo.pop() {
+                    if subtree.insert(n.to_string()) {
+                        todo.extend(topo.children_of(n).map(|d| d.name.as_str()));
+                    }
+                }
+                let spec = ChildSpec {
+                    kind: c.role.node_kind(),
+                    subtree,
+                    addr: topo.machine(&c.location).map(|m| m.address),
+                };
+                (c.name.clone(), spec)
+            })
+            .collect()
+    }
+}
 
 /// Where a node's master is.
 #[derive(Debug, Clone)]
@@ -33,6 +71,12 @@ pub struct NodeSpec {
     pub security: Security,
     /// How long a stopping node waits for its master to acknowledge its queue.
     pub flush_timeout: Duration,
+    /// The children the topology puts under this node, by name: a `Register` from any other
+    /// name or with another kind is refused, an alert from a child must come from its
+    /// subtree, and calls are routed by these subtrees. `None` (a node built by hand, for
+    /// embedding or tests) accepts any child, and every map keyed by origin is then bounded
+    /// only by what its children send.
+    pub children: Option<BTreeMap<String, ChildSpec>>,
 }
 
 impl NodeSpec {
@@ -46,6 +90,7 @@ impl NodeSpec {
             journal: None,
             security,
             flush_timeout: Duration::from_secs(5),
+            children: None,
         }
     }
 
@@ -63,6 +108,7 @@ impl NodeSpec {
         let mut spec = NodeSpec::new(name, def.role, master, security);
         spec.settings = topo.settings.clone();
         spec.journal = def.journal.clone();
+        spec.children = Some(ChildSpec::of(topo, name));
         Some(spec)
     }
 

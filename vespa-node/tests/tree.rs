@@ -6,11 +6,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use vespa_node::{
-    Agent, AgentKind, AgentRef, Exit, Hooks, MasterAddr, Node, NodeHandle, NodeSpec, Role,
-    Security, VerbResult,
+    Agent, AgentKind, AgentRef, ChildSpec, Exit, Hooks, MasterAddr, Node, NodeHandle, NodeSpec,
+    Role, Security, VerbResult,
 };
 use vespa_proto::verbs::{Arg, VerbError, Words};
-use vespa_proto::{Alert, AlertBody, Message, Psk};
+use vespa_proto::{Alert, AlertBody, Message, NodeKind, Psk};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -484,6 +484,169 @@ async fn sigterm_style_shutdown_flushes_the_queue_first() {
     );
 }
 
+/// A child that speaks the protocol by hand (a hostile or broken one): handshake, `Register`,
+/// then whatever the test sends, with heartbeats in between as a node would send them.
+struct RawChild {
+    rx: vespa_proto::SecureReader<tokio::io::ReadHalf<tokio::net::TcpStream>>,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+impl RawChild {
+    async fn register(at: std::net::SocketAddr, psk: &Psk, name: &str, kind: NodeKind) -> RawChild {
+        let tcp = tokio::net::TcpStream::connect(at).await.expect("connect");
+        let cfg = vespa_proto::Config::default();
+        let (stream, _) = vespa_proto::client_handshake(tcp, psk, name, &cfg)
+            .await
+            .expect("handshake");
+        let (rx, mut w) = stream.split();
+        let (tx, mut outgoing) = mpsc::unbounded_channel::<Message>();
+        tokio::spawn(async move {
+            let mut beat = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                let msg = tokio::select! {
+                    m = outgoing.recv() => match m { Some(m) => m, None => return },
+                    _ = beat.tick() => Message::Heartbeat,
+                };
+                if w.send(&msg).await.is_err() {
+                    return; // the master closed the link: `closed` tells the test
+                }
+            }
+        });
+        let child = RawChild { rx, tx };
+        child.send(Message::Register {
+            name: name.into(),
+            kind,
+            listen_addr: None,
+        });
+        child
+    }
+
+    fn send(&self, m: Message) {
+        let _ = self.tx.send(m);
+    }
+
+    /// Waits until the master ends the link (failing after `WAIT`).
+    async fn closed(mut self) {
+        loop {
+            match tokio::time::timeout(WAIT, self.rx.recv::<Message>()).await {
+                Err(_) => panic!("the master kept the link open"),
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None) | Err(_)) => return,
+            }
+        }
+    }
+}
+
+fn text_alert(origin: &str, seq: u64, path: &[&str], text: &str) -> Alert {
+    Alert {
+        origin: origin.into(),
+        seq,
+        path: path.iter().map(|s| s.to_string()).collect(),
+        timestamp_ns: 1,
+        body: AlertBody::Text(text.into()),
+    }
+}
+
+/// The topology decides who is a child, of which kind, and which origins each may speak for.
+/// A key holder who tries anything else loses its connection and changes nothing: the VO's
+/// de-duplication is not poisoned and no alert it forged is processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_topology_decides_who_registers_and_for_which_origins_it_speaks() {
+    let psk = Psk::random();
+    let lo: std::net::IpAddr = [127, 0, 0, 1].into();
+    let child = |kind, subtree: &[&str]| ChildSpec {
+        kind,
+        subtree: subtree.iter().map(|s| s.to_string()).collect(),
+        addr: Some(lo),
+    };
+    let (vo_hooks, mut at_vo) = collector();
+    let vo_children = [(
+        "HO_VM".to_string(),
+        child(NodeKind::HoVm, &["HO_VM", "agent1"]),
+    )];
+    let vo = start_with("VO", Role::Vo, None, &psk, vo_hooks, None, |s| {
+        s.children = Some(vo_children.into());
+    })
+    .await;
+    let ho_children = [("agent1".to_string(), child(NodeKind::Agent, &["agent1"]))];
+    let ho = start_with(
+        "HO_VM",
+        Role::HoVm,
+        Some(&vo),
+        &psk,
+        Hooks::default(),
+        None,
+        |s| {
+            s.children = Some(ho_children.into());
+        },
+    )
+    .await;
+    registered(&vo, "HO_VM").await;
+
+    // Not a child of the HO in the topology; the right name with the wrong kind; a child of
+    // the HO trying to register directly at the VO.
+    RawChild::register(ho.addr, &psk, "stranger", NodeKind::Agent)
+        .await
+        .closed()
+        .await;
+    RawChild::register(ho.addr, &psk, "agent1", NodeKind::HoPh)
+        .await
+        .closed()
+        .await;
+    RawChild::register(vo.addr, &psk, "agent1", NodeKind::Agent)
+        .await
+        .closed()
+        .await;
+    // Alerts for origins outside its subtree: the VO, another node, a path that does not
+    // start at the origin.
+    for (origin, path) in [
+        ("VO", vec!["VO", "agent1"]),
+        ("Agent_Controller", vec!["Agent_Controller", "agent1"]),
+        ("agent1", vec!["HO_VM", "agent1"]),
+    ] {
+        let forger = RawChild::register(ho.addr, &psk, "agent1", NodeKind::Agent).await;
+        forger.send(Message::Alert(text_alert(
+            origin,
+            u64::MAX - 1,
+            &path,
+            "forged",
+        )));
+        forger.closed().await;
+    }
+
+    // The real agent1 is heard, from a low sequence number: nothing forged got in ahead of it.
+    let agent = RawChild::register(ho.addr, &psk, "agent1", NodeKind::Agent).await;
+    agent.send(Message::Alert(text_alert("agent1", 5, &["agent1"], "real")));
+    let a = tokio::time::timeout(WAIT, at_vo.recv())
+        .await
+        .expect("at the VO")
+        .expect("channel");
+    assert_eq!(
+        (a.origin.as_str(), a.seq, &a.body),
+        ("agent1", 5, &AlertBody::Text("real".into()))
+    );
+    let vs = vo.handle.stats();
+    assert_eq!(vs.alerts_processed, 1, "{vs:?}");
+    assert_eq!(
+        vs.origins.keys().collect::<Vec<_>>(),
+        ["agent1"],
+        "no forged origin is remembered"
+    );
+    let hs = ho.handle.stats();
+    assert_eq!(hs.connection_errors, 5, "one per refused child: {hs:?}");
+    assert_eq!(vs.connection_errors, 1, "{vs:?}");
+    assert_eq!(hs.children, ["agent1"]);
+    // Calls go where the topology says, whatever a child claims.
+    let err = vo
+        .handle
+        .call_words("call".into(), vec!["stranger".into(), "help".into()])
+        .await;
+    assert!(err
+        .expect_err("unknown")
+        .contains("no node named \"stranger\""));
+    drop(agent);
+}
+
 /// Links that carry megabyte frames in a debug build on a busy machine: the default idle
 /// timeout (3 s) rather than the fast one.
 fn frame_sized(spec: &mut NodeSpec) {
@@ -510,35 +673,8 @@ async fn an_alert_that_outgrows_the_frame_one_hop_up_does_not_stall_the_link() {
     .await;
     let max_frame = vespa_proto::frame::DEFAULT_MAX_FRAME;
 
-    let tcp = tokio::net::TcpStream::connect(ho.addr)
-        .await
-        .expect("connect");
-    let cfg = vespa_proto::Config::default();
-    let (stream, _) = vespa_proto::client_handshake(tcp, &psk, "agent1", &cfg)
-        .await
-        .expect("handshake");
-    let (mut rx, mut tx) = stream.split();
-    // The raw child keeps its link alive as a node would (sealing a frame-sized alert in a
-    // debug build can take longer than the HO's idle timeout).
-    let (to_ho, mut outgoing) = mpsc::unbounded_channel::<Message>();
-    tokio::spawn(async move {
-        let mut beat = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            let msg = tokio::select! {
-                m = outgoing.recv() => match m { Some(m) => m, None => return },
-                _ = beat.tick() => Message::Heartbeat,
-            };
-            tx.send(&msg)
-                .await
-                .expect("the HO keeps the child's link open");
-        }
-    });
-    let send = |m: Message| to_ho.send(m).expect("writer task");
-    send(Message::Register {
-        name: "agent1".into(),
-        kind: vespa_proto::NodeKind::Agent,
-        listen_addr: None,
-    });
+    let mut child = RawChild::register(ho.addr, &psk, "agent1", NodeKind::Agent).await;
+    let send = |m: Message| child.send(m);
     let alert = |seq: u64, text: String| Alert {
         origin: "agent1".into(),
         seq,
@@ -586,7 +722,7 @@ async fn an_alert_that_outgrows_the_frame_one_hop_up_does_not_stall_the_link() {
     // Both acknowledged to the child (the queue moved), over the same connection.
     let mut acked = 0;
     while acked < 2 {
-        match tokio::time::timeout(WAIT, rx.recv())
+        match tokio::time::timeout(WAIT, child.rx.recv())
             .await
             .expect("ack")
             .expect("link up")
@@ -667,4 +803,53 @@ async fn a_reply_too_large_for_a_frame_becomes_an_error_and_the_link_stays_up() 
     assert_eq!(after, Ok("still here".into()));
     let st = agent.handle.stats();
     assert_eq!((st.reconnects, st.connection_errors), (0, 0), "{st:?}");
+}
+
+/// A flood of silent connections from one address cannot keep a child out: the address gets
+/// its share of the handshake slots, the child's address has slots of its own, and a silent
+/// connection is closed after a second. 300 attackers reconnect the moment they are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_from_one_address_does_not_lock_a_child_out() {
+    let psk = Psk::random();
+    let lo: std::net::IpAddr = [127, 0, 0, 1].into();
+    let ho_spec = ChildSpec {
+        kind: NodeKind::HoVm,
+        subtree: ["HO_VM".to_string()].into(),
+        addr: Some(lo),
+    };
+    let vo = start_with("VO", Role::Vo, None, &psk, Hooks::default(), None, |s| {
+        s.children = Some([("HO_VM".to_string(), ho_spec)].into());
+    })
+    .await;
+    let closed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let attackers: Vec<_> = (0..300)
+        .map(|_| {
+            let (to, closed) = (vo.addr, closed.clone());
+            tokio::spawn(async move {
+                loop {
+                    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+                    s.bind("127.0.0.2:0".parse().expect("addr")).expect("bind");
+                    let Ok(mut c) = s.connect(to).await else {
+                        continue;
+                    };
+                    let mut buf = [0u8; 64];
+                    // Says nothing; waits for the VO to close the connection, then comes back.
+                    let _ = tokio::io::AsyncReadExt::read(&mut c, &mut buf).await;
+                    closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let c = closed.clone();
+    wait_until("the flood to be refused and re-opened", move || {
+        c.load(std::sync::atomic::Ordering::Relaxed) > 600
+    })
+    .await;
+
+    let _ho = start("HO_VM", Role::HoVm, Some(&vo), &psk, Hooks::default(), None).await;
+    registered(&vo, "HO_VM").await;
+    assert!(vo.handle.stats().connection_errors > 600);
+    for a in attackers {
+        a.abort();
+    }
 }
