@@ -40,6 +40,10 @@ pub struct LibvirtConfig {
     pub watch_events: bool,
     /// User for `migrate <vm> <host>` when no user is given (2014: `quarantine_user`).
     pub quarantine_user: String,
+    /// Where `migrate` may send a VM: destination name -> libvirt URI. A caller names a
+    /// destination; it never supplies a URI (a URI would let it stream a VM's memory to any
+    /// host, or run a command through libvirt's `ext` transport). Empty: no migration.
+    pub destinations: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for LibvirtConfig {
@@ -49,7 +53,63 @@ impl Default for LibvirtConfig {
             retry: RetryPolicy::default(),
             watch_events: true,
             quarantine_user: "root".into(),
+            destinations: std::collections::BTreeMap::new(),
         }
+    }
+}
+
+impl LibvirtConfig {
+    /// Adds the destinations of a `migrate_to` parameter: comma-separated entries, each
+    /// `name=URI` (any libvirt URI, as the operator writes it) or a bare host name, which
+    /// becomes `qemu+ssh://<quarantine_user>@<host>/system`.
+    pub fn add_destinations(&mut self, list: &str) -> Result<(), String> {
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, uri) = match entry.split_once('=') {
+                Some((n, u)) => (n.trim().to_string(), u.trim().to_string()),
+                None => {
+                    check_host(entry)?;
+                    let user = &self.quarantine_user;
+                    (
+                        entry.to_string(),
+                        format!("qemu+ssh://{user}@{entry}/system"),
+                    )
+                }
+            };
+            check_host(&name)?;
+            self.destinations.insert(name, uri);
+        }
+        Ok(())
+    }
+
+    /// The URI `migrate` uses for the caller's destination `name`.
+    fn destination(&self, name: &str) -> Result<&str, String> {
+        if let Some(uri) = self.destinations.get(name) {
+            return Ok(uri);
+        }
+        let known: Vec<&str> = self.destinations.keys().map(String::as_str).collect();
+        Err(if name.contains(':') || name.contains('/') {
+            format!("migrate takes a destination name, not a URI ({known:?} are configured in migrate_to)")
+        } else if known.is_empty() {
+            "this agent has no migration destination (params: migrate_to)".to_string()
+        } else {
+            format!("{name:?} is not a migration destination of this agent ({known:?} are)")
+        })
+    }
+}
+
+/// A host or destination name: letters, digits, `.`, `-` and `_`.
+fn check_host(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid migration destination name"
+        ))
     }
 }
 
@@ -653,14 +713,11 @@ impl Agent for LibvirtAgent {
             LibvirtVerb::Migrate {
                 vm,
                 quarantine_host,
-                user,
+                user: _,
             } => {
-                let dest = if quarantine_host.contains("://") {
-                    quarantine_host
-                } else {
-                    let user = user.as_ref().unwrap_or(&self.inner.cfg.quarantine_user);
-                    format!("qemu+ssh://{user}@{quarantine_host}/system")
-                };
+                // The user travels with the 2014 verb; the destination's URI, configured
+                // with the agent, says which user it connects as.
+                let dest = self.inner.cfg.destination(&quarantine_host)?.to_string();
                 self.migrate(&vm, &dest).await.map_err(e)?;
                 json(&serde_json::json!({ "ok": "migrated", "vm": vm, "to": dest }))
             }

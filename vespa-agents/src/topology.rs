@@ -1,7 +1,8 @@
 //! An acting agent built from its node's topology entry.
 //!
 //! `[node.params]` keys, all optional unless said:
-//! - `agent_libvirt`: `uri` (`qemu:///system`), `quarantine_user` (`root`).
+//! - `agent_libvirt`: `uri` (`qemu:///system`), `quarantine_user` (`root`), `migrate_to`
+//!   (where `migrate` may send a VM: `name=URI` or host names, comma-separated; none).
 //! - `agent_controller_osken`: `url` (`http://127.0.0.1:8080`), `priority` (40000).
 //! - `agent_controller_floodlight`: `url` (`http://127.0.0.1:8080`), `api` (`v1` | `v0.90`),
 //!   `mode` (`static_flow` | `firewall`).
@@ -126,6 +127,15 @@ fn libvirt(p: &Params<'_>) -> Result<Built, BuildError> {
     let mut cfg = LibvirtConfig::new(&p.get("uri").unwrap_or_else(|| "qemu:///system".into()));
     if let Some(u) = p.get("quarantine_user") {
         cfg.quarantine_user = u;
+    }
+    if let Some(list) = p.get("migrate_to") {
+        cfg.add_destinations(&list)
+            .map_err(|reason| BuildError::Param {
+                node: p.node.to_string(),
+                key: "migrate_to",
+                value: list.clone(),
+                reason,
+            })?;
     }
     let agent = Acting::try_new(|sink| LibvirtAgent::new(cfg, sink)).map_err(|source| {
         BuildError::Libvirt {

@@ -19,6 +19,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use vespa_proto::verbs::{permission_of, Permission};
 use vespa_proto::{Message, NodeKind};
 
 use crate::config::Role;
@@ -30,6 +31,36 @@ use crate::spec::{ChildSpec, NodeSpec};
 use crate::stats::{get, inc, Stats};
 use crate::util::lock;
 use crate::verbs::{help_text, AgentVerbs, NodeVerb, Verb, VerbError, VerbFuture, VerbResult};
+
+/// Where a call came from, which decides which verbs it may call ([`Permission`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// This node's master: the call entered the tree above and was checked there.
+    Master,
+    /// A registered child: it may read and call `Node` verbs, never a `Command`.
+    Child,
+    /// A connection that did not register (an operator's client, or a tool): with the
+    /// shared pre-shared key every holder is trusted as an operator.
+    Peer,
+}
+
+impl Caller {
+    fn may(self, p: Permission) -> bool {
+        match self {
+            Caller::Master | Caller::Peer => true,
+            Caller::Child => p <= Permission::Node,
+        }
+    }
+}
+
+/// The permission a call needs: its verb's, or for `call <node> <verb> ...` the permission of
+/// the verb it carries (however deeply nested).
+fn needed(verb: &str, args: &[String]) -> Permission {
+    match NodeVerb::parse(verb, args) {
+        Ok(NodeVerb::Call { verb, args, .. }) => needed(&verb, &args),
+        _ => permission_of(verb),
+    }
+}
 
 /// Answers and routes the calls of one node.
 pub(crate) struct Router {
@@ -44,6 +75,8 @@ pub(crate) struct Router {
     route_cache: Mutex<HashMap<String, String>>,
     /// Calls answered.
     calls_served: AtomicU64,
+    /// Calls refused for the caller's standing.
+    calls_refused: AtomicU64,
     delivery: Arc<Delivery>,
     peers: Arc<Peers>,
     life: Arc<Life>,
@@ -67,6 +100,7 @@ impl Router {
             children: spec.children.clone(),
             route_cache: Mutex::new(HashMap::new()),
             calls_served: AtomicU64::new(0),
+            calls_refused: AtomicU64::new(0),
             delivery,
             peers,
             life,
@@ -76,13 +110,33 @@ impl Router {
     /// Answers a call that came over `session`: `Call`, or the typed `ListSlaves` and
     /// `FindNode`, which carry no id and are answered like `Call`s of `list_slaves` and
     /// `find_node` with a `Reply` of id 0. Other messages are not calls and are left alone.
-    pub fn answer(self: &Arc<Self>, session: &Arc<Session>, msg: Message) {
+    pub fn answer(self: &Arc<Self>, session: &Arc<Session>, caller: Caller, msg: Message) {
         let (id, (verb, args)) = match msg {
             Message::Call { id, verb, args } => (id, (verb, args)),
             Message::ListSlaves => (0, words(NodeVerb::ListSlaves {})),
             Message::FindNode { name } => (0, words(NodeVerb::FindNode { name })),
             _ => return,
         };
+        let need = needed(&verb, &args);
+        if !caller.may(need) {
+            inc(&self.calls_refused);
+            tracing::warn!(node = %self.name, from = ?session.peer_name, peer = %session.peer_addr, ?caller, verb = ?verb, "call refused: only the master chain or an operator may call it");
+            let refusal = format!(
+                "{verb} may only be called by {}'s master chain or an operator, not by a child",
+                self.name
+            );
+            let session = session.clone();
+            tokio::spawn(async move {
+                let _ = session
+                    .ctl
+                    .send(Message::Reply {
+                        id,
+                        result: Err(refusal),
+                    })
+                    .await;
+            });
+            return;
+        }
         self.spawn_call(session.clone(), id, verb, args);
     }
 
@@ -172,6 +226,7 @@ impl Router {
         self.delivery.report(&mut st);
         self.peers.report(&mut st);
         st.calls_served = get(&self.calls_served);
+        st.calls_refused = get(&self.calls_refused);
         st
     }
 

@@ -27,7 +27,7 @@ use crate::admission::{Admission, Ticket};
 use crate::delivery::Delivery;
 use crate::lifecycle::Life;
 use crate::peers::Peers;
-use crate::routing::Router;
+use crate::routing::{Caller, Router};
 use crate::session::{next_message, write_loop, ChildInfo, LinkEnd, Session};
 use crate::spec::{ChildSpec, NodeSpec};
 use crate::transport::{establish, Side};
@@ -260,7 +260,11 @@ impl Server {
             }
             Message::Reply { id, result } => session.complete(id, result),
             call @ (Message::Call { .. } | Message::ListSlaves | Message::FindNode { .. }) => {
-                self.router.answer(session, call)
+                let caller = match session.child_info() {
+                    Some(_) => Caller::Child,
+                    None => Caller::Peer,
+                };
+                self.router.answer(session, caller, call)
             }
             Message::Heartbeat => {}
             Message::Destroy => {

@@ -57,6 +57,9 @@ pub struct Stats {
     pub connection_errors: u64,
     /// Calls answered.
     pub calls_served: u64,
+    /// Calls refused because the caller may not call that verb (a child calling a command).
+    #[serde(default)]
+    pub calls_refused: u64,
     /// Whether the link to the master is up (always false at the VO).
     pub uplink_connected: bool,
     /// Registered children.
@@ -86,6 +89,7 @@ impl Stats {
             reconnects: 0,
             connection_errors: 0,
             calls_served: 0,
+            calls_refused: 0,
             uplink_connected: false,
             children: Vec::new(),
             origins: BTreeMap::new(),

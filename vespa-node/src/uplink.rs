@@ -13,7 +13,7 @@ use crate::backoff::Backoff;
 use crate::delivery::Delivery;
 use crate::lifecycle::Life;
 use crate::peers::Peers;
-use crate::routing::Router;
+use crate::routing::{Caller, Router};
 use crate::session::{next_message, write_loop, LinkEnd};
 use crate::spec::{MasterAddr, NodeSpec};
 use crate::transport::{establish, Link, Side};
@@ -237,7 +237,7 @@ impl Uplink {
                 Message::Ack { origin, seq } => self.delivery.on_ack(&origin, seq),
                 Message::Heartbeat => {}
                 call @ (Message::Call { .. } | Message::ListSlaves | Message::FindNode { .. }) => {
-                    self.router.answer(&session, call)
+                    self.router.answer(&session, Caller::Master, call)
                 }
                 Message::Reply { id, result } => session.complete(id, result),
                 Message::Destroy => {

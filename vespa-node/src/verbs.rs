@@ -49,6 +49,7 @@ mod tests {
             name: "echo",
             usage: "<text>".into(),
             help: "says it back".into(),
+            permission: vespa_proto::verbs::Permission::Read,
         }];
         let help = help_text("n", &agent);
         assert!(help.starts_with("verbs of n:\n  help "), "{help}");

@@ -525,6 +525,22 @@ impl RawChild {
         let _ = self.tx.send(m);
     }
 
+    /// Calls `verb` at the master and waits for its reply.
+    async fn call(&mut self, id: u64, verb: &str, args: &[&str]) -> Result<String, String> {
+        self.send(Message::Call {
+            id,
+            verb: verb.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        });
+        loop {
+            match tokio::time::timeout(WAIT, self.rx.recv::<Message>()).await {
+                Ok(Ok(Some(Message::Reply { id: got, result }))) if got == id => return result,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("no reply to {verb}: {other:?}"),
+            }
+        }
+    }
+
     /// Waits until the master ends the link (failing after `WAIT`).
     async fn closed(mut self) {
         loop {
@@ -636,6 +652,35 @@ async fn the_topology_decides_who_registers_and_for_which_origins_it_speaks() {
     assert_eq!(hs.connection_errors, 5, "one per refused child: {hs:?}");
     assert_eq!(vs.connection_errors, 1, "{vs:?}");
     assert_eq!(hs.children, ["agent1"]);
+    // A child reads, but never commands its master or anything through it.
+    let mut agent = agent;
+    assert!(agent
+        .call(1, "stats", &[])
+        .await
+        .expect("a read")
+        .contains("HO_VM"));
+    for (id, verb, args) in [
+        (2, "destroy", vec![]),
+        (3, "call", vec!["HO_VM", "destroy"]),
+        (
+            4,
+            "call",
+            vec!["HO_VM", "call", "VO", "policy_release", "10.0.0.1"],
+        ),
+        (5, "call", vec!["agent1", "cut_link", "vm1"]),
+    ] {
+        let err = agent.call(id, verb, &args).await.expect_err("refused");
+        assert!(
+            err.contains("may only be called by HO_VM's master chain"),
+            "{verb} {args:?}: {err}"
+        );
+    }
+    assert_eq!(ho.handle.stats().calls_refused, 4);
+    assert_eq!(
+        vo.handle.stats().children,
+        ["HO_VM"],
+        "nothing was destroyed"
+    );
     // Calls go where the topology says, whatever a child claims.
     let err = vo
         .handle

@@ -8,16 +8,16 @@ crate::verbs! {
         /// clamd's version
         Version "version" {},
         /// scan a file, or every file under a directory, now (JSON results)
-        Scan "scan" { path: String },
+        Scan "scan" [Node] { path: String },
         /// the files analysed so far with their status, oldest first (JSON)
         DumpAnalyzedFileList "dump_analyzed_file_list" {},
         /// the VM is isolated: reach it through that hypervisor agent
-        IsolateWarning "isolate_warning" { hypervisor_agent: String },
+        IsolateWarning "isolate_warning" [Command] { hypervisor_agent: String },
         /// the VM is connected again: reach it directly
-        ConnectWarning "connect_warning" {},
+        ConnectWarning "connect_warning" [Command] {},
         /// ask the VM to clean itself (while isolated: the 2014 sysrq keys via the hypervisor
         /// agent)
-        CleanImage "clean_image" {},
+        CleanImage "clean_image" [Command] {},
         /// VM, clamd address, route, watched directory, counters (JSON)
         Status "status" {},
     }

@@ -10,24 +10,24 @@ crate::verbs! {
         /// whether the hypervisor has this VM (true/false)
         ContainsVm "contains_vm" { vm: String },
         /// set the VM's interface (or all of them) link down, confirmed from libvirt
-        CutLink "cut_link" { vm: String, mac: Option<MacAddr> },
+        CutLink "cut_link" [Command] { vm: String, mac: Option<MacAddr> },
         /// set the VM's interface (or all of them) link up, confirmed from libvirt
-        ConnectLink "connect_link" { vm: String, mac: Option<MacAddr> },
+        ConnectLink "connect_link" [Command] { vm: String, mac: Option<MacAddr> },
         /// the link state of each interface of the VM (JSON)
         LinkState "link_state" { vm: String },
         /// live-migrate the VM to the quarantine hypervisor (qemu+ssh://user@host/system
         /// unless a URI is given)
-        Migrate "migrate" { vm: String, quarantine_host: String, user: Option<String> },
+        Migrate "migrate" [Command] { vm: String, quarantine_host: String, user: Option<String> },
         /// reboot the VM (start it if it is off)
-        Restart "restart" { vm: String },
+        Restart "restart" [Command] { vm: String },
         /// destroy then start the VM
-        RestartHard "restart_hard" { vm: String },
+        RestartHard "restart_hard" [Command] { vm: String },
         /// send key codes (default: the 2014 win32 0x12 0x42)
-        SendKey "send_key" { vm: String, keys: Keys },
+        SendKey "send_key" [Node] { vm: String, keys: Keys },
         /// pause the VM's vCPUs
-        Suspend "suspend" { vm: String },
+        Suspend "suspend" [Command] { vm: String },
         /// resume a paused VM
-        Resume "resume" { vm: String },
+        Resume "resume" [Command] { vm: String },
         /// running, paused, shutoff, ...
         VmState "vm_state" { vm: String },
         /// every VM with its state and interfaces (JSON)

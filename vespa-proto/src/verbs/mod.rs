@@ -41,6 +41,44 @@ pub struct VerbDoc {
     pub usage: String,
     /// One sentence.
     pub help: String,
+    /// Who may call it.
+    pub permission: Permission,
+}
+
+/// Who may call a verb. Each verb's definition says it (`Variant "name" [Command] { .. }`;
+/// without a mark, a verb only reads). A node checks it where a call enters the tree: calls
+/// that reach a node from its master have been checked by the node where they entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Permission {
+    /// Anyone who holds a key of the tree: it only reads.
+    Read,
+    /// Any node of the tree as well, children included (e.g. the antivirus agent relays
+    /// keystrokes through the hypervisor agent's `send_key`).
+    Node,
+    /// Only the master chain (the policy) or an operator: it changes what the
+    /// infrastructure does (blocks, links, VMs, the policy, the tree itself). Never a sibling
+    /// or a child.
+    Command,
+}
+
+/// Who may call the verb named `verb`: the strictest its name has in any family (`Read` for
+/// a name no family has; the node it reaches refuses it anyway).
+pub fn permission_of(verb: &str) -> Permission {
+    let families = [
+        NodeVerb::docs(),
+        HoVerb::docs(),
+        SensorVerb::docs(),
+        LibvirtVerb::docs(),
+        SdnVerb::docs(),
+        AvVerb::docs(),
+    ];
+    families
+        .iter()
+        .flatten()
+        .filter(|d| d.name == verb)
+        .map(|d| d.permission)
+        .max()
+        .unwrap_or(Permission::Read)
 }
 
 /// Why words are not a verb of a family.
@@ -100,6 +138,11 @@ pub trait Verb: Sized + Send + Sync + std::fmt::Debug + 'static {
     /// Every verb of the family, in definition order, as `help` lists them.
     fn docs() -> Vec<VerbDoc>;
 
+    /// Who may call this verb.
+    fn permission(&self) -> Permission {
+        permission_of(self.name())
+    }
+
     /// The call as one line, `name arg arg...` (for logs and alerts).
     fn line(&self) -> String {
         let mut out = self.name().to_string();
@@ -153,7 +196,8 @@ pub fn listing(docs: &[VerbDoc]) -> String {
 
 /// Defines a family of verbs: an enum with one struct-like variant per verb, and its
 /// [`Verb`] implementation. Each variant is written
-/// `/// help sentence` `Variant "wire_name" { field: Type, ... }`; a field's type says how it
+/// `/// help sentence` `Variant "wire_name" [Permission] { field: Type, ... }` (the
+/// [`Permission`] is optional: `Read` by default); a field's type says how it
 /// is read: `T` one required word, `Option<T>` one optional word, `Vec<T>` every word left,
 /// where `T` implements [`Word`] (or the field type implements [`Arg`] directly).
 ///
@@ -184,7 +228,7 @@ macro_rules! verbs {
         $vis:vis enum $name:ident {
             $(
                 $(#[doc = $doc:literal])*
-                $variant:ident $wire:literal { $($field:ident : $ty:ty),* $(,)? }
+                $variant:ident $wire:literal $([$perm:ident])? { $($field:ident : $ty:ty),* $(,)? }
             ),* $(,)?
         }
     ) => {
@@ -254,6 +298,7 @@ macro_rules! verbs {
                                 $(<$ty as $crate::verbs::Arg>::usage(stringify!($field))),*
                             ]),
                             help: $crate::verbs::join_help(&[$($doc),*]),
+                            permission: $crate::__verb_permission!($($perm)?),
                         },
                     )*
                 ]
@@ -265,6 +310,18 @@ macro_rules! verbs {
                 f.write_str(&$crate::verbs::Verb::line(self))
             }
         }
+    };
+}
+
+/// The permission a verb definition names, `Read` when it names none.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __verb_permission {
+    () => {
+        $crate::verbs::Permission::Read
+    };
+    ($perm:ident) => {
+        $crate::verbs::Permission::$perm
     };
 }
 

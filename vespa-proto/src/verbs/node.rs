@@ -18,7 +18,7 @@ crate::verbs! {
         /// alerts processed here, oldest first (JSON; the VO keeps them)
         GetAlerts "get_alerts" { from_index: Option<u64> },
         /// orderly shutdown of this node and its whole subtree
-        Destroy "destroy" {},
+        Destroy "destroy" [Command] {},
     }
 }
 
@@ -29,8 +29,8 @@ crate::verbs! {
         /// the reactions this HO's fast-path rules hold (JSON list)
         PolicyActions "policy_actions" {},
         /// undo what this HO's rules hold against <key> (JSON Ok/Err)
-        PolicyRelease "policy_release" { key: String },
+        PolicyRelease "policy_release" [Command] { key: String },
         /// switch this HO's rules to dry-run or back (JSON Ok/Err)
-        PolicyDryRun "policy_dry_run" { enabled: OnOff },
+        PolicyDryRun "policy_dry_run" [Command] { enabled: OnOff },
     }
 }

@@ -9,13 +9,13 @@ crate::verbs! {
     /// Floodlight, POX).
     pub enum SdnVerb {
         /// block the MAC address if given (as in 2014), else the IP address
-        AlertIp "alert_ip" { ip: IpAddr, mac: Option<OrDash<Target>>, ttl: Option<Ttl> },
+        AlertIp "alert_ip" [Command] { ip: IpAddr, mac: Option<OrDash<Target>>, ttl: Option<Ttl> },
         /// drop all traffic from and to a MAC or IP address on every switch; returns the block
         /// id
-        BlockHackers "block_hackers" { target: Target, ttl: Option<Ttl> },
+        BlockHackers "block_hackers" [Command] { target: Target, ttl: Option<Ttl> },
         /// remove one block (by id or address), or every block and stray VESPA flow when no
         /// argument is given
-        ReleaseHackers "release_hackers" { which: Option<BlockSelector> },
+        ReleaseHackers "release_hackers" [Command] { which: Option<BlockSelector> },
         /// the active blocks with their remaining time-to-live (JSON)
         StatusHackers "status_hackers" {},
         /// switches, ports and links known to the controller (JSON)

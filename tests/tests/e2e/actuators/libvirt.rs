@@ -213,7 +213,7 @@ async fn bad_input_and_failures_are_typed_and_the_agent_keeps_serving() {
     }
     let Some(d) = domain(test, false) else { return };
     let (tx, mut alerts) = tokio::sync::mpsc::channel(64);
-    let cfg = LibvirtConfig {
+    let mut cfg = LibvirtConfig {
         watch_events: false,
         retry: RetryPolicy {
             attempts: 2,
@@ -222,6 +222,8 @@ async fn bad_input_and_failures_are_typed_and_the_agent_keeps_serving() {
         },
         ..LibvirtConfig::new(URI)
     };
+    cfg.add_destinations("quarantine=qemu+unix:///system?socket=/nonexistent/quarantine-sock")
+        .expect("destinations");
     let a = LibvirtAgent::new(cfg, AlertSink::new(tx)).expect("agent");
     let e = call(&a, "cut_link", &["no-such-vm-anywhere"])
         .await
@@ -251,17 +253,23 @@ async fn bad_input_and_failures_are_typed_and_the_agent_keeps_serving() {
         "caller mistakes raise no actuator alert"
     );
 
+    // A caller names a configured destination; a URI of its own, or another name, is
+    // refused before libvirt is asked anything.
+    for (dest, why) in [
+        ("qemu+tcp://elsewhere/system", "not a URI"),
+        ("ext:///system?command=/bin/sh", "not a URI"),
+        ("elsewhere", "is not a migration destination"),
+    ] {
+        let e = call(&a, "migrate", &[&d.name, dest])
+            .await
+            .expect_err("refused");
+        assert!(e.contains(why), "{dest}: {e}");
+    }
+    assert_eq!(a.retry_stats().retries(), 0, "libvirt was not asked");
     // Migration to a quarantine hypervisor that cannot be reached: typed, retried, alerted.
-    let e = call(
-        &a,
-        "migrate",
-        &[
-            &d.name,
-            "qemu+unix:///system?socket=/nonexistent/quarantine-sock",
-        ],
-    )
-    .await
-    .expect_err("unreachable destination");
+    let e = call(&a, "migrate", &[&d.name, "quarantine"])
+        .await
+        .expect_err("unreachable destination");
     assert!(e.contains("libvirt daemon at qemu+unix:///system?socket=/nonexistent/quarantine-sock is unreachable"), "{e}");
     assert_eq!(a.retry_stats().retries(), 1);
     match alerts.try_recv() {
