@@ -60,8 +60,6 @@ enum Command {
 struct RunArgs {
     #[command(flatten)]
     nodes: launch::RunNodesArgs,
-    #[command(flatten)]
-    api: ApiArgs,
     /// The policy rules (TOML; see docs/policy.md). Default: the embedded rules. The VO
     /// runs the rules without `at`, each HO this process runs the rules placed `at` it.
     /// Re-read on SIGHUP; state is kept for rules that keep their name.
@@ -70,6 +68,9 @@ struct RunArgs {
     /// Start the policy in dry-run: actions are logged, never sent to an actuator.
     #[arg(long)]
     dry_run: bool,
+    // Last: its heading applies to the flags after it.
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 /// The HTTP API's flags (docs/http-api.md).
@@ -85,45 +86,54 @@ struct ApiArgs {
     /// characters). Without it, mutations answer 503.
     #[arg(long, value_name = "PATH", env = "VESPA_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
-    /// A host name the API answers to besides the address it listens on; repeat for
-    /// several. A request whose Host header names anything else is refused with 421
+    /// Another name the API answers to (repeatable); requests for other hosts get 421.
+    ///
+    /// A request whose Host header names anything else than this server is refused with 421
     /// Misdirected Request, so that a web page cannot reach the API under a name of its own
-    /// (DNS rebinding). Always accepted: the listen address, any IP address when listening
-    /// on all of them (0.0.0.0, [::]), and `localhost` when listening on loopback or on all
-    /// addresses. Give the names clients and proxies put in Host (the name in a TLS proxy's
-    /// certificate, when the proxy passes it on), without a port: ports are not compared.
+    /// (DNS rebinding). Always accepted: the listen address, any IP address when listening on
+    /// all of them (0.0.0.0, [::]), and `localhost` when listening on loopback or on all
+    /// addresses. Give the names clients and proxies put in Host (the name of a TLS proxy's
+    /// certificate, when the proxy passes it on), without a port: ports are not compared, so
+    /// an SSH tunnel or a proxy on another port needs nothing.
     #[arg(long = "http-host", value_name = "NAME")]
     http_hosts: Vec<http::HostName>,
-    /// An origin (scheme://host[:port]) whose web pages may read the API's answers, such as
-    /// a dashboard served from another address; repeat for several. Answers to a request
-    /// from one of them carry `Access-Control-Allow-Origin: <that origin>`. Without this
-    /// flag, no answer carries the header, and browsers keep pages of other origins from
-    /// reading the API (the 2014 endpoints answered `*`, readable by any page). Preflight
-    /// requests are not answered, so such pages can read, never call a mutation.
+    /// An origin whose web pages may read the API (repeatable); default: none.
+    ///
+    /// ORIGIN is scheme://host[:port], as a browser sends it in Origin, e.g. the address a
+    /// dashboard is served from. Answers to a request from one of these origins carry
+    /// `Access-Control-Allow-Origin: ORIGIN`. Without this flag no answer carries the header,
+    /// and browsers keep pages of other origins from reading the API (the 2014 endpoints
+    /// answered `*`, readable by any page the operator opened). Preflight requests are not
+    /// answered, so such pages can read, never call a mutation.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<http::CorsOrigin>,
-    /// Seconds a client has to send a request's head (request line and headers), counted
-    /// from the connection's opening or, on a kept-alive connection, from the end of the
-    /// previous answer. A client that sends its head slowly (slow-loris) or keeps a
-    /// connection open without sending a request is disconnected when it runs out.
+    /// Seconds a client has to send a request's head.
+    ///
+    /// The request line and headers must be complete within SECS of the connection's opening
+    /// or, on a kept-alive connection, of the end of the previous answer. A client that sends
+    /// its head slowly (slow-loris) or keeps a connection open without sending a request is
+    /// disconnected when it runs out.
     #[arg(long, value_name = "SECS", default_value_t = http::DEFAULT_HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     http_header_timeout: u64,
-    /// Seconds a request's body has to arrive once its head has. Only the mutations read a
-    /// body (at most 64 KiB, once the token checks out); one that does not arrive in time
-    /// is answered 408.
+    /// Seconds a request's body has to arrive once its head has (else 408).
+    ///
+    /// Only the mutations read a body: at most 64 KiB, and only once the token checks out.
     #[arg(long, value_name = "SECS", default_value_t = http::DEFAULT_BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     http_body_timeout: u64,
-    /// Seconds without a byte moving either way after which a connection is closed,
-    /// counted while none of its requests is being answered: chiefly a client that stops
-    /// reading its answer, which would otherwise keep the answer and the socket.
+    /// Seconds without a byte moving after which a connection is closed.
+    ///
+    /// Counted only while none of the connection's requests is being answered: it closes
+    /// chiefly a client that stops reading its answer, which would otherwise keep the answer
+    /// and the socket for as long as it likes.
     #[arg(long, value_name = "SECS", default_value_t = http::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
     http_idle_timeout: u64,
-    /// Connections the API keeps open at once. A new connection at the limit closes the one
-    /// idle longest (not answering a request: silent, sending its head, or kept alive) to
-    /// make room, so that whoever holds many silent connections cannot lock operators out;
-    /// only when every connection is answering a request is the new one answered 503. Keep
-    /// it well under the process's open-file limit (`ulimit -n`), which the tree's own
-    /// connections share.
+    /// Connections the API keeps open at once.
+    ///
+    /// A new connection at the limit closes the one idle longest (not answering a request:
+    /// silent, sending its head, or kept alive between requests) to make room, so that
+    /// whoever holds many silent connections cannot lock operators out; only when every
+    /// connection is answering a request is the new one answered 503. Keep it well under the
+    /// process's open-file limit (`ulimit -n`), which the tree's own connections share.
     #[arg(long, value_name = "N", default_value_t = http::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     http_max_connections: u64,
 }

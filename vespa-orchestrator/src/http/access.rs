@@ -56,9 +56,7 @@ impl FromStr for HostName {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
-            return Err(format!(
-                "{s:?} is not a host name (letters, digits, '-' and '.') nor an IP address"
-            ));
+            return Err("not a host name (letters, digits, '-' and '.') nor an IP address".into());
         }
         Ok(HostName(name))
     }
@@ -81,7 +79,7 @@ impl FromStr for CorsOrigin {
     fn from_str(s: &str) -> Result<Self, String> {
         let wrong = |why: &str| {
             Err(format!(
-                "{s:?}: {why} (expected an origin like https://dashboard.example.org or http://10.0.0.5:8000)"
+                "{why} (expected an origin like https://dashboard.example.org or http://10.0.0.5:8000)"
             ))
         };
         if s == "*" {

@@ -732,6 +732,8 @@ fn sdn_topology_and_link_stats_come_from_the_controller_agent() {
 #[test]
 fn the_server_cuts_slow_loris_and_idle_floods_and_checks_host_and_origin() {
     const IDLE: usize = 2000;
+    // 2,000 connections on lo: no other test's connections agent may count them meanwhile.
+    let _loopback = LOOPBACK.take();
     // This process holds the idle clients' ends.
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .expect("RLIMIT_NOFILE");
