@@ -60,14 +60,6 @@ enum Command {
 struct RunArgs {
     #[command(flatten)]
     nodes: launch::RunNodesArgs,
-    /// Where the HTTP API and /metrics listen (only in the process that runs the VO), or
-    /// `off`. Loopback by default: put a TLS proxy in front to reach it from elsewhere.
-    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:8080", value_parser = parse_http)]
-    http: HttpListen,
-    /// File holding the bearer token the API's mutations require (mode 0600, at least 16
-    /// characters). Without it, mutations answer 503.
-    #[arg(long, value_name = "PATH", env = "VESPA_API_TOKEN_FILE")]
-    api_token_file: Option<PathBuf>,
     /// The policy rules (TOML; see docs/policy.md). Default: the embedded rules. The VO
     /// runs the rules without `at`, each HO this process runs the rules placed `at` it.
     /// Re-read on SIGHUP; state is kept for rules that keep their name.
@@ -76,6 +68,90 @@ struct RunArgs {
     /// Start the policy in dry-run: actions are logged, never sent to an actuator.
     #[arg(long)]
     dry_run: bool,
+    // Last: its heading applies to the flags after it.
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// The HTTP API's flags (docs/http-api.md).
+#[derive(Args)]
+#[command(next_help_heading = "HTTP API (served by the process that runs the VO)")]
+struct ApiArgs {
+    /// Where the HTTP API, the dashboard and /metrics listen (only in the process that runs
+    /// the VO), or `off`. Loopback by default: put a TLS proxy in front to reach it from
+    /// elsewhere.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:8080", value_parser = parse_http)]
+    http: HttpListen,
+    /// File holding the bearer token the API's mutations require (mode 0600, at least 16
+    /// characters). Without it, mutations answer 503.
+    #[arg(long, value_name = "PATH", env = "VESPA_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Another name the API answers to (repeatable); requests for other hosts get 421.
+    ///
+    /// A request whose Host header names anything else than this server is refused with 421
+    /// Misdirected Request, so that a web page cannot reach the API under a name of its own
+    /// (DNS rebinding). Always accepted: the listen address, any IP address when listening on
+    /// all of them (0.0.0.0, [::]), and `localhost` when listening on loopback or on all
+    /// addresses. Give the names clients and proxies put in Host (the name of a TLS proxy's
+    /// certificate, when the proxy passes it on), without a port: ports are not compared, so
+    /// an SSH tunnel or a proxy on another port needs nothing.
+    #[arg(long = "http-host", value_name = "NAME")]
+    http_hosts: Vec<http::HostName>,
+    /// An origin whose web pages may read the API (repeatable); default: none.
+    ///
+    /// ORIGIN is scheme://host[:port], as a browser sends it in Origin, e.g. the address a
+    /// dashboard is served from. Answers to a request from one of these origins carry
+    /// `Access-Control-Allow-Origin: ORIGIN`. Without this flag no answer carries the header,
+    /// and browsers keep pages of other origins from reading the API (the 2014 endpoints
+    /// answered `*`, readable by any page the operator opened). Preflight requests are not
+    /// answered, so such pages can read, never call a mutation.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<http::CorsOrigin>,
+    /// Seconds a client has to send a request's head.
+    ///
+    /// The request line and headers must be complete within SECS of the connection's opening
+    /// or, on a kept-alive connection, of the end of the previous answer. A client that sends
+    /// its head slowly (slow-loris) or keeps a connection open without sending a request is
+    /// disconnected when it runs out.
+    #[arg(long, value_name = "SECS", default_value_t = http::DEFAULT_HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_header_timeout: u64,
+    /// Seconds a request's body has to arrive once its head has (else 408).
+    ///
+    /// Only the mutations read a body: at most 64 KiB, and only once the token checks out.
+    #[arg(long, value_name = "SECS", default_value_t = http::DEFAULT_BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_body_timeout: u64,
+    /// Seconds without a byte moving after which a connection is closed.
+    ///
+    /// Counted only while none of the connection's requests is being answered: it closes
+    /// chiefly a client that stops reading its answer, which would otherwise keep the answer
+    /// and the socket for as long as it likes.
+    #[arg(long, value_name = "SECS", default_value_t = http::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
+    http_idle_timeout: u64,
+    /// Connections the API keeps open at once.
+    ///
+    /// A new connection at the limit closes the one idle longest (not answering a request:
+    /// silent, sending its head, or kept alive between requests) to make room, so that
+    /// whoever holds many silent connections cannot lock operators out; only when every
+    /// connection is answering a request is the new one answered 503. Keep it well under the
+    /// process's open-file limit (`ulimit -n`), which the tree's own connections share.
+    #[arg(long, value_name = "N", default_value_t = http::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    http_max_connections: u64,
+}
+
+impl ApiArgs {
+    fn options(&self) -> http::HttpOptions {
+        http::HttpOptions {
+            limits: http::Limits {
+                header_timeout: Duration::from_secs(self.http_header_timeout),
+                body_timeout: Duration::from_secs(self.http_body_timeout),
+                idle_timeout: Duration::from_secs(self.http_idle_timeout),
+                max_connections: usize::try_from(self.http_max_connections)
+                    .unwrap_or(http::DEFAULT_MAX_CONNECTIONS),
+            },
+            hosts: self.http_hosts.clone(),
+            cors_origins: self.cors_origins.clone(),
+        }
+    }
 }
 
 /// `--http`: an address, or off.
@@ -249,11 +325,11 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let security = security(&topo, &args.nodes.topology)?;
     let hosts_vo = nodes.iter().any(|n| n.role == Role::Vo);
-    let http = match args.http {
+    let http = match args.api.http {
         HttpListen::On(addr) if hosts_vo => Some(addr),
         _ => None,
     };
-    let token = match (&args.api_token_file, http) {
+    let token = match (&args.api.api_token_file, http) {
         (Some(path), Some(_)) => Some(http::ApiToken::load(path)?),
         (Some(path), None) => {
             tracing::warn!(path = %path.display(), "--api-token-file ignored: this process serves no HTTP API (it runs no VO, or --http off)");
@@ -263,7 +339,7 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // The policy runs at the VO and, for rules placed there, at the HOs; the rules are
     // checked against the topology before anything starts.
-    let parts = http::ApiParts::new(&topo, token);
+    let parts = http::ApiParts::new(&topo, token).with_http(args.api.options());
     let drivers = policy_drivers(&args, &topo, &nodes, parts.metrics.clone())?;
     let parts = match &drivers.vo {
         Some(d) => parts
@@ -326,7 +402,9 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             };
             let state = parts.state(handle);
             let mut stop = stop_rx.clone();
-            tracing::info!(%addr, mutations = state.token.is_some(), "HTTP API listening");
+            let cors: Vec<String> = state.http.cors_origins.iter().map(ToString::to_string).collect();
+            let hosts: Vec<String> = state.http.hosts.iter().map(ToString::to_string).collect();
+            tracing::info!(%addr, mutations = state.token.is_some(), ?hosts, ?cors, max_connections = state.http.limits.max_connections, "HTTP API listening");
             server = Some(tokio::spawn(async move {
                 let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;

@@ -119,7 +119,7 @@ async fn req(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, St
 
 async fn req_bytes(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n", body.len());
     s.write_all(head.as_bytes()).await.expect("write");
     s.write_all(body).await.expect("write body");
     let mut out = String::new();

@@ -1,4 +1,6 @@
-//! The 2014 controller's endpoints: GET only, JSON, `Access-Control-Allow-Origin: *`.
+//! The 2014 controller's endpoints: GET only, JSON. (2014 also answered
+//! `Access-Control-Allow-Origin: *`; here CORS is only for the origins given with
+//! `--cors-origin`, see [`super::access`].)
 //!
 //! Shapes, as a 2014 dashboard page expects them:
 //! - `/archi`: the tree, `{"name", "kind", "children": [{"name", "kind", "listen", "children"}]}`.
@@ -14,10 +16,10 @@
 //!   which may hold credentials).
 
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use axum::{middleware, Router};
+use axum::Router;
 use vespa_node::{AgentKind, Role};
 use vespa_proto::verbs::SdnVerb;
 
@@ -27,7 +29,7 @@ use super::{call_node, json, tree, ApiError, ApiState, Shared};
 /// Alerts `/get_alerts` returns.
 const RECENT_ALERTS: usize = 100;
 
-/// The 2014 routes, with CORS `*`.
+/// The 2014 routes.
 pub fn routes() -> Router<Shared> {
     Router::new()
         .route("/archi", get(archi))
@@ -52,15 +54,6 @@ pub fn routes() -> Router<Shared> {
         .route("/get_topology", get(|s| sdn(s, SdnVerb::GetTopology {})))
         .route("/get_link_stats", get(|s| sdn(s, SdnVerb::GetLinkStats {})))
         .route("/get_configini", get(get_configini))
-        .layer(middleware::map_response(cors))
-}
-
-async fn cors(mut res: Response) -> Response {
-    res.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    res
 }
 
 /// `key=value` pairs of a query string; only the names in `known` are accepted, so a typo

@@ -5,26 +5,33 @@
 //! agents), the topology, the policy behind [`PolicyControl`] ([`crate::control`]) and the
 //! metrics ([`crate::metrics`]).
 //!
-//! - [`legacy`]: the GET-only JSON endpoints of 2014 (`/archi`, `/recv_bytes`, ...), with
-//!   CORS `*` as then, so an old dashboard page still works.
+//! - [`legacy`]: the GET-only JSON endpoints of 2014 (`/archi`, `/recv_bytes`, ...).
 //! - [`v1`]: `/api/v1/...`: reads (topology, alerts with paging, counters, actions, policy)
 //!   and mutations (release, block, dry-run, policy reload) that need a bearer token.
 //! - `/metrics`: the registry of [`crate::metrics`] in OpenMetrics text.
 //!
 //! Every error is JSON, `{"error": "..."}`, with the status saying whose fault it is: 400 bad
 //! request body or query, 401 no or wrong token, 404 unknown route or thing, 405 wrong
-//! method, 413 body over [`BODY_LIMIT`], 502 an agent failed, 503 not available (no token
-//! configured, no policy, no SDN agent). The 2014 server answered anything it did not know
-//! with a Python traceback; a client here can always parse the answer.
+//! method, 408 body not sent in time, 413 body over [`BODY_LIMIT`], 421 a `Host` that is not
+//! this server's, 502 an agent failed, 503 not available (no token configured, no policy, no
+//! SDN agent, every connection busy). The 2014 server answered anything it did not know with
+//! a Python traceback; a client here can always parse the answer.
+//!
+//! Around the routes: [`access`] refuses requests for another host (DNS rebinding) and adds
+//! CORS headers only for the origins configured; [`server`] accepts connections under a
+//! limit and times out slow heads, bodies and idle connections ([`HttpOptions`]).
 
+mod access;
 mod dashboard;
 pub mod legacy;
 mod parts;
+mod server;
 mod token;
 pub mod v1;
 pub mod view;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +47,12 @@ use vespa_proto::verbs::{NodeVerb, Verb};
 
 use crate::control::{PolicyControl, PolicyError};
 
+pub use access::{CorsOrigin, HostName};
 pub use parts::ApiParts;
+pub use server::{
+    Limits, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+};
 pub use token::{ApiToken, TokenError};
 pub use view::VoView;
 
@@ -66,6 +78,20 @@ pub struct ApiState {
     pub remote: crate::policy_driver::RemoteDrivers,
     /// The token mutations need; `None` disables mutations (503).
     pub token: Option<ApiToken>,
+    /// Timeouts, connection limit, accepted host names and CORS origins.
+    pub http: HttpOptions,
+}
+
+/// How the server treats connections and requests (`vespa-orchestrator run --http-*`,
+/// `--cors-origin`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// Timeouts and the connection limit.
+    pub limits: Limits,
+    /// Names the API answers to besides its listen address (and `localhost` on loopback).
+    pub hosts: Vec<HostName>,
+    /// Origins whose pages may read the API; none: no CORS header at all.
+    pub cors_origins: Vec<CorsOrigin>,
 }
 
 type Shared = Arc<ApiState>;
@@ -250,8 +276,13 @@ async fn metrics_endpoint(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-/// The whole API.
-pub fn router(state: Arc<ApiState>) -> Router {
+/// The whole API, as served on `listen` (the Host check accepts its address).
+pub fn router(state: Arc<ApiState>, listen: SocketAddr) -> Router {
+    let access = Arc::new(access::Access::new(
+        listen,
+        &state.http.hosts,
+        &state.http.cors_origins,
+    ));
     Router::new()
         .merge(legacy::routes())
         .merge(dashboard::routes())
@@ -260,16 +291,18 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::map_response(json_errors))
+        .layer(middleware::from_fn_with_state(access, access::guard))
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` within `state.http`'s limits until `shutdown` completes;
+/// then lets the requests in progress finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ApiState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let listen = listener.local_addr()?;
+    let limits = state.http.limits;
+    server::run(listener, router(state, listen), limits, shutdown).await
 }

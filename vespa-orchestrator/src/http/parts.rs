@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use vespa_node::{Hooks, NodeHandle, Topology};
 
-use super::{ApiState, ApiToken, VoView};
+use super::{ApiState, ApiToken, HttpOptions, VoView};
 use crate::control::{NoPolicy, PolicyControl};
 use crate::metrics::Metrics;
 use crate::policy_driver::RemoteDrivers;
@@ -24,6 +24,7 @@ pub struct ApiParts {
     token: Option<ApiToken>,
     policy: Arc<dyn PolicyControl>,
     remote: RemoteDrivers,
+    http: HttpOptions,
 }
 
 impl ApiParts {
@@ -38,6 +39,7 @@ impl ApiParts {
             token,
             policy: Arc::new(NoPolicy),
             remote: RemoteDrivers::default(),
+            http: HttpOptions::default(),
         }
     }
 
@@ -51,6 +53,13 @@ impl ApiParts {
     /// processes hold.
     pub fn with_remote(mut self, remote: RemoteDrivers) -> ApiParts {
         self.remote = remote;
+        self
+    }
+
+    /// Serves with these timeouts, connection limit, host names and CORS origins (default:
+    /// [`HttpOptions::default`]: the default limits, no extra name, no CORS).
+    pub fn with_http(mut self, http: HttpOptions) -> ApiParts {
+        self.http = http;
         self
     }
 
@@ -69,6 +78,7 @@ impl ApiParts {
             policy: self.policy.clone(),
             remote: self.remote.clone(),
             token: self.token.clone(),
+            http: self.http.clone(),
         }
     }
 }

@@ -21,7 +21,8 @@
 //! - `POST /policy/reload` with the rules as TOML text -> `{"reloaded": true}` (this process's
 //!   drivers; an HO in another process re-reads its `--policy` on SIGHUP)
 //!
-//! Bodies are read only once the token checks out (at most 64 KiB), parsed strictly (unknown fields are refused) and a parse error is a 400 that
+//! Bodies are read only once the token checks out (at most 64 KiB, within the body timeout,
+//! else 408), parsed strictly (unknown fields are refused) and a parse error is a 400 that
 //! quotes serde's message, which names the field, line and column.
 
 use axum::body::{Body, Bytes};
@@ -34,7 +35,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::legacy::{config_json, query_params};
-use super::{authorize, json, tree, ApiError, Shared, BODY_LIMIT};
+use super::{authorize, json, tree, ApiError, ApiState, Shared, BODY_LIMIT};
 
 /// Alerts per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -62,10 +63,23 @@ fn bad_request(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
 }
 
-/// Reads a request body, at most [`BODY_LIMIT`] bytes. Called after [`authorize`], so a
-/// caller without the token cannot make the server buffer anything.
-async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
+/// Reads a request body, at most [`BODY_LIMIT`] bytes, within the body timeout. Called after
+/// [`authorize`], so a caller without the token cannot make the server buffer or wait for
+/// anything.
+async fn read_body(state: &ApiState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.http.limits.body_timeout;
+    let read = tokio::time::timeout(limit, axum::body::to_bytes(body, BODY_LIMIT))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {}s (--http-body-timeout)",
+                    limit.as_secs_f64()
+                ),
+            )
+        })?;
+    read.map_err(|e| {
         // The only error a complete, in-limit body can give is the limit itself.
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
@@ -151,7 +165,7 @@ async fn release(
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let body = read_body(body).await?;
+    let body = read_body(&state, body).await?;
     let r: Release = parse(&body)?;
     let mut results = vec![state.policy.release(&r.target)];
     results.extend(state.remote.release(&state.vo, &r.target).await);
@@ -175,7 +189,7 @@ async fn block(
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let body = read_body(body).await?;
+    let body = read_body(&state, body).await?;
     let b: Block = parse(&body)?;
     if b.ttl_s == 0 || b.ttl_s > MAX_TTL_S {
         return Err(bad_request(format!(
@@ -202,7 +216,7 @@ async fn dry_run(
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let body = read_body(body).await?;
+    let body = read_body(&state, body).await?;
     let d: DryRun = parse(&body)?;
     state.policy.set_dry_run(d.enabled)?;
     state.remote.set_dry_run(&state.vo, d.enabled).await?;
@@ -216,7 +230,7 @@ async fn reload(
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let body = read_body(body).await?;
+    let body = read_body(&state, body).await?;
     let text = std::str::from_utf8(&body)
         .map_err(|e| bad_request(format!("the policy must be UTF-8 TOML text: {e}")))?;
     state.policy.reload(text)?;

@@ -1,9 +1,13 @@
 //! What the API knows of the alerts: a bounded view fed by an alert handler on the VO.
 //!
-//! The handler runs on the VO's connection tasks for every alert it processes, so it only
-//! copies into memory under one short lock; the HTTP handlers read snapshots. Everything is
-//! bounded: the last `keep` alerts, the last [`SAMPLES`] deltas per interface, the latest
-//! connection table per origin.
+//! The handler runs on the VO's connection tasks for every alert it processes, and the VO
+//! acknowledges the alert only once it returns: so the handler only copies the alert once
+//! (into an `Arc`) and files it under one short lock, and the readers hold that lock no
+//! longer. A read takes the shared alerts (or tables) out under the lock, cheap clones of
+//! `Arc`s, and does the rest, serializing a page of a thousand alerts or summing every
+//! agent's connection table, after releasing it. Everything is bounded: the last `keep`
+//! alerts, the last [`SAMPLES`] deltas per interface, the latest connection table per origin
+//! (the alert that carried it, shared with the list).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
@@ -92,8 +96,8 @@ pub struct Indexed {
     pub index: u64,
     /// The body's kind (`bandwidth`, `conn_threshold`, ...).
     pub kind: &'static str,
-    /// The alert as the VO processed it.
-    pub alert: Alert,
+    /// The alert as the VO processed it, shared with the view (a page copies no alert).
+    pub alert: Arc<Alert>,
 }
 
 /// A page of alerts: `next` is the `from` of the following page.
@@ -113,8 +117,8 @@ struct State {
     alerts: VecDeque<Indexed>,
     /// (origin, interface) -> samples, in the order first seen.
     samples: Vec<((String, String), Samples)>,
-    /// origin -> its latest connections table.
-    connections: BTreeMap<String, Vec<(IpAddr, u64)>>,
+    /// origin -> its latest `Connections` alert (shared with `alerts`).
+    connections: BTreeMap<String, Arc<Alert>>,
 }
 
 /// The API's view of the alerts reaching the VO.
@@ -152,6 +156,8 @@ impl VoView {
     /// Takes one alert processed at the VO.
     pub fn on_alert(&self, alert: &Alert) {
         self.metrics.on_alert(alert);
+        // The one copy, made before taking the lock.
+        let shared = Arc::new(alert.clone());
         let mut s = self.lock();
         match &alert.body {
             AlertBody::Bandwidth {
@@ -190,9 +196,8 @@ impl VoView {
                     }
                 }
             }
-            AlertBody::Connections { per_remote, .. } => {
-                s.connections
-                    .insert(alert.origin.clone(), per_remote.clone());
+            AlertBody::Connections { .. } => {
+                s.connections.insert(alert.origin.clone(), shared.clone());
             }
             _ => {}
         }
@@ -204,11 +209,12 @@ impl VoView {
         s.alerts.push_back(Indexed {
             index,
             kind: alert.body.kind(),
-            alert: alert.clone(),
+            alert: shared,
         });
     }
 
-    /// Alerts from index `from` on, at most `limit`.
+    /// Alerts from index `from` on, at most `limit`: the shared alerts, not copies, so the
+    /// lock is held only to clone `limit` pointers.
     pub fn page(&self, from: u64, limit: usize) -> Page {
         let s = self.lock();
         let first = s.next_index - s.alerts.len() as u64;
@@ -224,8 +230,8 @@ impl VoView {
         }
     }
 
-    /// The last `n` alerts, oldest first.
-    pub fn recent(&self, n: usize) -> Vec<Alert> {
+    /// The last `n` alerts, oldest first (shared, as [`VoView::page`]).
+    pub fn recent(&self, n: usize) -> Vec<Arc<Alert>> {
         let s = self.lock();
         s.alerts
             .iter()
@@ -290,12 +296,15 @@ impl VoView {
     }
 
     /// Connections per remote address, summed over the latest table of every agent,
-    /// busiest first.
+    /// busiest first. The tables are summed after releasing the lock.
     pub fn connections(&self) -> Vec<(IpAddr, u64)> {
-        let s = self.lock();
+        let tables: Vec<Arc<Alert>> = self.lock().connections.values().cloned().collect();
         let mut sum: BTreeMap<IpAddr, u64> = BTreeMap::new();
-        for table in s.connections.values() {
-            for (ip, n) in table {
+        for alert in &tables {
+            let AlertBody::Connections { per_remote, .. } = &alert.body else {
+                continue;
+            };
+            for (ip, n) in per_remote {
                 *sum.entry(*ip).or_default() += n;
             }
         }
@@ -448,5 +457,38 @@ mod tests {
             v.recent(3).iter().map(|a| a.seq).collect::<Vec<_>>(),
             [22, 23, 24]
         );
+    }
+
+    #[test]
+    fn reads_share_the_kept_alerts_instead_of_copying_them() {
+        let v = VoView::new(10, Arc::default());
+        v.on_alert(&bw(0, 1, 1));
+        let conns = Alert {
+            origin: "conns".into(),
+            body: AlertBody::Connections {
+                per_remote: vec![("10.0.0.1".parse().expect("ip"), 3)],
+                rest_remotes: 0,
+                rest_established: 0,
+            },
+            ..bw(1, 0, 0)
+        };
+        v.on_alert(&conns);
+        let page = v.page(0, 10);
+        let recent = v.recent(10);
+        assert!(Arc::ptr_eq(&page.alerts[1].alert, &recent[1]));
+        // The list, the connections table, this page and `recent`: one alert, four holders.
+        assert_eq!(Arc::strong_count(&recent[1]), 4);
+        assert_eq!(*recent[1], conns);
+        assert_eq!(v.connections(), [("10.0.0.1".parse().expect("ip"), 3)]);
+        // The page outlives the alert leaving the view: it still holds it, unchanged.
+        for i in 2..20 {
+            v.on_alert(&bw(i, i, i));
+        }
+        assert_eq!(
+            Arc::strong_count(&recent[1]),
+            3,
+            "gone from the list, kept as the latest table"
+        );
+        assert_eq!(page.alerts[1].alert.origin, "conns");
     }
 }

@@ -1,8 +1,9 @@
 //! The orchestrator's HTTP API over the real binaries: VO (with --http) -> HO_VM -> a
 //! bandwidth and a connections agent on lo. The 2014 endpoints answer JSON of their shape
-//! with CORS `*`; /api/v1 pages alerts and guards its mutations with the bearer token;
-//! errors are JSON with the right status; /metrics parses and carries the closed-loop
-//! histogram.
+//! (without the 2014 CORS `*`); /api/v1 pages alerts and guards its mutations with the bearer
+//! token; errors are JSON with the right status; /metrics parses and carries the closed-loop
+//! histogram. The server's own flags: slow and silent clients are cut or make room, a
+//! foreign Host is refused, CORS only for the origins given.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -60,9 +61,22 @@ impl Resp {
 }
 
 fn request(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>, body: &[u8]) -> Resp {
+    request_with(addr, method, path, auth, &format!("Host: {addr}\r\n"), body)
+}
+
+/// [`request`] with these header lines instead of the default `Host`.
+fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    headers: &str,
+    body: &[u8],
+) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect to the API");
+    s.set_read_timeout(Some(WAIT)).expect("read timeout");
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     if let Some(t) = auth {
@@ -74,7 +88,12 @@ fn request(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>, body:
     // the rest is then expected.
     let _ = s.write_all(body);
     let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
+    if let Err(e) = s.read_to_end(&mut raw) {
+        assert!(
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut,
+            "{method} {path}: no answer within {WAIT:?}"
+        );
+    }
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -195,7 +214,7 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
         "{conns}"
     );
 
-    // Every 2014 endpoint: 200, JSON, CORS *.
+    // Every 2014 endpoint: 200, JSON; no CORS header (2014's `*` needs --cors-origin now).
     for path in [
         "/archi",
         "/recv_bytes",
@@ -209,9 +228,9 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
         let r = get(api, path);
         assert_eq!(r.status, 200, "{path}: {}", r.body);
         assert_eq!(
-            r.header("access-control-allow-origin").as_deref(),
-            Some("*"),
-            "{path}: CORS as in 2014"
+            r.header("access-control-allow-origin"),
+            None,
+            "{path}: no CORS without --cors-origin"
         );
         let _ = r.json();
     }
@@ -610,10 +629,7 @@ fn sdn_topology_and_link_stats_come_from_the_controller_agent() {
         let r = get(api, "/get_topology");
         (r.status == 200).then_some(r)
     });
-    assert_eq!(
-        topo.header("access-control-allow-origin").as_deref(),
-        Some("*")
-    );
+    assert_eq!(topo.header("access-control-allow-origin"), None);
     assert!(
         topo.body.contains(DPID1),
         "the controller's switches: {}",
@@ -633,4 +649,167 @@ fn sdn_topology_and_link_stats_come_from_the_controller_agent() {
     stub.set_fault(Fault::Status(500));
     let e = get(api, "/get_topology").error(502);
     assert!(e.starts_with("fl: ") && e.contains("500"), "{e}");
+}
+
+#[test]
+fn the_server_cuts_slow_loris_and_idle_floods_and_checks_host_and_origin() {
+    const IDLE: usize = 2000;
+    // 2,000 connections on lo: no other test's connections agent may count them meanwhile.
+    let _loopback = LOOPBACK.take();
+    // This process holds the idle clients' ends.
+    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("RLIMIT_NOFILE");
+    let want = IDLE as u64 + 1024;
+    if soft < want {
+        assert!(
+            hard >= want,
+            "this test needs {want} open files; the hard limit is {hard}"
+        );
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, hard)
+            .expect("raising RLIMIT_NOFILE");
+    }
+    let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+    let tree = Tree::new(
+        "http-limits",
+        "",
+        &[("host", lo)],
+        &[N {
+            name: "VO",
+            kind: "vo",
+            machine: "host",
+            master: None,
+            port: free_port(),
+            extra: String::new(),
+        }],
+    );
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let api_s = api.to_string();
+    let mut vo = tree.spawn_with(
+        "vo",
+        "vespa-orchestrator",
+        None,
+        &[],
+        &["VO"],
+        &[
+            "--http",
+            &api_s,
+            "--http-header-timeout",
+            "1",
+            "--cors-origin",
+            "https://dash.example",
+            "--http-host",
+            "vespa.example.org",
+        ],
+    );
+    wait_api(api, &vo);
+    // The open-file limit a service gets by default (systemd: 1024): what 2,000 idle
+    // connections would exhaust if the server kept them all.
+    let prlimit = std::process::Command::new("prlimit")
+        .args(["--pid", &vo.pid().to_string(), "--nofile=1024:1024"])
+        .status()
+        .expect("prlimit");
+    assert!(prlimit.success(), "prlimit: {prlimit}");
+
+    // Host: the listen address, localhost (loopback) and the name given pass; others, 421.
+    let with = |headers: String| request_with(api, "GET", "/api/v1/counters", None, &headers, b"");
+    assert_eq!(with(format!("Host: {api}\r\n")).status, 200);
+    assert_eq!(
+        with(format!("Host: localhost:{}\r\n", api.port())).status,
+        200
+    );
+    assert_eq!(with("Host: vespa.example.org\r\n".into()).status, 200);
+    let e = with("Host: evil.example\r\n".into()).error(421);
+    assert!(
+        e.contains("evil.example") && e.contains("--http-host"),
+        "{e}"
+    );
+
+    // CORS: the origin given gets itself back; another gets nothing.
+    let origin = |o: &str| {
+        request_with(
+            api,
+            "GET",
+            "/get_alerts",
+            None,
+            &format!("Host: {api}\r\nOrigin: {o}\r\n"),
+            b"",
+        )
+    };
+    let r = origin("https://dash.example");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("https://dash.example"),
+        "{}",
+        r.head
+    );
+    assert_eq!(
+        origin("http://evil.example").header("access-control-allow-origin"),
+        None
+    );
+
+    // Slow-loris: a byte of the head every 100 ms; the server hangs up at its header timeout.
+    let start = std::time::Instant::now();
+    let mut loris = TcpStream::connect(api).expect("connect");
+    loris
+        .write_all(format!("GET /api/v1/counters HTTP/1.1\r\nHost: {api}\r\nX-Slow: ").as_bytes())
+        .expect("the first part of the head");
+    loris
+        .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .expect("read timeout");
+    let mut trickled = 0;
+    let mut buf = [0u8; 1024];
+    let cut_after = loop {
+        assert!(
+            start.elapsed() < WAIT,
+            "the server still waits for the head after {trickled} bytes"
+        );
+        match loris.read(&mut buf) {
+            Ok(0) => break start.elapsed(),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if loris.write_all(b"a").is_err() {
+                    break start.elapsed();
+                }
+                trickled += 1;
+            }
+            Err(_) => break start.elapsed(),
+        }
+    };
+    assert!(
+        trickled >= 5 && cut_after < std::time::Duration::from_millis(2500),
+        "--http-header-timeout 1: cut after {cut_after:?}, {trickled} bytes trickled"
+    );
+
+    // 2,000 idle connections, then an operator's request: answered, and the server has
+    // closed the connections idle longest to stay within its limit (256 by default).
+    let idle: Vec<TcpStream> = (0..IDLE)
+        .map(|_| TcpStream::connect_timeout(&api, WAIT).expect("an idle connection"))
+        .collect();
+    let r = get(api, "/api/v1/counters");
+    assert_eq!(r.status, 200, "{}", r.body);
+    for s in &idle {
+        s.set_nonblocking(true).expect("nonblocking");
+    }
+    let mut closed = vec![false; IDLE];
+    wait_until("the idle connections beyond the limit closed", WAIT, || {
+        for (c, mut s) in closed.iter_mut().zip(&idle) {
+            if !*c {
+                let mut b = [0u8; 64];
+                *c = match s.read(&mut b) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                };
+            }
+        }
+        vespa_testkit::at_least(closed.iter().filter(|c| **c).count(), IDLE - 256)
+    });
+    assert!(closed[0], "the first idle connection was closed first");
+    assert!(vo.exited().is_none(), "{}", vo.log_text());
 }
