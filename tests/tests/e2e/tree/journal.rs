@@ -269,6 +269,26 @@ fn a_full_disk_withholds_acks_and_nothing_is_lost_or_processed_twice() {
     assert_eq!(read.origins["agent1"], (last, 60));
     assert_eq!(read.damaged, 0);
 
+    // What an operator reads of it.
+    let out = std::process::Command::new(vespa_tests::workspace_bin("vespa-orchestrator"))
+        .arg("journal")
+        .arg(&journal)
+        .output()
+        .expect("vespa-orchestrator journal");
+    assert!(out.status.success(), "{out:?}");
+    let printed: Vec<Alert> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an alert per line"))
+        .collect();
+    assert_eq!(printed, read.alerts);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains(&format!(
+            "agent1: 60 alert(s) processed, highest sequence number {last}"
+        )),
+        "{summary}"
+    );
+
     nodes.shutdown_background();
     vo_rt.shutdown_background();
 }
