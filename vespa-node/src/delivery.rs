@@ -636,28 +636,19 @@ mod tests {
     }
 
     /// A journal file in a directory of its own, removed when dropped.
-    struct TempJournal(PathBuf);
+    struct TempJournal(tempfile::TempDir);
     impl TempJournal {
-        fn new(test: &str) -> TempJournal {
-            let d =
-                std::env::temp_dir().join(format!("vespa-delivery-{}-{test}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).expect("dir");
-            TempJournal(d)
+        fn new() -> TempJournal {
+            TempJournal(tempfile::tempdir().expect("temp dir"))
         }
         fn path(&self) -> PathBuf {
-            self.0.join("vo.journal")
-        }
-    }
-    impl Drop for TempJournal {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            self.0.path().join("vo.journal")
         }
     }
 
     #[tokio::test]
     async fn with_a_journal_an_alert_is_processed_and_acknowledged_only_once_written() {
-        let dir = TempJournal::new("written");
+        let dir = TempJournal::new();
         let (d, seen) = vo(&dir.path());
         let s = child();
         d.on_alert(from_child(1), &s).await;
@@ -687,7 +678,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_restarted_vo_processes_again_exactly_what_its_journal_did_not_hold() {
-        let dir = TempJournal::new("restart");
+        let dir = TempJournal::new();
         let (d, _) = vo(&dir.path());
         let s = child();
         for seq in 1..=3 {
@@ -723,7 +714,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn while_the_journal_cannot_write_nothing_is_processed_or_acknowledged_until_it_can() {
-        let dir = TempJournal::new("failing");
+        let dir = TempJournal::new();
         let (d, seen) = vo(&dir.path());
         let d = Arc::new(d);
         let journal = d.journal.as_ref().expect("a journal");
@@ -757,7 +748,7 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_bound_of_alerts_waiting_for_the_journal_the_vo_stops_reading() {
-        let dir = TempJournal::new("bound");
+        let dir = TempJournal::new();
         let (d, _) = vo(&dir.path());
         d.journal.as_ref().expect("journal").fail_writes(true);
         let s = child();

@@ -276,9 +276,8 @@ mod tests {
 
     #[test]
     fn the_journal_is_in_the_metrics_of_a_vo_that_keeps_one() {
-        let dir = std::env::temp_dir().join(format!("vespa-metrics-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let with = vo(Some(dir.join("vo.journal")));
+        let dir = tempfile::tempdir().expect("dir");
+        let with = vo(Some(dir.path().join("vo.journal")));
         let text = render(&Metrics::default().registry(with.handle()));
         for line in [
             "vespa_journal_writable{node=\"VO\"} 1",
@@ -290,6 +289,5 @@ mod tests {
         }
         let without = render(&Metrics::default().registry(vo(None).handle()));
         assert!(!without.contains("vespa_journal"), "{without}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -93,9 +93,22 @@ struct Acc {
     marks: HashMap<String, Mark>,
     recent: VecDeque<Alert>,
     total: u64,
+    damaged: u64,
+    damaged_bytes: u64,
 }
 
 impl Acc {
+    fn new(keep: usize) -> Acc {
+        Acc {
+            keep,
+            marks: HashMap::new(),
+            recent: VecDeque::new(),
+            total: 0,
+            damaged: 0,
+            damaged_bytes: 0,
+        }
+    }
+
     fn alert(&mut self, a: Alert) {
         Mark::note(&mut self.marks, &a.origin, a.seq);
         self.total += 1;
@@ -132,6 +145,25 @@ impl Acc {
                 .map(|m| self.total = m.alerts_before)
                 .is_ok(),
             None => false,
+        }
+    }
+
+    /// A damaged stretch of `bytes`, skipped.
+    fn damaged(&mut self, bytes: u64) {
+        self.damaged += 1;
+        self.damaged_bytes += bytes;
+    }
+
+    fn finish(self, format: Format, torn_at: Option<u64>, len: u64) -> Loaded {
+        Loaded {
+            format,
+            marks: self.marks,
+            recent: self.recent,
+            alerts_total: self.total,
+            damaged: self.damaged,
+            damaged_bytes: self.damaged_bytes,
+            torn_at,
+            len,
         }
     }
 }
@@ -223,152 +255,133 @@ impl<'a> Window<'a> {
 /// Reads the whole file, keeping the last `keep` alerts. Does not change the file.
 pub(crate) fn scan(file: &mut File, keep: usize) -> std::io::Result<Loaded> {
     let len = file.metadata()?.len();
-    let acc = Acc {
-        keep,
-        marks: HashMap::new(),
-        recent: VecDeque::new(),
-        total: 0,
-    };
+    let mut acc = Acc::new(keep);
     let mut w = Window::new(file)?;
     let head = w.get(0, FILE_MAGIC.len())?.to_vec();
-    if head.is_empty() {
-        return Ok(done(acc, Format::Empty, 0, 0, None, len));
-    }
-    if head == FILE_MAGIC {
-        return scan_framed(w, acc, FILE_MAGIC.len() as u64, len);
-    }
-    if FILE_MAGIC.starts_with(&head) {
+    let (format, torn_at) = if head.is_empty() {
+        (Format::Empty, None)
+    } else if head == FILE_MAGIC {
+        (
+            Format::Framed,
+            scan_framed(w, &mut acc, FILE_MAGIC.len() as u64, len)?,
+        )
+    } else if FILE_MAGIC.starts_with(&head) {
         // The file header itself was cut short: an empty journal.
-        return Ok(done(acc, Format::Empty, 0, 0, Some(0), len));
-    }
-    if head[0] == b'{' {
+        (Format::Empty, Some(0))
+    } else if head[0] == b'{' {
         drop(w);
-        return scan_lines(file, acc, len);
-    }
-    // A damaged file header: framed records may follow.
-    let loaded = scan_framed(w, acc, 0, len)?;
-    Ok(match loaded.torn_at {
-        Some(0) => Loaded {
-            format: Format::Unknown,
-            ..loaded
-        },
-        _ => loaded,
-    })
+        (Format::Lines, scan_lines(file, &mut acc, MAX_PAYLOAD)?)
+    } else {
+        // A damaged file header: framed records may follow, or nothing of a journal.
+        match scan_framed(w, &mut acc, 0, len)? {
+            Some(0) => (Format::Unknown, Some(0)),
+            torn => (Format::Framed, torn),
+        }
+    };
+    Ok(acc.finish(format, torn_at, len))
 }
 
-fn done(
-    acc: Acc,
-    format: Format,
-    damaged: u64,
-    damaged_bytes: u64,
-    torn_at: Option<u64>,
+/// Reads framed records from `pos`; returns where an unreadable tail starts, if anywhere.
+fn scan_framed(
+    mut w: Window<'_>,
+    acc: &mut Acc,
+    mut pos: u64,
     len: u64,
-) -> Loaded {
-    Loaded {
-        format,
-        marks: acc.marks,
-        recent: acc.recent,
-        alerts_total: acc.total,
-        damaged,
-        damaged_bytes,
-        torn_at,
-        len,
-    }
-}
-
-fn scan_framed(mut w: Window<'_>, mut acc: Acc, mut pos: u64, len: u64) -> std::io::Result<Loaded> {
-    let (mut damaged, mut damaged_bytes) = (0, 0);
+) -> std::io::Result<Option<u64>> {
     while pos < len {
         if let Some(h) = w.record_at(pos)? {
             let next = pos + (HEADER_LEN + h.len) as u64;
             let payload = w.get(pos + HEADER_LEN as u64, h.len)?;
             if !acc.record(h.kind, payload) {
                 // Framed and checksummed, yet not a record this version reads.
-                damaged += 1;
-                damaged_bytes += next - pos;
+                acc.damaged(next - pos);
             }
             pos = next;
             continue;
         }
-        match w.resync(pos + 1)? {
-            Some(at) => {
-                damaged += 1;
-                damaged_bytes += at - pos;
-                pos = at;
-            }
-            None => {
-                return Ok(done(
-                    acc,
-                    Format::Framed,
-                    damaged,
-                    damaged_bytes,
-                    Some(pos),
-                    len,
-                ))
-            }
-        }
+        let Some(at) = w.resync(pos + 1)? else {
+            return Ok(Some(pos));
+        };
+        acc.damaged(at - pos);
+        pos = at;
     }
-    Ok(done(acc, Format::Framed, damaged, damaged_bytes, None, len))
+    Ok(None)
 }
 
-fn scan_lines(file: &mut File, mut acc: Acc, len: u64) -> std::io::Result<Loaded> {
+/// Reads one JSON alert per line, none longer than `max_line`; returns where an unreadable
+/// tail starts, if anywhere.
+fn scan_lines(file: &mut File, acc: &mut Acc, max_line: usize) -> std::io::Result<Option<u64>> {
     file.seek(SeekFrom::Start(0))?;
     let mut r = BufReader::with_capacity(CHUNK, file);
-    let (mut damaged, mut damaged_bytes) = (0, 0);
     let mut pos = 0u64;
     let mut line = Vec::new();
     loop {
         line.clear();
         let n = (&mut r)
-            .take(MAX_PAYLOAD as u64 + 1)
+            .take(max_line as u64 + 1)
             .read_until(b'\n', &mut line)?;
         if n == 0 {
-            break;
+            return Ok(None);
         }
-        let mut end = pos + n as u64;
-        if line.last() != Some(&b'\n') {
-            if n <= MAX_PAYLOAD {
-                return Ok(done(
-                    acc,
-                    Format::Lines,
-                    damaged,
-                    damaged_bytes,
-                    Some(pos),
-                    len,
-                ));
+        let mut len = n as u64;
+        if line.last() == Some(&b'\n') {
+            match serde_json::from_slice::<Alert>(&line[..n - 1]) {
+                Ok(a) => acc.alert(a),
+                Err(_) => acc.damaged(len),
             }
+        } else if n <= max_line {
+            // The last line, without its newline.
+            return Ok(Some(pos));
+        } else {
             // A line longer than any alert: skip to its end.
-            let mut rest = Vec::new();
             loop {
-                rest.clear();
-                let k = (&mut r).take(CHUNK as u64).read_until(b'\n', &mut rest)?;
-                end += k as u64;
+                line.clear();
+                let k = (&mut r).take(CHUNK as u64).read_until(b'\n', &mut line)?;
                 if k == 0 {
-                    return Ok(done(
-                        acc,
-                        Format::Lines,
-                        damaged,
-                        damaged_bytes,
-                        Some(pos),
-                        len,
-                    ));
+                    return Ok(Some(pos));
                 }
-                if rest.last() == Some(&b'\n') {
+                len += k as u64;
+                if line.last() == Some(&b'\n') {
                     break;
                 }
             }
-            damaged += 1;
-            damaged_bytes += end - pos;
-        } else {
-            match serde_json::from_slice::<Alert>(&line[..n - 1]) {
-                Ok(a) => acc.alert(a),
-                Err(_) => {
-                    damaged += 1;
-                    damaged_bytes += n as u64;
-                }
-            }
+            acc.damaged(len);
         }
-        pos = end;
+        pos += len;
     }
-    Ok(done(acc, Format::Lines, damaged, damaged_bytes, None, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn a_line_longer_than_any_alert_is_skipped_without_being_held() {
+        let line = |seq: u64| {
+            let a = Alert {
+                origin: "a".into(),
+                seq,
+                path: vec!["a".into()],
+                timestamp_ns: 0,
+                body: vespa_proto::AlertBody::Text(String::new()),
+            };
+            format!("{}\n", serde_json::to_string(&a).expect("json"))
+        };
+        let mut f = tempfile::tempfile().expect("file");
+        let long = format!("{{{}\n", "x".repeat(10_000));
+        write!(f, "{}{long}{}", line(1), line(2)).expect("write");
+        let mut acc = Acc::new(10);
+        assert_eq!(scan_lines(&mut f, &mut acc, 1024).expect("scan"), None);
+        assert_eq!(acc.recent.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!((acc.damaged, acc.damaged_bytes), (1, long.len() as u64));
+
+        // Cut inside the long line: a torn tail from its start.
+        let mut f = tempfile::tempfile().expect("file");
+        write!(f, "{}{}", line(1), &long[..5_000]).expect("write");
+        let mut acc = Acc::new(10);
+        let torn = scan_lines(&mut f, &mut acc, 1024).expect("scan");
+        assert_eq!(torn, Some(line(1).len() as u64));
+    }
 }

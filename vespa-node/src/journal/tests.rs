@@ -11,23 +11,14 @@ use super::load::Mark;
 use super::record::{append, Kind, FILE_MAGIC, HEADER_LEN};
 
 /// A directory of its own for one test, removed when dropped.
-struct Dir(PathBuf);
+struct Dir(tempfile::TempDir);
 
 impl Dir {
-    fn new(test: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("vespa-journal-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("temp dir");
-        Dir(d)
+    fn new() -> Dir {
+        Dir(tempfile::tempdir().expect("temp dir"))
     }
     fn file(&self) -> PathBuf {
-        self.0.join("vo.journal")
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path().join("vo.journal")
     }
 }
 
@@ -84,7 +75,7 @@ const BIG: u64 = 64 << 20;
 
 #[test]
 fn batches_come_back_in_order_with_every_origins_mark() {
-    let dir = Dir::new("batches");
+    let dir = Dir::new();
     let (mut j, loaded) = open(&dir.file(), BIG, 100);
     assert!(loaded.recent.is_empty());
     write(&mut j, &[alert("a", 10), alert("b", 5)]);
@@ -123,7 +114,7 @@ fn batches_come_back_in_order_with_every_origins_mark() {
 
 #[test]
 fn damaged_records_in_the_middle_are_skipped_and_counted_and_the_rest_is_read() {
-    let dir = Dir::new("damaged");
+    let dir = Dir::new();
     let alerts: Vec<Alert> = (1..=10).map(|i| alert("a", i)).collect();
     let (mut j, _) = open(&dir.file(), BIG, 100);
     write(&mut j, &alerts);
@@ -154,7 +145,7 @@ fn damaged_records_in_the_middle_are_skipped_and_counted_and_the_rest_is_read() 
 
 #[test]
 fn a_torn_tail_is_cut_and_the_next_batch_is_not_glued_to_it() {
-    let dir = Dir::new("torn");
+    let dir = Dir::new();
     let alerts: Vec<Alert> = (1..=3).map(|i| alert("a", i)).collect();
     let (mut j, _) = open(&dir.file(), BIG, 100);
     write(&mut j, &alerts);
@@ -180,7 +171,7 @@ fn a_torn_tail_is_cut_and_the_next_batch_is_not_glued_to_it() {
 
 #[test]
 fn a_file_cut_inside_its_header_or_empty_opens_as_an_empty_journal() {
-    let dir = Dir::new("short");
+    let dir = Dir::new();
     std::fs::write(dir.file(), &FILE_MAGIC[..5]).expect("write");
     let (mut j, loaded) = open(&dir.file(), BIG, 100);
     assert!(loaded.recent.is_empty());
@@ -192,7 +183,7 @@ fn a_file_cut_inside_its_header_or_empty_opens_as_an_empty_journal() {
 
 #[test]
 fn compaction_keeps_the_file_within_its_budget_and_every_origins_mark() {
-    let dir = Dir::new("compact");
+    let dir = Dir::new();
     let budget = 64 * 1024;
     let keep = 40;
     let (mut j, _) = open(&dir.file(), budget, keep);
@@ -243,14 +234,14 @@ fn compaction_keeps_the_file_within_its_budget_and_every_origins_mark() {
         );
     }
     assert!(
-        !dir.0.join("vo.journal.compacting").exists(),
+        !dir.0.path().join("vo.journal.compacting").exists(),
         "no temporary file left"
     );
 }
 
 #[test]
 fn loading_holds_only_the_newest_alerts_whatever_the_file_holds() {
-    let dir = Dir::new("memory");
+    let dir = Dir::new();
     let (mut j, _) = open(&dir.file(), BIG, 10);
     for chunk in 0..50u64 {
         let batch: Vec<Alert> = (0..100).map(|i| alert("a", 1 + chunk * 100 + i)).collect();
@@ -273,7 +264,7 @@ fn loading_holds_only_the_newest_alerts_whatever_the_file_holds() {
 
 #[test]
 fn a_journal_of_one_json_line_per_alert_is_read_and_rewritten_framed() {
-    let dir = Dir::new("lines");
+    let dir = Dir::new();
     let line = |a: &Alert| format!("{}\n", serde_json::to_string(a).expect("json"));
     let text = [
         line(&alert("a", 1)),
@@ -310,7 +301,7 @@ fn a_journal_of_one_json_line_per_alert_is_read_and_rewritten_framed() {
 
 #[test]
 fn a_file_in_neither_format_is_refused_and_left_as_it_was() {
-    let dir = Dir::new("foreign");
+    let dir = Dir::new();
     let text = b"root:x:0:0:root:/root:/bin/bash\n".repeat(10);
     std::fs::write(dir.file(), &text).expect("write");
     let e = Journal::open(&dir.file(), BIG, 100).err().expect("refused");
