@@ -329,7 +329,12 @@ impl Delivery {
             .alerts_processed
             .fetch_add(batch.alerts.len() as u64, Ordering::Relaxed);
         for (_, a) in &batch.alerts {
-            self.run_handlers(a);
+            // The writer is the one task that processes a journaling VO's alerts: a handler
+            // that panics must not end it.
+            let run = std::panic::AssertUnwindSafe(|| self.run_handlers(a));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!(node = %self.name, origin = %a.origin, seq = a.seq, "an alert handler panicked on this alert");
+            }
         }
         let mut recent = lock(&self.recent);
         for (_, a) in batch.alerts {
@@ -744,6 +749,33 @@ mod tests {
         assert_eq!(*lock(&seen), [1, 2]);
         assert_eq!(acks(&s), [("a1".to_string(), 2)]);
         writer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_does_not_stop_the_journals_writer() {
+        let dir = TempJournal::new();
+        let mut spec = NodeSpec::new(
+            "VO",
+            Role::Vo,
+            None,
+            Security::Psk(vespa_proto::Psk::random()),
+        );
+        spec.journal = Some(dir.path());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let handler: AlertHandler = Arc::new(move |a: &Alert| {
+            assert_ne!(a.seq, 1, "a handler that panics on alert 1");
+            lock(&s2).push(a.seq);
+        });
+        let d = Delivery::new(&spec, vec![handler]).expect("delivery");
+        let s = child();
+        d.on_alert(from_child(1), &s).await;
+        d.on_alert(from_child(2), &s).await;
+        assert_eq!(d.commit_journal(), None);
+        d.on_alert(from_child(3), &s).await;
+        assert_eq!(d.commit_journal(), None);
+        assert_eq!(*lock(&seen), [2, 3]);
+        assert_eq!(acks(&s), [("a1".to_string(), 3)]);
     }
 
     #[tokio::test]
