@@ -16,8 +16,9 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom};
 
 use vespa_proto::Alert;
 
-use super::record::MAX_PAYLOAD;
-use super::record::{Header, Kind, MetaRecord, OriginRecord, FILE_MAGIC, HEADER_LEN, MAGIC};
+use super::record::{
+    Header, Kind, MetaRecord, OriginRecord, FILE_MAGIC, HEADER_LEN, MAGIC, MAX_PAYLOAD,
+};
 
 /// What de-duplication keeps of one origin: everything at or below `highest` was processed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
