@@ -96,6 +96,12 @@ impl Dedup {
         (Verdict::New, key)
     }
 
+    /// Sets `origin`'s state outright (the VO, from its journal at start).
+    pub fn restore(&mut self, origin: &str, state: OriginState) {
+        let key: Arc<str> = Arc::from(origin);
+        self.origins.insert(key.clone(), (key, state));
+    }
+
     /// Records that the next hop acknowledged `origin` up to `seq`.
     pub fn mark_acked(&mut self, origin: &str, seq: u64) {
         if let Some((_, st)) = self.origins.get_mut(origin) {

@@ -9,10 +9,12 @@
 //! chaining). So until the VO has processed an alert, the origin still holds it:
 //! - a cut link, a dead HO or a dead VO loses nothing: the origin (and any live hop) re-sends
 //!   after reconnecting, and every hop de-duplicates ([`crate::dedup`]);
-//! - the VO processes each alert once: it journals it (if configured) before acknowledging,
-//!   and rebuilds its de-duplication table from the journal after a restart (without a
-//!   journal, a restarted VO may process again the few alerts the old one processed but whose
-//!   ack died with it);
+//! - the VO processes each alert once: with a journal, an alert is processed (handlers, recent
+//!   alerts, the mark that makes a re-send a duplicate) and acknowledged only once the
+//!   journal's writer has written it, and a restarted VO rebuilds its de-duplication table
+//!   from the journal; while the journal cannot write, alerts wait unacknowledged (see
+//!   [`crate::journal`]). Without a journal, a restarted VO may process again the few alerts
+//!   the old one processed but whose ack died with it;
 //! - an HO keeps no state that matters for delivery: killed and restarted, it starts empty
 //!   and the children's re-sends refill it.
 //!
@@ -29,15 +31,16 @@
 //! queue out.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use vespa_proto::{Alert, AlertBody, Message};
 
-use crate::dedup::{Dedup, Verdict};
+use crate::dedup::{Dedup, OriginState, Verdict};
 use crate::error::NodeError;
-use crate::journal::Journal;
+use crate::journal::Journaled;
 use crate::outbox::{Outbox, Slot};
 use crate::session::Session;
 use crate::spec::NodeSpec;
@@ -80,7 +83,7 @@ struct Recent {
 }
 
 impl Recent {
-    fn push(&mut self, a: &Alert) {
+    fn push(&mut self, a: Alert) {
         if self.cap == 0 {
             self.next_index += 1;
             return;
@@ -88,7 +91,7 @@ impl Recent {
         if self.alerts.len() == self.cap {
             self.alerts.pop_front();
         }
-        self.alerts.push_back(a.clone());
+        self.alerts.push_back(a);
         self.next_index += 1;
     }
 }
@@ -118,7 +121,9 @@ pub(crate) struct Delivery {
     own_seq: Mutex<u64>,
     overflow_unreported: AtomicU64,
     recent: Mutex<Recent>,
-    journal: Option<Mutex<Journal>>,
+    journal: Option<Journaled>,
+    /// Held while a written batch is processed, so batches are processed in order.
+    committing: Mutex<()>,
     handlers: Vec<AlertHandler>,
     counters: Counters,
     /// The frame limit of the link to the master: every queued alert fits it.
@@ -137,13 +142,20 @@ impl Delivery {
         };
         let journal = match (&spec.journal, spec.master.is_none()) {
             (Some(path), true) => {
-                let (j, old) = Journal::open(path)?;
-                for a in old {
-                    let (_, key) = hop.dedup.accept(&a.origin, a.seq);
-                    hop.dedup.mark_acked(&key, a.seq);
-                    recent.push(&a);
+                let s = &spec.settings;
+                let (j, loaded) = Journaled::open(path, s.journal_max_bytes, s.keep_alerts)?;
+                for (origin, m) in j.marks() {
+                    let state = OriginState {
+                        highest: m.highest,
+                        acked: m.highest,
+                        count: m.count,
+                        first: m.first,
+                    };
+                    hop.dedup.restore(&origin, state);
                 }
-                Some(Mutex::new(j))
+                recent.alerts = loaded.recent;
+                recent.next_index = loaded.alerts_total;
+                Some(j)
             }
             _ => None,
         };
@@ -160,6 +172,7 @@ impl Delivery {
             overflow_unreported: AtomicU64::new(0),
             recent: Mutex::new(recent),
             journal,
+            committing: Mutex::new(()),
             handlers,
             counters: Counters::default(),
             max_frame: spec.settings.max_frame,
@@ -204,6 +217,13 @@ impl Delivery {
     pub fn raise(&self, body: AlertBody, timestamp_ns: u64) -> Result<u64, QueueFull> {
         let mut seq = lock(&self.own_seq);
         let Some(outbox) = &self.outbox else {
+            if self.journal.as_ref().is_some_and(|j| !j.has_room()) {
+                let n = self.counters.queue_overflow.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.is_multiple_of(1000) {
+                    tracing::warn!(node = %self.name, dropped_total = n, "alerts waiting for the journal at their bound: this node's own alert dropped (counted in queue_overflow)");
+                }
+                return Err(QueueFull);
+            }
             *seq += 1;
             let alert = self.new_alert(*seq, body, timestamp_ns);
             inc(&self.counters.alerts_raised);
@@ -257,8 +277,9 @@ impl Delivery {
         }
     }
 
-    /// The root takes a new alert: journal, recent list, handlers; then it is acknowledged
-    /// to `from`, if it came from a child.
+    /// The root takes a new alert. With a journal, it waits there to be written (and is
+    /// processed and acknowledged by [`Delivery::commit_journal`]); without, it is processed
+    /// at once (recent list, handlers) and acknowledged to `from`, if it came from a child.
     fn process_at_root(&self, mut alert: Alert, from: Option<&Arc<Session>>) {
         let mut hop = lock(&self.hop);
         let (verdict, key) = hop.dedup.accept(&alert.origin, alert.seq);
@@ -266,10 +287,11 @@ impl Delivery {
             hop.route(&key, from);
         }
         let seq = alert.seq;
-        if verdict != Verdict::New {
+        if let Verdict::Duplicate { acked } = verdict {
             drop(hop);
             inc(&self.counters.duplicates_dropped);
-            if let Some(from) = from {
+            // One still waiting for the journal is acknowledged once written.
+            if let (true, Some(from)) = (acked, from) {
                 from.acks.put(key, seq);
             }
             return;
@@ -277,11 +299,17 @@ impl Delivery {
         if from.is_some() {
             alert.path.push(self.name.clone());
         }
-        if let Some(j) = &self.journal {
-            lock(j).append(&alert);
-        }
+        let alert = match &self.journal {
+            // Under the hop lock, so the journal takes each origin's alerts in the order
+            // they were judged.
+            Some(j) => match j.push(key.clone(), alert) {
+                Ok(()) => return,
+                Err(unjournaled) => *unjournaled,
+            },
+            None => alert,
+        };
         hop.dedup.mark_acked(&key, seq);
-        lock(&self.recent).push(&alert);
+        lock(&self.recent).push(alert.clone());
         drop(hop);
         inc(&self.counters.alerts_processed);
         self.run_handlers(&alert);
@@ -290,10 +318,95 @@ impl Delivery {
         }
     }
 
+    /// Writes the alerts waiting for the journal as one batch and, once they are in it,
+    /// processes them in order: marks them processed for de-duplication, runs the handlers,
+    /// keeps them for `get_alerts`, and acknowledges each origin's highest on the connection
+    /// its alerts last came through. Returns the delay before the next attempt when the
+    /// journal cannot write (nothing is then processed or acknowledged).
+    pub fn commit_journal(&self) -> Option<Duration> {
+        let j = self.journal.as_ref()?;
+        let _in_order = lock(&self.committing);
+        let batch = match j.write_pending() {
+            Ok(b) => b,
+            Err(retry) => return Some(retry),
+        };
+        if batch.alerts.is_empty() {
+            return None;
+        }
+        let mut highest: HashMap<Arc<str>, u64> = HashMap::new();
+        let acks: Vec<(Arc<str>, u64, Arc<Session>)> = {
+            let mut hop = lock(&self.hop);
+            for (key, a) in &batch.alerts {
+                hop.dedup.mark_acked(key, a.seq);
+                highest.insert(key.clone(), a.seq);
+            }
+            highest
+                .into_iter()
+                .filter_map(|(key, seq)| {
+                    let session = hop.routes.get(&key)?.upgrade()?;
+                    Some((key, seq, session))
+                })
+                .collect()
+        };
+        self.counters
+            .alerts_processed
+            .fetch_add(batch.alerts.len() as u64, Ordering::Relaxed);
+        for (_, a) in &batch.alerts {
+            // The writer is the one task that processes a journaling VO's alerts: a handler
+            // that panics must not end it.
+            let run = std::panic::AssertUnwindSafe(|| self.run_handlers(a));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!(node = %self.name, origin = %a.origin, seq = a.seq, "an alert handler panicked on this alert");
+            }
+        }
+        let mut recent = lock(&self.recent);
+        for (_, a) in batch.alerts {
+            recent.push(a);
+        }
+        drop(recent);
+        for (key, seq, session) in acks {
+            session.acks.put(key, seq);
+        }
+        j.compact_if_due(|| {
+            let r = lock(&self.recent);
+            (r.alerts.iter().cloned().collect(), r.next_index)
+        });
+        None
+    }
+
+    /// The VO's journal writer: writes alerts as they come, and while the journal cannot
+    /// write, tries again (50 ms, doubling to 1 s). Ends when `stop` completes; returns at
+    /// once without a journal.
+    pub async fn run_journal(&self, stop: impl Future<Output = ()>) {
+        let Some(j) = &self.journal else {
+            return;
+        };
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = j.wanted() => {}
+            }
+            while let Some(retry) = self.commit_journal() {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+            }
+        }
+    }
+
     /// An alert from a child (already checked to be well-formed).
     pub async fn on_alert(&self, mut alert: Alert, from: &Arc<Session>) {
         inc(&self.counters.alerts_received);
         let Some(outbox) = &self.outbox else {
+            if let Some(j) = &self.journal {
+                // Alerts waiting for the journal are bounded: past that, stop reading.
+                tokio::select! {
+                    _ = j.room() => {}
+                    _ = from.cancel.cancelled() => return,
+                }
+            }
             self.process_at_root(alert, Some(from));
             return;
         };
@@ -349,11 +462,13 @@ impl Delivery {
         }
     }
 
-    /// Writes the journal out. Every writer calls it before it sends acks, since alerts must
-    /// be in the journal before they are acknowledged; the stop sequence calls it last.
+    /// Writes what waits for the journal, once (the stop sequence's last step, after the
+    /// journal's writer ended). What cannot be written was not acknowledged: its senders
+    /// send it again to the next VO.
     pub fn flush_journal(&self) {
-        if let Some(j) = &self.journal {
-            lock(j).flush();
+        if self.commit_journal().is_some() {
+            let pending = self.journal.as_ref().map_or(0, Journaled::pending);
+            tracing::warn!(node = %self.name, pending, "stopping with alerts the journal could not write (not acknowledged: their senders keep them)");
         }
     }
 
@@ -434,14 +549,19 @@ impl Delivery {
         st.acks_received = get(&c.acks_received);
         st.queue_overflow = get(&c.queue_overflow);
         st.oversized = get(&c.oversized);
+        st.journal = self.journal.as_ref().map(Journaled::stats);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
     use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::config::Role;
     use crate::transport::Security;
 
     fn agent(queue_capacity: usize) -> Delivery {
@@ -580,5 +700,213 @@ mod tests {
         );
         let st = stats(&d);
         assert_eq!((st.alerts_raised, st.queue_overflow), (4, 2));
+    }
+
+    /// A VO journaling to `path`, whose handler records the sequence numbers it sees.
+    fn vo(path: &Path) -> (Delivery, Arc<Mutex<Vec<u64>>>) {
+        let mut spec = NodeSpec::new(
+            "VO",
+            Role::Vo,
+            None,
+            Security::Psk(vespa_proto::Psk::random()),
+        );
+        spec.journal = Some(path.to_path_buf());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let handler: AlertHandler = Arc::new(move |a: &Alert| lock(&s).push(a.seq));
+        (Delivery::new(&spec, vec![handler]).expect("delivery"), seen)
+    }
+
+    fn child() -> Arc<Session> {
+        let addr = "127.0.0.1:1".parse().expect("addr");
+        Session::new(1, addr, "HO".into(), CancellationToken::new()).0
+    }
+
+    fn from_child(seq: u64) -> Alert {
+        Alert {
+            origin: "a1".into(),
+            seq,
+            path: vec!["a1".into(), "HO".into()],
+            timestamp_ns: 1,
+            body: AlertBody::Text(format!("#{seq}")),
+        }
+    }
+
+    fn acks(s: &Session) -> Vec<(String, u64)> {
+        s.acks
+            .take()
+            .into_iter()
+            .map(|(o, seq)| (o.to_string(), seq))
+            .collect()
+    }
+
+    /// A journal file in a directory of its own, removed when dropped.
+    struct TempJournal(tempfile::TempDir);
+    impl TempJournal {
+        fn new() -> TempJournal {
+            TempJournal(tempfile::tempdir().expect("temp dir"))
+        }
+        fn path(&self) -> PathBuf {
+            self.0.path().join("vo.journal")
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_journal_an_alert_is_processed_and_acknowledged_only_once_written() {
+        let dir = TempJournal::new();
+        let (d, seen) = vo(&dir.path());
+        let s = child();
+        d.on_alert(from_child(1), &s).await;
+        d.on_alert(from_child(2), &s).await;
+        // A re-send while it waits: a duplicate, acknowledged only once written.
+        d.on_alert(from_child(2), &s).await;
+        let st = stats(&d);
+        assert_eq!((st.alerts_processed, st.duplicates_dropped), (0, 1));
+        assert_eq!(st.journal.map(|j| j.pending), Some(2));
+        assert!(
+            lock(&seen).is_empty(),
+            "no handler before the journal has it"
+        );
+        assert!(acks(&s).is_empty(), "no ack before the journal has it");
+
+        assert_eq!(d.commit_journal(), None);
+        assert_eq!(*lock(&seen), [1, 2]);
+        assert_eq!(acks(&s), [("a1".to_string(), 2)]);
+        let st = stats(&d);
+        assert_eq!(st.alerts_processed, 2);
+        assert_eq!(st.journal.map(|j| j.pending), Some(0));
+        // Written: a re-send is acknowledged at once, and not processed again.
+        d.on_alert(from_child(1), &s).await;
+        assert_eq!(acks(&s), [("a1".to_string(), 1)]);
+        assert_eq!(*lock(&seen), [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_vo_processes_again_exactly_what_its_journal_did_not_hold() {
+        let dir = TempJournal::new();
+        let (d, _) = vo(&dir.path());
+        let s = child();
+        for seq in 1..=3 {
+            d.on_alert(from_child(seq), &s).await;
+        }
+        d.commit_journal();
+        // Taken but not written when the VO dies: it was neither processed nor acknowledged.
+        d.on_alert(from_child(4), &s).await;
+        drop(d);
+
+        let (d, seen) = vo(&dir.path());
+        let st = stats(&d);
+        assert_eq!((st.origins["a1"].highest, st.origins["a1"].count), (3, 3));
+        let s = child();
+        // The child re-sends all it holds unacknowledged (the acks of 1..3 may have been lost).
+        for seq in 1..=4 {
+            d.on_alert(from_child(seq), &s).await;
+        }
+        assert_eq!(
+            acks(&s),
+            [("a1".to_string(), 3)],
+            "the journaled ones at once"
+        );
+        d.commit_journal();
+        assert_eq!(
+            *lock(&seen),
+            [4],
+            "only the one never journaled is processed"
+        );
+        assert_eq!(acks(&s), [("a1".to_string(), 4)]);
+        assert_eq!(stats(&d).origins["a1"].count, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_the_journal_cannot_write_nothing_is_processed_or_acknowledged_until_it_can() {
+        let dir = TempJournal::new();
+        let (d, seen) = vo(&dir.path());
+        let d = Arc::new(d);
+        let journal = d.journal.as_ref().expect("a journal");
+        journal.fail_writes(true);
+        let writer = tokio::spawn({
+            let d = d.clone();
+            async move { d.run_journal(std::future::pending()).await }
+        });
+        let s = child();
+        d.on_alert(from_child(1), &s).await;
+        d.on_alert(from_child(2), &s).await;
+        // Attempts at 0, 50, 150, 350, 750 ms, then every second.
+        tokio::time::sleep(Duration::from_millis(4_800)).await;
+        let st = stats(&d).journal.expect("journal stats");
+        assert_eq!((st.writable, st.pending, st.failures), (false, 2, 9));
+        assert!(lock(&seen).is_empty());
+        assert!(acks(&s).is_empty());
+        assert_eq!(stats(&d).alerts_processed, 0);
+        // A re-send meanwhile is a duplicate, still not acknowledged.
+        d.on_alert(from_child(2), &s).await;
+        assert!(acks(&s).is_empty());
+
+        journal.fail_writes(false);
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let st = stats(&d).journal.expect("journal stats");
+        assert_eq!((st.writable, st.pending), (true, 0));
+        assert_eq!(*lock(&seen), [1, 2]);
+        assert_eq!(acks(&s), [("a1".to_string(), 2)]);
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_does_not_stop_the_journals_writer() {
+        let dir = TempJournal::new();
+        let mut spec = NodeSpec::new(
+            "VO",
+            Role::Vo,
+            None,
+            Security::Psk(vespa_proto::Psk::random()),
+        );
+        spec.journal = Some(dir.path());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let handler: AlertHandler = Arc::new(move |a: &Alert| {
+            assert_ne!(a.seq, 1, "a handler that panics on alert 1");
+            lock(&s2).push(a.seq);
+        });
+        let d = Delivery::new(&spec, vec![handler]).expect("delivery");
+        let s = child();
+        d.on_alert(from_child(1), &s).await;
+        d.on_alert(from_child(2), &s).await;
+        assert_eq!(d.commit_journal(), None);
+        d.on_alert(from_child(3), &s).await;
+        assert_eq!(d.commit_journal(), None);
+        assert_eq!(*lock(&seen), [2, 3]);
+        assert_eq!(acks(&s), [("a1".to_string(), 3)]);
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_of_alerts_waiting_for_the_journal_the_vo_stops_reading() {
+        let dir = TempJournal::new();
+        let (d, _) = vo(&dir.path());
+        d.journal.as_ref().expect("journal").fail_writes(true);
+        let s = child();
+        let big = |seq| Alert {
+            body: AlertBody::Text("x".repeat(1 << 20)),
+            ..from_child(seq)
+        };
+        let mut seq = 0;
+        while d.journal.as_ref().expect("journal").has_room() {
+            seq += 1;
+            d.on_alert(big(seq), &s).await;
+        }
+        assert!((8..=9).contains(&seq), "{seq} alerts of 1 MiB taken");
+        let next = d.on_alert(big(seq + 1), &s);
+        tokio::pin!(next);
+        assert!(
+            futures_util::FutureExt::now_or_never(next.as_mut()).is_none(),
+            "the next alert waits for room"
+        );
+        assert!(
+            d.raise(AlertBody::Text("own".into()), 0).is_err(),
+            "the VO's own alert is refused"
+        );
+        d.journal.as_ref().expect("journal").fail_writes(false);
+        assert_eq!(d.commit_journal(), None);
+        next.await;
+        assert_eq!(stats(&d).journal.map(|j| j.pending), Some(1));
     }
 }

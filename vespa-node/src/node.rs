@@ -105,6 +105,10 @@ impl Node {
         let name = &spec.name;
         let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut tasks = Vec::new();
+        let (delivery, life) = (self.delivery.clone(), self.life.clone());
+        tasks.push(tokio::spawn(async move {
+            delivery.run_journal(life.closed()).await
+        }));
         if let Some(l) = listener {
             let server = Arc::new(Server::new(
                 spec.clone(),

@@ -138,14 +138,12 @@ impl Server {
             self.peers
                 .session(peer, link.peer_name.clone(), self.life.session_token());
         self.peers.add(&session);
-        let delivery = self.delivery.clone();
         let writer = tokio::spawn(write_loop(
             link.writer,
             session.clone(),
             ctl_rx,
             None,
             s.heartbeat,
-            move || delivery.flush_journal(),
             |_| {},
         ));
 

@@ -52,7 +52,7 @@ impl AckBox {
         self.notify.notify_one();
     }
 
-    fn take(&self) -> Vec<(Arc<str>, u64)> {
+    pub(crate) fn take(&self) -> Vec<(Arc<str>, u64)> {
         let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         p.drain().collect()
     }
@@ -193,7 +193,6 @@ pub(crate) async fn write_loop(
     mut ctl: mpsc::Receiver<Message>,
     outbox: Option<Arc<Outbox>>,
     heartbeat: Duration,
-    before_acks: impl Fn() + Send,
     sent: impl Fn(u64) + Send,
 ) {
     let result = write_inner(
@@ -202,7 +201,6 @@ pub(crate) async fn write_loop(
         &mut ctl,
         outbox.as_deref(),
         heartbeat,
-        &before_acks,
         &sent,
     )
     .await;
@@ -223,7 +221,6 @@ async fn write_inner(
     ctl: &mut mpsc::Receiver<Message>,
     outbox: Option<&Outbox>,
     heartbeat: Duration,
-    before_acks: &(impl Fn() + Send),
     sent: &(impl Fn(u64) + Send),
 ) -> Result<(), ProtoError> {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -245,16 +242,12 @@ async fn write_inner(
         while let Ok(m) = ctl.try_recv() {
             feed_ctl(w, session, m).await?;
         }
-        let acks = session.acks.take();
-        if !acks.is_empty() {
-            before_acks();
-            for (origin, seq) in acks {
-                w.feed(&Message::Ack {
-                    origin: origin.to_string(),
-                    seq,
-                })
-                .await?;
-            }
+        for (origin, seq) in session.acks.take() {
+            w.feed(&Message::Ack {
+                origin: origin.to_string(),
+                seq,
+            })
+            .await?;
         }
         if let Some(o) = outbox {
             // Bounded per wake-up so acks, replies and heartbeats are never starved by a

@@ -66,6 +66,32 @@ pub struct Stats {
     pub children: Vec<String>,
     /// Per origin: sequence numbers taken at this hop.
     pub origins: BTreeMap<String, OriginState>,
+    /// The VO's alert journal, if it keeps one.
+    #[serde(default)]
+    pub journal: Option<JournalStats>,
+}
+
+/// The VO's alert journal in a `stats` snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalStats {
+    /// The file's size.
+    pub bytes: u64,
+    /// Its budget (`journal_max_bytes`): past it, the file is compacted.
+    pub max_bytes: u64,
+    /// False while writes fail (a full disk): alerts are then neither processed nor
+    /// acknowledged, and wait (up to a bound) to be written.
+    pub writable: bool,
+    /// Alerts taken but not yet written, hence not yet processed nor acknowledged.
+    pub pending: usize,
+    /// Failed writes (each attempt at a batch), failed compactions, alerts that could not
+    /// be encoded. Each change between writing and failing is also logged once.
+    pub failures: u64,
+    /// Times the file was compacted since start.
+    pub compactions: u64,
+    /// Damaged stretches skipped when the file was read at start.
+    pub damaged_at_start: u64,
+    /// Bytes of a torn tail cut off at start.
+    pub torn_bytes_at_start: u64,
 }
 
 impl Stats {
@@ -93,6 +119,7 @@ impl Stats {
             uplink_connected: false,
             children: Vec::new(),
             origins: BTreeMap::new(),
+            journal: None,
         }
     }
 }

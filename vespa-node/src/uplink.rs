@@ -216,7 +216,6 @@ impl Uplink {
             tracing::info!(node = %node, master = %master.name, addr = %master.addr, queued, "connected to master");
         }
 
-        let journal = self.delivery.clone();
         let counted = self.delivery.clone();
         let writer = tokio::spawn(write_loop(
             link.writer,
@@ -224,7 +223,6 @@ impl Uplink {
             ctl_rx,
             self.delivery.outbox(),
             s.heartbeat,
-            move || journal.flush_journal(),
             move |n| counted.sent(n),
         ));
         let idle = s.heartbeat * 3;

@@ -54,6 +54,13 @@ enum Command {
     },
     /// Call a verb on any node of a running tree (through the VO, or --via another node).
     Call(CallArgs),
+    /// Print what a VO's alert journal holds, without changing it: its alerts as JSON lines
+    /// on stdout; each origin's count and highest sequence number, and any damage skipped,
+    /// on stderr.
+    Journal {
+        /// The journal file (the VO's `journal` in the topology).
+        path: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -219,7 +226,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => run_nodes(args),
         Command::Call(args) => call(args),
+        Command::Journal { path } => print_journal(&path),
     }
+}
+
+fn print_journal(path: &Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let read = vespa_node::journal::read(path).with_context(|| path.display().to_string())?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for a in &read.alerts {
+        serde_json::to_writer(&mut out, a)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    for (origin, (highest, count)) in &read.origins {
+        eprintln!("{origin}: {count} alert(s) processed, highest sequence number {highest}");
+    }
+    if read.damaged > 0 || read.torn_bytes > 0 {
+        eprintln!(
+            "{} damaged stretch(es) skipped; a torn tail of {} byte(s)",
+            read.damaged, read.torn_bytes
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn security(topo: &Topology, args: &launch::TopologyArgs) -> anyhow::Result<Security> {

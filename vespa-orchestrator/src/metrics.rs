@@ -219,6 +219,80 @@ impl Collector for NodeCollector {
             MetricType::Gauge,
             &l,
             ConstGauge::new(s.queue_len as i64),
-        )
+        )?;
+        let Some(j) = &s.journal else {
+            return Ok(());
+        };
+        family(
+            &mut enc,
+            "vespa_journal_failures",
+            "Failed journal writes (each attempt), compactions and alerts that could not be encoded.",
+            MetricType::Counter,
+            &l,
+            ConstCounter::new(j.failures),
+        )?;
+        let gauges: [(&str, &str, i64); 3] = [
+            (
+                "vespa_journal_writable",
+                "1 while the journal writes, 0 while it cannot (alerts are then neither processed nor acknowledged).",
+                i64::from(j.writable),
+            ),
+            (
+                "vespa_journal_pending",
+                "Alerts waiting to be written to the journal.",
+                j.pending as i64,
+            ),
+            (
+                "vespa_journal_bytes",
+                "Size of the journal file.",
+                j.bytes as i64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            family(
+                &mut enc,
+                name,
+                help,
+                MetricType::Gauge,
+                &l,
+                ConstGauge::new(v),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vespa_node::{Hooks, Node, NodeSpec, Role, Security};
+
+    use super::*;
+
+    fn vo(journal: Option<std::path::PathBuf>) -> Node {
+        let mut spec = NodeSpec::new(
+            "VO",
+            Role::Vo,
+            None,
+            Security::Psk(vespa_proto::Psk::random()),
+        );
+        spec.journal = journal;
+        Node::new(spec, Hooks::default()).expect("VO")
+    }
+
+    #[test]
+    fn the_journal_is_in_the_metrics_of_a_vo_that_keeps_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let with = vo(Some(dir.path().join("vo.journal")));
+        let text = render(&Metrics::default().registry(with.handle()));
+        for line in [
+            "vespa_journal_writable{node=\"VO\"} 1",
+            "vespa_journal_failures_total{node=\"VO\"} 0",
+            "vespa_journal_pending{node=\"VO\"} 0",
+            "vespa_journal_bytes{node=\"VO\"} 16",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+        let without = render(&Metrics::default().registry(vo(None).handle()));
+        assert!(!without.contains("vespa_journal"), "{without}");
     }
 }

@@ -22,7 +22,8 @@ mod agent {
 }
 
 /// Trees of the real binaries: configuration, alerts and calls across processes, crashes,
-/// cut links, hostile peers, kernel time stamps, the fast path at an HO, acting agents.
+/// cut links, hostile peers, kernel time stamps, the fast path at an HO, acting agents; and
+/// the VO's journal on a file system that fills up (nodes in process).
 mod tree {
     mod actuators;
     mod config;
@@ -30,6 +31,7 @@ mod tree {
     mod fastpath;
     mod flood;
     mod hostile;
+    mod journal;
     mod kernel_time;
     mod loopback;
     mod netns;

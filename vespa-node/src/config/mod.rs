@@ -205,7 +205,13 @@ pub struct Settings {
     pub call_timeout: Duration,
     /// Largest frame, in bytes (both ends must agree).
     pub max_frame: usize,
+    /// VO: the alert journal's byte budget; past it the file is compacted to what
+    /// de-duplication needs and the newest alerts that fit in half of it.
+    pub journal_max_bytes: u64,
 }
+
+/// The default of [`Settings::journal_max_bytes`]: 64 MiB.
+pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 64 << 20;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -220,6 +226,7 @@ impl Default for Settings {
             keep_alerts: 10_000,
             call_timeout: Duration::from_secs(10),
             max_frame: vespa_proto::frame::DEFAULT_MAX_FRAME,
+            journal_max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
         }
     }
 }

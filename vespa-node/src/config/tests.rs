@@ -149,3 +149,27 @@ fn relative_paths_resolve_against_the_config_directory() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_journal_budget_defaults_to_64_mib_and_refuses_less_than_64_kib() {
+    let with = |line: &str| {
+        Topology::from_toml(
+            "t.toml",
+            &DEFAULT_TOPOLOGY.replace(
+                "key_file = \"/etc/vespa/psk\"",
+                &format!("key_file = \"/etc/vespa/psk\"\n{line}"),
+            ),
+        )
+    };
+    assert_eq!(
+        Topology::embedded_default().settings.journal_max_bytes,
+        64 << 20
+    );
+    let t = with("journal_max_bytes = 1048576").expect("valid");
+    assert_eq!(t.settings.journal_max_bytes, 1 << 20);
+    let e = with("journal_max_bytes = 4096").expect_err("too small");
+    assert_eq!(
+        e.to_string(),
+        "t.toml:6: [settings]: field `journal_max_bytes`: must be at least 65536 bytes"
+    );
+}

@@ -54,6 +54,7 @@ struct RawSettings {
     keep_alerts: Option<usize>,
     call_timeout_ms: Option<u64>,
     max_frame: Option<usize>,
+    journal_max_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +189,17 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
                 ));
             }
             settings.max_frame = f;
+        }
+        if let Some(b) = s.journal_max_bytes {
+            if b < 64 * 1024 {
+                return Err(err(
+                    at("journal_max_bytes"),
+                    ctx(),
+                    "journal_max_bytes",
+                    "must be at least 65536 bytes".into(),
+                ));
+            }
+            settings.journal_max_bytes = b;
         }
     }
 

@@ -83,8 +83,8 @@ fn sigkill_of_the_ho_while_the_agent_streams_loses_and_duplicates_nothing() {
 
 #[test]
 fn sigkill_of_the_vo_with_a_journal_loses_and_duplicates_nothing() {
-    let tree = streaming_tree("crash-vo", "journal = \"vo-alerts.jsonl\"\n");
-    let journal = tree.scratch.dir.join("vo-alerts.jsonl");
+    let tree = streaming_tree("crash-vo", "journal = \"vo-alerts.journal\"\n");
+    let journal = tree.scratch.dir.join("vo-alerts.journal");
     let mut vo = tree.spawn("vo", "vespa-orchestrator", None, &[], &["VO"]);
     let mut ho = tree.spawn("ho", "vespa-orchestrator", None, &[], &["HO_VM"]);
     let mut agent = tree.spawn("agent", "vespa-agent", None, &["--mode", "proc"], &["bw"]);
@@ -112,10 +112,12 @@ fn sigkill_of_the_vo_with_a_journal_loses_and_duplicates_nothing() {
     });
 
     let (first, last) = stop_agent_and_drain(&tree, &mut agent);
-    let text = std::fs::read_to_string(&journal).expect("journal");
-    let journaled: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("journal line"))
+    let read = vespa_node::journal::read(&journal).expect("journal");
+    assert_eq!(read.damaged, 0, "no damaged record in the journal");
+    let journaled: Vec<serde_json::Value> = read
+        .alerts
+        .iter()
+        .map(|a| serde_json::to_value(a).expect("alert as JSON"))
         .collect();
     assert_exactly_once(
         &seqs_of(&journaled, "bw"),
