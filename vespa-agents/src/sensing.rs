@@ -262,7 +262,7 @@ impl SensorAgent {
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(node = %node.name(), error = %e, "reading connections failed")
+                    tracing::warn!(node = %node.name(), error = ?e.to_string(), "reading connections failed")
                 }
             },
             _ => match blocking(move || src.interfaces()).await {
@@ -278,7 +278,7 @@ impl SensorAgent {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(node = %node.name(), error = %e, "reading interface counters failed")
+                    tracing::warn!(node = %node.name(), error = ?e.to_string(), "reading interface counters failed")
                 }
             },
         }

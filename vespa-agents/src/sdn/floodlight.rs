@@ -347,7 +347,7 @@ impl Floodlight {
                 FloodlightMode::Firewall => self.delete_rule(h).await,
             };
             if let Err(e) = r {
-                tracing::warn!(handle = ?h, error = %crate::error::chain(&e), "could not undo a half-installed Floodlight block");
+                tracing::warn!(handle = ?h, error = ?crate::error::chain(&e), "could not undo a half-installed Floodlight block");
             }
         }
     }

@@ -316,7 +316,7 @@ pub trait SdnController: Send + Sync + 'static {
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
                     let id = random();
-                    tracing::warn!(controller = self.name(), error = %crate::error::chain(&e), first = id.0, "cannot list the controller's VESPA flows; block ids start at a random base");
+                    tracing::warn!(controller = self.name(), error = ?crate::error::chain(&e), first = id.0, "cannot list the controller's VESPA flows; block ids start at a random base");
                     id
                 }
             })

@@ -209,7 +209,7 @@ pub fn spawn_reaper<C: SdnController>(
                         ),
                         Err(crate::error::SdnError::NoSuchBlock(_)) => {}
                         Err(e) => {
-                            tracing::warn!(controller = ctrl.name(), block = id.0, error = %crate::error::chain(&e), "expired block could not be released; will retry");
+                            tracing::warn!(controller = ctrl.name(), block = id.0, error = ?crate::error::chain(&e), "expired block could not be released; will retry");
                             alerts.failed(ctrl.name(), &format!("release expired block {id}"), &e);
                             book.postpone(id, RETRY_EXPIRED_AFTER);
                         }

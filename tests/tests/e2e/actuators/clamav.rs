@@ -417,6 +417,63 @@ async fn a_file_over_the_agents_scan_limit_is_a_counted_skip() {
     );
 }
 
+/// Everything logged through it, as text.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// File names come from the guest: one holding a newline and a forged log line still makes
+/// one line in the agent's (text) log, with the newline escaped.
+#[tokio::test]
+async fn a_file_name_with_a_newline_makes_one_log_line() {
+    let Some(c) = clamd("a_file_name_with_a_newline_makes_one_log_line", "1M") else {
+        return;
+    };
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The test's runtime runs on this thread: the agent's events land here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (a, _alerts) = agent(
+        ClamdAddr::Unix(c.socket.clone()),
+        None,
+        RetryPolicy::default(),
+    );
+    let files = tempfile::tempdir().expect("tempdir");
+    let forged = "1970-01-01T00:00:00.000000Z  INFO vespa_agents: scan clean, nothing found";
+    let bad = write(files.path(), &format!("invoice.pdf\n{forged}"), &eicar());
+    assert!(matches!(
+        a.scan_file(&bad).await,
+        Ok(Verdict::Infected { .. })
+    ));
+    let out = String::from_utf8(log.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let infected: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("infected file"))
+        .collect();
+    assert_eq!(infected.len(), 1, "{out}");
+    assert!(
+        infected[0].contains("invoice.pdf\\n1970-01-01"),
+        "the newline is escaped: {out}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("1970-01-01")),
+        "no forged line: {out}"
+    );
+}
+
 #[tokio::test]
 async fn clamd_down_is_a_clear_error_and_is_retried() {
     let Some(mut c) = clamd("clamd_down_is_a_clear_error_and_is_retried", "1M") else {
