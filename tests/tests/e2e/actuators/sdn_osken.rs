@@ -301,11 +301,14 @@ fn osken_block_ids_survive_an_agent_restart_and_the_switch_enforces_the_ttl() {
                 .as_u64()
                 .expect("an id");
             let old_cookie = format!("cookie={:#x}", BlockId(old).cookie());
-            lab.ovs
-                .wait_flow(&lab.bridge, &old_cookie, true, Duration::from_secs(5))
-                .expect("the first agent's flows");
-            let flows = lab.ovs.flows_matching(&lab.bridge, &old_cookie);
-            assert_eq!(flows.len(), 2, "{flows:?}");
+            let flows = vespa_testkit::wait_until(
+                "the first agent's two flows",
+                Duration::from_secs(5),
+                || {
+                    let f = lab.ovs.flows_matching(&lab.bridge, &old_cookie);
+                    (f.len() == 2).then_some(f)
+                },
+            );
             assert!(
                 flows.iter().all(|f| f.contains("hard_timeout=660")),
                 "TTL 600 s + 60 s margin, enforced by the switch: {flows:?}"
@@ -327,6 +330,16 @@ fn osken_block_ids_survive_an_agent_restart_and_the_switch_enforces_the_ttl() {
                     .iter()
                     .all(|f| !f.contains("hard_timeout")),
                 "a block without a TTL has no switch timeout"
+            );
+            // Blocking it again with a TTL re-adds its flows, now with the switch's timeout.
+            call(&second, "block_hackers", &[&lab.h2.mac, "100"]).await;
+            vespa_testkit::wait_until(
+                "the refreshed flows with hard_timeout=160 (TTL 100 s + 60 s)",
+                Duration::from_secs(5),
+                || {
+                    let f = lab.ovs.flows_matching(&lab.bridge, &new_cookie);
+                    (f.len() == 2 && f.iter().all(|l| l.contains("hard_timeout=160"))).then_some(())
+                },
             );
 
             call(&second, "release_hackers", &[&lab.h2.mac]).await;
