@@ -214,10 +214,10 @@ fn log_events(sensors: Sensors) -> tokio::task::JoinHandle<()> {
         loop {
             match rx.recv().await {
                 Ok(vespa_agent::SensorEvent::InterfaceAttached { name, ifindex }) => {
-                    tracing::info!(iface = %name, ifindex, "monitoring interface")
+                    tracing::info!(iface = ?name, ifindex, "monitoring interface")
                 }
                 Ok(vespa_agent::SensorEvent::InterfaceDetached { name, ifindex }) => {
-                    tracing::info!(iface = %name, ifindex, "no longer monitoring interface")
+                    tracing::info!(iface = ?name, ifindex, "no longer monitoring interface")
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -5,6 +5,14 @@
 //! `u32 big-endian length + bytes`, ended by a zero length; clamd answers `stream: OK`,
 //! `stream: <signature> FOUND`, or `INSTREAM size limit exceeded. ERROR` (it may close the
 //! socket before the upload ends; the reply is still read).
+//!
+//! Files come from directories a VM may write to, so they are opened as hostile:
+//! [`open_regular`] never follows a symbolic link (`O_NOFOLLOW`; below a scanned directory,
+//! `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, so no component may be a link), never
+//! blocks (`O_NONBLOCK`: a FIFO without a writer opens at once) and keeps only regular files
+//! (checked with `fstat` on the opened file, so nothing can be swapped in between). A file
+//! larger than the scan limit is not sent ([`AvError::TooLarge`]), and a whole scan, reading
+//! the file included, is bounded by the client's timeout.
 
 mod agent;
 mod watch;
@@ -78,6 +86,72 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 const CHUNK: usize = 64 * 1024;
 /// Longest reply accepted from clamd.
 const MAX_REPLY: usize = 64 * 1024;
+/// Largest file scanned by default: clamd's own default `StreamMaxLength` (25 MiB).
+pub const DEFAULT_MAX_SCAN_BYTES: u64 = 25 * 1024 * 1024;
+
+/// Opens `path` for scanning: a regular file, reached without following a symbolic link,
+/// without blocking. With `beneath`, `path` must lie under that directory and no component
+/// below it may be a link (on kernels without `openat2`, before 5.6, only the last component
+/// is checked). Returns the file and its size.
+pub fn open_regular(path: &Path, beneath: Option<&Path>) -> Result<(std::fs::File, u64), AvError> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let what = || path.display().to_string();
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let plain = || rustix::fs::open(path, flags, Mode::empty());
+    let opened = match beneath.and_then(|root| Some((root, path.strip_prefix(root).ok()?))) {
+        Some((root, rel)) => rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .and_then(|dir| {
+            let resolve =
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+            match rustix::fs::openat2(&dir, rel, flags, Mode::empty(), resolve) {
+                Err(rustix::io::Errno::NOSYS) => plain(),
+                r => r,
+            }
+        }),
+        None => plain(),
+    };
+    let fd = opened.map_err(|e| match e {
+        rustix::io::Errno::LOOP => AvError::NotRegular {
+            path: what(),
+            kind: "a symbolic link (or below one)",
+        },
+        rustix::io::Errno::XDEV => AvError::NotRegular {
+            path: what(),
+            kind: "outside the scanned directory",
+        },
+        e => AvError::Read {
+            path: what(),
+            source: e.into(),
+        },
+    })?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|source| AvError::Read {
+        path: what(),
+        source,
+    })?;
+    if !meta.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let ft = meta.file_type();
+        let kind = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(AvError::NotRegular { path: what(), kind });
+    }
+    Ok((file, meta.len()))
+}
 
 /// A clamd client. Every call opens its own connection (clamd serves one command per
 /// connection outside sessions), bounded by `timeout` as a whole.
@@ -85,11 +159,22 @@ const MAX_REPLY: usize = 64 * 1024;
 pub struct Clamd {
     addr: ClamdAddr,
     timeout: Duration,
+    max_bytes: u64,
 }
 
 impl Clamd {
+    /// A client scanning files of up to [`DEFAULT_MAX_SCAN_BYTES`].
     pub fn new(addr: ClamdAddr, timeout: Duration) -> Clamd {
-        Clamd { addr, timeout }
+        Clamd {
+            addr,
+            timeout,
+            max_bytes: DEFAULT_MAX_SCAN_BYTES,
+        }
+    }
+
+    /// The largest file it scans; a larger one is refused with [`AvError::TooLarge`].
+    pub fn with_max_bytes(self, max_bytes: u64) -> Clamd {
+        Clamd { max_bytes, ..self }
     }
 
     pub fn addr(&self) -> &ClamdAddr {
@@ -207,27 +292,61 @@ impl Clamd {
 
     /// Scans bytes held in memory.
     pub async fn scan_bytes(&self, what: &str, data: &[u8]) -> Result<Verdict, AvError> {
-        self.instream(what, data).await
+        let deadline = Instant::now() + self.timeout;
+        self.instream(what, data, deadline).await
     }
 
-    /// Scans a file by streaming it (the file need not be readable by clamd itself).
-    pub async fn scan_file(&self, path: &Path) -> Result<Verdict, AvError> {
+    /// Scans a file by streaming it (the file need not be readable by clamd itself). The file
+    /// is opened by [`open_regular`]: `beneath` is the directory it was found in, if any.
+    pub async fn scan_file(&self, path: &Path, beneath: Option<&Path>) -> Result<Verdict, AvError> {
+        let deadline = Instant::now() + self.timeout;
         let what = path.display().to_string();
-        let f = tokio::fs::File::open(path)
+        let (p, b) = (path.to_path_buf(), beneath.map(Path::to_path_buf));
+        // Opening does not block on what it opens, but the file system may (NFS, FUSE).
+        let opened = timeout_at(
+            deadline,
+            tokio::task::spawn_blocking(move || open_regular(&p, b.as_deref())),
+        )
+        .await;
+        let (file, size) = match opened {
+            Ok(Ok(r)) => r?,
+            Ok(Err(join)) => {
+                return Err(AvError::Read {
+                    path: what,
+                    source: std::io::Error::other(join),
+                })
+            }
+            Err(_) => return Err(self.read_timeout(&what)),
+        };
+        if size > self.max_bytes {
+            return Err(AvError::TooLarge {
+                path: what,
+                size,
+                limit: self.max_bytes,
+            });
+        }
+        self.instream(&what, tokio::fs::File::from_std(file), deadline)
             .await
-            .map_err(|source| AvError::Read {
-                path: what.clone(),
-                source,
-            })?;
-        self.instream(&what, f).await
     }
 
+    fn read_timeout(&self, what: &str) -> AvError {
+        AvError::Read {
+            path: what.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("not read within {} s", self.timeout.as_secs()),
+            ),
+        }
+    }
+
+    /// Streams `src` to clamd, reading no more than the scan limit (a file that grew past it
+    /// since it was measured is refused, not cut short) and nothing after `deadline`.
     async fn instream<R: AsyncRead + Unpin>(
         &self,
         what: &str,
         mut src: R,
+        deadline: Instant,
     ) -> Result<Verdict, AvError> {
-        let deadline = Instant::now() + self.timeout;
         let mut io = self.connect(deadline, "INSTREAM").await?;
         let io_err = |source| AvError::Unreachable {
             addr: self.addr.to_string(),
@@ -242,10 +361,21 @@ impl Clamd {
         // clamd closes the connection as soon as the stream exceeds StreamMaxLength; a failed
         // write then means "read the reply", not "clamd is gone".
         loop {
-            let n = src.read(&mut buf).await.map_err(|source| AvError::Read {
-                path: what.to_string(),
-                source,
-            })?;
+            let n = match timeout_at(deadline, src.read(&mut buf)).await {
+                Ok(r) => r.map_err(|source| AvError::Read {
+                    path: what.to_string(),
+                    source,
+                })?,
+                Err(_) => return Err(self.read_timeout(what)),
+            };
+            if sent + n as u64 > self.max_bytes {
+                // Dropping the connection without the terminating chunk aborts the stream.
+                return Err(AvError::TooLarge {
+                    path: what.to_string(),
+                    size: sent + n as u64,
+                    limit: self.max_bytes,
+                });
+            }
             let mut frame = Vec::with_capacity(4 + n);
             frame.extend_from_slice(&(n as u32).to_be_bytes());
             frame.extend_from_slice(&buf[..n]);
@@ -324,6 +454,71 @@ mod tests {
         assert!(matches!(
             parse_scan_reply("f", "UNKNOWN COMMAND", 9),
             Err(AvError::BadReply { .. })
+        ));
+    }
+
+    fn fifo(p: &Path) {
+        use rustix::fs::{mknodat, FileType, Mode, CWD};
+        mknodat(CWD, p, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0).expect("mkfifo");
+    }
+
+    #[test]
+    fn only_regular_files_reached_without_a_link_are_opened() {
+        let host = tempfile::tempdir().expect("tempdir");
+        let secret = host.path().join("shadow");
+        std::fs::write(&secret, b"host secret").expect("write");
+        let watched = tempfile::tempdir().expect("tempdir");
+        let w = watched.path();
+        std::fs::write(w.join("ok.txt"), b"12345").expect("write");
+        fifo(&w.join("pipe"));
+        std::os::unix::fs::symlink(&secret, w.join("link")).expect("symlink");
+        std::os::unix::fs::symlink(host.path(), w.join("dirlink")).expect("symlink");
+        std::fs::create_dir(w.join("sub")).expect("mkdir");
+
+        let (_, size) = open_regular(&w.join("ok.txt"), Some(w)).expect("a regular file");
+        assert_eq!(size, 5);
+        // A FIFO opens at once (no writer needed) and is refused: nothing blocks.
+        for (name, kind) in [
+            ("pipe", "a FIFO"),
+            ("link", "a symbolic link (or below one)"),
+            ("dirlink/shadow", "a symbolic link (or below one)"),
+            ("sub", "a directory"),
+        ] {
+            for beneath in [Some(w), None] {
+                if name == "dirlink/shadow" && beneath.is_none() {
+                    continue; // only the last component is checked without a directory
+                }
+                match open_regular(&w.join(name), beneath) {
+                    Err(AvError::NotRegular { kind: k, .. }) => assert_eq!(k, kind, "{name}"),
+                    other => panic!("{name} ({beneath:?}): {other:?}"),
+                }
+            }
+        }
+        assert!(matches!(
+            open_regular(&w.join("missing"), Some(w)),
+            Err(AvError::Read { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_file_over_the_scan_limit_is_refused_before_clamd_is_asked() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let f = d.path().join("big");
+        std::fs::write(&f, vec![0u8; 11]).expect("write");
+        // Nothing listens there: the limit is checked first.
+        let c = Clamd::new(
+            ClamdAddr::Unix(d.path().join("none.sock")),
+            Duration::from_secs(5),
+        )
+        .with_max_bytes(10);
+        match c.scan_file(&f, None).await {
+            Err(AvError::TooLarge { size, limit, .. }) => assert_eq!((size, limit), (11, 10)),
+            other => panic!("{other:?}"),
+        }
+        fifo(&d.path().join("pipe"));
+        assert!(matches!(
+            c.scan_file(&d.path().join("pipe"), None).await,
+            Err(AvError::NotRegular { kind: "a FIFO", .. })
         ));
     }
 

@@ -181,6 +181,13 @@ pub enum AvError {
     /// clamd's reply does not follow its protocol.
     #[error("unexpected reply from clamd to {what}: {reply:?}")]
     BadReply { what: String, reply: String },
+    /// The path is not a regular file reached without a symbolic link (a FIFO, a device, a
+    /// socket, a link, a directory): it is not opened for reading, let alone sent to clamd.
+    #[error("{path} is {kind}: not scanned")]
+    NotRegular { path: String, kind: &'static str },
+    /// The file is larger than the agent scans (`max_scan_bytes`); nothing was sent.
+    #[error("{path} is larger than the scan limit ({size} bytes, limit {limit}): not scanned")]
+    TooLarge { path: String, size: u64, limit: u64 },
     /// The file to scan could not be read.
     #[error("cannot read {path}")]
     Read {

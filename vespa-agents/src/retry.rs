@@ -97,13 +97,13 @@ where
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() && attempt < attempts => {
                 let delay = policy.delay(attempt);
-                tracing::warn!(what, attempt, of = attempts, retry_in_ms = delay.as_millis() as u64, error = %crate::error::chain(&e), "actuator call failed; retrying");
+                tracing::warn!(what, attempt, of = attempts, retry_in_ms = delay.as_millis() as u64, error = ?crate::error::chain(&e), "actuator call failed; retrying");
                 stats.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }
             Err(e) => {
-                tracing::warn!(what, attempt, transient = e.is_transient(), error = %crate::error::chain(&e), "actuator call failed");
+                tracing::warn!(what, attempt, transient = e.is_transient(), error = ?crate::error::chain(&e), "actuator call failed");
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 return Err(e);
             }

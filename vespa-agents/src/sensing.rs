@@ -289,7 +289,7 @@ impl SensorAgent {
                     let _ = node.raise(connections_sample(c, SAMPLE_TOP));
                 }
                 Err(e) => {
-                    tracing::warn!(node = %node.name(), error = %e, "reading connections failed")
+                    tracing::warn!(node = %node.name(), error = ?e.to_string(), "reading connections failed")
                 }
             },
             _ => match blocking(move || src.interfaces()).await {
@@ -305,7 +305,7 @@ impl SensorAgent {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(node = %node.name(), error = %e, "reading interface counters failed")
+                    tracing::warn!(node = %node.name(), error = ?e.to_string(), "reading interface counters failed")
                 }
             },
         }

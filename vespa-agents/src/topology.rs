@@ -235,6 +235,9 @@ fn av(p: &Params<'_>, ctx: &Context) -> Result<AgentRef, BuildError> {
     };
     let mut cfg = AvConfig::new(&vm, clamd);
     cfg.watch_dir = p.get("watch_dir").map(PathBuf::from);
+    if let Some(n) = p.parse::<u64>("max_scan_bytes")? {
+        cfg.max_scan_bytes = n;
+    }
     let agent = Acting::new(|sink| AvAgent::new(cfg, sink));
     agent.agent().set_relay(ctx.relay.clone());
     Ok(AgentRef::new(agent))
@@ -255,7 +258,7 @@ impl Params<'_> {
         self.map.get(key).cloned()
     }
 
-    #[cfg_attr(not(feature = "sdn"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "sdn", feature = "av")), allow(dead_code))]
     fn parse<T: FromStr>(&self, key: &'static str) -> Result<Option<T>, BuildError>
     where
         T::Err: std::fmt::Display,
@@ -269,7 +272,7 @@ impl Params<'_> {
             .transpose()
     }
 
-    #[cfg_attr(not(feature = "sdn"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "sdn", feature = "av")), allow(dead_code))]
     fn bad(&self, key: &'static str, value: &str, reason: &str) -> BuildError {
         BuildError::Param {
             node: self.node.to_string(),

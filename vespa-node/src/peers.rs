@@ -131,7 +131,7 @@ impl Peers {
     pub async fn destroy_children(&self, node: &str) {
         let kids = self.children();
         for (info, s) in &kids {
-            tracing::info!(node = %node, child = %info.name, "destroying child");
+            tracing::info!(node = %node, child = ?info.name, "destroying child");
             let _ = s.ctl.send(Message::Destroy).await;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

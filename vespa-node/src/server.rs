@@ -130,7 +130,7 @@ impl Server {
             Ok(l) => l,
             Err(e) => {
                 self.peers.connection_error();
-                tracing::warn!(peer = %peer, node = "-", reason = %e, "connection rejected");
+                tracing::warn!(peer = %peer, node = "-", reason = ?e.to_string(), "connection rejected");
                 return;
             }
         };
@@ -168,14 +168,14 @@ impl Server {
         match result {
             LinkEnd::Local => {}
             LinkEnd::ClosedByPeer if child.is_some() => {
-                tracing::info!(peer = %peer, node = %name, "child closed its connection")
+                tracing::info!(peer = %peer, node = ?name, "child closed its connection")
             }
             LinkEnd::ClosedByPeer => {
-                tracing::debug!(peer = %peer, node = %name, "caller closed its connection")
+                tracing::debug!(peer = %peer, node = ?name, "caller closed its connection")
             }
             e => {
                 self.peers.connection_error();
-                tracing::warn!(peer = %peer, node = %name, reason = %e, "connection closed");
+                tracing::warn!(peer = %peer, node = ?name, reason = ?e.to_string(), "connection closed");
             }
         }
     }
@@ -244,10 +244,10 @@ impl Server {
                 // A child that reconnects before its old connection was noticed dead replaces
                 // it.
                 for s in self.peers.others_of(session, &name) {
-                    tracing::info!(node = %node, child = %name, old_peer = %s.peer_addr, "child reconnected; dropping its old connection");
+                    tracing::info!(node = %node, child = ?name, old_peer = %s.peer_addr, "child reconnected; dropping its old connection");
                     s.cancel.cancel();
                 }
-                tracing::info!(node = %node, child = %name, ?kind, peer = %session.peer_addr, "child registered");
+                tracing::info!(node = %node, child = ?name, ?kind, peer = %session.peer_addr, "child registered");
                 let info = ChildInfo {
                     name,
                     kind,
@@ -266,7 +266,7 @@ impl Server {
             }
             Message::Heartbeat => {}
             Message::Destroy => {
-                tracing::warn!(node = %node, peer = %session.peer_addr, from = %session.peer_name, "Destroy from a child ignored (only the master may send it; call the `destroy` verb instead)");
+                tracing::warn!(node = %node, peer = %session.peer_addr, from = ?session.peer_name, "Destroy from a child ignored (only the master may send it; call the `destroy` verb instead)");
             }
             Message::Ack { .. } => {
                 return Err(LinkEnd::Violation(

@@ -209,7 +209,7 @@ pub(crate) async fn write_loop(
             let _ = tokio::time::timeout(Duration::from_secs(1), w.close()).await;
         }
         Err(e) => {
-            tracing::debug!(peer = %session.peer_addr, node = %session.peer_name, error = %e, "write failed");
+            tracing::debug!(peer = %session.peer_addr, node = ?session.peer_name, error = %e, "write failed");
             session.cancel.cancel();
         }
     }

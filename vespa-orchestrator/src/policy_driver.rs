@@ -487,21 +487,21 @@ impl PolicyDriver {
             match reply {
                 Ok(Ok(text)) => match text.trim().parse::<Mac>() {
                     Ok(mac) => {
-                        tracing::debug!(%ip, %mac, origin = %alert.origin, "neighbour learnt");
+                        tracing::debug!(%ip, %mac, origin = ?alert.origin, "neighbour learnt");
                         self.step(Input::Neighbour { ip, mac, vm: None });
                     }
                     Err(_) => {
-                        tracing::debug!(%ip, origin = %alert.origin, "neighbour MAC unknown: blocks go by address")
+                        tracing::debug!(%ip, origin = ?alert.origin, "neighbour MAC unknown: blocks go by address")
                     }
                 },
                 // A failing or slow agent is not asked again for this alert: each question
                 // delays the policy, ticks included.
                 Ok(Err(e)) => {
-                    tracing::debug!(%ip, origin = %alert.origin, error = %e, "mac_of failed: blocks go by address");
+                    tracing::debug!(%ip, origin = ?alert.origin, error = ?e.to_string(), "mac_of failed: blocks go by address");
                     break;
                 }
                 Err(_) => {
-                    tracing::debug!(%ip, origin = %alert.origin, "mac_of timed out: blocks go by address");
+                    tracing::debug!(%ip, origin = ?alert.origin, "mac_of timed out: blocks go by address");
                     break;
                 }
             }
@@ -539,7 +539,7 @@ impl PolicyDriver {
         for action in actions {
             match &action {
                 Action::Alert { kind, text } => {
-                    tracing::warn!(node = here, ?kind, %text, "policy alert");
+                    tracing::warn!(node = here, ?kind, text = ?text, "policy alert");
                     let shown = match &self.inner.at {
                         None => format!("policy {kind:?}: {text}"),
                         Some(at) => format!("policy {kind:?} at {at}: {text}"),
@@ -580,7 +580,7 @@ impl PolicyDriver {
                     true
                 }
                 _ => {
-                    tracing::info!(node = here, id, %via, %call, "policy action sent");
+                    tracing::info!(node = here, id, %via, call = ?call, "policy action sent");
                     false
                 }
             };
@@ -614,10 +614,10 @@ impl PolicyDriver {
                 }
                 match &reply {
                     Ok(text) => {
-                        tracing::info!(node = here, id, %via, verb, sent_ns, acked_ns, reply = %text.trim(), "policy action done")
+                        tracing::info!(node = here, id, %via, verb, sent_ns, acked_ns, reply = ?text.trim(), "policy action done")
                     }
                     Err(e) => {
-                        tracing::warn!(node = here, id, %via, verb, sent_ns, acked_ns, error = %e, "policy action failed")
+                        tracing::warn!(node = here, id, %via, verb, sent_ns, acked_ns, error = ?e.to_string(), "policy action failed")
                     }
                 }
                 let (ok, error) = match reply {

@@ -39,7 +39,7 @@ impl Shared {
                     // previous device).
                     inner.maps.reset_stats(i.ifindex);
                     inner.attached.insert(i.ifindex, a);
-                    tracing::debug!(iface = %i.name, ifindex = i.ifindex, "attached");
+                    tracing::debug!(iface = ?i.name, ifindex = i.ifindex, "attached");
                     let _ = self.events.send(SensorEvent::InterfaceAttached {
                         name: i.name.clone(),
                         ifindex: i.ifindex,
@@ -48,7 +48,7 @@ impl Shared {
                 Err(e) if strict && !self.cfg.interfaces.is_empty() => return Err(e),
                 // Interfaces can vanish between listing and attaching; the next pass retries.
                 Err(e) => {
-                    tracing::warn!(iface = %i.name, error = %e, "could not attach; will retry")
+                    tracing::warn!(iface = ?i.name, error = %e, "could not attach; will retry")
                 }
             }
         }
@@ -63,7 +63,7 @@ impl Shared {
         let name = a.name.clone();
         a.detach(vanished);
         inner.maps.reset_stats(ifindex);
-        tracing::debug!(iface = %name, ifindex, "detached");
+        tracing::debug!(iface = ?name, ifindex, "detached");
         let _ = self
             .events
             .send(SensorEvent::InterfaceDetached { name, ifindex });

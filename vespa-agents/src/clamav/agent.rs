@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,9 @@ pub struct AvConfig {
     pub watch_interval: Duration,
     /// How many scan results `dump_analyzed_file_list` keeps.
     pub history: usize,
+    /// The largest file scanned. A larger one is not sent to clamd: it is recorded as an error,
+    /// counted (`skipped_too_large` in `status`) and logged, without an alert.
+    pub max_scan_bytes: u64,
 }
 
 impl AvConfig {
@@ -46,6 +50,7 @@ impl AvConfig {
             watch_dir: None,
             watch_interval: Duration::from_millis(500),
             history: 10_000,
+            max_scan_bytes: super::DEFAULT_MAX_SCAN_BYTES,
         }
     }
 }
@@ -87,6 +92,14 @@ pub(super) struct Inner {
     relay: Mutex<Option<Arc<dyn VmRelay>>>,
     alerts: AlertSink,
     stats: RetryStats,
+    skipped: Skipped,
+}
+
+/// Files not scanned, by reason.
+#[derive(Debug, Default)]
+struct Skipped {
+    too_large: AtomicU64,
+    not_regular: AtomicU64,
 }
 
 /// The antivirus agent. Dropping it stops its directory watcher.
@@ -115,19 +128,24 @@ impl Inner {
         }
     }
 
-    /// Scans one file (with retries), records the result, alerts on infection.
-    pub(super) async fn scan_file(&self, path: &Path) -> Result<Verdict, AvError> {
+    /// Scans one file (with retries), records the result, alerts on infection. `beneath`: the
+    /// directory it was found in (see [`super::open_regular`]).
+    pub(super) async fn scan_file(
+        &self,
+        path: &Path,
+        beneath: Option<&Path>,
+    ) -> Result<Verdict, AvError> {
         let what = format!("scan {}", path.display());
         let file = path.display().to_string();
         let res = retry(&self.cfg.retry, &self.stats, &what, |_| {
-            self.clamd.scan_file(path)
+            self.clamd.scan_file(path, beneath)
         })
         .await;
         match &res {
             Ok(Verdict::Clean) => self.record(&file, "OK".into()),
             Ok(Verdict::Infected { signature }) => {
                 self.record(&file, format!("{signature} FOUND"));
-                tracing::warn!(vm = %self.cfg.vm, file = %file, %signature, "infected file");
+                tracing::warn!(vm = ?self.cfg.vm, file = ?file, signature = ?signature, "infected file");
                 self.alerts.send(ActuatorAlert::Infected {
                     vm: self.cfg.vm.clone(),
                     file: file.clone(),
@@ -136,6 +154,17 @@ impl Inner {
             }
             Err(e) => {
                 self.record(&file, format!("ERROR: {}", chain(e)));
+                match e {
+                    AvError::TooLarge { size, limit, .. } => {
+                        self.skipped.too_large.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(vm = ?self.cfg.vm, file = ?file, size, limit, "file larger than the scan limit: not scanned");
+                    }
+                    AvError::NotRegular { kind, .. } => {
+                        self.skipped.not_regular.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(vm = ?self.cfg.vm, file = ?file, kind, "not a regular file: not opened, not scanned");
+                    }
+                    _ => {}
+                }
                 if matches!(
                     e,
                     AvError::Unreachable { .. }
@@ -153,7 +182,7 @@ impl Inner {
 impl AvAgent {
     /// Starts the agent (and its directory watcher if configured: needs a tokio runtime).
     pub fn new(cfg: AvConfig, alerts: AlertSink) -> AvAgent {
-        let clamd = Clamd::new(cfg.clamd.clone(), cfg.timeout);
+        let clamd = Clamd::new(cfg.clamd.clone(), cfg.timeout).with_max_bytes(cfg.max_scan_bytes);
         let inner = Arc::new(Inner {
             cfg,
             clamd,
@@ -162,6 +191,7 @@ impl AvAgent {
             relay: Mutex::default(),
             alerts,
             stats: RetryStats::default(),
+            skipped: Skipped::default(),
         });
         let watcher = inner.cfg.watch_dir.clone().map(|dir| {
             let scanner = inner.clone();
@@ -169,9 +199,9 @@ impl AvAgent {
                 inner.cfg.vm.clone(),
                 inner.cfg.watch_interval,
                 dir,
-                move |file| {
+                move |dir, file| {
                     let scanner = scanner.clone();
-                    async move { scanner.scan_file(&file).await }
+                    async move { scanner.scan_file(&file, Some(&dir)).await }
                 },
             )
         });
@@ -204,25 +234,26 @@ impl AvAgent {
         .await
     }
 
-    /// Scans a file, or every regular file under a directory (results in path order).
+    /// Scans a file, or every regular file under a directory (results in path order). A
+    /// symbolic link is not followed, whether `path` or below it.
     pub async fn scan(
         &self,
         path: &Path,
     ) -> Result<Vec<(PathBuf, Result<Verdict, AvError>)>, AvError> {
-        let meta = tokio::fs::metadata(path)
+        let meta = tokio::fs::symlink_metadata(path)
             .await
             .map_err(|source| AvError::Read {
                 path: path.display().to_string(),
                 source,
             })?;
-        let files = if meta.is_dir() {
-            super::watch::list_files(path).await
+        let (files, beneath) = if meta.is_dir() {
+            (super::watch::list_files(path).await, Some(path))
         } else {
-            vec![path.to_path_buf()]
+            (vec![path.to_path_buf()], None)
         };
         let mut out = Vec::new();
         for f in files {
-            let r = self.inner.scan_file(&f).await;
+            let r = self.inner.scan_file(&f, beneath).await;
             out.push((f, r));
         }
         Ok(out)
@@ -230,7 +261,7 @@ impl AvAgent {
 
     /// Scans one file.
     pub async fn scan_file(&self, path: &Path) -> Result<Verdict, AvError> {
-        self.inner.scan_file(path).await
+        self.inner.scan_file(path, None).await
     }
 
     /// The analysed files, oldest first.
@@ -254,7 +285,7 @@ impl AvAgent {
 
     /// The VM is isolated: reach it through `hypervisor_agent`.
     pub fn isolate(&self, hypervisor_agent: &str) {
-        tracing::info!(vm = %self.inner.cfg.vm, via = hypervisor_agent, "VM isolated; reaching it through the hypervisor agent");
+        tracing::info!(vm = ?self.inner.cfg.vm, via = ?hypervisor_agent, "VM isolated; reaching it through the hypervisor agent");
         *self.inner.route.lock().unwrap_or_else(|p| p.into_inner()) = Route::ViaHypervisor {
             agent: hypervisor_agent.to_string(),
         };
@@ -262,7 +293,7 @@ impl AvAgent {
 
     /// The VM is connected again.
     pub fn connect(&self) {
-        tracing::info!(vm = %self.inner.cfg.vm, "VM connected; reaching it directly");
+        tracing::info!(vm = ?self.inner.cfg.vm, "VM connected; reaching it directly");
         *self.inner.route.lock().unwrap_or_else(|p| p.into_inner()) = Route::Direct;
     }
 
@@ -299,6 +330,9 @@ impl AvAgent {
             "watch_dir": self.inner.cfg.watch_dir,
             "analyzed": self.inner.analyzed.lock().unwrap_or_else(|p| p.into_inner()).len(),
             "retries": self.inner.stats.retries(),
+            "max_scan_bytes": self.inner.cfg.max_scan_bytes,
+            "skipped_too_large": self.inner.skipped.too_large.load(Ordering::Relaxed),
+            "skipped_not_regular": self.inner.skipped.not_regular.load(Ordering::Relaxed),
             "failures": self.inner.stats.failures(),
         })
     }

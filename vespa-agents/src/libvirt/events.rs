@@ -380,7 +380,7 @@ pub(crate) fn domain_ifaces(
     let uuid = dom.uuid_string()?;
     let desc = dom.xml_desc(0)?;
     let ifaces = xml::interfaces(&desc).unwrap_or_else(|e| {
-        tracing::warn!(vm = %name, error = %e, "unparsable domain XML");
+        tracing::warn!(vm = ?name, error = ?e.to_string(), "unparsable domain XML");
         Vec::new()
     });
     Ok(ifaces
@@ -420,7 +420,9 @@ fn refresh(conn: &Connect, taps: &TapMap, uuid: &str) {
     };
     match ifaces {
         Ok(v) => taps.set_domain(uuid, v),
-        Err(e) => tracing::warn!(%uuid, error = %e, "cannot refresh the domain's interfaces"),
+        Err(e) => {
+            tracing::warn!(uuid = ?uuid, error = ?e.to_string(), "cannot refresh the domain's interfaces")
+        }
     }
 }
 
@@ -487,7 +489,7 @@ fn run(
         match result {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => {
-                tracing::warn!(%uri, error = %e, retry_in_ms = backoff.as_millis() as u64, "libvirt event session failed");
+                tracing::warn!(%uri, error = ?e.to_string(), retry_in_ms = backoff.as_millis() as u64, "libvirt event session failed");
                 let mut waited = Duration::ZERO;
                 while waited < backoff && !stop.load(Ordering::Relaxed) {
                     thread::sleep(POLL);
@@ -521,7 +523,7 @@ fn session(
         }
         match rx.recv_timeout(POLL) {
             Ok(Raw::Domain { vm, uuid, kind }) => {
-                tracing::debug!(%vm, %uuid, ?kind, "domain event");
+                tracing::debug!(vm = ?vm, uuid = ?uuid, ?kind, "domain event");
                 refresh(&conn, taps, &uuid);
                 let _ = events.send(VmEvent { vm, uuid, kind });
             }

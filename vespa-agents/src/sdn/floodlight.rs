@@ -5,6 +5,12 @@
 //! strings, as Floodlight requires, and no `actions` (v1.x) or empty `actions` (v0.90) means
 //! drop. Floodlight answers 200 even when it refuses an entry, so the reply's `status` text
 //! is checked (`Entry pushed`, `Entry <name> deleted`, `Rule added`).
+//!
+//! With the v1.x names a block with a time-to-live carries `hard_timeout` (TTL +
+//! [`super::SWITCH_TTL_MARGIN`]); refreshing it pushes the same entries again, which replaces
+//! them and restarts the timeout. v0.90's pusher and the firewall module take no timeout: there
+//! only the agent's reaper ends a block. At start the pusher's list (`/list/all/json`) shows the
+//! `vespa-<block>-...` entries still installed, and block ids continue above them.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -263,6 +269,77 @@ impl Floodlight {
         self.expect_status(FIREWALL_RULES, &reply, "deleted")
     }
 
+    /// Pushes the block's static flow entries on every switch, recording their names in
+    /// `handles` as they are accepted.
+    async fn push_entries(
+        &self,
+        spec: &BlockSpec,
+        handles: &mut Vec<String>,
+    ) -> Result<(), SdnError> {
+        let matches = self.flow_matches(&spec.target)?;
+        let switches = self.switches().await?;
+        if switches.is_empty() {
+            return Err(SdnError::NoSwitch { controller: NAME });
+        }
+        let hard_timeout = match self.cfg.api {
+            FloodlightApi::V1 => spec.hard_timeout_s(),
+            FloodlightApi::V090 => None,
+        };
+        for (i, sw) in switches.iter().enumerate() {
+            for (dir, m) in &matches {
+                let name = format!("vespa-{}-{i}-{dir}", spec.id);
+                let mut entry = Map::new();
+                entry.insert("switch".into(), json!(sw));
+                entry.insert("name".into(), json!(name));
+                entry.insert("active".into(), json!("true"));
+                entry.insert("priority".into(), json!(self.cfg.priority.to_string()));
+                entry.insert("cookie".into(), json!(spec.id.cookie().to_string()));
+                if let Some(t) = hard_timeout {
+                    entry.insert("hard_timeout".into(), json!(t.to_string()));
+                }
+                entry.extend(m.clone());
+                if self.cfg.api == FloodlightApi::V090 {
+                    entry.insert("actions".into(), json!(""));
+                }
+                self.push_flow(&Value::Object(entry)).await?;
+                handles.push(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The path listing every static flow entry.
+    fn list_path(&self) -> &'static str {
+        match self.cfg.api {
+            FloodlightApi::V1 => "/wm/staticflowpusher/list/all/json",
+            FloodlightApi::V090 => "/wm/staticflowentrypusher/list/all/json",
+        }
+    }
+
+    /// The names of the static flow entries VESPA pushed (`vespa-...`), by anyone.
+    async fn vespa_entries(&self) -> Result<Vec<String>, SdnError> {
+        let v = self.http.get_json(self.list_path()).await?;
+        // {"<dpid>": [{"<name>": {...}}, ...]} (v1.x) or {"<dpid>": {"<name>": {...}}} (v0.90).
+        let mut names = Vec::new();
+        for entries in v.as_object().into_iter().flat_map(|m| m.values()) {
+            let objs: Vec<&Value> = match entries {
+                Value::Array(a) => a.iter().collect(),
+                o @ Value::Object(_) => vec![o],
+                _ => vec![],
+            };
+            for o in objs {
+                names.extend(
+                    o.as_object()
+                        .into_iter()
+                        .flat_map(|m| m.keys())
+                        .filter(|n| n.starts_with("vespa-"))
+                        .cloned(),
+                );
+            }
+        }
+        Ok(names)
+    }
+
     async fn undo(&self, handles: &[String]) {
         for h in handles {
             let r = match self.cfg.mode {
@@ -270,7 +347,7 @@ impl Floodlight {
                 FloodlightMode::Firewall => self.delete_rule(h).await,
             };
             if let Err(e) = r {
-                tracing::warn!(handle = %h, error = %crate::error::chain(&e), "could not undo a half-installed Floodlight block");
+                tracing::warn!(handle = ?h, error = ?crate::error::chain(&e), "could not undo a half-installed Floodlight block");
             }
         }
     }
@@ -289,30 +366,7 @@ impl SdnController for Floodlight {
         let mut handles = Vec::new();
         let res: Result<(), SdnError> = async {
             match self.cfg.mode {
-                FloodlightMode::StaticFlow => {
-                    let matches = self.flow_matches(&spec.target)?;
-                    let switches = self.switches().await?;
-                    if switches.is_empty() {
-                        return Err(SdnError::NoSwitch { controller: NAME });
-                    }
-                    for (i, sw) in switches.iter().enumerate() {
-                        for (dir, m) in &matches {
-                            let name = format!("vespa-{}-{i}-{dir}", spec.id);
-                            let mut entry = Map::new();
-                            entry.insert("switch".into(), json!(sw));
-                            entry.insert("name".into(), json!(name));
-                            entry.insert("active".into(), json!("true"));
-                            entry.insert("priority".into(), json!(self.cfg.priority.to_string()));
-                            entry.insert("cookie".into(), json!(spec.id.cookie().to_string()));
-                            entry.extend(m.clone());
-                            if self.cfg.api == FloodlightApi::V090 {
-                                entry.insert("actions".into(), json!(""));
-                            }
-                            self.push_flow(&Value::Object(entry)).await?;
-                            handles.push(name);
-                        }
-                    }
-                }
+                FloodlightMode::StaticFlow => self.push_entries(spec, &mut handles).await?,
                 FloodlightMode::Firewall => {
                     for rule in self.firewall_rules(&spec.target)? {
                         handles.push(self.add_rule(&rule).await?);
@@ -329,6 +383,38 @@ impl SdnController for Floodlight {
                 Err(e)
             }
         }
+    }
+
+    /// Pushes the v1.x entries again (same names: they replace the old ones, with the new
+    /// `hard_timeout`). Nothing else holds a timeout.
+    async fn reinstall(&self, spec: &BlockSpec) -> Result<Option<Vec<String>>, SdnError> {
+        if self.cfg.mode != FloodlightMode::StaticFlow || self.cfg.api != FloodlightApi::V1 {
+            return Ok(None);
+        }
+        let mut handles = Vec::new();
+        self.push_entries(spec, &mut handles).await?;
+        Ok(Some(handles))
+    }
+
+    /// The highest `<block>` among the `vespa-<block>-...` static entries (the firewall's rules
+    /// carry no block id: None).
+    async fn highest_installed(&self) -> Option<Result<u64, SdnError>> {
+        if self.cfg.mode == FloodlightMode::Firewall {
+            return None;
+        }
+        Some(self.vespa_entries().await.map(|names| {
+            names
+                .iter()
+                .filter_map(|n| {
+                    n.strip_prefix("vespa-")?
+                        .split('-')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0)
+        }))
     }
 
     async fn uninstall(&self, block: &ActiveBlock) -> Result<(), SdnError> {
@@ -348,30 +434,7 @@ impl SdnController for Floodlight {
         if self.cfg.mode == FloodlightMode::Firewall {
             return Ok(());
         }
-        let list_path = match self.cfg.api {
-            FloodlightApi::V1 => "/wm/staticflowpusher/list/all/json",
-            FloodlightApi::V090 => "/wm/staticflowentrypusher/list/all/json",
-        };
-        let v = self.http.get_json(list_path).await?;
-        // {"<dpid>": [{"<name>": {...}}, ...]} (v1.x) or {"<dpid>": {"<name>": {...}}} (v0.90).
-        let mut names = Vec::new();
-        for entries in v.as_object().into_iter().flat_map(|m| m.values()) {
-            let objs: Vec<&Value> = match entries {
-                Value::Array(a) => a.iter().collect(),
-                o @ Value::Object(_) => vec![o],
-                _ => vec![],
-            };
-            for o in objs {
-                names.extend(
-                    o.as_object()
-                        .into_iter()
-                        .flat_map(|m| m.keys())
-                        .filter(|n| n.starts_with("vespa-"))
-                        .cloned(),
-                );
-            }
-        }
-        for n in names {
+        for n in self.vespa_entries().await? {
             self.delete_flow(&n).await?;
         }
         Ok(())

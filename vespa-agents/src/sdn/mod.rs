@@ -6,6 +6,12 @@
 //! bookkeeping live in one place ([`ttl`]), shared by all controllers. Releasing removes the
 //! flows (the 2014 code re-sent the block instead).
 //!
+//! Ids stay unique across agent restarts: before its first block the agent asks the controller
+//! for the VESPA flows it still holds and numbers its blocks above the highest one; a
+//! controller that cannot list them (POX, Floodlight's firewall, a failed listing) gets a random
+//! base instead. Where the controller can, the switch enforces the time-to-live itself
+//! (`hard_timeout` = TTL + [`SWITCH_TTL_MARGIN`]), so a block whose agent died still expires.
+//!
 //! - [`osken::OsKen`]: os-ken's `ofctl_rest` (the maintained Ryu fork) driving Open vSwitch.
 //! - [`floodlight::Floodlight`]: static flow pusher (v1.x or v0.90 field names) or firewall.
 //! - [`pox::Pox`]: the POX messenger JSON protocol on TCP 7790, channel `mac_redir`.
@@ -31,7 +37,7 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use crate::alerts::{json, AlertSink};
-use crate::error::SdnError;
+use crate::error::{SdnError, Transient as _};
 use crate::retry::{retry, RetryPolicy, RetryStats};
 pub use ttl::{ActiveBlock, BlockBook};
 use vespa_node::{Agent, VerbResult};
@@ -41,6 +47,13 @@ use vespa_proto::verbs::{BlockSelector, SdnVerb, Target, Ttl, Word};
 pub const COOKIE_TAG: u64 = 0x5645_5350 << 32;
 /// Mask selecting [`COOKIE_TAG`].
 pub const COOKIE_TAG_MASK: u64 = 0xffff_ffff << 32;
+/// How much longer than its time-to-live a block's flows live in the switch (`hard_timeout`):
+/// the agent's reaper normally releases the block first; the switch's timeout only ends the
+/// blocks of an agent that died or lost its controller.
+pub const SWITCH_TTL_MARGIN: Duration = Duration::from_secs(60);
+/// Where block ids start when the controller cannot show which ones are in use: a random
+/// point of the 32-bit cookie space, leaving 2^31 ids above it before the cookie wraps.
+pub const RANDOM_ID_BASE: std::ops::Range<u64> = 1 << 16..1 << 31;
 
 /// An Ethernet address (the protocol's: verbs carry it typed).
 pub use vespa_proto::verbs::MacAddr;
@@ -102,7 +115,8 @@ impl Serialize for BlockTarget {
     }
 }
 
-/// A block's identifier, unique for the agent's lifetime.
+/// A block's identifier, unique for the agent's lifetime and (see the module's notes) across
+/// its restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct BlockId(pub u64);
@@ -111,6 +125,11 @@ impl BlockId {
     /// The OpenFlow cookie marking this block's flows.
     pub fn cookie(self) -> u64 {
         COOKIE_TAG | (self.0 & 0xffff_ffff)
+    }
+
+    /// The block id a VESPA cookie carries (None for anybody else's cookie).
+    pub fn of_cookie(cookie: u64) -> Option<BlockId> {
+        (cookie & COOKIE_TAG_MASK == COOKIE_TAG).then_some(BlockId(cookie & 0xffff_ffff))
     }
 }
 
@@ -126,6 +145,17 @@ pub struct BlockSpec {
     pub id: BlockId,
     pub target: BlockTarget,
     pub ttl: Option<Duration>,
+}
+
+impl BlockSpec {
+    /// The `hard_timeout` (seconds) the switch should enforce: the time-to-live rounded up
+    /// plus [`SWITCH_TTL_MARGIN`]. None without a time-to-live, and when that exceeds
+    /// OpenFlow's 16-bit field (about 18 h): the agent's reaper alone ends such a block.
+    pub fn hard_timeout_s(&self) -> Option<u16> {
+        let ttl = self.ttl?;
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0) + SWITCH_TTL_MARGIN.as_secs();
+        u16::try_from(secs).ok()
+    }
 }
 
 /// Which blocks to release.
@@ -190,6 +220,21 @@ pub trait SdnController: Send + Sync + 'static {
         &self,
         spec: &BlockSpec,
     ) -> impl Future<Output = Result<Vec<String>, SdnError>> + Send;
+    /// Installs a block again when its time-to-live changed, so that the switch's own timeout
+    /// follows (re-adding a flow with the same match and priority replaces it). Returns the
+    /// handles, or None when the controller holds no timeout (the book alone changes). Unlike
+    /// [`install`](Self::install) it never removes anything when it fails: the block stays.
+    fn reinstall(
+        &self,
+        _spec: &BlockSpec,
+    ) -> impl Future<Output = Result<Option<Vec<String>>, SdnError>> + Send {
+        async { Ok(None) }
+    }
+    /// The highest block id whose flows the controller still holds (0: none), for controllers
+    /// that can list their flows; None when this one cannot.
+    fn highest_installed(&self) -> impl Future<Output = Option<Result<u64, SdnError>>> + Send {
+        async { None }
+    }
     /// Removes a block's flows or rules.
     fn uninstall(&self, block: &ActiveBlock) -> impl Future<Output = Result<(), SdnError>> + Send;
     /// Best-effort removal of every VESPA block the controller still holds, including ones a
@@ -210,11 +255,26 @@ pub trait SdnController: Send + Sync + 'static {
             let st = self.state();
             let _op = st.ops.lock().await;
             if let Some(b) = st.blocks.by_target(&target) {
-                // Already in force: only its time-to-live restarts (re-pushing would make
-                // Floodlight's firewall refuse a "similar rule").
-                st.blocks.refresh(b.id, ttl);
+                // Already in force: its time-to-live restarts, in the switch too when the
+                // switch enforces one (Floodlight's firewall, which would refuse a "similar
+                // rule", holds none and is not asked).
+                let spec = BlockSpec {
+                    id: b.id,
+                    target,
+                    ttl,
+                };
+                let handles = if b.ttl_s.is_some() || ttl.is_some() {
+                    let what = format!("{} refresh {target}", self.name());
+                    retry(&st.retry, &st.stats, &what, |_| self.reinstall(&spec)).await?
+                } else {
+                    None
+                };
+                st.blocks.refresh(b.id, ttl, handles);
                 tracing::info!(controller = self.name(), block = b.id.0, %target, "block refreshed");
                 return Ok(b.id);
+            }
+            if !st.blocks.is_seeded() {
+                st.blocks.seed(self.first_id().await?);
             }
             let id = st.blocks.next_id();
             let spec = BlockSpec { id, target, ttl };
@@ -223,6 +283,43 @@ pub trait SdnController: Send + Sync + 'static {
             st.blocks.insert(&spec, handles);
             tracing::info!(controller = self.name(), block = id.0, %target, ttl_s = ttl.map(|t| t.as_secs_f64()), "blocked");
             Ok(id)
+        }
+    }
+
+    /// Where this agent's block ids start: above the highest VESPA block the controller still
+    /// holds (a previous agent's), or at a random base when the controller cannot tell. A
+    /// listing that fails for a passing reason fails the block (the install would fail too;
+    /// the next block asks again); one the controller refuses for good falls back on the
+    /// random base.
+    fn first_id(&self) -> impl Future<Output = Result<BlockId, SdnError>> + Send {
+        async move {
+            let st = self.state();
+            let what = format!("{} list VESPA flows", self.name());
+            let listed = retry(&st.retry, &st.stats, &what, |_| async {
+                self.highest_installed().await.transpose()
+            })
+            .await;
+            let random = || {
+                use rand::Rng;
+                BlockId(rand::thread_rng().gen_range(RANDOM_ID_BASE))
+            };
+            Ok(match listed {
+                Ok(Some(h)) => {
+                    tracing::info!(
+                        controller = self.name(),
+                        highest_installed = h,
+                        "block ids continue above the controller's VESPA flows"
+                    );
+                    BlockId(h + 1)
+                }
+                Ok(None) => random(),
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    let id = random();
+                    tracing::warn!(controller = self.name(), error = ?crate::error::chain(&e), first = id.0, "cannot list the controller's VESPA flows; block ids start at a random base");
+                    id
+                }
+            })
         }
     }
 
@@ -474,6 +571,23 @@ mod tests {
     fn cookies_are_tagged() {
         assert_eq!(BlockId(5).cookie(), 0x5645_5350_0000_0005);
         assert_eq!(BlockId(5).cookie() & COOKIE_TAG_MASK, COOKIE_TAG);
+        assert_eq!(BlockId::of_cookie(BlockId(5).cookie()), Some(BlockId(5)));
+        assert_eq!(BlockId::of_cookie(0x5), None);
+        assert_eq!(BlockId::of_cookie(u64::MAX), None);
+    }
+
+    #[test]
+    fn the_switch_timeout_is_the_ttl_rounded_up_plus_the_margin() {
+        let spec = |ttl: Option<f64>| BlockSpec {
+            id: BlockId(1),
+            target: "10.0.0.1".parse().expect("ip"),
+            ttl: ttl.map(Duration::from_secs_f64),
+        };
+        let m = SWITCH_TTL_MARGIN.as_secs() as u16;
+        assert_eq!(spec(None).hard_timeout_s(), None);
+        assert_eq!(spec(Some(300.0)).hard_timeout_s(), Some(300 + m));
+        assert_eq!(spec(Some(0.3)).hard_timeout_s(), Some(1 + m));
+        assert_eq!(spec(Some(65535.0)).hard_timeout_s(), None, "beyond 16 bits");
     }
 
     #[test]

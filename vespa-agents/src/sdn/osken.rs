@@ -2,10 +2,15 @@
 //!
 //! A block is a pair of drop flows per switch (source and destination), table 0, high
 //! priority, marked with the block's cookie; releasing deletes by cookie (exact cookie mask),
-//! so nothing else on the switch is touched. Requests:
+//! so nothing else on the switch is touched. A block with a time-to-live also carries a
+//! `hard_timeout` (TTL + [`super::SWITCH_TTL_MARGIN`]), so the switch ends it even if the
+//! agent does not; refreshing the block adds its flows again, which restarts that timeout.
+//! Requests:
 //! `POST /stats/flowentry/add {"dpid":1,"table_id":0,"priority":40000,"cookie":C,
-//! "match":{"eth_src":"52:54:00:12:34:56"},"actions":[]}` and
+//! "hard_timeout":360,"match":{"eth_src":"52:54:00:12:34:56"},"actions":[]}` and
 //! `POST /stats/flowentry/delete {"dpid":1,"table_id":0,"cookie":C,"cookie_mask":2^64-1,"match":{}}`.
+//! At start the flow tables (`GET /stats/flow/<dpid>`) show the VESPA cookies still installed,
+//! and block ids continue above them.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -15,7 +20,8 @@ use serde_json::{json, Value};
 
 use super::http::Http;
 use super::{
-    ActiveBlock, BlockSpec, BlockTarget, SdnController, SdnState, COOKIE_TAG, COOKIE_TAG_MASK,
+    ActiveBlock, BlockId, BlockSpec, BlockTarget, SdnController, SdnState, COOKIE_TAG,
+    COOKIE_TAG_MASK,
 };
 use crate::error::SdnError;
 use crate::retry::RetryPolicy;
@@ -106,6 +112,30 @@ impl OsKen {
         .await
     }
 
+    /// Adds the block's drop flows on `dpids`, all at once: the block is in force as soon as
+    /// the slowest flow-mod is, instead of after the sum of the round trips.
+    async fn add_flows(&self, dpids: &[u64], spec: &BlockSpec) -> Result<(), SdnError> {
+        let cookie = spec.id.cookie();
+        let hard_timeout = spec.hard_timeout_s().unwrap_or(0);
+        let adds = dpids.iter().flat_map(|&dpid| {
+            drop_matches(&spec.target).into_iter().map(move |m| {
+                let mut flow = json!({
+                    "dpid": dpid, "table_id": self.cfg.table_id, "priority": self.cfg.priority,
+                    "cookie": cookie, "match": m, "actions": [],
+                });
+                if hard_timeout > 0 {
+                    flow["hard_timeout"] = json!(hard_timeout);
+                }
+                flow
+            })
+        });
+        let results = futures_util::future::join_all(
+            adds.map(|body| self.post("/stats/flowentry/add", body)),
+        )
+        .await;
+        results.into_iter().collect()
+    }
+
     /// Per switch, for each dpid: GET `path/<dpid>` and keep the dpid's entry.
     async fn per_switch(&self, path: &str) -> Result<Value, SdnError> {
         let mut out = serde_json::Map::new();
@@ -155,29 +185,40 @@ impl SdnController for OsKen {
 
     async fn install(&self, spec: &BlockSpec) -> Result<Vec<String>, SdnError> {
         let dpids = self.switches_or_fail().await?;
-        let cookie = spec.id.cookie();
-        // All flow-mods at once: the block is in force as soon as the slowest is, instead of
-        // after the sum of the round trips.
-        let adds = dpids.iter().flat_map(|&dpid| {
-            drop_matches(&spec.target).into_iter().map(move |m| {
-                json!({
-                    "dpid": dpid, "table_id": self.cfg.table_id, "priority": self.cfg.priority,
-                    "cookie": cookie, "match": m, "actions": [],
-                })
-            })
-        });
-        let results = futures_util::future::join_all(
-            adds.map(|body| self.post("/stats/flowentry/add", body)),
-        )
-        .await;
-        if let Some(e) = results.into_iter().find_map(Result::err) {
+        if let Err(e) = self.add_flows(&dpids, spec).await {
             // Leave no half-installed block behind.
             for &d in &dpids {
-                let _ = self.delete_cookie(d, cookie, u64::MAX).await;
+                let _ = self.delete_cookie(d, spec.id.cookie(), u64::MAX).await;
             }
             return Err(e);
         }
         Ok(Vec::new())
+    }
+
+    async fn reinstall(&self, spec: &BlockSpec) -> Result<Option<Vec<String>>, SdnError> {
+        let dpids = self.switches_or_fail().await?;
+        self.add_flows(&dpids, spec).await?;
+        Ok(Some(Vec::new()))
+    }
+
+    /// The highest block id among the cookies of every switch's flows.
+    async fn highest_installed(&self) -> Option<Result<u64, SdnError>> {
+        let tables = match self.per_switch("/stats/flow").await {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        let highest = tables
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(Value::as_array)
+            .flatten()
+            .filter_map(|f| f.get("cookie").and_then(Value::as_u64))
+            .filter_map(BlockId::of_cookie)
+            .map(|id| id.0)
+            .max()
+            .unwrap_or(0);
+        Some(Ok(highest))
     }
 
     async fn uninstall(&self, block: &ActiveBlock) -> Result<(), SdnError> {

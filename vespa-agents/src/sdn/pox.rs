@@ -6,7 +6,11 @@
 //! sends `{"CHANNEL":"mac_redir","cmd":C,...}` with C one of the 2014 commands
 //! (`block_hackers`, `release_hackers`, `status_hackers`, `get_topology`, `get_link_stats`)
 //! or `get_flow_stats`. Unlike 2014, block and release name their target (`"mac"` or `"ip"`)
-//! and the block id (`"block"`), every command carries an `"xid"`, and the agent waits for
+//! and the block id (`"block"`), a block with a time-to-live carries it (`"ttl"`, seconds) and
+//! the `"hard_timeout"` its flows must carry (whole seconds: TTL + [`super::SWITCH_TTL_MARGIN`],
+//! so the switch ends the block if the agent does not; absent: no timeout), blocking a target
+//! again re-sends `block_hackers` with the same id and the new timeouts (the component replaces
+//! its flows), every command carries an `"xid"`, and the agent waits for
 //! the component's reply on the channel (the first non-welcome message of that channel, with
 //! the same `xid` when the reply echoes one); a reply with an `"error"` member is a refusal.
 //! The POX-side component of 2014 was never published; this is the protocol it must speak.
@@ -264,9 +268,16 @@ impl SdnController for Pox {
         if let Some(ttl) = spec.ttl {
             m.insert("ttl".into(), json!(ttl.as_secs_f64()));
         }
+        if let Some(t) = spec.hard_timeout_s() {
+            m.insert("hard_timeout".into(), json!(t));
+        }
         self.command("block_hackers", m, self.cfg.await_replies)
             .await?;
         Ok(Vec::new())
+    }
+
+    async fn reinstall(&self, spec: &BlockSpec) -> Result<Option<Vec<String>>, SdnError> {
+        self.install(spec).await.map(Some)
     }
 
     async fn uninstall(&self, block: &ActiveBlock) -> Result<(), SdnError> {

@@ -6,7 +6,7 @@
 //! never silently outlives its time-to-live.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +48,8 @@ fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
 pub struct BlockBook {
     blocks: Mutex<BTreeMap<BlockId, ActiveBlock>>,
     next: AtomicU64,
+    /// Whether the first id has been chosen (see [`super::SdnController::block`]).
+    seeded: AtomicBool,
     changed: Notify,
 }
 
@@ -56,6 +58,7 @@ impl Default for BlockBook {
         BlockBook {
             blocks: Mutex::default(),
             next: AtomicU64::new(1),
+            seeded: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -72,6 +75,16 @@ impl BlockBook {
     /// block does not use one up (callers hold the controller's operation lock).
     pub(crate) fn next_id(&self) -> BlockId {
         BlockId(self.next.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn is_seeded(&self) -> bool {
+        self.seeded.load(Ordering::Relaxed)
+    }
+
+    /// Numbers the following blocks from `first` on (never below an id already given).
+    pub(crate) fn seed(&self, first: BlockId) {
+        self.next.fetch_max(first.0, Ordering::Relaxed);
+        self.seeded.store(true, Ordering::Relaxed);
     }
 
     /// Records (or refreshes) a block and wakes the reaper.
@@ -95,11 +108,16 @@ impl BlockBook {
         self.changed.notify_one();
     }
 
-    /// Restarts a block's time-to-live.
-    pub(crate) fn refresh(&self, id: BlockId, ttl: Option<Duration>) {
+    /// Restarts a block's time-to-live; `handles` (from a reinstall) join the block's own.
+    pub(crate) fn refresh(&self, id: BlockId, ttl: Option<Duration>, handles: Option<Vec<String>>) {
         if let Some(b) = self.lock().get_mut(&id) {
             b.ttl_s = ttl.map(|t| t.as_secs_f64());
             b.expires_at = ttl.map(|t| Instant::now() + t);
+            for h in handles.into_iter().flatten() {
+                if !b.handles.contains(&h) {
+                    b.handles.push(h);
+                }
+            }
         }
         self.changed.notify_one();
     }
@@ -191,7 +209,7 @@ pub fn spawn_reaper<C: SdnController>(
                         ),
                         Err(crate::error::SdnError::NoSuchBlock(_)) => {}
                         Err(e) => {
-                            tracing::warn!(controller = ctrl.name(), block = id.0, error = %crate::error::chain(&e), "expired block could not be released; will retry");
+                            tracing::warn!(controller = ctrl.name(), block = id.0, error = ?crate::error::chain(&e), "expired block could not be released; will retry");
                             alerts.failed(ctrl.name(), &format!("release expired block {id}"), &e);
                             book.postpone(id, RETRY_EXPIRED_AFTER);
                         }
@@ -225,15 +243,24 @@ mod tests {
         failing: AtomicBool,
         uninstalled: Mutex<Vec<BlockId>>,
         released: Notify,
+        /// What the controller shows of earlier blocks (None: it cannot list them).
+        highest: Option<Result<u64, u16>>,
+        reinstalled: Mutex<Vec<(BlockId, Option<u16>)>>,
     }
 
     impl Fake {
         fn new() -> Arc<Fake> {
+            Fake::showing(None)
+        }
+
+        fn showing(highest: Option<Result<u64, u16>>) -> Arc<Fake> {
             Arc::new(Fake {
                 state: SdnState::new(RetryPolicy::none()),
                 failing: AtomicBool::new(false),
                 uninstalled: Mutex::default(),
                 released: Notify::new(),
+                highest,
+                reinstalled: Mutex::default(),
             })
         }
 
@@ -251,6 +278,22 @@ mod tests {
         }
         async fn install(&self, _: &BlockSpec) -> Result<Vec<String>, SdnError> {
             Ok(vec!["flow".into()])
+        }
+        async fn reinstall(&self, spec: &BlockSpec) -> Result<Option<Vec<String>>, SdnError> {
+            let mut r = self.reinstalled.lock().expect("log");
+            r.push((spec.id, spec.hard_timeout_s()));
+            Ok(Some(vec!["flow".into(), format!("again-{}", r.len())]))
+        }
+        async fn highest_installed(&self) -> Option<Result<u64, SdnError>> {
+            self.highest.map(|h| {
+                h.map_err(|status| SdnError::Http {
+                    controller: "fake",
+                    method: "GET",
+                    url: "/flows".into(),
+                    status,
+                    body: String::new(),
+                })
+            })
         }
         async fn uninstall(&self, block: &ActiveBlock) -> Result<(), SdnError> {
             if self.failing.load(Ordering::Relaxed) {
@@ -342,5 +385,75 @@ mod tests {
         assert_eq!(ctrl.uninstalled(), [id]);
         assert!(ctrl.status().is_empty());
         reaper.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ids_continue_above_the_controllers_blocks_or_start_at_a_random_base() {
+        let shown = Fake::showing(Some(Ok(41)));
+        let first = shown.block(target(1), None).await.expect("block");
+        assert_eq!(
+            first,
+            BlockId(42),
+            "above the highest block the controller holds"
+        );
+        assert_eq!(
+            shown.block(target(2), None).await.expect("block"),
+            BlockId(43)
+        );
+
+        let empty = Fake::showing(Some(Ok(0)));
+        assert_eq!(
+            empty.block(target(1), None).await.expect("block"),
+            BlockId(1)
+        );
+
+        // A listing failing for a passing reason fails the block, and is asked again.
+        let down = Fake::showing(Some(Err(503)));
+        assert!(down.block(target(1), None).await.is_err());
+        assert!(!down.state().blocks.is_seeded());
+
+        // Cannot list, or the listing is refused for good: a random base, never 1, different
+        // each start.
+        let mut firsts = std::collections::BTreeSet::new();
+        for ctrl in [
+            Fake::new(),
+            Fake::new(),
+            Fake::showing(Some(Err(404))),
+            Fake::showing(Some(Err(404))),
+        ] {
+            let id = ctrl.block(target(1), None).await.expect("block");
+            assert!(crate::sdn::RANDOM_ID_BASE.contains(&id.0), "{id}");
+            assert_eq!(
+                ctrl.block(target(2), None).await.expect("block").0,
+                id.0 + 1
+            );
+            firsts.insert(id);
+        }
+        assert!(firsts.len() > 1, "four starts drew {firsts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_reinstalls_with_the_new_switch_timeout_when_one_is_involved() {
+        let ctrl = Fake::new();
+        let a = ctrl.block(target(1), None).await.expect("block");
+        assert_eq!(ctrl.block(target(1), None).await.expect("again"), a);
+        assert!(
+            ctrl.reinstalled.lock().expect("log").is_empty(),
+            "no time-to-live before or after: nothing to tell the switch"
+        );
+        ctrl.block(target(1), Some(Duration::from_secs(100)))
+            .await
+            .expect("with a ttl");
+        ctrl.block(target(1), None).await.expect("without again");
+        let margin = crate::sdn::SWITCH_TTL_MARGIN.as_secs() as u16;
+        assert_eq!(
+            *ctrl.reinstalled.lock().expect("log"),
+            [(a, Some(100 + margin)), (a, None)]
+        );
+        assert_eq!(
+            ctrl.status()[0].handles,
+            ["flow", "again-1", "again-2"],
+            "the reinstall's handles join the block's"
+        );
     }
 }

@@ -7,9 +7,10 @@
 //! external resource (the page must work on a hypervisor without internet). A strict
 //! Content-Security-Policy keeps the page to its own origin.
 //!
-//! `/?selftest=release&token=...` makes the page click its own release button on a stub
-//! action and write the answer into `#selftest-result` (the browser test reads it from the
-//! dumped DOM).
+//! `/?selftest=release` makes the page click its own release button on a stub action, with
+//! the token kept in the tab, and write the answer into `#selftest-result` (the browser test
+//! reads it). The page never takes the token from its address (`?token=` is ignored): an
+//! address is kept in the history and in proxy logs, and shown on screen.
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -81,6 +82,10 @@ mod tests {
         assert!(
             !INDEX_HTML.contains("<script>"),
             "no inline script (the CSP forbids it)"
+        );
+        assert!(
+            !APP_JS.contains("get('token')") && !APP_JS.contains("location.hash"),
+            "the token is never read from the address"
         );
     }
 }

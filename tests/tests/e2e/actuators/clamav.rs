@@ -258,6 +258,222 @@ async fn file_over_stream_limit_is_a_clear_error_and_agent_keeps_serving() {
     assert_eq!(call(&a, "ping", &[]).await, Ok("PONG".into()));
 }
 
+fn mkfifo(p: &Path) {
+    nix::unistd::mkfifo(
+        p,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .expect("mkfifo");
+}
+
+/// A guest that can write the watched directory plants a FIFO and a symbolic link to a host
+/// file holding EICAR, then swaps a file between a regular file, such a link and a FIFO as fast
+/// as it can, racing the watcher between its listing and its open. The watcher neither hangs
+/// nor sends the host file to clamd, and still catches a real infected file afterwards.
+#[tokio::test]
+async fn links_and_fifos_in_the_watched_directory_neither_hang_the_watcher_nor_reach_clamd() {
+    let Some(c) = clamd(
+        "links_and_fifos_in_the_watched_directory_neither_hang_the_watcher_nor_reach_clamd",
+        "1M",
+    ) else {
+        return;
+    };
+    let host = tempfile::tempdir().expect("tempdir");
+    let secret = write(host.path(), "host-secret.bin", &eicar());
+    let watched = tempfile::tempdir().expect("tempdir");
+    let staging = tempfile::tempdir().expect("tempdir");
+    let w = watched.path().to_path_buf();
+    let (a, mut alerts) = agent(
+        ClamdAddr::Unix(c.socket.clone()),
+        Some(w.clone()),
+        RetryPolicy::default(),
+    );
+
+    // Planted ones, scanned by name: refused at once, the FIFO without blocking.
+    mkfifo(&w.join("pipe"));
+    std::os::unix::fs::symlink(&secret, w.join("link")).expect("symlink");
+    for (name, why) in [("pipe", "is a FIFO"), ("link", "is a symbolic link")] {
+        let path = w.join(name);
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            call(&a, "scan", &[path.to_str().expect("utf-8")]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("scanning {name} hangs"))
+        .expect("per-file errors");
+        let r = json(&r);
+        let err = r[0]["error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains(why) && err.contains("not scanned"),
+            "{name}: {r}"
+        );
+    }
+
+    // The race.
+    let x = w.join("x");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (x, secret, stop) = (x.clone(), secret.clone(), stop.clone());
+        let st = staging.path().to_path_buf();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let tmp = st.join(format!("t{i}"));
+                match i % 3 {
+                    0 => std::fs::write(&tmp, b"an ordinary upload\n").expect("write"),
+                    1 => std::os::unix::fs::symlink(&secret, &tmp).expect("symlink"),
+                    _ => mkfifo(&tmp),
+                }
+                std::fs::rename(&tmp, &x).expect("rename");
+                i += 1;
+                // Pacing, so that the swapper leaves the machine's other core to the watcher.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            i
+        })
+    };
+    let (agent, xs) = (&a, x.display().to_string());
+    let xs = &xs;
+    wait_until_async(
+        "the watcher to scan the swapped file 20 times",
+        Duration::from_secs(60),
+        move || async move {
+            let n = agent.analyzed().iter().filter(|r| r.file == *xs).count();
+            if n >= 20 {
+                Ok(())
+            } else {
+                Err(format!("{n} scans"))
+            }
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().expect("swapper");
+    assert!(swaps > 100, "{swaps} swaps");
+
+    // A real infected file dropped afterwards is still caught, and it is the only infection.
+    let real = w.join("real.exe");
+    std::fs::rename(write(staging.path(), "real", &eicar()), &real).expect("rename");
+    let alert = tokio::time::timeout(Duration::from_secs(15), alerts.recv())
+        .await
+        .expect("the watcher is alive: an alert within 15 s")
+        .expect("alert channel open");
+    assert_eq!(
+        alert,
+        ActuatorAlert::Infected {
+            vm: VM.into(),
+            file: real.display().to_string(),
+            signature: EICAR_SIGNATURE.into()
+        },
+        "the host file never reached clamd"
+    );
+    let found: Vec<_> = a
+        .analyzed()
+        .into_iter()
+        .filter(|r| r.status.contains("FOUND"))
+        .collect();
+    assert!(
+        found.iter().all(|r| r.file == real.display().to_string()),
+        "only the real file is infected: {found:?}"
+    );
+    let st = json(&call(&a, "status", &[]).await.expect("status"));
+    assert!(
+        st["skipped_not_regular"].as_u64().is_some_and(|n| n >= 2),
+        "{st}"
+    );
+}
+
+/// A file larger than the agent's scan limit is not sent to clamd: an error for that file, a
+/// count in `status`, no alert.
+#[tokio::test]
+async fn a_file_over_the_agents_scan_limit_is_a_counted_skip() {
+    let Some(c) = clamd("a_file_over_the_agents_scan_limit_is_a_counted_skip", "1M") else {
+        return;
+    };
+    let (tx, mut alerts) = mpsc::channel(8);
+    let mut cfg = AvConfig::new(VM, ClamdAddr::Unix(c.socket.clone()));
+    cfg.max_scan_bytes = 64;
+    let a = AvAgent::new(cfg, AlertSink::new(tx));
+    let files = tempfile::tempdir().expect("tempdir");
+    let padded = write(files.path(), "padded.exe", &eicar()); // 68 bytes
+    let r = json(
+        &call(&a, "scan", &[padded.to_str().expect("utf-8")])
+            .await
+            .expect("per-file errors"),
+    );
+    let err = r[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("larger than the scan limit (68 bytes, limit 64)"),
+        "{r}"
+    );
+    assert!(alerts.try_recv().is_err(), "a skip is not an alert");
+    let st = json(&call(&a, "status", &[]).await.expect("status"));
+    assert_eq!(st["skipped_too_large"], 1, "{st}");
+    assert_eq!(st["max_scan_bytes"], 64, "{st}");
+    let small = write(files.path(), "small.exe", &eicar()[..60]);
+    assert_eq!(
+        a.scan_file(&small).await.expect("under the limit"),
+        Verdict::Clean
+    );
+}
+
+/// Everything logged through it, as text.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// File names come from the guest: one holding a newline and a forged log line still makes
+/// one line in the agent's (text) log, with the newline escaped.
+#[tokio::test]
+async fn a_file_name_with_a_newline_makes_one_log_line() {
+    let Some(c) = clamd("a_file_name_with_a_newline_makes_one_log_line", "1M") else {
+        return;
+    };
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The test's runtime runs on this thread: the agent's events land here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (a, _alerts) = agent(
+        ClamdAddr::Unix(c.socket.clone()),
+        None,
+        RetryPolicy::default(),
+    );
+    let files = tempfile::tempdir().expect("tempdir");
+    let forged = "1970-01-01T00:00:00.000000Z  INFO vespa_agents: scan clean, nothing found";
+    let bad = write(files.path(), &format!("invoice.pdf\n{forged}"), &eicar());
+    assert!(matches!(
+        a.scan_file(&bad).await,
+        Ok(Verdict::Infected { .. })
+    ));
+    let out = String::from_utf8(log.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let infected: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("infected file"))
+        .collect();
+    assert_eq!(infected.len(), 1, "{out}");
+    assert!(
+        infected[0].contains("invoice.pdf\\n1970-01-01"),
+        "the newline is escaped: {out}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("1970-01-01")),
+        "no forged line: {out}"
+    );
+}
+
 #[tokio::test]
 async fn clamd_down_is_a_clear_error_and_is_retried() {
     let Some(mut c) = clamd("clamd_down_is_a_clear_error_and_is_retried", "1M") else {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vespa_agents::sdn::osken::{OsKen, OsKenConfig};
-use vespa_agents::sdn::{SdnAgent, SdnAgentConfig};
+use vespa_agents::sdn::{BlockId, SdnAgent, SdnAgentConfig};
 use vespa_agents::AlertSink;
 use vespa_node::Agent as _;
 use vespa_tests::daemons::ovs::{SdnLab, UdpStream};
@@ -286,4 +286,75 @@ fn osken_topology_port_and_flow_stats() {
             "the table-miss flow stays"
         );
     });
+}
+
+/// The agent dies with a block in force and a new one starts: the new one numbers its blocks
+/// above the cookies left in the switch, so releasing its block leaves the old one alone; the
+/// old one carries a hard_timeout, so the switch ends it even though no agent will.
+#[test]
+fn osken_block_ids_survive_an_agent_restart_and_the_switch_enforces_the_ttl() {
+    with_lab(
+        "osken_block_ids_survive_an_agent_restart_and_the_switch_enforces_the_ttl",
+        |lab| async move {
+            let first = agent(&lab, None);
+            let old = call(&first, "block_hackers", &[&lab.h1.mac, "600"]).await["block"]
+                .as_u64()
+                .expect("an id");
+            let old_cookie = format!("cookie={:#x}", BlockId(old).cookie());
+            let flows = vespa_testkit::wait_until(
+                "the first agent's two flows",
+                Duration::from_secs(5),
+                || {
+                    let f = lab.ovs.flows_matching(&lab.bridge, &old_cookie);
+                    (f.len() == 2).then_some(f)
+                },
+            );
+            assert!(
+                flows.iter().all(|f| f.contains("hard_timeout=660")),
+                "TTL 600 s + 60 s margin, enforced by the switch: {flows:?}"
+            );
+            drop(first);
+
+            let second = agent(&lab, None);
+            let new = call(&second, "block_hackers", &[&lab.h2.mac]).await["block"]
+                .as_u64()
+                .expect("an id");
+            assert_eq!(new, old + 1, "above the cookies left in the switch");
+            let new_cookie = format!("cookie={:#x}", BlockId(new).cookie());
+            lab.ovs
+                .wait_flow(&lab.bridge, &new_cookie, true, Duration::from_secs(5))
+                .expect("the second agent's flows");
+            assert!(
+                lab.ovs
+                    .flows_matching(&lab.bridge, &new_cookie)
+                    .iter()
+                    .all(|f| !f.contains("hard_timeout")),
+                "a block without a TTL has no switch timeout"
+            );
+            // Blocking it again with a TTL re-adds its flows, now with the switch's timeout.
+            call(&second, "block_hackers", &[&lab.h2.mac, "100"]).await;
+            vespa_testkit::wait_until(
+                "the refreshed flows with hard_timeout=160 (TTL 100 s + 60 s)",
+                Duration::from_secs(5),
+                || {
+                    let f = lab.ovs.flows_matching(&lab.bridge, &new_cookie);
+                    (f.len() == 2 && f.iter().all(|l| l.contains("hard_timeout=160"))).then_some(())
+                },
+            );
+
+            call(&second, "release_hackers", &[&lab.h2.mac]).await;
+            lab.ovs
+                .wait_flow(&lab.bridge, &new_cookie, false, Duration::from_secs(5))
+                .expect("the released block's flows go");
+            let left = lab.ovs.flows_matching(&lab.bridge, &old_cookie);
+            assert_eq!(
+                left.len(),
+                2,
+                "the first agent's block is still in the switch: {left:?}"
+            );
+            assert!(left
+                .iter()
+                .any(|f| f.contains(&format!("dl_src={}", lab.h1.mac))));
+        },
+    );
 }

@@ -89,6 +89,8 @@ async fn floodlight_v1_static_flows_block_and_release_with_exact_requests() {
     assert_eq!(
         stub.take_requests(),
         vec![
+            // Before its first block the agent looks for earlier agents' entries.
+            req("GET", "/wm/staticflowpusher/list/all/json", None),
             req("GET", "/wm/core/controller/switches/json", None),
             req("POST", pusher, Some(entry(DPID1, 0, "src", "eth_src"))),
             req("POST", pusher, Some(entry(DPID1, 0, "dst", "eth_dst"))),
@@ -196,19 +198,24 @@ async fn floodlight_v090_field_names_and_paths() {
         .await
         .expect("block");
     let reqs = stub.take_requests();
-    assert_eq!(reqs.len(), 5);
+    assert_eq!(reqs.len(), 6);
     assert_eq!(
-        reqs[1],
+        reqs[0],
+        req("GET", "/wm/staticflowentrypusher/list/all/json", None)
+    );
+    assert_eq!(
+        reqs[2],
         req(
             "POST",
             "/wm/staticflowentrypusher/json",
             Some(
                 json!({ "switch": DPID1, "name": "vespa-1-0-src", "active": "true", "priority": "32767", "cookie": cookie(1), "ether-type": "0x0800", "src-ip": "10.0.0.9", "actions": "" })
             )
-        )
+        ),
+        "v0.90's pusher takes no hard_timeout"
     );
     assert_eq!(
-        reqs[2].body.as_ref().map(|b| b["dst-ip"].clone()),
+        reqs[3].body.as_ref().map(|b| b["dst-ip"].clone()),
         Some(json!("10.0.0.9"))
     );
     call(&a, "block_hackers", &[MAC])
@@ -398,7 +405,17 @@ async fn controller_errors_are_typed_retried_when_transient_and_the_agent_keeps_
         e.contains("answered HTTP 404 to GET") && e.contains("/wm/core/controller/switches/json"),
         "{e}"
     );
-    assert_eq!(stub.take_requests().len(), 1, "a 404 is not retried");
+    assert_eq!(
+        stub.take_requests()
+            .iter()
+            .map(|r| r.path.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "/wm/staticflowpusher/list/all/json",
+            "/wm/core/controller/switches/json"
+        ],
+        "a 404 is not retried (the listing refused for good: ids start at a random base)"
+    );
     assert!(
         matches!(alerts.try_recv(), Ok(ActuatorAlert::ActuatorFailed { actuator, .. }) if actuator == "floodlight")
     );
@@ -442,10 +459,10 @@ async fn controller_errors_are_typed_retried_when_transient_and_the_agent_keeps_
 
     // The same agent serves normally once the controller behaves.
     stub.set_fault(Fault::None);
-    assert_eq!(
-        json_of(&call(&a, "block_hackers", &[MAC]).await.expect("block"))["block"],
-        json!(1)
-    );
+    let id = json_of(&call(&a, "block_hackers", &[MAC]).await.expect("block"))["block"]
+        .as_u64()
+        .expect("an id");
+    assert!(vespa_agents::sdn::RANDOM_ID_BASE.contains(&id), "{id}");
     // os-ken's client against a controller answering 404 / garbage: typed too.
     let (tx, _rx) = mpsc::channel(8);
     let o = SdnAgent::new(
@@ -542,12 +559,16 @@ async fn pox_messenger_join_channel_and_the_2014_commands() {
     let join =
         json!({ "CHANNEL": "", "cmd": "join_channel", "channel": "mac_redir", "json": true });
 
-    call(&a, "block_hackers", &[MAC]).await.expect("block");
+    // POX shows no block ids: the agent's start at a random base.
+    let id = json_of(&call(&a, "block_hackers", &[MAC]).await.expect("block"))["block"]
+        .as_u64()
+        .expect("an id");
+    assert!(vespa_agents::sdn::RANDOM_ID_BASE.contains(&id), "{id}");
     assert_eq!(
         stub.take_received(),
         vec![
             join.clone(),
-            json!({ "CHANNEL": "mac_redir", "cmd": "block_hackers", "xid": 1, "mac": MAC, "block": 1 })
+            json!({ "CHANNEL": "mac_redir", "cmd": "block_hackers", "xid": 1, "mac": MAC, "block": id })
         ]
     );
     assert!(stub.blocked().contains(MAC));
@@ -557,7 +578,7 @@ async fn pox_messenger_join_channel_and_the_2014_commands() {
     let got = stub.take_received();
     assert_eq!(
         got[1],
-        json!({ "CHANNEL": "mac_redir", "cmd": "block_hackers", "xid": 2, "ip": "10.4.4.4", "block": 2, "ttl": 30.0 })
+        json!({ "CHANNEL": "mac_redir", "cmd": "block_hackers", "xid": 2, "ip": "10.4.4.4", "block": id + 1, "ttl": 30.0, "hard_timeout": 90 })
     );
 
     let t = json_of(&call(&a, "get_topology", &[]).await.expect("topology"));
@@ -574,7 +595,7 @@ async fn pox_messenger_join_channel_and_the_2014_commands() {
     call(&a, "release_hackers", &[MAC]).await.expect("release");
     assert_eq!(
         stub.take_received()[1],
-        json!({ "CHANNEL": "mac_redir", "cmd": "release_hackers", "xid": 5, "mac": MAC, "block": 1 })
+        json!({ "CHANNEL": "mac_redir", "cmd": "release_hackers", "xid": 5, "mac": MAC, "block": id })
     );
     assert!(
         !stub.blocked().contains(MAC),
@@ -667,4 +688,92 @@ async fn pox_failures_are_typed_and_ttl_expiry_releases() {
         t0.elapsed() >= Duration::from_millis(150),
         "released before its TTL"
     );
+}
+
+/// Two agents, one after the other, in front of the same controller: the second numbers its
+/// blocks above the first's entries, so neither overwrites nor releases the other's.
+#[tokio::test]
+async fn floodlight_block_ids_do_not_collide_across_an_agent_restart() {
+    let stub = FloodlightStub::start().await;
+    let (first, _alerts) = floodlight(&stub, FloodlightApi::V1, FloodlightMode::StaticFlow);
+    let old = json_of(
+        &call(&first, "block_hackers", &[MAC, "300"])
+            .await
+            .expect("block"),
+    )["block"]
+        .as_u64()
+        .expect("an id");
+    let old_flows = stub.flows();
+    assert_eq!(old_flows.len(), 4);
+    assert!(
+        old_flows.values().all(|f| f["hard_timeout"] == "360"),
+        "the switch ends the block 60 s after its TTL if no agent does: {old_flows:?}"
+    );
+    // The agent dies (its reaper with it); its entries stay in the controller.
+    drop(first);
+    stub.take_requests();
+
+    let (second, _alerts) = floodlight(&stub, FloodlightApi::V1, FloodlightMode::StaticFlow);
+    let new = json_of(
+        &call(&second, "block_hackers", &["10.3.3.3", "none"])
+            .await
+            .expect("block"),
+    )["block"]
+        .as_u64()
+        .expect("an id");
+    assert_eq!(new, old + 1, "above the entries the controller still holds");
+    assert_eq!(
+        stub.take_requests()[0],
+        req("GET", "/wm/staticflowpusher/list/all/json", None)
+    );
+    assert_eq!(
+        stub.flows().len(),
+        8,
+        "nothing overwritten: {:?}",
+        stub.flows()
+    );
+    assert!(
+        stub.flows()
+            .iter()
+            .filter(|(n, _)| n.starts_with(&format!("vespa-{new}-")))
+            .all(|(_, f)| f.get("hard_timeout").is_none()),
+        "a block without a TTL carries no switch timeout"
+    );
+
+    // Refreshing with a TTL pushes the entries again (same names) with the new timeout.
+    call(&second, "block_hackers", &["10.3.3.3", "30"])
+        .await
+        .expect("refresh");
+    let pushed: Vec<Value> = stub
+        .take_requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .filter_map(|r| r.body)
+        .collect();
+    assert_eq!(pushed.len(), 4, "{pushed:?}");
+    assert!(pushed.iter().all(|b| b["hard_timeout"] == "90"
+        && b["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with(&format!("vespa-{new}-")))));
+
+    call(&second, "release_hackers", &[&new.to_string()])
+        .await
+        .expect("release");
+    assert_eq!(
+        stub.flows().keys().cloned().collect::<Vec<_>>(),
+        old_flows.keys().cloned().collect::<Vec<_>>(),
+        "releasing the new block leaves the old agent's entries"
+    );
+}
+
+#[tokio::test]
+async fn pox_block_ids_differ_across_an_agent_restart() {
+    let stub = PoxStub::start().await;
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let (a, _alerts) = pox(&stub, None);
+        let r = json_of(&call(&a, "block_hackers", &[MAC]).await.expect("block"));
+        ids.insert(r["block"].as_u64().expect("an id"));
+    }
+    assert_eq!(ids.len(), 3, "three agent starts, three ids: {ids:?}");
 }

@@ -2,15 +2,17 @@
 //! an API token) -> HO_VM -> a bandwidth and a connections agent on lo. Chromium renders
 //! `/`, runs its fetches and timers (`--virtual-time-budget`) and dumps the DOM: the node
 //! tree, a rate chart for lo, bandwidth alerts in the log and the empty states are there. A
-//! screenshot is kept under tests/artifacts/ (git-ignored). The release button is driven by
-//! the page's self-test mode: it clicks its own button on a stub action and writes the
-//! server's answer into the DOM (no policy here: 503 with the right token, 401 with a wrong
-//! one, which shows the bearer token travels).
+//! screenshot is kept under tests/artifacts/ (git-ignored). A token in the address
+//! (`?selftest=release&token=...`) is ignored: nothing is released with it.
 //!
 //! A second test drives the page like a person through chromedriver (WebDriver over plain
 //! HTTP): with `?selftest=stub` the table holds a stub action; the release button is disabled
-//! until a token is pasted and kept (in `sessionStorage`), then its click reaches the server
-//! with the token. The screenshot after the click is kept too.
+//! until a token is typed into the password field and kept (in `sessionStorage`), then its
+//! click reaches the server with the token. The page's self-test (`?selftest=release`, which
+//! clicks its own button on the stub and writes the server's answer into the page) then
+//! releases with the kept token (no policy here: 503 with the right token, 401 with a wrong
+//! one, which shows the bearer token travels), and ignores a token in the address once the
+//! kept one is forgotten. The screenshot after the click is kept too.
 //!
 //! Needs Debian's `chromium` (`cargo xtask setup` installs it). Without it the test is
 //! skipped with a printed reason, unless `VESPA_REQUIRE_EBPF=1` (CI), where it fails.
@@ -181,37 +183,27 @@ fn dashboard_renders_a_real_tree_in_headless_chromium() {
         bytes.len()
     );
 
-    // The release button: the right token reaches the policy (none here: 503), a wrong one
-    // is refused (401).
-    let ok = chromium(
+    // A token in the address is ignored: the self-test finds no token kept and releases
+    // nothing (the right token, so a page taking it would get past the server's check).
+    let url_token = chromium(
         &scratch,
-        "release",
+        "release-url-token",
         &format!("{base}/?selftest=release&token={TOKEN}"),
         &["--dump-dom"],
     );
-    // No policy: 503; a policy that does not know the stub key: 404. Never 401.
-    let accepted = ["503 no policy is loaded", "404 "]
-        .iter()
-        .any(|s| ok.contains(&format!("selftest release selftest-stub: {s}")));
     assert!(
-        accepted,
-        "release with the token reaches the policy: {}",
-        excerpt(&ok, "selftest-result")
+        url_token.contains("selftest release: no token kept"),
+        "a token in the address is not used: {}",
+        excerpt(&url_token, "selftest-result")
     );
     assert!(
-        !ok.contains(TOKEN),
+        !url_token.contains("release selftest-stub:"),
+        "no release was sent: {}",
+        excerpt(&url_token, "release-result")
+    );
+    assert!(
+        !url_token.contains(TOKEN),
         "the token is not written into the page"
-    );
-    let bad = chromium(
-        &scratch,
-        "release-bad",
-        &format!("{base}/?selftest=release&token=not-the-token-at-all"),
-        &["--dump-dom"],
-    );
-    assert!(
-        bad.contains("selftest release selftest-stub: 401 wrong API token"),
-        "release with a wrong token: {}",
-        excerpt(&bad, "selftest-result")
     );
     eprintln!(
         "dashboard screenshot: {} ({} bytes); DOM: {}",
@@ -456,6 +448,95 @@ fn release_button_posts_the_pasted_token_through_webdriver() {
         png.len()
     );
     std::fs::write(artifacts().join("dashboard-release.png"), &png).expect("keep the screenshot");
+
+    // The page's own self-test releases with the token kept in the tab (typed above).
+    let selftest = |what: &str| -> String {
+        wd(
+            wd_addr,
+            "POST",
+            &s("/url"),
+            Some(serde_json::json!({ "url": format!("http://{api}/?selftest=release") })),
+        );
+        wait_until(what, WAIT, || {
+            let t = text_of("#selftest-result");
+            t.starts_with("selftest ").then_some(t)
+        })
+    };
+    let answer = selftest("the self-test's release answer");
+    assert!(
+        answer.contains("selftest release selftest-stub: 503 no policy is loaded")
+            || answer.contains("selftest release selftest-stub: 404 "),
+        "the self-test released with the typed token: {answer}"
+    );
+    // A wrong token typed in: 401, the bearer token travels.
+    let retype = |text: &str| {
+        let forget = find("#token-clear").expect("Forget");
+        wd(
+            wd_addr,
+            "POST",
+            &s(&format!("/element/{forget}/click")),
+            Some(serde_json::json!({})),
+        );
+        let input = find("#token").expect("the token field");
+        wd(
+            wd_addr,
+            "POST",
+            &s(&format!("/element/{input}/value")),
+            Some(serde_json::json!({ "text": text })),
+        );
+        let keep = find("#token-form button[type=submit]").expect("Keep");
+        wd(
+            wd_addr,
+            "POST",
+            &s(&format!("/element/{keep}/click")),
+            Some(serde_json::json!({})),
+        );
+    };
+    retype("not-the-token-at-all");
+    let answer = selftest("the self-test's answer with a wrong token");
+    assert_eq!(
+        answer,
+        "selftest release selftest-stub: 401 wrong API token"
+    );
+    // Forgotten, then the right token in the address: ignored, nothing kept, nothing sent.
+    let forget = find("#token-clear").expect("Forget");
+    wd(
+        wd_addr,
+        "POST",
+        &s(&format!("/element/{forget}/click")),
+        Some(serde_json::json!({})),
+    );
+    wd(
+        wd_addr,
+        "POST",
+        &s("/url"),
+        Some(serde_json::json!({ "url": format!("http://{api}/?selftest=release&token={TOKEN}") })),
+    );
+    let answer = wait_until(
+        "the self-test's answer with a token in the address",
+        WAIT,
+        || {
+            let t = text_of("#selftest-result");
+            t.starts_with("selftest ").then_some(t)
+        },
+    );
+    assert!(
+        answer.starts_with("selftest release: no token kept"),
+        "a token in the address is ignored: {answer}"
+    );
+    let kept = wd(
+        wd_addr,
+        "POST",
+        &s("/execute/sync"),
+        Some(
+            serde_json::json!({ "script": "return sessionStorage.getItem('vespa.api.token');", "args": [] }),
+        ),
+    );
+    assert_eq!(kept, Json::Null, "nothing kept from the address");
+    assert!(
+        !text_of("#release-result").starts_with("release selftest-stub:"),
+        "no release was sent"
+    );
     wd(wd_addr, "DELETE", &s(""), None);
 }
 

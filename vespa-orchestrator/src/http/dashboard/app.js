@@ -338,8 +338,10 @@ async function pollActions() {
 
 // --- self-test (the browser tests) -------------------------------------------------------
 // `?selftest=stub` adds a stub action (key `selftest-stub`) to the table, for a WebDriver
-// test to release by hand; `?selftest=release&token=T` also keeps T and clicks the stub's
-// release button itself, writing the answer into #selftest-result.
+// test to release by hand; `?selftest=release` also clicks the stub's release button itself,
+// with the token kept in this tab (typed into the token field), writing the answer into
+// #selftest-result. A token is never read from the address: addresses end up in the
+// history, in proxy and server logs and on screen.
 
 let stubActions = [];
 
@@ -347,15 +349,14 @@ async function selftest() {
   const q = new URLSearchParams(location.search);
   const mode = q.get('selftest');
   if (mode !== 'release' && mode !== 'stub') return;
-  if (q.get('token')) sessionStorage.setItem(TOKEN_KEY, q.get('token'));
-  history.replaceState(null, '', location.pathname + (mode === 'stub' ? '?selftest=stub' : '')); // no token in the address bar
-  showTokenState();
+  history.replaceState(null, '', location.pathname + (mode === 'stub' ? '?selftest=stub' : '')); // a reload does not release again
   const now = Math.floor(Date.now() / 1000);
   stubActions = [{ key: 'selftest-stub', action: 'block', target: '192.0.2.1', actuator: 'selftest', since_unix_s: now, expires_unix_s: null, dry_run: false }];
   renderActions();
   if (mode !== 'release') return;
-  const button = document.querySelector('tr[data-key="selftest-stub"] button.release');
   const out = $('selftest-result');
+  if (!token()) { out.textContent = 'selftest release: no token kept (type it into the token field; a token in the address is ignored)'; return; }
+  const button = document.querySelector('tr[data-key="selftest-stub"] button.release');
   if (!button) { out.textContent = 'selftest release: no button'; return; }
   const done = new Promise((resolve) => {
     const obs = new MutationObserver(() => { if (/^release selftest-stub: \d/.test($('release-result').textContent)) { obs.disconnect(); resolve(); } });
