@@ -80,19 +80,50 @@ struct Recent {
     next_index: u64,
     alerts: VecDeque<Alert>,
     cap: usize,
+    /// Their size (as sealed frames, close to what they take in memory).
+    bytes: usize,
 }
 
+/// Bytes of alerts a node keeps for `get_alerts` (and the VO's API for its view) at the most,
+/// whatever `keep_alerts` says: 10,000 alerts of a megabyte would be ten gigabytes.
+pub const KEEP_ALERT_BYTES: usize = 64 << 20;
+
 impl Recent {
+    fn new(cap: usize) -> Recent {
+        Recent {
+            next_index: 0,
+            alerts: VecDeque::new(),
+            cap,
+            bytes: 0,
+        }
+    }
+
     fn push(&mut self, a: Alert) {
+        self.next_index += 1;
         if self.cap == 0 {
-            self.next_index += 1;
             return;
         }
-        if self.alerts.len() == self.cap {
-            self.alerts.pop_front();
-        }
+        self.bytes += a.sealed_len();
         self.alerts.push_back(a);
-        self.next_index += 1;
+        self.trim();
+    }
+
+    /// Takes back what a journal kept, within the same bounds.
+    fn restore(&mut self, alerts: VecDeque<Alert>, next_index: u64) {
+        self.bytes = alerts.iter().map(Alert::sealed_len).sum();
+        self.alerts = alerts;
+        self.next_index = next_index;
+        self.trim();
+    }
+
+    /// Drops the oldest alerts beyond the count or the bytes allowed.
+    fn trim(&mut self) {
+        while self.alerts.len() > self.cap || self.bytes > KEEP_ALERT_BYTES {
+            match self.alerts.pop_front() {
+                Some(old) => self.bytes -= old.sealed_len(),
+                None => break,
+            }
+        }
     }
 }
 
@@ -135,11 +166,7 @@ impl Delivery {
     /// takes back what it had processed.
     pub fn new(spec: &NodeSpec, handlers: Vec<AlertHandler>) -> Result<Delivery, NodeError> {
         let mut hop = Hop::default();
-        let mut recent = Recent {
-            next_index: 0,
-            alerts: VecDeque::new(),
-            cap: spec.settings.keep_alerts,
-        };
+        let mut recent = Recent::new(spec.settings.keep_alerts);
         let journal = match (&spec.journal, spec.master.is_none()) {
             (Some(path), true) => {
                 let s = &spec.settings;
@@ -153,8 +180,7 @@ impl Delivery {
                     };
                     hop.dedup.restore(&origin, state);
                 }
-                recent.alerts = loaded.recent;
-                recent.next_index = loaded.alerts_total;
+                recent.restore(loaded.recent, loaded.alerts_total);
                 Some(j)
             }
             _ => None,
@@ -633,6 +659,36 @@ mod tests {
             vespa_proto::frame::DEFAULT_MAX_FRAME - vespa_proto::PATH_ROOM
         );
         assert_eq!(stats(&d).oversized, 1);
+    }
+
+    #[test]
+    fn kept_alerts_are_bounded_by_bytes_as_well_as_count() {
+        let mut r = Recent::new(10_000);
+        let big = |seq| Alert {
+            origin: "a".into(),
+            seq,
+            path: vec!["a".into()],
+            timestamp_ns: 0,
+            body: AlertBody::Text("x".repeat(1 << 20)),
+        };
+        for seq in 0..100 {
+            r.push(big(seq));
+        }
+        assert_eq!(r.next_index, 100);
+        assert!(
+            r.bytes <= KEEP_ALERT_BYTES && r.alerts.len() < 64,
+            "{} alerts",
+            r.alerts.len()
+        );
+        assert_eq!(
+            r.alerts.back().map(|a| a.seq),
+            Some(99),
+            "the newest are kept"
+        );
+        assert_eq!(
+            r.bytes,
+            r.alerts.iter().map(Alert::sealed_len).sum::<usize>()
+        );
     }
 
     #[test]

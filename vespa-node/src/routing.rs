@@ -26,7 +26,7 @@ use crate::config::Role;
 use crate::delivery::Delivery;
 use crate::lifecycle::Life;
 use crate::peers::Peers;
-use crate::session::Session;
+use crate::session::{Session, MAX_CALLS_IN_FLIGHT};
 use crate::spec::{ChildSpec, NodeSpec};
 use crate::stats::{get, inc, Stats};
 use crate::util::lock;
@@ -125,19 +125,36 @@ impl Router {
                 "{verb} may only be called by {}'s master chain or an operator, not by a child",
                 self.name
             );
-            let session = session.clone();
-            tokio::spawn(async move {
-                let _ = session
-                    .ctl
-                    .send(Message::Reply {
-                        id,
-                        result: Err(refusal),
-                    })
-                    .await;
-            });
+            let reply = Message::Reply {
+                id,
+                result: Err(refusal),
+            };
+            if session.ctl.try_send(reply).is_err() {
+                session.cancel.cancel();
+            }
             return;
         }
-        self.spawn_call(session.clone(), id, verb, args);
+        let Ok(slot) = session.calls.clone().try_acquire_owned() else {
+            inc(&self.calls_refused);
+            let busy = format!(
+                "{} is answering {MAX_CALLS_IN_FLIGHT} calls of this connection already; call again once some have been answered",
+                self.name
+            );
+            // The reader must not wait on a peer that does not read its replies: with the
+            // reply channel full, the peer loses its connection instead.
+            if session
+                .ctl
+                .try_send(Message::Reply {
+                    id,
+                    result: Err(busy),
+                })
+                .is_err()
+            {
+                session.cancel.cancel();
+            }
+            return;
+        };
+        self.spawn_call(session.clone(), id, verb, args, slot);
     }
 
     /// Answers `Call { id, .. }` from `session` on a task of its own (a slow verb, or one
@@ -148,10 +165,12 @@ impl Router {
         id: u64,
         verb: String,
         args: Vec<String>,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) {
         inc(&self.calls_served);
         let router = self.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let parsed = NodeVerb::parse(&verb, &args);
             let destroy = matches!(parsed, Ok(NodeVerb::Destroy {}));
             let result = router.clone().answer_parsed(parsed, verb, args).await;

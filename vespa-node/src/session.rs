@@ -58,6 +58,10 @@ impl AckBox {
     }
 }
 
+/// Calls one connection may have this node answer at once; more are refused with an error
+/// reply until some finish.
+pub(crate) const MAX_CALLS_IN_FLIGHT: usize = 64;
+
 /// A live connection.
 pub(crate) struct Session {
     pub id: u64,
@@ -65,6 +69,8 @@ pub(crate) struct Session {
     pub peer_name: String,
     /// Messages for the writer (replies, calls, Destroy, Register).
     pub ctl: mpsc::Sender<Message>,
+    /// Calls from the peer being answered at once, at most [`MAX_CALLS_IN_FLIGHT`].
+    pub calls: Arc<tokio::sync::Semaphore>,
     pub acks: AckBox,
     /// Ends both tasks; the writer then closes the stream in order.
     pub cancel: CancellationToken,
@@ -87,6 +93,7 @@ impl Session {
             peer_addr,
             peer_name,
             ctl,
+            calls: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
             acks: AckBox::default(),
             cancel,
             child: Mutex::new(None),
@@ -184,9 +191,42 @@ pub(crate) enum LinkEnd {
     Local,
 }
 
+/// A writer whose every write must finish within `limit`: a peer that stops reading cannot
+/// hold the node's tasks (and what they hold) for longer than that.
+struct Timed<'a> {
+    w: &'a mut LinkWriter,
+    limit: Duration,
+}
+
+impl Timed<'_> {
+    async fn feed(&mut self, m: &Message) -> Result<(), ProtoError> {
+        within(self.limit, self.w.feed(m)).await
+    }
+
+    async fn flush(&mut self) -> Result<(), ProtoError> {
+        within(self.limit, self.w.flush()).await
+    }
+}
+
+async fn within(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), ProtoError>>,
+) -> Result<(), ProtoError> {
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| {
+            let why = format!("the peer took more than {limit:?} to take a write");
+            Err(ProtoError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                why,
+            )))
+        })
+}
+
 /// Runs until the session is cancelled or the stream fails: writes control messages, acks,
 /// the outbox's unsent alerts (uplink only) and a heartbeat every `heartbeat`. On cancel it
-/// closes the stream in order. A write failure cancels the session so the reader stops too.
+/// closes the stream in order. A write failure, or a write that takes longer than three
+/// heartbeats (the peer stopped reading), cancels the session so the reader stops too.
 pub(crate) async fn write_loop(
     mut w: LinkWriter,
     session: Arc<Session>,
@@ -195,8 +235,12 @@ pub(crate) async fn write_loop(
     heartbeat: Duration,
     sent: impl Fn(u64) + Send,
 ) {
+    let mut timed = Timed {
+        w: &mut w,
+        limit: heartbeat * 3,
+    };
     let result = write_inner(
-        &mut w,
+        &mut timed,
         &session,
         &mut ctl,
         outbox.as_deref(),
@@ -216,7 +260,7 @@ pub(crate) async fn write_loop(
 }
 
 async fn write_inner(
-    w: &mut LinkWriter,
+    w: &mut Timed<'_>,
     session: &Session,
     ctl: &mut mpsc::Receiver<Message>,
     outbox: Option<&Outbox>,
@@ -277,9 +321,10 @@ async fn write_inner(
 /// Queues a control message. One too large for a frame never ends the link: a reply becomes
 /// an error reply that says so (the caller asks for less), a call of this node's fails back
 /// to its caller, anything else is logged and dropped.
-async fn feed_ctl(w: &mut LinkWriter, session: &Session, m: Message) -> Result<(), ProtoError> {
-    let Err(ProtoError::FrameTooLarge { len, max }) = w.feed(&m).await else {
-        return Ok(());
+async fn feed_ctl(w: &mut Timed<'_>, session: &Session, m: Message) -> Result<(), ProtoError> {
+    let (len, max) = match w.feed(&m).await {
+        Err(ProtoError::FrameTooLarge { len, max }) => (len, max),
+        other => return other,
     };
     let size = len.map_or_else(|| "more than the limit".into(), |n| format!("{n} bytes"));
     let why = format!("too large to send: {size}, the frame limit is {max} bytes; ask for less");

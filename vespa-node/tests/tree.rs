@@ -31,6 +31,8 @@ vespa_proto::verbs! {
         Fail "fail" {},
         /// answers that many bytes
         Big "big" { bytes: u64 },
+        /// never answers
+        Wait "wait" {},
     }
 }
 
@@ -60,6 +62,7 @@ impl Agent for Echo {
             EchoVerb::Echo { words } => Ok(words.0.join(" ")),
             EchoVerb::Fail {} => Err("failed on purpose".into()),
             EchoVerb::Big { bytes } => Ok("x".repeat(usize::try_from(bytes).unwrap_or(0))),
+            EchoVerb::Wait {} => std::future::pending().await,
         }
     }
 }
@@ -897,4 +900,59 @@ async fn a_handshake_flood_from_one_address_does_not_lock_a_child_out() {
     for a in attackers {
         a.abort();
     }
+}
+
+/// One connection cannot make a node answer more than 64 calls at once, nor hold its writer
+/// by not reading: the calls beyond are refused, and a peer that stops reading its replies
+/// loses its connection after three heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_can_neither_pile_up_calls_nor_stall_the_writer() {
+    let psk = Psk::random();
+    let hooks = Hooks {
+        agent: Some(AgentRef::new(Echo)),
+        alert_handlers: vec![],
+    };
+    let vo = start("VO", Role::Vo, None, &psk, hooks, None).await;
+
+    let mut piler = RawChild::register(vo.addr, &psk, "piler", NodeKind::Agent).await;
+    for id in 1..=100 {
+        piler.send(Message::Call {
+            id,
+            verb: "wait".into(),
+            args: vec![],
+        });
+    }
+    let mut refused = 0;
+    while refused < 36 {
+        match tokio::time::timeout(WAIT, piler.rx.recv::<Message>()).await {
+            Ok(Ok(Some(Message::Reply { result: Err(e), .. }))) => {
+                assert!(e.contains("64 calls of this connection"), "{e}");
+                refused += 1;
+            }
+            Ok(Ok(Some(_))) => {}
+            other => panic!("refusals expected, got {other:?}"),
+        }
+    }
+    assert_eq!(vo.handle.stats().calls_refused, 36);
+
+    // Asks for 40 MB of replies and reads none of them; it keeps sending heartbeats.
+    let stalled = RawChild::register(vo.addr, &psk, "stalled", NodeKind::Agent).await;
+    registered(&vo, "stalled").await;
+    for id in 1..=40 {
+        stalled.send(Message::Call {
+            id,
+            verb: "big".into(),
+            args: vec!["1000000".into()],
+        });
+    }
+    let h = vo.handle.clone();
+    wait_until("the VO to drop the peer that does not read", move || {
+        !h.stats().children.contains(&"stalled".to_string())
+    })
+    .await;
+    assert!(
+        vo.handle.stats().children.contains(&"piler".to_string()),
+        "the others stay"
+    );
+    drop((piler, stalled));
 }

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use vespa_node::delivery::KEEP_ALERT_BYTES;
 
 use serde::Serialize;
 use vespa_node::AlertHandler;
@@ -115,6 +116,8 @@ struct State {
     keep: usize,
     next_index: u64,
     alerts: VecDeque<Indexed>,
+    /// Their size as sealed frames, kept under [`KEEP_ALERT_BYTES`].
+    bytes: usize,
     /// (origin, interface) -> samples, in the order first seen.
     samples: Vec<((String, String), Samples)>,
     /// origin -> its latest `Connections` alert (shared with `alerts`).
@@ -134,6 +137,7 @@ impl VoView {
             keep: keep.max(1),
             next_index: 0,
             alerts: VecDeque::new(),
+            bytes: 0,
             samples: Vec::new(),
             connections: BTreeMap::new(),
         };
@@ -201,16 +205,20 @@ impl VoView {
             }
             _ => {}
         }
-        if s.alerts.len() == s.keep {
-            s.alerts.pop_front();
-        }
         let index = s.next_index;
         s.next_index += 1;
+        s.bytes += shared.sealed_len();
         s.alerts.push_back(Indexed {
             index,
             kind: alert.body.kind(),
             alert: shared,
         });
+        while s.alerts.len() > s.keep || s.bytes > KEEP_ALERT_BYTES {
+            match s.alerts.pop_front() {
+                Some(old) => s.bytes -= old.alert.sealed_len(),
+                None => break,
+            }
+        }
     }
 
     /// Alerts from index `from` on, at most `limit`: the shared alerts, not copies, so the
@@ -336,6 +344,20 @@ mod tests {
                 vm: None,
             },
         }
+    }
+
+    #[test]
+    fn kept_alerts_are_bounded_by_bytes_as_well_as_count() {
+        let v = VoView::new(10_000, Arc::default());
+        for seq in 0..100 {
+            v.on_alert(&Alert {
+                body: AlertBody::Text("x".repeat(1 << 20)),
+                ..bw(seq, 0, 0)
+            });
+        }
+        let page = v.page(0, 10_000);
+        assert!(page.alerts.len() < 64, "{} alerts kept", page.alerts.len());
+        assert_eq!(page.next, 100, "the newest are kept");
     }
 
     #[test]
