@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use vespa_agent::{SensorConfig, SensorEvent, Sensors};
 use vespa_agents::sensing::{IfaceBytes, RemoteCount, SensorAgent, SensorSource, ThresholdAlert};
 use vespa_agents::topology::{self, Context};
-use vespa_node::{AgentKind, AgentRef, Hooks, Role, Security};
+use vespa_node::{AgentKind, AgentRef, Hooks, Role};
 use vespa_proto::AlertBody;
 
 #[derive(clap::Args)]
@@ -27,7 +27,11 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
     if args.nodes.check_config {
         return Ok(());
     }
-    let psk = args.nodes.topology.psk(&topo).map_err(anyhow::Error::msg)?;
+    let keys = args
+        .nodes
+        .topology
+        .keys(&topo)
+        .map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -50,11 +54,14 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
         let mut actuators = std::collections::BTreeMap::new();
         let ctx = Context {
             #[cfg(feature = "av")]
-            relay: Arc::new(vespa_agents::relay::TreeRelay {
-                topology: Arc::new(topo.clone()),
-                security: Security::Psk(psk.clone()),
-                me: nodes.first().map(|n| n.name.clone()).unwrap_or_default(),
-            }),
+            relay: {
+                let me = nodes.first().map(|n| n.name.clone()).unwrap_or_default();
+                Arc::new(vespa_agents::relay::TreeRelay {
+                    topology: Arc::new(topo.clone()),
+                    security: keys.security(&me, false).map_err(anyhow::Error::msg)?,
+                    me,
+                })
+            },
         };
         #[cfg(feature = "libvirt")]
         let mut taps = None;
@@ -121,7 +128,7 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
         let exits = vespa_node::launch::run_nodes(
             &topo,
             &nodes,
-            Security::Psk(psk),
+            &keys,
             hooks,
             vespa_node::launch::shutdown_signal(),
         )

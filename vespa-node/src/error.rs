@@ -12,6 +12,9 @@ pub enum NodeError {
     /// The pre-shared key could not be loaded.
     #[error(transparent)]
     Key(#[from] vespa_proto::KeyError),
+    /// A node's keys could not be loaded (the message names the file).
+    #[error("{0}")]
+    NodeKeys(String),
     /// The node's listening socket could not be bound.
     #[error("node {node}: cannot listen on {addr}: {source}")]
     Bind {

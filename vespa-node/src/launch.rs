@@ -23,15 +23,108 @@ pub struct TopologyArgs {
     /// Topology file (.toml, or the 2014 .ini). Default: the embedded loopback topology.
     #[arg(long, short = 'c', env = "VESPA_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Pre-shared key file. Default: `key_file` of the topology's [settings].
+    /// Pre-shared key file, shared by the whole tree (the 2014 way). Default: `key_file` of
+    /// the topology's [settings].
     #[arg(long, env = "VESPA_KEY")]
     pub key: Option<PathBuf>,
+    /// Directory of per-node keys (`vespa-orchestrator keygen --per-node DIR`): each node
+    /// loads `<DIR>/<node>.key` (and `<node>.previous.key` during a rotation), the VO also
+    /// `root.key` to check operators. Overrides the shared key.
+    #[arg(long, env = "VESPA_KEY_DIR", conflicts_with = "key")]
+    pub key_dir: Option<PathBuf>,
+}
+
+/// Where the nodes of a process get their keys.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// One key for the whole tree.
+    Shared(vespa_proto::Psk),
+    /// A directory of per-node keys.
+    PerNode(PathBuf),
+}
+
+/// The key of node `name` of `topo` under the root key: the VO's derived from the root, each
+/// other node's from its master's (see [`vespa_proto::key::derive`]). `None` for a name the
+/// topology does not have.
+pub fn node_key(topo: &Topology, root: &vespa_proto::Psk, name: &str) -> Option<vespa_proto::Psk> {
+    let mut chain = vec![topo.node(name)?];
+    while let Some(m) = chain.last().and_then(|n| n.master.as_deref()) {
+        chain.push(topo.node(m)?);
+        if chain.len() > topo.nodes.len() {
+            return None; // a cycle; validation refuses those
+        }
+    }
+    let mut key = root.clone();
+    for n in chain.iter().rev() {
+        key = vespa_proto::key::derive(&key, &n.name);
+    }
+    Some(key)
+}
+
+/// The key of operator `name` under the root key (its handshake name is
+/// [`vespa_proto::key::operator_name`]).
+pub fn operator_key(root: &vespa_proto::Psk, name: &str) -> vespa_proto::Psk {
+    vespa_proto::key::derive(root, &vespa_proto::key::operator_name(name))
+}
+
+/// The file of key `name` in a per-node key directory, and of the key it replaces during a
+/// rotation.
+pub fn key_files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.previous.key")),
+    )
+}
+
+impl KeySource {
+    /// The protection of node `name`'s links (`vo`: the root keys are loaded too, when
+    /// present, so operators can be checked).
+    pub fn security(&self, name: &str, vo: bool) -> Result<Security, String> {
+        let dir = match self {
+            KeySource::Shared(psk) => return Ok(Security::Psk(psk.clone())),
+            KeySource::PerNode(dir) => dir,
+        };
+        let load = |label: &str, required: bool| -> Result<Vec<vespa_proto::Psk>, String> {
+            let (current, previous) = key_files(dir, label);
+            let mut keys = Vec::new();
+            if required || current.exists() {
+                keys.push(vespa_proto::key::load(&current).map_err(|e| {
+                    format!("loading the key of {label} (make them with `vespa-orchestrator keygen --per-node DIR`): {e}")
+                })?);
+            }
+            if previous.exists() {
+                keys.push(vespa_proto::key::load(&previous).map_err(|e| e.to_string())?);
+            }
+            Ok(keys)
+        };
+        let own = load(name, true)?;
+        let root = if vo { load("root", false)? } else { Vec::new() };
+        Ok(Security::Keys(std::sync::Arc::new(
+            crate::transport::KeyRing { own, root },
+        )))
+    }
 }
 
 impl TopologyArgs {
     /// The topology file, or the embedded default.
     pub fn load(&self) -> Result<Topology, ConfigError> {
         load_topology(self.config.as_deref())
+    }
+
+    /// Where keys come from: `--key-dir` (or the topology's `key_dir`) for per-node keys,
+    /// else the shared key.
+    pub fn keys(&self, topo: &Topology) -> Result<KeySource, String> {
+        match self
+            .key_dir
+            .clone()
+            .or_else(|| topo.settings.key_dir.clone())
+        {
+            Some(dir) if self.key.is_none() => Ok(KeySource::PerNode(dir)),
+            _ => {
+                tracing::warn!("the tree shares one key: whoever holds it can act as any node or operator (per-node keys: docs/protocol.md#keys)");
+                self.psk(topo).map(KeySource::Shared)
+            }
+        }
     }
 
     /// The pre-shared key: `--key`, else the topology's `key_file`. The error names the file
@@ -157,7 +250,7 @@ pub fn select<'a>(
 pub async fn run_nodes(
     topo: &Topology,
     nodes: &[&NodeDef],
-    security: Security,
+    security: &KeySource,
     hooks: impl FnMut(&NodeDef) -> Hooks,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Vec<(String, Exit)>, NodeError> {
@@ -170,7 +263,7 @@ pub async fn run_nodes(
 pub async fn run_nodes_with_handles(
     topo: &Topology,
     nodes: &[&NodeDef],
-    security: Security,
+    security: &KeySource,
     mut hooks: impl FnMut(&NodeDef) -> Hooks,
     mut on_ready: impl FnMut(&NodeDef, NodeHandle),
     shutdown: impl Future<Output = ()>,
@@ -178,7 +271,11 @@ pub async fn run_nodes_with_handles(
     let mut ready = Vec::new();
     for def in nodes {
         let listener = bind(&def.name, topo.listen_addr(def))?;
-        let spec = NodeSpec::from_topology(topo, &def.name, security.clone())
+        let vo = def.role == crate::config::Role::Vo;
+        let keys = security
+            .security(&def.name, vo)
+            .map_err(NodeError::NodeKeys)?;
+        let spec = NodeSpec::from_topology(topo, &def.name, keys)
             .expect("selected nodes come from the topology");
         ready.push((def.name.clone(), Node::new(spec, hooks(def))?, listener));
     }

@@ -69,5 +69,5 @@ pub use node::{AlertHandler, Exit, Hooks, MasterAddr, Node, NodeHandle, NodeSpec
 pub use session::ChildInfo;
 pub use spec::ChildSpec;
 pub use stats::{JournalStats, Stats};
-pub use transport::Security;
+pub use transport::{KeyRing, Security};
 pub use verbs::{VerbFuture, VerbResult};

@@ -39,26 +39,31 @@ pub(crate) enum Caller {
     Master,
     /// A registered child: it may read and call `Node` verbs, never a `Command`.
     Child,
-    /// A connection that did not register (an operator's client, or a tool): with the
-    /// shared pre-shared key every holder is trusted as an operator.
+    /// An operator (with per-node keys: the handshake proved an operator's name, or this
+    /// node's own; with the shared key: every connection that did not register).
+    Operator,
+    /// A connection that proved some other node's key and did not register: it may read.
     Peer,
 }
 
 impl Caller {
     fn may(self, p: Permission) -> bool {
         match self {
-            Caller::Master | Caller::Peer => true,
-            Caller::Child => p <= Permission::Node,
+            Caller::Master | Caller::Operator => true,
+            Caller::Child | Caller::Peer => p <= Permission::Node,
         }
     }
 }
 
-/// The permission a call needs: its verb's, or for `call <node> <verb> ...` the permission of
-/// the verb it carries (however deeply nested).
-fn needed(verb: &str, args: &[String]) -> Permission {
+/// The verb a call finally runs and the node it runs at (`None`: here): the call itself, or
+/// for `call <node> <verb> ...` the verb it carries, however deeply nested.
+fn carried(verb: &str, args: &[String]) -> (Option<String>, String) {
     match NodeVerb::parse(verb, args) {
-        Ok(NodeVerb::Call { verb, args, .. }) => needed(&verb, &args),
-        _ => permission_of(verb),
+        Ok(NodeVerb::Call { node, verb, args }) => match carried(&verb, &args) {
+            (None, v) => (Some(node), v),
+            inner => inner,
+        },
+        _ => (None, verb.to_string()),
     }
 }
 
@@ -117,12 +122,12 @@ impl Router {
             Message::FindNode { name } => (0, words(NodeVerb::FindNode { name })),
             _ => return,
         };
-        let need = needed(&verb, &args);
+        let need = self.needed(&verb, &args);
         if !caller.may(need) {
             inc(&self.calls_refused);
             tracing::warn!(node = %self.name, from = ?session.peer_name, peer = %session.peer_addr, ?caller, verb = ?verb, "call refused: only the master chain or an operator may call it");
             let refusal = format!(
-                "{verb} may only be called by {}'s master chain or an operator, not by a child",
+                "{verb} may only be called by {}'s master chain or an operator",
                 self.name
             );
             let reply = Message::Reply {
@@ -339,6 +344,20 @@ impl Router {
 }
 
 impl Router {
+    /// The permission a call needs: what its verb's name needs in any family, and for a verb
+    /// of this node's own agent what the agent says.
+    fn needed(&self, verb: &str, args: &[String]) -> Permission {
+        let (at, verb) = carried(verb, args);
+        let mine = at.as_deref().is_none_or(|n| n == self.name);
+        let agent = self.agent.as_ref().filter(|_| mine).and_then(|a| {
+            a.docs()
+                .into_iter()
+                .find(|d| d.name == verb)
+                .map(|d| d.permission)
+        });
+        permission_of(&verb).max(agent.unwrap_or(Permission::Read))
+    }
+
     /// The child of this node whose subtree in the topology holds `target`.
     fn next_hop(&self, target: &str) -> Result<&str, String> {
         self.children

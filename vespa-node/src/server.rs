@@ -258,8 +258,10 @@ impl Server {
             }
             Message::Reply { id, result } => session.complete(id, result),
             call @ (Message::Call { .. } | Message::ListSlaves | Message::FindNode { .. }) => {
+                let security = &self.spec.security;
                 let caller = match session.child_info() {
                     Some(_) => Caller::Child,
+                    None if security.is_operator(node, &session.peer_name) => Caller::Operator,
                     None => Caller::Peer,
                 };
                 self.router.answer(session, caller, call)

@@ -6,8 +6,12 @@
 //! sealing costs. The plaintext variant exists only with the `insecure-plaintext` feature and
 //! cannot be chosen from a config file or command line.
 
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+
+use vespa_proto::connection::server_handshake_keys;
+use vespa_proto::key::{derive, OPERATOR_PREFIX};
 use vespa_proto::{
     client_handshake, server_handshake, Message, ProtoError, Psk, SecureReader, SecureStream,
     SecureWriter,
@@ -16,12 +20,53 @@ use vespa_proto::{
 /// How links are protected.
 #[derive(Clone, Debug)]
 pub enum Security {
-    /// PSK handshake, per-connection keys, AES-256-GCM on every frame (the only mode a
-    /// config file can select).
+    /// One pre-shared key for the whole tree (the 2014 way): handshake, per-connection keys,
+    /// AES-256-GCM on every frame. Any holder can be any node, or an operator.
     Psk(Psk),
+    /// A key per node, derived down the tree ([`vespa_proto::key::derive`]): the same
+    /// handshake and sealing, and the handshake proves the node's name.
+    Keys(Arc<KeyRing>),
     /// No authentication, no encryption: for the benchmark baseline only.
     #[cfg(feature = "insecure-plaintext")]
     Plaintext,
+}
+
+/// A node's own keys under per-node keys.
+#[derive(Clone, Debug)]
+pub struct KeyRing {
+    /// Its key, then during a rotation the one it replaces (accepted, never used to dial).
+    pub own: Vec<Psk>,
+    /// The VO only: the root keys, from which operators' keys are derived (empty elsewhere,
+    /// and at a VO that takes no operators).
+    pub root: Vec<Psk>,
+}
+
+impl KeyRing {
+    /// The keys a peer calling itself `name` may hold when it connects to the node `me`: a
+    /// child's keys (derived from ours and its name), our own (a tool on this node's
+    /// machine), and at the VO an operator's (derived from the root).
+    pub fn keys_of(&self, me: &str, name: &str) -> Vec<Psk> {
+        let mut keys: Vec<Psk> = self.own.iter().map(|k| derive(k, name)).collect();
+        if name == me {
+            keys.extend(self.own.iter().cloned());
+        }
+        if name.starts_with(OPERATOR_PREFIX) {
+            keys.extend(self.root.iter().map(|r| derive(r, name)));
+        }
+        keys
+    }
+}
+
+impl Security {
+    /// Whether a peer that proved `peer` in the handshake, and did not register as a child,
+    /// may call commands at the node `me`: with a shared key every holder may (any of them
+    /// could claim any name); with per-node keys, operators and the node's own key.
+    pub(crate) fn is_operator(&self, me: &str, peer: &str) -> bool {
+        match self {
+            Security::Keys(_) => peer == me || peer.starts_with(OPERATOR_PREFIX),
+            _ => true,
+        }
+    }
 }
 
 /// Which end of the connection we are.
@@ -50,7 +95,7 @@ pub(crate) async fn establish(
 ) -> Result<Link, ProtoError> {
     let _ = stream.set_nodelay(true);
     match security {
-        Security::Psk(psk) => secure(stream, side, psk, my_name, cfg).await,
+        Security::Psk(_) | Security::Keys(_) => secure(stream, side, security, my_name, cfg).await,
         #[cfg(feature = "insecure-plaintext")]
         Security::Plaintext => plain::establish(stream, my_name, cfg).await,
     }
@@ -59,11 +104,11 @@ pub(crate) async fn establish(
 async fn secure(
     stream: TcpStream,
     side: Side,
-    psk: &Psk,
+    security: &Security,
     my_name: &str,
     cfg: &vespa_proto::Config,
 ) -> Result<Link, ProtoError> {
-    let (s, peer_name) = handshake(stream, side, psk, my_name, cfg).await?;
+    let (s, peer_name) = handshake(stream, side, security, my_name, cfg).await?;
     let (r, w) = s.split();
     Ok(Link {
         reader: LinkReader::Secure(r),
@@ -75,13 +120,25 @@ async fn secure(
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     side: Side,
-    psk: &Psk,
+    security: &Security,
     my_name: &str,
     cfg: &vespa_proto::Config,
 ) -> Result<(SecureStream<S>, String), ProtoError> {
-    match side {
-        Side::Client => client_handshake(stream, psk, my_name, cfg).await,
-        Side::Server => server_handshake(stream, psk, my_name, cfg).await,
+    match (security, side) {
+        (Security::Psk(psk), Side::Client) => client_handshake(stream, psk, my_name, cfg).await,
+        (Security::Psk(psk), Side::Server) => server_handshake(stream, psk, my_name, cfg).await,
+        (Security::Keys(ring), Side::Client) => {
+            let own = ring.own.first().ok_or(ProtoError::WrongKey)?;
+            client_handshake(stream, own, my_name, cfg).await
+        }
+        (Security::Keys(ring), Side::Server) => {
+            let keys = |peer: &str| ring.keys_of(my_name, peer);
+            server_handshake_keys(stream, &keys, my_name, cfg).await
+        }
+        #[cfg(feature = "insecure-plaintext")]
+        (Security::Plaintext, _) => Err(ProtoError::Handshake(
+            vespa_proto::HandshakeError::Malformed("a plaintext link has no handshake"),
+        )),
     }
 }
 
@@ -97,8 +154,8 @@ pub(crate) async fn establish_in_memory(
     cfg: &vespa_proto::Config,
 ) -> Result<Link, ProtoError> {
     match security {
-        Security::Psk(psk) => {
-            let (s, peer_name) = handshake(stream, side, psk, my_name, cfg).await?;
+        Security::Psk(_) | Security::Keys(_) => {
+            let (s, peer_name) = handshake(stream, side, security, my_name, cfg).await?;
             let (r, w) = s.split();
             Ok(Link {
                 reader: LinkReader::Memory(r),

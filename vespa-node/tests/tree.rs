@@ -33,6 +33,8 @@ vespa_proto::verbs! {
         Big "big" { bytes: u64 },
         /// never answers
         Wait "wait" {},
+        /// changes something (a command)
+        Poke "poke" [Command] {},
     }
 }
 
@@ -63,6 +65,7 @@ impl Agent for Echo {
             EchoVerb::Fail {} => Err("failed on purpose".into()),
             EchoVerb::Big { bytes } => Ok("x".repeat(usize::try_from(bytes).unwrap_or(0))),
             EchoVerb::Wait {} => std::future::pending().await,
+            EchoVerb::Poke {} => Ok("poked".into()),
         }
     }
 }
@@ -955,4 +958,217 @@ async fn a_peer_can_neither_pile_up_calls_nor_stall_the_writer() {
         "the others stay"
     );
     drop((piler, stalled));
+}
+
+fn keys(own: &[&Psk], root: &[&Psk]) -> Security {
+    let ring = vespa_node::KeyRing {
+        own: own.iter().map(|k| (*k).clone()).collect(),
+        root: root.iter().map(|k| (*k).clone()).collect(),
+    };
+    Security::Keys(Arc::new(ring))
+}
+
+async fn connect_as(
+    at: std::net::SocketAddr,
+    security: &Security,
+    name: &str,
+    via: &str,
+) -> Result<vespa_node::Client, String> {
+    vespa_node::Client::connect(at, security, name, Some(via), WAIT)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// With a key per node the handshake proves the name: a node's key opens only its own name
+/// with its own master, an operator's key only at the VO, and what a caller may do follows
+/// from who it proved to be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_node_keys_prove_names_and_decide_what_a_caller_may_do() {
+    use vespa_proto::key::derive;
+    let root = Psk::random();
+    let k_vo = derive(&root, "VO");
+    let k_ho = derive(&k_vo, "HO_VM");
+    let k_agent = derive(&k_ho, "agent1");
+    let vo = start_with("VO", Role::Vo, None, &root, Hooks::default(), None, |s| {
+        s.security = keys(&[&k_vo], &[&root]);
+    })
+    .await;
+    let ho = start_with(
+        "HO_VM",
+        Role::HoVm,
+        Some(&vo),
+        &root,
+        Hooks::default(),
+        None,
+        |s| {
+            s.security = keys(&[&k_ho], &[]);
+        },
+    )
+    .await;
+    let agent_hooks = Hooks {
+        agent: Some(AgentRef::new(Echo)),
+        alert_handlers: vec![],
+    };
+    let agent = start_with(
+        "agent1",
+        Role::Agent(AgentKind::Bandwidth),
+        Some(&ho),
+        &root,
+        agent_hooks,
+        None,
+        |s| {
+            s.security = keys(&[&k_agent], &[]);
+        },
+    )
+    .await;
+    registered(&vo, "HO_VM").await;
+    registered(&ho, "agent1").await;
+    let seq = agent
+        .handle
+        .raise(AlertBody::Text("keyed".into()))
+        .expect("queued");
+    let h = vo.handle.clone();
+    wait_until("the agent's alert at the VO", move || {
+        h.stats()
+            .origins
+            .get("agent1")
+            .is_some_and(|o| o.highest == seq)
+    })
+    .await;
+
+    // The agent's key opens no other name, nor its own name anywhere but at its master.
+    let agent_key = keys(&[&k_agent], &[]);
+    let wrong = connect_as(vo.addr, &agent_key, "HO_VM", "VO")
+        .await
+        .err()
+        .expect("refused");
+    assert!(wrong.contains("key"), "{wrong}");
+    assert!(
+        connect_as(vo.addr, &agent_key, "agent1", "VO")
+            .await
+            .is_err(),
+        "not the VO's child"
+    );
+    // At its master it may read, and not command.
+    let mut as_agent = connect_as(ho.addr, &agent_key, "agent1", "HO_VM")
+        .await
+        .expect("at its master");
+    assert!(as_agent.call("stats", &[]).await.expect("link").is_ok());
+    let refused = as_agent
+        .call("call", &["agent1", "cut_link", "vm1"])
+        .await
+        .expect("link");
+    assert!(refused
+        .expect_err("a command")
+        .contains("master chain or an operator"));
+    // Its own agent's commands are commands too, at the node itself.
+    let child_of_agent = keys(&[&derive(&k_agent, "x")], &[]);
+    let mut at_agent = connect_as(agent.addr, &child_of_agent, "x", "agent1")
+        .await
+        .expect("a key the agent derives");
+    let refused = at_agent.call("poke", &[]).await.expect("link");
+    assert!(refused
+        .expect_err("a command")
+        .contains("master chain or an operator"));
+    // An operator's key, from the root, commands at the VO; a made-up operator gets nothing.
+    let alice = keys(&[&vespa_node::launch::operator_key(&root, "alice")], &[]);
+    let mut op = connect_as(vo.addr, &alice, "operator:alice", "VO")
+        .await
+        .expect("operator");
+    let passed = op
+        .call("call", &["agent1", "cut_link", "vm1"])
+        .await
+        .expect("link");
+    assert!(
+        passed
+            .expect_err("not the agent's verb")
+            .contains("has no verb"),
+        "let through"
+    );
+    assert_eq!(
+        op.call("call", &["agent1", "poke"]).await.expect("link"),
+        Ok("poked".into())
+    );
+    let mallory = keys(&[&Psk::random()], &[]);
+    assert!(connect_as(vo.addr, &mallory, "operator:mallory", "VO")
+        .await
+        .is_err());
+    assert!(
+        connect_as(vo.addr, &alice, "operator:mallory", "VO")
+            .await
+            .is_err(),
+        "alice's key is hers"
+    );
+}
+
+/// A key rotation: during the overlap a master accepts children on the old keys and on the
+/// new ones; once it has dropped the old key, a child still on it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_key_rotation_old_and_new_keys_both_work_then_only_the_new() {
+    use vespa_proto::key::derive;
+    let (old_root, new_root) = (Psk::random(), Psk::random());
+    let (old_vo, new_vo) = (derive(&old_root, "VO"), derive(&new_root, "VO"));
+    let overlap = keys(&[&new_vo, &old_vo], &[]);
+    let vo = start_with(
+        "VO",
+        Role::Vo,
+        None,
+        &new_root,
+        Hooks::default(),
+        None,
+        |s| {
+            s.security = overlap;
+        },
+    )
+    .await;
+    let old_ho = derive(&old_vo, "HO_VM");
+    let new_ho = derive(&new_vo, "HO_HY");
+    let _a = start_with(
+        "HO_VM",
+        Role::HoVm,
+        Some(&vo),
+        &old_root,
+        Hooks::default(),
+        None,
+        |s| {
+            s.security = keys(&[&old_ho], &[]);
+        },
+    )
+    .await;
+    let _b = start_with(
+        "HO_HY",
+        Role::HoHy,
+        Some(&vo),
+        &new_root,
+        Hooks::default(),
+        None,
+        |s| {
+            s.security = keys(&[&new_ho], &[]);
+        },
+    )
+    .await;
+    registered(&vo, "HO_VM").await;
+    registered(&vo, "HO_HY").await;
+
+    // The VO restarted without the old key: the old one no longer opens.
+    let after = start_with(
+        "VO2",
+        Role::Vo,
+        None,
+        &new_root,
+        Hooks::default(),
+        None,
+        |s| {
+            s.security = keys(&[&derive(&new_root, "VO2")], &[]);
+        },
+    )
+    .await;
+    let old_child = keys(&[&derive(&derive(&old_root, "VO2"), "HO_VM")], &[]);
+    let new_child = keys(&[&derive(&derive(&new_root, "VO2"), "HO_VM")], &[]);
+    assert!(connect_as(after.addr, &old_child, "HO_VM", "VO2")
+        .await
+        .is_err());
+    assert!(connect_as(after.addr, &new_child, "HO_VM", "VO2")
+        .await
+        .is_ok());
 }

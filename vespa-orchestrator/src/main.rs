@@ -46,11 +46,29 @@ enum Command {
     Run(RunArgs),
     /// Write a fresh random pre-shared key (32 bytes, mode 0600) for every node of a tree.
     Keygen {
-        /// Where to write it.
+        /// Where to write it: the shared key file, or with --per-node the key directory.
         path: PathBuf,
         /// Replace an existing key file.
         #[arg(long)]
         force: bool,
+        /// Per-node keys: make a root key in PATH (PATH/root.key, unless there is one) and
+        /// derive from it the key of every node of the topology (PATH/<node>.key). Copy to
+        /// each machine only the files of the nodes it runs, and root.key only to the VO's.
+        #[arg(long)]
+        per_node: bool,
+        /// With --per-node: also derive the key of this operator (repeatable), written to
+        /// PATH/operator:<NAME>.key, for `call --key-dir PATH --operator NAME`.
+        #[arg(long = "operator", value_name = "NAME", requires = "per_node")]
+        operators: Vec<String>,
+        /// With --per-node: start a key rotation. Every key file becomes
+        /// <name>.previous.key (still accepted), and a new root and new keys are made.
+        /// Restart the nodes from the VO down; when all run on the new keys, delete the
+        /// *.previous.key files and restart them once more.
+        #[arg(long, requires = "per_node")]
+        rotate: bool,
+        /// The topology whose nodes get keys (default: the embedded one).
+        #[arg(long, short = 'c', env = "VESPA_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Call a verb on any node of a running tree (through the VO, or --via another node).
     Call(CallArgs),
@@ -184,6 +202,11 @@ struct CallArgs {
     /// The node to connect to (default: the VO); the call is routed down from there.
     #[arg(long)]
     via: Option<String>,
+    /// With per-node keys (--key-dir): call as this operator, with its key
+    /// (`keygen --per-node DIR --operator NAME`). Without it, the call is made with the key
+    /// of the node it connects to, as a tool on that node's machine would.
+    #[arg(long, value_name = "NAME")]
+    operator: Option<String>,
     /// Seconds to wait for the reply.
     #[arg(long, default_value_t = 15)]
     timeout: u64,
@@ -216,7 +239,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Keygen { path, force } => {
+        Command::Keygen {
+            path,
+            per_node: true,
+            force,
+            operators,
+            rotate,
+            config,
+        } => per_node_keys(&path, config.as_deref(), &operators, rotate, force),
+        Command::Keygen { path, force, .. } => {
             vespa_proto::key::generate(&path, force)?;
             println!(
                 "wrote a new pre-shared key to {} (mode 0600); copy it to every node of the tree",
@@ -228,6 +259,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Call(args) => call(args),
         Command::Journal { path } => print_journal(&path),
     }
+}
+
+/// `keygen --per-node DIR`: the root key, every node's key, the operators' keys.
+fn per_node_keys(
+    dir: &Path,
+    config: Option<&Path>,
+    operators: &[String],
+    rotate: bool,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let topo = launch::load_topology(config)?;
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let names: Vec<String> = std::iter::once("root".to_string())
+        .chain(topo.nodes.iter().map(|n| n.name.clone()))
+        .chain(operators.iter().map(|o| vespa_proto::key::operator_name(o)))
+        .collect();
+    if rotate {
+        for name in &names {
+            let (current, previous) = launch::key_files(dir, name);
+            if current.exists() {
+                std::fs::rename(&current, &previous)
+                    .with_context(|| format!("{} -> {}", current.display(), previous.display()))?;
+            }
+        }
+    }
+    let (root_file, _) = launch::key_files(dir, "root");
+    let root = if root_file.exists() && !force {
+        vespa_proto::key::load(&root_file)?
+    } else {
+        vespa_proto::key::generate(&root_file, force)?
+    };
+    for n in &topo.nodes {
+        let key = launch::node_key(&topo, &root, &n.name).context("a node of the topology")?;
+        vespa_proto::key::save(&launch::key_files(dir, &n.name).0, &key, true)?;
+        println!(
+            "{}/{}.key: node {} on machine {}",
+            dir.display(),
+            n.name,
+            n.name,
+            n.location
+        );
+    }
+    for o in operators {
+        let name = vespa_proto::key::operator_name(o);
+        let key = launch::operator_key(&root, o);
+        vespa_proto::key::save(&launch::key_files(dir, &name).0, &key, true)?;
+        println!("{}/{name}.key: operator {o}", dir.display());
+    }
+    println!(
+        "{}: the root key; keep it on the VO's machine only (it checks operators)",
+        root_file.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_journal(path: &Path) -> anyhow::Result<ExitCode> {
@@ -251,8 +335,8 @@ fn print_journal(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn security(topo: &Topology, args: &launch::TopologyArgs) -> anyhow::Result<Security> {
-    Ok(Security::Psk(args.psk(topo).map_err(anyhow::Error::msg)?))
+fn security(topo: &Topology, args: &launch::TopologyArgs) -> anyhow::Result<launch::KeySource> {
+    args.keys(topo).map_err(anyhow::Error::msg)
 }
 
 /// The policy file (or the embedded rules): its name for messages, its text, and the rules
@@ -444,7 +528,7 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             }));
         };
         let exits =
-            launch::run_nodes_with_handles(&topo, &nodes, security, hooks, on_ready, signal).await;
+            launch::run_nodes_with_handles(&topo, &nodes, &security, hooks, on_ready, signal).await;
         if let Some(s) = server {
             // The nodes are gone (signal or destroy): the API has nothing left to serve.
             s.abort();
@@ -466,18 +550,31 @@ fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
         None => topo.vo(),
     };
     let addr = topo.listen_addr(via);
-    let security = security(&topo, &args.cfg)?;
+    let (security, me) = match (security(&topo, &args.cfg)?, &args.operator) {
+        (launch::KeySource::PerNode(dir), Some(op)) => {
+            let me = vespa_proto::key::operator_name(op);
+            let key = vespa_proto::key::load(&launch::key_files(&dir, &me).0)?;
+            let ring = vespa_node::KeyRing {
+                own: vec![key],
+                root: Vec::new(),
+            };
+            (Security::Keys(std::sync::Arc::new(ring)), me)
+        }
+        (keys @ launch::KeySource::PerNode(_), None) => (
+            keys.security(&via.name, false)
+                .map_err(anyhow::Error::msg)?,
+            via.name.clone(),
+        ),
+        (keys, _) => (
+            keys.security(&via.name, false)
+                .map_err(anyhow::Error::msg)?,
+            "vespa-orchestrator-call".to_string(),
+        ),
+    };
     let rt = runtime()?;
     let result = rt.block_on(async {
         let timeout = Duration::from_secs(args.timeout);
-        let mut client = Client::connect(
-            addr,
-            &security,
-            "vespa-orchestrator-call",
-            Some(&via.name),
-            timeout,
-        )
-        .await?;
+        let mut client = Client::connect(addr, &security, &me, Some(&via.name), timeout).await?;
         // The operator's words go as they are: the node they reach parses them.
         let (verb, words) = if args.target == via.name {
             (args.verb.clone(), args.args.clone())

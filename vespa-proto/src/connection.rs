@@ -27,7 +27,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::error::{HandshakeError, ProtoError, Result};
 use crate::frame::{FrameCodec, DEFAULT_MAX_FRAME};
-use crate::handshake::{self, record, Role, HELLO_MAX};
+use crate::handshake::{self, record, HELLO_MAX};
 use crate::key::Psk;
 use crate::message;
 use crate::seal::{Opener, Sealer, TAG_LEN};
@@ -61,7 +61,7 @@ pub async fn client_handshake<S>(
 where
     S: AsyncRead + AsyncWrite,
 {
-    handshake_as(Role::Client, stream, psk, my_name, cfg).await
+    handshake_as(handshake::Keys::Client(psk), stream, my_name, cfg).await
 }
 
 /// Accepts as the server (the master) over an accepted byte stream.
@@ -75,13 +75,28 @@ pub async fn server_handshake<S>(
 where
     S: AsyncRead + AsyncWrite,
 {
-    handshake_as(Role::Server, stream, psk, my_name, cfg).await
+    let keys = |_: &str| vec![psk.clone()];
+    server_handshake_keys(stream, &keys, my_name, cfg).await
+}
+
+/// The server side of the handshake when each client has a key of its own: `keys` gives the
+/// keys a client that calls itself `name` may hold (none: refused). The client's key
+/// confirmation tells which one it holds.
+pub async fn server_handshake_keys<S>(
+    stream: S,
+    keys: &(dyn Fn(&str) -> Vec<Psk> + Sync),
+    my_name: &str,
+    cfg: &Config,
+) -> Result<(SecureStream<S>, String)>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    handshake_as(handshake::Keys::Server(keys), stream, my_name, cfg).await
 }
 
 async fn handshake_as<S>(
-    role: Role,
+    keys: handshake::Keys<'_>,
     stream: S,
-    psk: &Psk,
     my_name: &str,
     cfg: &Config,
 ) -> Result<(SecureStream<S>, String)>
@@ -93,7 +108,7 @@ where
     let mut wr = FramedWrite::new(w, FrameCodec::new(cfg.max_frame));
     let established = tokio::time::timeout(
         cfg.handshake_timeout,
-        handshake::run(role, &mut rd, &mut wr, psk, my_name),
+        handshake::run(keys, &mut rd, &mut wr, my_name),
     )
     .await
     .map_err(|_| HandshakeError::Timeout(cfg.handshake_timeout))??;

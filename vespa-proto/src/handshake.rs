@@ -15,8 +15,12 @@
 //! "tampered" error on the first real message. Hashing the transcript into the confirmation
 //! means an attacker who alters a hello (e.g. the node name) in transit is caught too.
 //!
-//! Each side sends its confirmation before checking the peer's, so both ends of a wrong-key
-//! connection report `WrongKey` rather than one of them seeing only a closed socket.
+//! The client confirms first; the server checks the client's confirmation against every key
+//! that client may hold (one with a shared key; with per-node keys, the keys derived for the
+//! name in its hello, see [`crate::key::derive`]) and confirms back under the key that
+//! opened it. A server that finds none still confirms, under some other key, so both ends of
+//! a wrong-key connection report `WrongKey` rather than one of them seeing only a closed
+//! socket.
 //! The whole exchange runs under a deadline so a peer that sends half a hello and stalls
 //! (slow-loris) ties up a connection slot for at most that long; before the keys are
 //! confirmed frames are limited to [`HELLO_MAX`] bytes, so an anonymous peer cannot make a node
@@ -170,12 +174,64 @@ async fn next_frame<R: AsyncRead + Unpin>(rd: &mut FramedRead<R, FrameCodec>) ->
     }
 }
 
+/// The keys a side of the handshake holds.
+pub(crate) enum Keys<'a> {
+    /// The client's one key.
+    Client(&'a Psk),
+    /// The keys a client calling itself by a name may hold (the server learns the name from
+    /// the client's hello; the client's confirmation says which key it holds).
+    Server(&'a (dyn Fn(&str) -> Vec<Psk> + Sync)),
+}
+
+/// The sealer and opener of one side under `psk`.
+fn schedule(
+    psk: &Psk,
+    role: Role,
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+) -> (Sealer, Opener) {
+    let c2s = derive_key(psk, client_nonce, server_nonce, Direction::ClientToServer);
+    let s2c = derive_key(psk, client_nonce, server_nonce, Direction::ServerToClient);
+    match role {
+        Role::Client => (
+            Sealer::new(&c2s, Direction::ClientToServer),
+            Opener::new(&s2c, Direction::ServerToClient),
+        ),
+        Role::Server => (
+            Sealer::new(&s2c, Direction::ServerToClient),
+            Opener::new(&c2s, Direction::ClientToServer),
+        ),
+    }
+}
+
+/// Checks the peer's key confirmation.
+fn check_confirm(opener: &mut Opener, frame: &mut BytesMut, transcript: &[u8; 32]) -> Result<()> {
+    // The first sealed frame failing under the derived key means the key differs: with a
+    // different key nothing the peer seals can open here.
+    let plain = opener.open(frame).map_err(|_| ProtoError::WrongKey)?;
+    match plain.split_first() {
+        Some((&record::CONFIRM, hash)) if hash == transcript => Ok(()),
+        Some((&record::CONFIRM, _)) => Err(HandshakeError::TranscriptMismatch.into()),
+        _ => Err(ProtoError::Protocol(
+            "first sealed frame is not a key confirmation",
+        )),
+    }
+}
+
+/// Seals our confirmation of `transcript`.
+fn confirm(sealer: &mut Sealer, transcript: &[u8; 32]) -> Result<BytesMut> {
+    let mut c = BytesMut::with_capacity(1 + 32 + crate::seal::TAG_LEN);
+    c.put_u8(record::CONFIRM);
+    c.put_slice(transcript);
+    sealer.seal(&mut c)?;
+    Ok(c)
+}
+
 /// Runs the handshake (without the deadline, which the caller applies).
 pub(crate) async fn run<R, W>(
-    role: Role,
+    keys: Keys<'_>,
     rd: &mut FramedRead<R, FrameCodec>,
     wr: &mut FramedWrite<W, FrameCodec>,
-    psk: &Psk,
     my_name: &str,
 ) -> Result<Established>
 where
@@ -186,6 +242,10 @@ where
     let mut my_nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut my_nonce);
 
+    let role = match keys {
+        Keys::Client(_) => Role::Client,
+        Keys::Server(_) => Role::Server,
+    };
     let (my_role, peer_role) = match role {
         Role::Client => (ROLE_CLIENT, ROLE_SERVER),
         Role::Server => (ROLE_SERVER, ROLE_CLIENT),
@@ -207,7 +267,7 @@ where
                 }
                 return Err(e.into());
             }
-            wr.feed(&my_hello[..]).await?;
+            wr.send(&my_hello[..]).await?;
             raw
         }
     };
@@ -220,40 +280,48 @@ where
         Role::Client => (&my_nonce, &peer.nonce, &my_hello[..], &peer_hello_raw[..]),
         Role::Server => (&peer.nonce, &my_nonce, &peer_hello_raw[..], &my_hello[..]),
     };
-    let c2s = derive_key(psk, client_nonce, server_nonce, Direction::ClientToServer);
-    let s2c = derive_key(psk, client_nonce, server_nonce, Direction::ServerToClient);
-    let (mut sealer, mut opener) = match role {
-        Role::Client => (
-            Sealer::new(&c2s, Direction::ClientToServer),
-            Opener::new(&s2c, Direction::ServerToClient),
-        ),
-        Role::Server => (
-            Sealer::new(&s2c, Direction::ServerToClient),
-            Opener::new(&c2s, Direction::ClientToServer),
-        ),
-    };
     let transcript = transcript_hash(client_hello, server_hello);
 
-    // Send our proof first (see the module docs), then check the peer's.
-    let mut confirm = BytesMut::with_capacity(1 + 32 + crate::seal::TAG_LEN);
-    confirm.put_u8(record::CONFIRM);
-    confirm.put_slice(&transcript);
-    sealer.seal(&mut confirm)?;
-    wr.send(&confirm[..]).await?;
-
-    let mut theirs = next_frame(rd).await?;
-    // The first sealed frame failing under the derived key means the key differs: with a
-    // different PSK nothing the peer seals can open here.
-    let plain = opener.open(&mut theirs).map_err(|_| ProtoError::WrongKey)?;
-    match plain.split_first() {
-        Some((&record::CONFIRM, hash)) if hash == transcript => {}
-        Some((&record::CONFIRM, _)) => return Err(HandshakeError::TranscriptMismatch.into()),
-        _ => {
-            return Err(ProtoError::Protocol(
-                "first sealed frame is not a key confirmation",
-            ))
+    let (sealer, opener) = match keys {
+        // The client proves its key first, then checks the server's proof.
+        Keys::Client(psk) => {
+            let (mut sealer, mut opener) = schedule(psk, role, client_nonce, server_nonce);
+            wr.send(&confirm(&mut sealer, &transcript)?[..]).await?;
+            let mut theirs = next_frame(rd).await?;
+            check_confirm(&mut opener, &mut theirs, &transcript)?;
+            (sealer, opener)
         }
-    }
+        // The server finds which of the keys the client may hold opens its proof, and proves
+        // the same key back. With none, it still answers under one of them (or a random key),
+        // so the client, too, reports a wrong key rather than a closed connection.
+        Keys::Server(keys_of) => {
+            let theirs = next_frame(rd).await?;
+            let candidates = keys_of(&peer.name);
+            let found = candidates.iter().find_map(|psk| {
+                let (sealer, mut opener) = schedule(psk, role, client_nonce, server_nonce);
+                let mut frame = theirs.clone();
+                match check_confirm(&mut opener, &mut frame, &transcript) {
+                    Err(ProtoError::WrongKey) => None,
+                    checked => Some((checked, sealer, opener)),
+                }
+            });
+            match found {
+                // The key is right; the proof, even of an altered transcript, goes back so
+                // the client sees the same verdict.
+                Some((checked, mut sealer, opener)) => {
+                    wr.send(&confirm(&mut sealer, &transcript)?[..]).await?;
+                    checked?;
+                    (sealer, opener)
+                }
+                None => {
+                    let any = candidates.first().cloned().unwrap_or_else(Psk::random);
+                    let (mut sealer, _) = schedule(&any, role, client_nonce, server_nonce);
+                    let _ = wr.send(&confirm(&mut sealer, &transcript)?[..]).await;
+                    return Err(ProtoError::WrongKey);
+                }
+            }
+        }
+    };
     Ok(Established {
         sealer,
         opener,

@@ -39,6 +39,29 @@ impl Psk {
     }
 }
 
+/// The key of `label` under `parent`: HKDF-SHA256 with the parent key as input keying
+/// material. Node keys form a tree like the nodes: a node's key is derived from its master's
+/// key and its own name (the VO's from the root key), so a master checks a child's key
+/// without storing it, a machine holds only its own nodes' keys, and a stolen key derives
+/// only the keys of that node's subtree. Operators' keys are derived from the root key and
+/// their handshake name (`operator:<name>`).
+pub fn derive(parent: &Psk, label: &str) -> Psk {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"vespa/1 node key"), parent.as_bytes());
+    let mut out = [0u8; PSK_LEN];
+    // 32 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
+    hk.expand(label.as_bytes(), &mut out)
+        .expect("32-byte HKDF output is always valid");
+    Psk(out)
+}
+
+/// The handshake name operators use: `operator:<name>`.
+pub fn operator_name(name: &str) -> String {
+    format!("{OPERATOR_PREFIX}{name}")
+}
+
+/// What starts an operator's handshake name.
+pub const OPERATOR_PREFIX: &str = "operator:";
+
 impl std::fmt::Debug for Psk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Psk(<redacted>)")
@@ -97,12 +120,18 @@ fn err(path: &Path, problem: impl Into<KeyProblem>) -> KeyError {
 /// others nor half-written.
 pub fn generate(path: &Path, overwrite: bool) -> Result<Psk, KeyError> {
     let psk = Psk::random();
+    save(path, &psk, overwrite)?;
+    Ok(psk)
+}
+
+/// Writes `psk` to `path` with mode 0600, as [`generate`] does (a derived node key, say).
+pub fn save(path: &Path, psk: &Psk, overwrite: bool) -> Result<(), KeyError> {
     if !overwrite {
-        write_new(path, &psk).map_err(|e| match e.kind() {
+        write_new(path, psk).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => err(path, KeyProblem::AlreadyExists),
             _ => err(path, e),
         })?;
-        return Ok(psk);
+        return Ok(());
     }
     let mut tmp_name = path
         .file_name()
@@ -110,12 +139,12 @@ pub fn generate(path: &Path, overwrite: bool) -> Result<Psk, KeyError> {
         .unwrap_or_default();
     tmp_name.push(format!(".tmp{:016x}", rand::random::<u64>()));
     let tmp = path.with_file_name(tmp_name);
-    let result = write_new(&tmp, &psk).and_then(|()| std::fs::rename(&tmp, path));
+    let result = write_new(&tmp, psk).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(err(path, e));
     }
-    Ok(psk)
+    Ok(())
 }
 
 /// Creates `path` (which must not exist) with mode 0600 and writes the key, synced to disk.

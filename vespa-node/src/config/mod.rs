@@ -187,6 +187,8 @@ pub struct Settings {
     /// The pre-shared key file (made by `vespa-orchestrator keygen`). Relative paths are
     /// resolved against the config file's directory.
     pub key_file: PathBuf,
+    /// Directory of per-node keys; when set, nodes use their own keys instead of `key_file`.
+    pub key_dir: Option<PathBuf>,
     /// Unacknowledged alerts a node keeps for its master; see [`crate::outbox`].
     pub queue_capacity: usize,
     /// Heartbeat period; a peer silent for three periods is dropped.
@@ -217,6 +219,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             key_file: PathBuf::from("/etc/vespa/psk"),
+            key_dir: None,
             queue_capacity: 65_536,
             heartbeat: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(5),
@@ -337,6 +340,11 @@ impl Topology {
     fn resolve_paths(&mut self, base: &Path) {
         if self.settings.key_file.is_relative() {
             self.settings.key_file = base.join(&self.settings.key_file);
+        }
+        if let Some(d) = &mut self.settings.key_dir {
+            if d.is_relative() {
+                *d = base.join(&*d);
+            }
         }
         for n in &mut self.nodes {
             if let Some(j) = &mut n.journal {

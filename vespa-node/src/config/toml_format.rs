@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! [settings]                 # optional; every field has a default
-//! key_file = "psk"           # relative to this file
+//! key_file = "psk"           # relative to this file (one key shared by the tree)
+//! # key_dir = "keys"          # per-node keys instead (vespa-orchestrator keygen --per-node)
 //! heartbeat_ms = 1000
 //!
 //! [[machine]]
@@ -45,6 +46,7 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     key_file: Option<PathBuf>,
+    key_dir: Option<PathBuf>,
     queue_capacity: Option<usize>,
     heartbeat_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
@@ -117,6 +119,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
         let s = s.into_inner();
         let ms = Duration::from_millis;
         let ctx = || "[settings]".to_string();
+        settings.key_dir = s.key_dir;
         if let Some(k) = s.key_file {
             settings.key_file = k;
         }
