@@ -120,10 +120,7 @@ impl TopologyArgs {
             .or_else(|| topo.settings.key_dir.clone())
         {
             Some(dir) if self.key.is_none() => Ok(KeySource::PerNode(dir)),
-            _ => {
-                tracing::warn!("the tree shares one key: whoever holds it can act as any node or operator (per-node keys: docs/protocol.md#keys)");
-                self.psk(topo).map(KeySource::Shared)
-            }
+            _ => self.psk(topo).map(KeySource::Shared),
         }
     }
 
@@ -268,6 +265,9 @@ pub async fn run_nodes_with_handles(
     mut on_ready: impl FnMut(&NodeDef, NodeHandle),
     shutdown: impl Future<Output = ()>,
 ) -> Result<Vec<(String, Exit)>, NodeError> {
+    if matches!(security, KeySource::Shared(_)) {
+        tracing::warn!("the tree shares one key: whoever holds it can act as any node or operator (per-node keys: docs/protocol.md#keys)");
+    }
     let mut ready = Vec::new();
     for def in nodes {
         let listener = bind(&def.name, topo.listen_addr(def))?;

@@ -194,7 +194,10 @@ fn hostile_peers_are_rejected_one_line_each_while_the_agent_streams_on() {
     // agents there (and their policies) must not count it.
     let _loopback = LOOPBACK.take();
     let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-    let nodes = lo_bandwidth_nodes();
+    // "intruder" is a configured child that never runs: the tampering clients speak as it,
+    // so what the HO refuses is the tampering, not the name.
+    let mut nodes = lo_bandwidth_nodes();
+    nodes.push(N::child("intruder", "agent_bandwidth", "HO_VM"));
     let settings = "heartbeat_ms = 300\nhandshake_timeout_ms = 1000\nsample_interval_ms = 5\nkeep_alerts = 1000000";
     let tree = Tree::new("hostile", settings, &[("host", lo)], &nodes);
     // One process hosts the VO and the HO, as on a single orchestrator machine.
