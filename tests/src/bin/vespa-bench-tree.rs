@@ -47,7 +47,12 @@ struct Chain {
 
 /// Starts VO, HO_VM and an agent on 127.0.0.1:0 with `security`; `at_ho`/`at_vo` see every
 /// new alert at that hop.
-async fn chain(security: Security, queue: usize, at_ho: Handler, at_vo: Handler) -> Chain {
+async fn chain(
+    security: impl Fn(&str) -> Security,
+    queue: usize,
+    at_ho: Handler,
+    at_vo: Handler,
+) -> Chain {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -56,7 +61,7 @@ async fn chain(security: Security, queue: usize, at_ho: Handler, at_vo: Handler)
         }
     };
     let spec = |name: &str, role: Role, master: Option<MasterAddr>| {
-        let mut s = NodeSpec::new(name, role, master, security.clone());
+        let mut s = NodeSpec::new(name, role, master, security(name));
         s.settings.queue_capacity = queue;
         s.settings.keep_alerts = 0;
         s.flush_timeout = Duration::from_millis(200);
@@ -120,6 +125,64 @@ async fn chain(security: Security, queue: usize, at_ho: Handler, at_vo: Handler)
     }
 }
 
+/// The protection of node `name` of the bench chain under per-node keys from `root`.
+fn per_node(root: &Psk, name: &str) -> Security {
+    use vespa_proto::key::derive;
+    let vo = derive(root, "VO");
+    let own = match name {
+        "VO" => vo,
+        "HO_VM" => derive(&vo, "HO_VM"),
+        _ => derive(&derive(&vo, "HO_VM"), name),
+    };
+    let ring = vespa_node::KeyRing {
+        own: vec![own],
+        root: vec![root.clone()],
+    };
+    Security::Keys(Arc::new(ring))
+}
+
+/// Milliseconds from `connect()` to a confirmed handshake, `n` times one after the other: the
+/// server holds the shared key, or derives the child's key from its own (per-node keys).
+async fn handshakes(n: usize, per_node_keys: bool) -> Vec<f64> {
+    use vespa_proto::key::derive;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let master = Psk::random();
+    let child = if per_node_keys {
+        derive(&master, "agent")
+    } else {
+        master.clone()
+    };
+    let cfg = vespa_proto::Config::default();
+    let server_cfg = cfg.clone();
+    let server = tokio::spawn(async move {
+        let keys = move |peer: &str| {
+            if per_node_keys {
+                vec![derive(&master, peer)]
+            } else {
+                vec![master.clone()]
+            }
+        };
+        while let Ok((s, _)) = listener.accept().await {
+            let _ = vespa_proto::connection::server_handshake_keys(s, &keys, "HO_VM", &server_cfg)
+                .await;
+        }
+    });
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = s.set_nodelay(true);
+        vespa_proto::client_handshake(s, &child, "agent", &cfg)
+            .await
+            .expect("handshake");
+        out.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    server.abort();
+    out.sort_by(f64::total_cmp);
+    out
+}
+
 fn sample_body(i: u64) -> AlertBody {
     AlertBody::ConnThreshold {
         addr: std::net::IpAddr::from([203, 0, 113, (i % 250) as u8]),
@@ -129,7 +192,7 @@ fn sample_body(i: u64) -> AlertBody {
 }
 
 /// Raises `n` alerts as fast as the queue admits them; returns alerts/s at the VO.
-async fn throughput(security: Security, n: u64) -> f64 {
+async fn throughput(security: impl Fn(&str) -> Security, n: u64) -> f64 {
     let at_vo = Arc::new(AtomicU64::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     let (c, d) = (at_vo.clone(), done.clone());
@@ -192,7 +255,8 @@ async fn latency(rate: u64, secs: f64) -> (Vec<f64>, Vec<f64>) {
             ps.lock().expect("lock").push((hop1, hop2));
         }
     });
-    let chain = chain(Security::Psk(Psk::random()), 65_536, at_ho, at_vo).await;
+    let psk = Psk::random();
+    let chain = chain(|_| Security::Psk(psk.clone()), 65_536, at_ho, at_vo).await;
     let total = (rate as f64 * secs) as u64;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -238,13 +302,16 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     println!("vespa-bench-tree: agent -> HO_VM -> VO on 127.0.0.1, one process, 2 worker threads");
 
-    let best = |security: fn() -> Security| -> f64 {
+    let best = |security: &dyn Fn(&str) -> Security| -> f64 {
         (0..args.rounds)
-            .map(|_| rt.block_on(throughput(security(), args.alerts)))
+            .map(|_| rt.block_on(throughput(security, args.alerts)))
             .fold(0.0, f64::max)
     };
-    let sealed = best(|| Security::Psk(Psk::random()));
-    let plain = best(|| Security::Plaintext);
+    let psk = Psk::random();
+    let sealed = best(&|_| Security::Psk(psk.clone()));
+    let root = Psk::random();
+    let keyed = best(&|name| per_node(&root, name));
+    let plain = best(&|_| Security::Plaintext);
     let frames = (args.alerts as usize).max(100_000);
     let seal_open = vespa_proto::bench::seal_open_throughput(frames);
     let round_trip = vespa_proto::bench::alert_round_trip_throughput(frames);
@@ -263,6 +330,11 @@ fn main() -> anyhow::Result<()> {
         }
     );
     println!(
+        "  sealed chain, per-node keys     {:>12.0} alerts/s   per-node/shared = {:.2}",
+        keyed,
+        keyed / sealed
+    );
+    println!(
         "  unsealed chain (same runtime)   {:>12.0} alerts/s   sealed/unsealed = {:.2}",
         plain,
         sealed / plain
@@ -275,6 +347,18 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  encode+seal+open+decode alert   {:>12.0} alerts/s   (single hop, no sockets)",
         round_trip
+    );
+
+    let samples = if args.quick { 200 } else { 500 };
+    let shared_hs = rt.block_on(handshakes(samples, false));
+    let keyed_hs = rt.block_on(handshakes(samples, true));
+    let (hs_p50, hs_p99) = (percentile(&shared_hs, 0.5), percentile(&shared_hs, 0.99));
+    let (hk_p50, hk_p99) = (percentile(&keyed_hs, 0.5), percentile(&keyed_hs, 0.99));
+    println!("\nhandshake on loopback, connect to confirmed ({samples} samples each):");
+    println!("  shared key      p50 {hs_p50:.3} ms   p99 {hs_p99:.3} ms");
+    println!(
+        "  per-node keys   p50 {hk_p50:.3} ms   p99 {hk_p99:.3} ms   p50 per-node/shared = {:.2}",
+        hk_p50 / hs_p50
     );
 
     let (h1, h2) = rt.block_on(latency(args.rate, args.secs));
@@ -299,7 +383,12 @@ fn main() -> anyhow::Result<()> {
     );
 
     let json = serde_json::json!({
-        "throughput_alerts_per_s": { "sealed": sealed, "unsealed": plain, "ratio_sealed_to_unsealed": sealed / plain },
+        "throughput_alerts_per_s": { "sealed": sealed, "sealed_per_node_keys": keyed, "unsealed": plain, "ratio_sealed_to_unsealed": sealed / plain },
+        "handshake_ms": {
+            "samples": samples,
+            "shared_key": { "p50": hs_p50, "p99": hs_p99 },
+            "per_node_keys": { "p50": hk_p50, "p99": hk_p99 },
+        },
         "raw_seal_open_frames_per_s": seal_open,
         "ratio_sealed_chain_to_raw_sealing": sealed / seal_open,
         "alert_round_trip_per_s": round_trip,
