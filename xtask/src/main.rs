@@ -209,13 +209,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let sensor_only_agent = sensor_only.join("release").join("vespa-agent");
             // One binary per area; each prints its ratios and writes target/bench/<area>.json.
-            let areas: [(&str, &str, &[&str]); 5] = [
+            let areas: [(&str, &str, &[&str]); 6] = [
                 ("sensors", "vespa-bench", &[]),
                 ("tree", "vespa-bench-tree", &[]),
                 ("actuators", "vespa-bench-actuators", &[]),
                 ("loop", "vespa-bench-loop", &[]),
                 // The same rule at the VO and at HO_PH, alternating in one run.
                 ("loop-fastpath", "vespa-bench-loop", &["--fast-path"]),
+                // The same, while one source floods the sensors with new remotes.
+                ("loop-flood", "vespa-bench-loop", &["--under-flood"]),
             ];
             for (area, bin, extra) in areas {
                 if only

@@ -31,6 +31,13 @@
 //! the reaction climbs agent -> HO_PH -> VO and the request comes back down VO -> HO_PH ->
 //! SDN agent; at HO_PH it goes agent -> HO_PH -> SDN agent.
 //!
+//! With `--under-flood` (rule at the VO), one thread floods the sensors with new remotes the
+//! whole time: a connection from each of a stream of fresh addresses (127.64.0.0/10), opened
+//! and closed at once, so the kernel's per-remote table fills with remotes that hold nothing,
+//! as an attacker rotating through a /64 would make it. Connections samples run every 200 ms.
+//! The report adds the flood's rate (new remotes/s) and the alerts/s the VO processed while
+//! it lasted; compare `kernel_to_sent` with the run without the flood.
+//!
 //! Not measured here: block -> traffic stopped on a real switch (see
 //! `tests/tests/e2e/loops/sdn.rs`, which prints attack -> drop flow present). Needs root and BTF.
 
@@ -60,6 +67,9 @@ struct Args {
     /// `--crossings` for each placement, in alternating rounds.
     #[arg(long)]
     fast_path: bool,
+    /// Flood the sensors with new remotes while the crossings run (see above).
+    #[arg(long, conflicts_with = "fast_path")]
+    under_flood: bool,
 }
 
 struct Proc {
@@ -242,6 +252,63 @@ fn connect_from(src: Ipv4Addr, to: SocketAddr, n: usize, mark: usize) -> (Vec<Tc
     (v, at)
 }
 
+/// A thread opening and closing one connection from each of a stream of fresh source
+/// addresses until stopped.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+    started: std::time::Instant,
+}
+
+impl Flood {
+    fn start(to: SocketAddr) -> Flood {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let [_, b, c, d] = (0x0040_0000u32 + (n as u32 % 0x003f_ffff)).to_be_bytes();
+                let src = Ipv4Addr::new(127, b, c, d.max(1));
+                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
+                if let Ok(sock) = sock {
+                    let bound = sock.bind(&SocketAddr::new(IpAddr::V4(src), 0).into());
+                    if bound.is_ok() && sock.connect(&to.into()).is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+            n
+        });
+        Flood {
+            stop,
+            thread,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Stops the flood: how many remotes it used, in how many seconds.
+    fn stop(self) -> (u64, f64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let n = self.thread.join().expect("flood thread");
+        (n, self.started.elapsed().as_secs_f64())
+    }
+}
+
+/// Alerts the VO has processed so far (its `stats`).
+fn vo_processed(rt: &tokio::runtime::Runtime, vo: SocketAddr, psk: &vespa_proto::Psk) -> u64 {
+    rt.block_on(async {
+        let security = vespa_node::Security::Psk(psk.clone());
+        let mut c =
+            vespa_node::Client::connect(vo, &security, "bench", Some("VO"), Duration::from_secs(5))
+                .await
+                .expect("the VO");
+        let stats = c.call("stats", &[]).await.expect("link").expect("stats");
+        c.close().await;
+        let stats: serde_json::Value = serde_json::from_str(&stats).expect("json");
+        stats["alerts_processed"].as_u64().unwrap_or(0)
+    })
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -270,12 +337,13 @@ fn main() {
     let threshold = args.conns / 2;
     let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
     let topo = format!(
-        "[settings]\nkey_file = \"psk\"\nsample_interval_ms = 600000\n\n[[machine]]\nname = \"lo\"\naddress = \"127.0.0.1\"\n\n\
+        "[settings]\nkey_file = \"psk\"\nsample_interval_ms = {}\n\n[[machine]]\nname = \"lo\"\naddress = \"127.0.0.1\"\n\n\
          [[node]]\nname = \"VO\"\nkind = \"vo\"\nlocation = \"lo\"\nport = {}\n\n\
          [[node]]\nname = \"HO_VM\"\nkind = \"ho_vm\"\nlocation = \"lo\"\nmaster = \"VO\"\nport = {}\n\n\
          [[node]]\nname = \"HO_PH\"\nkind = \"ho_ph\"\nlocation = \"lo\"\nmaster = \"VO\"\nport = {}\n\n\
          [[node]]\nname = \"conns\"\nkind = \"agent_connections\"\nlocation = \"lo\"\nmaster = \"{}\"\nport = {}\n\n\
          [[node]]\nname = \"sdn\"\nkind = \"agent_controller_floodlight\"\nlocation = \"lo\"\nmaster = \"HO_PH\"\nport = {}\n[node.params]\nurl = \"{}\"\ndefault_ttl_s = \"none\"\n",
+        if args.under_flood { 200 } else { 600_000 },
         ports[0],
         ports[1],
         ports[2],
@@ -345,6 +413,8 @@ fn main() {
     drop(accepting); // detached: ends with the process
                      // Rounds: the VO's placement only, or VO / HO_PH alternating in rounds of ROUND
                      // crossings, so that a change in the machine's load falls on both.
+    let flood = args.under_flood.then(|| Flood::start(to));
+    let processed_before = flood.as_ref().map(|_| vo_processed(&rt, vo_addr, &psk));
     const ROUND: u32 = 25;
     let rounds: Vec<(&str, u32)> = if args.fast_path {
         let sizes =
@@ -434,6 +504,13 @@ fn main() {
             drop(conns);
         }
     }
+    let flooded = flood.map(|f| {
+        let (remotes, secs) = f.stop();
+        let processed = vo_processed(&rt, vo_addr, &psk) - processed_before.unwrap_or(0);
+        let (rate, alerts) = (remotes as f64 / secs, processed as f64 / secs);
+        println!("flood: {remotes} new remotes in {secs:.1} s ({rate:.0}/s); the VO processed {alerts:.1} alerts/s meanwhile");
+        serde_json::json!({ "new_remotes": remotes, "seconds": secs, "new_remotes_per_s": rate, "vo_alerts_per_s": alerts })
+    });
     let want: usize = series.iter().map(|s| s.kernel_to_sent.len()).sum();
     let acked = wait_until("every block's reply", Duration::from_secs(30), || {
         let a = acks(&vo.log);
@@ -453,6 +530,9 @@ fn main() {
         if goal { "met" } else { "NOT met" }
     );
     let mut out = serde_json::json!({ "crossings": args.crossings, "conns_per_crossing": args.conns, "goal_p99_5ms": goal });
+    if let Some(f) = flooded {
+        out["flood"] = f;
+    }
     if args.fast_path {
         let ho_series = series[1].report();
         let ratio = |k: &str, p: &str| {
@@ -497,6 +577,8 @@ fn main() {
     let _ = std::fs::create_dir_all(&path);
     let file = path.join(if args.fast_path {
         "loop_fastpath.json"
+    } else if args.under_flood {
+        "loop_flood.json"
     } else {
         "loop.json"
     });
