@@ -48,8 +48,9 @@ use crate::stats::{get, inc, Stats};
 use crate::util::{lock, now_ns};
 
 /// Called for every new alert at every hop (after de-duplication; path includes this hop).
-/// Must be quick: it runs on the connection's task.
-pub type AlertHandler = Arc<dyn Fn(&Alert) + Send + Sync>;
+/// Must be quick: it runs on the connection's task. At the VO the alert it is given is the
+/// one kept for `get_alerts`: a handler that keeps it (the API's view) shares it.
+pub type AlertHandler = Arc<dyn Fn(&Arc<Alert>) + Send + Sync>;
 
 /// The alert could not be queued: the queue is full (counted and reported).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -78,7 +79,7 @@ impl Hop {
 /// Alerts kept for `get_alerts`.
 struct Recent {
     next_index: u64,
-    alerts: VecDeque<Alert>,
+    alerts: VecDeque<Arc<Alert>>,
     cap: usize,
     /// Their size (as sealed frames, close to what they take in memory).
     bytes: usize,
@@ -98,7 +99,7 @@ impl Recent {
         }
     }
 
-    fn push(&mut self, a: Alert) {
+    fn push(&mut self, a: Arc<Alert>) {
         self.next_index += 1;
         if self.cap == 0 {
             return;
@@ -111,7 +112,7 @@ impl Recent {
     /// Takes back what a journal kept, within the same bounds.
     fn restore(&mut self, alerts: VecDeque<Alert>, next_index: u64) {
         self.bytes = alerts.iter().map(Alert::sealed_len).sum();
-        self.alerts = alerts;
+        self.alerts = alerts.into_iter().map(Arc::new).collect();
         self.next_index = next_index;
         self.trim();
     }
@@ -291,16 +292,27 @@ impl Delivery {
     fn queue_own(&self, outbox: &Outbox, slot: Slot, alert: Alert) {
         inc(&self.counters.alerts_raised);
         inc(&self.counters.alerts_forwarded);
-        self.run_handlers(&alert);
+        let alert = self.run_handlers_on(alert);
         let key = lock(&self.hop).dedup.accept(&alert.origin, alert.seq).1;
         let seq = alert.seq;
         outbox.push(slot, key, seq, Message::Alert(alert));
     }
 
-    fn run_handlers(&self, alert: &Alert) {
+    fn run_handlers(&self, alert: &Arc<Alert>) {
         for h in &self.handlers {
             h(alert);
         }
+    }
+
+    /// Runs the handlers on an alert that goes on up the tree: shared with them for the
+    /// call, and taken back without a copy unless one of them kept it.
+    fn run_handlers_on(&self, alert: Alert) -> Alert {
+        if self.handlers.is_empty() {
+            return alert;
+        }
+        let shared = Arc::new(alert);
+        self.run_handlers(&shared);
+        Arc::try_unwrap(shared).unwrap_or_else(|kept| (*kept).clone())
     }
 
     /// The root takes a new alert. With a journal, it waits there to be written (and is
@@ -335,6 +347,7 @@ impl Delivery {
             None => alert,
         };
         hop.dedup.mark_acked(&key, seq);
+        let alert = Arc::new(alert);
         lock(&self.recent).push(alert.clone());
         drop(hop);
         inc(&self.counters.alerts_processed);
@@ -377,7 +390,8 @@ impl Delivery {
         self.counters
             .alerts_processed
             .fetch_add(batch.alerts.len() as u64, Ordering::Relaxed);
-        for (_, a) in &batch.alerts {
+        let alerts: Vec<Arc<Alert>> = batch.alerts.into_iter().map(|(_, a)| Arc::new(a)).collect();
+        for a in &alerts {
             // The writer is the one task that processes a journaling VO's alerts: a handler
             // that panics must not end it.
             let run = std::panic::AssertUnwindSafe(|| self.run_handlers(a));
@@ -386,7 +400,7 @@ impl Delivery {
             }
         }
         let mut recent = lock(&self.recent);
-        for (_, a) in batch.alerts {
+        for a in alerts {
             recent.push(a);
         }
         drop(recent);
@@ -395,7 +409,10 @@ impl Delivery {
         }
         j.compact_if_due(|| {
             let r = lock(&self.recent);
-            (r.alerts.iter().cloned().collect(), r.next_index)
+            (
+                r.alerts.iter().map(|a| (**a).clone()).collect(),
+                r.next_index,
+            )
         });
         None
     }
@@ -451,9 +468,7 @@ impl Delivery {
             Verdict::New => {
                 alert.path.push(self.name.clone());
                 self.fit(&mut alert, 0);
-                if !self.handlers.is_empty() {
-                    self.run_handlers(&alert);
-                }
+                let alert = self.run_handlers_on(alert);
                 outbox.push(slot, key, seq, Message::Alert(alert));
                 drop(hop);
                 inc(&self.counters.alerts_forwarded);
@@ -544,7 +559,7 @@ impl Delivery {
         let mut used = 0;
         let mut alerts: Vec<serde_json::Value> = Vec::new();
         for a in r.alerts.iter().skip(skip).take(2000) {
-            let v = serde_json::to_value(a).unwrap_or_default();
+            let v = serde_json::to_value(&**a).unwrap_or_default();
             used += v.to_string().len() + 1;
             // One alert always goes, so a reader never stalls on a page of nothing.
             if used > budget && !alerts.is_empty() {
@@ -672,7 +687,7 @@ mod tests {
             body: AlertBody::Text("x".repeat(1 << 20)),
         };
         for seq in 0..100 {
-            r.push(big(seq));
+            r.push(Arc::new(big(seq)));
         }
         assert_eq!(r.next_index, 100);
         assert!(
@@ -687,7 +702,24 @@ mod tests {
         );
         assert_eq!(
             r.bytes,
-            r.alerts.iter().map(Alert::sealed_len).sum::<usize>()
+            r.alerts.iter().map(|a| a.sealed_len()).sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn the_root_keeps_each_alert_once_and_shares_it_with_its_handlers() {
+        let kept: Arc<Mutex<Vec<Arc<Alert>>>> = Arc::default();
+        let k = kept.clone();
+        let handler: AlertHandler = Arc::new(move |a: &Arc<Alert>| lock(&k).push(a.clone()));
+        let mut spec = NodeSpec::test_agent(Security::Psk(vespa_proto::Psk::random()));
+        spec.master = None;
+        let d = Delivery::new(&spec, vec![handler]).expect("delivery");
+        d.raise(AlertBody::Text("once".into()), 0).expect("raised");
+        let recent = lock(&d.recent);
+        let ours = recent.alerts.back().expect("kept");
+        assert!(
+            Arc::ptr_eq(ours, &lock(&kept)[0]),
+            "the handler holds the same alert, not a copy"
         );
     }
 
@@ -769,7 +801,7 @@ mod tests {
         spec.journal = Some(path.to_path_buf());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        let handler: AlertHandler = Arc::new(move |a: &Alert| lock(&s).push(a.seq));
+        let handler: AlertHandler = Arc::new(move |a: &Arc<Alert>| lock(&s).push(a.seq));
         (Delivery::new(&spec, vec![handler]).expect("delivery"), seen)
     }
 
@@ -919,7 +951,7 @@ mod tests {
         spec.journal = Some(dir.path());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
-        let handler: AlertHandler = Arc::new(move |a: &Alert| {
+        let handler: AlertHandler = Arc::new(move |a: &Arc<Alert>| {
             assert_ne!(a.seq, 1, "a handler that panics on alert 1");
             lock(&s2).push(a.seq);
         });

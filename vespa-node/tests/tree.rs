@@ -149,8 +149,8 @@ fn collector() -> (Hooks, mpsc::UnboundedReceiver<Alert>) {
     let tx = Mutex::new(tx);
     let hooks = Hooks {
         agent: None,
-        alert_handlers: vec![Arc::new(move |a: &Alert| {
-            let _ = tx.lock().expect("lock").send(a.clone());
+        alert_handlers: vec![Arc::new(move |a: &Arc<Alert>| {
+            let _ = tx.lock().expect("lock").send(Alert::clone(a));
         })],
     };
     (hooks, rx)

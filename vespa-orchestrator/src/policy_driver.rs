@@ -163,7 +163,7 @@ pub fn load_rules(text: &str, topology: Option<&Topology>) -> Result<Rules, Poli
 /// What the driver task is asked to do.
 enum Event {
     /// An alert processed at the driver's node, with when the handler saw it.
-    Alert(Box<Alert>, Instant, u64),
+    Alert(Arc<Alert>, Instant, u64),
     /// Actions to execute (from an API mutation), with when they were decided.
     Run(Vec<Action>),
     /// An actuator's reply to a policy action.
@@ -339,7 +339,7 @@ impl PolicyDriver {
     /// connection tasks must never wait for the policy).
     pub fn handler(&self) -> AlertHandler {
         let me = self.clone();
-        Arc::new(move |a: &Alert| {
+        Arc::new(move |a: &Arc<Alert>| {
             // The policy's own alerts come back through the node's handlers: not for it. An
             // HO's driver takes only counters, and nothing while it has no rule.
             let wanted = match me.inner.at {
@@ -349,7 +349,7 @@ impl PolicyDriver {
             if !wanted {
                 return;
             }
-            let ev = Event::Alert(Box::new(a.clone()), Instant::now(), unix_ns());
+            let ev = Event::Alert(a.clone(), Instant::now(), unix_ns());
             if me.inner.tx.try_send(ev).is_err() {
                 let n = me.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n == 1 || n.is_multiple_of(1000) {

@@ -38,7 +38,7 @@ struct Args {
     quick: bool,
 }
 
-type Handler = Arc<dyn Fn(&Alert) + Send + Sync>;
+type Handler = Arc<dyn Fn(&Arc<Alert>) + Send + Sync>;
 
 struct Chain {
     agent: NodeHandle,
@@ -198,7 +198,7 @@ async fn throughput(security: impl Fn(&str) -> Security, n: u64) -> f64 {
     let (c, d) = (at_vo.clone(), done.clone());
     // Only the benchmark's own alerts count: when the queue was full, the agent also sends a
     // report of the refused attempts (an `AlertBody::Text`).
-    let vo_handler: Handler = Arc::new(move |a: &Alert| {
+    let vo_handler: Handler = Arc::new(move |a: &Arc<Alert>| {
         if matches!(a.body, AlertBody::ConnThreshold { .. })
             && c.fetch_add(1, Ordering::Relaxed) + 1 == n
         {
@@ -243,11 +243,11 @@ async fn latency(rate: u64, secs: f64) -> (Vec<f64>, Vec<f64>) {
     let ho_seen: Arc<Mutex<std::collections::HashMap<u64, u64>>> = Arc::default();
     let pairs: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
     let hs = ho_seen.clone();
-    let at_ho: Handler = Arc::new(move |a: &Alert| {
+    let at_ho: Handler = Arc::new(move |a: &Arc<Alert>| {
         hs.lock().expect("lock").insert(a.seq, now());
     });
     let (hs, ps) = (ho_seen.clone(), pairs.clone());
-    let at_vo: Handler = Arc::new(move |a: &Alert| {
+    let at_vo: Handler = Arc::new(move |a: &Arc<Alert>| {
         let t_vo = now();
         if let Some(t_ho) = hs.lock().expect("lock").remove(&a.seq) {
             let hop1 = t_ho.saturating_sub(a.timestamp_ns) as f64 / 1e6;

@@ -150,18 +150,23 @@ impl VoView {
     /// The alert handler to put in the VO's [`vespa_node::Hooks`].
     pub fn handler(self: &Arc<Self>) -> AlertHandler {
         let me = self.clone();
-        Arc::new(move |a: &Alert| me.on_alert(a))
+        Arc::new(move |a: &Arc<Alert>| me.on_shared(a))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes one alert processed at the VO.
+    /// Takes one alert (a copy of it; the VO's handler shares the node's instead).
     pub fn on_alert(&self, alert: &Alert) {
+        self.on_shared(&Arc::new(alert.clone()));
+    }
+
+    /// Takes one alert processed at the VO: the node's own, shared (the VO keeps each alert
+    /// once, for `get_alerts` and for this view).
+    pub fn on_shared(&self, alert: &Arc<Alert>) {
         self.metrics.on_alert(alert);
-        // The one copy, made before taking the lock.
-        let shared = Arc::new(alert.clone());
+        let shared = alert.clone();
         let mut s = self.lock();
         match &alert.body {
             AlertBody::Bandwidth {

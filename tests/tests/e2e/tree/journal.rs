@@ -120,7 +120,7 @@ fn vo(
     s.settings.journal_max_bytes = 64 * 1024;
     let hooks = Hooks {
         agent: None,
-        alert_handlers: vec![Arc::new(move |a: &Alert| {
+        alert_handlers: vec![Arc::new(move |a: &Arc<Alert>| {
             if a.origin == "agent1" {
                 seen.lock().expect("lock").push(a.seq);
             }
