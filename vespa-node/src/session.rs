@@ -191,23 +191,6 @@ pub(crate) enum LinkEnd {
     Local,
 }
 
-/// A writer whose every write must finish within `limit`: a peer that stops reading cannot
-/// hold the node's tasks (and what they hold) for longer than that.
-struct Timed<'a> {
-    w: &'a mut LinkWriter,
-    limit: Duration,
-}
-
-impl Timed<'_> {
-    async fn feed(&mut self, m: &Message) -> Result<(), ProtoError> {
-        within(self.limit, self.w.feed(m)).await
-    }
-
-    async fn flush(&mut self) -> Result<(), ProtoError> {
-        within(self.limit, self.w.flush()).await
-    }
-}
-
 async fn within(
     limit: Duration,
     write: impl std::future::Future<Output = Result<(), ProtoError>>,
@@ -235,12 +218,8 @@ pub(crate) async fn write_loop(
     heartbeat: Duration,
     sent: impl Fn(u64) + Send,
 ) {
-    let mut timed = Timed {
-        w: &mut w,
-        limit: heartbeat * 3,
-    };
     let result = write_inner(
-        &mut timed,
+        &mut w,
         &session,
         &mut ctl,
         outbox.as_deref(),
@@ -259,8 +238,10 @@ pub(crate) async fn write_loop(
     }
 }
 
+/// One deadline covers each wake-up's writes (not each write: a timer per frame would cost
+/// more than the frame), so a peer that stops reading is dropped three heartbeats later.
 async fn write_inner(
-    w: &mut Timed<'_>,
+    w: &mut LinkWriter,
     session: &Session,
     ctl: &mut mpsc::Receiver<Message>,
     outbox: Option<&Outbox>,
@@ -270,58 +251,62 @@ async fn write_inner(
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(256);
+    let limit = heartbeat * 3;
     loop {
         let mut heartbeat_due = false;
         tokio::select! {
             biased;
             _ = session.cancel.cancelled() => return Ok(()),
             m = ctl.recv() => match m {
-                Some(m) => feed_ctl(w, session, m).await?,
+                Some(m) => within(limit, feed_ctl(w, session, m)).await?,
                 None => return Ok(()),
             },
             _ = session.acks.notify.notified() => {}
             _ = async { match outbox { Some(o) => o.ready().notified().await, None => std::future::pending().await } } => {}
             _ = tick.tick() => heartbeat_due = true,
         }
-        while let Ok(m) = ctl.try_recv() {
-            feed_ctl(w, session, m).await?;
-        }
-        for (origin, seq) in session.acks.take() {
-            w.feed(&Message::Ack {
-                origin: origin.to_string(),
-                seq,
-            })
-            .await?;
-        }
-        if let Some(o) = outbox {
-            // Bounded per wake-up so acks, replies and heartbeats are never starved by a
-            // long backlog; the ready permit brings the loop straight back for the rest.
-            for _ in 0..8 {
-                batch.clear();
-                o.take_unsent(256, &mut batch);
-                if batch.is_empty() {
-                    break;
-                }
-                for m in &batch {
-                    w.feed(m).await?;
-                }
-                sent(batch.len() as u64);
+        let writes = async {
+            while let Ok(m) = ctl.try_recv() {
+                feed_ctl(w, session, m).await?;
             }
-            if !batch.is_empty() {
-                o.ready().notify_one();
+            for (origin, seq) in session.acks.take() {
+                w.feed(&Message::Ack {
+                    origin: origin.to_string(),
+                    seq,
+                })
+                .await?;
             }
-        }
-        if heartbeat_due {
-            w.feed(&Message::Heartbeat).await?;
-        }
-        w.flush().await?;
+            if let Some(o) = outbox {
+                // Bounded per wake-up so acks, replies and heartbeats are never starved by a
+                // long backlog; the ready permit brings the loop straight back for the rest.
+                for _ in 0..8 {
+                    batch.clear();
+                    o.take_unsent(256, &mut batch);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for m in &batch {
+                        w.feed(m).await?;
+                    }
+                    sent(batch.len() as u64);
+                }
+                if !batch.is_empty() {
+                    o.ready().notify_one();
+                }
+            }
+            if heartbeat_due {
+                w.feed(&Message::Heartbeat).await?;
+            }
+            w.flush().await
+        };
+        within(limit, writes).await?;
     }
 }
 
 /// Queues a control message. One too large for a frame never ends the link: a reply becomes
 /// an error reply that says so (the caller asks for less), a call of this node's fails back
 /// to its caller, anything else is logged and dropped.
-async fn feed_ctl(w: &mut Timed<'_>, session: &Session, m: Message) -> Result<(), ProtoError> {
+async fn feed_ctl(w: &mut LinkWriter, session: &Session, m: Message) -> Result<(), ProtoError> {
     let (len, max) = match w.feed(&m).await {
         Err(ProtoError::FrameTooLarge { len, max }) => (len, max),
         other => return other,
