@@ -47,10 +47,15 @@ pub const BANDWIDTH_AGENT: &str = "Agent_Bandwidth";
 /// one remote (max over 1 s) blocks it for an hour; below `below` for `calm_s` seconds
 /// releases it. The actuators not used here are named all the same (the rules need them).
 pub fn conn_flood_policy(above: u64, below: u64, calm_s: u64) -> String {
+    conn_flood_policy_via(SDN_AGENT, above, below, calm_s)
+}
+
+/// [`conn_flood_policy`] through the SDN agent named `sdn`.
+pub fn conn_flood_policy_via(sdn: &str, above: u64, below: u64, calm_s: u64) -> String {
     format!(
         r#"
 [actuators]
-sdn = "{SDN_AGENT}"
+sdn = "{sdn}"
 libvirt = "Agent_Libvirt"
 quarantine = "quarantine"
 av = "Agent_AV"

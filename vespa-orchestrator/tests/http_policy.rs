@@ -3,6 +3,8 @@
 //! (The binaries' test, `http::api` in `tests/tests/e2e`, covers the tree and the no-policy
 //! case.)
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -81,35 +83,8 @@ impl PolicyControl for Recorder {
 }
 
 async fn start(policy: Arc<Recorder>) -> SocketAddr {
-    let parts = ApiParts::new(
-        &Topology::embedded_default(),
-        Some(ApiToken::new(TOKEN).expect("token")),
-    )
-    .with_policy(policy);
-    let mut hooks = Hooks::default();
-    parts.add_vo_handler(&mut hooks);
-    let vo = Node::new(
-        NodeSpec::new(
-            "VO",
-            Role::Vo,
-            None,
-            Security::Psk(vespa_proto::Psk::random()),
-        ),
-        hooks,
-    )
-    .expect("VO");
-    let state = parts.state(vo.handle());
-    tokio::spawn(vo.run(None, std::future::pending()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(http::serve(
-        listener,
-        Arc::new(state),
-        std::future::pending(),
-    ));
-    addr
+    let token = Some(ApiToken::new(TOKEN).expect("token"));
+    common::serve(ApiParts::new(&Topology::embedded_default(), token).with_policy(policy)).await
 }
 
 /// (status, body) of one request.

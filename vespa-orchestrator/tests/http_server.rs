@@ -2,50 +2,24 @@
 //! limit, the Host check and CORS. (The binary's flags are covered by `http::api` in
 //! `tests/tests/e2e`.)
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
-use vespa_node::{Hooks, Node, NodeSpec, Role, Security, Topology};
-use vespa_orchestrator::http::{self, ApiParts, ApiToken, HttpOptions, Limits};
+use vespa_node::Topology;
+use vespa_orchestrator::http::{ApiParts, ApiToken, HttpOptions, Limits};
 use vespa_testkit::{at_least, wait_until_async};
 
 const TOKEN: &str = "in-process-token-0123456789";
 
 /// Serves the API of a VO (no tree below it) with `http` on a free loopback port.
 async fn start(http: HttpOptions) -> SocketAddr {
-    let parts = ApiParts::new(
-        &Topology::embedded_default(),
-        Some(ApiToken::new(TOKEN).expect("token")),
-    )
-    .with_http(http);
-    let mut hooks = Hooks::default();
-    parts.add_vo_handler(&mut hooks);
-    let vo = Node::new(
-        NodeSpec::new(
-            "VO",
-            Role::Vo,
-            None,
-            Security::Psk(vespa_proto::Psk::random()),
-        ),
-        hooks,
-    )
-    .expect("VO");
-    let state = parts.state(vo.handle());
-    tokio::spawn(vo.run(None, std::future::pending()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(http::serve(
-        listener,
-        Arc::new(state),
-        std::future::pending(),
-    ));
-    addr
+    let token = Some(ApiToken::new(TOKEN).expect("token"));
+    common::serve(ApiParts::new(&Topology::embedded_default(), token).with_http(http)).await
 }
 
 /// One answer: status, head (lower-cased names kept as sent), body.

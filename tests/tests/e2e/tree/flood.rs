@@ -17,6 +17,7 @@ use socket2::{Domain, Socket, Type};
 use vespa_testkit::wait_until;
 use vespa_tests::daemons::floodlight_stub::FloodlightStub;
 use vespa_tests::net::Netns;
+use vespa_tests::sdn_loop::conn_flood_policy_via;
 use vespa_tests::shared::LOOPBACK;
 
 /// Remotes that each connect once and leave.
@@ -72,7 +73,7 @@ fn a_flood_reaches_the_vo_after_a_64_rotated_through_the_remote_table() {
         &nodes,
     );
     let policy = tree.scratch.dir.join("policy.toml");
-    std::fs::write(&policy, flood_policy()).expect("policy");
+    std::fs::write(&policy, conn_flood_policy_via("fl", 100, 10, 3600)).expect("policy");
     let policy = policy.to_str().expect("utf-8");
     let _orch = tree.spawn_with(
         "orch",
@@ -168,30 +169,4 @@ fn unix_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_nanos() as u64
-}
-
-/// Blocks a remote above 100 established connections through the SDN agent `fl`.
-fn flood_policy() -> String {
-    r#"
-[actuators]
-sdn = "fl"
-libvirt = "Agent_Libvirt"
-quarantine = "quarantine"
-av = "Agent_AV"
-hypervisor = "Agent_HY"
-
-[[rule]]
-name = "conn-flood"
-metric = "established"
-key = "remote"
-aggregate = "max"
-window_s = 1
-above = 100
-below = 10
-calm_s = 3600
-cooldown_s = 1
-verify_s = 0
-ladder = [{ action = "block", ttl_s = 3600 }]
-"#
-    .to_string()
 }

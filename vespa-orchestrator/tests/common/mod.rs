@@ -1,0 +1,28 @@
+//! What the HTTP API's integration tests share: a VO (no tree below it) with the API's parts
+//! and the API itself served on a free loopback port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use vespa_node::{Hooks, Node, NodeSpec, Role, Security};
+use vespa_orchestrator::http::{self, ApiParts};
+
+/// Runs a VO with `parts`' alert handler and serves `parts`' API for it; returns where.
+pub async fn serve(parts: ApiParts) -> SocketAddr {
+    let mut hooks = Hooks::default();
+    parts.add_vo_handler(&mut hooks);
+    let security = Security::Psk(vespa_proto::Psk::random());
+    let vo = Node::new(NodeSpec::new("VO", Role::Vo, None, security), hooks).expect("VO");
+    let state = parts.state(vo.handle());
+    tokio::spawn(vo.run(None, std::future::pending()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(http::serve(
+        listener,
+        Arc::new(state),
+        std::future::pending(),
+    ));
+    addr
+}
