@@ -74,8 +74,7 @@ impl std::fmt::Debug for Psk {
 pub struct KeyError {
     /// The file concerned.
     pub path: PathBuf,
-    /// What is wrong with it.
-    #[source]
+    /// What is wrong with it (shown in the message, so not repeated as a source).
     pub problem: KeyProblem,
 }
 
