@@ -30,6 +30,19 @@ pub struct ActiveAction {
     pub at: Option<String>,
 }
 
+/// A protected source: the policy never proposes to block or throttle it, and firewall
+/// agents never drop it, whoever asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowEntry {
+    /// An address, a prefix (`10.0.0.0/24`) or a MAC address, as `allow` takes it.
+    pub target: String,
+    /// Where it comes from: `config` (the policy file's `[allowlist]`), `topology` (a
+    /// machine, controller or gateway of the tree, added automatically) or `operator`.
+    pub origin: String,
+    /// Why it is there (free text; for `topology`, which machine or controller).
+    pub note: Option<String>,
+}
+
 /// Why a policy operation was refused; each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum PolicyError {
@@ -67,6 +80,19 @@ pub trait PolicyControl: Send + Sync + 'static {
     fn release(&self, key: &str) -> Result<String, PolicyError>;
     /// Blocks `target` by hand for `ttl_s` seconds; returns the new action's key.
     fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError>;
+    /// The protected sources, configured, automatic and added by hand.
+    fn allowlist(&self) -> Vec<AllowEntry> {
+        Vec::new()
+    }
+    /// Protects `target` (address, prefix or MAC) from now on; `note` says why.
+    fn allow(&self, _target: &str, _note: Option<&str>) -> Result<(), PolicyError> {
+        Err(PolicyError::Unavailable(NO_POLICY.into()))
+    }
+    /// Removes a protection added by hand (configured and automatic ones stay: `NotFound`
+    /// for those, with the reason).
+    fn disallow(&self, _target: &str) -> Result<(), PolicyError> {
+        Err(PolicyError::Unavailable(NO_POLICY.into()))
+    }
 }
 
 /// The stand-in until a policy is wired in: reads are empty, mutations answer 503.

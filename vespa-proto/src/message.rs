@@ -187,6 +187,23 @@ pub enum AlertBody {
         /// The frame limit it had to fit, in bytes (less the room kept for the path).
         limit: u64,
     },
+    /// The kernel blocked a source by itself (the firewall's reflex) the moment it crossed a
+    /// threshold; it drops from the next packet on. The VO's policy adopts the block as its
+    /// own action (listed, released, escalated).
+    ReflexBlock {
+        /// The blocked source: an address, or the prefix it was aggregated to (`/64`).
+        target: String,
+        /// What crossed: `syn` (SYNs per second) or `conn` (established connections).
+        cause: String,
+        /// The value that crossed.
+        value: u64,
+        /// The reflex's threshold.
+        threshold: u64,
+        /// The block's time-to-live in seconds (0: until released).
+        ttl_s: u64,
+        /// When the kernel inserted it (CLOCK_MONOTONIC, ns), as the kernel stamped it.
+        kernel_ns: u64,
+    },
 }
 
 impl AlertBody {
@@ -203,6 +220,7 @@ impl AlertBody {
             AlertBody::Text(_) => "text",
             AlertBody::SensorHealth { .. } => "sensor_health",
             AlertBody::Oversized { .. } => "oversized",
+            AlertBody::ReflexBlock { .. } => "reflex_block",
         }
     }
 }

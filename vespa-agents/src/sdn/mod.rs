@@ -70,16 +70,22 @@ impl FromStr for BlockTarget {
     /// A MAC or IP address, as a verb's word.
     fn from_str(s: &str) -> Result<BlockTarget, SdnError> {
         Target::parse_word(s)
-            .map(BlockTarget::from)
             .map_err(|_| SdnError::InvalidTarget(s.trim().to_string()))
+            .and_then(BlockTarget::try_from)
     }
 }
 
-impl From<Target> for BlockTarget {
-    fn from(t: Target) -> BlockTarget {
+impl TryFrom<Target> for BlockTarget {
+    type Error = SdnError;
+    /// An address or a MAC; a prefix is refused (the controllers' agents block whole
+    /// addresses; `agent_firewall` blocks prefixes in the host's kernel).
+    fn try_from(t: Target) -> Result<BlockTarget, SdnError> {
         match t {
-            Target::Ip(ip) => BlockTarget::Ip(ip),
-            Target::Mac(m) => BlockTarget::Mac(m),
+            Target::Ip(ip) => Ok(BlockTarget::Ip(ip)),
+            Target::Mac(m) => Ok(BlockTarget::Mac(m)),
+            Target::Net(p) => Err(SdnError::InvalidTarget(format!(
+                "{p} (an SDN agent blocks addresses and MACs, not prefixes: use agent_firewall)"
+            ))),
         }
     }
 }
@@ -170,17 +176,18 @@ impl FromStr for Release {
     /// A decimal block id (`7`, `#7`), or a target (MAC or IP), as a verb's word.
     fn from_str(s: &str) -> Result<Release, SdnError> {
         BlockSelector::parse_word(s)
-            .map(Release::from)
             .map_err(|_| SdnError::InvalidTarget(s.into()))
+            .and_then(Release::try_from)
     }
 }
 
-impl From<BlockSelector> for Release {
-    fn from(sel: BlockSelector) -> Release {
-        match sel {
+impl TryFrom<BlockSelector> for Release {
+    type Error = SdnError;
+    fn try_from(sel: BlockSelector) -> Result<Release, SdnError> {
+        Ok(match sel {
             BlockSelector::Id(id) => Release::Id(BlockId(id)),
-            BlockSelector::Target(t) => Release::Target(t.into()),
-        }
+            BlockSelector::Target(t) => Release::Target(t.try_into()?),
+        })
     }
 }
 
@@ -436,7 +443,7 @@ impl<C: SdnController> SdnAgent<C> {
     /// A block for `ttl`, or the agent's default time-to-live when the caller gave none.
     async fn block_verb(&self, target: Target, ttl: Option<Ttl>) -> VerbResult {
         let ttl = ttl.map_or(self.cfg.default_ttl, Ttl::duration);
-        let target = BlockTarget::from(target);
+        let target = BlockTarget::try_from(target).map_err(|e| self.fail("block", e))?;
         let id = self
             .ctrl
             .block(target, ttl)
@@ -495,7 +502,7 @@ impl<C: SdnController> Agent for SdnAgent<C> {
                         .map_err(|e| self.fail("release_all", e))?,
                     Some(sel) => self
                         .ctrl
-                        .release(sel.into())
+                        .release(sel.try_into().map_err(|e| self.fail("release", e))?)
                         .await
                         .map_err(|e| self.fail("release", e))?,
                 };

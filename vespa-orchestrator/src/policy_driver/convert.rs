@@ -28,6 +28,9 @@ pub fn to_policy_body(body: &AlertBody) -> vespa_policy::AlertBody {
         AlertBody::Oversized { at, kind, size, limit } => {
             P::Text(format!("a {kind} alert of {size} bytes did not fit the {limit} bytes allowed at {at}: its body was dropped"))
         }
+        AlertBody::ReflexBlock { target, cause, value, threshold, ttl_s, .. } => {
+            P::Text(format!("kernel reflex blocked {target}: {cause} {value} over {threshold}, for {ttl_s} s"))
+        }
     }
 }
 

@@ -16,9 +16,11 @@
 //!
 //! The families: [`NodeVerb`] (every node: `help`, `list_slaves`, `find_node`, `call`,
 //! `stats`, `get_alerts`, `destroy`), [`HoVerb`] (an HO's fast-path policy), [`SensorVerb`]
-//! (bandwidth and connections agents), [`LibvirtVerb`], [`SdnVerb`] and [`AvVerb`].
+//! (bandwidth and connections agents), [`LibvirtVerb`], [`SdnVerb`], [`AvVerb`] and
+//! [`FirewallVerb`] (the kernel firewall agent).
 
 mod av;
+mod firewall;
 mod libvirt;
 mod node;
 mod sdn;
@@ -26,11 +28,12 @@ mod sensor;
 mod words;
 
 pub use av::AvVerb;
+pub use firewall::{FirewallVerb, Shaped, ShapedSelector};
 pub use libvirt::{Codeset, Keys, LibvirtVerb};
 pub use node::{HoVerb, NodeVerb};
 pub use sdn::{BlockSelector, SdnVerb};
 pub use sensor::SensorVerb;
-pub use words::{Arg, MacAddr, OnOff, OrDash, Target, Ttl, Word, Words};
+pub use words::{Arg, MacAddr, OnOff, OrDash, Prefix, Rate, Target, Ttl, Word, Words};
 
 /// How `help` describes one verb.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -71,6 +74,7 @@ pub fn permission_of(verb: &str) -> Permission {
         LibvirtVerb::docs(),
         SdnVerb::docs(),
         AvVerb::docs(),
+        FirewallVerb::docs(),
     ];
     families
         .iter()

@@ -148,7 +148,9 @@ word_args!(
     Target,
     Ttl,
     OnOff,
-    OrDash<Target>
+    OrDash<Target>,
+    Prefix,
+    Rate
 );
 
 impl Word for String {
@@ -240,38 +242,211 @@ impl Word for MacAddr {
     }
 }
 
-/// What a block applies to: an IP address or a MAC address.
+/// What a block applies to: an IP address, an address prefix or a MAC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Target {
     /// By IP address.
     Ip(IpAddr),
     /// By link-layer address.
     Mac(MacAddr),
+    /// By address prefix (`10.0.0.0/24`, `2001:db8::/64`): always a network address (host
+    /// bits zero) shorter than a whole address, which is [`Target::Ip`].
+    Net(Prefix),
 }
 
 impl fmt::Display for Target {
-    /// The bare address (`10.0.0.1`, `aa:bb:..`).
+    /// The bare address (`10.0.0.1`, `aa:bb:..`) or prefix (`10.0.0.0/24`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Ip(ip) => write!(f, "{ip}"),
             Target::Mac(m) => write!(f, "{m}"),
+            Target::Net(p) => write!(f, "{p}"),
         }
     }
 }
 
+impl Target {
+    /// The target for `addr/len`: [`Target::Ip`] for a whole address, else the prefix.
+    pub fn prefix(addr: IpAddr, len: u8) -> Result<Target, String> {
+        let p = Prefix::new(addr, len)?;
+        Ok(if p.len == p.max_len() {
+            Target::Ip(p.addr)
+        } else {
+            Target::Net(p)
+        })
+    }
+}
+
 impl Word for Target {
-    const PLACEHOLDER: Option<&'static str> = Some("mac|ip");
+    const PLACEHOLDER: Option<&'static str> = Some("mac|ip|prefix");
     fn parse_word(word: &str) -> Result<Self, String> {
         let w = word.trim();
         if let Ok(ip) = w.parse::<IpAddr>() {
             return Ok(Target::Ip(ip));
         }
+        if w.contains('/') {
+            let p: Prefix = w.parse()?;
+            return Target::prefix(p.addr, p.len);
+        }
         w.parse::<MacAddr>().map(Target::Mac).map_err(|_| {
             format!(
-                "invalid block target {w:?}: expected a MAC address (aa:bb:cc:dd:ee:ff) or an \
-                     IPv4/IPv6 address"
+                "invalid block target {w:?}: expected a MAC address (aa:bb:cc:dd:ee:ff), an \
+                     IPv4/IPv6 address or a prefix (10.0.0.0/24)"
             )
         })
+    }
+    fn to_word(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// An address prefix: a network address (host bits zero) and its length in bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    /// The network address (host bits are zero).
+    pub addr: IpAddr,
+    /// Its length, at most 32 (IPv4) or 128 (IPv6).
+    pub len: u8,
+}
+
+impl Prefix {
+    /// `addr/len` with the host bits cleared; an error when `len` is too long for the family.
+    pub fn new(addr: IpAddr, len: u8) -> Result<Prefix, String> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!("prefix length {len} is longer than {max} bits"));
+        }
+        let addr = match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - len as u32).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        Ok(Prefix { addr, len })
+    }
+
+    /// 32 for IPv4, 128 for IPv6.
+    pub fn max_len(&self) -> u8 {
+        if self.addr.is_ipv4() {
+            32
+        } else {
+            128
+        }
+    }
+
+    /// Whether `ip` is inside the prefix.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        Prefix::new(ip, self.len).is_ok_and(|p| p.addr == self.addr)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Prefix, String> {
+        let s = s.trim();
+        let (a, l) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("invalid prefix {s:?}: {a:?} is not an IP address"))?;
+        let len = if l.is_empty() {
+            if addr.is_ipv4() {
+                32
+            } else {
+                128
+            }
+        } else {
+            l.parse::<u8>()
+                .map_err(|_| format!("invalid prefix {s:?}: {l:?} is not a prefix length"))?
+        };
+        Prefix::new(addr, len).map_err(|e| format!("invalid prefix {s:?}: {e}"))
+    }
+}
+
+impl Word for Prefix {
+    const PLACEHOLDER: Option<&'static str> = Some("prefix");
+    fn parse_word(word: &str) -> Result<Self, String> {
+        word.parse()
+    }
+    fn to_word(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// A rate limit: bytes per second (`125000`, `1500B/s`, `10kB/s`, `8mbit`) or packets per
+/// second (`1000pps`, `20kpps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rate {
+    /// Bytes per second.
+    Bytes(u64),
+    /// Packets per second.
+    Packets(u64),
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rate::Bytes(b) => write!(f, "{b}B/s"),
+            Rate::Packets(p) => write!(f, "{p}pps"),
+        }
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let w = s.trim();
+        let lower = w.to_ascii_lowercase();
+        let split = lower
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(lower.len());
+        let (num, unit) = lower.split_at(split);
+        let bad = || {
+            format!(
+                "invalid rate {w:?}: expected bytes per second (125000, 1500B/s, 10kB/s, \
+                 8mbit) or packets per second (1000pps, 20kpps)"
+            )
+        };
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let (scale, packets) = match unit.trim() {
+            "" | "b/s" | "bps" => (1.0, false),
+            "kb/s" => (1e3, false),
+            "mb/s" => (1e6, false),
+            "gb/s" => (1e9, false),
+            "bit" | "bit/s" => (1.0 / 8.0, false),
+            "kbit" | "kbit/s" => (1e3 / 8.0, false),
+            "mbit" | "mbit/s" => (1e6 / 8.0, false),
+            "gbit" | "gbit/s" => (1e9 / 8.0, false),
+            "pps" => (1.0, true),
+            "kpps" => (1e3, true),
+            "mpps" => (1e6, true),
+            _ => return Err(bad()),
+        };
+        let v = n * scale;
+        if !v.is_finite() || v < 1.0 || v > 1e13 {
+            return Err(format!("invalid rate {w:?}: out of range"));
+        }
+        Ok(if packets {
+            Rate::Packets(v as u64)
+        } else {
+            Rate::Bytes(v as u64)
+        })
+    }
+}
+
+impl Word for Rate {
+    const PLACEHOLDER: Option<&'static str> = Some("rate");
+    fn parse_word(word: &str) -> Result<Self, String> {
+        word.parse()
     }
     fn to_word(&self) -> String {
         self.to_string()

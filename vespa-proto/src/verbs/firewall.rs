@@ -1,0 +1,104 @@
+//! The verbs of the kernel firewall agent (`agent_firewall`).
+
+use super::{
+    sdn::BlockSelector,
+    words::{word_args, Rate, Target, Ttl, Word},
+};
+
+crate::verbs! {
+    /// The verbs of the firewall agent: blocks and throttles enforced by the host's own kernel
+    /// programs on every monitored interface. It answers the SDN agents' block verbs with the
+    /// same words and replies, so the policy's ladder uses it wherever it uses an SDN agent.
+    pub enum FirewallVerb {
+        /// drop every packet from a MAC address, IP address or prefix on every monitored
+        /// interface; returns the block id
+        BlockHackers "block_hackers" [Command] { target: Target, ttl: Option<Ttl> },
+        /// remove one block (by id or target), or every block when no argument is given
+        ReleaseHackers "release_hackers" [Command] { which: Option<BlockSelector> },
+        /// the blocks in force with their remaining time-to-live and drop counters (JSON)
+        StatusHackers "status_hackers" {},
+        /// limit the traffic from a source (address, prefix or MAC) or into the host from an
+        /// interface (`dev:NAME`, e.g. a VM's tap device) to a rate; returns the throttle id
+        Throttle "throttle" [Command] { target: Shaped, rate: Rate, ttl: Option<Ttl> },
+        /// remove one throttle (by id or target), or every throttle when no argument is given
+        Unthrottle "unthrottle" [Command] { which: Option<ShapedSelector> },
+        /// the throttles in force with their rates and counters (JSON)
+        Throttles "throttles" {},
+        /// the protected sources: never blocked, never throttled, whoever asks (JSON)
+        Allowlist "allowlist" {},
+        /// protect a source (address, prefix or MAC) from blocks and throttles
+        Allow "allow" [Command] { target: Target },
+        /// remove a protection added with `allow` (configured ones stay)
+        Disallow "disallow" [Command] { target: Target },
+        /// set the kernel reflex: the kernel blocks a source by itself once it sends more than
+        /// `syn_per_s` SYNs in a second or holds more than `conn` connections (0: off), for
+        /// `ttl`, at most `max` reflex blocks at once
+        Reflex "reflex" [Command] { syn_per_s: u64, conn: u64, ttl: Ttl, max: u64 },
+        /// drop counters, table fill, the reflex's settings and blocks (JSON)
+        FirewallStats "firewall_stats" {},
+    }
+}
+
+/// What a throttle applies to: traffic from a source, or all traffic entering the host from
+/// one interface (a VM's tap device: the VM's own sending).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Shaped {
+    /// From this address, prefix or MAC.
+    Source(Target),
+    /// Into the host from this interface (`dev:NAME`).
+    Device(String),
+}
+
+impl std::fmt::Display for Shaped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shaped::Source(t) => write!(f, "{t}"),
+            Shaped::Device(d) => write!(f, "dev:{d}"),
+        }
+    }
+}
+
+impl Word for Shaped {
+    const PLACEHOLDER: Option<&'static str> = Some("mac|ip|prefix|dev:NAME");
+    fn parse_word(word: &str) -> Result<Self, String> {
+        let w = word.trim();
+        match w.strip_prefix("dev:") {
+            Some(d) if !d.is_empty() && d.len() < 16 && !d.contains(['/', ' ']) => {
+                Ok(Shaped::Device(d.to_string()))
+            }
+            Some(_) => Err(format!("invalid interface name in {w:?}")),
+            None => Target::parse_word(w).map(Shaped::Source),
+        }
+    }
+    fn to_word(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Which throttle `unthrottle` removes: by id (`7`, `#7`) or by what it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShapedSelector {
+    /// One throttle, by id.
+    Id(u64),
+    /// The throttle of this source or device.
+    Target(Shaped),
+}
+
+impl Word for ShapedSelector {
+    const PLACEHOLDER: Option<&'static str> = Some("throttle_id|mac|ip|prefix|dev:NAME");
+    fn parse_word(word: &str) -> Result<Self, String> {
+        let w = word.trim();
+        if let Ok(id) = w.strip_prefix('#').unwrap_or(w).parse::<u64>() {
+            return Ok(ShapedSelector::Id(id));
+        }
+        Shaped::parse_word(w).map(ShapedSelector::Target)
+    }
+    fn to_word(&self) -> String {
+        match self {
+            ShapedSelector::Id(id) => id.to_string(),
+            ShapedSelector::Target(t) => t.to_string(),
+        }
+    }
+}
+
+word_args!(Shaped, ShapedSelector);
