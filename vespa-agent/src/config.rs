@@ -60,6 +60,18 @@ pub struct SensorConfig {
     /// logger, at the levels it lets through when the sensors start (`log::max_level()`).
     /// Off, the verifier removes the programs' logging code at load time.
     pub ebpf_log: bool,
+    /// Pin the firewall's tables, the interface counters and the classifiers' links in this
+    /// bpffs directory, and adopt what an earlier agent pinned there: blocks keep dropping
+    /// and counters keep counting across a restart or an upgrade. None: nothing is pinned.
+    pub pin_dir: Option<std::path::PathBuf>,
+    /// On a normal stop, leave the programs attached and the tables pinned (the blocks keep
+    /// dropping until they expire or the next agent adopts them); otherwise detach and unpin
+    /// everything. A killed agent always leaves them (that is what pinning is for).
+    pub keep_enforcing_on_exit: bool,
+    /// Also drop blocked sources at XDP, on the devices whose driver supports it.
+    pub xdp: bool,
+    /// Address and prefix blocks the firewall holds at most.
+    pub max_blocks: u32,
 }
 
 impl Default for SensorConfig {
@@ -79,6 +91,10 @@ impl Default for SensorConfig {
             rescan_interval: Duration::from_secs(5),
             tc_mode: TcMode::Auto,
             ebpf_log: false,
+            pin_dir: None,
+            keep_enforcing_on_exit: false,
+            xdp: false,
+            max_blocks: 65_536,
         }
     }
 }

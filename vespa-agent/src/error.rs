@@ -70,6 +70,16 @@ pub enum SensorError {
         #[source]
         source: Box<MapError>,
     },
+    /// The bpffs directory for pinned tables and links cannot be used.
+    #[error("pinning in {path} failed (is bpffs mounted at /sys/fs/bpf? `mount -t bpf bpf /sys/fs/bpf`): {source}")]
+    Pin {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The firewall needs the kernel programs, and they are not loaded.
+    #[error("the kernel firewall needs the eBPF sensors: {0}")]
+    NoFirewall(String),
 }
 
 #[cfg(test)]

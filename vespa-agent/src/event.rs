@@ -39,6 +39,17 @@ pub enum SensorEvent {
         threshold: u64,
         ifindex: u32,
     },
+    /// The kernel's reflex blocked `target` (an address, or the prefix it was aggregated to)
+    /// when it crossed `threshold` (SYNs per second if `syn`, else established connections);
+    /// it drops from the next packet on, for `ttl_ns` (0: until released).
+    ReflexBlock {
+        timestamp_ns: u64,
+        target: String,
+        syn: bool,
+        value: u64,
+        threshold: u64,
+        ttl_ns: u64,
+    },
     InterfaceAttached {
         name: String,
         ifindex: u32,

@@ -233,3 +233,68 @@ mod tests {
         );
     }
 }
+
+/// The gateways of this namespace's default routes (IPv4 and IPv6), from /proc/net/route and
+/// /proc/net/ipv6_route.
+pub fn default_gateways() -> io::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    let v4 = std::fs::read_to_string("/proc/net/route")?;
+    out.extend(gateways_v4(&v4));
+    // No IPv6 at all is not an error.
+    if let Ok(v6) = std::fs::read_to_string("/proc/net/ipv6_route") {
+        out.extend(gateways_v6(&v6));
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// Default routes' gateways in /proc/net/route's text (hex, host byte order).
+fn gateways_v4(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (dest, gw, mask) = (f.get(1)?, f.get(2)?, f.get(7)?);
+            if *dest != "00000000" || *mask != "00000000" {
+                return None;
+            }
+            let g = u32::from_str_radix(gw, 16).ok().filter(|g| *g != 0)?;
+            Some(IpAddr::V4(std::net::Ipv4Addr::from(g.to_le_bytes())))
+        })
+        .collect()
+}
+
+/// Default routes' next hops in /proc/net/ipv6_route's text.
+fn gateways_v6(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (dest, len, hop) = (f.first()?, f.get(1)?, f.get(4)?);
+            if dest.chars().any(|c| c != '0') || *len != "00" {
+                return None;
+            }
+            let h = u128::from_str_radix(hop, 16).ok().filter(|h| *h != 0)?;
+            Some(IpAddr::V6(std::net::Ipv6Addr::from(h)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod gateway_tests {
+    use super::*;
+
+    #[test]
+    fn default_routes_give_their_gateways() {
+        let v4 =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                  eth0\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                  eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(
+            gateways_v4(v4),
+            vec!["192.168.0.1".parse::<IpAddr>().unwrap()]
+        );
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 eth0\n\
+                  fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001 eth0\n";
+        assert_eq!(gateways_v6(v6), vec!["fe80::1".parse::<IpAddr>().unwrap()]);
+    }
+}

@@ -118,6 +118,27 @@ struct SensorArgs {
     /// removed when they are loaded, and costs nothing.
     #[arg(long, global = true)]
     ebpf_log: bool,
+    /// Pin the firewall's tables, the interface counters and the programs' links in this
+    /// bpffs directory, and adopt what an earlier agent pinned there, so that blocks keep
+    /// dropping and counters keep counting across a restart or an upgrade. `vespa-agent run`
+    /// with a firewall agent pins by default in /sys/fs/bpf/vespa/<node>.
+    #[arg(long, global = true, value_name = "DIR", env = "VESPA_PIN_DIR")]
+    pin_dir: Option<std::path::PathBuf>,
+    /// On a normal stop (SIGTERM, Ctrl-C), leave the pinned programs attached and the
+    /// firewall's tables in place: blocks keep dropping until they expire, and the next
+    /// agent started with the same pin directory takes them over with their counters.
+    /// Without it, a normal stop detaches everything and removes the pins: the host is left
+    /// as it was. (A killed agent always leaves them: that is what pinning is for.)
+    #[arg(long, global = true)]
+    keep_enforcing_on_exit: bool,
+    /// Also drop blocked sources with the firewall's XDP program, before the host allocates
+    /// anything for them, on the devices whose driver supports native XDP (the others keep
+    /// the tc firewall only). Needs a pin directory.
+    #[arg(long, global = true)]
+    xdp: bool,
+    /// Address and prefix blocks the firewall holds at most.
+    #[arg(long, global = true, default_value_t = 65_536)]
+    max_blocks: u32,
     /// Series per address-labelled metric before the rest is summed into "other".
     #[arg(long, global = true, default_value_t = 20)]
     top_n: usize,
@@ -168,6 +189,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         syn_per_sec_threshold: a.syn_threshold,
         tc_mode: a.tc_attach,
         ebpf_log: a.ebpf_log,
+        pin_dir: a.pin_dir.clone(),
+        keep_enforcing_on_exit: a.keep_enforcing_on_exit,
+        xdp: a.xdp,
+        max_blocks: a.max_blocks,
         ..SensorConfig::default()
     };
     if let Command::Run(args) = cli.command {

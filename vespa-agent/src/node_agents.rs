@@ -18,7 +18,7 @@ pub struct RunArgs {
     metrics: Option<std::net::SocketAddr>,
 }
 
-pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
+pub fn run(args: RunArgs, mut cfg: SensorConfig) -> anyhow::Result<()> {
     let topo = args.nodes.topology.load()?;
     let nodes = args
         .nodes
@@ -39,9 +39,22 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
     let needs_sensors = nodes.iter().any(|n| {
         matches!(
             n.role,
-            Role::Agent(AgentKind::Bandwidth | AgentKind::Connections)
+            Role::Agent(AgentKind::Bandwidth | AgentKind::Connections | AgentKind::Firewall)
         )
     });
+    // A firewall's tables and links are pinned, so its blocks outlive the process: in its
+    // node's `pin_dir`, by default /sys/fs/bpf/vespa/<node>.
+    if let Some(fw) = nodes
+        .iter()
+        .find(|n| n.role == Role::Agent(AgentKind::Firewall))
+    {
+        if cfg.pin_dir.is_none() {
+            cfg.pin_dir = Some(fw.params.get("pin_dir").map_or_else(
+                || std::path::Path::new(DEFAULT_PIN_ROOT).join(&fw.name),
+                std::path::PathBuf::from,
+            ));
+        }
+    }
     let sensors = if needs_sensors {
         Some(Sensors::start(cfg)?)
     } else {
@@ -107,6 +120,13 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
             ),
             _ => None,
         };
+        for def in nodes
+            .iter()
+            .filter(|n| n.role == Role::Agent(AgentKind::Firewall))
+        {
+            let s = sensors.as_ref().context("the firewall needs the sensors")?;
+            actuators.insert(def.name.clone(), firewall_agent(s, &topo, def)?);
+        }
         let hooks = |def: &vespa_node::config::NodeDef| -> Hooks {
             let agent: Option<AgentRef> = match (def.role, &sensors) {
                 (Role::Agent(kind @ (AgentKind::Bandwidth | AgentKind::Connections)), Some(s)) => {
@@ -144,6 +164,42 @@ pub fn run(args: RunArgs, cfg: SensorConfig) -> anyhow::Result<()> {
     // Dropping the last Sensors handle detaches the kernel programs.
     drop(sensors);
     Ok(())
+}
+
+/// Where firewall agents pin their tables and links unless told otherwise (`pin_dir`).
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/vespa";
+
+/// The firewall agent of node `def` over the sensors' kernel tables, with the tree's
+/// machines, its controllers and this host's gateways protected.
+fn firewall_agent(
+    sensors: &Sensors,
+    topo: &vespa_node::config::Topology,
+    def: &vespa_node::config::NodeDef,
+) -> anyhow::Result<AgentRef> {
+    use vespa_agents::firewall::{protected, FirewallAgent};
+    let fw = sensors
+        .firewall()
+        .with_context(|| format!("node {}", def.name))?;
+    let ttl = match def.params.get("ttl_s").map(|v| v.parse::<u64>()) {
+        None => Some(std::time::Duration::from_secs(600)),
+        Some(Ok(0)) => None,
+        Some(Ok(s)) => Some(std::time::Duration::from_secs(s)),
+        Some(Err(_)) => anyhow::bail!(
+            "node {}: ttl_s = {:?}: expected whole seconds (0: until released)",
+            def.name,
+            def.params.get("ttl_s").cloned().unwrap_or_default()
+        ),
+    };
+    let gateways = vespa_agent::iface::default_gateways().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read this host's gateways: they are not protected");
+        Vec::new()
+    });
+    let list = protected(topo, def, &gateways).map_err(anyhow::Error::msg)?;
+    tracing::info!(node = %def.name, protected = ?list.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>(), "firewall ready");
+    let agent = FirewallAgent::new(std::sync::Arc::new(fw), ttl)
+        .protect(list)
+        .map_err(anyhow::Error::msg)?;
+    Ok(AgentRef::new(agent))
 }
 
 /// The host sensors as the node runtime sees them; with a libvirt agent in this process, the

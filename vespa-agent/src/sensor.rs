@@ -67,6 +67,18 @@ impl Sensors {
         })
     }
 
+    /// The eBPF back end; an error saying why there is none under /proc.
+    pub(crate) fn ebpf(&self) -> Result<&EbpfSensor, SensorError> {
+        match &*self.inner {
+            Backend::Ebpf(s) => Ok(s),
+            Backend::Proc(p) => Err(SensorError::NoFirewall(
+                p.health()
+                    .fallback_reason
+                    .unwrap_or_else(|| "the /proc back end was chosen (--mode proc)".into()),
+            )),
+        }
+    }
+
     pub fn mode(&self) -> Mode {
         match &*self.inner {
             Backend::Ebpf(_) => Mode::Ebpf,

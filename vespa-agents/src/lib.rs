@@ -13,6 +13,9 @@
 //! - [`clamav`] (feature `av`): clamd health, INSTREAM scans on demand and of a watched
 //!   directory, the 2014 `dump_analyzed_file_list`, alerts naming the VM, isolate/connect
 //!   warnings, and [`relay`], the antivirus agent's direct path to the hypervisor agent.
+//! - [`firewall`]: the kernel firewall agent (`agent_firewall`): blocks, throttles, the
+//!   allowlist and the reflex in the host's own kernel programs, over a
+//!   [`firewall::FirewallBackend`] (implemented in `vespa-agent` over its eBPF maps).
 //! - [`topology`]: an agent built from its node's topology entry (`[node.params]`).
 //!
 //! Acting agents report on their own through an [`AlertSink`] ([`ActuatorAlert`]); the
@@ -28,6 +31,7 @@ pub mod alerts;
 #[cfg(feature = "av")]
 pub mod clamav;
 pub mod error;
+pub mod firewall;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 #[cfg(feature = "av")]

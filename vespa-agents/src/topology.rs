@@ -94,7 +94,8 @@ pub fn build(def: &NodeDef, kind: AgentKind, ctx: &Context) -> Result<Option<Bui
         map: &def.params,
     };
     match kind {
-        AgentKind::Bandwidth | AgentKind::Connections => Ok(None),
+        // Built by `vespa-agent` over its sensors.
+        AgentKind::Bandwidth | AgentKind::Connections | AgentKind::Firewall => Ok(None),
         #[cfg(feature = "libvirt")]
         AgentKind::Libvirt => libvirt(&p).map(Some),
         #[cfg(feature = "sdn")]

@@ -155,6 +155,137 @@ pub struct ThresholdEvent {
     pub _pad: u32,
 }
 
+/// The kernel blocked a source by itself (the firewall's reflex): [`ReflexEvent`].
+pub const EVENT_REFLEX_BLOCK: u32 = 5;
+
+/// Key of the firewall's prefix tables (`FW_BLOCK_IP`, `FW_ALLOW_IP`, `FW_THROTTLE_IP`, LPM
+/// tries): the prefix length in bits of the 16-byte address, IPv4 stored IPv4-mapped like
+/// [`Addr`] (so an IPv4 /24 has length 96 + 24). Same layout as aya's `lpm_trie::Key`.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixKey {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+/// Key of the firewall's MAC tables (`FW_BLOCK_MAC`, `FW_ALLOW_MAC`, `FW_THROTTLE_MAC`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacKey {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// A block: packets from a matching source are dropped until `expires_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// bpf_ktime_get_ns() after which the block no longer drops; 0: until removed.
+    pub expires_ns: u64,
+    /// When it was inserted (kernel time).
+    pub created_ns: u64,
+    /// When it dropped its first packet (kernel time; 0: none yet).
+    pub first_drop_ns: u64,
+    /// Packets and bytes it dropped (atomic adds from every CPU).
+    pub packets: u64,
+    pub bytes: u64,
+    /// [`BLOCK_REFLEX`] when the kernel's reflex inserted it.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// [`BlockEntry::flags`]: inserted by the kernel's reflex, not by user space.
+pub const BLOCK_REFLEX: u32 = 1;
+
+/// A throttle: a GCRA policer (virtual clock). A packet passes when the bucket's theoretical
+/// arrival time `tat_ns` is at most `burst_ns` ahead of now, and then moves it on by the
+/// packet's cost (its bytes, or 1 packet, at `rate` per second); otherwise it is dropped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleEntry {
+    /// Bytes (or packets, with `per_packet`) per second.
+    pub rate: u64,
+    /// How far ahead of now the virtual clock may run: the burst, as time at `rate`.
+    pub burst_ns: u64,
+    /// The virtual clock (kernel time).
+    pub tat_ns: u64,
+    /// bpf_ktime_get_ns() after which it no longer limits; 0: until removed.
+    pub expires_ns: u64,
+    pub passed_packets: u64,
+    pub passed_bytes: u64,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+    /// 1: `rate` counts packets; 0: bytes.
+    pub per_packet: u32,
+    pub _pad: u32,
+}
+
+/// The firewall's settings, slot 0 of `FW_CONFIG`, written by user space only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FirewallConfig {
+    /// `FW_ACTIVE_*` bits: which tables may hold entries. The programs look nothing up in a
+    /// table whose bit is clear, so an empty firewall costs one array read per packet.
+    pub active: u32,
+    /// IPv6 sources the reflex blocks are aggregated to this prefix length (0: the address).
+    pub reflex_v6_prefix: u32,
+    /// Reflex: block a source that sends more SYNs than this in one second (0: off).
+    pub reflex_syn_per_sec: u64,
+    /// Reflex: block a remote that holds more established connections than this (0: off).
+    pub reflex_conn: u64,
+    /// Reflex blocks' time-to-live (0: until removed).
+    pub reflex_ttl_ns: u64,
+    /// Reflex blocks at once at most: the reflex inserts nothing while
+    /// `FW_COUNT_REFLEX_INSERTED - reflex_removed >= reflex_max`.
+    pub reflex_max: u64,
+    /// Reflex blocks user space has removed (reaped or released) so far.
+    pub reflex_removed: u64,
+}
+
+pub const FW_ACTIVE_BLOCK_IP: u32 = 1;
+pub const FW_ACTIVE_BLOCK_MAC: u32 = 2;
+pub const FW_ACTIVE_THROTTLE_IP: u32 = 4;
+pub const FW_ACTIVE_THROTTLE_MAC: u32 = 8;
+pub const FW_ACTIVE_THROTTLE_DEV: u32 = 16;
+pub const FW_ACTIVE_ALLOW_IP: u32 = 32;
+pub const FW_ACTIVE_ALLOW_MAC: u32 = 64;
+
+/// Slots of `FW_STATS` (per-CPU counters, summed by user space); never renumbered.
+pub const FW_STAT_BLOCK_PACKETS: u32 = 0;
+pub const FW_STAT_BLOCK_BYTES: u32 = 1;
+pub const FW_STAT_THROTTLE_PACKETS: u32 = 2;
+pub const FW_STAT_THROTTLE_BYTES: u32 = 3;
+/// Packets that matched a block but came from a protected source (passed).
+pub const FW_STAT_ALLOWED: u32 = 4;
+/// Reflex blocks not inserted: the source is protected.
+pub const FW_STAT_REFLEX_PROTECTED: u32 = 5;
+/// Reflex blocks not inserted: `reflex_max` reached or the table full.
+pub const FW_STAT_REFLEX_CAPPED: u32 = 6;
+/// Packets dropped by the XDP program (also counted in their block's entry).
+pub const FW_STAT_XDP_PACKETS: u32 = 7;
+pub const FW_STAT_SLOTS: u32 = 8;
+
+/// Slots of `FW_COUNTS` (shared array, atomic adds).
+pub const FW_COUNT_REFLEX_INSERTED: u32 = 0;
+pub const FW_COUNT_SLOTS: u32 = 2;
+
+/// The kernel's reflex blocked a source ([`EVENT_REFLEX_BLOCK`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReflexEvent {
+    /// `timestamp_ns` is when the block was inserted.
+    pub header: EventHeader,
+    /// The block's key as inserted (prefix length on the 16-byte form).
+    pub addr: Addr,
+    pub prefix_len: u32,
+    /// [`EVENT_SYN_THRESHOLD`] or [`EVENT_CONN_THRESHOLD`]: what crossed.
+    pub cause: u32,
+    pub value: u64,
+    pub threshold: u64,
+    /// The block's expiry (kernel time; 0: none).
+    pub expires_ns: u64,
+}
+
 /// Largest event; user space rejects anything claiming a bigger size.
 pub const MAX_EVENT_SIZE: usize = core::mem::size_of::<ConnEvent>();
 
@@ -167,6 +298,13 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<ThresholdEvent>() == 56);
 const _: () = assert!(MAX_EVENT_SIZE >= core::mem::size_of::<ThresholdEvent>());
+const _: () = assert!(MAX_EVENT_SIZE >= core::mem::size_of::<ReflexEvent>());
+const _: () = assert!(core::mem::size_of::<PrefixKey>() == 20);
+const _: () = assert!(core::mem::size_of::<MacKey>() == 8);
+const _: () = assert!(core::mem::size_of::<BlockEntry>() == 48);
+const _: () = assert!(core::mem::size_of::<ThrottleEntry>() == 72);
+const _: () = assert!(core::mem::size_of::<FirewallConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<ReflexEvent>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -182,4 +320,14 @@ mod pod {
     unsafe impl aya::Pod for SynCounter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SensorConfig {}
+    // SAFETY: as above (PrefixKey is packed: no padding at all).
+    unsafe impl aya::Pod for PrefixKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for MacKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BlockEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ThrottleEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FirewallConfig {}
 }

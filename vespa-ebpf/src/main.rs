@@ -5,9 +5,13 @@
 //! * `conntrack`: the `sock:inet_sock_set_state` tracepoint tracking established TCP
 //!   connections per remote address, with open/close events.
 //!
+//! * `firewall`: blocks and throttles on tc ingress (and XDP), and the reflex that blocks a
+//!   source in the kernel the moment it crosses a threshold.
+//!
 //! Both report threshold crossings through the `EVENTS` ring buffer as they happen, so user
-//! space never has to poll to detect an attack. The programs only observe: every classifier
-//! returns `TC_ACT_UNSPEC`, which lets the next program on the hook (or the qdisc) decide.
+//! space never has to poll to detect an attack. Apart from what the firewall drops, the
+//! programs only observe: the classifiers return `TC_ACT_UNSPEC`, which lets the next program
+//! on the hook (or the qdisc) decide.
 #![no_std]
 #![no_main]
 #![allow(internal_features)]
@@ -15,6 +19,7 @@
 
 mod common;
 mod conntrack;
+mod firewall;
 mod traffic;
 
 #[cfg(not(test))]

@@ -1,13 +1,14 @@
 //! tc classifiers: per-interface byte/packet counters and the per-source SYN counter.
 //!
 //! Attached with TCX (or clsact on kernels without it) on ingress and egress of each
-//! monitored interface. They never drop or modify a packet: the return value is always
+//! monitored interface. They never modify a packet, and drop only what the firewall
+//! (`firewall.rs`) blocks or throttles on ingress; otherwise the return value is
 //! `TC_ACT_UNSPEC` ("no opinion"), so other programs on the same hook keep working.
 
 use core::net::Ipv6Addr;
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{classifier, map},
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::TcContext,
@@ -17,7 +18,10 @@ use vespa_common::{
     Addr, IfaceStats, SynCounter, ThresholdEvent, EVENT_SYN_THRESHOLD, IFACE_ARRAY_SLOTS,
 };
 
-use crate::common::{atomic_add, config, emit, header, now_ns, update_failed};
+use crate::{
+    common::{atomic_add, config, emit, header, now_ns, update_failed},
+    firewall::{self, Verdict},
+};
 
 /// Counters of interfaces with ifindex < IFACE_ARRAY_SLOTS, indexed by ifindex.
 #[map(name = "IFACE_STATS")]
@@ -44,6 +48,9 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 #[classifier]
 pub fn vespa_ingress(ctx: TcContext) -> i32 {
     count(&ctx, true);
+    if firewall_drops(&ctx, true) {
+        return TC_ACT_SHOT;
+    }
     count_syn(&ctx, ETH_HLEN);
     TC_ACT_UNSPEC
 }
@@ -52,8 +59,29 @@ pub fn vespa_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn vespa_ingress_l3(ctx: TcContext) -> i32 {
     count(&ctx, true);
+    if firewall_drops(&ctx, false) {
+        return TC_ACT_SHOT;
+    }
     count_syn(&ctx, 0);
     TC_ACT_UNSPEC
+}
+
+/// Whether the firewall drops the packet (`l2`: Ethernet device).
+#[inline(always)]
+fn firewall_drops(ctx: &TcContext, l2: bool) -> bool {
+    // SAFETY: ctx.skb wraps the kernel's __sk_buff; `protocol` is in network byte order.
+    let (ifindex, proto) = unsafe {
+        let skb = ctx.skb.skb;
+        ((*skb).ifindex, u16::from_be((*skb).protocol as u16))
+    };
+    firewall::verdict(
+        ctx.data(),
+        ctx.data_end(),
+        l2,
+        proto,
+        ifindex,
+        ctx.len() as u64,
+    ) == Verdict::Drop
 }
 
 #[classifier]
@@ -144,6 +172,9 @@ fn count_syn(ctx: &TcContext, l3: usize) {
             (*entry).window_count = 0;
         }
         let in_window = atomic_add(&raw mut (*entry).window_count, 1) + 1;
+        // The reflex has a threshold of its own; once it blocks, the source's packets are
+        // dropped before they reach this count.
+        firewall::reflex(ctx, &src, EVENT_SYN_THRESHOLD, in_window);
         let threshold = config().syn_per_sec_threshold;
         let window = (*entry).window_start_ns;
         if threshold != 0 && in_window > threshold && (*entry).alerted_window_ns != window {

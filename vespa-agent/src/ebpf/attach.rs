@@ -1,31 +1,121 @@
 //! Attaching the classifiers to one interface, and detaching them: TCX links first in the
-//! chain where the kernel has them, a clsact qdisc and priority-1 filters otherwise.
+//! chain where the kernel has them, a clsact qdisc and priority-1 filters otherwise; and, with
+//! `--xdp`, the firewall's XDP program where the driver supports it.
+//!
+//! With a pin directory, each link is pinned there (`links/<interface>.<hook>`), so the
+//! programs stay attached if the agent dies, and an agent that finds a link pinned by an
+//! earlier one attaches its own first and only then lets the old one go: the interface is
+//! never without the firewall.
+
+use std::path::{Path, PathBuf};
 
 use aya::{
     programs::{
+        links::{FdLink, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions},
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf,
 };
 
-use super::load::{classifier, PROG_EGRESS, PROG_INGRESS, PROG_INGRESS_L3};
+use super::load::{classifier, PROG_EGRESS, PROG_INGRESS, PROG_INGRESS_L3, PROG_XDP};
 use crate::{config::TcMode, error::SensorError, iface};
 
-/// The classifiers on one interface; dropping it detaches them.
+/// A program's link to an interface.
+enum Link {
+    /// Held by this process only: dropping it detaches the program.
+    Owned(SchedClassifierLink),
+    /// Pinned in bpffs: attached until unpinned.
+    Pinned(PinnedLink),
+}
+
+/// The programs on one interface; dropping it detaches those not pinned.
 pub(super) struct Attached {
     pub(super) name: String,
-    links: Vec<SchedClassifierLink>,
+    links: Vec<Link>,
     /// We added the clsact qdisc (netlink mode) and remove it on detach if it is empty.
     clsact_ours: bool,
+    /// An earlier agent's pinned programs were running here: its counters go on.
+    pub(super) adopted: bool,
 }
 
 impl Attached {
-    /// Detaches the classifiers; `vanished` when the device is gone (nothing left to clean).
-    pub(super) fn detach(self, vanished: bool) {
-        drop(self.links);
+    /// Adds the XDP program's pinned link.
+    pub(super) fn add_pinned(&mut self, link: PinnedLink) {
+        self.links.push(Link::Pinned(link));
+    }
+
+    /// Detaches the programs; `vanished` when the device is gone (nothing left to clean);
+    /// `keep` leaves the pinned ones attached (they keep enforcing until a later agent
+    /// replaces them).
+    pub(super) fn detach(self, vanished: bool, keep: bool) {
+        for link in self.links {
+            match link {
+                Link::Owned(l) => drop(l),
+                Link::Pinned(p) if keep && !vanished => drop(p),
+                Link::Pinned(p) => {
+                    if let Err(e) = p.unpin() {
+                        tracing::warn!(iface = %self.name, error = %e, "could not unpin a link");
+                    }
+                }
+            }
+        }
         if self.clsact_ours && !vanished {
             remove_clsact(&self.name);
+        }
+    }
+}
+
+/// Where the link of `hook` on `iface` is pinned.
+fn link_pin(dir: &Path, iface: &str, hook: &str) -> PathBuf {
+    dir.join("links").join(format!("{iface}.{hook}"))
+}
+
+/// Pins `link` at `path`, taking over from a link an earlier agent pinned there (which
+/// detaches once ours is in place). Returns the pinned link and whether it took over.
+fn pin_over(link: FdLink, path: &Path) -> Result<(PinnedLink, bool), String> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let old = PinnedLink::from_pin(path).ok().and_then(|p| p.unpin().ok());
+    let pinned = link
+        .pin(path)
+        .map_err(|e| format!("pinning at {}: {e}", path.display()))?;
+    let adopted = old.is_some();
+    // Ours is attached and pinned: the earlier agent's program may go.
+    drop(old);
+    Ok((pinned, adopted))
+}
+
+/// Attaches the firewall's XDP program to `i` in driver mode, pinned like the classifiers;
+/// None (with a log line) when the driver has no XDP.
+pub(super) fn attach_xdp(
+    ebpf: &mut Ebpf,
+    i: &iface::Interface,
+    pin: Option<&Path>,
+) -> Option<PinnedLink> {
+    let Some(dir) = pin else {
+        tracing::warn!(iface = %i.name, "XDP is only attached with a pin directory");
+        return None;
+    };
+    let prog: &mut Xdp = ebpf.program_mut(PROG_XDP)?.try_into().ok()?;
+    let res = prog
+        .attach(&i.name, XdpMode::Driver)
+        .and_then(|id| prog.take_link(id));
+    match res {
+        Ok(link) => match FdLink::try_from(link)
+            .map_err(|e| e.to_string())
+            .and_then(|fd| pin_over(fd, &link_pin(dir, &i.name, "xdp")))
+        {
+            Ok((p, _)) => Some(p),
+            Err(e) => {
+                tracing::warn!(iface = %i.name, error = %e, "XDP attached but not pinned: detached");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::info!(iface = %i.name, error = %e, "no native XDP on this device: its blocks are enforced at tc");
+            None
         }
     }
 }
@@ -36,6 +126,7 @@ pub(super) fn attach(
     ebpf: &mut Ebpf,
     i: &iface::Interface,
     tc_mode: TcMode,
+    pin: Option<&Path>,
 ) -> Result<Attached, SensorError> {
     let attach_err = |what: String, source: ProgramError| SensorError::Attach {
         iface: i.name.clone(),
@@ -57,6 +148,7 @@ pub(super) fn attach(
         PROG_INGRESS_L3
     };
     let mut links = Vec::new();
+    let mut adopted = false;
     for (prog, dir) in [
         (ingress, TcAttachType::Ingress),
         (PROG_EGRESS, TcAttachType::Egress),
@@ -99,6 +191,26 @@ pub(super) fn attach(
                 }),
         }
         .and_then(|id| p.take_link(id));
+        let res = res.and_then(|link| match (pin, tc_mode) {
+            // TCX links are bpf links: pinned, they outlive us.
+            (Some(pin_dir), TcMode::Auto) if has_tcx() => {
+                let hook = if dir == TcAttachType::Ingress {
+                    "ingress"
+                } else {
+                    "egress"
+                };
+                let fd = FdLink::try_from(link)
+                    .map_err(|e| ProgramError::IOError(std::io::Error::other(e.to_string())))?;
+                match pin_over(fd, &link_pin(pin_dir, &i.name, hook)) {
+                    Ok((p, took_over)) => {
+                        adopted |= took_over;
+                        Ok(Link::Pinned(p))
+                    }
+                    Err(e) => Err(ProgramError::IOError(std::io::Error::other(e))),
+                }
+            }
+            _ => Ok(Link::Owned(link)),
+        });
         match res {
             Ok(link) => links.push(link),
             Err(e) => {
@@ -114,6 +226,7 @@ pub(super) fn attach(
         name: i.name.clone(),
         links,
         clsact_ours,
+        adopted,
     })
 }
 

@@ -4,7 +4,10 @@
 
 use std::{os::fd::AsFd, sync::atomic::Ordering, thread, time::Duration};
 
-use super::{attach::attach, wait_readable, Inner, Shared};
+use super::{
+    attach::{attach, attach_xdp},
+    wait_readable, Inner, Shared,
+};
 use crate::{clock::monotonic_ns, error::SensorError, event::SensorEvent, iface};
 
 impl Shared {
@@ -27,17 +30,26 @@ impl Shared {
             .map(|(i, _)| *i)
             .collect();
         for ifindex in gone {
-            self.detach(&mut inner, ifindex, true);
+            self.detach(&mut inner, ifindex, true, false);
         }
         for i in present.iter().filter(|i| self.cfg.wants(&i.name)) {
             if inner.attached.contains_key(&i.ifindex) {
                 continue;
             }
-            match attach(&mut inner.ebpf, i, self.cfg.tc_mode) {
-                Ok(a) => {
+            let pin = self.cfg.pin_dir.as_deref();
+            match attach(&mut inner.ebpf, i, self.cfg.tc_mode, pin) {
+                Ok(mut a) => {
+                    if self.cfg.xdp {
+                        if let Some(x) = attach_xdp(&mut inner.ebpf, i, pin) {
+                            a.add_pinned(x);
+                        }
+                    }
                     // Counters start at attach (an ifindex may have been counted for a
-                    // previous device).
-                    inner.maps.reset_stats(i.ifindex);
+                    // previous device), unless an earlier agent's programs were counting
+                    // here: then they go on from where they are.
+                    if !a.adopted {
+                        inner.maps.reset_stats(i.ifindex);
+                    }
                     inner.attached.insert(i.ifindex, a);
                     tracing::debug!(iface = ?i.name, ifindex = i.ifindex, "attached");
                     let _ = self.events.send(SensorEvent::InterfaceAttached {
@@ -55,14 +67,17 @@ impl Shared {
         Ok(())
     }
 
-    /// Detaches from `ifindex` (`vanished`: the device is gone) and says so.
-    pub(super) fn detach(&self, inner: &mut Inner, ifindex: u32, vanished: bool) {
+    /// Detaches from `ifindex` (`vanished`: the device is gone) and says so; `keep` leaves
+    /// pinned programs enforcing and the interface's counters as they are.
+    pub(super) fn detach(&self, inner: &mut Inner, ifindex: u32, vanished: bool, keep: bool) {
         let Some(a) = inner.attached.remove(&ifindex) else {
             return;
         };
         let name = a.name.clone();
-        a.detach(vanished);
-        inner.maps.reset_stats(ifindex);
+        a.detach(vanished, keep);
+        if !keep {
+            inner.maps.reset_stats(ifindex);
+        }
         tracing::debug!(iface = ?name, ifindex, "detached");
         let _ = self
             .events

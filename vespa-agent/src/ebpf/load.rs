@@ -7,6 +7,7 @@ use aya::{
 };
 
 use super::{
+    firewall,
     kernel_log::{self, KernelLogger},
     maps::{self, Maps},
 };
@@ -22,6 +23,27 @@ pub(super) const PROG_EGRESS: &str = "vespa_egress";
 pub(super) const PROG_NOOP: &str = "vespa_tc_noop";
 pub(super) const PROG_SOCK_STATE: &str = "vespa_sock_state";
 pub(super) const PROG_TP_NOOP: &str = "vespa_tp_noop";
+pub(super) const PROG_XDP: &str = "vespa_xdp";
+pub(super) const PROG_XDP_NOOP: &str = "vespa_xdp_noop";
+
+/// The maps pinned with `--pin-dir`: what must outlive an agent (the firewall, the interface
+/// counters). The connection tables are not: the tracker's tracepoint stops with the agent,
+/// so closes it misses meanwhile would leave counts too high.
+pub(super) const PINNED: [&str; 12] = [
+    "FW_CONFIG",
+    "FW_STATS",
+    "FW_COUNTS",
+    "FW_BLOCK_IP",
+    "FW_BLOCK_MAC",
+    "FW_ALLOW_IP",
+    "FW_ALLOW_MAC",
+    "FW_THROTTLE_IP",
+    "FW_THROTTLE_MAC",
+    "FW_THROTTLE_DEV",
+    "IFACE_STATS",
+    "IFACE_STATS_BIG",
+];
+
 /// Interfaces with ifindex >= IFACE_ARRAY_SLOTS that can be counted at once.
 pub(super) const MAX_BIG_IFINDEX_INTERFACES: u32 = 1024;
 
@@ -33,6 +55,8 @@ const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
 pub(super) struct Loaded {
     pub(super) ebpf: Ebpf,
     pub(super) maps: Maps,
+    /// The firewall's tables.
+    pub(super) fw: firewall::Tables,
     pub(super) ring: aya::maps::RingBuf<aya::maps::MapData>,
     /// The configuration the programs were given.
     pub(super) kernel_config: vespa_common::SensorConfig,
@@ -60,6 +84,20 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
             "EVENTS",
             cfg.ring_buffer_bytes.next_power_of_two().max(4096),
         );
+    loader.map_max_entries("FW_BLOCK_IP", cfg.max_blocks.max(1));
+    let pins: Vec<(&'static str, std::path::PathBuf)> = match &cfg.pin_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| SensorError::Pin {
+                path: dir.clone(),
+                source,
+            })?;
+            PINNED.iter().map(|m| (*m, dir.join(m))).collect()
+        }
+        None => Vec::new(),
+    };
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
     if log_level == 0 {
         // Nothing is written to the log buffer: one page instead of aya-log's 128 KiB of
         // locked kernel memory.
@@ -77,6 +115,25 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
                 source: source.into(),
             })?;
     }
+    if cfg.xdp {
+        let name = PROG_XDP;
+        let xdp: &mut aya::programs::Xdp = ebpf
+            .program_mut(name)
+            .ok_or(SensorError::Missing {
+                kind: "program",
+                name,
+            })?
+            .try_into()
+            .map_err(|source: ProgramError| SensorError::Program {
+                what: name.into(),
+                source: source.into(),
+            })?;
+        xdp.load().map_err(|source| SensorError::Program {
+            what: name.into(),
+            source: source.into(),
+        })?;
+    }
+    let fw = firewall::Tables::take(&mut ebpf, cfg.max_blocks.max(1))?;
     let mut maps = Maps::take(&mut ebpf)?;
     let kernel_config = kernel_config(cfg);
     maps.configure(kernel_config)?;
@@ -85,6 +142,7 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
     Ok(Loaded {
         ebpf,
         maps,
+        fw,
         ring,
         kernel_config,
         logger,
@@ -119,6 +177,21 @@ fn kernel_config(cfg: &SensorConfig) -> vespa_common::SensorConfig {
         }
     }
     k
+}
+
+/// Removes the pins of `dir` (maps and links) and the directory when nothing else is in it:
+/// what a normal stop without `--keep-enforcing-on-exit` leaves behind is nothing.
+pub(super) fn unpin_all(dir: &std::path::Path) {
+    for m in PINNED {
+        let _ = std::fs::remove_file(dir.join(m));
+    }
+    if let Ok(links) = std::fs::read_dir(dir.join("links")) {
+        for l in links.flatten() {
+            let _ = std::fs::remove_file(l.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir.join("links"));
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// The classifier `name` of the object.
@@ -201,6 +274,37 @@ pub fn attach_tracepoint_noop() -> Result<impl Drop, SensorError> {
         .load(OBJECT)
         .map_err(|e| SensorError::Load(e.into()))?;
     attach_tracepoint(&mut ebpf, PROG_TP_NOOP)?;
+    Ok(NoopGuard {
+        _links: Vec::new(),
+        _ebpf: ebpf,
+    })
+}
+
+/// Loads the no-op XDP program and attaches it to `iface` in driver mode: the benchmarks'
+/// baseline for the cost of an XDP program itself. Dropping the value detaches it.
+pub fn attach_xdp_noop(iface_name: &str) -> Result<impl Drop, SensorError> {
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .map_err(|e| SensorError::Load(e.into()))?;
+    let program = |source: ProgramError| SensorError::Program {
+        what: PROG_XDP_NOOP.into(),
+        source: source.into(),
+    };
+    let xdp: &mut aya::programs::Xdp = ebpf
+        .program_mut(PROG_XDP_NOOP)
+        .ok_or(SensorError::Missing {
+            kind: "program",
+            name: PROG_XDP_NOOP,
+        })?
+        .try_into()
+        .map_err(program)?;
+    xdp.load().map_err(program)?;
+    xdp.attach(iface_name, aya::programs::XdpMode::Driver)
+        .map_err(|source| SensorError::Attach {
+            iface: iface_name.into(),
+            what: PROG_XDP_NOOP.into(),
+            source: source.into(),
+        })?;
     Ok(NoopGuard {
         _links: Vec::new(),
         _ebpf: ebpf,

@@ -4,11 +4,13 @@
 //! One job per module: `load` (the object, the programs' configuration, the tracepoint),
 //! `attach` (the classifiers on one interface), `hotplug` (following the interfaces),
 //! `maps` (reading the counters and tables), `records` (the ring buffer and its records),
-//! `kernel_log` (the programs' own log, when asked), `addr` (the kernel's address form).
+//! `kernel_log` (the programs' own log, when asked), `addr` (the kernel's address form),
+//! `firewall` (the firewall's tables: blocks, throttles, allowlist, reflex, reaping).
 //! This module holds the running state they share and answers the [`crate::Sensors`] verbs.
 
 mod addr;
 mod attach;
+mod firewall;
 mod hotplug;
 mod kernel_log;
 mod load;
@@ -33,7 +35,8 @@ use vespa_common::{
     STAT_EVENTS_LOST, STAT_MAP_UPDATE_FAILED, STAT_TRACEPOINT_RUNS, STAT_UNTRACKED_CLOSES,
 };
 
-pub use load::{attach_noop, attach_tracepoint_noop};
+pub(crate) use firewall::Tables as FirewallTables;
+pub use load::{attach_noop, attach_tracepoint_noop, attach_xdp_noop};
 
 use self::{
     attach::Attached,
@@ -54,6 +57,7 @@ struct Inner {
     ebpf: Ebpf,
     attached: BTreeMap<u32, Attached>,
     maps: Maps,
+    fw: firewall::Tables,
 }
 
 /// What the verbs, the hot-plug thread and the ring-buffer thread share.
@@ -94,6 +98,7 @@ impl EbpfSensor {
                 ebpf: loaded.ebpf,
                 attached: BTreeMap::new(),
                 maps: loaded.maps,
+                fw: loaded.fw,
             }),
             stop: AtomicBool::new(false),
             events,
@@ -216,6 +221,14 @@ impl EbpfSensor {
         }
     }
 
+    /// Runs `f` on the firewall's tables (under the lock map reads and attaching share).
+    pub(crate) fn firewall<R>(
+        &self,
+        f: impl FnOnce(&mut firewall::Tables) -> Result<R, SensorError>,
+    ) -> Result<R, SensorError> {
+        f(&mut self.shared.lock().fw)
+    }
+
     /// Changes the in-kernel thresholds without reloading.
     pub(crate) fn set_thresholds(&self, conn: u64, syn_per_sec: u64) -> Result<(), SensorError> {
         self.shared.lock().maps.set_thresholds(conn, syn_per_sec)
@@ -233,11 +246,24 @@ impl Drop for EbpfSensor {
         self.ns.run(move || {
             let mut inner = shared.lock();
             let ifindexes: Vec<u32> = inner.attached.keys().copied().collect();
+            let keep = shared.cfg.keep_enforcing_on_exit;
             for ifindex in ifindexes {
-                shared.detach(&mut inner, ifindex, false);
+                shared.detach(&mut inner, ifindex, false, keep);
             }
         });
-        tracing::info!("eBPF sensors detached");
+        match (
+            &self.shared.cfg.pin_dir,
+            self.shared.cfg.keep_enforcing_on_exit,
+        ) {
+            (Some(dir), true) => {
+                tracing::info!(pins = %dir.display(), "programs left attached and tables pinned: blocks stay in force until they expire or the next agent takes over");
+            }
+            (Some(dir), false) => {
+                load::unpin_all(dir);
+                tracing::info!("eBPF sensors detached, firewall tables unpinned");
+            }
+            (None, _) => tracing::info!("eBPF sensors detached"),
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tokio::sync::broadcast;
 use vespa_common::{
-    Addr, ConnEvent, EventHeader, ThresholdEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
-    EVENT_CONN_THRESHOLD, EVENT_SYN_THRESHOLD, MAX_EVENT_SIZE,
+    Addr, ConnEvent, EventHeader, ReflexEvent, ThresholdEvent, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
+    EVENT_CONN_THRESHOLD, EVENT_REFLEX_BLOCK, EVENT_SYN_THRESHOLD, MAX_EVENT_SIZE,
 };
 
 use super::{addr::ip_of, wait_readable};
@@ -115,6 +115,18 @@ pub(super) fn decode_event(b: &[u8]) -> Option<SensorEvent> {
                 syns_in_second: e.value,
                 threshold: e.threshold,
                 ifindex: e.ifindex,
+            })
+        }
+        EVENT_REFLEX_BLOCK => {
+            let e: ReflexEvent = read_record(b)?;
+            let addr = ip_of(&e.addr);
+            Some(SensorEvent::ReflexBlock {
+                timestamp_ns: h.timestamp_ns,
+                target: super::firewall::reflex_target(addr, e.prefix_len).to_string(),
+                syn: e.cause == EVENT_SYN_THRESHOLD,
+                value: e.value,
+                threshold: e.threshold,
+                ttl_ns: e.expires_ns.saturating_sub(h.timestamp_ns),
             })
         }
         _ => None,

@@ -80,6 +80,9 @@ pub enum AgentKind {
     ControllerOsken,
     /// ClamAV in a VM (2014 `Agent_AV`).
     Av,
+    /// Blocks, throttles and the reflex in the host's own kernel programs (no 2014
+    /// counterpart: 2014 could only block through an SDN controller).
+    Firewall,
 }
 
 /// What a node is, as written in the config (`kind = "ho_vm"`, `[Agent_Bandwidth]`).
@@ -99,7 +102,7 @@ pub enum Role {
 
 impl Role {
     /// Every role with its config spelling (TOML `kind`, lower case) and 2014 section name.
-    pub const ALL: [(Role, &'static str, &'static str); 11] = [
+    pub const ALL: [(Role, &'static str, &'static str); 12] = [
         (Role::Vo, "vo", "VO"),
         (Role::HoVm, "ho_vm", "HO_VM"),
         (Role::HoHy, "ho_hy", "HO_HY"),
@@ -135,6 +138,11 @@ impl Role {
             "Agent_Controller_OsKen",
         ),
         (Role::Agent(AgentKind::Av), "agent_av", "Agent_AV"),
+        (
+            Role::Agent(AgentKind::Firewall),
+            "agent_firewall",
+            "Agent_Firewall",
+        ),
     ];
 
     /// Parses a TOML `kind` or a 2014 type/section name (case-insensitive).

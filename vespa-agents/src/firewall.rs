@@ -1,0 +1,558 @@
+//! The kernel firewall agent (`agent_firewall`): blocks and throttles enforced by the host's
+//! own kernel programs, on every interface the sensors watch, with no SDN controller.
+//!
+//! It answers the SDN agents' block verbs with the same words and replies
+//! (`block_hackers`, `release_hackers`, `status_hackers`), so the policy's ladder can use it
+//! wherever it uses an SDN agent, plus throttles, the allowlist and the kernel reflex. The
+//! tables live in the kernel ([`FirewallBackend`], implemented by `vespa-agent` over its
+//! eBPF maps): an entry's expiry is kernel time, so an expired block stops dropping without
+//! this agent, which only reaps it; and this agent keeps nothing the kernel does not, except
+//! the ids it hands out. The protected sources (the tree's machines, the SDN controllers, the
+//! host's gateways: [`FirewallAgent::protect`]) are in the kernel's allowlist from the start,
+//! and nobody can remove them.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use vespa_node::{Agent, NodeHandle, VerbResult};
+use vespa_proto::{
+    verbs::{BlockSelector, FirewallVerb, Rate, Shaped, ShapedSelector, Target, Ttl},
+    AlertBody,
+};
+
+use crate::alerts::json;
+
+/// One block in force, as the kernel holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BlockInfo {
+    /// The blocked source.
+    #[serde(serialize_with = "display")]
+    pub target: Target,
+    /// Time left before it stops dropping (None: until released).
+    pub expires_in_ms: Option<u64>,
+    /// Inserted by the kernel's reflex.
+    pub reflex: bool,
+    /// Packets and bytes it dropped.
+    pub packets: u64,
+    pub bytes: u64,
+    /// How long after it was inserted it dropped its first packet (kernel times).
+    pub first_drop_after_ns: Option<u64>,
+    /// When it was inserted (kernel time, CLOCK_MONOTONIC ns).
+    pub created_ns: u64,
+}
+
+/// One throttle in force.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThrottleInfo {
+    #[serde(serialize_with = "display")]
+    pub target: Shaped,
+    #[serde(serialize_with = "display")]
+    pub rate: Rate,
+    pub expires_in_ms: Option<u64>,
+    pub passed_packets: u64,
+    pub passed_bytes: u64,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+}
+
+/// The reflex's settings (0: that cause is off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReflexSettings {
+    pub syn_per_sec: u64,
+    pub conn: u64,
+    /// Reflex blocks' time-to-live (None: until released).
+    pub ttl: Option<Duration>,
+    /// Reflex blocks at once at most.
+    pub max: u64,
+    /// IPv6 sources are blocked as this prefix (0: the address).
+    pub v6_prefix: u8,
+}
+
+/// The firewall's totals since its tables were created (they survive agent restarts when
+/// pinned).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FirewallStats {
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+    pub throttled_packets: u64,
+    pub throttled_bytes: u64,
+    /// Packets of protected sources that matched a block and passed.
+    pub protected_passed: u64,
+    /// Reflex blocks not placed because the source is protected.
+    pub reflex_protected: u64,
+    /// Reflex blocks not placed because the cap was reached or the table is full.
+    pub reflex_capped: u64,
+    /// Packets dropped at XDP.
+    pub xdp_dropped_packets: u64,
+    /// Reflex blocks placed so far.
+    pub reflex_placed: u64,
+    pub blocks: u64,
+    pub block_capacity: u64,
+    pub throttles: u64,
+    pub allowed: u64,
+    pub reflex: ReflexSettings,
+}
+
+/// A block the kernel's reflex placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReflexBlocked {
+    pub target: Target,
+    /// `syn` or `conn`.
+    pub cause: &'static str,
+    pub value: u64,
+    pub threshold: u64,
+    pub ttl: Option<Duration>,
+    pub kernel_ns: u64,
+}
+
+/// The kernel tables, as the agent uses them. Every call is a few map operations; errors
+/// are the kernel's, as text.
+pub trait FirewallBackend: Send + Sync + 'static {
+    /// Blocks `target` for `ttl` (None: until removed). An existing block of the same target
+    /// keeps its counters and gets the new expiry.
+    fn block(&self, target: Target, ttl: Option<Duration>) -> Result<(), String>;
+    /// Removes the block of `target`; false when there was none.
+    fn unblock(&self, target: Target) -> Result<bool, String>;
+    /// The blocks in the kernel, expired ones included until reaped.
+    fn blocks(&self) -> Result<Vec<BlockInfo>, String>;
+    fn throttle(&self, target: &Shaped, rate: Rate, ttl: Option<Duration>) -> Result<(), String>;
+    fn unthrottle(&self, target: &Shaped) -> Result<bool, String>;
+    fn throttles(&self) -> Result<Vec<ThrottleInfo>, String>;
+    fn allow(&self, target: Target) -> Result<(), String>;
+    fn disallow(&self, target: Target) -> Result<bool, String>;
+    fn allowed(&self) -> Result<Vec<Target>, String>;
+    fn set_reflex(&self, r: ReflexSettings) -> Result<(), String>;
+    /// Removes the expired blocks and throttles; returns the blocks removed.
+    fn reap(&self) -> Result<Vec<BlockInfo>, String>;
+    fn stats(&self) -> Result<FirewallStats, String>;
+    /// The reflex's blocks from now on. Called once.
+    fn reflex_events(&self) -> mpsc::Receiver<ReflexBlocked>;
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// How often expired entries are reaped (they stopped dropping at their expiry already).
+pub const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// Ids handed out for blocks and throttles, so `release_hackers 7` works as on an SDN agent.
+/// Entries placed by others (the reflex, an earlier agent) get an id when first listed.
+#[derive(Default)]
+struct Ids {
+    next: u64,
+    blocks: BTreeMap<u64, Target>,
+    throttles: BTreeMap<u64, Shaped>,
+}
+
+impl Ids {
+    fn block_id(&mut self, t: Target) -> u64 {
+        if let Some((&id, _)) = self.blocks.iter().find(|(_, v)| **v == t) {
+            return id;
+        }
+        self.next += 1;
+        self.blocks.insert(self.next, t);
+        self.next
+    }
+    fn throttle_id(&mut self, t: &Shaped) -> u64 {
+        if let Some((&id, _)) = self.throttles.iter().find(|(_, v)| *v == t) {
+            return id;
+        }
+        self.next += 1;
+        self.throttles.insert(self.next, t.clone());
+        self.next
+    }
+    /// Forgets ids of entries no longer in the kernel.
+    fn keep_blocks(&mut self, live: &[BlockInfo]) {
+        self.blocks
+            .retain(|_, t| live.iter().any(|b| b.target == *t));
+    }
+}
+
+/// The firewall agent.
+pub struct FirewallAgent {
+    fw: Arc<dyn FirewallBackend>,
+    default_ttl: Option<Duration>,
+    /// Protected by the topology: in the kernel's allowlist, never removable.
+    protected: Vec<(Target, String)>,
+    ids: Mutex<Ids>,
+}
+
+#[derive(Serialize)]
+struct Listed<T> {
+    id: u64,
+    #[serde(flatten)]
+    entry: T,
+}
+
+impl FirewallAgent {
+    /// An agent over `fw`; blocks without a TTL last `default_ttl` (None: until released).
+    pub fn new(fw: Arc<dyn FirewallBackend>, default_ttl: Option<Duration>) -> FirewallAgent {
+        FirewallAgent {
+            fw,
+            default_ttl,
+            protected: Vec::new(),
+            ids: Mutex::new(Ids::default()),
+        }
+    }
+
+    /// Protects `targets` (with why) for the agent's life: put in the kernel's allowlist now,
+    /// refused by `disallow`.
+    pub fn protect(mut self, targets: Vec<(Target, String)>) -> Result<FirewallAgent, String> {
+        for (t, why) in &targets {
+            self.fw
+                .allow(*t)
+                .map_err(|e| format!("protecting {t} ({why}): {e}"))?;
+        }
+        self.protected.extend(targets);
+        Ok(self)
+    }
+
+    fn ids(&self) -> MutexGuard<'_, Ids> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn protected_by(&self, t: &Target) -> Option<&str> {
+        self.protected
+            .iter()
+            .find(|(p, _)| covers(p, t) || covers(t, p))
+            .map(|(_, why)| why.as_str())
+    }
+
+    fn block(&self, target: Target, ttl: Option<Ttl>) -> VerbResult {
+        if let Some(why) = self.protected_by(&target) {
+            return Err(format!(
+                "{target} is protected ({why}): the firewall never blocks it"
+            ));
+        }
+        let ttl = ttl.map_or(self.default_ttl, Ttl::duration);
+        self.fw.block(target, ttl)?;
+        let id = self.ids().block_id(target);
+        tracing::info!(%target, id, ttl_s = ttl.map(|t| t.as_secs_f64()), "blocked in the kernel");
+        json(&serde_json::json!({
+            "block": id,
+            "target": target.to_string(),
+            "ttl_s": ttl.map(|t| t.as_secs_f64()),
+        }))
+    }
+
+    fn release(&self, which: Option<BlockSelector>) -> VerbResult {
+        let targets: Vec<Target> = match which {
+            None => self.fw.blocks()?.into_iter().map(|b| b.target).collect(),
+            Some(BlockSelector::Target(t)) => vec![t],
+            Some(BlockSelector::Id(id)) => match self.ids().blocks.get(&id) {
+                Some(t) => vec![*t],
+                None => return Err(format!("no block #{id}")),
+            },
+        };
+        let mut released = Vec::new();
+        for t in targets {
+            if self.fw.unblock(t)? {
+                let mut ids = self.ids();
+                let id = ids.block_id(t);
+                ids.blocks.remove(&id);
+                released.push(id);
+                tracing::info!(target = %t, id, "block released");
+            } else if which.is_some() {
+                return Err(format!("no block of {t}"));
+            }
+        }
+        json(&serde_json::json!({ "released": released }))
+    }
+
+    fn status(&self) -> VerbResult {
+        let blocks = self.fw.blocks()?;
+        let mut ids = self.ids();
+        ids.keep_blocks(&blocks);
+        let listed: Vec<_> = blocks
+            .into_iter()
+            .map(|b| Listed {
+                id: ids.block_id(b.target),
+                entry: b,
+            })
+            .collect();
+        json(&listed)
+    }
+
+    fn throttle(&self, target: Shaped, rate: Rate, ttl: Option<Ttl>) -> VerbResult {
+        if let Shaped::Source(t) = &target {
+            if let Some(why) = self.protected_by(t) {
+                return Err(format!(
+                    "{t} is protected ({why}): the firewall never throttles it"
+                ));
+            }
+        }
+        let ttl = ttl.map_or(self.default_ttl, Ttl::duration);
+        self.fw.throttle(&target, rate, ttl)?;
+        let id = self.ids().throttle_id(&target);
+        tracing::info!(%target, %rate, id, "throttled in the kernel");
+        json(&serde_json::json!({
+            "throttle": id,
+            "target": target.to_string(),
+            "rate": rate.to_string(),
+            "ttl_s": ttl.map(|t| t.as_secs_f64()),
+        }))
+    }
+
+    fn unthrottle(&self, which: Option<ShapedSelector>) -> VerbResult {
+        let targets: Vec<Shaped> = match which.clone() {
+            None => self.fw.throttles()?.into_iter().map(|t| t.target).collect(),
+            Some(ShapedSelector::Target(t)) => vec![t],
+            Some(ShapedSelector::Id(id)) => match self.ids().throttles.get(&id) {
+                Some(t) => vec![t.clone()],
+                None => return Err(format!("no throttle #{id}")),
+            },
+        };
+        let mut released = Vec::new();
+        for t in targets {
+            if self.fw.unthrottle(&t)? {
+                let mut ids = self.ids();
+                let id = ids.throttle_id(&t);
+                ids.throttles.remove(&id);
+                released.push(id);
+            } else if which.is_some() {
+                return Err(format!("no throttle of {t}"));
+            }
+        }
+        json(&serde_json::json!({ "released": released }))
+    }
+
+    fn throttles(&self) -> VerbResult {
+        let list = self.fw.throttles()?;
+        let mut ids = self.ids();
+        let listed: Vec<_> = list
+            .into_iter()
+            .map(|t| Listed {
+                id: ids.throttle_id(&t.target),
+                entry: t,
+            })
+            .collect();
+        json(&listed)
+    }
+
+    fn allowlist(&self) -> VerbResult {
+        let kernel = self.fw.allowed()?;
+        let list: Vec<_> = kernel
+            .into_iter()
+            .map(|t| {
+                let why = self
+                    .protected
+                    .iter()
+                    .find(|(p, _)| *p == t)
+                    .map(|(_, w)| w.clone());
+                serde_json::json!({
+                    "target": t.to_string(),
+                    "origin": if why.is_some() { "topology" } else { "operator" },
+                    "note": why,
+                })
+            })
+            .collect();
+        json(&list)
+    }
+
+    fn disallow(&self, target: Target) -> VerbResult {
+        if let Some((_, why)) = self.protected.iter().find(|(p, _)| *p == target) {
+            return Err(format!(
+                "{target} is protected by the topology ({why}) and stays"
+            ));
+        }
+        if !self.fw.disallow(target)? {
+            return Err(format!("{target} is not in the allowlist"));
+        }
+        json(&serde_json::json!({ "disallowed": target.to_string() }))
+    }
+}
+
+/// Whether `outer` contains `inner` (equal, or a prefix holding the address or prefix).
+pub fn covers(outer: &Target, inner: &Target) -> bool {
+    match (outer, inner) {
+        (Target::Net(p), Target::Ip(ip)) => p.contains(*ip),
+        (Target::Net(p), Target::Net(q)) => p.len <= q.len && p.contains(q.addr),
+        (a, b) => a == b,
+    }
+}
+
+impl Agent for FirewallAgent {
+    type Verb = FirewallVerb;
+
+    async fn call(&self, verb: FirewallVerb) -> VerbResult {
+        match verb {
+            FirewallVerb::BlockHackers { target, ttl } => self.block(target, ttl),
+            FirewallVerb::ReleaseHackers { which } => self.release(which),
+            FirewallVerb::StatusHackers {} => self.status(),
+            FirewallVerb::Throttle { target, rate, ttl } => self.throttle(target, rate, ttl),
+            FirewallVerb::Unthrottle { which } => self.unthrottle(which),
+            FirewallVerb::Throttles {} => self.throttles(),
+            FirewallVerb::Allowlist {} => self.allowlist(),
+            FirewallVerb::Allow { target } => {
+                self.fw.allow(target)?;
+                json(&serde_json::json!({ "allowed": target.to_string() }))
+            }
+            FirewallVerb::Disallow { target } => self.disallow(target),
+            FirewallVerb::Reflex {
+                syn_per_s,
+                conn,
+                ttl,
+                max,
+            } => {
+                let mut r = self.fw.stats()?.reflex;
+                (r.syn_per_sec, r.conn, r.ttl, r.max) = (syn_per_s, conn, ttl.duration(), max);
+                self.fw.set_reflex(r)?;
+                tracing::info!(syn_per_s, conn, ?ttl, max, "kernel reflex set");
+                json(&r)
+            }
+            FirewallVerb::FirewallStats {} => json(&self.fw.stats()?),
+        }
+    }
+
+    fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>> {
+        let fw = self.fw.clone();
+        let reaper_node = node.clone();
+        let reaper = tokio::spawn(async move {
+            let mut every = tokio::time::interval(REAP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = reaper_node.stopping() => break,
+                }
+                match fw.reap() {
+                    Ok(gone) => {
+                        for b in gone {
+                            tracing::info!(target = %b.target, packets = b.packets, "block expired");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reaping expired blocks failed"),
+                }
+            }
+        });
+        let mut rx = self.fw.reflex_events();
+        let events = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = rx.recv() => {
+                        let Some(r) = r else { break };
+                        tracing::warn!(target = %r.target, cause = r.cause, value = r.value, threshold = r.threshold, "kernel reflex blocked a source");
+                        let body = AlertBody::ReflexBlock {
+                            target: r.target.to_string(),
+                            cause: r.cause.to_string(),
+                            value: r.value,
+                            threshold: r.threshold,
+                            ttl_s: r.ttl.map_or(0, |t| t.as_secs().max(1)),
+                            kernel_ns: r.kernel_ns,
+                        };
+                        if let Err(e) = node.raise(body) {
+                            tracing::warn!(error = %e, "reflex alert refused by a full queue");
+                        }
+                    }
+                    _ = node.stopping() => break,
+                }
+            }
+        });
+        vec![reaper, events]
+    }
+}
+
+/// The sources the firewall never blocks, from the topology and the host: every machine of
+/// the tree, every SDN controller (the host of an agent's `url`), the host's gateways, and
+/// the firewall node's own `protect` list (comma separated addresses, prefixes or MACs).
+pub fn protected(
+    topology: &vespa_node::config::Topology,
+    node: &vespa_node::config::NodeDef,
+    gateways: &[std::net::IpAddr],
+) -> Result<Vec<(Target, String)>, String> {
+    use vespa_proto::verbs::Word;
+    let mut out: Vec<(Target, String)> = Vec::new();
+    let mut add = |t: Target, why: String| {
+        if !out.iter().any(|(o, _)| *o == t) {
+            out.push((t, why));
+        }
+    };
+    for m in &topology.machines {
+        if !m.address.is_unspecified() {
+            add(Target::Ip(m.address), format!("machine {}", m.name));
+        }
+    }
+    for n in &topology.nodes {
+        let Some(url) = n.params.get("url") else {
+            continue;
+        };
+        let host = url
+            .split("://")
+            .nth(1)
+            .unwrap_or(url)
+            .split(['/', '?'])
+            .next()
+            .unwrap_or("");
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        if let Ok(ip) = host.parse() {
+            add(Target::Ip(ip), format!("controller of {}", n.name));
+        }
+    }
+    for g in gateways {
+        add(Target::Ip(*g), "gateway of this host".to_string());
+    }
+    if let Some(list) = node.params.get("protect") {
+        for w in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            let t =
+                Target::parse_word(w).map_err(|e| format!("node {}: protect: {e}", node.name))?;
+            add(t, format!("protect list of {}", node.name));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vespa_proto::verbs::Word;
+
+    fn t(s: &str) -> Target {
+        Target::parse_word(s).expect("target")
+    }
+
+    #[test]
+    fn prefixes_cover_addresses_and_narrower_prefixes() {
+        assert!(covers(&t("10.0.0.0/8"), &t("10.1.2.3")));
+        assert!(covers(&t("10.0.0.0/8"), &t("10.1.0.0/16")));
+        assert!(!covers(&t("10.1.0.0/16"), &t("10.0.0.0/8")));
+        assert!(!covers(&t("10.0.0.0/8"), &t("11.0.0.1")));
+        assert!(covers(&t("2001:db8::/64"), &t("2001:db8::1234")));
+        assert!(covers(&t("10.0.0.1"), &t("10.0.0.1")));
+    }
+
+    #[test]
+    fn the_tree_its_controllers_and_gateways_are_protected() {
+        let topo = vespa_node::config::Topology::from_toml(
+            "test.toml",
+            "[[machine]]\nname = \"h\"\naddress = \"10.9.0.1\"\n\
+             [[node]]\nname = \"VO\"\nkind = \"vo\"\nlocation = \"h\"\nport = 9000\n\
+             [[node]]\nname = \"fw\"\nkind = \"agent_firewall\"\nlocation = \"h\"\nmaster = \"VO\"\nport = 9001\n\
+             [node.params]\nprotect = \"192.0.2.0/24, 52:54:00:00:00:01\"\n\
+             [[node]]\nname = \"sdn\"\nkind = \"agent_controller_osken\"\nlocation = \"h\"\nmaster = \"VO\"\nport = 9002\n\
+             [node.params]\nurl = \"http://10.9.0.7:8080/\"\n",
+        )
+        .expect("topology");
+        let fw = topo.node("fw").expect("fw").clone();
+        let p = protected(&topo, &fw, &["10.9.0.254".parse().unwrap()]).expect("list");
+        let targets: Vec<String> = p.iter().map(|(t, _)| t.to_string()).collect();
+        assert_eq!(
+            targets,
+            [
+                "10.9.0.1",
+                "10.9.0.7",
+                "10.9.0.254",
+                "192.0.2.0/24",
+                "52:54:00:00:00:01"
+            ]
+        );
+    }
+}
