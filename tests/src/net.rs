@@ -268,3 +268,68 @@ fn splice(a: TcpStream, b: TcpStream) {
     let _ = a2.shutdown(Shutdown::Write);
     let _ = up.join();
 }
+
+/// A host joined to its guests through a bridge, as a hypervisor is to its VMs: a "host"
+/// namespace with a bridge, and one namespace per guest linked to it by a veth pair whose host
+/// end is a bridge port (the guest's "tap"). Guests get 10.77.<subnet>.<i+1>/24 and
+/// fd77:<subnet>::<i+1>/64; the host and its bridge have no address. Everything is removed on
+/// drop.
+pub struct Bridged {
+    pub host: Netns,
+    pub guests: Vec<Guest>,
+}
+
+/// One guest of a [`Bridged`] host.
+pub struct Guest {
+    pub ns: Netns,
+    /// Its port on the host's bridge (the host end of its veth).
+    pub port: String,
+    /// Its own end, with its addresses.
+    pub end: End,
+}
+
+impl Bridged {
+    pub fn new(guests: usize) -> Bridged {
+        let net = crate::subnet();
+        let host = Netns::new("vfh");
+        host.ip(&["link", "add", "br0", "type", "bridge"]);
+        host.ip(&["link", "set", "br0", "up"]);
+        let mut out = Vec::new();
+        for i in 0..guests {
+            let ns = Netns::new("vfg");
+            let port = crate::unique("vp");
+            let inner = crate::unique("vg");
+            sh(&[
+                "ip", "link", "add", &port, "netns", &host.name, "type", "veth", "peer", "name",
+                &inner, "netns", &ns.name,
+            ]);
+            for (k, v) in [
+                ("accept_ra", "0"),
+                ("router_solicitations", "0"),
+                ("dad_transmits", "0"),
+            ] {
+                ns.exec(&["sysctl", "-qw", &format!("net.ipv6.conf.{inner}.{k}={v}")]);
+            }
+            let host_part = (i + 1) as u8;
+            let v4 = Ipv4Addr::new(10, 77, net, host_part);
+            let v6: Ipv6Addr = format!("fd77:{net}::{host_part}")
+                .parse()
+                .unwrap_or_else(|e| panic!("fd77:{net}::{host_part}: {e}"));
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", &inner]);
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", &inner, "nodad"]);
+            ns.ip(&["link", "set", &inner, "up"]);
+            host.ip(&["link", "set", &port, "master", "br0"]);
+            host.ip(&["link", "set", &port, "up"]);
+            out.push(Guest {
+                ns,
+                port,
+                end: End {
+                    ifname: inner,
+                    v4,
+                    v6,
+                },
+            });
+        }
+        Bridged { host, guests: out }
+    }
+}

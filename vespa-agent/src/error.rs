@@ -71,7 +71,7 @@ pub enum SensorError {
         source: Box<MapError>,
     },
     /// The bpffs directory for pinned tables and links cannot be used.
-    #[error("pinning in {path} failed (is bpffs mounted at /sys/fs/bpf? `mount -t bpf bpf /sys/fs/bpf`): {source}")]
+    #[error("pinning in {path} failed (is bpffs mounted at /sys/fs/bpf? `mount -t bpf bpf /sys/fs/bpf`, or `cargo xtask setup`)")]
     Pin {
         path: std::path::PathBuf,
         #[source]

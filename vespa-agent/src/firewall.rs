@@ -13,7 +13,10 @@ use crate::{error::SensorError, event::SensorEvent, iface, sensor::Sensors};
 
 /// The firewall of running eBPF sensors.
 #[derive(Clone)]
-pub struct Firewall(Sensors);
+pub struct Firewall(
+    Sensors,
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+);
 
 /// Reflex events a slow agent may have pending before the next are dropped (the blocks are
 /// in the kernel whatever happens to their reports).
@@ -23,7 +26,7 @@ impl Sensors {
     /// The kernel firewall, when the eBPF sensors run.
     pub fn firewall(&self) -> Result<Firewall, SensorError> {
         self.ebpf()?;
-        Ok(Firewall(self.clone()))
+        Ok(Firewall(self.clone(), Default::default()))
     }
 }
 
@@ -49,6 +52,63 @@ impl Firewall {
     }
 }
 
+impl Firewall {
+    /// A device throttle shapes what the host sends into the device (a VM's tap: the VM's
+    /// side of a flood) with a token-bucket qdisc on its root, replacing what was there;
+    /// remembered so that removing the throttle gives the device its default qdisc back.
+    fn shape(&self, dev: &str, rate: Rate) -> Result<(), String> {
+        let Rate::Bytes(bytes) = rate else {
+            return Err(format!(
+                "a device is throttled in bytes per second (e.g. 8mbit), not {rate}"
+            ));
+        };
+        // A burst of 10 ms at the rate, at least a 64 KiB segment (what TCP hands the device
+        // with segmentation offload); packets wait at most 200 ms.
+        let burst = (bytes / 100).max(65_536 + 1_514);
+        let out = std::process::Command::new("tc")
+            .args(["qdisc", "replace", "dev", dev, "root", "tbf"])
+            .args(["rate", &format!("{}bit", bytes.saturating_mul(8))])
+            .args(["burst", &burst.to_string(), "latency", "200ms"])
+            .output()
+            .map_err(|e| format!("running tc: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "shaping {dev} (tc qdisc replace ... tbf): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        self.1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dev.to_string());
+        Ok(())
+    }
+
+    fn unshape(&self, dev: &str) {
+        let ours = self.1.lock().unwrap_or_else(|p| p.into_inner()).remove(dev);
+        if ours {
+            let _ = std::process::Command::new("tc")
+                .args(["qdisc", "del", "dev", dev, "root"])
+                .status();
+        }
+    }
+
+    /// The shaper's counters on `dev`: (packets sent, bytes sent, packets dropped).
+    fn shaper_counts(dev: &str) -> Option<(u64, u64, u64)> {
+        let out = std::process::Command::new("tc")
+            .args(["-j", "-s", "qdisc", "show", "dev", dev, "root"])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let q = v.get(0)?;
+        Some((
+            q["packets"].as_u64()?,
+            q["bytes"].as_u64()?,
+            q["drops"].as_u64()?,
+        ))
+    }
+}
+
 impl FirewallBackend for Firewall {
     fn block(&self, target: Target, ttl: Option<Duration>) -> Result<(), String> {
         self.with(|t| t.block(target, ttl))
@@ -61,11 +121,18 @@ impl FirewallBackend for Firewall {
     }
     fn throttle(&self, target: &Shaped, rate: Rate, ttl: Option<Duration>) -> Result<(), String> {
         let ifindex = Self::ifindex(target)?;
+        if let Shaped::Device(dev) = target {
+            self.shape(dev, rate)?;
+        }
         self.with(|t| t.throttle(target, ifindex, rate, ttl))
     }
     fn unthrottle(&self, target: &Shaped) -> Result<bool, String> {
         let ifindex = Self::ifindex(target)?;
-        self.with(|t| t.unthrottle(target, ifindex))
+        let removed = self.with(|t| t.unthrottle(target, ifindex))?;
+        if let Shaped::Device(dev) = target {
+            self.unshape(dev);
+        }
+        Ok(removed)
     }
     fn throttles(&self) -> Result<Vec<ThrottleInfo>, String> {
         let names: Vec<(u32, String)> = iface::list()
@@ -77,7 +144,15 @@ impl FirewallBackend for Firewall {
                 .find(|(i, _)| *i == ifindex)
                 .map_or_else(|| format!("ifindex{ifindex}"), |(_, n)| n.clone())
         };
-        self.with(|t| t.throttles(name_of))
+        let mut list = self.with(|t| t.throttles(name_of))?;
+        for t in &mut list {
+            if let Shaped::Device(dev) = &t.target {
+                if let Some((packets, bytes, drops)) = Self::shaper_counts(dev) {
+                    (t.passed_packets, t.passed_bytes, t.dropped_packets) = (packets, bytes, drops);
+                }
+            }
+        }
+        Ok(list)
     }
     fn allow(&self, target: Target) -> Result<(), String> {
         self.with(|t| t.allow(target))
@@ -92,7 +167,16 @@ impl FirewallBackend for Firewall {
         self.with(|t| t.set_reflex(r))
     }
     fn reap(&self) -> Result<Vec<BlockInfo>, String> {
-        self.with(|t| t.reap())
+        let (blocks, devices) = self.with(|t| t.reap())?;
+        for ifindex in devices {
+            if let Some(i) = iface::list()
+                .ok()
+                .and_then(|l| l.into_iter().find(|i| i.ifindex == ifindex))
+            {
+                self.unshape(&i.name);
+            }
+        }
+        Ok(blocks)
     }
     fn stats(&self) -> Result<FirewallStats, String> {
         self.with(|t| t.stats())

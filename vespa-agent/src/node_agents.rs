@@ -221,6 +221,8 @@ impl SensorSource for Source {
                 name: i.name,
                 rx_bytes: i.rx_bytes,
                 tx_bytes: i.tx_bytes,
+                rx_packets: i.rx_packets,
+                tx_packets: i.tx_packets,
             })
             .collect())
     }

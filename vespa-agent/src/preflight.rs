@@ -47,3 +47,31 @@ pub fn check_tracefs() -> Result<(), SensorError> {
     }
     Ok(())
 }
+
+/// Makes sure the directory holding `dir` is on a bpffs: mounts one at /sys/fs/bpf when
+/// nothing is mounted there (as systemd does at boot; some containers and minimal systems
+/// do not). Pinning anywhere else is the caller's choice and left alone.
+pub fn ensure_bpffs(dir: &Path) -> Result<(), SensorError> {
+    let root = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(root) || is_bpffs(root) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| SensorError::Pin {
+        path: dir.to_path_buf(),
+        source: std::io::Error::from(e),
+    })?;
+    tracing::info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}

@@ -217,15 +217,23 @@ impl FirewallAgent {
         self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn protected_by(&self, t: &Target) -> Option<&str> {
-        self.protected
-            .iter()
-            .find(|(p, _)| covers(p, t) || covers(t, p))
-            .map(|(_, why)| why.as_str())
+    /// Why `t` may not be blocked or throttled: it is, holds or lies in a protected source
+    /// (the topology's, or one added with `allow`).
+    fn protected_by(&self, t: &Target) -> Result<Option<String>, String> {
+        let hit = |p: &Target| covers(p, t) || covers(t, p);
+        if let Some((_, why)) = self.protected.iter().find(|(p, _)| hit(p)) {
+            return Ok(Some(why.clone()));
+        }
+        Ok(self
+            .fw
+            .allowed()?
+            .into_iter()
+            .find(hit)
+            .map(|p| format!("allowlist entry {p}")))
     }
 
     fn block(&self, target: Target, ttl: Option<Ttl>) -> VerbResult {
-        if let Some(why) = self.protected_by(&target) {
+        if let Some(why) = self.protected_by(&target)? {
             return Err(format!(
                 "{target} is protected ({why}): the firewall never blocks it"
             ));
@@ -281,7 +289,7 @@ impl FirewallAgent {
 
     fn throttle(&self, target: Shaped, rate: Rate, ttl: Option<Ttl>) -> VerbResult {
         if let Shaped::Source(t) = &target {
-            if let Some(why) = self.protected_by(t) {
+            if let Some(why) = self.protected_by(t)? {
                 return Err(format!(
                     "{t} is protected ({why}): the firewall never throttles it"
                 ));

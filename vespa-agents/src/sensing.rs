@@ -37,6 +37,9 @@ pub struct IfaceBytes {
     pub rx_bytes: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// Packets received and sent (0 where the source does not count packets).
+    pub rx_packets: u64,
+    pub tx_packets: u64,
 }
 
 /// Established TCP connections with one remote address.

@@ -8,8 +8,11 @@
 //!   stops dropping without user space, which only reaps it. Each entry counts its drops.
 //! - `FW_ALLOW_IP` / `FW_ALLOW_MAC`: protected sources, never dropped or throttled, and never
 //!   blocked by the reflex, whatever the block tables say.
-//! - `FW_THROTTLE_IP` / `FW_THROTTLE_MAC` (by source) and `FW_THROTTLE_DEV` (by ingress
-//!   interface, e.g. a VM's tap device): a GCRA policer per entry.
+//! - `FW_THROTTLE_IP` / `FW_THROTTLE_MAC` (by source): a GCRA policer per entry, on ingress.
+//! - `FW_THROTTLE_DEV` (by interface): the record of the device throttles, which are shaped
+//!   by a qdisc on the device (user space puts it there), not by these programs: a TCP
+//!   stream through a policer that drops whole 64 KiB segments collapses far below the
+//!   rate, while a shaper delays and it runs at the rate.
 //! - `FW_CONFIG`: which tables hold entries (the rest are not looked up) and the reflex's
 //!   settings; `FW_STATS` per-CPU totals; `FW_COUNTS` the reflex's insert count.
 //!
@@ -25,7 +28,7 @@ use aya_ebpf::{
 use vespa_common::{
     Addr, BlockEntry, EventHeader, FirewallConfig, MacKey, ReflexEvent, ThrottleEntry,
     BLOCK_REFLEX, EVENT_REFLEX_BLOCK, FW_ACTIVE_ALLOW_IP, FW_ACTIVE_ALLOW_MAC, FW_ACTIVE_BLOCK_IP,
-    FW_ACTIVE_BLOCK_MAC, FW_ACTIVE_THROTTLE_DEV, FW_ACTIVE_THROTTLE_IP, FW_ACTIVE_THROTTLE_MAC,
+    FW_ACTIVE_BLOCK_MAC, FW_ACTIVE_THROTTLE_IP, FW_ACTIVE_THROTTLE_MAC,
     FW_COUNT_REFLEX_INSERTED, FW_COUNT_SLOTS, FW_STAT_ALLOWED, FW_STAT_BLOCK_BYTES,
     FW_STAT_BLOCK_PACKETS, FW_STAT_REFLEX_CAPPED, FW_STAT_REFLEX_PROTECTED, FW_STAT_SLOTS,
     FW_STAT_THROTTLE_BYTES, FW_STAT_THROTTLE_PACKETS, FW_STAT_XDP_PACKETS,
@@ -222,10 +225,10 @@ fn blocked(cfg: &FirewallConfig, src: &Source, now: u64) -> Option<*mut BlockEnt
     None
 }
 
-/// The firewall's decision on a packet of `len` bytes in [data, end) entering on `ifindex`
+/// The firewall's decision on a packet of `len` bytes in [data, end) entering the host
 /// (`l2`: it starts with an Ethernet header; else it is IP of EtherType `l3_proto`).
 #[inline(always)]
-pub fn verdict(data: usize, end: usize, l2: bool, l3_proto: u16, ifindex: u32, len: u64) -> Verdict {
+pub fn verdict(data: usize, end: usize, l2: bool, l3_proto: u16, len: u64) -> Verdict {
     let cfg = fw_config();
     if cfg.active == 0 {
         return Verdict::Pass;
@@ -233,7 +236,7 @@ pub fn verdict(data: usize, end: usize, l2: bool, l3_proto: u16, ifindex: u32, l
     let src = source(data, end, l2, l3_proto);
     let now = now_ns();
     let blocked = blocked(&cfg, &src, now);
-    let throttles = FW_ACTIVE_THROTTLE_IP | FW_ACTIVE_THROTTLE_MAC | FW_ACTIVE_THROTTLE_DEV;
+    let throttles = FW_ACTIVE_THROTTLE_IP | FW_ACTIVE_THROTTLE_MAC;
     if blocked.is_none() && cfg.active & throttles == 0 {
         return Verdict::Pass;
     }
@@ -260,9 +263,6 @@ pub fn verdict(data: usize, end: usize, l2: bool, l3_proto: u16, ifindex: u32, l
         if let Some(mac) = &src.mac {
             t = FW_THROTTLE_MAC.get_ptr_mut(mac);
         }
-    }
-    if t.is_none() && cfg.active & FW_ACTIVE_THROTTLE_DEV != 0 {
-        t = FW_THROTTLE_DEV.get_ptr_mut(&ifindex);
     }
     match t {
         // SAFETY: a pointer from a successful lookup.

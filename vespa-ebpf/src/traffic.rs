@@ -70,18 +70,8 @@ pub fn vespa_ingress_l3(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn firewall_drops(ctx: &TcContext, l2: bool) -> bool {
     // SAFETY: ctx.skb wraps the kernel's __sk_buff; `protocol` is in network byte order.
-    let (ifindex, proto) = unsafe {
-        let skb = ctx.skb.skb;
-        ((*skb).ifindex, u16::from_be((*skb).protocol as u16))
-    };
-    firewall::verdict(
-        ctx.data(),
-        ctx.data_end(),
-        l2,
-        proto,
-        ifindex,
-        ctx.len() as u64,
-    ) == Verdict::Drop
+    let proto = unsafe { u16::from_be((*ctx.skb.skb).protocol as u16) };
+    firewall::verdict(ctx.data(), ctx.data_end(), l2, proto, ctx.len() as u64) == Verdict::Drop
 }
 
 #[classifier]

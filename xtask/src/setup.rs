@@ -25,6 +25,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "the os-ken venv (os-ken's REST app is not packaged by Debian)"),
     ("chromium", "headless Chromium: the dashboard test renders the page, dumps its DOM and takes screenshots"),
     ("chromium-driver", "chromedriver: WebDriver for driving the dashboard in browser tests"),
+    ("nftables", "nft: the firewall benchmark's baseline (an nftables drop rule on the same flood)"),
 ];
 
 /// The os-ken venv: the last os-ken release that ships `ofctl_rest` and the eventlet and
@@ -78,6 +79,12 @@ fn steps() -> Vec<Step> {
             name: "tracefs at /sys/kernel/tracing",
             present: tracefs_present,
             install: mount_tracefs,
+            needs_root: true,
+        },
+        Step {
+            name: "bpffs at /sys/fs/bpf (the firewall's pinned tables)",
+            present: bpffs_present,
+            install: mount_bpffs,
             needs_root: true,
         },
         Step {
@@ -308,6 +315,19 @@ fn tracefs_present() -> Result<bool, String> {
 fn mount_tracefs() -> anyhow::Result<()> {
     sh(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))
 }
+
+fn bpffs_present() -> Result<bool, String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| e.to_string())?;
+    Ok(mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")
+    }))
+}
+
+fn mount_bpffs() -> anyhow::Result<()> {
+    sh(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
+
+const BPFFS: &str = "/sys/fs/bpf";
 
 /// Fast: looks for the venv's python and os-ken's install record, without starting Python.
 fn osken_venv_present() -> Result<bool, String> {

@@ -24,6 +24,12 @@ mod agent {
 /// Trees of the real binaries: configuration, alerts and calls across processes, crashes,
 /// cut links, hostile peers, kernel time stamps, the fast path at an HO, acting agents; and
 /// the VO's journal on a file system that fills up (nodes in process).
+/// The kernel firewall: blocks, the reflex, the allowlist, throttles, pinning.
+mod firewall {
+    mod kernel;
+    mod lab;
+}
+
 mod tree {
     mod actuators;
     mod config;

@@ -2,7 +2,7 @@
 //! chain where the kernel has them, a clsact qdisc and priority-1 filters otherwise; and, with
 //! `--xdp`, the firewall's XDP program where the driver supports it.
 //!
-//! With a pin directory, each link is pinned there (`links/<interface>.<hook>`), so the
+//! With a pin directory, each link is pinned there (`links/<interface>_<hook>`), so the
 //! programs stay attached if the agent dies, and an agent that finds a link pinned by an
 //! earlier one attaches its own first and only then lets the old one go: the interface is
 //! never without the firewall.
@@ -66,9 +66,11 @@ impl Attached {
     }
 }
 
-/// Where the link of `hook` on `iface` is pinned.
+/// Where the link of `hook` on `iface` is pinned (bpffs refuses dots in names: a VLAN's
+/// `eth0.100` is pinned as `eth0_100`).
 fn link_pin(dir: &Path, iface: &str, hook: &str) -> PathBuf {
-    dir.join("links").join(format!("{iface}.{hook}"))
+    dir.join("links")
+        .join(format!("{}_{hook}", iface.replace('.', "_")))
 }
 
 /// Pins `link` at `path`, taking over from a link an earlier agent pinned there (which
@@ -80,7 +82,7 @@ fn pin_over(link: FdLink, path: &Path) -> Result<(PinnedLink, bool), String> {
     let old = PinnedLink::from_pin(path).ok().and_then(|p| p.unpin().ok());
     let pinned = link
         .pin(path)
-        .map_err(|e| format!("pinning at {}: {e}", path.display()))?;
+        .map_err(|e| format!("pinning at {}: {e:?}", path.display()))?;
     let adopted = old.is_some();
     // Ours is attached and pinned: the earlier agent's program may go.
     drop(old);

@@ -435,8 +435,8 @@ impl Tables {
         })
     }
 
-    /// Removes what expired; returns the blocks removed.
-    pub(crate) fn reap(&mut self) -> Result<Vec<BlockInfo>, SensorError> {
+    /// Removes what expired; returns the blocks removed and the devices whose throttle went.
+    pub(crate) fn reap(&mut self) -> Result<(Vec<BlockInfo>, Vec<u32>), SensorError> {
         let now = monotonic_ns();
         let mut gone_ip = Vec::new();
         for kv in self.block_ip.iter() {
@@ -494,11 +494,11 @@ impl Tables {
             .filter(|(_, e)| expired(e.expires_ns, now))
             .map(|(k, _)| k)
             .collect();
-        for k in stale_dev {
-            let _ = self.throttle_dev.remove(&k);
+        for k in &stale_dev {
+            let _ = self.throttle_dev.remove(k);
         }
         self.refresh_active()?;
-        Ok(out)
+        Ok((out, stale_dev))
     }
 
     fn stat(&self, slot: u32) -> u64 {

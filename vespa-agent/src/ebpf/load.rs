@@ -87,6 +87,7 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
     loader.map_max_entries("FW_BLOCK_IP", cfg.max_blocks.max(1));
     let pins: Vec<(&'static str, std::path::PathBuf)> = match &cfg.pin_dir {
         Some(dir) => {
+            crate::preflight::ensure_bpffs(dir)?;
             std::fs::create_dir_all(dir).map_err(|source| SensorError::Pin {
                 path: dir.clone(),
                 source,
