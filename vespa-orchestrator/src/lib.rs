@@ -15,8 +15,8 @@
 //!   actuator calls out). The policy itself ([`vespa_policy::step`]) does no I/O; the driver
 //!   does.
 //!
-//! The API and the driver meet only in [`control`] and [`metrics`]: `http → control ←
-//! policy_driver`, and the driver never names the API.
+//! The API and the driver meet only in [`control`] and [`metrics`]: `http → decisions →
+//! control ← policy_driver`, and the driver never names the API nor the decisions.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

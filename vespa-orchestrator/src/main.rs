@@ -157,7 +157,8 @@ struct ApiArgs {
     http_header_timeout: u64,
     /// Seconds a request's body has to arrive once its head has (else 408).
     ///
-    /// Only the mutations read a body: at most 64 KiB, and only once the token checks out.
+    /// Only the mutations read a body: at most 64 KiB (a block list: 1 MiB), and only once the
+    /// token checks out.
     #[arg(long, value_name = "SECS", default_value_t = http::DEFAULT_BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     http_body_timeout: u64,
     /// Seconds without a byte moving after which a connection is closed.

@@ -660,6 +660,23 @@ async fn prefixes_and_the_allowlist_from_the_command_line_both_ways() {
     .await;
     ok(&["decisions", "delete", "203.0.113.0/25"], &tree).await;
     assert_eq!(ledger.blocked(), Vec::<String>::new());
+
+    // A list too large for one call through the tree is refused before it is sent.
+    let big: String = (0..50_000u32)
+        .map(|i| format!("10.{}.{}.{}\n", 100 + (i >> 16), (i >> 8) & 255, i & 255))
+        .collect();
+    let log = ledger.log().len();
+    let e = run(
+        args(&["decisions", "import", "-"], &tree),
+        Some(big.into_bytes()),
+    )
+    .await
+    .expect_err("too large for the tree");
+    assert!(
+        e.contains("through the tree in one call; use the HTTP API (--api)"),
+        "{e}"
+    );
+    assert_eq!(ledger.log().len(), log, "nothing reached the policy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

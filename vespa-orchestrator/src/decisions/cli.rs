@@ -312,14 +312,14 @@ impl Remote {
         }
     }
 
+    /// `entries` are `bytes` as parsed (in `format`) and checked by the caller.
     async fn import(
         &mut self,
         bytes: Vec<u8>,
         format: Format,
+        entries: Vec<super::Placed>,
         ttl: Option<u64>,
     ) -> anyhow::Result<Added> {
-        // Checked here first: bad lines are named without a word sent.
-        let entries = format::parse(&bytes, format).map_err(|r| anyhow::anyhow!("{r}"))?;
         match self {
             Remote::Api(api) => {
                 // The file as it is, so that the VO's refusals name its lines too.
@@ -568,8 +568,11 @@ pub async fn decisions(cmd: DecisionsCommand) -> anyhow::Result<ExitCode> {
             let bytes = read_input(&file)?;
             let format = Format::detect(&bytes);
             let name = file.display().to_string();
+            // Checked here first: bad lines are named before the VO is even asked.
+            let entries = format::parse(&bytes, format)
+                .map_err(|r| anyhow::anyhow!("{name}: nothing imported: {r}"))?;
             let mut r = Remote::open(&via).await?;
-            let added = r.import(bytes, format, ttl).await;
+            let added = r.import(bytes, format, entries, ttl).await;
             r.close().await;
             let added = added.with_context(|| format!("{name}: nothing imported"))?;
             let dup = match added.duplicates {
