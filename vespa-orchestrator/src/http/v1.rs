@@ -34,8 +34,8 @@
 //!   drivers; an HO in another process re-reads its `--policy` on SIGHUP)
 //!
 //! Bodies are read only once the token checks out (at most 64 KiB, a block list 1 MiB, within
-//! the body timeout, else 408), parsed strictly (unknown fields are refused) and a parse error is a 400 that
-//! quotes serde's message, which names the field, line and column.
+//! the body timeout, else 408), parsed strictly (unknown fields are refused) and a parse error
+//! is a 400 that quotes serde's message, which names the field, line and column.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
