@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use vespa_node::{launch, AgentRef, Client, Hooks, Role, Security, Topology};
+use vespa_node::{launch, AgentRef, Hooks, Role, Topology};
 use vespa_orchestrator::control::{PolicyControl, PolicyError};
-use vespa_orchestrator::http;
 use vespa_orchestrator::metrics::Metrics;
 use vespa_orchestrator::policy_driver::{
     load_rules, HoPolicyVerbs, PolicyDriver, PolicySet, RemoteDrivers,
 };
+use vespa_orchestrator::{client, decisions, http};
 use vespa_proto::verbs::{NodeVerb, Verb};
 
 /// Horizontal (HO_VM, HO_HY, HO_PH) and vertical (VO) orchestrators of VESPA.
@@ -72,6 +72,21 @@ enum Command {
     },
     /// Call a verb on any node of a running tree (through the VO, or --via another node).
     Call(CallArgs),
+    /// List, add and delete the decisions in force (blocks...) by hand; import and export
+    /// block lists.
+    ///
+    /// Through the VO's HTTP API (--api URL --token-file FILE) or through the tree with a key
+    /// (-c FILE --key-dir DIR --operator NAME). A decision added here is the policy's own
+    /// block by hand; deleting one undoes it wherever it is enforced. See docs/decisions.md.
+    #[command(subcommand, after_help = decisions::cli::TRANSPORT_HELP)]
+    Decisions(decisions::cli::DecisionsCommand),
+    /// List, add and delete the protected sources: addresses, prefixes and MACs the policy
+    /// never blocks.
+    ///
+    /// Reached like `decisions` (--api URL --token-file FILE, or the tree). See
+    /// docs/decisions.md.
+    #[command(subcommand, after_help = decisions::cli::TRANSPORT_HELP)]
+    Allowlist(decisions::cli::AllowlistCommand),
     /// Print what a VO's alert journal holds, without changing it: its alerts as JSON lines
     /// on stdout; each origin's count and highest sequence number, and any damage skipped,
     /// on stderr.
@@ -142,7 +157,8 @@ struct ApiArgs {
     http_header_timeout: u64,
     /// Seconds a request's body has to arrive once its head has (else 408).
     ///
-    /// Only the mutations read a body: at most 64 KiB, and only once the token checks out.
+    /// Only the mutations read a body: at most 64 KiB (a block list: 1 MiB), and only once the
+    /// token checks out.
     #[arg(long, value_name = "SECS", default_value_t = http::DEFAULT_BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     http_body_timeout: u64,
     /// Seconds without a byte moving after which a connection is closed.
@@ -257,6 +273,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => run_nodes(args),
         Command::Call(args) => call(args),
+        Command::Decisions(cmd) => runtime()?.block_on(decisions::cli::decisions(cmd)),
+        Command::Allowlist(cmd) => runtime()?.block_on(decisions::cli::allowlist(cmd)),
         Command::Journal { path } => print_journal(&path),
     }
 }
@@ -490,8 +508,12 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
         let mut server = None;
         let hooks = |def: &vespa_node::config::NodeDef| {
             let mut h = Hooks::default();
-            if def.role == Role::Vo && serve_api {
-                parts.add_vo_handler(&mut h);
+            if def.role == Role::Vo {
+                if serve_api {
+                    parts.add_vo_handler(&mut h);
+                }
+                // Decisions by hand through the tree, with or without the API.
+                parts.add_vo_verbs(&mut h);
             }
             if let Some(d) = driver_of(&def.name) {
                 h.alert_handlers.push(d.handler());
@@ -542,41 +564,18 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
-    let topo = args.cfg.load()?;
-    let via = match &args.via {
-        Some(v) => topo
-            .node(v)
-            .with_context(|| format!("{}: no node named {v:?}", topo.source))?,
-        None => topo.vo(),
-    };
-    let addr = topo.listen_addr(via);
-    let (security, me) = match (security(&topo, &args.cfg)?, &args.operator) {
-        (launch::KeySource::PerNode(dir), Some(op)) => {
-            let me = vespa_proto::key::operator_name(op);
-            let key = vespa_proto::key::load(&launch::key_files(&dir, &me).0)?;
-            let ring = vespa_node::KeyRing {
-                own: vec![key],
-                root: Vec::new(),
-            };
-            (Security::Keys(std::sync::Arc::new(ring)), me)
-        }
-        (keys @ launch::KeySource::PerNode(_), None) => (
-            keys.security(&via.name, false)
-                .map_err(anyhow::Error::msg)?,
-            via.name.clone(),
-        ),
-        (keys, _) => (
-            keys.security(&via.name, false)
-                .map_err(anyhow::Error::msg)?,
-            "vespa-orchestrator-call".to_string(),
-        ),
-    };
     let rt = runtime()?;
     let result = rt.block_on(async {
         let timeout = Duration::from_secs(args.timeout);
-        let mut client = Client::connect(addr, &security, &me, Some(&via.name), timeout).await?;
+        let client::Connected { mut client, node } = client::connect(
+            &args.cfg,
+            args.via.as_deref(),
+            args.operator.as_deref(),
+            timeout,
+        )
+        .await?;
         // The operator's words go as they are: the node they reach parses them.
-        let (verb, words) = if args.target == via.name {
+        let (verb, words) = if args.target == node {
             (args.verb.clone(), args.args.clone())
         } else {
             let routed = NodeVerb::Call {

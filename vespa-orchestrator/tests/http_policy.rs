@@ -70,8 +70,8 @@ impl PolicyControl for Recorder {
     }
     fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
         match target {
-            "not-an-ip" => Err(PolicyError::Invalid(format!(
-                "{target:?} is not an address"
+            "ff:ff:ff:ff:ff:ff" => Err(PolicyError::Invalid(format!(
+                "{target:?} is not an address to block"
             ))),
             "10.6.6.6" => Err(PolicyError::ActuatorFailed("controller unreachable".into())),
             _ => {
@@ -179,7 +179,17 @@ async fn mutations_reach_the_policy_and_its_errors_map_to_statuses() {
             )
         }
     };
-    err(400, "not an address")(
+    err(400, "not an address to block")(
+        req(
+            addr,
+            "POST",
+            "/api/v1/block",
+            r#"{"target": "ff:ff:ff:ff:ff:ff", "ttl_s": 5}"#,
+        )
+        .await,
+    );
+    // A target that is none is refused before the policy is asked.
+    err(400, "invalid block target")(
         req(
             addr,
             "POST",

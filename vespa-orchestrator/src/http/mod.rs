@@ -6,8 +6,9 @@
 //! metrics ([`crate::metrics`]).
 //!
 //! - [`legacy`]: the GET-only JSON endpoints of 2014 (`/archi`, `/recv_bytes`, ...).
-//! - [`v1`]: `/api/v1/...`: reads (topology, alerts with paging, counters, actions, policy)
-//!   and mutations (release, block, dry-run, policy reload) that need a bearer token.
+//! - [`v1`]: `/api/v1/...`: reads (topology, alerts with paging, counters, actions and
+//!   decisions, the allowlist, policy) and mutations (decisions and the allowlist by hand,
+//!   release, block, dry-run, policy reload) that need a bearer token.
 //! - `/metrics`: the registry of [`crate::metrics`] in OpenMetrics text.
 //!
 //! Every error is JSON, `{"error": "..."}`, with the status saying whose fault it is: 400 bad
@@ -80,6 +81,13 @@ pub struct ApiState {
     pub token: Option<ApiToken>,
     /// Timeouts, connection limit, accepted host names and CORS origins.
     pub http: HttpOptions,
+}
+
+impl ApiState {
+    /// The operator's decisions over this state's policy and remote HOs.
+    pub fn decisions(&self) -> crate::decisions::Decisions {
+        crate::decisions::Decisions::new(self.policy.clone(), self.remote.clone())
+    }
 }
 
 /// How the server treats connections and requests (`vespa-orchestrator run --http-*`,

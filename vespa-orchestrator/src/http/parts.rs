@@ -7,10 +7,12 @@
 
 use std::sync::Arc;
 
-use vespa_node::{Hooks, NodeHandle, Topology};
+use vespa_node::{AgentRef, Hooks, NodeHandle, Topology};
 
 use super::{ApiState, ApiToken, HttpOptions, VoView};
 use crate::control::{NoPolicy, PolicyControl};
+use crate::decisions::verbs::VoPolicyVerbs;
+use crate::decisions::Decisions;
 use crate::metrics::Metrics;
 use crate::policy_driver::RemoteDrivers;
 
@@ -43,7 +45,8 @@ impl ApiParts {
         }
     }
 
-    /// Serves `policy` behind `/api/v1/{actions,policy,release,block,dry-run,policy/reload}`.
+    /// Serves `policy` behind `/api/v1/{actions,decisions,allowlist,policy,release,block,
+    /// dry-run,policy/reload}` (and the VO's verbs, [`ApiParts::add_vo_verbs`]).
     pub fn with_policy(mut self, policy: Arc<dyn PolicyControl>) -> ApiParts {
         self.policy = policy;
         self
@@ -66,6 +69,17 @@ impl ApiParts {
     /// Adds the API's alert handler to the VO's hooks (run it on the VO's only).
     pub fn add_vo_handler(&self, hooks: &mut Hooks) {
         hooks.alert_handlers.push(self.view.handler());
+    }
+
+    /// Gives the VO the verbs of decisions by hand ([`crate::decisions::verbs`]), over the
+    /// same policy as the API (whether or not the API is served).
+    pub fn add_vo_verbs(&self, hooks: &mut Hooks) {
+        hooks.agent = Some(AgentRef::new(VoPolicyVerbs::new(self.decisions())));
+    }
+
+    /// The operator's decisions over these parts' policy and remote HOs.
+    pub fn decisions(&self) -> Decisions {
+        Decisions::new(self.policy.clone(), self.remote.clone())
     }
 
     /// The handlers' state, once the VO is built.

@@ -77,6 +77,11 @@ impl ApiToken {
         ApiToken::new(&text).map_err(err)
     }
 
+    /// The token itself, for a client's `Authorization` header.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
     /// Compares in time independent of where the first difference is, so the answer's
     /// timing tells nothing about the token.
     pub fn matches(&self, presented: &str) -> bool {

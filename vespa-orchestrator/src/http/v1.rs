@@ -13,36 +13,51 @@
 //!   actions of this process's drivers and of the HOs that run fast-path rules in other
 //!   processes (asked through the tree; one that does not answer is listed in `unreachable`).
 //! - `GET /policy`: `{"loaded", "dry_run", "rules": <TOML text or null>}`.
+//! - `GET /decisions[?format=json|text]`: as `/actions`; `text`: the blocked targets, one per
+//!   line (an importable block list, [`crate::decisions::format`]).
+//! - `GET /allowlist[?format=json|text]`: `{"allowlist": [AllowEntry]}`; `text`: one target
+//!   per line.
 //!
 //! Mutations (`Authorization: Bearer <token>`; checked before the body is read):
-//! - `POST /release {"target"}` -> `{"released", "result"}` (every driver, remote HOs too)
-//! - `POST /block {"target", "ttl_s"}` -> `{"blocked", "key", "ttl_s"}`
+//! - `POST /decisions[?ttl_s=N]` with `{"target", "ttl_s"?, "reason"?}`, a JSON list of them,
+//!   or a text block list (`Content-Type: text/plain`, or detected) -> `{"added": [key],
+//!   "duplicates"}`: all or nothing ([`crate::decisions`]); `ttl_s` is the TTL of entries
+//!   without one (default [`crate::decisions::DEFAULT_TTL_S`]); up to [`MAX_IMPORT_BYTES`].
+//! - `DELETE /decisions/<key or target>` -> `{"deleted", "result"}` (every driver, remote HOs
+//!   too; a prefix may be written as it is, `/decisions/10.0.0.0/24`)
+//! - `POST /allowlist {"target", "note"?}` -> `{"allowed"}`;
+//!   `DELETE /allowlist/<target>` -> `{"disallowed"}`
+//! - `POST /release {"target"}` -> `{"released", "result"}` (as `DELETE /decisions/<target>`)
+//! - `POST /block {"target", "ttl_s"}` -> `{"blocked", "key", "ttl_s"}` (as `POST /decisions`)
 //! - `POST /dry-run {"enabled"}` -> `{"dry_run"}` (every driver, remote HOs too)
 //! - `POST /policy/reload` with the rules as TOML text -> `{"reloaded": true}` (this process's
 //!   drivers; an HO in another process re-reads its `--policy` on SIGHUP)
 //!
-//! Bodies are read only once the token checks out (at most 64 KiB, within the body timeout,
-//! else 408), parsed strictly (unknown fields are refused) and a parse error is a 400 that
-//! quotes serde's message, which names the field, line and column.
+//! Bodies are read only once the token checks out (at most 64 KiB, a block list 1 MiB, within
+//! the body timeout, else 408), parsed strictly (unknown fields are refused) and a parse error
+//! is a 400 that quotes serde's message, which names the field, line and column.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
-use axum::routing::{get, post};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use vespa_proto::verbs::{BlockEntry, Target, Word};
 
 use super::legacy::{config_json, query_params};
 use super::{authorize, json, tree, ApiError, ApiState, Shared, BODY_LIMIT};
+use crate::decisions::format::{self, Format};
+use crate::decisions::{Placed, MAX_IMPORT_BYTES};
+
+pub use crate::decisions::MAX_TTL_S;
 
 /// Alerts per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
 /// Most alerts per page.
 pub const MAX_LIMIT: usize = 1000;
-/// Longest manual block (a day): longer blocks belong in the policy's rules.
-pub const MAX_TTL_S: u64 = 86_400;
 
 /// The v1 routes (nested under `/api/v1`).
 pub fn routes() -> Router<Shared> {
@@ -53,6 +68,10 @@ pub fn routes() -> Router<Shared> {
         .route("/vms", get(vms))
         .route("/actions", get(actions))
         .route("/policy", get(policy))
+        .route("/decisions", get(decisions).post(decide))
+        .route("/decisions/{*key}", delete(undecide))
+        .route("/allowlist", get(allowlist).post(allow))
+        .route("/allowlist/{*target}", delete(disallow))
         .route("/release", post(release))
         .route("/block", post(block))
         .route("/dry-run", post(dry_run))
@@ -67,8 +86,13 @@ fn bad_request(message: String) -> ApiError {
 /// [`authorize`], so a caller without the token cannot make the server buffer or wait for
 /// anything.
 async fn read_body(state: &ApiState, body: Body) -> Result<Bytes, ApiError> {
+    read_body_up_to(state, body, BODY_LIMIT).await
+}
+
+/// [`read_body`] with another bound (a block list).
+async fn read_body_up_to(state: &ApiState, body: Body, max: usize) -> Result<Bytes, ApiError> {
     let limit = state.http.limits.body_timeout;
-    let read = tokio::time::timeout(limit, axum::body::to_bytes(body, BODY_LIMIT))
+    let read = tokio::time::timeout(limit, axum::body::to_bytes(body, max))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -86,7 +110,7 @@ async fn read_body(state: &ApiState, body: Body) -> Result<Bytes, ApiError> {
         if too_large {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body larger than {BODY_LIMIT} bytes"),
+                format!("request body larger than {max} bytes"),
             )
         } else {
             bad_request(format!("reading the request body: {e}"))
@@ -137,13 +161,136 @@ async fn vms(State(state): State<Shared>) -> Response {
 }
 
 async fn actions(State(state): State<Shared>) -> Response {
-    let mut actions = state.policy.active_actions();
-    let (remote, unreachable) = state.remote.actions(&state.vo).await;
-    actions.extend(remote);
-    actions.sort_by_key(|a| a.since_unix_s);
-    json(
-        serde_json::json!({ "dry_run": state.policy.dry_run(), "actions": actions, "unreachable": unreachable }),
-    )
+    json(state.decisions().list(&state.vo).await)
+}
+
+/// `?format=json|text` of a list.
+fn list_format(q: &Option<String>) -> Result<Format, ApiError> {
+    let mut f = Format::Json;
+    for (_, v) in query_params(q, &["format"])? {
+        f = match v {
+            "json" => Format::Json,
+            "text" => Format::Text,
+            _ => return Err(bad_request(format!("format={v}: expected json or text"))),
+        };
+    }
+    Ok(f)
+}
+
+/// A text answer (a list, one item per line).
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+async fn decisions(
+    State(state): State<Shared>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let f = list_format(&q)?;
+    let listing = state.decisions().list(&state.vo).await;
+    Ok(match f {
+        Format::Json => json(listing),
+        Format::Text => text(format::to_text(&listing)),
+    })
+}
+
+/// `POST /decisions`: one entry, a JSON list, or a text list; all or nothing.
+async fn decide(
+    State(state): State<Shared>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let mut default_ttl = None;
+    for (k, v) in query_params(&q, &["ttl_s"])? {
+        default_ttl = Some(v.parse::<u64>().map_err(|_| {
+            bad_request(format!(
+                "query parameter {k}: {v:?} is not a whole number of seconds"
+            ))
+        })?);
+    }
+    let body = read_body_up_to(&state, body, MAX_IMPORT_BYTES).await?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let f = if content_type.starts_with("text/plain") {
+        Format::Text
+    } else if content_type.starts_with("application/json") {
+        Format::Json
+    } else {
+        Format::detect(&body)
+    };
+    let entries = format::items(&body, f).map_err(|r| bad_request(r.to_string()))?;
+    let added = state.decisions().add(entries, default_ttl).await?;
+    tracing::info!(
+        count = added.added.len(),
+        duplicates = added.duplicates,
+        "API: decisions added"
+    );
+    Ok(json(added))
+}
+
+async fn undecide(
+    State(state): State<Shared>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let result = state.decisions().delete(&state.vo, &key).await?;
+    Ok(json(
+        serde_json::json!({ "deleted": key, "result": result }),
+    ))
+}
+
+async fn allowlist(
+    State(state): State<Shared>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let f = list_format(&q)?;
+    let entries = state.decisions().allowlist();
+    Ok(match f {
+        Format::Json => json(serde_json::json!({ "allowlist": entries })),
+        Format::Text => text(entries.iter().map(|e| format!("{}\n", e.target)).collect()),
+    })
+}
+
+/// A target of a request, or a 400 that says why not.
+fn target(word: &str) -> Result<Target, ApiError> {
+    Target::parse_word(word).map_err(bad_request)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Allow {
+    target: String,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn allow(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = read_body(&state, body).await?;
+    let a: Allow = parse(&body)?;
+    let allowed = state
+        .decisions()
+        .allow(&target(&a.target)?, a.note.as_deref())?;
+    Ok(json(serde_json::json!({ "allowed": allowed })))
+}
+
+async fn disallow(
+    State(state): State<Shared>,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let disallowed = state.decisions().disallow(&target(&t)?)?;
+    Ok(json(serde_json::json!({ "disallowed": disallowed })))
 }
 
 async fn policy(State(state): State<Shared>) -> Response {
@@ -167,10 +314,7 @@ async fn release(
     authorize(&state, &headers)?;
     let body = read_body(&state, body).await?;
     let r: Release = parse(&body)?;
-    let mut results = vec![state.policy.release(&r.target)];
-    results.extend(state.remote.release(&state.vo, &r.target).await);
-    let result = crate::policy_driver::merge_releases(results)?;
-    tracing::info!(target = %r.target, %result, "API: release");
+    let result = state.decisions().delete(&state.vo, &r.target).await?;
     Ok(json(
         serde_json::json!({ "released": r.target, "result": result }),
     ))
@@ -191,14 +335,16 @@ async fn block(
     authorize(&state, &headers)?;
     let body = read_body(&state, body).await?;
     let b: Block = parse(&body)?;
-    if b.ttl_s == 0 || b.ttl_s > MAX_TTL_S {
-        return Err(bad_request(format!(
-            "ttl_s must be between 1 and {MAX_TTL_S} seconds (found {})",
-            b.ttl_s
-        )));
-    }
-    let key = state.policy.block(&b.target, b.ttl_s)?;
-    tracing::info!(target = %b.target, ttl_s = b.ttl_s, %key, "API: block");
+    let entry = BlockEntry {
+        target: target(&b.target)?,
+        ttl_s: Some(b.ttl_s),
+        reason: None,
+    };
+    let added = state
+        .decisions()
+        .add(Placed::numbered(vec![entry]), None)
+        .await?;
+    let key = added.added.into_iter().next().unwrap_or_default();
     Ok(json(
         serde_json::json!({ "blocked": b.target, "key": key, "ttl_s": b.ttl_s }),
     ))

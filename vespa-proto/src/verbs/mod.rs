@@ -15,7 +15,8 @@
 //! strings in that one generated parser and nowhere else.
 //!
 //! The families: [`NodeVerb`] (every node: `help`, `list_slaves`, `find_node`, `call`,
-//! `stats`, `get_alerts`, `destroy`), [`HoVerb`] (an HO's fast-path policy), [`SensorVerb`]
+//! `stats`, `get_alerts`, `destroy`), [`HoVerb`] (an HO's fast-path policy), [`VoVerb`] (the
+//! VO's decisions and allowlist by hand), [`SensorVerb`]
 //! (bandwidth and connections agents), [`LibvirtVerb`], [`SdnVerb`], [`AvVerb`] and
 //! [`FirewallVerb`] (the kernel firewall agent).
 
@@ -30,7 +31,7 @@ mod words;
 pub use av::AvVerb;
 pub use firewall::{FirewallVerb, Shaped, ShapedSelector};
 pub use libvirt::{Codeset, Keys, LibvirtVerb};
-pub use node::{HoVerb, NodeVerb};
+pub use node::{BlockEntry, HoVerb, NodeVerb, VoVerb};
 pub use sdn::{BlockSelector, SdnVerb};
 pub use sensor::SensorVerb;
 pub use words::{Arg, MacAddr, OnOff, OrDash, Prefix, Rate, Target, Ttl, Word, Words};
@@ -70,6 +71,7 @@ pub fn permission_of(verb: &str) -> Permission {
     let families = [
         NodeVerb::docs(),
         HoVerb::docs(),
+        VoVerb::docs(),
         SensorVerb::docs(),
         LibvirtVerb::docs(),
         SdnVerb::docs(),

@@ -23,7 +23,7 @@ fn usage_lines_come_from_the_fields() {
     assert_eq!(usage(NodeVerb::docs(), "help"), "");
     assert_eq!(
         usage(SdnVerb::docs(), "block_hackers"),
-        "<mac|ip> [ttl_s|none]"
+        "<mac|ip|prefix> [ttl_s|none]"
     );
     assert_eq!(
         usage(SdnVerb::docs(), "alert_ip"),
@@ -53,7 +53,10 @@ fn usage_lines_come_from_the_fields() {
 #[test]
 fn errors_say_what_is_wrong() {
     let e = SdnVerb::parse("block_hackers", &[]).unwrap_err();
-    assert_eq!(e.to_string(), "usage: block_hackers <mac|ip> [ttl_s|none]");
+    assert_eq!(
+        e.to_string(),
+        "usage: block_hackers <mac|ip|prefix> [ttl_s|none]"
+    );
     let e = SdnVerb::parse("block_hackers", &w(&["10.0.0.1", "300", "extra"])).unwrap_err();
     assert!(matches!(e, VerbError::Usage { .. }), "{e}");
     let e = SdnVerb::parse("block_hackers", &w(&["10.0.0.1", "-5"])).unwrap_err();
@@ -162,6 +165,39 @@ fn every_family_round_trips_through_its_words() {
         },
     ]);
     round_trip(&[
+        VoVerb::PolicyDecisions {},
+        VoVerb::PolicyBlock { entries: vec![] },
+        VoVerb::PolicyBlock {
+            entries: vec![
+                BlockEntry {
+                    target: Target::Ip(ip),
+                    ttl_s: None,
+                    reason: None,
+                },
+                BlockEntry {
+                    target: Target::Mac(mac),
+                    ttl_s: Some(60),
+                    reason: None,
+                },
+                BlockEntry {
+                    target: Target::Net("10.1.0.0/16".parse().unwrap()),
+                    ttl_s: None,
+                    reason: Some("scan, then flood".into()),
+                },
+            ],
+        },
+        VoVerb::PolicyDelete {
+            key: "web vm".into(),
+        },
+        VoVerb::PolicyAllow {
+            target: Target::Ip(ip),
+            note: Some("our gateway".into()),
+        },
+        VoVerb::PolicyDisallow {
+            target: Target::Mac(mac),
+        },
+    ]);
+    round_trip(&[
         SensorVerb::MacOf { ip },
         SensorVerb::RecvBytes { iface: None },
     ]);
@@ -217,9 +253,10 @@ fn every_family_round_trips_through_its_words() {
 
 #[test]
 fn a_verb_name_belongs_to_one_family() {
-    let families: [(&str, Vec<VerbDoc>); 6] = [
+    let families: [(&str, Vec<VerbDoc>); 7] = [
         ("node", NodeVerb::docs()),
         ("ho", HoVerb::docs()),
+        ("vo", VoVerb::docs()),
         ("sensor", SensorVerb::docs()),
         ("libvirt", LibvirtVerb::docs()),
         ("sdn", SdnVerb::docs()),
@@ -236,4 +273,43 @@ fn a_verb_name_belongs_to_one_family() {
     }
     let text = listing(&SensorVerb::docs());
     assert!(text.contains("  mac_of <ip>"), "{text}");
+}
+
+#[test]
+fn a_block_entry_is_a_target_with_an_optional_ttl_and_reason() {
+    let entry = |word: &str| BlockEntry::parse_word(word);
+    assert_eq!(
+        entry("10.0.0.5/24,600,port scan, then flood"),
+        Ok(BlockEntry {
+            target: Target::Net("10.0.0.0/24".parse().unwrap()),
+            ttl_s: Some(600),
+            reason: Some("port scan, then flood".into()),
+        })
+    );
+    assert_eq!(
+        entry("aa:bb:cc:dd:ee:ff,,why").map(|e| (e.ttl_s, e.to_word())),
+        Ok((None, "aa:bb:cc:dd:ee:ff,,why".into()))
+    );
+    assert_eq!(
+        entry("10.0.0.9,").map(|e| e.to_word()),
+        Ok("10.0.0.9".into())
+    );
+    assert!(entry("10.0.0.9,ten")
+        .unwrap_err()
+        .contains("\"ten\" is not a time-to-live"));
+    assert!(entry("10.0.0.300")
+        .unwrap_err()
+        .contains("invalid block target"));
+    assert_eq!(
+        usage_of(&VoVerb::docs(), "policy_block"),
+        "[target[,ttl_s[,reason]]...]"
+    );
+    let e = VoVerb::parse("policy_block", &w(&["10.0.0.1", "nope"])).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("policy_block entries: invalid block target"),
+        "{e}"
+    );
+    assert_eq!(permission_of("policy_block"), Permission::Command);
+    assert_eq!(permission_of("policy_decisions"), Permission::Read);
 }
