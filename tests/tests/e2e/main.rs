@@ -28,6 +28,7 @@ mod agent {
 mod firewall {
     mod kernel;
     mod lab;
+    mod policy;
 }
 
 mod tree {

@@ -224,8 +224,13 @@ impl Stream {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// Waits until `n` more datagrams are sent, and returns how many of them arrived.
+    /// Waits until `n` more datagrams are sent, and returns how many of them arrived (after
+    /// letting the few in flight when it was called land).
     pub fn arrivals_over_next(&self, n: u64) -> u64 {
+        let settle = self.sent() + 5;
+        wait_until("datagrams sent", WAIT, || {
+            (self.sent() >= settle).then_some(())
+        });
         let (s0, r0) = (self.sent(), self.received());
         wait_until("datagrams sent", WAIT, || {
             (self.sent() >= s0 + n).then_some(())
