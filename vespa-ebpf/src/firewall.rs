@@ -28,10 +28,10 @@ use aya_ebpf::{
 use vespa_common::{
     Addr, BlockEntry, EventHeader, FirewallConfig, MacKey, ReflexEvent, ThrottleEntry,
     BLOCK_REFLEX, EVENT_REFLEX_BLOCK, FW_ACTIVE_ALLOW_IP, FW_ACTIVE_ALLOW_MAC, FW_ACTIVE_BLOCK_IP,
-    FW_ACTIVE_BLOCK_MAC, FW_ACTIVE_THROTTLE_IP, FW_ACTIVE_THROTTLE_MAC,
-    FW_COUNT_REFLEX_INSERTED, FW_COUNT_SLOTS, FW_STAT_ALLOWED, FW_STAT_BLOCK_BYTES,
-    FW_STAT_BLOCK_PACKETS, FW_STAT_REFLEX_CAPPED, FW_STAT_REFLEX_PROTECTED, FW_STAT_SLOTS,
-    FW_STAT_THROTTLE_BYTES, FW_STAT_THROTTLE_PACKETS, FW_STAT_XDP_PACKETS,
+    FW_ACTIVE_BLOCK_MAC, FW_ACTIVE_THROTTLE_IP, FW_ACTIVE_THROTTLE_MAC, FW_COUNT_REFLEX_INSERTED,
+    FW_COUNT_SLOTS, FW_STAT_ALLOWED, FW_STAT_BLOCK_BYTES, FW_STAT_BLOCK_PACKETS,
+    FW_STAT_REFLEX_CAPPED, FW_STAT_REFLEX_PROTECTED, FW_STAT_SLOTS, FW_STAT_THROTTLE_BYTES,
+    FW_STAT_THROTTLE_PACKETS, FW_STAT_XDP_PACKETS,
 };
 
 use crate::common::{atomic_add, emit, now_ns};
@@ -122,7 +122,10 @@ fn lpm_ptr<V>(map: &LpmTrie<[u8; 16], V>, addr: &[u8; 16]) -> Option<*mut V> {
 /// IP header's EtherType from the Ethernet header (or `l3_proto` on raw-IP devices).
 #[inline(always)]
 pub fn source(data: usize, end: usize, l2: bool, l3_proto: u16) -> Source {
-    let mut src = Source { ip: None, mac: None };
+    let mut src = Source {
+        ip: None,
+        mac: None,
+    };
     let (proto, ip) = if l2 {
         if data + 14 > end {
             return src;
@@ -368,7 +371,10 @@ pub fn reflex<C: aya_ebpf::EbpfContext>(ctx: &C, addr: &Addr, cause: u32, value:
         flags: BLOCK_REFLEX,
         ..BlockEntry::default()
     };
-    if FW_BLOCK_IP.insert(&key, &entry, BPF_NOEXIST as u64).is_err() {
+    if FW_BLOCK_IP
+        .insert(&key, &entry, BPF_NOEXIST as u64)
+        .is_err()
+    {
         // Already blocked (by the reflex or by user space), or the table is full.
         if lpm_ptr(&FW_BLOCK_IP, &addr.bytes).is_none() {
             stat(FW_STAT_REFLEX_CAPPED, 1);
