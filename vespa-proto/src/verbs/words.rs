@@ -432,7 +432,7 @@ impl std::str::FromStr for Rate {
             _ => return Err(bad()),
         };
         let v = n * scale;
-        if !v.is_finite() || v < 1.0 || v > 1e13 {
+        if !v.is_finite() || !(1.0..=1e13).contains(&v) {
             return Err(format!("invalid rate {w:?}: out of range"));
         }
         Ok(if packets {
