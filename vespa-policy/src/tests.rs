@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use crate::*;
 
+mod firewall;
 mod operator;
 
 fn ip(s: &str) -> IpAddr {

@@ -12,26 +12,22 @@ use crate::control::{ActiveAction, PolicyControl, PolicyError};
 impl PolicyControl for PolicyDriver {
     fn active_actions(&self) -> Vec<ActiveAction> {
         let core = self.core();
-        let a = &core.state.rules().actuators;
         let mut out: Vec<ActiveAction> = core
             .state
             .effects()
             .map(|p| {
-                let (key, action, target, actuator) = match p.effect {
-                    Effect::Blocked(t) => (target_arg(t), "block", target_arg(t), a.sdn.clone()),
-                    Effect::LinkCut(vm) => (vm.clone(), "cut_link", vm.clone(), a.libvirt.clone()),
-                    Effect::Quarantined(vm) => {
-                        (vm.clone(), "migrate", vm.clone(), a.libvirt.clone())
-                    }
-                    Effect::AvIsolated(vm, av) => {
-                        (vm.clone(), "av_isolate", vm.clone(), av.clone())
-                    }
+                let (action, target) = match p.effect {
+                    Effect::Blocked(t) => ("block", target_arg(t)),
+                    Effect::Throttled(t) => ("throttle", target_arg(t)),
+                    Effect::LinkCut(vm) => ("cut_link", vm.clone()),
+                    Effect::Quarantined(vm) => ("migrate", vm.clone()),
+                    Effect::AvIsolated(vm, _) => ("av_isolate", vm.clone()),
                 };
                 ActiveAction {
-                    key,
+                    key: target.clone(),
                     action: action.to_string(),
                     target,
-                    actuator,
+                    actuator: p.via.to_string(),
                     since_unix_s: self.unix_s(p.since),
                     expires_unix_s: p.expires_at.map(|x| self.unix_s(x)),
                     dry_run: p.dry,
@@ -94,18 +90,33 @@ impl PolicyControl for PolicyDriver {
     }
 
     fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
-        let t = parse_target(target).ok_or_else(|| {
-            PolicyError::Invalid(format!("{target:?} is neither an IP nor a MAC address"))
-        })?;
+        let t = parse_target(target).map_err(PolicyError::Invalid)?;
         if ttl_s == 0 || ttl_s > 30 * 86_400 {
             return Err(PolicyError::Invalid(format!(
                 "ttl_s {ttl_s} out of range (1 s to 30 days)"
             )));
         }
-        if let Target::Mac(m) = t {
-            if self.core().state.rules().own_macs.contains(&m) {
+        {
+            let core = self.core();
+            let rules = core.state.rules();
+            if let Target::Mac(m) = t {
+                if rules.own_macs.contains(&m) {
+                    return Err(PolicyError::Invalid(format!(
+                        "{m} is one of the VO side's own MACs (own_macs): never blocked"
+                    )));
+                }
+            }
+            if let Some(entry) = core.state.protected_by(&t) {
                 return Err(PolicyError::Invalid(format!(
-                    "{m} is one of the VO side's own MACs (own_macs): never blocked"
+                    "{} is protected by the allowlist entry {}: never blocked",
+                    t.bare(),
+                    entry.bare()
+                )));
+            }
+            if matches!(t, Target::Net(_)) && rules.actuators.firewall.is_none() {
+                return Err(PolicyError::Invalid(format!(
+                    "{} is a prefix: only a firewall agent blocks prefixes, and the policy names none ([actuators] firewall)",
+                    t.bare()
                 )));
             }
         }

@@ -49,6 +49,7 @@ fn actions_become_the_actuators_verbs() {
         target: Target::Mac(mac),
         ttl_ns: 600 * vespa_policy::SECOND,
         via: "SDN".into(),
+        firewall: false,
     };
     assert_eq!(
         to_call(&b),
@@ -62,6 +63,7 @@ fn actions_become_the_actuators_verbs() {
         id: 2,
         target: Target::Ip(ip),
         via: "SDN".into(),
+        firewall: false,
     };
     assert_eq!(
         to_call(&r),
