@@ -23,7 +23,7 @@ fn usage_lines_come_from_the_fields() {
     assert_eq!(usage(NodeVerb::docs(), "help"), "");
     assert_eq!(
         usage(SdnVerb::docs(), "block_hackers"),
-        "<mac|ip> [ttl_s|none]"
+        "<mac|ip|prefix> [ttl_s|none]"
     );
     assert_eq!(
         usage(SdnVerb::docs(), "alert_ip"),
@@ -53,7 +53,10 @@ fn usage_lines_come_from_the_fields() {
 #[test]
 fn errors_say_what_is_wrong() {
     let e = SdnVerb::parse("block_hackers", &[]).unwrap_err();
-    assert_eq!(e.to_string(), "usage: block_hackers <mac|ip> [ttl_s|none]");
+    assert_eq!(
+        e.to_string(),
+        "usage: block_hackers <mac|ip|prefix> [ttl_s|none]"
+    );
     let e = SdnVerb::parse("block_hackers", &w(&["10.0.0.1", "300", "extra"])).unwrap_err();
     assert!(matches!(e, VerbError::Usage { .. }), "{e}");
     let e = SdnVerb::parse("block_hackers", &w(&["10.0.0.1", "-5"])).unwrap_err();
