@@ -30,7 +30,7 @@ use effects::{
     apply_effect, end_manual_holds, forget_expired, release_owned, rule_holds, EffectState, Owner,
 };
 use guard::{allow, capped, disallow, record_placed, topology_allow, CapState};
-pub use guard::{AllowOrigin, Allowed};
+pub use guard::{AllowOrigin, Allowed, MAX_ALLOWED_BY_HAND};
 
 #[derive(Debug, Clone, Copy)]
 struct Verify {

@@ -54,7 +54,7 @@ mod props;
 mod tests;
 
 pub use bench::bench_step;
-pub use engine::{step, AllowOrigin, Allowed, InPlace, State};
+pub use engine::{step, AllowOrigin, Allowed, InPlace, State, MAX_ALLOWED_BY_HAND};
 pub use rules::{
     Actuators, Aggregate, KeyKind, Reflex, ReflexSetting, Rule, Rules, RulesError, Step, Via,
     DEFAULT_RULES,

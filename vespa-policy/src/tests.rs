@@ -29,6 +29,14 @@ fn rules_with(edits: &[(&str, &str)]) -> Rules {
     Rules::from_toml(&text).expect("edited rules must parse")
 }
 
+/// The operator's block of `target` for `ttl_s` seconds.
+fn manual(target: Target, ttl_s: u64) -> Input {
+    Input::ManualBlock {
+        target,
+        ttl_ns: ttl_s * SECOND,
+    }
+}
+
 type Check = Box<dyn Fn(&Action) -> bool>;
 /// (name, samples (second, connections), ticks after, blocks, releases)
 type HysteresisCase<'a> = (&'a str, &'a [(u64, u64)], &'a [u64], usize, usize);

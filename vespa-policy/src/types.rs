@@ -57,55 +57,40 @@ impl FromStr for Mac {
 
 /// An address prefix: a network address (its host bits zero) and its length in bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Prefix {
-    addr: IpAddr,
-    bits: u8,
-}
+pub struct Prefix(ipnet::IpNet);
 
 impl Prefix {
     /// `addr/bits` with the host bits cleared; an error when `bits` is too long for the family.
     pub fn new(addr: IpAddr, bits: u8) -> Result<Prefix, String> {
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if bits > max {
-            return Err(format!("prefix length {bits} is longer than {max} bits"));
-        }
-        let addr = match addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
-        };
-        Ok(Prefix { addr, bits })
+        ipnet::IpNet::new(addr, bits)
+            .map(|net| Prefix(net.trunc()))
+            .map_err(|_| format!("prefix length {bits} is too long for {addr}"))
     }
 
     /// The network address.
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.network()
     }
 
     /// The prefix length in bits.
     pub fn bits(&self) -> u8 {
-        self.bits
+        self.0.prefix_len()
     }
 
     /// Whether `ip` is inside.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        Prefix::new(ip, self.bits).is_ok_and(|p| p.addr == self.addr)
+        self.0.contains(&ip)
     }
 
     /// Whether the two share an address (one of them contains the other).
     pub fn overlaps(&self, other: &Prefix) -> bool {
-        self.contains(other.addr) || other.contains(self.addr)
+        self.0.contains(&other.0) || other.0.contains(&self.0)
     }
 }
 
 impl fmt::Display for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.bits)
+        self.0.fmt(f)
     }
 }
 
@@ -114,14 +99,10 @@ impl FromStr for Prefix {
 
     /// `10.0.0.0/8`, `2001:db8::/64`; host bits are cleared.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (a, l) = s.trim().split_once('/').unwrap_or((s.trim(), ""));
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("{s:?} is not a prefix ({a:?} is not an IP address)"))?;
-        let bits = l
-            .parse::<u8>()
-            .map_err(|_| format!("{s:?} is not a prefix ({l:?} is not a length)"))?;
-        Prefix::new(addr, bits).map_err(|e| format!("{s:?} is not a prefix: {e}"))
+        s.trim()
+            .parse::<ipnet::IpNet>()
+            .map(|net| Prefix(net.trunc()))
+            .map_err(|_| format!("{s:?} is not a prefix (address/length, as 10.0.0.0/8)"))
     }
 }
 
@@ -251,7 +232,7 @@ impl Target {
         let p = Prefix::new(addr, bits)?;
         let whole = if addr.is_ipv4() { 32 } else { 128 };
         Ok(if bits == whole {
-            Target::Ip(p.addr)
+            Target::Ip(p.addr())
         } else {
             Target::Net(p)
         })
@@ -289,7 +270,7 @@ impl FromStr for Target {
         }
         if s.contains('/') {
             let p: Prefix = s.parse()?;
-            return Target::prefix(p.addr, p.bits);
+            return Target::prefix(p.addr(), p.bits());
         }
         s.parse::<Mac>().map(Target::Mac).map_err(|_| {
             format!("{s:?} is neither an IP address, a prefix (10.0.0.0/8) nor a MAC address")

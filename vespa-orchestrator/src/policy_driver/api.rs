@@ -3,11 +3,14 @@
 //! one step of the policy whose actions go to the driver task. Nothing here waits for an
 //! actuator.
 
-use vespa_policy::{Action, Effect, Input, Target};
+use vespa_policy::{Action, AllowOrigin, Effect, Input, Target, MAX_ALLOWED_BY_HAND};
 
 use super::convert::{call_of, parse_key, parse_target, target_arg};
-use super::{load_rules, Event, PolicyDriver};
-use crate::control::{ActiveAction, PolicyControl, PolicyError};
+use super::{load_rules, reflex_elsewhere, Event, PolicyDriver};
+use crate::control::{ActiveAction, AllowEntry, PolicyControl, PolicyError};
+
+/// An operator's note is kept to this many characters.
+const MAX_NOTE: usize = 200;
 
 impl PolicyControl for PolicyDriver {
     fn active_actions(&self) -> Vec<ActiveAction> {
@@ -49,23 +52,23 @@ impl PolicyControl for PolicyDriver {
 
     fn set_dry_run(&self, enabled: bool) -> Result<(), PolicyError> {
         self.step(Input::SetDryRun(enabled));
+        self.sync_firewall();
         tracing::info!(enabled, "policy dry-run set");
         Ok(())
     }
 
     fn reload(&self, text: &str) -> Result<(), PolicyError> {
-        let rules = load_rules(text, self.inner.topology.as_deref())?.placed_at(self.at());
+        let all = load_rules(text, self.inner.topology.as_deref())?;
+        let rules = all.placed_at(self.at());
         self.rules_changed(&rules);
         let actions = self.step(Input::Reload(Box::new(rules)));
-        self.core().rules_text = text.to_string();
-        self.run_later(actions).or_else(|e| match e {
-            // Reloaded all the same; the actions are the policy's to retry on its next tick.
-            PolicyError::Unavailable(m) => {
-                tracing::warn!(node = %self.node_name(), error = %m, "policy reloaded; its immediate actions could not be queued");
-                Ok(())
-            }
-            e => Err(e),
-        })
+        {
+            let mut core = self.core();
+            core.rules_text = text.to_string();
+            core.reflex_elsewhere = reflex_elsewhere(&all, self.at());
+        }
+        self.sync_firewall();
+        self.run_soon(actions, "policy reloaded")
     }
 
     fn release(&self, key: &str) -> Result<String, PolicyError> {
@@ -87,6 +90,65 @@ impl PolicyControl for PolicyDriver {
         } else {
             done.join("; ")
         })
+    }
+
+    fn allowlist(&self) -> Vec<AllowEntry> {
+        self.core()
+            .state
+            .allowlist()
+            .map(|a| AllowEntry {
+                target: a.target.bare(),
+                origin: a.origin.as_str().to_string(),
+                note: a.note.map(str::to_string),
+            })
+            .collect()
+    }
+
+    fn allow(&self, target: &str, note: Option<&str>) -> Result<(), PolicyError> {
+        let t = parse_target(target).map_err(PolicyError::Invalid)?;
+        let by_hand = self
+            .core()
+            .state
+            .allowlist()
+            .filter(|a| a.origin == AllowOrigin::Operator)
+            .map(|a| a.target)
+            .collect::<Vec<Target>>();
+        if by_hand.len() >= MAX_ALLOWED_BY_HAND && !by_hand.contains(&t) {
+            return Err(PolicyError::Invalid(format!(
+                "the allowlist holds {MAX_ALLOWED_BY_HAND} entries added by hand already: delete one first"
+            )));
+        }
+        let note = note
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| n.chars().take(MAX_NOTE).collect());
+        let actions = self.step(Input::Allow { target: t, note });
+        self.sync_firewall();
+        tracing::info!(node = %self.node_name(), target = %t.bare(), "allowlist: added by hand");
+        self.run_soon(actions, "allowlist entry added")
+    }
+
+    fn disallow(&self, target: &str) -> Result<(), PolicyError> {
+        let t = parse_target(target).map_err(PolicyError::Invalid)?;
+        let origins: Vec<AllowOrigin> = self
+            .core()
+            .state
+            .allowlist()
+            .filter(|a| a.target == t)
+            .map(|a| a.origin)
+            .collect();
+        if !origins.contains(&AllowOrigin::Operator) {
+            let t = t.bare();
+            return Err(PolicyError::NotFound(match origins.first() {
+                Some(AllowOrigin::Config) => format!("{t} is in the policy file's [allowlist]: remove it there and reload"),
+                Some(_) => format!("{t} is a machine or controller of the topology: it is protected as long as it is there"),
+                None => format!("{t} is not on the allowlist"),
+            }));
+        }
+        self.step(Input::Disallow { target: t });
+        self.sync_firewall();
+        tracing::info!(node = %self.node_name(), target = %t.bare(), "allowlist: removed by hand");
+        Ok(())
     }
 
     fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {

@@ -125,7 +125,7 @@ impl std::fmt::Display for ActuatorCall {
 }
 
 /// A policy target as the verbs carry it.
-fn wire_target(t: &Target) -> verbs::Target {
+pub(super) fn wire_target(t: &Target) -> verbs::Target {
     match t {
         Target::Ip(ip) => verbs::Target::Ip(*ip),
         Target::Mac(m) => verbs::Target::Mac(verbs::MacAddr(m.0)),
@@ -146,7 +146,7 @@ fn wire_rate(r: Rate) -> verbs::Rate {
 
 /// A TTL in nanoseconds as the verbs carry it: whole seconds, rounded up; 0 is "until
 /// released".
-fn wire_ttl(ttl_ns: u64) -> Ttl {
+pub(super) fn wire_ttl(ttl_ns: u64) -> Ttl {
     if ttl_ns == 0 {
         Ttl::Forever
     } else {

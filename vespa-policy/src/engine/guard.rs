@@ -11,14 +11,13 @@
 //! offender waits, and an alert says so.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::net::IpAddr;
 
 use super::effects::{held_by_rule, release_owned, Owner};
 use super::State;
-use crate::types::{Action, AlertKind, Effect, Key, Nanos, Prefix, Target, SECOND};
+use crate::types::{Action, AlertKind, Effect, Key, Nanos, Target, SECOND};
 
 /// Operator entries held at most (each is checked against every block proposed).
-pub const MAX_OPERATOR_ENTRIES: usize = 4096;
+pub const MAX_ALLOWED_BY_HAND: usize = 4096;
 
 /// Where a protection comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -117,18 +116,10 @@ impl State {
 fn overlap(a: &Target, b: &Target) -> bool {
     match (a, b) {
         (Target::Mac(x), Target::Mac(y)) => x == y,
+        (Target::Ip(x), Target::Ip(y)) => x == y,
+        (Target::Ip(ip), Target::Net(p)) | (Target::Net(p), Target::Ip(ip)) => p.contains(*ip),
+        (Target::Net(p), Target::Net(q)) => p.overlaps(q),
         (Target::Mac(_), _) | (_, Target::Mac(_)) => false,
-        _ => matches!((range(a), range(b)), (Some(p), Some(q)) if p.overlaps(&q)),
-    }
-}
-
-/// An address or prefix as a prefix.
-fn range(t: &Target) -> Option<Prefix> {
-    match t {
-        Target::Ip(ip @ IpAddr::V4(_)) => Prefix::new(*ip, 32).ok(),
-        Target::Ip(ip) => Prefix::new(*ip, 128).ok(),
-        Target::Net(p) => Some(*p),
-        Target::Mac(_) => None,
     }
 }
 
@@ -139,11 +130,10 @@ pub(super) fn allow(
     out: &mut Vec<Action>,
 ) {
     if !state.allow_operator.contains_key(&target)
-        && state.allow_operator.len() >= MAX_OPERATOR_ENTRIES
+        && state.allow_operator.len() >= MAX_ALLOWED_BY_HAND
     {
-        let text = format!(
-            "allowlist: {target} not added: {MAX_OPERATOR_ENTRIES} entries by hand already"
-        );
+        let text =
+            format!("allowlist: {target} not added: {MAX_ALLOWED_BY_HAND} entries by hand already");
         State::alert(out, AlertKind::Notice, text);
         return;
     }

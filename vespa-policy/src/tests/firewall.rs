@@ -212,13 +212,7 @@ fn a_protected_gateway_that_floods_is_never_blocked() {
         .protected_by(&Target::Net(net("192.0.2.0/24")))
         .is_some());
     assert!(h.st.protected_by(&Target::Ip(ip("192.0.2.2"))).is_none());
-    let out = h.at(
-        4000,
-        Input::ManualBlock {
-            target: Target::Net(net("192.0.0.0/16")),
-            ttl_ns: 60 * SECOND,
-        },
-    );
+    let out = h.at(4000, manual(Target::Net(net("192.0.0.0/16")), 60));
     assert!(
         matches!(
             out.as_slice(),
@@ -575,13 +569,7 @@ fn a_reflex_block_is_verified_and_not_adopted_without_a_reflex_rule_or_when_prot
 fn a_manual_block_of_a_prefix_goes_to_the_firewall_and_needs_one() {
     let p = Target::Net(net("203.0.113.0/24"));
     let mut h = H::new(fw(&[]));
-    let out = h.at(
-        0,
-        Input::ManualBlock {
-            target: p,
-            ttl_ns: 60 * SECOND,
-        },
-    );
+    let out = h.at(0, manual(p, 60));
     assert!(
         matches!(out.as_slice(), [Action::Block { target, firewall: true, via, .. }] if *target == p && via == "Agent_Firewall"),
         "{out:?}"
@@ -597,13 +585,7 @@ fn a_manual_block_of_a_prefix_goes_to_the_firewall_and_needs_one() {
         "{out:?}"
     );
     let mut h = H::new(Rules::default_rules());
-    let out = h.at(
-        0,
-        Input::ManualBlock {
-            target: p,
-            ttl_ns: 60 * SECOND,
-        },
-    );
+    let out = h.at(0, manual(p, 60));
     assert!(
         matches!(out.as_slice(), [Action::Alert { kind: AlertKind::Notice, text }] if text.contains("firewall")),
         "{out:?}"

@@ -3,13 +3,6 @@
 
 use super::*;
 
-fn manual(target: Target, ttl_s: u64) -> Input {
-    Input::ManualBlock {
-        target,
-        ttl_ns: ttl_s * SECOND,
-    }
-}
-
 fn release(key: Key) -> Input {
     Input::ManualRelease { key }
 }
