@@ -45,7 +45,8 @@
 //! reflex_ttl_s = 600              # (syn_rate or established, key remote; default: the
 //! reflex_max = 1024               #  first block's ttl_s) at most this many at once
 //! ladder = [{ action = "throttle", rate = "8mbit", ttl_s = 600 },  # or "1000pps"
-//!           { action = "block", ttl_s = 600, via = "sdn" },        # default: firewall if named
+//!           { action = "block", ttl_s = 600, via = "firewall" },   # or "sdn" (not with
+//!                                                         # v6_prefix); default: firewall if named
 //!           { action = "cut_link" }, { action = "migrate" }]
 //! ```
 //!
