@@ -304,7 +304,9 @@ fn connections(
         }
         let mut per_key: BTreeMap<Key, u64> = BTreeMap::new();
         for (ip, n) in per_remote {
-            let sum = per_key.entry(rule.key_of(&Key::Remote(*ip))).or_default();
+            let sum = per_key
+                .entry(rule.key_of(&Key::Remote(*ip)).into_owned())
+                .or_default();
             *sum = sum.saturating_add(*n);
         }
         // A complete list holds every remote the agent sees: one it no longer lists has

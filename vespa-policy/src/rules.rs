@@ -227,12 +227,13 @@ impl ReflexSetting {
 
 impl Rule {
     /// The key this rule tracks `key` as: an IPv6 remote as its `v6_prefix` prefix.
-    pub fn key_of(&self, key: &Key) -> Key {
+    pub fn key_of<'k>(&self, key: &'k Key) -> std::borrow::Cow<'k, Key> {
+        use std::borrow::Cow;
         match (key, self.v6_prefix) {
             (Key::Remote(ip @ std::net::IpAddr::V6(_)), Some(bits)) if bits < 128 => {
-                Prefix::new(*ip, bits).map_or_else(|_| key.clone(), Key::Net)
+                Prefix::new(*ip, bits).map_or(Cow::Borrowed(key), |p| Cow::Owned(Key::Net(p)))
             }
-            _ => key.clone(),
+            _ => Cow::Borrowed(key),
         }
     }
 }
@@ -1048,16 +1049,16 @@ mod tests {
         assert_eq!(Rules::default_rules().reflex(), None);
         let key = |s: &str| Key::Remote(s.parse().unwrap());
         assert_eq!(
-            conn.key_of(&key("2001:db8:0:ab::7")),
+            *conn.key_of(&key("2001:db8:0:ab::7")),
             Key::Net("2001:db8::/56".parse().unwrap())
         );
         assert_eq!(
-            conn.key_of(&key("192.0.2.7")),
+            *conn.key_of(&key("192.0.2.7")),
             key("192.0.2.7"),
             "IPv4 stays"
         );
         assert_eq!(
-            syn.key_of(&key("2001:db8::7")),
+            *syn.key_of(&key("2001:db8::7")),
             key("2001:db8::7"),
             "no v6_prefix"
         );

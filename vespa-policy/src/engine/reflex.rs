@@ -75,7 +75,7 @@ pub(super) fn adopt(
     };
     for i in rules {
         let rule = &state.rules.rules[i];
-        let key = rule.key_of(&key);
+        let key = rule.key_of(&key).into_owned();
         let window = rule.window_ns;
         with_key(state, i, &key, Some(origin), now, out, |state, ks, out| {
             ks.window.push(now, k.value, window);
