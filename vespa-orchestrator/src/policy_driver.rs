@@ -86,6 +86,10 @@ const MAX_ASK_PER_TABLE: usize = 16;
 /// Block timings kept for [`PolicyDriver::block_timings`].
 const MAX_TIMINGS: usize = 4096;
 
+fn busy() -> PolicyError {
+    PolicyError::Unavailable("the policy driver is busy or stopped; try again".into())
+}
+
 /// Wall-clock nanoseconds since the Unix epoch.
 fn unix_ns() -> u64 {
     SystemTime::now()
@@ -714,9 +718,16 @@ impl PolicyDriver {
                 self.node_name()
             )));
         }
-        self.inner.tx.try_send(Event::Run(actions)).map_err(|_| {
-            PolicyError::Unavailable("the policy driver is busy or stopped; try again".into())
-        })
+        self.inner
+            .tx
+            .try_send(Event::Run(actions))
+            .map_err(|_| busy())
+    }
+
+    /// A place in the driver task's queue, taken before a mutation whose actions must reach
+    /// it (once the policy holds a change, its calls must be sent).
+    fn slot(&self) -> Result<mpsc::Permit<'_, Event>, PolicyError> {
+        self.inner.tx.try_reserve().map_err(|_| busy())
     }
 
     /// As [`PolicyDriver::run_later`], for a change that holds whether or not its immediate

@@ -122,10 +122,19 @@ impl PolicyControl for PolicyDriver {
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .map(|n| n.chars().take(MAX_NOTE).collect());
+        // Once running, the slot first: the releases of what the entry protects must reach
+        // the driver task (before, nothing is in place).
+        let slot = match self.inner.node.get() {
+            Some(_) => Some(self.slot()?),
+            None => None,
+        };
         let actions = self.step(Input::Allow { target: t, note });
+        if let Some(slot) = slot {
+            slot.send(Event::Run(actions));
+        }
         self.sync_firewall();
         tracing::info!(node = %self.node_name(), target = %t.bare(), "allowlist: added by hand");
-        self.run_soon(actions, "allowlist entry added")
+        Ok(())
     }
 
     fn disallow(&self, target: &str) -> Result<(), PolicyError> {
@@ -189,9 +198,7 @@ impl PolicyControl for PolicyDriver {
             )));
         }
         // The slot first: once the policy holds the block, its call must reach the driver task.
-        let slot = self.inner.tx.try_reserve().map_err(|_| {
-            PolicyError::Unavailable("the policy driver is busy or stopped; try again".into())
-        })?;
+        let slot = self.slot()?;
         let actions = self.step(Input::ManualBlock {
             target: t,
             ttl_ns: ttl_s * vespa_policy::SECOND,

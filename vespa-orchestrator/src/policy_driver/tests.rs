@@ -735,6 +735,25 @@ async fn a_reflex_block_is_adopted_and_released_through_the_firewall() {
     .unwrap();
     assert_eq!(fw.calls(5).await[4], "release_hackers 10.1.2.3");
     assert!(d.active_actions().is_empty());
+    // An entry by hand releases what it protects, and the firewall is told to allow it.
+    vo.raise(AlertBody::ReflexBlock {
+        target: "198.51.100.8".into(),
+        cause: "syn".into(),
+        value: 180,
+        threshold: 100,
+        ttl_s: 600,
+        kernel_ns: 3,
+    })
+    .unwrap();
+    assert_eq!(fw.calls(6).await[5], "block_hackers 198.51.100.8 600");
+    d.allow("198.51.100.0/24", None).unwrap();
+    assert!(d.active_actions().is_empty());
+    let mut last = fw.calls(8).await.split_off(6);
+    last.sort();
+    assert_eq!(
+        last,
+        ["allow 198.51.100.0/24", "release_hackers 198.51.100.8"]
+    );
 }
 
 #[test]
