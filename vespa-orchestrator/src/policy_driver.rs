@@ -23,6 +23,11 @@
 //! Infections and sensor health stay the VO's: an HO's driver feeds its rules only the
 //! counters (threshold crossings, connection tables, interface bytes).
 //!
+//! **The firewall agent follows the policy** ([`firewall`]): the kernel reflex of the rules
+//! with `reflex = true` and the allowlist (the file's, the topology's machines and
+//! controllers, the operator's) are pushed to `[actuators] firewall` at start and whenever
+//! they change, retried with backoff until it takes them.
+//!
 //! **What is in place is the policy's.** Every block, cut link or isolation, with when it was
 //! placed, when it expires, whether it was only recorded in dry-run and who holds it (rules,
 //! an infection, the operator's manual block), is read from the policy's [`State`]; the
@@ -41,12 +46,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 // The policy's clock is tokio's monotonic one (std's outside tests), so tests in paused
 // time drive ticks, TTLs and calm periods without waiting for them.
 use tokio::time::Instant;
 use vespa_node::{AgentKind, AlertHandler, NodeHandle, Role, Topology};
-use vespa_policy::{step, Action, Input, KeyKind, Mac, Rules, State, DEFAULT_RULES};
+use vespa_policy::{step, Action, Input, KeyKind, Mac, ReflexSetting, Rules, State, DEFAULT_RULES};
 use vespa_proto::verbs::SensorVerb;
 use vespa_proto::{Alert, AlertBody};
 
@@ -55,6 +60,7 @@ use crate::metrics::Metrics;
 
 mod api;
 mod convert;
+mod firewall;
 pub mod placement;
 mod remote;
 mod set;
@@ -79,6 +85,10 @@ const MAX_ASKED: usize = 65_536;
 const MAX_ASK_PER_TABLE: usize = 16;
 /// Block timings kept for [`PolicyDriver::block_timings`].
 const MAX_TIMINGS: usize = 4096;
+
+fn busy() -> PolicyError {
+    PolicyError::Unavailable("the policy driver is busy or stopped; try again".into())
+}
 
 /// Wall-clock nanoseconds since the Unix epoch.
 fn unix_ns() -> u64 {
@@ -147,6 +157,13 @@ fn resolve_actuators(rules: &mut Rules, topo: Option<&Topology>) {
     }
 }
 
+/// Whether a rule of `all` placed elsewhere than `at` has a kernel reflex.
+fn reflex_elsewhere(all: &Rules, at: Option<&str>) -> bool {
+    all.rules
+        .iter()
+        .any(|r| r.reflex.is_some() && r.at.as_deref() != at)
+}
+
 /// Parses `text` and checks it against `topology`: actuator names the topology does not know
 /// fall back to its only agent of the kind, and every rule's `at` must name an HO whose
 /// subtree holds the rule's sensors and actuators ([`placement::check`]). This is the whole
@@ -179,6 +196,9 @@ enum Event {
 struct Core {
     state: State,
     rules_text: String,
+    /// Whether a rule this driver does not run (one placed at another node) has a kernel
+    /// reflex: the VO's driver then leaves the reflex to that rule's driver.
+    reflex_elsewhere: bool,
 }
 
 struct Inner {
@@ -202,6 +222,8 @@ struct Inner {
     timings: Mutex<std::collections::VecDeque<BlockTiming>>,
     dropped: AtomicU64,
     policy_file: Option<PathBuf>,
+    /// What the firewall agent should hold ([`firewall`]'s task follows it).
+    firewall: watch::Sender<firewall::Wanted>,
 }
 
 /// A policy driver, the VO's or an HO's (cheap to clone).
@@ -254,15 +276,21 @@ impl PolicyDriver {
         policy_file: Option<PathBuf>,
     ) -> Result<PolicyDriver, PolicyError> {
         let topology = topology.map(|t| Arc::new(t.clone()));
-        let rules = load_rules(rules_text, topology.as_deref())?.placed_at(at.as_deref());
-        let mut state = State::new(rules);
+        let all = load_rules(rules_text, topology.as_deref())?;
+        let reflex_elsewhere = reflex_elsewhere(&all, at.as_deref());
+        let mut state = State::new(all.placed_at(at.as_deref()));
         if dry_run {
             step(&mut state, Input::SetDryRun(true), 0);
+        }
+        if let Some(topo) = &topology {
+            let entries = firewall::topology_entries(topo);
+            step(&mut state, Input::TopologyAllow(entries), 0);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let core = Core {
             state,
             rules_text: rules_text.to_string(),
+            reflex_elsewhere,
         };
         let d = PolicyDriver {
             inner: Arc::new(Inner {
@@ -280,10 +308,42 @@ impl PolicyDriver {
                 timings: Mutex::new(Default::default()),
                 dropped: AtomicU64::new(0),
                 policy_file,
+                firewall: watch::Sender::new(firewall::Wanted::default()),
             }),
         };
         d.rules_changed(d.core().state.rules());
+        d.sync_firewall();
         Ok(d)
+    }
+
+    /// What the firewall agent should hold from this driver, from the policy's state: the
+    /// reflex of its rules (off in dry-run, and at the VO when no rule anywhere has one) and,
+    /// at the VO, the allowlist.
+    fn wanted(&self) -> firewall::Wanted {
+        let core = self.core();
+        let rules = core.state.rules();
+        let vo = self.inner.at.is_none();
+        let reflex = match rules.reflex() {
+            Some(_) if core.state.is_dry_run() => Some(ReflexSetting::OFF),
+            Some(r) => Some(r),
+            None if vo && !core.reflex_elsewhere => Some(ReflexSetting::OFF),
+            None => None,
+        };
+        firewall::Wanted {
+            agent: rules.actuators.firewall.clone(),
+            reflex,
+            allow: vo.then(|| core.state.allowed_targets()),
+        }
+    }
+
+    /// Tells the firewall task what is wanted now (it pushes the difference).
+    fn sync_firewall(&self) {
+        let want = self.wanted();
+        self.inner.firewall.send_if_modified(|w| {
+            let changed = *w != want;
+            *w = want;
+            changed
+        });
     }
 
     fn rules_changed(&self, rules: &Rules) {
@@ -380,6 +440,12 @@ impl PolicyDriver {
         let Some(rx) = lock(&self.inner.rx).take() else {
             return;
         };
+        let who = match &self.inner.at {
+            None => "policy DidNotTake".to_string(),
+            Some(at) => format!("policy DidNotTake at {at}"),
+        };
+        let wanted = self.inner.firewall.subscribe();
+        tokio::spawn(firewall::keep_in_step(node.clone(), wanted, who));
         let me = self.clone();
         tokio::spawn(async move { me.run(rx, node).await });
         if let Some(path) = self.inner.policy_file.clone() {
@@ -652,8 +718,27 @@ impl PolicyDriver {
                 self.node_name()
             )));
         }
-        self.inner.tx.try_send(Event::Run(actions)).map_err(|_| {
-            PolicyError::Unavailable("the policy driver is busy or stopped; try again".into())
+        self.inner
+            .tx
+            .try_send(Event::Run(actions))
+            .map_err(|_| busy())
+    }
+
+    /// A place in the driver task's queue, taken before a mutation whose actions must reach
+    /// it (once the policy holds a change, its calls must be sent).
+    fn slot(&self) -> Result<mpsc::Permit<'_, Event>, PolicyError> {
+        self.inner.tx.try_reserve().map_err(|_| busy())
+    }
+
+    /// As [`PolicyDriver::run_later`], for a change that holds whether or not its immediate
+    /// actions could be queued (the policy retries them on its next tick).
+    fn run_soon(&self, actions: Vec<Action>, what: &str) -> Result<(), PolicyError> {
+        self.run_later(actions).or_else(|e| match e {
+            PolicyError::Unavailable(m) => {
+                tracing::warn!(node = %self.node_name(), error = %m, "{what}; its immediate actions could not be queued");
+                Ok(())
+            }
+            e => Err(e),
         })
     }
 

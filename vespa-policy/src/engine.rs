@@ -5,13 +5,14 @@
 //! actions (same ids, same order).
 //!
 //! The counters' side is here (windows, hysteresis, ladders, verification); what is in place
-//! and who holds it is `effects`; the other inputs (infections, acknowledgements, the
-//! operator, reloads, sensor health) are `control`.
+//! and who holds it is `effects`; what keeps a rule from acting (the allowlist, the caps) is
+//! `guard`; the kernel reflex's blocks are adopted in `reflex`; the other inputs (infections,
+//! acknowledgements, the operator, reloads, sensor health) are `control`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::rules::{KeyKind, Rules, Step};
+use crate::rules::{KeyKind, Rules, Step, Via};
 use crate::types::{
     Action, ActionId, AlertBody, AlertKind, Effect, Input, Key, Mac, Metric, Nanos, Target,
 };
@@ -19,11 +20,17 @@ use crate::window::Window;
 
 mod control;
 mod effects;
+mod guard;
+mod reflex;
 use control::{
     health, infected, manual_block, manual_release, on_result, rate_limited_blind_spot, reload,
 };
 pub use effects::InPlace;
-use effects::{apply_effect, end_manual_holds, forget_expired, release_owned, EffectState, Owner};
+use effects::{
+    apply_effect, end_manual_holds, forget_expired, release_owned, rule_holds, EffectState, Owner,
+};
+use guard::{allow, capped, disallow, record_placed, topology_allow, CapState};
+pub use guard::{AllowOrigin, Allowed, MAX_ALLOWED_BY_HAND};
 
 #[derive(Debug, Clone, Copy)]
 struct Verify {
@@ -49,6 +56,8 @@ struct KeyState {
     last_offence_at: Nanos,
     verify: Option<Verify>,
     exhausted_alerted: bool,
+    /// The allowlist spared this offence (alerted once; nothing is tried until it ends).
+    spared: bool,
     owned: Vec<Effect>,
 }
 
@@ -91,6 +100,12 @@ pub struct State {
     pending: BTreeMap<ActionId, (String, Key)>,
     neighbours: BTreeMap<IpAddr, (Mac, Option<String>)>,
     health: BTreeMap<String, HealthSeen>,
+    /// The operator's protections (`Input::Allow`), kept across reloads, with their notes.
+    allow_operator: BTreeMap<Target, Option<String>>,
+    /// The tree's own machines and controllers (`Input::TopologyAllow`).
+    allow_topology: Vec<(Target, String)>,
+    /// Per rule name: its recent blocks and cap alerts.
+    caps: BTreeMap<String, CapState>,
 }
 
 impl State {
@@ -106,6 +121,9 @@ impl State {
             pending: BTreeMap::new(),
             neighbours: BTreeMap::new(),
             health: BTreeMap::new(),
+            allow_operator: BTreeMap::new(),
+            allow_topology: Vec::new(),
+            caps: BTreeMap::new(),
         }
     }
 
@@ -180,6 +198,9 @@ pub fn step(state: &mut State, input: Input, now: Nanos) -> Vec<Action> {
             events_lost,
             map_full,
         } => health(state, origin, events_lost, map_full, now, &mut out),
+        Input::Allow { target, note } => allow(state, target, note, &mut out),
+        Input::Disallow { target } => disallow(state, &target),
+        Input::TopologyAllow(entries) => topology_allow(state, entries, &mut out),
     }
     out
 }
@@ -238,54 +259,80 @@ fn on_alert(state: &mut State, origin: String, body: AlertBody, now: Nanos, out:
         AlertBody::Connections {
             per_remote,
             truncated,
-        } => {
-            let seen: BTreeSet<IpAddr> = per_remote.iter().map(|(ip, _)| *ip).collect();
-            for (ip, n) in per_remote {
-                sample(
-                    state,
-                    &Key::Remote(ip),
-                    Metric::Established,
-                    n,
-                    Some(&origin),
-                    now,
-                    out,
-                );
-            }
-            // A complete list holds every remote the agent sees: one it no longer lists has
-            // none. A truncated one says nothing of the remotes it leaves out.
-            if truncated {
-                return;
-            }
-            let mut gone = Vec::new();
-            for (i, rule) in state.rules.rules.iter().enumerate() {
-                if rule.metric == Metric::Established && rule.key == KeyKind::Remote {
-                    for (key, ks) in &state.keys[i] {
-                        if let Key::Remote(ip) = key {
-                            if !seen.contains(ip) && ks.source.as_deref() == Some(origin.as_str()) {
-                                gone.push(key.clone());
-                            }
-                        }
-                    }
-                }
-            }
-            for key in gone {
-                sample(state, &key, Metric::Established, 0, Some(&origin), now, out);
-            }
-        }
+        } => connections(state, &origin, &per_remote, truncated, now, out),
         AlertBody::Infected {
             vm,
             file,
             signature,
         } => infected(state, &origin, vm, &file, &signature, out),
+        AlertBody::ReflexBlock {
+            target,
+            cause,
+            value,
+            ttl_s,
+            ..
+        } => {
+            let ttl_ns = ttl_s.saturating_mul(crate::types::SECOND);
+            let kernel = reflex::KernelBlock {
+                target,
+                cause,
+                value,
+                ttl_ns,
+            };
+            reflex::adopt(state, &origin, kernel, now, out)
+        }
         // Already shown to operators by the VO; the policy learns failures from ActionResult.
         AlertBody::ActuatorFailed { .. } | AlertBody::Text(_) => {}
+    }
+}
+
+/// A connections table: one sample per key of each rule on established connections per
+/// remote (addresses aggregated to one prefix add up), and 0 for the keys a complete table
+/// no longer lists.
+fn connections(
+    state: &mut State,
+    origin: &str,
+    per_remote: &[(IpAddr, u64)],
+    truncated: bool,
+    now: Nanos,
+    out: &mut Vec<Action>,
+) {
+    for i in 0..state.rules.rules.len() {
+        let rule = &state.rules.rules[i];
+        if rule.metric != Metric::Established || rule.key != KeyKind::Remote {
+            continue;
+        }
+        let mut per_key: BTreeMap<Key, u64> = BTreeMap::new();
+        for (ip, n) in per_remote {
+            let sum = per_key
+                .entry(rule.key_of(&Key::Remote(*ip)).into_owned())
+                .or_default();
+            *sum = sum.saturating_add(*n);
+        }
+        // A complete list holds every remote the agent sees: one it no longer lists has
+        // none. A truncated one says nothing of the remotes it leaves out.
+        let gone: Vec<Key> = if truncated {
+            Vec::new()
+        } else {
+            state.keys[i]
+                .iter()
+                .filter(|(key, ks)| {
+                    !per_key.contains_key(key) && ks.source.as_deref() == Some(origin)
+                })
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        let zeroes = gone.into_iter().map(|key| (key, 0));
+        for (key, n) in per_key.into_iter().chain(zeroes) {
+            sample_rule(state, i, &key, n, Some(origin), now, out);
+        }
     }
 }
 
 fn key_matches(kind: KeyKind, key: &Key) -> bool {
     matches!(
         (kind, key),
-        (KeyKind::Remote, Key::Remote(_))
+        (KeyKind::Remote, Key::Remote(_) | Key::Net(_))
             | (KeyKind::Vm, Key::Vm(_))
             | (KeyKind::Iface, Key::Iface(_))
             | (KeyKind::Mac, Key::Mac(_))
@@ -306,41 +353,68 @@ fn sample(
         if rule.metric != metric || !key_matches(rule.key, key) {
             continue;
         }
-        let (window, cooldown) = (rule.window_ns, rule.cooldown_ns);
-        if !state.keys[i].contains_key(key) {
-            if state.keys[i].len() >= rule.max_keys {
-                let text = format!(
-                    "rule {}: {} keys tracked, new keys such as {key} are ignored",
-                    rule.name, rule.max_keys
-                );
-                rate_limited_blind_spot(
-                    state,
-                    format!("policy rule {}", state.rules.rules[i].name),
-                    text,
-                    now,
-                    out,
-                );
-                continue;
-            }
-            state.keys[i].insert(key.clone(), KeyState::default());
-        }
-        // The rule's map is taken out while evaluating (nothing evaluate calls touches keys),
-        // so the key's state is updated in place rather than removed and re-inserted.
-        let mut map = std::mem::take(&mut state.keys[i]);
-        if let Some(ks) = map.get_mut(key) {
-            ks.window.push(now, value, window);
-            if let Some(src) = source {
-                if ks.source.as_deref() != Some(src) {
-                    ks.source = Some(src.to_string());
-                }
-            }
-            evaluate(state, i, key, ks, now, out);
-            if ks.idle(now, cooldown) {
-                map.remove(key);
-            }
-        }
-        state.keys[i] = map;
+        let key = rule.key_of(key);
+        sample_rule(state, i, &key, value, source, now, out);
     }
+}
+
+/// One sample of rule `i`'s metric for `key` (already the rule's key: aggregated).
+fn sample_rule(
+    state: &mut State,
+    i: usize,
+    key: &Key,
+    value: u64,
+    source: Option<&str>,
+    now: Nanos,
+    out: &mut Vec<Action>,
+) {
+    let window = state.rules.rules[i].window_ns;
+    with_key(state, i, key, source, now, out, |state, ks, out| {
+        ks.window.push(now, value, window);
+        evaluate(state, i, key, ks, now, out);
+    });
+}
+
+/// Runs `f` on rule `i`'s state of `key`, tracked first if new (up to the rule's `max_keys`:
+/// beyond, a blind-spot alert and `f` does not run), dropped afterwards when idle.
+fn with_key(
+    state: &mut State,
+    i: usize,
+    key: &Key,
+    source: Option<&str>,
+    now: Nanos,
+    out: &mut Vec<Action>,
+    f: impl FnOnce(&mut State, &mut KeyState, &mut Vec<Action>),
+) {
+    let rule = &state.rules.rules[i];
+    let cooldown = rule.cooldown_ns;
+    if !state.keys[i].contains_key(key) {
+        if state.keys[i].len() >= rule.max_keys {
+            let text = format!(
+                "rule {}: {} keys tracked, new keys such as {key} are ignored",
+                rule.name, rule.max_keys
+            );
+            let source = format!("policy rule {}", rule.name);
+            rate_limited_blind_spot(state, source, text, now, out);
+            return;
+        }
+        state.keys[i].insert(key.clone(), KeyState::default());
+    }
+    // The rule's map is taken out meanwhile (nothing `f` calls touches keys), so the key's
+    // state is updated in place rather than removed and re-inserted.
+    let mut map = std::mem::take(&mut state.keys[i]);
+    if let Some(ks) = map.get_mut(key) {
+        if let Some(src) = source {
+            if ks.source.as_deref() != Some(src) {
+                ks.source = Some(src.to_string());
+            }
+        }
+        f(state, ks, out);
+        if ks.idle(now, cooldown) {
+            map.remove(key);
+        }
+    }
+    state.keys[i] = map;
 }
 
 fn tick(state: &mut State, now: Nanos, out: &mut Vec<Action>) {
@@ -385,8 +459,9 @@ fn evaluate(
     if value > above {
         ks.calm_since = None;
         ks.last_offence_at = now;
-        // A crossing, or still above with nothing in place any more (a block expired).
-        if !ks.active || ks.owned.is_empty() {
+        // A crossing, or still above with nothing in place any more (a block expired), unless
+        // the allowlist spared this offence.
+        if !ks.active || (ks.owned.is_empty() && !ks.spared) {
             ks.active = true;
             ks.acted = false;
         }
@@ -403,6 +478,7 @@ fn evaluate(
                 ks.acted = false;
                 ks.calm_since = None;
                 ks.exhausted_alerted = false;
+                ks.spared = false;
             }
         }
     } else {
@@ -441,7 +517,9 @@ fn evaluate(
     }
 }
 
-/// Takes the next applicable rung of rule `i`'s ladder for `key`.
+/// Takes the next applicable rung of rule `i`'s ladder for `key`. A block or throttle of a
+/// protected target is not proposed (an alert says so, once per offence); one a cap forbids
+/// waits (an alert at most once a minute) and is tried again at the next evaluation.
 fn act(
     state: &mut State,
     i: usize,
@@ -451,7 +529,6 @@ fn act(
     out: &mut Vec<Action>,
 ) {
     let name = state.rules.rules[i].name.clone();
-    let verify_ns = state.rules.rules[i].verify_ns;
     ks.acted = true;
     loop {
         let Some(rung) = state.rules.rules[i].ladder.get(ks.level).cloned() else {
@@ -467,32 +544,51 @@ fn act(
             }
             return;
         };
-        ks.level += 1;
         let a = state.rules.actuators.clone();
-        let (effect, expires, action) = match rung {
-            Step::Block { ttl_ns } => {
+        let (expires, action) = match rung {
+            Step::Block { ttl_ns, via } => {
                 let Some(target) = block_target(state, key) else {
+                    ks.level += 1;
                     continue;
                 };
-                let id = state.id();
-                (
-                    Effect::Blocked(target),
-                    Some(now.saturating_add(ttl_ns)),
-                    Action::Block {
-                        id,
-                        target,
-                        ttl_ns,
-                        via: a.sdn,
-                    },
-                )
+                let effect = Effect::Blocked(target);
+                if !allowed_to(state, i, key, ks, &effect, now, out) {
+                    return;
+                }
+                let action = Action::Block {
+                    id: state.id(),
+                    target,
+                    ttl_ns,
+                    via: a.of(via).to_string(),
+                    firewall: via == Via::Firewall,
+                };
+                (Some(now.saturating_add(ttl_ns)), action)
+            }
+            Step::Throttle { rate, ttl_ns } => {
+                let Some(target) = block_target(state, key) else {
+                    ks.level += 1;
+                    continue;
+                };
+                let effect = Effect::Throttled(target);
+                if !allowed_to(state, i, key, ks, &effect, now, out) {
+                    return;
+                }
+                let action = Action::Throttle {
+                    id: state.id(),
+                    target,
+                    rate,
+                    ttl_ns,
+                    via: a.firewall.clone().unwrap_or_default(),
+                };
+                (Some(now.saturating_add(ttl_ns)), action)
             }
             Step::CutLink => {
                 let Some(vm) = vm_of(state, key) else {
+                    ks.level += 1;
                     continue;
                 };
                 let id = state.id();
                 (
-                    Effect::LinkCut(vm.clone()),
                     None,
                     Action::CutLink {
                         id,
@@ -503,11 +599,11 @@ fn act(
             }
             Step::Migrate => {
                 let Some(vm) = vm_of(state, key) else {
+                    ks.level += 1;
                     continue;
                 };
                 let id = state.id();
                 (
-                    Effect::Quarantined(vm.clone()),
                     None,
                     Action::Migrate {
                         id,
@@ -518,29 +614,84 @@ fn act(
                 )
             }
         };
-        let emitted = apply_effect(
-            state,
-            effect.clone(),
-            Owner::Rule(name.clone(), key.clone()),
-            expires,
-            action,
-            out,
-        );
-        if !ks.owned.contains(&effect) {
-            ks.owned.push(effect);
-        }
-        ks.last_action_at = Some(now);
-        if verify_ns > 0 && !state.is_dry_run() {
-            if let Some(id) = emitted {
-                state.pending.insert(id, (name.clone(), key.clone()));
-            }
-            ks.verify = Some(Verify {
-                deadline: now.saturating_add(verify_ns),
-                since: now,
-                id: emitted,
-            });
-        }
+        ks.level += 1;
+        place(state, i, key, ks, action, expires, out);
         return;
+    }
+}
+
+/// Whether rule `i` may put `effect` (a block or a throttle) in place for `key`: not when its
+/// target is protected (the offence is spared, with an alert), nor when a cap forbids a new
+/// one (tried again later, alerted at most once a minute). A new one counts towards the caps.
+fn allowed_to(
+    state: &mut State,
+    i: usize,
+    key: &Key,
+    ks: &mut KeyState,
+    effect: &Effect,
+    now: Nanos,
+    out: &mut Vec<Action>,
+) -> bool {
+    let (verb, target) = match effect {
+        Effect::Throttled(t) => ("throttle", t),
+        Effect::Blocked(t) => ("block", t),
+        _ => return true,
+    };
+    if let Some(entry) = state.protected_by(target) {
+        ks.spared = true;
+        let name = &state.rules.rules[i].name;
+        let text = format!(
+            "rule {name}: would have {verb}ed {target} ({key}), but {entry} is on the allowlist: not {verb}ed"
+        );
+        State::alert(out, AlertKind::Protected, text);
+        return false;
+    }
+    let name = &state.rules.rules[i].name;
+    if rule_holds(state, effect, name) {
+        return true; // renewed or escalated: the rule holds no more than before
+    }
+    if capped(state, i, key, verb, now, out) {
+        ks.acted = false;
+        return false;
+    }
+    if !state.effects.contains_key(effect) {
+        record_placed(state, i, now); // a new entry in the agent's table
+    }
+    true
+}
+
+/// Puts the effect of `action` in place for rule `i`'s `key` until `expires` (sending
+/// `action` unless an identical effect is), and starts its verification.
+fn place(
+    state: &mut State,
+    i: usize,
+    key: &Key,
+    ks: &mut KeyState,
+    action: Action,
+    expires: Option<Nanos>,
+    out: &mut Vec<Action>,
+) {
+    let Some(effect) = action.effect() else {
+        return;
+    };
+    let now = state.now;
+    let name = state.rules.rules[i].name.clone();
+    let verify_ns = state.rules.rules[i].verify_ns;
+    let owner = Owner::Rule(name.clone(), key.clone());
+    let emitted = apply_effect(state, effect.clone(), owner, expires, action, out);
+    if !ks.owned.contains(&effect) {
+        ks.owned.push(effect);
+    }
+    ks.last_action_at = Some(now);
+    if verify_ns > 0 && !state.is_dry_run() {
+        if let Some(id) = emitted {
+            state.pending.insert(id, (name, key.clone()));
+        }
+        ks.verify = Some(Verify {
+            deadline: now.saturating_add(verify_ns),
+            since: now,
+            id: emitted,
+        });
     }
 }
 
@@ -554,6 +705,7 @@ fn block_target(state: &State, key: &Key) -> Option<Target> {
             Some((mac, _)) if !own(mac) => Some(Target::Mac(*mac)),
             _ => Some(Target::Ip(*ip)),
         },
+        Key::Net(p) => Some(Target::Net(*p)),
         Key::Mac(mac) if !own(mac) => Some(Target::Mac(*mac)),
         Key::Mac(_) | Key::Vm(_) | Key::Iface(_) => None,
     }
@@ -569,6 +721,6 @@ fn vm_of(state: &State, key: &Key) -> Option<String> {
             .values()
             .find(|(m, vm)| m == mac && vm.is_some())
             .and_then(|(_, vm)| vm.clone()),
-        Key::Iface(_) => None,
+        Key::Iface(_) | Key::Net(_) => None,
     }
 }

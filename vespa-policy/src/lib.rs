@@ -30,6 +30,12 @@
 //! recorded in dry-run, and who holds it (rules, an infection, the operator's
 //! [`Input::ManualBlock`]); the caller converts the times and shows it, it keeps no copy.
 //!
+//! Some sources are never blocked nor throttled: the allowlist ([`State::allowlist`]: the
+//! rules file's, the tree's own machines given as [`Input::TopologyAllow`], the operator's
+//! [`Input::Allow`]). A rule may hand its first reaction to a firewall agent's kernel
+//! (`reflex = true`, [`Rules::reflex`]); the block the kernel placed comes back as an
+//! [`AlertBody::ReflexBlock`] and becomes the rule's own.
+//!
 //! Rules are declarative TOML ([`Rules::from_toml`], [`DEFAULT_RULES`]); [`Input::Reload`]
 //! swaps them while keeping the state of rules that still exist. A rule may name the
 //! horizontal orchestrator that runs it (`at`, the fast path): the engine does not care where
@@ -48,8 +54,12 @@ mod props;
 mod tests;
 
 pub use bench::bench_step;
-pub use engine::{step, InPlace, State};
-pub use rules::{Actuators, Aggregate, KeyKind, Rule, Rules, RulesError, Step, DEFAULT_RULES};
+pub use engine::{step, AllowOrigin, Allowed, InPlace, State, MAX_ALLOWED_BY_HAND};
+pub use rules::{
+    Actuators, Aggregate, KeyKind, Reflex, ReflexSetting, Rule, Rules, RulesError, Step, Via,
+    DEFAULT_RULES,
+};
 pub use types::{
-    Action, ActionId, AlertBody, AlertKind, Effect, Input, Key, Mac, Metric, Nanos, Target, SECOND,
+    Action, ActionId, AlertBody, AlertKind, Effect, Input, Key, Mac, Metric, Nanos, Prefix, Rate,
+    ReflexCause, Target, SECOND,
 };

@@ -69,8 +69,157 @@ fn with_operator() -> impl Strategy<Value = (u64, Input)> {
     prop_oneof![4 => input(300, true), 1 => block]
 }
 
+/// A firewall policy: the SYN rule throttles, then blocks (IPv6 by /64), with the kernel
+/// reflex and both caps; 10.0.0.0 and the MAC ...:fe are on the allowlist.
+fn firewall_rules() -> Rules {
+    Rules::from_toml(
+        r#"
+[actuators]
+sdn = "s"
+libvirt = "l"
+quarantine = "q"
+av = "a"
+hypervisor = "h"
+firewall = "fw"
+
+[allowlist]
+targets = ["10.0.0.0", "52:54:00:00:00:fe"]
+
+[[rule]]
+name = "syn"
+metric = "syn_rate"
+key = "remote"
+window_s = 2
+above = 100
+below = 20
+calm_s = 30
+verify_s = 10
+v6_prefix = 64
+reflex = true
+max_blocks = 2
+max_blocks_per_min = 3
+ladder = [{ action = "throttle", rate = "1mbit", ttl_s = 60 }, { action = "block", ttl_s = 600 }]
+"#,
+    )
+    .expect("the firewall rules parse")
+}
+
+/// Addresses of the firewall properties: 10.0.0.0 to 10.0.0.3, and four IPv6 addresses in
+/// two /64s.
+fn fw_addr(i: u8) -> IpAddr {
+    if i < 4 {
+        addr(i)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            u16::from(i % 2),
+            0,
+            0,
+            0,
+            u16::from(i),
+        ))
+    }
+}
+
+/// Inputs for the firewall rules: SYN samples, neighbours (one of them at the protected
+/// MAC), the kernel reflex's blocks, the operator's entries and blocks, ticks and results.
+fn fw_input(with_reflex: bool) -> impl Strategy<Value = (u64, Input)> {
+    let target = prop_oneof![
+        (0u8..8).prop_map(|i| Target::Ip(fw_addr(i))),
+        (0u8..2).prop_map(|i| Target::Net(Prefix::new(fw_addr(4 + i), 64).expect("a /64"))),
+        Just(Target::Net(Prefix::new(addr(0), 30).expect("a /30"))),
+        (0u8..2).prop_map(|m| Target::Mac(Mac([0x52, 0x54, 0, 0, 0, 0xfe - m]))),
+    ];
+    let sample = (0u8..8, 0u64..300).prop_map(|(i, n)| Input::Sample {
+        key: Key::Remote(fw_addr(i)),
+        metric: Metric::SynRate,
+        value: n,
+    });
+    let neighbour = (0u8..4, 0u8..2).prop_map(|(i, m)| Input::Neighbour {
+        ip: fw_addr(i),
+        mac: Mac([0x52, 0x54, 0, 0, 0, 0xfe - m]),
+        vm: None,
+    });
+    let reflex = (0u8..8, 0u64..700).prop_map(move |(i, ttl_s)| Input::Alert {
+        origin: "fw".into(),
+        path: vec![],
+        timestamp_ns: 0,
+        body: AlertBody::ReflexBlock {
+            target: Target::Ip(fw_addr(i)),
+            cause: ReflexCause::Syn,
+            value: 150,
+            threshold: 100,
+            ttl_s,
+        },
+    });
+    let allow = target
+        .clone()
+        .prop_map(|target| Input::Allow { target, note: None });
+    let disallow = target.clone().prop_map(|target| Input::Disallow { target });
+    let manual = (target, 1u64..600).prop_map(|(target, s)| Input::ManualBlock {
+        target,
+        ttl_ns: s * SECOND,
+    });
+    let result = (1u64..40, any::<bool>()).prop_map(|(id, ok)| Input::ActionResult {
+        id,
+        ok,
+        error: None,
+    });
+    let reflex_weight = if with_reflex { 2 } else { 0 };
+    let any_input = prop_oneof![
+        8 => sample,
+        2 => neighbour,
+        reflex_weight => reflex,
+        1 => allow,
+        1 => disallow,
+        1 => manual,
+        2 => result,
+        3 => Just(Input::Tick),
+    ];
+    (0u64..20, any_input)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn nothing_protected_is_ever_blocked_or_throttled(inputs in proptest::collection::vec(fw_input(true), 0..200)) {
+        let mut st = State::new(firewall_rules());
+        let mut now = 0;
+        for (dt, i) in inputs {
+            now += dt * SECOND;
+            for a in step(&mut st, i, now) {
+                if let Action::Block { target, .. } | Action::Throttle { target, .. } = &a {
+                    prop_assert!(st.protected_by(target).is_none(), "{:?} proposed though protected by {:?}", a, st.protected_by(target));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_caps_hold_without_the_reflex_and_everything_ends_once_calm(inputs in proptest::collection::vec(fw_input(false), 0..200)) {
+        let mut st = State::new(firewall_rules());
+        let mut now = 0;
+        let mut placed: Vec<Nanos> = Vec::new();
+        for (dt, i) in inputs {
+            now += dt * SECOND;
+            let held_before: std::collections::BTreeSet<Effect> = st.effects().map(|p| p.effect.clone()).collect();
+            step(&mut st, i, now);
+            let by_rule: Vec<InPlace> = st.effects().filter(|p| p.holders.contains(&"syn")).collect();
+            prop_assert!(by_rule.len() <= 2, "max_blocks = 2 but the rule holds {:?}", by_rule);
+            let new = by_rule.iter().filter(|p| !held_before.contains(p.effect)).count();
+            placed.extend(std::iter::repeat_n(now, new));
+            let recent = placed.iter().filter(|t| now.saturating_sub(**t) < 60 * SECOND).count();
+            prop_assert!(recent <= 3, "max_blocks_per_min = 3 but {} new in the last minute", recent);
+        }
+        for _ in 0..720 {
+            now += 10 * SECOND;
+            step(&mut st, Input::Tick, now);
+        }
+        prop_assert_eq!(st.effects().count(), 0, "still in place: {:?}", st.effects().collect::<Vec<_>>());
+    }
 
     #[test]
     fn no_action_without_a_threshold_crossing(inputs in proptest::collection::vec(input(100, false), 0..200)) {

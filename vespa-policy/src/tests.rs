@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use crate::*;
 
+mod firewall;
 mod operator;
 
 fn ip(s: &str) -> IpAddr {
@@ -26,6 +27,14 @@ fn rules_with(edits: &[(&str, &str)]) -> Rules {
         text = text.replacen(from, to, 1);
     }
     Rules::from_toml(&text).expect("edited rules must parse")
+}
+
+/// The operator's block of `target` for `ttl_s` seconds.
+fn manual(target: Target, ttl_s: u64) -> Input {
+    Input::ManualBlock {
+        target,
+        ttl_ns: ttl_s * SECOND,
+    }
 }
 
 type Check = Box<dyn Fn(&Action) -> bool>;

@@ -55,11 +55,132 @@ impl FromStr for Mac {
     }
 }
 
+/// An address prefix: a network address (its host bits zero) and its length in bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix(ipnet::IpNet);
+
+impl Prefix {
+    /// `addr/bits` with the host bits cleared; an error when `bits` is too long for the family.
+    pub fn new(addr: IpAddr, bits: u8) -> Result<Prefix, String> {
+        ipnet::IpNet::new(addr, bits)
+            .map(|net| Prefix(net.trunc()))
+            .map_err(|_| format!("prefix length {bits} is too long for {addr}"))
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> IpAddr {
+        self.0.network()
+    }
+
+    /// The prefix length in bits.
+    pub fn bits(&self) -> u8 {
+        self.0.prefix_len()
+    }
+
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip)
+    }
+
+    /// Whether the two share an address (one of them contains the other).
+    pub fn overlaps(&self, other: &Prefix) -> bool {
+        self.0.contains(&other.0) || other.0.contains(&self.0)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+
+    /// `10.0.0.0/8`, `2001:db8::/64`; host bits are cleared.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim()
+            .parse::<ipnet::IpNet>()
+            .map(|net| Prefix(net.trunc()))
+            .map_err(|_| format!("{s:?} is not a prefix (address/length, as 10.0.0.0/8)"))
+    }
+}
+
+/// A traffic rate: bytes or packets per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rate {
+    /// Bytes per second.
+    Bytes(u64),
+    /// Packets per second.
+    Packets(u64),
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rate::Bytes(b) => write!(f, "{b}B/s"),
+            Rate::Packets(p) => write!(f, "{p}pps"),
+        }
+    }
+}
+
+/// Units a rate may be written in: (suffix, multiplier, packets).
+const RATE_UNITS: [(&str, f64, bool); 13] = [
+    ("", 1.0, false),
+    ("b/s", 1.0, false),
+    ("bps", 1.0, false),
+    ("kb/s", 1e3, false),
+    ("mb/s", 1e6, false),
+    ("gb/s", 1e9, false),
+    ("bit", 0.125, false),
+    ("kbit", 125.0, false),
+    ("mbit", 125e3, false),
+    ("gbit", 125e6, false),
+    ("pps", 1.0, true),
+    ("kpps", 1e3, true),
+    ("mpps", 1e6, true),
+];
+
+impl FromStr for Rate {
+    type Err = String;
+
+    /// Bytes per second (`125000`, `1500B/s`, `10kB/s`, `8mbit`, `1gbit/s`) or packets per
+    /// second (`1000pps`, `20kpps`): the firewall agent's `throttle` words.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        let at = lower
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(lower.len());
+        let (number, unit) = lower.split_at(at);
+        // `8mbit/s` is `8mbit`.
+        let unit = unit.trim();
+        let unit = unit
+            .strip_suffix("/s")
+            .filter(|u| u.ends_with("bit"))
+            .unwrap_or(unit);
+        let found = RATE_UNITS.iter().find(|(u, _, _)| *u == unit);
+        let (Ok(n), Some(&(_, scale, packets))) = (number.parse::<f64>(), found) else {
+            return Err(format!("{s:?} is not a rate: bytes per second (125000, 10kB/s, 8mbit) or packets per second (1000pps, 20kpps)"));
+        };
+        let v = n * scale;
+        if !v.is_finite() || !(1.0..=1e13).contains(&v) {
+            return Err(format!("{s:?} is out of range (1 B/s or 1 pps to 10 TB/s)"));
+        }
+        Ok(if packets {
+            Rate::Packets(v as u64)
+        } else {
+            Rate::Bytes(v as u64)
+        })
+    }
+}
+
 /// What a rule tracks its counters by.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
     /// A remote address (connections, SYNs).
     Remote(IpAddr),
+    /// Remote addresses aggregated to a prefix (a rule's `v6_prefix`): one offender.
+    Net(Prefix),
     /// A VM by libvirt domain name.
     Vm(String),
     /// An interface, as `node:iface` so that two agents' `eth0` stay apart.
@@ -72,6 +193,7 @@ impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Key::Remote(ip) => write!(f, "remote {ip}"),
+            Key::Net(p) => write!(f, "net {p}"),
             Key::Vm(vm) => write!(f, "vm {vm}"),
             Key::Iface(i) => write!(f, "iface {i}"),
             Key::Mac(m) => write!(f, "mac {m}"),
@@ -92,13 +214,38 @@ pub enum Metric {
     TxBytes,
 }
 
-/// What a block applies to on the SDN controller.
+/// What a block or a throttle applies to (and what the allowlist protects).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Target {
     /// Drop by IP address.
     Ip(IpAddr),
     /// Drop by source MAC (preferred when known: it survives the attacker changing address).
     Mac(Mac),
+    /// Drop by address prefix (a firewall agent only): always shorter than a whole address,
+    /// which is [`Target::Ip`].
+    Net(Prefix),
+}
+
+impl Target {
+    /// The target for `addr/bits`: [`Target::Ip`] for a whole address, else the prefix.
+    pub fn prefix(addr: IpAddr, bits: u8) -> Result<Target, String> {
+        let p = Prefix::new(addr, bits)?;
+        let whole = if addr.is_ipv4() { 32 } else { 128 };
+        Ok(if bits == whole {
+            Target::Ip(p.addr())
+        } else {
+            Target::Net(p)
+        })
+    }
+
+    /// The target as actuators and the API write it: the bare address, MAC or prefix.
+    pub fn bare(&self) -> String {
+        match self {
+            Target::Ip(ip) => ip.to_string(),
+            Target::Mac(m) => m.to_string(),
+            Target::Net(p) => p.to_string(),
+        }
+    }
 }
 
 impl fmt::Display for Target {
@@ -106,7 +253,28 @@ impl fmt::Display for Target {
         match self {
             Target::Ip(ip) => write!(f, "ip {ip}"),
             Target::Mac(m) => write!(f, "mac {m}"),
+            Target::Net(p) => write!(f, "net {p}"),
         }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    /// An address (`192.0.2.7`), a prefix (`10.0.0.0/8`; `/32` and `/128` are addresses) or a
+    /// MAC (`52:54:00:00:00:01`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Target::Ip(ip));
+        }
+        if s.contains('/') {
+            let p: Prefix = s.parse()?;
+            return Target::prefix(p.addr(), p.bits());
+        }
+        s.parse::<Mac>().map(Target::Mac).map_err(|_| {
+            format!("{s:?} is neither an IP address, a prefix (10.0.0.0/8) nor a MAC address")
+        })
     }
 }
 
@@ -114,6 +282,8 @@ impl fmt::Display for Target {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Effect {
     Blocked(Target),
+    /// Traffic from the target limited to a rate (a firewall agent's `throttle`).
+    Throttled(Target),
     LinkCut(String),
     Quarantined(String),
     /// VM, and the AV agent told to go through the hypervisor.
@@ -159,8 +329,36 @@ pub enum AlertBody {
         action: String,
         error: String,
     },
+    /// The firewall agent's kernel blocked `target` by itself (the reflex of a rule with
+    /// `reflex = true`) for `ttl_s` seconds (0: until released).
+    ReflexBlock {
+        target: Target,
+        cause: ReflexCause,
+        value: u64,
+        threshold: u64,
+        ttl_s: u64,
+    },
     /// Free text; never parsed.
     Text(String),
+}
+
+/// What crossed the kernel reflex's threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReflexCause {
+    /// SYNs per second from one source (a rule on `syn_rate`).
+    Syn,
+    /// Established connections of one remote (a rule on `established`).
+    Conn,
+}
+
+impl ReflexCause {
+    /// The metric a rule must watch to adopt a reflex block of this cause.
+    pub fn metric(self) -> Metric {
+        match self {
+            ReflexCause::Syn => Metric::SynRate,
+            ReflexCause::Conn => Metric::Established,
+        }
+    }
 }
 
 /// Identifies one actuator action so its acknowledgement can be matched to it.
@@ -215,6 +413,18 @@ pub enum Input {
         events_lost: u64,
         map_full: u64,
     },
+    /// The operator protects `target` from blocks and throttles (kept across reloads);
+    /// whatever is held against it is released.
+    Allow {
+        target: Target,
+        note: Option<String>,
+    },
+    /// The operator removes their own protection of `target` (configured and automatic
+    /// entries stay).
+    Disallow { target: Target },
+    /// The tree's own machines and controllers, protected automatically, each with what it
+    /// is; replaces the previous list.
+    TopologyAllow(Vec<(Target, String)>),
 }
 
 /// Why the policy raises an alert of its own.
@@ -228,20 +438,42 @@ pub enum AlertKind {
     BlindSpot,
     /// Something the operator should know (infection, quarantine left in place, ...).
     Notice,
+    /// The allowlist kept the policy from blocking or throttling an offender.
+    Protected,
+    /// A rule reached its `max_blocks` or `max_blocks_per_min`: the offender was not blocked.
+    CapReached,
 }
 
 /// What the caller must do. Actuator actions carry an id for [`Input::ActionResult`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Block a target on the SDN controller for `ttl_ns` (the controller's reaper enforces it).
+    /// Block a target for `ttl_ns` (the agent's reaper enforces it; 0: until released) on
+    /// agent `via`: a firewall agent when `firewall`, else an SDN controller's agent.
     Block {
         id: ActionId,
         target: Target,
         ttl_ns: Nanos,
         via: String,
+        firewall: bool,
     },
     /// Remove a block.
     Release {
+        id: ActionId,
+        target: Target,
+        via: String,
+        firewall: bool,
+    },
+    /// Limit the traffic from a target to `rate` for `ttl_ns` (a firewall agent's reaper
+    /// enforces the TTL).
+    Throttle {
+        id: ActionId,
+        target: Target,
+        rate: Rate,
+        ttl_ns: Nanos,
+        via: String,
+    },
+    /// Remove a throttle.
+    Unthrottle {
         id: ActionId,
         target: Target,
         via: String,
@@ -290,6 +522,8 @@ impl Action {
         match self {
             Action::Block { id, .. }
             | Action::Release { id, .. }
+            | Action::Throttle { id, .. }
+            | Action::Unthrottle { id, .. }
             | Action::CutLink { id, .. }
             | Action::ConnectLink { id, .. }
             | Action::Migrate { id, .. }
@@ -307,6 +541,9 @@ impl Action {
             Action::Block { target, .. } | Action::Release { target, .. } => {
                 Effect::Blocked(*target)
             }
+            Action::Throttle { target, .. } | Action::Unthrottle { target, .. } => {
+                Effect::Throttled(*target)
+            }
             Action::CutLink { vm, .. } | Action::ConnectLink { vm, .. } => {
                 Effect::LinkCut(vm.clone())
             }
@@ -316,6 +553,23 @@ impl Action {
             }
             Action::Alert { .. } | Action::DryRun(_) => return None,
         })
+    }
+
+    /// The agent that carries it out (`None` for alerts and dry-run records).
+    pub fn via(&self) -> Option<&str> {
+        match self {
+            Action::Block { via, .. }
+            | Action::Release { via, .. }
+            | Action::Throttle { via, .. }
+            | Action::Unthrottle { via, .. }
+            | Action::CutLink { via, .. }
+            | Action::ConnectLink { via, .. }
+            | Action::Migrate { via, .. } => Some(via),
+            Action::AvIsolate { av_agent, .. } | Action::AvConnect { av_agent, .. } => {
+                Some(av_agent)
+            }
+            Action::Alert { .. } | Action::DryRun(_) => None,
+        }
     }
 
     /// Whether executing this would change something outside the VO.

@@ -6,8 +6,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use vespa_node::{NodeHandle, VerbResult};
-use vespa_policy::{Action, Input, Key, Mac, Target};
-use vespa_proto::verbs::{self, AvVerb, BlockSelector, LibvirtVerb, SdnVerb, Ttl, Verb};
+use vespa_policy::{Action, Input, Key, Mac, Rate, ReflexCause, Target};
+use vespa_proto::verbs::{
+    self, AvVerb, BlockSelector, FirewallVerb, LibvirtVerb, SdnVerb, Shaped, ShapedSelector, Ttl,
+    Verb,
+};
 use vespa_proto::AlertBody;
 
 /// Converts a VO alert body into the policy's mirror type.
@@ -29,7 +32,16 @@ pub fn to_policy_body(body: &AlertBody) -> vespa_policy::AlertBody {
             P::Text(format!("a {kind} alert of {size} bytes did not fit the {limit} bytes allowed at {at}: its body was dropped"))
         }
         AlertBody::ReflexBlock { target, cause, value, threshold, ttl_s, .. } => {
-            P::Text(format!("kernel reflex blocked {target}: {cause} {value} over {threshold}, for {ttl_s} s"))
+            let cause_of = match cause.as_str() {
+                "syn" => Some(ReflexCause::Syn),
+                "conn" => Some(ReflexCause::Conn),
+                _ => None,
+            };
+            match (target.parse::<Target>(), cause_of) {
+                (Ok(target), Some(cause)) => P::ReflexBlock { target, cause, value, threshold, ttl_s },
+                // Not something a rule can adopt: shown, and the block ends at its TTL.
+                _ => P::Text(format!("kernel reflex blocked {target}: {cause} {value} over {threshold}, for {ttl_s} s")),
+            }
         }
     }
 }
@@ -52,10 +64,7 @@ pub fn health_input(origin: &str, body: &AlertBody) -> Option<Input> {
 
 /// A block's target as actuators and the API write it.
 pub(super) fn target_arg(t: &Target) -> String {
-    match t {
-        Target::Ip(ip) => ip.to_string(),
-        Target::Mac(m) => m.to_string(),
-    }
+    t.bare()
 }
 
 /// A call an actuator action becomes: a verb of the agent kind that carries it out.
@@ -67,6 +76,8 @@ pub enum ActuatorCall {
     Libvirt(LibvirtVerb),
     /// To an antivirus agent.
     Av(AvVerb),
+    /// To a firewall agent.
+    Firewall(FirewallVerb),
 }
 
 impl ActuatorCall {
@@ -76,6 +87,7 @@ impl ActuatorCall {
             ActuatorCall::Sdn(v) => v.name(),
             ActuatorCall::Libvirt(v) => v.name(),
             ActuatorCall::Av(v) => v.name(),
+            ActuatorCall::Firewall(v) => v.name(),
         }
     }
 
@@ -85,6 +97,7 @@ impl ActuatorCall {
             ActuatorCall::Sdn(v) => v.args(),
             ActuatorCall::Libvirt(v) => v.args(),
             ActuatorCall::Av(v) => v.args(),
+            ActuatorCall::Firewall(v) => v.args(),
         }
     }
 
@@ -94,6 +107,7 @@ impl ActuatorCall {
             ActuatorCall::Sdn(v) => node.call(agent, v).await,
             ActuatorCall::Libvirt(v) => node.call(agent, v).await,
             ActuatorCall::Av(v) => node.call(agent, v).await,
+            ActuatorCall::Firewall(v) => node.call(agent, v).await,
         }
     }
 }
@@ -105,15 +119,38 @@ impl std::fmt::Display for ActuatorCall {
             ActuatorCall::Sdn(v) => v.fmt(f),
             ActuatorCall::Libvirt(v) => v.fmt(f),
             ActuatorCall::Av(v) => v.fmt(f),
+            ActuatorCall::Firewall(v) => v.fmt(f),
         }
     }
 }
 
 /// A policy target as the verbs carry it.
-fn wire_target(t: &Target) -> verbs::Target {
+pub(super) fn wire_target(t: &Target) -> verbs::Target {
     match t {
         Target::Ip(ip) => verbs::Target::Ip(*ip),
         Target::Mac(m) => verbs::Target::Mac(verbs::MacAddr(m.0)),
+        Target::Net(p) => verbs::Target::Net(verbs::Prefix {
+            addr: p.addr(),
+            len: p.bits(),
+        }),
+    }
+}
+
+/// A policy rate as the verbs carry it.
+fn wire_rate(r: Rate) -> verbs::Rate {
+    match r {
+        Rate::Bytes(b) => verbs::Rate::Bytes(b),
+        Rate::Packets(p) => verbs::Rate::Packets(p),
+    }
+}
+
+/// A TTL in nanoseconds as the verbs carry it: whole seconds, rounded up; 0 is "until
+/// released".
+pub(super) fn wire_ttl(ttl_ns: u64) -> Ttl {
+    if ttl_ns == 0 {
+        Ttl::Forever
+    } else {
+        Ttl::After(Duration::from_secs(ttl_ns.div_ceil(vespa_policy::SECOND)))
     }
 }
 
@@ -121,29 +158,54 @@ fn wire_target(t: &Target) -> verbs::Target {
 /// and dry-run records, which are never sent anywhere. The one place where an action becomes
 /// a call.
 pub fn call_of(action: &Action) -> Option<(String, ActuatorCall)> {
-    use ActuatorCall::{Av, Libvirt, Sdn};
+    use ActuatorCall::{Av, Firewall, Libvirt, Sdn};
     Some(match action {
         Action::Block {
             target,
             ttl_ns,
             via,
+            firewall,
             ..
         } => {
-            let ttl = if *ttl_ns == 0 {
-                Ttl::Forever
+            let (target, ttl) = (wire_target(target), Some(wire_ttl(*ttl_ns)));
+            let call = if *firewall {
+                Firewall(FirewallVerb::BlockHackers { target, ttl })
             } else {
-                Ttl::After(Duration::from_secs(ttl_ns.div_ceil(vespa_policy::SECOND)))
+                Sdn(SdnVerb::BlockHackers { target, ttl })
             };
-            let target = wire_target(target);
-            let verb = SdnVerb::BlockHackers {
-                target,
-                ttl: Some(ttl),
-            };
-            (via.clone(), Sdn(verb))
+            (via.clone(), call)
         }
-        Action::Release { target, via, .. } => {
+        Action::Release {
+            target,
+            via,
+            firewall,
+            ..
+        } => {
             let which = Some(BlockSelector::Target(wire_target(target)));
-            (via.clone(), Sdn(SdnVerb::ReleaseHackers { which }))
+            let call = if *firewall {
+                Firewall(FirewallVerb::ReleaseHackers { which })
+            } else {
+                Sdn(SdnVerb::ReleaseHackers { which })
+            };
+            (via.clone(), call)
+        }
+        Action::Throttle {
+            target,
+            rate,
+            ttl_ns,
+            via,
+            ..
+        } => {
+            let verb = FirewallVerb::Throttle {
+                target: Shaped::Source(wire_target(target)),
+                rate: wire_rate(*rate),
+                ttl: Some(wire_ttl(*ttl_ns)),
+            };
+            (via.clone(), Firewall(verb))
+        }
+        Action::Unthrottle { target, via, .. } => {
+            let which = Some(ShapedSelector::Target(Shaped::Source(wire_target(target))));
+            (via.clone(), Firewall(FirewallVerb::Unthrottle { which }))
         }
         Action::CutLink { vm, via, .. } => {
             let verb = LibvirtVerb::CutLink {
@@ -182,7 +244,8 @@ pub fn call_of(action: &Action) -> Option<(String, ActuatorCall)> {
     })
 }
 
-/// The alerts an HO's rules can use: counters. Infections and sensor health are the VO's.
+/// The alerts an HO's rules can use: counters, and the kernel reflex's blocks (a rule there
+/// may have set the reflex). Infections and sensor health are the VO's.
 pub(super) fn is_counter(body: &AlertBody) -> bool {
     matches!(
         body,
@@ -190,19 +253,28 @@ pub(super) fn is_counter(body: &AlertBody) -> bool {
             | AlertBody::SynThreshold { .. }
             | AlertBody::Bandwidth { .. }
             | AlertBody::Connections { .. }
+            | AlertBody::ReflexBlock { .. }
     )
 }
 
-/// Parses the operator's key: an address, a MAC, else a VM name.
+/// Parses the operator's key: an address, a prefix, a MAC, else a VM name.
 pub(super) fn parse_key(s: &str) -> Key {
     let s = s.trim();
     let s = s
         .strip_prefix("ip ")
         .or_else(|| s.strip_prefix("remote "))
+        .or_else(|| s.strip_prefix("net "))
         .unwrap_or(s)
         .trim();
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Key::Remote(ip);
+    }
+    if s.contains('/') {
+        match s.parse::<Target>() {
+            Ok(Target::Net(p)) => return Key::Net(p),
+            Ok(Target::Ip(ip)) => return Key::Remote(ip),
+            _ => {}
+        }
     }
     let m = s.strip_prefix("mac ").unwrap_or(s).trim();
     if let Ok(mac) = m.parse::<Mac>() {
@@ -211,11 +283,7 @@ pub(super) fn parse_key(s: &str) -> Key {
     Key::Vm(s.strip_prefix("vm ").unwrap_or(s).trim().to_string())
 }
 
-/// Parses the operator's target: an address or a MAC.
-pub(super) fn parse_target(s: &str) -> Option<Target> {
-    let s = s.trim();
-    s.parse::<IpAddr>()
-        .map(Target::Ip)
-        .ok()
-        .or_else(|| s.parse::<Mac>().map(Target::Mac).ok())
+/// Parses the operator's target: an address, a prefix or a MAC.
+pub(super) fn parse_target(s: &str) -> Result<Target, String> {
+    s.parse::<Target>()
 }

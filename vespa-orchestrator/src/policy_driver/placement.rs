@@ -8,7 +8,7 @@
 
 use vespa_node::config::NodeDef;
 use vespa_node::{AgentKind, Role, Topology};
-use vespa_policy::{Metric, Rule, Rules, Step};
+use vespa_policy::{Metric, Rule, Rules, Step, Via};
 
 /// Checks the `at` of every rule of `rules` (actuator names already resolved) against
 /// `topo`. The error names the rule and what is wrong, e.g. `rule "conn-flood": at =
@@ -67,19 +67,23 @@ fn check_rule(rule: &Rule, at: &str, rules: &Rules, topo: &Topology) -> Result<(
     Ok(())
 }
 
-/// The actuators a rule's ladder acts (and undoes) through, each once: `(slot, agent name)`.
+/// The actuators a rule's ladder acts (and undoes) through, and the firewall agent its kernel
+/// reflex runs in, each once: `(slot, agent name)`.
 fn actuators<'a>(rule: &Rule, rules: &'a Rules) -> Vec<(&'static str, &'a str)> {
     let a = &rules.actuators;
+    let firewall = || ("firewall", a.of(Via::Firewall));
     let mut out: Vec<(&'static str, &'a str)> = Vec::new();
-    for step in &rule.ladder {
-        let used = match step {
-            Step::Block { .. } => ("sdn", a.sdn.as_str()),
-            Step::CutLink | Step::Migrate => ("libvirt", a.libvirt.as_str()),
-        };
+    let reflex = rule.reflex.map(|_| firewall());
+    for used in rule.ladder.iter().map(|step| match step {
+        Step::Block { via: Via::Sdn, .. } => ("sdn", a.sdn.as_str()),
+        Step::Block { .. } | Step::Throttle { .. } => firewall(),
+        Step::CutLink | Step::Migrate => ("libvirt", a.libvirt.as_str()),
+    }) {
         if !out.contains(&used) {
             out.push(used);
         }
     }
+    out.extend(reflex.filter(|r| !out.contains(r)));
     out
 }
 

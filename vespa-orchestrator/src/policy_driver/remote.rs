@@ -1,9 +1,10 @@
 //! Fast-path drivers of HOs that another process runs, reached through the tree.
 //!
-//! Every HO with a driver answers three verbs for it: `policy_actions`, `policy_release
-//! <key>` and `policy_dry_run <on|off>`. The VO's API calls them down the tree for the HOs its
-//! own process does not run, so one API lists and releases every reaction, wherever its rule
-//! runs. Replies are JSON: the actions, or a `Result` of the driver's answer, so a refusal
+//! Every HO with a driver answers these verbs for it: `policy_actions`, `policy_release
+//! <key>`, `policy_dry_run <on|off>`, and `policy_allow <target> [note]` / `policy_disallow
+//! <target>` for the operator's allowlist. The VO's API calls them down the tree for the HOs
+//! its own process does not run, so one API lists and releases every reaction, and protects a
+//! source from every rule, wherever it runs. Replies are JSON: the actions, or a `Result` of the driver's answer, so a refusal
 //! keeps its kind (and its HTTP status) across the hop.
 
 use std::sync::Arc;
@@ -31,6 +32,11 @@ impl Agent for HoPolicyVerbs {
             HoVerb::PolicyDryRun { enabled } => {
                 serde_json::to_string(&self.0.set_dry_run(enabled.0))
             }
+            HoVerb::PolicyAllow { target, note } => {
+                let note = (!note.is_empty()).then(|| note.join(" "));
+                serde_json::to_string(&self.0.allow(&target, note.as_deref()))
+            }
+            HoVerb::PolicyDisallow { target } => serde_json::to_string(&self.0.disallow(&target)),
         };
         json.map_err(|e| e.to_string())
     }
@@ -79,6 +85,38 @@ impl RemoteDrivers {
             .await
             .into_iter()
             .try_for_each(|(ho, r)| decode(&ho, r))
+    }
+
+    /// Protects `target` from every HO's rules; the first refusal, naming its HO.
+    pub async fn allow(
+        &self,
+        vo: &NodeHandle,
+        target: &str,
+        note: Option<&str>,
+    ) -> Result<(), PolicyError> {
+        let verb = HoVerb::PolicyAllow {
+            target: target.to_string(),
+            note: note.map(|n| vec![n.to_string()]).unwrap_or_default(),
+        };
+        self.ask(vo, verb)
+            .await
+            .into_iter()
+            .try_for_each(|(ho, r)| decode(&ho, r))
+    }
+
+    /// Removes the operator's protection of `target` from every HO; an HO that does not hold
+    /// it (it restarted since) is no refusal.
+    pub async fn disallow(&self, vo: &NodeHandle, target: &str) -> Result<(), PolicyError> {
+        let verb = HoVerb::PolicyDisallow {
+            target: target.to_string(),
+        };
+        self.ask(vo, verb)
+            .await
+            .into_iter()
+            .try_for_each(|(ho, r)| match decode::<()>(&ho, r) {
+                Err(PolicyError::NotFound(_)) => Ok(()),
+                other => other,
+            })
     }
 
     /// Calls `verb` on every HO at once, through the VO.

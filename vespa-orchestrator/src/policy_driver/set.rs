@@ -2,10 +2,12 @@
 //!
 //! The policy file is one: a reload or a dry-run switch through the API reaches every driver
 //! of the process, `actions` lists what each holds (an HO's with its `at`), and `release`
-//! undoes a block whichever of them placed it. Manual blocks stay the VO's.
+//! undoes a block whichever of them placed it. Manual blocks stay the VO's. The allowlist is
+//! one too: an entry by hand protects from every driver's rules, and the VO's driver lists it
+//! (and pushes it to the firewall agent).
 
 use super::{load_rules, PolicyDriver};
-use crate::control::{ActiveAction, PolicyControl, PolicyError};
+use crate::control::{ActiveAction, AllowEntry, PolicyControl, PolicyError};
 
 /// The VO's [`PolicyDriver`] and those of the HOs in the same process.
 pub struct PolicySet {
@@ -56,6 +58,23 @@ impl PolicyControl for PolicySet {
 
     fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
         self.vo.block(target, ttl_s)
+    }
+
+    fn allowlist(&self) -> Vec<AllowEntry> {
+        self.vo.allowlist()
+    }
+
+    fn allow(&self, target: &str, note: Option<&str>) -> Result<(), PolicyError> {
+        self.all().try_for_each(|d| d.allow(target, note))
+    }
+
+    fn disallow(&self, target: &str) -> Result<(), PolicyError> {
+        // The VO's answer is the one that says why an entry cannot go.
+        self.vo.disallow(target)?;
+        self.hos.iter().try_for_each(|d| match d.disallow(target) {
+            Err(PolicyError::NotFound(_)) => Ok(()),
+            other => other,
+        })
     }
 }
 

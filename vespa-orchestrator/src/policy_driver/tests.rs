@@ -7,7 +7,7 @@ use vespa_node::{
     VerbResult,
 };
 use vespa_policy::{Action, Key, Target};
-use vespa_proto::verbs::{SdnVerb, Verb};
+use vespa_proto::verbs::{FirewallVerb, HoVerb, SdnVerb, Verb};
 use vespa_proto::AlertBody;
 
 use super::convert::parse_key;
@@ -49,6 +49,7 @@ fn actions_become_the_actuators_verbs() {
         target: Target::Mac(mac),
         ttl_ns: 600 * vespa_policy::SECOND,
         via: "SDN".into(),
+        firewall: false,
     };
     assert_eq!(
         to_call(&b),
@@ -62,6 +63,7 @@ fn actions_become_the_actuators_verbs() {
         id: 2,
         target: Target::Ip(ip),
         via: "SDN".into(),
+        firewall: false,
     };
     assert_eq!(
         to_call(&r),
@@ -529,4 +531,496 @@ async fn ticks_release_a_block_once_calm_has_lasted() {
     );
     assert!(d.active_actions().is_empty());
     h.destroy();
+}
+
+/// A firewall agent that records the verbs it is called with (and when, on tokio's clock),
+/// refusing the first `refuse` of them.
+struct Firewall {
+    start: tokio::time::Instant,
+    calls: tokio::sync::watch::Sender<Vec<(Duration, String)>>,
+    refuse: std::sync::atomic::AtomicUsize,
+}
+
+impl Firewall {
+    fn new(refuse: usize) -> Arc<Firewall> {
+        Arc::new(Firewall {
+            start: tokio::time::Instant::now(),
+            calls: tokio::sync::watch::Sender::new(Vec::new()),
+            refuse: refuse.into(),
+        })
+    }
+
+    /// The verbs received, once there are at least `n`.
+    async fn calls(&self, n: usize) -> Vec<String> {
+        let mut rx = self.calls.subscribe();
+        let seen = rx.wait_for(|c| c.len() >= n).await.unwrap();
+        seen.iter().map(|(_, line)| line.clone()).collect()
+    }
+}
+
+impl Agent for Firewall {
+    type Verb = FirewallVerb;
+
+    async fn call(&self, verb: FirewallVerb) -> VerbResult {
+        let line = verb.line();
+        self.calls
+            .send_modify(|c| c.push((self.start.elapsed(), line.clone())));
+        let refused = self
+            .refuse
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if refused {
+            Err("the firewall agent is starting".into())
+        } else {
+            Ok("ok".into())
+        }
+    }
+}
+
+/// A VO that is also the firewall agent (`firewall = "VO"`), with the driver started on it.
+fn vo_with_firewall(d: &PolicyDriver, fw: &Arc<Firewall>) -> NodeHandle {
+    let hooks = Hooks {
+        agent: Some(AgentRef::from_arc(fw.clone())),
+        alert_handlers: vec![d.handler()],
+    };
+    let spec = NodeSpec::new(
+        "VO",
+        Role::Vo,
+        None,
+        Security::Psk(vespa_proto::Psk::random()),
+    );
+    let h = Node::new(spec, hooks).unwrap().handle();
+    d.start(h.clone());
+    h
+}
+
+const REFLEX_RULES: &str = r#"
+[actuators]
+sdn = "SDN"
+libvirt = "LV"
+quarantine = "q"
+av = "AV"
+hypervisor = "HY"
+firewall = "VO"
+
+[allowlist]
+targets = ["10.0.0.0/8"]
+
+[[rule]]
+name = "syn-flood"
+metric = "syn_rate"
+key = "remote"
+window_s = 1
+above = 100
+below = 20
+calm_s = 3
+verify_s = 0
+reflex = true
+ladder = [{ action = "block", ttl_s = 600 }, { action = "block", ttl_s = 3600 }]
+"#;
+
+/// At start the firewall agent is told the allowlist, then the reflex; every reload, dry-run
+/// switch and allowlist change by hand sends what changed, and only that.
+#[tokio::test(start_paused = true)]
+async fn the_reflex_and_the_allowlist_are_pushed_at_start_and_when_they_change() {
+    let d = PolicyDriver::new(REFLEX_RULES, false, None, None, None).unwrap();
+    let fw = Firewall::new(0);
+    let _vo = vo_with_firewall(&d, &fw);
+    assert_eq!(
+        fw.calls(2).await,
+        ["allow 10.0.0.0/8", "reflex 100 0 600 1024"]
+    );
+    d.reload(&REFLEX_RULES.replace("above = 100", "above = 250"))
+        .unwrap();
+    assert_eq!(fw.calls(3).await[2], "reflex 250 0 600 1024");
+    // Nothing changed for the agent: nothing sent.
+    d.reload(&REFLEX_RULES.replace("above = 100", "above = 250"))
+        .unwrap();
+    d.allow("192.0.2.0/24", Some("the lab's gateway")).unwrap();
+    assert_eq!(fw.calls(4).await[3], "allow 192.0.2.0/24");
+    d.set_dry_run(true).unwrap();
+    assert_eq!(
+        fw.calls(5).await[4],
+        "reflex 0 0 600 1024",
+        "in dry-run the kernel must not act on its own"
+    );
+    d.set_dry_run(false).unwrap();
+    assert_eq!(fw.calls(6).await[5], "reflex 250 0 600 1024");
+    d.disallow("192.0.2.0/24").unwrap();
+    assert_eq!(fw.calls(7).await[6], "disallow 192.0.2.0/24");
+    // The reflex rule gone: off, and the file's entry goes when the file drops it.
+    let plain = REFLEX_RULES
+        .replace("reflex = true\n", "")
+        .replace("targets = [\"10.0.0.0/8\"]", "targets = []");
+    d.reload(&plain).unwrap();
+    assert_eq!(
+        fw.calls(9).await[7..],
+        ["disallow 10.0.0.0/8", "reflex 0 0 600 1024"]
+    );
+    assert!(d.allowlist().is_empty());
+}
+
+/// A firewall agent that refuses is asked again with backoff; a failure that lasts raises one
+/// alert, and its end another.
+#[tokio::test(start_paused = true)]
+async fn a_refused_push_is_retried_with_backoff_and_alerted_once_it_lasts() {
+    let d = PolicyDriver::new(REFLEX_RULES, false, None, None, None).unwrap();
+    let fw = Firewall::new(7);
+    let vo = vo_with_firewall(&d, &fw);
+    let calls = fw.calls(9).await;
+    assert_eq!(calls[..8], ["allow 10.0.0.0/8"; 8], "{calls:?}");
+    assert_eq!(calls[8], "reflex 100 0 600 1024");
+    let times: Vec<Duration> = fw.calls.borrow().iter().map(|(t, _)| *t).collect();
+    for (n, w) in times[..8].windows(2).enumerate() {
+        let (gap, nominal) = (w[1] - w[0], Duration::from_millis(500) * 2u32.pow(n as u32));
+        assert!(
+            gap >= nominal / 2 && gap <= nominal,
+            "retry {n}: {gap:?}, expected within [{:?}, {nominal:?}]",
+            nominal / 2
+        );
+    }
+    let shown = alerts_when(&vo, |s| s.contains("now holds")).await;
+    assert_eq!(
+        shown.matches("policy DidNotTake: VO did not take `allow 10.0.0.0/8`: the firewall agent is starting").count(),
+        1,
+        "{shown}"
+    );
+    assert!(
+        shown.contains("policy DidNotTake: VO now holds the policy's allowlist and reflex"),
+        "{shown}"
+    );
+}
+
+/// The kernel reflex's block comes back as an alert: the rule holds it (listed with the
+/// firewall as its actuator), the firewall is sent the rung's block, and a release by hand
+/// reaches the firewall.
+#[tokio::test(start_paused = true)]
+async fn a_reflex_block_is_adopted_and_released_through_the_firewall() {
+    let d = PolicyDriver::new(REFLEX_RULES, false, None, None, None).unwrap();
+    let fw = Firewall::new(0);
+    let vo = vo_with_firewall(&d, &fw);
+    fw.calls(2).await;
+    vo.raise(AlertBody::ReflexBlock {
+        target: "198.51.100.7".into(),
+        cause: "syn".into(),
+        value: 180,
+        threshold: 100,
+        ttl_s: 600,
+        kernel_ns: 1,
+    })
+    .unwrap();
+    assert_eq!(fw.calls(3).await[2], "block_hackers 198.51.100.7 600");
+    let active = d.active_actions();
+    assert_eq!(
+        active
+            .iter()
+            .map(|a| (a.action.as_str(), a.target.as_str(), a.actuator.as_str()))
+            .collect::<Vec<_>>(),
+        [("block", "198.51.100.7", "VO")]
+    );
+    assert_eq!(
+        d.release("198.51.100.7").unwrap(),
+        "VO release_hackers 198.51.100.7"
+    );
+    assert_eq!(fw.calls(4).await[3], "release_hackers 198.51.100.7");
+    // A protected source the kernel blocked anyway is released at once.
+    vo.raise(AlertBody::ReflexBlock {
+        target: "10.1.2.3".into(),
+        cause: "syn".into(),
+        value: 180,
+        threshold: 100,
+        ttl_s: 600,
+        kernel_ns: 2,
+    })
+    .unwrap();
+    assert_eq!(fw.calls(5).await[4], "release_hackers 10.1.2.3");
+    assert!(d.active_actions().is_empty());
+    // An entry by hand releases what it protects, and the firewall is told to allow it.
+    vo.raise(AlertBody::ReflexBlock {
+        target: "198.51.100.8".into(),
+        cause: "syn".into(),
+        value: 180,
+        threshold: 100,
+        ttl_s: 600,
+        kernel_ns: 3,
+    })
+    .unwrap();
+    assert_eq!(fw.calls(6).await[5], "block_hackers 198.51.100.8 600");
+    d.allow("198.51.100.0/24", None).unwrap();
+    assert!(d.active_actions().is_empty());
+    let mut last = fw.calls(8).await.split_off(6);
+    last.sort();
+    assert_eq!(
+        last,
+        ["allow 198.51.100.0/24", "release_hackers 198.51.100.8"]
+    );
+}
+
+#[test]
+fn throttles_prefixes_and_firewall_blocks_become_firewall_verbs() {
+    let t = Target::Net("2001:db8::/64".parse().unwrap());
+    let cases = [
+        (
+            Action::Throttle {
+                id: 1,
+                target: Target::Ip("10.0.0.9".parse().unwrap()),
+                rate: vespa_policy::Rate::Bytes(1_000_000),
+                ttl_ns: 60 * vespa_policy::SECOND,
+                via: "FW".into(),
+            },
+            "throttle 10.0.0.9 1000000B/s 60",
+        ),
+        (
+            Action::Unthrottle {
+                id: 2,
+                target: Target::Ip("10.0.0.9".parse().unwrap()),
+                via: "FW".into(),
+            },
+            "unthrottle 10.0.0.9",
+        ),
+        (
+            Action::Block {
+                id: 3,
+                target: t,
+                ttl_ns: 600 * vespa_policy::SECOND,
+                via: "FW".into(),
+                firewall: true,
+            },
+            "block_hackers 2001:db8::/64 600",
+        ),
+        (
+            Action::Release {
+                id: 4,
+                target: t,
+                via: "FW".into(),
+                firewall: true,
+            },
+            "release_hackers 2001:db8::/64",
+        ),
+    ];
+    for (action, line) in cases {
+        let (agent, call) = call_of(&action).unwrap();
+        assert!(
+            matches!(call, ActuatorCall::Firewall(_)),
+            "{action:?}: {call:?}"
+        );
+        assert_eq!((agent.as_str(), call.to_string()), ("FW", line.to_string()));
+        // What the firewall agent parses back is what was meant.
+        let words: Vec<String> = call.args();
+        let back = FirewallVerb::parse(call.name(), &words).unwrap();
+        assert_eq!(ActuatorCall::Firewall(back), call);
+    }
+    assert_eq!(
+        parse_key("2001:db8::/64"),
+        Key::Net("2001:db8::/64".parse().unwrap())
+    );
+    assert_eq!(
+        parse_key("10.0.0.9/32"),
+        Key::Remote("10.0.0.9".parse().unwrap())
+    );
+    assert_eq!(
+        to_policy_body(&AlertBody::ReflexBlock {
+            target: "2001:db8::/64".into(),
+            cause: "conn".into(),
+            value: 9,
+            threshold: 8,
+            ttl_s: 30,
+            kernel_ns: 5,
+        }),
+        vespa_policy::AlertBody::ReflexBlock {
+            target: t,
+            cause: vespa_policy::ReflexCause::Conn,
+            value: 9,
+            threshold: 8,
+            ttl_s: 30
+        }
+    );
+    assert!(matches!(
+        to_policy_body(&AlertBody::ReflexBlock {
+            target: "x".into(),
+            cause: "syn".into(),
+            value: 9,
+            threshold: 8,
+            ttl_s: 30,
+            kernel_ns: 5,
+        }),
+        vespa_policy::AlertBody::Text(_)
+    ));
+}
+
+/// The policy parses rates and prefixes itself (it does not depend on the protocol crate):
+/// both must read the same words the same way.
+#[test]
+fn the_policy_and_the_protocol_read_rates_and_targets_alike() {
+    use vespa_proto::verbs::{self, Word};
+    for w in [
+        "125000",
+        "1500B/s",
+        "10kB/s",
+        "2MB/s",
+        "1GB/s",
+        "8mbit",
+        "8Mbit/s",
+        "100kbit",
+        "1gbit",
+        "800bit",
+        "1000pps",
+        "20kpps",
+        "1mpps",
+        "1.5mbit",
+        "0",
+        "8 furlongs",
+        "mbit",
+        "-5pps",
+        "1e30",
+    ] {
+        let ours = w.parse::<vespa_policy::Rate>().ok().map(|r| match r {
+            vespa_policy::Rate::Bytes(b) => verbs::Rate::Bytes(b),
+            vespa_policy::Rate::Packets(p) => verbs::Rate::Packets(p),
+        });
+        assert_eq!(ours, w.parse::<verbs::Rate>().ok(), "{w}");
+    }
+    for w in [
+        "10.0.0.7",
+        "10.1.2.3/8",
+        "10.0.0.7/32",
+        "2001:db8::9/64",
+        "2001:db8::9/128",
+        "52:54:00:aa:BB:cc",
+        "10.0.0.0/33",
+        "nope",
+        "",
+    ] {
+        let ours = w.parse::<Target>().ok().map(|t| t.bare());
+        let theirs = verbs::Target::parse_word(w).ok().map(|t| t.to_word());
+        assert_eq!(ours, theirs, "{w}");
+    }
+}
+
+/// The topology's machines and controllers are on the allowlist from the start, and stay.
+#[test]
+fn the_topology_protects_its_machines_and_controllers() {
+    let text = super::placement::tests::TOPOLOGY.to_string()
+        + "\n[[machine]]\nname = \"ctl\"\naddress = \"10.9.0.1\"\n\n[node.params]\n"
+        + "\n[[node]]\nname = \"fl\"\nkind = \"agent_controller_floodlight\"\nlocation = \"hv\"\nmaster = \"HO_PH\"\nport = 5158\n[node.params]\nurl = \"http://10.9.0.2:8080\"\n";
+    let text = text.replace("\n[node.params]\n\n[[node]]", "\n\n[[node]]");
+    let topo = Topology::from_toml("tree.toml", &text).unwrap();
+    let rules = RULES.replace("sdn = \"SDN\"", "sdn = \"Agent_Controller_OsKen\"");
+    let d = PolicyDriver::new(&rules, false, Some(&topo), None, None).unwrap();
+    let listed: Vec<(String, String, Option<String>)> = d
+        .allowlist()
+        .into_iter()
+        .map(|e| (e.target, e.origin, e.note))
+        .collect();
+    let entry = |t: &str, n: &str| (t.to_string(), "topology".to_string(), Some(n.to_string()));
+    assert_eq!(
+        listed,
+        [
+            entry("127.0.0.1", "machine hv"),
+            entry("10.9.0.1", "machine ctl"),
+            entry("10.9.0.2", "SDN controller of fl"),
+        ]
+    );
+    assert!(
+        matches!(d.block("10.9.0.2", 60), Err(PolicyError::Invalid(m)) if m.contains("allowlist"))
+    );
+    assert!(
+        matches!(d.disallow("10.9.0.1"), Err(PolicyError::NotFound(m)) if m.contains("topology"))
+    );
+    d.reload(&rules.replace("above = 50", "above = 60"))
+        .unwrap();
+    assert_eq!(d.allowlist().len(), 3, "a reload keeps them");
+}
+
+/// One API, every driver: an entry by hand protects from the rules of the HOs of the process,
+/// and the HOs of other processes take it through their verbs.
+#[tokio::test]
+async fn the_allowlist_by_hand_reaches_every_driver() {
+    let topo = Topology::from_toml("tree.toml", super::placement::tests::TOPOLOGY).unwrap();
+    let text = RULES.replace("sdn = \"SDN\"", "sdn = \"Agent_Controller_OsKen\"");
+    let vo_d = PolicyDriver::new(&text, false, Some(&topo), None, None).unwrap();
+    let ho_d = PolicyDriver::new_at("HO_PH", &text, false, &topo, None).unwrap();
+    let set = PolicySet::new(vo_d.clone(), vec![ho_d.clone()]);
+    set.allow("198.51.100.0/24", Some("partner")).unwrap();
+    for d in [&vo_d, &ho_d] {
+        assert!(
+            d.allowlist()
+                .iter()
+                .any(|e| e.target == "198.51.100.0/24" && e.origin == "operator"),
+            "{:?}",
+            d.at()
+        );
+    }
+    assert!(matches!(
+        set.allow("not a target", None),
+        Err(PolicyError::Invalid(_))
+    ));
+    assert!(matches!(
+        set.disallow("127.0.0.1"),
+        Err(PolicyError::NotFound(m)) if m.contains("topology")
+    ));
+    set.disallow("198.51.100.0/24").unwrap();
+    assert!(ho_d.allowlist().iter().all(|e| e.origin != "operator"));
+    assert!(matches!(
+        set.disallow("198.51.100.0/24"),
+        Err(PolicyError::NotFound(m)) if m.contains("not on the allowlist")
+    ));
+    // An HO of another process, through its verbs.
+    let verbs = HoPolicyVerbs(ho_d.clone());
+    let reply = verbs
+        .call(HoVerb::PolicyAllow {
+            target: "2001:db8::/48".into(),
+            note: vec!["a".into(), "partner".into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply, r#"{"Ok":null}"#);
+    assert!(ho_d
+        .allowlist()
+        .iter()
+        .any(|e| e.target == "2001:db8::/48" && e.note.as_deref() == Some("a partner")));
+    let reply = verbs
+        .call(HoVerb::PolicyDisallow {
+            target: "2001:db8::/49".into(),
+        })
+        .await
+        .unwrap();
+    assert!(reply.contains("NotFound"), "{reply}");
+}
+
+/// A throttle rung and a reflex rule need a firewall agent, and a reflex rule placed at an HO
+/// needs it below that HO.
+#[test]
+fn the_firewall_actuator_is_checked_where_rules_are_placed() {
+    let topo = Topology::from_toml("tree.toml", super::placement::tests::TOPOLOGY).unwrap();
+    let text = REFLEX_RULES
+        .replace("firewall = \"VO\"", "firewall = \"Agent_Controller_OsKen\"")
+        .replace(
+            "name = \"syn-flood\"\n",
+            "name = \"syn-flood\"\nat = \"HO_VM\"\n",
+        );
+    let e = load_rules(&text, Some(&topo)).expect_err("the firewall is under HO_PH");
+    assert!(
+        e.to_string()
+            .contains("its firewall actuator Agent_Controller_OsKen is under HO_PH"),
+        "{e}"
+    );
+    load_rules(&text.replace("HO_VM", "HO_PH"), Some(&topo)).expect("under HO_PH");
+    let e = PolicyDriver::new(
+        &RULES.replace(
+            "action = \"block\", ttl_s = 600",
+            "action = \"throttle\", rate = \"1mbit\", ttl_s = 600",
+        ),
+        false,
+        None,
+        None,
+        None,
+    )
+    .err()
+    .expect("no firewall actuator");
+    assert!(
+        e.to_string()
+            .contains("ladder.action: a throttle needs a firewall agent"),
+        "{e}"
+    );
 }

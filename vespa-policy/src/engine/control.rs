@@ -2,8 +2,10 @@
 //! operator (manual block and release), rule reloads and sensor health.
 
 use super::effects::{apply_effect, release_owned, Owner};
+use super::guard::{release_protected, retain_caps};
 use super::{act, State};
 use crate::rules::Rules;
+use crate::rules::Via;
 use crate::types::{Action, ActionId, AlertKind, Effect, Key, Nanos, Target};
 
 pub(super) fn infected(
@@ -118,13 +120,25 @@ pub(super) fn manual_block(
             return;
         }
     }
+    if let Some(entry) = state.protected_by(&target) {
+        let text = format!("manual block of {target} ignored: {entry} is on the allowlist");
+        State::alert(out, AlertKind::Protected, text);
+        return;
+    }
+    let via = state.rules.actuators.default_block();
+    if matches!(target, Target::Net(_)) && via != Via::Firewall {
+        let text = format!("manual block of {target} ignored: a prefix is blocked by a firewall agent only, and none is named in [actuators] firewall");
+        State::alert(out, AlertKind::Notice, text);
+        return;
+    }
     let until = state.now.saturating_add(ttl_ns);
     let id = state.id();
     let block = Action::Block {
         id,
         target,
         ttl_ns,
-        via: state.rules.actuators.sdn.clone(),
+        via: state.rules.actuators.of(via).to_string(),
+        firewall: via == Via::Firewall,
     };
     let effect = Effect::Blocked(target);
     apply_effect(
@@ -200,8 +214,12 @@ pub(super) fn manual_release(state: &mut State, key: &Key, now: Nanos, out: &mut
 /// Whether releasing `key` by hand should undo `effect`.
 fn concerns(effect: &Effect, key: &Key) -> bool {
     match (effect, key) {
-        (Effect::Blocked(Target::Ip(a)), Key::Remote(b)) => a == b,
-        (Effect::Blocked(Target::Mac(a)), Key::Mac(b)) => a == b,
+        (Effect::Blocked(t) | Effect::Throttled(t), key) => match (t, key) {
+            (Target::Ip(a), Key::Remote(b)) => a == b,
+            (Target::Mac(a), Key::Mac(b)) => a == b,
+            (Target::Net(a), Key::Net(b)) => a == b,
+            _ => false,
+        },
         (Effect::LinkCut(v) | Effect::Quarantined(v) | Effect::AvIsolated(v, _), Key::Vm(w)) => {
             v == w
         }
@@ -241,6 +259,9 @@ pub(super) fn reload(state: &mut State, rules: Rules, out: &mut Vec<Action>) {
             }
         }
     }
+    retain_caps(state);
+    // The file's allowlist may have grown.
+    release_protected(state, out);
 }
 
 pub(super) fn health(

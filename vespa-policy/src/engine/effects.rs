@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 use super::State;
-use crate::types::{Action, ActionId, AlertKind, Effect, Key, Nanos, Target};
+use crate::types::{Action, ActionId, AlertKind, Effect, Key, Nanos, Rate, Target};
 
 /// Who holds an effect.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,8 +43,13 @@ pub(super) struct EffectState {
     since: Nanos,
     /// When the actuator's own reaper removes it (blocks only).
     expires_at: Option<Nanos>,
-    /// The TTL last sent (blocks only): a block is identical when its TTL is not longer.
+    /// The TTL last sent (blocks and throttles): identical when its TTL is not longer.
     ttl_ns: Option<Nanos>,
+    /// The rate last sent (throttles): another rate is sent again.
+    rate: Option<Rate>,
+    /// The agent that carries it out (and undoes it), and whether it is a firewall agent.
+    via: String,
+    firewall: bool,
     /// Recorded in dry-run: nothing was actually done.
     dry: bool,
     /// When the operator's hold ends (the longest manual block's TTL); meaningful while
@@ -58,12 +63,16 @@ pub struct InPlace<'a> {
     pub effect: &'a Effect,
     /// When it was placed, on the caller's clock (`step`'s `now`).
     pub since: Nanos,
-    /// When the actuator's own reaper removes it (blocks only).
+    /// When the actuator's own reaper removes it (blocks and throttles).
     pub expires_at: Option<Nanos>,
     /// Only recorded in dry-run: no actuator was asked.
     pub dry: bool,
     /// Who holds it, each once: rule names, `infection`, `operator`.
     pub holders: Vec<&'a str>,
+    /// The agent that carries it out.
+    pub via: &'a str,
+    /// A throttle's rate.
+    pub rate: Option<Rate>,
 }
 
 impl EffectState {
@@ -83,6 +92,8 @@ impl State {
             expires_at: es.expires_at,
             dry: es.dry,
             holders: es.holders(),
+            via: &es.via,
+            rate: es.rate,
         })
     }
 
@@ -122,20 +133,21 @@ impl State {
 
 /// Records `effect` for `owner` and emits `action` unless an identical effect is already in
 /// place (deduplication). A longer block on an already blocked target is not identical, nor is
-/// the operator's block that would end later.
+/// the operator's block that would end later, nor a throttle at another rate. What is in place
+/// stays with the agent that placed it: a longer block goes there too.
 pub(super) fn apply_effect(
     state: &mut State,
     effect: Effect,
     owner: Owner,
     expires: Option<Nanos>,
-    action: Action,
+    mut action: Action,
     out: &mut Vec<Action>,
 ) -> Option<ActionId> {
     let dry = state.is_dry_run();
-    let ttl_ns = if let Action::Block { ttl_ns, .. } = &action {
-        Some(*ttl_ns)
-    } else {
-        None
+    let (ttl_ns, rate) = match &action {
+        Action::Block { ttl_ns, .. } => (Some(*ttl_ns), None),
+        Action::Throttle { ttl_ns, rate, .. } => (Some(*ttl_ns), Some(*rate)),
+        _ => (None, None),
     };
     let rule = match &owner {
         Owner::Rule(name, _) => Some(name.clone()),
@@ -149,16 +161,25 @@ pub(super) fn apply_effect(
         } else {
             matches!((es.ttl_ns, ttl_ns), (Some(old), Some(new)) if new > old)
         };
+        let other_rate = rate.is_some() && rate != es.rate;
         es.owners.insert(owner);
         es.rules.extend(rule);
-        // Identical: same effect, no longer TTL, and not a dry record about to become real.
-        if !longer && (es.dry == dry || !es.dry) {
+        // Identical: same effect, no longer TTL, same rate, and not a dry record about to
+        // become real.
+        if !longer && !other_rate && (es.dry == dry || !es.dry) {
             return None;
         }
         es.expires_at = expires.max(es.expires_at);
         es.ttl_ns = ttl_ns.max(es.ttl_ns);
+        es.rate = rate.or(es.rate);
         es.dry &= dry;
+        send_through(&mut action, &es.via, es.firewall);
     } else {
+        let (via, firewall) = match &action {
+            Action::Block { via, firewall, .. } => (via.clone(), *firewall),
+            Action::Throttle { via, .. } => (via.clone(), true),
+            other => (other.via().unwrap_or_default().to_string(), false),
+        };
         state.effects.insert(
             effect,
             EffectState {
@@ -167,6 +188,9 @@ pub(super) fn apply_effect(
                 since: state.now,
                 expires_at: expires,
                 ttl_ns,
+                rate,
+                via,
+                firewall,
                 dry,
                 manual_until: 0,
             },
@@ -175,6 +199,43 @@ pub(super) fn apply_effect(
     let id = action.id();
     state.emit(out, action);
     id
+}
+
+/// Points a block or a throttle at the agent that holds what it renews.
+fn send_through(action: &mut Action, agent: &str, is_firewall: bool) {
+    match action {
+        Action::Block { via, firewall, .. } => {
+            *via = agent.to_string();
+            *firewall = is_firewall;
+        }
+        Action::Throttle { via, .. } => *via = agent.to_string(),
+        _ => {}
+    }
+}
+
+fn held_by(es: &EffectState, rule: &str) -> bool {
+    es.owners
+        .iter()
+        .any(|o| matches!(o, Owner::Rule(r, _) if r == rule))
+}
+
+/// Whether rule `name` holds `effect` (for any of its keys).
+pub(super) fn rule_holds(state: &State, effect: &Effect, name: &str) -> bool {
+    state
+        .effects
+        .get(effect)
+        .is_some_and(|es| held_by(es, name))
+}
+
+/// Blocks and throttles that rule `name` holds (for any of its keys).
+pub(super) fn held_by_rule(state: &State, name: &str) -> usize {
+    state
+        .effects
+        .iter()
+        .filter(|(e, es)| {
+            matches!(e, Effect::Blocked(_) | Effect::Throttled(_)) && held_by(es, name)
+        })
+        .count()
 }
 
 /// Lets `owner` go of `owned`; effects without owners left are undone.
@@ -192,7 +253,7 @@ pub(super) fn release_owned(
         if !es.owners.is_empty() {
             continue;
         }
-        let dry = es.dry;
+        let (dry, via, firewall) = (es.dry, es.via.clone(), es.firewall);
         if let Some(es) = state.effects.remove(&effect) {
             state.undone.insert(effect.clone(), es.rules);
         }
@@ -201,12 +262,18 @@ pub(super) fn release_owned(
             Effect::Blocked(target) => Action::Release {
                 id: state.id(),
                 target: *target,
-                via: a.sdn,
+                via,
+                firewall,
+            },
+            Effect::Throttled(target) => Action::Unthrottle {
+                id: state.id(),
+                target: *target,
+                via,
             },
             Effect::LinkCut(vm) => Action::ConnectLink {
                 id: state.id(),
                 vm: vm.clone(),
-                via: a.libvirt,
+                via,
             },
             Effect::AvIsolated(vm, av) => Action::AvConnect {
                 id: state.id(),

@@ -3,13 +3,6 @@
 
 use super::*;
 
-fn manual(target: Target, ttl_s: u64) -> Input {
-    Input::ManualBlock {
-        target,
-        ttl_ns: ttl_s * SECOND,
-    }
-}
-
 fn release(key: Key) -> Input {
     Input::ManualRelease { key }
 }
@@ -38,6 +31,8 @@ fn a_manual_block_is_held_by_the_operator_until_released_by_hand() {
             expires_at: Some(605 * SECOND),
             dry: false,
             holders: vec!["operator"],
+            via: "Agent_Controller",
+            rate: None,
         }]
     );
     assert!(
@@ -171,6 +166,8 @@ fn a_rule_block_reports_when_it_started_who_holds_it_and_which_rule_undid_it() {
             expires_at: Some(603 * SECOND),
             dry: false,
             holders: vec!["conn-flood"],
+            via: "Agent_Controller",
+            rate: None,
         }]
     );
     assert_eq!(h.st.rules_behind(&blocked), ["conn-flood"]);

@@ -35,6 +35,11 @@ crate::verbs! {
         PolicyRelease "policy_release" [Command] { key: String },
         /// switch this HO's rules to dry-run or back (JSON Ok/Err)
         PolicyDryRun "policy_dry_run" [Command] { enabled: OnOff },
+        /// protect <target> (address, prefix or MAC) from this HO's rules; the rest is a note
+        /// (JSON Ok/Err)
+        PolicyAllow "policy_allow" [Command] { target: String, note: Vec<String> },
+        /// remove a protection added with policy_allow (JSON Ok/Err)
+        PolicyDisallow "policy_disallow" [Command] { target: String },
     }
 }
 
