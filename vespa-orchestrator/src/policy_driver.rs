@@ -155,6 +155,25 @@ fn resolve_actuators(rules: &mut Rules, topo: Option<&Topology>) {
             }
         }
     }
+    // The firewall: a name the topology lacks falls back to its only firewall agent; none
+    // named, on a host with a firewall agent and no SDN controller agent at all (a plain KVM
+    // host), blocks go to the firewall rather than to a controller that is not there.
+    let firewall = unique(&|k| k == AgentKind::Firewall);
+    let no_sdn = !topo
+        .nodes
+        .iter()
+        .any(|n| matches!(n.role, Role::Agent(k) if sdn(k)));
+    match (&a.firewall, firewall) {
+        (Some(fw), Some(only)) if topo.node(fw).is_none() => {
+            tracing::info!(configured = %fw, using = %only, "policy firewall not in the topology: using its only firewall agent");
+            a.firewall = Some(only);
+        }
+        (None, Some(only)) if no_sdn => {
+            tracing::info!(using = %only, "no SDN controller agent in the topology: blocks go to its firewall agent");
+            a.firewall = Some(only);
+        }
+        _ => {}
+    }
 }
 
 /// Whether a rule of `all` placed elsewhere than `at` has a kernel reflex.

@@ -1024,3 +1024,27 @@ fn the_firewall_actuator_is_checked_where_rules_are_placed() {
         "{e}"
     );
 }
+
+#[test]
+fn on_a_host_without_an_sdn_controller_blocks_go_to_its_firewall_agent() {
+    let head = "[[machine]]\nname = \"h\"\naddress = \"127.0.0.1\"\n\
+        [[node]]\nname = \"VO\"\nkind = \"vo\"\nlocation = \"h\"\nport = 5000\n\
+        [[node]]\nname = \"fw\"\nkind = \"agent_firewall\"\nlocation = \"h\"\nmaster = \"VO\"\nport = 5001\n";
+    let topo = Topology::from_toml("tree.toml", head).unwrap();
+    let rules = load_rules(RULES, Some(&topo)).expect("rules");
+    assert_eq!(rules.actuators.firewall.as_deref(), Some("fw"));
+    // With a controller agent in the tree, nothing changes unless the policy names a firewall.
+    let with_sdn = format!(
+        "{head}[[node]]\nname = \"SDN\"\nkind = \"agent_controller_osken\"\nlocation = \"h\"\nmaster = \"VO\"\nport = 5002\n"
+    );
+    let topo = Topology::from_toml("tree.toml", &with_sdn).unwrap();
+    let rules = load_rules(RULES, Some(&topo)).expect("rules");
+    assert_eq!(rules.actuators.firewall, None);
+    // A firewall name the tree lacks falls back to its only firewall agent.
+    let named = RULES.replace(
+        "hypervisor = \"HY\"",
+        "hypervisor = \"HY\"\nfirewall = \"gone\"",
+    );
+    let rules = load_rules(&named, Some(&topo)).expect("rules");
+    assert_eq!(rules.actuators.firewall.as_deref(), Some("fw"));
+}

@@ -74,3 +74,120 @@ fn the_vo_blocks_a_connection_flood_with_the_hosts_firewall_alone() {
         lab.blocks().is_empty().then_some(())
     });
 }
+
+#[test]
+fn a_reflex_block_is_listed_by_the_vo_and_released_through_its_api() {
+    if !vespa_tests::privileged("a_reflex_block_is_listed_by_the_vo_and_released_through_its_api") {
+        return;
+    }
+    let mut lab = Lab::new("fw-reflex-vo", "", vec![]);
+    let threshold = 40u64;
+    let policy = format!(
+        r#"
+[actuators]
+sdn = "none"
+libvirt = "none"
+quarantine = "none"
+av = "none"
+hypervisor = "none"
+firewall = "fw"
+
+[[rule]]
+name = "syn-flood"
+metric = "syn_rate"
+key = "remote"
+aggregate = "max"
+window_s = 1
+above = {threshold}
+below = 5
+calm_s = 3600
+cooldown_s = 1
+verify_s = 0
+reflex = true
+ladder = [{{ action = "block", ttl_s = 600 }}]
+"#
+    );
+    let dir = lab.tree.scratch.dir.clone();
+    std::fs::write(dir.join("policy.toml"), policy).expect("policy file");
+    let token = "reflex-test-token";
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join("api-token"))
+            .expect("token file");
+        std::io::Write::write_all(&mut f, token.as_bytes()).expect("token");
+    }
+    let api: SocketAddr = "127.0.0.1:8190".parse().expect("addr");
+    lab.start_vo(&[
+        "--policy",
+        &dir.join("policy.toml").display().to_string(),
+        "--http",
+        &api.to_string(),
+        "--api-token-file",
+        &dir.join("api-token").display().to_string(),
+    ]);
+    let _agent = lab.start_agent("agent", &[], &["fw", "bw"]);
+    // The VO gives the firewall its reflex.
+    wait_until("the VO's reflex in the kernel", WAIT, || {
+        let s = lab.call("fw", "firewall_stats", &[]).ok()?;
+        let s: serde_json::Value = serde_json::from_str(&s).ok()?;
+        (s["reflex"]["syn_per_sec"] == threshold).then_some(())
+    });
+    let (a, v) = (lab.attacker(), lab.victim());
+    let victim = SocketAddr::new(v.end.v4.into(), 8080);
+    let _listener =
+        v.ns.run(move || vespa_tests::traffic::tcp_listen(victim, 4096));
+    let from: std::net::IpAddr = a.end.v4.into();
+    a.ns.run(move || vespa_tests::traffic::syn_burst(from, victim, 500));
+    let attacker = a.end.v4.to_string();
+    let b = wait_until("the reflex's block", WAIT, || lab.block_of(&attacker));
+    assert_eq!(b["reflex"], true, "{b}");
+
+    let host = lab.net.host.name.clone();
+    let get = move |path: &str| {
+        let path = path.to_string();
+        vespa_tests::net::in_netns(&host, move || {
+            vespa_tests::daemons::http_request(api, "GET", &path, None, "")
+        })
+    };
+    let listed =
+        vespa_testkit::try_wait_until("the reflex block among the VO's decisions", WAIT, || {
+            let (status, body) = get("/api/v1/decisions").ok_or(None)?;
+            let v: serde_json::Value =
+                serde_json::from_str(&body).map_err(|_| Some(body.clone()))?;
+            if status != 200 {
+                return Err(Some(body));
+            }
+            v.as_array()
+                .or_else(|| v["actions"].as_array())
+                .and_then(|a| {
+                    a.iter()
+                        .find(|d| d["target"].as_str().is_some_and(|t| t.contains(&attacker)))
+                        .cloned()
+                })
+                .ok_or(Some(body))
+        })
+        .unwrap_or_else(|e| {
+            let vo = lab.vo.as_ref().map(Proc::log_text).unwrap_or_default();
+            panic!("{e}\nVO log:\n{vo}")
+        });
+    let key = listed["key"].as_str().expect("key").to_string();
+    let host = lab.net.host.name.clone();
+    let (status, body) = vespa_tests::net::in_netns(&host, move || {
+        vespa_tests::daemons::http_request(
+            api,
+            "DELETE",
+            &format!("/api/v1/decisions/{key}"),
+            Some(token),
+            "",
+        )
+    })
+    .expect("DELETE answered");
+    assert_eq!(status, 200, "{body}");
+    wait_until("the reflex block gone from the kernel", WAIT, || {
+        lab.block_of(&attacker).is_none().then_some(())
+    });
+}
