@@ -376,6 +376,32 @@ impl FirewallAgent {
     }
 }
 
+/// Says when the reflex's cap held back blocks: at most once a minute, with how many.
+#[derive(Default)]
+struct CapWatch {
+    seen: u64,
+    last: Option<tokio::time::Instant>,
+}
+
+impl CapWatch {
+    fn check(&mut self, s: &FirewallStats, now: tokio::time::Instant) -> Option<String> {
+        let more = s.reflex_capped.saturating_sub(self.seen);
+        if more == 0
+            || self
+                .last
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60))
+        {
+            return None;
+        }
+        self.seen = s.reflex_capped;
+        self.last = Some(now);
+        Some(format!(
+            "kernel reflex cap reached: {more} reflex blocks not placed (at most {} at once, or the block table is full: {} of {}); nothing was evicted",
+            s.reflex.max, s.blocks, s.block_capacity
+        ))
+    }
+}
+
 /// Whether `outer` contains `inner` (equal, or a prefix holding the address or prefix).
 pub fn covers(outer: &Target, inner: &Target) -> bool {
     match (outer, inner) {
@@ -424,10 +450,21 @@ impl Agent for FirewallAgent {
         let reaper = tokio::spawn(async move {
             let mut every = tokio::time::interval(REAP_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut capped = CapWatch::default();
             loop {
                 tokio::select! {
                     _ = every.tick() => {}
                     _ = reaper_node.stopping() => break,
+                }
+                if let Some(text) = fw
+                    .stats()
+                    .ok()
+                    .and_then(|s| capped.check(&s, tokio::time::Instant::now()))
+                {
+                    tracing::warn!("{text}");
+                    if let Err(e) = reaper_node.raise(AlertBody::Text(text)) {
+                        tracing::warn!(error = %e, "reflex cap alert refused by a full queue");
+                    }
                 }
                 match fw.reap() {
                     Ok(gone) => {
@@ -525,6 +562,24 @@ mod tests {
 
     fn t(s: &str) -> Target {
         Target::parse_word(s).expect("target")
+    }
+
+    #[test]
+    fn a_reached_reflex_cap_is_said_once_a_minute() {
+        let mut w = CapWatch::default();
+        let t0 = tokio::time::Instant::now();
+        let mut s = FirewallStats::default();
+        assert_eq!(w.check(&s, t0), None);
+        s.reflex_capped = 3;
+        assert!(w
+            .check(&s, t0)
+            .is_some_and(|t| t.contains("3 reflex blocks")));
+        s.reflex_capped = 5;
+        assert_eq!(w.check(&s, t0 + Duration::from_secs(10)), None);
+        let later = w
+            .check(&s, t0 + Duration::from_secs(61))
+            .expect("said again");
+        assert!(later.contains("2 reflex blocks"), "{later}");
     }
 
     #[test]

@@ -328,3 +328,30 @@ fn a_normal_stop_lifts_the_blocks_unless_told_to_keep_enforcing() {
         lab.pin_dir.display()
     );
 }
+
+#[test]
+fn with_xdp_blocked_packets_are_dropped_before_tc() {
+    if !privileged("with_xdp_blocked_packets_are_dropped_before_tc") {
+        return;
+    }
+    let mut lab = Lab::new("fw-xdp", "", vec![]);
+    lab.start_vo(&[]);
+    let _agent = lab.start_agent("agent", &["--xdp"], &["fw", "bw"]);
+    let (a, v) = (lab.attacker(), lab.victim());
+    let stream = Stream::start(
+        &a.ns,
+        a.end.v4.into(),
+        &v.ns,
+        SocketAddr::new(v.end.v4.into(), 7001),
+    );
+    stream.wait_flowing(50);
+    let attacker = a.end.v4.to_string();
+    lab.json("fw", "block_hackers", &[&attacker, "none"]);
+    assert_eq!(stream.arrivals_over_next(200), 0);
+    let stats = lab.json("fw", "firewall_stats", &[]);
+    let xdp = stats["xdp_dropped_packets"].as_u64().unwrap_or(0);
+    assert!(xdp >= 150, "XDP dropped {xdp}: {stats}");
+    // What XDP dropped never reached tc: the block's own counter has them all the same.
+    let b = lab.block_of(&attacker).expect("block");
+    assert!(b["packets"].as_u64().unwrap_or(0) >= xdp, "{b}");
+}
