@@ -77,6 +77,9 @@ pub const TICK: Duration = Duration::from_millis(250);
 const QUEUE: usize = 8192;
 /// How long an actuator call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Actuator calls a driver has in flight at most (half what one connection carries).
+pub const CALLS_IN_FLIGHT: usize = 32;
 /// How long a `mac_of` question may take (it delays the alert that asked).
 const MAC_TIMEOUT: Duration = Duration::from_millis(250);
 /// Remotes whose MAC was asked about, remembered at most (then forgotten all at once).
@@ -239,6 +242,9 @@ struct Inner {
     metrics: Option<Arc<Metrics>>,
     topology: Option<Arc<Topology>>,
     timings: Mutex<std::collections::VecDeque<BlockTiming>>,
+    /// Actuator calls in flight at once: a node answers at most 64 calls per connection, so
+    /// a burst of actions (a 10,000-line import) waits its turn instead of being refused.
+    calls: std::sync::Arc<tokio::sync::Semaphore>,
     dropped: AtomicU64,
     policy_file: Option<PathBuf>,
     /// What the firewall agent should hold ([`firewall`]'s task follows it).
@@ -325,6 +331,7 @@ impl PolicyDriver {
                 metrics,
                 topology,
                 timings: Mutex::new(Default::default()),
+                calls: std::sync::Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT)),
                 dropped: AtomicU64::new(0),
                 policy_file,
                 firewall: watch::Sender::new(firewall::Wanted::default()),
@@ -679,6 +686,10 @@ impl PolicyDriver {
             let handle = node.clone();
             tokio::spawn(async move {
                 let here = handle.name();
+                // Closed only with the driver: then nothing is sent.
+                let Ok(_turn) = me.inner.calls.clone().acquire_owned().await else {
+                    return;
+                };
                 let reply = match tokio::time::timeout(CALL_TIMEOUT, call.send(&handle, &via)).await
                 {
                     Ok(r) => r,

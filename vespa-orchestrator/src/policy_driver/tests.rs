@@ -1048,3 +1048,56 @@ fn on_a_host_without_an_sdn_controller_blocks_go_to_its_firewall_agent() {
     let rules = load_rules(&named, Some(&topo)).expect("rules");
     assert_eq!(rules.actuators.firewall.as_deref(), Some("fw"));
 }
+
+/// An SDN agent that takes its time over each block, as a controller under load does.
+#[derive(Default, Clone)]
+struct SlowSdn(Arc<Mutex<Vec<String>>>);
+
+impl Agent for SlowSdn {
+    type Verb = SdnVerb;
+
+    async fn call(&self, verb: SdnVerb) -> VerbResult {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lock(&self.0).push(verb.line());
+        Ok("done".into())
+    }
+}
+
+/// Hundreds of blocks at once (an operator's import) all reach the actuator: the driver keeps
+/// its calls in flight under what one connection carries, so none is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_blocks_all_reach_the_actuator() {
+    let psk = vespa_proto::Psk::random();
+    let d = PolicyDriver::new(RULES, false, None, None, None).unwrap();
+    let (vo, vo_addr) = node("VO", Role::Vo, None, &psk, Hooks::default()).await;
+    d.start(vo.clone());
+    let sdn = SlowSdn::default();
+    let hooks = Hooks {
+        agent: Some(AgentRef::new(sdn.clone())),
+        alert_handlers: Vec::new(),
+    };
+    let (_sdn, _) = node(
+        "SDN",
+        Role::Agent(AgentKind::ControllerOsken),
+        Some((&vo, vo_addr)),
+        &psk,
+        hooks,
+    )
+    .await;
+    until("the SDN agent under the VO", || {
+        vo.stats().children.iter().any(|c| c == "SDN")
+    })
+    .await;
+    let n = 1000;
+    for i in 0..n {
+        d.block(&format!("10.9.{}.{}", i / 250, i % 250 + 1), 600)
+            .unwrap();
+    }
+    wait_until_async(
+        "every block at the SDN agent",
+        Duration::from_secs(60),
+        || std::future::ready(lock(&sdn.0).len() >= n),
+    )
+    .await;
+    assert_eq!(lock(&sdn.0).len(), n);
+}
