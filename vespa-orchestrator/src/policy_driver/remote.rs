@@ -1,7 +1,7 @@
 //! Fast-path drivers of HOs that another process runs, reached through the tree.
 //!
 //! Every HO with a driver answers these verbs for it: `policy_actions`, `policy_release
-//! <key>`, `policy_dry_run <on|off>`, and `policy_allow <target> [note]` / `policy_disallow
+//! <key>`, `policy_dry_run <on|off>`, and `policy_protect <target> [note]` / `policy_unprotect
 //! <target>` for the operator's allowlist. The VO's API calls them down the tree for the HOs
 //! its own process does not run, so one API lists and releases every reaction, and protects a
 //! source from every rule, wherever it runs. Replies are JSON: the actions, or a `Result` of the driver's answer, so a refusal

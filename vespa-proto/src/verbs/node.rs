@@ -37,9 +37,9 @@ crate::verbs! {
         PolicyDryRun "policy_dry_run" [Command] { enabled: OnOff },
         /// protect <target> (address, prefix or MAC) from this HO's rules; the rest is a note
         /// (JSON Ok/Err)
-        PolicyAllow "policy_allow" [Command] { target: String, note: Vec<String> },
-        /// remove a protection added with policy_allow (JSON Ok/Err)
-        PolicyDisallow "policy_disallow" [Command] { target: String },
+        PolicyAllow "policy_protect" [Command] { target: String, note: Vec<String> },
+        /// remove a protection added with policy_protect (JSON Ok/Err)
+        PolicyDisallow "policy_unprotect" [Command] { target: String },
     }
 }
 
