@@ -23,14 +23,8 @@ fn a_block_drops_counts_and_expires_in_the_kernel_while_the_agent_is_stopped() {
     let mut lab = Lab::new("fw-expiry", "", vec![]);
     lab.start_vo(&[]);
     let agent = lab.start_agent("agent", &[], &["fw", "bw"]);
-    let (a, v) = (lab.attacker(), lab.victim());
-    let stream = Stream::start(
-        &a.ns,
-        a.end.v4.into(),
-        &v.ns,
-        SocketAddr::new(v.end.v4.into(), 7001),
-    );
-    stream.wait_flowing(50);
+    let a = lab.attacker();
+    let stream = lab.attack_stream(7001);
 
     let attacker = a.end.v4.to_string();
     let placed = Instant::now();
@@ -245,14 +239,8 @@ fn blocks_and_counters_outlive_a_killed_agent_and_the_next_one_adopts_them() {
     let mut lab = Lab::new("fw-adopt", "", vec![]);
     lab.start_vo(&[]);
     let mut agent = lab.start_agent("agent", &[], &["fw", "bw"]);
-    let (a, v) = (lab.attacker(), lab.victim());
-    let stream = Stream::start(
-        &a.ns,
-        a.end.v4.into(),
-        &v.ns,
-        SocketAddr::new(v.end.v4.into(), 7001),
-    );
-    stream.wait_flowing(50);
+    let a = lab.attacker();
+    let stream = lab.attack_stream(7001);
     let attacker = a.end.v4.to_string();
     lab.json("fw", "block_hackers", &[&attacker, "none"]);
     assert_eq!(stream.arrivals_over_next(100), 0);
@@ -293,14 +281,8 @@ fn a_normal_stop_lifts_the_blocks_unless_told_to_keep_enforcing() {
     }
     let mut lab = Lab::new("fw-exit", "", vec![]);
     lab.start_vo(&[]);
-    let (a, v) = (lab.attacker(), lab.victim());
-    let stream = Stream::start(
-        &a.ns,
-        a.end.v4.into(),
-        &v.ns,
-        SocketAddr::new(v.end.v4.into(), 7001),
-    );
-    let attacker = a.end.v4.to_string();
+    let stream = lab.attack_stream(7001);
+    let attacker = lab.attacker().end.v4.to_string();
 
     let mut keeping = lab.start_agent("keeping", &["--keep-enforcing-on-exit"], &["fw", "bw"]);
     lab.json("fw", "block_hackers", &[&attacker, "none"]);
@@ -337,14 +319,8 @@ fn with_xdp_blocked_packets_are_dropped_before_tc() {
     let mut lab = Lab::new("fw-xdp", "", vec![]);
     lab.start_vo(&[]);
     let _agent = lab.start_agent("agent", &["--xdp"], &["fw", "bw"]);
-    let (a, v) = (lab.attacker(), lab.victim());
-    let stream = Stream::start(
-        &a.ns,
-        a.end.v4.into(),
-        &v.ns,
-        SocketAddr::new(v.end.v4.into(), 7001),
-    );
-    stream.wait_flowing(50);
+    let a = lab.attacker();
+    let stream = lab.attack_stream(7001);
     let attacker = a.end.v4.to_string();
     lab.json("fw", "block_hackers", &[&attacker, "none"]);
     assert_eq!(stream.arrivals_over_next(200), 0);

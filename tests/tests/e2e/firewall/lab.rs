@@ -97,6 +97,19 @@ impl Lab {
         p
     }
 
+    /// A UDP stream from the attacker's IPv4 address to the victim's `port`, flowing.
+    pub fn attack_stream(&self, port: u16) -> Stream {
+        let (a, v) = (self.attacker(), self.victim());
+        let s = Stream::start(
+            &a.ns,
+            a.end.v4.into(),
+            &v.ns,
+            SocketAddr::new(v.end.v4.into(), port),
+        );
+        s.wait_flowing(50);
+        s
+    }
+
     /// A verb on a node, from inside the host namespace (through the VO).
     pub fn call(&self, target: &str, verb: &str, args: &[&str]) -> Result<String, String> {
         let (t, target, verb) = (self.tree.clone(), target.to_string(), verb.to_string());

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use vespa_testkit::wait_until;
 
-use super::lab::{Lab, Stream};
+use super::lab::Lab;
 use crate::kit::*;
 
 #[test]
@@ -25,13 +25,7 @@ fn the_vo_blocks_a_connection_flood_with_the_hosts_firewall_alone() {
     lab.start_vo(&["--policy", &policy_file.display().to_string()]);
     let _agent = lab.start_agent("agent", &["--conn-threshold", "30"], &["fw", "bw", "conn"]);
     let (a, v) = (lab.attacker(), lab.victim());
-    let stream = Stream::start(
-        &a.ns,
-        a.end.v4.into(),
-        &v.ns,
-        SocketAddr::new(v.end.v4.into(), 7001),
-    );
-    stream.wait_flowing(50);
+    let stream = lab.attack_stream(7001);
 
     let server = SocketAddr::new(v.end.v4.into(), 7070);
     let listener =
