@@ -196,7 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ..SensorConfig::default()
     };
     if let Command::Run(args) = cli.command {
-        return node_agents::run(args, cfg);
+        return node_agents::run(args, cfg, a.top_n);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -18,7 +18,8 @@ pub struct RunArgs {
     metrics: Option<std::net::SocketAddr>,
 }
 
-pub fn run(args: RunArgs, mut cfg: SensorConfig) -> anyhow::Result<()> {
+/// Runs the agent nodes; `--metrics` series per address (and per block) are `top_n` at most.
+pub fn run(args: RunArgs, mut cfg: SensorConfig, top_n: usize) -> anyhow::Result<()> {
     let topo = args.nodes.topology.load()?;
     let nodes = args
         .nodes
@@ -108,7 +109,7 @@ pub fn run(args: RunArgs, mut cfg: SensorConfig) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("listening on {addr}"))?;
                 tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
-                let registry = vespa_agent::export::registry_with_vms(s.clone(), 20, vm_of.clone());
+                let registry = vespa_agent::export::registry_with_vms(s.clone(), top_n, vm_of.clone());
                 Some(tokio::spawn(vespa_agent::export::serve(
                     listener,
                     registry,
@@ -116,7 +117,7 @@ pub fn run(args: RunArgs, mut cfg: SensorConfig) -> anyhow::Result<()> {
                 )))
             }
             (Some(_), None) => anyhow::bail!(
-                "--metrics needs a bandwidth or connections agent among the nodes run here"
+                "--metrics needs a bandwidth, connections or firewall agent among the nodes run here"
             ),
             _ => None,
         };

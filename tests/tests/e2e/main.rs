@@ -21,16 +21,19 @@ mod agent {
     mod sensors;
 }
 
-/// Trees of the real binaries: configuration, alerts and calls across processes, crashes,
-/// cut links, hostile peers, kernel time stamps, the fast path at an HO, acting agents; and
-/// the VO's journal on a file system that fills up (nodes in process).
-/// The kernel firewall: blocks, the reflex, the allowlist, throttles, pinning.
+/// The kernel firewall: blocks, the reflex, the allowlist, throttles, pinning; its drop
+/// counters in Prometheus and on the VO's dashboard.
 mod firewall {
+    mod dashboard;
     mod kernel;
     mod lab;
+    mod metrics;
     mod policy;
 }
 
+/// Trees of the real binaries: configuration, alerts and calls across processes, crashes,
+/// cut links, hostile peers, kernel time stamps, the fast path at an HO, acting agents; and
+/// the VO's journal on a file system that fills up (nodes in process).
 mod tree {
     mod actuators;
     mod config;

@@ -7,7 +7,7 @@
 //!
 //! - [`legacy`]: the GET-only JSON endpoints of 2014 (`/archi`, `/recv_bytes`, ...).
 //! - [`v1`]: `/api/v1/...`: reads (topology, alerts with paging, counters, actions and
-//!   decisions, the allowlist, policy) and mutations (decisions and the allowlist by hand,
+//!   decisions, the allowlist, policy, the kernel firewalls: [`firewall`]) and mutations (decisions and the allowlist by hand,
 //!   release, block, dry-run, policy reload) that need a bearer token.
 //! - `/metrics`: the registry of [`crate::metrics`] in OpenMetrics text.
 //!
@@ -24,6 +24,7 @@
 
 mod access;
 mod dashboard;
+pub mod firewall;
 pub mod legacy;
 mod parts;
 mod server;

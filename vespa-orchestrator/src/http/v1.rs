@@ -17,6 +17,8 @@
 //!   line (an importable block list, [`crate::decisions::format`]).
 //! - `GET /allowlist[?format=json|text]`: `{"allowlist": [AllowEntry]}`; `text`: one target
 //!   per line.
+//! - `GET /firewall`: `{"firewalls": [FirewallReport]}`: each `agent_firewall` node of the
+//!   topology, asked through the tree for its blocks and totals ([`super::firewall`]).
 //!
 //! Mutations (`Authorization: Bearer <token>`; checked before the body is read):
 //! - `POST /decisions[?ttl_s=N]` with `{"target", "ttl_s"?, "reason"?}`, a JSON list of them,
@@ -72,6 +74,7 @@ pub fn routes() -> Router<Shared> {
         .route("/decisions/{*key}", delete(undecide))
         .route("/allowlist", get(allowlist).post(allow))
         .route("/allowlist/{*target}", delete(disallow))
+        .route("/firewall", get(firewall))
         .route("/release", post(release))
         .route("/block", post(block))
         .route("/dry-run", post(dry_run))
@@ -291,6 +294,10 @@ async fn disallow(
     authorize(&state, &headers)?;
     let disallowed = state.decisions().disallow(&target(&t)?)?;
     Ok(json(serde_json::json!({ "disallowed": disallowed })))
+}
+
+async fn firewall(State(state): State<Shared>) -> Response {
+    json(serde_json::json!({ "firewalls": super::firewall::reports(&state).await }))
 }
 
 async fn policy(State(state): State<Shared>) -> Response {

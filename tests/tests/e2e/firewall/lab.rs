@@ -72,6 +72,17 @@ impl Lab {
 
     /// Starts the agent on the host over the two bridge ports, pinning in the lab's directory.
     pub fn start_agent(&self, label: &str, flags: &[&str], nodes: &[&str]) -> Proc {
+        self.start_agent_with(label, flags, nodes, &[])
+    }
+
+    /// [`Lab::start_agent`] with `post`, the arguments of `run` (`--metrics ADDR`).
+    pub fn start_agent_with(
+        &self,
+        label: &str,
+        flags: &[&str],
+        nodes: &[&str],
+        post: &[&str],
+    ) -> Proc {
         let ports = format!("{},{}", self.attacker().port, self.victim().port);
         let pin = self.pin_dir.display().to_string();
         let mut pre = vec![
@@ -86,7 +97,9 @@ impl Lab {
             &pin,
         ];
         pre.extend_from_slice(flags);
-        let p = self.tree.spawn(label, "vespa-agent", None, &pre, nodes);
+        let p = self
+            .tree
+            .spawn_with(label, "vespa-agent", None, &pre, nodes, post);
         let ready = vespa_testkit::try_wait_until("the firewall agent answers", WAIT, || {
             self.call("fw", "firewall_stats", &[]).ok()
         });

@@ -159,6 +159,10 @@ fn dashboard_renders_a_real_tree_in_headless_chromium() {
         has("no policy loaded") || has("no active blocks or isolations"),
         "the empty state of the actions {ctx}"
     );
+    assert!(
+        has("no firewall agent (agent_firewall) in the topology"),
+        "the firewall panel's empty state {ctx}"
+    );
     assert!(!has("API trouble"), "no failed poll {ctx}");
 
     // A screenshot, kept as an artifact.

@@ -336,6 +336,66 @@ async function pollActions() {
   renderActions();
 }
 
+// --- kernel firewalls --------------------------------------------------------------------
+// Each firewall agent of the topology, asked through the tree by the API: its totals and
+// its busiest blocks with their drop counters. Polled on its own, so an agent that is slow to
+// answer (the API waits for it up to its call timeout) never holds up the other panels.
+
+const FIREWALL_ROWS = 20;
+
+function count(n) {
+  return n === null || n === undefined ? '–' : Number(n).toLocaleString('en-US');
+}
+
+function firewallBox(f) {
+  const t = f.totals;
+  const facts = t ? [
+    ['dropped', `${count(t.dropped_packets)} packets, ${bytes(t.dropped_bytes)}`],
+    ['blocks', `${count(t.blocks)} of ${count(t.block_capacity)}`],
+    t.xdp_dropped_packets ? ['at XDP', `${count(t.xdp_dropped_packets)} packets`] : null,
+    ['throttled', `${count(t.throttled_packets)} packets dropped, ${count(t.throttles)} throttle${t.throttles === 1 ? '' : 's'}`],
+    ['protected', `${count(t.allowed)} source${t.allowed === 1 ? '' : 's'}, ${count(t.protected_passed)} packets let through`],
+    ['reflex', (t.reflex && (t.reflex.syn_per_sec || t.reflex.conn)
+      ? [t.reflex.syn_per_sec ? `> ${t.reflex.syn_per_sec} SYN/s` : null, t.reflex.conn ? `> ${t.reflex.conn} connections` : null].filter(Boolean).join(' or ')
+      : 'off') + `; ${count(t.reflex_placed)} placed, ${count(t.reflex_capped)} capped, ${count(t.reflex_protected)} refused (protected)`],
+  ].filter(Boolean) : [];
+  const rows = (f.blocks || []).slice(0, FIREWALL_ROWS);
+  const hidden = (f.blocks_listed || 0) - rows.length;
+  return h('div', { class: 'firewall', 'data-node': f.node },
+    h('h3', {}, h('span', { class: 'name' }, f.node),
+      t ? h('span', { class: 'badge ' + (t.dropped_packets ? 'warn' : 'on'), 'data-dropped': t.dropped_packets }, count(t.dropped_packets) + ' dropped') : null),
+    (f.errors || []).map((e) => h('p', { class: 'error' }, e)),
+    facts.length ? h('dl', { class: 'facts' }, facts.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])) : null,
+    rows.length
+      ? h('table', { class: 'blocks' },
+        h('thead', {}, h('tr', {}, ['source', 'packets', 'bytes', 'expires', 'first drop'].map((c) => h('th', { scope: 'col' }, c)))),
+        h('tbody', {}, rows.map((b) => h('tr', { 'data-target': b.target, 'data-packets': b.packets },
+          h('td', { class: 'mono' }, b.target, b.reflex ? h('span', { class: 'badge warn', title: 'placed by the kernel reflex' }, 'reflex') : null),
+          h('td', { class: 'num' }, count(b.packets)),
+          h('td', { class: 'num' }, bytes(b.bytes)),
+          h('td', {}, b.expires_in_ms === null || b.expires_in_ms === undefined ? 'never' : 'in ' + span(b.expires_in_ms / 1000)),
+          h('td', {}, b.first_drop_after_ns === null || b.first_drop_after_ns === undefined ? '–'
+            : b.first_drop_after_ns < 1e6 ? `${(b.first_drop_after_ns / 1e3).toFixed(1)} µs after` : `${span(b.first_drop_after_ns / 1e9)} after`)))))
+      : (f.errors || []).some((e) => e.startsWith('status_hackers')) ? null : empty('no blocks'),
+    hidden > 0 ? h('p', { class: 'muted' }, `${hidden} less busy block${hidden === 1 ? '' : 's'} not shown`) : null);
+}
+
+async function pollFirewalls() {
+  try {
+    const r = await getJson('/api/v1/firewall');
+    const fws = r.firewalls || [];
+    show('firewalls', fws.length ? fws.map(firewallBox) : empty('no firewall agent (agent_firewall) in the topology'));
+  } catch (e) {
+    show('firewalls', h('p', { class: 'error' }, 'the firewalls could not be read: ' + e.message));
+  }
+  document.body.dataset.firewallPolls = String(Number(document.body.dataset.firewallPolls || 0) + 1);
+}
+
+async function firewallLoop() {
+  await pollFirewalls();
+  setTimeout(firewallLoop, POLL_MS);
+}
+
 // --- self-test (the browser tests) -------------------------------------------------------
 // `?selftest=stub` adds a stub action (key `selftest-stub`) to the table, for a WebDriver
 // test to release by hand; `?selftest=release` also clicks the stub's release button itself,
@@ -388,3 +448,4 @@ async function loop() {
 showTokenState();
 selftest();
 loop();
+firewallLoop();
