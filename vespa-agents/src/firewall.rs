@@ -27,25 +27,6 @@ use vespa_proto::{
 
 use crate::alerts::json;
 
-/// One block in force, as the kernel holds it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BlockInfo {
-    /// The blocked source.
-    #[serde(serialize_with = "display")]
-    pub target: Target,
-    /// Time left before it stops dropping (None: until released).
-    pub expires_in_ms: Option<u64>,
-    /// Inserted by the kernel's reflex.
-    pub reflex: bool,
-    /// Packets and bytes it dropped.
-    pub packets: u64,
-    pub bytes: u64,
-    /// How long after it was inserted it dropped its first packet (kernel times).
-    pub first_drop_after_ns: Option<u64>,
-    /// When it was inserted (kernel time, CLOCK_MONOTONIC ns).
-    pub created_ns: u64,
-}
-
 /// One throttle in force.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ThrottleInfo {
@@ -60,43 +41,10 @@ pub struct ThrottleInfo {
     pub dropped_bytes: u64,
 }
 
-/// The reflex's settings (0: that cause is off).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ReflexSettings {
-    pub syn_per_sec: u64,
-    pub conn: u64,
-    /// Reflex blocks' time-to-live (None: until released).
-    pub ttl: Option<Duration>,
-    /// Reflex blocks at once at most.
-    pub max: u64,
-    /// IPv6 sources are blocked as this prefix (0: the address).
-    pub v6_prefix: u8,
-}
-
-/// The firewall's totals since its tables were created (they survive agent restarts when
-/// pinned).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct FirewallStats {
-    pub dropped_packets: u64,
-    pub dropped_bytes: u64,
-    pub throttled_packets: u64,
-    pub throttled_bytes: u64,
-    /// Packets of protected sources that matched a block and passed.
-    pub protected_passed: u64,
-    /// Reflex blocks not placed because the source is protected.
-    pub reflex_protected: u64,
-    /// Reflex blocks not placed because the cap was reached or the table is full.
-    pub reflex_capped: u64,
-    /// Packets dropped at XDP.
-    pub xdp_dropped_packets: u64,
-    /// Reflex blocks placed so far.
-    pub reflex_placed: u64,
-    pub blocks: u64,
-    pub block_capacity: u64,
-    pub throttles: u64,
-    pub allowed: u64,
-    pub reflex: ReflexSettings,
-}
+/// A block with its drop counters (a row of `status_hackers`), the reflex's settings and the
+/// firewall's totals (what `reflex` and `firewall_stats` answer): defined with the verbs, so
+/// that the orchestrator reads them without this crate.
+pub use vespa_proto::verbs::{BlockInfo, FirewallStats, ReflexSettings};
 
 /// A block the kernel's reflex placed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -123,15 +123,21 @@ async fn the_firewalls_of_the_topology_are_asked_through_the_tree() {
         },
     );
     let api = Api::new(&format!("http://{http}"), None, Duration::from_secs(20)).expect("api");
-    wait_until_async("both agents under the VO", WAIT, || async {
+    wait_until_async("both agents registered under the VO", WAIT, || async {
         let t = api
             .send(Method::GET, "/api/v1/topology", None)
             .await
             .map_err(|e| e.to_string())?;
-        let t = String::from_utf8_lossy(&t).to_string();
-        (t.contains("\"fw_busy\"") && t.contains("\"fw_hung\""))
+        let t: Value = serde_json::from_slice(&t).map_err(|e| e.to_string())?;
+        // The live tree (the configuration beside it names every node anyway).
+        let live = &t["tree"]["children"];
+        let has = |n: &str| {
+            live.as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == n))
+        };
+        (has("fw_busy") && has("fw_hung"))
             .then_some(())
-            .ok_or(t)
+            .ok_or_else(|| live.to_string())
     })
     .await;
 

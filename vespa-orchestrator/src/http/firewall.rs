@@ -9,9 +9,9 @@
 //! blocks the answer keeps the [`MAX_BLOCKS`] that dropped the most packets, saying how many
 //! there were.
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use vespa_node::{AgentKind, Role};
-use vespa_proto::verbs::{FirewallVerb, Target, Word};
+use vespa_proto::verbs::{BlockInfo, FirewallStats, FirewallVerb};
 
 use super::{call_node, ApiState};
 
@@ -23,69 +23,9 @@ pub const MAX_BLOCKS: usize = 100;
 pub struct Block {
     /// The agent's id of the block (`release_hackers <id>` on that agent).
     pub id: u64,
-    /// The blocked source: an address, a prefix or a MAC.
-    #[serde(serialize_with = "text", deserialize_with = "target")]
-    pub target: Target,
-    /// Time left before it stops dropping; `None`: until released.
-    pub expires_in_ms: Option<u64>,
-    /// Placed by the kernel's reflex.
-    pub reflex: bool,
-    /// Packets it dropped.
-    pub packets: u64,
-    /// Bytes it dropped.
-    pub bytes: u64,
-    /// From its insertion to its first dropped packet, both kernel times.
-    pub first_drop_after_ns: Option<u64>,
-}
-
-/// A firewall's totals since its tables were created (`firewall_stats`), which continue
-/// across agent restarts when the tables are pinned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Totals {
-    /// Packets dropped by blocks, at tc and XDP.
-    pub dropped_packets: u64,
-    /// Bytes dropped by blocks.
-    pub dropped_bytes: u64,
-    /// Packets dropped by source throttles.
-    pub throttled_packets: u64,
-    /// Bytes dropped by source throttles.
-    pub throttled_bytes: u64,
-    /// Packets of protected sources that matched a block and passed.
-    pub protected_passed: u64,
-    /// Reflex blocks refused because the source is protected.
-    pub reflex_protected: u64,
-    /// Reflex blocks refused because the cap was reached or the table was full.
-    pub reflex_capped: u64,
-    /// Packets dropped at XDP (also in `dropped_packets`).
-    pub xdp_dropped_packets: u64,
-    /// Reflex blocks placed.
-    pub reflex_placed: u64,
-    /// Blocks in the kernel.
-    pub blocks: u64,
-    /// Address and prefix blocks the kernel can hold.
-    pub block_capacity: u64,
-    /// Throttles in force.
-    pub throttles: u64,
-    /// Protected sources.
-    pub allowed: u64,
-    /// The reflex's settings.
-    pub reflex: Reflex,
-}
-
-/// The kernel reflex's settings (0: that cause is off).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reflex {
-    /// SYNs per second from one source that make the kernel block it.
-    pub syn_per_sec: u64,
-    /// Established connections from one remote that make the kernel block it.
-    pub conn: u64,
-    /// The reflex blocks' time-to-live (`None`: until released).
-    #[serde(default)]
-    pub ttl: Option<std::time::Duration>,
-    /// Reflex blocks at once at most.
-    pub max: u64,
-    /// IPv6 sources are blocked as this prefix (0: the address).
-    pub v6_prefix: u8,
+    /// The block and its drop counters.
+    #[serde(flatten)]
+    pub block: BlockInfo,
 }
 
 /// One firewall agent's report.
@@ -94,7 +34,7 @@ pub struct FirewallReport {
     /// The agent's node.
     pub node: String,
     /// Its totals, when it answered `firewall_stats`.
-    pub totals: Option<Totals>,
+    pub totals: Option<FirewallStats>,
     /// Its busiest blocks (at most [`MAX_BLOCKS`]), most packets first.
     pub blocks: Vec<Block>,
     /// How many blocks it listed (more than `blocks` holds when it had more than
@@ -102,15 +42,6 @@ pub struct FirewallReport {
     pub blocks_listed: usize,
     /// What could not be read, one sentence per verb.
     pub errors: Vec<String>,
-}
-
-fn text<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
-
-fn target<'de, D: Deserializer<'de>>(d: D) -> Result<Target, D::Error> {
-    let s = String::deserialize(d)?;
-    Target::parse_word(&s).map_err(serde::de::Error::custom)
 }
 
 /// The report of `node` from its two answers.
@@ -129,9 +60,9 @@ pub fn report(
             Vec::new()
         }
     };
-    let totals = match stats
-        .and_then(|r| serde_json::from_str::<Totals>(&r).map_err(|e| format!("bad reply: {e}")))
-    {
+    let totals = match stats.and_then(|r| {
+        serde_json::from_str::<FirewallStats>(&r).map_err(|e| format!("bad reply: {e}"))
+    }) {
         Ok(t) => Some(t),
         Err(e) => {
             errors.push(format!("firewall_stats: {e}"));
@@ -140,7 +71,7 @@ pub fn report(
     };
     let blocks_listed = blocks.len();
     // Most packets first; the agent's order (oldest first) among equals.
-    blocks.sort_by_key(|b| std::cmp::Reverse(b.packets));
+    blocks.sort_by_key(|b| std::cmp::Reverse(b.block.packets));
     blocks.truncate(MAX_BLOCKS);
     FirewallReport {
         node: node.to_string(),
@@ -201,9 +132,12 @@ mod tests {
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         assert_eq!(r.blocks_listed, 250);
         assert_eq!(r.blocks.len(), MAX_BLOCKS);
-        assert!(r.blocks.windows(2).all(|w| w[0].packets >= w[1].packets));
+        assert!(r
+            .blocks
+            .windows(2)
+            .all(|w| w[0].block.packets >= w[1].block.packets));
         assert_eq!(
-            Some(r.blocks[0].packets),
+            Some(r.blocks[0].block.packets),
             (0..250).map(|i| (i * 7) % 500).max()
         );
         let t = r.totals.expect("totals");
@@ -212,7 +146,6 @@ mod tests {
         // The answer speaks of targets as text, as the agent did.
         let json = serde_json::to_value(&r.blocks[0]).unwrap();
         assert!(json["target"].as_str().unwrap().starts_with("10.0."));
-        assert!(json.get("created_ns").is_none());
     }
 
     #[test]
@@ -241,7 +174,7 @@ mod tests {
         );
         // A target that is none is a bad reply, not a row.
         let bad = r#"[{"id":1,"target":"<script>","expires_in_ms":null,"reflex":false,
-            "packets":1,"bytes":1,"first_drop_after_ns":null}]"#;
+            "packets":1,"bytes":1,"first_drop_after_ns":null,"created_ns":1}]"#;
         let r = report("fw", Ok(bad.into()), Ok(STATS.into()));
         assert!(r.blocks.is_empty());
         assert!(r.errors[0].contains("invalid block target"), "{r:?}");

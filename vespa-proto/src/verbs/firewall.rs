@@ -1,4 +1,8 @@
-//! The verbs of the kernel firewall agent (`agent_firewall`).
+//! The verbs of the kernel firewall agent (`agent_firewall`), and the totals it answers.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use super::{
     sdn::BlockSelector,
@@ -102,3 +106,74 @@ impl Word for ShapedSelector {
 }
 
 word_args!(Shaped, ShapedSelector);
+
+/// One block in force, as the kernel holds it: a row of `status_hackers` (JSON), besides the
+/// agent's id of the block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockInfo {
+    /// The blocked source (as text: an address, a prefix or a MAC).
+    pub target: Target,
+    /// Time left before it stops dropping (None: until released).
+    pub expires_in_ms: Option<u64>,
+    /// Inserted by the kernel's reflex.
+    pub reflex: bool,
+    /// Packets it dropped.
+    pub packets: u64,
+    /// Bytes it dropped.
+    pub bytes: u64,
+    /// How long after it was inserted it dropped its first packet (kernel times).
+    pub first_drop_after_ns: Option<u64>,
+    /// When it was inserted (kernel time, CLOCK_MONOTONIC ns).
+    pub created_ns: u64,
+}
+
+/// The kernel reflex's settings, as `reflex` and `firewall_stats` answer them (0: that cause
+/// is off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReflexSettings {
+    /// SYNs per second from one source that make the kernel block it.
+    pub syn_per_sec: u64,
+    /// Established connections from one remote that make the kernel block it.
+    pub conn: u64,
+    /// Reflex blocks' time-to-live (None: until released).
+    pub ttl: Option<Duration>,
+    /// Reflex blocks at once at most.
+    pub max: u64,
+    /// IPv6 sources are blocked as this prefix (0: the address).
+    pub v6_prefix: u8,
+}
+
+/// What `firewall_stats` answers (JSON): the firewall's totals since its tables were created
+/// (they survive agent restarts when pinned, and only grow), its tables' fill and the
+/// reflex's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallStats {
+    /// Packets dropped by blocks, at tc and XDP.
+    pub dropped_packets: u64,
+    /// Bytes dropped by blocks.
+    pub dropped_bytes: u64,
+    /// Packets dropped by source throttles (the kernel's policer).
+    pub throttled_packets: u64,
+    /// Bytes dropped by source throttles.
+    pub throttled_bytes: u64,
+    /// Packets of protected sources that matched a block and passed.
+    pub protected_passed: u64,
+    /// Reflex blocks not placed because the source is protected.
+    pub reflex_protected: u64,
+    /// Reflex blocks not placed because the cap was reached or the table is full.
+    pub reflex_capped: u64,
+    /// Packets dropped at XDP (also counted in `dropped_packets`).
+    pub xdp_dropped_packets: u64,
+    /// Reflex blocks placed so far.
+    pub reflex_placed: u64,
+    /// Blocks in the kernel (expired ones until reaped).
+    pub blocks: u64,
+    /// Address and prefix blocks the kernel table holds at most.
+    pub block_capacity: u64,
+    /// Throttles in force (sources and devices).
+    pub throttles: u64,
+    /// Protected sources.
+    pub allowed: u64,
+    /// The reflex's settings.
+    pub reflex: ReflexSettings,
+}

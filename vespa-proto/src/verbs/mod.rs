@@ -29,7 +29,9 @@ mod sensor;
 mod words;
 
 pub use av::AvVerb;
-pub use firewall::{FirewallVerb, Shaped, ShapedSelector};
+pub use firewall::{
+    BlockInfo, FirewallStats, FirewallVerb, ReflexSettings, Shaped, ShapedSelector,
+};
 pub use libvirt::{Codeset, Keys, LibvirtVerb};
 pub use node::{BlockEntry, HoVerb, NodeVerb, VoVerb};
 pub use sdn::{BlockSelector, SdnVerb};

@@ -313,3 +313,32 @@ fn a_block_entry_is_a_target_with_an_optional_ttl_and_reason() {
     assert_eq!(permission_of("policy_block"), Permission::Command);
     assert_eq!(permission_of("policy_decisions"), Permission::Read);
 }
+
+#[test]
+fn a_target_travels_as_its_text() {
+    use serde::de::{value::StrDeserializer, Deserialize as _};
+    let text = |s: &str| Target::deserialize(StrDeserializer::<serde::de::value::Error>::new(s));
+    assert_eq!(
+        text("10.0.0.0/24"),
+        Ok(Target::Net("10.0.0.0/24".parse().unwrap()))
+    );
+    assert_eq!(
+        text("52:54:00:00:00:07").map(|t| t.to_string()),
+        Ok("52:54:00:00:00:07".into())
+    );
+    let e = text("<script>").unwrap_err().to_string();
+    assert!(e.contains("invalid block target"), "{e}");
+    // A status row round-trips, its target written as text.
+    let row = BlockInfo {
+        target: Target::parse_word("2001:db8::/64").unwrap(),
+        expires_in_ms: Some(1500),
+        reflex: true,
+        packets: 7,
+        bytes: 700,
+        first_drop_after_ns: None,
+        created_ns: 42,
+    };
+    let bytes = postcard::to_stdvec(&row).unwrap();
+    assert!(bytes.windows(13).any(|w| w == b"2001:db8::/64"));
+    assert_eq!(postcard::from_bytes::<BlockInfo>(&bytes).unwrap(), row);
+}

@@ -277,6 +277,20 @@ impl Target {
     }
 }
 
+impl Serialize for Target {
+    /// As text, the way it is written in a call (`10.0.0.0/24`).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Target::parse_word(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Word for Target {
     const PLACEHOLDER: Option<&'static str> = Some("mac|ip|prefix");
     fn parse_word(word: &str) -> Result<Self, String> {

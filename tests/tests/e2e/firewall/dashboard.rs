@@ -9,7 +9,7 @@ use vespa_testkit::wait_until;
 use vespa_tests::browser::{artifacts, chromium, chromium_present};
 use vespa_tests::net::Forward;
 
-use super::lab::{Lab, Stream};
+use super::lab::Lab;
 use crate::kit::*;
 
 #[test]
@@ -23,15 +23,8 @@ fn the_dashboard_shows_each_firewalls_blocks_and_drops() {
     let api_s = api.to_string();
     lab.start_vo(&["--http", &api_s]);
     let _agent = lab.start_agent("agent", &[], &["fw", "bw"]);
-    let (a, v) = (lab.attacker(), lab.victim());
-    let stream = Stream::start(
-        &a.ns,
-        a.end.v4.into(),
-        &v.ns,
-        SocketAddr::new(v.end.v4.into(), 7001),
-    );
-    stream.wait_flowing(50);
-    let attacker = a.end.v4.to_string();
+    let stream = lab.attack_stream(7001);
+    let attacker = lab.attacker().end.v4.to_string();
     lab.json("fw", "block_hackers", &[&attacker, "none"]);
     assert_eq!(stream.arrivals_over_next(200), 0, "the block does not drop");
 

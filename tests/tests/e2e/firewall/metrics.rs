@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use prometheus_parse::{Scrape, Value};
 use vespa_testkit::wait_until;
 
-use super::lab::{Lab, Stream};
+use super::lab::Lab;
 use crate::kit::*;
 
 /// One scrape of the exporter at `addr` inside the lab's host namespace: the text and its
@@ -62,15 +62,8 @@ fn the_exporter_counts_a_blocks_drops_and_continues_after_a_restart() {
         &["fw", "bw"],
         &["--metrics", &m],
     );
-    let (a, v) = (lab.attacker(), lab.victim());
-    let stream = Stream::start(
-        &a.ns,
-        a.end.v4.into(),
-        &v.ns,
-        SocketAddr::new(v.end.v4.into(), 7001),
-    );
-    stream.wait_flowing(50);
-    let attacker = a.end.v4.to_string();
+    let stream = lab.attack_stream(7001);
+    let attacker = lab.attacker().end.v4.to_string();
     lab.json("fw", "block_hackers", &[&attacker, "none"]);
     // Two blocks that drop nothing: they fold into "other".
     lab.json("fw", "block_hackers", &["192.0.2.7", "none"]);
