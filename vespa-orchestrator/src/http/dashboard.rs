@@ -1,7 +1,9 @@
 //! The dashboard (the 2014 View, issue 5 §4): one page at `/` that polls the API every
 //! second and shows the node tree, rx/tx rate charts per interface (VM taps marked), the top
-//! remote addresses, the live alert log and the active blocks and isolations with a release
-//! button (which needs the API token, pasted into the page and kept in `sessionStorage`).
+//! remote addresses, the live alert log, the active blocks and isolations with a release
+//! button (which needs the API token, pasted into the page and kept in `sessionStorage`), and
+//! the kernel firewalls (each firewall agent's totals and busiest blocks from
+//! `/api/v1/firewall`, polled on its own so that a slow agent holds up no other panel).
 //!
 //! The files are plain HTML, JavaScript and CSS embedded in the binary: no build step, no
 //! external resource (the page must work on a hypervisor without internet). A strict
