@@ -73,5 +73,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), SensorError> {
 
 fn is_bpffs(p: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    // The magic's C type (`__fsword_t`) is i64 here but narrower on some targets.
+    #[allow(clippy::unnecessary_cast)]
     nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
 }
