@@ -290,6 +290,12 @@ pub struct Guest {
 
 impl Bridged {
     pub fn new(guests: usize) -> Bridged {
+        Bridged::with_queues(guests, 1)
+    }
+
+    /// [`Bridged::new`] with `queues` receive and transmit queues on each veth end, as a
+    /// multi-queue NIC has: native XDP on veth then runs one ring per sending CPU.
+    pub fn with_queues(guests: usize, queues: usize) -> Bridged {
         let net = crate::subnet();
         let host = Netns::new("vfh");
         host.ip(&["link", "add", "br0", "type", "bridge"]);
@@ -299,10 +305,18 @@ impl Bridged {
             let ns = Netns::new("vfg");
             let port = crate::unique("vp");
             let inner = crate::unique("vg");
-            sh(&[
-                "ip", "link", "add", &port, "netns", &host.name, "type", "veth", "peer", "name",
-                &inner, "netns", &ns.name,
-            ]);
+            let q = queues.to_string();
+            let mq: &[&str] = if queues > 1 {
+                &["numtxqueues", &q, "numrxqueues", &q]
+            } else {
+                &[]
+            };
+            let mut add = vec!["ip", "link", "add", &port];
+            add.extend_from_slice(mq);
+            add.extend(["netns", &host.name, "type", "veth", "peer", "name", &inner]);
+            add.extend_from_slice(mq);
+            add.extend(["netns", &ns.name]);
+            sh(&add);
             for (k, v) in [
                 ("accept_ra", "0"),
                 ("router_solicitations", "0"),
