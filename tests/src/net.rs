@@ -44,6 +44,24 @@ impl Netns {
         sh(&v)
     }
 
+    /// The hardware address of `ifname` in this namespace.
+    pub fn mac(&self, ifname: &str) -> Result<[u8; 6], String> {
+        let out = crate::cmd::run(&["ip", "-n", &self.name, "-j", "link", "show", "dev", ifname])?;
+        let text = serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|v| v[0]["address"].as_str().map(str::to_string))
+            .ok_or_else(|| format!("no hardware address for {ifname}: {out}"))?;
+        let mut mac = [0u8; 6];
+        let parts: Vec<&str> = text.split(':').collect();
+        if parts.len() != 6 {
+            return Err(format!("{ifname}: hardware address {text}"));
+        }
+        for (m, p) in mac.iter_mut().zip(parts) {
+            *m = u8::from_str_radix(p, 16).map_err(|e| format!("{ifname}: {text}: {e}"))?;
+        }
+        Ok(mac)
+    }
+
     /// Runs `f` on a new thread inside this namespace. Sockets and threads created by `f`
     /// belong to the namespace; the caller's thread is untouched.
     pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {

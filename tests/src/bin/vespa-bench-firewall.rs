@@ -186,7 +186,8 @@ impl Lab {
         let port = 7000;
         let to = SocketAddr::new(v.end.v4.into(), port);
         let sink = v.ns.run(move || UdpSocket::bind(to))?;
-        let macs = (mac_of(&a.ns, &a.end.ifname)?, mac_of(&v.ns, &v.end.ifname)?);
+        let mac = |g: &vespa_tests::net::Guest| g.ns.mac(&g.end.ifname).map_err(anyhow::Error::msg);
+        let macs = (mac(a)?, mac(v)?);
         let frame = traffic::udp_frame(macs, a.end.v4, v.end.v4, port, 18);
         Ok(Lab {
             net,
@@ -278,21 +279,6 @@ fn ksoftirqd_ns() -> u64 {
                 .ok()
         })
         .sum()
-}
-
-/// The hardware address of `ifname` in `ns`.
-fn mac_of(ns: &Netns, ifname: &str) -> anyhow::Result<[u8; 6]> {
-    let out: Value = serde_json::from_str(&ns.ip(&["-j", "link", "show", "dev", ifname]))?;
-    let text = out[0]["address"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no address for {ifname}: {out}"))?;
-    let mut mac = [0u8; 6];
-    let parts: Vec<&str> = text.split(':').collect();
-    anyhow::ensure!(parts.len() == 6, "{ifname}: address {text}");
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16)?;
-    }
-    Ok(mac)
 }
 
 /// A bpffs directory for the firewall's pins, removed on drop.
