@@ -8,6 +8,7 @@
 //! Every namespace and link a test makes is removed when its guard drops, and traffic only
 //! ever goes to addresses of those namespaces.
 
+pub mod bench;
 pub mod browser;
 pub mod cmd;
 pub mod daemons;

@@ -44,6 +44,24 @@ impl Netns {
         sh(&v)
     }
 
+    /// The hardware address of `ifname` in this namespace.
+    pub fn mac(&self, ifname: &str) -> Result<[u8; 6], String> {
+        let out = crate::cmd::run(&["ip", "-n", &self.name, "-j", "link", "show", "dev", ifname])?;
+        let text = serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|v| v[0]["address"].as_str().map(str::to_string))
+            .ok_or_else(|| format!("no hardware address for {ifname}: {out}"))?;
+        let mut mac = [0u8; 6];
+        let parts: Vec<&str> = text.split(':').collect();
+        if parts.len() != 6 {
+            return Err(format!("{ifname}: hardware address {text}"));
+        }
+        for (m, p) in mac.iter_mut().zip(parts) {
+            *m = u8::from_str_radix(p, 16).map_err(|e| format!("{ifname}: {text}: {e}"))?;
+        }
+        Ok(mac)
+    }
+
     /// Runs `f` on a new thread inside this namespace. Sockets and threads created by `f`
     /// belong to the namespace; the caller's thread is untouched.
     pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
@@ -290,6 +308,12 @@ pub struct Guest {
 
 impl Bridged {
     pub fn new(guests: usize) -> Bridged {
+        Bridged::with_queues(guests, 1)
+    }
+
+    /// [`Bridged::new`] with `queues` receive and transmit queues on each veth end, as a
+    /// multi-queue NIC has: native XDP on veth then runs one ring per sending CPU.
+    pub fn with_queues(guests: usize, queues: usize) -> Bridged {
         let net = crate::subnet();
         let host = Netns::new("vfh");
         host.ip(&["link", "add", "br0", "type", "bridge"]);
@@ -299,10 +323,18 @@ impl Bridged {
             let ns = Netns::new("vfg");
             let port = crate::unique("vp");
             let inner = crate::unique("vg");
-            sh(&[
-                "ip", "link", "add", &port, "netns", &host.name, "type", "veth", "peer", "name",
-                &inner, "netns", &ns.name,
-            ]);
+            let q = queues.to_string();
+            let mq: &[&str] = if queues > 1 {
+                &["numtxqueues", &q, "numrxqueues", &q]
+            } else {
+                &[]
+            };
+            let mut add = vec!["ip", "link", "add", &port];
+            add.extend_from_slice(mq);
+            add.extend(["netns", &host.name, "type", "veth", "peer", "name", &inner]);
+            add.extend_from_slice(mq);
+            add.extend(["netns", &ns.name]);
+            sh(&add);
             for (k, v) in [
                 ("accept_ra", "0"),
                 ("router_solicitations", "0"),

@@ -160,50 +160,303 @@ pub fn syn_burst(from: IpAddr, to: SocketAddr, count: u16) {
         SocketAddr::V6(_) => (Domain::IPV6, Protocol::TCP),
     };
     let sock = Socket::new(domain, Type::RAW, Some(proto)).expect("raw socket (needs root)");
+    // The packets leave from `from` (an address of this namespace), whatever the route's
+    // preferred source.
+    sock.bind(&SocketAddr::new(from, 0).into())
+        .expect("bind the source address");
     for i in 0..count {
-        let sport = 40000u16.wrapping_add(i);
-        let mut tcp = [0u8; 20];
-        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-        tcp[2..4].copy_from_slice(&to.port().to_be_bytes());
-        tcp[4..8].copy_from_slice(&(0x1000_0000u32 + i as u32).to_be_bytes());
-        tcp[12] = 5 << 4; // data offset: 5 words
-        tcp[13] = 0x02; // SYN
-        tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-        let sum = tcp_checksum(from, to.ip(), &tcp);
-        tcp[16..18].copy_from_slice(&sum.to_be_bytes());
         // For IPv6 raw TCP sockets the kernel does not fill the checksum; for IPv4 we give it.
+        let tcp = syn_segment(from, to, i);
         let dest: SocketAddr = SocketAddr::new(to.ip(), 0);
         sock.send_to(&tcp, &dest.into()).expect("send SYN");
     }
 }
 
-fn tcp_checksum(src: IpAddr, dst: IpAddr, seg: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |b: &[u8]| {
-        for c in b.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-    };
-    match (src, dst) {
+/// The TCP header of SYN number `i` from `from` to `to` (source port 40000 + i), with its
+/// checksum.
+fn syn_segment(from: IpAddr, to: SocketAddr, i: u16) -> [u8; 20] {
+    let sport = 40000u16.wrapping_add(i);
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&to.port().to_be_bytes());
+    tcp[4..8].copy_from_slice(&(0x1000_0000u32 + i as u32).to_be_bytes());
+    tcp[12] = 5 << 4; // data offset: 5 words
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let sum = tcp_checksum(from, to.ip(), &tcp);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    tcp
+}
+
+/// An Ethernet frame carrying one TCP SYN from `from` to `to` (IPv4 or IPv6), for
+/// [`frame_burst`]: the same frame sent again and again is a SYN flood from one source.
+pub fn syn_frame(macs: ([u8; 6], [u8; 6]), from: IpAddr, to: SocketAddr) -> Vec<u8> {
+    let tcp = syn_segment(from, to, 0);
+    match (from, to.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            add(&s.octets());
-            add(&d.octets());
-            add(&[0, 6]);
-            add(&(seg.len() as u16).to_be_bytes());
+            let mut f = ipv4_frame(macs, s, d, 6, tcp.len());
+            f.extend_from_slice(&tcp);
+            f
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            add(&s.octets());
-            add(&d.octets());
-            add(&(seg.len() as u32).to_be_bytes());
-            add(&[0, 0, 0, 6]);
+            let (src_mac, dst_mac) = macs;
+            let mut f = Vec::with_capacity(74);
+            f.extend_from_slice(&dst_mac);
+            f.extend_from_slice(&src_mac);
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+            f.extend_from_slice(&[6, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+            f.extend_from_slice(&tcp);
+            f
         }
         _ => panic!("mixed address families"),
     }
-    add(seg);
+}
+
+/// An Ethernet header and an IPv4 header (protocol `proto`, `payload` bytes to follow).
+fn ipv4_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    payload: usize,
+) -> Vec<u8> {
+    let (src_mac, dst_mac) = macs;
+    let mut f = Vec::with_capacity(34 + payload);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + payload) as u16).to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let sum = inet_checksum(&[&ip]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f
+}
+
+fn tcp_checksum(src: IpAddr, dst: IpAddr, seg: &[u8]) -> u16 {
+    let len = seg.len() as u32;
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => inet_checksum(&[
+            &s.octets(),
+            &d.octets(),
+            &[0, 6],
+            &(len as u16).to_be_bytes(),
+            seg,
+        ]),
+        (IpAddr::V6(s), IpAddr::V6(d)) => inet_checksum(&[
+            &s.octets(),
+            &d.octets(),
+            &len.to_be_bytes(),
+            &[0, 0, 0, 6],
+            seg,
+        ]),
+        _ => panic!("mixed address families"),
+    }
+}
+
+/// The Internet checksum (RFC 1071) of `parts` one after the other (each of even length but
+/// the last).
+fn inet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for b in parts {
+        for c in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    }
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// An Ethernet frame carrying one IPv4 UDP datagram of `payload` zero bytes to `dst:port`
+/// (UDP checksum 0, "none", which IPv4 allows): what [`frame_flood`] sends. With 18 bytes of
+/// payload it is the smallest Ethernet frame, 60 bytes (64 on a wire, with the FCS).
+pub fn udp_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    port: u16,
+    payload: usize,
+) -> Vec<u8> {
+    let mut f = ipv4_frame(macs, src, dst, 17, 8 + payload);
+    f.extend_from_slice(&9u16.to_be_bytes());
+    f.extend_from_slice(&port.to_be_bytes());
+    f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.resize(f.len() + payload, 0);
+    f
+}
+
+/// Frames handed to the kernel per `sendmmsg` call by [`frame_flood`].
+const FLOOD_BATCH: usize = 64;
+
+/// What [`frame_flood`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Flooded {
+    /// Frames the kernel accepted.
+    pub sent: u64,
+    /// From the first frame to the last.
+    pub wall: Duration,
+    /// CPU time of the sending threads, summed: on veth the receiving side runs in the
+    /// sender's softirq, so this includes it (except what the kernel defers to ksoftirqd).
+    pub cpu: Duration,
+}
+
+/// Sends `frame` (a whole Ethernet frame, e.g. [`udp_frame`]) out of `ifname` in `ns` as fast
+/// as `threads` threads can, each pinned to its own CPU with its own AF_PACKET socket (the
+/// qdisc bypassed, batches of [`FLOOD_BATCH`] frames per `sendmmsg`), until `duration` has
+/// passed.
+pub fn frame_flood(
+    ns: &crate::net::Netns,
+    ifname: &str,
+    frame: &[u8],
+    threads: usize,
+    duration: Duration,
+) -> Flooded {
+    let start = std::time::Instant::now();
+    let until = start + duration;
+    let senders: Vec<_> = (0..threads)
+        .map(|cpu| {
+            let (ifname, frame) = (ifname.to_string(), frame.to_vec());
+            ns.spawn(move || {
+                crate::bench::pin_to_cpu(cpu);
+                let t0 = thread_cpu();
+                let sent = PacketSocket::open(&ifname)
+                    .and_then(|s| s.send(&frame, FLOOD_BATCH, u64::MAX, Some(until)))
+                    .unwrap_or_else(|e| panic!("flooding {ifname}: {e}"));
+                (sent, thread_cpu().saturating_sub(t0))
+            })
+        })
+        .collect();
+    let mut out = Flooded {
+        sent: 0,
+        wall: Duration::ZERO,
+        cpu: Duration::ZERO,
+    };
+    for t in senders {
+        let (sent, cpu) = t.join().expect("flood thread");
+        out.sent += sent;
+        out.cpu += cpu;
+    }
+    out.wall = start.elapsed();
+    out
+}
+
+/// Sends `count` copies of `frame` out of `ifname` (of the calling thread's namespace) from an
+/// AF_PACKET socket, in as few `sendmmsg` calls as the kernel takes them: back to back, with
+/// no return to user space between two frames.
+pub fn frame_burst(ifname: &str, frame: &[u8], count: usize) -> std::io::Result<u64> {
+    PacketSocket::open(ifname)?.send(frame, count, count as u64, None)
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+/// An AF_PACKET socket that sends whole frames out of one interface.
+struct PacketSocket {
+    fd: std::os::fd::OwnedFd,
+    to: libc::sockaddr_ll,
+}
+
+impl PacketSocket {
+    fn open(ifname: &str) -> std::io::Result<PacketSocket> {
+        use std::os::fd::FromRawFd as _;
+        let ifindex = nix::net::if_::if_nametoindex(ifname)?;
+        // Protocol 0: the socket sends only, nothing received is queued to it.
+        // SAFETY: a plain system call; its result is checked below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a descriptor just created, owned by nothing else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // Straight to the driver, as a packet generator does (veth has no qdisc anyway).
+        let one = 1i32.to_ne_bytes();
+        // SAFETY: the option's value is `one`, an int that outlives the call, with its size.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                one.as_ptr().cast(),
+                one.len() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let to = libc::sockaddr_ll {
+            sll_family: libc::AF_PACKET as u16,
+            sll_protocol: (libc::ETH_P_IP as u16).to_be(),
+            sll_ifindex: ifindex as i32,
+            sll_hatype: 0,
+            sll_pkttype: 0,
+            sll_halen: 0,
+            sll_addr: [0; 8],
+        };
+        Ok(PacketSocket { fd, to })
+    }
+
+    /// Sends `frame` in `sendmmsg` batches of up to `batch`, until `max` were sent or `until`
+    /// has passed; returns the frames the kernel accepted.
+    fn send(
+        &self,
+        frame: &[u8],
+        batch: usize,
+        max: u64,
+        until: Option<std::time::Instant>,
+    ) -> std::io::Result<u64> {
+        use std::os::fd::AsRawFd as _;
+        let mut iov = libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        };
+        let iov: *mut libc::iovec = &mut iov;
+        let mut headers: Vec<libc::mmsghdr> = (0..batch)
+            .map(|_| {
+                // SAFETY: all zeroes is a valid msghdr (null pointers, zero lengths).
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_name = &self.to as *const libc::sockaddr_ll as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        let mut sent = 0u64;
+        while sent < max && until.is_none_or(|u| std::time::Instant::now() < u) {
+            let n = (max - sent).min(batch as u64) as u32;
+            // SAFETY: `headers` holds `batch` >= n initialised headers; the address, the
+            // iovec and the frame they point to outlive the call, which only reads them (and
+            // writes each header's msg_len).
+            let n = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), headers.as_mut_ptr(), n, 0) };
+            if n > 0 {
+                sent += n as u64;
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            // A full device queue: the frames were not taken, try again.
+            if e.raw_os_error() != Some(libc::ENOBUFS) {
+                return Err(e);
+            }
+        }
+        Ok(sent)
+    }
 }
 
 /// An unspecified address of the family of `a`.

@@ -209,8 +209,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let sensor_only_agent = sensor_only.join("release").join("vespa-agent");
             // One binary per area; each prints its ratios and writes target/bench/<area>.json.
-            let areas: [(&str, &str, &[&str]); 6] = [
+            let areas: [(&str, &str, &[&str]); 7] = [
                 ("sensors", "vespa-bench", &[]),
+                // The kernel firewall: drop rates, its cost to unblocked traffic, the reflex,
+                // the policy's block.
+                ("firewall", "vespa-bench-firewall", &[]),
                 ("tree", "vespa-bench-tree", &[]),
                 ("actuators", "vespa-bench-actuators", &[]),
                 ("loop", "vespa-bench-loop", &[]),
@@ -220,9 +223,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ("loop-flood", "vespa-bench-loop", &["--under-flood"]),
             ];
             for (area, bin, extra) in areas {
+                // These binaries hold several benchmarks and filter them by name themselves.
+                let filters = matches!(bin, "vespa-bench" | "vespa-bench-firewall");
                 if only
                     .as_deref()
-                    .is_some_and(|o| !area.contains(o) && bin != "vespa-bench")
+                    .is_some_and(|o| !area.contains(o) && !filters)
                 {
                     continue;
                 }
@@ -236,7 +241,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if quick {
                     cmd.arg("--quick");
                 }
-                if let (Some(o), "vespa-bench") = (&only, bin) {
+                // `--only firewall` runs the whole area, `--only reflex` the one benchmark.
+                if let Some(o) = only.as_deref().filter(|o| filters && !area.contains(o)) {
                     cmd.args(["--only", o]);
                 }
                 if bin == "vespa-bench" {

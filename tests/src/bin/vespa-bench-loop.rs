@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use vespa_testkit::wait_until;
+use vespa_tests::bench::{blocks_sent, log_fields};
 use vespa_tests::daemons::floodlight_stub::FloodlightStub;
 use vespa_tests::daemons::percentile;
 
@@ -131,34 +132,6 @@ fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
-}
-
-/// The orchestrator's log lines with this message, as their fields.
-fn log_fields(log: &Path, message: &str) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["fields"]["message"] == message)
-        .map(|l| l["fields"].clone())
-        .collect()
-}
-
-/// The `policy block sent` lines: (deciding node, target, raised, seen there, sent).
-fn blocks_sent(log: &Path) -> Vec<(String, String, u64, u64, u64)> {
-    let s = |f: &serde_json::Value, k: &str| f[k].as_str().unwrap_or_default().to_string();
-    log_fields(log, "policy block sent")
-        .iter()
-        .map(|f| {
-            let n = |k: &str| f[k].as_u64().unwrap_or(0);
-            (
-                s(f, "node"),
-                s(f, "target"),
-                n("alert_raised_ns"),
-                n("alert_seen_ns"),
-                n("sent_ns"),
-            )
-        })
-        .collect()
 }
 
 /// Block replies: (deciding node, id) -> (sent, acked), Unix ns.
@@ -482,13 +455,14 @@ fn main() {
                         .map(|(t, _)| t)
                 },
             );
-            let (_, _, raised, seen, sent) = wait_until(
+            let (raised, seen, sent) = wait_until(
                 &format!("the block of {target}"),
                 Duration::from_secs(10),
                 || {
                     blocks_sent(&vo.log)
                         .into_iter()
-                        .find(|b| b.1 == target && b.0 == at)
+                        .find(|b| b.target == target && b.node == at)
+                        .map(|b| (b.raised_ns, b.seen_ns, b.sent_ns))
                 },
             );
             s.cross_to_controller

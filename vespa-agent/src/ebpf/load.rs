@@ -19,6 +19,8 @@ pub(super) static OBJECT: &[u8] =
 
 pub(super) const PROG_INGRESS: &str = "vespa_ingress";
 pub(super) const PROG_INGRESS_L3: &str = "vespa_ingress_l3";
+/// The benchmarks' baseline: `vespa_ingress` without the firewall.
+const PROG_INGRESS_COUNTERS: &str = "vespa_ingress_counters";
 pub(super) const PROG_EGRESS: &str = "vespa_egress";
 pub(super) const PROG_NOOP: &str = "vespa_tc_noop";
 pub(super) const PROG_SOCK_STATE: &str = "vespa_sock_state";
@@ -239,28 +241,46 @@ fn attach_tracepoint(ebpf: &mut Ebpf, name: &'static str) -> Result<(), SensorEr
 /// Loads the no-op classifier on its own and attaches it to `iface`: the benchmarks' baseline
 /// for the cost of the tc hook itself. Dropping the returned value detaches it.
 pub fn attach_noop(iface_name: &str) -> Result<impl Drop, SensorError> {
+    attach_alone(iface_name, PROG_NOOP, PROG_NOOP)
+}
+
+/// Loads the counting classifiers as they were before the firewall (`vespa_ingress_counters`
+/// on ingress: counters and SYN count, no verdict, no reflex; `vespa_egress`) in an object of
+/// their own and attaches them to `iface`: the benchmarks' baseline for what the firewall
+/// costs the traffic it does not block. Dropping the returned value detaches them.
+pub fn attach_counters_baseline(iface_name: &str) -> Result<impl Drop, SensorError> {
+    attach_alone(iface_name, PROG_INGRESS_COUNTERS, PROG_EGRESS)
+}
+
+/// Loads the object on its own (maps at their default sizes, the programs' configuration
+/// zero) and attaches the classifier `ingress` on ingress and `egress` on egress of `iface`.
+fn attach_alone(
+    iface_name: &str,
+    ingress: &'static str,
+    egress: &'static str,
+) -> Result<NoopGuard, SensorError> {
     let mut ebpf = EbpfLoader::new()
         .load(OBJECT)
         .map_err(|e| SensorError::Load(e.into()))?;
     let mut links = Vec::new();
-    {
-        let p = classifier(&mut ebpf, PROG_NOOP)?;
-        p.load().map_err(|source| SensorError::Program {
-            what: PROG_NOOP.into(),
-            source: source.into(),
-        })?;
-        for dir in [
-            aya::programs::TcAttachType::Ingress,
-            aya::programs::TcAttachType::Egress,
-        ] {
-            let attach = |source: ProgramError| SensorError::Attach {
-                iface: iface_name.into(),
-                what: format!("{PROG_NOOP} ({dir:?})"),
+    for (name, dir) in [
+        (ingress, aya::programs::TcAttachType::Ingress),
+        (egress, aya::programs::TcAttachType::Egress),
+    ] {
+        let p = classifier(&mut ebpf, name)?;
+        if p.fd().is_err() {
+            p.load().map_err(|source| SensorError::Program {
+                what: name.into(),
                 source: source.into(),
-            };
-            let id = p.attach(iface_name, dir).map_err(attach)?;
-            links.push(p.take_link(id).map_err(attach)?);
+            })?;
         }
+        let attach = |source: ProgramError| SensorError::Attach {
+            iface: iface_name.into(),
+            what: format!("{name} ({dir:?})"),
+            source: source.into(),
+        };
+        let id = p.attach(iface_name, dir).map_err(attach)?;
+        links.push(p.take_link(id).map_err(attach)?);
     }
     Ok(NoopGuard {
         _links: links,

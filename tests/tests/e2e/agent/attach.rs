@@ -243,3 +243,49 @@ fn netlink_attach_removes_its_own_qdisc_and_keeps_foreign_filters() {
         "the foreign qdisc stays"
     );
 }
+
+#[test]
+fn the_counters_baseline_is_the_ingress_classifier_without_the_firewall_and_detaches_on_drop() {
+    if !privileged(
+        "the_counters_baseline_is_the_ingress_classifier_without_the_firewall_and_detaches_on_drop",
+    ) {
+        return;
+    }
+    let l = Link::new();
+    let ifname = l.b.ifname.clone();
+    let baseline = l
+        .b_ns
+        .run({
+            let n = ifname.clone();
+            move || {
+                vespa_agent::ebpf::attach_counters_baseline(&n)
+                    .map(Box::new)
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .expect("the baseline attaches");
+    // The kernel keeps 15 characters of a program's name.
+    assert_eq!(
+        tcx_programs(&l.b_ns, &ifname, TcAttachType::Ingress),
+        ["vespa_ingress_c"]
+    );
+    assert_eq!(
+        tcx_programs(&l.b_ns, &ifname, TcAttachType::Egress),
+        ["vespa_egress"]
+    );
+    // It passes every packet on.
+    udp(
+        &l.a_ns,
+        &l.b_ns,
+        SocketAddr::new(IpAddr::V4(l.b.v4), 9502),
+        200,
+    );
+    drop(baseline);
+    for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
+        assert_eq!(
+            tcx_programs(&l.b_ns, &ifname, dir),
+            Vec::<String>::new(),
+            "{dir:?} left attached"
+        );
+    }
+}

@@ -331,3 +331,42 @@ fn with_xdp_blocked_packets_are_dropped_before_tc() {
     let b = lab.block_of(&attacker).expect("block");
     assert!(b["packets"].as_u64().unwrap_or(0) >= xdp, "{b}");
 }
+
+#[test]
+fn the_reflex_drops_every_frame_after_the_crossing_one_of_a_back_to_back_burst() {
+    if !privileged("the_reflex_drops_every_frame_after_the_crossing_one_of_a_back_to_back_burst") {
+        return;
+    }
+    let mut lab = Lab::new("fw-reflex-burst", "", vec![]);
+    lab.start_vo(&[]);
+    let _agent = lab.start_agent("agent", &[], &["fw", "bw"]);
+    let (a, v) = (lab.attacker(), lab.victim());
+    let threshold = 30u64;
+    lab.json("fw", "reflex", &[&threshold.to_string(), "0", "30", "16"]);
+    // One sendmmsg of identical SYN frames: no return to user space between two of them, as
+    // a flooding guest sends. The packet after the crossing one must already be dropped.
+    let burst = 200u64;
+    let macs = (
+        a.ns.mac(&a.end.ifname).expect("attacker's MAC"),
+        v.ns.mac(&v.end.ifname).expect("victim's MAC"),
+    );
+    let frame = vespa_tests::traffic::syn_frame(
+        macs,
+        a.end.v4.into(),
+        SocketAddr::new(v.end.v4.into(), 8080),
+    );
+    let ifname = a.end.ifname.clone();
+    let sent =
+        a.ns.run(move || vespa_tests::traffic::frame_burst(&ifname, &frame, burst as usize))
+            .expect("burst");
+    assert_eq!(sent, burst);
+    let attacker = a.end.v4.to_string();
+    let b = wait_until("the reflex's block", WAIT, || lab.block_of(&attacker));
+    assert_eq!(b["reflex"], true, "{b}");
+    assert_eq!(
+        b["packets"].as_u64(),
+        Some(burst - threshold - 1),
+        "every SYN after the crossing one is dropped, and only those: {b}"
+    );
+    assert!(b["first_drop_after_ns"].as_u64().is_some(), "{b}");
+}
