@@ -138,6 +138,19 @@ struct Listed<T> {
     entry: T,
 }
 
+/// Rows `status_hackers` answers at most: each is about 200 bytes of JSON, and the reply must
+/// fit in one frame (1 MiB by default) however many blocks the kernel table holds.
+pub const MAX_LISTED: usize = 2_000;
+
+/// Keeps the `max` blocks that dropped the most (the newest first among equals), in that
+/// order; true when some were left out.
+fn most_active_first(blocks: &mut Vec<BlockInfo>, max: usize) -> bool {
+    blocks.sort_by(|a, b| (b.packets, b.created_ns).cmp(&(a.packets, a.created_ns)));
+    let cut = blocks.len() > max;
+    blocks.truncate(max);
+    cut
+}
+
 impl FirewallAgent {
     /// An agent over `fw`; blocks without a TTL last `default_ttl` (None: until released).
     pub fn new(fw: Arc<dyn FirewallBackend>, default_ttl: Option<Duration>) -> FirewallAgent {
@@ -222,9 +235,17 @@ impl FirewallAgent {
     }
 
     fn status(&self) -> VerbResult {
-        let blocks = self.fw.blocks()?;
+        let mut blocks = self.fw.blocks()?;
         let mut ids = self.ids();
         ids.keep_blocks(&blocks);
+        let total = blocks.len();
+        if most_active_first(&mut blocks, MAX_LISTED) {
+            tracing::warn!(
+                total,
+                listed = MAX_LISTED,
+                "status_hackers lists the {MAX_LISTED} most active of {total} blocks (firewall_stats counts them all)"
+            );
+        }
         let listed: Vec<_> = blocks
             .into_iter()
             .map(|b| Listed {
@@ -528,6 +549,40 @@ mod tests {
             .check(&s, t0 + Duration::from_secs(61))
             .expect("said again");
         assert!(later.contains("2 reflex blocks"), "{later}");
+    }
+
+    #[test]
+    fn status_lists_the_most_active_blocks_within_one_frame() {
+        let block = |i: u64| BlockInfo {
+            target: t(&format!("2001:db8:{:x}::/64", i % 65_536)),
+            expires_in_ms: Some(3_600_000),
+            reflex: i % 2 == 0,
+            packets: u64::MAX - i,
+            bytes: u64::MAX,
+            first_drop_after_ns: Some(u64::MAX),
+            created_ns: u64::MAX - i,
+        };
+        let mut blocks: Vec<_> = (0..65_536).rev().map(block).collect();
+        assert!(most_active_first(&mut blocks, MAX_LISTED));
+        assert_eq!(blocks.len(), MAX_LISTED);
+        assert_eq!(blocks[0], block(0));
+        assert_eq!(blocks[MAX_LISTED - 1], block(MAX_LISTED as u64 - 1));
+        let rows: Vec<_> = blocks
+            .into_iter()
+            .map(|entry| Listed {
+                id: u64::MAX,
+                entry,
+            })
+            .collect();
+        let text = serde_json::to_vec(&rows).expect("json");
+        assert!(
+            text.len() < vespa_proto::frame::DEFAULT_MAX_FRAME - 4096,
+            "{} bytes",
+            text.len()
+        );
+        let mut few = vec![block(1), block(0)];
+        assert!(!most_active_first(&mut few, MAX_LISTED));
+        assert_eq!(few, [block(0), block(1)]);
     }
 
     #[test]
