@@ -51,7 +51,10 @@ use tokio::sync::{mpsc, watch};
 // time drive ticks, TTLs and calm periods without waiting for them.
 use tokio::time::Instant;
 use vespa_node::{AgentKind, AlertHandler, NodeHandle, Role, Topology};
-use vespa_policy::{step, Action, Input, KeyKind, Mac, ReflexSetting, Rules, State, DEFAULT_RULES};
+use vespa_policy::{
+    step, Action, AllowOrigin, Input, KeyKind, Mac, ReflexSetting, Rules, State, Target,
+    DEFAULT_RULES,
+};
 use vespa_proto::verbs::SensorVerb;
 use vespa_proto::{Alert, AlertBody};
 
@@ -211,6 +214,12 @@ enum Event {
         ok: bool,
         error: Option<String>,
     },
+    /// What a firewall agent protects on its own: its host's gateways, its `protect`
+    /// parameter (learned by [`firewall::learn_protections`]).
+    Protects {
+        agent: String,
+        entries: Vec<(Target, String)>,
+    },
 }
 
 /// What the mutex guards. The policy's state is the whole record of what is in place (manual
@@ -221,6 +230,8 @@ struct Core {
     /// Whether a rule this driver does not run (one placed at another node) has a kernel
     /// reflex: the VO's driver then leaves the reflex to that rule's driver.
     reflex_elsewhere: bool,
+    /// Each firewall agent's own protections, as it last listed them.
+    learned: std::collections::BTreeMap<String, Vec<(Target, String)>>,
 }
 
 struct Inner {
@@ -316,6 +327,7 @@ impl PolicyDriver {
             state,
             rules_text: rules_text.to_string(),
             reflex_elsewhere,
+            learned: Default::default(),
         };
         let d = PolicyDriver {
             inner: Arc::new(Inner {
@@ -472,6 +484,13 @@ impl PolicyDriver {
         };
         let wanted = self.inner.firewall.subscribe();
         tokio::spawn(firewall::keep_in_step(node.clone(), wanted, who));
+        if let (None, Some(topo)) = (&self.inner.at, &self.inner.topology) {
+            // The VO's allowlist also holds what every firewall agent protects on its own.
+            for agent in firewall::agents(topo) {
+                let tx = self.inner.tx.clone();
+                tokio::spawn(firewall::learn_protections(node.clone(), agent, tx));
+            }
+        }
         let me = self.clone();
         tokio::spawn(async move { me.run(rx, node).await });
         if let Some(path) = self.inner.policy_file.clone() {
@@ -530,6 +549,10 @@ impl PolicyDriver {
                     Some(Event::Run(actions)) => self.execute(&node, actions, None),
                     Some(Event::Result { id, ok, error }) => {
                         let actions = self.step(Input::ActionResult { id, ok, error });
+                        self.execute(&node, actions, None);
+                    }
+                    Some(Event::Protects { agent, entries }) => {
+                        let actions = self.learned(agent, entries);
                         self.execute(&node, actions, None);
                     }
                 },
@@ -601,6 +624,40 @@ impl PolicyDriver {
     }
 
     /// Steps the policy under the mutex, on the driver's clock.
+    /// Records what `agent` protects on its own and gives the policy the whole automatic
+    /// allowlist again (the topology's, then every agent's); a block of a source now
+    /// protected is released.
+    fn learned(&self, agent: String, entries: Vec<(Target, String)>) -> Vec<Action> {
+        let now = self.now();
+        let actions = {
+            let mut core = self.core();
+            let mut all = self
+                .inner
+                .topology
+                .as_deref()
+                .map(firewall::topology_entries)
+                .unwrap_or_default();
+            core.learned.insert(agent, entries);
+            for (t, note) in core.learned.values().flatten() {
+                if !all.iter().any(|(seen, _)| seen == t) {
+                    all.push((*t, note.clone()));
+                }
+            }
+            if core
+                .state
+                .allowlist()
+                .filter(|a| a.origin == AllowOrigin::Topology)
+                .map(|a| (a.target, a.note.unwrap_or_default().to_string()))
+                .eq(all.iter().cloned())
+            {
+                return Vec::new();
+            }
+            step(&mut core.state, Input::TopologyAllow(all), now)
+        };
+        self.sync_firewall();
+        actions
+    }
+
     fn step(&self, input: Input) -> Vec<Action> {
         let now = self.now();
         step(&mut self.core().state, input, now)

@@ -180,6 +180,94 @@ pub(super) async fn keep_in_step(node: NodeHandle, mut rx: watch::Receiver<Wante
     }
 }
 
+/// How often the VO asks each firewall agent what it protects on its own.
+pub const LEARN_EVERY: Duration = Duration::from_secs(30);
+/// Until an agent first answers, it is asked this often.
+const LEARN_RETRY: Duration = Duration::from_secs(1);
+/// Entries taken from one agent at most (the rest are the agent's business).
+const LEARN_MAX: usize = 1024;
+
+/// The firewall agents of the topology.
+pub(super) fn agents(topo: &Topology) -> Vec<String> {
+    topo.nodes
+        .iter()
+        .filter(|n| n.role == Role::Agent(AgentKind::Firewall))
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+/// Keeps asking `agent` (every [`LEARN_EVERY`], every [`LEARN_RETRY`] until it first
+/// answers) what it protects on its own, its host's gateways above all, which the VO cannot
+/// know from the topology; each answer that differs from the last goes to the driver, so the
+/// policy never proposes to block them either.
+pub(super) async fn learn_protections(
+    node: NodeHandle,
+    agent: String,
+    tx: tokio::sync::mpsc::Sender<super::Event>,
+) {
+    let mut last: Option<Vec<(Target, String)>> = None;
+    loop {
+        let asked =
+            tokio::time::timeout(CALL_TIMEOUT, node.call(&agent, FirewallVerb::Allowlist {}));
+        let answer = match asked.await {
+            Ok(Ok(text)) => own_protections(&agent, &text),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+        };
+        match answer {
+            Ok(entries) if last.as_ref() != Some(&entries) => {
+                tracing::info!(node = node.name(), %agent, protected = entries.len(), "firewall agent's own protections learned");
+                last = Some(entries.clone());
+                let ev = super::Event::Protects {
+                    agent: agent.clone(),
+                    entries,
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(node = node.name(), %agent, error = %e, "firewall agent's protections not learned yet")
+            }
+        }
+        let wait = if last.is_some() {
+            LEARN_EVERY
+        } else {
+            LEARN_RETRY
+        };
+        tokio::select! {
+            _ = node.stopping() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The entries of an `allowlist` reply that the agent holds on its own (origin `topology`),
+/// each noted with the agent's name.
+fn own_protections(agent: &str, reply: &str) -> Result<Vec<(Target, String)>, String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        target: String,
+        origin: String,
+        note: Option<String>,
+    }
+    let list: Vec<Entry> =
+        serde_json::from_str(reply).map_err(|e| format!("allowlist reply: {e}"))?;
+    let mut out = Vec::new();
+    for e in list.into_iter().filter(|e| e.origin == "topology") {
+        let t: Target = e.target.parse()?;
+        let note = format!(
+            "{} (firewall agent {agent})",
+            e.note.as_deref().unwrap_or("its own")
+        );
+        if !out.iter().any(|(seen, _)| *seen == t) && out.len() < LEARN_MAX {
+            out.push((t, note));
+        }
+    }
+    Ok(out)
+}
+
 /// The topology's own machines and SDN controllers, protected automatically: each machine's
 /// address, and the address of each controller agent's `url` (os-ken, Floodlight) or `addr`
 /// (POX) when it is an IP address (a host name is not resolved here).
@@ -228,6 +316,31 @@ fn host_of(url: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agents_own_protections_are_its_topology_entries() {
+        let reply = r#"[{"target":"10.0.0.1","origin":"topology","note":"gateway of the host"},
+            {"target":"192.0.2.0/24","origin":"operator","note":null},
+            {"target":"52:54:00:00:00:01","origin":"topology","note":null},
+            {"target":"10.0.0.1","origin":"topology","note":"machine h"}]"#;
+        let got = own_protections("fw", reply).expect("parsed");
+        let got: Vec<(String, String)> = got.into_iter().map(|(t, n)| (t.to_string(), n)).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "ip 10.0.0.1".to_string(),
+                    "gateway of the host (firewall agent fw)".to_string()
+                ),
+                (
+                    "mac 52:54:00:00:00:01".to_string(),
+                    "its own (firewall agent fw)".to_string()
+                ),
+            ]
+        );
+        assert!(own_protections("fw", "{}").is_err());
+        assert!(own_protections("fw", r#"[{"target":"nonsense","origin":"topology"}]"#).is_err());
+    }
 
     #[test]
     fn controller_urls_give_their_address() {

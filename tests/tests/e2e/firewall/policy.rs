@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use vespa_testkit::wait_until;
 
-use super::lab::Lab;
+use super::lab::{Lab, Stream};
 use crate::kit::*;
 
 #[test]
@@ -184,4 +184,149 @@ ladder = [{{ action = "block", ttl_s = 600 }}]
     wait_until("the reflex block gone from the kernel", WAIT, || {
         lab.block_of(&attacker).is_none().then_some(())
     });
+}
+
+#[test]
+fn a_flooding_gateway_is_never_blocked_a_reached_cap_is_alerted_and_a_v6_allocation_stays_blocked()
+{
+    if !vespa_tests::privileged(
+        "a_flooding_gateway_is_never_blocked_a_reached_cap_is_alerted_and_a_v6_allocation_stays_blocked",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new(
+        "fw-caps",
+        "",
+        vec![N::new("conn", "agent_connections", Some("VO"), 4162)],
+    );
+    // The attacker's IPv4 address is the host's default gateway: only the firewall agent on
+    // the host knows that, and the VO learns it from the agent.
+    let gateway = lab.attacker().end.v4;
+    let mut o = gateway.octets();
+    o[3] = 254;
+    let host_v4 = std::net::Ipv4Addr::from(o);
+    lab.net
+        .host
+        .ip(&["addr", "add", &format!("{host_v4}/24"), "dev", "br0"]);
+    lab.net
+        .host
+        .ip(&["route", "add", "default", "via", &gateway.to_string()]);
+    let policy = r#"
+[actuators]
+sdn = "fw"
+libvirt = "none"
+quarantine = "none"
+av = "none"
+hypervisor = "none"
+firewall = "fw"
+
+[[rule]]
+name = "syn-flood"
+metric = "syn_rate"
+key = "remote"
+aggregate = "max"
+window_s = 1
+above = 40
+below = 5
+calm_s = 3600
+cooldown_s = 1
+verify_s = 0
+v6_prefix = 64
+max_blocks = 1
+ladder = [{ action = "block", ttl_s = 600 }]
+"#;
+    let policy_file = lab.tree.scratch.dir.join("policy.toml");
+    std::fs::write(&policy_file, policy).expect("policy file");
+    lab.start_vo(&["--policy", &policy_file.display().to_string()]);
+    let _agent = lab.start_agent("agent", &["--syn-threshold", "40"], &["fw", "bw", "conn"]);
+    let vo = lab.vo.as_ref().expect("VO");
+    let vo_says = |message: &str| {
+        vo.log_lines()
+            .into_iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect::<Vec<_>>()
+    };
+    let learned = wait_until("the VO learning the agent's own protections", WAIT, || {
+        vo_says("firewall agent's own protections learned")
+            .into_iter()
+            .next()
+    });
+    assert!(
+        learned["fields"]["protected"].as_u64().unwrap_or(0) >= 2,
+        "{learned}"
+    );
+    let (a, v) = (lab.attacker(), lab.victim());
+    let victim = SocketAddr::new(v.end.v4.into(), 8080);
+    let _listener =
+        v.ns.run(move || vespa_tests::traffic::tcp_listen(victim, 4096));
+    let victim6 = SocketAddr::new(v.end.v6.into(), 8080);
+    let _listener6 =
+        v.ns.run(move || vespa_tests::traffic::tcp_listen(victim6, 4096));
+
+    // The gateway floods first, then the same guest from its IPv6 address.
+    let from: std::net::IpAddr = gateway.into();
+    a.ns.run(move || vespa_tests::traffic::syn_burst(from, victim, 400));
+    let from6: std::net::IpAddr = a.end.v6.into();
+    a.ns.run(move || vespa_tests::traffic::syn_burst(from6, victim6, 400));
+    let net64 = vespa_proto::verbs::Prefix::new(a.end.v6.into(), 64)
+        .expect("prefix")
+        .to_string();
+    let b = wait_until("the /64 block in the kernel", WAIT, || lab.block_of(&net64));
+    assert_eq!(b["reflex"], false, "{b}");
+    // Alerts of one origin are handled in order: the gateway's came first, and was never
+    // proposed, let alone placed.
+    let sent = vo_says("policy block sent");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        sent.iter().all(|l| !l["fields"]["target"]
+            .to_string()
+            .contains(&gateway.to_string())),
+        "{sent:?}"
+    );
+    assert!(
+        lab.block_of(&gateway.to_string()).is_none(),
+        "{:?}",
+        lab.blocks()
+    );
+
+    // A rotated address inside the allocation stays blocked: its datagrams never arrive.
+    let rotated: std::net::Ipv6Addr = {
+        let mut o = a.end.v6.octets();
+        o[15] = 0x99;
+        o.into()
+    };
+    a.ns.ip(&[
+        "addr",
+        "add",
+        &format!("{rotated}/64"),
+        "dev",
+        &a.end.ifname,
+        "nodad",
+    ]);
+    let to = SocketAddr::new(v.end.v6.into(), 7002);
+    let stream = Stream::start(&a.ns, rotated.into(), &v.ns, to);
+    assert_eq!(
+        stream.arrivals_over_next(100),
+        0,
+        "a rotated address inside {net64} got through"
+    );
+
+    // The victim floods in turn: the rule holds its one block, so the cap is reached and
+    // alerted, and nothing is evicted.
+    let from: std::net::IpAddr = v.end.v4.into();
+    let to = SocketAddr::new(a.end.v4.into(), 8080);
+    v.ns.run(move || vespa_tests::traffic::syn_burst(from, to, 400));
+    let capped = wait_until("the cap's alert", WAIT, || {
+        vo_says("policy alert")
+            .into_iter()
+            .find(|l| l["fields"]["text"].to_string().contains("cap reached"))
+    });
+    let text = capped["fields"]["text"].to_string();
+    assert!(
+        text.contains("max_blocks = 1") && text.contains(&v.end.v4.to_string()),
+        "{capped}"
+    );
+    let blocks = lab.blocks();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0]["target"], net64.as_str(), "{blocks:?}");
 }
