@@ -299,7 +299,10 @@ port = {sdn_port}
             .send(hyper::Method::GET, "/api/v1/topology", None)
             .await
             .map_err(|e| e.to_string())?;
-        let tree = String::from_utf8_lossy(&tree).to_string();
+        // The live tree (the configuration beside it names the agent from the start).
+        let tree = serde_json::from_slice::<serde_json::Value>(&tree)
+            .map(|v| v["tree"].to_string())
+            .unwrap_or_else(|_| String::from_utf8_lossy(&tree).to_string());
         if tree.contains("\"Agent_Controller_OsKen\"") {
             Ok(())
         } else {
