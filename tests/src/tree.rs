@@ -187,16 +187,45 @@ impl Tree {
         nodes: &[&str],
         post: &[&str],
     ) -> anyhow::Result<Proc> {
-        let bin = crate::try_workspace_bin(program).map_err(anyhow::Error::msg)?;
-        let log = self.scratch.dir.join(format!("{label}.log"));
-        let mut cmd = match netns {
+        let cmd = match netns {
             Some(ns) => {
+                let bin = crate::try_workspace_bin(program).map_err(anyhow::Error::msg)?;
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(bin);
                 c
             }
-            None => Command::new(bin),
+            None => Command::new(crate::try_workspace_bin(program).map_err(anyhow::Error::msg)?),
         };
+        self.start_cmd(cmd, label, program, pre, nodes, post)
+    }
+
+    /// Starts `program` with `run` on this config as on a machine of its own: inside network
+    /// namespace `netns`, with host name `hostname` (a UTS namespace of its own, so
+    /// `gethostname` says it), and no `--node`: it runs the nodes of the machines it finds
+    /// it is.
+    pub fn start_on_host(
+        &self,
+        label: &str,
+        program: &str,
+        netns: &str,
+        hostname: &str,
+        pre: &[&str],
+        post: &[&str],
+    ) -> anyhow::Result<Proc> {
+        let cmd = host_command(netns, hostname, program)?;
+        self.start_cmd(cmd, label, program, pre, &[], post)
+    }
+
+    fn start_cmd(
+        &self,
+        mut cmd: Command,
+        label: &str,
+        program: &str,
+        pre: &[&str],
+        nodes: &[&str],
+        post: &[&str],
+    ) -> anyhow::Result<Proc> {
+        let log = self.scratch.dir.join(format!("{label}.log"));
         cmd.arg("--log-format")
             .arg("json")
             .args(pre)
@@ -271,6 +300,20 @@ impl Tree {
     pub fn call(&self, target: &str, verb: &str, args: &[&str]) -> Result<String, String> {
         self.call_via("VO", target, verb, args)
     }
+}
+
+/// A command that runs the workspace's `program` inside network namespace `netns` with host
+/// name `hostname`, in a UTS namespace of its own (`unshare --uts`), as on a machine of its
+/// own; arguments added to it go to `program`. The process is `program` itself (each step
+/// `exec`s the next), so signals reach it.
+pub fn host_command(netns: &str, hostname: &str, program: &str) -> anyhow::Result<Command> {
+    let bin = crate::try_workspace_bin(program).map_err(anyhow::Error::msg)?;
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", netns, "unshare", "--uts", "--", "sh", "-c"])
+        .arg("hostname \"$0\" && exec \"$@\"")
+        .arg(hostname)
+        .arg(bin);
+    Ok(c)
 }
 
 /// One call over a fresh connection. Transport failures become `Err` text too.

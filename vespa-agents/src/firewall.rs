@@ -145,7 +145,7 @@ pub const MAX_LISTED: usize = 2_000;
 /// Keeps the `max` blocks that dropped the most (the newest first among equals), in that
 /// order; true when some were left out.
 fn most_active_first(blocks: &mut Vec<BlockInfo>, max: usize) -> bool {
-    blocks.sort_by(|a, b| (b.packets, b.created_ns).cmp(&(a.packets, a.created_ns)));
+    blocks.sort_by_key(|b| std::cmp::Reverse((b.packets, b.created_ns)));
     let cut = blocks.len() > max;
     blocks.truncate(max);
     cut
@@ -556,7 +556,7 @@ mod tests {
         let block = |i: u64| BlockInfo {
             target: t(&format!("2001:db8:{:x}::/64", i % 65_536)),
             expires_in_ms: Some(3_600_000),
-            reflex: i % 2 == 0,
+            reflex: i.is_multiple_of(2),
             packets: u64::MAX - i,
             bytes: u64::MAX,
             first_drop_after_ns: Some(u64::MAX),

@@ -110,6 +110,27 @@ pub fn connections_sample(remotes: Vec<RemoteCount>, top: usize) -> AlertBody {
     }
 }
 
+/// `get_mac` without an interface on an agent that monitors every interface: the MAC of the
+/// first monitored interface that has one, in the order `interfaces` lists them (loopback's
+/// is all zeros, so a host's `lo` never answers for it), as 2014 answered for its one
+/// interface.
+fn first_mac(src: &dyn SensorSource) -> Result<String, String> {
+    let all = src.interfaces()?;
+    for i in &all {
+        match src.mac(&i.name) {
+            Ok(mac) if mac.split(':').any(|b| b != "00") => return Ok(mac),
+            _ => {}
+        }
+    }
+    Err(format!(
+        "no monitored interface has a hardware address (monitored: {}); usage: get_mac <iface>",
+        all.iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
 /// The remotes that hold at least one connection.
 fn held(remotes: Vec<RemoteCount>) -> Vec<RemoteCount> {
     remotes.into_iter().filter(|r| r.established > 0).collect()
@@ -199,10 +220,10 @@ impl Agent for SensorAgent {
             SensorVerb::RecvBytes { iface } => self.bytes(iface, true).await,
             SensorVerb::TransBytes { iface } => self.bytes(iface, false).await,
             SensorVerb::GetMac { iface } => {
-                let name = iface
-                    .or_else(|| self.interfaces.first().cloned())
-                    .ok_or("usage: get_mac <iface> (no default interface configured)")?;
-                blocking(move || src.mac(&name)).await
+                match iface.or_else(|| self.interfaces.first().cloned()) {
+                    Some(name) => blocking(move || src.mac(&name)).await,
+                    None => blocking(move || first_mac(&*src)).await,
+                }
             }
             SensorVerb::Connections {} => json(&held(blocking(move || src.connections()).await?)),
             SensorVerb::MacOf { ip } => {
@@ -372,6 +393,72 @@ mod tests {
             alert.sealed_len() < 8 * 1024,
             "{} bytes",
             alert.sealed_len()
+        );
+    }
+
+    /// Interfaces `lo` (no hardware address) then `eth0`, in that order.
+    struct TwoIfaces;
+
+    impl SensorSource for TwoIfaces {
+        fn interfaces(&self) -> Result<Vec<IfaceBytes>, String> {
+            Ok(["lo", "eth0"]
+                .into_iter()
+                .map(|n| IfaceBytes {
+                    name: n.into(),
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    rx_packets: 0,
+                    tx_packets: 0,
+                })
+                .collect())
+        }
+        fn mac(&self, iface: &str) -> Result<String, String> {
+            match iface {
+                "lo" => Ok("00:00:00:00:00:00".into()),
+                "eth0" => Ok("52:54:00:12:34:56".into()),
+                _ => Err(format!("unknown interface {iface:?}")),
+            }
+        }
+        fn connections(&self) -> Result<Vec<RemoteCount>, String> {
+            Ok(Vec::new())
+        }
+        fn connections_of(&self, addr: IpAddr) -> Result<RemoteCount, String> {
+            Ok(RemoteCount {
+                addr,
+                established: 0,
+            })
+        }
+        fn threshold_alerts(&self) -> mpsc::Receiver<ThresholdAlert> {
+            mpsc::channel(1).1
+        }
+    }
+
+    #[tokio::test]
+    async fn get_mac_without_an_interface_answers_for_the_first_monitored_one_with_a_mac() {
+        let agent = |ifaces: &[&str]| {
+            SensorAgent::new(
+                AgentKind::Bandwidth,
+                Arc::new(TwoIfaces),
+                ifaces.iter().map(|s| s.to_string()).collect(),
+                Duration::ZERO,
+            )
+        };
+        let get_mac = |iface: Option<&str>| SensorVerb::GetMac {
+            iface: iface.map(str::to_string),
+        };
+        // Every interface monitored: lo has no hardware address, eth0 answers.
+        assert_eq!(
+            agent(&[]).call(get_mac(None)).await.as_deref(),
+            Ok("52:54:00:12:34:56")
+        );
+        // The topology's first interface, whatever it is; a named one always.
+        assert_eq!(
+            agent(&["lo", "eth0"]).call(get_mac(None)).await.as_deref(),
+            Ok("00:00:00:00:00:00")
+        );
+        assert_eq!(
+            agent(&[]).call(get_mac(Some("lo"))).await.as_deref(),
+            Ok("00:00:00:00:00:00")
         );
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, NodeDef, Topology};
 use crate::error::NodeError;
+use crate::host::{self, ThisHost};
 use crate::node::{Exit, Hooks, Node, NodeHandle, NodeSpec};
 use crate::transport::Security;
 
@@ -142,34 +143,65 @@ pub struct RunNodesArgs {
     /// The topology and key.
     #[command(flatten)]
     pub topology: TopologyArgs,
-    /// Validate the topology, print the resolved tree and the nodes this process would run,
-    /// and exit.
+    /// Validate the topology, print the resolved tree, which machine this host is (and why)
+    /// and the nodes this process would run, and exit.
     #[arg(long)]
     pub check_config: bool,
     /// Run only these nodes (repeatable).
     #[arg(long = "node", short = 'n')]
     pub nodes: Vec<String>,
-    /// Run the nodes located on this machine (of the `[[machine]]` names).
+    /// Run the nodes located on this machine (of the `[[machine]]` names). Default: the
+    /// machines that are this host, by host name or by address.
     #[arg(long, conflicts_with = "nodes")]
     pub machine: Option<String>,
 }
 
 impl RunNodesArgs {
-    /// The nodes of `topo` this process runs (see [`select`]); with `--check-config`, also
-    /// prints the tree and that list.
+    /// The nodes of `topo` this process runs (see [`select`]): those named, those of
+    /// `--machine`, else those of the machines that are this host ([`host::machines_of`]).
+    /// With `--check-config`, also prints the tree, the machines matched and why, and that
+    /// list (the tree even when the selection then fails).
     pub fn select<'a>(
         &self,
         topo: &'a Topology,
         wanted: impl Fn(&NodeDef) -> bool,
     ) -> Result<Vec<&'a NodeDef>, String> {
-        let nodes = select(topo, &self.nodes, self.machine.as_deref(), wanted)?;
         if self.check_config {
             print!("{}", topo.render_tree());
+        }
+        let scope = if !self.nodes.is_empty() {
+            Scope::Nodes(&self.nodes)
+        } else if let Some(m) = &self.machine {
+            Scope::Machines(vec![m.clone()])
+        } else {
+            let this = ThisHost::detect()?;
+            let matched = host::machines_of(topo, &this)?;
+            for m in &matched {
+                tracing::info!(machine = ?m.machine, why = ?m.why.iter().map(ToString::to_string).collect::<Vec<_>>(), "this host is a machine of the topology");
+                if self.check_config {
+                    println!("{m}");
+                }
+            }
+            Scope::Machines(matched.into_iter().map(|m| m.machine).collect())
+        };
+        let nodes = select(topo, scope, wanted)?;
+        if self.check_config {
             let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
             println!("this process would run: {}", names.join(", "));
         }
         Ok(nodes)
     }
+}
+
+/// Which nodes of a topology a process is asked to run.
+#[derive(Debug, Clone)]
+pub enum Scope<'n> {
+    /// These nodes (`--node`).
+    Nodes(&'n [String]),
+    /// The nodes located on these machines (`--machine`, or the machines this host is).
+    Machines(Vec<String>),
+    /// Every node.
+    All,
 }
 
 /// The topology in `path`, or the embedded default.
@@ -199,28 +231,32 @@ pub fn bind(node: &str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
     socket.listen(1024).map_err(err)
 }
 
-/// Which nodes of `topo` this process runs: the ones named, else those on `machine`, else
-/// every node `wanted` accepts. An unknown name, or a named node `wanted` refuses, is an error.
+/// Which nodes of `topo` this process runs: the ones named, those on the machines, or every
+/// node `wanted` accepts. An unknown name, or a named node `wanted` refuses, is an error; so
+/// is a selection with no node for this program.
 pub fn select<'a>(
     topo: &'a Topology,
-    names: &[String],
-    machine: Option<&str>,
+    scope: Scope<'_>,
     wanted: impl Fn(&NodeDef) -> bool,
 ) -> Result<Vec<&'a NodeDef>, String> {
-    if !names.is_empty() {
-        return names
-            .iter()
-            .map(|n| match topo.node(n) {
-                Some(d) if wanted(d) => Ok(d),
-                Some(d) => Err(format!(
-                    "node {n:?} is of kind {}, which this program does not run",
-                    d.role
-                )),
-                None => Err(format!("{}: no node named {n:?}", topo.source)),
-            })
-            .collect();
-    }
-    if let Some(m) = machine {
+    let machines = match scope {
+        Scope::Nodes(names) => {
+            return names
+                .iter()
+                .map(|n| match topo.node(n) {
+                    Some(d) if wanted(d) => Ok(d),
+                    Some(d) => Err(format!(
+                        "node {n:?} is of kind {}, which this program does not run",
+                        d.role
+                    )),
+                    None => Err(format!("{}: no node named {n:?}", topo.source)),
+                })
+                .collect();
+        }
+        Scope::Machines(m) => Some(m),
+        Scope::All => None,
+    };
+    for m in machines.iter().flatten() {
         if topo.machine(m).is_none() {
             return Err(format!("{}: no machine named {m:?}", topo.source));
         }
@@ -228,15 +264,17 @@ pub fn select<'a>(
     let chosen: Vec<&NodeDef> = topo
         .nodes
         .iter()
-        .filter(|n| wanted(n) && machine.is_none_or(|m| n.location == m))
+        .filter(|n| wanted(n) && machines.as_ref().is_none_or(|ms| ms.contains(&n.location)))
         .collect();
     if chosen.is_empty() {
+        let on = match machines.as_deref() {
+            None => String::new(),
+            Some([one]) => format!(" on machine {one:?}"),
+            Some(many) => format!(" on machines {}", many.join(", ")),
+        };
         return Err(format!(
-            "{}: no node for this program to run{}",
-            topo.source,
-            machine
-                .map(|m| format!(" on machine {m:?}"))
-                .unwrap_or_default()
+            "{}: no node for this program to run{on}",
+            topo.source
         ));
     }
     Ok(chosen)

@@ -45,6 +45,7 @@ pub mod dedup;
 pub mod delivery;
 pub mod error;
 mod handle;
+pub mod host;
 pub mod journal;
 pub mod launch;
 mod lifecycle;

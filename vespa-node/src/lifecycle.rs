@@ -63,6 +63,12 @@ impl Life {
         self.closing.cancel();
     }
 
+    /// True once the node started stopping (or was asked to destroy itself): children that
+    /// leave now are not lost, they are let go.
+    pub fn is_stopping(&self) -> bool {
+        self.producers_stop.is_cancelled() || self.destroy.is_cancelled()
+    }
+
     /// True once [`close`](Self::close) was called.
     pub fn is_closing(&self) -> bool {
         self.closing.is_cancelled()

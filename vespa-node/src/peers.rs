@@ -7,7 +7,7 @@
 //! to a child's registration is announced on one [`Notify`], which is what the stop sequence
 //! waits on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,7 +35,14 @@ pub(crate) struct Peers {
     reconnects: AtomicU64,
     /// Connections that ended with an error (each also logged once).
     connection_errors: AtomicU64,
+    /// Names of the children that registered since this node started (at most
+    /// [`MAX_REMEMBERED`]): a second registration is a re-registration.
+    registered_before: Mutex<HashSet<String>>,
 }
+
+/// Children whose first registration [`Peers`] remembers; past it (a node that takes any
+/// child, and many names), every new name counts as first seen.
+const MAX_REMEMBERED: usize = 4096;
 
 impl Peers {
     /// No connection yet.
@@ -47,6 +54,7 @@ impl Peers {
             next_id: AtomicU64::new(1),
             reconnects: AtomicU64::new(0),
             connection_errors: AtomicU64::new(0),
+            registered_before: Mutex::new(HashSet::new()),
         }
     }
 
@@ -82,10 +90,20 @@ impl Peers {
             .collect()
     }
 
-    /// Records that the peer of `session` registered as a child.
-    pub fn register(&self, session: &Session, info: ChildInfo) {
+    /// Records that the peer of `session` registered as a child; true when a child of that
+    /// name had registered before (since this node started).
+    pub fn register(&self, session: &Session, info: ChildInfo) -> bool {
+        let again = {
+            let mut seen = lock(&self.registered_before);
+            let again = seen.contains(&info.name);
+            if !again && seen.len() < MAX_REMEMBERED {
+                seen.insert(info.name.clone());
+            }
+            again
+        };
         session.set_child(info);
         self.changed.notify_waiters();
+        again
     }
 
     /// Registered children and their connections.

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use vespa_proto::{Message, MAX_PATH};
+use vespa_proto::{AlertBody, Message, NodeEvent, MAX_PATH};
 
 use crate::admission::{Admission, Ticket};
 use crate::delivery::Delivery;
@@ -31,6 +31,7 @@ use crate::routing::{Caller, Router};
 use crate::session::{next_message, write_loop, ChildInfo, LinkEnd, Session};
 use crate::spec::{ChildSpec, NodeSpec};
 use crate::transport::{establish, Side};
+use crate::util::now_ns;
 
 /// Handshake slots shared by every source address.
 const OPEN_HANDSHAKES: usize = 192;
@@ -165,6 +166,16 @@ impl Server {
         let name = child
             .as_ref()
             .map_or(session.peer_name.as_str(), |c| c.name.as_str());
+        if let Some(c) = &child {
+            if !matches!(result, LinkEnd::Local) && !self.life.is_stopping() {
+                let why = match &result {
+                    LinkEnd::Idle(d) => format!("silent for {d:?} (three heartbeats missed)"),
+                    LinkEnd::ClosedByPeer => "it closed its connection".to_string(),
+                    e => e.to_string(),
+                };
+                self.node_event(c.name.clone(), NodeEvent::Lost, why);
+            }
+        }
         match result {
             LinkEnd::Local => {}
             LinkEnd::ClosedByPeer if child.is_some() => {
@@ -178,6 +189,19 @@ impl Server {
                 tracing::warn!(peer = %peer, node = ?name, reason = ?e.to_string(), "connection closed");
             }
         }
+    }
+
+    /// Raises the alert that says a child came or went (2014's `archi=` and `down#`): it
+    /// climbs to the VO like any alert of this node.
+    fn node_event(&self, node: String, event: NodeEvent, detail: String) {
+        tracing::info!(node = %self.spec.name, child = ?node, event = event.as_str(), detail = ?detail, "node event alert");
+        let body = AlertBody::Node {
+            node,
+            event,
+            detail,
+        };
+        // A full queue counts and reports the drop itself.
+        let _ = self.delivery.raise(body, now_ns());
     }
 
     /// What the topology says of the child `name` (`None`: this node accepts any child).
@@ -247,14 +271,22 @@ impl Server {
                     tracing::info!(node = %node, child = ?name, old_peer = %s.peer_addr, "child reconnected; dropping its old connection");
                     s.cancel.cancel();
                 }
-                tracing::info!(node = %node, child = ?name, ?kind, peer = %session.peer_addr, "child registered");
                 let info = ChildInfo {
-                    name,
+                    name: name.clone(),
                     kind,
                     listen_addr,
                     peer: session.peer_addr,
                 };
-                self.peers.register(session, info);
+                let again = self.peers.register(session, info);
+                tracing::info!(node = %node, child = ?name, ?kind, peer = %session.peer_addr, again, "child registered");
+                let event = if again {
+                    NodeEvent::Reregistered
+                } else {
+                    NodeEvent::Registered
+                };
+                let listen =
+                    listen_addr.map_or_else(String::new, |a| format!(", listening on {a}"));
+                self.node_event(name, event, format!("from {}{listen}", session.peer_addr));
             }
             Message::Reply { id, result } => session.complete(id, result),
             call @ (Message::Call { .. } | Message::ListSlaves | Message::FindNode { .. }) => {

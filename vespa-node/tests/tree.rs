@@ -10,7 +10,7 @@ use vespa_node::{
     Role, Security, VerbResult,
 };
 use vespa_proto::verbs::{Arg, VerbError, Words};
-use vespa_proto::{Alert, AlertBody, Message, NodeKind, Psk};
+use vespa_proto::{Alert, AlertBody, Message, NodeEvent, NodeKind, Psk};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -144,16 +144,35 @@ async fn start_with(
     }
 }
 
+/// The alerts the VO processes, but for the masters' notes of nodes coming and going
+/// ([`AlertBody::Node`], which [`node_events`] collects).
 fn collector() -> (Hooks, mpsc::UnboundedReceiver<Alert>) {
+    let (hooks, rx, _) = collector_with_node_events();
+    (hooks, rx)
+}
+
+/// As [`collector`], with the node events on a channel of their own.
+fn collector_with_node_events() -> (
+    Hooks,
+    mpsc::UnboundedReceiver<Alert>,
+    mpsc::UnboundedReceiver<Alert>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let tx = Mutex::new(tx);
+    let (ntx, nrx) = mpsc::unbounded_channel();
+    let tx = Mutex::new((tx, ntx));
     let hooks = Hooks {
         agent: None,
         alert_handlers: vec![Arc::new(move |a: &Arc<Alert>| {
-            let _ = tx.lock().expect("lock").send(Alert::clone(a));
+            let (tx, ntx) = &*tx.lock().expect("lock");
+            let to = if matches!(a.body, AlertBody::Node { .. }) {
+                ntx
+            } else {
+                tx
+            };
+            let _ = to.send(Alert::clone(a));
         })],
     };
-    (hooks, rx)
+    (hooks, rx, nrx)
 }
 
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -225,7 +244,8 @@ async fn alerts_climb_in_order_with_their_path_and_calls_route_down() {
     )
     .await;
     let vs = vo.handle.stats();
-    assert_eq!(vs.alerts_processed, 2000);
+    // And the two registrations (HO_VM at the VO, agent1 at HO_VM), noted as alerts.
+    assert_eq!(vs.alerts_processed, 2002);
     assert_eq!(vs.origins["agent1"].count, 2000);
     assert_eq!(vs.duplicates_dropped, 0);
 
@@ -269,7 +289,8 @@ async fn alerts_climb_in_order_with_their_path_and_calls_route_down() {
     assert_eq!(slaves[0]["name"], "agent1");
     let ho_stats: vespa_node::Stats =
         serde_json::from_str(&call(&["HO_VM", "stats"]).await.expect("stats")).expect("json");
-    assert_eq!(ho_stats.alerts_forwarded, 2000);
+    // The agent's and the HO's own note of agent1's registration.
+    assert_eq!(ho_stats.alerts_forwarded, 2001);
 
     // Destroy from the top stops the whole tree.
     assert!(vo.handle.call_words("destroy".into(), vec![]).await.is_ok());
@@ -499,6 +520,27 @@ struct RawChild {
 
 impl RawChild {
     async fn register(at: std::net::SocketAddr, psk: &Psk, name: &str, kind: NodeKind) -> RawChild {
+        RawChild::register_beating(at, psk, name, kind, Duration::from_millis(100)).await
+    }
+
+    /// A child that registers, then sends nothing unless the test says so: no heartbeat
+    /// (for an hour).
+    async fn register_silent(
+        at: std::net::SocketAddr,
+        psk: &Psk,
+        name: &str,
+        kind: NodeKind,
+    ) -> RawChild {
+        RawChild::register_beating(at, psk, name, kind, Duration::from_secs(3600)).await
+    }
+
+    async fn register_beating(
+        at: std::net::SocketAddr,
+        psk: &Psk,
+        name: &str,
+        kind: NodeKind,
+        every: Duration,
+    ) -> RawChild {
         let tcp = tokio::net::TcpStream::connect(at).await.expect("connect");
         let cfg = vespa_proto::Config::default();
         let (stream, _) = vespa_proto::client_handshake(tcp, psk, name, &cfg)
@@ -507,7 +549,7 @@ impl RawChild {
         let (rx, mut w) = stream.split();
         let (tx, mut outgoing) = mpsc::unbounded_channel::<Message>();
         tokio::spawn(async move {
-            let mut beat = tokio::time::interval(Duration::from_millis(100));
+            let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 let msg = tokio::select! {
                     m = outgoing.recv() => match m { Some(m) => m, None => return },
@@ -648,10 +690,11 @@ async fn the_topology_decides_who_registers_and_for_which_origins_it_speaks() {
         ("agent1", 5, &AlertBody::Text("real".into()))
     );
     let vs = vo.handle.stats();
-    assert_eq!(vs.alerts_processed, 1, "{vs:?}");
+    assert_eq!(vs.origins["agent1"].count, 1, "{vs:?}");
+    // Besides agent1, only the masters that noted children coming and going.
     assert_eq!(
         vs.origins.keys().collect::<Vec<_>>(),
-        ["agent1"],
+        ["HO_VM", "VO", "agent1"],
         "no forged origin is remembered"
     );
     let hs = ho.handle.stats();
@@ -789,7 +832,7 @@ async fn an_alert_that_outgrows_the_frame_one_hop_up_does_not_stall_the_link() {
         (1, 0, 0),
         "{hs:?}"
     );
-    assert_eq!(vo.handle.stats().alerts_processed, 2);
+    assert_eq!(vo.handle.stats().origins["agent1"].count, 2);
 }
 
 /// An answer larger than a frame comes back as an error that says so, and the link stays up.
@@ -1171,4 +1214,70 @@ async fn during_a_key_rotation_old_and_new_keys_both_work_then_only_the_new() {
     assert!(connect_as(after.addr, &new_child, "HO_VM", "VO2")
         .await
         .is_ok());
+}
+
+/// A master tells the VO when a child registers, registers again or is lost (2014's `archi=`
+/// and `down#` alerts): each note names the child, is raised where the child registers and
+/// climbs to the VO like any alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_report_children_registered_registered_again_and_lost() {
+    let psk = Psk::random();
+    let (vo_hooks, _at_vo, mut events) = collector_with_node_events();
+    let vo = start("VO", Role::Vo, None, &psk, vo_hooks, None).await;
+    let ho = start("HO_VM", Role::HoVm, Some(&vo), &psk, Hooks::default(), None).await;
+    let mut next = async || {
+        let a = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("a node event at the VO")
+            .expect("channel");
+        let AlertBody::Node {
+            node,
+            event,
+            detail,
+        } = a.body
+        else {
+            unreachable!("the channel takes node events only")
+        };
+        (a.path, node, event, detail)
+    };
+
+    let (path, node, event, detail) = next().await;
+    assert_eq!(
+        (path, node.as_str(), event),
+        (vec!["VO".to_string()], "HO_VM", NodeEvent::Registered)
+    );
+    assert!(
+        detail.contains(&format!("listening on {}", ho.addr)),
+        "{detail}"
+    );
+
+    let agent = RawChild::register(ho.addr, &psk, "agent1", NodeKind::Agent).await;
+    let (path, node, event, _) = next().await;
+    assert_eq!(path, ["HO_VM", "VO"], "raised at the HO, carried to the VO");
+    assert_eq!((node.as_str(), event), ("agent1", NodeEvent::Registered));
+
+    // It dies: its connection ends without the protocol's close.
+    drop(agent);
+    let (_, node, event, detail) = next().await;
+    assert_eq!((node.as_str(), event), ("agent1", NodeEvent::Lost));
+    assert!(detail.contains("without a close record"), "{detail}");
+
+    // It comes back, then falls silent: three heartbeats (200 ms each) later it is lost.
+    let _silent = RawChild::register_silent(ho.addr, &psk, "agent1", NodeKind::Agent).await;
+    let (_, node, event, _) = next().await;
+    assert_eq!((node.as_str(), event), ("agent1", NodeEvent::Reregistered));
+    let (_, node, event, detail) = next().await;
+    assert_eq!((node.as_str(), event), ("agent1", NodeEvent::Lost));
+    assert!(detail.contains("three heartbeats missed"), "{detail}");
+
+    // The HO stops: the VO loses it (a stopped node and a crashed one look alike from above).
+    ho.stop.fire();
+    let _ = ho.exit.await;
+    let (path, node, event, detail) = next().await;
+    assert_eq!(
+        (path, node.as_str(), event),
+        (vec!["VO".to_string()], "HO_VM", NodeEvent::Lost),
+        "{detail}"
+    );
+    drop(vo);
 }

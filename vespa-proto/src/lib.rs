@@ -53,4 +53,4 @@ pub use connection::{
 };
 pub use error::{HandshakeError, ProtoError, Result};
 pub use key::{KeyError, Psk};
-pub use message::{Alert, AlertBody, Message, NodeKind, MAX_PATH, PATH_ROOM};
+pub use message::{Alert, AlertBody, Message, NodeEvent, NodeKind, MAX_PATH, PATH_ROOM};

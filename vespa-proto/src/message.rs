@@ -204,6 +204,40 @@ pub enum AlertBody {
         /// When the kernel inserted it (CLOCK_MONOTONIC, ns), as the kernel stamped it.
         kernel_ns: u64,
     },
+    /// A child of the raising node (its master) registered, registered again, or was lost:
+    /// what 2014 reported as `archi=` and `down#` alerts. Raised by the master and carried to
+    /// the VO like any alert, so the VO's log names every node that comes and goes.
+    Node {
+        /// The child.
+        node: String,
+        /// What happened.
+        event: NodeEvent,
+        /// Where it registered from (its address), or why it was lost.
+        detail: String,
+    },
+}
+
+/// What happened to a node ([`AlertBody::Node`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeEvent {
+    /// It registered for the first time since its master started.
+    Registered,
+    /// It registered again (it restarted, or its link came back).
+    Reregistered,
+    /// Its connection ended: it was silent for three heartbeats, closed its connection, or
+    /// broke the protocol.
+    Lost,
+}
+
+impl NodeEvent {
+    /// `registered`, `reregistered` or `lost`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeEvent::Registered => "registered",
+            NodeEvent::Reregistered => "reregistered",
+            NodeEvent::Lost => "lost",
+        }
+    }
 }
 
 impl AlertBody {
@@ -221,6 +255,7 @@ impl AlertBody {
             AlertBody::SensorHealth { .. } => "sensor_health",
             AlertBody::Oversized { .. } => "oversized",
             AlertBody::ReflexBlock { .. } => "reflex_block",
+            AlertBody::Node { .. } => "node",
         }
     }
 }
@@ -410,6 +445,11 @@ mod tests {
                 size: 0,
                 limit: 0,
             },
+            AlertBody::Node {
+                node: s(),
+                event: NodeEvent::Lost,
+                detail: s(),
+            },
         ];
         let kinds: Vec<&str> = bodies.iter().map(AlertBody::kind).collect();
         assert_eq!(
@@ -423,7 +463,8 @@ mod tests {
                 "actuator_failed",
                 "text",
                 "sensor_health",
-                "oversized"
+                "oversized",
+                "node"
             ]
         );
     }

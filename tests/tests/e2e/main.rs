@@ -44,6 +44,7 @@ mod tree {
     mod journal;
     mod kernel_time;
     mod loopback;
+    mod machines;
     mod netns;
 }
 

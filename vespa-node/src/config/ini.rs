@@ -7,7 +7,13 @@
 //!   `[Agent_Bandwidth]`) unless `Type=` says otherwise, with `Location=` (a machine),
 //!   `Master=` (empty for the VO) and `Port=`.
 //!
-//! What it refuses: keys it does not know (a typo would otherwise drop a setting silently),
+//! - any other key of an agent's section is one of its parameters, as in 2014, where the
+//!   agents read their settings from their own section (`vm=`, `url=`): the same as that
+//!   node's `[node.params]` in TOML. Keys are case-insensitive (`VM=` is `vm`), values kept
+//!   as written.
+//!
+//! What it refuses: keys a machine, the VO or an HO does not know (a typo would otherwise drop
+//! a setting silently; an agent's misspelt `Location`, `Master` or `Port` is found missing),
 //! duplicate keys or sections, and more than one address in `Interfaces=` (the 2014 code
 //! used the value as a single bind address).
 
@@ -15,6 +21,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::{ConfigError, Format, Machine, NodeDef, Role, Settings, Topology};
+
+/// The keys that make the tree; any other key of an agent's section is one of its parameters.
+const STRUCTURE: [&str; 5] = ["type", "interfaces", "location", "master", "port"];
 
 struct Section {
     name: String,
@@ -79,15 +88,12 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
         };
         let key = key.trim().to_ascii_lowercase();
         let ctx = format!("[{}]", section.name);
-        if !matches!(
-            key.as_str(),
-            "type" | "interfaces" | "location" | "master" | "port"
-        ) {
+        if key.is_empty() {
             return Err(err(
                 line,
                 Some(ctx),
-                Some(key.as_str()),
-                "unknown key (known: Type, Interfaces, Location, Master, Port)".into(),
+                None,
+                format!("no key before `=` in {t:?}"),
             ));
         }
         if section
@@ -110,7 +116,21 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
         let ctx = || Some(format!("[{}]", s.name));
         let get = |k: &str| s.keys.get(k).map(|(v, l)| (v.as_str(), *l));
         let ty = get("type").map_or(s.name.as_str(), |(v, _)| v);
+        // Keys a section of this sort does not know: refused, except on an agent, where
+        // they are its parameters (`[node.params]` in TOML).
+        let unknown = s
+            .keys
+            .iter()
+            .filter(|(k, _)| !STRUCTURE.contains(&k.as_str()));
         if ty.eq_ignore_ascii_case("machine") {
+            if let Some((k, (_, l))) = unknown.clone().next() {
+                return Err(err(
+                    *l,
+                    ctx(),
+                    Some(k),
+                    "unknown key (a machine has Type and Interfaces)".into(),
+                ));
+            }
             for k in ["location", "master", "port"] {
                 if let Some((_, l)) = get(k) {
                     return Err(err(
@@ -157,6 +177,20 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
                 ),
             )
         })?;
+        if !role.is_agent() {
+            if let Some((k, (_, l))) = unknown.clone().next() {
+                return Err(err(
+                    *l,
+                    ctx(),
+                    Some(k),
+                    format!(
+                        "unknown key (a node of kind {role} has Type, Location, Master and Port; only agents take parameters)"
+                    ),
+                ));
+            }
+        }
+        let params: BTreeMap<String, String> =
+            unknown.map(|(k, (v, _))| (k.clone(), v.clone())).collect();
         if let Some((_, l)) = get("interfaces") {
             return Err(err(
                 l,
@@ -166,10 +200,10 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
             ));
         }
         let Some((location, _)) = get("location") else {
-            return Err(err(s.line, ctx(), Some("location"), "missing".into()));
+            return Err(err(s.line, ctx(), Some("location"), missing(&params)));
         };
         let Some((port, pl)) = get("port") else {
-            return Err(err(s.line, ctx(), Some("port"), "missing".into()));
+            return Err(err(s.line, ctx(), Some("port"), missing(&params)));
         };
         let port: u16 = port.parse().map_err(|_| {
             err(
@@ -190,7 +224,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
             port,
             interfaces: Vec::new(),
             journal: None,
-            params: BTreeMap::new(),
+            params,
             line: s.line,
         });
     }
@@ -201,4 +235,17 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
         nodes,
         format: Format::Ini,
     })
+}
+
+/// "missing", and, when the agent has other keys, that they were taken as its parameters (a
+/// misspelt `Port=` is one of them).
+fn missing(params: &BTreeMap<String, String>) -> String {
+    if params.is_empty() {
+        return "missing".into();
+    }
+    let keys: Vec<&str> = params.keys().map(String::as_str).collect();
+    format!(
+        "missing (this agent's other keys are taken as its parameters: {})",
+        keys.join(", ")
+    )
 }

@@ -97,7 +97,7 @@ fn every_error_names_file_line_table_and_field() {
         ("broken-bad-address.toml", "broken-bad-address.toml:3: [[machine]] \"host\": field `address`: \"localhost.example\" is not an IP address"),
         ("broken-no-vo.toml", "broken-no-vo.toml: no VO"),
         ("broken-settings.toml", "broken-settings.toml:19: [settings]: field `queue_capacity`: must be at least 1"),
-        ("broken-2014-unknown-key.ini", "broken-2014-unknown-key.ini:60: [Agent_Connections]: field `prot`: unknown key"),
+        ("broken-2014-unknown-key.ini", "broken-2014-unknown-key.ini:57: [Agent_Connections]: field `port`: missing (this agent's other keys are taken as its parameters: prot)"),
         ("broken-2014-missing-master.ini", "broken-2014-missing-master.ini:54: [Agent_Controller_Floodlight]: field `master`: no node named \"HO_XX\""),
         ("broken-2014-bad-port.ini", "broken-2014-bad-port.ini:50: [Agent_Bandwidth]: field `port`: \"web\" is not a port number"),
     ];
@@ -171,5 +171,43 @@ fn the_journal_budget_defaults_to_64_mib_and_refuses_less_than_64_kib() {
     assert_eq!(
         e.to_string(),
         "t.toml:6: [settings]: field `journal_max_bytes`: must be at least 65536 bytes"
+    );
+}
+
+#[test]
+fn ini_agent_sections_carry_their_parameters_and_the_others_refuse_unknown_keys() {
+    let base = include_str!("../../../tests/fixtures/config/vespa-2014-config.ini");
+    let with = base.replace(
+        "[Agent_Controller_Floodlight]\nLocation= firewall",
+        "[Agent_Controller_Floodlight]\nurl= http://192.0.2.1:8080\nAPI= v1\nLocation= firewall",
+    );
+    let t = Topology::from_ini("config.ini", &with).expect("valid");
+    let fl = t.node("Agent_Controller_Floodlight").expect("floodlight");
+    let params: Vec<(&str, &str)> = fl
+        .params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(params, [("api", "v1"), ("url", "http://192.0.2.1:8080")]);
+    assert!(t.node("Agent_Bandwidth").expect("bw").params.is_empty());
+
+    let ho = base.replace(
+        "[HO_VM]\nLocation= firewall",
+        "[HO_VM]\nvm= web1\nLocation= firewall",
+    );
+    let e = Topology::from_ini("config.ini", &ho).expect_err("an HO takes no parameters");
+    assert!(
+        e.to_string().contains("[HO_VM]: field `vm`: unknown key (a node of kind ho_vm has Type, Location, Master and Port; only agents take parameters)"),
+        "{e}"
+    );
+    let machine = base.replace(
+        "Interfaces= 192.0.2.1\n",
+        "Interfaces= 192.0.2.1\nvm= web1\n",
+    );
+    let e = Topology::from_ini("config.ini", &machine).expect_err("a machine neither");
+    assert!(
+        e.to_string()
+            .contains("[firewall]: field `vm`: unknown key (a machine has Type and Interfaces)"),
+        "{e}"
     );
 }

@@ -3,7 +3,10 @@
 //! `--cors-origin`, see [`super::access`].)
 //!
 //! Shapes, as a 2014 dashboard page expects them:
-//! - `/archi`: the tree, `{"name", "kind", "children": [{"name", "kind", "listen", "children"}]}`.
+//! - `/archi`: the tree, `{"name", "kind", "host", "port", "children": [{"name", "kind",
+//!   "host", "port", "listen", "children"}]}`: 2014's `name`, `host`, `port` and `children`,
+//!   with the node's kind and listen address beside them.
+//! - `/connect`: `"Ok"`, as 2014 answered (a page's check that the controller is there).
 //! - `/recv_bytes`, `/trans_bytes`: the last 40 per-sample byte deltas, `[n, ...]`, oldest
 //!   first; `/next_recv_bytes`, `/next_trans_bytes`: the latest delta, `n` (or `null` before
 //!   two samples). 2014 watched one interface; `?iface=eth0` (and `&origin=<agent>`) picks
@@ -54,6 +57,7 @@ pub fn routes() -> Router<Shared> {
         .route("/get_topology", get(|s| sdn(s, SdnVerb::GetTopology {})))
         .route("/get_link_stats", get(|s| sdn(s, SdnVerb::GetLinkStats {})))
         .route("/get_configini", get(get_configini))
+        .route("/connect", get(|| async { json("Ok") }))
 }
 
 /// `key=value` pairs of a query string; only the names in `known` are accepted, so a typo

@@ -222,7 +222,30 @@ pub(crate) async fn tree(state: &ApiState) -> serde_json::Value {
         }
         kids.push(entry);
     }
-    serde_json::json!({ "name": vo, "kind": Role::Vo.as_str(), "children": kids })
+    let (host, port) = host_port(state, &vo, None);
+    serde_json::json!({ "name": vo, "kind": Role::Vo.as_str(), "host": host, "port": port, "children": kids })
+}
+
+/// The 2014 `host` and `port` of a node: where it listens, as it said when it registered
+/// (`listen`), else as the topology places it (its machine's address and its port).
+fn host_port(
+    state: &ApiState,
+    name: &str,
+    listen: Option<&serde_json::Value>,
+) -> (serde_json::Value, serde_json::Value) {
+    let said = listen
+        .and_then(serde_json::Value::as_str)
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+    let at = said.or_else(|| {
+        state
+            .topology
+            .node(name)
+            .map(|d| state.topology.listen_addr(d))
+    });
+    match at {
+        Some(a) => (a.ip().to_string().into(), a.port().into()),
+        None => (serde_json::Value::Null, serde_json::Value::Null),
+    }
 }
 
 async fn children_of(state: &ApiState, node: &str) -> Result<Vec<serde_json::Value>, String> {
@@ -237,7 +260,8 @@ fn node_entry(state: &ApiState, child: &serde_json::Value) -> serde_json::Value 
         || child["kind"].as_str().unwrap_or("?").to_lowercase(),
         |d| d.role.as_str().to_string(),
     );
-    serde_json::json!({ "name": name, "kind": kind, "listen": child["listen_addr"], "children": [] })
+    let (host, port) = host_port(state, name, Some(&child["listen_addr"]));
+    serde_json::json!({ "name": name, "kind": kind, "host": host, "port": port, "listen": child["listen_addr"], "children": [] })
 }
 
 async fn not_found() -> ApiError {

@@ -31,6 +31,7 @@ pub fn to_policy_body(body: &AlertBody) -> vespa_policy::AlertBody {
         AlertBody::Oversized { at, kind, size, limit } => {
             P::Text(format!("a {kind} alert of {size} bytes did not fit the {limit} bytes allowed at {at}: its body was dropped"))
         }
+        AlertBody::Node { node, event, detail } => P::Text(format!("node {node} {}: {detail}", event.as_str())),
         AlertBody::ReflexBlock { target, cause, value, threshold, ttl_s, .. } => {
             let cause_of = match cause.as_str() {
                 "syn" => Some(ReflexCause::Syn),

@@ -224,6 +224,7 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
         "/get_alerts",
         "/get_ip_connections",
         "/get_configini",
+        "/connect",
     ] {
         let r = get(api, path);
         assert_eq!(r.status, 200, "{path}: {}", r.body);
@@ -263,7 +264,16 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
             .clone();
         (ho["children"].as_array()?.len() == 2).then_some(a)
     });
+    assert_eq!(
+        get(api, "/connect").json(),
+        "Ok",
+        "/connect answers as in 2014"
+    );
     assert_eq!(archi["name"], "VO");
+    // 2014's host and port beside the kind and listen address, at every level.
+    let at = |name: &str| tree.addrs[name];
+    assert_eq!(archi["host"], at("VO").ip().to_string(), "{archi}");
+    assert_eq!(archi["port"], at("VO").port(), "{archi}");
     let ho = archi["children"]
         .as_array()
         .expect("children")
@@ -272,6 +282,19 @@ fn legacy_endpoints_paging_and_metrics_over_a_real_tree() {
         .expect("HO_VM")
         .clone();
     assert_eq!(ho["kind"], "ho_vm");
+    assert_eq!(ho["host"], at("HO_VM").ip().to_string(), "{archi}");
+    assert_eq!(ho["port"], at("HO_VM").port(), "{archi}");
+    assert!(
+        ho["children"]
+            .as_array()
+            .expect("agents")
+            .iter()
+            .any(|c| c["name"] == "bw"
+                && c["host"] == at("bw").ip().to_string()
+                && c["port"] == at("bw").port()
+                && c["listen"] == at("bw").to_string()),
+        "{archi}"
+    );
     assert!(
         ho["children"]
             .as_array()

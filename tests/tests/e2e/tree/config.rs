@@ -51,6 +51,8 @@ fn check_config_prints_the_2014_tree_from_ini_and_toml_alike() {
             "--check-config",
             "--config",
             ini.to_str().expect("utf-8"),
+            "--machine",
+            "firewall",
         ],
     );
     assert!(a.status.success(), "{}", text(&a));
@@ -73,6 +75,8 @@ fn check_config_prints_the_2014_tree_from_ini_and_toml_alike() {
             "--check-config",
             "--config",
             toml.to_str().expect("utf-8"),
+            "--machine",
+            "firewall",
         ],
     );
     let tree = |s: &str| {
@@ -95,10 +99,16 @@ fn check_config_prints_the_2014_tree_from_ini_and_toml_alike() {
             "--check-config",
             "--config",
             ini.to_str().expect("utf-8"),
+            "--machine",
+            "firewall",
         ],
     );
     assert!(c.status.success(), "{}", text(&c));
-    assert!(text(&c).contains("this process would run: Agent_Bandwidth, Agent_Controller_Floodlight, Agent_Connections"), "{}", text(&c));
+    assert!(
+        text(&c).contains("this process would run: Agent_Controller_Floodlight"),
+        "{}",
+        text(&c)
+    );
     let d = run(
         "vespa-agent",
         &[
@@ -146,6 +156,41 @@ fn without_config_the_embedded_loopback_default_is_used() {
             && out.contains("VO (vo) on localhost at 127.0.0.1:4150"),
         "{out}"
     );
+    // Its one machine is on loopback, as every machine of it: it is this host, whatever the
+    // host's name.
+    assert!(
+        out.contains("this host is machine \"localhost\": its address 127.0.0.1 is on this host's lo (loopback, and every machine of the topology is on loopback)")
+            && out.contains("this process would run: VO, HO_VM, HO_HY, HO_PH"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_topology_with_no_machine_of_this_host_is_refused_naming_what_was_tried() {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let ini = fixture("vespa-2014-config.ini");
+    for program in ["vespa-orchestrator", "vespa-agent"] {
+        let o = run(
+            program,
+            &[
+                "run",
+                "--check-config",
+                "--config",
+                ini.to_str().expect("utf-8"),
+            ],
+        );
+        no_panic(&o);
+        assert_eq!(o.status.code(), Some(1), "{program}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        for want in [
+            "no machine of the topology is this host".to_string(),
+            format!("the host name {:?}", hostname.trim()),
+            "127.0.0.1 (lo)".to_string(),
+            "web (192.0.2.10), firewall (192.0.2.1)".to_string(),
+        ] {
+            assert!(err.contains(&want), "{program}: want {want:?} in:\n{err}");
+        }
+    }
 }
 
 #[test]
@@ -197,7 +242,7 @@ fn every_broken_fixture_is_one_clear_error() {
         ),
         (
             "broken-2014-unknown-key.ini",
-            ":60: [Agent_Connections]: field `prot`: unknown key",
+            ":57: [Agent_Connections]: field `port`: missing (this agent's other keys are taken as its parameters: prot)",
         ),
         (
             "broken-2014-missing-master.ini",
@@ -250,7 +295,15 @@ fn keygen_writes_an_owner_only_key_and_run_refuses_a_loose_one() {
     let ini = fixture("vespa-2014-config.toml");
     let o = run(
         "vespa-orchestrator",
-        &["run", "--config", ini.to_str().expect("utf-8"), "--key", k],
+        &[
+            "run",
+            "--config",
+            ini.to_str().expect("utf-8"),
+            "--machine",
+            "firewall",
+            "--key",
+            k,
+        ],
     );
     no_panic(&o);
     assert_eq!(o.status.code(), Some(1));
@@ -261,6 +314,8 @@ fn keygen_writes_an_owner_only_key_and_run_refuses_a_loose_one() {
             "run",
             "--config",
             ini.to_str().expect("utf-8"),
+            "--machine",
+            "firewall",
             "--key",
             "/nonexistent/psk",
         ],

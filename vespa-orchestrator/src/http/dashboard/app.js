@@ -219,6 +219,7 @@ function describe(a) {
     case 'Infected': return `VM ${v.vm}: ${v.file} infected (${v.signature})`;
     case 'ActuatorFailed': return `${v.actuator} failed to ${v.action}: ${v.error}`;
     case 'Text': return v;
+    case 'Node': return `node ${v.node} ${v.event.toLowerCase()}: ${v.detail}`;
     default: return JSON.stringify(b);
   }
 }
