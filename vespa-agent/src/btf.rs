@@ -1,11 +1,12 @@
-//! Kernel struct layouts from BTF (`/sys/kernel/btf/vmlinux`), for the few kernel fields the
-//! tracker reads through a pointer.
+//! Kernel struct layouts from BTF (`/sys/kernel/btf/vmlinux`), for the kernel fields the
+//! tracker reads through its socket pointer.
 //!
 //! The kernel programs are built without CO-RE relocations (the Rust BPF target cannot emit
-//! them), so a field of `struct sock` whose offset depends on the kernel's configuration is
-//! found here, at load time, and handed to the programs in their configuration map. Only what
-//! a member-offset lookup needs is parsed: the type section's records (to skip them) and the
-//! members of structs and unions. aya keeps its own BTF reader's accessors private.
+//! them), so the fields of `struct tcp_sock` and `struct net` whose offsets depend on the
+//! kernel's configuration are found here, at load time, and written into the program's
+//! read-only `SOCK_LAYOUT` before it is loaded. Only what a member-offset lookup needs is
+//! parsed: the type section's records (to skip them) and the members of structs and unions.
+//! aya keeps its own BTF reader's accessors private.
 //!
 //! Format: <https://docs.kernel.org/bpf/btf.html>.
 
@@ -292,27 +293,31 @@ impl Btf {
     }
 }
 
-/// Where the tracker finds a socket's network namespace: `sk + sk_net` holds the `struct net *`
-/// (`sock_common.skc_net.net`), and `net + net_inum` the namespace's inode number (the one
-/// `stat /proc/PID/ns/net` shows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NetnsOffsets {
-    pub sk_net: u32,
-    pub net_inum: u32,
-}
-
-impl NetnsOffsets {
-    /// From the running kernel's BTF.
-    pub fn from_kernel() -> Result<NetnsOffsets, BtfError> {
-        NetnsOffsets::from_btf(&Btf::from_kernel()?)
-    }
-
-    pub fn from_btf(btf: &Btf) -> Result<NetnsOffsets, BtfError> {
-        Ok(NetnsOffsets {
-            sk_net: btf.offset_of_sized("sock_common", &["skc_net", "net"], 8)?,
-            net_inum: btf.offset_of_sized("net", &["ns", "inum"], 4)?,
-        })
-    }
+/// Where the tracker finds what it reads in a TCP socket (offsets from the start of
+/// `struct tcp_sock`, which begins with `struct sock` and `struct sock_common`), and the
+/// inode number in `struct net`. Each field's size is checked: the program loads it with a
+/// load of that size.
+pub fn sock_layout(btf: &Btf) -> Result<vespa_common::SockLayout, BtfError> {
+    const INET: [&str; 2] = ["inet_conn", "icsk_inet"];
+    let in_sock = |member: &[&str], size| {
+        let path: Vec<&str> = INET.iter().chain(&["sk"]).chain(member).copied().collect();
+        btf.offset_of_sized("tcp_sock", &path, size)
+    };
+    let common = |member: &str, size| in_sock(&["__sk_common", member], size);
+    Ok(vespa_common::SockLayout {
+        family: common("skc_family", 2)?,
+        daddr: common("skc_daddr", 4)?,
+        rcv_saddr: common("skc_rcv_saddr", 4)?,
+        v6_daddr: common("skc_v6_daddr", 16)?,
+        v6_rcv_saddr: common("skc_v6_rcv_saddr", 16)?,
+        dport: common("skc_dport", 2)?,
+        sport: btf.offset_of_sized("tcp_sock", &[INET[0], INET[1], "inet_sport"], 2)?,
+        net: in_sock(&["__sk_common", "skc_net", "net"], 8)?,
+        net_inum: btf.offset_of_sized("net", &["ns", "inum"], 4)?,
+        protocol: in_sock(&["sk_protocol"], 2)?,
+        cookie: common("skc_cookie", 8)?,
+        _pad: 0,
+    })
 }
 
 #[cfg(test)]
@@ -387,12 +392,10 @@ mod tests {
     fn nested_offsets_through_typedefs_and_anonymous_members() {
         let btf = Btf::parse(blob()).expect("parse");
         assert_eq!(
-            NetnsOffsets::from_btf(&btf),
-            Ok(NetnsOffsets {
-                sk_net: 16,
-                net_inum: 12
-            })
+            btf.offset_of_sized("sock_common", &["skc_net", "net"], 8),
+            Ok(16)
         );
+        assert_eq!(btf.offset_of_sized("net", &["ns", "inum"], 4), Ok(12));
         assert_eq!(
             btf.offset_of("sock_common", &["y"]),
             Ok(0),
@@ -429,7 +432,7 @@ mod tests {
 
     /// The running kernel's layout, where there is one (every machine this project targets).
     #[test]
-    fn the_running_kernels_socket_namespace_offsets() {
+    fn the_running_kernels_socket_layout() {
         if !std::path::Path::new(VMLINUX).exists() {
             assert_ne!(
                 std::env::var("VESPA_REQUIRE_EBPF").as_deref(),
@@ -440,10 +443,25 @@ mod tests {
             return;
         }
         let btf = Btf::from_kernel().expect("the kernel's BTF");
-        let off = NetnsOffsets::from_btf(&btf).expect("namespace offsets");
-        // skc_net sits in sock_common's first cache line; ns_common is not at the start of net.
-        assert!(off.sk_net > 0 && off.sk_net < 64, "{off:?}");
-        assert!(off.net_inum > 0 && off.net_inum < 4096, "{off:?}");
+        let l = sock_layout(&btf).expect("socket layout");
+        // sock_common has begun with the address pair, the hash, the port pair and the family
+        // for as long as it has existed (include/net/sock.h).
+        assert_eq!(
+            (l.daddr, l.rcv_saddr, l.dport, l.family),
+            (0, 4, 12, 16),
+            "{l:?}"
+        );
+        // skc_net sits in sock_common's first cache line; inet_sport in inet_sock, after the
+        // whole struct sock; ns_common is not at the start of net.
+        assert!(l.net > l.family && l.net < 64, "{l:?}");
+        assert!(
+            l.v6_daddr > l.net && l.v6_rcv_saddr == l.v6_daddr + 16,
+            "{l:?}"
+        );
+        assert!(l.sport > 512, "{l:?}");
+        assert!(l.protocol > l.v6_rcv_saddr && l.protocol < l.sport, "{l:?}");
+        assert!(l.cookie > l.net && l.cookie < l.protocol, "{l:?}");
+        assert!(l.net_inum > 0 && l.net_inum < 4096, "{l:?}");
         assert!(
             matches!(
                 btf.offset_of_sized("sock", &["sk_protocol"], 4),

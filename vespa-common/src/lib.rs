@@ -87,10 +87,44 @@ pub struct SensorConfig {
     /// Track only sockets of this network namespace (its inode number, as `stat
     /// /proc/self/ns/net` shows); 0 tracks every namespace of the host.
     pub netns_inum: u32,
-    /// Offset of the `struct net *` in `struct sock` (`sock_common.skc_net`), from BTF.
-    pub sk_net_offset: u32,
-    /// Offset of the inode number in `struct net` (`ns.inum`), from BTF.
-    pub net_inum_offset: u32,
+    /// Sets of `OPEN_SOCKETS` minus one (a power of two minus one): a socket's set is its
+    /// cookie masked with this.
+    pub open_sets_mask: u32,
+    pub _pad: u32,
+}
+
+/// Where the connection tracker finds what it reads in a socket: byte offsets from the
+/// start of the kernel's `struct sock` (which `struct tcp_sock` begins with), found in the
+/// running kernel's BTF and given to the program as a read-only global (`SOCK_LAYOUT`) before
+/// it is loaded, so that the verifier sees constants and lets the program load the fields
+/// straight through its BTF-typed socket pointer. Each field's size is checked against BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLayout {
+    /// `skc_family` (2 bytes).
+    pub family: u32,
+    /// `skc_daddr`, the remote IPv4 address (4 bytes).
+    pub daddr: u32,
+    /// `skc_rcv_saddr`, the local IPv4 address (4 bytes).
+    pub rcv_saddr: u32,
+    /// `skc_v6_daddr` (16 bytes).
+    pub v6_daddr: u32,
+    /// `skc_v6_rcv_saddr` (16 bytes).
+    pub v6_rcv_saddr: u32,
+    /// `skc_dport`, the remote port, network order (2 bytes).
+    pub dport: u32,
+    /// `inet_sport` of `struct inet_sock`, the local port, network order (2 bytes): past
+    /// `struct sock`, read through a `struct tcp_sock` pointer.
+    pub sport: u32,
+    /// `skc_net.net`, the socket's `struct net *` (8 bytes).
+    pub net: u32,
+    /// `ns.inum` in `struct net` (not the socket): the namespace's inode number (4 bytes).
+    pub net_inum: u32,
+    /// `sk_protocol` (2 bytes).
+    pub protocol: u32,
+    /// `skc_cookie`, the socket's cookie, 0 until it is first asked for (8 bytes).
+    pub cookie: u32,
+    pub _pad: u32,
 }
 
 /// Slots of the `STATS` per-CPU array: the sensor's own health counters. Slots 0 and 1 are
@@ -294,6 +328,7 @@ const _: () = assert!(core::mem::size_of::<Addr>() == 16);
 const _: () = assert!(core::mem::size_of::<RemoteConns>() == 32);
 const _: () = assert!(core::mem::size_of::<SynCounter>() == 32);
 const _: () = assert!(core::mem::size_of::<SensorConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<SockLayout>() == 48);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<ThresholdEvent>() == 56);
@@ -330,4 +365,6 @@ mod pod {
     unsafe impl aya::Pod for ThrottleEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FirewallConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockLayout {}
 }

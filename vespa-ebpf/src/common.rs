@@ -132,3 +132,21 @@ pub unsafe fn atomic_sub(dst: *mut u64, v: u64) -> u64 {
         )
     }
 }
+
+/// Atomic compare-and-swap (BPF_ATOMIC | BPF_CMPXCHG): stores `new` if `*dst` is `old`;
+/// whether it did.
+///
+/// # Safety
+/// `dst` must point to a live, 8-byte aligned map value.
+#[inline(always)]
+pub unsafe fn atomic_cas(dst: *mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: as in `atomic_add`.
+    unsafe {
+        core::intrinsics::atomic_cxchg::<
+            u64,
+            { core::intrinsics::AtomicOrdering::SeqCst },
+            { core::intrinsics::AtomicOrdering::SeqCst },
+        >(dst, old, new)
+        .1
+    }
+}

@@ -2,8 +2,9 @@
 //!
 //! * `traffic`: tc classifiers (ingress, egress) counting bytes and packets per interface and
 //!   direction, and SYN-without-ACK packets per source address on ingress.
-//! * `conntrack`: the `sock:inet_sock_set_state` tracepoint tracking established TCP
-//!   connections per remote address, with open/close events.
+//! * `conntrack`: the BTF-typed tracepoint `inet_sock_set_state` tracking established TCP
+//!   connections per remote address, with open/close events; `open_sockets`: which sockets it
+//!   counted as open.
 //!
 //! * `firewall`: blocks and throttles on tc ingress (and XDP), and the reflex that blocks a
 //!   source in the kernel the moment it crosses a threshold.
@@ -20,6 +21,7 @@
 mod common;
 mod conntrack;
 mod firewall;
+mod open_sockets;
 mod traffic;
 
 #[cfg(not(test))]

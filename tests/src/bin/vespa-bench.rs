@@ -119,6 +119,12 @@ fn prog_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
     out
 }
 
+/// Total nanoseconds spent in `name` among the programs loaded now.
+fn total_ns(name: &str) -> f64 {
+    let name = &name[..name.len().min(15)];
+    prog_stats().get(name).map_or(f64::NAN, |&(_, t)| t as f64)
+}
+
 /// Mean nanoseconds per run of `name` among the programs loaded now.
 fn ns_per_run(name: &str) -> f64 {
     // The kernel keeps 15 characters of a program's name.
@@ -247,7 +253,8 @@ fn veth_pps(ctx: &mut Ctx) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // Connections per second on loopback, with and without the connection tracker.
 
-fn conn_rate(ns: &Netns, secs: f64) -> f64 {
+/// Loopback connections opened and closed in `secs`: (per second, how many).
+fn conn_rate(ns: &Netns, secs: f64) -> (f64, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     // A deep accept queue: a full one would drop SYNs and turn the benchmark into a
     // measurement of SYN retransmission timers.
@@ -281,7 +288,7 @@ fn conn_rate(ns: &Netns, secs: f64) -> f64 {
                 .expect("linger");
             n += 1;
         }
-        n as f64 / t0.elapsed().as_secs_f64()
+        (n as f64 / t0.elapsed().as_secs_f64(), n)
     });
     stop.store(true, Ordering::Relaxed);
     let _ = ns.run(move || TcpStream::connect(addr));
@@ -289,10 +296,39 @@ fn conn_rate(ns: &Netns, secs: f64) -> f64 {
     rate
 }
 
+/// What runs on `inet_sock_set_state` while connections are counted.
+#[derive(Clone, Copy, PartialEq)]
+enum Hook {
+    Nothing,
+    /// An empty program on the classic tracepoint `sock:inet_sock_set_state`.
+    EmptyClassic,
+    /// An empty program on the BTF-typed tracepoint, the tracker's hook.
+    EmptyBtf,
+    /// The tracker, counting only.
+    Tracker,
+    /// The tracker with an event for every open and close.
+    TrackerEvents,
+}
+
+const HOOKS: [Hook; 5] = [
+    Hook::Nothing,
+    Hook::EmptyClassic,
+    Hook::EmptyBtf,
+    Hook::Tracker,
+    Hook::TrackerEvents,
+];
+
+/// The tracker's program, as the kernel names it.
+const TRACKER: &str = "vespa_sock_state";
+
 fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
     let ns = Netns::new("vbc");
+    // Shorter measurements, twice as many: each round measures every hook back to back, and
+    // the losses are taken within a round, so a machine whose load drifts (other builds)
+    // shifts the baseline and the hook alike.
+    let (rounds, secs) = (ctx.rounds * 2, ctx.secs / 2.0);
+    // The tracker alone: no interface attached (lo excluded).
     let tracker = |events: bool| {
-        // The tracker alone: no interface attached (lo excluded).
         let cfg = SensorConfig {
             mode: Mode::Ebpf,
             exclude: vec!["lo".into()],
@@ -301,60 +337,119 @@ fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
         };
         ns.run(move || Sensors::start(cfg))
     };
-    let (mut without, mut empty, mut counts_only, mut with_events) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut tp_noop_ns, mut tp_ns, mut tp_events_ns) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ctx.rounds {
-        // Rotate the order so that a drift during the run favours no configuration.
-        for k in 0..4 {
-            match (round + k) % 4 {
-                0 => without.push(conn_rate(&ns, ctx.secs)),
-                3 => {
-                    let g = vespa_agent::ebpf::attach_tracepoint_noop()?;
-                    empty.push(conn_rate(&ns, ctx.secs));
-                    tp_noop_ns.push(ns_per_run("vespa_tp_noop"));
-                    drop(g);
-                }
-                1 => {
-                    let s = tracker(false)?;
-                    counts_only.push(conn_rate(&ns, ctx.secs));
-                    tp_ns.push(ns_per_run("vespa_sock_state"));
-                    drop(s);
-                }
-                _ => {
-                    let s = tracker(true)?;
-                    with_events.push(conn_rate(&ns, ctx.secs));
-                    tp_events_ns.push(ns_per_run("vespa_sock_state"));
-                    anyhow::ensure!(s.health().events_lost == 0, "events lost");
-                    drop(s);
-                }
+    // (connections per second, ns per program run, program ns per connection)
+    let measure = |hook: Hook| -> anyhow::Result<(f64, f64, f64)> {
+        Ok(match hook {
+            Hook::Nothing => (conn_rate(&ns, secs).0, f64::NAN, f64::NAN),
+            Hook::EmptyClassic | Hook::EmptyBtf => {
+                let btf = hook == Hook::EmptyBtf;
+                let _g = vespa_agent::ebpf::attach_tracepoint_noop(btf)?;
+                let (rate, n) = conn_rate(&ns, secs);
+                let name = if btf {
+                    "vespa_btf_noop"
+                } else {
+                    "vespa_tp_noop"
+                };
+                (rate, ns_per_run(name), total_ns(name) / n as f64)
             }
+            Hook::Tracker | Hook::TrackerEvents => {
+                let s = tracker(hook == Hook::TrackerEvents)?;
+                let (rate, n) = conn_rate(&ns, secs);
+                let cost = ns_per_run(TRACKER);
+                let per_conn = total_ns(TRACKER) / n as f64;
+                anyhow::ensure!(s.health().events_lost == 0, "events lost");
+                (rate, cost, per_conn)
+            }
+        })
+    };
+    // The tracker's time per run against an empty program's, both attached at once: the two
+    // run back to back on every state change, so the ratio does not depend on what else the
+    // machine was doing.
+    let paired = |events: bool| -> anyhow::Result<f64> {
+        let _empty = vespa_agent::ebpf::attach_tracepoint_noop(true)?;
+        let s = tracker(events)?;
+        let _ = conn_rate(&ns, secs / 2.0);
+        let ratio = ns_per_run(TRACKER) / ns_per_run("vespa_btf_noop");
+        drop(s);
+        Ok(ratio)
+    };
+    let mut rates: [Vec<f64>; 5] = Default::default();
+    let mut costs: [Vec<f64>; 5] = Default::default();
+    let mut per_conn: [Vec<f64>; 5] = Default::default();
+    let mut losses: [Vec<f64>; 5] = Default::default();
+    let mut ratios: [Vec<f64>; 2] = Default::default();
+    for round in 0..rounds {
+        let mut rate = [0.0; 5];
+        // Rotate the order so that a drift during the round favours no hook.
+        for k in 0..HOOKS.len() {
+            let h = (round + k) % HOOKS.len();
+            let (r, c, pc) = measure(HOOKS[h])?;
+            rate[h] = r;
+            rates[h].push(r);
+            costs[h].push(c);
+            per_conn[h].push(pc);
         }
+        for h in 0..HOOKS.len() {
+            losses[h].push(1.0 - rate[h] / rate[0]);
+        }
+        ratios[0].push(paired(false)?);
+        ratios[1].push(paired(true)?);
     }
-    let (a, e, b, c) = (
-        median(without),
-        median(empty),
-        median(counts_only),
-        median(with_events),
-    );
-    let (lb, lc) = (1.0 - b / a, 1.0 - c / a);
-    println!("   connections/s   without tracker {a:.0}   empty tracepoint program {e:.0} ({:.1}% loss)   tracker (counts) {b:.0}   tracker (counts + open/close events) {c:.0}", (1.0 - e / a) * 100.0);
+    let rate = rates.map(median);
+    let loss = losses.clone().map(median);
+    let cost = costs.map(median);
+    let per_conn = per_conn.map(median);
+    let ratio = ratios.map(median);
+    let spread = |h: usize| {
+        let v = &losses[h];
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, u), &x| (l.min(x), u.max(x)));
+        (lo * 100.0, hi * 100.0)
+    };
+    let pct = |x: f64| (x * 1000.0).round() / 10.0;
     println!(
-        "   loss: counts {:.1}%, with per-connection events {:.1}% (goal <= 3%)",
-        lb * 100.0,
-        lc * 100.0
+        "   connections/s   without {:.0}   empty classic tracepoint program {:.0}   empty tp_btf program {:.0}   tracker (counts) {:.0}   tracker (counts + open/close events) {:.0}",
+        rate[0], rate[1], rate[2], rate[3], rate[4]
     );
-    let (q0, q1, q2) = (median(tp_noop_ns), median(tp_ns), median(tp_events_ns));
-    println!("   kernel time per run (bpf_stats): empty tracepoint program {q0:.0} ns, tracker {q1:.0} ns, tracker with events {q2:.0} ns");
+    for (h, what) in [
+        (1, "empty classic tracepoint program"),
+        (2, "empty tp_btf program"),
+        (3, "tracker (counts)"),
+        (4, "tracker (with events)"),
+    ] {
+        let (lo, hi) = spread(h);
+        println!(
+            "   loss vs without, median of {rounds} rounds: {what} {:.1}% (rounds {lo:.1} to {hi:.1}%)",
+            loss[h] * 100.0
+        );
+    }
+    println!(
+        "   tracker beyond its hook's own cost: {:.1}%, with events {:.1}% (goal <= 3%)",
+        (loss[3] - loss[2]) * 100.0,
+        (loss[4] - loss[2]) * 100.0
+    );
+    println!(
+        "   kernel time per run (bpf_stats): empty classic program {:.0} ns, empty tp_btf program {:.0} ns, tracker {:.0} ns, tracker with events {:.0} ns",
+        cost[1], cost[2], cost[3], cost[4]
+    );
+    println!(
+        "   kernel time per connection: empty classic program {:.0} ns, empty tp_btf program {:.0} ns, tracker {:.0} ns, with events {:.0} ns",
+        per_conn[1], per_conn[2], per_conn[3], per_conn[4]
+    );
+    println!(
+        "   tracker / empty tp_btf program attached together, median of {rounds}: {:.2}x (goal <= 2x), with events {:.2}x",
+        ratio[0], ratio[1]
+    );
     report(
         ctx,
         "loopback_connections_ns_per_run",
-        serde_json::json!({"empty": q0.round(), "tracker": q1.round(), "tracker_events": q2.round()}),
+        serde_json::json!({"empty": cost[1].round(), "empty_tp_btf": cost[2].round(), "tracker": cost[3].round(), "tracker_events": cost[4].round(), "tracker_vs_empty_paired": (ratio[0] * 100.0).round() / 100.0, "per_connection": {"empty": per_conn[1].round(), "empty_tp_btf": per_conn[2].round(), "tracker": per_conn[3].round(), "tracker_events": per_conn[4].round()}, "tracker_events_vs_empty_paired": (ratio[1] * 100.0).round() / 100.0}),
     );
     report(
         ctx,
         "loopback_connections",
-        serde_json::json!({"without": a.round(), "empty_tracepoint": e.round(), "tracker_counts": b.round(), "tracker_events": c.round(), "loss_counts_pct": (lb * 1000.0).round() / 10.0, "loss_events_pct": (lc * 1000.0).round() / 10.0}),
+        serde_json::json!({"without": rate[0].round(), "empty_tracepoint": rate[1].round(), "empty_tp_btf": rate[2].round(), "tracker_counts": rate[3].round(), "tracker_events": rate[4].round(), "loss_empty_pct": pct(loss[1]), "loss_empty_tp_btf_pct": pct(loss[2]), "loss_counts_pct": pct(loss[3]), "loss_events_pct": pct(loss[4]), "rounds": rounds}),
     );
     Ok(())
 }

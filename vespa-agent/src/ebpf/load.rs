@@ -2,8 +2,8 @@
 //! verdict on each program, the programs' configuration map, the tracepoint.
 
 use aya::{
-    programs::{ProgramError, SchedClassifier, TracePoint},
-    Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, ProgramError, SchedClassifier, TracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
 
 use super::{
@@ -25,6 +25,7 @@ pub(super) const PROG_EGRESS: &str = "vespa_egress";
 pub(super) const PROG_NOOP: &str = "vespa_tc_noop";
 pub(super) const PROG_SOCK_STATE: &str = "vespa_sock_state";
 pub(super) const PROG_TP_NOOP: &str = "vespa_tp_noop";
+pub(super) const PROG_BTF_NOOP: &str = "vespa_btf_noop";
 pub(super) const PROG_XDP: &str = "vespa_xdp";
 pub(super) const PROG_XDP_NOOP: &str = "vespa_xdp_noop";
 
@@ -49,7 +50,8 @@ pub(super) const PINNED: [&str; 12] = [
 /// Interfaces with ifindex >= IFACE_ARRAY_SLOTS that can be counted at once.
 pub(super) const MAX_BIG_IFINDEX_INTERFACES: u32 = 1024;
 
-/// The tracepoint the connection tracker (and its no-op baseline) runs on.
+/// The tracepoint the connection tracker (and its no-op baselines) runs on: BTF-typed
+/// (`tp_btf`) for the tracker, classic (`sock:…`) for the older baseline.
 const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
 
 /// A loaded object: the programs (classifiers loaded, tracepoint attached), the maps user
@@ -75,11 +77,18 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
         ));
     }
     let log_level = kernel_log::level(cfg);
+    let layout = crate::btf::Btf::from_kernel()
+        .and_then(|btf| crate::btf::sock_layout(&btf))
+        .map_err(|e| {
+            SensorError::Unavailable(format!("the connection tracker's socket layout: {e}"))
+        })?;
     let mut loader = EbpfLoader::new();
     loader
         .override_global(aya_log::LEVEL, &log_level, true)
+        .override_global("SOCK_LAYOUT", &layout, true)
         .map_max_entries("CONN_BY_REMOTE", cfg.max_remotes.max(1))
-        .map_max_entries("OPEN_SOCKETS", cfg.max_sockets.max(1))
+        .map_max_entries("OPEN_SOCKETS", open_sets(cfg))
+        .map_max_entries("OPEN_SOCKETS_MORE", open_overflow(cfg))
         .map_max_entries("SYN_BY_SOURCE", cfg.max_syn_sources.max(1))
         .map_max_entries("IFACE_STATS_BIG", MAX_BIG_IFINDEX_INTERFACES)
         .map_max_entries(
@@ -141,7 +150,7 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
     let kernel_config = kernel_config(cfg);
     maps.configure(kernel_config)?;
     let ring = maps::take(&mut ebpf, "EVENTS")?;
-    attach_tracepoint(&mut ebpf, PROG_SOCK_STATE)?;
+    attach_btf_tracepoint(&mut ebpf, PROG_SOCK_STATE)?;
     Ok(Loaded {
         ebpf,
         maps,
@@ -153,29 +162,21 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
 }
 
 /// The kernel programs' configuration. Unless every namespace is wanted, the tracker is told
-/// the calling thread's network namespace and where to find a socket's namespace (offsets
-/// from the kernel's BTF); without BTF it tracks every namespace and says so.
+/// the calling thread's network namespace; if that cannot be told, it tracks every namespace
+/// and says so.
 fn kernel_config(cfg: &SensorConfig) -> vespa_common::SensorConfig {
     let mut k = vespa_common::SensorConfig {
         conn_threshold: cfg.conn_threshold,
         syn_per_sec_threshold: cfg.syn_per_sec_threshold,
         conn_events: cfg.conn_events as u32,
+        open_sets_mask: open_sets(cfg) - 1,
         ..Default::default()
     };
     if !cfg.all_netns {
-        match (
-            crate::netns::current_inode(),
-            crate::btf::NetnsOffsets::from_kernel(),
-        ) {
-            (Ok(inum), Ok(off)) => {
-                (k.netns_inum, k.sk_net_offset, k.net_inum_offset) =
-                    (inum, off.sk_net, off.net_inum)
-            }
-            (Err(e), _) => {
+        match crate::netns::current_inode() {
+            Ok(inum) => k.netns_inum = inum,
+            Err(e) => {
                 tracing::warn!(error = %e, "cannot tell this network namespace: tracking connections of every namespace")
-            }
-            (_, Err(e)) => {
-                tracing::warn!(error = %e, "no socket layout from BTF: tracking connections of every namespace")
             }
         }
     }
@@ -197,6 +198,22 @@ pub(super) fn unpin_all(dir: &std::path::Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// Sets of the open-socket table: `--max-sockets` slots (rounded up to a power of two) in
+/// sets of four.
+fn open_sets(cfg: &SensorConfig) -> u32 {
+    cfg.max_sockets.max(4).next_power_of_two() / 4
+}
+
+/// Entries of the hash that takes the sockets whose set is full: a quarter of the slots.
+fn open_overflow(cfg: &SensorConfig) -> u32 {
+    open_sets(cfg)
+}
+
+/// Open sockets the tracker can hold: the slots of every set and the overflow hash.
+pub(super) fn open_capacity(cfg: &SensorConfig) -> u64 {
+    4 * u64::from(open_sets(cfg)) + u64::from(open_overflow(cfg))
+}
+
 /// The classifier `name` of the object.
 pub(super) fn classifier<'a>(
     ebpf: &'a mut Ebpf,
@@ -212,6 +229,31 @@ pub(super) fn classifier<'a>(
             what: name.into(),
             source: source.into(),
         })
+}
+
+/// Loads the BTF-typed tracepoint program `name` and attaches it to `inet_sock_set_state`.
+fn attach_btf_tracepoint(ebpf: &mut Ebpf, name: &'static str) -> Result<(), SensorError> {
+    let program = |source: ProgramError| SensorError::Program {
+        what: name.into(),
+        source: source.into(),
+    };
+    let btf = Btf::from_sys_fs().map_err(|e| {
+        SensorError::Unavailable(format!("reading the kernel's BTF for {name}: {e}"))
+    })?;
+    let tp: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(SensorError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(program)?;
+    tp.load(TRACEPOINT.1, &btf).map_err(program)?;
+    tp.attach().map_err(|source| SensorError::Program {
+        what: format!("attaching tp_btf/{}", TRACEPOINT.1),
+        source: source.into(),
+    })?;
+    Ok(())
 }
 
 /// Loads the tracepoint program `name` and attaches it to `sock:inet_sock_set_state`.
@@ -288,13 +330,18 @@ fn attach_alone(
     })
 }
 
-/// Loads the no-op tracepoint program on `sock:inet_sock_set_state`: the benchmarks'
-/// baseline for the cost of the tracepoint itself. Dropping the value detaches it.
-pub fn attach_tracepoint_noop() -> Result<impl Drop, SensorError> {
+/// Loads a no-op program on `inet_sock_set_state`: the benchmarks' baseline for the cost of
+/// the hook itself, BTF-typed (`btf`, the tracker's) or the classic tracepoint. Dropping the
+/// value detaches it.
+pub fn attach_tracepoint_noop(btf: bool) -> Result<impl Drop, SensorError> {
     let mut ebpf = EbpfLoader::new()
         .load(OBJECT)
         .map_err(|e| SensorError::Load(e.into()))?;
-    attach_tracepoint(&mut ebpf, PROG_TP_NOOP)?;
+    if btf {
+        attach_btf_tracepoint(&mut ebpf, PROG_BTF_NOOP)?;
+    } else {
+        attach_tracepoint(&mut ebpf, PROG_TP_NOOP)?;
+    }
     Ok(NoopGuard {
         _links: Vec::new(),
         _ebpf: ebpf,

@@ -207,7 +207,13 @@ impl EbpfSensor {
             map_fill: BTreeMap::from([
                 ("CONN_BY_REMOTE".to_string(), fill(remotes, cfg.max_remotes)),
                 // Every tracked open socket is counted once in its remote's `established`.
-                ("OPEN_SOCKETS".to_string(), fill(open, cfg.max_sockets)),
+                (
+                    "OPEN_SOCKETS".to_string(),
+                    MapFill {
+                        used: open,
+                        capacity: load::open_capacity(cfg),
+                    },
+                ),
                 (
                     "SYN_BY_SOURCE".to_string(),
                     fill(maps.syn_fill(), cfg.max_syn_sources),

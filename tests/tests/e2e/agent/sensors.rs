@@ -332,6 +332,121 @@ fn established_connections_per_remote_ipv6() {
     }
 }
 
+/// The socket's cookie (`SO_COOKIE`), which gives it one if it had none.
+fn socket_cookie(s: &std::net::TcpStream) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a live socket descriptor, and a u64 with its length for the kernel to fill.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(r, 0, "SO_COOKIE: {}", std::io::Error::last_os_error());
+    cookie
+}
+
+#[test]
+fn connections_older_than_the_tracker_are_untracked_closes_and_never_a_negative_count() {
+    if !privileged(
+        "connections_older_than_the_tracker_are_untracked_closes_and_never_a_negative_count",
+    ) {
+        return;
+    }
+    let l = Link::new();
+    let b_ip = IpAddr::V4(l.b.v4);
+    let srv = SocketAddr::new(b_ip, 9400);
+    let listener = l.b_ns.run(move || TcpListener::bind(srv).expect("bind"));
+    const K: usize = 6;
+    let old = l.a_ns.run(move || traffic::tcp_connect_n(srv, K));
+    let _old_servers = traffic::tcp_accept_n(&listener, K);
+    // Half of them already have a cookie when the tracker starts (asked by some other
+    // program): the tracker cannot tell them by the missing cookie, only by its tables.
+    for s in &old[..K / 2] {
+        assert_ne!(socket_cookie(s), 0);
+    }
+    let sa = start(&l.a_ns, cfg(Mode::Ebpf, &[&l.a.ifname]));
+    // One connection the tracker sees open, beside them.
+    let new = l.a_ns.run(move || traffic::tcp_connect_n(srv, 1));
+    let _new_servers = traffic::tcp_accept_n(&listener, 1);
+    wait_until("the new connection counted", WAIT, || {
+        sa.connections_of(b_ip).expect("lookup").established == 1
+    });
+    traffic::tcp_close_all(old);
+    wait_until("the old connections' closes", WAIT, || {
+        sa.health().untracked_closes == K as u64
+    });
+    let c = sa.connections_of(b_ip).expect("lookup");
+    assert_eq!(
+        (c.established, c.opened, c.closed),
+        (1, Some(1), Some(0)),
+        "closes of connections opened before the tracker change no count"
+    );
+    traffic::tcp_close_all(new);
+    wait_until("the new connection's close", WAIT, || {
+        sa.connections_of(b_ip).expect("lookup").closed == Some(1)
+    });
+    let c = sa.connections_of(b_ip).expect("lookup");
+    assert_eq!((c.established, c.opened), (0, Some(1)));
+    assert_eq!(sa.health().untracked_closes, K as u64);
+    assert_eq!(sa.health().map_update_failures, 0);
+}
+
+#[test]
+fn a_full_open_socket_table_leaves_connections_uncounted_both_ways_and_says_so() {
+    if !privileged("a_full_open_socket_table_leaves_connections_uncounted_both_ways_and_says_so") {
+        return;
+    }
+    let l = Link::new();
+    // The smallest table: one set of four sockets, and room for one more in the hash that
+    // takes those of a full set. The fifth socket goes to the hash, the later ones find no room.
+    let sa = start(
+        &l.a_ns,
+        SensorConfig {
+            max_sockets: 4,
+            ..cfg(Mode::Ebpf, &[&l.a.ifname])
+        },
+    );
+    let b_ip = IpAddr::V4(l.b.v4);
+    let srv = SocketAddr::new(b_ip, 9500);
+    let listener = l.b_ns.run(move || TcpListener::bind(srv).expect("bind"));
+    const K: usize = 8;
+    let clients = l.a_ns.run(move || traffic::tcp_connect_n(srv, K));
+    let _servers = traffic::tcp_accept_n(&listener, K);
+    // Every connect has returned: each client socket is established, its open seen.
+    wait_until("the opens counted", WAIT, || {
+        sa.connections_of(b_ip).expect("lookup").established >= 5
+    });
+    let h = sa.health();
+    assert_eq!(
+        sa.connections_of(b_ip).expect("lookup").established,
+        5,
+        "four in the set, one in the hash"
+    );
+    assert_eq!(h.map_update_failures, 3, "the three that found no room");
+    let fill = h.map_fill["OPEN_SOCKETS"];
+    assert_eq!((fill.used, fill.capacity), (5, 5), "{h:?}");
+
+    traffic::tcp_close_all(clients);
+    wait_until("every close seen", WAIT, || {
+        sa.connections_of(b_ip).expect("lookup").closed == Some(5)
+    });
+    wait_until("the uncounted ones' closes", WAIT, || {
+        sa.health().untracked_closes == 3
+    });
+    let c = sa.connections_of(b_ip).expect("lookup");
+    assert_eq!(
+        (c.established, c.opened, c.closed),
+        (0, Some(5), Some(5)),
+        "a connection not counted at its open is not counted at its close"
+    );
+}
+
 #[test]
 fn syn_burst_is_counted_and_raises_the_threshold_event_but_normal_traffic_does_not() {
     if !privileged(
