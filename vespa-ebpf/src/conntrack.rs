@@ -82,16 +82,16 @@ const IPPROTO_TCP: u16 = 6;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn vespa_sock_state(ctx: BtfTracePointContext) -> i32 {
-    bump(STAT_TRACEPOINT_RUNS);
     // The tracepoint's arguments: (const struct sock *sk, int oldstate, int newstate).
     let (old, new): (i32, i32) = (ctx.arg(1), ctx.arg(2));
     // Most transitions (SYN_SENT, FIN_WAIT*, TIME_WAIT...) are not ours: leave before
-    // touching the socket or any map.
+    // touching the socket or any map, the run counter included.
     let opening = new == TCP_ESTABLISHED && old != TCP_ESTABLISHED;
     let closing = old == TCP_ESTABLISHED && new != TCP_ESTABLISHED;
     if !opening && !closing {
         return 0;
     }
+    bump(STAT_TRACEPOINT_RUNS);
     let sk: *mut c_void = ctx.arg(0);
     // SAFETY: `sk` is the tracepoint's socket; the offsets are the kernel's.
     let sock = unsafe {
