@@ -30,7 +30,7 @@ use vespa_common::{
 
 use crate::{
     common::{atomic_add, atomic_sub, bump, config, emit, header, now_ns, update_failed},
-    open_sockets,
+    firewall, open_sockets,
 };
 
 /// Per remote address: established now, opened and closed in total. Size set at load time
@@ -289,6 +289,9 @@ fn opened<C: EbpfContext>(ctx: &C, sock: &Sock, cfg: &SensorConfig) {
         atomic_add(&raw mut (*e).opened, 1);
         atomic_add(&raw mut (*e).established, 1) + 1
     };
+    // The firewall's reflex, when its connection threshold is set: the remote is blocked in
+    // the kernel by the connection that crosses it.
+    firewall::reflex(ctx, &sock.remote, EVENT_CONN_THRESHOLD, established);
     if cfg.conn_events != 0 {
         emit(ctx, conn_event(sock, EVENT_CONN_OPEN, now, now, 0), false);
     }

@@ -103,6 +103,82 @@ fn the_reflex_drops_a_syn_flood_from_the_packet_after_the_crossing() {
 }
 
 #[test]
+fn the_reflex_blocks_a_remote_at_the_connection_after_its_established_threshold() {
+    if !privileged("the_reflex_blocks_a_remote_at_the_connection_after_its_established_threshold") {
+        return;
+    }
+    let mut lab = Lab::new("fw-reflex-conn", "", vec![]);
+    lab.start_vo(&[]);
+    let _agent = lab.start_agent("agent", &[], &["fw", "bw"]);
+    let (a, v) = (lab.attacker(), lab.victim());
+    let (attacker, victim_ip) = (a.end.v4.to_string(), v.end.v4.to_string());
+    // The agent tracks every namespace of the host, so it also sees the attacker's own end of
+    // each connection, whose remote is the victim: the victim is protected, as a guest the
+    // topology knows would be, so that the reflex blocks the attacker only.
+    lab.json("fw", "allow", &[&victim_ip]);
+    let conn = 8u64;
+    lab.json("fw", "reflex", &["0", &conn.to_string(), "30", "16"]);
+    let victim = SocketAddr::new(v.end.v4.into(), 8080);
+    let listener =
+        v.ns.run(move || vespa_tests::traffic::tcp_listen(victim, 4096));
+    // More connections than the threshold, each held open, one after the other: the one that
+    // crosses is completed, and the kernel blocks the attacker as the victim's end of it
+    // becomes established (on the handshake's last ACK, a moment after the attacker's
+    // connect() returns: hence the pause), so every later SYN is dropped.
+    let opened = a.ns.run(move || {
+        let mut opened = Vec::new();
+        for _ in 0..conn + 6 {
+            match std::net::TcpStream::connect_timeout(&victim, Duration::from_secs(1)) {
+                Ok(s) => opened.push(s),
+                Err(_) => break,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        opened
+    });
+    let _accepted = vespa_tests::traffic::tcp_accept_n(&listener, opened.len());
+    assert_eq!(
+        opened.len() as u64,
+        conn + 1,
+        "connections up to the crossing one get through, none after it"
+    );
+    let b = lab
+        .block_of(&attacker)
+        .expect("the reflex's block is listed");
+    assert_eq!(b["reflex"], true, "{b}");
+    assert!(
+        b["packets"].as_u64().unwrap_or(0) >= 1,
+        "the refused SYNs: {b}"
+    );
+    assert!(lab.block_of(&victim_ip).is_none(), "{:?}", lab.blocks());
+    // A new connection from the attacker still fails.
+    let again = a.ns.run(move || {
+        std::net::TcpStream::connect_timeout(&victim, Duration::from_millis(500)).is_ok()
+    });
+    assert!(!again, "a connection got through the reflex's block");
+    let stats = lab.json("fw", "firewall_stats", &[]);
+    assert_eq!(stats["reflex_placed"], 1, "{stats}");
+    assert!(
+        stats["reflex_protected"].as_u64().unwrap_or(0) >= 1,
+        "the victim crossed too, and was spared: {stats}"
+    );
+    // The alert says what crossed.
+    wait_until("the reflex alert at the VO", WAIT, || {
+        let call = |verb: &str, args: &[&str]| lab.call("VO", verb, args);
+        try_vo_alerts(&lab.tree, &call)?
+            .iter()
+            .any(|al| {
+                let r = &al["body"]["ReflexBlock"];
+                r["target"].as_str() == Some(attacker.as_str())
+                    && r["cause"] == "conn"
+                    && r["value"] == conn + 1
+                    && r["threshold"] == conn
+            })
+            .then_some(())
+    });
+}
+
+#[test]
 fn protected_sources_are_never_blocked_and_prefixes_catch_rotating_addresses() {
     if !privileged("protected_sources_are_never_blocked_and_prefixes_catch_rotating_addresses") {
         return;
