@@ -30,7 +30,7 @@ use vespa_common::{
 
 use crate::{
     common::{atomic_add, atomic_sub, bump, config, emit, header, now_ns, update_failed},
-    firewall, open_sockets,
+    firewall, sk_open,
 };
 
 /// Per remote address: established now, opened and closed in total. Size set at load time
@@ -271,8 +271,7 @@ fn opened<C: EbpfContext>(ctx: &C, sock: &Sock, cfg: &SensorConfig) {
     };
     // Only the first transition into ESTABLISHED of a socket counts (a second one could only
     // follow a close, which unmarks it).
-    let cookie = open_sockets::cookie(sock.sk);
-    match open_sockets::mark(cookie, cfg.open_sets_mask, now) {
+    match sk_open::mark(sock.sk, now) {
         Ok(true) => {}
         Ok(false) => return,
         Err(e) => {
@@ -353,26 +352,19 @@ fn crossed<C: EbpfContext>(
 
 #[inline(always)]
 fn closed<C: EbpfContext>(ctx: &C, sock: &Sock, cfg: &SensorConfig) {
-    let cookie = sock.cookie();
-    let kept = match open_sockets::take(cookie, cfg.open_sets_mask) {
+    let kept = match sk_open::take(sock.sk) {
         Some(v) => v,
         None => {
-            // Not in its set: a socket of another namespace, one opened before the tracker,
-            // or one whose set was full. Only the watched namespace's sockets are marked, so
-            // the namespace is read (and the hash searched) only for these rarer closes.
             if !ours(ctx, sock, cfg) {
                 return;
             }
-            let Some(v) = open_sockets::take_overflow(cookie) else {
-                bump(STAT_UNTRACKED_CLOSES);
-                debug!(
-                    ctx,
-                    "socket to {:i}: closed, opened before the tracker, not counted",
-                    Ipv6Addr::from(sock.remote.bytes).to_canonical()
-                );
-                return;
-            };
-            v
+            bump(STAT_UNTRACKED_CLOSES);
+            debug!(
+                ctx,
+                "socket to {:i}: closed, opened before the tracker, not counted",
+                Ipv6Addr::from(sock.remote.bytes).to_canonical()
+            );
+            return;
         }
     };
     let Some(e) = remote_entry(ctx, &sock.remote) else {
