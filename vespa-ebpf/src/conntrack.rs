@@ -30,7 +30,7 @@ use vespa_common::{
 
 use crate::{
     common::{atomic_add, atomic_sub, bump, config, emit, header, now_ns, update_failed},
-    firewall, sk_open,
+    firewall, open_sockets,
 };
 
 /// Per remote address: established now, opened and closed in total. Size set at load time
@@ -271,7 +271,8 @@ fn opened<C: EbpfContext>(ctx: &C, sock: &Sock, cfg: &SensorConfig) {
     };
     // Only the first transition into ESTABLISHED of a socket counts (a second one could only
     // follow a close, which unmarks it).
-    match sk_open::mark(sock.sk, now) {
+    let cookie = open_sockets::cookie(sock.sk);
+    match open_sockets::mark(cookie, cfg.open_sets_mask, now) {
         Ok(true) => {}
         Ok(false) => return,
         Err(e) => {
@@ -352,19 +353,26 @@ fn crossed<C: EbpfContext>(
 
 #[inline(always)]
 fn closed<C: EbpfContext>(ctx: &C, sock: &Sock, cfg: &SensorConfig) {
-    let kept = match sk_open::take(sock.sk) {
+    let cookie = sock.cookie();
+    let kept = match open_sockets::take(cookie, cfg.open_sets_mask) {
         Some(v) => v,
         None => {
+            // Not in its set: a socket of another namespace, one opened before the tracker,
+            // or one whose set was full. Only the watched namespace's sockets are marked, so
+            // the namespace is read (and the hash searched) only for these rarer closes.
             if !ours(ctx, sock, cfg) {
                 return;
             }
-            bump(STAT_UNTRACKED_CLOSES);
-            debug!(
-                ctx,
-                "socket to {:i}: closed, opened before the tracker, not counted",
-                Ipv6Addr::from(sock.remote.bytes).to_canonical()
-            );
-            return;
+            let Some(v) = open_sockets::take_overflow(cookie) else {
+                bump(STAT_UNTRACKED_CLOSES);
+                debug!(
+                    ctx,
+                    "socket to {:i}: closed, opened before the tracker, not counted",
+                    Ipv6Addr::from(sock.remote.bytes).to_canonical()
+                );
+                return;
+            };
+            v
         }
     };
     let Some(e) = remote_entry(ctx, &sock.remote) else {

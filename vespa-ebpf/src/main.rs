@@ -22,7 +22,6 @@ mod common;
 mod conntrack;
 mod firewall;
 mod open_sockets;
-mod sk_open;
 mod traffic;
 
 #[cfg(not(test))]
