@@ -22,6 +22,7 @@ mod common;
 mod conntrack;
 mod firewall;
 mod open_sockets;
+mod sockops;
 mod traffic;
 
 #[cfg(not(test))]
