@@ -245,7 +245,7 @@ fn ours<C: EbpfContext>(ctx: &C, sock: &Sock, cfg: &SensorConfig) -> bool {
 }
 
 #[inline(always)]
-pub(crate) fn remote_entry<C: EbpfContext>(ctx: &C, addr: &Addr) -> Option<*mut RemoteConns> {
+fn remote_entry<C: EbpfContext>(ctx: &C, addr: &Addr) -> Option<*mut RemoteConns> {
     if let Some(e) = CONN_BY_REMOTE.get_ptr_mut(addr) {
         return Some(e);
     }

@@ -22,7 +22,6 @@ mod common;
 mod conntrack;
 mod firewall;
 mod open_sockets;
-mod sockops;
 mod traffic;
 
 #[cfg(not(test))]

@@ -326,32 +326,15 @@ enum Hook {
     Tracker,
     /// The tracker with an event for every open and close.
     TrackerEvents,
-    /// An empty `sock_ops` program on the root cgroup.
-    EmptySockOps,
-    /// The tracker's counts from a `sock_ops` program (no per-socket table, no events).
-    SockOpsTracker,
 }
 
-const HOOKS: [Hook; 7] = [
+const HOOKS: [Hook; 5] = [
     Hook::Nothing,
     Hook::EmptyClassic,
     Hook::EmptyBtf,
     Hook::Tracker,
     Hook::TrackerEvents,
-    Hook::EmptySockOps,
-    Hook::SockOpsTracker,
 ];
-
-/// The root of the cgroup v2 hierarchy, where `sock_ops` programs see every socket.
-fn cgroup2_root() -> anyhow::Result<std::path::PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[2] == "cgroup2")
-        .map(|f| f[1].into())
-        .context("no cgroup v2 hierarchy mounted")
-}
 
 /// The tracker's program, as the kernel names it.
 const TRACKER: &str = "vespa_sock_state";
@@ -391,17 +374,6 @@ fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
                 };
                 (rate, ns_per_run(name), total_ns(name) / n as f64, cpu)
             }
-            Hook::EmptySockOps | Hook::SockOpsTracker => {
-                let tracker = hook == Hook::SockOpsTracker;
-                let _g = vespa_agent::ebpf::attach_sock_ops(tracker, &cgroup2_root()?)?;
-                let (rate, n, cpu) = conn_rate(&ns, secs);
-                let name = if tracker {
-                    "vespa_so_track"
-                } else {
-                    "vespa_so_noop"
-                };
-                (rate, ns_per_run(name), total_ns(name) / n as f64, cpu)
-            }
             Hook::Tracker | Hook::TrackerEvents => {
                 let s = tracker(hook == Hook::TrackerEvents)?;
                 let (rate, n, cpu) = conn_rate(&ns, secs);
@@ -423,16 +395,16 @@ fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
         drop(s);
         Ok(ratio)
     };
-    let mut rates: [Vec<f64>; 7] = Default::default();
-    let mut costs: [Vec<f64>; 7] = Default::default();
-    let mut per_conn: [Vec<f64>; 7] = Default::default();
-    let mut losses: [Vec<f64>; 7] = Default::default();
-    let mut cpus: [Vec<f64>; 7] = Default::default();
-    let mut cpu_losses: [Vec<f64>; 7] = Default::default();
+    let mut rates: [Vec<f64>; 5] = Default::default();
+    let mut costs: [Vec<f64>; 5] = Default::default();
+    let mut per_conn: [Vec<f64>; 5] = Default::default();
+    let mut losses: [Vec<f64>; 5] = Default::default();
+    let mut cpus: [Vec<f64>; 5] = Default::default();
+    let mut cpu_losses: [Vec<f64>; 5] = Default::default();
     let mut ratios: [Vec<f64>; 2] = Default::default();
     for round in 0..rounds {
-        let mut rate = [0.0; 7];
-        let mut cpu = [0.0; 7];
+        let mut rate = [0.0; 5];
+        let mut cpu = [0.0; 5];
         // Rotate the order so that a drift during the round favours no hook.
         for k in 0..HOOKS.len() {
             let h = (round + k) % HOOKS.len();
@@ -476,8 +448,6 @@ fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
         (2, "empty tp_btf program"),
         (3, "tracker (counts)"),
         (4, "tracker (with events)"),
-        (5, "empty sock_ops program"),
-        (6, "sock_ops tracker (counts)"),
     ] {
         let (lo, hi) = spread(h);
         println!(
@@ -499,8 +469,6 @@ fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
         (2, "empty tp_btf program"),
         (3, "tracker (counts)"),
         (4, "tracker (with events)"),
-        (5, "empty sock_ops program"),
-        (6, "sock_ops tracker (counts)"),
     ] {
         let (lo, hi) = spread_of(&cpu_losses[h]);
         println!(
@@ -516,12 +484,6 @@ fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
     println!(
         "   kernel time per run (bpf_stats): empty classic program {:.0} ns, empty tp_btf program {:.0} ns, tracker {:.0} ns, tracker with events {:.0} ns",
         cost[1], cost[2], cost[3], cost[4]
-    );
-    println!(
-        "   sock_ops: CPU time per connection empty {:.0} ns, tracker {:.0} ns; kernel time per run empty {:.0} ns, tracker {:.0} ns; per connection empty {:.0} ns, tracker {:.0} ns; tracker beyond its hook's own cost {:.1}% (rate), {:.1}% (per CPU-second)",
-        cpu[5], cpu[6], cost[5], cost[6], per_conn[5], per_conn[6],
-        (loss[6] - loss[5]) * 100.0,
-        (cpu_loss[6] - cpu_loss[5]) * 100.0
     );
     println!(
         "   kernel time per connection: empty classic program {:.0} ns, empty tp_btf program {:.0} ns, tracker {:.0} ns, with events {:.0} ns",

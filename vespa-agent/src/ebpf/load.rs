@@ -348,43 +348,6 @@ pub fn attach_tracepoint_noop(btf: bool) -> Result<impl Drop, SensorError> {
     })
 }
 
-/// Loads `vespa_so_track` (the tracker's counts from a `sock_ops` program) or, with
-/// `tracker` false, the no-op `vespa_so_noop`, and attaches it to the root of the cgroup v2
-/// hierarchy at `cgroup`, in an object of its own (maps at their default sizes, the
-/// programs' configuration zero): the benchmarks' measure of `sock_ops` against the
-/// tracepoint. Dropping the value detaches it.
-pub fn attach_sock_ops(tracker: bool, cgroup: &std::path::Path) -> Result<impl Drop, SensorError> {
-    let name = if tracker {
-        "vespa_so_track"
-    } else {
-        "vespa_so_noop"
-    };
-    let mut ebpf = EbpfLoader::new()
-        .load(OBJECT)
-        .map_err(|e| SensorError::Load(e.into()))?;
-    let program = |source: ProgramError| SensorError::Program {
-        what: name.into(),
-        source: source.into(),
-    };
-    let p: &mut aya::programs::SockOps = ebpf
-        .program_mut(name)
-        .ok_or(SensorError::Missing {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(program)?;
-    p.load().map_err(program)?;
-    let dir = std::fs::File::open(cgroup)
-        .map_err(|e| SensorError::Unavailable(format!("{}: {e}", cgroup.display())))?;
-    p.attach(dir, aya::programs::CgroupAttachMode::Single)
-        .map_err(program)?;
-    Ok(NoopGuard {
-        _links: Vec::new(),
-        _ebpf: ebpf,
-    })
-}
-
 /// Loads the no-op XDP program and attaches it to `iface` in driver mode: the benchmarks'
 /// baseline for the cost of an XDP program itself. Dropping the value detaches it.
 pub fn attach_xdp_noop(iface_name: &str) -> Result<impl Drop, SensorError> {

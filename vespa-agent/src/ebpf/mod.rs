@@ -36,9 +36,7 @@ use vespa_common::{
 };
 
 pub(crate) use firewall::Tables as FirewallTables;
-pub use load::{
-    attach_counters_baseline, attach_noop, attach_sock_ops, attach_tracepoint_noop, attach_xdp_noop,
-};
+pub use load::{attach_counters_baseline, attach_noop, attach_tracepoint_noop, attach_xdp_noop};
 
 use self::{
     attach::Attached,
