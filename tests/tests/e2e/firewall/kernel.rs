@@ -121,22 +121,37 @@ fn the_reflex_blocks_a_remote_at_the_connection_after_its_established_threshold(
     let victim = SocketAddr::new(v.end.v4.into(), 8080);
     let listener =
         v.ns.run(move || vespa_tests::traffic::tcp_listen(victim, 4096));
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
     // More connections than the threshold, each held open, one after the other: the one that
     // crosses is completed, and the kernel blocks the attacker as the victim's end of it
     // becomes established (on the handshake's last ACK, a moment after the attacker's
-    // connect() returns: hence the pause), so every later SYN is dropped.
-    let opened = a.ns.run(move || {
-        let mut opened = Vec::new();
-        for _ in 0..conn + 6 {
-            match std::net::TcpStream::connect_timeout(&victim, Duration::from_secs(1)) {
-                Ok(s) => opened.push(s),
-                Err(_) => break,
+    // connect() returns), so every later SYN is dropped. The victim accepts each connection
+    // before the next is opened: its end is established by then, and the crossing counted.
+    let mut opened = Vec::new();
+    let mut accepted = Vec::new();
+    for _ in 0..conn + 6 {
+        let c =
+            a.ns.run(move || std::net::TcpStream::connect_timeout(&victim, Duration::from_secs(1)));
+        let Ok(c) = c else { break };
+        opened.push(c);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match listener.accept() {
+                Ok((s, _)) => break accepted.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the victim never saw connection {}",
+                        opened.len()
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("accept: {e}"),
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        opened
-    });
-    let _accepted = vespa_tests::traffic::tcp_accept_n(&listener, opened.len());
+    }
     assert_eq!(
         opened.len() as u64,
         conn + 1,
