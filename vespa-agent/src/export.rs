@@ -368,7 +368,7 @@ impl Collector for SensorCollector {
         counters(
             &mut enc,
             "vespa_ebpf_program_runs",
-            "Runs of each kernel program.",
+            "Runs of each kernel program (the tracker's: the transitions into or out of ESTABLISHED it looked at).",
             h.program_runs
                 .iter()
                 .map(|(p, v)| (vec![("program", p.clone())], *v)),

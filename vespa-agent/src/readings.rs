@@ -48,6 +48,8 @@ pub struct Health {
     /// The network namespace whose connections are tracked (its inode number); None: every
     /// namespace of the host.
     pub tracked_netns: Option<u32>,
+    /// Program name -> runs: the classifiers' packets; for the tracker, the transitions into
+    /// or out of ESTABLISHED it looked at (it returns before counting from the others).
     pub program_runs: BTreeMap<String, u64>,
     /// Map name -> entries in use and capacity.
     pub map_fill: BTreeMap<String, MapFill>,

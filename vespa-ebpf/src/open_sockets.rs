@@ -11,8 +11,8 @@
 //! is not counted, in either direction, and the failure is counted.
 //!
 //! Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) would need no table at all, but the kernel
-//! allocates it for each new socket and frees it with the socket, which measured slower than
-//! the hash it would replace (docs/performance.md).
+//! allocates it for each new socket and frees it with the socket: it measured several times
+//! slower than this table (docs/performance.md).
 
 use core::ffi::c_void;
 
