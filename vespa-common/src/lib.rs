@@ -51,6 +51,8 @@ impl Addr {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RemoteConns {
     pub established: u64,
+    /// Not written by the tracker (one atomic less per open): opened is `established +
+    /// closed`, since a close is only counted for an open the tracker saw.
     pub opened: u64,
     pub closed: u64,
     /// 1 while `established` is above the configured threshold (an event was sent for the

@@ -284,11 +284,8 @@ fn opened<C: EbpfContext>(ctx: &C, sock: &Sock, cfg: &SensorConfig) {
         return;
     };
     // SAFETY: `e` points to a live LRU-hash value; all concurrent updates of the counters are
-    // atomic.
-    let established = unsafe {
-        atomic_add(&raw mut (*e).opened, 1);
-        atomic_add(&raw mut (*e).established, 1) + 1
-    };
+    // atomic. The opens are `established + closed` (see `RemoteConns::opened`).
+    let established = unsafe { atomic_add(&raw mut (*e).established, 1) + 1 };
     // The firewall's reflex, when its connection threshold is set: the remote is blocked in
     // the kernel by the connection that crosses it.
     firewall::reflex(ctx, &sock.remote, EVENT_CONN_THRESHOLD, established);
@@ -380,14 +377,14 @@ fn closed<C: EbpfContext>(ctx: &C, sock: &Sock, cfg: &SensorConfig) {
     };
     // SAFETY: as in `opened`.
     let established = unsafe {
-        atomic_add(&raw mut (*e).closed, 1);
         let before = atomic_sub(&raw mut (*e).established, 1);
         if before == 0 {
             // The remote's entry was evicted (LRU) and recreated since the open: undo rather
-            // than wrap around.
+            // than wrap around, and leave the new entry's counts as they were.
             atomic_add(&raw mut (*e).established, 1);
             0
         } else {
+            atomic_add(&raw mut (*e).closed, 1);
             before - 1
         }
     };

@@ -186,7 +186,9 @@ fn remote(addr: IpAddr, v: &RemoteConns) -> RemoteConnections {
     RemoteConnections {
         addr,
         established: v.established,
-        opened: Some(v.opened),
+        // The kernel counts only established and closed: every counted open is either still
+        // established or closed since (a close is only counted for an open it saw).
+        opened: Some(v.established + v.closed),
         closed: Some(v.closed),
     }
 }
