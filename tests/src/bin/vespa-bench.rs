@@ -280,7 +280,11 @@ fn conn_rate(ns: &Netns, secs: f64) -> (f64, u64, f64) {
         .into();
     let addr = listener.local_addr().expect("addr");
     let s2 = stop.clone();
+    // The accepting thread on the other core, always: where the scheduler put it changed
+    // which end's state changes ran on which core, and with it the tracker's cost per
+    // connection (its tables' cache lines shared between cores or not) from run to run.
     let server = ns.spawn(move || {
+        pin_to_cpu(1);
         let cpu0 = thread_cpu_ns();
         while !s2.load(Ordering::Relaxed) {
             if let Ok((c, _)) = listener.accept() {
