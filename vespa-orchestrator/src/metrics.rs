@@ -16,6 +16,11 @@
 //!   observed.
 //! - `vo_to_actuator_ack`: from the VO deciding to act to the actuator's acknowledgement,
 //!   observed by the policy through [`Metrics::observe_actuator_ack`].
+//!
+//! `vespa_policy_alerts_total{kind}` counts the alerts the VO's policy raises of its own
+//! (`did_not_take`: a verification failed or an actuator refused; `blind_spot`: a sensor lost
+//! events or filled a map; ...), counted by the VO's driver as it raises them. Every kind's
+//! series exists from the start at 0, so an alerting rule sees the first one as an increase.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,6 +33,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use vespa_node::NodeHandle;
+use vespa_policy::AlertKind;
 use vespa_proto::Alert;
 
 type Labels = Vec<(&'static str, String)>;
@@ -38,6 +44,28 @@ pub const STAGE_KERNEL_TO_VO: &str = "kernel_to_vo";
 /// The `stage` label of the decision-to-actuator-acknowledgement part of the loop.
 pub const STAGE_VO_TO_ACTUATOR_ACK: &str = "vo_to_actuator_ack";
 
+/// Every kind of alert the policy raises, as `vespa_policy_alerts_total`'s `kind` label.
+pub const POLICY_ALERT_KINDS: [AlertKind; 6] = [
+    AlertKind::DidNotTake,
+    AlertKind::LadderExhausted,
+    AlertKind::BlindSpot,
+    AlertKind::Notice,
+    AlertKind::Protected,
+    AlertKind::CapReached,
+];
+
+/// The `kind` label of a policy alert. Fixed names: alerting rules use them.
+pub fn policy_alert_kind(kind: AlertKind) -> &'static str {
+    match kind {
+        AlertKind::DidNotTake => "did_not_take",
+        AlertKind::LadderExhausted => "ladder_exhausted",
+        AlertKind::BlindSpot => "blind_spot",
+        AlertKind::Notice => "notice",
+        AlertKind::Protected => "protected",
+        AlertKind::CapReached => "cap_reached",
+    }
+}
+
 /// 100 µs to ~6.5 s, doubling: loopback hops are sub-millisecond, actuators take seconds.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
@@ -47,6 +75,7 @@ fn latency_histogram() -> Histogram {
 #[derive(Clone)]
 pub struct Metrics {
     alerts_by_kind: Family<Labels, Counter>,
+    policy_alerts: Family<Labels, Counter>,
     closed_loop: HistogramFamily,
 }
 
@@ -54,6 +83,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             alerts_by_kind: Family::default(),
+            policy_alerts: Family::default(),
             closed_loop: Family::new_with_constructor(latency_histogram),
         }
     }
@@ -79,6 +109,13 @@ impl Metrics {
         self.observe(STAGE_VO_TO_ACTUATOR_ACK, seconds);
     }
 
+    /// Counts an alert the VO's policy raised (for the driver: call it as it raises one).
+    pub fn on_policy_alert(&self, kind: AlertKind) {
+        self.policy_alerts
+            .get_or_create(&vec![("kind", policy_alert_kind(kind).to_string())])
+            .inc();
+    }
+
     fn observe(&self, stage: &str, seconds: f64) {
         self.closed_loop
             .get_or_create(&vec![("stage", stage.to_string())])
@@ -93,6 +130,16 @@ impl Metrics {
             "Alerts processed at the VO, by body kind.",
             self.alerts_by_kind.clone(),
         );
+        r.register(
+            "vespa_policy_alerts",
+            "Alerts the VO's policy raised of its own, by kind (did_not_take: a verification failed or an actuator refused; blind_spot: a sensor lost events or filled a map; ...).",
+            self.policy_alerts.clone(),
+        );
+        for kind in POLICY_ALERT_KINDS {
+            let _ = self
+                .policy_alerts
+                .get_or_create(&vec![("kind", policy_alert_kind(kind).to_string())]);
+        }
         r.register(
             "vespa_closed_loop_seconds",
             "Closed-loop latency per stage: kernel_to_vo (alert timestamp to VO processing), vo_to_actuator_ack (decision to actuator acknowledgement)",
@@ -294,5 +341,30 @@ mod tests {
         }
         let without = render(&Metrics::default().registry(vo(None).handle()));
         assert!(!without.contains("vespa_journal"), "{without}");
+    }
+
+    #[test]
+    fn the_policys_alerts_are_counted_by_kind_from_zero() {
+        let m = Metrics::default();
+        let node = vo(None);
+        let before = render(&m.registry(node.handle()));
+        for kind in POLICY_ALERT_KINDS {
+            let line = format!(
+                "vespa_policy_alerts_total{{kind=\"{}\"}} 0",
+                policy_alert_kind(kind)
+            );
+            assert!(before.lines().any(|l| l == line), "{line} in:\n{before}");
+        }
+        m.on_policy_alert(AlertKind::DidNotTake);
+        m.on_policy_alert(AlertKind::DidNotTake);
+        m.on_policy_alert(AlertKind::BlindSpot);
+        let after = render(&m.registry(node.handle()));
+        for line in [
+            "vespa_policy_alerts_total{kind=\"did_not_take\"} 2",
+            "vespa_policy_alerts_total{kind=\"blind_spot\"} 1",
+            "vespa_policy_alerts_total{kind=\"cap_reached\"} 0",
+        ] {
+            assert!(after.lines().any(|l| l == line), "{line} in:\n{after}");
+        }
     }
 }

@@ -689,6 +689,9 @@ impl PolicyDriver {
             match &action {
                 Action::Alert { kind, text } => {
                     tracing::warn!(node = here, ?kind, text = ?text, "policy alert");
+                    if let Some(m) = &self.inner.metrics {
+                        m.on_policy_alert(*kind);
+                    }
                     let shown = match &self.inner.at {
                         None => format!("policy {kind:?}: {text}"),
                         Some(at) => format!("policy {kind:?} at {at}: {text}"),

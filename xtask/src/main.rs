@@ -60,7 +60,7 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         fuzz_seconds: u64,
         /// Extra arguments for `cargo test`, e.g. `-- --test e2e agent::sensors` (one area of
-        /// the end-to-end tests: agent, tree, http, actuators, loops).
+        /// the end-to-end tests: agent, firewall, tree, http, actuators, loops, deploy).
         #[arg(last = true)]
         args: Vec<String>,
     },

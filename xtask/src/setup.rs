@@ -26,6 +26,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("chromium", "headless Chromium: the dashboard test renders the page, dumps its DOM and takes screenshots"),
     ("chromium-driver", "chromedriver: WebDriver for driving the dashboard in browser tests"),
     ("nftables", "nft: the firewall benchmark's baseline (an nftables drop rule on the same flood)"),
+    ("prometheus", "prometheus and promtool: the deploy/prometheus rules are checked and unit-tested, and a real Prometheus scrapes an agent and the VO (the tests start their own; the packaged service is not used)"),
 ];
 
 /// The os-ken venv: the last os-ken release that ships `ofctl_rest` and the eventlet and

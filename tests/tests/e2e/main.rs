@@ -64,6 +64,13 @@ mod actuators {
     mod sdn_stubs;
 }
 
+/// The monitoring files of `deploy/` against the real tools: promtool on the Prometheus
+/// rules and their unit tests, a real Prometheus scraping an agent and the VO, the Grafana
+/// dashboard's queries.
+mod deploy {
+    mod prometheus;
+}
+
 /// Closed loops end to end: an infection isolating a VM, a connection flood blocked on the
 /// switch, and `vespa-demo` telling the latter.
 mod loops {

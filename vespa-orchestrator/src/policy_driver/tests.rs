@@ -265,7 +265,8 @@ async fn manual_block_and_release() {
     assert!(d.active_actions().is_empty());
 }
 
-/// Sensors that lose events report it; the policy answers with a blind-spot alert at the VO.
+/// Sensors that lose events report it; the policy answers with a blind-spot alert at the VO,
+/// counted in `vespa_policy_alerts_total{kind="blind_spot"}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_sensor_events_raise_a_blind_spot_alert() {
     assert!(matches!(
@@ -273,7 +274,8 @@ async fn lost_sensor_events_raise_a_blind_spot_alert() {
         Some(Input::Health { ref origin, events_lost: 5, map_full: 2 }) if origin == "conns"
     ));
     assert!(health_input("conns", &AlertBody::Text("x".into())).is_none());
-    let d = PolicyDriver::new(RULES, false, None, None, None).unwrap();
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let d = PolicyDriver::new(RULES, false, None, Some(metrics.clone()), None).unwrap();
     let mut hooks = Hooks::default();
     hooks.alert_handlers.push(d.handler());
     let vo = Node::new(
@@ -296,6 +298,12 @@ async fn lost_sensor_events_raise_a_blind_spot_alert() {
     .unwrap();
     let shown = alerts_when(&h, |s| s.contains("policy BlindSpot")).await;
     assert!(shown.contains("policy BlindSpot"), "{shown}");
+    let text = crate::metrics::render(&metrics.registry(h.clone()));
+    assert!(
+        text.lines()
+            .any(|l| l == "vespa_policy_alerts_total{kind=\"blind_spot\"} 1"),
+        "{text}"
+    );
     h.destroy();
 }
 
