@@ -241,23 +241,7 @@ fn protected_sources_are_never_blocked_and_prefixes_catch_rotating_addresses() {
     lab.json("fw", "disallow", &[&attacker]);
 
     // IPv6: a /64 block catches every address inside it, the attacker's rotations too.
-    let net64 = format!("{}/64", a.end.v6);
-    let net64 = vespa_proto::verbs::Prefix::new(a.end.v6.into(), 64)
-        .map(|p| p.to_string())
-        .unwrap_or(net64);
-    let rotated: std::net::Ipv6Addr = {
-        let mut o = a.end.v6.octets();
-        o[15] = 0x99;
-        o.into()
-    };
-    a.ns.ip(&[
-        "addr",
-        "add",
-        &format!("{rotated}/64"),
-        "dev",
-        &a.end.ifname,
-        "nodad",
-    ]);
+    let (net64, rotated) = lab.attacker_v6_rotated();
     let to = SocketAddr::new(v.end.v6.into(), 7002);
     let first = Stream::start(&a.ns, a.end.v6.into(), &v.ns, to);
     first.wait_flowing(20);

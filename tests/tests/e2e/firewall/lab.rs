@@ -110,6 +110,26 @@ impl Lab {
         p
     }
 
+    /// The /64 of the attacker's IPv6 address, and a second IPv6 address in that /64, added to its interface (an address rotated inside its allocation).
+    pub fn attacker_v6_rotated(&self) -> (String, std::net::Ipv6Addr) {
+        let a = self.attacker();
+        let net64 = vespa_proto::verbs::Prefix::new(a.end.v6.into(), 64)
+            .expect("a /64")
+            .to_string();
+        let mut o = a.end.v6.octets();
+        o[15] = 0x99;
+        let rotated = std::net::Ipv6Addr::from(o);
+        a.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{rotated}/64"),
+            "dev",
+            &a.end.ifname,
+            "nodad",
+        ]);
+        (net64, rotated)
+    }
+
     /// A UDP stream from the attacker's IPv4 address to the victim's `port`, flowing.
     pub fn attack_stream(&self, port: u16) -> Stream {
         let (a, v) = (self.attacker(), self.victim());
@@ -277,4 +297,16 @@ impl Drop for Stream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// A policy file whose only actuator is the firewall agent `fw` (blocks through `sdn`
+/// too), with one `syn_rate` rule keyed by remote: `rule` gives its thresholds and the rest
+/// (`above`, `below`, `calm_s`, ..., `ladder`).
+pub fn syn_policy(rule: &str) -> String {
+    format!(
+        "[actuators]\nsdn = \"fw\"\nlibvirt = \"none\"\nquarantine = \"none\"\nav = \"none\"\n\
+         hypervisor = \"none\"\nfirewall = \"fw\"\n\n\
+         [[rule]]\nname = \"syn-flood\"\nmetric = \"syn_rate\"\nkey = \"remote\"\naggregate = \"max\"\n\
+         window_s = 1\n{rule}\n"
+    )
 }

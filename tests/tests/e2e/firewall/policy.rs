@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use vespa_testkit::wait_until;
 
-use super::lab::{Lab, Stream};
+use super::lab::{syn_policy, Lab, Stream};
 use crate::kit::*;
 
 #[test]
@@ -76,31 +76,10 @@ fn a_reflex_block_is_listed_by_the_vo_and_released_through_its_api() {
     }
     let mut lab = Lab::new("fw-reflex-vo", "", vec![]);
     let threshold = 40u64;
-    let policy = format!(
-        r#"
-[actuators]
-sdn = "none"
-libvirt = "none"
-quarantine = "none"
-av = "none"
-hypervisor = "none"
-firewall = "fw"
-
-[[rule]]
-name = "syn-flood"
-metric = "syn_rate"
-key = "remote"
-aggregate = "max"
-window_s = 1
-above = {threshold}
-below = 5
-calm_s = 3600
-cooldown_s = 1
-verify_s = 0
-reflex = true
-ladder = [{{ action = "block", ttl_s = 600 }}]
-"#
-    );
+    let policy = syn_policy(&format!(
+        "above = {threshold}\nbelow = 5\ncalm_s = 3600\ncooldown_s = 1\nverify_s = 0\nreflex = true\n\
+         ladder = [{{ action = \"block\", ttl_s = 600 }}]"
+    ));
     let dir = lab.tree.scratch.dir.clone();
     std::fs::write(dir.join("policy.toml"), policy).expect("policy file");
     let token = "reflex-test-token";
@@ -211,30 +190,10 @@ fn a_flooding_gateway_is_never_blocked_a_reached_cap_is_alerted_and_a_v6_allocat
     lab.net
         .host
         .ip(&["route", "add", "default", "via", &gateway.to_string()]);
-    let policy = r#"
-[actuators]
-sdn = "fw"
-libvirt = "none"
-quarantine = "none"
-av = "none"
-hypervisor = "none"
-firewall = "fw"
-
-[[rule]]
-name = "syn-flood"
-metric = "syn_rate"
-key = "remote"
-aggregate = "max"
-window_s = 1
-above = 40
-below = 5
-calm_s = 3600
-cooldown_s = 1
-verify_s = 0
-v6_prefix = 64
-max_blocks = 1
-ladder = [{ action = "block", ttl_s = 600 }]
-"#;
+    let policy = syn_policy(
+        "above = 40\nbelow = 5\ncalm_s = 3600\ncooldown_s = 1\nverify_s = 0\nv6_prefix = 64\n\
+         max_blocks = 1\nladder = [{ action = \"block\", ttl_s = 600 }]",
+    );
     let policy_file = lab.tree.scratch.dir.join("policy.toml");
     std::fs::write(&policy_file, policy).expect("policy file");
     lab.start_vo(&["--policy", &policy_file.display().to_string()]);
@@ -268,9 +227,7 @@ ladder = [{ action = "block", ttl_s = 600 }]
     a.ns.run(move || vespa_tests::traffic::syn_burst(from, victim, 400));
     let from6: std::net::IpAddr = a.end.v6.into();
     a.ns.run(move || vespa_tests::traffic::syn_burst(from6, victim6, 400));
-    let net64 = vespa_proto::verbs::Prefix::new(a.end.v6.into(), 64)
-        .expect("prefix")
-        .to_string();
+    let (net64, rotated) = lab.attacker_v6_rotated();
     let b = wait_until("the /64 block in the kernel", WAIT, || lab.block_of(&net64));
     assert_eq!(b["reflex"], false, "{b}");
     // Alerts of one origin are handled in order: the gateway's came first, and was never
@@ -290,19 +247,6 @@ ladder = [{ action = "block", ttl_s = 600 }]
     );
 
     // A rotated address inside the allocation stays blocked: its datagrams never arrive.
-    let rotated: std::net::Ipv6Addr = {
-        let mut o = a.end.v6.octets();
-        o[15] = 0x99;
-        o.into()
-    };
-    a.ns.ip(&[
-        "addr",
-        "add",
-        &format!("{rotated}/64"),
-        "dev",
-        &a.end.ifname,
-        "nodad",
-    ]);
     let to = SocketAddr::new(v.end.v6.into(), 7002);
     let stream = Stream::start(&a.ns, rotated.into(), &v.ns, to);
     assert_eq!(
