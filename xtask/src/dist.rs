@@ -161,13 +161,11 @@ pub fn run(root: &Path, build: bool) -> anyhow::Result<()> {
              Recommends: systemd\n\
              Section: net\n\
              Priority: optional\n\
-             Homepage: {}\n\
              Description: host sensor and self-protection orchestrator for Linux hypervisors\n \
              vespa-agent: eBPF sensors (traffic, SYNs, TCP connections), the kernel firewall and\n \
              the acting agents (libvirt, SDN controllers, antivirus); vespa-orchestrator: the\n \
              horizontal and vertical orchestrators, the policy, the HTTP API and dashboard.\n \
-             Both run as systemd services under the unprivileged vespa user.\n",
-            env!("CARGO_PKG_REPOSITORY")
+             Both run as systemd services under the unprivileged vespa user.\n"
         ),
     )?;
     std::fs::write(
@@ -199,17 +197,25 @@ pub fn run(root: &Path, build: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The packages holding the shared libraries the binaries link (`ldd`, then `dpkg -S`).
+/// The packages holding the shared libraries the binaries link directly (their `NEEDED`
+/// entries, `objdump -p`; where each resolves, `ldd`; its package, `dpkg -S`).
 fn depends(bin: &Path) -> anyhow::Result<String> {
     let mut pkgs = std::collections::BTreeSet::new();
     for b in BINARIES {
+        let headers = output(Command::new("objdump").arg("-p").arg(bin.join(b)))?;
         let ldd = output(Command::new("ldd").arg(bin.join(b)))?;
-        for lib in ldd
+        for needed in headers
             .lines()
-            .filter_map(|l| l.split("=>").nth(1))
-            .filter_map(|r| r.split_whitespace().next())
-            .filter(|p| p.starts_with('/'))
+            .filter_map(|l| l.trim().strip_prefix("NEEDED"))
+            .map(str::trim)
         {
+            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, or for the loader
+            // `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+            let lib = ldd
+                .lines()
+                .find(|l| l.contains(needed))
+                .and_then(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+                .with_context(|| format!("{b} links {needed}, which ldd does not resolve"))?;
             // usr-merged systems list /lib/... in ldd and /usr/lib/... in dpkg, or the reverse.
             let real = std::fs::canonicalize(lib).unwrap_or_else(|_| PathBuf::from(lib));
             let owner = [PathBuf::from(lib), real]

@@ -26,6 +26,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("chromium", "headless Chromium: the dashboard test renders the page, dumps its DOM and takes screenshots"),
     ("chromium-driver", "chromedriver: WebDriver for driving the dashboard in browser tests"),
     ("nftables", "nft: the firewall benchmark's baseline (an nftables drop rule on the same flood)"),
+    ("binutils", "strip: cargo xtask dist leaves the debug info out of the packaged binaries"),
+    ("systemd", "systemd-analyze: the tests verify and rate the packaged units"),
 ];
 
 /// The os-ken venv: the last os-ken release that ships `ofctl_rest` and the eventlet and
