@@ -49,6 +49,15 @@ mod tree {
 }
 
 /// The orchestrator's HTTP API and the dashboard over a running tree.
+/// What a host installs: the agent with exactly its unit's capabilities as an unprivileged
+/// user, and the package (`cargo xtask dist`) built, inspected, unpacked, its units verified
+/// and its binaries started as its units say.
+mod dist {
+    mod caps;
+    mod package;
+    mod unit;
+}
+
 mod http {
     mod api;
     mod dashboard;
