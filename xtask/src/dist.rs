@@ -260,12 +260,13 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 /// The package's postinst: the set-up, then systemd told about the units (not enabled:
-/// `systemctl enable --now vespa-agent` is the operator's).
+/// `systemctl enable --now vespa-agent` is the operator's). Under `dpkg --root`
+/// (`DPKG_ROOT`), the set-up works on that tree and systemd is left alone.
 const POSTINST: &str = r#"#!/bin/sh
 set -e
 if [ "$1" = configure ]; then
-    /usr/lib/vespa/setup
-    if [ -d /run/systemd/system ]; then
+    "${DPKG_ROOT:-}/usr/lib/vespa/setup"
+    if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
         systemctl daemon-reload >/dev/null || true
         # An upgrade restarts the services that run.
         if [ -n "$2" ]; then
@@ -278,7 +279,7 @@ exit 0
 
 const PRERM: &str = r#"#!/bin/sh
 set -e
-if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
+if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
     systemctl stop vespa-agent.service vespa-orchestrator.service >/dev/null || true
     systemctl disable vespa-agent.service vespa-orchestrator.service >/dev/null 2>&1 || true
 fi
@@ -288,13 +289,14 @@ exit 0
 /// Purging removes what the set-up made (the key, the token) and the VO's journal.
 const POSTRM: &str = r#"#!/bin/sh
 set -e
+R="${DPKG_ROOT:-}"
 if [ "$1" = purge ]; then
-    rm -f /etc/vespa/psk /etc/vespa/api-token
-    rmdir /etc/vespa 2>/dev/null || true
-    rm -f /var/lib/vespa/vo-alerts.journal /var/lib/vespa/vo-alerts.journal.compacting
-    rmdir /var/lib/vespa 2>/dev/null || true
+    rm -f "$R/etc/vespa/psk" "$R/etc/vespa/api-token"
+    rmdir "$R/etc/vespa" 2>/dev/null || true
+    rm -f "$R/var/lib/vespa/vo-alerts.journal" "$R/var/lib/vespa/vo-alerts.journal.compacting"
+    rmdir "$R/var/lib/vespa" 2>/dev/null || true
 fi
-if [ -d /run/systemd/system ]; then
+if [ -z "$R" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null || true
 fi
 exit 0

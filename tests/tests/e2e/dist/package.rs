@@ -1,6 +1,7 @@
 //! The package a host installs: `cargo xtask dist` builds it (the release binaries: cargo
-//! rebuilds them only if the sources changed), `dpkg-deb` inspects it and unpacks it into a
-//! scratch root, which is then laid over the machine's own /usr and /etc in private mount
+//! rebuilds them only if the sources changed), `dpkg-deb` inspects it, `dpkg --root` installs,
+//! upgrades and purges it in a scratch root with its maintainer scripts, and `dpkg-deb -x`
+//! unpacks it into another, which is then laid over the machine's own /usr and /etc in private mount
 //! namespaces (read-only overlays: the machine as if the package were installed, and nothing
 //! of it seen outside). There `systemd-analyze` verifies its units and rates them, and its
 //! binaries start the tree from its /etc/vespa files with its units' exact ExecStart lines,
@@ -222,8 +223,58 @@ fn the_package_installs_and_its_units_start_the_tree() {
     // Root's, whoever built it.
     assert!(files.contains("root/root"), "{files}");
 
-    // Install it into a scratch root.
+    // Installed with dpkg into a scratch root, its maintainer scripts run (chrootless, on
+    // that root): the user, the key and the token made once, kept by an upgrade, the key and
+    // the token removed by a purge.
     let scratch = Scratch::new("dist");
+    let dpkg_root = scratch.dir.join("dpkg-root");
+    std::fs::create_dir_all(dpkg_root.join("var/lib/dpkg/info")).expect("dpkg database");
+    std::fs::create_dir_all(dpkg_root.join("var/lib/dpkg/updates")).expect("dpkg database");
+    std::fs::write(dpkg_root.join("var/lib/dpkg/status"), "").expect("dpkg status");
+    let dpkg = |args: &[&str]| -> String {
+        run(Command::new("dpkg")
+            .arg(format!("--root={}", dpkg_root.display()))
+            // The root holds no libc6 and such: only this package is installed there.
+            .args(["--force-script-chrootless", "--force-depends"])
+            .args(args))
+    };
+    let deb_arg = deb.to_string_lossy().into_owned();
+    let installed_out = dpkg(&["-i", &deb_arg]);
+    assert!(
+        installed_out.contains("made the system user vespa"),
+        "{installed_out}"
+    );
+    let passwd = std::fs::read_to_string(dpkg_root.join("etc/passwd")).expect("passwd");
+    let vespa_uid: u32 = passwd
+        .lines()
+        .find_map(|l| l.strip_prefix("vespa:x:"))
+        .and_then(|l| l.split(':').next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no vespa user in {passwd}"));
+    let psk = dpkg_root.join("etc/vespa/psk");
+    let secret = std::fs::read(&psk).expect("the postinst made the key");
+    for f in ["psk", "api-token"] {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(dpkg_root.join("etc/vespa").join(f)).expect(f);
+        assert_eq!((m.uid(), m.mode() & 0o777), (vespa_uid, 0o600), "{f}");
+    }
+    let listed = dpkg(&["-L", "vespa"]);
+    assert!(listed.contains("/usr/bin/vespa-agent\n"), "{listed}");
+    let again = dpkg(&["-i", &deb_arg]);
+    assert!(
+        !again.contains("made"),
+        "an upgrade makes nothing again: {again}"
+    );
+    assert_eq!(
+        std::fs::read(&psk).expect("key"),
+        secret,
+        "an upgrade keeps the key"
+    );
+    dpkg(&["--purge", "vespa"]);
+    assert!(!dpkg_root.join("etc/vespa").exists(), "purged");
+    assert!(!dpkg_root.join("usr/bin/vespa-agent").exists(), "purged");
+
+    // Unpacked into a scratch root, for the services below.
     let root = scratch.dir.join("root");
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
     let ctrl = scratch.dir.join("DEBIAN");
