@@ -158,7 +158,7 @@ mod tests {
     use super::*;
 
     fn all() -> u64 {
-        NEEDED.iter().fold(0, |m, n| m | 1 << n.bit)
+        NEEDED.iter().fold(0, |m, n| m | (1 << n.bit))
     }
 
     #[test]
