@@ -85,10 +85,9 @@ pub fn effective_capabilities() -> u64 {
 /// kernels before 5.8, which have neither, require).
 pub fn check_capabilities(effective: u64) -> Result<(), SensorError> {
     let has = |bit: u32| effective & (1u64 << bit) != 0;
-    let missing: Vec<&Needed> = NEEDED
-        .iter()
-        .filter(|n| !has(n.bit) && !(matches!(n.bit, CAP_BPF | CAP_PERFMON) && has(CAP_SYS_ADMIN)))
-        .collect();
+    let covered =
+        |n: &Needed| has(n.bit) || (matches!(n.bit, CAP_BPF | CAP_PERFMON) && has(CAP_SYS_ADMIN));
+    let missing: Vec<&Needed> = NEEDED.iter().filter(|n| !covered(n)).collect();
     if missing.is_empty() {
         return Ok(());
     }
