@@ -54,6 +54,7 @@ mod tree {
 /// and its binaries started as its units say.
 mod dist {
     mod caps;
+    mod journal;
     mod package;
     mod unit;
 }
