@@ -153,3 +153,88 @@ fn with_one_capability_fewer_the_agent_names_it() {
         assert!(!text.contains("panicked"), "{text}");
     }
 }
+
+#[test]
+fn with_the_units_capabilities_the_firewall_pins_adopts_and_unpins() {
+    if !privileged("with_the_units_capabilities_the_firewall_pins_adopts_and_unpins") {
+        return;
+    }
+    let u = agent_unit();
+    let caps = unit::caps(&u, "AmbientCapabilities");
+    // The unit makes /sys/fs/bpf/vespa as root and hands it to its user before the agent
+    // starts, and opens it in the read-only /sys; here a directory of the test's, made alike.
+    assert_eq!(
+        unit::setting(&u, "ExecStartPre"),
+        "+/usr/bin/install -d -o vespa -g vespa -m 0750 /sys/fs/bpf/vespa"
+    );
+    assert_eq!(unit::setting(&u, "ReadWritePaths"), "/sys/fs/bpf/vespa");
+    let dir = std::path::Path::new("/sys/fs/bpf").join(vespa_tests::unique("vespa-caps-"));
+    let uid = unit::UID.to_string();
+    vespa_tests::cmd::sh(&[
+        "install",
+        "-d",
+        "-o",
+        &uid,
+        "-g",
+        &uid,
+        "-m",
+        "0750",
+        &dir.to_string_lossy(),
+    ]);
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _remove = Remove(dir.clone());
+    let pins = dir.join("node");
+    let ns = Netns::new("vpin");
+    let agent = workspace_bin("vespa-agent");
+    let run = |keep: bool| {
+        let mut argv: Vec<String> = [
+            agent.to_string_lossy().as_ref(),
+            "--mode",
+            "ebpf",
+            "-i",
+            "lo",
+            "--pin-dir",
+            &pins.to_string_lossy(),
+            "counters",
+            "--after",
+            "0.2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if keep {
+            argv.insert(1, "--keep-enforcing-on-exit".into());
+        }
+        let out = unit::as_service(&ns.name, &caps, &caps, &argv)
+            .output()
+            .expect("run the agent");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    // Left enforcing: its tables stay pinned, the service user's.
+    run(true);
+    let pinned: Vec<_> = std::fs::read_dir(&pins)
+        .expect("the pin directory")
+        .filter_map(|e| e.ok())
+        .collect();
+    assert!(!pinned.is_empty(), "nothing pinned in {}", pins.display());
+    use std::os::unix::fs::MetadataExt as _;
+    for e in &pinned {
+        let m = e.metadata().expect("metadata");
+        assert_eq!(m.uid(), unit::UID, "{:?} is the service user's", e.path());
+    }
+    // The next agent adopts them, and a normal stop unpins them.
+    let stderr = run(false);
+    assert!(stderr.contains("unpinned"), "{stderr}");
+    assert!(
+        std::fs::read_dir(&pins).map_or(true, |d| d.count() == 0),
+        "pins left in {}",
+        pins.display()
+    );
+}
