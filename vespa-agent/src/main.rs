@@ -54,6 +54,9 @@ enum Command {
     /// each registers with its HO, pushes samples and threshold events up as alerts, and
     /// answers calls (recv_bytes, trans_bytes, get_mac, connections, ...).
     Run(node_agents::RunArgs),
+    /// Write the man pages and shell completions into DIR (`cargo xtask dist` packages them).
+    #[command(hide = true)]
+    DistDocs { dir: std::path::PathBuf },
     /// Live table of interface rates and the busiest remote addresses (Ctrl-C to quit).
     Top {
         /// Refresh interval in seconds.
@@ -155,6 +158,9 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::DistDocs { dir } = &cli.command {
+        return dist_docs(dir);
+    }
     vespa_node::launch::init_logging(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -227,9 +233,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Top { interval, count, rows } => top::run(sensors, interval, count, rows).await,
-            Command::Run(_) => unreachable!("handled before the sensors start"),
+            Command::Run(_) | Command::DistDocs { .. } => {
+                unreachable!("handled before the sensors start")
+            }
         }
     })
+}
+
+/// `dist-docs DIR`: the man pages and completions of this binary.
+fn dist_docs(dir: &std::path::Path) -> ExitCode {
+    match vespa_node::service::write_docs(<Cli as clap::CommandFactory>::command(), dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vespa-agent: writing to {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Logs threshold events as they arrive (the exporter has no other consumer for them).

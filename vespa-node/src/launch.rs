@@ -322,11 +322,16 @@ pub async fn run_nodes_with_handles(
     }
     let stop = CancellationToken::new();
     let mut running = tokio::task::JoinSet::new();
+    let names: Vec<String> = ready.iter().map(|(n, _, _)| n.clone()).collect();
     for (name, node, listener) in ready {
         let stop = stop.clone();
         running
             .spawn(async move { (name, node.run(Some(listener), stop.cancelled_owned()).await) });
     }
+    // Every node is built and listening: under systemd, the service is up.
+    crate::service::ready(&format!("running {}", names.join(", ")));
+    let watchdog = crate::service::spawn_watchdog();
+    let _hangup = hangup_logger();
     tokio::pin!(shutdown);
     let mut exits = Vec::new();
     let mut stopping = false;
@@ -334,6 +339,7 @@ pub async fn run_nodes_with_handles(
         tokio::select! {
             _ = &mut shutdown, if !stopping => {
                 stopping = true;
+                crate::service::stopping();
                 stop.cancel();
             }
             done = running.join_next() => match done {
@@ -344,7 +350,31 @@ pub async fn run_nodes_with_handles(
             },
         }
     }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     Ok(exits)
+}
+
+/// Takes SIGHUP over from its default action (ending the process), so that `systemctl
+/// reload` or a stray hang-up never stops a node: a process with a policy re-reads it (its
+/// drivers listen too), and this line says that the signal arrived. The task ends with the
+/// handle.
+fn hangup_logger() -> Option<AbortOnDrop> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()?;
+    Some(AbortOnDrop(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: policies reload; the topology and the sensors' settings take a restart");
+        }
+    })))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Completes on SIGINT or SIGTERM: the binaries stop their nodes in order then (stop
@@ -373,6 +403,9 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+    /// Straight to the systemd journal, each field its own journal field (what the units
+    /// use); on stderr as text when the journal's socket cannot be reached.
+    Journald,
 }
 
 /// Logging of both binaries on stderr: level from RUST_LOG (default info), in `format`.
@@ -380,6 +413,20 @@ pub fn init_logging(format: LogFormat) {
     let json = format == LogFormat::Json;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if format == LogFormat::Journald {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("cannot log to the journal ({e}): logging on stderr instead"),
+        }
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

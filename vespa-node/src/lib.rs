@@ -54,6 +54,7 @@ pub mod outbox;
 mod peers;
 mod routing;
 mod server;
+pub mod service;
 mod session;
 mod spec;
 pub mod stats;

@@ -94,6 +94,9 @@ enum Command {
         /// The journal file (the VO's `journal` in the topology).
         path: PathBuf,
     },
+    /// Write the man pages and shell completions into DIR (`cargo xtask dist` packages them).
+    #[command(hide = true)]
+    DistDocs { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -276,6 +279,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Decisions(cmd) => runtime()?.block_on(decisions::cli::decisions(cmd)),
         Command::Allowlist(cmd) => runtime()?.block_on(decisions::cli::allowlist(cmd)),
         Command::Journal { path } => print_journal(&path),
+        Command::DistDocs { dir } => {
+            vespa_node::service::write_docs(<Cli as clap::CommandFactory>::command(), &dir)
+                .with_context(|| format!("writing to {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

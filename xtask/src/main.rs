@@ -1,8 +1,9 @@
-//! `cargo xtask`: VESPA's build, run, demo, test and benchmark entry points.
+//! `cargo xtask`: VESPA's build, run, demo, package, test and benchmark entry points.
 //!
 //! Every command first makes sure the machine has what it needs (`setup`), installing only
 //! what is missing, so a fresh Debian host goes from clone to running system in one command.
 
+mod dist;
 mod lint;
 mod modgraph;
 mod setup;
@@ -46,6 +47,14 @@ enum Cmd {
         /// Extra arguments for vespa-agent (before `run`), e.g. `-- --exclude eth0`.
         #[arg(last = true)]
         agent_args: Vec<String>,
+    },
+    /// The Debian package and the tarball of a host's install, in target/dist/: both release
+    /// binaries, their systemd units, /etc/vespa with a commented example topology and
+    /// policy, man pages and shell completions (docs/install.md).
+    Dist {
+        /// Package the release binaries already built instead of building them.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Check the style every change keeps: rustfmt, clippy with warnings denied (workspace,
     /// sensor-only agent, kernel programs) and no module circles within a crate.
@@ -115,6 +124,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ],
             )?;
             run_tree(&root, &listen, &agent_args)
+        }
+        Cmd::Dist { no_build } => {
+            if !no_build {
+                setup::ensure()?;
+            }
+            dist::run(&root, !no_build)
         }
         Cmd::Lint => {
             setup::ensure()?;

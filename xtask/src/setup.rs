@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("chromium-driver", "chromedriver: WebDriver for driving the dashboard in browser tests"),
     ("nftables", "nft: the firewall benchmark's baseline (an nftables drop rule on the same flood)"),
     ("prometheus", "prometheus and promtool: the deploy/prometheus rules are checked and unit-tested, and a real Prometheus scrapes an agent and the VO (the tests start their own; the packaged service is not used)"),
+    ("binutils", "strip: cargo xtask dist leaves the debug info out of the packaged binaries"),
+    ("systemd", "systemd-analyze: the tests verify and rate the packaged units"),
 ];
 
 /// The os-ken venv: the last os-ken release that ships `ofctl_rest` and the eventlet and

@@ -49,6 +49,16 @@ mod tree {
 }
 
 /// The orchestrator's HTTP API and the dashboard over a running tree.
+/// What a host installs: the agent with exactly its unit's capabilities as an unprivileged
+/// user, the journal's log format, and the package (`cargo xtask dist`) built, inspected,
+/// installed, its units verified and its binaries started as its units say.
+mod dist {
+    mod caps;
+    mod journal;
+    mod package;
+    mod unit;
+}
+
 mod http {
     mod api;
     mod dashboard;

@@ -104,7 +104,14 @@ fn without_root_ebpf_mode_fails_clearly_and_auto_falls_back_to_proc() {
     let o = as_nobody(&["--mode", "ebpf", "counters"]);
     no_panic(&o);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("not running as root"), "{}", text(&o));
+    // Not root, no capability: every one the sensors need is named.
+    assert!(
+        text(&o).contains(
+            "missing capabilities CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_DAC_READ_SEARCH:"
+        ),
+        "{}",
+        text(&o)
+    );
 
     let o = as_nobody(&["--mode", "auto", "-i", "lo", "counters", "--json"]);
     no_panic(&o);
@@ -114,7 +121,7 @@ fn without_root_ebpf_mode_fails_clearly_and_auto_falls_back_to_proc() {
     assert!(snap["health"]["fallback_reason"]
         .as_str()
         .unwrap_or("")
-        .contains("not running as root"));
+        .contains("missing capabilities CAP_BPF"));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("falling back to /proc"),
         "the fallback is announced with its reason"
