@@ -52,8 +52,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use vespa_node::{AgentKind, AlertHandler, NodeHandle, Role, Topology};
 use vespa_policy::{
-    step, Action, AllowOrigin, Input, KeyKind, Mac, ReflexSetting, Rules, State, Target,
-    DEFAULT_RULES,
+    step, Action, Input, KeyKind, Mac, ReflexSetting, Rules, State, Target, DEFAULT_RULES,
 };
 use vespa_proto::verbs::SensorVerb;
 use vespa_proto::{Alert, AlertBody};
@@ -642,15 +641,6 @@ impl PolicyDriver {
                 if !all.iter().any(|(seen, _)| seen == t) {
                     all.push((*t, note.clone()));
                 }
-            }
-            if core
-                .state
-                .allowlist()
-                .filter(|a| a.origin == AllowOrigin::Topology)
-                .map(|a| (a.target, a.note.unwrap_or_default().to_string()))
-                .eq(all.iter().cloned())
-            {
-                return Vec::new();
             }
             step(&mut core.state, Input::TopologyAllow(all), now)
         };

@@ -441,24 +441,27 @@ fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
             .fold((f64::MAX, f64::MIN), |(l, u), &x| (l.min(x), u.max(x)));
         (lo * 100.0, hi * 100.0)
     };
-    let spread = |h: usize| spread_of(&losses[h]);
     let pct = |x: f64| (x * 1000.0).round() / 10.0;
     println!(
         "   connections/s   without {:.0}   empty classic tracepoint program {:.0}   empty tp_btf program {:.0}   tracker (counts) {:.0}   tracker (counts + open/close events) {:.0}",
         rate[0], rate[1], rate[2], rate[3], rate[4]
     );
-    for (h, what) in [
-        (1, "empty classic tracepoint program"),
-        (2, "empty tp_btf program"),
-        (3, "tracker (counts)"),
-        (4, "tracker (with events)"),
-    ] {
-        let (lo, hi) = spread(h);
-        println!(
-            "   loss vs without, median of {rounds} rounds: {what} {:.1}% (rounds {lo:.1} to {hi:.1}%)",
-            loss[h] * 100.0
-        );
-    }
+    // Each hook's median loss against no hook, with the lowest and highest round.
+    let print_losses = |label: &str, median: &[f64], rounds_of: &[Vec<f64>]| {
+        for (h, what) in [
+            (1, "empty classic tracepoint program"),
+            (2, "empty tp_btf program"),
+            (3, "tracker (counts)"),
+            (4, "tracker (with events)"),
+        ] {
+            let (lo, hi) = spread_of(&rounds_of[h]);
+            println!(
+                "   {label}, median of {rounds} rounds: {what} {:.1}% (rounds {lo:.1} to {hi:.1}%)",
+                median[h] * 100.0
+            );
+        }
+    };
+    print_losses("loss vs without", &loss, &losses);
     println!(
         "   tracker beyond its hook's own cost: {:.1}%, with events {:.1}% (goal <= 3%)",
         (loss[3] - loss[2]) * 100.0,
@@ -468,18 +471,11 @@ fn loopback_connections(ctx: &mut Ctx) -> anyhow::Result<()> {
         "   CPU time per connection (client and server threads): without {:.0} ns, empty classic {:.0} ns, empty tp_btf {:.0} ns, tracker {:.0} ns, with events {:.0} ns",
         cpu[0], cpu[1], cpu[2], cpu[3], cpu[4]
     );
-    for (h, what) in [
-        (1, "empty classic tracepoint program"),
-        (2, "empty tp_btf program"),
-        (3, "tracker (counts)"),
-        (4, "tracker (with events)"),
-    ] {
-        let (lo, hi) = spread_of(&cpu_losses[h]);
-        println!(
-            "   connections per CPU-second lost vs without, median of {rounds} rounds: {what} {:.1}% (rounds {lo:.1} to {hi:.1}%)",
-            cpu_loss[h] * 100.0
-        );
-    }
+    print_losses(
+        "connections per CPU-second lost vs without",
+        &cpu_loss,
+        &cpu_losses,
+    );
     println!(
         "   tracker beyond its hook's own cost, per CPU-second: {:.1}%, with events {:.1}% (goal <= 3%)",
         (cpu_loss[3] - cpu_loss[2]) * 100.0,

@@ -131,3 +131,28 @@ pub fn lo_bandwidth_and_connections_nodes() -> Vec<N> {
     nodes.push(N::child("conns", "agent_connections", "HO_VM"));
     nodes
 }
+
+/// What a finished command wrote, standard output then standard error.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Names of the programs attached through TCX on `ifname` in `ns`, for one direction.
+pub fn tcx_programs(
+    ns: &vespa_tests::net::Netns,
+    ifname: &str,
+    dir: aya::programs::TcAttachType,
+) -> Vec<String> {
+    let n = ifname.to_string();
+    ns.run(move || {
+        let (_, progs) = aya::programs::SchedClassifier::query_tcx(&n, dir).expect("query TCX");
+        progs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_string())
+            .collect()
+    })
+}

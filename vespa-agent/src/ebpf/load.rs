@@ -2,7 +2,7 @@
 //! verdict on each program, the programs' configuration map, the tracepoint.
 
 use aya::{
-    programs::{BtfTracePoint, ProgramError, SchedClassifier, TracePoint},
+    programs::{BtfTracePoint, Program, ProgramError, SchedClassifier, TracePoint, Xdp},
     Btf, Ebpf, EbpfLoader,
 };
 
@@ -122,28 +122,12 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
     for name in [PROG_INGRESS, PROG_INGRESS_L3, PROG_EGRESS] {
         classifier(&mut ebpf, name)?
             .load()
-            .map_err(|source| SensorError::Program {
-                what: name.into(),
-                source: source.into(),
-            })?;
+            .map_err(program_error(name))?;
     }
     if cfg.xdp {
-        let name = PROG_XDP;
-        let xdp: &mut aya::programs::Xdp = ebpf
-            .program_mut(name)
-            .ok_or(SensorError::Missing {
-                kind: "program",
-                name,
-            })?
-            .try_into()
-            .map_err(|source: ProgramError| SensorError::Program {
-                what: name.into(),
-                source: source.into(),
-            })?;
-        xdp.load().map_err(|source| SensorError::Program {
-            what: name.into(),
-            source: source.into(),
-        })?;
+        program::<Xdp>(&mut ebpf, PROG_XDP)?
+            .load()
+            .map_err(program_error(PROG_XDP))?;
     }
     let fw = firewall::Tables::take(&mut ebpf, cfg.max_blocks.max(1))?;
     let mut maps = Maps::take(&mut ebpf)?;
@@ -214,41 +198,43 @@ pub(super) fn open_capacity(cfg: &SensorConfig) -> u64 {
     4 * u64::from(open_sets(cfg)) + u64::from(open_overflow(cfg))
 }
 
-/// The classifier `name` of the object.
-pub(super) fn classifier<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, SensorError> {
+/// The program `name` of the object, as a `T` (a classifier, an XDP program, a tracepoint).
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, SensorError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(SensorError::Missing {
             kind: "program",
             name,
         })?
         .try_into()
-        .map_err(|source: ProgramError| SensorError::Program {
-            what: name.into(),
-            source: source.into(),
-        })
+        .map_err(program_error(name))
+}
+
+/// What a failure of the program `name` (its type, its load) is reported as.
+fn program_error(name: &'static str) -> impl Fn(ProgramError) -> SensorError {
+    move |source| SensorError::Program {
+        what: name.into(),
+        source: source.into(),
+    }
+}
+
+/// The classifier `name` of the object.
+pub(super) fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, SensorError> {
+    program(ebpf, name)
 }
 
 /// Loads the BTF-typed tracepoint program `name` and attaches it to `inet_sock_set_state`.
 fn attach_btf_tracepoint(ebpf: &mut Ebpf, name: &'static str) -> Result<(), SensorError> {
-    let program = |source: ProgramError| SensorError::Program {
-        what: name.into(),
-        source: source.into(),
-    };
     let btf = Btf::from_sys_fs().map_err(|e| {
         SensorError::Unavailable(format!("reading the kernel's BTF for {name}: {e}"))
     })?;
-    let tp: &mut BtfTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(SensorError::Missing {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(program)?;
-    tp.load(TRACEPOINT.1, &btf).map_err(program)?;
+    let tp = program::<BtfTracePoint>(ebpf, name)?;
+    tp.load(TRACEPOINT.1, &btf).map_err(program_error(name))?;
     tp.attach().map_err(|source| SensorError::Program {
         what: format!("attaching tp_btf/{}", TRACEPOINT.1),
         source: source.into(),
@@ -258,19 +244,8 @@ fn attach_btf_tracepoint(ebpf: &mut Ebpf, name: &'static str) -> Result<(), Sens
 
 /// Loads the tracepoint program `name` and attaches it to `sock:inet_sock_set_state`.
 fn attach_tracepoint(ebpf: &mut Ebpf, name: &'static str) -> Result<(), SensorError> {
-    let program = |source: ProgramError| SensorError::Program {
-        what: name.into(),
-        source: source.into(),
-    };
-    let tp: &mut TracePoint = ebpf
-        .program_mut(name)
-        .ok_or(SensorError::Missing {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(program)?;
-    tp.load().map_err(program)?;
+    let tp = program::<TracePoint>(ebpf, name)?;
+    tp.load().map_err(program_error(name))?;
     let (category, event) = TRACEPOINT;
     tp.attach(category, event)
         .map_err(|source| SensorError::Program {
@@ -311,10 +286,7 @@ fn attach_alone(
     ] {
         let p = classifier(&mut ebpf, name)?;
         if p.fd().is_err() {
-            p.load().map_err(|source| SensorError::Program {
-                what: name.into(),
-                source: source.into(),
-            })?;
+            p.load().map_err(program_error(name))?;
         }
         let attach = |source: ProgramError| SensorError::Attach {
             iface: iface_name.into(),
@@ -354,19 +326,8 @@ pub fn attach_xdp_noop(iface_name: &str) -> Result<impl Drop, SensorError> {
     let mut ebpf = EbpfLoader::new()
         .load(OBJECT)
         .map_err(|e| SensorError::Load(e.into()))?;
-    let program = |source: ProgramError| SensorError::Program {
-        what: PROG_XDP_NOOP.into(),
-        source: source.into(),
-    };
-    let xdp: &mut aya::programs::Xdp = ebpf
-        .program_mut(PROG_XDP_NOOP)
-        .ok_or(SensorError::Missing {
-            kind: "program",
-            name: PROG_XDP_NOOP,
-        })?
-        .try_into()
-        .map_err(program)?;
-    xdp.load().map_err(program)?;
+    let xdp = program::<Xdp>(&mut ebpf, PROG_XDP_NOOP)?;
+    xdp.load().map_err(program_error(PROG_XDP_NOOP))?;
     xdp.attach(iface_name, aya::programs::XdpMode::Driver)
         .map_err(|source| SensorError::Attach {
             iface: iface_name.into(),

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::TcAttachType;
 use vespa_agent::{Mode, SensorConfig, SensorEvent, Sensors, TcMode};
 use vespa_tests::{
     events_until,
@@ -17,17 +17,7 @@ use vespa_tests::{
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Names of the programs attached through TCX on `ifname` in `ns`, for one direction.
-fn tcx_programs(ns: &Netns, ifname: &str, dir: TcAttachType) -> Vec<String> {
-    let n = ifname.to_string();
-    ns.run(move || {
-        let (_, progs) = SchedClassifier::query_tcx(&n, dir).expect("query TCX");
-        progs
-            .iter()
-            .map(|p| p.name_as_str().unwrap_or("?").to_string())
-            .collect()
-    })
-}
+use crate::kit::tcx_programs;
 
 fn tc(ns: &Netns, args: &[&str]) -> String {
     let mut v = vec!["tc"];

@@ -12,13 +12,7 @@ fn agent(args: &[&str]) -> Output {
         .expect("run vespa-agent")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use crate::kit::output_text as text;
 
 fn no_panic(o: &Output) {
     let t = text(o);

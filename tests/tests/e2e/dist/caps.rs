@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::time::Duration;
 
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::TcAttachType;
 use vespa_tests::{net::Link, net::Netns, privileged, workspace_bin};
 
 use super::unit;
@@ -15,16 +15,7 @@ fn agent_unit() -> String {
     unit::read(&unit::deploy_dir().join("vespa-agent.service"))
 }
 
-fn tcx_programs(ns: &Netns, ifname: &str, dir: TcAttachType) -> Vec<String> {
-    let n = ifname.to_string();
-    ns.run(move || {
-        let (_, progs) = SchedClassifier::query_tcx(&n, dir).expect("query TCX");
-        progs
-            .iter()
-            .map(|p| p.name_as_str().unwrap_or("?").to_string())
-            .collect()
-    })
-}
+use crate::kit::tcx_programs;
 
 #[test]
 fn the_agent_runs_unprivileged_with_exactly_the_units_capabilities() {

@@ -22,13 +22,7 @@ fn run(program: &str, args: &[&str]) -> Output {
         .expect("run")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use crate::kit::output_text as text;
 
 fn no_panic(o: &Output) {
     assert!(!text(o).contains("panicked"), "{}", text(o));

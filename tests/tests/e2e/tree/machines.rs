@@ -27,13 +27,7 @@ fn check_config(tree: &Tree, netns: &str, hostname: &str, program: &str) -> Outp
         .expect("run")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use crate::kit::output_text as text;
 
 /// The node events the VO processed: (raised at, node, event, detail), in order.
 fn node_events(alerts: &[serde_json::Value]) -> Vec<(String, String, String, String)> {
