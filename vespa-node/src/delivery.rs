@@ -223,7 +223,9 @@ impl Delivery {
                 }
                 if dropped > 0 {
                     tracing::warn!(node = %spec.name, dropped, capacity = outbox.capacity(), "the spool held more alerts than the queue takes: the newest were dropped (counted in queue_overflow)");
-                    counters.queue_overflow.fetch_add(dropped, Ordering::Relaxed);
+                    counters
+                        .queue_overflow
+                        .fetch_add(dropped, Ordering::Relaxed);
                     overflow_unreported.fetch_add(dropped, Ordering::Relaxed);
                 }
                 Some(Arc::new(spool))
@@ -898,6 +900,108 @@ mod tests {
         );
         let st = stats(&d);
         assert_eq!((st.alerts_raised, st.queue_overflow), (4, 2));
+    }
+
+    /// Agent `a1` spooling in `dir`, with room for `queue_capacity` alerts.
+    fn spooling_agent(dir: &Path, queue_capacity: usize, spool_max_bytes: u64) -> Delivery {
+        let mut spec = NodeSpec::test_agent(Security::Psk(vespa_proto::Psk::random()));
+        spec.settings.queue_capacity = queue_capacity;
+        spec.settings.spool_max_bytes = spool_max_bytes;
+        spec.spool = Some(crate::spool::file_of(dir, "a1"));
+        Delivery::new(&spec, Vec::new()).expect("delivery")
+    }
+
+    fn queued(d: &Delivery) -> Vec<(u64, String)> {
+        let outbox = d.outbox().expect("queue");
+        outbox.rewind();
+        let mut sent = Vec::new();
+        outbox.take_unsent(usize::MAX, &mut sent);
+        sent.iter()
+            .map(|m| match &**m {
+                Message::Alert(Alert {
+                    seq,
+                    body: AlertBody::Text(t),
+                    ..
+                }) => (*seq, t.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restarted_agent_sends_again_what_was_not_acknowledged_and_numbers_above_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let d = spooling_agent(dir.path(), 100, 1 << 20);
+        let seqs: Vec<u64> = (0..5)
+            .map(|i| {
+                d.raise(AlertBody::Text(format!("#{i}")), 0)
+                    .expect("queued")
+            })
+            .collect();
+        d.on_ack("a1", seqs[1]);
+        d.flush_spool();
+        // Killed: nothing more is written; the same spool is opened by the next process.
+        drop(d);
+        let d = spooling_agent(dir.path(), 100, 1 << 20);
+        let again = queued(&d);
+        assert_eq!(
+            again,
+            [
+                (seqs[2], "#2".into()),
+                (seqs[3], "#3".into()),
+                (seqs[4], "#4".into())
+            ],
+            "the same alerts, with their numbers, first in the queue"
+        );
+        let st = stats(&d);
+        assert_eq!(st.spool.as_ref().map(|s| s.reloaded_at_start), Some(3));
+        assert_eq!(st.queue_len, 3);
+        let next = d.raise(AlertBody::Text("new".into()), 0).expect("queued");
+        assert!(
+            next > seqs[4],
+            "a new alert is numbered above the re-sent ones"
+        );
+        // Without a spool the same restart starts empty.
+        let mut spec = NodeSpec::test_agent(Security::Psk(vespa_proto::Psk::random()));
+        spec.settings.queue_capacity = 100;
+        assert_eq!(
+            stats(&Delivery::new(&spec, Vec::new()).expect("delivery")).queue_len,
+            0
+        );
+    }
+
+    #[test]
+    fn a_spool_at_its_budget_drops_counts_and_reports_as_the_full_queue_does() {
+        let dir = tempfile::tempdir().expect("dir");
+        let d = spooling_agent(dir.path(), 100_000, 64 * 1024);
+        let big = || AlertBody::Text("x".repeat(10_000));
+        let mut raised = Vec::new();
+        while let Ok(seq) = d.raise(big(), 0) {
+            raised.push(seq);
+        }
+        assert!(
+            (5..=7).contains(&raised.len()),
+            "{} alerts of 10 kB",
+            raised.len()
+        );
+        assert_eq!(d.raise(big(), 0), Err(QueueFull));
+        let st = stats(&d);
+        assert_eq!(st.queue_overflow, 2);
+        // The queue had room, the spool refused; the report of the first drop (small) fit.
+        assert_eq!(st.queue_len, raised.len() + 1);
+        // Acknowledged and written: room again, and the report goes first.
+        d.on_ack("a1", *raised.last().expect("raised"));
+        d.flush_spool();
+        d.raise(AlertBody::Text("after".into()), 0).expect("queued");
+        let texts: Vec<String> = queued(&d).into_iter().map(|(_, t)| t).collect();
+        assert_eq!(
+            texts,
+            [
+                "1 alert(s) dropped at a1: outgoing queue full (capacity 100000, spool 65536 bytes)",
+                "1 alert(s) dropped at a1: outgoing queue full (capacity 100000, spool 65536 bytes)",
+                "after"
+            ]
+        );
     }
 
     /// A VO journaling to `path`, whose handler records the sequence numbers it sees.
