@@ -18,11 +18,18 @@
 //! - an HO keeps no state that matters for delivery: killed and restarted, it starts empty
 //!   and the children's re-sends refill it.
 //!
-//! What is not covered: the origin's own queue is in memory, so alerts an agent raised and the
-//! VO has not yet processed die with the agent if it is killed (SIGTERM flushes first); a full
-//! origin queue drops new alerts, counts them (`queue_overflow`) and reports the count in an
-//! alert once there is room again; HO alert handlers run again for alerts re-sent after the HO
-//! itself restarted (they run once per hop per process lifetime).
+//! - with a spool ([`crate::spool`], `spool_dir`), a node's own alerts are written to disk as
+//!   they are queued and read back at start: an agent killed and restarted sends again, with
+//!   their origin and sequence numbers, the alerts the VO had not acknowledged. So with the
+//!   VO's journal and the spools, "acknowledged" means "durable" at every hop.
+//!
+//! What is not covered: without a spool, the origin's own queue is in memory, so alerts an
+//! agent raised and the VO has not yet processed die with the agent if it is killed (SIGTERM
+//! flushes first); a full origin queue (or spool) drops new alerts, counts them
+//! (`queue_overflow`) and reports the count in an alert once there is room again; HO alert
+//! handlers run again for alerts re-sent after the HO itself restarted (they run once per hop
+//! per process lifetime), and an agent's handlers do not run again on alerts read back from
+//! its spool.
 //!
 //! All of that state is here, behind one owner: the queue, the per-hop de-duplication table
 //! and the route of each origin's acks, the node's own sequence numbers, the overflow count,
@@ -44,6 +51,7 @@ use crate::journal::Journaled;
 use crate::outbox::{Outbox, Slot};
 use crate::session::Session;
 use crate::spec::NodeSpec;
+use crate::spool::{Refused, Spool};
 use crate::stats::{get, inc, Stats};
 use crate::util::{lock, now_ns};
 
@@ -154,6 +162,8 @@ pub(crate) struct Delivery {
     overflow_unreported: AtomicU64,
     recent: Mutex<Recent>,
     journal: Option<Journaled>,
+    /// The spool of this node's own unacknowledged alerts, if it keeps one.
+    spool: Option<Arc<Spool>>,
     /// Held while a written batch is processed, so batches are processed in order.
     committing: Mutex<()>,
     handlers: Vec<AlertHandler>,
@@ -190,18 +200,50 @@ impl Delivery {
             .master
             .as_ref()
             .map(|_| Arc::new(Outbox::new(spec.settings.queue_capacity)));
+        // Numbering from the wall clock keeps a restarted origin above its old numbers.
+        let mut own_seq = now_ns();
+        let counters = Counters::default();
+        let overflow_unreported = AtomicU64::new(0);
+        let spool = match (&spec.spool, &outbox) {
+            (Some(path), Some(outbox)) => {
+                let (spool, unacked) =
+                    Spool::open(path, &spec.name, spec.settings.spool_max_bytes)?;
+                // What the spool held goes first, as it was numbered; new alerts go above.
+                let mut dropped = 0;
+                for a in unacked {
+                    own_seq = own_seq.max(a.seq);
+                    let Some(slot) = outbox.try_reserve() else {
+                        // A queue made smaller since: the oldest stay, the rest are dropped.
+                        dropped += 1;
+                        spool.ack(a.seq);
+                        continue;
+                    };
+                    let key = hop.dedup.accept(&a.origin, a.seq).1;
+                    outbox.push(slot, key, a.seq, Message::Alert(a));
+                }
+                if dropped > 0 {
+                    tracing::warn!(node = %spec.name, dropped, capacity = outbox.capacity(), "the spool held more alerts than the queue takes: the newest were dropped (counted in queue_overflow)");
+                    counters
+                        .queue_overflow
+                        .fetch_add(dropped, Ordering::Relaxed);
+                    overflow_unreported.fetch_add(dropped, Ordering::Relaxed);
+                }
+                Some(Arc::new(spool))
+            }
+            _ => None,
+        };
         Ok(Delivery {
             name: spec.name.clone(),
             outbox,
             hop: Mutex::new(hop),
-            // Numbering from the wall clock keeps a restarted origin above its old numbers.
-            own_seq: Mutex::new(now_ns()),
-            overflow_unreported: AtomicU64::new(0),
+            own_seq: Mutex::new(own_seq),
+            overflow_unreported,
             recent: Mutex::new(recent),
             journal,
+            spool,
             committing: Mutex::new(()),
             handlers,
-            counters: Counters::default(),
+            counters,
             max_frame: spec.settings.max_frame,
         })
     }
@@ -258,35 +300,65 @@ impl Delivery {
             return Ok(*seq);
         };
         let Some(slot) = outbox.try_reserve() else {
-            let n = self.counters.queue_overflow.fetch_add(1, Ordering::Relaxed) + 1;
-            self.overflow_unreported.fetch_add(1, Ordering::Relaxed);
-            if n == 1 || n.is_multiple_of(1000) {
-                tracing::warn!(node = %self.name, dropped_total = n, capacity = outbox.capacity(), "outgoing alert queue full: alert dropped (counted in queue_overflow, reported upstream when there is room)");
-            }
-            return Err(QueueFull);
+            return Err(self.overflow(outbox, "outgoing alert queue full"));
         };
         let unreported = self.overflow_unreported.load(Ordering::Relaxed);
         if unreported > 0 {
             if let Some(report_slot) = outbox.try_reserve() {
-                self.overflow_unreported
-                    .fetch_sub(unreported, Ordering::Relaxed);
-                *seq += 1;
+                let spooled = match &self.spool {
+                    Some(s) => format!(", spool {} bytes", s.max_bytes()),
+                    None => String::new(),
+                };
                 let text = format!(
-                    "{unreported} alert(s) dropped at {}: outgoing queue full (capacity {})",
+                    "{unreported} alert(s) dropped at {}: outgoing queue full (capacity {}{spooled})",
                     self.name,
                     outbox.capacity()
                 );
-                self.queue_own(
-                    outbox,
-                    report_slot,
-                    self.new_alert(*seq, AlertBody::Text(text), now_ns()),
-                );
+                let report = self.new_alert(*seq + 1, AlertBody::Text(text), now_ns());
+                if self.spool_own(&report) {
+                    self.overflow_unreported
+                        .fetch_sub(unreported, Ordering::Relaxed);
+                    *seq += 1;
+                    self.queue_own(outbox, report_slot, report);
+                }
             }
         }
+        let alert = self.new_alert(*seq + 1, body, timestamp_ns);
+        if !self.spool_own(&alert) {
+            drop(slot);
+            return Err(self.overflow(outbox, "alert spool at its byte budget"));
+        }
         *seq += 1;
-        let alert = self.new_alert(*seq, body, timestamp_ns);
         self.queue_own(outbox, slot, alert);
         Ok(*seq)
+    }
+
+    /// Counts (and now and then logs) one of this node's own alerts dropped for want of room.
+    fn overflow(&self, outbox: &Outbox, why: &str) -> QueueFull {
+        let n = self.counters.queue_overflow.fetch_add(1, Ordering::Relaxed) + 1;
+        self.overflow_unreported.fetch_add(1, Ordering::Relaxed);
+        if n == 1 || n.is_multiple_of(1000) {
+            let spool_max_bytes = self.spool.as_ref().map(|s| s.max_bytes());
+            tracing::warn!(node = %self.name, dropped_total = n, capacity = outbox.capacity(), ?spool_max_bytes, "{why}: alert dropped (counted in queue_overflow, reported upstream when there is room)");
+        }
+        QueueFull
+    }
+
+    /// Writes one of this node's own alerts to its spool, if it keeps one. False: the spool is
+    /// at its budget (the alert must be dropped). An alert the spool cannot write (a full
+    /// disk) is still queued, in memory only; the failure is counted and logged.
+    fn spool_own(&self, alert: &Alert) -> bool {
+        let Some(spool) = &self.spool else {
+            return true;
+        };
+        match spool.append(alert) {
+            Ok(()) => true,
+            Err(Refused::Full) => false,
+            Err(Refused::Io(e)) => {
+                tracing::warn!(node = %self.name, seq = alert.seq, error = %e, "cannot write this alert to the spool: it is queued in memory only");
+                true
+            }
+        }
     }
 
     fn queue_own(&self, outbox: &Outbox, slot: Slot, alert: Alert) {
@@ -439,6 +511,42 @@ impl Delivery {
         }
     }
 
+    /// The spool's syncer: one `fdatasync` per batch of appended alerts (at most one per
+    /// [`crate::spool::SYNC_EVERY`]), acknowledgements written and the acknowledged prefix
+    /// dropped on the way; a last batch when `stop` completes. Returns at once without a
+    /// spool.
+    pub async fn run_spool(&self, stop: impl Future<Output = ()>) {
+        let Some(spool) = &self.spool else {
+            return;
+        };
+        tokio::pin!(stop);
+        loop {
+            let stopping = tokio::select! {
+                _ = &mut stop => true,
+                _ = spool.wanted() => false,
+            };
+            let s = spool.clone();
+            // The sync blocks on the disk: off the async workers.
+            if let Err(e) = tokio::task::spawn_blocking(move || s.sync()).await {
+                tracing::error!(node = %self.name, error = %e, "the spool's sync did not complete");
+            }
+            if stopping {
+                return;
+            }
+            tokio::select! {
+                _ = &mut stop => {}
+                _ = tokio::time::sleep(crate::spool::SYNC_EVERY) => {}
+            }
+        }
+    }
+
+    /// A last batch of the spool (the stop sequence's last step).
+    pub fn flush_spool(&self) {
+        if let Some(s) = &self.spool {
+            s.sync();
+        }
+    }
+
     /// An alert from a child (already checked to be well-formed).
     pub async fn on_alert(&self, mut alert: Alert, from: &Arc<Session>) {
         inc(&self.counters.alerts_received);
@@ -490,6 +598,9 @@ impl Delivery {
         inc(&self.counters.acks_received);
         if let Some(o) = &self.outbox {
             o.ack(origin, seq);
+        }
+        if let Some(s) = self.spool.as_ref().filter(|_| origin == self.name) {
+            s.ack(seq);
         }
         let mut hop = lock(&self.hop);
         hop.dedup.mark_acked(origin, seq);
@@ -591,6 +702,7 @@ impl Delivery {
         st.queue_overflow = get(&c.queue_overflow);
         st.oversized = get(&c.oversized);
         st.journal = self.journal.as_ref().map(Journaled::stats);
+        st.spool = self.spool.as_ref().map(|s| s.stats());
     }
 }
 
@@ -788,6 +900,108 @@ mod tests {
         );
         let st = stats(&d);
         assert_eq!((st.alerts_raised, st.queue_overflow), (4, 2));
+    }
+
+    /// Agent `a1` spooling in `dir`, with room for `queue_capacity` alerts.
+    fn spooling_agent(dir: &Path, queue_capacity: usize, spool_max_bytes: u64) -> Delivery {
+        let mut spec = NodeSpec::test_agent(Security::Psk(vespa_proto::Psk::random()));
+        spec.settings.queue_capacity = queue_capacity;
+        spec.settings.spool_max_bytes = spool_max_bytes;
+        spec.spool = Some(crate::spool::file_of(dir, "a1"));
+        Delivery::new(&spec, Vec::new()).expect("delivery")
+    }
+
+    fn queued(d: &Delivery) -> Vec<(u64, String)> {
+        let outbox = d.outbox().expect("queue");
+        outbox.rewind();
+        let mut sent = Vec::new();
+        outbox.take_unsent(usize::MAX, &mut sent);
+        sent.iter()
+            .map(|m| match &**m {
+                Message::Alert(Alert {
+                    seq,
+                    body: AlertBody::Text(t),
+                    ..
+                }) => (*seq, t.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restarted_agent_sends_again_what_was_not_acknowledged_and_numbers_above_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let d = spooling_agent(dir.path(), 100, 1 << 20);
+        let seqs: Vec<u64> = (0..5)
+            .map(|i| {
+                d.raise(AlertBody::Text(format!("#{i}")), 0)
+                    .expect("queued")
+            })
+            .collect();
+        d.on_ack("a1", seqs[1]);
+        d.flush_spool();
+        // Killed: nothing more is written; the same spool is opened by the next process.
+        drop(d);
+        let d = spooling_agent(dir.path(), 100, 1 << 20);
+        let again = queued(&d);
+        assert_eq!(
+            again,
+            [
+                (seqs[2], "#2".into()),
+                (seqs[3], "#3".into()),
+                (seqs[4], "#4".into())
+            ],
+            "the same alerts, with their numbers, first in the queue"
+        );
+        let st = stats(&d);
+        assert_eq!(st.spool.as_ref().map(|s| s.reloaded_at_start), Some(3));
+        assert_eq!(st.queue_len, 3);
+        let next = d.raise(AlertBody::Text("new".into()), 0).expect("queued");
+        assert!(
+            next > seqs[4],
+            "a new alert is numbered above the re-sent ones"
+        );
+        // Without a spool the same restart starts empty.
+        let mut spec = NodeSpec::test_agent(Security::Psk(vespa_proto::Psk::random()));
+        spec.settings.queue_capacity = 100;
+        assert_eq!(
+            stats(&Delivery::new(&spec, Vec::new()).expect("delivery")).queue_len,
+            0
+        );
+    }
+
+    #[test]
+    fn a_spool_at_its_budget_drops_counts_and_reports_as_the_full_queue_does() {
+        let dir = tempfile::tempdir().expect("dir");
+        let d = spooling_agent(dir.path(), 100_000, 64 * 1024);
+        let big = || AlertBody::Text("x".repeat(10_000));
+        let mut raised = Vec::new();
+        while let Ok(seq) = d.raise(big(), 0) {
+            raised.push(seq);
+        }
+        assert!(
+            (5..=7).contains(&raised.len()),
+            "{} alerts of 10 kB",
+            raised.len()
+        );
+        assert_eq!(d.raise(big(), 0), Err(QueueFull));
+        let st = stats(&d);
+        assert_eq!(st.queue_overflow, 2);
+        // The queue had room, the spool refused; the report of the first drop (small) fit.
+        assert_eq!(st.queue_len, raised.len() + 1);
+        // Acknowledged and written: room again, and the report goes first.
+        d.on_ack("a1", *raised.last().expect("raised"));
+        d.flush_spool();
+        d.raise(AlertBody::Text("after".into()), 0).expect("queued");
+        let texts: Vec<String> = queued(&d).into_iter().map(|(_, t)| t).collect();
+        assert_eq!(
+            texts,
+            [
+                "1 alert(s) dropped at a1: outgoing queue full (capacity 100000, spool 65536 bytes)",
+                "1 alert(s) dropped at a1: outgoing queue full (capacity 100000, spool 65536 bytes)",
+                "after"
+            ]
+        );
     }
 
     /// A VO journaling to `path`, whose handler records the sequence numbers it sees.

@@ -35,6 +35,15 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// A node's spool of unacknowledged alerts could not be opened.
+    #[error("alert spool {path}: {source}")]
+    Spool {
+        /// The spool file.
+        path: String,
+        /// The reason.
+        #[source]
+        source: std::io::Error,
+    },
     /// A connection-level failure (client side of a call).
     #[error("connection to {peer}: {source}")]
     Connection {

@@ -109,6 +109,10 @@ impl Node {
         tasks.push(tokio::spawn(async move {
             delivery.run_journal(life.closed()).await
         }));
+        let (delivery, life) = (self.delivery.clone(), self.life.clone());
+        tasks.push(tokio::spawn(async move {
+            delivery.run_spool(life.closed()).await
+        }));
         if let Some(l) = listener {
             let server = Arc::new(Server::new(
                 spec.clone(),
@@ -156,6 +160,7 @@ impl Node {
         }
         self.peers.wait_closed(Duration::from_secs(2)).await;
         self.delivery.flush_journal();
+        self.delivery.flush_spool();
         let st = self.router.stats();
         let own = st.origins.get(name).cloned().unwrap_or_default();
         tracing::info!(

@@ -67,6 +67,9 @@ pub struct NodeSpec {
     pub settings: Settings,
     /// VO: alert journal file.
     pub journal: Option<PathBuf>,
+    /// Nodes with a master: the spool of its own unacknowledged alerts (see
+    /// [`crate::spool`]); `None`: they are kept in memory only.
+    pub spool: Option<PathBuf>,
     /// Link protection.
     pub security: Security,
     /// How long a stopping node waits for its master to acknowledge its queue.
@@ -88,6 +91,7 @@ impl NodeSpec {
             master,
             settings: Settings::default(),
             journal: None,
+            spool: None,
             security,
             flush_timeout: Duration::from_secs(5),
             children: None,
@@ -108,6 +112,13 @@ impl NodeSpec {
         let mut spec = NodeSpec::new(name, def.role, master, security);
         spec.settings = topo.settings.clone();
         spec.journal = def.journal.clone();
+        if spec.master.is_some() {
+            spec.spool = topo
+                .settings
+                .spool_dir
+                .as_deref()
+                .map(|d| crate::spool::file_of(d, name));
+        }
         spec.children = Some(ChildSpec::of(topo, name));
         Some(spec)
     }

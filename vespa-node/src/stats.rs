@@ -69,6 +69,9 @@ pub struct Stats {
     /// The VO's alert journal, if it keeps one.
     #[serde(default)]
     pub journal: Option<JournalStats>,
+    /// The node's spool of unacknowledged alerts, if it keeps one.
+    #[serde(default)]
+    pub spool: Option<crate::spool::SpoolStats>,
 }
 
 /// The VO's alert journal in a `stats` snapshot.
@@ -120,6 +123,7 @@ impl Stats {
             children: Vec::new(),
             origins: BTreeMap::new(),
             journal: None,
+            spool: None,
         }
     }
 }

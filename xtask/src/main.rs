@@ -321,12 +321,17 @@ fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<
         .arg(&token)
         .spawn()?;
     step(&format!("starting the agents (vespa-agent run): eBPF sensors on every interface, metrics at http://{listen}/metrics"));
+    // The agents' unacknowledged alerts survive a restart of `cargo xtask run` (the packaged
+    // topology puts them in the unit's state directory, /var/lib/vespa).
+    let spool = root.join("target/vespa/spool");
     let mut agent = Command::new(bin.join("vespa-agent"))
         .args(agent_args)
         .arg("run")
         .arg("--key")
         .arg(&key)
         .args(["--metrics", listen])
+        .arg("--spool-dir")
+        .arg(&spool)
         .spawn()?;
     println!(
         "       dashboard:   http://{HTTP}/   (API token for mutations: {})",

@@ -218,10 +218,20 @@ pub struct Settings {
     /// VO: the alert journal's byte budget; past it the file is compacted to what
     /// de-duplication needs and the newest alerts that fit in half of it.
     pub journal_max_bytes: u64,
+    /// Directory of the nodes' spools of unacknowledged alerts (`<dir>/<node>.spool`, see
+    /// [`crate::spool`]); relative paths are resolved against the config file's directory.
+    /// `None`: no spool, a node's own unacknowledged alerts live in memory only.
+    pub spool_dir: Option<PathBuf>,
+    /// Bytes of unacknowledged alerts a node's spool holds at the most; past it, new alerts
+    /// are dropped and counted as the full queue's are.
+    pub spool_max_bytes: u64,
 }
 
 /// The default of [`Settings::journal_max_bytes`]: 64 MiB.
 pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 64 << 20;
+
+/// The default of [`Settings::spool_max_bytes`]: 64 MiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -238,6 +248,8 @@ impl Default for Settings {
             call_timeout: Duration::from_secs(10),
             max_frame: vespa_proto::frame::DEFAULT_MAX_FRAME,
             journal_max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
+            spool_dir: None,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
         }
     }
 }
@@ -350,6 +362,11 @@ impl Topology {
             self.settings.key_file = base.join(&self.settings.key_file);
         }
         if let Some(d) = &mut self.settings.key_dir {
+            if d.is_relative() {
+                *d = base.join(&*d);
+            }
+        }
+        if let Some(d) = &mut self.settings.spool_dir {
             if d.is_relative() {
                 *d = base.join(&*d);
             }

@@ -130,7 +130,7 @@ fn relative_paths_resolve_against_the_config_directory() {
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("t.toml");
     let text = format!(
-        "[settings]\nkey_file = \"psk\"\n{}",
+        "[settings]\nkey_file = \"psk\"\nspool_dir = \"state\"\n{}",
         DEFAULT_TOPOLOGY
             .split_once("[[machine]]")
             .map(|(_, r)| format!("[[machine]]{r}"))
@@ -147,6 +147,7 @@ fn relative_paths_resolve_against_the_config_directory() {
         t.vo().journal.as_deref(),
         Some(dir.join("vo.jsonl").as_path())
     );
+    assert_eq!(t.settings.spool_dir, Some(dir.join("state")));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -171,6 +172,54 @@ fn the_journal_budget_defaults_to_64_mib_and_refuses_less_than_64_kib() {
     assert_eq!(
         e.to_string(),
         "t.toml:6: [settings]: field `journal_max_bytes`: must be at least 65536 bytes"
+    );
+}
+
+#[test]
+fn the_spool_is_off_by_default_its_budget_64_mib_and_each_node_has_its_own_file() {
+    let with = |line: &str| {
+        Topology::from_toml(
+            "t.toml",
+            &DEFAULT_TOPOLOGY.replace(
+                "key_file = \"/etc/vespa/psk\"",
+                &format!("key_file = \"/etc/vespa/psk\"\n{line}"),
+            ),
+        )
+    };
+    let psk = || crate::Security::Psk(vespa_proto::Psk::random());
+    let t = Topology::embedded_default();
+    assert_eq!(
+        (t.settings.spool_dir.as_ref(), t.settings.spool_max_bytes),
+        (None, 64 << 20)
+    );
+    let agent = t
+        .nodes
+        .iter()
+        .find(|n| n.role.is_agent())
+        .expect("an agent");
+    let spec = crate::NodeSpec::from_topology(&t, &agent.name, psk()).expect("spec");
+    assert_eq!(spec.spool, None, "no spool_dir: in memory, as before");
+
+    let t = with("spool_dir = \"/var/lib/vespa\"\nspool_max_bytes = 1048576").expect("valid");
+    assert_eq!(t.settings.spool_max_bytes, 1 << 20);
+    let spec = crate::NodeSpec::from_topology(&t, &agent.name, psk()).expect("spec");
+    let expected = std::path::Path::new("/var/lib/vespa").join(format!("{}.spool", agent.name));
+    assert_eq!(spec.spool.as_deref(), Some(expected.as_path()));
+    let vo = crate::NodeSpec::from_topology(&t, &t.vo().name, psk()).expect("spec");
+    assert_eq!(
+        vo.spool, None,
+        "the VO has no master: its journal is its record"
+    );
+
+    let e = with("spool_max_bytes = 4096").expect_err("too small");
+    assert_eq!(
+        e.to_string(),
+        "t.toml:6: [settings]: field `spool_max_bytes`: must be at least 65536 bytes"
+    );
+    let e = with("spool_dir = \"\"").expect_err("empty");
+    assert_eq!(
+        e.to_string(),
+        "t.toml:6: [settings]: field `spool_dir`: must name a directory (leave it out for no spool)"
     );
 }
 

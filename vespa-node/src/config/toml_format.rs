@@ -57,6 +57,8 @@ struct RawSettings {
     call_timeout_ms: Option<u64>,
     max_frame: Option<usize>,
     journal_max_bytes: Option<u64>,
+    spool_dir: Option<PathBuf>,
+    spool_max_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +205,28 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
                 ));
             }
             settings.journal_max_bytes = b;
+        }
+        if let Some(d) = s.spool_dir {
+            if d.as_os_str().is_empty() {
+                return Err(err(
+                    at("spool_dir"),
+                    ctx(),
+                    "spool_dir",
+                    "must name a directory (leave it out for no spool)".into(),
+                ));
+            }
+            settings.spool_dir = Some(d);
+        }
+        if let Some(b) = s.spool_max_bytes {
+            if b < 64 * 1024 {
+                return Err(err(
+                    at("spool_max_bytes"),
+                    ctx(),
+                    "spool_max_bytes",
+                    "must be at least 65536 bytes".into(),
+                ));
+            }
+            settings.spool_max_bytes = b;
         }
     }
 

@@ -145,7 +145,7 @@ impl Acc {
             Some(Kind::Meta) => serde_json::from_slice::<MetaRecord>(payload)
                 .map(|m| self.total = m.alerts_before)
                 .is_ok(),
-            None => false,
+            Some(Kind::Acked) | None => false,
         }
     }
 
@@ -169,11 +169,30 @@ impl Acc {
     }
 }
 
+impl Fold for Acc {
+    fn record(&mut self, kind: Option<Kind>, payload: &[u8]) -> bool {
+        Acc::record(self, kind, payload)
+    }
+
+    fn damaged(&mut self, bytes: u64) {
+        Acc::damaged(self, bytes)
+    }
+}
+
+/// What reads framed records: the journal's loader here, the spool's ([`crate::spool`]).
+pub(crate) trait Fold {
+    /// Applies one record whose checksums are right; false if its payload does not parse
+    /// (or is of a kind this reader does not expect): then counted as damaged.
+    fn record(&mut self, kind: Option<Kind>, payload: &[u8]) -> bool;
+    /// A damaged stretch of `bytes`, skipped.
+    fn damaged(&mut self, bytes: u64);
+}
+
 const CHUNK: usize = 64 * 1024;
 
 /// A forward-moving window on the file: `get` keeps what is asked for in memory, dropping
 /// what lies before it, so memory stays at one chunk or one record.
-struct Window<'a> {
+pub(crate) struct Window<'a> {
     file: &'a mut File,
     buf: Vec<u8>,
     /// File offset of `buf[0]`; the file's position is `start + buf.len()`.
@@ -182,7 +201,7 @@ struct Window<'a> {
 }
 
 impl<'a> Window<'a> {
-    fn new(file: &'a mut File) -> std::io::Result<Window<'a>> {
+    pub(crate) fn new(file: &'a mut File) -> std::io::Result<Window<'a>> {
         file.seek(SeekFrom::Start(0))?;
         Ok(Window {
             file,
@@ -193,7 +212,7 @@ impl<'a> Window<'a> {
     }
 
     /// Bytes `off..off + n`, or fewer where the file ends.
-    fn get(&mut self, off: u64, n: usize) -> std::io::Result<&[u8]> {
+    pub(crate) fn get(&mut self, off: u64, n: usize) -> std::io::Result<&[u8]> {
         let buffered_end = self.start + self.buf.len() as u64;
         if off < self.start || off > buffered_end {
             self.file.seek(SeekFrom::Start(off))?;
@@ -283,9 +302,9 @@ pub(crate) fn scan(file: &mut File, keep: usize) -> std::io::Result<Loaded> {
 }
 
 /// Reads framed records from `pos`; returns where an unreadable tail starts, if anywhere.
-fn scan_framed(
+pub(crate) fn scan_framed(
     mut w: Window<'_>,
-    acc: &mut Acc,
+    acc: &mut impl Fold,
     mut pos: u64,
     len: u64,
 ) -> std::io::Result<Option<u64>> {

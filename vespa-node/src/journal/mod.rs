@@ -28,9 +28,9 @@
 //! replaces the old one.
 
 mod file;
-mod load;
+pub(crate) mod load;
 mod pending;
-mod record;
+pub(crate) mod record;
 #[cfg(test)]
 mod tests;
 

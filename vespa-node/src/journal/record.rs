@@ -12,22 +12,28 @@
 //! payload's checksum catches everything else. The magic starts with 0xFF, a byte that never
 //! occurs in UTF-8 (so never inside a JSON payload): after damage, the reader finds the next
 //! record by looking for the magic and checking both checksums.
+//!
+//! The agents' spool of unacknowledged alerts ([`crate::spool`]) uses the same framing with a
+//! file header of its own, `"VESPA-SPOOL-1\n\n\n"`, its alerts as [`Kind::Alert`] records and
+//! the master's acknowledgements as [`Kind::Acked`] records.
 
 use serde::{Deserialize, Serialize};
 
 /// The first bytes of a journal in this format.
-pub(super) const FILE_MAGIC: &[u8; 16] = b"VESPA-JOURNAL-1\n";
+pub(crate) const FILE_MAGIC: &[u8; 16] = b"VESPA-JOURNAL-1\n";
+/// The first bytes of a spool ([`crate::spool`]) in this format.
+pub(crate) const SPOOL_MAGIC: &[u8; 16] = b"VESPA-SPOOL-1\n\n\n";
 /// The first bytes of every record.
-pub(super) const MAGIC: [u8; 4] = [0xFF, b'V', b'J', b'R'];
+pub(crate) const MAGIC: [u8; 4] = [0xFF, b'V', b'J', b'R'];
 /// Bytes before a record's payload.
-pub(super) const HEADER_LEN: usize = 20;
+pub(crate) const HEADER_LEN: usize = 20;
 /// The largest payload written or believed. Alerts are bounded far below by the frame limit
 /// (at most 16 MiB on the wire); this only keeps a reader from trusting absurd lengths.
-pub(super) const MAX_PAYLOAD: usize = 256 << 20;
+pub(crate) const MAX_PAYLOAD: usize = 256 << 20;
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     /// An alert the VO processed (`vespa_proto::Alert` as JSON).
     Alert = 1,
     /// What de-duplication keeps of one origin ([`OriginRecord`]), written by compaction.
@@ -35,6 +41,9 @@ pub(super) enum Kind {
     /// How many alerts came before this file's first alert record ([`MetaRecord`]), written
     /// by compaction so `get_alerts` indexes continue across restarts.
     Meta = 3,
+    /// Spool only: the master acknowledged every alert of the spool up to this sequence
+    /// number ([`AckedRecord`]).
+    Acked = 4,
 }
 
 impl Kind {
@@ -43,6 +52,7 @@ impl Kind {
             1 => Some(Kind::Alert),
             2 => Some(Kind::Origin),
             3 => Some(Kind::Meta),
+            4 => Some(Kind::Acked),
             _ => None,
         }
     }
@@ -50,7 +60,7 @@ impl Kind {
 
 /// One origin's state, as de-duplication needs it after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct OriginRecord {
+pub(crate) struct OriginRecord {
     pub origin: String,
     /// Highest sequence number journaled: everything at or below it was processed.
     pub highest: u64,
@@ -62,9 +72,15 @@ pub(super) struct OriginRecord {
 
 /// The start of a compacted file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct MetaRecord {
+pub(crate) struct MetaRecord {
     /// Alerts processed before the first alert record that follows.
     pub alerts_before: u64,
+}
+
+/// Spool only: everything up to `seq` was acknowledged by the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AckedRecord {
+    pub seq: u64,
 }
 
 /// Why a record could not be encoded.
@@ -77,7 +93,7 @@ pub(crate) enum EncodeError {
 }
 
 /// Appends one record holding `value` to `out`; on error `out` is left as it was.
-pub(super) fn append<T: Serialize>(
+pub(crate) fn append<T: Serialize>(
     out: &mut Vec<u8>,
     kind: Kind,
     value: &T,
@@ -118,7 +134,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 /// A record header that checked out: its length can be believed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Header {
+pub(crate) struct Header {
     /// `None`: a kind this version does not know (skipped, counted as damaged).
     pub kind: Option<Kind>,
     pub len: usize,
