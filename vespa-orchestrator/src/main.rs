@@ -461,6 +461,15 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
             println!("policy {source}: rules per node: {}", places.join(", "));
         }
+        for o in &topo.outputs {
+            println!(
+                "output {:?}: {}, queue {}, at least {}",
+                o.name,
+                o.kind.as_str(),
+                o.queue,
+                o.filter.min_severity
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let security = security(&topo, &args.nodes.topology)?;
