@@ -82,42 +82,41 @@ pub struct OutputMetrics {
     depth: Family<Labels, Gauge>,
 }
 
+/// One output's series, looked up once: the feeders and the task update them without
+/// touching the families' locks.
+#[derive(Clone, Debug)]
+pub struct OutputCounters {
+    /// `vespa_output_sent_total{output}`.
+    pub sent: Counter,
+    /// `vespa_output_dropped_total{output}`.
+    pub dropped: Counter,
+    /// `vespa_output_failures_total{output}`.
+    pub failures: Counter,
+    /// `vespa_output_queue_depth{output}`.
+    pub depth: Gauge,
+}
+
+impl OutputCounters {
+    /// Sets the queue depth gauge.
+    pub fn set_depth(&self, n: usize) {
+        self.depth.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
 impl OutputMetrics {
     fn labels(output: &str) -> Labels {
         vec![("output", output.to_string())]
     }
 
-    /// Makes every series of `output` exist at 0, so the first drop is an increase.
-    pub fn register(&self, output: &str) {
+    /// The series of `output` (created at 0 if new).
+    pub fn counters(&self, output: &str) -> OutputCounters {
         let l = Self::labels(output);
-        let _ = self.sent.get_or_create(&l);
-        let _ = self.dropped.get_or_create(&l);
-        let _ = self.failures.get_or_create(&l);
-        let _ = self.depth.get_or_create(&l);
-    }
-
-    /// `n` events delivered by `output`.
-    pub fn sent(&self, output: &str, n: u64) {
-        if n > 0 {
-            self.sent.get_or_create(&Self::labels(output)).inc_by(n);
+        OutputCounters {
+            sent: self.sent.get_or_create(&l).clone(),
+            dropped: self.dropped.get_or_create(&l).clone(),
+            failures: self.failures.get_or_create(&l).clone(),
+            depth: self.depth.get_or_create(&l).clone(),
         }
-    }
-
-    /// `n` events `output` dropped.
-    pub fn dropped(&self, output: &str, n: u64) {
-        self.dropped.get_or_create(&Self::labels(output)).inc_by(n);
-    }
-
-    /// One failed delivery attempt of `output`.
-    pub fn failure(&self, output: &str) {
-        self.failures.get_or_create(&Self::labels(output)).inc();
-    }
-
-    /// Events waiting in `output`'s queue.
-    pub fn depth(&self, output: &str, n: usize) {
-        self.depth
-            .get_or_create(&Self::labels(output))
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// (sent, dropped, failures, depth) of `output`, for tests and logs.

@@ -35,7 +35,7 @@ use vespa_proto::Alert;
 
 pub use event::{clean, rfc3339, Decision, Event, Layers};
 
-use crate::metrics::OutputMetrics;
+use crate::metrics::{OutputCounters, OutputMetrics};
 
 /// Events one delivery takes from its queue at most (a batch: one NATS flush, one
 /// Alertmanager POST, one file write).
@@ -45,17 +45,16 @@ const MAX_BATCH: usize = 256;
 struct Feed {
     def: OutputDef,
     tx: mpsc::Sender<Event>,
-    metrics: OutputMetrics,
+    counters: OutputCounters,
 }
 
 impl Feed {
     fn offer(&self, e: &Event) {
-        match self.tx.try_send(e.clone()) {
-            Ok(()) => {}
-            Err(_) => self.metrics.dropped(&self.def.name, 1),
+        if self.tx.try_send(e.clone()).is_err() {
+            self.counters.dropped.inc();
         }
-        self.metrics
-            .depth(&self.def.name, self.tx.max_capacity() - self.tx.capacity());
+        self.counters
+            .set_depth(self.tx.max_capacity() - self.tx.capacity());
     }
 }
 
@@ -101,12 +100,13 @@ impl Outputs {
                 }
             })?;
             let (tx, rx) = mpsc::channel(def.queue);
-            metrics.register(&def.name);
-            tokio::spawn(deliver(def.clone(), sink, rx, metrics.clone()));
+            // Every series exists from the start at 0, so the first drop is an increase.
+            let counters = metrics.counters(&def.name);
+            tokio::spawn(deliver(def.clone(), sink, rx, counters.clone()));
             feeds.push(Feed {
                 def: def.clone(),
                 tx,
-                metrics: metrics.clone(),
+                counters,
             });
         }
         Ok(Outputs {
@@ -195,7 +195,7 @@ impl Outputs {
                     Ok(e) => me.decision(&e),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         for f in me.feeds.iter() {
-                            f.metrics.dropped(&f.def.name, n);
+                            f.counters.dropped.inc_by(n);
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
@@ -230,7 +230,7 @@ async fn deliver(
     def: OutputDef,
     mut sink: sinks::Sink,
     mut rx: mpsc::Receiver<Event>,
-    m: OutputMetrics,
+    m: OutputCounters,
 ) {
     let name = def.name.clone();
     let mut backoff = Backoff::new(def.backoff_min, def.backoff_max);
@@ -248,11 +248,11 @@ async fn deliver(
                     Err(_) => break,
                 }
             }
-            m.depth(&name, rx.len());
+            m.set_depth(rx.len());
         }
         match sink.deliver(&batch).await {
             Ok(()) => {
-                m.sent(&name, batch.len() as u64);
+                m.sent.inc_by(batch.len() as u64);
                 batch.clear();
                 if std::mem::take(&mut failing) > 0 {
                     tracing::info!(output = %name, "output delivers again");
@@ -261,12 +261,12 @@ async fn deliver(
             }
             Err(f) => {
                 let done = f.done.min(batch.len());
-                m.sent(&name, done as u64);
+                m.sent.inc_by(done as u64);
                 batch.drain(..done);
-                m.failure(&name);
+                m.failures.inc();
                 if f.permanent && !batch.is_empty() {
                     batch.remove(0);
-                    m.dropped(&name, 1);
+                    m.dropped.inc();
                     tracing::warn!(output = %name, error = ?f.error, "output refused an event: dropped");
                     continue;
                 }

@@ -250,41 +250,41 @@ pub(super) struct File {
     path: PathBuf,
     file: Option<tokio::fs::File>,
     layers: Arc<Layers>,
+    hangups: Arc<AtomicU64>,
     opened_at: u64,
 }
 
-/// SIGHUPs received by the process, counted by one watcher that every file output reads.
-static HANGUPS: AtomicU64 = AtomicU64::new(0);
-
-fn watch_hangups() {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    STARTED.call_once(|| {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut hup) => {
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        HANGUPS.fetch_add(1, Ordering::Relaxed);
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "file outputs will not reopen on SIGHUP"),
+/// Counts the SIGHUPs the process receives, from now on (one watcher per file output, on
+/// the outputs' runtime).
+fn watch_hangups() -> Arc<AtomicU64> {
+    let count = Arc::new(AtomicU64::new(0));
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            let c = count.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            });
         }
-    });
+        Err(e) => tracing::warn!(error = %e, "file outputs will not reopen on SIGHUP"),
+    }
+    count
 }
 
 impl File {
     fn new(path: PathBuf, layers: Arc<Layers>) -> File {
-        watch_hangups();
         File {
             path,
             file: None,
             layers,
+            hangups: watch_hangups(),
             opened_at: 0,
         }
     }
 
     async fn deliver(&mut self, batch: &[Event]) -> Result<(), Failed> {
-        let hangups = HANGUPS.load(Ordering::Relaxed);
+        let hangups = self.hangups.load(Ordering::Relaxed);
         if hangups != self.opened_at {
             self.file = None;
         }

@@ -331,3 +331,87 @@ kinds = ["infected"]
     assert_eq!(of("refuse").len(), 1, "a 400 is not retried");
     assert_eq!(m.get("refuse"), (0, 1, 1, 0));
 }
+
+#[tokio::test]
+async fn syslog_over_a_unix_socket_and_a_file_reopened_on_sighup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("log.sock");
+    let rx = tokio::net::UnixDatagram::bind(&sock).expect("bind");
+    let file = dir.path().join("alerts.jsonl");
+    let t = topology(&format!(
+        "[[output]]\nkind = \"syslog\"\ntransport = \"unix\"\npath = {:?}\nfacility = \"daemon\"\n\n[[output]]\nkind = \"file\"\npath = {:?}\n",
+        sock.display().to_string(),
+        file.display().to_string()
+    ));
+    let m = OutputMetrics::default();
+    let out = Outputs::start(&t, m.clone()).expect("start");
+    out.alert(&text("a1", 1));
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, rx.recv(&mut buf))
+        .await
+        .expect("a record")
+        .expect("recv");
+    let r = std::str::from_utf8(&buf[..n]).expect("utf-8");
+    // daemon (3) * 8 + notice (5)
+    assert!(r.starts_with("<29>1 "), "{r}");
+    assert!(r.ends_with("] alert 1"), "{r}");
+
+    // logrotate moves the file away, then SIGHUP: the next alert goes to a new file.
+    wait_until_async("the first line written", WAIT, || async {
+        match m.get("file").0 {
+            1 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+    let rotated = dir.path().join("alerts.jsonl.1");
+    std::fs::rename(&file, &rotated).expect("rename");
+    nix_kill_hup();
+    // The signal reaches the output's watcher asynchronously: one more alert per look until
+    // one lands in a new file.
+    let mut seq = 1;
+    wait_until_async("a new file after SIGHUP", WAIT, || {
+        seq += 1;
+        out.alert(&text("a1", seq));
+        let file = file.clone();
+        async move {
+            std::fs::metadata(&file)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    wait_until_async("every line written", WAIT, || async {
+        match m.get("file").0 {
+            n if n == seq => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+    let seqs = |p: &std::path::Path| -> Vec<u64> {
+        std::fs::read_to_string(p)
+            .expect("read")
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("JSON")["seq"]
+                    .as_u64()
+                    .expect("seq")
+            })
+            .collect()
+    };
+    let (old, new) = (seqs(&rotated), seqs(&file));
+    assert_eq!(old.first(), Some(&1));
+    assert!(!new.is_empty() && !new.contains(&1), "{new:?}");
+    let all: Vec<u64> = old.iter().chain(&new).copied().collect();
+    assert_eq!(all, (1..=seq).collect::<Vec<_>>(), "once each, in order");
+}
+
+/// SIGHUP to this process (the test binary: tokio's handler is installed by the file output).
+fn nix_kill_hup() {
+    let me = std::process::id();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &me.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
