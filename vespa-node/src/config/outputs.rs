@@ -242,6 +242,8 @@ pub struct NatsOutput {
     pub subject_prefix: String,
     /// A `.creds` file (JWT and NKey seed), relative to the topology file.
     pub credentials: Option<PathBuf>,
+    /// Bound of connecting, and of publishing and flushing one batch.
+    pub timeout: Duration,
 }
 
 /// What an output is and its own settings.
@@ -675,6 +677,7 @@ impl RawOutput {
                     url,
                     subject_prefix,
                     credentials: self.credentials,
+                    timeout,
                 })
             }
         };

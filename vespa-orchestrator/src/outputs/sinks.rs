@@ -366,7 +366,7 @@ impl Nats {
     async fn connect(&self) -> Result<async_nats::Client, String> {
         let mut opts = async_nats::ConnectOptions::new()
             .name("vespa-orchestrator")
-            .connection_timeout(DEFAULT_TIMEOUT)
+            .connection_timeout(self.cfg.timeout)
             // This output retries with its own backoff; a client reconnecting on its own
             // would hold messages we cannot count.
             .max_reconnects(Some(1));
@@ -376,7 +376,7 @@ impl Nats {
                 .await
                 .map_err(|e| format!("credentials {}: {e}", creds.display()))?;
         }
-        bounded_nats(opts.connect(self.cfg.url.as_str())).await
+        bounded_nats(self.cfg.timeout, opts.connect(self.cfg.url.as_str())).await
     }
 
     async fn deliver(&mut self, batch: &[Event]) -> Result<(), Failed> {
@@ -388,7 +388,7 @@ impl Nats {
             let payload = e.to_json(&self.layers).to_string();
             let payload = super::event::cut(&payload, MAX_JSON).to_string();
             let r = tokio::time::timeout(
-                DEFAULT_TIMEOUT,
+                self.cfg.timeout,
                 client.publish(self.subject(e), payload.into()),
             )
             .await;
@@ -398,7 +398,7 @@ impl Nats {
                 Err(_) => return Err(Failed::new(0, "publishing: timed out")),
             }
         }
-        match tokio::time::timeout(DEFAULT_TIMEOUT, client.flush()).await {
+        match tokio::time::timeout(self.cfg.timeout, client.flush()).await {
             Ok(Ok(())) => {
                 self.client = Some(client);
                 Ok(())
@@ -412,9 +412,10 @@ impl Nats {
 }
 
 async fn bounded_nats(
+    timeout: Duration,
     f: impl std::future::Future<Output = Result<async_nats::Client, async_nats::ConnectError>>,
 ) -> Result<async_nats::Client, String> {
-    match tokio::time::timeout(DEFAULT_TIMEOUT + Duration::from_secs(1), f).await {
+    match tokio::time::timeout(timeout + Duration::from_secs(1), f).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(format!("connecting: {e}")),
         Err(_) => Err("connecting: timed out".into()),
