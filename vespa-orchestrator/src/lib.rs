@@ -11,6 +11,9 @@
 //!   the VO (its HTTP API, or the tree).
 //! - [`metrics`]: the VO's counters and the closed-loop histogram, fed by the API's alert
 //!   view and by the policy driver.
+//! - [`outputs`]: alerts and decisions out to the operator's tools (`[[output]]`: webhooks,
+//!   syslog, a JSON-lines file, NATS), each behind its own bounded queue, fed by an alert
+//!   handler at the VO and by the decision ledger.
 //! - [`policy_driver`]: the policy driver of the VO and of each HO's fast path (alerts in,
 //!   actuator calls out). The policy itself ([`vespa_policy::step`]) does no I/O; the driver
 //!   does.
@@ -26,4 +29,5 @@ pub mod control;
 pub mod decisions;
 pub mod http;
 pub mod metrics;
+pub mod outputs;
 pub mod policy_driver;

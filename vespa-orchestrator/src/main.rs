@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use vespa_node::{launch, AgentRef, Hooks, Role, Topology};
 use vespa_orchestrator::control::{PolicyControl, PolicyError};
 use vespa_orchestrator::metrics::Metrics;
+use vespa_orchestrator::outputs::Outputs;
 use vespa_orchestrator::policy_driver::{
     load_rules, HoPolicyVerbs, PolicyDriver, PolicySet, RemoteDrivers,
 };
@@ -460,6 +461,15 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
             println!("policy {source}: rules per node: {}", places.join(", "));
         }
+        for o in &topo.outputs {
+            println!(
+                "output {:?}: {}, queue {}, at least {}",
+                o.name,
+                o.kind.as_str(),
+                o.queue,
+                o.filter.min_severity
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let security = security(&topo, &args.nodes.topology)?;
@@ -514,11 +524,24 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         let serve_api = listener.is_some();
         let mut server = None;
+        // The VO's outputs (`[[output]]`): started before the VO so that its first alert
+        // finds them. The decision ledger feeds them with `Outputs::follow`.
+        let outputs = if hosts_vo {
+            Outputs::start(&topo, parts.metrics.outputs())?
+        } else {
+            Outputs::none()
+        };
+        if !outputs.is_empty() {
+            tracing::info!(?outputs, "outputs started");
+        }
         let hooks = |def: &vespa_node::config::NodeDef| {
             let mut h = Hooks::default();
             if def.role == Role::Vo {
                 if serve_api {
                     parts.add_vo_handler(&mut h);
+                }
+                if !outputs.is_empty() {
+                    h.alert_handlers.push(outputs.handler());
                 }
                 // Decisions by hand through the tree, with or without the API.
                 parts.add_vo_verbs(&mut h);

@@ -28,7 +28,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -71,12 +71,96 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
 }
 
+/// The outputs' counters (`[[output]]`, [`crate::outputs`]), by `output` name: events
+/// delivered, dropped (queue full, or refused for good), failed attempts, and the queue's
+/// depth. Cheap to clone into each output's task and feeder.
+#[derive(Clone, Default)]
+pub struct OutputMetrics {
+    sent: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
+    failures: Family<Labels, Counter>,
+    depth: Family<Labels, Gauge>,
+}
+
+/// One output's series, looked up once: the feeders and the task update them without
+/// touching the families' locks.
+#[derive(Clone, Debug)]
+pub struct OutputCounters {
+    /// `vespa_output_sent_total{output}`.
+    pub sent: Counter,
+    /// `vespa_output_dropped_total{output}`.
+    pub dropped: Counter,
+    /// `vespa_output_failures_total{output}`.
+    pub failures: Counter,
+    /// `vespa_output_queue_depth{output}`.
+    pub depth: Gauge,
+}
+
+impl OutputCounters {
+    /// Sets the queue depth gauge.
+    pub fn set_depth(&self, n: usize) {
+        self.depth.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+impl OutputMetrics {
+    fn labels(output: &str) -> Labels {
+        vec![("output", output.to_string())]
+    }
+
+    /// The series of `output` (created at 0 if new).
+    pub fn counters(&self, output: &str) -> OutputCounters {
+        let l = Self::labels(output);
+        OutputCounters {
+            sent: self.sent.get_or_create(&l).clone(),
+            dropped: self.dropped.get_or_create(&l).clone(),
+            failures: self.failures.get_or_create(&l).clone(),
+            depth: self.depth.get_or_create(&l).clone(),
+        }
+    }
+
+    /// (sent, dropped, failures, depth) of `output`, for tests and logs.
+    pub fn get(&self, output: &str) -> (u64, u64, u64, i64) {
+        let l = Self::labels(output);
+        (
+            self.sent.get_or_create(&l).get(),
+            self.dropped.get_or_create(&l).get(),
+            self.failures.get_or_create(&l).get(),
+            self.depth.get_or_create(&l).get(),
+        )
+    }
+
+    fn register_in(&self, r: &mut Registry) {
+        r.register(
+            "vespa_output_sent",
+            "Events (alerts, decisions) an output delivered.",
+            self.sent.clone(),
+        );
+        r.register(
+            "vespa_output_dropped",
+            "Events an output dropped: its queue was full (it is down or slow), or the destination refused them for good.",
+            self.dropped.clone(),
+        );
+        r.register(
+            "vespa_output_failures",
+            "Failed delivery attempts of an output (each followed by a retry after a backoff).",
+            self.failures.clone(),
+        );
+        r.register(
+            "vespa_output_queue_depth",
+            "Events waiting in an output's queue.",
+            self.depth.clone(),
+        );
+    }
+}
+
 /// The metrics the VO updates as it goes. Cheap to clone into alert handlers and policies.
 #[derive(Clone)]
 pub struct Metrics {
     alerts_by_kind: Family<Labels, Counter>,
     policy_alerts: Family<Labels, Counter>,
     closed_loop: HistogramFamily,
+    outputs: OutputMetrics,
 }
 
 impl Default for Metrics {
@@ -85,11 +169,17 @@ impl Default for Metrics {
             alerts_by_kind: Family::default(),
             policy_alerts: Family::default(),
             closed_loop: Family::new_with_constructor(latency_histogram),
+            outputs: OutputMetrics::default(),
         }
     }
 }
 
 impl Metrics {
+    /// The outputs' counters ([`crate::outputs::Outputs::start`] takes them).
+    pub fn outputs(&self) -> OutputMetrics {
+        self.outputs.clone()
+    }
+
     /// Counts an alert processed at the VO and observes its `kernel_to_vo` latency.
     pub fn on_alert(&self, alert: &Alert) {
         self.alerts_by_kind
@@ -151,6 +241,7 @@ impl Metrics {
                 .closed_loop
                 .get_or_create(&vec![("stage", stage.to_string())]);
         }
+        self.outputs.register_in(&mut r);
         r.register_collector(Box::new(NodeCollector(vo)));
         r
     }

@@ -224,12 +224,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let sensor_only_agent = sensor_only.join("release").join("vespa-agent");
             // One binary per area; each prints its ratios and writes target/bench/<area>.json.
-            let areas: [(&str, &str, &[&str]); 7] = [
+            let areas: [(&str, &str, &[&str]); 8] = [
                 ("sensors", "vespa-bench", &[]),
                 // The kernel firewall: drop rates, its cost to unblocked traffic, the reflex,
                 // the policy's block.
                 ("firewall", "vespa-bench-firewall", &[]),
                 ("tree", "vespa-bench-tree", &[]),
+                // The VO's outputs down against none, alternating in one run.
+                ("tree-outputs", "vespa-bench-tree", &["--outputs"]),
                 ("actuators", "vespa-bench-actuators", &[]),
                 ("loop", "vespa-bench-loop", &[]),
                 // The same rule at the VO and at HO_PH, alternating in one run.

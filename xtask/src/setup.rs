@@ -29,6 +29,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "prometheus and promtool: the deploy/prometheus rules are checked and unit-tested, and a real Prometheus scrapes an agent and the VO (the tests start their own; the packaged service is not used)"),
     ("binutils", "strip: cargo xtask dist leaves the debug info out of the packaged binaries"),
     ("systemd", "systemd-analyze: the tests verify and rate the packaged units"),
+    ("nats-server", "nats-server: the VO's NATS output is tested against a real server the tests start on a free port (the packaged service is not used)"),
 ];
 
 /// The os-ken venv: the last os-ken release that ships `ofctl_rest` and the eventlet and

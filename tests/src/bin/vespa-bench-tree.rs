@@ -8,6 +8,10 @@
 //!
 //! Goals (from the issue): >= 200,000 alerts/s end to end on 2 cores; p99 <= 0.5 ms per hop.
 //! Results also go to target/bench/tree.json.
+//!
+//! `--outputs`: the sealed chain's throughput with the VO's outputs (`[[output]]`) down, three
+//! of them pointing at closed ports (webhook, NATS, syslog over TCP), against the same chain
+//! without outputs, alternating in one run; results in target/bench/tree-outputs.json.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +40,9 @@ struct Args {
     /// Smaller runs (for CI smoke tests).
     #[arg(long)]
     quick: bool,
+    /// Only the throughput with outputs that are down against none.
+    #[arg(long)]
+    outputs: bool,
 }
 
 type Handler = Arc<dyn Fn(&Arc<Alert>) + Send + Sync>;
@@ -203,12 +210,25 @@ async fn throughput(
     n: u64,
     spool: Option<&std::path::Path>,
 ) -> f64 {
+    throughput_with(security, n, spool, None).await
+}
+
+/// [`throughput`], with `extra` run at the VO too (before the count).
+async fn throughput_with(
+    security: impl Fn(&str) -> Security,
+    n: u64,
+    spool: Option<&std::path::Path>,
+    extra: Option<Handler>,
+) -> f64 {
     let at_vo = Arc::new(AtomicU64::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     let (c, d) = (at_vo.clone(), done.clone());
     // Only the benchmark's own alerts count: when the queue was full, the agent also sends a
     // report of the refused attempts (an `AlertBody::Text`).
     let vo_handler: Handler = Arc::new(move |a: &Arc<Alert>| {
+        if let Some(h) = &extra {
+            h(a);
+        }
         if matches!(a.body, AlertBody::ConnThreshold { .. })
             && c.fetch_add(1, Ordering::Relaxed) + 1 == n
         {
@@ -299,6 +319,129 @@ fn vespa_now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Ports nothing listens on: drawn free from the kernel, never bound.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(9)
+}
+
+/// The chain with three outputs down against none, alternating, `rounds` (at least 3) each.
+fn outputs_bench(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Result<()> {
+    use vespa_orchestrator::metrics::OutputMetrics;
+    use vespa_orchestrator::outputs::Outputs;
+    const QUEUE: usize = 4096;
+    let topo = vespa_node::Topology::from_toml(
+        "bench",
+        &format!(
+            r#"
+[[machine]]
+name = "h"
+address = "127.0.0.1"
+
+[[node]]
+name = "VO"
+kind = "vo"
+location = "h"
+port = 4150
+
+[[output]]
+name = "webhook"
+kind = "webhook"
+url = "http://127.0.0.1:{}/hook"
+queue = {QUEUE}
+
+[[output]]
+name = "nats"
+kind = "nats"
+url = "nats://127.0.0.1:{}"
+queue = {QUEUE}
+
+[[output]]
+name = "syslog"
+kind = "syslog"
+transport = "tcp"
+address = "127.0.0.1:{}"
+queue = {QUEUE}
+"#,
+            closed_port(),
+            closed_port(),
+            closed_port()
+        ),
+    )?;
+    let metrics = OutputMetrics::default();
+    let outputs = {
+        let _in = rt.enter();
+        Outputs::start(&topo, metrics.clone())?
+    };
+    println!(
+        "vespa-bench-tree --outputs: agent -> HO_VM -> VO on 127.0.0.1, sealed, one process, 2 worker threads; \
+         three outputs down (webhook, NATS, syslog/TCP to closed ports, queue {QUEUE} each) against none"
+    );
+    let psk = Psk::random();
+    let rounds = args.rounds.max(3);
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        without.push(rt.block_on(throughput_with(
+            |_| Security::Psk(psk.clone()),
+            args.alerts,
+            None,
+            None,
+        )));
+        with.push(rt.block_on(throughput_with(
+            |_| Security::Psk(psk.clone()),
+            args.alerts,
+            None,
+            Some(outputs.handler()),
+        )));
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (b0, b1) = (best(&without), best(&with));
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        (best(v) - lo) / best(v)
+    };
+    println!(
+        "\nthroughput ({} alerts per run, {rounds} runs each, alternating):",
+        args.alerts
+    );
+    println!(
+        "  without outputs        best {b0:>10.0} alerts/s   runs {without:.0?}   spread {:.0}%",
+        spread(&without) * 100.0
+    );
+    println!(
+        "  three outputs down     best {b1:>10.0} alerts/s   runs {with:.0?}   spread {:.0}%",
+        spread(&with) * 100.0
+    );
+    println!("  with / without = {:.3}", b1 / b0);
+    let mut per_output = serde_json::Map::new();
+    for o in ["webhook", "nats", "syslog"] {
+        let (sent, dropped, failures, depth) = metrics.get(o);
+        println!(
+            "  {o:<8} sent {sent}, dropped {dropped}, failures {failures}, queue depth {depth}"
+        );
+        per_output.insert(
+            o.to_string(),
+            serde_json::json!({ "sent": sent, "dropped": dropped, "failures": failures, "queue_depth": depth }),
+        );
+    }
+    let json = serde_json::json!({
+        "alerts_per_run": args.alerts, "rounds": rounds,
+        "throughput_alerts_per_s": { "without_outputs": without, "outputs_down": with },
+        "best": { "without_outputs": b0, "outputs_down": b1, "ratio": b1 / b0 },
+        "outputs": per_output,
+    });
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("tree-outputs.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    println!("\nresults written to target/bench/tree-outputs.json");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.quick {
@@ -310,6 +453,9 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if args.outputs {
+        return outputs_bench(&rt, &args);
+    }
     println!("vespa-bench-tree: agent -> HO_VM -> VO on 127.0.0.1, one process, 2 worker threads");
 
     let best = |security: &dyn Fn(&str) -> Security| -> f64 {

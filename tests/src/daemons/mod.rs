@@ -9,12 +9,14 @@
 //! - [`osken`]: os-ken 1.4.1's `ofctl_rest` + `simple_switch_13` from the venv `cargo xtask
 //!   setup` makes.
 //! - [`clamd`]: clamd with the one-line EICAR signature database.
+//! - [`nats`]: nats-server on a free loopback port (the VO's NATS output and its subscribers).
 //! - [`floodlight_stub`], [`pox_stub`]: in-process servers reproducing the documented
 //!   request/reply shapes of Floodlight's REST API and POX's messenger, recording requests.
 
 pub mod clamd;
 pub mod floodlight_stub;
 pub mod libvirt;
+pub mod nats;
 pub mod osken;
 pub mod ovs;
 pub mod pox_stub;

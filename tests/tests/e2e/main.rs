@@ -64,6 +64,13 @@ mod http {
     mod dashboard;
 }
 
+/// The VO's outputs over the real binaries: a webhook receiver, syslog listeners, a JSON-lines
+/// file and a real nats-server get every alert once, in order; outputs that are down cost the
+/// tree nothing.
+mod outputs {
+    mod delivery;
+}
+
 /// The acting agents against the real daemons (libvirtd, Open vSwitch + os-ken, clamd) and
 /// the SDN controllers' stand-ins.
 mod actuators {

@@ -233,6 +233,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
         settings: Settings::default(),
         machines,
         nodes,
+        outputs: Vec::new(),
         format: Format::Ini,
     })
 }

@@ -13,6 +13,7 @@
 //! an operator who has only the file in front of them.
 
 mod ini;
+pub mod outputs;
 mod toml_format;
 mod tree;
 
@@ -24,6 +25,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vespa_proto::NodeKind;
+
+pub use outputs::{OutputDef, OutputKind, Severity};
 
 /// The embedded default topology (everything on 127.0.0.1, 2014 ports).
 pub const DEFAULT_TOPOLOGY: &str = include_str!("default.toml");
@@ -299,6 +302,8 @@ pub struct Topology {
     pub machines: Vec<Machine>,
     /// Nodes, in file order.
     pub nodes: Vec<NodeDef>,
+    /// Where the VO sends alerts and decisions (`[[output]]`, TOML only), in file order.
+    pub outputs: Vec<OutputDef>,
     /// Which syntax it was written in (error messages quote tables the way the file does).
     pub format: Format,
 }
@@ -375,6 +380,22 @@ impl Topology {
             if let Some(j) = &mut n.journal {
                 if j.is_relative() {
                     *j = base.join(&*j);
+                }
+            }
+        }
+        for o in &mut self.outputs {
+            let path = match &mut o.kind {
+                OutputKind::File(f) => Some(&mut f.path),
+                OutputKind::Syslog(outputs::SyslogOutput {
+                    transport: outputs::SyslogTransport::Unix(p),
+                    ..
+                }) => Some(p),
+                OutputKind::Nats(n) => n.credentials.as_mut(),
+                _ => None,
+            };
+            if let Some(p) = path {
+                if p.is_relative() {
+                    *p = base.join(&*p);
                 }
             }
         }

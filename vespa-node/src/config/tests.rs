@@ -260,3 +260,150 @@ fn ini_agent_sections_carry_their_parameters_and_the_others_refuse_unknown_keys(
         "{e}"
     );
 }
+
+const OUTPUT_BASE: &str = r#"
+[[machine]]
+name = "h"
+address = "127.0.0.1"
+
+[[node]]
+name = "VO"
+kind = "vo"
+location = "h"
+port = 4150
+"#;
+
+fn with_outputs(outputs: &str) -> Result<Topology, String> {
+    Topology::from_toml("t.toml", &format!("{OUTPUT_BASE}{outputs}")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn outputs_are_read_with_their_defaults() {
+    let t = with_outputs(
+        r#"
+[[output]]
+kind = "webhook"
+url = "https://hooks.example/services/x"
+template = "slack"
+min_severity = "warning"
+headers = { Authorization = "Bearer x" }
+
+[[output]]
+name = "siem"
+kind = "syslog"
+transport = "tcp"
+address = "127.0.0.1:6514"
+format = "cef"
+facility = "local4"
+kinds = ["infected", "decision"]
+
+[[output]]
+kind = "file"
+path = "alerts.jsonl"
+queue = 10
+
+[[output]]
+kind = "nats"
+url = "nats://127.0.0.1:4222"
+rules = ["syn-flood"]
+"#,
+    )
+    .expect("valid");
+    let names: Vec<&str> = t.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["webhook", "siem", "file", "nats"]);
+    let OutputKind::Webhook(w) = &t.outputs[0].kind else {
+        panic!("webhook")
+    };
+    assert_eq!(w.template, outputs::WebhookTemplate::Slack);
+    assert_eq!(w.timeout, Duration::from_secs(5));
+    assert_eq!(t.outputs[0].filter.min_severity, Severity::Warning);
+    let OutputKind::Syslog(s) = &t.outputs[1].kind else {
+        panic!("syslog")
+    };
+    assert_eq!(
+        s.transport,
+        outputs::SyslogTransport::Tcp("127.0.0.1:6514".into())
+    );
+    assert_eq!((s.facility, s.format), (20, outputs::SyslogFormat::Cef));
+    assert_eq!(t.outputs[2].queue, 10);
+    assert_eq!(t.outputs[1].queue, outputs::DEFAULT_OUTPUT_QUEUE);
+    let OutputKind::Nats(n) = &t.outputs[3].kind else {
+        panic!("nats")
+    };
+    assert_eq!(n.subject_prefix, "vespa");
+    assert_eq!(t.outputs[3].filter.rules, ["syn-flood"]);
+}
+
+#[test]
+fn output_mistakes_name_the_line_and_the_field() {
+    let base_lines = OUTPUT_BASE.lines().count();
+    let cases = [
+        (
+            "[[output]]\nkind = \"webhook\"\nurl = \"hooks.example/x\"\n",
+            3,
+            "[[output]] \"webhook\": field `url`: \"hooks.example/x\" is not a URL",
+        ),
+        (
+            "[[output]]\nkind = \"syslog\"\naddress = \"127.0.0.1\"\n",
+            3,
+            "field `address`: \"127.0.0.1\" is not host:port",
+        ),
+        (
+            "[[output]]\nkind = \"smtp\"\n",
+            2,
+            "field `kind`: unknown output kind \"smtp\"",
+        ),
+        (
+            "[[output]]\nkind = \"file\"\npath = \"a\"\ntemplate = \"slack\"\n",
+            4,
+            "field `template`: not a field of a file output",
+        ),
+        (
+            "[[output]]\nkind = \"file\"\npath = \"a\"\nkinds = [\"bandwith\"]\n",
+            4,
+            "field `kinds`: unknown kind \"bandwith\"",
+        ),
+        (
+            "[[output]]\nkind = \"file\"\npath = \"a\"\nqueue = 0\n",
+            4,
+            "field `queue`: must be between 1",
+        ),
+        (
+            "[[output]]\nkind = \"nats\"\nurl = \"http://127.0.0.1:4222\"\n",
+            3,
+            "field `url`: \"http://127.0.0.1:4222\": scheme \"http\" is not one of nats, tls",
+        ),
+        (
+            "[[output]]\nkind = \"file\"\npath = \"a\"\n\n[[output]]\nkind = \"file\"\npath = \"b\"\n",
+            5,
+            "field `name`: an output named \"file\" is already defined",
+        ),
+        (
+            "[[output]]\nkind = \"webhook\"\nurl = \"http://h/\"\nmin_severity = \"loud\"\n",
+            4,
+            "field `min_severity`: \"loud\" is not one of debug",
+        ),
+    ];
+    for (text, line, want) in cases {
+        let e = with_outputs(text).expect_err(text);
+        let at = format!("t.toml:{}:", base_lines + line);
+        assert!(e.starts_with(&at), "{e} (want {at})");
+        assert!(e.contains(want), "{e} (want {want})");
+    }
+}
+
+#[test]
+fn output_paths_are_relative_to_the_topology_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        format!("{OUTPUT_BASE}\n[[output]]\nkind = \"file\"\npath = \"out/alerts.jsonl\"\n"),
+    )
+    .expect("write");
+    let t = Topology::load(&path).expect("valid");
+    let OutputKind::File(f) = &t.outputs[0].kind else {
+        panic!("file")
+    };
+    assert_eq!(f.path, dir.path().join("out/alerts.jsonl"));
+}

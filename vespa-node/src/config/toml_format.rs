@@ -29,6 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::outputs::RawOutput;
 use super::{field_line, ConfigError, Format, Machine, NodeDef, Role, Settings, Topology};
 
 #[derive(Deserialize)]
@@ -40,6 +41,8 @@ struct RawFile {
     machine: Vec<Spanned<RawMachine>>,
     #[serde(default)]
     node: Vec<Spanned<RawNode>>,
+    #[serde(default)]
+    output: Vec<Spanned<RawOutput>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -81,6 +84,11 @@ struct RawNode {
     journal: Option<PathBuf>,
     #[serde(default)]
     params: BTreeMap<String, String>,
+}
+
+/// How an output's table is named in errors: its `name`, else its `kind`.
+fn o_name(o: &RawOutput) -> String {
+    o.display_name()
 }
 
 /// 1-based line of byte offset `at`.
@@ -278,11 +286,33 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
             line,
         });
     }
+    let mut outputs: Vec<super::OutputDef> = Vec::new();
+    for o in raw.output {
+        let line = header_line(text, o.span().start);
+        let o = o.into_inner();
+        let ctx = format!("[[output]] {:?}", o_name(&o));
+        let def = o.validate(line).map_err(|(field, message)| {
+            err(field_line(text, line, field), ctx.clone(), field, message)
+        })?;
+        if let Some(first) = outputs.iter().find(|d| d.name == def.name) {
+            return Err(err(
+                field_line(text, line, "name"),
+                ctx,
+                "name",
+                format!(
+                    "an output named {:?} is already defined at line {} (give each a `name`)",
+                    def.name, first.line
+                ),
+            ));
+        }
+        outputs.push(def);
+    }
     Ok(Topology {
         source: file.to_string(),
         settings,
         machines,
         nodes,
+        outputs,
         format: Format::Toml,
     })
 }
