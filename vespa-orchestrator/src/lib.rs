@@ -25,5 +25,6 @@ pub mod client;
 pub mod control;
 pub mod decisions;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod policy_driver;
