@@ -218,6 +218,10 @@ pub struct Settings {
     /// VO: the alert journal's byte budget; past it the file is compacted to what
     /// de-duplication needs and the newest alerts that fit in half of it.
     pub journal_max_bytes: u64,
+    /// The process that runs the VO: its decision ledger, an SQLite database (relative
+    /// paths against the config file's directory). `None`: no ledger unless
+    /// `vespa-orchestrator run --ledger` names one.
+    pub ledger: Option<PathBuf>,
 }
 
 /// The default of [`Settings::journal_max_bytes`]: 64 MiB.
@@ -238,6 +242,7 @@ impl Default for Settings {
             call_timeout: Duration::from_secs(10),
             max_frame: vespa_proto::frame::DEFAULT_MAX_FRAME,
             journal_max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
+            ledger: None,
         }
     }
 }
@@ -352,6 +357,11 @@ impl Topology {
         if let Some(d) = &mut self.settings.key_dir {
             if d.is_relative() {
                 *d = base.join(&*d);
+            }
+        }
+        if let Some(l) = &mut self.settings.ledger {
+            if l.is_relative() {
+                *l = base.join(&*l);
             }
         }
         for n in &mut self.nodes {
