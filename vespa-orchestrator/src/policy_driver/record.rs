@@ -345,3 +345,87 @@ impl PolicyDriver {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::PolicyControl;
+    use crate::ledger::Query;
+
+    fn placed(target: &str, decider: Decider, placed_at: u64, ttl: Option<u64>) -> NewDecision {
+        NewDecision {
+            node: "VO".into(),
+            kind: "block".into(),
+            target: target.into(),
+            actuator: "Agent_FW".into(),
+            actuator_firewall: true,
+            decider,
+            cause: None,
+            placed_at,
+            ttl_s: ttl,
+            expires_at: ttl.map(|t| placed_at + t),
+            rate: None,
+            dry_run: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn what_the_ledger_holds_in_force_is_restored_and_what_expired_is_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Ledger::open(&dir.path().join("l.db")).await.expect("open");
+        let now = super::super::unix_ns() / SECOND;
+        let rule = Decider::Rule {
+            rules: "syn-flood".into(),
+            policy_sha256: "0".repeat(64),
+        };
+        let op = Decider::Operator {
+            identity: "token:abc".into(),
+            reason: None,
+        };
+        let (live, _) = ledger.place(placed("192.0.2.1", rule.clone(), now - 100, Some(600)));
+        let (manual, _) = ledger.place(placed("192.0.2.2", op, now - 50, Some(3600)));
+        let (gone, _) = ledger.place(placed("192.0.2.3", rule, now - 700, Some(600)));
+        let (cut, _) = ledger.place(NewDecision {
+            kind: "cut_link".into(),
+            target: "vm-1".into(),
+            actuator: "Agent_Libvirt".into(),
+            actuator_firewall: false,
+            ..placed("vm-1", Decider::Infection, now - 10, None)
+        });
+        ledger.flush().await.expect("flush");
+
+        let d = PolicyDriver::new(vespa_policy::DEFAULT_RULES, false, None, None, None)
+            .expect("driver");
+        let n = d.attach_ledger(ledger.clone(), "VO").await.expect("attach");
+        assert_eq!(n, 3);
+        let listed = d.active_actions();
+        let by_target = |t: &str| listed.iter().find(|a| a.target == t).cloned();
+        let l = by_target("192.0.2.1").expect("the rule's block");
+        assert_eq!((l.decision, l.since_unix_s), (Some(live), now - 100));
+        assert_eq!(l.actuator, "Agent_FW");
+        assert_eq!(
+            l.expires_unix_s.map(|e| e.abs_diff(now + 500) <= 1),
+            Some(true)
+        );
+        assert_eq!(
+            by_target("192.0.2.2").and_then(|a| a.decision),
+            Some(manual)
+        );
+        assert_eq!(by_target("vm-1").and_then(|a| a.decision), Some(cut));
+        assert!(by_target("192.0.2.3").is_none(), "expired while down");
+        let h = ledger.list(&Query::default()).await.expect("list");
+        let ended = h.iter().find(|x| x.id == gone).expect("row");
+        assert_eq!(ended.end_reason.as_deref(), Some("expired while down"));
+        let story = ledger.show(live).await.expect("show").expect("found");
+        assert_eq!(
+            story.events.last().map(|e| e.kind.as_str()),
+            Some("restored")
+        );
+        assert_eq!(
+            d.core().state.holders(&Effect::Blocked(Target::Ip(
+                "192.0.2.2".parse().expect("ip")
+            ))),
+            ["operator"]
+        );
+    }
+}
