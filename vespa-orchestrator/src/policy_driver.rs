@@ -722,10 +722,11 @@ impl PolicyDriver {
             let recorded = self.record(&action, why);
             let verb = call.name();
             let sent_ns = unix_ns();
+            // A block's timeline; "sent" is logged by the call's task, once its ledger row is
+            // written (the closed loop's figure includes the write).
             let timing = match &action {
                 Action::Block { target, .. } => {
                     let (raised, seen) = cause.map_or((0, 0), |(_, r, u)| (r, u));
-                    tracing::info!(node = here, id, target = %target_arg(target), %via, alert_raised_ns = raised, alert_seen_ns = seen, sent_ns, "policy block sent");
                     let t = BlockTiming {
                         id,
                         target: target_arg(target),
@@ -740,11 +741,11 @@ impl PolicyDriver {
                         ts.pop_front();
                     }
                     ts.push_back(t);
-                    true
+                    Some((target_arg(target), raised, seen))
                 }
                 _ => {
                     tracing::info!(node = here, id, %via, call = ?call, "policy action sent");
-                    false
+                    None
                 }
             };
             let note = self
@@ -769,6 +770,18 @@ impl PolicyDriver {
                     }
                     None => None,
                 };
+                let sent_ns = match &timing {
+                    Some((target, raised, seen)) => {
+                        let sent_ns = unix_ns();
+                        tracing::info!(node = here, id, %target, %via, alert_raised_ns = raised, alert_seen_ns = seen, sent_ns, "policy block sent");
+                        let mut ts = lock(&me.inner.timings);
+                        if let Some(t) = ts.iter_mut().rev().find(|t| t.id == id) {
+                            t.sent_ns = sent_ns;
+                        }
+                        sent_ns
+                    }
+                    None => sent_ns,
+                };
                 // Closed only with the driver: then nothing is sent.
                 let Ok(_turn) = me.inner.calls.clone().acquire_owned().await else {
                     return;
@@ -784,7 +797,7 @@ impl PolicyDriver {
                     m.observe_actuator_ack(start.elapsed().as_secs_f64());
                 }
                 let acked_ns = unix_ns();
-                if timing {
+                if timing.is_some() {
                     let mut ts = lock(&me.inner.timings);
                     if let Some(t) = ts.iter_mut().rev().find(|t| t.id == id) {
                         t.acked_ns = acked_ns;
