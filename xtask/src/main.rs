@@ -224,7 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let sensor_only_agent = sensor_only.join("release").join("vespa-agent");
             // One binary per area; each prints its ratios and writes target/bench/<area>.json.
-            let areas: [(&str, &str, &[&str]); 7] = [
+            let areas: [(&str, &str, &[&str]); 8] = [
                 ("sensors", "vespa-bench", &[]),
                 // The kernel firewall: drop rates, its cost to unblocked traffic, the reflex,
                 // the policy's block.
@@ -236,6 +236,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ("loop-fastpath", "vespa-bench-loop", &["--fast-path"]),
                 // The same, while one source floods the sensors with new remotes.
                 ("loop-flood", "vespa-bench-loop", &["--under-flood"]),
+                // Without and with the VO's decision ledger, alternating in one run.
+                ("loop-ledger", "vespa-bench-loop", &["--ledger", "--crossings", "200"]),
             ];
             for (area, bin, extra) in areas {
                 // These binaries hold several benchmarks and filter them by name themselves.
@@ -319,6 +321,9 @@ fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<
         .args(["--http", HTTP])
         .arg("--api-token-file")
         .arg(&token)
+        // The decisions survive a restart of the demo (docs/decisions.md).
+        .arg("--ledger")
+        .arg(root.join("target/vespa/ledger.db"))
         .spawn()?;
     step(&format!("starting the agents (vespa-agent run): eBPF sensors on every interface, metrics at http://{listen}/metrics"));
     let mut agent = Command::new(bin.join("vespa-agent"))
@@ -333,6 +338,10 @@ fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<
         token.display()
     );
     println!("       API:         http://{HTTP}/api/v1/topology, /api/v1/alerts, /metrics");
+    println!(
+        "       decisions:   {} (sqlite3 -readonly; decisions list --all --api http://{HTTP})",
+        root.join("target/vespa/ledger.db").display()
+    );
     println!(
         "       ask a node:  {} call --key {} Agent_Bandwidth interfaces",
         bin.join("vespa-orchestrator").display(),

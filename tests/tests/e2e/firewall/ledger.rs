@@ -66,6 +66,7 @@ fn in_force(lab: &Lab, api: SocketAddr) -> Option<Vec<(String, Option<i64>)>> {
     )
 }
 
+/// The blocks in the host's kernel, as the firewall agent lists them.
 fn kernel_blocks(lab: &Lab) -> Vec<String> {
     lab.blocks()
         .iter()
@@ -193,13 +194,6 @@ fn a_vo_killed_mid_import_restarts_with_every_enforced_block_listed_and_releasab
         (n >= 200).then_some(n)
     });
     lab.vo.as_mut().expect("VO").kill9();
-    let enforced = kernel_blocks(&lab);
-    eprintln!(
-        "VO killed with {mid}+ blocks in the kernel; {} there after the kill (of {} asked)",
-        enforced.len(),
-        IMPORTED + 2
-    );
-    assert!(enforced.len() > 2, "the import had started");
 
     lab.start_vo(&vo_args);
     let listed = try_wait_until("the restarted VO to list its decisions", WAIT, || {
@@ -213,6 +207,19 @@ fn a_vo_killed_mid_import_restarts_with_every_enforced_block_listed_and_releasab
             lab.vo.as_ref().map(Proc::log_text).unwrap_or_default()
         )
     });
+    // The agent kept what it was sent; restoring sends nothing, so what it holds now is
+    // what it held when the VO was killed.
+    wait_until("the firewall agent back under the new VO", WAIT, || {
+        lab.call("fw", "firewall_stats", &[]).ok()
+    });
+    let enforced = kernel_blocks(&lab);
+    eprintln!(
+        "VO killed with {mid}+ blocks in the kernel; {} there (of {} asked), {} listed after the restart",
+        enforced.len(),
+        IMPORTED + 2,
+        listed.len()
+    );
+    assert!(enforced.len() > 2, "the import had started");
     let listed_targets: std::collections::HashSet<&str> =
         listed.iter().map(|(t, _)| t.as_str()).collect();
     let missing: Vec<&String> = enforced
