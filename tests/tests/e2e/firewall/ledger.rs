@@ -244,7 +244,10 @@ fn a_vo_killed_mid_import_restarts_with_every_enforced_block_listed_and_releasab
 
     // The story of the manual block, through the command line.
     let id = manual_d["id"].as_i64().expect("id");
-    let out = std::process::Command::new(vespa_tests::workspace_bin("vespa-orchestrator"))
+    // In the host's namespace, where the VO's API listens.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.net.host.name])
+        .arg(vespa_tests::workspace_bin("vespa-orchestrator"))
         .args([
             "decisions",
             "show",
