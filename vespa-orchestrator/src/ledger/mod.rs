@@ -741,6 +741,22 @@ impl Ledger {
         }))
     }
 
+    /// The latest decision about `about`, in force or ended: for reconciliation, "did VESPA
+    /// place this, and did it end it (when, why)?".
+    pub async fn last(&self, about: &Subject) -> anyhow::Result<Option<Decision>> {
+        let (node, kind, target) = about.slot();
+        let row = sqlx::query(
+            "SELECT * FROM decisions WHERE node = $1 AND kind = $2 AND target = $3 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(node)
+        .bind(kind)
+        .bind(target)
+        .fetch_optional(&self.inner.read)
+        .await
+        .with_context(|| format!("reading the decision ledger {}", self.path().display()))?;
+        Ok(row.as_ref().map(decision_of))
+    }
+
     /// The decisions of `node` in force, for its driver to restore at start.
     pub async fn to_restore(&self, node: &str) -> anyhow::Result<Vec<Decision>> {
         self.list(&Query {

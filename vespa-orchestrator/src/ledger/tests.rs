@@ -96,6 +96,13 @@ async fn a_decision_is_placed_confirmed_ended_and_tells_its_story() {
     assert_eq!((first.decision, first.kind.as_str()), (id, "alert"));
     assert_eq!(first.target, "198.51.100.7");
     assert!(l.show(id + 100).await.expect("show").is_none());
+    let last = l.last(&subject("198.51.100.7")).await.expect("last");
+    assert_eq!(last.map(|d| (d.id, d.ended_at.is_some())), Some((id, true)));
+    assert!(l
+        .last(&subject("192.0.2.99"))
+        .await
+        .expect("last")
+        .is_none());
 }
 
 #[tokio::test]
