@@ -60,6 +60,8 @@ pub const MAX_TEXT: usize = 512;
 const MAX_BATCH: usize = 4096;
 /// Decision events buffered for a slow subscriber (it then misses the oldest, and is told).
 const EVENTS_BUFFER: usize = 4096;
+/// How often the WAL is copied back into the database file, off the writer's path.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// Rows a history read returns at most.
 pub const MAX_LISTED: i64 = 10_000;
 
@@ -419,7 +421,12 @@ impl Ledger {
                 )
             })?;
         }
-        let mut conn = SqliteConnection::connect_with(&opts(path).create_if_missing(true))
+        // The writer never checkpoints (a checkpoint fsyncs: milliseconds to tens of them on
+        // a busy disk, in the closed loop's path); a task of its own does, every few seconds.
+        let writer_opts = opts(path)
+            .create_if_missing(true)
+            .pragma("wal_autocheckpoint", "0");
+        let mut conn = SqliteConnection::connect_with(&writer_opts)
             .await
             .map_err(|e| unusable(path, e))?;
         let check: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
@@ -490,7 +497,11 @@ impl Ledger {
             .connect_with(opts(path).read_only(true))
             .await
             .map_err(|e| unusable(path, e))?;
+        let checkpointer = SqliteConnection::connect_with(&opts(path))
+            .await
+            .map_err(|e| unusable(path, e))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(checkpoint_loop(checkpointer, tx.downgrade(), path.to_path_buf()));
         let (events, _) = broadcast::channel(EVENTS_BUFFER);
         let failures = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_loop(
@@ -829,6 +840,33 @@ fn decided_detail(d: &NewDecision) -> String {
         "{} {} via {}{ttl}{rate}, decided by {who}{dry}",
         d.kind, d.target, d.actuator
     )
+}
+
+/// Copies the WAL back into the database every [`CHECKPOINT_EVERY`] (PASSIVE: it never waits
+/// for the writer nor stops it), until the ledger is dropped.
+async fn checkpoint_loop(
+    mut conn: SqliteConnection,
+    alive: mpsc::WeakUnboundedSender<Job>,
+    path: PathBuf,
+) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        if alive.upgrade().is_none() {
+            break;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(path = %path.display(), error = %e, "decision ledger: checkpoint failed (the WAL grows until one succeeds)");
+        }
+    }
+    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut conn)
+        .await;
 }
 
 async fn write_loop(
