@@ -237,7 +237,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 // The same, while one source floods the sensors with new remotes.
                 ("loop-flood", "vespa-bench-loop", &["--under-flood"]),
                 // Without and with the VO's decision ledger, alternating in one run.
-                ("loop-ledger", "vespa-bench-loop", &["--ledger", "--crossings", "200"]),
+                (
+                    "loop-ledger",
+                    "vespa-bench-loop",
+                    &["--ledger", "--crossings", "200"],
+                ),
             ];
             for (area, bin, extra) in areas {
                 // These binaries hold several benchmarks and filter them by name themselves.

@@ -501,7 +501,11 @@ impl Ledger {
             .await
             .map_err(|e| unusable(path, e))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(checkpoint_loop(checkpointer, tx.downgrade(), path.to_path_buf()));
+        tokio::spawn(checkpoint_loop(
+            checkpointer,
+            tx.downgrade(),
+            path.to_path_buf(),
+        ));
         let (events, _) = broadcast::channel(EVENTS_BUFFER);
         let failures = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_loop(
