@@ -25,9 +25,33 @@ pub struct ActiveAction {
     pub expires_unix_s: Option<u64>,
     /// True when the policy only logged it (dry-run mode): nothing was asked of an actuator.
     pub dry_run: bool,
+    /// Its id in the decision ledger (`decisions show <id>`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<i64>,
     /// The HO whose fast-path rule holds it; `null` when the VO's policy (or a manual block)
     /// does.
     pub at: Option<String>,
+}
+
+/// Who asks for a block or a release, for the decision ledger's record: an API token's id
+/// (`token:<hash>`, never the token) or an operator key's name through the tree
+/// (`key:<name>`), with the reason they gave.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operator {
+    /// `token:<hash>`, `key:<name>`, or `operator` when not known.
+    pub identity: String,
+    /// Their reason (a block list's reason column), if any.
+    pub reason: Option<String>,
+}
+
+impl Operator {
+    /// An operator known only as one.
+    pub fn unknown() -> Operator {
+        Operator {
+            identity: "operator".into(),
+            reason: None,
+        }
+    }
 }
 
 /// A protected source: the policy never proposes to block or throttle it, and firewall
@@ -80,6 +104,14 @@ pub trait PolicyControl: Send + Sync + 'static {
     fn release(&self, key: &str) -> Result<String, PolicyError>;
     /// Blocks `target` by hand for `ttl_s` seconds; returns the new action's key.
     fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError>;
+    /// [`PolicyControl::block`], recording `who` asked (the decision ledger's operator).
+    fn block_as(&self, target: &str, ttl_s: u64, _who: &Operator) -> Result<String, PolicyError> {
+        self.block(target, ttl_s)
+    }
+    /// [`PolicyControl::release`], recording `who` asked.
+    fn release_as(&self, key: &str, _who: &Operator) -> Result<String, PolicyError> {
+        self.release(key)
+    }
     /// The protected sources, configured, automatic and added by hand.
     fn allowlist(&self) -> Vec<AllowEntry> {
         Vec::new()

@@ -28,6 +28,7 @@ pub mod client;
 pub mod control;
 pub mod decisions;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod outputs;
 pub mod policy_driver;

@@ -112,6 +112,13 @@ struct RunArgs {
     /// Start the policy in dry-run: actions are logged, never sent to an actuator.
     #[arg(long)]
     dry_run: bool,
+    /// The decision ledger (SQLite): every block, cut link or quarantine this process's
+    /// policy places, written before it is sent, and put back into the policy at start.
+    /// Default: the topology's `[settings] ledger`, else `$STATE_DIRECTORY/ledger.db` under
+    /// systemd, else none (decisions kept in memory only). A file that is not a sound
+    /// ledger stops the start; it is never emptied.
+    #[arg(long, value_name = "PATH", env = "VESPA_LEDGER")]
+    ledger: Option<PathBuf>,
     // Last: its heading applies to the flags after it.
     #[command(flatten)]
     api: ApiArgs,
@@ -443,6 +450,30 @@ fn policy_drivers(
     })
 }
 
+/// Where this process keeps its decision ledger, if it runs a policy: `--ledger`, the
+/// topology's `[settings] ledger`, or systemd's state directory.
+fn ledger_path(args: &RunArgs, topo: &Topology, has_policy: bool) -> Option<PathBuf> {
+    if !has_policy {
+        if let Some(p) = &args.ledger {
+            tracing::warn!(path = %p.display(), "--ledger ignored: this process runs no policy");
+        }
+        return None;
+    }
+    let path = args
+        .ledger
+        .clone()
+        .or_else(|| topo.settings.ledger.clone())
+        .or_else(|| {
+            std::env::var_os("STATE_DIRECTORY")
+                .and_then(|d| std::env::split_paths(&d).next())
+                .map(|d| d.join("ledger.db"))
+        });
+    if path.is_none() {
+        tracing::warn!("no decision ledger (--ledger, [settings] ledger): decisions are kept in memory only and forgotten at a restart");
+    }
+    path
+}
+
 fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
     let topo = args.nodes.topology.load()?;
     let nodes = args
@@ -496,6 +527,11 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             .with_remote(RemoteDrivers::new(drivers.remote.clone())),
         None => parts,
     };
+    let ledger_path = ledger_path(
+        &args,
+        &topo,
+        drivers.vo.is_some() || !drivers.hos.is_empty(),
+    );
     let driver_of = |name: &str| {
         drivers
             .vo
@@ -523,6 +559,23 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let serve_api = listener.is_some();
+        // The ledger before any node starts: what it holds in force goes back into the
+        // policies first, and a damaged file stops the start.
+        let ledger = match &ledger_path {
+            Some(p) => {
+                let l = vespa_orchestrator::ledger::Ledger::open(p).await?;
+                let vo_name = topo.vo().name.clone();
+                for d in drivers.vo.iter().chain(&drivers.hos) {
+                    let node = d.at().map_or(vo_name.clone(), str::to_string);
+                    d.attach_ledger(l.clone(), &node).await?;
+                }
+                Some(l)
+            }
+            None => None,
+        };
+        // Every decision the ledger commits, for the outputs (`vespa.decisions` and the like).
+        let decision_feed = ledger.as_ref().map(|l| l.subscribe());
+        let parts = parts.with_ledger(ledger);
         let mut server = None;
         // The VO's outputs (`[[output]]`): started before the VO so that its first alert
         // finds them. The decision ledger feeds them with `Outputs::follow`.
@@ -533,6 +586,9 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         if !outputs.is_empty() {
             tracing::info!(?outputs, "outputs started");
+            if let Some(rx) = decision_feed {
+                outputs.follow(rx);
+            }
         }
         let hooks = |def: &vespa_node::config::NodeDef| {
             let mut h = Hooks::default();

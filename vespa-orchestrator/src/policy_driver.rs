@@ -58,12 +58,15 @@ use vespa_proto::verbs::SensorVerb;
 use vespa_proto::{Alert, AlertBody};
 
 use crate::control::{PolicyControl, PolicyError};
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+use record::Why;
 
 mod api;
 mod convert;
 mod firewall;
 pub mod placement;
+mod record;
 mod remote;
 mod set;
 
@@ -205,8 +208,8 @@ pub fn load_rules(text: &str, topology: Option<&Topology>) -> Result<Rules, Poli
 enum Event {
     /// An alert processed at the driver's node, with when the handler saw it.
     Alert(Arc<Alert>, Instant, u64),
-    /// Actions to execute (from an API mutation), with when they were decided.
-    Run(Vec<Action>),
+    /// Actions to execute (from an API mutation), with why (for the decision ledger).
+    Run(Vec<Action>, Why),
     /// An actuator's reply to a policy action.
     Result {
         id: u64,
@@ -259,6 +262,9 @@ struct Inner {
     policy_file: Option<PathBuf>,
     /// What the firewall agent should hold ([`firewall`]'s task follows it).
     firewall: watch::Sender<firewall::Wanted>,
+    /// The decision ledger, and the node name its rows carry ([`record`]).
+    ledger: OnceLock<Ledger>,
+    ledger_node: OnceLock<String>,
 }
 
 /// A policy driver, the VO's or an HO's (cheap to clone).
@@ -346,6 +352,8 @@ impl PolicyDriver {
                 dropped: AtomicU64::new(0),
                 policy_file,
                 firewall: watch::Sender::new(firewall::Wanted::default()),
+                ledger: OnceLock::new(),
+                ledger_node: OnceLock::new(),
             }),
         };
         d.rules_changed(d.core().state.rules());
@@ -530,7 +538,10 @@ impl PolicyDriver {
                 _ = node.stopping() => break,
                 _ = tick.tick() => {
                     let actions = self.step(Input::Tick);
-                    self.execute(&node, actions, None);
+                    self.execute(&node, actions, None, &Why::Tick);
+                    if let Some(l) = self.ledger() {
+                        l.expire(unix_ns() / vespa_policy::SECOND, "TTL: removed by the actuator's reaper");
+                    }
                 }
                 ev = rx.recv() => match ev {
                     None => break,
@@ -543,16 +554,17 @@ impl PolicyDriver {
                             body: to_policy_body(&alert.body),
                         });
                         let actions = self.step(input);
-                        self.execute(&node, actions, Some((seen, alert.timestamp_ns, seen_unix)));
+                        let why = if actions.is_empty() { Why::Tick } else { record::cause_of(&alert) };
+                        self.execute(&node, actions, Some((seen, alert.timestamp_ns, seen_unix)), &why);
                     }
-                    Some(Event::Run(actions)) => self.execute(&node, actions, None),
+                    Some(Event::Run(actions, why)) => self.execute(&node, actions, None, &why),
                     Some(Event::Result { id, ok, error }) => {
                         let actions = self.step(Input::ActionResult { id, ok, error });
-                        self.execute(&node, actions, None);
+                        self.execute(&node, actions, None, &Why::Result);
                     }
                     Some(Event::Protects { agent, entries }) => {
                         let actions = self.learned(agent, entries);
-                        self.execute(&node, actions, None);
+                        self.execute(&node, actions, None, &Why::Allowlist);
                     }
                 },
             }
@@ -671,8 +683,15 @@ impl PolicyDriver {
     /// its reply fed back as an `ActionResult`), alerts are raised at the driver's node (and
     /// climb to the VO), dry-run records are logged. At an HO every call sent is also raised
     /// as a fast-path alert. `cause` is (when the node saw the alert, its raise time, the
-    /// same in Unix ns).
-    fn execute(&self, node: &NodeHandle, actions: Vec<Action>, cause: Option<(Instant, u64, u64)>) {
+    /// same in Unix ns). With a ledger, each effect placed or undone is written first
+    /// ([`record`]): the call's task sends once its row is committed.
+    fn execute(
+        &self,
+        node: &NodeHandle,
+        actions: Vec<Action>,
+        cause: Option<(Instant, u64, u64)>,
+        why: &Why,
+    ) {
         let decided = Instant::now();
         let here = node.name();
         for action in actions {
@@ -691,6 +710,7 @@ impl PolicyDriver {
                 }
                 Action::DryRun(inner) => {
                     tracing::info!(node = here, action = ?inner, "policy (dry-run): would do");
+                    let _ = self.record(&action, why);
                     continue;
                 }
                 _ => {}
@@ -699,12 +719,14 @@ impl PolicyDriver {
             let Some((via, call)) = call_of(&action) else {
                 continue;
             };
+            let recorded = self.record(&action, why);
             let verb = call.name();
             let sent_ns = unix_ns();
+            // A block's timeline; "sent" is logged by the call's task, once its ledger row is
+            // written (the closed loop's figure includes the write).
             let timing = match &action {
                 Action::Block { target, .. } => {
                     let (raised, seen) = cause.map_or((0, 0), |(_, r, u)| (r, u));
-                    tracing::info!(node = here, id, target = %target_arg(target), %via, alert_raised_ns = raised, alert_seen_ns = seen, sent_ns, "policy block sent");
                     let t = BlockTiming {
                         id,
                         target: target_arg(target),
@@ -719,11 +741,11 @@ impl PolicyDriver {
                         ts.pop_front();
                     }
                     ts.push_back(t);
-                    true
+                    Some((target_arg(target), raised, seen))
                 }
                 _ => {
                     tracing::info!(node = here, id, %via, call = ?call, "policy action sent");
-                    false
+                    None
                 }
             };
             let note = self
@@ -736,6 +758,30 @@ impl PolicyDriver {
             let handle = node.clone();
             tokio::spawn(async move {
                 let here = handle.name();
+                // Written before sent: a ledger that cannot write is logged, the call still goes.
+                let recorded = match recorded {
+                    Some(mut r) => {
+                        let written =
+                            std::mem::replace(&mut r.written, crate::ledger::Written::none());
+                        if let Err(e) = written.wait().await {
+                            tracing::error!(node = here, id, error = %e, "decision not recorded in the ledger; sending anyway");
+                        }
+                        Some(r)
+                    }
+                    None => None,
+                };
+                let sent_ns = match &timing {
+                    Some((target, raised, seen)) => {
+                        let sent_ns = unix_ns();
+                        tracing::info!(node = here, id, %target, %via, alert_raised_ns = raised, alert_seen_ns = seen, sent_ns, "policy block sent");
+                        let mut ts = lock(&me.inner.timings);
+                        if let Some(t) = ts.iter_mut().rev().find(|t| t.id == id) {
+                            t.sent_ns = sent_ns;
+                        }
+                        sent_ns
+                    }
+                    None => sent_ns,
+                };
                 // Closed only with the driver: then nothing is sent.
                 let Ok(_turn) = me.inner.calls.clone().acquire_owned().await else {
                     return;
@@ -751,7 +797,7 @@ impl PolicyDriver {
                     m.observe_actuator_ack(start.elapsed().as_secs_f64());
                 }
                 let acked_ns = unix_ns();
-                if timing {
+                if timing.is_some() {
                     let mut ts = lock(&me.inner.timings);
                     if let Some(t) = ts.iter_mut().rev().find(|t| t.id == id) {
                         t.acked_ns = acked_ns;
@@ -765,6 +811,13 @@ impl PolicyDriver {
                     Err(e) => {
                         tracing::warn!(node = here, id, %via, verb, sent_ns, acked_ns, error = ?e.to_string(), "policy action failed")
                     }
+                }
+                if let Some(r) = &recorded {
+                    let (ok, text) = match &reply {
+                        Ok(t) => (true, t.as_str()),
+                        Err(e) => (false, e.as_str()),
+                    };
+                    r.ledger.reply(r.id, &r.subject, r.undo, ok, text);
                 }
                 let (ok, error) = match reply {
                     Ok(_) => (true, None),
@@ -788,7 +841,7 @@ impl PolicyDriver {
     }
 
     /// Hands actions decided outside the driver task (API mutations) to it.
-    fn run_later(&self, actions: Vec<Action>) -> Result<(), PolicyError> {
+    fn run_later(&self, actions: Vec<Action>, why: Why) -> Result<(), PolicyError> {
         if actions.is_empty() {
             return Ok(());
         }
@@ -800,7 +853,7 @@ impl PolicyDriver {
         }
         self.inner
             .tx
-            .try_send(Event::Run(actions))
+            .try_send(Event::Run(actions, why))
             .map_err(|_| busy())
     }
 
@@ -812,8 +865,8 @@ impl PolicyDriver {
 
     /// As [`PolicyDriver::run_later`], for a change that holds whether or not its immediate
     /// actions could be queued (the policy retries them on its next tick).
-    fn run_soon(&self, actions: Vec<Action>, what: &str) -> Result<(), PolicyError> {
-        self.run_later(actions).or_else(|e| match e {
+    fn run_soon(&self, actions: Vec<Action>, why: Why, what: &str) -> Result<(), PolicyError> {
+        self.run_later(actions, why).or_else(|e| match e {
             PolicyError::Unavailable(m) => {
                 tracing::warn!(node = %self.node_name(), error = %m, "{what}; its immediate actions could not be queued");
                 Ok(())

@@ -41,6 +41,7 @@ impl PolicyControl for Recorder {
             expires_unix_s: Some(61),
             dry_run: false,
             at: None,
+            decision: None,
         }]
     }
     fn rules_text(&self) -> Option<String> {

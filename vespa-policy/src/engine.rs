@@ -201,6 +201,7 @@ pub fn step(state: &mut State, input: Input, now: Nanos) -> Vec<Action> {
         Input::Allow { target, note } => allow(state, target, note, &mut out),
         Input::Disallow { target } => disallow(state, &target),
         Input::TopologyAllow(entries) => topology_allow(state, entries, &mut out),
+        Input::Restore(r) => effects::restore(state, *r),
     }
     out
 }

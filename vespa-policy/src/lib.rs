@@ -61,5 +61,5 @@ pub use rules::{
 };
 pub use types::{
     Action, ActionId, AlertBody, AlertKind, Effect, Input, Key, Mac, Metric, Nanos, Prefix, Rate,
-    ReflexCause, Target, SECOND,
+    ReflexCause, Restored, Target, SECOND,
 };

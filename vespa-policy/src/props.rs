@@ -317,3 +317,39 @@ proptest! {
         prop_assert_eq!(all, replayed, "same inputs, same actions");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// What a state lists, restored into a fresh one with the same rules (the orchestrator's
+    /// restart), is listed the same, and restoring sends nothing.
+    #[test]
+    fn restoring_what_is_in_place_lists_the_same(inputs in proptest::collection::vec(input(200, true), 0..150)) {
+        let mut st = State::new(Rules::default_rules());
+        let mut now = 0;
+        for (dt, i) in inputs {
+            now += dt * SECOND;
+            step(&mut st, i, now);
+        }
+        let mut back = State::new(Rules::default_rules());
+        step(&mut back, Input::Tick, now);
+        for p in st.effects() {
+            let r = Restored {
+                effect: p.effect.clone(),
+                via: p.via.to_string(),
+                firewall: false,
+                holders: p.holders.iter().map(|h| h.to_string()).collect(),
+                since: p.since,
+                expires_at: p.expires_at,
+                ttl_ns: None,
+                rate: p.rate,
+                dry: p.dry,
+            };
+            let out = step(&mut back, Input::Restore(Box::new(r)), now);
+            prop_assert!(out.is_empty(), "restoring sent {:?}", out);
+        }
+        let a: Vec<InPlace> = st.effects().filter(|p| p.expires_at.is_none_or(|t| t > now)).collect();
+        let b: Vec<InPlace> = back.effects().collect();
+        prop_assert_eq!(a, b);
+    }
+}

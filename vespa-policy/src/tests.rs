@@ -7,6 +7,7 @@ use crate::*;
 
 mod firewall;
 mod operator;
+mod restore;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")

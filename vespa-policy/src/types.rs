@@ -425,6 +425,39 @@ pub enum Input {
     /// The tree's own machines and controllers, protected automatically, each with what it
     /// is; replaces the previous list.
     TopologyAllow(Vec<(Target, String)>),
+    /// An effect the caller's record (the orchestrator's decision ledger) says is in place
+    /// from before a restart: put back in the state as it was, and nothing sent, since the
+    /// actuator still holds it. Boxed: it is rare and larger than the other inputs.
+    Restore(Box<Restored>),
+}
+
+/// An effect put back by [`Input::Restore`].
+///
+/// Who held it decides how it ends: `operator` holds until its `expires_at` (as the manual
+/// block it was); `infection` holds until released by hand; a rule's name holds it as that
+/// rule's decision from before the restart (the rule's own memory of the key, its ladder
+/// and calm period, is not restored): until its `expires_at`, when the actuator's reaper
+/// removes it, or a manual release; a rule that acts on the same target again joins it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restored {
+    pub effect: Effect,
+    /// The agent that carries it out, and undoes it.
+    pub via: String,
+    /// Whether `via` is a firewall agent (blocks only).
+    pub firewall: bool,
+    /// Rule names, `operator`, `infection`; empty is taken as held by the record alone
+    /// (`restored`), released by hand or at its expiry.
+    pub holders: Vec<String>,
+    /// When it was placed, on the caller's clock (0 when before its start).
+    pub since: Nanos,
+    /// When it ends by itself, on the caller's clock; an effect already past it is not
+    /// restored (the caller should not give it).
+    pub expires_at: Option<Nanos>,
+    /// The TTL and the rate last sent (blocks and throttles).
+    pub ttl_ns: Option<Nanos>,
+    pub rate: Option<Rate>,
+    /// Only recorded in dry-run.
+    pub dry: bool,
 }
 
 /// Why the policy raises an alert of its own.

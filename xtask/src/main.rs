@@ -238,6 +238,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ("loop-fastpath", "vespa-bench-loop", &["--fast-path"]),
                 // The same, while one source floods the sensors with new remotes.
                 ("loop-flood", "vespa-bench-loop", &["--under-flood"]),
+                // Without and with the VO's decision ledger, alternating in one run.
+                (
+                    "loop-ledger",
+                    "vespa-bench-loop",
+                    &["--ledger", "--crossings", "200"],
+                ),
             ];
             for (area, bin, extra) in areas {
                 // These binaries hold several benchmarks and filter them by name themselves.
@@ -321,6 +327,9 @@ fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<
         .args(["--http", HTTP])
         .arg("--api-token-file")
         .arg(&token)
+        // The decisions survive a restart of the demo (docs/decisions.md).
+        .arg("--ledger")
+        .arg(root.join("target/vespa/ledger.db"))
         .spawn()?;
     step(&format!("starting the agents (vespa-agent run): eBPF sensors on every interface, metrics at http://{listen}/metrics"));
     // The agents' unacknowledged alerts survive a restart of `cargo xtask run` (the packaged
@@ -340,6 +349,10 @@ fn run_tree(root: &Path, listen: &str, agent_args: &[String]) -> anyhow::Result<
         token.display()
     );
     println!("       API:         http://{HTTP}/api/v1/topology, /api/v1/alerts, /metrics");
+    println!(
+        "       decisions:   {} (sqlite3 -readonly; decisions list --all --api http://{HTTP})",
+        root.join("target/vespa/ledger.db").display()
+    );
     println!(
         "       ask a node:  {} call --key {} Agent_Bandwidth interfaces",
         bin.join("vespa-orchestrator").display(),

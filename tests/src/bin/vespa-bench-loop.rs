@@ -38,6 +38,12 @@
 //! The report adds the flood's rate (new remotes/s) and the alerts/s the VO processed while
 //! it lasted; compare `kernel_to_sent` with the run without the flood.
 //!
+//! With `--ledger` (rule at the VO) the same crossings are measured without and with the
+//! VO's decision ledger (`run --ledger`, SQLite in WAL), in alternating rounds of 50, the VO
+//! restarted between them, so a change in the machine's load falls on both; the block
+//! request counts as sent once its ledger row is written. The report gives each and the
+//! ledger / no-ledger ratios.
+//!
 //! Not measured here: block -> traffic stopped on a real switch (see
 //! `tests/tests/e2e/loops/sdn.rs`, which prints attack -> drop flow present). Needs root and BTF.
 
@@ -71,6 +77,34 @@ struct Args {
     /// Flood the sensors with new remotes while the crossings run (see above).
     #[arg(long, conflicts_with = "fast_path")]
     under_flood: bool,
+    /// Compare the VO without and with its decision ledger: `--crossings` for each, in
+    /// alternating rounds (the VO restarted between them).
+    #[arg(long, conflicts_with_all = ["fast_path", "under_flood"])]
+    ledger: bool,
+}
+
+/// The series measured with the VO's decision ledger.
+const WITH_LEDGER: &str = "VO+ledger";
+
+/// Waits until the VO at `vo_addr` reaches both agents.
+fn wait_tree(rt: &tokio::runtime::Runtime, vo_addr: SocketAddr, psk: &vespa_proto::Psk) {
+    wait_until("the tree", Duration::from_secs(60), || {
+        rt.block_on(async {
+            let mut c = vespa_node::Client::connect(
+                vo_addr,
+                &vespa_node::Security::Psk(psk.clone()),
+                "bench",
+                Some("VO"),
+                Duration::from_secs(2),
+            )
+            .await
+            .ok()?;
+            let a = c.call("call", &["conns", "help"]).await.ok()?.ok()?;
+            let b = c.call("call", &["sdn", "help"]).await.ok()?.ok()?;
+            c.close().await;
+            Some((a, b))
+        })
+    });
 }
 
 struct Proc {
@@ -330,15 +364,25 @@ fn main() {
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, policy_text(None, threshold - 1)).expect("policy");
     let p = policy.to_string_lossy().into_owned();
-    let vo = spawn(
-        dir.path(),
-        "vo",
-        "vespa-orchestrator",
-        &[],
-        &config,
-        &["VO", "HO_VM", "HO_PH"],
-        &["--policy", &p, "--http", "off"],
-    );
+    let ledger_file = dir.path().join("ledger.db").to_string_lossy().into_owned();
+    let spawn_vo = |label: &str, ledger: bool| {
+        let mut post = vec!["--policy", p.as_str(), "--http", "off"];
+        if ledger {
+            post.extend(["--ledger", ledger_file.as_str()]);
+        }
+        spawn(
+            dir.path(),
+            label,
+            "vespa-orchestrator",
+            &[],
+            &config,
+            &["VO", "HO_VM", "HO_PH"],
+            &post,
+        )
+    };
+    let mut vo = spawn_vo("vo", false);
+    // Every VO's log, with the series it measured (`--ledger` restarts the VO).
+    let mut logs: Vec<(String, PathBuf)> = vec![("VO".into(), vo.log.clone())];
     let thr = threshold.to_string();
     let _agents = spawn(
         dir.path(),
@@ -351,23 +395,7 @@ fn main() {
     );
     // Ready when the VO can reach both agents.
     let vo_addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().expect("addr");
-    wait_until("the tree", Duration::from_secs(60), || {
-        rt.block_on(async {
-            let mut c = vespa_node::Client::connect(
-                vo_addr,
-                &vespa_node::Security::Psk(psk.clone()),
-                "bench",
-                Some("VO"),
-                Duration::from_secs(2),
-            )
-            .await
-            .ok()?;
-            let a = c.call("call", &["conns", "help"]).await.ok()?.ok()?;
-            let b = c.call("call", &["sdn", "help"]).await.ok()?.ok()?;
-            c.close().await;
-            Some((a, b))
-        })
-    });
+    wait_tree(&rt, vo_addr, &psk);
 
     let server = TcpListener::bind("127.0.0.1:0").expect("server");
     let to = server.local_addr().expect("addr");
@@ -393,10 +421,15 @@ fn main() {
         let sizes =
             (0..args.crossings.div_ceil(ROUND)).map(|i| ROUND.min(args.crossings - i * ROUND));
         sizes.flat_map(|n| [("VO", n), ("HO_PH", n)]).collect()
+    } else if args.ledger {
+        let round = 2 * ROUND;
+        let sizes =
+            (0..args.crossings.div_ceil(round)).map(|i| round.min(args.crossings - i * round));
+        sizes.flat_map(|n| [("VO", n), (WITH_LEDGER, n)]).collect()
     } else {
         vec![("VO", args.crossings)]
     };
-    let mut series: Vec<Series> = ["VO", "HO_PH"]
+    let mut series: Vec<Series> = ["VO", "HO_PH", WITH_LEDGER]
         .iter()
         .map(|n| Series {
             node: n.to_string(),
@@ -407,7 +440,14 @@ fn main() {
         (0u32..).map(|i| Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8));
     let mut placed_at = "VO";
     for (at, n) in rounds {
-        if at != placed_at {
+        if args.ledger && at != placed_at {
+            // The VO restarted with or without its ledger; the agents reconnect.
+            drop(vo);
+            vo = spawn_vo(&format!("vo-{}", logs.len()), at == WITH_LEDGER);
+            logs.push((at.to_string(), vo.log.clone()));
+            wait_tree(&rt, vo_addr, &psk);
+            placed_at = at;
+        } else if at != placed_at {
             let reloads = |log: &Path| {
                 log_fields(log, "SIGHUP: policy reloaded")
                     .iter()
@@ -433,6 +473,8 @@ fn main() {
             placed_at = at;
         }
         let s = series.iter_mut().find(|s| s.node == at).expect("series");
+        // The node whose log names the block: the series' name but for the ledger's.
+        let node = if at == WITH_LEDGER { "VO" } else { at };
         for _ in 0..n {
             let src = sources.next().expect("addresses");
             let (conns, crossed) = connect_from(src, to, args.conns, threshold + 1);
@@ -461,7 +503,7 @@ fn main() {
                 || {
                     blocks_sent(&vo.log)
                         .into_iter()
-                        .find(|b| b.target == target && b.node == at)
+                        .find(|b| b.target == target && b.node == node)
                         .map(|b| (b.raised_ns, b.seen_ns, b.sent_ns))
                 },
             );
@@ -485,15 +527,26 @@ fn main() {
         println!("flood: {remotes} new remotes in {secs:.1} s ({rate:.0}/s); the VO processed {alerts:.1} alerts/s meanwhile");
         serde_json::json!({ "new_remotes": remotes, "seconds": secs, "new_remotes_per_s": rate, "vo_alerts_per_s": alerts })
     });
-    let want: usize = series.iter().map(|s| s.kernel_to_sent.len()).sum();
-    let acked = wait_until("every block's reply", Duration::from_secs(30), || {
-        let a = acks(&vo.log);
-        (a.len() >= want).then_some(a)
-    });
-    for ((node, _), (sent, ack)) in acked {
-        if let Some(s) = series.iter_mut().find(|s| s.node == node) {
-            s.sent_to_ack
-                .push(Duration::from_nanos(ack.saturating_sub(sent)));
+    if args.ledger {
+        // Each VO's replies are in its own log (ids restart with the process).
+        for (name, log) in &logs {
+            let s = series.iter_mut().find(|s| &s.node == name).expect("series");
+            for (sent, ack) in acks(log).into_values() {
+                s.sent_to_ack
+                    .push(Duration::from_nanos(ack.saturating_sub(sent)));
+            }
+        }
+    } else {
+        let want: usize = series.iter().map(|s| s.kernel_to_sent.len()).sum();
+        let acked = wait_until("every block's reply", Duration::from_secs(30), || {
+            let a = acks(&vo.log);
+            (a.len() >= want).then_some(a)
+        });
+        for ((node, _), (sent, ack)) in acked {
+            if let Some(s) = series.iter_mut().find(|s| s.node == node) {
+                s.sent_to_ack
+                    .push(Duration::from_nanos(ack.saturating_sub(sent)));
+            }
         }
     }
     let vo_series = series[0].report();
@@ -507,7 +560,38 @@ fn main() {
     if let Some(f) = flooded {
         out["flood"] = f;
     }
-    if args.fast_path {
+    if args.ledger {
+        let l = series[2].report();
+        let goal_l = !series[2].kernel_to_sent.is_empty()
+            && percentile(&series[2].kernel_to_sent, 99.0) <= Duration::from_millis(5);
+        println!(
+            "goal p99 <= 5 ms with the ledger: {}",
+            if goal_l { "met" } else { "NOT met" }
+        );
+        let mut ratios = serde_json::Map::new();
+        for k in [
+            "kernel_to_sent",
+            "seen_to_sent",
+            "crossing_connect_to_controller",
+        ] {
+            for p in ["p50_ms", "p99_ms"] {
+                let r = l[k][p]
+                    .as_f64()
+                    .zip(vo_series[k][p].as_f64())
+                    .filter(|(_, v)| *v > 0.0)
+                    .map(|(l, v)| l / v);
+                println!(
+                    "ledger / no ledger, {k} {p}: {}",
+                    r.map_or("n/a".into(), |r| format!("{r:.2}x"))
+                );
+                ratios.insert(format!("{k}_{p}"), serde_json::json!(r));
+            }
+        }
+        out["goal_p99_5ms_with_ledger"] = goal_l.into();
+        out["vo"] = vo_series;
+        out["vo_ledger"] = l;
+        out["ratio_ledger_over_none"] = ratios.into();
+    } else if args.fast_path {
         let ho_series = series[1].report();
         let ratio = |k: &str, p: &str| {
             let (h, v) = (ho_series[k][p].as_f64(), vo_series[k][p].as_f64());
@@ -549,7 +633,9 @@ fn main() {
         .map(|t| t.join("bench"))
         .unwrap_or_else(|| PathBuf::from("."));
     let _ = std::fs::create_dir_all(&path);
-    let file = path.join(if args.fast_path {
+    let file = path.join(if args.ledger {
+        "loop_ledger.json"
+    } else if args.fast_path {
         "loop_fastpath.json"
     } else if args.under_flood {
         "loop_flood.json"

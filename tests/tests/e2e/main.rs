@@ -27,6 +27,7 @@ mod firewall {
     mod dashboard;
     mod kernel;
     mod lab;
+    mod ledger;
     mod metrics;
     mod policy;
 }

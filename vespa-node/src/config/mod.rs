@@ -228,6 +228,10 @@ pub struct Settings {
     /// Bytes of unacknowledged alerts a node's spool holds at the most; past it, new alerts
     /// are dropped and counted as the full queue's are.
     pub spool_max_bytes: u64,
+    /// The process that runs the VO: its decision ledger, an SQLite database (relative
+    /// paths against the config file's directory). `None`: no ledger unless
+    /// `vespa-orchestrator run --ledger` names one.
+    pub ledger: Option<PathBuf>,
 }
 
 /// The default of [`Settings::journal_max_bytes`]: 64 MiB.
@@ -253,6 +257,7 @@ impl Default for Settings {
             journal_max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
             spool_dir: None,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            ledger: None,
         }
     }
 }
@@ -374,6 +379,11 @@ impl Topology {
         if let Some(d) = &mut self.settings.spool_dir {
             if d.is_relative() {
                 *d = base.join(&*d);
+            }
+        }
+        if let Some(l) = &mut self.settings.ledger {
+            if l.is_relative() {
+                *l = base.join(&*l);
             }
         }
         for n in &mut self.nodes {

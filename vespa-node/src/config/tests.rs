@@ -143,6 +143,16 @@ fn relative_paths_resolve_against_the_config_directory() {
     .expect("write");
     let t = Topology::load(&path).expect("loads");
     assert_eq!(t.settings.key_file, dir.join("psk"));
+    std::fs::write(
+        &path,
+        text.replace(
+            "key_file = \"psk\"",
+            "key_file = \"psk\"\nledger = \"state/ledger.db\"",
+        ),
+    )
+    .expect("write");
+    let l = Topology::load(&path).expect("loads").settings.ledger;
+    assert_eq!(l, Some(dir.join("state/ledger.db")));
     assert_eq!(
         t.vo().journal.as_deref(),
         Some(dir.join("vo.jsonl").as_path())
@@ -172,6 +182,17 @@ fn the_journal_budget_defaults_to_64_mib_and_refuses_less_than_64_kib() {
     assert_eq!(
         e.to_string(),
         "t.toml:6: [settings]: field `journal_max_bytes`: must be at least 65536 bytes"
+    );
+    assert_eq!(Topology::embedded_default().settings.ledger, None);
+    let t = with("ledger = \"/var/lib/vespa/ledger.db\"").expect("valid");
+    assert_eq!(
+        t.settings.ledger.as_deref(),
+        Some(std::path::Path::new("/var/lib/vespa/ledger.db"))
+    );
+    let e = with("ledger = \"\"").expect_err("empty");
+    assert_eq!(
+        e.to_string(),
+        "t.toml:6: [settings]: field `ledger`: must name a file (the decision ledger's SQLite database)"
     );
 }
 

@@ -5,6 +5,7 @@
 //! key_file = "psk"           # relative to this file (one key shared by the tree)
 //! # key_dir = "keys"          # per-node keys instead (vespa-orchestrator keygen --per-node)
 //! heartbeat_ms = 1000
+//! # ledger = "/var/lib/vespa/ledger.db"  # the VO process's decision ledger (SQLite)
 //!
 //! [[machine]]
 //! name = "web"
@@ -62,6 +63,7 @@ struct RawSettings {
     journal_max_bytes: Option<u64>,
     spool_dir: Option<PathBuf>,
     spool_max_bytes: Option<u64>,
+    ledger: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +132,17 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
         let ms = Duration::from_millis;
         let ctx = || "[settings]".to_string();
         settings.key_dir = s.key_dir;
+        if let Some(l) = s.ledger {
+            if l.as_os_str().is_empty() || l.to_str().is_some_and(|t| t.trim().is_empty()) {
+                return Err(err(
+                    at("ledger"),
+                    ctx(),
+                    "ledger",
+                    "must name a file (the decision ledger's SQLite database)".into(),
+                ));
+            }
+            settings.ledger = Some(l);
+        }
         if let Some(k) = s.key_file {
             settings.key_file = k;
         }

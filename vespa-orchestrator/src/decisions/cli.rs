@@ -85,6 +85,29 @@ pub enum DecisionsCommand {
     List {
         #[command(flatten)]
         shape: Shape,
+        /// History from the decision ledger: ended decisions too, with why they ended
+        /// (needs --api and a VO with a ledger).
+        #[arg(long)]
+        all: bool,
+        /// History since a time: Unix seconds, or a duration back from now (90s, 15m, 2h,
+        /// 7d); implies --all for what ended since.
+        #[arg(long, value_name = "TIME|DURATION")]
+        since: Option<String>,
+        #[command(flatten)]
+        via: Via,
+    },
+    /// The whole story of one decision of the ledger: who decided and why (rule and the
+    /// policy file's hash, the kernel reflex, or an operator's token id or key), the alert
+    /// that caused it, the actuator's reply, and when and why it ended.
+    #[command(after_help = "Examples:
+  vespa-orchestrator decisions show 42 --api http://127.0.0.1:8080
+  vespa-orchestrator decisions show 42 --json --api http://127.0.0.1:8080")]
+    Show {
+        /// The decision's id (`list --all`, or the DECISION column of `list`).
+        id: i64,
+        /// Print JSON (the API's answer as it is).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         via: Via,
     },
@@ -459,9 +482,11 @@ fn print_listing(l: &Listing, shape: Shape) -> anyhow::Result<()> {
         )?;
     } else {
         let now = now_unix_s();
-        let mut rows = vec![["KEY", "ACTION", "TARGET", "ACTUATOR", "AT", "EXPIRES"]
-            .map(String::from)
-            .to_vec()];
+        let mut rows = vec![[
+            "KEY", "ACTION", "TARGET", "ACTUATOR", "AT", "EXPIRES", "DECISION",
+        ]
+        .map(String::from)
+        .to_vec()];
         for a in &l.actions {
             let action = if a.dry_run {
                 format!("{} (dry run)", a.action)
@@ -475,6 +500,7 @@ fn print_listing(l: &Listing, shape: Shape) -> anyhow::Result<()> {
                 a.actuator.clone(),
                 a.at.clone().unwrap_or_else(|| "VO".into()),
                 expires(a.expires_unix_s, now),
+                a.decision.map_or_else(|| "-".into(), |d| d.to_string()),
             ]);
         }
         table(&mut out, &rows)?;
@@ -516,7 +542,53 @@ fn read_input(file: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 /// Runs a `decisions` command.
 pub async fn decisions(cmd: DecisionsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        DecisionsCommand::List { shape, via } => {
+        DecisionsCommand::List {
+            shape,
+            all,
+            since,
+            via,
+        } if all || since.is_some() => {
+            let Some(url) = &via.api else {
+                anyhow::bail!("--all and --since read the VO's decision ledger through its HTTP API: give --api URL");
+            };
+            let api = Api::new(url, None, Duration::from_secs(via.timeout.max(1)))?;
+            let mut query = vec![format!(
+                "format={}",
+                if shape.json { "json" } else { "text" }
+            )];
+            if all {
+                query.push("all=true".into());
+            }
+            if let Some(s) = &since {
+                // Checked here for a clear message; the VO parses it again.
+                super::history::parse_since(s, now_unix_s()).map_err(anyhow::Error::msg)?;
+                query.push(format!("since={}", path_escape(s)));
+            }
+            let path = format!("/api/v1/decisions?{}", query.join("&"));
+            let bytes = api.send(Method::GET, &path, None).await?;
+            std::io::stdout().write_all(&bytes)?;
+        }
+        DecisionsCommand::Show { id, json, via } => {
+            let Some(url) = &via.api else {
+                anyhow::bail!(
+                    "show reads the VO's decision ledger through its HTTP API: give --api URL"
+                );
+            };
+            let api = Api::new(url, None, Duration::from_secs(via.timeout.max(1)))?;
+            let f = if json { "json" } else { "text" };
+            let bytes = api
+                .send(
+                    Method::GET,
+                    &format!("/api/v1/decisions/{id}?format={f}"),
+                    None,
+                )
+                .await?;
+            std::io::stdout().write_all(&bytes)?;
+            if json {
+                println!();
+            }
+        }
+        DecisionsCommand::List { shape, via, .. } => {
             let mut r = Remote::open(&via).await?;
             let l = r.list().await?;
             r.close().await;

@@ -367,6 +367,7 @@ mod tests {
             since_unix_s: 100,
             expires_unix_s: expires,
             dry_run: false,
+            decision: None,
             at: None,
         }
     }

@@ -21,6 +21,7 @@
 
 pub mod cli;
 pub mod format;
+pub mod history;
 pub mod verbs;
 
 use std::collections::HashSet;
@@ -31,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use vespa_node::NodeHandle;
 use vespa_proto::verbs::{BlockEntry, Target, Word};
 
-use crate::control::{ActiveAction, AllowEntry, PolicyControl, PolicyError};
+use crate::control::{ActiveAction, AllowEntry, Operator, PolicyControl, PolicyError};
+use crate::ledger::{Decision, DecisionId, Ledger, Query, Story};
 use crate::policy_driver::{merge_releases, RemoteDrivers};
 
 /// Time-to-live of a block asked without one.
@@ -205,12 +207,66 @@ pub fn check_note(note: &str) -> Result<(), String> {
 pub struct Decisions {
     policy: Arc<dyn PolicyControl>,
     remote: RemoteDrivers,
+    /// The decision ledger, for history and a decision's story.
+    ledger: Option<Ledger>,
+    /// Who asks, for the ledger's record of blocks and releases.
+    who: Operator,
+}
+
+/// Decisions in force and ended: `GET /api/v1/decisions?all=true` or `?since=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Oldest first (the newest [`crate::ledger::MAX_LISTED`]).
+    pub decisions: Vec<Decision>,
 }
 
 impl Decisions {
     /// Decisions over `policy`, with the fast-path HOs `remote` of other processes.
     pub fn new(policy: Arc<dyn PolicyControl>, remote: RemoteDrivers) -> Decisions {
-        Decisions { policy, remote }
+        Decisions {
+            policy,
+            remote,
+            ledger: None,
+            who: Operator::unknown(),
+        }
+    }
+
+    /// With the decision ledger, for [`Decisions::history`] and [`Decisions::show`].
+    pub fn with_ledger(mut self, ledger: Option<Ledger>) -> Decisions {
+        self.ledger = ledger;
+        self
+    }
+
+    /// Blocks and releases recorded as asked by `identity`.
+    pub fn by(mut self, identity: String) -> Decisions {
+        self.who.identity = identity;
+        self
+    }
+
+    fn no_ledger() -> PolicyError {
+        PolicyError::Unavailable(
+            "this orchestrator keeps no decision ledger (run --ledger PATH or [settings] ledger): only what is in force is known".into(),
+        )
+    }
+
+    /// The decisions of the ledger, ended ones too unless `q.in_force_only`.
+    pub async fn history(&self, q: &Query) -> Result<History, PolicyError> {
+        let ledger = self.ledger.as_ref().ok_or_else(Self::no_ledger)?;
+        let decisions = ledger
+            .list(q)
+            .await
+            .map_err(|e| PolicyError::Unavailable(format!("{e:#}")))?;
+        Ok(History { decisions })
+    }
+
+    /// Decision `id` and its story.
+    pub async fn show(&self, id: DecisionId) -> Result<Story, PolicyError> {
+        let ledger = self.ledger.as_ref().ok_or_else(Self::no_ledger)?;
+        ledger
+            .show(id)
+            .await
+            .map_err(|e| PolicyError::Unavailable(format!("{e:#}")))?
+            .ok_or_else(|| PolicyError::NotFound(format!("no decision {id} in the ledger")))
     }
 
     /// What is in force: this process's drivers' actions and those of the remote HOs.
@@ -247,7 +303,11 @@ impl Decisions {
                 tokio::task::yield_now().await;
             }
             let target = p.entry.target.to_string();
-            match self.policy.block(&target, *ttl_s) {
+            let who = Operator {
+                identity: self.who.identity.clone(),
+                reason: p.entry.reason.clone(),
+            };
+            match self.policy.block_as(&target, *ttl_s, &who) {
                 Ok(key) => added.push(key),
                 Err(e) => {
                     let undone = self.undo(&added, &before);
@@ -367,7 +427,7 @@ impl Decisions {
     /// wherever it is held; says what was done.
     pub async fn delete(&self, vo: &NodeHandle, key: &str) -> Result<String, PolicyError> {
         let key = normalise_key(key)?;
-        let mut results = vec![self.policy.release(&key)];
+        let mut results = vec![self.policy.release_as(&key, &self.who)];
         results.extend(self.remote.release(vo, &key).await);
         let result = merge_releases(results)?;
         tracing::info!(%key, %result, "decision by hand: delete");

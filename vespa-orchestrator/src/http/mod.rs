@@ -82,12 +82,20 @@ pub struct ApiState {
     pub token: Option<ApiToken>,
     /// Timeouts, connection limit, accepted host names and CORS origins.
     pub http: HttpOptions,
+    /// The decision ledger, when the process keeps one.
+    pub ledger: Option<crate::ledger::Ledger>,
 }
 
 impl ApiState {
-    /// The operator's decisions over this state's policy and remote HOs.
+    /// The operator's decisions over this state's policy and remote HOs; blocks and
+    /// releases are recorded as the API token's (its id, never the token).
     pub fn decisions(&self) -> crate::decisions::Decisions {
-        crate::decisions::Decisions::new(self.policy.clone(), self.remote.clone())
+        let d = crate::decisions::Decisions::new(self.policy.clone(), self.remote.clone())
+            .with_ledger(self.ledger.clone());
+        match &self.token {
+            Some(t) => d.by(t.id()),
+            None => d,
+        }
     }
 }
 

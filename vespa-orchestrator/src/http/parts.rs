@@ -27,6 +27,7 @@ pub struct ApiParts {
     policy: Arc<dyn PolicyControl>,
     remote: RemoteDrivers,
     http: HttpOptions,
+    ledger: Option<crate::ledger::Ledger>,
 }
 
 impl ApiParts {
@@ -42,6 +43,7 @@ impl ApiParts {
             policy: Arc::new(NoPolicy),
             remote: RemoteDrivers::default(),
             http: HttpOptions::default(),
+            ledger: None,
         }
     }
 
@@ -49,6 +51,12 @@ impl ApiParts {
     /// dry-run,policy/reload}` (and the VO's verbs, [`ApiParts::add_vo_verbs`]).
     pub fn with_policy(mut self, policy: Arc<dyn PolicyControl>) -> ApiParts {
         self.policy = policy;
+        self
+    }
+
+    /// Reads the decisions' history and stories from `ledger`.
+    pub fn with_ledger(mut self, ledger: Option<crate::ledger::Ledger>) -> ApiParts {
+        self.ledger = ledger;
         self
     }
 
@@ -74,12 +82,13 @@ impl ApiParts {
     /// Gives the VO the verbs of decisions by hand ([`crate::decisions::verbs`]), over the
     /// same policy as the API (whether or not the API is served).
     pub fn add_vo_verbs(&self, hooks: &mut Hooks) {
-        hooks.agent = Some(AgentRef::new(VoPolicyVerbs::new(self.decisions())));
+        let d = self.decisions().by("key:tree".into());
+        hooks.agent = Some(AgentRef::new(VoPolicyVerbs::new(d)));
     }
 
     /// The operator's decisions over these parts' policy and remote HOs.
     pub fn decisions(&self) -> Decisions {
-        Decisions::new(self.policy.clone(), self.remote.clone())
+        Decisions::new(self.policy.clone(), self.remote.clone()).with_ledger(self.ledger.clone())
     }
 
     /// The handlers' state, once the VO is built.
@@ -93,6 +102,7 @@ impl ApiParts {
             remote: self.remote.clone(),
             token: self.token.clone(),
             http: self.http.clone(),
+            ledger: self.ledger.clone(),
         }
     }
 }

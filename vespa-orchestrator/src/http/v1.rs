@@ -15,6 +15,11 @@
 //! - `GET /policy`: `{"loaded", "dry_run", "rules": <TOML text or null>}`.
 //! - `GET /decisions[?format=json|text]`: as `/actions`; `text`: the blocked targets, one per
 //!   line (an importable block list, [`crate::decisions::format`]).
+//! - `GET /decisions?all=true` or `?since=<unix s|15m|2h|7d>` (both may be given):
+//!   `{"decisions": [Decision]}` from the decision ledger, ended ones with their end reason
+//!   (503 without a ledger); `text`: a table.
+//! - `GET /decisions/<id>[?format=json|text]`: `{"decision", "events"}`, one decision of the
+//!   ledger and its story (alert, decision, actuator's reply, end); 404 for an unknown id.
 //! - `GET /allowlist[?format=json|text]`: `{"allowlist": [AllowEntry]}`; `text`: one target
 //!   per line.
 //! - `GET /firewall`: `{"firewalls": [FirewallReport]}`: each `agent_firewall` node of the
@@ -52,7 +57,8 @@ use vespa_proto::verbs::{BlockEntry, Target, Word};
 use super::legacy::{config_json, query_params};
 use super::{authorize, json, tree, ApiError, ApiState, Shared, BODY_LIMIT};
 use crate::decisions::format::{self, Format};
-use crate::decisions::{Placed, MAX_IMPORT_BYTES};
+use crate::decisions::{history, Placed, MAX_IMPORT_BYTES};
+use crate::ledger::Query;
 
 pub use crate::decisions::MAX_TTL_S;
 
@@ -71,7 +77,7 @@ pub fn routes() -> Router<Shared> {
         .route("/actions", get(actions))
         .route("/policy", get(policy))
         .route("/decisions", get(decisions).post(decide))
-        .route("/decisions/{*key}", delete(undecide))
+        .route("/decisions/{*key}", get(show).delete(undecide))
         .route("/allowlist", get(allowlist).post(allow))
         .route("/allowlist/{*target}", delete(disallow))
         .route("/firewall", get(firewall))
@@ -185,11 +191,58 @@ fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
+/// `GET /decisions/<id>`: a decision of the ledger and its story.
+async fn show(
+    State(state): State<Shared>,
+    Path(key): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let f = list_format(&q)?;
+    let id: i64 = key.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{key:?} is not a decision id (GET /decisions/<id>, the ids of ?all=true)"),
+        )
+    })?;
+    let story = state.decisions().show(id).await?;
+    Ok(match f {
+        Format::Json => json(story),
+        Format::Text => text(history::story_text(&story)),
+    })
+}
+
 async fn decisions(
     State(state): State<Shared>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let f = list_format(&q)?;
+    // History (`all`, `since`) comes from the ledger; without, what is in force.
+    let mut ledger_query: Option<Query> = None;
+    let mut f = Format::Json;
+    for (k, v) in query_params(&q, &["format", "all", "since"])? {
+        match k {
+            "format" => f = list_format(&Some(format!("format={v}")))?,
+            "all" => {
+                if !matches!(v, "" | "true" | "1") {
+                    return Err(bad_request(format!("all={v}: expected true")));
+                }
+                ledger_query.get_or_insert_with(Query::default);
+            }
+            _ => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let since = history::parse_since(v, now).map_err(bad_request)?;
+                ledger_query.get_or_insert_with(Query::default).since = Some(since);
+            }
+        }
+    }
+    if let Some(lq) = ledger_query {
+        let h = state.decisions().history(&lq).await?;
+        return Ok(match f {
+            Format::Json => json(h),
+            Format::Text => text(history::history_text(&h)),
+        });
+    }
     let listing = state.decisions().list(&state.vo).await;
     Ok(match f {
         Format::Json => json(listing),

@@ -6,8 +6,10 @@
 use vespa_policy::{Action, AllowOrigin, Effect, Input, Target, MAX_ALLOWED_BY_HAND};
 
 use super::convert::{call_of, parse_key, parse_target, target_arg};
+use super::record::Why;
 use super::{load_rules, reflex_elsewhere, Event, PolicyDriver};
-use crate::control::{ActiveAction, AllowEntry, PolicyControl, PolicyError};
+use crate::control::{ActiveAction, AllowEntry, Operator, PolicyControl, PolicyError};
+use crate::ledger::Subject;
 
 /// An operator's note is kept to this many characters.
 const MAX_NOTE: usize = 200;
@@ -26,12 +28,24 @@ impl PolicyControl for PolicyDriver {
                     Effect::Quarantined(vm) => ("migrate", vm.clone()),
                     Effect::AvIsolated(vm, _) => ("av_isolate", vm.clone()),
                 };
+                // The ledger knows the decision's id and, for what was restored at start, its
+                // true start (the policy's clock begins at the start).
+                let recorded = self.ledger().and_then(|l| {
+                    l.in_force(&Subject {
+                        node: self.ledger_node(),
+                        kind: action.to_string(),
+                        target: target.clone(),
+                    })
+                });
                 ActiveAction {
                     key: target.clone(),
                     action: action.to_string(),
                     target,
                     actuator: p.via.to_string(),
-                    since_unix_s: self.unix_s(p.since),
+                    since_unix_s: recorded
+                        .as_ref()
+                        .map_or_else(|| self.unix_s(p.since), |r| r.placed_at),
+                    decision: recorded.map(|r| r.id),
                     expires_unix_s: p.expires_at.map(|x| self.unix_s(x)),
                     dry_run: p.dry,
                     at: self.inner.at.clone(),
@@ -68,10 +82,14 @@ impl PolicyControl for PolicyDriver {
             core.reflex_elsewhere = reflex_elsewhere(&all, self.at());
         }
         self.sync_firewall();
-        self.run_soon(actions, "policy reloaded")
+        self.run_soon(actions, Why::Reload, "policy reloaded")
     }
 
     fn release(&self, key: &str) -> Result<String, PolicyError> {
+        self.release_as(key, &Operator::unknown())
+    }
+
+    fn release_as(&self, key: &str, who: &Operator) -> Result<String, PolicyError> {
         let k = parse_key(key);
         let actions = self.step(Input::ManualRelease { key: k.clone() });
         let done: Vec<String> = actions
@@ -84,7 +102,7 @@ impl PolicyControl for PolicyDriver {
             )));
         }
         let n = actions.len();
-        self.run_later(actions)?;
+        self.run_later(actions, Why::Operator(who.clone()))?;
         Ok(if done.is_empty() {
             format!("{n} dry-run record(s) released for {k}")
         } else {
@@ -130,7 +148,7 @@ impl PolicyControl for PolicyDriver {
         };
         let actions = self.step(Input::Allow { target: t, note });
         if let Some(slot) = slot {
-            slot.send(Event::Run(actions));
+            slot.send(Event::Run(actions, Why::Allowlist));
         }
         self.sync_firewall();
         tracing::info!(node = %self.node_name(), target = %t.bare(), "allowlist: added by hand");
@@ -161,6 +179,10 @@ impl PolicyControl for PolicyDriver {
     }
 
     fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
+        self.block_as(target, ttl_s, &Operator::unknown())
+    }
+
+    fn block_as(&self, target: &str, ttl_s: u64, who: &Operator) -> Result<String, PolicyError> {
         let t = parse_target(target).map_err(PolicyError::Invalid)?;
         if ttl_s == 0 || ttl_s > 30 * 86_400 {
             return Err(PolicyError::Invalid(format!(
@@ -203,7 +225,7 @@ impl PolicyControl for PolicyDriver {
             target: t,
             ttl_ns: ttl_s * vespa_policy::SECOND,
         });
-        slot.send(Event::Run(actions));
+        slot.send(Event::Run(actions, Why::Operator(who.clone())));
         Ok(target_arg(&t))
     }
 }

@@ -7,7 +7,7 @@
 //! (and pushes it to the firewall agent).
 
 use super::{load_rules, PolicyDriver};
-use crate::control::{ActiveAction, AllowEntry, PolicyControl, PolicyError};
+use crate::control::{ActiveAction, AllowEntry, Operator, PolicyControl, PolicyError};
 
 /// The VO's [`PolicyDriver`] and those of the HOs in the same process.
 pub struct PolicySet {
@@ -58,6 +58,14 @@ impl PolicyControl for PolicySet {
 
     fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
         self.vo.block(target, ttl_s)
+    }
+
+    fn block_as(&self, target: &str, ttl_s: u64, who: &Operator) -> Result<String, PolicyError> {
+        self.vo.block_as(target, ttl_s, who)
+    }
+
+    fn release_as(&self, key: &str, who: &Operator) -> Result<String, PolicyError> {
+        merge_releases(self.all().map(|d| d.release_as(key, who)))
     }
 
     fn allowlist(&self) -> Vec<AllowEntry> {

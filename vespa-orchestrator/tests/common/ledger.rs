@@ -104,6 +104,7 @@ impl PolicyControl for Ledger {
                 expires_unix_s: Some(now + ttl_s),
                 dry_run: false,
                 at: None,
+                decision: None,
             },
         );
         Ok(target.to_string())

@@ -1,6 +1,8 @@
 //! Inputs that do not come from counters: infections, actuator acknowledgements, the
 //! operator (manual block and release), rule reloads and sensor health.
 
+use std::collections::BTreeSet;
+
 use super::effects::{apply_effect, release_owned, Owner};
 use super::guard::{release_protected, retain_caps};
 use super::{act, State};
@@ -195,8 +197,19 @@ pub(super) fn manual_release(state: &mut State, key: &Key, now: Nanos, out: &mut
             manual_release(state, &holder, now, out);
         }
     }
-    // What no rule holds: the operator's own blocks, an infected VM's isolation.
-    for owner in [Owner::Operator, Owner::Infection] {
+    // What no rule holds: the operator's own blocks, an infected VM's isolation, what the
+    // rules held before a restart.
+    let restored: BTreeSet<Owner> = concerned
+        .iter()
+        .filter_map(|e| state.effects.get(e))
+        .flat_map(|es| es.owners.iter())
+        .filter(|o| matches!(o, Owner::Restored(_)))
+        .cloned()
+        .collect();
+    for owner in [Owner::Operator, Owner::Infection]
+        .into_iter()
+        .chain(restored)
+    {
         let mut held: Vec<Effect> = concerned
             .iter()
             .filter(|e| {

@@ -16,6 +16,10 @@ use crate::types::{Action, ActionId, AlertKind, Effect, Key, Nanos, Rate, Target
 pub(super) enum Owner {
     /// A rule, for one of its keys.
     Rule(String, Key),
+    /// A rule's decision from before a restart ([`crate::Input::Restore`]), by the rule's
+    /// name: held until its expiry or a manual release. Beside the rules, so that holders
+    /// list rule names first, as before the restart.
+    Restored(String),
     /// An infected VM's isolation.
     Infection,
     /// A manual block, until [`EffectState::manual_until`].
@@ -26,7 +30,7 @@ impl Owner {
     /// The holder's name as callers see it: the rule's, `infection` or `operator`.
     fn name(&self) -> &str {
         match self {
-            Owner::Rule(name, _) => name,
+            Owner::Rule(name, _) | Owner::Restored(name) => name,
             Owner::Infection => "infection",
             Owner::Operator => "operator",
         }
@@ -151,7 +155,7 @@ pub(super) fn apply_effect(
     };
     let rule = match &owner {
         Owner::Rule(name, _) => Some(name.clone()),
-        Owner::Infection | Owner::Operator => None,
+        Owner::Infection | Owner::Operator | Owner::Restored(_) => None,
     };
     if let Some(es) = state.effects.get_mut(&effect) {
         // The operator's TTL counts from when they ask: asking again extends the block. A
@@ -199,6 +203,57 @@ pub(super) fn apply_effect(
     let id = action.id();
     state.emit(out, action);
     id
+}
+
+/// Puts back an effect from before a restart, as [`crate::Input::Restore`] says; nothing is
+/// sent. One already in place (given twice) only gains the holders.
+pub(super) fn restore(state: &mut State, r: crate::types::Restored) {
+    if r.expires_at.is_some_and(|t| t <= state.now) {
+        return;
+    }
+    let mut owners = BTreeSet::new();
+    let mut rules = BTreeSet::new();
+    for h in &r.holders {
+        owners.insert(match h.as_str() {
+            "operator" => Owner::Operator,
+            "infection" => Owner::Infection,
+            name => {
+                rules.insert(name.to_string());
+                Owner::Restored(name.to_string())
+            }
+        });
+    }
+    if owners.is_empty() {
+        owners.insert(Owner::Restored("restored".into()));
+    }
+    let manual_until = if owners.contains(&Owner::Operator) {
+        // A manual block always has a TTL; one recorded without is held a day.
+        r.expires_at
+            .unwrap_or(state.now.saturating_add(86_400 * crate::SECOND))
+    } else {
+        0
+    };
+    if let Some(es) = state.effects.get_mut(&r.effect) {
+        es.owners.extend(owners);
+        es.rules.extend(rules);
+        es.manual_until = es.manual_until.max(manual_until);
+        return;
+    }
+    state.effects.insert(
+        r.effect,
+        EffectState {
+            owners,
+            rules,
+            since: r.since.min(state.now),
+            expires_at: r.expires_at,
+            ttl_ns: r.ttl_ns,
+            rate: r.rate,
+            via: r.via,
+            firewall: r.firewall,
+            dry: r.dry,
+            manual_until,
+        },
+    );
 }
 
 /// Points a block or a throttle at the agent that holds what it renews.

@@ -1,0 +1,186 @@
+//! The ledger's history and a decision's story as people read them (`decisions list --all`,
+//! `decisions show <id>`, and the API's `format=text`), and `--since`'s parser.
+
+use std::fmt::Write as _;
+
+use super::History;
+use crate::ledger::{Decision, Story};
+
+/// Seconds in each unit `--since` takes.
+const UNITS: [(&str, u64); 4] = [("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)];
+
+/// `--since`: Unix seconds (`1767225600`), or a duration back from `now_s` (`90s`, `15m`,
+/// `2h`, `7d`).
+pub fn parse_since(text: &str, now_s: u64) -> Result<u64, String> {
+    let t = text.trim();
+    if let Ok(at) = t.parse::<u64>() {
+        return Ok(at);
+    }
+    for (unit, secs) in UNITS {
+        if let Some(n) = t.strip_suffix(unit).and_then(|n| n.parse::<u64>().ok()) {
+            return Ok(now_s.saturating_sub(n.saturating_mul(secs)));
+        }
+    }
+    Err(format!(
+        "since {t:?}: expected Unix seconds or a duration back from now (90s, 15m, 2h, 7d)"
+    ))
+}
+
+/// A Unix time as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn utc(unix_s: u64) -> String {
+    let days = unix_s / 86_400;
+    let rem = unix_s % 86_400;
+    // Civil from days (Howard Hinnant's algorithm), for years after 1970.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn who(d: &Decision) -> String {
+    match d.decided_by.as_str() {
+        "rule" | "reflex" => format!(
+            "{} {}",
+            d.decided_by,
+            d.rules.as_deref().unwrap_or_default()
+        ),
+        "operator" => format!("operator {}", d.operator.as_deref().unwrap_or("?")),
+        other => other.to_string(),
+    }
+}
+
+fn state(d: &Decision) -> String {
+    match (&d.ended_at, &d.end_reason) {
+        (Some(at), reason) => format!("ended {} ({})", utc(*at), reason.as_deref().unwrap_or("-")),
+        (None, _) if d.dry_run => "in force (dry-run)".into(),
+        (None, _) => "in force".into(),
+    }
+}
+
+/// The history as a table: one decision a line.
+pub fn history_text(h: &History) -> String {
+    let mut out = String::from("ID\tPLACED (UTC)\tNODE\tACTION\tTARGET\tACTUATOR\tBY\tSTATE\n");
+    for d in &h.decisions {
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            d.id,
+            utc(d.placed_at),
+            d.node,
+            d.kind,
+            d.target,
+            d.actuator,
+            who(d),
+            state(d)
+        );
+    }
+    out
+}
+
+/// One decision and its story, in order.
+pub fn story_text(s: &Story) -> String {
+    let d = &s.decision;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "decision {}: {} {} via {} (node {})",
+        d.id, d.kind, d.target, d.actuator, d.node
+    );
+    let _ = writeln!(out, "  decided by: {}", who(d));
+    if let Some(sha) = &d.policy_sha256 {
+        let _ = writeln!(out, "  policy sha256: {sha}");
+    }
+    if let Some(r) = &d.reason {
+        let _ = writeln!(out, "  reason: {r}");
+    }
+    if let Some(o) = &d.alert_origin {
+        let _ = writeln!(
+            out,
+            "  alert: from {o}, seq {}, at {} ns",
+            d.alert_seq.unwrap_or_default(),
+            d.alert_kernel_ns.unwrap_or_default()
+        );
+    }
+    let ttl = d.ttl_s.map(|t| format!(", ttl {t} s")).unwrap_or_default();
+    let exp = d
+        .expires_at
+        .map(|t| format!(", expires {}", utc(t)))
+        .unwrap_or_default();
+    let _ = writeln!(out, "  placed: {}{ttl}{exp}", utc(d.placed_at));
+    match (&d.confirmed_at, &d.failed_at) {
+        (Some(at), _) => {
+            let _ = writeln!(
+                out,
+                "  actuator: confirmed {} ({})",
+                utc(*at),
+                d.reply.as_deref().unwrap_or("")
+            );
+        }
+        (None, Some(at)) => {
+            let _ = writeln!(
+                out,
+                "  actuator: FAILED {} ({})",
+                utc(*at),
+                d.error.as_deref().unwrap_or("")
+            );
+        }
+        (None, None) if d.dry_run => {
+            let _ = writeln!(out, "  actuator: not asked (dry-run)");
+        }
+        (None, None) => {
+            let _ = writeln!(out, "  actuator: no answer recorded");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  verification: {}",
+        d.verification.as_deref().unwrap_or("not recorded")
+    );
+    let _ = writeln!(out, "  state: {}", state(d));
+    let _ = writeln!(out, "story:");
+    for e in &s.events {
+        let _ = writeln!(
+            out,
+            "  {}.{:03}  {:<14} {}",
+            utc(e.at_ms / 1000),
+            e.at_ms % 1000,
+            e.kind,
+            e.detail
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_unix_seconds_or_a_duration_back() {
+        assert_eq!(parse_since("1767225600", 0), Ok(1_767_225_600));
+        assert_eq!(parse_since("15m", 10_000), Ok(10_000 - 900));
+        assert_eq!(parse_since("2h", 10_000), Ok(10_000 - 7200));
+        assert_eq!(parse_since("7d", 10), Ok(0));
+        assert!(parse_since("yesterday", 10)
+            .unwrap_err()
+            .contains("expected Unix seconds"));
+    }
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_767_225_600), "2026-01-01 00:00:00");
+        assert_eq!(utc(951_782_400 + 3661), "2000-02-29 01:01:01");
+    }
+}

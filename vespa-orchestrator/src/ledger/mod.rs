@@ -1,0 +1,1066 @@
+//! The decision ledger: every effect a policy driver places (block, throttle, cut link,
+//! quarantine, isolation), who decided it and why, what the actuator answered, and when and
+//! why it ended, in an SQLite database in WAL mode that an operator can open with `sqlite3`.
+//!
+//! ```text
+//! driver's execute ──place/end (sync: ids, in-force map)──► queue ──► writer task ──► SQLite (WAL)
+//!        │                                                              │ one transaction per batch
+//!        └── call task: waits for "written", then sends ◄── written ────┤
+//!                                                                       └──► subscribe(): DecisionEvent
+//! ```
+//!
+//! **Written before sent.** [`Ledger::place`] and [`Ledger::end`] answer at once (the id, a
+//! [`Written`] to wait on) and queue the rows; a single writer task commits what is queued in
+//! one transaction and then signals every waiter, so a burst (an import of thousands of
+//! blocks) costs one commit per batch, not one per block. The driver's call task waits for
+//! its row before the call leaves; the driver's own task never waits. The queue keeps the
+//! driver's order, so a release is never written before the block it ends.
+//!
+//! **Durability.** `synchronous = NORMAL` in WAL mode: a commit is in the WAL file when the
+//! call leaves, so SIGKILL of the orchestrator loses nothing it sent; a power loss may lose
+//! the last commits (`FULL` would fsync each batch, a disk's flush time in the closed loop's
+//! path). What the actuators hold after a power loss is what reconciliation compares.
+//!
+//! **Never emptied.** Opening checks the file (`PRAGMA quick_check`); a file that is not a
+//! database, is damaged or holds a newer schema stops the start with its path named. Nothing
+//! here recreates, truncates or deletes a ledger.
+//!
+//! One database per orchestrator process; each row names the node (the VO, or the HO of a
+//! fast-path rule) whose driver decided, so the drivers of one process share it.
+
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// A decision's id: assigned by the orchestrator, never reused (the next after the largest
+/// in the file).
+pub type DecisionId = i64;
+
+/// Longest target, actuator, node, rule list or identity kept (characters).
+pub const MAX_NAME: usize = 200;
+/// Longest reply, error, reason or event detail kept (characters): replies and alerts come
+/// from watched traffic and peers.
+pub const MAX_TEXT: usize = 512;
+/// Jobs committed in one transaction at most.
+const MAX_BATCH: usize = 4096;
+/// Decision events buffered for a slow subscriber (it then misses the oldest, and is told).
+const EVENTS_BUFFER: usize = 4096;
+/// How often the WAL is copied back into the database file, off the writer's path.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// Rows a history read returns at most.
+pub const MAX_LISTED: i64 = 10_000;
+
+/// `text` cut to `max` characters (on a character boundary), control characters replaced.
+pub fn bounded(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Who decided an effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Decider {
+    /// Rules of the policy file (names joined by `, `), and the file's SHA-256.
+    Rule {
+        /// The rules, joined by `, `.
+        rules: String,
+        /// SHA-256 of the policy file's text (hex).
+        policy_sha256: String,
+    },
+    /// The firewall agent's kernel reflex, adopted by these rules.
+    Reflex {
+        /// The rules, joined by `, `.
+        rules: String,
+        /// SHA-256 of the policy file's text (hex).
+        policy_sha256: String,
+    },
+    /// An operator: an API token's id (`token:<hash>`, never the token) or the tree key's
+    /// name (`key:<name>`), with their reason.
+    Operator {
+        /// `token:<hash>` or `key:<name>`.
+        identity: String,
+        /// The operator's reason, when they gave one.
+        reason: Option<String>,
+    },
+    /// An infected VM's isolation (the AV agent's alert).
+    Infection,
+}
+
+impl Decider {
+    fn by(&self) -> &'static str {
+        match self {
+            Decider::Rule { .. } => "rule",
+            Decider::Reflex { .. } => "reflex",
+            Decider::Operator { .. } => "operator",
+            Decider::Infection => "infection",
+        }
+    }
+}
+
+/// The alert that caused a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cause {
+    /// The agent that raised it.
+    pub origin: String,
+    /// Its per-origin sequence number.
+    pub seq: u64,
+    /// Its time: the kernel event's for a threshold alert (Unix ns).
+    pub kernel_ns: u64,
+    /// What it said, briefly.
+    pub summary: String,
+}
+
+/// A decision about to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDecision {
+    /// The node whose driver decided (VO, or an HO).
+    pub node: String,
+    /// `block`, `throttle`, `cut_link`, `migrate`, `av_isolate`.
+    pub kind: String,
+    /// An address, prefix, MAC or VM (`vm@av_agent` for an isolation).
+    pub target: String,
+    /// The agent that carries it out.
+    pub actuator: String,
+    /// Whether the actuator is a firewall agent.
+    pub actuator_firewall: bool,
+    /// Who decided.
+    pub decider: Decider,
+    /// The alert that caused it, when one did.
+    pub cause: Option<Cause>,
+    /// Unix seconds.
+    pub placed_at: u64,
+    /// Its time-to-live (blocks and throttles).
+    pub ttl_s: Option<u64>,
+    /// Unix seconds.
+    pub expires_at: Option<u64>,
+    /// A throttle's rate (`1000pps`, `1mbps`).
+    pub rate: Option<String>,
+    /// Only recorded (dry-run): nothing was sent.
+    pub dry_run: bool,
+}
+
+/// One decision as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The decision's id.
+    pub id: DecisionId,
+    /// The node whose driver decided (VO, or an HO).
+    pub node: String,
+    /// `block`, `throttle`, `cut_link`, `migrate`, `av_isolate`.
+    pub kind: String,
+    /// An address, prefix, MAC or VM.
+    pub target: String,
+    /// The agent that carries it out (and undoes it).
+    pub actuator: String,
+    /// Whether that agent is a firewall agent.
+    pub actuator_firewall: bool,
+    /// `rule`, `reflex`, `operator`, `infection`.
+    pub decided_by: String,
+    /// The rules behind it, joined by `, `.
+    pub rules: Option<String>,
+    /// SHA-256 of the policy file's text when it was decided (hex).
+    pub policy_sha256: Option<String>,
+    /// The operator's identity: `token:<hash>` or `key:<name>`.
+    pub operator: Option<String>,
+    /// The operator's reason, when they gave one.
+    pub reason: Option<String>,
+    /// The agent that raised the alert that caused it.
+    pub alert_origin: Option<String>,
+    /// That alert's per-origin sequence number.
+    pub alert_seq: Option<u64>,
+    /// That alert's time: the kernel event's, for a threshold (Unix ns).
+    pub alert_kernel_ns: Option<u64>,
+    /// When it was decided (Unix seconds).
+    pub placed_at: u64,
+    /// Its time-to-live (blocks and throttles).
+    pub ttl_s: Option<u64>,
+    /// When the actuator's reaper ends it (Unix seconds).
+    pub expires_at: Option<u64>,
+    /// A throttle's rate.
+    pub rate: Option<String>,
+    /// Only recorded (dry-run): nothing was sent.
+    pub dry_run: bool,
+    /// When the actuator confirmed it (Unix seconds).
+    pub confirmed_at: Option<u64>,
+    /// The actuator's reply (bounded).
+    pub reply: Option<String>,
+    /// When the actuator refused it or did not answer (Unix seconds).
+    pub failed_at: Option<u64>,
+    /// Why (bounded).
+    pub error: Option<String>,
+    /// The policy's verification by counters (`passed`, `failed`): not recorded yet, the
+    /// policy reports a failed verification only as an alert.
+    pub verification: Option<String>,
+    /// When it ended (Unix seconds); `None` while in force.
+    pub ended_at: Option<u64>,
+    /// Why it ended: released by an operator, calm, TTL, allowlist, ...
+    pub end_reason: Option<String>,
+}
+
+/// One line of a decision's story.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The decision it is about.
+    pub decision: DecisionId,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// `alert`, `decided`, `renewed`, `confirmed`, `failed`, `ended`, `undo_confirmed`,
+    /// `undo_failed`, `restored`.
+    pub kind: String,
+    /// What happened (bounded).
+    pub detail: String,
+}
+
+/// A decision and its story (`decisions show`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Story {
+    /// The decision it is about.
+    pub decision: Decision,
+    /// Its story, in order.
+    pub events: Vec<Event>,
+}
+
+/// What [`Ledger::subscribe`] delivers once a row is committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionEvent {
+    /// The decision it is about.
+    pub decision: DecisionId,
+    /// The node whose driver decided (VO, or an HO).
+    pub node: String,
+    /// The decision's kind (`block`, ...) and target.
+    pub action: String,
+    /// An address, prefix, MAC or VM.
+    pub target: String,
+    /// When (Unix milliseconds).
+    pub at_ms: u64,
+    /// As [`Event::kind`].
+    pub kind: String,
+    /// What happened (bounded).
+    pub detail: String,
+}
+
+/// Which decisions a history read returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// Only those in force (not ended), else ended ones too.
+    pub in_force_only: bool,
+    /// Only those placed, or ended, at or after this Unix second.
+    pub since: Option<u64>,
+    /// Only those of this node.
+    pub node: Option<String>,
+}
+
+/// Resolves when the rows queued with it are committed (or the commit failed).
+#[must_use = "the call must wait for its row"]
+pub struct Written(Option<oneshot::Receiver<Result<(), String>>>);
+
+impl Written {
+    /// Nothing to wait for (no ledger).
+    pub fn none() -> Written {
+        Written(None)
+    }
+
+    /// Waits for the commit; `Err` says why the rows could not be written.
+    pub async fn wait(self) -> Result<(), String> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err("the ledger's writer stopped".into())),
+        }
+    }
+}
+
+/// What identifies an effect in force: (node, kind, target).
+type Slot = (String, String, String);
+
+/// What a decision is about: the node whose driver decided, the kind (`block`, ...) and the
+/// target, as the ledger records them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Subject {
+    /// The node whose driver decided (VO, or an HO).
+    pub node: String,
+    /// `block`, `throttle`, `cut_link`, `migrate`, `av_isolate`.
+    pub kind: String,
+    /// An address, prefix, MAC or VM.
+    pub target: String,
+}
+
+impl Subject {
+    fn slot(&self) -> Slot {
+        (
+            bounded(&self.node, MAX_NAME),
+            bounded(&self.kind, MAX_NAME),
+            bounded(&self.target, MAX_NAME),
+        )
+    }
+}
+
+/// An effect in force as the ledger knows it (kept in memory, the `ended_at IS NULL` rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InForce {
+    /// The decision's id.
+    pub id: DecisionId,
+    /// When it was decided (Unix seconds).
+    pub placed_at: u64,
+    /// When the actuator's reaper ends it (Unix seconds).
+    pub expires_at: Option<u64>,
+    /// `rule`, `reflex`, `operator`, `infection`.
+    pub decided_by: String,
+}
+
+enum Op {
+    Insert(Box<NewDecision>, DecisionId),
+    Renew {
+        id: DecisionId,
+        ttl_s: Option<u64>,
+        expires_at: Option<u64>,
+    },
+    Reply {
+        id: DecisionId,
+        undo: bool,
+        ok: bool,
+        text: String,
+    },
+    End {
+        id: DecisionId,
+        at: u64,
+        reason: String,
+    },
+    Note {
+        id: DecisionId,
+        kind: &'static str,
+        detail: String,
+    },
+}
+
+struct Job {
+    /// (node, action, target) of the decision, for the subscribers.
+    slot: Slot,
+    op: Op,
+    at_ms: i64,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+struct Inner {
+    path: PathBuf,
+    read: SqlitePool,
+    tx: mpsc::UnboundedSender<Job>,
+    next_id: AtomicI64,
+    in_force: Mutex<HashMap<Slot, InForce>>,
+    events: broadcast::Sender<DecisionEvent>,
+    failures: Arc<AtomicU64>,
+}
+
+/// The ledger (cheap to clone). Open it inside a tokio runtime.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn opts(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+}
+
+fn unusable(path: &Path, why: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!(
+        "the decision ledger {} cannot be used: {why}; VESPA never empties or recreates it: \
+         move it aside (or repair it with sqlite3's .recover) to start with another",
+        path.display()
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger at `path`, checks it, and starts its writer. A file
+    /// that is not a database, is damaged or holds a newer schema is an error naming `path`.
+    pub async fn open(path: &Path) -> anyhow::Result<Ledger> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "creating the directory of the decision ledger {}",
+                    path.display()
+                )
+            })?;
+        }
+        // The writer never checkpoints (a checkpoint fsyncs: milliseconds to tens of them on
+        // a busy disk, in the closed loop's path); a task of its own does, every few seconds.
+        let writer_opts = opts(path)
+            .create_if_missing(true)
+            .pragma("wal_autocheckpoint", "0");
+        let mut conn = SqliteConnection::connect_with(&writer_opts)
+            .await
+            .map_err(|e| unusable(path, e))?;
+        let check: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| unusable(path, e))?;
+        if check != ["ok"] {
+            let first: Vec<String> = check.iter().take(3).map(|l| bounded(l, 200)).collect();
+            return Err(unusable(
+                path,
+                format!("it is damaged (quick_check: {})", first.join("; ")),
+            ));
+        }
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| unusable(path, e))?;
+        if version > schema::VERSION {
+            return Err(unusable(
+                path,
+                format!(
+                    "its schema is version {version}, this build knows {} at most",
+                    schema::VERSION
+                ),
+            ));
+        }
+        for stmt in schema::CREATE {
+            sqlx::query(stmt)
+                .execute(&mut conn)
+                .await
+                .map_err(|e| unusable(path, e))?;
+        }
+        sqlx::query(&format!("PRAGMA user_version = {}", schema::VERSION))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| unusable(path, e))?;
+        let max_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM decisions")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| unusable(path, e))?;
+        let max_event: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM decision_events")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| unusable(path, e))?;
+        let rows = sqlx::query(
+            "SELECT id, node, kind, target, placed_at, expires_at, decided_by FROM decisions WHERE ended_at IS NULL",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| unusable(path, e))?;
+        let mut in_force = HashMap::new();
+        for r in rows {
+            let slot = (r.get("node"), r.get("kind"), r.get("target"));
+            in_force.insert(
+                slot,
+                InForce {
+                    id: r.get("id"),
+                    placed_at: r.get::<i64, _>("placed_at").max(0) as u64,
+                    expires_at: r
+                        .get::<Option<i64>, _>("expires_at")
+                        .map(|x| x.max(0) as u64),
+                    decided_by: r.get("decided_by"),
+                },
+            );
+        }
+        let read = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts(path).read_only(true))
+            .await
+            .map_err(|e| unusable(path, e))?;
+        let checkpointer = SqliteConnection::connect_with(&opts(path))
+            .await
+            .map_err(|e| unusable(path, e))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(checkpoint_loop(
+            checkpointer,
+            tx.downgrade(),
+            path.to_path_buf(),
+        ));
+        let (events, _) = broadcast::channel(EVENTS_BUFFER);
+        let failures = Arc::new(AtomicU64::new(0));
+        tokio::spawn(write_loop(
+            conn,
+            rx,
+            max_event.unwrap_or(0),
+            events.clone(),
+            failures.clone(),
+            path.to_path_buf(),
+        ));
+        tracing::info!(path = %path.display(), in_force = in_force.len(), "decision ledger open");
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                read,
+                tx,
+                next_id: AtomicI64::new(max_id.unwrap_or(0) + 1),
+                in_force: Mutex::new(in_force),
+                events,
+                failures,
+            }),
+        })
+    }
+
+    /// Where the database is.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Batches the writer could not commit (each logged).
+    pub fn write_failures(&self) -> u64 {
+        self.inner.failures.load(Ordering::Relaxed)
+    }
+
+    /// Every decision event, once committed. A subscriber that falls more than a few
+    /// thousand events behind misses the oldest (`RecvError::Lagged` says how many).
+    pub fn subscribe(&self) -> broadcast::Receiver<DecisionEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn queue(&self, slot: Slot, op: Op, wait: bool) -> Written {
+        let (done, rx) = if wait {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        let job = Job {
+            slot,
+            op,
+            at_ms: unix_ms(),
+            done,
+        };
+        if self.inner.tx.send(job).is_err() {
+            tracing::error!(path = %self.inner.path.display(), "decision ledger writer stopped: decision not recorded");
+        }
+        Written(rx)
+    }
+
+    /// Records a decision about to be sent and returns its id with what to wait for before
+    /// sending. An effect already in force for the same node, kind and target is the same
+    /// decision, renewed (a longer TTL, another rate): its id is returned.
+    pub fn place(&self, d: NewDecision) -> (DecisionId, Written) {
+        let mut d = d;
+        d.node = bounded(&d.node, MAX_NAME);
+        d.kind = bounded(&d.kind, MAX_NAME);
+        d.target = bounded(&d.target, MAX_NAME);
+        d.actuator = bounded(&d.actuator, MAX_NAME);
+        let slot: Slot = (d.node.clone(), d.kind.clone(), d.target.clone());
+        let mut in_force = lock(&self.inner.in_force);
+        if let Some(f) = in_force.get_mut(&slot) {
+            f.expires_at = d.expires_at.max(f.expires_at);
+            let id = f.id;
+            drop(in_force);
+            let op = Op::Renew {
+                id,
+                ttl_s: d.ttl_s,
+                expires_at: d.expires_at,
+            };
+            return (id, self.queue(slot, op, true));
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        in_force.insert(
+            slot.clone(),
+            InForce {
+                id,
+                placed_at: d.placed_at,
+                expires_at: d.expires_at,
+                decided_by: d.decider.by().to_string(),
+            },
+        );
+        drop(in_force);
+        (id, self.queue(slot, Op::Insert(Box::new(d), id), true))
+    }
+
+    /// The actuator's answer to decision `id` (`undo`: to its release), `ok` or not, with
+    /// its reply or error text.
+    pub fn reply(&self, id: DecisionId, about: &Subject, undo: bool, ok: bool, text: &str) {
+        let op = Op::Reply {
+            id,
+            undo,
+            ok,
+            text: bounded(text.trim(), MAX_TEXT),
+        };
+        let _ = self.queue(about.slot(), op, false);
+    }
+
+    /// Ends the decision in force for (node, kind, target), if any, with `reason`; returns its
+    /// id and what to wait for before the undo is sent.
+    pub fn end(&self, about: &Subject, reason: &str) -> Option<(DecisionId, Written)> {
+        let slot = about.slot();
+        let f = lock(&self.inner.in_force).remove(&slot)?;
+        let op = Op::End {
+            id: f.id,
+            at: (unix_ms() / 1000) as u64,
+            reason: bounded(reason, MAX_TEXT),
+        };
+        Some((f.id, self.queue(slot, op, true)))
+    }
+
+    /// Adds a line to decision `id`'s story.
+    pub fn note(&self, id: DecisionId, about: &Subject, kind: &'static str, detail: &str) {
+        let op = Op::Note {
+            id,
+            kind,
+            detail: bounded(detail, MAX_TEXT),
+        };
+        let _ = self.queue(about.slot(), op, false);
+    }
+
+    /// Ends every decision in force whose expiry is at or before `now_s` (Unix seconds), with
+    /// `reason`: the actuator's reaper removed them. Returns how many.
+    pub fn expire(&self, now_s: u64, reason: &str) -> usize {
+        let ended: Vec<(Slot, InForce)> = {
+            let mut in_force = lock(&self.inner.in_force);
+            let due: Vec<Slot> = in_force
+                .iter()
+                .filter(|(_, f)| f.expires_at.is_some_and(|t| t <= now_s))
+                .map(|(s, _)| s.clone())
+                .collect();
+            due.into_iter()
+                .filter_map(|s| in_force.remove(&s).map(|f| (s, f)))
+                .collect()
+        };
+        for (slot, f) in &ended {
+            let op = Op::End {
+                id: f.id,
+                at: f.expires_at.unwrap_or(now_s),
+                reason: reason.to_string(),
+            };
+            let _ = self.queue(slot.clone(), op, false);
+        }
+        ended.len()
+    }
+
+    /// The decision in force for (node, kind, target), as the ledger knows it (no I/O): for
+    /// the API's listing (the decision's id and true start) and for reconciliation ("did VESPA
+    /// place this, and does it still hold it?").
+    pub fn in_force(&self, about: &Subject) -> Option<InForce> {
+        lock(&self.inner.in_force).get(&about.slot()).cloned()
+    }
+
+    /// Every decision in force, with (node, kind, target).
+    pub fn all_in_force(&self) -> Vec<(String, String, String, InForce)> {
+        lock(&self.inner.in_force)
+            .iter()
+            .map(|((n, k, t), f)| (n.clone(), k.clone(), t.clone(), f.clone()))
+            .collect()
+    }
+
+    /// Waits until everything queued so far is committed.
+    pub async fn flush(&self) -> Result<(), String> {
+        self.queue(
+            Default::default(),
+            Op::Note {
+                id: 0,
+                kind: "",
+                detail: String::new(),
+            },
+            true,
+        )
+        .wait()
+        .await
+    }
+
+    /// Decisions, oldest first (at most [`MAX_LISTED`], the newest of them).
+    pub async fn list(&self, q: &Query) -> anyhow::Result<Vec<Decision>> {
+        let mut sql = String::from("SELECT * FROM decisions WHERE 1 = 1");
+        if q.in_force_only {
+            sql.push_str(" AND ended_at IS NULL");
+        }
+        if q.since.is_some() {
+            sql.push_str(" AND (placed_at >= $1 OR ended_at >= $1 OR ended_at IS NULL)");
+        }
+        if q.node.is_some() {
+            sql.push_str(if q.since.is_some() {
+                " AND node = $2"
+            } else {
+                " AND node = $1"
+            });
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {MAX_LISTED}"));
+        let mut query = sqlx::query(&sql);
+        if let Some(s) = q.since {
+            query = query.bind(s as i64);
+        }
+        if let Some(n) = &q.node {
+            query = query.bind(n.clone());
+        }
+        let rows = query
+            .fetch_all(&self.inner.read)
+            .await
+            .with_context(|| format!("reading the decision ledger {}", self.path().display()))?;
+        let mut out: Vec<Decision> = rows.iter().map(decision_of).collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Decision `id` and its story, or `None`.
+    pub async fn show(&self, id: DecisionId) -> anyhow::Result<Option<Story>> {
+        let ctx = || format!("reading the decision ledger {}", self.path().display());
+        let Some(row) = sqlx::query("SELECT * FROM decisions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.inner.read)
+            .await
+            .with_context(ctx)?
+        else {
+            return Ok(None);
+        };
+        let events = sqlx::query(
+            "SELECT decision, at_ms, kind, detail FROM decision_events WHERE decision = $1 ORDER BY id LIMIT 1000",
+        )
+        .bind(id)
+        .fetch_all(&self.inner.read)
+        .await
+        .with_context(ctx)?
+        .iter()
+        .map(|r| Event {
+            decision: r.get("decision"),
+            at_ms: r.get::<i64, _>("at_ms").max(0) as u64,
+            kind: r.get("kind"),
+            detail: r.get("detail"),
+        })
+        .collect();
+        Ok(Some(Story {
+            decision: decision_of(&row),
+            events,
+        }))
+    }
+
+    /// The latest decision about `about`, in force or ended: for reconciliation, "did VESPA
+    /// place this, and did it end it (when, why)?".
+    pub async fn last(&self, about: &Subject) -> anyhow::Result<Option<Decision>> {
+        let (node, kind, target) = about.slot();
+        let row = sqlx::query(
+            "SELECT * FROM decisions WHERE node = $1 AND kind = $2 AND target = $3 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(node)
+        .bind(kind)
+        .bind(target)
+        .fetch_optional(&self.inner.read)
+        .await
+        .with_context(|| format!("reading the decision ledger {}", self.path().display()))?;
+        Ok(row.as_ref().map(decision_of))
+    }
+
+    /// The decisions of `node` in force, for its driver to restore at start.
+    pub async fn to_restore(&self, node: &str) -> anyhow::Result<Vec<Decision>> {
+        self.list(&Query {
+            in_force_only: true,
+            since: None,
+            node: Some(node.to_string()),
+        })
+        .await
+    }
+}
+
+fn opt_u(r: &SqliteRow, c: &str) -> Option<u64> {
+    r.get::<Option<i64>, _>(c).map(|x| x.max(0) as u64)
+}
+
+fn decision_of(r: &SqliteRow) -> Decision {
+    Decision {
+        id: r.get("id"),
+        node: r.get("node"),
+        kind: r.get("kind"),
+        target: r.get("target"),
+        actuator: r.get("actuator"),
+        actuator_firewall: r.get::<i64, _>("actuator_firewall") != 0,
+        decided_by: r.get("decided_by"),
+        rules: r.get("rules"),
+        policy_sha256: r.get("policy_sha256"),
+        operator: r.get("operator"),
+        reason: r.get("reason"),
+        alert_origin: r.get("alert_origin"),
+        alert_seq: opt_u(r, "alert_seq"),
+        alert_kernel_ns: opt_u(r, "alert_kernel_ns"),
+        placed_at: r.get::<i64, _>("placed_at").max(0) as u64,
+        ttl_s: opt_u(r, "ttl_s"),
+        expires_at: opt_u(r, "expires_at"),
+        rate: r.get("rate"),
+        dry_run: r.get::<i64, _>("dry_run") != 0,
+        confirmed_at: opt_u(r, "confirmed_at"),
+        reply: r.get("reply"),
+        failed_at: opt_u(r, "failed_at"),
+        error: r.get("error"),
+        verification: r.get("verification"),
+        ended_at: opt_u(r, "ended_at"),
+        end_reason: r.get("end_reason"),
+    }
+}
+
+/// The story line a decision starts with.
+fn decided_detail(d: &NewDecision) -> String {
+    let who = match &d.decider {
+        Decider::Rule { rules, .. } => format!("rule {rules}"),
+        Decider::Reflex { rules, .. } => format!("kernel reflex, adopted by rule {rules}"),
+        Decider::Operator { identity, reason } => match reason {
+            Some(r) => format!("operator {identity} ({r})"),
+            None => format!("operator {identity}"),
+        },
+        Decider::Infection => "infection".into(),
+    };
+    let ttl = d.ttl_s.map(|t| format!(" for {t} s")).unwrap_or_default();
+    let rate = d
+        .rate
+        .as_deref()
+        .map(|r| format!(" at {r}"))
+        .unwrap_or_default();
+    let dry = if d.dry_run {
+        " (dry-run: recorded, not sent)"
+    } else {
+        ""
+    };
+    format!(
+        "{} {} via {}{ttl}{rate}, decided by {who}{dry}",
+        d.kind, d.target, d.actuator
+    )
+}
+
+/// Copies the WAL back into the database every [`CHECKPOINT_EVERY`] (PASSIVE: it never waits
+/// for the writer nor stops it), until the ledger is dropped.
+async fn checkpoint_loop(
+    mut conn: SqliteConnection,
+    alive: mpsc::WeakUnboundedSender<Job>,
+    path: PathBuf,
+) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        if alive.upgrade().is_none() {
+            break;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(path = %path.display(), error = %e, "decision ledger: checkpoint failed (the WAL grows until one succeeds)");
+        }
+    }
+    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut conn)
+        .await;
+}
+
+async fn write_loop(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    last_event: i64,
+    events: broadcast::Sender<DecisionEvent>,
+    failures: Arc<AtomicU64>,
+    path: PathBuf,
+) {
+    let mut next_event = last_event + 1;
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let start = next_event;
+        let result = apply(&mut conn, &jobs, &mut next_event).await;
+        match &result {
+            Ok(published) => {
+                for e in published {
+                    let _ = events.send(e.clone());
+                }
+            }
+            Err(e) => {
+                next_event = start;
+                let n = failures.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::error!(path = %path.display(), error = %e, failures = n, rows = jobs.len(), "decision ledger: write failed, these decisions are not recorded");
+            }
+        }
+        let result = result.map(|_| ()).map_err(|e| e.to_string());
+        for j in jobs {
+            if let Some(done) = j.done {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
+
+/// Writes `jobs` in one transaction; returns the events to publish once committed.
+async fn apply(
+    conn: &mut SqliteConnection,
+    jobs: &[Job],
+    next_event: &mut i64,
+) -> Result<Vec<DecisionEvent>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let mut published = Vec::new();
+    for job in jobs {
+        let at_s = job.at_ms / 1000;
+        let mut lines: Vec<(DecisionId, &str, String)> = Vec::new();
+        match &job.op {
+            Op::Insert(d, id) => {
+                let (rules, sha, operator, reason) = match &d.decider {
+                    Decider::Rule {
+                        rules,
+                        policy_sha256,
+                    }
+                    | Decider::Reflex {
+                        rules,
+                        policy_sha256,
+                    } => (
+                        Some(bounded(rules, MAX_NAME)),
+                        Some(bounded(policy_sha256, 64)),
+                        None,
+                        None,
+                    ),
+                    Decider::Operator { identity, reason } => (
+                        None,
+                        None,
+                        Some(bounded(identity, MAX_NAME)),
+                        reason.as_deref().map(|r| bounded(r, MAX_TEXT)),
+                    ),
+                    Decider::Infection => (None, None, None, None),
+                };
+                sqlx::query(
+                    "INSERT INTO decisions (id, node, kind, target, actuator, actuator_firewall, decided_by, rules, policy_sha256, operator, reason, alert_origin, alert_seq, alert_kernel_ns, placed_at, ttl_s, expires_at, rate, dry_run)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+                )
+                .bind(id)
+                .bind(&d.node)
+                .bind(&d.kind)
+                .bind(&d.target)
+                .bind(&d.actuator)
+                .bind(i64::from(d.actuator_firewall))
+                .bind(d.decider.by())
+                .bind(rules)
+                .bind(sha)
+                .bind(operator)
+                .bind(reason)
+                .bind(d.cause.as_ref().map(|c| bounded(&c.origin, MAX_NAME)))
+                .bind(d.cause.as_ref().map(|c| c.seq as i64))
+                .bind(d.cause.as_ref().map(|c| c.kernel_ns as i64))
+                .bind(d.placed_at as i64)
+                .bind(d.ttl_s.map(|t| t as i64))
+                .bind(d.expires_at.map(|t| t as i64))
+                .bind(d.rate.as_deref().map(|r| bounded(r, MAX_NAME)))
+                .bind(i64::from(d.dry_run))
+                .execute(&mut *tx)
+                .await?;
+                if let Some(c) = &d.cause {
+                    let detail = format!(
+                        "{} (from {}, seq {}, raised at {} ns)",
+                        bounded(&c.summary, MAX_TEXT),
+                        bounded(&c.origin, MAX_NAME),
+                        c.seq,
+                        c.kernel_ns
+                    );
+                    lines.push((*id, "alert", detail));
+                }
+                lines.push((*id, "decided", decided_detail(d)));
+            }
+            Op::Renew {
+                id,
+                ttl_s,
+                expires_at,
+            } => {
+                sqlx::query(
+                    "UPDATE decisions SET ttl_s = COALESCE($2, ttl_s), expires_at = CASE WHEN $3 IS NULL THEN expires_at WHEN expires_at IS NULL OR expires_at < $3 THEN $3 ELSE expires_at END WHERE id = $1",
+                )
+                .bind(id)
+                .bind(ttl_s.map(|t| t as i64))
+                .bind(expires_at.map(|t| t as i64))
+                .execute(&mut *tx)
+                .await?;
+                let ttl = ttl_s.map(|t| format!(" for {t} s")).unwrap_or_default();
+                lines.push((*id, "renewed", format!("sent again{ttl}")));
+            }
+            Op::Reply { id, undo, ok, text } => {
+                if !undo {
+                    let sql = if *ok {
+                        "UPDATE decisions SET confirmed_at = $2, reply = $3 WHERE id = $1"
+                    } else {
+                        "UPDATE decisions SET failed_at = $2, error = $3 WHERE id = $1"
+                    };
+                    sqlx::query(sql)
+                        .bind(id)
+                        .bind(at_s)
+                        .bind(text)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let kind = match (undo, ok) {
+                    (false, true) => "confirmed",
+                    (false, false) => "failed",
+                    (true, true) => "undo_confirmed",
+                    (true, false) => "undo_failed",
+                };
+                lines.push((*id, kind, text.clone()));
+            }
+            Op::End { id, at, reason } => {
+                sqlx::query("UPDATE decisions SET ended_at = $2, end_reason = $3 WHERE id = $1 AND ended_at IS NULL")
+                    .bind(id)
+                    .bind(*at as i64)
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?;
+                lines.push((*id, "ended", reason.clone()));
+            }
+            Op::Note { id, kind, detail } => {
+                if *id != 0 {
+                    lines.push((*id, kind, detail.clone()));
+                }
+            }
+        }
+        for (decision, kind, detail) in lines {
+            sqlx::query(
+                "INSERT INTO decision_events (id, decision, at_ms, kind, detail) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(*next_event)
+            .bind(decision)
+            .bind(job.at_ms)
+            .bind(kind)
+            .bind(&detail)
+            .execute(&mut *tx)
+            .await?;
+            *next_event += 1;
+            published.push(DecisionEvent {
+                decision,
+                node: job.slot.0.clone(),
+                action: job.slot.1.clone(),
+                target: job.slot.2.clone(),
+                at_ms: job.at_ms.max(0) as u64,
+                kind: kind.to_string(),
+                detail,
+            });
+        }
+    }
+    tx.commit().await?;
+    Ok(published)
+}
