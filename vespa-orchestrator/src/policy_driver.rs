@@ -64,11 +64,13 @@ mod api;
 mod convert;
 mod firewall;
 pub mod placement;
+mod reconcile;
 mod remote;
 mod set;
 
 pub use convert::{call_of, health_input, to_policy_body, ActuatorCall};
 use convert::{is_counter, target_arg};
+pub use reconcile::PlacedByVespa;
 pub use remote::{HoPolicyVerbs, RemoteDrivers};
 pub(crate) use set::merge_releases;
 pub use set::PolicySet;
@@ -259,6 +261,8 @@ struct Inner {
     policy_file: Option<PathBuf>,
     /// What the firewall agent should hold ([`firewall`]'s task follows it).
     firewall: watch::Sender<firewall::Wanted>,
+    /// Reconciliation's hook ([`reconcile`]).
+    reconciler: reconcile::Reconciler,
 }
 
 /// A policy driver, the VO's or an HO's (cheap to clone).
@@ -346,6 +350,7 @@ impl PolicyDriver {
                 dropped: AtomicU64::new(0),
                 policy_file,
                 firewall: watch::Sender::new(firewall::Wanted::default()),
+                reconciler: Default::default(),
             }),
         };
         d.rules_changed(d.core().state.rules());
@@ -490,6 +495,7 @@ impl PolicyDriver {
                 tokio::spawn(firewall::learn_protections(node.clone(), agent, tx));
             }
         }
+        tokio::spawn(reconcile::run(self.clone(), node.clone()));
         let me = self.clone();
         tokio::spawn(async move { me.run(rx, node).await });
         if let Some(path) = self.inner.policy_file.clone() {
