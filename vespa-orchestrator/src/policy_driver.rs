@@ -261,8 +261,8 @@ struct Inner {
     policy_file: Option<PathBuf>,
     /// What the firewall agent should hold ([`firewall`]'s task follows it).
     firewall: watch::Sender<firewall::Wanted>,
-    /// Reconciliation's hook ([`reconcile`]).
-    reconciler: reconcile::Reconciler,
+    /// Reconciliation's hook and the policy calls on their way ([`reconcile`]).
+    reconciler: Arc<reconcile::Reconciler>,
 }
 
 /// A policy driver, the VO's or an HO's (cheap to clone).
@@ -738,9 +738,11 @@ impl PolicyDriver {
                 .as_deref()
                 .and_then(|at| self.fast_path_note(at, &action));
             let start = cause.map_or(decided, |(seen, _, _)| seen);
+            let flying = self.inner.reconciler.on_its_way(action.effect());
             let me = self.clone();
             let handle = node.clone();
             tokio::spawn(async move {
+                let _flying = flying;
                 let here = handle.name();
                 // Closed only with the driver: then nothing is sent.
                 let Ok(_turn) = me.inner.calls.clone().acquire_owned().await else {

@@ -33,7 +33,7 @@
 mod diff;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -67,6 +67,8 @@ const MAX_PAGES: usize = 64;
 const ATTEMPTS: u32 = 3;
 /// Targets an alert names at most.
 const EXAMPLES: usize = 5;
+/// Effects remembered as recently sent at most.
+const MAX_FLYING: usize = 65_536;
 /// Characters of an error an alert quotes at most.
 const MAX_ERROR: usize = 200;
 
@@ -74,6 +76,63 @@ const MAX_ERROR: usize = 200;
 #[derive(Default)]
 pub(super) struct Reconciler {
     placed_by_vespa: OnceLock<PlacedByVespa>,
+    /// The effects whose policy calls are on their way (queued behind the bound on calls
+    /// in flight, or sent), and when the last one ended: an actuator listed meanwhile may or
+    /// may not show them yet, so a pass judges neither their absence nor their presence.
+    flying: Mutex<HashMap<Effect, (u32, Option<Instant>)>>,
+}
+
+impl Reconciler {
+    fn flying(&self) -> std::sync::MutexGuard<'_, HashMap<Effect, (u32, Option<Instant>)>> {
+        self.flying.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks a policy call about `effect` on its way until the guard drops (its reply came).
+    pub(super) fn on_its_way(self: &Arc<Self>, effect: Option<Effect>) -> Flying {
+        if let Some(e) = &effect {
+            self.flying().entry(e.clone()).or_default().0 += 1;
+        }
+        Flying {
+            of: self.clone(),
+            effect,
+        }
+    }
+
+    /// Whether a call about `e` was on its way at any time since `since`.
+    fn busy(&self, e: &Effect, since: Instant) -> bool {
+        self.flying()
+            .get(e)
+            .is_some_and(|(n, done)| *n > 0 || done.is_some_and(|d| d >= since))
+    }
+
+    /// Forgets calls that ended before `before`.
+    fn forget(&self, before: Instant) {
+        self.flying()
+            .retain(|_, (n, done)| *n > 0 || done.is_some_and(|d| d >= before));
+    }
+}
+
+/// A policy call on its way (see [`Reconciler::on_its_way`]).
+pub(super) struct Flying {
+    of: Arc<Reconciler>,
+    effect: Option<Effect>,
+}
+
+impl Drop for Flying {
+    fn drop(&mut self) {
+        if let Some(e) = self.effect.take() {
+            let mut flying = self.of.flying();
+            if let Some(entry) = flying.get_mut(&e) {
+                entry.0 = entry.0.saturating_sub(1);
+                entry.1 = Some(Instant::now());
+            }
+            // With reconciliation off nothing forgets: ended calls are kept this many at
+            // most (a pass then merely judges a few more effects too fresh).
+            if flying.len() > MAX_FLYING {
+                flying.retain(|_, (n, _)| *n > 0);
+            }
+        }
+    }
 }
 
 /// How one actuator is listed and corrected.
@@ -197,6 +256,7 @@ impl PolicyDriver {
         let alone = self.alone();
         let (every, grace) = self.reconcile_settings();
         let mut all_listed = true;
+        let pass_started = Instant::now();
         for (actuator, kind) in self.actuators() {
             let started = Instant::now();
             match self
@@ -234,6 +294,7 @@ impl PolicyDriver {
                 }
             }
         }
+        self.inner.reconciler.forget(pass_started);
         all_listed
     }
 
@@ -254,23 +315,35 @@ impl PolicyDriver {
         actuator: &str,
         listed: u64,
         key: impl Fn(&Effect) -> Option<K>,
-    ) -> (BTreeMap<K, bool>, BTreeMap<K, Option<u64>>) {
+    ) -> (BTreeMap<K, bool>, BTreeMap<K, Option<u64>>, Vec<K>) {
         let now = self.now();
         let settle = SETTLE.as_nanos() as u64;
         let core = self.core();
         let mut fresh = BTreeMap::new();
         let mut left = BTreeMap::new();
+        let listed_at = self.inner.started + Duration::from_nanos(listed);
+        // Undone while listed, their release on its way: whatever is held of them is the
+        // release's to remove.
+        let mut releasing = Vec::new();
+        for (e, (n, done)) in self.inner.reconciler.flying().iter() {
+            let busy = *n > 0 || done.is_some_and(|d| d >= listed_at);
+            if let Some(k) = key(e).filter(|_| busy && core.state.holders(e).is_empty()) {
+                releasing.push(k);
+            }
+        }
         for e in core.state.effects() {
             if e.dry || e.via != actuator {
                 continue;
             }
             let Some(k) = key(e.effect) else { continue };
             let remaining = e.expires_at.map(|at| at.saturating_sub(now));
-            let is_fresh = e.since.saturating_add(settle) > listed || remaining == Some(0);
+            let is_fresh = e.since.saturating_add(settle) > listed
+                || remaining == Some(0)
+                || self.inner.reconciler.busy(e.effect, listed_at);
             fresh.insert(k.clone(), is_fresh);
             left.insert(k, remaining);
         }
-        (fresh, left)
+        (fresh, left, releasing)
     }
 
     async fn reconcile_actuator(
@@ -291,17 +364,21 @@ impl PolicyDriver {
                     ActuatorCall::Sdn(SdnVerb::VespaFlows { after })
                 })
                 .await?;
-                let (wanted, remaining) = self.wanted_on(actuator, listed, |e: &Effect| match e {
-                    Effect::Blocked(t @ (Target::Ip(_) | Target::Mac(_))) => Some(*t),
-                    _ => None,
-                });
+                let (wanted, remaining, releasing) =
+                    self.wanted_on(actuator, listed, |e: &Effect| match e {
+                        Effect::Blocked(t @ (Target::Ip(_) | Target::Mac(_))) => Some(*t),
+                        _ => None,
+                    });
                 let held = rows
                     .into_iter()
-                    .map(|r| Held {
-                        key: r.target.and_then(|t| t.to_string().parse::<Target>().ok()),
-                        id: Some(r.id),
-                        known: r.known,
-                        spare: !alone,
+                    .map(|r| {
+                        let key = r.target.and_then(|t| t.to_string().parse::<Target>().ok());
+                        Held {
+                            spare: !alone || key.is_some_and(|k| releasing.contains(&k)),
+                            key,
+                            id: Some(r.id),
+                            known: r.known,
+                        }
                     })
                     .collect();
                 let plan = compare(&wanted, held);
@@ -335,10 +412,11 @@ impl PolicyDriver {
                     ActuatorCall::Firewall(FirewallVerb::Blocks { after })
                 })
                 .await?;
-                let (wanted, remaining) = self.wanted_on(actuator, listed, |e: &Effect| match e {
-                    Effect::Blocked(t) => Some(*t),
-                    _ => None,
-                });
+                let (wanted, remaining, releasing) =
+                    self.wanted_on(actuator, listed, |e: &Effect| match e {
+                        Effect::Blocked(t) => Some(*t),
+                        _ => None,
+                    });
                 let now = Instant::now();
                 let mut seen = HashMap::new();
                 let held = rows
@@ -355,10 +433,10 @@ impl PolicyDriver {
                             _ => false,
                         };
                         Held {
+                            spare: !alone || young || key.is_some_and(|k| releasing.contains(&k)),
                             key,
                             id: None,
                             known: true,
-                            spare: !alone || young,
                         }
                     })
                     .collect();
@@ -382,17 +460,18 @@ impl PolicyDriver {
             }
             Kind::Libvirt => {
                 let down = links_down(node, actuator).await?;
-                let (wanted, _) = self.wanted_on(actuator, listed, |e: &Effect| match e {
-                    Effect::LinkCut(vm) => Some(vm.clone()),
-                    _ => None,
-                });
+                let (wanted, _, releasing) =
+                    self.wanted_on(actuator, listed, |e: &Effect| match e {
+                        Effect::LinkCut(vm) => Some(vm.clone()),
+                        _ => None,
+                    });
                 let held = down
                     .into_iter()
                     .map(|vm| Held {
+                        spare: releasing.contains(&vm),
                         key: Some(vm),
                         id: None,
                         known: true,
-                        spare: false,
                     })
                     .collect();
                 let plan = compare(&wanted, held);
