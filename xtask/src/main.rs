@@ -224,13 +224,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let sensor_only_agent = sensor_only.join("release").join("vespa-agent");
             // One binary per area; each prints its ratios and writes target/bench/<area>.json.
-            let areas: [(&str, &str, &[&str]); 7] = [
+            let areas: [(&str, &str, &[&str]); 8] = [
                 ("sensors", "vespa-bench", &[]),
                 // The kernel firewall: drop rates, its cost to unblocked traffic, the reflex,
                 // the policy's block.
                 ("firewall", "vespa-bench-firewall", &[]),
                 ("tree", "vespa-bench-tree", &[]),
                 ("actuators", "vespa-bench-actuators", &[]),
+                // Reconciliation of 10,000 decisions against os-ken + Open vSwitch.
+                ("reconcile", "vespa-bench-reconcile", &[]),
                 ("loop", "vespa-bench-loop", &[]),
                 // The same rule at the VO and at HO_PH, alternating in one run.
                 ("loop-fastpath", "vespa-bench-loop", &["--fast-path"]),
