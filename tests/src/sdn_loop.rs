@@ -292,14 +292,25 @@ impl SdnLoop {
     /// The value of one series of the VO's `/metrics` (its name with its labels, as written
     /// there: `vespa_decisions_drift_total{actuator="X",kind="missing"}`).
     pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics(&[series])?.pop()
+    }
+
+    /// The values of several series of one scrape of the VO's `/metrics` (None unless all
+    /// are there), so that related series (a histogram's sum and count) agree.
+    pub fn metrics(&self, series: &[&str]) -> Option<Vec<f64>> {
         let (status, body) = in_netns(self.switch_ns(), || http_get(API, "/metrics")).ok()?;
         if status != 200 {
             return None;
         }
-        body.lines().find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
+        series
+            .iter()
+            .map(|s| {
+                body.lines().find_map(|l| {
+                    let (name, value) = l.rsplit_once(' ')?;
+                    (name == *s).then(|| value.parse().ok()).flatten()
+                })
+            })
+            .collect()
     }
 
     /// GET on the VO's API; `Some` for a 200 with a JSON body.

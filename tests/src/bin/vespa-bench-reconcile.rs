@@ -67,13 +67,12 @@ fn status_kib(pid: i32, field: &str) -> anyhow::Result<i64> {
 
 /// The SDN agent's pass histogram: (sum, count).
 fn pass_totals(rig: &SdnLoop) -> Option<(f64, f64)> {
-    let sum = rig.metric(&format!(
-        "vespa_reconcile_pass_seconds_sum{{actuator=\"{SDN_AGENT}\"}}"
-    ))?;
-    let count = rig.metric(&format!(
-        "vespa_reconcile_pass_seconds_count{{actuator=\"{SDN_AGENT}\"}}"
-    ))?;
-    Some((sum, count))
+    let sum = format!("vespa_reconcile_pass_seconds_sum{{actuator=\"{SDN_AGENT}\"}}");
+    let count = format!("vespa_reconcile_pass_seconds_count{{actuator=\"{SDN_AGENT}\"}}");
+    match rig.metrics(&[&sum, &count])?[..] {
+        [s, c] => Some((s, c)),
+        _ => None,
+    }
 }
 
 fn drift(rig: &SdnLoop, kind: &str) -> f64 {
