@@ -535,7 +535,7 @@ impl<C: SdnController> SdnAgent<C> {
         if let Some(b) = st.blocks.by_target(&target) {
             return Err(format!("{target} is already block {} of this agent", b.id));
         }
-        if st.blocks.matching(Release::Id(id)).first().is_some() {
+        if !st.blocks.matching(Release::Id(id)).is_empty() {
             return Err(format!("block {id} is already in this agent's book"));
         }
         let ttl = ttl.and_then(Ttl::duration);
@@ -548,7 +548,7 @@ impl<C: SdnController> SdnAgent<C> {
     async fn drop_flows(&self, id: u64) -> VerbResult {
         let bid = BlockId(id);
         let st = self.ctrl.state();
-        if st.blocks.matching(Release::Id(bid)).first().is_some() {
+        if !st.blocks.matching(Release::Id(bid)).is_empty() {
             let ids = self
                 .ctrl
                 .release(Release::Id(bid))

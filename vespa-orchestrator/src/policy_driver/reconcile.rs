@@ -176,6 +176,16 @@ pub struct Outcome {
     examples: Vec<String>,
 }
 
+/// What the policy wants on one actuator, by key.
+struct Wanted<K> {
+    /// Each key, with whether it is too fresh to judge.
+    fresh: BTreeMap<K, bool>,
+    /// The time the policy still wants each (None: until released).
+    left: BTreeMap<K, Option<u64>>,
+    /// Keys undone while the actuator was listed, their release on its way.
+    releasing: Vec<K>,
+}
+
 /// One correction to send.
 struct Fix {
     call: ActuatorCall,
@@ -315,7 +325,7 @@ impl PolicyDriver {
         actuator: &str,
         listed: u64,
         key: impl Fn(&Effect) -> Option<K>,
-    ) -> (BTreeMap<K, bool>, BTreeMap<K, Option<u64>>, Vec<K>) {
+    ) -> Wanted<K> {
         let now = self.now();
         let settle = SETTLE.as_nanos() as u64;
         let core = self.core();
@@ -343,7 +353,11 @@ impl PolicyDriver {
             fresh.insert(k.clone(), is_fresh);
             left.insert(k, remaining);
         }
-        (fresh, left, releasing)
+        Wanted {
+            fresh,
+            left,
+            releasing,
+        }
     }
 
     async fn reconcile_actuator(
@@ -364,11 +378,14 @@ impl PolicyDriver {
                     ActuatorCall::Sdn(SdnVerb::VespaFlows { after })
                 })
                 .await?;
-                let (wanted, remaining, releasing) =
-                    self.wanted_on(actuator, listed, |e: &Effect| match e {
-                        Effect::Blocked(t @ (Target::Ip(_) | Target::Mac(_))) => Some(*t),
-                        _ => None,
-                    });
+                let Wanted {
+                    fresh: wanted,
+                    left: remaining,
+                    releasing,
+                } = self.wanted_on(actuator, listed, |e: &Effect| match e {
+                    Effect::Blocked(t @ (Target::Ip(_) | Target::Mac(_))) => Some(*t),
+                    _ => None,
+                });
                 let held = rows
                     .into_iter()
                     .map(|r| {
@@ -412,11 +429,14 @@ impl PolicyDriver {
                     ActuatorCall::Firewall(FirewallVerb::Blocks { after })
                 })
                 .await?;
-                let (wanted, remaining, releasing) =
-                    self.wanted_on(actuator, listed, |e: &Effect| match e {
-                        Effect::Blocked(t) => Some(*t),
-                        _ => None,
-                    });
+                let Wanted {
+                    fresh: wanted,
+                    left: remaining,
+                    releasing,
+                } = self.wanted_on(actuator, listed, |e: &Effect| match e {
+                    Effect::Blocked(t) => Some(*t),
+                    _ => None,
+                });
                 let now = Instant::now();
                 let mut seen = HashMap::new();
                 let held = rows
@@ -460,11 +480,14 @@ impl PolicyDriver {
             }
             Kind::Libvirt => {
                 let down = links_down(node, actuator).await?;
-                let (wanted, _, releasing) =
-                    self.wanted_on(actuator, listed, |e: &Effect| match e {
-                        Effect::LinkCut(vm) => Some(vm.clone()),
-                        _ => None,
-                    });
+                let Wanted {
+                    fresh: wanted,
+                    releasing,
+                    ..
+                } = self.wanted_on(actuator, listed, |e: &Effect| match e {
+                    Effect::LinkCut(vm) => Some(vm.clone()),
+                    _ => None,
+                });
                 let held = down
                     .into_iter()
                     .map(|vm| Held {
