@@ -905,6 +905,26 @@ mod tests {
             "block, longer block, cut link, migrate"
         );
         assert!(r.isolate_infected);
+        assert_eq!(
+            (r.reconcile_every_ns, r.reflex_grace_ns),
+            (60 * SECOND, 30 * SECOND),
+            "reconciliation's defaults"
+        );
+    }
+
+    #[test]
+    fn reconciliation_settings_are_read_and_checked() {
+        let with =
+            |extra: &str| Rules::from_toml(&format!("{DEFAULT_RULES}\n[reconcile]\n{extra}\n"));
+        let r = with("every_s = 5").expect("parses");
+        assert_eq!(
+            (r.reconcile_every_ns, r.reflex_grace_ns),
+            (5 * SECOND, 30 * SECOND)
+        );
+        let r = with("every_s = 0\nreflex_grace_s = 2").expect("parses");
+        assert_eq!((r.reconcile_every_ns, r.reflex_grace_ns), (0, 2 * SECOND));
+        let e = with("every = 5").expect_err("unknown field");
+        assert!(e.to_string().contains("every"), "{e}");
     }
 
     #[test]
