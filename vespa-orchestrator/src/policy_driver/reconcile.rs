@@ -13,10 +13,13 @@
 //! - wanted and not held: placed again with the call [`call_of`] builds, for the time the
 //!   policy still wants it (`missing`); an effect placed in the last [`SETTLE`] is not judged,
 //!   its own call may still be on its way;
-//! - held and not wanted: removed (`stray`): an SDN block by its cookie (`drop_flows`), a
-//!   kernel block by its target. A kernel reflex block the policy has not adopted is left
-//!   alone for `[reconcile] reflex_grace_s` after reconciliation first saw it (its alert may
-//!   still be on its way). A VM's link found down that the policy does not want is
+//! - held with VESPA's mark, not wanted and placed by nobody's call: removed (`stray`): an
+//!   SDN flow whose cookie the agent's book does not know (a previous agent's, or added
+//!   behind its back) by its cookie (`drop_flows`); a kernel reflex block the policy has not
+//!   adopted, once `[reconcile] reflex_grace_s` has passed since reconciliation first saw it
+//!   (its alert may still be on its way), by its target. A block an operator asked of the
+//!   agent directly (in the SDN agent's book, or a kernel block the reflex did not place) is
+//!   the operator's and stays. A VM's link found down that the policy does not want is
 //!   reconnected only if VESPA cut it ([`PlacedByVespa`], answered by the decision ledger);
 //!   otherwise it is counted and raised, and left.
 //!
@@ -390,8 +393,11 @@ impl PolicyDriver {
                     .into_iter()
                     .map(|r| {
                         let key = r.target.and_then(|t| t.to_string().parse::<Target>().ok());
+                        // A block the agent's book knows that no decision holds was asked of
+                        // the agent directly (an operator's `block_hackers`): not a stray.
+                        let by_hand = r.known && key.is_some_and(|k| !wanted.contains_key(&k));
                         Held {
-                            spare: !alone || key.is_some_and(|k| releasing.contains(&k)),
+                            spare: !alone || by_hand || key.is_some_and(|k| releasing.contains(&k)),
                             key,
                             id: Some(r.id),
                             known: r.known,
@@ -452,8 +458,14 @@ impl PolicyDriver {
                             }
                             _ => false,
                         };
+                        // Only the kernel's own blocks are strays when unwanted: any other
+                        // entry was asked of the agent directly (an operator's).
+                        let by_hand = !r.reflex;
                         Held {
-                            spare: !alone || young || key.is_some_and(|k| releasing.contains(&k)),
+                            spare: !alone
+                                || young
+                                || by_hand && key.is_some_and(|k| !wanted.contains_key(&k))
+                                || key.is_some_and(|k| releasing.contains(&k)),
                             key,
                             id: None,
                             known: true,
