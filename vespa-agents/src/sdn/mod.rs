@@ -435,7 +435,14 @@ pub struct SdnAgent<C: SdnController> {
     cfg: SdnAgentConfig,
     alerts: AlertSink,
     reaper: tokio::task::JoinHandle<()>,
+    /// The switches' VESPA flows as the first page of `vespa_flows` read them: the next
+    /// pages are cut from it, so a listing is one snapshot and the controller is asked for
+    /// its flow tables once per listing, not once per page.
+    listing: std::sync::Mutex<Option<(tokio::time::Instant, Arc<Vec<HeldFlow>>)>>,
 }
+
+/// How long the first page's snapshot serves the following pages.
+const LISTING_FOR: Duration = Duration::from_secs(30);
 
 impl<C: SdnController> SdnAgent<C> {
     /// Starts the agent (and its TTL reaper, so this must run inside a tokio runtime).
@@ -447,6 +454,7 @@ impl<C: SdnController> SdnAgent<C> {
             cfg,
             alerts,
             reaper,
+            listing: std::sync::Mutex::new(None),
         }
     }
 
@@ -497,6 +505,15 @@ impl<C: SdnController> SdnAgent<C> {
     async fn vespa_flows(&self, after: Option<u64>) -> VerbResult {
         let st = self.ctrl.state();
         let book = st.blocks.list();
+        let snapshot = after.and_then(|_| {
+            let kept = self.listing.lock().unwrap_or_else(|p| p.into_inner());
+            kept.as_ref()
+                .filter(|(at, _)| at.elapsed() < LISTING_FOR)
+                .map(|(_, rows)| rows.clone())
+        });
+        if let Some(rows) = snapshot {
+            return json(&page_of(rows.as_ref().clone(), &book, after));
+        }
         let held = match self.ctrl.held().await {
             Some(r) => {
                 let what = format!("{} list VESPA flows", self.ctrl.name());
@@ -522,7 +539,10 @@ impl<C: SdnController> SdnAgent<C> {
                 })
                 .collect(),
         };
-        json(&page_of(held, &book, after))
+        let rows = Arc::new(held);
+        *self.listing.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((tokio::time::Instant::now(), rows.clone()));
+        json(&page_of(rows.as_ref().clone(), &book, after))
     }
 
     /// Records a block the switches hold that the book lost, so that its release and its
