@@ -269,6 +269,50 @@ impl SdnLoop {
             .all(|a| self.vo_call("call", &[a, "help"]).is_ok())
     }
 
+    /// A request to the VO's API with the bearer token: (status, body).
+    pub fn api_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &str,
+    ) -> Option<(u16, String)> {
+        let (method, path, token, body) = (
+            method.to_string(),
+            path.to_string(),
+            token.to_string(),
+            body.to_string(),
+        );
+        let addr: std::net::SocketAddr = API.parse().ok()?;
+        in_netns(self.switch_ns(), move || {
+            crate::daemons::http_request(addr, &method, &path, Some(&token), &body)
+        })
+    }
+
+    /// The value of one series of the VO's `/metrics` (its name with its labels, as written
+    /// there: `vespa_decisions_drift_total{actuator="X",kind="missing"}`).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics(&[series])?.pop()
+    }
+
+    /// The values of several series of one scrape of the VO's `/metrics` (None unless all
+    /// are there), so that related series (a histogram's sum and count) agree.
+    pub fn metrics(&self, series: &[&str]) -> Option<Vec<f64>> {
+        let (status, body) = in_netns(self.switch_ns(), || http_get(API, "/metrics")).ok()?;
+        if status != 200 {
+            return None;
+        }
+        series
+            .iter()
+            .map(|s| {
+                body.lines().find_map(|l| {
+                    let (name, value) = l.rsplit_once(' ')?;
+                    (name == *s).then(|| value.parse().ok()).flatten()
+                })
+            })
+            .collect()
+    }
+
     /// GET on the VO's API; `Some` for a 200 with a JSON body.
     pub fn api_get(&self, path: &str) -> Option<serde_json::Value> {
         let path = path.to_string();

@@ -21,7 +21,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use vespa_node::{Agent, NodeHandle, VerbResult};
 use vespa_proto::{
-    verbs::{BlockSelector, FirewallVerb, Rate, Shaped, ShapedSelector, Target, Ttl},
+    verbs::{
+        BlockSelector, FirewallVerb, Page, Rate, Shaped, ShapedSelector, Target, Ttl, LIST_PAGE,
+    },
     AlertBody,
 };
 
@@ -345,6 +347,17 @@ impl FirewallAgent {
     }
 }
 
+/// The blocks after `after` in the targets' order, at most [`LIST_PAGE`] of them: every
+/// entry the kernel holds, page by page (where `status_hackers` shows the most active only).
+fn page_of_blocks(mut blocks: Vec<BlockInfo>, after: Option<Target>) -> Page<BlockInfo, Target> {
+    blocks.retain(|b| after.is_none_or(|a| b.target > a));
+    blocks.sort_by_key(|b| b.target);
+    let more = blocks.len() > LIST_PAGE;
+    blocks.truncate(LIST_PAGE);
+    let next = more.then(|| blocks.last().map(|b| b.target)).flatten();
+    Page { rows: blocks, next }
+}
+
 /// Says when the reflex's cap held back blocks: at most once a minute, with how many.
 #[derive(Default)]
 struct CapWatch {
@@ -410,6 +423,7 @@ impl Agent for FirewallAgent {
                 json(&r)
             }
             FirewallVerb::FirewallStats {} => json(&self.fw.stats()?),
+            FirewallVerb::Blocks { after } => json(&page_of_blocks(self.fw.blocks()?, after)),
         }
     }
 
@@ -549,6 +563,40 @@ mod tests {
             .check(&s, t0 + Duration::from_secs(61))
             .expect("said again");
         assert!(later.contains("2 reflex blocks"), "{later}");
+    }
+
+    #[test]
+    fn blocks_are_listed_whole_page_by_page_each_within_one_frame() {
+        let block = |i: u64| BlockInfo {
+            target: t(&format!("2001:db8:{:x}::/64", i)),
+            expires_in_ms: Some(u64::MAX),
+            reflex: true,
+            packets: u64::MAX,
+            bytes: u64::MAX,
+            first_drop_after_ns: Some(u64::MAX),
+            created_ns: u64::MAX,
+        };
+        let all: Vec<_> = (0..10_001).map(block).collect();
+        let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let page = page_of_blocks(all.clone(), after);
+            let text = serde_json::to_vec(&page).expect("json");
+            assert!(
+                text.len() < vespa_proto::frame::DEFAULT_MAX_FRAME - 4096,
+                "{} bytes",
+                text.len()
+            );
+            seen.extend(page.rows.iter().map(|b| b.target));
+            pages += 1;
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 6);
+        let mut want: Vec<_> = all.iter().map(|b| b.target).collect();
+        want.sort();
+        assert_eq!(seen, want, "every block once, in order");
     }
 
     #[test]

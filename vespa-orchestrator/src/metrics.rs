@@ -17,6 +17,13 @@
 //! - `vo_to_actuator_ack`: from the VO deciding to act to the actuator's acknowledgement,
 //!   observed by the policy through [`Metrics::observe_actuator_ack`].
 //!
+//! `vespa_decisions_drift_total{actuator,kind}` counts what reconciliation found different
+//! between what the policy has in place and what an actuator holds (`missing`: wanted, not
+//! held, re-applied; `stray`: held with VESPA's mark, not wanted, removed; `adopted`: held and
+//! wanted but unknown to the agent's book, recorded there again), and
+//! `vespa_reconcile_pass_seconds{actuator}` how long each pass over one actuator took
+//! ([`crate::policy_driver`]'s reconciliation).
+//!
 //! `vespa_policy_alerts_total{kind}` counts the alerts the VO's policy raises of its own
 //! (`did_not_take`: a verification failed or an actuator refused; `blind_spot`: a sensor lost
 //! events or filled a map; ...), counted by the VO's driver as it raises them. Every kind's
@@ -161,6 +168,17 @@ pub struct Metrics {
     policy_alerts: Family<Labels, Counter>,
     closed_loop: HistogramFamily,
     outputs: OutputMetrics,
+    drift: Family<Labels, Counter>,
+    reconcile: HistogramFamily,
+}
+
+/// The `kind` labels of `vespa_decisions_drift_total`. Fixed names: alerting rules use them.
+pub const DRIFT_KINDS: [&str; 3] = ["missing", "stray", "adopted"];
+
+/// 1 ms to ~65 s, doubling: a pass lists an actuator page by page and may send thousands of
+/// calls.
+fn pass_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
 impl Default for Metrics {
@@ -170,6 +188,8 @@ impl Default for Metrics {
             policy_alerts: Family::default(),
             closed_loop: Family::new_with_constructor(latency_histogram),
             outputs: OutputMetrics::default(),
+            drift: Family::default(),
+            reconcile: Family::new_with_constructor(pass_histogram),
         }
     }
 }
@@ -204,6 +224,26 @@ impl Metrics {
         self.policy_alerts
             .get_or_create(&vec![("kind", policy_alert_kind(kind).to_string())])
             .inc();
+    }
+
+    /// Counts `n` differences of `kind` (one of [`DRIFT_KINDS`]) found on `actuator`.
+    pub fn on_drift(&self, actuator: &str, kind: &'static str, n: u64) {
+        self.drift
+            .get_or_create(&vec![
+                ("actuator", actuator.to_string()),
+                ("kind", kind.to_string()),
+            ])
+            .inc_by(n);
+    }
+
+    /// Observes one reconciliation pass over `actuator`, and makes its drift series exist.
+    pub fn on_reconcile_pass(&self, actuator: &str, seconds: f64) {
+        for kind in DRIFT_KINDS {
+            self.on_drift(actuator, kind, 0);
+        }
+        self.reconcile
+            .get_or_create(&vec![("actuator", actuator.to_string())])
+            .observe(seconds);
     }
 
     fn observe(&self, stage: &str, seconds: f64) {
@@ -242,6 +282,16 @@ impl Metrics {
                 .get_or_create(&vec![("stage", stage.to_string())]);
         }
         self.outputs.register_in(&mut r);
+        r.register(
+            "vespa_decisions_drift",
+            "Differences reconciliation found between what the policy has in place and what an actuator holds, by actuator and kind (missing: re-applied; stray: removed; adopted: recorded in the agent's book again).",
+            self.drift.clone(),
+        );
+        r.register(
+            "vespa_reconcile_pass_seconds",
+            "Time of one reconciliation pass over one actuator (listing, comparison, corrections).",
+            self.reconcile.clone(),
+        );
         r.register_collector(Box::new(NodeCollector(vo)));
         r
     }

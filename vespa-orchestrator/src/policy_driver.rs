@@ -66,12 +66,14 @@ mod api;
 mod convert;
 mod firewall;
 pub mod placement;
+mod reconcile;
 mod record;
 mod remote;
 mod set;
 
 pub use convert::{call_of, health_input, to_policy_body, ActuatorCall};
 use convert::{is_counter, target_arg};
+pub use reconcile::PlacedByVespa;
 pub use remote::{HoPolicyVerbs, RemoteDrivers};
 pub(crate) use set::merge_releases;
 pub use set::PolicySet;
@@ -265,6 +267,8 @@ struct Inner {
     /// The decision ledger, and the node name its rows carry ([`record`]).
     ledger: OnceLock<Ledger>,
     ledger_node: OnceLock<String>,
+    /// Reconciliation's hook and the policy calls on their way ([`reconcile`]).
+    reconciler: Arc<reconcile::Reconciler>,
 }
 
 /// A policy driver, the VO's or an HO's (cheap to clone).
@@ -354,6 +358,7 @@ impl PolicyDriver {
                 firewall: watch::Sender::new(firewall::Wanted::default()),
                 ledger: OnceLock::new(),
                 ledger_node: OnceLock::new(),
+                reconciler: Default::default(),
             }),
         };
         d.rules_changed(d.core().state.rules());
@@ -498,6 +503,7 @@ impl PolicyDriver {
                 tokio::spawn(firewall::learn_protections(node.clone(), agent, tx));
             }
         }
+        tokio::spawn(reconcile::run(self.clone(), node.clone()));
         let me = self.clone();
         tokio::spawn(async move { me.run(rx, node).await });
         if let Some(path) = self.inner.policy_file.clone() {
@@ -754,9 +760,11 @@ impl PolicyDriver {
                 .as_deref()
                 .and_then(|at| self.fast_path_note(at, &action));
             let start = cause.map_or(decided, |(seen, _, _)| seen);
+            let flying = self.inner.reconciler.on_its_way(action.effect());
             let me = self.clone();
             let handle = node.clone();
             tokio::spawn(async move {
+                let _flying = flying;
                 let here = handle.name();
                 // Written before sent: a ledger that cannot write is logged, the call still goes.
                 let recorded = match recorded {

@@ -19,6 +19,10 @@
 //! [infection]
 //! isolate = true                  # infected VM: cut its link, AV through the hypervisor
 //!
+//! [reconcile]                     # what the actuators hold compared with what is wanted
+//! every_s = 60                    # at start and this often (0: never)
+//! reflex_grace_s = 30             # a kernel reflex block not adopted is left this long
+//!
 //! [allowlist]                     # never blocked nor throttled (besides the tree's own
 //! targets = ["10.0.0.0/8", "52:54:00:00:00:01"]  # machines and controllers, automatically)
 //!
@@ -288,6 +292,12 @@ pub struct Rules {
     pub isolate_infected: bool,
     /// Protected sources (`[allowlist] targets`): never blocked nor throttled.
     pub allowlist: Vec<Target>,
+    /// How often the driver compares what the actuators hold with what is in place
+    /// (`[reconcile] every_s`; 0: never). The policy itself never reads it.
+    pub reconcile_every_ns: Nanos,
+    /// How long a kernel reflex block the policy has not adopted is left alone by
+    /// reconciliation (`[reconcile] reflex_grace_s`).
+    pub reflex_grace_ns: Nanos,
     pub rules: Vec<Rule>,
 }
 
@@ -327,6 +337,8 @@ struct RawFile {
     #[serde(default)]
     infection: RawInfection,
     #[serde(default)]
+    reconcile: RawReconcile,
+    #[serde(default)]
     allowlist: RawAllowlist,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
@@ -348,6 +360,22 @@ struct RawBlindSpot {
 impl Default for RawBlindSpot {
     fn default() -> Self {
         RawBlindSpot { cooldown_s: 60 }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReconcile {
+    every_s: u64,
+    reflex_grace_s: u64,
+}
+
+impl Default for RawReconcile {
+    fn default() -> Self {
+        RawReconcile {
+            every_s: 60,
+            reflex_grace_s: 30,
+        }
     }
 }
 
@@ -682,6 +710,8 @@ impl Rules {
             blind_spot_cooldown_ns: raw.blind_spot.cooldown_s.min(MAX_SECONDS) * SECOND,
             isolate_infected: raw.infection.isolate,
             allowlist,
+            reconcile_every_ns: raw.reconcile.every_s.min(MAX_SECONDS) * SECOND,
+            reflex_grace_ns: raw.reconcile.reflex_grace_s.min(MAX_SECONDS) * SECOND,
             rules,
         })
     }
@@ -875,6 +905,26 @@ mod tests {
             "block, longer block, cut link, migrate"
         );
         assert!(r.isolate_infected);
+        assert_eq!(
+            (r.reconcile_every_ns, r.reflex_grace_ns),
+            (60 * SECOND, 30 * SECOND),
+            "reconciliation's defaults"
+        );
+    }
+
+    #[test]
+    fn reconciliation_settings_are_read_and_checked() {
+        let with =
+            |extra: &str| Rules::from_toml(&format!("{DEFAULT_RULES}\n[reconcile]\n{extra}\n"));
+        let r = with("every_s = 5").expect("parses");
+        assert_eq!(
+            (r.reconcile_every_ns, r.reflex_grace_ns),
+            (5 * SECOND, 30 * SECOND)
+        );
+        let r = with("every_s = 0\nreflex_grace_s = 2").expect("parses");
+        assert_eq!((r.reconcile_every_ns, r.reflex_grace_ns), (0, 2 * SECOND));
+        let e = with("every = 5").expect_err("unknown field");
+        assert!(e.to_string().contains("every"), "{e}");
     }
 
     #[test]

@@ -233,6 +233,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 // The VO's outputs down against none, alternating in one run.
                 ("tree-outputs", "vespa-bench-tree", &["--outputs"]),
                 ("actuators", "vespa-bench-actuators", &[]),
+                // Reconciliation of 10,000 decisions against os-ken + Open vSwitch.
+                ("reconcile", "vespa-bench-reconcile", &[]),
                 ("loop", "vespa-bench-loop", &[]),
                 // The same rule at the VO and at HO_PH, alternating in one run.
                 ("loop-fastpath", "vespa-bench-loop", &["--fast-path"]),

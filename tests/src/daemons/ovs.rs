@@ -175,6 +175,15 @@ impl Ovs {
         ])
     }
 
+    /// `ovs-ofctl -O OpenFlow13 <cmd> <bridge's socket> <args...>` (e.g. `del-flows`,
+    /// `add-flow`): what the tests do to the switch behind VESPA's back.
+    pub fn ofctl(&self, bridge: &str, cmd: &str, args: &[&str]) -> Result<String, String> {
+        let mgmt = self.mgmt(bridge);
+        let mut all = vec!["ovs-ofctl", "-O", "OpenFlow13", cmd, &mgmt];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
     /// Flow lines containing `needle`.
     pub fn flows_matching(&self, bridge: &str, needle: &str) -> Vec<String> {
         self.dump_flows(bridge)

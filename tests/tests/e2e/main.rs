@@ -94,5 +94,6 @@ mod deploy {
 mod loops {
     mod av;
     mod demo;
+    mod reconcile;
     mod sdn;
 }

@@ -41,7 +41,7 @@ use crate::error::{SdnError, Transient as _};
 use crate::retry::{retry, RetryPolicy, RetryStats};
 pub use ttl::{ActiveBlock, BlockBook};
 use vespa_node::{Agent, VerbResult};
-use vespa_proto::verbs::{BlockSelector, SdnVerb, Target, Ttl, Word};
+use vespa_proto::verbs::{BlockSelector, HeldFlow, Page, SdnVerb, Target, Ttl, Word, LIST_PAGE};
 
 /// High 32 bits of every flow cookie VESPA installs ("VESP").
 pub const COOKIE_TAG: u64 = 0x5645_5350 << 32;
@@ -247,6 +247,20 @@ pub trait SdnController: Send + Sync + 'static {
     /// Best-effort removal of every VESPA block the controller still holds, including ones a
     /// previous agent left behind.
     fn purge(&self) -> impl Future<Output = Result<(), SdnError>> + Send;
+    /// Every VESPA block the switches hold, by cookie, whoever placed it (this agent, a
+    /// previous one, someone behind its back); None when this controller cannot list its
+    /// flows (then the book is all there is to show).
+    fn held(&self) -> impl Future<Output = Option<Result<Vec<HeldFlow>, SdnError>>> + Send {
+        async { None }
+    }
+    /// Removes every flow carrying block `id`'s cookie from every switch, whether the book
+    /// knows the block or not; None when this controller cannot remove flows by cookie.
+    fn remove_cookie(
+        &self,
+        _id: BlockId,
+    ) -> impl Future<Output = Option<Result<(), SdnError>>> + Send {
+        async { None }
+    }
     fn fetch_topology(&self) -> impl Future<Output = Result<Value, SdnError>> + Send;
     fn fetch_link_stats(&self) -> impl Future<Output = Result<Value, SdnError>> + Send;
     fn fetch_flow_stats(&self) -> impl Future<Output = Result<Value, SdnError>> + Send;
@@ -421,7 +435,14 @@ pub struct SdnAgent<C: SdnController> {
     cfg: SdnAgentConfig,
     alerts: AlertSink,
     reaper: tokio::task::JoinHandle<()>,
+    /// The switches' VESPA flows as the first page of `vespa_flows` read them: the next
+    /// pages are cut from it, so a listing is one snapshot and the controller is asked for
+    /// its flow tables once per listing, not once per page.
+    listing: std::sync::Mutex<Option<(tokio::time::Instant, Arc<Vec<HeldFlow>>)>>,
 }
+
+/// How long the first page's snapshot serves the following pages.
+const LISTING_FOR: Duration = Duration::from_secs(30);
 
 impl<C: SdnController> SdnAgent<C> {
     /// Starts the agent (and its TTL reaper, so this must run inside a tokio runtime).
@@ -433,6 +454,7 @@ impl<C: SdnController> SdnAgent<C> {
             cfg,
             alerts,
             reaper,
+            listing: std::sync::Mutex::new(None),
         }
     }
 
@@ -477,6 +499,139 @@ impl<C: SdnController> SdnAgent<C> {
     }
 }
 
+impl<C: SdnController> SdnAgent<C> {
+    /// One page of the VESPA blocks the switches hold (or, for a controller that cannot list
+    /// its flows, the book's), each marked with whether the book knows it.
+    async fn vespa_flows(&self, after: Option<u64>) -> VerbResult {
+        let st = self.ctrl.state();
+        let book = st.blocks.list();
+        let snapshot = after.and_then(|_| {
+            let kept = self.listing.lock().unwrap_or_else(|p| p.into_inner());
+            kept.as_ref()
+                .filter(|(at, _)| at.elapsed() < LISTING_FOR)
+                .map(|(_, rows)| rows.clone())
+        });
+        if let Some(rows) = snapshot {
+            return json(&page_of(rows.as_ref().clone(), &book, after));
+        }
+        let held = match self.ctrl.held().await {
+            Some(r) => {
+                let what = format!("{} list VESPA flows", self.ctrl.name());
+                match r {
+                    Ok(h) => h,
+                    // Once more through the retry policy: the listing is what reconciliation
+                    // judges by, a passing failure must not read as "nothing held".
+                    Err(_) => retry(&st.retry, &st.stats, &what, |_| async {
+                        self.ctrl.held().await.unwrap_or_else(|| Ok(Vec::new()))
+                    })
+                    .await
+                    .map_err(|e| self.fail("vespa_flows", e))?,
+                }
+            }
+            None => book
+                .iter()
+                .map(|b| HeldFlow {
+                    id: b.id.0,
+                    target: Some(b.target.into()),
+                    remaining_s: b.expires_in_ms.map(|ms| ms.div_ceil(1000)),
+                    flows: 0,
+                    known: true,
+                })
+                .collect(),
+        };
+        let rows = Arc::new(held);
+        *self.listing.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((tokio::time::Instant::now(), rows.clone()));
+        json(&page_of(rows.as_ref().clone(), &book, after))
+    }
+
+    /// Records a block the switches hold that the book lost, so that its release and its
+    /// time-to-live work again.
+    async fn adopt(&self, id: u64, target: Target, ttl: Option<Ttl>) -> VerbResult {
+        let target = BlockTarget::try_from(target).map_err(|e| self.fail("adopt_block", e))?;
+        let st = self.ctrl.state();
+        let _op = st.ops.lock().await;
+        let id = BlockId(id);
+        if let Some(b) = st.blocks.by_target(&target) {
+            return Err(format!("{target} is already block {} of this agent", b.id));
+        }
+        if !st.blocks.matching(Release::Id(id)).is_empty() {
+            return Err(format!("block {id} is already in this agent's book"));
+        }
+        let ttl = ttl.and_then(Ttl::duration);
+        st.blocks.insert(&BlockSpec { id, target, ttl }, Vec::new());
+        tracing::info!(controller = self.ctrl.name(), block = id.0, %target, "block adopted from the switches");
+        json(&serde_json::json!({ "adopted": id, "target": target }))
+    }
+
+    /// Removes block `id`'s flows: through the book when it knows the block, else by cookie.
+    async fn drop_flows(&self, id: u64) -> VerbResult {
+        let bid = BlockId(id);
+        let st = self.ctrl.state();
+        if !st.blocks.matching(Release::Id(bid)).is_empty() {
+            let ids = self
+                .ctrl
+                .release(Release::Id(bid))
+                .await
+                .map_err(|e| self.fail("drop_flows", e))?;
+            return json(&serde_json::json!({ "released": ids }));
+        }
+        let _op = st.ops.lock().await;
+        match self.ctrl.remove_cookie(bid).await {
+            None => {
+                return Err(format!(
+                    "{} cannot remove flows by cookie: block {id} is unknown to this agent",
+                    self.ctrl.name()
+                ))
+            }
+            Some(Ok(())) => {}
+            Some(Err(_)) => {
+                let what = format!("{} remove cookie {:#x}", self.ctrl.name(), bid.cookie());
+                retry(&st.retry, &st.stats, &what, |_| async {
+                    self.ctrl.remove_cookie(bid).await.unwrap_or(Ok(()))
+                })
+                .await
+                .map_err(|e| self.fail("drop_flows", e))?;
+            }
+        }
+        tracing::info!(
+            controller = self.ctrl.name(),
+            block = id,
+            "stray VESPA flows removed"
+        );
+        json(&serde_json::json!({ "released": [id] }))
+    }
+}
+
+/// The rows of `held` above `after`, by id, at most [`LIST_PAGE`], each marked known when the
+/// book has its id.
+fn page_of(
+    mut held: Vec<HeldFlow>,
+    book: &[ActiveBlock],
+    after: Option<u64>,
+) -> Page<HeldFlow, u64> {
+    held.retain(|h| after.is_none_or(|a| h.id > a));
+    held.sort_by_key(|h| h.id);
+    held.dedup_by_key(|h| h.id);
+    let more = held.len() > LIST_PAGE;
+    held.truncate(LIST_PAGE);
+    let known: std::collections::HashSet<u64> = book.iter().map(|b| b.id.0).collect();
+    for h in &mut held {
+        h.known = known.contains(&h.id);
+    }
+    let next = more.then(|| held.last().map(|h| h.id)).flatten();
+    Page { rows: held, next }
+}
+
+impl From<BlockTarget> for Target {
+    fn from(t: BlockTarget) -> Target {
+        match t {
+            BlockTarget::Mac(m) => Target::Mac(m),
+            BlockTarget::Ip(ip) => Target::Ip(ip),
+        }
+    }
+}
+
 impl<C: SdnController> Drop for SdnAgent<C> {
     fn drop(&mut self) {
         self.reaper.abort();
@@ -512,6 +667,9 @@ impl<C: SdnController> Agent for SdnAgent<C> {
             SdnVerb::GetTopology {} => self.stats("topology", self.ctrl.topology()).await,
             SdnVerb::GetLinkStats {} => self.stats("link_stats", self.ctrl.link_stats()).await,
             SdnVerb::GetFlowStats {} => self.stats("flow_stats", self.ctrl.flow_stats()).await,
+            SdnVerb::VespaFlows { after } => self.vespa_flows(after).await,
+            SdnVerb::AdoptBlock { id, target, ttl } => self.adopt(id, target, ttl).await,
+            SdnVerb::DropFlows { id } => self.drop_flows(id).await,
         }
     }
 }
@@ -572,6 +730,39 @@ mod tests {
             Ok(Release::Target(BlockTarget::Ip(_)))
         ));
         assert!("x7".parse::<Release>().is_err());
+    }
+
+    #[test]
+    fn flows_are_listed_by_id_page_by_page_and_marked_known() {
+        let row = |id: u64| HeldFlow {
+            id,
+            target: Some(Target::Ip(IpAddr::from([10, 0, (id >> 8) as u8, id as u8]))),
+            remaining_s: Some(u64::MAX),
+            flows: u32::MAX,
+            known: false,
+        };
+        let held: Vec<_> = (1..=4_500).rev().map(row).collect();
+        let book_book = BlockBook::default();
+        let spec = BlockSpec {
+            id: BlockId(7),
+            target: "10.0.0.7".parse().expect("ip"),
+            ttl: None,
+        };
+        book_book.insert(&spec, Vec::new());
+        let book = book_book.list();
+        let first = page_of(held.clone(), &book, None);
+        assert_eq!(first.rows.len(), LIST_PAGE);
+        assert_eq!(first.next, Some(LIST_PAGE as u64));
+        assert!(first.rows[6].known && !first.rows[5].known);
+        let text = serde_json::to_vec(&first).expect("json");
+        assert!(
+            text.len() < vespa_proto::frame::DEFAULT_MAX_FRAME / 2,
+            "{} bytes",
+            text.len()
+        );
+        let last = page_of(held, &book, Some(4_000));
+        assert_eq!(last.rows.len(), 500);
+        assert_eq!(last.next, None);
     }
 
     #[test]

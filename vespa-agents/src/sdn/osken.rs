@@ -12,6 +12,7 @@
 //! At start the flow tables (`GET /stats/flow/<dpid>`) show the VESPA cookies still installed,
 //! and block ids continue above them.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use super::{
 };
 use crate::error::SdnError;
 use crate::retry::RetryPolicy;
+use vespa_proto::verbs::{HeldFlow, Target, Word as _};
 
 const NAME: &str = "os-ken";
 
@@ -152,6 +154,38 @@ impl OsKen {
     }
 }
 
+/// How long the switch still holds `flow` (`hard_timeout` less its age), in whole seconds;
+/// None for a flow without a hard timeout.
+fn remaining_s(flow: &Value) -> Option<u64> {
+    let hard = flow
+        .get("hard_timeout")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let age = flow
+        .get("duration_sec")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    (hard > 0).then(|| hard.saturating_sub(age))
+}
+
+/// The address or MAC a VESPA drop flow's match names (either side), as ofctl_rest lists it
+/// (`dl_src`/`nw_src` for OpenFlow 1.3, or the OXM names it was given).
+pub fn target_of_match(m: &Value) -> Option<Target> {
+    const KEYS: [&str; 10] = [
+        "eth_src", "eth_dst", "dl_src", "dl_dst", "ipv4_src", "ipv4_dst", "nw_src", "nw_dst",
+        "ipv6_src", "ipv6_dst",
+    ];
+    KEYS.iter().find_map(|k| {
+        let v = m.get(*k)?.as_str()?;
+        // An exact match may be written with a full mask (`10.0.0.1/255.255.255.255`).
+        let bare = v.split('/').next().unwrap_or(v);
+        match Target::parse_word(bare).ok()? {
+            t @ (Target::Ip(_) | Target::Mac(_)) => Some(t),
+            Target::Net(_) => None,
+        }
+    })
+}
+
 /// The OpenFlow 1.3 matches dropping all traffic from and to `t`.
 pub fn drop_matches(t: &BlockTarget) -> Vec<Value> {
     match t {
@@ -221,6 +255,58 @@ impl SdnController for OsKen {
         Some(Ok(highest))
     }
 
+    /// Every VESPA cookie in every switch's flow table, with what its flows match and how
+    /// long the switch still holds them.
+    async fn held(&self) -> Option<Result<Vec<HeldFlow>, SdnError>> {
+        let tables = match self.per_switch("/stats/flow").await {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut by_id: BTreeMap<u64, HeldFlow> = BTreeMap::new();
+        let flows = tables
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(Value::as_array)
+            .flatten();
+        for f in flows {
+            let Some(id) = f
+                .get("cookie")
+                .and_then(Value::as_u64)
+                .and_then(BlockId::of_cookie)
+            else {
+                continue;
+            };
+            let remaining = remaining_s(f);
+            let target = f.get("match").and_then(target_of_match);
+            let h = by_id.entry(id.0).or_insert(HeldFlow {
+                id: id.0,
+                target: None,
+                remaining_s: remaining,
+                flows: 0,
+                known: false,
+            });
+            h.flows = h.flows.saturating_add(1);
+            h.target = h.target.or(target);
+            // The longest any switch still holds it; "until removed" beats any time.
+            h.remaining_s = match (h.remaining_s, remaining) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
+        Some(Ok(by_id.into_values().collect()))
+    }
+
+    async fn remove_cookie(&self, id: BlockId) -> Option<Result<(), SdnError>> {
+        let run = async {
+            for dpid in self.switches().await? {
+                self.delete_cookie(dpid, id.cookie(), u64::MAX).await?;
+            }
+            Ok(())
+        };
+        Some(run.await)
+    }
+
     async fn uninstall(&self, block: &ActiveBlock) -> Result<(), SdnError> {
         for dpid in self.switches().await? {
             self.delete_cookie(dpid, block.cookie, u64::MAX).await?;
@@ -262,5 +348,27 @@ impl SdnController for OsKen {
     /// Flow tables per switch (`GET /stats/flow/<dpid>`), keyed by dpid.
     async fn fetch_flow_stats(&self) -> Result<Value, SdnError> {
         self.per_switch("/stats/flow").await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_flows_name_their_target_as_ofctl_rest_lists_them() {
+        let m = json!({ "dl_type": 2048, "nw_src": "10.0.0.9" });
+        assert_eq!(target_of_match(&m), Some(Target::Ip([10, 0, 0, 9].into())));
+        let m = json!({ "dl_dst": "52:54:00:AB:cd:01" });
+        assert_eq!(
+            target_of_match(&m).map(|t| t.to_string()),
+            Some("52:54:00:ab:cd:01".into())
+        );
+        let m = json!({ "ipv4_src": "10.0.0.9/255.255.255.255" });
+        assert!(target_of_match(&m).is_some());
+        assert_eq!(target_of_match(&json!({ "in_port": 1 })), None);
+        let f = json!({ "hard_timeout": 360, "duration_sec": 100 });
+        assert_eq!(remaining_s(&f), Some(260));
+        assert_eq!(remaining_s(&json!({ "hard_timeout": 0 })), None);
     }
 }

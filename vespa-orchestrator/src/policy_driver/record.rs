@@ -62,6 +62,17 @@ fn kind_target(action: &Action) -> Option<(&'static str, String, bool)> {
     })
 }
 
+/// The ledger's kind and target of an effect.
+fn effect_subject(effect: &Effect) -> (&'static str, String) {
+    match effect {
+        Effect::Blocked(t) => ("block", target_arg(t)),
+        Effect::Throttled(t) => ("throttle", target_arg(t)),
+        Effect::LinkCut(vm) => ("cut_link", vm.clone()),
+        Effect::Quarantined(vm) => ("migrate", vm.clone()),
+        Effect::AvIsolated(vm, _) => ("av_isolate", vm.clone()),
+    }
+}
+
 /// The alert a decision came from, briefly (the ledger bounds it again).
 pub(crate) fn cause_of(alert: &vespa_proto::Alert) -> Why {
     let summary = match &alert.body {
@@ -254,6 +265,29 @@ impl PolicyDriver {
                 cause.origin, cause.seq
             ),
             Why::Result => "released by the policy after an actuator's answer".into(),
+        }
+    }
+
+    /// Whether this driver's node ever placed `effect`, in force or ended, as its ledger
+    /// says: reconciliation's "did VESPA cut this link?". `false` without a ledger, or when
+    /// it cannot be read (then nothing is undone).
+    pub(super) async fn ledger_placed(&self, effect: &Effect) -> bool {
+        let (Some(ledger), Some(node)) = (self.inner.ledger.get(), self.inner.ledger_node.get())
+        else {
+            return false;
+        };
+        let (kind, target) = effect_subject(effect);
+        let about = Subject {
+            node: node.clone(),
+            kind: kind.into(),
+            target,
+        };
+        match ledger.last(&about).await {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "decision ledger unreadable: reconciliation leaves the entry");
+                false
+            }
         }
     }
 

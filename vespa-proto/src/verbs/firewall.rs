@@ -40,6 +40,9 @@ crate::verbs! {
         Reflex "reflex" [Command] { syn_per_s: u64, conn: u64, ttl: Ttl, max: u64 },
         /// drop counters, table fill, the reflex's settings and blocks (JSON)
         FirewallStats "firewall_stats" {},
+        /// every block in the kernel, in the targets' order after `after`, at most 2,000 per
+        /// reply with the next `after` to ask (JSON)
+        Blocks "blocks" { after: Option<Target> },
     }
 }
 

@@ -34,7 +34,7 @@ pub use firewall::{
 };
 pub use libvirt::{Codeset, Keys, LibvirtVerb};
 pub use node::{BlockEntry, HoVerb, NodeVerb, VoVerb};
-pub use sdn::{BlockSelector, SdnVerb};
+pub use sdn::{BlockSelector, HeldFlow, Page, SdnVerb, LIST_PAGE};
 pub use sensor::SensorVerb;
 pub use words::{Arg, MacAddr, OnOff, OrDash, Prefix, Rate, Target, Ttl, Word, Words};
 

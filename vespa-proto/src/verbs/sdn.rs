@@ -24,7 +24,47 @@ crate::verbs! {
         GetLinkStats "get_link_stats" {},
         /// the switches' flow tables with counters (JSON)
         GetFlowStats "get_flow_stats" {},
+        /// every block whose flows carry VESPA's cookie on the controller's switches, known
+        /// to this agent or not, by id above `after`, at most 2,000 per reply with the next
+        /// `after` to ask (JSON)
+        VespaFlows "vespa_flows" { after: Option<u64> },
+        /// record VESPA block `id` of `target`, whose flows the switches hold but this agent
+        /// does not know (a previous agent's), so that its release finds it
+        AdoptBlock "adopt_block" [Command] { id: u64, target: Target, ttl: Option<Ttl> },
+        /// remove the flows of VESPA block `id` from every switch, whether this agent knows
+        /// the block or not
+        DropFlows "drop_flows" [Command] { id: u64 },
     }
+}
+
+/// Rows one listing reply (`vespa_flows`, the firewall's `blocks`) carries at most: each is
+/// at most a few hundred bytes of JSON, so a page stays far below the 1 MiB frame whatever
+/// the actuator holds; the caller asks again from the reply's `next`.
+pub const LIST_PAGE: usize = 2_000;
+
+/// One block as `vespa_flows` lists it: what the switches hold under one VESPA cookie.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldFlow {
+    /// The block id the cookie carries.
+    pub id: u64,
+    /// What its flows match (the source side: the address or MAC).
+    pub target: Option<Target>,
+    /// The longest time the switches still hold its flows (`hard_timeout` less the flow's
+    /// age), in seconds; None when they hold it until removed.
+    pub remaining_s: Option<u64>,
+    /// Flows under this cookie, over every switch.
+    pub flows: u32,
+    /// Whether this agent's book knows the block (its release and reaper work).
+    pub known: bool,
+}
+
+/// A page of a listing: its rows, and where the next page starts (None: this was the last).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Page<T, C> {
+    /// The rows.
+    pub rows: Vec<T>,
+    /// The `after` of the next page.
+    pub next: Option<C>,
 }
 
 /// Which block `release_hackers` removes: by the id `block_hackers` returned (`7` or `#7`),

@@ -274,3 +274,86 @@ fn a_flooding_gateway_is_never_blocked_a_reached_cap_is_alerted_and_a_v6_allocat
     assert_eq!(blocks.len(), 1, "{blocks:?}");
     assert_eq!(blocks[0]["target"], net64.as_str(), "{blocks:?}");
 }
+
+/// Reconciliation against the kernel: a block the VO placed through the firewall agent,
+/// removed behind its back with the agent's own verb, is back in the kernel at the next
+/// pass, counted as missing.
+#[test]
+fn a_kernel_block_removed_behind_the_vos_back_is_reapplied() {
+    if !vespa_tests::privileged("a_kernel_block_removed_behind_the_vos_back_is_reapplied") {
+        return;
+    }
+    let mut lab = Lab::new("fw-reconcile", "", vec![]);
+    let policy = format!(
+        "{}\n[reconcile]\nevery_s = 1\n",
+        syn_policy(
+            "above = 1000000\nbelow = 5\ncalm_s = 3600\ncooldown_s = 1\nverify_s = 0\n\
+             ladder = [{ action = \"block\", ttl_s = 600 }]"
+        )
+    );
+    let dir = lab.tree.scratch.dir.clone();
+    std::fs::write(dir.join("policy.toml"), policy).expect("policy file");
+    let token = "reconcile-fw-token";
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join("api-token"))
+            .expect("token file");
+        std::io::Write::write_all(&mut f, token.as_bytes()).expect("token");
+    }
+    let api: SocketAddr = "127.0.0.1:8190".parse().expect("addr");
+    lab.start_vo(&[
+        "--policy",
+        &dir.join("policy.toml").display().to_string(),
+        "--http",
+        &api.to_string(),
+        "--api-token-file",
+        &dir.join("api-token").display().to_string(),
+    ]);
+    let _agent = lab.start_agent("agent", &[], &["fw", "bw"]);
+    let host = lab.net.host.name.clone();
+    let request = move |method: &'static str, path: &'static str, body: String| {
+        vespa_tests::net::in_netns(&host, move || {
+            vespa_tests::daemons::http_request(api, method, path, Some(token), &body)
+        })
+    };
+    let missing = || -> Option<f64> {
+        let (status, body) = request("GET", "/metrics", String::new())?;
+        (status == 200).then_some(())?;
+        body.lines().find_map(|l| {
+            let v =
+                l.strip_prefix("vespa_decisions_drift_total{actuator=\"fw\",kind=\"missing\"} ")?;
+            v.parse().ok()
+        })
+    };
+    wait_until("a first reconciliation of the firewall agent", WAIT, || {
+        (missing()? == 0.0).then_some(())
+    });
+
+    let target = "198.51.100.7";
+    let (status, body) = request(
+        "POST",
+        "/api/v1/decisions",
+        format!(r#"{{"target": "{target}", "ttl_s": 600}}"#),
+    )
+    .expect("the API answers");
+    assert_eq!(status, 200, "{body}");
+    wait_until("the VO's block in the kernel", WAIT, || {
+        lab.block_of(target)
+    });
+
+    // Behind the VO's back: the agent told directly to drop the entry.
+    lab.call("fw", "release_hackers", &[target])
+        .expect("release_hackers on the agent");
+    assert!(lab.block_of(target).is_none(), "removed from the kernel");
+    let back = wait_until("the block back in the kernel", WAIT, || {
+        lab.block_of(target)
+    });
+    assert_eq!(back["reflex"], false, "{back}");
+    wait_until("the missing block counted", WAIT, || {
+        (missing()? >= 1.0).then_some(())
+    });
+}

@@ -1,0 +1,775 @@
+//! Reconciliation: what each actuator holds compared with what the policy has in place, and
+//! the difference made good.
+//!
+//! The policy's [`State`](vespa_policy::State) is what VESPA wants in force (rebuilt at start
+//! from the decision ledger once there is one). At the driver's start and then every
+//! `[reconcile] every_s` of the policy file (60 s by default), each driver lists, for every
+//! actuator it uses, what that actuator holds with VESPA's mark, and compares it
+//! ([`diff::compare`]) with its effects carried out there (not dry-run):
+//!
+//! - held and wanted: in force, nothing is sent; an SDN block whose flows the switches hold
+//!   but the agent's book lost (a restarted agent) is `adopt_block`ed, so its release and
+//!   its time-to-live work again (`adopted`);
+//! - wanted and not held: placed again with the call [`call_of`] builds, for the time the
+//!   policy still wants it (`missing`); an effect placed in the last [`SETTLE`] is not judged,
+//!   its own call may still be on its way;
+//! - held with VESPA's mark, not wanted and placed by nobody's call: removed (`stray`): an
+//!   SDN flow whose cookie the agent's book does not know (a previous agent's, or added
+//!   behind its back) by its cookie (`drop_flows`); a kernel reflex block the policy has not
+//!   adopted, once `[reconcile] reflex_grace_s` has passed since reconciliation first saw it
+//!   (its alert may still be on its way), by its target. A block an operator asked of the
+//!   agent directly (in the SDN agent's book, or a kernel block the reflex did not place) is
+//!   the operator's and stays. A VM's link found down that the policy does not want is
+//!   reconnected only if VESPA cut it ([`PlacedByVespa`], answered by the decision ledger);
+//!   otherwise it is counted and raised, and left.
+//!
+//! Strays are only removed by a driver that is alone on its actuators: the VO's when no rule
+//! is placed at an HO. With a fast path, the VO's and the HOs' drivers share actuators and
+//! none of them can tell the other's blocks from strays, so they re-apply and adopt what
+//! they want and leave the rest. In dry-run nothing is reconciled (nothing would be sent).
+//!
+//! Every difference is counted in `vespa_decisions_drift_total{actuator,kind}` and each pass
+//! that finds any raises one `Text` alert per actuator, bounded, naming a few of them. The
+//! calls share the driver's bound on calls in flight, are retried with backoff, and a pass
+//! holds the policy's mutex only to copy what it wants, never across a call.
+
+mod diff;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use vespa_node::backoff::Backoff;
+use vespa_node::{AgentKind, NodeHandle, Role};
+use vespa_policy::{Action, Effect, Rules, Target};
+use vespa_proto::verbs::{
+    BlockInfo, BlockSelector, FirewallVerb, HeldFlow, LibvirtVerb, Page, SdnVerb,
+};
+use vespa_proto::AlertBody;
+
+use super::convert::{call_of, wire_target, wire_ttl, ActuatorCall};
+use super::{PolicyDriver, CALL_TIMEOUT, TICK};
+use diff::{compare, Held, Plan};
+
+/// Whether VESPA placed an effect that the policy no longer holds (a VM's link found down):
+/// only then does reconciliation undo it. Without this hook the driver's decision ledger
+/// answers it from its history; without either, nothing is undone that the policy does not
+/// hold.
+pub type PlacedByVespa = Arc<dyn Fn(&Effect) -> bool + Send + Sync>;
+
+/// An effect placed this recently is not judged missing: its own call may still be queued.
+pub const SETTLE: Duration = Duration::from_secs(5);
+/// The first retry after a listing failed (an agent not connected yet); doubles up to the
+/// period.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+/// Pages asked of one actuator in one pass at most (2,000 rows each): beyond, the pass stops
+/// there and says so.
+const MAX_PAGES: usize = 64;
+/// Attempts of one call (listing or correction) within a pass.
+const ATTEMPTS: u32 = 3;
+/// Targets an alert names at most.
+const EXAMPLES: usize = 5;
+/// Effects remembered as recently sent at most.
+const MAX_FLYING: usize = 65_536;
+/// Characters of an error an alert quotes at most.
+const MAX_ERROR: usize = 200;
+
+/// What reconciliation keeps between passes and the hook the ledger sets.
+#[derive(Default)]
+pub(super) struct Reconciler {
+    placed_by_vespa: OnceLock<PlacedByVespa>,
+    /// The effects whose policy calls are on their way (queued behind the bound on calls
+    /// in flight, or sent), and when the last one ended: an actuator listed meanwhile may or
+    /// may not show them yet, so a pass judges neither their absence nor their presence.
+    flying: Mutex<HashMap<Effect, (u32, Option<Instant>)>>,
+}
+
+impl Reconciler {
+    fn flying(&self) -> std::sync::MutexGuard<'_, HashMap<Effect, (u32, Option<Instant>)>> {
+        self.flying.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks a policy call about `effect` on its way until the guard drops (its reply came).
+    pub(super) fn on_its_way(self: &Arc<Self>, effect: Option<Effect>) -> Flying {
+        if let Some(e) = &effect {
+            self.flying().entry(e.clone()).or_default().0 += 1;
+        }
+        Flying {
+            of: self.clone(),
+            effect,
+        }
+    }
+
+    /// Whether a call about `e` was on its way at any time since `since`.
+    fn busy(&self, e: &Effect, since: Instant) -> bool {
+        self.flying()
+            .get(e)
+            .is_some_and(|(n, done)| *n > 0 || done.is_some_and(|d| d >= since))
+    }
+
+    /// Forgets calls that ended before `before`.
+    fn forget(&self, before: Instant) {
+        self.flying()
+            .retain(|_, (n, done)| *n > 0 || done.is_some_and(|d| d >= before));
+    }
+}
+
+/// A policy call on its way (see [`Reconciler::on_its_way`]).
+pub(super) struct Flying {
+    of: Arc<Reconciler>,
+    effect: Option<Effect>,
+}
+
+impl Drop for Flying {
+    fn drop(&mut self) {
+        if let Some(e) = self.effect.take() {
+            let mut flying = self.of.flying();
+            if let Some(entry) = flying.get_mut(&e) {
+                entry.0 = entry.0.saturating_sub(1);
+                entry.1 = Some(Instant::now());
+            }
+            // With reconciliation off nothing forgets: ended calls are kept this many at
+            // most (a pass then merely judges a few more effects too fresh).
+            if flying.len() > MAX_FLYING {
+                flying.retain(|_, (n, _)| *n > 0);
+            }
+        }
+    }
+}
+
+/// How one actuator is listed and corrected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sdn,
+    Firewall,
+    Libvirt,
+}
+
+fn kind_of(role: Role) -> Option<Kind> {
+    match role {
+        Role::Agent(
+            AgentKind::ControllerOsken | AgentKind::ControllerFloodlight | AgentKind::ControllerPox,
+        ) => Some(Kind::Sdn),
+        Role::Agent(AgentKind::Firewall) => Some(Kind::Firewall),
+        Role::Agent(AgentKind::Libvirt) => Some(Kind::Libvirt),
+        _ => None,
+    }
+}
+
+/// What is remembered from pass to pass: when each unadopted reflex block was first seen,
+/// and since when each actuator's listing has been failing.
+#[derive(Default)]
+struct Memory {
+    reflex_seen: HashMap<(String, Target), Instant>,
+    failing_since: HashMap<String, Instant>,
+}
+
+/// What one pass over one actuator did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub missing: usize,
+    pub stray: usize,
+    pub adopted: usize,
+    pub in_force: usize,
+    /// Strays counted but left (a link VESPA did not cut, an entry without a target).
+    pub left: usize,
+    pub failed: usize,
+    first_error: Option<String>,
+    examples: Vec<String>,
+}
+
+/// What the policy wants on one actuator, by key.
+struct Wanted<K> {
+    /// Each key, with whether it is too fresh to judge.
+    fresh: BTreeMap<K, bool>,
+    /// The time the policy still wants each (None: until released).
+    left: BTreeMap<K, Option<u64>>,
+    /// Keys undone while the actuator was listed, their release on its way.
+    releasing: Vec<K>,
+}
+
+/// One correction to send.
+struct Fix {
+    call: ActuatorCall,
+    what: String,
+}
+
+impl PolicyDriver {
+    /// Sets the hook that says whether VESPA placed an effect the policy no longer holds
+    /// (the decision ledger's answer); until it is set, reconciliation undoes nothing the
+    /// policy does not hold on libvirt. Only the first call counts.
+    pub fn set_placed_by_vespa(&self, hook: PlacedByVespa) {
+        if self.inner.reconciler.placed_by_vespa.set(hook).is_err() {
+            tracing::warn!(node = %self.node_name(), "placed_by_vespa is already set: the new hook is ignored");
+        }
+    }
+
+    /// The hook's answer when one is set, else the decision ledger's.
+    async fn placed_by_vespa(&self, e: &Effect) -> bool {
+        match self.inner.reconciler.placed_by_vespa.get() {
+            Some(f) => f(e),
+            None => self.ledger_placed(e).await,
+        }
+    }
+
+    /// The period and the reflex grace of the loaded policy (a reload changes them).
+    fn reconcile_settings(&self) -> (Duration, Duration) {
+        let core = self.core();
+        let r = core.state.rules();
+        (
+            Duration::from_nanos(r.reconcile_every_ns),
+            Duration::from_nanos(r.reflex_grace_ns),
+        )
+    }
+
+    /// The actuators this driver reconciles, with their kinds: those its effects went
+    /// through, and at the VO those the policy names; only agents of the topology.
+    fn actuators(&self) -> Vec<(String, Kind)> {
+        let Some(topo) = self.inner.topology.as_deref() else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = {
+            let core = self.core();
+            let mut n: Vec<String> = core.state.effects().map(|e| e.via.to_string()).collect();
+            if self.inner.at.is_none() {
+                let a = &core.state.rules().actuators;
+                n.extend([a.sdn.clone(), a.libvirt.clone()]);
+                n.extend(a.firewall.clone());
+            }
+            n
+        };
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let kind = kind_of(topo.node(&name)?.role)?;
+                Some((name, kind))
+            })
+            .collect()
+    }
+
+    /// Whether this driver alone acts on its actuators: the VO's, with no rule placed at an
+    /// HO. Read from the policy text each pass (a reload may place rules).
+    fn alone(&self) -> bool {
+        if self.inner.at.is_some() {
+            return false;
+        }
+        let text = self.core().rules_text.clone();
+        Rules::from_toml(&text).is_ok_and(|r| r.placements().is_empty())
+    }
+
+    /// Reconciles every actuator once; false when some actuator could not be listed.
+    async fn reconcile_once(&self, node: &NodeHandle, mem: &mut Memory) -> bool {
+        if self.core().state.is_dry_run() {
+            tracing::debug!(node = %self.node_name(), "dry-run: nothing reconciled");
+            return true;
+        }
+        let alone = self.alone();
+        let (every, grace) = self.reconcile_settings();
+        let mut all_listed = true;
+        let pass_started = Instant::now();
+        for (actuator, kind) in self.actuators() {
+            let started = Instant::now();
+            match self
+                .reconcile_actuator(node, &actuator, kind, alone, grace, mem)
+                .await
+            {
+                Ok(out) => {
+                    mem.failing_since.remove(&actuator);
+                    let secs = started.elapsed().as_secs_f64();
+                    if let Some(m) = &self.inner.metrics {
+                        m.on_reconcile_pass(&actuator, secs);
+                        m.on_drift(&actuator, "missing", out.missing as u64);
+                        m.on_drift(&actuator, "stray", out.stray as u64);
+                        m.on_drift(&actuator, "adopted", out.adopted as u64);
+                    }
+                    tracing::info!(node = %self.node_name(), %actuator, seconds = secs, in_force = out.in_force, missing = out.missing, stray = out.stray, adopted = out.adopted, left = out.left, failed = out.failed, "reconciled");
+                    if let Some(text) = summary(&actuator, &out) {
+                        self.raise_reconcile(node, &text);
+                    }
+                }
+                Err(e) => {
+                    all_listed = false;
+                    let since = *mem.failing_since.entry(actuator.clone()).or_insert(started);
+                    tracing::debug!(node = %self.node_name(), %actuator, error = ?e, "cannot list the actuator for reconciliation");
+                    // An agent not connected yet is normal at start: raised once it has
+                    // failed for a whole period.
+                    if since.elapsed() >= every && since.elapsed() < every + every {
+                        let text = format!(
+                            "reconciliation of {actuator}: cannot list what it holds for {} s: {}",
+                            since.elapsed().as_secs(),
+                            bounded(&e)
+                        );
+                        self.raise_reconcile(node, &text);
+                    }
+                }
+            }
+        }
+        self.inner.reconciler.forget(pass_started);
+        all_listed
+    }
+
+    fn raise_reconcile(&self, node: &NodeHandle, text: &str) {
+        tracing::warn!(node = %self.node_name(), text = ?text, "reconciliation found drift");
+        let shown = match &self.inner.at {
+            None => format!("policy Drift: {text}"),
+            Some(at) => format!("policy Drift at {at}: {text}"),
+        };
+        let _ = node.raise(AlertBody::Text(shown));
+    }
+
+    /// The effects carried out on `actuator` (not dry-run) as `key` turns them into keys:
+    /// each key with whether it is fresh (placed within [`SETTLE`] of `listed`, or expiring)
+    /// and the time the policy still wants it (None: until released).
+    fn wanted_on<K: Ord + Clone>(
+        &self,
+        actuator: &str,
+        listed: u64,
+        key: impl Fn(&Effect) -> Option<K>,
+    ) -> Wanted<K> {
+        let now = self.now();
+        let settle = SETTLE.as_nanos() as u64;
+        let core = self.core();
+        let mut fresh = BTreeMap::new();
+        let mut left = BTreeMap::new();
+        let listed_at = self.inner.started + Duration::from_nanos(listed);
+        // Undone while listed, their release on its way: whatever is held of them is the
+        // release's to remove.
+        let mut releasing = Vec::new();
+        for (e, (n, done)) in self.inner.reconciler.flying().iter() {
+            let busy = *n > 0 || done.is_some_and(|d| d >= listed_at);
+            if let Some(k) = key(e).filter(|_| busy && core.state.holders(e).is_empty()) {
+                releasing.push(k);
+            }
+        }
+        for e in core.state.effects() {
+            if e.dry || e.via != actuator {
+                continue;
+            }
+            let Some(k) = key(e.effect) else { continue };
+            let remaining = e.expires_at.map(|at| at.saturating_sub(now));
+            let is_fresh = e.since.saturating_add(settle) > listed
+                || remaining == Some(0)
+                || self.inner.reconciler.busy(e.effect, listed_at);
+            fresh.insert(k.clone(), is_fresh);
+            left.insert(k, remaining);
+        }
+        Wanted {
+            fresh,
+            left,
+            releasing,
+        }
+    }
+
+    async fn reconcile_actuator(
+        &self,
+        node: &NodeHandle,
+        actuator: &str,
+        kind: Kind,
+        alone: bool,
+        grace: Duration,
+        mem: &mut Memory,
+    ) -> Result<Outcome, String> {
+        let listed = self.now();
+        let mut fixes = Vec::new();
+        let mut out = Outcome::default();
+        match kind {
+            Kind::Sdn => {
+                let rows: Vec<HeldFlow> = list(node, actuator, |after| {
+                    ActuatorCall::Sdn(SdnVerb::VespaFlows { after })
+                })
+                .await?;
+                let Wanted {
+                    fresh: wanted,
+                    left: remaining,
+                    releasing,
+                } = self.wanted_on(actuator, listed, |e: &Effect| match e {
+                    Effect::Blocked(t @ (Target::Ip(_) | Target::Mac(_))) => Some(*t),
+                    _ => None,
+                });
+                let held = rows
+                    .into_iter()
+                    .map(|r| {
+                        let key = r.target.and_then(|t| t.to_string().parse::<Target>().ok());
+                        // A block the agent's book knows that no decision holds was asked of
+                        // the agent directly (an operator's `block_hackers`): not a stray.
+                        let by_hand = r.known && key.is_some_and(|k| !wanted.contains_key(&k));
+                        Held {
+                            spare: !alone || by_hand || key.is_some_and(|k| releasing.contains(&k)),
+                            key,
+                            id: Some(r.id),
+                            known: r.known,
+                        }
+                    })
+                    .collect();
+                let plan = compare(&wanted, held);
+                self.reapply_blocks(actuator, false, &plan, &remaining, &mut fixes);
+                for (id, t) in &plan.adopt {
+                    let ttl = remaining.get(t).copied().flatten().map(wire_ttl);
+                    fixes.push(Fix {
+                        call: ActuatorCall::Sdn(SdnVerb::AdoptBlock {
+                            id: *id,
+                            target: wire_target(t),
+                            ttl,
+                        }),
+                        what: format!("adopted {}", t.bare()),
+                    });
+                }
+                for h in &plan.remove {
+                    let Some(id) = h.id else {
+                        out.left += 1;
+                        continue;
+                    };
+                    let shown = h.key.map_or_else(|| format!("#{id}"), |t| t.bare());
+                    fixes.push(Fix {
+                        call: ActuatorCall::Sdn(SdnVerb::DropFlows { id }),
+                        what: format!("stray {shown}"),
+                    });
+                }
+                out.count(&plan);
+            }
+            Kind::Firewall => {
+                let rows: Vec<BlockInfo> = list(node, actuator, |after| {
+                    ActuatorCall::Firewall(FirewallVerb::Blocks { after })
+                })
+                .await?;
+                let Wanted {
+                    fresh: wanted,
+                    left: remaining,
+                    releasing,
+                } = self.wanted_on(actuator, listed, |e: &Effect| match e {
+                    Effect::Blocked(t) => Some(*t),
+                    _ => None,
+                });
+                let now = Instant::now();
+                let mut seen = HashMap::new();
+                let held = rows
+                    .into_iter()
+                    .map(|r| {
+                        let key = r.target.to_string().parse::<Target>().ok();
+                        let young = match (r.reflex, key) {
+                            (true, Some(t)) if !wanted.contains_key(&t) => {
+                                let k = (actuator.to_string(), t);
+                                let first = mem.reflex_seen.get(&k).copied().unwrap_or(now);
+                                seen.insert(k, first);
+                                now.duration_since(first) < grace
+                            }
+                            _ => false,
+                        };
+                        // Only the kernel's own blocks are strays when unwanted: any other
+                        // entry was asked of the agent directly (an operator's).
+                        let by_hand = !r.reflex;
+                        Held {
+                            spare: !alone
+                                || young
+                                || by_hand && key.is_some_and(|k| !wanted.contains_key(&k))
+                                || key.is_some_and(|k| releasing.contains(&k)),
+                            key,
+                            id: None,
+                            known: true,
+                        }
+                    })
+                    .collect();
+                mem.reflex_seen.retain(|(a, _), _| a != actuator);
+                mem.reflex_seen.extend(seen);
+                let plan = compare(&wanted, held);
+                self.reapply_blocks(actuator, true, &plan, &remaining, &mut fixes);
+                for h in &plan.remove {
+                    let Some(t) = h.key else {
+                        out.left += 1;
+                        continue;
+                    };
+                    fixes.push(Fix {
+                        call: ActuatorCall::Firewall(FirewallVerb::ReleaseHackers {
+                            which: Some(BlockSelector::Target(wire_target(&t))),
+                        }),
+                        what: format!("stray {}", t.bare()),
+                    });
+                }
+                out.count(&plan);
+            }
+            Kind::Libvirt => {
+                let down = links_down(node, actuator).await?;
+                let Wanted {
+                    fresh: wanted,
+                    releasing,
+                    ..
+                } = self.wanted_on(actuator, listed, |e: &Effect| match e {
+                    Effect::LinkCut(vm) => Some(vm.clone()),
+                    _ => None,
+                });
+                let held = down
+                    .into_iter()
+                    .map(|vm| Held {
+                        spare: releasing.contains(&vm),
+                        key: Some(vm),
+                        id: None,
+                        known: true,
+                    })
+                    .collect();
+                let plan = compare(&wanted, held);
+                for vm in &plan.reapply {
+                    let action = Action::CutLink {
+                        id: 0,
+                        vm: vm.clone(),
+                        via: actuator.to_string(),
+                    };
+                    if let Some((_, call)) = call_of(&action) {
+                        fixes.push(Fix {
+                            call,
+                            what: format!("missing cut link of {vm}"),
+                        });
+                    }
+                }
+                for h in &plan.remove {
+                    let Some(vm) = &h.key else { continue };
+                    // Only what VESPA cut is VESPA's to reconnect, and only by the driver
+                    // alone on the hypervisor.
+                    if !alone || !self.placed_by_vespa(&Effect::LinkCut(vm.clone())).await {
+                        out.left += 1;
+                        out.examples
+                            .push(format!("link of {vm} down, not cut by VESPA: left"));
+                        continue;
+                    }
+                    let action = Action::ConnectLink {
+                        id: 0,
+                        vm: vm.clone(),
+                        via: actuator.to_string(),
+                    };
+                    if let Some((_, call)) = call_of(&action) {
+                        fixes.push(Fix {
+                            call,
+                            what: format!("stray cut link of {vm}"),
+                        });
+                    }
+                }
+                out.count(&plan);
+            }
+        }
+        self.send_fixes(node, actuator, fixes, &mut out).await;
+        Ok(out)
+    }
+
+    /// The blocks of `plan.reapply`, as the policy would send them, for the time it still
+    /// wants them.
+    fn reapply_blocks(
+        &self,
+        actuator: &str,
+        firewall: bool,
+        plan: &Plan<Target>,
+        remaining: &BTreeMap<Target, Option<u64>>,
+        fixes: &mut Vec<Fix>,
+    ) {
+        for t in &plan.reapply {
+            let action = Action::Block {
+                id: 0,
+                target: *t,
+                // 0: until released, as the policy's own; a block with a time left never goes
+                // out as "until released" by rounding down.
+                ttl_ns: remaining
+                    .get(t)
+                    .copied()
+                    .flatten()
+                    .map_or(0, |ns| ns.max(1)),
+                via: actuator.to_string(),
+                firewall,
+            };
+            if let Some((_, call)) = call_of(&action) {
+                fixes.push(Fix {
+                    call,
+                    what: format!("missing {}", t.bare()),
+                });
+            }
+        }
+    }
+
+    /// Sends `fixes`, at most the driver's calls in flight at once (shared with the policy's
+    /// own calls), each retried with backoff; failures are counted in `out`.
+    async fn send_fixes(
+        &self,
+        node: &NodeHandle,
+        actuator: &str,
+        fixes: Vec<Fix>,
+        out: &mut Outcome,
+    ) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for fix in fixes {
+            if out.examples.len() < EXAMPLES {
+                out.examples.push(fix.what.clone());
+            }
+            // Closed only with the driver: then nothing more is sent.
+            let Ok(turn) = self.inner.calls.clone().acquire_owned().await else {
+                break;
+            };
+            let (node, agent) = (node.clone(), actuator.to_string());
+            tasks.spawn(async move {
+                let _turn = turn;
+                let r = send(&node, &agent, fix.call).await;
+                (fix.what, r)
+            });
+            // Reap as we go, so a pass of 10,000 calls keeps few finished tasks around.
+            while let Some(done) = tasks.try_join_next() {
+                note(done, out);
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            note(done, out);
+        }
+    }
+}
+
+fn note(done: Result<(String, Result<String, String>), tokio::task::JoinError>, out: &mut Outcome) {
+    let err = match done {
+        Ok((_, Ok(_))) => return,
+        Ok((what, Err(e))) => format!("{what}: {e}"),
+        Err(e) => format!("task: {e}"),
+    };
+    out.failed += 1;
+    out.first_error.get_or_insert(err);
+}
+
+impl Outcome {
+    fn count<K>(&mut self, plan: &Plan<K>) {
+        self.missing = plan.reapply.len();
+        self.stray = plan.remove.len();
+        self.adopted = plan.adopt.len();
+        self.in_force = plan.in_force;
+    }
+}
+
+/// One alert's text for a pass that found drift (None: nothing differed).
+fn summary(actuator: &str, out: &Outcome) -> Option<String> {
+    if out.missing + out.stray + out.adopted == 0 {
+        return None;
+    }
+    let mut text = format!(
+        "reconciliation of {actuator}: {} missing (re-applied), {} stray ({} removed), {} adopted into the agent's book, {} in force",
+        out.missing,
+        out.stray,
+        out.stray - out.left.min(out.stray),
+        out.adopted,
+        out.in_force
+    );
+    if out.failed > 0 {
+        let first = out.first_error.as_deref().unwrap_or("");
+        text.push_str(&format!(
+            "; {} corrections failed, first: {}",
+            out.failed,
+            bounded(first)
+        ));
+    }
+    if !out.examples.is_empty() {
+        let shown: Vec<String> = out
+            .examples
+            .iter()
+            .take(EXAMPLES)
+            .map(|e| bounded(e))
+            .collect();
+        text.push_str(&format!("; e.g. {}", shown.join(", ")));
+    }
+    Some(text)
+}
+
+/// `s` cut to [`MAX_ERROR`] characters.
+fn bounded(s: &str) -> String {
+    let mut t: String = s.chars().take(MAX_ERROR).collect();
+    if t.len() < s.len() {
+        t.push('…');
+    }
+    t
+}
+
+/// One call with a deadline, tried [`ATTEMPTS`] times with backoff.
+async fn send(node: &NodeHandle, agent: &str, call: ActuatorCall) -> Result<String, String> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let verb = call.name();
+        match tokio::time::timeout(CALL_TIMEOUT, call.clone().send(node, agent)).await {
+            Ok(Ok(reply)) => return Ok(reply),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = format!("{agent} did not answer {verb} within {CALL_TIMEOUT:?}"),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+    Err(last)
+}
+
+/// Every row of a paged listing (`vespa_flows`, `blocks`), at most [`MAX_PAGES`] pages.
+async fn list<T: DeserializeOwned, C: Clone + PartialEq + DeserializeOwned>(
+    node: &NodeHandle,
+    agent: &str,
+    verb: impl Fn(Option<C>) -> ActuatorCall,
+) -> Result<Vec<T>, String> {
+    let mut rows = Vec::new();
+    let mut after = None;
+    for _ in 0..MAX_PAGES {
+        let reply = send(node, agent, verb(after.clone())).await?;
+        let page: Page<T, C> = serde_json::from_str(&reply)
+            .map_err(|e| format!("{agent} answered a listing that is not one: {e}"))?;
+        rows.extend(page.rows);
+        match page.next {
+            // A cursor that does not move would loop: the listing ends there.
+            Some(n) if after.as_ref() != Some(&n) => after = Some(n),
+            _ => return Ok(rows),
+        }
+    }
+    Err(format!(
+        "{agent} holds more than {MAX_PAGES} pages of entries: not reconciled"
+    ))
+}
+
+/// The VMs of a libvirt agent with at least one interface's link down (from `list_vms`).
+async fn links_down(node: &NodeHandle, agent: &str) -> Result<Vec<String>, String> {
+    #[derive(serde::Deserialize)]
+    struct Iface {
+        link_up: bool,
+    }
+    #[derive(serde::Deserialize)]
+    struct Vm {
+        name: String,
+        interfaces: Vec<Iface>,
+    }
+    let reply = send(node, agent, ActuatorCall::Libvirt(LibvirtVerb::ListVms {})).await?;
+    let vms: Vec<Vm> = serde_json::from_str(&reply)
+        .map_err(|e| format!("{agent} answered list_vms with something else: {e}"))?;
+    Ok(vms
+        .into_iter()
+        .filter(|v| v.interfaces.iter().any(|i| !i.link_up))
+        .map(|v| v.name)
+        .collect())
+}
+
+/// The reconciliation task of a driver: a first pass once the driver runs, then one every
+/// period; an actuator that cannot be listed (an agent not connected yet) is tried again
+/// sooner, from one second doubling up to the period.
+pub(super) async fn run(driver: PolicyDriver, node: NodeHandle) {
+    let mut mem = Memory::default();
+    let mut retry = Backoff::new(RETRY_MIN, Duration::from_secs(3600));
+    // The driver's first tick first: the start's own inputs are in the state.
+    tokio::select! {
+        _ = node.stopping() => return,
+        _ = tokio::time::sleep(TICK) => {}
+    }
+    loop {
+        let (every, _) = driver.reconcile_settings();
+        let wait = if every.is_zero() {
+            // Off; a reload may turn it on.
+            Duration::from_secs(1)
+        } else if driver.reconcile_once(&node, &mut mem).await {
+            retry.reset();
+            every
+        } else {
+            retry.next_delay().min(every)
+        };
+        tokio::select! {
+            _ = node.stopping() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
