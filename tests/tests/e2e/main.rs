@@ -56,6 +56,7 @@ mod dist {
     mod caps;
     mod journal;
     mod package;
+    mod systemd;
     mod unit;
 }
 
