@@ -164,7 +164,7 @@ fn with_the_units_capabilities_the_firewall_pins_adopts_and_unpins() {
         unit::setting(&u, "ExecStartPre"),
         "+/usr/bin/install -d -o vespa -g vespa -m 0750 /sys/fs/bpf/vespa"
     );
-    assert_eq!(unit::setting(&u, "ReadWritePaths"), "/sys/fs/bpf/vespa");
+    assert_eq!(unit::setting(&u, "ReadWritePaths"), "-/sys/fs/bpf/vespa");
     let dir = std::path::Path::new("/sys/fs/bpf").join(vespa_tests::unique("vespa-caps-"));
     let uid = unit::UID.to_string();
     vespa_tests::cmd::sh(&[

@@ -159,12 +159,17 @@ fn under_systemd_the_package_installs_enables_and_runs() {
     let name = vespa_tests::unique("vespa-e2e-");
     let c = Container::boot(&scratch.dir, &name[..name.len().min(60)]);
     let started = std::time::Instant::now();
-    let state = c.run("systemctl is-system-running --wait");
-    let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
+    // Until its manager answers (nsenter can come before it listens), then until it booted.
+    let state = try_wait_until("the container to boot", BOOT, || {
+        let o = c.run("systemctl is-system-running --wait");
+        let state = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        (state == "running" || state == "degraded").then_some(state)
+    });
     assert!(
-        state == "running" || state == "degraded",
-        "the container booted: {state}; nspawn:\n{}",
-        std::fs::read_to_string(&c.log).unwrap_or_default()
+        state.is_ok(),
+        "the container did not boot: {state:?}; nspawn:\n{}\n{}",
+        std::fs::read_to_string(&c.log).unwrap_or_default(),
+        std::fs::read_to_string(scratch.dir.join("nspawn.err")).unwrap_or_default()
     );
     eprintln!("booted in {:?}", started.elapsed());
     let running = c.ok("systemctl list-units --type=service --state=running --no-legend --plain");

@@ -390,15 +390,20 @@ fn an_hos_policy_alert_is_counted_by_kind_at_the_vo() {
         std::thread::spawn(move || vespa_tests::traffic::tcp_accept_n(&server, 2 * THRESHOLD));
     let held = vespa_tests::traffic::tcp_connect_from(attacker, to, 2 * THRESHOLD, |_| {});
     let accepted = accept.join().expect("accept thread");
-    let target = attacker.to_string();
 
-    let alerts = wait_until("HO_PH's did-not-take alert at the VO", WAIT, || {
+    let alerts = vespa_testkit::try_wait_until("HO_PH's did-not-take alert at the VO", WAIT, || {
         let all = try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?;
         all.into_iter().find(|a| {
             let b = &a["body"]["Policy"];
-            b["kind"] == "did_not_take"
-                && b["text"].as_str().is_some_and(|t| t.contains(&target))
+            b["kind"] == "did_not_take" && b["text"].as_str().is_some_and(|t| t.contains("500"))
         })
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\norchestrator:\n{}\nagents:\n{}",
+            orch.log_text(),
+            agents.log_text()
+        )
     });
     assert_eq!(
         (&alerts["origin"], &alerts["body"]["Policy"]["at"], &alerts["path"]),
