@@ -332,7 +332,7 @@ pub async fn run_nodes_with_handles(
     crate::service::ready(&format!("running {}", names.join(", ")));
     let watchdog = crate::service::spawn_watchdog();
     let _hangup = keep_running_on_hangup(
-        "SIGHUP received: policies reload; the topology and the sensors' settings take a restart",
+        "SIGHUP received: a process with a policy re-reads it; the topology and the sensors' settings take a restart",
     );
     tokio::pin!(shutdown);
     let mut exits = Vec::new();

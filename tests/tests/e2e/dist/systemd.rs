@@ -34,7 +34,10 @@ AllowIsolate=yes
 
 /// Mounts the container's root and its bpffs in the scratch directory `$1` (a tmpfs, so the
 /// overlay's upper layer is not on the file system it covers), then becomes
-/// `systemd-nspawn`. Run inside `unshare --mount --propagation private`.
+/// `systemd-nspawn`. Run inside `unshare --mount --propagation private`. nspawn's own
+/// system-call filter, which every process its systemd starts inherits, refuses `bpf` and
+/// `perf_event_open` unless told otherwise (`EPERM` on the first map, even for root): a
+/// container's limit, not the unit's, so the container allows them as a host does.
 const BOOT_SCRIPT: &str = r#"set -e
 S=$1; M=$2
 mount -t tmpfs tmpfs "$S"
@@ -43,8 +46,8 @@ cat > "$S/upper/etc/systemd/system/vespa-e2e.target"
 mount -t overlay overlay -o lowerdir=/,upperdir="$S/upper",workdir="$S/work" "$S/root"
 mount -t bpf bpf "$S/bpf"
 exec systemd-nspawn -D "$S/root" --boot -M "$M" --register=no --keep-unit \
-    --capability=all --private-network --console=passive --bind="$S/bpf:/sys/fs/bpf" \
-    systemd.unit=vespa-e2e.target
+    --capability=all --system-call-filter='bpf perf_event_open' --private-network \
+    --console=passive --bind="$S/bpf:/sys/fs/bpf" systemd.unit=vespa-e2e.target
 "#;
 
 /// The booted container: `systemd-nspawn`, and its init's pid (to enter it).
