@@ -29,6 +29,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "prometheus and promtool: the deploy/prometheus rules are checked and unit-tested, and a real Prometheus scrapes an agent and the VO (the tests start their own; the packaged service is not used)"),
     ("binutils", "strip: cargo xtask dist leaves the debug info out of the packaged binaries"),
     ("systemd", "systemd-analyze: the tests verify and rate the packaged units"),
+    ("systemd-container", "systemd-nspawn: the tests boot a systemd container to install and run the package"),
 ];
 
 /// The os-ken venv: the last os-ken release that ships `ofctl_rest` and the eventlet and
