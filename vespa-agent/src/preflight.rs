@@ -55,7 +55,6 @@ pub const NEEDED: &[Needed] = &[
         name: "CAP_PERFMON",
         why: "for the connection tracker: a BTF-typed tracepoint program (tp_btf), which \
               reads kernel memory",
-
     },
     Needed {
         bit: CAP_NET_ADMIN,

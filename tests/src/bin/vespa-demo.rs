@@ -823,7 +823,10 @@ impl Feed {
                 )),
                 "policy" => {
                     let p = &body["Policy"];
-                    let at = p["at"].as_str().map(|at| format!(" at {at}")).unwrap_or_default();
+                    let at = p["at"]
+                        .as_str()
+                        .map(|at| format!(" at {at}"))
+                        .unwrap_or_default();
                     lines.push((
                         ns,
                         Style::Note,

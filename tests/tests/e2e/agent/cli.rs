@@ -100,9 +100,7 @@ fn without_root_ebpf_mode_fails_clearly_and_auto_falls_back_to_proc() {
     assert_eq!(o.status.code(), Some(1));
     // Not root, no capability: every one the sensors need is named.
     assert!(
-        text(&o).contains(
-            "missing capabilities CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN:"
-        ),
+        text(&o).contains("missing capabilities CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN:"),
         "{}",
         text(&o)
     );

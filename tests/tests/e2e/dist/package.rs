@@ -486,7 +486,9 @@ fn the_package_installs_and_its_units_start_the_tree() {
     );
     hup(&exporter);
     vespa_testkit::wait_until("the exporter to log the SIGHUP", BOUND, || {
-        exporter.log().contains("SIGHUP received: nothing to reload")
+        exporter
+            .log()
+            .contains("SIGHUP received: nothing to reload")
     });
     run(&mut installed_in(&ns.name, &root, &scrape));
     nix::sys::signal::kill(

@@ -63,7 +63,15 @@ impl Container {
         std::fs::create_dir_all(&root).expect("container dir");
         let log = scratch.join("nspawn.log");
         let mut nspawn = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", BOOT_SCRIPT, "sh"])
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                BOOT_SCRIPT,
+                "sh",
+            ])
             .arg(&root)
             .arg(name)
             .stdin(Stdio::piped())
@@ -83,7 +91,8 @@ impl Container {
                 .ok()?
                 .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
                 .find(|p| {
-                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
                     // pid (comm) state ppid ...
                     let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
                     stat.contains("(systemd)")
@@ -117,7 +126,9 @@ impl Container {
     }
 
     fn journal(&self) -> String {
-        let o = self.run("journalctl --no-pager -n 200 -u vespa-agent -u vespa-orchestrator -u vespa-exporter");
+        let o = self.run(
+            "journalctl --no-pager -n 200 -u vespa-agent -u vespa-orchestrator -u vespa-exporter",
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -245,7 +256,10 @@ fn under_systemd_the_package_installs_enables_and_runs() {
             .then_some(())
     });
     let refused = c.run("systemctl reload vespa-agent");
-    assert!(!refused.status.success(), "the agent's unit offers no reload");
+    assert!(
+        !refused.status.success(),
+        "the agent's unit offers no reload"
+    );
     c.ok("systemctl kill -s HUP --kill-whom=main vespa-agent");
     wait_until("the agent to log the SIGHUP", BOUND, || {
         c.messages("vespa-agent")

@@ -391,22 +391,27 @@ fn an_hos_policy_alert_is_counted_by_kind_at_the_vo() {
     let held = vespa_tests::traffic::tcp_connect_from(attacker, to, 2 * THRESHOLD, |_| {});
     let accepted = accept.join().expect("accept thread");
 
-    let alerts = vespa_testkit::try_wait_until("HO_PH's did-not-take alert at the VO", WAIT, || {
-        let all = try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?;
-        all.into_iter().find(|a| {
-            let b = &a["body"]["Policy"];
-            b["kind"] == "did_not_take" && b["text"].as_str().is_some_and(|t| t.contains("500"))
+    let alerts =
+        vespa_testkit::try_wait_until("HO_PH's did-not-take alert at the VO", WAIT, || {
+            let all = try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?;
+            all.into_iter().find(|a| {
+                let b = &a["body"]["Policy"];
+                b["kind"] == "did_not_take" && b["text"].as_str().is_some_and(|t| t.contains("500"))
+            })
         })
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}\norchestrator:\n{}\nagents:\n{}",
-            orch.log_text(),
-            agents.log_text()
-        )
-    });
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\norchestrator:\n{}\nagents:\n{}",
+                orch.log_text(),
+                agents.log_text()
+            )
+        });
     assert_eq!(
-        (&alerts["origin"], &alerts["body"]["Policy"]["at"], &alerts["path"]),
+        (
+            &alerts["origin"],
+            &alerts["body"]["Policy"]["at"],
+            &alerts["path"]
+        ),
         (
             &serde_json::json!("HO_PH"),
             &serde_json::json!("HO_PH"),
@@ -418,10 +423,15 @@ fn an_hos_policy_alert_is_counted_by_kind_at_the_vo() {
         did_not_take().filter(|n| *n >= 1)
     });
     assert!(counted >= 1);
-    let vo_raised = orch.log_lines().into_iter().any(|l| {
-        l["fields"]["message"] == "policy alert" && l["fields"]["node"] == "VO"
-    });
-    assert!(!vo_raised, "the VO's own driver raised nothing:\n{}", orch.log_text());
+    let vo_raised = orch
+        .log_lines()
+        .into_iter()
+        .any(|l| l["fields"]["message"] == "policy alert" && l["fields"]["node"] == "VO");
+    assert!(
+        !vo_raised,
+        "the VO's own driver raised nothing:\n{}",
+        orch.log_text()
+    );
 
     vespa_tests::traffic::tcp_close_all(held);
     drop(accepted);
