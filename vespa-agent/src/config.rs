@@ -72,6 +72,11 @@ pub struct SensorConfig {
     pub xdp: bool,
     /// Address and prefix blocks the firewall holds at most.
     pub max_blocks: u32,
+    /// Events the sensors' channel holds for its slowest subscriber before that one misses
+    /// some (and is told how many). tokio allocates and fills every slot at start, about
+    /// 110 bytes each: 65,536 (7 MiB) for the tree's agents, which follow every connection's
+    /// open and close; the exporter, which only logs interfaces coming and going, keeps 1,024.
+    pub event_capacity: usize,
 }
 
 impl Default for SensorConfig {
@@ -95,6 +100,7 @@ impl Default for SensorConfig {
             keep_enforcing_on_exit: false,
             xdp: false,
             max_blocks: 65_536,
+            event_capacity: 65_536,
         }
     }
 }

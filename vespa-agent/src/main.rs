@@ -12,9 +12,18 @@ use vespa_agent::{export, netns, top, Mode, SensorConfig, Sensors};
 /// source address, and established TCP connections per remote address (tracepoint
 /// sock:inet_sock_set_state). Threshold crossings are reported the moment they happen.
 /// Without root or eBPF support the agent falls back to reading /proc, as VESPA 2014 did.
+/// The binary's name: `vespa-agent` with the acting agents, `vespa-exporter` without them
+/// (`--no-default-features`, packaged beside it for hosts that only export; it does not load
+/// libvirt's library, ~12 MiB of resident memory: docs/performance.md).
+const NAME: &str = if cfg!(any(feature = "libvirt", feature = "sdn", feature = "av")) {
+    "vespa-agent"
+} else {
+    "vespa-exporter"
+};
+
 #[derive(Parser)]
 #[command(
-    name = "vespa-agent",
+    name = NAME,
     version,
     about,
     long_about,
@@ -165,7 +174,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vespa-agent: {e:#}");
+            eprintln!("{NAME}: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -204,6 +213,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Run(args) = cli.command {
         return node_agents::run(args, cfg, a.top_n);
     }
+    // `export`, `counters` and `top` read the kernel's maps and follow no connection's open
+    // or close: the kernel sends none, and the event channel stays small (docs/performance.md,
+    // the exporter's memory).
+    let cfg = SensorConfig {
+        conn_events: false,
+        event_capacity: 1024,
+        ..cfg
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -218,8 +235,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let addr = listener.local_addr()?;
                 tracing::info!(%addr, mode = ?sensors.mode(), "serving metrics at http://{addr}/metrics");
                 let events = log_events(sensors.clone());
-                export::serve(listener, export::registry(sensors, cli.sensor.top_n), vespa_node::launch::shutdown_signal()).await?;
+                // Under systemd (vespa-exporter.service): the sensors are attached and the
+                // socket listens, so the service is up; the watchdog is fed from this runtime.
+                vespa_node::service::ready(&format!("serving metrics at http://{addr}/metrics"));
+                let watchdog = vespa_node::service::spawn_watchdog();
+                let _hangup = vespa_node::launch::keep_running_on_hangup(
+                    "SIGHUP received: nothing to reload (the sensors' settings take a restart)",
+                );
+                let shutdown = async {
+                    vespa_node::launch::shutdown_signal().await;
+                    vespa_node::service::stopping();
+                };
+                export::serve(listener, export::registry(sensors, cli.sensor.top_n), shutdown).await?;
                 events.abort();
+                if let Some(w) = watchdog {
+                    w.abort();
+                }
                 Ok(())
             }
             Command::Counters { json, after } => {
@@ -245,7 +276,7 @@ fn dist_docs(dir: &std::path::Path) -> ExitCode {
     match vespa_node::service::write_docs(<Cli as clap::CommandFactory>::command(), dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vespa-agent: writing to {}: {e}", dir.display());
+            eprintln!("{NAME}: writing to {}: {e}", dir.display());
             ExitCode::FAILURE
         }
     }

@@ -5,9 +5,6 @@ use std::path::Path;
 
 use crate::error::SensorError;
 
-pub const TRACEFS: &str = "/sys/kernel/tracing";
-const TRACEPOINT: &str = "events/sock/inet_sock_set_state";
-
 /// Everything the eBPF back end needs; the first thing missing is returned.
 pub fn check_ebpf() -> Result<(), SensorError> {
     if cfg!(vespa_no_ebpf) {
@@ -21,7 +18,9 @@ pub fn check_ebpf() -> Result<(), SensorError> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(SensorError::Unavailable("the kernel has no BTF (/sys/kernel/btf/vmlinux); Linux 5.8+ with CONFIG_DEBUG_INFO_BTF is required".into()));
     }
-    check_tracefs()
+    // No tracefs: the connection tracker is a BTF-typed tracepoint (tp_btf), found by its
+    // type in the kernel's BTF and attached with a BPF link, never by its id in tracefs.
+    Ok(())
 }
 
 /// A capability the eBPF back end needs: its number (linux/capability.h), its name, why.
@@ -31,6 +30,7 @@ pub struct Needed {
     pub why: &'static str,
 }
 
+#[cfg(test)]
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
@@ -38,7 +38,10 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// What the sensors need, and nothing more: the set `vespa-agent.service` grants
-/// (`deploy/systemd/vespa-agent.service`, docs/install.md says why each is there). Mounting
+/// (`deploy/systemd/vespa-agent.service`, docs/install.md says why each is there; the tests
+/// run the agent with this set, and with each one fewer). CAP_DAC_READ_SEARCH, once needed
+/// to read the tracepoint's id in tracefs (root's, mode 0700), is not: the tracker is a
+/// tp_btf program, which the kernel finds in its BTF. Mounting
 /// bpffs (CAP_SYS_ADMIN, only where nothing mounted it) and `--netns` (CAP_SYS_ADMIN, to
 /// enter a namespace) need more, and are not part of the service.
 pub const NEEDED: &[Needed] = &[
@@ -50,8 +53,8 @@ pub const NEEDED: &[Needed] = &[
     Needed {
         bit: CAP_PERFMON,
         name: "CAP_PERFMON",
-        why: "for the connection tracker: a tracepoint program reading kernel memory, attached \
-              through perf_event_open",
+        why: "for the connection tracker: a BTF-typed tracepoint program (tp_btf), which \
+              reads kernel memory",
     },
     Needed {
         bit: CAP_NET_ADMIN,
@@ -59,11 +62,6 @@ pub const NEEDED: &[Needed] = &[
         why: "to load the tc classifiers (the kernel asks it of that program type) and attach \
               them to interfaces (TCX links, or a clsact qdisc), XDP, and the firewall's tbf \
               qdiscs",
-    },
-    Needed {
-        bit: CAP_DAC_READ_SEARCH,
-        name: "CAP_DAC_READ_SEARCH",
-        why: "to read the tracepoint's id in tracefs (/sys/kernel/tracing is root's, mode 0700)",
     },
 ];
 
@@ -104,24 +102,6 @@ pub fn check_capabilities(effective: u64) -> Result<(), SensorError> {
         whys.join("; "),
         NEEDED.iter().map(|n| n.name).collect::<Vec<_>>().join(" "),
     )))
-}
-
-pub fn check_tracefs() -> Result<(), SensorError> {
-    let tp = Path::new(TRACEFS).join(TRACEPOINT);
-    if !Path::new(TRACEFS).join("events").is_dir() {
-        return Err(SensorError::Unavailable(format!(
-            "tracefs is not mounted at {TRACEFS}: run `mount -t tracefs tracefs {TRACEFS}` \
-             (or `cargo xtask setup`); under `ip netns exec`, which remounts /sys without it, \
-             use `vespa-agent --netns NAME` instead"
-        )));
-    }
-    if !tp.is_dir() {
-        return Err(SensorError::Unavailable(format!(
-            "the kernel has no tracepoint sock:inet_sock_set_state ({})",
-            tp.display()
-        )));
-    }
-    Ok(())
 }
 
 /// Makes sure the directory holding `dir` is on a bpffs: mounts one at /sys/fs/bpf when

@@ -44,7 +44,7 @@ impl Sensors {
                 },
             })?;
         }
-        let (events, _) = broadcast::channel(65_536);
+        let (events, _) = broadcast::channel(cfg.event_capacity.max(1));
         let backend = match cfg.mode {
             Mode::Proc => Backend::Proc(ProcSensor::start(&cfg, None, events.clone())),
             Mode::Ebpf => {
@@ -86,8 +86,9 @@ impl Sensors {
         }
     }
 
-    /// Events from now on. A receiver that falls behind by more than 65,536 events gets
-    /// `RecvError::Lagged` with the number it missed.
+    /// Events from now on. A receiver that falls behind by more than
+    /// [`SensorConfig::event_capacity`] events gets `RecvError::Lagged` with the number it
+    /// missed.
     pub fn subscribe(&self) -> broadcast::Receiver<SensorEvent> {
         self.events.subscribe()
     }

@@ -331,7 +331,9 @@ pub async fn run_nodes_with_handles(
     // Every node is built and listening: under systemd, the service is up.
     crate::service::ready(&format!("running {}", names.join(", ")));
     let watchdog = crate::service::spawn_watchdog();
-    let _hangup = hangup_logger();
+    let _hangup = keep_running_on_hangup(
+        "SIGHUP received: a process with a policy re-reads it; the topology and the sensors' settings take a restart",
+    );
     tokio::pin!(shutdown);
     let mut exits = Vec::new();
     let mut stopping = false;
@@ -357,19 +359,21 @@ pub async fn run_nodes_with_handles(
 }
 
 /// Takes SIGHUP over from its default action (ending the process), so that `systemctl
-/// reload` or a stray hang-up never stops a node: a process with a policy re-reads it (its
-/// drivers listen too), and this line says that the signal arrived. The task ends with the
-/// handle.
-fn hangup_logger() -> Option<AbortOnDrop> {
+/// reload`, a `kill -HUP` meant for another daemon or a stray hang-up never stops a node or
+/// the exporter: a process with a policy re-reads it (its drivers listen too), and `note` is
+/// logged, saying that the signal arrived and what it does. Until the returned guard is
+/// dropped; call from within a tokio runtime.
+pub fn keep_running_on_hangup(note: &'static str) -> Option<AbortOnDrop> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()?;
     Some(AbortOnDrop(tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP received: policies reload; the topology and the sensors' settings take a restart");
+            tracing::info!("{note}");
         }
     })))
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A task aborted when this is dropped.
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

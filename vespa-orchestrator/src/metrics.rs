@@ -24,10 +24,13 @@
 //! `vespa_reconcile_pass_seconds{actuator}` how long each pass over one actuator took
 //! ([`crate::policy_driver`]'s reconciliation).
 //!
-//! `vespa_policy_alerts_total{kind}` counts the alerts the VO's policy raises of its own
+//! `vespa_policy_alerts_total{kind}` counts the alerts the policy raises of its own
 //! (`did_not_take`: a verification failed or an actuator refused; `blind_spot`: a sensor lost
-//! events or filled a map; ...), counted by the VO's driver as it raises them. Every kind's
-//! series exists from the start at 0, so an alerting rule sees the first one as an increase.
+//! events or filled a map; ...), wherever the rule runs: the VO's driver counts its own as it
+//! raises them, and an HO's fast-path alerts are counted when they reach the VO (their typed
+//! body, [`AlertBody::Policy`], names the kind and the HO; a kind this VO does not know is not
+//! counted, so a peer cannot add series). Every kind's series exists from the start at 0, so
+//! an alerting rule sees the first one as an increase.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,7 +44,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use vespa_node::NodeHandle;
 use vespa_policy::AlertKind;
-use vespa_proto::Alert;
+use vespa_proto::{Alert, AlertBody};
 
 type Labels = Vec<(&'static str, String)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
@@ -210,6 +213,18 @@ impl Metrics {
             .map_or(0, |d| d.as_nanos() as u64);
         if let Some(ns) = now.checked_sub(alert.timestamp_ns) {
             self.observe(STAGE_KERNEL_TO_VO, ns as f64 / 1e9);
+        }
+        // An HO's fast-path policy alert (the VO's own are counted by its driver).
+        if let AlertBody::Policy {
+            kind, at: Some(_), ..
+        } = &alert.body
+        {
+            if let Some(k) = POLICY_ALERT_KINDS
+                .into_iter()
+                .find(|k| policy_alert_kind(*k) == kind)
+            {
+                self.on_policy_alert(k);
+            }
         }
     }
 
@@ -507,5 +522,37 @@ mod tests {
         ] {
             assert!(after.lines().any(|l| l == line), "{line} in:\n{after}");
         }
+    }
+
+    /// An HO's policy alerts reach the VO as typed bodies and are counted there by kind; the
+    /// VO's own (`at: None`, its driver counted them) and kinds it does not know are not.
+    #[test]
+    fn an_hos_policy_alerts_are_counted_at_the_vo() {
+        let m = Metrics::default();
+        let node = vo(None);
+        let alert = |kind: &str, at: Option<&str>| Alert {
+            origin: at.unwrap_or("VO").into(),
+            seq: 1,
+            path: vec![],
+            timestamp_ns: 0,
+            body: AlertBody::Policy {
+                kind: kind.into(),
+                at: at.map(Into::into),
+                text: "x".into(),
+            },
+        };
+        m.on_alert(&alert("did_not_take", Some("HO_PH")));
+        m.on_alert(&alert("cap_reached", Some("HO_VM")));
+        m.on_alert(&alert("did_not_take", None));
+        m.on_alert(&alert("made_up", Some("HO_PH")));
+        let text = render(&m.registry(node.handle()));
+        for line in [
+            "vespa_policy_alerts_total{kind=\"did_not_take\"} 1",
+            "vespa_policy_alerts_total{kind=\"cap_reached\"} 1",
+            "vespa_vo_alerts_total{kind=\"policy\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert!(!text.contains("made_up"), "{text}");
     }
 }

@@ -453,7 +453,7 @@ impl PolicyDriver {
             // The policy's own alerts come back through the node's handlers: not for it. An
             // HO's driver takes only counters, and nothing while it has no rule.
             let wanted = match me.inner.at {
-                None => !matches!(a.body, AlertBody::Text(_)),
+                None => !matches!(a.body, AlertBody::Text(_) | AlertBody::Policy { .. }),
                 Some(_) => is_counter(&a.body) && me.inner.has_rules.load(Ordering::Relaxed),
             };
             if !wanted {
@@ -707,11 +707,13 @@ impl PolicyDriver {
                     if let Some(m) = &self.inner.metrics {
                         m.on_policy_alert(*kind);
                     }
-                    let shown = match &self.inner.at {
-                        None => format!("policy {kind:?}: {text}"),
-                        Some(at) => format!("policy {kind:?} at {at}: {text}"),
-                    };
-                    let _ = node.raise(AlertBody::Text(shown));
+                    // Typed, so the VO counts an HO's alerts by kind as it counts its own
+                    // (an HO's driver has no metrics; the VO's counts its own above).
+                    let _ = node.raise(AlertBody::Policy {
+                        kind: crate::metrics::policy_alert_kind(*kind).to_string(),
+                        at: self.inner.at.clone(),
+                        text: text.clone(),
+                    });
                     continue;
                 }
                 Action::DryRun(inner) => {

@@ -215,6 +215,19 @@ pub enum AlertBody {
         /// Where it registered from (its address), or why it was lost.
         detail: String,
     },
+    /// An alert a policy raised of its own (an action that did not take, a blind spot, a cap
+    /// reached, ...), at the VO or at an HO that runs fast-path rules. Typed, so the VO counts
+    /// every policy's alerts by kind (`vespa_policy_alerts_total{kind}`) wherever the rule ran,
+    /// without reading the text.
+    Policy {
+        /// The kind, as the metric's label names it: `did_not_take`, `ladder_exhausted`,
+        /// `blind_spot`, `notice`, `protected`, `cap_reached`. The VO counts only these.
+        kind: String,
+        /// The HO whose fast-path rules raised it; `None` for the VO's own policy.
+        at: Option<String>,
+        /// What happened, for operators.
+        text: String,
+    },
 }
 
 /// What happened to a node ([`AlertBody::Node`]).
@@ -256,6 +269,7 @@ impl AlertBody {
             AlertBody::Oversized { .. } => "oversized",
             AlertBody::ReflexBlock { .. } => "reflex_block",
             AlertBody::Node { .. } => "node",
+            AlertBody::Policy { .. } => "policy",
         }
     }
 }
@@ -450,6 +464,11 @@ mod tests {
                 event: NodeEvent::Lost,
                 detail: s(),
             },
+            AlertBody::Policy {
+                kind: s(),
+                at: None,
+                text: s(),
+            },
         ];
         let kinds: Vec<&str> = bodies.iter().map(AlertBody::kind).collect();
         assert_eq!(
@@ -464,7 +483,8 @@ mod tests {
                 "text",
                 "sensor_health",
                 "oversized",
-                "node"
+                "node",
+                "policy"
             ]
         );
     }
@@ -560,6 +580,33 @@ mod tests {
             panic!("{back:?}")
         };
         assert_eq!(v6.scope_id(), 7, "scope id must survive");
+    }
+
+    /// Variants are appended, never renumbered: a policy alert's body is variant 11, after
+    /// `Node`, and its fields keep their order (an older VO refuses it as unknown, a newer
+    /// one reads older bodies unchanged).
+    #[test]
+    fn a_policy_alert_body_has_its_fixed_encoding() {
+        let body = AlertBody::Policy {
+            kind: "blind_spot".into(),
+            at: Some("HO".into()),
+            text: "t".into(),
+        };
+        let bytes = encode(&body).expect("encode");
+        let mut want = vec![11u8, 10];
+        want.extend_from_slice(b"blind_spot");
+        want.extend_from_slice(&[1, 2, b'H', b'O', 1, b't']);
+        assert_eq!(bytes, want);
+        assert_eq!(decode::<AlertBody>(&bytes).expect("decode"), body);
+        let vo_own = AlertBody::Policy {
+            kind: "notice".into(),
+            at: None,
+            text: String::new(),
+        };
+        assert_eq!(
+            decode::<AlertBody>(&encode(&vo_own).expect("encode")).expect("decode"),
+            vo_own
+        );
     }
 
     #[test]

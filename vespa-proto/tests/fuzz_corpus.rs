@@ -83,6 +83,17 @@ fn messages() -> Vec<Message> {
             name: "HO_VM".into(),
         },
         Message::Destroy,
+        Message::Alert(Alert {
+            origin: "HO_PH".into(),
+            seq: 11,
+            path: vec!["HO_PH".into(), "VO".into()],
+            timestamp_ns: 12,
+            body: AlertBody::Policy {
+                kind: "did_not_take".into(),
+                at: Some("HO_PH".into()),
+                text: "block 10.0.0.9 on fl did not take".into(),
+            },
+        }),
     ]
 }
 

@@ -86,6 +86,8 @@ fn alert_body() -> impl Strategy<Value = AlertBody> {
             error
         }),
         text().prop_map(AlertBody::Text),
+        (text(), proptest::option::of(text()), text())
+            .prop_map(|(kind, at, text)| AlertBody::Policy { kind, at, text }),
     ]
 }
 

@@ -1,7 +1,9 @@
 //! `cargo xtask dist`: the Debian package and the tarball of a host's install.
 //!
-//! Both hold the same tree: the two release binaries (debug info stripped), their systemd
-//! units (`deploy/systemd/`), the sysusers entry of the `vespa` user, the example
+//! Both hold the same tree: the release binaries (debug info stripped): `vespa-agent`,
+//! `vespa-orchestrator`, and `vespa-exporter` (the agent built without its acting agents, into
+//! `target/sensor-only/` as the benchmarks build it: a host that only exports runs it, without
+//! libvirt's library in its memory), their systemd units (`deploy/systemd/`), the sysusers entry of the `vespa` user, the example
 //! `/etc/vespa/topology.toml` and `policy.toml` (`deploy/etc/`), a man page per binary and
 //! per command and the bash, zsh and fish completions (written by the binaries' hidden
 //! `dist-docs` command, from their clap definitions), and the set-up script the package's
@@ -30,18 +32,51 @@ const BUILD: &[&str] = &[
     "vespa-orchestrator",
 ];
 
-const BINARIES: [&str; 2] = ["vespa-agent", "vespa-orchestrator"];
+/// The agent without its acting agents, in a target directory of its own (the full agent in
+/// target/release stays as it is). The same build as `cargo xtask bench`'s.
+const SENSOR_ONLY_DIR: &str = "sensor-only";
+
+const BINARIES: [&str; 3] = ["vespa-agent", "vespa-orchestrator", "vespa-exporter"];
+
+const UNITS: [&str; 3] = [
+    "vespa-agent.service",
+    "vespa-orchestrator.service",
+    "vespa-exporter.service",
+];
+
+/// Where each packaged binary is built.
+fn built(root: &Path, bin: &str) -> PathBuf {
+    match bin {
+        "vespa-exporter" => target_dir(root)
+            .join(SENSOR_ONLY_DIR)
+            .join("release/vespa-agent"),
+        _ => target_dir(root).join("release").join(bin),
+    }
+}
 
 pub fn run(root: &Path, build: bool) -> anyhow::Result<()> {
     if build {
         cargo(root, BUILD)?;
+        let dir = target_dir(root).join(SENSOR_ONLY_DIR);
+        let dir = dir.to_string_lossy();
+        cargo(
+            root,
+            &[
+                "build",
+                "--release",
+                "-p",
+                "vespa-agent",
+                "--no-default-features",
+                "--target-dir",
+                &dir,
+            ],
+        )?;
     }
-    let release = target_dir(root).join("release");
     for b in BINARIES {
-        if !release.join(b).exists() {
+        if !built(root, b).exists() {
             bail!(
                 "{} is not built (run `cargo xtask dist` without --no-build)",
-                release.join(b).display()
+                built(root, b).display()
             );
         }
     }
@@ -62,7 +97,7 @@ pub fn run(root: &Path, build: bool) -> anyhow::Result<()> {
     let bin = dir("usr/bin")?;
     for b in BINARIES {
         let to = bin.join(b);
-        std::fs::copy(release.join(b), &to)?;
+        std::fs::copy(built(root, b), &to)?;
         check(
             Command::new("strip")
                 .args(["--strip-debug"])
@@ -73,7 +108,7 @@ pub fn run(root: &Path, build: bool) -> anyhow::Result<()> {
     }
     let deploy = root.join("deploy");
     let units = dir("usr/lib/systemd/system")?;
-    for u in ["vespa-agent.service", "vespa-orchestrator.service"] {
+    for u in UNITS {
         std::fs::copy(deploy.join("systemd").join(u), units.join(u))?;
     }
     std::fs::copy(
@@ -94,7 +129,7 @@ pub fn run(root: &Path, build: bool) -> anyhow::Result<()> {
     }
     for b in BINARIES {
         check(
-            Command::new(release.join(b))
+            Command::new(built(root, b))
                 .arg("dist-docs")
                 .arg(&docs)
                 .status()?,
@@ -164,8 +199,9 @@ pub fn run(root: &Path, build: bool) -> anyhow::Result<()> {
              Description: host sensor and self-protection orchestrator for Linux hypervisors\n \
              vespa-agent: eBPF sensors (traffic, SYNs, TCP connections), the kernel firewall and\n \
              the acting agents (libvirt, SDN controllers, antivirus); vespa-orchestrator: the\n \
-             horizontal and vertical orchestrators, the policy, the HTTP API and dashboard.\n \
-             Both run as systemd services under the unprivileged vespa user.\n"
+             horizontal and vertical orchestrators, the policy, the HTTP API and dashboard;\n \
+             vespa-exporter: the sensors alone for Prometheus, on hosts outside a tree.\n \
+             All run as systemd services under the unprivileged vespa user.\n"
         ),
     )?;
     std::fs::write(
@@ -270,7 +306,7 @@ if [ "$1" = configure ]; then
         systemctl daemon-reload >/dev/null || true
         # An upgrade restarts the services that run.
         if [ -n "$2" ]; then
-            systemctl try-restart vespa-orchestrator.service vespa-agent.service >/dev/null || true
+            systemctl try-restart vespa-orchestrator.service vespa-agent.service vespa-exporter.service >/dev/null || true
         fi
     fi
 fi
@@ -280,8 +316,8 @@ exit 0
 const PRERM: &str = r#"#!/bin/sh
 set -e
 if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
-    systemctl stop vespa-agent.service vespa-orchestrator.service >/dev/null || true
-    systemctl disable vespa-agent.service vespa-orchestrator.service >/dev/null 2>&1 || true
+    systemctl stop vespa-agent.service vespa-exporter.service vespa-orchestrator.service >/dev/null || true
+    systemctl disable vespa-agent.service vespa-exporter.service vespa-orchestrator.service >/dev/null 2>&1 || true
 fi
 exit 0
 "#;

@@ -30,6 +30,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("binutils", "strip: cargo xtask dist leaves the debug info out of the packaged binaries"),
     ("systemd", "systemd-analyze: the tests verify and rate the packaged units"),
     ("nats-server", "nats-server: the VO's NATS output is tested against a real server the tests start on a free port (the packaged service is not used)"),
+    ("systemd-container", "systemd-nspawn: the tests boot a systemd container to install and run the package"),
 ];
 
 /// The os-ken venv: the last os-ken release that ships `ofctl_rest` and the eventlet and

@@ -821,6 +821,22 @@ impl Feed {
                     Style::Note,
                     format!("VO: {}", body["Text"].as_str().unwrap_or_default()),
                 )),
+                "policy" => {
+                    let p = &body["Policy"];
+                    let at = p["at"]
+                        .as_str()
+                        .map(|at| format!(" at {at}"))
+                        .unwrap_or_default();
+                    lines.push((
+                        ns,
+                        Style::Note,
+                        format!(
+                            "policy {}{at}: {}",
+                            p["kind"].as_str().unwrap_or_default(),
+                            p["text"].as_str().unwrap_or_default()
+                        ),
+                    ))
+                }
                 "bandwidth" => {}
                 kind => lines.push((ns, Style::Alert, format!("ALERT {kind} {body} via {via}"))),
             }

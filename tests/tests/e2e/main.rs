@@ -57,6 +57,7 @@ mod dist {
     mod caps;
     mod journal;
     mod package;
+    mod systemd;
     mod unit;
 }
 

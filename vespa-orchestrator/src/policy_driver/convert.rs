@@ -32,6 +32,10 @@ pub fn to_policy_body(body: &AlertBody) -> vespa_policy::AlertBody {
             P::Text(format!("a {kind} alert of {size} bytes did not fit the {limit} bytes allowed at {at}: its body was dropped"))
         }
         AlertBody::Node { node, event, detail } => P::Text(format!("node {node} {}: {detail}", event.as_str())),
+        AlertBody::Policy { kind, at, text } => match at {
+            None => P::Text(format!("policy {kind}: {text}")),
+            Some(at) => P::Text(format!("policy {kind} at {at}: {text}")),
+        },
         AlertBody::ReflexBlock { target, cause, value, threshold, ttl_s, .. } => {
             let cause_of = match cause.as_str() {
                 "syn" => Some(ReflexCause::Syn),

@@ -210,10 +210,10 @@ async fn a_crossing_sends_a_block_and_calm_releases_it() {
     );
     until("the failed reply", || d.block_timings()[0].acked_ns != 0).await;
     assert!(!d.block_timings()[0].ok, "there is no SDN agent");
-    // The failure came back as an ActionResult; the policy's alert is a VO Text alert.
-    let shown = alerts_when(&h, |s| s.contains("policy DidNotTake")).await;
+    // The failure came back as an ActionResult; the policy's alert is a typed VO alert.
+    let shown = alerts_when(&h, |s| s.contains("did_not_take")).await;
     assert!(
-        shown.contains("policy DidNotTake") && shown.contains("10.0.0.66"),
+        shown.contains("did_not_take") && shown.contains("10.0.0.66"),
         "{shown}"
     );
     // A reload (as SIGHUP or the API does it) keeps the state of a rule that keeps its name.
@@ -296,8 +296,8 @@ async fn lost_sensor_events_raise_a_blind_spot_alert() {
         maps_full: 0,
     })
     .unwrap();
-    let shown = alerts_when(&h, |s| s.contains("policy BlindSpot")).await;
-    assert!(shown.contains("policy BlindSpot"), "{shown}");
+    let shown = alerts_when(&h, |s| s.contains("blind_spot")).await;
+    assert!(shown.contains("blind_spot"), "{shown}");
     let text = crate::metrics::render(&metrics.registry(h.clone()));
     assert!(
         text.lines()

@@ -1,6 +1,7 @@
-//! The agent with exactly the capabilities of `vespa-agent.service`, as an unprivileged user
-//! (`setpriv` with the unit's ambient and bounding sets): its eBPF sensors load, count and
-//! detach on exit; with any one capability fewer it refuses to start, naming it.
+//! The agent with exactly the capabilities of `vespa-agent.service` (and
+//! `vespa-exporter.service`, the same set), as an unprivileged user (`setpriv` with the unit's
+//! ambient and bounding sets): its eBPF sensors, the connection tracker among them, load,
+//! count and detach on exit; with any one capability fewer it refuses to start, naming it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
@@ -28,6 +29,11 @@ fn the_agent_runs_unprivileged_with_exactly_the_units_capabilities() {
     assert_eq!(ambient, bounding, "the unit grants what it bounds");
     assert_eq!(unit::setting(&u, "NoNewPrivileges"), "yes");
     assert_eq!(unit::setting(&u, "User"), "vespa");
+    // The exporter's unit runs the same sensors with the same set, tested here with them.
+    let exporter = unit::read(&unit::deploy_dir().join("vespa-exporter.service"));
+    for key in ["AmbientCapabilities", "CapabilityBoundingSet"] {
+        assert_eq!(unit::caps(&exporter, key), ambient, "{key}");
+    }
     let l = Link::new();
     let agent = workspace_bin("vespa-agent");
     let argv: Vec<String> = [
@@ -158,7 +164,7 @@ fn with_the_units_capabilities_the_firewall_pins_adopts_and_unpins() {
         unit::setting(&u, "ExecStartPre"),
         "+/usr/bin/install -d -o vespa -g vespa -m 0750 /sys/fs/bpf/vespa"
     );
-    assert_eq!(unit::setting(&u, "ReadWritePaths"), "/sys/fs/bpf/vespa");
+    assert_eq!(unit::setting(&u, "ReadWritePaths"), "-/sys/fs/bpf/vespa");
     let dir = std::path::Path::new("/sys/fs/bpf").join(vespa_tests::unique("vespa-caps-"));
     let uid = unit::UID.to_string();
     vespa_tests::cmd::sh(&[

@@ -140,6 +140,42 @@ fn service_argv(unit_text: &str) -> Vec<String> {
     argv
 }
 
+/// The package and the tarball `cargo xtask dist` made.
+pub(super) struct Package {
+    pub deb: PathBuf,
+    pub tarball: PathBuf,
+}
+
+/// Builds the package once per test process (the release binaries: cargo does nothing when
+/// they are current), for every test that installs it.
+pub(super) fn package() -> &'static Package {
+    static BUILT: std::sync::OnceLock<Package> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = run(Command::new(cargo)
+            .current_dir(repo())
+            .args(["xtask", "dist"]));
+        eprintln!("{built}");
+        let target = workspace_bin("vespa-agent")
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/")
+            .to_path_buf();
+        let dist = target.join("dist");
+        let find = |suffix: &str| -> PathBuf {
+            std::fs::read_dir(&dist)
+                .expect("target/dist")
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.to_string_lossy().ends_with(suffix))
+                .unwrap_or_else(|| panic!("no *{suffix} in {}", dist.display()))
+        };
+        Package {
+            deb: find(".deb"),
+            tarball: find(".tar.gz"),
+        }
+    })
+}
+
 #[test]
 fn the_package_installs_and_its_units_start_the_tree() {
     if !privileged("the_package_installs_and_its_units_start_the_tree") {
@@ -154,51 +190,33 @@ fn the_package_installs_and_its_units_start_the_tree() {
     ] {
         assert!(cmd::have(tool), "{tool} is needed (cargo xtask setup)");
     }
-    // Build: the release binaries (cargo does nothing when they are current) and the package.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = run(Command::new(cargo)
-        .current_dir(repo())
-        .args(["xtask", "dist"]));
-    eprintln!("{built}");
-    let target = workspace_bin("vespa-agent")
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/")
-        .to_path_buf();
-    let dist = target.join("dist");
-    let find = |suffix: &str| -> PathBuf {
-        std::fs::read_dir(&dist)
-            .expect("target/dist")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.to_string_lossy().ends_with(suffix))
-            .unwrap_or_else(|| panic!("no *{suffix} in {}", dist.display()))
-    };
-    let deb = find(".deb");
-    let tarball = find(".tar.gz");
-    for f in [&deb, &tarball] {
+    let Package { deb, tarball } = package();
+    for f in [deb, tarball] {
         let len = std::fs::metadata(f).expect("size").len();
         eprintln!("{}: {:.1} MiB", f.display(), len as f64 / 1048576.0);
     }
 
     // Inspect it.
-    let fields = run(Command::new("dpkg-deb").arg("-f").arg(&deb).args([
+    let fields = run(Command::new("dpkg-deb").arg("-f").arg(deb).args([
         "Package",
         "Architecture",
         "Depends",
     ]));
     assert!(fields.contains("Package: vespa"), "{fields}");
     assert!(fields.contains("libc6"), "{fields}");
-    let info = run(Command::new("dpkg-deb").arg("-I").arg(&deb));
+    let info = run(Command::new("dpkg-deb").arg("-I").arg(deb));
     for member in ["postinst", "prerm", "postrm", "conffiles", "control"] {
         assert!(info.contains(member), "no {member} in:\n{info}");
     }
-    let files = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
-    let tarred = run(Command::new("tar").arg("-tzf").arg(&tarball));
+    let files = run(Command::new("dpkg-deb").arg("-c").arg(deb));
+    let tarred = run(Command::new("tar").arg("-tzf").arg(tarball));
     for path in [
         "usr/bin/vespa-agent",
         "usr/bin/vespa-orchestrator",
+        "usr/bin/vespa-exporter",
         "usr/lib/systemd/system/vespa-agent.service",
         "usr/lib/systemd/system/vespa-orchestrator.service",
+        "usr/lib/systemd/system/vespa-exporter.service",
         "usr/lib/sysusers.d/vespa.conf",
         "usr/lib/vespa/setup",
         "etc/vespa/topology.toml",
@@ -207,9 +225,12 @@ fn the_package_installs_and_its_units_start_the_tree() {
         "usr/share/man/man1/vespa-agent-run.1.gz",
         "usr/share/man/man1/vespa-orchestrator.1.gz",
         "usr/share/man/man1/vespa-orchestrator-run.1.gz",
+        "usr/share/man/man1/vespa-exporter.1.gz",
+        "usr/share/man/man1/vespa-exporter-export.1.gz",
         "usr/share/bash-completion/completions/vespa-agent",
         "usr/share/zsh/vendor-completions/_vespa-orchestrator",
         "usr/share/fish/vendor_completions.d/vespa-agent.fish",
+        "usr/share/bash-completion/completions/vespa-exporter",
     ] {
         assert!(
             files.contains(&format!("./{path}\n")),
@@ -276,9 +297,9 @@ fn the_package_installs_and_its_units_start_the_tree() {
 
     // Unpacked into a scratch root, for the services below.
     let root = scratch.dir.join("root");
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root));
     let ctrl = scratch.dir.join("DEBIAN");
-    run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctrl));
+    run(Command::new("dpkg-deb").arg("-e").arg(deb).arg(&ctrl));
     let conffiles = std::fs::read_to_string(ctrl.join("conffiles")).expect("conffiles");
     assert_eq!(
         conffiles,
@@ -289,10 +310,21 @@ fn the_package_installs_and_its_units_start_the_tree() {
         root.join("usr/share/man/man1/vespa-agent.1.gz").display()
     )));
     assert!(page.contains(".TH vespa-agent 1"), "{page}");
+    // The exporter is the agent without its acting agents: neither libvirt's library nor an
+    // HTTP client is linked, nor are the acting agents' commands there.
+    let exporter = root.join("usr/bin/vespa-exporter");
+    let linked = run(Command::new("objdump").arg("-p").arg(&exporter));
+    assert!(!linked.contains("libvirt"), "{linked}");
+    let help = run(Command::new(&exporter).arg("--help"));
+    assert!(help.contains("Usage: vespa-exporter"), "{help}");
 
     // Its units, installed: verified, and rated.
     let units = root.join("usr/lib/systemd/system");
-    let names = ["vespa-agent.service", "vespa-orchestrator.service"];
+    let names = [
+        "vespa-agent.service",
+        "vespa-orchestrator.service",
+        "vespa-exporter.service",
+    ];
     let mut verify = words("systemd-analyze verify --man=no");
     verify.extend(names.iter().map(|n| n.to_string()));
     let verified = run(&mut installed(&root, &verify));
@@ -393,6 +425,26 @@ fn the_package_installs_and_its_units_start_the_tree() {
         "{}",
         orch.log()
     );
+    // The agent's unit offers no reload: a SIGHUP (a `kill -HUP` for everything, a hang-up)
+    // is said in its log and changes nothing; the tree still answers through it.
+    assert!(
+        unit::settings(&agent_unit, "ExecReload").is_empty(),
+        "{agent_unit}"
+    );
+    hup(&agent);
+    vespa_testkit::wait_until("the agent to log the SIGHUP", BOUND, || {
+        agent.log().contains("SIGHUP received")
+    });
+    let argv = words(
+        "/usr/bin/vespa-orchestrator call --config /etc/vespa/topology.toml Agent_Bandwidth interfaces",
+    );
+    let answer = run(&mut installed_in(&ns.name, &root, &argv));
+    assert!(answer.contains("lo"), "{answer}");
+    assert!(
+        agent.child.try_wait().expect("wait").is_none(),
+        "{}",
+        agent.log()
+    );
 
     // `systemctl stop`: both say so, stop cleanly, and the agent detaches.
     for s in [&agent, &orch] {
@@ -412,5 +464,45 @@ fn the_package_installs_and_its_units_start_the_tree() {
         agent.log().contains("eBPF sensors detached"),
         "{}",
         agent.log()
+    );
+
+    // The exporter's unit, on the same address now that the agent is gone (Conflicts=):
+    // ready, scraped, deaf to SIGHUP, stopped cleanly.
+    let exporter_unit = unit::read(&units.join(names[2]));
+    assert_eq!(
+        unit::setting(&exporter_unit, "Conflicts"),
+        "vespa-agent.service"
+    );
+    assert!(unit::settings(&exporter_unit, "ExecReload").is_empty());
+    let mut exporter_notes = Notifications::bind(&scratch.dir.join("exporter.notify"));
+    let exporter = start("exporter", &exporter_unit, "exporter.notify");
+    exporter_notes.wait_for("READY=1", &exporter);
+    exporter_notes.wait_for("WATCHDOG=1", &exporter);
+    let scrape = words("curl -sf http://127.0.0.1:9105/metrics");
+    let metrics = run(&mut installed_in(&ns.name, &root, &scrape));
+    assert!(
+        metrics.contains("vespa_network_receive_bytes_total{device=\"lo\"}"),
+        "{metrics}"
+    );
+    hup(&exporter);
+    vespa_testkit::wait_until("the exporter to log the SIGHUP", BOUND, || {
+        exporter
+            .log()
+            .contains("SIGHUP received: nothing to reload")
+    });
+    run(&mut installed_in(&ns.name, &root, &scrape));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(exporter.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    exporter_notes.wait_for("STOPPING=1", &exporter);
+    let mut exporter = exporter;
+    let status = exporter.child.wait().expect("wait");
+    assert!(status.success(), "{status}: {}", exporter.log());
+    assert!(
+        exporter.log().contains("eBPF sensors detached"),
+        "{}",
+        exporter.log()
     );
 }

@@ -4,14 +4,16 @@
 //! loopback address crosses the threshold, and HO_PH blocks it through the SDN agent without
 //! the VO: one block request, logged by HO_PH, none by the VO. The crossing still climbs to the
 //! VO unchanged, followed by HO_PH's `fast path at HO_PH: ...` alert; calm releases the block
-//! the same way. A rule whose actuator is outside its HO's layer is refused at start-up.
+//! the same way. When the controller refuses the block, HO_PH's policy alert reaches the VO as
+//! a typed alert and the VO counts it in `vespa_policy_alerts_total{kind}`. A rule whose
+//! actuator is outside its HO's layer is refused at start-up.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Command;
 
 use crate::kit::*;
 use vespa_testkit::wait_until;
-use vespa_tests::daemons::floodlight_stub::FloodlightStub;
+use vespa_tests::daemons::floodlight_stub::{Fault, FloodlightStub};
 use vespa_tests::daemons::http_request;
 use vespa_tests::shared::LOOPBACK;
 use vespa_tests::workspace_bin;
@@ -314,6 +316,125 @@ fn a_rule_placed_at_ho_ph_blocks_from_there_and_the_vo_is_told() {
     });
     assert!(done, "HO_PH's driver released through fl\n{}", logs());
 
+    assert_eq!(
+        tree.call("VO", "destroy", &[]),
+        Ok("destroying VO and its subtree".into())
+    );
+    for mut p in [agents, orch] {
+        let st = p.wait_exit();
+        assert!(
+            st.success(),
+            "{} exited with {st}; log:\n{}",
+            p.label,
+            p.log_text()
+        );
+    }
+}
+
+/// The controller refuses HO_PH's block: HO_PH's policy raises a did-not-take alert, which
+/// climbs to the VO as a typed `Policy` alert naming HO_PH and is counted in the VO's
+/// `vespa_policy_alerts_total{kind="did_not_take"}`, though the VO's own driver raised nothing.
+#[test]
+fn an_hos_policy_alert_is_counted_by_kind_at_the_vo() {
+    let test = "an_hos_policy_alert_is_counted_by_kind_at_the_vo";
+    if !vespa_tests::privileged(test) {
+        return;
+    }
+    let _loopback = LOOPBACK.share();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stub = rt.block_on(FloodlightStub::start());
+    let tree = tree(&stub.url(), "HO_PH");
+    let policy_file = tree.scratch.dir.join("policy.toml");
+    std::fs::write(&policy_file, policy_timed("HO_PH", 600, 600)).expect("policy file");
+    let api = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let (p, a) = (policy_file.to_string_lossy().into_owned(), api.to_string());
+    let orch = tree.spawn_with(
+        "orch",
+        "vespa-orchestrator",
+        None,
+        &[],
+        &["VO", "HO_VM", "HO_PH"],
+        &["--policy", &p, "--http", &a],
+    );
+    let thr = THRESHOLD.to_string();
+    let agents = tree.spawn(
+        "agents",
+        "vespa-agent",
+        None,
+        &["--mode", "ebpf", "-i", "lo", "--conn-threshold", &thr],
+        &["conns", "fl"],
+    );
+    wait_until("both agents under HO_PH", WAIT, || {
+        ["conns", "fl"]
+            .iter()
+            .all(|a| tree.call(a, "help", &[]).is_ok())
+    });
+    let did_not_take = || -> Option<u64> {
+        let (status, body) = http_request(api, "GET", "/metrics", None, "")?;
+        (status == 200).then_some(())?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("vespa_policy_alerts_total{kind=\"did_not_take\"} "))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    assert_eq!(did_not_take(), Some(0), "the series exists from the start");
+    stub.set_fault(Fault::Status(500));
+
+    let (attacker, server_addr) = addresses(2);
+    let server = TcpListener::bind(server_addr).expect("server");
+    let to = server.local_addr().expect("server address");
+    let accept =
+        std::thread::spawn(move || vespa_tests::traffic::tcp_accept_n(&server, 2 * THRESHOLD));
+    let held = vespa_tests::traffic::tcp_connect_from(attacker, to, 2 * THRESHOLD, |_| {});
+    let accepted = accept.join().expect("accept thread");
+
+    let alerts =
+        vespa_testkit::try_wait_until("HO_PH's did-not-take alert at the VO", WAIT, || {
+            let all = try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?;
+            all.into_iter().find(|a| {
+                let b = &a["body"]["Policy"];
+                b["kind"] == "did_not_take" && b["text"].as_str().is_some_and(|t| t.contains("500"))
+            })
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\norchestrator:\n{}\nagents:\n{}",
+                orch.log_text(),
+                agents.log_text()
+            )
+        });
+    assert_eq!(
+        (
+            &alerts["origin"],
+            &alerts["body"]["Policy"]["at"],
+            &alerts["path"]
+        ),
+        (
+            &serde_json::json!("HO_PH"),
+            &serde_json::json!("HO_PH"),
+            &serde_json::json!(["HO_PH", "VO"])
+        ),
+        "{alerts}"
+    );
+    let counted = wait_until("the VO to count it", WAIT, || {
+        did_not_take().filter(|n| *n >= 1)
+    });
+    assert!(counted >= 1);
+    let vo_raised = orch
+        .log_lines()
+        .into_iter()
+        .any(|l| l["fields"]["message"] == "policy alert" && l["fields"]["node"] == "VO");
+    assert!(
+        !vo_raised,
+        "the VO's own driver raised nothing:\n{}",
+        orch.log_text()
+    );
+
+    vespa_tests::traffic::tcp_close_all(held);
+    drop(accepted);
     assert_eq!(
         tree.call("VO", "destroy", &[]),
         Ok("destroying VO and its subtree".into())

@@ -220,6 +220,7 @@ function describe(a) {
     case 'ActuatorFailed': return `${v.actuator} failed to ${v.action}: ${v.error}`;
     case 'Text': return v;
     case 'Node': return `node ${v.node} ${v.event.toLowerCase()}: ${v.detail}`;
+    case 'Policy': return `policy ${v.kind}${v.at ? ' at ' + v.at : ''}: ${v.text}`;
     default: return JSON.stringify(b);
   }
 }
