@@ -107,7 +107,7 @@ impl fmt::Display for Severity {
 
 /// The severity of each kind of alert body ([`vespa_proto::AlertBody::kind`]) and of
 /// decisions: the one place it is defined.
-pub const KIND_SEVERITY: [(&str, Severity); 12] = [
+pub const KIND_SEVERITY: [(&str, Severity); 13] = [
     ("bandwidth", Severity::Info),
     ("connections", Severity::Info),
     ("node", Severity::Notice),
@@ -117,6 +117,8 @@ pub const KIND_SEVERITY: [(&str, Severity); 12] = [
     ("syn_threshold", Severity::Warning),
     ("sensor_health", Severity::Warning),
     ("oversized", Severity::Warning),
+    // The policy's own: a block that did not take, a blind spot, a cap reached.
+    ("policy", Severity::Warning),
     ("actuator_failed", Severity::Error),
     ("reflex_block", Severity::Critical),
     ("infected", Severity::Critical),
@@ -819,6 +821,11 @@ mod tests {
                 node: "n".into(),
                 event: vespa_proto::NodeEvent::Lost,
                 detail: String::new(),
+            },
+            AlertBody::Policy {
+                kind: "did_not_take".into(),
+                at: None,
+                text: String::new(),
             },
         ];
         for b in &bodies {

@@ -176,6 +176,10 @@ fn alert_summary(body: &AlertBody) -> String {
             error,
         } => format!("{actuator} failed to {action}: {error}"),
         AlertBody::Text(t) => t.clone(),
+        AlertBody::Policy { kind, at, text } => match at {
+            Some(at) => format!("policy {kind} at {at}: {text}"),
+            None => format!("policy {kind}: {text}"),
+        },
         AlertBody::SensorHealth {
             events_lost,
             map_update_failures,
