@@ -28,24 +28,9 @@ pub fn parse_since(text: &str, now_s: u64) -> Result<u64, String> {
 
 /// A Unix time as UTC `YYYY-MM-DD HH:MM:SS`.
 pub fn utc(unix_s: u64) -> String {
-    let days = unix_s / 86_400;
-    let rem = unix_s % 86_400;
-    // Civil from days (Howard Hinnant's algorithm), for years after 1970.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    // RFC 3339 with a space and without the fraction: `2026-12-05 03:27:16`.
+    let t = crate::outputs::rfc3339(unix_s.saturating_mul(1_000_000_000));
+    format!("{} {}", &t[..10], &t[11..19])
 }
 
 fn who(d: &Decision) -> String {
