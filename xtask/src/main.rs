@@ -224,7 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let sensor_only_agent = sensor_only.join("release").join("vespa-agent");
             // One binary per area; each prints its ratios and writes target/bench/<area>.json.
-            let areas: [(&str, &str, &[&str]); 8] = [
+            let areas: [(&str, &str, &[&str]); 10] = [
                 ("sensors", "vespa-bench", &[]),
                 // The kernel firewall: drop rates, its cost to unblocked traffic, the reflex,
                 // the policy's block.
