@@ -91,10 +91,12 @@ mod deploy {
 }
 
 /// Closed loops end to end: an infection isolating a VM, a connection flood blocked on the
-/// switch, and `vespa-demo` telling the latter.
+/// switch, reconciliation against the switch, a VO killed and restarted on its ledger, and
+/// `vespa-demo` telling the flood loop.
 mod loops {
     mod av;
     mod demo;
     mod reconcile;
+    mod restart;
     mod sdn;
 }
