@@ -33,15 +33,18 @@ AllowIsolate=yes
 ";
 
 /// Mounts the container's root and its bpffs in the scratch directory `$1` (a tmpfs, so the
-/// overlay's upper layer is not on the file system it covers), then becomes
+/// overlay's upper layer is not on the file system it covers), puts the package `$3` in its
+/// upper layer as [`DEB_INSIDE`] (the build tree may be under `/tmp`, which the container
+/// mounts afresh, so the host's path would not be seen there), then becomes
 /// `systemd-nspawn`. Run inside `unshare --mount --propagation private`. nspawn's own
 /// system-call filter, which every process its systemd starts inherits, refuses `bpf` and
 /// `perf_event_open` unless told otherwise (`EPERM` on the first map, even for root): a
 /// container's limit, not the unit's, so the container allows them as a host does.
 const BOOT_SCRIPT: &str = r#"set -e
-S=$1; M=$2
+S=$1; M=$2; D=$3
 mount -t tmpfs tmpfs "$S"
-mkdir -p "$S/upper/etc/systemd/system" "$S/work" "$S/root" "$S/bpf"
+mkdir -p "$S/upper/etc/systemd/system" "$S/upper/var/cache/vespa-e2e" "$S/work" "$S/root" "$S/bpf"
+cp "$D" "$S/upper/var/cache/vespa-e2e/vespa.deb"
 cat > "$S/upper/etc/systemd/system/vespa-e2e.target"
 mount -t overlay overlay -o lowerdir=/,upperdir="$S/upper",workdir="$S/work" "$S/root"
 mount -t bpf bpf "$S/bpf"
@@ -49,6 +52,9 @@ exec systemd-nspawn -D "$S/root" --boot -M "$M" --register=no --keep-unit \
     --capability=all --system-call-filter='bpf perf_event_open' --private-network \
     --console=passive --bind="$S/bpf:/sys/fs/bpf" systemd.unit=vespa-e2e.target
 "#;
+
+/// Where the package is inside the container.
+const DEB_INSIDE: &str = "/var/cache/vespa-e2e/vespa.deb";
 
 /// The booted container: `systemd-nspawn`, and its init's pid (to enter it).
 struct Container {
@@ -58,7 +64,7 @@ struct Container {
 }
 
 impl Container {
-    fn boot(scratch: &Path, name: &str) -> Container {
+    fn boot(scratch: &Path, name: &str, deb: &Path) -> Container {
         let root = scratch.join("container");
         std::fs::create_dir_all(&root).expect("container dir");
         let log = scratch.join("nspawn.log");
@@ -74,6 +80,7 @@ impl Container {
             ])
             .arg(&root)
             .arg(name)
+            .arg(deb)
             .stdin(Stdio::piped())
             .stdout(std::fs::File::create(&log).expect("log"))
             .stderr(std::fs::File::create(scratch.join("nspawn.err")).expect("log"))
@@ -171,7 +178,7 @@ fn under_systemd_the_package_installs_enables_and_runs() {
     let deb = &package().deb;
     let scratch = Scratch::new("systemd");
     let name = vespa_tests::unique("vespa-e2e-");
-    let c = Container::boot(&scratch.dir, &name[..name.len().min(60)]);
+    let c = Container::boot(&scratch.dir, &name[..name.len().min(60)], deb);
     let started = std::time::Instant::now();
     // Until its manager answers (nsenter can come before it listens), then until it booted.
     let state = try_wait_until("the container to boot", BOOT, || {
@@ -193,7 +200,7 @@ fn under_systemd_the_package_installs_enables_and_runs() {
     );
 
     // The install, as docs/install.md has it.
-    let installed = c.ok(&format!("dpkg -i {}", deb.display()));
+    let installed = c.ok(&format!("dpkg -i {DEB_INSIDE}"));
     assert!(installed.contains("Setting up vespa"), "{installed}");
     c.ok("systemctl enable --now vespa-orchestrator vespa-agent");
     for unit in ["vespa-orchestrator", "vespa-agent"] {
