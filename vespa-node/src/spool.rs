@@ -395,7 +395,11 @@ impl Spool {
     pub fn sync(&self) {
         let file = {
             let mut g = lock(&self.inner);
-            if g.acked > g.acked_written {
+            // Only an acknowledgement that frees an alert of the file is written: one that
+            // covers no alert held (sequence numbers the budget refused) would add a record
+            // and free nothing, and so push what is held past the budget.
+            let acked = g.acked;
+            if acked > g.acked_written && g.unacked.front().is_some_and(|&(s, _)| s <= acked) {
                 self.write_acked(&mut g);
             }
             if self.compaction_due(&g) {
