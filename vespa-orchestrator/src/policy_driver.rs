@@ -73,7 +73,6 @@ mod set;
 
 pub use convert::{call_of, health_input, to_policy_body, ActuatorCall};
 use convert::{is_counter, target_arg};
-pub use reconcile::PlacedByVespa;
 pub use remote::{HoPolicyVerbs, RemoteDrivers};
 pub(crate) use set::merge_releases;
 pub use set::PolicySet;

@@ -20,7 +20,7 @@
 //!   (its alert may still be on its way), by its target. A block an operator asked of the
 //!   agent directly (in the SDN agent's book, or a kernel block the reflex did not place) is
 //!   the operator's and stays. A VM's link found down that the policy does not want is
-//!   reconnected only if VESPA cut it ([`PlacedByVespa`], answered by the decision ledger);
+//!   reconnected only if VESPA cut it (the decision ledger's answer, `ledger_placed`);
 //!   otherwise it is counted and raised, and left.
 //!
 //! Strays are only removed by a driver that is alone on its actuators: the VO's when no rule
@@ -36,7 +36,7 @@
 mod diff;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -52,12 +52,6 @@ use vespa_proto::AlertBody;
 use super::convert::{call_of, wire_target, wire_ttl, ActuatorCall};
 use super::{PolicyDriver, CALL_TIMEOUT, TICK};
 use diff::{compare, Held, Plan};
-
-/// Whether VESPA placed an effect that the policy no longer holds (a VM's link found down):
-/// only then does reconciliation undo it. Without this hook the driver's decision ledger
-/// answers it from its history; without either, nothing is undone that the policy does not
-/// hold.
-pub type PlacedByVespa = Arc<dyn Fn(&Effect) -> bool + Send + Sync>;
 
 /// An effect placed this recently is not judged missing: its own call may still be queued.
 pub const SETTLE: Duration = Duration::from_secs(5);
@@ -76,10 +70,9 @@ const MAX_FLYING: usize = 65_536;
 /// Characters of an error an alert quotes at most.
 const MAX_ERROR: usize = 200;
 
-/// What reconciliation keeps between passes and the hook the ledger sets.
+/// What reconciliation keeps between passes.
 #[derive(Default)]
 pub(super) struct Reconciler {
-    placed_by_vespa: OnceLock<PlacedByVespa>,
     /// The effects whose policy calls are on their way (queued behind the bound on calls
     /// in flight, or sent), and when the last one ended: an actuator listed meanwhile may or
     /// may not show them yet, so a pass judges neither their absence nor their presence.
@@ -197,23 +190,6 @@ struct Fix {
 }
 
 impl PolicyDriver {
-    /// Sets the hook that says whether VESPA placed an effect the policy no longer holds
-    /// (the decision ledger's answer); until it is set, reconciliation undoes nothing the
-    /// policy does not hold on libvirt. Only the first call counts.
-    pub fn set_placed_by_vespa(&self, hook: PlacedByVespa) {
-        if self.inner.reconciler.placed_by_vespa.set(hook).is_err() {
-            tracing::warn!(node = %self.node_name(), "placed_by_vespa is already set: the new hook is ignored");
-        }
-    }
-
-    /// The hook's answer when one is set, else the decision ledger's.
-    async fn placed_by_vespa(&self, e: &Effect) -> bool {
-        match self.inner.reconciler.placed_by_vespa.get() {
-            Some(f) => f(e),
-            None => self.ledger_placed(e).await,
-        }
-    }
-
     /// The period and the reflex grace of the loaded policy (a reload changes them).
     fn reconcile_settings(&self) -> (Duration, Duration) {
         let core = self.core();
@@ -528,7 +504,7 @@ impl PolicyDriver {
                     let Some(vm) = &h.key else { continue };
                     // Only what VESPA cut is VESPA's to reconnect, and only by the driver
                     // alone on the hypervisor.
-                    if !alone || !self.placed_by_vespa(&Effect::LinkCut(vm.clone())).await {
+                    if !alone || !self.ledger_placed(&Effect::LinkCut(vm.clone())).await {
                         out.left += 1;
                         out.examples
                             .push(format!("link of {vm} down, not cut by VESPA: left"));
