@@ -16,24 +16,14 @@ pub struct RunArgs {
     /// Also serve the sensors' counters as Prometheus text at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
-    /// Keep each agent's unacknowledged alerts in DIR/<node>.spool, so that a restarted agent
-    /// sends again what its HO and the VO had not acknowledged (overrides `spool_dir` of the
-    /// topology's [settings]; the packaged unit's state directory is /var/lib/vespa).
-    #[arg(long, value_name = "DIR", env = "VESPA_SPOOL_DIR")]
-    spool_dir: Option<std::path::PathBuf>,
-    /// Keep unacknowledged alerts in memory only, whatever the topology says.
-    #[arg(long, conflicts_with = "spool_dir")]
-    no_spool: bool,
+    #[command(flatten)]
+    spool: vespa_node::launch::SpoolArgs,
 }
 
 /// Runs the agent nodes; `--metrics` series per address (and per block) are `top_n` at most.
 pub fn run(args: RunArgs, mut cfg: SensorConfig, top_n: usize) -> anyhow::Result<()> {
     let mut topo = args.nodes.topology.load()?;
-    if args.no_spool {
-        topo.settings.spool_dir = None;
-    } else if let Some(dir) = &args.spool_dir {
-        topo.settings.spool_dir = Some(dir.clone());
-    }
+    args.spool.apply(&mut topo);
     let nodes = args
         .nodes
         .select(&topo, |n| n.role.is_agent())

@@ -193,6 +193,32 @@ impl RunNodesArgs {
     }
 }
 
+/// Where the nodes of a process keep their unacknowledged alerts (`--spool-dir`,
+/// `--no-spool`), shared by `vespa-agent run` and `vespa-orchestrator run` so both say and
+/// do the same. Without either flag, the topology's `[settings] spool_dir` decides.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SpoolArgs {
+    /// Keep each node's unacknowledged alerts in DIR/<node>.spool, so that a restarted node
+    /// sends again what its master and the VO had not acknowledged (overrides `spool_dir` of
+    /// the topology's [settings]; the packaged units' state directory is /var/lib/vespa).
+    #[arg(long, value_name = "DIR", env = "VESPA_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Keep unacknowledged alerts in memory only, whatever the topology says.
+    #[arg(long, conflicts_with = "spool_dir")]
+    pub no_spool: bool,
+}
+
+impl SpoolArgs {
+    /// The topology's `spool_dir` as these flags change it.
+    pub fn apply(&self, topo: &mut Topology) {
+        if self.no_spool {
+            topo.settings.spool_dir = None;
+        } else if let Some(dir) = &self.spool_dir {
+            topo.settings.spool_dir = Some(dir.clone());
+        }
+    }
+}
+
 /// Which nodes of a topology a process is asked to run.
 #[derive(Debug, Clone)]
 pub enum Scope<'n> {

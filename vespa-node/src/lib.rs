@@ -48,6 +48,7 @@ mod handle;
 pub mod host;
 pub mod journal;
 pub mod launch;
+pub mod metrics;
 mod lifecycle;
 pub mod node;
 pub mod outbox;

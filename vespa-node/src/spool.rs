@@ -106,6 +106,14 @@ pub struct SpoolStats {
     pub damaged_at_start: u64,
     /// Bytes of a torn tail cut off at start.
     pub torn_bytes_at_start: u64,
+    /// Alerts acknowledged since start: their acknowledgement written, their room in the
+    /// budget given back.
+    #[serde(default)]
+    pub acked: u64,
+    /// Alerts refused since start because the budget was reached (dropped; also counted in
+    /// the node's `queue_overflow` and reported upstream).
+    #[serde(default)]
+    pub refused: u64,
 }
 
 struct Inner {
@@ -141,6 +149,8 @@ pub(crate) struct Spool {
     syncs: AtomicU64,
     failures: AtomicU64,
     compactions: AtomicU64,
+    acked: AtomicU64,
+    refused: AtomicU64,
     reloaded_at_start: u64,
     damaged_at_start: u64,
     torn_bytes_at_start: u64,
@@ -333,6 +343,8 @@ impl Spool {
             syncs: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             reloaded_at_start: alerts.len() as u64,
             damaged_at_start: loader.damaged,
             torn_bytes_at_start: torn,
@@ -356,6 +368,7 @@ impl Spool {
         }
         let n = g.scratch.len() as u64;
         if g.len - g.live_start() + n > self.max_bytes {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::Full);
         }
         if let Err(e) = g.file.write_all_at(&g.scratch, g.len) {
@@ -446,6 +459,7 @@ impl Spool {
                 let upto = g.acked_written;
                 while g.unacked.front().is_some_and(|&(s, _)| s <= upto) {
                     g.unacked.pop_front();
+                    self.acked.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err(e) => {
@@ -548,6 +562,8 @@ impl Spool {
             reloaded_at_start: self.reloaded_at_start,
             damaged_at_start: self.damaged_at_start,
             torn_bytes_at_start: self.torn_bytes_at_start,
+            acked: self.acked.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -629,6 +645,26 @@ mod tests {
             alert(5),
             "the alert itself, not a copy of its number"
         );
+    }
+
+    /// The counters the metrics read: acknowledged once the batch wrote the ack, refused at
+    /// the budget.
+    #[test]
+    fn acknowledged_and_refused_alerts_are_counted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (s, _) = open(&dir.path().join("a1.spool"), MIN_BUDGET);
+        let mut seq = 0;
+        while s.append(&alert(seq + 1)).is_ok() {
+            seq += 1;
+        }
+        assert!(matches!(s.append(&alert(seq + 2)), Err(Refused::Full)));
+        let st = s.stats();
+        assert_eq!((st.appended, st.refused, st.acked), (seq, 2, 0));
+        s.ack(3);
+        assert_eq!(s.stats().acked, 0, "noted, not yet written");
+        s.sync();
+        let st = s.stats();
+        assert_eq!((st.acked, st.unacked as u64), (3, seq - 3));
     }
 
     #[test]

@@ -119,6 +119,10 @@ struct RunArgs {
     /// ledger stops the start; it is never emptied.
     #[arg(long, value_name = "PATH", env = "VESPA_LEDGER")]
     ledger: Option<PathBuf>,
+    /// The HOs' spools of their own unacknowledged alerts (the fast path's alerts); the VO
+    /// keeps its journal instead.
+    #[command(flatten)]
+    spool: launch::SpoolArgs,
     // Last: its heading applies to the flags after it.
     #[command(flatten)]
     api: ApiArgs,
@@ -475,7 +479,9 @@ fn ledger_path(args: &RunArgs, topo: &Topology, has_policy: bool) -> Option<Path
 }
 
 fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let topo = args.nodes.topology.load()?;
+    let mut topo = args.nodes.topology.load()?;
+    args.spool.apply(&mut topo);
+    let topo = topo;
     let nodes = args
         .nodes
         .select(&topo, |n| !n.role.is_agent())

@@ -25,9 +25,12 @@
 //! database, is damaged or holds a newer schema stops the start with its path named. Nothing
 //! here recreates, truncates or deletes a ledger.
 //!
-//! One database per orchestrator process; each row names the node (the VO, or the HO of a
+//! One database per orchestrator process, enforced: opening takes an exclusive lock on
+//! `<ledger>.lock` ([`owner`]) held while the ledger is open, so a second process on the same
+//! file stops at start with the path and the holder named. Each row names the node (the VO, or the HO of a
 //! fast-path rule) whose driver decided, so the drivers of one process share it.
 
+mod owner;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -373,6 +376,8 @@ struct Inner {
     in_force: Mutex<HashMap<Slot, InForce>>,
     events: broadcast::Sender<DecisionEvent>,
     failures: Arc<AtomicU64>,
+    /// This process's hold of the file ([`owner`]).
+    _owner: owner::Owner,
 }
 
 /// The ledger (cheap to clone). Open it inside a tokio runtime.
@@ -421,6 +426,7 @@ impl Ledger {
                 )
             })?;
         }
+        let owner = owner::hold(path)?;
         // The writer never checkpoints (a checkpoint fsyncs: milliseconds to tens of them on
         // a busy disk, in the closed loop's path); a task of its own does, every few seconds.
         let writer_opts = opts(path)
@@ -526,6 +532,7 @@ impl Ledger {
                 in_force: Mutex::new(in_force),
                 events,
                 failures,
+                _owner: owner,
             }),
         })
     }
