@@ -106,13 +106,16 @@ pub fn run(args: RunArgs, mut cfg: SensorConfig, top_n: usize) -> anyhow::Result
             });
         #[cfg(not(feature = "libvirt"))]
         let vm_of: Option<vespa_agent::export::VmLookup> = None;
+        // The nodes' spools, in the exporter's scrapes (their handles come once they are built).
+        let spools = vespa_node::metrics::SpoolCollector::default();
         let exporter = match (&args.metrics, &sensors) {
             (Some(addr), Some(s)) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("listening on {addr}"))?;
                 tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
-                let registry = vespa_agent::export::registry_with_vms(s.clone(), top_n, vm_of.clone());
+                let mut registry = vespa_agent::export::registry_with_vms(s.clone(), top_n, vm_of.clone());
+                registry.register_collector(Box::new(spools.clone()));
                 Some(tokio::spawn(vespa_agent::export::serve(
                     listener,
                     registry,
@@ -149,11 +152,12 @@ pub fn run(args: RunArgs, mut cfg: SensorConfig, top_n: usize) -> anyhow::Result
                 alert_handlers: Vec::new(),
             }
         };
-        let exits = vespa_node::launch::run_nodes(
+        let exits = vespa_node::launch::run_nodes_with_handles(
             &topo,
             &nodes,
             &keys,
             hooks,
+            |_, handle| spools.add(handle),
             vespa_node::launch::shutdown_signal(),
         )
         .await?;

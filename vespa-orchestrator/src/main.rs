@@ -123,6 +123,12 @@ struct RunArgs {
     /// keeps its journal instead.
     #[command(flatten)]
     spool: launch::SpoolArgs,
+    /// Serve this process's metrics as Prometheus text at http://ADDR/metrics: its HOs'
+    /// reconciliation (vespa_decisions_drift_total, vespa_reconcile_pass_seconds) and spools
+    /// (vespa_spool_*). For a process without the VO: the one that runs the VO serves them,
+    /// with the VO's own, on its HTTP API's /metrics (--http).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     // Last: its heading applies to the flags after it.
     #[command(flatten)]
     api: ApiArgs,
@@ -432,7 +438,15 @@ fn policy_drivers(
     }
     let file = args.policy.clone();
     let vo = hosts_vo
-        .then(|| PolicyDriver::new(&text, args.dry_run, Some(topo), Some(metrics), file.clone()))
+        .then(|| {
+            PolicyDriver::new(
+                &text,
+                args.dry_run,
+                Some(topo),
+                Some(metrics.clone()),
+                file.clone(),
+            )
+        })
         .transpose()
         .map_err(invalid)?;
     // Every HO here gets a driver, idle while no rule is placed at it, so that a reload can
@@ -440,7 +454,16 @@ fn policy_drivers(
     let hos = nodes
         .iter()
         .filter(|n| n.role.is_ho())
-        .map(|n| PolicyDriver::new_at(&n.name, &text, args.dry_run, topo, file.clone()))
+        .map(|n| {
+            PolicyDriver::new_at_with_metrics(
+                &n.name,
+                &text,
+                args.dry_run,
+                topo,
+                Some(metrics.clone()),
+                file.clone(),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(invalid)?;
     for d in vo.iter().chain(&hos) {
@@ -565,6 +588,28 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let serve_api = listener.is_some();
+        // `--metrics`: this process's own endpoint, for HOs without the VO's API.
+        let metrics_server = match args.metrics {
+            Some(addr) if serve_api => {
+                tracing::warn!(%addr, "--metrics ignored: this process serves its metrics on the HTTP API's /metrics");
+                None
+            }
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics endpoint to {addr} (--metrics)"))?;
+                tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
+                let mut stop = stop_rx.clone();
+                Some(tokio::spawn(vespa_orchestrator::metrics::serve(
+                    l,
+                    parts.metrics.process_registry(),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )))
+            }
+            None => None,
+        };
         // The ledger before any node starts: what it holds in force goes back into the
         // policies first, and a damaged file stops the start.
         let ledger = match &ledger_path {
@@ -619,6 +664,7 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             h
         };
         let on_ready = |def: &vespa_node::config::NodeDef, handle: vespa_node::NodeHandle| {
+            parts.metrics.add_node(handle.clone());
             if let Some(d) = driver_of(&def.name) {
                 d.start(handle.clone());
             }
@@ -646,6 +692,9 @@ fn run_nodes(args: RunArgs) -> anyhow::Result<ExitCode> {
             launch::run_nodes_with_handles(&topo, &nodes, &security, hooks, on_ready, signal).await;
         if let Some(s) = server {
             // The nodes are gone (signal or destroy): the API has nothing left to serve.
+            s.abort();
+        }
+        if let Some(s) = metrics_server {
             s.abort();
         }
         anyhow::Ok(exits?)

@@ -22,7 +22,10 @@
 //! held, re-applied; `stray`: held with VESPA's mark, not wanted, removed; `adopted`: held and
 //! wanted but unknown to the agent's book, recorded there again), and
 //! `vespa_reconcile_pass_seconds{actuator}` how long each pass over one actuator took
-//! ([`crate::policy_driver`]'s reconciliation).
+//! ([`crate::policy_driver`]'s reconciliation), for every driver of the process: the VO's and
+//! those of the HOs it runs share one `Metrics`. A process that runs HOs without the VO serves
+//! these and the HOs' spools ([`vespa_node::metrics`]) on `run --metrics ADDR`
+//! ([`Metrics::process_registry`], [`serve`]); the VO's process on its API's `/metrics`.
 //!
 //! `vespa_policy_alerts_total{kind}` counts the alerts the policy raises of its own
 //! (`did_not_take`: a verification failed or an actuator refused; `blind_spot`: a sensor lost
@@ -173,6 +176,7 @@ pub struct Metrics {
     outputs: OutputMetrics,
     drift: Family<Labels, Counter>,
     reconcile: HistogramFamily,
+    spools: vespa_node::metrics::SpoolCollector,
 }
 
 /// The `kind` labels of `vespa_decisions_drift_total`. Fixed names: alerting rules use them.
@@ -193,6 +197,7 @@ impl Default for Metrics {
             outputs: OutputMetrics::default(),
             drift: Family::default(),
             reconcile: Family::new_with_constructor(pass_histogram),
+            spools: Default::default(),
         }
     }
 }
@@ -201,6 +206,12 @@ impl Metrics {
     /// The outputs' counters ([`crate::outputs::Outputs::start`] takes them).
     pub fn outputs(&self) -> OutputMetrics {
         self.outputs.clone()
+    }
+
+    /// Adds a node of this process, whose spool (an HO's; the VO keeps a journal) is then
+    /// in the scrapes.
+    pub fn add_node(&self, node: NodeHandle) {
+        self.spools.add(node);
     }
 
     /// Counts an alert processed at the VO and observes its `kernel_to_vo` latency.
@@ -297,6 +308,21 @@ impl Metrics {
                 .get_or_create(&vec![("stage", stage.to_string())]);
         }
         self.outputs.register_in(&mut r);
+        self.register_process(&mut r);
+        r.register_collector(Box::new(NodeCollector(vo)));
+        r
+    }
+
+    /// A registry for a process that runs no VO (HOs alone, `run --metrics`): every policy
+    /// driver's reconciliation (each HO's) and the nodes' spools.
+    pub fn process_registry(&self) -> Registry {
+        let mut r = Registry::default();
+        self.register_process(&mut r);
+        r
+    }
+
+    /// What every orchestrator process has, whether or not it runs the VO.
+    fn register_process(&self, r: &mut Registry) {
         r.register(
             "vespa_decisions_drift",
             "Differences reconciliation found between what the policy has in place and what an actuator holds, by actuator and kind (missing: re-applied; stray: removed; adopted: recorded in the agent's book again).",
@@ -307,8 +333,7 @@ impl Metrics {
             "Time of one reconciliation pass over one actuator (listing, comparison, corrections).",
             self.reconcile.clone(),
         );
-        r.register_collector(Box::new(NodeCollector(vo)));
-        r
+        r.register_collector(Box::new(self.spools.clone()));
     }
 }
 
@@ -320,6 +345,36 @@ pub fn render(registry: &Registry) -> String {
         tracing::error!(error = %e, "encoding metrics failed");
     }
     out
+}
+
+/// Serves `registry` at `/metrics` on `listener` until `stop` (`run --metrics`, for a process
+/// without the VO's HTTP API).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::response::IntoResponse as _;
+    let registry = std::sync::Arc::new(registry);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    render(&registry),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
 }
 
 /// Reads the VO's [`vespa_node::Stats`] at scrape time.

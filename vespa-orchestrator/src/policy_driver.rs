@@ -301,14 +301,38 @@ impl PolicyDriver {
         topology: &Topology,
         policy_file: Option<PathBuf>,
     ) -> Result<PolicyDriver, PolicyError> {
+        Self::new_at_with_metrics(at, rules_text, dry_run, topology, None, policy_file)
+    }
+
+    /// As [`PolicyDriver::new_at`], counting its reconciliation in `metrics`
+    /// (`vespa_decisions_drift_total`, `vespa_reconcile_pass_seconds`). Its policy alerts
+    /// and actuator times are not counted there: the VO counts an HO's policy alerts as they
+    /// arrive, and `vo_to_actuator_ack` is the VO's stage.
+    pub fn new_at_with_metrics(
+        at: &str,
+        rules_text: &str,
+        dry_run: bool,
+        topology: &Topology,
+        metrics: Option<Arc<Metrics>>,
+        policy_file: Option<PathBuf>,
+    ) -> Result<PolicyDriver, PolicyError> {
         Self::build(
             Some(at.to_string()),
             rules_text,
             dry_run,
             Some(topology),
-            None,
+            metrics,
             policy_file,
         )
+    }
+
+    /// The metrics of what only the VO's driver counts (its own policy alerts, the
+    /// `vo_to_actuator_ack` stage); `None` for an HO's driver.
+    fn vo_metrics(&self) -> Option<&Arc<Metrics>> {
+        self.inner
+            .metrics
+            .as_ref()
+            .filter(|_| self.inner.at.is_none())
     }
 
     fn build(
@@ -703,11 +727,11 @@ impl PolicyDriver {
             match &action {
                 Action::Alert { kind, text } => {
                     tracing::warn!(node = here, ?kind, text = ?text, "policy alert");
-                    if let Some(m) = &self.inner.metrics {
+                    if let Some(m) = self.vo_metrics() {
                         m.on_policy_alert(*kind);
                     }
                     // Typed, so the VO counts an HO's alerts by kind as it counts its own
-                    // (an HO's driver has no metrics; the VO's counts its own above).
+                    // (an HO's driver counts none; the VO's counts its own above).
                     let _ = node.raise(AlertBody::Policy {
                         kind: crate::metrics::policy_alert_kind(*kind).to_string(),
                         at: self.inner.at.clone(),
@@ -802,7 +826,7 @@ impl PolicyDriver {
                         "{via} did not answer {verb} within {CALL_TIMEOUT:?}"
                     )),
                 };
-                if let Some(m) = &me.inner.metrics {
+                if let Some(m) = me.vo_metrics() {
                     m.observe_actuator_ack(start.elapsed().as_secs_f64());
                 }
                 let acked_ns = unix_ns();

@@ -39,6 +39,7 @@ mod tree {
     mod actuators;
     mod config;
     mod crash;
+    mod disk;
     mod fastpath;
     mod flood;
     mod hostile;

@@ -109,7 +109,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ledger.db");
         let first = hold(&path).expect("first");
-        let e = hold(&path).expect_err("the second must be refused").to_string();
+        let e = hold(&path)
+            .expect_err("the second must be refused")
+            .to_string();
         assert!(e.contains(&path.display().to_string()), "{e}");
         assert!(
             e.contains(&format!("held by pid {}", std::process::id())),
