@@ -704,3 +704,145 @@ fn a_fast_path_rule_acting_outside_its_layer_is_refused() {
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("rules per node: VO: 0, HO_PH: 1"), "{shown}");
 }
+
+/// HO_PH in a process of its own reconciles what its fast-path rule placed and counts it on
+/// its own `--metrics` endpoint: the block removed at the agent behind its back is put back
+/// by HO_PH's driver and counted as missing there.
+#[test]
+fn an_hos_reconciliation_is_counted_on_its_own_metrics_endpoint() {
+    let test = "an_hos_reconciliation_is_counted_on_its_own_metrics_endpoint";
+    if !vespa_tests::privileged(test) {
+        return;
+    }
+    let _loopback = LOOPBACK.share();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stub = rt.block_on(FloodlightStub::start());
+    let tree = tree(&stub.url(), "HO_PH");
+    let policy_file = tree.scratch.dir.join("policy.toml");
+    std::fs::write(
+        &policy_file,
+        format!(
+            "{}\n[reconcile]\nevery_s = 1\n",
+            policy_timed("HO_PH", 600, 600)
+        ),
+    )
+    .expect("policy file");
+    let p = policy_file.to_string_lossy().into_owned();
+    let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let vo = tree.spawn_with(
+        "vo",
+        "vespa-orchestrator",
+        None,
+        &[],
+        &["VO", "HO_VM"],
+        &["--policy", &p],
+    );
+    let ho = tree.spawn_with(
+        "ho_ph",
+        "vespa-orchestrator",
+        None,
+        &[],
+        &["HO_PH"],
+        &["--policy", &p, "--metrics", &metrics.to_string()],
+    );
+    let thr = THRESHOLD.to_string();
+    let agents = tree.spawn(
+        "agents",
+        "vespa-agent",
+        None,
+        &["--mode", "ebpf", "-i", "lo", "--conn-threshold", &thr],
+        &["conns", "fl"],
+    );
+    let logs = || {
+        format!(
+            "vo:\n{}\nho_ph:\n{}\nagents:\n{}",
+            vo.log_text(),
+            ho.log_text(),
+            agents.log_text()
+        )
+    };
+    let sample = |series: &str| -> Option<f64> {
+        let (status, body) = http_request(metrics, "GET", "/metrics", None, "")?;
+        (status == 200).then_some(())?;
+        body.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    wait_until("both agents under HO_PH", WAIT, || {
+        ["conns", "fl"]
+            .iter()
+            .all(|a| tree.call(a, "help", &[]).is_ok())
+    });
+
+    let (attacker, server_addr) = addresses(3);
+    let target = attacker.to_string();
+    let server = TcpListener::bind(server_addr).expect("server");
+    let to = server.local_addr().expect("server address");
+    let accept =
+        std::thread::spawn(move || vespa_tests::traffic::tcp_accept_n(&server, 2 * THRESHOLD));
+    let held = vespa_tests::traffic::tcp_connect_from(attacker, to, 2 * THRESHOLD, |_| {});
+    let accepted = accept.join().expect("accept thread");
+    wait_until("HO_PH's block at the Floodlight stand-in", WAIT, || {
+        blocks_of(&stub, &target).first().cloned()
+    });
+    let missing = "vespa_decisions_drift_total{actuator=\"fl\",kind=\"missing\"}";
+    wait_until(
+        "a first pass of HO_PH over fl on its metrics endpoint",
+        WAIT,
+        || {
+            (sample(missing)? == 0.0
+                && sample("vespa_reconcile_pass_seconds_count{actuator=\"fl\"}")? >= 1.0)
+                .then_some(())
+        },
+    );
+
+    // Behind HO_PH's back: the agent told directly to drop the block (its book and the
+    // controller's entries; Floodlight cannot list its flows, so the book is what a pass
+    // reads).
+    tree.call("fl", "release_hackers", &[&target])
+        .unwrap_or_else(|e| panic!("release_hackers on fl: {e}\n{}", logs()));
+    assert!(
+        !stub
+            .flows()
+            .values()
+            .any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str()),
+        "removed at the controller"
+    );
+    // Re-applied by HO_PH (under a new entry id: the block is placed again).
+    vespa_testkit::try_wait_until("the block's entries back at the stand-in", WAIT, || {
+        stub.flows()
+            .values()
+            .any(|f| f["ipv4_src"] == target.as_str() || f["ipv4_dst"] == target.as_str())
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    let counted = vespa_testkit::try_wait_until("the missing block counted by HO_PH", WAIT, || {
+        sample(missing).filter(|n| *n >= 1.0)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    assert!(counted >= 1.0);
+
+    vespa_tests::traffic::tcp_close_all(held);
+    drop(accepted);
+    assert_eq!(
+        tree.call("VO", "destroy", &[]),
+        Ok("destroying VO and its subtree".into())
+    );
+    for mut p in [agents, ho, vo] {
+        let st = p.wait_exit();
+        assert!(
+            st.success(),
+            "{} exited with {st}; log:\n{}",
+            p.label,
+            p.log_text()
+        );
+    }
+}
