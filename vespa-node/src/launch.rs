@@ -468,3 +468,51 @@ pub fn init_logging(format: LogFormat) {
         b.init();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        spool: SpoolArgs,
+    }
+
+    fn topo_with(spool_dir: Option<&str>) -> Topology {
+        let mut t = Topology::embedded_default();
+        t.settings.spool_dir = spool_dir.map(PathBuf::from);
+        t
+    }
+
+    /// The flags override the topology's `spool_dir` either way; without them it stands;
+    /// both at once are refused, naming both.
+    #[test]
+    fn the_spool_flags_override_the_topology() {
+        let applied = |args: &[&str], dir: Option<&str>| {
+            let cli = Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+                .expect("parsed");
+            let mut t = topo_with(dir);
+            cli.spool.apply(&mut t);
+            t.settings.spool_dir
+        };
+        assert_eq!(applied(&[], Some("/a")), Some(PathBuf::from("/a")));
+        assert_eq!(applied(&[], None), None);
+        assert_eq!(
+            applied(&["--spool-dir", "/b"], Some("/a")),
+            Some(PathBuf::from("/b"))
+        );
+        assert_eq!(
+            applied(&["--spool-dir", "/b"], None),
+            Some(PathBuf::from("/b"))
+        );
+        assert_eq!(applied(&["--no-spool"], Some("/a")), None);
+        let e = Cli::try_parse_from(["x", "--spool-dir", "/b", "--no-spool"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("--spool-dir") && e.contains("--no-spool"), "{e}");
+    }
+}

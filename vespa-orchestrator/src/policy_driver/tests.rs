@@ -1110,3 +1110,104 @@ async fn a_burst_of_blocks_all_reach_the_actuator() {
     .await;
     assert_eq!(lock(&sdn.0).len(), n);
 }
+
+/// An SDN agent that refuses every verb.
+#[derive(Clone)]
+struct RefusingSdn;
+
+impl Agent for RefusingSdn {
+    type Verb = SdnVerb;
+
+    async fn call(&self, verb: SdnVerb) -> VerbResult {
+        Err(format!("{} refused", verb.name()))
+    }
+}
+
+/// An HO's driver shares the process's metrics for its reconciliation, but counts neither
+/// its policy alerts (the VO counts them as they arrive: counted here too, they would be
+/// counted twice in a process that runs both) nor the VO's `vo_to_actuator_ack` stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hos_driver_with_metrics_leaves_its_policy_alerts_to_the_vo() {
+    let topo = Topology::from_toml("tree.toml", super::placement::tests::TOPOLOGY).unwrap();
+    let text = RULES
+        .replace("sdn = \"SDN\"", "sdn = \"Agent_Controller_OsKen\"")
+        .replace(
+            "name = \"conn-flood\"\n",
+            "name = \"conn-flood\"\nat = \"HO_PH\"\n",
+        );
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let ho_d = PolicyDriver::new_at_with_metrics(
+        "HO_PH",
+        &text,
+        false,
+        &topo,
+        Some(metrics.clone()),
+        None,
+    )
+    .unwrap();
+    let psk = vespa_proto::Psk::random();
+    let (vo, vo_addr) = node("VO", Role::Vo, None, &psk, Hooks::default()).await;
+    let ho_hooks = Hooks {
+        agent: None,
+        alert_handlers: vec![ho_d.handler()],
+    };
+    let (ho, ho_addr) = node("HO_PH", Role::HoPh, Some((&vo, vo_addr)), &psk, ho_hooks).await;
+    let (_sdn, _) = node(
+        "Agent_Controller_OsKen",
+        Role::Agent(AgentKind::ControllerOsken),
+        Some((&ho, ho_addr)),
+        &psk,
+        Hooks {
+            agent: Some(AgentRef::new(RefusingSdn)),
+            alert_handlers: vec![],
+        },
+    )
+    .await;
+    let (conns, _) = node(
+        "ph_conns",
+        Role::Agent(AgentKind::Connections),
+        Some((&ho, ho_addr)),
+        &psk,
+        Hooks::default(),
+    )
+    .await;
+    ho_d.start(ho.clone());
+    until("both agents under HO_PH and HO_PH under the VO", || {
+        ho.stats().children.len() == 2 && vo.stats().children.len() == 1
+    })
+    .await;
+    conns
+        .raise(AlertBody::ConnThreshold {
+            addr: "10.0.0.67".parse().unwrap(),
+            established: 150,
+            threshold: 50,
+        })
+        .unwrap();
+    let shown = alerts_when(&vo, |s| s.contains("did_not_take")).await;
+    let alerts: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let policy_alert = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["body"]["Policy"]["kind"] == "did_not_take")
+        .unwrap_or_else(|| panic!("HO_PH's did_not_take at the VO: {shown}"))
+        .clone();
+    assert_eq!(policy_alert["body"]["Policy"]["at"], "HO_PH");
+    let text = crate::metrics::render(&metrics.registry(vo.clone()));
+    for line in [
+        "vespa_policy_alerts_total{kind=\"did_not_take\"} 0",
+        "vespa_closed_loop_seconds_count{stage=\"vo_to_actuator_ack\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    // Counted once, as the VO takes it.
+    let alert: vespa_proto::Alert = serde_json::from_value(policy_alert).unwrap();
+    metrics.on_alert(&alert);
+    let text = crate::metrics::render(&metrics.registry(vo.clone()));
+    assert!(
+        text.lines()
+            .any(|l| l == "vespa_policy_alerts_total{kind=\"did_not_take\"} 1"),
+        "{text}"
+    );
+    vo.destroy();
+}
