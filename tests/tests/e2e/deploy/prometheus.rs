@@ -12,6 +12,7 @@ use std::process::Command;
 
 use serde_json::Value as Json;
 use vespa_testkit::wait_until;
+use vespa_tests::daemons::floodlight_stub::FloodlightStub;
 use vespa_tests::daemons::{self, http_get};
 use vespa_tests::shared::LOOPBACK;
 
@@ -178,6 +179,7 @@ fn the_rules_unit_tests_pass_and_catch_a_broken_alert() {
         "VespaBlindSpot",
         "VespaActionDidNotTake",
         "VespaClosedLoopSlow",
+        "VespaSpoolDropping",
     ] {
         assert!(names.iter().any(|n| n == wanted), "{wanted} in {names:?}");
     }
@@ -247,6 +249,7 @@ fn the_grafana_dashboard_is_json_with_a_query_per_panel() {
         "Blocks (the kernel firewall)",
         "The closed loop (VO)",
         "Sensor and tree health",
+        "Spools and reconciliation",
     ] {
         assert!(titles.contains(&wanted), "{wanted} in {titles:?}");
     }
@@ -361,11 +364,26 @@ fn a_real_prometheus_scrapes_an_agent_and_the_vo() {
     // The connections agent on lo counts every socket of the host: no flood meanwhile.
     let _loopback = LOOPBACK.share();
     let lo: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+    // An SDN agent in front of the in-process Floodlight stand-in: the VO's (embedded)
+    // policy reconciles it, so the reconciliation's series are in the VO's scrapes.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stub = rt.block_on(FloodlightStub::start());
+    let mut nodes = lo_bandwidth_and_connections_nodes();
+    nodes.push(
+        N::child("fl", "agent_controller_floodlight", "HO_VM")
+            .extra(format!("[node.params]\nurl = \"{}\"\n", stub.url())),
+    );
+    // With spools, so that their series are in both scrapes (the agents', and HO_VM's in
+    // the VO's process).
     let tree = Tree::new(
         "prom",
-        "heartbeat_ms = 300\nsample_interval_ms = 100",
+        "heartbeat_ms = 300\nsample_interval_ms = 100\nspool_dir = \"spool\"",
         &[("host", lo)],
-        &lo_bandwidth_and_connections_nodes(),
+        &nodes,
     );
     let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -382,7 +400,7 @@ fn a_real_prometheus_scrapes_an_agent_and_the_vo() {
         "vespa-agent",
         None,
         &["--mode", "ebpf", "-i", "lo"],
-        &["bw", "conns"],
+        &["bw", "conns", "fl"],
         &["--metrics", &metrics.to_string()],
     );
 
@@ -471,6 +489,23 @@ fn a_real_prometheus_scrapes_an_agent_and_the_vo() {
     wait_result(
         prom,
         "vespa_policy_alerts_total{job=\"vespa-vo\",kind=\"did_not_take\"}",
+        &log,
+    );
+    // Each process's spools: the agents' and HO_VM's, run by the VO's process.
+    wait_result(
+        prom,
+        "vespa_spool_written_total{job=\"vespa-agent\",node=\"bw\"}",
+        &log,
+    );
+    wait_result(
+        prom,
+        "vespa_spool_alerts{job=\"vespa-vo\",node=\"HO_VM\"}",
+        &log,
+    );
+    // The VO's reconciliation of the SDN agent.
+    wait_result(
+        prom,
+        "vespa_decisions_drift_total{job=\"vespa-vo\",actuator=\"fl\",kind=\"missing\"}",
         &log,
     );
     // The shipped rules run: a recording rule over the agent's counters answers, and no
