@@ -125,8 +125,8 @@ struct RunArgs {
     spool: launch::SpoolArgs,
     /// Serve this process's metrics as Prometheus text at http://ADDR/metrics: its HOs'
     /// reconciliation (vespa_decisions_drift_total, vespa_reconcile_pass_seconds) and spools
-    /// (vespa_spool_*). For a process without the VO: the one that runs the VO serves them,
-    /// with the VO's own, on its HTTP API's /metrics (--http).
+    /// (vespa_spool_*). For a process without the VO's HTTP API: the one that serves it has
+    /// them, with the VO's own, on the API's /metrics (--http).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     // Last: its heading applies to the flags after it.
