@@ -138,9 +138,13 @@ pub struct ThrottleInfo {
     pub rate: Rate,
     /// Time left before it ends (None: until released).
     pub expires_in_ms: Option<u64>,
+    /// Packets it let through.
     pub passed_packets: u64,
+    /// Bytes it let through.
     pub passed_bytes: u64,
+    /// Packets over the rate, dropped.
     pub dropped_packets: u64,
+    /// Bytes over the rate, dropped.
     pub dropped_bytes: u64,
 }
 
