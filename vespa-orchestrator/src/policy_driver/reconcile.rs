@@ -1093,15 +1093,8 @@ async fn vms(node: &NodeHandle, agent: &str) -> Result<Vec<Vm>, String> {
         .map_err(|e| format!("{agent} answered list_vms with something else: {e}"))
 }
 
-/// An AV agent's route to its VM: the hypervisor agent it goes through (None: it reaches
-/// the VM directly).
-struct AvRoute {
-    vm: String,
-    via: Option<String>,
-}
-
-/// What an AV agent's `status` says of its route: one row, for the one VM it protects.
-async fn av_route(node: &NodeHandle, agent: &str) -> Result<Vec<AvRoute>, String> {
+/// An AV agent's `status` reply, read for its route.
+fn parse_av_status(reply: &str) -> Result<AvRoute, String> {
     #[derive(serde::Deserialize)]
     struct Route {
         route: String,
@@ -1112,14 +1105,28 @@ async fn av_route(node: &NodeHandle, agent: &str) -> Result<Vec<AvRoute>, String
         vm: String,
         route: Route,
     }
-    let reply = send(node, agent, ActuatorCall::Av(AvVerb::Status {})).await?;
-    let s: Status = serde_json::from_str(&reply)
-        .map_err(|e| format!("{agent} answered status with something else: {e}"))?;
+    let s: Status = serde_json::from_str(reply).map_err(|e| e.to_string())?;
     let via = match s.route.route.as_str() {
         "direct" => None,
-        _ => Some(s.route.agent.unwrap_or_default()),
+        "via_hypervisor" => Some(s.route.agent.ok_or("a route through no agent")?),
+        other => return Err(format!("an unknown route {other:?}")),
     };
-    Ok(vec![AvRoute { vm: s.vm, via }])
+    Ok(AvRoute { vm: s.vm, via })
+}
+
+/// An AV agent's route to its VM: the hypervisor agent it goes through (None: it reaches
+/// the VM directly).
+struct AvRoute {
+    vm: String,
+    via: Option<String>,
+}
+
+/// What an AV agent's `status` says of its route: one row, for the one VM it protects.
+async fn av_route(node: &NodeHandle, agent: &str) -> Result<Vec<AvRoute>, String> {
+    let reply = send(node, agent, ActuatorCall::Av(AvVerb::Status {})).await?;
+    let route = parse_av_status(&reply)
+        .map_err(|e| format!("{agent} answered status with something else: {e}"))?;
+    Ok(vec![route])
 }
 
 /// The reconciliation task of a driver: a first pass once the driver runs, then one every
@@ -1148,5 +1155,54 @@ pub(super) async fn run(driver: PolicyDriver, node: NodeHandle) {
             _ = node.stopping() => return,
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `list_vms` as the libvirt agent answers it (`VmInfo`, its interfaces' `link_up`).
+    #[test]
+    fn a_vm_runs_here_unless_it_is_shut_off_or_crashed() {
+        let reply = r#"[
+            {"name":"a","uuid":"u1","state":"running","interfaces":[{"mac":"52:54:00:00:00:01","bridge":"br0","link_up":false,"tap":"vnet0"}]},
+            {"name":"b","uuid":"u2","state":"shutoff","interfaces":[{"mac":"52:54:00:00:00:02","bridge":"br0","link_up":true,"tap":null}]},
+            {"name":"c","uuid":"u3","state":"paused","interfaces":[]},
+            {"name":"d","uuid":"u4","state":"crashed","interfaces":[]}
+        ]"#;
+        let vms: Vec<Vm> = serde_json::from_str(reply).expect("list_vms");
+        let here: Vec<(&str, bool)> = vms.iter().map(|v| (v.name.as_str(), v.runs_here())).collect();
+        assert_eq!(here, [("a", true), ("b", false), ("c", true), ("d", false)]);
+        assert!(!vms[0].interfaces[0].link_up);
+    }
+
+    /// `status` as the AV agent answers it (its `Route`, tagged by `route`).
+    #[test]
+    fn the_av_agents_route_is_read_from_its_status() {
+        let isolated = r#"{"vm":"web","clamd":"unix:/run/clamd","route":{"route":"via_hypervisor","agent":"HY"},"analyzed":3}"#;
+        let r = parse_av_status(isolated).expect("status");
+        assert_eq!((r.vm.as_str(), r.via.as_deref()), ("web", Some("HY")));
+        let direct = r#"{"vm":"web","route":{"route":"direct"}}"#;
+        assert_eq!(parse_av_status(direct).expect("status").via, None);
+        assert!(parse_av_status(r#"{"vm":"web","route":{"route":"sideways"}}"#).is_err());
+        assert!(parse_av_status("PONG").is_err());
+    }
+
+    /// A throttle's rate as the firewall agent lists it compares with the policy's as the
+    /// driver sends it.
+    #[test]
+    fn a_listed_throttle_reads_back_with_the_rate_the_policy_sent() {
+        let row = r#"{"id":4,"target":"198.51.100.7","rate":"1000pps","expires_in_ms":5000,"passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4}"#;
+        let t: ThrottleInfo = serde_json::from_str(row).expect("row");
+        assert_eq!(t.rate, wire_rate(Rate::Packets(1000)));
+        assert_ne!(t.rate, wire_rate(Rate::Packets(2000)));
+        assert_eq!(
+            t.target,
+            Shaped::Source(wire_target(&"198.51.100.7".parse::<Target>().expect("ip")))
+        );
+        let dev: ThrottleInfo = serde_json::from_str(&row.replace("198.51.100.7", "dev:vnet3"))
+            .expect("a device's row");
+        assert_eq!(dev.target, Shaped::Device("vnet3".into()));
     }
 }
