@@ -216,7 +216,8 @@ impl PolicyDriver {
     }
 
     /// The actuators this driver reconciles, with their kinds: those its effects went
-    /// through, and at the VO those the policy names; only agents of the topology.
+    /// through, and at the VO those the policy names and every AV agent; only agents of the
+    /// topology.
     fn actuators(&self) -> Vec<(String, Kind)> {
         let Some(topo) = self.inner.topology.as_deref() else {
             return Vec::new();
@@ -226,8 +227,15 @@ impl PolicyDriver {
             let mut n: Vec<String> = core.state.effects().map(|e| e.via.to_string()).collect();
             if self.inner.at.is_none() {
                 let a = &core.state.rules().actuators;
-                n.extend([a.sdn.clone(), a.libvirt.clone(), a.av.clone()]);
+                n.extend([a.sdn.clone(), a.libvirt.clone()]);
                 n.extend(a.firewall.clone());
+                // An infection isolates through the AV agent that found it, any of them.
+                n.extend(
+                    topo.nodes
+                        .iter()
+                        .filter(|d| d.role == Role::Agent(AgentKind::Av))
+                        .map(|d| d.name.clone()),
+                );
             }
             n
         };
