@@ -351,7 +351,9 @@ fn page_of_throttles(
     list.sort_by(|a, b| a.target.cmp(&b.target));
     let more = list.len() > LIST_PAGE;
     list.truncate(LIST_PAGE);
-    let next = more.then(|| list.last().map(|t| t.target.clone())).flatten();
+    let next = more
+        .then(|| list.last().map(|t| t.target.clone()))
+        .flatten();
     Page { rows: list, next }
 }
 
@@ -602,7 +604,7 @@ mod tests {
     #[test]
     fn throttles_are_listed_whole_page_by_page_each_within_one_frame() {
         let throttle = |i: u64| ThrottleInfo {
-            target: if i % 7 == 0 {
+            target: if i.is_multiple_of(7) {
                 Shaped::Device(format!("vnet{i}"))
             } else {
                 Shaped::Source(t(&format!("2001:db8:{:x}::/64", i)))

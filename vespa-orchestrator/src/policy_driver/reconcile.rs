@@ -21,7 +21,22 @@
 //!   agent directly (in the SDN agent's book, or a kernel block the reflex did not place) is
 //!   the operator's and stays. A VM's link found down that the policy does not want is
 //!   reconnected only if VESPA cut it (the decision ledger's answer, `ledger_placed`);
-//!   otherwise it is counted and raised, and left.
+//!   otherwise it is counted and raised, and left. A kernel throttle or an AV agent's
+//!   isolation nobody wants is VESPA's only by the ledger too (their actuators keep no mark
+//!   of who asked; a throttle only while the ledger's decision has time left, since the
+//!   kernel ends VESPA's at its expiry): otherwise the operator's, left and not counted;
+//! - held otherwise than wanted (`stale`): a throttle at another rate, an AV agent routed
+//!   through another hypervisor agent, is placed again as the policy wants it (`missing`);
+//! - quarantines are judged from the source hypervisor's `list_vms`: a wanted one whose VM
+//!   still runs there is migrated again; one nobody wants whose VM VESPA quarantined (the
+//!   ledger) and that does not run there is counted once per run and left, since releasing a
+//!   quarantine never migrates back. A VM that does not run here has no live link: its cut
+//!   link is not judged. An infected VM's isolation is its cut link (on the libvirt agent,
+//!   held by the infection, so never a stray) and its AV agent's route (`status`); the VO
+//!   reconciles every AV agent, since an infection isolates through the one that found it.
+//!
+//! Each kind of listing goes through one step, [`PolicyDriver::judge`]: the actuator's rows
+//! turned into [`Held`] entries against what the policy wants there, and compared.
 //!
 //! Strays are only removed by a driver that is alone on its actuators: the VO's when no rule
 //! is placed at an HO. With a fast path, the VO's and the HOs' drivers share actuators and
@@ -405,7 +420,10 @@ impl PolicyDriver {
         for k in &plan.reapply {
             let left = wanted.left.get(k).copied().flatten();
             if let Some((_, call)) = action(k, left).as_ref().and_then(call_of) {
-                fixes.push(Fix { call, what: what(k) });
+                fixes.push(Fix {
+                    call,
+                    what: what(k),
+                });
             }
         }
     }
@@ -458,7 +476,10 @@ impl PolicyDriver {
             alone,
         };
         match kind {
-            Kind::Sdn => self.reconcile_flows(node, &at, &mut fixes, &mut out).await?,
+            Kind::Sdn => {
+                self.reconcile_flows(node, &at, &mut fixes, &mut out)
+                    .await?
+            }
             Kind::Firewall => {
                 self.reconcile_kernel_blocks(node, &at, grace, mem, &mut fixes, &mut out)
                     .await?;
@@ -797,7 +818,10 @@ impl PolicyDriver {
         plan.reapply.retain(|vm| known.contains(vm.as_str()));
         plan.in_force += before - plan.reapply.len();
         // Said already this run: still left, not counted again (nor asked of the ledger).
-        let told = |vm: &String| mem.quarantine_told.contains(&(at.actuator.to_string(), vm.clone()));
+        let told = |vm: &String| {
+            mem.quarantine_told
+                .contains(&(at.actuator.to_string(), vm.clone()))
+        };
         let (again, new): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.remove)
             .into_iter()
             .partition(|h| h.key.as_ref().is_some_and(told));
@@ -1180,7 +1204,10 @@ mod tests {
             {"name":"d","uuid":"u4","state":"crashed","interfaces":[]}
         ]"#;
         let vms: Vec<Vm> = serde_json::from_str(reply).expect("list_vms");
-        let here: Vec<(&str, bool)> = vms.iter().map(|v| (v.name.as_str(), v.runs_here())).collect();
+        let here: Vec<(&str, bool)> = vms
+            .iter()
+            .map(|v| (v.name.as_str(), v.runs_here()))
+            .collect();
         assert_eq!(here, [("a", true), ("b", false), ("c", true), ("d", false)]);
         assert!(!vms[0].interfaces[0].link_up);
     }

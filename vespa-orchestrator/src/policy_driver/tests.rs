@@ -1228,17 +1228,19 @@ async fn quarantines_and_av_isolations_are_reconciled_from_what_the_agents_tell(
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let d = PolicyDriver::new(&text, false, Some(&topo), Some(metrics.clone()), None).unwrap();
     let restore = |effect: vespa_policy::Effect, via: &str| {
-        d.step(vespa_policy::Input::Restore(Box::new(vespa_policy::Restored {
-            effect,
-            via: via.into(),
-            firewall: false,
-            holders: vec!["infection".into()],
-            since: 0,
-            expires_at: None,
-            ttl_ns: None,
-            rate: None,
-            dry: false,
-        })));
+        d.step(vespa_policy::Input::Restore(Box::new(
+            vespa_policy::Restored {
+                effect,
+                via: via.into(),
+                firewall: false,
+                holders: vec!["infection".into()],
+                since: 0,
+                expires_at: None,
+                ttl_ns: None,
+                rate: None,
+                dry: false,
+            },
+        )));
     };
     restore(vespa_policy::Effect::Quarantined("web".into()), "LV");
     restore(
@@ -1299,17 +1301,23 @@ async fn quarantines_and_av_isolations_are_reconciled_from_what_the_agents_tell(
     );
     let text = crate::metrics::render(&metrics.registry(vo.clone()));
     let drift = |actuator: &str, kind: &str| {
-        let series = format!(
-            "vespa_decisions_drift_total{{actuator=\"{actuator}\",kind=\"{kind}\"}} "
-        );
+        let series =
+            format!("vespa_decisions_drift_total{{actuator=\"{actuator}\",kind=\"{kind}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
     };
     assert!(drift("LV", "missing") >= Some(1), "{text}");
-    assert_eq!(drift("LV", "stray"), Some(0), "a VM merely shut off: {text}");
+    assert_eq!(
+        drift("LV", "stray"),
+        Some(0),
+        "a VM merely shut off: {text}"
+    );
     assert!(drift("AV", "missing") >= Some(1), "{text}");
     assert_eq!(drift("AV2", "stray"), Some(0), "not VESPA's: {text}");
-    assert!(lock(&av2.calls).is_empty(), "the operator's isolation stays");
+    assert!(
+        lock(&av2.calls).is_empty(),
+        "the operator's isolation stays"
+    );
     assert_eq!(lock(&av2.route).as_deref(), Some("LV"));
     vo.destroy();
 }

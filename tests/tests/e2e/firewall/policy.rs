@@ -406,9 +406,11 @@ fn a_throttle_removed_behind_the_vos_back_is_reapplied() {
         (missing()? == 0.0).then_some(())
     });
     let throttle_of = |target: &str| {
-        lab.json("fw", "throttles", &[])
-            .as_array()
-            .and_then(|a| a.iter().find(|t| t["target"].as_str() == Some(target)).cloned())
+        lab.json("fw", "throttles", &[]).as_array().and_then(|a| {
+            a.iter()
+                .find(|t| t["target"].as_str() == Some(target))
+                .cloned()
+        })
     };
 
     // The operator's own throttle, asked of the agent directly.
@@ -445,7 +447,9 @@ fn a_throttle_removed_behind_the_vos_back_is_reapplied() {
     });
     // Two more passes: nothing else missing, and the operator's throttle still there.
     let seen = passes().expect("passes counted");
-    wait_until("two more passes", WAIT, || (passes()? >= seen + 2.0).then_some(()));
+    wait_until("two more passes", WAIT, || {
+        (passes()? >= seen + 2.0).then_some(())
+    });
     assert_eq!(missing(), Some(1.0), "counted once");
     assert_eq!(
         metric("vespa_decisions_drift_total{actuator=\"fw\",kind=\"stray\"}"),

@@ -212,7 +212,7 @@ fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it()
 
     // The Infected alert reached the VO along av -> HO_VM -> VO.
     let alert = wait_until("the Infected alert at the VO", WAIT, || {
-        try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
+        try_vo_alerts(tree, &|v, a| tree.call("VO", v, a))?
             .into_iter()
             .find(|a| a["origin"] == "av" && a["body"].get("Infected").is_some())
     });

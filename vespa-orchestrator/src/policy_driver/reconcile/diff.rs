@@ -170,7 +170,11 @@ mod tests {
         assert_eq!(plan.reapply, vec![1], "2 is fresh: not judged");
         assert_eq!(plan.replaced, 1);
         assert_eq!(plan.in_force, 1);
-        assert_eq!(plan.remove, vec![stale(3)], "unwanted: removed, stale or not");
+        assert_eq!(
+            plan.remove,
+            vec![stale(3)],
+            "unwanted: removed, stale or not"
+        );
     }
 
     proptest! {
