@@ -198,6 +198,10 @@ pub struct Outcome {
     pub left: usize,
     pub failed: usize,
     first_error: Option<String>,
+    /// A second listing of the actuator that failed (a firewall agent's throttles, from an
+    /// agent older than `throttle_list`): what the first found is still corrected, and the
+    /// failure is raised as a listing's.
+    unlisted: Option<String>,
     examples: Vec<String>,
 }
 
@@ -287,25 +291,34 @@ impl PolicyDriver {
         let pass_started = Instant::now();
         for (actuator, kind) in self.actuators() {
             let started = Instant::now();
-            match self
+            let (out, unlisted) = match self
                 .reconcile_actuator(node, &actuator, kind, alone, grace, mem)
                 .await
             {
                 Ok(out) => {
-                    mem.failing_since.remove(&actuator);
-                    let secs = started.elapsed().as_secs_f64();
-                    if let Some(m) = &self.inner.metrics {
-                        m.on_reconcile_pass(&actuator, secs);
-                        m.on_drift(&actuator, "missing", out.missing as u64);
-                        m.on_drift(&actuator, "stray", out.stray as u64);
-                        m.on_drift(&actuator, "adopted", out.adopted as u64);
-                    }
-                    tracing::info!(node = %self.node_name(), %actuator, seconds = secs, in_force = out.in_force, missing = out.missing, stray = out.stray, adopted = out.adopted, left = out.left, failed = out.failed, "reconciled");
-                    if let Some(text) = summary(&actuator, &out) {
-                        self.raise_reconcile(node, &text);
-                    }
+                    let unlisted = out.unlisted.clone();
+                    (Some(out), unlisted)
                 }
-                Err(e) => {
+                Err(e) => (None, Some(e)),
+            };
+            if let Some(out) = out {
+                let secs = started.elapsed().as_secs_f64();
+                if let Some(m) = &self.inner.metrics {
+                    m.on_reconcile_pass(&actuator, secs);
+                    m.on_drift(&actuator, "missing", out.missing as u64);
+                    m.on_drift(&actuator, "stray", out.stray as u64);
+                    m.on_drift(&actuator, "adopted", out.adopted as u64);
+                }
+                tracing::info!(node = %self.node_name(), %actuator, seconds = secs, in_force = out.in_force, missing = out.missing, stray = out.stray, adopted = out.adopted, left = out.left, failed = out.failed, "reconciled");
+                if let Some(text) = summary(&actuator, &out) {
+                    self.raise_reconcile(node, &text);
+                }
+            }
+            match unlisted {
+                None => {
+                    mem.failing_since.remove(&actuator);
+                }
+                Some(e) => {
                     all_listed = false;
                     let since = *mem.failing_since.entry(actuator.clone()).or_insert(started);
                     tracing::debug!(node = %self.node_name(), %actuator, error = ?e, "cannot list the actuator for reconciliation");
@@ -483,8 +496,12 @@ impl PolicyDriver {
             Kind::Firewall => {
                 self.reconcile_kernel_blocks(node, &at, grace, mem, &mut fixes, &mut out)
                     .await?;
-                self.reconcile_throttles(node, &at, &mut fixes, &mut out)
-                    .await?;
+                if let Err(e) = self
+                    .reconcile_throttles(node, &at, &mut fixes, &mut out)
+                    .await
+                {
+                    out.unlisted = Some(format!("throttles: {e}"));
+                }
             }
             Kind::Libvirt => {
                 let vms = vms(node, actuator).await?;
