@@ -1069,18 +1069,24 @@ fn bounded(s: &str) -> String {
     t
 }
 
-/// One call with a deadline, tried [`ATTEMPTS`] times with backoff.
+/// One call with a deadline, tried [`ATTEMPTS`] times with backoff (a migration once).
 async fn send(node: &NodeHandle, agent: &str, call: ActuatorCall) -> Result<String, String> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut last = String::new();
-    for attempt in 1..=ATTEMPTS {
+    // A migration that timed out may still be under way (the agent does not cancel it): it
+    // is not asked again within the pass; the next pass sees where the VM runs.
+    let attempts = match &call {
+        ActuatorCall::Libvirt(LibvirtVerb::Migrate { .. }) => 1,
+        _ => ATTEMPTS,
+    };
+    for attempt in 1..=attempts {
         let verb = call.name();
         match tokio::time::timeout(CALL_TIMEOUT, call.clone().send(node, agent)).await {
             Ok(Ok(reply)) => return Ok(reply),
             Ok(Err(e)) => last = e,
             Err(_) => last = format!("{agent} did not answer {verb} within {CALL_TIMEOUT:?}"),
         }
-        if attempt < ATTEMPTS {
+        if attempt < attempts {
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }

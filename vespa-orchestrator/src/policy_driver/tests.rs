@@ -1319,5 +1319,13 @@ async fn quarantines_and_av_isolations_are_reconciled_from_what_the_agents_tell(
         "the operator's isolation stays"
     );
     assert_eq!(lock(&av2.route).as_deref(), Some("LV"));
+    {
+        let calls = lock(&lv.0);
+        let n = |verb: &str| calls.iter().filter(|c| c.starts_with(verb)).count();
+        assert!(
+            n("migrate") <= n("list_vms"),
+            "a migration is asked once per pass, never retried within it: {calls:?}"
+        );
+    }
     vo.destroy();
 }
