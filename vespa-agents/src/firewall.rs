@@ -29,24 +29,10 @@ use vespa_proto::{
 
 use crate::alerts::json;
 
-/// One throttle in force.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ThrottleInfo {
-    #[serde(serialize_with = "display")]
-    pub target: Shaped,
-    #[serde(serialize_with = "display")]
-    pub rate: Rate,
-    pub expires_in_ms: Option<u64>,
-    pub passed_packets: u64,
-    pub passed_bytes: u64,
-    pub dropped_packets: u64,
-    pub dropped_bytes: u64,
-}
-
 /// A block with its drop counters (a row of `status_hackers`), the reflex's settings and the
 /// firewall's totals (what `reflex` and `firewall_stats` answer): defined with the verbs, so
 /// that the orchestrator reads them without this crate.
-pub use vespa_proto::verbs::{BlockInfo, FirewallStats, ReflexSettings};
+pub use vespa_proto::verbs::{BlockInfo, FirewallStats, ReflexSettings, ThrottleInfo};
 
 /// A block the kernel's reflex placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,10 +68,6 @@ pub trait FirewallBackend: Send + Sync + 'static {
     fn stats(&self) -> Result<FirewallStats, String>;
     /// The reflex's blocks from now on. Called once.
     fn reflex_events(&self) -> mpsc::Receiver<ReflexBlocked>;
-}
-
-fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
 }
 
 /// How often expired entries are reaped (they stopped dropping at their expiry already).
@@ -358,6 +340,23 @@ fn page_of_blocks(mut blocks: Vec<BlockInfo>, after: Option<Target>) -> Page<Blo
     Page { rows: blocks, next }
 }
 
+/// The throttles after `after` in their targets' order, at most [`LIST_PAGE`] of them: every
+/// entry, page by page (the source and device tables together hold more than one frame of
+/// `throttles` rows).
+fn page_of_throttles(
+    mut list: Vec<ThrottleInfo>,
+    after: Option<Shaped>,
+) -> Page<ThrottleInfo, Shaped> {
+    list.retain(|t| after.as_ref().is_none_or(|a| t.target > *a));
+    list.sort_by(|a, b| a.target.cmp(&b.target));
+    let more = list.len() > LIST_PAGE;
+    list.truncate(LIST_PAGE);
+    let next = more
+        .then(|| list.last().map(|t| t.target.clone()))
+        .flatten();
+    Page { rows: list, next }
+}
+
 /// Says when the reflex's cap held back blocks: at most once a minute, with how many.
 #[derive(Default)]
 struct CapWatch {
@@ -424,6 +423,9 @@ impl Agent for FirewallAgent {
             }
             FirewallVerb::FirewallStats {} => json(&self.fw.stats()?),
             FirewallVerb::Blocks { after } => json(&page_of_blocks(self.fw.blocks()?, after)),
+            FirewallVerb::ThrottleList { after } => {
+                json(&page_of_throttles(self.fw.throttles()?, after))
+            }
         }
     }
 
@@ -597,6 +599,48 @@ mod tests {
         let mut want: Vec<_> = all.iter().map(|b| b.target).collect();
         want.sort();
         assert_eq!(seen, want, "every block once, in order");
+    }
+
+    #[test]
+    fn throttles_are_listed_whole_page_by_page_each_within_one_frame() {
+        let throttle = |i: u64| ThrottleInfo {
+            target: if i.is_multiple_of(7) {
+                Shaped::Device(format!("vnet{i}"))
+            } else {
+                Shaped::Source(t(&format!("2001:db8:{:x}::/64", i)))
+            },
+            // The longest rate a call accepts (1e13 B/s).
+            rate: Rate::Bytes(10_000_000_000_000),
+            expires_in_ms: Some(u64::MAX),
+            passed_packets: u64::MAX,
+            passed_bytes: u64::MAX,
+            dropped_packets: u64::MAX,
+            dropped_bytes: u64::MAX,
+        };
+        let all: Vec<_> = (0..6_145).map(throttle).collect();
+        let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let page = page_of_throttles(all.clone(), after);
+            let text = serde_json::to_vec(&page).expect("json");
+            assert!(
+                text.len() < vespa_proto::frame::DEFAULT_MAX_FRAME - 4096,
+                "{} bytes",
+                text.len()
+            );
+            let back: Page<ThrottleInfo, Shaped> =
+                serde_json::from_slice(&text).expect("read back as the orchestrator reads it");
+            assert_eq!(back, page);
+            seen.extend(page.rows.iter().map(|r| r.target.clone()));
+            pages += 1;
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 4);
+        let mut want: Vec<_> = all.iter().map(|r| r.target.clone()).collect();
+        want.sort();
+        assert_eq!(seen, want, "every throttle once, in order");
     }
 
     #[test]

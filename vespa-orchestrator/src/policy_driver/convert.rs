@@ -142,7 +142,7 @@ pub(super) fn wire_target(t: &Target) -> verbs::Target {
 }
 
 /// A policy rate as the verbs carry it.
-fn wire_rate(r: Rate) -> verbs::Rate {
+pub(super) fn wire_rate(r: Rate) -> verbs::Rate {
     match r {
         Rate::Bytes(b) => verbs::Rate::Bytes(b),
         Rate::Packets(p) => verbs::Rate::Packets(p),

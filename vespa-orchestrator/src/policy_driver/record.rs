@@ -291,6 +291,32 @@ impl PolicyDriver {
         }
     }
 
+    /// Whether this driver's node placed `effect` and, as its ledger says, may still hold it:
+    /// the latest decision about it has no expiry or one still to come. Reconciliation's "is
+    /// this unwanted throttle VESPA's?": one whose time is over would have been ended by the
+    /// kernel, so a throttle still held is someone else's. `false` without a ledger, or when
+    /// it cannot be read (then nothing is undone).
+    pub(super) async fn ledger_may_hold(&self, effect: &Effect) -> bool {
+        let (Some(ledger), Some(node)) = (self.inner.ledger.get(), self.inner.ledger_node.get())
+        else {
+            return false;
+        };
+        let (kind, target) = effect_subject(effect);
+        let about = Subject {
+            node: node.clone(),
+            kind: kind.into(),
+            target,
+        };
+        let now_s = super::unix_ns() / SECOND;
+        match ledger.last(&about).await {
+            Ok(found) => found.is_some_and(|d| d.expires_at.is_none_or(|at| at > now_s)),
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "decision ledger unreadable: reconciliation leaves the entry");
+                false
+            }
+        }
+    }
+
     /// Attaches `ledger` to this driver, deciding as `node`, and puts back into the policy
     /// what the ledger holds in force for it: before [`PolicyDriver::start`]. What expired
     /// while the orchestrator was down is ended in the ledger (`expired while down`), not

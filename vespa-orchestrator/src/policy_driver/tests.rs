@@ -1211,3 +1211,222 @@ async fn an_hos_driver_with_metrics_leaves_its_policy_alerts_to_the_vo() {
     );
     vo.destroy();
 }
+
+/// A libvirt agent whose one VM runs here and whose migrations fail (no quarantine host):
+/// records the verbs it is called with.
+#[derive(Default, Clone)]
+struct Hypervisor(Arc<Mutex<Vec<String>>>);
+
+impl Agent for Hypervisor {
+    type Verb = vespa_proto::verbs::LibvirtVerb;
+
+    async fn call(&self, verb: Self::Verb) -> VerbResult {
+        use vespa_proto::verbs::LibvirtVerb as L;
+        lock(&self.0).push(verb.line());
+        match verb {
+            L::ListVms {} => Ok(r#"[
+                {"name":"web","uuid":"u1","state":"running","interfaces":[{"mac":"52:54:00:00:00:01","link_up":true}]},
+                {"name":"old","uuid":"u2","state":"shutoff","interfaces":[{"mac":"52:54:00:00:00:02","link_up":true}]}
+            ]"#
+            .into()),
+            L::Migrate { .. } => Err("no quarantine host configured".into()),
+            other => Err(format!("{} not expected", other.name())),
+        }
+    }
+}
+
+/// An AV agent routed as it was told: it records the verbs it is called with.
+#[derive(Clone)]
+struct Antivirus {
+    vm: &'static str,
+    route: Arc<Mutex<Option<String>>>,
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent for Antivirus {
+    type Verb = vespa_proto::verbs::AvVerb;
+
+    async fn call(&self, verb: Self::Verb) -> VerbResult {
+        use vespa_proto::verbs::AvVerb as V;
+        match verb {
+            V::Status {} => {
+                let route = match lock(&self.route).clone() {
+                    Some(agent) => serde_json::json!({"route": "via_hypervisor", "agent": agent}),
+                    None => serde_json::json!({"route": "direct"}),
+                };
+                Ok(serde_json::json!({"vm": self.vm, "route": route}).to_string())
+            }
+            V::IsolateWarning { hypervisor_agent } => {
+                lock(&self.calls).push(format!("isolate_warning {hypervisor_agent}"));
+                *lock(&self.route) = Some(hypervisor_agent);
+                Ok("ok".into())
+            }
+            V::ConnectWarning {} => {
+                lock(&self.calls).push("connect_warning".into());
+                *lock(&self.route) = None;
+                Ok("ok".into())
+            }
+            other => Err(format!("{} not expected", other.name())),
+        }
+    }
+}
+
+const VM_TOPOLOGY: &str = r#"
+[settings]
+key_file = "psk"
+
+[[machine]]
+name = "hv"
+address = "127.0.0.1"
+
+[[node]]
+name = "VO"
+kind = "vo"
+location = "hv"
+port = 5150
+
+[[node]]
+name = "HO_HY"
+kind = "ho_hy"
+location = "hv"
+master = "VO"
+port = 5151
+
+[[node]]
+name = "LV"
+kind = "agent_libvirt"
+location = "hv"
+master = "HO_HY"
+port = 5152
+
+[[node]]
+name = "AV"
+kind = "agent_av"
+location = "hv"
+master = "HO_HY"
+port = 5153
+
+[[node]]
+name = "AV2"
+kind = "agent_av"
+location = "hv"
+master = "HO_HY"
+port = 5154
+"#;
+
+/// Reconciliation of what only libvirt and the AV agents can tell: a quarantine the policy
+/// holds whose VM still runs on the source is migrated again (and the failure said); an AV
+/// agent that lost its isolation is told again; another AV agent's isolation that no
+/// decision holds, with no ledger to say VESPA placed it, is left alone; a VM shut off here
+/// that nobody quarantined is not a stray.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantines_and_av_isolations_are_reconciled_from_what_the_agents_tell() {
+    let topo = Topology::from_toml("tree.toml", VM_TOPOLOGY).unwrap();
+    let text = format!(
+        "{}\n[reconcile]\nevery_s = 1\n",
+        RULES.replace("hypervisor = \"HY\"", "hypervisor = \"LV\"")
+    );
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let d = PolicyDriver::new(&text, false, Some(&topo), Some(metrics.clone()), None).unwrap();
+    let restore = |effect: vespa_policy::Effect, via: &str| {
+        d.step(vespa_policy::Input::Restore(Box::new(
+            vespa_policy::Restored {
+                effect,
+                via: via.into(),
+                firewall: false,
+                holders: vec!["infection".into()],
+                since: 0,
+                expires_at: None,
+                ttl_ns: None,
+                rate: None,
+                dry: false,
+            },
+        )));
+    };
+    restore(vespa_policy::Effect::Quarantined("web".into()), "LV");
+    restore(
+        vespa_policy::Effect::AvIsolated("web".into(), "AV".into()),
+        "AV",
+    );
+    let psk = vespa_proto::Psk::random();
+    let (vo, vo_addr) = node(
+        "VO",
+        Role::Vo,
+        None,
+        &psk,
+        Hooks {
+            agent: None,
+            alert_handlers: vec![d.handler()],
+        },
+    )
+    .await;
+    let lv = Hypervisor::default();
+    let av = Antivirus {
+        vm: "web",
+        route: Arc::default(),
+        calls: Arc::default(),
+    };
+    let av2 = Antivirus {
+        vm: "db",
+        route: Arc::new(Mutex::new(Some("LV".into()))),
+        calls: Arc::default(),
+    };
+    let mut _kept = Vec::new();
+    for (name, kind, agent) in [
+        ("LV", AgentKind::Libvirt, AgentRef::new(lv.clone())),
+        ("AV", AgentKind::Av, AgentRef::new(av.clone())),
+        ("AV2", AgentKind::Av, AgentRef::new(av2.clone())),
+    ] {
+        let hooks = Hooks {
+            agent: Some(agent),
+            alert_handlers: vec![],
+        };
+        _kept.push(node(name, Role::Agent(kind), Some((&vo, vo_addr)), &psk, hooks).await);
+    }
+    until("the agents under the VO", || vo.stats().children.len() == 3).await;
+    d.start(vo.clone());
+
+    until("the isolation told again", || {
+        lock(&av.calls).iter().any(|c| c == "isolate_warning LV")
+    })
+    .await;
+    until("the quarantine migrated again", || {
+        lock(&lv.0).iter().any(|c| c == "migrate web q")
+    })
+    .await;
+    let shown = alerts_when(&vo, |s| s.contains("reconciliation of LV")).await;
+    assert!(
+        shown.contains("quarantined web runs here: migrated again to q")
+            && shown.contains("no quarantine host configured"),
+        "{shown}"
+    );
+    let text = crate::metrics::render(&metrics.registry(vo.clone()));
+    let drift = |actuator: &str, kind: &str| {
+        let series =
+            format!("vespa_decisions_drift_total{{actuator=\"{actuator}\",kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
+    };
+    assert!(drift("LV", "missing") >= Some(1), "{text}");
+    assert_eq!(
+        drift("LV", "stray"),
+        Some(0),
+        "a VM merely shut off: {text}"
+    );
+    assert!(drift("AV", "missing") >= Some(1), "{text}");
+    assert_eq!(drift("AV2", "stray"), Some(0), "not VESPA's: {text}");
+    assert!(
+        lock(&av2.calls).is_empty(),
+        "the operator's isolation stays"
+    );
+    assert_eq!(lock(&av2.route).as_deref(), Some("LV"));
+    {
+        let calls = lock(&lv.0);
+        let n = |verb: &str| calls.iter().filter(|c| c.starts_with(verb)).count();
+        assert!(
+            n("migrate") <= n("list_vms"),
+            "a migration is asked once per pass, never retried within it: {calls:?}"
+        );
+    }
+    vo.destroy();
+}

@@ -43,6 +43,10 @@ crate::verbs! {
         /// every block in the kernel, in the targets' order after `after`, at most 2,000 per
         /// reply with the next `after` to ask (JSON)
         Blocks "blocks" { after: Option<Target> },
+        /// every throttle in the kernel (sources, then devices, in their order) after `after`,
+        /// at most 2,000 per reply with the next `after` to ask (JSON; `throttles` answers
+        /// the same rows unpaged)
+        ThrottleList "throttle_list" { after: Option<Shaped> },
     }
 }
 
@@ -62,6 +66,20 @@ impl std::fmt::Display for Shaped {
             Shaped::Source(t) => write!(f, "{t}"),
             Shaped::Device(d) => write!(f, "dev:{d}"),
         }
+    }
+}
+
+impl Serialize for Shaped {
+    /// As text, the way it is written in a call (`10.0.0.0/24`, `dev:vnet3`).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Shaped {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Shaped::parse_word(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -109,6 +127,26 @@ impl Word for ShapedSelector {
 }
 
 word_args!(Shaped, ShapedSelector);
+
+/// One throttle in force, as the kernel (or, for a device, its `tbf` qdisc) holds it: a row
+/// of `throttles` and `throttle_list`, besides the agent's id of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottleInfo {
+    /// The throttled source or device (as text: an address, a prefix, a MAC, `dev:NAME`).
+    pub target: Shaped,
+    /// Its rate (as text: `1000pps`, `125000B/s`).
+    pub rate: Rate,
+    /// Time left before it ends (None: until released).
+    pub expires_in_ms: Option<u64>,
+    /// Packets it let through.
+    pub passed_packets: u64,
+    /// Bytes it let through.
+    pub passed_bytes: u64,
+    /// Packets over the rate, dropped.
+    pub dropped_packets: u64,
+    /// Bytes over the rate, dropped.
+    pub dropped_bytes: u64,
+}
 
 /// One block in force, as the kernel holds it: a row of `status_hackers` (JSON), besides the
 /// agent's id of the block.

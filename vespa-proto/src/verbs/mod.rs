@@ -30,7 +30,7 @@ mod words;
 
 pub use av::AvVerb;
 pub use firewall::{
-    BlockInfo, FirewallStats, FirewallVerb, ReflexSettings, Shaped, ShapedSelector,
+    BlockInfo, FirewallStats, FirewallVerb, ReflexSettings, Shaped, ShapedSelector, ThrottleInfo,
 };
 pub use libvirt::{Codeset, Keys, LibvirtVerb};
 pub use node::{BlockEntry, HoVerb, NodeVerb, VoVerb};

@@ -322,3 +322,138 @@ fn a_vo_killed_mid_import_restarts_with_every_enforced_block_listed_and_releasab
         "left as it was"
     );
 }
+
+/// Reconciliation's strays where the kernel keeps no mark of who asked: the policy's
+/// throttle is released through the API while the firewall agent is down (SIGKILL; its
+/// pinned tables keep throttling), so the undo never arrives; the restarted agent holds a
+/// throttle nobody wants, which the ledger says VESPA placed with time left: the next pass
+/// removes it, counted stray. The operator's own throttle, unknown to the ledger, stays.
+#[test]
+fn a_throttle_vespa_released_while_the_agent_was_down_is_removed_as_a_stray() {
+    if !vespa_tests::privileged(
+        "a_throttle_vespa_released_while_the_agent_was_down_is_removed_as_a_stray",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new(
+        "fw-ledger-thr",
+        "",
+        vec![N::new("conn", "agent_connections", Some("VO"), 4162)],
+    );
+    let policy = format!(
+        "{}\n[reconcile]\nevery_s = 1\n",
+        syn_policy(
+            "above = 40\nbelow = 5\ncalm_s = 3600\ncooldown_s = 1\nverify_s = 0\n\
+             ladder = [{ action = \"throttle\", rate = \"1000pps\", ttl_s = 600 }]"
+        )
+    );
+    let dir = lab.tree.scratch.dir.clone();
+    std::fs::write(dir.join("policy.toml"), policy).expect("policy file");
+    write_token(&dir);
+    let ledger = dir.join("state").join("ledger.db");
+    let api: SocketAddr = "127.0.0.1:8192".parse().expect("addr");
+    let vo_args: Vec<String> = [
+        "--policy",
+        &dir.join("policy.toml").display().to_string(),
+        "--http",
+        &api.to_string(),
+        "--api-token-file",
+        &dir.join("api-token").display().to_string(),
+        "--ledger",
+        &ledger.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let vo_args: Vec<&str> = vo_args.iter().map(String::as_str).collect();
+    lab.start_vo(&vo_args);
+    let agent_flags = ["--syn-threshold", "40"];
+    let agent_nodes = ["fw", "bw", "conn"];
+    let mut agent = lab.start_agent("agent", &agent_flags, &agent_nodes);
+    let metric = |series: &str| -> Option<f64> {
+        let (status, body) = http(&lab, api, "GET", "/metrics", "");
+        (status == 200).then_some(())?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} "))?.parse().ok())
+    };
+    let stray = || metric("vespa_decisions_drift_total{actuator=\"fw\",kind=\"stray\"}");
+    let throttle_of = |target: &str| {
+        lab.json("fw", "throttles", &[]).as_array().and_then(|a| {
+            a.iter()
+                .find(|t| t["target"].as_str() == Some(target))
+                .cloned()
+        })
+    };
+    let by_hand = "203.0.113.9";
+    lab.json("fw", "throttle", &[by_hand, "500pps", "600"]);
+
+    let (a, v) = (lab.attacker(), lab.victim());
+    let victim = SocketAddr::new(v.end.v4.into(), 8080);
+    let _listener =
+        v.ns.run(move || vespa_tests::traffic::tcp_listen(victim, 4096));
+    let from: std::net::IpAddr = a.end.v4.into();
+    a.ns.run(move || vespa_tests::traffic::syn_burst(from, victim, 400));
+    let attacker = a.end.v4.to_string();
+    wait_until("the policy's throttle in the kernel", WAIT, || {
+        throttle_of(&attacker)
+    });
+    wait_until("the throttle confirmed in the ledger", WAIT, || {
+        let h = get_json(&lab, api, "/api/v1/decisions?all=true")?;
+        h["decisions"]
+            .as_array()?
+            .iter()
+            .find(|d| {
+                d["kind"] == "throttle"
+                    && d["target"].as_str() == Some(attacker.as_str())
+                    && d["confirmed_at"].is_u64()
+            })
+            .cloned()
+    });
+    wait_until("a pass that finds nothing stray", WAIT, || {
+        (stray()? == 0.0).then_some(())
+    });
+
+    // The agent killed: its pinned tables keep the throttle; the release cannot reach it.
+    agent.kill9();
+    let (status, body) = http(
+        &lab,
+        api,
+        "DELETE",
+        &format!("/api/v1/decisions/{attacker}"),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_until("the release ended in the ledger", WAIT, || {
+        let h = get_json(&lab, api, "/api/v1/decisions?all=true")?;
+        h["decisions"]
+            .as_array()?
+            .iter()
+            .find(|d| {
+                d["kind"] == "throttle"
+                    && d["target"].as_str() == Some(attacker.as_str())
+                    && d["ended_at"].is_u64()
+            })
+            .cloned()
+    });
+    // The restarted agent adopts the pinned throttle; the next pass removes it (it may have
+    // by the time the agent first answers).
+    let agent = lab.start_agent("agent-again", &agent_flags, &agent_nodes);
+    try_wait_until("the stray throttle removed", WAIT, || {
+        throttle_of(&attacker).map_or(Ok(()), |t| Err(t.to_string()))
+    })
+    .unwrap_or_else(|e| {
+        let vo = lab.vo.as_ref().map(Proc::log_text).unwrap_or_default();
+        panic!("{e}\nVO log:\n{vo}\nagent log:\n{}", agent.log_text())
+    });
+    // Counted stray: removed by reconciliation, not lost with the agent.
+    try_wait_until("the stray counted", WAIT, || match stray() {
+        Some(n) if n >= 1.0 => Ok(()),
+        n => Err(format!("{n:?}")),
+    })
+    .unwrap_or_else(|e| {
+        let vo = lab.vo.as_ref().map(Proc::log_text).unwrap_or_default();
+        panic!("{e}\nVO log:\n{vo}\nagent log:\n{}", agent.log_text())
+    });
+    let kept = throttle_of(by_hand).expect("the operator's throttle stays");
+    assert_eq!(kept["rate"], "500pps", "{kept}");
+}

@@ -357,3 +357,105 @@ fn a_kernel_block_removed_behind_the_vos_back_is_reapplied() {
         (missing()? >= 1.0).then_some(())
     });
 }
+
+/// Reconciliation of throttles against the kernel: the policy's throttle, removed behind the
+/// VO's back with the agent's own `unthrottle`, is back at the next pass at the policy's rate
+/// for the time left, counted missing once; a throttle the operator asked of the agent
+/// directly (no decision, nothing in the ledger) is left in place pass after pass.
+#[test]
+fn a_throttle_removed_behind_the_vos_back_is_reapplied() {
+    if !vespa_tests::privileged("a_throttle_removed_behind_the_vos_back_is_reapplied") {
+        return;
+    }
+    let mut lab = Lab::new(
+        "fw-reconcile-thr",
+        "",
+        vec![N::new("conn", "agent_connections", Some("VO"), 4162)],
+    );
+    let policy = format!(
+        "{}\n[reconcile]\nevery_s = 1\n",
+        syn_policy(
+            "above = 40\nbelow = 5\ncalm_s = 3600\ncooldown_s = 1\nverify_s = 0\n\
+             ladder = [{ action = \"throttle\", rate = \"1000pps\", ttl_s = 600 }]"
+        )
+    );
+    let dir = lab.tree.scratch.dir.clone();
+    std::fs::write(dir.join("policy.toml"), policy).expect("policy file");
+    let api: SocketAddr = "127.0.0.1:8191".parse().expect("addr");
+    lab.start_vo(&[
+        "--policy",
+        &dir.join("policy.toml").display().to_string(),
+        "--http",
+        &api.to_string(),
+    ]);
+    let _agent = lab.start_agent("agent", &["--syn-threshold", "40"], &["fw", "bw", "conn"]);
+    let host = lab.net.host.name.clone();
+    let metric = move |name: &str| -> Option<f64> {
+        let name = name.to_string();
+        let host = host.clone();
+        let (status, body) = vespa_tests::net::in_netns(&host, move || {
+            vespa_tests::daemons::http_request(api, "GET", "/metrics", None, "")
+        })?;
+        (status == 200).then_some(())?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+    };
+    let missing = || metric("vespa_decisions_drift_total{actuator=\"fw\",kind=\"missing\"}");
+    let passes = || metric("vespa_reconcile_pass_seconds_count{actuator=\"fw\"}");
+    wait_until("a first reconciliation of the firewall agent", WAIT, || {
+        (missing()? == 0.0).then_some(())
+    });
+    let throttle_of = |target: &str| {
+        lab.json("fw", "throttles", &[]).as_array().and_then(|a| {
+            a.iter()
+                .find(|t| t["target"].as_str() == Some(target))
+                .cloned()
+        })
+    };
+
+    // The operator's own throttle, asked of the agent directly.
+    let by_hand = "203.0.113.9";
+    lab.json("fw", "throttle", &[by_hand, "500pps", "600"]);
+
+    let (a, v) = (lab.attacker(), lab.victim());
+    let victim = SocketAddr::new(v.end.v4.into(), 8080);
+    let _listener =
+        v.ns.run(move || vespa_tests::traffic::tcp_listen(victim, 4096));
+    let from: std::net::IpAddr = a.end.v4.into();
+    a.ns.run(move || vespa_tests::traffic::syn_burst(from, victim, 400));
+    let attacker = a.end.v4.to_string();
+    let placed = wait_until("the policy's throttle in the kernel", WAIT, || {
+        throttle_of(&attacker)
+    });
+    assert_eq!(placed["rate"], "1000pps", "{placed}");
+
+    // Behind the VO's back: the agent told directly to drop it.
+    lab.call("fw", "unthrottle", &[&attacker])
+        .expect("unthrottle on the agent");
+    assert!(throttle_of(&attacker).is_none(), "removed from the kernel");
+    let back = wait_until("the throttle back in the kernel", WAIT, || {
+        throttle_of(&attacker)
+    });
+    assert_eq!(back["rate"], "1000pps", "the policy's rate: {back}");
+    let left = back["expires_in_ms"].as_u64().expect("a TTL");
+    assert!(
+        left <= placed["expires_in_ms"].as_u64().expect("a TTL"),
+        "re-applied for the time left, not a new TTL: {back} after {placed}"
+    );
+    wait_until("the missing throttle counted", WAIT, || {
+        (missing()? >= 1.0).then_some(())
+    });
+    // Two more passes: nothing else missing, and the operator's throttle still there.
+    let seen = passes().expect("passes counted");
+    wait_until("two more passes", WAIT, || {
+        (passes()? >= seen + 2.0).then_some(())
+    });
+    assert_eq!(missing(), Some(1.0), "counted once");
+    assert_eq!(
+        metric("vespa_decisions_drift_total{actuator=\"fw\",kind=\"stray\"}"),
+        Some(0.0),
+        "the operator's throttle is not a stray"
+    );
+    let kept = throttle_of(by_hand).expect("the operator's throttle stays");
+    assert_eq!(kept["rate"], "500pps", "{kept}");
+}

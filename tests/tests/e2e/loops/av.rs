@@ -45,90 +45,161 @@ fn get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
         .flatten()
 }
 
+/// The loop's parts, running: libvirtd's shared instance, clamd, a KVM domain, the tree
+/// (the VO and its HOs in one process, both agents in another) and the VO's API.
+struct AvLoop {
+    // The processes first: dropped (killed) before the tree's files and the daemons.
+    agents: Proc,
+    orch: Proc,
+    tree: Tree,
+    api: SocketAddr,
+    watch: tempfile::TempDir,
+    dom: KvmDomain,
+    _clamd: Clamd,
+}
+
+impl AvLoop {
+    /// The loop with `policy`, both agents answering and the API up; None (the test skipped,
+    /// said why) when a daemon is missing. Take [`LIBVIRTD`]'s share before.
+    fn start(test: &str, tag: &str, policy: &str) -> Option<AvLoop> {
+        if !vespa_tests::privileged(test)
+            || require_daemon(test, "libvirtd with KVM", libvirtd().map(drop)).is_none()
+        {
+            return None;
+        }
+        let clamd = require_daemon(test, "clamd", Clamd::start("1M"))?;
+        let dom = require_daemon(test, "a KVM domain", KvmDomain::start(&format!("v{tag}")))?;
+        assert_eq!(dom.link(), "up", "the domain starts connected");
+        let watch = tempfile::Builder::new()
+            .prefix("vespa-loop-av")
+            .tempdir()
+            .expect("watch dir");
+
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        let nodes = [
+            N::root("VO", "vo"),
+            N::child("HO_VM", "ho_vm", "VO"),
+            N::child("HO_HY", "ho_hy", "VO"),
+            N::child("av", "agent_av", "HO_VM").extra(format!(
+                "[node.params]\nvm = \"{}\"\nclamd = \"{}\"\nwatch_dir = \"{}\"\n",
+                dom.name,
+                clamd.tcp,
+                watch.path().display()
+            )),
+            N::child("lv", "agent_libvirt", "HO_HY")
+                .extra(format!("[node.params]\nuri = \"{URI}\"\n")),
+        ];
+        let tree = Tree::new(
+            &format!("loop-{tag}"),
+            "heartbeat_ms = 300\nsample_interval_ms = 0",
+            &[("host", lo)],
+            &nodes,
+        );
+        let policy_file = tree.scratch.dir.join("policy.toml");
+        std::fs::write(&policy_file, policy).expect("policy file");
+        let token = tree.scratch.dir.join("api-token");
+        std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let (api_s, policy_s, token_s) = (
+            api.to_string(),
+            policy_file.to_string_lossy().into_owned(),
+            token.to_string_lossy().into_owned(),
+        );
+        let orch = tree.spawn_with(
+            "vo",
+            "vespa-orchestrator",
+            None,
+            &[],
+            &["VO", "HO_VM", "HO_HY"],
+            &[
+                "--policy",
+                &policy_s,
+                "--http",
+                &api_s,
+                "--api-token-file",
+                &token_s,
+            ],
+        );
+        let agents = tree.spawn("agents", "vespa-agent", None, &[], &["av", "lv"]);
+        let rig = AvLoop {
+            agents,
+            orch,
+            tree,
+            api,
+            watch,
+            dom,
+            _clamd: clamd,
+        };
+        wait_until("both agents answer through the VO", WAIT, || {
+            let lv = rig
+                .tree
+                .call("lv", "contains_vm", &[&rig.dom.name])
+                .ok()
+                .filter(|s| s == "true");
+            lv.and(rig.av_status())
+        });
+        assert_eq!(
+            rig.av_status().expect("av status")["route"]["route"],
+            "direct"
+        );
+        wait_until("the API", WAIT, || get_json(api, "/api/v1/actions"));
+        Some(rig)
+    }
+
+    fn av_status(&self) -> Option<serde_json::Value> {
+        self.tree
+            .call("av", "status", &[])
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "VO:\n{}\nagents:\n{}",
+            self.orch.log_text(),
+            self.agents.log_text()
+        )
+    }
+
+    /// Waits for libvirt to report the domain's link `want`.
+    fn wait_link(&self, what: &str, want: &str) {
+        try_wait_until(what, WAIT, || match self.dom.link() {
+            l if l == want => Ok(()),
+            l => Err(format!("libvirt reports the link {l}")),
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+    }
+
+    /// Destroys the tree through the VO; both processes exit cleanly.
+    fn stop(mut self) {
+        assert_eq!(
+            self.tree.call("VO", "destroy", &[]),
+            Ok("destroying VO and its subtree".into())
+        );
+        for p in [&mut self.agents, &mut self.orch] {
+            let st = p.wait_exit();
+            assert!(
+                st.success(),
+                "{} exited with {st}; log:\n{}",
+                p.label,
+                p.log_text()
+            );
+        }
+    }
+}
+
 #[test]
 fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it() {
     let test = "eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it";
     // The one system libvirtd, shared with the other tests; dropped last.
     let _libvirtd = LIBVIRTD.share();
-    if !vespa_tests::privileged(test)
-        || require_daemon(test, "libvirtd with KVM", libvirtd().map(drop)).is_none()
-    {
-        return;
-    }
-    let Some(clamd) = require_daemon(test, "clamd", Clamd::start("1M")) else {
+    let Some(rig) = AvLoop::start(test, "av", POLICY) else {
         return;
     };
-    let Some(dom) = require_daemon(test, "a KVM domain", KvmDomain::start("vav")) else {
-        return;
-    };
-    assert_eq!(dom.link(), "up", "the domain starts connected");
-    let watch = tempfile::Builder::new()
-        .prefix("vespa-loop-av")
-        .tempdir()
-        .expect("watch dir");
-
-    let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-    let nodes = [
-        N::root("VO", "vo"),
-        N::child("HO_VM", "ho_vm", "VO"),
-        N::child("HO_HY", "ho_hy", "VO"),
-        N::child("av", "agent_av", "HO_VM").extra(format!(
-            "[node.params]\nvm = \"{}\"\nclamd = \"{}\"\nwatch_dir = \"{}\"\n",
-            dom.name,
-            clamd.tcp,
-            watch.path().display()
-        )),
-        N::child("lv", "agent_libvirt", "HO_HY").extra(format!("[node.params]\nuri = \"{URI}\"\n")),
-    ];
-    let tree = Tree::new(
-        "loop-av",
-        "heartbeat_ms = 300\nsample_interval_ms = 0",
-        &[("host", lo)],
-        &nodes,
-    );
-    let policy = tree.scratch.dir.join("policy.toml");
-    std::fs::write(&policy, POLICY).expect("policy file");
-    let token = tree.scratch.dir.join("api-token");
-    std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let (api_s, policy_s, token_s) = (
-        api.to_string(),
-        policy.to_string_lossy().into_owned(),
-        token.to_string_lossy().into_owned(),
-    );
-    let mut orch = tree.spawn_with(
-        "vo",
-        "vespa-orchestrator",
-        None,
-        &[],
-        &["VO", "HO_VM", "HO_HY"],
-        &[
-            "--policy",
-            &policy_s,
-            "--http",
-            &api_s,
-            "--api-token-file",
-            &token_s,
-        ],
-    );
-    let mut agents = tree.spawn("agents", "vespa-agent", None, &[], &["av", "lv"]);
-    let logs = || format!("VO:\n{}\nagents:\n{}", orch.log_text(), agents.log_text());
-    let av_status = || {
-        tree.call("av", "status", &[])
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-    };
-
-    wait_until("both agents answer through the VO", WAIT, || {
-        let lv = tree
-            .call("lv", "contains_vm", &[&dom.name])
-            .ok()
-            .filter(|s| s == "true");
-        lv.and(av_status())
-    });
-    assert_eq!(av_status().expect("av status")["route"]["route"], "direct");
-    wait_until("the API", WAIT, || get_json(api, "/api/v1/actions"));
+    let (tree, api, dom, watch) = (&rig.tree, rig.api, &rig.dom, &rig.watch);
+    let logs = || rig.logs();
+    let av_status = || rig.av_status();
 
     // The infection: EICAR lands in the watched directory.
     let t0 = Instant::now();
@@ -136,20 +207,12 @@ fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it()
     std::fs::write(&bad, eicar()).expect("write EICAR");
 
     // libvirt reports the domain's link down.
-    let dom = &dom;
-    let link_is = |want: &'static str| {
-        move || match dom.link() {
-            l if l == want => Ok(()),
-            l => Err(format!("libvirt reports the link {l}")),
-        }
-    };
-    try_wait_until("libvirt to report the link down", WAIT, link_is("down"))
-        .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    rig.wait_link("libvirt to report the link down", "down");
     let t_cut = t0.elapsed();
 
     // The Infected alert reached the VO along av -> HO_VM -> VO.
     let alert = wait_until("the Infected alert at the VO", WAIT, || {
-        try_vo_alerts(&tree, &|v, a| tree.call("VO", v, a))?
+        try_vo_alerts(tree, &|v, a| tree.call("VO", v, a))?
             .into_iter()
             .find(|a| a["origin"] == "av" && a["body"].get("Infected").is_some())
     });
@@ -199,12 +262,7 @@ fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it()
     let (status, text) =
         http_request(api, "POST", "/api/v1/release", Some(TOKEN), &body).expect("release");
     assert_eq!(status, 200, "{text}\n{}", logs());
-    try_wait_until(
-        "libvirt to report the link up after the release",
-        WAIT,
-        link_is("up"),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    rig.wait_link("libvirt to report the link up after the release", "up");
     let t_up = t_rel.elapsed();
     wait_until("the AV agent back on its direct route", WAIT, || {
         av_status().filter(|s| s["route"]["route"] == "direct")
@@ -219,17 +277,65 @@ fn eicar_in_the_watched_dir_cuts_the_vms_link_and_manual_release_reconnects_it()
     });
     eprintln!("EICAR written -> link down per libvirt: {t_cut:?}; release -> link up: {t_up:?}");
 
+    rig.stop();
+}
+
+/// Reconciliation of an infected VM's isolation from the enforcing side: the cut link behind
+/// the VO's back (`connect_link` asked of the libvirt agent) and the AV agent's route
+/// (`connect_warning` asked of it) are both put back by the next pass, each counted missing
+/// on its actuator; the isolation's cut link is never taken for a stray.
+#[test]
+fn an_isolation_undone_behind_the_vos_back_is_put_back() {
+    let test = "an_isolation_undone_behind_the_vos_back_is_put_back";
+    let _libvirtd = LIBVIRTD.share();
+    let policy = format!("{POLICY}\n[reconcile]\nevery_s = 1\n");
+    let Some(rig) = AvLoop::start(test, "avrec", &policy) else {
+        return;
+    };
+    let metric = |series: &str| -> Option<f64> {
+        let (status, body) = http_request(rig.api, "GET", "/metrics", None, "")?;
+        (status == 200).then_some(())?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} "))?.parse().ok())
+    };
+    let drift = |actuator: &str, kind: &str| {
+        metric(&format!(
+            "vespa_decisions_drift_total{{actuator=\"{actuator}\",kind=\"{kind}\"}}"
+        ))
+    };
+    std::fs::write(rig.watch.path().join("eicar.com"), eicar()).expect("write EICAR");
+    rig.wait_link("libvirt to report the link down", "down");
+    wait_until("the AV agent's route through the hypervisor", WAIT, || {
+        rig.av_status()
+            .filter(|s| s["route"]["route"] == "via_hypervisor")
+    });
+    wait_until("a pass over both actuators", WAIT, || {
+        (drift("lv", "missing")? == 0.0 && drift("av", "missing")? == 0.0).then_some(())
+    });
+
+    // Behind the VO's back: each agent told directly to undo its part.
+    rig.tree
+        .call("lv", "connect_link", &[&rig.dom.name])
+        .unwrap_or_else(|e| panic!("connect_link: {e}"));
+    rig.tree
+        .call("av", "connect_warning", &[])
+        .unwrap_or_else(|e| panic!("connect_warning: {e}"));
+    assert_eq!(rig.dom.link(), "up", "reconnected behind the VO's back");
+
+    rig.wait_link("the link cut again by reconciliation", "down");
+    let route = wait_until("the AV agent told again", WAIT, || {
+        rig.av_status()
+            .filter(|s| s["route"]["route"] == "via_hypervisor")
+    });
+    assert_eq!(route["route"]["agent"], "lv", "{route}");
+    wait_until("both counted missing", WAIT, || {
+        (drift("lv", "missing")? >= 1.0 && drift("av", "missing")? >= 1.0).then_some(())
+    });
     assert_eq!(
-        tree.call("VO", "destroy", &[]),
-        Ok("destroying VO and its subtree".into())
+        drift("lv", "stray"),
+        Some(0.0),
+        "the isolation's cut link is wanted, not a stray\n{}",
+        rig.logs()
     );
-    for p in [&mut agents, &mut orch] {
-        let st = p.wait_exit();
-        assert!(
-            st.success(),
-            "{} exited with {st}; log:\n{}",
-            p.label,
-            p.log_text()
-        );
-    }
+    rig.stop();
 }

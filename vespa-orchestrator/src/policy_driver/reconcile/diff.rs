@@ -18,6 +18,9 @@ pub struct Held<K> {
     /// Not to be removed even when not wanted (a kernel reflex block the policy may still
     /// adopt): neither counted nor touched.
     pub spare: bool,
+    /// Held, but not as the policy wants it (a throttle at another rate, an AV agent routed
+    /// through another hypervisor agent): when wanted, it is placed again over itself.
+    pub stale: bool,
 }
 
 /// What to do about one actuator.
@@ -25,7 +28,7 @@ pub struct Held<K> {
 pub struct Plan<K> {
     /// Held and wanted but unknown to the agent's book: recorded there (id, key).
     pub adopt: Vec<(u64, K)>,
-    /// Wanted and not held: placed again.
+    /// Wanted and not held, or held stale: placed again.
     pub reapply: Vec<K>,
     /// Held and not wanted (or held twice: the copies beyond the one kept): removed.
     pub remove: Vec<Held<K>>,
@@ -33,6 +36,8 @@ pub struct Plan<K> {
     pub in_force: usize,
     /// Held, not wanted, spared.
     pub spared: usize,
+    /// Held stale and wanted: among `reapply` (the new placement replaces it).
+    pub replaced: usize,
 }
 
 /// Compares `wanted` (each with whether it is fresh: placed so recently that its own call may
@@ -40,7 +45,8 @@ pub struct Plan<K> {
 ///
 /// Per key: a wanted key held at least once is in force; the copy kept is one the book knows
 /// if any (else the lowest id, adopted into the book), the other copies are removed. A wanted
-/// key not held is re-applied unless fresh. A held key not wanted is removed unless spared.
+/// key not held is re-applied unless fresh, and so is one whose kept copy is stale. A held key
+/// not wanted is removed unless spared.
 pub fn compare<K: Ord + Clone>(wanted: &BTreeMap<K, bool>, held: Vec<Held<K>>) -> Plan<K> {
     let mut plan = Plan {
         adopt: Vec::new(),
@@ -48,6 +54,7 @@ pub fn compare<K: Ord + Clone>(wanted: &BTreeMap<K, bool>, held: Vec<Held<K>>) -
         remove: Vec::new(),
         in_force: 0,
         spared: 0,
+        replaced: 0,
     };
     let mut by_key: BTreeMap<K, Vec<Held<K>>> = BTreeMap::new();
     for h in held {
@@ -64,6 +71,11 @@ pub fn compare<K: Ord + Clone>(wanted: &BTreeMap<K, bool>, held: Vec<Held<K>>) -
         let mut copies = copies.into_iter();
         if let Some(kept) = copies.next() {
             match (kept.known, kept.id) {
+                // Placed again as wanted: the new placement is in the book.
+                _ if kept.stale && wanted.get(&key) == Some(&false) => {
+                    plan.replaced += 1;
+                    plan.reapply.push(key.clone());
+                }
                 (false, Some(id)) => plan.adopt.push((id, key.clone())),
                 _ => plan.in_force += 1,
             }
@@ -71,11 +83,13 @@ pub fn compare<K: Ord + Clone>(wanted: &BTreeMap<K, bool>, held: Vec<Held<K>>) -
         plan.remove.extend(copies);
         seen.insert(key);
     }
-    plan.reapply = wanted
-        .iter()
-        .filter(|(k, fresh)| !**fresh && !seen.contains(*k))
-        .map(|(k, _)| k.clone())
-        .collect();
+    plan.reapply.extend(
+        wanted
+            .iter()
+            .filter(|(k, fresh)| !**fresh && !seen.contains(*k))
+            .map(|(k, _)| k.clone()),
+    );
+    plan.reapply.sort();
     plan
 }
 
@@ -90,6 +104,7 @@ mod tests {
             id: Some(id),
             known,
             spare: false,
+            stale: false,
         }
     }
 
@@ -137,10 +152,29 @@ mod tests {
             id: Some(5),
             known: false,
             spare: false,
+            stale: false,
         };
         let plan = compare(&wanted, vec![unknown.clone()]);
         assert_eq!(plan.remove, vec![unknown]);
         assert_eq!(plan.reapply, vec![1]);
+    }
+
+    #[test]
+    fn a_stale_entry_is_placed_again_unless_its_own_call_is_on_its_way() {
+        let stale = |key| Held {
+            stale: true,
+            ..held(key, 0, true)
+        };
+        let wanted = BTreeMap::from([(1, false), (2, true)]);
+        let plan = compare(&wanted, vec![stale(1), stale(2), stale(3)]);
+        assert_eq!(plan.reapply, vec![1], "2 is fresh: not judged");
+        assert_eq!(plan.replaced, 1);
+        assert_eq!(plan.in_force, 1);
+        assert_eq!(
+            plan.remove,
+            vec![stale(3)],
+            "unwanted: removed, stale or not"
+        );
     }
 
     proptest! {
@@ -150,14 +184,14 @@ mod tests {
         #[test]
         fn the_plan_leaves_exactly_what_is_wanted(
             wanted in proptest::collection::btree_map(0u8..20, any::<bool>(), 0..20),
-            held_raw in proptest::collection::vec((proptest::option::of(0u8..30), 0u64..50, any::<bool>(), any::<bool>()), 0..60),
+            held_raw in proptest::collection::vec((proptest::option::of(0u8..30), 0u64..50, any::<bool>(), any::<bool>(), any::<bool>()), 0..60),
         ) {
             let held: Vec<Held<u8>> = held_raw
                 .iter()
-                .map(|&(key, id, known, spare)| Held { key, id: Some(id), known, spare })
+                .map(|&(key, id, known, spare, stale)| Held { key, id: Some(id), known, spare, stale })
                 .collect();
             let plan = compare(&wanted, held.clone());
-            prop_assert_eq!(plan.in_force + plan.adopt.len() + plan.remove.len() + plan.spared, held.len());
+            prop_assert_eq!(plan.in_force + plan.adopt.len() + plan.remove.len() + plan.spared + plan.replaced, held.len());
             let mut after: BTreeMap<u8, usize> = BTreeMap::new();
             for h in &held {
                 if let Some(k) = h.key {
@@ -170,8 +204,20 @@ mod tests {
                 }
             }
             for k in &plan.reapply {
-                *after.entry(*k).or_default() += 1;
+                // A stale copy kept is replaced by the new placement, not joined by it.
+                let n = after.entry(*k).or_default();
+                if *n == 0 {
+                    *n += 1;
+                }
             }
+            prop_assert_eq!(plan.reapply.len(), wanted.iter().filter(|(k, f)| !**f && {
+                let copies: Vec<&Held<u8>> = held.iter().filter(|h| h.key == Some(**k)).collect();
+                copies.is_empty() || {
+                    let mut c = copies.clone();
+                    c.sort_by_key(|h| (!h.known, h.id));
+                    c[0].stale
+                }
+            }).count());
             for (k, fresh) in &wanted {
                 let n = after.get(k).copied().unwrap_or(0);
                 if *fresh {
