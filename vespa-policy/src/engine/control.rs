@@ -8,7 +8,7 @@ use super::guard::{release_protected, retain_caps};
 use super::{act, State};
 use crate::rules::Rules;
 use crate::rules::Via;
-use crate::types::{Action, ActionId, AlertKind, Effect, Key, Nanos, Target};
+use crate::types::{Action, ActionId, AlertKind, Effect, Key, Nanos, Target, Verification};
 
 pub(super) fn infected(
     state: &mut State,
@@ -143,7 +143,7 @@ pub(super) fn manual_block(
         firewall: via == Via::Firewall,
     };
     let effect = Effect::Blocked(target);
-    apply_effect(
+    let sent = apply_effect(
         state,
         effect.clone(),
         Owner::Operator,
@@ -153,6 +153,11 @@ pub(super) fn manual_block(
     );
     if let Some(es) = state.effects.get_mut(&effect) {
         es.manual_until = es.manual_until.max(until);
+    }
+    if sent.is_some() && !state.is_dry_run() {
+        let why = "a block by hand: no rule's counter watches it".to_string();
+        let outcome = Verification::NotVerifiable { why };
+        out.push(Action::Verified { effect, outcome });
     }
 }
 
