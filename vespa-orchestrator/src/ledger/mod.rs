@@ -211,8 +211,8 @@ pub struct Decision {
     pub failed_at: Option<u64>,
     /// Why (bounded).
     pub error: Option<String>,
-    /// The policy's verification by counters (`passed`, `failed`): not recorded yet, the
-    /// policy reports a failed verification only as an alert.
+    /// The policy's verification by counters: `passed`, `failed` or `not_verifiable`;
+    /// `None` until the policy has said (its deadline is still ahead).
     pub verification: Option<String>,
     /// When it ended (Unix seconds); `None` while in force.
     pub ended_at: Option<u64>,
@@ -227,8 +227,8 @@ pub struct Event {
     pub decision: DecisionId,
     /// Unix milliseconds.
     pub at_ms: u64,
-    /// `alert`, `decided`, `renewed`, `confirmed`, `failed`, `ended`, `undo_confirmed`,
-    /// `undo_failed`, `restored`.
+    /// `alert`, `decided`, `renewed`, `confirmed`, `failed`, `verified`, `ended`,
+    /// `undo_confirmed`, `undo_failed`, `restored`.
     pub kind: String,
     /// What happened (bounded).
     pub detail: String,
@@ -353,6 +353,11 @@ enum Op {
     Note {
         id: DecisionId,
         kind: &'static str,
+        detail: String,
+    },
+    Verified {
+        id: DecisionId,
+        outcome: &'static str,
         detail: String,
     },
 }
@@ -634,6 +639,27 @@ impl Ledger {
             detail: bounded(detail, MAX_TEXT),
         };
         let _ = self.queue(about.slot(), op, false);
+    }
+
+    /// The outcome of verifying the decision in force for (node, kind, target) by counters:
+    /// `passed`, `failed` or `not_verifiable` (the column), with its figures (the story).
+    /// Returns the decision's id, `None` when nothing is in force for it (the outcome is then
+    /// not recorded).
+    pub fn verified(
+        &self,
+        about: &Subject,
+        outcome: &'static str,
+        detail: &str,
+    ) -> Option<DecisionId> {
+        let slot = about.slot();
+        let id = lock(&self.inner.in_force).get(&slot)?.id;
+        let op = Op::Verified {
+            id,
+            outcome,
+            detail: bounded(detail, MAX_TEXT),
+        };
+        let _ = self.queue(slot, op, false);
+        Some(id)
     }
 
     /// Ends every decision in force whose expiry is at or before `now_s` (Unix seconds), with
@@ -1036,6 +1062,18 @@ async fn apply(
                 if *id != 0 {
                     lines.push((*id, kind, detail.clone()));
                 }
+            }
+            Op::Verified {
+                id,
+                outcome,
+                detail,
+            } => {
+                sqlx::query("UPDATE decisions SET verification = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(*outcome)
+                    .execute(&mut *tx)
+                    .await?;
+                lines.push((*id, "verified", detail.clone()));
             }
         }
         for (decision, kind, detail) in lines {
