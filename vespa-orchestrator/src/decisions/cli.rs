@@ -76,7 +76,9 @@ pub enum DecisionsCommand {
     /// List the decisions in force: blocks, cut links, quarantines, wherever their rule runs.
     ///
     /// A table by default: KEY (what `delete` takes), ACTION, TARGET, ACTUATOR, AT (the node
-    /// whose policy holds it: VO, or the HO of a fast-path rule), EXPIRES. HOs of other
+    /// whose policy holds it: VO, or the HO of a fast-path rule), EXPIRES, DECISION (its id
+    /// in the ledger) and VERIFIED (the policy's verification by counters: passed, failed,
+    /// not_verifiable; `-` until it has said). HOs of other
     /// processes that did not answer are named on stderr: the list lacks what they hold.
     #[command(after_help = "Examples:
   vespa-orchestrator decisions list --api http://127.0.0.1:8080
@@ -483,7 +485,7 @@ fn print_listing(l: &Listing, shape: Shape) -> anyhow::Result<()> {
     } else {
         let now = now_unix_s();
         let mut rows = vec![[
-            "KEY", "ACTION", "TARGET", "ACTUATOR", "AT", "EXPIRES", "DECISION",
+            "KEY", "ACTION", "TARGET", "ACTUATOR", "AT", "EXPIRES", "DECISION", "VERIFIED",
         ]
         .map(String::from)
         .to_vec()];
@@ -501,6 +503,7 @@ fn print_listing(l: &Listing, shape: Shape) -> anyhow::Result<()> {
                 a.at.clone().unwrap_or_else(|| "VO".into()),
                 expires(a.expires_unix_s, now),
                 a.decision.map_or_else(|| "-".into(), |d| d.to_string()),
+                a.verification.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
         table(&mut out, &rows)?;

@@ -330,6 +330,8 @@ pub struct InForce {
     pub expires_at: Option<u64>,
     /// `rule`, `reflex`, `operator`, `infection`.
     pub decided_by: String,
+    /// The policy's verification by counters, once it has said (`passed`, ...).
+    pub verification: Option<String>,
 }
 
 enum Op {
@@ -477,7 +479,7 @@ impl Ledger {
             .await
             .map_err(|e| unusable(path, e))?;
         let rows = sqlx::query(
-            "SELECT id, node, kind, target, placed_at, expires_at, decided_by FROM decisions WHERE ended_at IS NULL",
+            "SELECT id, node, kind, target, placed_at, expires_at, decided_by, verification FROM decisions WHERE ended_at IS NULL",
         )
         .fetch_all(&mut conn)
         .await
@@ -494,6 +496,7 @@ impl Ledger {
                         .get::<Option<i64>, _>("expires_at")
                         .map(|x| x.max(0) as u64),
                     decided_by: r.get("decided_by"),
+                    verification: r.get("verification"),
                 },
             );
         }
@@ -600,6 +603,7 @@ impl Ledger {
                 placed_at: d.placed_at,
                 expires_at: d.expires_at,
                 decided_by: d.decider.by().to_string(),
+                verification: None,
             },
         );
         drop(in_force);
@@ -652,7 +656,12 @@ impl Ledger {
         detail: &str,
     ) -> Option<DecisionId> {
         let slot = about.slot();
-        let id = lock(&self.inner.in_force).get(&slot)?.id;
+        let id = {
+            let mut in_force = lock(&self.inner.in_force);
+            let f = in_force.get_mut(&slot)?;
+            f.verification = Some(outcome.to_string());
+            f.id
+        };
         let op = Op::Verified {
             id,
             outcome,

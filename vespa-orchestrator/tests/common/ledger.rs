@@ -105,6 +105,7 @@ impl PolicyControl for Ledger {
                 dry_run: false,
                 at: None,
                 decision: None,
+                verification: None,
             },
         );
         Ok(target.to_string())
