@@ -14,6 +14,7 @@ use crate::delivery::Delivery;
 use crate::lifecycle::Life;
 use crate::peers::Peers;
 use crate::routing::{Caller, Router};
+use crate::verbs::CallFrom;
 use crate::session::{next_message, write_loop, LinkEnd};
 use crate::spec::{MasterAddr, NodeSpec};
 use crate::transport::{establish, Link, Side};
@@ -235,7 +236,8 @@ impl Uplink {
                 Message::Ack { origin, seq } => self.delivery.on_ack(&origin, seq),
                 Message::Heartbeat => {}
                 call @ (Message::Call { .. } | Message::ListSlaves | Message::FindNode { .. }) => {
-                    self.router.answer(&session, Caller::Master, call)
+                    self.router
+                        .answer(&session, Caller::Master, CallFrom::Master, call)
                 }
                 Message::Reply { id, result } => session.complete(id, result),
                 Message::Destroy => {

@@ -16,7 +16,10 @@ use vespa_node::launch::TopologyArgs;
 use vespa_proto::verbs::{BlockEntry, Target, Verb, VoVerb, Word};
 
 use super::format::{self, Format, JsonEntry};
-use super::{check_note, Added, Listing, DEFAULT_TTL_S, MAX_TTL_S};
+use super::{
+    check_note, Added, History, HistoryPage, Listing, StoryPage, DEFAULT_TTL_S, MAX_TTL_S,
+};
+use crate::ledger::{Decision, Story, MAX_LISTED};
 use crate::client::{self, path_escape, Api, Connected};
 use crate::control::{AllowEntry, PolicyError};
 use crate::http::ApiToken;
@@ -88,7 +91,7 @@ pub enum DecisionsCommand {
         #[command(flatten)]
         shape: Shape,
         /// History from the decision ledger: ended decisions too, with why they ended
-        /// (needs --api and a VO with a ledger).
+        /// (needs a VO with a ledger; through the API or the tree).
         #[arg(long)]
         all: bool,
         /// History since a time: Unix seconds, or a duration back from now (90s, 15m, 2h,
@@ -103,7 +106,8 @@ pub enum DecisionsCommand {
     /// that caused it, the actuator's reply, and when and why it ended.
     #[command(after_help = "Examples:
   vespa-orchestrator decisions show 42 --api http://127.0.0.1:8080
-  vespa-orchestrator decisions show 42 --json --api http://127.0.0.1:8080")]
+  vespa-orchestrator decisions show 42 --json \\
+      -c topology.toml --key-dir /etc/vespa/keys --operator alice")]
     Show {
         /// The decision's id (`list --all`, or the DECISION column of `list`).
         id: i64,
@@ -307,6 +311,73 @@ impl Remote {
         match self {
             Remote::Api(api) => Self::http_json(api, Method::GET, "/api/v1/decisions", None).await,
             Remote::Tree(c) => Self::tree_read(c, VoVerb::PolicyDecisions {}).await,
+        }
+    }
+
+    /// The ledger's history through the tree, page after page (the newest
+    /// [`crate::ledger::MAX_LISTED`], as the API answers), oldest first.
+    async fn history(&mut self, since: u64) -> anyhow::Result<History> {
+        let Remote::Tree(c) = self else {
+            anyhow::bail!("the history through the API is read whole");
+        };
+        let mut pages: Vec<Vec<Decision>> = Vec::new();
+        let (mut before, mut count) = (None, 0usize);
+        loop {
+            let verb = VoVerb::PolicyHistory {
+                since,
+                before: before.map(|b: i64| b.max(0) as u64),
+            };
+            let page: HistoryPage = Self::tree_ledger(c, verb).await?;
+            count += page.decisions.len();
+            pages.push(page.decisions);
+            match page.next {
+                Some(next) if count < MAX_LISTED as usize && Some(next) != before => {
+                    before = Some(next)
+                }
+                _ => break,
+            }
+        }
+        let mut decisions: Vec<Decision> = pages.into_iter().rev().flatten().collect();
+        let extra = decisions.len().saturating_sub(MAX_LISTED as usize);
+        decisions.drain(..extra);
+        Ok(History { decisions })
+    }
+
+    /// Decision `id` and its whole story through the tree, page after page.
+    async fn show(&mut self, id: i64) -> anyhow::Result<Story> {
+        let Remote::Tree(c) = self else {
+            anyhow::bail!("a story through the API is read whole");
+        };
+        let id = u64::try_from(id).map_err(|_| anyhow::anyhow!("{id} is not a decision id"))?;
+        let mut from = 0;
+        let mut story: Option<Story> = None;
+        loop {
+            let page: StoryPage =
+                Self::tree_ledger(c, VoVerb::PolicyShow { id, from: Some(from) }).await?;
+            match &mut story {
+                None => story = Some(page.story),
+                Some(s) => s.events.extend(page.story.events),
+            }
+            match page.next {
+                Some(next) if next > from => from = next,
+                _ => break,
+            }
+        }
+        story.ok_or_else(|| anyhow::anyhow!("no answer"))
+    }
+
+    /// A read of the ledger through the tree; a VO older than these verbs is named as such.
+    async fn tree_ledger<T: DeserializeOwned>(
+        c: &mut Connected,
+        verb: VoVerb,
+    ) -> anyhow::Result<T> {
+        let name = verb.name();
+        match Self::tree_do(c, verb).await {
+            Err(e) if e.to_string().contains("has no verb") => Err(anyhow::anyhow!(
+                "{}: {e}\n(this VO does not serve `{name}`: it is older than this command; read the ledger with --api URL)",
+                c.node
+            )),
+            r => r,
         }
     }
 
@@ -552,7 +623,23 @@ pub async fn decisions(cmd: DecisionsCommand) -> anyhow::Result<ExitCode> {
             via,
         } if all || since.is_some() => {
             let Some(url) = &via.api else {
-                anyhow::bail!("--all and --since read the VO's decision ledger through its HTTP API: give --api URL");
+                let since = since
+                    .as_deref()
+                    .map(|s| super::history::parse_since(s, now_unix_s()))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?;
+                let mut r = Remote::open(&via).await?;
+                let h = r.history(since.unwrap_or(0)).await;
+                r.close().await;
+                let h = h?;
+                let mut out = std::io::stdout().lock();
+                if shape.json {
+                    serde_json::to_writer(&mut out, &h)?;
+                } else {
+                    out.write_all(super::history::history_text(&h).as_bytes())?;
+                }
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
             };
             let api = Api::new(url, None, Duration::from_secs(via.timeout.max(1)))?;
             let mut query = vec![format!(
@@ -573,9 +660,16 @@ pub async fn decisions(cmd: DecisionsCommand) -> anyhow::Result<ExitCode> {
         }
         DecisionsCommand::Show { id, json, via } => {
             let Some(url) = &via.api else {
-                anyhow::bail!(
-                    "show reads the VO's decision ledger through its HTTP API: give --api URL"
-                );
+                let mut r = Remote::open(&via).await?;
+                let story = r.show(id).await;
+                r.close().await;
+                let story = story?;
+                if json {
+                    println!("{}", serde_json::to_string(&story)?);
+                } else {
+                    print!("{}", super::history::story_text(&story));
+                }
+                return Ok(ExitCode::SUCCESS);
             };
             let api = Api::new(url, None, Duration::from_secs(via.timeout.max(1)))?;
             let f = if json { "json" } else { "text" };

@@ -271,6 +271,12 @@ pub struct Query {
     pub since: Option<u64>,
     /// Only those of this node.
     pub node: Option<String>,
+    /// Only ids below this one (the pages of a history read through the tree).
+    #[serde(default)]
+    pub before: Option<DecisionId>,
+    /// At most this many, the newest (capped at [`MAX_LISTED`]).
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
 /// Resolves when the rows queued with it are committed (or the commit failed).
@@ -735,20 +741,26 @@ impl Ledger {
         if q.since.is_some() {
             sql.push_str(" AND (placed_at >= $1 OR ended_at >= $1 OR ended_at IS NULL)");
         }
+        let mut n = i32::from(q.since.is_some());
         if q.node.is_some() {
-            sql.push_str(if q.since.is_some() {
-                " AND node = $2"
-            } else {
-                " AND node = $1"
-            });
+            n += 1;
+            sql.push_str(&format!(" AND node = ${n}"));
         }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {MAX_LISTED}"));
+        if q.before.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND id < ${n}"));
+        }
+        let limit = q.limit.map_or(MAX_LISTED, |l| (l as i64).min(MAX_LISTED));
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
         let mut query = sqlx::query(&sql);
         if let Some(s) = q.since {
             query = query.bind(s as i64);
         }
         if let Some(n) = &q.node {
             query = query.bind(n.clone());
+        }
+        if let Some(b) = q.before {
+            query = query.bind(b);
         }
         let rows = query
             .fetch_all(&self.inner.read)
@@ -811,8 +823,8 @@ impl Ledger {
     pub async fn to_restore(&self, node: &str) -> anyhow::Result<Vec<Decision>> {
         self.list(&Query {
             in_force_only: true,
-            since: None,
             node: Some(node.to_string()),
+            ..Query::default()
         })
         .await
     }

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use vespa_orchestrator::control::{ActiveAction, AllowEntry, PolicyControl, PolicyError};
+use vespa_orchestrator::control::{
+    ActiveAction, AllowEntry, Operator, PolicyControl, PolicyError,
+};
 
 /// A block on this target fails as an unreachable actuator would.
 pub const FAILING: &str = "10.6.6.6";
@@ -16,6 +18,7 @@ pub struct Ledger {
     blocks: Mutex<BTreeMap<String, ActiveAction>>,
     allow: Mutex<Vec<AllowEntry>>,
     log: Mutex<Vec<String>>,
+    who: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -33,6 +36,7 @@ impl Default for Ledger {
                 note: Some("the tree's own machines".into()),
             }]),
             log: Mutex::default(),
+            who: Mutex::default(),
         }
     }
 }
@@ -41,6 +45,11 @@ impl Ledger {
     /// Every mutation so far, `block 10.0.0.9 600`, `release 10.0.0.9`, `allow ...`.
     pub fn log(&self) -> Vec<String> {
         lock(&self.log).clone()
+    }
+
+    /// Who asked each block and release, in order (`block 10.0.0.1 by key:operator:alice`).
+    pub fn who(&self) -> Vec<String> {
+        lock(&self.who).clone()
     }
 
     /// The targets blocked now, sorted.
@@ -86,6 +95,14 @@ impl PolicyControl for Ledger {
                 "nothing is held against {key}"
             ))),
         }
+    }
+    fn block_as(&self, target: &str, ttl_s: u64, who: &Operator) -> Result<String, PolicyError> {
+        lock(&self.who).push(format!("block {target} by {}", who.identity));
+        self.block(target, ttl_s)
+    }
+    fn release_as(&self, key: &str, who: &Operator) -> Result<String, PolicyError> {
+        lock(&self.who).push(format!("release {key} by {}", who.identity));
+        self.release(key)
     }
     fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
         if target == FAILING {
