@@ -192,6 +192,20 @@ impl Sdn {
     fn calls(&self) -> Vec<String> {
         self.0.lock().expect("lock").clone()
     }
+
+    /// Waits until the agent has been called `n` times with `verb` in all.
+    async fn wait_for(&self, what: &str, verb: &str, n: usize) {
+        wait_until_async(what, WAIT, || async {
+            let c = self.calls();
+            let seen = c.iter().filter(|x| x.split(' ').next() == Some(verb)).count();
+            if seen == n {
+                Ok(())
+            } else {
+                Err(c)
+            }
+        })
+        .await;
+    }
 }
 
 impl Agent for Sdn {
@@ -453,6 +467,9 @@ port = {sdn_port}
         &tree,
     )
     .await;
+    // A deletion answers once the policy let go; the releases reach the agent after.
+    sdn.wait_for("the second releases at the SDN agent", "release_hackers", 4)
+        .await;
     assert_eq!(
         stdout_lines(&ok(&["decisions", "export"], &api).await),
         Vec::<&str>::new()
@@ -461,6 +478,10 @@ port = {sdn_port}
     // Import the JSON export through the tree: each block with the time it had left.
     let imported = ok(&["decisions", "import", &s.path("blocks.json")], &tree).await;
     assert!(imported.starts_with("imported 2 block(s)"), "{imported}");
+    // Likewise an import: its blocks are on their way when it answers. What the agent has
+    // seen is counted below only once they are there.
+    sdn.wait_for("the JSON import at the SDN agent", "block_hackers", 6)
+        .await;
     let listing: serde_json::Value =
         serde_json::from_str(&ok(&["decisions", "list", "--json"], &api).await).expect("json");
     for a in listing["actions"].as_array().expect("actions") {
