@@ -101,12 +101,7 @@ impl AgentVerbs for AgentRef {
         AgentRef::docs(self)
     }
 
-    fn call(
-        &self,
-        verb: &str,
-        args: &[String],
-        from: CallFrom,
-    ) -> Result<VerbFuture, VerbError> {
+    fn call(&self, verb: &str, args: &[String], from: CallFrom) -> Result<VerbFuture, VerbError> {
         self.0.call(verb, args, from)
     }
 }
@@ -114,8 +109,7 @@ impl AgentVerbs for AgentRef {
 /// [`Agent`] with its kind erased.
 trait Erased: Send + Sync {
     fn docs(&self) -> Vec<VerbDoc>;
-    fn call(&self, verb: &str, args: &[String], from: CallFrom)
-        -> Result<VerbFuture, VerbError>;
+    fn call(&self, verb: &str, args: &[String], from: CallFrom) -> Result<VerbFuture, VerbError>;
     fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>>;
 }
 
@@ -126,12 +120,7 @@ impl<A: Agent> Erased for Held<A> {
         A::Verb::docs()
     }
 
-    fn call(
-        &self,
-        verb: &str,
-        args: &[String],
-        from: CallFrom,
-    ) -> Result<VerbFuture, VerbError> {
+    fn call(&self, verb: &str, args: &[String], from: CallFrom) -> Result<VerbFuture, VerbError> {
         let verb = A::Verb::parse(verb, args)?;
         let agent = self.0.clone();
         Ok(Box::pin(async move { agent.call_from(verb, from).await }))

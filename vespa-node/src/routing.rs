@@ -203,7 +203,12 @@ impl Router {
     }
 
     /// [`Router::dispatch`] for a call from `from`.
-    fn dispatch_from(self: Arc<Self>, verb: String, args: Vec<String>, from: CallFrom) -> VerbFuture {
+    fn dispatch_from(
+        self: Arc<Self>,
+        verb: String,
+        args: Vec<String>,
+        from: CallFrom,
+    ) -> VerbFuture {
         let parsed = NodeVerb::parse(&verb, &args);
         Box::pin(self.answer_parsed(parsed, verb, args, from))
     }

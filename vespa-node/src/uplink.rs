@@ -14,10 +14,10 @@ use crate::delivery::Delivery;
 use crate::lifecycle::Life;
 use crate::peers::Peers;
 use crate::routing::{Caller, Router};
-use crate::verbs::CallFrom;
 use crate::session::{next_message, write_loop, LinkEnd};
 use crate::spec::{MasterAddr, NodeSpec};
 use crate::transport::{establish, Link, Side};
+use crate::verbs::CallFrom;
 
 /// Why one connection attempt or session ended.
 #[derive(Debug, thiserror::Error)]

@@ -46,8 +46,7 @@ pub(crate) trait AgentVerbs: Send + Sync {
     /// The agent's verbs, as `help` lists them.
     fn docs(&self) -> Vec<VerbDoc>;
     /// Parses `verb` and its words as one of the agent's verbs and starts it, for `from`.
-    fn call(&self, verb: &str, args: &[String], from: CallFrom)
-        -> Result<VerbFuture, VerbError>;
+    fn call(&self, verb: &str, args: &[String], from: CallFrom) -> Result<VerbFuture, VerbError>;
 }
 
 /// The `help` reply: one verb per line, the runtime's first, then the agent's.

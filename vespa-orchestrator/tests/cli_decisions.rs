@@ -197,7 +197,10 @@ impl Sdn {
     async fn wait_for(&self, what: &str, verb: &str, n: usize) {
         wait_until_async(what, WAIT, || async {
             let c = self.calls();
-            let seen = c.iter().filter(|x| x.split(' ').next() == Some(verb)).count();
+            let seen = c
+                .iter()
+                .filter(|x| x.split(' ').next() == Some(verb))
+                .count();
             if seen == n {
                 Ok(())
             } else {
@@ -752,7 +755,10 @@ async fn through_the_tree_only_an_operator_may_change_decisions() {
     // Each recorded as the key the handshake proved.
     assert_eq!(
         ledger.who(),
-        ["block 10.0.0.1 by key:operator:alice", "release 10.0.0.1 by key:VO"]
+        [
+            "block 10.0.0.1 by key:operator:alice",
+            "release 10.0.0.1 by key:VO"
+        ]
     );
 }
 
@@ -797,7 +803,10 @@ async fn the_ledgers_history_and_stories_read_alike_through_the_tree_and_the_api
     for i in 0..700 {
         ids.push(real.place(decision(i)).0);
     }
-    assert_eq!(real.expire(2_000, "TTL: removed by the actuator's reaper"), 100);
+    assert_eq!(
+        real.expire(2_000, "TTL: removed by the actuator's reaper"),
+        100
+    );
     let long = ids[650];
     let about = Subject {
         node: "VO".into(),
@@ -842,10 +851,9 @@ async fn the_ledgers_history_and_stories_read_alike_through_the_tree_and_the_api
         .collect();
     assert_eq!(listed, ids, "every decision once, oldest first");
     assert_eq!(all["decisions"][650]["verification"], "passed");
-    let since: serde_json::Value = serde_json::from_str(
-        &ok(&["decisions", "list", "--since", "1500", "--json"], &tree).await,
-    )
-    .expect("json");
+    let since: serde_json::Value =
+        serde_json::from_str(&ok(&["decisions", "list", "--since", "1500", "--json"], &tree).await)
+            .expect("json");
     assert_eq!(
         since["decisions"].as_array().map(Vec::len),
         Some(600),

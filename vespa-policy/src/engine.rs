@@ -14,7 +14,8 @@ use std::net::IpAddr;
 
 use crate::rules::{KeyKind, Rules, Step, Via};
 use crate::types::{
-    Action, ActionId, Verification, AlertBody, AlertKind, Effect, Input, Key, Mac, Metric, Nanos, Target,
+    Action, ActionId, AlertBody, AlertKind, Effect, Input, Key, Mac, Metric, Nanos, Target,
+    Verification,
 };
 use crate::window::Window;
 

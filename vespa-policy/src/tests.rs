@@ -560,7 +560,11 @@ fn verification_failure_escalates_and_alerts() {
 fn verification_reports_its_outcome_for_the_effect_it_checked() {
     let blocked = Effect::Blocked(Target::Ip(ip("198.51.100.7")));
     // (verify_max, connections after the block, outcome at the deadline)
-    for (verify_max, after, want) in [(100, 30, "passed"), (100, 100, "passed"), (100, 101, "failed")] {
+    for (verify_max, after, want) in [
+        (100, 30, "passed"),
+        (100, 100, "passed"),
+        (100, 101, "failed"),
+    ] {
         let mut h = H::new(rules_with(&[(
             "verify_s = 30",
             &format!("verify_s = 30\nverify_max = {verify_max}"),
@@ -595,8 +599,9 @@ fn verification_reports_its_outcome_for_the_effect_it_checked() {
     let raw = step(&mut h.st, Input::Tick, 130 * SECOND);
     let at = |f: &dyn Fn(&Action) -> bool| raw.iter().position(f);
     assert!(
-        at(&|a| matches!(a, Action::Verified { outcome: Verification::Passed { .. }, effect } if *effect == blocked))
-            < at(&is_release),
+        at(
+            &|a| matches!(a, Action::Verified { outcome: Verification::Passed { .. }, effect } if *effect == blocked)
+        ) < at(&is_release),
         "{raw:?}"
     );
     assert!(at(&is_release).is_some(), "{raw:?}");
@@ -613,7 +618,10 @@ fn verification_reports_its_outcome_for_the_effect_it_checked() {
     h.at(0, manual(Target::Ip(ip("203.0.113.9")), 60));
     assert_eq!(
         h.outcomes(),
-        [(Effect::Blocked(Target::Ip(ip("203.0.113.9"))), "not_verifiable")]
+        [(
+            Effect::Blocked(Target::Ip(ip("203.0.113.9"))),
+            "not_verifiable"
+        )]
     );
     let mut h = H::new(Rules::default_rules());
     h.at(0, Input::SetDryRun(true));

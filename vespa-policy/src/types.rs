@@ -518,7 +518,9 @@ impl Verification {
     pub fn detail(&self) -> String {
         match self {
             Verification::Passed { value, max } => format!("passed: {value} <= {max}"),
-            Verification::Failed { value, max } => format!("failed: {value} > {max} at the deadline"),
+            Verification::Failed { value, max } => {
+                format!("failed: {value} > {max} at the deadline")
+            }
             Verification::NotVerifiable { why } => format!("not verifiable: {why}"),
         }
     }

@@ -19,10 +19,10 @@ use super::format::{self, Format, JsonEntry};
 use super::{
     check_note, Added, History, HistoryPage, Listing, StoryPage, DEFAULT_TTL_S, MAX_TTL_S,
 };
-use crate::ledger::{Decision, Story, MAX_LISTED};
 use crate::client::{self, path_escape, Api, Connected};
 use crate::control::{AllowEntry, PolicyError};
 use crate::http::ApiToken;
+use crate::ledger::{Decision, Story, MAX_LISTED};
 
 /// Largest block list sent through the tree in one call (its words), under the tree's frame
 /// size with room for the reply; the HTTP API takes up to 1 MiB.
@@ -352,8 +352,14 @@ impl Remote {
         let mut from = 0;
         let mut story: Option<Story> = None;
         loop {
-            let page: StoryPage =
-                Self::tree_ledger(c, VoVerb::PolicyShow { id, from: Some(from) }).await?;
+            let page: StoryPage = Self::tree_ledger(
+                c,
+                VoVerb::PolicyShow {
+                    id,
+                    from: Some(from),
+                },
+            )
+            .await?;
             match &mut story {
                 None => story = Some(page.story),
                 Some(s) => s.events.extend(page.story.events),

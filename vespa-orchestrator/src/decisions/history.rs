@@ -61,9 +61,8 @@ fn verified(d: &Decision) -> &str {
 
 /// The history as a table: one decision a line.
 pub fn history_text(h: &History) -> String {
-    let mut out = String::from(
-        "ID\tPLACED (UTC)\tNODE\tACTION\tTARGET\tACTUATOR\tBY\tVERIFIED\tSTATE\n",
-    );
+    let mut out =
+        String::from("ID\tPLACED (UTC)\tNODE\tACTION\tTARGET\tACTUATOR\tBY\tVERIFIED\tSTATE\n");
     for d in &h.decisions {
         let _ = writeln!(
             out,
@@ -224,7 +223,12 @@ mod tests {
             kind: "verified".into(),
             detail: "failed: 150 > 100 at the deadline".into(),
         };
-        let story = |d, events| story_text(&Story { decision: d, events });
+        let story = |d, events| {
+            story_text(&Story {
+                decision: d,
+                events,
+            })
+        };
         let told = story(decision(Some("failed"), false), vec![verified.clone()]);
         assert!(
             told.contains("  verification: failed: 150 > 100 at the deadline\n")

@@ -328,7 +328,9 @@ impl Decisions {
     /// to [`PAGE_BYTES`] (what the tree's `policy_show` answers).
     pub async fn show_page(&self, id: DecisionId, from: u64) -> Result<StoryPage, PolicyError> {
         let mut story = self.show(id).await?;
-        let from = usize::try_from(from).unwrap_or(usize::MAX).min(story.events.len());
+        let from = usize::try_from(from)
+            .unwrap_or(usize::MAX)
+            .min(story.events.len());
         story.events.drain(..from);
         let keep = fitting(story.events.iter());
         let next = (keep < story.events.len()).then_some((from + keep) as u64);

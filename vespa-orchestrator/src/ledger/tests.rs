@@ -253,7 +253,11 @@ async fn a_verification_is_recorded_with_the_decision_in_force_and_survives_reop
     let (other, w) = l.place(block("198.51.100.8", rule()));
     w.wait().await.expect("written");
     assert_eq!(
-        l.verified(&subject("198.51.100.7"), "failed", "failed: 150 > 100 at the deadline"),
+        l.verified(
+            &subject("198.51.100.7"),
+            "failed",
+            "failed: 150 > 100 at the deadline"
+        ),
         Some(id)
     );
     assert_eq!(

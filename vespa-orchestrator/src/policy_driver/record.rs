@@ -9,9 +9,7 @@
 //! call is sent anyway: protecting the host comes before recording it.
 
 use sha2::{Digest, Sha256};
-use vespa_policy::{
-    step, Action, Effect, Input, Rate, Restored, Target, Verification, SECOND,
-};
+use vespa_policy::{step, Action, Effect, Input, Rate, Restored, Target, Verification, SECOND};
 use vespa_proto::AlertBody;
 
 use super::convert::{parse_target, target_arg};
@@ -162,7 +160,11 @@ impl PolicyDriver {
             .verified(&subject, outcome.outcome(), &outcome.detail())
             .is_none()
         {
-            tracing::debug!(?effect, outcome = outcome.outcome(), "verification of a decision the ledger does not hold in force: not recorded");
+            tracing::debug!(
+                ?effect,
+                outcome = outcome.outcome(),
+                "verification of a decision the ledger does not hold in force: not recorded"
+            );
         }
     }
 

@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use vespa_orchestrator::control::{
-    ActiveAction, AllowEntry, Operator, PolicyControl, PolicyError,
-};
+use vespa_orchestrator::control::{ActiveAction, AllowEntry, Operator, PolicyControl, PolicyError};
 
 /// A block on this target fails as an unreachable actuator would.
 pub const FAILING: &str = "10.6.6.6";

@@ -299,7 +299,13 @@ fn a_vo_killed_mid_import_restarts_with_every_enforced_block_listed_and_releasab
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.net.host.name])
         .arg(vespa_tests::workspace_bin("vespa-orchestrator"))
-        .args(["decisions", "list", "--all", "--api", &format!("http://{api}")])
+        .args([
+            "decisions",
+            "list",
+            "--all",
+            "--api",
+            &format!("http://{api}"),
+        ])
         .output()
         .expect("decisions list --all");
     let table = output_text(&out);
