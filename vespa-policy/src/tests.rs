@@ -592,6 +592,23 @@ fn verification_reports_its_outcome_for_the_effect_it_checked() {
         assert_eq!(h.outcomes(), [], "reported once");
     }
 
+    // The actuator refused it: nothing to verify, said before the ladder acts again.
+    let mut h = H::new(Rules::default_rules());
+    let placed = h.conn(0, "198.51.100.7", 150);
+    let Some(id) = placed.iter().find_map(|a| a.id()) else {
+        panic!("a block: {placed:?}")
+    };
+    let out = h.at(
+        1,
+        Input::ActionResult {
+            id,
+            ok: false,
+            error: Some("controller said 500".into()),
+        },
+    );
+    assert_eq!(h.outcomes(), [(blocked.clone(), "not_verifiable")]);
+    assert!(out.iter().any(is_block), "the next rung: {out:?}");
+
     // Calm before the deadline: passed, said before the release ends the record.
     let mut h = H::new(rules_with(&[("verify_s = 30", "verify_s = 600")]));
     h.conn(0, "198.51.100.7", 150);

@@ -497,7 +497,8 @@ pub enum Verification {
         /// The rule's `verify_max`.
         max: u64,
     },
-    /// No counter says whether it took: why (a block by hand, a rule with `verify_s = 0`).
+    /// No counter says whether it took: why (a block by hand, a rule with `verify_s = 0`,
+    /// an actuator that did not put it in place).
     NotVerifiable {
         /// Why, for people.
         why: String,

@@ -96,6 +96,13 @@ pub(super) fn on_result(
     };
     if ks.verify.is_some_and(|v| v.id == Some(id)) && ks.active {
         ks.verify = None;
+        // No counter can judge what the actuator did not put in place: said, so that the
+        // decision's record is not left waiting for a verdict (the ladder acts again).
+        if let Some(effect) = ks.verifying.take() {
+            let why = format!("the actuator did not put it in place ({why})");
+            let outcome = Verification::NotVerifiable { why };
+            out.push(Action::Verified { effect, outcome });
+        }
         act(state, i, &key, &mut ks, now, out);
     }
     state.keys[i].insert(key, ks);
