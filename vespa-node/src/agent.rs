@@ -12,7 +12,7 @@ use std::sync::Arc;
 use vespa_proto::verbs::{Verb, VerbDoc, VerbError};
 
 use crate::handle::NodeHandle;
-use crate::verbs::{AgentVerbs, VerbFuture, VerbResult};
+use crate::verbs::{AgentVerbs, CallFrom, VerbFuture, VerbResult};
 
 /// What an agent brings to its node: the verbs of its kind, and background work.
 pub trait Agent: Send + Sync + 'static {
@@ -22,6 +22,17 @@ pub trait Agent: Send + Sync + 'static {
     /// Answers one verb: text (JSON text for anything structured) or an error message. A
     /// verb never panics; the agent keeps serving after any error.
     fn call(&self, verb: Self::Verb) -> impl Future<Output = VerbResult> + Send + '_;
+
+    /// Answers one verb knowing who called ([`CallFrom`]): for an agent that records its
+    /// callers. Default: [`Agent::call`], the caller ignored.
+    fn call_from(
+        &self,
+        verb: Self::Verb,
+        from: CallFrom,
+    ) -> impl Future<Output = VerbResult> + Send + '_ {
+        let _ = from;
+        self.call(verb)
+    }
 
     /// Starts background work (periodic samples, event forwarding). It raises alerts through
     /// `node` and must end when [`NodeHandle::stopping`] completes; the runtime waits for the
@@ -68,9 +79,10 @@ impl AgentRef {
         self.0.docs()
     }
 
-    /// Parses `verb` and its words as one of the agent's verbs and starts it.
+    /// Parses `verb` and its words as one of the agent's verbs and starts it (a call of
+    /// this process: [`CallFrom::Local`]).
     pub fn call(&self, verb: &str, args: &[String]) -> Result<VerbFuture, VerbError> {
-        self.0.call(verb, args)
+        self.0.call(verb, args, CallFrom::Local)
     }
 
     /// Starts the agent's background work (see [`Agent::start`]).
@@ -89,15 +101,15 @@ impl AgentVerbs for AgentRef {
         AgentRef::docs(self)
     }
 
-    fn call(&self, verb: &str, args: &[String]) -> Result<VerbFuture, VerbError> {
-        AgentRef::call(self, verb, args)
+    fn call(&self, verb: &str, args: &[String], from: CallFrom) -> Result<VerbFuture, VerbError> {
+        self.0.call(verb, args, from)
     }
 }
 
 /// [`Agent`] with its kind erased.
 trait Erased: Send + Sync {
     fn docs(&self) -> Vec<VerbDoc>;
-    fn call(&self, verb: &str, args: &[String]) -> Result<VerbFuture, VerbError>;
+    fn call(&self, verb: &str, args: &[String], from: CallFrom) -> Result<VerbFuture, VerbError>;
     fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>>;
 }
 
@@ -108,10 +120,10 @@ impl<A: Agent> Erased for Held<A> {
         A::Verb::docs()
     }
 
-    fn call(&self, verb: &str, args: &[String]) -> Result<VerbFuture, VerbError> {
+    fn call(&self, verb: &str, args: &[String], from: CallFrom) -> Result<VerbFuture, VerbError> {
         let verb = A::Verb::parse(verb, args)?;
         let agent = self.0.clone();
-        Ok(Box::pin(async move { agent.call(verb).await }))
+        Ok(Box::pin(async move { agent.call_from(verb, from).await }))
     }
 
     fn start(&self, node: NodeHandle) -> Vec<tokio::task::JoinHandle<()>> {

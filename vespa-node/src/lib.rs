@@ -75,4 +75,4 @@ pub use spec::ChildSpec;
 pub use spool::SpoolStats;
 pub use stats::{JournalStats, Stats};
 pub use transport::{KeyRing, Security};
-pub use verbs::{VerbFuture, VerbResult};
+pub use verbs::{CallFrom, VerbFuture, VerbResult};

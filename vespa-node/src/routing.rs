@@ -30,7 +30,9 @@ use crate::session::{Session, MAX_CALLS_IN_FLIGHT};
 use crate::spec::{ChildSpec, NodeSpec};
 use crate::stats::{get, inc, Stats};
 use crate::util::lock;
-use crate::verbs::{help_text, AgentVerbs, NodeVerb, Verb, VerbError, VerbFuture, VerbResult};
+use crate::verbs::{
+    help_text, AgentVerbs, CallFrom, NodeVerb, Verb, VerbError, VerbFuture, VerbResult,
+};
 
 /// Where a call came from, which decides which verbs it may call ([`Permission`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +117,14 @@ impl Router {
     /// Answers a call that came over `session`: `Call`, or the typed `ListSlaves` and
     /// `FindNode`, which carry no id and are answered like `Call`s of `list_slaves` and
     /// `find_node` with a `Reply` of id 0. Other messages are not calls and are left alone.
-    pub fn answer(self: &Arc<Self>, session: &Arc<Session>, caller: Caller, msg: Message) {
+    /// `from` is who the connection's handshake says called, for the agent.
+    pub fn answer(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        caller: Caller,
+        from: CallFrom,
+        msg: Message,
+    ) {
         let (id, (verb, args)) = match msg {
             Message::Call { id, verb, args } => (id, (verb, args)),
             Message::ListSlaves => (0, words(NodeVerb::ListSlaves {})),
@@ -159,7 +168,7 @@ impl Router {
             }
             return;
         };
-        self.spawn_call(session.clone(), id, verb, args, slot);
+        self.spawn_call(session.clone(), id, verb, args, from, slot);
     }
 
     /// Answers `Call { id, .. }` from `session` on a task of its own (a slow verb, or one
@@ -170,6 +179,7 @@ impl Router {
         id: u64,
         verb: String,
         args: Vec<String>,
+        from: CallFrom,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) {
         inc(&self.calls_served);
@@ -178,7 +188,7 @@ impl Router {
             let _slot = slot;
             let parsed = NodeVerb::parse(&verb, &args);
             let destroy = matches!(parsed, Ok(NodeVerb::Destroy {}));
-            let result = router.clone().answer_parsed(parsed, verb, args).await;
+            let result = router.clone().answer_parsed(parsed, verb, args, from).await;
             let _ = session.ctl.send(Message::Reply { id, result }).await;
             if destroy {
                 router.life.request_destroy();
@@ -189,8 +199,18 @@ impl Router {
     /// Runs one verb at this node. `destroy` only answers here; the caller starts it after
     /// the reply is on its way.
     pub fn dispatch(self: Arc<Self>, verb: String, args: Vec<String>) -> VerbFuture {
+        self.dispatch_from(verb, args, CallFrom::Local)
+    }
+
+    /// [`Router::dispatch`] for a call from `from`.
+    fn dispatch_from(
+        self: Arc<Self>,
+        verb: String,
+        args: Vec<String>,
+        from: CallFrom,
+    ) -> VerbFuture {
         let parsed = NodeVerb::parse(&verb, &args);
-        Box::pin(self.answer_parsed(parsed, verb, args))
+        Box::pin(self.answer_parsed(parsed, verb, args, from))
     }
 
     /// Answers words already tried as a built-in verb: the built-in, else the agent's verb.
@@ -199,16 +219,17 @@ impl Router {
         parsed: Result<NodeVerb, VerbError>,
         verb: String,
         args: Vec<String>,
+        from: CallFrom,
     ) -> VerbResult {
         match parsed {
-            Ok(v) => self.builtin(v).await,
-            Err(e) if e.is_unknown() => self.agent_verb(&verb, &args).await,
+            Ok(v) => self.builtin(v, from).await,
+            Err(e) if e.is_unknown() => self.agent_verb(&verb, &args, from).await,
             Err(e) => Err(e.to_string()),
         }
     }
 
     /// The runtime's own verbs.
-    async fn builtin(self: Arc<Self>, verb: NodeVerb) -> VerbResult {
+    async fn builtin(self: Arc<Self>, verb: NodeVerb, from: CallFrom) -> VerbResult {
         match verb {
             NodeVerb::Help {} => {
                 let agent = self.agent.as_ref().map(|a| a.docs()).unwrap_or_default();
@@ -222,7 +243,7 @@ impl Router {
                 .find_node(&name)
                 .await
                 .and_then(|p| serde_json::to_string(&p).map_err(|e| e.to_string())),
-            NodeVerb::Call { node, verb, args } => self.call(node, verb, args).await,
+            NodeVerb::Call { node, verb, args } => self.call(node, verb, args, from).await,
             NodeVerb::Stats {} => serde_json::to_string(&self.stats()).map_err(|e| e.to_string()),
             NodeVerb::GetAlerts { from_index } => {
                 Ok(self.delivery.get_alerts(from_index.unwrap_or(0)))
@@ -232,12 +253,12 @@ impl Router {
     }
 
     /// A verb of the node's agent, or an error naming the verb.
-    async fn agent_verb(&self, verb: &str, args: &[String]) -> VerbResult {
+    async fn agent_verb(&self, verb: &str, args: &[String], from: CallFrom) -> VerbResult {
         let no_verb = || format!("{} has no verb {verb:?} (`help` lists them)", self.name);
         let Some(agent) = &self.agent else {
             return Err(no_verb());
         };
-        match agent.call(verb, args) {
+        match agent.call(verb, args, from) {
             Ok(fut) => fut.await,
             Err(e) if e.is_unknown() => Err(no_verb()),
             Err(e) => Err(e.to_string()),
@@ -297,9 +318,17 @@ impl Router {
     }
 
     /// `call <node> <verb> [args...]`.
-    async fn call(self: Arc<Self>, target: String, verb: String, rest: Vec<String>) -> VerbResult {
+    /// `from` called: it reaches this node's agent as it is (further down, the child sees
+    /// this node, its master).
+    async fn call(
+        self: Arc<Self>,
+        target: String,
+        verb: String,
+        rest: Vec<String>,
+        from: CallFrom,
+    ) -> VerbResult {
         if target == self.name {
-            return self.dispatch(verb, rest).await;
+            return self.dispatch_from(verb, rest, from).await;
         }
         let timeout = self.call_timeout;
         if self.children.is_some() {

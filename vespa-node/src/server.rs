@@ -296,7 +296,8 @@ impl Server {
                     None if security.is_operator(node, &session.peer_name) => Caller::Operator,
                     None => Caller::Peer,
                 };
-                self.router.answer(session, caller, call)
+                let from = security.call_from(&session.peer_name);
+                self.router.answer(session, caller, from, call)
             }
             Message::Heartbeat => {}
             Message::Destroy => {

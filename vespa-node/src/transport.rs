@@ -67,6 +67,16 @@ impl Security {
             _ => true,
         }
     }
+
+    /// Who a connection that proved `peer` in the handshake is, for the agents: the key's
+    /// name with per-node keys (the handshake proved it); with the shared key, nobody in
+    /// particular (any holder may give any name).
+    pub(crate) fn call_from(&self, peer: &str) -> crate::verbs::CallFrom {
+        match self {
+            Security::Keys(_) => crate::verbs::CallFrom::Key(peer.to_string()),
+            _ => crate::verbs::CallFrom::SharedKey,
+        }
+    }
 }
 
 /// Which end of the connection we are.

@@ -17,6 +17,7 @@ use crate::routing::{Caller, Router};
 use crate::session::{next_message, write_loop, LinkEnd};
 use crate::spec::{MasterAddr, NodeSpec};
 use crate::transport::{establish, Link, Side};
+use crate::verbs::CallFrom;
 
 /// Why one connection attempt or session ended.
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +236,8 @@ impl Uplink {
                 Message::Ack { origin, seq } => self.delivery.on_ack(&origin, seq),
                 Message::Heartbeat => {}
                 call @ (Message::Call { .. } | Message::ListSlaves | Message::FindNode { .. }) => {
-                    self.router.answer(&session, Caller::Master, call)
+                    self.router
+                        .answer(&session, Caller::Master, CallFrom::Master, call)
                 }
                 Message::Reply { id, result } => session.complete(id, result),
                 Message::Destroy => {

@@ -22,14 +22,31 @@ pub type VerbResult = Result<String, String>;
 /// A boxed verb future.
 pub type VerbFuture = Pin<Box<dyn Future<Output = VerbResult> + Send + 'static>>;
 
+/// Who made a call, as the node established it: what an agent may record of the caller
+/// (the VO's decisions by hand name the key that asked). Only the key a handshake proved is
+/// an identity; with the tree's shared key every holder can claim any name, so none is
+/// given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallFrom {
+    /// This process, through its [`crate::NodeHandle`].
+    Local,
+    /// The node's master: the call entered the tree above and was checked there.
+    Master,
+    /// A connection whose handshake proved the key of `name` (per-node keys): an operator's
+    /// is `operator:<name>`, the node's own key its own name, a child's its name.
+    Key(String),
+    /// A connection with the tree's shared key (whatever name it gave).
+    SharedKey,
+}
+
 /// An agent's verbs with its kind erased: what call routing asks of the node's agent. Made
 /// from an [`crate::Agent`] by [`crate::AgentRef`]; the words are parsed by the agent kind's
 /// own parser.
 pub(crate) trait AgentVerbs: Send + Sync {
     /// The agent's verbs, as `help` lists them.
     fn docs(&self) -> Vec<VerbDoc>;
-    /// Parses `verb` and its words as one of the agent's verbs and starts it.
-    fn call(&self, verb: &str, args: &[String]) -> Result<VerbFuture, VerbError>;
+    /// Parses `verb` and its words as one of the agent's verbs and starts it, for `from`.
+    fn call(&self, verb: &str, args: &[String], from: CallFrom) -> Result<VerbFuture, VerbError>;
 }
 
 /// The `help` reply: one verb per line, the runtime's first, then the agent's.

@@ -28,6 +28,10 @@ pub struct ActiveAction {
     /// Its id in the decision ledger (`decisions show <id>`), when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<i64>,
+    /// The policy's verification by counters as the ledger recorded it: `passed`, `failed`,
+    /// `not_verifiable`; absent until the policy has said (or without a ledger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
     /// The HO whose fast-path rule holds it; `null` when the VO's policy (or a manual block)
     /// does.
     pub at: Option<String>,

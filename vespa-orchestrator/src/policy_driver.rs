@@ -739,6 +739,11 @@ impl PolicyDriver {
                     });
                     continue;
                 }
+                Action::Verified { effect, outcome } => {
+                    tracing::info!(node = here, ?effect, verification = %outcome.detail(), "policy verification");
+                    self.record_verification(effect, outcome);
+                    continue;
+                }
                 Action::DryRun(inner) => {
                     tracing::info!(node = here, action = ?inner, "policy (dry-run): would do");
                     let _ = self.record(&action, why);

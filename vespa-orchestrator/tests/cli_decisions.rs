@@ -104,6 +104,10 @@ impl Scratch {
         .to_vec()
     }
 
+    fn keys_dir(&self) -> PathBuf {
+        PathBuf::from(self.path("keys"))
+    }
+
     fn keys(&self) -> KeySource {
         KeySource::PerNode(PathBuf::from(self.path("keys")))
     }
@@ -187,6 +191,23 @@ struct Sdn(Arc<Mutex<Vec<String>>>);
 impl Sdn {
     fn calls(&self) -> Vec<String> {
         self.0.lock().expect("lock").clone()
+    }
+
+    /// Waits until the agent has been called `n` times with `verb` in all.
+    async fn wait_for(&self, what: &str, verb: &str, n: usize) {
+        wait_until_async(what, WAIT, || async {
+            let c = self.calls();
+            let seen = c
+                .iter()
+                .filter(|x| x.split(' ').next() == Some(verb))
+                .count();
+            if seen == n {
+                Ok(())
+            } else {
+                Err(c)
+            }
+        })
+        .await;
     }
 }
 
@@ -449,6 +470,9 @@ port = {sdn_port}
         &tree,
     )
     .await;
+    // A deletion answers once the policy let go; the releases reach the agent after.
+    sdn.wait_for("the second releases at the SDN agent", "release_hackers", 4)
+        .await;
     assert_eq!(
         stdout_lines(&ok(&["decisions", "export"], &api).await),
         Vec::<&str>::new()
@@ -457,6 +481,10 @@ port = {sdn_port}
     // Import the JSON export through the tree: each block with the time it had left.
     let imported = ok(&["decisions", "import", &s.path("blocks.json")], &tree).await;
     assert!(imported.starts_with("imported 2 block(s)"), "{imported}");
+    // Likewise an import: its blocks are on their way when it answers. What the agent has
+    // seen is counted below only once they are there.
+    sdn.wait_for("the JSON import at the SDN agent", "block_hackers", 6)
+        .await;
     let listing: serde_json::Value =
         serde_json::from_str(&ok(&["decisions", "list", "--json"], &api).await).expect("json");
     for a in listing["actions"].as_array().expect("actions") {
@@ -724,4 +752,158 @@ async fn through_the_tree_only_an_operator_may_change_decisions() {
     let own = ["-c", &s.path("topology.toml"), "--key-dir", &s.path("keys")].map(String::from);
     ok(&["decisions", "delete", "10.0.0.1"], &own).await;
     assert_eq!(ledger.log(), ["block 10.0.0.1 600", "release 10.0.0.1"]);
+    // Each recorded as the key the handshake proved.
+    assert_eq!(
+        ledger.who(),
+        [
+            "block 10.0.0.1 by key:operator:alice",
+            "release 10.0.0.1 by key:VO"
+        ]
+    );
+}
+
+/// A decision by an operator for the tests of the ledger's reads, with a long reason (two
+/// bytes a character, so that a page is cut by its size before its row count).
+fn decision(i: u64) -> vespa_orchestrator::ledger::NewDecision {
+    use vespa_orchestrator::ledger::{Decider, NewDecision};
+    NewDecision {
+        node: "VO".into(),
+        kind: "block".into(),
+        target: format!("10.1.{}.{}", i / 256, i % 256),
+        actuator: "fw".into(),
+        actuator_firewall: true,
+        decider: Decider::Operator {
+            identity: "token:0123456789ab".into(),
+            reason: Some("é".repeat(500)),
+        },
+        cause: None,
+        placed_at: 1_000 + i,
+        ttl_s: Some(600),
+        expires_at: Some(if i < 100 { 1_100 } else { 4_000_000_000 }),
+        rate: None,
+        dry_run: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledgers_history_and_stories_read_alike_through_the_tree_and_the_api() {
+    use vespa_orchestrator::ledger::Subject;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let vo_port = listener.local_addr().expect("addr").port();
+    let [agent_port] = ports::<1>();
+    let s = Scratch::new(&ledger_topology(vo_port, agent_port));
+    let real = vespa_orchestrator::ledger::Ledger::open(Path::new(&s.path("ledger.db")))
+        .await
+        .expect("the ledger");
+    // 700 decisions: several pages through the tree, by size and by count. The first 100
+    // end at their expiry (1,100); one has a story longer than a page.
+    let mut ids = Vec::new();
+    for i in 0..700 {
+        ids.push(real.place(decision(i)).0);
+    }
+    assert_eq!(
+        real.expire(2_000, "TTL: removed by the actuator's reaper"),
+        100
+    );
+    let long = ids[650];
+    let about = Subject {
+        node: "VO".into(),
+        kind: "block".into(),
+        target: "10.1.2.138".into(),
+    };
+    for n in 0..600 {
+        real.note(long, &about, "renewed", &format!("{n} {}", "ü".repeat(400)));
+    }
+    assert_eq!(
+        real.verified(&about, "passed", "passed: 3 <= 100"),
+        Some(long)
+    );
+    real.flush().await.expect("written");
+
+    let topo = Topology::load(Path::new(&s.path("topology.toml"))).expect("topology");
+    let token = ApiToken::new(TOKEN).expect("token");
+    let parts = ApiParts::new(&topo, Some(token))
+        .with_policy(Arc::new(Ledger::default()))
+        .with_ledger(Some(real.clone()));
+    let security = s.keys().security("VO", true).expect("the VO's keys");
+    let http = common::serve_vo(parts, security, Some(listener)).await.0;
+    let (api, tree) = (s.api(http), s.tree());
+
+    // The same answer, byte for byte, whichever way it is asked.
+    for words in [
+        &["decisions", "list", "--all", "--json"][..],
+        &["decisions", "list", "--all"],
+        &["decisions", "list", "--since", "1500", "--json"],
+    ] {
+        let (a, t) = (ok(words, &api).await, ok(words, &tree).await);
+        assert!(a == t, "{words:?}: the API's and the tree's answers differ");
+    }
+    let all: serde_json::Value =
+        serde_json::from_str(&ok(&["decisions", "list", "--all", "--json"], &tree).await)
+            .expect("json");
+    let listed: Vec<i64> = all["decisions"]
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .map(|d| d["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(listed, ids, "every decision once, oldest first");
+    assert_eq!(all["decisions"][650]["verification"], "passed");
+    let since: serde_json::Value =
+        serde_json::from_str(&ok(&["decisions", "list", "--since", "1500", "--json"], &tree).await)
+            .expect("json");
+    assert_eq!(
+        since["decisions"].as_array().map(Vec::len),
+        Some(600),
+        "those that ended at 1,100 are left out"
+    );
+    let table = ok(&["decisions", "list", "--all"], &tree).await;
+    assert!(table.starts_with("ID\tPLACED (UTC)"), "{}", &table[..80]);
+
+    // One page on the wire: cut by its size, under the frame, with where the next starts.
+    let alice = "operator:alice";
+    let key = vespa_proto::key::load(&s.keys_dir().join(format!("{alice}.key"))).expect("key");
+    let ring = vespa_node::KeyRing {
+        own: vec![key],
+        root: Vec::new(),
+    };
+    let security = vespa_node::Security::Keys(Arc::new(ring));
+    let addr: SocketAddr = ([127, 0, 0, 1], vo_port).into();
+    let mut peer = vespa_node::Client::connect(addr, &security, alice, Some("VO"), WAIT)
+        .await
+        .expect("connect");
+    let reply = peer
+        .call("policy_history", &["0"])
+        .await
+        .expect("answered")
+        .expect("a page");
+    assert!(reply.len() <= 256 << 10, "{} bytes", reply.len());
+    let page: serde_json::Value = serde_json::from_str(&reply).expect("json");
+    let rows = page["Ok"]["decisions"].as_array().map_or(0, Vec::len);
+    assert!((1..256).contains(&rows), "{rows} rows");
+    assert_eq!(page["Ok"]["next"], page["Ok"]["decisions"][0]["id"]);
+
+    let id = long.to_string();
+    for words in [
+        &["decisions", "show", id.as_str()][..],
+        &["decisions", "show", id.as_str(), "--json"],
+    ] {
+        let (a, t) = (ok(words, &api).await, ok(words, &tree).await);
+        assert!(a == t, "{words:?}: the API's and the tree's answers differ");
+    }
+    let story = ok(&["decisions", "show", &id], &tree).await;
+    assert_eq!(
+        story.lines().filter(|l| l.contains(" renewed ")).count(),
+        600,
+        "the whole story, over several pages"
+    );
+    assert!(
+        story.contains("  verification: passed: 3 <= 100\n"),
+        "{}",
+        &story[..400]
+    );
+    let e = fails(&["decisions", "show", "99999"], &tree).await;
+    assert!(e.contains("no decision 99999 in the ledger"), "{e}");
 }

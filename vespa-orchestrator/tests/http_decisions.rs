@@ -85,6 +85,12 @@ async fn decisions_are_added_listed_and_deleted_through_the_api() {
         serde_json::json!({"added": ["10.0.0.9"], "duplicates": 0})
     );
     assert_eq!(ledger.ttl_of("10.0.0.9"), Some(60));
+    // Recorded as the token's id, never the token.
+    let who = ledger.who();
+    assert!(
+        who.len() == 1 && who[0].starts_with("block 10.0.0.9 by token:") && who[0].len() == 36,
+        "{who:?}"
+    );
 
     let list =
         r#"[{"target": "10.0.0.5/24"}, "2001:db8::/64", {"target": "10.0.0.9", "ttl_s": 120}]"#;

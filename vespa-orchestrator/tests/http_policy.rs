@@ -42,6 +42,7 @@ impl PolicyControl for Recorder {
             dry_run: false,
             at: None,
             decision: None,
+            verification: None,
         }]
     }
     fn rules_text(&self) -> Option<String> {

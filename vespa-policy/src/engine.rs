@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use crate::rules::{KeyKind, Rules, Step, Via};
 use crate::types::{
     Action, ActionId, AlertBody, AlertKind, Effect, Input, Key, Mac, Metric, Nanos, Target,
+    Verification,
 };
 use crate::window::Window;
 
@@ -55,6 +56,8 @@ struct KeyState {
     last_action_at: Option<Nanos>,
     last_offence_at: Nanos,
     verify: Option<Verify>,
+    /// The effect `verify` is about (the placement it checks).
+    verifying: Option<Effect>,
     exhausted_alerted: bool,
     /// The allowlist spared this offence (alerted once; nothing is tried until it ends).
     spared: bool,
@@ -470,6 +473,15 @@ fn evaluate(
         if ks.active || !ks.owned.is_empty() {
             let since = *ks.calm_since.get_or_insert(now);
             if now - since >= calm_ns {
+                // Calm before the deadline: it took. Said before the release ends the record.
+                if let (Some(v), Some(effect)) = (ks.verify, ks.verifying.take()) {
+                    let value = ks.window.current_since(how, v.since, now);
+                    let outcome = Verification::Passed {
+                        value,
+                        max: verify_max,
+                    };
+                    out.push(Action::Verified { effect, outcome });
+                }
                 let owner = Owner::Rule(state.rules.rules[i].name.clone(), key.clone());
                 release_owned(state, &owner, &mut ks.owned, out);
                 if let Some(id) = ks.verify.take().and_then(|v| v.id) {
@@ -493,7 +505,22 @@ fn evaluate(
             state.pending.remove(&id);
         }
         let current = verified_value.unwrap_or(0);
-        if ks.active && current > verify_max {
+        let failed = ks.active && current > verify_max;
+        if let Some(effect) = ks.verifying.take() {
+            let outcome = if failed {
+                Verification::Failed {
+                    value: current,
+                    max: verify_max,
+                }
+            } else {
+                Verification::Passed {
+                    value: current,
+                    max: verify_max,
+                }
+            };
+            out.push(Action::Verified { effect, outcome });
+        }
+        if failed {
             let name = &state.rules.rules[i].name;
             State::alert(out, AlertKind::DidNotTake, format!("rule {name}: action on {key} did not take: {current} > {verify_max} after the deadline"));
             ks.acted = false;
@@ -681,7 +708,7 @@ fn place(
     let owner = Owner::Rule(name.clone(), key.clone());
     let emitted = apply_effect(state, effect.clone(), owner, expires, action, out);
     if !ks.owned.contains(&effect) {
-        ks.owned.push(effect);
+        ks.owned.push(effect.clone());
     }
     ks.last_action_at = Some(now);
     if verify_ns > 0 && !state.is_dry_run() {
@@ -693,6 +720,11 @@ fn place(
             since: now,
             id: emitted,
         });
+        ks.verifying = Some(effect);
+    } else if verify_ns == 0 && emitted.is_some() && !state.is_dry_run() {
+        let why = format!("rule {name} does not verify (verify_s = 0)");
+        let outcome = Verification::NotVerifiable { why };
+        out.push(Action::Verified { effect, outcome });
     }
 }
 

@@ -6,7 +6,9 @@
 //!
 //! **Architecture invariant: the policy does no I/O and reads no clock.** The VO feeds it
 //! alerts, counter samples, periodic ticks and actuator acknowledgements, and carries out the
-//! actions it returns (except [`Action::DryRun`] records, which it only logs). That keeps every
+//! actions it returns (except [`Action::DryRun`] records, which it only logs, and
+//! [`Action::Verified`], the outcome of a verification by counters, which it records with the
+//! decision). That keeps every
 //! behaviour — thresholds with hysteresis, cool-downs, escalation ladders, verification,
 //! release when calm — testable and replayable without tokio or actuators.
 //!
@@ -22,7 +24,8 @@
 //! step(&mut state, sample(3), SECOND);
 //! step(&mut state, Input::Tick, 10 * SECOND);
 //! let out = step(&mut state, Input::Tick, 130 * SECOND);
-//! assert!(matches!(out.as_slice(), [Action::Release { .. }]));
+//! // Its verification first (calm before the deadline: it took), then the release.
+//! assert!(matches!(out.as_slice(), [Action::Verified { .. }, Action::Release { .. }]));
 //! ```
 //!
 //! The [`State`] is also the record of what is in place: [`State::effects`] lists each effect
@@ -61,5 +64,5 @@ pub use rules::{
 };
 pub use types::{
     Action, ActionId, AlertBody, AlertKind, Effect, Input, Key, Mac, Metric, Nanos, Prefix, Rate,
-    ReflexCause, Restored, Target, SECOND,
+    ReflexCause, Restored, Target, Verification, SECOND,
 };

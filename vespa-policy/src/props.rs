@@ -249,6 +249,29 @@ proptest! {
     }
 
     #[test]
+    fn every_verification_is_about_an_effect_placed_before(inputs in proptest::collection::vec(input(300, true), 0..200)) {
+        let mut st = State::new(Rules::default_rules());
+        let mut placed = std::collections::BTreeSet::new();
+        let mut now = 0;
+        for (dt, i) in inputs {
+            now += dt * SECOND;
+            for a in step(&mut st, i, now) {
+                match &a {
+                    Action::Verified { effect, .. } => {
+                        prop_assert!(placed.contains(effect), "verified {:?}, never placed", effect)
+                    }
+                    a if a.is_actuator() => {
+                        if let Some(e) = a.effect() {
+                            placed.insert(e);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[test]
     fn dry_run_never_acts(inputs in proptest::collection::vec(input(300, true), 0..200)) {
         let mut st = State::new(Rules::default_rules());
         step(&mut st, Input::SetDryRun(true), 0);

@@ -42,9 +42,13 @@ type Check = Box<dyn Fn(&Action) -> bool>;
 /// (name, samples (second, connections), ticks after, blocks, releases)
 type HysteresisCase<'a> = (&'a str, &'a [(u64, u64)], &'a [u64], usize, usize);
 
+/// A policy under test. What a step returns is what is sent and raised; the verification
+/// outcomes ([`Action::Verified`]) are kept aside in `verified`, checked by the tests about
+/// them.
 struct H {
     st: State,
     all: Vec<Action>,
+    verified: Vec<(Effect, Verification)>,
 }
 
 impl H {
@@ -52,12 +56,27 @@ impl H {
         H {
             st: State::new(rules),
             all: Vec::new(),
+            verified: Vec::new(),
         }
     }
     fn at(&mut self, secs: u64, input: Input) -> Vec<Action> {
-        let out = step(&mut self.st, input, secs * SECOND);
+        let mut out = step(&mut self.st, input, secs * SECOND);
+        out.retain(|a| match a {
+            Action::Verified { effect, outcome } => {
+                self.verified.push((effect.clone(), outcome.clone()));
+                false
+            }
+            _ => true,
+        });
         self.all.extend(out.iter().cloned());
         out
+    }
+    /// The outcomes reported since the last call: (effect, `passed`/`failed`/...).
+    fn outcomes(&mut self) -> Vec<(Effect, &'static str)> {
+        self.verified
+            .drain(..)
+            .map(|(e, v)| (e, v.outcome()))
+            .collect()
     }
     fn conn(&mut self, secs: u64, addr: &str, n: u64) -> Vec<Action> {
         self.at(
@@ -535,6 +554,98 @@ fn verification_failure_escalates_and_alerts() {
             "verify_max={verify_max} after={after}: {out:?}"
         );
     }
+}
+
+#[test]
+fn verification_reports_its_outcome_for_the_effect_it_checked() {
+    let blocked = Effect::Blocked(Target::Ip(ip("198.51.100.7")));
+    // (verify_max, connections after the block, outcome at the deadline)
+    for (verify_max, after, want) in [
+        (100, 30, "passed"),
+        (100, 100, "passed"),
+        (100, 101, "failed"),
+    ] {
+        let mut h = H::new(rules_with(&[(
+            "verify_s = 30",
+            &format!("verify_s = 30\nverify_max = {verify_max}"),
+        )]));
+        h.conn(0, "198.51.100.7", 150);
+        assert_eq!(h.outcomes(), [], "nothing known when placed");
+        h.conn(20, "198.51.100.7", after);
+        h.tick(31);
+        let detail = h.verified.first().map(|(_, v)| v.detail());
+        assert_eq!(
+            h.outcomes(),
+            [(blocked.clone(), want)],
+            "verify_max={verify_max} after={after}"
+        );
+        assert_eq!(
+            detail,
+            Some(if want == "passed" {
+                format!("passed: {after} <= {verify_max}")
+            } else {
+                format!("failed: {after} > {verify_max} at the deadline")
+            })
+        );
+        // Once per placement: later ticks say nothing more about it.
+        h.tick(32);
+        assert_eq!(h.outcomes(), [], "reported once");
+    }
+
+    // The actuator refused it: nothing to verify, said before the ladder acts again.
+    let mut h = H::new(Rules::default_rules());
+    let placed = h.conn(0, "198.51.100.7", 150);
+    let Some(id) = placed.iter().find_map(|a| a.id()) else {
+        panic!("a block: {placed:?}")
+    };
+    let out = h.at(
+        1,
+        Input::ActionResult {
+            id,
+            ok: false,
+            error: Some("controller said 500".into()),
+        },
+    );
+    assert_eq!(h.outcomes(), [(blocked.clone(), "not_verifiable")]);
+    assert!(out.iter().any(is_block), "the next rung: {out:?}");
+
+    // Calm before the deadline: passed, said before the release ends the record.
+    let mut h = H::new(rules_with(&[("verify_s = 30", "verify_s = 600")]));
+    h.conn(0, "198.51.100.7", 150);
+    h.conn(5, "198.51.100.7", 10);
+    let raw = step(&mut h.st, Input::Tick, 130 * SECOND);
+    let at = |f: &dyn Fn(&Action) -> bool| raw.iter().position(f);
+    assert!(
+        at(
+            &|a| matches!(a, Action::Verified { outcome: Verification::Passed { .. }, effect } if *effect == blocked)
+        ) < at(&is_release),
+        "{raw:?}"
+    );
+    assert!(at(&is_release).is_some(), "{raw:?}");
+
+    // No verification: said once, when placed.
+    let mut h = H::new(rules_with(&[("verify_s = 30", "verify_s = 0")]));
+    h.conn(0, "198.51.100.7", 150);
+    assert_eq!(h.outcomes(), [(blocked.clone(), "not_verifiable")]);
+    h.tick(40);
+    assert_eq!(h.outcomes(), []);
+
+    // A block by hand: not verifiable; nothing in dry-run.
+    let mut h = H::new(Rules::default_rules());
+    h.at(0, manual(Target::Ip(ip("203.0.113.9")), 60));
+    assert_eq!(
+        h.outcomes(),
+        [(
+            Effect::Blocked(Target::Ip(ip("203.0.113.9"))),
+            "not_verifiable"
+        )]
+    );
+    let mut h = H::new(Rules::default_rules());
+    h.at(0, Input::SetDryRun(true));
+    h.conn(1, "198.51.100.7", 150);
+    h.at(2, manual(Target::Ip(ip("203.0.113.9")), 60));
+    h.tick(40);
+    assert_eq!(h.outcomes(), [], "dry-run verifies nothing");
 }
 
 #[test]

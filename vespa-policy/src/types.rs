@@ -477,6 +477,56 @@ pub enum AlertKind {
     CapReached,
 }
 
+/// What verification by counters found about an effect, reported as
+/// [`Action::Verified`] so that the caller records it with the decision: a `DidNotTake`
+/// alert says a failure to whoever watches the alerts, not which decision it was about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// The rule's counter was at most its `verify_max` at the deadline, or calm before it.
+    Passed {
+        /// The counter's value since the action (0 without a sample).
+        value: u64,
+        /// The rule's `verify_max`.
+        max: u64,
+    },
+    /// Still above `verify_max` at the deadline: the ladder acts again (and `DidNotTake` is
+    /// raised).
+    Failed {
+        /// The counter's value since the action.
+        value: u64,
+        /// The rule's `verify_max`.
+        max: u64,
+    },
+    /// No counter says whether it took: why (a block by hand, a rule with `verify_s = 0`,
+    /// an actuator that did not put it in place).
+    NotVerifiable {
+        /// Why, for people.
+        why: String,
+    },
+}
+
+impl Verification {
+    /// `passed`, `failed` or `not_verifiable`: how a record names the outcome.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Verification::Passed { .. } => "passed",
+            Verification::Failed { .. } => "failed",
+            Verification::NotVerifiable { .. } => "not_verifiable",
+        }
+    }
+
+    /// The outcome with its figures, for people.
+    pub fn detail(&self) -> String {
+        match self {
+            Verification::Passed { value, max } => format!("passed: {value} <= {max}"),
+            Verification::Failed { value, max } => {
+                format!("failed: {value} > {max} at the deadline")
+            }
+            Verification::NotVerifiable { why } => format!("not verifiable: {why}"),
+        }
+    }
+}
+
 /// What the caller must do. Actuator actions carry an id for [`Input::ActionResult`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -547,6 +597,13 @@ pub enum Action {
     Alert { kind: AlertKind, text: String },
     /// What would have been done in dry-run mode. The caller must never execute it.
     DryRun(Box<Action>),
+    /// The outcome of verifying `effect` by counters, to record with its decision (nothing
+    /// to send). Emitted once per placement a rule verifies (at the deadline, or when the key
+    /// calms down first), and as `NotVerifiable` for a placement nothing will verify.
+    Verified {
+        effect: Effect,
+        outcome: Verification,
+    },
 }
 
 impl Action {
@@ -562,7 +619,7 @@ impl Action {
             | Action::Migrate { id, .. }
             | Action::AvIsolate { id, .. }
             | Action::AvConnect { id, .. } => Some(*id),
-            Action::Alert { .. } => None,
+            Action::Alert { .. } | Action::Verified { .. } => None,
             Action::DryRun(inner) => inner.id(),
         }
     }
@@ -584,7 +641,7 @@ impl Action {
             Action::AvIsolate { vm, av_agent, .. } | Action::AvConnect { vm, av_agent, .. } => {
                 Effect::AvIsolated(vm.clone(), av_agent.clone())
             }
-            Action::Alert { .. } | Action::DryRun(_) => return None,
+            Action::Alert { .. } | Action::DryRun(_) | Action::Verified { .. } => return None,
         })
     }
 
@@ -601,12 +658,15 @@ impl Action {
             Action::AvIsolate { av_agent, .. } | Action::AvConnect { av_agent, .. } => {
                 Some(av_agent)
             }
-            Action::Alert { .. } | Action::DryRun(_) => None,
+            Action::Alert { .. } | Action::DryRun(_) | Action::Verified { .. } => None,
         }
     }
 
     /// Whether executing this would change something outside the VO.
     pub fn is_actuator(&self) -> bool {
-        !matches!(self, Action::Alert { .. } | Action::DryRun(_))
+        !matches!(
+            self,
+            Action::Alert { .. } | Action::DryRun(_) | Action::Verified { .. }
+        )
     }
 }

@@ -16,10 +16,13 @@ use vespa_node::launch::TopologyArgs;
 use vespa_proto::verbs::{BlockEntry, Target, Verb, VoVerb, Word};
 
 use super::format::{self, Format, JsonEntry};
-use super::{check_note, Added, Listing, DEFAULT_TTL_S, MAX_TTL_S};
+use super::{
+    check_note, Added, History, HistoryPage, Listing, StoryPage, DEFAULT_TTL_S, MAX_TTL_S,
+};
 use crate::client::{self, path_escape, Api, Connected};
 use crate::control::{AllowEntry, PolicyError};
 use crate::http::ApiToken;
+use crate::ledger::{Decision, Story, MAX_LISTED};
 
 /// Largest block list sent through the tree in one call (its words), under the tree's frame
 /// size with room for the reply; the HTTP API takes up to 1 MiB.
@@ -76,7 +79,9 @@ pub enum DecisionsCommand {
     /// List the decisions in force: blocks, cut links, quarantines, wherever their rule runs.
     ///
     /// A table by default: KEY (what `delete` takes), ACTION, TARGET, ACTUATOR, AT (the node
-    /// whose policy holds it: VO, or the HO of a fast-path rule), EXPIRES. HOs of other
+    /// whose policy holds it: VO, or the HO of a fast-path rule), EXPIRES, DECISION (its id
+    /// in the ledger) and VERIFIED (the policy's verification by counters: passed, failed,
+    /// not_verifiable; `-` until it has said). HOs of other
     /// processes that did not answer are named on stderr: the list lacks what they hold.
     #[command(after_help = "Examples:
   vespa-orchestrator decisions list --api http://127.0.0.1:8080
@@ -86,7 +91,7 @@ pub enum DecisionsCommand {
         #[command(flatten)]
         shape: Shape,
         /// History from the decision ledger: ended decisions too, with why they ended
-        /// (needs --api and a VO with a ledger).
+        /// (needs a VO with a ledger; through the API or the tree).
         #[arg(long)]
         all: bool,
         /// History since a time: Unix seconds, or a duration back from now (90s, 15m, 2h,
@@ -101,7 +106,8 @@ pub enum DecisionsCommand {
     /// that caused it, the actuator's reply, and when and why it ended.
     #[command(after_help = "Examples:
   vespa-orchestrator decisions show 42 --api http://127.0.0.1:8080
-  vespa-orchestrator decisions show 42 --json --api http://127.0.0.1:8080")]
+  vespa-orchestrator decisions show 42 --json \\
+      -c topology.toml --key-dir /etc/vespa/keys --operator alice")]
     Show {
         /// The decision's id (`list --all`, or the DECISION column of `list`).
         id: i64,
@@ -308,6 +314,79 @@ impl Remote {
         }
     }
 
+    /// The ledger's history through the tree, page after page (the newest
+    /// [`crate::ledger::MAX_LISTED`], as the API answers), oldest first.
+    async fn history(&mut self, since: u64) -> anyhow::Result<History> {
+        let Remote::Tree(c) = self else {
+            anyhow::bail!("the history through the API is read whole");
+        };
+        let mut pages: Vec<Vec<Decision>> = Vec::new();
+        let (mut before, mut count) = (None, 0usize);
+        loop {
+            let verb = VoVerb::PolicyHistory {
+                since,
+                before: before.map(|b: i64| b.max(0) as u64),
+            };
+            let page: HistoryPage = Self::tree_ledger(c, verb).await?;
+            count += page.decisions.len();
+            pages.push(page.decisions);
+            match page.next {
+                Some(next) if count < MAX_LISTED as usize && Some(next) != before => {
+                    before = Some(next)
+                }
+                _ => break,
+            }
+        }
+        let mut decisions: Vec<Decision> = pages.into_iter().rev().flatten().collect();
+        let extra = decisions.len().saturating_sub(MAX_LISTED as usize);
+        decisions.drain(..extra);
+        Ok(History { decisions })
+    }
+
+    /// Decision `id` and its whole story through the tree, page after page.
+    async fn show(&mut self, id: i64) -> anyhow::Result<Story> {
+        let Remote::Tree(c) = self else {
+            anyhow::bail!("a story through the API is read whole");
+        };
+        let id = u64::try_from(id).map_err(|_| anyhow::anyhow!("{id} is not a decision id"))?;
+        let mut from = 0;
+        let mut story: Option<Story> = None;
+        loop {
+            let page: StoryPage = Self::tree_ledger(
+                c,
+                VoVerb::PolicyShow {
+                    id,
+                    from: Some(from),
+                },
+            )
+            .await?;
+            match &mut story {
+                None => story = Some(page.story),
+                Some(s) => s.events.extend(page.story.events),
+            }
+            match page.next {
+                Some(next) if next > from => from = next,
+                _ => break,
+            }
+        }
+        story.ok_or_else(|| anyhow::anyhow!("no answer"))
+    }
+
+    /// A read of the ledger through the tree; a VO older than these verbs is named as such.
+    async fn tree_ledger<T: DeserializeOwned>(
+        c: &mut Connected,
+        verb: VoVerb,
+    ) -> anyhow::Result<T> {
+        let name = verb.name();
+        match Self::tree_do(c, verb).await {
+            Err(e) if e.to_string().contains("has no verb") => Err(anyhow::anyhow!(
+                "{}: {e}\n(this VO does not serve `{name}`: it is older than this command; read the ledger with --api URL)",
+                c.node
+            )),
+            r => r,
+        }
+    }
+
     async fn add(&mut self, entries: Vec<BlockEntry>) -> anyhow::Result<Added> {
         match self {
             Remote::Api(api) => {
@@ -483,7 +562,7 @@ fn print_listing(l: &Listing, shape: Shape) -> anyhow::Result<()> {
     } else {
         let now = now_unix_s();
         let mut rows = vec![[
-            "KEY", "ACTION", "TARGET", "ACTUATOR", "AT", "EXPIRES", "DECISION",
+            "KEY", "ACTION", "TARGET", "ACTUATOR", "AT", "EXPIRES", "DECISION", "VERIFIED",
         ]
         .map(String::from)
         .to_vec()];
@@ -501,6 +580,7 @@ fn print_listing(l: &Listing, shape: Shape) -> anyhow::Result<()> {
                 a.at.clone().unwrap_or_else(|| "VO".into()),
                 expires(a.expires_unix_s, now),
                 a.decision.map_or_else(|| "-".into(), |d| d.to_string()),
+                a.verification.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
         table(&mut out, &rows)?;
@@ -549,7 +629,23 @@ pub async fn decisions(cmd: DecisionsCommand) -> anyhow::Result<ExitCode> {
             via,
         } if all || since.is_some() => {
             let Some(url) = &via.api else {
-                anyhow::bail!("--all and --since read the VO's decision ledger through its HTTP API: give --api URL");
+                let since = since
+                    .as_deref()
+                    .map(|s| super::history::parse_since(s, now_unix_s()))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?;
+                let mut r = Remote::open(&via).await?;
+                let h = r.history(since.unwrap_or(0)).await;
+                r.close().await;
+                let h = h?;
+                let mut out = std::io::stdout().lock();
+                if shape.json {
+                    serde_json::to_writer(&mut out, &h)?;
+                } else {
+                    out.write_all(super::history::history_text(&h).as_bytes())?;
+                }
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
             };
             let api = Api::new(url, None, Duration::from_secs(via.timeout.max(1)))?;
             let mut query = vec![format!(
@@ -570,9 +666,16 @@ pub async fn decisions(cmd: DecisionsCommand) -> anyhow::Result<ExitCode> {
         }
         DecisionsCommand::Show { id, json, via } => {
             let Some(url) = &via.api else {
-                anyhow::bail!(
-                    "show reads the VO's decision ledger through its HTTP API: give --api URL"
-                );
+                let mut r = Remote::open(&via).await?;
+                let story = r.show(id).await;
+                r.close().await;
+                let story = story?;
+                if json {
+                    println!("{}", serde_json::to_string(&story)?);
+                } else {
+                    print!("{}", super::history::story_text(&story));
+                }
+                return Ok(ExitCode::SUCCESS);
             };
             let api = Api::new(url, None, Duration::from_secs(via.timeout.max(1)))?;
             let f = if json { "json" } else { "text" };

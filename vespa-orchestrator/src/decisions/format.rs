@@ -368,6 +368,7 @@ mod tests {
             expires_unix_s: expires,
             dry_run: false,
             decision: None,
+            verification: None,
             at: None,
         }
     }

@@ -53,13 +53,20 @@ fn state(d: &Decision) -> String {
     }
 }
 
+/// The verification column: the policy's outcome, `-` while it has not said (its deadline
+/// is ahead, or the decision was only recorded in dry-run).
+fn verified(d: &Decision) -> &str {
+    d.verification.as_deref().unwrap_or("-")
+}
+
 /// The history as a table: one decision a line.
 pub fn history_text(h: &History) -> String {
-    let mut out = String::from("ID\tPLACED (UTC)\tNODE\tACTION\tTARGET\tACTUATOR\tBY\tSTATE\n");
+    let mut out =
+        String::from("ID\tPLACED (UTC)\tNODE\tACTION\tTARGET\tACTUATOR\tBY\tVERIFIED\tSTATE\n");
     for d in &h.decisions {
         let _ = writeln!(
             out,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             d.id,
             utc(d.placed_at),
             d.node,
@@ -67,6 +74,7 @@ pub fn history_text(h: &History) -> String {
             d.target,
             d.actuator,
             who(d),
+            verified(d),
             state(d)
         );
     }
@@ -127,11 +135,16 @@ pub fn story_text(s: &Story) -> String {
             let _ = writeln!(out, "  actuator: no answer recorded");
         }
     }
-    let _ = writeln!(
-        out,
-        "  verification: {}",
-        d.verification.as_deref().unwrap_or("not recorded")
-    );
+    // The outcome with its figures is the story's last `verified` line.
+    let told = s.events.iter().rev().find(|e| e.kind == "verified");
+    let verification = match (d.verification.as_deref(), told) {
+        (Some(_), Some(e)) => e.detail.clone(),
+        (Some(v), None) => v.to_string(),
+        (None, _) if d.dry_run => "none (dry-run)".into(),
+        (None, _) if d.ended_at.is_some() => "not recorded".into(),
+        (None, _) => "pending (its deadline is ahead)".into(),
+    };
+    let _ = writeln!(out, "  verification: {verification}");
     let _ = writeln!(out, "  state: {}", state(d));
     let _ = writeln!(out, "story:");
     for e in &s.events {
@@ -150,6 +163,7 @@ pub fn story_text(s: &Story) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::Event;
 
     #[test]
     fn since_takes_unix_seconds_or_a_duration_back() {
@@ -160,6 +174,71 @@ mod tests {
         assert!(parse_since("yesterday", 10)
             .unwrap_err()
             .contains("expected Unix seconds"));
+    }
+
+    fn decision(verification: Option<&str>, ended: bool) -> Decision {
+        Decision {
+            id: 7,
+            node: "VO".into(),
+            kind: "block".into(),
+            target: "198.51.100.7".into(),
+            actuator: "fw".into(),
+            actuator_firewall: true,
+            decided_by: "rule".into(),
+            rules: Some("syn-flood".into()),
+            policy_sha256: None,
+            operator: None,
+            reason: None,
+            alert_origin: None,
+            alert_seq: None,
+            alert_kernel_ns: None,
+            placed_at: 1_767_225_600,
+            ttl_s: Some(600),
+            expires_at: None,
+            rate: None,
+            dry_run: false,
+            confirmed_at: None,
+            reply: None,
+            failed_at: None,
+            error: None,
+            verification: verification.map(str::to_string),
+            ended_at: ended.then_some(1_767_225_700),
+            end_reason: ended.then(|| "calm".into()),
+        }
+    }
+
+    #[test]
+    fn the_verification_is_a_column_of_the_history_and_a_line_of_the_story() {
+        let h = History {
+            decisions: vec![decision(Some("failed"), false), decision(None, false)],
+        };
+        let text = history_text(&h);
+        let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+        assert_eq!(rows[0][7], "VERIFIED", "{text}");
+        assert_eq!((rows[1][7], rows[2][7]), ("failed", "-"), "{text}");
+
+        let verified = Event {
+            decision: 7,
+            at_ms: 1_767_225_630_000,
+            kind: "verified".into(),
+            detail: "failed: 150 > 100 at the deadline".into(),
+        };
+        let story = |d, events| {
+            story_text(&Story {
+                decision: d,
+                events,
+            })
+        };
+        let told = story(decision(Some("failed"), false), vec![verified.clone()]);
+        assert!(
+            told.contains("  verification: failed: 150 > 100 at the deadline\n")
+                && told.contains("verified       failed: 150 > 100"),
+            "{told}"
+        );
+        let pending = story(decision(None, false), vec![]);
+        assert!(pending.contains("verification: pending"), "{pending}");
+        let ended = story(decision(None, true), vec![]);
+        assert!(ended.contains("verification: not recorded"), "{ended}");
     }
 
     #[test]

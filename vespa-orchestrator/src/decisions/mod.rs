@@ -220,6 +220,47 @@ pub struct History {
     pub decisions: Vec<Decision>,
 }
 
+/// Most decisions in one page of `policy_history`.
+pub const PAGE_ROWS: usize = 256;
+/// Most bytes of rows (decisions, or a story's lines) in one page through the tree: with
+/// every text of a row at its bound a row is a few tens of KiB, so a page stays far below the
+/// tree's 1 MiB frame whatever the ledger holds.
+pub const PAGE_BYTES: usize = 256 << 10;
+
+/// A page of the history through the tree (`policy_history`): the newest decisions below the
+/// page's `before`, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// Oldest first.
+    pub decisions: Vec<Decision>,
+    /// The `before` of the next (older) page; `None`: this was the last.
+    pub next: Option<DecisionId>,
+}
+
+/// A page of a decision's story through the tree (`policy_show`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoryPage {
+    /// The decision and the story's lines from the page's `from`.
+    #[serde(flatten)]
+    pub story: Story,
+    /// The `from` of the rest of the story; `None`: this was the end.
+    pub next: Option<u64>,
+}
+
+/// How many of `rows` fit [`PAGE_BYTES`] (at least one: a single row is bounded).
+fn fitting<T: Serialize>(rows: impl Iterator<Item = T>) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for r in rows {
+        bytes += serde_json::to_vec(&r).map_or(PAGE_BYTES, |v| v.len() + 1);
+        if n > 0 && bytes > PAGE_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 impl Decisions {
     /// Decisions over `policy`, with the fast-path HOs `remote` of other processes.
     pub fn new(policy: Arc<dyn PolicyControl>, remote: RemoteDrivers) -> Decisions {
@@ -257,6 +298,44 @@ impl Decisions {
             .await
             .map_err(|e| PolicyError::Unavailable(format!("{e:#}")))?;
         Ok(History { decisions })
+    }
+
+    /// A page of [`Decisions::history`] (the same query, `q.before` and [`PAGE_ROWS`] added):
+    /// what the tree's `policy_history` answers, bounded to [`PAGE_BYTES`].
+    pub async fn history_page(
+        &self,
+        q: &Query,
+        before: Option<DecisionId>,
+    ) -> Result<HistoryPage, PolicyError> {
+        let q = Query {
+            before,
+            limit: Some(PAGE_ROWS),
+            ..q.clone()
+        };
+        let mut decisions = self.history(&q).await?.decisions;
+        let full = decisions.len() >= PAGE_ROWS;
+        let keep = fitting(decisions.iter().rev());
+        let trimmed = keep < decisions.len();
+        decisions.drain(..decisions.len() - keep);
+        let next = match decisions.first() {
+            Some(d) if full || trimmed => Some(d.id),
+            _ => None,
+        };
+        Ok(HistoryPage { decisions, next })
+    }
+
+    /// A page of [`Decisions::show`]: the decision and its story's lines from `from`, bounded
+    /// to [`PAGE_BYTES`] (what the tree's `policy_show` answers).
+    pub async fn show_page(&self, id: DecisionId, from: u64) -> Result<StoryPage, PolicyError> {
+        let mut story = self.show(id).await?;
+        let from = usize::try_from(from)
+            .unwrap_or(usize::MAX)
+            .min(story.events.len());
+        story.events.drain(..from);
+        let keep = fitting(story.events.iter());
+        let next = (keep < story.events.len()).then_some((from + keep) as u64);
+        story.events.truncate(keep);
+        Ok(StoryPage { story, next })
     }
 
     /// Decision `id` and its story.

@@ -5,15 +5,34 @@
 //! ([`PolicyError`]), so the command line says the same thing whichever way it came.
 //!
 //! The mutations are `Command` verbs: the node lets only an operator (or its master chain,
-//! which the VO has not) call them.
+//! which the VO has not) call them. The ledger records who asked by the key the handshake
+//! proved ([`identity`]), as the API records a token's id.
+//!
+//! The ledger's reads come in pages (`policy_history`, `policy_show`), each under
+//! [`super::PAGE_BYTES`], so a reply fits the tree's frame whatever the ledger holds; the
+//! command line asks page after page and prints the whole as the API's answer would be.
 
 use std::sync::OnceLock;
 
-use vespa_node::{Agent, NodeHandle, VerbResult};
+use vespa_node::{Agent, CallFrom, NodeHandle, VerbResult};
 use vespa_proto::verbs::VoVerb;
 
 use super::{Decisions, Placed};
 use crate::control::PolicyError;
+use crate::ledger::{DecisionId, Query};
+
+/// The ledger's operator for a call through the tree: `key:` and the name of the key the
+/// handshake proved (`key:operator:alice` for `keygen --operator alice`, `key:VO` for a tool
+/// holding the VO's own key), `key:shared` for the tree's shared key (every holder may give
+/// any name: none is recorded as an identity).
+pub fn identity(from: &CallFrom) -> String {
+    match from {
+        CallFrom::Key(name) => format!("key:{}", crate::ledger::bounded(name, 100)),
+        CallFrom::SharedKey => "key:shared".into(),
+        CallFrom::Master => "key:master".into(),
+        CallFrom::Local => "key:local".into(),
+    }
+}
 
 /// The VO's decision verbs over `Decisions`.
 pub struct VoPolicyVerbs {
@@ -47,8 +66,24 @@ impl Agent for VoPolicyVerbs {
     }
 
     async fn call(&self, verb: VoVerb) -> VerbResult {
-        let d = &self.decisions;
+        self.call_from(verb, CallFrom::Local).await
+    }
+
+    async fn call_from(&self, verb: VoVerb, from: CallFrom) -> VerbResult {
+        let d = &self.decisions.clone().by(identity(&from));
         let json = match verb {
+            VoVerb::PolicyHistory { since, before } => {
+                let q = Query {
+                    since: (since > 0).then_some(since),
+                    ..Query::default()
+                };
+                let before = before.map(|b| DecisionId::try_from(b).unwrap_or(DecisionId::MAX));
+                serde_json::to_string(&d.history_page(&q, before).await)
+            }
+            VoVerb::PolicyShow { id, from } => {
+                let id = DecisionId::try_from(id).unwrap_or(DecisionId::MAX);
+                serde_json::to_string(&d.show_page(id, from.unwrap_or(0)).await)
+            }
             VoVerb::PolicyDecisions {} => match self.vo() {
                 Ok(vo) => serde_json::to_string(&d.list(vo).await),
                 Err(e) => return Err(e.to_string()),

@@ -82,8 +82,8 @@ impl ApiParts {
     /// Gives the VO the verbs of decisions by hand ([`crate::decisions::verbs`]), over the
     /// same policy as the API (whether or not the API is served).
     pub fn add_vo_verbs(&self, hooks: &mut Hooks) {
-        let d = self.decisions().by("key:tree".into());
-        hooks.agent = Some(AgentRef::new(VoPolicyVerbs::new(d)));
+        // Each call records the key that made it (`verbs::identity`).
+        hooks.agent = Some(AgentRef::new(VoPolicyVerbs::new(self.decisions())));
     }
 
     /// The operator's decisions over these parts' policy and remote HOs.

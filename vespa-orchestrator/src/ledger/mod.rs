@@ -214,8 +214,8 @@ pub struct Decision {
     pub failed_at: Option<u64>,
     /// Why (bounded).
     pub error: Option<String>,
-    /// The policy's verification by counters (`passed`, `failed`): not recorded yet, the
-    /// policy reports a failed verification only as an alert.
+    /// The policy's verification by counters: `passed`, `failed` or `not_verifiable`;
+    /// `None` until the policy has said (its deadline is still ahead).
     pub verification: Option<String>,
     /// When it ended (Unix seconds); `None` while in force.
     pub ended_at: Option<u64>,
@@ -230,8 +230,8 @@ pub struct Event {
     pub decision: DecisionId,
     /// Unix milliseconds.
     pub at_ms: u64,
-    /// `alert`, `decided`, `renewed`, `confirmed`, `failed`, `ended`, `undo_confirmed`,
-    /// `undo_failed`, `restored`.
+    /// `alert`, `decided`, `renewed`, `confirmed`, `failed`, `verified`, `ended`,
+    /// `undo_confirmed`, `undo_failed`, `restored`.
     pub kind: String,
     /// What happened (bounded).
     pub detail: String,
@@ -274,6 +274,12 @@ pub struct Query {
     pub since: Option<u64>,
     /// Only those of this node.
     pub node: Option<String>,
+    /// Only ids below this one (the pages of a history read through the tree).
+    #[serde(default)]
+    pub before: Option<DecisionId>,
+    /// At most this many, the newest (capped at [`MAX_LISTED`]).
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
 /// Resolves when the rows queued with it are committed (or the commit failed).
@@ -333,6 +339,8 @@ pub struct InForce {
     pub expires_at: Option<u64>,
     /// `rule`, `reflex`, `operator`, `infection`.
     pub decided_by: String,
+    /// The policy's verification by counters, once it has said (`passed`, ...).
+    pub verification: Option<String>,
 }
 
 enum Op {
@@ -356,6 +364,11 @@ enum Op {
     Note {
         id: DecisionId,
         kind: &'static str,
+        detail: String,
+    },
+    Verified {
+        id: DecisionId,
+        outcome: &'static str,
         detail: String,
     },
 }
@@ -478,7 +491,7 @@ impl Ledger {
             .await
             .map_err(|e| unusable(path, e))?;
         let rows = sqlx::query(
-            "SELECT id, node, kind, target, placed_at, expires_at, decided_by FROM decisions WHERE ended_at IS NULL",
+            "SELECT id, node, kind, target, placed_at, expires_at, decided_by, verification FROM decisions WHERE ended_at IS NULL",
         )
         .fetch_all(&mut conn)
         .await
@@ -495,6 +508,7 @@ impl Ledger {
                         .get::<Option<i64>, _>("expires_at")
                         .map(|x| x.max(0) as u64),
                     decided_by: r.get("decided_by"),
+                    verification: r.get("verification"),
                 },
             );
         }
@@ -602,6 +616,7 @@ impl Ledger {
                 placed_at: d.placed_at,
                 expires_at: d.expires_at,
                 decided_by: d.decider.by().to_string(),
+                verification: None,
             },
         );
         drop(in_force);
@@ -641,6 +656,32 @@ impl Ledger {
             detail: bounded(detail, MAX_TEXT),
         };
         let _ = self.queue(about.slot(), op, false);
+    }
+
+    /// The outcome of verifying the decision in force for (node, kind, target) by counters:
+    /// `passed`, `failed` or `not_verifiable` (the column), with its figures (the story).
+    /// Returns the decision's id, `None` when nothing is in force for it (the outcome is then
+    /// not recorded).
+    pub fn verified(
+        &self,
+        about: &Subject,
+        outcome: &'static str,
+        detail: &str,
+    ) -> Option<DecisionId> {
+        let slot = about.slot();
+        let id = {
+            let mut in_force = lock(&self.inner.in_force);
+            let f = in_force.get_mut(&slot)?;
+            f.verification = Some(outcome.to_string());
+            f.id
+        };
+        let op = Op::Verified {
+            id,
+            outcome,
+            detail: bounded(detail, MAX_TEXT),
+        };
+        let _ = self.queue(slot, op, false);
+        Some(id)
     }
 
     /// Ends every decision in force whose expiry is at or before `now_s` (Unix seconds), with
@@ -707,20 +748,26 @@ impl Ledger {
         if q.since.is_some() {
             sql.push_str(" AND (placed_at >= $1 OR ended_at >= $1 OR ended_at IS NULL)");
         }
+        let mut n = i32::from(q.since.is_some());
         if q.node.is_some() {
-            sql.push_str(if q.since.is_some() {
-                " AND node = $2"
-            } else {
-                " AND node = $1"
-            });
+            n += 1;
+            sql.push_str(&format!(" AND node = ${n}"));
         }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {MAX_LISTED}"));
+        if q.before.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND id < ${n}"));
+        }
+        let limit = q.limit.map_or(MAX_LISTED, |l| (l as i64).min(MAX_LISTED));
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
         let mut query = sqlx::query(&sql);
         if let Some(s) = q.since {
             query = query.bind(s as i64);
         }
         if let Some(n) = &q.node {
             query = query.bind(n.clone());
+        }
+        if let Some(b) = q.before {
+            query = query.bind(b);
         }
         let rows = query
             .fetch_all(&self.inner.read)
@@ -783,8 +830,8 @@ impl Ledger {
     pub async fn to_restore(&self, node: &str) -> anyhow::Result<Vec<Decision>> {
         self.list(&Query {
             in_force_only: true,
-            since: None,
             node: Some(node.to_string()),
+            ..Query::default()
         })
         .await
     }
@@ -1043,6 +1090,18 @@ async fn apply(
                 if *id != 0 {
                     lines.push((*id, kind, detail.clone()));
                 }
+            }
+            Op::Verified {
+                id,
+                outcome,
+                detail,
+            } => {
+                sqlx::query("UPDATE decisions SET verification = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(*outcome)
+                    .execute(&mut *tx)
+                    .await?;
+                lines.push((*id, "verified", detail.clone()));
             }
         }
         for (decision, kind, detail) in lines {

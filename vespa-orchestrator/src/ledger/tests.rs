@@ -242,3 +242,46 @@ async fn a_damaged_database_is_refused_with_its_path() {
     assert!(e.contains(&path.display().to_string()), "{e}");
     assert_eq!(std::fs::read(&path).expect("read"), bytes, "left as it was");
 }
+
+#[tokio::test]
+async fn a_verification_is_recorded_with_the_decision_in_force_and_survives_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let l = Ledger::open(&path).await.expect("open");
+    let (id, w) = l.place(block("198.51.100.7", rule()));
+    w.wait().await.expect("written");
+    let (other, w) = l.place(block("198.51.100.8", rule()));
+    w.wait().await.expect("written");
+    assert_eq!(
+        l.verified(
+            &subject("198.51.100.7"),
+            "failed",
+            "failed: 150 > 100 at the deadline"
+        ),
+        Some(id)
+    );
+    assert_eq!(
+        l.verified(&subject("203.0.113.1"), "passed", "passed: 0 <= 100"),
+        None,
+        "nothing in force for it: not recorded"
+    );
+    l.flush().await.expect("flush");
+    let story = l.show(id).await.expect("read").expect("the decision");
+    assert_eq!(story.decision.verification.as_deref(), Some("failed"));
+    let line = story.events.last().expect("a line");
+    assert_eq!(
+        (line.kind.as_str(), line.detail.as_str()),
+        ("verified", "failed: 150 > 100 at the deadline")
+    );
+    // The later outcome of a renewed decision replaces the earlier one.
+    l.verified(&subject("198.51.100.7"), "passed", "passed: 3 <= 100");
+    l.flush().await.expect("flush");
+    drop(l);
+    let l = Ledger::open(&path).await.expect("reopen");
+    let all = l.list(&Query::default()).await.expect("list");
+    let v: Vec<(DecisionId, Option<&str>)> = all
+        .iter()
+        .map(|d| (d.id, d.verification.as_deref()))
+        .collect();
+    assert_eq!(v, [(id, Some("passed")), (other, None)]);
+}

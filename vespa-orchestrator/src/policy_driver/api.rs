@@ -45,7 +45,8 @@ impl PolicyControl for PolicyDriver {
                     since_unix_s: recorded
                         .as_ref()
                         .map_or_else(|| self.unix_s(p.since), |r| r.placed_at),
-                    decision: recorded.map(|r| r.id),
+                    decision: recorded.as_ref().map(|r| r.id),
+                    verification: recorded.and_then(|r| r.verification),
                     expires_unix_s: p.expires_at.map(|x| self.unix_s(x)),
                     dry_run: p.dry,
                     at: self.inner.at.clone(),

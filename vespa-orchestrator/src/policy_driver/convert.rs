@@ -245,7 +245,7 @@ pub fn call_of(action: &Action) -> Option<(String, ActuatorCall)> {
             (av_agent.clone(), Av(verb))
         }
         Action::AvConnect { av_agent, .. } => (av_agent.clone(), Av(AvVerb::ConnectWarning {})),
-        Action::Alert { .. } | Action::DryRun(_) => return None,
+        Action::Alert { .. } | Action::DryRun(_) | Action::Verified { .. } => return None,
     })
 }
 

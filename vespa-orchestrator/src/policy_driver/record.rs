@@ -9,7 +9,7 @@
 //! call is sent anyway: protecting the host comes before recording it.
 
 use sha2::{Digest, Sha256};
-use vespa_policy::{step, Action, Effect, Input, Rate, Restored, Target, SECOND};
+use vespa_policy::{step, Action, Effect, Input, Rate, Restored, Target, Verification, SECOND};
 use vespa_proto::AlertBody;
 
 use super::convert::{parse_target, target_arg};
@@ -58,7 +58,7 @@ fn kind_target(action: &Action) -> Option<(&'static str, String, bool)> {
         Action::Migrate { vm, .. } => ("migrate", vm.clone(), false),
         Action::AvIsolate { vm, .. } => ("av_isolate", vm.clone(), false),
         Action::AvConnect { vm, .. } => ("av_isolate", vm.clone(), true),
-        Action::Alert { .. } | Action::DryRun(_) => return None,
+        Action::Alert { .. } | Action::DryRun(_) | Action::Verified { .. } => return None,
     })
 }
 
@@ -142,6 +142,30 @@ impl PolicyDriver {
             .get()
             .cloned()
             .unwrap_or_else(|| self.node_name().to_string())
+    }
+
+    /// Records what the policy's verification by counters found about `effect` with the
+    /// decision in force for it (the column and a `verified` line of its story).
+    pub(crate) fn record_verification(&self, effect: &Effect, outcome: &Verification) {
+        let Some(ledger) = self.ledger() else {
+            return;
+        };
+        let (kind, target) = effect_subject(effect);
+        let subject = Subject {
+            node: self.ledger_node(),
+            kind: kind.to_string(),
+            target,
+        };
+        if ledger
+            .verified(&subject, outcome.outcome(), &outcome.detail())
+            .is_none()
+        {
+            tracing::debug!(
+                ?effect,
+                outcome = outcome.outcome(),
+                "verification of a decision the ledger does not hold in force: not recorded"
+            );
+        }
     }
 
     /// Records `action` (an actuator action, or a dry-run record of one) before it is sent:

@@ -238,6 +238,84 @@ async fn a_crossing_sends_a_block_and_calm_releases_it() {
     h.destroy();
 }
 
+/// The policy's verification reaches the ledger through the driver: a rule's block that the
+/// counters show took is `passed` at its deadline (listed with the decision in force, and in
+/// its row and story); a block by hand is `not_verifiable` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_by_counters_is_recorded_with_the_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = crate::ledger::Ledger::open(&dir.path().join("ledger.db"))
+        .await
+        .unwrap();
+    let rules = RULES.replace("verify_s = 0", "verify_s = 1");
+    let d = PolicyDriver::new(&rules, false, None, None, None).unwrap();
+    d.attach_ledger(ledger.clone(), "VO").await.unwrap();
+    let psk = vespa_proto::Psk::random();
+    let mut hooks = Hooks::default();
+    hooks.alert_handlers.push(d.handler());
+    let (h, vo_addr) = node("VO", Role::Vo, None, &psk, hooks).await;
+    d.start(h.clone());
+    // The SDN agent confirms the blocks (a refused one is the actuator's failure, not the
+    // counters' verdict).
+    let hooks = Hooks {
+        agent: Some(AgentRef::new(Sdn::default())),
+        alert_handlers: Vec::new(),
+    };
+    let (_sdn, _) = node(
+        "SDN",
+        Role::Agent(AgentKind::ControllerOsken),
+        Some((&h, vo_addr)),
+        &psk,
+        hooks,
+    )
+    .await;
+    until("the SDN agent under the VO", || {
+        h.stats().children.iter().any(|c| c == "SDN")
+    })
+    .await;
+    let verified = |t: &str| {
+        d.active_actions()
+            .into_iter()
+            .find(|a| a.target == t)
+            .and_then(|a| a.verification)
+    };
+    // The block by hand: nothing will verify it.
+    d.block("10.0.0.7", 60).unwrap();
+    until("the block by hand not verifiable", || {
+        verified("10.0.0.7").as_deref() == Some("not_verifiable")
+    })
+    .await;
+    // A crossing, then quiet: passed at the deadline (1 s), the block still in force.
+    h.raise(AlertBody::ConnThreshold {
+        addr: "10.0.0.66".parse().unwrap(),
+        established: 150,
+        threshold: 50,
+    })
+    .unwrap();
+    until("the rule's block verified", || {
+        verified("10.0.0.66").as_deref() == Some("passed")
+    })
+    .await;
+    ledger.flush().await.unwrap();
+    let id = d
+        .active_actions()
+        .into_iter()
+        .find(|a| a.target == "10.0.0.66")
+        .and_then(|a| a.decision)
+        .unwrap();
+    let story = ledger.show(id).await.unwrap().unwrap();
+    assert_eq!(story.decision.verification.as_deref(), Some("passed"));
+    assert!(
+        story
+            .events
+            .iter()
+            .any(|e| e.kind == "verified" && e.detail == "passed: 0 <= 50"),
+        "{:?}",
+        story.events
+    );
+    h.destroy();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_block_and_release() {
     let d = PolicyDriver::new(RULES, false, None, None, None).unwrap();

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use vespa_orchestrator::control::{ActiveAction, AllowEntry, PolicyControl, PolicyError};
+use vespa_orchestrator::control::{ActiveAction, AllowEntry, Operator, PolicyControl, PolicyError};
 
 /// A block on this target fails as an unreachable actuator would.
 pub const FAILING: &str = "10.6.6.6";
@@ -16,6 +16,7 @@ pub struct Ledger {
     blocks: Mutex<BTreeMap<String, ActiveAction>>,
     allow: Mutex<Vec<AllowEntry>>,
     log: Mutex<Vec<String>>,
+    who: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -33,6 +34,7 @@ impl Default for Ledger {
                 note: Some("the tree's own machines".into()),
             }]),
             log: Mutex::default(),
+            who: Mutex::default(),
         }
     }
 }
@@ -41,6 +43,11 @@ impl Ledger {
     /// Every mutation so far, `block 10.0.0.9 600`, `release 10.0.0.9`, `allow ...`.
     pub fn log(&self) -> Vec<String> {
         lock(&self.log).clone()
+    }
+
+    /// Who asked each block and release, in order (`block 10.0.0.1 by key:operator:alice`).
+    pub fn who(&self) -> Vec<String> {
+        lock(&self.who).clone()
     }
 
     /// The targets blocked now, sorted.
@@ -87,6 +94,14 @@ impl PolicyControl for Ledger {
             ))),
         }
     }
+    fn block_as(&self, target: &str, ttl_s: u64, who: &Operator) -> Result<String, PolicyError> {
+        lock(&self.who).push(format!("block {target} by {}", who.identity));
+        self.block(target, ttl_s)
+    }
+    fn release_as(&self, key: &str, who: &Operator) -> Result<String, PolicyError> {
+        lock(&self.who).push(format!("release {key} by {}", who.identity));
+        self.release(key)
+    }
     fn block(&self, target: &str, ttl_s: u64) -> Result<String, PolicyError> {
         if target == FAILING {
             return Err(PolicyError::ActuatorFailed("controller unreachable".into()));
@@ -105,6 +120,7 @@ impl PolicyControl for Ledger {
                 dry_run: false,
                 at: None,
                 decision: None,
+                verification: None,
             },
         );
         Ok(target.to_string())

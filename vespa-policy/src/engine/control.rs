@@ -8,7 +8,7 @@ use super::guard::{release_protected, retain_caps};
 use super::{act, State};
 use crate::rules::Rules;
 use crate::rules::Via;
-use crate::types::{Action, ActionId, AlertKind, Effect, Key, Nanos, Target};
+use crate::types::{Action, ActionId, AlertKind, Effect, Key, Nanos, Target, Verification};
 
 pub(super) fn infected(
     state: &mut State,
@@ -96,6 +96,13 @@ pub(super) fn on_result(
     };
     if ks.verify.is_some_and(|v| v.id == Some(id)) && ks.active {
         ks.verify = None;
+        // No counter can judge what the actuator did not put in place: said, so that the
+        // decision's record is not left waiting for a verdict (the ladder acts again).
+        if let Some(effect) = ks.verifying.take() {
+            let why = format!("the actuator did not put it in place ({why})");
+            let outcome = Verification::NotVerifiable { why };
+            out.push(Action::Verified { effect, outcome });
+        }
         act(state, i, &key, &mut ks, now, out);
     }
     state.keys[i].insert(key, ks);
@@ -143,7 +150,7 @@ pub(super) fn manual_block(
         firewall: via == Via::Firewall,
     };
     let effect = Effect::Blocked(target);
-    apply_effect(
+    let sent = apply_effect(
         state,
         effect.clone(),
         Owner::Operator,
@@ -153,6 +160,11 @@ pub(super) fn manual_block(
     );
     if let Some(es) = state.effects.get_mut(&effect) {
         es.manual_until = es.manual_until.max(until);
+    }
+    if sent.is_some() && !state.is_dry_run() {
+        let why = "a block by hand: no rule's counter watches it".to_string();
+        let outcome = Verification::NotVerifiable { why };
+        out.push(Action::Verified { effect, outcome });
     }
 }
 

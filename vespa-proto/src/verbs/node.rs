@@ -51,6 +51,14 @@ crate::verbs! {
         /// the decisions in force, wherever their rule runs (JSON: dry_run, actions,
         /// unreachable)
         PolicyDecisions "policy_decisions" {},
+        /// the decision ledger's history: decisions placed or ended at or after <since> (Unix
+        /// seconds; 0: all) and those in force, newest first by pages, each of ids below
+        /// [before] (JSON: decisions oldest first, next: the `before` of the next page or
+        /// null)
+        PolicyHistory "policy_history" { since: u64, before: Option<u64> },
+        /// decision <id> of the ledger and its story from line [from] (JSON: decision,
+        /// events, next: the `from` of the rest of the story or null)
+        PolicyShow "policy_show" { id: u64, from: Option<u64> },
         /// block by hand, all or nothing; each entry is target[,ttl_s[,reason]] (JSON Ok/Err)
         PolicyBlock "policy_block" [Command] { entries: Vec<BlockEntry> },
         /// undo the decision <key> (or every decision on a target), wherever it is held

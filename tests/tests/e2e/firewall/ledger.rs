@@ -84,7 +84,7 @@ fn a_vo_killed_mid_import_restarts_with_every_enforced_block_listed_and_releasab
     let mut lab = Lab::new("fw-ledger", "", vec![]);
     let threshold = 40u64;
     let policy = syn_policy(&format!(
-        "above = {threshold}\nbelow = 5\ncalm_s = 3600\ncooldown_s = 1\nverify_s = 0\nreflex = true\n\
+        "above = {threshold}\nbelow = 5\ncalm_s = 3600\ncooldown_s = 1\nverify_s = 2\nreflex = true\n\
          ladder = [{{ action = \"block\", ttl_s = 600 }}]"
     ));
     let dir = lab.tree.scratch.dir.clone();
@@ -169,6 +169,31 @@ fn a_vo_killed_mid_import_restarts_with_every_enforced_block_listed_and_releasab
     assert!(
         operator.starts_with("token:") && !operator.contains(TOKEN),
         "the token's id, never the token: {operator}"
+    );
+    // Verification by counters: the rule's block passes at its deadline (the kernel drops
+    // the flood, the SYN counter stays low), the block by hand has no counter to watch.
+    let verified = try_wait_until("both verifications in the ledger", WAIT, || {
+        let h = get_json(&lab, api, "/api/v1/decisions?all=true").ok_or(None)?;
+        let ds = h["decisions"].as_array().cloned().unwrap_or_default();
+        let of = |t: &str| {
+            ds.iter()
+                .find(|d| d["target"] == t)
+                .and_then(|d| d["verification"].as_str().map(str::to_string))
+        };
+        match (of(&attacker), of(manual)) {
+            (Some(r), Some(m)) => Ok((r, m)),
+            _ => Err(Some(h.to_string())),
+        }
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:?}\nVO log:\n{}",
+            lab.vo.as_ref().map(Proc::log_text).unwrap_or_default()
+        )
+    });
+    assert_eq!(
+        verified,
+        ("passed".to_string(), "not_verifiable".to_string())
     );
 
     // An import of many blocks; the VO is killed while they stream to the agent.
@@ -264,10 +289,46 @@ fn a_vo_killed_mid_import_restarts_with_every_enforced_block_listed_and_releasab
         format!("decided by: operator {operator}"),
         "actuator: confirmed".to_string(),
         "restored".to_string(),
+        "verification: not verifiable: a block by hand".to_string(),
         "state: in force".to_string(),
     ] {
         assert!(text.contains(&want), "{want:?} not in:\n{text}");
     }
+    // The history's VERIFIED column, and the rule's outcome kept across the restart in
+    // the listing of what is in force.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.net.host.name])
+        .arg(vespa_tests::workspace_bin("vespa-orchestrator"))
+        .args([
+            "decisions",
+            "list",
+            "--all",
+            "--api",
+            &format!("http://{api}"),
+        ])
+        .output()
+        .expect("decisions list --all");
+    let table = output_text(&out);
+    assert!(out.status.success(), "{table}");
+    let row = |t: &str| {
+        table
+            .lines()
+            .find(|l| l.split('\t').nth(4) == Some(t))
+            .map(|l| l.split('\t').nth(7).unwrap_or_default().to_string())
+    };
+    assert_eq!(
+        (row(&attacker), row(manual)),
+        (Some("passed".into()), Some("not_verifiable".into())),
+        "{}",
+        &table[..table.len().min(600)]
+    );
+    let now = get_json(&lab, api, "/api/v1/decisions").expect("listing");
+    let in_force = now["actions"].as_array().cloned().unwrap_or_default();
+    let kept = in_force
+        .iter()
+        .find(|a| a["target"] == attacker.as_str())
+        .map(|a| a["verification"].clone());
+    assert_eq!(kept, Some(Value::from("passed")), "{now}");
 
     // Released through the API: the undo goes to the firewall agent, the ledger ends it.
     let (status, body) = http(
