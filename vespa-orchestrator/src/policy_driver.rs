@@ -65,6 +65,7 @@ use record::Why;
 mod api;
 mod convert;
 mod firewall;
+mod order;
 pub mod placement;
 mod reconcile;
 mod record;
@@ -268,6 +269,8 @@ struct Inner {
     ledger_node: OnceLock<String>,
     /// Reconciliation's hook and the policy calls on their way ([`reconcile`]).
     reconciler: Arc<reconcile::Reconciler>,
+    /// Calls about one effect sent in the order decided.
+    order: Arc<order::Order>,
 }
 
 /// A policy driver, the VO's or an HO's (cheap to clone).
@@ -382,6 +385,7 @@ impl PolicyDriver {
                 ledger: OnceLock::new(),
                 ledger_node: OnceLock::new(),
                 reconciler: Default::default(),
+                order: Default::default(),
             }),
         };
         d.rules_changed(d.core().state.rules());
@@ -791,6 +795,7 @@ impl PolicyDriver {
                 .and_then(|at| self.fast_path_note(at, &action));
             let start = cause.map_or(decided, |(seen, _, _)| seen);
             let flying = self.inner.reconciler.on_its_way(action.effect());
+            let mut line = self.inner.order.join(action.effect());
             let me = self.clone();
             let handle = node.clone();
             tokio::spawn(async move {
@@ -820,6 +825,9 @@ impl PolicyDriver {
                     }
                     None => sent_ns,
                 };
+                // After the previous call about the same effect, and before taking a place
+                // among the calls in flight (which that call may be waiting for).
+                line.wait().await;
                 // Closed only with the driver: then nothing is sent.
                 let Ok(_turn) = me.inner.calls.clone().acquire_owned().await else {
                     return;
@@ -831,6 +839,8 @@ impl PolicyDriver {
                         "{via} did not answer {verb} within {CALL_TIMEOUT:?}"
                     )),
                 };
+                // Ended: the next call about this effect may go.
+                drop(line);
                 if let Some(m) = me.vo_metrics() {
                     m.observe_actuator_ack(start.elapsed().as_secs_f64());
                 }

@@ -1508,3 +1508,63 @@ async fn quarantines_and_av_isolations_are_reconciled_from_what_the_agents_tell(
     }
     vo.destroy();
 }
+
+/// An SDN agent that takes its time over releases only, recording each verb when it is done.
+#[derive(Default, Clone)]
+struct SlowReleases(Arc<Mutex<Vec<String>>>);
+
+impl Agent for SlowReleases {
+    type Verb = SdnVerb;
+
+    async fn call(&self, verb: SdnVerb) -> VerbResult {
+        if matches!(verb, SdnVerb::ReleaseHackers { .. }) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        lock(&self.0).push(verb.name().to_string());
+        Ok("done".into())
+    }
+}
+
+/// An operator's release followed at once by a new block of the same target: the block is
+/// sent only once the release has ended, so the agent never removes the new block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_about_one_target_reach_the_agent_in_the_order_decided() {
+    let psk = vespa_proto::Psk::random();
+    let d = PolicyDriver::new(RULES, false, None, None, None).unwrap();
+    let (vo, vo_addr) = node("VO", Role::Vo, None, &psk, Hooks::default()).await;
+    d.start(vo.clone());
+    let sdn = SlowReleases::default();
+    let hooks = Hooks {
+        agent: Some(AgentRef::new(sdn.clone())),
+        alert_handlers: Vec::new(),
+    };
+    let (_sdn, _) = node(
+        "SDN",
+        Role::Agent(AgentKind::ControllerOsken),
+        Some((&vo, vo_addr)),
+        &psk,
+        hooks,
+    )
+    .await;
+    until("the SDN agent under the VO", || {
+        vo.stats().children.iter().any(|c| c == "SDN")
+    })
+    .await;
+    for _ in 0..3 {
+        d.block("10.0.0.7", 600).unwrap();
+        d.release("10.0.0.7").unwrap();
+    }
+    d.block("10.0.0.7", 600).unwrap();
+    wait_until_async("seven calls at the agent", Duration::from_secs(30), || {
+        std::future::ready(lock(&sdn.0).len() >= 7)
+    })
+    .await;
+    let seen = lock(&sdn.0).clone();
+    let decided: Vec<&str> = ["block_hackers", "release_hackers"]
+        .iter()
+        .cycle()
+        .take(7)
+        .copied()
+        .collect();
+    assert_eq!(seen, decided);
+}
