@@ -49,7 +49,6 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -476,6 +475,7 @@ pub fn redact_url(url: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Sqlite,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Postgres,
 }
 
@@ -640,6 +640,7 @@ async fn open_sqlite(at: &Location, path: &Path) -> anyhow::Result<Opened> {
 /// PostgreSQL has no `user_version`) one this build knows.
 #[cfg(feature = "postgres")]
 async fn open_postgres(at: &Location, url: &str) -> anyhow::Result<Opened> {
+    use std::str::FromStr as _;
     let opts = AnyConnectOptions::from_str(url).map_err(|e| at.unusable(e))?;
     let mut conn = AnyConnection::connect_with(&opts)
         .await

@@ -18,6 +18,7 @@ impl Db {
         Db::Sqlite(tempfile::tempdir().expect("tempdir"))
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     fn postgres(test: &str) -> Option<Db> {
         postgres::start_for(test).map(Db::Postgres)
     }
@@ -43,6 +44,7 @@ macro_rules! on_both {
                 super::$name(super::Db::sqlite()).await
             }
 
+            #[cfg(feature = "postgres")]
             #[tokio::test]
             async fn postgres() {
                 let test = concat!("ledger::tests::", stringify!($name), "::postgres");
@@ -348,6 +350,7 @@ fn a_postgres_url_is_shown_without_its_password() {
     ));
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test]
 async fn a_refused_postgres_login_names_the_database_without_the_password() {
     let Some(pg) = postgres::start_for(
@@ -367,6 +370,7 @@ async fn a_refused_postgres_login_names_the_database_without_the_password() {
     assert!(!format!("{l:?}").contains(&pg.password));
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test]
 async fn a_postgres_ledger_of_a_newer_schema_is_refused() {
     let Some(pg) =
