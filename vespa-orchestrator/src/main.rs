@@ -112,12 +112,14 @@ struct RunArgs {
     /// Start the policy in dry-run: actions are logged, never sent to an actuator.
     #[arg(long)]
     dry_run: bool,
-    /// The decision ledger (SQLite): every block, cut link or quarantine this process's
-    /// policy places, written before it is sent, and put back into the policy at start.
-    /// Default: the topology's `[settings] ledger`, else `$STATE_DIRECTORY/ledger.db` under
-    /// systemd, else none (decisions kept in memory only). A file that is not a sound
-    /// ledger stops the start; it is never emptied.
-    #[arg(long, value_name = "PATH", env = "VESPA_LEDGER")]
+    /// The decision ledger: every block, cut link or quarantine this process's policy
+    /// places, written before it is sent, and put back into the policy at start. An SQLite
+    /// file, or a PostgreSQL database (`postgres://user@host/db`; the password best in
+    /// PGPASSWORD or ~/.pgpass, it is never logged). Default: the topology's `[settings]
+    /// ledger`, else `$STATE_DIRECTORY/ledger.db` under systemd, else none (decisions kept
+    /// in memory only). A file that is not a sound ledger stops the start; it is never
+    /// emptied.
+    #[arg(long, value_name = "PATH|URL", env = "VESPA_LEDGER")]
     ledger: Option<PathBuf>,
     /// The HOs' spools of their own unacknowledged alerts (the fast path's alerts); the VO
     /// keeps its journal instead.
@@ -482,7 +484,8 @@ fn policy_drivers(
 fn ledger_path(args: &RunArgs, topo: &Topology, has_policy: bool) -> Option<PathBuf> {
     if !has_policy {
         if let Some(p) = &args.ledger {
-            tracing::warn!(path = %p.display(), "--ledger ignored: this process runs no policy");
+            let at = vespa_orchestrator::ledger::Location::of(p);
+            tracing::warn!(location = %at, "--ledger ignored: this process runs no policy");
         }
         return None;
     }

@@ -217,6 +217,9 @@ where
     }
 }
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;

@@ -30,6 +30,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("binutils", "strip: cargo xtask dist leaves the debug info out of the packaged binaries"),
     ("systemd", "systemd-analyze: the tests verify and rate the packaged units"),
     ("nats-server", "nats-server: the VO's NATS output is tested against a real server the tests start on a free port (the packaged service is not used)"),
+    ("postgresql", "PostgreSQL (initdb, postgres): the decision ledger's tests run on PostgreSQL too, against servers the tests make in private directories on unix sockets (the packaged cluster is not used)"),
     ("systemd-container", "systemd-nspawn: the tests boot a systemd container to install and run the package"),
 ];
 

@@ -10,6 +10,8 @@
 //!   setup` makes.
 //! - [`clamd`]: clamd with the one-line EICAR signature database.
 //! - [`nats`]: nats-server on a free loopback port (the VO's NATS output and its subscribers).
+//! - [`postgres`]: a PostgreSQL server on a unix socket in a private directory (the decision
+//!   ledger on PostgreSQL).
 //! - [`floodlight_stub`], [`pox_stub`]: in-process servers reproducing the documented
 //!   request/reply shapes of Floodlight's REST API and POX's messenger, recording requests.
 
@@ -19,6 +21,7 @@ pub mod libvirt;
 pub mod nats;
 pub mod osken;
 pub mod ovs;
+pub mod postgres;
 pub mod pox_stub;
 
 use std::io::{Read, Write};

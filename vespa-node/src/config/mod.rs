@@ -229,7 +229,8 @@ pub struct Settings {
     /// are dropped and counted as the full queue's are.
     pub spool_max_bytes: u64,
     /// The process that runs the VO: its decision ledger, an SQLite database (relative
-    /// paths against the config file's directory). `None`: no ledger unless
+    /// paths against the config file's directory) or a `postgres://` URL (kept as it is).
+    /// `None`: no ledger unless
     /// `vespa-orchestrator run --ledger` names one.
     pub ledger: Option<PathBuf>,
 }
@@ -382,7 +383,11 @@ impl Topology {
             }
         }
         if let Some(l) = &mut self.settings.ledger {
-            if l.is_relative() {
+            // A PostgreSQL URL is not a path.
+            let url = l
+                .to_str()
+                .is_some_and(|t| t.starts_with("postgres://") || t.starts_with("postgresql://"));
+            if l.is_relative() && !url {
                 *l = base.join(&*l);
             }
         }

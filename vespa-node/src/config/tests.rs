@@ -1,7 +1,7 @@
 //! Config loading: the 2014 file, the TOML twin, the default, and one fixture per error class
 //! (fixtures live in tests/fixtures/config so the CLI tests share them).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::*;
 
@@ -153,6 +153,17 @@ fn relative_paths_resolve_against_the_config_directory() {
     .expect("write");
     let l = Topology::load(&path).expect("loads").settings.ledger;
     assert_eq!(l, Some(dir.join("state/ledger.db")));
+    let url = "postgres://vespa@db.example/vespa";
+    std::fs::write(
+        &path,
+        text.replace(
+            "key_file = \"psk\"",
+            &format!("key_file = \"psk\"\nledger = \"{url}\""),
+        ),
+    )
+    .expect("write");
+    let l = Topology::load(&path).expect("loads").settings.ledger;
+    assert_eq!(l.as_deref(), Some(Path::new(url)), "a URL is not a path");
     assert_eq!(
         t.vo().journal.as_deref(),
         Some(dir.join("vo.jsonl").as_path())
@@ -192,7 +203,7 @@ fn the_journal_budget_defaults_to_64_mib_and_refuses_less_than_64_kib() {
     let e = with("ledger = \"\"").expect_err("empty");
     assert_eq!(
         e.to_string(),
-        "t.toml:6: [settings]: field `ledger`: must name a file (the decision ledger's SQLite database)"
+        "t.toml:6: [settings]: field `ledger`: must name a file (the decision ledger's SQLite database) or a postgres:// URL"
     );
 }
 

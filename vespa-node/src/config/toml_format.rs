@@ -5,7 +5,7 @@
 //! key_file = "psk"           # relative to this file (one key shared by the tree)
 //! # key_dir = "keys"          # per-node keys instead (vespa-orchestrator keygen --per-node)
 //! heartbeat_ms = 1000
-//! # ledger = "/var/lib/vespa/ledger.db"  # the VO process's decision ledger (SQLite)
+//! # ledger = "/var/lib/vespa/ledger.db"  # the VO process's decision ledger (SQLite, or postgres://)
 //!
 //! [[machine]]
 //! name = "web"
@@ -138,7 +138,8 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
                     at("ledger"),
                     ctx(),
                     "ledger",
-                    "must name a file (the decision ledger's SQLite database)".into(),
+                    "must name a file (the decision ledger's SQLite database) or a postgres:// URL"
+                        .into(),
                 ));
             }
             settings.ledger = Some(l);

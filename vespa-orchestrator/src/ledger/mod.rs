@@ -1,11 +1,13 @@
 //! The decision ledger: every effect a policy driver places (block, throttle, cut link,
 //! quarantine, isolation), who decided it and why, what the actuator answered, and when and
-//! why it ended, in an SQLite database in WAL mode that an operator can open with `sqlite3`.
+//! why it ended, in an SQLite database in WAL mode that an operator can open with `sqlite3`,
+//! or in a PostgreSQL database (`postgres://...`, the `postgres` feature) that a VO failing
+//! over to a second machine finds there.
 //!
 //! ```text
 //! driver's execute ──place/end (sync: ids, in-force map)──► queue ──► writer task ──► SQLite (WAL)
-//!        │                                                              │ one transaction per batch
-//!        └── call task: waits for "written", then sends ◄── written ────┤
+//!        │                                                              │ one transaction     or PostgreSQL
+//!        └── call task: waits for "written", then sends ◄── written ────┤ per batch
 //!                                                                       └──► subscribe(): DecisionEvent
 //! ```
 //!
@@ -16,19 +18,32 @@
 //! its row before the call leaves; the driver's own task never waits. The queue keeps the
 //! driver's order, so a release is never written before the block it ends.
 //!
-//! **Durability.** `synchronous = NORMAL` in WAL mode: a commit is in the WAL file when the
-//! call leaves, so SIGKILL of the orchestrator loses nothing it sent; a power loss may lose
-//! the last commits (`FULL` would fsync each batch, a disk's flush time in the closed loop's
-//! path). What the actuators hold after a power loss is what reconciliation compares.
+//! **One round trip per batch on SQLite.** sqlx runs each SQLite connection on a thread of
+//! its own and every statement is a hand-over to it and back: on a loaded host each is a
+//! scheduler wake-up in the closed loop's path. The writer therefore sends a batch as one
+//! script (`BEGIN; ...; COMMIT`, its story lines in one multi-row insert), prepared once and
+//! cached for the shapes that recur (one decision, one reply). PostgreSQL takes one statement
+//! per message with parameters, so there each is its own round trip on the socket.
+//!
+//! **Durability.** On SQLite, `synchronous = NORMAL` in WAL mode: a commit is in the WAL file
+//! when the call leaves, so SIGKILL of the orchestrator loses nothing it sent; a power loss
+//! may lose the last commits (`FULL` would fsync each batch, a disk's flush time in the closed
+//! loop's path). On PostgreSQL a commit is as durable as the server's `synchronous_commit`
+//! makes it. What the actuators hold after a power loss is what reconciliation compares.
 //!
 //! **Never emptied.** Opening checks the file (`PRAGMA quick_check`); a file that is not a
 //! database, is damaged or holds a newer schema stops the start with its path named. Nothing
 //! here recreates, truncates or deletes a ledger.
 //!
-//! One database per orchestrator process, enforced: opening takes an exclusive lock on
-//! `<ledger>.lock` ([`owner`]) held while the ledger is open, so a second process on the same
-//! file stops at start with the path and the holder named. Each row names the node (the VO, or the HO of a
-//! fast-path rule) whose driver decided, so the drivers of one process share it.
+//! **No password in logs.** A PostgreSQL URL is only ever shown with its password replaced
+//! ([`Location`]), and an error text that would carry it has it replaced too.
+//!
+//! One database per orchestrator process, enforced for a file: opening takes an exclusive
+//! lock on `<ledger>.lock` ([`owner`]) held while the ledger is open, so a second process on
+//! the same file stops at start with the path and the holder named. Each row names the node
+//! (the VO, or the HO of a fast-path rule) whose driver decided, so the drivers of one process
+//! share it. Ids are assigned by the process (the next after the largest in the database):
+//! one orchestrator writes a PostgreSQL ledger at a time, the one a failover made active.
 
 mod owner;
 mod schema;
@@ -43,11 +58,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Connection, Row};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Row};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// A decision's id: assigned by the orchestrator, never reused (the next after the largest
@@ -381,16 +394,120 @@ struct Job {
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+/// Where a ledger is kept: an SQLite file, or a PostgreSQL database.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An SQLite database file (created when missing).
+    File(PathBuf),
+    /// A PostgreSQL URL (`postgres://user[:password]@host[:port]/database[?...]`, or a unix
+    /// socket's directory in `?host=/run/postgresql`).
+    Postgres(String),
+}
+
+impl Location {
+    /// `postgres://...` or `postgresql://...` is a PostgreSQL URL; anything else a file.
+    pub fn of(path: &Path) -> Location {
+        match path.to_str() {
+            Some(t) if is_postgres_url(t) => Location::Postgres(t.to_string()),
+            _ => Location::File(path.to_path_buf()),
+        }
+    }
+
+    /// What logs and errors show: the path, or the URL with its password replaced.
+    pub fn redacted(&self) -> String {
+        match self {
+            Location::File(p) => p.display().to_string(),
+            Location::Postgres(url) => redact_url(url),
+        }
+    }
+
+    /// The password a PostgreSQL URL carries (to scrub it from error texts).
+    fn password(&self) -> Option<String> {
+        let Location::Postgres(url) = self else {
+            return None;
+        };
+        let u = url::Url::parse(url).ok()?;
+        let in_query = u
+            .query_pairs()
+            .find(|(k, _)| k == "password")
+            .map(|(_, v)| v.into_owned());
+        let in_userinfo = u.password().map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
+        in_userinfo.or(in_query).filter(|p| !p.is_empty())
+    }
+}
+
+/// Never the password, even in `{:?}`.
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Whether `text` names a PostgreSQL database rather than a file.
+pub fn is_postgres_url(text: &str) -> bool {
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
+}
+
+/// `url` with its password (in the user part or a `password=` parameter) replaced by `***`;
+/// a URL that does not parse is shown by its scheme alone, since where its password is
+/// cannot be told.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        let scheme = url.split("://").next().unwrap_or("postgres");
+        return format!("{}://(a URL that does not parse)", bounded(scheme, 16));
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if u.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" {
+                    "***".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
+/// Which database the ledger is in: where the SQL must differ, and how many statements one
+/// round trip may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Postgres,
+}
+
 struct Inner {
-    path: PathBuf,
-    read: SqlitePool,
+    location: Location,
+    /// [`Location::redacted`], for every message.
+    label: String,
+    read: AnyPool,
     tx: mpsc::UnboundedSender<Job>,
     next_id: AtomicI64,
     in_force: Mutex<HashMap<Slot, InForce>>,
     events: broadcast::Sender<DecisionEvent>,
     failures: Arc<AtomicU64>,
     /// This process's hold of the file ([`owner`]).
-    _owner: owner::Owner,
+    /// The file's lock (a PostgreSQL ledger has none: see the module's text).
+    _owner: Option<owner::Owner>,
 }
 
 /// The ledger (cheap to clone). Open it inside a tokio runtime.
@@ -402,20 +519,33 @@ pub struct Ledger {
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
-            .field("path", &self.inner.path)
+            .field("location", &self.inner.label)
             .finish()
     }
 }
 
-fn opts(path: &Path) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
-        .filename(path)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5))
+/// The connection options of the SQLite file at `path`, through sqlx's `Any` driver (its
+/// URL, so `?` or `#` in a file name are escaped). `mode`: `rwc` (create), `rw`, `ro`.
+fn sqlite_opts(path: &Path, mode: &str) -> anyhow::Result<AnyConnectOptions> {
+    let abs = std::path::absolute(path)
+        .with_context(|| format!("the decision ledger {}", path.display()))?;
+    let mut url = SqliteConnectOptions::new().filename(&abs).to_url_lossy();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "mode" {
+                mode.into()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    AnyConnectOptions::from_url(&url).map_err(|e| unusable_file(path, e))
 }
 
-fn unusable(path: &Path, why: impl std::fmt::Display) -> anyhow::Error {
+fn unusable_file(path: &Path, why: impl std::fmt::Display) -> anyhow::Error {
     anyhow!(
         "the decision ledger {} cannot be used: {why}; VESPA never empties or recreates it: \
          move it aside (or repair it with sqlite3's .recover) to start with another",
@@ -423,79 +553,202 @@ fn unusable(path: &Path, why: impl std::fmt::Display) -> anyhow::Error {
     )
 }
 
+impl Location {
+    /// An error about this ledger, its password scrubbed from `why`.
+    fn unusable(&self, why: impl std::fmt::Display) -> anyhow::Error {
+        match self {
+            Location::File(p) => unusable_file(p, why),
+            Location::Postgres(_) => {
+                let mut why = why.to_string();
+                if let Some(pw) = self.password() {
+                    why = why.replace(&pw, "***");
+                }
+                anyhow!(
+                    "the decision ledger {} cannot be used: {why}; VESPA never empties or \
+                     recreates it",
+                    self.redacted()
+                )
+            }
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Ledger {
-    /// Opens (or creates) the ledger at `path`, checks it, and starts its writer. A file
-    /// that is not a database, is damaged or holds a newer schema is an error naming `path`.
-    pub async fn open(path: &Path) -> anyhow::Result<Ledger> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| {
-                format!(
-                    "creating the directory of the decision ledger {}",
-                    path.display()
-                )
-            })?;
-        }
-        let owner = owner::hold(path)?;
-        // The writer never checkpoints (a checkpoint fsyncs: milliseconds to tens of them on
-        // a busy disk, in the closed loop's path); a task of its own does, every few seconds.
-        let writer_opts = opts(path)
-            .create_if_missing(true)
-            .pragma("wal_autocheckpoint", "0");
-        let mut conn = SqliteConnection::connect_with(&writer_opts)
-            .await
-            .map_err(|e| unusable(path, e))?;
-        let check: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
-            .fetch_all(&mut conn)
-            .await
-            .map_err(|e| unusable(path, e))?;
-        if check != ["ok"] {
-            let first: Vec<String> = check.iter().take(3).map(|l| bounded(l, 200)).collect();
-            return Err(unusable(
-                path,
-                format!("it is damaged (quick_check: {})", first.join("; ")),
-            ));
-        }
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| unusable(path, e))?;
-        if version > schema::VERSION {
-            return Err(unusable(
-                path,
-                format!(
-                    "its schema is version {version}, this build knows {} at most",
-                    schema::VERSION
-                ),
-            ));
-        }
-        for stmt in schema::CREATE {
-            sqlx::query(stmt)
-                .execute(&mut conn)
-                .await
-                .map_err(|e| unusable(path, e))?;
-        }
-        sqlx::query(&format!("PRAGMA user_version = {}", schema::VERSION))
+/// The writer's connection, the readers' pool, and (SQLite) the checkpointer's connection.
+struct Opened {
+    /// The file's lock, taken before anything is read (none on PostgreSQL).
+    owner: Option<owner::Owner>,
+    backend: Backend,
+    writer: AnyConnection,
+    read: AnyPool,
+    checkpointer: Option<AnyConnection>,
+}
+
+/// Opens and checks an SQLite ledger: the file must be a sound database of a schema this
+/// build knows; WAL, `synchronous = NORMAL`, no automatic checkpoint on the writer.
+async fn open_sqlite(at: &Location, path: &Path) -> anyhow::Result<Opened> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "creating the directory of the decision ledger {}",
+                path.display()
+            )
+        })?;
+    }
+    // Before anything is read: a second process must not open the file at all.
+    let owner = owner::hold(path)?;
+    let mut conn = AnyConnection::connect_with(&sqlite_opts(path, "rwc")?)
+        .await
+        .map_err(|e| at.unusable(e))?;
+    let check: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| at.unusable(e))?;
+    if check != ["ok"] {
+        let first: Vec<String> = check.iter().take(3).map(|l| bounded(l, 200)).collect();
+        return Err(at.unusable(format!("it is damaged (quick_check: {})", first.join("; "))));
+    }
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| at.unusable(e))?;
+    if version > schema::VERSION {
+        return Err(at.unusable(format!(
+            "its schema is version {version}, this build knows {} at most",
+            schema::VERSION
+        )));
+    }
+    // The writer never checkpoints (a checkpoint fsyncs: milliseconds to tens of them on a
+    // busy disk, in the closed loop's path); a task of its own does, every few seconds.
+    for pragma in [
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = NORMAL",
+        "PRAGMA wal_autocheckpoint = 0",
+    ] {
+        sqlx::query(pragma)
             .execute(&mut conn)
             .await
-            .map_err(|e| unusable(path, e))?;
+            .map_err(|e| at.unusable(e))?;
+    }
+    for stmt in schema::CREATE {
+        sqlx::query(stmt)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| at.unusable(e))?;
+    }
+    sqlx::query(&format!("PRAGMA user_version = {}", schema::VERSION))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| at.unusable(e))?;
+    let read = AnyPoolOptions::new()
+        .max_connections(2)
+        .connect_with(sqlite_opts(path, "ro")?)
+        .await
+        .map_err(|e| at.unusable(e))?;
+    let checkpointer = AnyConnection::connect_with(&sqlite_opts(path, "rw")?)
+        .await
+        .map_err(|e| at.unusable(e))?;
+    Ok(Opened {
+        owner: Some(owner),
+        backend: Backend::Sqlite,
+        writer: conn,
+        read,
+        checkpointer: Some(checkpointer),
+    })
+}
+
+/// Opens a PostgreSQL ledger: its tables created when missing, its schema version (a table,
+/// PostgreSQL has no `user_version`) one this build knows.
+#[cfg(feature = "postgres")]
+async fn open_postgres(at: &Location, url: &str) -> anyhow::Result<Opened> {
+    use std::str::FromStr as _;
+    let opts = AnyConnectOptions::from_str(url).map_err(|e| at.unusable(e))?;
+    let mut conn = AnyConnection::connect_with(&opts)
+        .await
+        .map_err(|e| at.unusable(e))?;
+    for stmt in schema::CREATE.iter().chain(schema::POSTGRES_VERSION_TABLE) {
+        sqlx::query(stmt)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| at.unusable(e))?;
+    }
+    let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM ledger_schema")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| at.unusable(e))?;
+    match version {
+        Some(v) if v > schema::VERSION => {
+            return Err(at.unusable(format!(
+                "its schema is version {v}, this build knows {} at most",
+                schema::VERSION
+            )))
+        }
+        Some(_) => {}
+        None => {
+            sqlx::query("INSERT INTO ledger_schema (version) VALUES ($1)")
+                .bind(schema::VERSION)
+                .execute(&mut conn)
+                .await
+                .map_err(|e| at.unusable(e))?;
+        }
+    }
+    let read = AnyPoolOptions::new()
+        .max_connections(2)
+        .connect_with(opts)
+        .await
+        .map_err(|e| at.unusable(e))?;
+    Ok(Opened {
+        owner: None,
+        backend: Backend::Postgres,
+        writer: conn,
+        read,
+        checkpointer: None,
+    })
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(at: &Location, _url: &str) -> anyhow::Result<Opened> {
+    Err(at.unusable("this build has no PostgreSQL support (cargo feature `postgres`)"))
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger at `path` (a file, or a `postgres://` URL: see
+    /// [`Location::of`]), checks it, and starts its writer. A file that is not a database, is
+    /// damaged or holds a newer schema is an error naming `path`.
+    pub async fn open(path: &Path) -> anyhow::Result<Ledger> {
+        Ledger::open_at(Location::of(path)).await
+    }
+
+    /// Opens (or creates) the ledger at `at`, checks it, and starts its writer.
+    pub async fn open_at(at: Location) -> anyhow::Result<Ledger> {
+        sqlx::any::install_default_drivers();
+        let Opened {
+            owner,
+            backend,
+            writer: mut conn,
+            read,
+            checkpointer,
+        } = match &at {
+            Location::File(p) => open_sqlite(&at, p).await?,
+            Location::Postgres(url) => open_postgres(&at, url).await?,
+        };
         let max_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM decisions")
             .fetch_one(&mut conn)
             .await
-            .map_err(|e| unusable(path, e))?;
+            .map_err(|e| at.unusable(e))?;
         let max_event: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM decision_events")
             .fetch_one(&mut conn)
             .await
-            .map_err(|e| unusable(path, e))?;
+            .map_err(|e| at.unusable(e))?;
         let rows = sqlx::query(
             "SELECT id, node, kind, target, placed_at, expires_at, decided_by, verification FROM decisions WHERE ended_at IS NULL",
         )
         .fetch_all(&mut conn)
         .await
-        .map_err(|e| unusable(path, e))?;
+        .map_err(|e| at.unusable(e))?;
         let mut in_force = HashMap::new();
         for r in rows {
             let slot = (r.get("node"), r.get("kind"), r.get("target"));
@@ -512,34 +765,29 @@ impl Ledger {
                 },
             );
         }
-        let read = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(opts(path).read_only(true))
-            .await
-            .map_err(|e| unusable(path, e))?;
-        let checkpointer = SqliteConnection::connect_with(&opts(path))
-            .await
-            .map_err(|e| unusable(path, e))?;
+        let label = at.redacted();
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(checkpoint_loop(
-            checkpointer,
-            tx.downgrade(),
-            path.to_path_buf(),
-        ));
+        if let Some(c) = checkpointer {
+            tokio::spawn(checkpoint_loop(c, tx.downgrade(), label.clone()));
+        }
         let (events, _) = broadcast::channel(EVENTS_BUFFER);
         let failures = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_loop(
-            conn,
+            Writer {
+                conn,
+                backend,
+                location: at.clone(),
+            },
             rx,
             max_event.unwrap_or(0),
             events.clone(),
             failures.clone(),
-            path.to_path_buf(),
         ));
-        tracing::info!(path = %path.display(), in_force = in_force.len(), "decision ledger open");
+        tracing::info!(location = %label, in_force = in_force.len(), "decision ledger open");
         Ok(Ledger {
             inner: Arc::new(Inner {
-                path: path.to_path_buf(),
+                location: at,
+                label,
                 read,
                 tx,
                 next_id: AtomicI64::new(max_id.unwrap_or(0) + 1),
@@ -551,9 +799,14 @@ impl Ledger {
         })
     }
 
+    /// Where the database is: the file's path, or the URL without its password.
+    pub fn location(&self) -> &str {
+        &self.inner.label
+    }
+
     /// Where the database is.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    pub fn at(&self) -> &Location {
+        &self.inner.location
     }
 
     /// Batches the writer could not commit (each logged).
@@ -581,7 +834,7 @@ impl Ledger {
             done,
         };
         if self.inner.tx.send(job).is_err() {
-            tracing::error!(path = %self.inner.path.display(), "decision ledger writer stopped: decision not recorded");
+            tracing::error!(location = %self.inner.label, "decision ledger writer stopped: decision not recorded");
         }
         Written(rx)
     }
@@ -599,12 +852,12 @@ impl Ledger {
         let mut in_force = lock(&self.inner.in_force);
         if let Some(f) = in_force.get_mut(&slot) {
             f.expires_at = d.expires_at.max(f.expires_at);
-            let id = f.id;
+            let (id, expires_at) = (f.id, f.expires_at);
             drop(in_force);
             let op = Op::Renew {
                 id,
                 ttl_s: d.ttl_s,
-                expires_at: d.expires_at,
+                expires_at,
             };
             return (id, self.queue(slot, op, true));
         }
@@ -772,7 +1025,7 @@ impl Ledger {
         let rows = query
             .fetch_all(&self.inner.read)
             .await
-            .with_context(|| format!("reading the decision ledger {}", self.path().display()))?;
+            .with_context(|| format!("reading the decision ledger {}", self.location()))?;
         let mut out: Vec<Decision> = rows.iter().map(decision_of).collect();
         out.reverse();
         Ok(out)
@@ -780,7 +1033,7 @@ impl Ledger {
 
     /// Decision `id` and its story, or `None`.
     pub async fn show(&self, id: DecisionId) -> anyhow::Result<Option<Story>> {
-        let ctx = || format!("reading the decision ledger {}", self.path().display());
+        let ctx = || format!("reading the decision ledger {}", self.location());
         let Some(row) = sqlx::query("SELECT * FROM decisions WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.inner.read)
@@ -822,7 +1075,7 @@ impl Ledger {
         .bind(target)
         .fetch_optional(&self.inner.read)
         .await
-        .with_context(|| format!("reading the decision ledger {}", self.path().display()))?;
+        .with_context(|| format!("reading the decision ledger {}", self.location()))?;
         Ok(row.as_ref().map(decision_of))
     }
 
@@ -837,11 +1090,11 @@ impl Ledger {
     }
 }
 
-fn opt_u(r: &SqliteRow, c: &str) -> Option<u64> {
+fn opt_u(r: &AnyRow, c: &str) -> Option<u64> {
     r.get::<Option<i64>, _>(c).map(|x| x.max(0) as u64)
 }
 
-fn decision_of(r: &SqliteRow) -> Decision {
+fn decision_of(r: &AnyRow) -> Decision {
     Decision {
         id: r.get("id"),
         node: r.get("node"),
@@ -903,9 +1156,9 @@ fn decided_detail(d: &NewDecision) -> String {
 /// Copies the WAL back into the database every [`CHECKPOINT_EVERY`] (PASSIVE: it never waits
 /// for the writer nor stops it), until the ledger is dropped.
 async fn checkpoint_loop(
-    mut conn: SqliteConnection,
+    mut conn: AnyConnection,
     alive: mpsc::WeakUnboundedSender<Job>,
-    path: PathBuf,
+    label: String,
 ) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -919,7 +1172,7 @@ async fn checkpoint_loop(
             .execute(&mut conn)
             .await
         {
-            tracing::warn!(path = %path.display(), error = %e, "decision ledger: checkpoint failed (the WAL grows until one succeeds)");
+            tracing::warn!(location = %label, error = %e, "decision ledger: checkpoint failed (the WAL grows until one succeeds)");
         }
     }
     let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -927,14 +1180,21 @@ async fn checkpoint_loop(
         .await;
 }
 
+/// The writer's connection and what it needs to know of it.
+struct Writer {
+    conn: AnyConnection,
+    backend: Backend,
+    location: Location,
+}
+
 async fn write_loop(
-    mut conn: SqliteConnection,
+    mut w: Writer,
     mut rx: mpsc::UnboundedReceiver<Job>,
     last_event: i64,
     events: broadcast::Sender<DecisionEvent>,
     failures: Arc<AtomicU64>,
-    path: PathBuf,
 ) {
+    let label = w.location.redacted();
     let mut next_event = last_event + 1;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
@@ -945,20 +1205,20 @@ async fn write_loop(
             }
         }
         let start = next_event;
-        let result = apply(&mut conn, &jobs, &mut next_event).await;
+        let (stmts, published) = plan(&jobs, &mut next_event);
+        let result = run(&mut w, stmts).await;
         match &result {
-            Ok(published) => {
+            Ok(()) => {
                 for e in published {
-                    let _ = events.send(e.clone());
+                    let _ = events.send(e);
                 }
             }
             Err(e) => {
                 next_event = start;
                 let n = failures.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::error!(path = %path.display(), error = %e, failures = n, rows = jobs.len(), "decision ledger: write failed, these decisions are not recorded");
+                tracing::error!(location = %label, error = %e, failures = n, rows = jobs.len(), "decision ledger: write failed, these decisions are not recorded");
             }
         }
-        let result = result.map(|_| ()).map_err(|e| e.to_string());
         for j in jobs {
             if let Some(done) = j.done {
                 let _ = done.send(result.clone());
@@ -967,17 +1227,45 @@ async fn write_loop(
     }
 }
 
-/// Writes `jobs` in one transaction; returns the events to publish once committed.
-async fn apply(
-    conn: &mut SqliteConnection,
-    jobs: &[Job],
-    next_event: &mut i64,
-) -> Result<Vec<DecisionEvent>, sqlx::Error> {
-    let mut tx = conn.begin().await?;
+/// A value bound to a statement: the ledger's columns are integers and texts.
+enum Val {
+    Int(Option<i64>),
+    Text(Option<String>),
+}
+
+/// One statement: its SQL with `?` for each parameter (numbered `$n` when it is sent, so a
+/// script of several statements shares one list), and its values in order.
+struct Stmt {
+    sql: String,
+    vals: Vec<Val>,
+}
+
+impl Stmt {
+    fn bare(sql: &str) -> Stmt {
+        Stmt {
+            sql: sql.into(),
+            vals: Vec::new(),
+        }
+    }
+}
+
+/// Parameters of one round trip at most: under SQLite's 32,766 and PostgreSQL's 65,535.
+const MAX_PARAMS: usize = 30_000;
+/// Story lines in one multi-row insert at most.
+const LINES_PER_INSERT: usize = 500;
+/// Round trips with at most this many parameters are prepared once and kept (one decision,
+/// a reply, an end: the shapes that recur); longer ones are one-offs.
+const CACHED_PARAMS: usize = 64;
+
+/// The statements that write `jobs` (the decisions' rows first, then their story lines in
+/// multi-row inserts), and the events to publish once they are committed.
+fn plan(jobs: &[Job], next_event: &mut i64) -> (Vec<Stmt>, Vec<DecisionEvent>) {
+    let mut stmts = Vec::new();
     let mut published = Vec::new();
+    let mut lines: Vec<(i64, DecisionId, i64, &'static str, String)> = Vec::new();
     for job in jobs {
         let at_s = job.at_ms / 1000;
-        let mut lines: Vec<(DecisionId, &str, String)> = Vec::new();
+        let mut story: Vec<(DecisionId, &'static str, String)> = Vec::new();
         match &job.op {
             Op::Insert(d, id) => {
                 let (rules, sha, operator, reason) = match &d.decider {
@@ -1002,31 +1290,30 @@ async fn apply(
                     ),
                     Decider::Infection => (None, None, None, None),
                 };
-                sqlx::query(
-                    "INSERT INTO decisions (id, node, kind, target, actuator, actuator_firewall, decided_by, rules, policy_sha256, operator, reason, alert_origin, alert_seq, alert_kernel_ns, placed_at, ttl_s, expires_at, rate, dry_run)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
-                )
-                .bind(id)
-                .bind(&d.node)
-                .bind(&d.kind)
-                .bind(&d.target)
-                .bind(&d.actuator)
-                .bind(i64::from(d.actuator_firewall))
-                .bind(d.decider.by())
-                .bind(rules)
-                .bind(sha)
-                .bind(operator)
-                .bind(reason)
-                .bind(d.cause.as_ref().map(|c| bounded(&c.origin, MAX_NAME)))
-                .bind(d.cause.as_ref().map(|c| c.seq as i64))
-                .bind(d.cause.as_ref().map(|c| c.kernel_ns as i64))
-                .bind(d.placed_at as i64)
-                .bind(d.ttl_s.map(|t| t as i64))
-                .bind(d.expires_at.map(|t| t as i64))
-                .bind(d.rate.as_deref().map(|r| bounded(r, MAX_NAME)))
-                .bind(i64::from(d.dry_run))
-                .execute(&mut *tx)
-                .await?;
+                stmts.push(Stmt {
+                    sql: "INSERT INTO decisions (id, node, kind, target, actuator, actuator_firewall, decided_by, rules, policy_sha256, operator, reason, alert_origin, alert_seq, alert_kernel_ns, placed_at, ttl_s, expires_at, rate, dry_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)".into(),
+                    vals: vec![
+                        Val::Int(Some(*id)),
+                        Val::Text(Some(d.node.clone())),
+                        Val::Text(Some(d.kind.clone())),
+                        Val::Text(Some(d.target.clone())),
+                        Val::Text(Some(d.actuator.clone())),
+                        Val::Int(Some(i64::from(d.actuator_firewall))),
+                        Val::Text(Some(d.decider.by().into())),
+                        Val::Text(rules),
+                        Val::Text(sha),
+                        Val::Text(operator),
+                        Val::Text(reason),
+                        Val::Text(d.cause.as_ref().map(|c| bounded(&c.origin, MAX_NAME))),
+                        Val::Int(d.cause.as_ref().map(|c| c.seq as i64)),
+                        Val::Int(d.cause.as_ref().map(|c| c.kernel_ns as i64)),
+                        Val::Int(Some(d.placed_at as i64)),
+                        Val::Int(d.ttl_s.map(|t| t as i64)),
+                        Val::Int(d.expires_at.map(|t| t as i64)),
+                        Val::Text(d.rate.as_deref().map(|r| bounded(r, MAX_NAME))),
+                        Val::Int(Some(i64::from(d.dry_run))),
+                    ],
+                });
                 if let Some(c) = &d.cause {
                     let detail = format!(
                         "{} (from {}, seq {}, raised at {} ns)",
@@ -1035,39 +1322,42 @@ async fn apply(
                         c.seq,
                         c.kernel_ns
                     );
-                    lines.push((*id, "alert", detail));
+                    story.push((*id, "alert", detail));
                 }
-                lines.push((*id, "decided", decided_detail(d)));
+                story.push((*id, "decided", decided_detail(d)));
             }
             Op::Renew {
                 id,
                 ttl_s,
                 expires_at,
             } => {
-                sqlx::query(
-                    "UPDATE decisions SET ttl_s = COALESCE($2, ttl_s), expires_at = CASE WHEN $3 IS NULL THEN expires_at WHEN expires_at IS NULL OR expires_at < $3 THEN $3 ELSE expires_at END WHERE id = $1",
-                )
-                .bind(id)
-                .bind(ttl_s.map(|t| t as i64))
-                .bind(expires_at.map(|t| t as i64))
-                .execute(&mut *tx)
-                .await?;
+                // `expires_at`: the later of the two, as the in-force map holds it.
+                stmts.push(Stmt {
+                    sql: "UPDATE decisions SET ttl_s = COALESCE(?, ttl_s), expires_at = ? WHERE id = ?".into(),
+                    vals: vec![
+                        Val::Int(ttl_s.map(|t| t as i64)),
+                        Val::Int(expires_at.map(|t| t as i64)),
+                        Val::Int(Some(*id)),
+                    ],
+                });
                 let ttl = ttl_s.map(|t| format!(" for {t} s")).unwrap_or_default();
-                lines.push((*id, "renewed", format!("sent again{ttl}")));
+                story.push((*id, "renewed", format!("sent again{ttl}")));
             }
             Op::Reply { id, undo, ok, text } => {
                 if !undo {
                     let sql = if *ok {
-                        "UPDATE decisions SET confirmed_at = $2, reply = $3 WHERE id = $1"
+                        "UPDATE decisions SET confirmed_at = ?, reply = ? WHERE id = ?"
                     } else {
-                        "UPDATE decisions SET failed_at = $2, error = $3 WHERE id = $1"
+                        "UPDATE decisions SET failed_at = ?, error = ? WHERE id = ?"
                     };
-                    sqlx::query(sql)
-                        .bind(id)
-                        .bind(at_s)
-                        .bind(text)
-                        .execute(&mut *tx)
-                        .await?;
+                    stmts.push(Stmt {
+                        sql: sql.into(),
+                        vals: vec![
+                            Val::Int(Some(at_s)),
+                            Val::Text(Some(text.clone())),
+                            Val::Int(Some(*id)),
+                        ],
+                    });
                 }
                 let kind = match (undo, ok) {
                     (false, true) => "confirmed",
@@ -1075,20 +1365,22 @@ async fn apply(
                     (true, true) => "undo_confirmed",
                     (true, false) => "undo_failed",
                 };
-                lines.push((*id, kind, text.clone()));
+                story.push((*id, kind, text.clone()));
             }
             Op::End { id, at, reason } => {
-                sqlx::query("UPDATE decisions SET ended_at = $2, end_reason = $3 WHERE id = $1 AND ended_at IS NULL")
-                    .bind(id)
-                    .bind(*at as i64)
-                    .bind(reason)
-                    .execute(&mut *tx)
-                    .await?;
-                lines.push((*id, "ended", reason.clone()));
+                stmts.push(Stmt {
+                    sql: "UPDATE decisions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL".into(),
+                    vals: vec![
+                        Val::Int(Some(*at as i64)),
+                        Val::Text(Some(reason.clone())),
+                        Val::Int(Some(*id)),
+                    ],
+                });
+                story.push((*id, "ended", reason.clone()));
             }
             Op::Note { id, kind, detail } => {
                 if *id != 0 {
-                    lines.push((*id, kind, detail.clone()));
+                    story.push((*id, kind, detail.clone()));
                 }
             }
             Op::Verified {
@@ -1096,26 +1388,14 @@ async fn apply(
                 outcome,
                 detail,
             } => {
-                sqlx::query("UPDATE decisions SET verification = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(*outcome)
-                    .execute(&mut *tx)
-                    .await?;
-                lines.push((*id, "verified", detail.clone()));
+                stmts.push(Stmt {
+                    sql: "UPDATE decisions SET verification = ? WHERE id = ?".into(),
+                    vals: vec![Val::Text(Some((*outcome).to_string())), Val::Int(Some(*id))],
+                });
+                story.push((*id, "verified", detail.clone()));
             }
         }
-        for (decision, kind, detail) in lines {
-            sqlx::query(
-                "INSERT INTO decision_events (id, decision, at_ms, kind, detail) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(*next_event)
-            .bind(decision)
-            .bind(job.at_ms)
-            .bind(kind)
-            .bind(&detail)
-            .execute(&mut *tx)
-            .await?;
-            *next_event += 1;
+        for (decision, kind, detail) in story {
             published.push(DecisionEvent {
                 decision,
                 node: job.slot.0.clone(),
@@ -1123,10 +1403,117 @@ async fn apply(
                 target: job.slot.2.clone(),
                 at_ms: job.at_ms.max(0) as u64,
                 kind: kind.to_string(),
-                detail,
+                detail: detail.clone(),
             });
+            lines.push((*next_event, decision, job.at_ms, kind, detail));
+            *next_event += 1;
         }
     }
-    tx.commit().await?;
-    Ok(published)
+    // After every decision's row, which each line refers to.
+    for chunk in lines.chunks(LINES_PER_INSERT) {
+        let mut sql =
+            String::from("INSERT INTO decision_events (id, decision, at_ms, kind, detail) VALUES ");
+        let mut vals = Vec::with_capacity(chunk.len() * 5);
+        for (i, (id, decision, at_ms, kind, detail)) in chunk.iter().enumerate() {
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?, ?)"
+            });
+            vals.extend([
+                Val::Int(Some(*id)),
+                Val::Int(Some(*decision)),
+                Val::Int(Some(*at_ms)),
+                Val::Text(Some((*kind).to_string())),
+                Val::Text(Some(detail.clone())),
+            ]);
+        }
+        stmts.push(Stmt { sql, vals });
+    }
+    (stmts, published)
+}
+
+/// `sql` with each `?` numbered `$n` from `*next` on (both databases take `$n`).
+fn number(sql: &str, next: &mut usize, out: &mut String) {
+    for c in sql.chars() {
+        if c == '?' {
+            out.push('$');
+            out.push_str(&next.to_string());
+            *next += 1;
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// Commits `stmts` in one transaction (a single statement commits on its own). On SQLite,
+/// the whole transaction goes to the connection's thread as one script when its parameters
+/// allow; on PostgreSQL, one statement per round trip.
+async fn run(w: &mut Writer, stmts: Vec<Stmt>) -> Result<(), String> {
+    if stmts.is_empty() {
+        return Ok(());
+    }
+    let wrap = stmts.len() > 1;
+    let mut all = Vec::with_capacity(stmts.len() + 2);
+    if wrap {
+        all.push(Stmt::bare("BEGIN"));
+    }
+    all.extend(stmts);
+    if wrap {
+        all.push(Stmt::bare("COMMIT"));
+    }
+    // Round trips: consecutive statements, within the parameter budget (SQLite), or one
+    // each (PostgreSQL).
+    let mut trips: Vec<Vec<Stmt>> = Vec::new();
+    let mut params = 0;
+    for s in all {
+        let fits = match (w.backend, trips.last()) {
+            (Backend::Sqlite, Some(_)) => params + s.vals.len() <= MAX_PARAMS,
+            _ => false,
+        };
+        if !fits {
+            trips.push(Vec::new());
+            params = 0;
+        }
+        params += s.vals.len();
+        if let Some(t) = trips.last_mut() {
+            t.push(s);
+        }
+    }
+    for trip in trips {
+        if let Err(e) = send(&mut w.conn, trip).await {
+            if wrap {
+                // Nothing of the batch stays; an error here means no transaction is open.
+                let _ = sqlx::query("ROLLBACK").execute(&mut w.conn).await;
+            }
+            let mut text = e.to_string();
+            if let Some(pw) = w.location.password() {
+                text = text.replace(&pw, "***");
+            }
+            return Err(text);
+        }
+    }
+    Ok(())
+}
+
+/// One round trip: the statements of `trip` as one script, their values bound in order.
+async fn send(conn: &mut AnyConnection, trip: Vec<Stmt>) -> Result<(), sqlx::Error> {
+    let mut sql = String::new();
+    let mut next = 1;
+    for (i, s) in trip.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(";\n");
+        }
+        number(&s.sql, &mut next, &mut sql);
+    }
+    let mut q = sqlx::query(&sql).persistent(next - 1 <= CACHED_PARAMS);
+    for s in trip {
+        for v in s.vals {
+            q = match v {
+                Val::Int(i) => q.bind(i),
+                Val::Text(t) => q.bind(t),
+            };
+        }
+    }
+    q.execute(&mut *conn).await.map(|_| ())
 }

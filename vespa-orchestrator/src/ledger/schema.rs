@@ -1,9 +1,12 @@
 //! The ledger's tables, created at open when missing. Plain SQL that SQLite and PostgreSQL
-//! both take: `BIGINT` keys assigned by the orchestrator (no `AUTOINCREMENT`/`SERIAL`),
-//! `$n` parameters, integer times (Unix seconds, events in Unix milliseconds), 0/1 flags.
+//! both take: `BIGINT` keys assigned by the orchestrator (no `AUTOINCREMENT`/`SERIAL`, no
+//! `RETURNING`), `$n` parameters, every number a `BIGINT` (Unix seconds, events in Unix
+//! milliseconds, 0/1 flags) so that both hand back the same 64-bit integers (a file made
+//! with `INTEGER` flags reads the same: SQLite gives both the same affinity).
 //!
-//! `PRAGMA user_version` says which schema a file holds; a newer one than this build knows
-//! stops the start rather than being written to.
+//! Which schema a database holds: `PRAGMA user_version` in an SQLite file, the
+//! `ledger_schema` table in PostgreSQL (which has no such pragma). A newer one than this
+//! build knows stops the start rather than being written to.
 
 /// The schema this build writes.
 pub const VERSION: i64 = 1;
@@ -16,7 +19,7 @@ pub const CREATE: &[&str] = &[
         kind TEXT NOT NULL,
         target TEXT NOT NULL,
         actuator TEXT NOT NULL,
-        actuator_firewall INTEGER NOT NULL DEFAULT 0,
+        actuator_firewall BIGINT NOT NULL DEFAULT 0,
         decided_by TEXT NOT NULL,
         rules TEXT,
         policy_sha256 TEXT,
@@ -29,7 +32,7 @@ pub const CREATE: &[&str] = &[
         ttl_s BIGINT,
         expires_at BIGINT,
         rate TEXT,
-        dry_run INTEGER NOT NULL DEFAULT 0,
+        dry_run BIGINT NOT NULL DEFAULT 0,
         confirmed_at BIGINT,
         reply TEXT,
         failed_at BIGINT,
@@ -49,3 +52,8 @@ pub const CREATE: &[&str] = &[
     )",
     "CREATE INDEX IF NOT EXISTS decision_events_of ON decision_events (decision, id)",
 ];
+
+/// PostgreSQL's record of the schema version (one row).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub const POSTGRES_VERSION_TABLE: &[&str] =
+    &["CREATE TABLE IF NOT EXISTS ledger_schema (version BIGINT NOT NULL)"];

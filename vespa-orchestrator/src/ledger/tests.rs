@@ -1,4 +1,69 @@
+//! The ledger's behaviour, each test on both databases: an SQLite file in a temporary
+//! directory (`::sqlite`) and a PostgreSQL server of the test's own (`::postgres`, see
+//! `vespa_testkit::postgres`: it fails under VESPA_REQUIRE_EBPF=1 when the server cannot
+//! start, else skips saying why). What only a file can show (a damaged one) is SQLite's.
+
 use super::*;
+use sqlx::sqlite::SqliteConnection;
+use vespa_testkit::postgres::{self, Postgres};
+
+/// A fresh, empty ledger database of one kind, removed when dropped.
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(Postgres),
+}
+
+impl Db {
+    fn sqlite() -> Db {
+        Db::Sqlite(tempfile::tempdir().expect("tempdir"))
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    fn postgres(test: &str) -> Option<Db> {
+        postgres::start_for(test).map(Db::Postgres)
+    }
+
+    fn location(&self) -> Location {
+        match self {
+            Db::Sqlite(dir) => Location::File(dir.path().join("ledger.db")),
+            Db::Postgres(p) => Location::Postgres(p.url()),
+        }
+    }
+
+    async fn open(&self) -> Ledger {
+        Ledger::open_at(self.location()).await.expect("open")
+    }
+}
+
+/// Runs each named test (an `async fn(Db)`) on SQLite and on PostgreSQL.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Db::sqlite()).await
+            }
+
+            #[cfg(feature = "postgres")]
+            #[tokio::test]
+            async fn postgres() {
+                let test = concat!("ledger::tests::", stringify!($name), "::postgres");
+                if let Some(db) = super::Db::postgres(test) {
+                    super::$name(db).await
+                }
+            }
+        }
+    )*};
+}
+
+on_both!(
+    a_decision_is_placed_confirmed_ended_and_tells_its_story,
+    listings_keep_in_force_by_default_and_history_with_all_or_since,
+    a_reopened_ledger_restores_what_is_in_force_and_keeps_counting_ids,
+    text_from_the_outside_is_bounded,
+    a_burst_is_written_in_few_commits_and_in_order,
+    a_verification_is_recorded_with_the_decision_in_force_and_survives_reopening,
+);
 
 fn block(target: &str, decider: Decider) -> NewDecision {
     NewDecision {
@@ -32,12 +97,8 @@ fn subject(target: &str) -> Subject {
     }
 }
 
-#[tokio::test]
-async fn a_decision_is_placed_confirmed_ended_and_tells_its_story() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let l = Ledger::open(&dir.path().join("ledger.db"))
-        .await
-        .expect("open");
+async fn a_decision_is_placed_confirmed_ended_and_tells_its_story(db: Db) {
+    let l = db.open().await;
     let mut events = l.subscribe();
     let mut d = block("198.51.100.7", rule());
     d.cause = Some(Cause {
@@ -105,10 +166,8 @@ async fn a_decision_is_placed_confirmed_ended_and_tells_its_story() {
         .is_none());
 }
 
-#[tokio::test]
-async fn listings_keep_in_force_by_default_and_history_with_all_or_since() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let l = Ledger::open(&dir.path().join("l.db")).await.expect("open");
+async fn listings_keep_in_force_by_default_and_history_with_all_or_since(db: Db) {
+    let l = db.open().await;
     let mut old = block("192.0.2.1", rule());
     old.placed_at = 100;
     old.expires_at = Some(700);
@@ -150,12 +209,9 @@ async fn listings_keep_in_force_by_default_and_history_with_all_or_since() {
     );
 }
 
-#[tokio::test]
-async fn a_reopened_ledger_restores_what_is_in_force_and_keeps_counting_ids() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("l.db");
+async fn a_reopened_ledger_restores_what_is_in_force_and_keeps_counting_ids(db: Db) {
     let (a, b) = {
-        let l = Ledger::open(&path).await.expect("open");
+        let l = db.open().await;
         let (a, _) = l.place(block("192.0.2.1", rule()));
         let (b, w) = l.place(block("192.0.2.2", rule()));
         l.end(&subject("192.0.2.1"), "calm");
@@ -163,7 +219,7 @@ async fn a_reopened_ledger_restores_what_is_in_force_and_keeps_counting_ids() {
         l.flush().await.expect("flush");
         (a, b)
     };
-    let l = Ledger::open(&path).await.expect("reopen");
+    let l = db.open().await;
     let back = l.to_restore("VO").await.expect("restore");
     assert_eq!(back.iter().map(|d| d.id).collect::<Vec<_>>(), [b]);
     assert!(l.to_restore("HO_PH").await.expect("restore").is_empty());
@@ -172,10 +228,8 @@ async fn a_reopened_ledger_restores_what_is_in_force_and_keeps_counting_ids() {
     assert!(c > a.max(b), "ids are never reused");
 }
 
-#[tokio::test]
-async fn text_from_the_outside_is_bounded() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let l = Ledger::open(&dir.path().join("l.db")).await.expect("open");
+async fn text_from_the_outside_is_bounded(db: Db) {
+    let l = db.open().await;
     let long = "x".repeat(100_000);
     let (id, w) = l.place(block(&long, rule()));
     w.wait().await.expect("written");
@@ -223,9 +277,10 @@ async fn a_damaged_database_is_refused_with_its_path() {
     }
     // Everything into the main file, then damage its pages past the header (the header
     // itself still says SQLite).
-    let mut c = SqliteConnection::connect_with(&opts(&path))
-        .await
-        .expect("connect");
+    let mut c =
+        SqliteConnection::connect_with(&sqlx::sqlite::SqliteConnectOptions::new().filename(&path))
+            .await
+            .expect("connect");
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
         .execute(&mut c)
         .await
@@ -243,11 +298,8 @@ async fn a_damaged_database_is_refused_with_its_path() {
     assert_eq!(std::fs::read(&path).expect("read"), bytes, "left as it was");
 }
 
-#[tokio::test]
-async fn a_verification_is_recorded_with_the_decision_in_force_and_survives_reopening() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("ledger.db");
-    let l = Ledger::open(&path).await.expect("open");
+async fn a_verification_is_recorded_with_the_decision_in_force_and_survives_reopening(db: Db) {
+    let l = db.open().await;
     let (id, w) = l.place(block("198.51.100.7", rule()));
     w.wait().await.expect("written");
     let (other, w) = l.place(block("198.51.100.8", rule()));
@@ -277,11 +329,105 @@ async fn a_verification_is_recorded_with_the_decision_in_force_and_survives_reop
     l.verified(&subject("198.51.100.7"), "passed", "passed: 3 <= 100");
     l.flush().await.expect("flush");
     drop(l);
-    let l = Ledger::open(&path).await.expect("reopen");
+    let l = db.open().await;
     let all = l.list(&Query::default()).await.expect("list");
     let v: Vec<(DecisionId, Option<&str>)> = all
         .iter()
         .map(|d| (d.id, d.verification.as_deref()))
         .collect();
     assert_eq!(v, [(id, Some("passed")), (other, None)]);
+}
+
+/// A burst (an import) is committed in batches, every row and story line in the order it was
+/// queued, and a reply queued behind its decision lands on it.
+async fn a_burst_is_written_in_few_commits_and_in_order(db: Db) {
+    let l = db.open().await;
+    let mut ids = Vec::new();
+    for i in 0..1_500 {
+        let (id, _) = l.place(block(&format!("10.1.{}.{}", i / 250, i % 250), rule()));
+        l.reply(id, &subject("unused"), false, true, &format!("blocked {i}"));
+        ids.push(id);
+    }
+    let (gone, w) = l.end(&subject("10.1.0.0"), "released").expect("in force");
+    w.wait().await.expect("written");
+    assert_eq!(l.write_failures(), 0);
+    let all = l.list(&Query::default()).await.expect("list");
+    assert_eq!(all.iter().map(|d| d.id).collect::<Vec<_>>(), ids);
+    assert!(
+        all.iter().all(|d| d.confirmed_at.is_some()),
+        "every reply on its row"
+    );
+    assert_eq!(all[0].id, gone);
+    assert_eq!(all[0].end_reason.as_deref(), Some("released"));
+    let story = l.show(gone).await.expect("show").expect("found");
+    let kinds: Vec<&str> = story.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["decided", "confirmed", "ended"]);
+    assert_eq!(story.events[1].detail, "blocked 0");
+}
+
+#[test]
+fn a_postgres_url_is_shown_without_its_password() {
+    let at = Location::of(Path::new(
+        "postgres://vespa:s3cr%40t@db.example:5433/ledger",
+    ));
+    assert!(matches!(at, Location::Postgres(_)));
+    assert_eq!(at.redacted(), "postgres://vespa:***@db.example:5433/ledger");
+    assert_eq!(format!("{at:?}"), at.redacted());
+    assert_eq!(at.password().as_deref(), Some("s3cr@t"));
+    let q = Location::of(Path::new(
+        "postgresql://vespa@localhost/ledger?host=/run/pg&password=hunter2",
+    ));
+    assert!(!q.redacted().contains("hunter2"), "{}", q.redacted());
+    assert!(
+        q.redacted().contains("host=%2Frun%2Fpg"),
+        "{}",
+        q.redacted()
+    );
+    let bad = redact_url("postgres://vespa:hunter2@[::1");
+    assert!(!bad.contains("hunter2"), "{bad}");
+    assert!(matches!(
+        Location::of(Path::new("state/ledger.db")),
+        Location::File(_)
+    ));
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_refused_postgres_login_names_the_database_without_the_password() {
+    let Some(pg) = postgres::start_for(
+        "ledger::tests::a_refused_postgres_login_names_the_database_without_the_password",
+    ) else {
+        return;
+    };
+    let wrong = "Wr0ngPassw0rd";
+    let url = pg.url_with_password(wrong);
+    let e = Ledger::open(Path::new(&url)).await.expect_err("refused");
+    let e = format!("{e:#}");
+    assert!(!e.contains(wrong), "{e}");
+    assert!(e.contains("postgres://vespa:***@localhost/postgres"), "{e}");
+    assert!(e.contains("cannot be used"), "{e}");
+    let l = Ledger::open(Path::new(&pg.url())).await.expect("open");
+    assert!(!l.location().contains(&pg.password), "{}", l.location());
+    assert!(!format!("{l:?}").contains(&pg.password));
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_ledger_of_a_newer_schema_is_refused() {
+    let Some(pg) =
+        postgres::start_for("ledger::tests::a_postgres_ledger_of_a_newer_schema_is_refused")
+    else {
+        return;
+    };
+    let at = Location::Postgres(pg.url());
+    {
+        let l = Ledger::open_at(at.clone()).await.expect("open");
+        let mut c = l.inner.read.acquire().await.expect("connection");
+        sqlx::query("UPDATE ledger_schema SET version = 99")
+            .execute(&mut *c)
+            .await
+            .expect("update");
+    }
+    let e = Ledger::open_at(at).await.expect_err("refused").to_string();
+    assert!(e.contains("schema is version 99"), "{e}");
 }

@@ -381,9 +381,14 @@ impl PolicyDriver {
         ledger
             .flush()
             .await
-            .map_err(|e| anyhow::anyhow!("decision ledger {}: {e}", ledger.path().display()))?;
+            .map_err(|e| anyhow::anyhow!("decision ledger {}: {e}", ledger.location()))?;
         if restored > 0 {
-            tracing::info!(node, restored, path = %ledger.path().display(), "decisions in force restored from the ledger");
+            tracing::info!(
+                node,
+                restored,
+                location = ledger.location(),
+                "decisions in force restored from the ledger"
+            );
         }
         Ok(restored)
     }

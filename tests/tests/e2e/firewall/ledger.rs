@@ -4,6 +4,8 @@
 //! restarted: every block the kernel holds is listed again (restored into the policy), the
 //! decisions tell their story (`decisions show`), a release sends the undo to the agent that
 //! placed the block; a damaged ledger stops the start, naming the file, and is left as it was.
+//! The same VO with its ledger on a real PostgreSQL server (`--ledger postgres://`): a block
+//! by hand survives SIGKILL, listed with its id after the restart, released by the API.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -92,19 +94,7 @@ fn a_vo_killed_mid_import_restarts_with_every_enforced_block_listed_and_releasab
     write_token(&dir);
     let ledger = dir.join("state").join("ledger.db");
     let api: SocketAddr = "127.0.0.1:8191".parse().expect("addr");
-    let vo_args: Vec<String> = [
-        "--policy",
-        &dir.join("policy.toml").display().to_string(),
-        "--http",
-        &api.to_string(),
-        "--api-token-file",
-        &dir.join("api-token").display().to_string(),
-        "--ledger",
-        &ledger.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let vo_args = vo_args(&dir, api, &ledger.display().to_string());
     let vo_args: Vec<&str> = vo_args.iter().map(String::as_str).collect();
     lab.start_vo(&vo_args);
     let _agent = lab.start_agent("agent", &[], &["fw", "bw"]);
@@ -384,6 +374,139 @@ fn a_vo_killed_mid_import_restarts_with_every_enforced_block_listed_and_releasab
     );
 }
 
+/// The VO's arguments: its policy, API and token from `dir`, and `--ledger <ledger>`.
+fn vo_args(dir: &Path, api: SocketAddr, ledger: &str) -> Vec<String> {
+    [
+        "--policy",
+        &dir.join("policy.toml").display().to_string(),
+        "--http",
+        &api.to_string(),
+        "--api-token-file",
+        &dir.join("api-token").display().to_string(),
+        "--ledger",
+        ledger,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn a_vo_with_its_ledger_on_postgres_lists_a_block_after_sigkill_and_releases_it() {
+    let test = "a_vo_with_its_ledger_on_postgres_lists_a_block_after_sigkill_and_releases_it";
+    if !vespa_tests::privileged(test) {
+        return;
+    }
+    let Some(pg) = vespa_tests::daemons::postgres::start_for(test) else {
+        return;
+    };
+    let mut lab = Lab::new("fw-ledger-pg", "", vec![]);
+    let dir = lab.tree.scratch.dir.clone();
+    let policy = syn_policy(
+        "above = 100000\nbelow = 5\ncalm_s = 3600\ncooldown_s = 1\nverify_s = 0\n\
+         ladder = [{ action = \"block\", ttl_s = 600 }]",
+    );
+    std::fs::write(dir.join("policy.toml"), policy).expect("policy file");
+    write_token(&dir);
+    let api: SocketAddr = "127.0.0.1:8192".parse().expect("addr");
+    let args = vo_args(&dir, api, &pg.url());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.start_vo(&args);
+    let _agent = lab.start_agent("agent", &[], &["fw", "bw"]);
+    wait_until("the firewall agent under the VO", WAIT, || {
+        lab.call("fw", "firewall_stats", &[]).ok()
+    });
+
+    let target = "198.51.100.88";
+    let (status, body) = http(
+        &lab,
+        api,
+        "POST",
+        "/api/v1/block",
+        &format!("{{\"target\": \"{target}\", \"ttl_s\": 3600}}"),
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_until("the block in the kernel", WAIT, || lab.block_of(target));
+    let id = try_wait_until(
+        "the decision confirmed in the PostgreSQL ledger",
+        WAIT,
+        || {
+            let h = get_json(&lab, api, "/api/v1/decisions?all=true").ok_or(None)?;
+            h["decisions"]
+                .as_array()
+                .and_then(|ds| {
+                    ds.iter()
+                        .find(|d| d["target"] == target && d["confirmed_at"].is_u64())
+                })
+                .and_then(|d| d["id"].as_i64())
+                .ok_or(Some(h.to_string()))
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:?}\nVO log:\n{}\nPostgreSQL log:\n{}",
+            lab.vo.as_ref().map(Proc::log_text).unwrap_or_default(),
+            pg.log()
+        )
+    });
+
+    lab.vo.as_mut().expect("VO").kill9();
+    lab.start_vo(&args);
+    let listed = try_wait_until("the restarted VO to list the block", WAIT, || {
+        in_force(&lab, api)
+            .filter(|l| l.iter().any(|(t, _)| t == target))
+            .ok_or("not yet")
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nVO log:\n{}",
+            lab.vo.as_ref().map(Proc::log_text).unwrap_or_default()
+        )
+    });
+    assert!(
+        listed.contains(&(target.to_string(), Some(id))),
+        "listed with its decision id {id}: {listed:?}"
+    );
+    wait_until("the firewall agent back under the new VO", WAIT, || {
+        lab.call("fw", "firewall_stats", &[]).ok()
+    });
+    assert!(lab.block_of(target).is_some(), "still in the kernel");
+    let log = lab.vo.as_ref().map(Proc::log_text).unwrap_or_default();
+    assert!(log.contains("decision ledger open"), "{log}");
+    assert!(
+        !log.contains(&pg.password),
+        "the VO's log shows the ledger's password:\n{log}"
+    );
+
+    let (status, body) = http(
+        &lab,
+        api,
+        "DELETE",
+        &format!("/api/v1/decisions/{target}"),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_until("the block gone from the kernel", WAIT, || {
+        lab.block_of(target).is_none().then_some(())
+    });
+    let story = wait_until("the release in the ledger", WAIT, || {
+        let s = get_json(&lab, api, &format!("/api/v1/decisions/{id}"))?;
+        s["decision"]["ended_at"].is_u64().then_some(s)
+    });
+    let kinds: Vec<&str> = story["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    for k in ["decided", "confirmed", "restored", "ended"] {
+        assert!(kinds.contains(&k), "{k} not in {kinds:?}");
+    }
+    let vo = lab.vo.as_mut().expect("VO");
+    vo.signal(Signal::SIGTERM);
+    assert!(vo.wait_exit().success(), "{}", vo.log_text());
+}
+
 /// Reconciliation's strays where the kernel keeps no mark of who asked: the policy's
 /// throttle is released through the API while the firewall agent is down (SIGKILL; its
 /// pinned tables keep throttling), so the undo never arrives; the restarted agent holds a
@@ -413,19 +536,7 @@ fn a_throttle_vespa_released_while_the_agent_was_down_is_removed_as_a_stray() {
     write_token(&dir);
     let ledger = dir.join("state").join("ledger.db");
     let api: SocketAddr = "127.0.0.1:8192".parse().expect("addr");
-    let vo_args: Vec<String> = [
-        "--policy",
-        &dir.join("policy.toml").display().to_string(),
-        "--http",
-        &api.to_string(),
-        "--api-token-file",
-        &dir.join("api-token").display().to_string(),
-        "--ledger",
-        &ledger.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let vo_args = vo_args(&dir, api, &ledger.display().to_string());
     let vo_args: Vec<&str> = vo_args.iter().map(String::as_str).collect();
     lab.start_vo(&vo_args);
     let agent_flags = ["--syn-threshold", "40"];
