@@ -71,6 +71,7 @@ mod reconcile;
 mod record;
 mod remote;
 mod set;
+mod vms;
 
 pub use convert::{call_of, health_input, to_policy_body, ActuatorCall};
 use convert::{is_counter, target_arg};
@@ -271,6 +272,8 @@ struct Inner {
     reconciler: Arc<reconcile::Reconciler>,
     /// Calls about one effect sent in the order decided.
     order: Arc<order::Order>,
+    /// Which neighbours are this hypervisor's VMs ([`vms`]).
+    vms: vms::Vms,
 }
 
 /// A policy driver, the VO's or an HO's (cheap to clone).
@@ -386,6 +389,7 @@ impl PolicyDriver {
                 ledger_node: OnceLock::new(),
                 reconciler: Default::default(),
                 order: Default::default(),
+                vms: Default::default(),
             }),
         };
         d.rules_changed(d.core().state.rules());
@@ -431,6 +435,11 @@ impl PolicyDriver {
             rules.rules.iter().any(|r| r.key == KeyKind::Remote),
             Ordering::Relaxed,
         );
+    }
+
+    /// Whether a rule keyed by remote address may need a neighbour's MAC (and its VM).
+    fn wants_macs(&self) -> bool {
+        self.inner.wants_macs.load(Ordering::Relaxed)
     }
 
     /// The HO whose fast-path rules this driver runs (`None`: the VO's driver).
@@ -531,6 +540,7 @@ impl PolicyDriver {
             }
         }
         tokio::spawn(reconcile::run(self.clone(), node.clone()));
+        tokio::spawn(vms::run(self.clone(), node.clone()));
         let me = self.clone();
         tokio::spawn(async move { me.run(rx, node).await });
         if let Some(path) = self.inner.policy_file.clone() {
@@ -613,7 +623,7 @@ impl PolicyDriver {
         alert: &Alert,
         asked: &mut HashSet<(String, IpAddr)>,
     ) {
-        if !self.inner.wants_macs.load(Ordering::Relaxed) {
+        if !self.wants_macs() {
             return; // no rule would use it (all of them run elsewhere, say): nobody asked
         }
         let remotes: Vec<IpAddr> = match &alert.body {
@@ -647,7 +657,7 @@ impl PolicyDriver {
                 Ok(Ok(text)) => match text.trim().parse::<Mac>() {
                     Ok(mac) => {
                         tracing::debug!(%ip, %mac, origin = ?alert.origin, "neighbour learnt");
-                        self.step(Input::Neighbour { ip, mac, vm: None });
+                        self.step(self.inner.vms.neighbour(ip, mac));
                     }
                     Err(_) => {
                         tracing::debug!(%ip, origin = ?alert.origin, "neighbour MAC unknown: blocks go by address")

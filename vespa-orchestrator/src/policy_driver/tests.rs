@@ -1308,6 +1308,7 @@ impl Agent for Hypervisor {
             ]"#
             .into()),
             L::Migrate { .. } => Err("no quarantine host configured".into()),
+            L::CutLink { .. } => Ok("done".into()),
             other => Err(format!("{} not expected", other.name())),
         }
     }
@@ -1567,4 +1568,95 @@ async fn calls_about_one_target_reach_the_agent_in_the_order_decided() {
         .copied()
         .collect();
     assert_eq!(seen, decided);
+}
+
+/// A connections sensor whose neighbour table knows one remote: the hypervisor's VM `web`.
+#[derive(Clone)]
+struct Neighbours;
+
+impl Agent for Neighbours {
+    type Verb = vespa_proto::verbs::SensorVerb;
+
+    async fn call(&self, verb: Self::Verb) -> VerbResult {
+        match verb {
+            vespa_proto::verbs::SensorVerb::MacOf { ip } if ip.to_string() == "192.0.2.10" => {
+                Ok("52:54:00:00:00:01".into())
+            }
+            other => Err(format!("{} not known", other.name())),
+        }
+    }
+}
+
+/// A rule keyed by remote address whose ladder cuts the link: the remote is one of this
+/// hypervisor's VMs (its MAC, from the sensor's neighbour table, is in the libvirt agent's
+/// `list_vms`), so the policy cuts that VM's link; a remote that is no VM of ours is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_that_is_one_of_our_vms_has_its_link_cut() {
+    let topo = Topology::from_toml("tree.toml", VM_TOPOLOGY).unwrap();
+    let text = RULES.replace(
+        r#"ladder = [{ action = "block", ttl_s = 600 }]"#,
+        r#"ladder = [{ action = "cut_link" }]"#,
+    );
+    let d = PolicyDriver::new(&text, false, Some(&topo), None, None).unwrap();
+    let psk = vespa_proto::Psk::random();
+    let (vo, vo_addr) = node(
+        "VO",
+        Role::Vo,
+        None,
+        &psk,
+        Hooks {
+            agent: None,
+            alert_handlers: vec![d.handler()],
+        },
+    )
+    .await;
+    let lv = Hypervisor::default();
+    let (_lv, _) = node(
+        "LV",
+        Role::Agent(AgentKind::Libvirt),
+        Some((&vo, vo_addr)),
+        &psk,
+        Hooks {
+            agent: Some(AgentRef::new(lv.clone())),
+            alert_handlers: vec![],
+        },
+    )
+    .await;
+    let (sensor, _) = node(
+        "CONN",
+        Role::Agent(AgentKind::Connections),
+        Some((&vo, vo_addr)),
+        &psk,
+        Hooks {
+            agent: Some(AgentRef::new(Neighbours)),
+            alert_handlers: vec![],
+        },
+    )
+    .await;
+    until("the agents under the VO", || vo.stats().children.len() == 2).await;
+    d.start(vo.clone());
+    until("the VMs listed", || d.inner.vms.macs() > 0).await;
+    for addr in ["203.0.113.5", "192.0.2.10"] {
+        sensor
+            .raise(AlertBody::ConnThreshold {
+                addr: addr.parse().unwrap(),
+                established: 150,
+                threshold: 50,
+            })
+            .unwrap();
+    }
+    until("the VM's link cut", || {
+        lock(&lv.0).iter().any(|c| c == "cut_link web")
+    })
+    .await;
+    let active = d.active_actions();
+    assert_eq!(
+        active
+            .iter()
+            .map(|a| (a.action.as_str(), a.key.as_str()))
+            .collect::<Vec<_>>(),
+        [("cut_link", "web")],
+        "the other remote is no VM of ours: nothing to cut"
+    );
+    vo.destroy();
 }
