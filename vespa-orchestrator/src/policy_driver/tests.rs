@@ -1136,6 +1136,32 @@ fn on_a_host_without_an_sdn_controller_blocks_go_to_its_firewall_agent() {
     assert_eq!(rules.actuators.firewall.as_deref(), Some("fw"));
 }
 
+/// The VO's driver on the default rules, started at a VO with `agent` as its SDN agent
+/// `SDN` connected under it; returns the driver and both nodes.
+async fn vo_with_sdn(agent: AgentRef) -> (PolicyDriver, NodeHandle, NodeHandle) {
+    let psk = vespa_proto::Psk::random();
+    let d = PolicyDriver::new(RULES, false, None, None, None).unwrap();
+    let (vo, vo_addr) = node("VO", Role::Vo, None, &psk, Hooks::default()).await;
+    d.start(vo.clone());
+    let hooks = Hooks {
+        agent: Some(agent),
+        alert_handlers: Vec::new(),
+    };
+    let (sdn, _) = node(
+        "SDN",
+        Role::Agent(AgentKind::ControllerOsken),
+        Some((&vo, vo_addr)),
+        &psk,
+        hooks,
+    )
+    .await;
+    until("the SDN agent under the VO", || {
+        vo.stats().children.iter().any(|c| c == "SDN")
+    })
+    .await;
+    (d, vo, sdn)
+}
+
 /// An SDN agent that takes its time over each block, as a controller under load does.
 #[derive(Default, Clone)]
 struct SlowSdn(Arc<Mutex<Vec<String>>>);
@@ -1154,27 +1180,8 @@ impl Agent for SlowSdn {
 /// its calls in flight under what one connection carries, so none is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_blocks_all_reach_the_actuator() {
-    let psk = vespa_proto::Psk::random();
-    let d = PolicyDriver::new(RULES, false, None, None, None).unwrap();
-    let (vo, vo_addr) = node("VO", Role::Vo, None, &psk, Hooks::default()).await;
-    d.start(vo.clone());
     let sdn = SlowSdn::default();
-    let hooks = Hooks {
-        agent: Some(AgentRef::new(sdn.clone())),
-        alert_handlers: Vec::new(),
-    };
-    let (_sdn, _) = node(
-        "SDN",
-        Role::Agent(AgentKind::ControllerOsken),
-        Some((&vo, vo_addr)),
-        &psk,
-        hooks,
-    )
-    .await;
-    until("the SDN agent under the VO", || {
-        vo.stats().children.iter().any(|c| c == "SDN")
-    })
-    .await;
+    let (d, _vo, _sdn) = vo_with_sdn(AgentRef::new(sdn.clone())).await;
     let n = 1000;
     for i in 0..n {
         d.block(&format!("10.9.{}.{}", i / 250, i % 250 + 1), 600)
@@ -1530,27 +1537,8 @@ impl Agent for SlowReleases {
 /// sent only once the release has ended, so the agent never removes the new block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_about_one_target_reach_the_agent_in_the_order_decided() {
-    let psk = vespa_proto::Psk::random();
-    let d = PolicyDriver::new(RULES, false, None, None, None).unwrap();
-    let (vo, vo_addr) = node("VO", Role::Vo, None, &psk, Hooks::default()).await;
-    d.start(vo.clone());
     let sdn = SlowReleases::default();
-    let hooks = Hooks {
-        agent: Some(AgentRef::new(sdn.clone())),
-        alert_handlers: Vec::new(),
-    };
-    let (_sdn, _) = node(
-        "SDN",
-        Role::Agent(AgentKind::ControllerOsken),
-        Some((&vo, vo_addr)),
-        &psk,
-        hooks,
-    )
-    .await;
-    until("the SDN agent under the VO", || {
-        vo.stats().children.iter().any(|c| c == "SDN")
-    })
-    .await;
+    let (d, _vo, _sdn) = vo_with_sdn(AgentRef::new(sdn.clone())).await;
     for _ in 0..3 {
         d.block("10.0.0.7", 600).unwrap();
         d.release("10.0.0.7").unwrap();
