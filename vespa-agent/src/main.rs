@@ -181,6 +181,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // The two daemons (`run`, `export`): a hang-up while the sensors load must not end them.
+    if matches!(cli.command, Command::Run(_) | Command::Export { .. }) {
+        vespa_node::launch::hold_hangup();
+    }
     // The exporter's socket is bound in the caller's namespace, before entering --netns.
     let listener = match &cli.command {
         Command::Export { listen } => Some(

@@ -384,6 +384,19 @@ pub async fn run_nodes_with_handles(
     Ok(exits)
 }
 
+/// Takes SIGHUP from its default action (ending the process) for a daemon's whole life,
+/// from its first line: the sensors load and the nodes start before any runtime listens
+/// for it, and a hang-up then (`systemctl kill -s HUP` during start, a reload of something
+/// else) must not end a service that is starting. [`keep_running_on_hangup`] then logs each
+/// one. Short commands (a `decisions` listing in a terminal) do not call it: a closed
+/// terminal still ends them.
+pub fn hold_hangup() {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, seen) {
+        tracing::warn!(error = %e, "SIGHUP left to its default action: it would end this process");
+    }
+}
+
 /// Takes SIGHUP over from its default action (ending the process), so that `systemctl
 /// reload`, a `kill -HUP` meant for another daemon or a stray hang-up never stops a node or
 /// the exporter: a process with a policy re-reads it (its drivers listen too), and `note` is

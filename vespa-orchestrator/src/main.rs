@@ -294,7 +294,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run_nodes(args),
+        Command::Run(args) => {
+            vespa_node::launch::hold_hangup();
+            run_nodes(args)
+        }
         Command::Call(args) => call(args),
         Command::Decisions(cmd) => runtime()?.block_on(decisions::cli::decisions(cmd)),
         Command::Allowlist(cmd) => runtime()?.block_on(decisions::cli::allowlist(cmd)),

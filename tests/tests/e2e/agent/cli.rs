@@ -181,3 +181,83 @@ fn counters_json_and_top_show_live_values() {
     );
     assert!(t.contains("sensors: ebpf"), "{t}");
 }
+
+/// Whether process `pid` catches SIGHUP (`SigCgt` of /proc/PID/status, bit 0).
+fn catches_hangup(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let mask = s
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&mask, 16).ok()
+        })
+        .is_some_and(|m| m & 1 == 1)
+}
+
+/// A hang-up while the sensors are still loading (before the exporter serves, before it
+/// would tell systemd it is ready) does not end it: SIGHUP is taken from its default action
+/// on the daemon's first line, not once it runs.
+#[test]
+fn a_hangup_while_the_sensors_load_does_not_end_the_exporter() {
+    if !privileged("a_hangup_while_the_sensors_load_does_not_end_the_exporter") {
+        return;
+    }
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+    let addr = format!("127.0.0.1:{}", vespa_tests::daemons::free_port());
+    let mut child = Command::new(workspace_bin("vespa-agent"))
+        .args(["--mode", "ebpf", "-i", "lo", "export", "--listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn vespa-agent export");
+    let pid = child.id();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                lines.lock().unwrap().push(l);
+            }
+        })
+    };
+    vespa_testkit::wait_until(
+        "the exporter catching SIGHUP",
+        std::time::Duration::from_secs(10),
+        || catches_hangup(pid).then_some(()),
+    );
+    let serving = |lines: &[String]| lines.iter().any(|l| l.contains("serving metrics"));
+    assert!(
+        !serving(&lines.lock().unwrap()),
+        "SIGHUP is held before the sensors load, not once the exporter serves"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let scraped = vespa_testkit::try_wait_until(
+        "the exporter serving after the hang-up",
+        std::time::Duration::from_secs(30),
+        || {
+            vespa_tests::daemons::http_get(&addr, "/metrics")
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        },
+    );
+    let alive = child.try_wait().expect("wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    assert!(alive, "the exporter ended: {:?}", lines.lock().unwrap());
+    let (_, body) =
+        scraped.unwrap_or_else(|e| panic!("no scrape: {e:?} {:?}", lines.lock().unwrap()));
+    assert!(body.contains("vespa_"), "{body}");
+}
