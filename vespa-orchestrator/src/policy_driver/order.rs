@@ -8,6 +8,7 @@
 //! about different effects never wait for each other.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
@@ -18,7 +19,7 @@ use vespa_policy::Effect;
 #[derive(Default)]
 pub(super) struct Order {
     last: Mutex<HashMap<Effect, (u64, oneshot::Receiver<()>)>>,
-    next: Mutex<u64>,
+    next: AtomicU64,
 }
 
 /// One call's place in its effect's line: [`Turn::wait`] before sending, dropped once the
@@ -40,11 +41,7 @@ impl Order {
                 before: None,
             };
         };
-        let id = {
-            let mut n = self.next.lock().unwrap_or_else(PoisonError::into_inner);
-            *n += 1;
-            *n
-        };
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let before = self
             .last

@@ -66,6 +66,7 @@ use vespa_proto::verbs::{
 use vespa_proto::AlertBody;
 
 use super::convert::{call_of, wire_rate, wire_target, wire_ttl, ActuatorCall};
+use super::vms::Vm;
 use super::{PolicyDriver, CALL_TIMEOUT, TICK};
 use diff::{compare, Held, Plan};
 
@@ -1117,35 +1118,10 @@ async fn list<T: DeserializeOwned, C: Clone + PartialEq + DeserializeOwned>(
     ))
 }
 
-/// One VM as `list_vms` answers it, what reconciliation reads of it.
-#[derive(serde::Deserialize)]
-struct Vm {
-    name: String,
-    state: String,
-    interfaces: Vec<Iface>,
-}
-
-#[derive(serde::Deserialize)]
-struct Iface {
-    link_up: bool,
-}
-
-impl Vm {
-    /// Whether its domain runs on this hypervisor (paused or stopping included): where a
-    /// link can be down, and what a quarantine has not taken away.
-    fn runs_here(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "running" | "blocked" | "paused" | "pmsuspended" | "shutdown"
-        )
-    }
-}
-
 /// The VMs of a libvirt agent (`list_vms`).
 async fn vms(node: &NodeHandle, agent: &str) -> Result<Vec<Vm>, String> {
     let reply = send(node, agent, ActuatorCall::Libvirt(LibvirtVerb::ListVms {})).await?;
-    serde_json::from_str(&reply)
-        .map_err(|e| format!("{agent} answered list_vms with something else: {e}"))
+    super::vms::parse(&reply).map_err(|e| format!("{agent} answered {e}"))
 }
 
 /// An AV agent's `status` reply, read for its route.
@@ -1226,7 +1202,7 @@ mod tests {
             {"name":"c","uuid":"u3","state":"paused","interfaces":[]},
             {"name":"d","uuid":"u4","state":"crashed","interfaces":[]}
         ]"#;
-        let vms: Vec<Vm> = serde_json::from_str(reply).expect("list_vms");
+        let vms = super::super::vms::parse(reply).expect("list_vms");
         let here: Vec<(&str, bool)> = vms
             .iter()
             .map(|v| (v.name.as_str(), v.runs_here()))

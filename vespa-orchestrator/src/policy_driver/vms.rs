@@ -87,21 +87,41 @@ impl Vms {
     }
 }
 
-/// Each MAC of a `list_vms` reply with its domain's name (at most [`MAX_MACS`]).
-pub(super) fn macs_of(reply: &str) -> Result<HashMap<Mac, String>, String> {
-    #[derive(serde::Deserialize)]
-    struct Iface {
-        mac: String,
+/// One VM as the libvirt agent's `list_vms` answers it (its `VmInfo`), what the driver
+/// reads of it: here, to name neighbours; in reconciliation, links and quarantines.
+#[derive(serde::Deserialize)]
+pub(super) struct Vm {
+    pub name: String,
+    pub state: String,
+    pub interfaces: Vec<Iface>,
+}
+
+/// One interface of a [`Vm`].
+#[derive(serde::Deserialize)]
+pub(super) struct Iface {
+    pub mac: String,
+    pub link_up: bool,
+}
+
+impl Vm {
+    /// Whether its domain runs on this hypervisor (paused or stopping included): where a
+    /// link can be down, and what a quarantine has not taken away.
+    pub(super) fn runs_here(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "running" | "blocked" | "paused" | "pmsuspended" | "shutdown"
+        )
     }
-    #[derive(serde::Deserialize)]
-    struct Vm {
-        name: String,
-        interfaces: Vec<Iface>,
-    }
-    let vms: Vec<Vm> =
-        serde_json::from_str(reply).map_err(|e| format!("not a list_vms reply: {e}"))?;
-    Ok(vms
-        .into_iter()
+}
+
+/// A `list_vms` reply read.
+pub(super) fn parse(reply: &str) -> Result<Vec<Vm>, String> {
+    serde_json::from_str(reply).map_err(|e| format!("list_vms with something else: {e}"))
+}
+
+/// Each MAC of the VMs listed with its domain's name (at most [`MAX_MACS`]).
+fn macs_of(vms: Vec<Vm>) -> HashMap<Mac, String> {
+    vms.into_iter()
         .flat_map(|vm| {
             vm.interfaces
                 .into_iter()
@@ -109,7 +129,7 @@ pub(super) fn macs_of(reply: &str) -> Result<HashMap<Mac, String>, String> {
                 .map(move |m| (m, vm.name.clone()))
         })
         .take(MAX_MACS)
-        .collect())
+        .collect()
 }
 
 impl PolicyDriver {
@@ -130,9 +150,9 @@ pub(super) async fn run(driver: PolicyDriver, node: NodeHandle) {
         if let Some(agent) = driver.vm_source() {
             let ask = node.call(&agent, LibvirtVerb::ListVms {});
             match tokio::time::timeout(TIMEOUT, ask).await {
-                Ok(Ok(reply)) => match macs_of(&reply) {
-                    Ok(by_mac) => {
-                        for input in driver.inner.vms.listed(by_mac) {
+                Ok(Ok(reply)) => match parse(&reply) {
+                    Ok(vms) => {
+                        for input in driver.inner.vms.listed(macs_of(vms)) {
                             tracing::debug!(node = %driver.node_name(), ?input, "neighbour's VM learnt");
                             driver.step(input);
                         }
@@ -164,10 +184,10 @@ mod tests {
             {"name":"web","uuid":"u1","state":"running","interfaces":[{"mac":"52:54:00:00:00:01","link_up":true},{"mac":"not a mac","link_up":true}]},
             {"name":"db","uuid":"u2","state":"running","interfaces":[{"mac":"52:54:00:00:00:02","link_up":false}]}
         ]"#;
-        let by_mac = macs_of(reply).unwrap();
+        let by_mac = macs_of(parse(reply).unwrap());
         assert_eq!(by_mac.len(), 2);
         assert_eq!(by_mac[&mac("52:54:00:00:00:02")], "db");
-        assert!(macs_of("{}").is_err());
+        assert!(parse("{}").is_err());
 
         let vms = Vms::default();
         let web: IpAddr = "192.0.2.10".parse().unwrap();
