@@ -16,6 +16,13 @@ pub enum LibvirtError {
     /// No domain with that name (or UUID) is known to the hypervisor.
     #[error("unknown VM {vm:?} on {uri}")]
     UnknownVm { vm: String, uri: String },
+    /// The domain exists but is outside the agent's `domains`: it is never acted on.
+    #[error("VM {vm:?} on {uri} is not among this agent's domains (params.domains: {patterns})")]
+    NotManaged {
+        vm: String,
+        uri: String,
+        patterns: String,
+    },
     /// The daemon could not be reached, or the connection to it broke.
     #[error("libvirt daemon at {uri} is unreachable")]
     DaemonDown {

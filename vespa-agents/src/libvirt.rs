@@ -11,6 +11,7 @@
 //! ([`LibvirtError`]): unknown VM, daemon down (retried with backoff, reconnecting), operation
 //! unsupported by the driver (e.g. link state on `test:///default`), invalid state.
 
+mod domains;
 mod events;
 pub mod xml;
 
@@ -22,6 +23,7 @@ use virt::domain::{Domain, DomainState};
 use virt::enumutil::Enum;
 use virt::sys;
 
+pub use domains::Domains;
 pub use events::{ensure_event_loop, TapMap, VmEvent, VmEventKind, VmIface};
 
 use crate::alerts::{json, AlertSink};
@@ -44,6 +46,8 @@ pub struct LibvirtConfig {
     /// destination; it never supplies a URI (a URI would let it stream a VM's memory to any
     /// host, or run a command through libvirt's `ext` transport). Empty: no migration.
     pub destinations: std::collections::BTreeMap<String, String>,
+    /// The domains this agent manages (all by default); see [`Domains`].
+    pub domains: Domains,
 }
 
 impl Default for LibvirtConfig {
@@ -54,6 +58,7 @@ impl Default for LibvirtConfig {
             watch_events: true,
             quarantine_user: "root".into(),
             destinations: std::collections::BTreeMap::new(),
+            domains: Domains::all(),
         }
     }
 }
@@ -270,6 +275,7 @@ pub struct Ctx<'a> {
     uri: &'a str,
     op: &'static str,
     vm: &'a str,
+    domains: &'a Domains,
 }
 
 impl Ctx<'_> {
@@ -278,16 +284,27 @@ impl Ctx<'_> {
         classify(e, self.op, self.vm, self.uri)
     }
 
-    /// The domain named (or with the UUID) `self.vm`.
+    /// The domain named (or with the UUID) `self.vm`, if this agent manages it.
     pub fn domain(&self) -> Result<Domain, LibvirtError> {
-        match self.conn.lookup_domain_by_name(self.vm) {
-            Ok(d) => Ok(d),
+        let dom = match self.conn.lookup_domain_by_name(self.vm) {
+            Ok(d) => d,
             Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN && self.vm.len() == 36 => self
                 .conn
                 .lookup_domain_by_uuid_string(self.vm)
-                .map_err(|e| self.err(e)),
-            Err(e) => Err(self.err(e)),
+                .map_err(|e| self.err(e))?,
+            Err(e) => return Err(self.err(e)),
+        };
+        if self.domains.is_scoped() {
+            let name = dom.name().map_err(|e| self.err(e))?;
+            if !self.domains.contains(&name) {
+                return Err(LibvirtError::NotManaged {
+                    vm: self.vm.to_string(),
+                    uri: self.uri.to_string(),
+                    patterns: self.domains.to_string(),
+                });
+            }
         }
+        Ok(dom)
     }
 
     fn interfaces(&self, dom: &Domain) -> Result<(String, Vec<xml::Iface>), LibvirtError> {
@@ -343,8 +360,13 @@ impl LibvirtAgent {
         let taps = TapMap::default();
         let watcher = if cfg.watch_events {
             Some(
-                events::Watcher::start(cfg.uri.clone(), taps.clone(), events_tx.clone())
-                    .map_err(LibvirtError::Worker)?,
+                events::Watcher::start(
+                    cfg.uri.clone(),
+                    cfg.domains.clone(),
+                    taps.clone(),
+                    events_tx.clone(),
+                )
+                .map_err(LibvirtError::Worker)?,
             )
         } else {
             None
@@ -412,6 +434,7 @@ impl LibvirtAgent {
                         uri: &inner.cfg.uri,
                         op,
                         vm: &vm,
+                        domains: &inner.cfg.domains,
                     };
                     let r = f(&ctx);
                     if matches!(r, Err(LibvirtError::DaemonDown { .. })) {
@@ -428,6 +451,7 @@ impl LibvirtAgent {
             if !matches!(
                 e,
                 LibvirtError::UnknownVm { .. }
+                    | LibvirtError::NotManaged { .. }
                     | LibvirtError::InvalidArgument(_)
                     | LibvirtError::NoInterface { .. }
             ) {
@@ -441,7 +465,7 @@ impl LibvirtAgent {
     pub async fn contains_vm(&self, vm: &str) -> Result<bool, LibvirtError> {
         match self.run("contains_vm", vm, |c| c.domain().map(drop)).await {
             Ok(()) => Ok(true),
-            Err(LibvirtError::UnknownVm { .. }) => Ok(false),
+            Err(LibvirtError::UnknownVm { .. } | LibvirtError::NotManaged { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -452,6 +476,9 @@ impl LibvirtAgent {
             let mut out = Vec::new();
             for d in doms {
                 let name = d.name().map_err(|e| c.err(e))?;
+                if !c.domains.contains(&name) {
+                    continue;
+                }
                 let uuid = d.uuid_string().map_err(|e| c.err(e))?;
                 let state = d
                     .state()
@@ -685,7 +712,7 @@ impl LibvirtAgent {
         let taps = self.inner.taps.clone();
         let all = self
             .run("tap_map", "*", |c| {
-                events::scan_all(c.conn).map_err(|e| c.err(e))
+                events::scan_all(c.conn, c.domains).map_err(|e| c.err(e))
             })
             .await?;
         taps.replace_all(all);

@@ -2,7 +2,8 @@
 //!
 //! `[node.params]` keys, all optional unless said:
 //! - `agent_libvirt`: `uri` (`qemu:///system`), `quarantine_user` (`root`), `migrate_to`
-//!   (where `migrate` may send a VM: `name=URI` or host names, comma-separated; none).
+//!   (where `migrate` may send a VM: `name=URI` or host names, comma-separated; none),
+//!   `domains` (the VMs it manages: name patterns, comma-separated; all).
 //! - `agent_controller_osken`: `url` (`http://127.0.0.1:8080`), `priority` (40000).
 //! - `agent_controller_floodlight`: `url` (`http://127.0.0.1:8080`), `api` (`v1` | `v0.90`),
 //!   `mode` (`static_flow` | `firewall`).
@@ -123,7 +124,7 @@ impl Built {
 
 #[cfg(feature = "libvirt")]
 fn libvirt(p: &Params<'_>) -> Result<Built, BuildError> {
-    use crate::libvirt::{LibvirtAgent, LibvirtConfig};
+    use crate::libvirt::{Domains, LibvirtAgent, LibvirtConfig};
     use crate::Acting;
     let mut cfg = LibvirtConfig::new(&p.get("uri").unwrap_or_else(|| "qemu:///system".into()));
     if let Some(u) = p.get("quarantine_user") {
@@ -137,6 +138,14 @@ fn libvirt(p: &Params<'_>) -> Result<Built, BuildError> {
                 value: list.clone(),
                 reason,
             })?;
+    }
+    if let Some(list) = p.get("domains") {
+        cfg.domains = Domains::parse(&list).map_err(|reason| BuildError::Param {
+            node: p.node.to_string(),
+            key: "domains",
+            value: list.clone(),
+            reason,
+        })?;
     }
     let agent = Acting::try_new(|sink| LibvirtAgent::new(cfg, sink)).map_err(|source| {
         BuildError::Libvirt {
@@ -356,6 +365,17 @@ mod tests {
         let e = error(&d, AgentKind::ControllerOsken);
         assert!(
             e.starts_with("ok: params.priority: \"high\" cannot be read: "),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "libvirt")]
+    #[test]
+    fn a_bad_domains_pattern_is_refused_before_the_agent_starts() {
+        let d = def("lv", AgentKind::Libvirt, &[("domains", "web-*, db-[")]);
+        let e = error(&d, AgentKind::Libvirt);
+        assert!(
+            e.starts_with("lv: params.domains: \"web-*, db-[\" pattern \"db-[\": "),
             "{e}"
         );
     }

@@ -22,7 +22,7 @@ use serde::Serialize;
 use virt::connect::Connect;
 use virt::sys;
 
-use super::xml;
+use super::{xml, Domains};
 
 /// One VM network interface seen from the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -398,10 +398,16 @@ pub(crate) fn domain_ifaces(
         .collect())
 }
 
-/// Every running domain's tap devices.
-pub(crate) fn scan_all(conn: &Connect) -> Result<Vec<VmIface>, virt::error::Error> {
+/// The tap devices of every running domain the agent manages.
+pub(crate) fn scan_all(
+    conn: &Connect,
+    domains: &Domains,
+) -> Result<Vec<VmIface>, virt::error::Error> {
     let mut out = Vec::new();
     for dom in conn.list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)? {
+        if domains.is_scoped() && !dom.name().is_ok_and(|n| domains.contains(&n)) {
+            continue;
+        }
         match domain_ifaces(&dom) {
             Ok(v) => out.extend(v),
             // Gone between the listing and the lookup.
@@ -440,6 +446,7 @@ const POLL: Duration = Duration::from_millis(100);
 impl Watcher {
     pub(crate) fn start(
         uri: String,
+        domains: Domains,
         taps: TapMap,
         events: tokio::sync::broadcast::Sender<VmEvent>,
     ) -> Result<Watcher, String> {
@@ -449,7 +456,7 @@ impl Watcher {
         let (watching_tx, watching) = tokio::sync::watch::channel(false);
         let thread = thread::Builder::new()
             .name("libvirt-watch".into())
-            .spawn(move || run(&uri, &taps, &events, &watching_tx, &s))
+            .spawn(move || run(&uri, &domains, &taps, &events, &watching_tx, &s))
             .map_err(|e| format!("cannot start the libvirt watcher: {e}"))?;
         Ok(Watcher {
             stop,
@@ -477,6 +484,7 @@ impl Drop for Watcher {
 
 fn run(
     uri: &str,
+    domains: &Domains,
     taps: &TapMap,
     events: &tokio::sync::broadcast::Sender<VmEvent>,
     watching: &tokio::sync::watch::Sender<bool>,
@@ -484,7 +492,7 @@ fn run(
 ) {
     let mut backoff = Duration::from_millis(200);
     while !stop.load(Ordering::Relaxed) {
-        let result = session(uri, taps, events, watching, stop);
+        let result = session(uri, domains, taps, events, watching, stop);
         watching.send_replace(false);
         match result {
             Ok(()) => backoff = Duration::from_millis(200),
@@ -504,6 +512,7 @@ fn run(
 /// One connection's worth of events; returns Ok when the connection closed.
 fn session(
     uri: &str,
+    domains: &Domains,
     taps: &TapMap,
     events: &tokio::sync::broadcast::Sender<VmEvent>,
     watching: &tokio::sync::watch::Sender<bool>,
@@ -514,7 +523,7 @@ fn session(
     let regs = Registrations::register(&conn, &tx)?;
     drop(tx);
     // After registering, so a domain started in between is seen one way or the other.
-    taps.replace_all(scan_all(&conn).map_err(|e| format!("cannot list domains: {e}"))?);
+    taps.replace_all(scan_all(&conn, domains).map_err(|e| format!("cannot list domains: {e}"))?);
     tracing::info!(%uri, taps = taps.snapshot().len(), "watching libvirt domain events");
     watching.send_replace(true);
     let result = loop {
@@ -522,6 +531,8 @@ fn session(
             break Ok(());
         }
         match rx.recv_timeout(POLL) {
+            // Another's domain (params.domains): neither mapped nor published.
+            Ok(Raw::Domain { vm, .. }) if !domains.contains(&vm) => {}
             Ok(Raw::Domain { vm, uuid, kind }) => {
                 tracing::debug!(vm = ?vm, uuid = ?uuid, ?kind, "domain event");
                 refresh(&conn, taps, &uuid);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use vespa_agents::libvirt::{LibvirtAgent, LibvirtConfig, VmEventKind};
+use vespa_agents::libvirt::{Domains, LibvirtAgent, LibvirtConfig, VmEventKind};
 use vespa_agents::{ActuatorAlert, AlertSink, LibvirtError, RetryPolicy};
 use vespa_node::Agent as _;
 use vespa_testkit::wait_until_async;
@@ -297,4 +297,86 @@ async fn bad_input_and_failures_are_typed_and_the_agent_keeps_serving() {
             .any(|v| v["name"] == d.name.as_str() && v["state"] == "running"),
         "{vms}"
     );
+}
+
+/// `domains` scopes the agent: another VM on the same hypervisor is absent from `list_vms`,
+/// the tap map and the event stream, and every verb naming it (by name or UUID) is refused
+/// without an alert, while the agent's own VM is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_scoped_to_its_domains_neither_sees_nor_touches_the_others() {
+    // The one system libvirtd, shared with the other tests; dropped last.
+    let _libvirtd = LIBVIRTD.share();
+    let test = "an_agent_scoped_to_its_domains_neither_sees_nor_touches_the_others";
+    if !ready(test) {
+        return;
+    }
+    let Some(mine) = domain(test, true) else {
+        return;
+    };
+    let Some(other) = domain(test, true) else {
+        return;
+    };
+    let (tx, mut alerts) = tokio::sync::mpsc::channel(64);
+    let cfg = LibvirtConfig {
+        domains: Domains::parse(&format!("{}, nothing-[0-9]", mine.name)).expect("patterns"),
+        ..LibvirtConfig::new(URI)
+    };
+    let a = LibvirtAgent::new(cfg, AlertSink::new(tx)).expect("agent");
+    let mut events = a.subscribe();
+    a.events_watched().await;
+    // One connection delivers events in order: the other's start comes first, if at all.
+    other
+        .virsh(&["start", &other.name])
+        .expect("start the other");
+    mine.virsh(&["start", &mine.name]).expect("start mine");
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let e = events.recv().await.expect("event stream");
+            assert_ne!(e.vm, other.name, "the other domain's event was published");
+            if e.vm == mine.name && e.kind == VmEventKind::Started {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("a Started event for the agent's domain");
+
+    let names: Vec<Value> = json(&call(&a, "list_vms", &[]).await.expect("list_vms"))
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|v| v["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [Value::from(mine.name.as_str())],
+        "only the agent's domain is listed"
+    );
+    let map = json(&call(&a, "tap_map", &[]).await.expect("tap_map"));
+    let vms: Vec<&str> = map
+        .as_object()
+        .expect("map")
+        .values()
+        .filter_map(|i| i["vm"].as_str())
+        .collect();
+    assert_eq!(vms, [mine.name.as_str()], "{map}");
+
+    assert_eq!(
+        call(&a, "contains_vm", &[&other.name]).await,
+        Ok("false".into())
+    );
+    for id in [&other.name, &other.uuid] {
+        let e = call(&a, "cut_link", &[id]).await.expect_err("refused");
+        assert!(
+            e.contains("is not among this agent's domains") && e.contains(&mine.name),
+            "{id}: {e}"
+        );
+    }
+    assert_eq!(other.link(), "up", "the other domain was not touched");
+    assert!(
+        alerts.try_recv().is_err(),
+        "a VM outside the scope raises no actuator alert"
+    );
+    call(&a, "cut_link", &[&mine.name]).await.expect("cut mine");
+    assert_eq!(mine.link(), "down");
 }

@@ -86,8 +86,12 @@ impl AvLoop {
                 clamd.tcp,
                 watch.path().display()
             )),
-            N::child("lv", "agent_libvirt", "HO_HY")
-                .extra(format!("[node.params]\nuri = \"{URI}\"\n")),
+            // Scoped to this test's domain: the other tests' VMs on the shared libvirtd
+            // (their links cut and restored) are none of this VO's business.
+            N::child("lv", "agent_libvirt", "HO_HY").extra(format!(
+                "[node.params]\nuri = \"{URI}\"\ndomains = \"{}\"\n",
+                dom.name
+            )),
         ];
         let tree = Tree::new(
             &format!("loop-{tag}"),

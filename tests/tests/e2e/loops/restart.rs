@@ -149,7 +149,10 @@ fn a_vo_killed_while_a_link_is_cut_and_an_attacker_blocked_restarts_with_both_an
             .extra(format!("[node.params]\nurl = \"{}\"\n", lab.url())),
         N::child("lv", "agent_libvirt", "HO_HY")
             .on("sw")
-            .extra(format!("[node.params]\nuri = \"{URI}\"\n")),
+            .extra(format!(
+                "[node.params]\nuri = \"{URI}\"\ndomains = \"{}\"\n",
+                dom.name
+            )),
         N::child("av", "agent_av", "HO_VM").on("sw").extra(format!(
             "[node.params]\nvm = \"{}\"\nclamd = \"unix:{}\"\nwatch_dir = \"{}\"\n",
             dom.name,

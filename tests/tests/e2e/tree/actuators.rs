@@ -199,7 +199,10 @@ fn the_vm_of_each_tap_device_labels_metrics_samples_and_dashboard_charts() {
         N::root("VO", "vo"),
         N::child("HO_HY", "ho_hy", "VO"),
         N::child("bw", "agent_bandwidth", "HO_HY"),
-        N::child("lv", "agent_libvirt", "HO_HY").extra(format!("[node.params]\nuri = \"{URI}\"\n")),
+        N::child("lv", "agent_libvirt", "HO_HY").extra(format!(
+            "[node.params]\nuri = \"{URI}\"\ndomains = \"{}\"\n",
+            dom.name
+        )),
     ];
     let tree = Tree::new(
         "vml",
