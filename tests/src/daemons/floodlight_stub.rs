@@ -1,7 +1,9 @@
 //! A Floodlight REST stand-in (Floodlight itself needs Java 8 and Maven Central, unavailable
 //! here). It reproduces the request and reply shapes read from Floodlight's source (see
 //! external-interfaces.md): the static flow pusher at its v1.x and v0.90 paths, the firewall
-//! rules resource, the switch and link lists, per-switch statistics. Every request is
+//! rules resource, the switch and link lists, per-switch statistics. The pusher's list answers
+//! in each version's serialized form (v1.x: `SFPEntryMapSerializer` over `OFFlowModSerializer`;
+//! v0.90: the `OFFlowMod` bean), not as the entries were pushed. Every request is
 //! recorded (method, path, parsed JSON body) so tests can assert exactly what was sent, and a
 //! fault can be injected (an HTTP status, or a body that is not JSON).
 
@@ -247,19 +249,25 @@ async fn handle(
             s.flows.remove(&name);
             status(&format!("Entry {name} deleted"))
         }
-        ("GET", "/wm/staticflowpusher/list/all/json")
-        | ("GET", "/wm/staticflowentrypusher/list/all/json") => {
+        ("GET", "/wm/staticflowpusher/list/all/json") => {
+            // SFPEntryMapSerializer: each switch's entries as a list of one-key objects.
             let mut by_switch: BTreeMap<String, Vec<Value>> = BTreeMap::new();
             for (name, f) in &s.flows {
-                let sw = f
-                    .get("switch")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
                 by_switch
-                    .entry(sw)
+                    .entry(switch_of(f))
                     .or_default()
-                    .push(json!({ name.clone(): f }));
+                    .push(json!({ name.clone(): listed_v1(f) }));
+            }
+            ok(json!(by_switch))
+        }
+        ("GET", "/wm/staticflowentrypusher/list/all/json") => {
+            // v0.90: a map of name -> flow mod per switch.
+            let mut by_switch: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
+            for (name, f) in &s.flows {
+                by_switch
+                    .entry(switch_of(f))
+                    .or_default()
+                    .insert(name.clone(), listed_v090(f));
             }
             ok(json!(by_switch))
         }
@@ -302,4 +310,65 @@ async fn handle(
         )
             .into_response(),
     }
+}
+
+fn switch_of(entry: &Value) -> String {
+    entry
+        .get("switch")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A pushed entry as v1.x lists it (`OFFlowModSerializer` with `MatchSerializer`: numbers
+/// written as strings, the match under its OXM names, no instructions for a drop).
+fn listed_v1(entry: &Value) -> Value {
+    let field = |k: &str| entry.get(k).and_then(Value::as_str).unwrap_or("0");
+    let mut m = serde_json::Map::new();
+    for k in [
+        "in_port", "eth_src", "eth_dst", "eth_type", "ipv4_src", "ipv4_dst", "ipv6_src",
+        "ipv6_dst", "ip_proto", "tcp_src", "tcp_dst",
+    ] {
+        if let Some(v) = entry.get(k) {
+            m.insert(k.into(), v.clone());
+        }
+    }
+    json!({
+        "version": "OF_13",
+        "command": "ADD",
+        "cookie": field("cookie"),
+        "priority": field("priority"),
+        "idleTimeoutSec": field("idle_timeout"),
+        "hardTimeoutSec": field("hard_timeout"),
+        "outPort": "any",
+        "flags": "1",
+        "cookieMask": "0",
+        "outGroup": "any",
+        "match": m,
+        "instructions": { "none": "drop" },
+    })
+}
+
+/// A pushed entry as v0.90 lists it (the OpenFlow 1.0 `OFFlowMod` bean: numbers as numbers,
+/// every match field present, the wildcarded ones zero).
+fn listed_v090(entry: &Value) -> Value {
+    let field = |k: &str| entry.get(k).and_then(Value::as_str);
+    let num = |k: &str| field(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    json!({
+        "cookie": num("cookie"),
+        "priority": num("priority"),
+        "idleTimeout": 0,
+        "hardTimeout": 0,
+        "command": 0,
+        "actions": [],
+        "match": {
+            "dataLayerSource": field("src-mac").unwrap_or("00:00:00:00:00:00"),
+            "dataLayerDestination": field("dst-mac").unwrap_or("00:00:00:00:00:00"),
+            "dataLayerType": field("ether-type").unwrap_or("0x0000"),
+            "networkSource": field("src-ip").unwrap_or("0.0.0.0"),
+            "networkDestination": field("dst-ip").unwrap_or("0.0.0.0"),
+            "inputPort": 0,
+            "wildcards": 3678458,
+        },
+    })
 }

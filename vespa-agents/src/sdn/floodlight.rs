@@ -12,6 +12,7 @@
 //! only the agent's reaper ends a block. At start the pusher's list (`/list/all/json`) shows the
 //! `vespa-<block>-...` entries still installed, and block ids continue above them.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -19,9 +20,12 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::http::Http;
-use super::{ActiveBlock, BlockSpec, BlockTarget, SdnController, SdnState};
+use super::{
+    target_of_match, ActiveBlock, BlockId, BlockSpec, BlockTarget, SdnController, SdnState,
+};
 use crate::error::SdnError;
 use crate::retry::RetryPolicy;
+use vespa_proto::verbs::{HeldFlow, Target};
 
 const NAME: &str = "floodlight";
 
@@ -71,6 +75,44 @@ impl Default for FloodlightConfig {
 
 /// A static flow entry's direction (`src`/`dst`) and match fields.
 pub type FlowMatch = (&'static str, Map<String, Value>);
+
+/// A VESPA static flow entry as the pusher lists it.
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    id: BlockId,
+    target: Option<Target>,
+    /// Its `hard_timeout`, when it has one.
+    hard_timeout_s: Option<u64>,
+}
+
+/// The block a listed entry belongs to: its cookie's, else its `vespa-<block>-...` name's
+/// (an entry with another cookie, or another name, is not VESPA's).
+fn entry_id(name: &str, fm: &Value) -> Option<BlockId> {
+    match fm.get("cookie") {
+        Some(c) => BlockId::of_cookie(number(c)?),
+        None => name
+            .strip_prefix("vespa-")?
+            .split('-')
+            .next()?
+            .parse::<u64>()
+            .ok()
+            .map(BlockId),
+    }
+}
+
+/// A number Floodlight wrote as a number or, as its serializers do, a string (a cookie is a
+/// Java `long`: one with the top bit set comes out negative).
+fn number(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_i64().map(|i| i as u64)),
+        Value::String(s) => s
+            .parse::<u64>()
+            .ok()
+            .or_else(|| s.parse::<i64>().ok().map(|i| i as u64)),
+        _ => None,
+    }
+}
 
 /// A Floodlight controller.
 #[derive(Debug)]
@@ -316,28 +358,41 @@ impl Floodlight {
         }
     }
 
-    /// The names of the static flow entries VESPA pushed (`vespa-...`), by anyone.
-    async fn vespa_entries(&self) -> Result<Vec<String>, SdnError> {
+    /// Every static flow entry VESPA pushed (`vespa-...`), by anyone: its name, the block id
+    /// it carries and what the pusher lists for it.
+    ///
+    /// The list is `{"<dpid>": [{"<name>": <flow mod>}, ...]}` from v1.0 (Floodlight's
+    /// `SFPEntryMapSerializer`: the flow mod with `cookie`, `hardTimeoutSec` and a `match` of
+    /// OXM names, numbers as strings) or `{"<dpid>": {"<name>": <flow mod>}}` in v0.90 (`cookie`,
+    /// `hardTimeout`, a `match` of `dataLayerSource`/`networkSource`...).
+    async fn vespa_entries(&self) -> Result<Vec<Entry>, SdnError> {
         let v = self.http.get_json(self.list_path()).await?;
-        // {"<dpid>": [{"<name>": {...}}, ...]} (v1.x) or {"<dpid>": {"<name>": {...}}} (v0.90).
-        let mut names = Vec::new();
+        let mut out = Vec::new();
         for entries in v.as_object().into_iter().flat_map(|m| m.values()) {
             let objs: Vec<&Value> = match entries {
                 Value::Array(a) => a.iter().collect(),
                 o @ Value::Object(_) => vec![o],
                 _ => vec![],
             };
-            for o in objs {
-                names.extend(
-                    o.as_object()
-                        .into_iter()
-                        .flat_map(|m| m.keys())
-                        .filter(|n| n.starts_with("vespa-"))
-                        .cloned(),
-                );
+            let named = objs
+                .into_iter()
+                .filter_map(Value::as_object)
+                .flat_map(|m| m.iter());
+            for (name, fm) in named {
+                if let Some(id) = entry_id(name, fm) {
+                    out.push(Entry {
+                        name: name.clone(),
+                        id,
+                        target: fm.get("match").and_then(target_of_match),
+                        hard_timeout_s: ["hardTimeoutSec", "hardTimeout", "hard_timeout"]
+                            .iter()
+                            .find_map(|k| number(fm.get(*k)?))
+                            .filter(|t| *t > 0),
+                    });
+                }
             }
         }
-        Ok(names)
+        Ok(out)
     }
 
     async fn undo(&self, handles: &[String]) {
@@ -402,19 +457,11 @@ impl SdnController for Floodlight {
         if self.cfg.mode == FloodlightMode::Firewall {
             return None;
         }
-        Some(self.vespa_entries().await.map(|names| {
-            names
-                .iter()
-                .filter_map(|n| {
-                    n.strip_prefix("vespa-")?
-                        .split('-')
-                        .next()?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .max()
-                .unwrap_or(0)
-        }))
+        Some(
+            self.vespa_entries()
+                .await
+                .map(|entries| entries.iter().map(|e| e.id.0).max().unwrap_or(0)),
+        )
     }
 
     async fn uninstall(&self, block: &ActiveBlock) -> Result<(), SdnError> {
@@ -434,10 +481,60 @@ impl SdnController for Floodlight {
         if self.cfg.mode == FloodlightMode::Firewall {
             return Ok(());
         }
-        for n in self.vespa_entries().await? {
-            self.delete_flow(&n).await?;
+        for e in self.vespa_entries().await? {
+            self.delete_flow(&e.name).await?;
         }
         Ok(())
+    }
+
+    /// VESPA's static entries, by block: the pusher's list is what the switches are told to
+    /// hold (it re-pushes them to a switch that reconnects, and forgets an entry whose flow
+    /// expired). The firewall's rules carry no block id: None there.
+    async fn held(&self) -> Option<Result<Vec<HeldFlow>, SdnError>> {
+        if self.cfg.mode == FloodlightMode::Firewall {
+            return None;
+        }
+        let entries = match self.vespa_entries().await {
+            Ok(e) => e,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut by_id: BTreeMap<u64, HeldFlow> = BTreeMap::new();
+        for e in entries {
+            let h = by_id.entry(e.id.0).or_insert(HeldFlow {
+                id: e.id.0,
+                target: None,
+                remaining_s: e.hard_timeout_s,
+                flows: 0,
+                known: false,
+            });
+            h.flows = h.flows.saturating_add(1);
+            h.target = h.target.or(e.target);
+            // The pusher keeps no age: the entry's whole timeout is the most it has left.
+            h.remaining_s = match (h.remaining_s, e.hard_timeout_s) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
+        Some(Ok(by_id.into_values().collect()))
+    }
+
+    /// Floodlight deletes static entries by name only: every entry of block `id` in the
+    /// pusher's list (by its cookie, or its `vespa-<id>-` name) is deleted.
+    async fn remove_cookie(&self, id: BlockId) -> Option<Result<(), SdnError>> {
+        if self.cfg.mode == FloodlightMode::Firewall {
+            return None;
+        }
+        Some(
+            async {
+                for e in self.vespa_entries().await? {
+                    if e.id == id {
+                        self.delete_flow(&e.name).await?;
+                    }
+                }
+                Ok(())
+            }
+            .await,
+        )
     }
 
     /// `{"switches":[{"dpid":"00:..:01","address":"/10.0.0.1:5000","connected_since":..,
@@ -487,5 +584,43 @@ impl SdnController for Floodlight {
 
     async fn fetch_flow_stats(&self) -> Result<Value, SdnError> {
         self.http.get_json(ALL_FLOWS).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listed_entry_is_vespas_by_its_cookie_or_else_its_name() {
+        let id = BlockId(7);
+        let fm = json!({ "cookie": id.cookie().to_string() });
+        assert_eq!(entry_id("any-name", &fm), Some(id));
+        // Someone else's cookie on a vespa-named entry: not ours.
+        assert_eq!(entry_id("vespa-7-0-src", &json!({ "cookie": "12" })), None);
+        // No cookie listed: the name says.
+        assert_eq!(entry_id("vespa-7-0-src", &json!({})), Some(id));
+        assert_eq!(entry_id("operator-1", &json!({})), None);
+        // A Java long: negative when the top bit is set.
+        assert_eq!(number(&json!("-1")), Some(u64::MAX));
+        assert_eq!(number(&json!(310)), Some(310));
+        assert_eq!(number(&json!("x")), None);
+    }
+
+    #[test]
+    fn both_list_shapes_name_their_target() {
+        let v1 = json!({ "eth_type": "0x800", "ipv4_src": "10.0.0.9" });
+        assert_eq!(target_of_match(&v1), Some(Target::Ip([10, 0, 0, 9].into())));
+        // v0.90 lists every field; the wildcarded ones are zeros.
+        let v090 = json!({
+            "dataLayerSource": "00:00:00:00:00:00",
+            "dataLayerDestination": "52:54:00:ab:cd:01",
+            "networkSource": "0.0.0.0",
+            "networkDestination": "0.0.0.0",
+        });
+        assert_eq!(
+            target_of_match(&v090).map(|t| t.to_string()),
+            Some("52:54:00:ab:cd:01".into())
+        );
     }
 }

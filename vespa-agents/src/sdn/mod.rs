@@ -58,6 +58,40 @@ pub const RANDOM_ID_BASE: std::ops::Range<u64> = 1 << 16..1 << 31;
 /// An Ethernet address (the protocol's: verbs carry it typed).
 pub use vespa_proto::verbs::MacAddr;
 
+/// The address or MAC a VESPA drop flow's match names (either side), as a controller lists
+/// it: ofctl_rest's `dl_src`/`nw_src` for OpenFlow 1.3 or the OXM names it was given,
+/// Floodlight v1.x's OXM names, Floodlight v0.90's `dataLayerSource`/`networkSource` (which
+/// lists every field, the wildcarded ones as all zeros: those name nothing).
+pub fn target_of_match(m: &Value) -> Option<Target> {
+    const KEYS: [&str; 14] = [
+        "eth_src",
+        "eth_dst",
+        "dl_src",
+        "dl_dst",
+        "ipv4_src",
+        "ipv4_dst",
+        "nw_src",
+        "nw_dst",
+        "ipv6_src",
+        "ipv6_dst",
+        "dataLayerSource",
+        "dataLayerDestination",
+        "networkSource",
+        "networkDestination",
+    ];
+    KEYS.iter().find_map(|k| {
+        let v = m.get(*k)?.as_str()?;
+        // An exact match may be written with a full mask (`10.0.0.1/255.255.255.255`).
+        let bare = v.split('/').next().unwrap_or(v);
+        match Target::parse_word(bare).ok()? {
+            Target::Ip(ip) if ip.is_unspecified() => None,
+            Target::Mac(m) if m.to_string() == "00:00:00:00:00:00" => None,
+            t @ (Target::Ip(_) | Target::Mac(_)) => Some(t),
+            Target::Net(_) => None,
+        }
+    })
+}
+
 /// What a block applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BlockTarget {

@@ -21,12 +21,12 @@ use serde_json::{json, Value};
 
 use super::http::Http;
 use super::{
-    ActiveBlock, BlockId, BlockSpec, BlockTarget, SdnController, SdnState, COOKIE_TAG,
-    COOKIE_TAG_MASK,
+    target_of_match, ActiveBlock, BlockId, BlockSpec, BlockTarget, SdnController, SdnState,
+    COOKIE_TAG, COOKIE_TAG_MASK,
 };
 use crate::error::SdnError;
 use crate::retry::RetryPolicy;
-use vespa_proto::verbs::{HeldFlow, Target, Word as _};
+use vespa_proto::verbs::HeldFlow;
 
 const NAME: &str = "os-ken";
 
@@ -166,24 +166,6 @@ fn remaining_s(flow: &Value) -> Option<u64> {
         .and_then(Value::as_u64)
         .unwrap_or(0);
     (hard > 0).then(|| hard.saturating_sub(age))
-}
-
-/// The address or MAC a VESPA drop flow's match names (either side), as ofctl_rest lists it
-/// (`dl_src`/`nw_src` for OpenFlow 1.3, or the OXM names it was given).
-pub fn target_of_match(m: &Value) -> Option<Target> {
-    const KEYS: [&str; 10] = [
-        "eth_src", "eth_dst", "dl_src", "dl_dst", "ipv4_src", "ipv4_dst", "nw_src", "nw_dst",
-        "ipv6_src", "ipv6_dst",
-    ];
-    KEYS.iter().find_map(|k| {
-        let v = m.get(*k)?.as_str()?;
-        // An exact match may be written with a full mask (`10.0.0.1/255.255.255.255`).
-        let bare = v.split('/').next().unwrap_or(v);
-        match Target::parse_word(bare).ok()? {
-            t @ (Target::Ip(_) | Target::Mac(_)) => Some(t),
-            Target::Net(_) => None,
-        }
-    })
 }
 
 /// The OpenFlow 1.3 matches dropping all traffic from and to `t`.
@@ -354,6 +336,7 @@ impl SdnController for OsKen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vespa_proto::verbs::Target;
 
     #[test]
     fn drop_flows_name_their_target_as_ofctl_rest_lists_them() {

@@ -777,3 +777,98 @@ async fn pox_block_ids_differ_across_an_agent_restart() {
     }
     assert_eq!(ids.len(), 3, "three agent starts, three ids: {ids:?}");
 }
+
+/// Pushes a static entry behind the agent's back, as an operator or an earlier agent would.
+async fn push_by_hand(stub: &FloodlightStub, path: &'static str, entry: Value) {
+    let addr = stub.addr;
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        vespa_tests::daemons::http_request(addr, "POST", path, None, &entry.to_string())
+    })
+    .await
+    .expect("join")
+    .expect("the stub answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Entry pushed"), "{body}");
+}
+
+/// Reconciliation's view of a Floodlight controller is the pusher's list, in either API's
+/// shape: VESPA's own block (known, its target read back from the listed match, one entry per
+/// switch and direction), a VESPA-cookie entry nobody's book holds (unknown), and nothing of
+/// the operator's. `drop_flows` of the unknown block deletes its entries by name and leaves
+/// the rest.
+#[tokio::test]
+async fn floodlight_lists_vespas_entries_for_reconciliation_and_drops_a_stray_by_name() {
+    for (api, pusher, ip_field, mac_field) in [
+        (
+            FloodlightApi::V1,
+            "/wm/staticflowpusher/json",
+            "ipv4_src",
+            "eth_src",
+        ),
+        (
+            FloodlightApi::V090,
+            "/wm/staticflowentrypusher/json",
+            "src-ip",
+            "src-mac",
+        ),
+    ] {
+        let stub = FloodlightStub::start().await;
+        let (a, _alerts) = floodlight(&stub, api, FloodlightMode::StaticFlow);
+        call(&a, "block_hackers", &[MAC]).await.expect("block");
+        push_by_hand(
+            &stub,
+            pusher,
+            json!({ "switch": DPID1, "name": "vespa-9-0-src", "active": "true", "priority": "32767",
+                    "cookie": cookie(9), "hard_timeout": "600", "ether-type": "0x0800",
+                    "eth_type": "0x0800", ip_field: "10.0.0.9" }),
+        )
+        .await;
+        push_by_hand(
+            &stub,
+            pusher,
+            json!({ "switch": DPID1, "name": "operator-web", "active": "true", "priority": "100",
+                    "cookie": "5", mac_field: "52:54:00:00:00:05" }),
+        )
+        .await;
+
+        let page = json_of(&call(&a, "vespa_flows", &[]).await.expect("vespa_flows"));
+        let rows = page["rows"].as_array().expect("rows");
+        assert_eq!(rows.len(), 2, "{api:?}: {page}");
+        assert_eq!(
+            (
+                &rows[0]["id"],
+                &rows[0]["target"],
+                &rows[0]["flows"],
+                &rows[0]["known"]
+            ),
+            (&json!(1), &json!(MAC), &json!(4), &json!(true)),
+            "{api:?}: {page}"
+        );
+        assert_eq!(
+            (
+                &rows[1]["id"],
+                &rows[1]["target"],
+                &rows[1]["flows"],
+                &rows[1]["known"]
+            ),
+            (&json!(9), &json!("10.0.0.9"), &json!(1), &json!(false)),
+            "{api:?}: {page}"
+        );
+        if api == FloodlightApi::V1 {
+            assert_eq!(rows[1]["remaining_s"], 600, "at most its timeout: {page}");
+        }
+
+        call(&a, "drop_flows", &["9"]).await.expect("drop_flows");
+        let names: Vec<String> = stub.flows().into_keys().collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("vespa-9-")),
+            "{api:?}: {names:?}"
+        );
+        assert!(names.contains(&"operator-web".to_string()), "{names:?}");
+        assert_eq!(
+            names.iter().filter(|n| n.starts_with("vespa-1-")).count(),
+            4,
+            "the agent's own block stays: {names:?}"
+        );
+    }
+}
