@@ -669,6 +669,13 @@ async fn open_postgres(at: &Location, url: &str) -> anyhow::Result<Opened> {
     let mut conn = AnyConnection::connect_with(&opts)
         .await
         .map_err(|e| at.unusable(e))?;
+    // Before anything is read, as for a file: one orchestrator per ledger.
+    owner::hold_postgres(&mut conn, &at.redacted())
+        .await
+        .map_err(|e| match e.downcast::<sqlx::Error>() {
+            Ok(db) => at.unusable(db),
+            Err(refused) => refused,
+        })?;
     for stmt in schema::CREATE.iter().chain(schema::POSTGRES_VERSION_TABLE) {
         sqlx::query(stmt)
             .execute(&mut conn)

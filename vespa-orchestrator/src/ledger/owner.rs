@@ -7,6 +7,12 @@
 //! opener is refused with the path and, as the holder wrote it into the lock file, the
 //! holder's pid and program. A `flock` is released by the kernel when its holder dies, so a
 //! SIGKILLed orchestrator leaves no stale lock; the file itself stays, harmless.
+//!
+//! A ledger on PostgreSQL is held the same way with a session advisory lock taken on the
+//! writer's connection ([`hold_postgres`]): the server releases it when that connection ends,
+//! which for a killed process is as soon as the server sees the socket close (for a host cut
+//! off the network, when the server's TCP keepalive gives up on it). The holder is named from
+//! `pg_stat_activity`, where each orchestrator's writer sets its `application_name`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, Write as _};
@@ -80,6 +86,69 @@ pub(crate) fn hold(path: &Path) -> anyhow::Result<Owner> {
         tracing::warn!(path = %lock_path.display(), error = %e, "cannot write the ledger's holder into its lock file");
     }
     Ok(Owner { _lock: lock })
+}
+
+/// The advisory lock key of a VESPA ledger (`VESPLDGR`): one per database, as the tables are.
+#[cfg(feature = "postgres")]
+const PG_LOCK_KEY: i64 = 0x5645_5350_4c44_4752;
+
+/// How long a PostgreSQL ledger's lock is waited for: a holder that was just killed or
+/// dropped needs a moment for the server to end its session.
+#[cfg(feature = "postgres")]
+const PG_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes the PostgreSQL ledger for this process on `conn`, the writer's connection, for as
+/// long as that connection lives; `shown` is the ledger's URL without its password. Refused,
+/// naming the holder, when another session keeps it for [`PG_LOCK_WAIT`].
+#[cfg(feature = "postgres")]
+pub(crate) async fn hold_postgres(
+    conn: &mut sqlx::AnyConnection,
+    shown: &str,
+) -> anyhow::Result<()> {
+    let me = format!("vespa-orchestrator pid {}", std::process::id());
+    sqlx::query("SELECT set_config('application_name', $1, false)")
+        .bind(&me)
+        .execute(&mut *conn)
+        .await?;
+    let deadline = tokio::time::Instant::now() + PG_LOCK_WAIT;
+    loop {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(PG_LOCK_KEY)
+            .fetch_one(&mut *conn)
+            .await?;
+        if got {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A bigint key is split over classid (high half) and objid (low half), objsubid 1.
+    let holder: Option<(i64, String, String)> = sqlx::query_as(
+        "SELECT a.pid::bigint, COALESCE(a.application_name, ''), \
+                COALESCE(host(a.client_addr), 'local socket') \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND l.classid::bigint = $1 AND l.objid::bigint = $2 LIMIT 1",
+    )
+    .bind(PG_LOCK_KEY >> 32)
+    .bind(PG_LOCK_KEY & 0xffff_ffff)
+    .fetch_optional(&mut *conn)
+    .await
+    .unwrap_or(None);
+    let holder = holder.map_or_else(
+        || "holder unknown".to_string(),
+        |(pid, app, from)| {
+            let app: String = app.chars().filter(|c| !c.is_control()).take(64).collect();
+            format!("held by {app:?}, server pid {pid}, from {from}")
+        },
+    );
+    anyhow::bail!(
+        "the decision ledger {shown} is in use by another process ({holder}): a ledger \
+         belongs to one orchestrator process, whose decision ids it numbers; give each \
+         process its own database"
+    )
 }
 
 /// What the holder wrote into the lock file, one line, bounded.

@@ -431,3 +431,39 @@ async fn a_postgres_ledger_of_a_newer_schema_is_refused() {
     let e = Ledger::open_at(at).await.expect_err("refused").to_string();
     assert!(e.contains("schema is version 99"), "{e}");
 }
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_second_orchestrator_on_one_postgres_ledger_is_refused_naming_the_holder() {
+    let Some(pg) = postgres::start_for(
+        "ledger::tests::a_second_orchestrator_on_one_postgres_ledger_is_refused_naming_the_holder",
+    ) else {
+        return;
+    };
+    let at = Location::Postgres(pg.url());
+    let first = Ledger::open_at(at.clone()).await.expect("first");
+    let (id, w) = first.place(block("198.51.100.9", rule()));
+    w.wait().await.expect("written");
+    let e = format!(
+        "{:#}",
+        Ledger::open_at(at.clone())
+            .await
+            .expect_err("the second must be refused")
+    );
+    assert!(e.contains("is in use by another process"), "{e}");
+    assert!(
+        e.contains(&format!("vespa-orchestrator pid {}", std::process::id())),
+        "{e}"
+    );
+    assert!(!e.contains(&pg.password), "{e}");
+    // The refused one wrote nothing: the holder's decision is the only one.
+    let listed = first.list(&Query::default()).await.expect("list");
+    assert_eq!(listed.iter().map(|d| d.id).collect::<Vec<_>>(), [id]);
+    // Released with its holder: the next opener takes it (its wait covers the server ending
+    // the first session) and keeps counting ids.
+    drop(first);
+    let next = Ledger::open_at(at).await.expect("free again");
+    let (again, w) = next.place(block("198.51.100.10", rule()));
+    w.wait().await.expect("written");
+    assert_eq!(again, id + 1);
+}
