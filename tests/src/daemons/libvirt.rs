@@ -337,3 +337,174 @@ impl Drop for KvmDomain {
         let _ = self.virsh(&["undefine", &self.name]);
     }
 }
+
+/// A second libvirtd on this machine, owned by one test: the quarantine hypervisor that
+/// `migrate` sends VMs to. libvirt refuses to migrate a domain to the host it runs on (same
+/// host UUID), and a privileged libvirtd has fixed paths; so this one runs in a mount namespace
+/// of its own (`unshare -m`) where private directories are bind-mounted over `/etc/libvirt`
+/// (a `libvirtd.conf` with a `host_uuid` of its own, a `qemu.conf`), `/run/libvirt`,
+/// `/var/lib/libvirt`, `/var/cache/libvirt` and `/var/log/libvirt`. The host's namespace and
+/// its libvirtd see none of it; its socket is reachable from the host as
+/// `<dir>/run/libvirt-sock` ([`QuarantineLibvirtd::uri`]). Its QEMU logs to files (no
+/// virtlogd of its own) and uses no cgroups: the host's libvirtd already has the machine's
+/// cgroup tree, and a VM being migrated runs under both daemons at once with one name.
+///
+/// Dropping it destroys and undefines every domain it holds, stops the daemon (SIGTERM, also
+/// sent if the thread that started it dies), kills any QEMU it left behind (its pid files) and
+/// removes its directories; the namespace ends with its last process.
+pub struct QuarantineLibvirtd {
+    /// `qemu+unix:///system?socket=<dir>/run/libvirt-sock`.
+    pub uri: String,
+    daemon: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl QuarantineLibvirtd {
+    /// Starts it and waits until it answers. Starts (or reuses) the system libvirtd first:
+    /// the host preparation it makes (users, groups, `/dev/kvm`) serves both.
+    pub fn start() -> Result<QuarantineLibvirtd, String> {
+        use std::os::unix::fs::PermissionsExt;
+        libvirtd()?;
+        if !have("unshare") || !have("mount") {
+            return Err("unshare or mount missing (util-linux, mount)".into());
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("vespa-quarantine-libvirtd")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        // QEMU runs as libvirt-qemu and must reach its monitor socket under lib/.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        for d in ["etc", "run", "lib", "cache", "log"] {
+            std::fs::create_dir(dir.path().join(d)).map_err(|e| format!("{d}: {e}"))?;
+        }
+        let host_uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+            .map_err(|e| format!("a host UUID: {e}"))?;
+        std::fs::write(
+            dir.path().join("etc/libvirtd.conf"),
+            format!(
+                "host_uuid = \"{}\"\nunix_sock_group = \"root\"\nunix_sock_rw_perms = \"0770\"\n",
+                host_uuid.trim()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::write(
+            dir.path().join("etc/qemu.conf"),
+            "stdio_handler = \"file\"\ncgroup_controllers = [ ]\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let d = dir.path().to_str().ok_or("temporary directory not UTF-8")?;
+        let log =
+            std::fs::File::create(dir.path().join("libvirtd.log")).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        // The mounts exist only in the new namespace (private propagation): the host's
+        // /run/libvirt and the system libvirtd are untouched.
+        let script = "set -e; d=$1; \
+            mount --bind \"$d/etc\" /etc/libvirt; \
+            mount --bind \"$d/run\" /run/libvirt; \
+            mount --bind \"$d/lib\" /var/lib/libvirt; \
+            mount --bind \"$d/cache\" /var/cache/libvirt; \
+            mount --bind \"$d/log\" /var/log/libvirt; \
+            exec /usr/sbin/libvirtd --pid-file \"$d/libvirtd.pid\"";
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            d,
+        ])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+        let die_with_parent = || {
+            // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
+            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        // SAFETY: the hook only calls prctl, which is async-signal-safe and touches no memory
+        // of the parent.
+        unsafe { cmd.pre_exec(die_with_parent) };
+        let daemon = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start unshare: {e}"))?;
+        let q = QuarantineLibvirtd {
+            uri: format!("qemu+unix:///system?socket={d}/run/libvirt-sock"),
+            daemon: Some(daemon),
+            dir,
+        };
+        try_wait_until(
+            "the quarantine libvirtd to answer",
+            Duration::from_secs(60),
+            || q.virsh(&["version"]).map(drop),
+        )
+        .map_err(|e| format!("{e}\nits log:\n{}", q.log()))?;
+        Ok(q)
+    }
+
+    /// `virsh -c <its URI> args...`.
+    pub fn virsh(&self, args: &[&str]) -> Result<String, String> {
+        let mut v = vec!["virsh", "-c", &self.uri];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    /// `virsh domstate` of `name` here: running, shut off..., or the error (e.g. no such
+    /// domain).
+    pub fn state(&self, name: &str) -> String {
+        self.virsh(&["domstate", name])
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| e)
+    }
+
+    /// The daemon's log (libvirtd's own, then each domain's QEMU log).
+    pub fn log(&self) -> String {
+        let mut out =
+            std::fs::read_to_string(self.dir.path().join("libvirtd.log")).unwrap_or_default();
+        if let Ok(rd) = std::fs::read_dir(self.dir.path().join("log/qemu")) {
+            for e in rd.flatten() {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                out.push_str(&format!("\n{}:\n{text}", e.path().display()));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for QuarantineLibvirtd {
+    fn drop(&mut self) {
+        let names = self.virsh(&["list", "--all", "--name"]).unwrap_or_default();
+        for n in names.lines().map(str::trim).filter(|n| !n.is_empty()) {
+            let _ = self.virsh(&["destroy", n]);
+            let _ = self.virsh(&["undefine", n]);
+        }
+        if let Some(mut c) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+        // A QEMU the daemon left running (a domain that could not be destroyed) would keep
+        // the namespace and its tap device alive.
+        if let Ok(rd) = std::fs::read_dir(self.dir.path().join("run/qemu")) {
+            for e in rd.flatten() {
+                let pid = std::fs::read_to_string(e.path())
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                    .filter(|p| *p > 1 && e.path().extension().is_some_and(|x| x == "pid"));
+                if let Some(p) = pid {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+}

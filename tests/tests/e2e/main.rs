@@ -80,6 +80,7 @@ mod actuators {
     mod clamav;
     mod libvirt;
     mod libvirt_restart;
+    mod quarantine;
     mod sdn_osken;
     mod sdn_stubs;
 }
