@@ -243,19 +243,32 @@ pub fn unique_mac() -> String {
 
 impl KvmDomain {
     pub fn xml(name: &str, mac: &str) -> String {
+        KvmDomain::xml_of(name, mac, false)
+    }
+
+    /// The domain's XML; `quiet`: no boot ROM on the interface (no iPXE) and no reboot after
+    /// "no bootable device", so the firmware only halts. A VM migrated while iPXE runs was
+    /// seen to stop on the destination with "KVM internal error" (an emulation failure of
+    /// this machine's nested KVM), and then could not be resumed nor migrated back.
+    fn xml_of(name: &str, mac: &str, quiet: bool) -> String {
+        let (bios, rom) = if quiet {
+            ("<bios rebootTimeout='-1'/>", "\n      <rom enabled='no'/>")
+        } else {
+            ("", "")
+        };
         format!(
             "<domain type='kvm'>
   <name>{name}</name>
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <os><type arch='x86_64' machine='pc'>hvm</type>{bios}</os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <devices>
     <interface type='ethernet'>
       <mac address='{mac}'/>
-      <model type='virtio'/>
+      <model type='virtio'/>{rom}
     </interface>
   </devices>
 </domain>
@@ -265,12 +278,16 @@ impl KvmDomain {
 
     /// Defines the domain (not started).
     pub fn define(prefix: &str) -> Result<KvmDomain, String> {
+        KvmDomain::define_as(prefix, false)
+    }
+
+    fn define_as(prefix: &str, quiet: bool) -> Result<KvmDomain, String> {
         libvirtd()?;
         let name = crate::unique(prefix);
         let mac = unique_mac();
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let path = dir.path().join("domain.xml");
-        std::fs::write(&path, KvmDomain::xml(&name, &mac)).map_err(|e| e.to_string())?;
+        std::fs::write(&path, KvmDomain::xml_of(&name, &mac, quiet)).map_err(|e| e.to_string())?;
         run(&[
             "virsh",
             "-c",
@@ -282,6 +299,14 @@ impl KvmDomain {
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
         Ok(KvmDomain { name, mac, uuid })
+    }
+
+    /// Defines and starts a domain whose firmware only halts (see [`KvmDomain::xml_of`]): the
+    /// one to live-migrate.
+    pub fn start_quiet(prefix: &str) -> Result<KvmDomain, String> {
+        let d = KvmDomain::define_as(prefix, true)?;
+        d.virsh(&["start", &d.name])?;
+        Ok(d)
     }
 
     /// Defines and starts the domain.

@@ -98,6 +98,7 @@ mod deploy {
 mod loops {
     mod av;
     mod demo;
+    mod quarantine;
     mod reconcile;
     mod restart;
     mod sdn;

@@ -21,7 +21,7 @@ async fn migrate_moves_a_running_vm_to_the_quarantine_hypervisor() {
     let Some(q) = require_daemon(test, "a quarantine libvirtd", QuarantineLibvirtd::start()) else {
         return;
     };
-    let Some(d) = require_daemon(test, "a KVM domain", KvmDomain::start("vmig")) else {
+    let Some(d) = require_daemon(test, "a KVM domain", KvmDomain::start_quiet("vmig")) else {
         return;
     };
     assert_eq!(d.state(), "running");
