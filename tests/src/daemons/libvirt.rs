@@ -1,4 +1,5 @@
-//! libvirtd for tests, and throw-away KVM domains.
+//! libvirtd for tests, throw-away KVM domains, and a second libvirtd to migrate them to
+//! ([`QuarantineLibvirtd`]).
 //!
 //! libvirtd is a system daemon with fixed paths (`/var/run/libvirt`), so one instance serves
 //! the whole test process (its tests hold a share of [`crate::shared::LIBVIRTD`]; stopping
