@@ -376,8 +376,8 @@ impl Drop for KvmDomain {
 /// cgroup tree, and a VM being migrated runs under both daemons at once with one name.
 ///
 /// Dropping it destroys and undefines every domain it holds, stops the daemon (SIGTERM, also
-/// sent if the thread that started it dies), kills any QEMU it left behind (its pid files) and
-/// removes its directories; the namespace ends with its last process.
+/// sent if the thread that started it dies; SIGKILL after 30 s), kills any QEMU it left behind
+/// (its pid files) and removes its directories; the namespace ends with its last process.
 pub struct QuarantineLibvirtd {
     /// `qemu+unix:///system?socket=<dir>/run/libvirt-sock`.
     pub uri: String,
@@ -510,11 +510,20 @@ impl Drop for QuarantineLibvirtd {
             let _ = self.virsh(&["undefine", n]);
         }
         if let Some(mut c) = self.daemon.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let exited = try_wait_until(
+                "the quarantine libvirtd to exit",
+                Duration::from_secs(30),
+                || match c.try_wait() {
+                    Ok(Some(_)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
             );
-            let _ = c.wait();
+            if exited.is_err() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
         // A QEMU the daemon left running (a domain that could not be destroyed) would keep
         // the namespace and its tap device alive.
