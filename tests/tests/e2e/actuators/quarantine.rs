@@ -3,7 +3,7 @@
 //! namespace and host UUID), the VM's memory over loopback (`migrate_uri`).
 
 use vespa_agents::libvirt::{LibvirtAgent, LibvirtConfig};
-use vespa_agents::AlertSink;
+use vespa_agents::{ActuatorAlert, AlertSink};
 use vespa_node::Agent as _;
 use vespa_tests::daemons::libvirt::{KvmDomain, QuarantineLibvirtd, URI};
 use vespa_tests::daemons::require_daemon;
@@ -35,11 +35,41 @@ async fn migrate_moves_a_running_vm_to_the_quarantine_hypervisor() {
         watch_events: false,
         ..LibvirtConfig::new(URI)
     };
-    cfg.add_destinations(&format!("quarantine={}", q.uri))
+    // Two names for the one quarantine hypervisor: the second sends the memory to a port
+    // this test holds, where the destination's QEMU cannot listen.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = busy.local_addr().expect("port").port();
+    cfg.add_destinations(&format!("quarantine={0},busy={0}", q.uri))
         .expect("migrate_to");
-    cfg.add_migrate_uris("quarantine=tcp://127.0.0.1")
-        .expect("migrate_uri");
+    cfg.add_migrate_uris(&format!(
+        "quarantine=tcp://127.0.0.1,busy=tcp://127.0.0.1:{port}"
+    ))
+    .expect("migrate_uri");
     let a = LibvirtAgent::new(cfg, AlertSink::new(tx)).expect("agent");
+
+    // The migration URI is the one used: to the held port it fails, and the VM stays.
+    let e = a
+        .call_words("migrate", vec![d.name.clone(), "busy".into()])
+        .await
+        .expect_err("the destination cannot listen on a port in use");
+    assert!(
+        e.contains("migrate-incoming") && e.contains("in use"),
+        "{e}"
+    );
+    assert_eq!(
+        d.state(),
+        "running",
+        "a failed migration leaves the VM where it was"
+    );
+    assert!(q.state(&d.name).contains("failed to get domain"));
+    match alerts.try_recv() {
+        Ok(ActuatorAlert::ActuatorFailed { action, .. }) => {
+            assert_eq!(action, format!("migrate {}", d.name))
+        }
+        other => panic!("expected an ActuatorFailed alert, got {other:?}"),
+    }
+    drop(busy);
+
     let r = a
         .call_words("migrate", vec![d.name.clone(), "quarantine".into()])
         .await
