@@ -48,6 +48,57 @@ pub struct LibvirtConfig {
     pub destinations: std::collections::BTreeMap<String, String>,
     /// The domains this agent manages (all by default); see [`Domains`].
     pub domains: Domains,
+    /// Where a destination takes the VM's memory: destination name -> migration URI
+    /// (`tcp://<address>[:<port>]`). Without one the destination picks it (its host name,
+    /// a port of its own, listening on every address); with one it listens on that address
+    /// only.
+    pub migrate_uris: std::collections::BTreeMap<String, MigrateUri>,
+}
+
+/// A destination's migration URI: where the source's QEMU sends the VM's memory, and the
+/// address the destination's QEMU listens on for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateUri {
+    /// `tcp://<address>[:<port>]` as written.
+    pub uri: String,
+    /// The address alone (an IPv6 one without its brackets).
+    pub listen: String,
+}
+
+impl MigrateUri {
+    /// Parses `tcp://<address>[:<port>]`: an IP address (IPv6 in brackets) or a host name,
+    /// and an optional port (without one the destination picks one from its range).
+    pub fn parse(s: &str) -> Result<MigrateUri, String> {
+        let bad =
+            |why: &str| format!("{s:?} is not a migration URI tcp://<address>[:<port>]: {why}");
+        let rest = s
+            .strip_prefix("tcp://")
+            .ok_or_else(|| bad("only tcp:// is taken"))?;
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad("no closing ]"))?;
+            h.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| bad("not an IPv6 address in brackets"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match rest.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.parse::<std::net::IpAddr>().is_err() {
+            check_host(host).map_err(|_| bad("bad address"))?;
+        }
+        if let Some(p) = port {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("bad port"))?;
+        }
+        Ok(MigrateUri {
+            uri: s.to_string(),
+            listen: host.to_string(),
+        })
+    }
 }
 
 impl Default for LibvirtConfig {
@@ -59,6 +110,7 @@ impl Default for LibvirtConfig {
             quarantine_user: "root".into(),
             destinations: std::collections::BTreeMap::new(),
             domains: Domains::all(),
+            migrate_uris: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -86,10 +138,29 @@ impl LibvirtConfig {
         Ok(())
     }
 
-    /// The URI `migrate` uses for the caller's destination `name`.
-    fn destination(&self, name: &str) -> Result<&str, String> {
+    /// Adds the migration URIs of a `migrate_uri` parameter: comma-separated entries, each
+    /// `name=tcp://<address>[:<port>]` for a destination already in `migrate_to`.
+    pub fn add_migrate_uris(&mut self, list: &str) -> Result<(), String> {
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let Some((name, uri)) = entry.split_once('=') else {
+                return Err(format!("{entry:?} is not name=tcp://<address>[:<port>]"));
+            };
+            let name = name.trim();
+            if !self.destinations.contains_key(name) {
+                return Err(format!(
+                    "{name:?} is not a migration destination of this agent (migrate_to)"
+                ));
+            }
+            self.migrate_uris
+                .insert(name.to_string(), MigrateUri::parse(uri.trim())?);
+        }
+        Ok(())
+    }
+
+    /// The URI `migrate` uses for the caller's destination `name`, with its migration URI.
+    fn destination(&self, name: &str) -> Result<(&str, Option<&MigrateUri>), String> {
         if let Some(uri) = self.destinations.get(name) {
-            return Ok(uri);
+            return Ok((uri, self.migrate_uris.get(name)));
         }
         let known: Vec<&str> = self.destinations.keys().map(String::as_str).collect();
         Err(if name.contains(':') || name.contains('/') {
@@ -632,16 +703,27 @@ impl LibvirtAgent {
         .await
     }
 
-    /// Live migration to `dest_uri` (2014: to the quarantine host).
-    pub async fn migrate(&self, vm: &str, dest_uri: &str) -> Result<(), LibvirtError> {
+    /// Live migration to `dest_uri` (2014: to the quarantine host), the memory sent to
+    /// `data` when given (the destination then listens on its address only).
+    pub async fn migrate(
+        &self,
+        vm: &str,
+        dest_uri: &str,
+        data: Option<&MigrateUri>,
+    ) -> Result<(), LibvirtError> {
         let dest = dest_uri.to_string();
+        let params = virt::domain::MigrateParameters {
+            uri: data.map(|d| d.uri.clone()),
+            listen_address: data.map(|d| d.listen.clone()),
+            ..Default::default()
+        };
         self.run("migrate", vm, move |c| {
             let d = c.domain()?;
             let dconn = Connect::open(Some(&dest)).map_err(|source| LibvirtError::DaemonDown {
                 uri: dest.clone(),
                 source,
             })?;
-            d.migrate(&dconn, sys::VIR_MIGRATE_LIVE, None, None, 0)
+            d.migrate3(&dconn, params.clone(), sys::VIR_MIGRATE_LIVE)
                 .map(drop)
                 .map_err(|e| c.err(e))
         })
@@ -744,8 +826,9 @@ impl Agent for LibvirtAgent {
             } => {
                 // The user travels with the 2014 verb; the destination's URI, configured
                 // with the agent, says which user it connects as.
-                let dest = self.inner.cfg.destination(&quarantine_host)?.to_string();
-                self.migrate(&vm, &dest).await.map_err(e)?;
+                let (dest, data) = self.inner.cfg.destination(&quarantine_host)?;
+                let (dest, data) = (dest.to_string(), data.cloned());
+                self.migrate(&vm, &dest, data.as_ref()).await.map_err(e)?;
                 json(&serde_json::json!({ "ok": "migrated", "vm": vm, "to": dest }))
             }
             LibvirtVerb::Restart { vm } => {
@@ -779,6 +862,46 @@ impl Agent for LibvirtAgent {
                 }
                 json(&self.inner.taps.snapshot())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_uris_name_a_destination_and_an_address() {
+        let mut cfg = LibvirtConfig::default();
+        cfg.add_destinations(
+            "q=qemu+unix:///system?socket=/run/q/libvirt-sock, q6=qemu+ssh://h/system",
+        )
+        .unwrap();
+        cfg.add_migrate_uris("q=tcp://127.0.0.1, q6=tcp://[::1]:49200")
+            .unwrap();
+        assert_eq!(
+            cfg.destination("q").unwrap(),
+            (
+                "qemu+unix:///system?socket=/run/q/libvirt-sock",
+                Some(&MigrateUri {
+                    uri: "tcp://127.0.0.1".into(),
+                    listen: "127.0.0.1".into()
+                })
+            )
+        );
+        assert_eq!(cfg.migrate_uris["q6"].listen, "::1");
+        for (bad, why) in [
+            ("elsewhere=tcp://127.0.0.1", "not a migration destination"),
+            ("q", "is not name="),
+            ("q=unix:///tmp/s", "only tcp://"),
+            ("q=tcp://127.0.0.1:0", "bad port"),
+            ("q=tcp://127.0.0.1:x", "bad port"),
+            ("q=tcp://[::1", "no closing"),
+            ("q=tcp://a b", "bad address"),
+            ("q=tcp://h/path", "bad address"),
+        ] {
+            let e = cfg.add_migrate_uris(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 }

@@ -3,6 +3,8 @@
 //! `[node.params]` keys, all optional unless said:
 //! - `agent_libvirt`: `uri` (`qemu:///system`), `quarantine_user` (`root`), `migrate_to`
 //!   (where `migrate` may send a VM: `name=URI` or host names, comma-separated; none),
+//!   `migrate_uri` (where a destination takes the VM's memory: `name=tcp://<address>[:<port>]`,
+//!   comma-separated; default: the destination's choice),
 //!   `domains` (the VMs it manages: name patterns, comma-separated; all).
 //! - `agent_controller_osken`: `url` (`http://127.0.0.1:8080`), `priority` (40000).
 //! - `agent_controller_floodlight`: `url` (`http://127.0.0.1:8080`), `api` (`v1` | `v0.90`),
@@ -146,6 +148,15 @@ fn libvirt(p: &Params<'_>) -> Result<Built, BuildError> {
             value: list.clone(),
             reason,
         })?;
+    }
+    if let Some(list) = p.get("migrate_uri") {
+        cfg.add_migrate_uris(&list)
+            .map_err(|reason| BuildError::Param {
+                node: p.node.to_string(),
+                key: "migrate_uri",
+                value: list.clone(),
+                reason,
+            })?;
     }
     let agent = Acting::try_new(|sink| LibvirtAgent::new(cfg, sink)).map_err(|source| {
         BuildError::Libvirt {

@@ -3,7 +3,8 @@
 //! namespaces, and stopped when their guard drops.
 //!
 //! - [`libvirt`]: one libvirtd (+ virtlogd) per test process, reused if one already runs;
-//!   KVM domains with an `<interface type='ethernet'>` and no guest OS.
+//!   KVM domains with an `<interface type='ethernet'>` and no guest OS; a second libvirtd per
+//!   test in its own mount namespace, the quarantine hypervisor live migration goes to.
 //! - [`ovs`]: an Open vSwitch userspace datapath inside a network namespace, hosts in two
 //!   more namespaces, UDP traffic counted between them.
 //! - [`osken`]: os-ken 1.4.1's `ofctl_rest` + `simple_switch_13` from the venv `cargo xtask

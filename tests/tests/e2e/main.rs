@@ -80,6 +80,7 @@ mod actuators {
     mod clamav;
     mod libvirt;
     mod libvirt_restart;
+    mod quarantine;
     mod sdn_osken;
     mod sdn_stubs;
 }
@@ -97,6 +98,7 @@ mod deploy {
 mod loops {
     mod av;
     mod demo;
+    mod quarantine;
     mod reconcile;
     mod restart;
     mod sdn;

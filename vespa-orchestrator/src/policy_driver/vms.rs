@@ -152,7 +152,13 @@ pub(super) async fn run(driver: PolicyDriver, node: NodeHandle) {
             match tokio::time::timeout(TIMEOUT, ask).await {
                 Ok(Ok(reply)) => match parse(&reply) {
                     Ok(vms) => {
-                        for input in driver.inner.vms.listed(macs_of(vms)) {
+                        let by_mac = macs_of(vms);
+                        if driver.inner.vms.known().by_mac != by_mac {
+                            // Said when it changes (not every listing): from then on a
+                            // neighbour with one of these MACs is that VM.
+                            tracing::info!(node = %driver.node_name(), %agent, macs = by_mac.len(), "VMs listed: their MACs changed");
+                        }
+                        for input in driver.inner.vms.listed(by_mac) {
                             tracing::debug!(node = %driver.node_name(), ?input, "neighbour's VM learnt");
                             driver.step(input);
                         }
