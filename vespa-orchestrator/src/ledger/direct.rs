@@ -69,11 +69,7 @@ pub(super) fn settings(conn: &Connection) -> rusqlite::Result<(&'static str, i64
 
 /// Starts the writer thread: it commits what `rx` brings until every sender is gone (the
 /// ledger dropped), then closes its connection.
-pub(super) fn spawn(
-    conn: Connection,
-    rx: Receiver<Job>,
-    batches: Batches,
-) -> std::io::Result<()> {
+pub(super) fn spawn(conn: Connection, rx: Receiver<Job>, batches: Batches) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("ledger-writer".into())
         .spawn(move || write_thread(conn, rx, batches))
@@ -116,7 +112,8 @@ fn run(conn: &mut Connection, stmts: &[Stmt]) -> Result<(), String> {
 fn execute(conn: &Connection, s: &Stmt) -> Result<(), String> {
     let params = rusqlite::params_from_iter(s.vals.iter());
     let done = if s.vals.len() <= CACHED_PARAMS {
-        conn.prepare_cached(&s.sql).and_then(|mut st| st.execute(params))
+        conn.prepare_cached(&s.sql)
+            .and_then(|mut st| st.execute(params))
     } else {
         conn.prepare(&s.sql).and_then(|mut st| st.execute(params))
     };
