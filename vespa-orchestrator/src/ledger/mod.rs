@@ -5,10 +5,10 @@
 //! over to a second machine finds there.
 //!
 //! ```text
-//! driver's execute ──place/end (sync: ids, in-force map)──► queue ──► writer task ──► SQLite (WAL)
-//!        │                                                              │ one transaction     or PostgreSQL
-//!        └── call task: waits for "written", then sends ◄── written ────┤ per batch
-//!                                                                       └──► subscribe(): DecisionEvent
+//! driver's execute ──place/end (sync: ids, in-force map)──► queue ──► writer ──► SQLite (WAL)
+//!        │                                                         │ one transaction    or PostgreSQL
+//!        └── call task: waits for "written", then sends ◄── written ┤ per batch
+//!                                                                  └──► subscribe(): DecisionEvent
 //! ```
 //!
 //! **Written before sent.** [`Ledger::place`] and [`Ledger::end`] answer at once (the id, a
@@ -18,12 +18,14 @@
 //! its row before the call leaves; the driver's own task never waits. The queue keeps the
 //! driver's order, so a release is never written before the block it ends.
 //!
-//! **One round trip per batch on SQLite.** sqlx runs each SQLite connection on a thread of
-//! its own and every statement is a hand-over to it and back: on a loaded host each is a
-//! scheduler wake-up in the closed loop's path. The writer therefore sends a batch as one
-//! script (`BEGIN; ...; COMMIT`, its story lines in one multi-row insert), prepared once and
-//! cached for the shapes that recur (one decision, one reply). PostgreSQL takes one statement
-//! per message with parameters, so there each is its own round trip on the socket.
+//! **One hand-over each way on SQLite.** The writer of a file is a thread of its own calling
+//! SQLite directly ([`direct`]): a call task's write is one hand-over to it (a channel) and
+//! one back (the oneshot [`Written`] waits on), where through sqlx it was two more (sqlx
+//! runs a connection on a worker thread of its own, answering through a writer task): on a
+//! loaded host each hand-over is a scheduler wake-up in the closed loop's path. Statements of
+//! the shapes that recur (one decision, one reply) are prepared once and kept. On PostgreSQL
+//! the writer is a task on sqlx's connection, one statement per message with parameters.
+//! Both run the same statements ([`plan`]); reads go through sqlx on both.
 //!
 //! **Durability.** On SQLite, `synchronous = NORMAL` in WAL mode: a commit is in the WAL file
 //! when the call leaves, so SIGKILL of the orchestrator loses nothing it sent; a power loss
@@ -45,6 +47,7 @@
 //! share it. Ids are assigned by the process (the next after the largest in the database):
 //! one orchestrator writes a PostgreSQL ledger at a time, the one a failover made active.
 
+mod direct;
 mod owner;
 mod schema;
 #[cfg(test)]
@@ -53,7 +56,7 @@ mod tests;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context};
@@ -486,13 +489,21 @@ pub fn redact_url(url: &str) -> String {
     u.to_string()
 }
 
-/// Which database the ledger is in: where the SQL must differ, and how many statements one
-/// round trip may carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    Postgres,
+/// Where queued rows go: the writer thread of an SQLite file, the writer task of a
+/// PostgreSQL database.
+enum Queue {
+    Thread(std::sync::mpsc::Sender<Job>),
+    Task(mpsc::UnboundedSender<Job>),
+}
+
+impl Queue {
+    /// Whether the writer took `job` (it is gone only if it stopped).
+    fn send(&self, job: Job) -> bool {
+        match self {
+            Queue::Thread(tx) => tx.send(job).is_ok(),
+            Queue::Task(tx) => tx.send(job).is_ok(),
+        }
+    }
 }
 
 struct Inner {
@@ -500,7 +511,9 @@ struct Inner {
     /// [`Location::redacted`], for every message.
     label: String,
     read: AnyPool,
-    tx: mpsc::UnboundedSender<Job>,
+    queue: Queue,
+    /// Held while the ledger is open: the checkpointer stops when it is gone.
+    _alive: Arc<()>,
     next_id: AtomicI64,
     in_force: Mutex<HashMap<Slot, InForce>>,
     events: broadcast::Sender<DecisionEvent>,
@@ -577,18 +590,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The writer's connection, the readers' pool, and (SQLite) the checkpointer's connection.
+/// The opener's connection (PostgreSQL: the writer's), the readers' pool, and (SQLite) the
+/// checkpointer's connection.
 struct Opened {
     /// The file's lock, taken before anything is read (none on PostgreSQL).
     owner: Option<owner::Owner>,
-    backend: Backend,
     writer: AnyConnection,
     read: AnyPool,
     checkpointer: Option<AnyConnection>,
 }
 
 /// Opens and checks an SQLite ledger: the file must be a sound database of a schema this
-/// build knows; WAL, `synchronous = NORMAL`, no automatic checkpoint on the writer.
+/// build knows; WAL, `synchronous = NORMAL`, no automatic checkpoint on the writer (set
+/// again on the writer thread's own connection, [`direct::open`]).
 async fn open_sqlite(at: &Location, path: &Path) -> anyhow::Result<Opened> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| {
@@ -653,7 +667,6 @@ async fn open_sqlite(at: &Location, path: &Path) -> anyhow::Result<Opened> {
         .map_err(|e| at.unusable(e))?;
     Ok(Opened {
         owner: Some(owner),
-        backend: Backend::Sqlite,
         writer: conn,
         read,
         checkpointer: Some(checkpointer),
@@ -709,7 +722,6 @@ async fn open_postgres(at: &Location, url: &str) -> anyhow::Result<Opened> {
         .map_err(|e| at.unusable(e))?;
     Ok(Opened {
         owner: None,
-        backend: Backend::Postgres,
         writer: conn,
         read,
         checkpointer: None,
@@ -734,7 +746,6 @@ impl Ledger {
         sqlx::any::install_default_drivers();
         let Opened {
             owner,
-            backend,
             writer: mut conn,
             read,
             checkpointer,
@@ -773,30 +784,51 @@ impl Ledger {
             );
         }
         let label = at.redacted();
-        let (tx, rx) = mpsc::unbounded_channel();
-        if let Some(c) = checkpointer {
-            tokio::spawn(checkpoint_loop(c, tx.downgrade(), label.clone()));
-        }
         let (events, _) = broadcast::channel(EVENTS_BUFFER);
         let failures = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_loop(
-            Writer {
-                conn,
-                backend,
-                location: at.clone(),
-            },
-            rx,
-            max_event.unwrap_or(0),
-            events.clone(),
-            failures.clone(),
-        ));
+        let batches = Batches {
+            label: label.clone(),
+            next_event: max_event.unwrap_or(0) + 1,
+            events: events.clone(),
+            failures: failures.clone(),
+        };
+        let queue = match &at {
+            Location::File(path) => {
+                // The opener's connection is done with: the thread writes through its own.
+                if let Err(e) = conn.close().await {
+                    tracing::warn!(location = %label, error = %e, "decision ledger: closing the opener's connection");
+                }
+                let direct = direct::open(path).map_err(|e| at.unusable(e))?;
+                let (tx, rx) = std::sync::mpsc::channel();
+                direct::spawn(direct, rx, batches)
+                    .map_err(|e| at.unusable(format!("starting its writer thread: {e}")))?;
+                Queue::Thread(tx)
+            }
+            Location::Postgres(_) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(write_loop(
+                    Writer {
+                        conn,
+                        location: at.clone(),
+                    },
+                    rx,
+                    batches,
+                ));
+                Queue::Task(tx)
+            }
+        };
+        let alive = Arc::new(());
+        if let Some(c) = checkpointer {
+            tokio::spawn(checkpoint_loop(c, Arc::downgrade(&alive), label.clone()));
+        }
         tracing::info!(location = %label, in_force = in_force.len(), "decision ledger open");
         Ok(Ledger {
             inner: Arc::new(Inner {
                 location: at,
                 label,
                 read,
-                tx,
+                queue,
+                _alive: alive,
                 next_id: AtomicI64::new(max_id.unwrap_or(0) + 1),
                 in_force: Mutex::new(in_force),
                 events,
@@ -840,7 +872,7 @@ impl Ledger {
             at_ms: unix_ms(),
             done,
         };
-        if self.inner.tx.send(job).is_err() {
+        if !self.inner.queue.send(job) {
             tracing::error!(location = %self.inner.label, "decision ledger writer stopped: decision not recorded");
         }
         Written(rx)
@@ -1162,11 +1194,7 @@ fn decided_detail(d: &NewDecision) -> String {
 
 /// Copies the WAL back into the database every [`CHECKPOINT_EVERY`] (PASSIVE: it never waits
 /// for the writer nor stops it), until the ledger is dropped.
-async fn checkpoint_loop(
-    mut conn: AnyConnection,
-    alive: mpsc::WeakUnboundedSender<Job>,
-    label: String,
-) {
+async fn checkpoint_loop(mut conn: AnyConnection, alive: Weak<()>, label: String) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
@@ -1187,43 +1215,53 @@ async fn checkpoint_loop(
         .await;
 }
 
-/// The writer's connection and what it needs to know of it.
+/// The PostgreSQL writer's connection and where it is (to scrub its password from errors).
 struct Writer {
     conn: AnyConnection,
-    backend: Backend,
     location: Location,
 }
 
-async fn write_loop(
-    mut w: Writer,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    last_event: i64,
+/// What both writers do around a batch: number its story lines, and once it is committed
+/// (or not) publish its events, count a failure, and answer its waiters.
+struct Batches {
+    /// [`Location::redacted`].
+    label: String,
+    /// The id of the next story line.
+    next_event: i64,
     events: broadcast::Sender<DecisionEvent>,
     failures: Arc<AtomicU64>,
-) {
-    let label = w.location.redacted();
-    let mut next_event = last_event + 1;
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
+}
+
+/// A batch's statements and what to publish once they are committed.
+struct Planned {
+    /// The first story line's id, taken again if the batch fails.
+    first_event: i64,
+    stmts: Vec<Stmt>,
+    published: Vec<DecisionEvent>,
+}
+
+impl Batches {
+    fn plan(&mut self, jobs: &[Job]) -> Planned {
+        let first_event = self.next_event;
+        let (stmts, published) = plan(jobs, &mut self.next_event);
+        Planned {
+            first_event,
+            stmts,
+            published,
         }
-        let start = next_event;
-        let (stmts, published) = plan(&jobs, &mut next_event);
-        let result = run(&mut w, stmts).await;
+    }
+
+    fn settle(&mut self, jobs: Vec<Job>, planned: Planned, result: Result<(), String>) {
         match &result {
             Ok(()) => {
-                for e in published {
-                    let _ = events.send(e);
+                for e in planned.published {
+                    let _ = self.events.send(e);
                 }
             }
             Err(e) => {
-                next_event = start;
-                let n = failures.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::error!(location = %label, error = %e, failures = n, rows = jobs.len(), "decision ledger: write failed, these decisions are not recorded");
+                self.next_event = planned.first_event;
+                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::error!(location = %self.label, error = %e, failures = n, rows = jobs.len(), "decision ledger: write failed, these decisions are not recorded");
             }
         }
         for j in jobs {
@@ -1234,34 +1272,40 @@ async fn write_loop(
     }
 }
 
+/// The PostgreSQL writer: commits what is queued, a batch per transaction, until the ledger
+/// is dropped.
+async fn write_loop(mut w: Writer, mut rx: mpsc::UnboundedReceiver<Job>, mut batches: Batches) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let planned = batches.plan(&jobs);
+        let result = run(&mut w, &planned.stmts).await;
+        batches.settle(jobs, planned, result);
+    }
+}
+
 /// A value bound to a statement: the ledger's columns are integers and texts.
 enum Val {
     Int(Option<i64>),
     Text(Option<String>),
 }
 
-/// One statement: its SQL with `?` for each parameter (numbered `$n` when it is sent, so a
-/// script of several statements shares one list), and its values in order.
+/// One statement: its SQL with `?` for each parameter (SQLite takes it as it is; numbered
+/// `$n` for PostgreSQL), and its values in order.
 struct Stmt {
     sql: String,
     vals: Vec<Val>,
 }
 
-impl Stmt {
-    fn bare(sql: &str) -> Stmt {
-        Stmt {
-            sql: sql.into(),
-            vals: Vec::new(),
-        }
-    }
-}
-
-/// Parameters of one round trip at most: under SQLite's 32,766 and PostgreSQL's 65,535.
-const MAX_PARAMS: usize = 30_000;
 /// Story lines in one multi-row insert at most.
 const LINES_PER_INSERT: usize = 500;
-/// Round trips with at most this many parameters are prepared once and kept (one decision,
-/// a reply, an end: the shapes that recur); longer ones are one-offs.
+/// Statements with at most this many parameters are prepared once and kept (one decision, a
+/// reply, an end: the shapes that recur); longer ones are one-offs.
 const CACHED_PARAMS: usize = 64;
 
 /// The statements that write `jobs` (the decisions' rows first, then their story lines in
@@ -1440,7 +1484,7 @@ fn plan(jobs: &[Job], next_event: &mut i64) -> (Vec<Stmt>, Vec<DecisionEvent>) {
     (stmts, published)
 }
 
-/// `sql` with each `?` numbered `$n` from `*next` on (both databases take `$n`).
+/// `sql` with each `?` numbered `$n` from `*next` on (PostgreSQL takes only `$n`).
 fn number(sql: &str, next: &mut usize, out: &mut String) {
     for c in sql.chars() {
         if c == '?' {
@@ -1453,74 +1497,48 @@ fn number(sql: &str, next: &mut usize, out: &mut String) {
     }
 }
 
-/// Commits `stmts` in one transaction (a single statement commits on its own). On SQLite,
-/// the whole transaction goes to the connection's thread as one script when its parameters
-/// allow; on PostgreSQL, one statement per round trip.
-async fn run(w: &mut Writer, stmts: Vec<Stmt>) -> Result<(), String> {
-    if stmts.is_empty() {
-        return Ok(());
-    }
+/// Commits `stmts` in one transaction on PostgreSQL (a single statement commits on its own),
+/// one statement per round trip; on an error, nothing of them stays.
+async fn run(w: &mut Writer, stmts: &[Stmt]) -> Result<(), String> {
     let wrap = stmts.len() > 1;
-    let mut all = Vec::with_capacity(stmts.len() + 2);
+    let Err(e) = commit(&mut w.conn, stmts, wrap).await else {
+        return Ok(());
+    };
     if wrap {
-        all.push(Stmt::bare("BEGIN"));
+        // Nothing of the batch stays; an error here means no transaction is open.
+        let _ = sqlx::query("ROLLBACK").execute(&mut w.conn).await;
     }
-    all.extend(stmts);
+    let mut text = e.to_string();
+    if let Some(pw) = w.location.password() {
+        text = text.replace(&pw, "***");
+    }
+    Err(text)
+}
+
+async fn commit(conn: &mut AnyConnection, stmts: &[Stmt], wrap: bool) -> Result<(), sqlx::Error> {
     if wrap {
-        all.push(Stmt::bare("COMMIT"));
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
     }
-    // Round trips: consecutive statements, within the parameter budget (SQLite), or one
-    // each (PostgreSQL).
-    let mut trips: Vec<Vec<Stmt>> = Vec::new();
-    let mut params = 0;
-    for s in all {
-        let fits = match (w.backend, trips.last()) {
-            (Backend::Sqlite, Some(_)) => params + s.vals.len() <= MAX_PARAMS,
-            _ => false,
-        };
-        if !fits {
-            trips.push(Vec::new());
-            params = 0;
-        }
-        params += s.vals.len();
-        if let Some(t) = trips.last_mut() {
-            t.push(s);
-        }
+    for s in stmts {
+        send(conn, s).await?;
     }
-    for trip in trips {
-        if let Err(e) = send(&mut w.conn, trip).await {
-            if wrap {
-                // Nothing of the batch stays; an error here means no transaction is open.
-                let _ = sqlx::query("ROLLBACK").execute(&mut w.conn).await;
-            }
-            let mut text = e.to_string();
-            if let Some(pw) = w.location.password() {
-                text = text.replace(&pw, "***");
-            }
-            return Err(text);
-        }
+    if wrap {
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// One round trip: the statements of `trip` as one script, their values bound in order.
-async fn send(conn: &mut AnyConnection, trip: Vec<Stmt>) -> Result<(), sqlx::Error> {
+/// One statement, its `?` numbered `$n` and its values bound in order.
+async fn send(conn: &mut AnyConnection, s: &Stmt) -> Result<(), sqlx::Error> {
     let mut sql = String::new();
     let mut next = 1;
-    for (i, s) in trip.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(";\n");
-        }
-        number(&s.sql, &mut next, &mut sql);
-    }
-    let mut q = sqlx::query(&sql).persistent(next - 1 <= CACHED_PARAMS);
-    for s in trip {
-        for v in s.vals {
-            q = match v {
-                Val::Int(i) => q.bind(i),
-                Val::Text(t) => q.bind(t),
-            };
-        }
+    number(&s.sql, &mut next, &mut sql);
+    let mut q = sqlx::query(&sql).persistent(s.vals.len() <= CACHED_PARAMS);
+    for v in &s.vals {
+        q = match v {
+            Val::Int(i) => q.bind(*i),
+            Val::Text(t) => q.bind(t.clone()),
+        };
     }
     q.execute(&mut *conn).await.map(|_| ())
 }

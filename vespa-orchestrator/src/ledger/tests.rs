@@ -63,6 +63,8 @@ on_both!(
     text_from_the_outside_is_bounded,
     a_burst_is_written_in_few_commits_and_in_order,
     a_verification_is_recorded_with_the_decision_in_force_and_survives_reopening,
+    a_failed_batch_is_reported_to_its_waiters_and_the_writer_goes_on,
+    every_field_written_reads_back_as_it_was_decided,
 );
 
 fn block(target: &str, decider: Decider) -> NewDecision {
@@ -466,4 +468,248 @@ async fn a_second_orchestrator_on_one_postgres_ledger_is_refused_naming_the_hold
     let (again, w) = next.place(block("198.51.100.10", rule()));
     w.wait().await.expect("written");
     assert_eq!(again, id + 1);
+}
+
+/// Runs `sql` on the ledger's database from outside the ledger (an operator's hand).
+async fn outside(db: &Db, l: &Ledger, sql: &str) {
+    match db {
+        Db::Sqlite(_) => {
+            let Location::File(path) = db.location() else {
+                unreachable!("a file")
+            };
+            let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+            let mut c = SqliteConnection::connect_with(&opts)
+                .await
+                .expect("connect");
+            sqlx::query(sql).execute(&mut c).await.expect("outside");
+            c.close().await.expect("close");
+        }
+        Db::Postgres(_) => {
+            let mut c = l.inner.read.acquire().await.expect("connection");
+            sqlx::query(sql).execute(&mut *c).await.expect("outside");
+        }
+    }
+}
+
+/// A batch the database refuses is counted, answered as an error to whoever waits on it,
+/// leaves nothing, and the writer goes on with the next. (Here: the decision's row was
+/// deleted by hand, so its end's story line breaks the foreign key.)
+async fn a_failed_batch_is_reported_to_its_waiters_and_the_writer_goes_on(db: Db) {
+    let l = db.open().await;
+    let (gone, w) = l.place(block("192.0.2.50", rule()));
+    w.wait().await.expect("written");
+    let (kept, w) = l.place(block("192.0.2.51", rule()));
+    w.wait().await.expect("written");
+    outside(
+        &db,
+        &l,
+        &format!("DELETE FROM decision_events WHERE decision = {gone}"),
+    )
+    .await;
+    outside(&db, &l, &format!("DELETE FROM decisions WHERE id = {gone}")).await;
+    let (_, w) = l.end(&subject("192.0.2.50"), "calm").expect("in force");
+    let e = w.wait().await.expect_err("its line has no decision");
+    assert!(e.to_lowercase().contains("foreign key"), "{e}");
+    assert_eq!(l.write_failures(), 1, "the refused batch is counted");
+    // Nothing of it stays, and the next write lands, its story numbered on.
+    let (next, w) = l.place(block("192.0.2.52", rule()));
+    w.wait().await.expect("the writer goes on");
+    assert_eq!(l.write_failures(), 1);
+    let story = l.show(next).await.expect("show").expect("written");
+    let kinds: Vec<&str> = story.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["decided"]);
+    assert!(l.show(gone).await.expect("show").is_none());
+    let all = l.list(&Query::default()).await.expect("list");
+    assert_eq!(all.iter().map(|d| d.id).collect::<Vec<_>>(), [kept, next]);
+}
+
+/// What the writer stores is what the readers give back, every column of both kinds of
+/// decider: the writer and the readers are different drivers on SQLite.
+async fn every_field_written_reads_back_as_it_was_decided(db: Db) {
+    let l = db.open().await;
+    let before = (unix_ms() / 1000) as u64;
+    let mut d = block("2001:db8::7", rule());
+    d.kind = "throttle".into();
+    d.rate = Some("1000pps".into());
+    d.cause = Some(Cause {
+        origin: "Agent_Conn".into(),
+        seq: u64::from(u32::MAX) + 5,
+        kernel_ns: 1_700_000_000_123_456_789,
+        summary: "rate above 10000/s".into(),
+    });
+    let about = Subject {
+        node: "VO".into(),
+        kind: "throttle".into(),
+        target: "2001:db8::7".into(),
+    };
+    let (a, w) = l.place(d);
+    w.wait().await.expect("written");
+    l.reply(a, &about, false, true, "throttled 2001:db8::7 at 1000pps");
+    assert_eq!(l.verified(&about, "passed", "passed: 3 <= 100"), Some(a));
+    let (_, w) = l.end(&about, "calm for 120 s").expect("in force");
+    w.wait().await.expect("written");
+    let mut op = block(
+        "198.51.100.9",
+        Decider::Operator {
+            identity: "key:ops".into(),
+            reason: Some("ticket 12".into()),
+        },
+    );
+    op.ttl_s = None;
+    op.expires_at = None;
+    op.dry_run = true;
+    op.actuator_firewall = false;
+    let (b, w) = l.place(op);
+    w.wait().await.expect("written");
+    l.reply(b, &subject("198.51.100.9"), false, false, "no such device");
+    l.flush().await.expect("flush");
+    let after = (unix_ms() / 1000) as u64;
+
+    let got = l.list(&Query::default()).await.expect("list");
+    assert_eq!(got.len(), 2);
+    let (ga, gb) = (&got[0], &got[1]);
+    let within = |t: Option<u64>| t.is_some_and(|t| (before..=after).contains(&t));
+    assert!(within(ga.confirmed_at) && within(ga.ended_at), "{ga:?}");
+    assert!(within(gb.failed_at), "{gb:?}");
+    let want_a = Decision {
+        id: a,
+        node: "VO".into(),
+        kind: "throttle".into(),
+        target: "2001:db8::7".into(),
+        actuator: "Agent_FW".into(),
+        actuator_firewall: true,
+        decided_by: "rule".into(),
+        rules: Some("syn-flood".into()),
+        policy_sha256: Some("ab".repeat(32)),
+        operator: None,
+        reason: None,
+        alert_origin: Some("Agent_Conn".into()),
+        alert_seq: Some(u64::from(u32::MAX) + 5),
+        alert_kernel_ns: Some(1_700_000_000_123_456_789),
+        placed_at: 1_000,
+        ttl_s: Some(600),
+        expires_at: Some(1_600),
+        rate: Some("1000pps".into()),
+        dry_run: false,
+        confirmed_at: ga.confirmed_at,
+        reply: Some("throttled 2001:db8::7 at 1000pps".into()),
+        failed_at: None,
+        error: None,
+        verification: Some("passed".into()),
+        ended_at: ga.ended_at,
+        end_reason: Some("calm for 120 s".into()),
+    };
+    assert_eq!(ga, &want_a);
+    let want_b = Decision {
+        id: b,
+        node: "VO".into(),
+        kind: "block".into(),
+        target: "198.51.100.9".into(),
+        actuator: "Agent_FW".into(),
+        actuator_firewall: false,
+        decided_by: "operator".into(),
+        rules: None,
+        policy_sha256: None,
+        operator: Some("key:ops".into()),
+        reason: Some("ticket 12".into()),
+        alert_origin: None,
+        alert_seq: None,
+        alert_kernel_ns: None,
+        placed_at: 1_000,
+        ttl_s: None,
+        expires_at: None,
+        rate: None,
+        dry_run: true,
+        confirmed_at: None,
+        reply: None,
+        failed_at: gb.failed_at,
+        error: Some("no such device".into()),
+        verification: None,
+        ended_at: None,
+        end_reason: None,
+    };
+    assert_eq!(gb, &want_b);
+    let story = l.show(a).await.expect("show").expect("found");
+    let lines: Vec<(&str, &str)> = story
+        .events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.detail.as_str()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (
+                "alert",
+                "rate above 10000/s (from Agent_Conn, seq 4294967300, raised at \
+                 1700000000123456789 ns)"
+            ),
+            (
+                "decided",
+                "throttle 2001:db8::7 via Agent_FW for 600 s at 1000pps, decided by rule \
+                 syn-flood"
+            ),
+            ("confirmed", "throttled 2001:db8::7 at 1000pps"),
+            ("verified", "passed: 3 <= 100"),
+            ("ended", "calm for 120 s"),
+        ]
+    );
+    assert!(story.events.iter().all(|e| e.decision == a));
+    let ms = (before * 1000)..=((after + 1) * 1000);
+    assert!(
+        story.events.iter().all(|e| ms.contains(&e.at_ms)),
+        "{story:?}"
+    );
+}
+
+/// Written before sent, under contention: many call tasks on several runtime threads place at
+/// once, and each, once its wait is over, finds its row and story through the readers (the
+/// writer thread answers only after the commit, each waiter with its own batch's outcome).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_each_find_their_row_committed_once_their_wait_is_over() {
+    let db = Db::sqlite();
+    let l = db.open().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..400u32 {
+        let l = l.clone();
+        tasks.spawn(async move {
+            let target = format!("10.9.{}.{}", i / 200, i % 200);
+            let (id, w) = l.place(block(&target, rule()));
+            w.wait().await.expect("written");
+            let story = l
+                .show(id)
+                .await
+                .expect("show")
+                .expect("committed before the answer");
+            assert_eq!(story.decision.target, target);
+            assert_eq!(story.events.len(), 1, "its story line in the same commit");
+            id
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = tasks.join_next().await {
+        ids.push(id.expect("a caller failed"));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 400, "one id each");
+    assert_eq!(l.write_failures(), 0);
+    let all = l.list(&Query::default()).await.expect("list");
+    assert_eq!(all.iter().map(|d| d.id).collect::<Vec<_>>(), ids);
+}
+
+/// The writer thread's connection keeps the durability the module promises (each setting is
+/// per connection but WAL, so a writer opened without them would commit differently).
+#[tokio::test]
+async fn the_writer_threads_connection_is_in_wal_with_synchronous_normal_and_no_autocheckpoint() {
+    let db = Db::sqlite();
+    let Location::File(path) = db.location() else {
+        unreachable!("an SQLite database")
+    };
+    drop(db.open().await);
+    let conn = direct::open(&path).expect("open");
+    assert_eq!(
+        direct::settings(&conn).expect("settings"),
+        ("wal", 1, 0, 1),
+        "journal_mode, synchronous, wal_autocheckpoint, foreign_keys"
+    );
 }
