@@ -4,13 +4,14 @@
 //! Why not sqlx here: sqlx runs a connection on a worker thread and answers through the
 //! async runtime, so a decision's write went call task -> writer task -> sqlx's thread ->
 //! writer task -> call task, four scheduler wake-ups in the closed loop's path; on a loaded
-//! two-core host each can wait for a core. Here it is call task -> this thread -> call task:
-//! the thread blocks on its channel, commits what is queued in one transaction, and answers
-//! each waiter's oneshot itself. The statements are the ones [`super::plan`] makes for both
+//! two-core host each can wait for a core. Here a caller waiting for its row commits the queue
+//! itself when nobody else is (see [`Direct`]), and otherwise this thread does, answering
+//! each waiter's oneshot. The statements are the ones [`super::plan`] makes for both
 //! databases (`?` parameters); reads stay on sqlx.
 
 use std::path::Path;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -67,28 +68,89 @@ pub(super) fn settings(conn: &Connection) -> rusqlite::Result<(&'static str, i64
     Ok((mode, sync, auto, fk))
 }
 
-/// Starts the writer thread: it commits what `rx` brings until every sender is gone (the
-/// ledger dropped), then closes its connection.
-pub(super) fn spawn(conn: Connection, rx: Receiver<Job>, batches: Batches) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("ledger-writer".into())
-        .spawn(move || write_thread(conn, rx, batches))
-        .map(drop)
+/// The writer's connection and what it writes, held by whoever commits: the caller that
+/// waits for its row (inline), or the thread.
+struct State {
+    conn: Connection,
+    rx: Receiver<Job>,
+    batches: Batches,
 }
 
-fn write_thread(mut conn: Connection, rx: Receiver<Job>, mut batches: Batches) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+impl State {
+    /// Commits everything queued, in order, in batches of at most [`MAX_BATCH`].
+    fn drain(&mut self) {
+        loop {
+            let mut jobs = Vec::new();
+            while jobs.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            if jobs.is_empty() {
+                return;
+            }
+            let planned = self.batches.plan(&jobs);
+            let result = run(&mut self.conn, &planned.stmts);
+            self.batches.settle(jobs, planned, result);
+        }
+    }
+}
+
+/// The writing side of an SQLite ledger. Every row goes through one queue, so rows are
+/// committed in the order they were queued whoever commits them. A caller that waits for its
+/// row (a decision about to be sent) commits the queue itself when nobody else is committing:
+/// the commit is a WAL append without fsync (tens of microseconds), cheaper than waking a
+/// thread and being woken back, two scheduler wake-ups that on a busy two-core host can
+/// each wait for a core. Otherwise (someone is committing, or nobody waits) the thread is
+/// woken and commits it.
+pub(super) struct Direct {
+    tx: Sender<Job>,
+    state: Arc<Mutex<State>>,
+    /// Wakes the thread; one pending wake is enough, it drains everything.
+    wake: SyncSender<()>,
+}
+
+impl Direct {
+    /// Queues `job`; commits the queue at once if `inline` and nobody else is committing.
+    /// False only if the writer is gone.
+    pub(super) fn send(&self, job: Job, inline: bool) -> bool {
+        if self.tx.send(job).is_err() {
+            return false;
+        }
+        if inline {
+            if let Ok(mut st) = self.state.try_lock() {
+                st.drain();
+                return true;
             }
         }
-        let planned = batches.plan(&jobs);
-        let result = run(&mut conn, &planned.stmts);
-        batches.settle(jobs, planned, result);
+        match self.wake.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) => true,
+            Err(TrySendError::Disconnected(())) => false,
+        }
     }
+}
+
+/// Starts the writer thread over the connection: it commits what is queued each time it is
+/// woken, and once more after the ledger is dropped, then closes the connection.
+pub(super) fn spawn(conn: Connection, batches: Batches) -> std::io::Result<Direct> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (wake, woken) = std::sync::mpsc::sync_channel(1);
+    let state = Arc::new(Mutex::new(State { conn, rx, batches }));
+    let st = state.clone();
+    std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || write_thread(&st, &woken))?;
+    Ok(Direct { tx, state, wake })
+}
+
+fn write_thread(state: &Mutex<State>, woken: &Receiver<()>) {
+    let drain = || state.lock().unwrap_or_else(PoisonError::into_inner).drain();
+    while woken.recv().is_ok() {
+        drain();
+    }
+    // The ledger is gone: what it queued last is still written.
+    drain();
 }
 
 /// Commits `stmts` in one transaction (a single statement commits on its own); on an error

@@ -492,15 +492,19 @@ pub fn redact_url(url: &str) -> String {
 /// Where queued rows go: the writer thread of an SQLite file, the writer task of a
 /// PostgreSQL database.
 enum Queue {
-    Thread(std::sync::mpsc::Sender<Job>),
+    Thread(direct::Direct),
     Task(mpsc::UnboundedSender<Job>),
 }
 
 impl Queue {
-    /// Whether the writer took `job` (it is gone only if it stopped).
+    /// Whether the writer took `job` (it is gone only if it stopped); a job someone waits
+    /// for is committed by the caller itself when it can (see [`direct::Direct`]).
     fn send(&self, job: Job) -> bool {
         match self {
-            Queue::Thread(tx) => tx.send(job).is_ok(),
+            Queue::Thread(d) => {
+                let waited = job.done.is_some();
+                d.send(job, waited)
+            }
             Queue::Task(tx) => tx.send(job).is_ok(),
         }
     }
@@ -799,10 +803,10 @@ impl Ledger {
                     tracing::warn!(location = %label, error = %e, "decision ledger: closing the opener's connection");
                 }
                 let direct = direct::open(path).map_err(|e| at.unusable(e))?;
-                let (tx, rx) = std::sync::mpsc::channel();
-                direct::spawn(direct, rx, batches)
-                    .map_err(|e| at.unusable(format!("starting its writer thread: {e}")))?;
-                Queue::Thread(tx)
+                Queue::Thread(
+                    direct::spawn(direct, batches)
+                        .map_err(|e| at.unusable(format!("starting its writer thread: {e}")))?,
+                )
             }
             Location::Postgres(_) => {
                 let (tx, rx) = mpsc::unbounded_channel();

@@ -713,3 +713,28 @@ async fn the_writer_threads_connection_is_in_wal_with_synchronous_normal_and_no_
         "journal_mode, synchronous, wal_autocheckpoint, foreign_keys"
     );
 }
+
+/// On SQLite a decision the caller waits for is committed by the caller itself when nobody
+/// else is committing: its wait is over before it is first polled, with the rows queued
+/// before it (not waited for) committed ahead of it, in order.
+#[tokio::test]
+async fn a_waited_decision_is_committed_by_its_caller_with_what_was_queued_before_it() {
+    let db = Db::sqlite();
+    let l = db.open().await;
+    let (first, w) = l.place(block("192.0.2.60", rule()));
+    w.wait().await.expect("written");
+    // Not waited for: queued for the thread.
+    l.reply(first, &subject("192.0.2.60"), false, true, "blocked\n");
+    let (second, w) = l.place(block("192.0.2.61", rule()));
+    tokio::time::timeout(Duration::ZERO, w.wait())
+        .await
+        .expect("committed before its wait was polled")
+        .expect("written");
+    let story = l.show(first).await.expect("show").expect("the first");
+    assert_eq!(
+        story.decision.reply.as_deref(),
+        Some("blocked"),
+        "the reply queued before it"
+    );
+    assert!(l.show(second).await.expect("show").is_some());
+}
