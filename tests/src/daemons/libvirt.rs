@@ -122,16 +122,7 @@ fn spawn_tied(args: &[&str]) -> Result<Child, String> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    let die_with_parent = || {
-        // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    // SAFETY: the hook only calls prctl, which is async-signal-safe and touches no memory of
-    // the parent.
-    unsafe { cmd.pre_exec(die_with_parent) };
+    die_with_parent(&mut cmd);
     cmd.spawn()
         .map_err(|e| format!("cannot start {}: {e}", args[0]))
 }
@@ -446,16 +437,7 @@ impl QuarantineLibvirtd {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-        let die_with_parent = || {
-            // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
-            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        };
-        // SAFETY: the hook only calls prctl, which is async-signal-safe and touches no memory
-        // of the parent.
-        unsafe { cmd.pre_exec(die_with_parent) };
+        die_with_parent(&mut cmd);
         let daemon = cmd
             .spawn()
             .map_err(|e| format!("cannot start unshare: {e}"))?;
@@ -542,4 +524,18 @@ impl Drop for QuarantineLibvirtd {
             }
         }
     }
+}
+
+/// Has the child get SIGTERM when the test process dies, so a daemon never outlives it.
+fn die_with_parent(cmd: &mut Command) {
+    let hook = || {
+        // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls prctl, which is async-signal-safe and touches no memory of
+    // the parent.
+    unsafe { cmd.pre_exec(hook) };
 }
