@@ -126,8 +126,8 @@ struct RunArgs {
     #[command(flatten)]
     spool: launch::SpoolArgs,
     /// Serve this process's metrics as Prometheus text at http://ADDR/metrics: its HOs'
-    /// reconciliation (vespa_decisions_drift_total, vespa_reconcile_pass_seconds) and spools
-    /// (vespa_spool_*). For a process without the VO's HTTP API: the one that serves it has
+    /// node counters (vespa_node_*), reconciliation (vespa_decisions_drift_total,
+    /// vespa_reconcile_pass_seconds) and spools (vespa_spool_*). For a process without the VO's HTTP API: the one that serves it has
     /// them, with the VO's own, on the API's /metrics (--http).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,

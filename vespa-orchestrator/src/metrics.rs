@@ -2,8 +2,9 @@
 //! served as `/metrics` by the HTTP API ([`crate::http`]) and fed by the API's alert view
 //! and the policy driver, neither of which needs the other.
 //!
-//! The node counters are read from the VO's [`Stats`](vespa_node::Stats) on every scrape (a
-//! collector, like the agent's exporter), so they can never drift from what `stats` answers.
+//! The node counters (`vespa_node_*{node}`) are read from the [`Stats`](vespa_node::Stats) of
+//! every node of the process (the VO's, the HOs' it runs) on every scrape (a collector, like
+//! the agent's exporter), so they can never drift from what `stats` answers.
 //! Alerts by kind and the latency histogram are updated as the VO processes alerts.
 //!
 //! `vespa_closed_loop_seconds{stage}` measures the loop from an event to its reaction:
@@ -24,7 +25,7 @@
 //! `vespa_reconcile_pass_seconds{actuator}` how long each pass over one actuator took
 //! ([`crate::policy_driver`]'s reconciliation), for every driver of the process: the VO's and
 //! those of the HOs it runs share one `Metrics`. A process that runs HOs without the VO serves
-//! these and the HOs' spools ([`vespa_node::metrics`]) on `run --metrics ADDR`
+//! these, its nodes' counters and the HOs' spools ([`vespa_node::metrics`]) on `run --metrics ADDR`
 //! ([`Metrics::process_registry`], [`serve`]); the VO's process on its API's `/metrics`.
 //!
 //! `vespa_policy_alerts_total{kind}` counts the alerts the policy raises of its own
@@ -35,6 +36,7 @@
 //! counted, so a peer cannot add series). Every kind's series exists from the start at 0, so
 //! an alerting rule sees the first one as an increase.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
@@ -177,6 +179,7 @@ pub struct Metrics {
     drift: Family<Labels, Counter>,
     reconcile: HistogramFamily,
     spools: vespa_node::metrics::SpoolCollector,
+    nodes: NodeCollector,
 }
 
 /// The `kind` labels of `vespa_decisions_drift_total`. Fixed names: alerting rules use them.
@@ -198,6 +201,7 @@ impl Default for Metrics {
             drift: Family::default(),
             reconcile: Family::new_with_constructor(pass_histogram),
             spools: Default::default(),
+            nodes: NodeCollector::default(),
         }
     }
 }
@@ -208,10 +212,11 @@ impl Metrics {
         self.outputs.clone()
     }
 
-    /// Adds a node of this process, whose spool (an HO's; the VO keeps a journal) is then
-    /// in the scrapes.
+    /// Adds a node of this process, whose counters (`vespa_node_*`) and spool (an HO's; the
+    /// VO keeps a journal) are then in the scrapes.
     pub fn add_node(&self, node: NodeHandle) {
-        self.spools.add(node);
+        self.spools.add(node.clone());
+        self.nodes.add(node);
     }
 
     /// Counts an alert processed at the VO and observes its `kernel_to_vo` latency.
@@ -309,7 +314,7 @@ impl Metrics {
         }
         self.outputs.register_in(&mut r);
         self.register_process(&mut r);
-        r.register_collector(Box::new(NodeCollector(vo)));
+        self.nodes.add(vo);
         r
     }
 
@@ -334,6 +339,7 @@ impl Metrics {
             self.reconcile.clone(),
         );
         r.register_collector(Box::new(self.spools.clone()));
+        r.register_collector(Box::new(self.nodes.clone()));
     }
 }
 
@@ -377,144 +383,177 @@ pub async fn serve(
         .await
 }
 
-/// Reads the VO's [`vespa_node::Stats`] at scrape time.
-struct NodeCollector(NodeHandle);
+/// Reads the [`vespa_node::Stats`] of the process's nodes (the VO's, its HOs') at scrape
+/// time, one series per node under each family.
+#[derive(Clone, Default)]
+struct NodeCollector(Arc<Mutex<Vec<NodeHandle>>>);
 
 impl std::fmt::Debug for NodeCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("NodeCollector")
-            .field(&self.0.name())
-            .finish()
+        let names: Vec<String> = self.nodes().iter().map(|h| h.name().to_string()).collect();
+        f.debug_tuple("NodeCollector").field(&names).finish()
     }
 }
 
+impl NodeCollector {
+    fn nodes(&self) -> Vec<NodeHandle> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Adds `node` unless a node of that name is there.
+    fn add(&self, node: NodeHandle) {
+        let mut nodes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !nodes.iter().any(|n| n.name() == node.name()) {
+            nodes.push(node);
+        }
+    }
+}
+
+/// One family, a series per (labels, value).
 fn family<M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
+    (name, help): (&str, &str),
     ty: MetricType,
-    labels: &Labels,
-    metric: M,
+    series: impl IntoIterator<Item = (Labels, M)>,
 ) -> Result<(), std::fmt::Error> {
     let mut desc = enc.encode_descriptor(name, help, None, ty)?;
-    metric.encode(desc.encode_family(labels)?)
+    for (labels, metric) in series {
+        metric.encode(desc.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// What each node counter reads from a node's stats: (name, help, value).
+type NodeRead = (&'static str, &'static str, fn(&vespa_node::Stats) -> u64);
+
+const NODE_COUNTERS: [NodeRead; 10] = [
+    (
+        "vespa_node_alerts_processed",
+        "New alerts processed at the root (the VO).",
+        |s| s.alerts_processed,
+    ),
+    (
+        "vespa_node_alerts_received",
+        "Alerts received from children, duplicates included.",
+        |s| s.alerts_received,
+    ),
+    (
+        "vespa_node_alerts_raised",
+        "Alerts this node raised itself.",
+        |s| s.alerts_raised,
+    ),
+    (
+        "vespa_node_duplicates_dropped",
+        "Alerts received again and dropped (at-least-once delivery).",
+        |s| s.duplicates_dropped,
+    ),
+    (
+        "vespa_node_acks_received",
+        "Acks received from the master.",
+        |s| s.acks_received,
+    ),
+    (
+        "vespa_node_queue_overflow",
+        "Alerts lost because the outgoing queue was full.",
+        |s| s.queue_overflow,
+    ),
+    (
+        "vespa_node_oversized",
+        "Alerts whose body this node replaced by an Oversized note (too large to send).",
+        |s| s.oversized,
+    ),
+    (
+        "vespa_node_reconnects",
+        "Connections to the master re-established.",
+        |s| s.reconnects,
+    ),
+    (
+        "vespa_node_connection_errors",
+        "Connections that ended with an error.",
+        |s| s.connection_errors,
+    ),
+    ("vespa_node_calls_served", "Calls answered.", |s| {
+        s.calls_served
+    }),
+];
+
+const NODE_GAUGES: [NodeRead; 2] = [
+    ("vespa_node_children", "Registered children.", |s| {
+        s.children.len() as u64
+    }),
+    (
+        "vespa_node_queue_length",
+        "Alerts waiting for the master's ack.",
+        |s| s.queue_len as u64,
+    ),
+];
+
+/// A node's journal (the VO keeps one): (name, help, value).
+type JournalRead = (
+    &'static str,
+    &'static str,
+    fn(&vespa_node::JournalStats) -> u64,
+);
+
+const JOURNAL_GAUGES: [JournalRead; 3] = [
+    (
+        "vespa_journal_writable",
+        "1 while the journal writes, 0 while it cannot (alerts are then neither processed nor acknowledged).",
+        |j| u64::from(j.writable),
+    ),
+    (
+        "vespa_journal_pending",
+        "Alerts waiting to be written to the journal.",
+        |j| j.pending as u64,
+    ),
+    ("vespa_journal_bytes", "Size of the journal file.", |j| {
+        j.bytes
+    }),
+];
+
+fn gauge(v: u64) -> ConstGauge {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
 impl Collector for NodeCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.0.stats();
-        let l: Labels = vec![("node", s.node.clone())];
-        let counters: [(&str, &str, u64); 10] = [
-            (
-                "vespa_node_alerts_processed",
-                "New alerts processed at the root (the VO).",
-                s.alerts_processed,
-            ),
-            (
-                "vespa_node_alerts_received",
-                "Alerts received from children, duplicates included.",
-                s.alerts_received,
-            ),
-            (
-                "vespa_node_alerts_raised",
-                "Alerts this node raised itself.",
-                s.alerts_raised,
-            ),
-            (
-                "vespa_node_duplicates_dropped",
-                "Alerts received again and dropped (at-least-once delivery).",
-                s.duplicates_dropped,
-            ),
-            (
-                "vespa_node_acks_received",
-                "Acks received from the master.",
-                s.acks_received,
-            ),
-            (
-                "vespa_node_queue_overflow",
-                "Alerts lost because the outgoing queue was full.",
-                s.queue_overflow,
-            ),
-            (
-                "vespa_node_oversized",
-                "Alerts whose body this node replaced by an Oversized note (too large to send).",
-                s.oversized,
-            ),
-            (
-                "vespa_node_reconnects",
-                "Connections to the master re-established.",
-                s.reconnects,
-            ),
-            (
-                "vespa_node_connection_errors",
-                "Connections that ended with an error.",
-                s.connection_errors,
-            ),
-            ("vespa_node_calls_served", "Calls answered.", s.calls_served),
-        ];
-        for (name, help, v) in counters {
-            family(
-                &mut enc,
-                name,
-                help,
-                MetricType::Counter,
-                &l,
-                ConstCounter::new(v),
-            )?;
+        let stats: Vec<vespa_node::Stats> = self.nodes().iter().map(NodeHandle::stats).collect();
+        if stats.is_empty() {
+            return Ok(());
+        }
+        let label = |s: &vespa_node::Stats| -> Labels { vec![("node", s.node.clone())] };
+        for (name, help, read) in NODE_COUNTERS {
+            let series = stats.iter().map(|s| (label(s), ConstCounter::new(read(s))));
+            family(&mut enc, (name, help), MetricType::Counter, series)?;
+        }
+        for (name, help, read) in NODE_GAUGES {
+            let series = stats.iter().map(|s| (label(s), gauge(read(s))));
+            family(&mut enc, (name, help), MetricType::Gauge, series)?;
+        }
+        let journals: Vec<(Labels, &vespa_node::JournalStats)> = stats
+            .iter()
+            .filter_map(|s| Some((label(s), s.journal.as_ref()?)))
+            .collect();
+        if journals.is_empty() {
+            return Ok(());
         }
         family(
             &mut enc,
-            "vespa_node_children",
-            "Registered children.",
-            MetricType::Gauge,
-            &l,
-            ConstGauge::new(s.children.len() as i64),
-        )?;
-        family(
-            &mut enc,
-            "vespa_node_queue_length",
-            "Alerts waiting for the master's ack.",
-            MetricType::Gauge,
-            &l,
-            ConstGauge::new(s.queue_len as i64),
-        )?;
-        let Some(j) = &s.journal else {
-            return Ok(());
-        };
-        family(
-            &mut enc,
-            "vespa_journal_failures",
-            "Failed journal writes (each attempt), compactions and alerts that could not be encoded.",
+            (
+                "vespa_journal_failures",
+                "Failed journal writes (each attempt), compactions and alerts that could not be encoded.",
+            ),
             MetricType::Counter,
-            &l,
-            ConstCounter::new(j.failures),
+            journals
+                .iter()
+                .map(|(l, j)| (l.clone(), ConstCounter::new(j.failures))),
         )?;
-        let gauges: [(&str, &str, i64); 3] = [
-            (
-                "vespa_journal_writable",
-                "1 while the journal writes, 0 while it cannot (alerts are then neither processed nor acknowledged).",
-                i64::from(j.writable),
-            ),
-            (
-                "vespa_journal_pending",
-                "Alerts waiting to be written to the journal.",
-                j.pending as i64,
-            ),
-            (
-                "vespa_journal_bytes",
-                "Size of the journal file.",
-                j.bytes as i64,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            family(
-                &mut enc,
-                name,
-                help,
-                MetricType::Gauge,
-                &l,
-                ConstGauge::new(v),
-            )?;
+        for (name, help, read) in JOURNAL_GAUGES {
+            let series = journals.iter().map(|(l, j)| (l.clone(), gauge(read(j))));
+            family(&mut enc, (name, help), MetricType::Gauge, series)?;
         }
         Ok(())
     }

@@ -781,6 +781,10 @@ fn an_hos_reconciliation_is_counted_on_its_own_metrics_endpoint() {
             .iter()
             .all(|a| tree.call(a, "help", &[]).is_ok())
     });
+    // The HO's own node counters are served there too, labelled with its name.
+    wait_until("HO_PH's two children on its metrics endpoint", WAIT, || {
+        (sample("vespa_node_children{node=\"HO_PH\"}")? == 2.0).then_some(())
+    });
 
     let (attacker, server_addr) = addresses(3);
     let target = attacker.to_string();
@@ -805,8 +809,7 @@ fn an_hos_reconciliation_is_counted_on_its_own_metrics_endpoint() {
     );
 
     // Behind HO_PH's back: the agent told directly to drop the block (its book and the
-    // controller's entries; Floodlight cannot list its flows, so the book is what a pass
-    // reads).
+    // controller's entries, which are what a pass reads).
     tree.call("fl", "release_hackers", &[&target])
         .unwrap_or_else(|e| panic!("release_hackers on fl: {e}\n{}", logs()));
     assert!(
