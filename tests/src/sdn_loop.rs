@@ -290,7 +290,7 @@ impl SdnLoop {
     }
 
     /// The value of one series of the VO's `/metrics` (its name with its labels, as written
-    /// there: `vespa_decisions_drift_total{actuator="X",kind="missing"}`).
+    /// there: `vespa_decisions_drift_total{node="VO",actuator="X",kind="missing"}`).
     pub fn metric(&self, series: &str) -> Option<f64> {
         self.metrics(&[series])?.pop()
     }

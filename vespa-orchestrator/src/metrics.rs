@@ -18,11 +18,11 @@
 //! - `vo_to_actuator_ack`: from the VO deciding to act to the actuator's acknowledgement,
 //!   observed by the policy through [`Metrics::observe_actuator_ack`].
 //!
-//! `vespa_decisions_drift_total{actuator,kind}` counts what reconciliation found different
+//! `vespa_decisions_drift_total{node,actuator,kind}` counts what reconciliation found different
 //! between what the policy has in place and what an actuator holds (`missing`: wanted, not
 //! held, re-applied; `stray`: held with VESPA's mark, not wanted, removed; `adopted`: held and
 //! wanted but unknown to the agent's book, recorded there again), and
-//! `vespa_reconcile_pass_seconds{actuator}` how long each pass over one actuator took
+//! `vespa_reconcile_pass_seconds{node,actuator}` how long each pass over one actuator took
 //! ([`crate::policy_driver`]'s reconciliation), for every driver of the process: the VO's and
 //! those of the HOs it runs share one `Metrics`. A process that runs HOs without the VO serves
 //! these, its nodes' counters and the HOs' spools ([`vespa_node::metrics`]) on `run --metrics ADDR`
@@ -257,23 +257,29 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts `n` differences of `kind` (one of [`DRIFT_KINDS`]) found on `actuator`.
-    pub fn on_drift(&self, actuator: &str, kind: &'static str, n: u64) {
+    /// Counts `n` differences of `kind` (one of [`DRIFT_KINDS`]) that `node`'s driver found
+    /// on `actuator`.
+    pub fn on_drift(&self, node: &str, actuator: &str, kind: &'static str, n: u64) {
         self.drift
             .get_or_create(&vec![
+                ("node", node.to_string()),
                 ("actuator", actuator.to_string()),
                 ("kind", kind.to_string()),
             ])
             .inc_by(n);
     }
 
-    /// Observes one reconciliation pass over `actuator`, and makes its drift series exist.
-    pub fn on_reconcile_pass(&self, actuator: &str, seconds: f64) {
+    /// Observes one reconciliation pass of `node`'s driver over `actuator`, and makes its
+    /// drift series exist.
+    pub fn on_reconcile_pass(&self, node: &str, actuator: &str, seconds: f64) {
         for kind in DRIFT_KINDS {
-            self.on_drift(actuator, kind, 0);
+            self.on_drift(node, actuator, kind, 0);
         }
         self.reconcile
-            .get_or_create(&vec![("actuator", actuator.to_string())])
+            .get_or_create(&vec![
+                ("node", node.to_string()),
+                ("actuator", actuator.to_string()),
+            ])
             .observe(seconds);
     }
 
@@ -330,7 +336,7 @@ impl Metrics {
     fn register_process(&self, r: &mut Registry) {
         r.register(
             "vespa_decisions_drift",
-            "Differences reconciliation found between what the policy has in place and what an actuator holds, by actuator and kind (missing: re-applied; stray: removed; adopted: recorded in the agent's book again).",
+            "Differences reconciliation found between what the policy has in place and what an actuator holds, by reconciling node (the VO or an HO), actuator and kind (missing: re-applied; stray: removed; adopted: recorded in the agent's book again).",
             self.drift.clone(),
         );
         r.register(

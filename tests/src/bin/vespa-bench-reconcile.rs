@@ -67,8 +67,9 @@ fn status_kib(pid: i32, field: &str) -> anyhow::Result<i64> {
 
 /// The SDN agent's pass histogram: (sum, count).
 fn pass_totals(rig: &SdnLoop) -> Option<(f64, f64)> {
-    let sum = format!("vespa_reconcile_pass_seconds_sum{{actuator=\"{SDN_AGENT}\"}}");
-    let count = format!("vespa_reconcile_pass_seconds_count{{actuator=\"{SDN_AGENT}\"}}");
+    let sum = format!("vespa_reconcile_pass_seconds_sum{{node=\"VO\",actuator=\"{SDN_AGENT}\"}}");
+    let count =
+        format!("vespa_reconcile_pass_seconds_count{{node=\"VO\",actuator=\"{SDN_AGENT}\"}}");
     match rig.metrics(&[&sum, &count])?[..] {
         [s, c] => Some((s, c)),
         _ => None,
@@ -77,7 +78,7 @@ fn pass_totals(rig: &SdnLoop) -> Option<(f64, f64)> {
 
 fn drift(rig: &SdnLoop, kind: &str) -> f64 {
     rig.metric(&format!(
-        "vespa_decisions_drift_total{{actuator=\"{SDN_AGENT}\",kind=\"{kind}\"}}"
+        "vespa_decisions_drift_total{{node=\"VO\",actuator=\"{SDN_AGENT}\",kind=\"{kind}\"}}"
     ))
     .unwrap_or(0.0)
 }

@@ -43,7 +43,7 @@
 //! none of them can tell the other's blocks from strays, so they re-apply and adopt what
 //! they want and leave the rest. In dry-run nothing is reconciled (nothing would be sent).
 //!
-//! Every difference is counted in `vespa_decisions_drift_total{actuator,kind}` and each pass
+//! Every difference is counted in `vespa_decisions_drift_total{node,actuator,kind}` and each pass
 //! that finds any raises one `Text` alert per actuator, bounded, naming a few of them. The
 //! calls share the driver's bound on calls in flight, are retried with backoff, and a pass
 //! holds the policy's mutex only to copy what it wants, never across a call.
@@ -305,10 +305,11 @@ impl PolicyDriver {
             if let Some(out) = out {
                 let secs = started.elapsed().as_secs_f64();
                 if let Some(m) = &self.inner.metrics {
-                    m.on_reconcile_pass(&actuator, secs);
-                    m.on_drift(&actuator, "missing", out.missing as u64);
-                    m.on_drift(&actuator, "stray", out.stray as u64);
-                    m.on_drift(&actuator, "adopted", out.adopted as u64);
+                    let me = self.node_name();
+                    m.on_reconcile_pass(me, &actuator, secs);
+                    m.on_drift(me, &actuator, "missing", out.missing as u64);
+                    m.on_drift(me, &actuator, "stray", out.stray as u64);
+                    m.on_drift(me, &actuator, "adopted", out.adopted as u64);
                 }
                 tracing::info!(node = %self.node_name(), %actuator, seconds = secs, in_force = out.in_force, missing = out.missing, stray = out.stray, adopted = out.adopted, left = out.left, failed = out.failed, "reconciled");
                 if let Some(text) = summary(&actuator, &out) {

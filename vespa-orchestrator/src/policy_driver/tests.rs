@@ -1488,8 +1488,9 @@ async fn quarantines_and_av_isolations_are_reconciled_from_what_the_agents_tell(
     );
     let text = crate::metrics::render(&metrics.registry(vo.clone()));
     let drift = |actuator: &str, kind: &str| {
-        let series =
-            format!("vespa_decisions_drift_total{{actuator=\"{actuator}\",kind=\"{kind}\"}} ");
+        let series = format!(
+            "vespa_decisions_drift_total{{node=\"VO\",actuator=\"{actuator}\",kind=\"{kind}\"}} "
+        );
         text.lines()
             .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
     };

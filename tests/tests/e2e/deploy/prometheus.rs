@@ -505,7 +505,7 @@ fn a_real_prometheus_scrapes_an_agent_and_the_vo() {
     // The VO's reconciliation of the SDN agent.
     wait_result(
         prom,
-        "vespa_decisions_drift_total{job=\"vespa-vo\",actuator=\"fl\",kind=\"missing\"}",
+        "vespa_decisions_drift_total{job=\"vespa-vo\",node=\"VO\",actuator=\"fl\",kind=\"missing\"}",
         &log,
     );
     // The shipped rules run: a recording rule over the agent's counters answers, and no

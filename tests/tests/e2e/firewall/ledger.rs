@@ -548,7 +548,8 @@ fn a_throttle_vespa_released_while_the_agent_was_down_is_removed_as_a_stray() {
         body.lines()
             .find_map(|l| l.strip_prefix(&format!("{series} "))?.parse().ok())
     };
-    let stray = || metric("vespa_decisions_drift_total{actuator=\"fw\",kind=\"stray\"}");
+    let stray =
+        || metric("vespa_decisions_drift_total{node=\"VO\",actuator=\"fw\",kind=\"stray\"}");
     let throttle_of = |target: &str| {
         lab.json("fw", "throttles", &[]).as_array().and_then(|a| {
             a.iter()

@@ -324,8 +324,9 @@ fn a_kernel_block_removed_behind_the_vos_back_is_reapplied() {
         let (status, body) = request("GET", "/metrics", String::new())?;
         (status == 200).then_some(())?;
         body.lines().find_map(|l| {
-            let v =
-                l.strip_prefix("vespa_decisions_drift_total{actuator=\"fw\",kind=\"missing\"} ")?;
+            let v = l.strip_prefix(
+                "vespa_decisions_drift_total{node=\"VO\",actuator=\"fw\",kind=\"missing\"} ",
+            )?;
             v.parse().ok()
         })
     };
@@ -400,8 +401,9 @@ fn a_throttle_removed_behind_the_vos_back_is_reapplied() {
         body.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
     };
-    let missing = || metric("vespa_decisions_drift_total{actuator=\"fw\",kind=\"missing\"}");
-    let passes = || metric("vespa_reconcile_pass_seconds_count{actuator=\"fw\"}");
+    let missing =
+        || metric("vespa_decisions_drift_total{node=\"VO\",actuator=\"fw\",kind=\"missing\"}");
+    let passes = || metric("vespa_reconcile_pass_seconds_count{node=\"VO\",actuator=\"fw\"}");
     wait_until("a first reconciliation of the firewall agent", WAIT, || {
         (missing()? == 0.0).then_some(())
     });
@@ -452,7 +454,7 @@ fn a_throttle_removed_behind_the_vos_back_is_reapplied() {
     });
     assert_eq!(missing(), Some(1.0), "counted once");
     assert_eq!(
-        metric("vespa_decisions_drift_total{actuator=\"fw\",kind=\"stray\"}"),
+        metric("vespa_decisions_drift_total{node=\"VO\",actuator=\"fw\",kind=\"stray\"}"),
         Some(0.0),
         "the operator's throttle is not a stray"
     );

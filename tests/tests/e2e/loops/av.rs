@@ -304,7 +304,7 @@ fn an_isolation_undone_behind_the_vos_back_is_put_back() {
     };
     let drift = |actuator: &str, kind: &str| {
         metric(&format!(
-            "vespa_decisions_drift_total{{actuator=\"{actuator}\",kind=\"{kind}\"}}"
+            "vespa_decisions_drift_total{{node=\"VO\",actuator=\"{actuator}\",kind=\"{kind}\"}}"
         ))
     };
     std::fs::write(rig.watch.path().join("eicar.com"), eicar()).expect("write EICAR");

@@ -136,7 +136,8 @@ fn a_quarantined_vm_migrated_home_behind_the_vos_back_is_migrated_again() {
         .map_err(|e| e.to_string())?
     };
     let drift = |kind: &str| -> Option<f64> {
-        let series = format!("vespa_decisions_drift_total{{actuator=\"lv\",kind=\"{kind}\"}} ");
+        let series =
+            format!("vespa_decisions_drift_total{{node=\"VO\",actuator=\"lv\",kind=\"{kind}\"}} ");
         let (status, body) = try_in_netns(&victim, || http_get(API, "/metrics"))
             .ok()?
             .ok()?;

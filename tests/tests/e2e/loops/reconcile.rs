@@ -13,7 +13,7 @@ const TOKEN: &str = "reconcile-test-token";
 
 fn drift(rig: &SdnLoop, kind: &str) -> Option<f64> {
     rig.metric(&format!(
-        "vespa_decisions_drift_total{{actuator=\"{SDN_AGENT}\",kind=\"{kind}\"}}"
+        "vespa_decisions_drift_total{{node=\"VO\",actuator=\"{SDN_AGENT}\",kind=\"{kind}\"}}"
     ))
 }
 

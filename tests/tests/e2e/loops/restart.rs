@@ -105,7 +105,9 @@ fn metric(ns: &str, series: &str) -> Option<f64> {
 fn reconciled(ns: &str, actuator: &str) -> Option<f64> {
     metric(
         ns,
-        &format!("vespa_decisions_drift_total{{actuator=\"{actuator}\",kind=\"missing\"}}"),
+        &format!(
+            "vespa_decisions_drift_total{{node=\"VO\",actuator=\"{actuator}\",kind=\"missing\"}}"
+        ),
     )
 }
 
@@ -313,7 +315,7 @@ fn a_vo_killed_while_a_link_is_cut_and_an_attacker_blocked_restarts_with_both_an
         assert_eq!(
             metric(
                 &ns,
-                &format!("vespa_decisions_drift_total{{actuator=\"{actuator}\",kind=\"stray\"}}")
+                &format!("vespa_decisions_drift_total{{node=\"VO\",actuator=\"{actuator}\",kind=\"stray\"}}")
             ),
             Some(0.0),
             "what {actuator} holds is no stray\n{}",

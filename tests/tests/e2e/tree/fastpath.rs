@@ -797,13 +797,14 @@ fn an_hos_reconciliation_is_counted_on_its_own_metrics_endpoint() {
     wait_until("HO_PH's block at the Floodlight stand-in", WAIT, || {
         blocks_of(&stub, &target).first().cloned()
     });
-    let missing = "vespa_decisions_drift_total{actuator=\"fl\",kind=\"missing\"}";
+    let missing = "vespa_decisions_drift_total{node=\"HO_PH\",actuator=\"fl\",kind=\"missing\"}";
     wait_until(
         "a first pass of HO_PH over fl on its metrics endpoint",
         WAIT,
         || {
             (sample(missing)? == 0.0
-                && sample("vespa_reconcile_pass_seconds_count{actuator=\"fl\"}")? >= 1.0)
+                && sample("vespa_reconcile_pass_seconds_count{node=\"HO_PH\",actuator=\"fl\"}")?
+                    >= 1.0)
                 .then_some(())
         },
     );
